@@ -1,0 +1,12 @@
+//! meshcore-core: the pure-Rust heart of meshcore.
+//!
+//! No Python here: the `meshcore-py` crate is the only place that knows about PyO3. Everything
+//! that crosses into this crate is plain data (bytes, strings, numbers), and every error is a
+//! [`CoreError`] carrying all the problems found, each with its field path.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod regex;
+
+pub use error::{CoreError, FieldError, FieldErrorKind};
+pub use regex::Re2Regex;

@@ -1,0 +1,6 @@
+# Hand-written stubs for the Rust extension (ext/py); checked by mypy.stubtest in the tests.
+
+__version__: str
+
+def check_regex(pattern: str) -> None: ...
+def regex_full_match(pattern: str, text: str) -> bool: ...

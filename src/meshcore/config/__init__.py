@@ -32,7 +32,7 @@ from meshcore.config.model import (
     freeze,
     resolve_host,
 )
-from meshcore.config.validate import RULES, Checker, check_metadata, problems_of
+from meshcore.config.validate import RULES, Checker, check_metadata, format_path, problems_of
 from meshcore.errors import ConfigError, ConfigProblem
 
 __all__ = [
@@ -56,6 +56,9 @@ __all__ = [
 ]
 
 _TOP_LEVEL = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
+# Kinds whose spec carries required fields; for the others an absent spec means defaults
+# (e.g. an AuthorizationPolicy with no spec is the "allow nothing" policy).
+_SPEC_REQUIRED = frozenset({"VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +136,7 @@ def _resource(doc: Document, domain: str, problems: list[ConfigProblem]) -> Reso
     name, namespace = check_metadata(checker, value.get("metadata"), kind)
     spec = value.get("spec")
     if spec is None:
-        if kind_name != "Service":
+        if kind_name in _SPEC_REQUIRED:
             checker.error(("spec",), "spec is required")
         spec = {}
     if checker.shape(spec, kind.spec, ("spec",)) or isinstance(spec, dict):
@@ -160,35 +163,48 @@ def _resource(doc: Document, domain: str, problems: list[ConfigProblem]) -> Reso
     )
 
 
-def _check_references(model: MeshModel) -> list[ConfigProblem]:
-    """Cross-resource checks (as istioctl analyze): unknown subsets and hosts."""
+def _check_references(
+    model: MeshModel, docs: Mapping[tuple[str, str, str], Document]
+) -> list[ConfigProblem]:
+    """Cross-resource checks (as istioctl analyze): destinations naming unknown hosts or subsets.
+
+    Warnings, not errors: Istio accepts such config (VirtualServices are often applied before
+    their DestinationRules), and requests routed to a missing subset fail with 503.
+    """
     out: list[ConfigProblem] = []
+
+    def warn(vs: VirtualService, path: tuple[str | int, ...], message: str) -> None:
+        doc = docs.get(vs.key)
+        out.append(
+            ConfigProblem(
+                message,
+                path=format_path(path),
+                kind=vs.kind,
+                namespace=vs.namespace,
+                name=vs.name,
+                file=vs.file,
+                line=doc.line_of(path) if doc is not None else vs.line,
+                severity="warning",
+            )
+        )
+
     for vs in model.virtual_services:
         for i, route in enumerate(vs.http):
             for j, rd in enumerate(route.get("route", ())):
                 dest = rd.get("destination") or {}
                 host = resolve_host(str(dest.get("host", "")), vs.namespace, model.domain)
                 subset = dest.get("subset")
-                where = dict(
-                    kind=vs.kind, namespace=vs.namespace, name=vs.name, file=vs.file, line=vs.line
-                )
-                path = f"spec.http[{i}].route[{j}].destination"
+                path = ("spec", "http", i, "route", j, "destination")
                 if host and not host.startswith("*") and not model.has_host(host):
-                    out.append(
-                        ConfigProblem(
-                            f"host {host!r} is not a known Service or ServiceEntry",
-                            path=path + ".host",
-                            severity="warning",
-                            **where,  # type: ignore[arg-type]
-                        )
+                    warn(
+                        vs, (*path, "host"), f"host {host!r} is not a known Service or ServiceEntry"
                     )
                 if subset and subset not in model.subsets(host):
-                    out.append(
-                        ConfigProblem(
-                            f"subset {subset!r} of host {host!r} is not defined by any DestinationRule",
-                            path=path + ".subset",
-                            **where,  # type: ignore[arg-type]
-                        )
+                    warn(
+                        vs,
+                        (*path, "subset"),
+                        f"subset {subset!r} of host {host!r} is not defined by any DestinationRule"
+                        " (requests routed to it fail with 503)",
                     )
     return out
 
@@ -203,6 +219,7 @@ def _build(
 ) -> ValidationReport:
     resources: list[Resource] = []
     seen: dict[tuple[str, str, str], Resource] = {}
+    docs_by_key: dict[tuple[str, str, str], Document] = {}
     for doc in docs:
         res = _resource(doc, domain, problems)
         if res is None:
@@ -222,10 +239,11 @@ def _build(
             )
             continue
         seen[res.key] = res
+        docs_by_key[res.key] = doc
         resources.append(res)
     model = MeshModel(resources, domain=domain, root_namespace=root_namespace)
     if check_references:
-        problems.extend(_check_references(model))
+        problems.extend(_check_references(model, docs_by_key))
     ok = not any(p.severity == "error" for p in problems)
     return ValidationReport(tuple(problems), model if ok else None)
 

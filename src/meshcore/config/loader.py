@@ -49,24 +49,21 @@ class Document:
         line = self.line
         for key in path:
             if isinstance(node, yaml.MappingNode):
-                nxt = None
+                # A field is reported on its key's line; a missing one on its parent's.
                 for k, v in node.value:
-                    if isinstance(k, yaml.ScalarNode) and k.value == key:
-                        # A missing or empty value is best reported on its key's line.
+                    if isinstance(k, yaml.ScalarNode) and k.value == str(key):
                         line = k.start_mark.line + 1
-                        nxt = v
+                        node = v
                         break
-                if nxt is None:
+                else:
                     return line
-                node = nxt
             elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
                 if not 0 <= key < len(node.value):
                     return line
                 node = node.value[key]
+                line = node.start_mark.line + 1
             else:
                 return line
-            if node is not None:
-                line = node.start_mark.line + 1
         return line
 
 

@@ -382,7 +382,7 @@ def check_service(c: Checker, spec: dict[str, Any], name: str) -> None:
             f"invalid Service name {name!r}: a DNS-1035 label (lowercase, starting with a letter, at most 63 characters)",
         )
     ports = _l(spec.get("ports"))
-    if not ports and spec.get("type") != "ExternalName":
+    if not spec.get("ports") and spec.get("type") != "ExternalName":
         c.error(("spec", "ports"), "a Service needs at least one port")
     names: set[str] = set()
     numbers: set[tuple[int, str]] = set()
@@ -438,9 +438,6 @@ def _check_workload_entry(
     for pname, number in _d(spec.get("ports")).items():
         c.port(number, path + ("ports", pname))
     c.labels(spec.get("labels"), path + ("labels",))
-    weight = spec.get("weight")
-    if isinstance(weight, int) and weight < 0:
-        c.error(path + ("weight",), "weight must not be negative")
     sa = spec.get("serviceAccount")
     if isinstance(sa, str) and sa and not _DNS1123_SUBDOMAIN.match(sa):
         c.error(path + ("serviceAccount",), f"invalid service account {sa!r}")
@@ -452,7 +449,7 @@ def check_workload_entry(c: Checker, spec: dict[str, Any], name: str) -> None:
 
 def check_service_entry(c: Checker, spec: dict[str, Any], name: str) -> None:
     hosts = _l(spec.get("hosts"))
-    if not hosts:
+    if not spec.get("hosts"):
         c.error(("spec", "hosts"), "a ServiceEntry needs at least one host")
     resolution = spec.get("resolution", "NONE")
     for i, h in enumerate(hosts):
@@ -590,7 +587,10 @@ def _route_destinations(c: Checker, dests: list[Any], path: Path, *, weights: bo
             _header_operations(c, rd.get("headers"), path + (i, "headers"))
     if len(dests) > 1:
         if total == 0:
-            c.error(path, "the weights of several destinations must not all be 0")
+            c.error(
+                path,
+                "the weights of several destinations must not all be 0 (set weights that add up to 100)",
+            )
         elif total != 100:
             c.warn(path, f"weights add up to {total}, not 100: traffic is split in proportion")
 
@@ -729,7 +729,7 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path) -> None:
 def check_virtual_service(c: Checker, spec: dict[str, Any], name: str) -> None:
     hosts = _l(spec.get("hosts"))
     gateways = _l(spec.get("gateways"))
-    if not hosts:
+    if not spec.get("hosts"):
         c.error(("spec", "hosts"), "a VirtualService needs at least one host")
     for i, h in enumerate(hosts):
         if h == "*" and (not gateways or "mesh" in gateways):

@@ -54,7 +54,8 @@ fmt: $(VENV)/.deps
 	cd $(CARGO_DIR) && $(CARGO) fmt --all
 
 bench: release
-	$(PY) -m pytest bench --benchmark-enable -p no:cacheprovider -q
+	$(PY) -m pytest bench -o python_files='bench_*.py' --benchmark-enable -p no:cacheprovider \
+		--benchmark-columns=min,median,max,rounds --benchmark-sort=name -q
 
 demo: dev
 	$(VENV)/bin/meshcore validate examples/

@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod regex;
+pub mod yaml;
 
 pub use error::{CoreError, FieldError, FieldErrorKind};
 pub use regex::Re2Regex;

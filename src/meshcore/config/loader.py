@@ -1,8 +1,9 @@
 """Kubernetes-style multi-document YAML in, plain values out, with the line of every field.
 
-PyYAML's C parser composes the node graph; we build the values ourselves from the nodes so that
-duplicate keys are reported instead of silently dropped, and we keep each document's root node
-so that any field path can later be turned into a line number (only when a problem needs one).
+The Rust core parses the stream (YAML 1.1 scalars, as PyYAML resolves them) and reports what
+plain loaders silently lose: duplicate keys, merge keys, non-scalar keys, alias bombs. Each
+document keeps a handle to its node tree so that a field path becomes a line number only when
+a problem needs one.
 """
 
 from __future__ import annotations
@@ -13,21 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from meshcore import _core
 from meshcore.errors import ConfigProblem
 
-try:
-    _Loader: type[Any] = yaml.CSafeLoader
-except AttributeError:  # PyYAML built without libyaml: slower, same results
-    _Loader = yaml.SafeLoader
-
-_INT_TAG = "tag:yaml.org,2002:int"
-_FLOAT_TAG = "tag:yaml.org,2002:float"
-_BOOL_TAG = "tag:yaml.org,2002:bool"
-_NULL_TAG = "tag:yaml.org,2002:null"
-_STR_TAG = "tag:yaml.org,2002:str"
-_MERGE_TAG = "tag:yaml.org,2002:merge"
 _YAML_SUFFIXES = (".yaml", ".yml", ".json")
 
 PathKey = tuple[str | int, ...]
@@ -35,123 +24,29 @@ PathKey = tuple[str | int, ...]
 
 @dataclass(frozen=True, slots=True)
 class Document:
-    """One YAML document: its value, where it came from, and its node graph for line lookups."""
+    """One YAML document: its value, where it came from, and its lines."""
 
     value: Any
     file: str
-    line: int  # 1-based line where the document starts
+    line: int  # 1-based line where the document starts (0 when not from a file)
     index: int  # 0-based position of the document in its file
-    node: yaml.Node | None = field(default=None, repr=False, compare=False)
+    lines: _core.YamlDocument | None = field(default=None, repr=False, compare=False)
 
     def line_of(self, path: PathKey) -> int:
-        """The 1-based line of the deepest node along ``path`` (the document start if none)."""
-        node = self.node
-        line = self.line
-        for key in path:
-            if isinstance(node, yaml.MappingNode):
-                # A field is reported on its key's line; a missing one on its parent's.
-                for k, v in node.value:
-                    if isinstance(k, yaml.ScalarNode) and k.value == str(key):
-                        line = k.start_mark.line + 1
-                        node = v
-                        break
-                else:
-                    return line
-            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int):
-                if not 0 <= key < len(node.value):
-                    return line
-                node = node.value[key]
-                line = node.start_mark.line + 1
-            else:
-                return line
-        return line
-
-
-class _Builder:
-    """Turns composed nodes into plain values, reporting what YAML would silently lose."""
-
-    def __init__(self, file: str) -> None:
-        self.file = file
-        self.problems: list[ConfigProblem] = []
-        self._constructor = yaml.SafeLoader("")  # only for YAML 1.1 scalar forms we rarely see
-
-    def build(self, node: yaml.Node) -> Any:
-        if isinstance(node, yaml.ScalarNode):
-            return self._scalar(node)
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(item) for item in node.value]
-        if isinstance(node, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                if key_node.tag == _MERGE_TAG:
-                    self._problem(
-                        key_node, "YAML merge keys (<<) are not supported; write the fields out"
-                    )
-                    continue
-                key = self.build(key_node)
-                if isinstance(key, (list, dict)):
-                    self._problem(key_node, "a mapping key must be a scalar")
-                    continue
-                if key in out:
-                    self._problem(
-                        key_node,
-                        f"duplicate key {key!r} (YAML would keep only the last value)",
-                    )
-                    continue
-                out[key] = self.build(value_node)
-            return out
-        raise AssertionError(f"unexpected YAML node {node!r}")  # pragma: no cover
-
-    def _scalar(self, node: yaml.ScalarNode) -> Any:
-        tag = node.tag
-        value: str = node.value
-        if tag == _STR_TAG:
-            return value
-        if tag == _INT_TAG:
-            try:
-                return int(value)
-            except ValueError:
-                return self._constructor.construct_yaml_int(node)
-        if tag == _BOOL_TAG:
-            return value.lower() in ("yes", "true", "on", "y")
-        if tag == _NULL_TAG:
-            return None
-        if tag == _FLOAT_TAG:
-            return self._constructor.construct_yaml_float(node)
-        # Timestamps, binary and custom tags: Kubernetes reads these fields as strings.
-        return value
-
-    def _problem(self, node: yaml.Node, message: str) -> None:
-        self.problems.append(ConfigProblem(message, file=self.file, line=node.start_mark.line + 1))
+        """The 1-based line of the field at ``path`` (its nearest existing ancestor's if absent)."""
+        if self.lines is None:
+            return self.line
+        return self.lines.line_of(path)
 
 
 def parse_yaml(text: str, file: str) -> tuple[list[Document], list[ConfigProblem]]:
     """Parses a multi-document YAML stream; a syntax error names the file and line."""
-    docs: list[Document] = []
-    builder = _Builder(file)
-    loader = _Loader(text)
-    try:
-        index = 0
-        while loader.check_node():
-            node = loader.get_node()
-            if node is None:  # pragma: no cover - check_node said there is one
-                break
-            value = builder.build(node)
-            docs.append(Document(value, file, node.start_mark.line + 1, index, node))
-            index += 1
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else 0
-        column = mark.column + 1 if mark is not None else 0
-        what = " ".join(str(p) for p in (exc.context, exc.problem) if p)
-        builder.problems.append(
-            ConfigProblem(f"YAML syntax error: {what} (column {column})", file=file, line=line)
-        )
-    except yaml.YAMLError as exc:
-        builder.problems.append(ConfigProblem(f"YAML error: {exc}", file=file))
-    finally:
-        loader.dispose()
-    return docs, builder.problems
+    parsed, problems = _core.parse_yaml(text)
+    docs = [Document(value, file, lines.line, i, lines) for i, (value, lines) in enumerate(parsed)]
+    return docs, [
+        ConfigProblem(message + (f" (column {column})" if column else ""), file=file, line=line)
+        for line, column, message in problems
+    ]
 
 
 def iter_config_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -133,6 +134,10 @@ class Checker:
                 return False
             ok = True
             for i, item in enumerate(value):
+                if item is None:
+                    self.error(path + (i,), "a list item must not be null")
+                    ok = False
+                    continue
                 ok = self.shape(item, ftype.item, path + (i,)) and ok
             return ok
         if isinstance(ftype, s.MapOf):
@@ -290,11 +295,15 @@ class Checker:
 
 
 def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+    # inet_pton is the C parser (ipaddress.ip_address costs ~20x more per call); it accepts
+    # exactly the dotted-quad and RFC 4291 forms, and no zone ids, like Istio's net.ParseIP.
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, text)
+        except (OSError, ValueError):
+            continue
+        return True
+    return False
 
 
 def _is_ip_or_cidr(text: str) -> bool:

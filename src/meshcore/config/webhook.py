@@ -20,6 +20,7 @@ log = logging.getLogger("meshcore.webhook")
 
 ADMISSION_API = "admission.k8s.io/v1"
 MAX_BODY = 3 * 1024 * 1024  # the API server's own request size limit
+CLIENT_TIMEOUT_S = 10.0  # the API server's default webhook timeout
 
 
 class BadReview(ValueError):
@@ -113,7 +114,26 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class WebhookServer(ThreadingHTTPServer):
+    """HTTPS with the TLS handshake in each connection's own thread, so that a slow or
+    plaintext client cannot stall the accept loop."""
+
     daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], context: ssl.SSLContext) -> None:
+        super().__init__(address, _Handler)
+        self.context = context
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(CLIENT_TIMEOUT_S)
+        try:
+            tls = self.context.wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError) as exc:
+            log.debug("TLS handshake with %s failed: %s", client_address, exc)
+            return
+        try:
+            super().finish_request(tls, client_address)
+        finally:
+            tls.close()
 
 
 def make_server(cert: str, key: str, port: int, host: str = "127.0.0.1") -> WebhookServer:
@@ -121,9 +141,7 @@ def make_server(cert: str, key: str, port: int, host: str = "127.0.0.1") -> Webh
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, key)
-    server = WebhookServer((host, port), _Handler)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    return server
+    return WebhookServer((host, port), context)
 
 
 def serve_in_thread(server: WebhookServer) -> threading.Thread:

@@ -4,6 +4,7 @@ from collections.abc import Iterable
 from typing import Any, final
 
 __version__: str
+__all__ = ["YamlDocument", "__version__", "check_regex", "parse_yaml", "regex_full_match"]
 
 def check_regex(pattern: str) -> None: ...
 def regex_full_match(pattern: str, text: str) -> bool: ...

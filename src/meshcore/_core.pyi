@@ -19,4 +19,7 @@ class YamlDocument:
 
 def parse_yaml(
     text: str,
-) -> tuple[list[tuple[Any, YamlDocument]], list[tuple[int, int, str]]]: ...
+) -> tuple[
+    list[tuple[Any, YamlDocument]],
+    list[tuple[int, int, str, int | None, list[str | int]]],
+]: ...

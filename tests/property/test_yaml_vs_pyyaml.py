@@ -71,7 +71,7 @@ def test_agrees_with_pyyaml(docs: list[Any], flow: bool | None) -> None:
 @given(st.text(max_size=300))
 def test_never_fails_on_any_text(text: str) -> None:
     parsed, problems = _core.parse_yaml(text)
-    for line, column, message in problems:
+    for line, column, message, _index, _path in problems:
         assert line >= 1
         assert column >= 0
         assert message

@@ -49,12 +49,15 @@ pub enum PathKey {
     Index(i64),
 }
 
-/// A problem found while reading a stream: 1-based line, 1-based column, message.
+/// A problem found while reading a stream: 1-based line, 1-based column (0 when unknown),
+/// message, and, when it lies inside a document, which one and the field path to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct YamlProblem {
     pub line: u32,
     pub column: u32,
     pub message: String,
+    pub document: Option<usize>,
+    pub path: Vec<PathKey>,
 }
 
 /// Every document that could be read and every problem found. A syntax error ends the stream
@@ -135,6 +138,8 @@ pub fn parse(text: &str) -> Stream {
                     line: line_of(m),
                     column: col_of(m),
                     message: format!("YAML syntax error: {}", e.info()),
+                    document: None,
+                    path: Vec::new(),
                 });
                 break;
             }
@@ -250,6 +255,24 @@ impl Builder {
         Ok(())
     }
 
+    /// The field path of the node being built (the innermost frame's pending key excluded).
+    fn path(&self) -> Vec<PathKey> {
+        let depth = self.stack.len().saturating_sub(1);
+        self.stack[..depth]
+            .iter()
+            .map(|frame| match frame {
+                Frame::Seq { items, .. } => {
+                    PathKey::Index(i64::try_from(items.len()).unwrap_or(i64::MAX))
+                }
+                Frame::Map { pending_key, .. } => PathKey::Key(
+                    pending_key
+                        .as_ref()
+                        .map_or_else(String::new, |(k, _)| key_text(&k.value)),
+                ),
+            })
+            .collect()
+    }
+
     fn spend(&mut self, nodes: usize, mark: &Marker) -> Result<(), YamlProblem> {
         if nodes > self.budget {
             return Err(problem(
@@ -292,16 +315,29 @@ impl Builder {
                         _ => None,
                     };
                     match complaint {
-                        Some(message) => self.stream.problems.push(YamlProblem {
-                            line: key.line,
-                            column: 0,
-                            message,
-                        }),
+                        Some(message) => {
+                            let mut path = self.path();
+                            path.push(PathKey::Key(key_text(&key.value)));
+                            self.stream.problems.push(YamlProblem {
+                                line: key.line,
+                                column: 0,
+                                message,
+                                document: Some(self.stream.documents.len()),
+                                path,
+                            });
+                        }
                         None => entries.push((key, node)),
                     }
                 }
             },
         }
+    }
+}
+
+fn key_text(k: &Value) -> String {
+    match k {
+        Value::Str(s) => s.clone(),
+        other => describe_key(other),
     }
 }
 
@@ -322,6 +358,8 @@ fn problem(mark: &Marker, message: String) -> YamlProblem {
         line: line_of(mark),
         column: col_of(mark),
         message,
+        document: None,
+        path: Vec::new(),
     }
 }
 
@@ -524,7 +562,7 @@ mod tests {
         assert_eq!(d.line_of(&[k("b"), k("c"), PathKey::Index(1)]), 5);
         assert_eq!(d.line_of(&[k("b"), k("c")]), 3);
         assert_eq!(d.line_of(&[k("b"), k("missing")]), 2);
-        assert_eq!(s.documents[1].line, 6);
+        assert_eq!(s.documents[1].line, 7); // where its content starts
     }
 
     #[test]
@@ -533,6 +571,22 @@ mod tests {
         let lines: Vec<u32> = s.problems.iter().map(|p| p.line).collect();
         assert_eq!(lines, vec![2, 5, 6], "{:?}", s.problems);
         assert!(s.problems[0].message.contains("duplicate key 'a'"));
+        assert_eq!(s.problems[0].path, vec![PathKey::Key("a".into())]);
+        assert_eq!(
+            s.problems[1].path,
+            vec![PathKey::Key("c".into()), PathKey::Key("<<".into())]
+        );
+        let s = parse("x: 1\n---\nspec:\n  list:\n  - {k: 1, k: 2}\n");
+        assert_eq!(s.problems[0].document, Some(1));
+        assert_eq!(
+            s.problems[0].path,
+            vec![
+                PathKey::Key("spec".into()),
+                PathKey::Key("list".into()),
+                PathKey::Index(0),
+                PathKey::Key("k".into())
+            ]
+        );
     }
 
     #[test]

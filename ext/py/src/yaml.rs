@@ -35,9 +35,11 @@ impl PyYamlDocument {
     }
 }
 
-type Parsed = (Vec<(Py<PyAny>, Py<PyYamlDocument>)>, Vec<(u32, u32, String)>);
+type Problem = (u32, u32, String, Option<usize>, Vec<Py<PyAny>>);
+type Parsed = (Vec<(Py<PyAny>, Py<PyYamlDocument>)>, Vec<Problem>);
 
-/// Parses a multi-document YAML stream: ([(value, YamlDocument)], [(line, column, message)]).
+/// Parses a multi-document YAML stream:
+/// ([(value, YamlDocument)], [(line, column, message, document index or None, field path)]).
 #[pyfunction]
 pub fn parse_yaml(py: Python<'_>, text: String) -> PyResult<Parsed> {
     let stream = py.detach(move || yaml::parse(&text));
@@ -46,11 +48,20 @@ pub fn parse_yaml(py: Python<'_>, text: String) -> PyResult<Parsed> {
         let value = to_python(py, &doc.root.value)?;
         docs.push((value, Py::new(py, PyYamlDocument { doc })?));
     }
-    let problems = stream
-        .problems
-        .into_iter()
-        .map(|p| (p.line, p.column, p.message))
-        .collect();
+    let mut problems = Vec::with_capacity(stream.problems.len());
+    for p in stream.problems {
+        let path = p
+            .path
+            .iter()
+            .map(|k| -> PyResult<Py<PyAny>> {
+                Ok(match k {
+                    PathKey::Key(s) => s.into_pyobject(py)?.into_any().unbind(),
+                    PathKey::Index(i) => i.into_pyobject(py)?.into_any().unbind(),
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        problems.push((p.line, p.column, p.message, p.document, path));
+    }
     Ok((docs, problems))
 }
 

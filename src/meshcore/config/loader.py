@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from meshcore import _core
+from meshcore.config.validate import format_path
 from meshcore.errors import ConfigProblem
 
 _YAML_SUFFIXES = (".yaml", ".yml", ".json")
@@ -41,12 +42,38 @@ class Document:
 
 def parse_yaml(text: str, file: str) -> tuple[list[Document], list[ConfigProblem]]:
     """Parses a multi-document YAML stream; a syntax error names the file and line."""
-    parsed, problems = _core.parse_yaml(text)
+    parsed, raw_problems = _core.parse_yaml(text)
     docs = [Document(value, file, lines.line, i, lines) for i, (value, lines) in enumerate(parsed)]
-    return docs, [
-        ConfigProblem(message + (f" (column {column})" if column else ""), file=file, line=line)
-        for line, column, message in problems
-    ]
+    problems = []
+    for line, column, message, index, path in raw_problems:
+        owner = docs[index].value if index is not None and index < len(docs) else None
+        kind, namespace, name = _identity(owner)
+        problems.append(
+            ConfigProblem(
+                message + (f" (column {column})" if column else ""),
+                path=format_path(tuple(path)),
+                kind=kind,
+                namespace=namespace,
+                name=name,
+                file=file,
+                line=line,
+            )
+        )
+    return docs, problems
+
+
+def _identity(value: Any) -> tuple[str, str, str]:
+    """(kind, namespace, name) of a manifest, as far as it tells."""
+    if not isinstance(value, dict):
+        return "", "", ""
+    meta = value.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    kind, name, namespace = value.get("kind"), meta.get("name"), meta.get("namespace")
+    return (
+        kind if isinstance(kind, str) else "",
+        namespace if isinstance(namespace, str) and namespace else "default",
+        name if isinstance(name, str) else "",
+    )
 
 
 def iter_config_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:

@@ -7,7 +7,7 @@ CARGO := cargo --quiet
 CARGO_DIR := ext
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help dev release test lint fmt bench demo clean
+.PHONY: help dev release test lint fmt bench demo protos clean
 
 help:
 	@echo "make demo     set up, then validate examples/ and summarise the mesh (the main job)"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench    release build, then the benchmarks in bench/"
 	@echo "make lint     ruff, mypy, cargo fmt --check, clippy"
 	@echo "make fmt      ruff format + fix, cargo fmt"
+	@echo "make protos   regenerate the Python modules of our .proto files (grpcio-tools)"
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +61,9 @@ bench: release
 demo: dev
 	$(VENV)/bin/meshcore validate examples/
 	$(VENV)/bin/meshcore describe examples/
+
+protos: $(VENV)/.deps
+	$(PY) -m meshcore._protos
 
 clean:
 	rm -rf $(VENV) ext/target

@@ -43,13 +43,17 @@ _IP_KEYS = frozenset({m.ATTR_SRC_IP, m.ATTR_REMOTE_IP, m.ATTR_DEST_IP})
 class Checker:
     """Collects problems for one policy; ``problems`` is empty when the policy is valid."""
 
-    def __init__(self, namespace: str, name: str) -> None:
+    def __init__(self, namespace: str, name: str, file: str = "", line: int = 0) -> None:
         self.namespace = namespace
         self.name = name
+        self.file = file
+        self.line = line
         self.problems: list[ConfigProblem] = []
 
     def error(self, path: str, message: str) -> None:
-        self.problems.append(ConfigProblem(message, path, KIND, self.namespace, self.name))
+        self.problems.append(
+            ConfigProblem(message, path, KIND, self.namespace, self.name, self.file, self.line)
+        )
 
     def mapping(self, value: Any, path: str) -> Mapping[str, Any] | None:
         if value is None:
@@ -137,6 +141,34 @@ def _condition_key_problem(key: str) -> str:
     return ""
 
 
+def check_selection(c: Checker, spec: Mapping[str, Any]) -> None:
+    """What must hold before we can tell whether the policy selects a workload."""
+    if spec.get("selector") is not None and (spec.get("targetRef") or spec.get("targetRefs")):
+        c.error("spec.selector", "selector and targetRef(s) are mutually exclusive")
+    selector = spec.get("selector")
+    if selector is not None:
+        sel = c.mapping(selector, "spec.selector")
+        if sel is not None:
+            c.fields(sel, frozenset({"matchLabels"}), "spec.selector")
+            labels = c.mapping(sel.get("matchLabels"), "spec.selector.matchLabels")
+            for key, value in (labels or {}).items():
+                if not isinstance(value, str):
+                    c.error(f"spec.selector.matchLabels.{key}", "must be a string")
+    for field in ("targetRef", "targetRefs"):
+        refs = spec.get(field)
+        if refs is None:
+            continue
+        entries = [refs] if field == "targetRef" else refs
+        if not isinstance(entries, list):
+            c.error(f"spec.{field}", "must be a list")
+            continue
+        for i, ref in enumerate(entries):
+            path = f"spec.{field}" if field == "targetRef" else f"spec.{field}[{i}]"
+            ref_map = c.mapping(ref, path)
+            if ref_map is not None and not (ref_map.get("kind") and ref_map.get("name")):
+                c.error(path, "a target reference needs a kind and a name")
+
+
 def check_spec(c: Checker, spec: Mapping[str, Any]) -> None:
     """Validate ``spec`` (already known to be a mapping) into ``c.problems``."""
     c.fields(spec, SPEC_FIELDS, "spec")
@@ -146,12 +178,12 @@ def check_spec(c: Checker, spec: Mapping[str, Any]) -> None:
     provider = spec.get("provider")
     if action == "CUSTOM":
         prov = c.mapping(provider, "spec.provider")
-        if prov is not None and not prov.get("name"):
+        if provider is None:
+            c.error("spec.provider", "the CUSTOM action requires a provider")
+        elif prov is not None and not prov.get("name"):
             c.error("spec.provider.name", "CUSTOM action requires a provider name")
     elif provider is not None:
         c.error("spec.provider", "a provider may only be set with the CUSTOM action")
-    if spec.get("selector") is not None and (spec.get("targetRef") or spec.get("targetRefs")):
-        c.error("spec.selector", "selector and targetRef(s) are mutually exclusive")
     rules = spec.get("rules")
     if rules is None:
         return

@@ -103,11 +103,12 @@ class Authorizer:
         self._providers = providers
         self._problems = problems
         self._cache: dict[bool, list[Message]] = {}
+        self._dict_cache: dict[bool, list[dict[str, Any]]] = {}
 
     @classmethod
     def from_policies(
         cls,
-        policies: Iterable[Mapping[str, Any]],
+        policies: Iterable[Any],
         *,
         namespace: str,
         labels: Mapping[str, str] | None = None,
@@ -119,6 +120,9 @@ class Authorizer:
     ) -> Authorizer:
         """Select the policies that apply to the workload and validate them.
 
+        ``policies`` are AuthorizationPolicy manifests (parsed YAML mappings) or loaded
+        resources with a ``manifest()`` method (``meshcore.config``); empty documents are
+        skipped.
         ``providers`` is MeshConfig's ``extensionProviders`` (a list of ``{name,
         envoyExtAuthzHttp|envoyExtAuthzGrpc}``), or a mapping name -> provider body.
         ``services`` (``namespace/hostname`` entries) is the service registry providers are
@@ -157,6 +161,8 @@ class Authorizer:
     @property
     def problems(self) -> Sequence[ConfigProblem]:
         """Warnings: what Istio would log while building (each handled by failing closed)."""
+        for tcp in (False, True):
+            self.filter_dicts(tcp)  # building is what finds provider problems
         return tuple(self._problems)
 
     @property
@@ -180,7 +186,14 @@ class Authorizer:
 
     def filter_dicts(self, tcp: bool = False) -> list[dict[str, Any]]:
         """The same filters in proto-JSON form (the shape of Istio's goldens)."""
-        return [copy.deepcopy(d) for d in self._build_dicts(tcp)]
+        if tcp not in self._dict_cache:
+            self._dict_cache[tcp] = self._build_dicts(tcp)
+        return copy.deepcopy(self._dict_cache[tcp])
+
+    def _warn(self, problem: ConfigProblem) -> None:
+        # HTTP and TCP builds meet the same provider problems: report each once.
+        if problem not in self._problems:
+            self._problems.append(problem)
 
     # --- building ---------------------------------------------------------------------------
 
@@ -188,7 +201,9 @@ class Authorizer:
         http_filter, network_filter = _message_classes()
         cls = network_filter if tcp else http_filter
         out: list[Message] = []
-        for d in self._build_dicts(tcp):
+        if tcp not in self._dict_cache:
+            self._dict_cache[tcp] = self._build_dicts(tcp)
+        for d in self._dict_cache[tcp]:
             msg = cls()
             json_format.ParseDict(d, msg)
             out.append(msg)
@@ -283,7 +298,7 @@ class Authorizer:
             return {"name": rbac_name, "typedConfig": config}
 
         if len(providers) > 1:
-            self._problems.append(
+            self._warn(
                 ConfigProblem(
                     "multiple CUSTOM authorization providers per workload are not supported, "
                     f"found {providers}; generated DENY rules instead",
@@ -303,7 +318,7 @@ class Authorizer:
                     if built is None
                     else f"extension provider {provider!r} is invalid: {'; '.join(built.problems)}"
                 )
-                self._problems.append(
+                self._warn(
                     ConfigProblem(
                         reason + "; generated DENY rules instead",
                         f"extensionProviders[{provider}]",
@@ -349,13 +364,22 @@ def _select(
     where = f"policies[{index}]"
     if manifest is None:
         return None  # an empty YAML document (e.g. after a trailing `---`)
+    file, line = "", 0
+    to_manifest = getattr(manifest, "manifest", None)
+    if callable(to_manifest):
+        # A loaded resource (meshcore.config): its plain manifest, and where it came from.
+        file, line = (
+            str(getattr(manifest, "file", "") or ""),
+            int(getattr(manifest, "line", 0) or 0),
+        )
+        manifest = to_manifest()
     if not isinstance(manifest, Mapping):
         errors.append(ConfigProblem("must be a mapping (a parsed manifest)", where))
         return None
     meta = manifest.get("metadata")
     name = str(meta.get("name") or "") if isinstance(meta, Mapping) else ""
     ns = str(meta.get("namespace") or "") if isinstance(meta, Mapping) else ""
-    checker = v.Checker(ns, name or where)
+    checker = v.Checker(ns, name or where, file, line)
     if manifest.get("kind") != v.KIND:
         checker.error("kind", f"expected {v.KIND}, found {manifest.get('kind')!r}")
     if manifest.get("apiVersion") not in v.API_VERSIONS:
@@ -365,11 +389,15 @@ def _select(
     if not ns:
         # A policy without a namespace would silently apply nowhere (or in the wrong place).
         checker.error("metadata.namespace", "must be set")
+    if not checker.problems and ns not in (namespace, root_namespace):
+        return None  # another namespace's policy: not ours to judge
     spec = checker.mapping(manifest.get("spec"), "spec")
+    if spec is not None:
+        v.check_selection(checker, spec)
     if checker.problems or spec is None:
         errors.extend(checker.problems)
         return None
-    if ns not in (namespace, root_namespace) or not _selects(spec, ns, namespace, labels):
+    if not _selects(spec, ns, namespace, labels):
         return None
     v.check_spec(checker, spec)
     if checker.problems:
@@ -432,10 +460,5 @@ def _selects(
             and ref.get("name") == gateway
             for ref in refs
         )
-    selector = spec.get("selector")
-    if not selector:
-        return True
-    match_labels = selector.get("matchLabels") if isinstance(selector, Mapping) else None
-    if not match_labels:
-        return True
-    return all(labels.get(k) == str(val) for k, val in match_labels.items())
+    match_labels = (spec.get("selector") or {}).get("matchLabels") or {}
+    return all(labels.get(k) == val for k, val in match_labels.items())

@@ -379,9 +379,47 @@ def test_problem_names_the_policy() -> None:
             "spec.rules[0].to[0].operation.paths[0]",
         ),
         (
-            {"rules": [{"to": [{"operation": {"paths": ["a/{*}"]}}]}]},
+            {"rules": [{"to": [{"operation": {"paths": ["/a/{name}/{*}"]}}]}]},
             "spec.rules[0].to[0].operation.paths[0]",
         ),
+        ({"action": "DENY"}, "spec.rules"),
+        ({"action": "CUSTOM", "provider": {"name": "x"}}, "spec.rules"),
+        (
+            {
+                "action": "CUSTOM",
+                "provider": {"name": "x"},
+                "rules": [{"from": [{"source": {"principals": ["a"]}}]}],
+            },
+            "spec.rules[0].from[0].source.principals",
+        ),
+        (
+            {
+                "action": "CUSTOM",
+                "provider": {"name": "x"},
+                "rules": [{"when": [{"key": "request.auth.claims[iss]", "values": ["a"]}]}],
+            },
+            "spec.rules[0].when[0].key",
+        ),
+        (
+            {"rules": [{"from": [{"source": {"principals": ["a"], "serviceAccounts": ["b"]}}]}]},
+            "spec.rules[0].from[0].source",
+        ),
+        (
+            {"rules": [{"from": [{"source": {"serviceAccounts": ["ns/sa/x"]}}]}]},
+            "spec.rules[0].from[0].source.serviceAccounts[0]",
+        ),
+        (
+            {"rules": [{"when": [{"key": "source.serviceAccount", "values": ["sa-*"]}]}]},
+            "spec.rules[0].when[0].values[0]",
+        ),
+        ({"rules": [{"from": []}]}, "spec.rules[0].from"),
+        ({"rules": [{"to": [None]}]}, "spec.rules[0].to[0]"),
+        ({"rules": [None]}, "spec.rules[0]"),
+        (
+            {"rules": [{"when": [{"key": "destination.labels[app]", "values": ["a"]}]}]},
+            "spec.rules[0].when[0].key",
+        ),
+        ({"selector": {"matchLabels": {"app": "http*"}}}, "spec.selector.matchLabels.app"),
         ({"rules": [{"typo": []}]}, "spec.rules[0].typo"),
         ({"selectr": {}}, "spec.selectr"),
     ],
@@ -417,8 +455,15 @@ def test_policies_for_other_workloads_are_not_validated() -> None:
     assert build([other]).policy_names == ()
 
 
-def test_null_rule_is_skipped_with_a_warning() -> None:
-    authz = build([policy("p", rules=[None, {}])])
-    [(_, ids)] = policy_ids(authz)
-    assert ids == ["ns[foo]-policy[p]-rule[1]"]
-    assert authz.problems[0].path == "spec.rules[0]"
+def test_deny_rule_with_only_http_attributes_warns() -> None:
+    http_only = {"to": [{"operation": {"methods": ["GET"]}}]}
+    with_port = {"to": [{"operation": {"methods": ["GET"], "ports": ["80"]}}]}
+    authz = build([policy("d", action="DENY", rules=[http_only, with_port])])
+    [warning] = authz.problems
+    assert (warning.path, warning.severity) == ("spec.rules[0]", "warning")
+    assert "denies all traffic to TCP ports" in warning.message
+
+
+def test_selector_without_labels_warns() -> None:
+    [warning] = build([policy("p", selector={})]).problems
+    assert warning.path == "spec.selector"

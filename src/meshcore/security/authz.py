@@ -421,14 +421,8 @@ def _select(
                     severity="warning",
                 )
             )
+    problems.extend(checker.warnings)
     rules = spec.get("rules")
-    for i, rule in enumerate(rules or ()):
-        if rule is None:
-            problems.append(
-                ConfigProblem(
-                    "skipped null rule", f"spec.rules[{i}]", v.KIND, ns, name, severity="warning"
-                )
-            )
     provider = spec.get("provider") or {}
     stamp = str(meta.get("creationTimestamp") or "") if isinstance(meta, Mapping) else ""
     return _Policy(

@@ -173,7 +173,8 @@ def test_filter_order_is_custom_audit_deny_allow() -> None:
         "envoy.filters.http.rbac",
     ]
     actions = [f["typedConfig"].get("rules", {}).get("action") for f in authz.filter_dicts()]
-    assert actions == [None, None, "LOG", "DENY", "ALLOW"]
+    # ALLOW is the enum default, so proto-JSON omits it.
+    assert actions == [None, None, "LOG", "DENY", None]
     tcp_names = [f["name"] for f in authz.filter_dicts(tcp=True)]
     assert tcp_names[:2] == ["envoy.filters.network.rbac", "envoy.filters.network.ext_authz"]
 
@@ -209,7 +210,7 @@ def test_dry_run_goes_to_shadow_rules_and_bad_annotation_is_enforced() -> None:
 def test_allow_rule_needing_http_is_dropped_on_tcp_but_deny_rule_widens() -> None:
     rule = {"to": [{"operation": {"methods": ["GET"], "ports": ["8080"]}}]}
     allow = build([policy("p", action="ALLOW", rules=[rule])]).filter_dicts(tcp=True)
-    assert allow[0]["typedConfig"]["rules"] == {"action": "ALLOW", "policies": {}}
+    assert allow[0]["typedConfig"]["rules"] == {}  # present: ALLOW nothing
     deny = build([policy("p", action="DENY", rules=[rule])]).filter_dicts(tcp=True)
     [permission] = deny[0]["typedConfig"]["rules"]["policies"]["ns[foo]-policy[p]-rule[0]"][
         "permissions"

@@ -18,7 +18,8 @@ from meshcore.security._model import Json
 EXT_AUTHZ_MATCH_PREFIX = "istio-ext-authz"
 EXT_AUTHZ_SHADOW_PREFIX = "istio_ext_authz_"
 SHADOW_EFFECTIVE_POLICY_ID = "shadow_effective_policy_id"
-DEFAULT_TIMEOUT = "600s"
+# Istio's default: the real timeout is expected from a DestinationRule.
+DEFAULT_TIMEOUT: Json = {"seconds": 600}
 
 HTTP_FIELDS = frozenset(
     {
@@ -63,8 +64,8 @@ _UNIT_NANOS = {
 }
 
 
-def parse_duration(text: str) -> str:
-    """A Go (`2ms`, `1m30s`) or proto-JSON (`0.002s`) duration -> proto-JSON form."""
+def parse_duration(text: str) -> Json:
+    """A Go (`2ms`, `1m30s`) or proto-JSON (`0.002s`) duration -> a Duration dict."""
     pos, nanos = 0, 0
     if not text:
         raise ValueError("empty duration")
@@ -75,7 +76,7 @@ def parse_duration(text: str) -> str:
         nanos += round(float(match.group(1)) * _UNIT_NANOS[match.group(2)])
         pos = match.end()
     seconds, rem = divmod(nanos, 1_000_000_000)
-    return f"{seconds}.{rem:09d}".rstrip("0").rstrip(".") + "s"
+    return {"seconds": seconds, "nanos": rem}
 
 
 def _status_codes() -> frozenset[int]:
@@ -194,7 +195,7 @@ def _status(value: Any, problems: list[str]) -> int | None:
     return code
 
 
-def _timeout(value: Any, problems: list[str]) -> str:
+def _timeout(value: Any, problems: list[str]) -> Json:
     if value in (None, ""):
         return DEFAULT_TIMEOUT
     try:
@@ -220,11 +221,11 @@ def _body(value: Any, path: str) -> Json | None:
     _unknown(value, BODY_FIELDS, path)
     out: Json = {}
     if value.get("maxRequestBytes"):
-        out["maxRequestBytes"] = int(value["maxRequestBytes"])
+        out["max_request_bytes"] = int(value["maxRequestBytes"])
     if value.get("allowPartialMessage"):
-        out["allowPartialMessage"] = True
+        out["allow_partial_message"] = True
     if value.get("packAsBytes"):
-        out["packAsBytes"] = True
+        out["pack_as_bytes"] = True
     return out
 
 
@@ -234,11 +235,11 @@ def _headers(values: Any) -> Json | None:
     patterns: list[Json] = []
     for header in values:
         if header.startswith("*"):
-            patterns.append({"suffix": header[1:], "ignoreCase": True})
+            patterns.append({"suffix": header[1:], "ignore_case": True})
         elif header.endswith("*"):
-            patterns.append({"prefix": header[:-1], "ignoreCase": True})
+            patterns.append({"prefix": header[:-1], "ignore_case": True})
         else:
-            patterns.append({"exact": header, "ignoreCase": True})
+            patterns.append({"exact": header, "ignore_case": True})
     return {"patterns": patterns}
 
 
@@ -276,10 +277,10 @@ def _build_http(
         return BuiltExtAuthz()
 
     service: Json = {
-        "serverUri": {"uri": f"http://{hostname}", "cluster": cluster, "timeout": timeout}
+        "server_uri": {"uri": f"http://{hostname}", "cluster": cluster, "timeout": timeout}
     }
     if prefix:
-        service["pathPrefix"] = prefix
+        service["path_prefix"] = prefix
     # includeHeadersInCheck is deprecated: used only when its successor is not set.
     allowed = _headers(body.get("includeRequestHeadersInCheck")) or _headers(
         body.get("includeHeadersInCheck")
@@ -287,32 +288,32 @@ def _build_http(
     additional = body.get("includeAdditionalHeadersInCheck") or {}
     headers_to_add = [{"key": k, "value": str(additional[k])} for k in sorted(additional)]
     if headers_to_add:
-        service["authorizationRequest"] = {"headersToAdd": headers_to_add}
+        service["authorization_request"] = {"headers_to_add": headers_to_add}
     response: Json = {}
     for src, dst in (
-        ("headersToUpstreamOnAllow", "allowedUpstreamHeaders"),
-        ("headersToDownstreamOnDeny", "allowedClientHeaders"),
-        ("headersToDownstreamOnAllow", "allowedClientHeadersOnSuccess"),
+        ("headersToUpstreamOnAllow", "allowed_upstream_headers"),
+        ("headersToDownstreamOnDeny", "allowed_client_headers"),
+        ("headersToDownstreamOnAllow", "allowed_client_headers_on_success"),
     ):
         generated = _headers(body.get(src))
         if generated:
             response[dst] = generated
     if response:
-        service["authorizationResponse"] = response
+        service["authorization_response"] = response
     http: Json = {
-        "failureModeAllow": bool(body.get("failOpen")),
-        "transportApiVersion": "V3",
-        "httpService": service,
+        "failure_mode_allow": bool(body.get("failOpen")),
+        "transport_api_version": "V3",
+        "http_service": service,
     }
     if allowed:
-        http["allowedHeaders"] = allowed
+        http["allowed_headers"] = allowed
     if status is not None:
-        http["statusOnError"] = {"code": status}
+        http["status_on_error"] = {"code": status}
     request_body = _body(body.get("includeRequestBodyInCheck"), f"{path}.includeRequestBodyInCheck")
     if request_body is not None:
-        http["withRequestBody"] = request_body
+        http["with_request_body"] = request_body
     if body.get("clearRouteCache"):
-        http["clearRouteCache"] = True
+        http["clear_route_cache"] = True
     return BuiltExtAuthz(http=http)
 
 
@@ -334,27 +335,27 @@ def _build_grpc(
     if problems:
         return BuiltExtAuthz()
     grpc: Json = {
-        "envoyGrpc": {"clusterName": cluster, "authority": hostname},
+        "envoy_grpc": {"cluster_name": cluster, "authority": hostname},
         "timeout": timeout,
     }
     fail_open = bool(body.get("failOpen"))
     http: Json = {
-        "failureModeAllow": fail_open,
-        "transportApiVersion": "V3",
-        "grpcService": grpc,
+        "failure_mode_allow": fail_open,
+        "transport_api_version": "V3",
+        "grpc_service": grpc,
     }
     if status is not None:
-        http["statusOnError"] = {"code": status}
+        http["status_on_error"] = {"code": status}
     request_body = _body(body.get("includeRequestBodyInCheck"), f"{path}.includeRequestBodyInCheck")
     if request_body is not None:
-        http["withRequestBody"] = request_body
+        http["with_request_body"] = request_body
     if body.get("clearRouteCache"):
-        http["clearRouteCache"] = True
+        http["clear_route_cache"] = True
     tcp: Json = {
-        "statPrefix": "tcp.",
-        "failureModeAllow": fail_open,
-        "transportApiVersion": "V3",
-        "grpcService": grpc,
+        "stat_prefix": "tcp.",
+        "failure_mode_allow": fail_open,
+        "transport_api_version": "V3",
+        "grpc_service": grpc,
     }
     return BuiltExtAuthz(http=http, tcp=tcp)
 
@@ -364,5 +365,5 @@ def filter_enabled_metadata(rbac_filter_name: str, provider: str) -> Json:
     return {
         "filter": rbac_filter_name,
         "path": [{"key": EXT_AUTHZ_SHADOW_PREFIX + SHADOW_EFFECTIVE_POLICY_ID}],
-        "value": {"stringMatch": {"prefix": f"{EXT_AUTHZ_MATCH_PREFIX}-{provider}"}},
+        "value": {"string_match": {"prefix": f"{EXT_AUTHZ_MATCH_PREFIX}-{provider}"}},
     }

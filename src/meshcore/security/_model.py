@@ -1,7 +1,8 @@
 """One AuthorizationPolicy rule -> one Envoy RBAC policy, as Istio's authz model builds it.
 
-Everything here works on proto-JSON dictionaries (camelCase, the form Istio's goldens are
-written in); :mod:`meshcore.security.authz` turns them into protobuf messages once, at the end.
+Everything here builds plain dictionaries keyed by proto field names: the generated message
+constructors take them directly (the walk happens in C, ten times faster than json_format), and
+:mod:`meshcore.security.authz` builds each filter message once, at the end.
 The input has already been validated by :mod:`meshcore.security._validate`, so the only
 "errors" left at generation time are the ones Istio also produces on purpose: HTTP-only
 attributes on a TCP filter chain.
@@ -9,6 +10,7 @@ attributes on a TCP filter chain.
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +24,9 @@ JWT_PAYLOAD = "payload"
 URI_TEMPLATE_TYPE = (
     "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig"
 )
+_URI_TEMPLATE: Any = importlib.import_module(
+    "envoy.extensions.path.match.uri_template.v3.uri_template_match_pb2"
+).UriTemplateMatchConfig
 MATCH_ONE_TEMPLATE = "{*}"
 MATCH_ANY_TEMPLATE = "{**}"
 
@@ -63,7 +68,7 @@ def go_quote_meta(text: str) -> str:
 
 
 def sm_regex(regex: str) -> Json:
-    return {"safeRegex": {"regex": regex}}
+    return {"safe_regex": {"regex": regex}}
 
 
 def string_matcher(value: str, prefix: str = "") -> Json:
@@ -81,7 +86,7 @@ def string_matcher(value: str, prefix: str = "") -> Json:
 
 def header_matcher(name: str, value: str, ignore_case: bool = False) -> Json:
     if value == "*":
-        return {"name": name, "presentMatch": True}
+        return {"name": name, "present_match": True}
     if value.startswith("*"):
         sm: Json = {"suffix": value[1:]}
     elif value.endswith("*"):
@@ -89,14 +94,14 @@ def header_matcher(name: str, value: str, ignore_case: bool = False) -> Json:
     else:
         sm = {"exact": value}
     if ignore_case:
-        sm["ignoreCase"] = True
-    return {"name": name, "stringMatch": sm}
+        sm["ignore_case"] = True
+    return {"name": name, "string_match": sm}
 
 
 def inline_header_matcher(name: str, value: str) -> Json:
     """Match one element of a comma-joined header value (RFC 7230 lists)."""
     if value == "*":
-        return {"name": name, "presentMatch": True}
+        return {"name": name, "present_match": True}
     if value.startswith("*"):
         regex = ".*" + go_quote_meta(value[1:])
     elif value.endswith("*"):
@@ -104,17 +109,17 @@ def inline_header_matcher(name: str, value: str) -> Json:
     else:
         regex = go_quote_meta(value)
     full = f"^{regex}$|^{regex},.*|.*,{regex},.*|.*,{regex}$"
-    return {"name": name, "safeRegexMatch": {"regex": full}}
+    return {"name": name, "safe_regex_match": {"regex": full}}
 
 
 def value_or(matchers: list[Json]) -> Json:
     if len(matchers) == 1:
         return matchers[0]
-    return {"orMatch": {"valueMatchers": matchers}}
+    return {"or_match": {"value_matchers": matchers}}
 
 
 def string_or_value(values: Sequence[str]) -> Json:
-    return value_or([{"stringMatch": string_matcher(v)} for v in values])
+    return value_or([{"string_match": string_matcher(v)} for v in values])
 
 
 def metadata_matcher(filter_name: str, keys: Sequence[str], value: Json) -> Json:
@@ -123,21 +128,21 @@ def metadata_matcher(filter_name: str, keys: Sequence[str], value: Json) -> Json
 
 def jwt_claim_list_matcher(claims: Sequence[str], value: Json) -> Json:
     # A claim may be a string or a list of strings: match either shape.
-    either = {"orMatch": {"valueMatchers": [{"listMatch": {"oneOf": value}}, value]}}
+    either = {"or_match": {"value_matchers": [{"list_match": {"one_of": value}}, value]}}
     return metadata_matcher(JWT_FILTER, [JWT_PAYLOAD, *claims], either)
 
 
 def jwt_claim_string_matcher(claim: str, sm: Json) -> Json:
-    return metadata_matcher(JWT_FILTER, [JWT_PAYLOAD, claim], {"stringMatch": sm})
+    return metadata_matcher(JWT_FILTER, [JWT_PAYLOAD, claim], {"string_match": sm})
 
 
 def cidr_range(value: str) -> Json:
     """Single IP -> /32 or /128; CIDR kept as written (Istio does not mask host bits)."""
     if "/" in value:
         iface = ipaddress.ip_interface(value)
-        return {"addressPrefix": str(iface.ip), "prefixLen": iface.network.prefixlen}
+        return {"address_prefix": str(iface.ip), "prefix_len": {"value": iface.network.prefixlen}}
     addr = ipaddress.ip_address(value)
-    return {"addressPrefix": str(addr), "prefixLen": addr.max_prefixlen}
+    return {"address_prefix": str(addr), "prefix_len": {"value": addr.max_prefixlen}}
 
 
 def path_template(path: str) -> str:
@@ -189,39 +194,39 @@ def extract_bracket_names(text: str) -> list[str]:
 
 
 def authenticated(sm: Json) -> Json:
-    return {"authenticated": {"principalName": sm}}
+    return {"authenticated": {"principal_name": sm}}
 
 
 def p_or(ids: list[Json]) -> Json:
-    return {"orIds": {"ids": ids}}
+    return {"or_ids": {"ids": ids}}
 
 
 def p_and(ids: list[Json]) -> Json:
-    return {"andIds": {"ids": ids}}
+    return {"and_ids": {"ids": ids}}
 
 
 def p_not(principal: Json) -> Json:
-    return {"notId": principal}
+    return {"not_id": principal}
 
 
 def r_or(rules: list[Json]) -> Json:
-    return {"orRules": {"rules": rules}}
+    return {"or_rules": {"rules": rules}}
 
 
 def r_and(rules: list[Json]) -> Json:
-    return {"andRules": {"rules": rules}}
+    return {"and_rules": {"rules": rules}}
 
 
 def r_not(rule: Json) -> Json:
-    return {"notRule": rule}
+    return {"not_rule": rule}
 
 
 ANY_PERMISSION: Json = {"any": True}
 ANY_PRINCIPAL: Json = {"any": True}
 # A policy without rules: an explicit policy that never matches (so ALLOW denies everything).
 MATCH_NEVER: Json = {
-    "permissions": [{"notRule": {"any": True}}],
-    "principals": [{"notId": {"any": True}}],
+    "permissions": [{"not_rule": {"any": True}}],
+    "principals": [{"not_id": {"any": True}}],
 }
 
 
@@ -241,15 +246,15 @@ Extended = Callable[[str, Sequence[str], bool], Json]
 
 
 def _g_dest_ip(_key: str, value: str, _tcp: bool, _ns: str) -> Json:
-    return {"destinationIp": cidr_range(value)}
+    return {"destination_ip": cidr_range(value)}
 
 
 def _g_dest_port(_key: str, value: str, _tcp: bool, _ns: str) -> Json:
-    return {"destinationPort": int(value)}
+    return {"destination_port": int(value)}
 
 
 def _g_sni(_key: str, value: str, _tcp: bool, _ns: str) -> Json:
-    return {"requestedServerName": string_matcher(value)}
+    return {"requested_server_name": string_matcher(value)}
 
 
 def _g_host(key: str, value: str, tcp: bool, _ns: str) -> Json:
@@ -265,17 +270,18 @@ def _g_method(key: str, value: str, tcp: bool, _ns: str) -> Json:
 def _g_path(key: str, value: str, tcp: bool, _ns: str) -> Json:
     _http_only(key, tcp)
     if contains_path_template(value):
-        config = {"@type": URI_TEMPLATE_TYPE, "pathTemplate": path_template(value)}
-        return {"uriTemplate": {"name": "uri-template", "typedConfig": config}}
-    return {"urlPath": {"path": string_matcher(value)}}
+        config = _URI_TEMPLATE(path_template=path_template(value)).SerializeToString()
+        any_config = {"type_url": URI_TEMPLATE_TYPE, "value": config}
+        return {"uri_template": {"name": "uri-template", "typed_config": any_config}}
+    return {"url_path": {"path": string_matcher(value)}}
 
 
 def _g_src_ip(_key: str, value: str, _tcp: bool, _ns: str) -> Json:
-    return {"directRemoteIp": cidr_range(value)}
+    return {"direct_remote_ip": cidr_range(value)}
 
 
 def _g_remote_ip(_key: str, value: str, _tcp: bool, _ns: str) -> Json:
-    return {"remoteIp": cidr_range(value)}
+    return {"remote_ip": cidr_range(value)}
 
 
 def _g_namespace(_key: str, value: str, _tcp: bool, _ns: str) -> Json:
@@ -365,10 +371,10 @@ def _x_envoy_filter(key: str, values: Sequence[str], _tcp: bool) -> Json:
     matchers: list[Json] = []
     for value in values:
         if value.startswith("[") and value.endswith("]"):
-            inner = {"stringMatch": string_matcher(value.strip("[]"))}
-            matchers.append({"listMatch": {"oneOf": inner}})
+            inner = {"string_match": string_matcher(value.strip("[]"))}
+            matchers.append({"list_match": {"one_of": inner}})
         else:
-            matchers.append({"stringMatch": string_matcher(value)})
+            matchers.append({"string_match": string_matcher(value)})
     return {"metadata": metadata_matcher(filter_name, [sub_key], value_or(matchers))}
 
 

@@ -7,13 +7,12 @@ the CUSTOM pair (shadow RBAC, then ext_authz) per provider, then RBAC for AUDIT,
 
 from __future__ import annotations
 
-import copy
 import importlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
 
 from meshcore.errors import ConfigError, ConfigProblem
@@ -49,6 +48,12 @@ _PROTO_MODULES = (
     "envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2",
     "envoy.config.listener.v3.listener_components_pb2",
 )
+
+
+def _config_class(type_url: str) -> Any:
+    _message_classes()  # registers every type we emit
+    name = type_url.rpartition("/")[2]
+    return message_factory.GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(name))
 
 
 def _message_classes() -> tuple[type[Message], type[Message]]:
@@ -103,7 +108,6 @@ class Authorizer:
         self._providers = providers
         self._problems = problems
         self._cache: dict[bool, list[Message]] = {}
-        self._dict_cache: dict[bool, list[dict[str, Any]]] = {}
 
     @classmethod
     def from_policies(
@@ -162,7 +166,7 @@ class Authorizer:
     def problems(self) -> Sequence[ConfigProblem]:
         """Warnings: what Istio would log while building (each handled by failing closed)."""
         for tcp in (False, True):
-            self.filter_dicts(tcp)  # building is what finds provider problems
+            self.filters(tcp)  # building is what finds provider problems
         return tuple(self._problems)
 
     @property
@@ -185,10 +189,11 @@ class Authorizer:
         return out
 
     def filter_dicts(self, tcp: bool = False) -> list[dict[str, Any]]:
-        """The same filters in proto-JSON form (the shape of Istio's goldens)."""
-        if tcp not in self._dict_cache:
-            self._dict_cache[tcp] = self._build_dicts(tcp)
-        return copy.deepcopy(self._dict_cache[tcp])
+        """The same filters in proto-JSON form (camelCase, defaults omitted: the shape of
+        Istio's goldens)."""
+        if tcp not in self._cache:
+            self._cache[tcp] = self._build(tcp)
+        return [json_format.MessageToDict(msg) for msg in self._cache[tcp]]
 
     def _warn(self, problem: ConfigProblem) -> None:
         # HTTP and TCP builds meet the same provider problems: report each once.
@@ -201,15 +206,17 @@ class Authorizer:
         http_filter, network_filter = _message_classes()
         cls = network_filter if tcp else http_filter
         out: list[Message] = []
-        if tcp not in self._dict_cache:
-            self._dict_cache[tcp] = self._build_dicts(tcp)
-        for d in self._dict_cache[tcp]:
-            msg = cls()
-            json_format.ParseDict(d, msg)
-            out.append(msg)
+        for spec in self._build_specs(tcp):
+            config = dict(spec["typed_config"])
+            type_url = config.pop("@type")
+            typed_config = any_pb2.Any()
+            # Constructors take the nested field-name dicts directly (and walk them in C).
+            # Deterministic: map entries sorted, so equal configs give equal bytes (and hashes).
+            typed_config.Pack(_config_class(type_url)(**config), deterministic=True)
+            out.append(cls(name=spec["name"], typed_config=typed_config))
         return out
 
-    def _build_dicts(self, tcp: bool) -> list[dict[str, Any]]:
+    def _build_specs(self, tcp: bool) -> list[dict[str, Any]]:
         by_action: dict[str, list[_Policy]] = {"CUSTOM": [], "AUDIT": [], "DENY": [], "ALLOW": []}
         for p in self._policies:
             by_action[p.action].append(p)
@@ -261,15 +268,15 @@ class Authorizer:
         if enforce is not None:
             config["rules"] = enforce
         if shadow is not None:
-            config["shadowRules"] = shadow
+            config["shadow_rules"] = shadow
         # Istio reads the action of possibly-absent shadow rules, which defaults to ALLOW.
         shadow_action = shadow["action"] if shadow is not None else "ALLOW"
         stat = {"ALLOW": SHADOW_ALLOW_PREFIX, "DENY": SHADOW_DENY_PREFIX}.get(shadow_action, "")
         if stat:
-            config["shadowRulesStatPrefix"] = stat
+            config["shadow_rules_stat_prefix"] = stat
         if tcp:
-            config["statPrefix"] = TCP_STAT_PREFIX
-        return {"name": TCP_RBAC if tcp else HTTP_RBAC, "typedConfig": config}
+            config["stat_prefix"] = TCP_STAT_PREFIX
+        return {"name": TCP_RBAC if tcp else HTTP_RBAC, "typed_config": config}
 
     def _build_custom(self, policies: Sequence[_Policy], tcp: bool) -> list[m.Json]:
         if not policies:
@@ -294,8 +301,8 @@ class Authorizer:
                 "rules": {"action": "DENY", "policies": policies_},
             }
             if tcp:
-                config["statPrefix"] = TCP_STAT_PREFIX
-            return {"name": rbac_name, "typedConfig": config}
+                config["stat_prefix"] = TCP_STAT_PREFIX
+            return {"name": rbac_name, "typed_config": config}
 
         if len(providers) > 1:
             self._warn(
@@ -332,20 +339,20 @@ class Authorizer:
                 continue  # an HTTP provider has nothing to say about TCP connections
             rbac: m.Json = {
                 "@type": rbac_type,
-                "shadowRules": {"action": "DENY", "policies": enforce[provider]},
-                "shadowRulesStatPrefix": ext.EXT_AUTHZ_SHADOW_PREFIX,
+                "shadow_rules": {"action": "DENY", "policies": enforce[provider]},
+                "shadow_rules_stat_prefix": ext.EXT_AUTHZ_SHADOW_PREFIX,
             }
             # Dry-run CUSTOM policies go to `rules` (an Istio quirk: they still call ext_authz).
             if shadow[provider]:
                 rbac["rules"] = {"action": "DENY", "policies": shadow[provider]}
             if tcp:
-                rbac["statPrefix"] = TCP_STAT_PREFIX
+                rbac["stat_prefix"] = TCP_STAT_PREFIX
             ext_typed = dict(ext_config)
-            ext_typed["filterEnabledMetadata"] = ext.filter_enabled_metadata(rbac_name, provider)
+            ext_typed["filter_enabled_metadata"] = ext.filter_enabled_metadata(rbac_name, provider)
             ext_typed["@type"] = TCP_EXT_AUTHZ_TYPE if tcp else HTTP_EXT_AUTHZ_TYPE
-            filters.append({"name": rbac_name, "typedConfig": rbac})
+            filters.append({"name": rbac_name, "typed_config": rbac})
             filters.append(
-                {"name": TCP_EXT_AUTHZ if tcp else HTTP_EXT_AUTHZ, "typedConfig": ext_typed}
+                {"name": TCP_EXT_AUTHZ if tcp else HTTP_EXT_AUTHZ, "typed_config": ext_typed}
             )
         return filters
 

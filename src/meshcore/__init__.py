@@ -27,5 +27,11 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # Lazy: the base install (no xds-protos) must still import meshcore.
     if name == "Authorizer":
-        return importlib.import_module("meshcore.security.authz").Authorizer
+        try:
+            module = importlib.import_module("meshcore.security.authz")
+        except ImportError as exc:
+            raise ImportError(
+                "meshcore.Authorizer needs the Envoy protos: pip install 'meshcore[all]'"
+            ) from exc
+        return module.Authorizer
     raise AttributeError(f"module 'meshcore' has no attribute {name!r}")

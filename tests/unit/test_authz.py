@@ -127,6 +127,10 @@ def test_no_policy_means_no_filter() -> None:
     assert build([policy("theirs", namespace="bar")]).filters(tcp=True) == []
 
 
+def test_a_single_manifest_is_accepted() -> None:
+    assert Authorizer.from_policies(policy("p"), namespace="foo").policy_names == ("foo/p",)
+
+
 def test_empty_documents_are_skipped() -> None:
     assert build([None, policy("p")]).policy_names == ("foo/p",)
 

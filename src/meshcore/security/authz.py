@@ -37,8 +37,8 @@ BAD_CUSTOM_SUFFIX = "-deny-due-to-bad-CUSTOM-action"
 DRY_RUN_ANNOTATION = "istio.io/dry-run"
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 
-# Every message type that can appear inside an Any must be in the default pool before
-# json_format can parse `@type`; importing the generated modules registers them.
+# Every message type we build or pack into an Any must be in the default descriptor pool (and
+# json_format needs them to render `@type`); importing the generated modules registers them.
 _PROTO_MODULES = (
     "envoy.extensions.filters.http.rbac.v3.rbac_pb2",
     "envoy.extensions.filters.network.rbac.v3.rbac_pb2",
@@ -125,14 +125,16 @@ class Authorizer:
         """Select the policies that apply to the workload and validate them.
 
         ``policies`` are AuthorizationPolicy manifests (parsed YAML mappings) or loaded
-        resources with a ``manifest()`` method (``meshcore.config``); empty documents are
-        skipped.
+        resources with a ``manifest()`` method (``meshcore.config``), or one such manifest;
+        empty documents are skipped.
         ``providers`` is MeshConfig's ``extensionProviders`` (a list of ``{name,
         envoyExtAuthzHttp|envoyExtAuthzGrpc}``), or a mapping name -> provider body.
         ``services`` (``namespace/hostname`` entries) is the service registry providers are
         looked up in; without it, any provider service is taken as written.
         Raises :class:`ConfigError` listing every invalid policy field that applies.
         """
+        if isinstance(policies, Mapping) or hasattr(policies, "manifest"):
+            policies = [policies]  # one manifest on its own
         labels = dict(labels or {})
         selected: list[_Policy] = []
         problems: list[ConfigProblem] = []

@@ -105,9 +105,10 @@ CONTEXT: dict[str, dict[str, Any]] = {
 
 XFAIL = {
     "allow-host-before-111": (
-        "legacy golden for proxies older than Istio 1.11 (regex `(?i)` host matching); "
-        "SOURCE.md notes upstream's test table no longer references it, and meshcore "
-        "targets current proxies (ignore_case string matchers, as allow-full-rule expects)"
+        "legacy golden for proxies older than Istio 1.11: hosts as `(?i)` safe_regex_match; "
+        "we emit what current Istio does (ignore_case exact/prefix/suffix string_match, as "
+        "allow-full-rule expects). Only the host matchers differ, and they match the same "
+        "hosts. SOURCE.md notes upstream's test table no longer references this case."
     ),
 }
 

@@ -14,9 +14,13 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 def freeze(value: Any) -> Any:
-    """A deep read-only copy: mappings become MappingProxyType, lists become tuples."""
+    """A deep read-only copy: mappings become MappingProxyType, lists become tuples.
+
+    Fields set to null are dropped: null means "not set", as the Kubernetes API server treats
+    it, so readers can rely on ``spec.get(field, default)``.
+    """
     if isinstance(value, dict):
-        return MappingProxyType({k: freeze(v) for k, v in value.items()})
+        return MappingProxyType({k: freeze(v) for k, v in value.items() if v is not None})
     if isinstance(value, list):
         return tuple(freeze(v) for v in value)
     return value

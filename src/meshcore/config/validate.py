@@ -7,7 +7,6 @@ the Rust core so validation and runtime agree, durations, selectors, policies...
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 import socket
@@ -15,8 +14,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from meshcore import _core
+from meshcore._text import unknown_field
 from meshcore.config import schema as s
 from meshcore.errors import ConfigProblem
+from meshcore.security import _validate as authz_validate
 
 Path = tuple[str | int, ...]
 
@@ -53,14 +54,6 @@ REDIRECT_CODES = (301, 302, 303, 307, 308)  # the ones Envoy can send
 PROTOCOLS = frozenset(
     {"HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "REDIS", "MYSQL", "TCP", "TLS", "UDP"}
 )
-AUTHZ_WHEN_KEYS = (
-    "source.ip", "remote.ip", "source.namespace", "source.principal", "source.serviceAccount",
-    "request.auth.principal", "request.auth.audiences", "request.auth.presenter",
-    "destination.ip", "destination.port", "connection.sni",
-)  # fmt: skip
-_HEADER_KEY = re.compile(r"request\.headers\[[^\[\]]+\]\Z")
-_CLAIMS_KEY = re.compile(r"request\.auth\.claims(\[[^\[\]]+\])+\Z")
-_PATH_TEMPLATE_SEGMENT = re.compile(r"\{\*\*?\}")
 
 
 def parse_duration(text: str) -> int | None:
@@ -71,6 +64,17 @@ def parse_duration(text: str) -> int | None:
     for number, unit in _DURATION_PART.findall(text):
         total += float(number) * _UNIT_NS[unit]
     return round(total)
+
+
+_PATH_TOKEN = re.compile(r"\[(\d+)\]|\['((?:[^'\\]|\\.)*)'\]|([^.\[\]]+)")
+
+
+def parse_path(text: str) -> Path:
+    """The inverse of :func:`format_path` (for paths other validators report as text)."""
+    out: list[str | int] = []
+    for index, quoted, plain in _PATH_TOKEN.findall(text):
+        out.append(int(index) if index else quoted or plain)
+    return tuple(out)
 
 
 def format_path(path: Path) -> str:
@@ -113,7 +117,7 @@ class Checker:
                 sub_type = fields.get(key)
                 if sub_type is None:
                     if not ftype.open:
-                        self.error(path + (str(key),), _unknown_field(str(key), fields))
+                        self.error(path + (str(key),), unknown_field(str(key), fields))
                         ok = False
                     continue
                 ok = self.shape(sub, sub_type, path + (key,)) and ok
@@ -361,16 +365,6 @@ def _describe(value: Any) -> str:
     if isinstance(value, dict):
         return "a mapping"
     return "null" if value is None else type(value).__name__
-
-
-def _unknown_field(key: str, fields: Mapping[str, Any]) -> str:
-    close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
-    if not close:
-        lowered = {f.lower(): f for f in fields}
-        if key.lower().replace("_", "") in lowered:
-            close = [lowered[key.lower().replace("_", "")]]
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown field {key!r}{hint}"
 
 
 def _d(value: Any) -> dict[str, Any]:
@@ -943,150 +937,16 @@ def check_destination_rule(c: Checker, spec: dict[str, Any], name: str) -> None:
     c.export_to(spec)
 
 
-def _authz_values(c: Checker, values: Any, path: Path, *, kind: str = "") -> None:
-    for i, v in enumerate(_l(values)):
-        if not isinstance(v, str):
-            continue
-        vp = path + (i,)
-        if v == "":
-            c.error(vp, "empty value is not allowed")
-            continue
-        if kind == "ip":
-            if not _is_ip_or_cidr(v):
-                c.error(vp, f"{v!r} is not an IP address or CIDR block")
-            continue
-        if kind == "port":
-            if not v.isdigit() or not 1 <= int(v) <= 65535:
-                c.error(vp, f"invalid port {v!r}: a number in the range 1..65535")
-            continue
-        if kind == "path" and "{" in v:
-            _path_template(c, v, vp)
-            continue
-        if v != "*" and "*" in v[1:-1]:
-            c.error(
-                vp, f"invalid value {v!r}: '*' is only supported alone, as a prefix or as a suffix"
-            )
-
-
-def _path_template(c: Checker, v: str, path: Path) -> None:
-    segments = v.split("/")
-    for i, seg in enumerate(segments):
-        if "{" not in seg and "}" not in seg:
-            if "*" in seg:
-                c.error(
-                    path, f"invalid path template {v!r}: '*' cannot be mixed with {{*}} or {{**}}"
-                )
-                return
-            continue
-        if not _PATH_TEMPLATE_SEGMENT.fullmatch(seg):
-            c.error(
-                path,
-                f"invalid path template {v!r}: {{*}} and {{**}} must each be a whole path segment",
-            )
-            return
-        if seg == "{**}" and i != len(segments) - 1:
-            c.error(path, f"invalid path template {v!r}: {{**}} must be the last segment")
-            return
-
-
 def check_authorization_policy(c: Checker, spec: dict[str, Any], name: str) -> None:
-    action = spec.get("action", "ALLOW")
-    provider = spec.get("provider")
-    if action == "CUSTOM":
-        if not _d(provider).get("name"):
-            c.error(
-                ("spec", "provider", "name"),
-                "a CUSTOM policy needs provider.name (an extension provider in mesh config)",
-            )
-    elif provider is not None:
-        c.error(("spec", "provider"), f"provider can only be set with action CUSTOM, not {action}")
-    if spec.get("selector") is not None and (
-        spec.get("targetRef") is not None or spec.get("targetRefs")
-    ):
-        c.error(("spec", "selector"), "selector and targetRef(s) are mutually exclusive")
-    if spec.get("targetRef") is not None and spec.get("targetRefs"):
-        c.error(("spec", "targetRef"), "targetRef and targetRefs are mutually exclusive")
-    c.selector(spec, ("spec",))
-    if action in ("AUDIT", "DENY", "CUSTOM") and not _l(spec.get("rules")) and "rules" not in spec:
-        c.warn(("spec", "rules"), f"a {action} policy without rules matches nothing")
-    for i, rule in enumerate(_l(spec.get("rules"))):
-        rule = _d(rule)
-        rpath: Path = ("spec", "rules", i)
-        for j, frm in enumerate(_l(rule.get("from"))):
-            src = _d(frm).get("source")
-            fpath = rpath + ("from", j, "source")
-            if not src:
-                c.error(fpath, "source must not be empty")
-                continue
-            src = _d(src)
-            if not any(src.get(k) for k in src):
-                c.error(fpath, "source must set at least one field")
-            for f in (
-                "principals",
-                "notPrincipals",
-                "requestPrincipals",
-                "notRequestPrincipals",
-                "namespaces",
-                "notNamespaces",
-            ):
-                _authz_values(c, src.get(f), fpath + (f,))
-            for f in ("ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks"):
-                _authz_values(c, src.get(f), fpath + (f,), kind="ip")
-            for f in ("serviceAccounts", "notServiceAccounts"):
-                _authz_values(c, src.get(f), fpath + (f,))
-                for k, sa in enumerate(_l(src.get(f))):
-                    if isinstance(sa, str) and sa and ("*" in sa or len(sa.split("/")) > 2):
-                        c.error(
-                            fpath + (f, k),
-                            f"invalid service account {sa!r}: NAME or NAMESPACE/NAME, no wildcards",
-                        )
-            if (src.get("serviceAccounts") or src.get("notServiceAccounts")) and (
-                src.get("principals")
-                or src.get("notPrincipals")
-                or src.get("namespaces")
-                or src.get("notNamespaces")
-            ):
-                c.error(fpath, "serviceAccounts cannot be combined with principals or namespaces")
-        for j, to in enumerate(_l(rule.get("to"))):
-            op = _d(to).get("operation")
-            tpath = rpath + ("to", j, "operation")
-            if not op:
-                c.error(tpath, "operation must not be empty")
-                continue
-            op = _d(op)
-            if not any(op.get(k) for k in op):
-                c.error(tpath, "operation must set at least one field")
-            for f in ("hosts", "notHosts", "methods", "notMethods"):
-                _authz_values(c, op.get(f), tpath + (f,))
-            for f in ("paths", "notPaths"):
-                _authz_values(c, op.get(f), tpath + (f,), kind="path")
-            for f in ("ports", "notPorts"):
-                _authz_values(c, op.get(f), tpath + (f,), kind="port")
-        for j, cond in enumerate(_l(rule.get("when"))):
-            cond = _d(cond)
-            wpath = rpath + ("when", j)
-            key = cond.get("key")
-            if not key:
-                c.error(wpath + ("key",), "key is required")
-            elif isinstance(key, str) and not (
-                key in AUTHZ_WHEN_KEYS
-                or _HEADER_KEY.match(key)
-                or _CLAIMS_KEY.match(key)
-                or key.startswith("experimental.envoy.filters.")
-            ):
-                c.error(
-                    wpath + ("key",),
-                    f"unknown condition key {key!r} (one of {', '.join(AUTHZ_WHEN_KEYS)}, request.headers[NAME], request.auth.claims[NAME])",
-                )
-            if not _l(cond.get("values")) and not _l(cond.get("notValues")):
-                c.error(wpath, "at least one of values or notValues must be set")
-            kind = ""
-            if key in ("source.ip", "remote.ip", "destination.ip"):
-                kind = "ip"
-            elif key == "destination.port":
-                kind = "port"
-            for f in ("values", "notValues"):
-                _authz_values(c, cond.get(f), wpath + (f,), kind=kind)
+    # One validator for AuthorizationPolicy, shared with the Authorizer (which validates the
+    # manifests it is given directly): Istio's webhook rules, in meshcore.security._validate.
+    checker = authz_validate.Checker(namespace="", name=name)
+    authz_validate.check_selection(checker, spec)
+    authz_validate.check_spec(checker, spec)
+    for p in checker.problems:
+        c.error(parse_path(p.path), p.message)
+    for p in checker.warnings:
+        c.warn(parse_path(p.path), p.message)
 
 
 def check_peer_authentication(c: Checker, spec: dict[str, Any], name: str) -> None:

@@ -24,9 +24,15 @@ JWT_PAYLOAD = "payload"
 URI_TEMPLATE_TYPE = (
     "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig"
 )
-_URI_TEMPLATE: Any = importlib.import_module(
-    "envoy.extensions.path.match.uri_template.v3.uri_template_match_pb2"
-).UriTemplateMatchConfig
+
+
+def _uri_template_config() -> Any:
+    # Imported on use: validation (no protos needed) shares this module with the translation.
+    return importlib.import_module(
+        "envoy.extensions.path.match.uri_template.v3.uri_template_match_pb2"
+    ).UriTemplateMatchConfig
+
+
 MATCH_ONE_TEMPLATE = "{*}"
 MATCH_ANY_TEMPLATE = "{**}"
 
@@ -270,7 +276,7 @@ def _g_method(key: str, value: str, tcp: bool, _ns: str) -> Json:
 def _g_path(key: str, value: str, tcp: bool, _ns: str) -> Json:
     _http_only(key, tcp)
     if contains_path_template(value):
-        config = _URI_TEMPLATE(path_template=path_template(value)).SerializeToString()
+        config = _uri_template_config()(path_template=path_template(value)).SerializeToString()
         any_config = {"type_url": URI_TEMPLATE_TYPE, "value": config}
         return {"uri_template": {"name": "uri-template", "typed_config": any_config}}
     return {"url_path": {"path": string_matcher(value)}}
@@ -421,6 +427,9 @@ _OPERATION_FIELDS: tuple[tuple[str, str, Single], ...] = (
     (METHOD_HEADER, "methods", _g_method),
     (HOST_HEADER, "hosts", _g_host),
 )
+
+
+WHEN_KEYS: tuple[str, ...] = (*_WHEN_SINGLE, *_WHEN_EXTENDED)
 
 
 def is_known_condition_key(key: str) -> bool:

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from meshcore._text import unknown_field
 from meshcore.errors import ConfigProblem
 from meshcore.security import _model as m
 
@@ -75,7 +76,10 @@ class Checker:
     def fields(self, obj: Mapping[str, Any], allowed: frozenset[str], path: str) -> None:
         for key in obj:
             if key not in allowed:
-                self.error(f"{path}.{key}", "unknown field (ignoring it could widen access)")
+                self.error(
+                    f"{path}.{key}",
+                    unknown_field(str(key), allowed) + " (ignoring it could widen access)",
+                )
 
     def strings(self, value: Any, path: str) -> list[str]:
         if value is None:
@@ -153,13 +157,23 @@ _RETIRED_KEYS = {
 }
 
 
+_KNOWN_KEYS = ", ".join(
+    [
+        *m.WHEN_KEYS,
+        f"{m.ATTR_REQUEST_HEADER}[NAME]",
+        f"{m.ATTR_REQUEST_CLAIMS}[NAME]",
+        f"{m.ATTR_ENVOY_FILTER}FILTER[KEY]",
+    ]
+)
+
+
 def _condition_key_problem(key: str) -> str:
     if key in _RETIRED_KEYS:
         return f"attribute {key!r} is {_RETIRED_KEYS[key]}"
     if key.startswith("destination.labels"):
         return f"attribute {key!r} is replaced by the workload selector"
     if not m.is_known_condition_key(key):
-        return f"unknown attribute {key!r}"
+        return f"unknown attribute {key!r} (known: {_KNOWN_KEYS})"
     if key.startswith(
         (
             m.ATTR_REQUEST_HEADER,

@@ -1,0 +1,1 @@
+"""xDS: Istio config translated to Envoy resources, snapshots, and the ADS server."""

@@ -1,10 +1,18 @@
 # Hand-written stubs for the Rust extension (ext/py); checked by mypy.stubtest in the tests.
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, final
 
 __version__: str
-__all__ = ["YamlDocument", "__version__", "check_regex", "parse_yaml", "regex_full_match"]
+__all__ = [
+    "ResourceStore",
+    "Snapshot",
+    "YamlDocument",
+    "__version__",
+    "check_regex",
+    "parse_yaml",
+    "regex_full_match",
+]
 
 def check_regex(pattern: str) -> None: ...
 def regex_full_match(pattern: str, text: str) -> bool: ...
@@ -23,3 +31,31 @@ def parse_yaml(
     list[tuple[Any, YamlDocument]],
     list[tuple[int, int, str, int | None, list[str | int]]],
 ]: ...
+
+@final
+class ResourceStore:
+    """Interns xDS resources: identical (name, bytes) pairs are held once across snapshots."""
+
+    def __init__(self) -> None: ...
+    def snapshot(self, resources: Mapping[str, Mapping[str, bytes]]) -> Snapshot: ...
+    def __len__(self) -> int: ...
+
+@final
+class Snapshot:
+    """One proxy's xDS resources by type URL; immutable."""
+
+    def with_changes(
+        self, type_url: str, changes: Mapping[str, bytes | None]
+    ) -> tuple[Snapshot, list[str]]: ...
+    def version(self, type_url: str) -> str: ...
+    def names(self, type_url: str) -> list[str]: ...
+    def type_urls(self) -> list[str]: ...
+    def count(self, type_url: str) -> int: ...
+    def resource(self, type_url: str, name: str) -> tuple[str, bytes] | None: ...
+    def diff(
+        self,
+        type_url: str,
+        known: Mapping[str, str],
+        subscribed: Iterable[str] | None = None,
+    ) -> tuple[list[tuple[str, str, bytes]], list[str]]: ...
+    def changed_since(self, older: Snapshot, type_url: str) -> tuple[list[str], list[str]]: ...

@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod regex;
+pub mod xds;
 pub mod yaml;
 
 pub use error::{CoreError, FieldError, FieldErrorKind};

@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 use meshcore_core::Re2Regex;
 
+mod xds;
 mod yaml;
 
 /// Raises ValueError (one line, naming the problem) when `pattern` is not valid RE2 as Envoy
@@ -30,5 +31,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(regex_full_match, m)?)?;
     m.add_function(wrap_pyfunction!(yaml::parse_yaml, m)?)?;
     m.add_class::<yaml::PyYamlDocument>()?;
+    m.add_class::<xds::PyResourceStore>()?;
+    m.add_class::<xds::PySnapshot>()?;
     Ok(())
 }

@@ -1,0 +1,165 @@
+//! xDS snapshots for Python: a resource store and immutable per-proxy snapshots.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use meshcore_core::xds::{ResourceRef, ResourceStore, Snapshot};
+
+/// Interns resources: identical (name, bytes) pairs are held once across all snapshots.
+#[pyclass(frozen, module = "meshcore._core", name = "ResourceStore")]
+pub struct PyResourceStore {
+    store: Arc<ResourceStore>,
+}
+
+#[pymethods]
+impl PyResourceStore {
+    #[new]
+    fn new() -> Self {
+        Self {
+            store: Arc::new(ResourceStore::new()),
+        }
+    }
+
+    /// A snapshot from {type_url: {name: serialized resource}}.
+    fn snapshot(&self, py: Python<'_>, resources: &Bound<'_, PyDict>) -> PyResult<PySnapshot> {
+        let mut items = Vec::new();
+        for (type_url, by_name) in resources.iter() {
+            let type_url: String = type_url.extract()?;
+            let by_name = by_name.cast::<PyDict>()?;
+            for (name, body) in by_name.iter() {
+                items.push((
+                    type_url.clone(),
+                    name.extract::<String>()?,
+                    body.extract::<Vec<u8>>()?,
+                ));
+            }
+        }
+        let store = self.store.clone();
+        let inner = py.detach(move || Snapshot::build(&store, items));
+        Ok(PySnapshot {
+            inner,
+            store: self.store.clone(),
+        })
+    }
+
+    /// Distinct live resources.
+    fn __len__(&self) -> usize {
+        self.store.len()
+    }
+}
+
+/// One proxy's resources by type URL; immutable (changes make a new snapshot sharing the rest).
+#[pyclass(frozen, module = "meshcore._core", name = "Snapshot")]
+pub struct PySnapshot {
+    inner: Snapshot,
+    store: Arc<ResourceStore>,
+}
+
+type Updated = Vec<(String, String, Py<PyBytes>)>;
+
+fn updated(py: Python<'_>, rs: &[ResourceRef]) -> Updated {
+    rs.iter()
+        .map(|r| {
+            (
+                r.name.clone(),
+                r.version.clone(),
+                PyBytes::new(py, &r.body).unbind(),
+            )
+        })
+        .collect()
+}
+
+#[pymethods]
+impl PySnapshot {
+    /// A new snapshot with {name: bytes or None (remove)} applied to one type, and the names
+    /// whose content changed.
+    fn with_changes(
+        &self,
+        py: Python<'_>,
+        type_url: &str,
+        changes: &Bound<'_, PyDict>,
+    ) -> PyResult<(PySnapshot, Vec<String>)> {
+        let mut items = Vec::with_capacity(changes.len());
+        for (name, body) in changes.iter() {
+            let body = if body.is_none() {
+                None
+            } else {
+                Some(body.extract::<Vec<u8>>()?)
+            };
+            items.push((name.extract::<String>()?, body));
+        }
+        let (inner, changed) = py.detach(|| self.inner.with_changes(&self.store, type_url, items));
+        Ok((
+            PySnapshot {
+                inner,
+                store: self.store.clone(),
+            },
+            changed,
+        ))
+    }
+
+    /// The type's aggregate version ("" when it has no resources).
+    fn version(&self, type_url: &str) -> String {
+        self.inner.version(type_url)
+    }
+
+    fn names(&self, type_url: &str) -> Vec<String> {
+        self.inner.names(type_url)
+    }
+
+    fn type_urls(&self) -> Vec<String> {
+        self.inner.type_urls()
+    }
+
+    fn count(&self, type_url: &str) -> usize {
+        self.inner.len(type_url)
+    }
+
+    /// (version, bytes) of one resource, or None.
+    fn resource(
+        &self,
+        py: Python<'_>,
+        type_url: &str,
+        name: &str,
+    ) -> Option<(String, Py<PyBytes>)> {
+        self.inner
+            .get(type_url, name)
+            .map(|r| (r.version.clone(), PyBytes::new(py, &r.body).unbind()))
+    }
+
+    /// What a client holding `known` ({name: version}) must get for `subscribed` names (None:
+    /// all): ([(name, version, bytes)], [removed names]).
+    #[pyo3(signature = (type_url, known, subscribed=None))]
+    fn diff(
+        &self,
+        py: Python<'_>,
+        type_url: &str,
+        known: HashMap<String, String>,
+        subscribed: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<(Updated, Vec<String>)> {
+        let subscribed = match subscribed {
+            Some(names) => Some(
+                names
+                    .try_iter()?
+                    .map(|n| n?.extract::<String>())
+                    .collect::<PyResult<HashSet<String>>>()?,
+            ),
+            None => None,
+        };
+        let delta = py.detach(|| self.inner.diff(type_url, &known, subscribed.as_ref()));
+        Ok((updated(py, &delta.updated), delta.removed))
+    }
+
+    /// Names of `type_url` changed or added since `older`, and names removed.
+    fn changed_since(
+        &self,
+        py: Python<'_>,
+        older: &PySnapshot,
+        type_url: &str,
+    ) -> (Vec<String>, Vec<String>) {
+        py.detach(|| self.inner.changed_since(&older.inner, type_url))
+    }
+}

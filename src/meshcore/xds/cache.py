@@ -1,0 +1,82 @@
+"""Per-proxy snapshots for the ADS server, and the wake-ups that tell streams to push."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from google.protobuf.message import Message
+
+from meshcore._core import ResourceStore, Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """What a proxy said about itself on its first request."""
+
+    id: str
+    cluster: str = ""
+    metadata: Mapping[str, object] = field(default_factory=dict)
+    user_agent: str = ""
+
+
+# Called for a node that connects without a snapshot: the control plane generates one.
+SnapshotSource = Callable[[NodeInfo], Snapshot | None]
+
+
+class SnapshotCache:
+    """The latest snapshot of every proxy; streams wait on it for changes.
+
+    Resources are content-addressed and interned (the Rust ResourceStore), so proxies that see
+    the same clusters and endpoints share them.
+    """
+
+    def __init__(self, source: SnapshotSource | None = None) -> None:
+        self.store = ResourceStore()
+        self.source = source
+        self._snapshots: dict[str, Snapshot] = {}
+        self._events: dict[str, set[asyncio.Event]] = {}
+
+    def snapshot(self, resources: Mapping[str, Mapping[str, bytes | Message]]) -> Snapshot:
+        """A snapshot from {type_url: {name: message or serialized bytes}}."""
+        return self.store.snapshot(
+            {
+                type_url: {
+                    name: r if isinstance(r, bytes) else r.SerializeToString(deterministic=True)
+                    for name, r in by_name.items()
+                }
+                for type_url, by_name in resources.items()
+            }
+        )
+
+    def set(self, node_id: str, snapshot: Snapshot) -> None:
+        self._snapshots[node_id] = snapshot
+        for event in self._events.get(node_id, ()):
+            event.set()
+
+    def get(self, node: NodeInfo) -> Snapshot | None:
+        snap = self._snapshots.get(node.id)
+        if snap is None and self.source is not None:
+            snap = self.source(node)
+            if snap is not None:
+                self._snapshots[node.id] = snap
+        return snap
+
+    def clear(self, node_id: str) -> None:
+        self._snapshots.pop(node_id, None)
+
+    def nodes(self) -> list[str]:
+        return list(self._snapshots)
+
+    def subscribe(self, node_id: str) -> asyncio.Event:
+        event = asyncio.Event()
+        self._events.setdefault(node_id, set()).add(event)
+        return event
+
+    def unsubscribe(self, node_id: str, event: asyncio.Event) -> None:
+        events = self._events.get(node_id)
+        if events is not None:
+            events.discard(event)
+            if not events:
+                del self._events[node_id]

@@ -1,0 +1,503 @@
+"""The ADS server: Envoy's aggregated discovery service, state of the world and delta.
+
+It follows Envoy's xDS protocol (see reference/xds-protocol-checklist.md in the design notes):
+the node is remembered from the first request; nonces are per stream; an ACK or NACK is told by
+``error_detail``; a NACKed version is never re-sent until the configuration changes; a stale
+nonce gets no answer (SotW) but subscription changes are honoured regardless (delta); types are
+pushed clusters, endpoints, listeners, routes, secrets (make-before-break), endpoints again
+after every cluster push (Envoy re-warms clusters); one push per type is outstanding at a time
+and later changes merge into the next; responses over the size limit are never sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2
+from google.protobuf.json_format import MessageToDict
+
+from meshcore._core import Snapshot
+from meshcore.xds import types
+from meshcore.xds.cache import NodeInfo, SnapshotCache
+
+log = logging.getLogger("meshcore.xds")
+
+SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+WILDCARD_TYPES = frozenset({types.LISTENER, types.CLUSTER})
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default receive limit in Envoy and grpc
+
+
+@dataclass
+class TypeStatus:
+    """What one proxy has been sent and has accepted, for one type (proxy-status)."""
+
+    sent_version: str = ""
+    acked_version: str = ""
+    nacked_version: str = ""
+    error: str = ""
+    sent_at: float = 0.0
+    acked_at: float = 0.0
+
+
+@dataclass
+class ProxyState:
+    node: NodeInfo
+    stream: str  # "sotw" or "delta"
+    connected_at: float = field(default_factory=time.time)
+    types: dict[str, TypeStatus] = field(default_factory=dict)
+
+    def status(self, type_url: str) -> TypeStatus:
+        return self.types.setdefault(type_url, TypeStatus())
+
+
+class AdsServer:
+    """Serves snapshots from a :class:`SnapshotCache` to Envoy and gRPC xDS clients."""
+
+    def __init__(
+        self, cache: SnapshotCache, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> None:
+        self.cache = cache
+        self.max_message_bytes = max_message_bytes
+        self.proxies: dict[str, ProxyState] = {}
+        self.rejects = 0
+        self.pushes = 0
+        self._streams = itertools.count(1)
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    self.stream_aggregated_resources,
+                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                    response_serializer=discovery_pb2.DiscoveryResponse.SerializeToString,
+                ),
+                "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                    self.delta_aggregated_resources,
+                    request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                    response_serializer=discovery_pb2.DeltaDiscoveryResponse.SerializeToString,
+                ),
+            },
+        )
+        server.add_generic_rpc_handlers((handler,))
+
+    # --- state of the world -------------------------------------------------------------------
+
+    async def stream_aggregated_resources(
+        self,
+        requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        stream = _SotwStream(self, next(self._streams))
+        async for response in _run(self, stream, requests, context):
+            yield response
+
+    async def delta_aggregated_resources(
+        self,
+        requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
+        stream = _DeltaStream(self, next(self._streams))
+        async for response in _run(self, stream, requests, context):
+            yield response
+
+    # --- status ---------------------------------------------------------------------------------
+
+    def sync_status(self) -> dict[str, dict[str, str]]:
+        """For each connected proxy and type: SYNCED, STALE (sent, not yet acked or behind),
+        NACKED or NOT SENT, as ``meshcore proxy-status`` prints them."""
+        out: dict[str, dict[str, str]] = {}
+        for node_id, state in self.proxies.items():
+            snap = self.cache.get(state.node)
+            row: dict[str, str] = {}
+            for type_url in types.PUSH_ORDER:
+                st = state.types.get(type_url)
+                current = snap.version(type_url) if snap is not None else ""
+                if st is None or not st.sent_version:
+                    row[types.SHORT_NAMES[type_url]] = "NOT SENT"
+                elif st.nacked_version and st.nacked_version == st.sent_version:
+                    row[types.SHORT_NAMES[type_url]] = "NACKED"
+                elif st.acked_version == st.sent_version == current:
+                    row[types.SHORT_NAMES[type_url]] = "SYNCED"
+                else:
+                    row[types.SHORT_NAMES[type_url]] = "STALE"
+            out[node_id] = row
+        return out
+
+
+async def _run(
+    server: AdsServer,
+    stream: _SotwStream | _DeltaStream,
+    requests: AsyncIterator[Any],
+    context: grpc.aio.ServicerContext[Any, Any],
+) -> AsyncIterator[Any]:
+    """Reads requests and snapshot changes concurrently; yields responses in push order."""
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def read() -> None:
+        try:
+            async for request in requests:
+                await queue.put(request)
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
+        finally:
+            await queue.put(None)
+
+    reader = asyncio.create_task(read())
+    changed: asyncio.Event | None = None
+    try:
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            waits: set[asyncio.Future[Any]] = {getter}
+            waiter = asyncio.ensure_future(changed.wait()) if changed is not None else None
+            if waiter is not None:
+                waits.add(waiter)
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if waiter is not None and not waiter.done():
+                waiter.cancel()
+            if getter in done:
+                request = getter.result()
+                if request is None:
+                    return
+                problem = stream.receive(request)
+                if problem is not None:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+                    return
+                if changed is None and stream.node is not None:
+                    changed = server.cache.subscribe(stream.node.id)
+            else:
+                getter.cancel()
+            if changed is not None and changed.is_set():
+                changed.clear()
+            for response in stream.pushes():
+                yield response
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        if stream.node is not None:
+            if changed is not None:
+                server.cache.unsubscribe(stream.node.id, changed)
+            state = server.proxies.get(stream.node.id)
+            if state is not None and state.stream == stream.kind:
+                del server.proxies[stream.node.id]
+
+
+def _node(msg: Any) -> NodeInfo:
+    metadata = MessageToDict(msg.metadata) if msg.HasField("metadata") else {}
+    return NodeInfo(
+        id=msg.id, cluster=msg.cluster, metadata=metadata, user_agent=msg.user_agent_name
+    )
+
+
+@dataclass
+class _SotwType:
+    names: set[str] = field(default_factory=set)
+    legacy_wildcard: bool = False
+    requested: bool = False
+    dirty: bool = False  # the subscription changed: answer even if the version did not
+    nonce: str = ""
+    sent_version: str | None = None
+    nacked_version: str | None = None
+    awaiting_ack: bool = False
+
+    @property
+    def wildcard(self) -> bool:
+        return self.legacy_wildcard or "*" in self.names
+
+
+class _SotwStream:
+    kind = "sotw"
+
+    def __init__(self, server: AdsServer, number: int) -> None:
+        self.server = server
+        self.number = number
+        self.node: NodeInfo | None = None
+        self.types: dict[str, _SotwType] = {}
+        self._nonces = itertools.count(1)
+
+    def receive(self, req: discovery_pb2.DiscoveryRequest) -> str | None:
+        if self.node is None:
+            if not req.HasField("node") or not req.node.id:
+                return "the first request on a stream must carry node.id"
+            self.node = _node(req.node)
+            self.server.proxies[self.node.id] = ProxyState(self.node, self.kind)
+            log.info(
+                "proxy %s connected (ADS state of the world, stream %d)", self.node.id, self.number
+            )
+        if not req.type_url:
+            return "type_url is required on ADS requests"
+        t = self.types.setdefault(req.type_url, _SotwType())
+        names = set(req.resource_names)
+        status = self.server.proxies[self.node.id].status(req.type_url)
+        if req.response_nonce:
+            if req.response_nonce != t.nonce:
+                return None  # a stale nonce: superseded by a later response
+            t.awaiting_ack = False
+            if req.HasField("error_detail"):
+                t.nacked_version = t.sent_version
+                status.nacked_version = t.sent_version or ""
+                status.error = req.error_detail.message
+                self.server.rejects += 1
+                log.warning(
+                    "proxy %s rejected %s version %s: %s",
+                    self.node.id, types.SHORT_NAMES.get(req.type_url, req.type_url),
+                    t.sent_version, req.error_detail.message,
+                )  # fmt: skip
+            else:
+                status.acked_version = req.version_info
+                status.acked_at = time.time()
+                status.error = ""
+        first = not t.requested
+        t.requested = True
+        if req.type_url in WILDCARD_TYPES:
+            if first and not names:
+                t.legacy_wildcard = True
+            elif names:
+                t.legacy_wildcard = False
+        if names != t.names or first:
+            t.names = names
+            t.dirty = True
+        return None
+
+    def pushes(self) -> Iterable[discovery_pb2.DiscoveryResponse]:
+        if self.node is None:
+            return
+        snap = self.server.cache.get(self.node)
+        if snap is None:
+            return
+        for type_url in types.PUSH_ORDER:
+            t = self.types.get(type_url)
+            if t is None or not t.requested or t.awaiting_ack:
+                continue
+            version = snap.version(type_url)
+            if not t.dirty and (version in (t.sent_version, t.nacked_version)):
+                continue
+            response = self._response(snap, type_url, t, version)
+            if response is None:
+                continue
+            yield response
+            if type_url == types.CLUSTER and types.ENDPOINT in self.types:
+                # Envoy re-warms every cluster it is sent and needs fresh endpoints for it.
+                self.types[types.ENDPOINT].dirty = True
+
+    def _response(
+        self, snap: Snapshot, type_url: str, t: _SotwType, version: str
+    ) -> discovery_pb2.DiscoveryResponse | None:
+        names = set(snap.names(type_url)) | t.names - {"*"} if t.wildcard else t.names
+        if not names and type_url not in WILDCARD_TYPES:
+            t.dirty = False
+            return None  # nothing asked for: an empty RDS/EDS/SDS answer means nothing
+        resources = []
+        for name in sorted(names):
+            found = snap.resource(type_url, name)
+            if found is not None:
+                resources.append(any_pb2.Any(type_url=type_url, value=found[1]))
+        nonce = f"{self.number}-{next(self._nonces)}"
+        response = discovery_pb2.DiscoveryResponse(
+            version_info=version, resources=resources, type_url=type_url, nonce=nonce
+        )
+        assert self.node is not None
+        status = self.server.proxies[self.node.id].status(type_url)
+        size = response.ByteSize()
+        if size > self.server.max_message_bytes:
+            status.error = (
+                f"response of {size} bytes exceeds the limit of {self.server.max_message_bytes}"
+            )
+            log.error(
+                "not sending %s to %s: %s",
+                types.SHORT_NAMES.get(type_url),
+                self.node.id,
+                status.error,
+            )
+            t.dirty = False
+            t.nacked_version = version  # do not retry the same content
+            return None
+        t.nonce = nonce
+        t.sent_version = version
+        t.dirty = False
+        t.awaiting_ack = True
+        status.sent_version = version
+        status.sent_at = time.time()
+        self.server.pushes += 1
+        return response
+
+
+@dataclass
+class _DeltaType:
+    subscribed: set[str] = field(default_factory=set)
+    wildcard: bool = False
+    requested: bool = False
+    known: dict[str, str] = field(default_factory=dict)  # what the client holds
+    nacked: dict[str, str] = field(default_factory=dict)  # versions it refused
+    # The last response: name -> (version the client had before, version sent), for NACKs.
+    in_flight: dict[str, tuple[str | None, str]] = field(default_factory=dict)
+    nonce: str = ""
+    awaiting_ack: bool = False
+    must_answer: set[str] = field(default_factory=set)  # names to confirm even if unchanged
+
+
+class _DeltaStream:
+    kind = "delta"
+
+    def __init__(self, server: AdsServer, number: int) -> None:
+        self.server = server
+        self.number = number
+        self.node: NodeInfo | None = None
+        self.types: dict[str, _DeltaType] = {}
+        self._nonces = itertools.count(1)
+
+    def receive(self, req: discovery_pb2.DeltaDiscoveryRequest) -> str | None:
+        if self.node is None:
+            if not req.HasField("node") or not req.node.id:
+                return "the first request on a stream must carry node.id"
+            self.node = _node(req.node)
+            self.server.proxies[self.node.id] = ProxyState(self.node, self.kind)
+            log.info("proxy %s connected (ADS delta, stream %d)", self.node.id, self.number)
+        if not req.type_url:
+            return "type_url is required on ADS requests"
+        t = self.types.setdefault(req.type_url, _DeltaType())
+        status = self.server.proxies[self.node.id].status(req.type_url)
+        if not t.requested:
+            t.requested = True
+            t.known = dict(req.initial_resource_versions)
+            if not req.resource_names_subscribe and not req.resource_names_unsubscribe:
+                t.wildcard = True  # legacy wildcard: the first request names nothing
+        if req.response_nonce and req.response_nonce == t.nonce:
+            t.awaiting_ack = False
+            if req.HasField("error_detail"):
+                # The client kept its previous resources: undo what we thought it took, and
+                # remember what it refused so that it is not offered again unchanged.
+                for name, (before, sent) in t.in_flight.items():
+                    if before is None:
+                        t.known.pop(name, None)
+                    else:
+                        t.known[name] = before
+                    t.nacked[name] = sent
+                self.server.rejects += 1
+                status.nacked_version = status.sent_version
+                status.error = req.error_detail.message
+                log.warning(
+                    "proxy %s rejected %s: %s",
+                    self.node.id, types.SHORT_NAMES.get(req.type_url, req.type_url), req.error_detail.message,
+                )  # fmt: skip
+            else:
+                status.acked_version = status.sent_version
+                status.acked_at = time.time()
+                status.error = ""
+            t.in_flight = {}
+        # Subscription changes count whatever the nonce (the spec: nonces never reject them).
+        for name in req.resource_names_subscribe:
+            if name == "*":
+                t.wildcard = True
+                continue
+            t.subscribed.add(name)
+            t.must_answer.add(name)
+            t.known.pop(name, None)  # it asked again: send it even if we think it has it
+        for name in req.resource_names_unsubscribe:
+            if name == "*":
+                t.wildcard = False
+                continue
+            t.subscribed.discard(name)
+            t.must_answer.discard(name)
+            t.known.pop(name, None)
+        return None
+
+    def pushes(self) -> Iterable[discovery_pb2.DeltaDiscoveryResponse]:
+        if self.node is None:
+            return
+        snap = self.server.cache.get(self.node)
+        if snap is None:
+            return
+        for type_url in types.PUSH_ORDER:
+            t = self.types.get(type_url)
+            if t is None or not t.requested or t.awaiting_ack:
+                continue
+            response = self._response(snap, type_url, t)
+            if response is not None:
+                yield response
+
+    def _response(
+        self, snap: Snapshot, type_url: str, t: _DeltaType
+    ) -> discovery_pb2.DeltaDiscoveryResponse | None:
+        believed = {**t.known, **t.nacked}
+        if t.wildcard:
+            updated, removed = snap.diff(type_url, believed)
+            # Explicit names beyond the wildcard set that do not exist: say so.
+            missing = [n for n in t.subscribed if snap.resource(type_url, n) is None]
+            removed = sorted(
+                set(removed) | {n for n in missing if n in t.must_answer or n in t.known}
+            )
+        else:
+            updated, removed = snap.diff(type_url, believed, t.subscribed)
+            # A subscribed name that does not exist is reported once (not on every push).
+            removed = [n for n in removed if n in t.must_answer or n in t.known]
+        # Unsubscribed names the client still holds are dropped silently (it asked for it).
+        if not updated and not removed:
+            t.must_answer.clear()
+            return None
+        nonce = f"{self.number}-{next(self._nonces)}"
+        response = discovery_pb2.DeltaDiscoveryResponse(
+            type_url=type_url,
+            nonce=nonce,
+            system_version_info=snap.version(type_url),
+            removed_resources=removed,
+            resources=[
+                discovery_pb2.Resource(
+                    name=name, version=version, resource=any_pb2.Any(type_url=type_url, value=body)
+                )
+                for name, version, body in updated
+            ],
+        )
+        assert self.node is not None
+        status = self.server.proxies[self.node.id].status(type_url)
+        size = response.ByteSize()
+        if size > self.server.max_message_bytes:
+            status.error = (
+                f"response of {size} bytes exceeds the limit of {self.server.max_message_bytes}"
+            )
+            log.error(
+                "not sending %s to %s: %s",
+                types.SHORT_NAMES.get(type_url),
+                self.node.id,
+                status.error,
+            )
+            for name, version, _ in updated:
+                t.nacked[name] = version
+            return None
+        t.in_flight = {name: (t.known.get(name), version) for name, version, _ in updated}
+        for name, version, _ in updated:
+            t.known[name] = version
+            t.nacked.pop(name, None)
+        for name in removed:
+            t.known.pop(name, None)
+        t.must_answer.clear()
+        t.nonce = nonce
+        t.awaiting_ack = True
+        status.sent_version = snap.version(type_url)
+        status.sent_at = time.time()
+        self.server.pushes += 1
+        return response
+
+
+async def start_ads_server(
+    cache: SnapshotCache, *, port: int = 0, host: str = "127.0.0.1", **kwargs: Any
+) -> tuple[grpc.aio.Server, AdsServer, int]:
+    """Starts a plaintext ADS server on host:port (0 picks a free port)."""
+    ads = AdsServer(cache, **kwargs)
+    server = grpc.aio.server(
+        options=[("grpc.max_send_message_length", ads.max_message_bytes + 1024 * 1024)]
+    )
+    ads.add_to_server(server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    return server, ads, bound

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from prometheus_client import generate_latest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -68,6 +69,14 @@ def test_node_remembered_nonces_ack_and_no_reply_to_pure_ack() -> None:
         s.send(req(types.CLUSTER, nonce=r2.nonce, version=r2.version_info))
         await s.nothing(0.2)
         assert ads.sync_status()[NODE]["CDS"] == "SYNCED"
+        # Istio's metric names, on meshcore's own registry.
+        text = generate_latest(ads.metrics.registry()).decode()
+        assert 'pilot_xds_pushes{type="cds"} 2.0' in text
+        assert 'pilot_xds{version="meshcore"} 1.0' in text
+        assert "pilot_proxy_convergence_time_count 1.0" in text
+        assert 'pilot_xds_config_size_bytes_count{type="cds"} 2.0' in text
+        assert "_total" not in text
+        assert "_created" not in text
         s.close()
 
     run_ads(body)
@@ -88,6 +97,7 @@ def test_nack_is_not_resent_until_config_changes() -> None:
         assert ads.rejects == 1
         assert ads.sync_status()[NODE]["CDS"] == "NACKED"
         assert ads.proxies[NODE].types[types.CLUSTER].error == "bad cluster"
+        assert ads.metrics.rejects["cds"] == 1
         cache.set(NODE, cache.snapshot(resources(cds={"a": cluster("a", timeout_s=3)})))
         r3 = await s.recv()  # a new version goes out
         assert r3.version_info not in (r1.version_info, r2.version_info)

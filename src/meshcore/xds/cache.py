@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ class SnapshotCache:
         self.store = ResourceStore()
         self.source = source
         self._snapshots: dict[str, Snapshot] = {}
+        self.changed_at: dict[str, float] = {}  # monotonic time of each node's last change
         self._events: dict[str, set[asyncio.Event]] = {}
 
     def snapshot(self, resources: Mapping[str, Mapping[str, bytes | Message]]) -> Snapshot:
@@ -52,6 +54,7 @@ class SnapshotCache:
 
     def set(self, node_id: str, snapshot: Snapshot) -> None:
         self._snapshots[node_id] = snapshot
+        self.changed_at[node_id] = time.monotonic()
         for event in self._events.get(node_id, ()):
             event.set()
 

@@ -26,6 +26,7 @@ from google.protobuf import any_pb2
 from google.protobuf.json_format import MessageToDict
 
 from meshcore._core import Snapshot
+from meshcore.observability.metrics import XdsMetrics
 from meshcore.xds import types
 from meshcore.xds.cache import NodeInfo, SnapshotCache
 
@@ -54,6 +55,7 @@ class ProxyState:
     stream: str  # "sotw" or "delta"
     connected_at: float = field(default_factory=time.time)
     types: dict[str, TypeStatus] = field(default_factory=dict)
+    converged_change: float = 0.0  # the cache change whose convergence was last recorded
 
     def status(self, type_url: str) -> TypeStatus:
         return self.types.setdefault(type_url, TypeStatus())
@@ -63,10 +65,15 @@ class AdsServer:
     """Serves snapshots from a :class:`SnapshotCache` to Envoy and gRPC xDS clients."""
 
     def __init__(
-        self, cache: SnapshotCache, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+        self,
+        cache: SnapshotCache,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        metrics: XdsMetrics | None = None,
     ) -> None:
         self.cache = cache
         self.max_message_bytes = max_message_bytes
+        self.metrics = metrics or XdsMetrics()
         self.proxies: dict[str, ProxyState] = {}
         self.rejects = 0
         self.pushes = 0
@@ -109,6 +116,56 @@ class AdsServer:
         stream = _DeltaStream(self, next(self._streams))
         async for response in _run(self, stream, requests, context):
             yield response
+
+    # --- bookkeeping shared by both stream kinds -----------------------------------------------
+
+    def connected(self, node: NodeInfo, kind: str) -> None:
+        self.proxies[node.id] = ProxyState(node, kind)
+        self.metrics.connect(1)
+
+    def disconnected(self, node_id: str, kind: str) -> None:
+        state = self.proxies.get(node_id)
+        if state is not None and state.stream == kind:
+            del self.proxies[node_id]
+        self.metrics.connect(-1)
+
+    def sent(self, node_id: str, type_url: str, version: str, size: int, started: float) -> None:
+        status = self.proxies[node_id].status(type_url)
+        status.sent_version = version
+        status.sent_at = time.time()
+        self.pushes += 1
+        self.metrics.push(_short(type_url), time.perf_counter() - started, size)
+
+    def acked(self, node_id: str, type_url: str, version: str) -> None:
+        state = self.proxies[node_id]
+        status = state.status(type_url)
+        status.acked_version = version
+        status.acked_at = time.time()
+        status.error = ""
+        changed = self.cache.changed_at.get(node_id)
+        if changed is None or state.converged_change == changed:
+            return
+        snap = self.cache.get(state.node)
+        if snap is not None and all(
+            st.acked_version == snap.version(t) for t, st in state.types.items() if st.sent_version
+        ):
+            state.converged_change = changed
+            self.metrics.converged(time.monotonic() - changed)
+
+    def rejected(self, node_id: str, type_url: str, version: str, message: str) -> None:
+        status = self.proxies[node_id].status(type_url)
+        status.nacked_version = version
+        status.error = message
+        self.rejects += 1
+        self.metrics.reject(_short(type_url))
+        log.warning(
+            "proxy %s rejected %s version %s: %s", node_id, _short(type_url), version, message
+        )
+
+    def oversized(self, node_id: str, type_url: str, size: int) -> None:
+        status = self.proxies[node_id].status(type_url)
+        status.error = f"response of {size} bytes exceeds the limit of {self.max_message_bytes}"
+        log.error("not sending %s to %s: %s", _short(type_url), node_id, status.error)
 
     # --- status ---------------------------------------------------------------------------------
 
@@ -187,9 +244,11 @@ async def _run(
         if stream.node is not None:
             if changed is not None:
                 server.cache.unsubscribe(stream.node.id, changed)
-            state = server.proxies.get(stream.node.id)
-            if state is not None and state.stream == stream.kind:
-                del server.proxies[stream.node.id]
+            server.disconnected(stream.node.id, stream.kind)
+
+
+def _short(type_url: str) -> str:
+    return types.SHORT_NAMES.get(type_url, type_url.rsplit(".", 1)[-1]).lower()
 
 
 def _node(msg: Any) -> NodeInfo:
@@ -230,7 +289,7 @@ class _SotwStream:
             if not req.HasField("node") or not req.node.id:
                 return "the first request on a stream must carry node.id"
             self.node = _node(req.node)
-            self.server.proxies[self.node.id] = ProxyState(self.node, self.kind)
+            self.server.connected(self.node, self.kind)
             log.info(
                 "proxy %s connected (ADS state of the world, stream %d)", self.node.id, self.number
             )
@@ -238,25 +297,17 @@ class _SotwStream:
             return "type_url is required on ADS requests"
         t = self.types.setdefault(req.type_url, _SotwType())
         names = set(req.resource_names)
-        status = self.server.proxies[self.node.id].status(req.type_url)
         if req.response_nonce:
             if req.response_nonce != t.nonce:
                 return None  # a stale nonce: superseded by a later response
             t.awaiting_ack = False
             if req.HasField("error_detail"):
                 t.nacked_version = t.sent_version
-                status.nacked_version = t.sent_version or ""
-                status.error = req.error_detail.message
-                self.server.rejects += 1
-                log.warning(
-                    "proxy %s rejected %s version %s: %s",
-                    self.node.id, types.SHORT_NAMES.get(req.type_url, req.type_url),
-                    t.sent_version, req.error_detail.message,
-                )  # fmt: skip
+                self.server.rejected(
+                    self.node.id, req.type_url, t.sent_version or "", req.error_detail.message
+                )
             else:
-                status.acked_version = req.version_info
-                status.acked_at = time.time()
-                status.error = ""
+                self.server.acked(self.node.id, req.type_url, req.version_info)
         first = not t.requested
         t.requested = True
         if req.type_url in WILDCARD_TYPES:
@@ -293,7 +344,8 @@ class _SotwStream:
     def _response(
         self, snap: Snapshot, type_url: str, t: _SotwType, version: str
     ) -> discovery_pb2.DiscoveryResponse | None:
-        names = set(snap.names(type_url)) | t.names - {"*"} if t.wildcard else t.names
+        started = time.perf_counter()
+        names = set(snap.names(type_url)) | (t.names - {"*"}) if t.wildcard else t.names
         if not names and type_url not in WILDCARD_TYPES:
             t.dirty = False
             return None  # nothing asked for: an empty RDS/EDS/SDS answer means nothing
@@ -307,18 +359,9 @@ class _SotwStream:
             version_info=version, resources=resources, type_url=type_url, nonce=nonce
         )
         assert self.node is not None
-        status = self.server.proxies[self.node.id].status(type_url)
         size = response.ByteSize()
         if size > self.server.max_message_bytes:
-            status.error = (
-                f"response of {size} bytes exceeds the limit of {self.server.max_message_bytes}"
-            )
-            log.error(
-                "not sending %s to %s: %s",
-                types.SHORT_NAMES.get(type_url),
-                self.node.id,
-                status.error,
-            )
+            self.server.oversized(self.node.id, type_url, size)
             t.dirty = False
             t.nacked_version = version  # do not retry the same content
             return None
@@ -326,9 +369,7 @@ class _SotwStream:
         t.sent_version = version
         t.dirty = False
         t.awaiting_ack = True
-        status.sent_version = version
-        status.sent_at = time.time()
-        self.server.pushes += 1
+        self.server.sent(self.node.id, type_url, version, size, started)
         return response
 
 
@@ -361,7 +402,7 @@ class _DeltaStream:
             if not req.HasField("node") or not req.node.id:
                 return "the first request on a stream must carry node.id"
             self.node = _node(req.node)
-            self.server.proxies[self.node.id] = ProxyState(self.node, self.kind)
+            self.server.connected(self.node, self.kind)
             log.info("proxy %s connected (ADS delta, stream %d)", self.node.id, self.number)
         if not req.type_url:
             return "type_url is required on ADS requests"
@@ -383,17 +424,11 @@ class _DeltaStream:
                     else:
                         t.known[name] = before
                     t.nacked[name] = sent
-                self.server.rejects += 1
-                status.nacked_version = status.sent_version
-                status.error = req.error_detail.message
-                log.warning(
-                    "proxy %s rejected %s: %s",
-                    self.node.id, types.SHORT_NAMES.get(req.type_url, req.type_url), req.error_detail.message,
-                )  # fmt: skip
+                self.server.rejected(
+                    self.node.id, req.type_url, status.sent_version, req.error_detail.message
+                )
             else:
-                status.acked_version = status.sent_version
-                status.acked_at = time.time()
-                status.error = ""
+                self.server.acked(self.node.id, req.type_url, status.sent_version)
             t.in_flight = {}
         # Subscription changes count whatever the nonce (the spec: nonces never reject them).
         for name in req.resource_names_subscribe:
@@ -429,6 +464,7 @@ class _DeltaStream:
     def _response(
         self, snap: Snapshot, type_url: str, t: _DeltaType
     ) -> discovery_pb2.DeltaDiscoveryResponse | None:
+        started = time.perf_counter()
         believed = {**t.known, **t.nacked}
         if t.wildcard:
             updated, removed = snap.diff(type_url, believed)
@@ -459,18 +495,9 @@ class _DeltaStream:
             ],
         )
         assert self.node is not None
-        status = self.server.proxies[self.node.id].status(type_url)
         size = response.ByteSize()
         if size > self.server.max_message_bytes:
-            status.error = (
-                f"response of {size} bytes exceeds the limit of {self.server.max_message_bytes}"
-            )
-            log.error(
-                "not sending %s to %s: %s",
-                types.SHORT_NAMES.get(type_url),
-                self.node.id,
-                status.error,
-            )
+            self.server.oversized(self.node.id, type_url, size)
             for name, version, _ in updated:
                 t.nacked[name] = version
             return None
@@ -483,9 +510,7 @@ class _DeltaStream:
         t.must_answer.clear()
         t.nonce = nonce
         t.awaiting_ack = True
-        status.sent_version = snap.version(type_url)
-        status.sent_at = time.time()
-        self.server.pushes += 1
+        self.server.sent(self.node.id, type_url, snap.version(type_url), size, started)
         return response
 
 

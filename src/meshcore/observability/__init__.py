@@ -1,0 +1,1 @@
+"""Metrics and logging of meshcore's control plane and data plane."""

@@ -75,7 +75,7 @@ def test_node_remembered_nonces_ack_and_no_reply_to_pure_ack() -> None:
         assert 'pilot_xds{version="meshcore"} 1.0' in text
         assert "pilot_proxy_convergence_time_count 2.0" in text  # both changes converged
         assert 'pilot_xds_config_size_bytes_count{type="cds"} 2.0' in text
-        assert "_total" not in text
+        assert "_total{" not in text
         assert "_created" not in text
         s.close()
 

@@ -267,3 +267,25 @@ def test_nonces_do_not_survive_reconnect() -> None:
         s2.close()
 
     run_ads(body)
+
+
+def test_incremental_change_to_the_fleet_reaches_holders_only() -> None:
+    async def body(cache: SnapshotCache, ads: AdsServer, channel: grpc.aio.Channel) -> None:
+        other = "sidecar~127.0.30.1~ratings-1.default~default.svc.cluster.local"
+        cache.set(NODE, cache.snapshot(resources(eds={"a": cla("a"), "b": cla("b")})))
+        cache.set(other, cache.snapshot(resources(eds={"b": cla("b")})))
+        s = Stream(channel)
+        s.send(req(types.ENDPOINT, ["a", "b"], node=True))
+        r1 = await s.recv()
+        s.send(req(types.ENDPOINT, ["a", "b"], nonce=r1.nonce, version=r1.version_info))
+        await s.nothing(0.2)
+        # An endpoint change to "a": only proxies holding "a" change, and this one is pushed.
+        assert cache.apply(types.ENDPOINT, {"a": cla("a", port=9999)}) == [NODE]
+        r2 = await s.recv()
+        assert r2.version_info != r1.version_info
+        assert len(r2.resources) == 2
+        assert cache.apply(types.ENDPOINT, {"a": cla("a", port=9999)}) == []  # no-op change
+        await s.nothing(0.2)
+        s.close()
+
+    run_ads(body)

@@ -33,5 +33,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<yaml::PyYamlDocument>()?;
     m.add_class::<xds::PyResourceStore>()?;
     m.add_class::<xds::PySnapshot>()?;
+    m.add_class::<xds::PyFleet>()?;
     Ok(())
 }

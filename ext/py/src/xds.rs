@@ -1,12 +1,12 @@
 //! xDS snapshots for Python: a resource store and immutable per-proxy snapshots.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use meshcore_core::xds::{ResourceRef, ResourceStore, Snapshot};
+use meshcore_core::xds::{Change, Fleet, ResourceRef, ResourceStore, Snapshot};
 
 /// Interns resources: identical (name, bytes) pairs are held once across all snapshots.
 #[pyclass(frozen, module = "meshcore._core", name = "ResourceStore")]
@@ -60,6 +60,19 @@ pub struct PySnapshot {
 
 type Updated = Vec<(String, String, Py<PyBytes>)>;
 
+fn extract_changes(changes: &Bound<'_, PyDict>) -> PyResult<Vec<(String, Option<Vec<u8>>)>> {
+    let mut items = Vec::with_capacity(changes.len());
+    for (name, body) in changes.iter() {
+        let body = if body.is_none() {
+            None
+        } else {
+            Some(body.extract::<Vec<u8>>()?)
+        };
+        items.push((name.extract::<String>()?, body));
+    }
+    Ok(items)
+}
+
 fn updated(py: Python<'_>, rs: &[ResourceRef]) -> Updated {
     rs.iter()
         .map(|r| {
@@ -82,15 +95,7 @@ impl PySnapshot {
         type_url: &str,
         changes: &Bound<'_, PyDict>,
     ) -> PyResult<(PySnapshot, Vec<String>)> {
-        let mut items = Vec::with_capacity(changes.len());
-        for (name, body) in changes.iter() {
-            let body = if body.is_none() {
-                None
-            } else {
-                Some(body.extract::<Vec<u8>>()?)
-            };
-            items.push((name.extract::<String>()?, body));
-        }
+        let items = extract_changes(changes)?;
         let (inner, changed) = py.detach(|| self.inner.with_changes(&self.store, type_url, items));
         Ok((
             PySnapshot {
@@ -161,5 +166,77 @@ impl PySnapshot {
         type_url: &str,
     ) -> (Vec<String>, Vec<String>) {
         py.detach(|| self.inner.changed_since(&older.inner, type_url))
+    }
+}
+
+/// The snapshots of a whole fleet of proxies, by node id, kept in the core so that a change
+/// to many proxies costs no Python object per proxy.
+#[pyclass(module = "meshcore._core", name = "Fleet")]
+pub struct PyFleet {
+    store: Arc<ResourceStore>,
+    fleet: Mutex<Fleet>,
+}
+
+impl PyFleet {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Fleet> {
+        // A poisoned lock only means a panic elsewhere; each entry is a whole snapshot, so the
+        // fleet is still consistent.
+        self.fleet.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[pymethods]
+impl PyFleet {
+    #[new]
+    fn new(store: &PyResourceStore) -> Self {
+        Self {
+            store: store.store.clone(),
+            fleet: Mutex::new(Fleet::new()),
+        }
+    }
+
+    fn set(&self, node_id: &str, snapshot: &PySnapshot) {
+        self.lock().set(node_id, snapshot.inner.clone());
+    }
+
+    fn get(&self, node_id: &str) -> Option<PySnapshot> {
+        self.lock().get(node_id).map(|inner| PySnapshot {
+            inner: inner.clone(),
+            store: self.store.clone(),
+        })
+    }
+
+    fn remove(&self, node_id: &str) -> bool {
+        self.lock().remove(node_id)
+    }
+
+    fn nodes(&self) -> Vec<String> {
+        self.lock().nodes()
+    }
+
+    fn __len__(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Applies {name: bytes or None} of one type to the proxies that hold any of those names
+    /// (or to `nodes` when given, e.g. to add a resource); returns the node ids whose
+    /// snapshot changed.
+    #[pyo3(signature = (type_url, changes, nodes=None))]
+    fn apply(
+        &self,
+        py: Python<'_>,
+        type_url: &str,
+        changes: &Bound<'_, PyDict>,
+        nodes: Option<Vec<String>>,
+    ) -> PyResult<Vec<String>> {
+        let interned: Vec<Change> = extract_changes(changes)?
+            .into_iter()
+            .map(|(name, body)| {
+                let r = body.map(|b| self.store.intern(&name, b));
+                (name, r)
+            })
+            .collect();
+        let nodes: Option<HashSet<String>> = nodes.map(|n| n.into_iter().collect());
+        Ok(py.detach(|| self.lock().apply(type_url, &interned, nodes.as_ref())))
     }
 }

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 
-from meshcore._core import ResourceStore, Snapshot
+from meshcore._core import Fleet, ResourceStore, Snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +36,7 @@ class SnapshotCache:
     def __init__(self, source: SnapshotSource | None = None) -> None:
         self.store = ResourceStore()
         self.source = source
-        self._snapshots: dict[str, Snapshot] = {}
+        self._fleet = Fleet(self.store)
         self.changed_at: dict[str, float] = {}  # monotonic time of each node's last change
         self._events: dict[str, set[asyncio.Event]] = {}
 
@@ -53,24 +53,49 @@ class SnapshotCache:
         )
 
     def set(self, node_id: str, snapshot: Snapshot) -> None:
-        self._snapshots[node_id] = snapshot
+        self._fleet.set(node_id, snapshot)
+        self._changed(node_id)
+
+    def apply(
+        self,
+        type_url: str,
+        changes: Mapping[str, bytes | Message | None],
+        nodes: list[str] | None = None,
+    ) -> list[str]:
+        """Upserts/removes resources of one type in every snapshot that holds them (or in
+        ``nodes``); wakes the streams of the proxies whose view changed and returns them."""
+        changed = self._fleet.apply(
+            type_url,
+            {
+                name: r
+                if r is None or isinstance(r, bytes)
+                else r.SerializeToString(deterministic=True)
+                for name, r in changes.items()
+            },
+            nodes,
+        )
+        for node_id in changed:
+            self._changed(node_id)
+        return changed
+
+    def _changed(self, node_id: str) -> None:
         self.changed_at[node_id] = time.monotonic()
         for event in self._events.get(node_id, ()):
             event.set()
 
     def get(self, node: NodeInfo) -> Snapshot | None:
-        snap = self._snapshots.get(node.id)
+        snap = self._fleet.get(node.id)
         if snap is None and self.source is not None:
             snap = self.source(node)
             if snap is not None:
-                self._snapshots[node.id] = snap
+                self._fleet.set(node.id, snap)
         return snap
 
     def clear(self, node_id: str) -> None:
-        self._snapshots.pop(node_id, None)
+        self._fleet.remove(node_id)
 
     def nodes(self) -> list[str]:
-        return list(self._snapshots)
+        return self._fleet.nodes()
 
     def subscribe(self, node_id: str) -> asyncio.Event:
         event = asyncio.Event()

@@ -8,7 +8,7 @@
 //! paths it changes. Identical resources (same name and bytes) are stored once by the
 //! [`ResourceStore`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 
 use imbl::OrdMap;
@@ -24,6 +24,9 @@ pub struct Resource {
 }
 
 pub type ResourceRef = Arc<Resource>;
+
+/// A resource to upsert (`Some`) or remove (`None`), by name.
+pub type Change = (String, Option<ResourceRef>);
 
 /// Interns resources so that identical ones are held once, however many proxies see them.
 #[derive(Debug, Default)]
@@ -122,10 +125,43 @@ pub struct Delta {
     pub removed: Vec<String>,
 }
 
+/// The few type URLs of a snapshot, in a small vector: cloning one is one allocation, and
+/// lookups compare a handful of keys (far cheaper than a map for five entries).
+#[derive(Debug, Clone, Default)]
+struct TypeMap(Vec<(Arc<str>, TypeSet)>);
+
+impl TypeMap {
+    fn get(&self, type_url: &str) -> Option<&TypeSet> {
+        self.0
+            .iter()
+            .find(|(k, _)| &**k == type_url)
+            .map(|(_, v)| v)
+    }
+
+    fn entry(&mut self, type_url: &str) -> &mut TypeSet {
+        let at = match self.0.iter().position(|(k, _)| &**k == type_url) {
+            Some(at) => at,
+            None => {
+                self.0.push((Arc::from(type_url), TypeSet::default()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[at].1
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(k, _)| &**k)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &TypeSet> {
+        self.0.iter().map(|(_, v)| v)
+    }
+}
+
 /// One proxy's resources, by type URL. Cheap to clone (persistent maps).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    types: BTreeMap<String, TypeSet>,
+    types: TypeMap,
 }
 
 impl Snapshot {
@@ -137,7 +173,7 @@ impl Snapshot {
         let mut snapshot = Snapshot::default();
         for (type_url, name, body) in resources {
             let r = store.intern(&name, body);
-            snapshot.types.entry(type_url).or_default().insert(r);
+            snapshot.types.entry(&type_url).insert(r);
         }
         snapshot
     }
@@ -153,16 +189,29 @@ impl Snapshot {
     where
         I: IntoIterator<Item = (String, Option<Vec<u8>>)>,
     {
+        let interned: Vec<Change> = changes
+            .into_iter()
+            .map(|(name, body)| {
+                let r = body.map(|b| store.intern(&name, b));
+                (name, r)
+            })
+            .collect();
+        self.with_interned(type_url, &interned)
+    }
+
+    /// [`Snapshot::with_changes`] with resources already interned: applying one change to a
+    /// whole fleet interns it once and then costs a persistent-map insert per proxy.
+    pub fn with_interned(&self, type_url: &str, changes: &[Change]) -> (Self, Vec<String>) {
         let mut next = self.clone();
-        let set = next.types.entry(type_url.to_string()).or_default();
+        let set = next.types.entry(type_url);
         let mut changed = Vec::new();
-        for (name, body) in changes {
-            let did = match body {
-                Some(body) => set.insert(store.intern(&name, body)),
-                None => set.remove(&name),
+        for (name, resource) in changes {
+            let did = match resource {
+                Some(r) => set.insert(r.clone()),
+                None => set.remove(name),
             };
             if did {
-                changed.push(name);
+                changed.push(name.clone());
             }
         }
         (next, changed)
@@ -192,7 +241,9 @@ impl Snapshot {
     }
 
     pub fn type_urls(&self) -> Vec<String> {
-        self.types.keys().cloned().collect()
+        let mut urls: Vec<String> = self.types.keys().map(str::to_string).collect();
+        urls.sort();
+        urls
     }
 
     pub fn is_empty(&self) -> bool {
@@ -269,6 +320,97 @@ impl Snapshot {
             }
         }
         (changed, removed)
+    }
+}
+
+/// The snapshots of a fleet of proxies by node id, updated in place.
+#[derive(Debug, Default)]
+pub struct Fleet {
+    snapshots: HashMap<String, Snapshot>,
+}
+
+impl Fleet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn set(&mut self, node_id: &str, snapshot: Snapshot) {
+        self.snapshots.insert(node_id.to_string(), snapshot);
+    }
+
+    pub fn get(&self, node_id: &str) -> Option<&Snapshot> {
+        self.snapshots.get(node_id)
+    }
+
+    pub fn remove(&mut self, node_id: &str) -> bool {
+        self.snapshots.remove(node_id).is_some()
+    }
+
+    pub fn nodes(&self) -> Vec<String> {
+        let mut nodes: Vec<String> = self.snapshots.keys().cloned().collect();
+        nodes.sort();
+        nodes
+    }
+
+    pub fn len(&self) -> usize {
+        self.snapshots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.snapshots.is_empty()
+    }
+
+    /// Applies `changes` of one type to the proxies holding any of the names (or to `nodes`),
+    /// returning the ids of those whose view changed. Proxies that share the same persistent
+    /// map for the type (endpoints seen by the whole fleet) share the result: the work is one
+    /// map update per distinct map, then a pointer swap per proxy.
+    pub fn apply(
+        &mut self,
+        type_url: &str,
+        changes: &[Change],
+        nodes: Option<&HashSet<String>>,
+    ) -> Vec<String> {
+        let mut memo: Vec<(TypeSet, TypeSet, bool)> = Vec::new();
+        let mut changed_nodes = Vec::new();
+        for (id, snap) in self.snapshots.iter_mut() {
+            let targeted = match nodes {
+                Some(set) => set.contains(id),
+                None => snap.types.get(type_url).is_some_and(|t| {
+                    changes
+                        .iter()
+                        .any(|(name, _)| t.map.contains_key(name.as_str()))
+                }),
+            };
+            if !targeted {
+                continue;
+            }
+            let set = snap.types.entry(type_url);
+            let hit = memo
+                .iter()
+                .find(|(old, _, _)| old.aggregate == set.aggregate && old.map.ptr_eq(&set.map));
+            let (new_set, did) = match hit {
+                Some((_, new_set, did)) => (new_set.clone(), *did),
+                None => {
+                    let old = set.clone();
+                    let mut new_set = set.clone();
+                    let mut did = false;
+                    for (name, resource) in changes {
+                        did |= match resource {
+                            Some(r) => new_set.insert(r.clone()),
+                            None => new_set.remove(name),
+                        };
+                    }
+                    memo.push((old, new_set.clone(), did));
+                    (new_set, did)
+                }
+            };
+            if did {
+                *set = new_set;
+                changed_nodes.push(id.clone());
+            }
+        }
+        changed_nodes.sort();
+        changed_nodes
     }
 }
 
@@ -368,5 +510,38 @@ mod tests {
         assert_eq!(rm, vec!["cluster-00043".to_string()]);
         assert_eq!(next.len(C), 9_999);
         assert_eq!(base.len(C), 10_000);
+    }
+
+    #[test]
+    fn fleet_updates_holders_in_place_and_shares_results() {
+        let store = ResourceStore::new();
+        let base = snap(&store, &[("a", b"1"), ("b", b"2")]);
+        let mut fleet = Fleet::new();
+        for i in 0..100 {
+            fleet.set(&format!("p{i:03}"), base.clone());
+        }
+        let (other, _) = base.with_changes(&store, C, [("a".to_string(), None)]);
+        fleet.set("zz-without-a", other);
+        let change: Vec<Change> = vec![("a".to_string(), Some(store.intern("a", b"new".to_vec())))];
+        let changed = fleet.apply(C, &change, None);
+        assert_eq!(changed.len(), 100); // not the proxy that does not hold "a"
+        let p0 = fleet.get("p000").expect("present");
+        let p1 = fleet.get("p001").expect("present");
+        assert_eq!(
+            p0.get(C, "a").map(|r| r.body.clone()),
+            Some(b"new".to_vec())
+        );
+        assert!(p0
+            .types
+            .get(C)
+            .expect("type")
+            .map
+            .ptr_eq(&p1.types.get(C).expect("type").map));
+        assert!(fleet.apply(C, &change, None).is_empty()); // already applied: nothing to push
+        let only: HashSet<String> = ["zz-without-a".to_string()].into_iter().collect();
+        assert_eq!(
+            fleet.apply(C, &change, Some(&only)),
+            vec!["zz-without-a".to_string()]
+        );
     }
 }

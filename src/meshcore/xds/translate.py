@@ -769,6 +769,9 @@ class _Translator:
             self.problem(dr, bad.path, bad.message + "; the cluster uses default settings")
             return self._default_cluster(name, ps)
         if options.ByteSize():
+            if options.WhichOneof("upstream_protocol_options") is None:
+                # Envoy requires the upstream protocol once the options are given at all.
+                options.explicit_http_config.http_protocol_options.SetInParent()
             c.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(_pack(options))
         return c
 

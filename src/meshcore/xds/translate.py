@@ -101,6 +101,7 @@ __all__ = [
     "Generated",
     "Proxy",
     "Resources",
+    "clear_cache",
     "generate",
     "parse_node_id",
     "proxy_for_node",
@@ -654,7 +655,17 @@ class _Translator:
             for r in vs.http
             for m in r.get("match", ())
         )
+        self._eps: dict[str, tuple[WorkloadEntry, ...]] = {}
+        self._by_label: dict[tuple[str, str, str], list[WorkloadEntry]] = {}
+        for w in mesh.workload_entries:
+            for k, v in w.workload_labels.items():
+                self._by_label.setdefault((w.namespace, k, v), []).append(w)
+        self._svc_by_label: dict[tuple[str, str, str], list[int]] = {}
+        for i, svc in enumerate(self.services):
+            for k, v in svc.selector.items():
+                self._svc_by_label.setdefault((svc.namespace, k, v), []).append(i)
         self._clusters: dict[bool, dict[str, Message]] = {}
+        self._outbound: dict[tuple[bool, str], dict[str, Message]] = {}
         self._endpoints: dict[str, Message] | None = None
         self._routes: dict[tuple[Any, ...], dict[str, Message]] = {}
         self._vs_routes: dict[tuple[Any, ...], list[rc.Route] | None] = {}
@@ -685,8 +696,35 @@ class _Translator:
             {_spiffe(self.mesh.domain, w.namespace, w.service_account) for w in workloads}
         )
 
+    def _selected(self, svc: Service) -> tuple[WorkloadEntry, ...]:
+        """The workloads a Service selects, through a label index (MeshModel scans)."""
+        found = self._eps.get(svc.hostname)
+        if found is None:
+            found = ()
+            if svc.selector:
+                lists = [
+                    self._by_label.get((svc.namespace, k, v), []) for k, v in svc.selector.items()
+                ]
+                smallest = min(lists, key=len)
+                found = tuple(
+                    w for w in smallest if selector_matches(svc.selector, w.workload_labels)
+                )
+            self._eps[svc.hostname] = found
+        return found
+
+    def _services_of(self, w: WorkloadEntry) -> list[Service]:
+        """The Services selecting a workload, in hostname order."""
+        cands: set[int] = set()
+        for k, v in w.workload_labels.items():
+            cands.update(self._svc_by_label.get((w.namespace, k, v), ()))
+        return [
+            self.services[i]
+            for i in sorted(cands)
+            if selector_matches(self.services[i].selector, w.workload_labels)
+        ]
+
     def _subset_workloads(self, svc: Service, subset: str) -> tuple[WorkloadEntry, ...]:
-        eps = self.mesh.endpoints(svc)
+        eps = self._selected(svc)
         if not subset:
             return eps
         sub = self.mesh.subsets(svc.hostname).get(subset)
@@ -930,7 +968,9 @@ class _Translator:
                 " which is used for sidecars (Istio keeps the first)",
                 severity="warning",
             )
-        key = (vs.namespace, vs.name, svc.hostname, port, self.route_key(proxy))
+        # Routes depend on the proxy only through source matches (labels, namespace).
+        source = (proxy.namespace, *self.route_key(proxy)[1:]) if self.uses_source_match else ()
+        key = (vs.namespace, vs.name, svc.hostname, port, grpc, source)
         if key not in self._vs_routes:
             try:
                 built = _VsRoutes(self, vs, svc, port, proxy, grpc).build()
@@ -956,6 +996,12 @@ class _Translator:
     # --- listeners ---------------------------------------------------------------------------
 
     def outbound_listeners(self, proxy: Proxy) -> dict[str, Message]:
+        key = (proxy.proxyless, proxy.outbound_address)
+        if key not in self._outbound:
+            self._outbound[key] = self._build_outbound_listeners(proxy)
+        return self._outbound[key]
+
+    def _build_outbound_listeners(self, proxy: Proxy) -> dict[str, Message]:
         out: dict[str, Message] = {}
         if proxy.proxyless:
             for port in sorted(self.by_port):
@@ -1028,11 +1074,7 @@ class _Translator:
         if w is None or not w.address or proxy.proxyless:
             return listeners, clusters
         ports: dict[int, str] = {}
-        for svc in self.services:
-            if svc.namespace != w.namespace or not svc.selector:
-                continue
-            if not selector_matches(svc.selector, w.workload_labels):
-                continue
+        for svc in self._services_of(w):
             for sp in svc.ports:
                 target = _endpoint_port(w, sp)
                 proto = _port_protocol(sp)
@@ -1618,6 +1660,11 @@ def _translator(mesh: MeshModel) -> _Translator:
     return tr
 
 
+def clear_cache() -> None:
+    """Forget the shared translation of the last mesh (benchmarks measure cold translation)."""
+    _last.clear()
+
+
 def generate(mesh: MeshModel, proxy: Proxy) -> Generated:
     """The resources Istio would give ``proxy``: CDS, EDS, LDS and RDS, by type URL then name.
 
@@ -1625,14 +1672,15 @@ def generate(mesh: MeshModel, proxy: Proxy) -> Generated:
     policy that fails closed) are returned, never raised: a bad resource spoils only itself.
     """
     tr = _translator(mesh)
-    clusters = dict(tr.clusters(proxy.proxyless))
     inbound_listeners, inbound_clusters = tr.inbound(proxy)
-    clusters.update(inbound_clusters)
+    # "inbound|..." sorts before "outbound|...": the merged mapping stays in name order
+    # without sorting thousands of shared clusters per proxy.
+    clusters = {**inbound_clusters, **tr.clusters(proxy.proxyless)}
     listeners = dict(tr.outbound_listeners(proxy))
     listeners.update(inbound_listeners)
     routes = tr.route_configs(proxy)
     resources: Resources = {
-        types.CLUSTER: dict(sorted(clusters.items())),
+        types.CLUSTER: clusters,
         types.ENDPOINT: dict(tr.endpoints()),
         types.LISTENER: dict(sorted(listeners.items())),
         types.ROUTE: dict(routes),

@@ -666,6 +666,10 @@ class _Translator:
                 self._svc_by_label.setdefault((svc.namespace, k, v), []).append(i)
         self._clusters: dict[bool, dict[str, Message]] = {}
         self._outbound: dict[tuple[bool, str], dict[str, Message]] = {}
+        self._vhost_bytes: dict[tuple[Any, ...], bytes] = {}
+        self._policies_by_ns: dict[str, list[Any]] = {}
+        for pol in mesh.authorization_policies:
+            self._policies_by_ns.setdefault(pol.namespace, []).append(pol)
         self._endpoints: dict[str, Message] | None = None
         self._routes: dict[tuple[Any, ...], dict[str, Message]] = {}
         self._vs_routes: dict[tuple[Any, ...], list[rc.Route] | None] = {}
@@ -906,13 +910,29 @@ class _Translator:
                         continue
                     # validate_clusters off: a route to a cluster not (yet) sent must not get
                     # the whole RouteConfiguration rejected (Istio does the same).
-                    rcfg = route_pb2.RouteConfiguration(
+                    head = route_pb2.RouteConfiguration(
                         name=str(port), validate_clusters=wrappers_pb2.BoolValue(value=False)
                     )
-                    rcfg.virtual_hosts.extend(self._virtual_host(ps, proxy) for ps in http)
-                    built[str(port)] = rcfg
+                    # Serialized messages concatenate into one whose repeated fields are the
+                    # concatenation: virtual hosts are built once per mesh and assembled per
+                    # namespace by the C parser instead of being copied field by field.
+                    chunks = [head.SerializeToString(deterministic=True)]
+                    chunks += [self._virtual_host_bytes(ps, proxy) for ps in http]
+                    built[str(port)] = route_pb2.RouteConfiguration.FromString(b"".join(chunks))
             self._routes[key] = dict(sorted(built.items()))
         return self._routes[key]
+
+    def _virtual_host_bytes(self, ps: _PortService, proxy: Proxy) -> bytes:
+        """A RouteConfiguration holding just this virtual host, serialized; shared by every
+        namespace for which the virtual host is the same (only short-name domains differ)."""
+        local = ps.service.namespace == proxy.namespace
+        source = (proxy.namespace, *self.route_key(proxy)[1:]) if self.uses_source_match else ()
+        key = (ps.service.hostname, ps.port.port, local, source)
+        found = self._vhost_bytes.get(key)
+        if found is None:
+            one = route_pb2.RouteConfiguration(virtual_hosts=[self._virtual_host(ps, proxy)])
+            found = self._vhost_bytes[key] = one.SerializeToString(deterministic=True)
+        return found
 
     def _domains(self, svc: Service, port: int, namespace: str, grpc: bool) -> list[str]:
         host = svc.hostname
@@ -1046,7 +1066,14 @@ class _Translator:
         if key not in self._authz:
             from meshcore.security.authz import Authorizer
 
-            policies = self.mesh.authorization_policies_for(proxy.namespace, proxy.labels)
+            # MeshModel.authorization_policies_for scans every policy; this is per namespace.
+            spaces = dict.fromkeys((self.mesh.root_namespace, proxy.namespace))
+            policies = [
+                pol
+                for ns in spaces
+                for pol in self._policies_by_ns.get(ns, ())
+                if selector_matches(pol.selector, proxy.labels)
+            ]
             try:
                 authz = Authorizer.from_policies(
                     policies,
@@ -1681,9 +1708,10 @@ def generate(mesh: MeshModel, proxy: Proxy) -> Generated:
     routes = tr.route_configs(proxy)
     resources: Resources = {
         types.CLUSTER: clusters,
-        types.ENDPOINT: dict(tr.endpoints()),
+        # Shared with other proxies of the mesh, like the messages: read-only.
+        types.ENDPOINT: tr.endpoints(),
         types.LISTENER: dict(sorted(listeners.items())),
-        types.ROUTE: dict(routes),
+        types.ROUTE: routes,
     }
     return Generated(resources, _problems_for(tr, proxy))
 

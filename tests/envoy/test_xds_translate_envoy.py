@@ -75,6 +75,11 @@ FULL = [
     _m("Service", "web", {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 9080}, {"name": "grpc-api", "port": 9090}]}),
     _m("Service", "db", {"selector": {"app": "db"}, "ports": [{"name": "tcp-db", "port": 5432}]}),
     _m("Service", "api", {"selector": {"app": "api"}, "ports": [{"name": "http", "port": 9080, "targetPort": 8081}]}),
+    # no endpoints: its mTLS cluster has no SAN to match (Envoy still needs a validation context)
+    _m("Service", "lonely", {"selector": {"app": "lonely"}, "ports": [{"name": "http", "port": 9080}]}),
+    _m("DestinationRule", "lonely", {"host": "lonely", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}),
+    # RE2 program size 2003: over Envoy's default limit (100), under Istio's runtime (32768)
+    _m("VirtualService", "lonely", {"hosts": ["lonely"], "http": [{"match": [{"uri": {"regex": "/[a-z]{1,1000}"}}], "route": [{"destination": {"host": "lonely"}}]}]}),
     _m("WorkloadEntry", "web-1", {"address": "127.0.40.1", "labels": {"app": "web", "version": "v1"}, "serviceAccount": "web"}),
     _m("WorkloadEntry", "web-2", {"address": "127.0.40.2", "labels": {"app": "web", "version": "v2"}, "locality": "r1/z1/s1", "weight": 5}),
     _m("WorkloadEntry", "db-1", {"address": "127.0.41.1", "labels": {"app": "db"}}),

@@ -568,3 +568,21 @@ def test_static_bootstrap_inlines_routes_and_endpoints() -> None:
     hcm = listeners["127.0.0.1_9080"]["filter_chains"][0]["filters"][0]["typed_config"]
     assert "rds" not in hcm
     assert hcm["route_config"]["name"] == "9080"
+
+
+def test_mtls_cluster_without_endpoints_keeps_a_validation_context() -> None:
+    # Envoy rejects a combined_validation_context without default_validation_context.
+    result = gen([*BASE, svc("lonely"), dr("lonely", {"tls": {"mode": "ISTIO_MUTUAL"}})])
+    ctx = tls_pb2.UpstreamTlsContext()
+    lonely = cluster(result, "outbound|9080||lonely.default.svc.cluster.local")
+    lonely.transport_socket.typed_config.Unpack(ctx)
+    assert ctx.common_tls_context.combined_validation_context.HasField("default_validation_context")
+
+
+def test_bootstrap_raises_the_re2_program_size_limit_as_istio() -> None:
+    mesh = load(EXAMPLES)
+    boot = render_static_bootstrap(
+        generate(mesh, proxy_for_node(mesh, REVIEWS_NODE)), REVIEWS_NODE, 1
+    )
+    layer = boot["layered_runtime"]["layers"][0]["static_layer"]
+    assert layer["re2.max_program_size.error_level"] == 32768

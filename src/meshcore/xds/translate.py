@@ -98,6 +98,7 @@ from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.xds import types
 
 __all__ = [
+    "BOOTSTRAP_RUNTIME",
     "Generated",
     "Proxy",
     "Resources",
@@ -116,6 +117,11 @@ DEFAULT_ADDRESS = "127.0.0.1"
 # Istio's SDS resource names: the workload certificate and the root (trust bundle).
 SDS_CERT = "default"
 SDS_ROOT = "ROOTCA"
+
+# Runtime every bootstrap needs (Istio sets the same): Envoy's default refuses any regex whose
+# RE2 program is larger than 100, which ordinary VirtualService regexes exceed, and would NACK
+# the whole RouteConfiguration.
+BOOTSTRAP_RUNTIME: Mapping[str, Any] = {"re2.max_program_size.error_level": 32768}
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
@@ -578,6 +584,7 @@ def _upstream_tls(
             cvc = common.combined_validation_context
             cvc.validation_context_sds_secret_config.CopyFrom(_sds(SDS_ROOT))
             vc = cvc.default_validation_context
+            vc.SetInParent()  # required by Envoy even when there is no SAN to match
         for san in san_list:
             vc.match_typed_subject_alt_names.append(
                 tls_common_pb2.SubjectAltNameMatcher(
@@ -597,6 +604,7 @@ def _upstream_tls(
             _sds(name + "-cacert")
         )
         vc = common.combined_validation_context.default_validation_context
+        vc.SetInParent()
     else:
         if mode == "MUTUAL":
             if not tls.get("clientCertificate") or not tls.get("privateKey"):
@@ -1813,6 +1821,12 @@ def render_static_bootstrap(
             "address": {"socket_address": {"address": admin_address, "port_value": admin_port}}
         },
         "static_resources": static,
+        "layered_runtime": {
+            "layers": [
+                {"name": "global config", "static_layer": dict(BOOTSTRAP_RUNTIME)},
+                {"name": "admin", "admin_layer": {}},
+            ]
+        },
     }
 
 

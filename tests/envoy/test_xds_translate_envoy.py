@@ -118,6 +118,8 @@ FULL = [
              "headers": {"request": {"add": {"x-added": "v"}, "remove": ["x-drop"]}, "response": {"set": {"x-resp": "r"}}}},
             {"name": "redirect", "match": [{"uri": {"exact": "/old"}}], "redirect": {"uri": "/new", "authority": "other", "port": 8443, "scheme": "https", "redirectCode": 307}},
             {"name": "direct", "match": [{"uri": {"prefix": "/teapot"}}], "directResponse": {"status": 418, "body": {"bytes": "dGVh"}}},
+            # over Envoy's default 4 KiB direct-response limit: the RouteConfiguration raises it
+            {"name": "big", "match": [{"uri": {"prefix": "/big"}}], "directResponse": {"status": 200, "body": {"string": "é" * 3000}}},
             {"name": "mirrors", "match": [{"uri": {"prefix": "/m"}}], "mirrors": [{"destination": {"host": "api"}, "percentage": {"value": 50}}], "route": [{"destination": {"host": "web"}}], "retries": {"attempts": 0}},
             {"name": "rest", "route": [{"destination": {"host": "web"}}]},
         ],

@@ -675,6 +675,7 @@ class _Translator:
         self._clusters: dict[bool, dict[str, Message]] = {}
         self._outbound: dict[tuple[bool, str], dict[str, Message]] = {}
         self._vhost_bytes: dict[tuple[Any, ...], bytes] = {}
+        self._vhost_body: dict[bytes, int] = {}
         self._policies_by_ns: dict[str, list[Any]] = {}
         for pol in mesh.authorization_policies:
             self._policies_by_ns.setdefault(pol.namespace, []).append(pol)
@@ -910,6 +911,7 @@ class _Translator:
                             name=name, validate_clusters=wrappers_pb2.BoolValue(value=False)
                         )
                         rcfg.virtual_hosts.append(self._virtual_host(ps, proxy, grpc=True))
+                        _allow_bodies(rcfg, _max_body(rcfg.virtual_hosts[0]))
                         built[name] = rcfg
             else:
                 for port in sorted(self.by_port):
@@ -918,14 +920,15 @@ class _Translator:
                         continue
                     # validate_clusters off: a route to a cluster not (yet) sent must not get
                     # the whole RouteConfiguration rejected (Istio does the same).
-                    head = route_pb2.RouteConfiguration(
-                        name=str(port), validate_clusters=wrappers_pb2.BoolValue(value=False)
-                    )
                     # Serialized messages concatenate into one whose repeated fields are the
                     # concatenation: virtual hosts are built once per mesh and assembled per
                     # namespace by the C parser instead of being copied field by field.
-                    chunks = [head.SerializeToString(deterministic=True)]
-                    chunks += [self._virtual_host_bytes(ps, proxy) for ps in http]
+                    hosts = [self._virtual_host_bytes(ps, proxy) for ps in http]
+                    head = route_pb2.RouteConfiguration(
+                        name=str(port), validate_clusters=wrappers_pb2.BoolValue(value=False)
+                    )
+                    _allow_bodies(head, max(self._vhost_body[h] for h in hosts))
+                    chunks = [head.SerializeToString(deterministic=True), *hosts]
                     built[str(port)] = route_pb2.RouteConfiguration.FromString(b"".join(chunks))
             self._routes[key] = dict(sorted(built.items()))
         return self._routes[key]
@@ -940,6 +943,7 @@ class _Translator:
         if found is None:
             one = route_pb2.RouteConfiguration(virtual_hosts=[self._virtual_host(ps, proxy)])
             found = self._vhost_bytes[key] = one.SerializeToString(deterministic=True)
+            self._vhost_body[found] = _max_body(one.virtual_hosts[0])
         return found
 
     def _domains(self, svc: Service, port: int, namespace: str, grpc: bool) -> list[str]:
@@ -1133,6 +1137,26 @@ class _Translator:
                 tcp_filters=tcp_filters,
             )
         return listeners, clusters
+
+
+ENVOY_DEFAULT_MAX_BODY = 4096
+
+
+def _max_body(vh: rc.VirtualHost) -> int:
+    """The largest direct-response body of a virtual host's routes."""
+    sizes = [
+        len(r.direct_response.body.inline_string.encode() or r.direct_response.body.inline_bytes)
+        for r in vh.routes
+        if r.HasField("direct_response")
+    ]
+    return max(sizes, default=0)
+
+
+def _allow_bodies(rcfg: route_pb2.RouteConfiguration, size: int) -> None:
+    # Envoy rejects a RouteConfiguration with a direct-response body over 4 KiB unless the
+    # limit is raised; raise it only when needed so that other configurations stay unchanged.
+    if size > ENVOY_DEFAULT_MAX_BODY:
+        rcfg.max_direct_response_body_size_bytes.value = size
 
 
 def _default_retry() -> rc.RetryPolicy:

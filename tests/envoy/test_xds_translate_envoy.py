@@ -77,6 +77,7 @@ FULL = [
     _m("Service", "api", {"selector": {"app": "api"}, "ports": [{"name": "http", "port": 9080, "targetPort": 8081}]}),
     # no endpoints: its mTLS cluster has no SAN to match (Envoy still needs a validation context)
     _m("Service", "lonely", {"selector": {"app": "lonely"}, "ports": [{"name": "http", "port": 9080}]}),
+    _m("DestinationRule", "api", {"host": "api", "trafficPolicy": {"connectionPool": {"http": {"useClientProtocol": True, "maxConcurrentStreams": 10}}}}),
     _m("DestinationRule", "lonely", {"host": "lonely", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}),
     # RE2 program size 2003: over Envoy's default limit (100), under Istio's runtime (32768)
     _m("VirtualService", "lonely", {"hosts": ["lonely"], "http": [{"match": [{"uri": {"regex": "/[a-z]{1,1000}"}}], "route": [{"destination": {"host": "lonely"}}]}]}),

@@ -586,3 +586,46 @@ def test_bootstrap_raises_the_re2_program_size_limit_as_istio() -> None:
     )
     layer = boot["layered_runtime"]["layers"][0]["static_layer"]
     assert layer["re2.max_program_size.error_level"] == 32768
+
+
+def _options(c: cluster_pb2.Cluster) -> Any:
+    from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+
+    opts = http_protocol_options_pb2.HttpProtocolOptions()
+    c.typed_extension_protocol_options[
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ].Unpack(opts)
+    return opts
+
+
+def test_upstream_protocol_options() -> None:
+    streams = {"connectionPool": {"http": {"maxConcurrentStreams": 7, "idleTimeout": "5s"}}}
+    client = {"connectionPool": {"http": {"useClientProtocol": True, "maxConcurrentStreams": 3}}}
+    result = gen([*BASE, svc("grpcsvc", 7070, pname="grpc"), dr("reviews", streams), dr("ratings", client), dr("grpcsvc", streams)])  # fmt: skip
+    # HTTP/1.1 service: the HTTP/2 stream limit must not switch it to h2
+    plain = _options(cluster(result, f"outbound|9080||{REVIEWS}"))
+    assert plain.explicit_http_config.HasField("http_protocol_options")
+    assert plain.common_http_protocol_options.idle_timeout.seconds == 5
+    grpc = _options(cluster(result, "outbound|7070||grpcsvc.default.svc.cluster.local"))
+    assert grpc.explicit_http_config.http2_protocol_options.max_concurrent_streams.value == 7
+    downstream = _options(
+        cluster(result, f"outbound|9080||{RATINGS}")
+    ).use_downstream_protocol_config
+    assert downstream.http2_protocol_options.max_concurrent_streams.value == 3
+
+
+def test_untranslated_fields_are_warnings() -> None:
+    objects = [
+        *BASE,
+        dr("reviews", {"loadBalancer": {"simple": "ROUND_ROBIN", "localityLbSetting": {"enabled": True}}}),
+        {**vs("ratings", "ratings", [{"route": [{"destination": {"host": "ratings"}}]}]),
+         "spec": {"hosts": ["ratings"], "http": [{"route": [{"destination": {"host": "ratings"}}]}],
+                  "tcp": [{"route": [{"destination": {"host": "ratings"}}]}]}},
+    ]  # fmt: skip
+    problems = {(p.kind, p.path, p.severity) for p in gen(objects).problems}
+    assert (
+        "DestinationRule",
+        "spec.trafficPolicy.loadBalancer.localityLbSetting",
+        "warning",
+    ) in problems
+    assert ("VirtualService", "spec.tcp", "warning") in problems

@@ -525,10 +525,21 @@ def _apply_connection_pool(
         options.common_http_protocol_options.idle_timeout.CopyFrom(
             _duration(http["idleTimeout"], path + ".http.idleTimeout")
         )
+    if http.get("useClientProtocol"):
+        # Istio: speak upstream whatever the client spoke (HTTP/1.1 or HTTP/2).
+        downstream = options.use_downstream_protocol_config
+        downstream.http_protocol_options.SetInParent()
+        downstream.http2_protocol_options.SetInParent()
+    elif http.get("h2UpgradePolicy") == "UPGRADE":
+        options.explicit_http_config.http2_protocol_options.SetInParent()
     if http.get("maxConcurrentStreams"):
-        options.explicit_http_config.http2_protocol_options.max_concurrent_streams.value = int(
-            http["maxConcurrentStreams"]
-        )
+        # Only meaningful for HTTP/2 upstreams; it must not turn an HTTP/1.1 upstream into h2.
+        if options.explicit_http_config.HasField("http2_protocol_options"):
+            h2 = options.explicit_http_config.http2_protocol_options
+            h2.max_concurrent_streams.value = int(http["maxConcurrentStreams"])
+        elif options.HasField("use_downstream_protocol_config"):
+            h2 = options.use_downstream_protocol_config.http2_protocol_options
+            h2.max_concurrent_streams.value = int(http["maxConcurrentStreams"])
 
 
 def _apply_outlier(cluster: cluster_pb2.Cluster, od: Mapping[str, Any], path: str) -> None:
@@ -613,6 +624,8 @@ def _upstream_tls(
             cert.certificate_chain.filename = str(tls["clientCertificate"])
             cert.private_key.filename = str(tls["privateKey"])
         vc = common.validation_context
+        if tls.get("insecureSkipVerify"):
+            return ctx  # Istio: no server verification at all
         if tls.get("caCertificates"):
             vc.trusted_ca.filename = str(tls["caCertificates"])
     for san in san_list:
@@ -649,6 +662,7 @@ class _Translator:
     def __init__(self, mesh: MeshModel) -> None:
         self.mesh = mesh
         self.problems: dict[tuple[str, str, str, str, str], ConfigProblem] = {}
+        self._warn_untranslated()
         self.services = sorted(mesh.services, key=lambda s: s.hostname)
         self.by_port: dict[int, list[_PortService]] = {}
         for svc in self.services:
@@ -686,6 +700,61 @@ class _Translator:
             tuple[str, tuple[tuple[str, str], ...]], tuple[list[Message], list[Message]]
         ] = {}
         self._policy_lb: dict[tuple[str, str, int], Mapping[str, Any]] = {}
+
+    def _warn_untranslated(self) -> None:
+        """Valid Istio fields this translator does not carry to Envoy: said, never ignored."""
+        for vs in self.mesh.virtual_services:
+            for key in ("tcp", "tls"):
+                if vs.spec.get(key):
+                    self.problem(
+                        vs,
+                        f"spec.{key}",
+                        f"{key} routes are not translated: TCP ports go to the destination"
+                        " service's default cluster",
+                        "warning",
+                    )
+            for i, http in enumerate(vs.http):
+                if (http.get("retries") or {}).get("retryRemoteLocalities"):
+                    self.problem(
+                        vs,
+                        f"spec.http[{i}].retries.retryRemoteLocalities",
+                        "not translated (retries may stay in the local locality)",
+                        "warning",
+                    )
+                if (http.get("corsPolicy") or {}).get("unmatchedPreflights"):
+                    self.problem(
+                        vs,
+                        f"spec.http[{i}].corsPolicy.unmatchedPreflights",
+                        "not translated (Envoy's default: preflights forwarded)",
+                        "warning",
+                    )
+        for dr in self.mesh.destination_rules:
+            policies = [("spec.trafficPolicy", dr.traffic_policy)]
+            policies += [
+                (f"spec.subsets[{s.name}].trafficPolicy", s.traffic_policy)
+                for s in dr.subsets.values()
+            ]
+            for base, tp in policies:
+                levels = [(base, tp)] + [
+                    (f"{base}.portLevelSettings[{k}]", pls)
+                    for k, pls in enumerate(tp.get("portLevelSettings", ()))
+                ]
+                for path, pol in levels:
+                    lb = pol.get("loadBalancer") or {}
+                    tls = pol.get("tls") or {}
+                    fields = [
+                        (lb, "localityLbSetting", ".loadBalancer"),
+                        (lb, "warmupDurationSecs", ".loadBalancer"),
+                        (lb, "warmup", ".loadBalancer"),
+                        (tls, "caCrl", ".tls"),
+                        (pol, "tunnel", ""),
+                        (pol, "proxyProtocol", ""),
+                    ]
+                    for spec, name, sub in fields:
+                        if spec.get(name):
+                            self.problem(
+                                dr, f"{path}{sub}.{name}", "not translated by meshcore", "warning"
+                            )
 
     # problems are collected once per mesh and reported to every proxy they concern
     def problem(self, res: Any, path: str, message: str, severity: str = "error") -> ConfigProblem:

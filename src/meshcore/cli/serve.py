@@ -1,0 +1,162 @@
+"""``meshcore serve``: the control plane (config watch, translation, ADS) and its HTTP side
+(Prometheus ``/metrics``, ``/debug/syncz`` for ``meshcore proxy-status``, ``/healthz``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from meshcore.config import MeshModel
+from meshcore.xds import translate
+from meshcore.xds.cache import NodeInfo
+from meshcore.xds.controlplane import ControlPlane, Resources
+from meshcore.xds.server import AdsServer, start_ads_server
+
+log = logging.getLogger("meshcore.serve")
+
+
+def generate(mesh: MeshModel, node: NodeInfo) -> Resources | None:
+    """Translate the mesh for one connected proxy; its problems are logged, never raised."""
+    try:
+        proxy = translate.proxy_for_node(mesh, node.id, node.metadata)
+    except ValueError as exc:
+        log.error("cannot serve node %r: %s", node.id, exc)
+        return None
+    result = translate.generate(mesh, proxy)
+    for problem in result.problems:
+        (log.error if problem.severity == "error" else log.warning)("%s: %s", node.id, problem)
+    return result.resources
+
+
+class _Debug(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        plane: ControlPlane,
+        ads: AdsServer,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        super().__init__(address, _DebugHandler)
+        self.plane = plane
+        self.ads = ads
+        self.loop = loop
+
+    def in_loop(self, fn: Any) -> Any:
+        """Runs ``fn`` on the event loop (which owns the ADS state) and returns its result."""
+
+        async def call() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(timeout=5)
+
+
+class _DebugHandler(BaseHTTPRequestHandler):
+    server: _Debug
+
+    def do_GET(self) -> None:
+        if self.path == "/metrics":
+            body = self.server.in_loop(lambda: generate_latest(self.server.ads.metrics.registry()))
+            self._send(200, CONTENT_TYPE_LATEST, body)
+        elif self.path == "/debug/syncz":
+            status = self.server.in_loop(self.server.ads.sync_status)
+            problems = [p.to_dict() for p in self.server.plane.problems]
+            self._send(
+                200,
+                "application/json",
+                json.dumps({"proxies": status, "config_problems": problems}).encode(),
+            )
+        elif self.path in ("/healthz", "/ready"):
+            ok = self.server.plane.mesh is not None
+            self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"no valid config\n")
+        else:
+            self._send(404, "text/plain", b"try /metrics, /debug/syncz or /healthz\n")
+
+    def _send(self, code: int, content_type: str, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug(format, *args)
+
+
+async def serve(
+    paths: Sequence[str], *, xds_port: int, metrics_port: int | None, host: str = "127.0.0.1",
+    ready: threading.Event | None = None, stop: asyncio.Event | None = None,
+) -> int:  # fmt: skip
+    plane = ControlPlane(paths, generate)
+    if not plane.load():
+        for p in plane.problems:
+            print(f"{p.severity}: {p}", file=sys.stderr)
+        print(
+            "meshcore serve: the configuration is invalid; fix it and start again", file=sys.stderr
+        )
+        return 1
+    server, ads, port = await start_ads_server(plane.cache, port=xds_port, host=host)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Not possible off the main thread (as in tests); the caller's stop event still works.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    debug = None
+    if metrics_port is not None:
+        debug = _Debug((host, metrics_port), plane, ads, loop)
+        threading.Thread(target=debug.serve_forever, name="meshcore-debug", daemon=True).start()
+    summary = (
+        ", ".join(f"{n} {k}" for k, n in plane.mesh.summary().items() if n) if plane.mesh else ""
+    )
+    print(f"meshcore serve: {summary or 'empty mesh'}", flush=True)
+    print(f"meshcore serve: ADS (state of the world and delta) on {host}:{port}", flush=True)
+    if debug is not None:
+        print(f"meshcore serve: metrics on http://{host}:{debug.server_address[1]}/metrics, "
+              f"status on /debug/syncz", flush=True)  # fmt: skip
+    if ready is not None:
+        ready.set()
+    try:
+        await plane.run(lambda: [s.node for s in ads.proxies.values()], stop)
+    finally:
+        if debug is not None:
+            debug.shutdown()
+            debug.server_close()
+        await server.stop(1.0)
+    return 0
+
+
+def proxy_status(control_plane: str) -> int:
+    """Prints SYNCED / STALE / NACKED / NOT SENT per xDS type per connected proxy."""
+    import urllib.error
+    import urllib.request
+
+    url = control_plane.rstrip("/")
+    if not url.startswith("http"):
+        url = f"http://{url}"
+    try:
+        with urllib.request.urlopen(f"{url}/debug/syncz", timeout=5) as resp:
+            data = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"meshcore proxy-status: cannot reach {url}/debug/syncz: {exc}", file=sys.stderr)
+        return 2
+    proxies: dict[str, dict[str, str]] = data.get("proxies", {})
+    columns = ["CDS", "LDS", "EDS", "RDS", "SDS"]
+    width = max([len("NAME"), *map(len, proxies)])
+    print(f"{'NAME':<{width}}  " + "  ".join(f"{c:<8}" for c in columns))
+    for node_id, row in sorted(proxies.items()):
+        print(f"{node_id:<{width}}  " + "  ".join(f"{row.get(c, 'NOT SENT'):<8}" for c in columns))
+    if not proxies:
+        print("(no proxies connected)")
+    return 0

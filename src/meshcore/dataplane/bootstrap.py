@@ -1,0 +1,70 @@
+"""Envoy bootstraps for sidecars of meshcore's control plane (ADS over gRPC)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from meshcore.xds.translate import BOOTSTRAP_RUNTIME, parse_node_id
+
+XDS_CLUSTER = "xds-grpc"  # Istio's name for the control-plane cluster
+
+
+def ads_bootstrap(
+    node_id: str,
+    xds_host: str,
+    xds_port: int,
+    *,
+    admin_port: int = 0,
+    admin_address: str = "127.0.0.1",
+    metadata: Mapping[str, Any] | None = None,
+    delta: bool = False,
+) -> dict[str, Any]:
+    """A bootstrap (a dict, for JSON or YAML) whose listeners and clusters all come from
+    meshcore over one ADS stream (state of the world, or delta with ``delta=True``)."""
+    _, _, name, namespace, _ = parse_node_id(node_id)  # ValueError names a bad id
+    node: dict[str, Any] = {"id": node_id, "cluster": f"{name}.{namespace}"}
+    if metadata:
+        node["metadata"] = dict(metadata)
+    ads = {"ads": {}, "resource_api_version": "V3"}
+    return {
+        "node": node,
+        "admin": {"address": {"socket_address": {"address": admin_address, "port_value": admin_port}}},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "DELTA_GRPC" if delta else "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+                "set_node_on_first_message_only": True,
+            },
+            "cds_config": ads,
+            "lds_config": ads,
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": XDS_CLUSTER,
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            "explicit_http_config": {"http2_protocol_options": {}},
+                        }
+                    },
+                    "load_assignment": {
+                        "cluster_name": XDS_CLUSTER,
+                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                            "socket_address": {"address": xds_host, "port_value": xds_port}
+                        }}}]}],
+                    },
+                }
+            ]
+        },
+        "layered_runtime": {
+            "layers": [
+                {"name": "global config", "static_layer": dict(BOOTSTRAP_RUNTIME)},
+                {"name": "admin", "admin_layer": {}},
+            ]
+        },
+    }  # fmt: skip

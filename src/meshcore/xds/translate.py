@@ -851,7 +851,11 @@ class _Translator:
             name=name,
             type=cluster_pb2.Cluster.EDS,
             connect_timeout=_duration_ns(DEFAULT_CONNECT_TIMEOUT_NS),
-            lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
+            # gRPC's xDS client rejects LEAST_REQUEST ("LB policy is not supported"): Istio
+            # gives proxyless clients ROUND_ROBIN.
+            lb_policy=cluster_pb2.Cluster.ROUND_ROBIN
+            if proxyless
+            else cluster_pb2.Cluster.LEAST_REQUEST,
         )
         c.eds_cluster_config.eds_config.CopyFrom(_ads())
         c.eds_cluster_config.service_name = name

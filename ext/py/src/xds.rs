@@ -106,6 +106,14 @@ impl PySnapshot {
         ))
     }
 
+    /// A new snapshot whose resources of `type_url` are `other`'s (shared, not copied).
+    fn with_type_from(&self, other: &PySnapshot, type_url: &str) -> PySnapshot {
+        PySnapshot {
+            inner: self.inner.with_type_from(&other.inner, type_url),
+            store: self.store.clone(),
+        }
+    }
+
     /// The type's aggregate version ("" when it has no resources).
     fn version(&self, type_url: &str) -> String {
         self.inner.version(type_url)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.protobuf.message import Message
 
@@ -21,6 +22,35 @@ class NodeInfo:
     metadata: Mapping[str, object] = field(default_factory=dict)
     user_agent: str = ""
 
+
+class Layered(Mapping[str, Any]):
+    """A proxy's own resources of one type over resources shared with other proxies.
+
+    Read-only; iterates the proxy's own names first, then the shared ones. The snapshot store
+    reuses the shared layer (by identity) for every proxy that has it.
+    """
+
+    __slots__ = ("own", "shared")
+
+    def __init__(self, own: Mapping[str, Any], shared: Mapping[str, Any]) -> None:
+        self.own = own
+        self.shared = shared
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self.own:
+            return self.own[name]
+        return self.shared[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.own
+        yield from (name for name in self.shared if name not in self.own)
+
+    def __len__(self) -> int:
+        return len(self.own) + sum(1 for name in self.shared if name not in self.own)
+
+
+# Mappings at least this large are remembered by identity (see SnapshotCache.snapshot).
+SHARE_AT_LEAST = 64
 
 # Called for a node that connects without a snapshot: the control plane generates one.
 SnapshotSource = Callable[[NodeInfo], Snapshot | None]
@@ -39,18 +69,61 @@ class SnapshotCache:
         self._fleet = Fleet(self.store)
         self.changed_at: dict[str, float] = {}  # monotonic time of each node's last change
         self._events: dict[str, set[asyncio.Event]] = {}
+        self._serialized: dict[int, tuple[Message, bytes]] = {}
+        # Resource sets built from mapping objects, by (type, identity); each entry holds its
+        # mapping so that the identity cannot be reused while remembered.
+        self._sets: dict[tuple[str, int], tuple[Mapping[str, Any], Snapshot]] = {}
 
     def snapshot(self, resources: Mapping[str, Mapping[str, bytes | Message]]) -> Snapshot:
-        """A snapshot from {type_url: {name: message or serialized bytes}}."""
-        return self.store.snapshot(
-            {
-                type_url: {
-                    name: r if isinstance(r, bytes) else r.SerializeToString(deterministic=True)
-                    for name, r in by_name.items()
-                }
-                for type_url, by_name in resources.items()
-            }
+        """A snapshot from {type_url: {name: message or serialized bytes}}.
+
+        Built to share: a mapping object seen before (the translator hands every proxy the
+        same endpoint and route maps) becomes the same resource set again without reading it;
+        a :class:`Layered` mapping is the proxy's own layer over a shared one; a message seen
+        before is not serialized again. So mappings and messages handed in must not be changed
+        afterwards; call :meth:`forget` when they are replaced (the control plane does, on
+        every new mesh).
+        """
+        snap = self.store.snapshot({})
+        for type_url, by_name in resources.items():
+            if isinstance(by_name, Layered):
+                snap = snap.with_type_from(self._shared(type_url, by_name.shared), type_url)
+                if by_name.own:
+                    own = {name: self._bytes(r) for name, r in by_name.own.items()}
+                    snap, _ = snap.with_changes(type_url, own)
+            else:
+                snap = snap.with_type_from(self._shared(type_url, by_name), type_url)
+        return snap
+
+    def _shared(self, type_url: str, by_name: Mapping[str, bytes | Message]) -> Snapshot:
+        if len(by_name) < SHARE_AT_LEAST:
+            # Small, usually per-proxy maps: cheaper to build than to remember.
+            return self.store.snapshot({type_url: {n: self._bytes(r) for n, r in by_name.items()}})
+        key = (type_url, id(by_name))
+        hit = self._sets.get(key)
+        if hit is not None and hit[0] is by_name:
+            return hit[1]
+        built = self.store.snapshot(
+            {type_url: {name: self._bytes(r) for name, r in by_name.items()}}
         )
+        self._sets[key] = (by_name, built)
+        return built
+
+    def _bytes(self, resource: bytes | Message) -> bytes:
+        if isinstance(resource, bytes):
+            return resource
+        # Keyed by identity, holding the message so that its id cannot be reused meanwhile.
+        hit = self._serialized.get(id(resource))
+        if hit is not None and hit[0] is resource:
+            return hit[1]
+        data = resource.SerializeToString(deterministic=True)
+        self._serialized[id(resource)] = (resource, data)
+        return data
+
+    def forget(self) -> None:
+        """Drops remembered serializations (the messages they belong to are being replaced)."""
+        self._serialized.clear()
+        self._sets.clear()
 
     def set(self, node_id: str, snapshot: Snapshot) -> None:
         self._fleet.set(node_id, snapshot)
@@ -66,12 +139,7 @@ class SnapshotCache:
         ``nodes``); wakes the streams of the proxies whose view changed and returns them."""
         changed = self._fleet.apply(
             type_url,
-            {
-                name: r
-                if r is None or isinstance(r, bytes)
-                else r.SerializeToString(deterministic=True)
-                for name, r in changes.items()
-            },
+            {name: None if r is None else self._bytes(r) for name, r in changes.items()},
             nodes,
         )
         for node_id in changed:

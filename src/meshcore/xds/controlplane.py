@@ -69,6 +69,8 @@ class ControlPlane:
             )
             return False
         self.mesh = report.model
+        # The translator builds new messages for a new mesh: old serializations are garbage.
+        self.cache.forget()
         return True
 
     def snapshot_for(self, node: NodeInfo) -> Snapshot | None:

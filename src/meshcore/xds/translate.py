@@ -96,6 +96,7 @@ from meshcore.config.model import (
 from meshcore.config.validate import parse_duration
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.xds import types
+from meshcore.xds.cache import Layered
 
 __all__ = [
     "BOOTSTRAP_RUNTIME",
@@ -109,7 +110,7 @@ __all__ = [
     "render_static_bootstrap",
 ]
 
-Resources = dict[str, dict[str, Message]]
+Resources = dict[str, Mapping[str, Message]]
 
 APP_ADDRESS_KEY = "MESHCORE_APP_ADDRESS"
 OUTBOUND_ADDRESS_KEY = "MESHCORE_OUTBOUND_ADDRESS"
@@ -1805,9 +1806,9 @@ def generate(mesh: MeshModel, proxy: Proxy) -> Generated:
     """
     tr = _translator(mesh)
     inbound_listeners, inbound_clusters = tr.inbound(proxy)
-    # "inbound|..." sorts before "outbound|...": the merged mapping stays in name order
-    # without sorting thousands of shared clusters per proxy.
-    clusters = {**inbound_clusters, **tr.clusters(proxy.proxyless)}
+    # The proxy's own clusters over the mesh's shared ones, not merged: the snapshot store
+    # then reuses the shared set for every proxy instead of reading thousands per proxy.
+    clusters = Layered(inbound_clusters, tr.clusters(proxy.proxyless))
     listeners = dict(tr.outbound_listeners(proxy))
     listeners.update(inbound_listeners)
     routes = tr.route_configs(proxy)

@@ -217,6 +217,13 @@ impl Snapshot {
         (next, changed)
     }
 
+    /// A new snapshot whose `type_url` resources are exactly `other`'s (shared, not copied).
+    pub fn with_type_from(&self, other: &Snapshot, type_url: &str) -> Self {
+        let mut next = self.clone();
+        *next.types.entry(type_url) = other.types.get(type_url).cloned().unwrap_or_default();
+        next
+    }
+
     /// The type's aggregate version ("" when the type has no resources).
     pub fn version(&self, type_url: &str) -> String {
         match self.types.get(type_url) {

@@ -61,6 +61,18 @@ class Snapshot:
         subscribed: Iterable[str] | None = None,
     ) -> tuple[list[tuple[str, str, bytes]], list[str]]: ...
     def changed_since(self, older: Snapshot, type_url: str) -> tuple[list[str], list[str]]: ...
+    def sotw_response(
+        self, type_url: str, version: str, nonce: str, names: list[str] | None = None
+    ) -> tuple[bytes, int]: ...
+    def delta_response(
+        self,
+        type_url: str,
+        nonce: str,
+        known: Mapping[str, str],
+        subscribed: Iterable[str] | None = None,
+        report_missing: Iterable[str] | None = None,
+        extra_removed: list[str] | None = None,
+    ) -> tuple[bytes, list[tuple[str, str]], list[str]] | None: ...
 
 @final
 class Fleet:

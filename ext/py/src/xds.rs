@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use meshcore_core::xds::{Change, Fleet, ResourceRef, ResourceStore, Snapshot};
+use meshcore_core::xds::{wire, Change, Fleet, ResourceRef, ResourceStore, Snapshot};
 
 /// Interns resources: identical (name, bytes) pairs are held once across all snapshots.
 #[pyclass(frozen, module = "meshcore._core", name = "ResourceStore")]
@@ -59,6 +59,18 @@ pub struct PySnapshot {
 }
 
 type Updated = Vec<(String, String, Py<PyBytes>)>;
+
+fn names_set(names: Option<&Bound<'_, PyAny>>) -> PyResult<Option<HashSet<String>>> {
+    match names {
+        Some(names) => Ok(Some(
+            names
+                .try_iter()?
+                .map(|n| n?.extract::<String>())
+                .collect::<PyResult<HashSet<String>>>()?,
+        )),
+        None => Ok(None),
+    }
+}
 
 fn extract_changes(changes: &Bound<'_, PyDict>) -> PyResult<Vec<(String, Option<Vec<u8>>)>> {
     let mut items = Vec::with_capacity(changes.len());
@@ -164,6 +176,78 @@ impl PySnapshot {
         };
         let delta = py.detach(|| self.inner.diff(type_url, &known, subscribed.as_ref()));
         Ok((updated(py, &delta.updated), delta.removed))
+    }
+
+    /// An encoded state-of-the-world DiscoveryResponse with the resources of `names` (None:
+    /// all of the type) that exist: (bytes, number of resources).
+    #[pyo3(signature = (type_url, version, nonce, names=None))]
+    fn sotw_response(
+        &self,
+        py: Python<'_>,
+        type_url: &str,
+        version: &str,
+        nonce: &str,
+        names: Option<Vec<String>>,
+    ) -> (Py<PyBytes>, usize) {
+        let (data, count) = py.detach(|| {
+            let selected = self.inner.select(type_url, names.as_deref());
+            (
+                wire::encode_sotw(version, type_url, nonce, &selected),
+                selected.len(),
+            )
+        });
+        (PyBytes::new(py, &data).unbind(), count)
+    }
+
+    /// An encoded DeltaDiscoveryResponse bringing a client that holds `known` up to date for
+    /// `subscribed` (None: all), or None when it already is: (bytes, [(name, version)] sent,
+    /// [names removed]).
+    #[pyo3(signature = (type_url, nonce, known, subscribed=None, report_missing=None, extra_removed=None))]
+    // A Python signature with keyword defaults; a struct would only move the list.
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    fn delta_response(
+        &self,
+        py: Python<'_>,
+        type_url: &str,
+        nonce: &str,
+        known: HashMap<String, String>,
+        subscribed: Option<&Bound<'_, PyAny>>,
+        report_missing: Option<&Bound<'_, PyAny>>,
+        extra_removed: Option<Vec<String>>,
+    ) -> PyResult<Option<(Py<PyBytes>, Vec<(String, String)>, Vec<String>)>> {
+        let subscribed = names_set(subscribed)?;
+        let report = names_set(report_missing)?;
+        let out = py.detach(|| {
+            let mut delta = self.inner.diff(type_url, &known, subscribed.as_ref());
+            // A subscribed name that does not exist is reported once, not on every push: only
+            // those the client holds or has just asked about.
+            delta.removed.retain(|n| {
+                known.contains_key(n) || report.as_ref().is_some_and(|r| r.contains(n))
+            });
+            for name in extra_removed.unwrap_or_default() {
+                if !delta.removed.contains(&name) {
+                    delta.removed.push(name);
+                }
+            }
+            delta.removed.sort();
+            if delta.updated.is_empty() && delta.removed.is_empty() {
+                return None;
+            }
+            let data = wire::encode_delta(
+                &self.inner.version(type_url),
+                type_url,
+                nonce,
+                &delta.updated,
+                &delta.removed,
+            );
+            let sent = delta
+                .updated
+                .iter()
+                .map(|r| (r.name.clone(), r.version.clone()))
+                .collect::<Vec<_>>();
+            Some((data, sent, delta.removed))
+        });
+        Ok(out.map(|(data, sent, removed)| (PyBytes::new(py, &data).unbind(), sent, removed)))
     }
 
     /// Names of `type_url` changed or added since `older`, and names removed.

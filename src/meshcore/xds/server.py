@@ -22,7 +22,6 @@ from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import any_pb2
 from google.protobuf.json_format import MessageToDict
 
 from meshcore._core import Snapshot
@@ -86,12 +85,12 @@ class AdsServer:
                 "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
                     self.stream_aggregated_resources,
                     request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
-                    response_serializer=discovery_pb2.DiscoveryResponse.SerializeToString,
+                    response_serializer=_encoded,
                 ),
                 "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
                     self.delta_aggregated_resources,
                     request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
-                    response_serializer=discovery_pb2.DeltaDiscoveryResponse.SerializeToString,
+                    response_serializer=_encoded,
                 ),
             },
         )
@@ -103,7 +102,7 @@ class AdsServer:
         self,
         requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+    ) -> AsyncIterator[bytes]:
         stream = _SotwStream(self, next(self._streams))
         async for response in _run(self, stream, requests, context):
             yield response
@@ -112,7 +111,7 @@ class AdsServer:
         self,
         requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
+    ) -> AsyncIterator[bytes]:
         stream = _DeltaStream(self, next(self._streams))
         async for response in _run(self, stream, requests, context):
             yield response
@@ -247,6 +246,11 @@ async def _run(
             server.disconnected(stream.node.id, stream.kind)
 
 
+def _encoded(response: bytes) -> bytes:
+    # Responses are encoded by the Rust core already (see Snapshot.sotw_response).
+    return response
+
+
 def _short(type_url: str) -> str:
     return types.SHORT_NAMES.get(type_url, type_url.rsplit(".", 1)[-1]).lower()
 
@@ -320,7 +324,7 @@ class _SotwStream:
             t.dirty = True
         return None
 
-    def pushes(self) -> Iterable[discovery_pb2.DiscoveryResponse]:
+    def pushes(self) -> Iterable[bytes]:
         if self.node is None:
             return
         snap = self.server.cache.get(self.node)
@@ -341,27 +345,24 @@ class _SotwStream:
                 # Envoy re-warms every cluster it is sent and needs fresh endpoints for it.
                 self.types[types.ENDPOINT].dirty = True
 
-    def _response(
-        self, snap: Snapshot, type_url: str, t: _SotwType, version: str
-    ) -> discovery_pb2.DiscoveryResponse | None:
+    def _response(self, snap: Snapshot, type_url: str, t: _SotwType, version: str) -> bytes | None:
         started = time.perf_counter()
-        names = set(snap.names(type_url)) | (t.names - {"*"}) if t.wildcard else t.names
-        if not names and type_url not in WILDCARD_TYPES:
+        explicit = t.names - {"*"}
+        if not t.wildcard and not explicit and type_url not in WILDCARD_TYPES:
             t.dirty = False
             return None  # nothing asked for: an empty RDS/EDS/SDS answer means nothing
-        resources = []
-        for name in sorted(names):
-            found = snap.resource(type_url, name)
-            if found is not None:
-                resources.append(any_pb2.Any(type_url=type_url, value=found[1]))
+        if t.wildcard and not explicit:
+            names = None  # all of the type
+        elif t.wildcard:
+            names = sorted(set(snap.names(type_url)) | explicit)
+        else:
+            names = sorted(explicit)
         nonce = f"{self.number}-{next(self._nonces)}"
-        response = discovery_pb2.DiscoveryResponse(
-            version_info=version, resources=resources, type_url=type_url, nonce=nonce
-        )
+        # Encoded in the core from the interned resources: no protobuf objects per push.
+        data, _ = snap.sotw_response(type_url, version, nonce, names)
         assert self.node is not None
-        size = response.ByteSize()
-        if size > self.server.max_message_bytes:
-            self.server.oversized(self.node.id, type_url, size)
+        if len(data) > self.server.max_message_bytes:
+            self.server.oversized(self.node.id, type_url, len(data))
             t.dirty = False
             t.nacked_version = version  # do not retry the same content
             return None
@@ -369,8 +370,8 @@ class _SotwStream:
         t.sent_version = version
         t.dirty = False
         t.awaiting_ack = True
-        self.server.sent(self.node.id, type_url, version, size, started)
-        return response
+        self.server.sent(self.node.id, type_url, version, len(data), started)
+        return data
 
 
 @dataclass
@@ -447,7 +448,7 @@ class _DeltaStream:
             t.known.pop(name, None)
         return None
 
-    def pushes(self) -> Iterable[discovery_pb2.DeltaDiscoveryResponse]:
+    def pushes(self) -> Iterable[bytes]:
         if self.node is None:
             return
         snap = self.server.cache.get(self.node)
@@ -461,57 +462,39 @@ class _DeltaStream:
             if response is not None:
                 yield response
 
-    def _response(
-        self, snap: Snapshot, type_url: str, t: _DeltaType
-    ) -> discovery_pb2.DeltaDiscoveryResponse | None:
+    def _response(self, snap: Snapshot, type_url: str, t: _DeltaType) -> bytes | None:
         started = time.perf_counter()
         believed = {**t.known, **t.nacked}
-        if t.wildcard:
-            updated, removed = snap.diff(type_url, believed)
-            # Explicit names beyond the wildcard set that do not exist: say so.
-            missing = [n for n in t.subscribed if snap.resource(type_url, n) is None]
-            removed = sorted(
-                set(removed) | {n for n in missing if n in t.must_answer or n in t.known}
-            )
-        else:
-            updated, removed = snap.diff(type_url, believed, t.subscribed)
-            # A subscribed name that does not exist is reported once (not on every push).
-            removed = [n for n in removed if n in t.must_answer or n in t.known]
-        # Unsubscribed names the client still holds are dropped silently (it asked for it).
-        if not updated and not removed:
-            t.must_answer.clear()
-            return None
+        report = t.must_answer | set(t.known)
         nonce = f"{self.number}-{next(self._nonces)}"
-        response = discovery_pb2.DeltaDiscoveryResponse(
-            type_url=type_url,
-            nonce=nonce,
-            system_version_info=snap.version(type_url),
-            removed_resources=removed,
-            resources=[
-                discovery_pb2.Resource(
-                    name=name, version=version, resource=any_pb2.Any(type_url=type_url, value=body)
-                )
-                for name, version, body in updated
-            ],
-        )
+        if t.wildcard:
+            # Explicit names beyond the wildcard set that do not exist: say so, once.
+            missing = [
+                n for n in t.subscribed if n in report and snap.resource(type_url, n) is None
+            ]
+            out = snap.delta_response(type_url, nonce, believed, None, report, missing)
+        else:
+            out = snap.delta_response(type_url, nonce, believed, t.subscribed, report)
+        t.must_answer.clear()
+        if out is None:
+            return None
+        data, updated, removed = out
         assert self.node is not None
-        size = response.ByteSize()
-        if size > self.server.max_message_bytes:
-            self.server.oversized(self.node.id, type_url, size)
-            for name, version, _ in updated:
+        if len(data) > self.server.max_message_bytes:
+            self.server.oversized(self.node.id, type_url, len(data))
+            for name, version in updated:
                 t.nacked[name] = version
             return None
-        t.in_flight = {name: (t.known.get(name), version) for name, version, _ in updated}
-        for name, version, _ in updated:
+        t.in_flight = {name: (t.known.get(name), version) for name, version in updated}
+        for name, version in updated:
             t.known[name] = version
             t.nacked.pop(name, None)
         for name in removed:
             t.known.pop(name, None)
-        t.must_answer.clear()
         t.nonce = nonce
         t.awaiting_ack = True
-        self.server.sent(self.node.id, type_url, snap.version(type_url), size, started)
-        return response
+        self.server.sent(self.node.id, type_url, snap.version(type_url), len(data), started)
+        return data
 
 
 async def start_ads_server(

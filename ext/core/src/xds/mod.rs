@@ -12,6 +12,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 
 use imbl::OrdMap;
+
+pub mod wire;
 use xxhash_rust::xxh3::xxh3_128;
 
 /// One resource: its name, content version (a hash of its bytes) and serialized protobuf.
@@ -229,6 +231,26 @@ impl Snapshot {
         match self.types.get(type_url) {
             Some(set) if !set.map.is_empty() => format!("{:032x}", set.aggregate),
             _ => String::new(),
+        }
+    }
+
+    /// The resources of `type_url`: all of them (`None`), or those of `names` that exist, in
+    /// name order.
+    pub fn select(&self, type_url: &str, names: Option<&[String]>) -> Vec<ResourceRef> {
+        let Some(set) = self.types.get(type_url) else {
+            return Vec::new();
+        };
+        match names {
+            None => set.map.values().cloned().collect(),
+            Some(names) => {
+                let mut sorted: Vec<&String> = names.iter().collect();
+                sorted.sort();
+                sorted.dedup();
+                sorted
+                    .into_iter()
+                    .filter_map(|n| set.map.get(n.as_str()).cloned())
+                    .collect()
+            }
         }
     }
 

@@ -696,9 +696,7 @@ class _Translator:
         self._endpoints: dict[str, Message] | None = None
         self._routes: dict[tuple[Any, ...], dict[str, Message]] = {}
         self._vs_routes: dict[tuple[Any, ...], list[rc.Route] | None] = {}
-        self._authz: dict[
-            tuple[str, tuple[tuple[str, str], ...]], tuple[list[Message], list[Message]]
-        ] = {}
+        self._authz: dict[tuple[Any, ...], tuple[list[Message], list[Message]]] = {}
         self._policy_lb: dict[tuple[str, str, int], Mapping[str, Any]] = {}
 
     def _warn_untranslated(self) -> None:
@@ -1143,18 +1141,24 @@ class _Translator:
         return dict(sorted(out.items()))
 
     def authz_filters(self, proxy: Proxy) -> tuple[list[Message], list[Message]]:
-        key = (proxy.namespace, tuple(sorted(proxy.labels.items())))
-        if key not in self._authz:
-            from meshcore.security.authz import Authorizer
+        from meshcore.security.authz import GATEWAY_NAME_LABEL, Authorizer
 
-            # MeshModel.authorization_policies_for scans every policy; this is per namespace.
-            spaces = dict.fromkeys((self.mesh.root_namespace, proxy.namespace))
-            policies = [
-                pol
-                for ns in spaces
-                for pol in self._policies_by_ns.get(ns, ())
-                if selector_matches(pol.selector, proxy.labels)
-            ]
+        # MeshModel.authorization_policies_for scans every policy; this is per namespace.
+        spaces = dict.fromkeys((self.mesh.root_namespace, proxy.namespace))
+        policies = [
+            pol
+            for ns in spaces
+            for pol in self._policies_by_ns.get(ns, ())
+            if selector_matches(pol.selector, proxy.labels)
+        ]
+        # The filters depend on the labels only through which policies select the workload
+        # (and the gateway label, for targetRefs): workloads sharing them share the filters.
+        key = (
+            proxy.namespace,
+            tuple(pol.key for pol in policies),
+            proxy.labels.get(GATEWAY_NAME_LABEL, ""),
+        )
+        if key not in self._authz:
             try:
                 authz = Authorizer.from_policies(
                     policies,

@@ -629,3 +629,43 @@ def test_untranslated_fields_are_warnings() -> None:
         "warning",
     ) in problems
     assert ("VirtualService", "spec.tcp", "warning") in problems
+
+
+# --- carrying over the previous mesh's translation ----------------------------------------------
+
+
+def test_a_new_mesh_reuses_what_did_not_change() -> None:
+    from meshcore.xds.translate import clear_cache
+
+    ratings_vs = vs("ratings", "ratings", [{"route": [{"destination": {"host": "ratings"}}]}])
+    changed = [dict(o) for o in BASE]
+    changed[5] = we("ratings-1", "ratings", "127.0.30.1", weight=7)  # one endpoint's weight
+    objects_a = [*BASE, ratings_vs, dr("reviews", {"loadBalancer": {"simple": "PASSTHROUGH"}})]
+    objects_b = [*changed, ratings_vs, dr("reviews", {"loadBalancer": {"simple": "PASSTHROUGH"}})]
+    clear_cache()
+    a = gen(objects_a)
+    b = gen(objects_b)  # translated after a: carries over a's translation
+    clear_cache()
+    cold_b = gen(objects_b)
+    assert _bytes(b) == _bytes(cold_b)
+    assert b.problems == cold_b.problems  # problems of what is reused are still reported
+    assert any(p.kind == "DestinationRule" for p in b.problems)
+    ra, rb = a.resources, b.resources
+    reviews = f"outbound|9080||{REVIEWS}"
+    ratings = f"outbound|9080||{RATINGS}"
+    assert rb[types.CLUSTER][reviews] is ra[types.CLUSTER][reviews]
+    assert rb[types.ENDPOINT][reviews] is ra[types.ENDPOINT][reviews]
+    assert rb[types.CLUSTER][ratings] is not ra[types.CLUSTER][ratings]
+    weight = rb[types.ENDPOINT][ratings].endpoints[0].lb_endpoints[0].load_balancing_weight
+    assert weight.value == 7
+    assert rb[types.ROUTE]["9080"] is ra[types.ROUTE]["9080"]  # no route input changed
+
+
+def test_a_fixed_virtual_service_is_no_longer_reported() -> None:
+    delegating = vs("reviews", "reviews", [{"delegate": {"name": "other"}}])
+    fixed = vs("reviews", "reviews", [{"route": [{"destination": {"host": "reviews"}}]}])
+    broken = gen([*BASE, delegating])
+    (problem,) = [p for p in broken.problems if p.severity == "error"]
+    assert problem.path == "spec.http[0].delegate"
+    assert [r.name for r in vhost(broken, REVIEWS).routes] == ["default"]
+    assert not [p for p in gen([*BASE, fixed]).problems if p.severity == "error"]

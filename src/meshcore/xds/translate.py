@@ -659,7 +659,7 @@ class _PortService:
 class _Translator:
     """Everything about one mesh that does not depend on the proxy, built once and shared."""
 
-    def __init__(self, mesh: MeshModel) -> None:
+    def __init__(self, mesh: MeshModel, previous: _Translator | None = None) -> None:
         self.mesh = mesh
         self.problems: dict[tuple[str, str, str, str, str], ConfigProblem] = {}
         self._warn_untranslated()
@@ -698,6 +698,52 @@ class _Translator:
         self._vs_routes: dict[tuple[Any, ...], list[rc.Route] | None] = {}
         self._authz: dict[tuple[Any, ...], tuple[list[Message], list[Message]]] = {}
         self._policy_lb: dict[tuple[str, str, int], Mapping[str, Any]] = {}
+        self._fingerprints: dict[str, tuple[Any, ...]] = {}
+        self._policy_selection: dict[tuple[Any, ...], list[Any]] = {}
+        self._sorted_problems: tuple[int, list[ConfigProblem]] = (-1, [])
+        self._cluster_parts: dict[tuple[Any, ...], tuple[Any, dict[str, Message], list[Any]]] = {}
+        self._cla_parts: dict[tuple[Any, ...], tuple[Any, dict[str, Message]]] = {}
+        self._prev_cluster_parts: dict[tuple[Any, ...], Any] = {}
+        self._prev_cla_parts: dict[tuple[Any, ...], Any] = {}
+        self._state = {kind: _kind_state(mesh, kind) for kind in _KINDS}
+        self._peer_auth_state = self._state["peer_authentications"]
+        if previous is not None:
+            self._inherit(previous)
+
+    def _inherit(self, prev: _Translator) -> None:
+        """Carry over from the previous mesh's translation what the change does not touch.
+
+        Whole caches are kept when the kinds they are built from are equal (by value); clusters
+        and endpoints are kept per service when the service, its DestinationRule and its
+        workloads are equal. Problems found while building what is kept are kept with it.
+        """
+        if (prev.mesh.domain, prev.mesh.root_namespace) != (
+            self.mesh.domain,
+            self.mesh.root_namespace,
+        ):
+            return
+        same = {kind: prev._state[kind] == self._state[kind] for kind in _KINDS}
+        kept_kinds: set[str] = set()
+        if same["services"] and same["virtual_services"] and same["destination_rules"]:
+            self._vs_routes = prev._vs_routes
+            self._vhost_bytes = prev._vhost_bytes
+            self._vhost_body = prev._vhost_body
+            self._routes = prev._routes
+            self._policy_lb = prev._policy_lb
+            kept_kinds.add("VirtualService")
+        if same["services"]:
+            self._outbound = prev._outbound
+            kept_kinds.add("Service")
+        if same["authorization_policies"]:
+            self._authz = prev._authz
+            self._policy_selection = prev._policy_selection
+            kept_kinds.add("AuthorizationPolicy")
+        for key, p in prev.problems.items():
+            if p.kind in kept_kinds:
+                self.problems.setdefault(key, p)
+        # Only the parts, never the previous translator: no chain of old meshes is kept alive.
+        self._prev_cluster_parts = prev._cluster_parts
+        self._prev_cla_parts = prev._cla_parts
 
     def _warn_untranslated(self) -> None:
         """Valid Istio fields this translator does not carry to Envoy: said, never ignored."""
@@ -812,23 +858,51 @@ class _Translator:
             return ()
         return tuple(w for w in eps if selector_matches(sub.labels, w.workload_labels))
 
-    def _cluster_keys(self) -> list[tuple[_PortService, str]]:
-        out: list[tuple[_PortService, str]] = []
-        for port in sorted(self.by_port):
-            for ps in self.by_port[port]:
-                out.append((ps, ""))
-                for subset in sorted(self.mesh.subsets(ps.service.hostname)):
-                    out.append((ps, subset))
-        return out
+    def _fingerprint(self, svc: Service) -> tuple[Any, ...]:
+        """Everything a service's outbound clusters are built from (compared by value)."""
+        found = self._fingerprints.get(svc.hostname)
+        if found is None:
+            dr = self.mesh.destination_rule_for(svc.hostname)
+            found = (
+                svc.spec,
+                dr.spec if dr is not None else None,
+                tuple((w.key, w.spec, w.labels) for w in self._selected(svc)),
+            )
+            self._fingerprints[svc.hostname] = found
+        return found
+
+    def _port_groups(self) -> list[tuple[_PortService, list[str]]]:
+        return [
+            (ps, ["", *sorted(self.mesh.subsets(ps.service.hostname))])
+            for port in sorted(self.by_port)
+            for ps in self.by_port[port]
+        ]
 
     def clusters(self, proxyless: bool) -> dict[str, Message]:
         if proxyless not in self._clusters:
             built: dict[str, Message] = {}
-            for ps, subset in self._cluster_keys():
-                name = _cluster_name("outbound", ps.port.port, subset, ps.service.hostname)
-                c = self._outbound_cluster(name, ps, subset, proxyless)
-                if c is not None:
-                    built[name] = c
+            for ps, subsets in self._port_groups():
+                key = (proxyless, ps.service.hostname, ps.port.port)
+                fp = self._fingerprint(ps.service)
+                old = self._prev_cluster_parts.get(key)
+                if old is not None and old[0] == fp:
+                    # Nothing this service's clusters depend on changed: reuse them, and the
+                    # problems met when building them.
+                    part = old
+                    for p in part[2]:
+                        self.problems.setdefault(_problem_key(p), p)
+                else:
+                    before = set(self.problems)
+                    made: dict[str, Message] = {}
+                    for subset in subsets:
+                        name = _cluster_name("outbound", ps.port.port, subset, ps.service.hostname)
+                        c = self._outbound_cluster(name, ps, subset, proxyless)
+                        if c is not None:
+                            made[name] = c
+                    new = [p for k, p in self.problems.items() if k not in before]
+                    part = (fp, made, new)
+                self._cluster_parts[key] = part
+                built.update(part[1])
             self._clusters[proxyless] = dict(sorted(built.items()))
         return self._clusters[proxyless]
 
@@ -921,9 +995,21 @@ class _Translator:
     def endpoints(self) -> dict[str, Message]:
         if self._endpoints is None:
             built: dict[str, Message] = {}
-            for ps, subset in self._cluster_keys():
-                name = _cluster_name("outbound", ps.port.port, subset, ps.service.hostname)
-                built[name] = self._load_assignment(name, ps, subset)
+            for ps, subsets in self._port_groups():
+                key = (ps.service.hostname, ps.port.port)
+                # PeerAuthentications decide the endpoints' tlsMode metadata.
+                fp = (self._fingerprint(ps.service), self._peer_auth_state)
+                old = self._prev_cla_parts.get(key)
+                if old is not None and old[0] == fp:
+                    part = old
+                else:
+                    made: dict[str, Message] = {}
+                    for subset in subsets:
+                        name = _cluster_name("outbound", ps.port.port, subset, ps.service.hostname)
+                        made[name] = self._load_assignment(name, ps, subset)
+                    part = (fp, made)
+                self._cla_parts[key] = part
+                built.update(part[1])
             self._endpoints = dict(sorted(built.items()))
         return self._endpoints
 
@@ -1143,14 +1229,17 @@ class _Translator:
     def authz_filters(self, proxy: Proxy) -> tuple[list[Message], list[Message]]:
         from meshcore.security.authz import GATEWAY_NAME_LABEL, Authorizer
 
-        # MeshModel.authorization_policies_for scans every policy; this is per namespace.
-        spaces = dict.fromkeys((self.mesh.root_namespace, proxy.namespace))
-        policies = [
-            pol
-            for ns in spaces
-            for pol in self._policies_by_ns.get(ns, ())
-            if selector_matches(pol.selector, proxy.labels)
-        ]
+        selection = (proxy.namespace, tuple(sorted(proxy.labels.items())))
+        policies = self._policy_selection.get(selection)
+        if policies is None:
+            # MeshModel.authorization_policies_for scans every policy; this is per namespace.
+            spaces = dict.fromkeys((self.mesh.root_namespace, proxy.namespace))
+            policies = self._policy_selection[selection] = [
+                pol
+                for ns in spaces
+                for pol in self._policies_by_ns.get(ns, ())
+                if selector_matches(pol.selector, proxy.labels)
+            ]
         # The filters depend on the labels only through which policies select the workload
         # (and the gateway label, for targetRefs): workloads sharing them share the filters.
         key = (
@@ -1787,9 +1876,28 @@ _last: list[_Translator] = []
 def _translator(mesh: MeshModel) -> _Translator:
     if _last and _last[0].mesh is mesh:
         return _last[0]
-    tr = _Translator(mesh)
+    tr = _Translator(mesh, _last[0] if _last else None)
     _last[:] = [tr]
     return tr
+
+
+_KINDS = (
+    "services",
+    "workload_entries",
+    "virtual_services",
+    "destination_rules",
+    "authorization_policies",
+    "peer_authentications",
+)
+
+
+def _kind_state(mesh: MeshModel, kind: str) -> tuple[Any, ...]:
+    """One kind of a mesh's resources, as a value that compares equal when nothing changed."""
+    return tuple((r.key, r.spec, r.labels, r.annotations) for r in getattr(mesh, kind))
+
+
+def _problem_key(p: ConfigProblem) -> tuple[str, str, str, str, str]:
+    return (p.kind, p.namespace, p.name, p.path, p.message)
 
 
 def clear_cache() -> None:
@@ -1824,9 +1932,11 @@ def generate(mesh: MeshModel, proxy: Proxy) -> Generated:
 def _problems_for(tr: _Translator, proxy: Proxy) -> list[ConfigProblem]:
     # Every problem of the mesh's translation so far; sorted for stable output.
     del proxy
-    return sorted(
-        tr.problems.values(), key=lambda p: (p.kind, p.namespace, p.name, p.path, p.message)
-    )
+    count, cached = tr._sorted_problems
+    if count != len(tr.problems):  # problems are only ever added
+        cached = sorted(tr.problems.values(), key=_problem_key)
+        tr._sorted_problems = (len(tr.problems), cached)
+    return list(cached)
 
 
 # --- static bootstrap ---------------------------------------------------------------------------

@@ -38,8 +38,19 @@ the same shape with node metadata ``GENERATOR: grpc`` (Istio's convention); they
 service port, a Listener ``FQDN:PORT`` holding an ``api_listener`` (HTTP connection manager
 with RDS of the same name), which is what ``xds:///FQDN:PORT`` asks for.
 
-Messages returned for different proxies of one mesh may be the same objects: treat them as
-read-only. Any-packed fields are serialized deterministically, and every collection is built
+Sharing and reuse
+-----------------
+Clusters, endpoints and VirtualService routes are built once per mesh and shared by its
+proxies; route configurations once per namespace; authorization filters once per set of
+selecting policies. When ``generate`` sees a new MeshModel it carries over from the previous
+mesh's translation whatever the change does not touch (compared by value): routes when
+Services, VirtualServices and DestinationRules are equal, authorization filters when the
+AuthorizationPolicies are, clusters and endpoints per service when the Service, its
+DestinationRule and its workloads are. So an endpoint change costs little more than one
+service's clusters and endpoints, plus each proxy's own (inbound) part.
+
+Messages (and the per-type mappings) returned for different proxies may be the same objects:
+treat them as read-only. Any-packed fields are serialized deterministically, and every collection is built
 in sorted order, so identical input gives identical bytes.
 """
 
@@ -242,17 +253,10 @@ def proxy_for_node(
     """
     kind, ip, name, namespace, domain = parse_node_id(node_id)
     meta = dict(metadata or {})
-    workload = None
-    candidates = mesh.workloads(namespace)
-    for w in candidates:
-        if w.name == name:
-            workload = w
-            break
-    else:
-        for w in candidates:
-            if ip and w.address == ip:
-                workload = w
-                break
+    found = mesh.get("WorkloadEntry", namespace, name)
+    workload = found if isinstance(found, WorkloadEntry) else None
+    if workload is None and ip:
+        workload = next((w for w in mesh.workloads(namespace) if w.address == ip), None)
     labels: Mapping[str, str]
     if workload is not None:
         labels = dict(workload.workload_labels)

@@ -669,3 +669,18 @@ def test_a_fixed_virtual_service_is_no_longer_reported() -> None:
     assert problem.path == "spec.http[0].delegate"
     assert [r.name for r in vhost(broken, REVIEWS).routes] == ["default"]
     assert not [p for p in gen([*BASE, fixed]).problems if p.severity == "error"]
+
+
+def test_wildcard_virtual_service_covers_services_without_their_own() -> None:
+    wildcard = vs("all", "*.default.svc.cluster.local", [{"route": [{"destination": {"host": "reviews"}}], "timeout": "7s"}])  # fmt: skip
+    own = vs("ratings", "ratings", [{"route": [{"destination": {"host": "ratings"}}], "timeout": "1s"}])  # fmt: skip
+    result = gen([*BASE, wildcard, own])
+    assert vhost(result, REVIEWS).routes[0].route.timeout.seconds == 7
+    assert vhost(result, RATINGS).routes[0].route.timeout.seconds == 1
+
+
+def test_export_to_is_reported_not_ignored() -> None:
+    exported = vs("ratings", "ratings", [{"route": [{"destination": {"host": "ratings"}}]}])
+    exported["spec"]["exportTo"] = ["."]
+    problems = [(p.name, p.path, p.severity) for p in gen([*BASE, exported]).problems]
+    assert ("ratings", "spec.exportTo", "warning") in problems

@@ -703,6 +703,16 @@ class _Translator:
         self._authz: dict[tuple[Any, ...], tuple[list[Message], list[Message]]] = {}
         self._policy_lb: dict[tuple[str, str, int], Mapping[str, Any]] = {}
         self._fingerprints: dict[str, tuple[Any, ...]] = {}
+        self._wildcard_vs = sorted(
+            (
+                (host[1:], vs)
+                for vs in mesh.virtual_services
+                if not vs.gateways or "mesh" in vs.gateways
+                for host in vs.hosts
+                if host.startswith("*.")
+            ),
+            key=lambda e: -len(e[0]),
+        )
         self._policy_selection: dict[tuple[Any, ...], list[Any]] = {}
         self._sorted_problems: tuple[int, list[ConfigProblem]] = (-1, [])
         self._cluster_parts: dict[tuple[Any, ...], tuple[Any, dict[str, Message], list[Any]]] = {}
@@ -751,6 +761,15 @@ class _Translator:
 
     def _warn_untranslated(self) -> None:
         """Valid Istio fields this translator does not carry to Envoy: said, never ignored."""
+        for res in (*self.mesh.virtual_services, *self.mesh.destination_rules):
+            export = tuple(res.spec.get("exportTo", ()))
+            if export and export != ("*",):
+                self.problem(
+                    res,
+                    "spec.exportTo",
+                    "not honoured by meshcore: visible to every namespace",
+                    "warning",
+                )
         for vs in self.mesh.virtual_services:
             for key in ("tcp", "tls"):
                 if vs.spec.get(key):
@@ -1146,6 +1165,10 @@ class _Translator:
             for vs in self.mesh.virtual_services_for(svc.hostname)
             if not vs.gateways or "mesh" in vs.gateways
         ]
+        if not candidates:
+            # Istio: a VirtualService for "*.ns.svc.cluster.local" applies to the services it
+            # covers that have no VirtualService of their own; the longest suffix wins.
+            candidates = [vs for suffix, vs in self._wildcard_vs if svc.hostname.endswith(suffix)]
         if not candidates:
             return None
         vs = candidates[0]

@@ -534,6 +534,8 @@ def test_proxyless_grpc_api_listeners() -> None:
     ctx = tls_pb2.UpstreamTlsContext()
     cluster(result, f"outbound|9080||{REVIEWS}").transport_socket.typed_config.Unpack(ctx)
     assert ctx.common_tls_context.tls_certificate_provider_instance.instance_name == "default"
+    # gRPC's xDS client NACKs least request: proxyless clusters use round robin
+    assert cluster(result, f"outbound|9080||{REVIEWS}").lb_policy == cluster_pb2.Cluster.ROUND_ROBIN
 
 
 # --- determinism and the static bootstrap ---------------------------------------------------------

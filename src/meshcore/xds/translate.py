@@ -149,6 +149,7 @@ MAX_U32 = 4294967295
 # Istio's retry policy for routes whose VirtualService says nothing about retries.
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 ISTIO_ALPN = ("istio-peer-exchange", "istio")
+_GRPC_LB_POLICIES = frozenset({cluster_pb2.Cluster.ROUND_ROBIN, cluster_pb2.Cluster.RING_HASH})
 _HEADER_NAME = re.compile(r"^:?[0-9A-Za-z!#$%&'*+\-.^_`|~]+$")
 _HTTP_PROTOCOLS = frozenset({"http", "http2", "grpc", "grpc-web", "h2c"})
 _HTTP2_PROTOCOLS = frozenset({"http2", "grpc", "grpc-web", "h2c"})
@@ -982,7 +983,20 @@ class _Translator:
             # The DestinationRule's policy is dropped, not the cluster: traffic keeps flowing
             # with Istio's defaults, and the problem names the field.
             self.problem(dr, bad.path, bad.message + "; the cluster uses default settings")
-            return self._default_cluster(name, ps)
+            return self._default_cluster(name, ps, proxyless)
+        if proxyless and c.lb_policy not in _GRPC_LB_POLICIES:
+            # gRPC's xDS client NACKs the policies it lacks (least request, random, maglev);
+            # Istio's proxyless default is round robin.
+            if "loadBalancer" in policy:
+                self.problem(
+                    dr,
+                    base + ".loadBalancer",
+                    f"{cluster_pb2.Cluster.LbPolicy.Name(c.lb_policy)} is not supported by"
+                    " proxyless gRPC; its clients use ROUND_ROBIN",
+                    "warning",
+                )
+            c.lb_policy = cluster_pb2.Cluster.ROUND_ROBIN
+            c.ClearField("maglev_lb_config")
         if options.ByteSize():
             if options.WhichOneof("upstream_protocol_options") is None:
                 # Envoy requires the upstream protocol once the options are given at all.
@@ -990,12 +1004,15 @@ class _Translator:
             c.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(_pack(options))
         return c
 
-    def _default_cluster(self, name: str, ps: _PortService) -> cluster_pb2.Cluster:
+    def _default_cluster(self, name: str, ps: _PortService, proxyless: bool) -> cluster_pb2.Cluster:
+        del ps
         c = cluster_pb2.Cluster(
             name=name,
             type=cluster_pb2.Cluster.EDS,
             connect_timeout=_duration_ns(DEFAULT_CONNECT_TIMEOUT_NS),
-            lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
+            lb_policy=cluster_pb2.Cluster.ROUND_ROBIN
+            if proxyless
+            else cluster_pb2.Cluster.LEAST_REQUEST,
         )
         c.eds_cluster_config.eds_config.CopyFrom(_ads())
         c.eds_cluster_config.service_name = name

@@ -77,7 +77,20 @@ def _backend(name: str) -> tuple[Any, int]:
     return server, server.add_insecure_port("127.0.61.1:0" if name == "v1" else "127.0.61.2:0")
 
 
-def _mesh(port_v1: int, port_v2: int) -> Any:
+RICH_POLICY = {
+    "loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}},
+    "connectionPool": {"http": {"http2MaxRequests": 100, "maxRetries": 3}},
+    "outlierDetection": {"consecutive5xxErrors": 5, "interval": "10s", "baseEjectionTime": "30s"},
+}
+RICH_ROUTE = {
+    "timeout": "5s",
+    "retries": {"attempts": 2, "perTryTimeout": "2s", "retryOn": "unavailable,cancelled"},
+    "fault": {"delay": {"fixedDelay": "1ms", "percentage": {"value": 50}}},
+    "headers": {"request": {"set": {"x-from": "mesh"}}},
+}
+
+
+def _mesh(port_v1: int, port_v2: int, rich: bool = False) -> Any:
     def we(name: str, version: str, address: str, port: int) -> dict[str, Any]:
         return {"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
                 "metadata": {"name": name, "namespace": "default"},
@@ -90,18 +103,20 @@ def _mesh(port_v1: int, port_v2: int) -> Any:
         we("echo-v1", "v1", "127.0.61.1", port_v1),
         we("echo-v2", "v2", "127.0.61.2", port_v2),
         {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "echo", "namespace": "default"},
-         "spec": {"host": "echo", "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}},
+         "spec": {"host": "echo", **({"trafficPolicy": RICH_POLICY} if rich else {}),
+                  "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}},
         {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "echo", "namespace": "default"},
          "spec": {"hosts": ["echo"], "http": [
              {"match": [{"headers": {"x-version": {"exact": "v2"}}}], "route": [{"destination": {"host": "echo", "subset": "v2"}}]},
-             {"route": [{"destination": {"host": "echo", "subset": "v1"}}]}]}},
+             {"route": [{"destination": {"host": "echo", "subset": "v1"}}], **(RICH_ROUTE if rich else {})}]}},
     ])  # fmt: skip
 
 
-def test_grpc_xds_client_reaches_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("rich", [False, True], ids=["plain", "policies"])
+def test_grpc_xds_client_reaches_backend(monkeypatch: pytest.MonkeyPatch, rich: bool) -> None:
     v1, port_v1 = _backend("v1")
     v2, port_v2 = _backend("v2")
-    mesh = _mesh(port_v1, port_v2)
+    mesh = _mesh(port_v1, port_v2, rich)
     result = generate(mesh, proxy_for_node(mesh, NODE, {"GENERATOR": "grpc"}))
     ads = _Ads(result.resources)
     xds = grpc.server(futures.ThreadPoolExecutor(max_workers=4))

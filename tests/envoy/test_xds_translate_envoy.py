@@ -88,6 +88,8 @@ FULL = [
     _m("PeerAuthentication", "db", {"selector": {"matchLabels": {"app": "db"}}, "mtls": {"mode": "STRICT"}}),
     _m("PeerAuthentication", "api", {"selector": {"matchLabels": {"app": "api"}}, "mtls": {"mode": "DISABLE"}}),
     _m("AuthorizationPolicy", "db", {"selector": {"matchLabels": {"app": "db"}}, "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/default/sa/web"]}}]}]}),
+    _m("Service", "authz", {"selector": {"app": "authz"}, "ports": [{"name": "grpc", "port": 9000}]}),
+    _m("AuthorizationPolicy", "web-custom", {"selector": {"matchLabels": {"app": "web"}}, "action": "CUSTOM", "provider": {"name": "ext"}, "rules": [{"to": [{"operation": {"paths": ["/ext*"]}}]}]}),
     _m("AuthorizationPolicy", "web", {"selector": {"matchLabels": {"app": "web"}}, "action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]}),
     _m("DestinationRule", "web", {
         "host": "web",
@@ -128,10 +130,19 @@ FULL = [
 ]  # fmt: skip
 
 
+PROVIDERS = [
+    {
+        "name": "ext",
+        "envoyExtAuthzGrpc": {"service": "authz.default.svc.cluster.local", "port": 9000},
+    }
+]
+
+
 def test_every_feature_validates(ca: CertificateAuthority, tmp_path: Path) -> None:
     mesh = load_objects(FULL)
     for w in mesh.workload_entries:
-        check(bootstrap_for(mesh, node(w.name, w.address), 15000, ca), tmp_path)
+        boot = bootstrap_for(mesh, node(w.name, w.address), 15000, ca, providers=PROVIDERS)
+        check(boot, tmp_path)
 
 
 def test_generated_mesh_validates(ca: CertificateAuthority, tmp_path: Path) -> None:

@@ -686,3 +686,37 @@ def test_export_to_is_reported_not_ignored() -> None:
     exported["spec"]["exportTo"] = ["."]
     problems = [(p.name, p.path, p.severity) for p in gen([*BASE, exported]).problems]
     assert ("ratings", "spec.exportTo", "warning") in problems
+
+
+def test_custom_policy_gets_ext_authz_from_extension_providers() -> None:
+    custom = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "ext", "namespace": "default"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "reviews"}},
+            "action": "CUSTOM",
+            "provider": {"name": "authz"},
+            "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}],
+        },
+    }
+    providers = [
+        {
+            "name": "authz",
+            "envoyExtAuthzGrpc": {"service": "authz.default.svc.cluster.local", "port": 9000},
+        }
+    ]
+    objects = [*BASE, svc("authz", 9000, pname="grpc"), custom]
+    mesh = load_objects(objects)
+    proxy = proxy_for_node(mesh, REVIEWS_NODE)
+    result = generate(mesh, proxy, extension_providers=providers)
+    hcm = hcm_of(result.resources[types.LISTENER]["127.0.20.1_9080"])
+    names = [f.name for f in hcm.http_filters]
+    assert "envoy.filters.http.ext_authz" in names
+    assert "outbound|9000||authz.default.svc.cluster.local" in result.resources[types.CLUSTER]
+    # without the provider the policy fails closed (Istio: a bad CUSTOM provider becomes DENY)
+    closed = generate(mesh, proxy)
+    assert "envoy.filters.http.ext_authz" not in [
+        f.name for f in hcm_of(closed.resources[types.LISTENER]["127.0.20.1_9080"]).http_filters
+    ]
+    assert closed.problems

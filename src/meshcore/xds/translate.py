@@ -664,8 +664,12 @@ class _PortService:
 class _Translator:
     """Everything about one mesh that does not depend on the proxy, built once and shared."""
 
-    def __init__(self, mesh: MeshModel, previous: _Translator | None = None) -> None:
+    def __init__(
+        self, mesh: MeshModel, previous: _Translator | None = None, providers: Any = None
+    ) -> None:
         self.mesh = mesh
+        self.providers = providers
+        self._registry: list[str] | None = None
         self.problems: dict[tuple[str, str, str, str, str], ConfigProblem] = {}
         self._warn_untranslated()
         self.services = sorted(mesh.services, key=lambda s: s.hostname)
@@ -737,6 +741,7 @@ class _Translator:
             self.mesh.root_namespace,
         ):
             return
+        same_providers = prev.providers == self.providers
         same = {kind: prev._state[kind] == self._state[kind] for kind in _KINDS}
         kept_kinds: set[str] = set()
         if same["services"] and same["virtual_services"] and same["destination_rules"]:
@@ -749,7 +754,7 @@ class _Translator:
         if same["services"]:
             self._outbound = prev._outbound
             kept_kinds.add("Service")
-        if same["authorization_policies"]:
+        if same["authorization_policies"] and same["services"] and same_providers:
             self._authz = prev._authz
             self._policy_selection = prev._policy_selection
             kept_kinds.add("AuthorizationPolicy")
@@ -1270,6 +1275,14 @@ class _Translator:
                     )
         return dict(sorted(out.items()))
 
+    def _provider_registry(self) -> list[str] | None:
+        """``namespace/hostname`` of every Service: where ext_authz providers are looked up."""
+        if self.providers is None:
+            return None
+        if self._registry is None:
+            self._registry = [f"{s.namespace}/{s.hostname}" for s in self.services]
+        return self._registry
+
     def authz_filters(self, proxy: Proxy) -> tuple[list[Message], list[Message]]:
         from meshcore.security.authz import GATEWAY_NAME_LABEL, Authorizer
 
@@ -1299,6 +1312,8 @@ class _Translator:
                     labels=proxy.labels,
                     trust_domain=self.mesh.domain,
                     root_namespace=self.mesh.root_namespace,
+                    providers=self.providers,
+                    services=self._provider_registry(),
                 )
                 http, tcp = authz.filters(), authz.filters(tcp=True)
                 for p in authz.problems:
@@ -1917,10 +1932,10 @@ def _copy(msg: Message) -> Any:
 _last: list[_Translator] = []
 
 
-def _translator(mesh: MeshModel) -> _Translator:
-    if _last and _last[0].mesh is mesh:
+def _translator(mesh: MeshModel, providers: Any) -> _Translator:
+    if _last and _last[0].mesh is mesh and _last[0].providers == providers:
         return _last[0]
-    tr = _Translator(mesh, _last[0] if _last else None)
+    tr = _Translator(mesh, _last[0] if _last else None, providers)
     _last[:] = [tr]
     return tr
 
@@ -1949,13 +1964,16 @@ def clear_cache() -> None:
     _last.clear()
 
 
-def generate(mesh: MeshModel, proxy: Proxy) -> Generated:
+def generate(mesh: MeshModel, proxy: Proxy, *, extension_providers: Any = None) -> Generated:
     """The resources Istio would give ``proxy``: CDS, EDS, LDS and RDS, by type URL then name.
 
+    ``extension_providers`` is MeshConfig's ``extensionProviders`` (ext_authz providers that
+    CUSTOM AuthorizationPolicies name; see ``Authorizer.from_policies``), looked up among the
+    mesh's Services.
     Problems (a VirtualService left out, a DestinationRule field dropped, an authorization
     policy that fails closed) are returned, never raised: a bad resource spoils only itself.
     """
-    tr = _translator(mesh)
+    tr = _translator(mesh, extension_providers)
     inbound_listeners, inbound_clusters = tr.inbound(proxy)
     # "inbound|..." sorts before "outbound|...": the merged mapping stays in name order
     # without sorting thousands of shared clusters per proxy.

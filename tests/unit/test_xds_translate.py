@@ -720,3 +720,78 @@ def test_custom_policy_gets_ext_authz_from_extension_providers() -> None:
         f.name for f in hcm_of(closed.resources[types.LISTENER]["127.0.20.1_9080"]).http_filters
     ]
     assert closed.problems
+
+
+# --- ServiceEntry -------------------------------------------------------------------------------
+
+
+def se(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntry",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": spec,
+    }
+
+
+SE_OBJECTS = [
+    *BASE,
+    se("static", {"hosts": ["db.internal"], "location": "MESH_INTERNAL", "resolution": "STATIC",
+                  "ports": [{"number": 5432, "name": "tcp-pg", "protocol": "TCP"}],
+                  "endpoints": [{"address": "127.0.70.1", "labels": {"version": "v1"}},
+                                {"address": "127.0.70.2", "ports": {"tcp-pg": 6432}, "weight": 2}]}),
+    se("api", {"hosts": ["api.example.com"], "location": "MESH_EXTERNAL", "resolution": "DNS",
+               "ports": [{"number": 443, "name": "https", "protocol": "HTTPS"},
+                         {"number": 80, "name": "http", "protocol": "HTTP"}]}),
+    se("rr", {"hosts": ["rr.example.com"], "resolution": "DNS_ROUND_ROBIN",
+              "ports": [{"number": 8081, "name": "http", "protocol": "HTTP"}],
+              "endpoints": [{"address": "a.example.com"}, {"address": "b.example.com"}]}),
+    se("passthrough", {"hosts": ["any.example.com"], "resolution": "NONE",
+                       "ports": [{"number": 8443, "name": "tls", "protocol": "TLS"}]}),
+    dr("api.example.com", {"portLevelSettings": [{"port": {"number": 443}, "tls": {"mode": "SIMPLE"}}]}),
+    vs("api", "api.example.com", [{"route": [{"destination": {"host": "api.example.com"}}], "timeout": "4s"}]),
+]  # fmt: skip
+
+
+def test_service_entries() -> None:
+    result = gen(SE_OBJECTS)
+    r = result.resources
+    # STATIC: EDS, endpoints from spec.endpoints (named port override, weight)
+    static = cluster(result, "outbound|5432||db.internal")
+    assert static.type == cluster_pb2.Cluster.EDS
+    eps = r[types.ENDPOINT]["outbound|5432||db.internal"].endpoints[0].lb_endpoints
+    assert [(e.endpoint.address.socket_address.address, e.endpoint.address.socket_address.port_value, e.load_balancing_weight.value) for e in eps] == [
+        ("127.0.70.1", 5432, 1),
+        ("127.0.70.2", 6432, 2),
+    ]  # fmt: skip
+    assert "127.0.0.1_5432" in r[types.LISTENER]  # a TCP port of its own: tcp_proxy
+    # DNS: Envoy resolves the host itself; MESH_EXTERNAL: no auto mTLS; SIMPLE TLS: SNI = host
+    api = cluster(result, "outbound|443||api.example.com")
+    assert api.type == cluster_pb2.Cluster.STRICT_DNS
+    assert "outbound|443||api.example.com" not in r[types.ENDPOINT]
+    addr = api.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+    assert (addr.address, addr.port_value) == ("api.example.com", 443)
+    ctx = tls_pb2.UpstreamTlsContext()
+    api.transport_socket.typed_config.Unpack(ctx)
+    assert ctx.sni == "api.example.com"
+    assert not cluster(result, "outbound|80||api.example.com").transport_socket_matches
+    # its HTTP port gets a virtual host with the VirtualService's routes
+    api_vh = vhost(result, "api.example.com", 80)
+    assert list(api_vh.domains) == ["api.example.com", "api.example.com:80"]
+    assert api_vh.routes[0].route.timeout.seconds == 4
+    # DNS_ROUND_ROBIN: LOGICAL_DNS with exactly one endpoint
+    rr = cluster(result, "outbound|8081||rr.example.com")
+    assert rr.type == cluster_pb2.Cluster.LOGICAL_DNS
+    assert len(rr.load_assignment.endpoints[0].lb_endpoints) == 1
+    # NONE needs iptables: reported, no cluster
+    assert not any("any.example.com" in n for n in r[types.CLUSTER])
+    assert ("ServiceEntry", "spec.resolution", "warning") in {
+        (p.kind, p.path, p.severity) for p in result.problems
+    }
+
+
+def test_a_new_service_entry_is_not_hidden_by_carried_over_routes() -> None:
+    gen(BASE)
+    result = gen(SE_OBJECTS)
+    assert vhost(result, "api.example.com", 80).routes[0].route.timeout.seconds == 4
+    assert "127.0.0.1_5432" in result.resources[types.LISTENER]

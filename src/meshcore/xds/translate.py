@@ -12,6 +12,7 @@ Istio so that people can read them as they read istiod's output:
 - listeners ``ADDRESS_PORT`` (Istio's per-port listener names), outbound with an HTTP
   connection manager using RDS (or tcp_proxy for TCP ports), inbound with the workload's
   RBAC/ext_authz filters and TLS per PeerAuthentication;
+- ServiceEntry hosts as services: EDS clusters (STATIC) or STRICT_DNS / LOGICAL_DNS clusters;
 - SDS secrets referenced by Istio's names, ``default`` (the workload certificate) and ``ROOTCA``
   (the trust bundle), fetched over ADS. This module does not produce the secrets themselves.
 
@@ -98,6 +99,7 @@ from meshcore.config.model import (
     DestinationRule,
     MeshModel,
     Service,
+    ServiceEntry,
     ServicePort,
     VirtualService,
     WorkloadEntry,
@@ -654,9 +656,56 @@ def _tls_socket(
 # --- the translator ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _SeHost:
+    """One host of a ServiceEntry, shaped like a Service for the translator."""
+
+    entry: ServiceEntry
+    hostname: str
+    ports: tuple[ServicePort, ...]
+    inline: tuple[WorkloadEntry, ...] | None  # spec.endpoints, as WorkloadEntries
+
+    kind = "ServiceEntry"
+
+    @property
+    def name(self) -> str:
+        return str(self.entry.name)
+
+    @property
+    def namespace(self) -> str:
+        return str(self.entry.namespace)
+
+    @property
+    def file(self) -> str:
+        return str(self.entry.file)
+
+    @property
+    def line(self) -> int:
+        return int(self.entry.line)
+
+    @property
+    def spec(self) -> Mapping[str, Any]:
+        spec: Mapping[str, Any] = self.entry.spec
+        return spec
+
+    @property
+    def selector(self) -> Mapping[str, str]:
+        labels: Mapping[str, str] = (self.entry.spec.get("workloadSelector") or {}).get(
+            "labels"
+        ) or {}
+        return labels
+
+    @property
+    def dns(self) -> bool:
+        return self.entry.resolution in ("DNS", "DNS_ROUND_ROBIN")
+
+
+_Host = Service | _SeHost
+
+
 @dataclass(slots=True)
 class _PortService:
-    service: Service
+    service: _Host
     port: ServicePort
     protocol: str
 
@@ -680,6 +729,13 @@ class _Translator:
                 if proto == "udp":
                     continue
                 self.by_port.setdefault(sp.port, []).append(_PortService(svc, sp, proto))
+        for se_host in self._service_entry_hosts():
+            for sp in se_host.ports:
+                proto = _port_protocol(sp)
+                if proto != "udp":
+                    self.by_port.setdefault(sp.port, []).append(_PortService(se_host, sp, proto))
+        for group in self.by_port.values():
+            group.sort(key=lambda ps: ps.service.hostname)
         self.uses_source_match = any(
             "sourceLabels" in m or "sourceNamespace" in m
             for vs in mesh.virtual_services
@@ -744,16 +800,18 @@ class _Translator:
         same_providers = prev.providers == self.providers
         same = {kind: prev._state[kind] == self._state[kind] for kind in _KINDS}
         kept_kinds: set[str] = set()
-        if same["services"] and same["virtual_services"] and same["destination_rules"]:
+        # ServiceEntry hosts are services too (virtual hosts, listeners).
+        hosts_same = same["services"] and same["service_entries"]
+        if hosts_same and same["virtual_services"] and same["destination_rules"]:
             self._vs_routes = prev._vs_routes
             self._vhost_bytes = prev._vhost_bytes
             self._vhost_body = prev._vhost_body
             self._routes = prev._routes
             self._policy_lb = prev._policy_lb
             kept_kinds.add("VirtualService")
-        if same["services"]:
+        if hosts_same:
             self._outbound = prev._outbound
-            kept_kinds.add("Service")
+            kept_kinds.update(("Service", "ServiceEntry"))
         if same["authorization_policies"] and same["services"] and same_providers:
             self._authz = prev._authz
             self._policy_selection = prev._policy_selection
@@ -851,8 +909,69 @@ class _Translator:
             {_spiffe(self.mesh.domain, w.namespace, w.service_account) for w in workloads}
         )
 
-    def _selected(self, svc: Service) -> tuple[WorkloadEntry, ...]:
+    def _service_entry_hosts(self) -> list[_SeHost]:
+        """ServiceEntry hosts the translator gives clusters (and routes, for HTTP ports)."""
+        seen = {svc.hostname for svc in self.services}
+        out: list[_SeHost] = []
+        for se in sorted(self.mesh.service_entries, key=lambda e: (e.namespace, e.name)):
+            if se.resolution not in ("STATIC", "DNS", "DNS_ROUND_ROBIN"):
+                self.problem(
+                    se,
+                    "spec.resolution",
+                    f"resolution {se.resolution} needs original-destination routing (iptables);"
+                    " the ServiceEntry gets no cluster",
+                    "warning",
+                )
+                continue
+            ports = tuple(
+                ServicePort(
+                    name=str(p.get("name") or p["number"]),
+                    port=int(p["number"]),
+                    target_port=int(p.get("targetPort") or p["number"]),
+                    protocol="TCP",
+                    app_protocol=str(p.get("protocol", "")).lower(),
+                )
+                for p in se.spec.get("ports", ())
+            )
+            inline = None
+            if se.spec.get("endpoints"):
+                inline = tuple(
+                    WorkloadEntry(
+                        kind="WorkloadEntry",
+                        api_version=se.api_version,
+                        name=f"{se.name}[{i}]",
+                        namespace=se.namespace,
+                        spec=ep,
+                        file=se.file,
+                        line=se.line,
+                    )
+                    for i, ep in enumerate(se.spec["endpoints"])
+                )
+            for i, host in enumerate(se.hosts):
+                if host.startswith("*"):
+                    self.problem(
+                        se,
+                        f"spec.hosts[{i}]",
+                        "wildcard hosts need a dynamic forward proxy; not translated",
+                        "warning",
+                    )
+                elif host in seen:
+                    self.problem(
+                        se,
+                        f"spec.hosts[{i}]",
+                        f"host {host} is already defined by a Service or an earlier"
+                        " ServiceEntry, which is used",
+                        "warning",
+                    )
+                else:
+                    seen.add(host)
+                    out.append(_SeHost(se, host, ports, inline))
+        return out
+
+    def _selected(self, svc: _Host) -> tuple[WorkloadEntry, ...]:
         """The workloads a Service selects, through a label index (MeshModel scans)."""
+        if isinstance(svc, _SeHost) and svc.inline is not None:
+            return svc.inline
         found = self._eps.get(svc.hostname)
         if found is None:
             found = ()
@@ -878,7 +997,7 @@ class _Translator:
             if selector_matches(self.services[i].selector, w.workload_labels)
         ]
 
-    def _subset_workloads(self, svc: Service, subset: str) -> tuple[WorkloadEntry, ...]:
+    def _subset_workloads(self, svc: _Host, subset: str) -> tuple[WorkloadEntry, ...]:
         eps = self._selected(svc)
         if not subset:
             return eps
@@ -887,7 +1006,7 @@ class _Translator:
             return ()
         return tuple(w for w in eps if selector_matches(sub.labels, w.workload_labels))
 
-    def _fingerprint(self, svc: Service) -> tuple[Any, ...]:
+    def _fingerprint(self, svc: _Host) -> tuple[Any, ...]:
         """Everything a service's outbound clusters are built from (compared by value)."""
         found = self._fingerprints.get(svc.hostname)
         if found is None:
@@ -976,19 +1095,28 @@ class _Translator:
             workloads = self._subset_workloads(svc, subset)
             sans = self._endpoint_sans(workloads)
             sni = f"outbound_.{port.port}_.{subset}_.{svc.hostname}"
+            external = isinstance(svc, _SeHost) and svc.entry.location == "MESH_EXTERNAL"
             if "tls" in policy:
+                mode = policy["tls"].get("mode", "DISABLE")
                 ctx = _upstream_tls(
-                    policy["tls"], sni, sans, proxyless=proxyless, path=base + ".tls"
+                    policy["tls"],
+                    # Istio: SIMPLE and MUTUAL default the SNI to the host itself
+                    sni if mode == "ISTIO_MUTUAL" else svc.hostname,
+                    sans,
+                    proxyless=proxyless,
+                    path=base + ".tls",
                 )
                 if ctx is not None:
                     c.transport_socket.CopyFrom(_tls_socket(ctx))
-            elif not proxyless:
+            elif not proxyless and not external:
+                # Istio's auto mTLS is for mesh workloads, never for MESH_EXTERNAL hosts.
                 self._auto_mtls(c, sni, sans)
         except _Invalid as bad:
             # The DestinationRule's policy is dropped, not the cluster: traffic keeps flowing
             # with Istio's defaults, and the problem names the field.
             self.problem(dr, bad.path, bad.message + "; the cluster uses default settings")
-            return self._default_cluster(name, ps, proxyless)
+            return self._dns_shaped(self._default_cluster(name, ps, proxyless), ps, subset)
+        self._dns_shaped(c, ps, subset)
         if proxyless and c.lb_policy not in _GRPC_LB_POLICIES:
             # gRPC's xDS client NACKs the policies it lacks (least request, random, maglev);
             # Istio's proxyless default is round robin.
@@ -1007,6 +1135,34 @@ class _Translator:
                 # Envoy requires the upstream protocol once the options are given at all.
                 options.explicit_http_config.http_protocol_options.SetInParent()
             c.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(_pack(options))
+        return c
+
+    def _dns_shaped(
+        self, c: cluster_pb2.Cluster, ps: _PortService, subset: str
+    ) -> cluster_pb2.Cluster:
+        """A DNS-resolved ServiceEntry host: Envoy resolves the endpoints itself (no EDS)."""
+        svc = ps.service
+        if not isinstance(svc, _SeHost) or not svc.dns:
+            return c
+        c.type = (
+            cluster_pb2.Cluster.LOGICAL_DNS
+            if svc.entry.resolution == "DNS_ROUND_ROBIN"
+            else cluster_pb2.Cluster.STRICT_DNS
+        )
+        c.ClearField("eds_cluster_config")
+        c.dns_lookup_family = cluster_pb2.Cluster.V4_ONLY
+        cla = self._load_assignment(c.name, ps, subset)
+        if not cla.endpoints:  # no endpoints listed: the host itself is resolved
+            lb = cla.endpoints.add().lb_endpoints.add()
+            lb.endpoint.address.CopyFrom(_socket_address(svc.hostname, int(ps.port.target_port)))
+        if c.type == cluster_pb2.Cluster.LOGICAL_DNS:
+            # Envoy's LOGICAL_DNS takes exactly one endpoint: the first, as Istio does.
+            first = type(cla.endpoints[0].lb_endpoints[0])()
+            first.CopyFrom(cla.endpoints[0].lb_endpoints[0])
+            del cla.endpoints[1:]
+            del cla.endpoints[0].lb_endpoints[:]
+            cla.endpoints[0].lb_endpoints.append(first)
+        c.load_assignment.CopyFrom(cla)
         return c
 
     def _default_cluster(self, name: str, ps: _PortService, proxyless: bool) -> cluster_pb2.Cluster:
@@ -1041,6 +1197,8 @@ class _Translator:
         if self._endpoints is None:
             built: dict[str, Message] = {}
             for ps, subsets in self._port_groups():
+                if isinstance(ps.service, _SeHost) and ps.service.dns:
+                    continue  # endpoints inline in the DNS cluster, no EDS
                 key = (ps.service.hostname, ps.port.port)
                 # PeerAuthentications decide the endpoints' tlsMode metadata.
                 fp = (self._fingerprint(ps.service), self._peer_auth_state)
@@ -1144,10 +1302,10 @@ class _Translator:
             self._vhost_body[found] = _max_body(one.virtual_hosts[0])
         return found
 
-    def _domains(self, svc: Service, port: int, namespace: str, grpc: bool) -> list[str]:
+    def _domains(self, svc: _Host, port: int, namespace: str, grpc: bool) -> list[str]:
         host = svc.hostname
         names = [host]
-        if not grpc:
+        if not grpc and isinstance(svc, Service):
             if svc.namespace == namespace:
                 names.append(svc.name)
             names += [f"{svc.name}.{svc.namespace}", f"{svc.name}.{svc.namespace}.svc"]
@@ -1179,7 +1337,7 @@ class _Translator:
         return r
 
     def _routes_for_host(
-        self, svc: Service, port: int, proxy: Proxy, grpc: bool
+        self, svc: _Host, port: int, proxy: Proxy, grpc: bool
     ) -> list[rc.Route] | None:
         """The VirtualService's routes for one host and port; None means the default route."""
         candidates = [
@@ -1413,7 +1571,7 @@ class _VsRoutes:
     """One VirtualService's HTTP routes for one host and port, as Istio translates them."""
 
     def __init__(
-        self, tr: _Translator, vs: VirtualService, svc: Service, port: int, proxy: Proxy, grpc: bool
+        self, tr: _Translator, vs: VirtualService, svc: _Host, port: int, proxy: Proxy, grpc: bool
     ) -> None:
         self.tr, self.vs, self.svc, self.port, self.proxy, self.grpc = (
             tr,
@@ -1942,6 +2100,7 @@ def _translator(mesh: MeshModel, providers: Any) -> _Translator:
 
 _KINDS = (
     "services",
+    "service_entries",
     "workload_entries",
     "virtual_services",
     "destination_rules",

@@ -5,14 +5,17 @@
 - end to end: two Envoy sidecars (client and echo-v1) with static bootstraps in front of small
   Python HTTP servers carry real requests over mTLS: a header route, a weighted split counted
   within tolerance, RBAC denying what the AuthorizationPolicy does not allow, and plaintext to a
-  workload whose PeerAuthentication is DISABLE (auto mTLS per endpoint).
+  workload whose PeerAuthentication is DISABLE (auto mTLS per endpoint), a route timeout (504),
+  retries hiding a flaky upstream, fault injection, and STRICT refusing plaintext.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -175,10 +178,19 @@ class _Echo(http.server.BaseHTTPRequestHandler):
     def _answer(self) -> None:
         self.seen.append({k.lower(): v for k, v in self.headers.items()})
         body = self.version_name.encode()
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        status = 200
+        if self.path.startswith("/slow"):
+            time.sleep(1.0)
+        elif self.path.startswith("/flaky"):
+            # every other request fails: a retry makes each call succeed
+            flaky = sum(1 for h in self.seen if h.get("x-flaky"))
+            status = 503 if flaky % 2 else 200
+        # the sidecar may have given up first (the timeout case)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.send_response(status)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
     do_GET = do_DELETE = _answer
 
@@ -232,6 +244,11 @@ def test_two_sidecars_carry_traffic(
         _m("VirtualService", "echo", {"hosts": ["echo"], "http": [
             {"name": "pin-v2", "match": [{"headers": {"x-version": {"exact": "v2"}}}], "route": [{"destination": {"host": "echo", "subset": "v2"}}]},
             {"name": "pin-v1", "match": [{"headers": {"x-version": {"exact": "v1"}}}], "route": [{"destination": {"host": "echo", "subset": "v1"}}]},
+            {"name": "slow", "match": [{"uri": {"prefix": "/slow"}}], "route": [{"destination": {"host": "echo", "subset": "v2"}}], "timeout": "300ms"},
+            {"name": "flaky", "match": [{"uri": {"prefix": "/flaky"}}], "route": [{"destination": {"host": "echo", "subset": "v2"}}],
+             "retries": {"attempts": 3, "retryOn": "5xx"}},
+            {"name": "fault", "match": [{"uri": {"prefix": "/fault"}}], "route": [{"destination": {"host": "echo", "subset": "v2"}}],
+             "fault": {"abort": {"httpStatus": 418, "percentage": {"value": 100}}}},
             {"name": "split", "route": [{"destination": {"host": "echo", "subset": "v1"}, "weight": 70},
                                         {"destination": {"host": "echo", "subset": "v2"}, "weight": 30}]},
         ]}),
@@ -271,3 +288,19 @@ def test_two_sidecars_carry_traffic(
         assert 110 <= counts["v1"] <= 170, counts
         # an unknown host gets Envoy's 404 (no virtual host), not a random service
         assert _get(url, "nothing.example")[0] == 404
+        base = f"http://127.0.50.2:{port}"
+        # timeout: the route gives up after 300 ms with Envoy's 504
+        started = time.monotonic()
+        assert _get(f"{base}/slow", "echo")[0] == 504
+        assert time.monotonic() - started < 0.9
+        # retries: every other upstream answer is 503, every call succeeds after one retry
+        before = len(seen_v2)
+        assert {_get(f"{base}/flaky", "echo", **{"x-flaky": "1"})[0] for _ in range(4)} == {200}
+        assert len(seen_v2) - before == 8
+        # fault injection: aborted by the client's sidecar, the app never sees it
+        before = len(seen_v2)
+        assert _get(f"{base}/fault", "echo")[0] == 418
+        assert len(seen_v2) == before
+        # STRICT: echo-v1's inbound listener refuses plaintext
+        with pytest.raises((ConnectionError, urllib.error.URLError)):
+            urllib.request.urlopen(f"http://127.0.51.1:{port}/", timeout=3).read()

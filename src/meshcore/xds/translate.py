@@ -719,6 +719,8 @@ class _Translator:
         self.mesh = mesh
         self.providers = providers
         self._registry: list[str] | None = None
+        self._subset_cache: dict[str, Mapping[str, Any]] = {}
+        self._mtls_cache: dict[tuple[Any, ...], str] = {}
         self.problems: dict[tuple[str, str, str, str, str], ConfigProblem] = {}
         self._warn_untranslated()
         self.services = sorted(mesh.services, key=lambda s: s.hostname)
@@ -909,6 +911,22 @@ class _Translator:
             {_spiffe(self.mesh.domain, w.namespace, w.service_account) for w in workloads}
         )
 
+    def _subsets(self, host: str) -> Mapping[str, Any]:
+        # DestinationRule.subsets builds a new mapping on every access.
+        found = self._subset_cache.get(host)
+        if found is None:
+            found = self._subset_cache[host] = self.mesh.subsets(host)
+        return found
+
+    def _mtls_mode(self, w: WorkloadEntry, port: int) -> str:
+        key = (w.namespace, tuple(sorted(w.workload_labels.items())), port)
+        found = self._mtls_cache.get(key)
+        if found is None:
+            found = self._mtls_cache[key] = self.mesh.mtls_mode(
+                w.namespace, w.workload_labels, port
+            )
+        return found
+
     def _service_entry_hosts(self) -> list[_SeHost]:
         """ServiceEntry hosts the translator gives clusters (and routes, for HTTP ports)."""
         seen = {svc.hostname for svc in self.services}
@@ -1001,7 +1019,7 @@ class _Translator:
         eps = self._selected(svc)
         if not subset:
             return eps
-        sub = self.mesh.subsets(svc.hostname).get(subset)
+        sub = self._subsets(svc.hostname).get(subset)
         if sub is None:
             return ()
         return tuple(w for w in eps if selector_matches(sub.labels, w.workload_labels))
@@ -1021,7 +1039,7 @@ class _Translator:
 
     def _port_groups(self) -> list[tuple[_PortService, list[str]]]:
         return [
-            (ps, ["", *sorted(self.mesh.subsets(ps.service.hostname))])
+            (ps, ["", *sorted(self._subsets(ps.service.hostname))])
             for port in sorted(self.by_port)
             for ps in self.by_port[port]
         ]
@@ -1240,7 +1258,7 @@ class _Translator:
                 lb.endpoint.address.CopyFrom(_socket_address(address, port))
                 lb.health_status = health_check_pb2.HEALTHY
                 lb.load_balancing_weight.value = w.weight
-                mode = self.mesh.mtls_mode(w.namespace, w.workload_labels, port)
+                mode = self._mtls_mode(w, port)
                 if mode != "DISABLE":
                     meta = lb.metadata.filter_metadata[TRANSPORT_SOCKET_MATCH_KEY]
                     meta.fields["tlsMode"].string_value = "istio"
@@ -1503,7 +1521,7 @@ class _Translator:
             cluster = _cluster_name("inbound", target, "", "")
             clusters[cluster] = _inbound_cluster(cluster, proxy.app_address, target)
             name = f"{w.address}_{target}"
-            mode = self.mesh.mtls_mode(w.namespace, w.workload_labels, target)
+            mode = self._mtls_mode(w, target)
             http_filters, tcp_filters = self.authz_filters(proxy)
             listeners[name] = _inbound_listener(
                 name,

@@ -720,6 +720,9 @@ class _Translator:
         self.providers = providers
         self._registry: list[str] | None = None
         self._subset_cache: dict[str, Mapping[str, Any]] = {}
+        self._inbound: dict[
+            tuple[Any, ...], tuple[Any, tuple[dict[str, Message], dict[str, Message]]]
+        ] = {}
         self._mtls_cache: dict[tuple[Any, ...], str] = {}
         self.problems: dict[tuple[str, str, str, str, str], ConfigProblem] = {}
         self._warn_untranslated()
@@ -818,6 +821,10 @@ class _Translator:
             self._authz = prev._authz
             self._policy_selection = prev._policy_selection
             kept_kinds.add("AuthorizationPolicy")
+            if same["peer_authentications"]:
+                # Inbound listeners depend on the workload (in the key), the Services that
+                # select it, its PeerAuthentication and its authorization filters.
+                self._inbound = prev._inbound
         for key, p in prev.problems.items():
             if p.kind in kept_kinds:
                 self.problems.setdefault(key, p)
@@ -1505,10 +1512,20 @@ class _Translator:
     def inbound(self, proxy: Proxy) -> tuple[dict[str, Message], dict[str, Message]]:
         """Inbound listeners and clusters for the proxy's workload."""
         w = proxy.workload
+        if w is None or not w.address or proxy.proxyless:
+            return {}, {}
+        key = (w.key, proxy.app_address, tuple(sorted(proxy.labels.items())))
+        found = self._inbound.get(key)
+        # specs are read-only mappings (unhashable): compared by value beside the key
+        if found is None or found[0] != (w.spec, w.labels):
+            found = self._inbound[key] = ((w.spec, w.labels), self._build_inbound(proxy, w))
+        return found[1]
+
+    def _build_inbound(
+        self, proxy: Proxy, w: WorkloadEntry
+    ) -> tuple[dict[str, Message], dict[str, Message]]:
         listeners: dict[str, Message] = {}
         clusters: dict[str, Message] = {}
-        if w is None or not w.address or proxy.proxyless:
-            return listeners, clusters
         ports: dict[int, str] = {}
         for svc in self._services_of(w):
             for sp in svc.ports:

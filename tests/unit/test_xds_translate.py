@@ -795,3 +795,34 @@ def test_a_new_service_entry_is_not_hidden_by_carried_over_routes() -> None:
     result = gen(SE_OBJECTS)
     assert vhost(result, "api.example.com", 80).routes[0].route.timeout.seconds == 4
     assert "127.0.0.1_5432" in result.resources[types.LISTENER]
+
+
+def test_problems_are_the_proxys_own_whatever_the_order() -> None:
+    from meshcore.xds.translate import clear_cache
+
+    custom = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "ext", "namespace": "default"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "reviews"}},
+            "action": "CUSTOM",
+            "provider": {"name": "missing"},
+            "rules": [{"to": [{"operation": {"paths": ["/x"]}}]}],
+        },
+    }
+    bad_dr = dr("ratings", {"loadBalancer": {"simple": "PASSTHROUGH"}})
+    mesh = load_objects([*BASE, custom, bad_dr])
+    seen: dict[str, list[list[Any]]] = {}
+    for order in ((FRONTEND_NODE, REVIEWS_NODE), (REVIEWS_NODE, FRONTEND_NODE)):
+        clear_cache()
+        for node in order:
+            problems = generate(mesh, proxy_for_node(mesh, node)).problems
+            seen.setdefault(node, []).append([(p.kind, p.name, p.path) for p in problems])
+    for node, runs in seen.items():
+        assert runs[0] == runs[1], node
+    paths = {node: {path.split("[")[0] for _, _, path in runs[0]} for node, runs in seen.items()}
+    # every proxy gets the ratings cluster (and its DestinationRule's problem); only reviews
+    # is selected by the CUSTOM policy whose provider is missing
+    assert paths[FRONTEND_NODE] == {"spec.trafficPolicy.loadBalancer.simple"}
+    assert paths[REVIEWS_NODE] == {"spec.trafficPolicy.loadBalancer.simple", "extensionProviders"}

@@ -58,8 +58,9 @@ in sorted order, so identical input gives identical bytes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -719,10 +720,15 @@ class _Translator:
         self._registry: list[str] | None = None
         self._subset_cache: dict[str, Mapping[str, Any]] = {}
         self._inbound: dict[
-            tuple[Any, ...], tuple[Any, tuple[dict[str, Message], dict[str, Message]]]
+            tuple[Any, ...],
+            tuple[Any, tuple[dict[str, Message], dict[str, Message], list[ConfigProblem]]],
         ] = {}
         self._mtls_cache: dict[tuple[Any, ...], str] = {}
-        self.problems: dict[tuple[str, str, str, str, str], ConfigProblem] = {}
+        # Problems travel with what they were found building, so that a proxy is told exactly
+        # the problems of the resources it gets, whatever was translated before it.
+        self._captures: list[list[ConfigProblem]] = []
+        self._global: list[ConfigProblem] = []
+        self._captures.append(self._global)
         self._warn_untranslated()
         self.services = sorted(mesh.services, key=lambda s: s.hostname)
         self.by_port: dict[int, list[_PortService]] = {}
@@ -739,6 +745,7 @@ class _Translator:
                     self.by_port.setdefault(sp.port, []).append(_PortService(se_host, sp, proto))
         for group in self.by_port.values():
             group.sort(key=lambda ps: ps.service.hostname)
+        self._captures.pop()  # the mesh-wide problems end here
         self.uses_source_match = any(
             "sourceLabels" in m or "sourceNamespace" in m
             for vs in mesh.virtual_services
@@ -755,7 +762,9 @@ class _Translator:
             for k, v in svc.selector.items():
                 self._svc_by_label.setdefault((svc.namespace, k, v), []).append(i)
         self._clusters: dict[bool, dict[str, Message]] = {}
+        self._cluster_problems: dict[bool, list[ConfigProblem]] = {}
         self._outbound: dict[tuple[bool, str], dict[str, Message]] = {}
+        self._outbound_problems: dict[tuple[bool, str], list[ConfigProblem]] = {}
         self._vhost_bytes: dict[tuple[Any, ...], bytes] = {}
         self._vhost_body: dict[bytes, int] = {}
         self._policies_by_ns: dict[str, list[Any]] = {}
@@ -763,8 +772,11 @@ class _Translator:
             self._policies_by_ns.setdefault(pol.namespace, []).append(pol)
         self._endpoints: dict[str, Message] | None = None
         self._routes: dict[tuple[Any, ...], dict[str, Message]] = {}
+        self._route_problems: dict[tuple[Any, ...], list[ConfigProblem]] = {}
         self._vs_routes: dict[tuple[Any, ...], list[rc.Route] | None] = {}
+        self._vs_problems: dict[tuple[Any, ...], list[ConfigProblem]] = {}
         self._authz: dict[tuple[Any, ...], tuple[list[Message], list[Message]]] = {}
+        self._authz_problems: dict[tuple[Any, ...], list[ConfigProblem]] = {}
         self._policy_lb: dict[tuple[str, str, int], Mapping[str, Any]] = {}
         self._fingerprints: dict[str, tuple[Any, ...]] = {}
         self._wildcard_vs = sorted(
@@ -778,7 +790,6 @@ class _Translator:
             key=lambda e: -len(e[0]),
         )
         self._policy_selection: dict[tuple[Any, ...], list[Any]] = {}
-        self._sorted_problems: tuple[int, list[ConfigProblem]] = (-1, [])
         self._cluster_parts: dict[tuple[Any, ...], tuple[Any, dict[str, Message], list[Any]]] = {}
         self._cla_parts: dict[tuple[Any, ...], tuple[Any, dict[str, Message]]] = {}
         self._prev_cluster_parts: dict[tuple[Any, ...], Any] = {}
@@ -802,30 +813,27 @@ class _Translator:
             return
         same_providers = prev.providers == self.providers
         same = {kind: prev._state[kind] == self._state[kind] for kind in _KINDS}
-        kept_kinds: set[str] = set()
         # ServiceEntry hosts are services too (virtual hosts, listeners).
         hosts_same = same["services"] and same["service_entries"]
         if hosts_same and same["virtual_services"] and same["destination_rules"]:
             self._vs_routes = prev._vs_routes
+            self._vs_problems = prev._vs_problems
             self._vhost_bytes = prev._vhost_bytes
             self._vhost_body = prev._vhost_body
             self._routes = prev._routes
+            self._route_problems = prev._route_problems
             self._policy_lb = prev._policy_lb
-            kept_kinds.add("VirtualService")
         if hosts_same:
             self._outbound = prev._outbound
-            kept_kinds.update(("Service", "ServiceEntry"))
+            self._outbound_problems = prev._outbound_problems
         if same["authorization_policies"] and same["services"] and same_providers:
             self._authz = prev._authz
+            self._authz_problems = prev._authz_problems
             self._policy_selection = prev._policy_selection
-            kept_kinds.add("AuthorizationPolicy")
             if same["peer_authentications"]:
                 # Inbound listeners depend on the workload (in the key), the Services that
                 # select it, its PeerAuthentication and its authorization filters.
                 self._inbound = prev._inbound
-        for key, p in prev.problems.items():
-            if p.kind in kept_kinds:
-                self.problems.setdefault(key, p)
         # Only the parts, never the previous translator: no chain of old meshes is kept alive.
         self._prev_cluster_parts = prev._cluster_parts
         self._prev_cla_parts = prev._cla_parts
@@ -906,8 +914,23 @@ class _Translator:
             line=getattr(res, "line", 0),
             severity=severity,
         )
-        self.problems.setdefault((p.kind, p.namespace, p.name, p.path, p.message), p)
+        self._emit([p])
         return p
+
+    def _emit(self, problems: Iterable[ConfigProblem]) -> None:
+        """Hand problems to every build in progress (each cache keeps those it met)."""
+        problems = list(problems)
+        for capture in self._captures:
+            capture.extend(problems)
+
+    @contextlib.contextmanager
+    def _capture(self) -> Iterator[list[ConfigProblem]]:
+        got: list[ConfigProblem] = []
+        self._captures.append(got)
+        try:
+            yield got
+        finally:
+            self._captures.pop()
 
     # --- clusters and endpoints --------------------------------------------------------------
 
@@ -1052,6 +1075,7 @@ class _Translator:
     def clusters(self, proxyless: bool) -> dict[str, Message]:
         if proxyless not in self._clusters:
             built: dict[str, Message] = {}
+            problems: list[ConfigProblem] = []
             for ps, subsets in self._port_groups():
                 key = (proxyless, ps.service.hostname, ps.port.port)
                 fp = self._fingerprint(ps.service)
@@ -1060,21 +1084,22 @@ class _Translator:
                     # Nothing this service's clusters depend on changed: reuse them, and the
                     # problems met when building them.
                     part = old
-                    for p in part[2]:
-                        self.problems.setdefault(_problem_key(p), p)
                 else:
-                    before = set(self.problems)
                     made: dict[str, Message] = {}
-                    for subset in subsets:
-                        name = _cluster_name("outbound", ps.port.port, subset, ps.service.hostname)
-                        c = self._outbound_cluster(name, ps, subset, proxyless)
-                        if c is not None:
-                            made[name] = c
-                    new = [p for k, p in self.problems.items() if k not in before]
-                    part = (fp, made, new)
+                    with self._capture() as met:
+                        for subset in subsets:
+                            name = _cluster_name(
+                                "outbound", ps.port.port, subset, ps.service.hostname
+                            )
+                            c = self._outbound_cluster(name, ps, subset, proxyless)
+                            if c is not None:
+                                made[name] = c
+                    part = (fp, made, met)
                 self._cluster_parts[key] = part
                 built.update(part[1])
+                problems.extend(part[2])
             self._clusters[proxyless] = dict(sorted(built.items()))
+            self._cluster_problems[proxyless] = problems
         return self._clusters[proxyless]
 
     def lb_for(self, host: str, subset: str, port: int) -> Mapping[str, Any]:
@@ -1279,38 +1304,43 @@ class _Translator:
     def route_configs(self, proxy: Proxy) -> dict[str, Message]:
         key = self.route_key(proxy)
         if key not in self._routes:
-            built: dict[str, Message] = {}
-            if proxy.proxyless:
-                for port in sorted(self.by_port):
-                    for ps in self.by_port[port]:
-                        if not _is_http(ps.protocol):
-                            continue
-                        name = f"{ps.service.hostname}:{port}"
-                        rcfg = route_pb2.RouteConfiguration(
-                            name=name, validate_clusters=wrappers_pb2.BoolValue(value=False)
-                        )
-                        rcfg.virtual_hosts.append(self._virtual_host(ps, proxy, grpc=True))
-                        _allow_bodies(rcfg, _max_body(rcfg.virtual_hosts[0]))
-                        built[name] = rcfg
-            else:
-                for port in sorted(self.by_port):
-                    http = [ps for ps in self.by_port[port] if _is_http(ps.protocol)]
-                    if not http:
-                        continue
-                    # validate_clusters off: a route to a cluster not (yet) sent must not get
-                    # the whole RouteConfiguration rejected (Istio does the same).
-                    # Serialized messages concatenate into one whose repeated fields are the
-                    # concatenation: virtual hosts are built once per mesh and assembled per
-                    # namespace by the C parser instead of being copied field by field.
-                    hosts = [self._virtual_host_bytes(ps, proxy) for ps in http]
-                    head = route_pb2.RouteConfiguration(
-                        name=str(port), validate_clusters=wrappers_pb2.BoolValue(value=False)
-                    )
-                    _allow_bodies(head, max(self._vhost_body[h] for h in hosts))
-                    chunks = [head.SerializeToString(deterministic=True), *hosts]
-                    built[str(port)] = route_pb2.RouteConfiguration.FromString(b"".join(chunks))
-            self._routes[key] = dict(sorted(built.items()))
+            with self._capture() as met:
+                self._routes[key] = self._build_route_configs(proxy)
+            self._route_problems[key] = met
         return self._routes[key]
+
+    def _build_route_configs(self, proxy: Proxy) -> dict[str, Message]:
+        built: dict[str, Message] = {}
+        if proxy.proxyless:
+            for port in sorted(self.by_port):
+                for ps in self.by_port[port]:
+                    if not _is_http(ps.protocol):
+                        continue
+                    name = f"{ps.service.hostname}:{port}"
+                    rcfg = route_pb2.RouteConfiguration(
+                        name=name, validate_clusters=wrappers_pb2.BoolValue(value=False)
+                    )
+                    rcfg.virtual_hosts.append(self._virtual_host(ps, proxy, grpc=True))
+                    _allow_bodies(rcfg, _max_body(rcfg.virtual_hosts[0]))
+                    built[name] = rcfg
+        else:
+            for port in sorted(self.by_port):
+                http = [ps for ps in self.by_port[port] if _is_http(ps.protocol)]
+                if not http:
+                    continue
+                # validate_clusters off: a route to a cluster not (yet) sent must not get
+                # the whole RouteConfiguration rejected (Istio does the same).
+                # Serialized messages concatenate into one whose repeated fields are the
+                # concatenation: virtual hosts are built once per mesh and assembled per
+                # namespace by the C parser instead of being copied field by field.
+                hosts = [self._virtual_host_bytes(ps, proxy) for ps in http]
+                head = route_pb2.RouteConfiguration(
+                    name=str(port), validate_clusters=wrappers_pb2.BoolValue(value=False)
+                )
+                _allow_bodies(head, max(self._vhost_body[h] for h in hosts))
+                chunks = [head.SerializeToString(deterministic=True), *hosts]
+                built[str(port)] = route_pb2.RouteConfiguration.FromString(b"".join(chunks))
+        return dict(sorted(built.items()))
 
     def _virtual_host_bytes(self, ps: _PortService, proxy: Proxy) -> bytes:
         """A RouteConfiguration holding just this virtual host, serialized; shared by every
@@ -1386,7 +1416,10 @@ class _Translator:
         # Routes depend on the proxy only through source matches (labels, namespace).
         source = (proxy.namespace, *self.route_key(proxy)[1:]) if self.uses_source_match else ()
         key = (vs.namespace, vs.name, svc.hostname, port, grpc, source)
-        if key not in self._vs_routes:
+        if key in self._vs_routes:
+            self._emit(self._vs_problems[key])
+            return self._vs_routes[key]
+        with self._capture() as met:
             try:
                 built = _VsRoutes(self, vs, svc, port, proxy, grpc).build()
             except _Invalid as bad:
@@ -1405,15 +1438,19 @@ class _Translator:
                     f" {svc.hostname}:{port} are left out and the default route is used",
                 )
                 built = None
-            self._vs_routes[key] = built
-        return self._vs_routes[key]
+        self._vs_routes[key] = built
+        self._vs_problems[key] = met
+        self._emit(met)
+        return built
 
     # --- listeners ---------------------------------------------------------------------------
 
     def outbound_listeners(self, proxy: Proxy) -> dict[str, Message]:
         key = (proxy.proxyless, proxy.outbound_address)
         if key not in self._outbound:
-            self._outbound[key] = self._build_outbound_listeners(proxy)
+            with self._capture() as met:
+                self._outbound[key] = self._build_outbound_listeners(proxy)
+            self._outbound_problems[key] = met
         return self._outbound[key]
 
     def _build_outbound_listeners(self, proxy: Proxy) -> dict[str, Message]:
@@ -1485,38 +1522,45 @@ class _Translator:
             tuple(pol.key for pol in policies),
             proxy.labels.get(GATEWAY_NAME_LABEL, ""),
         )
-        if key not in self._authz:
-            try:
-                authz = Authorizer.from_policies(
-                    policies,
-                    namespace=proxy.namespace,
-                    labels=proxy.labels,
-                    trust_domain=self.mesh.domain,
-                    root_namespace=self.mesh.root_namespace,
-                    providers=self.providers,
-                    services=self._provider_registry(),
-                )
-                http, tcp = authz.filters(), authz.filters(tcp=True)
-                for p in authz.problems:
-                    self.problems.setdefault((p.kind, p.namespace, p.name, p.path, p.message), p)
-            except ConfigError as exc:
-                for p in exc.errors():
-                    self.problems.setdefault((p.kind, p.namespace, p.name, p.path, p.message), p)
-                # Fail closed: a policy that cannot be built must not let anyone in.
-                http, tcp = _deny_all_filters()
-            self._authz[key] = (http, tcp)
+        if key in self._authz:
+            self._emit(self._authz_problems[key])
+            return self._authz[key]
+        met: list[ConfigProblem] = []
+        try:
+            authz = Authorizer.from_policies(
+                policies,
+                namespace=proxy.namespace,
+                labels=proxy.labels,
+                trust_domain=self.mesh.domain,
+                root_namespace=self.mesh.root_namespace,
+                providers=self.providers,
+                services=self._provider_registry(),
+            )
+            http, tcp = authz.filters(), authz.filters(tcp=True)
+            met.extend(authz.problems)
+        except ConfigError as exc:
+            met.extend(exc.errors())
+            # Fail closed: a policy that cannot be built must not let anyone in.
+            http, tcp = _deny_all_filters()
+        self._authz[key] = (http, tcp)
+        self._authz_problems[key] = met
+        self._emit(met)
         return self._authz[key]
 
-    def inbound(self, proxy: Proxy) -> tuple[dict[str, Message], dict[str, Message]]:
-        """Inbound listeners and clusters for the proxy's workload."""
+    def inbound(
+        self, proxy: Proxy
+    ) -> tuple[dict[str, Message], dict[str, Message], list[ConfigProblem]]:
+        """Inbound listeners and clusters for the proxy's workload, and their problems."""
         w = proxy.workload
         if w is None or not w.address or proxy.proxyless:
-            return {}, {}
+            return {}, {}, []
         key = (w.key, proxy.app_address, tuple(sorted(proxy.labels.items())))
         found = self._inbound.get(key)
         # specs are read-only mappings (unhashable): compared by value beside the key
         if found is None or found[0] != (w.spec, w.labels):
-            found = self._inbound[key] = ((w.spec, w.labels), self._build_inbound(proxy, w))
+            with self._capture() as met:
+                listeners, clusters = self._build_inbound(proxy, w)
+            found = self._inbound[key] = ((w.spec, w.labels), (listeners, clusters, met))
         return found[1]
 
     def _build_inbound(
@@ -2164,9 +2208,11 @@ def generate(mesh: MeshModel, proxy: Proxy, *, extension_providers: Any = None) 
     mesh's Services.
     Problems (a VirtualService left out, a DestinationRule field dropped, an authorization
     policy that fails closed) are returned, never raised: a bad resource spoils only itself.
+    They are the proxy's own: those of the resources it gets (and the mesh-wide warnings),
+    sorted, the same whatever was translated before.
     """
     tr = _translator(mesh, extension_providers)
-    inbound_listeners, inbound_clusters = tr.inbound(proxy)
+    inbound_listeners, inbound_clusters, inbound_problems = tr.inbound(proxy)
     # "inbound|..." sorts before "outbound|...": the merged mapping stays in name order
     # without sorting thousands of shared clusters per proxy.
     clusters = {**inbound_clusters, **tr.clusters(proxy.proxyless)}
@@ -2180,17 +2226,18 @@ def generate(mesh: MeshModel, proxy: Proxy, *, extension_providers: Any = None) 
         types.LISTENER: dict(sorted(listeners.items())),
         types.ROUTE: routes,
     }
-    return Generated(resources, _problems_for(tr, proxy))
-
-
-def _problems_for(tr: _Translator, proxy: Proxy) -> list[ConfigProblem]:
-    # Every problem of the mesh's translation so far; sorted for stable output.
-    del proxy
-    count, cached = tr._sorted_problems
-    if count != len(tr.problems):  # problems are only ever added
-        cached = sorted(tr.problems.values(), key=_problem_key)
-        tr._sorted_problems = (len(tr.problems), cached)
-    return list(cached)
+    problems = {
+        _problem_key(p): p
+        for group in (
+            tr._global,
+            tr._cluster_problems[proxy.proxyless],
+            tr._route_problems[tr.route_key(proxy)],
+            tr._outbound_problems[(proxy.proxyless, proxy.outbound_address)],
+            inbound_problems,
+        )
+        for p in group
+    }
+    return Generated(resources, [problems[k] for k in sorted(problems)])
 
 
 # --- static bootstrap ---------------------------------------------------------------------------

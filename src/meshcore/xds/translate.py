@@ -430,8 +430,9 @@ def _effective_policy(dr: DestinationRule | None, subset: str, port: int) -> dic
     if dr is None:
         return out
     policies = [dr.traffic_policy]
-    if subset and subset in dr.subsets:
-        policies.append(dr.subsets[subset].traffic_policy)
+    found = dr.subsets.get(subset) if subset else None  # .subsets rebuilds on each access
+    if found is not None:
+        policies.append(found.traffic_policy)
     for tp in policies:
         for key in _POLICY_FIELDS:
             if key in tp:
@@ -724,6 +725,7 @@ class _Translator:
             tuple[Any, tuple[dict[str, Message], dict[str, Message], list[ConfigProblem]]],
         ] = {}
         self._mtls_cache: dict[tuple[Any, ...], str] = {}
+        self._pa_namespaces = {pa.namespace for pa in mesh.peer_authentications}
         # Problems travel with what they were found building, so that a proxy is told exactly
         # the problems of the resources it gets, whatever was translated before it.
         self._captures: list[list[ConfigProblem]] = []
@@ -950,9 +952,11 @@ class _Translator:
         key = (w.namespace, tuple(sorted(w.workload_labels.items())), port)
         found = self._mtls_cache.get(key)
         if found is None:
-            found = self._mtls_cache[key] = self.mesh.mtls_mode(
-                w.namespace, w.workload_labels, port
-            )
+            if not self._pa_namespaces & {w.namespace, self.mesh.root_namespace}:
+                found = "PERMISSIVE"  # no PeerAuthentication applies: Istio's mesh default
+            else:
+                found = self.mesh.mtls_mode(w.namespace, w.workload_labels, port)
+            self._mtls_cache[key] = found
         return found
 
     def _service_entry_hosts(self) -> list[_SeHost]:

@@ -51,8 +51,21 @@ DestinationRule and its workloads are. So an endpoint change costs little more t
 service's clusters and endpoints, plus each proxy's own (inbound) part.
 
 Messages (and the per-type mappings) returned for different proxies may be the same objects:
-treat them as read-only. Any-packed fields are serialized deterministically, and every collection is built
-in sorted order, so identical input gives identical bytes.
+treat them as read-only. Any-packed fields are serialized deterministically and every
+collection is built in sorted order, so identical input gives identical bytes.
+
+For the ADS server
+------------------
+Sidecars reference the SDS secrets ``default`` and ``ROOTCA`` over ADS (listeners with mTLS
+warm only once both arrive); their bootstrap needs ``BOOTSTRAP_RUNTIME`` (Istio's RE2
+program-size limit), or Envoy NACKs RouteConfigurations with ordinary regexes. Proxyless gRPC
+clients need certificate providers named ``default`` in their bootstrap when a
+DestinationRule asks for ISTIO_MUTUAL.
+
+Not translated (reported as warnings when used): VirtualService tcp/tls routes and
+``exportTo`` visibility, locality load balancing settings, ServiceEntry resolution NONE and
+wildcard hosts, inbound listeners for proxyless gRPC servers, Sidecar resources and gateways.
+Endpoints are all HEALTHY (WorkloadEntry health checks are not modelled).
 """
 
 from __future__ import annotations

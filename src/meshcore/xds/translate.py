@@ -62,9 +62,10 @@ program-size limit), or Envoy NACKs RouteConfigurations with ordinary regexes. P
 clients need certificate providers named ``default`` in their bootstrap when a
 DestinationRule asks for ISTIO_MUTUAL.
 
-Not translated (reported as warnings when used): VirtualService tcp/tls routes and
-``exportTo`` visibility, locality load balancing settings, ServiceEntry resolution NONE and
-wildcard hosts, inbound listeners for proxyless gRPC servers, Sidecar resources and gateways.
+Not translated, and reported as warnings when a mesh uses them: VirtualService tcp/tls routes
+and ``exportTo`` visibility, locality load balancing settings, ServiceEntry resolution NONE and
+wildcard hosts. Not built at all: inbound listeners for proxyless gRPC servers, gateway
+proxies (VirtualServices bound only to gateways are, rightly, not applied to sidecars).
 Endpoints are all HEALTHY (WorkloadEntry health checks are not modelled).
 """
 

@@ -85,7 +85,7 @@ from envoy.config.core.v3 import (
     config_source_pb2,
     health_check_pb2,
 )
-from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
@@ -740,6 +740,7 @@ class _Translator:
         ] = {}
         self._mtls_cache: dict[tuple[Any, ...], str] = {}
         self._pa_namespaces = {pa.namespace for pa in mesh.peer_authentications}
+        self._lb_endpoints: dict[tuple[Any, ...], endpoint_components_pb2.LbEndpoint] = {}
         # Problems travel with what they were found building, so that a proxy is told exactly
         # the problems of the resources it gets, whatever was translated before it.
         self._captures: list[list[ConfigProblem]] = []
@@ -1301,17 +1302,29 @@ class _Translator:
                 zone,
                 subzone,
             )
-            for address, port, w in sorted(by_locality[locality], key=lambda e: e[:2]):
-                lb = group.lb_endpoints.add()
-                lb.endpoint.address.CopyFrom(_socket_address(address, port))
-                lb.health_status = health_check_pb2.HEALTHY
-                lb.load_balancing_weight.value = w.weight
-                mode = self._mtls_mode(w, port)
-                if mode != "DISABLE":
-                    meta = lb.metadata.filter_metadata[TRANSPORT_SOCKET_MATCH_KEY]
-                    meta.fields["tlsMode"].string_value = "istio"
+            group.lb_endpoints.extend(
+                self._lb_endpoint(address, port, w)
+                for address, port, w in sorted(by_locality[locality], key=lambda e: e[:2])
+            )
             group.load_balancing_weight.value = sum(w.weight for _, _, w in by_locality[locality])
         return cla
+
+    def _lb_endpoint(
+        self, address: str, port: int, w: WorkloadEntry
+    ) -> endpoint_components_pb2.LbEndpoint:
+        """One workload as an endpoint; built once, as it appears in several clusters (the
+        service's and its subset's)."""
+        key = (w.key, address, port)
+        found = self._lb_endpoints.get(key)
+        if found is None:
+            found = endpoint_components_pb2.LbEndpoint(health_status=health_check_pb2.HEALTHY)
+            found.endpoint.address.CopyFrom(_socket_address(address, port))
+            found.load_balancing_weight.value = w.weight
+            if self._mtls_mode(w, port) != "DISABLE":
+                meta = found.metadata.filter_metadata[TRANSPORT_SOCKET_MATCH_KEY]
+                meta.fields["tlsMode"].string_value = "istio"
+            self._lb_endpoints[key] = found
+        return found
 
     # --- routes ----------------------------------------------------------------------------
 

@@ -61,7 +61,8 @@ def test_fleet_convergence(mesh_dir: Path, tmp_path: Path) -> None:
             sys.executable, str(Path(__file__).parent / "xds_fleet_client.py"), f"127.0.0.1:{port}", str(nodes),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )  # fmt: skip
-        assert fleet.stdout is not None and fleet.stdin is not None
+        assert fleet.stdout is not None
+        assert fleet.stdin is not None
         try:
             line = await asyncio.wait_for(fleet.stdout.readline(), 900)
             assert line.strip() == b"ready", line

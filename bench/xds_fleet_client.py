@@ -56,7 +56,8 @@ async def client(channel: grpc.aio.Channel, index: int, node: str, names: list[s
 
 async def main() -> None:
     target, node_file = sys.argv[1], sys.argv[2]
-    lines = [line.split() for line in open(node_file).read().splitlines() if line.strip()]
+    with open(node_file) as f:
+        lines = [line.split() for line in f.read().splitlines() if line.strip()]
     channels = [grpc.aio.insecure_channel(target) for _ in range(max(1, len(lines) // 100))]
     first, stop = asyncio.Event(), asyncio.Event()
     counter = [0]

@@ -80,9 +80,10 @@ def bootstrap_for(
     admin_port: int,
     ca: CertificateAuthority,
     metadata: dict[str, Any] | None = None,
+    providers: Any = None,
 ) -> dict[str, Any]:
     proxy = proxy_for_node(mesh, node_id, metadata)
-    result = generate(mesh, proxy)
+    result = generate(mesh, proxy, extension_providers=providers)
     return render_static_bootstrap(
         result, node_id, admin_port, secrets=workload_secrets(ca, spiffe_of(proxy))
     )

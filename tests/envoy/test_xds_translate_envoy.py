@@ -5,14 +5,17 @@
 - end to end: two Envoy sidecars (client and echo-v1) with static bootstraps in front of small
   Python HTTP servers carry real requests over mTLS: a header route, a weighted split counted
   within tolerance, RBAC denying what the AuthorizationPolicy does not allow, and plaintext to a
-  workload whose PeerAuthentication is DISABLE (auto mTLS per endpoint).
+  workload whose PeerAuthentication is DISABLE (auto mTLS per endpoint), a route timeout (504),
+  retries hiding a flaky upstream, fault injection, and STRICT refusing plaintext.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -88,6 +91,17 @@ FULL = [
     _m("PeerAuthentication", "db", {"selector": {"matchLabels": {"app": "db"}}, "mtls": {"mode": "STRICT"}}),
     _m("PeerAuthentication", "api", {"selector": {"matchLabels": {"app": "api"}}, "mtls": {"mode": "DISABLE"}}),
     _m("AuthorizationPolicy", "db", {"selector": {"matchLabels": {"app": "db"}}, "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/default/sa/web"]}}]}]}),
+    _m("ServiceEntry", "db-internal", {"hosts": ["db.internal"], "location": "MESH_INTERNAL", "resolution": "STATIC",
+                                       "ports": [{"number": 5433, "name": "tcp-pg", "protocol": "TCP"}],
+                                       "endpoints": [{"address": "127.0.70.1"}, {"address": "127.0.70.2", "ports": {"tcp-pg": 6432}, "weight": 2}]}),
+    _m("ServiceEntry", "api", {"hosts": ["api.example.com"], "location": "MESH_EXTERNAL", "resolution": "DNS",
+                               "ports": [{"number": 443, "name": "https", "protocol": "HTTPS"}, {"number": 80, "name": "http", "protocol": "HTTP"}]}),
+    _m("ServiceEntry", "rr", {"hosts": ["rr.example.com"], "resolution": "DNS_ROUND_ROBIN", "ports": [{"number": 8081, "name": "http", "protocol": "HTTP"}],
+                              "endpoints": [{"address": "a.example.com"}, {"address": "b.example.com"}]}),
+    _m("DestinationRule", "api-external", {"host": "api.example.com", "trafficPolicy": {"portLevelSettings": [{"port": {"number": 443}, "tls": {"mode": "SIMPLE", "insecureSkipVerify": True}}]}}),
+    _m("VirtualService", "api-external", {"hosts": ["api.example.com"], "http": [{"route": [{"destination": {"host": "api.example.com", "port": {"number": 80}}}], "retries": {"attempts": 2}}]}),
+    _m("Service", "authz", {"selector": {"app": "authz"}, "ports": [{"name": "grpc", "port": 9000}]}),
+    _m("AuthorizationPolicy", "web-custom", {"selector": {"matchLabels": {"app": "web"}}, "action": "CUSTOM", "provider": {"name": "ext"}, "rules": [{"to": [{"operation": {"paths": ["/ext*"]}}]}]}),
     _m("AuthorizationPolicy", "web", {"selector": {"matchLabels": {"app": "web"}}, "action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]}),
     _m("DestinationRule", "web", {
         "host": "web",
@@ -128,10 +142,19 @@ FULL = [
 ]  # fmt: skip
 
 
+PROVIDERS = [
+    {
+        "name": "ext",
+        "envoyExtAuthzGrpc": {"service": "authz.default.svc.cluster.local", "port": 9000},
+    }
+]
+
+
 def test_every_feature_validates(ca: CertificateAuthority, tmp_path: Path) -> None:
     mesh = load_objects(FULL)
     for w in mesh.workload_entries:
-        check(bootstrap_for(mesh, node(w.name, w.address), 15000, ca), tmp_path)
+        boot = bootstrap_for(mesh, node(w.name, w.address), 15000, ca, providers=PROVIDERS)
+        check(boot, tmp_path)
 
 
 def test_generated_mesh_validates(ca: CertificateAuthority, tmp_path: Path) -> None:
@@ -155,10 +178,19 @@ class _Echo(http.server.BaseHTTPRequestHandler):
     def _answer(self) -> None:
         self.seen.append({k.lower(): v for k, v in self.headers.items()})
         body = self.version_name.encode()
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        status = 200
+        if self.path.startswith("/slow"):
+            time.sleep(1.0)
+        elif self.path.startswith("/flaky"):
+            # every other request fails: a retry makes each call succeed
+            flaky = sum(1 for h in self.seen if h.get("x-flaky"))
+            status = 503 if flaky % 2 else 200
+        # the sidecar may have given up first (the timeout case)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.send_response(status)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
     do_GET = do_DELETE = _answer
 
@@ -212,6 +244,11 @@ def test_two_sidecars_carry_traffic(
         _m("VirtualService", "echo", {"hosts": ["echo"], "http": [
             {"name": "pin-v2", "match": [{"headers": {"x-version": {"exact": "v2"}}}], "route": [{"destination": {"host": "echo", "subset": "v2"}}]},
             {"name": "pin-v1", "match": [{"headers": {"x-version": {"exact": "v1"}}}], "route": [{"destination": {"host": "echo", "subset": "v1"}}]},
+            {"name": "slow", "match": [{"uri": {"prefix": "/slow"}}], "route": [{"destination": {"host": "echo", "subset": "v2"}}], "timeout": "300ms"},
+            {"name": "flaky", "match": [{"uri": {"prefix": "/flaky"}}], "route": [{"destination": {"host": "echo", "subset": "v2"}}],
+             "retries": {"attempts": 3, "retryOn": "5xx"}},
+            {"name": "fault", "match": [{"uri": {"prefix": "/fault"}}], "route": [{"destination": {"host": "echo", "subset": "v2"}}],
+             "fault": {"abort": {"httpStatus": 418, "percentage": {"value": 100}}}},
             {"name": "split", "route": [{"destination": {"host": "echo", "subset": "v1"}, "weight": 70},
                                         {"destination": {"host": "echo", "subset": "v2"}, "weight": 30}]},
         ]}),
@@ -251,3 +288,19 @@ def test_two_sidecars_carry_traffic(
         assert 110 <= counts["v1"] <= 170, counts
         # an unknown host gets Envoy's 404 (no virtual host), not a random service
         assert _get(url, "nothing.example")[0] == 404
+        base = f"http://127.0.50.2:{port}"
+        # timeout: the route gives up after 300 ms with Envoy's 504
+        started = time.monotonic()
+        assert _get(f"{base}/slow", "echo")[0] == 504
+        assert time.monotonic() - started < 0.9
+        # retries: every other upstream answer is 503, every call succeeds after one retry
+        before = len(seen_v2)
+        assert {_get(f"{base}/flaky", "echo", **{"x-flaky": "1"})[0] for _ in range(4)} == {200}
+        assert len(seen_v2) - before == 8
+        # fault injection: aborted by the client's sidecar, the app never sees it
+        before = len(seen_v2)
+        assert _get(f"{base}/fault", "echo")[0] == 418
+        assert len(seen_v2) == before
+        # STRICT: echo-v1's inbound listener refuses plaintext
+        with pytest.raises((ConnectionError, urllib.error.URLError)):
+            urllib.request.urlopen(f"http://127.0.51.1:{port}/", timeout=3).read()

@@ -534,6 +534,8 @@ def test_proxyless_grpc_api_listeners() -> None:
     ctx = tls_pb2.UpstreamTlsContext()
     cluster(result, f"outbound|9080||{REVIEWS}").transport_socket.typed_config.Unpack(ctx)
     assert ctx.common_tls_context.tls_certificate_provider_instance.instance_name == "default"
+    # gRPC's xDS client NACKs least request: proxyless clusters use round robin
+    assert cluster(result, f"outbound|9080||{REVIEWS}").lb_policy == cluster_pb2.Cluster.ROUND_ROBIN
 
 
 # --- determinism and the static bootstrap ---------------------------------------------------------
@@ -629,3 +631,198 @@ def test_untranslated_fields_are_warnings() -> None:
         "warning",
     ) in problems
     assert ("VirtualService", "spec.tcp", "warning") in problems
+
+
+# --- carrying over the previous mesh's translation ----------------------------------------------
+
+
+def test_a_new_mesh_reuses_what_did_not_change() -> None:
+    from meshcore.xds.translate import clear_cache
+
+    ratings_vs = vs("ratings", "ratings", [{"route": [{"destination": {"host": "ratings"}}]}])
+    changed = [dict(o) for o in BASE]
+    changed[5] = we("ratings-1", "ratings", "127.0.30.1", weight=7)  # one endpoint's weight
+    objects_a = [*BASE, ratings_vs, dr("reviews", {"loadBalancer": {"simple": "PASSTHROUGH"}})]
+    objects_b = [*changed, ratings_vs, dr("reviews", {"loadBalancer": {"simple": "PASSTHROUGH"}})]
+    clear_cache()
+    a = gen(objects_a)
+    b = gen(objects_b)  # translated after a: carries over a's translation
+    clear_cache()
+    cold_b = gen(objects_b)
+    assert _bytes(b) == _bytes(cold_b)
+    assert b.problems == cold_b.problems  # problems of what is reused are still reported
+    assert any(p.kind == "DestinationRule" for p in b.problems)
+    ra, rb = a.resources, b.resources
+    reviews = f"outbound|9080||{REVIEWS}"
+    ratings = f"outbound|9080||{RATINGS}"
+    assert rb[types.CLUSTER][reviews] is ra[types.CLUSTER][reviews]
+    assert rb[types.ENDPOINT][reviews] is ra[types.ENDPOINT][reviews]
+    assert rb[types.CLUSTER][ratings] is not ra[types.CLUSTER][ratings]
+    weight = rb[types.ENDPOINT][ratings].endpoints[0].lb_endpoints[0].load_balancing_weight
+    assert weight.value == 7
+    assert rb[types.ROUTE]["9080"] is ra[types.ROUTE]["9080"]  # no route input changed
+
+
+def test_a_fixed_virtual_service_is_no_longer_reported() -> None:
+    delegating = vs("reviews", "reviews", [{"delegate": {"name": "other"}}])
+    fixed = vs("reviews", "reviews", [{"route": [{"destination": {"host": "reviews"}}]}])
+    broken = gen([*BASE, delegating])
+    (problem,) = [p for p in broken.problems if p.severity == "error"]
+    assert problem.path == "spec.http[0].delegate"
+    assert [r.name for r in vhost(broken, REVIEWS).routes] == ["default"]
+    assert not [p for p in gen([*BASE, fixed]).problems if p.severity == "error"]
+
+
+def test_wildcard_virtual_service_covers_services_without_their_own() -> None:
+    wildcard = vs("all", "*.default.svc.cluster.local", [{"route": [{"destination": {"host": "reviews"}}], "timeout": "7s"}])  # fmt: skip
+    own = vs("ratings", "ratings", [{"route": [{"destination": {"host": "ratings"}}], "timeout": "1s"}])  # fmt: skip
+    result = gen([*BASE, wildcard, own])
+    assert vhost(result, REVIEWS).routes[0].route.timeout.seconds == 7
+    assert vhost(result, RATINGS).routes[0].route.timeout.seconds == 1
+
+
+def test_export_to_is_reported_not_ignored() -> None:
+    exported = vs("ratings", "ratings", [{"route": [{"destination": {"host": "ratings"}}]}])
+    exported["spec"]["exportTo"] = ["."]
+    problems = [(p.name, p.path, p.severity) for p in gen([*BASE, exported]).problems]
+    assert ("ratings", "spec.exportTo", "warning") in problems
+
+
+def test_custom_policy_gets_ext_authz_from_extension_providers() -> None:
+    custom = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "ext", "namespace": "default"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "reviews"}},
+            "action": "CUSTOM",
+            "provider": {"name": "authz"},
+            "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}],
+        },
+    }
+    providers = [
+        {
+            "name": "authz",
+            "envoyExtAuthzGrpc": {"service": "authz.default.svc.cluster.local", "port": 9000},
+        }
+    ]
+    objects = [*BASE, svc("authz", 9000, pname="grpc"), custom]
+    mesh = load_objects(objects)
+    proxy = proxy_for_node(mesh, REVIEWS_NODE)
+    result = generate(mesh, proxy, extension_providers=providers)
+    hcm = hcm_of(result.resources[types.LISTENER]["127.0.20.1_9080"])
+    names = [f.name for f in hcm.http_filters]
+    assert "envoy.filters.http.ext_authz" in names
+    assert "outbound|9000||authz.default.svc.cluster.local" in result.resources[types.CLUSTER]
+    # without the provider the policy fails closed (Istio: a bad CUSTOM provider becomes DENY)
+    closed = generate(mesh, proxy)
+    assert "envoy.filters.http.ext_authz" not in [
+        f.name for f in hcm_of(closed.resources[types.LISTENER]["127.0.20.1_9080"]).http_filters
+    ]
+    assert closed.problems
+
+
+# --- ServiceEntry -------------------------------------------------------------------------------
+
+
+def se(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntry",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": spec,
+    }
+
+
+SE_OBJECTS = [
+    *BASE,
+    se("static", {"hosts": ["db.internal"], "location": "MESH_INTERNAL", "resolution": "STATIC",
+                  "ports": [{"number": 5432, "name": "tcp-pg", "protocol": "TCP"}],
+                  "endpoints": [{"address": "127.0.70.1", "labels": {"version": "v1"}},
+                                {"address": "127.0.70.2", "ports": {"tcp-pg": 6432}, "weight": 2}]}),
+    se("api", {"hosts": ["api.example.com"], "location": "MESH_EXTERNAL", "resolution": "DNS",
+               "ports": [{"number": 443, "name": "https", "protocol": "HTTPS"},
+                         {"number": 80, "name": "http", "protocol": "HTTP"}]}),
+    se("rr", {"hosts": ["rr.example.com"], "resolution": "DNS_ROUND_ROBIN",
+              "ports": [{"number": 8081, "name": "http", "protocol": "HTTP"}],
+              "endpoints": [{"address": "a.example.com"}, {"address": "b.example.com"}]}),
+    se("passthrough", {"hosts": ["any.example.com"], "resolution": "NONE",
+                       "ports": [{"number": 8443, "name": "tls", "protocol": "TLS"}]}),
+    dr("api.example.com", {"portLevelSettings": [{"port": {"number": 443}, "tls": {"mode": "SIMPLE"}}]}),
+    vs("api", "api.example.com", [{"route": [{"destination": {"host": "api.example.com"}}], "timeout": "4s"}]),
+]  # fmt: skip
+
+
+def test_service_entries() -> None:
+    result = gen(SE_OBJECTS)
+    r = result.resources
+    # STATIC: EDS, endpoints from spec.endpoints (named port override, weight)
+    static = cluster(result, "outbound|5432||db.internal")
+    assert static.type == cluster_pb2.Cluster.EDS
+    eps = r[types.ENDPOINT]["outbound|5432||db.internal"].endpoints[0].lb_endpoints
+    assert [(e.endpoint.address.socket_address.address, e.endpoint.address.socket_address.port_value, e.load_balancing_weight.value) for e in eps] == [
+        ("127.0.70.1", 5432, 1),
+        ("127.0.70.2", 6432, 2),
+    ]  # fmt: skip
+    assert "127.0.0.1_5432" in r[types.LISTENER]  # a TCP port of its own: tcp_proxy
+    # DNS: Envoy resolves the host itself; MESH_EXTERNAL: no auto mTLS; SIMPLE TLS: SNI = host
+    api = cluster(result, "outbound|443||api.example.com")
+    assert api.type == cluster_pb2.Cluster.STRICT_DNS
+    assert "outbound|443||api.example.com" not in r[types.ENDPOINT]
+    addr = api.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+    assert (addr.address, addr.port_value) == ("api.example.com", 443)
+    ctx = tls_pb2.UpstreamTlsContext()
+    api.transport_socket.typed_config.Unpack(ctx)
+    assert ctx.sni == "api.example.com"
+    assert not cluster(result, "outbound|80||api.example.com").transport_socket_matches
+    # its HTTP port gets a virtual host with the VirtualService's routes
+    api_vh = vhost(result, "api.example.com", 80)
+    assert list(api_vh.domains) == ["api.example.com", "api.example.com:80"]
+    assert api_vh.routes[0].route.timeout.seconds == 4
+    # DNS_ROUND_ROBIN: LOGICAL_DNS with exactly one endpoint
+    rr = cluster(result, "outbound|8081||rr.example.com")
+    assert rr.type == cluster_pb2.Cluster.LOGICAL_DNS
+    assert len(rr.load_assignment.endpoints[0].lb_endpoints) == 1
+    # NONE needs iptables: reported, no cluster
+    assert not any("any.example.com" in n for n in r[types.CLUSTER])
+    assert ("ServiceEntry", "spec.resolution", "warning") in {
+        (p.kind, p.path, p.severity) for p in result.problems
+    }
+
+
+def test_a_new_service_entry_is_not_hidden_by_carried_over_routes() -> None:
+    gen(BASE)
+    result = gen(SE_OBJECTS)
+    assert vhost(result, "api.example.com", 80).routes[0].route.timeout.seconds == 4
+    assert "127.0.0.1_5432" in result.resources[types.LISTENER]
+
+
+def test_problems_are_the_proxys_own_whatever_the_order() -> None:
+    from meshcore.xds.translate import clear_cache
+
+    custom = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "ext", "namespace": "default"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "reviews"}},
+            "action": "CUSTOM",
+            "provider": {"name": "missing"},
+            "rules": [{"to": [{"operation": {"paths": ["/x"]}}]}],
+        },
+    }
+    bad_dr = dr("ratings", {"loadBalancer": {"simple": "PASSTHROUGH"}})
+    mesh = load_objects([*BASE, custom, bad_dr])
+    seen: dict[str, list[list[Any]]] = {}
+    for order in ((FRONTEND_NODE, REVIEWS_NODE), (REVIEWS_NODE, FRONTEND_NODE)):
+        clear_cache()
+        for node in order:
+            problems = generate(mesh, proxy_for_node(mesh, node)).problems
+            seen.setdefault(node, []).append([(p.kind, p.name, p.path) for p in problems])
+    for node, runs in seen.items():
+        assert runs[0] == runs[1], node
+    paths = {node: {path.split("[")[0] for _, _, path in runs[0]} for node, runs in seen.items()}
+    # every proxy gets the ratings cluster (and its DestinationRule's problem); only reviews
+    # is selected by the CUSTOM policy whose provider is missing
+    assert paths[FRONTEND_NODE] == {"spec.trafficPolicy.loadBalancer.simple"}
+    assert paths[REVIEWS_NODE] == {"spec.trafficPolicy.loadBalancer.simple", "extensionProviders"}

@@ -12,6 +12,7 @@ Istio so that people can read them as they read istiod's output:
 - listeners ``ADDRESS_PORT`` (Istio's per-port listener names), outbound with an HTTP
   connection manager using RDS (or tcp_proxy for TCP ports), inbound with the workload's
   RBAC/ext_authz filters and TLS per PeerAuthentication;
+- ServiceEntry hosts as services: EDS clusters (STATIC) or STRICT_DNS / LOGICAL_DNS clusters;
 - SDS secrets referenced by Istio's names, ``default`` (the workload certificate) and ``ROOTCA``
   (the trust bundle), fetched over ADS. This module does not produce the secrets themselves.
 
@@ -38,32 +39,56 @@ the same shape with node metadata ``GENERATOR: grpc`` (Istio's convention); they
 service port, a Listener ``FQDN:PORT`` holding an ``api_listener`` (HTTP connection manager
 with RDS of the same name), which is what ``xds:///FQDN:PORT`` asks for.
 
-Messages returned for different proxies of one mesh may be the same objects: treat them as
-read-only. Any-packed fields are serialized deterministically, and every collection is built
-in sorted order, so identical input gives identical bytes.
+Sharing and reuse
+-----------------
+Clusters, endpoints and VirtualService routes are built once per mesh and shared by its
+proxies; route configurations once per namespace; authorization filters once per set of
+selecting policies. When ``generate`` sees a new MeshModel it carries over from the previous
+mesh's translation whatever the change does not touch (compared by value): routes when
+Services, VirtualServices and DestinationRules are equal, authorization filters when the
+AuthorizationPolicies are, clusters and endpoints per service when the Service, its
+DestinationRule and its workloads are. So an endpoint change costs little more than one
+service's clusters and endpoints, plus each proxy's own (inbound) part.
+
+Messages (and the per-type mappings) returned for different proxies may be the same objects:
+treat them as read-only. Any-packed fields are serialized deterministically and every
+collection is built in sorted order, so identical input gives identical bytes.
+
+For the ADS server
+------------------
+Sidecars reference the SDS secrets ``default`` and ``ROOTCA`` over ADS (listeners with mTLS
+warm only once both arrive); their bootstrap needs ``BOOTSTRAP_RUNTIME`` (Istio's RE2
+program-size limit), or Envoy NACKs RouteConfigurations with ordinary regexes. Proxyless gRPC
+clients need certificate providers named ``default`` in their bootstrap when a
+DestinationRule asks for ISTIO_MUTUAL.
+
+Not translated, and reported as warnings when a mesh uses them: VirtualService tcp/tls routes
+and ``exportTo`` visibility, locality load balancing settings, ServiceEntry resolution NONE and
+wildcard hosts. Not built at all: inbound listeners for proxyless gRPC servers, gateway
+proxies (VirtualServices bound only to gateways are, rightly, not applied to sidecars).
+Endpoints are all HEALTHY (WorkloadEntry health checks are not modelled).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import (
     address_pb2,
     base_pb2,
     config_source_pb2,
     health_check_pb2,
-    protocol_pb2,
 )
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
-from envoy.extensions.filters.common.fault.v3 import fault_pb2 as common_fault_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -87,6 +112,7 @@ from meshcore.config.model import (
     DestinationRule,
     MeshModel,
     Service,
+    ServiceEntry,
     ServicePort,
     VirtualService,
     WorkloadEntry,
@@ -139,6 +165,7 @@ MAX_U32 = 4294967295
 # Istio's retry policy for routes whose VirtualService says nothing about retries.
 DEFAULT_RETRY_ON = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
 ISTIO_ALPN = ("istio-peer-exchange", "istio")
+_GRPC_LB_POLICIES = frozenset({cluster_pb2.Cluster.ROUND_ROBIN, cluster_pb2.Cluster.RING_HASH})
 _HEADER_NAME = re.compile(r"^:?[0-9A-Za-z!#$%&'*+\-.^_`|~]+$")
 _HTTP_PROTOCOLS = frozenset({"http", "http2", "grpc", "grpc-web", "h2c"})
 _HTTP2_PROTOCOLS = frozenset({"http2", "grpc", "grpc-web", "h2c"})
@@ -243,17 +270,10 @@ def proxy_for_node(
     """
     kind, ip, name, namespace, domain = parse_node_id(node_id)
     meta = dict(metadata or {})
-    workload = None
-    candidates = mesh.workloads(namespace)
-    for w in candidates:
-        if w.name == name:
-            workload = w
-            break
-    else:
-        for w in candidates:
-            if ip and w.address == ip:
-                workload = w
-                break
+    found = mesh.get("WorkloadEntry", namespace, name)
+    workload = found if isinstance(found, WorkloadEntry) else None
+    if workload is None and ip:
+        workload = next((w for w in mesh.workloads(namespace) if w.address == ip), None)
     labels: Mapping[str, str]
     if workload is not None:
         labels = dict(workload.workload_labels)
@@ -425,8 +445,9 @@ def _effective_policy(dr: DestinationRule | None, subset: str, port: int) -> dic
     if dr is None:
         return out
     policies = [dr.traffic_policy]
-    if subset and subset in dr.subsets:
-        policies.append(dr.subsets[subset].traffic_policy)
+    found = dr.subsets.get(subset) if subset else None  # .subsets rebuilds on each access
+    if found is not None:
+        policies.append(found.traffic_policy)
     for tp in policies:
         for key in _POLICY_FIELDS:
             if key in tp:
@@ -650,9 +671,56 @@ def _tls_socket(
 # --- the translator ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class _SeHost:
+    """One host of a ServiceEntry, shaped like a Service for the translator."""
+
+    entry: ServiceEntry
+    hostname: str
+    ports: tuple[ServicePort, ...]
+    inline: tuple[WorkloadEntry, ...] | None  # spec.endpoints, as WorkloadEntries
+
+    kind = "ServiceEntry"
+
+    @property
+    def name(self) -> str:
+        return str(self.entry.name)
+
+    @property
+    def namespace(self) -> str:
+        return str(self.entry.namespace)
+
+    @property
+    def file(self) -> str:
+        return str(self.entry.file)
+
+    @property
+    def line(self) -> int:
+        return int(self.entry.line)
+
+    @property
+    def spec(self) -> Mapping[str, Any]:
+        spec: Mapping[str, Any] = self.entry.spec
+        return spec
+
+    @property
+    def selector(self) -> Mapping[str, str]:
+        labels: Mapping[str, str] = (self.entry.spec.get("workloadSelector") or {}).get(
+            "labels"
+        ) or {}
+        return labels
+
+    @property
+    def dns(self) -> bool:
+        return self.entry.resolution in ("DNS", "DNS_ROUND_ROBIN")
+
+
+_Host = Service | _SeHost
+
+
 @dataclass(slots=True)
 class _PortService:
-    service: Service
+    service: _Host
     port: ServicePort
     protocol: str
 
@@ -660,9 +728,25 @@ class _PortService:
 class _Translator:
     """Everything about one mesh that does not depend on the proxy, built once and shared."""
 
-    def __init__(self, mesh: MeshModel) -> None:
+    def __init__(
+        self, mesh: MeshModel, previous: _Translator | None = None, providers: Any = None
+    ) -> None:
         self.mesh = mesh
-        self.problems: dict[tuple[str, str, str, str, str], ConfigProblem] = {}
+        self.providers = providers
+        self._registry: list[str] | None = None
+        self._subset_cache: dict[str, Mapping[str, Any]] = {}
+        self._inbound: dict[
+            tuple[Any, ...],
+            tuple[Any, tuple[dict[str, Message], dict[str, Message], list[ConfigProblem]]],
+        ] = {}
+        self._mtls_cache: dict[tuple[Any, ...], str] = {}
+        self._pa_namespaces = {pa.namespace for pa in mesh.peer_authentications}
+        self._lb_endpoints: dict[tuple[Any, ...], endpoint_components_pb2.LbEndpoint] = {}
+        # Problems travel with what they were found building, so that a proxy is told exactly
+        # the problems of the resources it gets, whatever was translated before it.
+        self._captures: list[list[ConfigProblem]] = []
+        self._global: list[ConfigProblem] = []
+        self._captures.append(self._global)
         self._warn_untranslated()
         self.services = sorted(mesh.services, key=lambda s: s.hostname)
         self.by_port: dict[int, list[_PortService]] = {}
@@ -672,6 +756,14 @@ class _Translator:
                 if proto == "udp":
                     continue
                 self.by_port.setdefault(sp.port, []).append(_PortService(svc, sp, proto))
+        for se_host in self._service_entry_hosts():
+            for sp in se_host.ports:
+                proto = _port_protocol(sp)
+                if proto != "udp":
+                    self.by_port.setdefault(sp.port, []).append(_PortService(se_host, sp, proto))
+        for group in self.by_port.values():
+            group.sort(key=lambda ps: ps.service.hostname)
+        self._captures.pop()  # the mesh-wide problems end here
         self.uses_source_match = any(
             "sourceLabels" in m or "sourceNamespace" in m
             for vs in mesh.virtual_services
@@ -688,7 +780,9 @@ class _Translator:
             for k, v in svc.selector.items():
                 self._svc_by_label.setdefault((svc.namespace, k, v), []).append(i)
         self._clusters: dict[bool, dict[str, Message]] = {}
+        self._cluster_problems: dict[bool, list[ConfigProblem]] = {}
         self._outbound: dict[tuple[bool, str], dict[str, Message]] = {}
+        self._outbound_problems: dict[tuple[bool, str], list[ConfigProblem]] = {}
         self._vhost_bytes: dict[tuple[Any, ...], bytes] = {}
         self._vhost_body: dict[bytes, int] = {}
         self._policies_by_ns: dict[str, list[Any]] = {}
@@ -696,14 +790,83 @@ class _Translator:
             self._policies_by_ns.setdefault(pol.namespace, []).append(pol)
         self._endpoints: dict[str, Message] | None = None
         self._routes: dict[tuple[Any, ...], dict[str, Message]] = {}
+        self._route_problems: dict[tuple[Any, ...], list[ConfigProblem]] = {}
         self._vs_routes: dict[tuple[Any, ...], list[rc.Route] | None] = {}
-        self._authz: dict[
-            tuple[str, tuple[tuple[str, str], ...]], tuple[list[Message], list[Message]]
-        ] = {}
+        self._vs_problems: dict[tuple[Any, ...], list[ConfigProblem]] = {}
+        self._authz: dict[tuple[Any, ...], tuple[list[Message], list[Message]]] = {}
+        self._authz_problems: dict[tuple[Any, ...], list[ConfigProblem]] = {}
         self._policy_lb: dict[tuple[str, str, int], Mapping[str, Any]] = {}
+        self._fingerprints: dict[str, tuple[Any, ...]] = {}
+        self._wildcard_vs = sorted(
+            (
+                (host[1:], vs)
+                for vs in mesh.virtual_services
+                if not vs.gateways or "mesh" in vs.gateways
+                for host in vs.hosts
+                if host.startswith("*.")
+            ),
+            key=lambda e: -len(e[0]),
+        )
+        self._policy_selection: dict[tuple[Any, ...], list[Any]] = {}
+        self._cluster_parts: dict[tuple[Any, ...], tuple[Any, dict[str, Message], list[Any]]] = {}
+        self._cla_parts: dict[tuple[Any, ...], tuple[Any, dict[str, Message]]] = {}
+        self._prev_cluster_parts: dict[tuple[Any, ...], Any] = {}
+        self._prev_cla_parts: dict[tuple[Any, ...], Any] = {}
+        self._state = {kind: _kind_state(mesh, kind) for kind in _KINDS}
+        self._peer_auth_state = self._state["peer_authentications"]
+        if previous is not None:
+            self._inherit(previous)
+
+    def _inherit(self, prev: _Translator) -> None:
+        """Carry over from the previous mesh's translation what the change does not touch.
+
+        Whole caches are kept when the kinds they are built from are equal (by value); clusters
+        and endpoints are kept per service when the service, its DestinationRule and its
+        workloads are equal. Problems found while building what is kept are kept with it.
+        """
+        if (prev.mesh.domain, prev.mesh.root_namespace) != (
+            self.mesh.domain,
+            self.mesh.root_namespace,
+        ):
+            return
+        same_providers = prev.providers == self.providers
+        same = {kind: prev._state[kind] == self._state[kind] for kind in _KINDS}
+        # ServiceEntry hosts are services too (virtual hosts, listeners).
+        hosts_same = same["services"] and same["service_entries"]
+        if hosts_same and same["virtual_services"] and same["destination_rules"]:
+            self._vs_routes = prev._vs_routes
+            self._vs_problems = prev._vs_problems
+            self._vhost_bytes = prev._vhost_bytes
+            self._vhost_body = prev._vhost_body
+            self._routes = prev._routes
+            self._route_problems = prev._route_problems
+            self._policy_lb = prev._policy_lb
+        if hosts_same:
+            self._outbound = prev._outbound
+            self._outbound_problems = prev._outbound_problems
+        if same["authorization_policies"] and same["services"] and same_providers:
+            self._authz = prev._authz
+            self._authz_problems = prev._authz_problems
+            self._policy_selection = prev._policy_selection
+            if same["peer_authentications"]:
+                # Inbound listeners depend on the workload (in the key), the Services that
+                # select it, its PeerAuthentication and its authorization filters.
+                self._inbound = prev._inbound
+        # Only the parts, never the previous translator: no chain of old meshes is kept alive.
+        self._prev_cluster_parts = prev._cluster_parts
+        self._prev_cla_parts = prev._cla_parts
 
     def _warn_untranslated(self) -> None:
         """Valid Istio fields this translator does not carry to Envoy: said, never ignored."""
+        for res in (*self.mesh.virtual_services, *self.mesh.destination_rules):
+            export = tuple(res.spec.get("exportTo", ()))
+            if export and export != ("*",):
+                self.problem(
+                    res,
+                    "spec.exportTo",
+                    "not honoured by meshcore: visible to every namespace",
+                    "warning",
+                )
         for vs in self.mesh.virtual_services:
             for key in ("tcp", "tls"):
                 if vs.spec.get(key):
@@ -769,8 +932,23 @@ class _Translator:
             line=getattr(res, "line", 0),
             severity=severity,
         )
-        self.problems.setdefault((p.kind, p.namespace, p.name, p.path, p.message), p)
+        self._emit([p])
         return p
+
+    def _emit(self, problems: Iterable[ConfigProblem]) -> None:
+        """Hand problems to every build in progress (each cache keeps those it met)."""
+        problems = list(problems)
+        for capture in self._captures:
+            capture.extend(problems)
+
+    @contextlib.contextmanager
+    def _capture(self) -> Iterator[list[ConfigProblem]]:
+        got: list[ConfigProblem] = []
+        self._captures.append(got)
+        try:
+            yield got
+        finally:
+            self._captures.pop()
 
     # --- clusters and endpoints --------------------------------------------------------------
 
@@ -779,8 +957,87 @@ class _Translator:
             {_spiffe(self.mesh.domain, w.namespace, w.service_account) for w in workloads}
         )
 
-    def _selected(self, svc: Service) -> tuple[WorkloadEntry, ...]:
+    def _subsets(self, host: str) -> Mapping[str, Any]:
+        # DestinationRule.subsets builds a new mapping on every access.
+        found = self._subset_cache.get(host)
+        if found is None:
+            found = self._subset_cache[host] = self.mesh.subsets(host)
+        return found
+
+    def _mtls_mode(self, w: WorkloadEntry, port: int) -> str:
+        key = (w.namespace, tuple(sorted(w.workload_labels.items())), port)
+        found = self._mtls_cache.get(key)
+        if found is None:
+            if not self._pa_namespaces & {w.namespace, self.mesh.root_namespace}:
+                found = "PERMISSIVE"  # no PeerAuthentication applies: Istio's mesh default
+            else:
+                found = self.mesh.mtls_mode(w.namespace, w.workload_labels, port)
+            self._mtls_cache[key] = found
+        return found
+
+    def _service_entry_hosts(self) -> list[_SeHost]:
+        """ServiceEntry hosts the translator gives clusters (and routes, for HTTP ports)."""
+        seen = {svc.hostname for svc in self.services}
+        out: list[_SeHost] = []
+        for se in sorted(self.mesh.service_entries, key=lambda e: (e.namespace, e.name)):
+            if se.resolution not in ("STATIC", "DNS", "DNS_ROUND_ROBIN"):
+                self.problem(
+                    se,
+                    "spec.resolution",
+                    f"resolution {se.resolution} needs original-destination routing (iptables);"
+                    " the ServiceEntry gets no cluster",
+                    "warning",
+                )
+                continue
+            ports = tuple(
+                ServicePort(
+                    name=str(p.get("name") or p["number"]),
+                    port=int(p["number"]),
+                    target_port=int(p.get("targetPort") or p["number"]),
+                    protocol="TCP",
+                    app_protocol=str(p.get("protocol", "")).lower(),
+                )
+                for p in se.spec.get("ports", ())
+            )
+            inline = None
+            if se.spec.get("endpoints"):
+                inline = tuple(
+                    WorkloadEntry(
+                        kind="WorkloadEntry",
+                        api_version=se.api_version,
+                        name=f"{se.name}[{i}]",
+                        namespace=se.namespace,
+                        spec=ep,
+                        file=se.file,
+                        line=se.line,
+                    )
+                    for i, ep in enumerate(se.spec["endpoints"])
+                )
+            for i, host in enumerate(se.hosts):
+                if host.startswith("*"):
+                    self.problem(
+                        se,
+                        f"spec.hosts[{i}]",
+                        "wildcard hosts need a dynamic forward proxy; not translated",
+                        "warning",
+                    )
+                elif host in seen:
+                    self.problem(
+                        se,
+                        f"spec.hosts[{i}]",
+                        f"host {host} is already defined by a Service or an earlier"
+                        " ServiceEntry, which is used",
+                        "warning",
+                    )
+                else:
+                    seen.add(host)
+                    out.append(_SeHost(se, host, ports, inline))
+        return out
+
+    def _selected(self, svc: _Host) -> tuple[WorkloadEntry, ...]:
         """The workloads a Service selects, through a label index (MeshModel scans)."""
+        if isinstance(svc, _SeHost) and svc.inline is not None:
+            return svc.inline
         found = self._eps.get(svc.hostname)
         if found is None:
             found = ()
@@ -806,33 +1063,63 @@ class _Translator:
             if selector_matches(self.services[i].selector, w.workload_labels)
         ]
 
-    def _subset_workloads(self, svc: Service, subset: str) -> tuple[WorkloadEntry, ...]:
+    def _subset_workloads(self, svc: _Host, subset: str) -> tuple[WorkloadEntry, ...]:
         eps = self._selected(svc)
         if not subset:
             return eps
-        sub = self.mesh.subsets(svc.hostname).get(subset)
+        sub = self._subsets(svc.hostname).get(subset)
         if sub is None:
             return ()
         return tuple(w for w in eps if selector_matches(sub.labels, w.workload_labels))
 
-    def _cluster_keys(self) -> list[tuple[_PortService, str]]:
-        out: list[tuple[_PortService, str]] = []
-        for port in sorted(self.by_port):
-            for ps in self.by_port[port]:
-                out.append((ps, ""))
-                for subset in sorted(self.mesh.subsets(ps.service.hostname)):
-                    out.append((ps, subset))
-        return out
+    def _fingerprint(self, svc: _Host) -> tuple[Any, ...]:
+        """Everything a service's outbound clusters are built from (compared by value)."""
+        found = self._fingerprints.get(svc.hostname)
+        if found is None:
+            dr = self.mesh.destination_rule_for(svc.hostname)
+            found = (
+                svc.spec,
+                dr.spec if dr is not None else None,
+                tuple((w.key, w.spec, w.labels) for w in self._selected(svc)),
+            )
+            self._fingerprints[svc.hostname] = found
+        return found
+
+    def _port_groups(self) -> list[tuple[_PortService, list[str]]]:
+        return [
+            (ps, ["", *sorted(self._subsets(ps.service.hostname))])
+            for port in sorted(self.by_port)
+            for ps in self.by_port[port]
+        ]
 
     def clusters(self, proxyless: bool) -> dict[str, Message]:
         if proxyless not in self._clusters:
             built: dict[str, Message] = {}
-            for ps, subset in self._cluster_keys():
-                name = _cluster_name("outbound", ps.port.port, subset, ps.service.hostname)
-                c = self._outbound_cluster(name, ps, subset, proxyless)
-                if c is not None:
-                    built[name] = c
+            problems: list[ConfigProblem] = []
+            for ps, subsets in self._port_groups():
+                key = (proxyless, ps.service.hostname, ps.port.port)
+                fp = self._fingerprint(ps.service)
+                old = self._prev_cluster_parts.get(key)
+                if old is not None and old[0] == fp:
+                    # Nothing this service's clusters depend on changed: reuse them, and the
+                    # problems met when building them.
+                    part = old
+                else:
+                    made: dict[str, Message] = {}
+                    with self._capture() as met:
+                        for subset in subsets:
+                            name = _cluster_name(
+                                "outbound", ps.port.port, subset, ps.service.hostname
+                            )
+                            c = self._outbound_cluster(name, ps, subset, proxyless)
+                            if c is not None:
+                                made[name] = c
+                    part = (fp, made, met)
+                self._cluster_parts[key] = part
+                built.update(part[1])
+                problems.extend(part[2])
             self._clusters[proxyless] = dict(sorted(built.items()))
+            self._cluster_problems[proxyless] = problems
         return self._clusters[proxyless]
 
     def lb_for(self, host: str, subset: str, port: int) -> Mapping[str, Any]:
@@ -880,19 +1167,41 @@ class _Translator:
             workloads = self._subset_workloads(svc, subset)
             sans = self._endpoint_sans(workloads)
             sni = f"outbound_.{port.port}_.{subset}_.{svc.hostname}"
+            external = isinstance(svc, _SeHost) and svc.entry.location == "MESH_EXTERNAL"
             if "tls" in policy:
+                mode = policy["tls"].get("mode", "DISABLE")
                 ctx = _upstream_tls(
-                    policy["tls"], sni, sans, proxyless=proxyless, path=base + ".tls"
+                    policy["tls"],
+                    # Istio: SIMPLE and MUTUAL default the SNI to the host itself
+                    sni if mode == "ISTIO_MUTUAL" else svc.hostname,
+                    sans,
+                    proxyless=proxyless,
+                    path=base + ".tls",
                 )
                 if ctx is not None:
                     c.transport_socket.CopyFrom(_tls_socket(ctx))
-            elif not proxyless:
+            elif not proxyless and not external:
+                # Istio's auto mTLS is for mesh workloads, never for MESH_EXTERNAL hosts.
                 self._auto_mtls(c, sni, sans)
         except _Invalid as bad:
             # The DestinationRule's policy is dropped, not the cluster: traffic keeps flowing
             # with Istio's defaults, and the problem names the field.
             self.problem(dr, bad.path, bad.message + "; the cluster uses default settings")
-            return self._default_cluster(name, ps)
+            return self._dns_shaped(self._default_cluster(name, ps, proxyless), ps, subset)
+        self._dns_shaped(c, ps, subset)
+        if proxyless and c.lb_policy not in _GRPC_LB_POLICIES:
+            # gRPC's xDS client NACKs the policies it lacks (least request, random, maglev);
+            # Istio's proxyless default is round robin.
+            if "loadBalancer" in policy:
+                self.problem(
+                    dr,
+                    base + ".loadBalancer",
+                    f"{cluster_pb2.Cluster.LbPolicy.Name(c.lb_policy)} is not supported by"
+                    " proxyless gRPC; its clients use ROUND_ROBIN",
+                    "warning",
+                )
+            c.lb_policy = cluster_pb2.Cluster.ROUND_ROBIN
+            c.ClearField("maglev_lb_config")
         if options.ByteSize():
             if options.WhichOneof("upstream_protocol_options") is None:
                 # Envoy requires the upstream protocol once the options are given at all.
@@ -900,12 +1209,43 @@ class _Translator:
             c.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(_pack(options))
         return c
 
-    def _default_cluster(self, name: str, ps: _PortService) -> cluster_pb2.Cluster:
+    def _dns_shaped(
+        self, c: cluster_pb2.Cluster, ps: _PortService, subset: str
+    ) -> cluster_pb2.Cluster:
+        """A DNS-resolved ServiceEntry host: Envoy resolves the endpoints itself (no EDS)."""
+        svc = ps.service
+        if not isinstance(svc, _SeHost) or not svc.dns:
+            return c
+        c.type = (
+            cluster_pb2.Cluster.LOGICAL_DNS
+            if svc.entry.resolution == "DNS_ROUND_ROBIN"
+            else cluster_pb2.Cluster.STRICT_DNS
+        )
+        c.ClearField("eds_cluster_config")
+        c.dns_lookup_family = cluster_pb2.Cluster.V4_ONLY
+        cla = self._load_assignment(c.name, ps, subset)
+        if not cla.endpoints:  # no endpoints listed: the host itself is resolved
+            lb = cla.endpoints.add().lb_endpoints.add()
+            lb.endpoint.address.CopyFrom(_socket_address(svc.hostname, int(ps.port.target_port)))
+        if c.type == cluster_pb2.Cluster.LOGICAL_DNS:
+            # Envoy's LOGICAL_DNS takes exactly one endpoint: the first, as Istio does.
+            first = type(cla.endpoints[0].lb_endpoints[0])()
+            first.CopyFrom(cla.endpoints[0].lb_endpoints[0])
+            del cla.endpoints[1:]
+            del cla.endpoints[0].lb_endpoints[:]
+            cla.endpoints[0].lb_endpoints.append(first)
+        c.load_assignment.CopyFrom(cla)
+        return c
+
+    def _default_cluster(self, name: str, ps: _PortService, proxyless: bool) -> cluster_pb2.Cluster:
+        del ps
         c = cluster_pb2.Cluster(
             name=name,
             type=cluster_pb2.Cluster.EDS,
             connect_timeout=_duration_ns(DEFAULT_CONNECT_TIMEOUT_NS),
-            lb_policy=cluster_pb2.Cluster.LEAST_REQUEST,
+            lb_policy=cluster_pb2.Cluster.ROUND_ROBIN
+            if proxyless
+            else cluster_pb2.Cluster.LEAST_REQUEST,
         )
         c.eds_cluster_config.eds_config.CopyFrom(_ads())
         c.eds_cluster_config.service_name = name
@@ -928,9 +1268,23 @@ class _Translator:
     def endpoints(self) -> dict[str, Message]:
         if self._endpoints is None:
             built: dict[str, Message] = {}
-            for ps, subset in self._cluster_keys():
-                name = _cluster_name("outbound", ps.port.port, subset, ps.service.hostname)
-                built[name] = self._load_assignment(name, ps, subset)
+            for ps, subsets in self._port_groups():
+                if isinstance(ps.service, _SeHost) and ps.service.dns:
+                    continue  # endpoints inline in the DNS cluster, no EDS
+                key = (ps.service.hostname, ps.port.port)
+                # PeerAuthentications decide the endpoints' tlsMode metadata.
+                fp = (self._fingerprint(ps.service), self._peer_auth_state)
+                old = self._prev_cla_parts.get(key)
+                if old is not None and old[0] == fp:
+                    part = old
+                else:
+                    made: dict[str, Message] = {}
+                    for subset in subsets:
+                        name = _cluster_name("outbound", ps.port.port, subset, ps.service.hostname)
+                        made[name] = self._load_assignment(name, ps, subset)
+                    part = (fp, made)
+                self._cla_parts[key] = part
+                built.update(part[1])
             self._endpoints = dict(sorted(built.items()))
         return self._endpoints
 
@@ -953,17 +1307,29 @@ class _Translator:
                 zone,
                 subzone,
             )
-            for address, port, w in sorted(by_locality[locality], key=lambda e: e[:2]):
-                lb = group.lb_endpoints.add()
-                lb.endpoint.address.CopyFrom(_socket_address(address, port))
-                lb.health_status = health_check_pb2.HEALTHY
-                lb.load_balancing_weight.value = w.weight
-                mode = self.mesh.mtls_mode(w.namespace, w.workload_labels, port)
-                if mode != "DISABLE":
-                    meta = lb.metadata.filter_metadata[TRANSPORT_SOCKET_MATCH_KEY]
-                    meta.fields["tlsMode"].string_value = "istio"
+            group.lb_endpoints.extend(
+                self._lb_endpoint(address, port, w)
+                for address, port, w in sorted(by_locality[locality], key=lambda e: e[:2])
+            )
             group.load_balancing_weight.value = sum(w.weight for _, _, w in by_locality[locality])
         return cla
+
+    def _lb_endpoint(
+        self, address: str, port: int, w: WorkloadEntry
+    ) -> endpoint_components_pb2.LbEndpoint:
+        """One workload as an endpoint; built once, as it appears in several clusters (the
+        service's and its subset's)."""
+        key = (w.key, address, port)
+        found = self._lb_endpoints.get(key)
+        if found is None:
+            found = endpoint_components_pb2.LbEndpoint(health_status=health_check_pb2.HEALTHY)
+            found.endpoint.address.CopyFrom(_socket_address(address, port))
+            found.load_balancing_weight.value = w.weight
+            if self._mtls_mode(w, port) != "DISABLE":
+                meta = found.metadata.filter_metadata[TRANSPORT_SOCKET_MATCH_KEY]
+                meta.fields["tlsMode"].string_value = "istio"
+            self._lb_endpoints[key] = found
+        return found
 
     # --- routes ----------------------------------------------------------------------------
 
@@ -974,38 +1340,43 @@ class _Translator:
     def route_configs(self, proxy: Proxy) -> dict[str, Message]:
         key = self.route_key(proxy)
         if key not in self._routes:
-            built: dict[str, Message] = {}
-            if proxy.proxyless:
-                for port in sorted(self.by_port):
-                    for ps in self.by_port[port]:
-                        if not _is_http(ps.protocol):
-                            continue
-                        name = f"{ps.service.hostname}:{port}"
-                        rcfg = route_pb2.RouteConfiguration(
-                            name=name, validate_clusters=wrappers_pb2.BoolValue(value=False)
-                        )
-                        rcfg.virtual_hosts.append(self._virtual_host(ps, proxy, grpc=True))
-                        _allow_bodies(rcfg, _max_body(rcfg.virtual_hosts[0]))
-                        built[name] = rcfg
-            else:
-                for port in sorted(self.by_port):
-                    http = [ps for ps in self.by_port[port] if _is_http(ps.protocol)]
-                    if not http:
-                        continue
-                    # validate_clusters off: a route to a cluster not (yet) sent must not get
-                    # the whole RouteConfiguration rejected (Istio does the same).
-                    # Serialized messages concatenate into one whose repeated fields are the
-                    # concatenation: virtual hosts are built once per mesh and assembled per
-                    # namespace by the C parser instead of being copied field by field.
-                    hosts = [self._virtual_host_bytes(ps, proxy) for ps in http]
-                    head = route_pb2.RouteConfiguration(
-                        name=str(port), validate_clusters=wrappers_pb2.BoolValue(value=False)
-                    )
-                    _allow_bodies(head, max(self._vhost_body[h] for h in hosts))
-                    chunks = [head.SerializeToString(deterministic=True), *hosts]
-                    built[str(port)] = route_pb2.RouteConfiguration.FromString(b"".join(chunks))
-            self._routes[key] = dict(sorted(built.items()))
+            with self._capture() as met:
+                self._routes[key] = self._build_route_configs(proxy)
+            self._route_problems[key] = met
         return self._routes[key]
+
+    def _build_route_configs(self, proxy: Proxy) -> dict[str, Message]:
+        built: dict[str, Message] = {}
+        if proxy.proxyless:
+            for port in sorted(self.by_port):
+                for ps in self.by_port[port]:
+                    if not _is_http(ps.protocol):
+                        continue
+                    name = f"{ps.service.hostname}:{port}"
+                    rcfg = route_pb2.RouteConfiguration(
+                        name=name, validate_clusters=wrappers_pb2.BoolValue(value=False)
+                    )
+                    rcfg.virtual_hosts.append(self._virtual_host(ps, proxy, grpc=True))
+                    _allow_bodies(rcfg, _max_body(rcfg.virtual_hosts[0]))
+                    built[name] = rcfg
+        else:
+            for port in sorted(self.by_port):
+                http = [ps for ps in self.by_port[port] if _is_http(ps.protocol)]
+                if not http:
+                    continue
+                # validate_clusters off: a route to a cluster not (yet) sent must not get
+                # the whole RouteConfiguration rejected (Istio does the same).
+                # Serialized messages concatenate into one whose repeated fields are the
+                # concatenation: virtual hosts are built once per mesh and assembled per
+                # namespace by the C parser instead of being copied field by field.
+                hosts = [self._virtual_host_bytes(ps, proxy) for ps in http]
+                head = route_pb2.RouteConfiguration(
+                    name=str(port), validate_clusters=wrappers_pb2.BoolValue(value=False)
+                )
+                _allow_bodies(head, max(self._vhost_body[h] for h in hosts))
+                chunks = [head.SerializeToString(deterministic=True), *hosts]
+                built[str(port)] = route_pb2.RouteConfiguration.FromString(b"".join(chunks))
+        return dict(sorted(built.items()))
 
     def _virtual_host_bytes(self, ps: _PortService, proxy: Proxy) -> bytes:
         """A RouteConfiguration holding just this virtual host, serialized; shared by every
@@ -1020,10 +1391,10 @@ class _Translator:
             self._vhost_body[found] = _max_body(one.virtual_hosts[0])
         return found
 
-    def _domains(self, svc: Service, port: int, namespace: str, grpc: bool) -> list[str]:
+    def _domains(self, svc: _Host, port: int, namespace: str, grpc: bool) -> list[str]:
         host = svc.hostname
         names = [host]
-        if not grpc:
+        if not grpc and isinstance(svc, Service):
             if svc.namespace == namespace:
                 names.append(svc.name)
             names += [f"{svc.name}.{svc.namespace}", f"{svc.name}.{svc.namespace}.svc"]
@@ -1055,7 +1426,7 @@ class _Translator:
         return r
 
     def _routes_for_host(
-        self, svc: Service, port: int, proxy: Proxy, grpc: bool
+        self, svc: _Host, port: int, proxy: Proxy, grpc: bool
     ) -> list[rc.Route] | None:
         """The VirtualService's routes for one host and port; None means the default route."""
         candidates = [
@@ -1063,6 +1434,10 @@ class _Translator:
             for vs in self.mesh.virtual_services_for(svc.hostname)
             if not vs.gateways or "mesh" in vs.gateways
         ]
+        if not candidates:
+            # Istio: a VirtualService for "*.ns.svc.cluster.local" applies to the services it
+            # covers that have no VirtualService of their own; the longest suffix wins.
+            candidates = [vs for suffix, vs in self._wildcard_vs if svc.hostname.endswith(suffix)]
         if not candidates:
             return None
         vs = candidates[0]
@@ -1077,7 +1452,10 @@ class _Translator:
         # Routes depend on the proxy only through source matches (labels, namespace).
         source = (proxy.namespace, *self.route_key(proxy)[1:]) if self.uses_source_match else ()
         key = (vs.namespace, vs.name, svc.hostname, port, grpc, source)
-        if key not in self._vs_routes:
+        if key in self._vs_routes:
+            self._emit(self._vs_problems[key])
+            return self._vs_routes[key]
+        with self._capture() as met:
             try:
                 built = _VsRoutes(self, vs, svc, port, proxy, grpc).build()
             except _Invalid as bad:
@@ -1096,15 +1474,19 @@ class _Translator:
                     f" {svc.hostname}:{port} are left out and the default route is used",
                 )
                 built = None
-            self._vs_routes[key] = built
-        return self._vs_routes[key]
+        self._vs_routes[key] = built
+        self._vs_problems[key] = met
+        self._emit(met)
+        return built
 
     # --- listeners ---------------------------------------------------------------------------
 
     def outbound_listeners(self, proxy: Proxy) -> dict[str, Message]:
         key = (proxy.proxyless, proxy.outbound_address)
         if key not in self._outbound:
-            self._outbound[key] = self._build_outbound_listeners(proxy)
+            with self._capture() as met:
+                self._outbound[key] = self._build_outbound_listeners(proxy)
+            self._outbound_problems[key] = met
         return self._outbound[key]
 
     def _build_outbound_listeners(self, proxy: Proxy) -> dict[str, Message]:
@@ -1147,45 +1529,81 @@ class _Translator:
                     )
         return dict(sorted(out.items()))
 
-    def authz_filters(self, proxy: Proxy) -> tuple[list[Message], list[Message]]:
-        key = (proxy.namespace, tuple(sorted(proxy.labels.items())))
-        if key not in self._authz:
-            from meshcore.security.authz import Authorizer
+    def _provider_registry(self) -> list[str] | None:
+        """``namespace/hostname`` of every Service: where ext_authz providers are looked up."""
+        if self.providers is None:
+            return None
+        if self._registry is None:
+            self._registry = [f"{s.namespace}/{s.hostname}" for s in self.services]
+        return self._registry
 
+    def authz_filters(self, proxy: Proxy) -> tuple[list[Message], list[Message]]:
+        from meshcore.security.authz import GATEWAY_NAME_LABEL, Authorizer
+
+        selection = (proxy.namespace, tuple(sorted(proxy.labels.items())))
+        policies = self._policy_selection.get(selection)
+        if policies is None:
             # MeshModel.authorization_policies_for scans every policy; this is per namespace.
             spaces = dict.fromkeys((self.mesh.root_namespace, proxy.namespace))
-            policies = [
+            policies = self._policy_selection[selection] = [
                 pol
                 for ns in spaces
                 for pol in self._policies_by_ns.get(ns, ())
                 if selector_matches(pol.selector, proxy.labels)
             ]
-            try:
-                authz = Authorizer.from_policies(
-                    policies,
-                    namespace=proxy.namespace,
-                    labels=proxy.labels,
-                    trust_domain=self.mesh.domain,
-                    root_namespace=self.mesh.root_namespace,
-                )
-                http, tcp = authz.filters(), authz.filters(tcp=True)
-                for p in authz.problems:
-                    self.problems.setdefault((p.kind, p.namespace, p.name, p.path, p.message), p)
-            except ConfigError as exc:
-                for p in exc.errors():
-                    self.problems.setdefault((p.kind, p.namespace, p.name, p.path, p.message), p)
-                # Fail closed: a policy that cannot be built must not let anyone in.
-                http, tcp = _deny_all_filters()
-            self._authz[key] = (http, tcp)
+        # The filters depend on the labels only through which policies select the workload
+        # (and the gateway label, for targetRefs): workloads sharing them share the filters.
+        key = (
+            proxy.namespace,
+            tuple(pol.key for pol in policies),
+            proxy.labels.get(GATEWAY_NAME_LABEL, ""),
+        )
+        if key in self._authz:
+            self._emit(self._authz_problems[key])
+            return self._authz[key]
+        met: list[ConfigProblem] = []
+        try:
+            authz = Authorizer.from_policies(
+                policies,
+                namespace=proxy.namespace,
+                labels=proxy.labels,
+                trust_domain=self.mesh.domain,
+                root_namespace=self.mesh.root_namespace,
+                providers=self.providers,
+                services=self._provider_registry(),
+            )
+            http, tcp = authz.filters(), authz.filters(tcp=True)
+            met.extend(authz.problems)
+        except ConfigError as exc:
+            met.extend(exc.errors())
+            # Fail closed: a policy that cannot be built must not let anyone in.
+            http, tcp = _deny_all_filters()
+        self._authz[key] = (http, tcp)
+        self._authz_problems[key] = met
+        self._emit(met)
         return self._authz[key]
 
-    def inbound(self, proxy: Proxy) -> tuple[dict[str, Message], dict[str, Message]]:
-        """Inbound listeners and clusters for the proxy's workload."""
+    def inbound(
+        self, proxy: Proxy
+    ) -> tuple[dict[str, Message], dict[str, Message], list[ConfigProblem]]:
+        """Inbound listeners and clusters for the proxy's workload, and their problems."""
         w = proxy.workload
+        if w is None or not w.address or proxy.proxyless:
+            return {}, {}, []
+        key = (w.key, proxy.app_address, tuple(sorted(proxy.labels.items())))
+        found = self._inbound.get(key)
+        # specs are read-only mappings (unhashable): compared by value beside the key
+        if found is None or found[0] != (w.spec, w.labels):
+            with self._capture() as met:
+                listeners, clusters = self._build_inbound(proxy, w)
+            found = self._inbound[key] = ((w.spec, w.labels), (listeners, clusters, met))
+        return found[1]
+
+    def _build_inbound(
+        self, proxy: Proxy, w: WorkloadEntry
+    ) -> tuple[dict[str, Message], dict[str, Message]]:
         listeners: dict[str, Message] = {}
         clusters: dict[str, Message] = {}
-        if w is None or not w.address or proxy.proxyless:
-            return listeners, clusters
         ports: dict[int, str] = {}
         for svc in self._services_of(w):
             for sp in svc.ports:
@@ -1198,7 +1616,7 @@ class _Translator:
             cluster = _cluster_name("inbound", target, "", "")
             clusters[cluster] = _inbound_cluster(cluster, proxy.app_address, target)
             name = f"{w.address}_{target}"
-            mode = self.mesh.mtls_mode(w.namespace, w.workload_labels, target)
+            mode = self._mtls_mode(w, target)
             http_filters, tcp_filters = self.authz_filters(proxy)
             listeners[name] = _inbound_listener(
                 name,
@@ -1266,7 +1684,7 @@ class _VsRoutes:
     """One VirtualService's HTTP routes for one host and port, as Istio translates them."""
 
     def __init__(
-        self, tr: _Translator, vs: VirtualService, svc: Service, port: int, proxy: Proxy, grpc: bool
+        self, tr: _Translator, vs: VirtualService, svc: _Host, port: int, proxy: Proxy, grpc: bool
     ) -> None:
         self.tr, self.vs, self.svc, self.port, self.proxy, self.grpc = (
             tr,
@@ -1785,12 +2203,32 @@ def _copy(msg: Message) -> Any:
 _last: list[_Translator] = []
 
 
-def _translator(mesh: MeshModel) -> _Translator:
-    if _last and _last[0].mesh is mesh:
+def _translator(mesh: MeshModel, providers: Any) -> _Translator:
+    if _last and _last[0].mesh is mesh and _last[0].providers == providers:
         return _last[0]
-    tr = _Translator(mesh)
+    tr = _Translator(mesh, _last[0] if _last else None, providers)
     _last[:] = [tr]
     return tr
+
+
+_KINDS = (
+    "services",
+    "service_entries",
+    "workload_entries",
+    "virtual_services",
+    "destination_rules",
+    "authorization_policies",
+    "peer_authentications",
+)
+
+
+def _kind_state(mesh: MeshModel, kind: str) -> tuple[Any, ...]:
+    """One kind of a mesh's resources, as a value that compares equal when nothing changed."""
+    return tuple((r.key, r.spec, r.labels, r.annotations) for r in getattr(mesh, kind))
+
+
+def _problem_key(p: ConfigProblem) -> tuple[str, str, str, str, str]:
+    return (p.kind, p.namespace, p.name, p.path, p.message)
 
 
 def clear_cache() -> None:
@@ -1798,14 +2236,19 @@ def clear_cache() -> None:
     _last.clear()
 
 
-def generate(mesh: MeshModel, proxy: Proxy) -> Generated:
+def generate(mesh: MeshModel, proxy: Proxy, *, extension_providers: Any = None) -> Generated:
     """The resources Istio would give ``proxy``: CDS, EDS, LDS and RDS, by type URL then name.
 
+    ``extension_providers`` is MeshConfig's ``extensionProviders`` (ext_authz providers that
+    CUSTOM AuthorizationPolicies name; see ``Authorizer.from_policies``), looked up among the
+    mesh's Services.
     Problems (a VirtualService left out, a DestinationRule field dropped, an authorization
     policy that fails closed) are returned, never raised: a bad resource spoils only itself.
+    They are the proxy's own: those of the resources it gets (and the mesh-wide warnings),
+    sorted, the same whatever was translated before.
     """
-    tr = _translator(mesh)
-    inbound_listeners, inbound_clusters = tr.inbound(proxy)
+    tr = _translator(mesh, extension_providers)
+    inbound_listeners, inbound_clusters, inbound_problems = tr.inbound(proxy)
     # The proxy's own clusters over the mesh's shared ones, not merged: the snapshot store
     # then reuses the shared set for every proxy instead of reading thousands per proxy.
     clusters = Layered(inbound_clusters, tr.clusters(proxy.proxyless))
@@ -1819,15 +2262,18 @@ def generate(mesh: MeshModel, proxy: Proxy) -> Generated:
         types.LISTENER: dict(sorted(listeners.items())),
         types.ROUTE: routes,
     }
-    return Generated(resources, _problems_for(tr, proxy))
-
-
-def _problems_for(tr: _Translator, proxy: Proxy) -> list[ConfigProblem]:
-    # Every problem of the mesh's translation so far; sorted for stable output.
-    del proxy
-    return sorted(
-        tr.problems.values(), key=lambda p: (p.kind, p.namespace, p.name, p.path, p.message)
-    )
+    problems = {
+        _problem_key(p): p
+        for group in (
+            tr._global,
+            tr._cluster_problems[proxy.proxyless],
+            tr._route_problems[tr.route_key(proxy)],
+            tr._outbound_problems[(proxy.proxyless, proxy.outbound_address)],
+            inbound_problems,
+        )
+        for p in group
+    }
+    return Generated(resources, [problems[k] for k in sorted(problems)])
 
 
 # --- static bootstrap ---------------------------------------------------------------------------
@@ -1932,14 +2378,3 @@ def _struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
     s.update(dict(values))
     return s
-
-
-# Keep type-only imports used (some protos are needed only to register Any types).
-_REGISTERED = (
-    circuit_breaker_pb2,
-    outlier_detection_pb2,
-    endpoint_components_pb2,
-    protocol_pb2,
-    common_fault_pb2,
-    wrappers_pb2,
-)

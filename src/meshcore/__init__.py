@@ -1,6 +1,6 @@
 """meshcore: a service-mesh core with Istio-style config, Envoy xDS and a Rust decision core."""
 
-from meshcore._core import __version__
+from meshcore._core import RouteMatch, RouteTable, __version__
 from meshcore.errors import (
     ConfigError,
     ConfigProblem,
@@ -12,6 +12,8 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "MeshcoreError",
+    "RouteMatch",
+    "RouteTable",
     "UnsupportedFeatureError",
     "__version__",
 ]

@@ -5,6 +5,9 @@ use pyo3::prelude::*;
 
 use meshcore_core::Re2Regex;
 
+mod errors;
+mod route;
+
 /// Raises ValueError (one line, naming the problem) when `pattern` is not valid RE2 as Envoy
 /// compiles it.
 #[pyfunction]
@@ -26,5 +29,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(check_regex, m)?)?;
     m.add_function(wrap_pyfunction!(regex_full_match, m)?)?;
+    m.add_class::<route::RouteTable>()?;
+    m.add_class::<route::RouteMatch>()?;
     Ok(())
 }

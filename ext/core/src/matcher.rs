@@ -166,7 +166,8 @@ pub fn compile_regex(pattern: &str, path: &str, err: &mut CoreError) -> Option<R
 /// What a compiled header matcher tests on the (joined) header value.
 #[derive(Debug, Clone)]
 pub enum HeaderTest {
-    /// present_match, or no specifier at all (Envoy treats that as "present").
+    /// present_match, no specifier at all, or the legacy empty exact_match: compares presence
+    /// (a missing header counts as present when treated as empty) with the flag.
     Present(bool),
     Range(i64, i64),
     Value(CompiledString),
@@ -184,7 +185,7 @@ pub struct CompiledHeader {
 
 /// absl::SimpleAtoi for int64: ASCII whitespace around, an optional sign, decimal digits,
 /// no overflow.
-fn simple_atoi(s: &str) -> Option<i64> {
+pub fn simple_atoi(s: &str) -> Option<i64> {
     let t = s.trim_matches(|c: char| c.is_ascii_whitespace());
     let (neg, digits) = match t.as_bytes().first() {
         Some(b'-') => (true, &t[1..]),
@@ -224,6 +225,8 @@ impl CompiledHeader {
         };
         let test = match &m.specifier {
             None => Some(HeaderTest::Present(true)),
+            // Envoy keeps the legacy meaning of an empty exact_match: "present".
+            Some(HeaderSpecifier::Exact(v)) if v.is_empty() => Some(HeaderTest::Present(true)),
             Some(HeaderSpecifier::Present(p)) => Some(HeaderTest::Present(*p)),
             Some(HeaderSpecifier::Range(s, e)) => Some(HeaderTest::Range(*s, *e)),
             Some(HeaderSpecifier::Exact(v)) => {
@@ -273,25 +276,37 @@ impl CompiledHeader {
         })
     }
 
-    /// Envoy's HeaderUtility::matchHeaders for one matcher.
+    fn test_value(&self, value: &str) -> bool {
+        match &self.test {
+            HeaderTest::Present(_) => true,
+            HeaderTest::Range(s, e) => simple_atoi(value).is_some_and(|v| v >= *s && v < *e),
+            HeaderTest::Value(m) => m.matches(value),
+        }
+    }
+
+    /// Envoy's HeaderUtility::matchHeaders for one matcher: a repeated header matches when
+    /// any one of its values does (then `invert_match` applies to that answer).
     pub fn matches(&self, req: &Request<'_>) -> bool {
         if let HeaderTest::Present(want) = self.test {
-            let present = req.has_header(&self.name);
+            let present = self.treat_missing_as_empty || req.has_header(&self.name);
             return (present == want) != self.invert;
         }
-        let value = req.header(&self.name);
-        let Some(value) = value.or_else(|| {
-            self.treat_missing_as_empty
-                .then_some(std::borrow::Cow::Borrowed(""))
-        }) else {
-            // Missing header: no match, inverted or not (the known trap).
-            return false;
-        };
-        let hit = match &self.test {
-            HeaderTest::Present(_) => true,
-            HeaderTest::Range(s, e) => simple_atoi(&value).is_some_and(|v| v >= *s && v < *e),
-            HeaderTest::Value(m) => m.matches(&value),
-        };
+        let mut present = false;
+        let mut hit = false;
+        for v in req.header_values(&self.name) {
+            present = true;
+            if self.test_value(v) {
+                hit = true;
+                break;
+            }
+        }
+        if !present {
+            if !self.treat_missing_as_empty {
+                // Missing header: no match, inverted or not (the known trap).
+                return false;
+            }
+            hit = self.test_value("");
+        }
         hit != self.invert
     }
 
@@ -345,8 +360,14 @@ mod tests {
         assert!(!header(exact(), true, false).matches(&req));
         assert!(header(exact(), true, true).matches(&req));
         assert!(!header(exact(), false, true).matches(&req));
+        // No specifier means present; missing-as-empty counts as present (Envoy 1.40).
         assert!(!header(None, false, false).matches(&req));
         assert!(header(None, true, false).matches(&req));
+        assert!(header(None, false, true).matches(&req));
+        assert!(!header(None, true, true).matches(&req));
+        // present_match compares presence with the flag.
+        assert!(header(Some(HeaderSpecifier::Present(false)), false, false).matches(&req));
+        assert!(header(Some(HeaderSpecifier::Present(true)), true, false).matches(&req));
     }
 
     #[test]

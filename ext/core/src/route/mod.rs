@@ -114,6 +114,8 @@ impl CompiledQuery {
             .find(|(k, _)| *k == self.name)
             .map(|(_, v)| v);
         match (&self.test, value) {
+            // present_match: false matches exactly when the parameter is absent.
+            (Some(Err(present)), None) => !*present,
             (_, None) => false,
             (None, Some(_)) => true,
             (Some(Err(present)), Some(_)) => *present,

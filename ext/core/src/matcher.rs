@@ -166,9 +166,12 @@ pub fn compile_regex(pattern: &str, path: &str, err: &mut CoreError) -> Option<R
 /// What a compiled header matcher tests on the (joined) header value.
 #[derive(Debug, Clone)]
 pub enum HeaderTest {
-    /// present_match, no specifier at all, or the legacy empty exact_match: compares presence
-    /// (a missing header counts as present when treated as empty) with the flag.
+    /// present_match, or no specifier at all: compares presence (a missing header counts as
+    /// present when treated as empty) with the flag.
     Present(bool),
+    /// The legacy empty exact_match: any value matches, and a missing header follows the
+    /// usual missing-header rule (observed on Envoy 1.40).
+    Any,
     Range(i64, i64),
     Value(CompiledString),
 }
@@ -225,8 +228,7 @@ impl CompiledHeader {
         };
         let test = match &m.specifier {
             None => Some(HeaderTest::Present(true)),
-            // Envoy keeps the legacy meaning of an empty exact_match: "present".
-            Some(HeaderSpecifier::Exact(v)) if v.is_empty() => Some(HeaderTest::Present(true)),
+            Some(HeaderSpecifier::Exact(v)) if v.is_empty() => Some(HeaderTest::Any),
             Some(HeaderSpecifier::Present(p)) => Some(HeaderTest::Present(*p)),
             Some(HeaderSpecifier::Range(s, e)) => Some(HeaderTest::Range(*s, *e)),
             Some(HeaderSpecifier::Exact(v)) => {
@@ -278,7 +280,7 @@ impl CompiledHeader {
 
     fn test_value(&self, value: &str) -> bool {
         match &self.test {
-            HeaderTest::Present(_) => true,
+            HeaderTest::Present(_) | HeaderTest::Any => true,
             HeaderTest::Range(s, e) => simple_atoi(value).is_some_and(|v| v >= *s && v < *e),
             HeaderTest::Value(m) => m.matches(value),
         }
@@ -312,7 +314,7 @@ impl CompiledHeader {
 
     pub fn describe(&self) -> String {
         let what = match &self.test {
-            HeaderTest::Present(true) => "present".to_string(),
+            HeaderTest::Present(true) | HeaderTest::Any => "present".to_string(),
             HeaderTest::Present(false) => "absent".to_string(),
             HeaderTest::Range(s, e) => format!("in range [{s}, {e})"),
             HeaderTest::Value(m) => m.describe(),
@@ -368,6 +370,15 @@ mod tests {
         // present_match compares presence with the flag.
         assert!(header(Some(HeaderSpecifier::Present(false)), false, false).matches(&req));
         assert!(header(Some(HeaderSpecifier::Present(true)), true, false).matches(&req));
+        // An empty exact_match matches any value but never a missing header, inverted or not.
+        let empty = || Some(HeaderSpecifier::Exact(String::new()));
+        assert!(!header(empty(), true, false).matches(&req));
+        let h = [("x-a", "10")];
+        let with = Request {
+            headers: &h,
+            ..Request::default()
+        };
+        assert!(header(empty(), false, false).matches(&with));
     }
 
     #[test]

@@ -184,8 +184,9 @@ fn is_grpc(req: &Request<'_>) -> bool {
 }
 
 impl CompiledRoute {
-    fn matches(&self, req: &Request<'_>, path: &str) -> bool {
-        if self.never || !self.path.matches(path_for_matching(path)) {
+    /// `p` is `path` without its query string.
+    fn matches(&self, req: &Request<'_>, path: &str, p: &str) -> bool {
+        if self.never || !self.path.matches(p) {
             return false;
         }
         self.headers.iter().all(|h| h.matches(req))
@@ -283,7 +284,7 @@ impl RouteIndex {
                 }
                 if routes
                     .get(id as usize)
-                    .is_some_and(|r| r.matches(req, path))
+                    .is_some_and(|r| r.matches(req, path, p))
                 {
                     best = id;
                     break;
@@ -598,6 +599,10 @@ impl CompiledRouteTable {
 
     /// Envoy's RouteMatcher::findVirtualHost on an already normalised authority.
     pub fn find_virtual_host(&self, authority: &str) -> Option<(usize, HostChoice)> {
+        // Only a "*" virtual host: no need to look at the authority (Envoy's fast path too).
+        if self.exact.is_empty() && self.suffixes.is_empty() && self.prefixes.is_empty() {
+            return self.default.map(|v| (v as usize, HostChoice::Default));
+        }
         let mut host = authority;
         if self.ignore_port_in_host_matching {
             if let Some(p) = port_start(host) {

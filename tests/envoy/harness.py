@@ -77,6 +77,32 @@ def http_connection_manager(
     }
 
 
+def validate(bootstrap: dict[str, Any], timeout: float = 60.0) -> tuple[bool, str]:
+    """``envoy --mode validate``: whether Envoy accepts the bootstrap, and its complaint."""
+    with tempfile.TemporaryDirectory(prefix="meshcore-envoy-") as tmp:
+        config = Path(tmp) / "bootstrap.json"
+        boot = dict(bootstrap)
+        boot.setdefault("admin", {"address": socket_address(0)})
+        config.write_text(json.dumps(boot))
+        proc = subprocess.run(
+            [
+                envoy_binary(),
+                "--mode",
+                "validate",
+                "-c",
+                str(config),
+                "--disable-hot-restart",
+                "-l",
+                "critical",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    return proc.returncode == 0, (proc.stdout + proc.stderr).strip()[-2000:]
+
+
 class Envoy:
     """One Envoy process for the duration of a ``with`` block."""
 

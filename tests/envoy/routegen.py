@@ -7,8 +7,12 @@ Every route answers with a direct_response whose body is ``r<index>`` (its index
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+# Registers UriTemplateMatchConfig so that json_format can parse path_match_policy.
+import envoy.extensions.path.match.uri_template.v3.uri_template_match_pb2  # noqa: F401
 
 SEGMENTS = ["api", "API", "v1", "v2", "users", "u", "a", "b", "static", "x.y", "~t", "12"]
 EXACT_DOMAINS = [
@@ -34,6 +38,23 @@ REGEXES = [
     r"/static/.+\.y",
     r"/u(/.*)?",
 ]
+TEMPLATES = [
+    "/api/{x}",
+    "/api/**",
+    "/users/{id}/b",
+    "/{a}/{b=**}",
+    "/v1/*/x.y",
+    "/a/{f}.y",
+    "/static/{rest=**}",
+    "/u/",
+    "/**/b",
+    "/a/{x=**}/b",
+    "/",
+    "/{v=api/*}/users",
+]
+URI_TEMPLATE_TYPE = (
+    "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig"
+)
 HEADER_NAMES = ["x-a", "x-b"]
 HEADER_VALUES = ["v", "V", "val", "value", "10", "42", "-3", "abc", "a,b", ""]
 
@@ -108,9 +129,9 @@ def _header_matcher(rng: random.Random) -> dict[str, Any]:
 
 def _route_match(rng: random.Random) -> dict[str, Any]:
     m: dict[str, Any] = {}
-    kind = rng.choices(["prefix", "path", "path_separated_prefix", "safe_regex"], [35, 25, 15, 15])[
-        0
-    ]
+    kind = rng.choices(
+        ["prefix", "path", "path_separated_prefix", "safe_regex", "template"], [35, 25, 15, 15, 8]
+    )[0]
     if kind == "prefix":
         p = _path(rng)
         r = rng.random()
@@ -126,6 +147,11 @@ def _route_match(rng: random.Random) -> dict[str, Any]:
         m["path_separated_prefix"] = "/" + "/".join(
             rng.choice(SEGMENTS) for _ in range(rng.randint(1, 3))
         )
+    elif kind == "template":
+        m["path_match_policy"] = {
+            "name": "envoy.path.match.uri_template.uri_template_matcher",
+            "typed_config": {"@type": URI_TEMPLATE_TYPE, "path_template": rng.choice(TEMPLATES)},
+        }
     else:
         m["safe_regex"] = {"regex": rng.choice(REGEXES)}
     if rng.random() < 0.2:
@@ -208,6 +234,13 @@ def _path_near(rng: random.Random, match: dict[str, Any]) -> str:
                 "/u/",
                 "/ux",
             ]
+        )
+    elif "path_match_policy" in match:
+        template = match["path_match_policy"]["typed_config"]["path_template"]
+        base = re.sub(
+            r"\{[^}]*\}|\*\*|\*",
+            lambda _: "/".join(rng.choice(SEGMENTS) for _ in range(rng.choice([1, 1, 2, 0]))),
+            template,
         )
     else:
         base = (

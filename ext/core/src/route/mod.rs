@@ -7,6 +7,7 @@
 //! condition is always checked, so the first-match order of Envoy is kept.
 
 pub mod normalize;
+pub mod uri_template;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -52,10 +53,21 @@ type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 /// How a route's path is tested (already validated).
 #[derive(Debug, Clone)]
 pub enum PathMatch {
-    Prefix { value: String, ignore_case: bool },
-    Exact { value: String, ignore_case: bool },
+    Prefix {
+        value: String,
+        ignore_case: bool,
+    },
+    Exact {
+        value: String,
+        ignore_case: bool,
+    },
     Regex(Box<Re2Regex>),
-    Separated { value: String, ignore_case: bool },
+    Separated {
+        value: String,
+        ignore_case: bool,
+    },
+    /// A URI template, translated to a regex; the template is kept for explanations.
+    Template(Box<Re2Regex>, String),
 }
 
 impl PathMatch {
@@ -74,7 +86,7 @@ impl PathMatch {
                     && eq(&p[..value.len()], value, *ignore_case)
             }
             Self::Exact { value, ignore_case } => eq(p, value, *ignore_case),
-            Self::Regex(r) => r.full_match(p),
+            Self::Regex(r) | Self::Template(r, _) => r.full_match(p),
             Self::Separated { value, ignore_case } => {
                 let n = value.len();
                 p.len() >= n
@@ -91,6 +103,7 @@ impl PathMatch {
             Self::Prefix { value, ignore_case } => format!("prefix {value:?}{}", ic(ignore_case)),
             Self::Exact { value, ignore_case } => format!("path {value:?}{}", ic(ignore_case)),
             Self::Regex(r) => format!("safe_regex {:?}", r.pattern()),
+            Self::Template(_, t) => format!("path_template {t:?}"),
             Self::Separated { value, ignore_case } => {
                 format!("path_separated_prefix {value:?}{}", ic(ignore_case))
             }
@@ -401,6 +414,20 @@ fn compile_match(m: &RouteMatch, path: &str, err: &mut CoreError) -> Option<(Pat
             PathMatch::Separated {
                 value: v.clone(),
                 ignore_case: ic,
+            }
+        }
+        Some(PathSpecifier::UriTemplate(t)) => {
+            let at = join_path(path, "path_match_policy.typed_config.path_template");
+            match uri_template::compile(t) {
+                Ok(r) => PathMatch::Template(Box::new(r), t.clone()),
+                Err(uri_template::TemplateError::Invalid(e)) => {
+                    err.invalid(at, e);
+                    return None;
+                }
+                Err(uri_template::TemplateError::Unsupported(e)) => {
+                    err.unsupported(at, e);
+                    return None;
+                }
             }
         }
         Some(PathSpecifier::SafeRegex(r)) => PathMatch::Regex(Box::new(compile_regex(

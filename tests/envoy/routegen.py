@@ -274,6 +274,10 @@ def _path_near(rng: random.Random, match: dict[str, Any]) -> str:
             p = base[:i] + f"%{ord(c):02{rng.choice('xX')}}" + base[i + 1 :]
     elif r < 0.79:
         p = base + rng.choice(["\\x", "%5Cx", "%2Fx", "%2fx", "|", "%00", "#frag", "%zz"])
+    elif r < 0.85:
+        # Path parameters, in the middle or at the end.
+        cut = rng.randrange(1, len(base) + 1)
+        p = base[:cut] + rng.choice([";x=1", ";", ";a;b", ";v=/z"]) + base[cut:]
     if not p.startswith("/"):
         p = "/" + p
     if rng.random() < 0.3:
@@ -344,6 +348,8 @@ def generate(rng: random.Random, cases: int, index: int) -> GeneratedConfig:
     rc: dict[str, Any] = {"name": f"rc{index}", "virtual_hosts": vhosts}
     if rng.random() < 0.1:
         rc["ignore_port_in_host_matching"] = True
+    if rng.random() < 0.15:
+        rc["ignore_path_parameters_in_path_matching"] = True
     opts: dict[str, Any] = {}
     if rng.random() < 0.5:
         opts["normalize_path"] = True

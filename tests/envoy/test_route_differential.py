@@ -108,7 +108,8 @@ def _run_batch(gens: list[GeneratedConfig]) -> tuple[int, list[str]]:
                         f"  envoy's route={flat[want] if want is not None else None}\n"
                         f"  meshcore's route={flat[got_idx] if got_idx is not None else None}\n"
                         f"  virtual hosts={vhosts} "
-                        f"ignore_port={gen.route_config.get('ignore_port_in_host_matching')}\n"
+                        f"ignore_port={gen.route_config.get('ignore_port_in_host_matching')} "
+                        f"ignore_params={gen.route_config.get('ignore_path_parameters_in_path_matching')}\n"
                         f"  explain={why}"
                     )
     return checked, failures

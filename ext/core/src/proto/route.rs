@@ -16,6 +16,7 @@ pub struct RouteConfiguration {
     pub name: String,
     pub virtual_hosts: Vec<VirtualHost>,
     pub ignore_port_in_host_matching: bool,
+    pub ignore_path_parameters_in_path_matching: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -143,17 +144,11 @@ pub fn decode_route_configuration(buf: &[u8], err: &mut CoreError) -> RouteConfi
             .bool(err)
         }
         15 => {
-            if (Field {
+            out.ignore_path_parameters_in_path_matching = Field {
                 path: "ignore_path_parameters_in_path_matching",
                 value,
-            })
-            .bool(err)
-            {
-                err.unsupported(
-                    "ignore_path_parameters_in_path_matching",
-                    "ignoring path parameters in path matching is not supported",
-                );
             }
+            .bool(err)
         }
         18 => {
             if !(Field {

@@ -162,8 +162,8 @@ pub struct CompiledRoute {
 }
 
 /// Why a route did not match (or `None` when it did).
-fn route_failure(r: &CompiledRoute, req: &Request<'_>, path: &str) -> Option<String> {
-    let p = path_for_matching(path);
+fn route_failure(r: &CompiledRoute, req: &Request<'_>, path: &str, p: &str) -> Option<String> {
+    let p = r.path_input(path, p);
     if !r.path.matches(p) {
         return Some(format!("{} does not match {p:?}", r.path.describe()));
     }
@@ -197,9 +197,18 @@ fn is_grpc(req: &Request<'_>) -> bool {
 }
 
 impl CompiledRoute {
-    /// `p` is `path` without its query string.
+    /// URI templates match the path without its query, path parameters and all (Envoy 1.40).
+    fn path_input<'p>(&self, path: &'p str, p: &'p str) -> &'p str {
+        if matches!(self.path, PathMatch::Template(..)) {
+            path_for_matching(path)
+        } else {
+            p
+        }
+    }
+
+    /// `p` is `path` as path matchers see it (see `matching_path`).
     fn matches(&self, req: &Request<'_>, path: &str, p: &str) -> bool {
-        if self.never || !self.path.matches(p) {
+        if self.never || !self.path.matches(self.path_input(path, p)) {
             return false;
         }
         self.headers.iter().all(|h| h.matches(req))
@@ -361,6 +370,7 @@ pub struct CompiledRouteTable {
     pub routes: Vec<CompiledRoute>,
     pub options: HcmOptions,
     pub ignore_port_in_host_matching: bool,
+    pub ignore_path_parameters_in_path_matching: bool,
     exact: FastMap<Box<str>, u32>,
     /// (wildcard key length, key -> vhost), longest first. Suffix keys keep their leading
     /// character after the '*' (".foo.com"), prefix keys their trailing one ("foo.").
@@ -478,6 +488,7 @@ impl CompiledRouteTable {
             routes: Vec::new(),
             options,
             ignore_port_in_host_matching: config.ignore_port_in_host_matching,
+            ignore_path_parameters_in_path_matching: config.ignore_path_parameters_in_path_matching,
             exact: FastMap::default(),
             suffixes: Vec::new(),
             prefixes: Vec::new(),
@@ -693,8 +704,26 @@ impl CompiledRouteTable {
             ..*req
         };
         vh.index
-            .first_match(&self.routes, &seen, &path, path_for_matching(&path))
+            .first_match(&self.routes, &seen, &path, &self.matching_path(&path))
             .map(|i| i as usize)
+    }
+
+    /// What path matchers compare: no query string, and with
+    /// ignore_path_parameters_in_path_matching no `;parameters` in any segment (each runs to
+    /// the next '/'; checked against Envoy 1.40). URI templates see the path without this.
+    fn matching_path<'p>(&self, path: &'p str) -> Cow<'p, str> {
+        let p = path_for_matching(path);
+        if !self.ignore_path_parameters_in_path_matching || !p.contains(';') {
+            return Cow::Borrowed(p);
+        }
+        let mut out = String::with_capacity(p.len());
+        for (i, seg) in p.split('/').enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            out.push_str(seg.split(';').next().unwrap_or(""));
+        }
+        Cow::Owned(out)
     }
 
     /// The decision with its reasons: the virtual host and why, then every route of that
@@ -728,7 +757,7 @@ impl CompiledRouteTable {
         };
         for id in vh.first_route..vh.first_route + vh.route_count {
             let Some(r) = self.routes.get(id) else { break };
-            let why = route_failure(r, &seen, &path);
+            let why = route_failure(r, &seen, &path, &self.matching_path(&path));
             let hit = why.is_none();
             out.routes.push((id, why));
             if hit {

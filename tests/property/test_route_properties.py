@@ -15,7 +15,7 @@ from google.protobuf import json_format
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshcore import RouteTable
+from meshcore import ConfigError, RouteTable
 
 
 def _routegen() -> ModuleType:
@@ -31,6 +31,13 @@ def _routegen() -> ModuleType:
 
 
 routegen = _routegen()
+
+
+def _compile(data: bytes) -> RouteTable | ConfigError:
+    try:
+        return RouteTable.from_proto(data)
+    except ConfigError as e:
+        return e
 
 
 @settings(max_examples=150, deadline=None)
@@ -66,3 +73,29 @@ def test_index_batch_and_options_agree_with_linear_scan(seed: int) -> None:
             **{k: v for k, v in gen.hcm_options.items()},
         )
         assert (-1 if per_call is None else per_call.route_index) == got
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_crash(data: bytes) -> None:
+    # Whatever the bytes, the answer is a table or a ConfigError naming where: never a panic.
+    result = _compile(data)
+    if isinstance(result, ConfigError):
+        assert result.errors()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32), st.data())
+def test_corrupted_configs_never_crash(seed: int, data: st.DataObject) -> None:
+    gen = routegen.generate(random.Random(seed), 1, 0)
+    raw = bytearray(
+        json_format.ParseDict(gen.route_config, route_pb2.RouteConfiguration()).SerializeToString()
+    )
+    for _ in range(data.draw(st.integers(min_value=1, max_value=4))):
+        i = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
+        raw[i] = data.draw(st.integers(min_value=0, max_value=255))
+    result = _compile(bytes(raw))
+    if isinstance(result, ConfigError):
+        assert all(p.message for p in result.errors())
+    else:
+        result.route("a.com", "/api/v1?q=1", "GET", {"x-a": "v"})

@@ -220,6 +220,32 @@ impl CompiledRoute {
     }
 }
 
+const PATH_SUFFICES: u32 = 1 << 31;
+
+/// A short list of route ids, kept inline for the common single-route case (one cache miss
+/// less per lookup).
+#[derive(Debug, Clone)]
+enum Ids {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Ids {
+    fn push(&mut self, id: u32) {
+        match self {
+            Ids::One(first) => *self = Ids::Many(vec![*first, id]),
+            Ids::Many(v) => v.push(id),
+        }
+    }
+
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Ids::One(id) => std::slice::from_ref(id),
+            Ids::Many(v) => v,
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct TrieNode {
     children: FastMap<Box<str>, u32>,
@@ -230,7 +256,9 @@ struct TrieNode {
 #[derive(Debug, Default, Clone)]
 struct RouteIndex {
     always: Vec<u32>,
-    exact: FastMap<Box<str>, Vec<u32>>,
+    /// Route ids by exact path; an id with `PATH_SUFFICES` set needs nothing but the path
+    /// (case-sensitive, no header/query/gRPC condition), which the key comparison has proved.
+    exact: FastMap<Box<str>, Ids>,
     trie: Vec<TrieNode>,
 }
 
@@ -254,16 +282,27 @@ impl RouteIndex {
         node
     }
 
-    fn add(&mut self, id: u32, path: &PathMatch) {
+    fn add_exact(&mut self, key: &str, id: u32) {
+        match self.exact.get_mut(key) {
+            Some(ids) => ids.push(id),
+            None => {
+                self.exact.insert(key.into(), Ids::One(id));
+            }
+        }
+    }
+
+    /// `path_suffices`: the route has no condition besides its path.
+    fn add(&mut self, id: u32, path: &PathMatch, path_suffices: bool) {
+        let flagged = if path_suffices {
+            id | PATH_SUFFICES
+        } else {
+            id
+        };
         match path {
             PathMatch::Exact {
                 value,
                 ignore_case: false,
-            } => self
-                .exact
-                .entry(value.as_str().into())
-                .or_default()
-                .push(id),
+            } => self.add_exact(value, flagged),
             PathMatch::Prefix {
                 value,
                 ignore_case: false,
@@ -278,10 +317,7 @@ impl RouteIndex {
                 value,
                 ignore_case: false,
             } if value.starts_with('/') => {
-                self.exact
-                    .entry(value.as_str().into())
-                    .or_default()
-                    .push(id);
+                self.add_exact(value, flagged);
                 let segs: Vec<&str> = value[1..].split('/').collect();
                 let n = self.trie_node(&segs);
                 self.trie[n].routes.push(id);
@@ -299,26 +335,39 @@ impl RouteIndex {
         p: &str,
     ) -> Option<u32> {
         let mut best = u32::MAX;
-        let mut scan = |list: &[u32]| {
+        let scan = |list: &[u32], best: &mut u32| {
             for &id in list {
-                if id >= best {
+                if id >= *best {
                     break;
                 }
                 if routes
                     .get(id as usize)
                     .is_some_and(|r| r.matches(req, path, p))
                 {
-                    best = id;
+                    *best = id;
                     break;
                 }
             }
         };
-        scan(&self.always);
-        if let Some(list) = self.exact.get(p) {
-            scan(list);
+        scan(&self.always, &mut best);
+        if let Some(ids) = self.exact.get(p) {
+            for &flagged in ids.as_slice() {
+                let id = flagged & !PATH_SUFFICES;
+                if id >= best {
+                    break;
+                }
+                if flagged & PATH_SUFFICES != 0
+                    || routes
+                        .get(id as usize)
+                        .is_some_and(|r| r.matches(req, path, p))
+                {
+                    best = id;
+                    break;
+                }
+            }
         }
         if let Some(root) = self.trie.first() {
-            scan(&root.routes);
+            scan(&root.routes, &mut best);
             let mut node = root;
             if let Some(rest) = p.strip_prefix('/') {
                 let mut segs = rest.split('/');
@@ -333,7 +382,7 @@ impl RouteIndex {
                         break;
                     };
                     node = n;
-                    scan(&node.routes);
+                    scan(&node.routes, &mut best);
                     cur = Some(next);
                 }
             }
@@ -602,9 +651,16 @@ impl CompiledRouteTable {
                 let Some((path, never)) = compiled else {
                     continue;
                 };
-                let id = table.routes.len() as u32;
+                let id = match u32::try_from(table.routes.len()) {
+                    Ok(id) if id < PATH_SUFFICES => id,
+                    _ => {
+                        err.invalid(&rpath, "more than 2^31 routes");
+                        continue;
+                    }
+                };
                 if !never {
-                    index.add(id, &path);
+                    let path_suffices = headers.is_empty() && query.is_empty() && !m.grpc;
+                    index.add(id, &path, path_suffices);
                 }
                 table.routes.push(CompiledRoute {
                     name: r.name.clone(),

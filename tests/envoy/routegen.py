@@ -350,6 +350,9 @@ def generate(rng: random.Random, cases: int, index: int) -> GeneratedConfig:
         rc["ignore_port_in_host_matching"] = True
     if rng.random() < 0.15:
         rc["ignore_path_parameters_in_path_matching"] = True
+    vhost_header = rng.random() < 0.1
+    if vhost_header:
+        rc["vhost_header"] = "x-vh"
     opts: dict[str, Any] = {}
     if rng.random() < 0.5:
         opts["normalize_path"] = True
@@ -381,4 +384,7 @@ def generate(rng: random.Random, cases: int, index: int) -> GeneratedConfig:
                 headers=_headers_near(rng, route["match"]),
             )
         )
+        if vhost_header and rng.random() < 0.75:
+            name = "x-vh" if rng.random() < 0.8 else "X-VH"
+            out[-1].headers.append((name, _authority_near(rng, rng.choice(all_domains))))
     return GeneratedConfig(rc, opts, out)

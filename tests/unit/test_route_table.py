@@ -336,3 +336,21 @@ def test_actions_are_decoded_and_kept_whole() -> None:
     assert table.routes[0].action["cluster"] is None
     with pytest.raises(AttributeError):
         table.routes[0].name = "x"  # type: ignore[misc]
+
+
+def test_vhost_header_chooses_the_virtual_host() -> None:
+    table = RouteTable.from_proto(
+        config(
+            vh("a", ["a.com"], {"prefix": "/"}),
+            vh("b", ["b.com"], {"prefix": "/"}),
+            vh("d", ["*"], {"prefix": "/"}),
+            vhost_header="x-vhost",
+        )
+    )
+    assert routed(table, "a.com", "/", headers={"X-VHost": "B.COM"}) == "b-0"
+    assert (
+        routed(table, "a.com", "/", headers=[("x-vhost", "b.com"), ("x-vhost", "a.com")]) == "b-0"
+    )
+    # No header, no virtual host (not even "*"), as Envoy 1.40 answers 404.
+    assert routed(table, "a.com", "/") is None
+    assert routed(table, "a.com", "/", headers={"x-vhost": ""}) == "d-0"

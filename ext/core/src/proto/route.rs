@@ -17,6 +17,8 @@ pub struct RouteConfiguration {
     pub virtual_hosts: Vec<VirtualHost>,
     pub ignore_port_in_host_matching: bool,
     pub ignore_path_parameters_in_path_matching: bool,
+    /// Empty: virtual hosts are chosen by :authority.
+    pub vhost_header: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -151,15 +153,11 @@ pub fn decode_route_configuration(buf: &[u8], err: &mut CoreError) -> RouteConfi
             .bool(err)
         }
         18 => {
-            if !(Field {
+            out.vhost_header = Field {
                 path: "vhost_header",
                 value,
-            })
-            .string(err)
-            .is_empty()
-            {
-                err.unsupported("vhost_header", "vhost_header is not supported");
             }
+            .string(err)
         }
         12 => err.unsupported(
             "cluster_specifier_plugins",

@@ -420,6 +420,8 @@ pub struct CompiledRouteTable {
     pub options: HcmOptions,
     pub ignore_port_in_host_matching: bool,
     pub ignore_path_parameters_in_path_matching: bool,
+    /// vhost_header (lower case): virtual hosts are chosen by this header's first value.
+    pub vhost_header: Option<String>,
     exact: FastMap<Box<str>, u32>,
     /// (wildcard key length, key -> vhost), longest first. Suffix keys keep their leading
     /// character after the '*' (".foo.com"), prefix keys their trailing one ("foo.").
@@ -538,6 +540,8 @@ impl CompiledRouteTable {
             options,
             ignore_port_in_host_matching: config.ignore_port_in_host_matching,
             ignore_path_parameters_in_path_matching: config.ignore_path_parameters_in_path_matching,
+            vhost_header: (!config.vhost_header.is_empty())
+                .then(|| config.vhost_header.to_ascii_lowercase()),
             exact: FastMap::default(),
             suffixes: Vec::new(),
             prefixes: Vec::new(),
@@ -691,10 +695,31 @@ impl CompiledRouteTable {
         err.into_result(table)
     }
 
-    /// Envoy's RouteMatcher::findVirtualHost on an already normalised authority.
+    /// The virtual host for a request whose :authority is already normalised: by
+    /// `vhost_header` when the configuration names one (its first value; no header, no
+    /// virtual host), else by the authority. Checked against Envoy 1.40, including that a
+    /// table with only "*" needs no header.
+    pub fn select_virtual_host(
+        &self,
+        authority: &str,
+        req: &Request<'_>,
+    ) -> Option<(usize, HostChoice)> {
+        if let Some(h) = &self.vhost_header {
+            if !self.only_default() {
+                return self.find_virtual_host(req.header_values(h).next()?);
+            }
+        }
+        self.find_virtual_host(authority)
+    }
+
+    fn only_default(&self) -> bool {
+        self.exact.is_empty() && self.suffixes.is_empty() && self.prefixes.is_empty()
+    }
+
+    /// Envoy's RouteMatcher::findVirtualHost on a host value (authority or vhost_header).
     pub fn find_virtual_host(&self, authority: &str) -> Option<(usize, HostChoice)> {
         // Only a "*" virtual host: no need to look at the authority (Envoy's fast path too).
-        if self.exact.is_empty() && self.suffixes.is_empty() && self.prefixes.is_empty() {
+        if self.only_default() {
             return self.default.map(|v| (v as usize, HostChoice::Default));
         }
         let mut host = authority;
@@ -751,7 +776,7 @@ impl CompiledRouteTable {
     /// As [`route`](Self::route) with connection-manager options given per call.
     pub fn route_with(&self, req: &Request<'_>, o: &HcmOptions) -> Option<usize> {
         let authority = normalize_host(req.authority, o);
-        let (vi, _) = self.find_virtual_host(authority)?;
+        let (vi, _) = self.select_virtual_host(authority, req)?;
         let vh = self.virtual_hosts.get(vi)?;
         let path = normalize_path(req.path, o)?;
         let seen = Request {
@@ -794,7 +819,7 @@ impl CompiledRouteTable {
             routes: Vec::new(),
             route: None,
         };
-        let Some((vi, choice)) = self.find_virtual_host(authority) else {
+        let Some((vi, choice)) = self.select_virtual_host(authority, req) else {
             return out;
         };
         out.virtual_host = Some(vi);

@@ -148,14 +148,109 @@ impl CompiledString {
     }
 }
 
-/// Compiles an RE2 pattern found at `path` (the `regex` field itself).
+/// Envoy's default cap on the size of a compiled RE2 program
+/// (runtime `re2.max_program_size.error_level`).
+pub const ENVOY_MAX_PROGRAM_SIZE: u64 = 100;
+
+/// A lower bound on the number of instructions RE2 compiles `pattern` into (`None` when the
+/// pattern is beyond what regex-syntax parses), calibrated on the sizes Envoy 1.40 reports:
+/// every byte of a literal and every class costs at least one instruction, a capture two,
+/// `^` and `\b` one (`$` none, and a repeated assertion counts once); `x{n,m}` is n copies of
+/// x plus m-n optional copies that cost one more each, `x+` one more than x, `x*` as much as
+/// x; an alternation costs the sum of its branches when they begin with distinct literal
+/// bytes (nothing for RE2 to factor out) and its largest branch otherwise. Every program holds
+/// a fail and a match instruction, plus a two-instruction `.*?` loop unless anchored at its
+/// start. Being a lower bound, it never rejects a regex Envoy accepts.
+pub fn re2_program_size_lower_bound(pattern: &str) -> Option<u64> {
+    use regex_syntax::hir::{Hir, HirKind, Look};
+    fn first_byte(h: &Hir) -> Option<u8> {
+        match h.kind() {
+            HirKind::Literal(l) => l.0.first().copied(),
+            HirKind::Concat(v) => v.first().and_then(first_byte),
+            _ => None,
+        }
+    }
+    fn bound(h: &Hir) -> u64 {
+        match h.kind() {
+            HirKind::Empty => 0,
+            HirKind::Look(l) => match l {
+                Look::Start
+                | Look::StartLF
+                | Look::WordAscii
+                | Look::WordAsciiNegate
+                | Look::WordUnicode
+                | Look::WordUnicodeNegate => 1,
+                _ => 0,
+            },
+            HirKind::Literal(l) => l.0.len() as u64,
+            HirKind::Class(_) => 1,
+            HirKind::Repetition(r) => {
+                let b = bound(&r.sub);
+                if matches!(r.sub.kind(), HirKind::Look(_) | HirKind::Empty) {
+                    return b;
+                }
+                let n = u64::from(r.min);
+                match r.max {
+                    None if n == 0 => b,
+                    None => n.saturating_mul(b).saturating_add(1),
+                    Some(m) => n
+                        .saturating_mul(b)
+                        .saturating_add(u64::from(m).saturating_sub(n).saturating_mul(b + 1)),
+                }
+            }
+            HirKind::Capture(c) => bound(&c.sub).saturating_add(2),
+            HirKind::Concat(v) => v.iter().map(bound).fold(0, u64::saturating_add),
+            HirKind::Alternation(v) => {
+                let mut firsts: Vec<Option<u8>> = v.iter().map(first_byte).collect();
+                let all_literal = firsts.iter().all(Option::is_some);
+                firsts.sort_unstable();
+                firsts.dedup();
+                if all_literal && firsts.len() == v.len() {
+                    v.iter().map(bound).fold(0, u64::saturating_add)
+                } else {
+                    v.iter().map(bound).max().unwrap_or(0)
+                }
+            }
+        }
+    }
+    fn anchored_start(h: &Hir) -> bool {
+        match h.kind() {
+            HirKind::Look(Look::Start) => true,
+            HirKind::Concat(v) => v.first().is_some_and(anchored_start),
+            HirKind::Capture(c) => anchored_start(&c.sub),
+            _ => false,
+        }
+    }
+    let hir = regex_syntax::ParserBuilder::new()
+        .build()
+        .parse(pattern)
+        .ok()?;
+    let overhead = if anchored_start(&hir) { 2 } else { 4 };
+    Some(bound(&hir).saturating_add(overhead))
+}
+
+/// Compiles an RE2 pattern found at `path` (the `regex` field itself), with Envoy's limits.
 pub fn compile_regex(pattern: &str, path: &str, err: &mut CoreError) -> Option<Re2Regex> {
     if pattern.is_empty() {
         err.invalid(path, "must not be empty");
         return None;
     }
     match Re2Regex::new(pattern) {
-        Ok(r) => Some(r),
+        Ok(r) => {
+            if let Some(size) = re2_program_size_lower_bound(pattern) {
+                if size > ENVOY_MAX_PROGRAM_SIZE {
+                    err.invalid(
+                        path,
+                        format!(
+                            "RE2 program size of at least {size} > Envoy's max program size of \
+                             {ENVOY_MAX_PROGRAM_SIZE}"
+                        ),
+                    );
+                    return None;
+                }
+            }
+            Some(r)
+        }
         Err(e) => {
             err.invalid(path, e);
             None
@@ -375,6 +470,44 @@ mod tests {
             ..Request::default()
         };
         assert!(header(empty(), false, false).matches(&with));
+    }
+
+    #[test]
+    fn program_size_lower_bound_matches_envoys_figures() {
+        // Envoy 1.40 reports exactly these sizes.
+        let size = re2_program_size_lower_bound;
+        assert_eq!(size("[a-z]{1000}"), Some(1004));
+        assert_eq!(size("(a|b|c|d|e|f|g|h|i|j){100}"), Some(304));
+        assert_eq!(size("((a{100}){10})"), Some(1026));
+        assert_eq!(size("^[a-z]{97}"), Some(100));
+        assert_eq!(size("[a-z]{97}$"), Some(101));
+        assert_eq!(size(r"\b[a-z]{97}"), Some(102));
+        assert_eq!(size("(?m)^[a-z]{97}"), Some(102));
+        assert_eq!(size("a*[a-z]{97}"), Some(102));
+        for (suffix, cost) in [
+            ("a?", 2),
+            ("a*", 1),
+            ("a+", 2),
+            ("(?:a){0,5}", 10),
+            ("(?:a){2,5}", 8),
+            ("(?:a){2,}", 3),
+            ("(?:ab|cd)", 4),
+            ("(a|bc)", 5),
+            ("(?:ab|cd|ef)", 6),
+            ("(?:$){3}", 0),
+            ("(?:^){3}", 1),
+            ("(?:ab)?", 3),
+            ("(?:ab)*", 2),
+            ("(?:ab){0,3}", 9),
+            (r"\b\b", 2),
+        ] {
+            assert_eq!(
+                size(&format!("[a-z]{{97}}{suffix}")),
+                Some(101 + cost),
+                "{suffix}"
+            );
+        }
+        assert!(re2_program_size_lower_bound(r"/api/v\d+/users/[^/]+").is_some_and(|s| s < 30));
     }
 
     #[test]

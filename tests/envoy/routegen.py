@@ -360,7 +360,7 @@ def generate(rng: random.Random, cases: int, index: int) -> GeneratedConfig:
         opts["merge_slashes"] = True
     if rng.random() < 0.3:
         opts["path_with_escaped_slashes_action"] = rng.choice(
-            ["KEEP_UNCHANGED", "UNESCAPE_AND_FORWARD"]
+            ["KEEP_UNCHANGED", "UNESCAPE_AND_FORWARD", "REJECT_REQUEST"]
         )
     r = rng.random()
     if r < 0.2:

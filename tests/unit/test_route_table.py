@@ -192,6 +192,12 @@ def test_connection_manager_path_options() -> None:
     )
     # Envoy answers 400 for a fragment, and for %00 under normalize_path.
     assert routed(table, "h", "/b#x") is None
+    assert (
+        routed(table, "h", "/b?x=%2F", path_with_escaped_slashes_action="REJECT_REQUEST") == "v-0"
+    )
+    assert routed(table, "h", "/b%2f", path_with_escaped_slashes_action=2) is None
+    with pytest.raises(UnsupportedFeatureError):
+        routed(table, "h", "/b", path_with_escaped_slashes_action="UNESCAPE_AND_REDIRECT")
     with_options = RouteTable.from_proto(
         config(vh("v", ["*"], {"path": "/b"})), normalize_path=True, merge_slashes=True
     )

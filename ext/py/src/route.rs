@@ -139,12 +139,13 @@ fn escaped_slashes(py: Python<'_>, v: &Bound<'_, PyAny>) -> PyResult<EscapedSlas
     match code {
         0 | 1 => Ok(EscapedSlashes::KeepUnchanged),
         4 => Ok(EscapedSlashes::UnescapeAndForward),
-        2 | 3 => {
+        2 => Ok(EscapedSlashes::RejectRequest),
+        3 => {
             let mut e = meshcore_core::CoreError::new();
             e.unsupported(
                 "path_with_escaped_slashes_action",
-                "REJECT_REQUEST and UNESCAPE_AND_REDIRECT answer the request themselves; \
-                 only KEEP_UNCHANGED and UNESCAPE_AND_FORWARD are supported",
+                "UNESCAPE_AND_REDIRECT answers with a redirect to another path; \
+                 KEEP_UNCHANGED, REJECT_REQUEST and UNESCAPE_AND_FORWARD are supported",
             );
             Err(core_error_to_py(py, &e))
         }

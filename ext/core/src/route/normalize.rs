@@ -11,6 +11,8 @@ pub enum EscapedSlashes {
     KeepUnchanged,
     /// UNESCAPE_AND_FORWARD: %2F and %5C (any case) become '/' and '\'.
     UnescapeAndForward,
+    /// REJECT_REQUEST: a path with %2F or %5C (any case) is answered 400, never routed.
+    RejectRequest,
 }
 
 /// The connection-manager options that change what the router sees.
@@ -68,14 +70,19 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-fn unescape_slashes(path: &str) -> Cow<'_, str> {
-    let (p, q) = split_query(path);
-    let b = p.as_bytes();
-    if !b.windows(3).any(|w| {
+/// Whether the path (before any query) holds %2F or %5C, in either case.
+fn has_escaped_slash(p: &str) -> bool {
+    p.as_bytes().windows(3).any(|w| {
         w[0] == b'%'
             && ((w[1] == b'2' && (w[2] == b'f' || w[2] == b'F'))
                 || (w[1] == b'5' && (w[2] == b'c' || w[2] == b'C')))
-    }) {
+    })
+}
+
+fn unescape_slashes(path: &str) -> Cow<'_, str> {
+    let (p, q) = split_query(path);
+    let b = p.as_bytes();
+    if !has_escaped_slash(p) {
         return Cow::Borrowed(path);
     }
     let mut out = String::with_capacity(path.len());
@@ -205,6 +212,10 @@ pub fn normalize_path<'a>(path: &'a str, o: &HcmOptions) -> Option<Cow<'a, str>>
         return None;
     }
     let mut cur: Cow<'a, str> = Cow::Borrowed(path);
+    if o.escaped_slashes == EscapedSlashes::RejectRequest && has_escaped_slash(split_query(path).0)
+    {
+        return None;
+    }
     if o.escaped_slashes == EscapedSlashes::UnescapeAndForward {
         if let Cow::Owned(s) = unescape_slashes(&cur) {
             cur = Cow::Owned(s);

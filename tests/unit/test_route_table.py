@@ -270,6 +270,7 @@ def test_route_batch_matches_route() -> None:
     assert got.dtype == np.int32
     assert got.tolist() == [0, -1, 1, -1]
     assert table.route_batch(np.array(authorities), np.array(paths)).tolist() == got.tolist()
+    assert table.route_batch("b", ["/y", "/x"]).tolist() == [1, -1]
     with pytest.raises(ValueError, match="same length"):
         table.route_batch(["a"], [])
 

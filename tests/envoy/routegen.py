@@ -55,7 +55,7 @@ TEMPLATES = [
 URI_TEMPLATE_TYPE = (
     "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig"
 )
-HEADER_NAMES = ["x-a", "x-b"]
+HEADER_NAMES = ["x-a", "x-b", "x-a", "x-b", "host", ":method"]
 HEADER_VALUES = ["v", "V", "val", "value", "10", "42", "-3", "abc", "a,b", ""]
 
 
@@ -322,7 +322,12 @@ def _headers_near(rng: random.Random, match: dict[str, Any]) -> list[tuple[str, 
                 ),
             )
         )
-    return [(k, v) for k, v in out if v != "" or rng.random() < 0.5]
+    # "host" and pseudo-headers come from the request line and Host, never as extra lines.
+    return [
+        (k, v)
+        for k, v in out
+        if (v != "" or rng.random() < 0.5) and k.lower() != "host" and not k.startswith(":")
+    ]
 
 
 def generate(rng: random.Random, cases: int, index: int) -> GeneratedConfig:

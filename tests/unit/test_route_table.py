@@ -361,3 +361,28 @@ def test_vhost_header_chooses_the_virtual_host() -> None:
     # No header, no virtual host (not even "*"), as Envoy 1.40 answers 404.
     assert routed(table, "a.com", "/") is None
     assert routed(table, "a.com", "/", headers={"x-vhost": ""}) == "d-0"
+
+
+def test_host_and_pseudo_header_matchers() -> None:
+    table = RouteTable.from_proto(
+        config(
+            vh(
+                "v",
+                ["*"],
+                {"prefix": "/h", "headers": [{"name": "host", "present_match": True}]},
+                {
+                    "prefix": "/m",
+                    "headers": [{"name": ":method", "string_match": {"exact": "POST"}}],
+                },
+                {
+                    "prefix": "/a",
+                    "headers": [{"name": ":authority", "string_match": {"exact": "a.com"}}],
+                },
+            )
+        )
+    )
+    # Envoy finds HTTP/1's Host under "host" and ":authority" (checked against Envoy 1.40).
+    assert routed(table, "a.com:80", "/h") == "v-0"
+    assert routed(table, "a.com", "/m", method="POST") == "v-1"
+    assert routed(table, "a.com", "/m") is None
+    assert routed(table, "a.com:80", "/a", strip_any_host_port=True) == "v-2"

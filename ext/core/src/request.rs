@@ -25,6 +25,12 @@ impl<'a> Request<'a> {
     /// `getAllOfHeaderAsString` does; `None` when absent. Pseudo-headers come from the request
     /// line fields.
     pub fn header(&self, name: &str) -> Option<Cow<'a, str>> {
+        // Envoy keeps HTTP/1's Host as :authority, and a lookup of "host" finds it.
+        let name = if name.eq_ignore_ascii_case("host") {
+            ":authority"
+        } else {
+            name
+        };
         if let Some(pseudo) = name.strip_prefix(':') {
             return match pseudo {
                 "authority" => Some(Cow::Borrowed(self.authority)),
@@ -58,6 +64,11 @@ impl<'a> Request<'a> {
     /// Each value of header `name` (lower case), in arrival order; pseudo-headers come from
     /// the request line fields.
     pub fn header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a str> + 's {
+        let name = if name.eq_ignore_ascii_case("host") {
+            ":authority"
+        } else {
+            name
+        };
         let pseudo = if name.starts_with(':') {
             match self.header(name) {
                 Some(std::borrow::Cow::Borrowed(v)) => Some(v),
@@ -77,7 +88,7 @@ impl<'a> Request<'a> {
 
     /// Whether header `name` is present at all.
     pub fn has_header(&self, name: &str) -> bool {
-        if name.starts_with(':') {
+        if name.starts_with(':') || name.eq_ignore_ascii_case("host") {
             return self.header(name).is_some();
         }
         self.headers
@@ -101,5 +112,11 @@ mod tests {
         assert_eq!(r.header("x-b").as_deref(), Some("2"));
         assert_eq!(r.header("x-c"), None);
         assert_eq!(r.header(":scheme").as_deref(), Some("http"));
+        let r = Request {
+            authority: "a.com",
+            ..r
+        };
+        assert_eq!(r.header("host").as_deref(), Some("a.com"));
+        assert!(r.has_header("Host"));
     }
 }

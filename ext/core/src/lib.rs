@@ -6,9 +6,15 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod matcher;
+pub mod proto;
 pub mod regex;
+pub mod request;
+pub mod route;
 pub mod xds;
 pub mod yaml;
 
 pub use error::{CoreError, FieldError, FieldErrorKind};
 pub use regex::Re2Regex;
+pub use request::Request;
+pub use route::{CompiledRouteTable, EscapedSlashes, HcmOptions};

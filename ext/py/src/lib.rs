@@ -5,6 +5,8 @@ use pyo3::prelude::*;
 
 use meshcore_core::Re2Regex;
 
+mod errors;
+mod route;
 mod xds;
 mod yaml;
 
@@ -34,5 +36,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<xds::PyResourceStore>()?;
     m.add_class::<xds::PySnapshot>()?;
     m.add_class::<xds::PyFleet>()?;
+    m.add_class::<route::RouteTable>()?;
+    m.add_class::<route::RouteMatch>()?;
     Ok(())
 }

@@ -1,0 +1,577 @@
+//! `RouteTable`: a compiled Envoy RouteConfiguration behind a frozen Python handle.
+
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use meshcore_core::proto::route::ActionKind;
+use meshcore_core::route::{Explanation, HostChoice};
+use meshcore_core::{CompiledRouteTable, EscapedSlashes, HcmOptions, Request};
+
+use crate::errors::core_error_to_py;
+
+/// One route of a table, and what `RouteTable.route()` returns when it matches.
+#[pyclass(frozen, module = "meshcore._core")]
+pub struct RouteMatch {
+    #[pyo3(get)]
+    name: String,
+    #[pyo3(get)]
+    virtual_host: String,
+    #[pyo3(get)]
+    route_index: usize,
+    #[pyo3(get)]
+    virtual_host_index: usize,
+    action: Py<PyDict>,
+    #[pyo3(get)]
+    proto: Py<PyBytes>,
+}
+
+#[pymethods]
+impl RouteMatch {
+    /// The route's action as a new dict: `kind` ("route", "redirect", "direct_response",
+    /// "filter_action", "non_forwarding_action"), the decoded fields, and `proto`, the action
+    /// message's complete serialized bytes.
+    #[getter]
+    fn action<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.action.bind(py).copy()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "RouteMatch(route_index={}, name={:?}, virtual_host={:?})",
+            self.route_index, self.name, self.virtual_host
+        )
+    }
+}
+
+fn action_dict<'py>(
+    py: Python<'py>,
+    action: Option<&meshcore_core::proto::route::Action>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    let Some(action) = action else {
+        d.set_item("kind", py.None())?;
+        return Ok(d);
+    };
+    match &action.kind {
+        ActionKind::Route(r) => {
+            d.set_item("kind", "route")?;
+            d.set_item("cluster", &r.cluster)?;
+            d.set_item("cluster_header", &r.cluster_header)?;
+            let w: Vec<(String, u32)> = r.weighted_clusters.clone();
+            d.set_item("weighted_clusters", PyTuple::new(py, w)?)?;
+            d.set_item("timeout", r.timeout)?;
+            d.set_item("idle_timeout", r.idle_timeout)?;
+            d.set_item("prefix_rewrite", &r.prefix_rewrite)?;
+            d.set_item("host_rewrite_literal", &r.host_rewrite_literal)?;
+            d.set_item("retry_on", &r.retry_on)?;
+            d.set_item("num_retries", r.num_retries)?;
+            d.set_item("per_try_timeout", r.per_try_timeout)?;
+        }
+        ActionKind::Redirect(r) => {
+            d.set_item("kind", "redirect")?;
+            d.set_item("scheme_redirect", &r.scheme_redirect)?;
+            d.set_item("host_redirect", &r.host_redirect)?;
+            d.set_item("port_redirect", r.port_redirect)?;
+            d.set_item("path_redirect", &r.path_redirect)?;
+            d.set_item("prefix_rewrite", &r.prefix_rewrite)?;
+            let code = match r.response_code {
+                1 => 302,
+                2 => 303,
+                3 => 307,
+                4 => 308,
+                _ => 301,
+            };
+            d.set_item("response_code", code)?;
+            d.set_item("strip_query", r.strip_query)?;
+        }
+        ActionKind::DirectResponse(r) => {
+            d.set_item("kind", "direct_response")?;
+            d.set_item("status", r.status)?;
+            d.set_item("body", r.body.as_deref().map(|b| PyBytes::new(py, b)))?;
+        }
+        ActionKind::FilterAction => d.set_item("kind", "filter_action")?,
+        ActionKind::NonForwardingAction => d.set_item("kind", "non_forwarding_action")?,
+    }
+    d.set_item("proto", PyBytes::new(py, &action.proto))?;
+    Ok(d)
+}
+
+/// A compiled envoy.config.route.v3.RouteConfiguration (immutable; swap the reference to update).
+#[pyclass(frozen, module = "meshcore._core")]
+pub struct RouteTable {
+    table: Arc<CompiledRouteTable>,
+    routes: Py<PyTuple>,
+    matches: Vec<Py<RouteMatch>>,
+}
+
+fn config_bytes(config: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    if let Ok(b) = config.cast::<PyBytes>() {
+        return Ok(b.as_bytes().to_vec());
+    }
+    if config.hasattr("SerializeToString")? {
+        let b = config.call_method0("SerializeToString")?;
+        return Ok(b.cast::<PyBytes>()?.as_bytes().to_vec());
+    }
+    if let Ok(v) = config.extract::<Vec<u8>>() {
+        return Ok(v);
+    }
+    Err(PyTypeError::new_err(
+        "expected a RouteConfiguration message (with SerializeToString) or its bytes",
+    ))
+}
+
+fn escaped_slashes(py: Python<'_>, v: &Bound<'_, PyAny>) -> PyResult<EscapedSlashes> {
+    let code: i64 = if let Ok(s) = v.extract::<String>() {
+        match s.as_str() {
+            "IMPLEMENTATION_SPECIFIC_DEFAULT" => 0,
+            "KEEP_UNCHANGED" => 1,
+            "REJECT_REQUEST" => 2,
+            "UNESCAPE_AND_REDIRECT" => 3,
+            "UNESCAPE_AND_FORWARD" => 4,
+            _ => -1,
+        }
+    } else {
+        v.extract::<i64>()?
+    };
+    match code {
+        0 | 1 => Ok(EscapedSlashes::KeepUnchanged),
+        4 => Ok(EscapedSlashes::UnescapeAndForward),
+        2 => Ok(EscapedSlashes::RejectRequest),
+        3 => {
+            let mut e = meshcore_core::CoreError::new();
+            e.unsupported(
+                "path_with_escaped_slashes_action",
+                "UNESCAPE_AND_REDIRECT answers with a redirect to another path; \
+                 KEEP_UNCHANGED, REJECT_REQUEST and UNESCAPE_AND_FORWARD are supported",
+            );
+            Err(core_error_to_py(py, &e))
+        }
+        _ => Err(PyValueError::new_err(format!(
+            "path_with_escaped_slashes_action: unknown value {v}"
+        ))),
+    }
+}
+
+/// The connection-manager options, each overriding `base` when given.
+#[allow(clippy::too_many_arguments)]
+fn hcm_options(
+    py: Python<'_>,
+    base: HcmOptions,
+    normalize_path: Option<bool>,
+    merge_slashes: Option<bool>,
+    path_with_escaped_slashes_action: Option<&Bound<'_, PyAny>>,
+    strip_matching_host_port: Option<bool>,
+    strip_any_host_port: Option<bool>,
+    listener_port: Option<u16>,
+) -> PyResult<HcmOptions> {
+    let mut o = base;
+    if let Some(v) = normalize_path {
+        o.normalize_path = v;
+    }
+    if let Some(v) = merge_slashes {
+        o.merge_slashes = v;
+    }
+    if let Some(v) = path_with_escaped_slashes_action {
+        o.escaped_slashes = escaped_slashes(py, v)?;
+    }
+    if let Some(v) = strip_matching_host_port {
+        o.strip_matching_host_port = v;
+    }
+    if let Some(v) = strip_any_host_port {
+        o.strip_any_host_port = v;
+    }
+    if listener_port.is_some() {
+        o.listener_port = listener_port;
+    }
+    if o.strip_matching_host_port && o.strip_any_host_port {
+        return Err(PyValueError::new_err(
+            "strip_matching_host_port and strip_any_host_port are mutually exclusive",
+        ));
+    }
+    Ok(o)
+}
+
+/// Header name/value strings kept alive while `&str` views into them are in use.
+type HeaderObjs<'py> = Vec<(Bound<'py, PyString>, Bound<'py, PyString>)>;
+
+fn header_objs<'py>(headers: Option<&Bound<'py, PyAny>>) -> PyResult<HeaderObjs<'py>> {
+    let mut out = Vec::new();
+    let Some(h) = headers else {
+        return Ok(out);
+    };
+    if h.is_none() {
+        return Ok(out);
+    }
+    let pair = |k: Bound<'py, PyAny>, v: Bound<'py, PyAny>| -> PyResult<_> {
+        let k = k
+            .cast_into::<PyString>()
+            .map_err(|_| PyTypeError::new_err("header names must be str"))?;
+        let v = v
+            .cast_into::<PyString>()
+            .map_err(|_| PyTypeError::new_err("header values must be str"))?;
+        Ok((k, v))
+    };
+    if let Ok(d) = h.cast::<PyDict>() {
+        out.reserve(d.len());
+        for (k, v) in d.iter() {
+            out.push(pair(k, v)?);
+        }
+        return Ok(out);
+    }
+    for item in h.try_iter()? {
+        let item = item?;
+        let (k, v): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item
+            .extract()
+            .map_err(|_| PyTypeError::new_err("headers must be a dict or (name, value) pairs"))?;
+        out.push(pair(k, v)?);
+    }
+    Ok(out)
+}
+
+fn header_views<'a>(objs: &'a HeaderObjs<'_>) -> PyResult<Vec<(&'a str, &'a str)>> {
+    objs.iter()
+        .map(|(k, v)| Ok((k.to_str()?, v.to_str()?)))
+        .collect()
+}
+
+/// A column of str: a list or tuple, or anything with `tolist()` (numpy arrays).
+fn str_column<'py>(col: &Bound<'py, PyAny>, what: &str) -> PyResult<Vec<Bound<'py, PyString>>> {
+    let list: Bound<'py, PyAny> = if col.cast::<PyList>().is_ok() || col.cast::<PyTuple>().is_ok() {
+        col.clone()
+    } else if col.hasattr("tolist")? {
+        col.call_method0("tolist")?
+    } else {
+        col.clone()
+    };
+    let mut out = Vec::new();
+    for item in list.try_iter()? {
+        out.push(
+            item?
+                .cast_into::<PyString>()
+                .map_err(|_| PyTypeError::new_err(format!("{what} must contain str")))?,
+        );
+    }
+    Ok(out)
+}
+
+fn explanation_dict<'py>(
+    py: Python<'py>,
+    table: &CompiledRouteTable,
+    e: &Explanation,
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("authority", &e.authority)?;
+    d.set_item("path", &e.path)?;
+    let vh = e.virtual_host.and_then(|v| table.virtual_hosts.get(v));
+    d.set_item("virtual_host", vh.map(|v| v.name.as_str()))?;
+    let why = match &e.host_choice {
+        None => format!("no virtual host matches {:?} (404)", e.authority),
+        Some(HostChoice::Exact(d)) => format!("exact domain {d:?}"),
+        Some(HostChoice::Suffix(d)) => format!("longest suffix wildcard {d:?}"),
+        Some(HostChoice::Prefix(d)) => format!("longest prefix wildcard {d:?}"),
+        Some(HostChoice::Default) => "wildcard domain \"*\"".to_string(),
+    };
+    d.set_item("virtual_host_reason", why)?;
+    if e.virtual_host.is_some() && e.path.is_none() {
+        d.set_item(
+            "path_rejected",
+            "the connection manager answers 400 before routing (a '#' fragment, %00 under \
+             normalize_path, or %2F/%5C under REJECT_REQUEST)",
+        )?;
+    }
+    let routes = PyList::empty(py);
+    for (id, reason) in &e.routes {
+        let r = PyDict::new(py);
+        r.set_item("route_index", id)?;
+        r.set_item("name", table.routes.get(*id).map(|r| r.name.as_str()))?;
+        r.set_item("matched", reason.is_none())?;
+        r.set_item("reason", reason)?;
+        routes.append(r)?;
+    }
+    d.set_item("routes", routes)?;
+    d.set_item("route_index", e.route)?;
+    Ok(d)
+}
+
+#[pymethods]
+impl RouteTable {
+    /// Compiles a RouteConfiguration (message or bytes). The keyword options are the
+    /// HttpConnectionManager settings that change what the router sees.
+    #[staticmethod]
+    #[pyo3(signature = (config, *, normalize_path=false, merge_slashes=false,
+        path_with_escaped_slashes_action=None, strip_matching_host_port=false,
+        strip_any_host_port=false, listener_port=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn from_proto(
+        py: Python<'_>,
+        config: &Bound<'_, PyAny>,
+        normalize_path: bool,
+        merge_slashes: bool,
+        path_with_escaped_slashes_action: Option<&Bound<'_, PyAny>>,
+        strip_matching_host_port: bool,
+        strip_any_host_port: bool,
+        listener_port: Option<u16>,
+    ) -> PyResult<Self> {
+        let options = hcm_options(
+            py,
+            HcmOptions::default(),
+            Some(normalize_path),
+            Some(merge_slashes),
+            path_with_escaped_slashes_action,
+            Some(strip_matching_host_port),
+            Some(strip_any_host_port),
+            listener_port,
+        )?;
+        let bytes = config_bytes(config)?;
+        let table = py
+            .detach(|| CompiledRouteTable::from_bytes(&bytes, options))
+            .map_err(|e| core_error_to_py(py, &e))?;
+        let mut matches = Vec::with_capacity(table.routes.len());
+        for (i, r) in table.routes.iter().enumerate() {
+            let vh = table
+                .virtual_hosts
+                .get(r.virtual_host)
+                .map(|v| v.name.clone())
+                .unwrap_or_default();
+            matches.push(Py::new(
+                py,
+                RouteMatch {
+                    name: r.name.clone(),
+                    virtual_host: vh,
+                    route_index: i,
+                    virtual_host_index: r.virtual_host,
+                    action: action_dict(py, r.action.as_ref())?.unbind(),
+                    proto: PyBytes::new(py, &r.proto).unbind(),
+                },
+            )?);
+        }
+        let routes = PyTuple::new(py, matches.iter().map(|m| m.clone_ref(py)))?.unbind();
+        Ok(Self {
+            table: Arc::new(table),
+            routes,
+            matches,
+        })
+    }
+
+    /// Every route in table order (virtual host by virtual host); `route_batch` indexes it.
+    #[getter]
+    fn routes(&self, py: Python<'_>) -> Py<PyTuple> {
+        self.routes.clone_ref(py)
+    }
+
+    /// The RouteConfiguration's name.
+    #[getter]
+    fn name(&self) -> &str {
+        &self.table.name
+    }
+
+    /// Virtual host names, in configuration order.
+    #[getter]
+    fn virtual_hosts(&self) -> Vec<String> {
+        self.table
+            .virtual_hosts
+            .iter()
+            .map(|v| v.name.clone())
+            .collect()
+    }
+
+    fn __len__(&self) -> usize {
+        self.matches.len()
+    }
+
+    /// The route Envoy would choose for this request, or None (Envoy answers 404).
+    #[pyo3(signature = (authority, path, method="GET", headers=None, *, scheme="http",
+        normalize_path=None, merge_slashes=None, path_with_escaped_slashes_action=None,
+        strip_matching_host_port=None, strip_any_host_port=None, listener_port=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn route(
+        &self,
+        py: Python<'_>,
+        authority: &str,
+        path: &str,
+        method: &str,
+        headers: Option<&Bound<'_, PyAny>>,
+        scheme: &str,
+        normalize_path: Option<bool>,
+        merge_slashes: Option<bool>,
+        path_with_escaped_slashes_action: Option<&Bound<'_, PyAny>>,
+        strip_matching_host_port: Option<bool>,
+        strip_any_host_port: Option<bool>,
+        listener_port: Option<u16>,
+    ) -> PyResult<Option<Py<RouteMatch>>> {
+        let objs = header_objs(headers)?;
+        let views = header_views(&objs)?;
+        let req = Request {
+            authority,
+            path,
+            method,
+            scheme,
+            headers: &views,
+        };
+        let overridden = normalize_path.is_some()
+            || merge_slashes.is_some()
+            || path_with_escaped_slashes_action.is_some()
+            || strip_matching_host_port.is_some()
+            || strip_any_host_port.is_some()
+            || listener_port.is_some();
+        let hit = if overridden {
+            let o = hcm_options(
+                py,
+                self.table.options,
+                normalize_path,
+                merge_slashes,
+                path_with_escaped_slashes_action,
+                strip_matching_host_port,
+                strip_any_host_port,
+                listener_port,
+            )?;
+            self.table.route_with(&req, &o)
+        } else {
+            self.table.route(&req)
+        };
+        Ok(hit
+            .and_then(|i| self.matches.get(i))
+            .map(|m| m.clone_ref(py)))
+    }
+
+    /// Routes many requests at once (the GIL is released while the core works): an int32
+    /// numpy array of indices into `routes`, -1 where no route matches.
+    #[pyo3(signature = (authorities, paths, methods=None, headers=None))]
+    fn route_batch<'py>(
+        &self,
+        py: Python<'py>,
+        authorities: &Bound<'py, PyAny>,
+        paths: &Bound<'py, PyAny>,
+        methods: Option<&Bound<'py, PyAny>>,
+        headers: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let path_objs = str_column(paths, "paths")?;
+        let n = path_objs.len();
+        // One authority for every request, or one per request.
+        let auth_objs = match authorities.cast::<PyString>() {
+            Ok(s) => vec![s.clone(); n],
+            Err(_) => str_column(authorities, "authorities")?,
+        };
+        if auth_objs.len() != n {
+            return Err(PyValueError::new_err(
+                "authorities and paths must have the same length",
+            ));
+        }
+        let method_objs = match methods {
+            Some(m) if !m.is_none() => {
+                if let Ok(s) = m.cast::<PyString>() {
+                    vec![s.clone(); n]
+                } else {
+                    str_column(m, "methods")?
+                }
+            }
+            _ => Vec::new(),
+        };
+        if !method_objs.is_empty() && method_objs.len() != n {
+            return Err(PyValueError::new_err(
+                "methods must have one entry per request",
+            ));
+        }
+        let header_objs_all: Vec<HeaderObjs<'py>> = match headers {
+            Some(h) if !h.is_none() => {
+                let mut v = Vec::with_capacity(n);
+                for item in h.try_iter()? {
+                    let item = item?;
+                    v.push(header_objs(Some(&item))?);
+                }
+                if v.len() != n {
+                    return Err(PyValueError::new_err(
+                        "headers must have one entry per request",
+                    ));
+                }
+                v
+            }
+            _ => Vec::new(),
+        };
+        let header_views_all: Vec<Vec<(&str, &str)>> = header_objs_all
+            .iter()
+            .map(header_views)
+            .collect::<PyResult<_>>()?;
+        let mut reqs = Vec::with_capacity(n);
+        for i in 0..n {
+            reqs.push(Request {
+                authority: auth_objs[i].to_str()?,
+                path: path_objs[i].to_str()?,
+                method: match method_objs.get(i) {
+                    Some(m) => m.to_str()?,
+                    None => "GET",
+                },
+                scheme: "http",
+                headers: header_views_all.get(i).map_or(&[][..], |v| v.as_slice()),
+            });
+        }
+        let table = &self.table;
+        let out: Vec<u8> = py.detach(|| {
+            let mut out = Vec::with_capacity(reqs.len() * 4);
+            for r in &reqs {
+                let idx = table.route(r).map_or(-1i32, |i| i as i32);
+                out.extend_from_slice(&idx.to_ne_bytes());
+            }
+            out
+        });
+        let np = py.import("numpy")?;
+        let buf = pyo3::types::PyByteArray::new(py, &out);
+        np.call_method1("frombuffer", (buf, np.getattr("int32")?))
+    }
+
+    /// The decision with its reasons: the virtual host and why, and for each route of that
+    /// virtual host up to the match, the condition that failed.
+    #[pyo3(signature = (authority, path, method="GET", headers=None, *, scheme="http",
+        normalize_path=None, merge_slashes=None, path_with_escaped_slashes_action=None,
+        strip_matching_host_port=None, strip_any_host_port=None, listener_port=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn explain<'py>(
+        &self,
+        py: Python<'py>,
+        authority: &str,
+        path: &str,
+        method: &str,
+        headers: Option<&Bound<'py, PyAny>>,
+        scheme: &str,
+        normalize_path: Option<bool>,
+        merge_slashes: Option<bool>,
+        path_with_escaped_slashes_action: Option<&Bound<'py, PyAny>>,
+        strip_matching_host_port: Option<bool>,
+        strip_any_host_port: Option<bool>,
+        listener_port: Option<u16>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let objs = header_objs(headers)?;
+        let views = header_views(&objs)?;
+        let req = Request {
+            authority,
+            path,
+            method,
+            scheme,
+            headers: &views,
+        };
+        let o = hcm_options(
+            py,
+            self.table.options,
+            normalize_path,
+            merge_slashes,
+            path_with_escaped_slashes_action,
+            strip_matching_host_port,
+            strip_any_host_port,
+            listener_port,
+        )?;
+        let e = self.table.explain(&req, &o);
+        explanation_dict(py, &self.table, &e)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "RouteTable(name={:?}, virtual_hosts={}, routes={})",
+            self.table.name,
+            self.table.virtual_hosts.len(),
+            self.matches.len()
+        )
+    }
+}

@@ -7,7 +7,7 @@ CARGO := cargo --quiet
 CARGO_DIR := ext
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help dev release test lint fmt bench demo clean
+.PHONY: help dev release test lint fmt bench demo protos clean
 
 help:
 	@echo "make demo     set up, then validate examples/ and summarise the mesh (the main job)"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench    release build, then the benchmarks in bench/"
 	@echo "make lint     ruff, mypy, cargo fmt --check, clippy"
 	@echo "make fmt      ruff format + fix, cargo fmt"
+	@echo "make protos   regenerate the Python modules of our .proto files (grpcio-tools)"
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,11 +55,15 @@ fmt: $(VENV)/.deps
 	cd $(CARGO_DIR) && $(CARGO) fmt --all
 
 bench: release
-	$(PY) -m pytest bench --benchmark-enable -p no:cacheprovider -q
+	$(PY) -m pytest bench -o python_files='bench_*.py' --benchmark-enable -p no:cacheprovider \
+		--benchmark-columns=min,median,max,rounds --benchmark-sort=name -q
 
 demo: dev
 	$(VENV)/bin/meshcore validate examples/
 	$(VENV)/bin/meshcore describe examples/
+
+protos: $(VENV)/.deps
+	$(PY) -m meshcore._protos
 
 clean:
 	rm -rf $(VENV) ext/target

@@ -1,5 +1,8 @@
 """meshcore: a service-mesh core with Istio-style config, Envoy xDS and a Rust decision core."""
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from meshcore._core import RouteMatch, RouteTable, __version__
 from meshcore.errors import (
     ConfigError,
@@ -8,7 +11,11 @@ from meshcore.errors import (
     UnsupportedFeatureError,
 )
 
+if TYPE_CHECKING:
+    from meshcore.security.authz import Authorizer
+
 __all__ = [
+    "Authorizer",
     "ConfigError",
     "ConfigProblem",
     "MeshcoreError",
@@ -17,3 +24,16 @@ __all__ = [
     "UnsupportedFeatureError",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: the base install (no xds-protos) must still import meshcore.
+    if name == "Authorizer":
+        try:
+            module = importlib.import_module("meshcore.security.authz")
+        except ImportError as exc:
+            raise ImportError(
+                "meshcore.Authorizer needs the Envoy protos: pip install 'meshcore[all]'"
+            ) from exc
+        return module.Authorizer
+    raise AttributeError(f"module 'meshcore' has no attribute {name!r}")

@@ -1,12 +1,21 @@
 # Hand-written stubs for the Rust extension (ext/py); checked by mypy.stubtest in the tests.
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol, final
+from typing import Any, Protocol, final
 
 import numpy as np
 import numpy.typing as npt
 
 __version__: str
+__all__ = [
+    "RouteMatch",
+    "RouteTable",
+    "YamlDocument",
+    "__version__",
+    "check_regex",
+    "parse_yaml",
+    "regex_full_match",
+]
 
 def check_regex(pattern: str) -> None: ...
 def regex_full_match(pattern: str, text: str) -> bool: ...
@@ -89,3 +98,18 @@ class RouteTable:
         strip_any_host_port: bool | None = None,
         listener_port: int | None = None,
     ) -> dict[str, object]: ...
+
+@final
+class YamlDocument:
+    """The node tree of one YAML document, for field-path to line lookups."""
+
+    @property
+    def line(self) -> int: ...
+    def line_of(self, path: Iterable[str | int]) -> int: ...
+
+def parse_yaml(
+    text: str,
+) -> tuple[
+    list[tuple[Any, YamlDocument]],
+    list[tuple[int, int, str, int | None, list[str | int]]],
+]: ...

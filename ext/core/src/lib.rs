@@ -11,6 +11,7 @@ pub mod proto;
 pub mod regex;
 pub mod request;
 pub mod route;
+pub mod yaml;
 
 pub use error::{CoreError, FieldError, FieldErrorKind};
 pub use regex::Re2Regex;

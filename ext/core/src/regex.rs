@@ -28,7 +28,7 @@ impl Re2Regex {
         let full = regex::RegexBuilder::new(&format!(r"\A(?:{translated})\z"))
             .size_limit(1 << 22)
             .build()
-            .map_err(|e| format!("invalid regex {pattern:?}: {}", first_line(&e.to_string())))?;
+            .map_err(|e| format!("invalid regex `{pattern}`: {}", first_line(&e.to_string())))?;
         Ok(Self {
             pattern: pattern.to_string(),
             full,
@@ -70,7 +70,7 @@ fn translate(pattern: &str) -> Result<String, String> {
                 other => other.to_string(),
             };
             format!(
-                "invalid regex {pattern:?}: {what} (at offset {})",
+                "invalid regex `{pattern}`: {what} (at offset {})",
                 e.span().start.offset
             )
         })?;
@@ -99,7 +99,7 @@ struct Walker<'a> {
 impl Walker<'_> {
     fn reject(&self, span: &ast::Span, what: &str) -> Result<(), String> {
         Err(format!(
-            "invalid regex {:?}: {what} is not supported by RE2 (at offset {})",
+            "invalid regex `{}`: {what} is not supported by RE2 (at offset {})",
             self.pattern, span.start.offset
         ))
     }
@@ -136,7 +136,7 @@ impl Walker<'_> {
                 if let Ast::Repetition(inner) = &*r.ast {
                     if inner.op.span.end.offset == r.op.span.start.offset {
                         return Err(format!(
-                            "invalid regex {:?}: bad repetition operator: a repetition of a repetition such as `**` (at offset {})",
+                            "invalid regex `{}`: bad repetition operator: a repetition of a repetition such as `**` (at offset {})",
                             self.pattern, r.op.span.start.offset
                         ));
                     }
@@ -155,7 +155,7 @@ impl Walker<'_> {
                             || max.is_some_and(|m| u64::from(m) > RE2_MAX_REPEAT)
                         {
                             return Err(format!(
-                                "invalid regex {:?}: bad repetition operator: counts above {RE2_MAX_REPEAT} are not allowed by RE2 (at offset {})",
+                                "invalid regex `{}`: bad repetition operator: counts above {RE2_MAX_REPEAT} are not allowed by RE2 (at offset {})",
                                 self.pattern, r.op.span.start.offset
                             ));
                         }
@@ -165,7 +165,7 @@ impl Walker<'_> {
                 let product = repeat_product.saturating_mul(factor);
                 if product > RE2_MAX_REPEAT {
                     return Err(format!(
-                        "invalid regex {:?}: bad repetition operator: nested repetition counts multiply to more than {RE2_MAX_REPEAT} (at offset {})",
+                        "invalid regex `{}`: bad repetition operator: nested repetition counts multiply to more than {RE2_MAX_REPEAT} (at offset {})",
                         self.pattern, r.op.span.start.offset
                     ));
                 }

@@ -7,6 +7,7 @@ use meshcore_core::Re2Regex;
 
 mod errors;
 mod route;
+mod yaml;
 
 /// Raises ValueError (one line, naming the problem) when `pattern` is not valid RE2 as Envoy
 /// compiles it.
@@ -31,5 +32,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(regex_full_match, m)?)?;
     m.add_class::<route::RouteTable>()?;
     m.add_class::<route::RouteMatch>()?;
+    m.add_function(wrap_pyfunction!(yaml::parse_yaml, m)?)?;
+    m.add_class::<yaml::PyYamlDocument>()?;
     Ok(())
 }

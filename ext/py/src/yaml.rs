@@ -1,0 +1,91 @@
+//! YAML streams for Python: plain values plus a handle that maps field paths to lines.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyInt, PyList};
+
+use meshcore_core::yaml::{self, Document, PathKey, Value};
+
+/// The node tree of one YAML document, kept to answer `line_of(path)` for error messages.
+#[pyclass(frozen, module = "meshcore._core", name = "YamlDocument")]
+pub struct PyYamlDocument {
+    doc: Document,
+}
+
+#[pymethods]
+impl PyYamlDocument {
+    /// 1-based line where the document starts.
+    #[getter]
+    fn line(&self) -> u32 {
+        self.doc.line
+    }
+
+    /// The line of the field at `path` (keys and indexes); the nearest existing ancestor's
+    /// line when the field is absent.
+    fn line_of(&self, path: &Bound<'_, PyAny>) -> PyResult<u32> {
+        let mut keys = Vec::new();
+        for item in path.try_iter()? {
+            let item = item?;
+            if let Ok(i) = item.extract::<i64>() {
+                keys.push(PathKey::Index(i));
+            } else {
+                keys.push(PathKey::Key(item.str()?.to_string()));
+            }
+        }
+        Ok(self.doc.line_of(&keys))
+    }
+}
+
+type Problem = (u32, u32, String, Option<usize>, Vec<Py<PyAny>>);
+type Parsed = (Vec<(Py<PyAny>, Py<PyYamlDocument>)>, Vec<Problem>);
+
+/// Parses a multi-document YAML stream:
+/// ([(value, YamlDocument)], [(line, column, message, document index or None, field path)]).
+#[pyfunction]
+pub fn parse_yaml(py: Python<'_>, text: String) -> PyResult<Parsed> {
+    let stream = py.detach(move || yaml::parse(&text));
+    let mut docs = Vec::with_capacity(stream.documents.len());
+    for doc in stream.documents {
+        let value = to_python(py, &doc.root.value)?;
+        docs.push((value, Py::new(py, PyYamlDocument { doc })?));
+    }
+    let mut problems = Vec::with_capacity(stream.problems.len());
+    for p in stream.problems {
+        let path = p
+            .path
+            .iter()
+            .map(|k| -> PyResult<Py<PyAny>> {
+                Ok(match k {
+                    PathKey::Key(s) => s.into_pyobject(py)?.into_any().unbind(),
+                    PathKey::Index(i) => i.into_pyobject(py)?.into_any().unbind(),
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        problems.push((p.line, p.column, p.message, p.document, path));
+    }
+    Ok((docs, problems))
+}
+
+fn to_python(py: Python<'_>, value: &Value) -> PyResult<Py<PyAny>> {
+    Ok(match value {
+        Value::Null => py.None(),
+        Value::Bool(b) => b.into_pyobject(py)?.to_owned().into_any().unbind(),
+        Value::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
+        Value::BigInt(s) => py.get_type::<PyInt>().call1((s.as_str(),))?.unbind(),
+        Value::Float(f) => f.into_pyobject(py)?.into_any().unbind(),
+        Value::Str(s) => s.into_pyobject(py)?.into_any().unbind(),
+        Value::Seq(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(to_python(py, &item.value)?)?;
+            }
+            list.into_any().unbind()
+        }
+        Value::Map(entries) => {
+            let dict = PyDict::new(py);
+            for (k, v) in entries {
+                dict.set_item(to_python(py, &k.value)?, to_python(py, &v.value)?)?;
+            }
+            dict.into_any().unbind()
+        }
+    })
+}

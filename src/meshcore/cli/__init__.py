@@ -1,0 +1,146 @@
+"""The ``meshcore`` command. Exit codes: 0 ok, 1 invalid config, 2 usage error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from meshcore import __version__
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshcore",
+        description="meshcore: Istio-style config, Envoy xDS and Envoy's decisions from a Rust core.",
+    )
+    parser.add_argument("--version", action="version", version=f"meshcore {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    v = sub.add_parser("validate", help="validate Istio-style YAML files and directories")
+    v.add_argument("paths", nargs="+", metavar="FILE|DIR")
+    v.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    v.add_argument("--domain", default="cluster.local", help="the mesh's DNS domain")
+
+    d = sub.add_parser("describe", help="validate, then summarise the loaded mesh")
+    d.add_argument("paths", nargs="+", metavar="FILE|DIR")
+    d.add_argument("--domain", default="cluster.local")
+
+    w = sub.add_parser("webhook", help="serve the validating admission webhook over HTTPS")
+    w.add_argument("--cert", required=True, help="PEM certificate (chain) file")
+    w.add_argument("--key", required=True, help="PEM private key file")
+    w.add_argument("--port", type=int, default=15017)
+    w.add_argument("--host", default="127.0.0.1")
+    return parser
+
+
+def _missing(paths: Sequence[str]) -> list[str]:
+    return [p for p in paths if not Path(p).exists()]
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from meshcore.config import validate
+
+    report = validate(args.paths, domain=args.domain)
+    count = len(report.model) if report.model is not None else 0
+    if args.output == "json":
+        print(
+            json.dumps(
+                {
+                    "valid": report.ok,
+                    "resources": count,
+                    "errors": [p.to_dict() for p in report.errors],
+                    "warnings": [p.to_dict() for p in report.warnings],
+                },
+                indent=2,
+            )
+        )
+    else:
+        for p in report.problems:
+            label = "error" if p.severity == "error" else "warning"
+            print(f"{label}: {p}", file=sys.stderr if p.severity == "error" else sys.stdout)
+        e, w = len(report.errors), len(report.warnings)
+        if report.ok:
+            print(f"valid: {count} resources" + (f", {w} warning{'s' * (w != 1)}" if w else ""))
+        else:
+            print(
+                f"invalid: {e} error{'s' * (e != 1)}, {w} warning{'s' * (w != 1)}", file=sys.stderr
+            )
+    return EXIT_OK if report.ok else EXIT_INVALID
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from meshcore.cli.describe import describe
+
+    return describe(args.paths, domain=args.domain)
+
+
+def _webhook(args: argparse.Namespace) -> int:
+    from meshcore.config.webhook import make_server
+
+    for f in (args.cert, args.key):
+        if not Path(f).is_file():
+            print(f"meshcore webhook: no such file: {f}", file=sys.stderr)
+            return EXIT_USAGE
+    if not 0 <= args.port <= 65535:
+        print(f"meshcore webhook: invalid port {args.port}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        server = make_server(args.cert, args.key, args.port, args.host)
+    except (OSError, ValueError) as exc:
+        print(f"meshcore webhook: cannot start: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    host, port = server.server_address[:2]
+    print(
+        f"meshcore webhook: serving AdmissionReview v1 on https://{host!s}:{port}/validate",
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return EXIT_OK
+
+
+COMMANDS = {"validate": _validate, "describe": _describe, "webhook": _webhook}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    paths = getattr(args, "paths", None)
+    if paths:
+        missing = _missing(paths)
+        if missing:
+            for m in missing:
+                print(f"meshcore {args.command}: no such file or directory: {m}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:  # a bug of ours: one line, not a traceback
+        print(
+            f"meshcore {args.command}: internal error: {type(exc).__name__}: {exc} "
+            "(please report it; set MESHCORE_DEBUG=1 for details)",
+            file=sys.stderr,
+        )
+        import os
+
+        if os.environ.get("MESHCORE_DEBUG"):
+            raise
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

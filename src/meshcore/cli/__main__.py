@@ -1,0 +1,5 @@
+import sys
+
+from meshcore.cli import main
+
+sys.exit(main())

@@ -1,0 +1,303 @@
+"""Istio-style configuration: load YAML files and directories, validate, build a MeshModel.
+
+>>> from meshcore.config import load
+>>> mesh = load(["examples/"])          # raises ConfigError listing every problem
+>>> mesh.service("reviews", "default").ports
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meshcore.config import schema
+from meshcore.config.loader import Document, parse_yaml, read_documents
+from meshcore.config.model import (
+    DEFAULT_DOMAIN,
+    DEFAULT_ROOT_NAMESPACE,
+    RESOURCE_CLASSES,
+    AuthorizationPolicy,
+    DestinationRule,
+    MeshModel,
+    PeerAuthentication,
+    Resource,
+    Service,
+    ServiceEntry,
+    ServicePort,
+    Subset,
+    VirtualService,
+    WorkloadEntry,
+    freeze,
+    resolve_host,
+)
+from meshcore.config.validate import RULES, Checker, check_metadata, format_path, problems_of
+from meshcore.errors import ConfigError, ConfigProblem
+
+__all__ = [
+    "AuthorizationPolicy",
+    "DestinationRule",
+    "MeshModel",
+    "PeerAuthentication",
+    "Resource",
+    "Service",
+    "ServiceEntry",
+    "ServicePort",
+    "Subset",
+    "ValidationReport",
+    "VirtualService",
+    "WorkloadEntry",
+    "load",
+    "load_objects",
+    "resolve_host",
+    "validate",
+    "validate_object",
+]
+
+_TOP_LEVEL = frozenset({"apiVersion", "kind", "metadata", "spec", "status"})
+# Kinds whose spec carries required fields; for the others an absent spec means defaults
+# (e.g. an AuthorizationPolicy with no spec is the "allow nothing" policy).
+_SPEC_REQUIRED = frozenset({"VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry"})
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationReport:
+    """What validation found: every error and warning, and the model when there is no error."""
+
+    problems: tuple[ConfigProblem, ...]
+    model: MeshModel | None
+
+    @property
+    def errors(self) -> tuple[ConfigProblem, ...]:
+        return tuple(p for p in self.problems if p.severity == "error")
+
+    @property
+    def warnings(self) -> tuple[ConfigProblem, ...]:
+        return tuple(p for p in self.problems if p.severity == "warning")
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _resource(doc: Document, domain: str, problems: list[ConfigProblem]) -> Resource | None:
+    """Validates one document; returns its resource (None when not a known kind or invalid)."""
+    value = doc.value
+    if value is None:
+        return None  # an empty document (e.g. a trailing ---)
+    if not isinstance(value, dict):
+        problems.append(
+            ConfigProblem(
+                "a document must be a mapping with apiVersion, kind, metadata and spec",
+                file=doc.file,
+                line=doc.line,
+            )
+        )
+        return None
+    kind_name = value.get("kind")
+    api_version = value.get("apiVersion")
+    raw_meta = value.get("metadata")
+    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
+    ident_name = str(meta.get("name", "")) if meta else ""
+    ident_ns = str(meta.get("namespace") or "default") if meta else ""
+    if not isinstance(kind_name, str) or not kind_name:
+        problems.append(
+            ConfigProblem(
+                "kind is required", path="kind", name=ident_name, file=doc.file, line=doc.line
+            )
+        )
+        return None
+    kind = schema.KINDS.get(kind_name)
+    if kind is None:
+        problems.append(
+            ConfigProblem(
+                f"unknown kind {kind_name!r} (apiVersion {api_version!r}) is ignored",
+                path="kind",
+                kind=kind_name,
+                namespace=ident_ns,
+                name=ident_name,
+                file=doc.file,
+                line=doc.line_of(("kind",)),
+                severity="warning",
+            )
+        )
+        return None
+    checker = Checker()
+    if api_version not in kind.api_versions:
+        checker.error(
+            ("apiVersion",),
+            f"apiVersion {api_version!r} does not serve {kind_name}; use {' or '.join(kind.api_versions)}",
+        )
+    for key in value:
+        if key not in _TOP_LEVEL:
+            checker.error((str(key),), f"unknown top-level field {key!r}")
+    checker.shape(value.get("metadata"), schema.OBJECT_META, ("metadata",))
+    name, namespace = check_metadata(checker, value.get("metadata"), kind)
+    spec = value.get("spec")
+    if spec is None:
+        if kind_name in _SPEC_REQUIRED:
+            checker.error(("spec",), "spec is required")
+        spec = {}
+    if checker.shape(spec, kind.spec, ("spec",)) or isinstance(spec, dict):
+        RULES[kind_name](checker, spec if isinstance(spec, dict) else {}, name)
+    found = problems_of(checker, kind_name, namespace, name, doc.file, doc.line_of)
+    problems.extend(found)
+    if any(p.severity == "error" for p in found):
+        return None
+    cls = RESOURCE_CLASSES[kind_name]
+    extra: dict[str, Any] = {}
+    if cls in (Service, VirtualService, DestinationRule):
+        extra["domain"] = domain
+    return cls(
+        kind=kind_name,
+        api_version=str(api_version),
+        name=name,
+        namespace=namespace,
+        spec=freeze(spec),
+        labels=freeze(meta.get("labels") or {}),
+        annotations=freeze(meta.get("annotations") or {}),
+        file=doc.file,
+        line=doc.line,
+        **extra,
+    )
+
+
+def _check_references(
+    model: MeshModel, docs: Mapping[tuple[str, str, str], Document]
+) -> list[ConfigProblem]:
+    """Cross-resource checks (as istioctl analyze): destinations naming unknown hosts or subsets.
+
+    Warnings, not errors: Istio accepts such config (VirtualServices are often applied before
+    their DestinationRules), and requests routed to a missing subset fail with 503.
+    """
+    out: list[ConfigProblem] = []
+
+    def warn(vs: VirtualService, path: tuple[str | int, ...], message: str) -> None:
+        doc = docs.get(vs.key)
+        out.append(
+            ConfigProblem(
+                message,
+                path=format_path(path),
+                kind=vs.kind,
+                namespace=vs.namespace,
+                name=vs.name,
+                file=vs.file,
+                line=doc.line_of(path) if doc is not None else vs.line,
+                severity="warning",
+            )
+        )
+
+    for vs in model.virtual_services:
+        for i, route in enumerate(vs.http):
+            for j, rd in enumerate(route.get("route", ())):
+                dest = rd.get("destination") or {}
+                host = resolve_host(str(dest.get("host", "")), vs.namespace, model.domain)
+                subset = dest.get("subset")
+                path = ("spec", "http", i, "route", j, "destination")
+                if host and not host.startswith("*") and not model.has_host(host):
+                    warn(
+                        vs, (*path, "host"), f"host {host!r} is not a known Service or ServiceEntry"
+                    )
+                if subset and subset not in model.subsets(host):
+                    warn(
+                        vs,
+                        (*path, "subset"),
+                        f"subset {subset!r} of host {host!r} is not defined by any DestinationRule"
+                        " (requests routed to it fail with 503)",
+                    )
+    return out
+
+
+def _build(
+    docs: Iterable[Document],
+    problems: list[ConfigProblem],
+    *,
+    domain: str,
+    root_namespace: str,
+    check_references: bool = True,
+) -> ValidationReport:
+    resources: list[Resource] = []
+    seen: dict[tuple[str, str, str], Resource] = {}
+    docs_by_key: dict[tuple[str, str, str], Document] = {}
+    for doc in docs:
+        res = _resource(doc, domain, problems)
+        if res is None:
+            continue
+        first = seen.get(res.key)
+        if first is not None:
+            problems.append(
+                ConfigProblem(
+                    f"duplicate {res.kind} {res.namespace}/{res.name}: first defined at {first.file}:{first.line}",
+                    path="metadata.name",
+                    kind=res.kind,
+                    namespace=res.namespace,
+                    name=res.name,
+                    file=res.file,
+                    line=res.line,
+                )
+            )
+            continue
+        seen[res.key] = res
+        docs_by_key[res.key] = doc
+        resources.append(res)
+    model = MeshModel(resources, domain=domain, root_namespace=root_namespace)
+    if check_references:
+        problems.extend(_check_references(model, docs_by_key))
+    ok = not any(p.severity == "error" for p in problems)
+    return ValidationReport(tuple(problems), model if ok else None)
+
+
+def validate(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    domain: str = DEFAULT_DOMAIN,
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+) -> ValidationReport:
+    """Loads and validates YAML files and directories; never raises for bad input."""
+    docs, problems = read_documents(paths)
+    return _build(docs, problems, domain=domain, root_namespace=root_namespace)
+
+
+def load(
+    paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
+    *,
+    domain: str = DEFAULT_DOMAIN,
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+) -> MeshModel:
+    """Loads a mesh from YAML files and directories; ConfigError lists every problem."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    report = validate(paths, domain=domain, root_namespace=root_namespace)
+    if report.model is None:
+        raise ConfigError(report.errors)
+    return report.model
+
+
+def load_objects(
+    objects: Iterable[Mapping[str, Any]],
+    *,
+    source: str = "<objects>",
+    domain: str = DEFAULT_DOMAIN,
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+) -> MeshModel:
+    """Builds a mesh from already-parsed manifests (dicts); ConfigError lists every problem."""
+    docs = [Document(dict(o), source, 0, i) for i, o in enumerate(objects)]
+    report = _build(docs, [], domain=domain, root_namespace=root_namespace)
+    if report.model is None:
+        raise ConfigError(report.errors)
+    return report.model
+
+
+def validate_object(
+    obj: Mapping[str, Any] | str, *, source: str = "<object>", domain: str = DEFAULT_DOMAIN
+) -> list[ConfigProblem]:
+    """Validates one manifest on its own (as the admission webhook does): errors and warnings."""
+    problems: list[ConfigProblem] = []
+    if isinstance(obj, str):
+        docs, problems = parse_yaml(obj, source)
+    else:
+        docs = [Document(dict(obj), source, 0, 0)]
+    for doc in docs:
+        _resource(doc, domain, problems)
+    return problems

@@ -1,0 +1,449 @@
+"""The loaded mesh: typed, immutable resources and the indexes a translator needs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+DEFAULT_DOMAIN = "cluster.local"
+DEFAULT_ROOT_NAMESPACE = "istio-system"
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def freeze(value: Any) -> Any:
+    """A deep read-only copy: mappings become MappingProxyType, lists become tuples.
+
+    Fields set to null are dropped: null means "not set", as the Kubernetes API server treats
+    it, so readers can rely on ``spec.get(field, default)``.
+    """
+    if isinstance(value, dict):
+        return MappingProxyType({k: freeze(v) for k, v in value.items() if v is not None})
+    if isinstance(value, list):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """The plain-Python (dict/list) copy of a frozen value, e.g. to hand to other libraries."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thaw(v) for v in value]
+    return value
+
+
+def resolve_host(host: str, namespace: str, domain: str = DEFAULT_DOMAIN) -> str:
+    """Istio's short-name rule: a host without a dot is a service in the resource's namespace."""
+    if "." in host or host == "*" or not host:
+        return host
+    return f"{host}.{namespace}.svc.{domain}"
+
+
+def selector_matches(selector: Mapping[str, str] | None, labels: Mapping[str, str]) -> bool:
+    """A missing selector selects every workload; otherwise every label must be equal."""
+    if not selector:
+        return True
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """One Kubernetes-style resource as loaded: identity, source location and frozen spec."""
+
+    kind: str
+    api_version: str
+    name: str
+    namespace: str
+    spec: Mapping[str, Any] = field(repr=False)
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY, repr=False)
+    annotations: Mapping[str, str] = field(default_factory=lambda: _EMPTY, repr=False)
+    file: str = ""
+    line: int = 0
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.namespace, self.name)
+
+    def manifest(self) -> dict[str, Any]:
+        """The resource as a plain Kubernetes manifest dict."""
+        metadata: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
+        if self.labels:
+            metadata["labels"] = dict(self.labels)
+        if self.annotations:
+            metadata["annotations"] = dict(self.annotations)
+        return {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "metadata": metadata,
+            "spec": thaw(self.spec),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    name: str
+    port: int
+    target_port: int | str
+    protocol: str
+    app_protocol: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Service(Resource):
+    domain: str = DEFAULT_DOMAIN
+
+    @property
+    def hostname(self) -> str:
+        return f"{self.name}.{self.namespace}.svc.{self.domain}"
+
+    @property
+    def selector(self) -> Mapping[str, str]:
+        return self.spec.get("selector") or _EMPTY
+
+    @property
+    def ports(self) -> tuple[ServicePort, ...]:
+        return tuple(
+            ServicePort(
+                name=p.get("name", ""),
+                port=p["port"],
+                target_port=p.get("targetPort", p["port"]),
+                protocol=p.get("protocol", "TCP"),
+                app_protocol=p.get("appProtocol", ""),
+            )
+            for p in self.spec.get("ports", ())
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadEntry(Resource):
+    @property
+    def address(self) -> str:
+        return str(self.spec.get("address", ""))
+
+    @property
+    def workload_labels(self) -> Mapping[str, str]:
+        """The labels services select on: spec.labels, else metadata.labels (as Istio)."""
+        return self.spec.get("labels") or self.labels
+
+    @property
+    def ports(self) -> Mapping[str, int]:
+        return self.spec.get("ports") or _EMPTY
+
+    @property
+    def weight(self) -> int:
+        return int(self.spec.get("weight") or 1)
+
+    @property
+    def locality(self) -> str:
+        return str(self.spec.get("locality", ""))
+
+    @property
+    def network(self) -> str:
+        return str(self.spec.get("network", ""))
+
+    @property
+    def service_account(self) -> str:
+        return str(self.spec.get("serviceAccount") or "default")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceEntry(Resource):
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return tuple(self.spec.get("hosts", ()))
+
+    @property
+    def location(self) -> str:
+        return str(self.spec.get("location", "MESH_EXTERNAL"))
+
+    @property
+    def resolution(self) -> str:
+        return str(self.spec.get("resolution", "NONE"))
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualService(Resource):
+    domain: str = DEFAULT_DOMAIN
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """Hosts as written, short names resolved in the VirtualService's namespace."""
+        return tuple(
+            resolve_host(h, self.namespace, self.domain) for h in self.spec.get("hosts", ())
+        )
+
+    @property
+    def gateways(self) -> tuple[str, ...]:
+        return tuple(self.spec.get("gateways", ()))
+
+    @property
+    def http(self) -> tuple[Mapping[str, Any], ...]:
+        return tuple(self.spec.get("http", ()))
+
+
+@dataclass(frozen=True, slots=True)
+class Subset:
+    name: str
+    labels: Mapping[str, str]
+    traffic_policy: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationRule(Resource):
+    domain: str = DEFAULT_DOMAIN
+
+    @property
+    def host(self) -> str:
+        return resolve_host(str(self.spec.get("host", "")), self.namespace, self.domain)
+
+    @property
+    def traffic_policy(self) -> Mapping[str, Any]:
+        return self.spec.get("trafficPolicy") or _EMPTY
+
+    @property
+    def subsets(self) -> Mapping[str, Subset]:
+        return MappingProxyType(
+            {
+                s["name"]: Subset(
+                    s["name"], s.get("labels") or _EMPTY, s.get("trafficPolicy") or _EMPTY
+                )
+                for s in self.spec.get("subsets", ())
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationPolicy(Resource):
+    @property
+    def action(self) -> str:
+        return str(self.spec.get("action", "ALLOW"))
+
+    @property
+    def selector(self) -> Mapping[str, str] | None:
+        sel = self.spec.get("selector")
+        return None if sel is None else (sel.get("matchLabels") or _EMPTY)
+
+    @property
+    def rules(self) -> tuple[Mapping[str, Any], ...]:
+        return tuple(self.spec.get("rules", ()))
+
+    @property
+    def provider(self) -> str:
+        return str((self.spec.get("provider") or _EMPTY).get("name", ""))
+
+    @property
+    def dry_run(self) -> bool:
+        return str(self.annotations.get("istio.io/dry-run", "")).lower() == "true"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAuthentication(Resource):
+    @property
+    def selector(self) -> Mapping[str, str] | None:
+        sel = self.spec.get("selector")
+        return None if sel is None else (sel.get("matchLabels") or _EMPTY)
+
+    @property
+    def mode(self) -> str:
+        return str((self.spec.get("mtls") or _EMPTY).get("mode", "UNSET"))
+
+    @property
+    def port_level_modes(self) -> Mapping[int, str]:
+        return MappingProxyType(
+            {
+                int(port): str(m.get("mode", "UNSET"))
+                for port, m in (self.spec.get("portLevelMtls") or {}).items()
+            }
+        )
+
+
+RESOURCE_CLASSES: Mapping[str, type[Resource]] = {
+    "Service": Service,
+    "WorkloadEntry": WorkloadEntry,
+    "ServiceEntry": ServiceEntry,
+    "VirtualService": VirtualService,
+    "DestinationRule": DestinationRule,
+    "AuthorizationPolicy": AuthorizationPolicy,
+    "PeerAuthentication": PeerAuthentication,
+}
+
+
+def _group(pairs: Iterable[tuple[Any, Any]]) -> Mapping[Any, tuple[Any, ...]]:
+    out: dict[Any, list[Any]] = {}
+    for k, v in pairs:
+        out.setdefault(k, []).append(v)
+    return MappingProxyType({k: tuple(v) for k, v in out.items()})
+
+
+class MeshModel:
+    """An immutable, indexed view of a whole mesh's configuration."""
+
+    __slots__ = (
+        "_by_key",
+        "_dr_by_host",
+        "_se_by_host",
+        "_services",
+        "_vs_by_host",
+        "_workloads_by_ns",
+        "authorization_policies",
+        "destination_rules",
+        "domain",
+        "peer_authentications",
+        "resources",
+        "root_namespace",
+        "service_entries",
+        "services",
+        "virtual_services",
+        "workload_entries",
+    )
+    resources: tuple[Resource, ...]
+    domain: str
+    root_namespace: str
+    services: tuple[Service, ...]
+    workload_entries: tuple[WorkloadEntry, ...]
+    service_entries: tuple[ServiceEntry, ...]
+    virtual_services: tuple[VirtualService, ...]
+    destination_rules: tuple[DestinationRule, ...]
+    authorization_policies: tuple[AuthorizationPolicy, ...]
+    peer_authentications: tuple[PeerAuthentication, ...]
+    _by_key: Mapping[tuple[str, str, str], Resource]
+    _services: Mapping[str, Service]
+    _workloads_by_ns: Mapping[str, tuple[WorkloadEntry, ...]]
+    _vs_by_host: Mapping[str, tuple[VirtualService, ...]]
+    _dr_by_host: Mapping[str, tuple[DestinationRule, ...]]
+    _se_by_host: Mapping[str, tuple[ServiceEntry, ...]]
+
+    def __init__(
+        self,
+        resources: Iterable[Resource],
+        *,
+        domain: str = DEFAULT_DOMAIN,
+        root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+    ) -> None:
+        set_ = object.__setattr__
+        res = tuple(resources)
+        set_(self, "resources", res)
+        set_(self, "domain", domain)
+        set_(self, "root_namespace", root_namespace)
+
+        def of(cls: type[Resource]) -> tuple[Any, ...]:
+            return tuple(r for r in res if type(r) is cls)
+
+        set_(self, "services", of(Service))
+        set_(self, "workload_entries", of(WorkloadEntry))
+        set_(self, "service_entries", of(ServiceEntry))
+        set_(self, "virtual_services", of(VirtualService))
+        set_(self, "destination_rules", of(DestinationRule))
+        set_(self, "authorization_policies", of(AuthorizationPolicy))
+        set_(self, "peer_authentications", of(PeerAuthentication))
+        set_(self, "_by_key", MappingProxyType({r.key: r for r in res}))
+        set_(self, "_services", MappingProxyType({s.hostname: s for s in self.services}))
+        set_(self, "_workloads_by_ns", _group((w.namespace, w) for w in self.workload_entries))
+        set_(self, "_vs_by_host", _group((h, vs) for vs in self.virtual_services for h in vs.hosts))
+        set_(self, "_dr_by_host", _group((dr.host, dr) for dr in self.destination_rules))
+        set_(self, "_se_by_host", _group((h, se) for se in self.service_entries for h in se.hosts))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("MeshModel is immutable; build a new one")
+
+    def __len__(self) -> int:
+        return len(self.resources)
+
+    def get(self, kind: str, namespace: str, name: str) -> Resource | None:
+        return self._by_key.get((kind, namespace, name))
+
+    def service(self, host: str, namespace: str = "default") -> Service | None:
+        """A Service by FQDN (``reviews.default.svc.cluster.local``) or short name in ``namespace``."""
+        return self._services.get(resolve_host(host, namespace, self.domain))
+
+    def service_entries_for(self, host: str) -> tuple[ServiceEntry, ...]:
+        return self._se_by_host.get(host, ())
+
+    def has_host(self, host: str) -> bool:
+        """True when a Service or ServiceEntry provides ``host`` (an FQDN)."""
+        return host in self._services or host in self._se_by_host
+
+    def workloads(
+        self, namespace: str, labels: Mapping[str, str] | None = None
+    ) -> tuple[WorkloadEntry, ...]:
+        """WorkloadEntries in ``namespace`` whose labels include ``labels``."""
+        found = self._workloads_by_ns.get(namespace, ())
+        if not labels:
+            return found
+        return tuple(w for w in found if selector_matches(labels, w.workload_labels))
+
+    def endpoints(self, service: Service) -> tuple[WorkloadEntry, ...]:
+        """The workloads a Service selects (none for a Service without a selector)."""
+        if not service.selector:
+            return ()
+        return self.workloads(service.namespace, service.selector)
+
+    def virtual_services_for(self, host: str) -> tuple[VirtualService, ...]:
+        return self._vs_by_host.get(host, ())
+
+    def destination_rule_for(self, host: str) -> DestinationRule | None:
+        """The DestinationRule for ``host`` (Istio: the oldest wins; here the first loaded)."""
+        rules = self._dr_by_host.get(host, ())
+        return rules[0] if rules else None
+
+    def subsets(self, host: str) -> Mapping[str, Subset]:
+        dr = self.destination_rule_for(host)
+        return dr.subsets if dr is not None else MappingProxyType({})
+
+    def authorization_policies_for(
+        self, namespace: str, labels: Mapping[str, str]
+    ) -> tuple[AuthorizationPolicy, ...]:
+        """Policies that apply to a workload: its namespace's and the root namespace's."""
+        return tuple(
+            p
+            for p in self.authorization_policies
+            if p.namespace in (namespace, self.root_namespace)
+            and selector_matches(p.selector, labels)
+        )
+
+    def peer_authentications_for(
+        self, namespace: str, labels: Mapping[str, str]
+    ) -> tuple[PeerAuthentication, ...]:
+        """Most specific first: workload-selecting, then namespace-wide, then mesh-wide."""
+        selected = [
+            p
+            for p in self.peer_authentications
+            if p.namespace in (namespace, self.root_namespace)
+            and selector_matches(p.selector, labels)
+        ]
+
+        def rank(p: PeerAuthentication) -> int:
+            if p.namespace == namespace and p.selector:
+                return 0
+            return 1 if p.namespace == namespace else 2
+
+        return tuple(sorted(selected, key=rank))
+
+    def mtls_mode(self, namespace: str, labels: Mapping[str, str], port: int | None = None) -> str:
+        """Effective PeerAuthentication mode (STRICT, PERMISSIVE or DISABLE) as Istio resolves it.
+
+        The most specific policy with a mode other than UNSET wins (a port-level setting first);
+        UNSET inherits from the parent; the mesh default is PERMISSIVE.
+        """
+        for p in self.peer_authentications_for(namespace, labels):
+            if port is not None and p.selector:
+                mode = p.port_level_modes.get(port, "UNSET")
+                if mode != "UNSET":
+                    return mode
+            if p.mode != "UNSET":
+                return p.mode
+        return "PERMISSIVE"
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "Service": len(self.services),
+            "WorkloadEntry": len(self.workload_entries),
+            "ServiceEntry": len(self.service_entries),
+            "VirtualService": len(self.virtual_services),
+            "DestinationRule": len(self.destination_rules),
+            "AuthorizationPolicy": len(self.authorization_policies),
+            "PeerAuthentication": len(self.peer_authentications),
+        }

@@ -1,0 +1,209 @@
+"""The CA over real gRPC and TLS: bootstrap tokens, mTLS renewals, refusals, rotation."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import itertools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from meshcore.ca import CertificateAuthority
+from meshcore.ca._proto.ca_pb2 import IstioCertificateRequest, IstioCertificateResponse
+from meshcore.ca.service import METHOD, BootstrapTokens, CAServer, start_ca_server
+from meshcore.dataplane import CertificateClient, WorkloadSecret
+from meshcore.dataplane.certs import CertificateError
+
+REVIEWS = "spiffe://cluster.local/ns/default/sa/reviews"
+RATINGS = "spiffe://cluster.local/ns/default/sa/ratings"
+
+
+def tls(srv: CAServer) -> str:
+    return f"127.0.0.1:{srv.port}"
+
+
+def mtls(srv: CAServer) -> str:
+    return f"127.0.0.1:{srv.mtls_port}"
+
+
+def run(test: Callable[[CertificateAuthority, BootstrapTokens, CAServer], Awaitable[None]]) -> None:
+    async def main() -> None:
+        ca = CertificateAuthority.generate()
+        tokens = BootstrapTokens()
+        server = await start_ca_server(ca, tokens)
+        try:
+            await asyncio.wait_for(test(ca, tokens, server), timeout=60)
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
+
+
+async def raw_call(
+    address: str,
+    ca: CertificateAuthority,
+    identity: str,
+    metadata: list[tuple[str, str]],
+    client: WorkloadSecret | None = None,
+) -> IstioCertificateResponse:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]), critical=True
+        )
+        .sign(key, hashes.SHA256())
+    )
+    creds = grpc.ssl_channel_credentials(
+        ca.trust_bundle_pem().encode(),
+        private_key=client.private_key_pem if client else None,
+        certificate_chain=client.cert_chain_pem.encode() if client else None,
+    )
+    async with grpc.aio.secure_channel(address, creds) as channel:
+        call = channel.unary_unary(
+            METHOD,
+            request_serializer=IstioCertificateRequest.SerializeToString,
+            response_deserializer=IstioCertificateResponse.FromString,
+        )
+        request = IstioCertificateRequest(csr=csr.public_bytes(serialization.Encoding.PEM).decode())
+        response: IstioCertificateResponse = await call(request, metadata=metadata, timeout=10)
+        return response
+
+
+def test_first_certificate_with_a_bootstrap_token() -> None:
+    async def body(ca: CertificateAuthority, tokens: BootstrapTokens, srv: CAServer) -> None:
+        token = tokens.issue(REVIEWS)
+        response = await raw_call(tls(srv), ca, REVIEWS, [("authorization", f"Bearer {token}")])
+        chain = list(response.cert_chain)
+        assert len(chain) == 2  # leaf, then the root it chains to
+        assert chain[-1] == ca.trust_bundle()[0]
+        leaf = x509.load_pem_x509_certificate(chain[0].encode())
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.UniformResourceIdentifier) == [REVIEWS]
+
+    run(body)
+
+
+def expect_code(code: grpc.StatusCode, fragment: str) -> Callable[[Any], Any]:
+    def check(exc_info: Any) -> None:
+        err = exc_info.value
+        assert err.code() == code, err
+        assert fragment in (err.details() or "")
+
+    return check
+
+
+def test_refusals() -> None:
+    async def body(ca: CertificateAuthority, tokens: BootstrapTokens, srv: CAServer) -> None:
+        token = tokens.issue(REVIEWS)
+        cases = [
+            ([], grpc.StatusCode.UNAUTHENTICATED, "bootstrap token", REVIEWS),
+            (
+                [("authorization", "Bearer nope-nope-nope-nope")],
+                grpc.StatusCode.UNAUTHENTICATED,
+                "bootstrap token",
+                REVIEWS,
+            ),
+            (
+                [("authorization", f"Bearer {token}")],
+                grpc.StatusCode.PERMISSION_DENIED,
+                "may only obtain its own identity",
+                RATINGS,
+            ),
+        ]
+        for metadata, code, fragment, identity in cases:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await raw_call(tls(srv), ca, identity, metadata)
+            expect_code(code, fragment)(info)
+        expired = tokens.issue(REVIEWS, ttl=datetime.timedelta(seconds=-1))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await raw_call(tls(srv), ca, REVIEWS, [("authorization", f"Bearer {expired}")])
+        expect_code(grpc.StatusCode.UNAUTHENTICATED, "")(info)
+
+    run(body)
+
+
+def test_renewal_over_mtls_and_a_foreign_client_cert() -> None:
+    async def body(ca: CertificateAuthority, tokens: BootstrapTokens, srv: CAServer) -> None:
+        token = tokens.issue(REVIEWS)
+        client = CertificateClient(
+            tls(srv),
+            REVIEWS,
+            mtls_address=mtls(srv),
+            trust_bundle_pem=ca.trust_bundle_pem(),
+            bootstrap_token=token,
+        )
+        first = await client.fetch()
+        tokens.revoke(token)  # from now on only the certificate can authenticate
+        second = await client.fetch()
+        assert second.serial != first.serial
+        assert second.private_key_pem != first.private_key_pem  # a new key each time
+        assert client.renewals == 1
+        # The current certificate proves REVIEWS, so asking for RATINGS is refused.
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await raw_call(mtls(srv), ca, RATINGS, [], client=second)
+        expect_code(grpc.StatusCode.PERMISSION_DENIED, "may only obtain its own identity")(info)
+        # A certificate from another CA is not accepted as proof (the handshake fails).
+        stranger_ca = CertificateAuthority.generate()
+        stranger_tokens = BootstrapTokens()
+        other = await start_ca_server(stranger_ca, stranger_tokens)
+        try:
+            stranger = CertificateClient(
+                tls(other),
+                REVIEWS,
+                trust_bundle_pem=stranger_ca.trust_bundle_pem(),
+                bootstrap_token=stranger_tokens.issue(REVIEWS),
+            )
+            foreign = await stranger.fetch()
+        finally:
+            await other.stop()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await raw_call(mtls(srv), ca, REVIEWS, [], client=foreign)
+        assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED)
+
+    run(body)
+
+
+def test_rotation_at_half_lifetime() -> None:
+    async def body(ca: CertificateAuthority, tokens: BootstrapTokens, srv: CAServer) -> None:
+        client = CertificateClient(
+            tls(srv),
+            REVIEWS,
+            mtls_address=mtls(srv),
+            trust_bundle_pem=ca.trust_bundle_pem(),
+            bootstrap_token=tokens.issue(REVIEWS),
+            ttl=datetime.timedelta(seconds=2),
+        )
+        seen: list[WorkloadSecret] = []
+        client.subscribe(seen.append)
+        stop = asyncio.Event()
+        task = asyncio.create_task(client.run(stop))
+        await asyncio.sleep(3.2)
+        stop.set()
+        await asyncio.wait_for(task, timeout=5)
+        # 2 s certificates renewed at half their lifetime: about one per second, each before
+        # the previous one expired, each with a new key.
+        assert len(seen) >= 3, [x.received_at for x in seen]
+        for a, b in itertools.pairwise(seen):
+            assert b.serial != a.serial
+            assert b.private_key_pem != a.private_key_pem
+            assert b.received_at < a.not_after
+        assert client.renewals == len(seen) - 1
+
+    run(body)
+
+
+def test_client_without_credentials() -> None:
+    async def body(ca: CertificateAuthority, tokens: BootstrapTokens, srv: CAServer) -> None:
+        client = CertificateClient(tls(srv), REVIEWS, trust_bundle_pem=ca.trust_bundle_pem())
+        with pytest.raises(CertificateError, match="no bootstrap token"):
+            await client.fetch()
+
+    run(body)

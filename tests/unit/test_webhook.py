@@ -1,0 +1,241 @@
+"""The admission webhook over real TLS: AdmissionReview v1 JSON in and out."""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import ipaddress
+import json
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from meshcore.config.webhook import make_server, serve_in_thread
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshcore-webhook")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    d = tmp_path_factory.mktemp("tls")
+    (d / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "tls.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return d / "tls.crt", d / "tls.key"
+
+
+@pytest.fixture
+def server(tls_files: tuple[Path, Path]) -> Iterator[int]:
+    cert, key = tls_files
+    srv = make_server(str(cert), str(key), 0)
+    thread = serve_in_thread(srv)
+    try:
+        yield srv.server_address[1]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=5)
+
+
+def post(port: int, cafile: Path, body: bytes) -> tuple[int, Any]:
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+    try:
+        conn.request("POST", "/validate", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def review(obj: dict[str, Any] | None, operation: str = "CREATE") -> bytes:
+    request: dict[str, Any] = {
+        "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+        "kind": {"group": "networking.istio.io", "version": "v1", "kind": "VirtualService"},
+        "resource": {
+            "group": "networking.istio.io",
+            "version": "v1",
+            "resource": "virtualservices",
+        },
+        "name": "reviews",
+        "namespace": "default",
+        "operation": operation,
+        "userInfo": {"username": "admin"},
+        "object": obj,
+        "oldObject": None,
+        "dryRun": False,
+    }
+    return json.dumps(
+        {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
+    ).encode()
+
+
+def virtual_service(weight: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "reviews", "namespace": "default"},
+        "spec": {
+            "hosts": ["reviews"],
+            "http": [{"route": [{"destination": {"host": "reviews"}, "weight": weight}]}],
+        },
+    }
+
+
+def test_allows_valid(server: int, tls_files: tuple[Path, Path]) -> None:
+    status, body = post(server, tls_files[0], review(virtual_service(100)))
+    assert status == 200
+    assert body == {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": {"uid": "705ab4f5-6393-11e8-b7cc-42010a800002", "allowed": True},
+    }
+
+
+def test_denies_invalid_with_the_message(server: int, tls_files: tuple[Path, Path]) -> None:
+    status, body = post(server, tls_files[0], review(virtual_service(500)))
+    assert status == 200
+    response = body["response"]
+    assert response["allowed"] is False
+    assert response["uid"] == "705ab4f5-6393-11e8-b7cc-42010a800002"
+    assert response["status"]["code"] == 400
+    assert response["status"]["message"] == (
+        "VirtualService default/reviews: spec.http[0].route[0].weight: "
+        "weight 500 must be in the range 0..100"
+    )
+
+
+def test_delete_is_allowed_and_unknown_kinds_warn(
+    server: int, tls_files: tuple[Path, Path]
+) -> None:
+    _, body = post(server, tls_files[0], review(None, operation="DELETE"))
+    assert body["response"]["allowed"] is True
+    widget = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
+    _, body = post(server, tls_files[0], review(widget))
+    assert body["response"]["allowed"] is True
+    assert "unknown kind 'Widget'" in body["response"]["warnings"][0]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"not json",
+        b"[]",
+        b'{"kind": "AdmissionReview"}',
+        json.dumps(
+            {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {}}
+        ).encode(),
+    ],
+)
+def test_bad_requests_get_400(server: int, tls_files: tuple[Path, Path], payload: bytes) -> None:
+    status, body = post(server, tls_files[0], payload)
+    assert status == 400
+    assert body["error"]
+
+
+def test_plaintext_is_refused(server: int) -> None:
+    with socket.create_connection(("127.0.0.1", server), timeout=5) as s:
+        s.sendall(b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        try:
+            data = s.recv(1024)
+        except ConnectionResetError:
+            data = b""
+    assert not data.startswith(b"HTTP/1.1 200")
+
+
+def test_a_stalled_client_does_not_block_others(server: int, tls_files: tuple[Path, Path]) -> None:
+    with socket.create_connection(("127.0.0.1", server), timeout=5):
+        # This connection never starts its handshake; the next one must still be served.
+        status, _ = post(server, tls_files[0], review(virtual_service(100)))
+    assert status == 200
+
+
+def test_cli_webhook_serves(tls_files: tuple[Path, Path]) -> None:
+    cert, key = tls_files
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "meshcore.cli",
+            "webhook",
+            "--cert",
+            str(cert),
+            "--key",
+            str(key),
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert f"https://127.0.0.1:{port}/validate" in line
+        status, body = post(port, cert, review(virtual_service(100)))
+        assert status == 200
+        assert body["response"]["allowed"] is True
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def test_cli_webhook_missing_cert_is_usage_error(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "meshcore.cli",
+            "webhook",
+            "--cert",
+            str(tmp_path / "no.crt"),
+            "--key",
+            str(tmp_path / "no.key"),
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert r.returncode == 2
+    assert "no such file" in r.stderr

@@ -210,8 +210,8 @@ def check_selection(c: Checker, spec: Mapping[str, Any]) -> None:
             labels = c.mapping(sel.get("matchLabels"), "spec.selector.matchLabels")
             for key, value in (labels or {}).items():
                 lpath = f"spec.selector.matchLabels.{key}"
-                if not isinstance(value, str):
-                    c.error(lpath, "must be a string")
+                if not isinstance(value, str) or not isinstance(key, str):
+                    c.error(lpath, "label keys and values must be strings")
                 elif not key:
                     c.error("spec.selector.matchLabels", "empty label keys are not supported")
                 elif "*" in key or "*" in value:
@@ -237,7 +237,7 @@ def check_spec(c: Checker, spec: Mapping[str, Any]) -> None:
     """Validate ``spec`` (already known to be a mapping) into ``c.problems``/``c.warnings``."""
     c.fields(spec, SPEC_FIELDS, "spec")
     action = spec.get("action", "ALLOW") or "ALLOW"
-    if action not in ACTIONS:
+    if not isinstance(action, str) or action not in ACTIONS:
         c.error("spec.action", f"unknown action {action!r}; expected one of {sorted(ACTIONS)}")
     rules = spec.get("rules")
     provider = spec.get("provider")

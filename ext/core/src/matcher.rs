@@ -317,6 +317,19 @@ fn valid_header_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+impl CompiledHeader {
+    /// The matcher's test on one header value, before invert_match. RBAC matches each value
+    /// of a repeated header on its own (Envoy 1.40 does: a value of "1,2" and two values
+    /// "1" and "2" are different requests there).
+    pub fn test_value(&self, value: &str) -> bool {
+        match &self.test {
+            HeaderTest::Present(p) => *p,
+            HeaderTest::Range(s, e) => simple_atoi(value).is_some_and(|v| v >= *s && v < *e),
+            HeaderTest::Value(m) => m.matches(value),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

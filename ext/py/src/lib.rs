@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 use meshcore_core::Re2Regex;
 
 mod errors;
+mod rbac;
 mod route;
 mod yaml;
 
@@ -32,6 +33,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(regex_full_match, m)?)?;
     m.add_class::<route::RouteTable>()?;
     m.add_class::<route::RouteMatch>()?;
+    m.add_class::<rbac::RbacEngine>()?;
+    m.add_class::<rbac::RbacDecision>()?;
     m.add_function(wrap_pyfunction!(yaml::parse_yaml, m)?)?;
     m.add_class::<yaml::PyYamlDocument>()?;
     Ok(())

@@ -1,0 +1,730 @@
+//! `RbacEngine`: a compiled Envoy RBAC filter config behind a frozen Python handle.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use meshcore_core::rbac::{Decision, Engine};
+use meshcore_core::{Attributes, CompiledRbac};
+
+use crate::errors::core_error_to_py;
+
+const FILTER_TYPE: &str = "envoy.extensions.filters.http.rbac.v3.RBAC";
+const RBAC_TYPE: &str = "envoy.config.rbac.v3.RBAC";
+
+/// What `RbacEngine.evaluate()` returns.
+#[pyclass(frozen, module = "meshcore._core")]
+pub struct RbacDecision {
+    #[pyo3(get)]
+    allowed: bool,
+    #[pyo3(get)]
+    policy_id: Option<String>,
+    #[pyo3(get)]
+    shadow_allowed: Option<bool>,
+    #[pyo3(get)]
+    shadow_policy_id: Option<String>,
+}
+
+#[pymethods]
+impl RbacDecision {
+    fn __repr__(&self) -> String {
+        format!(
+            "RbacDecision(allowed={}, policy_id={:?}, shadow_allowed={:?}, shadow_policy_id={:?})",
+            py_bool(self.allowed),
+            py_opt(self.policy_id.as_deref()),
+            self.shadow_allowed.map_or("None", py_bool),
+            py_opt(self.shadow_policy_id.as_deref())
+        )
+    }
+
+    fn __bool__(&self) -> bool {
+        self.allowed
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        match other.cast::<RbacDecision>() {
+            Ok(o) => {
+                let o = o.get();
+                self.allowed == o.allowed
+                    && self.policy_id == o.policy_id
+                    && self.shadow_allowed == o.shadow_allowed
+                    && self.shadow_policy_id == o.shadow_policy_id
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn __hash__(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            self.allowed,
+            &self.policy_id,
+            self.shadow_allowed,
+            &self.shadow_policy_id,
+        )
+            .hash(&mut h);
+        h.finish()
+    }
+}
+
+fn py_opt(s: Option<&str>) -> String {
+    s.map_or_else(|| "None".to_string(), |s| format!("{s:?}"))
+}
+
+fn py_bool(b: bool) -> &'static str {
+    if b {
+        "True"
+    } else {
+        "False"
+    }
+}
+
+/// The serialized config and which message it is.
+fn config_bytes(
+    config: &Bound<'_, PyAny>,
+    message_type: Option<&str>,
+) -> PyResult<(Vec<u8>, String)> {
+    // google.protobuf.Any (e.g. an HttpFilter's typed_config): unpack by its type URL.
+    if config.hasattr("type_url")? && config.hasattr("value")? && !config.hasattr("rules")? {
+        let url: String = config.getattr("type_url")?.extract()?;
+        let value = config.getattr("value")?;
+        let name = url.rsplit('/').next().unwrap_or_default().to_string();
+        return Ok((value.cast::<PyBytes>()?.as_bytes().to_vec(), name));
+    }
+    if let Ok(b) = config.cast::<PyBytes>() {
+        let t = message_type.unwrap_or(FILTER_TYPE).to_string();
+        return Ok((b.as_bytes().to_vec(), t));
+    }
+    if config.hasattr("SerializeToString")? {
+        let name: String = config
+            .getattr("DESCRIPTOR")?
+            .getattr("full_name")?
+            .extract()?;
+        let b = config.call_method0("SerializeToString")?;
+        return Ok((b.cast::<PyBytes>()?.as_bytes().to_vec(), name));
+    }
+    if let Ok(v) = config.extract::<Vec<u8>>() {
+        let t = message_type.unwrap_or(FILTER_TYPE).to_string();
+        return Ok((v, t));
+    }
+    Err(PyTypeError::new_err(
+        "expected an RBAC message (with SerializeToString), a google.protobuf.Any, or bytes",
+    ))
+}
+
+fn parse_ip(v: Option<&str>, what: &str) -> PyResult<Option<IpAddr>> {
+    match v {
+        None => Ok(None),
+        Some(s) => s
+            .parse::<IpAddr>()
+            .map(Some)
+            .map_err(|_| PyValueError::new_err(format!("{what}: {s:?} is not an IP address"))),
+    }
+}
+
+/// Header name/value strings kept alive while `&str` views into them are in use.
+type HeaderObjs<'py> = Vec<(Bound<'py, PyString>, Bound<'py, PyString>)>;
+
+fn header_objs<'py>(h: Option<&Bound<'py, PyAny>>) -> PyResult<HeaderObjs<'py>> {
+    let mut out = Vec::new();
+    let Some(h) = h else {
+        return Ok(out);
+    };
+    if h.is_none() {
+        return Ok(out);
+    }
+    let pair = |k: Bound<'py, PyAny>, v: Bound<'py, PyAny>| -> PyResult<_> {
+        let k = k
+            .cast_into::<PyString>()
+            .map_err(|_| PyTypeError::new_err("header names must be str"))?;
+        let v = v
+            .cast_into::<PyString>()
+            .map_err(|_| PyTypeError::new_err("header values must be str"))?;
+        Ok((k, v))
+    };
+    if let Ok(d) = h.cast::<PyDict>() {
+        for (k, v) in d.iter() {
+            out.push(pair(k, v)?);
+        }
+        return Ok(out);
+    }
+    for item in h.try_iter()? {
+        let (k, v): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item?
+            .extract()
+            .map_err(|_| PyTypeError::new_err("headers must be a dict or (name, value) pairs"))?;
+        out.push(pair(k, v)?);
+    }
+    Ok(out)
+}
+
+/// One request's attributes, owned (Rust strings), so the core can work without the GIL.
+#[derive(Default)]
+struct Owned {
+    method: Option<String>,
+    path: Option<String>,
+    authority: Option<String>,
+    scheme: Option<String>,
+    headers: Vec<(String, String)>,
+    source_ip: Option<IpAddr>,
+    direct_remote_ip: Option<IpAddr>,
+    remote_ip: Option<IpAddr>,
+    destination_ip: Option<IpAddr>,
+    destination_port: Option<u16>,
+    tls: bool,
+    uri_sans: Vec<String>,
+    dns_sans: Vec<String>,
+    subject: String,
+    sni: String,
+}
+
+/// Borrowed views of an `Owned`, alive as long as it.
+struct Views<'a> {
+    headers: Vec<(&'a str, &'a str)>,
+    uri_sans: Vec<&'a str>,
+    dns_sans: Vec<&'a str>,
+}
+
+impl Owned {
+    fn views(&self) -> Views<'_> {
+        Views {
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            uri_sans: self.uri_sans.iter().map(String::as_str).collect(),
+            dns_sans: self.dns_sans.iter().map(String::as_str).collect(),
+        }
+    }
+
+    fn attributes<'a>(&'a self, v: &'a Views<'a>) -> Attributes<'a> {
+        Attributes {
+            method: self.method.as_deref(),
+            path: self.path.as_deref(),
+            authority: self.authority.as_deref(),
+            scheme: self.scheme.as_deref(),
+            headers: &v.headers,
+            source_ip: self.source_ip,
+            direct_remote_ip: self.direct_remote_ip,
+            remote_ip: self.remote_ip,
+            destination_ip: self.destination_ip,
+            destination_port: self.destination_port,
+            tls: self.tls,
+            uri_sans: &v.uri_sans,
+            dns_sans: &v.dns_sans,
+            subject: &self.subject,
+            sni: &self.sni,
+        }
+    }
+}
+
+/// The keyword arguments of `evaluate` for one request.
+#[allow(clippy::too_many_arguments)]
+fn owned(
+    method: Option<String>,
+    path: Option<String>,
+    authority: Option<String>,
+    scheme: Option<String>,
+    headers: Option<&Bound<'_, PyAny>>,
+    source_ip: Option<&str>,
+    remote_ip: Option<&str>,
+    direct_remote_ip: Option<&str>,
+    destination_ip: Option<&str>,
+    destination_port: Option<u16>,
+    principal: Option<String>,
+    uri_sans: Option<Vec<String>>,
+    dns_sans: Option<Vec<String>>,
+    subject: Option<String>,
+    tls: Option<bool>,
+    sni: Option<String>,
+) -> PyResult<Owned> {
+    let has_peer =
+        principal.is_some() || uri_sans.is_some() || dns_sans.is_some() || subject.is_some();
+    // A peer certificate or SNI only exists on a TLS connection.
+    let tls = match tls {
+        Some(false) if has_peer || sni.is_some() => {
+            return Err(PyValueError::new_err(
+                "tls=False contradicts principal/uri_sans/dns_sans/subject/sni",
+            ))
+        }
+        Some(t) => t,
+        None => has_peer || sni.is_some(),
+    };
+    let mut sans: Vec<String> = principal.into_iter().collect();
+    sans.extend(uri_sans.unwrap_or_default());
+    Ok(Owned {
+        method,
+        path,
+        authority,
+        scheme,
+        headers: header_objs(headers)?
+            .iter()
+            .map(|(k, v)| Ok((k.to_str()?.to_string(), v.to_str()?.to_string())))
+            .collect::<PyResult<_>>()?,
+        source_ip: parse_ip(source_ip, "source_ip")?,
+        remote_ip: parse_ip(remote_ip, "remote_ip")?,
+        direct_remote_ip: parse_ip(direct_remote_ip, "direct_remote_ip")?,
+        destination_ip: parse_ip(destination_ip, "destination_ip")?,
+        destination_port,
+        tls,
+        uri_sans: sans,
+        dns_sans: dns_sans.unwrap_or_default(),
+        subject: subject.unwrap_or_default(),
+        sni: sni.unwrap_or_default(),
+    })
+}
+
+/// A compiled Envoy RBAC filter config (immutable; swap the reference to update).
+#[pyclass(frozen, module = "meshcore._core")]
+pub struct RbacEngine {
+    rbac: Arc<CompiledRbac>,
+}
+
+fn names(e: Option<&Engine>) -> Vec<String> {
+    e.map(|e| e.policies.iter().map(|p| p.name.clone()).collect())
+        .unwrap_or_default()
+}
+
+fn engine_explain<'py>(
+    py: Python<'py>,
+    e: Option<&Engine>,
+    a: &Attributes<'_>,
+) -> PyResult<Option<Bound<'py, PyDict>>> {
+    let Some(e) = e else {
+        return Ok(None);
+    };
+    let d = PyDict::new(py);
+    let dec = e.decide(a);
+    d.set_item("action", e.action.name())?;
+    d.set_item("allowed", dec.allowed)?;
+    d.set_item(
+        "policy_id",
+        dec.policy
+            .and_then(|i| e.policies.get(i))
+            .map(|p| p.name.as_str()),
+    )?;
+    let policies = PyList::empty(py);
+    for x in e.explain(a) {
+        let p = PyDict::new(py);
+        p.set_item(
+            "policy_id",
+            e.policies.get(x.policy).map(|p| p.name.as_str()),
+        )?;
+        p.set_item("matched", x.matched.is_some())?;
+        p.set_item("permission", x.matched.map(|m| m.0))?;
+        p.set_item("principal", x.matched.map(|m| m.1))?;
+        p.set_item("reason", x.reason)?;
+        policies.append(p)?;
+    }
+    d.set_item("policies", policies)?;
+    Ok(Some(d))
+}
+
+impl RbacEngine {
+    fn decision(&self, d: &Decision) -> RbacDecision {
+        RbacDecision {
+            allowed: d.allowed,
+            policy_id: self.rbac.policy_name(d).map(str::to_string),
+            shadow_allowed: d.shadow_allowed,
+            shadow_policy_id: self.rbac.shadow_policy_name(d).map(str::to_string),
+        }
+    }
+}
+
+/// A batch column: None, one value for every request, or one per request.
+enum Column<T> {
+    Absent,
+    Scalar(T),
+    Each(Vec<T>),
+}
+
+impl<T: Clone> Column<T> {
+    fn get(&self, i: usize) -> Option<T> {
+        match self {
+            Self::Absent => None,
+            Self::Scalar(v) => Some(v.clone()),
+            Self::Each(v) => v.get(i).cloned(),
+        }
+    }
+
+    fn len(&self) -> Option<usize> {
+        match self {
+            Self::Each(v) => Some(v.len()),
+            _ => None,
+        }
+    }
+}
+
+/// A column of optional values (None entries are absent attributes); a str or int is a
+/// scalar broadcast to every request.
+fn column<'py, T>(
+    col: Option<&Bound<'py, PyAny>>,
+    what: &str,
+    scalar: impl Fn(&Bound<'py, PyAny>) -> bool,
+) -> PyResult<Column<Option<T>>>
+where
+    T: for<'a> FromPyObject<'a, 'py>,
+{
+    let Some(col) = col else {
+        return Ok(Column::Absent);
+    };
+    if col.is_none() {
+        return Ok(Column::Absent);
+    }
+    let conv = |v: &Bound<'py, PyAny>| -> PyResult<Option<T>> {
+        if v.is_none() {
+            return Ok(None);
+        }
+        v.extract::<T>()
+            .map(Some)
+            .map_err(|_| PyTypeError::new_err(format!("{what}: unexpected value {v}")))
+    };
+    if scalar(col) {
+        return Ok(Column::Scalar(conv(col)?));
+    }
+    let list = if col.hasattr("tolist")? {
+        col.call_method0("tolist")?
+    } else {
+        col.clone()
+    };
+    let mut out = Vec::new();
+    for item in list.try_iter()? {
+        out.push(conv(&item?)?);
+    }
+    Ok(Column::Each(out))
+}
+
+fn is_str(v: &Bound<'_, PyAny>) -> bool {
+    v.cast::<PyString>().is_ok()
+}
+
+fn is_int_or_bool(v: &Bound<'_, PyAny>) -> bool {
+    v.extract::<i64>().is_ok() && !is_str(v)
+}
+
+#[pymethods]
+impl RbacEngine {
+    /// Compiles envoy.extensions.filters.http.rbac.v3.RBAC (enforced and shadow rules) or
+    /// envoy.config.rbac.v3.RBAC: a message, a google.protobuf.Any holding one, or bytes
+    /// (`message_type` names the message for bytes; the filter config by default).
+    #[staticmethod]
+    #[pyo3(signature = (config, *, message_type=None))]
+    fn from_proto(
+        py: Python<'_>,
+        config: &Bound<'_, PyAny>,
+        message_type: Option<&str>,
+    ) -> PyResult<Self> {
+        let (bytes, name) = config_bytes(config, message_type)?;
+        let compiled = match name.as_str() {
+            FILTER_TYPE => py.detach(|| CompiledRbac::from_filter_bytes(&bytes)),
+            RBAC_TYPE => py.detach(|| CompiledRbac::from_rbac_bytes(&bytes)),
+            other => {
+                return Err(PyTypeError::new_err(format!(
+                    "expected {FILTER_TYPE} or {RBAC_TYPE}, got {other}"
+                )))
+            }
+        }
+        .map_err(|e| core_error_to_py(py, &e))?;
+        Ok(Self {
+            rbac: Arc::new(compiled),
+        })
+    }
+
+    /// The enforced rules' action ("ALLOW", "DENY", "LOG"), None without rules.
+    #[getter]
+    fn action(&self) -> Option<&'static str> {
+        self.rbac.rules.as_ref().map(|e| e.action.name())
+    }
+
+    #[getter]
+    fn shadow_action(&self) -> Option<&'static str> {
+        self.rbac.shadow_rules.as_ref().map(|e| e.action.name())
+    }
+
+    /// Enforced policy names in evaluation (name) order; `evaluate_batch` indexes it.
+    #[getter]
+    fn policy_ids(&self, py: Python<'_>) -> PyResult<Py<PyTuple>> {
+        Ok(PyTuple::new(py, names(self.rbac.rules.as_ref()))?.unbind())
+    }
+
+    #[getter]
+    fn shadow_policy_ids(&self, py: Python<'_>) -> PyResult<Py<PyTuple>> {
+        Ok(PyTuple::new(py, names(self.rbac.shadow_rules.as_ref()))?.unbind())
+    }
+
+    #[getter]
+    fn shadow_rules_stat_prefix(&self) -> &str {
+        &self.rbac.shadow_rules_stat_prefix
+    }
+
+    /// The decision of Envoy's RBAC filter for one request. Omitted attributes are absent.
+    #[pyo3(signature = (*, method=None, path=None, authority=None, headers=None, scheme=None,
+        source_ip=None, remote_ip=None, direct_remote_ip=None, destination_ip=None,
+        destination_port=None, principal=None, uri_sans=None, dns_sans=None, subject=None,
+        tls=None, sni=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate(
+        &self,
+        method: Option<String>,
+        path: Option<String>,
+        authority: Option<String>,
+        headers: Option<&Bound<'_, PyAny>>,
+        scheme: Option<String>,
+        source_ip: Option<&str>,
+        remote_ip: Option<&str>,
+        direct_remote_ip: Option<&str>,
+        destination_ip: Option<&str>,
+        destination_port: Option<u16>,
+        principal: Option<String>,
+        uri_sans: Option<Vec<String>>,
+        dns_sans: Option<Vec<String>>,
+        subject: Option<String>,
+        tls: Option<bool>,
+        sni: Option<String>,
+    ) -> PyResult<RbacDecision> {
+        let o = owned(
+            method,
+            path,
+            authority,
+            scheme,
+            headers,
+            source_ip,
+            remote_ip,
+            direct_remote_ip,
+            destination_ip,
+            destination_port,
+            principal,
+            uri_sans,
+            dns_sans,
+            subject,
+            tls,
+            sni,
+        )?;
+        let v = o.views();
+        let d = self.rbac.evaluate(&o.attributes(&v));
+        Ok(self.decision(&d))
+    }
+
+    /// Which policies matched, through which permission and principal, and why the others
+    /// did not (every policy is evaluated, in name order).
+    #[pyo3(signature = (*, method=None, path=None, authority=None, headers=None, scheme=None,
+        source_ip=None, remote_ip=None, direct_remote_ip=None, destination_ip=None,
+        destination_port=None, principal=None, uri_sans=None, dns_sans=None, subject=None,
+        tls=None, sni=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn explain<'py>(
+        &self,
+        py: Python<'py>,
+        method: Option<String>,
+        path: Option<String>,
+        authority: Option<String>,
+        headers: Option<&Bound<'py, PyAny>>,
+        scheme: Option<String>,
+        source_ip: Option<&str>,
+        remote_ip: Option<&str>,
+        direct_remote_ip: Option<&str>,
+        destination_ip: Option<&str>,
+        destination_port: Option<u16>,
+        principal: Option<String>,
+        uri_sans: Option<Vec<String>>,
+        dns_sans: Option<Vec<String>>,
+        subject: Option<String>,
+        tls: Option<bool>,
+        sni: Option<String>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let o = owned(
+            method,
+            path,
+            authority,
+            scheme,
+            headers,
+            source_ip,
+            remote_ip,
+            direct_remote_ip,
+            destination_ip,
+            destination_port,
+            principal,
+            uri_sans,
+            dns_sans,
+            subject,
+            tls,
+            sni,
+        )?;
+        let v = o.views();
+        let a = o.attributes(&v);
+        let d = self.rbac.evaluate(&a);
+        let out = PyDict::new(py);
+        out.set_item("allowed", d.allowed)?;
+        out.set_item("policy_id", self.rbac.policy_name(&d))?;
+        out.set_item("shadow_allowed", d.shadow_allowed)?;
+        out.set_item("shadow_policy_id", self.rbac.shadow_policy_name(&d))?;
+        out.set_item("rules", engine_explain(py, self.rbac.rules.as_ref(), &a)?)?;
+        out.set_item(
+            "shadow_rules",
+            engine_explain(py, self.rbac.shadow_rules.as_ref(), &a)?,
+        )?;
+        Ok(out)
+    }
+
+    /// Many requests at once, the GIL released while the core works. Each argument is a
+    /// column (a sequence or numpy array, None entries absent) or one value for every
+    /// request. Returns numpy arrays: `allowed` (bool), `policy` (int32 index into
+    /// `policy_ids`, -1 for none), `shadow_allowed` (bool; False without shadow rules) and
+    /// `shadow_policy` (int32 index into `shadow_policy_ids`).
+    #[pyo3(signature = (*, method=None, path=None, authority=None, headers=None,
+        source_ip=None, remote_ip=None, direct_remote_ip=None, destination_ip=None,
+        destination_port=None, principal=None, tls=None, sni=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate_batch<'py>(
+        &self,
+        py: Python<'py>,
+        method: Option<&Bound<'py, PyAny>>,
+        path: Option<&Bound<'py, PyAny>>,
+        authority: Option<&Bound<'py, PyAny>>,
+        headers: Option<&Bound<'py, PyAny>>,
+        source_ip: Option<&Bound<'py, PyAny>>,
+        remote_ip: Option<&Bound<'py, PyAny>>,
+        direct_remote_ip: Option<&Bound<'py, PyAny>>,
+        destination_ip: Option<&Bound<'py, PyAny>>,
+        destination_port: Option<&Bound<'py, PyAny>>,
+        principal: Option<&Bound<'py, PyAny>>,
+        tls: Option<&Bound<'py, PyAny>>,
+        sni: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let method: Column<Option<String>> = column(method, "method", is_str)?;
+        let path: Column<Option<String>> = column(path, "path", is_str)?;
+        let authority: Column<Option<String>> = column(authority, "authority", is_str)?;
+        let ips = |c: Option<&Bound<'py, PyAny>>, what: &str| -> PyResult<Column<Option<IpAddr>>> {
+            Ok(match column::<String>(c, what, is_str)? {
+                Column::Absent => Column::Absent,
+                Column::Scalar(v) => Column::Scalar(parse_ip(v.as_deref(), what)?),
+                Column::Each(v) => Column::Each(
+                    v.iter()
+                        .map(|s| parse_ip(s.as_deref(), what))
+                        .collect::<PyResult<_>>()?,
+                ),
+            })
+        };
+        let source_ip = ips(source_ip, "source_ip")?;
+        let remote_ip = ips(remote_ip, "remote_ip")?;
+        let direct_remote_ip = ips(direct_remote_ip, "direct_remote_ip")?;
+        let destination_ip = ips(destination_ip, "destination_ip")?;
+        let destination_port: Column<Option<u16>> =
+            column(destination_port, "destination_port", is_int_or_bool)?;
+        let principal: Column<Option<String>> = column(principal, "principal", is_str)?;
+        let tls: Column<Option<bool>> = column(tls, "tls", |v| v.extract::<bool>().is_ok())?;
+        let sni: Column<Option<String>> = column(sni, "sni", is_str)?;
+        let headers: Vec<Vec<(String, String)>> = match headers {
+            Some(h) if !h.is_none() => {
+                let mut v = Vec::new();
+                for item in h.try_iter()? {
+                    let item = item?;
+                    v.push(
+                        header_objs(Some(&item))?
+                            .iter()
+                            .map(|(k, v)| Ok((k.to_str()?.to_string(), v.to_str()?.to_string())))
+                            .collect::<PyResult<_>>()?,
+                    );
+                }
+                v
+            }
+            _ => Vec::new(),
+        };
+        let lens = [
+            method.len(),
+            path.len(),
+            authority.len(),
+            source_ip.len(),
+            remote_ip.len(),
+            direct_remote_ip.len(),
+            destination_ip.len(),
+            destination_port.len(),
+            principal.len(),
+            tls.len(),
+            sni.len(),
+            (!headers.is_empty()).then_some(headers.len()),
+        ];
+        let mut n: Option<usize> = None;
+        for l in lens.into_iter().flatten() {
+            if n.is_some_and(|n| n != l) {
+                return Err(PyValueError::new_err(
+                    "every column must have one entry per request",
+                ));
+            }
+            n = Some(l);
+        }
+        let n = n.unwrap_or(0);
+        let mut reqs = Vec::with_capacity(n);
+        for i in 0..n {
+            let p = principal.get(i).flatten();
+            let s = sni.get(i).flatten();
+            let t = tls.get(i).flatten();
+            let implied = p.is_some() || s.is_some();
+            if t == Some(false) && implied {
+                return Err(PyValueError::new_err(format!(
+                    "request {i}: tls=False contradicts principal/sni"
+                )));
+            }
+            reqs.push(Owned {
+                method: method.get(i).flatten(),
+                path: path.get(i).flatten(),
+                authority: authority.get(i).flatten(),
+                scheme: None,
+                headers: headers.get(i).cloned().unwrap_or_default(),
+                source_ip: source_ip.get(i).flatten(),
+                direct_remote_ip: direct_remote_ip.get(i).flatten(),
+                remote_ip: remote_ip.get(i).flatten(),
+                destination_ip: destination_ip.get(i).flatten(),
+                destination_port: destination_port.get(i).flatten(),
+                tls: t.unwrap_or(implied),
+                uri_sans: p.into_iter().collect(),
+                dns_sans: Vec::new(),
+                subject: String::new(),
+                sni: s.unwrap_or_default(),
+            });
+        }
+        let rbac = &self.rbac;
+        let (allowed, policy, shadow_allowed, shadow_policy) = py.detach(|| {
+            let mut allowed = Vec::with_capacity(n);
+            let mut policy = Vec::with_capacity(n * 4);
+            let mut shadow_allowed = Vec::with_capacity(n);
+            let mut shadow_policy = Vec::with_capacity(n * 4);
+            for o in &reqs {
+                let v = o.views();
+                let d = rbac.evaluate(&o.attributes(&v));
+                allowed.push(u8::from(d.allowed));
+                policy.extend_from_slice(&d.policy.map_or(-1i32, |i| i as i32).to_ne_bytes());
+                shadow_allowed.push(u8::from(d.shadow_allowed.unwrap_or(false)));
+                shadow_policy
+                    .extend_from_slice(&d.shadow_policy.map_or(-1i32, |i| i as i32).to_ne_bytes());
+            }
+            (allowed, policy, shadow_allowed, shadow_policy)
+        });
+        let np = py.import("numpy")?;
+        let arr = |b: Vec<u8>, dtype: &str| -> PyResult<Bound<'py, PyAny>> {
+            let buf = pyo3::types::PyByteArray::new(py, &b);
+            np.call_method1("frombuffer", (buf, np.getattr(dtype)?))
+        };
+        let out = PyDict::new(py);
+        out.set_item("allowed", arr(allowed, "bool_")?)?;
+        out.set_item("policy", arr(policy, "int32")?)?;
+        out.set_item("shadow_allowed", arr(shadow_allowed, "bool_")?)?;
+        out.set_item("shadow_policy", arr(shadow_policy, "int32")?)?;
+        Ok(out)
+    }
+
+    fn __repr__(&self) -> String {
+        let count = |e: Option<&Engine>| e.map_or(0, |e| e.policies.len());
+        format!(
+            "RbacEngine(action={}, policies={}, shadow_action={}, shadow_policies={})",
+            py_opt(self.rbac.rules.as_ref().map(|e| e.action.name())),
+            count(self.rbac.rules.as_ref()),
+            py_opt(self.rbac.shadow_rules.as_ref().map(|e| e.action.name())),
+            count(self.rbac.shadow_rules.as_ref()),
+        )
+    }
+}

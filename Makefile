@@ -23,7 +23,7 @@ $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-		x = p["optional-dependencies"]; print("\n".join(p["dependencies"] + x["all"] + x["dev"]))' \
+		x = p["optional-dependencies"]; print("\n".join(p["dependencies"] + x["all"] + x["dev"] + x["bench"]))' \
 		> $(VENV)/requirements.txt
 	$(PY) -m pip install --quiet -r $(VENV)/requirements.txt
 	touch $@

@@ -301,6 +301,8 @@ fn engine_explain<'py>(
     let dec = e.decide(a);
     d.set_item("action", e.action.name())?;
     d.set_item("allowed", dec.allowed)?;
+    // How many policies the index left for a full check (the rest cannot match).
+    d.set_item("candidates", e.candidates(a))?;
     d.set_item(
         "policy_id",
         dec.policy

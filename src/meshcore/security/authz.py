@@ -126,6 +126,17 @@ def _custom_provider(policy_id: str) -> str:
     return head[: head.find("-ns[")] if "-ns[" in head else head
 
 
+@dataclass(frozen=True, slots=True)
+class _Stage:
+    """One filter of the chain for :meth:`Authorizer.evaluate` (engine None: ext_authz)."""
+
+    engine: Any
+    custom_shadow: bool  # the CUSTOM shadow RBAC that marks requests for ext_authz
+    action: str | None  # the enforced rules' RBAC action
+    layer: str | None  # Istio's layer of the enforced rules
+    shadow_layer: str | None  # Istio's layer of dry-run shadow rules
+
+
 class Authorizer:
     """The authorization filters Istio would give one workload.
 
@@ -148,7 +159,7 @@ class Authorizer:
         self._providers = providers
         self._problems = problems
         self._cache: dict[bool, list[Message]] = {}
-        self._compiled: list[tuple[str, Any]] | None = None
+        self._compiled: list[_Stage] | None = None
 
     @classmethod
     def from_policies(
@@ -240,14 +251,14 @@ class Authorizer:
         (omitted attributes are absent). ``custom_allowed`` is the CUSTOM provider's answer
         for requests sent to it (denied by default: fail closed).
         """
-        engines = self._engines()
         audit: str | None = None
         dry_run: list[tuple[str, bool, str | None]] = []
         provider: str | None = None
         pending: str | None = None  # a CUSTOM policy matched: the next ext_authz filter runs
         allowed_by: str | None = None
-        for kind, engine in engines:
-            if kind == "ext_authz":
+        for stage in self._stages():
+            engine = stage.engine
+            if engine is None:  # ext_authz
                 if pending is not None:
                     provider = _custom_provider(pending)
                     if not custom_allowed:
@@ -256,29 +267,22 @@ class Authorizer:
                         )
                     pending = None
                 continue
-            assert engine is not None
             d = engine.evaluate(**request)
-            custom = engine.shadow_rules_stat_prefix == ext.EXT_AUTHZ_SHADOW_PREFIX
-            if custom:
+            if stage.custom_shadow:
                 pending = d.shadow_policy_id
-            elif d.shadow_allowed is not None and engine.shadow_action is not None:
-                layer = _LAYER[engine.shadow_action]
-                dry_run.append((layer, d.shadow_allowed, _istio_id(d.shadow_policy_id)))
-            action = engine.action
-            if action is None:
+            elif stage.shadow_layer is not None and d.shadow_allowed is not None:
+                dry_run.append(
+                    (stage.shadow_layer, d.shadow_allowed, _istio_id(d.shadow_policy_id))
+                )
+            if stage.layer is None:
                 continue
-            layer = (
-                "CUSTOM"
-                if custom or any(p.endswith(BAD_CUSTOM_SUFFIX) for p in engine.policy_ids)
-                else _LAYER[action]
-            )
             if not d.allowed:
                 return AuthzDecision(
-                    False, layer, _istio_id(d.policy_id), provider, audit, tuple(dry_run)
+                    False, stage.layer, _istio_id(d.policy_id), provider, audit, tuple(dry_run)
                 )
-            if action == "LOG" and d.policy_id is not None:
+            if stage.action == "LOG" and d.policy_id is not None:
                 audit = _istio_id(d.policy_id)
-            elif action == "ALLOW":
+            elif stage.action == "ALLOW":
                 allowed_by = _istio_id(d.policy_id)
         return AuthzDecision(
             True,
@@ -289,17 +293,26 @@ class Authorizer:
             tuple(dry_run),
         )
 
-    def _engines(self) -> list[tuple[str, Any]]:
-        # Compiled once per Authorizer: the filters never change.
+    def _stages(self) -> list[_Stage]:
+        # Compiled once per Authorizer (the filters never change), with each filter's layer.
         if self._compiled is None:
             from meshcore._core import RbacEngine
 
-            out: list[tuple[str, Any]] = []
+            out: list[_Stage] = []
             for f in self.filters():
                 if getattr(f, "name", "") == HTTP_EXT_AUTHZ:
-                    out.append(("ext_authz", None))
-                else:
-                    out.append(("rbac", RbacEngine.from_proto(getattr(f, "typed_config"))))  # noqa: B009
+                    out.append(_Stage(None, False, None, None, None))
+                    continue
+                engine = RbacEngine.from_proto(getattr(f, "typed_config"))  # noqa: B009
+                custom = engine.shadow_rules_stat_prefix == ext.EXT_AUTHZ_SHADOW_PREFIX
+                bad_custom = any(p.endswith(BAD_CUSTOM_SUFFIX) for p in engine.policy_ids)
+                action = engine.action
+                layer = None
+                if action is not None:
+                    layer = "CUSTOM" if custom or bad_custom else _LAYER[action]
+                shadow = engine.shadow_action
+                shadow_layer = _LAYER[shadow] if shadow is not None and not custom else None
+                out.append(_Stage(engine, custom, action, layer, shadow_layer))
             self._compiled = out
         return self._compiled
 

@@ -15,28 +15,49 @@ use crate::errors::core_error_to_py;
 const FILTER_TYPE: &str = "envoy.extensions.filters.http.rbac.v3.RBAC";
 const RBAC_TYPE: &str = "envoy.config.rbac.v3.RBAC";
 
-/// What `RbacEngine.evaluate()` returns.
+/// What `RbacEngine.evaluate()` returns. Policy ids are the engine's own interned strings.
 #[pyclass(frozen, module = "meshcore._core")]
 pub struct RbacDecision {
-    #[pyo3(get)]
     allowed: bool,
-    #[pyo3(get)]
-    policy_id: Option<String>,
-    #[pyo3(get)]
+    policy_id: Option<Py<PyString>>,
     shadow_allowed: Option<bool>,
-    #[pyo3(get)]
-    shadow_policy_id: Option<String>,
+    shadow_policy_id: Option<Py<PyString>>,
+}
+
+fn opt_str(py: Python<'_>, s: &Option<Py<PyString>>) -> Option<String> {
+    s.as_ref()
+        .and_then(|s| s.bind(py).to_str().ok().map(str::to_string))
 }
 
 #[pymethods]
 impl RbacDecision {
-    fn __repr__(&self) -> String {
+    #[getter]
+    fn allowed(&self) -> bool {
+        self.allowed
+    }
+
+    #[getter]
+    fn policy_id(&self, py: Python<'_>) -> Option<Py<PyString>> {
+        self.policy_id.as_ref().map(|s| s.clone_ref(py))
+    }
+
+    #[getter]
+    fn shadow_allowed(&self) -> Option<bool> {
+        self.shadow_allowed
+    }
+
+    #[getter]
+    fn shadow_policy_id(&self, py: Python<'_>) -> Option<Py<PyString>> {
+        self.shadow_policy_id.as_ref().map(|s| s.clone_ref(py))
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
         format!(
-            "RbacDecision(allowed={}, policy_id={:?}, shadow_allowed={:?}, shadow_policy_id={:?})",
+            "RbacDecision(allowed={}, policy_id={}, shadow_allowed={}, shadow_policy_id={})",
             py_bool(self.allowed),
-            py_opt(self.policy_id.as_deref()),
+            py_opt(opt_str(py, &self.policy_id).as_deref()),
             self.shadow_allowed.map_or("None", py_bool),
-            py_opt(self.shadow_policy_id.as_deref())
+            py_opt(opt_str(py, &self.shadow_policy_id).as_deref())
         )
     }
 
@@ -44,27 +65,27 @@ impl RbacDecision {
         self.allowed
     }
 
-    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+    fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> bool {
         match other.cast::<RbacDecision>() {
             Ok(o) => {
                 let o = o.get();
                 self.allowed == o.allowed
-                    && self.policy_id == o.policy_id
+                    && opt_str(py, &self.policy_id) == opt_str(py, &o.policy_id)
                     && self.shadow_allowed == o.shadow_allowed
-                    && self.shadow_policy_id == o.shadow_policy_id
+                    && opt_str(py, &self.shadow_policy_id) == opt_str(py, &o.shadow_policy_id)
             }
             Err(_) => false,
         }
     }
 
-    fn __hash__(&self) -> u64 {
+    fn __hash__(&self, py: Python<'_>) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (
             self.allowed,
-            &self.policy_id,
+            opt_str(py, &self.policy_id),
             self.shadow_allowed,
-            &self.shadow_policy_id,
+            opt_str(py, &self.shadow_policy_id),
         )
             .hash(&mut h);
         h.finish()
@@ -161,127 +182,91 @@ fn header_objs<'py>(h: Option<&Bound<'py, PyAny>>) -> PyResult<HeaderObjs<'py>> 
     Ok(out)
 }
 
-/// One request's attributes, owned (Rust strings), so the core can work without the GIL.
-#[derive(Default)]
-struct Owned {
-    method: Option<String>,
-    path: Option<String>,
-    authority: Option<String>,
-    scheme: Option<String>,
-    headers: Vec<(String, String)>,
-    source_ip: Option<IpAddr>,
-    direct_remote_ip: Option<IpAddr>,
-    remote_ip: Option<IpAddr>,
-    destination_ip: Option<IpAddr>,
+/// One request's keyword arguments, borrowed from the caller's Python strings.
+struct Args<'a> {
+    method: Option<&'a str>,
+    path: Option<&'a str>,
+    authority: Option<&'a str>,
+    scheme: Option<&'a str>,
+    source_ip: Option<&'a str>,
+    remote_ip: Option<&'a str>,
+    direct_remote_ip: Option<&'a str>,
+    destination_ip: Option<&'a str>,
     destination_port: Option<u16>,
-    tls: bool,
-    uri_sans: Vec<String>,
-    dns_sans: Vec<String>,
-    subject: String,
-    sni: String,
-}
-
-/// Borrowed views of an `Owned`, alive as long as it.
-struct Views<'a> {
-    headers: Vec<(&'a str, &'a str)>,
-    uri_sans: Vec<&'a str>,
-    dns_sans: Vec<&'a str>,
-}
-
-impl Owned {
-    fn views(&self) -> Views<'_> {
-        Views {
-            headers: self
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect(),
-            uri_sans: self.uri_sans.iter().map(String::as_str).collect(),
-            dns_sans: self.dns_sans.iter().map(String::as_str).collect(),
-        }
-    }
-
-    fn attributes<'a>(&'a self, v: &'a Views<'a>) -> Attributes<'a> {
-        Attributes {
-            method: self.method.as_deref(),
-            path: self.path.as_deref(),
-            authority: self.authority.as_deref(),
-            scheme: self.scheme.as_deref(),
-            headers: &v.headers,
-            source_ip: self.source_ip,
-            direct_remote_ip: self.direct_remote_ip,
-            remote_ip: self.remote_ip,
-            destination_ip: self.destination_ip,
-            destination_port: self.destination_port,
-            tls: self.tls,
-            uri_sans: &v.uri_sans,
-            dns_sans: &v.dns_sans,
-            subject: &self.subject,
-            sni: &self.sni,
-        }
-    }
-}
-
-/// The keyword arguments of `evaluate` for one request.
-#[allow(clippy::too_many_arguments)]
-fn owned(
-    method: Option<String>,
-    path: Option<String>,
-    authority: Option<String>,
-    scheme: Option<String>,
-    headers: Option<&Bound<'_, PyAny>>,
-    source_ip: Option<&str>,
-    remote_ip: Option<&str>,
-    direct_remote_ip: Option<&str>,
-    destination_ip: Option<&str>,
-    destination_port: Option<u16>,
-    principal: Option<String>,
+    principal: Option<&'a str>,
     uri_sans: Option<Vec<String>>,
     dns_sans: Option<Vec<String>>,
-    subject: Option<String>,
+    subject: Option<&'a str>,
     tls: Option<bool>,
-    sni: Option<String>,
-) -> PyResult<Owned> {
-    let has_peer =
-        principal.is_some() || uri_sans.is_some() || dns_sans.is_some() || subject.is_some();
-    // A peer certificate or SNI only exists on a TLS connection.
-    let tls = match tls {
-        Some(false) if has_peer || sni.is_some() => {
-            return Err(PyValueError::new_err(
-                "tls=False contradicts principal/uri_sans/dns_sans/subject/sni",
-            ))
+    sni: Option<&'a str>,
+}
+
+/// Whether the connection is TLS: given, or implied by a peer certificate or SNI (both exist
+/// only on TLS connections).
+fn tls_of(tls: Option<bool>, implied: bool) -> PyResult<bool> {
+    match tls {
+        Some(false) if implied => Err(PyValueError::new_err(
+            "tls=False contradicts principal/uri_sans/dns_sans/subject/sni",
+        )),
+        Some(t) => Ok(t),
+        None => Ok(implied),
+    }
+}
+
+/// Builds the attributes of `args` (allocating only for headers and extra SANs) and runs `f`.
+fn with_attributes<R>(
+    args: &Args<'_>,
+    headers: Option<&Bound<'_, PyAny>>,
+    f: impl FnOnce(&Attributes<'_>) -> R,
+) -> PyResult<R> {
+    let implied = args.principal.is_some()
+        || args.uri_sans.is_some()
+        || args.dns_sans.is_some()
+        || args.subject.is_some()
+        || args.sni.is_some();
+    let tls = tls_of(args.tls, implied)?;
+    let objs = header_objs(headers)?;
+    let header_views: Vec<(&str, &str)> = objs
+        .iter()
+        .map(|(k, v)| Ok((k.to_str()?, v.to_str()?)))
+        .collect::<PyResult<_>>()?;
+    let mut sans: Vec<&str> = Vec::new();
+    let uri_sans: &[&str] = match (&args.principal, &args.uri_sans) {
+        (Some(p), None) => std::slice::from_ref(p),
+        (p, more) => {
+            sans.extend(p.iter().copied());
+            sans.extend(more.iter().flatten().map(String::as_str));
+            &sans
         }
-        Some(t) => t,
-        None => has_peer || sni.is_some(),
     };
-    let mut sans: Vec<String> = principal.into_iter().collect();
-    sans.extend(uri_sans.unwrap_or_default());
-    Ok(Owned {
-        method,
-        path,
-        authority,
-        scheme,
-        headers: header_objs(headers)?
-            .iter()
-            .map(|(k, v)| Ok((k.to_str()?.to_string(), v.to_str()?.to_string())))
-            .collect::<PyResult<_>>()?,
-        source_ip: parse_ip(source_ip, "source_ip")?,
-        remote_ip: parse_ip(remote_ip, "remote_ip")?,
-        direct_remote_ip: parse_ip(direct_remote_ip, "direct_remote_ip")?,
-        destination_ip: parse_ip(destination_ip, "destination_ip")?,
-        destination_port,
+    let dns: Vec<&str> = args.dns_sans.iter().flatten().map(String::as_str).collect();
+    let a = Attributes {
+        method: args.method,
+        path: args.path,
+        authority: args.authority,
+        scheme: args.scheme,
+        headers: &header_views,
+        source_ip: parse_ip(args.source_ip, "source_ip")?,
+        direct_remote_ip: parse_ip(args.direct_remote_ip, "direct_remote_ip")?,
+        remote_ip: parse_ip(args.remote_ip, "remote_ip")?,
+        destination_ip: parse_ip(args.destination_ip, "destination_ip")?,
+        destination_port: args.destination_port,
         tls,
-        uri_sans: sans,
-        dns_sans: dns_sans.unwrap_or_default(),
-        subject: subject.unwrap_or_default(),
-        sni: sni.unwrap_or_default(),
-    })
+        uri_sans,
+        dns_sans: &dns,
+        subject: args.subject.unwrap_or_default(),
+        sni: args.sni.unwrap_or_default(),
+    };
+    Ok(f(&a))
 }
 
 /// A compiled Envoy RBAC filter config (immutable; swap the reference to update).
 #[pyclass(frozen, module = "meshcore._core")]
 pub struct RbacEngine {
     rbac: Arc<CompiledRbac>,
+    /// Policy names as Python strings, made once: decisions hand out references.
+    names: Vec<Py<PyString>>,
+    shadow_names: Vec<Py<PyString>>,
 }
 
 fn names(e: Option<&Engine>) -> Vec<String> {
@@ -327,12 +312,15 @@ fn engine_explain<'py>(
 }
 
 impl RbacEngine {
-    fn decision(&self, d: &Decision) -> RbacDecision {
+    fn decision(&self, py: Python<'_>, d: &Decision) -> RbacDecision {
+        let name = |names: &[Py<PyString>], i: Option<usize>| {
+            i.and_then(|i| names.get(i)).map(|s| s.clone_ref(py))
+        };
         RbacDecision {
             allowed: d.allowed,
-            policy_id: self.rbac.policy_name(d).map(str::to_string),
+            policy_id: name(&self.names, d.policy),
             shadow_allowed: d.shadow_allowed,
-            shadow_policy_id: self.rbac.shadow_policy_name(d).map(str::to_string),
+            shadow_policy_id: name(&self.shadow_names, d.shadow_policy),
         }
     }
 }
@@ -388,16 +376,38 @@ where
     if scalar(col) {
         return Ok(Column::Scalar(conv(col)?));
     }
-    let list = if col.hasattr("tolist")? {
-        col.call_method0("tolist")?
+    // Lists (the common case) are walked directly; anything else (numpy arrays, tuples,
+    // iterables) becomes a list first.
+    let list = if let Ok(l) = col.cast::<PyList>() {
+        l.clone()
+    } else if col.hasattr("tolist")? {
+        col.call_method0("tolist")?.cast_into::<PyList>()?
     } else {
-        col.clone()
+        PyList::new(col.py(), col.try_iter()?.collect::<PyResult<Vec<_>>>()?)?
     };
-    let mut out = Vec::new();
-    for item in list.try_iter()? {
-        out.push(conv(&item?)?);
+    let mut out = Vec::with_capacity(list.len());
+    for item in list.iter() {
+        out.push(conv(&item)?);
     }
     Ok(Column::Each(out))
+}
+
+/// A column of optional Python strings.
+type StrCol<'py> = Column<Option<Bound<'py, PyString>>>;
+
+/// `n` borrowed views of a string column (a scalar repeats).
+fn strs<'a>(c: &'a StrCol<'_>, n: usize) -> PyResult<Vec<Option<&'a str>>> {
+    (0..n)
+        .map(|i| match c {
+            Column::Absent => Ok(None),
+            Column::Scalar(v) => v.as_ref().map(|s| s.to_str()).transpose(),
+            Column::Each(v) => v
+                .get(i)
+                .and_then(|s| s.as_ref())
+                .map(|s| s.to_str())
+                .transpose(),
+        })
+        .collect()
 }
 
 fn is_str(v: &Bound<'_, PyAny>) -> bool {
@@ -431,7 +441,15 @@ impl RbacEngine {
             }
         }
         .map_err(|e| core_error_to_py(py, &e))?;
+        let intern = |e: Option<&Engine>| -> Vec<Py<PyString>> {
+            names(e)
+                .iter()
+                .map(|n| PyString::new(py, n).unbind())
+                .collect()
+        };
         Ok(Self {
+            names: intern(compiled.rules.as_ref()),
+            shadow_names: intern(compiled.shadow_rules.as_ref()),
             rbac: Arc::new(compiled),
         })
     }
@@ -471,29 +489,29 @@ impl RbacEngine {
     #[allow(clippy::too_many_arguments)]
     fn evaluate(
         &self,
-        method: Option<String>,
-        path: Option<String>,
-        authority: Option<String>,
+        py: Python<'_>,
+        method: Option<&str>,
+        path: Option<&str>,
+        authority: Option<&str>,
         headers: Option<&Bound<'_, PyAny>>,
-        scheme: Option<String>,
+        scheme: Option<&str>,
         source_ip: Option<&str>,
         remote_ip: Option<&str>,
         direct_remote_ip: Option<&str>,
         destination_ip: Option<&str>,
         destination_port: Option<u16>,
-        principal: Option<String>,
+        principal: Option<&str>,
         uri_sans: Option<Vec<String>>,
         dns_sans: Option<Vec<String>>,
-        subject: Option<String>,
+        subject: Option<&str>,
         tls: Option<bool>,
-        sni: Option<String>,
+        sni: Option<&str>,
     ) -> PyResult<RbacDecision> {
-        let o = owned(
+        let args = Args {
             method,
             path,
             authority,
             scheme,
-            headers,
             source_ip,
             remote_ip,
             direct_remote_ip,
@@ -505,10 +523,9 @@ impl RbacEngine {
             subject,
             tls,
             sni,
-        )?;
-        let v = o.views();
-        let d = self.rbac.evaluate(&o.attributes(&v));
-        Ok(self.decision(&d))
+        };
+        let d = with_attributes(&args, headers, |a| self.rbac.evaluate(a))?;
+        Ok(self.decision(py, &d))
     }
 
     /// Which policies matched, through which permission and principal, and why the others
@@ -521,29 +538,28 @@ impl RbacEngine {
     fn explain<'py>(
         &self,
         py: Python<'py>,
-        method: Option<String>,
-        path: Option<String>,
-        authority: Option<String>,
+        method: Option<&str>,
+        path: Option<&str>,
+        authority: Option<&str>,
         headers: Option<&Bound<'py, PyAny>>,
-        scheme: Option<String>,
+        scheme: Option<&str>,
         source_ip: Option<&str>,
         remote_ip: Option<&str>,
         direct_remote_ip: Option<&str>,
         destination_ip: Option<&str>,
         destination_port: Option<u16>,
-        principal: Option<String>,
+        principal: Option<&str>,
         uri_sans: Option<Vec<String>>,
         dns_sans: Option<Vec<String>>,
-        subject: Option<String>,
+        subject: Option<&str>,
         tls: Option<bool>,
-        sni: Option<String>,
+        sni: Option<&str>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let o = owned(
+        let args = Args {
             method,
             path,
             authority,
             scheme,
-            headers,
             source_ip,
             remote_ip,
             direct_remote_ip,
@@ -555,21 +571,21 @@ impl RbacEngine {
             subject,
             tls,
             sni,
-        )?;
-        let v = o.views();
-        let a = o.attributes(&v);
-        let d = self.rbac.evaluate(&a);
-        let out = PyDict::new(py);
-        out.set_item("allowed", d.allowed)?;
-        out.set_item("policy_id", self.rbac.policy_name(&d))?;
-        out.set_item("shadow_allowed", d.shadow_allowed)?;
-        out.set_item("shadow_policy_id", self.rbac.shadow_policy_name(&d))?;
-        out.set_item("rules", engine_explain(py, self.rbac.rules.as_ref(), &a)?)?;
-        out.set_item(
-            "shadow_rules",
-            engine_explain(py, self.rbac.shadow_rules.as_ref(), &a)?,
-        )?;
-        Ok(out)
+        };
+        with_attributes(&args, headers, |a| -> PyResult<Bound<'py, PyDict>> {
+            let d = self.rbac.evaluate(a);
+            let out = PyDict::new(py);
+            out.set_item("allowed", d.allowed)?;
+            out.set_item("policy_id", self.rbac.policy_name(&d))?;
+            out.set_item("shadow_allowed", d.shadow_allowed)?;
+            out.set_item("shadow_policy_id", self.rbac.shadow_policy_name(&d))?;
+            out.set_item("rules", engine_explain(py, self.rbac.rules.as_ref(), a)?)?;
+            out.set_item(
+                "shadow_rules",
+                engine_explain(py, self.rbac.shadow_rules.as_ref(), a)?,
+            )?;
+            Ok(out)
+        })?
     }
 
     /// Many requests at once, the GIL released while the core works. Each argument is a
@@ -597,16 +613,21 @@ impl RbacEngine {
         tls: Option<&Bound<'py, PyAny>>,
         sni: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let method: Column<Option<String>> = column(method, "method", is_str)?;
-        let path: Column<Option<String>> = column(path, "path", is_str)?;
-        let authority: Column<Option<String>> = column(authority, "authority", is_str)?;
+        // Strings stay Python objects; the core borrows views of them (no copies).
+        let method: StrCol<'py> = column(method, "method", is_str)?;
+        let path: StrCol<'py> = column(path, "path", is_str)?;
+        let authority: StrCol<'py> = column(authority, "authority", is_str)?;
+        let principal: StrCol<'py> = column(principal, "principal", is_str)?;
+        let sni: StrCol<'py> = column(sni, "sni", is_str)?;
         let ips = |c: Option<&Bound<'py, PyAny>>, what: &str| -> PyResult<Column<Option<IpAddr>>> {
-            Ok(match column::<String>(c, what, is_str)? {
+            Ok(match column::<Bound<'py, PyString>>(c, what, is_str)? {
                 Column::Absent => Column::Absent,
-                Column::Scalar(v) => Column::Scalar(parse_ip(v.as_deref(), what)?),
+                Column::Scalar(v) => {
+                    Column::Scalar(parse_ip(v.as_ref().map(|s| s.to_str()).transpose()?, what)?)
+                }
                 Column::Each(v) => Column::Each(
                     v.iter()
-                        .map(|s| parse_ip(s.as_deref(), what))
+                        .map(|s| parse_ip(s.as_ref().map(|s| s.to_str()).transpose()?, what))
                         .collect::<PyResult<_>>()?,
                 ),
             })
@@ -617,20 +638,12 @@ impl RbacEngine {
         let destination_ip = ips(destination_ip, "destination_ip")?;
         let destination_port: Column<Option<u16>> =
             column(destination_port, "destination_port", is_int_or_bool)?;
-        let principal: Column<Option<String>> = column(principal, "principal", is_str)?;
         let tls: Column<Option<bool>> = column(tls, "tls", |v| v.extract::<bool>().is_ok())?;
-        let sni: Column<Option<String>> = column(sni, "sni", is_str)?;
-        let headers: Vec<Vec<(String, String)>> = match headers {
+        let header_objs_all: Vec<HeaderObjs<'py>> = match headers {
             Some(h) if !h.is_none() => {
                 let mut v = Vec::new();
                 for item in h.try_iter()? {
-                    let item = item?;
-                    v.push(
-                        header_objs(Some(&item))?
-                            .iter()
-                            .map(|(k, v)| Ok((k.to_str()?.to_string(), v.to_str()?.to_string())))
-                            .collect::<PyResult<_>>()?,
-                    );
+                    v.push(header_objs(Some(&item?))?);
                 }
                 v
             }
@@ -648,7 +661,7 @@ impl RbacEngine {
             principal.len(),
             tls.len(),
             sni.len(),
-            (!headers.is_empty()).then_some(headers.len()),
+            (!header_objs_all.is_empty()).then_some(header_objs_all.len()),
         ];
         let mut n: Option<usize> = None;
         for l in lens.into_iter().flatten() {
@@ -660,32 +673,38 @@ impl RbacEngine {
             n = Some(l);
         }
         let n = n.unwrap_or(0);
+        let (method, path) = (strs(&method, n)?, strs(&path, n)?);
+        let authority = strs(&authority, n)?;
+        let (principal, sni) = (strs(&principal, n)?, strs(&sni, n)?);
+        let header_views: Vec<Vec<(&str, &str)>> = header_objs_all
+            .iter()
+            .map(|objs| {
+                objs.iter()
+                    .map(|(k, v)| Ok((k.to_str()?, v.to_str()?)))
+                    .collect::<PyResult<_>>()
+            })
+            .collect::<PyResult<_>>()?;
         let mut reqs = Vec::with_capacity(n);
         for i in 0..n {
-            let p = principal.get(i).flatten();
-            let s = sni.get(i).flatten();
-            let t = tls.get(i).flatten();
-            let implied = p.is_some() || s.is_some();
-            if t == Some(false) && implied {
-                return Err(PyValueError::new_err(format!(
-                    "request {i}: tls=False contradicts principal/sni"
-                )));
-            }
-            reqs.push(Owned {
-                method: method.get(i).flatten(),
-                path: path.get(i).flatten(),
-                authority: authority.get(i).flatten(),
+            let p = principal.get(i).and_then(|p| p.as_ref());
+            let s = sni.get(i).copied().flatten();
+            let t = tls_of(tls.get(i).flatten(), p.is_some() || s.is_some())
+                .map_err(|e| PyValueError::new_err(format!("request {i}: {e}")))?;
+            reqs.push(Attributes {
+                method: method.get(i).copied().flatten(),
+                path: path.get(i).copied().flatten(),
+                authority: authority.get(i).copied().flatten(),
                 scheme: None,
-                headers: headers.get(i).cloned().unwrap_or_default(),
+                headers: header_views.get(i).map_or(&[][..], |v| v.as_slice()),
                 source_ip: source_ip.get(i).flatten(),
                 direct_remote_ip: direct_remote_ip.get(i).flatten(),
                 remote_ip: remote_ip.get(i).flatten(),
                 destination_ip: destination_ip.get(i).flatten(),
                 destination_port: destination_port.get(i).flatten(),
-                tls: t.unwrap_or(implied),
-                uri_sans: p.into_iter().collect(),
-                dns_sans: Vec::new(),
-                subject: String::new(),
+                tls: t,
+                uri_sans: p.map_or(&[][..], std::slice::from_ref),
+                dns_sans: &[],
+                subject: "",
                 sni: s.unwrap_or_default(),
             });
         }
@@ -695,9 +714,8 @@ impl RbacEngine {
             let mut policy = Vec::with_capacity(n * 4);
             let mut shadow_allowed = Vec::with_capacity(n);
             let mut shadow_policy = Vec::with_capacity(n * 4);
-            for o in &reqs {
-                let v = o.views();
-                let d = rbac.evaluate(&o.attributes(&v));
+            for a in &reqs {
+                let d = rbac.evaluate(a);
                 allowed.push(u8::from(d.allowed));
                 policy.extend_from_slice(&d.policy.map_or(-1i32, |i| i as i32).to_ne_bytes());
                 shadow_allowed.push(u8::from(d.shadow_allowed.unwrap_or(false)));

@@ -8,9 +8,37 @@
 //! the index can never change a decision.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use super::{Attributes, CompiledPolicy, Matcher};
 use crate::matcher::{CompiledString, HeaderTest};
+
+/// FxHash-style word-at-a-time hashing: keys come from the config (a request can only look
+/// up, never insert), so flooding is not a concern, and SipHash's cost on 40-byte SPIFFE ids
+/// was a large part of a decision.
+#[derive(Default)]
+struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FastMap<V> = HashMap<String, V, BuildHasherDefault<FastHasher>>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Literal {
@@ -115,11 +143,11 @@ impl Trie {
         self.nodes[at].1.push(policy);
     }
 
-    fn collect(&self, key: &str, out: &mut Vec<u32>) {
+    fn collect<'x>(&'x self, key: &str, out: &mut Slices<'x>) {
         let Some(mut node) = self.nodes.first() else {
             return;
         };
-        out.extend_from_slice(&node.1);
+        out.push(&node.1);
         for b in key.bytes() {
             let Ok(i) = node.0.binary_search_by_key(&b, |c| c.0) else {
                 return;
@@ -128,7 +156,62 @@ impl Trie {
                 return;
             };
             node = next;
-            out.extend_from_slice(&node.1);
+            out.push(&node.1);
+        }
+    }
+}
+
+/// The candidate lists of one request: each ascending (policy ids were pushed in name
+/// order), merged on the fly, so a decision allocates nothing.
+struct Slices<'x> {
+    lists: [&'x [u32]; MAX_SLICES],
+    len: usize,
+    overflow: Vec<&'x [u32]>,
+}
+
+const MAX_SLICES: usize = 8;
+
+impl<'x> Slices<'x> {
+    fn new() -> Self {
+        Self {
+            lists: [&[]; MAX_SLICES],
+            len: 0,
+            overflow: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, s: &'x [u32]) {
+        if s.is_empty() {
+            return;
+        }
+        if self.len < MAX_SLICES {
+            self.lists[self.len] = s;
+            self.len += 1;
+        } else {
+            self.overflow.push(s);
+        }
+    }
+
+    /// Calls `f` on every candidate once, in ascending order, until it returns true.
+    fn find(&mut self, mut f: impl FnMut(u32) -> bool) -> Option<u32> {
+        let mut all: Vec<&'x [u32]>;
+        let lists: &mut [&'x [u32]] = if self.overflow.is_empty() {
+            &mut self.lists[..self.len]
+        } else {
+            all = self.lists[..self.len].to_vec();
+            all.append(&mut self.overflow);
+            &mut all
+        };
+        loop {
+            let min = lists.iter().filter_map(|s| s.first().copied()).min()?;
+            if f(min) {
+                return Some(min);
+            }
+            for s in lists.iter_mut() {
+                if s.first() == Some(&min) {
+                    *s = &s[1..];
+                }
+            }
         }
     }
 }
@@ -137,8 +220,10 @@ impl Trie {
 pub(super) struct Index {
     /// Policies without a usable condition: always checked.
     always: Vec<u32>,
-    method: HashMap<String, Vec<u32>>,
-    principal: HashMap<String, Vec<u32>>,
+    method: FastMap<Vec<u32>>,
+    principal: FastMap<Vec<u32>>,
+    /// Whether some policy requires a principal equal to "" (then an absent subject counts).
+    empty_principal: bool,
     path: Trie,
     /// With few policies a plain scan is as fast; the index is skipped.
     scan: bool,
@@ -165,6 +250,9 @@ impl Index {
                 continue;
             };
             for lit in lits {
+                if lit == Literal::Principal(String::new()) {
+                    ix.empty_principal = true;
+                }
                 match lit {
                     Literal::Method(m) => ix.method.entry(m).or_default().push(id),
                     Literal::Principal(s) => ix.principal.entry(s).or_default().push(id),
@@ -175,30 +263,40 @@ impl Index {
         ix
     }
 
-    /// The policies that may match, ascending (name order), without duplicates.
-    pub(super) fn candidates(&self, a: &Attributes<'_>) -> Vec<u32> {
-        if self.scan {
-            return (0..self.len).collect();
-        }
-        let mut out = Vec::with_capacity(16);
-        out.extend_from_slice(&self.always);
+    fn slices<'x>(&'x self, a: &Attributes<'_>) -> Slices<'x> {
+        let mut out = Slices::new();
+        out.push(&self.always);
         if !self.method.is_empty() {
             if let Some(v) = a.method.and_then(|m| self.method.get(m)) {
-                out.extend_from_slice(v);
+                out.push(v);
             }
         }
         if !self.principal.is_empty() && a.tls {
             for s in a.uri_sans.iter().chain(a.dns_sans).chain([&a.subject]) {
+                if s.is_empty() && !self.empty_principal {
+                    continue;
+                }
                 if let Some(v) = self.principal.get(*s) {
-                    out.extend_from_slice(v);
+                    out.push(v);
                 }
             }
         }
         if let Some(p) = a.url_path() {
             self.path.collect(p, &mut out);
         }
-        out.sort_unstable();
-        out.dedup();
+        out
+    }
+
+    /// The policies that may match, ascending (name order), without duplicates.
+    pub(super) fn candidates(&self, a: &Attributes<'_>) -> Vec<u32> {
+        if self.scan {
+            return (0..self.len).collect();
+        }
+        let mut out = Vec::new();
+        self.slices(a).find(|i| {
+            out.push(i);
+            false
+        });
         out
     }
 
@@ -210,9 +308,8 @@ impl Index {
         if self.scan {
             return policies.iter().position(|p| p.matches(a));
         }
-        self.candidates(a)
-            .into_iter()
+        self.slices(a)
+            .find(|i| policies.get(i as usize).is_some_and(|p| p.matches(a)))
             .map(|i| i as usize)
-            .find(|&i| policies.get(i).is_some_and(|p| p.matches(a)))
     }
 }

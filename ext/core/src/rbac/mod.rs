@@ -69,8 +69,12 @@ impl<'a> Attributes<'a> {
     /// The path without query and fragment (what url_path matches).
     pub fn url_path(&self) -> Option<&'a str> {
         self.path.map(|p| {
-            let end = p.find(['?', '#']).unwrap_or(p.len());
-            &p[..end]
+            let end = p
+                .bytes()
+                .position(|b| b == b'?' || b == b'#')
+                .unwrap_or(p.len());
+            // '?' and '#' are ASCII, so `end` is a char boundary.
+            p.get(..end).unwrap_or(p)
         })
     }
 }

@@ -361,3 +361,82 @@ fn index_agrees_with_a_full_scan() {
         }
     }
 }
+
+/// Core-only decision time on issue 7's 1,000-rule ALLOW set (no Python): run with
+/// `cargo test --release -p meshcore-core -- --ignored --nocapture core_decision_time`.
+#[test]
+#[ignore = "timing, not a check; see BENCHMARKS.md"]
+fn core_decision_time() {
+    let methods = ["GET", "POST", "PUT", "DELETE"];
+    let spiffe = |r: usize| format!("spiffe://cluster.local/ns/ns{r}/sa/sa{r}");
+    let n = 1000;
+    let mut policies = Vec::new();
+    for r in 0..n {
+        let set = |inner: Vec<u8>| bytes_field(2, &bytes_field(1, &inner));
+        let perm = bytes_field(
+            1,
+            &[
+                bytes_field(
+                    1,
+                    &set(perm_header(header_string(":method", exact(methods[r % 4])))),
+                ),
+                bytes_field(1, &set(perm_url_path(prefix(&format!("/api/v{r}/"))))),
+            ]
+            .concat(),
+        );
+        let princ = bytes_field(
+            1,
+            &bytes_field(
+                1,
+                &bytes_field(
+                    2,
+                    &bytes_field(1, &princ_authenticated(Some(exact(&spiffe(r))))),
+                ),
+            ),
+        );
+        policies.push((
+            format!("ns[foo]-policy[allow-{}]-rule[{}]", r / 10, r % 10),
+            policy(&[perm], &[princ]),
+        ));
+    }
+    let named: Vec<(&str, Vec<u8>)> = policies
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.clone()))
+        .collect();
+    let bytes = filter(Some(rbac(0, &named)), None);
+    let t = std::time::Instant::now();
+    let c = compile(&bytes);
+    let compile_time = t.elapsed();
+    let reqs: Vec<(String, String, [String; 1])> = (0..1000)
+        .map(|i| {
+            let r = (i * 7919) % n;
+            let m = methods[(r + usize::from(i % 5 == 0)) % 4].to_string();
+            (
+                m,
+                format!("/api/v{r}/items/{i}"),
+                [spiffe((r + usize::from(i % 7 == 0)) % n)],
+            )
+        })
+        .collect();
+    let rounds = 200;
+    let mut allowed = 0usize;
+    let t = std::time::Instant::now();
+    for _ in 0..rounds {
+        for (m, p, sans) in &reqs {
+            let uri: [&str; 1] = [sans[0].as_str()];
+            let a = Attributes {
+                method: Some(m),
+                path: Some(p),
+                tls: true,
+                uri_sans: &uri,
+                ..Attributes::default()
+            };
+            allowed += usize::from(c.evaluate(&a).allowed);
+        }
+    }
+    let per = t.elapsed().as_nanos() as f64 / (rounds * reqs.len()) as f64;
+    println!(
+        "core: {per:.0} ns per decision at {n} rules ({} allowed); compile {compile_time:?}",
+        allowed / rounds
+    );
+}

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -79,7 +80,12 @@ class Outcome:
 
 
 def _listener(
-    name: str, address: str, port: int, routes: list[dict[str, Any]], log_path: str
+    name: str,
+    address: str,
+    port: int,
+    routes: list[dict[str, Any]],
+    log_path: str,
+    tls: TlsFiles | None = None,
 ) -> dict[str, Any]:
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
@@ -119,9 +125,57 @@ def _listener(
             {
                 "filters": [
                     {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
-                ]
+                ],
+                **({"transport_socket": _tls_socket(tls)} if tls else {}),
             }
         ],
+        # The TLS inspector is what gives Envoy the requested server name (Istio's inbound
+        # listeners always have it); without it requested_server_name sees "".
+        **(
+            {
+                "listener_filters": [
+                    {
+                        "name": "envoy.filters.listener.tls_inspector",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.listener."
+                            "tls_inspector.v3.TlsInspector"
+                        },
+                    }
+                ]
+            }
+            if tls
+            else {}
+        ),
+    }
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for a TLS listener: its certificate and key, and the CA that client
+    certificates must chain to (a client certificate is asked for, not required)."""
+
+    cert: str
+    key: str
+    ca: str
+
+
+def _tls_socket(tls: TlsFiles) -> dict[str, Any]:
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+            "DownstreamTlsContext",
+            "require_client_certificate": False,
+            "common_tls_context": {
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": tls.cert},
+                        "private_key": {"filename": tls.key},
+                    }
+                ],
+                "validation_context": {"trusted_ca": {"filename": tls.ca}},
+            },
+        },
     }
 
 
@@ -155,6 +209,8 @@ def running_envoy(
     configs: Sequence[Message],
     workdir: Path,
     listeners: Sequence[tuple[str, int]],
+    tls_listeners: Sequence[tuple[str, int]] = (),
+    tls: TlsFiles | None = None,
 ) -> Iterator[Envoy]:
     """Starts Envoy serving `configs` (HTTP RBAC filter messages) on every (address, port)
     listener; stops it on exit, after which :func:`read_outcomes` reads what it decided (the
@@ -171,6 +227,10 @@ def running_envoy(
             "listeners": [
                 _listener(f"l{i}", a, p, routes, str(workdir / "access.log"))
                 for i, (a, p) in enumerate(where)
+            ]
+            + [
+                _listener(f"t{i}", a, p, routes, str(workdir / "access.log"), tls)
+                for i, (a, p) in enumerate(tls_listeners)
             ]
         },
     }
@@ -236,22 +296,47 @@ def _wait_ready(proc: subprocess.Popen[bytes], admin: int, log: Path) -> None:
     raise RuntimeError("envoy did not become ready in 30 s")
 
 
+class _TlsConnection(http.client.HTTPConnection):
+    """HTTPS with a chosen SNI (or none) and client certificate, to an address."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        source: str,
+        context: ssl.SSLContext,
+        sni: str | None,
+    ) -> None:
+        super().__init__(host, port, timeout=10, source_address=(source, 0))
+        self._context = context
+        self._sni = sni
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._sni)
+
+
 class Client:
-    """Keep-alive HTTP/1.1 connections, one per (source, destination) pair."""
+    """Keep-alive HTTP/1.1 connections, one per (source, destination, TLS identity) tuple."""
 
     def __init__(self) -> None:
-        self._conns: dict[tuple[str, str, int], http.client.HTTPConnection] = {}
+        self._conns: dict[tuple[Any, ...], http.client.HTTPConnection] = {}
 
     def close(self) -> None:
         for c in self._conns.values():
             c.close()
         self._conns.clear()
 
-    def _conn(self, source: str, host: str, port: int) -> http.client.HTTPConnection:
-        key = (source, host, port)
+    def _conn(
+        self, key: tuple[Any, ...], tls: tuple[ssl.SSLContext, str | None] | None
+    ) -> http.client.HTTPConnection:
         c = self._conns.get(key)
         if c is None:
-            c = http.client.HTTPConnection(host, port, timeout=10, source_address=(source, 0))
+            source, host, port = key[:3]
+            if tls is None:
+                c = http.client.HTTPConnection(host, port, timeout=10, source_address=(source, 0))
+            else:
+                c = _TlsConnection(host, port, source, tls[0], tls[1])
             self._conns[key] = c
         return c
 
@@ -267,9 +352,12 @@ class Client:
         path: str,
         authority: str,
         headers: Sequence[tuple[str, str]],
+        tls: tuple[ssl.SSLContext, str | None] | None = None,
     ) -> int:
+        """Sends one request; `tls` is (client context, SNI) for TLS listeners."""
+        key = (source, host, port, None if tls is None else (id(tls[0]), tls[1]))
         for attempt in range(2):
-            c = self._conn(source, host, port)
+            c = self._conn(key, tls)
             try:
                 c.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
                 c.putheader("Host", authority)
@@ -284,7 +372,7 @@ class Client:
             except (http.client.HTTPException, OSError):
                 # Envoy closed an idle keep-alive connection: reconnect once.
                 c.close()
-                self._conns.pop((source, host, port), None)
+                self._conns.pop(key, None)
                 if attempt:
                     raise
         raise AssertionError("unreachable")
@@ -300,3 +388,109 @@ def shadow_of(outcome: Outcome, prefix: str) -> tuple[bool | None, str | None]:
 
 def have_envoy() -> bool:
     return envoy_binary() is not None and os.environ.get("MESHCORE_NO_ENVOY") != "1"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A client's TLS identity: its context (with a certificate or none) and what Envoy sees."""
+
+    context: ssl.SSLContext
+    uri_sans: tuple[str, ...]
+    dns_sans: tuple[str, ...]
+    subject: str | None  # RFC 2253, as Envoy prints it; None without a client certificate
+
+
+def make_pki(
+    workdir: Path, clients: Sequence[tuple[Sequence[str], Sequence[str], Sequence[tuple[str, str]]]]
+) -> tuple[TlsFiles, list[Identity]]:
+    """A CA, a server certificate, and one client identity per (URI SANs, DNS SANs, subject
+    attributes) entry, plus a TLS client without a certificate (first in the list)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    names = {"CN": NameOID.COMMON_NAME, "O": NameOID.ORGANIZATION_NAME}
+
+    def key() -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def pem_key(k: ec.EllipticCurvePrivateKey) -> bytes:
+        return k.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    ca_key = key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "meshcore test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def leaf(
+        subject: x509.Name, sans: list[x509.GeneralName], k: ec.EllipticCurvePrivateKey
+    ) -> x509.Certificate:
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_name)
+            .public_key(k.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+        if sans:
+            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return b.sign(ca_key, hashes.SHA256())
+
+    def write(name: str, data: bytes) -> str:
+        path = workdir / name
+        path.write_bytes(data)
+        return str(path)
+
+    pem = serialization.Encoding.PEM
+    ca_file = write("ca.pem", ca.public_bytes(pem))
+    server_key = key()
+    server = leaf(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "server")]),
+        [x509.DNSName("localhost")],
+        server_key,
+    )
+    files = TlsFiles(
+        write("server.pem", server.public_bytes(pem)),
+        write("server-key.pem", pem_key(server_key)),
+        ca_file,
+    )
+
+    def context() -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        # The server's identity is not what is under test.
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    identities = [Identity(context(), (), (), None)]
+    for i, (uris, dnss, attrs) in enumerate(clients):
+        k = key()
+        subject = x509.Name([x509.NameAttribute(names[t], v) for t, v in attrs])
+        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
+        sans += [x509.DNSName(d) for d in dnss]
+        cert = leaf(subject, sans, k)
+        ctx = context()
+        ctx.load_cert_chain(
+            write(f"client{i}.pem", cert.public_bytes(pem)), write(f"client{i}-key.pem", pem_key(k))
+        )
+        identities.append(Identity(ctx, tuple(uris), tuple(dnss), subject.rfc4514_string()))
+    return files, identities

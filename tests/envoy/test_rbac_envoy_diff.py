@@ -13,6 +13,7 @@ MESHCORE_DIFF_CASES sets the number of random cases (10,000 by default, fixed se
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import re
@@ -37,8 +38,11 @@ from meshcore import RbacEngine, UnsupportedFeatureError
 sys.path.insert(0, str(Path(__file__).parent))
 from rbac_harness import (
     Client,
+    Identity,
+    TlsFiles,
     free_port,
     have_envoy,
+    make_pki,
     read_outcomes,
     running_envoy,
 )
@@ -92,6 +96,31 @@ DEST_CIDRS = [
     ("::", 0),
 ]
 REGEXES = ["/api/.*", "[a-z]+", "GET|POST", ".*v1.*", "/admin(/.*)?", "\\d+", "-?\\d+", ".*"]
+# TLS clients: (URI SANs, DNS SANs, subject attributes); a client without a certificate too.
+CLIENTS = [
+    (["spiffe://cluster.local/ns/foo/sa/web"], [], [("CN", "web")]),
+    (
+        ["spiffe://cluster.local/ns/bar/sa/db", "spiffe://other.td/x"],
+        ["db.bar.svc"],
+        [("O", "mesh"), ("CN", "db")],
+    ),
+    ([], ["api.example.com", "*.example.com"], [("CN", "api")]),
+    ([], [], [("CN", "legacy"), ("O", "Acme")]),
+]
+PRINCIPAL_NAMES = [
+    "spiffe://cluster.local/ns/foo/sa/web",
+    "spiffe://cluster.local/ns/bar/sa/db",
+    "spiffe://other.td/x",
+    "db.bar.svc",
+    "api.example.com",
+    "*.example.com",
+    "CN=web",
+    "CN=db,O=mesh",
+    "O=Acme,CN=legacy",
+    "CN=api",
+    "",
+]
+SNIS = ["svc.foo", "api.example.com", "outbound_.8080_._.svc.foo.svc.cluster.local", ""]
 POLICY_NAMES = ["a", "b", "B", "p01", "p1", "p10", "ns[foo]-policy[x]-rule[0]", "z", "_", "a-b"]
 
 
@@ -154,6 +183,7 @@ def _cidr(rng: random.Random, pool: list[tuple[str, int]]) -> dict[str, Any]:
 class Gen:
     rng: random.Random
     ports: list[int]
+    tls: bool = False  # draw principal names and SNI matchers from the TLS pools
     depth: int = 0
     stats: dict[str, int] = field(default_factory=dict)
 
@@ -178,6 +208,8 @@ class Gen:
             lo = p - r.randint(0, 3)
             return {"destination_port_range": {"start": lo, "end": lo + r.randint(1, 5)}}
         if kind == "sni":
+            if self.tls:
+                return {"requested_server_name": _string_matcher(r, SNIS)}
             # Plaintext: Envoy matches the empty requested server name.
             return {"requested_server_name": r.choice([{"exact": ""}, {"prefix": "a"}])}
         self.depth += 1
@@ -200,7 +232,8 @@ class Gen:
         if kind == "auth":
             if r.random() < 0.5:
                 return {"authenticated": {}}
-            return {"authenticated": {"principal_name": _string_matcher(r, ["spiffe://x"])}}
+            pool = PRINCIPAL_NAMES if self.tls else ["spiffe://x"]
+            return {"authenticated": {"principal_name": _string_matcher(r, pool)}}
         if kind == "sip":
             return {"source_ip": _cidr(r, SOURCE_CIDRS)}
         if kind == "drip":
@@ -254,9 +287,11 @@ class Request:
     headers: tuple[tuple[str, str], ...]
     source: str
     dest: tuple[str, int]
+    identity: Identity | None = None  # TLS: the client's identity
+    sni: str | None = None
 
     def kwargs(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "method": self.method,
             "path": self.path,
             "authority": self.authority,
@@ -268,6 +303,16 @@ class Request:
             "destination_ip": self.dest[0],
             "destination_port": self.dest[1],
         }
+        if self.identity is not None:
+            out.update(
+                tls=True,
+                scheme="https",
+                uri_sans=list(self.identity.uri_sans),
+                dns_sans=list(self.identity.dns_sans),
+                subject=self.identity.subject,
+                sni=self.sni,
+            )
+        return out
 
 
 def _request(
@@ -321,10 +366,12 @@ def _run(
     configs: list[rbac_pb2.RBAC],
     requests: list[Request],
     listeners: list[tuple[str, int]],
+    tls_listeners: list[tuple[str, int]] | None = None,
+    tls: TlsFiles | None = None,
 ) -> tuple[int, list[str]]:
     engines = [RbacEngine.from_proto(c) for c in configs]
     prefixes = [c.shadow_rules_stat_prefix for c in configs]
-    with running_envoy(configs, tmp_path, listeners):
+    with running_envoy(configs, tmp_path, listeners, tls_listeners or [], tls):
         client = Client()
         try:
             for seq, req in enumerate(requests):
@@ -338,6 +385,7 @@ def _run(
                     path=req.path,
                     authority=req.authority,
                     headers=req.headers,
+                    tls=None if req.identity is None else (req.identity.context, req.sni),
                 )
         finally:
             client.close()
@@ -375,6 +423,31 @@ def test_random_configs_agree_with_envoy(tmp_path: Path) -> None:
     # The generator reached every kind of permission and principal.
     kinds = {k.split(".")[1] for k in gen.stats}
     assert {"drange", "dport", "dip", "rip", "sip", "drip", "auth", "sni", "not"} <= kinds
+
+
+TLS_CASES = max(200, CASES // 5)
+
+
+def test_tls_principals_and_sni_agree_with_envoy(tmp_path: Path) -> None:
+    """mTLS: URI SANs, then DNS SANs, then the subject; `authenticated: {}` for any TLS
+    connection, with or without a client certificate; requested_server_name from SNI."""
+    rng = random.Random(SEED + 2)
+    tls_files, identities = make_pki(tmp_path, CLIENTS)
+    tls_listeners = [(a, free_port(a)) for a in LISTEN]
+    gen = Gen(rng, [p for _, p in tls_listeners], tls=True)
+    n_configs = max(1, TLS_CASES // 50)
+    configs = [gen.config() for _ in range(n_configs)]
+    requests = []
+    for i in range(n_configs):
+        for _ in range(TLS_CASES // n_configs):
+            base = _request(rng, i, tls_listeners)
+            sni = rng.choice([None, *[s for s in SNIS if s]])
+            requests.append(dataclasses.replace(base, identity=rng.choice(identities), sni=sni))
+    rng.shuffle(requests)
+    total, problems = _run(tmp_path, configs, requests, [], tls_listeners, tls_files)
+    assert total >= TLS_CASES - n_configs
+    assert not problems, f"{len(problems)} of {total} disagree:\n" + "\n".join(problems[:5])
+    assert gen.stats.get("principal.auth", 0) > 20
 
 
 def _corpus_configs() -> list[tuple[str, rbac_pb2.RBAC]]:

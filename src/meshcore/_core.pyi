@@ -154,6 +154,7 @@ class RbacEngine:
         subject: str | None = None,
         tls: bool | None = None,
         sni: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> RbacDecision: ...
     def explain(
         self,
@@ -174,6 +175,7 @@ class RbacEngine:
         subject: str | None = None,
         tls: bool | None = None,
         sni: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]: ...
     def evaluate_batch(
         self,

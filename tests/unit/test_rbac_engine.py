@@ -163,24 +163,16 @@ def test_unsupported_rules_fail_closed_with_field_paths() -> None:
     with pytest.raises(UnsupportedFeatureError) as e:
         RbacEngine.from_proto(filter_config(cel))
     assert [p.path for p in e.value.errors()] == ['rules.policies["p"].condition']
-    meta = {
+    sourced = {
         "policies": {
             "p": {
                 "permissions": [ANY],
-                "principals": [
-                    {
-                        "metadata": {
-                            "filter": "f",
-                            "path": [{"key": "k"}],
-                            "value": {"present_match": True},
-                        }
-                    }
-                ],
+                "principals": [{"sourced_metadata": {"metadata_matcher": {"filter": "f"}}}],
             }
         }
     }
-    with pytest.raises(UnsupportedFeatureError, match="metadata"):
-        RbacEngine.from_proto(filter_config(None, meta))
+    with pytest.raises(UnsupportedFeatureError, match="sourced_metadata"):
+        RbacEngine.from_proto(filter_config(None, sourced))
     bad = {
         "policies": {
             "p": {
@@ -196,6 +188,47 @@ def test_unsupported_rules_fail_closed_with_field_paths() -> None:
         'rules.policies["p"].permissions[0].url_path.path.safe_regex.regex',
         'rules.policies["p"].principals[0].source_ip.address_prefix',
     ]
+
+
+def test_metadata_matchers_use_the_metadata_given() -> None:
+    jwt = "envoy.filters.http.jwt_authn"
+
+    def claim(key: str, value: dict[str, Any]) -> dict[str, Any]:
+        path = [{"key": "payload"}, {"key": key}]
+        return {"metadata": {"filter": jwt, "path": path, "value": value}}
+
+    rules = {
+        "policies": {
+            "aud": {
+                "permissions": [ANY],
+                "principals": [
+                    claim("aud", {"list_match": {"one_of": {"string_match": {"exact": "api"}}}})
+                ],
+            },
+            "admin": {
+                "permissions": [ANY],
+                "principals": [claim("admin", {"bool_match": True})],
+            },
+            "level": {
+                "permissions": [ANY],
+                "principals": [claim("level", {"double_match": {"range": {"start": 2, "end": 5}}})],
+            },
+        }
+    }
+    engine = RbacEngine.from_proto(filter_config(rules))
+
+    def decide(payload: dict[str, Any] | None) -> str | None:
+        md = None if payload is None else {jwt: {"payload": payload}}
+        return engine.evaluate(metadata=md).policy_id
+
+    assert decide({"aud": ["web", "api"]}) == "aud"
+    assert decide({"aud": "api"}) is None  # a string is not a list
+    assert decide({"admin": True, "aud": ["api"]}) == "admin"  # name order
+    assert decide({"level": 4.5}) == "level"
+    assert decide({"level": 5}) is None
+    assert decide(None) is None
+    with pytest.raises(TypeError, match="metadata"):
+        engine.evaluate(metadata={jwt: {"payload": {"x": object()}}})
 
 
 def test_explain_names_the_permission_and_principal() -> None:

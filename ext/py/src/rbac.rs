@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use meshcore_core::rbac::{Decision, Engine};
+use meshcore_core::rbac::{Decision, Engine, MetaValue};
 use meshcore_core::{Attributes, CompiledRbac};
 
 use crate::errors::core_error_to_py;
@@ -199,6 +199,49 @@ struct Args<'a> {
     subject: Option<&'a str>,
     tls: Option<bool>,
     sni: Option<&'a str>,
+    metadata: Option<MetaValue>,
+}
+
+/// Dynamic metadata from Python: a dict of filter name -> dict (google.protobuf.Struct's
+/// shape: dicts, lists, str, numbers, bools, None).
+fn meta_value(v: &Bound<'_, PyAny>, depth: usize) -> PyResult<MetaValue> {
+    if depth > 64 {
+        return Err(PyValueError::new_err("metadata: nested too deeply"));
+    }
+    if v.is_none() {
+        return Ok(MetaValue::Null);
+    }
+    if let Ok(b) = v.cast::<PyBool>() {
+        return Ok(MetaValue::Bool(b.is_true()));
+    }
+    if let Ok(s) = v.cast::<PyString>() {
+        return Ok(MetaValue::String(s.to_str()?.to_string()));
+    }
+    if let Ok(d) = v.cast::<PyDict>() {
+        let mut out = std::collections::BTreeMap::new();
+        for (k, item) in d.iter() {
+            let k = k
+                .cast::<PyString>()
+                .map_err(|_| PyTypeError::new_err("metadata: keys must be str"))?
+                .to_str()?
+                .to_string();
+            out.insert(k, meta_value(&item, depth + 1)?);
+        }
+        return Ok(MetaValue::Struct(out));
+    }
+    if v.cast::<PyList>().is_ok() || v.cast::<PyTuple>().is_ok() {
+        let mut out = Vec::new();
+        for item in v.try_iter()? {
+            out.push(meta_value(&item?, depth + 1)?);
+        }
+        return Ok(MetaValue::List(out));
+    }
+    if let Ok(n) = v.extract::<f64>() {
+        return Ok(MetaValue::Number(n));
+    }
+    Err(PyTypeError::new_err(format!(
+        "metadata: unsupported value {v} (dict, list, str, number, bool or None)"
+    )))
 }
 
 /// Whether the connection is TLS: given, or implied by a peer certificate or SNI (both exist
@@ -256,6 +299,7 @@ fn with_attributes<R>(
         dns_sans: &dns,
         subject: args.subject.unwrap_or_default(),
         sni: args.sni.unwrap_or_default(),
+        metadata: args.metadata.as_ref(),
     };
     Ok(f(&a))
 }
@@ -485,7 +529,7 @@ impl RbacEngine {
     #[pyo3(signature = (*, method=None, path=None, authority=None, headers=None, scheme=None,
         source_ip=None, remote_ip=None, direct_remote_ip=None, destination_ip=None,
         destination_port=None, principal=None, uri_sans=None, dns_sans=None, subject=None,
-        tls=None, sni=None))]
+        tls=None, sni=None, metadata=None))]
     #[allow(clippy::too_many_arguments)]
     fn evaluate(
         &self,
@@ -506,6 +550,7 @@ impl RbacEngine {
         subject: Option<&str>,
         tls: Option<bool>,
         sni: Option<&str>,
+        metadata: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<RbacDecision> {
         let args = Args {
             method,
@@ -523,6 +568,10 @@ impl RbacEngine {
             subject,
             tls,
             sni,
+            metadata: match metadata {
+                Some(m) if !m.is_none() => Some(meta_value(m, 0)?),
+                _ => None,
+            },
         };
         let d = with_attributes(&args, headers, |a| self.rbac.evaluate(a))?;
         Ok(self.decision(py, &d))
@@ -533,7 +582,7 @@ impl RbacEngine {
     #[pyo3(signature = (*, method=None, path=None, authority=None, headers=None, scheme=None,
         source_ip=None, remote_ip=None, direct_remote_ip=None, destination_ip=None,
         destination_port=None, principal=None, uri_sans=None, dns_sans=None, subject=None,
-        tls=None, sni=None))]
+        tls=None, sni=None, metadata=None))]
     #[allow(clippy::too_many_arguments)]
     fn explain<'py>(
         &self,
@@ -554,6 +603,7 @@ impl RbacEngine {
         subject: Option<&str>,
         tls: Option<bool>,
         sni: Option<&str>,
+        metadata: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let args = Args {
             method,
@@ -571,6 +621,10 @@ impl RbacEngine {
             subject,
             tls,
             sni,
+            metadata: match metadata {
+                Some(m) if !m.is_none() => Some(meta_value(m, 0)?),
+                _ => None,
+            },
         };
         with_attributes(&args, headers, |a| -> PyResult<Bound<'py, PyDict>> {
             let d = self.rbac.evaluate(a);
@@ -706,6 +760,7 @@ impl RbacEngine {
                 dns_sans: &[],
                 subject: "",
                 sni: s.unwrap_or_default(),
+                metadata: None,
             });
         }
         let rbac = &self.rbac;

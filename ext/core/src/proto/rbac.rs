@@ -34,10 +34,176 @@ pub enum Rule {
     SourceIp(CidrRange),
     DirectRemoteIp(CidrRange),
     RemoteIp(CidrRange),
+    /// metadata: matched against the request's dynamic metadata.
+    Metadata(MetadataMatcher),
     /// The oneof was empty (Envoy's validation rejects it).
     Unset,
     /// A field we recognise but do not implement (already reported as unsupported).
     Unsupported,
+}
+
+/// envoy.type.matcher.v3.MetadataMatcher.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MetadataMatcher {
+    pub filter: String,
+    pub path: Vec<String>,
+    pub value: Option<ValueMatcher>,
+    pub invert: bool,
+}
+
+// Doubles compare by value; NaN never occurs in a decoded config we accept.
+impl Eq for MetadataMatcher {}
+
+/// envoy.type.matcher.v3.ValueMatcher.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValueMatcher {
+    Null,
+    /// [start, end) range, or exact.
+    DoubleRange(f64, f64),
+    DoubleExact(f64),
+    /// DoubleMatcher with neither range nor exact (Envoy rejects it).
+    DoubleUnset,
+    String(StringMatcher),
+    Bool(bool),
+    Present(bool),
+    /// list_match.one_of (None when unset).
+    List(Option<Box<ValueMatcher>>),
+    Or(Vec<ValueMatcher>),
+}
+
+fn f64_of(value: super::wire::Value<'_>, path: &str, err: &mut CoreError) -> f64 {
+    match value {
+        super::wire::Value::Fixed64(bits) => f64::from_bits(bits),
+        _ => {
+            err.invalid(path, "malformed protobuf: expected fixed64 wire type");
+            0.0
+        }
+    }
+}
+
+fn decode_value_matcher(buf: &[u8], path: &str, err: &mut CoreError) -> Option<ValueMatcher> {
+    let mut out = None;
+    walk(buf, path, err, |n, value, err| {
+        let sub = |name: &str, err: &mut CoreError| -> (String, &[u8]) {
+            let p = field_path(path, name);
+            let b = Field { path: &p, value }.bytes(err);
+            (p, b)
+        };
+        out = match n {
+            1 => Some(ValueMatcher::Null),
+            2 => {
+                let (p, b) = sub("double_match", err);
+                let mut m = ValueMatcher::DoubleUnset;
+                walk(b, &p, err, |n, value, err| match n {
+                    1 => {
+                        let rp = field_path(&p, "range");
+                        let rb = Field { path: &rp, value }.bytes(err);
+                        let (mut start, mut end) = (0.0, 0.0);
+                        walk(rb, &rp, err, |n, value, err| match n {
+                            1 => start = f64_of(value, &rp, err),
+                            2 => end = f64_of(value, &rp, err),
+                            _ => unknown_field(err, &rp, "DoubleRange", n),
+                        });
+                        m = ValueMatcher::DoubleRange(start, end);
+                    }
+                    2 => m = ValueMatcher::DoubleExact(f64_of(value, &p, err)),
+                    _ => unknown_field(err, &p, "DoubleMatcher", n),
+                });
+                Some(m)
+            }
+            3 => {
+                let (p, b) = sub("string_match", err);
+                Some(ValueMatcher::String(decode_string_matcher(b, &p, err)))
+            }
+            4 => Some(ValueMatcher::Bool(
+                Field {
+                    path: &field_path(path, "bool_match"),
+                    value,
+                }
+                .bool(err),
+            )),
+            5 => Some(ValueMatcher::Present(
+                Field {
+                    path: &field_path(path, "present_match"),
+                    value,
+                }
+                .bool(err),
+            )),
+            6 => {
+                let (p, b) = sub("list_match", err);
+                let mut one_of = None;
+                walk(b, &p, err, |n, value, err| match n {
+                    1 => {
+                        let op = field_path(&p, "one_of");
+                        let ob = Field { path: &op, value }.bytes(err);
+                        one_of = decode_value_matcher(ob, &op, err).map(Box::new);
+                    }
+                    _ => unknown_field(err, &p, "ListMatcher", n),
+                });
+                Some(ValueMatcher::List(one_of))
+            }
+            7 => {
+                let (p, b) = sub("or_match", err);
+                let mut ms = Vec::new();
+                walk(b, &p, err, |n, value, err| match n {
+                    1 => {
+                        let ip = index_path(&p, "value_matchers", ms.len());
+                        let ib = Field { path: &ip, value }.bytes(err);
+                        if let Some(m) = decode_value_matcher(ib, &ip, err) {
+                            ms.push(m);
+                        }
+                    }
+                    _ => unknown_field(err, &p, "OrMatcher", n),
+                });
+                Some(ValueMatcher::Or(ms))
+            }
+            _ => {
+                unknown_field(err, path, "ValueMatcher", n);
+                out.take()
+            }
+        };
+    });
+    if out.is_none() {
+        err.invalid(path, "one of null_match, double_match, string_match, bool_match, present_match, list_match, or_match is required");
+    }
+    out
+}
+
+fn decode_metadata_matcher(buf: &[u8], path: &str, err: &mut CoreError) -> MetadataMatcher {
+    let mut out = MetadataMatcher::default();
+    walk(buf, path, err, |n, value, err| match n {
+        1 => {
+            out.filter = Field {
+                path: &field_path(path, "filter"),
+                value,
+            }
+            .string(err)
+        }
+        2 => {
+            let p = index_path(path, "path", out.path.len());
+            let b = Field { path: &p, value }.bytes(err);
+            let mut key = String::new();
+            walk(b, &p, err, |n, value, err| match n {
+                1 => key = Field { path: &p, value }.string(err),
+                _ => unknown_field(err, &p, "PathSegment", n),
+            });
+            out.path.push(key);
+        }
+        3 => {
+            let p = field_path(path, "value");
+            let b = Field { path: &p, value }.bytes(err);
+            out.value = decode_value_matcher(b, &p, err);
+        }
+        4 => {
+            out.invert = Field {
+                path: &field_path(path, "invert"),
+                value,
+            }
+            .bool(err)
+        }
+        _ => unknown_field(err, path, "MetadataMatcher", n),
+    });
+    out
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -247,11 +413,10 @@ fn decode_rule(buf: &[u8], path: &str, kind: Kind, err: &mut CoreError) -> Rule 
                 let (p, b) = sub("remote_ip", err);
                 Rule::RemoteIp(decode_cidr(b, &p, err))
             }
-            (_, 7) => unsupported(
-                "metadata",
-                "metadata matchers are not supported (no dynamic metadata is evaluated)",
-                err,
-            ),
+            (_, 7) => {
+                let (p, b) = sub("metadata", err);
+                Rule::Metadata(decode_metadata_matcher(b, &p, err))
+            }
             (Kind::Permission, 14) | (Kind::Principal, 13) => unsupported(
                 "sourced_metadata",
                 "sourced_metadata matchers are not supported",

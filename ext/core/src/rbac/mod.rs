@@ -16,7 +16,9 @@ use std::net::IpAddr;
 use crate::error::{join_path, CoreError};
 use crate::matcher::{CompiledHeader, CompiledString, HeaderTest};
 use crate::proto::matcher::{HeaderSpecifier, StringMatcher};
-use crate::proto::rbac::{decode_rbac, decode_rbac_filter, CidrRange, Policy, Rbac, Rule};
+use crate::proto::rbac::{
+    decode_rbac, decode_rbac_filter, CidrRange, Policy, Rbac, Rule, ValueMatcher,
+};
 
 use index::Index;
 
@@ -43,6 +45,139 @@ pub struct Attributes<'a> {
     pub subject: &'a str,
     /// SNI; Envoy matches "" when the client sent none.
     pub sni: &'a str,
+    /// Dynamic metadata: a struct of filter name -> struct (None: no metadata at all).
+    pub metadata: Option<&'a MetaValue>,
+}
+
+/// A google.protobuf.Value as metadata holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaValue {
+    Null,
+    Number(f64),
+    String(String),
+    Bool(bool),
+    Struct(std::collections::BTreeMap<String, MetaValue>),
+    List(Vec<MetaValue>),
+}
+
+/// A compiled envoy.type.matcher.v3.ValueMatcher (Envoy's Matchers::ValueMatcher).
+#[derive(Debug, Clone)]
+pub enum ValueTest {
+    Null,
+    DoubleRange(f64, f64),
+    DoubleExact(f64),
+    String(CompiledString),
+    Bool(bool),
+    Present(bool),
+    List(Box<ValueTest>),
+    Or(Vec<ValueTest>),
+}
+
+impl ValueTest {
+    fn compile(m: &ValueMatcher, path: &str, err: &mut CoreError) -> Option<Self> {
+        Some(match m {
+            ValueMatcher::Null => Self::Null,
+            ValueMatcher::DoubleRange(s, e) => Self::DoubleRange(*s, *e),
+            ValueMatcher::DoubleExact(v) => Self::DoubleExact(*v),
+            ValueMatcher::DoubleUnset => {
+                err.invalid(
+                    join_path(path, "double_match"),
+                    "range or exact is required",
+                );
+                return None;
+            }
+            ValueMatcher::String(sm) => {
+                Self::String(compile_string(sm, &join_path(path, "string_match"), err)?)
+            }
+            ValueMatcher::Bool(b) => Self::Bool(*b),
+            ValueMatcher::Present(b) => Self::Present(*b),
+            ValueMatcher::List(None) => {
+                err.invalid(join_path(path, "list_match.one_of"), "is required");
+                return None;
+            }
+            ValueMatcher::List(Some(inner)) => Self::List(Box::new(Self::compile(
+                inner,
+                &join_path(path, "list_match.one_of"),
+                err,
+            )?)),
+            ValueMatcher::Or(ms) => {
+                let p = join_path(path, "or_match");
+                if ms.len() < 2 {
+                    // Envoy's validation: value_matchers min_items 2.
+                    err.invalid(
+                        join_path(&p, "value_matchers"),
+                        "must have at least 2 items",
+                    );
+                    return None;
+                }
+                let mut out = Vec::with_capacity(ms.len());
+                for (i, m) in ms.iter().enumerate() {
+                    out.push(Self::compile(m, &format!("{p}.value_matchers[{i}]"), err)?);
+                }
+                Self::Or(out)
+            }
+        })
+    }
+
+    /// `v` None: the path led nowhere (Envoy's default Value, whose kind is not set).
+    fn matches(&self, v: Option<&MetaValue>) -> bool {
+        match (self, v) {
+            (Self::Null, Some(MetaValue::Null)) => true,
+            (Self::DoubleRange(s, e), Some(MetaValue::Number(n))) => s <= n && n < e,
+            (Self::DoubleExact(x), Some(MetaValue::Number(n))) => x == n,
+            (Self::String(m), Some(MetaValue::String(s))) => m.matches(s),
+            (Self::Bool(b), Some(MetaValue::Bool(x))) => b == x,
+            (Self::Present(p), v) => *p && v.is_some(),
+            (Self::List(m), Some(MetaValue::List(items))) => {
+                items.iter().any(|i| m.matches(Some(i)))
+            }
+            (Self::Or(ms), v) => ms.iter().any(|m| m.matches(v)),
+            _ => false,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Null => "null".to_string(),
+            Self::DoubleRange(s, e) => format!("number in [{s}, {e})"),
+            Self::DoubleExact(x) => format!("number {x}"),
+            Self::String(m) => m.describe(),
+            Self::Bool(b) => format!("bool {b}"),
+            Self::Present(p) => format!("present {p}"),
+            Self::List(m) => format!("list with one {}", m.describe()),
+            Self::Or(ms) => ms
+                .iter()
+                .map(Self::describe)
+                .collect::<Vec<_>>()
+                .join(" or "),
+        }
+    }
+}
+
+/// A compiled envoy.type.matcher.v3.MetadataMatcher.
+#[derive(Debug, Clone)]
+pub struct CompiledMetadata {
+    pub filter: String,
+    pub path: Vec<String>,
+    pub value: ValueTest,
+    pub invert: bool,
+}
+
+impl CompiledMetadata {
+    /// Envoy's Matchers::MetadataMatcher::match over the request's dynamic metadata.
+    fn matches(&self, metadata: Option<&MetaValue>) -> bool {
+        fn struct_get<'m>(v: Option<&'m MetaValue>, key: &str) -> Option<&'m MetaValue> {
+            match v {
+                Some(MetaValue::Struct(m)) => m.get(key),
+                _ => None,
+            }
+        }
+        let mut v = struct_get(metadata, &self.filter);
+        for key in &self.path {
+            v = struct_get(v, key);
+        }
+        self.value.matches(v) != self.invert
+    }
 }
 
 impl<'a> Attributes<'a> {
@@ -203,6 +338,7 @@ pub enum Matcher {
     SourceIp(Cidr),
     DirectRemoteIp(Cidr),
     RemoteIp(Cidr),
+    Metadata(CompiledMetadata),
 }
 
 fn compile_string(m: &StringMatcher, path: &str, err: &mut CoreError) -> Option<CompiledString> {
@@ -321,6 +457,32 @@ impl Matcher {
             Rule::RemoteIp(c) => {
                 Self::RemoteIp(Cidr::compile(c, &join_path(path, "remote_ip"), err)?)
             }
+            Rule::Metadata(m) => {
+                let p = join_path(path, "metadata");
+                if m.filter.is_empty() {
+                    err.invalid(join_path(&p, "filter"), "must not be empty");
+                }
+                if m.path.is_empty() {
+                    err.invalid(join_path(&p, "path"), "must have at least 1 item");
+                }
+                if m.path.iter().any(String::is_empty) {
+                    err.invalid(join_path(&p, "path"), "keys must not be empty");
+                }
+                let Some(v) = &m.value else {
+                    err.invalid(join_path(&p, "value"), "is required");
+                    return None;
+                };
+                let value = ValueTest::compile(v, &join_path(&p, "value"), err)?;
+                if m.filter.is_empty() || m.path.is_empty() || m.path.iter().any(String::is_empty) {
+                    return None;
+                }
+                Self::Metadata(CompiledMetadata {
+                    filter: m.filter.clone(),
+                    path: m.path.clone(),
+                    value,
+                    invert: m.invert,
+                })
+            }
             // Already reported while decoding.
             Rule::Unset | Rule::Unsupported => return None,
         })
@@ -356,6 +518,7 @@ impl Matcher {
             Self::SourceIp(c) => c.contains(a.source_ip),
             Self::DirectRemoteIp(c) => c.contains(a.direct_remote_ip),
             Self::RemoteIp(c) => c.contains(a.remote_ip),
+            Self::Metadata(m) => m.matches(a.metadata),
         }
     }
 
@@ -381,6 +544,13 @@ impl Matcher {
             Self::SourceIp(c) => format!("source_ip {}", c.describe()),
             Self::DirectRemoteIp(c) => format!("direct_remote_ip {}", c.describe()),
             Self::RemoteIp(c) => format!("remote_ip {}", c.describe()),
+            Self::Metadata(m) => format!(
+                "{}metadata {}{} {}",
+                if m.invert { "not " } else { "" },
+                m.filter,
+                m.path.iter().map(|k| format!(".{k}")).collect::<String>(),
+                m.value.describe()
+            ),
         }
     }
 }

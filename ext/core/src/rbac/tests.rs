@@ -272,14 +272,15 @@ fn unsupported_and_invalid_rules_name_their_field() {
     let err = err.unwrap_or_default();
     assert!(err.only_unsupported(), "{err}");
     assert_eq!(err.errors[0].path, "rules.policies[\"cel\"].condition");
-    // Metadata principal.
-    let meta = policy(&[any()], &[bytes_field(7, b"")]);
+    // A sourced_metadata principal.
+    let meta = policy(&[any()], &[bytes_field(13, b"")]);
     let err = CompiledRbac::from_filter_bytes(&filter(None, Some(rbac(0, &[("m", meta)]))))
         .err()
         .unwrap_or_default();
+    assert!(err.only_unsupported(), "{err}");
     assert_eq!(
         err.errors[0].path,
-        "shadow_rules.policies[\"m\"].principals[0].metadata"
+        "shadow_rules.policies[\"m\"].principals[0].sourced_metadata"
     );
     // Invalid: port range and prefix length, both reported.
     let bad = policy(
@@ -306,6 +307,64 @@ fn unsupported_and_invalid_rules_name_their_field() {
     .err()
     .unwrap_or_default();
     assert_eq!(err.errors[0].path, "rules.policies[\"e\"].permissions");
+}
+
+#[test]
+fn metadata_matchers_walk_the_struct_and_absent_values_match_nothing() {
+    // envoy.filters.http.jwt_authn / payload / aud: a list containing "api".
+    let path = |k: &str| bytes_field(2, &bytes_field(1, k.as_bytes()));
+    let list_has_api = bytes_field(6, &bytes_field(1, &bytes_field(3, &exact("api"))));
+    let matcher = [
+        bytes_field(1, b"envoy.filters.http.jwt_authn"),
+        path("payload"),
+        path("aud"),
+        bytes_field(3, &list_has_api),
+    ]
+    .concat();
+    let inverted = [matcher.clone(), varint_field(4, 1)].concat();
+    let c = compile(&filter(
+        Some(rbac(
+            0,
+            &[
+                ("aud", policy(&[any()], &[bytes_field(7, &matcher)])),
+                ("not-aud", policy(&[any()], &[bytes_field(7, &inverted)])),
+            ],
+        )),
+        None,
+    ));
+    let md = |aud: MetaValue| {
+        let mut payload = std::collections::BTreeMap::new();
+        payload.insert("aud".to_string(), aud);
+        let mut jwt = std::collections::BTreeMap::new();
+        jwt.insert("payload".to_string(), MetaValue::Struct(payload));
+        let mut filters = std::collections::BTreeMap::new();
+        filters.insert(
+            "envoy.filters.http.jwt_authn".to_string(),
+            MetaValue::Struct(jwt),
+        );
+        MetaValue::Struct(filters)
+    };
+    let with = |m: &MetaValue| {
+        let a = Attributes {
+            metadata: Some(m),
+            ..Attributes::default()
+        };
+        c.policy_name(&c.evaluate(&a)).map(str::to_string)
+    };
+    let api = md(MetaValue::List(vec![
+        MetaValue::String("web".into()),
+        MetaValue::String("api".into()),
+    ]));
+    assert_eq!(with(&api).as_deref(), Some("aud"));
+    let other = md(MetaValue::List(vec![MetaValue::String("web".into())]));
+    assert_eq!(with(&other).as_deref(), Some("not-aud"));
+    // A string is not a list; no metadata at all is "not set": only the inverted one matches.
+    assert_eq!(
+        with(&md(MetaValue::String("api".into()))).as_deref(),
+        Some("not-aud")
+    );
+    let d = c.evaluate(&Attributes::default());
+    assert_eq!(c.policy_name(&d), Some("not-aud"));
 }
 
 #[test]

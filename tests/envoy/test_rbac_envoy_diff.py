@@ -121,6 +121,22 @@ PRINCIPAL_NAMES = [
     "",
 ]
 SNIS = ["svc.foo", "api.example.com", "outbound_.8080_._.svc.foo.svc.cluster.local", ""]
+URI_TEMPLATE_TYPE = (
+    "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig"
+)
+TEMPLATES = [
+    "/api/*",
+    "/api/**",
+    "/api/*/users",
+    "/**/users",
+    "/admin/{id}",
+    "/static/{file}.css",
+    "/a/b/c",
+    "/",
+    "/api/v1/{rest=**}",
+    "/API/*",
+    "/*/v1/*",
+]
 POLICY_NAMES = ["a", "b", "B", "p01", "p1", "p10", "ns[foo]-policy[x]-rule[0]", "z", "_", "a-b"]
 
 
@@ -190,7 +206,7 @@ class Gen:
     def permission(self) -> dict[str, Any]:
         r = self.rng
         kinds = ["any", "header", "header", "url_path", "url_path", "dip", "dport", "drange"]
-        kinds += ["sni", "and", "or", "not"] if self.depth < 3 else ["sni"]
+        kinds += ["sni", "and", "or", "not", "tmpl"] if self.depth < 3 else ["sni", "tmpl"]
         kind = r.choice(kinds)
         self.stats[f"permission.{kind}"] = self.stats.get(f"permission.{kind}", 0) + 1
         if kind == "any":
@@ -199,6 +215,16 @@ class Gen:
             return _header(r)
         if kind == "url_path":
             return {"url_path": {"path": _string_matcher(r, PATHS)}}
+        if kind == "tmpl":
+            return {
+                "uri_template": {
+                    "name": "uri-template",
+                    "typed_config": {
+                        "@type": URI_TEMPLATE_TYPE,
+                        "path_template": r.choice(TEMPLATES),
+                    },
+                }
+            }
         if kind == "dip":
             return {"destination_ip": _cidr(r, DEST_CIDRS)}
         if kind == "dport":
@@ -422,7 +448,7 @@ def test_random_configs_agree_with_envoy(tmp_path: Path) -> None:
     assert not problems, f"{len(problems)} of {total} disagree:\n" + "\n".join(problems[:5])
     # The generator reached every kind of permission and principal.
     kinds = {k.split(".")[1] for k in gen.stats}
-    assert {"drange", "dport", "dip", "rip", "sip", "drip", "auth", "sni", "not"} <= kinds
+    assert {"drange", "dport", "dip", "rip", "sip", "drip", "auth", "sni", "not", "tmpl"} <= kinds
 
 
 TLS_CASES = max(200, CASES // 5)
@@ -494,7 +520,7 @@ def test_istio_corpus_outputs_agree_with_envoy(tmp_path: Path) -> None:
         try:
             RbacEngine.from_proto(cfg)
         except UnsupportedFeatureError:
-            skipped.append(name)  # JWT metadata or URI templates: the engine refuses them
+            skipped.append(name)
             continue
         usable.append(cfg)
         pool: dict[str, list[str]] = {
@@ -502,7 +528,9 @@ def test_istio_corpus_outputs_agree_with_envoy(tmp_path: Path) -> None:
         }
         _values(json_format.MessageToDict(cfg), pool)
         pools.append(pool)
-    assert len(usable) >= 20, skipped
+    # Every HTTP RBAC output of the corpus compiles (JWT claims as metadata, path templates).
+    assert not skipped, skipped
+    assert len(usable) >= 50
     per = 40
     listeners = _listeners()
     requests = [

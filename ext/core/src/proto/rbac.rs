@@ -34,12 +34,78 @@ pub enum Rule {
     SourceIp(CidrRange),
     DirectRemoteIp(CidrRange),
     RemoteIp(CidrRange),
+    /// uri_template: the path_template of its UriTemplateMatchConfig.
+    UriTemplate(String),
     /// metadata: matched against the request's dynamic metadata.
     Metadata(MetadataMatcher),
     /// The oneof was empty (Envoy's validation rejects it).
     Unset,
     /// A field we recognise but do not implement (already reported as unsupported).
     Unsupported,
+}
+
+const URI_TEMPLATE_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig";
+
+/// A TypedExtensionConfig holding a UriTemplateMatchConfig: its path_template. Any other
+/// extension is unsupported (reported, None).
+fn decode_uri_template(buf: &[u8], path: &str, err: &mut CoreError) -> Option<String> {
+    let mut type_url = String::new();
+    let mut value: &[u8] = &[];
+    let tc = field_path(path, "typed_config");
+    walk(buf, path, err, |n, v, err| match n {
+        1 => {
+            let _ = Field {
+                path: &field_path(path, "name"),
+                value: v,
+            }
+            .string(err);
+        }
+        2 => {
+            let b = Field {
+                path: &tc,
+                value: v,
+            }
+            .bytes(err);
+            walk(b, &tc, err, |n, v, err| match n {
+                1 => {
+                    type_url = Field {
+                        path: &tc,
+                        value: v,
+                    }
+                    .string(err)
+                }
+                2 => {
+                    value = Field {
+                        path: &tc,
+                        value: v,
+                    }
+                    .bytes(err)
+                }
+                _ => unknown_field(err, &tc, "Any", n),
+            });
+        }
+        _ => unknown_field(err, path, "TypedExtensionConfig", n),
+    });
+    if type_url != URI_TEMPLATE_TYPE {
+        err.unsupported(
+            field_path(&tc, "type_url"),
+            format!("uri_template extension {type_url:?} is not supported"),
+        );
+        return None;
+    }
+    let mut template = String::new();
+    walk(value, &tc, err, |n, v, err| match n {
+        1 => {
+            template = Field {
+                path: &field_path(&tc, "path_template"),
+                value: v,
+            }
+            .string(err)
+        }
+        _ => unknown_field(err, &tc, "UriTemplateMatchConfig", n),
+    });
+    Some(template)
 }
 
 /// envoy.type.matcher.v3.MetadataMatcher.
@@ -427,11 +493,13 @@ fn decode_rule(buf: &[u8], path: &str, kind: Kind, err: &mut CoreError) -> Rule 
                 "permission matcher extensions are not supported",
                 err,
             ),
-            (Kind::Permission, 13) => unsupported(
-                "uri_template",
-                "uri_template permissions are not supported",
-                err,
-            ),
+            (Kind::Permission, 13) => {
+                let (p, b) = sub("uri_template", err);
+                match decode_uri_template(b, &p, err) {
+                    Some(t) => Rule::UriTemplate(t),
+                    None => Rule::Unsupported,
+                }
+            }
             (Kind::Principal, 12) => unsupported(
                 "filter_state",
                 "filter_state principals are not supported",

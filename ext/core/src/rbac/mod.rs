@@ -10,6 +10,7 @@
 mod index;
 #[cfg(test)]
 mod tests;
+pub mod uri_template;
 
 use std::net::IpAddr;
 
@@ -339,6 +340,8 @@ pub enum Matcher {
     DirectRemoteIp(Cidr),
     RemoteIp(Cidr),
     Metadata(CompiledMetadata),
+    /// A URI template, compiled to Envoy's RE2 pattern (the template kept for `explain`).
+    UriTemplate(String, Box<crate::regex::Re2Regex>),
 }
 
 fn compile_string(m: &StringMatcher, path: &str, err: &mut CoreError) -> Option<CompiledString> {
@@ -457,6 +460,18 @@ impl Matcher {
             Rule::RemoteIp(c) => {
                 Self::RemoteIp(Cidr::compile(c, &join_path(path, "remote_ip"), err)?)
             }
+            Rule::UriTemplate(t) => {
+                let p = join_path(path, "uri_template.typed_config.path_template");
+                let re =
+                    uri_template::template_regex(t).and_then(|r| crate::regex::Re2Regex::new(&r));
+                match re {
+                    Ok(re) => Self::UriTemplate(t.clone(), Box::new(re)),
+                    Err(e) => {
+                        err.invalid(p, format!("{t:?}: {e}"));
+                        return None;
+                    }
+                }
+            }
             Rule::Metadata(m) => {
                 let p = join_path(path, "metadata");
                 if m.filter.is_empty() {
@@ -519,6 +534,7 @@ impl Matcher {
             Self::DirectRemoteIp(c) => c.contains(a.direct_remote_ip),
             Self::RemoteIp(c) => c.contains(a.remote_ip),
             Self::Metadata(m) => m.matches(a.metadata),
+            Self::UriTemplate(_, re) => a.url_path().is_some_and(|p| re.full_match(p)),
         }
     }
 
@@ -544,6 +560,7 @@ impl Matcher {
             Self::SourceIp(c) => format!("source_ip {}", c.describe()),
             Self::DirectRemoteIp(c) => format!("direct_remote_ip {}", c.describe()),
             Self::RemoteIp(c) => format!("remote_ip {}", c.describe()),
+            Self::UriTemplate(t, _) => format!("uri_template {t:?}"),
             Self::Metadata(m) => format!(
                 "{}metadata {}{} {}",
                 if m.invert { "not " } else { "" },

@@ -86,7 +86,10 @@ def _listener(
     routes: list[dict[str, Any]],
     log_path: str,
     tls: TlsFiles | None = None,
+    filters: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """One listener; with `filters`, those HTTP filters run before the router instead of the
+    per-route RBAC arrangement."""
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network."
         "http_connection_manager.v3.HttpConnectionManager",
@@ -98,7 +101,11 @@ def _listener(
         },
         "http_filters": [
             # No rules at the filter level (allow); each route carries the config under test.
-            {"name": RBAC_FILTER, "typed_config": {"@type": FILTER_TYPE}},
+            *(
+                filters
+                if filters is not None
+                else [{"name": RBAC_FILTER, "typed_config": {"@type": FILTER_TYPE}}]
+            ),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {
@@ -211,6 +218,7 @@ def running_envoy(
     listeners: Sequence[tuple[str, int]],
     tls_listeners: Sequence[tuple[str, int]] = (),
     tls: TlsFiles | None = None,
+    chains: Sequence[tuple[tuple[str, int], list[dict[str, Any]]]] = (),
 ) -> Iterator[Envoy]:
     """Starts Envoy serving `configs` (HTTP RBAC filter messages) on every (address, port)
     listener; stops it on exit, after which :func:`read_outcomes` reads what it decided (the
@@ -231,6 +239,19 @@ def running_envoy(
             + [
                 _listener(f"t{i}", a, p, routes, str(workdir / "access.log"), tls)
                 for i, (a, p) in enumerate(tls_listeners)
+            ]
+            + [
+                # Whole filter chains (e.g. an Authorizer's), every request answered 200.
+                _listener(
+                    f"c{i}",
+                    a,
+                    p,
+                    [{"match": {"prefix": ""}, "direct_response": {"status": 200}}],
+                    str(workdir / "access.log"),
+                    tls,
+                    filters,
+                )
+                for i, ((a, p), filters) in enumerate(chains)
             ]
         },
     }

@@ -8,6 +8,8 @@ filter, as Envoy chains them); each peer gets the same rules in its own language
 give the same answers (checked before timing).
 
 Each benchmark decides a fixed list of requests; per-decision figures divide by its length.
+Every evaluator is called the same way (attributes read from a dict, passed by keyword or
+position), so the loop costs the same for all.
 Results and machine notes: BENCHMARKS.md, section "RBAC engine".
 """
 
@@ -73,7 +75,11 @@ def meshcore_engines(n: int) -> tuple[RbacEngine, RbacEngine]:
 def meshcore_decide(deny: RbacEngine, allow: RbacEngine, reqs: list[dict[str, str]]) -> int:
     allowed = 0
     for q in reqs:
-        if deny.evaluate(**q).allowed and allow.evaluate(**q).allowed:
+        m, p, who = q["method"], q["path"], q["principal"]
+        if (
+            deny.evaluate(method=m, path=p, principal=who).allowed
+            and allow.evaluate(method=m, path=p, principal=who).allowed
+        ):
             allowed += 1
     return allowed
 
@@ -200,7 +206,10 @@ def test_meshcore_evaluate_one_engine(benchmark: Any, setup: dict[str, Any]) -> 
     reqs = setup["reqs"]
 
     def run() -> int:
-        return sum(allow.evaluate(**q).allowed for q in reqs)
+        return sum(
+            allow.evaluate(method=q["method"], path=q["path"], principal=q["principal"]).allowed
+            for q in reqs
+        )
 
     benchmark(run)
 
@@ -221,7 +230,7 @@ def test_python_indexed(benchmark: Any, setup: dict[str, Any]) -> None:
     reqs = setup["reqs"]
 
     def run() -> int:
-        return sum(py.decide(**q) for q in reqs)
+        return sum(py.decide(q["method"], q["path"], q["principal"]) for q in reqs)
 
     assert benchmark(run) == sum(setup["expected"])
 

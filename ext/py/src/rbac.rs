@@ -7,7 +7,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use meshcore_core::rbac::{Decision, Engine, MetaValue};
+use meshcore_core::rbac::{Action, Decision, Engine, MetaValue};
 use meshcore_core::{Attributes, CompiledRbac};
 
 use crate::errors::core_error_to_py;
@@ -311,6 +311,9 @@ pub struct RbacEngine {
     /// Policy names as Python strings, made once: decisions hand out references.
     names: Vec<Py<PyString>>,
     shadow_names: Vec<Py<PyString>>,
+    /// Without shadow rules a decision is fixed by its effective policy, so every possible
+    /// RbacDecision is made once (index 0: no policy; i + 1: policy i) and shared.
+    decisions: Vec<Py<RbacDecision>>,
 }
 
 fn names(e: Option<&Engine>) -> Vec<String> {
@@ -356,6 +359,19 @@ fn engine_explain<'py>(
 }
 
 impl RbacEngine {
+    fn shared_decision(&self, py: Python<'_>, d: &Decision) -> PyResult<Py<RbacDecision>> {
+        if d.shadow_allowed.is_none() {
+            let slot = d.policy.map_or(0, |i| i + 1);
+            if let Some(shared) = self.decisions.get(slot) {
+                // The cached decision for this policy has the same `allowed` by construction.
+                if shared.get().allowed == d.allowed {
+                    return Ok(shared.clone_ref(py));
+                }
+            }
+        }
+        Py::new(py, self.decision(py, d))
+    }
+
     fn decision(&self, py: Python<'_>, d: &Decision) -> RbacDecision {
         let name = |names: &[Py<PyString>], i: Option<usize>| {
             i.and_then(|i| names.get(i)).map(|s| s.clone_ref(py))
@@ -491,11 +507,33 @@ impl RbacEngine {
                 .map(|n| PyString::new(py, n).unbind())
                 .collect()
         };
-        Ok(Self {
+        let mut engine = Self {
             names: intern(compiled.rules.as_ref()),
             shadow_names: intern(compiled.shadow_rules.as_ref()),
             rbac: Arc::new(compiled),
-        })
+            decisions: Vec::new(),
+        };
+        if engine.rbac.shadow_rules.is_none() {
+            let action = engine.rbac.rules.as_ref().map(|e| e.action);
+            let mut decisions = Vec::with_capacity(engine.names.len() + 1);
+            for slot in 0..=engine.names.len() {
+                let policy = slot.checked_sub(1);
+                let allowed = match action {
+                    None | Some(Action::Log) => true,
+                    Some(Action::Allow) => policy.is_some(),
+                    Some(Action::Deny) => policy.is_none(),
+                };
+                let d = Decision {
+                    allowed,
+                    policy,
+                    shadow_allowed: None,
+                    shadow_policy: None,
+                };
+                decisions.push(Py::new(py, engine.decision(py, &d))?);
+            }
+            engine.decisions = decisions;
+        }
+        Ok(engine)
     }
 
     /// The enforced rules' action ("ALLOW", "DENY", "LOG"), None without rules.
@@ -551,7 +589,7 @@ impl RbacEngine {
         tls: Option<bool>,
         sni: Option<&str>,
         metadata: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<RbacDecision> {
+    ) -> PyResult<Py<RbacDecision>> {
         let args = Args {
             method,
             path,
@@ -574,7 +612,7 @@ impl RbacEngine {
             },
         };
         let d = with_attributes(&args, headers, |a| self.rbac.evaluate(a))?;
-        Ok(self.decision(py, &d))
+        self.shared_decision(py, &d)
     }
 
     /// Which policies matched, through which permission and principal, and why the others

@@ -80,7 +80,7 @@ class RouteTable:
     ) -> RouteMatch | None: ...
     def route_batch(
         self,
-        authorities: Sequence[str] | npt.NDArray[np.str_],
+        authorities: str | Sequence[str] | npt.NDArray[np.str_],
         paths: Sequence[str] | npt.NDArray[np.str_],
         methods: str | Sequence[str] | npt.NDArray[np.str_] | None = None,
         headers: Sequence[_Headers] | None = None,

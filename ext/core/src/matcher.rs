@@ -148,14 +148,109 @@ impl CompiledString {
     }
 }
 
-/// Compiles an RE2 pattern found at `path` (the `regex` field itself).
+/// Envoy's default cap on the size of a compiled RE2 program
+/// (runtime `re2.max_program_size.error_level`).
+pub const ENVOY_MAX_PROGRAM_SIZE: u64 = 100;
+
+/// A lower bound on the number of instructions RE2 compiles `pattern` into (`None` when the
+/// pattern is beyond what regex-syntax parses), calibrated on the sizes Envoy 1.40 reports:
+/// every byte of a literal and every class costs at least one instruction, a capture two,
+/// `^` and `\b` one (`$` none, and a repeated assertion counts once); `x{n,m}` is n copies of
+/// x plus m-n optional copies that cost one more each, `x+` one more than x, `x*` as much as
+/// x; an alternation costs the sum of its branches when they begin with distinct literal
+/// bytes (nothing for RE2 to factor out) and its largest branch otherwise. Every program holds
+/// a fail and a match instruction, plus a two-instruction `.*?` loop unless anchored at its
+/// start. Being a lower bound, it never rejects a regex Envoy accepts.
+pub fn re2_program_size_lower_bound(pattern: &str) -> Option<u64> {
+    use regex_syntax::hir::{Hir, HirKind, Look};
+    fn first_byte(h: &Hir) -> Option<u8> {
+        match h.kind() {
+            HirKind::Literal(l) => l.0.first().copied(),
+            HirKind::Concat(v) => v.first().and_then(first_byte),
+            _ => None,
+        }
+    }
+    fn bound(h: &Hir) -> u64 {
+        match h.kind() {
+            HirKind::Empty => 0,
+            HirKind::Look(l) => match l {
+                Look::Start
+                | Look::StartLF
+                | Look::WordAscii
+                | Look::WordAsciiNegate
+                | Look::WordUnicode
+                | Look::WordUnicodeNegate => 1,
+                _ => 0,
+            },
+            HirKind::Literal(l) => l.0.len() as u64,
+            HirKind::Class(_) => 1,
+            HirKind::Repetition(r) => {
+                let b = bound(&r.sub);
+                if matches!(r.sub.kind(), HirKind::Look(_) | HirKind::Empty) {
+                    return b;
+                }
+                let n = u64::from(r.min);
+                match r.max {
+                    None if n == 0 => b,
+                    None => n.saturating_mul(b).saturating_add(1),
+                    Some(m) => n
+                        .saturating_mul(b)
+                        .saturating_add(u64::from(m).saturating_sub(n).saturating_mul(b + 1)),
+                }
+            }
+            HirKind::Capture(c) => bound(&c.sub).saturating_add(2),
+            HirKind::Concat(v) => v.iter().map(bound).fold(0, u64::saturating_add),
+            HirKind::Alternation(v) => {
+                let mut firsts: Vec<Option<u8>> = v.iter().map(first_byte).collect();
+                let all_literal = firsts.iter().all(Option::is_some);
+                firsts.sort_unstable();
+                firsts.dedup();
+                if all_literal && firsts.len() == v.len() {
+                    v.iter().map(bound).fold(0, u64::saturating_add)
+                } else {
+                    v.iter().map(bound).max().unwrap_or(0)
+                }
+            }
+        }
+    }
+    fn anchored_start(h: &Hir) -> bool {
+        match h.kind() {
+            HirKind::Look(Look::Start) => true,
+            HirKind::Concat(v) => v.first().is_some_and(anchored_start),
+            HirKind::Capture(c) => anchored_start(&c.sub),
+            _ => false,
+        }
+    }
+    let hir = regex_syntax::ParserBuilder::new()
+        .build()
+        .parse(pattern)
+        .ok()?;
+    let overhead = if anchored_start(&hir) { 2 } else { 4 };
+    Some(bound(&hir).saturating_add(overhead))
+}
+
+/// Compiles an RE2 pattern found at `path` (the `regex` field itself), with Envoy's limits.
 pub fn compile_regex(pattern: &str, path: &str, err: &mut CoreError) -> Option<Re2Regex> {
     if pattern.is_empty() {
         err.invalid(path, "must not be empty");
         return None;
     }
     match Re2Regex::new(pattern) {
-        Ok(r) => Some(r),
+        Ok(r) => {
+            if let Some(size) = re2_program_size_lower_bound(pattern) {
+                if size > ENVOY_MAX_PROGRAM_SIZE {
+                    err.invalid(
+                        path,
+                        format!(
+                            "RE2 program size of at least {size} > Envoy's max program size of \
+                             {ENVOY_MAX_PROGRAM_SIZE}"
+                        ),
+                    );
+                    return None;
+                }
+            }
+            Some(r)
+        }
         Err(e) => {
             err.invalid(path, e);
             None
@@ -166,8 +261,12 @@ pub fn compile_regex(pattern: &str, path: &str, err: &mut CoreError) -> Option<R
 /// What a compiled header matcher tests on the (joined) header value.
 #[derive(Debug, Clone)]
 pub enum HeaderTest {
-    /// present_match, or no specifier at all (Envoy treats that as "present").
+    /// present_match, or no specifier at all: compares presence (a missing header counts as
+    /// present when treated as empty) with the flag.
     Present(bool),
+    /// The legacy empty exact_match: any value matches, and a missing header follows the
+    /// usual missing-header rule (observed on Envoy 1.40).
+    Any,
     Range(i64, i64),
     Value(CompiledString),
 }
@@ -184,7 +283,7 @@ pub struct CompiledHeader {
 
 /// absl::SimpleAtoi for int64: ASCII whitespace around, an optional sign, decimal digits,
 /// no overflow.
-fn simple_atoi(s: &str) -> Option<i64> {
+pub fn simple_atoi(s: &str) -> Option<i64> {
     let t = s.trim_matches(|c: char| c.is_ascii_whitespace());
     let (neg, digits) = match t.as_bytes().first() {
         Some(b'-') => (true, &t[1..]),
@@ -213,7 +312,7 @@ impl CompiledHeader {
         if m.name.is_empty() {
             err.invalid(join_path(path, "name"), "must not be empty");
         } else if !valid_header_name(&m.name) {
-            err.invalid(join_path(path, "name"), "is not a valid HTTP header name");
+            err.invalid(join_path(path, "name"), "must not contain NUL, CR or LF");
         }
         let sm = |pattern: StringPattern| StringMatcher {
             pattern: Some(pattern),
@@ -224,6 +323,7 @@ impl CompiledHeader {
         };
         let test = match &m.specifier {
             None => Some(HeaderTest::Present(true)),
+            Some(HeaderSpecifier::Exact(v)) if v.is_empty() => Some(HeaderTest::Any),
             Some(HeaderSpecifier::Present(p)) => Some(HeaderTest::Present(*p)),
             Some(HeaderSpecifier::Range(s, e)) => Some(HeaderTest::Range(*s, *e)),
             Some(HeaderSpecifier::Exact(v)) => {
@@ -273,31 +373,45 @@ impl CompiledHeader {
         })
     }
 
-    /// Envoy's HeaderUtility::matchHeaders for one matcher.
+    /// The test on one (present) header value, before `invert_match`; presence tests are
+    /// the caller's (RBAC shares this: its pseudo-headers may be absent).
+    pub fn test_value(&self, value: &str) -> bool {
+        match &self.test {
+            HeaderTest::Present(_) | HeaderTest::Any => true,
+            HeaderTest::Range(s, e) => simple_atoi(value).is_some_and(|v| v >= *s && v < *e),
+            HeaderTest::Value(m) => m.matches(value),
+        }
+    }
+
+    /// Envoy's HeaderUtility::matchHeaders for one matcher: a repeated header matches when
+    /// any one of its values does (then `invert_match` applies to that answer).
     pub fn matches(&self, req: &Request<'_>) -> bool {
         if let HeaderTest::Present(want) = self.test {
-            let present = req.has_header(&self.name);
+            let present = self.treat_missing_as_empty || req.has_header(&self.name);
             return (present == want) != self.invert;
         }
-        let value = req.header(&self.name);
-        let Some(value) = value.or_else(|| {
-            self.treat_missing_as_empty
-                .then_some(std::borrow::Cow::Borrowed(""))
-        }) else {
-            // Missing header: no match, inverted or not (the known trap).
-            return false;
-        };
-        let hit = match &self.test {
-            HeaderTest::Present(_) => true,
-            HeaderTest::Range(s, e) => simple_atoi(&value).is_some_and(|v| v >= *s && v < *e),
-            HeaderTest::Value(m) => m.matches(&value),
-        };
+        let mut present = false;
+        let mut hit = false;
+        for v in req.header_values(&self.name) {
+            present = true;
+            if self.test_value(v) {
+                hit = true;
+                break;
+            }
+        }
+        if !present {
+            if !self.treat_missing_as_empty {
+                // Missing header: no match, inverted or not (the known trap).
+                return false;
+            }
+            hit = self.test_value("");
+        }
         hit != self.invert
     }
 
     pub fn describe(&self) -> String {
         let what = match &self.test {
-            HeaderTest::Present(true) => "present".to_string(),
+            HeaderTest::Present(true) | HeaderTest::Any => "present".to_string(),
             HeaderTest::Present(false) => "absent".to_string(),
             HeaderTest::Range(s, e) => format!("in range [{s}, {e})"),
             HeaderTest::Value(m) => m.describe(),
@@ -307,27 +421,10 @@ impl CompiledHeader {
     }
 }
 
-/// RFC 7230 token characters (Envoy's HTTP_HEADER_NAME check, non-strict, also allows the
-/// leading ':' of pseudo-headers).
+/// Envoy's non-strict HTTP_HEADER_NAME rule (what it accepts in a HeaderMatcher): no NUL,
+/// CR or LF. Envoy 1.40 accepts "x y", so we must too.
 fn valid_header_name(name: &str) -> bool {
-    let body = name.strip_prefix(':').unwrap_or(name);
-    !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-impl CompiledHeader {
-    /// The matcher's test on one header value, before invert_match. RBAC matches each value
-    /// of a repeated header on its own (Envoy 1.40 does: a value of "1,2" and two values
-    /// "1" and "2" are different requests there).
-    pub fn test_value(&self, value: &str) -> bool {
-        match &self.test {
-            HeaderTest::Present(p) => *p,
-            HeaderTest::Range(s, e) => simple_atoi(value).is_some_and(|v| v >= *s && v < *e),
-            HeaderTest::Value(m) => m.matches(value),
-        }
-    }
+    !name.contains(['\0', '\r', '\n'])
 }
 
 #[cfg(test)]
@@ -358,8 +455,61 @@ mod tests {
         assert!(!header(exact(), true, false).matches(&req));
         assert!(header(exact(), true, true).matches(&req));
         assert!(!header(exact(), false, true).matches(&req));
+        // No specifier means present; missing-as-empty counts as present (Envoy 1.40).
         assert!(!header(None, false, false).matches(&req));
         assert!(header(None, true, false).matches(&req));
+        assert!(header(None, false, true).matches(&req));
+        assert!(!header(None, true, true).matches(&req));
+        // present_match compares presence with the flag.
+        assert!(header(Some(HeaderSpecifier::Present(false)), false, false).matches(&req));
+        assert!(header(Some(HeaderSpecifier::Present(true)), true, false).matches(&req));
+        // An empty exact_match matches any value but never a missing header, inverted or not.
+        let empty = || Some(HeaderSpecifier::Exact(String::new()));
+        assert!(!header(empty(), true, false).matches(&req));
+        let h = [("x-a", "10")];
+        let with = Request {
+            headers: &h,
+            ..Request::default()
+        };
+        assert!(header(empty(), false, false).matches(&with));
+    }
+
+    #[test]
+    fn program_size_lower_bound_matches_envoys_figures() {
+        // Envoy 1.40 reports exactly these sizes.
+        let size = re2_program_size_lower_bound;
+        assert_eq!(size("[a-z]{1000}"), Some(1004));
+        assert_eq!(size("(a|b|c|d|e|f|g|h|i|j){100}"), Some(304));
+        assert_eq!(size("((a{100}){10})"), Some(1026));
+        assert_eq!(size("^[a-z]{97}"), Some(100));
+        assert_eq!(size("[a-z]{97}$"), Some(101));
+        assert_eq!(size(r"\b[a-z]{97}"), Some(102));
+        assert_eq!(size("(?m)^[a-z]{97}"), Some(102));
+        assert_eq!(size("a*[a-z]{97}"), Some(102));
+        for (suffix, cost) in [
+            ("a?", 2),
+            ("a*", 1),
+            ("a+", 2),
+            ("(?:a){0,5}", 10),
+            ("(?:a){2,5}", 8),
+            ("(?:a){2,}", 3),
+            ("(?:ab|cd)", 4),
+            ("(a|bc)", 5),
+            ("(?:ab|cd|ef)", 6),
+            ("(?:$){3}", 0),
+            ("(?:^){3}", 1),
+            ("(?:ab)?", 3),
+            ("(?:ab)*", 2),
+            ("(?:ab){0,3}", 9),
+            (r"\b\b", 2),
+        ] {
+            assert_eq!(
+                size(&format!("[a-z]{{97}}{suffix}")),
+                Some(101 + cost),
+                "{suffix}"
+            );
+        }
+        assert!(re2_program_size_lower_bound(r"/api/v\d+/users/[^/]+").is_some_and(|s| s < 30));
     }
 
     #[test]

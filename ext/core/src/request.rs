@@ -55,6 +55,26 @@ impl<'a> Request<'a> {
         found
     }
 
+    /// Each value of header `name` (lower case), in arrival order; pseudo-headers come from
+    /// the request line fields.
+    pub fn header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a str> + 's {
+        let pseudo = if name.starts_with(':') {
+            match self.header(name) {
+                Some(std::borrow::Cow::Borrowed(v)) => Some(v),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let regular = (!name.starts_with(':'))
+            .then_some(self.headers.iter())
+            .into_iter()
+            .flatten()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v);
+        pseudo.into_iter().chain(regular)
+    }
+
     /// Whether header `name` is present at all.
     pub fn has_header(&self, name: &str) -> bool {
         if name.starts_with(':') {

@@ -139,12 +139,13 @@ fn escaped_slashes(py: Python<'_>, v: &Bound<'_, PyAny>) -> PyResult<EscapedSlas
     match code {
         0 | 1 => Ok(EscapedSlashes::KeepUnchanged),
         4 => Ok(EscapedSlashes::UnescapeAndForward),
-        2 | 3 => {
+        2 => Ok(EscapedSlashes::RejectRequest),
+        3 => {
             let mut e = meshcore_core::CoreError::new();
             e.unsupported(
                 "path_with_escaped_slashes_action",
-                "REJECT_REQUEST and UNESCAPE_AND_REDIRECT answer the request themselves; \
-                 only KEEP_UNCHANGED and UNESCAPE_AND_FORWARD are supported",
+                "UNESCAPE_AND_REDIRECT answers with a redirect to another path; \
+                 KEEP_UNCHANGED, REJECT_REQUEST and UNESCAPE_AND_FORWARD are supported",
             );
             Err(core_error_to_py(py, &e))
         }
@@ -277,7 +278,8 @@ fn explanation_dict<'py>(
     if e.virtual_host.is_some() && e.path.is_none() {
         d.set_item(
             "path_rejected",
-            "the connection manager rejects this path (normalize_path)",
+            "the connection manager answers 400 before routing (a '#' fragment, %00 under \
+             normalize_path, or %2F/%5C under REJECT_REQUEST)",
         )?;
     }
     let routes = PyList::empty(py);
@@ -446,10 +448,14 @@ impl RouteTable {
         methods: Option<&Bound<'py, PyAny>>,
         headers: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let auth_objs = str_column(authorities, "authorities")?;
         let path_objs = str_column(paths, "paths")?;
-        let n = auth_objs.len();
-        if path_objs.len() != n {
+        let n = path_objs.len();
+        // One authority for every request, or one per request.
+        let auth_objs = match authorities.cast::<PyString>() {
+            Ok(s) => vec![s.clone(); n],
+            Err(_) => str_column(authorities, "authorities")?,
+        };
+        if auth_objs.len() != n {
             return Err(PyValueError::new_err(
                 "authorities and paths must have the same length",
             ));

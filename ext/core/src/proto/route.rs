@@ -16,6 +16,9 @@ pub struct RouteConfiguration {
     pub name: String,
     pub virtual_hosts: Vec<VirtualHost>,
     pub ignore_port_in_host_matching: bool,
+    pub ignore_path_parameters_in_path_matching: bool,
+    /// Empty: virtual hosts are chosen by :authority.
+    pub vhost_header: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -40,6 +43,8 @@ pub enum PathSpecifier {
     Path(String),
     SafeRegex(RegexMatcher),
     PathSeparatedPrefix(String),
+    /// path_match_policy with the URI template matcher: the path_template.
+    UriTemplate(String),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -141,28 +146,18 @@ pub fn decode_route_configuration(buf: &[u8], err: &mut CoreError) -> RouteConfi
             .bool(err)
         }
         15 => {
-            if (Field {
+            out.ignore_path_parameters_in_path_matching = Field {
                 path: "ignore_path_parameters_in_path_matching",
                 value,
-            })
-            .bool(err)
-            {
-                err.unsupported(
-                    "ignore_path_parameters_in_path_matching",
-                    "ignoring path parameters in path matching is not supported",
-                );
             }
+            .bool(err)
         }
         18 => {
-            if !(Field {
+            out.vhost_header = Field {
                 path: "vhost_header",
                 value,
-            })
-            .string(err)
-            .is_empty()
-            {
-                err.unsupported("vhost_header", "vhost_header is not supported");
             }
+            .string(err)
         }
         12 => err.unsupported(
             "cluster_specifier_plugins",
@@ -311,10 +306,13 @@ fn decode_route_match(buf: &[u8], path: &str, err: &mut CoreError) -> RouteMatch
                 out.path_specifier = Some(PathSpecifier::PathSeparatedPrefix(s));
             }
             12 => err.unsupported(p("connect_matcher"), "connect_matcher is not supported"),
-            15 => err.unsupported(
-                p("path_match_policy"),
-                "path_match_policy (URI templates) is not supported",
-            ),
+            15 => {
+                let fp = p("path_match_policy");
+                let b = Field { path: &fp, value }.bytes(err);
+                if let Some(t) = decode_uri_template_policy(b, &fp, err) {
+                    out.path_specifier = Some(PathSpecifier::UriTemplate(t));
+                }
+            }
             4 => {
                 let fp = p("case_sensitive");
                 let b = Field { path: &fp, value }.bytes(err);
@@ -358,6 +356,69 @@ fn decode_route_match(buf: &[u8], path: &str, err: &mut CoreError) -> RouteMatch
         }
     });
     out
+}
+
+const URI_TEMPLATE_MATCH: &str =
+    "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig";
+
+/// TypedExtensionConfig holding a UriTemplateMatchConfig: its path_template.
+fn decode_uri_template_policy(buf: &[u8], path: &str, err: &mut CoreError) -> Option<String> {
+    let mut template = None;
+    let tpath = field_path(path, "typed_config");
+    walk(buf, path, err, |n, value, err| match n {
+        // The extension's name is informational; the type URL decides.
+        1 => {}
+        2 => {
+            let b = Field {
+                path: &tpath,
+                value,
+            }
+            .bytes(err);
+            let (mut type_url, mut inner) = (String::new(), Vec::new());
+            walk(b, &tpath, err, |n, value, err| match n {
+                1 => {
+                    type_url = Field {
+                        path: &tpath,
+                        value,
+                    }
+                    .string(err)
+                }
+                2 => {
+                    inner = Field {
+                        path: &tpath,
+                        value,
+                    }
+                    .bytes(err)
+                    .to_vec()
+                }
+                _ => unknown_field(err, &tpath, "Any", n),
+            });
+            if type_url != URI_TEMPLATE_MATCH {
+                err.unsupported(
+                    &tpath,
+                    format!("path matcher extension {type_url:?} is not supported"),
+                );
+                return;
+            }
+            let mut t = String::new();
+            walk(&inner, &tpath, err, |n, value, err| match n {
+                1 => {
+                    t = Field {
+                        path: &field_path(&tpath, "path_template"),
+                        value,
+                    }
+                    .string(err)
+                }
+                _ => unknown_field(err, &tpath, "UriTemplateMatchConfig", n),
+            });
+            template = Some(t);
+        }
+        _ => unknown_field(err, path, "TypedExtensionConfig", n),
+    });
+    if template.is_none() {
+        err.invalid(&tpath, "is required");
+    }
+    template
 }
 
 fn decode_bool_value(buf: &[u8], path: &str, err: &mut CoreError) -> bool {

@@ -10,13 +10,12 @@
 mod index;
 #[cfg(test)]
 mod tests;
-pub mod uri_template;
 
 use std::net::IpAddr;
 
 use crate::error::{join_path, CoreError};
 use crate::matcher::{CompiledHeader, CompiledString, HeaderTest};
-use crate::proto::matcher::{HeaderSpecifier, StringMatcher};
+use crate::proto::matcher::StringMatcher;
 use crate::proto::rbac::{
     decode_rbac, decode_rbac_filter, CidrRange, Policy, Rbac, Rule, ValueMatcher,
 };
@@ -220,6 +219,12 @@ impl<'a> Attributes<'a> {
 /// missing header matches only a present_match that expects absence (or, inverted, presence),
 /// unless treat_missing_header_as_empty makes it "".
 fn header_matches(h: &CompiledHeader, a: &Attributes<'_>) -> bool {
+    if let HeaderTest::Present(want) = h.test {
+        // treat_missing_header_as_empty makes a missing header present (as "").
+        let mut present = h.treat_missing_as_empty;
+        a.for_each_header_value(&h.name, |_| present = true);
+        return (present == want) != h.invert;
+    }
     let mut seen = false;
     let mut hit = false;
     a.for_each_header_value(&h.name, |v| {
@@ -228,10 +233,7 @@ fn header_matches(h: &CompiledHeader, a: &Attributes<'_>) -> bool {
     });
     if !seen {
         if !h.treat_missing_as_empty {
-            return match h.test {
-                HeaderTest::Present(p) => p == h.invert,
-                _ => false,
-            };
+            return false;
         }
         hit = h.test_value("");
     }
@@ -392,16 +394,9 @@ impl Matcher {
                     err,
                 )?))
             }
+            // An empty (deprecated) exact_match compiles to "any value", as in Envoy.
             Rule::Header(h) => {
-                let mut c = CompiledHeader::compile(h, &join_path(path, "header"), err)?;
-                if matches!(&h.specifier, Some(HeaderSpecifier::Exact(v)) if v.is_empty()) {
-                    // Envoy: an empty (deprecated) exact_match matches any value.
-                    c.test = HeaderTest::Value(CompiledString::Contains {
-                        value: String::new(),
-                        ignore_case: false,
-                    });
-                }
-                Self::Header(c)
+                Self::Header(CompiledHeader::compile(h, &join_path(path, "header"), err)?)
             }
             Rule::UrlPath(None) => {
                 err.invalid(join_path(path, "url_path.path"), "is required");
@@ -461,13 +456,18 @@ impl Matcher {
                 Self::RemoteIp(Cidr::compile(c, &join_path(path, "remote_ip"), err)?)
             }
             Rule::UriTemplate(t) => {
+                // The route engine's URI template matcher: one implementation, checked
+                // against Envoy by both differential tests.
+                use crate::route::uri_template::{compile, TemplateError};
                 let p = join_path(path, "uri_template.typed_config.path_template");
-                let re =
-                    uri_template::template_regex(t).and_then(|r| crate::regex::Re2Regex::new(&r));
-                match re {
+                match compile(t) {
                     Ok(re) => Self::UriTemplate(t.clone(), Box::new(re)),
-                    Err(e) => {
+                    Err(TemplateError::Invalid(e)) => {
                         err.invalid(p, format!("{t:?}: {e}"));
+                        return None;
+                    }
+                    Err(TemplateError::Unsupported(e)) => {
+                        err.unsupported(p, format!("{t:?}: {e}"));
                         return None;
                     }
                 }

@@ -7,6 +7,7 @@
 //! condition is always checked, so the first-match order of Envoy is kept.
 
 pub mod normalize;
+pub mod uri_template;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -52,10 +53,21 @@ type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 /// How a route's path is tested (already validated).
 #[derive(Debug, Clone)]
 pub enum PathMatch {
-    Prefix { value: String, ignore_case: bool },
-    Exact { value: String, ignore_case: bool },
+    Prefix {
+        value: String,
+        ignore_case: bool,
+    },
+    Exact {
+        value: String,
+        ignore_case: bool,
+    },
     Regex(Box<Re2Regex>),
-    Separated { value: String, ignore_case: bool },
+    Separated {
+        value: String,
+        ignore_case: bool,
+    },
+    /// A URI template, translated to a regex; the template is kept for explanations.
+    Template(Box<Re2Regex>, String),
 }
 
 impl PathMatch {
@@ -74,7 +86,7 @@ impl PathMatch {
                     && eq(&p[..value.len()], value, *ignore_case)
             }
             Self::Exact { value, ignore_case } => eq(p, value, *ignore_case),
-            Self::Regex(r) => r.full_match(p),
+            Self::Regex(r) | Self::Template(r, _) => r.full_match(p),
             Self::Separated { value, ignore_case } => {
                 let n = value.len();
                 p.len() >= n
@@ -91,6 +103,7 @@ impl PathMatch {
             Self::Prefix { value, ignore_case } => format!("prefix {value:?}{}", ic(ignore_case)),
             Self::Exact { value, ignore_case } => format!("path {value:?}{}", ic(ignore_case)),
             Self::Regex(r) => format!("safe_regex {:?}", r.pattern()),
+            Self::Template(_, t) => format!("path_template {t:?}"),
             Self::Separated { value, ignore_case } => {
                 format!("path_separated_prefix {value:?}{}", ic(ignore_case))
             }
@@ -114,6 +127,8 @@ impl CompiledQuery {
             .find(|(k, _)| *k == self.name)
             .map(|(_, v)| v);
         match (&self.test, value) {
+            // present_match: false matches exactly when the parameter is absent.
+            (Some(Err(present)), None) => !*present,
             (_, None) => false,
             (None, Some(_)) => true,
             (Some(Err(present)), Some(_)) => *present,
@@ -147,8 +162,8 @@ pub struct CompiledRoute {
 }
 
 /// Why a route did not match (or `None` when it did).
-fn route_failure(r: &CompiledRoute, req: &Request<'_>, path: &str) -> Option<String> {
-    let p = path_for_matching(path);
+fn route_failure(r: &CompiledRoute, req: &Request<'_>, path: &str, p: &str) -> Option<String> {
+    let p = r.path_input(path, p);
     if !r.path.matches(p) {
         return Some(format!("{} does not match {p:?}", r.path.describe()));
     }
@@ -182,8 +197,18 @@ fn is_grpc(req: &Request<'_>) -> bool {
 }
 
 impl CompiledRoute {
-    fn matches(&self, req: &Request<'_>, path: &str) -> bool {
-        if self.never || !self.path.matches(path_for_matching(path)) {
+    /// URI templates match the path without its query, path parameters and all (Envoy 1.40).
+    fn path_input<'p>(&self, path: &'p str, p: &'p str) -> &'p str {
+        if matches!(self.path, PathMatch::Template(..)) {
+            path_for_matching(path)
+        } else {
+            p
+        }
+    }
+
+    /// `p` is `path` as path matchers see it (see `matching_path`).
+    fn matches(&self, req: &Request<'_>, path: &str, p: &str) -> bool {
+        if self.never || !self.path.matches(self.path_input(path, p)) {
             return false;
         }
         self.headers.iter().all(|h| h.matches(req))
@@ -192,6 +217,32 @@ impl CompiledRoute {
                 self.query.iter().all(|m| m.matches(q))
             })
             && (!self.grpc || is_grpc(req))
+    }
+}
+
+const PATH_SUFFICES: u32 = 1 << 31;
+
+/// A short list of route ids, kept inline for the common single-route case (one cache miss
+/// less per lookup).
+#[derive(Debug, Clone)]
+enum Ids {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Ids {
+    fn push(&mut self, id: u32) {
+        match self {
+            Ids::One(first) => *self = Ids::Many(vec![*first, id]),
+            Ids::Many(v) => v.push(id),
+        }
+    }
+
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Ids::One(id) => std::slice::from_ref(id),
+            Ids::Many(v) => v,
+        }
     }
 }
 
@@ -205,7 +256,9 @@ struct TrieNode {
 #[derive(Debug, Default, Clone)]
 struct RouteIndex {
     always: Vec<u32>,
-    exact: FastMap<Box<str>, Vec<u32>>,
+    /// Route ids by exact path; an id with `PATH_SUFFICES` set needs nothing but the path
+    /// (case-sensitive, no header/query/gRPC condition), which the key comparison has proved.
+    exact: FastMap<Box<str>, Ids>,
     trie: Vec<TrieNode>,
 }
 
@@ -229,16 +282,27 @@ impl RouteIndex {
         node
     }
 
-    fn add(&mut self, id: u32, path: &PathMatch) {
+    fn add_exact(&mut self, key: &str, id: u32) {
+        match self.exact.get_mut(key) {
+            Some(ids) => ids.push(id),
+            None => {
+                self.exact.insert(key.into(), Ids::One(id));
+            }
+        }
+    }
+
+    /// `path_suffices`: the route has no condition besides its path.
+    fn add(&mut self, id: u32, path: &PathMatch, path_suffices: bool) {
+        let flagged = if path_suffices {
+            id | PATH_SUFFICES
+        } else {
+            id
+        };
         match path {
             PathMatch::Exact {
                 value,
                 ignore_case: false,
-            } => self
-                .exact
-                .entry(value.as_str().into())
-                .or_default()
-                .push(id),
+            } => self.add_exact(value, flagged),
             PathMatch::Prefix {
                 value,
                 ignore_case: false,
@@ -253,10 +317,7 @@ impl RouteIndex {
                 value,
                 ignore_case: false,
             } if value.starts_with('/') => {
-                self.exact
-                    .entry(value.as_str().into())
-                    .or_default()
-                    .push(id);
+                self.add_exact(value, flagged);
                 let segs: Vec<&str> = value[1..].split('/').collect();
                 let n = self.trie_node(&segs);
                 self.trie[n].routes.push(id);
@@ -274,26 +335,39 @@ impl RouteIndex {
         p: &str,
     ) -> Option<u32> {
         let mut best = u32::MAX;
-        let mut scan = |list: &[u32]| {
+        let scan = |list: &[u32], best: &mut u32| {
             for &id in list {
-                if id >= best {
+                if id >= *best {
                     break;
                 }
                 if routes
                     .get(id as usize)
-                    .is_some_and(|r| r.matches(req, path))
+                    .is_some_and(|r| r.matches(req, path, p))
+                {
+                    *best = id;
+                    break;
+                }
+            }
+        };
+        scan(&self.always, &mut best);
+        if let Some(ids) = self.exact.get(p) {
+            for &flagged in ids.as_slice() {
+                let id = flagged & !PATH_SUFFICES;
+                if id >= best {
+                    break;
+                }
+                if flagged & PATH_SUFFICES != 0
+                    || routes
+                        .get(id as usize)
+                        .is_some_and(|r| r.matches(req, path, p))
                 {
                     best = id;
                     break;
                 }
             }
-        };
-        scan(&self.always);
-        if let Some(list) = self.exact.get(p) {
-            scan(list);
         }
         if let Some(root) = self.trie.first() {
-            scan(&root.routes);
+            scan(&root.routes, &mut best);
             let mut node = root;
             if let Some(rest) = p.strip_prefix('/') {
                 let mut segs = rest.split('/');
@@ -308,7 +382,7 @@ impl RouteIndex {
                         break;
                     };
                     node = n;
-                    scan(&node.routes);
+                    scan(&node.routes, &mut best);
                     cur = Some(next);
                 }
             }
@@ -345,6 +419,9 @@ pub struct CompiledRouteTable {
     pub routes: Vec<CompiledRoute>,
     pub options: HcmOptions,
     pub ignore_port_in_host_matching: bool,
+    pub ignore_path_parameters_in_path_matching: bool,
+    /// vhost_header (lower case): virtual hosts are chosen by this header's first value.
+    pub vhost_header: Option<String>,
     exact: FastMap<Box<str>, u32>,
     /// (wildcard key length, key -> vhost), longest first. Suffix keys keep their leading
     /// character after the '*' (".foo.com"), prefix keys their trailing one ("foo.").
@@ -400,6 +477,20 @@ fn compile_match(m: &RouteMatch, path: &str, err: &mut CoreError) -> Option<(Pat
                 ignore_case: ic,
             }
         }
+        Some(PathSpecifier::UriTemplate(t)) => {
+            let at = join_path(path, "path_match_policy.typed_config.path_template");
+            match uri_template::compile(t) {
+                Ok(r) => PathMatch::Template(Box::new(r), t.clone()),
+                Err(uri_template::TemplateError::Invalid(e)) => {
+                    err.invalid(at, e);
+                    return None;
+                }
+                Err(uri_template::TemplateError::Unsupported(e)) => {
+                    err.unsupported(at, e);
+                    return None;
+                }
+            }
+        }
         Some(PathSpecifier::SafeRegex(r)) => PathMatch::Regex(Box::new(compile_regex(
             &r.regex,
             &join_path(path, "safe_regex.regex"),
@@ -448,6 +539,9 @@ impl CompiledRouteTable {
             routes: Vec::new(),
             options,
             ignore_port_in_host_matching: config.ignore_port_in_host_matching,
+            ignore_path_parameters_in_path_matching: config.ignore_path_parameters_in_path_matching,
+            vhost_header: (!config.vhost_header.is_empty())
+                .then(|| config.vhost_header.to_ascii_lowercase()),
             exact: FastMap::default(),
             suffixes: Vec::new(),
             prefixes: Vec::new(),
@@ -561,9 +655,16 @@ impl CompiledRouteTable {
                 let Some((path, never)) = compiled else {
                     continue;
                 };
-                let id = table.routes.len() as u32;
+                let id = match u32::try_from(table.routes.len()) {
+                    Ok(id) if id < PATH_SUFFICES => id,
+                    _ => {
+                        err.invalid(&rpath, "more than 2^31 routes");
+                        continue;
+                    }
+                };
                 if !never {
-                    index.add(id, &path);
+                    let path_suffices = headers.is_empty() && query.is_empty() && !m.grpc;
+                    index.add(id, &path, path_suffices);
                 }
                 table.routes.push(CompiledRoute {
                     name: r.name.clone(),
@@ -594,8 +695,33 @@ impl CompiledRouteTable {
         err.into_result(table)
     }
 
-    /// Envoy's RouteMatcher::findVirtualHost on an already normalised authority.
+    /// The virtual host for a request whose :authority is already normalised: by
+    /// `vhost_header` when the configuration names one (its first value; no header, no
+    /// virtual host), else by the authority. Checked against Envoy 1.40, including that a
+    /// table with only "*" needs no header.
+    pub fn select_virtual_host(
+        &self,
+        authority: &str,
+        req: &Request<'_>,
+    ) -> Option<(usize, HostChoice)> {
+        if let Some(h) = &self.vhost_header {
+            if !self.only_default() {
+                return self.find_virtual_host(req.header_values(h).next()?);
+            }
+        }
+        self.find_virtual_host(authority)
+    }
+
+    fn only_default(&self) -> bool {
+        self.exact.is_empty() && self.suffixes.is_empty() && self.prefixes.is_empty()
+    }
+
+    /// Envoy's RouteMatcher::findVirtualHost on a host value (authority or vhost_header).
     pub fn find_virtual_host(&self, authority: &str) -> Option<(usize, HostChoice)> {
+        // Only a "*" virtual host: no need to look at the authority (Envoy's fast path too).
+        if self.only_default() {
+            return self.default.map(|v| (v as usize, HostChoice::Default));
+        }
         let mut host = authority;
         if self.ignore_port_in_host_matching {
             if let Some(p) = port_start(host) {
@@ -650,7 +776,7 @@ impl CompiledRouteTable {
     /// As [`route`](Self::route) with connection-manager options given per call.
     pub fn route_with(&self, req: &Request<'_>, o: &HcmOptions) -> Option<usize> {
         let authority = normalize_host(req.authority, o);
-        let (vi, _) = self.find_virtual_host(authority)?;
+        let (vi, _) = self.select_virtual_host(authority, req)?;
         let vh = self.virtual_hosts.get(vi)?;
         let path = normalize_path(req.path, o)?;
         let seen = Request {
@@ -659,8 +785,26 @@ impl CompiledRouteTable {
             ..*req
         };
         vh.index
-            .first_match(&self.routes, &seen, &path, path_for_matching(&path))
+            .first_match(&self.routes, &seen, &path, &self.matching_path(&path))
             .map(|i| i as usize)
+    }
+
+    /// What path matchers compare: no query string, and with
+    /// ignore_path_parameters_in_path_matching no `;parameters` in any segment (each runs to
+    /// the next '/'; checked against Envoy 1.40). URI templates see the path without this.
+    fn matching_path<'p>(&self, path: &'p str) -> Cow<'p, str> {
+        let p = path_for_matching(path);
+        if !self.ignore_path_parameters_in_path_matching || !p.contains(';') {
+            return Cow::Borrowed(p);
+        }
+        let mut out = String::with_capacity(p.len());
+        for (i, seg) in p.split('/').enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            out.push_str(seg.split(';').next().unwrap_or(""));
+        }
+        Cow::Owned(out)
     }
 
     /// The decision with its reasons: the virtual host and why, then every route of that
@@ -675,7 +819,7 @@ impl CompiledRouteTable {
             routes: Vec::new(),
             route: None,
         };
-        let Some((vi, choice)) = self.find_virtual_host(authority) else {
+        let Some((vi, choice)) = self.select_virtual_host(authority, req) else {
             return out;
         };
         out.virtual_host = Some(vi);
@@ -694,7 +838,7 @@ impl CompiledRouteTable {
         };
         for id in vh.first_route..vh.first_route + vh.route_count {
             let Some(r) = self.routes.get(id) else { break };
-            let why = route_failure(r, &seen, &path);
+            let why = route_failure(r, &seen, &path, &self.matching_path(&path));
             let hit = why.is_none();
             out.routes.push((id, why));
             if hit {

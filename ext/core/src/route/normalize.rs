@@ -11,6 +11,8 @@ pub enum EscapedSlashes {
     KeepUnchanged,
     /// UNESCAPE_AND_FORWARD: %2F and %5C (any case) become '/' and '\'.
     UnescapeAndForward,
+    /// REJECT_REQUEST: a path with %2F or %5C (any case) is answered 400, never routed.
+    RejectRequest,
 }
 
 /// The connection-manager options that change what the router sees.
@@ -35,19 +37,21 @@ pub fn port_start(host: &str) -> Option<usize> {
 }
 
 /// The authority after strip_any_host_port / strip_matching_host_port.
+/// Only a port that parses as a number is stripped ("a.com:" and "a.com:x" stay as they are).
 pub fn normalize_host<'a>(host: &'a str, o: &HcmOptions) -> &'a str {
-    if o.strip_any_host_port {
-        if let Some(p) = port_start(host) {
-            return &host[..p];
-        }
-    } else if o.strip_matching_host_port {
-        if let (Some(p), Some(listener)) = (port_start(host), o.listener_port) {
-            if host[p + 1..].parse::<u32>().ok() == Some(u32::from(listener)) {
-                return &host[..p];
-            }
-        }
+    if !o.strip_any_host_port && !o.strip_matching_host_port {
+        return host;
     }
-    host
+    let Some(p) = port_start(host) else {
+        return host;
+    };
+    let port = crate::matcher::simple_atoi(&host[p + 1..])
+        .filter(|v| (0..=i64::from(u32::MAX)).contains(v));
+    match port {
+        Some(_) if o.strip_any_host_port => &host[..p],
+        Some(v) if o.listener_port.is_some_and(|l| i64::from(l) == v) => &host[..p],
+        _ => host,
+    }
 }
 
 fn split_query(path: &str) -> (&str, &str) {
@@ -66,14 +70,19 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-fn unescape_slashes(path: &str) -> Cow<'_, str> {
-    let (p, q) = split_query(path);
-    let b = p.as_bytes();
-    if !b.windows(3).any(|w| {
+/// Whether the path (before any query) holds %2F or %5C, in either case.
+fn has_escaped_slash(p: &str) -> bool {
+    p.as_bytes().windows(3).any(|w| {
         w[0] == b'%'
             && ((w[1] == b'2' && (w[2] == b'f' || w[2] == b'F'))
                 || (w[1] == b'5' && (w[2] == b'c' || w[2] == b'C')))
-    }) {
+    })
+}
+
+fn unescape_slashes(path: &str) -> Cow<'_, str> {
+    let (p, q) = split_query(path);
+    let b = p.as_bytes();
+    if !has_escaped_slash(p) {
         return Cow::Borrowed(path);
     }
     let mut out = String::with_capacity(path.len());
@@ -103,7 +112,7 @@ fn unescape_slashes(path: &str) -> Cow<'_, str> {
 
 /// Characters the URL path canonicaliser percent-encodes when they appear raw.
 fn needs_escape(b: u8) -> bool {
-    b <= 0x20 || b >= 0x7f || matches!(b, b'"' | b'<' | b'>' | b'`' | b'{' | b'}')
+    b <= 0x20 || b >= 0x7f || matches!(b, b'"' | b'<' | b'>' | b'^' | b'`' | b'{' | b'|' | b'}')
 }
 
 fn unreserved(b: u8) -> bool {
@@ -138,6 +147,9 @@ fn canonical_path(path: &str) -> Option<String> {
                 continue;
             }
             decoded.push(b'%');
+        } else if c == b'\\' {
+            // The URL canonicaliser treats a backslash as a path separator.
+            decoded.push(b'/');
         } else if needs_escape(c) {
             decoded.extend_from_slice(format!("%{c:02X}").as_bytes());
         } else {
@@ -195,12 +207,15 @@ fn merge_slashes(path: &str) -> Cow<'_, str> {
 
 /// The `:path` the router sees, or `None` when the connection manager would reject it.
 pub fn normalize_path<'a>(path: &'a str, o: &HcmOptions) -> Option<Cow<'a, str>> {
-    // Envoy strips the fragment before anything else looks at the path.
-    let path = match path.find('#') {
-        Some(h) => &path[..h],
-        None => path,
-    };
+    // Envoy's connection manager rejects a path with a fragment (400) before routing.
+    if path.contains('#') {
+        return None;
+    }
     let mut cur: Cow<'a, str> = Cow::Borrowed(path);
+    if o.escaped_slashes == EscapedSlashes::RejectRequest && has_escaped_slash(split_query(path).0)
+    {
+        return None;
+    }
     if o.escaped_slashes == EscapedSlashes::UnescapeAndForward {
         if let Cow::Owned(s) = unescape_slashes(&cur) {
             cur = Cow::Owned(s);
@@ -217,9 +232,11 @@ pub fn normalize_path<'a>(path: &'a str, o: &HcmOptions) -> Option<Cow<'a, str>>
     Some(cur)
 }
 
-/// The path without query string and fragment, as the route matchers use it.
+/// The path without query string, as the route matchers use it (a normalised path never
+/// has a fragment: `normalize_path` rejects those).
 pub fn path_for_matching(path: &str) -> &str {
-    match path.find(['?', '#']) {
+    // A single-char pattern searches with memchr; this runs on every request.
+    match path.find('?') {
         Some(i) => &path[..i],
         None => path,
     }
@@ -252,6 +269,8 @@ mod tests {
         assert_eq!(norm("/a/..", true, false).as_deref(), Some("/"));
         assert_eq!(norm("/..", true, false).as_deref(), Some("/"));
         assert_eq!(norm("/a%00", true, false), None);
+        assert_eq!(norm("/a#f", false, false), None);
+        assert_eq!(norm("/a\\b|^", true, false).as_deref(), Some("/a/b%7C%5E"));
     }
 
     #[test]
@@ -263,6 +282,8 @@ mod tests {
         assert_eq!(normalize_host("a.com:80", &any), "a.com");
         assert_eq!(normalize_host("[::1]", &any), "[::1]");
         assert_eq!(normalize_host("[::1]:8", &any), "[::1]");
+        assert_eq!(normalize_host("a.com:", &any), "a.com:");
+        assert_eq!(normalize_host("a.com:x", &any), "a.com:x");
         let matching = HcmOptions {
             strip_matching_host_port: true,
             listener_port: Some(80),

@@ -200,6 +200,7 @@ class Gen:
     rng: random.Random
     ports: list[int]
     tls: bool = False  # draw principal names and SNI matchers from the TLS pools
+    headers: bool = True  # header rules (the network filter refuses them)
     depth: int = 0
     stats: dict[str, int] = field(default_factory=dict)
 
@@ -207,6 +208,8 @@ class Gen:
         r = self.rng
         kinds = ["any", "header", "header", "url_path", "url_path", "dip", "dport", "drange"]
         kinds += ["sni", "and", "or", "not", "tmpl"] if self.depth < 3 else ["sni", "tmpl"]
+        if not self.headers:
+            kinds = [k for k in kinds if k != "header"]
         kind = r.choice(kinds)
         self.stats[f"permission.{kind}"] = self.stats.get(f"permission.{kind}", 0) + 1
         if kind == "any":
@@ -251,6 +254,8 @@ class Gen:
         r = self.rng
         kinds = ["any", "auth", "sip", "drip", "rip", "rip", "header", "url_path"]
         kinds += ["and", "or", "not"] if self.depth < 3 else []
+        if not self.headers:
+            kinds = [k for k in kinds if k != "header"]
         kind = r.choice(kinds)
         self.stats[f"principal.{kind}"] = self.stats.get(f"principal.{kind}", 0) + 1
         if kind == "any":

@@ -397,3 +397,41 @@ def test_custom_provider_decides_what_it_matches() -> None:
     assert (d.allowed, d.custom_provider) == (True, "ext")
     d = a.evaluate(method="GET", path="/public")
     assert (d.allowed, d.custom_provider) == (True, None)
+
+
+def test_network_filter_refuses_header_rules_and_ignores_http_attributes() -> None:
+    from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac
+
+    def network(rules: dict[str, Any]) -> network_rbac.RBAC:
+        return json_format.ParseDict({"rules": rules, "stat_prefix": "tcp"}, network_rbac.RBAC())
+
+    with pytest.raises(ConfigError) as e:
+        RbacEngine.from_proto(
+            network(
+                {
+                    "policies": {
+                        "p": {"permissions": [{"not_rule": method("GET")}], "principals": [ANY]}
+                    }
+                }
+            )
+        )
+    assert [p.path for p in e.value.errors()] == [
+        'rules.policies["p"].permissions[0].not_rule.header'
+    ]
+    engine = RbacEngine.from_proto(
+        network(
+            {
+                "action": "DENY",
+                "policies": {
+                    "path": {
+                        "permissions": [{"url_path": {"path": {"prefix": "/"}}}],
+                        "principals": [ANY],
+                    },
+                    "port": {"permissions": [{"destination_port": 9000}], "principals": [ANY]},
+                },
+            }
+        )
+    )
+    # A TCP connection has no request: url_path never matches, even when a path is given.
+    assert engine.evaluate(path="/x").allowed
+    assert engine.evaluate(path="/x", destination_port=9000).policy_id == "port"

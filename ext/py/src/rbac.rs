@@ -14,6 +14,7 @@ use crate::errors::core_error_to_py;
 
 const FILTER_TYPE: &str = "envoy.extensions.filters.http.rbac.v3.RBAC";
 const RBAC_TYPE: &str = "envoy.config.rbac.v3.RBAC";
+const NETWORK_FILTER_TYPE: &str = "envoy.extensions.filters.network.rbac.v3.RBAC";
 
 /// What `RbacEngine.evaluate()` returns. Policy ids are the engine's own interned strings.
 #[pyclass(frozen, module = "meshcore._core")]
@@ -494,9 +495,10 @@ impl RbacEngine {
         let compiled = match name.as_str() {
             FILTER_TYPE => py.detach(|| CompiledRbac::from_filter_bytes(&bytes)),
             RBAC_TYPE => py.detach(|| CompiledRbac::from_rbac_bytes(&bytes)),
+            NETWORK_FILTER_TYPE => py.detach(|| CompiledRbac::from_network_filter_bytes(&bytes)),
             other => {
                 return Err(PyTypeError::new_err(format!(
-                    "expected {FILTER_TYPE} or {RBAC_TYPE}, got {other}"
+                    "expected {FILTER_TYPE}, {NETWORK_FILTER_TYPE} or {RBAC_TYPE}, got {other}"
                 )))
             }
         }

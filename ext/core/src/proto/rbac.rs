@@ -644,3 +644,60 @@ pub fn decode_rbac_filter(buf: &[u8], err: &mut CoreError) -> RbacFilter {
     });
     out
 }
+
+/// Decodes envoy.extensions.filters.network.rbac.v3.RBAC (the TCP filter): the same rules;
+/// `stat_prefix`, `enforcement_type` (when the decision is re-taken) and `delay_deny` (when a
+/// denial closes the connection) change no decision.
+pub fn decode_network_rbac_filter(buf: &[u8], err: &mut CoreError) -> RbacFilter {
+    let mut out = RbacFilter::default();
+    walk(buf, "", err, |n, value, err| match n {
+        1 => {
+            let b = Field {
+                path: "rules",
+                value,
+            }
+            .bytes(err);
+            out.rules = Some(decode_rbac(b, "rules", err));
+        }
+        2 => {
+            let b = Field {
+                path: "shadow_rules",
+                value,
+            }
+            .bytes(err);
+            out.shadow_rules = Some(decode_rbac(b, "shadow_rules", err));
+        }
+        3 => {
+            out.rules_stat_prefix = Field {
+                path: "stat_prefix",
+                value,
+            }
+            .string(err)
+        }
+        4 => {
+            let _ = Field {
+                path: "enforcement_type",
+                value,
+            }
+            .varint(err);
+        }
+        5 => {
+            out.shadow_rules_stat_prefix = Field {
+                path: "shadow_rules_stat_prefix",
+                value,
+            }
+            .string(err)
+        }
+        8 => {
+            let _ = Field {
+                path: "delay_deny",
+                value,
+            }
+            .bytes(err);
+        }
+        6 => err.unsupported("matcher", "the unified matcher API is not supported"),
+        7 => err.unsupported("shadow_matcher", "the unified matcher API is not supported"),
+        _ => unknown_field(err, "", "network RBAC filter", n),
+    });
+    out
+}

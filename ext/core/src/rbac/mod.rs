@@ -759,6 +759,33 @@ fn compile_policy(
     })
 }
 
+/// Envoy's network filter refuses header rules anywhere in a permission or principal (there
+/// are no headers on a TCP connection); other HTTP rules are accepted and never match.
+fn no_header_rules(rule: &Rule, path: &str, principal: bool, err: &mut CoreError) {
+    match rule {
+        Rule::Header(_) => err.invalid(
+            join_path(path, "header"),
+            "header rules are not supported by the RBAC network filter",
+        ),
+        Rule::And(rs) | Rule::Or(rs) => {
+            let field = match (rule, principal) {
+                (Rule::And(_), false) => "and_rules.rules",
+                (Rule::And(_), true) => "and_ids.ids",
+                (_, false) => "or_rules.rules",
+                (_, true) => "or_ids.ids",
+            };
+            for (i, r) in rs.iter().enumerate() {
+                no_header_rules(r, &format!("{path}.{field}[{i}]"), principal, err);
+            }
+        }
+        Rule::Not(r) => {
+            let field = if principal { "not_id" } else { "not_rule" };
+            no_header_rules(r, &join_path(path, field), principal, err);
+        }
+        _ => {}
+    }
+}
+
 /// The decision of the RBAC HTTP filter: enforced, and shadow (None without shadow rules).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
@@ -776,9 +803,46 @@ pub struct CompiledRbac {
     pub shadow_rules: Option<Engine>,
     pub rules_stat_prefix: String,
     pub shadow_rules_stat_prefix: String,
+    /// The network (TCP) filter: it sees no HTTP request, so HTTP attributes are dropped.
+    pub network: bool,
 }
 
 impl CompiledRbac {
+    /// Compiles envoy.extensions.filters.network.rbac.v3.RBAC bytes (the TCP filter).
+    pub fn from_network_filter_bytes(buf: &[u8]) -> Result<Self, CoreError> {
+        let mut err = CoreError::new();
+        let f = crate::proto::rbac::decode_network_rbac_filter(buf, &mut err);
+        for (name, r) in [("rules", &f.rules), ("shadow_rules", &f.shadow_rules)] {
+            for (policy, p) in r.iter().flat_map(|r| &r.policies) {
+                let at = format!("{name}.policies[{policy:?}]");
+                for (i, rule) in p.permissions.iter().enumerate() {
+                    no_header_rules(rule, &format!("{at}.permissions[{i}]"), false, &mut err);
+                }
+                for (i, rule) in p.principals.iter().enumerate() {
+                    no_header_rules(rule, &format!("{at}.principals[{i}]"), true, &mut err);
+                }
+            }
+        }
+        if !err.is_empty() {
+            return Err(err);
+        }
+        let rules = f
+            .rules
+            .as_ref()
+            .and_then(|r| Engine::compile(r, "rules", &mut err));
+        let shadow_rules = f
+            .shadow_rules
+            .as_ref()
+            .and_then(|r| Engine::compile(r, "shadow_rules", &mut err));
+        err.into_result(Self {
+            rules,
+            shadow_rules,
+            rules_stat_prefix: f.rules_stat_prefix,
+            shadow_rules_stat_prefix: f.shadow_rules_stat_prefix,
+            network: true,
+        })
+    }
+
     /// Compiles envoy.extensions.filters.http.rbac.v3.RBAC bytes.
     pub fn from_filter_bytes(buf: &[u8]) -> Result<Self, CoreError> {
         let mut err = CoreError::new();
@@ -799,6 +863,7 @@ impl CompiledRbac {
             shadow_rules,
             rules_stat_prefix: f.rules_stat_prefix,
             shadow_rules_stat_prefix: f.shadow_rules_stat_prefix,
+            network: false,
         })
     }
 
@@ -815,10 +880,27 @@ impl CompiledRbac {
             shadow_rules: None,
             rules_stat_prefix: String::new(),
             shadow_rules_stat_prefix: String::new(),
+            network: false,
         })
     }
 
     pub fn evaluate(&self, a: &Attributes<'_>) -> Decision {
+        if self.network {
+            // Envoy's network filter matches against an empty header map.
+            let tcp = Attributes {
+                method: None,
+                path: None,
+                authority: None,
+                scheme: None,
+                headers: &[],
+                ..*a
+            };
+            return self.evaluate_attributes(&tcp);
+        }
+        self.evaluate_attributes(a)
+    }
+
+    fn evaluate_attributes(&self, a: &Attributes<'_>) -> Decision {
         let (allowed, policy) = match &self.rules {
             Some(e) => {
                 let d = e.decide(a);

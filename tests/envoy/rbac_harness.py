@@ -219,6 +219,7 @@ def running_envoy(
     tls_listeners: Sequence[tuple[str, int]] = (),
     tls: TlsFiles | None = None,
     chains: Sequence[tuple[tuple[str, int], list[dict[str, Any]]]] = (),
+    before_rbac: Sequence[dict[str, Any]] = (),
 ) -> Iterator[Envoy]:
     """Starts Envoy serving `configs` (HTTP RBAC filter messages) on every (address, port)
     listener; stops it on exit, after which :func:`read_outcomes` reads what it decided (the
@@ -233,7 +234,19 @@ def running_envoy(
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
             "listeners": [
-                _listener(f"l{i}", a, p, routes, str(workdir / "access.log"))
+                _listener(
+                    f"l{i}",
+                    a,
+                    p,
+                    routes,
+                    str(workdir / "access.log"),
+                    filters=[
+                        *before_rbac,
+                        {"name": RBAC_FILTER, "typed_config": {"@type": FILTER_TYPE}},
+                    ]
+                    if before_rbac
+                    else None,
+                )
                 for i, (a, p) in enumerate(where)
             ]
             + [

@@ -13,6 +13,7 @@ MESHCORE_DIFF_CASES sets the number of random cases (10,000 by default, fixed se
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import os
 import random
@@ -195,17 +196,77 @@ def _cidr(rng: random.Random, pool: list[tuple[str, int]]) -> dict[str, Any]:
     return {"address_prefix": addr, "prefix_len": plen}
 
 
+JWT = "envoy.filters.http.jwt_authn"
+CLAIMS: dict[str, list[Any]] = {
+    "sub": ["alice", "bob", ""],
+    "aud": [["api", "web"], ["web"], [], "api"],
+    "admin": [True, False, "true"],
+    "level": [0, 2, 3.5, 10, "3"],
+    "nested": [{"k": "v"}, {"k": ["v", "w"]}, {}],
+    "none": [None],
+}
+
+
+def _payload(rng: random.Random) -> dict[str, Any]:
+    keys = rng.sample(sorted(CLAIMS), rng.randint(0, len(CLAIMS)))
+    return {k: rng.choice(CLAIMS[k]) for k in keys}
+
+
+def _value_matcher(rng: random.Random, depth: int = 0) -> dict[str, Any]:
+    kind = rng.choice(
+        ["string", "bool", "double", "present", "null", "list", "or"][: 7 if depth == 0 else 5]
+    )
+    if kind == "string":
+        return {
+            "string_match": _string_matcher(rng, ["alice", "bob", "api", "web", "v", "true", "3"])
+        }
+    if kind == "bool":
+        return {"bool_match": rng.random() < 0.5}
+    if kind == "double":
+        if rng.random() < 0.5:
+            return {"double_match": {"exact": rng.choice([0, 2, 3.5, 10])}}
+        start = rng.choice([-1, 0, 2, 3.5])
+        return {
+            "double_match": {"range": {"start": start, "end": start + rng.choice([1, 2.5, 10])}}
+        }
+    if kind == "present":
+        return {"present_match": rng.random() < 0.8}
+    if kind == "null":
+        return {"null_match": {}}
+    if kind == "list":
+        return {"list_match": {"one_of": _value_matcher(rng, depth + 1)}}
+    return {"or_match": {"value_matchers": [_value_matcher(rng, depth + 1) for _ in range(2)]}}
+
+
+def _metadata_matcher(rng: random.Random) -> dict[str, Any]:
+    path = rng.choice(
+        [["payload", k] for k in sorted(CLAIMS)]
+        + [["payload"], ["payload", "nested", "k"], ["other"]]
+    )
+    out: dict[str, Any] = {
+        "filter": rng.choice([JWT, JWT, "istio_authn"]),
+        "path": [{"key": k} for k in path],
+        "value": _value_matcher(rng),
+    }
+    if rng.random() < 0.25:
+        out["invert"] = True
+    return out
+
+
 @dataclass
 class Gen:
     rng: random.Random
     ports: list[int]
     tls: bool = False  # draw principal names and SNI matchers from the TLS pools
     headers: bool = True  # header rules (the network filter refuses them)
+    metadata: bool = False  # metadata rules over the JWT payload the request carries
     depth: int = 0
     stats: dict[str, int] = field(default_factory=dict)
 
     def permission(self) -> dict[str, Any]:
         r = self.rng
+        if self.metadata and self.depth == 0 and r.random() < 0.6:
+            return {"any": True}
         kinds = ["any", "header", "header", "url_path", "url_path", "dip", "dport", "drange"]
         kinds += ["sni", "and", "or", "not", "tmpl"] if self.depth < 3 else ["sni", "tmpl"]
         if not self.headers:
@@ -256,10 +317,15 @@ class Gen:
         kinds += ["and", "or", "not"] if self.depth < 3 else []
         if not self.headers:
             kinds = [k for k in kinds if k != "header"]
+        if self.metadata:
+            # Mostly metadata, so that most decisions depend on the payload.
+            kinds = ["meta"] * 24 + kinds
         kind = r.choice(kinds)
         self.stats[f"principal.{kind}"] = self.stats.get(f"principal.{kind}", 0) + 1
         if kind == "any":
             return {"any": True}
+        if kind == "meta":
+            return {"metadata": _metadata_matcher(r)}
         if kind == "auth":
             if r.random() < 0.5:
                 return {"authenticated": {}}
@@ -320,6 +386,7 @@ class Request:
     dest: tuple[str, int]
     identity: Identity | None = None  # TLS: the client's identity
     sni: str | None = None
+    payload: dict[str, Any] | None = None  # a JWT payload, as dynamic metadata
 
     def kwargs(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -334,6 +401,8 @@ class Request:
             "destination_ip": self.dest[0],
             "destination_port": self.dest[1],
         }
+        if self.payload is not None:
+            out["metadata"] = {JWT: {"payload": self.payload}}
         if self.identity is not None:
             out.update(
                 tls=True,
@@ -399,10 +468,13 @@ def _run(
     listeners: list[tuple[str, int]],
     tls_listeners: list[tuple[str, int]] | None = None,
     tls: TlsFiles | None = None,
+    before_rbac: list[dict[str, Any]] | None = None,
 ) -> tuple[int, list[str]]:
     engines = [RbacEngine.from_proto(c) for c in configs]
     prefixes = [c.shadow_rules_stat_prefix for c in configs]
-    with running_envoy(configs, tmp_path, listeners, tls_listeners or [], tls):
+    with running_envoy(
+        configs, tmp_path, listeners, tls_listeners or [], tls, before_rbac=before_rbac or []
+    ):
         client = Client()
         try:
             for seq, req in enumerate(requests):
@@ -415,7 +487,7 @@ def _run(
                     method=req.method,
                     path=req.path,
                     authority=req.authority,
-                    headers=req.headers,
+                    headers=req.headers + _payload_header(req.payload),
                     tls=None if req.identity is None else (req.identity.context, req.sni),
                 )
         finally:
@@ -479,6 +551,67 @@ def test_tls_principals_and_sni_agree_with_envoy(tmp_path: Path) -> None:
     assert total >= TLS_CASES - n_configs
     assert not problems, f"{len(problems)} of {total} disagree:\n" + "\n".join(problems[:5])
     assert gen.stats.get("principal.auth", 0) > 20
+
+
+# Envoy's header_to_metadata filter turns the x-md header (a base64 google.protobuf.Value)
+# into the dynamic metadata the RBAC filter's metadata matchers read, as jwt_authn would.
+HEADER_TO_METADATA = {
+    "name": "envoy.filters.http.header_to_metadata",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config",
+        "request_rules": [
+            {
+                "header": "x-md",
+                "on_header_present": {
+                    "metadata_namespace": JWT,
+                    "key": "payload",
+                    "type": "PROTOBUF_VALUE",
+                    "encode": "BASE64",
+                },
+                "remove": True,
+            }
+        ],
+    },
+}
+
+
+def _payload_header(payload: dict[str, Any] | None) -> tuple[tuple[str, str], ...]:
+    if payload is None:
+        return ()
+    from google.protobuf import struct_pb2
+
+    value = json_format.ParseDict(payload, struct_pb2.Value())
+    return (("x-md", base64.b64encode(value.SerializeToString()).decode()),)
+
+
+def test_metadata_matchers_agree_with_envoy(tmp_path: Path) -> None:
+    rng = random.Random(SEED + 4)
+    listeners = _listeners()
+    gen = Gen(rng, [p for _, p in listeners], metadata=True)
+    n_configs = max(1, TLS_CASES // 50)
+    configs = [gen.config() for _ in range(n_configs)]
+    requests = [
+        dataclasses.replace(
+            _request(rng, i, listeners),
+            payload=_payload(rng) if rng.random() < 0.85 else None,
+        )
+        for i in range(n_configs)
+        for _ in range(TLS_CASES // n_configs)
+    ]
+    rng.shuffle(requests)
+    total, problems = _run(tmp_path, configs, requests, listeners, before_rbac=[HEADER_TO_METADATA])
+    assert total >= TLS_CASES - n_configs
+    assert not problems, f"{len(problems)} of {total} disagree:\n" + "\n".join(problems[:5])
+    assert gen.stats.get("principal.meta", 0) > 50
+    # Not vacuous: many decisions change when the payload is taken away.
+    engines = [RbacEngine.from_proto(c) for c in configs]
+    depends = 0
+    for req in requests:
+        kw = req.kwargs()
+        with_md = engines[req.case].evaluate(**kw)
+        kw.pop("metadata", None)
+        depends += with_md != engines[req.case].evaluate(**kw)
+    assert depends > 50, depends
 
 
 def _corpus_configs() -> list[tuple[str, rbac_pb2.RBAC]]:

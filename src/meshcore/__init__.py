@@ -3,7 +3,7 @@
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from meshcore._core import RouteMatch, RouteTable, __version__
+from meshcore._core import RbacDecision, RbacEngine, RouteMatch, RouteTable, __version__
 from meshcore.errors import (
     ConfigError,
     ConfigProblem,
@@ -19,6 +19,8 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "MeshcoreError",
+    "RbacDecision",
+    "RbacEngine",
     "RouteMatch",
     "RouteTable",
     "UnsupportedFeatureError",

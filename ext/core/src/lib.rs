@@ -18,3 +18,5 @@ pub use error::{CoreError, FieldError, FieldErrorKind};
 pub use regex::Re2Regex;
 pub use request::Request;
 pub use route::{CompiledRouteTable, EscapedSlashes, HcmOptions};
+pub mod rbac;
+pub use rbac::{Attributes, CompiledRbac};

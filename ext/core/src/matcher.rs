@@ -373,7 +373,9 @@ impl CompiledHeader {
         })
     }
 
-    fn test_value(&self, value: &str) -> bool {
+    /// The test on one (present) header value, before `invert_match`; presence tests are
+    /// the caller's (RBAC shares this: its pseudo-headers may be absent).
+    pub fn test_value(&self, value: &str) -> bool {
         match &self.test {
             HeaderTest::Present(_) | HeaderTest::Any => true,
             HeaderTest::Range(s, e) => simple_atoi(value).is_some_and(|v| v >= *s && v < *e),

@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 use meshcore_core::Re2Regex;
 
 mod errors;
+mod rbac;
 mod route;
 mod xds;
 mod yaml;
@@ -38,5 +39,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<xds::PyFleet>()?;
     m.add_class::<route::RouteTable>()?;
     m.add_class::<route::RouteMatch>()?;
+    m.add_class::<rbac::RbacEngine>()?;
+    m.add_class::<rbac::RbacDecision>()?;
     Ok(())
 }

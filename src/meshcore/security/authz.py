@@ -20,7 +20,7 @@ from meshcore.security import _extauthz as ext
 from meshcore.security import _model as m
 from meshcore.security import _validate as v
 
-__all__ = ["Authorizer"]
+__all__ = ["Authorizer", "AuthzDecision"]
 
 HTTP_RBAC = "envoy.filters.http.rbac"
 HTTP_EXT_AUTHZ = "envoy.filters.http.ext_authz"
@@ -86,6 +86,57 @@ def _rbac_action(action: str) -> str:
     return {"ALLOW": "ALLOW", "DENY": "DENY", "AUDIT": "LOG", "CUSTOM": "DENY"}[action]
 
 
+@dataclass(frozen=True, slots=True)
+class AuthzDecision:
+    """Istio's layered decision for one HTTP request, as the workload's Envoy makes it.
+
+    ``action`` is the layer that decided: ``"CUSTOM"`` (the provider denied), ``"DENY"``,
+    ``"ALLOW"`` (a policy matched, or none did while ALLOW policies select the workload), or
+    None when no policy applies. ``policy_id`` is Istio's ``ns[NS]-policy[NAME]-rule[IDX]``
+    of the deciding policy (None when an ALLOW layer denied because nothing matched).
+    ``custom_provider`` names the ext_authz provider the request was sent to, if any;
+    ``audit_policy_id`` is the AUDIT policy that matched (it never changes the decision);
+    ``dry_run`` lists the dry-run layers' results as (action, allowed, policy id).
+    """
+
+    allowed: bool
+    action: str | None = None
+    policy_id: str | None = None
+    custom_provider: str | None = None
+    audit_policy_id: str | None = None
+    dry_run: tuple[tuple[str, bool, str | None], ...] = ()
+
+
+_LAYER = {"ALLOW": "ALLOW", "DENY": "DENY", "LOG": "AUDIT"}
+
+
+def _istio_id(policy_id: str | None) -> str | None:
+    """Istio's policy id without the CUSTOM prefix (``istio-ext-authz-PROVIDER-``) or the
+    bad-provider suffix the builder adds."""
+    if policy_id is None:
+        return None
+    start = policy_id.find("ns[")
+    pid = policy_id[start:] if start > 0 else policy_id
+    return pid.removesuffix(BAD_CUSTOM_SUFFIX)
+
+
+def _custom_provider(policy_id: str) -> str:
+    # istio-ext-authz-PROVIDER-ns[...]: the provider name may itself contain dashes.
+    head = policy_id[len(ext.EXT_AUTHZ_MATCH_PREFIX) + 1 :]
+    return head[: head.find("-ns[")] if "-ns[" in head else head
+
+
+@dataclass(frozen=True, slots=True)
+class _Stage:
+    """One filter of the chain for :meth:`Authorizer.evaluate` (engine None: ext_authz)."""
+
+    engine: Any
+    custom_shadow: bool  # the CUSTOM shadow RBAC that marks requests for ext_authz
+    action: str | None  # the enforced rules' RBAC action
+    layer: str | None  # Istio's layer of the enforced rules
+    shadow_layer: str | None  # Istio's layer of dry-run shadow rules
+
+
 class Authorizer:
     """The authorization filters Istio would give one workload.
 
@@ -108,6 +159,7 @@ class Authorizer:
         self._providers = providers
         self._problems = problems
         self._cache: dict[bool, list[Message]] = {}
+        self._compiled: list[_Stage] | None = None
 
     @classmethod
     def from_policies(
@@ -189,6 +241,80 @@ class Authorizer:
             fresh.CopyFrom(msg)
             out.append(fresh)
         return out
+
+    def evaluate(self, *, custom_allowed: bool = False, **request: Any) -> AuthzDecision:
+        """Istio's layered decision for one HTTP request: CUSTOM, then DENY, then ALLOW (AUDIT
+        never changes it), evaluated by running :meth:`filters` in order as Envoy does, each
+        RBAC filter compiled into an :class:`meshcore.RbacEngine`.
+
+        ``request`` takes the keyword arguments of :meth:`meshcore.RbacEngine.evaluate`
+        (omitted attributes are absent). ``custom_allowed`` is the CUSTOM provider's answer
+        for requests sent to it (denied by default: fail closed).
+        """
+        audit: str | None = None
+        dry_run: list[tuple[str, bool, str | None]] = []
+        provider: str | None = None
+        pending: str | None = None  # a CUSTOM policy matched: the next ext_authz filter runs
+        allowed_by: str | None = None
+        for stage in self._stages():
+            engine = stage.engine
+            if engine is None:  # ext_authz
+                if pending is not None:
+                    provider = _custom_provider(pending)
+                    if not custom_allowed:
+                        return AuthzDecision(
+                            False, "CUSTOM", _istio_id(pending), provider, audit, tuple(dry_run)
+                        )
+                    pending = None
+                continue
+            d = engine.evaluate(**request)
+            if stage.custom_shadow:
+                pending = d.shadow_policy_id
+            elif stage.shadow_layer is not None and d.shadow_allowed is not None:
+                dry_run.append(
+                    (stage.shadow_layer, d.shadow_allowed, _istio_id(d.shadow_policy_id))
+                )
+            if stage.layer is None:
+                continue
+            if not d.allowed:
+                return AuthzDecision(
+                    False, stage.layer, _istio_id(d.policy_id), provider, audit, tuple(dry_run)
+                )
+            if stage.action == "LOG" and d.policy_id is not None:
+                audit = _istio_id(d.policy_id)
+            elif stage.action == "ALLOW":
+                allowed_by = _istio_id(d.policy_id)
+        return AuthzDecision(
+            True,
+            "ALLOW" if allowed_by is not None else None,
+            allowed_by,
+            provider,
+            audit,
+            tuple(dry_run),
+        )
+
+    def _stages(self) -> list[_Stage]:
+        # Compiled once per Authorizer (the filters never change), with each filter's layer.
+        if self._compiled is None:
+            from meshcore._core import RbacEngine
+
+            out: list[_Stage] = []
+            for f in self.filters():
+                if getattr(f, "name", "") == HTTP_EXT_AUTHZ:
+                    out.append(_Stage(None, False, None, None, None))
+                    continue
+                engine = RbacEngine.from_proto(getattr(f, "typed_config"))  # noqa: B009
+                custom = engine.shadow_rules_stat_prefix == ext.EXT_AUTHZ_SHADOW_PREFIX
+                bad_custom = any(p.endswith(BAD_CUSTOM_SUFFIX) for p in engine.policy_ids)
+                action = engine.action
+                layer = None
+                if action is not None:
+                    layer = "CUSTOM" if custom or bad_custom else _LAYER[action]
+                shadow = engine.shadow_action
+                shadow_layer = _LAYER[shadow] if shadow is not None and not custom else None
+                out.append(_Stage(engine, custom, action, layer, shadow_layer))
+            self._compiled = out
+        return self._compiled
 
     def filter_dicts(self, tcp: bool = False) -> list[dict[str, Any]]:
         """The same filters in proto-JSON form (camelCase, defaults omitted: the shape of

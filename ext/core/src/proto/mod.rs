@@ -4,5 +4,6 @@
 //! bytes is dropped unnoticed: each is decoded, knowingly passed through, or reported.
 
 pub mod matcher;
+pub mod rbac;
 pub mod route;
 pub mod wire;

@@ -21,7 +21,7 @@ from meshcore.config import load
 from meshcore.xds.controlplane import ControlPlane
 from meshcore.xds.server import start_ads_server
 
-PROXIES = 2_000
+PROXIES = int(os.environ.get("MESHCORE_FLEET", "2000"))
 
 
 def rss_bytes() -> int:

@@ -58,7 +58,11 @@ async def main() -> None:
     target, node_file = sys.argv[1], sys.argv[2]
     with open(node_file) as f:
         lines = [line.split() for line in f.read().splitlines() if line.strip()]
-    channels = [grpc.aio.insecure_channel(target) for _ in range(max(1, len(lines) // 100))]
+    # Separate connections (gRPC would otherwise share one subchannel between the channels).
+    channels = [
+        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(max(1, len(lines) // 100))
+    ]
     first, stop = asyncio.Event(), asyncio.Event()
     counter = [0]
     tasks = [

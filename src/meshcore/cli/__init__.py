@@ -45,12 +45,27 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=None, help="Prometheus /metrics and /debug/syncz"
     )
     s.add_argument("--host", default="127.0.0.1")
+    s.add_argument(
+        "--mesh-config",
+        metavar="FILE",
+        help="MeshConfig YAML (as istiod's --meshConfig): access logs, tracing, providers",
+    )
 
     p = sub.add_parser(
         "proxy-status", help="xDS sync status of the proxies of a running control plane"
     )
     p.add_argument(
         "--control-plane", default="127.0.0.1:15014", metavar="HOST:PORT", help="its metrics port"
+    )
+
+    m = sub.add_parser(
+        "demo",
+        help="run the demo mesh: control plane, CA, three services behind Envoy sidecars",
+    )
+    m.add_argument("--config", metavar="DIR", help="mesh config (default: the examples/ mesh)")
+    m.add_argument("--serve", action="store_true", help="keep running after the tour")
+    m.add_argument(
+        "--workdir", metavar="DIR", help="keep logs and bootstraps here (default: a temporary dir)"
     )
 
     w = sub.add_parser("webhook", help="serve the validating admission webhook over HTTPS")
@@ -140,9 +155,43 @@ def _serve(args: argparse.Namespace) -> int:
     if missing:
         print(f"meshcore serve: no such directory: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
+    mesh_config = None
+    if args.mesh_config is not None:
+        from meshcore.config.meshconfig import MeshConfig
+        from meshcore.errors import ConfigError
+
+        try:
+            mesh_config = MeshConfig.load(args.mesh_config)
+        except ConfigError as exc:
+            for problem in exc.errors():
+                print(f"{problem.severity}: {problem}", file=sys.stderr)
+            return EXIT_INVALID
+        for problem in mesh_config.warnings:
+            print(f"warning: {problem}", file=sys.stderr)
     return asyncio.run(
-        serve(args.config, xds_port=args.xds_port, metrics_port=args.metrics_port, host=args.host)
+        serve(
+            args.config,
+            xds_port=args.xds_port,
+            metrics_port=args.metrics_port,
+            host=args.host,
+            mesh_config=mesh_config,
+        )
     )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from meshcore.demo import run_demo
+
+    if args.config is not None and not Path(args.config).is_dir():
+        print(f"meshcore demo: no such directory: {args.config}", file=sys.stderr)
+        return EXIT_USAGE
+    config = Path(args.config) if args.config else None
+    workdir = Path(args.workdir) if args.workdir else None
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(run_demo(serve=args.serve, config=config, workdir=workdir))
 
 
 def _proxy_status(args: argparse.Namespace) -> int:
@@ -157,6 +206,7 @@ COMMANDS = {
     "webhook": _webhook,
     "serve": _serve,
     "proxy-status": _proxy_status,
+    "demo": _demo,
 }
 
 

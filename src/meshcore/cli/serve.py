@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import signal
@@ -17,6 +18,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from meshcore.config import MeshModel
+from meshcore.config.meshconfig import MeshConfig
 from meshcore.xds import translate
 from meshcore.xds.cache import NodeInfo
 from meshcore.xds.controlplane import ControlPlane, Resources
@@ -25,14 +27,16 @@ from meshcore.xds.server import AdsServer, start_ads_server
 log = logging.getLogger("meshcore.serve")
 
 
-def generate(mesh: MeshModel, node: NodeInfo) -> Resources | None:
+def generate(
+    mesh: MeshModel, node: NodeInfo, mesh_config: MeshConfig | None = None
+) -> Resources | None:
     """Translate the mesh for one connected proxy; its problems are logged, never raised."""
     try:
         proxy = translate.proxy_for_node(mesh, node.id, node.metadata)
     except ValueError as exc:
         log.error("cannot serve node %r: %s", node.id, exc)
         return None
-    result = translate.generate(mesh, proxy)
+    result = translate.generate(mesh, proxy, mesh_config=mesh_config)
     for problem in result.problems:
         (log.error if problem.severity == "error" else log.warning)("%s: %s", node.id, problem)
     return result.resources
@@ -97,8 +101,9 @@ class _DebugHandler(BaseHTTPRequestHandler):
 async def serve(
     paths: Sequence[str], *, xds_port: int, metrics_port: int | None, host: str = "127.0.0.1",
     ready: threading.Event | None = None, stop: asyncio.Event | None = None,
+    mesh_config: MeshConfig | None = None,
 ) -> int:  # fmt: skip
-    plane = ControlPlane(paths, generate)
+    plane = ControlPlane(paths, functools.partial(generate, mesh_config=mesh_config))
     if not plane.load():
         for p in plane.problems:
             print(f"{p.severity}: {p}", file=sys.stderr)

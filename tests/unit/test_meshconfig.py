@@ -37,7 +37,8 @@ def test_reads_every_field(tmp_path: Path) -> None:
     )
     mc = MeshConfig.load(tmp_path / "mesh.yaml")
     assert mc.access_log_encoding == "JSON"
-    assert mc.tracing and mc.zipkin_endpoint() == ("127.0.0.1", 9411)
+    assert mc.tracing
+    assert mc.zipkin_endpoint() == ("127.0.0.1", 9411)
     assert mc.tracing_sampling == 100.0
     assert (mc.trust_domain, mc.root_namespace) == ("example.org", "mesh-root")
 

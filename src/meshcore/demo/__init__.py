@@ -705,6 +705,10 @@ def print_report(report: DemoReport, out: TextIO) -> None:
     print("\nmeshcore demo: what happened", file=out)
     for c in report.checks:
         print(f"  {'PASS' if c.passed else 'FAIL'}  {c.name}: {c.detail}", file=out)
+    denials = report.facts.get("denials", {})
+    if denials:
+        print("  denials (from Envoy's access logs): "
+              + ", ".join(f"{pid} ×{n}" for pid, n in sorted(denials.items())), file=out)  # fmt: skip
     lat = report.facts.get("latency_ms", {})
     if lat:
         print(f"  latency frontend → reviews → ratings (4 sidecar hops): "

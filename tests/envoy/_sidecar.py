@@ -202,3 +202,75 @@ def http_get(url: str, host: str, method: str = "GET", **headers: str) -> tuple[
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+
+
+# --- sidecars run by ``meshcore agent`` (the CLI, a subprocess) ---------------------------------
+
+
+@contextlib.contextmanager
+def running_agent(
+    tmp: Path,
+    name: str,
+    *,
+    node_id: str,
+    identity: str,
+    xds: int,
+    ca: int,
+    ca_mtls: int,
+    ca_root: Path,
+    token: str,
+    metadata: dict[str, str],
+    delta: bool = False,
+) -> Iterator[int]:
+    """``meshcore agent`` for one sidecar; waits until /healthz/ready answers 200, yields
+    Envoy's admin port, and stops it with SIGTERM (killing it and its Envoy if it hangs)."""
+    import os
+    import signal
+    import sys
+
+    workdir = tmp / name
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "token").write_text(token + "\n")
+    status = free_port()
+    args = [
+        sys.executable, "-m", "meshcore.cli", "agent", "--node-id", node_id,
+        "--identity", identity, "--xds-address", f"127.0.0.1:{xds}",
+        "--ca-address", f"127.0.0.1:{ca}", "--ca-mtls-address", f"127.0.0.1:{ca_mtls}",
+        "--ca-root", str(ca_root), "--token-file", str(workdir / "token"),
+        "--workdir", str(workdir), "--status-port", str(status),
+    ]  # fmt: skip
+    if delta:
+        args.append("--delta")
+    for key, value in metadata.items():
+        args += ["--metadata", f"{key}={value}"]
+    out = workdir / "agent.out"
+    with out.open("w") as sink:
+        proc = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"agent {name} exited: {out.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{status}/healthz/ready", timeout=1
+                ) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"agent {name} not ready in 30 s: {out.read_text()[-3000:]}")
+            time.sleep(0.05)
+        yield int((workdir / "envoy-admin-address").read_text().rsplit(":", 1)[1])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            text = out.read_text()
+            if "(pid " in text:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(text.split("(pid ", 1)[1].split(")", 1)[0]), signal.SIGKILL)

@@ -50,6 +50,59 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="MeshConfig YAML (as istiod's --meshConfig): access logs, tracing, providers",
     )
+    s.add_argument(
+        "--ca-port",
+        type=int,
+        default=None,
+        help="run the CA: CreateCertificate with bootstrap tokens (TLS) on this port",
+    )
+    s.add_argument(
+        "--ca-mtls-port",
+        type=int,
+        default=0,
+        help="the CA's renewal port (mTLS with the current certificate; 0 picks one)",
+    )
+    s.add_argument(
+        "--cacerts",
+        metavar="DIR",
+        default=None,
+        help="CA key and certificates in Istio's plug-in layout (else a generated root)",
+    )
+    s.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        default=None,
+        help="where a generated root is kept (key 0600) and reused; also root-cert.pem for agents",
+    )
+    s.add_argument(
+        "--tokens",
+        metavar="FILE",
+        default=None,
+        help="bootstrap tokens: 'TOKEN SPIFFE-ID' per line",
+    )
+
+    a = sub.add_parser("agent", help="run an Envoy sidecar: certificate, SDS, bootstrap, Envoy")
+    a.add_argument("--node-id", required=True, help="sidecar~IP~NAME.NS~NS.svc.cluster.local")
+    a.add_argument("--identity", required=True, help="the workload's SPIFFE ID")
+    a.add_argument("--xds-address", required=True, metavar="HOST:PORT")
+    a.add_argument("--ca-address", required=True, metavar="HOST:PORT")
+    a.add_argument("--ca-mtls-address", default=None, metavar="HOST:PORT")
+    a.add_argument("--ca-root", required=True, metavar="FILE", help="the CA's root-cert.pem")
+    a.add_argument("--token-file", required=True, metavar="FILE", help="the bootstrap token")
+    a.add_argument("--workdir", required=True, metavar="DIR")
+    a.add_argument("--admin-port", type=int, default=0)
+    a.add_argument("--status-port", type=int, default=15021, help="/healthz/ready (0 picks one)")
+    a.add_argument("--envoy", default=None, metavar="PATH")
+    a.add_argument("--delta", action="store_true", help="delta ADS instead of state of the world")
+    a.add_argument("--cert-ttl", type=float, default=None, metavar="SECONDS")
+    a.add_argument("--drain-seconds", type=float, default=0.0)
+    a.add_argument(
+        "--metadata",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Envoy node metadata, e.g. MESHCORE_APP_ADDRESS=127.0.10.2 (repeatable)",
+    )
 
     p = sub.add_parser(
         "proxy-status", help="xDS sync status of the proxies of a running control plane"
@@ -168,6 +221,20 @@ def _serve(args: argparse.Namespace) -> int:
             return EXIT_INVALID
         for problem in mesh_config.warnings:
             print(f"warning: {problem}", file=sys.stderr)
+    ca = None
+    if args.ca_port is not None:
+        from meshcore.cli.serve import CAOptions
+
+        ca = CAOptions(
+            port=args.ca_port,
+            mtls_port=args.ca_mtls_port,
+            cacerts=args.cacerts,
+            state_dir=args.state_dir,
+            tokens=args.tokens,
+        )
+    elif args.cacerts or args.tokens:
+        print("meshcore serve: --cacerts and --tokens need --ca-port", file=sys.stderr)
+        return EXIT_USAGE
     return asyncio.run(
         serve(
             args.config,
@@ -175,6 +242,7 @@ def _serve(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             host=args.host,
             mesh_config=mesh_config,
+            ca=ca,
         )
     )
 
@@ -194,6 +262,14 @@ def _demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(serve=args.serve, config=config, workdir=workdir))
 
 
+def _agent(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from meshcore.dataplane.agent import run_agent
+
+    return asyncio.run(run_agent(args))
+
+
 def _proxy_status(args: argparse.Namespace) -> int:
     from meshcore.cli.serve import proxy_status
 
@@ -205,6 +281,7 @@ COMMANDS = {
     "describe": _describe,
     "webhook": _webhook,
     "serve": _serve,
+    "agent": _agent,
     "proxy-status": _proxy_status,
     "demo": _demo,
 }

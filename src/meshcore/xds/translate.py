@@ -14,7 +14,9 @@ Istio so that people can read them as they read istiod's output:
   RBAC/ext_authz filters and TLS per PeerAuthentication;
 - ServiceEntry hosts as services: EDS clusters (STATIC) or STRICT_DNS / LOGICAL_DNS clusters;
 - SDS secrets referenced by Istio's names, ``default`` (the workload certificate) and ``ROOTCA``
-  (the trust bundle), fetched over ADS. This module does not produce the secrets themselves.
+  (the trust bundle), fetched from the sidecar's agent over the bootstrap cluster ``sds-grpc``
+  (:mod:`meshcore.ca.sds`, :mod:`meshcore.dataplane.agent`). This module does not produce the
+  secrets themselves.
 
 Loopback layout
 ---------------
@@ -56,8 +58,8 @@ collection is built in sorted order, so identical input gives identical bytes.
 
 For the ADS server
 ------------------
-Sidecars reference the SDS secrets ``default`` and ``ROOTCA`` over ADS (listeners with mTLS
-warm only once both arrive); their bootstrap needs ``BOOTSTRAP_RUNTIME`` (Istio's RE2
+Sidecars reference the SDS secrets ``default`` and ``ROOTCA`` from their agent's SDS server,
+through the bootstrap cluster ``sds-grpc`` (listeners with mTLS warm only once both arrive); their bootstrap needs ``BOOTSTRAP_RUNTIME`` (Istio's RE2
 program-size limit), or Envoy NACKs RouteConfigurations with ordinary regexes. Proxyless gRPC
 clients need certificate providers named ``default`` in their bootstrap when a
 DestinationRule asks for ISTIO_MUTUAL.
@@ -149,6 +151,8 @@ DEFAULT_ADDRESS = "127.0.0.1"
 # Istio's SDS resource names: the workload certificate and the root (trust bundle).
 SDS_CERT = "default"
 SDS_ROOT = "ROOTCA"
+# The bootstrap cluster through which a sidecar reaches its agent's SDS server (Istio's name).
+SDS_CLUSTER = "sds-grpc"
 
 # Runtime every bootstrap needs (Istio sets the same): Envoy's default refuses any regex whose
 # RE2 program is larger than 100, which ordinary VirtualService regexes exceed, and would NACK
@@ -397,7 +401,17 @@ def _ads() -> config_source_pb2.ConfigSource:
 
 
 def _sds(name: str) -> secret_pb2.SdsSecretConfig:
-    return secret_pb2.SdsSecretConfig(name=name, sds_config=_ads())
+    """Istio's SDS reference: the secret comes from the sidecar's agent over the bootstrap's
+    ``sds-grpc`` cluster (not from the control plane), and listeners wait for it as long as
+    it takes (``initial_fetch_timeout: 0s``)."""
+    source = config_source_pb2.ConfigSource(resource_api_version=config_source_pb2.V3)
+    api = source.api_config_source
+    api.api_type = config_source_pb2.ApiConfigSource.GRPC
+    api.transport_api_version = config_source_pb2.V3
+    api.set_node_on_first_message_only = True
+    api.grpc_services.add().envoy_grpc.cluster_name = SDS_CLUSTER
+    source.initial_fetch_timeout.SetInParent()
+    return secret_pb2.SdsSecretConfig(name=name, sds_config=source)
 
 
 def _socket_address(address: str, port: int) -> address_pb2.Address:
@@ -2414,8 +2428,10 @@ def render_static_bootstrap(
     Routes are inlined into the HTTP connection managers that name them, endpoints into their
     clusters' ``load_assignment`` (EDS clusters become STATIC). ``secrets`` (Envoy ``Secret``
     messages named ``default`` and ``ROOTCA``) go into ``static_resources.secrets``, and every SDS
-    reference is pointed at the static secrets (with no ADS server, Envoy 1.40 crashes on an
-    SDS-over-ADS reference rather than rejecting it): pass them whenever mTLS is in use.
+    reference is pointed at the static secrets (a static bootstrap has no agent to fetch them
+    from): pass them whenever mTLS is in use. This is for checking a translation offline
+    (``envoy --mode validate``, tests); sidecars run by :mod:`meshcore.dataplane.agent` get
+    their config over ADS and their secrets over SDS instead.
     """
     resources = result.resources if isinstance(result, Generated) else result
     routes = {name: _to_dict(m) for name, m in resources.get(types.ROUTE, {}).items()}

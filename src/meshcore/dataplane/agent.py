@@ -298,6 +298,8 @@ class Agent:
             "--drain-time-s", str(max(1, int(self.drain_seconds))),
             "--admin-address-path", str(admin_file),
             "--log-level", self.log_level,
+            # Access logs reach the file within a second (Envoy's default is 10 s).
+            "--file-flush-interval-msec", "1000",
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=asyncio.subprocess.STDOUT,

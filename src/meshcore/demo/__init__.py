@@ -18,8 +18,9 @@ import contextlib
 import html
 import http.client
 import http.server
+import io
 import json
-import os
+import logging
 import re
 import secrets
 import shutil
@@ -212,7 +213,7 @@ class DemoMesh:
             )
         self.mesh = report.model
         self.workloads = workloads_of(self.mesh)
-        self.progress = progress or Progress(open(os.devnull, "w"))  # noqa: SIM115
+        self.progress = progress or Progress(io.StringIO())  # quiet unless asked
         self.flaky = {FLAKY_INSTANCE: FLAKY_RATIO} if flaky is None else flaky
         self.seed = seed
         self.xds_port = free_port()
@@ -544,8 +545,11 @@ async def tour(dm: DemoMesh, report: DemoReport, requests: int = 400) -> None:
     admin = Counter(b.get("ratings") for b in t.bodies)
     t2 = await asyncio.to_thread(dm.send, 5, "/probe/ratings")
     direct = Counter(b.get("ratings") for b in t2.bodies)
-    denials = [d for n in ratings for d in dm.sidecars[n].denials()]
-    policies = Counter(d for d in denials)
+    policies: Counter[str] = Counter()
+    deadline = time.monotonic() + 3  # Envoy flushes access logs every second
+    while sum(policies.values()) < 10 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        policies = Counter(d for n in ratings for d in dm.sidecars[n].denials())
     report.facts["denials"] = dict(policies)
     report.check("AuthorizationPolicy denies /admin", admin == Counter({403: 5}),
                  f"reviews → ratings /admin: {dict(admin)}")  # fmt: skip
@@ -729,6 +733,8 @@ async def run_demo(
 ) -> int:
     """The scripted tour; 0 when every check passed. With ``serve`` it keeps running."""
     out = out if out is not None else sys.stdout
+    # The agents run in this process: their routine news would bury the progress display.
+    logging.getLogger("meshcore").setLevel(logging.WARNING)
     progress = Progress()
     progress("starting the demo mesh")
     dm = DemoMesh(config, workdir, progress=progress)

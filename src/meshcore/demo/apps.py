@@ -53,6 +53,14 @@ class _Upstream:
     def __init__(self, sidecar_address: str) -> None:
         self.address = sidecar_address
         self._local = threading.local()
+        self._all: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
 
     def get(
         self, service: str, port: int, path: str, headers: dict[str, str] | None = None
@@ -60,8 +68,12 @@ class _Upstream:
         for attempt in (0, 1):  # a kept-alive connection the sidecar closed: reconnect once
             conn = getattr(self._local, "conn", None)
             if conn is None or getattr(self._local, "port", None) != port:
+                if conn is not None:
+                    conn.close()
                 conn = http.client.HTTPConnection(self.address, port, timeout=UPSTREAM_TIMEOUT_S)
                 self._local.conn, self._local.port = conn, port
+                with self._lock:
+                    self._all.append(conn)
             try:
                 conn.request("GET", path, headers={"Host": service, **(headers or {})})
                 resp = conn.getresponse()
@@ -114,6 +126,7 @@ class App(http.server.ThreadingHTTPServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
+        self.upstream.close()
 
     def flaky(self) -> bool:
         if self.fail_ratio <= 0:
@@ -216,7 +229,7 @@ class _ZipkinHandler(http.server.BaseHTTPRequestHandler):
     def _body(self) -> bytes:
         if "chunked" not in self.headers.get("transfer-encoding", "").lower():
             return self.rfile.read(int(self.headers.get("content-length") or 0))
-        parts = []
+        parts: list[bytes] = []
         while True:
             size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
             if size == 0:

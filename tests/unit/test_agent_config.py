@@ -50,7 +50,9 @@ def test_bootstrap_has_ads_and_the_sds_cluster(tmp_path: Path) -> None:
     }
     tcp = ads_bootstrap(NODE, "127.0.0.1", 1, sds_address="127.0.0.1:15019")
     tcp_sds = tcp["static_resources"]["clusters"][-1]["load_assignment"]["endpoints"][0]
-    assert tcp_sds["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"] == 15019
+    assert (
+        tcp_sds["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"] == 15019
+    )
 
 
 @pytest.mark.parametrize(

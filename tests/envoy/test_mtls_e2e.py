@@ -316,6 +316,9 @@ def test_sidecars_talk_mtls_with_certificates_from_sds(mesh: Mesh) -> None:
             ),
             f"{name}'s current certificate in its Envoy",
         )
+    # Prometheus stats on the admin port (the agent's bootstrap).
+    prometheus = mesh.admin("echo", "/stats/prometheus")
+    assert "# TYPE envoy_listener_ssl_handshake counter" in prometheus
     # STRICT: a plaintext caller is refused by echo's inbound listener.
     with pytest.raises((ConnectionError, urllib.error.URLError)):
         plaintext_get(port=mesh.port)
@@ -452,7 +455,8 @@ def test_peer_authentication_modes(mesh: Mesh) -> None:
 
 
 def test_agent_cli_runs_envoy_until_sigterm(mesh: Mesh, tmp_path: Path) -> None:
-    """``meshcore agent`` as a process (delta ADS): ready, then SIGTERM stops it and its Envoy."""
+    """``meshcore agent`` as a process (delta ADS): ready, then SIGTERM drains and stops its
+    Envoy and the agent exits 0."""
     token = tmp_path / "token"
     token.write_text(mesh.tokens["intruder"] + "\n")
     status = free_port()
@@ -465,7 +469,7 @@ def test_agent_cli_runs_envoy_until_sigterm(mesh: Mesh, tmp_path: Path) -> None:
              "--ca-mtls-address", f"127.0.0.1:{mesh.ca_mtls}",
              "--ca-root", str(mesh.state / "root-cert.pem"), "--token-file", str(token),
              "--workdir", str(tmp_path / "agent"), "--status-port", str(status), "--delta",
-             "--metadata", "MESHCORE_OUTBOUND_ADDRESS=127.0.73.2"],
+             "--drain-seconds", "0.3", "--metadata", "MESHCORE_OUTBOUND_ADDRESS=127.0.73.2"],
             stdout=sink, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
     envoy_pid = None

@@ -98,12 +98,18 @@ def serial(secret: secret_pb2.Secret) -> int:
 Body = Callable[[CertificateClient, SdsServer, grpc.aio.Channel], Awaitable[None]]
 
 
-def run(body: Body, tmp_path: Path) -> None:
+def run(body: Body, tmp_path: Path, *, tcp: bool = False) -> None:
     async def main() -> None:
         ca = CertificateAuthority.generate()
         tokens = BootstrapTokens()
         ca_server = await start_ca_server(ca, tokens)
-        server, sds, address = await start_sds_server(uds=uds_path(tmp_path))
+        if tcp:
+            server, sds, address = await start_sds_server(port=0)
+            assert address.startswith("127.0.0.1:")
+        else:
+            server, sds, address = await start_sds_server(uds=uds_path(tmp_path))
+            assert address == f"unix:{uds_path(tmp_path)}"
+            assert oct(uds_path(tmp_path).stat().st_mode & 0o777) == "0o600"
         client = CertificateClient(
             f"127.0.0.1:{ca_server.port}",
             REVIEWS,
@@ -217,7 +223,8 @@ def test_unknown_names_are_answered_not_left_hanging(tmp_path: Path) -> None:
     run(body, tmp_path)
 
 
-def test_fetch_secrets(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tcp", [False, True], ids=["uds", "tcp"])
+def test_fetch_secrets(tmp_path: Path, tcp: bool) -> None:
     async def body(client: CertificateClient, sds: SdsServer, channel: grpc.aio.Channel) -> None:
         fetch = channel.unary_unary(
             f"/{SERVICE}/FetchSecrets",
@@ -235,7 +242,7 @@ def test_fetch_secrets(tmp_path: Path) -> None:
             await fetch(wrong, timeout=5)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
-    run(body, tmp_path)
+    run(body, tmp_path, tcp=tcp)
 
 
 def test_the_key_is_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -254,6 +261,11 @@ def test_the_key_is_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     text = caplog.text
     assert "SDS: serving certificate" in text
     assert "PRIVATE KEY" not in text
+
+
+def test_exactly_one_address() -> None:
+    with pytest.raises(ValueError, match="exactly one of uds= or port="):
+        asyncio.run(start_sds_server())
 
 
 def test_uds_path_stays_short(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ real control plane translating examples/; certificates from the real CA over TLS
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -63,14 +64,15 @@ def test_initial_sync_gives_envoys_decisions(tmp_path: Path) -> None:
             assert str(tester.endpoint) == "127.0.20.2:9080"
             canary = dp.decide(direction="outbound", authority="reviews:9080", path="/")
             assert (canary.route, canary.timeout) == ("canary", 2.0)
-            assert canary.tls and canary.sni.startswith("outbound_.9080_.")
+            assert canary.tls
+            assert canary.sni.startswith("outbound_.9080_.")
             # ratings: ROUND_ROBIN over its two endpoints, retries 3 x 500 ms on 5xx.
             picks = [
                 str(dp.decide(direction="outbound", authority="ratings:9080", path="/").endpoint)
                 for _ in range(10)
             ]
             assert Counter(picks) == {"127.0.30.1:9080": 5, "127.0.30.2:9080": 5}
-            assert all(a != b for a, b in zip(picks, picks[1:], strict=False))
+            assert all(a != b for a, b in itertools.pairwise(picks))
             rp = dp.decide(direction="outbound", authority="ratings:9080", path="/").retry_policy
             assert rp is not None
             assert (rp.num_retries, rp.per_try_timeout) == (3, 0.5)
@@ -88,6 +90,7 @@ def test_inbound_rbac_layers_and_fail_closed(tmp_path: Path) -> None:
     async def body(mesh: Mesh) -> None:
         dp = await mesh.dataplane(RATINGS_1, "ratings")
         try:
+
             def inbound(path: str, principal: str | None, method: str = "GET") -> object:
                 return dp.decide(direction="inbound", method=method, authority="ratings:9080",
                                  path=path, principal=principal)  # fmt: skip
@@ -98,7 +101,8 @@ def test_inbound_rbac_layers_and_fail_closed(tmp_path: Path) -> None:
             assert str(ok.endpoint) == "127.0.0.1:9080"  # type: ignore[attr-defined]
             # DENY first: reviews may not reach /admin, with the deny policy's id.
             admin = inbound("/admin/x", spiffe("reviews"))
-            assert not admin.allowed and admin.status == 403  # type: ignore[attr-defined]
+            assert not admin.allowed
+            assert admin.status == 403
             assert admin.policy_id == "ns[default]-policy[ratings-deny-admin]-rule[0]"  # type: ignore[attr-defined]
             # ALLOW policies select the workload: anything they do not match is denied.
             assert not inbound("/ratings/1", spiffe("frontend")).allowed  # type: ignore[attr-defined]
@@ -124,8 +128,9 @@ def test_config_change_swaps_the_compiled_config(tmp_path: Path) -> None:
             mesh.rebuild()
             await eventually(lambda: dp.config is not before, what="a new config")
             await eventually(
-                lambda: dp.config.versions[types.ROUTE]["9080"]
-                != before.versions[types.ROUTE]["9080"],
+                lambda: (
+                    dp.config.versions[types.ROUTE]["9080"] != before.versions[types.ROUTE]["9080"]
+                ),
                 what="RDS 9080 updated",
             )
             # The old object is untouched (immutable): decisions made on it stay 90/10.
@@ -163,7 +168,8 @@ def test_nack_of_an_uncompilable_config_keeps_the_last_good(tmp_path: Path) -> N
             await eventually(lambda: dp.ads.nacks, what="a NACK")
             type_url, message = dp.ads.nacks[-1]
             assert type_url == types.ROUTE
-            assert "RDS 9080" in message and "runtime_fraction" in message, message
+            assert "RDS 9080" in message, message
+            assert "runtime_fraction" in message, message
             # The server recorded the NACK with the compile error (proxy-status: NACKED).
             await eventually(lambda: mesh.ads.sync_status()[FRONTEND]["RDS"] == "NACKED",
                              what="NACKED on the server")  # fmt: skip
@@ -196,7 +202,8 @@ def test_control_plane_outage_keeps_deciding_then_reconnects(tmp_path: Path) -> 
             # Decisions continue on the last good config.
             for _ in range(100):
                 d = dp.decide(direction="outbound", authority="reviews:9080", path="/")
-                assert d.cluster in (REVIEWS_V1, REVIEWS_V2) and d.endpoint is not None
+                assert d.cluster in (REVIEWS_V1, REVIEWS_V2)
+                assert d.endpoint is not None
             # The config changes while the proxy is away.
             traffic = mesh.config_dir / "traffic.yaml"
             traffic.write_text(traffic.read_text().replace("x-user", "x-group"))

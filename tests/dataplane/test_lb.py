@@ -19,7 +19,9 @@ EPS = tuple(Endpoint(f"127.0.40.{i}", 8080) for i in range(1, 6))
 
 
 def cluster(policy: int, **outlier: int | float) -> ClusterConfig:
-    c = cluster_pb2.Cluster(name="outbound|8080||svc", type=cluster_pb2.Cluster.EDS, lb_policy=policy)
+    c = cluster_pb2.Cluster(
+        name="outbound|8080||svc", type=cluster_pb2.Cluster.EDS, lb_policy=policy
+    )
     c.eds_cluster_config.service_name = c.name
     if outlier:
         od = c.outlier_detection
@@ -73,7 +75,8 @@ def test_hash_policies_are_sticky_balanced_and_consistent(policy: int) -> None:
     first = [lb.pick(c, EPS, k) for k in keys]
     assert first == [lb.pick(c, EPS, k) for k in keys]  # sticky
     counts = Counter(first)
-    assert len(counts) == 5 and min(counts.values()) > 300, counts  # spread (600 each ideally)
+    assert len(counts) == 5, counts
+    assert min(counts.values()) > 300, counts  # spread (600 each ideally)
     # Consistent: removing one host moves its own keys (20%) and few others (the survivors
     # take more ring points or table slots, as in Envoy), far from a modulo hash's 80%.
     fewer = EPS[1:]

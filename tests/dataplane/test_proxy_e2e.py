@@ -118,7 +118,9 @@ class Backend(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def backend(address: str, port: int, name: str, flaky: bool) -> tuple[http.server.HTTPServer, list[str]]:
+def backend(
+    address: str, port: int, name: str, flaky: bool
+) -> tuple[http.server.HTTPServer, list[str]]:
     hits: list[str] = []
     handler = type(f"B{name}", (Backend,), {"name": name, "flaky": flaky, "hits": hits})
     server = http.server.ThreadingHTTPServer((address, port), handler)
@@ -135,6 +137,19 @@ def get(url: str, host: str) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
+async def without_client_certificate(address: str, port: int, ctx: ssl.SSLContext) -> None:
+    """A TLS client with no certificate: raises when the server refuses it (as it must)."""
+    r, w = await asyncio.open_connection(address, port, ssl=ctx)
+    try:
+        w.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        await w.drain()
+        data = await asyncio.wait_for(r.read(), 5)
+    finally:
+        w.close()
+    if not data:
+        raise ConnectionError("closed without an answer")
+
+
 async def run_e2e(mesh: Mesh, port: int, caplog: pytest.LogCaptureFixture) -> None:
     ok_server, ok_hits = backend("127.0.72.12", port, "ratings-2", flaky=False)
     bad_server, bad_hits = backend("127.0.72.11", port, "ratings-1", flaky=True)
@@ -146,7 +161,9 @@ async def run_e2e(mesh: Mesh, port: int, caplog: pytest.LogCaptureFixture) -> No
             dp = await mesh.dataplane(node_id(name, ip), "ratings",
                                       metadata={"MESHCORE_APP_ADDRESS": app})  # fmt: skip
             dps.append(dp)
-            proxies.append(ReferenceProxy(dp, outbound=None, inbound=True, metrics=("127.0.0.1", 0)))
+            proxies.append(
+                ReferenceProxy(dp, outbound=None, inbound=True, metrics=("127.0.0.1", 0))
+            )
         web_dp = await mesh.dataplane(node_id("web-1", "127.0.71.1"), "web",
                                       metadata={"LABELS": {"app": "web", "version": "v1"}})  # fmt: skip
         intruder_dp = await mesh.dataplane(node_id("intruder-1", "127.0.73.1"), "intruder")
@@ -186,13 +203,7 @@ async def run_e2e(mesh: Mesh, port: int, caplog: pytest.LogCaptureFixture) -> No
         plain.check_hostname = False
         plain.verify_mode = ssl.CERT_NONE
         with pytest.raises((ssl.SSLError, ConnectionError)):
-            r, w = await asyncio.open_connection("127.0.72.2", port, ssl=plain)
-            w.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-            await w.drain()
-            data = await asyncio.wait_for(r.read(), 5)
-            w.close()
-            if not data:
-                raise ConnectionError("closed without an answer")
+            await without_client_certificate("127.0.72.2", port, plain)
         # The Istio metrics, scraped.
         src = await asyncio.to_thread(get, f"http://127.0.0.1:{web.metrics_port}/metrics", "x")
         dst = await asyncio.to_thread(
@@ -206,8 +217,9 @@ async def run_e2e(mesh: Mesh, port: int, caplog: pytest.LogCaptureFixture) -> No
         ]  # fmt: skip
         assert len(source_ok) == 1, src[1]
         line = source_ok[0]
-        assert f'destination_service="ratings.default.svc.cluster.local"' in line
-        assert 'source_workload="web-1"' in line and 'source_app="web"' in line
+        assert 'destination_service="ratings.default.svc.cluster.local"' in line
+        assert 'source_workload="web-1"' in line
+        assert 'source_app="web"' in line
         assert f'destination_principal="{spiffe("ratings")}"' in line
         assert line.endswith(" 18.0"), line
         assert 'response_code="403"' in src[1]
@@ -216,7 +228,8 @@ async def run_e2e(mesh: Mesh, port: int, caplog: pytest.LogCaptureFixture) -> No
             line for line in dst[1].splitlines()
             if line.startswith("istio_requests_total{") and 'response_code="200"' in line
         ]  # fmt: skip
-        assert len(dest) == 1 and 'reporter="destination"' in dest[0], dst[1]
+        assert len(dest) == 1, dst[1]
+        assert 'reporter="destination"' in dest[0]
         assert f'source_principal="{spiffe("web")}"' in dest[0]
         assert 'connection_security_policy="mutual_tls"' in dest[0]
         assert 'source_workload="web-1"' in dest[0]

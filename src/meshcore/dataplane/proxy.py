@@ -579,3 +579,66 @@ class ReferenceProxy:
             pass
         finally:
             writer.close()
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host or "127.0.0.1", int(port)
+
+
+async def run_proxy(
+    *,
+    xds: str,
+    node_id: str,
+    ca: str | None,
+    ca_mtls: str | None,
+    trust_bundle: str | None,
+    token: str | None,
+    service_account: str | None,
+    outbound: str | None,
+    inbound: bool,
+    metrics: str | None,
+    metadata: dict[str, Any],
+    stop: asyncio.Event | None = None,
+) -> int:
+    """``meshcore proxy``: connects, serves until SIGINT/SIGTERM (or ``stop``)."""
+    import signal
+
+    dp = await DataPlane.aconnect(
+        xds, node_id=node_id, bootstrap_token=token, ca_address=ca, ca_mtls_address=ca_mtls,
+        trust_bundle=trust_bundle, service_account=service_account, metadata=metadata,
+    )  # fmt: skip
+    proxy = ReferenceProxy(
+        dp,
+        outbound=_host_port(outbound) if outbound else None,
+        inbound=inbound,
+        metrics=_host_port(metrics) if metrics else None,
+    )
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await proxy.start()
+        parts = []
+        if proxy.outbound_port is not None and proxy.outbound_address is not None:
+            parts.append(f"outbound on {proxy.outbound_address[0]}:{proxy.outbound_port}")
+        for lst in dp.config.inbound.values():
+            if lst.port in proxy.inbound_ports:
+                parts.append(f"inbound on {lst.address}:{lst.port} ({lst.mtls_mode})")
+        if proxy.metrics_port is not None and proxy.metrics_address is not None:
+            parts.append(
+                f"metrics on http://{proxy.metrics_address[0]}:{proxy.metrics_port}/metrics"
+            )
+        print(f"meshcore proxy: {node_id}: " + ", ".join(parts), flush=True)
+        await stop.wait()
+    finally:
+        await proxy.stop()
+        await dp.aclose()
+    return 0

@@ -68,6 +68,13 @@ class IstioMetrics:
         self.durations: dict[tuple[str, ...], _Histogram] = defaultdict(
             lambda: _Histogram(DURATION_BUCKETS)
         )
+        self.decisions = 0  # DataPlane.decide() calls, and the time they took
+        self.decision_seconds = 0.0
+
+    def decided(self, seconds: float) -> None:
+        with self._lock:
+            self.decisions += 1
+            self.decision_seconds += seconds
 
     def record(self, labels: dict[str, str], millis: float) -> None:
         key = tuple(labels.get(name, "unknown") for name in LABELS)
@@ -87,6 +94,14 @@ class IstioMetrics:
             for key, h in sorted(self.durations.items()):
                 hist.add_metric(list(key), h.family_buckets(), h.total)
             yield hist
+            calls = Metric("meshcore_proxy_decisions", "DataPlane.decide() calls.", "untyped")
+            calls.add_sample("meshcore_proxy_decisions", {}, float(self.decisions))
+            yield calls
+            spent = Metric(
+                "meshcore_proxy_decision_seconds", "Time spent in DataPlane.decide().", "untyped"
+            )
+            spent.add_sample("meshcore_proxy_decision_seconds", {}, self.decision_seconds)
+            yield spent
 
     def registry(self) -> CollectorRegistry:
         registry = CollectorRegistry(auto_describe=False)
@@ -365,6 +380,7 @@ class ReferenceProxy:
         d = self.dp.decide(direction="outbound", method=request.method, authority=authority,
                            path=request.target, headers=request.headers,
                            source_ip=source_ip)  # fmt: skip
+        self.metrics.decided(time.perf_counter() - started)
         response, d, attempts, peer = await self._forward(request, d, source_ip)
         millis = (time.perf_counter() - started) * 1000
         cluster = self.dp.config.clusters.get(d.cluster or "")
@@ -493,6 +509,7 @@ class ReferenceProxy:
                            authority=request.header("host") or "", path=request.target,
                            headers=request.headers, port=port, source_ip=source_ip,
                            principal=principal, tls=tls)  # fmt: skip
+        self.metrics.decided(time.perf_counter() - started)
         peer_workload = (request.header(PEER_HEADER) or "") if tls else ""
         if d.allowed and d.status is None:
             response, d, attempts, _ = await self._forward(request, d, source_ip)

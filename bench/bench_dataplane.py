@@ -1,0 +1,373 @@
+"""The data plane: ``DataPlane.decide()`` per call, and the reference proxy's added latency.
+
+decide(): on the examples/ mesh as the control plane translates it (frontend's outbound view:
+reviews 90/10 canary with a header route, ratings round robin with retries; ratings' inbound
+view: STRICT mTLS with a DENY and an ALLOW policy). The peer in the same run is the Rust core's
+own share: ``RouteTable.route`` (outbound) and the listener's compiled RBAC chain (inbound) on
+the same requests; the difference is the data plane's Python (listener and cluster lookup,
+weighted choice, load balancing, the Decision object).
+
+Proxy latency (``test_proxy_added_latency``): the same backend reached directly and through
+two ``meshcore proxy`` processes (the caller's outbound, mTLS, the callee's inbound with RBAC),
+one keep-alive client, sequential requests; p50/p99 of each, in the same run. The control plane
+and the CA run in this process on a background thread.
+
+Results and machine notes: BENCHMARKS.md, section "Data plane".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("envoy.config.route.v3.route_pb2")
+pytest.importorskip("h11")
+
+from meshcore.config import validate
+from meshcore.dataplane import DataPlane
+from meshcore.dataplane.ads import AdsClient
+from meshcore.dataplane.config import CompiledConfig, Compiler
+from meshcore.xds import translate
+
+ROOT = Path(__file__).resolve().parents[1]
+FRONTEND = "sidecar~127.0.10.1~frontend-1.default~default.svc.cluster.local"
+RATINGS = "sidecar~127.0.30.1~ratings-1.default~default.svc.cluster.local"
+SPIFFE = "spiffe://cluster.local/ns/default/sa/"
+REQUESTS = 1000
+
+
+def compiled(node: str) -> CompiledConfig:
+    report = validate([ROOT / "examples"])
+    assert report.model is not None
+    mesh = report.model
+    result = translate.generate(mesh, translate.proxy_for_node(mesh, node))
+    resources = {
+        t: {n: ("1", m.SerializeToString()) for n, m in by_name.items()}  # type: ignore[union-attr]
+        for t, by_name in result.resources.items()
+    }
+    return Compiler().compile(resources)
+
+
+def offline(node: str) -> DataPlane:
+    """A DataPlane on a config compiled here (no stream: decide() is what is measured)."""
+    ads = AdsClient("127.0.0.1:1", node)
+    ads.config = compiled(node)
+    return DataPlane(ads)
+
+
+def outbound_requests() -> list[dict[str, Any]]:
+    rng = random.Random(5)
+    out = []
+    for _ in range(REQUESTS):
+        r = rng.random()
+        if r < 0.5:
+            out.append({"authority": "reviews:9080", "path": f"/reviews/{rng.randrange(100)}",
+                        "headers": {"user-agent": "bench"}})  # fmt: skip
+        elif r < 0.6:
+            out.append({"authority": "reviews:9080", "path": "/reviews/1",
+                        "headers": {"x-user": "tester"}})  # fmt: skip
+        else:
+            out.append({"authority": "ratings:9080", "path": f"/ratings/{rng.randrange(100)}",
+                        "headers": {}})  # fmt: skip
+    return out
+
+
+def inbound_requests() -> list[dict[str, Any]]:
+    rng = random.Random(6)
+    out = []
+    for _ in range(REQUESTS):
+        sa = rng.choice(["reviews", "reviews", "reviews", "frontend"])
+        path = rng.choice(["/ratings/1", "/ratings/2", "/admin/x"])
+        out.append({"authority": "ratings:9080", "path": path, "method": "GET",
+                    "principal": SPIFFE + sa, "headers": {}})  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def frontend() -> DataPlane:
+    return offline(FRONTEND)
+
+
+@pytest.fixture(scope="module")
+def ratings() -> DataPlane:
+    return offline(RATINGS)
+
+
+def test_decide_outbound(benchmark: Any, frontend: DataPlane) -> None:
+    reqs = outbound_requests()
+    decide = frontend.decide
+
+    def run() -> None:
+        for r in reqs:
+            decide(direction="outbound", method="GET", **r)
+
+    benchmark(run)
+    d = decide(direction="outbound", method="GET", authority="ratings:9080", path="/")
+    assert d.endpoint is not None
+
+
+def test_decide_outbound_peer_route_table_only(benchmark: Any, frontend: DataPlane) -> None:
+    reqs = outbound_requests()
+    cfg = frontend.config
+    tables = {port: cfg.routes[lst.route_config or ""].table for port, lst in cfg.outbound.items()}
+
+    def run() -> None:
+        for r in reqs:
+            tables[9080].route(r["authority"], r["path"], "GET", r["headers"], normalize_path=True)
+
+    benchmark(run)
+
+
+def test_decide_inbound(benchmark: Any, ratings: DataPlane) -> None:
+    reqs = inbound_requests()
+    decide = ratings.decide
+
+    def run() -> None:
+        for r in reqs:
+            decide(direction="inbound", port=9080, **r)
+
+    benchmark(run)
+    allowed = sum(decide(direction="inbound", port=9080, **r).allowed for r in reqs)
+    assert 0 < allowed < len(reqs)
+
+
+def test_decide_inbound_peer_rbac_chain_only(benchmark: Any, ratings: DataPlane) -> None:
+    reqs = inbound_requests()
+    authz = ratings.config.inbound[9080].authz
+    assert authz is not None
+
+    def run() -> None:
+        for r in reqs:
+            authz.evaluate(method=r["method"], path=r["path"], authority=r["authority"],
+                           headers=r["headers"], principal=r["principal"],
+                           uri_sans=[r["principal"]], tls=True, destination_port=9080)  # fmt: skip
+
+    benchmark(run)
+
+
+# --- the reference proxy's added latency ----------------------------------------------------
+
+MESH = """
+apiVersion: v1
+kind: Service
+metadata: {{name: ratings, namespace: default}}
+spec:
+  selector: {{app: ratings}}
+  ports: [{{name: http, port: {port}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: web-1, namespace: default}}
+spec: {{address: 127.0.91.1, labels: {{app: web}}, serviceAccount: web}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: ratings-1, namespace: default}}
+spec: {{address: 127.0.92.1, labels: {{app: ratings}}, serviceAccount: ratings}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: istio-system}}
+spec: {{mtls: {{mode: STRICT}}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: allow-web, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: ratings}}}}
+  action: ALLOW
+  rules: [{{from: [{{source: {{principals: ["cluster.local/ns/default/sa/web"]}}}}]}}]
+"""
+
+BACKEND = """
+import asyncio, sys
+BODY = b"HTTP/1.1 200 OK\\r\\ncontent-length: 2\\r\\n\\r\\nok"
+async def handle(r, w):
+    try:
+        while True:
+            await r.readuntil(b"\\r\\n\\r\\n")
+            w.write(BODY)
+            await w.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        w.close()
+async def main():
+    srv = await asyncio.start_server(lambda r, w: handle(r, w), sys.argv[1], int(sys.argv[2]))
+    print("ready", flush=True)
+    await srv.serve_forever()
+asyncio.run(main())
+"""
+
+SAMPLES = 2000
+WARMUP = 200
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def latencies(host: str, port: int, authority: str, n: int) -> list[float]:
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    out = []
+    try:
+        for i in range(n + WARMUP):
+            t0 = time.perf_counter()
+            conn.request("GET", f"/ratings/{i % 10}", headers={"Host": authority})
+            resp = conn.getresponse()
+            body = resp.read()
+            elapsed = time.perf_counter() - t0
+            assert resp.status == 200, (resp.status, body)
+            if i >= WARMUP:
+                out.append(elapsed * 1e6)
+    finally:
+        conn.close()
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=1000)[int(q * 10) - 1]
+
+
+class _Plane:
+    """The control plane (ADS over the config dir) and the CA, on a background loop."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.state: dict[str, Any] = asyncio.run_coroutine_threadsafe(
+            self._start(), self.loop
+        ).result(30)
+
+    async def _start(self) -> dict[str, Any]:
+        from meshcore.ca import CertificateAuthority
+        from meshcore.ca.service import BootstrapTokens, start_ca_server
+        from meshcore.cli.serve import generate
+        from meshcore.xds.controlplane import ControlPlane
+        from meshcore.xds.server import start_ads_server
+
+        plane = ControlPlane([self.config], generate)
+        assert plane.load()
+        server, _, port = await start_ads_server(plane.cache)
+        ca = CertificateAuthority.generate()
+        tokens = BootstrapTokens()
+        ca_server = await start_ca_server(ca, tokens)
+        # The plane must outlive this coroutine: its cache feeds the ADS server.
+        return {"server": server, "port": port, "ca": ca, "tokens": tokens,
+                "ca_server": ca_server, "plane": plane}  # fmt: skip
+
+    def stop(self) -> None:
+        async def stop() -> None:
+            await self.state["server"].stop(None)
+            await self.state["ca_server"].stop()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def _proxy(
+    plane: _Plane, tmp: Path, name: str, ip: str, sa: str, extra: list[str]
+) -> subprocess.Popen[str]:
+    bundle = tmp / "roots.pem"
+    bundle.write_text(plane.state["ca"].trust_bundle_pem())
+    token = plane.state["tokens"].issue(SPIFFE + sa)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meshcore.cli", "proxy", "--xds", f"127.0.0.1:{plane.state['port']}",
+         "--node-id", f"sidecar~{ip}~{name}.default~default.svc.cluster.local",
+         "--ca", f"127.0.0.1:{plane.state['ca_server'].port}",
+         "--ca-mtls", f"127.0.0.1:{plane.state['ca_server'].mtls_port}",
+         "--trust-bundle", str(bundle), "--token", token, "--service-account", sa, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("meshcore proxy:"), line
+    return proc
+
+
+@pytest.fixture
+def proxied(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    port = free_port("127.0.92.1")
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "mesh.yaml").write_text(MESH.format(port=port))
+    backend = subprocess.Popen([sys.executable, "-c", BACKEND, "127.0.92.11", str(port)],
+                               stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert backend.stdout is not None
+    assert backend.stdout.readline().strip() == "ready"
+    plane = _Plane(config)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        outbound = free_port("127.0.91.1")
+        metrics = free_port("127.0.0.1")
+        procs.append(_proxy(plane, tmp_path, "ratings-1", "127.0.92.1", "ratings",
+                            ["--no-outbound", "--app-address", "127.0.92.11", "--metrics", ""]))  # fmt: skip
+        procs.append(_proxy(plane, tmp_path, "web-1", "127.0.91.1", "web",
+                            ["--no-inbound", "--outbound", f"127.0.91.1:{outbound}",
+                             "--metrics", f"127.0.0.1:{metrics}"]))  # fmt: skip
+        yield {"port": port, "outbound": outbound, "metrics": metrics}
+    finally:
+        for p in [*procs, backend]:
+            p.terminate()
+            p.wait(10)
+            if p.stdout is not None:
+                p.stdout.close()
+        plane.stop()
+
+
+def test_proxy_added_latency(proxied: dict[str, Any]) -> None:
+    port = proxied["port"]
+    authority = f"ratings:{port}"
+    # Interleave the two in blocks so that load changes on the shared machine hit both alike.
+    direct: list[float] = []
+    via: list[float] = []
+    for _ in range(4):
+        direct += latencies("127.0.92.11", port, authority, SAMPLES // 4)
+        via += latencies("127.0.91.1", proxied["outbound"], authority, SAMPLES // 4)
+    text = scrape(f"http://127.0.0.1:{proxied['metrics']}/metrics")
+    decisions = float(_sample(text, "meshcore_proxy_decisions"))
+    spent = float(_sample(text, "meshcore_proxy_decision_seconds"))
+    rows = {
+        "direct": (pct(direct, 50), pct(direct, 99)),
+        "via two meshcore proxies (mTLS)": (pct(via, 50), pct(via, 99)),
+    }
+    added = (rows["via two meshcore proxies (mTLS)"][0] - rows["direct"][0],
+             rows["via two meshcore proxies (mTLS)"][1] - rows["direct"][1])  # fmt: skip
+    print()
+    for name, (p50, p99) in rows.items():
+        print(f"{name:34s} p50 {p50:8.1f} us   p99 {p99:8.1f} us")
+    print(f"{'added':34s} p50 {added[0]:8.1f} us   p99 {added[1]:8.1f} us")
+    print(f"decide() inside the outbound proxy: {spent / decisions * 1e6:.1f} us per call "
+          f"({decisions:.0f} calls)")  # fmt: skip
+
+
+def scrape(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return str(r.read().decode())
+
+
+def _sample(text: str, name: str) -> str:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return line.split()[1]
+    raise AssertionError(f"{name} not in /metrics")

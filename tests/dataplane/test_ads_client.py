@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -225,5 +226,50 @@ def test_control_plane_outage_keeps_deciding_then_reconnects(tmp_path: Path) -> 
             assert status.sent_version == ""  # nothing to send for CDS on the new stream
         finally:
             await dp.aclose()
+
+    run(tmp_path, body)
+
+
+def test_decisions_never_see_half_a_config(tmp_path: Path) -> None:
+    """Decisions on another thread while the config flips: the testers route and its cluster
+    always come from the same config (v2 before, v1 after the rename)."""
+
+    async def body(mesh: Mesh) -> None:
+        dp = await mesh.dataplane(FRONTEND, "frontend")
+        seen: Counter[tuple[str | None, str | None]] = Counter()
+        stop = threading.Event()
+
+        def hammer() -> None:
+            while not stop.is_set():
+                d = dp.decide(direction="outbound", authority="reviews:9080", path="/",
+                              headers={"x-user": "tester"})  # fmt: skip
+                seen[(d.route, d.cluster)] += 1
+
+        thread = threading.Thread(target=hammer)
+        thread.start()
+        try:
+            traffic = mesh.config_dir / "traffic.yaml"
+            original = traffic.read_text()
+            flipped = original.replace("name: testers", "name: testers-b").replace(
+                "route:\n    - destination: {host: reviews, subset: v2}",
+                "route:\n    - destination: {host: reviews, subset: v1}",
+            )
+            assert flipped.count("testers-b") == 1
+            assert flipped != original
+            for i in range(6):
+                traffic.write_text(flipped if i % 2 == 0 else original)
+                mesh.rebuild()
+                want = "testers-b" if i % 2 == 0 else "testers"
+                await eventually(
+                    lambda want=want: dp.decide(direction="outbound", authority="reviews:9080",
+                                                path="/", headers={"x-user": "tester"}).route
+                    == want,
+                    what=f"route {want}",
+                )  # fmt: skip
+        finally:
+            stop.set()
+            await asyncio.to_thread(thread.join)
+            await dp.aclose()
+        assert set(seen) == {("testers", REVIEWS_V2), ("testers-b", REVIEWS_V1)}, seen
 
     run(tmp_path, body)

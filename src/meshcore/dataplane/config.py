@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import types as pytypes
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -175,6 +175,14 @@ class CompiledRoutes:
     version: str
     table: RouteTable
     routes: Mapping[int, RouteInfo]  # by RouteMatch.route_index
+    raw: bytes = b""
+
+    def with_options(self, options: HttpOptions) -> CompiledRoutes:
+        """The same routes with the HCM's path options compiled into the table (so that a
+        decision passes no per-call options)."""
+        if options == HttpOptions():
+            return self
+        return replace(self, table=_table(self.raw, self.name, options))
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +217,8 @@ class CompiledConfig:
     routes: Mapping[str, CompiledRoutes]
     clusters: Mapping[str, ClusterConfig]
     endpoints: Mapping[str, tuple[Endpoint, ...]]  # by cluster name
+    # Each HTTP outbound listener's routes by port, compiled with its HCM options.
+    listener_routes: Mapping[int, CompiledRoutes] = field(default_factory=dict)
     generation: int = 0
     problems: tuple[str, ...] = field(default=())
 
@@ -301,13 +311,25 @@ def _hash_policies(
     return tuple(out)
 
 
-def compile_routes(name: str, version: str, data: bytes | Message) -> CompiledRoutes:
-    """A RouteConfiguration compiled into a RouteTable, with each route's action decoded."""
-    raw = data if isinstance(data, bytes) else data.SerializeToString()
+def _table(raw: bytes, name: str, options: HttpOptions | None = None) -> RouteTable:
+    o = options or HttpOptions()
     try:
-        table = RouteTable.from_proto(raw)
+        return RouteTable.from_proto(
+            raw,
+            normalize_path=o.normalize_path,
+            merge_slashes=o.merge_slashes,
+            path_with_escaped_slashes_action=o.path_with_escaped_slashes_action or None,
+        )
     except ConfigError as exc:
         raise _rename(exc, types.ROUTE, name) from None
+
+
+def compile_routes(
+    name: str, version: str, data: bytes | Message, options: HttpOptions | None = None
+) -> CompiledRoutes:
+    """A RouteConfiguration compiled into a RouteTable, with each route's action decoded."""
+    raw = data if isinstance(data, bytes) else data.SerializeToString()
+    table = _table(raw, name, options)
     msg = _parse(route_pb2.RouteConfiguration, raw, types.ROUTE, name)
     infos: dict[int, RouteInfo] = {}
     flat = [
@@ -359,7 +381,7 @@ def compile_routes(name: str, version: str, data: bytes | Message) -> CompiledRo
             )  # fmt: skip
         else:
             infos[m.route_index] = RouteInfo(m.name, kind, None, (), 0, None, None, ())
-    return CompiledRoutes(name, version, table, _freeze(infos))
+    return CompiledRoutes(name, version, table, _freeze(infos), raw)
 
 
 # --- listeners ----------------------------------------------------------------------------------
@@ -411,7 +433,9 @@ def compile_listener(
             if hcm.HasField("rds"):
                 rds = hcm.rds.route_config_name
             elif hcm.HasField("route_config"):
-                inline = compile_routes(hcm.route_config.name, version, hcm.route_config)
+                inline = compile_routes(
+                    hcm.route_config.name, version, hcm.route_config, _hcm_options(hcm)
+                )
             else:
                 raise _error(
                     types.LISTENER,
@@ -582,6 +606,7 @@ class Compiler:
 
     def __init__(self) -> None:
         self._cache: dict[tuple[str, str, str], Any] = {}
+        self._variants: dict[tuple[str, str, str, HttpOptions], CompiledRoutes] = {}
         self._generation = 0
 
     def _one(self, type_url: str, name: str, version: str, data: bytes) -> Any:
@@ -631,6 +656,22 @@ class Compiler:
             for c in clusters.values()
             if c.eds_name is not None and c.eds_name in by_eds
         }
+        routes: dict[str, CompiledRoutes] = built[types.ROUTE]
+        listener_routes: dict[int, CompiledRoutes] = {}
+        for port, lst in outbound.items():
+            if lst.inline_routes is not None:  # compiled with the listener's options already
+                listener_routes[port] = lst.inline_routes
+                continue
+            found = routes.get(lst.route_config or "")
+            if found is None:
+                continue
+            variant_key = (types.ROUTE, found.name, found.version, lst.options)
+            variant = self._variants.get(variant_key)
+            if variant is None:
+                variant = self._variants[variant_key] = found.with_options(lst.options)
+            listener_routes[port] = variant
+        for stale in [k for k in self._variants if (types.ROUTE, k[1], k[2]) not in live]:
+            del self._variants[stale]
         self._generation += 1
         return CompiledConfig(
             versions=_freeze(
@@ -641,6 +682,7 @@ class Compiler:
             routes=_freeze(built[types.ROUTE]),
             clusters=_freeze(clusters),
             endpoints=_freeze(endpoints),
+            listener_routes=_freeze(listener_routes),
             generation=self._generation,
         )
 

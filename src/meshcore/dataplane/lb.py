@@ -45,6 +45,8 @@ class _ClusterState:
     # Hash tables by the endpoint set they were built for.
     ring: tuple[tuple[Endpoint, ...], list[int], list[Endpoint]] | None = None
     maglev: tuple[tuple[Endpoint, ...], list[Endpoint]] | None = None
+    uniform: tuple[Sequence[Endpoint], bool] | None = None
+    ejected_until: float = 0.0  # the latest end of any ejection in this cluster
 
 
 def _ring(endpoints: Sequence[Endpoint], size: int) -> tuple[list[int], list[Endpoint]]:
@@ -108,9 +110,9 @@ class LoadBalancer:
     def _healthy(
         self, cluster: ClusterConfig, st: _ClusterState, endpoints: Sequence[Endpoint]
     ) -> Sequence[Endpoint]:
-        if cluster.outlier is None or not st.hosts:
-            return endpoints
         now = self.clock()
+        if now >= st.ejected_until:  # nobody is ejected right now: the common case
+            return endpoints
         healthy = [
             e for e in endpoints if (h := st.hosts.get(str(e))) is None or h.ejected_until <= now
         ]
@@ -126,44 +128,56 @@ class LoadBalancer:
         hash_key: int | None = None,
     ) -> Endpoint | None:
         """An endpoint of ``cluster``; ``hash_key`` (from the route's hash policy) for ring
-        hash and Maglev (without one they pick at random, as Envoy does)."""
+        hash and Maglev (without one they pick at random, as Envoy does).
+
+        No lock on this path: the GIL keeps each step whole, and a rare lost round-robin
+        increment between threads only repeats a host (Envoy's workers balance separately too);
+        hash tables are built aside and then published by one assignment."""
         if not endpoints:
             return None
-        with self._lock:
-            st = self._state(cluster.name)
-            hosts = self._healthy(cluster, st, endpoints)
-            policy = cluster.lb_policy
-            if policy in ("RING_HASH", "MAGLEV") and hash_key is None:
-                policy = "RANDOM"
-            if len(hosts) == 1:
-                return hosts[0]
-            if policy == "ROUND_ROBIN":
-                return self._round_robin(st, hosts)
-            if policy == "LEAST_REQUEST":
-                return self._least_request(st, hosts)
-            if policy == "RANDOM":
-                return self._weighted_random(hosts)
-            assert hash_key is not None
-            key = tuple(hosts)
-            if policy == "RING_HASH":
-                if st.ring is None or st.ring[0] != key:
-                    hashes, owners = _ring(hosts, cluster.ring_size)
-                    st.ring = (key, hashes, owners)
-                _, hashes, owners = st.ring
-                i = bisect.bisect_left(hashes, hash_key)
-                return owners[i % len(owners)]
-            if st.maglev is None or st.maglev[0] != key:
-                st.maglev = (key, _maglev(hosts, cluster.maglev_table_size))
-            table = st.maglev[1]
-            return table[hash_key % len(table)]
+        st = self._clusters.get(cluster.name)
+        if st is None:
+            with self._lock:
+                st = self._state(cluster.name)
+        hosts = endpoints if cluster.outlier is None else self._healthy(cluster, st, endpoints)
+        if len(hosts) == 1:
+            return hosts[0]
+        policy = cluster.lb_policy
+        if policy == "ROUND_ROBIN":
+            return self._round_robin(st, hosts)
+        if policy == "LEAST_REQUEST":
+            return self._least_request(st, hosts)
+        if policy == "RANDOM" or hash_key is None:
+            return self._weighted_random(st, hosts)
+        if policy == "RING_HASH":
+            ring = st.ring
+            if ring is None or (ring[0] is not hosts and ring[0] != tuple(hosts)):
+                hashes, owners = _ring(hosts, cluster.ring_size)
+                ring = st.ring = (tuple(hosts), hashes, owners)
+            _, hashes, owners = ring
+            i = bisect.bisect_left(hashes, hash_key)
+            return owners[i % len(owners)]
+        maglev = st.maglev
+        if maglev is None or (maglev[0] is not hosts and maglev[0] != tuple(hosts)):
+            maglev = st.maglev = (tuple(hosts), _maglev(hosts, cluster.maglev_table_size))
+        table = maglev[1]
+        return table[hash_key % len(table)]
+
+    def _uniform(self, st: _ClusterState, hosts: Sequence[Endpoint]) -> bool:
+        """Whether every host has the same weight (remembered per endpoint set)."""
+        known = st.uniform
+        if known is not None and known[0] is hosts:
+            return known[1]
+        same = all(e.weight == hosts[0].weight for e in hosts)
+        st.uniform = (hosts, same)
+        return same
 
     def _round_robin(self, st: _ClusterState, hosts: Sequence[Endpoint]) -> Endpoint:
-        if all(e.weight == hosts[0].weight for e in hosts):
-            st.rr += 1
+        st.rr += 1
+        if self._uniform(st, hosts):
             return hosts[st.rr % len(hosts)]
         # Weighted: a smooth interleaving by position in the cumulative weights.
         total = sum(e.weight for e in hosts)
-        st.rr += 1
         target = st.rr % total
         acc = 0
         for e in hosts:
@@ -183,8 +197,8 @@ class LoadBalancer:
             return ea if ea.weight / (aa + 1) >= eb.weight / (ab + 1) else eb
         return ea if aa <= ab else eb
 
-    def _weighted_random(self, hosts: Sequence[Endpoint]) -> Endpoint:
-        if all(e.weight == hosts[0].weight for e in hosts):
+    def _weighted_random(self, st: _ClusterState, hosts: Sequence[Endpoint]) -> Endpoint:
+        if self._uniform(st, hosts):
             return hosts[self._random.randrange(len(hosts))]
         return self._random.choices(hosts, weights=[e.weight for e in hosts])[0]
 
@@ -255,6 +269,7 @@ class LoadBalancer:
         h.ejections += 1
         h.ejected_until = now + min(od.base_ejection_time * h.ejections, max(
             od.max_ejection_time, od.base_ejection_time))  # fmt: skip
+        st.ejected_until = max(st.ejected_until, h.ejected_until)
         h.consecutive_5xx = h.consecutive_gateway = 0
         return True
 

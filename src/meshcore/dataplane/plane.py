@@ -111,6 +111,7 @@ class DataPlane:
         self.trust_domain = trust_domain
         self.lb = lb or LoadBalancer()
         self._random = random.Random()
+        self._ports: dict[str, int] = {}  # authority -> port, remembered
         self._stop: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -317,26 +318,21 @@ class DataPlane:
         source_ip: str | None,
     ) -> Decision:
         if port is None:
-            port = _split_authority(authority)[1] or 80
-        lst = cfg.outbound.get(port)
+            port = self._ports.get(authority)
+            if port is None:
+                port = _split_authority(authority)[1] or 80
+                if len(self._ports) < 4096:
+                    self._ports[authority] = port
         gen = cfg.generation
-        if lst is None:
-            return Decision("outbound", True, status=404, response_flags="NR", generation=gen)
-        if lst.tcp_cluster is not None:
-            return self._to_cluster(cfg, "outbound", None, lst.tcp_cluster, None, None, (),
-                                    headers, path, source_ip)  # fmt: skip
-        routes: CompiledRoutes | None = lst.inline_routes or cfg.routes.get(lst.route_config or "")
+        # The listener's routes, compiled with its HCM options (normalize_path, ...).
+        routes: CompiledRoutes | None = cfg.listener_routes.get(port)
         if routes is None:
+            lst = cfg.outbound.get(port)
+            if lst is not None and lst.tcp_cluster is not None:
+                return self._to_cluster(cfg, "outbound", None, lst.tcp_cluster, None, None, (),
+                                        headers, path, source_ip)  # fmt: skip
             return Decision("outbound", True, status=404, response_flags="NR", generation=gen)
-        opts = lst.options
-        if opts.normalize_path or opts.merge_slashes or opts.path_with_escaped_slashes_action:
-            m = routes.table.route(
-                authority, path, method, headers,
-                normalize_path=opts.normalize_path, merge_slashes=opts.merge_slashes,
-                path_with_escaped_slashes_action=opts.path_with_escaped_slashes_action or None,
-            )  # fmt: skip
-        else:
-            m = routes.table.route(authority, path, method, headers)
+        m = routes.table.route(authority, path, method, headers)
         if m is None:
             return Decision("outbound", True, status=404, response_flags="NR", generation=gen)
         info: RouteInfo = routes.routes[m.route_index]
@@ -389,14 +385,13 @@ class DataPlane:
             return Decision(direction, allowed, route=route, cluster=cluster_name, status=503,
                             response_flags="UH", timeout=timeout, retry_policy=retry,
                             policy_id=policy_id, generation=cfg.generation)  # fmt: skip
-        tls = cluster.tls is not None and (ep.tls or not cluster.tls.auto)
+        up = cluster.tls
+        tls = up is not None and (ep.tls or not up.auto)
+        # Positional: keyword arguments to a 16-field dataclass cost as much as the route match.
         return Decision(
-            direction, allowed, route=route, cluster=cluster_name, endpoint=ep, timeout=timeout,
-            retry_policy=retry, policy_id=policy_id, tls=tls,
-            sni=cluster.tls.sni if tls and cluster.tls is not None else "",
-            host_rewrite=info.host_rewrite if info is not None else "",
-            hash_key=key,
-            generation=cfg.generation,
+            direction, allowed, route, cluster_name, ep, timeout, retry, policy_id, None, "-",
+            b"", tls, up.sni if tls and up is not None else "",
+            info.host_rewrite if info is not None else "", key, cfg.generation,
         )  # fmt: skip
 
     def _inbound(

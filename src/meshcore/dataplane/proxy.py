@@ -188,9 +188,10 @@ class _Upstream:
         headers = [("host", host), *[(k, v) for k, v in request.headers if k != "host"]]
         headers.append(("content-length", str(len(request.body))))
         data = self.conn.send(h11.Request(method=request.method, target=request.target,
-                                          headers=headers))  # fmt: skip
-        data += self.conn.send(h11.Data(data=request.body)) if request.body else b""
-        data += self.conn.send(h11.EndOfMessage())
+                                          headers=headers)) or b""  # fmt: skip
+        if request.body:
+            data += self.conn.send(h11.Data(data=request.body)) or b""
+        data += self.conn.send(h11.EndOfMessage()) or b""
         self.writer.write(data)
         await self.writer.drain()
         event = await _read_event(self.conn, self.reader)
@@ -357,10 +358,11 @@ class ReferenceProxy:
                     response = await self.inbound(request, inbound_port, source_ip,
                                                   principal, tls)  # fmt: skip
                 out = [*response.headers, ("content-length", str(len(response.body)))]
-                writer.write(conn.send(h11.Response(status_code=response.status, headers=out)))
+                # One write (one send, one TLS record) per response.
+                data = conn.send(h11.Response(status_code=response.status, headers=out)) or b""
                 if response.body:
-                    writer.write(conn.send(h11.Data(data=response.body)))
-                writer.write(conn.send(h11.EndOfMessage()))
+                    data += conn.send(h11.Data(data=response.body)) or b""
+                writer.write(data + (conn.send(h11.EndOfMessage()) or b""))
                 await writer.drain()
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     return

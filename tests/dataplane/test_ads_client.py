@@ -12,6 +12,7 @@ from pathlib import Path
 
 from envoy.config.route.v3 import route_pb2
 
+from meshcore.cli.serve import generate
 from meshcore.dataplane import DataPlane
 from meshcore.xds import types
 from tests.dataplane.conftest import (
@@ -271,5 +272,33 @@ def test_decisions_never_see_half_a_config(tmp_path: Path) -> None:
             await asyncio.to_thread(thread.join)
             await dp.aclose()
         assert set(seen) == {("testers", REVIEWS_V2), ("testers-b", REVIEWS_V1)}, seen
+
+    run(tmp_path, body)
+
+
+def test_missing_route_configuration_ends_warming_with_no_route(tmp_path: Path) -> None:
+    """The server reports a route configuration the listener names as missing: the client
+    stops waiting for it (a cluster or listener without its parts is still a config), and
+    requests get Envoy's 404 NR."""
+
+    async def body(mesh: Mesh) -> None:
+        generated = generate(mesh.plane.mesh, node_info(FRONTEND))  # type: ignore[arg-type]
+        assert generated is not None
+        without_routes = {t: r for t, r in generated.items() if t != types.ROUTE}
+        mesh.plane.cache.set(FRONTEND, mesh.plane.cache.snapshot(without_routes))
+        dp = await mesh.dataplane(FRONTEND, "frontend", timeout=10)
+        try:
+            assert dp.ads.answered[types.ROUTE] >= {"9080", "8080"}
+            d = dp.decide(direction="outbound", authority="reviews:9080", path="/")
+            assert (d.status, d.response_flags) == (404, "NR")
+            # The routes arrive later: decisions follow.
+            mesh.plane.cache.set(FRONTEND, mesh.plane.cache.snapshot(generated))
+            await eventually(
+                lambda: dp.decide(direction="outbound", authority="reviews:9080",
+                                  path="/").cluster in (REVIEWS_V1, REVIEWS_V2),
+                what="routes",
+            )  # fmt: skip
+        finally:
+            await dp.aclose()
 
     run(tmp_path, body)

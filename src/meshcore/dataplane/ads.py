@@ -63,6 +63,8 @@ class AdsClient:
         }
         self.subscribed: dict[str, set[str]] = {types.ENDPOINT: set(), types.ROUTE: set()}
         self.received: set[str] = set()  # types that got at least one response
+        # Names the server answered for (sent, or reported missing): warming ends on these.
+        self.answered: dict[str, set[str]] = {types.ENDPOINT: set(), types.ROUTE: set()}
         self.acks = 0
         self.nacks: list[tuple[str, str]] = []  # (type URL, error message)
         self.connects = 0
@@ -86,6 +88,9 @@ class AdsClient:
                 detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
                 if self.connected or self.connects == 0:
                     log.warning("ADS stream to %s ended: %s", self.address, detail)
+                self.connected = False
+            except Exception:  # a bug of ours must not end the stream for good: log, reconnect
+                log.exception("ADS client error; reconnecting")
                 self.connected = False
             if stop.is_set():
                 break
@@ -180,6 +185,10 @@ class AdsClient:
             # A type we never asked for: refuse it (NACK), as Envoy does with unknown types.
             outgoing.put_nowait(self._nack(type_url, response.nonce, "unexpected type"))
             return
+        answered = self.answered.get(type_url)
+        if answered is not None:
+            answered.update(r.name for r in response.resources)
+            answered.update(response.removed_resources)
         held = dict(self.resources[type_url])
         for r in response.resources:
             held[r.name] = (r.version, r.resource.value)
@@ -236,11 +245,10 @@ class AdsClient:
             )
 
     def _complete(self, config: CompiledConfig) -> bool:
-        """Every wildcard type answered, and every name referenced is held (or was answered)."""
+        """Every wildcard type answered, and every name referenced answered (sent, or reported
+        missing by the server: a cluster without endpoints is still a config)."""
         if not {types.CLUSTER, types.LISTENER} <= self.received:
             return False
-        eds = config.eds_names()
-        rds = config.rds_names()
-        return (not eds or types.ENDPOINT in self.received) and (
-            not rds or (rds <= set(self.resources[types.ROUTE]))
+        return config.eds_names() <= self.answered[types.ENDPOINT] and (
+            config.rds_names() <= self.answered[types.ROUTE]
         )

@@ -106,6 +106,12 @@ def test_inbound_rbac_layers_and_fail_closed(tmp_path: Path) -> None:
             assert not admin.allowed
             assert admin.status == 403
             assert admin.policy_id == "ns[default]-policy[ratings-deny-admin]-rule[0]"  # type: ignore[attr-defined]
+            # The listener normalises the path first (Envoy's normalize_path): no way around.
+            sneaky = inbound("/ratings/../admin/x", spiffe("reviews"))
+            assert not sneaky.allowed  # type: ignore[attr-defined]
+            assert sneaky.policy_id == "ns[default]-policy[ratings-deny-admin]-rule[0]"  # type: ignore[attr-defined]
+            assert inbound("/ratings/./1", spiffe("reviews")).path == "/ratings/1"  # type: ignore[attr-defined]
+            assert inbound("/ratings/1#x", spiffe("reviews")).status == 400  # type: ignore[attr-defined]
             # ALLOW policies select the workload: anything they do not match is denied.
             assert not inbound("/ratings/1", spiffe("frontend")).allowed  # type: ignore[attr-defined]
             assert not inbound("/ratings/1", spiffe("reviews"), "POST").allowed  # type: ignore[attr-defined]

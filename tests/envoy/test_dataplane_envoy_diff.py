@@ -167,6 +167,12 @@ INBOUND: list[tuple[str, str, dict[str, str]]] = [
     ("DELETE", "/thing", {}),
     ("DELETE", "/private/thing", {}),
     ("GET", "/", {}),
+    # What the RBAC filter sees is the normalised path (normalize_path on the inbound HCM).
+    ("GET", "/api/../admin", {}),
+    ("GET", "/api/%2e%2e/admin/x", {}),
+    ("GET", "/api/x/./y", {}),
+    ("GET", "/%61pi/x", {}),
+    ("DELETE", "/x/../private/thing", {}),
 ]
 NAMES = {"127.0.81.1": "v1", "127.0.82.1": "v2", "127.0.83.1": "v3", "127.0.84.1": "ratings"}
 

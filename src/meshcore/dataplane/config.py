@@ -205,6 +205,16 @@ class InboundListener:
     authz: AuthzChain | None  # None: neither HTTP nor TCP proxy (nothing is let through)
     mtls_mode: str  # STRICT, PERMISSIVE or DISABLE, read from the filter chains
     options: HttpOptions
+    # The HCM's path normalisation, as the core does it for routing: the RBAC filters see the
+    # normalised path (checking the raw one would let /api/../admin past a DENY on /admin).
+    normalizer: RouteTable | None = None
+
+    def normalized_path(self, path: str) -> str | None:
+        """The path the filters and the app see; None when Envoy answers 400 instead."""
+        if self.normalizer is None:
+            return path if "#" not in path else None
+        out = self.normalizer.explain("_", path).get("path")
+        return out if isinstance(out, str) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,7 +485,20 @@ def compile_listener(
             authz = AuthzChain.from_filters(chain.filters)
         except ConfigError as exc:
             raise _rename(exc, types.LISTENER, name, "filter_chains[0].filters.") from None
-    return InboundListener(name, sa.address, sa.port_value, cluster_name, authz, mode, options)
+    return InboundListener(
+        name, sa.address, sa.port_value, cluster_name, authz, mode, options, _normalizer(options)
+    )
+
+
+def _normalizer(options: HttpOptions) -> RouteTable | None:
+    if options == HttpOptions():
+        return None
+    rc = route_pb2.RouteConfiguration(name="normalize")
+    vh = rc.virtual_hosts.add(name="all", domains=["*"])
+    r = vh.routes.add(name="all")
+    r.match.prefix = "/"
+    r.direct_response.status = 200
+    return _table(rc.SerializeToString(), "normalize", options)
 
 
 # --- clusters and endpoints --------------------------------------------------------------------

@@ -58,6 +58,8 @@ class Decision:
     RBAC, a direct response's or redirect's code; otherwise the request goes to ``endpoint`` of
     ``cluster``, within ``timeout`` seconds (None: no limit), retried per ``retry_policy``.
     ``tls`` is the upstream's TLS (SNI, expected SPIFFE ids) when mTLS applies to the endpoint.
+    Inbound, ``path`` is the path as the listener normalised it (what RBAC decided on, and
+    what the app must get).
     """
 
     direction: str
@@ -76,6 +78,7 @@ class Decision:
     host_rewrite: str = ""
     hash_key: int | None = None
     generation: int = 0
+    path: str | None = None  # inbound: the normalised path RBAC saw (forward this one)
 
 
 def _split_authority(authority: str) -> tuple[str, int | None]:
@@ -420,6 +423,10 @@ class DataPlane:
             return Decision("inbound", False, status=403, generation=gen)  # plaintext on STRICT
         if lst.authz is None:
             return Decision("inbound", False, status=403, generation=gen)
+        seen = lst.normalized_path(path)
+        if seen is None:  # the connection manager rejects it before any filter
+            return Decision("inbound", False, status=400, generation=gen)
+        path = seen
         request: dict[str, Any] = {
             "method": method, "path": path, "authority": authority, "headers": headers,
             "destination_port": lst.port, "destination_ip": lst.address, "tls": tls,
@@ -436,8 +443,10 @@ class DataPlane:
         if lst.cluster is None:
             return Decision("inbound", True, policy_id=authz.policy_id, status=503,
                             response_flags="NC", generation=gen)  # fmt: skip
-        return self._to_cluster(cfg, "inbound", None, lst.cluster, None, None, (), headers,
-                                path, source_ip, True, authz.policy_id)  # fmt: skip
+        d = self._to_cluster(cfg, "inbound", None, lst.cluster, None, None, (), headers,
+                             path, source_ip, True, authz.policy_id)  # fmt: skip
+        d.path = path
+        return d
 
     def repick(self, decision: Decision) -> Decision | None:
         """The same decision with another endpoint of its cluster, for a retry (the route and

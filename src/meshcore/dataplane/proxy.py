@@ -490,6 +490,7 @@ class ReferenceProxy:
     def _local(self, d: Decision) -> Response:
         status = d.status or 500
         body = d.body or {
+            400: b"Bad Request",
             404: b"",
             403: b"RBAC: access denied",
             503: b"no healthy upstream",
@@ -514,6 +515,8 @@ class ReferenceProxy:
         self.metrics.decided(time.perf_counter() - started)
         peer_workload = (request.header(PEER_HEADER) or "") if tls else ""
         if d.allowed and d.status is None:
+            if d.path is not None and d.path != request.target:
+                request = replace(request, target=d.path)  # what RBAC decided on
             response, d, attempts, _ = await self._forward(request, d, source_ip)
         else:
             response, attempts = self._local(d), 0

@@ -11,6 +11,7 @@ reference, so a decision never sees half a config.
 
 from __future__ import annotations
 
+import re
 import types as pytypes
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -33,6 +34,9 @@ from meshcore.security.authz import AuthzChain
 from meshcore.xds import types
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
+# A path without these is already normalised (no percent-escapes, backslashes, dot segments,
+# fragments, or bytes the URL canonicaliser escapes): the common case skips the core.
+_PLAIN = re.compile(r'[^\x21-\x7e]|[%\\#"<>^`{|}]|/\.')
 TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
 TLS_SOCKET = "envoy.transport_sockets.tls"
 TLS_MODE_KEY = "envoy.transport_socket_match"
@@ -213,6 +217,8 @@ class InboundListener:
         """The path the filters and the app see; None when Envoy answers 400 instead."""
         if self.normalizer is None:
             return path if "#" not in path else None
+        if _PLAIN.search(path) is None and not (self.options.merge_slashes and "//" in path):
+            return path  # nothing normalisation would change: no escapes, dots or odd bytes
         out = self.normalizer.explain("_", path).get("path")
         return out if isinstance(out, str) else None
 

@@ -18,6 +18,7 @@ Results and machine notes: BENCHMARKS.md, section "Data plane".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import os
 import random
@@ -168,6 +169,13 @@ spec:
   selector: {{app: ratings}}
   ports: [{{name: http, port: {port}}}]
 ---
+apiVersion: v1
+kind: Service
+metadata: {{name: ratings-e, namespace: default}}
+spec:
+  selector: {{app: ratings-e}}
+  ports: [{{name: http, port: {port}}}]
+---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: web-1, namespace: default}}
@@ -175,22 +183,36 @@ spec: {{address: 127.0.91.1, labels: {{app: web}}, serviceAccount: web}}
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
+metadata: {{name: web-e, namespace: default}}
+spec: {{address: 127.0.91.2, labels: {{app: web}}, serviceAccount: web}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
 metadata: {{name: ratings-1, namespace: default}}
-spec: {{address: 127.0.92.1, labels: {{app: ratings}}, serviceAccount: ratings}}
+spec: {{address: 127.0.92.1, labels: {{app: ratings, tier: backend}}, serviceAccount: ratings}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: ratings-e-1, namespace: default}}
+spec: {{address: 127.0.93.1, labels: {{app: ratings-e, tier: backend}}, serviceAccount: ratings}}
 ---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata: {{name: default, namespace: istio-system}}
-spec: {{mtls: {{mode: STRICT}}}}
+spec: {{mtls: {{mode: {mode}}}}}
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: allow-web, namespace: default}}
 spec:
-  selector: {{matchLabels: {{app: ratings}}}}
+  selector: {{matchLabels: {{tier: backend}}}}
   action: ALLOW
-  rules: [{{from: [{{source: {{principals: ["cluster.local/ns/default/sa/web"]}}}}]}}]
+  rules: [{rule}]
 """
+RULES = {
+    "STRICT": '{from: [{source: {principals: ["cluster.local/ns/default/sa/web"]}}]}',
+    "DISABLE": "{to: [{operation: {methods: [GET], paths: [/ratings/*]}}]}",
+}
 
 BACKEND = """
 import asyncio, sys
@@ -280,6 +302,7 @@ class _Plane:
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        self.loop.close()
 
 
 def _proxy(
@@ -303,12 +326,16 @@ def _proxy(
     return proc
 
 
-@pytest.fixture
-def proxied(tmp_path: Path) -> Iterator[dict[str, Any]]:
+@pytest.fixture(params=["STRICT", "DISABLE"])
+def proxied(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """The backend; two meshcore proxies (the caller's outbound, the callee's inbound); with
+    mTLS off, also two Envoy sidecars on the same ADS server (Envoy has no certificates here:
+    the SDS agent is not part of this benchmark)."""
+    mode = request.param
     port = free_port("127.0.92.1")
     config = tmp_path / "config"
     config.mkdir()
-    (config / "mesh.yaml").write_text(MESH.format(port=port))
+    (config / "mesh.yaml").write_text(MESH.format(port=port, mode=mode, rule=RULES[mode]))
     backend = subprocess.Popen([sys.executable, "-c", BACKEND, "127.0.92.11", str(port)],
                                stdout=subprocess.PIPE, text=True)  # fmt: skip
     assert backend.stdout is not None
@@ -316,14 +343,32 @@ def proxied(tmp_path: Path) -> Iterator[dict[str, Any]]:
     plane = _Plane(config)
     procs: list[subprocess.Popen[str]] = []
     try:
-        outbound = free_port("127.0.91.1")
-        metrics = free_port("127.0.0.1")
-        procs.append(_proxy(plane, tmp_path, "ratings-1", "127.0.92.1", "ratings",
-                            ["--no-outbound", "--app-address", "127.0.92.11", "--metrics", ""]))  # fmt: skip
-        procs.append(_proxy(plane, tmp_path, "web-1", "127.0.91.1", "web",
-                            ["--no-inbound", "--outbound", f"127.0.91.1:{outbound}",
-                             "--metrics", f"127.0.0.1:{metrics}"]))  # fmt: skip
-        yield {"port": port, "outbound": outbound, "metrics": metrics}
+        with contextlib.ExitStack() as stack:
+            outbound = free_port("127.0.91.1")
+            metrics = free_port("127.0.0.1")
+            procs.append(_proxy(plane, tmp_path, "ratings-1", "127.0.92.1", "ratings",
+                                ["--no-outbound", "--app-address", "127.0.92.11", "--metrics", ""]))  # fmt: skip
+            procs.append(_proxy(plane, tmp_path, "web-1", "127.0.91.1", "web",
+                                ["--no-inbound", "--outbound", f"127.0.91.1:{outbound}",
+                                 "--metrics", f"127.0.0.1:{metrics}"]))  # fmt: skip
+            envoy = mode == "DISABLE"
+            if envoy:
+                sys.path.insert(0, str(ROOT / "tests" / "envoy"))
+                from _sidecar import running_envoy
+
+                from meshcore.dataplane.bootstrap import ads_bootstrap
+
+                xds = plane.state["port"]
+                for name, ip, meta in (
+                    ("ratings-e-1", "127.0.93.1", {"MESHCORE_APP_ADDRESS": "127.0.92.11"}),
+                    ("web-e", "127.0.91.2", {"MESHCORE_OUTBOUND_ADDRESS": "127.0.91.3"}),
+                ):
+                    node = f"sidecar~{ip}~{name}.default~default.svc.cluster.local"
+                    boot = ads_bootstrap(node, "127.0.0.1", xds, admin_port=free_port("127.0.0.1"),
+                                         delta=True, metadata=meta)  # fmt: skip
+                    stack.enter_context(running_envoy(boot, tmp_path, name))
+            yield {"port": port, "outbound": outbound, "metrics": metrics, "mode": mode,
+                   "envoy": envoy}  # fmt: skip
     finally:
         for p in [*procs, backend]:
             p.terminate()
@@ -335,26 +380,28 @@ def proxied(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 def test_proxy_added_latency(proxied: dict[str, Any]) -> None:
     port = proxied["port"]
-    authority = f"ratings:{port}"
-    # Interleave the two in blocks so that load changes on the shared machine hit both alike.
-    direct: list[float] = []
-    via: list[float] = []
+    tls = "mTLS" if proxied["mode"] == "STRICT" else "plaintext"
+    paths = {
+        "direct to the backend": ("127.0.92.11", port, f"ratings:{port}"),
+        f"via two meshcore proxies ({tls})": ("127.0.91.1", proxied["outbound"], f"ratings:{port}"),
+    }
+    if proxied["envoy"]:
+        paths[f"via two Envoy 1.40 sidecars ({tls})"] = ("127.0.91.3", port, f"ratings-e:{port}")
+    # Interleave in blocks so that load changes on the shared machine hit every path alike.
+    samples: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(4):
-        direct += latencies("127.0.92.11", port, authority, SAMPLES // 4)
-        via += latencies("127.0.91.1", proxied["outbound"], authority, SAMPLES // 4)
+        for name, (host, p, authority) in paths.items():
+            samples[name] += latencies(host, p, authority, SAMPLES // 4)
     text = scrape(f"http://127.0.0.1:{proxied['metrics']}/metrics")
     decisions = float(_sample(text, "meshcore_proxy_decisions"))
     spent = float(_sample(text, "meshcore_proxy_decision_seconds"))
-    rows = {
-        "direct": (pct(direct, 50), pct(direct, 99)),
-        "via two meshcore proxies (mTLS)": (pct(via, 50), pct(via, 99)),
-    }
-    added = (rows["via two meshcore proxies (mTLS)"][0] - rows["direct"][0],
-             rows["via two meshcore proxies (mTLS)"][1] - rows["direct"][1])  # fmt: skip
+    base = samples["direct to the backend"]
     print()
-    for name, (p50, p99) in rows.items():
-        print(f"{name:34s} p50 {p50:8.1f} us   p99 {p99:8.1f} us")
-    print(f"{'added':34s} p50 {added[0]:8.1f} us   p99 {added[1]:8.1f} us")
+    for name, values in samples.items():
+        p50, p99 = pct(values, 50), pct(values, 99)
+        added = "" if values is base else (
+            f"   added p50 {p50 - pct(base, 50):8.1f} us  p99 {p99 - pct(base, 99):8.1f} us")  # fmt: skip
+        print(f"{name:42s} p50 {p50:8.1f} us  p99 {p99:8.1f} us{added}")
     print(f"decide() inside the outbound proxy: {spent / decisions * 1e6:.1f} us per call "
           f"({decisions:.0f} calls)")  # fmt: skip
 

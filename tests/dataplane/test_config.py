@@ -4,10 +4,17 @@ core's normalisation on any path; bad resources are refused naming the resource 
 from __future__ import annotations
 
 import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meshcore.dataplane import DataPlane
+from meshcore.dataplane.ads import AdsClient
 from meshcore.dataplane.config import (
     Compiler,
     HttpOptions,
@@ -52,3 +59,48 @@ def test_uncompilable_route_names_resource_and_field() -> None:
         Compiler().compile({types.ROUTE: {"9080": ("1", rc.SerializeToString()),
                                           "8080": ("1", b"\xff\xff")}})  # fmt: skip
     assert {p.name for p in err2.value.errors()} == {"9080", "8080"}
+
+
+def test_prefix_and_host_rewrites_reach_the_decision() -> None:
+    rc = route_pb2.RouteConfiguration(name="80")
+    vh = rc.virtual_hosts.add(name="v", domains=["*"])
+    for match, rewrite in (("/api/", "/v2/"), ("/exact", "/other")):
+        r = vh.routes.add(name=match)
+        if match.endswith("/"):
+            r.match.prefix = match
+        else:
+            r.match.path = match
+        r.route.cluster = "static"
+        r.route.prefix_rewrite = rewrite
+        r.route.host_rewrite_literal = "backend.internal"
+    plain = vh.routes.add(name="plain")
+    plain.match.safe_regex.regex = "/re/.*"
+    plain.route.cluster = "static"
+    hcm = hcm_pb2.HttpConnectionManager(stat_prefix="x")
+    hcm.rds.route_config_name = "80"
+    hcm.rds.config_source.ads.SetInParent()
+    lst = listener_pb2.Listener(name="out_80")
+    lst.address.socket_address.address = "127.0.0.1"
+    lst.address.socket_address.port_value = 80
+    f = lst.filter_chains.add().filters.add(name="envoy.filters.network.http_connection_manager")
+    f.typed_config.Pack(hcm)
+    c = cluster_pb2.Cluster(name="static", type=cluster_pb2.Cluster.STATIC)
+    ep = c.load_assignment.endpoints.add().lb_endpoints.add().endpoint
+    ep.address.socket_address.address = "127.0.0.9"
+    ep.address.socket_address.port_value = 8080
+    ads = AdsClient("127.0.0.1:1", "sidecar~127.0.0.1~a.ns~ns.svc.cluster.local")
+    ads.config = Compiler().compile(
+        {
+            types.ROUTE: {"80": ("1", rc.SerializeToString())},
+            types.LISTENER: {"out_80": ("1", lst.SerializeToString())},
+            types.CLUSTER: {"static": ("1", c.SerializeToString())},
+        }
+    )
+    dp = DataPlane(ads)
+    d = dp.decide(direction="outbound", authority="svc", path="/api/items?x=1")
+    assert (d.path, d.host_rewrite, str(d.endpoint)) == (
+        "/v2/items?x=1", "backend.internal", "127.0.0.9:8080")  # fmt: skip
+    assert dp.decide(direction="outbound", authority="svc", path="/exact").path == "/other"
+    assert dp.decide(direction="outbound", authority="svc", path="/re/x").path is None
+    # The route table answers for the authority's port: no port means 80.
+    assert dp.decide(direction="outbound", authority="svc:81", path="/api/").status == 404

@@ -162,6 +162,9 @@ class RouteInfo:
     direct_body: bytes = b""
     prefix_rewrite: str = ""
     host_rewrite: str = ""
+    # What prefix_rewrite replaces: the route's prefix (or whole path) match; None otherwise
+    # (Envoy applies prefix_rewrite to prefix and path matches only).
+    rewrite_from: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +330,15 @@ def _hash_policies(
     return tuple(out)
 
 
+def _rewrite_from(route: Any) -> str | None:
+    which = route.match.WhichOneof("path_specifier")
+    if which == "prefix":
+        return str(route.match.prefix)
+    if which == "path":
+        return str(route.match.path)
+    return None
+
+
 def _table(raw: bytes, name: str, options: HttpOptions | None = None) -> RouteTable:
     o = options or HttpOptions()
     try:
@@ -387,6 +399,7 @@ def compile_routes(
                 hash_policies=_hash_policies(ra, path, name),
                 prefix_rewrite=ra.prefix_rewrite,
                 host_rewrite=ra.host_rewrite_literal,
+                rewrite_from=_rewrite_from(route) if ra.prefix_rewrite else None,
             )
         elif kind == "direct_response":
             body = action.get("body")
@@ -714,11 +727,6 @@ class Compiler:
             listener_routes=_freeze(listener_routes),
             generation=self._generation,
         )
-
-
-def names_referenced(config: CompiledConfig) -> tuple[set[str], set[str]]:
-    """(EDS names, RDS names) the config refers to: what the ADS client subscribes to."""
-    return config.eds_names(), config.rds_names()
 
 
 def describe(problems: Iterable[ConfigProblem]) -> str:

@@ -58,8 +58,8 @@ class Decision:
     RBAC, a direct response's or redirect's code; otherwise the request goes to ``endpoint`` of
     ``cluster``, within ``timeout`` seconds (None: no limit), retried per ``retry_policy``.
     ``tls`` is the upstream's TLS (SNI, expected SPIFFE ids) when mTLS applies to the endpoint.
-    Inbound, ``path`` is the path as the listener normalised it (what RBAC decided on, and
-    what the app must get).
+    ``path``, when set, is the path to forward: inbound, as the listener normalised it (what
+    RBAC decided on); outbound, with the route's ``prefix_rewrite`` applied.
     """
 
     direction: str
@@ -78,7 +78,9 @@ class Decision:
     host_rewrite: str = ""
     hash_key: int | None = None
     generation: int = 0
-    path: str | None = None  # inbound: the normalised path RBAC saw (forward this one)
+    # The path to forward when it is not the request's: inbound, the normalised path RBAC saw;
+    # outbound, the route's prefix_rewrite applied.
+    path: str | None = None
 
 
 def _split_authority(authority: str) -> tuple[str, int | None]:
@@ -357,8 +359,11 @@ class DataPlane:
         if cluster is None:
             return Decision("outbound", True, route=info.name, status=503, response_flags="NC",
                             generation=gen)  # fmt: skip
-        return self._to_cluster(cfg, "outbound", info, cluster, info.timeout, info.retry_policy,
-                                info.hash_policies, headers, path, source_ip)  # fmt: skip
+        d = self._to_cluster(cfg, "outbound", info, cluster, info.timeout, info.retry_policy,
+                             info.hash_policies, headers, path, source_ip)  # fmt: skip
+        if info.rewrite_from is not None and path.startswith(info.rewrite_from):
+            d.path = info.prefix_rewrite + path[len(info.rewrite_from) :]
+        return d
 
     def _to_cluster(
         self,

@@ -470,7 +470,7 @@ class ReferenceProxy:
         cluster: ClusterConfig | None = self.dp.config.clusters.get(d.cluster or "")
         connect_timeout = cluster.connect_timeout if cluster is not None else 5.0
         up = await self._pool.get(d.endpoint, ctx, d.sni, connect_timeout)
-        target = request.target
+        target = d.path or request.target  # the route's prefix_rewrite, if any
         host = d.host_rewrite or request.header("host") or str(d.endpoint)
         headers = [(k, v) for k, v in _end_to_end(request.headers) if k != PEER_HEADER]
         if ctx is not None:

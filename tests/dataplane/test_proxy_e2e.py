@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from meshcore.dataplane.proxy import ReferenceProxy
-from tests.dataplane.conftest import Mesh, node_id, running_mesh, spiffe
+from tests.dataplane.conftest import Mesh, eventually, node_id, running_mesh, spiffe
 
 MESH = """
 apiVersion: v1
@@ -236,6 +236,13 @@ async def run_e2e(mesh: Mesh, port: int, caplog: pytest.LogCaptureFixture) -> No
         assert 'response_code="403"' in dst[1]
         counts = Counter(h.split("/")[1] for h in ok_hits)
         assert counts == {"ratings": 12, "more": 6}, counts
+        # The control plane goes away mid-traffic: the proxies keep their config and serve.
+        await mesh.stop_ads()
+        await eventually(lambda: not web_dp.ads.connected, what="the ADS stream to drop")
+        for i in range(3):
+            got = await asyncio.to_thread(get, f"{web_url}/after/{i}", host)
+            assert got == (200, "ratings-2")
+        assert (await asyncio.to_thread(get, f"{web_url}/admin/x", host))[0] == 403
     finally:
         for p in proxies:
             await p.stop()

@@ -6,7 +6,8 @@ It shows how to embed the data plane in a proxy of one's own:
   ``decide`` picks the route, cluster and endpoint; the request goes to the endpoint over mTLS
   with the SVID when the cluster says so (verifying the server's SPIFFE id), within the
   route's timeout, retried per its retry policy on another pick; results feed outlier detection;
-- inbound (one server per inbound listener of the config, at its address): mTLS with the SVID
+- inbound (one server per inbound listener of the config, at its address, following config
+  changes): mTLS with the SVID
   (STRICT and PERMISSIVE listeners take TLS; DISABLE ones plaintext), the listener's RBAC on the
   peer's SPIFFE id (403 on deny, the policy id in the access log), then the local app;
 - Istio's standard metrics (``istio_requests_total``, ``istio_request_duration_milliseconds``
@@ -43,6 +44,7 @@ log = logging.getLogger("meshcore.proxy")
 access_log = logging.getLogger("meshcore.proxy.access")
 
 MAX_BODY = 16 * 1024 * 1024
+INBOUND_RECHECK_S = 0.2  # how often the inbound listeners are compared with the config
 RETRY_BASE_S = 0.025  # Envoy's default base retry interval
 PEER_HEADER = "x-meshcore-peer-workload"  # "name.namespace" of the calling workload (over mTLS)
 # Istio's request-duration buckets (ms).
@@ -278,6 +280,9 @@ class ReferenceProxy:
         self._random = random.Random()
         self.outbound_port: int | None = None
         self.inbound_ports: dict[int, int] = {}  # listener port -> bound port
+        self._inbound: dict[int, tuple[tuple[str, str], asyncio.Server]] = {}
+        self._inbound_generation = -1
+        self._watcher: asyncio.Future[None] | None = None
         self.metrics_port: int | None = None
 
     @property
@@ -291,33 +296,68 @@ class ReferenceProxy:
             self.outbound_port = srv.sockets[0].getsockname()[1]
             self._servers.append(srv)
         if self.serve_inbound:
-            for lst in self.dp.config.inbound.values():
-                await self._bind_inbound(lst)
+            await self._reconcile_inbound()
+            self._watcher = asyncio.ensure_future(self._watch_inbound())
         if self.metrics_address is not None:
             host, port = self.metrics_address
             srv = await asyncio.start_server(self._metrics_conn, host, port)
             self.metrics_port = srv.sockets[0].getsockname()[1]
             self._servers.append(srv)
 
+    async def _watch_inbound(self) -> None:
+        """Follows the config: inbound listeners that appear are bound, those that go away (or
+        change address or mTLS mode) are closed; connections already open finish normally."""
+        while True:
+            await asyncio.sleep(INBOUND_RECHECK_S)
+            try:
+                await self._reconcile_inbound()
+            except OSError as exc:  # e.g. the address is taken: keep serving the others
+                log.error("cannot bind an inbound listener: %s", exc)
+
+    async def _reconcile_inbound(self) -> None:
+        cfg = self.dp.config
+        if cfg.generation == self._inbound_generation:
+            return
+        wanted = {lst.port: lst for lst in cfg.inbound.values()}
+        for port, (key, srv) in list(self._inbound.items()):
+            lst = wanted.get(port)
+            if lst is None or (lst.address, lst.mtls_mode) != key:
+                srv.close()
+                del self._inbound[port]
+                self.inbound_ports.pop(port, None)
+                log.info("inbound listener on port %d closed", port)
+        for port, lst in wanted.items():
+            if port not in self._inbound:
+                await self._bind_inbound(lst)
+        self._inbound_generation = cfg.generation
+
     async def _bind_inbound(self, lst: InboundListener) -> None:
         tls = lst.mtls_mode != "DISABLE"
         ctx = self.dp.server_ssl_context() if tls else None
+        port = lst.port
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await self._serve(reader, writer, inbound_port=lst.port)
+            await self._serve(reader, writer, inbound_port=port)
 
-        srv = await asyncio.start_server(handle, lst.address, lst.port, ssl=ctx)
-        self.inbound_ports[lst.port] = srv.sockets[0].getsockname()[1]
-        self._servers.append(srv)
-        log.info("inbound %s on %s:%d (%s)", lst.name, lst.address, lst.port, lst.mtls_mode)
+        srv = await asyncio.start_server(handle, lst.address, port, ssl=ctx)
+        self.inbound_ports[port] = srv.sockets[0].getsockname()[1]
+        self._inbound[port] = ((lst.address, lst.mtls_mode), srv)
+        log.info("inbound %s on %s:%d (%s)", lst.name, lst.address, port, lst.mtls_mode)
 
     async def stop(self) -> None:
-        for srv in self._servers:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        servers = [*self._servers, *(srv for _, srv in self._inbound.values())]
+        for srv in servers:
             srv.close()
-        for srv in self._servers:
+        for srv in servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(srv.wait_closed(), 2)
         self._servers.clear()
+        self._inbound.clear()
         self._pool.close()
 
     # --- downstream connections --------------------------------------------------------------

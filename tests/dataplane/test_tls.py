@@ -119,3 +119,16 @@ def test_no_certificate_no_context() -> None:
         dp.client_ssl_context(RATINGS)
     with pytest.raises(DataPlaneError, match="ca_address"):
         dp.server_ssl_context()
+
+
+def test_connect_names_what_did_not_come() -> None:
+    from tests.dataplane.test_proxy_e2e import free_port
+
+    nowhere = f"127.0.0.1:{free_port()}"
+    with pytest.raises(DataPlaneError) as err:
+        DataPlane.connect(nowhere, node_id=FRONTEND, timeout=0.5)
+    assert str(err.value) == f"no complete config from the ADS server at {nowhere} within 0.5s"
+    with pytest.raises(DataPlaneError, match="needs trust_bundle"):
+        DataPlane.connect(nowhere, node_id=FRONTEND, ca_address=nowhere)
+    with pytest.raises(DataPlaneError, match="4 parts"):
+        DataPlane.connect(nowhere, node_id="not-a-node-id")

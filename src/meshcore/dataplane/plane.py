@@ -232,10 +232,10 @@ class DataPlane:
             await self.aclose()
             missing = []
             if not self.ads.synced.is_set():
-                missing.append(f"a complete config from {self.ads.address}")
+                missing.append(f"no complete config from the ADS server at {self.ads.address}")
             if self.certs is not None and self.certs.current is None:
-                missing.append(f"a certificate from {self.certs.address}")
-            raise DataPlaneError(f"no {' and '.join(missing)} within {timeout}s") from None
+                missing.append(f"no certificate from the CA at {self.certs.address}")
+            raise DataPlaneError(f"{' and '.join(missing)} within {timeout}s") from None
 
     async def _ready(self) -> None:
         await self.ads.synced.wait()

@@ -104,9 +104,11 @@ class Backend(http.server.BaseHTTPRequestHandler):
     name = ""
     flaky = False
     hits: list[str]
+    headers_seen: list[dict[str, str]]
 
     def do_GET(self) -> None:
         self.hits.append(self.path)
+        self.headers_seen.append({k.lower(): v for k, v in self.headers.items()})
         status = 503 if self.flaky else 200
         body = self.name.encode()
         self.send_response(status)
@@ -122,7 +124,8 @@ def backend(
     address: str, port: int, name: str, flaky: bool
 ) -> tuple[http.server.HTTPServer, list[str]]:
     hits: list[str] = []
-    handler = type(f"B{name}", (Backend,), {"name": name, "flaky": flaky, "hits": hits})
+    handler = type(f"B{name}", (Backend,),
+                   {"name": name, "flaky": flaky, "hits": hits, "headers_seen": []})  # fmt: skip
     server = http.server.ThreadingHTTPServer((address, port), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, hits
@@ -181,6 +184,15 @@ async def run_e2e(mesh: Mesh, port: int, caplog: pytest.LogCaptureFixture) -> No
         results = [await asyncio.to_thread(get, f"{web_url}/ratings/{i}", host) for i in range(12)]
         assert results == [(200, "ratings-2")] * 12, results
         assert bad_hits, "round robin never tried the flaky endpoint"
+        # Envoy's request headers: one x-request-id per request (the same on every attempt),
+        # the attempt number (the caller's workload name, sent over mTLS, stops at the proxy).
+        ok_headers = ok_server.RequestHandlerClass.headers_seen  # type: ignore[attr-defined]
+        bad_headers = bad_server.RequestHandlerClass.headers_seen  # type: ignore[attr-defined]
+        assert all("x-request-id" in h for h in ok_headers + bad_headers)
+        assert {h["x-envoy-attempt-count"] for h in ok_headers} == {"1", "2"}
+        assert not any("x-meshcore-peer-workload" in h for h in ok_headers)  # not for the app
+        retried = {h["x-request-id"] for h in ok_headers if h["x-envoy-attempt-count"] == "2"}
+        assert retried <= {h["x-request-id"] for h in bad_headers}
         # Outlier detection: two 5xx in a row ejected ratings-1 (30 s); it gets no more traffic.
         assert web_dp.lb.ejected(f"outbound|{port}||ratings.default.svc.cluster.local") == [
             f"127.0.72.1:{port}"

@@ -25,6 +25,7 @@ import random
 import ssl
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -46,6 +47,8 @@ access_log = logging.getLogger("meshcore.proxy.access")
 MAX_BODY = 16 * 1024 * 1024
 INBOUND_RECHECK_S = 0.2  # how often the inbound listeners are compared with the config
 RETRY_BASE_S = 0.025  # Envoy's default base retry interval
+ATTEMPTS = "x-envoy-attempt-count"
+REQUEST_ID = "x-request-id"
 PEER_HEADER = "x-meshcore-peer-workload"  # "name.namespace" of the calling workload (over mTLS)
 # Istio's request-duration buckets (ms).
 DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
@@ -387,10 +390,13 @@ class ReferenceProxy:
                 if not isinstance(event, h11.Request):
                     return
                 body = await _read_body(conn, reader)
+                headers = _headers(event.headers)
+                if not any(k == REQUEST_ID for k, _ in headers):
+                    # Envoy's generate_request_id: one id follows the request through the mesh.
+                    headers.append((REQUEST_ID, str(uuid.uuid4())))
                 request = Request(
-                    event.method.decode(), event.target.decode("latin-1"),
-                    _headers(event.headers), body,
-                )  # fmt: skip
+                    event.method.decode(), event.target.decode("latin-1"), headers, body
+                )
                 if inbound_port is None:
                     response = await self.outbound(request, source_ip)
                 else:
@@ -473,7 +479,7 @@ class ReferenceProxy:
             peer: str | None = None
             self.dp.started(d)
             try:
-                response, peer = await asyncio.wait_for(self._attempt(request, d), budget)
+                response, peer = await asyncio.wait_for(self._attempt(request, d, attempts), budget)
                 status = response.status
                 last = response
             except (UpstreamError, TimeoutError, ConnectionError, OSError, ssl.SSLError,
@@ -504,7 +510,9 @@ class ReferenceProxy:
                 return last, d, attempts, peer
             d = again
 
-    async def _attempt(self, request: Request, d: Decision) -> tuple[Response, str | None]:
+    async def _attempt(
+        self, request: Request, d: Decision, attempt: int = 1
+    ) -> tuple[Response, str | None]:
         assert d.endpoint is not None
         ctx = self.dp.client_ssl_context(d.cluster) if d.tls else None
         cluster: ClusterConfig | None = self.dp.config.clusters.get(d.cluster or "")
@@ -512,9 +520,14 @@ class ReferenceProxy:
         up = await self._pool.get(d.endpoint, ctx, d.sni, connect_timeout)
         target = d.path or request.target  # the route's prefix_rewrite, if any
         host = d.host_rewrite or request.header("host") or str(d.endpoint)
-        headers = [(k, v) for k, v in _end_to_end(request.headers) if k != PEER_HEADER]
+        outbound = d.direction == "outbound"
+        # Ours to set outbound; the peer header stops at the callee's proxy (not for the app).
+        ours = (PEER_HEADER, ATTEMPTS) if outbound else (PEER_HEADER,)
+        headers = [(k, v) for k, v in _end_to_end(request.headers) if k not in ours]
         if ctx is not None:
             headers.append((PEER_HEADER, f"{self.workload}.{self.namespace}"))
+        if outbound:
+            headers.append((ATTEMPTS, str(attempt)))  # as Envoy's include_attempt_count_in_request
         try:
             response = await up.exchange(Request(request.method, target, headers, request.body),
                                          host)  # fmt: skip
@@ -604,12 +617,13 @@ class ReferenceProxy:
     ) -> None:
         # Envoy's default access log format, plus the RBAC policy id and the retry count.
         access_log.info(
-            '[%s] "%s %s HTTP/1.1" %d %s %d %d %.0f "%s" "%s" %s %s %s attempts=%d policy=%s '
-            "peer=%s",
+            '[%s] "%s %s HTTP/1.1" %d %s %d %d %.0f "%s" "%s" "%s" %s %s %s attempts=%d '
+            "policy=%s peer=%s",
             time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
             request.method, request.target, response.status, d.response_flags,
             len(request.body), len(response.body), millis,
-            request.header("user-agent") or "-", request.header("host") or "-",
+            request.header("user-agent") or "-", request.header(REQUEST_ID) or "-",
+            request.header("host") or "-",
             direction, d.endpoint or "-", d.cluster or "-", attempts, d.policy_id or "-",
             principal or "-",
         )  # fmt: skip

@@ -36,7 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from meshcore.dataplane.config import ClusterConfig, Endpoint, InboundListener
-from meshcore.dataplane.plane import DataPlane, Decision
+from meshcore.dataplane.plane import DataPlane, DataPlaneError, Decision
 from meshcore.dataplane.tls import uri_sans
 from meshcore.observability.metrics import _Histogram
 from meshcore.xds.translate import parse_node_id
@@ -415,6 +415,9 @@ class ReferenceProxy:
                 conn.start_next_cycle()
         except (h11.ProtocolError, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             return
+        except Exception:  # a bug of ours: this connection ends, the proxy goes on
+            log.exception("error serving a connection from %s", peer)
+            return
         finally:
             writer.close()
             with contextlib.suppress(Exception):
@@ -483,7 +486,7 @@ class ReferenceProxy:
                 status = response.status
                 last = response
             except (UpstreamError, TimeoutError, ConnectionError, OSError, ssl.SSLError,
-                    h11.ProtocolError) as exc:  # fmt: skip
+                    h11.ProtocolError, DataPlaneError) as exc:  # fmt: skip
                 timed_out = isinstance(exc, TimeoutError)
                 log.debug("attempt %d to %s failed: %s", attempts, d.endpoint, exc)
                 flags = "UT" if timed_out else "UF"

@@ -120,6 +120,24 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--workdir", metavar="DIR", help="keep logs and bootstraps here (default: a temporary dir)"
     )
+    x = sub.add_parser(
+        "proxy", help="run the reference proxy (meshcore.dataplane) for one workload"
+    )
+    x.add_argument("--xds", default="127.0.0.1:15010", metavar="HOST:PORT", help="ADS server")
+    x.add_argument("--node-id", required=True, help="TYPE~IP~NAME.NAMESPACE~NAMESPACE.svc.DOMAIN")
+    x.add_argument("--ca", metavar="HOST:PORT", help="meshcore's CA (bootstrap-token port)")
+    x.add_argument("--ca-mtls", metavar="HOST:PORT", help="the CA's mTLS port (renewals)")
+    x.add_argument("--trust-bundle", metavar="FILE", help="the mesh's root certificates (PEM)")
+    x.add_argument(
+        "--token", help="bootstrap token for the first certificate (or $MESHCORE_BOOTSTRAP_TOKEN)"
+    )
+    x.add_argument("--service-account", default=None)
+    x.add_argument("--outbound", default="127.0.0.1:15001", metavar="HOST:PORT")
+    x.add_argument("--no-outbound", action="store_true")
+    x.add_argument("--no-inbound", action="store_true", help="do not serve inbound listeners")
+    x.add_argument("--metrics", default="127.0.0.1:15020", metavar="HOST:PORT")
+    x.add_argument("--app-address", help="where the app listens (inbound clusters' address)")
+    x.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
 
     w = sub.add_parser("webhook", help="serve the validating admission webhook over HTTPS")
     w.add_argument("--cert", required=True, help="PEM certificate (chain) file")
@@ -270,6 +288,40 @@ def _agent(args: argparse.Namespace) -> int:
     return asyncio.run(run_agent(args))
 
 
+def _proxy(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+
+    from meshcore.dataplane.plane import DataPlaneError
+    from meshcore.dataplane.proxy import run_proxy
+
+    bundle = None
+    if args.trust_bundle:
+        if not Path(args.trust_bundle).is_file():
+            print(f"meshcore proxy: no such file: {args.trust_bundle}", file=sys.stderr)
+            return EXIT_USAGE
+        bundle = Path(args.trust_bundle).read_text()
+    metadata: dict[str, object] = {}
+    if args.app_address:
+        metadata["MESHCORE_APP_ADDRESS"] = args.app_address
+    labels = dict(item.partition("=")[::2] for item in args.label)
+    if labels:
+        metadata["LABELS"] = labels
+    try:
+        return asyncio.run(
+            run_proxy(
+                xds=args.xds, node_id=args.node_id, ca=args.ca, ca_mtls=args.ca_mtls,
+                trust_bundle=bundle, token=args.token or os.environ.get("MESHCORE_BOOTSTRAP_TOKEN"),
+                service_account=args.service_account,
+                outbound=None if args.no_outbound else args.outbound,
+                inbound=not args.no_inbound, metrics=args.metrics or None, metadata=metadata,
+            )
+        )  # fmt: skip
+    except (DataPlaneError, ValueError, OSError) as exc:
+        print(f"meshcore proxy: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
 def _proxy_status(args: argparse.Namespace) -> int:
     from meshcore.cli.serve import proxy_status
 
@@ -284,6 +336,7 @@ COMMANDS = {
     "agent": _agent,
     "proxy-status": _proxy_status,
     "demo": _demo,
+    "proxy": _proxy,
 }
 
 

@@ -98,3 +98,22 @@ def _all_synced(dm: DemoMesh, timeout: float = 20.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def test_demo_mesh_on_the_reference_proxy(tmp_path: Path) -> None:
+    """``meshcore demo --proxy reference``: the same tour with meshcore's own proxy as the
+    sidecars (DataPlane decisions from the Rust core), checked the same way."""
+
+    async def scenario() -> None:
+        dm = DemoMesh(workdir=tmp_path, proxy="reference")
+        await dm.start()
+        try:
+            report = DemoReport()
+            await tour(dm, report, requests=300)
+            failed = [f"{c.name}: {c.detail}" for c in report.checks if not c.passed]
+            assert not failed, failed
+            assert report.facts["denials"] == {DENY_ADMIN: 5, "none": 5}
+        finally:
+            await dm.stop()
+
+    asyncio.run(scenario())

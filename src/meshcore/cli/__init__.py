@@ -118,6 +118,12 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--config", metavar="DIR", help="mesh config (default: the examples/ mesh)")
     m.add_argument("--serve", action="store_true", help="keep running after the tour")
     m.add_argument(
+        "--proxy",
+        choices=("envoy", "reference"),
+        default="envoy",
+        help="the sidecars: real Envoy through meshcore's agent, or meshcore's reference proxy",
+    )
+    m.add_argument(
         "--workdir", metavar="DIR", help="keep logs and bootstraps here (default: a temporary dir)"
     )
     x = sub.add_parser(
@@ -277,7 +283,7 @@ def _demo(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir) if args.workdir else None
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(run_demo(serve=args.serve, config=config, workdir=workdir))
+    return asyncio.run(run_demo(serve=args.serve, config=config, workdir=workdir, proxy=args.proxy))
 
 
 def _agent(args: argparse.Namespace) -> int:

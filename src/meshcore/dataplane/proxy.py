@@ -287,6 +287,7 @@ class ReferenceProxy:
         self._inbound_generation = -1
         self._watcher: asyncio.Future[None] | None = None
         self.metrics_port: int | None = None
+        self._connections: set[asyncio.StreamWriter] = set()  # downstream, open now
 
     @property
     def principal(self) -> str:
@@ -361,6 +362,13 @@ class ReferenceProxy:
                 await asyncio.wait_for(srv.wait_closed(), 2)
         self._servers.clear()
         self._inbound.clear()
+        # Kept-alive downstream connections end too: their handlers see EOF and return.
+        for writer in list(self._connections):
+            writer.close()
+        for _ in range(100):
+            if not self._connections:
+                break
+            await asyncio.sleep(0.01)
         self._pool.close()
 
     # --- downstream connections --------------------------------------------------------------
@@ -378,6 +386,7 @@ class ReferenceProxy:
         inbound_port: int | None,
     ) -> None:
         conn = h11.Connection(h11.SERVER)
+        self._connections.add(writer)
         peer = writer.get_extra_info("peername")
         source_ip = peer[0] if peer else None
         peer_uris = uri_sans(writer.get_extra_info("peercert"))
@@ -419,6 +428,7 @@ class ReferenceProxy:
             log.exception("error serving a connection from %s", peer)
             return
         finally:
+            self._connections.discard(writer)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -629,6 +639,12 @@ class ReferenceProxy:
             request.header("host") or "-",
             direction, d.endpoint or "-", d.cluster or "-", attempts, d.policy_id or "-",
             principal or "-",
+            # The same, structured, for handlers that count rather than print (the demo).
+            extra={"access": {
+                "workload": self.workload, "direction": direction, "status": response.status,
+                "cluster": d.cluster, "endpoint": d.endpoint, "attempts": attempts,
+                "policy_id": d.policy_id, "allowed": d.allowed, "peer": principal,
+            }},
         )  # fmt: skip
         if direction == "inbound" and not d.allowed:
             log.info("denied %s %s from %s: policy %s", request.method, request.target,

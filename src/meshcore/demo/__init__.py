@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from meshcore.config import MeshModel, validate
-from meshcore.demo.apps import App, ZipkinCollector
+from meshcore.demo.apps import CALLED_PORT, App, ZipkinCollector
 from meshcore.xds.translate import APP_ADDRESS_KEY, OUTBOUND_ADDRESS_KEY
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -46,6 +47,7 @@ FRONTEND_PATH = "/productpage"
 CANARY_FILE = "traffic.yaml"
 FLAKY_INSTANCE = "ratings-2"
 FLAKY_RATIO = 0.3
+PROXIES = ("envoy", "reference")
 RBAC_DENIED = re.compile(r"rbac_access_denied_matched_policy\[(\S*?)\](?=[\"\s])")
 
 
@@ -199,7 +201,11 @@ class DemoMesh:
         progress: Progress | None = None,
         flaky: dict[str, float] | None = None,
         seed: int = 1,
+        proxy: str = "envoy",
     ) -> None:
+        if proxy not in PROXIES:
+            raise ValueError(f"proxy must be one of {', '.join(PROXIES)}, not {proxy!r}")
+        self.proxy_kind = proxy
         self._tmp = (
             None if workdir is not None else tempfile.TemporaryDirectory(prefix="meshcore-demo-")
         )
@@ -239,7 +245,8 @@ class DemoMesh:
             f"    zipkin: {{address: {self.zipkin.address}}}\n"
         )
         self.apps: dict[str, App] = {}
-        self.sidecars: dict[str, Sidecar] = {}
+        self.sidecars: dict[str, Sidecar | ReferenceSidecar] = {}
+        self.access = AccessRecords()  # the reference proxy's access records
 
     # -- lifecycle --
 
@@ -250,10 +257,17 @@ class DemoMesh:
                 self.start_app(w)
             self.progress(f"{len(self.apps)} apps up: " + ", ".join(
                 f"{w.name}@{w.app_address}:{w.port}" for w in self.workloads))  # fmt: skip
+            kind = Sidecar if self.proxy_kind == "envoy" else ReferenceSidecar
+            if kind is ReferenceSidecar:
+                access = logging.getLogger("meshcore.proxy.access")
+                access.addHandler(self.access)
+                access.setLevel(logging.INFO)  # counted here, not printed
+                access.propagate = False
             for w in self.workloads:
-                self.sidecars[w.name] = Sidecar(w, self)
+                self.sidecars[w.name] = kind(w, self)
             await asyncio.gather(*(s.start() for s in self.sidecars.values()))
-            self.progress(f"{len(self.sidecars)} Envoy sidecars ready (ADS from meshcore)")
+            self.progress(f"{len(self.sidecars)} sidecars ready ({kind.kind}; ADS and "
+                          "certificates from meshcore)")  # fmt: skip
             await asyncio.to_thread(self.wait_for_traffic)
             self.progress("traffic flows end to end: frontend → reviews → ratings")
         except BaseException:
@@ -262,6 +276,7 @@ class DemoMesh:
 
     async def stop(self) -> None:
         await asyncio.gather(*(s.stop() for s in self.sidecars.values()), return_exceptions=True)
+        logging.getLogger("meshcore.proxy.access").removeHandler(self.access)
         for app in self.apps.values():
             app.stop()
         self.apps.clear()
@@ -398,23 +413,6 @@ class DemoMesh:
         with urllib.request.urlopen(url, timeout=5) as r:
             return str(r.read().decode())
 
-    def envoy_stats(self, name: str, pattern: str = "") -> dict[str, int]:
-        """Counters and gauges of one sidecar's Envoy (admin /stats), filtered by a regex."""
-        sidecar = self.sidecars[name]
-        text = self._get(f"http://127.0.0.1:{sidecar.admin_port}/stats?filter={pattern}")
-        out = {}
-        for line in text.splitlines():
-            key, _, value = line.partition(": ")
-            if value.strip().lstrip("-").isdigit():
-                out[key] = int(value)
-        return out
-
-    def stat_sum(self, names: list[str], pattern: str) -> int:
-        rx = re.compile(pattern)
-        return sum(
-            v for n in names for k, v in self.envoy_stats(n, pattern).items() if rx.search(k)
-        )
-
     def control_plane_metrics(self) -> str:
         return self._get(f"http://127.0.0.1:{self.metrics_port}/metrics")
 
@@ -436,16 +434,13 @@ class DemoMesh:
             raise ValueError(f"{path}: the reviews canary weights were not found")
         path.write_text(new)
 
-    def rds_updates(self) -> dict[str, int]:
-        """Per sidecar: RouteConfiguration updates Envoy accepted so far (its own count)."""
-        return {
-            name: sum(
-                v
-                for k, v in self.envoy_stats(name, r"\.rds\..*update_success").items()
-                if k.endswith("update_success")
-            )
-            for name in self.sidecars
-        }
+    def config_updates(self) -> dict[str, int]:
+        """Per sidecar: config updates it has applied so far (its own count)."""
+        return {name: sc.config_updates() for name, sc in self.sidecars.items()}
+
+    def total(self, names: list[str], what: str, *args: str) -> int:
+        """The sum of one observation (a Sidecar method) over some sidecars."""
+        return sum(int(getattr(self.sidecars[n], what)(*args)) for n in names)
 
 
 # --- sidecars ------------------------------------------------------------------------------------
@@ -486,6 +481,43 @@ class Sidecar:
     async def restart_envoy(self) -> None:
         await self.agent.restart_envoy()
 
+    # -- what the sidecar saw (Envoy's own counters and access log) --
+
+    kind = "Envoy"
+
+    def stats(self, pattern: str = "") -> dict[str, int]:
+        """Counters and gauges of this Envoy (admin /stats), filtered by a regex."""
+        url = f"http://127.0.0.1:{self.admin_port}/stats?filter={urllib.parse.quote(pattern)}"
+        out = {}
+        for line in DemoMesh._get(url).splitlines():
+            key, _, value = line.partition(": ")
+            if value.strip().lstrip("-").isdigit():
+                out[key] = int(value)
+        return out
+
+    def _sum(self, pattern: str) -> int:
+        rx = re.compile(pattern)
+        return sum(v for k, v in self.stats(pattern).items() if rx.search(k))
+
+    def retries(self, service: str) -> int:
+        return self._sum(
+            rf"^cluster\.outbound\|\d+\|[^|]*\|{re.escape(service)}\..*\.upstream_rq_retry$"
+        )
+
+    def ejections(self, service: str) -> int:
+        return self._sum(
+            rf"^cluster\.outbound\|\d+\|[^|]*\|{re.escape(service)}\..*"
+            r"\.outlier_detection\.ejections_enforced_total$"
+        )
+
+    def tls_handshakes(self) -> int:
+        """TLS handshakes on its inbound listeners."""
+        return self._sum(r"^listener\.127\..*\.ssl\.handshake$")
+
+    def config_updates(self) -> int:
+        """RouteConfiguration updates Envoy accepted."""
+        return self._sum(r"\.rds\..*\.update_success$")
+
     def denials(self) -> list[str]:
         """The policy ids in this sidecar's access log entries for RBAC denials (Envoy writes
         ``rbac_access_denied_matched_policy[ID]`` into the response code details)."""
@@ -496,6 +528,93 @@ class Sidecar:
 
     async def stop(self) -> None:
         await self.agent.stop()
+
+
+class AccessRecords(logging.Handler):
+    """Collects the reference proxy's structured access records (logger
+    ``meshcore.proxy.access``), per workload."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: dict[str, list[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        access = getattr(record, "access", None)
+        if isinstance(access, dict):
+            with self._lock:
+                self.records.setdefault(str(access.get("workload")), []).append(access)
+
+    def of(self, workload: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.records.get(workload, ()))
+
+
+class ReferenceSidecar:
+    """meshcore's reference proxy (:mod:`meshcore.dataplane.proxy`) in front of one workload,
+    in this process: config over delta ADS, certificate from the CA, Envoy's decisions from
+    the Rust core."""
+
+    kind = "reference proxy"
+
+    def __init__(self, workload: Workload, mesh: DemoMesh) -> None:
+        self.workload = workload
+        self.mesh = mesh
+        self.proxy: Any = None
+        self.admin_port = 0  # no Envoy admin
+
+    async def start(self) -> None:
+        from meshcore.dataplane import DataPlane
+        from meshcore.dataplane.proxy import ReferenceProxy
+
+        w, mesh = self.workload, self.mesh
+        dp = await DataPlane.aconnect(
+            f"127.0.0.1:{mesh.xds_port}", node_id=w.node_id, bootstrap_token=mesh.tokens[w.name],
+            ca_address=f"127.0.0.1:{mesh.ca_port}", ca_mtls_address=f"127.0.0.1:{mesh.ca_mtls_port}",
+            trust_bundle=mesh.ca_root(), identity=w.identity, metadata=w.metadata,
+        )  # fmt: skip
+        # Apps call every service on OUTBOUND:9080 (the loopback layout), naming it in Host.
+        self.proxy = ReferenceProxy(dp, outbound=(w.outbound_address, CALLED_PORT))
+        await self.proxy.start()
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        return None  # start() returns once config and certificate are in
+
+    async def restart_envoy(self) -> None:
+        raise NotImplementedError("the reference proxy has no Envoy to restart")
+
+    async def stop(self) -> None:
+        if self.proxy is not None:
+            await self.proxy.stop()
+            await self.proxy.dp.aclose()
+            self.proxy = None
+
+    def _records(self, direction: str) -> list[dict[str, Any]]:
+        return [r for r in self.mesh.access.of(self.workload.name) if r["direction"] == direction]
+
+    def retries(self, service: str) -> int:
+        return sum(
+            max(0, int(r["attempts"]) - 1)
+            for r in self._records("outbound")
+            if f"|{service}." in str(r["cluster"])
+        )
+
+    def ejections(self, service: str) -> int:
+        return 0  # not counted by the reference proxy
+
+    def tls_handshakes(self) -> int:
+        """Inbound requests that came over mTLS with a verified SPIFFE peer."""
+        return sum(1 for r in self._records("inbound") if r.get("peer"))
+
+    def config_updates(self) -> int:
+        return int(self.proxy.dp.config.generation) if self.proxy is not None else 0
+
+    def denials(self) -> list[str]:
+        return [
+            str(r.get("policy_id") or "none")
+            for r in self._records("inbound")
+            if not r.get("allowed", True)
+        ]
 
 
 # --- the tour ------------------------------------------------------------------------------------
@@ -529,16 +648,14 @@ async def tour(dm: DemoMesh, report: DemoReport, requests: int = 400) -> None:
 
     # 3. Retries and outlier detection on the flaky ratings instance.
     injected = sum(dm.apps[n].stats.failures_injected for n in ratings if n in dm.apps)
-    retried = dm.stat_sum(reviews, r"cluster\.outbound\|9080\|\|ratings.*upstream_rq_retry$")
-    ejected = dm.stat_sum(
-        reviews, r"cluster\.outbound\|9080\|\|ratings.*outlier_detection\.ejections_enforced_total$"
-    )
+    retried = dm.total(reviews, "retries", "ratings")
+    ejected = dm.total(reviews, "ejections", "ratings")
     report.facts["flaky"] = {"injected_503": injected, "envoy_retries": retried,
                              "outlier_ejections": ejected}  # fmt: skip
     report.check("retries hide the flaky ratings instance", injected > 0 and retried > 0,
                  f"ratings answered 503 {injected} times; reviews' sidecars retried {retried} "
                  f"times and ejected an instance {ejected} times; callers saw no failure")  # fmt: skip
-    say(f"retries: {injected} injected 503s, {retried} Envoy retries, {ejected} ejections")
+    say(f"retries: {injected} injected 503s, {retried} retries, {ejected} ejections")
 
     # 4. Authorization: a denied path, and a caller that is not allowed.
     t = await asyncio.to_thread(dm.send, 5, "/probe/ratings-admin")
@@ -559,25 +676,22 @@ async def tour(dm: DemoMesh, report: DemoReport, requests: int = 400) -> None:
         f"policies: {dict(policies)}")  # fmt: skip
 
     # 5. mTLS between sidecars, and plaintext refused under STRICT.
-    handshakes = {
-        n: dm.stat_sum([n], r"^listener\.127\..*ssl\.handshake$") for n in reviews + ratings
-    }
+    handshakes = {n: dm.sidecars[n].tls_handshakes() for n in reviews + ratings}
     plaintext = _plaintext_refused(dm.workload(ratings[0]))
+    what = "handshakes" if dm.proxy_kind == "envoy" else "requests from verified peers"
     report.facts["mtls"] = {"inbound_tls_handshakes": handshakes, "plaintext_refused": plaintext}
     report.check("mTLS between sidecars", all(v > 0 for v in handshakes.values()) and plaintext,
-                 f"inbound TLS handshakes {handshakes}; plaintext to ratings "
+                 f"inbound mTLS ({what}) {handshakes}; plaintext to ratings "
                  f"{'refused' if plaintext else 'ACCEPTED'}")  # fmt: skip
-    say(
-        f"mTLS: inbound handshakes {handshakes}; plaintext {'refused' if plaintext else 'accepted'}"
-    )
+    say(f"mTLS: inbound {what} {handshakes}; plaintext {'refused' if plaintext else 'accepted'}")
 
     # 6. A live change: the canary goes to 50/50.
-    before = await asyncio.to_thread(dm.rds_updates)
+    before = await asyncio.to_thread(dm.config_updates)
     written = time.monotonic()
     dm.set_canary(50, 50)
     converged: dict[str, float] = {}
     while len(converged) < len(before) and time.monotonic() - written < 15:
-        now = await asyncio.to_thread(dm.rds_updates)
+        now = await asyncio.to_thread(dm.config_updates)
         for name, count in now.items():
             if count > before[name] and name not in converged:
                 converged[name] = (time.monotonic() - written) * 1000
@@ -596,6 +710,8 @@ async def tour(dm: DemoMesh, report: DemoReport, requests: int = 400) -> None:
     say(f"canary after the change: v1 {_pct(t.share('v1'))}, v2 {_pct(v2)}")
     report.facts["control_plane"] = _convergence_metric(dm.control_plane_metrics())
 
+    if dm.proxy_kind != "envoy":
+        return  # the reference proxy does not trace
     # 7. Tracing: Envoy's Zipkin tracer, configured by the control plane from MeshConfig.
     await asyncio.sleep(1.2)  # Envoy flushes spans every second
     traces = dm.zipkin.traces()
@@ -711,7 +827,7 @@ def print_report(report: DemoReport, out: TextIO) -> None:
         print(f"  {'PASS' if c.passed else 'FAIL'}  {c.name}: {c.detail}", file=out)
     denials = report.facts.get("denials", {})
     if denials:
-        print("  denials (from Envoy's access logs): "
+        print("  denials (policy ids from the sidecars' access logs): "
               + ", ".join(f"{pid} ×{n}" for pid, n in sorted(denials.items())), file=out)  # fmt: skip
     lat = report.facts.get("latency_ms", {})
     if lat:
@@ -729,6 +845,7 @@ async def run_demo(
     serve: bool = False,
     config: Path | None = None,
     workdir: Path | None = None,
+    proxy: str = "envoy",
     out: TextIO | None = None,
 ) -> int:
     """The scripted tour; 0 when every check passed. With ``serve`` it keeps running."""
@@ -737,7 +854,7 @@ async def run_demo(
     logging.getLogger("meshcore").setLevel(logging.WARNING)
     progress = Progress()
     progress("starting the demo mesh")
-    dm = DemoMesh(config, workdir, progress=progress)
+    dm = DemoMesh(config, workdir, progress=progress, proxy=proxy)
     report = DemoReport()
     await dm.start()
     try:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 UPSTREAM_TIMEOUT_S = 5.0
-# What an app passes on to the services it calls: the user (header routing) and the trace
+CALLED_PORT = 9080  # reviews and ratings, as apps call them through their sidecar# What an app passes on to the services it calls: the user (header routing) and the trace
 # context (Envoy's Zipkin tracer joins the spans of one request through these, as Istio asks of
 # applications).
 PROPAGATED = frozenset(
@@ -75,7 +75,7 @@ class _Upstream:
                 with self._lock:
                     self._all.append(conn)
             try:
-                conn.request("GET", path, headers={"Host": service, **(headers or {})})
+                conn.request("GET", path, headers={"Host": f"{service}:{port}", **(headers or {})})
                 resp = conn.getresponse()
                 body = resp.read()
                 return resp.status, body, {k.lower(): v for k, v in resp.getheaders()}
@@ -148,15 +148,15 @@ class App(http.server.ThreadingHTTPServer):
         passed = {k: v for k, v in headers.items() if k in PROPAGATED}
         if self.kind == "reviews":
             target = "/admin" if route == "/reviews/admin" else "/ratings"
-            status, body, _ = self.upstream.get("ratings", 9080, target, passed)
+            status, body, _ = self.upstream.get("ratings", CALLED_PORT, target, passed)
             return 200, {"version": self.version, "instance": self.name,
                          "ratings": status, "ratings_body": _text(body)}  # fmt: skip
         if self.kind == "frontend":
             if route == "/probe/ratings":
-                status, body, _ = self.upstream.get("ratings", 9080, "/ratings", passed)
+                status, body, _ = self.upstream.get("ratings", CALLED_PORT, "/ratings", passed)
                 return 200, {"ratings": status, "ratings_body": _text(body)}
             target = "/reviews/admin" if route == "/probe/ratings-admin" else "/reviews"
-            status, body, _ = self.upstream.get("reviews", 9080, target, passed)
+            status, body, _ = self.upstream.get("reviews", CALLED_PORT, target, passed)
             try:
                 reviews = json.loads(body) if status == 200 else {}
             except ValueError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import http.server
 import shutil
 import socket
@@ -23,8 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
-from meshcore.ca import CertificateAuthority
+from meshcore.ca import CertificateAuthority, SpiffeId
+from meshcore.ca.sds import workload_secrets as sds_secrets
 from meshcore.config import MeshModel
+from meshcore.dataplane import WorkloadSecret
 from meshcore.xds.translate import Proxy, generate, proxy_for_node, render_static_bootstrap
 
 
@@ -56,17 +59,23 @@ def workload_secrets(ca: CertificateAuthority, spiffe_id: str) -> list[secret_pb
         .sign(key, hashes.SHA256())
     )
     chain = ca.sign_csr(csr.public_bytes(serialization.Encoding.PEM), requested_by=spiffe_id)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    cert = secret_pb2.Secret(name="default")
-    cert.tls_certificate.certificate_chain.inline_string = chain
-    cert.tls_certificate.private_key.inline_string = key_pem
-    root = secret_pb2.Secret(name="ROOTCA")
-    root.validation_context.trusted_ca.inline_string = ca.trust_bundle_pem()
-    return [cert, root]
+    leaf = x509.load_pem_x509_certificate(chain.encode())
+    secret = WorkloadSecret(
+        identity=SpiffeId.parse(spiffe_id),
+        cert_chain_pem=chain,
+        private_key_pem=key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        roots_pem=ca.trust_bundle_pem(),
+        not_before=leaf.not_valid_before_utc,
+        not_after=leaf.not_valid_after_utc,
+        serial=leaf.serial_number,
+        received_at=datetime.datetime.now(datetime.UTC),
+    )
+    # The same two secrets the agent serves over SDS, made static.
+    return list(sds_secrets(secret).values())
 
 
 def spiffe_of(proxy: Proxy, domain: str = "cluster.local") -> str:

@@ -283,3 +283,38 @@ def running_agent(
             if "(pid " in text:
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(text.split("(pid ", 1)[1].split(")", 1)[0]), signal.SIGKILL)
+
+
+class LoopThread:
+    """An asyncio loop on its own thread, so that tests can make blocking HTTP calls while
+    servers and agents run in the loop."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any, timeout: float = 60) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def wait_for(check: Any, what: str, timeout: float = 15.0) -> None:
+    """Polls ``check()`` until it is true (connection errors count as not yet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

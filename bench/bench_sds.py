@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshcore.ca import CertificateAuthority
+from meshcore.ca.sds import workload_secrets
 from meshcore.cli.serve import CAOptions, serve
 from meshcore.config import load
 from meshcore.dataplane.agent import Agent, find_envoy
@@ -247,8 +248,6 @@ def test_agent_start_to_ready(setup: Setup) -> None:
     mesh = load([str(setup.config)])
     result = generate(mesh, proxy_for_node(mesh, NODE, {"MESHCORE_APP_ADDRESS": "127.0.81.2"}))
     secret = setup.loop.run(setup.agent("static").certificates.fetch())
-    from meshcore.ca.sds import workload_secrets
-
     statics = []
     for _ in range(STARTS):
         admin = free_port()

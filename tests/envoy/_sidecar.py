@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import http.server
 import shutil
 import socket
@@ -23,8 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
-from meshcore.ca import CertificateAuthority
+from meshcore.ca import CertificateAuthority, SpiffeId
+from meshcore.ca.sds import workload_secrets as sds_secrets
 from meshcore.config import MeshModel
+from meshcore.dataplane import WorkloadSecret
 from meshcore.xds.translate import Proxy, generate, proxy_for_node, render_static_bootstrap
 
 
@@ -56,17 +59,23 @@ def workload_secrets(ca: CertificateAuthority, spiffe_id: str) -> list[secret_pb
         .sign(key, hashes.SHA256())
     )
     chain = ca.sign_csr(csr.public_bytes(serialization.Encoding.PEM), requested_by=spiffe_id)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    cert = secret_pb2.Secret(name="default")
-    cert.tls_certificate.certificate_chain.inline_string = chain
-    cert.tls_certificate.private_key.inline_string = key_pem
-    root = secret_pb2.Secret(name="ROOTCA")
-    root.validation_context.trusted_ca.inline_string = ca.trust_bundle_pem()
-    return [cert, root]
+    leaf = x509.load_pem_x509_certificate(chain.encode())
+    secret = WorkloadSecret(
+        identity=SpiffeId.parse(spiffe_id),
+        cert_chain_pem=chain,
+        private_key_pem=key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        roots_pem=ca.trust_bundle_pem(),
+        not_before=leaf.not_valid_before_utc,
+        not_after=leaf.not_valid_after_utc,
+        serial=leaf.serial_number,
+        received_at=datetime.datetime.now(datetime.UTC),
+    )
+    # The same two secrets the agent serves over SDS, made static.
+    return list(sds_secrets(secret).values())
 
 
 def spiffe_of(proxy: Proxy, domain: str = "cluster.local") -> str:
@@ -274,3 +283,38 @@ def running_agent(
             if "(pid " in text:
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(text.split("(pid ", 1)[1].split(")", 1)[0]), signal.SIGKILL)
+
+
+class LoopThread:
+    """An asyncio loop on its own thread, so that tests can make blocking HTTP calls while
+    servers and agents run in the loop."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any, timeout: float = 60) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def wait_for(check: Any, what: str, timeout: float = 15.0) -> None:
+    """Polls ``check()`` until it is true (connection errors count as not yet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -286,6 +286,8 @@ class Agent:
         return boot
 
     async def _spawn(self) -> None:
+        # A restart asked for while the supervisor was backing off is done by this spawn.
+        self._restart_requested = False
         path = self.workdir / "envoy-bootstrap.json"
         path.write_text(json.dumps(self.bootstrap(), indent=1))
         admin_file = self.workdir / "envoy-admin-address"

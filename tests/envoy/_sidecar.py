@@ -48,6 +48,12 @@ def envoy_binary() -> str:
 
 def workload_secrets(ca: CertificateAuthority, spiffe_id: str) -> list[secret_pb2.Secret]:
     """Istio's two SDS secrets for one workload: ``default`` (its SVID) and ``ROOTCA``."""
+    # The same two secrets the agent serves over SDS, made static.
+    return list(sds_secrets(workload_secret(ca, spiffe_id)).values())
+
+
+def workload_secret(ca: CertificateAuthority, spiffe_id: str) -> WorkloadSecret:
+    """An SVID for ``spiffe_id`` signed by ``ca``, as the agent's CertificateClient holds it."""
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()
@@ -60,7 +66,7 @@ def workload_secrets(ca: CertificateAuthority, spiffe_id: str) -> list[secret_pb
     )
     chain = ca.sign_csr(csr.public_bytes(serialization.Encoding.PEM), requested_by=spiffe_id)
     leaf = x509.load_pem_x509_certificate(chain.encode())
-    secret = WorkloadSecret(
+    return WorkloadSecret(
         identity=SpiffeId.parse(spiffe_id),
         cert_chain_pem=chain,
         private_key_pem=key.private_bytes(
@@ -74,8 +80,6 @@ def workload_secrets(ca: CertificateAuthority, spiffe_id: str) -> list[secret_pb
         serial=leaf.serial_number,
         received_at=datetime.datetime.now(datetime.UTC),
     )
-    # The same two secrets the agent serves over SDS, made static.
-    return list(sds_secrets(secret).values())
 
 
 def spiffe_of(proxy: Proxy, domain: str = "cluster.local") -> str:

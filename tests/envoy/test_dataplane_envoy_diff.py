@@ -4,6 +4,7 @@ which) equals ``dp.decide``'s, and inbound RBAC allow/deny agree."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,8 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from _sidecar import free_port, http_get, running_envoy, serve_echo
+from _sidecar import LoopThread, free_port, http_get, running_envoy, serve_echo, workload_secret
 
+from meshcore.ca import CertificateAuthority
+from meshcore.ca.sds import start_sds_server
 from meshcore.dataplane import DataPlane
 from meshcore.dataplane.bootstrap import ads_bootstrap
 
@@ -211,13 +214,24 @@ def test_envoy_and_dataplane_decide_alike(tmp_path: Path) -> None:
     xds = free_port()
     backends = [serve_echo(address, port, name) for address, name in NAMES.items()]
     backends.append(serve_echo("127.0.86.2", port, "guarded-app"))
+    stack = contextlib.ExitStack()
     try:
+        # The mesh is plaintext, but translated clusters reference the agent's SDS for auto mTLS
+        # (as Istio's do), and Envoy warms them only once the secrets arrive: serve some.
+        loop = LoopThread()
+        sds_server, secrets, sds = loop.run(start_sds_server(port=0))
+        secret = workload_secret(
+            CertificateAuthority.generate(), "spiffe://cluster.local/ns/default/sa/web"
+        )
+        loop.loop.call_soon_threadsafe(secrets.update, secret)
+        stack.callback(loop.close)
+        stack.callback(lambda: loop.run(sds_server.stop(None)))
         with control_plane(config, xds):
             web = ads_bootstrap(node("web-1", "127.0.80.1"), "127.0.0.1", xds,
-                                admin_port=free_port(), delta=True,
+                                admin_port=free_port(), delta=True, sds_address=sds,
                                 metadata={"MESHCORE_OUTBOUND_ADDRESS": "127.0.80.2"})  # fmt: skip
             guarded = ads_bootstrap(node("guarded-1", "127.0.86.1"), "127.0.0.1", xds,
-                                    admin_port=free_port(), delta=True,
+                                    admin_port=free_port(), delta=True, sds_address=sds,
                                     metadata={"MESHCORE_APP_ADDRESS": "127.0.86.2",
                                               "MESHCORE_OUTBOUND_ADDRESS": "127.0.86.3"})  # fmt: skip
             # The data planes: other node names, the same workloads (found by address).
@@ -232,6 +246,7 @@ def test_envoy_and_dataplane_decide_alike(tmp_path: Path) -> None:
                 dp_web.close()
                 dp_guarded.close()
     finally:
+        stack.close()
         for b in backends:
             b.shutdown()
             b.server_close()

@@ -11,7 +11,7 @@ import ssl
 from pathlib import Path
 
 import pytest
-from _sidecar import bootstrap_for, free_port, running_envoy, serve_echo, workload_secrets
+from _sidecar import bootstrap_for, free_port, running_envoy, serve_echo, workload_secret
 
 from meshcore.ca import CertificateAuthority
 from meshcore.config import validate
@@ -78,10 +78,9 @@ def client_context(ca: CertificateAuthority, spiffe: str | None, tmp: Path) -> s
     ctx.check_hostname = False
     ctx.load_verify_locations(cadata=ca.trust_bundle_pem())
     if spiffe is not None:
-        cert, _ = workload_secrets(ca, spiffe)
+        secret = workload_secret(ca, spiffe)
         path = tmp / f"{spiffe.rsplit('/', 1)[1]}-{abs(hash(spiffe))}.pem"
-        path.write_text(cert.tls_certificate.private_key.inline_string
-                        + cert.tls_certificate.certificate_chain.inline_string)  # fmt: skip
+        path.write_bytes(secret.private_key_pem + secret.cert_chain_pem.encode())
         ctx.load_cert_chain(path)
     return ctx
 

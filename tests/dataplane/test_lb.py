@@ -174,3 +174,36 @@ def test_consistent_hash_through_the_control_plane(tmp_path: Path, spec: str, ki
 
     del kind
     asyncio.run(main())
+
+
+def test_retries_avoid_the_hosts_tried_as_envoy_previous_hosts(tmp_path: Path) -> None:
+    """Istio's retry policy carries the previous_hosts predicate (5 host re-selections): a
+    retry's endpoint is another one than those tried, unless every pick lands on them."""
+
+    async def body(mesh: Mesh) -> None:
+        dp = await mesh.dataplane(FRONTEND, "frontend")
+        try:
+            d = dp.decide(direction="outbound", authority="ratings:9080", path="/ratings")
+            assert d.retry_policy is not None
+            assert d.retry_policy.previous_hosts
+            assert d.retry_policy.host_selection_attempts == 5
+            assert d.endpoint is not None
+            # Round robin over the two ratings instances: a plain re-pick may land on the
+            # same host (the counter moved on meanwhile); with the predicate it never does.
+            same = 0
+            for _ in range(200):
+                dp.decide(direction="outbound", authority="ratings:9080", path="/ratings")
+                again = dp.repick(d, [d.endpoint])
+                assert again is not None
+                same += again.endpoint == d.endpoint
+            assert same == 0
+            both = dp.repick(d, list(dp.config.endpoints_of(dp.config.clusters[d.cluster or ""])))
+            assert both is not None  # every host tried: the last pick is used, as in Envoy
+        finally:
+            await dp.aclose()
+
+    async def main() -> None:
+        async with running_mesh(tmp_path) as mesh:
+            await asyncio.wait_for(body(mesh), 60)
+
+    asyncio.run(main())

@@ -130,6 +130,10 @@ class RetryPolicy:
     num_retries: int
     per_try_timeout: float | None
     retriable_status_codes: tuple[int, ...] = ()
+    # retry_host_predicate previous_hosts (Istio sets it): a retry avoids the hosts tried
+    # already, picking again up to host_selection_retry_max_attempts times (Envoy's default 1).
+    previous_hosts: bool = False
+    host_selection_attempts: int = 1
 
     def retriable(self, status: int | None) -> bool:
         """Whether a response (``status``) or a connection failure (None) is retried, per
@@ -292,6 +296,9 @@ def _parse(cls: type[Message], data: bytes, type_url: str, name: str) -> Any:
 # --- routes -------------------------------------------------------------------------------------
 
 
+PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
+
+
 def _retry(action: route_components_pb2.RouteAction) -> RetryPolicy | None:
     if not action.HasField("retry_policy"):
         return None
@@ -299,7 +306,12 @@ def _retry(action: route_components_pb2.RouteAction) -> RetryPolicy | None:
     on = tuple(x.strip() for x in rp.retry_on.split(",") if x.strip())
     num = rp.num_retries.value if rp.HasField("num_retries") else 1  # Envoy's default: 1
     per_try = _seconds(rp.per_try_timeout) if rp.HasField("per_try_timeout") else None
-    return RetryPolicy(on, num, per_try or None, tuple(rp.retriable_status_codes))
+    previous = any(p.name == PREVIOUS_HOSTS for p in rp.retry_host_predicate)
+    return RetryPolicy(
+        on, num, per_try or None, tuple(rp.retriable_status_codes),
+        previous_hosts=previous,
+        host_selection_attempts=rp.host_selection_retry_max_attempts or 1,
+    )  # fmt: skip
 
 
 def _hash_policies(

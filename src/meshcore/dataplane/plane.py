@@ -21,7 +21,7 @@ import random
 import ssl
 import threading
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -453,16 +453,25 @@ class DataPlane:
         d.path = path
         return d
 
-    def repick(self, decision: Decision) -> Decision | None:
+    def repick(self, decision: Decision, tried: Sequence[Endpoint] = ()) -> Decision | None:
         """The same decision with another endpoint of its cluster, for a retry (the route and
-        cluster stay, as in Envoy); None when the cluster is gone or has no endpoint."""
+        cluster stay, as in Envoy); None when the cluster is gone or has no endpoint. With the
+        retry policy's previous_hosts predicate, hosts in ``tried`` are re-picked (up to
+        host_selection_retry_max_attempts times, as Envoy does)."""
         if decision.cluster is None or decision.endpoint is None:
             return None
         cfg = self.ads.config
         cluster = cfg.clusters.get(decision.cluster)
         if cluster is None:
             return None
-        ep = self.lb.pick(cluster, cfg.endpoints_of(cluster), decision.hash_key)
+        endpoints = cfg.endpoints_of(cluster)
+        ep = self.lb.pick(cluster, endpoints, decision.hash_key)
+        retry = decision.retry_policy
+        if retry is not None and retry.previous_hosts:
+            for _ in range(retry.host_selection_attempts):
+                if ep is None or ep not in tried:
+                    break
+                ep = self.lb.pick(cluster, endpoints, decision.hash_key)
         if ep is None:
             return None
         tls = cluster.tls is not None and (ep.tls or not cluster.tls.auto)

@@ -483,8 +483,10 @@ class ReferenceProxy:
         retry = d.retry_policy
         attempts = 0
         last: Response | None = None
+        tried: list[Endpoint] = []
         while True:
             attempts += 1
+            tried.append(d.endpoint)
             per_try = retry.per_try_timeout if retry is not None else None
             remaining = deadline - time.monotonic() if deadline is not None else None
             budget = min(x for x in (per_try, remaining, 3600.0) if x is not None)
@@ -518,7 +520,7 @@ class ReferenceProxy:
                 return last, d, attempts, peer
             # Envoy's backoff: random in [0, base * 2^(n-1)], then another host.
             await asyncio.sleep(self._random.uniform(0, RETRY_BASE_S * 2 ** (attempts - 1)))
-            again = self.dp.repick(d)
+            again = self.dp.repick(d, tried)
             if again is None:
                 return last, d, attempts, peer
             d = again

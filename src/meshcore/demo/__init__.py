@@ -637,7 +637,8 @@ async def tour(dm: DemoMesh, report: DemoReport, requests: int = 400) -> None:
     v2 = t.share("v2")
     report.check("canary 90/10", 0.04 <= v2 <= 0.18 and t.ok == t.total,
                  f"{t.versions['v1']} v1 / {t.versions['v2']} v2 of {t.total} "
-                 f"(v2 {_pct(v2)}, expected 10%); {t.ok}/{t.total} ok end to end")  # fmt: skip
+                 f"(v2 {_pct(v2)}, expected 10%); {t.ok}/{t.total} ok end to end"
+                 + _failures(t))  # fmt: skip
     say(f"canary: v1 {_pct(t.share('v1'))}, v2 {_pct(v2)} of {t.total} requests")
 
     # 2. Header routing: testers always get v2.
@@ -706,7 +707,7 @@ async def tour(dm: DemoMesh, report: DemoReport, requests: int = 400) -> None:
                  f"{len(converged)}/{len(before)} sidecars, slowest "
                  f"{max(converged.values(), default=0):.0f} ms after the write")  # fmt: skip
     report.check("canary 50/50 after the change", 0.40 <= v2 <= 0.60 and t.ok == t.total,
-                 f"{t.versions['v1']} v1 / {t.versions['v2']} v2 (v2 {_pct(v2)})")  # fmt: skip
+                 f"{t.versions['v1']} v1 / {t.versions['v2']} v2 (v2 {_pct(v2)})" + _failures(t))  # fmt: skip
     say(f"canary after the change: v1 {_pct(t.share('v1'))}, v2 {_pct(v2)}")
     report.facts["control_plane"] = _convergence_metric(dm.control_plane_metrics())
 
@@ -726,6 +727,12 @@ async def tour(dm: DemoMesh, report: DemoReport, requests: int = 400) -> None:
                  f"{len(traces)} traces, {deep} through all three services; "
                  f"services {sorted(services)}")  # fmt: skip
     say(f"tracing: {len(traces)} traces, {deep} spanning frontend → reviews → ratings")
+
+
+def _failures(t: Traffic) -> str:
+    """The first requests that did not get through, for the report."""
+    bad = [b for b in t.bodies if b.get("reviews_status") != 200 or b.get("ratings") != 200]
+    return f"; failed: {bad[:3]}" if bad else ""
 
 
 def _plaintext_refused(w: Workload) -> bool:

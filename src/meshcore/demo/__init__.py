@@ -228,7 +228,7 @@ class DemoMesh:
         self.ca_mtls_port = free_port()
         self.ca_state = self.workdir / "ca"
         # One bootstrap token per workload (Istio uses the pod's service-account JWT).
-        self.tokens = {w.name: secrets.token_urlsafe(24) for w in self.workloads}
+        self.tokens = {w.name: secrets.token_hex(24) for w in self.workloads}
         self.tokens_file = self.workdir / "tokens"
         self.tokens_file.write_text(
             "".join(f"{self.tokens[w.name]} {w.identity}\n" for w in self.workloads)

@@ -156,9 +156,9 @@ class RouteTable:
     ) -> RouteMatch | None: ...
     def route_batch(
         self,
-        authorities: str | Sequence[str] | npt.NDArray[np.str_],
-        paths: Sequence[str] | npt.NDArray[np.str_],
-        methods: str | Sequence[str] | npt.NDArray[np.str_] | None = None,
+        authorities: str | Sequence[str] | npt.NDArray[np.str_] | npt.NDArray[np.bytes_],
+        paths: Sequence[str] | npt.NDArray[np.str_] | npt.NDArray[np.bytes_],
+        methods: str | Sequence[str] | npt.NDArray[np.str_] | npt.NDArray[np.bytes_] | None = None,
         headers: Sequence[_Headers] | None = None,
     ) -> npt.NDArray[np.int32]: ...
     def explain(
@@ -260,12 +260,17 @@ class RbacEngine:
         path: _Column = None,
         authority: _Column = None,
         headers: Sequence[_Headers] | None = None,
+        scheme: _Column = None,
         source_ip: _Column = None,
         remote_ip: _Column = None,
         direct_remote_ip: _Column = None,
         destination_ip: _Column = None,
         destination_port: Sequence[int | None] | npt.NDArray[Any] | int | None = None,
         principal: _Column = None,
+        uri_sans: Sequence[Sequence[str] | None] | None = None,
+        dns_sans: Sequence[Sequence[str] | None] | None = None,
+        subject: _Column = None,
         tls: Sequence[bool | None] | npt.NDArray[Any] | bool | None = None,
         sni: _Column = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> dict[str, npt.NDArray[Any]]: ...

@@ -1,5 +1,6 @@
 //! `RbacEngine`: a compiled Envoy RBAC filter config behind a frozen Python handle.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -10,6 +11,10 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyString, PyTuple};
 use meshcore_core::rbac::{Action, Decision, Engine, MetaValue};
 use meshcore_core::{Attributes, CompiledRbac};
 
+use crate::columns::{
+    batch_len, header_objs, header_views, int32_array, numpy_array, HeaderColumn, ListColumn,
+    StrColumn, ValueColumn, Views,
+};
 use crate::errors::core_error_to_py;
 
 const FILTER_TYPE: &str = "envoy.extensions.filters.http.rbac.v3.RBAC";
@@ -138,69 +143,22 @@ fn config_bytes(
     ))
 }
 
-fn parse_ip(v: Option<&str>, what: &str) -> PyResult<Option<IpAddr>> {
+/// An attribute that cannot be what it claims (the error stays small on the hot path; the
+/// message is made only when raised).
+#[derive(Debug, Clone, Copy)]
+enum BadField {
+    Ip(&'static str),
+    TlsContradiction,
+}
+
+fn parse_ip(v: Option<&str>, what: &'static str) -> Result<Option<IpAddr>, BadField> {
     match v {
         None => Ok(None),
         Some(s) => s
             .parse::<IpAddr>()
             .map(Some)
-            .map_err(|_| PyValueError::new_err(format!("{what}: {s:?} is not an IP address"))),
+            .map_err(|_| BadField::Ip(what)),
     }
-}
-
-/// Header name/value strings kept alive while `&str` views into them are in use.
-type HeaderObjs<'py> = Vec<(Bound<'py, PyString>, Bound<'py, PyString>)>;
-
-fn header_objs<'py>(h: Option<&Bound<'py, PyAny>>) -> PyResult<HeaderObjs<'py>> {
-    let mut out = Vec::new();
-    let Some(h) = h else {
-        return Ok(out);
-    };
-    if h.is_none() {
-        return Ok(out);
-    }
-    let pair = |k: Bound<'py, PyAny>, v: Bound<'py, PyAny>| -> PyResult<_> {
-        let k = k
-            .cast_into::<PyString>()
-            .map_err(|_| PyTypeError::new_err("header names must be str"))?;
-        let v = v
-            .cast_into::<PyString>()
-            .map_err(|_| PyTypeError::new_err("header values must be str"))?;
-        Ok((k, v))
-    };
-    if let Ok(d) = h.cast::<PyDict>() {
-        for (k, v) in d.iter() {
-            out.push(pair(k, v)?);
-        }
-        return Ok(out);
-    }
-    for item in h.try_iter()? {
-        let (k, v): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item?
-            .extract()
-            .map_err(|_| PyTypeError::new_err("headers must be a dict or (name, value) pairs"))?;
-        out.push(pair(k, v)?);
-    }
-    Ok(out)
-}
-
-/// One request's keyword arguments, borrowed from the caller's Python strings.
-struct Args<'a> {
-    method: Option<&'a str>,
-    path: Option<&'a str>,
-    authority: Option<&'a str>,
-    scheme: Option<&'a str>,
-    source_ip: Option<&'a str>,
-    remote_ip: Option<&'a str>,
-    direct_remote_ip: Option<&'a str>,
-    destination_ip: Option<&'a str>,
-    destination_port: Option<u16>,
-    principal: Option<&'a str>,
-    uri_sans: Option<Vec<String>>,
-    dns_sans: Option<Vec<String>>,
-    subject: Option<&'a str>,
-    tls: Option<bool>,
-    sni: Option<&'a str>,
-    metadata: Option<MetaValue>,
 }
 
 /// Dynamic metadata from Python: a dict of filter name -> dict (google.protobuf.Struct's
@@ -247,62 +205,107 @@ fn meta_value(v: &Bound<'_, PyAny>, depth: usize) -> PyResult<MetaValue> {
 
 /// Whether the connection is TLS: given, or implied by a peer certificate or SNI (both exist
 /// only on TLS connections).
-fn tls_of(tls: Option<bool>, implied: bool) -> PyResult<bool> {
+fn tls_of(tls: Option<bool>, implied: bool) -> Result<bool, BadField> {
     match tls {
-        Some(false) if implied => Err(PyValueError::new_err(
-            "tls=False contradicts principal/uri_sans/dns_sans/subject/sni",
-        )),
+        Some(false) if implied => Err(BadField::TlsContradiction),
         Some(t) => Ok(t),
         None => Ok(implied),
     }
 }
 
-/// Builds the attributes of `args` (allocating only for headers and extra SANs) and runs `f`.
-fn with_attributes<R>(
-    args: &Args<'_>,
-    headers: Option<&Bound<'_, PyAny>>,
-    f: impl FnOnce(&Attributes<'_>) -> R,
-) -> PyResult<R> {
-    let implied = args.principal.is_some()
-        || args.uri_sans.is_some()
-        || args.dns_sans.is_some()
-        || args.subject.is_some()
-        || args.sni.is_some();
-    let tls = tls_of(args.tls, implied)?;
-    let objs = header_objs(headers)?;
-    let header_views: Vec<(&str, &str)> = objs
-        .iter()
-        .map(|(k, v)| Ok((k.to_str()?, v.to_str()?)))
-        .collect::<PyResult<_>>()?;
-    let mut sans: Vec<&str> = Vec::new();
-    let uri_sans: &[&str] = match (&args.principal, &args.uri_sans) {
-        (Some(p), None) => std::slice::from_ref(p),
-        (p, more) => {
-            sans.extend(p.iter().copied());
-            sans.extend(more.iter().flatten().map(String::as_str));
-            &sans
+/// One request's scalar attributes as Python gave them (strings borrowed): the one place that
+/// maps the keyword arguments (or batch columns) to the core's [`Attributes`].
+#[derive(Default, Clone, Copy)]
+struct Fields<'a> {
+    method: Option<&'a str>,
+    path: Option<&'a str>,
+    authority: Option<&'a str>,
+    scheme: Option<&'a str>,
+    source_ip: Option<&'a str>,
+    remote_ip: Option<&'a str>,
+    direct_remote_ip: Option<&'a str>,
+    destination_ip: Option<&'a str>,
+    destination_port: Option<u16>,
+    subject: Option<&'a str>,
+    sni: Option<&'a str>,
+    tls: Option<bool>,
+    /// A peer certificate was described (principal, uri_sans, dns_sans or subject given).
+    cert: bool,
+}
+
+impl<'a> Fields<'a> {
+    /// The error for a [`BadField`] of these fields.
+    fn error(&self, bad: BadField) -> PyErr {
+        PyValueError::new_err(self.message(bad))
+    }
+
+    fn message(&self, bad: BadField) -> String {
+        match bad {
+            BadField::Ip(what) => {
+                let v = match what {
+                    "source_ip" => self.source_ip,
+                    "remote_ip" => self.remote_ip,
+                    "direct_remote_ip" => self.direct_remote_ip,
+                    _ => self.destination_ip,
+                };
+                format!("{what}: {:?} is not an IP address", v.unwrap_or_default())
+            }
+            BadField::TlsContradiction => {
+                "tls=False contradicts principal/uri_sans/dns_sans/subject/sni".to_string()
+            }
         }
-    };
-    let dns: Vec<&str> = args.dns_sans.iter().flatten().map(String::as_str).collect();
-    let a = Attributes {
-        method: args.method,
-        path: args.path,
-        authority: args.authority,
-        scheme: args.scheme,
-        headers: &header_views,
-        source_ip: parse_ip(args.source_ip, "source_ip")?,
-        direct_remote_ip: parse_ip(args.direct_remote_ip, "direct_remote_ip")?,
-        remote_ip: parse_ip(args.remote_ip, "remote_ip")?,
-        destination_ip: parse_ip(args.destination_ip, "destination_ip")?,
-        destination_port: args.destination_port,
-        tls,
-        uri_sans,
-        dns_sans: &dns,
-        subject: args.subject.unwrap_or_default(),
-        sni: args.sni.unwrap_or_default(),
-        metadata: args.metadata.as_ref(),
-    };
-    Ok(f(&a))
+    }
+
+    fn attributes(
+        &self,
+        headers: &'a [(&'a str, &'a str)],
+        uri_sans: &'a [&'a str],
+        dns_sans: &'a [&'a str],
+        metadata: Option<&'a MetaValue>,
+    ) -> Result<Attributes<'a>, BadField> {
+        Ok(Attributes {
+            method: self.method,
+            path: self.path,
+            authority: self.authority,
+            scheme: self.scheme,
+            headers,
+            source_ip: parse_ip(self.source_ip, "source_ip")?,
+            direct_remote_ip: parse_ip(self.direct_remote_ip, "direct_remote_ip")?,
+            remote_ip: parse_ip(self.remote_ip, "remote_ip")?,
+            destination_ip: parse_ip(self.destination_ip, "destination_ip")?,
+            destination_port: self.destination_port,
+            tls: tls_of(self.tls, self.cert || self.sni.is_some())?,
+            uri_sans,
+            dns_sans,
+            subject: self.subject.unwrap_or_default(),
+            sni: self.sni.unwrap_or_default(),
+            metadata,
+        })
+    }
+}
+
+/// The URI SANs Envoy matches: `principal` (the common case, no allocation) then `more`.
+fn all_uri_sans<'a>(
+    principal: &'a Option<&'a str>,
+    more: Option<&'a [String]>,
+) -> Cow<'a, [&'a str]> {
+    match (principal, more) {
+        (Some(p), None) => Cow::Borrowed(std::slice::from_ref(p)),
+        (None, None) => Cow::Borrowed(&[]),
+        (p, more) => Cow::Owned(
+            p.iter()
+                .copied()
+                .chain(more.into_iter().flatten().map(String::as_str))
+                .collect(),
+        ),
+    }
+}
+
+fn metadata_arg(metadata: Option<&Bound<'_, PyAny>>) -> PyResult<Option<MetaValue>> {
+    match metadata {
+        Some(m) if !m.is_none() => Ok(Some(meta_value(m, 0)?)),
+        _ => Ok(None),
+    }
 }
 
 /// A compiled Envoy RBAC filter config (immutable; swap the reference to update).
@@ -386,97 +389,8 @@ impl RbacEngine {
     }
 }
 
-/// A batch column: None, one value for every request, or one per request.
-enum Column<T> {
-    Absent,
-    Scalar(T),
-    Each(Vec<T>),
-}
-
-impl<T: Clone> Column<T> {
-    fn get(&self, i: usize) -> Option<T> {
-        match self {
-            Self::Absent => None,
-            Self::Scalar(v) => Some(v.clone()),
-            Self::Each(v) => v.get(i).cloned(),
-        }
-    }
-
-    fn len(&self) -> Option<usize> {
-        match self {
-            Self::Each(v) => Some(v.len()),
-            _ => None,
-        }
-    }
-}
-
-/// A column of optional values (None entries are absent attributes); a str or int is a
-/// scalar broadcast to every request.
-fn column<'py, T>(
-    col: Option<&Bound<'py, PyAny>>,
-    what: &str,
-    scalar: impl Fn(&Bound<'py, PyAny>) -> bool,
-) -> PyResult<Column<Option<T>>>
-where
-    T: for<'a> FromPyObject<'a, 'py>,
-{
-    let Some(col) = col else {
-        return Ok(Column::Absent);
-    };
-    if col.is_none() {
-        return Ok(Column::Absent);
-    }
-    let conv = |v: &Bound<'py, PyAny>| -> PyResult<Option<T>> {
-        if v.is_none() {
-            return Ok(None);
-        }
-        v.extract::<T>()
-            .map(Some)
-            .map_err(|_| PyTypeError::new_err(format!("{what}: unexpected value {v}")))
-    };
-    if scalar(col) {
-        return Ok(Column::Scalar(conv(col)?));
-    }
-    // Lists (the common case) are walked directly; anything else (numpy arrays, tuples,
-    // iterables) becomes a list first.
-    let list = if let Ok(l) = col.cast::<PyList>() {
-        l.clone()
-    } else if col.hasattr("tolist")? {
-        col.call_method0("tolist")?.cast_into::<PyList>()?
-    } else {
-        PyList::new(col.py(), col.try_iter()?.collect::<PyResult<Vec<_>>>()?)?
-    };
-    let mut out = Vec::with_capacity(list.len());
-    for item in list.iter() {
-        out.push(conv(&item)?);
-    }
-    Ok(Column::Each(out))
-}
-
-/// A column of optional Python strings.
-type StrCol<'py> = Column<Option<Bound<'py, PyString>>>;
-
-/// `n` borrowed views of a string column (a scalar repeats).
-fn strs<'a>(c: &'a StrCol<'_>, n: usize) -> PyResult<Vec<Option<&'a str>>> {
-    (0..n)
-        .map(|i| match c {
-            Column::Absent => Ok(None),
-            Column::Scalar(v) => v.as_ref().map(|s| s.to_str()).transpose(),
-            Column::Each(v) => v
-                .get(i)
-                .and_then(|s| s.as_ref())
-                .map(|s| s.to_str())
-                .transpose(),
-        })
-        .collect()
-}
-
-fn is_str(v: &Bound<'_, PyAny>) -> bool {
-    v.cast::<PyString>().is_ok()
-}
-
 fn is_int_or_bool(v: &Bound<'_, PyAny>) -> bool {
-    v.extract::<i64>().is_ok() && !is_str(v)
+    v.extract::<i64>().is_ok() && v.cast::<PyString>().is_err()
 }
 
 #[pymethods]
@@ -592,7 +506,12 @@ impl RbacEngine {
         sni: Option<&str>,
         metadata: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<RbacDecision>> {
-        let args = Args {
+        let meta = metadata_arg(metadata)?;
+        let objs = header_objs(headers)?;
+        let header_views = header_views(&objs)?;
+        let uri = all_uri_sans(&principal, uri_sans.as_deref());
+        let dns: Vec<&str> = dns_sans.iter().flatten().map(String::as_str).collect();
+        let f = Fields {
             method,
             path,
             authority,
@@ -602,18 +521,15 @@ impl RbacEngine {
             direct_remote_ip,
             destination_ip,
             destination_port,
-            principal,
-            uri_sans,
-            dns_sans,
             subject,
-            tls,
             sni,
-            metadata: match metadata {
-                Some(m) if !m.is_none() => Some(meta_value(m, 0)?),
-                _ => None,
-            },
+            tls,
+            cert: !uri.is_empty() || dns_sans.is_some() || subject.is_some(),
         };
-        let d = with_attributes(&args, headers, |a| self.rbac.evaluate(a))?;
+        let d = self.rbac.evaluate(
+            &f.attributes(&header_views, &uri, &dns, meta.as_ref())
+                .map_err(|e| f.error(e))?,
+        );
         self.shared_decision(py, &d)
     }
 
@@ -645,7 +561,12 @@ impl RbacEngine {
         sni: Option<&str>,
         metadata: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let args = Args {
+        let meta = metadata_arg(metadata)?;
+        let objs = header_objs(headers)?;
+        let header_views = header_views(&objs)?;
+        let uri = all_uri_sans(&principal, uri_sans.as_deref());
+        let dns: Vec<&str> = dns_sans.iter().flatten().map(String::as_str).collect();
+        let f = Fields {
             method,
             path,
             authority,
@@ -655,41 +576,40 @@ impl RbacEngine {
             direct_remote_ip,
             destination_ip,
             destination_port,
-            principal,
-            uri_sans,
-            dns_sans,
             subject,
-            tls,
             sni,
-            metadata: match metadata {
-                Some(m) if !m.is_none() => Some(meta_value(m, 0)?),
-                _ => None,
-            },
+            tls,
+            cert: !uri.is_empty() || dns_sans.is_some() || subject.is_some(),
         };
-        with_attributes(&args, headers, |a| -> PyResult<Bound<'py, PyDict>> {
-            let d = self.rbac.evaluate(a);
-            let out = PyDict::new(py);
-            out.set_item("allowed", d.allowed)?;
-            out.set_item("policy_id", self.rbac.policy_name(&d))?;
-            out.set_item("shadow_allowed", d.shadow_allowed)?;
-            out.set_item("shadow_policy_id", self.rbac.shadow_policy_name(&d))?;
-            out.set_item("rules", engine_explain(py, self.rbac.rules.as_ref(), a)?)?;
-            out.set_item(
-                "shadow_rules",
-                engine_explain(py, self.rbac.shadow_rules.as_ref(), a)?,
-            )?;
-            Ok(out)
-        })?
+        let a = f
+            .attributes(&header_views, &uri, &dns, meta.as_ref())
+            .map_err(|e| f.error(e))?;
+        let d = self.rbac.evaluate(&a);
+        let out = PyDict::new(py);
+        out.set_item("allowed", d.allowed)?;
+        out.set_item("policy_id", self.rbac.policy_name(&d))?;
+        out.set_item("shadow_allowed", d.shadow_allowed)?;
+        out.set_item("shadow_policy_id", self.rbac.shadow_policy_name(&d))?;
+        out.set_item("rules", engine_explain(py, self.rbac.rules.as_ref(), &a)?)?;
+        out.set_item(
+            "shadow_rules",
+            engine_explain(py, self.rbac.shadow_rules.as_ref(), &a)?,
+        )?;
+        Ok(out)
     }
 
-    /// Many requests at once, the GIL released while the core works. Each argument is a
-    /// column (a sequence or numpy array, None entries absent) or one value for every
+    /// Many requests at once, the GIL released while the core works. Every attribute of
+    /// `evaluate()` is a column: a list, tuple or numpy array with one entry per request (None
+    /// entries absent; string columns may be numpy 'S'/'U' arrays, the fastest form), or one
+    /// value for every request; `headers` is one dict or pair list per request, `uri_sans` and
+    /// `dns_sans` one list of str (or None) per request, `metadata` one dict (or None) per
     /// request. Returns numpy arrays: `allowed` (bool), `policy` (int32 index into
     /// `policy_ids`, -1 for none), `shadow_allowed` (bool; False without shadow rules) and
     /// `shadow_policy` (int32 index into `shadow_policy_ids`).
-    #[pyo3(signature = (*, method=None, path=None, authority=None, headers=None,
+    #[pyo3(signature = (*, method=None, path=None, authority=None, headers=None, scheme=None,
         source_ip=None, remote_ip=None, direct_remote_ip=None, destination_ip=None,
-        destination_port=None, principal=None, tls=None, sni=None))]
+        destination_port=None, principal=None, uri_sans=None, dns_sans=None, subject=None,
+        tls=None, sni=None, metadata=None))]
     #[allow(clippy::too_many_arguments)]
     fn evaluate_batch<'py>(
         &self,
@@ -698,137 +618,131 @@ impl RbacEngine {
         path: Option<&Bound<'py, PyAny>>,
         authority: Option<&Bound<'py, PyAny>>,
         headers: Option<&Bound<'py, PyAny>>,
+        scheme: Option<&Bound<'py, PyAny>>,
         source_ip: Option<&Bound<'py, PyAny>>,
         remote_ip: Option<&Bound<'py, PyAny>>,
         direct_remote_ip: Option<&Bound<'py, PyAny>>,
         destination_ip: Option<&Bound<'py, PyAny>>,
         destination_port: Option<&Bound<'py, PyAny>>,
         principal: Option<&Bound<'py, PyAny>>,
+        uri_sans: Option<&Bound<'py, PyAny>>,
+        dns_sans: Option<&Bound<'py, PyAny>>,
+        subject: Option<&Bound<'py, PyAny>>,
         tls: Option<&Bound<'py, PyAny>>,
         sni: Option<&Bound<'py, PyAny>>,
+        metadata: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        // Strings stay Python objects; the core borrows views of them (no copies).
-        let method: StrCol<'py> = column(method, "method", is_str)?;
-        let path: StrCol<'py> = column(path, "path", is_str)?;
-        let authority: StrCol<'py> = column(authority, "authority", is_str)?;
-        let principal: StrCol<'py> = column(principal, "principal", is_str)?;
-        let sni: StrCol<'py> = column(sni, "sni", is_str)?;
-        let ips = |c: Option<&Bound<'py, PyAny>>, what: &str| -> PyResult<Column<Option<IpAddr>>> {
-            Ok(match column::<Bound<'py, PyString>>(c, what, is_str)? {
-                Column::Absent => Column::Absent,
-                Column::Scalar(v) => {
-                    Column::Scalar(parse_ip(v.as_ref().map(|s| s.to_str()).transpose()?, what)?)
-                }
-                Column::Each(v) => Column::Each(
-                    v.iter()
-                        .map(|s| parse_ip(s.as_ref().map(|s| s.to_str()).transpose()?, what))
-                        .collect::<PyResult<_>>()?,
-                ),
-            })
-        };
-        let source_ip = ips(source_ip, "source_ip")?;
-        let remote_ip = ips(remote_ip, "remote_ip")?;
-        let direct_remote_ip = ips(direct_remote_ip, "direct_remote_ip")?;
-        let destination_ip = ips(destination_ip, "destination_ip")?;
-        let destination_port: Column<Option<u16>> =
-            column(destination_port, "destination_port", is_int_or_bool)?;
-        let tls: Column<Option<bool>> = column(tls, "tls", |v| v.extract::<bool>().is_ok())?;
-        let header_objs_all: Vec<HeaderObjs<'py>> = match headers {
-            Some(h) if !h.is_none() => {
-                let mut v = Vec::new();
-                for item in h.try_iter()? {
-                    v.push(header_objs(Some(&item?))?);
-                }
-                v
-            }
-            _ => Vec::new(),
-        };
-        let lens = [
-            method.len(),
-            path.len(),
-            authority.len(),
-            source_ip.len(),
-            remote_ip.len(),
-            direct_remote_ip.len(),
-            destination_ip.len(),
-            destination_port.len(),
-            principal.len(),
-            tls.len(),
-            sni.len(),
-            (!header_objs_all.is_empty()).then_some(header_objs_all.len()),
+        // Strings stay Python objects (or one numpy buffer); the core borrows views of them.
+        let named = [
+            (method, "method"),
+            (path, "path"),
+            (authority, "authority"),
+            (scheme, "scheme"),
+            (source_ip, "source_ip"),
+            (remote_ip, "remote_ip"),
+            (direct_remote_ip, "direct_remote_ip"),
+            (destination_ip, "destination_ip"),
+            (principal, "principal"),
+            (subject, "subject"),
+            (sni, "sni"),
         ];
-        let mut n: Option<usize> = None;
-        for l in lens.into_iter().flatten() {
-            if n.is_some_and(|n| n != l) {
-                return Err(PyValueError::new_err(
-                    "every column must have one entry per request",
-                ));
-            }
-            n = Some(l);
-        }
-        let n = n.unwrap_or(0);
-        let (method, path) = (strs(&method, n)?, strs(&path, n)?);
-        let authority = strs(&authority, n)?;
-        let (principal, sni) = (strs(&principal, n)?, strs(&sni, n)?);
-        let header_views: Vec<Vec<(&str, &str)>> = header_objs_all
+        let cols = named
             .iter()
-            .map(|objs| {
-                objs.iter()
-                    .map(|(k, v)| Ok((k.to_str()?, v.to_str()?)))
-                    .collect::<PyResult<_>>()
-            })
-            .collect::<PyResult<_>>()?;
-        let mut reqs = Vec::with_capacity(n);
-        for i in 0..n {
-            let p = principal.get(i).and_then(|p| p.as_ref());
-            let s = sni.get(i).copied().flatten();
-            let t = tls_of(tls.get(i).flatten(), p.is_some() || s.is_some())
-                .map_err(|e| PyValueError::new_err(format!("request {i}: {e}")))?;
-            reqs.push(Attributes {
-                method: method.get(i).copied().flatten(),
-                path: path.get(i).copied().flatten(),
-                authority: authority.get(i).copied().flatten(),
-                scheme: None,
-                headers: header_views.get(i).map_or(&[][..], |v| v.as_slice()),
-                source_ip: source_ip.get(i).flatten(),
-                direct_remote_ip: direct_remote_ip.get(i).flatten(),
-                remote_ip: remote_ip.get(i).flatten(),
-                destination_ip: destination_ip.get(i).flatten(),
-                destination_port: destination_port.get(i).flatten(),
-                tls: t,
-                uri_sans: p.map_or(&[][..], std::slice::from_ref),
-                dns_sans: &[],
-                subject: "",
-                sni: s.unwrap_or_default(),
-                metadata: None,
-            });
-        }
-        let rbac = &self.rbac;
-        let (allowed, policy, shadow_allowed, shadow_policy) = py.detach(|| {
-            let mut allowed = Vec::with_capacity(n);
-            let mut policy = Vec::with_capacity(n * 4);
-            let mut shadow_allowed = Vec::with_capacity(n);
-            let mut shadow_policy = Vec::with_capacity(n * 4);
-            for a in &reqs {
-                let d = rbac.evaluate(a);
-                allowed.push(u8::from(d.allowed));
-                policy.extend_from_slice(&d.policy.map_or(-1i32, |i| i as i32).to_ne_bytes());
-                shadow_allowed.push(u8::from(d.shadow_allowed.unwrap_or(false)));
-                shadow_policy
-                    .extend_from_slice(&d.shadow_policy.map_or(-1i32, |i| i as i32).to_ne_bytes());
-            }
-            (allowed, policy, shadow_allowed, shadow_policy)
-        });
-        let np = py.import("numpy")?;
-        let arr = |b: Vec<u8>, dtype: &str| -> PyResult<Bound<'py, PyAny>> {
-            let buf = pyo3::types::PyByteArray::new(py, &b);
-            np.call_method1("frombuffer", (buf, np.getattr(dtype)?))
+            .map(|(c, what)| StrColumn::read(*c, what))
+            .collect::<PyResult<Vec<_>>>()?;
+        let headers = HeaderColumn::read(headers)?;
+        let uri = ListColumn::read(uri_sans, "uri_sans")?;
+        let dns = ListColumn::read(dns_sans, "dns_sans")?;
+        let port = ValueColumn::<u16>::read(destination_port, "destination_port", is_int_or_bool)?;
+        let tls = ValueColumn::<bool>::read(tls, "tls", |v| v.cast::<PyBool>().is_ok())?;
+        let meta: Option<Vec<Option<MetaValue>>> = match metadata {
+            Some(m) if !m.is_none() => Some(
+                m.try_iter()?
+                    .map(|v| metadata_arg(Some(&v?)))
+                    .collect::<PyResult<_>>()?,
+            ),
+            _ => None,
         };
+        let n = batch_len(
+            cols.iter()
+                .map(StrColumn::len)
+                .chain([headers.len(), uri.len(), dns.len(), port.len(), tls.len()])
+                .chain([meta.as_ref().map(Vec::len)]),
+        )?;
+        let views = cols
+            .iter()
+            .zip(named)
+            .map(|(c, (_, what))| c.views(what))
+            .collect::<PyResult<Vec<_>>>()?;
+        let [method, path, authority, scheme, source_ip, remote_ip, direct_remote_ip, destination_ip, principal, subject, sni] =
+            <[Views<'_>; 11]>::try_from(views)
+                .map_err(|_| PyValueError::new_err("internal: column count"))?;
+        let (headers, uri, dns) = (headers.views()?, uri.views()?, dns.views()?);
+        let rbac = &self.rbac;
+        // Written straight into the output columns (no per-request record kept).
+        let index = |p: Option<usize>| p.map_or(-1i32, |i| i as i32);
+        let mut allowed: Vec<u8> = Vec::with_capacity(n);
+        let mut policy: Vec<i32> = Vec::with_capacity(n);
+        let mut shadow_allowed: Vec<u8> = Vec::with_capacity(n);
+        let mut shadow_policy: Vec<i32> = Vec::with_capacity(n);
+        py.detach(|| -> PyResult<()> {
+            let mut sans: Vec<&str> = Vec::new();
+            for i in 0..n {
+                // URI SANs as Envoy sees them: the principal, then the other URI SANs.
+                let p = principal.get(i);
+                let more = uri.get(i);
+                let one;
+                let uri_sans: &[&str] = match p {
+                    None => more,
+                    Some(p) if more.is_empty() => {
+                        one = [p];
+                        &one
+                    }
+                    Some(p) => {
+                        sans.clear();
+                        sans.push(p);
+                        sans.extend_from_slice(more);
+                        &sans
+                    }
+                };
+                let f = Fields {
+                    method: method.get(i),
+                    path: path.get(i),
+                    authority: authority.get(i),
+                    scheme: scheme.get(i),
+                    source_ip: source_ip.get(i),
+                    remote_ip: remote_ip.get(i),
+                    direct_remote_ip: direct_remote_ip.get(i),
+                    destination_ip: destination_ip.get(i),
+                    destination_port: port.get(i),
+                    subject: subject.get(i),
+                    sni: sni.get(i),
+                    tls: tls.get(i),
+                    cert: p.is_some()
+                        || uri.present(i)
+                        || dns.present(i)
+                        || subject.get(i).is_some(),
+                };
+                let m = meta
+                    .as_ref()
+                    .and_then(|m| m.get(i))
+                    .and_then(Option::as_ref);
+                let a = f
+                    .attributes(headers.get(i), uri_sans, dns.get(i), m)
+                    .map_err(|e| PyValueError::new_err(format!("request {i}: {}", f.message(e))))?;
+                let d = rbac.evaluate(&a);
+                allowed.push(u8::from(d.allowed));
+                policy.push(index(d.policy));
+                shadow_allowed.push(u8::from(d.shadow_allowed.unwrap_or(false)));
+                shadow_policy.push(index(d.shadow_policy));
+            }
+            Ok(())
+        })?;
         let out = PyDict::new(py);
-        out.set_item("allowed", arr(allowed, "bool_")?)?;
-        out.set_item("policy", arr(policy, "int32")?)?;
-        out.set_item("shadow_allowed", arr(shadow_allowed, "bool_")?)?;
-        out.set_item("shadow_policy", arr(shadow_policy, "int32")?)?;
+        out.set_item("allowed", numpy_array(py, &allowed, "bool_")?)?;
+        out.set_item("policy", int32_array(py, &policy)?)?;
+        out.set_item("shadow_allowed", numpy_array(py, &shadow_allowed, "bool_")?)?;
+        out.set_item("shadow_policy", int32_array(py, &shadow_policy)?)?;
         Ok(out)
     }
 

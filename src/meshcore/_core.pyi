@@ -131,6 +131,7 @@ class RouteTable:
         strip_matching_host_port: bool = False,
         strip_any_host_port: bool = False,
         listener_port: int | None = None,
+        max_program_size: int = 100,
     ) -> RouteTable: ...
     @property
     def routes(self) -> tuple[RouteMatch, ...]: ...
@@ -200,6 +201,7 @@ class RbacEngine:
         config: bytes | bytearray | memoryview | _SerializableMessage | Any,
         *,
         message_type: str | None = None,
+        max_program_size: int = 100,
     ) -> RbacEngine: ...
     @property
     def action(self) -> str | None: ...

@@ -25,7 +25,8 @@ from google.protobuf import json_format
 from meshcore import Authorizer, ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rbac_harness import Client, free_port, have_envoy, make_pki, read_outcomes, running_envoy
+from _sidecar import free_port
+from rbac_harness import Client, have_envoy, make_pki, read_outcomes, running_envoy
 
 pytestmark = [
     pytest.mark.envoy,

@@ -37,11 +37,11 @@ from google.protobuf import json_format
 from meshcore import RbacEngine, UnsupportedFeatureError
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _sidecar import free_port
 from rbac_harness import (
     Client,
     Identity,
     TlsFiles,
-    free_port,
     have_envoy,
     make_pki,
     read_outcomes,

@@ -8,7 +8,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use meshcore_core::rbac::{Action, Decision, Engine, MetaValue};
+use meshcore_core::rbac::{Action, Decision, Engine, MetaValue, RbacMessage};
 use meshcore_core::{Attributes, CompiledRbac};
 
 use crate::columns::{
@@ -398,25 +398,30 @@ impl RbacEngine {
     /// Compiles envoy.extensions.filters.http.rbac.v3.RBAC (enforced and shadow rules) or
     /// envoy.config.rbac.v3.RBAC: a message, a google.protobuf.Any holding one, or bytes
     /// (`message_type` names the message for bytes; the filter config by default).
+    /// `max_program_size` is the RE2 program size regexes may reach (Envoy's runtime
+    /// `re2.max_program_size.error_level`: 100 by default; meshcore's bootstrap sets 32768).
     #[staticmethod]
-    #[pyo3(signature = (config, *, message_type=None))]
+    #[pyo3(signature = (config, *, message_type=None, max_program_size=100))]
     fn from_proto(
         py: Python<'_>,
         config: &Bound<'_, PyAny>,
         message_type: Option<&str>,
+        max_program_size: u64,
     ) -> PyResult<Self> {
         let (bytes, name) = config_bytes(config, message_type)?;
-        let compiled = match name.as_str() {
-            FILTER_TYPE => py.detach(|| CompiledRbac::from_filter_bytes(&bytes)),
-            RBAC_TYPE => py.detach(|| CompiledRbac::from_rbac_bytes(&bytes)),
-            NETWORK_FILTER_TYPE => py.detach(|| CompiledRbac::from_network_filter_bytes(&bytes)),
+        let message = match name.as_str() {
+            FILTER_TYPE => RbacMessage::HttpFilter,
+            RBAC_TYPE => RbacMessage::Rbac,
+            NETWORK_FILTER_TYPE => RbacMessage::NetworkFilter,
             other => {
                 return Err(PyTypeError::new_err(format!(
                     "expected {FILTER_TYPE}, {NETWORK_FILTER_TYPE} or {RBAC_TYPE}, got {other}"
                 )))
             }
-        }
-        .map_err(|e| core_error_to_py(py, &e))?;
+        };
+        let compiled = py
+            .detach(|| CompiledRbac::compile(&bytes, message, max_program_size))
+            .map_err(|e| core_error_to_py(py, &e))?;
         let intern = |e: Option<&Engine>| -> Vec<Py<PyString>> {
             names(e)
                 .iter()

@@ -237,11 +237,13 @@ fn explanation_dict<'py>(
 #[pymethods]
 impl RouteTable {
     /// Compiles a RouteConfiguration (message or bytes). The keyword options are the
-    /// HttpConnectionManager settings that change what the router sees.
+    /// HttpConnectionManager settings that change what the router sees, and
+    /// `max_program_size`, the RE2 program size regexes may reach (Envoy's runtime
+    /// `re2.max_program_size.error_level`: 100 by default; meshcore's bootstrap sets 32768).
     #[staticmethod]
     #[pyo3(signature = (config, *, normalize_path=false, merge_slashes=false,
         path_with_escaped_slashes_action=None, strip_matching_host_port=false,
-        strip_any_host_port=false, listener_port=None))]
+        strip_any_host_port=false, listener_port=None, max_program_size=100))]
     #[allow(clippy::too_many_arguments)]
     fn from_proto(
         py: Python<'_>,
@@ -252,6 +254,7 @@ impl RouteTable {
         strip_matching_host_port: bool,
         strip_any_host_port: bool,
         listener_port: Option<u16>,
+        max_program_size: u64,
     ) -> PyResult<Self> {
         let options = hcm_options(
             py,
@@ -265,7 +268,7 @@ impl RouteTable {
         )?;
         let bytes = config_bytes(config)?;
         let table = py
-            .detach(|| CompiledRouteTable::from_bytes(&bytes, options))
+            .detach(|| CompiledRouteTable::compile(&bytes, options, max_program_size))
             .map_err(|e| core_error_to_py(py, &e))?;
         let mut matches = Vec::with_capacity(table.routes.len());
         for (i, r) in table.routes.iter().enumerate() {

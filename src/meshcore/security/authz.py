@@ -297,13 +297,19 @@ class Authorizer:
         # Compiled once per Authorizer (the filters never change), with each filter's layer.
         if self._compiled is None:
             from meshcore._core import RbacEngine
+            from meshcore.xds.translate import BOOTSTRAP_RUNTIME
 
+            # Istio's (and meshcore's) Envoys run with a raised RE2 program-size limit.
+            limit = int(BOOTSTRAP_RUNTIME["re2.max_program_size.error_level"])
             out: list[_Stage] = []
             for f in self.filters():
                 if getattr(f, "name", "") == HTTP_EXT_AUTHZ:
                     out.append(_Stage(None, False, None, None, None))
                     continue
-                engine = RbacEngine.from_proto(getattr(f, "typed_config"))  # noqa: B009
+                engine = RbacEngine.from_proto(
+                    getattr(f, "typed_config"),  # noqa: B009
+                    max_program_size=limit,
+                )
                 custom = engine.shadow_rules_stat_prefix == ext.EXT_AUTHZ_SHADOW_PREFIX
                 bad_custom = any(p.endswith(BAD_CUSTOM_SUFFIX) for p in engine.policy_ids)
                 action = engine.action

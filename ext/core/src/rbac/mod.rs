@@ -20,6 +20,7 @@ use crate::proto::rbac::{
     decode_rbac, decode_rbac_filter, CidrRange, Policy, Rbac, Rule, ValueMatcher,
 };
 
+use crate::matcher::ENVOY_MAX_PROGRAM_SIZE;
 use index::Index;
 
 /// One request and its connection, as Envoy's RBAC filter sees them. `None` (or empty) means
@@ -811,53 +812,77 @@ pub struct CompiledRbac {
     pub network: bool,
 }
 
+/// Which RBAC message a buffer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RbacMessage {
+    /// envoy.extensions.filters.http.rbac.v3.RBAC (enforced and shadow rules).
+    HttpFilter,
+    /// envoy.extensions.filters.network.rbac.v3.RBAC (the TCP filter: no HTTP attributes).
+    NetworkFilter,
+    /// envoy.config.rbac.v3.RBAC (enforced rules, no shadow).
+    Rbac,
+}
+
 impl CompiledRbac {
     /// Compiles envoy.extensions.filters.network.rbac.v3.RBAC bytes (the TCP filter).
     pub fn from_network_filter_bytes(buf: &[u8]) -> Result<Self, CoreError> {
-        let mut err = CoreError::new();
-        let f = crate::proto::rbac::decode_network_rbac_filter(buf, &mut err);
-        for (name, r) in [("rules", &f.rules), ("shadow_rules", &f.shadow_rules)] {
-            for (policy, p) in r.iter().flat_map(|r| &r.policies) {
-                let at = format!("{name}.policies[{policy:?}]");
-                for (i, rule) in p.permissions.iter().enumerate() {
-                    no_header_rules(rule, &format!("{at}.permissions[{i}]"), false, &mut err);
-                }
-                for (i, rule) in p.principals.iter().enumerate() {
-                    no_header_rules(rule, &format!("{at}.principals[{i}]"), true, &mut err);
-                }
-            }
-        }
-        if !err.is_empty() {
-            return Err(err);
-        }
-        let rules = f
-            .rules
-            .as_ref()
-            .and_then(|r| Engine::compile(r, "rules", &mut err));
-        let shadow_rules = f
-            .shadow_rules
-            .as_ref()
-            .and_then(|r| Engine::compile(r, "shadow_rules", &mut err));
-        err.into_result(Self {
-            rules,
-            shadow_rules,
-            rules_stat_prefix: f.rules_stat_prefix,
-            shadow_rules_stat_prefix: f.shadow_rules_stat_prefix,
-            network: true,
-        })
+        Self::compile(buf, RbacMessage::NetworkFilter, ENVOY_MAX_PROGRAM_SIZE)
     }
 
     /// Compiles envoy.extensions.filters.http.rbac.v3.RBAC bytes.
     pub fn from_filter_bytes(buf: &[u8]) -> Result<Self, CoreError> {
-        let mut err = CoreError::new();
-        let f = decode_rbac_filter(buf, &mut err);
+        Self::compile(buf, RbacMessage::HttpFilter, ENVOY_MAX_PROGRAM_SIZE)
+    }
+
+    /// Compiles envoy.config.rbac.v3.RBAC bytes (enforced rules, no shadow).
+    pub fn from_rbac_bytes(buf: &[u8]) -> Result<Self, CoreError> {
+        Self::compile(buf, RbacMessage::Rbac, ENVOY_MAX_PROGRAM_SIZE)
+    }
+
+    /// Compiles `message` from its bytes; regexes may compile to at most `max_program_size`
+    /// RE2 instructions (Envoy's runtime `re2.max_program_size.error_level`, 100 by default).
+    pub fn compile(
+        buf: &[u8],
+        message: RbacMessage,
+        max_program_size: u64,
+    ) -> Result<Self, CoreError> {
+        let mut err = CoreError::with_max_program_size(max_program_size);
+        // Field paths: the filters nest their RBAC messages in `rules` / `shadow_rules`.
+        let (f, rules_path) = match message {
+            RbacMessage::HttpFilter => (decode_rbac_filter(buf, &mut err), "rules"),
+            RbacMessage::NetworkFilter => {
+                let f = crate::proto::rbac::decode_network_rbac_filter(buf, &mut err);
+                for (name, r) in [("rules", &f.rules), ("shadow_rules", &f.shadow_rules)] {
+                    for (policy, p) in r.iter().flat_map(|r| &r.policies) {
+                        let at = format!("{name}.policies[{policy:?}]");
+                        for (i, rule) in p.permissions.iter().enumerate() {
+                            let path = format!("{at}.permissions[{i}]");
+                            no_header_rules(rule, &path, false, &mut err);
+                        }
+                        for (i, rule) in p.principals.iter().enumerate() {
+                            let path = format!("{at}.principals[{i}]");
+                            no_header_rules(rule, &path, true, &mut err);
+                        }
+                    }
+                }
+                (f, "rules")
+            }
+            RbacMessage::Rbac => {
+                let rules = Some(decode_rbac(buf, "", &mut err));
+                let f = crate::proto::rbac::RbacFilter {
+                    rules,
+                    ..Default::default()
+                };
+                (f, "")
+            }
+        };
         if !err.is_empty() {
             return Err(err);
         }
         let rules = f
             .rules
             .as_ref()
-            .and_then(|r| Engine::compile(r, "rules", &mut err));
+            .and_then(|r| Engine::compile(r, rules_path, &mut err));
         let shadow_rules = f
             .shadow_rules
             .as_ref()
@@ -867,24 +892,7 @@ impl CompiledRbac {
             shadow_rules,
             rules_stat_prefix: f.rules_stat_prefix,
             shadow_rules_stat_prefix: f.shadow_rules_stat_prefix,
-            network: false,
-        })
-    }
-
-    /// Compiles envoy.config.rbac.v3.RBAC bytes (enforced rules, no shadow).
-    pub fn from_rbac_bytes(buf: &[u8]) -> Result<Self, CoreError> {
-        let mut err = CoreError::new();
-        let r = decode_rbac(buf, "", &mut err);
-        if !err.is_empty() {
-            return Err(err);
-        }
-        let rules = Engine::compile(&r, "", &mut err);
-        err.into_result(Self {
-            rules,
-            shadow_rules: None,
-            rules_stat_prefix: String::new(),
-            shadow_rules_stat_prefix: String::new(),
-            network: false,
+            network: message == RbacMessage::NetworkFilter,
         })
     }
 

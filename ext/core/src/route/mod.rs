@@ -501,7 +501,17 @@ fn compile_match(m: &RouteMatch, path: &str, err: &mut CoreError) -> Option<(Pat
 impl CompiledRouteTable {
     /// Decodes and compiles a serialized RouteConfiguration; every problem is reported.
     pub fn from_bytes(buf: &[u8], options: HcmOptions) -> Result<Self, CoreError> {
-        let mut err = CoreError::new();
+        Self::compile(buf, options, crate::matcher::ENVOY_MAX_PROGRAM_SIZE)
+    }
+
+    /// As [`from_bytes`](Self::from_bytes), with regexes allowed up to `max_program_size`
+    /// RE2 instructions (Envoy's runtime `re2.max_program_size.error_level`, 100 by default).
+    pub fn compile(
+        buf: &[u8],
+        options: HcmOptions,
+        max_program_size: u64,
+    ) -> Result<Self, CoreError> {
+        let mut err = CoreError::with_max_program_size(max_program_size);
         let config = decode_route_configuration(buf, &mut err);
         let mut table = CompiledRouteTable {
             name: config.name.clone(),

@@ -34,10 +34,13 @@ def main(path: str) -> None:
     floor = route.get(("python-call+dict", 1000))
     if floor is not None:
         print(f"\nFloor: a Python function call plus a dict lookup: {floor:,.0f} ns.\n")
-    print("route_batch(): ns per request\n")
-    print("| routes | ns/request |\n|---:|---:|")
-    for (_, n), v in sorted(rows["route_batch"].items(), key=lambda kv: kv[0][1]):
-        print(f"| {n:,} | {v:,.1f} |")
+    print("route_batch(): ns per request, by input form\n")
+    batch = rows["route_batch"]
+    forms = ["list", "list+scalar-authority", "numpy-S", "numpy-U"]
+    print("| routes | " + " | ".join(forms) + " |\n|---:|" + "---:|" * len(forms))
+    for n in sorted({s for _, s in batch}):
+        cells = [f"{batch[(f, n)]:,.1f}" if (f, n) in batch else "n/a" for f in forms]
+        print(f"| {n:,} | " + " | ".join(cells) + " |")
     print("\ncompile: ms per table\n")
     comp = rows["compile"]
     print("| routes | " + " | ".join(peers[:4]) + " |\n|---:|" + "---:|" * 4)

@@ -256,14 +256,18 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn attributes(
+    /// Runs `f` on the core's attributes of these fields (built in place: the struct is
+    /// large, and moving it out of a `Result` cost more than the decision on small engines).
+    #[inline]
+    fn with_attributes<R>(
         &self,
         headers: &'a [(&'a str, &'a str)],
         uri_sans: &'a [&'a str],
         dns_sans: &'a [&'a str],
         metadata: Option<&'a MetaValue>,
-    ) -> Result<Attributes<'a>, BadField> {
-        Ok(Attributes {
+        f: impl FnOnce(&Attributes<'a>) -> R,
+    ) -> Result<R, BadField> {
+        let a = Attributes {
             method: self.method,
             path: self.path,
             authority: self.authority,
@@ -280,7 +284,8 @@ impl<'a> Fields<'a> {
             subject: self.subject.unwrap_or_default(),
             sni: self.sni.unwrap_or_default(),
             metadata,
-        })
+        };
+        Ok(f(&a))
     }
 }
 
@@ -531,10 +536,11 @@ impl RbacEngine {
             tls,
             cert: !uri.is_empty() || dns_sans.is_some() || subject.is_some(),
         };
-        let d = self.rbac.evaluate(
-            &f.attributes(&header_views, &uri, &dns, meta.as_ref())
-                .map_err(|e| f.error(e))?,
-        );
+        let d = f
+            .with_attributes(&header_views, &uri, &dns, meta.as_ref(), |a| {
+                self.rbac.evaluate(a)
+            })
+            .map_err(|e| f.error(e))?;
         self.shared_decision(py, &d)
     }
 
@@ -586,21 +592,21 @@ impl RbacEngine {
             tls,
             cert: !uri.is_empty() || dns_sans.is_some() || subject.is_some(),
         };
-        let a = f
-            .attributes(&header_views, &uri, &dns, meta.as_ref())
-            .map_err(|e| f.error(e))?;
-        let d = self.rbac.evaluate(&a);
-        let out = PyDict::new(py);
-        out.set_item("allowed", d.allowed)?;
-        out.set_item("policy_id", self.rbac.policy_name(&d))?;
-        out.set_item("shadow_allowed", d.shadow_allowed)?;
-        out.set_item("shadow_policy_id", self.rbac.shadow_policy_name(&d))?;
-        out.set_item("rules", engine_explain(py, self.rbac.rules.as_ref(), &a)?)?;
-        out.set_item(
-            "shadow_rules",
-            engine_explain(py, self.rbac.shadow_rules.as_ref(), &a)?,
-        )?;
-        Ok(out)
+        f.with_attributes(&header_views, &uri, &dns, meta.as_ref(), |a| {
+            let d = self.rbac.evaluate(a);
+            let out = PyDict::new(py);
+            out.set_item("allowed", d.allowed)?;
+            out.set_item("policy_id", self.rbac.policy_name(&d))?;
+            out.set_item("shadow_allowed", d.shadow_allowed)?;
+            out.set_item("shadow_policy_id", self.rbac.shadow_policy_name(&d))?;
+            out.set_item("rules", engine_explain(py, self.rbac.rules.as_ref(), a)?)?;
+            out.set_item(
+                "shadow_rules",
+                engine_explain(py, self.rbac.shadow_rules.as_ref(), a)?,
+            )?;
+            Ok(out)
+        })
+        .map_err(|e| f.error(e))?
     }
 
     /// Many requests at once, the GIL released while the core works. Every attribute of
@@ -732,10 +738,11 @@ impl RbacEngine {
                     .as_ref()
                     .and_then(|m| m.get(i))
                     .and_then(Option::as_ref);
-                let a = f
-                    .attributes(headers.get(i), uri_sans, dns.get(i), m)
+                let d = f
+                    .with_attributes(headers.get(i), uri_sans, dns.get(i), m, |a| {
+                        rbac.evaluate(a)
+                    })
                     .map_err(|e| PyValueError::new_err(format!("request {i}: {}", f.message(e))))?;
-                let d = rbac.evaluate(&a);
                 allowed.push(u8::from(d.allowed));
                 policy.push(index(d.policy));
                 shadow_allowed.push(u8::from(d.shadow_allowed.unwrap_or(false)));

@@ -15,6 +15,8 @@ def main(path: str) -> None:
     rows: dict[str, dict[tuple[str, int], float]] = defaultdict(dict)
     for b in data["benchmarks"]:
         info = b["extra_info"]
+        if "per_round" not in info:
+            continue  # not a route benchmark (bench_rbac.py reports per decision)
         # median round time per request, in ns
         ns = b["stats"]["median"] * 1e9 / info["per_round"]
         rows[info["kind"]][(info["peer"], info["size"])] = ns

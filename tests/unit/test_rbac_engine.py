@@ -301,6 +301,16 @@ def test_evaluate_batch_matches_evaluate() -> None:
     assert one["allowed"].tolist() == [True, False]
     with pytest.raises(ValueError, match="one entry per request"):
         engine.evaluate_batch(method=["GET"], path=["/a", "/b"])
+    # explain() reads its keywords as a batch of one: the same checks, the same decision.
+    with pytest.raises(TypeError, match="unexpected keyword argument 'pth'"):
+        engine.explain(pth="/svc0")
+    with pytest.raises(ValueError, match="tls=False contradicts"):
+        engine.explain(principal=SA + "sa0", tls=False)
+    why = engine.explain(method="GET", path="/svc0/x", principal=SA + "sa0", uri_sans=[])
+    assert (
+        why["policy_id"]
+        == engine.evaluate(method="GET", path="/svc0/x", principal=SA + "sa0").policy_id
+    )
     # numpy string arrays ('S' and 'U') are read without a Python object per request.
     for dtype in ("S", "U"):
         cols = {

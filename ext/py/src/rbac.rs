@@ -12,8 +12,8 @@ use meshcore_core::rbac::{Action, Decision, Engine, MetaValue, RbacMessage};
 use meshcore_core::{Attributes, CompiledRbac};
 
 use crate::columns::{
-    batch_len, header_objs, header_views, int32_array, numpy_array, HeaderColumn, ListColumn,
-    StrColumn, ValueColumn, Views,
+    batch_len, header_objs, header_views, int32_array, numpy_array, FlatViews, HeaderColumn,
+    ListColumn, StrColumn, ValueColumn, Views,
 };
 use crate::errors::core_error_to_py;
 
@@ -398,6 +398,179 @@ fn is_int_or_bool(v: &Bound<'_, PyAny>) -> bool {
     v.extract::<i64>().is_ok() && v.cast::<PyString>().is_err()
 }
 
+/// The string attributes of a batch, in [`Batch::read`]'s order.
+const STR_COLUMNS: [&str; 11] = [
+    "method",
+    "path",
+    "authority",
+    "scheme",
+    "source_ip",
+    "remote_ip",
+    "direct_remote_ip",
+    "destination_ip",
+    "principal",
+    "subject",
+    "sni",
+];
+
+/// The other attributes of a batch, in [`Batch::read`]'s order.
+const OTHER_COLUMNS: [&str; 6] = [
+    "headers",
+    "uri_sans",
+    "dns_sans",
+    "destination_port",
+    "tls",
+    "metadata",
+];
+
+/// Every attribute of a batch of requests as read from Python (strings stay Python objects
+/// or one numpy buffer; the core borrows views of them).
+struct Batch<'py> {
+    strs: Vec<StrColumn<'py>>,
+    headers: HeaderColumn<'py>,
+    uri: ListColumn<'py>,
+    dns: ListColumn<'py>,
+    port: ValueColumn<u16>,
+    tls: ValueColumn<bool>,
+    meta: Option<Vec<Option<MetaValue>>>,
+    n: usize,
+}
+
+impl<'py> Batch<'py> {
+    /// `strs` in [`STR_COLUMNS`] order, `other` in [`OTHER_COLUMNS`] order; `n` fixes the
+    /// number of requests (else the columns' common length).
+    fn read(
+        strs: [Option<&Bound<'py, PyAny>>; 11],
+        other: [Option<&Bound<'py, PyAny>>; 6],
+        n: Option<usize>,
+    ) -> PyResult<Self> {
+        let [headers, uri_sans, dns_sans, port, tls, metadata] = other;
+        let strs = strs
+            .iter()
+            .zip(STR_COLUMNS)
+            .map(|(c, what)| StrColumn::read(*c, what))
+            .collect::<PyResult<Vec<_>>>()?;
+        let headers = HeaderColumn::read(headers)?;
+        let uri = ListColumn::read(uri_sans, "uri_sans")?;
+        let dns = ListColumn::read(dns_sans, "dns_sans")?;
+        let port = ValueColumn::<u16>::read(port, "destination_port", is_int_or_bool)?;
+        let tls = ValueColumn::<bool>::read(tls, "tls", |v| v.cast::<PyBool>().is_ok())?;
+        let meta: Option<Vec<Option<MetaValue>>> = match metadata {
+            Some(m) if !m.is_none() => Some(
+                m.try_iter()?
+                    .map(|v| metadata_arg(Some(&v?)))
+                    .collect::<PyResult<_>>()?,
+            ),
+            _ => None,
+        };
+        let lens = strs
+            .iter()
+            .map(StrColumn::len)
+            .chain([headers.len(), uri.len(), dns.len(), port.len(), tls.len()])
+            .chain([meta.as_ref().map(Vec::len)]);
+        let n = batch_len(lens.chain([n]))?;
+        Ok(Self {
+            strs,
+            headers,
+            uri,
+            dns,
+            port,
+            tls,
+            meta,
+            n,
+        })
+    }
+
+    fn views(&self) -> PyResult<BatchViews<'_>> {
+        let strs = self
+            .strs
+            .iter()
+            .zip(STR_COLUMNS)
+            .map(|(c, what)| c.views(what))
+            .collect::<PyResult<Vec<_>>>()?;
+        let strs = <[Views<'_>; 11]>::try_from(strs)
+            .map_err(|_| PyValueError::new_err("internal: column count"))?;
+        Ok(BatchViews {
+            strs,
+            headers: self.headers.views()?,
+            uri: self.uri.views()?,
+            dns: self.dns.views()?,
+            port: &self.port,
+            tls: &self.tls,
+            meta: self.meta.as_deref(),
+            n: self.n,
+        })
+    }
+}
+
+/// Borrowed views of a [`Batch`]: what the core reads, without the GIL.
+struct BatchViews<'a> {
+    strs: [Views<'a>; 11],
+    headers: FlatViews<(&'a str, &'a str)>,
+    uri: FlatViews<&'a str>,
+    dns: FlatViews<&'a str>,
+    port: &'a ValueColumn<u16>,
+    tls: &'a ValueColumn<bool>,
+    meta: Option<&'a [Option<MetaValue>]>,
+    n: usize,
+}
+
+impl BatchViews<'_> {
+    /// Calls `f` with each request's attributes, in order; a bad value stops with an error
+    /// naming the request.
+    fn each(&self, mut f: impl FnMut(usize, &Attributes<'_>)) -> PyResult<()> {
+        let [method, path, authority, scheme, source_ip, remote_ip, direct_remote_ip, destination_ip, principal, subject, sni] =
+            &self.strs;
+        let mut sans: Vec<&str> = Vec::new();
+        for i in 0..self.n {
+            // URI SANs as Envoy sees them: the principal, then the other URI SANs.
+            let p = principal.get(i);
+            let more = self.uri.get(i);
+            let one;
+            let uri_sans: &[&str] = match p {
+                None => more,
+                Some(p) if more.is_empty() => {
+                    one = [p];
+                    &one
+                }
+                Some(p) => {
+                    sans.clear();
+                    sans.push(p);
+                    sans.extend_from_slice(more);
+                    &sans
+                }
+            };
+            let fields = Fields {
+                method: method.get(i),
+                path: path.get(i),
+                authority: authority.get(i),
+                scheme: scheme.get(i),
+                source_ip: source_ip.get(i),
+                remote_ip: remote_ip.get(i),
+                direct_remote_ip: direct_remote_ip.get(i),
+                destination_ip: destination_ip.get(i),
+                destination_port: self.port.get(i),
+                subject: subject.get(i),
+                sni: sni.get(i),
+                tls: self.tls.get(i),
+                cert: p.is_some()
+                    || self.uri.present(i)
+                    || self.dns.present(i)
+                    || subject.get(i).is_some(),
+            };
+            let meta = self.meta.and_then(|m| m.get(i)).and_then(Option::as_ref);
+            fields
+                .with_attributes(self.headers.get(i), uri_sans, self.dns.get(i), meta, |a| {
+                    f(i, a)
+                })
+                .map_err(|e| {
+                    PyValueError::new_err(format!("request {i}: {}", fields.message(e)))
+                })?;
+        }
+        Ok(())
+    }
+}
+
 #[pymethods]
 impl RbacEngine {
     /// Compiles envoy.extensions.filters.http.rbac.v3.RBAC (enforced and shadow rules) or
@@ -490,9 +663,11 @@ impl RbacEngine {
     }
 
     /// The decision of Envoy's RBAC filter for one request. Omitted attributes are absent.
-    #[pyo3(signature = (*, method=None, path=None, authority=None, headers=None, scheme=None,
-        source_ip=None, remote_ip=None, direct_remote_ip=None, destination_ip=None,
-        destination_port=None, principal=None, uri_sans=None, dns_sans=None, subject=None,
+    /// (Keyword-only: PyO3 finds each keyword by scanning this list, so the attributes most
+    /// calls give come first.)
+    #[pyo3(signature = (*, method=None, path=None, principal=None, authority=None,
+        headers=None, scheme=None, source_ip=None, remote_ip=None, direct_remote_ip=None,
+        destination_ip=None, destination_port=None, uri_sans=None, dns_sans=None, subject=None,
         tls=None, sni=None, metadata=None))]
     #[allow(clippy::too_many_arguments)]
     fn evaluate(
@@ -500,6 +675,7 @@ impl RbacEngine {
         py: Python<'_>,
         method: Option<&str>,
         path: Option<&str>,
+        principal: Option<&str>,
         authority: Option<&str>,
         headers: Option<&Bound<'_, PyAny>>,
         scheme: Option<&str>,
@@ -508,7 +684,6 @@ impl RbacEngine {
         direct_remote_ip: Option<&str>,
         destination_ip: Option<&str>,
         destination_port: Option<u16>,
-        principal: Option<&str>,
         uri_sans: Option<Vec<String>>,
         dns_sans: Option<Vec<String>>,
         subject: Option<&str>,
@@ -545,68 +720,59 @@ impl RbacEngine {
     }
 
     /// Which policies matched, through which permission and principal, and why the others
-    /// did not (every policy is evaluated, in name order).
-    #[pyo3(signature = (*, method=None, path=None, authority=None, headers=None, scheme=None,
-        source_ip=None, remote_ip=None, direct_remote_ip=None, destination_ip=None,
-        destination_port=None, principal=None, uri_sans=None, dns_sans=None, subject=None,
-        tls=None, sni=None, metadata=None))]
-    #[allow(clippy::too_many_arguments)]
+    /// did not (every policy is evaluated, in name order). Takes evaluate()'s keyword
+    /// arguments; they are read as a batch of one request.
+    #[pyo3(signature = (**request))]
     fn explain<'py>(
         &self,
         py: Python<'py>,
-        method: Option<&str>,
-        path: Option<&str>,
-        authority: Option<&str>,
-        headers: Option<&Bound<'py, PyAny>>,
-        scheme: Option<&str>,
-        source_ip: Option<&str>,
-        remote_ip: Option<&str>,
-        direct_remote_ip: Option<&str>,
-        destination_ip: Option<&str>,
-        destination_port: Option<u16>,
-        principal: Option<&str>,
-        uri_sans: Option<Vec<String>>,
-        dns_sans: Option<Vec<String>>,
-        subject: Option<&str>,
-        tls: Option<bool>,
-        sni: Option<&str>,
-        metadata: Option<&Bound<'py, PyAny>>,
+        request: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let meta = metadata_arg(metadata)?;
-        let objs = header_objs(headers)?;
-        let header_views = header_views(&objs)?;
-        let uri = all_uri_sans(&principal, uri_sans.as_deref());
-        let dns: Vec<&str> = dns_sans.iter().flatten().map(String::as_str).collect();
-        let f = Fields {
-            method,
-            path,
-            authority,
-            scheme,
-            source_ip,
-            remote_ip,
-            direct_remote_ip,
-            destination_ip,
-            destination_port,
-            subject,
-            sni,
-            tls,
-            cert: !uri.is_empty() || dns_sans.is_some() || subject.is_some(),
-        };
-        f.with_attributes(&header_views, &uri, &dns, meta.as_ref(), |a| {
-            let d = self.rbac.evaluate(a);
-            let out = PyDict::new(py);
-            out.set_item("allowed", d.allowed)?;
-            out.set_item("policy_id", self.rbac.policy_name(&d))?;
-            out.set_item("shadow_allowed", d.shadow_allowed)?;
-            out.set_item("shadow_policy_id", self.rbac.shadow_policy_name(&d))?;
-            out.set_item("rules", engine_explain(py, self.rbac.rules.as_ref(), a)?)?;
-            out.set_item(
-                "shadow_rules",
-                engine_explain(py, self.rbac.shadow_rules.as_ref(), a)?,
-            )?;
-            Ok(out)
-        })
-        .map_err(|e| f.error(e))?
+        let empty = PyDict::new(py);
+        let request = request.unwrap_or(&empty);
+        for key in request.keys() {
+            let key: String = key.extract()?;
+            if !STR_COLUMNS.contains(&key.as_str()) && !OTHER_COLUMNS.contains(&key.as_str()) {
+                return Err(PyTypeError::new_err(format!(
+                    "explain() got an unexpected keyword argument '{key}'"
+                )));
+            }
+        }
+        let get = |k: &str| request.get_item(k).ok().flatten().filter(|v| !v.is_none());
+        let strs = STR_COLUMNS.map(get);
+        // Per-request attributes (lists, dicts) become one-entry columns; the rest are
+        // scalars, which a batch broadcasts.
+        let other = OTHER_COLUMNS.map(|k| {
+            let v = get(k)?;
+            if matches!(k, "headers" | "uri_sans" | "dns_sans" | "metadata") {
+                PyList::new(py, [v]).ok().map(Bound::into_any)
+            } else {
+                Some(v)
+            }
+        });
+        let batch = Batch::read(
+            strs.each_ref().map(Option::as_ref),
+            other.each_ref().map(Option::as_ref),
+            Some(1),
+        )?;
+        let mut out = None;
+        batch.views()?.each(|_, a| {
+            out = Some((|| -> PyResult<Bound<'py, PyDict>> {
+                let d = self.rbac.evaluate(a);
+                let out = PyDict::new(py);
+                out.set_item("allowed", d.allowed)?;
+                out.set_item("policy_id", self.rbac.policy_name(&d))?;
+                out.set_item("shadow_allowed", d.shadow_allowed)?;
+                out.set_item("shadow_policy_id", self.rbac.shadow_policy_name(&d))?;
+                out.set_item("rules", engine_explain(py, self.rbac.rules.as_ref(), a)?)?;
+                out.set_item(
+                    "shadow_rules",
+                    engine_explain(py, self.rbac.shadow_rules.as_ref(), a)?,
+                )?;
+                Ok(out)
+            })());
+        })?;
+        out.unwrap_or_else(|| Err(PyValueError::new_err("internal: no request")))
     }
 
     /// Many requests at once, the GIL released while the core works. Every attribute of
@@ -643,112 +809,39 @@ impl RbacEngine {
         sni: Option<&Bound<'py, PyAny>>,
         metadata: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        // Strings stay Python objects (or one numpy buffer); the core borrows views of them.
-        let named = [
-            (method, "method"),
-            (path, "path"),
-            (authority, "authority"),
-            (scheme, "scheme"),
-            (source_ip, "source_ip"),
-            (remote_ip, "remote_ip"),
-            (direct_remote_ip, "direct_remote_ip"),
-            (destination_ip, "destination_ip"),
-            (principal, "principal"),
-            (subject, "subject"),
-            (sni, "sni"),
-        ];
-        let cols = named
-            .iter()
-            .map(|(c, what)| StrColumn::read(*c, what))
-            .collect::<PyResult<Vec<_>>>()?;
-        let headers = HeaderColumn::read(headers)?;
-        let uri = ListColumn::read(uri_sans, "uri_sans")?;
-        let dns = ListColumn::read(dns_sans, "dns_sans")?;
-        let port = ValueColumn::<u16>::read(destination_port, "destination_port", is_int_or_bool)?;
-        let tls = ValueColumn::<bool>::read(tls, "tls", |v| v.cast::<PyBool>().is_ok())?;
-        let meta: Option<Vec<Option<MetaValue>>> = match metadata {
-            Some(m) if !m.is_none() => Some(
-                m.try_iter()?
-                    .map(|v| metadata_arg(Some(&v?)))
-                    .collect::<PyResult<_>>()?,
-            ),
-            _ => None,
-        };
-        let n = batch_len(
-            cols.iter()
-                .map(StrColumn::len)
-                .chain([headers.len(), uri.len(), dns.len(), port.len(), tls.len()])
-                .chain([meta.as_ref().map(Vec::len)]),
+        let batch = Batch::read(
+            [
+                method,
+                path,
+                authority,
+                scheme,
+                source_ip,
+                remote_ip,
+                direct_remote_ip,
+                destination_ip,
+                principal,
+                subject,
+                sni,
+            ],
+            [headers, uri_sans, dns_sans, destination_port, tls, metadata],
+            None,
         )?;
-        let views = cols
-            .iter()
-            .zip(named)
-            .map(|(c, (_, what))| c.views(what))
-            .collect::<PyResult<Vec<_>>>()?;
-        let [method, path, authority, scheme, source_ip, remote_ip, direct_remote_ip, destination_ip, principal, subject, sni] =
-            <[Views<'_>; 11]>::try_from(views)
-                .map_err(|_| PyValueError::new_err("internal: column count"))?;
-        let (headers, uri, dns) = (headers.views()?, uri.views()?, dns.views()?);
+        let views = batch.views()?;
         let rbac = &self.rbac;
         // Written straight into the output columns (no per-request record kept).
         let index = |p: Option<usize>| p.map_or(-1i32, |i| i as i32);
-        let mut allowed: Vec<u8> = Vec::with_capacity(n);
-        let mut policy: Vec<i32> = Vec::with_capacity(n);
-        let mut shadow_allowed: Vec<u8> = Vec::with_capacity(n);
-        let mut shadow_policy: Vec<i32> = Vec::with_capacity(n);
-        py.detach(|| -> PyResult<()> {
-            let mut sans: Vec<&str> = Vec::new();
-            for i in 0..n {
-                // URI SANs as Envoy sees them: the principal, then the other URI SANs.
-                let p = principal.get(i);
-                let more = uri.get(i);
-                let one;
-                let uri_sans: &[&str] = match p {
-                    None => more,
-                    Some(p) if more.is_empty() => {
-                        one = [p];
-                        &one
-                    }
-                    Some(p) => {
-                        sans.clear();
-                        sans.push(p);
-                        sans.extend_from_slice(more);
-                        &sans
-                    }
-                };
-                let f = Fields {
-                    method: method.get(i),
-                    path: path.get(i),
-                    authority: authority.get(i),
-                    scheme: scheme.get(i),
-                    source_ip: source_ip.get(i),
-                    remote_ip: remote_ip.get(i),
-                    direct_remote_ip: direct_remote_ip.get(i),
-                    destination_ip: destination_ip.get(i),
-                    destination_port: port.get(i),
-                    subject: subject.get(i),
-                    sni: sni.get(i),
-                    tls: tls.get(i),
-                    cert: p.is_some()
-                        || uri.present(i)
-                        || dns.present(i)
-                        || subject.get(i).is_some(),
-                };
-                let m = meta
-                    .as_ref()
-                    .and_then(|m| m.get(i))
-                    .and_then(Option::as_ref);
-                let d = f
-                    .with_attributes(headers.get(i), uri_sans, dns.get(i), m, |a| {
-                        rbac.evaluate(a)
-                    })
-                    .map_err(|e| PyValueError::new_err(format!("request {i}: {}", f.message(e))))?;
+        let mut allowed: Vec<u8> = Vec::with_capacity(batch.n);
+        let mut policy: Vec<i32> = Vec::with_capacity(batch.n);
+        let mut shadow_allowed: Vec<u8> = Vec::with_capacity(batch.n);
+        let mut shadow_policy: Vec<i32> = Vec::with_capacity(batch.n);
+        py.detach(|| {
+            views.each(|_, a| {
+                let d = rbac.evaluate(a);
                 allowed.push(u8::from(d.allowed));
                 policy.push(index(d.policy));
                 shadow_allowed.push(u8::from(d.shadow_allowed.unwrap_or(false)));
                 shadow_policy.push(index(d.shadow_policy));
-            }
-            Ok(())
+            })
         })?;
         let out = PyDict::new(py);
         out.set_item("allowed", numpy_array(py, &allowed, "bool_")?)?;

@@ -72,6 +72,32 @@ impl Hasher for FastHasher {
 
 pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
+/// For maps keyed by a [`hash_of`] value: the key is already a hash, so it is used as is.
+#[derive(Default, Clone, Copy)]
+pub struct PrehashedKey(u64);
+
+impl Hasher for PrehashedKey {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed with this; any other input still hashes (slowly).
+        let mut h = FastHasher(self.0);
+        h.write(bytes);
+        self.0 = h.finish();
+    }
+
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A map keyed by [`hash_of`] values.
+pub type HashKeyMap<V> = HashMap<u64, V, BuildHasherDefault<PrehashedKey>>;
+
 /// The hash of a key, for indexes keyed by hash alone (where a collision only adds a
 /// candidate that the full check then rejects).
 pub fn hash_of(key: &str) -> u64 {

@@ -383,9 +383,21 @@ impl<'py> StrColumn<'py> {
     }
 }
 
+/// The length of a numpy 'S' record without its trailing NUL padding (a word at a time).
+#[inline]
+fn trimmed_len(rec: &[u8]) -> usize {
+    let mut end = rec.len();
+    while end >= 8 && rec[end - 8..end] == [0u8; 8] {
+        end -= 8;
+    }
+    while end > 0 && rec[end - 1] == 0 {
+        end -= 1;
+    }
+    end
+}
+
 fn trim_nul(rec: &[u8]) -> &[u8] {
-    let end = rec.iter().rposition(|&b| b != 0).map_or(0, |e| e + 1);
-    &rec[..end]
+    &rec[..trimmed_len(rec)]
 }
 
 /// Borrowed string values of a column, by request index.
@@ -409,8 +421,7 @@ impl<'a> Views<'a> {
             Self::Each(v) => v.get(i).copied().flatten(),
             Self::Fixed { text, width } => {
                 let rec = text.get(i * width..(i + 1) * width)?;
-                let end = rec.bytes().rposition(|b| b != 0).map_or(0, |e| e + 1);
-                rec.get(..end)
+                rec.get(..trimmed_len(rec.as_bytes()))
             }
         }
     }
@@ -428,26 +439,32 @@ impl<'a> Views<'a> {
 
 /// numpy 'U' records (UCS-4 code points, native order, NUL-padded) decoded to UTF-8.
 fn ucs4_column<'py>(raw: &[u8], width: usize, what: &str) -> PyResult<StrColumn<'py>> {
-    let mut text = String::with_capacity(raw.len() / 4);
+    let mut text: Vec<u8> = Vec::with_capacity(raw.len() / 4);
     let mut ends = Vec::new();
-    if width == 0 {
-        return Ok(StrColumn::Text { text, ends });
-    }
-    for (i, rec) in raw.chunks_exact(width).enumerate() {
-        // Trailing NULs are padding; decode up to the last code point that is not NUL.
-        let mut keep = text.len();
-        for c in rec.chunks_exact(4) {
-            let c = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
-            text.push(char::from_u32(c).ok_or_else(|| {
-                PyValueError::new_err(format!("{what}[{i}] holds an invalid code point"))
-            })?);
-            if c != 0 {
-                keep = text.len();
+    if width >= 4 {
+        for (i, rec) in raw.chunks_exact(width).enumerate() {
+            // Trailing NULs are padding: decode up to the last code point that is not NUL.
+            let mut n = rec.len() / 4;
+            while n > 0 && rec[4 * n - 4..4 * n] == [0u8; 4] {
+                n -= 1;
             }
+            for c in rec[..4 * n].chunks_exact(4) {
+                let c = u32::from_ne_bytes([c[0], c[1], c[2], c[3]]);
+                if c < 0x80 {
+                    text.push(c as u8);
+                } else {
+                    let ch = char::from_u32(c).ok_or_else(|| {
+                        PyValueError::new_err(format!("{what}[{i}] holds an invalid code point"))
+                    })?;
+                    text.extend_from_slice(ch.encode_utf8(&mut [0u8; 4]).as_bytes());
+                }
+            }
+            ends.push(text.len());
         }
-        text.truncate(keep);
-        ends.push(text.len());
     }
+    // Every byte came from a char's UTF-8 encoding.
+    let text = String::from_utf8(text)
+        .map_err(|_| PyValueError::new_err(format!("{what}: invalid text")))?;
     Ok(StrColumn::Text { text, ends })
 }
 

@@ -10,12 +10,12 @@
 use super::{Attributes, CompiledPolicy, Matcher};
 use crate::matcher::{CompiledString, HeaderTest};
 
-use crate::fasthash::{hash_of, FastMap, Ids};
+use crate::fasthash::{hash_of, HashKeyMap, Ids};
 
 /// Policy ids by the hash of a literal. The literal itself is not kept: a hash collision only
 /// adds a candidate, which the full check rejects (and a lookup saves a string comparison and
 /// its cache miss).
-type LiteralMap = FastMap<u64, Ids>;
+type LiteralMap = HashKeyMap<Ids>;
 
 fn add(map: &mut LiteralMap, key: &str, id: u32) {
     match map.get_mut(&hash_of(key)) {

@@ -595,11 +595,43 @@ impl Action {
     }
 }
 
+/// A policy's permissions or principals. Istio's policies have one of each: kept inline in
+/// the policy then, one pointer (and likely cache miss) less per decision.
+#[derive(Debug, Clone)]
+pub enum Matchers {
+    One([Matcher; 1]),
+    Many(Vec<Matcher>),
+}
+
+impl From<Vec<Matcher>> for Matchers {
+    fn from(mut v: Vec<Matcher>) -> Self {
+        match (v.pop(), v.is_empty()) {
+            (Some(m), true) => Self::One([m]),
+            (Some(m), false) => {
+                v.push(m);
+                Self::Many(v)
+            }
+            (None, _) => Self::Many(v),
+        }
+    }
+}
+
+impl std::ops::Deref for Matchers {
+    type Target = [Matcher];
+
+    fn deref(&self) -> &[Matcher] {
+        match self {
+            Self::One(m) => m,
+            Self::Many(v) => v,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct CompiledPolicy {
     pub name: String,
-    pub permissions: Vec<Matcher>,
-    pub principals: Vec<Matcher>,
+    pub permissions: Matchers,
+    pub principals: Matchers,
 }
 
 impl CompiledPolicy {
@@ -759,8 +791,8 @@ fn compile_policy(
     }
     Some(CompiledPolicy {
         name: name.to_string(),
-        permissions,
-        principals,
+        permissions: Matchers::from(permissions),
+        principals: Matchers::from(principals),
     })
 }
 

@@ -109,7 +109,7 @@ impl<T> FlatViews<T> {
     }
 
     /// Request i's items (empty when the column is absent or i has none).
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, i: usize) -> &[T] {
         match self.spans.get(i) {
             Some(Some((a, b))) => self.items.get(*a..*b).unwrap_or_default(),
@@ -118,7 +118,7 @@ impl<T> FlatViews<T> {
     }
 
     /// Whether request i has the attribute (a list, possibly empty).
-    #[inline]
+    #[inline(always)]
     pub fn present(&self, i: usize) -> bool {
         matches!(self.spans.get(i), Some(Some(_)))
     }
@@ -217,7 +217,7 @@ impl<T: Copy> ValueColumn<T> {
         Ok(Self::Each(out))
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, i: usize) -> Option<T> {
         match self {
             Self::Absent => None,
@@ -387,7 +387,14 @@ impl<'py> StrColumn<'py> {
 #[inline]
 fn trimmed_len(rec: &[u8]) -> usize {
     let mut end = rec.len();
-    while end >= 8 && rec[end - 8..end] == [0u8; 8] {
+    while end >= 8 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&rec[end - 8..end]);
+        // Little-endian: the record's last byte is the word's most significant one.
+        let w = u64::from_le_bytes(w);
+        if w != 0 {
+            return end - (w.leading_zeros() / 8) as usize;
+        }
         end -= 8;
     }
     while end > 0 && rec[end - 1] == 0 {
@@ -413,7 +420,7 @@ pub enum Views<'a> {
 }
 
 impl<'a> Views<'a> {
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, i: usize) -> Option<&'a str> {
         match self {
             Self::Absent => None,

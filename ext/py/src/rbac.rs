@@ -258,7 +258,7 @@ impl<'a> Fields<'a> {
 
     /// Runs `f` on the core's attributes of these fields (built in place: the struct is
     /// large, and moving it out of a `Result` cost more than the decision on small engines).
-    #[inline]
+    #[inline(always)]
     fn with_attributes<R>(
         &self,
         headers: &'a [(&'a str, &'a str)],

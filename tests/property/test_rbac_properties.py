@@ -194,22 +194,12 @@ def test_batch_with_every_column_agrees_with_single(
     pols: dict[str, Any], reqs: list[dict[str, Any]], form: str
 ) -> None:
     e = engine("ALLOW", pols)
-    strings = [
-        "method",
-        "path",
-        "authority",
-        "scheme",
-        "source_ip",
-        "remote_ip",
-        "direct_remote_ip",
-        "destination_ip",
-        "principal",
-        "subject",
-        "sni",
-    ]
-    cols: dict[str, Any] = {k: _column([r[k] for r in reqs], form) for k in strings}
-    for k in ("destination_port", "headers", "uri_sans", "dns_sans", "tls"):
-        cols[k] = [r[k] for r in reqs]
+    per_request = ("destination_port", "headers", "uri_sans", "dns_sans", "tls")
+    cols: dict[str, Any] = {}
+    for k in reqs[0]:
+        values = [r[k] for r in reqs]
+        # String attributes are also given as numpy arrays.
+        cols[k] = values if k in per_request else _column(values, form)
     out = e.evaluate_batch(**cols)
     for i, r in enumerate(reqs):
         d = e.evaluate(**r)

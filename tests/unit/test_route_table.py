@@ -284,6 +284,12 @@ def test_route_batch_matches_route() -> None:
     enc = np.array(["/caf\u00e9".encode(), b"/cafe"], dtype="S")
     assert uni.route_batch("h", enc).tolist() == [0, -1]
     assert uni.route_batch("h", np.array(["/caf\u00e9", "/cafe"])).tolist() == [0, -1]
+    # Byte order, strides and empty columns.
+    swapped = np.array(["/caf\u00e9", "/cafe"], dtype=">U5")
+    assert uni.route_batch("h", swapped).tolist() == [0, -1]
+    assert uni.route_batch("h", np.array(["/caf\u00e9", "/x", "/cafe"])[::2]).tolist() == [0, -1]
+    assert uni.route_batch("h", np.array([], dtype="S")).tolist() == []
+    assert uni.route_batch([], []).tolist() == []
     with pytest.raises(ValueError, match=r"paths\[0\] is not valid UTF-8"):
         uni.route_batch("h", np.array([b"/\xff"], dtype="S"))
     with pytest.raises(TypeError, match=r"paths\[1\] must be str"):

@@ -307,6 +307,14 @@ impl<'py> StrColumn<'py> {
                 return Ok(Self::Bytes { data, width });
             }
             if kind == 'U' {
+                // UCS-4 in native byte order ('>U' arrays are converted first).
+                let dtype = col.getattr("dtype")?;
+                let native: bool = dtype.getattr("isnative")?.extract()?;
+                let col = if native {
+                    col.clone()
+                } else {
+                    col.call_method1("astype", (dtype.call_method1("newbyteorder", ("=",))?,))?
+                };
                 let raw = col.call_method0("tobytes")?.cast_into::<PyBytes>()?;
                 return ucs4_column(raw.as_bytes(), width, what);
             }

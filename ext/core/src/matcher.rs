@@ -275,11 +275,35 @@ pub enum HeaderTest {
     Value(CompiledString),
 }
 
+/// The request-line pseudo-headers, named once at compile time so that a match on them does
+/// not compare (or even load) the header name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PseudoHeader {
+    Method,
+    Path,
+    Authority,
+    Scheme,
+}
+
+impl PseudoHeader {
+    pub fn of(name: &str) -> Option<Self> {
+        match name {
+            ":method" => Some(Self::Method),
+            ":path" => Some(Self::Path),
+            ":authority" => Some(Self::Authority),
+            ":scheme" => Some(Self::Scheme),
+            _ => None,
+        }
+    }
+}
+
 /// A compiled envoy.config.route.v3.HeaderMatcher.
 #[derive(Debug, Clone)]
 pub struct CompiledHeader {
     /// Lower case, as Envoy stores header names.
     pub name: String,
+    /// `name` when it is a request-line pseudo-header.
+    pub pseudo: Option<PseudoHeader>,
     pub test: HeaderTest,
     pub invert: bool,
     pub treat_missing_as_empty: bool,
@@ -369,8 +393,10 @@ impl CompiledHeader {
         if err.errors.len() != before {
             return None;
         }
+        let name = m.name.to_ascii_lowercase();
         Some(Self {
-            name: m.name.to_ascii_lowercase(),
+            pseudo: PseudoHeader::of(&name),
+            name,
             test: test?,
             invert: m.invert_match,
             treat_missing_as_empty: m.treat_missing_header_as_empty,

@@ -14,7 +14,7 @@ mod tests;
 use std::net::IpAddr;
 
 use crate::error::{join_path, CoreError};
-use crate::matcher::{CompiledHeader, CompiledString, HeaderTest};
+use crate::matcher::{CompiledHeader, CompiledString, HeaderTest, PseudoHeader};
 use crate::proto::matcher::StringMatcher;
 use crate::proto::rbac::{
     decode_rbac, decode_rbac_filter, CidrRange, Policy, Rbac, Rule, ValueMatcher,
@@ -182,16 +182,29 @@ impl CompiledMetadata {
 }
 
 impl<'a> Attributes<'a> {
+    /// The value of a request-line pseudo-header, when the request has it.
+    pub fn pseudo(&self, p: PseudoHeader) -> Option<&'a str> {
+        match p {
+            PseudoHeader::Method => self.method,
+            PseudoHeader::Path => self.path,
+            PseudoHeader::Authority => self.authority,
+            PseudoHeader::Scheme => self.scheme,
+        }
+    }
+
+    /// Calls `f` with every value of the header `h` matches, pseudo-headers included.
+    pub fn for_each_value_of(&self, h: &CompiledHeader, f: impl FnMut(&str)) {
+        if let Some(v) = h.pseudo.and_then(|p| self.pseudo(p)) {
+            let mut f = f;
+            f(v);
+            return;
+        }
+        self.for_each_header_value(&h.name, f);
+    }
+
     /// Calls `f` with every value of header `name` (lower case), pseudo-headers included.
     pub fn for_each_header_value(&self, name: &str, mut f: impl FnMut(&str)) {
-        let pseudo = match name {
-            ":method" => Some(self.method),
-            ":path" => Some(self.path),
-            ":authority" => Some(self.authority),
-            ":scheme" => Some(self.scheme),
-            _ => None,
-        };
-        if let Some(Some(v)) = pseudo {
+        if let Some(v) = PseudoHeader::of(name).and_then(|p| self.pseudo(p)) {
             f(v);
             return;
         }
@@ -223,12 +236,12 @@ fn header_matches(h: &CompiledHeader, a: &Attributes<'_>) -> bool {
     if let HeaderTest::Present(want) = h.test {
         // treat_missing_header_as_empty makes a missing header present (as "").
         let mut present = h.treat_missing_as_empty;
-        a.for_each_header_value(&h.name, |_| present = true);
+        a.for_each_value_of(h, |_| present = true);
         return (present == want) != h.invert;
     }
     let mut seen = false;
     let mut hit = false;
-    a.for_each_header_value(&h.name, |v| {
+    a.for_each_value_of(h, |v| {
         seen = true;
         hit = hit || h.test_value(v);
     });

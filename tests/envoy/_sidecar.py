@@ -93,6 +93,19 @@ def bootstrap_for(
     )
 
 
+def free_ports(n: int, host: str = "127.0.0.1", avoid: Iterable[int] = ()) -> list[int]:
+    """``n`` distinct free ports (``free_port`` alone may hand out a port twice: each probe
+    socket is closed before the next), none of them in ``avoid``."""
+    seen = set(avoid)
+    out: list[int] = []
+    while len(out) < n:
+        p = free_port(host)
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -245,43 +258,6 @@ def http_connection_manager(
 
 def ads_source() -> dict[str, Any]:
     return {"ads": {}, "resource_api_version": "V3"}
-
-
-def ads_bootstrap(node_id: str, ads_port: int, admin: int) -> dict[str, Any]:
-    """A bootstrap that takes listeners (and their routes) from an ADS server on ads_port."""
-    http2 = {
-        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "explicit_http_config": {"http2_protocol_options": {}},
-    }
-    endpoint = {"endpoint": {"address": socket_address(ads_port)}}
-    return {
-        "node": {"id": node_id, "cluster": "test"},
-        "admin": {"address": socket_address(admin)},
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": "GRPC",
-                "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
-            },
-            "lds_config": ads_source(),
-        },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": "xds",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": http2
-                    },
-                    "load_assignment": {
-                        "cluster_name": "xds",
-                        "endpoints": [{"lb_endpoints": [endpoint]}],
-                    },
-                }
-            ]
-        },
-    }
 
 
 class AdsControlPlane:

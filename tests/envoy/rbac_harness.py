@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _sidecar import envoy_binary, envoy_process, free_port
+from _sidecar import envoy_binary, envoy_process, free_ports
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -210,7 +210,8 @@ def running_envoy(
     access log is complete once Envoy has exited)."""
     routes = _routes(configs)
     where = list(listeners)
-    admin = free_port()
+    taken = [p for _, p in [*where, *tls_listeners, *(w for w, _ in chains)]]
+    admin = free_ports(1, avoid=taken)[0]
     bootstrap = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {

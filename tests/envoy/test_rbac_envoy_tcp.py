@@ -29,7 +29,7 @@ from google.protobuf import json_format
 from meshcore import RbacEngine
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _sidecar import free_port, running_envoy
+from _sidecar import free_ports, running_envoy
 from rbac_harness import have_envoy
 from test_rbac_envoy_diff import LISTEN, SEED, SOURCES, Gen
 
@@ -125,7 +125,7 @@ def _exchange(source: str, dest: tuple[str, int]) -> tuple[str, bool]:
 def test_network_rbac_agrees_with_envoy(tmp_path: Path) -> None:
     rng = random.Random(SEED + 3)
     listeners_per_addr = 20
-    listeners = [(a, free_port(a)) for a in LISTEN for _ in range(listeners_per_addr)]
+    listeners = [(a, p) for a in LISTEN for p in free_ports(listeners_per_addr, a)]
     gen = Gen(rng, [p for _, p in listeners[:4]], headers=False)
     configs = [_network_config(gen) for _ in listeners]
     engines = [
@@ -135,7 +135,7 @@ def test_network_rbac_agrees_with_envoy(tmp_path: Path) -> None:
     echo = _EchoServer(("127.0.0.1", 0), _Echo)
     thread = threading.Thread(target=echo.serve_forever, daemon=True)
     thread.start()
-    admin = free_port()
+    admin = free_ports(1, avoid=[p for _, p in listeners])[0]
     bootstrap = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {

@@ -1,7 +1,8 @@
 """RouteTable against real Envoy: random configurations, near-miss requests, zero disagreements.
 
 meshcore's own ADS server (``start_ads_server`` over a ``SnapshotCache``) serves Envoy the
-configurations, as a mesh would: a batch of listeners (one per random RouteConfiguration, each
+configurations, as a mesh would (Envoy starts from meshcore's ``ads_bootstrap``, with its
+runtime: RouteTables get the same RE2 program-size limit): a batch of listeners (one per random RouteConfiguration, each
 with its own connection-manager options) over LDS, their RouteConfigurations over RDS. The
 test waits for Envoy to ACK both, sends the batch's requests, then publishes the next batch to
 the same Envoy (the whole run costs one start).
@@ -22,8 +23,7 @@ import pytest
 from _sidecar import (
     AdsControlPlane,
     HttpClient,
-    ads_bootstrap,
-    free_port,
+    free_ports,
     http_connection_manager,
     listener,
     listener_ports,
@@ -40,7 +40,9 @@ from google.protobuf.message import Message
 from routegen import Case, GeneratedConfig, generate
 
 from meshcore import RouteTable
+from meshcore.dataplane.bootstrap import ads_bootstrap
 from meshcore.xds import types
+from meshcore.xds.translate import BOOTSTRAP_RUNTIME
 
 pytestmark = pytest.mark.envoy
 
@@ -48,7 +50,8 @@ CASES = int(os.environ.get("MESHCORE_DIFF_CASES", "10000"))
 SEED = int(os.environ.get("MESHCORE_DIFF_SEED", "20261125"))
 CASES_PER_CONFIG = 250
 CONFIGS_PER_BATCH = 40
-NODE = "route-diff~127.0.0.1~diff.default~default.svc.cluster.local"
+NODE = "sidecar~127.0.0.1~route-diff.default~default.svc.cluster.local"
+RE2_LIMIT = int(BOOTSTRAP_RUNTIME["re2.max_program_size.error_level"])
 
 
 def _envoy_answer(
@@ -71,7 +74,8 @@ def _envoy_answer(
 def _table(gen: GeneratedConfig, port: int) -> RouteTable:
     msg = json_format.ParseDict(gen.route_config, route_pb2.RouteConfiguration())
     opts = dict(gen.hcm_options)
-    return RouteTable.from_proto(msg, listener_port=port, **opts)
+    # meshcore's bootstrap raises Envoy's RE2 program-size limit; the table takes the same.
+    return RouteTable.from_proto(msg, listener_port=port, max_program_size=RE2_LIMIT, **opts)
 
 
 def _resources(
@@ -89,19 +93,7 @@ def _resources(
         routes[g.route_config["name"]] = json_format.ParseDict(
             g.route_config, route_pb2.RouteConfiguration()
         )
-    return {types.LISTENER: listeners, types.ROUTE: routes}
-
-
-def _fresh_ports(n: int, used: set[int]) -> list[int]:
-    """Ports no listener of this run had: a removed listener drains for a while, and a new
-    one on its port could share it (SO_REUSEPORT) and answer with the old routes."""
-    out: list[int] = []
-    while len(out) < n:
-        p = free_port()
-        if p not in used:
-            used.add(p)
-            out.append(p)
-    return out
+    return {types.CLUSTER: {}, types.LISTENER: listeners, types.ROUTE: routes}
 
 
 def _wait_listeners(admin: int, want: dict[str, int]) -> None:
@@ -169,12 +161,14 @@ def test_random_configs_agree_with_envoy(tmp_path: Path) -> None:
     batches = [gens[i : i + CONFIGS_PER_BATCH] for i in range(0, len(gens), CONFIGS_PER_BATCH)]
     total = 0
     failures: list[str] = []
-    admin = free_port()
-    used = {admin}
-    ports = [_fresh_ports(len(batch), used) for batch in batches]
+    # Ports no listener of this run had: a removed listener drains for a while, and a new
+    # one on its port could share it (SO_REUSEPORT) and answer with the old routes.
+    admin, *flat = free_ports(1 + sum(len(b) for b in batches))
+    ports = [[flat.pop() for _ in batch] for batch in batches]
     with AdsControlPlane() as cp:
         cp.publish(NODE, _resources(batches[0], 0, ports[0]))
-        with running_envoy(ads_bootstrap(NODE, cp.port, admin), tmp_path, "envoy"):
+        boot = ads_bootstrap(NODE, "127.0.0.1", cp.port, admin_port=admin)
+        with running_envoy(boot, tmp_path, "envoy"):
             for b, batch in enumerate(batches):
                 if b:
                     cp.publish(NODE, _resources(batch, b, ports[b]))

@@ -98,3 +98,22 @@ def test_binary_garbage_is_a_clean_error(tmp_path: Path) -> None:
     r = run("validate", str(tmp_path))
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
+
+
+def test_demo_ships_its_mesh_and_checks_its_arguments(tmp_path: Path) -> None:
+    from meshcore.cli import main
+    from meshcore.demo import EXAMPLES, DemoMesh
+
+    # The example mesh is package data (a pip-installed meshcore can run the demo).
+    assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == [
+        "security.yaml", "services.yaml", "traffic.yaml", "workloads.yaml",
+    ]  # fmt: skip
+    assert main(["demo", "--config", str(tmp_path / "missing")]) == 2
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "vs.yaml").write_text("kind: VirtualService\nmetadata: {name: x}\nspec: {htp: []}\n")
+    with pytest.raises(ValueError, match="htp"):
+        DemoMesh(bad, tmp_path / "work")
+    with pytest.raises(ValueError, match="proxy must be one of"):
+        DemoMesh(workdir=tmp_path / "work2", proxy="nginx")
+    assert main(["demo", "--config", str(bad)]) == 1

@@ -302,7 +302,13 @@ def _demo(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir) if args.workdir else None
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(run_demo(serve=args.serve, config=config, workdir=workdir, proxy=args.proxy))
+    try:
+        return asyncio.run(
+            run_demo(serve=args.serve, config=config, workdir=workdir, proxy=args.proxy)
+        )
+    except ValueError as exc:  # the config (validated first) or the options
+        print(f"meshcore demo: {exc}", file=sys.stderr)
+        return EXIT_INVALID
 
 
 def _agent(args: argparse.Namespace) -> int:

@@ -42,7 +42,8 @@ from meshcore.config import MeshModel, validate
 from meshcore.demo.apps import CALLED_PORT, App, ZipkinCollector
 from meshcore.xds.translate import APP_ADDRESS_KEY, OUTBOUND_ADDRESS_KEY
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+# The example mesh ships in the package (examples/ at the top of the repo links here).
+EXAMPLES = Path(__file__).resolve().parent / "examples"
 FRONTEND_PATH = "/productpage"
 CANARY_FILE = "traffic.yaml"
 FLAKY_INSTANCE = "ratings-2"
@@ -208,18 +209,18 @@ class DemoMesh:
         if proxy not in PROXIES:
             raise ValueError(f"proxy must be one of {', '.join(PROXIES)}, not {proxy!r}")
         self.proxy_kind = proxy
+        report = validate([config or EXAMPLES])
+        if report.model is None:
+            raise ValueError(
+                "the demo config is invalid:\n" + "\n".join(str(p) for p in report.errors)
+            )
+        self.mesh = report.model
         self._tmp = (
             None if workdir is not None else tempfile.TemporaryDirectory(prefix="meshcore-demo-")
         )
         self.workdir = workdir if workdir is not None else Path(self._tmp.name)  # type: ignore[union-attr]
         self.config = self.workdir / "config"
         shutil.copytree(config or EXAMPLES, self.config, dirs_exist_ok=True)
-        report = validate([self.config])
-        if report.model is None:
-            raise ValueError(
-                "the demo config is invalid:\n" + "\n".join(str(p) for p in report.errors)
-            )
-        self.mesh = report.model
         self.workloads = workloads_of(self.mesh)
         self.progress = progress or Progress(io.StringIO())  # quiet unless asked
         self.flaky = {FLAKY_INSTANCE: FLAKY_RATIO} if flaky is None else flaky

@@ -20,6 +20,7 @@ from meshcore.config import MeshModel
 from meshcore.xds import translate
 from meshcore.xds.cache import NodeInfo
 from meshcore.xds.controlplane import ControlPlane, Resources
+from meshcore.xds.deps import DependencyIndex
 from meshcore.xds.server import AdsServer, start_ads_server
 
 log = logging.getLogger("meshcore.serve")
@@ -98,7 +99,7 @@ async def serve(
     paths: Sequence[str], *, xds_port: int, metrics_port: int | None, host: str = "127.0.0.1",
     ready: threading.Event | None = None, stop: asyncio.Event | None = None,
 ) -> int:  # fmt: skip
-    plane = ControlPlane(paths, generate)
+    plane = ControlPlane(paths, generate, dependencies=DependencyIndex())
     if not plane.load():
         for p in plane.problems:
             print(f"{p.severity}: {p}", file=sys.stderr)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshcore.config import schema
-from meshcore.config.loader import Document, parse_yaml, read_documents
+from meshcore.config.loader import Document, iter_config_files, parse_yaml, read_documents
 from meshcore.config.model import (
     DEFAULT_DOMAIN,
     DEFAULT_ROOT_NAMESPACE,
@@ -38,6 +38,7 @@ from meshcore.errors import ConfigError, ConfigProblem
 __all__ = [
     "AuthorizationPolicy",
     "DestinationRule",
+    "IncrementalLoader",
     "MeshModel",
     "PeerAuthentication",
     "Resource",
@@ -209,6 +210,16 @@ def _check_references(
     return out
 
 
+# One document's validation: its resource (None when invalid or not a resource) and problems.
+Validated = tuple[Resource | None, tuple[ConfigProblem, ...]]
+
+
+def _validated(doc: Document, domain: str) -> Validated:
+    found: list[ConfigProblem] = []
+    res = _resource(doc, domain, found)
+    return res, tuple(found)
+
+
 def _build(
     docs: Iterable[Document],
     problems: list[ConfigProblem],
@@ -216,12 +227,16 @@ def _build(
     domain: str,
     root_namespace: str,
     check_references: bool = True,
+    validated: Iterable[Validated] | None = None,
 ) -> ValidationReport:
+    """The model of ``docs`` (each validated here, or taken from ``validated``, one per doc)."""
     resources: list[Resource] = []
     seen: dict[tuple[str, str, str], Resource] = {}
     docs_by_key: dict[tuple[str, str, str], Document] = {}
-    for doc in docs:
-        res = _resource(doc, domain, problems)
+    docs = list(docs)
+    checked = list(validated) if validated is not None else [_validated(d, domain) for d in docs]
+    for doc, (res, found) in zip(docs, checked, strict=True):
+        problems.extend(found)
         if res is None:
             continue
         first = seen.get(res.key)
@@ -257,6 +272,77 @@ def validate(
     """Loads and validates YAML files and directories; never raises for bad input."""
     docs, problems = read_documents(paths)
     return _build(docs, problems, domain=domain, root_namespace=root_namespace)
+
+
+class IncrementalLoader:
+    """:func:`validate` for a config that is read again and again (the control plane's watch):
+    only files whose size or modification time changed are read again, and only their
+    documents that changed (value or starting line, or that had problems) are validated again,
+    and unchanged ones keep their Resource objects; the report is the one :func:`validate`
+    would give.
+    """
+
+    def __init__(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        domain: str = DEFAULT_DOMAIN,
+        root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+    ) -> None:
+        self.paths = list(paths)
+        self.domain = domain
+        self.root_namespace = root_namespace
+        # file -> (stat fingerprint, documents, parse problems, each document's validation)
+        self._files: dict[
+            str, tuple[tuple[int, int], list[Document], list[ConfigProblem], list[Validated]]
+        ] = {}
+        self.reread: list[str] = []  # files read (or found gone) by the last validate()
+
+    def validate(self) -> ValidationReport:
+        docs: list[Document] = []
+        checked: list[Validated] = []
+        problems: list[ConfigProblem] = []
+        files: dict[
+            str, tuple[tuple[int, int], list[Document], list[ConfigProblem], list[Validated]]
+        ] = {}
+        self.reread = []
+        for path in iter_config_files(self.paths):
+            name = str(path)
+            try:
+                st = path.stat()
+                stamp = (st.st_mtime_ns, st.st_size)
+            except OSError:
+                stamp = (-1, -1)
+            cached = self._files.get(name)
+            if cached is None or cached[0] != stamp or stamp[0] < 0:
+                self.reread.append(name)
+                file_docs, file_problems = read_documents([path])
+                old = cached[1] if cached is not None else []
+                old_checked = cached[3] if cached is not None else []
+                # A document with problems is checked again: its lines may have moved.
+                file_checked = [
+                    old_checked[i]
+                    if i < len(old)
+                    and not old_checked[i][1]
+                    and old[i].line == d.line
+                    and old[i].value == d.value
+                    else _validated(d, self.domain)
+                    for i, d in enumerate(file_docs)
+                ]
+                cached = (stamp, file_docs, file_problems, file_checked)
+            files[name] = cached
+            docs.extend(cached[1])
+            problems.extend(cached[2])
+            checked.extend(cached[3])
+        self.reread.extend(name for name in self._files if name not in files)  # removed
+        self._files = files
+        return _build(
+            docs,
+            problems,
+            domain=self.domain,
+            root_namespace=self.root_namespace,
+            validated=checked,
+        )
 
 
 def load(

@@ -19,10 +19,11 @@ from pathlib import Path
 from google.protobuf.message import Message
 
 from meshcore._core import Snapshot
-from meshcore.config import MeshModel, validate
+from meshcore.config import IncrementalLoader, MeshModel
 from meshcore.config.loader import iter_config_files
 from meshcore.errors import ConfigProblem
-from meshcore.xds.cache import NodeInfo, SnapshotCache
+from meshcore.xds.cache import Layered, NodeInfo, SnapshotCache
+from meshcore.xds.deps import DependencyIndex, Group, changed_objects
 
 log = logging.getLogger("meshcore.controlplane")
 
@@ -35,31 +36,45 @@ POLL_INTERVAL = 0.05
 
 
 class ControlPlane:
-    """Config files in, per-proxy snapshots out (served by an AdsServer over ``cache``)."""
+    """Config files in, per-proxy snapshots out (served by an AdsServer over ``cache``).
+
+    With a :class:`~meshcore.xds.deps.DependencyIndex` (``dependencies``; the generator must
+    then be the translator's, which gives every type as own-over-shared layers), a change is
+    incremental: only the files that changed are read and validated again, and only what the
+    changed objects touch is translated again and pushed (see :mod:`meshcore.xds.deps`).
+    Without one, every change translates every connected proxy again.
+    """
 
     def __init__(
         self,
         paths: Iterable[str | os.PathLike[str]],
         generate: Generator,
         *,
+        dependencies: DependencyIndex | None = None,
         debounce_after: float = DEBOUNCE_AFTER,
         debounce_max: float = DEBOUNCE_MAX,
         poll_interval: float = POLL_INTERVAL,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         self.generate = generate
+        self.index = dependencies
         self.debounce_after = debounce_after
         self.debounce_max = debounce_max
         self.poll_interval = poll_interval
         self.cache = SnapshotCache(source=self.snapshot_for)
+        if dependencies is not None:
+            self.cache.dropped = dependencies.remove
+        self.loader = IncrementalLoader(self.paths)
         self.mesh: MeshModel | None = None
         self.problems: tuple[ConfigProblem, ...] = ()
         self.rebuilds = 0
+        self.last_update: dict[str, float] = {}  # what the last update did (for benchmarks)
+        self._previous: MeshModel | None = None
         self._fingerprint = self._scan()
 
     def load(self) -> bool:
         """(Re)loads the config; on errors keeps the last good mesh. True when it changed."""
-        report = validate(self.paths)
+        report = self.loader.validate()
         self.problems = report.problems
         for p in report.problems:
             (log.error if p.severity == "error" else log.warning)("%s", p)
@@ -68,26 +83,93 @@ class ControlPlane:
                 "configuration invalid: keeping the last good one (%d errors)", len(report.errors)
             )
             return False
-        self.mesh = report.model
-        # The translator builds new messages for a new mesh: old serializations are garbage.
-        self.cache.forget()
+        self._previous, self.mesh = self.mesh, report.model
+        if self.index is None:
+            # The generator builds new messages for a new mesh: old serializations are garbage.
+            self.cache.forget()
         return True
 
     def snapshot_for(self, node: NodeInfo) -> Snapshot | None:
         if self.mesh is None:
             return None
         resources = self.generate(self.mesh, node)
+        if self.index is not None:
+            self.index.add(self.mesh, node, resources)
         return None if resources is None else self.cache.snapshot(resources)
 
     def rebuild(self, nodes: Iterable[NodeInfo]) -> None:
         """New snapshots for the given (connected) proxies; unchanged ones push nothing."""
         self.rebuilds += 1
         for node in nodes:
-            snap = self.snapshot_for(node)
-            if snap is not None:
-                self.cache.set(node.id, snap)
-            else:
-                self.cache.clear(node.id)
+            self._regenerate(node)
+
+    def _regenerate(self, node: NodeInfo) -> None:
+        snap = self.snapshot_for(node)
+        if snap is not None:
+            self.cache.set(node.id, snap)
+        else:
+            self.cache.clear(node.id)
+
+    def update(self, nodes: Iterable[NodeInfo] = ()) -> None:
+        """Brings the proxies up to date with the mesh just loaded: incrementally with a
+        dependency index (``nodes`` unused: the index knows every proxy holding a snapshot),
+        else by rebuilding ``nodes``."""
+        if self.index is None:
+            self.rebuild(nodes)
+            return
+        assert self.mesh is not None
+        self.rebuilds += 1
+        t0 = time.perf_counter()
+        index, mesh = self.index, self.mesh
+        changes = changed_objects(self._previous, mesh, set(self.loader.reread))
+        affected = index.affected(self._previous, mesh, changes)
+        t1 = time.perf_counter()
+        if affected is None:
+            for node in index.nodes():
+                self._regenerate(node)
+            self.cache.forget(keep=[g.shared for g in index.groups.values()])
+            self._record(t0, t1, len(changes), len(index), len(index))
+            return
+        # Shared layers first: each is translated once, for one proxy holding it that the
+        # change does not otherwise touch, and its difference goes to all of its holders.
+        fresh: dict[str, Resources | None] = {}
+        for gk, group in list(index.groups.items()):
+            holders = [n for n in group.members if n not in affected]
+            if not holders:
+                continue
+            rep = holders[0]
+            if rep not in fresh:
+                fresh[rep] = self.generate(mesh, index.node(rep))
+            got = fresh[rep]
+            new = got.get(group.type_url) if got is not None else None
+            if not isinstance(new, Layered):
+                affected.update(holders)  # cannot tell: translate them again
+                continue
+            if new.shared is group.shared:
+                continue
+            self.cache.update_shared(group.type_url, group.shared, new.shared, holders)
+            del index.groups[gk]
+            key = (group.type_url, id(new.shared))
+            moved = index.groups.setdefault(key, Group(group.type_url, new.shared))
+            moved.members.update(holders)  # the others are translated again below
+            for n in holders:
+                entry = index.entries[n]
+                entry.groups = tuple(key if g == gk else g for g in entry.groups)
+        # Then the proxies whose own resources the change may touch: translated again.
+        for node_id in sorted(affected):
+            if node_id in index:
+                self._regenerate(index.node(node_id))
+        self.cache.forget(keep=[g.shared for g in index.groups.values()])
+        self._record(t0, t1, len(changes), len(affected), len(fresh))
+
+    def _record(self, t0: float, t1: float, changes: int, retranslated: int, reps: int) -> None:
+        self.last_update = {
+            "seconds": time.perf_counter() - t0,
+            "diff_seconds": t1 - t0,
+            "objects_changed": changes,
+            "proxies_translated": retranslated,
+            "shared_layers_translated": reps,
+        }
 
     async def run(self, nodes: Callable[[], Iterable[NodeInfo]], stop: asyncio.Event) -> None:
         """Watches the config until ``stop``; debounces changes, then reloads and rebuilds the
@@ -111,7 +193,7 @@ class ControlPlane:
             if quiet or overdue:
                 first_change = None
                 if self.load():
-                    self.rebuild(list(nodes()))
+                    self.update(list(nodes()) if self.index is None else ())
 
     def _scan(self) -> tuple[tuple[str, int, int], ...]:
         out = []

@@ -52,6 +52,7 @@ class TypeStatus:
 class ProxyState:
     node: NodeInfo
     stream: str  # "sotw" or "delta"
+    number: int = 0  # the stream's number on this server
     connected_at: float = field(default_factory=time.time)
     types: dict[str, TypeStatus] = field(default_factory=dict)
     converged_change: float = 0.0  # the cache change whose convergence was last recorded
@@ -118,14 +119,18 @@ class AdsServer:
 
     # --- bookkeeping shared by both stream kinds -----------------------------------------------
 
-    def connected(self, node: NodeInfo, kind: str) -> None:
-        self.proxies[node.id] = ProxyState(node, kind)
+    def connected(self, node: NodeInfo, kind: str, number: int = 0) -> None:
+        self.proxies[node.id] = ProxyState(node, kind, number)
         self.metrics.connect(1)
 
-    def disconnected(self, node_id: str, kind: str) -> None:
+    def disconnected(self, node_id: str, kind: str, number: int = 0) -> None:
         state = self.proxies.get(node_id)
-        if state is not None and state.stream == kind:
+        # A proxy that reconnected before its old stream ended belongs to the new stream.
+        if state is not None and state.stream == kind and state.number == number:
             del self.proxies[node_id]
+            if self.cache.source is not None:
+                # The cache can generate it again on reconnect: no snapshot kept per gone proxy.
+                self.cache.clear(node_id)
         self.metrics.connect(-1)
 
     def sent(self, node_id: str, type_url: str, version: str, size: int, started: float) -> None:
@@ -243,7 +248,7 @@ async def _run(
         if stream.node is not None:
             if changed is not None:
                 server.cache.unsubscribe(stream.node.id, changed)
-            server.disconnected(stream.node.id, stream.kind)
+            server.disconnected(stream.node.id, stream.kind, stream.number)
 
 
 def _encoded(response: bytes) -> bytes:
@@ -293,7 +298,7 @@ class _SotwStream:
             if not req.HasField("node") or not req.node.id:
                 return "the first request on a stream must carry node.id"
             self.node = _node(req.node)
-            self.server.connected(self.node, self.kind)
+            self.server.connected(self.node, self.kind, self.number)
             log.info(
                 "proxy %s connected (ADS state of the world, stream %d)", self.node.id, self.number
             )
@@ -403,7 +408,7 @@ class _DeltaStream:
             if not req.HasField("node") or not req.node.id:
                 return "the first request on a stream must carry node.id"
             self.node = _node(req.node)
-            self.server.connected(self.node, self.kind)
+            self.server.connected(self.node, self.kind, self.number)
             log.info("proxy %s connected (ADS delta, stream %d)", self.node.id, self.number)
         if not req.type_url:
             return "type_url is required on ADS requests"

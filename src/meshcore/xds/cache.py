@@ -201,8 +201,12 @@ class SnapshotCache:
     def nodes(self) -> list[str]:
         return self._fleet.nodes()
 
-    def subscribe(self, node_id: str) -> asyncio.Event:
-        event = asyncio.Event()
+    def __len__(self) -> int:
+        return len(self._fleet)
+
+    def subscribe(self, node_id: str, event: asyncio.Event | None = None) -> asyncio.Event:
+        """An event set whenever the node's snapshot changes (``event``, or a new one)."""
+        event = event or asyncio.Event()
         self._events.setdefault(node_id, set()).add(event)
         return event
 

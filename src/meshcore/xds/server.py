@@ -6,12 +6,15 @@ the node is remembered from the first request; nonces are per stream; an ACK or 
 nonce gets no answer (SotW) but subscription changes are honoured regardless (delta); types are
 pushed clusters, endpoints, listeners, routes, secrets (make-before-break), endpoints again
 after every cluster push (Envoy re-warms clusters); one push per type is outstanding at a time
-and later changes merge into the next; responses over the size limit are never sent.
+and later changes merge into the next, and at most ``push_throttle`` streams send at a time;
+responses over the size limit are never sent: delta responses go in parts that fit, a SotW
+response (or one resource) over the limit is reported in proxy-status and the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -34,6 +37,7 @@ log = logging.getLogger("meshcore.xds")
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 WILDCARD_TYPES = frozenset({types.LISTENER, types.CLUSTER})
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default receive limit in Envoy and grpc
+DEFAULT_PUSH_THROTTLE = 100  # istiod's PILOT_PUSH_THROTTLE default
 
 
 @dataclass
@@ -70,13 +74,22 @@ class AdsServer:
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         metrics: XdsMetrics | None = None,
+        push_throttle: int = DEFAULT_PUSH_THROTTLE,
     ) -> None:
         self.cache = cache
         self.max_message_bytes = max_message_bytes
+        # At most this many streams send pushes at a time (istiod's PILOT_PUSH_THROTTLE): a
+        # change reaching every proxy does not encode and queue thousands of responses at once.
+        self.push_throttle = push_throttle
+        self._pushing = asyncio.Semaphore(push_throttle)
+        self.pushes_in_flight = 0
+        self.peak_pushes_in_flight = 0
         self.metrics = metrics or XdsMetrics()
         self.proxies: dict[str, ProxyState] = {}
         self.rejects = 0
         self.pushes = 0
+        self.oversized_responses = 0  # not sent: over the limit (SotW) or one resource over it
+        self.split_responses = 0  # delta responses sent in parts to stay under the limit
         self._streams = itertools.count(1)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
@@ -166,9 +179,11 @@ class AdsServer:
             "proxy %s rejected %s version %s: %s", node_id, _short(type_url), version, message
         )
 
-    def oversized(self, node_id: str, type_url: str, size: int) -> None:
+    def oversized(self, node_id: str, type_url: str, size: int, name: str = "") -> None:
         status = self.proxies[node_id].status(type_url)
-        status.error = f"response of {size} bytes exceeds the limit of {self.max_message_bytes}"
+        what = f"resource {name!r} of" if name else "response of"
+        status.error = f"{what} {size} bytes exceeds the limit of {self.max_message_bytes}"
+        self.oversized_responses += 1
         log.error("not sending %s to %s: %s", _short(type_url), node_id, status.error)
 
     # --- status ---------------------------------------------------------------------------------
@@ -201,53 +216,64 @@ async def _run(
     requests: AsyncIterator[Any],
     context: grpc.aio.ServicerContext[Any, Any],
 ) -> AsyncIterator[Any]:
-    """Reads requests and snapshot changes concurrently; yields responses in push order."""
-    queue: asyncio.Queue[Any] = asyncio.Queue()
+    """Reads requests and snapshot changes concurrently; yields responses in push order.
+
+    One event wakes the stream, set by the request reader and by the snapshot cache: a wake-up
+    handles every request that arrived, then pushes what is due (no futures per wake-up).
+    """
+    wake = asyncio.Event()
+    inbox: collections.deque[Any] = collections.deque()
 
     async def read() -> None:
         try:
             async for request in requests:
-                await queue.put(request)
+                inbox.append(request)
+                wake.set()
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
         finally:
-            await queue.put(None)
+            inbox.append(None)
+            wake.set()
 
     reader = asyncio.create_task(read())
-    changed: asyncio.Event | None = None
+    subscribed: str | None = None
     try:
         while True:
-            getter = asyncio.ensure_future(queue.get())
-            waits: set[asyncio.Future[Any]] = {getter}
-            waiter = asyncio.ensure_future(changed.wait()) if changed is not None else None
-            if waiter is not None:
-                waits.add(waiter)
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if waiter is not None and not waiter.done():
-                waiter.cancel()
-            if getter in done:
-                request = getter.result()
+            await wake.wait()
+            wake.clear()
+            while inbox:
+                request = inbox.popleft()
                 if request is None:
                     return
                 problem = stream.receive(request)
                 if problem is not None:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
                     return
-                if changed is None and stream.node is not None:
-                    changed = server.cache.subscribe(stream.node.id)
-            else:
-                getter.cancel()
-            if changed is not None and changed.is_set():
-                changed.clear()
-            for response in stream.pushes():
-                yield response
+                if subscribed is None and stream.node is not None:
+                    subscribed = stream.node.id
+                    server.cache.subscribe(subscribed, wake)
+            pushes = iter(stream.pushes())
+            first = next(pushes, None)
+            if first is None:
+                continue
+            async with server._pushing:  # the push throttle
+                server.pushes_in_flight += 1
+                server.peak_pushes_in_flight = max(
+                    server.peak_pushes_in_flight, server.pushes_in_flight
+                )
+                try:
+                    yield first
+                    for response in pushes:
+                        yield response
+                finally:
+                    server.pushes_in_flight -= 1
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
+        if subscribed is not None:
+            server.cache.unsubscribe(subscribed, wake)
         if stream.node is not None:
-            if changed is not None:
-                server.cache.unsubscribe(stream.node.id, changed)
             server.disconnected(stream.node.id, stream.kind, stream.number)
 
 
@@ -453,6 +479,48 @@ class _DeltaStream:
             t.known.pop(name, None)
         return None
 
+    def _part(
+        self,
+        snap: Snapshot,
+        type_url: str,
+        t: _DeltaType,
+        nonce: str,
+        believed: dict[str, str],
+        updated: list[tuple[str, str]],
+    ) -> tuple[bytes, list[tuple[str, str]], list[str]] | None:
+        """A response too large for the client: send the updated resources in parts that fit
+        (a delta response may carry any of them; each later part follows the ACK of the one
+        before, and removals come with the last). A single resource over the limit cannot be
+        sent: it is reported (proxy-status, log) and not offered again unchanged."""
+        assert self.node is not None
+        limit = self.server.max_message_bytes - 1024  # room for the envelope
+        chosen: list[str] = []
+        total = 0
+        for name, version in updated:
+            found = snap.resource(type_url, name)
+            size = len(found[1]) + len(name) + len(version) + 64 if found is not None else 0
+            if size > limit:
+                self.server.oversized(self.node.id, type_url, size, name)
+                t.nacked[name] = version
+                continue
+            if total + size <= limit:
+                chosen.append(name)
+                total += size
+        if not chosen:
+            return None
+        out = snap.delta_response(type_url, nonce, believed, chosen, set())
+        if out is None or len(out[0]) > self.server.max_message_bytes:
+            return None
+        self.server.split_responses += 1
+        log.info(
+            "%s for %s in parts: %d of %d resources in this one",
+            _short(type_url).upper(),
+            self.node.id,
+            len(out[1]),
+            len(updated),
+        )
+        return out
+
     def pushes(self) -> Iterable[bytes]:
         if self.node is None:
             return
@@ -486,10 +554,10 @@ class _DeltaStream:
         data, updated, removed = out
         assert self.node is not None
         if len(data) > self.server.max_message_bytes:
-            self.server.oversized(self.node.id, type_url, len(data))
-            for name, version in updated:
-                t.nacked[name] = version
-            return None
+            split = self._part(snap, type_url, t, nonce, believed, updated)
+            if split is None:
+                return None
+            data, updated, removed = split
         t.in_flight = {name: (t.known.get(name), version) for name, version in updated}
         for name, version in updated:
             t.known[name] = version

@@ -22,6 +22,7 @@ class NodeInfo:
     cluster: str = ""
     metadata: Mapping[str, object] = field(default_factory=dict)
     user_agent: str = ""
+    client_features: frozenset[str] = frozenset()
 
 
 class Layered(Mapping[str, Any]):

@@ -19,12 +19,13 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.json_format import MessageToDict
 
 from meshcore._core import Snapshot
@@ -38,6 +39,12 @@ SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 WILDCARD_TYPES = frozenset({types.LISTENER, types.CLUSTER})
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default receive limit in Envoy and grpc
 DEFAULT_PUSH_THROTTLE = 100  # istiod's PILOT_PUSH_THROTTLE default
+TTL_FEATURE = "xds.config.supports-resource-ttl"
+# Envoy's documentation names the first; the protocol checklist the second.
+SOTW_RESOURCE_FEATURES = frozenset(
+    {"xds.config.resource-in-sotw", "xds.config.supports-resource-in-sotw"}
+)
+RESOURCE_TYPE = "type.googleapis.com/envoy.service.discovery.v3.Resource"
 
 
 @dataclass
@@ -75,8 +82,19 @@ class AdsServer:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         metrics: XdsMetrics | None = None,
         push_throttle: int = DEFAULT_PUSH_THROTTLE,
+        resource_ttl: Mapping[str, float] | None = None,
+        heartbeat_interval: float | None = None,
     ) -> None:
         self.cache = cache
+        # Per type URL, the TTL (seconds) of resources sent to clients that support it (the
+        # client features TTL_FEATURE, and for SotW one of SOTW_RESOURCE_FEATURES); those
+        # clients get heartbeats every heartbeat_interval (default: a third of the shortest
+        # TTL), so that they drop the resources only if the control plane is gone.
+        self.resource_ttl = dict(resource_ttl or {})
+        self.heartbeat_interval = heartbeat_interval or (
+            min(self.resource_ttl.values()) / 3 if self.resource_ttl else None
+        )
+        self.heartbeats = 0
         self.max_message_bytes = max_message_bytes
         # At most this many streams send pushes at a time (istiod's PILOT_PUSH_THROTTLE): a
         # change reaching every proxy does not encode and queue thousands of responses at once.
@@ -237,9 +255,19 @@ async def _run(
 
     reader = asyncio.create_task(read())
     subscribed: str | None = None
+    loop = asyncio.get_running_loop()
+    next_beat: float | None = None
     try:
         while True:
-            await wake.wait()
+            interval = server.heartbeat_interval
+            if interval is not None and stream.wants_heartbeats():
+                if next_beat is None:
+                    next_beat = loop.time() + interval
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), max(0.0, next_beat - loop.time()))
+            else:
+                next_beat = None
+                await wake.wait()
             wake.clear()
             while inbox:
                 request = inbox.popleft()
@@ -252,7 +280,11 @@ async def _run(
                 if subscribed is None and stream.node is not None:
                     subscribed = stream.node.id
                     server.cache.subscribe(subscribed, wake)
-            pushes = iter(stream.pushes())
+            beats: list[bytes] = []
+            if next_beat is not None and loop.time() >= next_beat:
+                next_beat = None
+                beats = list(stream.heartbeats())
+            pushes = itertools.chain(beats, stream.pushes())
             first = next(pushes, None)
             if first is None:
                 continue
@@ -277,6 +309,36 @@ async def _run(
             server.disconnected(stream.node.id, stream.kind, stream.number)
 
 
+def _ttl(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def _delta_with_ttl(data: bytes, ttl: float) -> bytes:
+    """The delta response with a TTL on every resource (Resource.ttl)."""
+    resp = discovery_pb2.DeltaDiscoveryResponse.FromString(data)
+    for r in resp.resources:
+        r.ttl.CopyFrom(_ttl(ttl))
+    out: bytes = resp.SerializeToString(deterministic=True)
+    return out
+
+
+def _sotw_wrapped(data: bytes, names: list[str], ttl: float) -> bytes:
+    """The SotW response with each resource wrapped in a Resource carrying its name, the
+    type's version (which makes a later heartbeat recognisable) and a TTL."""
+    resp = discovery_pb2.DiscoveryResponse.FromString(data)
+    wrapped = []
+    for name, any_ in zip(names, resp.resources, strict=True):
+        r = discovery_pb2.Resource(name=name, version=resp.version_info, ttl=_ttl(ttl))
+        r.resource.CopyFrom(any_)
+        wrapped.append(any_pb2.Any(type_url=RESOURCE_TYPE, value=r.SerializeToString()))
+    del resp.resources[:]
+    resp.resources.extend(wrapped)
+    out: bytes = resp.SerializeToString(deterministic=True)
+    return out
+
+
 def _encoded(response: bytes) -> bytes:
     # Responses are encoded by the Rust core already (see Snapshot.sotw_response).
     return response
@@ -289,7 +351,11 @@ def _short(type_url: str) -> str:
 def _node(msg: Any) -> NodeInfo:
     metadata = MessageToDict(msg.metadata) if msg.HasField("metadata") else {}
     return NodeInfo(
-        id=msg.id, cluster=msg.cluster, metadata=metadata, user_agent=msg.user_agent_name
+        id=msg.id,
+        cluster=msg.cluster,
+        metadata=metadata,
+        user_agent=msg.user_agent_name,
+        client_features=frozenset(msg.client_features),
     )
 
 
@@ -303,6 +369,7 @@ class _SotwType:
     sent_version: str | None = None
     nacked_version: str | None = None
     awaiting_ack: bool = False
+    sent_names: list[str] = field(default_factory=list)  # with a TTL: for heartbeats
 
     @property
     def wildcard(self) -> bool:
@@ -355,6 +422,49 @@ class _SotwStream:
             t.dirty = True
         return None
 
+    def ttl(self, type_url: str) -> float | None:
+        """The TTL for this type, if the client takes Resource wrappers and TTLs in SotW."""
+        ttl = self.server.resource_ttl.get(type_url)
+        if ttl is None or self.node is None:
+            return None
+        features = self.node.client_features
+        if TTL_FEATURE not in features or not features & SOTW_RESOURCE_FEATURES:
+            return None
+        return ttl
+
+    def wants_heartbeats(self) -> bool:
+        return any(t.requested and self.ttl(u) is not None for u, t in self.types.items())
+
+    def heartbeats(self) -> Iterable[bytes]:
+        """Refreshes the TTLs of what the client holds: for RDS/EDS/SDS a response whose
+        Resources carry no resource and the current version (Envoy's heartbeat); LDS and CDS
+        responses are full state, so they are sent again in full (see pushes)."""
+        if self.node is None:
+            return
+        snap = self.server.cache.get(self.node)
+        if snap is None:
+            return
+        for type_url, t in self.types.items():
+            ttl = self.ttl(type_url)
+            if ttl is None or t.awaiting_ack or not t.sent_version:
+                continue
+            if t.sent_version != snap.version(type_url) or t.sent_version == t.nacked_version:
+                continue  # a change is due: the push refreshes the TTLs
+            if type_url in types.FULL_STATE_TYPES:
+                t.dirty = True
+                continue
+            nonce = f"{self.number}-{next(self._nonces)}"
+            resp = discovery_pb2.DiscoveryResponse(
+                version_info=t.sent_version, type_url=type_url, nonce=nonce
+            )
+            for name in t.sent_names:
+                beat = discovery_pb2.Resource(name=name, version=t.sent_version, ttl=_ttl(ttl))
+                resp.resources.add(type_url=RESOURCE_TYPE, value=beat.SerializeToString())
+            t.nonce = nonce
+            t.awaiting_ack = True
+            self.server.heartbeats += 1
+            yield resp.SerializeToString(deterministic=True)
+
     def pushes(self) -> Iterable[bytes]:
         if self.node is None:
             return
@@ -392,6 +502,12 @@ class _SotwStream:
         # Encoded in the core from the interned resources: no protobuf objects per push.
         data, _ = snap.sotw_response(type_url, version, nonce, names)
         assert self.node is not None
+        ttl = self.ttl(type_url)
+        if ttl is not None:
+            listed = names if names is not None else snap.names(type_url)
+            sent = sorted(n for n in listed if snap.resource(type_url, n) is not None)
+            data = _sotw_wrapped(data, sent, ttl)
+            t.sent_names = sent
         if len(data) > self.server.max_message_bytes:
             self.server.oversized(self.node.id, type_url, len(data))
             t.dirty = False
@@ -479,6 +595,46 @@ class _DeltaStream:
             t.known.pop(name, None)
         return None
 
+    def ttl(self, type_url: str) -> float | None:
+        ttl = self.server.resource_ttl.get(type_url)
+        if ttl is None or self.node is None or TTL_FEATURE not in self.node.client_features:
+            return None
+        return ttl
+
+    def wants_heartbeats(self) -> bool:
+        return any(t.requested and self.ttl(u) is not None for u, t in self.types.items())
+
+    def heartbeats(self) -> Iterable[bytes]:
+        """Refreshes the TTLs of the resources the client holds in their current version:
+        Resources with a name, version and TTL but no resource (the delta heartbeat)."""
+        if self.node is None:
+            return
+        snap = self.server.cache.get(self.node)
+        if snap is None:
+            return
+        for type_url, t in self.types.items():
+            ttl = self.ttl(type_url)
+            if ttl is None or t.awaiting_ack or not t.known:
+                continue
+            current = []
+            for name, version in sorted(t.known.items()):
+                found = snap.resource(type_url, name)
+                if found is not None and found[0] == version:
+                    current.append((name, version))
+            if not current:
+                continue
+            nonce = f"{self.number}-{next(self._nonces)}"
+            resp = discovery_pb2.DeltaDiscoveryResponse(
+                system_version_info=snap.version(type_url), type_url=type_url, nonce=nonce
+            )
+            for name, version in current:
+                resp.resources.add(name=name, version=version, ttl=_ttl(ttl))
+            t.nonce = nonce
+            t.awaiting_ack = True
+            t.in_flight = {}
+            self.server.heartbeats += 1
+            yield resp.SerializeToString(deterministic=True)
+
     def _part(
         self,
         snap: Snapshot,
@@ -558,6 +714,9 @@ class _DeltaStream:
             if split is None:
                 return None
             data, updated, removed = split
+        ttl = self.ttl(type_url)
+        if ttl is not None:
+            data = _delta_with_ttl(data, ttl)
         t.in_flight = {name: (t.known.get(name), version) for name, version in updated}
         for name, version in updated:
             t.known[name] = version

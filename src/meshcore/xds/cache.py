@@ -91,7 +91,10 @@ class SnapshotCache:
         snap = self.store.snapshot({})
         for type_url, by_name in resources.items():
             if isinstance(by_name, Layered):
-                snap = snap.with_type_from(self._shared(type_url, by_name.shared), type_url)
+                # A shared layer is remembered whatever its size: one route configuration
+                # for a thousand hosts is not copied into the store again for every proxy.
+                shared = self._shared(type_url, by_name.shared, remember=True)
+                snap = snap.with_type_from(shared, type_url)
                 if by_name.own:
                     # The proxy's own: not remembered (no other proxy will hand them in).
                     own = {name: _serialize(r) for name, r in by_name.own.items()}
@@ -100,8 +103,10 @@ class SnapshotCache:
                 snap = snap.with_type_from(self._shared(type_url, by_name), type_url)
         return snap
 
-    def _shared(self, type_url: str, by_name: Mapping[str, bytes | Message]) -> Snapshot:
-        if len(by_name) < SHARE_AT_LEAST:
+    def _shared(
+        self, type_url: str, by_name: Mapping[str, bytes | Message], remember: bool = False
+    ) -> Snapshot:
+        if not remember and len(by_name) < SHARE_AT_LEAST:
             # Small, usually per-proxy maps: cheaper to build than to remember.
             return self.store.snapshot({type_url: {n: self._bytes(r) for n, r in by_name.items()}})
         key = (type_url, id(by_name))
@@ -150,7 +155,7 @@ class SnapshotCache:
         }
         changes.update((name, None) for name in old if name not in new)
         known = self._sets.get((type_url, id(old)))
-        if known is not None and known[0] is old and len(new) >= SHARE_AT_LEAST:
+        if known is not None and known[0] is old:
             derived, _ = known[1].with_changes(
                 type_url, {n: None if r is None else self._bytes(r) for n, r in changes.items()}
             )

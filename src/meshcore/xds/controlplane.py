@@ -93,6 +93,8 @@ class ControlPlane:
             )
             return False
         self._previous, self.mesh = self.mesh, report.model
+        if self.settle_gc:
+            gc.freeze()  # the model is long-lived (see _settle)
         if self.index is None:
             # The generator builds new messages for a new mesh: old serializations are garbage.
             self.cache.forget()

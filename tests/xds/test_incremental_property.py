@@ -323,3 +323,25 @@ def test_store_versions_do_not_depend_on_the_store() -> None:
     a = ResourceStore().snapshot({types.CLUSTER: {"x": b"1"}})
     b = ResourceStore().snapshot({types.CLUSTER: {"x": b"1"}})
     assert a.version(types.CLUSTER) == b.version(types.CLUSTER)
+
+
+def test_changes_made_across_an_invalid_config_are_not_lost(
+    plane: tuple[ControlPlane, Path, Files, list[NodeInfo]],
+) -> None:
+    cp, config, files, proxies = plane
+    # One file broken, another changed meanwhile, then the first fixed: the update must see
+    # the second file's change too, though only the first was read in the last load.
+    good_vs = copy.deepcopy(files["virtualservices.yaml"])
+    files["virtualservices.yaml"][0]["spec"]["http"][1]["route"][0]["weight"] = 500
+    write(config, files, only={"virtualservices.yaml"})
+    assert not cp.load()
+    files["workloads.yaml"][7]["spec"]["address"] = "10.0.0.77"
+    write(config, files, only={"workloads.yaml"})
+    assert not cp.load()
+    files["virtualservices.yaml"] = good_vs
+    write(config, files, only={"virtualservices.yaml"})
+    assert cp.load()
+    assert cp.loader.reread == [str(config / "virtualservices.yaml")]
+    cp.update()
+    assert cp.last_update["objects_changed"] == 1  # the workload (the VirtualService is back)
+    assert cold_views(config, proxies) == {n.id: view(cp.cache.get(n)) for n in proxies}

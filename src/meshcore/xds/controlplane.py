@@ -73,7 +73,10 @@ class ControlPlane:
         self.rebuilds = 0
         self.last_update: dict[str, float] = {}  # what the last update did (for benchmarks)
         self.last_load = 0.0  # seconds the last load took
-        self._previous: MeshModel | None = None
+        # The mesh the proxies' snapshots were last brought up to date with, and the files
+        # read since (through invalid configurations too): what the next update compares.
+        self._served: MeshModel | None = None
+        self._dirty_files: set[str] = set()
         self.settle_gc = settle_gc  # see _settle
         self._settled_nodes = 0
         self._updates_since_collect = 0
@@ -84,6 +87,7 @@ class ControlPlane:
         started = time.perf_counter()
         report = self.loader.validate()
         self.last_load = time.perf_counter() - started
+        self._dirty_files.update(self.loader.reread)
         self.problems = report.problems
         for p in report.problems:
             (log.error if p.severity == "error" else log.warning)("%s", p)
@@ -92,7 +96,7 @@ class ControlPlane:
                 "configuration invalid: keeping the last good one (%d errors)", len(report.errors)
             )
             return False
-        self._previous, self.mesh = self.mesh, report.model
+        self.mesh = report.model
         if self.settle_gc:
             gc.freeze()  # the model is long-lived (see _settle)
         if self.index is None:
@@ -105,6 +109,8 @@ class ControlPlane:
             return None
         resources = self.generate(self.mesh, node)
         if self.index is not None:
+            if self._served is None:  # the first snapshot: what later changes start from
+                self._served, self._dirty_files = self.mesh, set()
             self.index.add(self.mesh, node, resources)
         return None if resources is None else self.cache.snapshot(resources)
 
@@ -132,8 +138,10 @@ class ControlPlane:
         self.rebuilds += 1
         t0 = time.perf_counter()
         index, mesh = self.index, self.mesh
-        changes = changed_objects(self._previous, mesh, set(self.loader.reread))
-        affected = index.affected(self._previous, mesh, changes)
+        changes = changed_objects(self._served, mesh, self._dirty_files)
+        affected = index.affected(self._served, mesh, changes)
+        self._served = mesh
+        self._dirty_files = set()
         t1 = time.perf_counter()
         if affected is None:
             for node in index.nodes():

@@ -75,6 +75,8 @@ def nodes(files: Files) -> list[NodeInfo]:
     # Bound by address only (the pod name matches no WorkloadEntry), to an address that
     # edits move workloads to and from.
     out.append(NodeInfo("sidecar~10.0.0.9~pod-x.ns0~ns0.svc.cluster.local"))
+    # Named after a WorkloadEntry that edits remove and add again (its address is elsewhere).
+    out.append(NodeInfo("sidecar~10.9.0.1~svc0-extra.ns0~ns0.svc.cluster.local"))
     # No workload at all, labels from metadata; another outbound address.
     out.append(
         NodeInfo(
@@ -256,6 +258,12 @@ def test_incremental_equals_from_scratch(
             cp.update()
             warm = {node.id: view(cp.cache.get(node)) for node in proxies}
             assert warm == cold_views(config, proxies), batch
+        # Back to the start, in one step: checked too.
+        write(config, start)
+        assert cp.load()
+        cp.update()
+        warm = {node.id: view(cp.cache.get(node)) for node in proxies}
+        assert warm == cold_views(config, proxies), "back to the start"
     finally:
         # Back to the start for the next example (hypothesis reuses the fixture).
         write(config, start)

@@ -9,7 +9,7 @@ shared layers it holds, and per config file the objects it defines. On a change:
 - the objects that changed are found by comparing the old and new models (unchanged documents
   keep their objects, see :class:`meshcore.config.IncrementalLoader`);
 - :meth:`DependencyIndex.affected` says which proxies' own resources may change: a
-  WorkloadEntry -> the proxies bound to it (by name, or by address); a PeerAuthentication or
+  WorkloadEntry -> the proxies bound to it, named like it, or at its old or new address; a PeerAuthentication or
   AuthorizationPolicy -> the proxies of its namespace (every proxy for the root namespace);
   VirtualServices and DestinationRules -> none (they only produce shared route
   configurations, clusters and endpoints); Services, ServiceEntries, and anything that changes
@@ -82,6 +82,7 @@ def _value(r: Resource) -> tuple[Any, ...]:
 class _Entry:
     node: NodeInfo
     namespace: str
+    name: str
     ip: str
     workload: Key | None
     groups: tuple[GroupKey, ...]
@@ -97,14 +98,16 @@ class Group:
 
 
 class DependencyIndex:
-    """Per proxy: its binding (namespace, address, WorkloadEntry) and the shared layers it
-    holds, indexed by WorkloadEntry key, by (namespace, address) and by namespace."""
+    """Per proxy: its binding (namespace, name, address, WorkloadEntry) and the shared layers
+    it holds, indexed by WorkloadEntry key, (namespace, name), (namespace, address) and
+    namespace."""
 
     def __init__(self) -> None:
         self.entries: dict[str, _Entry] = {}
         self.groups: dict[GroupKey, Group] = {}
         self._by_workload: dict[Key, set[str]] = {}
         self._by_address: dict[tuple[str, str], set[str]] = {}
+        self._by_name: dict[tuple[str, str], set[str]] = {}  # (namespace, pod name)
         self._by_namespace: dict[str, set[str]] = {}
 
     def __len__(self) -> int:
@@ -132,11 +135,12 @@ class DependencyIndex:
                 group.members.add(node.id)
                 groups.append(gk)
         wkey = proxy.workload.key if proxy.workload is not None else None
-        entry = _Entry(node, proxy.namespace, proxy.ip, wkey, tuple(groups))
+        entry = _Entry(node, proxy.namespace, proxy.name, proxy.ip, wkey, tuple(groups))
         self.entries[node.id] = entry
         if wkey is not None:
             self._by_workload.setdefault(wkey, set()).add(node.id)
         self._by_address.setdefault((entry.namespace, entry.ip), set()).add(node.id)
+        self._by_name.setdefault((entry.namespace, entry.name), set()).add(node.id)
         self._by_namespace.setdefault(entry.namespace, set()).add(node.id)
 
     def remove(self, node_id: str) -> None:
@@ -152,6 +156,7 @@ class DependencyIndex:
         if entry.workload is not None:
             _discard(self._by_workload, entry.workload, node_id)
         _discard(self._by_address, (entry.namespace, entry.ip), node_id)
+        _discard(self._by_name, (entry.namespace, entry.name), node_id)
         _discard(self._by_namespace, entry.namespace, node_id)
 
     def nodes(self) -> list[NodeInfo]:
@@ -175,7 +180,10 @@ class DependencyIndex:
         for key, (o, n) in changes.items():
             kind, namespace, _ = key
             if kind == "WorkloadEntry":
+                # Bound to it; named like it (bound to it by name once it exists); at its
+                # old or new address (bound by address when no name matches).
                 out |= self._by_workload.get(key, set())
+                out |= self._by_name.get((namespace, key[2]), set())
                 for r in (o, n):
                     if isinstance(r, WorkloadEntry) and r.address:
                         out |= self._by_address.get((namespace, r.address), set())

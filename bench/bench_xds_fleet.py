@@ -54,7 +54,7 @@ def test_cold_snapshots(mesh_dir: Path) -> None:
     import gc
 
     translate.clear_cache()
-    plane = ControlPlane([mesh_dir], generate, dependencies=DependencyIndex())
+    plane = ControlPlane([mesh_dir], generate, dependencies=DependencyIndex(), settle_gc=True)
     t0, c0 = time.perf_counter(), time.process_time()
     assert plane.load()
     load_cpu = time.process_time() - c0
@@ -118,7 +118,7 @@ def test_fleet_convergence(mesh_dir: Path, tmp_path: Path, mode: str) -> None:
 
     async def main() -> dict[str, Any]:
         index = DependencyIndex() if mode == "incremental" else None
-        plane = ControlPlane([config], generate, dependencies=index)
+        plane = ControlPlane([config], generate, dependencies=index, settle_gc=True)
         assert plane.load()
         server, ads, port = await start_ads_server(plane.cache)
         stop = asyncio.Event()

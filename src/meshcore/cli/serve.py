@@ -99,7 +99,7 @@ async def serve(
     paths: Sequence[str], *, xds_port: int, metrics_port: int | None, host: str = "127.0.0.1",
     ready: threading.Event | None = None, stop: asyncio.Event | None = None,
 ) -> int:  # fmt: skip
-    plane = ControlPlane(paths, generate, dependencies=DependencyIndex())
+    plane = ControlPlane(paths, generate, dependencies=DependencyIndex(), settle_gc=True)
     if not plane.load():
         for p in plane.problems:
             print(f"{p.severity}: {p}", file=sys.stderr)

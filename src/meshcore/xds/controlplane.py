@@ -1,4 +1,4 @@
-"""The control plane loop: watch the config, debounce changes, rebuild and push snapshots.
+"""The control plane loop: watch the config, debounce changes, update and push snapshots.
 
 Changes are debounced as istiod does it (PILOT_DEBOUNCE_AFTER 100 ms of quiet, at most
 PILOT_DEBOUNCE_MAX 10 s after the first change), so a burst of writes becomes one rebuild and
@@ -56,7 +56,7 @@ class ControlPlane:
         debounce_after: float = DEBOUNCE_AFTER,
         debounce_max: float = DEBOUNCE_MAX,
         poll_interval: float = POLL_INTERVAL,
-        settle_gc: bool = True,
+        settle_gc: bool = False,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         self.generate = generate
@@ -77,7 +77,9 @@ class ControlPlane:
         # read since (through invalid configurations too): what the next update compares.
         self._served: MeshModel | None = None
         self._dirty_files: set[str] = set()
-        self.settle_gc = settle_gc  # see _settle
+        # gc.freeze() long-lived objects (see _settle): for the process that runs the control
+        # plane (meshcore serve), not for a library user's process by default.
+        self.settle_gc = settle_gc
         self._settled_nodes = 0
         self._updates_since_collect = 0
         self._fingerprint = self._scan()
@@ -191,8 +193,9 @@ class ControlPlane:
         }
 
     async def run(self, nodes: Callable[[], Iterable[NodeInfo]], stop: asyncio.Event) -> None:
-        """Watches the config until ``stop``; debounces changes, then reloads and rebuilds the
-        snapshots of ``nodes()`` (the proxies connected at that moment)."""
+        """Watches the config until ``stop``; debounces changes, then reloads and updates the
+        snapshots (of every proxy holding one with a dependency index, else of ``nodes()``,
+        the proxies connected at that moment)."""
         first_change: float | None = None
         last_change = 0.0
         while not stop.is_set():

@@ -10,10 +10,19 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from meshcore.config import schema
-from meshcore.config.loader import Document, iter_config_files, parse_yaml, read_documents
+from meshcore.config.loader import (
+    Document,
+    Piece,
+    iter_config_files,
+    parse_pieces,
+    parse_yaml,
+    read_documents,
+    read_text,
+)
 from meshcore.config.model import (
     DEFAULT_DOMAIN,
     DEFAULT_ROOT_NAMESPACE,
@@ -276,10 +285,11 @@ def validate(
 
 class IncrementalLoader:
     """:func:`validate` for a config that is read again and again (the control plane's watch):
-    only files whose size or modification time changed are read again, and only their
-    documents that changed (value or starting line, or that had problems) are validated again,
-    and unchanged ones keep their Resource objects; the report is the one :func:`validate`
-    would give.
+    only files whose size or modification time changed are read again; in them, only the
+    stretches between document markers whose text or position changed are parsed again
+    (:func:`meshcore.config.loader.parse_pieces`) and only documents that changed (value or
+    starting line, or that had problems) are validated again; unchanged documents keep their
+    Resource objects. The report is the one :func:`validate` would give.
     """
 
     def __init__(
@@ -292,19 +302,14 @@ class IncrementalLoader:
         self.paths = list(paths)
         self.domain = domain
         self.root_namespace = root_namespace
-        # file -> (stat fingerprint, documents, parse problems, each document's validation)
-        self._files: dict[
-            str, tuple[tuple[int, int], list[Document], list[ConfigProblem], list[Validated]]
-        ] = {}
+        self._files: dict[str, _CachedFile] = {}
         self.reread: list[str] = []  # files read (or found gone) by the last validate()
 
     def validate(self) -> ValidationReport:
         docs: list[Document] = []
         checked: list[Validated] = []
         problems: list[ConfigProblem] = []
-        files: dict[
-            str, tuple[tuple[int, int], list[Document], list[ConfigProblem], list[Validated]]
-        ] = {}
+        files: dict[str, _CachedFile] = {}
         self.reread = []
         for path in iter_config_files(self.paths):
             name = str(path)
@@ -314,26 +319,13 @@ class IncrementalLoader:
             except OSError:
                 stamp = (-1, -1)
             cached = self._files.get(name)
-            if cached is None or cached[0] != stamp or stamp[0] < 0:
+            if cached is None or cached.stamp != stamp or stamp[0] < 0:
                 self.reread.append(name)
-                file_docs, file_problems = read_documents([path])
-                old = cached[1] if cached is not None else []
-                old_checked = cached[3] if cached is not None else []
-                # A document with problems is checked again: its lines may have moved.
-                file_checked = [
-                    old_checked[i]
-                    if i < len(old)
-                    and not old_checked[i][1]
-                    and old[i].line == d.line
-                    and old[i].value == d.value
-                    else _validated(d, self.domain)
-                    for i, d in enumerate(file_docs)
-                ]
-                cached = (stamp, file_docs, file_problems, file_checked)
+                cached = self._read(path, stamp, cached)
             files[name] = cached
-            docs.extend(cached[1])
-            problems.extend(cached[2])
-            checked.extend(cached[3])
+            docs.extend(cached.docs)
+            problems.extend(cached.problems)
+            checked.extend(cached.checked)
         self.reread.extend(name for name in self._files if name not in files)  # removed
         self._files = files
         return _build(
@@ -343,6 +335,35 @@ class IncrementalLoader:
             root_namespace=self.root_namespace,
             validated=checked,
         )
+
+    def _read(self, path: Path, stamp: tuple[int, int], old: _CachedFile | None) -> _CachedFile:
+        text, unreadable = read_text(path)
+        if text is None:
+            return _CachedFile(stamp, [], unreadable, [], [])
+        file_docs, file_problems, pieces = parse_pieces(
+            text, str(path), old.pieces if old is not None else ()
+        )
+        before = old.docs if old is not None else []
+        before_checked = old.checked if old is not None else []
+        # A document with problems is checked again: its lines may have moved.
+        file_checked = [
+            before_checked[i]
+            if i < len(before)
+            and not before_checked[i][1]
+            and (before[i] is d or (before[i].line == d.line and before[i].value == d.value))
+            else _validated(d, self.domain)
+            for i, d in enumerate(file_docs)
+        ]
+        return _CachedFile(stamp, file_docs, file_problems, file_checked, pieces)
+
+
+@dataclass(frozen=True, slots=True)
+class _CachedFile:
+    stamp: tuple[int, int]  # modification time (ns) and size
+    docs: list[Document]
+    problems: list[ConfigProblem]  # parse problems
+    checked: list[Validated]  # each document's validation
+    pieces: list[Piece]
 
 
 def load(

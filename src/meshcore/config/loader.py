@@ -8,8 +8,11 @@ a problem needs one.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +91,19 @@ def iter_config_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]
             yield path
 
 
+def read_text(path: Path) -> tuple[str | None, list[ConfigProblem]]:
+    """A config file's text, or None and the problem that kept it from being read."""
+    name = str(path)
+    try:
+        return path.read_text(encoding="utf-8"), []
+    except FileNotFoundError:
+        return None, [ConfigProblem("no such file or directory", file=name)]
+    except UnicodeDecodeError as exc:
+        return None, [ConfigProblem(f"not UTF-8 text: {exc.reason}", file=name)]
+    except OSError as exc:
+        return None, [ConfigProblem(f"cannot read: {exc.strerror}", file=name)]
+
+
 def read_documents(
     paths: Iterable[str | os.PathLike[str]],
 ) -> tuple[list[Document], list[ConfigProblem]]:
@@ -95,19 +111,63 @@ def read_documents(
     docs: list[Document] = []
     problems: list[ConfigProblem] = []
     for path in iter_config_files(paths):
-        name = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            problems.append(ConfigProblem("no such file or directory", file=name))
+        text, unreadable = read_text(path)
+        if text is None:
+            problems.extend(unreadable)
             continue
-        except UnicodeDecodeError as exc:
-            problems.append(ConfigProblem(f"not UTF-8 text: {exc.reason}", file=name))
-            continue
-        except OSError as exc:
-            problems.append(ConfigProblem(f"cannot read: {exc.strerror}", file=name))
-            continue
-        file_docs, file_problems = parse_yaml(text, name)
+        file_docs, file_problems = parse_yaml(text, str(path))
         docs.extend(file_docs)
         problems.extend(file_problems)
     return docs, problems
+
+
+# A document marker starts a line: "---" then a blank or the end of the line. YAML forbids it
+# inside quoted scalars, and block scalars are indented, so cutting there cuts between
+# documents; directives (%YAML, %TAG) would apply across the cut, so with them nothing is cut.
+_DOC_MARKER = re.compile(r"^---(?=[ \t\r]|$)", re.M)
+_DIRECTIVE = re.compile(r"^%", re.M)
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A stretch of a file holding whole documents, parsed: the unit of re-parsing."""
+
+    line: int  # where it starts in the file
+    text: str
+    docs: tuple[Document, ...]
+    problems: tuple[ConfigProblem, ...]
+
+
+def parse_pieces(
+    text: str, file: str, previous: Sequence[Piece] = ()
+) -> tuple[list[Document], list[ConfigProblem], list[Piece]]:
+    """:func:`parse_yaml`, re-parsing only the stretches between document markers that are
+    not in ``previous`` (the same text at the same line): a change to one document of a long
+    file parses that document. Documents, lines and problems are those of ``parse_yaml``."""
+    if _DIRECTIVE.search(text):
+        cuts = [0]
+    else:
+        cuts = [0, *(m.start() for m in _DOC_MARKER.finditer(text) if m.start() > 0)]
+    cuts.append(len(text))
+    pieces: list[Piece] = []
+    docs_out: list[Document] = []
+    problems_out: list[ConfigProblem] = []
+    line = 1
+    for i, (a, b) in enumerate(itertools.pairwise(cuts)):
+        chunk = text[a:b]
+        old = previous[i] if i < len(previous) else None
+        if old is None or old.line != line or old.text != chunk:
+            # Padded with empty lines: lines and problems come out as in the whole file.
+            docs, problems = parse_yaml("\n" * (line - 1) + chunk, file)
+            old = Piece(line, chunk, tuple(docs), tuple(problems))
+        k = len(docs_out)
+        if any(d.index != k + j for j, d in enumerate(old.docs)):  # its documents' places
+            old = dataclasses.replace(
+                old,
+                docs=tuple(dataclasses.replace(d, index=k + j) for j, d in enumerate(old.docs)),
+            )
+        pieces.append(old)
+        docs_out.extend(old.docs)
+        problems_out.extend(old.problems)
+        line += chunk.count("\n")
+    return docs_out, problems_out, pieces

@@ -8,6 +8,7 @@ a problem needs one.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import itertools
 import os
@@ -35,12 +36,14 @@ class Document:
     line: int  # 1-based line where the document starts (0 when not from a file)
     index: int  # 0-based position of the document in its file
     lines: _core.YamlDocument | None = field(default=None, repr=False, compare=False)
+    # Lines before the text ``lines`` was parsed from (a document parsed apart from its file).
+    line_offset: int = field(default=0, repr=False, compare=False)
 
     def line_of(self, path: PathKey) -> int:
         """The 1-based line of the field at ``path`` (its nearest existing ancestor's if absent)."""
         if self.lines is None:
             return self.line
-        return self.lines.line_of(path)
+        return self.lines.line_of(path) + self.line_offset
 
 
 def parse_yaml(text: str, file: str) -> tuple[list[Document], list[ConfigProblem]]:
@@ -149,7 +152,12 @@ def parse_pieces(
     else:
         cuts = [0, *(m.start() for m in _DOC_MARKER.finditer(text) if m.start() > 0)]
     cuts.append(len(text))
-    pieces: list[Piece] = []
+    if not previous:
+        # Nothing to reuse: the whole text at once, then shared out between the pieces by
+        # line (each document and problem to the piece it starts in).
+        docs, problems = parse_yaml(text, file)
+        return docs, problems, _share_out(text, cuts, docs, problems)
+    pieces = []
     docs_out: list[Document] = []
     problems_out: list[ConfigProblem] = []
     line = 1
@@ -157,9 +165,7 @@ def parse_pieces(
         chunk = text[a:b]
         old = previous[i] if i < len(previous) else None
         if old is None or old.line != line or old.text != chunk:
-            # Padded with empty lines: lines and problems come out as in the whole file.
-            docs, problems = parse_yaml("\n" * (line - 1) + chunk, file)
-            old = Piece(line, chunk, tuple(docs), tuple(problems))
+            old = _parse_piece(chunk, file, line)
         k = len(docs_out)
         if any(d.index != k + j for j, d in enumerate(old.docs)):  # its documents' places
             old = dataclasses.replace(
@@ -171,3 +177,41 @@ def parse_pieces(
         problems_out.extend(old.problems)
         line += chunk.count("\n")
     return docs_out, problems_out, pieces
+
+
+def _parse_piece(chunk: str, file: str, line: int) -> Piece:
+    """One piece parsed on its own, its lines and problems moved to where it is in the file."""
+    docs, problems = parse_yaml(chunk, file)
+    off = line - 1
+    if off:
+        docs = [
+            dataclasses.replace(d, line=d.line + off, line_offset=d.line_offset + off) for d in docs
+        ]
+        problems = [dataclasses.replace(p, line=p.line + off) if p.line else p for p in problems]
+    return Piece(line, chunk, tuple(docs), tuple(problems))
+
+
+def _share_out(
+    text: str, cuts: list[int], docs: list[Document], problems: list[ConfigProblem]
+) -> list[Piece]:
+    """Pieces holding the documents and problems of a whole-text parse (none to reuse when a
+    problem has no line to place it by)."""
+    starts = [1]
+    for a, b in itertools.pairwise(cuts[:-1]):
+        starts.append(starts[-1] + text.count("\n", a, b))
+    if any(p.line <= 0 for p in problems):
+        return []
+    by_piece_docs: list[list[Document]] = [[] for _ in starts]
+    by_piece_problems: list[list[ConfigProblem]] = [[] for _ in starts]
+    j = 0
+    for d in docs:  # in line order
+        while j + 1 < len(starts) and starts[j + 1] <= d.line:
+            j += 1
+        by_piece_docs[j].append(d)
+    for p in problems:
+        k = bisect.bisect_right(starts, p.line) - 1
+        by_piece_problems[max(k, 0)].append(p)
+    return [
+        Piece(starts[j], text[a:b], tuple(by_piece_docs[j]), tuple(by_piece_problems[j]))
+        for j, (a, b) in enumerate(itertools.pairwise(cuts))
+    ]

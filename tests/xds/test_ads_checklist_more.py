@@ -117,3 +117,24 @@ def test_translated_snapshots_are_consistent() -> None:
             checked += 1
     assert checked == 2 * len(mesh.workload_entries)
     translate.clear_cache()
+
+
+def test_duplicate_names_across_generators_are_reported() -> None:
+    # item 40: a workload whose address is its sidecar's outbound address: its inbound
+    # listener and an outbound listener would share a name.
+    mesh = load_objects([
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+         "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 8080}]}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry", "metadata": {"name": "web-1"},
+         "spec": {"address": "127.0.0.1", "labels": {"app": "web"}}},
+    ])  # fmt: skip
+    translate.clear_cache()
+    node = "sidecar~127.0.0.1~web-1.default~default.svc.cluster.local"
+    clash = translate.generate(mesh, translate.proxy_for_node(mesh, node))
+    found = [p for p in clash.problems if "produced twice" in p.message]
+    assert [(p.kind, p.name, p.path) for p in found] == [("WorkloadEntry", "web-1", "spec.address")]
+    assert "'127.0.0.1_8080'" in found[0].message
+    meta = {"MESHCORE_OUTBOUND_ADDRESS": "127.0.0.2"}
+    apart = translate.generate(mesh, translate.proxy_for_node(mesh, node, meta))
+    assert not [p for p in apart.problems if "produced twice" in p.message]
+    translate.clear_cache()

@@ -2274,10 +2274,40 @@ def generate(mesh: MeshModel, proxy: Proxy, *, extension_providers: Any = None) 
             tr._route_problems[tr.route_key(proxy)],
             tr._outbound_problems[(proxy.proxyless, proxy.outbound_address)],
             inbound_problems,
+            _duplicate_names(proxy, resources),
         )
         for p in group
     }
     return Generated(resources, [problems[k] for k in sorted(problems)])
+
+
+def _duplicate_names(proxy: Proxy, resources: Resources) -> list[ConfigProblem]:
+    """Names produced both for the proxy's own inbound side and for its outbound side (the
+    xDS checklist: duplicate names across generators are found server-side): the inbound one
+    is sent, and the clash is reported. It happens when a workload's address is the address
+    its sidecar's outbound listeners bind to."""
+    out = []
+    w = proxy.workload
+    for type_url in (types.LISTENER, types.CLUSTER):
+        layers = resources[type_url]
+        if not isinstance(layers, Layered) or not layers.own:
+            continue
+        for name in sorted(set(layers.own) & set(layers.shared)):
+            out.append(
+                ConfigProblem(
+                    f"{types.SHORT_NAMES[type_url]} resource {name!r} is produced twice, for"
+                    f" the workload's inbound side and for outbound traffic (its address is"
+                    f" the outbound address {proxy.outbound_address}); the inbound one is"
+                    " sent: give the sidecar another MESHCORE_OUTBOUND_ADDRESS",
+                    path="spec.address",
+                    kind="WorkloadEntry" if w is not None else "",
+                    namespace=w.namespace if w is not None else proxy.namespace,
+                    name=w.name if w is not None else proxy.name,
+                    file=w.file if w is not None else "",
+                    line=w.line if w is not None else 0,
+                )
+            )
+    return out
 
 
 # --- static bootstrap ---------------------------------------------------------------------------

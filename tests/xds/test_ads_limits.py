@@ -132,3 +132,47 @@ def test_delta_responses_over_the_limit_go_in_parts() -> None:
             await server.stop(None)
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_new_streams_are_rate_limited_and_refused_until_ready() -> None:
+    # item 38: a burst of new streams beyond the rate is refused (clients retry); no stream is
+    # served before the control plane has a configuration.
+    async def main() -> None:
+        cache = SnapshotCache()
+        for i in range(8):
+            cache.set(_node(i), cache.snapshot(resources(eds={"a": cla("a")})))
+        has_config = [False]
+        server, ads, port = await start_ads_server(
+            cache, max_new_streams_per_second=0.2, ready=lambda: has_config[0]
+        )
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+
+                async def attempt(i: int) -> str:
+                    s = Stream(channel)
+                    r = discovery_pb2.DiscoveryRequest(
+                        type_url=types.ENDPOINT, resource_names=["a"]
+                    )
+                    r.node.id = _node(i)
+                    s.send(r)
+                    try:
+                        await s.recv()
+                        return "OK"
+                    except grpc.aio.AioRpcError as exc:
+                        return str(exc.code().name)
+                    finally:
+                        s.close()
+
+                assert await attempt(0) == "UNAVAILABLE"
+                has_config[0] = True
+                # One stream per 5 s, bursts of one: of a burst of 8, one is served.
+                got = await asyncio.gather(*(attempt(i) for i in range(8)))
+                assert got.count("OK") == 1, got
+                assert got.count("RESOURCE_EXHAUSTED") == 7, got
+                assert ads.refused_streams == 8
+                ads.max_new_streams_per_second = None  # no limit: accepted again
+                assert await attempt(0) == "OK"
+        finally:
+            await server.stop(None)
+
+    asyncio.run(asyncio.wait_for(main(), 30))

@@ -107,7 +107,9 @@ async def serve(
             "meshcore serve: the configuration is invalid; fix it and start again", file=sys.stderr
         )
         return 1
-    server, ads, port = await start_ads_server(plane.cache, port=xds_port, host=host)
+    server, ads, port = await start_ads_server(
+        plane.cache, port=xds_port, host=host, ready=lambda: plane.mesh is not None
+    )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -19,7 +19,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,8 +84,20 @@ class AdsServer:
         push_throttle: int = DEFAULT_PUSH_THROTTLE,
         resource_ttl: Mapping[str, float] | None = None,
         heartbeat_interval: float | None = None,
+        max_new_streams_per_second: float | None = None,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self.cache = cache
+        # New streams beyond this rate (a token bucket, bursts of up to one second's worth, at
+        # least one stream) are refused with RESOURCE_EXHAUSTED and retried by the client
+        # (istiod's PILOT_MAX_REQUESTS_PER_SECOND); None: no limit.
+        self.max_new_streams_per_second = max_new_streams_per_second
+        self._tokens = max(1.0, max_new_streams_per_second or 0.0)
+        self._tokens_at = time.monotonic()
+        # Streams are refused with UNAVAILABLE until this says the caches are ready (istiod's
+        # IsServerReady); None: always ready.
+        self.ready = ready
+        self.refused_streams = 0
         # Per type URL, the TTL (seconds) of resources sent to clients that support it (the
         # client features TTL_FEATURE, and for SotW one of SOTW_RESOURCE_FEATURES); those
         # clients get heartbeats every heartbeat_interval (default: a third of the shortest
@@ -149,6 +161,23 @@ class AdsServer:
             yield response
 
     # --- bookkeeping shared by both stream kinds -----------------------------------------------
+
+    def admit(self) -> tuple[grpc.StatusCode, str] | None:
+        """Why a new stream must be refused now, or None to take it."""
+        if self.ready is not None and not self.ready():
+            self.refused_streams += 1
+            return grpc.StatusCode.UNAVAILABLE, "the control plane has no configuration yet"
+        rate = self.max_new_streams_per_second
+        if rate is None:
+            return None
+        now = time.monotonic()
+        self._tokens = min(max(1.0, rate), self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens < 1.0:
+            self.refused_streams += 1
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, "too many new xDS streams; retry later"
+        self._tokens -= 1.0
+        return None
 
     def connected(self, node: NodeInfo, kind: str, number: int = 0) -> None:
         self.proxies[node.id] = ProxyState(node, kind, number)
@@ -239,6 +268,10 @@ async def _run(
     One event wakes the stream, set by the request reader and by the snapshot cache: a wake-up
     handles every request that arrived, then pushes what is due (no futures per wake-up).
     """
+    refused = server.admit()
+    if refused is not None:
+        await context.abort(*refused)
+        return
     wake = asyncio.Event()
     inbox: collections.deque[Any] = collections.deque()
 

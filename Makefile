@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 .PHONY: help dev release test lint fmt bench demo protos clean
 
 help:
-	@echo "make demo     set up, then validate examples/ and summarise the mesh (the main job)"
+	@echo "make demo     set up, then run the demo mesh on 127.0.0.1 (the main job)"
 	@echo "make test     set up, then ruff, mypy --strict, cargo fmt/clippy/test, pytest"
 	@echo "make dev      set up .venv and build the extension (dev profile)"
 	@echo "make release  build the extension with the release profile (for benchmarks)"
@@ -58,9 +58,11 @@ bench: release
 	$(PY) -m pytest bench -o python_files='bench_*.py' --benchmark-enable -p no:cacheprovider \
 		--benchmark-columns=min,median,max,rounds --benchmark-sort=name -q
 
+# The demo mesh: control plane + CA, three services behind real Envoy sidecars (via the agent),
+# live traffic and a live change; prints what happened and exits 0 when every check passed.
 demo: dev
 	$(VENV)/bin/meshcore validate examples/
-	$(VENV)/bin/meshcore describe examples/
+	$(VENV)/bin/meshcore demo
 
 protos: $(VENV)/.deps
 	$(PY) -m meshcore._protos

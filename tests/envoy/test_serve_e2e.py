@@ -1,10 +1,13 @@
-"""End to end: ``meshcore serve`` (the real CLI, a subprocess) feeds real Envoy sidecars over
-ADS; they carry HTTP between local services; a config change converges; proxy-status reports.
-State of the world for two sidecars, delta for the third."""
+"""End to end: ``meshcore serve`` (the real CLI, a subprocess, with its CA) feeds real Envoy
+sidecars run by ``meshcore agent`` (subprocesses too): config over ADS, certificates from the
+CA over SDS; they carry HTTP between local services over mTLS (STRICT, the default); a config
+change converges; proxy-status reports. State of the world for two sidecars, delta for the
+third."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -13,9 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from tests.envoy._sidecar import free_port, http_get, running_envoy, serve_echo
-
-from meshcore.dataplane.bootstrap import ads_bootstrap
+from tests.envoy._sidecar import free_port, http_get, running_agent, serve_echo
 
 pytestmark = pytest.mark.envoy
 
@@ -41,11 +42,6 @@ apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: reviews-v2}}
 spec: {{address: 127.0.62.1, labels: {{app: reviews, version: v2}}, serviceAccount: reviews}}
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {{name: default, namespace: istio-system}}
-spec: {{mtls: {{mode: DISABLE}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -76,6 +72,10 @@ def node(name: str, address: str) -> str:
     return f"sidecar~{address}~{name}.default~default.svc.cluster.local"
 
 
+def spiffe(sa: str) -> str:
+    return f"spiffe://cluster.local/ns/default/sa/{sa}"
+
+
 def syncz(port: int) -> dict[str, dict[str, str]]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/debug/syncz", timeout=5) as r:
         return dict(json.loads(r.read())["proxies"])
@@ -87,29 +87,40 @@ def test_serve_feeds_sidecars_that_carry_traffic(tmp_path: Path) -> None:
     config.mkdir()
     (config / "mesh.yaml").write_text(MESH.format(port=port))
     (config / "routes.yaml").write_text(ROUTES.format(w1=80, w2=20))
-    xds, metrics = free_port(), free_port()
+    xds, metrics, ca, ca_mtls = free_port(), free_port(), free_port(), free_port()
+    tokens = {sa: f"{sa}-token-0123456789abcdef" for sa in ("web", "reviews")}
+    (tmp_path / "tokens").write_text("".join(f"{t} {spiffe(sa)}\n" for sa, t in tokens.items()))
     cp = subprocess.Popen(
         [sys.executable, "-m", "meshcore.cli", "serve", "--config", str(config),
-         "--xds-port", str(xds), "--metrics-port", str(metrics)],
+         "--xds-port", str(xds), "--metrics-port", str(metrics),
+         "--ca-port", str(ca), "--ca-mtls-port", str(ca_mtls),
+         "--state-dir", str(tmp_path / "state"), "--tokens", str(tmp_path / "tokens")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     backends = [serve_echo("127.0.61.2", port, "v1"), serve_echo("127.0.62.2", port, "v2")]
     try:
         assert cp.stdout is not None
-        lines = [cp.stdout.readline() for _ in range(3)]
+        lines = [cp.stdout.readline() for _ in range(4)]
         assert "ADS" in lines[1], lines
-        web = ads_bootstrap(node("web-1", "127.0.60.1"), "127.0.0.1", xds, admin_port=free_port(),
-                            metadata={"MESHCORE_OUTBOUND_ADDRESS": "127.0.60.2"})  # fmt: skip
-        v1 = ads_bootstrap(node("reviews-v1", "127.0.61.1"), "127.0.0.1", xds, admin_port=free_port(),
-                           metadata={"MESHCORE_APP_ADDRESS": "127.0.61.2", "MESHCORE_OUTBOUND_ADDRESS": "127.0.61.3"})  # fmt: skip
-        v2 = ads_bootstrap(node("reviews-v2", "127.0.62.1"), "127.0.0.1", xds, admin_port=free_port(), delta=True,
-                           metadata={"MESHCORE_APP_ADDRESS": "127.0.62.2", "MESHCORE_OUTBOUND_ADDRESS": "127.0.62.3"})  # fmt: skip
+        assert "CA for cluster.local" in lines[2], lines
+        common = {
+            "xds": xds,
+            "ca": ca,
+            "ca_mtls": ca_mtls,
+            "ca_root": tmp_path / "state" / "root-cert.pem",
+        }
         url = f"http://127.0.60.2:{port}/reviews"
         with (
-            running_envoy(v1, tmp_path, "reviews-v1"),
-            running_envoy(v2, tmp_path, "reviews-v2"),
-            running_envoy(web, tmp_path, "web"),
-        ):
+            running_agent(tmp_path, "reviews-v1", node_id=node("reviews-v1", "127.0.61.1"),
+                          identity=spiffe("reviews"), token=tokens["reviews"], **common,
+                          metadata={"MESHCORE_APP_ADDRESS": "127.0.61.2", "MESHCORE_OUTBOUND_ADDRESS": "127.0.61.3"}),
+            running_agent(tmp_path, "reviews-v2", node_id=node("reviews-v2", "127.0.62.1"),
+                          identity=spiffe("reviews"), token=tokens["reviews"], **common, delta=True,
+                          metadata={"MESHCORE_APP_ADDRESS": "127.0.62.2", "MESHCORE_OUTBOUND_ADDRESS": "127.0.62.3"}),
+            running_agent(tmp_path, "web", node_id=node("web-1", "127.0.60.1"),
+                          identity=spiffe("web"), token=tokens["web"], **common,
+                          metadata={"MESHCORE_OUTBOUND_ADDRESS": "127.0.60.2"}) as web_admin,
+        ):  # fmt: skip
             assert {http_get(url, "reviews", **{"x-user": "tester"}) for _ in range(5)} == {
                 (200, "v2")
             }
@@ -143,6 +154,12 @@ def test_serve_feeds_sidecars_that_carry_traffic(tmp_path: Path) -> None:
             ).stdout  # fmt: skip
             assert "SYNCED" in out
             assert node("web-1", "127.0.60.1") in out
+            # The traffic to reviews was mTLS (STRICT by default), with certificates from SDS.
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{web_admin}/stats?filter=reviews.*ssl.handshake", timeout=5
+            ) as r:
+                stats = r.read().decode()
+            assert any(int(v) > 0 for v in re.findall(r"ssl.handshake: (\d+)", stats)), stats
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as r:
                 text = r.read().decode()
             assert 'pilot_xds{version="meshcore"} 3.0' in text

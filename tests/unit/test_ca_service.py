@@ -207,3 +207,17 @@ def test_client_without_credentials() -> None:
             await client.fetch()
 
     run(body)
+
+
+def test_renewal_without_an_mtls_address_uses_the_bootstrap_token() -> None:
+    async def body(ca: CertificateAuthority, tokens: BootstrapTokens, srv: CAServer) -> None:
+        client = CertificateClient(
+            tls(srv), REVIEWS, trust_bundle_pem=ca.trust_bundle_pem(),
+            bootstrap_token=tokens.issue(REVIEWS),
+        )  # fmt: skip
+        first = await client.fetch()
+        second = await client.fetch()
+        assert second.serial != first.serial
+        assert client.renewals == 1
+
+    run(body)

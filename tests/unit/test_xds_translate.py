@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("envoy.config.route.v3.route_pb2")
 
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import config_source_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -442,6 +443,19 @@ def test_destination_rule_policies() -> None:
     common = ctx.common_tls_context
     assert [s.name for s in common.tls_certificate_sds_secret_configs] == ["default"]
     assert common.combined_validation_context.validation_context_sds_secret_config.name == "ROOTCA"
+    # Istio's form: secrets from the sidecar's agent over the bootstrap cluster sds-grpc.
+    for ref in (
+        common.tls_certificate_sds_secret_configs[0],
+        common.combined_validation_context.validation_context_sds_secret_config,
+    ):
+        source = ref.sds_config
+        assert source.resource_api_version == config_source_pb2.V3
+        assert source.HasField("initial_fetch_timeout")
+        assert source.initial_fetch_timeout.ToNanoseconds() == 0
+        api = source.api_config_source
+        assert api.api_type == config_source_pb2.ApiConfigSource.GRPC
+        assert api.transport_api_version == config_source_pb2.V3
+        assert [g.envoy_grpc.cluster_name for g in api.grpc_services] == ["sds-grpc"]
     sans = (
         common.combined_validation_context.default_validation_context.match_typed_subject_alt_names
     )

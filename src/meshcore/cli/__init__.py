@@ -45,6 +45,64 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=None, help="Prometheus /metrics and /debug/syncz"
     )
     s.add_argument("--host", default="127.0.0.1")
+    s.add_argument(
+        "--mesh-config",
+        metavar="FILE",
+        help="MeshConfig YAML (as istiod's --meshConfig): access logs, tracing, providers",
+    )
+    s.add_argument(
+        "--ca-port",
+        type=int,
+        default=None,
+        help="run the CA: CreateCertificate with bootstrap tokens (TLS) on this port",
+    )
+    s.add_argument(
+        "--ca-mtls-port",
+        type=int,
+        default=0,
+        help="the CA's renewal port (mTLS with the current certificate; 0 picks one)",
+    )
+    s.add_argument(
+        "--cacerts",
+        metavar="DIR",
+        default=None,
+        help="CA key and certificates in Istio's plug-in layout (else a generated root)",
+    )
+    s.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        default=None,
+        help="where a generated root is kept (key 0600) and reused; also root-cert.pem for agents",
+    )
+    s.add_argument(
+        "--tokens",
+        metavar="FILE",
+        default=None,
+        help="bootstrap tokens: 'TOKEN SPIFFE-ID' per line",
+    )
+
+    a = sub.add_parser("agent", help="run an Envoy sidecar: certificate, SDS, bootstrap, Envoy")
+    a.add_argument("--node-id", required=True, help="sidecar~IP~NAME.NS~NS.svc.cluster.local")
+    a.add_argument("--identity", required=True, help="the workload's SPIFFE ID")
+    a.add_argument("--xds-address", required=True, metavar="HOST:PORT")
+    a.add_argument("--ca-address", required=True, metavar="HOST:PORT")
+    a.add_argument("--ca-mtls-address", default=None, metavar="HOST:PORT")
+    a.add_argument("--ca-root", required=True, metavar="FILE", help="the CA's root-cert.pem")
+    a.add_argument("--token-file", required=True, metavar="FILE", help="the bootstrap token")
+    a.add_argument("--workdir", required=True, metavar="DIR")
+    a.add_argument("--admin-port", type=int, default=0)
+    a.add_argument("--status-port", type=int, default=15021, help="/healthz/ready (0 picks one)")
+    a.add_argument("--envoy", default=None, metavar="PATH")
+    a.add_argument("--delta", action="store_true", help="delta ADS instead of state of the world")
+    a.add_argument("--cert-ttl", type=float, default=None, metavar="SECONDS")
+    a.add_argument("--drain-seconds", type=float, default=0.0)
+    a.add_argument(
+        "--metadata",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Envoy node metadata, e.g. MESHCORE_APP_ADDRESS=127.0.10.2 (repeatable)",
+    )
 
     p = sub.add_parser(
         "proxy-status", help="xDS sync status of the proxies of a running control plane"
@@ -52,6 +110,40 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--control-plane", default="127.0.0.1:15014", metavar="HOST:PORT", help="its metrics port"
     )
+
+    m = sub.add_parser(
+        "demo",
+        help="run the demo mesh: control plane, CA, three services behind Envoy sidecars",
+    )
+    m.add_argument("--config", metavar="DIR", help="mesh config (default: the examples/ mesh)")
+    m.add_argument("--serve", action="store_true", help="keep running after the tour")
+    m.add_argument(
+        "--proxy",
+        choices=("envoy", "reference"),
+        default="envoy",
+        help="the sidecars: real Envoy through meshcore's agent, or meshcore's reference proxy",
+    )
+    m.add_argument(
+        "--workdir", metavar="DIR", help="keep logs and bootstraps here (default: a temporary dir)"
+    )
+    x = sub.add_parser(
+        "proxy", help="run the reference proxy (meshcore.dataplane) for one workload"
+    )
+    x.add_argument("--xds", default="127.0.0.1:15010", metavar="HOST:PORT", help="ADS server")
+    x.add_argument("--node-id", required=True, help="TYPE~IP~NAME.NAMESPACE~NAMESPACE.svc.DOMAIN")
+    x.add_argument("--ca", metavar="HOST:PORT", help="meshcore's CA (bootstrap-token port)")
+    x.add_argument("--ca-mtls", metavar="HOST:PORT", help="the CA's mTLS port (renewals)")
+    x.add_argument("--trust-bundle", metavar="FILE", help="the mesh's root certificates (PEM)")
+    x.add_argument(
+        "--token", help="bootstrap token for the first certificate (or $MESHCORE_BOOTSTRAP_TOKEN)"
+    )
+    x.add_argument("--service-account", default=None)
+    x.add_argument("--outbound", default="127.0.0.1:15001", metavar="HOST:PORT")
+    x.add_argument("--no-outbound", action="store_true")
+    x.add_argument("--no-inbound", action="store_true", help="do not serve inbound listeners")
+    x.add_argument("--metrics", default="127.0.0.1:15020", metavar="HOST:PORT")
+    x.add_argument("--app-address", help="where the app listens (inbound clusters' address)")
+    x.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
 
     w = sub.add_parser("webhook", help="serve the validating admission webhook over HTTPS")
     w.add_argument("--cert", required=True, help="PEM certificate (chain) file")
@@ -140,9 +232,100 @@ def _serve(args: argparse.Namespace) -> int:
     if missing:
         print(f"meshcore serve: no such directory: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
+    mesh_config = None
+    if args.mesh_config is not None:
+        from meshcore.config.meshconfig import MeshConfig
+        from meshcore.errors import ConfigError
+
+        try:
+            mesh_config = MeshConfig.load(args.mesh_config)
+        except ConfigError as exc:
+            for problem in exc.errors():
+                print(f"{problem.severity}: {problem}", file=sys.stderr)
+            return EXIT_INVALID
+        for problem in mesh_config.warnings:
+            print(f"warning: {problem}", file=sys.stderr)
+    ca = None
+    if args.ca_port is not None:
+        from meshcore.cli.serve import CAOptions
+
+        ca = CAOptions(
+            port=args.ca_port,
+            mtls_port=args.ca_mtls_port,
+            cacerts=args.cacerts,
+            state_dir=args.state_dir,
+            tokens=args.tokens,
+        )
+    elif args.cacerts or args.tokens:
+        print("meshcore serve: --cacerts and --tokens need --ca-port", file=sys.stderr)
+        return EXIT_USAGE
     return asyncio.run(
-        serve(args.config, xds_port=args.xds_port, metrics_port=args.metrics_port, host=args.host)
+        serve(
+            args.config,
+            xds_port=args.xds_port,
+            metrics_port=args.metrics_port,
+            host=args.host,
+            mesh_config=mesh_config,
+            ca=ca,
+        )
     )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from meshcore.demo import run_demo
+
+    if args.config is not None and not Path(args.config).is_dir():
+        print(f"meshcore demo: no such directory: {args.config}", file=sys.stderr)
+        return EXIT_USAGE
+    config = Path(args.config) if args.config else None
+    workdir = Path(args.workdir) if args.workdir else None
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(run_demo(serve=args.serve, config=config, workdir=workdir, proxy=args.proxy))
+
+
+def _agent(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from meshcore.dataplane.agent import run_agent
+
+    return asyncio.run(run_agent(args))
+
+
+def _proxy(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+
+    from meshcore.dataplane.plane import DataPlaneError
+    from meshcore.dataplane.proxy import run_proxy
+
+    bundle = None
+    if args.trust_bundle:
+        if not Path(args.trust_bundle).is_file():
+            print(f"meshcore proxy: no such file: {args.trust_bundle}", file=sys.stderr)
+            return EXIT_USAGE
+        bundle = Path(args.trust_bundle).read_text()
+    metadata: dict[str, object] = {}
+    if args.app_address:
+        metadata["MESHCORE_APP_ADDRESS"] = args.app_address
+    labels = dict(item.partition("=")[::2] for item in args.label)
+    if labels:
+        metadata["LABELS"] = labels
+    try:
+        return asyncio.run(
+            run_proxy(
+                xds=args.xds, node_id=args.node_id, ca=args.ca, ca_mtls=args.ca_mtls,
+                trust_bundle=bundle, token=args.token or os.environ.get("MESHCORE_BOOTSTRAP_TOKEN"),
+                service_account=args.service_account,
+                outbound=None if args.no_outbound else args.outbound,
+                inbound=not args.no_inbound, metrics=args.metrics or None, metadata=metadata,
+            )
+        )  # fmt: skip
+    except (DataPlaneError, ValueError, OSError) as exc:
+        print(f"meshcore proxy: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _proxy_status(args: argparse.Namespace) -> int:
@@ -156,7 +339,10 @@ COMMANDS = {
     "describe": _describe,
     "webhook": _webhook,
     "serve": _serve,
+    "agent": _agent,
     "proxy-status": _proxy_status,
+    "demo": _demo,
+    "proxy": _proxy,
 }
 
 

@@ -5,18 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import functools
 import json
 import logging
 import signal
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from meshcore.ca import CAError, CertificateAuthority
+from meshcore.ca.service import BootstrapTokens, CAServer, start_ca_server
+from meshcore.ca.spiffe import IdentityError
 from meshcore.config import MeshModel
+from meshcore.config.meshconfig import MeshConfig
 from meshcore.xds import translate
 from meshcore.xds.cache import NodeInfo
 from meshcore.xds.controlplane import ControlPlane, Resources
@@ -26,14 +34,16 @@ from meshcore.xds.server import AdsServer, start_ads_server
 log = logging.getLogger("meshcore.serve")
 
 
-def generate(mesh: MeshModel, node: NodeInfo) -> Resources | None:
+def generate(
+    mesh: MeshModel, node: NodeInfo, mesh_config: MeshConfig | None = None
+) -> Resources | None:
     """Translate the mesh for one connected proxy; its problems are logged, never raised."""
     try:
         proxy = translate.proxy_for_node(mesh, node.id, node.metadata)
     except ValueError as exc:
         log.error("cannot serve node %r: %s", node.id, exc)
         return None
-    result = translate.generate(mesh, proxy)
+    result = translate.generate(mesh, proxy, mesh_config=mesh_config)
     for problem in result.problems:
         (log.error if problem.severity == "error" else log.warning)("%s: %s", node.id, problem)
     return result.resources
@@ -95,11 +105,78 @@ class _DebugHandler(BaseHTTPRequestHandler):
         log.debug(format, *args)
 
 
+# Tokens from a file are the operator's: valid while the server runs.
+FILE_TOKEN_TTL = datetime.timedelta(days=3650)
+
+
+@dataclass(frozen=True, slots=True)
+class CAOptions:
+    """``meshcore serve --ca-port ...``: the CA next to ADS (Istio's istiod does both)."""
+
+    port: int
+    mtls_port: int = 0
+    cacerts: str | None = None  # Istio's plug-in layout
+    state_dir: str | None = None  # where a generated root is kept
+    tokens: str | None = None  # 'TOKEN SPIFFE-ID' per line
+
+
+def load_tokens(path: str, tokens: BootstrapTokens) -> int:
+    """Reads ``TOKEN SPIFFE-ID`` lines (blank lines and ``#`` comments skipped) into
+    ``tokens``; a bad line raises ValueError naming the file and line."""
+    count = 0
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            text = line.split("#", 1)[0].strip()
+            if not text:
+                continue
+            parts = text.split()
+            if len(parts) != 2:
+                raise ValueError(f"{path}:{number}: expected 'TOKEN SPIFFE-ID'")
+            try:
+                tokens.add(parts[0], parts[1], ttl=FILE_TOKEN_TTL)
+            except (CAError, IdentityError) as exc:
+                raise ValueError(f"{path}:{number}: {exc}") from None
+            count += 1
+    return count
+
+
+def load_ca(options: CAOptions) -> CertificateAuthority:
+    """The plug-in CA from ``cacerts``; else the root kept in ``state_dir`` (generated and
+    saved there, key 0600, on first use); else a root that lives as long as the process."""
+    if options.cacerts:
+        return CertificateAuthority.load(options.cacerts)
+    if options.state_dir:
+        state = Path(options.state_dir)
+        if (state / "ca-key.pem").is_file():
+            return CertificateAuthority.load(state)
+        ca = CertificateAuthority.generate()
+        ca.save(state)
+        return ca
+    return CertificateAuthority.generate()
+
+
+async def _start_ca(options: CAOptions, host: str) -> tuple[CAServer, CertificateAuthority, int]:
+    ca = load_ca(options)
+    tokens = BootstrapTokens()
+    count = load_tokens(options.tokens, tokens) if options.tokens else 0
+    server = await start_ca_server(
+        ca, tokens, port=options.port, mtls_port=options.mtls_port, host=host
+    )
+    return server, ca, count
+
+
 async def serve(
     paths: Sequence[str], *, xds_port: int, metrics_port: int | None, host: str = "127.0.0.1",
     ready: threading.Event | None = None, stop: asyncio.Event | None = None,
+    mesh_config: MeshConfig | None = None,
+    ca: CAOptions | None = None,
 ) -> int:  # fmt: skip
-    plane = ControlPlane(paths, generate, dependencies=DependencyIndex(), settle_gc=True)
+    plane = ControlPlane(
+        paths,
+        functools.partial(generate, mesh_config=mesh_config),
+        dependencies=DependencyIndex(),
+        settle_gc=True,
+    )
     if not plane.load():
         for p in plane.problems:
             print(f"{p.severity}: {p}", file=sys.stderr)
@@ -107,6 +184,13 @@ async def serve(
             "meshcore serve: the configuration is invalid; fix it and start again", file=sys.stderr
         )
         return 1
+    ca_server = None
+    if ca is not None:
+        try:
+            ca_server, authority, token_count = await _start_ca(ca, host)
+        except (CAError, ValueError, OSError, RuntimeError) as exc:
+            print(f"meshcore serve: cannot start the CA: {exc}", file=sys.stderr)
+            return 2
     server, ads, port = await start_ads_server(
         plane.cache, port=xds_port, host=host, ready=lambda: plane.mesh is not None
     )
@@ -125,6 +209,16 @@ async def serve(
     )
     print(f"meshcore serve: {summary or 'empty mesh'}", flush=True)
     print(f"meshcore serve: ADS (state of the world and delta) on {host}:{port}", flush=True)
+    if ca_server is not None:
+        assert ca is not None
+        where = (
+            f"root {Path(ca.cacerts or ca.state_dir or '') / 'root-cert.pem'}"
+            if ca.cacerts or ca.state_dir
+            else "generated root, not written (use --state-dir to keep it for agents)"
+        )
+        print(f"meshcore serve: CA for {authority.trust_domain} on {host}:{ca_server.port} "
+              f"(bootstrap tokens: {token_count}), renewals (mTLS) on {host}:{ca_server.mtls_port}; "
+              f"{where}", flush=True)  # fmt: skip
     if debug is not None:
         print(f"meshcore serve: metrics on http://{host}:{debug.server_address[1]}/metrics, "
               f"status on /debug/syncz", flush=True)  # fmt: skip
@@ -137,6 +231,8 @@ async def serve(
             debug.shutdown()
             debug.server_close()
         await server.stop(1.0)
+        if ca_server is not None:
+            await ca_server.stop(1.0)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from meshcore.ca.sds import sds_cluster
 from meshcore.xds.translate import BOOTSTRAP_RUNTIME, parse_node_id
 
 XDS_CLUSTER = "xds-grpc"  # Istio's name for the control-plane cluster
@@ -19,15 +20,21 @@ def ads_bootstrap(
     admin_address: str = "127.0.0.1",
     metadata: Mapping[str, Any] | None = None,
     delta: bool = False,
+    sds_address: str | None = None,
 ) -> dict[str, Any]:
     """A bootstrap (a dict, for JSON or YAML) whose listeners and clusters all come from
-    meshcore over one ADS stream (state of the world, or delta with ``delta=True``)."""
+    meshcore over one ADS stream (state of the world, or delta with ``delta=True``).
+
+    ``sds_address`` (``unix:PATH`` or ``HOST:PORT``) adds the ``sds-grpc`` cluster through
+    which Envoy fetches its certificates from the agent's SDS server. Translated listeners and
+    clusters reference secrets there whenever mTLS may be used (auto mTLS included), so a
+    sidecar needs it: :class:`meshcore.dataplane.agent.Agent` runs one and passes it."""
     _, _, name, namespace, _ = parse_node_id(node_id)  # ValueError names a bad id
     node: dict[str, Any] = {"id": node_id, "cluster": f"{name}.{namespace}"}
     if metadata:
         node["metadata"] = dict(metadata)
     ads = {"ads": {}, "resource_api_version": "V3"}
-    return {
+    boot: dict[str, Any] = {
         "node": node,
         "admin": {"address": {"socket_address": {"address": admin_address, "port_value": admin_port}}},
         "dynamic_resources": {
@@ -68,3 +75,6 @@ def ads_bootstrap(
             ]
         },
     }  # fmt: skip
+    if sds_address is not None:
+        boot["static_resources"]["clusters"].append(sds_cluster(sds_address))
+    return boot

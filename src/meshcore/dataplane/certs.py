@@ -120,7 +120,10 @@ class CertificateClient:
             validity_duration=int(self.ttl.total_seconds()) if self.ttl else 0,
         )
         current = self._current
-        use_mtls = current is not None and not current.expired()
+        # meshcore's CA takes renewals (mTLS) on a port of their own; given only the token
+        # port, a client that still has its bootstrap token renews with it there.
+        renew_with_token = self.mtls_address == self.address and self.bootstrap_token
+        use_mtls = current is not None and not current.expired() and not renew_with_token
         response = await self._call(request, current if use_mtls else None)
         secret = self._secret(response, key)
         self._current = secret

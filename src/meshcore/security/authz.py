@@ -137,6 +137,92 @@ class _Stage:
     shadow_layer: str | None  # Istio's layer of dry-run shadow rules
 
 
+class AuthzChain:
+    """The authorization filters of one filter chain (RBAC and ext_authz HttpFilter messages,
+    or their network-filter forms, in order), compiled once and evaluated as Envoy runs them: Istio's layered
+    decision. Immutable; the data plane builds one per inbound listener from the very filters
+    Envoy receives."""
+
+    __slots__ = ("_stages",)
+
+    def __init__(self, stages: Sequence[_Stage]) -> None:
+        self._stages = tuple(stages)
+
+    @classmethod
+    def from_filters(cls, filters: Iterable[Any]) -> AuthzChain:
+        """``filters``: HttpFilter (or network Filter) messages; those that are neither RBAC
+        nor ext_authz (the router, fault, CORS, tcp_proxy, ...) are skipped. Raises ConfigError/UnsupportedFeatureError from
+        :meth:`meshcore.RbacEngine.from_proto` for a config the core cannot compile."""
+        from meshcore._core import RbacEngine
+
+        out: list[_Stage] = []
+        for f in filters:
+            name = getattr(f, "name", "")
+            if name in (HTTP_EXT_AUTHZ, TCP_EXT_AUTHZ):
+                out.append(_Stage(None, False, None, None, None))
+                continue
+            if name not in (HTTP_RBAC, TCP_RBAC):
+                continue
+            engine = RbacEngine.from_proto(getattr(f, "typed_config"))  # noqa: B009
+            custom = engine.shadow_rules_stat_prefix == ext.EXT_AUTHZ_SHADOW_PREFIX
+            bad_custom = any(p.endswith(BAD_CUSTOM_SUFFIX) for p in engine.policy_ids)
+            action = engine.action
+            layer = None
+            if action is not None:
+                layer = "CUSTOM" if custom or bad_custom else _LAYER[action]
+            shadow = engine.shadow_action
+            shadow_layer = _LAYER[shadow] if shadow is not None and not custom else None
+            out.append(_Stage(engine, custom, action, layer, shadow_layer))
+        return cls(out)
+
+    def __len__(self) -> int:
+        return len(self._stages)
+
+    def evaluate(self, *, custom_allowed: bool = False, **request: Any) -> AuthzDecision:
+        """See :meth:`Authorizer.evaluate`."""
+        audit: str | None = None
+        dry_run: list[tuple[str, bool, str | None]] = []
+        provider: str | None = None
+        pending: str | None = None  # a CUSTOM policy matched: the next ext_authz filter runs
+        allowed_by: str | None = None
+        for stage in self._stages:
+            engine = stage.engine
+            if engine is None:  # ext_authz
+                if pending is not None:
+                    provider = _custom_provider(pending)
+                    if not custom_allowed:
+                        return AuthzDecision(
+                            False, "CUSTOM", _istio_id(pending), provider, audit, tuple(dry_run)
+                        )
+                    pending = None
+                continue
+            d = engine.evaluate(**request)
+            if stage.custom_shadow:
+                pending = d.shadow_policy_id
+            elif stage.shadow_layer is not None and d.shadow_allowed is not None:
+                dry_run.append(
+                    (stage.shadow_layer, d.shadow_allowed, _istio_id(d.shadow_policy_id))
+                )
+            if stage.layer is None:
+                continue
+            if not d.allowed:
+                return AuthzDecision(
+                    False, stage.layer, _istio_id(d.policy_id), provider, audit, tuple(dry_run)
+                )
+            if stage.action == "LOG" and d.policy_id is not None:
+                audit = _istio_id(d.policy_id)
+            elif stage.action == "ALLOW":
+                allowed_by = _istio_id(d.policy_id)
+        return AuthzDecision(
+            True,
+            "ALLOW" if allowed_by is not None else None,
+            allowed_by,
+            provider,
+            audit,
+            tuple(dry_run),
+        )
+
+
 class Authorizer:
     """The authorization filters Istio would give one workload.
 
@@ -159,7 +245,7 @@ class Authorizer:
         self._providers = providers
         self._problems = problems
         self._cache: dict[bool, list[Message]] = {}
-        self._compiled: list[_Stage] | None = None
+        self._compiled: AuthzChain | None = None
 
     @classmethod
     def from_policies(
@@ -251,70 +337,9 @@ class Authorizer:
         (omitted attributes are absent). ``custom_allowed`` is the CUSTOM provider's answer
         for requests sent to it (denied by default: fail closed).
         """
-        audit: str | None = None
-        dry_run: list[tuple[str, bool, str | None]] = []
-        provider: str | None = None
-        pending: str | None = None  # a CUSTOM policy matched: the next ext_authz filter runs
-        allowed_by: str | None = None
-        for stage in self._stages():
-            engine = stage.engine
-            if engine is None:  # ext_authz
-                if pending is not None:
-                    provider = _custom_provider(pending)
-                    if not custom_allowed:
-                        return AuthzDecision(
-                            False, "CUSTOM", _istio_id(pending), provider, audit, tuple(dry_run)
-                        )
-                    pending = None
-                continue
-            d = engine.evaluate(**request)
-            if stage.custom_shadow:
-                pending = d.shadow_policy_id
-            elif stage.shadow_layer is not None and d.shadow_allowed is not None:
-                dry_run.append(
-                    (stage.shadow_layer, d.shadow_allowed, _istio_id(d.shadow_policy_id))
-                )
-            if stage.layer is None:
-                continue
-            if not d.allowed:
-                return AuthzDecision(
-                    False, stage.layer, _istio_id(d.policy_id), provider, audit, tuple(dry_run)
-                )
-            if stage.action == "LOG" and d.policy_id is not None:
-                audit = _istio_id(d.policy_id)
-            elif stage.action == "ALLOW":
-                allowed_by = _istio_id(d.policy_id)
-        return AuthzDecision(
-            True,
-            "ALLOW" if allowed_by is not None else None,
-            allowed_by,
-            provider,
-            audit,
-            tuple(dry_run),
-        )
-
-    def _stages(self) -> list[_Stage]:
-        # Compiled once per Authorizer (the filters never change), with each filter's layer.
-        if self._compiled is None:
-            from meshcore._core import RbacEngine
-
-            out: list[_Stage] = []
-            for f in self.filters():
-                if getattr(f, "name", "") == HTTP_EXT_AUTHZ:
-                    out.append(_Stage(None, False, None, None, None))
-                    continue
-                engine = RbacEngine.from_proto(getattr(f, "typed_config"))  # noqa: B009
-                custom = engine.shadow_rules_stat_prefix == ext.EXT_AUTHZ_SHADOW_PREFIX
-                bad_custom = any(p.endswith(BAD_CUSTOM_SUFFIX) for p in engine.policy_ids)
-                action = engine.action
-                layer = None
-                if action is not None:
-                    layer = "CUSTOM" if custom or bad_custom else _LAYER[action]
-                shadow = engine.shadow_action
-                shadow_layer = _LAYER[shadow] if shadow is not None and not custom else None
-                out.append(_Stage(engine, custom, action, layer, shadow_layer))
-            self._compiled = out
-        return self._compiled
+        if self._compiled is None:  # compiled once per Authorizer (the filters never change)
+            self._compiled = AuthzChain.from_filters(self.filters())
+        return self._compiled.evaluate(custom_allowed=custom_allowed, **request)
 
     def filter_dicts(self, tcp: bool = False) -> list[dict[str, Any]]:
         """The same filters in proto-JSON form (camelCase, defaults omitted: the shape of

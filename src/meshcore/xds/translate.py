@@ -14,7 +14,9 @@ Istio so that people can read them as they read istiod's output:
   RBAC/ext_authz filters and TLS per PeerAuthentication;
 - ServiceEntry hosts as services: EDS clusters (STATIC) or STRICT_DNS / LOGICAL_DNS clusters;
 - SDS secrets referenced by Istio's names, ``default`` (the workload certificate) and ``ROOTCA``
-  (the trust bundle), fetched over ADS. This module does not produce the secrets themselves.
+  (the trust bundle), fetched from the sidecar's agent over the bootstrap cluster ``sds-grpc``
+  (:mod:`meshcore.ca.sds`, :mod:`meshcore.dataplane.agent`). This module does not produce the
+  secrets themselves.
 
 Loopback layout
 ---------------
@@ -56,8 +58,8 @@ collection is built in sorted order, so identical input gives identical bytes.
 
 For the ADS server
 ------------------
-Sidecars reference the SDS secrets ``default`` and ``ROOTCA`` over ADS (listeners with mTLS
-warm only once both arrive); their bootstrap needs ``BOOTSTRAP_RUNTIME`` (Istio's RE2
+Sidecars reference the SDS secrets ``default`` and ``ROOTCA`` from their agent's SDS server,
+through the bootstrap cluster ``sds-grpc`` (listeners with mTLS warm only once both arrive); their bootstrap needs ``BOOTSTRAP_RUNTIME`` (Istio's RE2
 program-size limit), or Envoy NACKs RouteConfigurations with ordinary regexes. Proxyless gRPC
 clients need certificate providers named ``default`` in their bootstrap when a
 DestinationRule asks for ISTIO_MUTUAL.
@@ -73,11 +75,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import (
     address_pb2,
@@ -89,6 +93,8 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from envoy.config.trace.v3 import http_tracer_pb2, zipkin_pb2
+from envoy.extensions.access_loggers.file.v3 import file_pb2 as file_log_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
@@ -108,6 +114,7 @@ from google.protobuf import any_pb2, duration_pb2, json_format, struct_pb2, wrap
 from google.protobuf.message import Message
 
 from meshcore import _core
+from meshcore.config.meshconfig import DEFAULT_JSON_FORMAT, DEFAULT_TEXT_FORMAT, MeshConfig
 from meshcore.config.model import (
     DestinationRule,
     MeshModel,
@@ -145,6 +152,8 @@ DEFAULT_ADDRESS = "127.0.0.1"
 # Istio's SDS resource names: the workload certificate and the root (trust bundle).
 SDS_CERT = "default"
 SDS_ROOT = "ROOTCA"
+# The bootstrap cluster through which a sidecar reaches its agent's SDS server (Istio's name).
+SDS_CLUSTER = "sds-grpc"
 
 # Runtime every bootstrap needs (Istio sets the same): Envoy's default refuses any regex whose
 # RE2 program is larger than 100, which ordinary VirtualService regexes exceed, and would NACK
@@ -152,6 +161,8 @@ SDS_ROOT = "ROOTCA"
 BOOTSTRAP_RUNTIME: Mapping[str, Any] = {"re2.max_program_size.error_level": 32768}
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
+FILE_LOG_NAME = "envoy.access_loggers.file"
+ZIPKIN_TRACER_NAME = "envoy.tracers.zipkin"
 TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
 ROUTER_NAME = "envoy.filters.http.router"
 FAULT_NAME = "envoy.filters.http.fault"
@@ -391,7 +402,17 @@ def _ads() -> config_source_pb2.ConfigSource:
 
 
 def _sds(name: str) -> secret_pb2.SdsSecretConfig:
-    return secret_pb2.SdsSecretConfig(name=name, sds_config=_ads())
+    """Istio's SDS reference: the secret comes from the sidecar's agent over the bootstrap's
+    ``sds-grpc`` cluster (not from the control plane), and listeners wait for it as long as
+    it takes (``initial_fetch_timeout: 0s``)."""
+    source = config_source_pb2.ConfigSource(resource_api_version=config_source_pb2.V3)
+    api = source.api_config_source
+    api.api_type = config_source_pb2.ApiConfigSource.GRPC
+    api.transport_api_version = config_source_pb2.V3
+    api.set_node_on_first_message_only = True
+    api.grpc_services.add().envoy_grpc.cluster_name = SDS_CLUSTER
+    source.initial_fetch_timeout.SetInParent()
+    return secret_pb2.SdsSecretConfig(name=name, sds_config=source)
 
 
 def _socket_address(address: str, port: int) -> address_pb2.Address:
@@ -730,10 +751,15 @@ class _Translator:
     """Everything about one mesh that does not depend on the proxy, built once and shared."""
 
     def __init__(
-        self, mesh: MeshModel, previous: _Translator | None = None, providers: Any = None
+        self,
+        mesh: MeshModel,
+        previous: _Translator | None = None,
+        providers: Any = None,
+        mesh_config: MeshConfig | None = None,
     ) -> None:
         self.mesh = mesh
         self.providers = providers
+        self.mesh_config = mesh_config
         self._registry: list[str] | None = None
         self._subset_cache: dict[str, Mapping[str, Any]] = {}
         self._inbound: dict[
@@ -1114,6 +1140,8 @@ class _Translator:
                 self._cluster_parts[key] = part
                 built.update(part[1])
                 problems.extend(part[2])
+            if not proxyless and self.mesh_config is not None and self.mesh_config.tracing:
+                built[ZIPKIN_CLUSTER] = _zipkin_cluster(self.mesh_config)
             self._clusters[proxyless] = dict(sorted(built.items()))
             self._cluster_problems[proxyless] = problems
         return self._clusters[proxyless]
@@ -1501,7 +1529,7 @@ class _Translator:
             http = [ps for ps in group if _is_http(ps.protocol)]
             tcp = [ps for ps in group if not _is_http(ps.protocol)]
             if http:
-                out[name] = _outbound_http_listener(name, address, port)
+                out[name] = _outbound_http_listener(name, address, port, self.mesh_config)
                 for ps in tcp:
                     self.problem(
                         ps.service,
@@ -1514,7 +1542,7 @@ class _Translator:
             elif tcp:
                 first = tcp[0]
                 cluster = _cluster_name("outbound", port, "", first.service.hostname)
-                out[name] = _outbound_tcp_listener(name, address, port, cluster)
+                out[name] = _outbound_tcp_listener(name, address, port, cluster, self.mesh_config)
                 for ps in tcp[1:]:
                     self.problem(
                         ps.service,
@@ -1623,6 +1651,7 @@ class _Translator:
                 mode=mode,
                 http_filters=http_filters,
                 tcp_filters=tcp_filters,
+                mc=self.mesh_config,
             )
         return listeners, clusters
 
@@ -2054,8 +2083,69 @@ def _hcm_filter(hcm: hcm_pb2.HttpConnectionManager) -> listener_components_pb2.F
     return listener_components_pb2.Filter(name=HCM_NAME, typed_config=_pack(hcm))
 
 
-def _outbound_http_listener(name: str, address: str, port: int) -> listener_pb2.Listener:
+# --- MeshConfig: access logs and tracing ---------------------------------------------------------
+
+ZIPKIN_CLUSTER = "zipkin"  # Istio's name for the collector cluster
+
+
+def _access_logs(mc: MeshConfig | None) -> list[accesslog_pb2.AccessLog]:
+    if mc is None or not mc.access_log_file:
+        return []
+    log = file_log_pb2.FileAccessLog(path=mc.access_log_file)
+    if mc.access_log_encoding == "JSON":
+        log.log_format.json_format.update(DEFAULT_JSON_FORMAT)
+    else:
+        log.log_format.text_format_source.inline_string = (
+            mc.access_log_format or DEFAULT_TEXT_FORMAT
+        )
+    return [accesslog_pb2.AccessLog(name=FILE_LOG_NAME, typed_config=_pack(log))]
+
+
+def _observe(hcm: hcm_pb2.HttpConnectionManager, mc: MeshConfig | None) -> None:
+    """Access logs and tracing on an HTTP connection manager, per the MeshConfig."""
+    hcm.access_log.extend(_access_logs(mc))
+    if mc is None or not mc.tracing:
+        return
+    zipkin = zipkin_pb2.ZipkinConfig(
+        collector_cluster=ZIPKIN_CLUSTER,
+        collector_endpoint="/api/v2/spans",
+        collector_endpoint_version=zipkin_pb2.ZipkinConfig.HTTP_JSON,
+        trace_id_128bit=True,
+    )
+    zipkin.shared_span_context.value = False
+    hcm.tracing.provider.CopyFrom(
+        http_tracer_pb2.Tracing.Http(name=ZIPKIN_TRACER_NAME, typed_config=_pack(zipkin))
+    )
+    hcm.tracing.random_sampling.value = mc.tracing_sampling
+
+
+def _zipkin_cluster(mc: MeshConfig) -> cluster_pb2.Cluster:
+    host, port = mc.zipkin_endpoint()
+    c = cluster_pb2.Cluster(
+        name=ZIPKIN_CLUSTER,
+        type=cluster_pb2.Cluster.STATIC if _is_ip_literal(host) else cluster_pb2.Cluster.STRICT_DNS,
+        connect_timeout=_duration_ns(DEFAULT_CONNECT_TIMEOUT_NS),
+    )
+    c.load_assignment.cluster_name = ZIPKIN_CLUSTER
+    c.load_assignment.endpoints.add().lb_endpoints.add().endpoint.address.CopyFrom(
+        _socket_address(host, port)
+    )
+    return c
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _outbound_http_listener(
+    name: str, address: str, port: int, mc: MeshConfig | None = None
+) -> listener_pb2.Listener:
     hcm = hcm_pb2.HttpConnectionManager(stat_prefix=f"outbound_{name}")
+    _observe(hcm, mc)
     hcm.rds.route_config_name = str(port)
     hcm.rds.config_source.CopyFrom(_ads())
     hcm.normalize_path.value = True
@@ -2075,9 +2165,10 @@ def _outbound_http_listener(name: str, address: str, port: int) -> listener_pb2.
 
 
 def _outbound_tcp_listener(
-    name: str, address: str, port: int, cluster: str
+    name: str, address: str, port: int, cluster: str, mc: MeshConfig | None = None
 ) -> listener_pb2.Listener:
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
+    proxy.access_log.extend(_access_logs(mc))
     listener = listener_pb2.Listener(
         name=name, address=_socket_address(address, port), traffic_direction=base_pb2.OUTBOUND
     )
@@ -2137,14 +2228,17 @@ def _inbound_listener(
     mode: str,
     http_filters: list[Message],
     tcp_filters: list[Message],
+    mc: MeshConfig | None = None,
 ) -> listener_pb2.Listener:
     def filters() -> list[listener_components_pb2.Filter]:
         if not http:
             out = [_copy(f) for f in tcp_filters]
             tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
+            tcp.access_log.extend(_access_logs(mc))
             out.append(listener_components_pb2.Filter(name=TCP_PROXY_NAME, typed_config=_pack(tcp)))
             return out
         hcm = hcm_pb2.HttpConnectionManager(stat_prefix=f"inbound_{name}")
+        _observe(hcm, mc)
         rcfg = hcm.route_config
         rcfg.name = cluster
         rcfg.validate_clusters.value = False
@@ -2199,10 +2293,19 @@ def _copy(msg: Message) -> Any:
 _last: list[_Translator] = []
 
 
-def _translator(mesh: MeshModel, providers: Any) -> _Translator:
-    if _last and _last[0].mesh is mesh and _last[0].providers == providers:
-        return _last[0]
-    tr = _Translator(mesh, _last[0] if _last else None, providers)
+def _translator(mesh: MeshModel, providers: Any, mesh_config: MeshConfig | None) -> _Translator:
+    prev = _last[0] if _last else None
+    if (
+        prev is not None
+        and prev.mesh is mesh
+        and prev.providers == providers
+        and prev.mesh_config == mesh_config
+    ):
+        return prev
+    # Listeners carry the MeshConfig's logging and tracing: a new one starts afresh.
+    if prev is not None and prev.mesh_config != mesh_config:
+        prev = None
+    tr = _Translator(mesh, prev, providers, mesh_config)
     _last[:] = [tr]
     return tr
 
@@ -2243,7 +2346,13 @@ def clear_cache() -> None:
     _last.clear()
 
 
-def generate(mesh: MeshModel, proxy: Proxy, *, extension_providers: Any = None) -> Generated:
+def generate(
+    mesh: MeshModel,
+    proxy: Proxy,
+    *,
+    extension_providers: Any = None,
+    mesh_config: MeshConfig | None = None,
+) -> Generated:
     """The resources Istio would give ``proxy``: CDS, EDS, LDS and RDS, by type URL then name.
 
     ``extension_providers`` is MeshConfig's ``extensionProviders`` (ext_authz providers that
@@ -2254,7 +2363,9 @@ def generate(mesh: MeshModel, proxy: Proxy, *, extension_providers: Any = None) 
     They are the proxy's own: those of the resources it gets (and the mesh-wide warnings),
     sorted, the same whatever was translated before.
     """
-    tr = _translator(mesh, extension_providers)
+    if extension_providers is None and mesh_config is not None and mesh_config.extension_providers:
+        extension_providers = list(mesh_config.extension_providers)
+    tr = _translator(mesh, extension_providers, mesh_config)
     inbound_listeners, inbound_clusters, inbound_problems = tr.inbound(proxy)
     # Each type is the proxy's own resources (its workload's inbound side) over resources
     # shared with other proxies, not merged: the snapshot store reuses a shared set for every
@@ -2351,8 +2462,10 @@ def render_static_bootstrap(
     Routes are inlined into the HTTP connection managers that name them, endpoints into their
     clusters' ``load_assignment`` (EDS clusters become STATIC). ``secrets`` (Envoy ``Secret``
     messages named ``default`` and ``ROOTCA``) go into ``static_resources.secrets``, and every SDS
-    reference is pointed at the static secrets (with no ADS server, Envoy 1.40 crashes on an
-    SDS-over-ADS reference rather than rejecting it): pass them whenever mTLS is in use.
+    reference is pointed at the static secrets (a static bootstrap has no agent to fetch them
+    from): pass them whenever mTLS is in use. This is for checking a translation offline
+    (``envoy --mode validate``, tests); sidecars run by :mod:`meshcore.dataplane.agent` get
+    their config over ADS and their secrets over SDS instead.
     """
     resources = result.resources if isinstance(result, Generated) else result
     routes = {name: _to_dict(m) for name, m in resources.get(types.ROUTE, {}).items()}

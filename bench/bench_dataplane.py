@@ -1,0 +1,420 @@
+"""The data plane: ``DataPlane.decide()`` per call, and the reference proxy's added latency.
+
+decide(): on the examples/ mesh as the control plane translates it (frontend's outbound view:
+reviews 90/10 canary with a header route, ratings round robin with retries; ratings' inbound
+view: STRICT mTLS with a DENY and an ALLOW policy). The peer in the same run is the Rust core's
+own share: ``RouteTable.route`` (outbound) and the listener's compiled RBAC chain (inbound) on
+the same requests; the difference is the data plane's Python (listener and cluster lookup,
+weighted choice, load balancing, the Decision object).
+
+Proxy latency (``test_proxy_added_latency``): the same backend reached directly and through
+two ``meshcore proxy`` processes (the caller's outbound, mTLS, the callee's inbound with RBAC),
+one keep-alive client, sequential requests; p50/p99 of each, in the same run. The control plane
+and the CA run in this process on a background thread.
+
+Results and machine notes: BENCHMARKS.md, section "Data plane".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("envoy.config.route.v3.route_pb2")
+pytest.importorskip("h11")
+
+from meshcore.config import validate
+from meshcore.dataplane import DataPlane
+from meshcore.dataplane.ads import AdsClient
+from meshcore.dataplane.config import CompiledConfig, Compiler
+from meshcore.xds import translate
+
+ROOT = Path(__file__).resolve().parents[1]
+FRONTEND = "sidecar~127.0.10.1~frontend-1.default~default.svc.cluster.local"
+RATINGS = "sidecar~127.0.30.1~ratings-1.default~default.svc.cluster.local"
+SPIFFE = "spiffe://cluster.local/ns/default/sa/"
+REQUESTS = 1000
+
+
+def compiled(node: str) -> CompiledConfig:
+    report = validate([ROOT / "examples"])
+    assert report.model is not None
+    mesh = report.model
+    result = translate.generate(mesh, translate.proxy_for_node(mesh, node))
+    resources = {
+        t: {n: ("1", m.SerializeToString()) for n, m in by_name.items()}  # type: ignore[union-attr]
+        for t, by_name in result.resources.items()
+    }
+    return Compiler().compile(resources)
+
+
+def offline(node: str) -> DataPlane:
+    """A DataPlane on a config compiled here (no stream: decide() is what is measured)."""
+    ads = AdsClient("127.0.0.1:1", node)
+    ads.config = compiled(node)
+    return DataPlane(ads)
+
+
+def outbound_requests() -> list[dict[str, Any]]:
+    rng = random.Random(5)
+    out = []
+    for _ in range(REQUESTS):
+        r = rng.random()
+        if r < 0.5:
+            out.append({"authority": "reviews:9080", "path": f"/reviews/{rng.randrange(100)}",
+                        "headers": {"user-agent": "bench"}})  # fmt: skip
+        elif r < 0.6:
+            out.append({"authority": "reviews:9080", "path": "/reviews/1",
+                        "headers": {"x-user": "tester"}})  # fmt: skip
+        else:
+            out.append({"authority": "ratings:9080", "path": f"/ratings/{rng.randrange(100)}",
+                        "headers": {}})  # fmt: skip
+    return out
+
+
+def inbound_requests() -> list[dict[str, Any]]:
+    rng = random.Random(6)
+    out = []
+    for _ in range(REQUESTS):
+        sa = rng.choice(["reviews", "reviews", "reviews", "frontend"])
+        path = rng.choice(["/ratings/1", "/ratings/2", "/admin/x"])
+        out.append({"authority": "ratings:9080", "path": path, "method": "GET",
+                    "principal": SPIFFE + sa, "headers": {}})  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def frontend() -> DataPlane:
+    return offline(FRONTEND)
+
+
+@pytest.fixture(scope="module")
+def ratings() -> DataPlane:
+    return offline(RATINGS)
+
+
+def test_decide_outbound(benchmark: Any, frontend: DataPlane) -> None:
+    reqs = outbound_requests()
+    decide = frontend.decide
+
+    def run() -> None:
+        for r in reqs:
+            decide(direction="outbound", method="GET", **r)
+
+    benchmark(run)
+    d = decide(direction="outbound", method="GET", authority="ratings:9080", path="/")
+    assert d.endpoint is not None
+
+
+def test_decide_outbound_peer_route_table_only(benchmark: Any, frontend: DataPlane) -> None:
+    reqs = outbound_requests()
+    # The table decide() uses: the listener's routes compiled with its HCM options.
+    table = frontend.config.listener_routes[9080].table
+
+    def run() -> None:
+        for r in reqs:
+            table.route(r["authority"], r["path"], "GET", r["headers"])
+
+    benchmark(run)
+
+
+def test_decide_inbound(benchmark: Any, ratings: DataPlane) -> None:
+    reqs = inbound_requests()
+    decide = ratings.decide
+
+    def run() -> None:
+        for r in reqs:
+            decide(direction="inbound", port=9080, **r)
+
+    benchmark(run)
+    allowed = sum(decide(direction="inbound", port=9080, **r).allowed for r in reqs)
+    assert 0 < allowed < len(reqs)
+
+
+def test_decide_inbound_peer_rbac_chain_only(benchmark: Any, ratings: DataPlane) -> None:
+    reqs = inbound_requests()
+    authz = ratings.config.inbound[9080].authz
+    assert authz is not None
+
+    def run() -> None:
+        for r in reqs:
+            authz.evaluate(method=r["method"], path=r["path"], authority=r["authority"],
+                           headers=r["headers"], principal=r["principal"],
+                           uri_sans=[r["principal"]], tls=True, destination_port=9080)  # fmt: skip
+
+    benchmark(run)
+
+
+# --- the reference proxy's added latency ----------------------------------------------------
+
+MESH = """
+apiVersion: v1
+kind: Service
+metadata: {{name: ratings, namespace: default}}
+spec:
+  selector: {{app: ratings}}
+  ports: [{{name: http, port: {port}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: ratings-e, namespace: default}}
+spec:
+  selector: {{app: ratings-e}}
+  ports: [{{name: http, port: {port}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: web-1, namespace: default}}
+spec: {{address: 127.0.91.1, labels: {{app: web}}, serviceAccount: web}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: web-e, namespace: default}}
+spec: {{address: 127.0.91.2, labels: {{app: web}}, serviceAccount: web}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: ratings-1, namespace: default}}
+spec: {{address: 127.0.92.1, labels: {{app: ratings, tier: backend}}, serviceAccount: ratings}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: ratings-e-1, namespace: default}}
+spec: {{address: 127.0.93.1, labels: {{app: ratings-e, tier: backend}}, serviceAccount: ratings}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: default, namespace: istio-system}}
+spec: {{mtls: {{mode: {mode}}}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: allow-web, namespace: default}}
+spec:
+  selector: {{matchLabels: {{tier: backend}}}}
+  action: ALLOW
+  rules: [{rule}]
+"""
+RULES = {
+    "STRICT": '{from: [{source: {principals: ["cluster.local/ns/default/sa/web"]}}]}',
+    "DISABLE": "{to: [{operation: {methods: [GET], paths: [/ratings/*]}}]}",
+}
+
+BACKEND = """
+import asyncio, sys
+BODY = b"HTTP/1.1 200 OK\\r\\ncontent-length: 2\\r\\n\\r\\nok"
+async def handle(r, w):
+    try:
+        while True:
+            await r.readuntil(b"\\r\\n\\r\\n")
+            w.write(BODY)
+            await w.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        w.close()
+async def main():
+    srv = await asyncio.start_server(lambda r, w: handle(r, w), sys.argv[1], int(sys.argv[2]))
+    print("ready", flush=True)
+    await srv.serve_forever()
+asyncio.run(main())
+"""
+
+SAMPLES = 2000
+WARMUP = 200
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def latencies(host: str, port: int, authority: str, n: int) -> list[float]:
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    out = []
+    try:
+        for i in range(n + WARMUP):
+            t0 = time.perf_counter()
+            conn.request("GET", f"/ratings/{i % 10}", headers={"Host": authority})
+            resp = conn.getresponse()
+            body = resp.read()
+            elapsed = time.perf_counter() - t0
+            assert resp.status == 200, (resp.status, body)
+            if i >= WARMUP:
+                out.append(elapsed * 1e6)
+    finally:
+        conn.close()
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=1000)[int(q * 10) - 1]
+
+
+class _Plane:
+    """The control plane (ADS over the config dir) and the CA, on a background loop."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.state: dict[str, Any] = asyncio.run_coroutine_threadsafe(
+            self._start(), self.loop
+        ).result(30)
+
+    async def _start(self) -> dict[str, Any]:
+        from meshcore.ca import CertificateAuthority
+        from meshcore.ca.service import BootstrapTokens, start_ca_server
+        from meshcore.cli.serve import generate
+        from meshcore.xds.controlplane import ControlPlane
+        from meshcore.xds.server import start_ads_server
+
+        plane = ControlPlane([self.config], generate)
+        assert plane.load()
+        server, _, port = await start_ads_server(plane.cache)
+        ca = CertificateAuthority.generate()
+        tokens = BootstrapTokens()
+        ca_server = await start_ca_server(ca, tokens)
+        # The plane must outlive this coroutine: its cache feeds the ADS server.
+        return {"server": server, "port": port, "ca": ca, "tokens": tokens,
+                "ca_server": ca_server, "plane": plane}  # fmt: skip
+
+    def stop(self) -> None:
+        async def stop() -> None:
+            await self.state["server"].stop(None)
+            await self.state["ca_server"].stop()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+def _proxy(
+    plane: _Plane, tmp: Path, name: str, ip: str, sa: str, extra: list[str]
+) -> subprocess.Popen[str]:
+    bundle = tmp / "roots.pem"
+    bundle.write_text(plane.state["ca"].trust_bundle_pem())
+    token = plane.state["tokens"].issue(SPIFFE + sa)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meshcore.cli", "proxy", "--xds", f"127.0.0.1:{plane.state['port']}",
+         "--node-id", f"sidecar~{ip}~{name}.default~default.svc.cluster.local",
+         "--ca", f"127.0.0.1:{plane.state['ca_server'].port}",
+         "--ca-mtls", f"127.0.0.1:{plane.state['ca_server'].mtls_port}",
+         "--trust-bundle", str(bundle), "--token", token, "--service-account", sa, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("meshcore proxy:"), line
+    return proc
+
+
+@pytest.fixture(params=["STRICT", "DISABLE"])
+def proxied(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """The backend; two meshcore proxies (the caller's outbound, the callee's inbound); with
+    mTLS off, also two Envoy sidecars on the same ADS server (Envoy has no certificates here:
+    the SDS agent is not part of this benchmark)."""
+    mode = request.param
+    port = free_port("127.0.92.1")
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "mesh.yaml").write_text(MESH.format(port=port, mode=mode, rule=RULES[mode]))
+    backend = subprocess.Popen([sys.executable, "-c", BACKEND, "127.0.92.11", str(port)],
+                               stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert backend.stdout is not None
+    assert backend.stdout.readline().strip() == "ready"
+    plane = _Plane(config)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        with contextlib.ExitStack() as stack:
+            outbound = free_port("127.0.91.1")
+            metrics = free_port("127.0.0.1")
+            procs.append(_proxy(plane, tmp_path, "ratings-1", "127.0.92.1", "ratings",
+                                ["--no-outbound", "--app-address", "127.0.92.11", "--metrics", ""]))  # fmt: skip
+            procs.append(_proxy(plane, tmp_path, "web-1", "127.0.91.1", "web",
+                                ["--no-inbound", "--outbound", f"127.0.91.1:{outbound}",
+                                 "--metrics", f"127.0.0.1:{metrics}"]))  # fmt: skip
+            envoy = mode == "DISABLE"
+            if envoy:
+                sys.path.insert(0, str(ROOT / "tests" / "envoy"))
+                from _sidecar import running_envoy
+
+                from meshcore.dataplane.bootstrap import ads_bootstrap
+
+                xds = plane.state["port"]
+                for name, ip, meta in (
+                    ("ratings-e-1", "127.0.93.1", {"MESHCORE_APP_ADDRESS": "127.0.92.11"}),
+                    ("web-e", "127.0.91.2", {"MESHCORE_OUTBOUND_ADDRESS": "127.0.91.3"}),
+                ):
+                    node = f"sidecar~{ip}~{name}.default~default.svc.cluster.local"
+                    boot = ads_bootstrap(node, "127.0.0.1", xds, admin_port=free_port("127.0.0.1"),
+                                         delta=True, metadata=meta)  # fmt: skip
+                    stack.enter_context(running_envoy(boot, tmp_path, name))
+            yield {"port": port, "outbound": outbound, "metrics": metrics, "mode": mode,
+                   "envoy": envoy}  # fmt: skip
+    finally:
+        for p in [*procs, backend]:
+            p.terminate()
+            p.wait(10)
+            if p.stdout is not None:
+                p.stdout.close()
+        plane.stop()
+
+
+def test_proxy_added_latency(proxied: dict[str, Any]) -> None:
+    port = proxied["port"]
+    tls = "mTLS" if proxied["mode"] == "STRICT" else "plaintext"
+    paths = {
+        "direct to the backend": ("127.0.92.11", port, f"ratings:{port}"),
+        f"via two meshcore proxies ({tls})": ("127.0.91.1", proxied["outbound"], f"ratings:{port}"),
+    }
+    if proxied["envoy"]:
+        paths[f"via two Envoy 1.40 sidecars ({tls})"] = ("127.0.91.3", port, f"ratings-e:{port}")
+    # Interleave in blocks so that load changes on the shared machine hit every path alike.
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(4):
+        for name, (host, p, authority) in paths.items():
+            samples[name] += latencies(host, p, authority, SAMPLES // 4)
+    text = scrape(f"http://127.0.0.1:{proxied['metrics']}/metrics")
+    decisions = float(_sample(text, "meshcore_proxy_decisions"))
+    spent = float(_sample(text, "meshcore_proxy_decision_seconds"))
+    base = samples["direct to the backend"]
+    print()
+    for name, values in samples.items():
+        p50, p99 = pct(values, 50), pct(values, 99)
+        added = "" if values is base else (
+            f"   added p50 {p50 - pct(base, 50):8.1f} us  p99 {p99 - pct(base, 99):8.1f} us")  # fmt: skip
+        print(f"{name:42s} p50 {p50:8.1f} us  p99 {p99:8.1f} us{added}")
+    print(f"decide() inside the outbound proxy: {spent / decisions * 1e6:.1f} us per call "
+          f"({decisions:.0f} calls)")  # fmt: skip
+
+
+def scrape(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return str(r.read().decode())
+
+
+def _sample(text: str, name: str) -> str:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return line.split()[1]
+    raise AssertionError(f"{name} not in /metrics")

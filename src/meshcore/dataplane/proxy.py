@@ -1,0 +1,741 @@
+"""``meshcore proxy``: a reference HTTP/1.1 proxy built on :class:`DataPlane` (asyncio + h11).
+
+It shows how to embed the data plane in a proxy of one's own:
+
+- outbound (the app sends plain HTTP to ``--outbound``, Host naming the service and port):
+  ``decide`` picks the route, cluster and endpoint; the request goes to the endpoint over mTLS
+  with the SVID when the cluster says so (verifying the server's SPIFFE id), within the
+  route's timeout, retried per its retry policy on another pick; results feed outlier detection;
+- inbound (one server per inbound listener of the config, at its address, following config
+  changes): mTLS with the SVID
+  (STRICT and PERMISSIVE listeners take TLS; DISABLE ones plaintext), the listener's RBAC on the
+  peer's SPIFFE id (403 on deny, the policy id in the access log), then the local app;
+- Istio's standard metrics (``istio_requests_total``, ``istio_request_duration_milliseconds``
+  with Istio's labels) on ``/metrics``, and an access log line per request.
+
+Bodies are buffered (which is what lets a request be retried); HTTP/2 is not spoken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import h11
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+
+from meshcore.dataplane.config import ClusterConfig, Endpoint, InboundListener
+from meshcore.dataplane.plane import DataPlane, DataPlaneError, Decision
+from meshcore.dataplane.tls import uri_sans
+from meshcore.observability.metrics import _Histogram
+from meshcore.xds.translate import parse_node_id
+
+log = logging.getLogger("meshcore.proxy")
+access_log = logging.getLogger("meshcore.proxy.access")
+
+MAX_BODY = 16 * 1024 * 1024
+INBOUND_RECHECK_S = 0.2  # how often the inbound listeners are compared with the config
+RETRY_BASE_S = 0.025  # Envoy's default base retry interval
+ATTEMPTS = "x-envoy-attempt-count"
+REQUEST_ID = "x-request-id"
+PEER_HEADER = "x-meshcore-peer-workload"  # "name.namespace" of the calling workload (over mTLS)
+# Istio's request-duration buckets (ms).
+DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
+                    60000, 300000, 600000, 1800000, 3600000)  # fmt: skip
+LABELS = (
+    "reporter", "source_workload", "source_workload_namespace", "source_principal",
+    "source_app", "source_version", "destination_workload", "destination_workload_namespace",
+    "destination_principal", "destination_app", "destination_version", "destination_service",
+    "destination_service_name", "destination_service_namespace", "destination_cluster",
+    "request_protocol", "response_code", "grpc_response_status", "response_flags",
+    "connection_security_policy",
+)  # fmt: skip
+
+
+class IstioMetrics:
+    """``istio_requests_total`` and ``istio_request_duration_milliseconds``, Istio's names and
+    labels, on the proxy's own registry."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: dict[tuple[str, ...], int] = defaultdict(int)
+        self.durations: dict[tuple[str, ...], _Histogram] = defaultdict(
+            lambda: _Histogram(DURATION_BUCKETS)
+        )
+        self.decisions = 0  # DataPlane.decide() calls, and the time they took
+        self.decision_seconds = 0.0
+
+    def decided(self, seconds: float) -> None:
+        with self._lock:
+            self.decisions += 1
+            self.decision_seconds += seconds
+
+    def record(self, labels: dict[str, str], millis: float) -> None:
+        key = tuple(labels.get(name, "unknown") for name in LABELS)
+        with self._lock:
+            self.requests[key] += 1
+            self.durations[key].observe(millis)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            total = CounterMetricFamily("istio_requests", "Requests.", labels=LABELS)
+            for key, n in sorted(self.requests.items()):
+                total.add_metric(list(key), n)
+            yield total
+            hist = HistogramMetricFamily(
+                "istio_request_duration_milliseconds", "Request duration (ms).", labels=LABELS
+            )
+            for key, h in sorted(self.durations.items()):
+                hist.add_metric(list(key), h.family_buckets(), h.total)
+            yield hist
+            calls = Metric("meshcore_proxy_decisions", "DataPlane.decide() calls.", "untyped")
+            calls.add_sample("meshcore_proxy_decisions", {}, float(self.decisions))
+            yield calls
+            spent = Metric(
+                "meshcore_proxy_decision_seconds", "Time spent in DataPlane.decide().", "untyped"
+            )
+            spent.add_sample("meshcore_proxy_decision_seconds", {}, self.decision_seconds)
+            yield spent
+
+    def registry(self) -> CollectorRegistry:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self)
+        return registry
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or broke the exchange (Envoy's UF / UC)."""
+
+
+# --- HTTP/1.1 plumbing (h11) -------------------------------------------------------------------
+
+
+async def _read_event(conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await reader.read(65536)
+            conn.receive_data(data)
+            continue
+        return event
+
+
+async def _read_body(conn: h11.Connection, reader: asyncio.StreamReader) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        event = await _read_event(conn, reader)
+        if isinstance(event, h11.Data):
+            size += len(event.data)
+            if size > MAX_BODY:
+                raise h11.RemoteProtocolError("body too large", error_status_hint=413)
+            chunks.append(bytes(event.data))
+        elif isinstance(event, h11.EndOfMessage):
+            return b"".join(chunks)
+        elif isinstance(event, h11.ConnectionClosed):
+            raise h11.RemoteProtocolError("connection closed mid-body")
+
+
+def _headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw]
+
+
+_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
+                  "trailer", "upgrade", "content-length"})  # fmt: skip
+
+
+def _end_to_end(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in headers if k not in _HOP]
+
+
+class _Upstream:
+    """One kept-alive HTTP/1.1 connection to an endpoint."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.conn = h11.Connection(h11.CLIENT)
+        self.peer_uris = uri_sans(writer.get_extra_info("peercert"))
+
+    async def exchange(self, request: Request, host: str) -> Response:
+        headers = [("host", host), *[(k, v) for k, v in request.headers if k != "host"]]
+        headers.append(("content-length", str(len(request.body))))
+        data = self.conn.send(h11.Request(method=request.method, target=request.target,
+                                          headers=headers)) or b""  # fmt: skip
+        if request.body:
+            data += self.conn.send(h11.Data(data=request.body)) or b""
+        data += self.conn.send(h11.EndOfMessage()) or b""
+        self.writer.write(data)
+        await self.writer.drain()
+        event = await _read_event(self.conn, self.reader)
+        while isinstance(event, h11.InformationalResponse):
+            event = await _read_event(self.conn, self.reader)
+        if not isinstance(event, h11.Response):
+            raise UpstreamError(f"upstream closed the connection ({type(event).__name__})")
+        body = await _read_body(self.conn, self.reader)
+        return Response(event.status_code, _headers(event.headers), body)
+
+    def reusable(self) -> bool:
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+            return not self.writer.is_closing()
+        return False
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _Pool:
+    def __init__(self) -> None:
+        self.idle: dict[tuple[str, bool, str], list[_Upstream]] = defaultdict(list)
+
+    async def get(
+        self, ep: Endpoint, ctx: ssl.SSLContext | None, sni: str, timeout: float
+    ) -> _Upstream:
+        key = (str(ep), ctx is not None, sni)
+        while self.idle[key]:
+            up = self.idle[key].pop()
+            if not up.writer.is_closing() and not up.reader.at_eof():
+                return up
+            up.close()
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    ep.address, ep.port, ssl=ctx, server_hostname=(sni or None) if ctx else None
+                ),
+                timeout,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            raise UpstreamError(f"connect to {ep} failed: {exc}") from None
+        return _Upstream(reader, writer)
+
+    def put(self, ep: Endpoint, ctx: ssl.SSLContext | None, sni: str, up: _Upstream) -> None:
+        if up.reusable() and len(self.idle[(str(ep), ctx is not None, sni)]) < 32:
+            self.idle[(str(ep), ctx is not None, sni)].append(up)
+        else:
+            up.close()
+
+    def close(self) -> None:
+        for ups in self.idle.values():
+            for up in ups:
+                up.close()
+        self.idle.clear()
+
+
+# --- the proxy --------------------------------------------------------------------------------
+
+
+class ReferenceProxy:
+    """Outbound and inbound HTTP/1.1 proxying on a :class:`DataPlane` (see the module doc)."""
+
+    def __init__(
+        self,
+        dp: DataPlane,
+        *,
+        outbound: tuple[str, int] | None = ("127.0.0.1", 15001),
+        inbound: bool = True,
+        metrics: tuple[str, int] | None = None,
+    ) -> None:
+        self.dp = dp
+        self.outbound_address = outbound
+        self.serve_inbound = inbound
+        self.metrics_address = metrics
+        _, _, name, namespace, _ = parse_node_id(dp.ads.node_id)
+        self.workload, self.namespace = name, namespace
+        labels = dp.ads.metadata.get("LABELS")
+        self.labels: dict[str, str] = dict(labels) if isinstance(labels, dict) else {}
+        self.metrics = IstioMetrics()
+        self._registry = self.metrics.registry()
+        self._pool = _Pool()
+        self._servers: list[asyncio.Server] = []
+        self._random = random.Random()
+        self.outbound_port: int | None = None
+        self.inbound_ports: dict[int, int] = {}  # listener port -> bound port
+        self._inbound: dict[int, tuple[tuple[str, str], asyncio.Server]] = {}
+        self._inbound_generation = -1
+        self._watcher: asyncio.Future[None] | None = None
+        self.metrics_port: int | None = None
+        self._connections: set[asyncio.StreamWriter] = set()  # downstream, open now
+
+    @property
+    def principal(self) -> str:
+        return self.dp.secret.identity.uri if self.dp.certs is not None else "unknown"
+
+    async def start(self) -> None:
+        if self.outbound_address is not None:
+            host, port = self.outbound_address
+            srv = await asyncio.start_server(self._outbound_conn, host, port)
+            self.outbound_port = srv.sockets[0].getsockname()[1]
+            self._servers.append(srv)
+        if self.serve_inbound:
+            await self._reconcile_inbound()
+            self._watcher = asyncio.ensure_future(self._watch_inbound())
+        if self.metrics_address is not None:
+            host, port = self.metrics_address
+            srv = await asyncio.start_server(self._metrics_conn, host, port)
+            self.metrics_port = srv.sockets[0].getsockname()[1]
+            self._servers.append(srv)
+
+    async def _watch_inbound(self) -> None:
+        """Follows the config: inbound listeners that appear are bound, those that go away (or
+        change address or mTLS mode) are closed; connections already open finish normally."""
+        while True:
+            await asyncio.sleep(INBOUND_RECHECK_S)
+            try:
+                await self._reconcile_inbound()
+            except OSError as exc:  # e.g. the address is taken: keep serving the others
+                log.error("cannot bind an inbound listener: %s", exc)
+
+    async def _reconcile_inbound(self) -> None:
+        cfg = self.dp.config
+        if cfg.generation == self._inbound_generation:
+            return
+        wanted = {lst.port: lst for lst in cfg.inbound.values()}
+        for port, (key, srv) in list(self._inbound.items()):
+            lst = wanted.get(port)
+            if lst is None or (lst.address, lst.mtls_mode) != key:
+                srv.close()
+                del self._inbound[port]
+                self.inbound_ports.pop(port, None)
+                log.info("inbound listener on port %d closed", port)
+        for port, lst in wanted.items():
+            if port not in self._inbound:
+                await self._bind_inbound(lst)
+        self._inbound_generation = cfg.generation
+
+    async def _bind_inbound(self, lst: InboundListener) -> None:
+        tls = lst.mtls_mode != "DISABLE"
+        ctx = self.dp.server_ssl_context() if tls else None
+        port = lst.port
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._serve(reader, writer, inbound_port=port)
+
+        srv = await asyncio.start_server(handle, lst.address, port, ssl=ctx)
+        self.inbound_ports[port] = srv.sockets[0].getsockname()[1]
+        self._inbound[port] = ((lst.address, lst.mtls_mode), srv)
+        log.info("inbound %s on %s:%d (%s)", lst.name, lst.address, port, lst.mtls_mode)
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+        servers = [*self._servers, *(srv for _, srv in self._inbound.values())]
+        for srv in servers:
+            srv.close()
+        for srv in servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(srv.wait_closed(), 2)
+        self._servers.clear()
+        self._inbound.clear()
+        # Kept-alive downstream connections end too: their handlers see EOF and return.
+        for writer in list(self._connections):
+            writer.close()
+        for _ in range(100):
+            if not self._connections:
+                break
+            await asyncio.sleep(0.01)
+        self._pool.close()
+
+    # --- downstream connections --------------------------------------------------------------
+
+    async def _outbound_conn(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await self._serve(reader, writer, inbound_port=None)
+
+    async def _serve(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        inbound_port: int | None,
+    ) -> None:
+        conn = h11.Connection(h11.SERVER)
+        self._connections.add(writer)
+        peer = writer.get_extra_info("peername")
+        source_ip = peer[0] if peer else None
+        peer_uris = uri_sans(writer.get_extra_info("peercert"))
+        tls = writer.get_extra_info("ssl_object") is not None
+        try:
+            while True:
+                event = await _read_event(conn, reader)
+                if isinstance(event, h11.ConnectionClosed) or event is None:
+                    return
+                if not isinstance(event, h11.Request):
+                    return
+                body = await _read_body(conn, reader)
+                headers = _headers(event.headers)
+                if not any(k == REQUEST_ID for k, _ in headers):
+                    # Envoy's generate_request_id: one id follows the request through the mesh.
+                    headers.append((REQUEST_ID, str(uuid.uuid4())))
+                request = Request(
+                    event.method.decode(), event.target.decode("latin-1"), headers, body
+                )
+                if inbound_port is None:
+                    response = await self.outbound(request, source_ip)
+                else:
+                    principal = peer_uris[0] if peer_uris else None
+                    response = await self.inbound(request, inbound_port, source_ip,
+                                                  principal, tls)  # fmt: skip
+                out = [*response.headers, ("content-length", str(len(response.body)))]
+                # One write (one send, one TLS record) per response.
+                data = conn.send(h11.Response(status_code=response.status, headers=out)) or b""
+                if response.body:
+                    data += conn.send(h11.Data(data=response.body)) or b""
+                writer.write(data + (conn.send(h11.EndOfMessage()) or b""))
+                await writer.drain()
+                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                    return
+                conn.start_next_cycle()
+        except (h11.ProtocolError, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            return
+        except Exception:  # a bug of ours: this connection ends, the proxy goes on
+            log.exception("error serving a connection from %s", peer)
+            return
+        finally:
+            self._connections.discard(writer)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    # --- outbound ------------------------------------------------------------------------------
+
+    async def outbound(self, request: Request, source_ip: str | None) -> Response:
+        started = time.perf_counter()
+        authority = request.header("host") or ""
+        d = self.dp.decide(direction="outbound", method=request.method, authority=authority,
+                           path=request.target, headers=request.headers,
+                           source_ip=source_ip)  # fmt: skip
+        self.metrics.decided(time.perf_counter() - started)
+        response, d, attempts, peer = await self._forward(request, d, source_ip)
+        millis = (time.perf_counter() - started) * 1000
+        cluster = self.dp.config.clusters.get(d.cluster or "")
+        service = cluster.service if cluster is not None else (d.cluster or "unknown")
+        svc_name, _, svc_ns = service.partition(".")
+        dest_ns = svc_ns.split(".")[0] if svc_ns else "unknown"
+        self.metrics.record(
+            {
+                "reporter": "source",
+                "source_workload": self.workload,
+                "source_workload_namespace": self.namespace,
+                "source_principal": self.principal,
+                "source_app": self.labels.get("app", "unknown"),
+                "source_version": self.labels.get("version", "unknown"),
+                "destination_principal": peer or "unknown",
+                "destination_service": service,
+                "destination_service_name": svc_name or "unknown",
+                "destination_service_namespace": dest_ns,
+                "destination_workload_namespace": dest_ns,
+                "request_protocol": "http",
+                "response_code": str(response.status),
+                "grpc_response_status": "",
+                "response_flags": d.response_flags,
+                "connection_security_policy": "unknown",
+                "destination_cluster": "Kubernetes",
+            },
+            millis,
+        )
+        self._log(request, response, d, millis, attempts, "outbound")
+        return response
+
+    async def _forward(
+        self, request: Request, d: Decision, source_ip: str | None
+    ) -> tuple[Response, Decision, int, str | None]:
+        if d.status is not None:
+            return self._local(d), d, 0, None
+        assert d.endpoint is not None
+        deadline = time.monotonic() + d.timeout if d.timeout is not None else None
+        retry = d.retry_policy
+        attempts = 0
+        last: Response | None = None
+        tried: list[Endpoint] = []
+        while True:
+            attempts += 1
+            tried.append(d.endpoint)
+            per_try = retry.per_try_timeout if retry is not None else None
+            remaining = deadline - time.monotonic() if deadline is not None else None
+            budget = min(x for x in (per_try, remaining, 3600.0) if x is not None)
+            status: int | None = None
+            peer: str | None = None
+            self.dp.started(d)
+            try:
+                response, peer = await asyncio.wait_for(self._attempt(request, d, attempts), budget)
+                status = response.status
+                last = response
+            except (UpstreamError, TimeoutError, ConnectionError, OSError, ssl.SSLError,
+                    h11.ProtocolError, DataPlaneError) as exc:  # fmt: skip
+                timed_out = isinstance(exc, TimeoutError)
+                log.debug("attempt %d to %s failed: %s", attempts, d.endpoint, exc)
+                flags = "UT" if timed_out else "UF"
+                last = Response(504 if timed_out else 503, [("content-type", "text/plain")],
+                                b"upstream request timeout" if timed_out else
+                                b"upstream connect error or disconnect/reset before headers")  # fmt: skip
+                d = replace(d, response_flags=flags)
+            self.dp.report(d, status, started=True)
+            retriable = (
+                retry is not None and attempts <= retry.num_retries and retry.retriable(status)
+            )
+            if deadline is not None and time.monotonic() >= deadline:
+                if status is None and d.response_flags == "UT":
+                    return last, d, attempts, peer
+                retriable = False
+            if not retriable:
+                if status is not None and attempts > 1:
+                    d = replace(d, response_flags="URX" if status >= 500 else "-")
+                return last, d, attempts, peer
+            # Envoy's backoff: random in [0, base * 2^(n-1)], then another host.
+            await asyncio.sleep(self._random.uniform(0, RETRY_BASE_S * 2 ** (attempts - 1)))
+            again = self.dp.repick(d, tried)
+            if again is None:
+                return last, d, attempts, peer
+            d = again
+
+    async def _attempt(
+        self, request: Request, d: Decision, attempt: int = 1
+    ) -> tuple[Response, str | None]:
+        assert d.endpoint is not None
+        ctx = self.dp.client_ssl_context(d.cluster) if d.tls else None
+        cluster: ClusterConfig | None = self.dp.config.clusters.get(d.cluster or "")
+        connect_timeout = cluster.connect_timeout if cluster is not None else 5.0
+        up = await self._pool.get(d.endpoint, ctx, d.sni, connect_timeout)
+        target = d.path or request.target  # the route's prefix_rewrite, if any
+        host = d.host_rewrite or request.header("host") or str(d.endpoint)
+        outbound = d.direction == "outbound"
+        # Ours to set outbound; the peer header stops at the callee's proxy (not for the app).
+        ours = (PEER_HEADER, ATTEMPTS) if outbound else (PEER_HEADER,)
+        headers = [(k, v) for k, v in _end_to_end(request.headers) if k not in ours]
+        if ctx is not None:
+            headers.append((PEER_HEADER, f"{self.workload}.{self.namespace}"))
+        if outbound:
+            headers.append((ATTEMPTS, str(attempt)))  # as Envoy's include_attempt_count_in_request
+        try:
+            response = await up.exchange(Request(request.method, target, headers, request.body),
+                                         host)  # fmt: skip
+        except BaseException:
+            up.close()
+            raise
+        self._pool.put(d.endpoint, ctx, d.sni, up)
+        headers_out = _end_to_end(response.headers)
+        return Response(response.status, headers_out, response.body), (
+            up.peer_uris[0] if up.peer_uris else None
+        )
+
+    def _local(self, d: Decision) -> Response:
+        status = d.status or 500
+        body = d.body or {
+            400: b"Bad Request",
+            404: b"",
+            403: b"RBAC: access denied",
+            503: b"no healthy upstream",
+        }.get(status, b"")
+        return Response(status, [("content-type", "text/plain")], body)
+
+    # --- inbound -------------------------------------------------------------------------------
+
+    async def inbound(
+        self,
+        request: Request,
+        port: int,
+        source_ip: str | None,
+        principal: str | None,
+        tls: bool,
+    ) -> Response:
+        started = time.perf_counter()
+        d = self.dp.decide(direction="inbound", method=request.method,
+                           authority=request.header("host") or "", path=request.target,
+                           headers=request.headers, port=port, source_ip=source_ip,
+                           principal=principal, tls=tls)  # fmt: skip
+        self.metrics.decided(time.perf_counter() - started)
+        peer_workload = (request.header(PEER_HEADER) or "") if tls else ""
+        if d.allowed and d.status is None:
+            if d.path is not None and d.path != request.target:
+                request = replace(request, target=d.path)  # what RBAC decided on
+            response, d, attempts, _ = await self._forward(request, d, source_ip)
+        else:
+            response, attempts = self._local(d), 0
+        millis = (time.perf_counter() - started) * 1000
+        src_name, _, src_ns = peer_workload.partition(".")
+        self.metrics.record(
+            {
+                "reporter": "destination",
+                "source_workload": src_name or "unknown",
+                "source_workload_namespace": src_ns or "unknown",
+                "source_principal": principal or "unknown",
+                "destination_workload": self.workload,
+                "destination_workload_namespace": self.namespace,
+                "destination_principal": self.principal,
+                "destination_app": self.labels.get("app", "unknown"),
+                "destination_version": self.labels.get("version", "unknown"),
+                "destination_service": request.header("host") or "unknown",
+                "destination_service_name": (request.header("host") or "unknown")
+                .split(".")[0]
+                .split(":")[0],
+                "destination_service_namespace": self.namespace,
+                "request_protocol": "http",
+                "response_code": str(response.status),
+                "grpc_response_status": "",
+                "response_flags": d.response_flags,
+                "connection_security_policy": "mutual_tls" if tls else "none",
+                "destination_cluster": "Kubernetes",
+            },
+            millis,
+        )
+        self._log(request, response, d, millis, attempts, "inbound", principal)
+        return response
+
+    # --- logs and metrics ----------------------------------------------------------------------
+
+    def _log(
+        self,
+        request: Request,
+        response: Response,
+        d: Decision,
+        millis: float,
+        attempts: int,
+        direction: str,
+        principal: str | None = None,
+    ) -> None:
+        # Envoy's default access log format, plus the RBAC policy id and the retry count.
+        access_log.info(
+            '[%s] "%s %s HTTP/1.1" %d %s %d %d %.0f "%s" "%s" "%s" %s %s %s attempts=%d '
+            "policy=%s peer=%s",
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
+            request.method, request.target, response.status, d.response_flags,
+            len(request.body), len(response.body), millis,
+            request.header("user-agent") or "-", request.header(REQUEST_ID) or "-",
+            request.header("host") or "-",
+            direction, d.endpoint or "-", d.cluster or "-", attempts, d.policy_id or "-",
+            principal or "-",
+            # The same, structured, for handlers that count rather than print (the demo).
+            extra={"access": {
+                "workload": self.workload, "direction": direction, "status": response.status,
+                "cluster": d.cluster, "endpoint": d.endpoint, "attempts": attempts,
+                "policy_id": d.policy_id, "allowed": d.allowed, "peer": principal,
+            }},
+        )  # fmt: skip
+        if direction == "inbound" and not d.allowed:
+            log.info("denied %s %s from %s: policy %s", request.method, request.target,
+                     principal or "-", d.policy_id or "(no ALLOW policy matched)")  # fmt: skip
+
+    async def _metrics_conn(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        conn = h11.Connection(h11.SERVER)
+        try:
+            event = await _read_event(conn, reader)
+            if isinstance(event, h11.Request):
+                await _read_body(conn, reader)
+                if event.target == b"/metrics":
+                    status, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
+                elif event.target in (b"/healthz", b"/ready"):
+                    status, ctype, body = 200, "text/plain", b"ok\n"
+                else:
+                    status, ctype, body = 404, "text/plain", b"try /metrics\n"
+                headers = [("content-type", ctype), ("content-length", str(len(body))),
+                           ("connection", "close")]  # fmt: skip
+                writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
+                writer.write(conn.send(h11.Data(data=body)))
+                writer.write(conn.send(h11.EndOfMessage()))
+                await writer.drain()
+        except (h11.ProtocolError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host or "127.0.0.1", int(port)
+
+
+async def run_proxy(
+    *,
+    xds: str,
+    node_id: str,
+    ca: str | None,
+    ca_mtls: str | None,
+    trust_bundle: str | None,
+    token: str | None,
+    service_account: str | None,
+    outbound: str | None,
+    inbound: bool,
+    metrics: str | None,
+    metadata: dict[str, Any],
+    stop: asyncio.Event | None = None,
+) -> int:
+    """``meshcore proxy``: connects, serves until SIGINT/SIGTERM (or ``stop``)."""
+    import signal
+
+    dp = await DataPlane.aconnect(
+        xds, node_id=node_id, bootstrap_token=token, ca_address=ca, ca_mtls_address=ca_mtls,
+        trust_bundle=trust_bundle, service_account=service_account, metadata=metadata,
+    )  # fmt: skip
+    proxy = ReferenceProxy(
+        dp,
+        outbound=_host_port(outbound) if outbound else None,
+        inbound=inbound,
+        metrics=_host_port(metrics) if metrics else None,
+    )
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await proxy.start()
+        parts = []
+        if proxy.outbound_port is not None and proxy.outbound_address is not None:
+            parts.append(f"outbound on {proxy.outbound_address[0]}:{proxy.outbound_port}")
+        for lst in dp.config.inbound.values():
+            if lst.port in proxy.inbound_ports:
+                parts.append(f"inbound on {lst.address}:{lst.port} ({lst.mtls_mode})")
+        if proxy.metrics_port is not None and proxy.metrics_address is not None:
+            parts.append(
+                f"metrics on http://{proxy.metrics_address[0]}:{proxy.metrics_port}/metrics"
+            )
+        print(f"meshcore proxy: {node_id}: " + ", ".join(parts), flush=True)
+        await stop.wait()
+    finally:
+        await proxy.stop()
+        await dp.aclose()
+    return 0

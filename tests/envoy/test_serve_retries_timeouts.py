@@ -1,5 +1,6 @@
-"""End to end through ``meshcore serve`` (the real CLI) and real Envoy sidecars, state of the
-world and delta: VirtualService retries are observed (a backend failing the first attempts; the
+"""End to end through ``meshcore serve`` (the real CLI, with its CA) and real Envoy sidecars run
+by ``meshcore agent`` (certificates over SDS, mTLS STRICT, the default), state of the world and
+delta: VirtualService retries are observed (a backend failing the first attempts; the
 request succeeds and Envoy's upstream_rq_retry rises), timeouts are observed (a slow backend
 gives 504 after the route timeout), and restarting the control plane drops no traffic (the
 sidecars keep their config, reconnect, and follow a change made while it was down)."""
@@ -20,18 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.envoy._sidecar import free_port, http_get, running_envoy
-
-from meshcore.dataplane.bootstrap import ads_bootstrap
+from tests.envoy._sidecar import free_port, http_get, running_agent
 
 pytestmark = pytest.mark.envoy
 
 MESH = """
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {{name: default, namespace: istio-system}}
-spec: {{mtls: {{mode: DISABLE}}}}
----
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: web-1}}
@@ -134,16 +128,21 @@ def _backend(address: str, port: int, handler: type[Any]) -> Iterator[Any]:
 
 
 @contextmanager
-def _serve(config: Path, xds: int, metrics: int) -> Iterator[subprocess.Popen[str]]:
-    cp = subprocess.Popen(
-        [sys.executable, "-m", "meshcore.cli", "serve", "--config", str(config),
-         "--xds-port", str(xds), "--metrics-port", str(metrics)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+def _serve(tmp: Path, config: Path, ports: dict[str, int]) -> Iterator[subprocess.Popen[bytes]]:
+    """``meshcore serve`` with its CA (state kept in tmp/state, so a restart keeps the CA);
+    output to a file (a pipe nobody reads could fill up and stall it)."""
+    log = tmp / f"serve-{time.monotonic_ns()}.log"
+    with log.open("wb") as sink:
+        cp = subprocess.Popen(
+            [sys.executable, "-m", "meshcore.cli", "serve", "--config", str(config),
+             "--xds-port", str(ports["xds"]), "--metrics-port", str(ports["metrics"]),
+             "--ca-port", str(ports["ca"]), "--ca-mtls-port", str(ports["ca_mtls"]),
+             "--state-dir", str(tmp / "state"), "--tokens", str(tmp / "tokens")],
+            stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
-        assert cp.stdout is not None
-        lines = [cp.stdout.readline() for _ in range(2)]
-        assert "ADS" in lines[1], lines
+        _wait(lambda: cp.poll() is not None or "ADS" in log.read_text(), timeout=30)
+        assert cp.poll() is None, log.read_text()
         yield cp
     finally:
         cp.terminate()
@@ -152,8 +151,6 @@ def _serve(config: Path, xds: int, metrics: int) -> Iterator[subprocess.Popen[st
         except subprocess.TimeoutExpired:
             cp.kill()
             cp.wait()
-        if cp.stdout is not None:
-            cp.stdout.close()
 
 
 def _node(name: str, address: str) -> str:
@@ -169,6 +166,10 @@ def _stat(admin: int, name: str) -> int:
     return found[0]
 
 
+def _spiffe(sa: str) -> str:
+    return f"spiffe://cluster.local/ns/default/sa/{sa}"
+
+
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 def test_retries_timeouts_and_control_plane_restart(tmp_path: Path, delta: bool) -> None:
     flaky_port, slow_port = free_port(), free_port()
@@ -176,31 +177,31 @@ def test_retries_timeouts_and_control_plane_restart(tmp_path: Path, delta: bool)
     config.mkdir()
     (config / "mesh.yaml").write_text(MESH.format(flaky=flaky_port, slow=slow_port))
     (config / "routes.yaml").write_text(ROUTES.format(attempts=3, timeout="0.5s"))
-    xds, metrics = free_port(), free_port()
+    ports = {k: free_port() for k in ("xds", "metrics", "ca", "ca_mtls")}
+    tokens = {sa: f"{sa}-token-0123456789abcdef" for sa in ("web", "flaky", "slow")}
+    (tmp_path / "tokens").write_text("".join(f"{t} {_spiffe(sa)}\n" for sa, t in tokens.items()))
     flaky = type("Flaky", (_Flaky,), {"attempts": {}, "lock": threading.Lock()})
-
-    def sidecar(name: str, address: str, app: str, outbound: str) -> dict[str, Any]:
-        meta = {"MESHCORE_APP_ADDRESS": app, "MESHCORE_OUTBOUND_ADDRESS": outbound}
-        return ads_bootstrap(_node(name, address), "127.0.0.1", xds, admin_port=free_port(),
-                             metadata=meta, delta=delta)  # fmt: skip
-
-    web = sidecar("web-1", "127.0.70.1", "127.0.70.2", "127.0.70.3")
     with (
-        ExitStack() as first_plane,
+        ExitStack() as stack,
         _backend("127.0.71.2", flaky_port, flaky),
         _backend("127.0.72.2", slow_port, _Slow),
     ):
-        cp = first_plane.enter_context(_serve(config, xds, metrics))
-        _run(tmp_path, config, xds, metrics, flaky_port, slow_port, flaky, sidecar, web, cp)
-
-
-def _run(tmp_path: Path, config: Path, xds: int, metrics: int, flaky_port: int, slow_port: int,
-         flaky: Any, sidecar: Any, web: dict[str, Any], cp: subprocess.Popen[str]) -> None:  # fmt: skip
-    with ExitStack() as sidecars:
-        for name, args in (("flaky", ("flaky-1", "127.0.71.1", "127.0.71.2", "127.0.71.3")),
-                           ("slow", ("slow-1", "127.0.72.1", "127.0.72.2", "127.0.72.3"))):  # fmt: skip
-            sidecars.enter_context(running_envoy(sidecar(*args), tmp_path, name))
-        web_admin = sidecars.enter_context(running_envoy(web, tmp_path, "web"))
+        cp = stack.enter_context(_serve(tmp_path, config, ports))
+        common: dict[str, Any] = {
+            "xds": ports["xds"], "ca": ports["ca"], "ca_mtls": ports["ca_mtls"],
+            "ca_root": tmp_path / "state" / "root-cert.pem", "delta": delta,
+        }  # fmt: skip
+        for name, sa, ip in (("flaky-1", "flaky", "71"), ("slow-1", "slow", "72")):
+            stack.enter_context(running_agent(
+                tmp_path, name, node_id=_node(name, f"127.0.{ip}.1"), identity=_spiffe(sa),
+                token=tokens[sa], metadata={"MESHCORE_APP_ADDRESS": f"127.0.{ip}.2",
+                                            "MESHCORE_OUTBOUND_ADDRESS": f"127.0.{ip}.3"},
+                **common,
+            ))  # fmt: skip
+        web_admin = stack.enter_context(running_agent(
+            tmp_path, "web-1", node_id=_node("web-1", "127.0.70.1"), identity=_spiffe("web"),
+            token=tokens["web"], metadata={"MESHCORE_OUTBOUND_ADDRESS": "127.0.70.3"}, **common,
+        ))  # fmt: skip
         flaky_url = f"http://127.0.70.3:{flaky_port}"
         slow_url = f"http://127.0.70.3:{slow_port}"
         retry_stat = (
@@ -226,7 +227,7 @@ def _run(tmp_path: Path, config: Path, xds: int, metrics: int, flaky_port: int, 
         for i in range(20):
             assert http_get(f"{flaky_url}/down{i}", "flaky") == (200, "flaky ok")
             time.sleep(0.05)
-        with _serve(config, xds, metrics):
+        with _serve(tmp_path, config, ports):
             # The first attempt fails and is no longer retried.
             _wait(lambda: http_get(f"{flaky_url}/after{time.monotonic()}", "flaky")[0] == 503)
             assert http_get(f"{slow_url}/c", "slow")[0] == 504

@@ -195,17 +195,34 @@ def test_bare_python_call(benchmark: Any) -> None:
     benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=1)
 
 
+# route_batch input forms: Python lists (one str object per request), or numpy string arrays
+# ('S': UTF-8 bytes, 'U': UCS-4), read without a Python object per request; the authority as
+# a list or as one str for every request.
+BATCH_FORMS = ["list", "list+scalar-authority", "numpy-S", "numpy-U"]
+
+
+@pytest.mark.parametrize("form", BATCH_FORMS)
 @pytest.mark.parametrize("n", SIZES)
-def test_route_batch(benchmark: Any, n: int) -> None:
+def test_route_batch(benchmark: Any, n: int, form: str) -> None:
+    import numpy as np
+
     paths = route_paths(n)
     table = RouteTable.from_proto(route_config(paths))
     reqs = requests_for(paths) * 10
-    authorities = ["h"] * len(reqs)
-    got = table.route_batch(authorities, reqs)
+    authorities: Any = ["h"] * len(reqs)
+    col: Any = reqs
+    if form != "list":
+        authorities = "h"
+    if form == "numpy-S":
+        col = np.array(reqs, dtype="S")
+    elif form == "numpy-U":
+        col = np.array(reqs, dtype="U")
+    got = table.route_batch(authorities, col)
     assert 0.7 * len(reqs) < int((got >= 0).sum()) <= 0.9 * len(reqs)
-    benchmark.extra_info.update(kind="route_batch", peer="meshcore", size=n, per_round=len(reqs))
+    assert got.tolist() == table.route_batch(["h"] * len(reqs), reqs).tolist()
+    benchmark.extra_info.update(kind="route_batch", peer=form, size=n, per_round=len(reqs))
     benchmark.pedantic(
-        lambda: table.route_batch(authorities, reqs), rounds=10, iterations=1, warmup_rounds=1
+        lambda: table.route_batch(authorities, col), rounds=10, iterations=1, warmup_rounds=1
     )
 
 

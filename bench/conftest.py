@@ -10,6 +10,10 @@ from typing import Any
 
 import pytest
 
+# numpy's OpenBLAS starts one spinning thread per core at import; on this 2-core machine they
+# compete with the code under test (no benchmark here uses BLAS). Must precede numpy's import.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 from meshgen import write_mesh

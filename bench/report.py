@@ -15,6 +15,8 @@ def main(path: str) -> None:
     rows: dict[str, dict[tuple[str, int], float]] = defaultdict(dict)
     for b in data["benchmarks"]:
         info = b["extra_info"]
+        if "per_round" not in info:
+            continue  # not a route benchmark (bench_rbac.py reports per decision)
         # median round time per request, in ns
         ns = b["stats"]["median"] * 1e9 / info["per_round"]
         rows[info["kind"]][(info["peer"], info["size"])] = ns
@@ -34,10 +36,13 @@ def main(path: str) -> None:
     floor = route.get(("python-call+dict", 1000))
     if floor is not None:
         print(f"\nFloor: a Python function call plus a dict lookup: {floor:,.0f} ns.\n")
-    print("route_batch(): ns per request\n")
-    print("| routes | ns/request |\n|---:|---:|")
-    for (_, n), v in sorted(rows["route_batch"].items(), key=lambda kv: kv[0][1]):
-        print(f"| {n:,} | {v:,.1f} |")
+    print("route_batch(): ns per request, by input form\n")
+    batch = rows["route_batch"]
+    forms = ["list", "list+scalar-authority", "numpy-S", "numpy-U"]
+    print("| routes | " + " | ".join(forms) + " |\n|---:|" + "---:|" * len(forms))
+    for n in sorted({s for _, s in batch}):
+        cells = [f"{batch[(f, n)]:,.1f}" if (f, n) in batch else "n/a" for f in forms]
+        print(f"| {n:,} | " + " | ".join(cells) + " |")
     print("\ncompile: ms per table\n")
     comp = rows["compile"]
     print("| routes | " + " | ".join(peers[:4]) + " |\n|---:|" + "---:|" * 4)

@@ -131,6 +131,7 @@ class RouteTable:
         strip_matching_host_port: bool = False,
         strip_any_host_port: bool = False,
         listener_port: int | None = None,
+        max_program_size: int = 100,
     ) -> RouteTable: ...
     @property
     def routes(self) -> tuple[RouteMatch, ...]: ...
@@ -156,9 +157,9 @@ class RouteTable:
     ) -> RouteMatch | None: ...
     def route_batch(
         self,
-        authorities: str | Sequence[str] | npt.NDArray[np.str_],
-        paths: Sequence[str] | npt.NDArray[np.str_],
-        methods: str | Sequence[str] | npt.NDArray[np.str_] | None = None,
+        authorities: str | Sequence[str] | npt.NDArray[np.str_] | npt.NDArray[np.bytes_],
+        paths: Sequence[str] | npt.NDArray[np.str_] | npt.NDArray[np.bytes_],
+        methods: str | Sequence[str] | npt.NDArray[np.str_] | npt.NDArray[np.bytes_] | None = None,
         headers: Sequence[_Headers] | None = None,
     ) -> npt.NDArray[np.int32]: ...
     def explain(
@@ -200,6 +201,7 @@ class RbacEngine:
         config: bytes | bytearray | memoryview | _SerializableMessage | Any,
         *,
         message_type: str | None = None,
+        max_program_size: int = 100,
     ) -> RbacEngine: ...
     @property
     def action(self) -> str | None: ...
@@ -260,12 +262,17 @@ class RbacEngine:
         path: _Column = None,
         authority: _Column = None,
         headers: Sequence[_Headers] | None = None,
+        scheme: _Column = None,
         source_ip: _Column = None,
         remote_ip: _Column = None,
         direct_remote_ip: _Column = None,
         destination_ip: _Column = None,
         destination_port: Sequence[int | None] | npt.NDArray[Any] | int | None = None,
         principal: _Column = None,
+        uri_sans: Sequence[Sequence[str] | None] | None = None,
+        dns_sans: Sequence[Sequence[str] | None] | None = None,
+        subject: _Column = None,
         tls: Sequence[bool | None] | npt.NDArray[Any] | bool | None = None,
         sni: _Column = None,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> dict[str, npt.NDArray[Any]]: ...

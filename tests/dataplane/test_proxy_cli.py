@@ -44,7 +44,7 @@ async def run_cli(mesh: Mesh, port: int, tmp: Path) -> None:
         "--node-id", node_id("web-1", "127.0.74.1"),
         "--ca", f"127.0.0.1:{mesh.ca_server.port}",
         "--ca-mtls", f"127.0.0.1:{mesh.ca_server.mtls_port}",
-        "--trust-bundle", str(bundle), "--token", mesh.tokens.issue(spiffe("web")),
+        "--trust-bundle", str(bundle), f"--token={mesh.tokens.issue(spiffe('web'))}",
         "--service-account", "web", "--outbound", f"127.0.74.1:{outbound}",
         "--metrics", f"127.0.0.1:{metrics}", "--label", "app=web",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,

@@ -1,10 +1,14 @@
-"""Helpers for the real-Envoy tests of the translator: workload secrets, bootstraps, running Envoy."""
+"""Helpers for the real-Envoy tests: the one way tests start Envoy (``running_envoy``, or
+``envoy_process`` for a config already written), bootstrap pieces, meshcore's ADS server on a
+background loop, a raw HTTP/1.1 client, workload secrets."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import http.server
+import json
 import shutil
 import socket
 import subprocess
@@ -12,12 +16,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -102,6 +106,19 @@ def bootstrap_for(
     )
 
 
+def free_ports(n: int, host: str = "127.0.0.1", avoid: Iterable[int] = ()) -> list[int]:
+    """``n`` distinct free ports (``free_port`` alone may hand out a port twice: each probe
+    socket is closed before the next), none of them in ``avoid``."""
+    seen = set(avoid)
+    out: list[int] = []
+    while len(out) < n:
+        p = free_port(host)
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -110,8 +127,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def validate(bootstrap: dict[str, Any], tmp: Path) -> subprocess.CompletedProcess[str]:
-    path = tmp / "bootstrap.yaml"
-    path.write_text(yaml.safe_dump(bootstrap))
+    # JSON, not YAML: Envoy's YAML 1.1 parser reads strings such as "y" as booleans.
+    path = tmp / "bootstrap.json"
+    path.write_text(json.dumps(bootstrap))
     return subprocess.run(
         [envoy_binary(), "--mode", "validate", "-c", str(path), "--log-level", "error"],
         capture_output=True,
@@ -122,35 +140,40 @@ def validate(bootstrap: dict[str, Any], tmp: Path) -> subprocess.CompletedProces
 
 
 @contextlib.contextmanager
-def running_envoy(bootstrap: dict[str, Any], tmp: Path, name: str) -> Iterator[int]:
-    """Starts Envoy (one worker), waits until it is LIVE with listeners up, always stops it."""
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(bootstrap))
-    admin = bootstrap["admin"]["address"]["socket_address"]["port_value"]
-    log = (tmp / f"{name}.log").open("w")
+def envoy_process(
+    config: Path,
+    admin: int,
+    log: Path,
+    *,
+    log_level: str = "warning",
+    cwd: Path | None = None,
+    timeout: float = 20.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Starts Envoy (one worker) on a written config whose admin listens on 127.0.0.1:``admin``,
+    waits until it is LIVE with listeners up, and always stops it."""
+    out = log.open("w")
     proc = subprocess.Popen(
         [
             envoy_binary(),
             "-c",
-            str(path),
+            str(config),
             "--concurrency",
             "1",
             "--base-id",
             str(admin),
             "--log-level",
-            "warning",
+            log_level,
             "--disable-hot-restart",
         ],
-        stdout=log,
+        stdout=out,
         stderr=subprocess.STDOUT,
+        cwd=cwd,
     )
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise AssertionError(
-                    f"envoy {name} exited: {(tmp / f'{name}.log').read_text()[-3000:]}"
-                )
+                raise AssertionError(f"envoy exited: {log.read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1) as r:
                     if r.status == 200:
@@ -158,9 +181,11 @@ def running_envoy(bootstrap: dict[str, Any], tmp: Path, name: str) -> Iterator[i
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError(f"envoy {name} not ready in 20 s")
+                raise AssertionError(
+                    f"envoy not ready in {timeout:.0f} s: {log.read_text()[-3000:]}"
+                )
             time.sleep(0.05)
-        yield admin
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -168,7 +193,150 @@ def running_envoy(bootstrap: dict[str, Any], tmp: Path, name: str) -> Iterator[i
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
-        log.close()
+        out.close()
+
+
+@contextlib.contextmanager
+def running_envoy(bootstrap: dict[str, Any], tmp: Path, name: str) -> Iterator[int]:
+    """Starts Envoy (one worker), waits until it is LIVE with listeners up, always stops it."""
+    path = tmp / f"{name}.json"
+    path.write_text(json.dumps(bootstrap))
+    admin = bootstrap["admin"]["address"]["socket_address"]["port_value"]
+    with envoy_process(path, admin, tmp / f"{name}.log"):
+        yield admin
+
+
+def admin_get(admin: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}{path}", timeout=5) as r:
+        return str(r.read().decode())
+
+
+def listener_ports(admin: int) -> dict[str, int]:
+    """The port each listener is bound to (listeners may ask for port 0)."""
+    data = json.loads(admin_get(admin, "/listeners?format=json"))
+    return {
+        st["name"]: int(st.get("local_address", {}).get("socket_address", {}).get("port_value", 0))
+        for st in data.get("listener_statuses", [])
+    }
+
+
+# --- bootstrap pieces ---------------------------------------------------------------------------
+
+
+def socket_address(port: int = 0, address: str = "127.0.0.1") -> dict[str, Any]:
+    return {"socket_address": {"address": address, "port_value": port}}
+
+
+def listener(name: str, filter_chains: list[dict[str, Any]], port: int = 0) -> dict[str, Any]:
+    """A listener on 127.0.0.1 (port 0: the kernel picks; read it back with listener_ports)."""
+    return {"name": name, "address": socket_address(port), "filter_chains": filter_chains}
+
+
+ROUTER_FILTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+}
+
+
+def http_connection_manager(
+    route_config: dict[str, Any] | None = None,
+    stat_prefix: str = "ingress",
+    *,
+    rds: str | None = None,
+    http_filters: list[dict[str, Any]] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """A network filter: HCM with a static ``route_config`` (or ``rds``: that
+    RouteConfiguration's name, over ADS), ``http_filters`` then the router."""
+    routes: dict[str, Any]
+    if rds is not None:
+        routes = {"rds": {"route_config_name": rds, "config_source": ads_source()}}
+    else:
+        routes = {"route_config": route_config}
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network."
+            "http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": stat_prefix,
+            **routes,
+            "http_filters": [*(http_filters or []), ROUTER_FILTER],
+            **options,
+        },
+    }
+
+
+# --- meshcore's ADS server, for tests that drive Envoy synchronously ---------------------------
+
+
+def ads_source() -> dict[str, Any]:
+    return {"ads": {}, "resource_api_version": "V3"}
+
+
+class AdsControlPlane:
+    """meshcore's ADS server (``start_ads_server`` over a ``SnapshotCache``) on its own event
+    loop thread; ``publish`` and ``status`` are called from the test's thread."""
+
+    def __init__(self) -> None:
+        from meshcore.xds.cache import SnapshotCache
+
+        self.cache = SnapshotCache()
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: Any = None
+        self._ads: Any = None
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        async def run() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=30)
+
+    def __enter__(self) -> AdsControlPlane:
+        from meshcore.xds.server import start_ads_server
+
+        self._thread.start()
+        started = asyncio.run_coroutine_threadsafe(start_ads_server(self.cache), self._loop)
+        self._server, self._ads, self.port = started.result(timeout=30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            asyncio.run_coroutine_threadsafe(self._server.stop(None), self._loop).result(30)
+
+        async def cancel_rest() -> None:
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in rest:
+                t.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(cancel_rest(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    def publish(self, node_id: str, resources: dict[str, dict[str, Any]]) -> None:
+        """Replaces what ``node_id`` is served: {type URL: {name: message or bytes}}."""
+        self._call(lambda: self.cache.set(node_id, self.cache.snapshot(resources)))
+
+    def status(self, node_id: str) -> dict[str, str]:
+        """proxy-status for one node: {"LDS": "SYNCED", "RDS": "NACKED", ...}."""
+        result: dict[str, str] = self._call(lambda: self._ads.sync_status().get(node_id, {}))
+        return result
+
+    def wait_synced(self, node_id: str, kinds: Sequence[str], timeout: float = 30.0) -> None:
+        """Until the node has ACKed the current version of every kind (fails on a NACK)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.status(node_id)
+            if any(st.get(k) == "NACKED" for k in kinds):
+                raise AssertionError(f"{node_id} NACKed: {st}")
+            if all(st.get(k) == "SYNCED" for k in kinds):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{node_id} not synced in {timeout:.0f} s: {st}")
+            time.sleep(0.02)
 
 
 # --- test backends and requests (shared by the end-to-end tests) --------------------------------
@@ -322,3 +490,150 @@ def wait_for(check: Any, what: str, timeout: float = 15.0) -> None:
             pass
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+# --- raw HTTP/1.1 ----------------------------------------------------------------------------
+
+Headers = Sequence[tuple[str, str]]
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+
+class HttpClient:
+    """Raw HTTP/1.1 over one keep-alive connection (reconnects when the server closes it).
+
+    Raw so that tests control exactly what Envoy receives: repeated headers, odd paths,
+    percent-encoding and case are sent as written.
+    """
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+        self.addr = (host, port)
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buf = b""
+
+    def __enter__(self) -> HttpClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._buf = b""
+
+    def _connect(self) -> socket.socket:
+        if self._sock is None:
+            self._sock = socket.create_connection(self.addr, timeout=self.timeout)
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._buf = b""
+        return self._sock
+
+    @staticmethod
+    def encode(method: str, target: str, headers: Headers, body: bytes = b"") -> bytes:
+        lines = [f"{method} {target} HTTP/1.1"]
+        lines += [f"{k}: {v}" for k, v in headers]
+        if body:
+            lines.append(f"content-length: {len(body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+    def _read_until(self, marker: bytes) -> bytes | None:
+        sock = self._connect()
+        while marker not in self._buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return None
+            self._buf += chunk
+        head, self._buf = self._buf.split(marker, 1)
+        return head
+
+    def _read_exact(self, n: int) -> bytes | None:
+        sock = self._connect()
+        while len(self._buf) < n:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return None
+            self._buf += chunk
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+    def _read_response(self) -> tuple[Response, bool] | None:
+        """One response, and whether the connection is done after it (None: it closed)."""
+        try:
+            return self._read_response_raw()
+        except ConnectionError:
+            return None
+
+    def _read_response_raw(self) -> tuple[Response, bool] | None:
+        head = self._read_until(b"\r\n\r\n")
+        if head is None:
+            return None
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = [
+            (k.strip(), v.strip()) for k, v in (line.split(":", 1) for line in lines[1:] if line)
+        ]
+        resp = Response(status, headers)
+        length = resp.header("content-length")
+        if length is not None:
+            body = self._read_exact(int(length))
+            if body is None:
+                return None
+            resp.body = body
+        # Envoy closes the connection after a 400 (codec or path errors), with or without
+        # saying so.
+        closing = (resp.header("connection") or "").lower() == "close" or resp.status == 400
+        return resp, closing
+
+    def request(self, method: str, target: str, headers: Headers) -> Response:
+        return self.pipeline([(method, target, headers)])[0]
+
+    def pipeline(
+        self, requests: Iterable[tuple[str, str, Headers]], window: int = 1
+    ) -> list[Response]:
+        """Sends requests, ``window`` at a time (1, one after the other, is what Envoy handles
+        fastest: it stalls on pipelined requests); answers in order. Requests after a response
+        that closes the connection are resent on a new connection (bounded)."""
+        pending = list(requests)
+        out: list[Response] = []
+        attempts = 0
+        while pending:
+            attempts += 1
+            if attempts > 4 * len(out) + 100:
+                raise RuntimeError("too many reconnects")
+            batch = pending[:window]
+            sock = self._connect()
+            try:
+                sock.sendall(b"".join(self.encode(m, t, h) for m, t, h in batch))
+            except ConnectionError:
+                self.close()
+                continue
+            done = 0
+            closing = False
+            for _ in batch:
+                got = self._read_response()
+                if got is None:
+                    closing = True
+                    break
+                resp, closing = got
+                out.append(resp)
+                done += 1
+                if closing:
+                    break
+            if closing or done < len(batch):
+                self.close()
+            pending = pending[done:]
+        return out

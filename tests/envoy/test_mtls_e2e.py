@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from _sidecar import LoopThread, free_port, http_get, serve_echo, wait_for
+from _sidecar import LoopThread, free_port, free_ports, http_get, serve_echo, wait_for
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -144,7 +144,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tokens = {sa: f"token-{sa}-{os.urandom(8).hex()}" for sa in ("echo", "client", "intruder")}
     (tmp / "tokens").write_text("".join(f"{t} {spiffe(sa)}\n" for sa, t in tokens.items()))
     loop = LoopThread()
-    xds, ca_port, ca_mtls = free_port(), free_port(), free_port()
+    xds, ca_port, ca_mtls = free_ports(3)
     stop = asyncio.Event()
     ready = threading.Event()
     options = CAOptions(

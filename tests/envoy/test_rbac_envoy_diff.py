@@ -37,11 +37,11 @@ from google.protobuf import json_format
 from meshcore import RbacEngine, UnsupportedFeatureError
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _sidecar import free_port, free_ports
 from rbac_harness import (
     Client,
     Identity,
     TlsFiles,
-    free_port,
     have_envoy,
     make_pki,
     read_outcomes,
@@ -508,7 +508,7 @@ def _run(
 
 def _listeners() -> list[tuple[str, int]]:
     # Two addresses, two ports each: destination_ip and destination_port(_range) both vary.
-    return [(a, free_port(a)) for a in LISTEN for _ in range(2)]
+    return [(a, p) for a in LISTEN for p in free_ports(2, a)]
 
 
 def test_random_configs_agree_with_envoy(tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ import os
 import random
 import socket
 import socketserver
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -30,7 +29,8 @@ from google.protobuf import json_format
 from meshcore import RbacEngine
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rbac_harness import _wait_ready, envoy_binary, free_port, have_envoy
+from _sidecar import free_ports, running_envoy
+from rbac_harness import have_envoy
 from test_rbac_envoy_diff import LISTEN, SEED, SOURCES, Gen
 
 pytestmark = [
@@ -125,7 +125,7 @@ def _exchange(source: str, dest: tuple[str, int]) -> tuple[str, bool]:
 def test_network_rbac_agrees_with_envoy(tmp_path: Path) -> None:
     rng = random.Random(SEED + 3)
     listeners_per_addr = 20
-    listeners = [(a, free_port(a)) for a in LISTEN for _ in range(listeners_per_addr)]
+    listeners = [(a, p) for a in LISTEN for p in free_ports(listeners_per_addr, a)]
     gen = Gen(rng, [p for _, p in listeners[:4]], headers=False)
     configs = [_network_config(gen) for _ in listeners]
     engines = [
@@ -135,7 +135,7 @@ def test_network_rbac_agrees_with_envoy(tmp_path: Path) -> None:
     echo = _EchoServer(("127.0.0.1", 0), _Echo)
     thread = threading.Thread(target=echo.serve_forever, daemon=True)
     thread.start()
-    admin = free_port()
+    admin = free_ports(1, avoid=[p for _, p in listeners])[0]
     bootstrap = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
@@ -171,45 +171,20 @@ def test_network_rbac_agrees_with_envoy(tmp_path: Path) -> None:
             ],
         },
     }
-    (tmp_path / "envoy.json").write_text(json.dumps(bootstrap))
-    binary = envoy_binary()
-    assert binary is not None
     # (our address, listener, source, allowed) in order: a closed connection's port can be
     # reused by a later one, so the log is matched per address in order.
     cases: list[tuple[str, int, str, bool]] = []
-    with (tmp_path / "envoy.log").open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                binary,
-                "-c",
-                str(tmp_path / "envoy.json"),
-                "--concurrency",
-                "1",
-                "--use-dynamic-base-id",
-                "--log-level",
-                "error",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-        )
-        try:
-            _wait_ready(proc, admin, tmp_path / "envoy.log")
+    try:
+        with running_envoy(bootstrap, tmp_path, "envoy"):
             for _ in range(CASES):
                 i = rng.randrange(len(listeners))
                 source = rng.choice(SOURCES)
                 peer, allowed = _exchange(source, listeners[i])
                 cases.append((peer, i, source, allowed))
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-            echo.shutdown()
-            echo.server_close()
-            thread.join(timeout=5)
+    finally:
+        echo.shutdown()
+        echo.server_close()
+        thread.join(timeout=5)
     logged: dict[str, list[dict[str, Any]]] = {}
     for line in log.read_text().splitlines():
         rec = json.loads(line)

@@ -2,7 +2,8 @@
 
 - The index never changes a decision: evaluate() (indexed) agrees with explain() (every
   policy, in name order) on the effective policy, for configs big enough to be indexed.
-- evaluate_batch() agrees with evaluate() request by request.
+- evaluate_batch() agrees with evaluate() request by request, with every attribute as a column
+  (lists, numpy 'S' and 'U' arrays).
 - Policy order in the message does not matter, only names do.
 - A DENY engine and an ALLOW engine over the same policies decide opposite ways and report
   the same effective policy.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -39,6 +41,18 @@ leaf_permission = st.one_of(
     st.sampled_from(["a", "b"]).map(
         lambda v: {"header": {"name": "x-a", "string_match": {"exact": v}}}
     ),
+    st.sampled_from(["a.com", "b.com"]).map(lambda v: {"requested_server_name": {"exact": v}}),
+    st.sampled_from(["10.9.0.0/16", "127.0.0.0/8"]).map(
+        lambda c: {
+            "destination_ip": {
+                "address_prefix": c.split("/")[0],
+                "prefix_len": int(c.split("/")[1]),
+            }
+        }
+    ),
+    st.sampled_from(["https", "http"]).map(
+        lambda v: {"header": {"name": ":scheme", "string_match": {"exact": v}}}
+    ),
 )
 permission = st.recursive(
     leaf_permission,
@@ -57,6 +71,14 @@ leaf_principal = st.one_of(
         lambda c: {
             "remote_ip": {"address_prefix": c.split("/")[0], "prefix_len": int(c.split("/")[1])}
         }
+    ),
+    st.sampled_from(["10.0.0.0/8", "192.168.0.0/24"]).map(
+        lambda c: {
+            "source_ip": {"address_prefix": c.split("/")[0], "prefix_len": int(c.split("/")[1])}
+        }
+    ),
+    st.sampled_from(["db.example", "CN=web"]).map(
+        lambda s: {"authenticated": {"principal_name": {"exact": s}}}
     ),
 )
 principal = st.recursive(
@@ -84,6 +106,27 @@ request = st.fixed_dictionaries(
         "destination_port": st.sampled_from([80, 8080, 9090]),
         "headers": st.sampled_from([[], [("x-a", "a")], [("x-a", "b"), ("X-A", "a")]]),
         "principal": st.sampled_from([None, *SANS]),
+        "tls": st.sampled_from([None, True]),
+    }
+)
+# Every attribute evaluate() takes (for the batch-versus-single property).
+full_request = st.fixed_dictionaries(
+    {
+        "method": st.sampled_from(METHODS),
+        "path": st.sampled_from(PATHS),
+        "authority": st.sampled_from([None, "a.com", "b.com:80"]),
+        "scheme": st.sampled_from([None, "http", "https"]),
+        "source_ip": st.sampled_from([None, *SOURCES]),
+        "remote_ip": st.sampled_from([None, *SOURCES]),
+        "direct_remote_ip": st.sampled_from([None, *SOURCES]),
+        "destination_ip": st.sampled_from([None, "10.9.1.1", "127.0.0.1"]),
+        "destination_port": st.sampled_from([None, 80, 8080, 9090]),
+        "headers": st.sampled_from([[], [("x-a", "a")], [("x-a", "b"), ("X-A", "a")]]),
+        "principal": st.sampled_from([None, *SANS]),
+        "uri_sans": st.sampled_from([None, [], [SANS[1]], [SANS[0], SANS[2]]]),
+        "dns_sans": st.sampled_from([None, ["db.example"], ["x.example", "db.example"]]),
+        "subject": st.sampled_from([None, "CN=web"]),
+        "sni": st.sampled_from([None, "a.com", "b.com"]),
         "tls": st.sampled_from([None, True]),
     }
 )
@@ -130,6 +173,37 @@ def test_batch_agrees_with_single(pols: dict[str, Any], reqs: list[dict[str, Any
     for i, r in enumerate(reqs):
         d = e.evaluate(**r)
         assert bool(out["allowed"][i]) == d.allowed
+        idx = int(out["policy"][i])
+        assert (e.policy_ids[idx] if idx >= 0 else None) == d.policy_id
+
+
+def _column(values: list[Any], form: str) -> Any:
+    """A string column as a list, or as numpy 'S' / 'U' arrays (which cannot hold None)."""
+    if form == "list" or any(v is None for v in values):
+        return values
+    return np.array(values, dtype="S" if form == "S" else "U")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    pols=policies,
+    reqs=st.lists(full_request, min_size=1, max_size=30),
+    form=st.sampled_from(["list", "S", "U"]),
+)
+def test_batch_with_every_column_agrees_with_single(
+    pols: dict[str, Any], reqs: list[dict[str, Any]], form: str
+) -> None:
+    e = engine("ALLOW", pols)
+    per_request = ("destination_port", "headers", "uri_sans", "dns_sans", "tls")
+    cols: dict[str, Any] = {}
+    for k in reqs[0]:
+        values = [r[k] for r in reqs]
+        # String attributes are also given as numpy arrays.
+        cols[k] = values if k in per_request else _column(values, form)
+    out = e.evaluate_batch(**cols)
+    for i, r in enumerate(reqs):
+        d = e.evaluate(**r)
+        assert bool(out["allowed"][i]) == d.allowed, (i, r)
         idx = int(out["policy"][i])
         assert (e.policy_ids[idx] if idx >= 0 else None) == d.policy_id
 

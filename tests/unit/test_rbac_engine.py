@@ -229,6 +229,19 @@ def test_metadata_matchers_use_the_metadata_given() -> None:
     assert decide(None) is None
     with pytest.raises(TypeError, match="metadata"):
         engine.evaluate(metadata={jwt: {"payload": {"x": object()}}})
+    # The same decisions from one batch with a metadata column.
+    payloads: list[dict[str, Any] | None] = [
+        {"aud": ["web", "api"]},
+        {"aud": "api"},
+        {"admin": True, "aud": ["api"]},
+        {"level": 4.5},
+        None,
+    ]
+    out = engine.evaluate_batch(
+        metadata=[None if p is None else {jwt: {"payload": p}} for p in payloads]
+    )
+    ids = [engine.policy_ids[i] if i >= 0 else None for i in out["policy"].tolist()]
+    assert ids == [decide(p) for p in payloads]
 
 
 def test_explain_names_the_permission_and_principal() -> None:
@@ -288,6 +301,34 @@ def test_evaluate_batch_matches_evaluate() -> None:
     assert one["allowed"].tolist() == [True, False]
     with pytest.raises(ValueError, match="one entry per request"):
         engine.evaluate_batch(method=["GET"], path=["/a", "/b"])
+    # explain() reads its keywords as a batch of one: the same checks, the same decision.
+    with pytest.raises(TypeError, match="unexpected keyword argument 'pth'"):
+        engine.explain(pth="/svc0")
+    with pytest.raises(ValueError, match="tls=False contradicts"):
+        engine.explain(principal=SA + "sa0", tls=False)
+    why = engine.explain(method="GET", path="/svc0/x", principal=SA + "sa0", uri_sans=[])
+    assert (
+        why["policy_id"]
+        == engine.evaluate(method="GET", path="/svc0/x", principal=SA + "sa0").policy_id
+    )
+    # numpy string arrays ('S' and 'U') are read without a Python object per request.
+    for dtype in ("S", "U"):
+        cols = {
+            "method": np.array(methods, dtype=dtype),
+            "path": np.array(paths, dtype=dtype),
+            "principal": principals,
+        }
+        again = engine.evaluate_batch(**cols)
+        assert again["policy"].tolist() == out["policy"].tolist()
+    # Bad values name the request and the column.
+    with pytest.raises(ValueError, match='request 1: source_ip: "x" is not an IP address'):
+        engine.evaluate_batch(method="GET", source_ip=["10.0.0.1", "x"])
+    with pytest.raises(ValueError, match="request 0: tls=False contradicts"):
+        engine.evaluate_batch(principal=[SA + "sa0"], tls=[False])
+    with pytest.raises(TypeError, match=r"uri_sans\[0\] must be a list of str"):
+        engine.evaluate_batch(uri_sans=["spiffe://x"])
+    with pytest.raises(TypeError, match=r"path\[1\] must be str or None"):
+        engine.evaluate_batch(path=["/a", 3])
 
 
 # --- Authorizer.evaluate: Istio's layering ----------------------------------------------------

@@ -273,6 +273,29 @@ def test_route_batch_matches_route() -> None:
     assert table.route_batch("b", ["/y", "/x"]).tolist() == [1, -1]
     with pytest.raises(ValueError, match="same length"):
         table.route_batch(["a"], [])
+    # numpy 'S' (UTF-8 bytes) and 'U' arrays, mixed with lists and scalars.
+    for dtype in ("S", "U"):
+        got2 = table.route_batch(np.array(authorities, dtype=dtype), np.array(paths, dtype=dtype))
+        assert got2.tolist() == got.tolist()
+    assert table.route_batch("b", np.array(["/y", "/x"], dtype="S")).tolist() == [1, -1]
+    assert table.route_batch(["b"], np.array(["/y"]), ["GET"]).tolist() == [1]
+    # Non-ASCII survives both encodings.
+    uni = RouteTable.from_proto(config(vh("u", ["*"], {"path": "/caf\u00e9"})))
+    enc = np.array(["/caf\u00e9".encode(), b"/cafe"], dtype="S")
+    assert uni.route_batch("h", enc).tolist() == [0, -1]
+    assert uni.route_batch("h", np.array(["/caf\u00e9", "/cafe"])).tolist() == [0, -1]
+    # Byte order, strides and empty columns.
+    swapped = np.array(["/caf\u00e9", "/cafe"], dtype=">U5")
+    assert uni.route_batch("h", swapped).tolist() == [0, -1]
+    assert uni.route_batch("h", np.array(["/caf\u00e9", "/x", "/cafe"])[::2]).tolist() == [0, -1]
+    assert uni.route_batch("h", np.array([], dtype="S")).tolist() == []
+    assert uni.route_batch([], []).tolist() == []
+    with pytest.raises(ValueError, match=r"paths\[0\] is not valid UTF-8"):
+        uni.route_batch("h", np.array([b"/\xff"], dtype="S"))
+    with pytest.raises(TypeError, match=r"paths\[1\] must be str"):
+        table.route_batch("h", ["/x", None])
+    with pytest.raises(ValueError, match="one-dimensional"):
+        table.route_batch("h", np.array([["/x"]]))
 
 
 def test_explain_says_why() -> None:

@@ -29,15 +29,26 @@ impl fmt::Display for FieldError {
     }
 }
 
-/// Every problem found while compiling one input.
+/// Every problem found while compiling one input. Being the one value every compile step
+/// is handed, it also carries the limit those steps check: the RE2 program size Envoy accepts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CoreError {
     pub errors: Vec<FieldError>,
+    /// Envoy's runtime `re2.max_program_size.error_level`; `None`: Envoy's default (100).
+    pub max_program_size: Option<u64>,
 }
 
 impl CoreError {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty error for a compilation whose regexes may reach `limit` RE2 instructions.
+    pub fn with_max_program_size(limit: u64) -> Self {
+        Self {
+            errors: Vec::new(),
+            max_program_size: Some(limit),
+        }
     }
 
     pub fn single(

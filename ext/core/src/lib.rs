@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod fasthash;
 pub mod matcher;
 pub mod proto;
 pub mod regex;

@@ -155,7 +155,7 @@ pub const ENVOY_MAX_PROGRAM_SIZE: u64 = 100;
 /// A lower bound on the number of instructions RE2 compiles `pattern` into (`None` when the
 /// pattern is beyond what regex-syntax parses), calibrated on the sizes Envoy 1.40 reports:
 /// every byte of a literal and every class costs at least one instruction, a capture two,
-/// `^` and `\b` one (`$` none, and a repeated assertion counts once); `x{n,m}` is n copies of
+/// `^` and `\b` one (`$` none, a leading `^` none, and a repeated assertion counts once); `x{n,m}` is n copies of
 /// x plus m-n optional copies that cost one more each, `x+` one more than x, `x*` as much as
 /// x; an alternation costs the sum of its branches when they begin with distinct literal
 /// bytes (nothing for RE2 to factor out) and its largest branch otherwise. Every program holds
@@ -225,7 +225,10 @@ pub fn re2_program_size_lower_bound(pattern: &str) -> Option<u64> {
         .build()
         .parse(pattern)
         .ok()?;
-    let overhead = if anchored_start(&hir) { 2 } else { 4 };
+    // A leading `^` becomes RE2's anchor flag, not an instruction: it was counted as one
+    // above, so the anchored overhead is one less (checked against Envoy 1.40: "^[a-z]{98}"
+    // is 100, "^[a-z]{99}" is 101).
+    let overhead = if anchored_start(&hir) { 1 } else { 4 };
     Some(bound(&hir).saturating_add(overhead))
 }
 
@@ -237,13 +240,14 @@ pub fn compile_regex(pattern: &str, path: &str, err: &mut CoreError) -> Option<R
     }
     match Re2Regex::new(pattern) {
         Ok(r) => {
+            let limit = err.max_program_size.unwrap_or(ENVOY_MAX_PROGRAM_SIZE);
             if let Some(size) = re2_program_size_lower_bound(pattern) {
-                if size > ENVOY_MAX_PROGRAM_SIZE {
+                if size > limit {
                     err.invalid(
                         path,
                         format!(
-                            "RE2 program size of at least {size} > Envoy's max program size of \
-                             {ENVOY_MAX_PROGRAM_SIZE}"
+                            "RE2 program size of at least {size} > the max program size of \
+                             {limit} (Envoy's runtime re2.max_program_size.error_level)"
                         ),
                     );
                     return None;
@@ -271,11 +275,35 @@ pub enum HeaderTest {
     Value(CompiledString),
 }
 
+/// The request-line pseudo-headers, named once at compile time so that a match on them does
+/// not compare (or even load) the header name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PseudoHeader {
+    Method,
+    Path,
+    Authority,
+    Scheme,
+}
+
+impl PseudoHeader {
+    pub fn of(name: &str) -> Option<Self> {
+        match name {
+            ":method" => Some(Self::Method),
+            ":path" => Some(Self::Path),
+            ":authority" => Some(Self::Authority),
+            ":scheme" => Some(Self::Scheme),
+            _ => None,
+        }
+    }
+}
+
 /// A compiled envoy.config.route.v3.HeaderMatcher.
 #[derive(Debug, Clone)]
 pub struct CompiledHeader {
     /// Lower case, as Envoy stores header names.
     pub name: String,
+    /// `name` when it is a request-line pseudo-header.
+    pub pseudo: Option<PseudoHeader>,
     pub test: HeaderTest,
     pub invert: bool,
     pub treat_missing_as_empty: bool,
@@ -365,8 +393,10 @@ impl CompiledHeader {
         if err.errors.len() != before {
             return None;
         }
+        let name = m.name.to_ascii_lowercase();
         Some(Self {
-            name: m.name.to_ascii_lowercase(),
+            pseudo: PseudoHeader::of(&name),
+            name,
             test: test?,
             invert: m.invert_match,
             treat_missing_as_empty: m.treat_missing_header_as_empty,
@@ -481,7 +511,8 @@ mod tests {
         assert_eq!(size("[a-z]{1000}"), Some(1004));
         assert_eq!(size("(a|b|c|d|e|f|g|h|i|j){100}"), Some(304));
         assert_eq!(size("((a{100}){10})"), Some(1026));
-        assert_eq!(size("^[a-z]{97}"), Some(100));
+        assert_eq!(size("^[a-z]{98}"), Some(100));
+        assert_eq!(size("^[a-z]{99}"), Some(101));
         assert_eq!(size("[a-z]{97}$"), Some(101));
         assert_eq!(size(r"\b[a-z]{97}"), Some(102));
         assert_eq!(size("(?m)^[a-z]{97}"), Some(102));

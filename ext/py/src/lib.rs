@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 use meshcore_core::Re2Regex;
 
+mod columns;
 mod errors;
 mod rbac;
 mod route;

@@ -1,5 +1,6 @@
 //! `RbacEngine`: a compiled Envoy RBAC filter config behind a frozen Python handle.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -7,9 +8,13 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use meshcore_core::rbac::{Action, Decision, Engine, MetaValue};
+use meshcore_core::rbac::{Action, Decision, Engine, MetaValue, RbacMessage};
 use meshcore_core::{Attributes, CompiledRbac};
 
+use crate::columns::{
+    batch_len, header_objs, header_views, int32_array, numpy_array, FlatViews, HeaderColumn,
+    ListColumn, StrColumn, ValueColumn, Views,
+};
 use crate::errors::core_error_to_py;
 
 const FILTER_TYPE: &str = "envoy.extensions.filters.http.rbac.v3.RBAC";
@@ -138,69 +143,22 @@ fn config_bytes(
     ))
 }
 
-fn parse_ip(v: Option<&str>, what: &str) -> PyResult<Option<IpAddr>> {
+/// An attribute that cannot be what it claims (the error stays small on the hot path; the
+/// message is made only when raised).
+#[derive(Debug, Clone, Copy)]
+enum BadField {
+    Ip(&'static str),
+    TlsContradiction,
+}
+
+fn parse_ip(v: Option<&str>, what: &'static str) -> Result<Option<IpAddr>, BadField> {
     match v {
         None => Ok(None),
         Some(s) => s
             .parse::<IpAddr>()
             .map(Some)
-            .map_err(|_| PyValueError::new_err(format!("{what}: {s:?} is not an IP address"))),
+            .map_err(|_| BadField::Ip(what)),
     }
-}
-
-/// Header name/value strings kept alive while `&str` views into them are in use.
-type HeaderObjs<'py> = Vec<(Bound<'py, PyString>, Bound<'py, PyString>)>;
-
-fn header_objs<'py>(h: Option<&Bound<'py, PyAny>>) -> PyResult<HeaderObjs<'py>> {
-    let mut out = Vec::new();
-    let Some(h) = h else {
-        return Ok(out);
-    };
-    if h.is_none() {
-        return Ok(out);
-    }
-    let pair = |k: Bound<'py, PyAny>, v: Bound<'py, PyAny>| -> PyResult<_> {
-        let k = k
-            .cast_into::<PyString>()
-            .map_err(|_| PyTypeError::new_err("header names must be str"))?;
-        let v = v
-            .cast_into::<PyString>()
-            .map_err(|_| PyTypeError::new_err("header values must be str"))?;
-        Ok((k, v))
-    };
-    if let Ok(d) = h.cast::<PyDict>() {
-        for (k, v) in d.iter() {
-            out.push(pair(k, v)?);
-        }
-        return Ok(out);
-    }
-    for item in h.try_iter()? {
-        let (k, v): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item?
-            .extract()
-            .map_err(|_| PyTypeError::new_err("headers must be a dict or (name, value) pairs"))?;
-        out.push(pair(k, v)?);
-    }
-    Ok(out)
-}
-
-/// One request's keyword arguments, borrowed from the caller's Python strings.
-struct Args<'a> {
-    method: Option<&'a str>,
-    path: Option<&'a str>,
-    authority: Option<&'a str>,
-    scheme: Option<&'a str>,
-    source_ip: Option<&'a str>,
-    remote_ip: Option<&'a str>,
-    direct_remote_ip: Option<&'a str>,
-    destination_ip: Option<&'a str>,
-    destination_port: Option<u16>,
-    principal: Option<&'a str>,
-    uri_sans: Option<Vec<String>>,
-    dns_sans: Option<Vec<String>>,
-    subject: Option<&'a str>,
-    tls: Option<bool>,
-    sni: Option<&'a str>,
-    metadata: Option<MetaValue>,
 }
 
 /// Dynamic metadata from Python: a dict of filter name -> dict (google.protobuf.Struct's
@@ -247,62 +205,112 @@ fn meta_value(v: &Bound<'_, PyAny>, depth: usize) -> PyResult<MetaValue> {
 
 /// Whether the connection is TLS: given, or implied by a peer certificate or SNI (both exist
 /// only on TLS connections).
-fn tls_of(tls: Option<bool>, implied: bool) -> PyResult<bool> {
+fn tls_of(tls: Option<bool>, implied: bool) -> Result<bool, BadField> {
     match tls {
-        Some(false) if implied => Err(PyValueError::new_err(
-            "tls=False contradicts principal/uri_sans/dns_sans/subject/sni",
-        )),
+        Some(false) if implied => Err(BadField::TlsContradiction),
         Some(t) => Ok(t),
         None => Ok(implied),
     }
 }
 
-/// Builds the attributes of `args` (allocating only for headers and extra SANs) and runs `f`.
-fn with_attributes<R>(
-    args: &Args<'_>,
-    headers: Option<&Bound<'_, PyAny>>,
-    f: impl FnOnce(&Attributes<'_>) -> R,
-) -> PyResult<R> {
-    let implied = args.principal.is_some()
-        || args.uri_sans.is_some()
-        || args.dns_sans.is_some()
-        || args.subject.is_some()
-        || args.sni.is_some();
-    let tls = tls_of(args.tls, implied)?;
-    let objs = header_objs(headers)?;
-    let header_views: Vec<(&str, &str)> = objs
-        .iter()
-        .map(|(k, v)| Ok((k.to_str()?, v.to_str()?)))
-        .collect::<PyResult<_>>()?;
-    let mut sans: Vec<&str> = Vec::new();
-    let uri_sans: &[&str] = match (&args.principal, &args.uri_sans) {
-        (Some(p), None) => std::slice::from_ref(p),
-        (p, more) => {
-            sans.extend(p.iter().copied());
-            sans.extend(more.iter().flatten().map(String::as_str));
-            &sans
+/// One request's scalar attributes as Python gave them (strings borrowed): the one place that
+/// maps the keyword arguments (or batch columns) to the core's [`Attributes`].
+#[derive(Default, Clone, Copy)]
+struct Fields<'a> {
+    method: Option<&'a str>,
+    path: Option<&'a str>,
+    authority: Option<&'a str>,
+    scheme: Option<&'a str>,
+    source_ip: Option<&'a str>,
+    remote_ip: Option<&'a str>,
+    direct_remote_ip: Option<&'a str>,
+    destination_ip: Option<&'a str>,
+    destination_port: Option<u16>,
+    subject: Option<&'a str>,
+    sni: Option<&'a str>,
+    tls: Option<bool>,
+    /// A peer certificate was described (principal, uri_sans, dns_sans or subject given).
+    cert: bool,
+}
+
+impl<'a> Fields<'a> {
+    /// The error for a [`BadField`] of these fields.
+    fn error(&self, bad: BadField) -> PyErr {
+        PyValueError::new_err(self.message(bad))
+    }
+
+    fn message(&self, bad: BadField) -> String {
+        match bad {
+            BadField::Ip(what) => {
+                let v = match what {
+                    "source_ip" => self.source_ip,
+                    "remote_ip" => self.remote_ip,
+                    "direct_remote_ip" => self.direct_remote_ip,
+                    _ => self.destination_ip,
+                };
+                format!("{what}: {:?} is not an IP address", v.unwrap_or_default())
+            }
+            BadField::TlsContradiction => {
+                "tls=False contradicts principal/uri_sans/dns_sans/subject/sni".to_string()
+            }
         }
-    };
-    let dns: Vec<&str> = args.dns_sans.iter().flatten().map(String::as_str).collect();
-    let a = Attributes {
-        method: args.method,
-        path: args.path,
-        authority: args.authority,
-        scheme: args.scheme,
-        headers: &header_views,
-        source_ip: parse_ip(args.source_ip, "source_ip")?,
-        direct_remote_ip: parse_ip(args.direct_remote_ip, "direct_remote_ip")?,
-        remote_ip: parse_ip(args.remote_ip, "remote_ip")?,
-        destination_ip: parse_ip(args.destination_ip, "destination_ip")?,
-        destination_port: args.destination_port,
-        tls,
-        uri_sans,
-        dns_sans: &dns,
-        subject: args.subject.unwrap_or_default(),
-        sni: args.sni.unwrap_or_default(),
-        metadata: args.metadata.as_ref(),
-    };
-    Ok(f(&a))
+    }
+
+    /// Runs `f` on the core's attributes of these fields (built in place: the struct is
+    /// large, and moving it out of a `Result` cost more than the decision on small engines).
+    #[inline(always)]
+    fn with_attributes<R>(
+        &self,
+        headers: &'a [(&'a str, &'a str)],
+        uri_sans: &'a [&'a str],
+        dns_sans: &'a [&'a str],
+        metadata: Option<&'a MetaValue>,
+        f: impl FnOnce(&Attributes<'a>) -> R,
+    ) -> Result<R, BadField> {
+        let a = Attributes {
+            method: self.method,
+            path: self.path,
+            authority: self.authority,
+            scheme: self.scheme,
+            headers,
+            source_ip: parse_ip(self.source_ip, "source_ip")?,
+            direct_remote_ip: parse_ip(self.direct_remote_ip, "direct_remote_ip")?,
+            remote_ip: parse_ip(self.remote_ip, "remote_ip")?,
+            destination_ip: parse_ip(self.destination_ip, "destination_ip")?,
+            destination_port: self.destination_port,
+            tls: tls_of(self.tls, self.cert || self.sni.is_some())?,
+            uri_sans,
+            dns_sans,
+            subject: self.subject.unwrap_or_default(),
+            sni: self.sni.unwrap_or_default(),
+            metadata,
+        };
+        Ok(f(&a))
+    }
+}
+
+/// The URI SANs Envoy matches: `principal` (the common case, no allocation) then `more`.
+fn all_uri_sans<'a>(
+    principal: &'a Option<&'a str>,
+    more: Option<&'a [String]>,
+) -> Cow<'a, [&'a str]> {
+    match (principal, more) {
+        (Some(p), None) => Cow::Borrowed(std::slice::from_ref(p)),
+        (None, None) => Cow::Borrowed(&[]),
+        (p, more) => Cow::Owned(
+            p.iter()
+                .copied()
+                .chain(more.into_iter().flatten().map(String::as_str))
+                .collect(),
+        ),
+    }
+}
+
+fn metadata_arg(metadata: Option<&Bound<'_, PyAny>>) -> PyResult<Option<MetaValue>> {
+    match metadata {
+        Some(m) if !m.is_none() => Ok(Some(meta_value(m, 0)?)),
+        _ => Ok(None),
+    }
 }
 
 /// A compiled Envoy RBAC filter config (immutable; swap the reference to update).
@@ -386,97 +394,181 @@ impl RbacEngine {
     }
 }
 
-/// A batch column: None, one value for every request, or one per request.
-enum Column<T> {
-    Absent,
-    Scalar(T),
-    Each(Vec<T>),
-}
-
-impl<T: Clone> Column<T> {
-    fn get(&self, i: usize) -> Option<T> {
-        match self {
-            Self::Absent => None,
-            Self::Scalar(v) => Some(v.clone()),
-            Self::Each(v) => v.get(i).cloned(),
-        }
-    }
-
-    fn len(&self) -> Option<usize> {
-        match self {
-            Self::Each(v) => Some(v.len()),
-            _ => None,
-        }
-    }
-}
-
-/// A column of optional values (None entries are absent attributes); a str or int is a
-/// scalar broadcast to every request.
-fn column<'py, T>(
-    col: Option<&Bound<'py, PyAny>>,
-    what: &str,
-    scalar: impl Fn(&Bound<'py, PyAny>) -> bool,
-) -> PyResult<Column<Option<T>>>
-where
-    T: for<'a> FromPyObject<'a, 'py>,
-{
-    let Some(col) = col else {
-        return Ok(Column::Absent);
-    };
-    if col.is_none() {
-        return Ok(Column::Absent);
-    }
-    let conv = |v: &Bound<'py, PyAny>| -> PyResult<Option<T>> {
-        if v.is_none() {
-            return Ok(None);
-        }
-        v.extract::<T>()
-            .map(Some)
-            .map_err(|_| PyTypeError::new_err(format!("{what}: unexpected value {v}")))
-    };
-    if scalar(col) {
-        return Ok(Column::Scalar(conv(col)?));
-    }
-    // Lists (the common case) are walked directly; anything else (numpy arrays, tuples,
-    // iterables) becomes a list first.
-    let list = if let Ok(l) = col.cast::<PyList>() {
-        l.clone()
-    } else if col.hasattr("tolist")? {
-        col.call_method0("tolist")?.cast_into::<PyList>()?
-    } else {
-        PyList::new(col.py(), col.try_iter()?.collect::<PyResult<Vec<_>>>()?)?
-    };
-    let mut out = Vec::with_capacity(list.len());
-    for item in list.iter() {
-        out.push(conv(&item)?);
-    }
-    Ok(Column::Each(out))
-}
-
-/// A column of optional Python strings.
-type StrCol<'py> = Column<Option<Bound<'py, PyString>>>;
-
-/// `n` borrowed views of a string column (a scalar repeats).
-fn strs<'a>(c: &'a StrCol<'_>, n: usize) -> PyResult<Vec<Option<&'a str>>> {
-    (0..n)
-        .map(|i| match c {
-            Column::Absent => Ok(None),
-            Column::Scalar(v) => v.as_ref().map(|s| s.to_str()).transpose(),
-            Column::Each(v) => v
-                .get(i)
-                .and_then(|s| s.as_ref())
-                .map(|s| s.to_str())
-                .transpose(),
-        })
-        .collect()
-}
-
-fn is_str(v: &Bound<'_, PyAny>) -> bool {
-    v.cast::<PyString>().is_ok()
-}
-
 fn is_int_or_bool(v: &Bound<'_, PyAny>) -> bool {
-    v.extract::<i64>().is_ok() && !is_str(v)
+    v.extract::<i64>().is_ok() && v.cast::<PyString>().is_err()
+}
+
+/// The string attributes of a batch, in [`Batch::read`]'s order.
+const STR_COLUMNS: [&str; 11] = [
+    "method",
+    "path",
+    "authority",
+    "scheme",
+    "source_ip",
+    "remote_ip",
+    "direct_remote_ip",
+    "destination_ip",
+    "principal",
+    "subject",
+    "sni",
+];
+
+/// The other attributes of a batch, in [`Batch::read`]'s order.
+const OTHER_COLUMNS: [&str; 6] = [
+    "headers",
+    "uri_sans",
+    "dns_sans",
+    "destination_port",
+    "tls",
+    "metadata",
+];
+
+/// Every attribute of a batch of requests as read from Python (strings stay Python objects
+/// or one numpy buffer; the core borrows views of them).
+struct Batch<'py> {
+    strs: Vec<StrColumn<'py>>,
+    headers: HeaderColumn<'py>,
+    uri: ListColumn<'py>,
+    dns: ListColumn<'py>,
+    port: ValueColumn<u16>,
+    tls: ValueColumn<bool>,
+    meta: Option<Vec<Option<MetaValue>>>,
+    n: usize,
+}
+
+impl<'py> Batch<'py> {
+    /// `strs` in [`STR_COLUMNS`] order, `other` in [`OTHER_COLUMNS`] order; `n` fixes the
+    /// number of requests (else the columns' common length).
+    fn read(
+        strs: [Option<&Bound<'py, PyAny>>; 11],
+        other: [Option<&Bound<'py, PyAny>>; 6],
+        n: Option<usize>,
+    ) -> PyResult<Self> {
+        let [headers, uri_sans, dns_sans, port, tls, metadata] = other;
+        let strs = strs
+            .iter()
+            .zip(STR_COLUMNS)
+            .map(|(c, what)| StrColumn::read(*c, what))
+            .collect::<PyResult<Vec<_>>>()?;
+        let headers = HeaderColumn::read(headers)?;
+        let uri = ListColumn::read(uri_sans, "uri_sans")?;
+        let dns = ListColumn::read(dns_sans, "dns_sans")?;
+        let port = ValueColumn::<u16>::read(port, "destination_port", is_int_or_bool)?;
+        let tls = ValueColumn::<bool>::read(tls, "tls", |v| v.cast::<PyBool>().is_ok())?;
+        let meta: Option<Vec<Option<MetaValue>>> = match metadata {
+            Some(m) if !m.is_none() => Some(
+                m.try_iter()?
+                    .map(|v| metadata_arg(Some(&v?)))
+                    .collect::<PyResult<_>>()?,
+            ),
+            _ => None,
+        };
+        let lens = strs
+            .iter()
+            .map(StrColumn::len)
+            .chain([headers.len(), uri.len(), dns.len(), port.len(), tls.len()])
+            .chain([meta.as_ref().map(Vec::len)]);
+        let n = batch_len(lens.chain([n]))?;
+        Ok(Self {
+            strs,
+            headers,
+            uri,
+            dns,
+            port,
+            tls,
+            meta,
+            n,
+        })
+    }
+
+    fn views(&self) -> PyResult<BatchViews<'_>> {
+        let strs = self
+            .strs
+            .iter()
+            .zip(STR_COLUMNS)
+            .map(|(c, what)| c.views(what))
+            .collect::<PyResult<Vec<_>>>()?;
+        let strs = <[Views<'_>; 11]>::try_from(strs)
+            .map_err(|_| PyValueError::new_err("internal: column count"))?;
+        Ok(BatchViews {
+            strs,
+            headers: self.headers.views()?,
+            uri: self.uri.views()?,
+            dns: self.dns.views()?,
+            port: &self.port,
+            tls: &self.tls,
+            meta: self.meta.as_deref(),
+            n: self.n,
+        })
+    }
+}
+
+/// Borrowed views of a [`Batch`]: what the core reads, without the GIL.
+struct BatchViews<'a> {
+    strs: [Views<'a>; 11],
+    headers: FlatViews<(&'a str, &'a str)>,
+    uri: FlatViews<&'a str>,
+    dns: FlatViews<&'a str>,
+    port: &'a ValueColumn<u16>,
+    tls: &'a ValueColumn<bool>,
+    meta: Option<&'a [Option<MetaValue>]>,
+    n: usize,
+}
+
+impl BatchViews<'_> {
+    /// Calls `f` with each request's attributes, in order; a bad value stops with an error
+    /// naming the request.
+    fn each(&self, mut f: impl FnMut(usize, &Attributes<'_>)) -> PyResult<()> {
+        let [method, path, authority, scheme, source_ip, remote_ip, direct_remote_ip, destination_ip, principal, subject, sni] =
+            &self.strs;
+        let mut sans: Vec<&str> = Vec::new();
+        for i in 0..self.n {
+            // URI SANs as Envoy sees them: the principal, then the other URI SANs.
+            let p = principal.get(i);
+            let more = self.uri.get(i);
+            let one;
+            let uri_sans: &[&str] = match p {
+                None => more,
+                Some(p) if more.is_empty() => {
+                    one = [p];
+                    &one
+                }
+                Some(p) => {
+                    sans.clear();
+                    sans.push(p);
+                    sans.extend_from_slice(more);
+                    &sans
+                }
+            };
+            let fields = Fields {
+                method: method.get(i),
+                path: path.get(i),
+                authority: authority.get(i),
+                scheme: scheme.get(i),
+                source_ip: source_ip.get(i),
+                remote_ip: remote_ip.get(i),
+                direct_remote_ip: direct_remote_ip.get(i),
+                destination_ip: destination_ip.get(i),
+                destination_port: self.port.get(i),
+                subject: subject.get(i),
+                sni: sni.get(i),
+                tls: self.tls.get(i),
+                cert: p.is_some()
+                    || self.uri.present(i)
+                    || self.dns.present(i)
+                    || subject.get(i).is_some(),
+            };
+            let meta = self.meta.and_then(|m| m.get(i)).and_then(Option::as_ref);
+            fields
+                .with_attributes(self.headers.get(i), uri_sans, self.dns.get(i), meta, |a| {
+                    f(i, a)
+                })
+                .map_err(|e| {
+                    PyValueError::new_err(format!("request {i}: {}", fields.message(e)))
+                })?;
+        }
+        Ok(())
+    }
 }
 
 #[pymethods]
@@ -484,25 +576,30 @@ impl RbacEngine {
     /// Compiles envoy.extensions.filters.http.rbac.v3.RBAC (enforced and shadow rules) or
     /// envoy.config.rbac.v3.RBAC: a message, a google.protobuf.Any holding one, or bytes
     /// (`message_type` names the message for bytes; the filter config by default).
+    /// `max_program_size` is the RE2 program size regexes may reach (Envoy's runtime
+    /// `re2.max_program_size.error_level`: 100 by default; meshcore's bootstrap sets 32768).
     #[staticmethod]
-    #[pyo3(signature = (config, *, message_type=None))]
+    #[pyo3(signature = (config, *, message_type=None, max_program_size=100))]
     fn from_proto(
         py: Python<'_>,
         config: &Bound<'_, PyAny>,
         message_type: Option<&str>,
+        max_program_size: u64,
     ) -> PyResult<Self> {
         let (bytes, name) = config_bytes(config, message_type)?;
-        let compiled = match name.as_str() {
-            FILTER_TYPE => py.detach(|| CompiledRbac::from_filter_bytes(&bytes)),
-            RBAC_TYPE => py.detach(|| CompiledRbac::from_rbac_bytes(&bytes)),
-            NETWORK_FILTER_TYPE => py.detach(|| CompiledRbac::from_network_filter_bytes(&bytes)),
+        let message = match name.as_str() {
+            FILTER_TYPE => RbacMessage::HttpFilter,
+            RBAC_TYPE => RbacMessage::Rbac,
+            NETWORK_FILTER_TYPE => RbacMessage::NetworkFilter,
             other => {
                 return Err(PyTypeError::new_err(format!(
                     "expected {FILTER_TYPE}, {NETWORK_FILTER_TYPE} or {RBAC_TYPE}, got {other}"
                 )))
             }
-        }
-        .map_err(|e| core_error_to_py(py, &e))?;
+        };
+        let compiled = py
+            .detach(|| CompiledRbac::compile(&bytes, message, max_program_size))
+            .map_err(|e| core_error_to_py(py, &e))?;
         let intern = |e: Option<&Engine>| -> Vec<Py<PyString>> {
             names(e)
                 .iter()
@@ -566,9 +663,11 @@ impl RbacEngine {
     }
 
     /// The decision of Envoy's RBAC filter for one request. Omitted attributes are absent.
-    #[pyo3(signature = (*, method=None, path=None, authority=None, headers=None, scheme=None,
-        source_ip=None, remote_ip=None, direct_remote_ip=None, destination_ip=None,
-        destination_port=None, principal=None, uri_sans=None, dns_sans=None, subject=None,
+    /// (Keyword-only: PyO3 finds each keyword by scanning this list, so the attributes most
+    /// calls give come first.)
+    #[pyo3(signature = (*, method=None, path=None, principal=None, authority=None,
+        headers=None, scheme=None, source_ip=None, remote_ip=None, direct_remote_ip=None,
+        destination_ip=None, destination_port=None, uri_sans=None, dns_sans=None, subject=None,
         tls=None, sni=None, metadata=None))]
     #[allow(clippy::too_many_arguments)]
     fn evaluate(
@@ -576,6 +675,7 @@ impl RbacEngine {
         py: Python<'_>,
         method: Option<&str>,
         path: Option<&str>,
+        principal: Option<&str>,
         authority: Option<&str>,
         headers: Option<&Bound<'_, PyAny>>,
         scheme: Option<&str>,
@@ -584,7 +684,6 @@ impl RbacEngine {
         direct_remote_ip: Option<&str>,
         destination_ip: Option<&str>,
         destination_port: Option<u16>,
-        principal: Option<&str>,
         uri_sans: Option<Vec<String>>,
         dns_sans: Option<Vec<String>>,
         subject: Option<&str>,
@@ -592,7 +691,12 @@ impl RbacEngine {
         sni: Option<&str>,
         metadata: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<RbacDecision>> {
-        let args = Args {
+        let meta = metadata_arg(metadata)?;
+        let objs = header_objs(headers)?;
+        let header_views = header_views(&objs)?;
+        let uri = all_uri_sans(&principal, uri_sans.as_deref());
+        let dns: Vec<&str> = dns_sans.iter().flatten().map(String::as_str).collect();
+        let f = Fields {
             method,
             path,
             authority,
@@ -602,94 +706,87 @@ impl RbacEngine {
             direct_remote_ip,
             destination_ip,
             destination_port,
-            principal,
-            uri_sans,
-            dns_sans,
             subject,
-            tls,
             sni,
-            metadata: match metadata {
-                Some(m) if !m.is_none() => Some(meta_value(m, 0)?),
-                _ => None,
-            },
+            tls,
+            cert: !uri.is_empty() || dns_sans.is_some() || subject.is_some(),
         };
-        let d = with_attributes(&args, headers, |a| self.rbac.evaluate(a))?;
+        let d = f
+            .with_attributes(&header_views, &uri, &dns, meta.as_ref(), |a| {
+                self.rbac.evaluate(a)
+            })
+            .map_err(|e| f.error(e))?;
         self.shared_decision(py, &d)
     }
 
     /// Which policies matched, through which permission and principal, and why the others
-    /// did not (every policy is evaluated, in name order).
+    /// did not (every policy is evaluated, in name order). Takes evaluate()'s keyword
+    /// arguments; they are read as a batch of one request.
+    #[pyo3(signature = (**request))]
+    fn explain<'py>(
+        &self,
+        py: Python<'py>,
+        request: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let empty = PyDict::new(py);
+        let request = request.unwrap_or(&empty);
+        for key in request.keys() {
+            let key: String = key.extract()?;
+            if !STR_COLUMNS.contains(&key.as_str()) && !OTHER_COLUMNS.contains(&key.as_str()) {
+                return Err(PyTypeError::new_err(format!(
+                    "explain() got an unexpected keyword argument '{key}'"
+                )));
+            }
+        }
+        let get = |k: &str| request.get_item(k).ok().flatten().filter(|v| !v.is_none());
+        let strs = STR_COLUMNS.map(get);
+        // Per-request attributes (lists, dicts) become one-entry columns; the rest are
+        // scalars, which a batch broadcasts.
+        let other = OTHER_COLUMNS.map(|k| {
+            let v = get(k)?;
+            if matches!(k, "headers" | "uri_sans" | "dns_sans" | "metadata") {
+                PyList::new(py, [v]).ok().map(Bound::into_any)
+            } else {
+                Some(v)
+            }
+        });
+        let batch = Batch::read(
+            strs.each_ref().map(Option::as_ref),
+            other.each_ref().map(Option::as_ref),
+            Some(1),
+        )?;
+        let mut out = None;
+        batch.views()?.each(|_, a| {
+            out = Some((|| -> PyResult<Bound<'py, PyDict>> {
+                let d = self.rbac.evaluate(a);
+                let out = PyDict::new(py);
+                out.set_item("allowed", d.allowed)?;
+                out.set_item("policy_id", self.rbac.policy_name(&d))?;
+                out.set_item("shadow_allowed", d.shadow_allowed)?;
+                out.set_item("shadow_policy_id", self.rbac.shadow_policy_name(&d))?;
+                out.set_item("rules", engine_explain(py, self.rbac.rules.as_ref(), a)?)?;
+                out.set_item(
+                    "shadow_rules",
+                    engine_explain(py, self.rbac.shadow_rules.as_ref(), a)?,
+                )?;
+                Ok(out)
+            })());
+        })?;
+        out.unwrap_or_else(|| Err(PyValueError::new_err("internal: no request")))
+    }
+
+    /// Many requests at once, the GIL released while the core works. Every attribute of
+    /// `evaluate()` is a column: a list, tuple or numpy array with one entry per request (None
+    /// entries absent; string columns may be numpy 'S'/'U' arrays, the fastest form), or one
+    /// value for every request; `headers` is one dict or pair list per request, `uri_sans` and
+    /// `dns_sans` one list of str (or None) per request, `metadata` one dict (or None) per
+    /// request. Returns numpy arrays: `allowed` (bool), `policy` (int32 index into
+    /// `policy_ids`, -1 for none), `shadow_allowed` (bool; False without shadow rules) and
+    /// `shadow_policy` (int32 index into `shadow_policy_ids`).
     #[pyo3(signature = (*, method=None, path=None, authority=None, headers=None, scheme=None,
         source_ip=None, remote_ip=None, direct_remote_ip=None, destination_ip=None,
         destination_port=None, principal=None, uri_sans=None, dns_sans=None, subject=None,
         tls=None, sni=None, metadata=None))]
-    #[allow(clippy::too_many_arguments)]
-    fn explain<'py>(
-        &self,
-        py: Python<'py>,
-        method: Option<&str>,
-        path: Option<&str>,
-        authority: Option<&str>,
-        headers: Option<&Bound<'py, PyAny>>,
-        scheme: Option<&str>,
-        source_ip: Option<&str>,
-        remote_ip: Option<&str>,
-        direct_remote_ip: Option<&str>,
-        destination_ip: Option<&str>,
-        destination_port: Option<u16>,
-        principal: Option<&str>,
-        uri_sans: Option<Vec<String>>,
-        dns_sans: Option<Vec<String>>,
-        subject: Option<&str>,
-        tls: Option<bool>,
-        sni: Option<&str>,
-        metadata: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyDict>> {
-        let args = Args {
-            method,
-            path,
-            authority,
-            scheme,
-            source_ip,
-            remote_ip,
-            direct_remote_ip,
-            destination_ip,
-            destination_port,
-            principal,
-            uri_sans,
-            dns_sans,
-            subject,
-            tls,
-            sni,
-            metadata: match metadata {
-                Some(m) if !m.is_none() => Some(meta_value(m, 0)?),
-                _ => None,
-            },
-        };
-        with_attributes(&args, headers, |a| -> PyResult<Bound<'py, PyDict>> {
-            let d = self.rbac.evaluate(a);
-            let out = PyDict::new(py);
-            out.set_item("allowed", d.allowed)?;
-            out.set_item("policy_id", self.rbac.policy_name(&d))?;
-            out.set_item("shadow_allowed", d.shadow_allowed)?;
-            out.set_item("shadow_policy_id", self.rbac.shadow_policy_name(&d))?;
-            out.set_item("rules", engine_explain(py, self.rbac.rules.as_ref(), a)?)?;
-            out.set_item(
-                "shadow_rules",
-                engine_explain(py, self.rbac.shadow_rules.as_ref(), a)?,
-            )?;
-            Ok(out)
-        })?
-    }
-
-    /// Many requests at once, the GIL released while the core works. Each argument is a
-    /// column (a sequence or numpy array, None entries absent) or one value for every
-    /// request. Returns numpy arrays: `allowed` (bool), `policy` (int32 index into
-    /// `policy_ids`, -1 for none), `shadow_allowed` (bool; False without shadow rules) and
-    /// `shadow_policy` (int32 index into `shadow_policy_ids`).
-    #[pyo3(signature = (*, method=None, path=None, authority=None, headers=None,
-        source_ip=None, remote_ip=None, direct_remote_ip=None, destination_ip=None,
-        destination_port=None, principal=None, tls=None, sni=None))]
     #[allow(clippy::too_many_arguments)]
     fn evaluate_batch<'py>(
         &self,
@@ -698,137 +795,59 @@ impl RbacEngine {
         path: Option<&Bound<'py, PyAny>>,
         authority: Option<&Bound<'py, PyAny>>,
         headers: Option<&Bound<'py, PyAny>>,
+        scheme: Option<&Bound<'py, PyAny>>,
         source_ip: Option<&Bound<'py, PyAny>>,
         remote_ip: Option<&Bound<'py, PyAny>>,
         direct_remote_ip: Option<&Bound<'py, PyAny>>,
         destination_ip: Option<&Bound<'py, PyAny>>,
         destination_port: Option<&Bound<'py, PyAny>>,
         principal: Option<&Bound<'py, PyAny>>,
+        uri_sans: Option<&Bound<'py, PyAny>>,
+        dns_sans: Option<&Bound<'py, PyAny>>,
+        subject: Option<&Bound<'py, PyAny>>,
         tls: Option<&Bound<'py, PyAny>>,
         sni: Option<&Bound<'py, PyAny>>,
+        metadata: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        // Strings stay Python objects; the core borrows views of them (no copies).
-        let method: StrCol<'py> = column(method, "method", is_str)?;
-        let path: StrCol<'py> = column(path, "path", is_str)?;
-        let authority: StrCol<'py> = column(authority, "authority", is_str)?;
-        let principal: StrCol<'py> = column(principal, "principal", is_str)?;
-        let sni: StrCol<'py> = column(sni, "sni", is_str)?;
-        let ips = |c: Option<&Bound<'py, PyAny>>, what: &str| -> PyResult<Column<Option<IpAddr>>> {
-            Ok(match column::<Bound<'py, PyString>>(c, what, is_str)? {
-                Column::Absent => Column::Absent,
-                Column::Scalar(v) => {
-                    Column::Scalar(parse_ip(v.as_ref().map(|s| s.to_str()).transpose()?, what)?)
-                }
-                Column::Each(v) => Column::Each(
-                    v.iter()
-                        .map(|s| parse_ip(s.as_ref().map(|s| s.to_str()).transpose()?, what))
-                        .collect::<PyResult<_>>()?,
-                ),
-            })
-        };
-        let source_ip = ips(source_ip, "source_ip")?;
-        let remote_ip = ips(remote_ip, "remote_ip")?;
-        let direct_remote_ip = ips(direct_remote_ip, "direct_remote_ip")?;
-        let destination_ip = ips(destination_ip, "destination_ip")?;
-        let destination_port: Column<Option<u16>> =
-            column(destination_port, "destination_port", is_int_or_bool)?;
-        let tls: Column<Option<bool>> = column(tls, "tls", |v| v.extract::<bool>().is_ok())?;
-        let header_objs_all: Vec<HeaderObjs<'py>> = match headers {
-            Some(h) if !h.is_none() => {
-                let mut v = Vec::new();
-                for item in h.try_iter()? {
-                    v.push(header_objs(Some(&item?))?);
-                }
-                v
-            }
-            _ => Vec::new(),
-        };
-        let lens = [
-            method.len(),
-            path.len(),
-            authority.len(),
-            source_ip.len(),
-            remote_ip.len(),
-            direct_remote_ip.len(),
-            destination_ip.len(),
-            destination_port.len(),
-            principal.len(),
-            tls.len(),
-            sni.len(),
-            (!header_objs_all.is_empty()).then_some(header_objs_all.len()),
-        ];
-        let mut n: Option<usize> = None;
-        for l in lens.into_iter().flatten() {
-            if n.is_some_and(|n| n != l) {
-                return Err(PyValueError::new_err(
-                    "every column must have one entry per request",
-                ));
-            }
-            n = Some(l);
-        }
-        let n = n.unwrap_or(0);
-        let (method, path) = (strs(&method, n)?, strs(&path, n)?);
-        let authority = strs(&authority, n)?;
-        let (principal, sni) = (strs(&principal, n)?, strs(&sni, n)?);
-        let header_views: Vec<Vec<(&str, &str)>> = header_objs_all
-            .iter()
-            .map(|objs| {
-                objs.iter()
-                    .map(|(k, v)| Ok((k.to_str()?, v.to_str()?)))
-                    .collect::<PyResult<_>>()
-            })
-            .collect::<PyResult<_>>()?;
-        let mut reqs = Vec::with_capacity(n);
-        for i in 0..n {
-            let p = principal.get(i).and_then(|p| p.as_ref());
-            let s = sni.get(i).copied().flatten();
-            let t = tls_of(tls.get(i).flatten(), p.is_some() || s.is_some())
-                .map_err(|e| PyValueError::new_err(format!("request {i}: {e}")))?;
-            reqs.push(Attributes {
-                method: method.get(i).copied().flatten(),
-                path: path.get(i).copied().flatten(),
-                authority: authority.get(i).copied().flatten(),
-                scheme: None,
-                headers: header_views.get(i).map_or(&[][..], |v| v.as_slice()),
-                source_ip: source_ip.get(i).flatten(),
-                direct_remote_ip: direct_remote_ip.get(i).flatten(),
-                remote_ip: remote_ip.get(i).flatten(),
-                destination_ip: destination_ip.get(i).flatten(),
-                destination_port: destination_port.get(i).flatten(),
-                tls: t,
-                uri_sans: p.map_or(&[][..], std::slice::from_ref),
-                dns_sans: &[],
-                subject: "",
-                sni: s.unwrap_or_default(),
-                metadata: None,
-            });
-        }
+        let batch = Batch::read(
+            [
+                method,
+                path,
+                authority,
+                scheme,
+                source_ip,
+                remote_ip,
+                direct_remote_ip,
+                destination_ip,
+                principal,
+                subject,
+                sni,
+            ],
+            [headers, uri_sans, dns_sans, destination_port, tls, metadata],
+            None,
+        )?;
+        let views = batch.views()?;
         let rbac = &self.rbac;
-        let (allowed, policy, shadow_allowed, shadow_policy) = py.detach(|| {
-            let mut allowed = Vec::with_capacity(n);
-            let mut policy = Vec::with_capacity(n * 4);
-            let mut shadow_allowed = Vec::with_capacity(n);
-            let mut shadow_policy = Vec::with_capacity(n * 4);
-            for a in &reqs {
+        // Written straight into the output columns (no per-request record kept).
+        let index = |p: Option<usize>| p.map_or(-1i32, |i| i as i32);
+        let mut allowed: Vec<u8> = Vec::with_capacity(batch.n);
+        let mut policy: Vec<i32> = Vec::with_capacity(batch.n);
+        let mut shadow_allowed: Vec<u8> = Vec::with_capacity(batch.n);
+        let mut shadow_policy: Vec<i32> = Vec::with_capacity(batch.n);
+        py.detach(|| {
+            views.each(|_, a| {
                 let d = rbac.evaluate(a);
                 allowed.push(u8::from(d.allowed));
-                policy.extend_from_slice(&d.policy.map_or(-1i32, |i| i as i32).to_ne_bytes());
+                policy.push(index(d.policy));
                 shadow_allowed.push(u8::from(d.shadow_allowed.unwrap_or(false)));
-                shadow_policy
-                    .extend_from_slice(&d.shadow_policy.map_or(-1i32, |i| i as i32).to_ne_bytes());
-            }
-            (allowed, policy, shadow_allowed, shadow_policy)
-        });
-        let np = py.import("numpy")?;
-        let arr = |b: Vec<u8>, dtype: &str| -> PyResult<Bound<'py, PyAny>> {
-            let buf = pyo3::types::PyByteArray::new(py, &b);
-            np.call_method1("frombuffer", (buf, np.getattr(dtype)?))
-        };
+                shadow_policy.push(index(d.shadow_policy));
+            })
+        })?;
         let out = PyDict::new(py);
-        out.set_item("allowed", arr(allowed, "bool_")?)?;
-        out.set_item("policy", arr(policy, "int32")?)?;
-        out.set_item("shadow_allowed", arr(shadow_allowed, "bool_")?)?;
-        out.set_item("shadow_policy", arr(shadow_policy, "int32")?)?;
+        out.set_item("allowed", numpy_array(py, &allowed, "bool_")?)?;
+        out.set_item("policy", int32_array(py, &policy)?)?;
+        out.set_item("shadow_allowed", numpy_array(py, &shadow_allowed, "bool_")?)?;
+        out.set_item("shadow_policy", int32_array(py, &shadow_policy)?)?;
         Ok(out)
     }
 

@@ -4,12 +4,13 @@ use std::sync::Arc;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use meshcore_core::proto::route::ActionKind;
 use meshcore_core::route::{Explanation, HostChoice};
 use meshcore_core::{CompiledRouteTable, EscapedSlashes, HcmOptions, Request};
 
+use crate::columns::{batch_len, header_objs, header_views, int32_array, HeaderColumn, StrColumn};
 use crate::errors::core_error_to_py;
 
 /// One route of a table, and what `RouteTable.route()` returns when it matches.
@@ -194,69 +195,6 @@ fn hcm_options(
     Ok(o)
 }
 
-/// Header name/value strings kept alive while `&str` views into them are in use.
-type HeaderObjs<'py> = Vec<(Bound<'py, PyString>, Bound<'py, PyString>)>;
-
-fn header_objs<'py>(headers: Option<&Bound<'py, PyAny>>) -> PyResult<HeaderObjs<'py>> {
-    let mut out = Vec::new();
-    let Some(h) = headers else {
-        return Ok(out);
-    };
-    if h.is_none() {
-        return Ok(out);
-    }
-    let pair = |k: Bound<'py, PyAny>, v: Bound<'py, PyAny>| -> PyResult<_> {
-        let k = k
-            .cast_into::<PyString>()
-            .map_err(|_| PyTypeError::new_err("header names must be str"))?;
-        let v = v
-            .cast_into::<PyString>()
-            .map_err(|_| PyTypeError::new_err("header values must be str"))?;
-        Ok((k, v))
-    };
-    if let Ok(d) = h.cast::<PyDict>() {
-        out.reserve(d.len());
-        for (k, v) in d.iter() {
-            out.push(pair(k, v)?);
-        }
-        return Ok(out);
-    }
-    for item in h.try_iter()? {
-        let item = item?;
-        let (k, v): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item
-            .extract()
-            .map_err(|_| PyTypeError::new_err("headers must be a dict or (name, value) pairs"))?;
-        out.push(pair(k, v)?);
-    }
-    Ok(out)
-}
-
-fn header_views<'a>(objs: &'a HeaderObjs<'_>) -> PyResult<Vec<(&'a str, &'a str)>> {
-    objs.iter()
-        .map(|(k, v)| Ok((k.to_str()?, v.to_str()?)))
-        .collect()
-}
-
-/// A column of str: a list or tuple, or anything with `tolist()` (numpy arrays).
-fn str_column<'py>(col: &Bound<'py, PyAny>, what: &str) -> PyResult<Vec<Bound<'py, PyString>>> {
-    let list: Bound<'py, PyAny> = if col.cast::<PyList>().is_ok() || col.cast::<PyTuple>().is_ok() {
-        col.clone()
-    } else if col.hasattr("tolist")? {
-        col.call_method0("tolist")?
-    } else {
-        col.clone()
-    };
-    let mut out = Vec::new();
-    for item in list.try_iter()? {
-        out.push(
-            item?
-                .cast_into::<PyString>()
-                .map_err(|_| PyTypeError::new_err(format!("{what} must contain str")))?,
-        );
-    }
-    Ok(out)
-}
-
 fn explanation_dict<'py>(
     py: Python<'py>,
     table: &CompiledRouteTable,
@@ -299,11 +237,13 @@ fn explanation_dict<'py>(
 #[pymethods]
 impl RouteTable {
     /// Compiles a RouteConfiguration (message or bytes). The keyword options are the
-    /// HttpConnectionManager settings that change what the router sees.
+    /// HttpConnectionManager settings that change what the router sees, and
+    /// `max_program_size`, the RE2 program size regexes may reach (Envoy's runtime
+    /// `re2.max_program_size.error_level`: 100 by default; meshcore's bootstrap sets 32768).
     #[staticmethod]
     #[pyo3(signature = (config, *, normalize_path=false, merge_slashes=false,
         path_with_escaped_slashes_action=None, strip_matching_host_port=false,
-        strip_any_host_port=false, listener_port=None))]
+        strip_any_host_port=false, listener_port=None, max_program_size=100))]
     #[allow(clippy::too_many_arguments)]
     fn from_proto(
         py: Python<'_>,
@@ -314,6 +254,7 @@ impl RouteTable {
         strip_matching_host_port: bool,
         strip_any_host_port: bool,
         listener_port: Option<u16>,
+        max_program_size: u64,
     ) -> PyResult<Self> {
         let options = hcm_options(
             py,
@@ -327,7 +268,7 @@ impl RouteTable {
         )?;
         let bytes = config_bytes(config)?;
         let table = py
-            .detach(|| CompiledRouteTable::from_bytes(&bytes, options))
+            .detach(|| CompiledRouteTable::compile(&bytes, options, max_program_size))
             .map_err(|e| core_error_to_py(py, &e))?;
         let mut matches = Vec::with_capacity(table.routes.len());
         for (i, r) in table.routes.iter().enumerate() {
@@ -438,7 +379,10 @@ impl RouteTable {
     }
 
     /// Routes many requests at once (the GIL is released while the core works): an int32
-    /// numpy array of indices into `routes`, -1 where no route matches.
+    /// numpy array of indices into `routes`, -1 where no route matches. `authorities`,
+    /// `paths` and `methods` are each a list or tuple of str, a numpy array of dtype 'S' or
+    /// 'U' (the fastest form: no Python object per request), or one str for every request;
+    /// `headers` one dict or pair list per request.
     #[pyo3(signature = (authorities, paths, methods=None, headers=None))]
     fn route_batch<'py>(
         &self,
@@ -448,78 +392,36 @@ impl RouteTable {
         methods: Option<&Bound<'py, PyAny>>,
         headers: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let path_objs = str_column(paths, "paths")?;
-        let n = path_objs.len();
-        // One authority for every request, or one per request.
-        let auth_objs = match authorities.cast::<PyString>() {
-            Ok(s) => vec![s.clone(); n],
-            Err(_) => str_column(authorities, "authorities")?,
-        };
-        if auth_objs.len() != n {
-            return Err(PyValueError::new_err(
-                "authorities and paths must have the same length",
-            ));
-        }
-        let method_objs = match methods {
-            Some(m) if !m.is_none() => {
-                if let Ok(s) = m.cast::<PyString>() {
-                    vec![s.clone(); n]
-                } else {
-                    str_column(m, "methods")?
-                }
+        let paths = StrColumn::read(Some(paths), "paths")?;
+        let authorities = StrColumn::read(Some(authorities), "authorities")?;
+        let methods = StrColumn::read(methods, "methods")?;
+        let headers = HeaderColumn::read(headers)?;
+        let n = batch_len([paths.len(), authorities.len(), methods.len(), headers.len()])?;
+        let paths = paths.views("paths")?;
+        let authorities = authorities.views("authorities")?;
+        let methods = methods.views("methods")?;
+        let headers = headers.views()?;
+        for (col, what) in [(&paths, "paths"), (&authorities, "authorities")] {
+            if let Some(i) = col.first_missing(n) {
+                return Err(PyTypeError::new_err(format!("{what}[{i}] must be str")));
             }
-            _ => Vec::new(),
-        };
-        if !method_objs.is_empty() && method_objs.len() != n {
-            return Err(PyValueError::new_err(
-                "methods must have one entry per request",
-            ));
-        }
-        let header_objs_all: Vec<HeaderObjs<'py>> = match headers {
-            Some(h) if !h.is_none() => {
-                let mut v = Vec::with_capacity(n);
-                for item in h.try_iter()? {
-                    let item = item?;
-                    v.push(header_objs(Some(&item))?);
-                }
-                if v.len() != n {
-                    return Err(PyValueError::new_err(
-                        "headers must have one entry per request",
-                    ));
-                }
-                v
-            }
-            _ => Vec::new(),
-        };
-        let header_views_all: Vec<Vec<(&str, &str)>> = header_objs_all
-            .iter()
-            .map(header_views)
-            .collect::<PyResult<_>>()?;
-        let mut reqs = Vec::with_capacity(n);
-        for i in 0..n {
-            reqs.push(Request {
-                authority: auth_objs[i].to_str()?,
-                path: path_objs[i].to_str()?,
-                method: match method_objs.get(i) {
-                    Some(m) => m.to_str()?,
-                    None => "GET",
-                },
-                scheme: "http",
-                headers: header_views_all.get(i).map_or(&[][..], |v| v.as_slice()),
-            });
         }
         let table = &self.table;
-        let out: Vec<u8> = py.detach(|| {
-            let mut out = Vec::with_capacity(reqs.len() * 4);
-            for r in &reqs {
-                let idx = table.route(r).map_or(-1i32, |i| i as i32);
-                out.extend_from_slice(&idx.to_ne_bytes());
-            }
-            out
+        let out: Vec<i32> = py.detach(|| {
+            (0..n)
+                .map(|i| {
+                    let req = Request {
+                        authority: authorities.get(i).unwrap_or_default(),
+                        path: paths.get(i).unwrap_or_default(),
+                        method: methods.get(i).unwrap_or("GET"),
+                        scheme: "http",
+                        headers: headers.get(i),
+                    };
+                    table.route(&req).map_or(-1, |i| i as i32)
+                })
+                .collect()
         });
-        let np = py.import("numpy")?;
-        let buf = pyo3::types::PyByteArray::new(py, &out);
-        np.call_method1("frombuffer", (buf, np.getattr("int32")?))
+        int32_array(py, &out)
     }
 
     /// The decision with its reasons: the virtual host and why, and for each route of that

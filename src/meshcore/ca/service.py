@@ -50,7 +50,8 @@ class BootstrapTokens:
 
     def issue(self, identity: str, ttl: datetime.timedelta | None = None) -> str:
         spiffe = SpiffeId.parse(identity)
-        token = secrets.token_urlsafe(32)
+        # 256 bits, hex: safe to pass on a command line (a urlsafe token may start with '-').
+        token = secrets.token_hex(32)
         with self._lock:
             self._tokens[_digest(token)] = (spiffe, now() + (ttl or self.ttl))
         return token

@@ -129,10 +129,29 @@ def _parser() -> argparse.ArgumentParser:
     x = sub.add_parser(
         "proxy", help="run the reference proxy (meshcore.dataplane) for one workload"
     )
-    x.add_argument("--xds", default="127.0.0.1:15010", metavar="HOST:PORT", help="ADS server")
+    x.add_argument(
+        "--xds",
+        "--xds-address",
+        dest="xds",
+        default="127.0.0.1:15010",
+        metavar="HOST:PORT",
+        help="ADS server",
+    )
     x.add_argument("--node-id", required=True, help="TYPE~IP~NAME.NAMESPACE~NAMESPACE.svc.DOMAIN")
-    x.add_argument("--ca", metavar="HOST:PORT", help="meshcore's CA (bootstrap-token port)")
-    x.add_argument("--ca-mtls", metavar="HOST:PORT", help="the CA's mTLS port (renewals)")
+    x.add_argument(
+        "--ca",
+        "--ca-address",
+        dest="ca",
+        metavar="HOST:PORT",
+        help="meshcore's CA (bootstrap-token port)",
+    )
+    x.add_argument(
+        "--ca-mtls",
+        "--ca-mtls-address",
+        dest="ca_mtls",
+        metavar="HOST:PORT",
+        help="the CA's mTLS port (renewals)",
+    )
     x.add_argument("--trust-bundle", metavar="FILE", help="the mesh's root certificates (PEM)")
     x.add_argument(
         "--token", help="bootstrap token for the first certificate (or $MESHCORE_BOOTSTRAP_TOKEN)"

@@ -359,6 +359,7 @@ def _table(raw: bytes, name: str, options: HttpOptions | None = None) -> RouteTa
             normalize_path=o.normalize_path,
             merge_slashes=o.merge_slashes,
             path_with_escaped_slashes_action=o.path_with_escaped_slashes_action or None,
+            max_program_size=types.RE2_MAX_PROGRAM_SIZE,  # what meshcore's Envoys accept
         )
     except ConfigError as exc:
         raise _rename(exc, types.ROUTE, name) from None

@@ -51,11 +51,13 @@ PROXIES = ("envoy", "reference")
 RBAC_DENIED = re.compile(r"rbac_access_denied_matched_policy\[(\S*?)\](?=[\"\s])")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports free now (all probed at once, so none is handed out twice)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 def _shifted(address: str, second: int) -> str:
@@ -222,13 +224,10 @@ class DemoMesh:
         self.progress = progress or Progress(io.StringIO())  # quiet unless asked
         self.flaky = {FLAKY_INSTANCE: FLAKY_RATIO} if flaky is None else flaky
         self.seed = seed
-        self.xds_port = free_port()
-        self.metrics_port = free_port()
-        self.ca_port = free_port()
-        self.ca_mtls_port = free_port()
+        self.xds_port, self.metrics_port, self.ca_port, self.ca_mtls_port = free_ports(4)
         self.ca_state = self.workdir / "ca"
         # One bootstrap token per workload (Istio uses the pod's service-account JWT).
-        self.tokens = {w.name: secrets.token_urlsafe(24) for w in self.workloads}
+        self.tokens = {w.name: secrets.token_hex(24) for w in self.workloads}
         self.tokens_file = self.workdir / "tokens"
         self.tokens_file.write_text(
             "".join(f"{self.tokens[w.name]} {w.identity}\n" for w in self.workloads)

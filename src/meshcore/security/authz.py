@@ -19,6 +19,7 @@ from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.security import _extauthz as ext
 from meshcore.security import _model as m
 from meshcore.security import _validate as v
+from meshcore.xds.types import RE2_MAX_PROGRAM_SIZE
 
 __all__ = ["Authorizer", "AuthzDecision"]
 
@@ -149,10 +150,13 @@ class AuthzChain:
         self._stages = tuple(stages)
 
     @classmethod
-    def from_filters(cls, filters: Iterable[Any]) -> AuthzChain:
+    def from_filters(
+        cls, filters: Iterable[Any], *, max_program_size: int = RE2_MAX_PROGRAM_SIZE
+    ) -> AuthzChain:
         """``filters``: HttpFilter (or network Filter) messages; those that are neither RBAC
         nor ext_authz (the router, fault, CORS, tcp_proxy, ...) are skipped. Raises ConfigError/UnsupportedFeatureError from
-        :meth:`meshcore.RbacEngine.from_proto` for a config the core cannot compile."""
+        :meth:`meshcore.RbacEngine.from_proto` for a config the core cannot compile. Regexes
+        may be as large as meshcore's Envoys accept (``max_program_size``)."""
         from meshcore._core import RbacEngine
 
         out: list[_Stage] = []
@@ -163,7 +167,10 @@ class AuthzChain:
                 continue
             if name not in (HTTP_RBAC, TCP_RBAC):
                 continue
-            engine = RbacEngine.from_proto(getattr(f, "typed_config"))  # noqa: B009
+            engine = RbacEngine.from_proto(
+                getattr(f, "typed_config"),  # noqa: B009
+                max_program_size=max_program_size,
+            )
             custom = engine.shadow_rules_stat_prefix == ext.EXT_AUTHZ_SHADOW_PREFIX
             bad_custom = any(p.endswith(BAD_CUSTOM_SUFFIX) for p in engine.policy_ids)
             action = engine.action

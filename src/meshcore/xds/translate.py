@@ -158,7 +158,9 @@ SDS_CLUSTER = "sds-grpc"
 # Runtime every bootstrap needs (Istio sets the same): Envoy's default refuses any regex whose
 # RE2 program is larger than 100, which ordinary VirtualService regexes exceed, and would NACK
 # the whole RouteConfiguration.
-BOOTSTRAP_RUNTIME: Mapping[str, Any] = {"re2.max_program_size.error_level": 32768}
+BOOTSTRAP_RUNTIME: Mapping[str, Any] = {
+    "re2.max_program_size.error_level": types.RE2_MAX_PROGRAM_SIZE
+}
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 FILE_LOG_NAME = "envoy.access_loggers.file"

@@ -15,3 +15,8 @@ PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
 FULL_STATE_TYPES = frozenset({CLUSTER, LISTENER})
 
 SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SECRET: "SDS"}
+
+# The RE2 program-size limit meshcore's Envoys run with (Istio's: bootstrap runtime
+# ``re2.max_program_size.error_level``; Envoy's own default of 100 rejects ordinary regexes).
+# Tables compiled from meshcore's config (DataPlane, Authorizer) accept what those Envoys accept.
+RE2_MAX_PROGRAM_SIZE = 32768

@@ -17,18 +17,12 @@ pub fn decode_regex_matcher(buf: &[u8], path: &str, err: &mut CoreError) -> Rege
         // google_re2 (deprecated): its max_program_size is validated by Envoy only when set.
         1 => {
             let p = field_path(path, "google_re2");
-            let inner = Field { path: &p, value }.bytes(err);
+            let inner = Field::at(&p, value).bytes(err);
             if !inner.is_empty() {
                 err.unsupported(p, "google_re2.max_program_size is not supported");
             }
         }
-        2 => {
-            out.regex = Field {
-                path: &field_path(path, "regex"),
-                value,
-            }
-            .string(err)
-        }
+        2 => out.regex = Field::at(&field_path(path, "regex"), value).string(err),
         _ => unknown_field(err, path, "RegexMatcher", n),
     });
     out
@@ -53,29 +47,18 @@ pub struct StringMatcher {
 pub fn decode_string_matcher(buf: &[u8], path: &str, err: &mut CoreError) -> StringMatcher {
     let mut out = StringMatcher::default();
     walk(buf, path, err, |n, value, err| {
-        let s = |name: &str, err: &mut CoreError| {
-            Field {
-                path: &field_path(path, name),
-                value,
-            }
-            .string(err)
-        };
+        let s =
+            |name: &str, err: &mut CoreError| Field::at(&field_path(path, name), value).string(err);
         match n {
             1 => out.pattern = Some(StringPattern::Exact(s("exact", err))),
             2 => out.pattern = Some(StringPattern::Prefix(s("prefix", err))),
             3 => out.pattern = Some(StringPattern::Suffix(s("suffix", err))),
             5 => {
                 let p = field_path(path, "safe_regex");
-                let b = Field { path: &p, value }.bytes(err);
+                let b = Field::at(&p, value).bytes(err);
                 out.pattern = Some(StringPattern::SafeRegex(decode_regex_matcher(b, &p, err)));
             }
-            6 => {
-                out.ignore_case = Field {
-                    path: &field_path(path, "ignore_case"),
-                    value,
-                }
-                .bool(err)
-            }
+            6 => out.ignore_case = Field::at(&field_path(path, "ignore_case"), value).bool(err),
             7 => out.pattern = Some(StringPattern::Contains(s("contains", err))),
             8 => err.unsupported(
                 field_path(path, "custom"),
@@ -126,63 +109,53 @@ pub fn decode_header_matcher(buf: &[u8], path: &str, err: &mut CoreError) -> Hea
         match n {
             1 => {
                 let (p, v) = f("name");
-                out.name = Field { path: &p, value: v }.string(err);
+                out.name = Field::at(&p, v).string(err);
             }
             4 => {
                 let (p, v) = f("exact_match");
-                out.specifier = Some(HeaderSpecifier::Exact(
-                    Field { path: &p, value: v }.string(err),
-                ));
+                out.specifier = Some(HeaderSpecifier::Exact(Field::at(&p, v).string(err)));
             }
             11 => {
                 let (p, v) = f("safe_regex_match");
-                let b = Field { path: &p, value: v }.bytes(err);
+                let b = Field::at(&p, v).bytes(err);
                 out.specifier = Some(HeaderSpecifier::SafeRegex(decode_regex_matcher(b, &p, err)));
             }
             6 => {
                 let (p, v) = f("range_match");
-                let b = Field { path: &p, value: v }.bytes(err);
+                let b = Field::at(&p, v).bytes(err);
                 let (s, e) = decode_int64_range(b, &p, err);
                 out.specifier = Some(HeaderSpecifier::Range(s, e));
             }
             7 => {
                 let (p, v) = f("present_match");
-                out.specifier = Some(HeaderSpecifier::Present(
-                    Field { path: &p, value: v }.bool(err),
-                ));
+                out.specifier = Some(HeaderSpecifier::Present(Field::at(&p, v).bool(err)));
             }
             9 => {
                 let (p, v) = f("prefix_match");
-                out.specifier = Some(HeaderSpecifier::Prefix(
-                    Field { path: &p, value: v }.string(err),
-                ));
+                out.specifier = Some(HeaderSpecifier::Prefix(Field::at(&p, v).string(err)));
             }
             10 => {
                 let (p, v) = f("suffix_match");
-                out.specifier = Some(HeaderSpecifier::Suffix(
-                    Field { path: &p, value: v }.string(err),
-                ));
+                out.specifier = Some(HeaderSpecifier::Suffix(Field::at(&p, v).string(err)));
             }
             12 => {
                 let (p, v) = f("contains_match");
-                out.specifier = Some(HeaderSpecifier::Contains(
-                    Field { path: &p, value: v }.string(err),
-                ));
+                out.specifier = Some(HeaderSpecifier::Contains(Field::at(&p, v).string(err)));
             }
             13 => {
                 let (p, v) = f("string_match");
-                let b = Field { path: &p, value: v }.bytes(err);
+                let b = Field::at(&p, v).bytes(err);
                 out.specifier = Some(HeaderSpecifier::StringMatch(decode_string_matcher(
                     b, &p, err,
                 )));
             }
             8 => {
                 let (p, v) = f("invert_match");
-                out.invert_match = Field { path: &p, value: v }.bool(err);
+                out.invert_match = Field::at(&p, v).bool(err);
             }
             14 => {
                 let (p, v) = f("treat_missing_header_as_empty");
-                out.treat_missing_header_as_empty = Field { path: &p, value: v }.bool(err);
+                out.treat_missing_header_as_empty = Field::at(&p, v).bool(err);
             }
             _ => unknown_field(err, path, "HeaderMatcher", n),
         }

@@ -5,7 +5,7 @@
 //! change no decision), or reported unsupported: a dropped rule could let someone in.
 
 use super::matcher::{decode_header_matcher, decode_string_matcher, HeaderMatcher, StringMatcher};
-use super::wire::{field_path, index_path, unknown_field, walk, Field};
+use super::wire::{field_path, index_path, unknown_field, walk, Field, Value};
 use crate::error::CoreError;
 
 /// envoy.config.core.v3.CidrRange.
@@ -55,33 +55,13 @@ fn decode_uri_template(buf: &[u8], path: &str, err: &mut CoreError) -> Option<St
     let tc = field_path(path, "typed_config");
     walk(buf, path, err, |n, v, err| match n {
         1 => {
-            let _ = Field {
-                path: &field_path(path, "name"),
-                value: v,
-            }
-            .string(err);
+            let _ = Field::at(&field_path(path, "name"), v).string(err);
         }
         2 => {
-            let b = Field {
-                path: &tc,
-                value: v,
-            }
-            .bytes(err);
+            let b = Field::at(&tc, v).bytes(err);
             walk(b, &tc, err, |n, v, err| match n {
-                1 => {
-                    type_url = Field {
-                        path: &tc,
-                        value: v,
-                    }
-                    .string(err)
-                }
-                2 => {
-                    value = Field {
-                        path: &tc,
-                        value: v,
-                    }
-                    .bytes(err)
-                }
+                1 => type_url = Field::at(&tc, v).string(err),
+                2 => value = Field::at(&tc, v).bytes(err),
                 _ => unknown_field(err, &tc, "Any", n),
             });
         }
@@ -96,13 +76,7 @@ fn decode_uri_template(buf: &[u8], path: &str, err: &mut CoreError) -> Option<St
     }
     let mut template = String::new();
     walk(value, &tc, err, |n, v, err| match n {
-        1 => {
-            template = Field {
-                path: &field_path(&tc, "path_template"),
-                value: v,
-            }
-            .string(err)
-        }
+        1 => template = Field::at(&field_path(&tc, "path_template"), v).string(err),
         _ => unknown_field(err, &tc, "UriTemplateMatchConfig", n),
     });
     Some(template)
@@ -152,7 +126,7 @@ fn decode_value_matcher(buf: &[u8], path: &str, err: &mut CoreError) -> Option<V
     walk(buf, path, err, |n, value, err| {
         let sub = |name: &str, err: &mut CoreError| -> (String, &[u8]) {
             let p = field_path(path, name);
-            let b = Field { path: &p, value }.bytes(err);
+            let b = Field::at(&p, value).bytes(err);
             (p, b)
         };
         out = match n {
@@ -163,7 +137,7 @@ fn decode_value_matcher(buf: &[u8], path: &str, err: &mut CoreError) -> Option<V
                 walk(b, &p, err, |n, value, err| match n {
                     1 => {
                         let rp = field_path(&p, "range");
-                        let rb = Field { path: &rp, value }.bytes(err);
+                        let rb = Field::at(&rp, value).bytes(err);
                         let (mut start, mut end) = (0.0, 0.0);
                         walk(rb, &rp, err, |n, value, err| match n {
                             1 => start = f64_of(value, &rp, err),
@@ -182,18 +156,10 @@ fn decode_value_matcher(buf: &[u8], path: &str, err: &mut CoreError) -> Option<V
                 Some(ValueMatcher::String(decode_string_matcher(b, &p, err)))
             }
             4 => Some(ValueMatcher::Bool(
-                Field {
-                    path: &field_path(path, "bool_match"),
-                    value,
-                }
-                .bool(err),
+                Field::at(&field_path(path, "bool_match"), value).bool(err),
             )),
             5 => Some(ValueMatcher::Present(
-                Field {
-                    path: &field_path(path, "present_match"),
-                    value,
-                }
-                .bool(err),
+                Field::at(&field_path(path, "present_match"), value).bool(err),
             )),
             6 => {
                 let (p, b) = sub("list_match", err);
@@ -201,7 +167,7 @@ fn decode_value_matcher(buf: &[u8], path: &str, err: &mut CoreError) -> Option<V
                 walk(b, &p, err, |n, value, err| match n {
                     1 => {
                         let op = field_path(&p, "one_of");
-                        let ob = Field { path: &op, value }.bytes(err);
+                        let ob = Field::at(&op, value).bytes(err);
                         one_of = decode_value_matcher(ob, &op, err).map(Box::new);
                     }
                     _ => unknown_field(err, &p, "ListMatcher", n),
@@ -214,7 +180,7 @@ fn decode_value_matcher(buf: &[u8], path: &str, err: &mut CoreError) -> Option<V
                 walk(b, &p, err, |n, value, err| match n {
                     1 => {
                         let ip = index_path(&p, "value_matchers", ms.len());
-                        let ib = Field { path: &ip, value }.bytes(err);
+                        let ib = Field::at(&ip, value).bytes(err);
                         if let Some(m) = decode_value_matcher(ib, &ip, err) {
                             ms.push(m);
                         }
@@ -238,35 +204,23 @@ fn decode_value_matcher(buf: &[u8], path: &str, err: &mut CoreError) -> Option<V
 fn decode_metadata_matcher(buf: &[u8], path: &str, err: &mut CoreError) -> MetadataMatcher {
     let mut out = MetadataMatcher::default();
     walk(buf, path, err, |n, value, err| match n {
-        1 => {
-            out.filter = Field {
-                path: &field_path(path, "filter"),
-                value,
-            }
-            .string(err)
-        }
+        1 => out.filter = Field::at(&field_path(path, "filter"), value).string(err),
         2 => {
             let p = index_path(path, "path", out.path.len());
-            let b = Field { path: &p, value }.bytes(err);
+            let b = Field::at(&p, value).bytes(err);
             let mut key = String::new();
             walk(b, &p, err, |n, value, err| match n {
-                1 => key = Field { path: &p, value }.string(err),
+                1 => key = Field::at(&p, value).string(err),
                 _ => unknown_field(err, &p, "PathSegment", n),
             });
             out.path.push(key);
         }
         3 => {
             let p = field_path(path, "value");
-            let b = Field { path: &p, value }.bytes(err);
+            let b = Field::at(&p, value).bytes(err);
             out.value = decode_value_matcher(b, &p, err);
         }
-        4 => {
-            out.invert = Field {
-                path: &field_path(path, "invert"),
-                value,
-            }
-            .bool(err)
-        }
+        4 => out.invert = Field::at(&field_path(path, "invert"), value).bool(err),
         _ => unknown_field(err, path, "MetadataMatcher", n),
     });
     out
@@ -298,25 +252,13 @@ pub struct RbacFilter {
 pub fn decode_cidr(buf: &[u8], path: &str, err: &mut CoreError) -> CidrRange {
     let mut out = CidrRange::default();
     walk(buf, path, err, |n, value, err| match n {
-        1 => {
-            out.address_prefix = Field {
-                path: &field_path(path, "address_prefix"),
-                value,
-            }
-            .string(err)
-        }
+        1 => out.address_prefix = Field::at(&field_path(path, "address_prefix"), value).string(err),
         2 => {
             // google.protobuf.UInt32Value: its field 1.
             let p = field_path(path, "prefix_len");
-            let b = Field { path: &p, value }.bytes(err);
+            let b = Field::at(&p, value).bytes(err);
             walk(b, &p, err, |n, value, err| match n {
-                1 => {
-                    out.prefix_len = Field {
-                        path: &field_path(&p, "value"),
-                        value,
-                    }
-                    .u32(err)
-                }
+                1 => out.prefix_len = Field::at(&field_path(&p, "value"), value).u32(err),
                 _ => unknown_field(err, &p, "UInt32Value", n),
             });
         }
@@ -335,30 +277,38 @@ fn decode_int32_range(buf: &[u8], path: &str, err: &mut CoreError) -> (i32, i32)
     (start, end)
 }
 
-fn decode_path_matcher(buf: &[u8], path: &str, err: &mut CoreError) -> Option<StringMatcher> {
+/// A message whose only field (number `number`, named `name`) is a StringMatcher:
+/// PathMatcher's `path`, Principal.Authenticated's `principal_name`.
+fn decode_string_matcher_field(
+    buf: &[u8],
+    path: &str,
+    err: &mut CoreError,
+    (number, name, message): (u32, &str, &str),
+) -> Option<StringMatcher> {
     let mut out = None;
-    walk(buf, path, err, |n, value, err| match n {
-        1 => {
-            let p = field_path(path, "path");
-            let b = Field { path: &p, value }.bytes(err);
+    walk(buf, path, err, |n, value, err| {
+        if n == number {
+            let p = field_path(path, name);
+            let b = Field::at(&p, value).bytes(err);
             out = Some(decode_string_matcher(b, &p, err));
+        } else {
+            unknown_field(err, path, message, n);
         }
-        _ => unknown_field(err, path, "PathMatcher", n),
     });
     out
 }
 
+fn decode_path_matcher(buf: &[u8], path: &str, err: &mut CoreError) -> Option<StringMatcher> {
+    decode_string_matcher_field(buf, path, err, (1, "path", "PathMatcher"))
+}
+
 fn decode_authenticated(buf: &[u8], path: &str, err: &mut CoreError) -> Option<StringMatcher> {
-    let mut out = None;
-    walk(buf, path, err, |n, value, err| match n {
-        2 => {
-            let p = field_path(path, "principal_name");
-            let b = Field { path: &p, value }.bytes(err);
-            out = Some(decode_string_matcher(b, &p, err));
-        }
-        _ => unknown_field(err, path, "Principal.Authenticated", n),
-    });
-    out
+    decode_string_matcher_field(
+        buf,
+        path,
+        err,
+        (2, "principal_name", "Principal.Authenticated"),
+    )
 }
 
 /// Which oneof a Rule comes from: their field numbers differ.
@@ -377,7 +327,7 @@ fn decode_set(buf: &[u8], path: &str, kind: Kind, err: &mut CoreError) -> Vec<Ru
     walk(buf, path, err, |n, value, err| match n {
         1 => {
             let p = index_path(path, name, out.len());
-            let b = Field { path: &p, value }.bytes(err);
+            let b = Field::at(&p, value).bytes(err);
             out.push(decode_rule(b, &p, kind, err));
         }
         _ => unknown_field(err, path, msg, n),
@@ -394,7 +344,7 @@ fn decode_rule(buf: &[u8], path: &str, kind: Kind, err: &mut CoreError) -> Rule 
     walk(buf, path, err, |n, value, err| {
         let sub = |name: &str, err: &mut CoreError| -> (String, &[u8]) {
             let p = field_path(path, name);
-            let b = Field { path: &p, value }.bytes(err);
+            let b = Field::at(&p, value).bytes(err);
             (p, b)
         };
         let unsupported = |name: &str, why: &str, err: &mut CoreError| {
@@ -419,11 +369,7 @@ fn decode_rule(buf: &[u8], path: &str, kind: Kind, err: &mut CoreError) -> Rule 
                 Rule::Or(decode_set(b, &p, kind, err))
             }
             (_, 3) => {
-                let v = Field {
-                    path: &field_path(path, "any"),
-                    value,
-                }
-                .bool(err);
+                let v = Field::at(&field_path(path, "any"), value).bool(err);
                 Rule::Any(v)
             }
             (Kind::Permission, 4) | (Kind::Principal, 6) => {
@@ -447,11 +393,7 @@ fn decode_rule(buf: &[u8], path: &str, kind: Kind, err: &mut CoreError) -> Rule 
                 Rule::DestinationIp(decode_cidr(b, &p, err))
             }
             (Kind::Permission, 6) => {
-                let v = Field {
-                    path: &field_path(path, "destination_port"),
-                    value,
-                }
-                .u32(err);
+                let v = Field::at(&field_path(path, "destination_port"), value).u32(err);
                 Rule::DestinationPort(v)
             }
             (Kind::Permission, 11) => {
@@ -535,13 +477,13 @@ fn decode_policy(buf: &[u8], path: &str, err: &mut CoreError) -> Policy {
     walk(buf, path, err, |n, value, err| match n {
         1 => {
             let p = index_path(path, "permissions", out.permissions.len());
-            let b = Field { path: &p, value }.bytes(err);
+            let b = Field::at(&p, value).bytes(err);
             out.permissions
                 .push(decode_rule(b, &p, Kind::Permission, err));
         }
         2 => {
             let p = index_path(path, "principals", out.principals.len());
-            let b = Field { path: &p, value }.bytes(err);
+            let b = Field::at(&p, value).bytes(err);
             out.principals
                 .push(decode_rule(b, &p, Kind::Principal, err));
         }
@@ -571,21 +513,15 @@ fn decode_policy(buf: &[u8], path: &str, err: &mut CoreError) -> Policy {
 pub fn decode_rbac(buf: &[u8], path: &str, err: &mut CoreError) -> Rbac {
     let mut out = Rbac::default();
     walk(buf, path, err, |n, value, err| match n {
-        1 => {
-            out.action = Field {
-                path: &field_path(path, "action"),
-                value,
-            }
-            .i32(err)
-        }
+        1 => out.action = Field::at(&field_path(path, "action"), value).i32(err),
         2 => {
             let p = field_path(path, "policies");
-            let entry = Field { path: &p, value }.bytes(err);
+            let entry = Field::at(&p, value).bytes(err);
             let mut key = String::new();
             let mut policy: &[u8] = &[];
             walk(entry, &p, err, |n, value, err| match n {
-                1 => key = Field { path: &p, value }.string(err),
-                2 => policy = Field { path: &p, value }.bytes(err),
+                1 => key = Field::at(&p, value).string(err),
+                2 => policy = Field::at(&p, value).bytes(err),
                 _ => unknown_field(err, &p, "policies entry", n),
             });
             let pp = format!("{p}[{key:?}]");
@@ -605,37 +541,24 @@ pub fn decode_rbac(buf: &[u8], path: &str, err: &mut CoreError) -> Rbac {
     out
 }
 
+/// The RBAC message of a filter's `rules` or `shadow_rules` field.
+fn rules_field(name: &str, value: Value<'_>, err: &mut CoreError) -> Option<Rbac> {
+    Some(decode_rbac(Field::at(name, value).bytes(err), name, err))
+}
+
 /// Decodes envoy.extensions.filters.http.rbac.v3.RBAC.
 pub fn decode_rbac_filter(buf: &[u8], err: &mut CoreError) -> RbacFilter {
     let mut out = RbacFilter::default();
     walk(buf, "", err, |n, value, err| {
-        let s = |name: &str, err: &mut CoreError| Field { path: name, value }.string(err);
+        let s = |name: &str, err: &mut CoreError| Field::at(name, value).string(err);
         match n {
-            1 => {
-                let b = Field {
-                    path: "rules",
-                    value,
-                }
-                .bytes(err);
-                out.rules = Some(decode_rbac(b, "rules", err));
-            }
-            2 => {
-                let b = Field {
-                    path: "shadow_rules",
-                    value,
-                }
-                .bytes(err);
-                out.shadow_rules = Some(decode_rbac(b, "shadow_rules", err));
-            }
+            1 => out.rules = rules_field("rules", value, err),
+            2 => out.shadow_rules = rules_field("shadow_rules", value, err),
             3 => out.shadow_rules_stat_prefix = s("shadow_rules_stat_prefix", err),
             6 => out.rules_stat_prefix = s("rules_stat_prefix", err),
             // Per-rule stats count decisions; they do not make them.
             7 => {
-                let _ = Field {
-                    path: "track_per_rule_stats",
-                    value,
-                }
-                .bool(err);
+                let _ = Field::at("track_per_rule_stats", value).bool(err);
             }
             4 => err.unsupported("matcher", "the unified matcher API is not supported"),
             5 => err.unsupported("shadow_matcher", "the unified matcher API is not supported"),
@@ -651,49 +574,17 @@ pub fn decode_rbac_filter(buf: &[u8], err: &mut CoreError) -> RbacFilter {
 pub fn decode_network_rbac_filter(buf: &[u8], err: &mut CoreError) -> RbacFilter {
     let mut out = RbacFilter::default();
     walk(buf, "", err, |n, value, err| match n {
-        1 => {
-            let b = Field {
-                path: "rules",
-                value,
-            }
-            .bytes(err);
-            out.rules = Some(decode_rbac(b, "rules", err));
-        }
-        2 => {
-            let b = Field {
-                path: "shadow_rules",
-                value,
-            }
-            .bytes(err);
-            out.shadow_rules = Some(decode_rbac(b, "shadow_rules", err));
-        }
-        3 => {
-            out.rules_stat_prefix = Field {
-                path: "stat_prefix",
-                value,
-            }
-            .string(err)
-        }
+        1 => out.rules = rules_field("rules", value, err),
+        2 => out.shadow_rules = rules_field("shadow_rules", value, err),
+        3 => out.rules_stat_prefix = Field::at("stat_prefix", value).string(err),
         4 => {
-            let _ = Field {
-                path: "enforcement_type",
-                value,
-            }
-            .varint(err);
+            let _ = Field::at("enforcement_type", value).varint(err);
         }
         5 => {
-            out.shadow_rules_stat_prefix = Field {
-                path: "shadow_rules_stat_prefix",
-                value,
-            }
-            .string(err)
+            out.shadow_rules_stat_prefix = Field::at("shadow_rules_stat_prefix", value).string(err)
         }
         8 => {
-            let _ = Field {
-                path: "delay_deny",
-                value,
-            }
-            .bytes(err);
+            let _ = Field::at("delay_deny", value).bytes(err);
         }
         6 => err.unsupported("matcher", "the unified matcher API is not supported"),
         7 => err.unsupported("shadow_matcher", "the unified matcher API is not supported"),

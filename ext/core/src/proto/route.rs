@@ -125,40 +125,22 @@ pub fn decode_route_configuration(buf: &[u8], err: &mut CoreError) -> RouteConfi
     let mut out = RouteConfiguration::default();
     let path = "";
     walk(buf, path, err, |n, value, err| match n {
-        1 => {
-            out.name = Field {
-                path: "name",
-                value,
-            }
-            .string(err)
-        }
+        1 => out.name = Field::at("name", value).string(err),
         2 => {
             let p = index_path(path, "virtual_hosts", out.virtual_hosts.len());
-            let b = Field { path: &p, value }.bytes(err);
+            let b = Field::at(&p, value).bytes(err);
             out.virtual_hosts.push(decode_virtual_host(b, &p, err));
         }
         9 => err.unsupported("vhds", "VHDS (on-demand virtual hosts) is not supported"),
         14 => {
-            out.ignore_port_in_host_matching = Field {
-                path: "ignore_port_in_host_matching",
-                value,
-            }
-            .bool(err)
+            out.ignore_port_in_host_matching =
+                Field::at("ignore_port_in_host_matching", value).bool(err)
         }
         15 => {
-            out.ignore_path_parameters_in_path_matching = Field {
-                path: "ignore_path_parameters_in_path_matching",
-                value,
-            }
-            .bool(err)
+            out.ignore_path_parameters_in_path_matching =
+                Field::at("ignore_path_parameters_in_path_matching", value).bool(err)
         }
-        18 => {
-            out.vhost_header = Field {
-                path: "vhost_header",
-                value,
-            }
-            .string(err)
-        }
+        18 => out.vhost_header = Field::at("vhost_header", value).string(err),
         12 => err.unsupported(
             "cluster_specifier_plugins",
             "cluster specifier plugins are not supported",
@@ -174,20 +156,14 @@ pub fn decode_route_configuration(buf: &[u8], err: &mut CoreError) -> RouteConfi
 fn decode_virtual_host(buf: &[u8], path: &str, err: &mut CoreError) -> VirtualHost {
     let mut out = VirtualHost::default();
     walk(buf, path, err, |n, value, err| match n {
-        1 => {
-            out.name = Field {
-                path: &field_path(path, "name"),
-                value,
-            }
-            .string(err)
-        }
+        1 => out.name = Field::at(&field_path(path, "name"), value).string(err),
         2 => {
             let p = index_path(path, "domains", out.domains.len());
-            out.domains.push(Field { path: &p, value }.string(err));
+            out.domains.push(Field::at(&p, value).string(err));
         }
         3 => {
             let p = index_path(path, "routes", out.routes.len());
-            let b = Field { path: &p, value }.bytes(err);
+            let b = Field::at(&p, value).bytes(err);
             out.routes.push(decode_route(b, &p, err));
         }
         21 => err.unsupported(
@@ -216,20 +192,14 @@ fn decode_route(buf: &[u8], path: &str, err: &mut CoreError) -> Route {
     walk(buf, path, err, |n, value, err| {
         let action = |kind: &str, err: &mut CoreError| -> (String, Vec<u8>) {
             let p = field_path(path, kind);
-            let b = Field { path: &p, value }.bytes(err).to_vec();
+            let b = Field::at(&p, value).bytes(err).to_vec();
             (p, b)
         };
         match n {
-            14 => {
-                out.name = Field {
-                    path: &field_path(path, "name"),
-                    value,
-                }
-                .string(err)
-            }
+            14 => out.name = Field::at(&field_path(path, "name"), value).string(err),
             1 => {
                 let p = field_path(path, "match");
-                let b = Field { path: &p, value }.bytes(err);
+                let b = Field::at(&p, value).bytes(err);
                 out.route_match = Some(decode_route_match(b, &p, err));
             }
             2 => {
@@ -276,67 +246,55 @@ fn decode_route_match(buf: &[u8], path: &str, err: &mut CoreError) -> RouteMatch
         let p = |name: &str| field_path(path, name);
         match n {
             1 => {
-                let s = Field {
-                    path: &p("prefix"),
-                    value,
-                }
-                .string(err);
+                let s = Field::at(&p("prefix"), value).string(err);
                 out.path_specifier = Some(PathSpecifier::Prefix(s));
             }
             2 => {
-                let s = Field {
-                    path: &p("path"),
-                    value,
-                }
-                .string(err);
+                let s = Field::at(&p("path"), value).string(err);
                 out.path_specifier = Some(PathSpecifier::Path(s));
             }
             10 => {
                 let fp = p("safe_regex");
-                let b = Field { path: &fp, value }.bytes(err);
+                let b = Field::at(&fp, value).bytes(err);
                 out.path_specifier =
                     Some(PathSpecifier::SafeRegex(decode_regex_matcher(b, &fp, err)));
             }
             14 => {
-                let s = Field {
-                    path: &p("path_separated_prefix"),
-                    value,
-                }
-                .string(err);
+                let s = Field::at(&p("path_separated_prefix"), value).string(err);
                 out.path_specifier = Some(PathSpecifier::PathSeparatedPrefix(s));
             }
             12 => err.unsupported(p("connect_matcher"), "connect_matcher is not supported"),
             15 => {
                 let fp = p("path_match_policy");
-                let b = Field { path: &fp, value }.bytes(err);
+                let b = Field::at(&fp, value).bytes(err);
                 if let Some(t) = decode_uri_template_policy(b, &fp, err) {
                     out.path_specifier = Some(PathSpecifier::UriTemplate(t));
                 }
             }
             4 => {
                 let fp = p("case_sensitive");
-                let b = Field { path: &fp, value }.bytes(err);
+                let b = Field::at(&fp, value).bytes(err);
                 out.case_sensitive = Some(decode_bool_value(b, &fp, err));
             }
             9 => {
                 let fp = p("runtime_fraction");
-                let b = Field { path: &fp, value }.bytes(err);
+                let b = Field::at(&fp, value).bytes(err);
                 out.runtime_fraction = Some(decode_runtime_fraction(b, &fp, err));
             }
             6 => {
                 let fp = index_path(path, "headers", out.headers.len());
-                let b = Field { path: &fp, value }.bytes(err);
+                let b = Field::at(&fp, value).bytes(err);
                 out.headers.push(decode_header_matcher(b, &fp, err));
             }
             7 => {
                 let fp = index_path(path, "query_parameters", out.query_parameters.len());
-                let b = Field { path: &fp, value }.bytes(err);
+                let b = Field::at(&fp, value).bytes(err);
                 out.query_parameters
                     .push(decode_query_parameter_matcher(b, &fp, err));
             }
             8 => {
                 let fp = p("grpc");
-                let b = Field { path: &fp, value }.bytes(err);
+                let b = Field::at(&fp, value).bytes(err);
                 // GrpcRouteMatchOptions has no fields; anything inside is from a newer API.
                 walk(b, &fp, err, |n, _, err| {
                     unknown_field(err, &fp, "GrpcRouteMatchOptions", n)
@@ -369,28 +327,11 @@ fn decode_uri_template_policy(buf: &[u8], path: &str, err: &mut CoreError) -> Op
         // The extension's name is informational; the type URL decides.
         1 => {}
         2 => {
-            let b = Field {
-                path: &tpath,
-                value,
-            }
-            .bytes(err);
+            let b = Field::at(&tpath, value).bytes(err);
             let (mut type_url, mut inner) = (String::new(), Vec::new());
             walk(b, &tpath, err, |n, value, err| match n {
-                1 => {
-                    type_url = Field {
-                        path: &tpath,
-                        value,
-                    }
-                    .string(err)
-                }
-                2 => {
-                    inner = Field {
-                        path: &tpath,
-                        value,
-                    }
-                    .bytes(err)
-                    .to_vec()
-                }
+                1 => type_url = Field::at(&tpath, value).string(err),
+                2 => inner = Field::at(&tpath, value).bytes(err).to_vec(),
                 _ => unknown_field(err, &tpath, "Any", n),
             });
             if type_url != URI_TEMPLATE_MATCH {
@@ -402,13 +343,7 @@ fn decode_uri_template_policy(buf: &[u8], path: &str, err: &mut CoreError) -> Op
             }
             let mut t = String::new();
             walk(&inner, &tpath, err, |n, value, err| match n {
-                1 => {
-                    t = Field {
-                        path: &field_path(&tpath, "path_template"),
-                        value,
-                    }
-                    .string(err)
-                }
+                1 => t = Field::at(&field_path(&tpath, "path_template"), value).string(err),
                 _ => unknown_field(err, &tpath, "UriTemplateMatchConfig", n),
             });
             template = Some(t);
@@ -454,10 +389,10 @@ fn decode_runtime_fraction(buf: &[u8], path: &str, err: &mut CoreError) -> (u32,
     walk(buf, path, err, |n, value, err| match n {
         1 => {
             let p = field_path(path, "default_value");
-            let b = Field { path: &p, value }.bytes(err);
+            let b = Field::at(&p, value).bytes(err);
             walk(b, &p, err, |n, value, err| match n {
-                1 => out.0 = Field { path: &p, value }.u32(err),
-                2 => out.1 = Field { path: &p, value }.i32(err),
+                1 => out.0 = Field::at(&p, value).u32(err),
+                2 => out.1 = Field::at(&p, value).i32(err),
                 _ => unknown_field(err, &p, "FractionalPercent", n),
             });
         }
@@ -476,23 +411,17 @@ fn decode_query_parameter_matcher(
 ) -> QueryParameterMatcher {
     let mut out = QueryParameterMatcher::default();
     walk(buf, path, err, |n, value, err| match n {
-        1 => {
-            out.name = Field {
-                path: &field_path(path, "name"),
-                value,
-            }
-            .string(err)
-        }
+        1 => out.name = Field::at(&field_path(path, "name"), value).string(err),
         5 => {
             let p = field_path(path, "string_match");
-            let b = Field { path: &p, value }.bytes(err);
+            let b = Field::at(&p, value).bytes(err);
             out.specifier = Some(QuerySpecifier::StringMatch(decode_string_matcher(
                 b, &p, err,
             )));
         }
         6 => {
             let p = field_path(path, "present_match");
-            out.specifier = Some(QuerySpecifier::Present(Field { path: &p, value }.bool(err)));
+            out.specifier = Some(QuerySpecifier::Present(Field::at(&p, value).bool(err)));
         }
         _ => unknown_field(err, path, "QueryParameterMatcher", n),
     });
@@ -500,13 +429,7 @@ fn decode_query_parameter_matcher(
 }
 
 fn opt_string(path: &str, name: &str, value: Value<'_>, err: &mut CoreError) -> Option<String> {
-    Some(
-        Field {
-            path: &field_path(path, name),
-            value,
-        }
-        .string(err),
-    )
+    Some(Field::at(&field_path(path, name), value).string(err))
 }
 
 fn decode_route_action(buf: &[u8], path: &str, err: &mut CoreError) -> RouteAction {
@@ -516,23 +439,17 @@ fn decode_route_action(buf: &[u8], path: &str, err: &mut CoreError) -> RouteActi
         2 => out.cluster_header = opt_string(path, "cluster_header", value, err),
         3 => {
             let p = field_path(path, "weighted_clusters");
-            let b = Field { path: &p, value }.bytes(err);
+            let b = Field::at(&p, value).bytes(err);
             walk(b, &p, err, |n, value, err| {
                 if n == 1 {
                     let cp = index_path(&p, "clusters", out.weighted_clusters.len());
-                    let cb = Field { path: &cp, value }.bytes(err);
+                    let cb = Field::at(&cp, value).bytes(err);
                     let (mut name, mut weight) = (String::new(), 0u32);
                     walk(cb, &cp, err, |n, value, err| match n {
-                        1 => {
-                            name = Field {
-                                path: &field_path(&cp, "name"),
-                                value,
-                            }
-                            .string(err)
-                        }
+                        1 => name = Field::at(&field_path(&cp, "name"), value).string(err),
                         2 => {
                             let wp = field_path(&cp, "weight");
-                            let wb = Field { path: &wp, value }.bytes(err);
+                            let wb = Field::at(&wp, value).bytes(err);
                             weight = decode_u32_value(wb, &wp, err);
                         }
                         // Per-cluster header mutations, metadata and host rewrite stay in the
@@ -545,29 +462,29 @@ fn decode_route_action(buf: &[u8], path: &str, err: &mut CoreError) -> RouteActi
         }
         8 => {
             let p = field_path(path, "timeout");
-            let b = Field { path: &p, value }.bytes(err);
+            let b = Field::at(&p, value).bytes(err);
             out.timeout = Some(decode_duration(b, &p, err));
         }
         24 => {
             let p = field_path(path, "idle_timeout");
-            let b = Field { path: &p, value }.bytes(err);
+            let b = Field::at(&p, value).bytes(err);
             out.idle_timeout = Some(decode_duration(b, &p, err));
         }
         5 => out.prefix_rewrite = opt_string(path, "prefix_rewrite", value, err),
         6 => out.host_rewrite_literal = opt_string(path, "host_rewrite_literal", value, err),
         9 => {
             let p = field_path(path, "retry_policy");
-            let b = Field { path: &p, value }.bytes(err);
+            let b = Field::at(&p, value).bytes(err);
             walk(b, &p, err, |n, value, err| match n {
                 1 => out.retry_on = opt_string(&p, "retry_on", value, err),
                 2 => {
                     let np = field_path(&p, "num_retries");
-                    let nb = Field { path: &np, value }.bytes(err);
+                    let nb = Field::at(&np, value).bytes(err);
                     out.num_retries = Some(decode_u32_value(nb, &np, err));
                 }
                 3 => {
                     let tp = field_path(&p, "per_try_timeout");
-                    let tb = Field { path: &tp, value }.bytes(err);
+                    let tb = Field::at(&tp, value).bytes(err);
                     out.per_try_timeout = Some(decode_duration(tb, &tp, err));
                 }
                 _ => {}
@@ -596,30 +513,12 @@ fn decode_redirect(buf: &[u8], path: &str, err: &mut CoreError) -> RedirectActio
         7 => out.scheme_redirect = opt_string(path, "scheme_redirect", value, err),
         1 => out.host_redirect = opt_string(path, "host_redirect", value, err),
         8 => {
-            out.port_redirect = Some(
-                Field {
-                    path: &field_path(path, "port_redirect"),
-                    value,
-                }
-                .u32(err),
-            )
+            out.port_redirect = Some(Field::at(&field_path(path, "port_redirect"), value).u32(err))
         }
         2 => out.path_redirect = opt_string(path, "path_redirect", value, err),
         5 => out.prefix_rewrite = opt_string(path, "prefix_rewrite", value, err),
-        3 => {
-            out.response_code = Field {
-                path: &field_path(path, "response_code"),
-                value,
-            }
-            .i32(err)
-        }
-        6 => {
-            out.strip_query = Field {
-                path: &field_path(path, "strip_query"),
-                value,
-            }
-            .bool(err)
-        }
+        3 => out.response_code = Field::at(&field_path(path, "response_code"), value).i32(err),
+        6 => out.strip_query = Field::at(&field_path(path, "strip_query"), value).bool(err),
         // regex_rewrite stays in the action's bytes.
         9 => {}
         _ => unknown_field(err, path, "RedirectAction", n),
@@ -630,18 +529,12 @@ fn decode_redirect(buf: &[u8], path: &str, err: &mut CoreError) -> RedirectActio
 fn decode_direct_response(buf: &[u8], path: &str, err: &mut CoreError) -> DirectResponseAction {
     let mut out = DirectResponseAction::default();
     walk(buf, path, err, |n, value, err| match n {
-        1 => {
-            out.status = Field {
-                path: &field_path(path, "status"),
-                value,
-            }
-            .u32(err)
-        }
+        1 => out.status = Field::at(&field_path(path, "status"), value).u32(err),
         2 => {
             let p = field_path(path, "body");
-            let b = Field { path: &p, value }.bytes(err);
+            let b = Field::at(&p, value).bytes(err);
             walk(b, &p, err, |n, value, err| match n {
-                2 | 3 => out.body = Some(Field { path: &p, value }.bytes(err).to_vec()),
+                2 | 3 => out.body = Some(Field::at(&p, value).bytes(err).to_vec()),
                 // filename, environment_variable: read by the proxy, not by us.
                 1 | 4 | 5 => {}
                 _ => unknown_field(err, &p, "DataSource", n),

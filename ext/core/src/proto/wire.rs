@@ -113,6 +113,13 @@ pub struct Field<'a, 'p> {
     pub value: Value<'a>,
 }
 
+impl<'a, 'p> Field<'a, 'p> {
+    /// The field at `path` holding `value`.
+    pub fn at(path: &'p str, value: Value<'a>) -> Self {
+        Self { path, value }
+    }
+}
+
 impl<'a> Field<'a, '_> {
     fn mismatch(&self, err: &mut CoreError, want: &str) {
         err.invalid(
@@ -207,5 +214,34 @@ mod tests {
         let mut err = CoreError::new();
         walk(&[0x12, 0x05, b'h'], "m", &mut err, |_, _, _| {});
         assert_eq!(err.errors[0].path, "m");
+    }
+}
+
+/// A minimal protobuf encoder, for tests that build configurations by hand.
+#[cfg(test)]
+pub mod test_encode {
+    pub fn varint(mut v: u64, out: &mut Vec<u8>) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    /// A length-delimited field.
+    pub fn bytes_field(n: u32, b: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        varint(u64::from(n) << 3 | 2, &mut out);
+        varint(b.len() as u64, &mut out);
+        out.extend_from_slice(b);
+        out
+    }
+
+    /// A varint field.
+    pub fn varint_field(n: u32, v: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        varint(u64::from(n) << 3, &mut out);
+        varint(v, &mut out);
+        out
     }
 }

@@ -7,38 +7,24 @@
 //! checked fully in name order. The condition is only a filter: the full check decides, so
 //! the index can never change a decision.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use super::{Attributes, CompiledPolicy, Matcher};
 use crate::matcher::{CompiledString, HeaderTest};
 
-/// FxHash-style word-at-a-time hashing: keys come from the config (a request can only look
-/// up, never insert), so flooding is not a concern, and SipHash's cost on 40-byte SPIFFE ids
-/// was a large part of a decision.
-#[derive(Default)]
-struct FastHasher(u64);
+use crate::fasthash::{hash_of, HashKeyMap, Ids};
 
-impl Hasher for FastHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
-        }
-        for &b in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
-        }
-    }
+/// Policy ids by the hash of a literal. The literal itself is not kept: a hash collision only
+/// adds a candidate, which the full check rejects (and a lookup saves a string comparison and
+/// its cache miss).
+type LiteralMap = HashKeyMap<Ids>;
 
-    fn finish(&self) -> u64 {
-        self.0
+fn add(map: &mut LiteralMap, key: &str, id: u32) {
+    match map.get_mut(&hash_of(key)) {
+        Some(ids) => ids.push(id),
+        None => {
+            map.insert(hash_of(key), Ids::One(id));
+        }
     }
 }
-
-type FastMap<V> = HashMap<String, V, BuildHasherDefault<FastHasher>>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Literal {
@@ -220,8 +206,8 @@ impl<'x> Slices<'x> {
 pub(super) struct Index {
     /// Policies without a usable condition: always checked.
     always: Vec<u32>,
-    method: FastMap<Vec<u32>>,
-    principal: FastMap<Vec<u32>>,
+    method: LiteralMap,
+    principal: LiteralMap,
     /// Whether some policy requires a principal equal to "" (then an absent subject counts).
     empty_principal: bool,
     path: Trie,
@@ -254,8 +240,8 @@ impl Index {
                     ix.empty_principal = true;
                 }
                 match lit {
-                    Literal::Method(m) => ix.method.entry(m).or_default().push(id),
-                    Literal::Principal(s) => ix.principal.entry(s).or_default().push(id),
+                    Literal::Method(m) => add(&mut ix.method, &m, id),
+                    Literal::Principal(s) => add(&mut ix.principal, &s, id),
                     Literal::PathPrefix(p) => ix.path.insert(&p, id),
                 }
             }
@@ -267,8 +253,8 @@ impl Index {
         let mut out = Slices::new();
         out.push(&self.always);
         if !self.method.is_empty() {
-            if let Some(v) = a.method.and_then(|m| self.method.get(m)) {
-                out.push(v);
+            if let Some(v) = a.method.and_then(|m| self.method.get(&hash_of(m))) {
+                out.push(v.as_slice());
             }
         }
         if !self.principal.is_empty() && a.tls {
@@ -276,8 +262,8 @@ impl Index {
                 if s.is_empty() && !self.empty_principal {
                     continue;
                 }
-                if let Some(v) = self.principal.get(*s) {
-                    out.push(v);
+                if let Some(v) = self.principal.get(&hash_of(s)) {
+                    out.push(v.as_slice());
                 }
             }
         }

@@ -4,26 +4,7 @@
 use super::*;
 use crate::error::FieldErrorKind;
 
-fn varint(mut v: u64, out: &mut Vec<u8>) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-fn bytes_field(n: u32, b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    varint(u64::from(n) << 3 | 2, &mut out);
-    varint(b.len() as u64, &mut out);
-    out.extend_from_slice(b);
-    out
-}
-fn varint_field(n: u32, v: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    varint(u64::from(n) << 3, &mut out);
-    varint(v, &mut out);
-    out
-}
+use crate::proto::wire::test_encode::{bytes_field, varint_field};
 
 // envoy.type.matcher.v3.StringMatcher
 fn exact(s: &str) -> Vec<u8> {
@@ -421,6 +402,17 @@ fn index_agrees_with_a_full_scan() {
     }
 }
 
+/// One request of the timing test: method, path and a peer certificate's URI SAN.
+fn timed_request<'a>(method: &'a str, path: &'a str, uri_sans: &'a [&'a str]) -> Attributes<'a> {
+    Attributes {
+        method: Some(method),
+        path: Some(path),
+        tls: true,
+        uri_sans,
+        ..Attributes::default()
+    }
+}
+
 /// Core-only decision time on issue 7's 1,000-rule ALLOW set (no Python): run with
 /// `cargo test --release -p meshcore-core -- --ignored --nocapture core_decision_time`.
 #[test]
@@ -483,27 +475,14 @@ fn core_decision_time() {
     for _ in 0..rounds {
         for (m, p, sans) in &reqs {
             let uri: [&str; 1] = [sans[0].as_str()];
-            let a = Attributes {
-                method: Some(m),
-                path: Some(p),
-                tls: true,
-                uri_sans: &uri,
-                ..Attributes::default()
-            };
-            allowed += usize::from(c.evaluate(&a).allowed);
+            allowed += usize::from(c.evaluate(&timed_request(m, p, &uri)).allowed);
         }
     }
     let per = t.elapsed().as_nanos() as f64 / (rounds * reqs.len()) as f64;
     // The same request over and over: what is left once the caches are warm.
     let (m, p, sans) = &reqs[0];
     let uri: [&str; 1] = [sans[0].as_str()];
-    let a = Attributes {
-        method: Some(m),
-        path: Some(p),
-        tls: true,
-        uri_sans: &uri,
-        ..Attributes::default()
-    };
+    let a = timed_request(m, p, &uri);
     let t = std::time::Instant::now();
     for _ in 0..rounds * 100 {
         allowed += usize::from(

@@ -11,9 +11,9 @@ pub mod uri_template;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::error::{join_path, CoreError};
+use crate::fasthash::{FastMap, Ids};
 use crate::matcher::{compile_regex, CompiledHeader, CompiledString};
 use crate::proto::route::{
     decode_route_configuration, Action, PathSpecifier, QuerySpecifier, RouteMatch,
@@ -22,33 +22,6 @@ use crate::regex::Re2Regex;
 use crate::request::Request;
 use normalize::{normalize_host, normalize_path, path_for_matching, port_start};
 pub use normalize::{EscapedSlashes, HcmOptions};
-
-/// A small multiplicative hash for short keys (domains, path segments): std's SipHash costs
-/// more than the rest of a lookup, and these keys come from configuration, not from attackers
-/// choosing collisions at request time (requests only look keys up).
-#[derive(Default, Clone, Copy)]
-pub struct FastHasher(u64);
-
-impl Hasher for FastHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = self.0;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(c);
-            h = (h.rotate_left(5) ^ u64::from_le_bytes(a)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-        for &b in chunks.remainder() {
-            h = (h.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-        self.0 = h;
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
 /// How a route's path is tested (already validated).
 #[derive(Debug, Clone)]
@@ -222,30 +195,6 @@ impl CompiledRoute {
 
 const PATH_SUFFICES: u32 = 1 << 31;
 
-/// A short list of route ids, kept inline for the common single-route case (one cache miss
-/// less per lookup).
-#[derive(Debug, Clone)]
-enum Ids {
-    One(u32),
-    Many(Vec<u32>),
-}
-
-impl Ids {
-    fn push(&mut self, id: u32) {
-        match self {
-            Ids::One(first) => *self = Ids::Many(vec![*first, id]),
-            Ids::Many(v) => v.push(id),
-        }
-    }
-
-    fn as_slice(&self) -> &[u32] {
-        match self {
-            Ids::One(id) => std::slice::from_ref(id),
-            Ids::Many(v) => v,
-        }
-    }
-}
-
 #[derive(Debug, Default, Clone)]
 struct TrieNode {
     children: FastMap<Box<str>, u32>,
@@ -411,6 +360,27 @@ pub enum HostChoice {
     Default,
 }
 
+/// The domain key a virtual host was found by (borrowed from the table).
+enum HostKey<'t> {
+    Exact(&'t str),
+    /// The suffix after '*'.
+    Suffix(&'t str),
+    /// The prefix before '*'.
+    Prefix(&'t str),
+    Default,
+}
+
+impl HostKey<'_> {
+    fn choice(&self) -> HostChoice {
+        match self {
+            Self::Exact(d) => HostChoice::Exact((*d).to_string()),
+            Self::Suffix(d) => HostChoice::Suffix(format!("*{d}")),
+            Self::Prefix(d) => HostChoice::Prefix(format!("{d}*")),
+            Self::Default => HostChoice::Default,
+        }
+    }
+}
+
 /// A compiled RouteConfiguration.
 #[derive(Debug, Clone)]
 pub struct CompiledRouteTable {
@@ -531,7 +501,17 @@ fn compile_match(m: &RouteMatch, path: &str, err: &mut CoreError) -> Option<(Pat
 impl CompiledRouteTable {
     /// Decodes and compiles a serialized RouteConfiguration; every problem is reported.
     pub fn from_bytes(buf: &[u8], options: HcmOptions) -> Result<Self, CoreError> {
-        let mut err = CoreError::new();
+        Self::compile(buf, options, crate::matcher::ENVOY_MAX_PROGRAM_SIZE)
+    }
+
+    /// As [`from_bytes`](Self::from_bytes), with regexes allowed up to `max_program_size`
+    /// RE2 instructions (Envoy's runtime `re2.max_program_size.error_level`, 100 by default).
+    pub fn compile(
+        buf: &[u8],
+        options: HcmOptions,
+        max_program_size: u64,
+    ) -> Result<Self, CoreError> {
+        let mut err = CoreError::with_max_program_size(max_program_size);
         let config = decode_route_configuration(buf, &mut err);
         let mut table = CompiledRouteTable {
             name: config.name.clone(),
@@ -704,12 +684,16 @@ impl CompiledRouteTable {
         authority: &str,
         req: &Request<'_>,
     ) -> Option<(usize, HostChoice)> {
+        self.select(authority, req).map(|(v, k)| (v, k.choice()))
+    }
+
+    fn select(&self, authority: &str, req: &Request<'_>) -> Option<(usize, HostKey<'_>)> {
         if let Some(h) = &self.vhost_header {
             if !self.only_default() {
-                return self.find_virtual_host(req.header_values(h).next()?);
+                return self.lookup_host(req.header_values(h).next()?);
             }
         }
-        self.find_virtual_host(authority)
+        self.lookup_host(authority)
     }
 
     fn only_default(&self) -> bool {
@@ -718,9 +702,15 @@ impl CompiledRouteTable {
 
     /// Envoy's RouteMatcher::findVirtualHost on a host value (authority or vhost_header).
     pub fn find_virtual_host(&self, authority: &str) -> Option<(usize, HostChoice)> {
+        self.lookup_host(authority).map(|(v, k)| (v, k.choice()))
+    }
+
+    /// As `find_virtual_host`, naming the matched domain by the table's own key (no
+    /// allocation on the request path).
+    fn lookup_host(&self, authority: &str) -> Option<(usize, HostKey<'_>)> {
         // Only a "*" virtual host: no need to look at the authority (Envoy's fast path too).
         if self.only_default() {
-            return self.default.map(|v| (v as usize, HostChoice::Default));
+            return self.default.map(|v| (v as usize, HostKey::Default));
         }
         let mut host = authority;
         if self.ignore_port_in_host_matching {
@@ -734,8 +724,8 @@ impl CompiledRouteTable {
             Cow::Borrowed(host)
         };
         let host = lower.as_ref();
-        if let Some(&v) = self.exact.get(host) {
-            return Some((v as usize, HostChoice::Exact(host.to_string())));
+        if let Some((k, &v)) = self.exact.get_key_value(host) {
+            return Some((v as usize, HostKey::Exact(k)));
         }
         // The wildcard must cover at least one character ("*.foo.com" does not match ".foo.com").
         for (len, map) in &self.suffixes {
@@ -746,25 +736,19 @@ impl CompiledRouteTable {
             if !host.is_char_boundary(start) {
                 continue;
             }
-            if let Some(&v) = map.get(&host[start..]) {
-                return Some((
-                    v as usize,
-                    HostChoice::Suffix(format!("*{}", &host[start..])),
-                ));
+            if let Some((k, &v)) = map.get_key_value(&host[start..]) {
+                return Some((v as usize, HostKey::Suffix(k)));
             }
         }
         for (len, map) in &self.prefixes {
             if *len >= host.len() || !host.is_char_boundary(*len) {
                 continue;
             }
-            if let Some(&v) = map.get(&host[..*len]) {
-                return Some((
-                    v as usize,
-                    HostChoice::Prefix(format!("{}*", &host[..*len])),
-                ));
+            if let Some((k, &v)) = map.get_key_value(&host[..*len]) {
+                return Some((v as usize, HostKey::Prefix(k)));
             }
         }
-        self.default.map(|v| (v as usize, HostChoice::Default))
+        self.default.map(|v| (v as usize, HostKey::Default))
     }
 
     /// The index (into `routes`) of the route Envoy would choose, or `None` (404, or a
@@ -776,7 +760,7 @@ impl CompiledRouteTable {
     /// As [`route`](Self::route) with connection-manager options given per call.
     pub fn route_with(&self, req: &Request<'_>, o: &HcmOptions) -> Option<usize> {
         let authority = normalize_host(req.authority, o);
-        let (vi, _) = self.select_virtual_host(authority, req)?;
+        let (vi, _) = self.select(authority, req)?;
         let vh = self.virtual_hosts.get(vi)?;
         let path = normalize_path(req.path, o)?;
         let seen = Request {

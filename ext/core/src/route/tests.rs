@@ -3,27 +3,7 @@
 
 use super::*;
 
-/// Minimal protobuf encoder for building test configurations.
-fn varint(mut v: u64, out: &mut Vec<u8>) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-fn bytes_field(n: u32, b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    varint(u64::from(n) << 3 | 2, &mut out);
-    varint(b.len() as u64, &mut out);
-    out.extend_from_slice(b);
-    out
-}
-fn varint_field(n: u32, v: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    varint(u64::from(n) << 3, &mut out);
-    varint(v, &mut out);
-    out
-}
+use crate::proto::wire::test_encode::{bytes_field, varint_field};
 fn msg(parts: &[Vec<u8>]) -> Vec<u8> {
     parts.concat()
 }

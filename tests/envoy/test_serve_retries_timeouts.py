@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.envoy._sidecar import free_port, http_get, running_agent
+from tests.envoy._sidecar import free_ports, http_get, running_agent
 
 pytestmark = pytest.mark.envoy
 
@@ -172,12 +172,12 @@ def _spiffe(sa: str) -> str:
 
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
 def test_retries_timeouts_and_control_plane_restart(tmp_path: Path, delta: bool) -> None:
-    flaky_port, slow_port = free_port(), free_port()
+    flaky_port, slow_port, xds, metrics, ca, ca_mtls = free_ports(6)
     config = tmp_path / "config"
     config.mkdir()
     (config / "mesh.yaml").write_text(MESH.format(flaky=flaky_port, slow=slow_port))
     (config / "routes.yaml").write_text(ROUTES.format(attempts=3, timeout="0.5s"))
-    ports = {k: free_port() for k in ("xds", "metrics", "ca", "ca_mtls")}
+    ports = {"xds": xds, "metrics": metrics, "ca": ca, "ca_mtls": ca_mtls}
     tokens = {sa: f"{sa}-token-0123456789abcdef" for sa in ("web", "flaky", "slow")}
     (tmp_path / "tokens").write_text("".join(f"{t} {_spiffe(sa)}\n" for sa, t in tokens.items()))
     flaky = type("Flaky", (_Flaky,), {"attempts": {}, "lock": threading.Lock()})

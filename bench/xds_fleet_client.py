@@ -2,7 +2,8 @@
 
 Each client opens a state-of-the-world ADS stream with an Istio node id, subscribes to the
 endpoints of a few clusters, ACKs every response, and reports on stdout:
-``ready`` once every client has its first answer, then ``got I WALLTIME`` for each later one.
+``ready`` once every client has its first answer, then ``got I WALLTIME`` for each later one
+(I counted from the optional third argument).
 """
 
 from __future__ import annotations
@@ -48,14 +49,16 @@ async def client(channel: grpc.aio.Channel, index: int, node: str, names: list[s
                 print(f"got {index} {time.time():.6f}", flush=True)
             if stop.is_set():
                 break
-    except grpc.aio.AioRpcError:
-        pass
+    except grpc.aio.AioRpcError as exc:
+        if not stop.is_set():
+            print(f"client {index}: {exc.code().name} {exc.details()}", file=sys.stderr, flush=True)
     finally:
         queue.put_nowait(None)
 
 
 async def main() -> None:
     target, node_file = sys.argv[1], sys.argv[2]
+    offset = int(sys.argv[3]) if len(sys.argv) > 3 else 0  # of the indices reported
     with open(node_file) as f:
         lines = [line.split() for line in f.read().splitlines() if line.strip()]
     # Separate connections (gRPC would otherwise share one subchannel between the channels).
@@ -66,7 +69,7 @@ async def main() -> None:
     first, stop = asyncio.Event(), asyncio.Event()
     counter = [0]
     tasks = [
-        asyncio.create_task(client(channels[i % len(channels)], i, parts[0], parts[1:], first, counter, len(lines), stop))
+        asyncio.create_task(client(channels[i % len(channels)], offset + i, parts[0], parts[1:], first, counter, len(lines), stop))
         for i, parts in enumerate(lines)
     ]  # fmt: skip
     await asyncio.wait_for(first.wait(), 600)

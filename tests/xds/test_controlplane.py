@@ -10,11 +10,13 @@ import grpc
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
+from meshcore.cli.serve import generate
 from meshcore.config import MeshModel
-from meshcore.xds import types
+from meshcore.xds import translate, types
 from meshcore.xds.cache import NodeInfo
 from meshcore.xds.controlplane import ControlPlane
-from meshcore.xds.server import AdsServer
+from meshcore.xds.deps import DependencyIndex
+from meshcore.xds.server import AdsServer, start_ads_server
 from tests.xds.conftest import NODE, Stream
 
 SERVICE = """apiVersion: v1
@@ -103,3 +105,87 @@ def test_burst_of_50_writes_is_one_push_and_bad_config_keeps_last_good(tmp_path:
             await server.stop(None)
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def _service(i: int) -> str:
+    return f"""apiVersion: v1
+kind: Service
+metadata: {{name: s{i}}}
+spec:
+  selector: {{app: s{i}}}
+  ports: [{{name: http, port: 9080}}]
+"""
+
+
+def _route_vs(i: int) -> str:
+    return f"""apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: s{i}}}
+spec:
+  hosts: [s{i}]
+  http:
+  - name: r{i}
+    match: [{{uri: {{prefix: /v{i}}}}}]
+    route: [{{destination: {{host: s{i}}}}}]
+"""
+
+
+def test_burst_of_50_virtual_services_is_one_push_per_proxy(tmp_path: Path) -> None:
+    """The real translator and dependency index: 50 VirtualService files written in a burst
+    reach each connected proxy as exactly one RouteConfiguration push holding all 50."""
+    (tmp_path / "services.yaml").write_text("---\n".join(_service(i) for i in range(50)))
+    translate.clear_cache()
+    plane = ControlPlane([tmp_path], generate, dependencies=DependencyIndex(), debounce_after=0.3)
+    assert plane.load()
+    nodes = [f"sidecar~127.0.50.{i}~client{i}.default~default.svc.cluster.local" for i in range(3)]
+
+    async def main() -> None:
+        server, ads, port = await start_ads_server(plane.cache)
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(plane.run(lambda: (), stop))
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                streams = []
+                for node in nodes:
+                    s = Stream(channel)
+                    first = discovery_pb2.DiscoveryRequest(
+                        type_url=types.ROUTE, resource_names=["9080"]
+                    )
+                    first.node.id = node
+                    s.send(first)
+                    r1 = await s.recv()
+                    s.send(discovery_pb2.DiscoveryRequest(
+                        type_url=types.ROUTE, resource_names=["9080"], response_nonce=r1.nonce,
+                        version_info=r1.version_info,
+                    ))  # fmt: skip
+                    streams.append(s)
+                for s in streams:
+                    await s.nothing(0.1)
+                rebuilds, pushes = plane.rebuilds, ads.pushes
+                for i in range(50):  # a burst: each write well inside the quiet period
+                    (tmp_path / f"vs{i}.yaml").write_text(_route_vs(i))
+                    await asyncio.sleep(0.002)
+                for s in streams:
+                    r2 = await s.recv(timeout=10)
+                    rc = route_pb2.RouteConfiguration()
+                    r2.resources[0].Unpack(rc)
+                    names = {r.name for vh in rc.virtual_hosts for r in vh.routes}
+                    assert names == {f"r{i}" for i in range(50)}  # all 50 in the one push
+                    s.send(discovery_pb2.DiscoveryRequest(
+                        type_url=types.ROUTE, resource_names=["9080"], response_nonce=r2.nonce,
+                        version_info=r2.version_info,
+                    ))  # fmt: skip
+                for s in streams:
+                    await s.nothing(0.5)
+                    s.close()
+                assert plane.rebuilds == rebuilds + 1  # one update ...
+                assert ads.pushes == pushes + len(nodes)  # ... one push per proxy
+                # Only shared route configurations changed: no proxy was translated again.
+                assert plane.last_update["proxies_translated"] == 0
+        finally:
+            stop.set()
+            await watcher
+            await server.stop(None)
+
+    asyncio.run(asyncio.wait_for(main(), 60))
+    translate.clear_cache()

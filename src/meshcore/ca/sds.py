@@ -129,14 +129,14 @@ class SdsServer(AdsServer):
 
     # Envoy opens one SDS stream per secret, all with the same node: the node stays connected
     # until its last stream ends.
-    def connected(self, node: NodeInfo, kind: str) -> None:
+    def connected(self, node: NodeInfo, kind: str, number: int = 0) -> None:
         count = self._streams_of.get(node.id, 0)
         self._streams_of[node.id] = count + 1
         if count == 0 or node.id not in self.proxies:
-            self.proxies[node.id] = ProxyState(node, kind)
+            self.proxies[node.id] = ProxyState(node, kind, number)
         self.metrics.connect(1)
 
-    def disconnected(self, node_id: str, kind: str) -> None:
+    def disconnected(self, node_id: str, kind: str, number: int = 0) -> None:
         count = self._streams_of.get(node_id, 0) - 1
         if count <= 0:
             self._streams_of.pop(node_id, None)

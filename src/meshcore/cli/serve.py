@@ -28,6 +28,7 @@ from meshcore.config.meshconfig import MeshConfig
 from meshcore.xds import translate
 from meshcore.xds.cache import NodeInfo
 from meshcore.xds.controlplane import ControlPlane, Resources
+from meshcore.xds.deps import DependencyIndex
 from meshcore.xds.server import AdsServer, start_ads_server
 
 log = logging.getLogger("meshcore.serve")
@@ -170,7 +171,12 @@ async def serve(
     mesh_config: MeshConfig | None = None,
     ca: CAOptions | None = None,
 ) -> int:  # fmt: skip
-    plane = ControlPlane(paths, functools.partial(generate, mesh_config=mesh_config))
+    plane = ControlPlane(
+        paths,
+        functools.partial(generate, mesh_config=mesh_config),
+        dependencies=DependencyIndex(),
+        settle_gc=True,
+    )
     if not plane.load():
         for p in plane.problems:
             print(f"{p.severity}: {p}", file=sys.stderr)
@@ -185,7 +191,9 @@ async def serve(
         except (CAError, ValueError, OSError, RuntimeError) as exc:
             print(f"meshcore serve: cannot start the CA: {exc}", file=sys.stderr)
             return 2
-    server, ads, port = await start_ads_server(plane.cache, port=xds_port, host=host)
+    server, ads, port = await start_ads_server(
+        plane.cache, port=xds_port, host=host, ready=lambda: plane.mesh is not None
+    )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

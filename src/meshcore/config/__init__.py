@@ -10,10 +10,19 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from meshcore.config import schema
-from meshcore.config.loader import Document, parse_yaml, read_documents
+from meshcore.config.loader import (
+    Document,
+    Piece,
+    iter_config_files,
+    parse_pieces,
+    parse_yaml,
+    read_documents,
+    read_text,
+)
 from meshcore.config.model import (
     DEFAULT_DOMAIN,
     DEFAULT_ROOT_NAMESPACE,
@@ -38,6 +47,7 @@ from meshcore.errors import ConfigError, ConfigProblem
 __all__ = [
     "AuthorizationPolicy",
     "DestinationRule",
+    "IncrementalLoader",
     "MeshModel",
     "PeerAuthentication",
     "Resource",
@@ -209,6 +219,16 @@ def _check_references(
     return out
 
 
+# One document's validation: its resource (None when invalid or not a resource) and problems.
+Validated = tuple[Resource | None, tuple[ConfigProblem, ...]]
+
+
+def _validated(doc: Document, domain: str) -> Validated:
+    found: list[ConfigProblem] = []
+    res = _resource(doc, domain, found)
+    return res, tuple(found)
+
+
 def _build(
     docs: Iterable[Document],
     problems: list[ConfigProblem],
@@ -216,12 +236,16 @@ def _build(
     domain: str,
     root_namespace: str,
     check_references: bool = True,
+    validated: Iterable[Validated] | None = None,
 ) -> ValidationReport:
+    """The model of ``docs`` (each validated here, or taken from ``validated``, one per doc)."""
     resources: list[Resource] = []
     seen: dict[tuple[str, str, str], Resource] = {}
     docs_by_key: dict[tuple[str, str, str], Document] = {}
-    for doc in docs:
-        res = _resource(doc, domain, problems)
+    docs = list(docs)
+    checked = list(validated) if validated is not None else [_validated(d, domain) for d in docs]
+    for doc, (res, found) in zip(docs, checked, strict=True):
+        problems.extend(found)
         if res is None:
             continue
         first = seen.get(res.key)
@@ -257,6 +281,89 @@ def validate(
     """Loads and validates YAML files and directories; never raises for bad input."""
     docs, problems = read_documents(paths)
     return _build(docs, problems, domain=domain, root_namespace=root_namespace)
+
+
+class IncrementalLoader:
+    """:func:`validate` for a config that is read again and again (the control plane's watch):
+    only files whose size or modification time changed are read again; in them, only the
+    stretches between document markers whose text or position changed are parsed again
+    (:func:`meshcore.config.loader.parse_pieces`) and only documents that changed (value or
+    starting line, or that had problems) are validated again; unchanged documents keep their
+    Resource objects. The report is the one :func:`validate` would give.
+    """
+
+    def __init__(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        domain: str = DEFAULT_DOMAIN,
+        root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+    ) -> None:
+        self.paths = list(paths)
+        self.domain = domain
+        self.root_namespace = root_namespace
+        self._files: dict[str, _CachedFile] = {}
+        self.reread: list[str] = []  # files read (or found gone) by the last validate()
+
+    def validate(self) -> ValidationReport:
+        docs: list[Document] = []
+        checked: list[Validated] = []
+        problems: list[ConfigProblem] = []
+        files: dict[str, _CachedFile] = {}
+        self.reread = []
+        for path in iter_config_files(self.paths):
+            name = str(path)
+            try:
+                st = path.stat()
+                stamp = (st.st_mtime_ns, st.st_size)
+            except OSError:
+                stamp = (-1, -1)
+            cached = self._files.get(name)
+            if cached is None or cached.stamp != stamp or stamp[0] < 0:
+                self.reread.append(name)
+                cached = self._read(path, stamp, cached)
+            files[name] = cached
+            docs.extend(cached.docs)
+            problems.extend(cached.problems)
+            checked.extend(cached.checked)
+        self.reread.extend(name for name in self._files if name not in files)  # removed
+        self._files = files
+        return _build(
+            docs,
+            problems,
+            domain=self.domain,
+            root_namespace=self.root_namespace,
+            validated=checked,
+        )
+
+    def _read(self, path: Path, stamp: tuple[int, int], old: _CachedFile | None) -> _CachedFile:
+        text, unreadable = read_text(path)
+        if text is None:
+            return _CachedFile(stamp, [], unreadable, [], [])
+        file_docs, file_problems, pieces = parse_pieces(
+            text, str(path), old.pieces if old is not None else ()
+        )
+        before = old.docs if old is not None else []
+        before_checked = old.checked if old is not None else []
+        # A document with problems is checked again: its lines may have moved.
+        file_checked = [
+            before_checked[i]
+            if i < len(before)
+            and not before_checked[i][1]
+            and (before[i] is d or (before[i].line == d.line and before[i].value == d.value))
+            else _validated(d, self.domain)
+            for i, d in enumerate(file_docs)
+        ]
+        return _CachedFile(stamp, file_docs, file_problems, file_checked, pieces)
+
+
+@dataclass(frozen=True, slots=True)
+class _CachedFile:
+    stamp: tuple[int, int]  # modification time (ns) and size
+    docs: list[Document]
+    problems: list[ConfigProblem]  # parse problems
+    checked: list[Validated]  # each document's validation
+    pieces: list[Piece]
 
 
 def load(

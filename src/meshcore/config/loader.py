@@ -8,8 +8,12 @@ a problem needs one.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+import itertools
 import os
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,12 +36,14 @@ class Document:
     line: int  # 1-based line where the document starts (0 when not from a file)
     index: int  # 0-based position of the document in its file
     lines: _core.YamlDocument | None = field(default=None, repr=False, compare=False)
+    # Lines before the text ``lines`` was parsed from (a document parsed apart from its file).
+    line_offset: int = field(default=0, repr=False, compare=False)
 
     def line_of(self, path: PathKey) -> int:
         """The 1-based line of the field at ``path`` (its nearest existing ancestor's if absent)."""
         if self.lines is None:
             return self.line
-        return self.lines.line_of(path)
+        return self.lines.line_of(path) + self.line_offset
 
 
 def parse_yaml(text: str, file: str) -> tuple[list[Document], list[ConfigProblem]]:
@@ -88,6 +94,19 @@ def iter_config_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]
             yield path
 
 
+def read_text(path: Path) -> tuple[str | None, list[ConfigProblem]]:
+    """A config file's text, or None and the problem that kept it from being read."""
+    name = str(path)
+    try:
+        return path.read_text(encoding="utf-8"), []
+    except FileNotFoundError:
+        return None, [ConfigProblem("no such file or directory", file=name)]
+    except UnicodeDecodeError as exc:
+        return None, [ConfigProblem(f"not UTF-8 text: {exc.reason}", file=name)]
+    except OSError as exc:
+        return None, [ConfigProblem(f"cannot read: {exc.strerror}", file=name)]
+
+
 def read_documents(
     paths: Iterable[str | os.PathLike[str]],
 ) -> tuple[list[Document], list[ConfigProblem]]:
@@ -95,19 +114,104 @@ def read_documents(
     docs: list[Document] = []
     problems: list[ConfigProblem] = []
     for path in iter_config_files(paths):
-        name = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            problems.append(ConfigProblem("no such file or directory", file=name))
+        text, unreadable = read_text(path)
+        if text is None:
+            problems.extend(unreadable)
             continue
-        except UnicodeDecodeError as exc:
-            problems.append(ConfigProblem(f"not UTF-8 text: {exc.reason}", file=name))
-            continue
-        except OSError as exc:
-            problems.append(ConfigProblem(f"cannot read: {exc.strerror}", file=name))
-            continue
-        file_docs, file_problems = parse_yaml(text, name)
+        file_docs, file_problems = parse_yaml(text, str(path))
         docs.extend(file_docs)
         problems.extend(file_problems)
     return docs, problems
+
+
+# A document marker starts a line: "---" then a blank or the end of the line. YAML forbids it
+# inside quoted scalars, and block scalars are indented, so cutting there cuts between
+# documents; directives (%YAML, %TAG) would apply across the cut, so with them nothing is cut.
+_DOC_MARKER = re.compile(r"^---(?=[ \t\r]|$)", re.M)
+_DIRECTIVE = re.compile(r"^%", re.M)
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A stretch of a file holding whole documents, parsed: the unit of re-parsing."""
+
+    line: int  # where it starts in the file
+    text: str
+    docs: tuple[Document, ...]
+    problems: tuple[ConfigProblem, ...]
+
+
+def parse_pieces(
+    text: str, file: str, previous: Sequence[Piece] = ()
+) -> tuple[list[Document], list[ConfigProblem], list[Piece]]:
+    """:func:`parse_yaml`, re-parsing only the stretches between document markers that are
+    not in ``previous`` (the same text at the same line): a change to one document of a long
+    file parses that document. Documents, lines and problems are those of ``parse_yaml``."""
+    if _DIRECTIVE.search(text):
+        cuts = [0]
+    else:
+        cuts = [0, *(m.start() for m in _DOC_MARKER.finditer(text) if m.start() > 0)]
+    cuts.append(len(text))
+    if not previous:
+        # Nothing to reuse: the whole text at once, then shared out between the pieces by
+        # line (each document and problem to the piece it starts in).
+        docs, problems = parse_yaml(text, file)
+        return docs, problems, _share_out(text, cuts, docs, problems)
+    pieces = []
+    docs_out: list[Document] = []
+    problems_out: list[ConfigProblem] = []
+    line = 1
+    for i, (a, b) in enumerate(itertools.pairwise(cuts)):
+        chunk = text[a:b]
+        old = previous[i] if i < len(previous) else None
+        if old is None or old.line != line or old.text != chunk:
+            old = _parse_piece(chunk, file, line)
+        k = len(docs_out)
+        if any(d.index != k + j for j, d in enumerate(old.docs)):  # its documents' places
+            old = dataclasses.replace(
+                old,
+                docs=tuple(dataclasses.replace(d, index=k + j) for j, d in enumerate(old.docs)),
+            )
+        pieces.append(old)
+        docs_out.extend(old.docs)
+        problems_out.extend(old.problems)
+        line += chunk.count("\n")
+    return docs_out, problems_out, pieces
+
+
+def _parse_piece(chunk: str, file: str, line: int) -> Piece:
+    """One piece parsed on its own, its lines and problems moved to where it is in the file."""
+    docs, problems = parse_yaml(chunk, file)
+    off = line - 1
+    if off:
+        docs = [
+            dataclasses.replace(d, line=d.line + off, line_offset=d.line_offset + off) for d in docs
+        ]
+        problems = [dataclasses.replace(p, line=p.line + off) if p.line else p for p in problems]
+    return Piece(line, chunk, tuple(docs), tuple(problems))
+
+
+def _share_out(
+    text: str, cuts: list[int], docs: list[Document], problems: list[ConfigProblem]
+) -> list[Piece]:
+    """Pieces holding the documents and problems of a whole-text parse (none to reuse when a
+    problem has no line to place it by)."""
+    starts = [1]
+    for a, b in itertools.pairwise(cuts[:-1]):
+        starts.append(starts[-1] + text.count("\n", a, b))
+    if any(p.line <= 0 for p in problems):
+        return []
+    by_piece_docs: list[list[Document]] = [[] for _ in starts]
+    by_piece_problems: list[list[ConfigProblem]] = [[] for _ in starts]
+    j = 0
+    for d in docs:  # in line order
+        while j + 1 < len(starts) and starts[j + 1] <= d.line:
+            j += 1
+        by_piece_docs[j].append(d)
+    for p in problems:
+        k = bisect.bisect_right(starts, p.line) - 1
+        by_piece_problems[max(k, 0)].append(p)
+    return [
+        Piece(starts[j], text[a:b], tuple(by_piece_docs[j]), tuple(by_piece_problems[j]))
+        for j, (a, b) in enumerate(itertools.pairwise(cuts))
+    ]

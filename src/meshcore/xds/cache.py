@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,13 +22,14 @@ class NodeInfo:
     cluster: str = ""
     metadata: Mapping[str, object] = field(default_factory=dict)
     user_agent: str = ""
+    client_features: frozenset[str] = frozenset()
 
 
 class Layered(Mapping[str, Any]):
     """A proxy's own resources of one type over resources shared with other proxies.
 
-    Read-only; iterates the proxy's own names first, then the shared ones. The snapshot store
-    reuses the shared layer (by identity) for every proxy that has it.
+    Read-only; iterates the names of both layers merged (in name order when each layer is).
+    The snapshot store reuses the shared layer (by identity) for every proxy that has it.
     """
 
     __slots__ = ("own", "shared")
@@ -42,8 +44,8 @@ class Layered(Mapping[str, Any]):
         return self.shared[name]
 
     def __iter__(self) -> Iterator[str]:
-        yield from self.own
-        yield from (name for name in self.shared if name not in self.own)
+        # Both layers in name order (as the translator builds them) give names in order.
+        return heapq.merge(self.own, (name for name in self.shared if name not in self.own))
 
     def __len__(self) -> int:
         return len(self.own) + sum(1 for name in self.shared if name not in self.own)
@@ -66,6 +68,8 @@ class SnapshotCache:
     def __init__(self, source: SnapshotSource | None = None) -> None:
         self.store = ResourceStore()
         self.source = source
+        # Told when a node's snapshot is dropped (the control plane's dependency index).
+        self.dropped: Callable[[str], None] | None = None
         self._fleet = Fleet(self.store)
         self.changed_at: dict[str, float] = {}  # monotonic time of each node's last change
         self._events: dict[str, set[asyncio.Event]] = {}
@@ -87,16 +91,22 @@ class SnapshotCache:
         snap = self.store.snapshot({})
         for type_url, by_name in resources.items():
             if isinstance(by_name, Layered):
-                snap = snap.with_type_from(self._shared(type_url, by_name.shared), type_url)
+                # A shared layer is remembered whatever its size: one route configuration
+                # for a thousand hosts is not copied into the store again for every proxy.
+                shared = self._shared(type_url, by_name.shared, remember=True)
+                snap = snap.with_type_from(shared, type_url)
                 if by_name.own:
-                    own = {name: self._bytes(r) for name, r in by_name.own.items()}
+                    # The proxy's own: not remembered (no other proxy will hand them in).
+                    own = {name: _serialize(r) for name, r in by_name.own.items()}
                     snap, _ = snap.with_changes(type_url, own)
             else:
                 snap = snap.with_type_from(self._shared(type_url, by_name), type_url)
         return snap
 
-    def _shared(self, type_url: str, by_name: Mapping[str, bytes | Message]) -> Snapshot:
-        if len(by_name) < SHARE_AT_LEAST:
+    def _shared(
+        self, type_url: str, by_name: Mapping[str, bytes | Message], remember: bool = False
+    ) -> Snapshot:
+        if not remember and len(by_name) < SHARE_AT_LEAST:
             # Small, usually per-proxy maps: cheaper to build than to remember.
             return self.store.snapshot({type_url: {n: self._bytes(r) for n, r in by_name.items()}})
         key = (type_url, id(by_name))
@@ -110,6 +120,7 @@ class SnapshotCache:
         return built
 
     def _bytes(self, resource: bytes | Message) -> bytes:
+        """The serialized resource; messages are remembered (they are shared by proxies)."""
         if isinstance(resource, bytes):
             return resource
         # Keyed by identity, holding the message so that its id cannot be reused meanwhile.
@@ -120,10 +131,38 @@ class SnapshotCache:
         self._serialized[id(resource)] = (resource, data)
         return data
 
-    def forget(self) -> None:
-        """Drops remembered serializations (the messages they belong to are being replaced)."""
+    def forget(self, keep: Iterable[Mapping[str, Any]] = ()) -> None:
+        """Drops remembered serializations (the messages they belong to are being replaced)
+        and the resource sets built from mappings, except those of ``keep`` (still in use)."""
         self._serialized.clear()
-        self._sets.clear()
+        kept = {id(m) for m in keep}
+        self._sets = {k: v for k, v in self._sets.items() if k[1] in kept}
+
+    def update_shared(
+        self,
+        type_url: str,
+        old: Mapping[str, bytes | Message],
+        new: Mapping[str, bytes | Message],
+        nodes: list[str],
+    ) -> list[str]:
+        """``nodes`` held ``old`` as their shared layer of ``type_url`` and now hold ``new``:
+        applies the difference (found by identity, so unchanged messages must be the same
+        objects to cost nothing) to all of them at once; returns the nodes whose view changed.
+        The resource set of ``new`` is derived from ``old``'s when that one was built, so
+        proxies connecting later share it without serializing it again."""
+        changes: dict[str, bytes | Message | None] = {
+            name: r for name, r in new.items() if old.get(name) is not r
+        }
+        changes.update((name, None) for name in old if name not in new)
+        known = self._sets.get((type_url, id(old)))
+        if known is not None and known[0] is old:
+            derived, _ = known[1].with_changes(
+                type_url, {n: None if r is None else self._bytes(r) for n, r in changes.items()}
+            )
+            self._sets[(type_url, id(new))] = (new, derived)
+        if not changes:
+            return []
+        return self.apply(type_url, changes, nodes)
 
     def set(self, node_id: str, snapshot: Snapshot) -> None:
         self._fleet.set(node_id, snapshot)
@@ -161,12 +200,19 @@ class SnapshotCache:
 
     def clear(self, node_id: str) -> None:
         self._fleet.remove(node_id)
+        self.changed_at.pop(node_id, None)
+        if self.dropped is not None:
+            self.dropped(node_id)
 
     def nodes(self) -> list[str]:
         return self._fleet.nodes()
 
-    def subscribe(self, node_id: str) -> asyncio.Event:
-        event = asyncio.Event()
+    def __len__(self) -> int:
+        return len(self._fleet)
+
+    def subscribe(self, node_id: str, event: asyncio.Event | None = None) -> asyncio.Event:
+        """An event set whenever the node's snapshot changes (``event``, or a new one)."""
+        event = event or asyncio.Event()
         self._events.setdefault(node_id, set()).add(event)
         return event
 
@@ -176,3 +222,9 @@ class SnapshotCache:
             events.discard(event)
             if not events:
                 del self._events[node_id]
+
+
+def _serialize(resource: bytes | Message) -> bytes:
+    if isinstance(resource, bytes):
+        return resource
+    return resource.SerializeToString(deterministic=True)

@@ -6,22 +6,26 @@ the node is remembered from the first request; nonces are per stream; an ACK or 
 nonce gets no answer (SotW) but subscription changes are honoured regardless (delta); types are
 pushed clusters, endpoints, listeners, routes, secrets (make-before-break), endpoints again
 after every cluster push (Envoy re-warms clusters); one push per type is outstanding at a time
-and later changes merge into the next; responses over the size limit are never sent.
+and later changes merge into the next, and at most ``push_throttle`` streams send at a time;
+responses over the size limit are never sent: delta responses go in parts that fit, a SotW
+response (or one resource) over the limit is reported in proxy-status and the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.json_format import MessageToDict
 
 from meshcore._core import Snapshot
@@ -34,6 +38,13 @@ log = logging.getLogger("meshcore.xds")
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 WILDCARD_TYPES = frozenset({types.LISTENER, types.CLUSTER})
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default receive limit in Envoy and grpc
+DEFAULT_PUSH_THROTTLE = 100  # istiod's PILOT_PUSH_THROTTLE default
+TTL_FEATURE = "xds.config.supports-resource-ttl"
+# Envoy's documentation names the first; the protocol checklist the second.
+SOTW_RESOURCE_FEATURES = frozenset(
+    {"xds.config.resource-in-sotw", "xds.config.supports-resource-in-sotw"}
+)
+RESOURCE_TYPE = "type.googleapis.com/envoy.service.discovery.v3.Resource"
 
 
 @dataclass
@@ -52,6 +63,7 @@ class TypeStatus:
 class ProxyState:
     node: NodeInfo
     stream: str  # "sotw" or "delta"
+    number: int = 0  # the stream's number on this server
     connected_at: float = field(default_factory=time.time)
     types: dict[str, TypeStatus] = field(default_factory=dict)
     converged_change: float = 0.0  # the cache change whose convergence was last recorded
@@ -69,13 +81,45 @@ class AdsServer:
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         metrics: XdsMetrics | None = None,
+        push_throttle: int = DEFAULT_PUSH_THROTTLE,
+        resource_ttl: Mapping[str, float] | None = None,
+        heartbeat_interval: float | None = None,
+        max_new_streams_per_second: float | None = None,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self.cache = cache
+        # New streams beyond this rate (a token bucket, bursts of up to one second's worth, at
+        # least one stream) are refused with RESOURCE_EXHAUSTED and retried by the client
+        # (istiod's PILOT_MAX_REQUESTS_PER_SECOND); None: no limit.
+        self.max_new_streams_per_second = max_new_streams_per_second
+        self._tokens = max(1.0, max_new_streams_per_second or 0.0)
+        self._tokens_at = time.monotonic()
+        # Streams are refused with UNAVAILABLE until this says the caches are ready (istiod's
+        # IsServerReady); None: always ready.
+        self.ready = ready
+        self.refused_streams = 0
+        # Per type URL, the TTL (seconds) of resources sent to clients that support it (the
+        # client features TTL_FEATURE, and for SotW one of SOTW_RESOURCE_FEATURES); those
+        # clients get heartbeats every heartbeat_interval (default: a third of the shortest
+        # TTL), so that they drop the resources only if the control plane is gone.
+        self.resource_ttl = dict(resource_ttl or {})
+        self.heartbeat_interval = heartbeat_interval or (
+            min(self.resource_ttl.values()) / 3 if self.resource_ttl else None
+        )
+        self.heartbeats = 0
         self.max_message_bytes = max_message_bytes
+        # At most this many streams send pushes at a time (istiod's PILOT_PUSH_THROTTLE): a
+        # change reaching every proxy does not encode and queue thousands of responses at once.
+        self.push_throttle = push_throttle
+        self._pushing = asyncio.Semaphore(push_throttle)
+        self.pushes_in_flight = 0
+        self.peak_pushes_in_flight = 0
         self.metrics = metrics or XdsMetrics()
         self.proxies: dict[str, ProxyState] = {}
         self.rejects = 0
         self.pushes = 0
+        self.oversized_responses = 0  # not sent: over the limit (SotW) or one resource over it
+        self.split_responses = 0  # delta responses sent in parts to stay under the limit
         self._streams = itertools.count(1)
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
@@ -118,14 +162,35 @@ class AdsServer:
 
     # --- bookkeeping shared by both stream kinds -----------------------------------------------
 
-    def connected(self, node: NodeInfo, kind: str) -> None:
-        self.proxies[node.id] = ProxyState(node, kind)
+    def admit(self) -> tuple[grpc.StatusCode, str] | None:
+        """Why a new stream must be refused now, or None to take it."""
+        if self.ready is not None and not self.ready():
+            self.refused_streams += 1
+            return grpc.StatusCode.UNAVAILABLE, "the control plane has no configuration yet"
+        rate = self.max_new_streams_per_second
+        if rate is None:
+            return None
+        now = time.monotonic()
+        self._tokens = min(max(1.0, rate), self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens < 1.0:
+            self.refused_streams += 1
+            return grpc.StatusCode.RESOURCE_EXHAUSTED, "too many new xDS streams; retry later"
+        self._tokens -= 1.0
+        return None
+
+    def connected(self, node: NodeInfo, kind: str, number: int = 0) -> None:
+        self.proxies[node.id] = ProxyState(node, kind, number)
         self.metrics.connect(1)
 
-    def disconnected(self, node_id: str, kind: str) -> None:
+    def disconnected(self, node_id: str, kind: str, number: int = 0) -> None:
         state = self.proxies.get(node_id)
-        if state is not None and state.stream == kind:
+        # A proxy that reconnected before its old stream ended belongs to the new stream.
+        if state is not None and state.stream == kind and state.number == number:
             del self.proxies[node_id]
+            if self.cache.source is not None:
+                # The cache can generate it again on reconnect: no snapshot kept per gone proxy.
+                self.cache.clear(node_id)
         self.metrics.connect(-1)
 
     def sent(self, node_id: str, type_url: str, version: str, size: int, started: float) -> None:
@@ -161,9 +226,11 @@ class AdsServer:
             "proxy %s rejected %s version %s: %s", node_id, _short(type_url), version, message
         )
 
-    def oversized(self, node_id: str, type_url: str, size: int) -> None:
+    def oversized(self, node_id: str, type_url: str, size: int, name: str = "") -> None:
         status = self.proxies[node_id].status(type_url)
-        status.error = f"response of {size} bytes exceeds the limit of {self.max_message_bytes}"
+        what = f"resource {name!r} of" if name else "response of"
+        status.error = f"{what} {size} bytes exceeds the limit of {self.max_message_bytes}"
+        self.oversized_responses += 1
         log.error("not sending %s to %s: %s", _short(type_url), node_id, status.error)
 
     # --- status ---------------------------------------------------------------------------------
@@ -196,54 +263,113 @@ async def _run(
     requests: AsyncIterator[Any],
     context: grpc.aio.ServicerContext[Any, Any],
 ) -> AsyncIterator[Any]:
-    """Reads requests and snapshot changes concurrently; yields responses in push order."""
-    queue: asyncio.Queue[Any] = asyncio.Queue()
+    """Reads requests and snapshot changes concurrently; yields responses in push order.
+
+    One event wakes the stream, set by the request reader and by the snapshot cache: a wake-up
+    handles every request that arrived, then pushes what is due (no futures per wake-up).
+    """
+    refused = server.admit()
+    if refused is not None:
+        await context.abort(*refused)
+        return
+    wake = asyncio.Event()
+    inbox: collections.deque[Any] = collections.deque()
 
     async def read() -> None:
         try:
             async for request in requests:
-                await queue.put(request)
+                inbox.append(request)
+                wake.set()
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
         finally:
-            await queue.put(None)
+            inbox.append(None)
+            wake.set()
 
     reader = asyncio.create_task(read())
-    changed: asyncio.Event | None = None
+    subscribed: str | None = None
+    loop = asyncio.get_running_loop()
+    next_beat: float | None = None
     try:
         while True:
-            getter = asyncio.ensure_future(queue.get())
-            waits: set[asyncio.Future[Any]] = {getter}
-            waiter = asyncio.ensure_future(changed.wait()) if changed is not None else None
-            if waiter is not None:
-                waits.add(waiter)
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            if waiter is not None and not waiter.done():
-                waiter.cancel()
-            if getter in done:
-                request = getter.result()
+            interval = server.heartbeat_interval
+            if interval is not None and stream.wants_heartbeats():
+                if next_beat is None:
+                    next_beat = loop.time() + interval
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), max(0.0, next_beat - loop.time()))
+            else:
+                next_beat = None
+                await wake.wait()
+            wake.clear()
+            while inbox:
+                request = inbox.popleft()
                 if request is None:
                     return
                 problem = stream.receive(request)
                 if problem is not None:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
                     return
-                if changed is None and stream.node is not None:
-                    changed = server.cache.subscribe(stream.node.id)
-            else:
-                getter.cancel()
-            if changed is not None and changed.is_set():
-                changed.clear()
-            for response in stream.pushes():
-                yield response
+                if subscribed is None and stream.node is not None:
+                    subscribed = stream.node.id
+                    server.cache.subscribe(subscribed, wake)
+            beats: list[bytes] = []
+            if next_beat is not None and loop.time() >= next_beat:
+                next_beat = None
+                beats = list(stream.heartbeats())
+            pushes = itertools.chain(beats, stream.pushes())
+            first = next(pushes, None)
+            if first is None:
+                continue
+            async with server._pushing:  # the push throttle
+                server.pushes_in_flight += 1
+                server.peak_pushes_in_flight = max(
+                    server.peak_pushes_in_flight, server.pushes_in_flight
+                )
+                try:
+                    yield first
+                    for response in pushes:
+                        yield response
+                finally:
+                    server.pushes_in_flight -= 1
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
+        if subscribed is not None:
+            server.cache.unsubscribe(subscribed, wake)
         if stream.node is not None:
-            if changed is not None:
-                server.cache.unsubscribe(stream.node.id, changed)
-            server.disconnected(stream.node.id, stream.kind)
+            server.disconnected(stream.node.id, stream.kind, stream.number)
+
+
+def _ttl(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def _delta_with_ttl(data: bytes, ttl: float) -> bytes:
+    """The delta response with a TTL on every resource (Resource.ttl)."""
+    resp = discovery_pb2.DeltaDiscoveryResponse.FromString(data)
+    for r in resp.resources:
+        r.ttl.CopyFrom(_ttl(ttl))
+    out: bytes = resp.SerializeToString(deterministic=True)
+    return out
+
+
+def _sotw_wrapped(data: bytes, names: list[str], ttl: float) -> bytes:
+    """The SotW response with each resource wrapped in a Resource carrying its name, the
+    type's version (which makes a later heartbeat recognisable) and a TTL."""
+    resp = discovery_pb2.DiscoveryResponse.FromString(data)
+    wrapped = []
+    for name, any_ in zip(names, resp.resources, strict=True):
+        r = discovery_pb2.Resource(name=name, version=resp.version_info, ttl=_ttl(ttl))
+        r.resource.CopyFrom(any_)
+        wrapped.append(any_pb2.Any(type_url=RESOURCE_TYPE, value=r.SerializeToString()))
+    del resp.resources[:]
+    resp.resources.extend(wrapped)
+    out: bytes = resp.SerializeToString(deterministic=True)
+    return out
 
 
 def _encoded(response: bytes) -> bytes:
@@ -258,7 +384,11 @@ def _short(type_url: str) -> str:
 def _node(msg: Any) -> NodeInfo:
     metadata = MessageToDict(msg.metadata) if msg.HasField("metadata") else {}
     return NodeInfo(
-        id=msg.id, cluster=msg.cluster, metadata=metadata, user_agent=msg.user_agent_name
+        id=msg.id,
+        cluster=msg.cluster,
+        metadata=metadata,
+        user_agent=msg.user_agent_name,
+        client_features=frozenset(msg.client_features),
     )
 
 
@@ -272,6 +402,7 @@ class _SotwType:
     sent_version: str | None = None
     nacked_version: str | None = None
     awaiting_ack: bool = False
+    sent_names: list[str] = field(default_factory=list)  # with a TTL: for heartbeats
 
     @property
     def wildcard(self) -> bool:
@@ -293,7 +424,7 @@ class _SotwStream:
             if not req.HasField("node") or not req.node.id:
                 return "the first request on a stream must carry node.id"
             self.node = _node(req.node)
-            self.server.connected(self.node, self.kind)
+            self.server.connected(self.node, self.kind, self.number)
             log.info(
                 "proxy %s connected (ADS state of the world, stream %d)", self.node.id, self.number
             )
@@ -323,6 +454,49 @@ class _SotwStream:
             t.names = names
             t.dirty = True
         return None
+
+    def ttl(self, type_url: str) -> float | None:
+        """The TTL for this type, if the client takes Resource wrappers and TTLs in SotW."""
+        ttl = self.server.resource_ttl.get(type_url)
+        if ttl is None or self.node is None:
+            return None
+        features = self.node.client_features
+        if TTL_FEATURE not in features or not features & SOTW_RESOURCE_FEATURES:
+            return None
+        return ttl
+
+    def wants_heartbeats(self) -> bool:
+        return any(t.requested and self.ttl(u) is not None for u, t in self.types.items())
+
+    def heartbeats(self) -> Iterable[bytes]:
+        """Refreshes the TTLs of what the client holds: for RDS/EDS/SDS a response whose
+        Resources carry no resource and the current version (Envoy's heartbeat); LDS and CDS
+        responses are full state, so they are sent again in full (see pushes)."""
+        if self.node is None:
+            return
+        snap = self.server.cache.get(self.node)
+        if snap is None:
+            return
+        for type_url, t in self.types.items():
+            ttl = self.ttl(type_url)
+            if ttl is None or t.awaiting_ack or not t.sent_version:
+                continue
+            if t.sent_version != snap.version(type_url) or t.sent_version == t.nacked_version:
+                continue  # a change is due: the push refreshes the TTLs
+            if type_url in types.FULL_STATE_TYPES:
+                t.dirty = True
+                continue
+            nonce = f"{self.number}-{next(self._nonces)}"
+            resp = discovery_pb2.DiscoveryResponse(
+                version_info=t.sent_version, type_url=type_url, nonce=nonce
+            )
+            for name in t.sent_names:
+                beat = discovery_pb2.Resource(name=name, version=t.sent_version, ttl=_ttl(ttl))
+                resp.resources.add(type_url=RESOURCE_TYPE, value=beat.SerializeToString())
+            t.nonce = nonce
+            t.awaiting_ack = True
+            self.server.heartbeats += 1
+            yield resp.SerializeToString(deterministic=True)
 
     def pushes(self) -> Iterable[bytes]:
         if self.node is None:
@@ -361,6 +535,12 @@ class _SotwStream:
         # Encoded in the core from the interned resources: no protobuf objects per push.
         data, _ = snap.sotw_response(type_url, version, nonce, names)
         assert self.node is not None
+        ttl = self.ttl(type_url)
+        if ttl is not None:
+            listed = names if names is not None else snap.names(type_url)
+            sent = sorted(n for n in listed if snap.resource(type_url, n) is not None)
+            data = _sotw_wrapped(data, sent, ttl)
+            t.sent_names = sent
         if len(data) > self.server.max_message_bytes:
             self.server.oversized(self.node.id, type_url, len(data))
             t.dirty = False
@@ -403,7 +583,7 @@ class _DeltaStream:
             if not req.HasField("node") or not req.node.id:
                 return "the first request on a stream must carry node.id"
             self.node = _node(req.node)
-            self.server.connected(self.node, self.kind)
+            self.server.connected(self.node, self.kind, self.number)
             log.info("proxy %s connected (ADS delta, stream %d)", self.node.id, self.number)
         if not req.type_url:
             return "type_url is required on ADS requests"
@@ -448,6 +628,88 @@ class _DeltaStream:
             t.known.pop(name, None)
         return None
 
+    def ttl(self, type_url: str) -> float | None:
+        ttl = self.server.resource_ttl.get(type_url)
+        if ttl is None or self.node is None or TTL_FEATURE not in self.node.client_features:
+            return None
+        return ttl
+
+    def wants_heartbeats(self) -> bool:
+        return any(t.requested and self.ttl(u) is not None for u, t in self.types.items())
+
+    def heartbeats(self) -> Iterable[bytes]:
+        """Refreshes the TTLs of the resources the client holds in their current version:
+        Resources with a name, version and TTL but no resource (the delta heartbeat)."""
+        if self.node is None:
+            return
+        snap = self.server.cache.get(self.node)
+        if snap is None:
+            return
+        for type_url, t in self.types.items():
+            ttl = self.ttl(type_url)
+            if ttl is None or t.awaiting_ack or not t.known:
+                continue
+            current = []
+            for name, version in sorted(t.known.items()):
+                found = snap.resource(type_url, name)
+                if found is not None and found[0] == version:
+                    current.append((name, version))
+            if not current:
+                continue
+            nonce = f"{self.number}-{next(self._nonces)}"
+            resp = discovery_pb2.DeltaDiscoveryResponse(
+                system_version_info=snap.version(type_url), type_url=type_url, nonce=nonce
+            )
+            for name, version in current:
+                resp.resources.add(name=name, version=version, ttl=_ttl(ttl))
+            t.nonce = nonce
+            t.awaiting_ack = True
+            t.in_flight = {}
+            self.server.heartbeats += 1
+            yield resp.SerializeToString(deterministic=True)
+
+    def _part(
+        self,
+        snap: Snapshot,
+        type_url: str,
+        t: _DeltaType,
+        nonce: str,
+        believed: dict[str, str],
+        updated: list[tuple[str, str]],
+    ) -> tuple[bytes, list[tuple[str, str]], list[str]] | None:
+        """A response too large for the client: send the updated resources in parts that fit
+        (a delta response may carry any of them; each later part follows the ACK of the one
+        before, and removals come with the last). A single resource over the limit cannot be
+        sent: it is reported (proxy-status, log) and not offered again unchanged."""
+        assert self.node is not None
+        limit = self.server.max_message_bytes - 1024  # room for the envelope
+        chosen: list[str] = []
+        total = 0
+        for name, version in updated:
+            found = snap.resource(type_url, name)
+            size = len(found[1]) + len(name) + len(version) + 64 if found is not None else 0
+            if size > limit:
+                self.server.oversized(self.node.id, type_url, size, name)
+                t.nacked[name] = version
+                continue
+            if total + size <= limit:
+                chosen.append(name)
+                total += size
+        if not chosen:
+            return None
+        out = snap.delta_response(type_url, nonce, believed, chosen, set())
+        if out is None or len(out[0]) > self.server.max_message_bytes:
+            return None
+        self.server.split_responses += 1
+        log.info(
+            "%s for %s in parts: %d of %d resources in this one",
+            _short(type_url).upper(),
+            self.node.id,
+            len(out[1]),
+            len(updated),
+        )
+        return out
+
     def pushes(self) -> Iterable[bytes]:
         if self.node is None:
             return
@@ -481,10 +743,13 @@ class _DeltaStream:
         data, updated, removed = out
         assert self.node is not None
         if len(data) > self.server.max_message_bytes:
-            self.server.oversized(self.node.id, type_url, len(data))
-            for name, version in updated:
-                t.nacked[name] = version
-            return None
+            split = self._part(snap, type_url, t, nonce, believed, updated)
+            if split is None:
+                return None
+            data, updated, removed = split
+        ttl = self.ttl(type_url)
+        if ttl is not None:
+            data = _delta_with_ttl(data, ttl)
         t.in_flight = {name: (t.known.get(name), version) for name, version in updated}
         for name, version in updated:
             t.known[name] = version

@@ -141,6 +141,7 @@ __all__ = [
     "parse_node_id",
     "proxy_for_node",
     "render_static_bootstrap",
+    "uses_source_match",
 ]
 
 Resources = dict[str, Mapping[str, Message]]
@@ -792,12 +793,7 @@ class _Translator:
         for group in self.by_port.values():
             group.sort(key=lambda ps: ps.service.hostname)
         self._captures.pop()  # the mesh-wide problems end here
-        self.uses_source_match = any(
-            "sourceLabels" in m or "sourceNamespace" in m
-            for vs in mesh.virtual_services
-            for r in vs.http
-            for m in r.get("match", ())
-        )
+        self.uses_source_match = uses_source_match(mesh)
         self._eps: dict[str, tuple[WorkloadEntry, ...]] = {}
         self._by_label: dict[tuple[str, str, str], list[WorkloadEntry]] = {}
         for w in mesh.workload_entries:
@@ -2332,6 +2328,17 @@ def _kind_state(mesh: MeshModel, kind: str) -> tuple[Any, ...]:
     return tuple((r.key, r.spec, r.labels, r.annotations) for r in getattr(mesh, kind))
 
 
+def uses_source_match(mesh: MeshModel) -> bool:
+    """Whether route configurations depend on the proxy's labels (VirtualService matches on
+    sourceLabels or sourceNamespace): it decides which proxies share route configurations."""
+    return any(
+        "sourceLabels" in m or "sourceNamespace" in m
+        for vs in mesh.virtual_services
+        for r in vs.http
+        for m in r.get("match", ())
+    )
+
+
 def _problem_key(p: ConfigProblem) -> tuple[str, str, str, str, str]:
     return (p.kind, p.namespace, p.name, p.path, p.message)
 
@@ -2362,18 +2369,15 @@ def generate(
         extension_providers = list(mesh_config.extension_providers)
     tr = _translator(mesh, extension_providers, mesh_config)
     inbound_listeners, inbound_clusters, inbound_problems = tr.inbound(proxy)
-    # The proxy's own clusters over the mesh's shared ones, not merged: the snapshot store
-    # then reuses the shared set for every proxy instead of reading thousands per proxy.
-    clusters = Layered(inbound_clusters, tr.clusters(proxy.proxyless))
-    listeners = dict(tr.outbound_listeners(proxy))
-    listeners.update(inbound_listeners)
-    routes = tr.route_configs(proxy)
+    # Each type is the proxy's own resources (its workload's inbound side) over resources
+    # shared with other proxies, not merged: the snapshot store reuses a shared set for every
+    # proxy that has it, and the control plane updates every holder of a shared set at once
+    # (see meshcore.xds.deps). Shared mappings and messages are read-only.
     resources: Resources = {
-        types.CLUSTER: clusters,
-        # Shared with other proxies of the mesh, like the messages: read-only.
-        types.ENDPOINT: tr.endpoints(),
-        types.LISTENER: dict(sorted(listeners.items())),
-        types.ROUTE: routes,
+        types.CLUSTER: Layered(inbound_clusters, tr.clusters(proxy.proxyless)),
+        types.ENDPOINT: Layered({}, tr.endpoints()),
+        types.LISTENER: Layered(inbound_listeners, tr.outbound_listeners(proxy)),
+        types.ROUTE: Layered({}, tr.route_configs(proxy)),
     }
     problems = {
         _problem_key(p): p
@@ -2383,10 +2387,40 @@ def generate(
             tr._route_problems[tr.route_key(proxy)],
             tr._outbound_problems[(proxy.proxyless, proxy.outbound_address)],
             inbound_problems,
+            _duplicate_names(proxy, resources),
         )
         for p in group
     }
     return Generated(resources, [problems[k] for k in sorted(problems)])
+
+
+def _duplicate_names(proxy: Proxy, resources: Resources) -> list[ConfigProblem]:
+    """Names produced both for the proxy's own inbound side and for its outbound side (the
+    xDS checklist: duplicate names across generators are found server-side): the inbound one
+    is sent, and the clash is reported. It happens when a workload's address is the address
+    its sidecar's outbound listeners bind to."""
+    out = []
+    w = proxy.workload
+    for type_url in (types.LISTENER, types.CLUSTER):
+        layers = resources[type_url]
+        if not isinstance(layers, Layered) or not layers.own:
+            continue
+        for name in sorted(set(layers.own) & set(layers.shared)):
+            out.append(
+                ConfigProblem(
+                    f"{types.SHORT_NAMES[type_url]} resource {name!r} is produced twice, for"
+                    f" the workload's inbound side and for outbound traffic (its address is"
+                    f" the outbound address {proxy.outbound_address}); the inbound one is"
+                    " sent: give the sidecar another MESHCORE_OUTBOUND_ADDRESS",
+                    path="spec.address",
+                    kind="WorkloadEntry" if w is not None else "",
+                    namespace=w.namespace if w is not None else proxy.namespace,
+                    name=w.name if w is not None else proxy.name,
+                    file=w.file if w is not None else "",
+                    line=w.line if w is not None else 0,
+                )
+            )
+    return out
 
 
 # --- static bootstrap ---------------------------------------------------------------------------

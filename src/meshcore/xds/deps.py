@@ -1,0 +1,204 @@
+"""The dependency index: which proxies and resources a config change touches.
+
+The translator (``meshcore.xds.translate``) gives every proxy, per type, its own resources (its
+workload's inbound listeners and clusters) over a layer shared with other proxies (the mesh's
+clusters and endpoints, the outbound listeners of its address, the route configurations of its
+namespace). The index remembers, per connected proxy, the workload it is bound to and the
+shared layers it holds, and per config file the objects it defines. On a change:
+
+- the objects that changed are found by comparing the old and new models (unchanged documents
+  keep their objects, see :class:`meshcore.config.IncrementalLoader`);
+- :meth:`DependencyIndex.affected` says which proxies' own resources may change: a
+  WorkloadEntry -> the proxies bound to it, named like it, or at its old or new address; a PeerAuthentication or
+  AuthorizationPolicy -> the proxies of its namespace (every proxy for the root namespace);
+  VirtualServices and DestinationRules -> none (they only produce shared route
+  configurations, clusters and endpoints); Services, ServiceEntries, and anything that changes
+  how proxies share layers (a VirtualService starting to match on source labels) -> every
+  proxy (None);
+- each shared layer is translated once (for one proxy holding it) and compared with the old
+  one by identity: the translator carries over every message the change does not touch (see
+  ``_Translator._inherit``), so the difference is the resources the change regenerated, which
+  :meth:`meshcore.xds.cache.SnapshotCache.update_shared` applies to every holder at once.
+
+So an endpoint change costs the translation of the service it belongs to and the diff of the
+shared layers, then one persistent-map update per holder in the Rust core, whatever the fleet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshcore.config import MeshModel, Resource, WorkloadEntry
+from meshcore.xds import translate
+from meshcore.xds.cache import Layered, NodeInfo
+
+Key = tuple[str, str, str]  # (kind, namespace, name)
+Change = tuple[Resource | None, Resource | None]  # (old, new); None: absent
+GroupKey = tuple[str, int]  # (type URL, identity of the shared layer)
+
+# Kinds whose objects only produce shared resources (routes, clusters, endpoints).
+_SHARED_ONLY = frozenset({"VirtualService", "DestinationRule"})
+# Kinds that produce the inbound side of the workloads of their namespace.
+_INBOUND_POLICY = frozenset({"PeerAuthentication", "AuthorizationPolicy"})
+
+
+def changed_objects(
+    old: MeshModel | None, new: MeshModel, files: Collection[str] | None = None
+) -> dict[Key, Change]:
+    """Objects added, removed or changed (spec, labels, annotations, apiVersion) between two
+    models, by key; only among the objects of ``files`` when given (the files read again: the
+    others kept their objects). Objects that are the same Python object are not compared."""
+    if files is None:
+        olds: Iterable[Resource] = old.resources if old is not None else ()
+        news: Iterable[Resource] = new.resources
+    else:
+        olds = [r for r in (old.resources if old is not None else ()) if r.file in files]
+        news = [r for r in new.resources if r.file in files]
+    before = {r.key: r for r in olds}
+    out: dict[Key, Change] = {}
+    for r in news:
+        o = before.pop(r.key, None)
+        if o is None and files is not None and old is not None:
+            o = old.get(*r.key)  # moved here from a file that was not read again
+        if o is r:
+            continue
+        if o is not None and _value(o) == _value(r):
+            continue
+        out[r.key] = (o, r)
+    for key, o in before.items():
+        n = new.get(*key)
+        if n is None or (n is not o and _value(n) != _value(o)):
+            out[key] = (o, n)
+    return out
+
+
+def _value(r: Resource) -> tuple[Any, ...]:
+    return (r.api_version, r.spec, r.labels, r.annotations)
+
+
+@dataclass(slots=True)
+class _Entry:
+    node: NodeInfo
+    namespace: str
+    name: str
+    ip: str
+    workload: Key | None
+    groups: tuple[GroupKey, ...]
+
+
+@dataclass(slots=True)
+class Group:
+    """Proxies that hold the same shared layer of one type."""
+
+    type_url: str
+    shared: Mapping[str, Any]
+    members: set[str] = field(default_factory=set)
+
+
+class DependencyIndex:
+    """Per proxy: its binding (namespace, name, address, WorkloadEntry) and the shared layers
+    it holds, indexed by WorkloadEntry key, (namespace, name), (namespace, address) and
+    namespace."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, _Entry] = {}
+        self.groups: dict[GroupKey, Group] = {}
+        self._by_workload: dict[Key, set[str]] = {}
+        self._by_address: dict[tuple[str, str], set[str]] = {}
+        self._by_name: dict[tuple[str, str], set[str]] = {}  # (namespace, pod name)
+        self._by_namespace: dict[str, set[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self.entries
+
+    def add(
+        self, mesh: MeshModel, node: NodeInfo, resources: Mapping[str, Mapping[str, Any]] | None
+    ) -> None:
+        """Records what ``node`` was given (``resources``, as the translator returned them)."""
+        self.remove(node.id)
+        try:
+            proxy = translate.proxy_for_node(mesh, node.id, node.metadata)
+        except ValueError:
+            return  # never served: nothing depends on it
+        groups: list[GroupKey] = []
+        for type_url, by_name in (resources or {}).items():
+            if isinstance(by_name, Layered):
+                gk = (type_url, id(by_name.shared))
+                group = self.groups.get(gk)
+                if group is None or group.shared is not by_name.shared:
+                    group = self.groups[gk] = Group(type_url, by_name.shared)
+                group.members.add(node.id)
+                groups.append(gk)
+        wkey = proxy.workload.key if proxy.workload is not None else None
+        entry = _Entry(node, proxy.namespace, proxy.name, proxy.ip, wkey, tuple(groups))
+        self.entries[node.id] = entry
+        if wkey is not None:
+            self._by_workload.setdefault(wkey, set()).add(node.id)
+        self._by_address.setdefault((entry.namespace, entry.ip), set()).add(node.id)
+        self._by_name.setdefault((entry.namespace, entry.name), set()).add(node.id)
+        self._by_namespace.setdefault(entry.namespace, set()).add(node.id)
+
+    def remove(self, node_id: str) -> None:
+        entry = self.entries.pop(node_id, None)
+        if entry is None:
+            return
+        for gk in entry.groups:
+            group = self.groups.get(gk)
+            if group is not None:
+                group.members.discard(node_id)
+                if not group.members:
+                    del self.groups[gk]
+        if entry.workload is not None:
+            _discard(self._by_workload, entry.workload, node_id)
+        _discard(self._by_address, (entry.namespace, entry.ip), node_id)
+        _discard(self._by_name, (entry.namespace, entry.name), node_id)
+        _discard(self._by_namespace, entry.namespace, node_id)
+
+    def nodes(self) -> list[NodeInfo]:
+        return [e.node for e in self.entries.values()]
+
+    def node(self, node_id: str) -> NodeInfo:
+        return self.entries[node_id].node
+
+    def affected(
+        self, old: MeshModel | None, new: MeshModel, changes: Mapping[Key, Change]
+    ) -> set[str] | None:
+        """The proxies whose own resources may change, or None when every proxy must be
+        translated again (the change reaches what decides how proxies share layers)."""
+        if old is None or (old.domain, old.root_namespace) != (new.domain, new.root_namespace):
+            return None
+        if any(k[0] == "VirtualService" for k in changes) and translate.uses_source_match(
+            old
+        ) != translate.uses_source_match(new):
+            return None  # route configurations are now shared differently
+        out: set[str] = set()
+        for key, (o, n) in changes.items():
+            kind, namespace, _ = key
+            if kind == "WorkloadEntry":
+                # Bound to it; named like it (bound to it by name once it exists); at its
+                # old or new address (bound by address when no name matches).
+                out |= self._by_workload.get(key, set())
+                out |= self._by_name.get((namespace, key[2]), set())
+                for r in (o, n):
+                    if isinstance(r, WorkloadEntry) and r.address:
+                        out |= self._by_address.get((namespace, r.address), set())
+            elif kind in _INBOUND_POLICY:
+                if namespace == new.root_namespace:
+                    return None
+                out |= self._by_namespace.get(namespace, set())
+            elif kind not in _SHARED_ONLY:
+                return None  # Services, ServiceEntries: listeners, clusters, routes, inbound
+        return out
+
+
+def _discard(index: dict[Any, set[str]], key: Any, node_id: str) -> None:
+    found = index.get(key)
+    if found is not None:
+        found.discard(node_id)
+        if not found:
+            del index[key]

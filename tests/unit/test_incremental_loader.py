@@ -1,0 +1,106 @@
+"""IncrementalLoader gives exactly what validate() gives, edit after edit, while re-parsing only
+the documents that changed (problems with their lines, models with their objects' places)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from meshcore.config import IncrementalLoader, validate
+from meshcore.config.loader import parse_pieces, parse_yaml
+
+_stamp = itertools.count(1_700_000_000_000_000_000, 1_000_000_000)
+
+
+def _service(i: int, port: int = 80, dup: bool = False) -> str:
+    extra = "  selector: {app: x}\n" if dup else ""
+    return (
+        f"# service {i}\napiVersion: v1\nkind: Service\nmetadata:\n  name: s{i}\n"
+        f"spec:\n  ports: [{{name: http, port: {port}}}]\n{extra}"
+        + ("  selector: {app: y}\n" if dup else "")
+    )
+
+
+def _bad(i: int) -> str:
+    return f"apiVersion: v1\nkind: Service\nmetadata:\n  name: bad{i}\nspec:\n  ports: [{{port: 99999}}]\n"
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text)
+    n = next(_stamp)
+    os.utime(path, ns=(n, n))
+
+
+def _same(loader: IncrementalLoader, paths: list[Path]) -> None:
+    got, want = loader.validate(), validate(paths)
+    assert [(str(p), p.line, p.path) for p in got.problems] == [
+        (str(p), p.line, p.path) for p in want.problems
+    ]
+    assert (got.model is None) == (want.model is None)
+    if got.model is not None and want.model is not None:
+        assert [(r.key, r.spec, r.file, r.line) for r in got.model.resources] == [
+            (r.key, r.spec, r.file, r.line) for r in want.model.resources
+        ]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_edits_give_what_validate_gives(tmp_path: Path, seed: int) -> None:
+    rnd = random.Random(seed)
+    files = {
+        "a.yaml": ["---\n" + _service(0), _service(1), "", _service(2)],
+        "b.yaml": [_service(10), _service(11, dup=True)],
+    }
+
+    def text(docs: list[str]) -> str:
+        return "".join(d if d.startswith("---") else "---\n" + d for d in docs)
+
+    for name, docs in files.items():
+        _write(tmp_path / name, text(docs))
+    loader = IncrementalLoader([tmp_path])
+    _same(loader, [tmp_path])
+    for step in range(25):
+        name = rnd.choice(sorted(files))
+        docs = files[name]
+        op = rnd.randrange(6)
+        i = rnd.randrange(len(docs)) if docs else 0
+        if op == 0 and docs:  # an edit in place (same lines)
+            docs[i] = _service(100 + step, port=rnd.choice([80, 81, 82]))
+        elif op == 1:  # a document inserted: later ones move down
+            docs.insert(i, _service(200 + step))
+        elif op == 2 and docs:
+            del docs[i]
+        elif op == 3:  # an invalid one, or a duplicate-key one
+            docs.insert(i, _bad(step) if rnd.random() < 0.5 else _service(300 + step, dup=True))
+        elif op == 4:  # a comment line added at the top: everything moves
+            files[name] = docs = [f"# note {step}\n" + (docs[0] if docs else ""), *docs[1:]]
+        else:  # an empty document
+            docs.insert(i, "")
+        _write(tmp_path / name, text(docs))
+        _same(loader, [tmp_path])
+
+
+def test_only_the_changed_document_is_parsed_again() -> None:
+    text = "".join(f"---\n{_service(i)}" for i in range(50))
+    docs, problems, pieces = parse_pieces(text, "f.yaml")
+    whole_docs, whole_problems = parse_yaml(text, "f.yaml")
+    assert [(d.value, d.line, d.index) for d in docs] == [
+        (d.value, d.line, d.index) for d in whole_docs
+    ]
+    assert problems == whole_problems
+    edited = text.replace("name: s7\n", "name: s7x\n")
+    docs2, _, pieces2 = parse_pieces(edited, "f.yaml", pieces)
+    reparsed = [i for i, (a, b) in enumerate(zip(pieces, pieces2, strict=True)) if a is not b]
+    assert reparsed == [7]
+    assert docs2[7].value["metadata"]["name"] == "s7x"
+    assert all(docs2[i] is docs[i] for i in range(50) if i != 7)
+
+
+def test_directives_are_not_cut(tmp_path: Path) -> None:
+    text = "%YAML 1.1\n---\na: 1\n---\nb: 2\n"
+    docs, _, pieces = parse_pieces(text, "f.yaml")
+    assert len(pieces) == 1
+    assert [d.value for d in docs] == [d.value for d in parse_yaml(text, "f.yaml")[0]]

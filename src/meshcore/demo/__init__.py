@@ -276,7 +276,10 @@ class DemoMesh:
 
     async def stop(self) -> None:
         await asyncio.gather(*(s.stop() for s in self.sidecars.values()), return_exceptions=True)
-        logging.getLogger("meshcore.proxy.access").removeHandler(self.access)
+        if self.access in (access := logging.getLogger("meshcore.proxy.access")).handlers:
+            access.removeHandler(self.access)
+            access.setLevel(logging.NOTSET)
+            access.propagate = True
         for app in self.apps.values():
             app.stop()
         self.apps.clear()
@@ -858,7 +861,18 @@ async def run_demo(
     """The scripted tour; 0 when every check passed. With ``serve`` it keeps running."""
     out = out if out is not None else sys.stdout
     # The agents run in this process: their routine news would bury the progress display.
-    logging.getLogger("meshcore").setLevel(logging.WARNING)
+    quiet = logging.getLogger("meshcore")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        return await _run_demo(serve, config, workdir, proxy, out)
+    finally:
+        quiet.setLevel(level)
+
+
+async def _run_demo(
+    serve: bool, config: Path | None, workdir: Path | None, proxy: str, out: TextIO
+) -> int:
     progress = Progress()
     progress("starting the demo mesh")
     dm = DemoMesh(config, workdir, progress=progress, proxy=proxy)

@@ -4,8 +4,10 @@
 //! allocate nothing per request.
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyList, PyModule, PyString, PyTuple};
 
 /// Header name/value strings kept alive while `&str` views into them are in use.
 pub type HeaderObjs<'py> = Vec<(Bound<'py, PyString>, Bound<'py, PyString>)>;
@@ -258,12 +260,16 @@ pub enum StrColumn<'py> {
 }
 
 fn numpy_kind(col: &Bound<'_, PyAny>) -> PyResult<Option<(char, usize)>> {
-    if !col.hasattr("dtype")? || !col.hasattr("tobytes")? {
+    // Interned names: a batch reads these on every column, and making the strings anew
+    // (and hashing them) cost more than the lookups.
+    let py = col.py();
+    if !col.hasattr(intern!(py, "dtype"))? || !col.hasattr(intern!(py, "tobytes"))? {
         return Ok(None);
     }
-    let dtype = col.getattr("dtype")?;
-    let kind: String = dtype.getattr("kind")?.extract()?;
-    let width: usize = dtype.getattr("itemsize")?.extract()?;
+    let dtype = col.getattr(intern!(py, "dtype"))?;
+    let kind = dtype.getattr(intern!(py, "kind"))?;
+    let kind = kind.cast::<PyString>()?.to_str()?;
+    let width: usize = dtype.getattr(intern!(py, "itemsize"))?.extract()?;
     Ok(kind.chars().next().map(|k| (k, width)))
 }
 
@@ -296,14 +302,16 @@ impl<'py> StrColumn<'py> {
             return items(col);
         }
         if let Some((kind, width)) = numpy_kind(col)? {
-            let ndim: usize = col.getattr("ndim")?.extract()?;
+            let ndim: usize = col.getattr(intern!(col.py(), "ndim"))?.extract()?;
             if (kind == 'S' || kind == 'U') && ndim != 1 {
                 return Err(PyValueError::new_err(format!(
                     "{what} must be a one-dimensional array"
                 )));
             }
             if kind == 'S' {
-                let data = col.call_method0("tobytes")?.cast_into::<PyBytes>()?;
+                let data = col
+                    .call_method0(intern!(col.py(), "tobytes"))?
+                    .cast_into::<PyBytes>()?;
                 return Ok(Self::Bytes { data, width });
             }
             if kind == 'U' {
@@ -391,24 +399,29 @@ impl<'py> StrColumn<'py> {
     }
 }
 
-/// The length of a numpy 'S' record without its trailing NUL padding (a word at a time).
+/// The length of a numpy 'S' record without its trailing NUL padding, a word at a time from
+/// the end: the highest non-zero byte of a little-endian word is the last non-NUL one. Records
+/// shorter than a word are read as one zero-extended word, so the work depends on the column's
+/// width alone, not on each value's length (a per-value loop mispredicted on every request).
 #[inline]
 fn trimmed_len(rec: &[u8]) -> usize {
     let mut end = rec.len();
-    while end >= 8 {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&rec[end - 8..end]);
-        // Little-endian: the record's last byte is the word's most significant one.
-        let w = u64::from_le_bytes(w);
+    while end > 0 {
+        let start = end.saturating_sub(8);
+        let bytes = &rec[start..end];
+        let w = match <[u8; 8]>::try_from(bytes) {
+            Ok(word) => u64::from_le_bytes(word),
+            Err(_) => bytes
+                .iter()
+                .rev()
+                .fold(0u64, |w, &b| (w << 8) | u64::from(b)),
+        };
         if w != 0 {
-            return end - (w.leading_zeros() / 8) as usize;
+            return start + 8 - (w.leading_zeros() / 8) as usize;
         }
-        end -= 8;
+        end = start;
     }
-    while end > 0 && rec[end - 1] == 0 {
-        end -= 1;
-    }
-    end
+    0
 }
 
 fn trim_nul(rec: &[u8]) -> &[u8] {
@@ -505,7 +518,10 @@ pub fn int32_array<'py>(py: Python<'py>, values: &[i32]) -> PyResult<Bound<'py, 
 
 /// A numpy array of `dtype` over a copy of `bytes`.
 pub fn numpy_array<'py>(py: Python<'py>, bytes: &[u8], dtype: &str) -> PyResult<Bound<'py, PyAny>> {
-    let np = py.import("numpy")?;
+    // numpy is imported once (an import statement's lookup took a good part of a small batch).
+    static NUMPY: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    let np = NUMPY.get_or_try_init(py, || py.import("numpy").map(Bound::unbind))?;
+    let np = np.bind(py);
     let buf = pyo3::types::PyByteArray::new(py, bytes);
-    np.call_method1("frombuffer", (buf, np.getattr(dtype)?))
+    np.call_method1(intern!(py, "frombuffer"), (buf, np.getattr(dtype)?))
 }

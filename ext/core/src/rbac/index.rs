@@ -180,6 +180,10 @@ impl<'x> Slices<'x> {
 
     /// Calls `f` on every candidate once, in ascending order, until it returns true.
     fn find(&mut self, mut f: impl FnMut(u32) -> bool) -> Option<u32> {
+        if self.len == 1 {
+            // One list (the usual case: one literal matched): no merge needed.
+            return self.lists[0].iter().copied().find(|&i| f(i));
+        }
         let mut all: Vec<&'x [u32]>;
         let lists: &mut [&'x [u32]] = if self.overflow.is_empty() {
             &mut self.lists[..self.len]
@@ -249,8 +253,8 @@ impl Index {
         ix
     }
 
-    fn slices<'x>(&'x self, a: &Attributes<'_>) -> Slices<'x> {
-        let mut out = Slices::new();
+    /// Fills `out` (made by the caller: moving the struct out cost a copy per decision).
+    fn slices<'x>(&'x self, a: &Attributes<'_>, out: &mut Slices<'x>) {
         out.push(&self.always);
         if !self.method.is_empty() {
             if let Some(v) = a.method.and_then(|m| self.method.get(&hash_of(m))) {
@@ -267,10 +271,12 @@ impl Index {
                 }
             }
         }
-        if let Some(p) = a.url_path() {
-            self.path.collect(p, &mut out);
+        // (No path literal at all: the path is not even scanned for its query.)
+        if !self.path.nodes.is_empty() {
+            if let Some(p) = a.url_path() {
+                self.path.collect(p, out);
+            }
         }
-        out
     }
 
     /// The policies that may match, ascending (name order), without duplicates.
@@ -279,7 +285,9 @@ impl Index {
             return (0..self.len).collect();
         }
         let mut out = Vec::new();
-        self.slices(a).find(|i| {
+        let mut slices = Slices::new();
+        self.slices(a, &mut slices);
+        slices.find(|i| {
             out.push(i);
             false
         });
@@ -294,7 +302,9 @@ impl Index {
         if self.scan {
             return policies.iter().position(|p| p.matches(a));
         }
-        self.slices(a)
+        let mut slices = Slices::new();
+        self.slices(a, &mut slices);
+        slices
             .find(|i| policies.get(i as usize).is_some_and(|p| p.matches(a)))
             .map(|i| i as usize)
     }

@@ -469,32 +469,74 @@ fn core_decision_time() {
             )
         })
         .collect();
-    let rounds = 200;
+    // The best of several passes: the machine is shared, and other work only adds time.
+    let (passes, rounds) = (20, 10);
     let mut allowed = 0usize;
-    let t = std::time::Instant::now();
-    for _ in 0..rounds {
-        for (m, p, sans) in &reqs {
-            let uri: [&str; 1] = [sans[0].as_str()];
-            allowed += usize::from(c.evaluate(&timed_request(m, p, &uri)).allowed);
+    let mut per = f64::INFINITY;
+    for _ in 0..passes {
+        let t = std::time::Instant::now();
+        for _ in 0..rounds {
+            for (m, p, sans) in &reqs {
+                let uri: [&str; 1] = [sans[0].as_str()];
+                allowed += usize::from(c.evaluate(&timed_request(m, p, &uri)).allowed);
+            }
         }
+        per = per.min(t.elapsed().as_nanos() as f64 / (rounds * reqs.len()) as f64);
     }
-    let per = t.elapsed().as_nanos() as f64 / (rounds * reqs.len()) as f64;
     // The same request over and over: what is left once the caches are warm.
     let (m, p, sans) = &reqs[0];
     let uri: [&str; 1] = [sans[0].as_str()];
     let a = timed_request(m, p, &uri);
-    let t = std::time::Instant::now();
-    for _ in 0..rounds * 100 {
-        allowed += usize::from(
-            std::hint::black_box(&c)
-                .evaluate(std::hint::black_box(&a))
-                .allowed,
-        );
+    let mut hot = f64::INFINITY;
+    let mut hot_allowed = 0usize;
+    for _ in 0..passes {
+        let t = std::time::Instant::now();
+        for _ in 0..rounds * 1000 {
+            hot_allowed += usize::from(
+                std::hint::black_box(&c)
+                    .evaluate(std::hint::black_box(&a))
+                    .allowed,
+            );
+        }
+        hot = hot.min(t.elapsed().as_nanos() as f64 / (rounds * 1000) as f64);
     }
-    let hot = t.elapsed().as_nanos() as f64 / (rounds * 100) as f64;
+    std::hint::black_box(hot_allowed);
     println!("core, one request repeated: {hot:.0} ns");
     println!(
         "core: {per:.0} ns per decision at {n} rules ({} allowed); compile {compile_time:?}",
-        allowed / rounds
+        allowed / (passes * rounds)
     );
+}
+
+#[test]
+fn url_path_stops_at_the_first_query_or_fragment() {
+    // Every position of '?' and '#' in paths around the 8-byte words `query_start` reads.
+    for len in 0..40 {
+        for at in 0..=len {
+            for (c, other) in [('?', '#'), ('#', '?')] {
+                let mut p: String = (0..len)
+                    .map(|i| char::from(b'a' + (i % 26) as u8))
+                    .collect();
+                if at < len {
+                    p.replace_range(at..=at, &c.to_string());
+                    if at + 3 < len {
+                        p.replace_range(at + 3..=at + 3, &other.to_string());
+                    }
+                }
+                let a = Attributes {
+                    path: Some(&p),
+                    ..Attributes::default()
+                };
+                let want = p.split(['?', '#']).next();
+                assert_eq!(a.url_path(), want, "{p:?}");
+            }
+        }
+    }
+    // Bytes that differ from '?' and '#' by one bit, and multi-byte characters.
+    let p = "/\u{bf}\u{a3}>\"\u{3f3}/é/x?y";
+    let a = Attributes {
+        path: Some(p),
+        ..Attributes::default()
+    };
+    assert_eq!(a.url_path(), Some("/\u{bf}\u{a3}>\"\u{3f3}/é/x"));
 }

@@ -637,3 +637,51 @@ class HttpClient:
                 self.close()
             pending = pending[done:]
         return out
+
+
+@dataclass
+class ControlPlane:
+    """``meshcore serve`` with its CA, running in ``loop`` (see :func:`serving`)."""
+
+    loop: LoopThread
+    state: Path  # the CA's state dir: root-cert.pem is there
+    xds: int
+    ca_port: int
+    ca_mtls: int
+
+    @property
+    def root(self) -> str:
+        return (self.state / "root-cert.pem").read_text()
+
+
+@contextlib.contextmanager
+def serving(
+    config: Path, tmp: Path, tokens: dict[str, str], mesh_config: Any = None
+) -> Iterator[ControlPlane]:
+    """Runs ``meshcore serve`` (ADS, and the CA with a bootstrap token per SPIFFE id in
+    ``tokens``) in a loop thread until the block ends; the block stops what it started in the
+    loop (agents) before that."""
+    import asyncio
+
+    from meshcore.cli.serve import CAOptions, serve
+
+    (tmp / "tokens").write_text("".join(f"{t} {ident}\n" for ident, t in tokens.items()))
+    loop = LoopThread()
+    xds, ca_port, ca_mtls = free_ports(3)
+    stop = asyncio.Event()
+    ready = threading.Event()
+    options = CAOptions(
+        port=ca_port, mtls_port=ca_mtls, state_dir=str(tmp / "state"), tokens=str(tmp / "tokens")
+    )
+    plane = asyncio.run_coroutine_threadsafe(
+        serve([str(config)], xds_port=xds, metrics_port=None, ready=ready, stop=stop, ca=options,
+              mesh_config=mesh_config),
+        loop.loop,
+    )  # fmt: skip
+    try:
+        assert ready.wait(30), plane.result(1)
+        yield ControlPlane(loop, tmp / "state", xds, ca_port, ca_mtls)
+    finally:
+        loop.loop.call_soon_threadsafe(stop.set)
+        plane.result(15)
+        loop.close()

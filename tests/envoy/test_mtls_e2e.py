@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from _sidecar import LoopThread, free_port, free_ports, http_get, serve_echo, wait_for
+from _sidecar import LoopThread, free_port, http_get, serve_echo, serving, wait_for
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshcore.ca import CertificateAuthority
-from meshcore.cli.serve import CAOptions, serve
 from meshcore.dataplane.agent import Agent
 
 pytestmark = pytest.mark.envoy
@@ -142,63 +141,52 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     (config / "mesh.yaml").write_text(MESH.format(port=port))
     (config / "peer.yaml").write_text(PEER_AUTH.format(mode="STRICT"))
     tokens = {sa: f"token-{sa}-{os.urandom(8).hex()}" for sa in ("echo", "client", "intruder")}
-    (tmp / "tokens").write_text("".join(f"{t} {spiffe(sa)}\n" for sa, t in tokens.items()))
-    loop = LoopThread()
-    xds, ca_port, ca_mtls = free_ports(3)
-    stop = asyncio.Event()
-    ready = threading.Event()
-    options = CAOptions(
-        port=ca_port, mtls_port=ca_mtls, state_dir=str(tmp / "state"), tokens=str(tmp / "tokens")
-    )
-    plane = asyncio.run_coroutine_threadsafe(
-        serve([str(config)], xds_port=xds, metrics_port=None, ready=ready, stop=stop, ca=options),
-        loop.loop,
-    )
     seen: list[dict[str, str]] = []
     app = serve_echo(ECHO_APP, port, "echo", seen)
-    m = Mesh(loop, config, tmp / "state", port, xds, ca_port, ca_mtls, tokens, {}, seen)
+    agents: dict[str, Agent] = {}
     try:
-        assert ready.wait(30), plane.result(1)
-        root = (tmp / "state" / "root-cert.pem").read_text()
-        specs = {
-            "echo": (ECHO, {"MESHCORE_APP_ADDRESS": ECHO_APP, "MESHCORE_OUTBOUND_ADDRESS": "127.0.71.3"}, TTL, False),
-            "client": (CLIENT, {"MESHCORE_OUTBOUND_ADDRESS": CLIENT_OUT}, TTL, True),
-            "intruder": (INTRUDER, {"MESHCORE_OUTBOUND_ADDRESS": INTRUDER_OUT}, None, False),
-        }  # fmt: skip
-        for name, (address, metadata, ttl, delta) in specs.items():
-            m.agents[name] = Agent(
-                node_id=node(f"{name}-1", address),
-                identity=spiffe(name),
-                xds_address=f"127.0.0.1:{xds}",
-                ca_address=f"127.0.0.1:{ca_port}",
-                ca_mtls_address=f"127.0.0.1:{ca_mtls}",
-                ca_root=root,
-                token=tokens[name],
-                workdir=tmp / name,
-                metadata=metadata,
-                cert_ttl=ttl,
-                delta=delta,
-                status_port=0 if name == "echo" else None,
-            )
+        with serving(config, tmp, {spiffe(sa): t for sa, t in tokens.items()}) as cp:
+            m = Mesh(cp.loop, config, cp.state, port, cp.xds, cp.ca_port, cp.ca_mtls, tokens,
+                     agents, seen)  # fmt: skip
+            specs = {
+                "echo": (ECHO, {"MESHCORE_APP_ADDRESS": ECHO_APP, "MESHCORE_OUTBOUND_ADDRESS": "127.0.71.3"}, TTL, False),
+                "client": (CLIENT, {"MESHCORE_OUTBOUND_ADDRESS": CLIENT_OUT}, TTL, True),
+                "intruder": (INTRUDER, {"MESHCORE_OUTBOUND_ADDRESS": INTRUDER_OUT}, None, False),
+            }  # fmt: skip
+            for name, (address, metadata, ttl, delta) in specs.items():
+                agents[name] = Agent(
+                    node_id=node(f"{name}-1", address),
+                    identity=spiffe(name),
+                    xds_address=f"127.0.0.1:{cp.xds}",
+                    ca_address=f"127.0.0.1:{cp.ca_port}",
+                    ca_mtls_address=f"127.0.0.1:{cp.ca_mtls}",
+                    ca_root=cp.root,
+                    token=tokens[name],
+                    workdir=tmp / name,
+                    metadata=metadata,
+                    cert_ttl=ttl,
+                    delta=delta,
+                    status_port=0 if name == "echo" else None,
+                )
 
-        async def start_all() -> None:
-            await asyncio.gather(*(a.start() for a in m.agents.values()))
-            await asyncio.gather(*(a.wait_ready(30) for a in m.agents.values()))
+            async def start_all() -> None:
+                await asyncio.gather(*(a.start() for a in agents.values()))
+                await asyncio.gather(*(a.wait_ready(30) for a in agents.values()))
 
-        loop.run(start_all())
-        wait_for(lambda: http_get(m.url("client", "/open"), "echo")[0] == 200, "first request")
-        yield m
+            async def stop_all() -> None:
+                await asyncio.gather(*(a.stop() for a in agents.values()))
+
+            try:
+                cp.loop.run(start_all())
+                wait_for(
+                    lambda: http_get(m.url("client", "/open"), "echo")[0] == 200, "first request"
+                )
+                yield m
+            finally:
+                cp.loop.run(stop_all())
     finally:
-
-        async def stop_all() -> None:
-            await asyncio.gather(*(a.stop() for a in m.agents.values()))
-            stop.set()
-
-        loop.run(stop_all())
-        plane.result(15)
         app.shutdown()
         app.server_close()
-        loop.close()
 
 
 def plaintext_get(path: str = "/open", port: int = 0, address: str = ECHO) -> int:

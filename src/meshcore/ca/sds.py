@@ -18,14 +18,14 @@ The private key only ever exists in memory here and in the bytes sent to Envoy; 
 logged (``WorkloadSecret`` keeps it out of its repr).
 
 Envoy reaches the server over a Unix domain socket (Istio's ``workload-spiffe-uds/socket``) or a
-loopback TCP port; the bootstrap's ``sds-grpc`` cluster (:func:`sds_cluster`) points there.
+loopback TCP port; the bootstrap's ``sds-grpc`` cluster
+(:func:`meshcore.dataplane.bootstrap.ads_bootstrap` with ``sds_address``) points there.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,28 +89,18 @@ class SdsServer(AdsServer):
             self.version,
         )
 
-    def add_to_server(self, server: grpc.aio.Server) -> None:
-        handler = grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                "StreamSecrets": grpc.stream_stream_rpc_method_handler(
-                    self.stream_aggregated_resources,
-                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
-                    response_serializer=_encoded,
-                ),
-                "DeltaSecrets": grpc.stream_stream_rpc_method_handler(
-                    self.delta_aggregated_resources,
-                    request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
-                    response_serializer=_encoded,
-                ),
-                "FetchSecrets": grpc.unary_unary_rpc_method_handler(
-                    self.fetch_secrets,
-                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
-                    response_serializer=_encoded,
-                ),
-            },
+    service = SERVICE
+    sotw_method = "StreamSecrets"
+    delta_method = "DeltaSecrets"
+
+    def rpc_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        handlers = super().rpc_handlers()
+        handlers["FetchSecrets"] = grpc.unary_unary_rpc_method_handler(
+            self.fetch_secrets,
+            request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+            response_serializer=bytes,
         )
-        server.add_generic_rpc_handlers((handler,))
+        return handlers
 
     async def fetch_secrets(
         self, request: discovery_pb2.DiscoveryRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -144,10 +134,6 @@ class SdsServer(AdsServer):
         else:
             self._streams_of[node_id] = count
         self.metrics.connect(-1)
-
-
-def _encoded(response: bytes) -> bytes:
-    return response
 
 
 def uds_path(workdir: str | os.PathLike[str]) -> Path:
@@ -192,36 +178,11 @@ async def start_sds_server(
     return server, sds, address
 
 
-def sds_cluster(address: str) -> dict[str, Any]:
-    """The bootstrap's ``sds-grpc`` cluster (HTTP/2) pointing at ``unix:PATH`` or ``HOST:PORT``."""
-    if address.startswith("unix:"):
-        endpoint: Mapping[str, Any] = {"pipe": {"path": address[len("unix:") :]}}
-    else:
-        host, _, port = address.rpartition(":")
-        endpoint = {"socket_address": {"address": host, "port_value": int(port)}}
-    return {
-        "name": SDS_CLUSTER,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }
-        },
-        "load_assignment": {
-            "cluster_name": SDS_CLUSTER,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": dict(endpoint)}}]}],
-        },
-    }
-
-
 __all__ = [
     "ROOT_CERT",
     "SDS_CLUSTER",
     "WORKLOAD_CERT",
     "SdsServer",
-    "sds_cluster",
     "start_sds_server",
     "uds_path",
     "workload_secrets",

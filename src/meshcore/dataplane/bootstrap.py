@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from meshcore.ca.sds import sds_cluster
-from meshcore.xds.translate import BOOTSTRAP_RUNTIME, parse_node_id
+from meshcore.xds.translate import BOOTSTRAP_RUNTIME, SDS_CLUSTER, parse_node_id
 
 XDS_CLUSTER = "xds-grpc"  # Istio's name for the control-plane cluster
 
@@ -48,25 +47,7 @@ def ads_bootstrap(
             "lds_config": ads,
         },
         "static_resources": {
-            "clusters": [
-                {
-                    "name": XDS_CLUSTER,
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
-                    "load_assignment": {
-                        "cluster_name": XDS_CLUSTER,
-                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                            "socket_address": {"address": xds_host, "port_value": xds_port}
-                        }}}]}],
-                    },
-                }
-            ]
+            "clusters": [grpc_cluster(XDS_CLUSTER, f"{xds_host}:{xds_port}")]
         },
         "layered_runtime": {
             "layers": [
@@ -76,5 +57,30 @@ def ads_bootstrap(
         },
     }  # fmt: skip
     if sds_address is not None:
-        boot["static_resources"]["clusters"].append(sds_cluster(sds_address))
+        boot["static_resources"]["clusters"].append(grpc_cluster(SDS_CLUSTER, sds_address))
     return boot
+
+
+def grpc_cluster(name: str, address: str) -> dict[str, Any]:
+    """A static HTTP/2 cluster for a gRPC server at ``HOST:PORT`` or ``unix:PATH`` (the
+    control plane's ``xds-grpc``, the agent's ``sds-grpc``)."""
+    if address.startswith("unix:"):
+        endpoint: dict[str, Any] = {"pipe": {"path": address[len("unix:") :]}}
+    else:
+        host, _, port = address.rpartition(":")
+        endpoint = {"socket_address": {"address": host.strip("[]"), "port_value": int(port)}}
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": endpoint}}]}],
+        },
+    }

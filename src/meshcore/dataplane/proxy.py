@@ -630,7 +630,24 @@ class ReferenceProxy:
         direction: str,
         principal: str | None = None,
     ) -> None:
-        # Envoy's default access log format, plus the RBAC policy id and the retry count.
+        # Envoy's default access log format, plus the RBAC policy id and the retry count; the
+        # arguments (a time string, a dict) are built only when someone listens.
+        if access_log.isEnabledFor(logging.INFO):
+            self._access(request, response, d, millis, attempts, direction, principal)
+        if direction == "inbound" and not d.allowed:
+            log.info("denied %s %s from %s: policy %s", request.method, request.target,
+                     principal or "-", d.policy_id or "(no ALLOW policy matched)")  # fmt: skip
+
+    def _access(
+        self,
+        request: Request,
+        response: Response,
+        d: Decision,
+        millis: float,
+        attempts: int,
+        direction: str,
+        principal: str | None,
+    ) -> None:
         access_log.info(
             '[%s] "%s %s HTTP/1.1" %d %s %d %d %.0f "%s" "%s" "%s" %s %s %s attempts=%d '
             "policy=%s peer=%s",
@@ -648,9 +665,6 @@ class ReferenceProxy:
                 "policy_id": d.policy_id, "allowed": d.allowed, "peer": principal,
             }},
         )  # fmt: skip
-        if direction == "inbound" and not d.allowed:
-            log.info("denied %s %s from %s: policy %s", request.method, request.target,
-                     principal or "-", d.policy_id or "(no ALLOW policy matched)")  # fmt: skip
 
     async def _metrics_conn(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -122,22 +122,27 @@ class AdsServer:
         self.split_responses = 0  # delta responses sent in parts to stay under the limit
         self._streams = itertools.count(1)
 
+    # The gRPC service and its two stream methods (SDS serves the same protocol under its own).
+    service = SERVICE
+    sotw_method = "StreamAggregatedResources"
+    delta_method = "DeltaAggregatedResources"
+
+    def rpc_handlers(self) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        return {
+            self.sotw_method: grpc.stream_stream_rpc_method_handler(
+                self.stream_aggregated_resources,
+                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                response_serializer=_encoded,
+            ),
+            self.delta_method: grpc.stream_stream_rpc_method_handler(
+                self.delta_aggregated_resources,
+                request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                response_serializer=_encoded,
+            ),
+        }
+
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        handler = grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                    self.stream_aggregated_resources,
-                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
-                    response_serializer=_encoded,
-                ),
-                "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                    self.delta_aggregated_resources,
-                    request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
-                    response_serializer=_encoded,
-                ),
-            },
-        )
+        handler = grpc.method_handlers_generic_handler(self.service, self.rpc_handlers())
         server.add_generic_rpc_handlers((handler,))
 
     # --- state of the world -------------------------------------------------------------------
@@ -259,7 +264,7 @@ class AdsServer:
 
 async def _run(
     server: AdsServer,
-    stream: _SotwStream | _DeltaStream,
+    stream: _Stream,
     requests: AsyncIterator[Any],
     context: grpc.aio.ServicerContext[Any, Any],
 ) -> AsyncIterator[Any]:
@@ -409,27 +414,63 @@ class _SotwType:
         return self.legacy_wildcard or "*" in self.names
 
 
-class _SotwStream:
-    kind = "sotw"
+class _Stream:
+    """What both stream kinds keep: the server, the node (from the first request), the
+    per-type state, nonces."""
+
+    kind = ""
+    label = ""  # for the log
 
     def __init__(self, server: AdsServer, number: int) -> None:
         self.server = server
         self.number = number
         self.node: NodeInfo | None = None
-        self.types: dict[str, _SotwType] = {}
+        self.types: dict[str, Any] = {}
         self._nonces = itertools.count(1)
 
-    def receive(self, req: discovery_pb2.DiscoveryRequest) -> str | None:
+    def hello(self, req: Any) -> str | None:
+        """Remembers the node of the stream's first request; why a request is refused."""
         if self.node is None:
             if not req.HasField("node") or not req.node.id:
                 return "the first request on a stream must carry node.id"
             self.node = _node(req.node)
             self.server.connected(self.node, self.kind, self.number)
             log.info(
-                "proxy %s connected (ADS state of the world, stream %d)", self.node.id, self.number
+                "proxy %s connected (ADS %s, stream %d)", self.node.id, self.label, self.number
             )
         if not req.type_url:
             return "type_url is required on ADS requests"
+        return None
+
+    def receive(self, req: Any) -> str | None:
+        raise NotImplementedError
+
+    def pushes(self) -> Iterable[bytes]:
+        raise NotImplementedError
+
+    def heartbeats(self) -> Iterable[bytes]:
+        raise NotImplementedError
+
+    def ttl(self, type_url: str) -> float | None:
+        raise NotImplementedError
+
+    def wants_heartbeats(self) -> bool:
+        return any(t.requested and self.ttl(u) is not None for u, t in self.types.items())
+
+    def held(self) -> Snapshot | None:
+        """The snapshot the stream's node is to hold now (None before the node is known)."""
+        return None if self.node is None else self.server.cache.get(self.node)
+
+
+class _SotwStream(_Stream):
+    kind = "sotw"
+    label = "state of the world"
+    types: dict[str, _SotwType]
+
+    def receive(self, req: discovery_pb2.DiscoveryRequest) -> str | None:
+        refused = self.hello(req)
+        if refused is not None or self.node is None:
+            return refused
         t = self.types.setdefault(req.type_url, _SotwType())
         names = set(req.resource_names)
         if req.response_nonce:
@@ -465,16 +506,11 @@ class _SotwStream:
             return None
         return ttl
 
-    def wants_heartbeats(self) -> bool:
-        return any(t.requested and self.ttl(u) is not None for u, t in self.types.items())
-
     def heartbeats(self) -> Iterable[bytes]:
         """Refreshes the TTLs of what the client holds: for RDS/EDS/SDS a response whose
         Resources carry no resource and the current version (Envoy's heartbeat); LDS and CDS
         responses are full state, so they are sent again in full (see pushes)."""
-        if self.node is None:
-            return
-        snap = self.server.cache.get(self.node)
+        snap = self.held()
         if snap is None:
             return
         for type_url, t in self.types.items():
@@ -499,9 +535,7 @@ class _SotwStream:
             yield resp.SerializeToString(deterministic=True)
 
     def pushes(self) -> Iterable[bytes]:
-        if self.node is None:
-            return
-        snap = self.server.cache.get(self.node)
+        snap = self.held()
         if snap is None:
             return
         for type_url in types.PUSH_ORDER:
@@ -568,25 +602,15 @@ class _DeltaType:
     must_answer: set[str] = field(default_factory=set)  # names to confirm even if unchanged
 
 
-class _DeltaStream:
+class _DeltaStream(_Stream):
     kind = "delta"
-
-    def __init__(self, server: AdsServer, number: int) -> None:
-        self.server = server
-        self.number = number
-        self.node: NodeInfo | None = None
-        self.types: dict[str, _DeltaType] = {}
-        self._nonces = itertools.count(1)
+    label = "delta"
+    types: dict[str, _DeltaType]
 
     def receive(self, req: discovery_pb2.DeltaDiscoveryRequest) -> str | None:
-        if self.node is None:
-            if not req.HasField("node") or not req.node.id:
-                return "the first request on a stream must carry node.id"
-            self.node = _node(req.node)
-            self.server.connected(self.node, self.kind, self.number)
-            log.info("proxy %s connected (ADS delta, stream %d)", self.node.id, self.number)
-        if not req.type_url:
-            return "type_url is required on ADS requests"
+        refused = self.hello(req)
+        if refused is not None or self.node is None:
+            return refused
         t = self.types.setdefault(req.type_url, _DeltaType())
         status = self.server.proxies[self.node.id].status(req.type_url)
         if not t.requested:
@@ -634,15 +658,10 @@ class _DeltaStream:
             return None
         return ttl
 
-    def wants_heartbeats(self) -> bool:
-        return any(t.requested and self.ttl(u) is not None for u, t in self.types.items())
-
     def heartbeats(self) -> Iterable[bytes]:
         """Refreshes the TTLs of the resources the client holds in their current version:
         Resources with a name, version and TTL but no resource (the delta heartbeat)."""
-        if self.node is None:
-            return
-        snap = self.server.cache.get(self.node)
+        snap = self.held()
         if snap is None:
             return
         for type_url, t in self.types.items():
@@ -711,9 +730,7 @@ class _DeltaStream:
         return out
 
     def pushes(self) -> Iterable[bytes]:
-        if self.node is None:
-            return
-        snap = self.server.cache.get(self.node)
+        snap = self.held()
         if snap is None:
             return
         for type_url in types.PUSH_ORDER:

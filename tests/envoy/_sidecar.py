@@ -685,3 +685,36 @@ def serving(
         loop.loop.call_soon_threadsafe(stop.set)
         plane.result(15)
         loop.close()
+
+
+@contextlib.contextmanager
+def serve_process(
+    tmp: Path, config: Path, ports: dict[str, int]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``meshcore serve`` as a process: ADS on ``ports["xds"]``, and with the keys present the
+    metrics port and the CA (``ca``, ``ca_mtls``; state kept in tmp/state, so a restart keeps
+    the CA; tokens from tmp/tokens). Output goes to ``serve-*.log`` in tmp (a pipe nobody reads
+    could fill up and stall it); ready once it announces ADS."""
+    import sys
+
+    args = [sys.executable, "-m", "meshcore.cli", "serve", "--config", str(config),
+            "--xds-port", str(ports["xds"])]  # fmt: skip
+    if "metrics" in ports:
+        args += ["--metrics-port", str(ports["metrics"])]
+    if "ca" in ports:
+        args += ["--ca-port", str(ports["ca"]), "--ca-mtls-port", str(ports["ca_mtls"]),
+                 "--state-dir", str(tmp / "state"), "--tokens", str(tmp / "tokens")]  # fmt: skip
+    log = tmp / f"serve-{time.monotonic_ns()}.log"
+    with log.open("wb") as sink:
+        cp = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: cp.poll() is not None or "ADS" in log.read_text(), "meshcore serve", 30)
+        assert cp.poll() is None, log.read_text()
+        yield cp
+    finally:
+        cp.terminate()
+        try:
+            cp.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            cp.kill()
+            cp.wait()

@@ -5,14 +5,18 @@ which) equals ``dp.decide``'s, and inbound RBAC allow/deny agree."""
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from _sidecar import LoopThread, free_port, http_get, running_envoy, serve_echo, workload_secret
+from _sidecar import (
+    LoopThread,
+    free_port,
+    http_get,
+    running_envoy,
+    serve_echo,
+    serve_process,
+    workload_secret,
+)
 
 from meshcore.ca import CertificateAuthority
 from meshcore.ca.sds import start_sds_server
@@ -184,28 +188,6 @@ def node(name: str, address: str) -> str:
     return f"sidecar~{address}~{name}.default~default.svc.cluster.local"
 
 
-@contextmanager
-def control_plane(config: Path, xds: int) -> Iterator[None]:
-    cp = subprocess.Popen(
-        [sys.executable, "-m", "meshcore.cli", "serve", "--config", str(config),
-         "--xds-port", str(xds)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        assert cp.stdout is not None
-        lines: list[str] = []
-        while not any("ADS" in line for line in lines):
-            lines.append(cp.stdout.readline())
-            assert lines[-1], lines  # exited
-        assert not any("error" in line for line in lines), lines
-        yield
-    finally:
-        cp.terminate()
-        cp.wait(timeout=10)
-        if cp.stdout is not None:
-            cp.stdout.close()
-
-
 def test_envoy_and_dataplane_decide_alike(tmp_path: Path) -> None:
     port = free_port("127.0.81.1")
     config = tmp_path / "config"
@@ -226,7 +208,9 @@ def test_envoy_and_dataplane_decide_alike(tmp_path: Path) -> None:
         loop.loop.call_soon_threadsafe(secrets.update, secret)
         stack.callback(loop.close)
         stack.callback(lambda: loop.run(sds_server.stop(None)))
-        with control_plane(config, xds):
+        with serve_process(tmp_path, config, {"xds": xds}):
+            (log,) = tmp_path.glob("serve-*.log")
+            assert "error" not in log.read_text()
             web = ads_bootstrap(node("web-1", "127.0.80.1"), "127.0.0.1", xds,
                                 admin_port=free_port(), delta=True, sds_address=sds,
                                 metadata={"MESHCORE_OUTBOUND_ADDRESS": "127.0.80.2"})  # fmt: skip

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import http.server
 import re
-import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -21,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.envoy._sidecar import free_ports, http_get, running_agent
+from tests.envoy._sidecar import free_ports, http_get, running_agent, serve_process, wait_for
 
 pytestmark = pytest.mark.envoy
 
@@ -127,32 +125,6 @@ def _backend(address: str, port: int, handler: type[Any]) -> Iterator[Any]:
         server.server_close()
 
 
-@contextmanager
-def _serve(tmp: Path, config: Path, ports: dict[str, int]) -> Iterator[subprocess.Popen[bytes]]:
-    """``meshcore serve`` with its CA (state kept in tmp/state, so a restart keeps the CA);
-    output to a file (a pipe nobody reads could fill up and stall it)."""
-    log = tmp / f"serve-{time.monotonic_ns()}.log"
-    with log.open("wb") as sink:
-        cp = subprocess.Popen(
-            [sys.executable, "-m", "meshcore.cli", "serve", "--config", str(config),
-             "--xds-port", str(ports["xds"]), "--metrics-port", str(ports["metrics"]),
-             "--ca-port", str(ports["ca"]), "--ca-mtls-port", str(ports["ca_mtls"]),
-             "--state-dir", str(tmp / "state"), "--tokens", str(tmp / "tokens")],
-            stdout=sink, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        _wait(lambda: cp.poll() is not None or "ADS" in log.read_text(), timeout=30)
-        assert cp.poll() is None, log.read_text()
-        yield cp
-    finally:
-        cp.terminate()
-        try:
-            cp.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            cp.kill()
-            cp.wait()
-
-
 def _node(name: str, address: str) -> str:
     return f"sidecar~{address}~{name}.default~default.svc.cluster.local"
 
@@ -186,7 +158,7 @@ def test_retries_timeouts_and_control_plane_restart(tmp_path: Path, delta: bool)
         _backend("127.0.71.2", flaky_port, flaky),
         _backend("127.0.72.2", slow_port, _Slow),
     ):
-        cp = stack.enter_context(_serve(tmp_path, config, ports))
+        cp = stack.enter_context(serve_process(tmp_path, config, ports))
         common: dict[str, Any] = {
             "xds": ports["xds"], "ca": ports["ca"], "ca_mtls": ports["ca_mtls"],
             "ca_root": tmp_path / "state" / "root-cert.pem", "delta": delta,
@@ -207,7 +179,11 @@ def test_retries_timeouts_and_control_plane_restart(tmp_path: Path, delta: bool)
         retry_stat = (
             f"cluster.outbound|{flaky_port}||flaky.default.svc.cluster.local.upstream_rq_retry"
         )
-        _wait(lambda: http_get(f"{flaky_url}/warmup", "flaky")[0] == 200)
+        wait_for(
+            lambda: http_get(f"{flaky_url}/warmup", "flaky")[0] == 200,
+            "the flaky route",
+            timeout=60,
+        )
         # Retries: two 503s, then 200; the client sees only the success.
         before = _stat(web_admin, retry_stat)
         assert http_get(f"{flaky_url}/a", "flaky") == (200, "flaky ok")
@@ -227,17 +203,11 @@ def test_retries_timeouts_and_control_plane_restart(tmp_path: Path, delta: bool)
         for i in range(20):
             assert http_get(f"{flaky_url}/down{i}", "flaky") == (200, "flaky ok")
             time.sleep(0.05)
-        with _serve(tmp_path, config, ports):
+        with serve_process(tmp_path, config, ports):
             # The first attempt fails and is no longer retried.
-            _wait(lambda: http_get(f"{flaky_url}/after{time.monotonic()}", "flaky")[0] == 503)
+            wait_for(
+                lambda: http_get(f"{flaky_url}/after{time.monotonic()}", "flaky")[0] == 503,
+                "the change made while the control plane was down",
+                timeout=60,
+            )
             assert http_get(f"{slow_url}/c", "slow")[0] == 504
-
-
-def _wait(ok: Any, timeout: float = 60.0) -> float:
-    """Polls ``ok`` until it holds; returns the seconds it took."""
-    started = time.monotonic()
-    while not ok():
-        if time.monotonic() - started > timeout:
-            raise AssertionError("not reached in time")
-        time.sleep(0.1)
-    return time.monotonic() - started

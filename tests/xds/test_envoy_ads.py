@@ -22,6 +22,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
+from meshcore.dataplane.bootstrap import grpc_cluster
 from meshcore.xds import types
 from meshcore.xds.cache import SnapshotCache
 from meshcore.xds.server import start_ads_server
@@ -85,25 +86,7 @@ def bootstrap(ads_port: int, delta: bool, admin_path: Path) -> dict[str, object]
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
         },
         "static_resources": {
-            "clusters": [
-                {
-                    "name": "xds",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
-                    "load_assignment": {
-                        "cluster_name": "xds",
-                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                            "socket_address": {"address": "127.0.0.1", "port_value": ads_port}
-                        }}}]}],
-                    },
-                }
-            ]
+            "clusters": [grpc_cluster("xds", f"127.0.0.1:{ads_port}")]
         },
     }  # fmt: skip
 

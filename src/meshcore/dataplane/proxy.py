@@ -633,38 +633,26 @@ class ReferenceProxy:
         # Envoy's default access log format, plus the RBAC policy id and the retry count; the
         # arguments (a time string, a dict) are built only when someone listens.
         if access_log.isEnabledFor(logging.INFO):
-            self._access(request, response, d, millis, attempts, direction, principal)
+            access_log.info(
+                '[%s] "%s %s HTTP/1.1" %d %s %d %d %.0f "%s" "%s" "%s" %s %s %s attempts=%d '
+                "policy=%s peer=%s",
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
+                request.method, request.target, response.status, d.response_flags,
+                len(request.body), len(response.body), millis,
+                request.header("user-agent") or "-", request.header(REQUEST_ID) or "-",
+                request.header("host") or "-",
+                direction, d.endpoint or "-", d.cluster or "-", attempts, d.policy_id or "-",
+                principal or "-",
+                # The same, structured, for handlers that count rather than print (the demo).
+                extra={"access": {
+                    "workload": self.workload, "direction": direction, "status": response.status,
+                    "cluster": d.cluster, "endpoint": d.endpoint, "attempts": attempts,
+                    "policy_id": d.policy_id, "allowed": d.allowed, "peer": principal,
+                }},
+            )  # fmt: skip
         if direction == "inbound" and not d.allowed:
             log.info("denied %s %s from %s: policy %s", request.method, request.target,
                      principal or "-", d.policy_id or "(no ALLOW policy matched)")  # fmt: skip
-
-    def _access(
-        self,
-        request: Request,
-        response: Response,
-        d: Decision,
-        millis: float,
-        attempts: int,
-        direction: str,
-        principal: str | None,
-    ) -> None:
-        access_log.info(
-            '[%s] "%s %s HTTP/1.1" %d %s %d %d %.0f "%s" "%s" "%s" %s %s %s attempts=%d '
-            "policy=%s peer=%s",
-            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
-            request.method, request.target, response.status, d.response_flags,
-            len(request.body), len(response.body), millis,
-            request.header("user-agent") or "-", request.header(REQUEST_ID) or "-",
-            request.header("host") or "-",
-            direction, d.endpoint or "-", d.cluster or "-", attempts, d.policy_id or "-",
-            principal or "-",
-            # The same, structured, for handlers that count rather than print (the demo).
-            extra={"access": {
-                "workload": self.workload, "direction": direction, "status": response.status,
-                "cluster": d.cluster, "endpoint": d.endpoint, "attempts": attempts,
-                "policy_id": d.policy_id, "allowed": d.allowed, "peer": principal,
-            }},
-        )  # fmt: skip
 
     async def _metrics_conn(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -332,6 +332,11 @@ class CertificateAuthority:
     def _lifetime(self, ttl: datetime.timedelta | int | None) -> datetime.timedelta:
         if ttl is None or ttl == 0:
             lifetime = self.default_ttl
+        elif isinstance(ttl, int) and not 0 < ttl <= self.max_ttl.total_seconds():
+            # Checked before it becomes a timedelta: 2**63-1 seconds would overflow one.
+            why = "must be positive" if ttl < 0 else "exceeds the maximum of"
+            limit = f" {self.max_ttl.total_seconds():g}s" if ttl > 0 else ""
+            raise CAError(f"ttl: {ttl}s {why}{limit}")
         else:
             lifetime = (
                 ttl if isinstance(ttl, datetime.timedelta) else datetime.timedelta(seconds=ttl)

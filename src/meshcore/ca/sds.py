@@ -34,8 +34,8 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from meshcore.xds import types
-from meshcore.xds.cache import NodeInfo, SnapshotCache
-from meshcore.xds.server import AdsServer, ProxyState
+from meshcore.xds.cache import SnapshotCache
+from meshcore.xds.server import AdsServer
 from meshcore.xds.translate import SDS_CERT as WORKLOAD_CERT
 from meshcore.xds.translate import SDS_CLUSTER
 from meshcore.xds.translate import SDS_ROOT as ROOT_CERT
@@ -69,7 +69,6 @@ class SdsServer(AdsServer):
 
     def __init__(self, **kwargs: Any) -> None:
         self._current: Any = None  # the Snapshot of the latest secrets, for any node
-        self._streams_of: dict[str, int] = {}
         super().__init__(SnapshotCache(source=lambda node: self._current), **kwargs)
         self.version = 0
         self.serial: int | None = None
@@ -79,8 +78,10 @@ class SdsServer(AdsServer):
         self._current = self.cache.snapshot({types.SECRET: workload_secrets(secret)})
         self.version += 1
         self.serial = secret.serial
-        # Every node that has connected so far: the same secrets, a new version.
-        for node_id in set(self.cache.nodes()) | set(self._streams_of):
+        # Every node that has connected so far: the same secrets, a new version. (Envoy opens
+        # one SDS stream per secret, all with the same node: the node stays connected until
+        # its last stream ends; see AdsServer.)
+        for node_id in set(self.cache.nodes()) | set(self.proxies):
             self.cache.set(node_id, self._current)
         log.info(
             "SDS: serving certificate serial %x for %s (update %d)",
@@ -116,24 +117,6 @@ class SdsServer(AdsServer):
         names = sorted(set(request.resource_names)) or None
         data, _ = snap.sotw_response(types.SECRET, str(snap.version(types.SECRET)), "", names)
         return bytes(data)
-
-    # Envoy opens one SDS stream per secret, all with the same node: the node stays connected
-    # until its last stream ends.
-    def connected(self, node: NodeInfo, kind: str, number: int = 0) -> None:
-        count = self._streams_of.get(node.id, 0)
-        self._streams_of[node.id] = count + 1
-        if count == 0 or node.id not in self.proxies:
-            self.proxies[node.id] = ProxyState(node, kind, number)
-        self.metrics.connect(1)
-
-    def disconnected(self, node_id: str, kind: str, number: int = 0) -> None:
-        count = self._streams_of.get(node_id, 0) - 1
-        if count <= 0:
-            self._streams_of.pop(node_id, None)
-            self.proxies.pop(node_id, None)
-        else:
-            self._streams_of[node_id] = count
-        self.metrics.connect(-1)
 
 
 def uds_path(workdir: str | os.PathLike[str]) -> Path:

@@ -1,17 +1,18 @@
 """The CA over gRPC: Istio's ``istio.v1.auth.IstioCertificateService/CreateCertificate``.
 
 A workload authenticates with a bootstrap token for its first certificate and with its current
-certificate (mTLS) to renew; either way it is only ever issued its own identity.
+certificate (mTLS) to renew; either way it is only ever issued its own identity. Bootstrap
+tokens expire, and an address that keeps failing is refused for a while (see
+:mod:`meshcore.ca.tokens`): a refused token is UNAUTHENTICATED, an address over the failure
+limit RESOURCE_EXHAUSTED; a bad request (a CSR, a ``validity_duration`` out of range) is
+INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import ipaddress
 import logging
-import secrets
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from meshcore._text import shown
 from meshcore.ca._proto.ca_pb2 import IstioCertificateRequest, IstioCertificateResponse
 from meshcore.ca.authority import (
     CLOCK_SKEW,
@@ -30,57 +32,12 @@ from meshcore.ca.authority import (
     signature_hash,
 )
 from meshcore.ca.spiffe import IdentityError, SpiffeId
+from meshcore.ca.tokens import BootstrapTokens, FailureLimiter, TokenRefused, peer_address
 
 log = logging.getLogger("meshcore.ca")
 
 SERVICE = "istio.v1.auth.IstioCertificateService"
 METHOD = f"/{SERVICE}/CreateCertificate"
-
-
-class BootstrapTokens:
-    """Short-lived secrets, each naming the one identity it may obtain a first certificate for.
-
-    Only a hash of each token is kept, and lookups by hash do not leak timing on the token.
-    """
-
-    def __init__(self, ttl: datetime.timedelta = datetime.timedelta(hours=1)) -> None:
-        self.ttl = ttl
-        self._tokens: dict[bytes, tuple[SpiffeId, datetime.datetime]] = {}
-        self._lock = threading.Lock()
-
-    def issue(self, identity: str, ttl: datetime.timedelta | None = None) -> str:
-        spiffe = SpiffeId.parse(identity)
-        # 256 bits, hex: safe to pass on a command line (a urlsafe token may start with '-').
-        token = secrets.token_hex(32)
-        with self._lock:
-            self._tokens[_digest(token)] = (spiffe, now() + (ttl or self.ttl))
-        return token
-
-    def add(self, token: str, identity: str, ttl: datetime.timedelta | None = None) -> None:
-        """Registers a token made elsewhere (e.g. written to a file for an agent)."""
-        if len(token) < 16:
-            raise CAError("bootstrap tokens must be at least 16 characters")
-        with self._lock:
-            self._tokens[_digest(token)] = (SpiffeId.parse(identity), now() + (ttl or self.ttl))
-
-    def verify(self, token: str) -> SpiffeId | None:
-        with self._lock:
-            entry = self._tokens.get(_digest(token))
-            if entry is None:
-                return None
-            identity, expires = entry
-            if now() >= expires:
-                del self._tokens[_digest(token)]
-                return None
-            return identity
-
-    def revoke(self, token: str) -> None:
-        with self._lock:
-            self._tokens.pop(_digest(token), None)
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,9 +88,15 @@ def issue_serving_certificate(
 class CertificateService:
     """The CreateCertificate handler; add it to a grpc.aio server with :meth:`add_to_server`."""
 
-    def __init__(self, ca: CertificateAuthority, tokens: BootstrapTokens) -> None:
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        tokens: BootstrapTokens,
+        limiter: FailureLimiter | None = None,
+    ) -> None:
         self.ca = ca
         self.tokens = tokens
+        self.limiter = limiter or FailureLimiter()
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         handler = grpc.method_handlers_generic_handler(
@@ -151,14 +114,7 @@ class CertificateService:
     async def create_certificate(
         self, request: IstioCertificateRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> IstioCertificateResponse:
-        identity = self._authenticate(context)
-        if identity is None:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "authenticate with a bootstrap token (authorization: Bearer TOKEN) "
-                "or with your current certificate (mTLS)",
-            )
-            raise AssertionError("unreachable")  # pragma: no cover
+        identity = _peer_identity(context) or await self._bootstrap(context)
         try:
             chain = self.ca.sign_csr(
                 request.csr, identity.uri, ttl=request.validity_duration or None
@@ -174,19 +130,34 @@ class CertificateService:
         # Istio's response: the leaf, its issuers, then the root it chains to.
         return IstioCertificateResponse(cert_chain=[*certs, *roots[:1]])
 
-    def _authenticate(self, context: grpc.aio.ServicerContext[object, object]) -> SpiffeId | None:
-        peer = _peer_identity(context)
-        if peer is not None:
-            return peer
+    async def _bootstrap(self, context: grpc.aio.ServicerContext[object, object]) -> SpiffeId:
+        """The identity the caller's bootstrap token grants; aborts the call otherwise."""
+        address = peer_address(context.peer())
+        wait = self.limiter.blocked(address)
+        if wait > 0:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many failed bootstrap attempts from this address; retry in {wait:.0f} s",
+            )
+        token = None
         for key, value in context.invocation_metadata() or ():
             if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-                identity = self.tokens.verify(value[len("Bearer ") :])
-                if identity is None:
-                    log.warning(
-                        "CSR with an unknown or expired bootstrap token from %s", context.peer()
-                    )
-                return identity
-        return None
+                token = value[len("Bearer ") :]
+                break
+        if token is None:
+            why = (
+                "authenticate with a bootstrap token (authorization: Bearer TOKEN) "
+                "or with your current certificate (mTLS)"
+            )
+        else:
+            try:
+                return self.tokens.check(token)
+            except TokenRefused as exc:
+                why = str(exc)
+            log.warning("CSR refused from %s: %s", shown(address), why)
+        self.limiter.failed(address)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _peer_identity(context: grpc.aio.ServicerContext[object, object]) -> SpiffeId | None:
@@ -237,12 +208,13 @@ async def start_ca_server(
     mtls_port: int = 0,
     host: str = "127.0.0.1",
     serving: ServingCertificate | None = None,
+    limiter: FailureLimiter | None = None,
 ) -> CAServer:
     """Starts the CA's gRPC service over TLS on two ports (port 0 picks a free one)."""
     serving = serving or issue_serving_certificate(ca, ips=(host,) if _is_ip(host) else ())
     identity = [(serving.key_pem, serving.cert_chain_pem)]
     server = grpc.aio.server()
-    CertificateService(ca, tokens).add_to_server(server)
+    CertificateService(ca, tokens, limiter).add_to_server(server)
     bound = server.add_secure_port(f"{host}:{port}", grpc.ssl_server_credentials(identity))
     bound_mtls = server.add_secure_port(
         f"{host}:{mtls_port}",
@@ -260,3 +232,17 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+__all__ = [
+    "METHOD",
+    "SERVICE",
+    "BootstrapTokens",
+    "CAServer",
+    "CertificateService",
+    "FailureLimiter",
+    "ServingCertificate",
+    "issue_serving_certificate",
+    "split_pem",
+    "start_ca_server",
+]

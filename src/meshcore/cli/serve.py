@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import functools
 import json
 import logging
@@ -22,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from meshcore.ca import CAError, CertificateAuthority
 from meshcore.ca.service import BootstrapTokens, CAServer, start_ca_server
-from meshcore.ca.spiffe import IdentityError
+from meshcore.ca.tokens import load_tokens
 from meshcore.config import MeshModel
 from meshcore.config.meshconfig import MeshConfig
 from meshcore.xds import translate
@@ -105,10 +104,6 @@ class _DebugHandler(BaseHTTPRequestHandler):
         log.debug(format, *args)
 
 
-# Tokens from a file are the operator's: valid while the server runs.
-FILE_TOKEN_TTL = datetime.timedelta(days=3650)
-
-
 @dataclass(frozen=True, slots=True)
 class CAOptions:
     """``meshcore serve --ca-port ...``: the CA next to ADS (Istio's istiod does both)."""
@@ -117,27 +112,7 @@ class CAOptions:
     mtls_port: int = 0
     cacerts: str | None = None  # Istio's plug-in layout
     state_dir: str | None = None  # where a generated root is kept
-    tokens: str | None = None  # 'TOKEN SPIFFE-ID' per line
-
-
-def load_tokens(path: str, tokens: BootstrapTokens) -> int:
-    """Reads ``TOKEN SPIFFE-ID`` lines (blank lines and ``#`` comments skipped) into
-    ``tokens``; a bad line raises ValueError naming the file and line."""
-    count = 0
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            text = line.split("#", 1)[0].strip()
-            if not text:
-                continue
-            parts = text.split()
-            if len(parts) != 2:
-                raise ValueError(f"{path}:{number}: expected 'TOKEN SPIFFE-ID'")
-            try:
-                tokens.add(parts[0], parts[1], ttl=FILE_TOKEN_TTL)
-            except (CAError, IdentityError) as exc:
-                raise ValueError(f"{path}:{number}: {exc}") from None
-            count += 1
-    return count
+    tokens: str | None = None  # 'TOKEN SPIFFE-ID [expires=TIME]' per line (meshcore.ca.tokens)
 
 
 def load_ca(options: CAOptions) -> CertificateAuthority:

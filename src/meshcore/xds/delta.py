@@ -1,0 +1,219 @@
+"""ADS delta (incremental): subscriptions changed by name, each resource with its own version,
+removals said in ``removed_resources``, responses over the size limit sent in parts."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from envoy.service.discovery.v3 import discovery_pb2
+
+from meshcore._core import Snapshot
+from meshcore._text import shown
+from meshcore.xds import types
+from meshcore.xds.stream import TTL_FEATURE, Stream, short, ttl_duration
+
+log = logging.getLogger("meshcore.xds")
+
+
+@dataclass
+class DeltaType:
+    subscribed: set[str] = field(default_factory=set)
+    wildcard: bool = False
+    requested: bool = False
+    known: dict[str, str] = field(default_factory=dict)  # what the client holds
+    nacked: dict[str, str] = field(default_factory=dict)  # versions it refused
+    # The last response: name -> (version the client had before, version sent), for NACKs.
+    in_flight: dict[str, tuple[str | None, str]] = field(default_factory=dict)
+    nonce: str = ""
+    awaiting_ack: bool = False
+    must_answer: set[str] = field(default_factory=set)  # names to confirm even if unchanged
+
+
+class DeltaStream(Stream):
+    kind = "delta"
+    label = "delta"
+    types: dict[str, DeltaType]
+
+    def receive(self, req: discovery_pb2.DeltaDiscoveryRequest) -> str | None:
+        refused = self.hello(req)
+        if refused is not None or self.state is None:
+            return refused
+        t = self.types.setdefault(req.type_url, DeltaType())
+        status = self.state.status(req.type_url)
+        if not t.requested:
+            t.requested = True
+            t.known = dict(req.initial_resource_versions)
+            if not req.resource_names_subscribe and not req.resource_names_unsubscribe:
+                t.wildcard = True  # legacy wildcard: the first request names nothing
+        if req.response_nonce and req.response_nonce == t.nonce:
+            t.awaiting_ack = False
+            if req.HasField("error_detail"):
+                # The client kept its previous resources: undo what we thought it took, and
+                # remember what it refused so that it is not offered again unchanged.
+                for name, (before, sent) in t.in_flight.items():
+                    if before is None:
+                        t.known.pop(name, None)
+                    else:
+                        t.known[name] = before
+                    t.nacked[name] = sent
+                self.server.rejected(
+                    self.state, req.type_url, status.sent_version, req.error_detail.message
+                )
+            else:
+                self.server.acked(self.state, req.type_url, status.sent_version)
+            t.in_flight = {}
+        # Subscription changes count whatever the nonce (the spec: nonces never reject them).
+        for name in req.resource_names_subscribe:
+            if name == "*":
+                t.wildcard = True
+                continue
+            t.subscribed.add(name)
+            t.must_answer.add(name)
+            t.known.pop(name, None)  # it asked again: send it even if we think it has it
+        for name in req.resource_names_unsubscribe:
+            if name == "*":
+                t.wildcard = False
+                continue
+            t.subscribed.discard(name)
+            t.must_answer.discard(name)
+            t.known.pop(name, None)
+        return None
+
+    def ttl(self, type_url: str) -> float | None:
+        ttl = self.server.resource_ttl.get(type_url)
+        if ttl is None or self.node is None or TTL_FEATURE not in self.node.client_features:
+            return None
+        return ttl
+
+    def heartbeats(self) -> Iterable[bytes]:
+        """Refreshes the TTLs of the resources the client holds in their current version:
+        Resources with a name, version and TTL but no resource (the delta heartbeat)."""
+        snap = self.held()
+        if snap is None:
+            return
+        for type_url, t in self.types.items():
+            ttl = self.ttl(type_url)
+            if ttl is None or t.awaiting_ack or not t.known:
+                continue
+            current = []
+            for name, version in sorted(t.known.items()):
+                found = snap.resource(type_url, name)
+                if found is not None and found[0] == version:
+                    current.append((name, version))
+            if not current:
+                continue
+            nonce = self.next_nonce()
+            resp = discovery_pb2.DeltaDiscoveryResponse(
+                system_version_info=snap.version(type_url), type_url=type_url, nonce=nonce
+            )
+            for name, version in current:
+                resp.resources.add(name=name, version=version, ttl=ttl_duration(ttl))
+            t.nonce = nonce
+            t.awaiting_ack = True
+            t.in_flight = {}
+            self.server.heartbeats += 1
+            yield resp.SerializeToString(deterministic=True)
+
+    def _part(
+        self,
+        snap: Snapshot,
+        type_url: str,
+        t: DeltaType,
+        nonce: str,
+        believed: dict[str, str],
+        updated: list[tuple[str, str]],
+    ) -> tuple[bytes, list[tuple[str, str]], list[str]] | None:
+        """A response too large for the client: send the updated resources in parts that fit
+        (a delta response may carry any of them; each later part follows the ACK of the one
+        before, and removals come with the last). A single resource over the limit cannot be
+        sent: it is reported (proxy-status, log) and not offered again unchanged."""
+        assert self.node is not None
+        assert self.state is not None
+        limit = self.server.max_message_bytes - 1024  # room for the envelope
+        chosen: list[str] = []
+        total = 0
+        for name, version in updated:
+            found = snap.resource(type_url, name)
+            size = len(found[1]) + len(name) + len(version) + 64 if found is not None else 0
+            if size > limit:
+                self.server.oversized(self.state, type_url, size, name)
+                t.nacked[name] = version
+                continue
+            if total + size <= limit:
+                chosen.append(name)
+                total += size
+        if not chosen:
+            return None
+        out = snap.delta_response(type_url, nonce, believed, chosen, set())
+        if out is None or len(out[0]) > self.server.max_message_bytes:
+            return None
+        self.server.split_responses += 1
+        log.info(
+            "%s for %s in parts: %d of %d resources in this one",
+            short(type_url).upper(),
+            shown(self.node.id),
+            len(out[1]),
+            len(updated),
+        )
+        return out
+
+    def pushes(self) -> Iterable[bytes]:
+        snap = self.held()
+        if snap is None:
+            return
+        for type_url in types.PUSH_ORDER:
+            t = self.types.get(type_url)
+            if t is None or not t.requested or t.awaiting_ack:
+                continue
+            response = self._response(snap, type_url, t)
+            if response is not None:
+                yield response
+
+    def _response(self, snap: Snapshot, type_url: str, t: DeltaType) -> bytes | None:
+        started = time.perf_counter()
+        believed = {**t.known, **t.nacked}
+        report = t.must_answer | set(t.known)
+        nonce = self.next_nonce()
+        if t.wildcard:
+            # Explicit names beyond the wildcard set that do not exist: say so, once.
+            missing = [
+                n for n in t.subscribed if n in report and snap.resource(type_url, n) is None
+            ]
+            out = snap.delta_response(type_url, nonce, believed, None, report, missing)
+        else:
+            out = snap.delta_response(type_url, nonce, believed, t.subscribed, report)
+        t.must_answer.clear()
+        if out is None:
+            return None
+        data, updated, removed = out
+        assert self.state is not None
+        if len(data) > self.server.max_message_bytes:
+            split = self._part(snap, type_url, t, nonce, believed, updated)
+            if split is None:
+                return None
+            data, updated, removed = split
+        ttl = self.ttl(type_url)
+        if ttl is not None:
+            data = delta_with_ttl(data, ttl)
+        t.in_flight = {name: (t.known.get(name), version) for name, version in updated}
+        for name, version in updated:
+            t.known[name] = version
+            t.nacked.pop(name, None)
+        for name in removed:
+            t.known.pop(name, None)
+        t.nonce = nonce
+        t.awaiting_ack = True
+        self.server.sent(self.state, type_url, snap.version(type_url), len(data), started)
+        return data
+
+
+def delta_with_ttl(data: bytes, ttl: float) -> bytes:
+    """The delta response with a TTL on every resource (Resource.ttl)."""
+    resp = discovery_pb2.DeltaDiscoveryResponse.FromString(data)
+    for r in resp.resources:
+        r.ttl.CopyFrom(ttl_duration(ttl))
+    out: bytes = resp.SerializeToString(deterministic=True)
+    return out

@@ -1,0 +1,182 @@
+"""ADS state of the world: one DiscoveryRequest/DiscoveryResponse stream per client, every
+type's subscription replaced by each request, LDS and CDS answered with the full set."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2
+
+from meshcore._core import Snapshot
+from meshcore.xds import types
+from meshcore.xds.stream import (
+    RESOURCE_TYPE,
+    SOTW_RESOURCE_FEATURES,
+    TTL_FEATURE,
+    WILDCARD_TYPES,
+    Stream,
+    ttl_duration,
+)
+
+
+@dataclass
+class SotwType:
+    names: set[str] = field(default_factory=set)
+    legacy_wildcard: bool = False
+    requested: bool = False
+    dirty: bool = False  # the subscription changed: answer even if the version did not
+    nonce: str = ""
+    sent_version: str | None = None
+    nacked_version: str | None = None
+    awaiting_ack: bool = False
+    sent_names: list[str] = field(default_factory=list)  # with a TTL: for heartbeats
+
+    @property
+    def wildcard(self) -> bool:
+        return self.legacy_wildcard or "*" in self.names
+
+
+class SotwStream(Stream):
+    kind = "sotw"
+    label = "state of the world"
+    types: dict[str, SotwType]
+
+    def receive(self, req: discovery_pb2.DiscoveryRequest) -> str | None:
+        refused = self.hello(req)
+        if refused is not None or self.state is None:
+            return refused
+        t = self.types.setdefault(req.type_url, SotwType())
+        names = set(req.resource_names)
+        if req.response_nonce:
+            if req.response_nonce != t.nonce:
+                return None  # a stale nonce: superseded by a later response
+            t.awaiting_ack = False
+            if req.HasField("error_detail"):
+                t.nacked_version = t.sent_version
+                self.server.rejected(
+                    self.state, req.type_url, t.sent_version or "", req.error_detail.message
+                )
+            else:
+                self.server.acked(self.state, req.type_url, req.version_info)
+        first = not t.requested
+        t.requested = True
+        if req.type_url in WILDCARD_TYPES:
+            if first and not names:
+                t.legacy_wildcard = True
+            elif names:
+                t.legacy_wildcard = False
+        if names != t.names or first:
+            t.names = names
+            t.dirty = True
+        return None
+
+    def ttl(self, type_url: str) -> float | None:
+        """The TTL for this type, if the client takes Resource wrappers and TTLs in SotW."""
+        ttl = self.server.resource_ttl.get(type_url)
+        if ttl is None or self.node is None:
+            return None
+        features = self.node.client_features
+        if TTL_FEATURE not in features or not features & SOTW_RESOURCE_FEATURES:
+            return None
+        return ttl
+
+    def heartbeats(self) -> Iterable[bytes]:
+        """Refreshes the TTLs of what the client holds: for RDS/EDS/SDS a response whose
+        Resources carry no resource and the current version (Envoy's heartbeat); LDS and CDS
+        responses are full state, so they are sent again in full (see pushes)."""
+        snap = self.held()
+        if snap is None:
+            return
+        for type_url, t in self.types.items():
+            ttl = self.ttl(type_url)
+            if ttl is None or t.awaiting_ack or not t.sent_version:
+                continue
+            if t.sent_version != snap.version(type_url) or t.sent_version == t.nacked_version:
+                continue  # a change is due: the push refreshes the TTLs
+            if type_url in types.FULL_STATE_TYPES:
+                t.dirty = True
+                continue
+            nonce = self.next_nonce()
+            resp = discovery_pb2.DiscoveryResponse(
+                version_info=t.sent_version, type_url=type_url, nonce=nonce
+            )
+            for name in t.sent_names:
+                beat = discovery_pb2.Resource(
+                    name=name, version=t.sent_version, ttl=ttl_duration(ttl)
+                )
+                resp.resources.add(type_url=RESOURCE_TYPE, value=beat.SerializeToString())
+            t.nonce = nonce
+            t.awaiting_ack = True
+            self.server.heartbeats += 1
+            yield resp.SerializeToString(deterministic=True)
+
+    def pushes(self) -> Iterable[bytes]:
+        snap = self.held()
+        if snap is None:
+            return
+        for type_url in types.PUSH_ORDER:
+            t = self.types.get(type_url)
+            if t is None or not t.requested or t.awaiting_ack:
+                continue
+            version = snap.version(type_url)
+            if not t.dirty and (version in (t.sent_version, t.nacked_version)):
+                continue
+            response = self._response(snap, type_url, t, version)
+            if response is None:
+                continue
+            yield response
+            if type_url == types.CLUSTER and types.ENDPOINT in self.types:
+                # Envoy re-warms every cluster it is sent and needs fresh endpoints for it.
+                self.types[types.ENDPOINT].dirty = True
+
+    def _response(self, snap: Snapshot, type_url: str, t: SotwType, version: str) -> bytes | None:
+        started = time.perf_counter()
+        explicit = t.names - {"*"}
+        if not t.wildcard and not explicit and type_url not in WILDCARD_TYPES:
+            t.dirty = False
+            return None  # nothing asked for: an empty RDS/EDS/SDS answer means nothing
+        if t.wildcard and not explicit:
+            names = None  # all of the type
+        elif t.wildcard:
+            names = sorted(set(snap.names(type_url)) | explicit)
+        else:
+            names = sorted(explicit)
+        nonce = self.next_nonce()
+        # Encoded in the core from the interned resources: no protobuf objects per push.
+        data, _ = snap.sotw_response(type_url, version, nonce, names)
+        assert self.state is not None
+        ttl = self.ttl(type_url)
+        if ttl is not None:
+            listed = names if names is not None else snap.names(type_url)
+            sent = sorted(n for n in listed if snap.resource(type_url, n) is not None)
+            data = sotw_wrapped(data, sent, ttl)
+            t.sent_names = sent
+        if len(data) > self.server.max_message_bytes:
+            self.server.oversized(self.state, type_url, len(data))
+            t.dirty = False
+            t.nacked_version = version  # do not retry the same content
+            return None
+        t.nonce = nonce
+        t.sent_version = version
+        t.dirty = False
+        t.awaiting_ack = True
+        self.server.sent(self.state, type_url, version, len(data), started)
+        return data
+
+
+def sotw_wrapped(data: bytes, names: list[str], ttl: float) -> bytes:
+    """The SotW response with each resource wrapped in a Resource carrying its name, the
+    type's version (which makes a later heartbeat recognisable) and a TTL."""
+    resp = discovery_pb2.DiscoveryResponse.FromString(data)
+    wrapped = []
+    for name, any_ in zip(names, resp.resources, strict=True):
+        r = discovery_pb2.Resource(name=name, version=resp.version_info, ttl=ttl_duration(ttl))
+        r.resource.CopyFrom(any_)
+        wrapped.append(any_pb2.Any(type_url=RESOURCE_TYPE, value=r.SerializeToString()))
+    del resp.resources[:]
+    resp.resources.extend(wrapped)
+    out: bytes = resp.SerializeToString(deterministic=True)
+    return out

@@ -102,16 +102,19 @@ class ResettingRelay:
         await self._server.wait_closed()
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
-        self._writers += [up_writer, writer]
+        # Ends quietly however it is ended (a reset, the loop closing): it is only plumbing.
+        with contextlib.suppress(OSError, RuntimeError, asyncio.CancelledError):
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+            self._writers += [up_writer, writer]
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, RuntimeError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
+            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+                with contextlib.suppress(OSError, RuntimeError):
+                    while data := await src.read(65536):
+                        dst.write(data)
+                        await dst.drain()
+                dst.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
     def reset(self) -> None:
         for w in self._writers:

@@ -173,6 +173,7 @@ class _DeadlineReader(io.RawIOBase):
 
 
 class _Handler(BaseHTTPRequestHandler):
+    server: WebhookServer
     server_version = "meshcore-webhook"
     protocol_version = "HTTP/1.1"
     deadline = 0.0  # when the request being read must have arrived (time.monotonic)
@@ -183,7 +184,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self))
 
     def handle_one_request(self) -> None:
-        self.deadline = time.monotonic() + REQUEST_DEADLINE_S
+        self.deadline = time.monotonic() + self.server.request_deadline
         super().handle_one_request()
 
     def do_POST(self) -> None:
@@ -214,7 +215,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._reply(
                 HTTPStatus.REQUEST_TIMEOUT,
-                {"error": f"the request did not arrive within {REQUEST_DEADLINE_S:g} s"},
+                {"error": f"the request did not arrive within {self.server.request_deadline:g} s"},
             )
             return
         if len(raw) < length:  # the client hung up in the middle of its body
@@ -260,9 +261,11 @@ class WebhookServer(ThreadingHTTPServer):
         address: tuple[str, int],
         context: ssl.SSLContext,
         max_connections: int = MAX_CONNECTIONS,
+        request_deadline: float = REQUEST_DEADLINE_S,
     ) -> None:
         super().__init__(address, _Handler)
         self.context = context
+        self.request_deadline = request_deadline
         self._slots = threading.BoundedSemaphore(max_connections)
         self.refused_connections = 0
 
@@ -287,7 +290,7 @@ class WebhookServer(ThreadingHTTPServer):
     def finish_request(self, request: Any, client_address: Any) -> None:
         # The handshake as a whole gets the request deadline (Python's TLS calls count their
         # timeout for the whole call, not per read).
-        request.settimeout(REQUEST_DEADLINE_S)
+        request.settimeout(self.request_deadline)
         try:
             tls = self.context.wrap_socket(request, server_side=True)
         except (OSError, ssl.SSLError) as exc:
@@ -306,12 +309,15 @@ class WebhookServer(ThreadingHTTPServer):
             log.error("request from %s failed: %s", client_address[0], shown(repr(exc)))
 
 
-def make_server(cert: str, key: str, port: int, host: str = "127.0.0.1") -> WebhookServer:
-    """An HTTPS server bound to host:port (port 0 picks a free one); call serve_forever()."""
+def make_server(
+    cert: str, key: str, port: int, host: str = "127.0.0.1", **limits: Any
+) -> WebhookServer:
+    """An HTTPS server bound to host:port (port 0 picks a free one); call serve_forever().
+    ``limits``: ``max_connections``, ``request_deadline`` (see :class:`WebhookServer`)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, key)
-    return WebhookServer((host, port), context)
+    return WebhookServer((host, port), context, **limits)
 
 
 def serve_in_thread(server: WebhookServer) -> threading.Thread:

@@ -163,3 +163,37 @@ def tls_pair(directory: Path) -> tuple[Path, Path]:
         )
     )
     return directory / "tls.crt", directory / "tls.key"
+
+
+async def csr_call(
+    address: str,
+    trust_bundle_pem: str,
+    identity: str,
+    token: str | None = None,
+    validity_duration: int = 0,
+) -> Any:
+    """One CreateCertificate call over TLS with a fresh key's CSR for ``identity``."""
+    from meshcore.ca._proto.ca_pb2 import IstioCertificateRequest, IstioCertificateResponse
+    from meshcore.ca.service import METHOD
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)])
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(san, critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    creds = grpc.ssl_channel_credentials(trust_bundle_pem.encode())
+    async with grpc.aio.secure_channel(address, creds) as channel:
+        call = channel.unary_unary(
+            METHOD,
+            request_serializer=IstioCertificateRequest.SerializeToString,
+            response_deserializer=IstioCertificateResponse.FromString,
+        )
+        request = IstioCertificateRequest(
+            csr=csr.public_bytes(serialization.Encoding.PEM).decode(),
+            validity_duration=validity_duration,
+        )
+        metadata = [("authorization", f"Bearer {token}")] if token is not None else []
+        return await call(request, metadata=metadata, timeout=10)

@@ -96,7 +96,7 @@ class CertificateService:
     ) -> None:
         self.ca = ca
         self.tokens = tokens
-        self.limiter = limiter or FailureLimiter()
+        self.limiter = FailureLimiter() if limiter is None else limiter
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         handler = grpc.method_handlers_generic_handler(

@@ -31,7 +31,7 @@ async def ads(
     cache: SnapshotCache | None = None, **kwargs: Any
 ) -> AsyncIterator[tuple[SnapshotCache, AdsServer, grpc.aio.Channel, int]]:
     """A real ADS server on a free loopback port and a channel to it."""
-    cache = cache or SnapshotCache()
+    cache = SnapshotCache() if cache is None else cache
     server, ads_server, port = await start_ads_server(cache, **kwargs)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -272,3 +272,33 @@ def test_shown_escapes_and_caps() -> None:
     capped = shown("y" * 1000, 10)
     assert capped == "yyyyyyyyyy… (+990 chars)"
     assert shown(b"\n") == "b'\\\\n'"  # bytes: their repr, escaped again
+
+
+@KINDS
+def test_a_stream_ended_by_an_exception_is_released(delta: bool) -> None:
+    """The snapshot source fails for this node (a bug, a translation crash): the stream ends
+    with an error, and still releases everything."""
+
+    def failing(node: object) -> None:
+        raise RuntimeError("translation failed")
+
+    async def body() -> None:
+        async with ads(SnapshotCache(source=failing)) as (_, server, channel, _):
+            s = Stream(channel, delta)
+            s.send(_hello(delta))
+            assert (await ended(s)).code() == grpc.StatusCode.UNKNOWN
+            await eventually(lambda: released(server), "the failed stream released")
+
+    run(body)
+
+
+def test_serve_logs_a_node_it_cannot_serve_on_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    from meshcore.cli.serve import generate
+    from meshcore.config import MeshModel
+    from meshcore.xds.cache import NodeInfo
+
+    with caplog.at_level(logging.ERROR, logger="meshcore.serve"):
+        assert generate(MeshModel([]), NodeInfo(id="bad\nERROR forged" + "x" * 5000)) is None
+    (record,) = caplog.records
+    assert "\n" not in record.getMessage()
+    assert len(record.getMessage()) < 1500

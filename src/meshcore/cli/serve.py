@@ -19,6 +19,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from meshcore._text import shown
 from meshcore.ca import CAError, CertificateAuthority
 from meshcore.ca.service import BootstrapTokens, CAServer, start_ca_server
 from meshcore.ca.tokens import load_tokens
@@ -40,11 +41,14 @@ def generate(
     try:
         proxy = translate.proxy_for_node(mesh, node.id, node.metadata)
     except ValueError as exc:
-        log.error("cannot serve node %r: %s", node.id, exc)
+        # The node's id and metadata are the client's: shown escaped and capped.
+        log.error("cannot serve node %s: %s", shown(node.id), shown(exc, 1000))
         return None
     result = translate.generate(mesh, proxy, mesh_config=mesh_config)
     for problem in result.problems:
-        (log.error if problem.severity == "error" else log.warning)("%s: %s", node.id, problem)
+        (log.error if problem.severity == "error" else log.warning)(
+            "%s: %s", shown(node.id), shown(problem, 1000)
+        )
     return result.resources
 
 

@@ -1,4 +1,5 @@
-"""Wording shared by every validator, so the same mistake reads the same everywhere."""
+"""Wording shared by every validator, so the same mistake reads the same everywhere; and
+:func:`shown`, the one way a client-supplied string reaches a log line or an error message."""
 
 from __future__ import annotations
 
@@ -25,6 +26,13 @@ SHOWN_CHARS = 200
 _ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
+def is_control(ch: str) -> bool:
+    """C0, DEL, C1, and the Unicode line and paragraph separators: what ends or rewrites a line
+    on a terminal or in a log."""
+    code = ord(ch)
+    return code < 0x20 or 0x7F <= code < 0xA0 or code in (0x2028, 0x2029)
+
+
 def shown(text: object, limit: int = SHOWN_CHARS) -> str:
     """A client-supplied string made safe to log: control characters (C0, DEL, C1, the Unicode
     line and paragraph separators) and backslashes escaped, so that a newline cannot forge a
@@ -34,9 +42,9 @@ def shown(text: object, limit: int = SHOWN_CHARS) -> str:
     out: list[str] = []
     width = 0
     for i, ch in enumerate(s):
-        code = ord(ch)
         piece = _ESCAPES.get(ch, ch)
-        if ch not in _ESCAPES and (code < 0x20 or 0x7F <= code < 0xA0 or code in (0x2028, 0x2029)):
+        if ch not in _ESCAPES and is_control(ch):
+            code = ord(ch)
             piece = f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
         if width + len(piece) > limit:
             return "".join(out) + f"… (+{len(s) - i} chars)"

@@ -302,3 +302,26 @@ def test_serve_logs_a_node_it_cannot_serve_on_one_line(caplog: pytest.LogCapture
     (record,) = caplog.records
     assert "\n" not in record.getMessage()
     assert len(record.getMessage()) < 1500
+
+
+@KINDS
+def test_subscriptions_are_bounded_per_type(delta: bool) -> None:
+    """Delta subscriptions add up across requests: 3 requests of 400 names each pass a limit
+    of 1,000 names on the third; SotW replaces its names, so one request over it is refused."""
+
+    async def body() -> None:
+        async with ads(max_names_per_type=1000) as (_, server, channel, _):
+            s = Stream(channel, delta)
+            s.send(request(delta, NODE, types.ENDPOINT, tuple(f"a{i}" for i in range(400))))
+            batches = 2 if delta else 0
+            for b in range(batches):
+                names = tuple(f"b{b}-{i}" for i in range(400))
+                s.send(request(delta, None, types.ENDPOINT, names))
+            if not delta:
+                s.send(request(delta, None, types.ENDPOINT, tuple(f"c{i}" for i in range(1001))))
+            err = await ended(s)
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "at most 1000 resource names" in (err.details() or "")
+            await eventually(lambda: released(server), "the stream released")
+
+    run(body)

@@ -80,6 +80,9 @@ class DeltaStream(Stream):
             t.subscribed.discard(name)
             t.must_answer.discard(name)
             t.known.pop(name, None)
+        limit = self.server.max_names_per_type
+        if len(t.subscribed) > limit or len(t.known) > limit:
+            return self.too_many_names()
         return None
 
     def ttl(self, type_url: str) -> float | None:

@@ -62,6 +62,9 @@ DEFAULT_MAX_NODE_ID_CHARS = 1024
 DEFAULT_MAX_NODE_BYTES = 256 * 1024
 # Envoy and gRPC clients send their first request as soon as the stream opens.
 DEFAULT_HELLO_TIMEOUT_S = 15.0
+# Names one stream may subscribe to per type (a proxy of a large mesh without Sidecar scoping
+# asks for tens of thousands of clusters' endpoints).
+DEFAULT_MAX_NAMES_PER_TYPE = 100_000
 # What a proxy's NACK said, as kept for proxy-status and logged.
 MAX_ERROR_CHARS = 2000
 
@@ -110,11 +113,13 @@ class AdsServer:
         max_node_id_chars: int = DEFAULT_MAX_NODE_ID_CHARS,
         max_node_bytes: int = DEFAULT_MAX_NODE_BYTES,
         hello_timeout: float | None = DEFAULT_HELLO_TIMEOUT_S,
+        max_names_per_type: int = DEFAULT_MAX_NAMES_PER_TYPE,
     ) -> None:
         self.cache = cache
         # Refused with INVALID_ARGUMENT: longer node ids, larger Node messages (metadata).
         self.max_node_id_chars = max_node_id_chars
         self.max_node_bytes = max_node_bytes
+        self.max_names_per_type = max_names_per_type
         # A stream with no valid first request (with a node) by then is closed; None: never.
         self.hello_timeout = hello_timeout
         # New streams beyond this rate (a token bucket, bursts of up to one second's worth, at

@@ -48,8 +48,10 @@ class SotwStream(Stream):
         refused = self.hello(req)
         if refused is not None or self.state is None:
             return refused
-        t = self.types.setdefault(req.type_url, SotwType())
         names = set(req.resource_names)
+        if len(names) > self.server.max_names_per_type:
+            return self.too_many_names()
+        t = self.types.setdefault(req.type_url, SotwType())
         if req.response_nonce:
             if req.response_nonce != t.nonce:
                 return None  # a stale nonce: superseded by a later response

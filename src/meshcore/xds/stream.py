@@ -4,8 +4,9 @@ first request and checked against the server's limits, the per-type state, nonce
 A stream's node is refused (INVALID_ARGUMENT, before anything is kept for it) when its id is
 missing, longer than the server's ``max_node_id_chars`` or holds control characters, or when
 the whole Node message is larger than ``max_node_bytes``; a stream may name at most
-``MAX_TYPES_PER_STREAM`` type URLs. Whatever a client sent is shown in logs and errors only
-through :func:`meshcore._text.shown`.
+``MAX_TYPES_PER_STREAM`` type URLs and at most the server's ``max_names_per_type`` names of
+each (delta subscriptions add up across requests). Whatever a client sent is shown in logs
+and errors only through :func:`meshcore._text.shown`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from google.protobuf import duration_pb2
 from google.protobuf.json_format import MessageToDict
 
 from meshcore._core import Snapshot
-from meshcore._text import shown
+from meshcore._text import is_control, shown
 from meshcore.xds import types
 from meshcore.xds.cache import NodeInfo
 
@@ -81,7 +82,7 @@ class Stream:
         limit = self.server.max_node_id_chars
         if len(node_id) > limit:
             return f"node.id of {len(node_id)} characters exceeds the limit of {limit}"
-        if any(c < " " or "\x7f" <= c < "\xa0" or c in "\u2028\u2029" for c in node_id):
+        if any(map(is_control, node_id)):
             return f"node.id must not contain control characters: '{shown(node_id)}'"
         size = req.node.ByteSize()
         if size > self.server.max_node_bytes:
@@ -90,6 +91,10 @@ class Stream:
                 f"of {self.server.max_node_bytes}"
             )
         return None
+
+    def too_many_names(self) -> str:
+        limit = self.server.max_names_per_type
+        return f"a stream may subscribe to at most {limit} resource names of one type"
 
     def receive(self, req: Any) -> str | None:
         raise NotImplementedError

@@ -225,10 +225,7 @@ class ControlPlane:
         the garbage collector's sight (``gc.freeze``), so that the next change does not pay for
         full collections scanning the whole fleet's objects (hundreds of ms at 2,000 proxies).
         Objects still die by reference counting; every FULL_COLLECT_EVERY updates a full
-        collection runs first, for cycles among them. Before each freeze the objects made since
-        the last one (only those: frozen ones are not scanned) are collected, so that the
-        garbage cycles ended streams leave (calls, tasks, tracebacks) are not frozen for ever
-        by proxies connecting and disconnecting."""
+        collection runs first, for cycles among them."""
         if not self.settle_gc:
             return
         if updated:
@@ -236,7 +233,7 @@ class ControlPlane:
             if self._updates_since_collect >= FULL_COLLECT_EVERY:
                 self._updates_since_collect = 0
                 gc.unfreeze()
-        gc.collect()
+                gc.collect()
         gc.freeze()
         self._settled_nodes = len(self.cache)
 

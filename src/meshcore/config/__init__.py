@@ -15,6 +15,7 @@ from typing import Any
 
 from meshcore.config import schema
 from meshcore.config.loader import (
+    MAX_FILE_BYTES,
     Document,
     Piece,
     iter_config_files,
@@ -277,9 +278,11 @@ def validate(
     *,
     domain: str = DEFAULT_DOMAIN,
     root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+    max_file_bytes: int = MAX_FILE_BYTES,
 ) -> ValidationReport:
-    """Loads and validates YAML files and directories; never raises for bad input."""
-    docs, problems = read_documents(paths)
+    """Loads and validates YAML files and directories; never raises for bad input. A file
+    larger than ``max_file_bytes`` is a problem, not read."""
+    docs, problems = read_documents(paths, max_file_bytes=max_file_bytes)
     return _build(docs, problems, domain=domain, root_namespace=root_namespace)
 
 
@@ -298,10 +301,12 @@ class IncrementalLoader:
         *,
         domain: str = DEFAULT_DOMAIN,
         root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+        max_file_bytes: int = MAX_FILE_BYTES,
     ) -> None:
         self.paths = list(paths)
         self.domain = domain
         self.root_namespace = root_namespace
+        self.max_file_bytes = max_file_bytes
         self._files: dict[str, _CachedFile] = {}
         self.reread: list[str] = []  # files read (or found gone) by the last validate()
 
@@ -337,7 +342,7 @@ class IncrementalLoader:
         )
 
     def _read(self, path: Path, stamp: tuple[int, int], old: _CachedFile | None) -> _CachedFile:
-        text, unreadable = read_text(path)
+        text, unreadable = read_text(path, self.max_file_bytes)
         if text is None:
             return _CachedFile(stamp, [], unreadable, [], [])
         file_docs, file_problems, pieces = parse_pieces(
@@ -371,11 +376,14 @@ def load(
     *,
     domain: str = DEFAULT_DOMAIN,
     root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+    max_file_bytes: int = MAX_FILE_BYTES,
 ) -> MeshModel:
     """Loads a mesh from YAML files and directories; ConfigError lists every problem."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    report = validate(paths, domain=domain, root_namespace=root_namespace)
+    report = validate(
+        paths, domain=domain, root_namespace=root_namespace, max_file_bytes=max_file_bytes
+    )
     if report.model is None:
         raise ConfigError(report.errors)
     return report.model

@@ -8,6 +8,7 @@ the Rust core so validation and runtime agree, durations, selectors, policies...
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import socket
 from collections.abc import Callable, Mapping
@@ -56,14 +57,35 @@ PROTOCOLS = frozenset(
 )
 
 
+# Go's time.Duration (int64 nanoseconds, about 292 years): Istio refuses longer durations.
+MAX_DURATION_NS = 2**63 - 1
+MAX_DURATION_TEXT = "2562047h47m16.854775807s"
+# Integer kinds of the schema and their ranges (the protos' int32, int64 and uint32).
+INT_RANGES = {
+    "int": (-(2**31), 2**31 - 1, "a 32-bit integer"),
+    "int64": (-(2**63), 2**63 - 1, "a 64-bit integer"),
+    "uint32": (0, 2**32 - 1, "an unsigned 32-bit integer"),
+}
+
+
 def parse_duration(text: str) -> int | None:
-    """Go/Istio duration syntax (``1h2m``, ``2s``, ``500ms``, ``0.5s``) in nanoseconds."""
+    """Go/Istio duration syntax (``1h2m``, ``2s``, ``500ms``, ``0.5s``) in nanoseconds, exactly
+    (fractions below a nanosecond are dropped); None when malformed or longer than
+    :data:`MAX_DURATION_NS`."""
     if not _DURATION.match(text):
         return None
-    total = 0.0
+    total = 0
     for number, unit in _DURATION_PART.findall(text):
-        total += float(number) * _UNIT_NS[unit]
-    return round(total)
+        whole, _, frac = number.partition(".")
+        whole = whole.lstrip("0")
+        if len(whole) > 20:  # beyond any duration (and Python's int() of long text)
+            return None
+        frac = frac[:24]  # more digits cannot change the nanoseconds
+        scale = 10 ** len(frac)
+        total += (int(whole or "0") * scale + int(frac or "0")) * _UNIT_NS[unit] // scale
+        if total > MAX_DURATION_NS:
+            return None
+    return total
 
 
 _PATH_TOKEN = re.compile(r"\[(\d+)\]|\['((?:[^'\\]|\\.)*)'\]|([^.\[\]]+)")
@@ -151,13 +173,17 @@ class Checker:
             ok = True
             for key, sub in value.items():
                 if ftype.key == "uint32" and not (
-                    isinstance(key, int) or (isinstance(key, str) and key.isdigit())
+                    (isinstance(key, int) and not isinstance(key, bool))
+                    or (isinstance(key, str) and _is_decimal(key))
                 ):
                     self.error(path + (str(key),), f"key {key!r} must be a port number")
                     ok = False
                     continue
                 if ftype.key == "string" and not isinstance(key, str):
                     self.error(path + (str(key),), f"key {key!r} must be a string (quote it)")
+                    ok = False
+                    continue
+                if ftype.key == "uint32" and not self._scalar(int(key), "uint32", path + (key,)):
                     ok = False
                     continue
                 ok = self.shape(sub, ftype.value, path + (key,)) and ok
@@ -171,18 +197,26 @@ class Checker:
                 self.error(path, f"expected a string, got {_describe(value)}{hint}")
                 return False
             if kind == "duration" and parse_duration(value) is None:
-                self.error(
-                    path,
-                    f"invalid duration {value!r}: use a number and a unit, e.g. 2s, 500ms, 1m30s",
-                )
+                if _DURATION.match(value):
+                    self.error(
+                        path,
+                        f"duration {_abbreviate(value)} is out of range (at most {MAX_DURATION_TEXT})",
+                    )
+                else:
+                    self.error(
+                        path,
+                        f"invalid duration {_abbreviate(value)}: use a number and a unit, e.g. "
+                        "2s, 500ms, 1m30s",
+                    )
                 return False
             return True
-        if kind in ("int", "uint32"):
+        if kind in INT_RANGES:
             if isinstance(value, bool) or not isinstance(value, int):
                 self.error(path, f"expected an integer, got {_describe(value)}")
                 return False
-            if kind == "uint32" and not 0 <= value <= 0xFFFFFFFF:
-                self.error(path, f"{value} is out of range for an unsigned 32-bit integer")
+            low, high, what = INT_RANGES[kind]
+            if not low <= value <= high:
+                self.error(path, f"{_number(value)} is out of range for {what}")
                 return False
             return True
         if kind == "bool":
@@ -194,11 +228,16 @@ class Checker:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 self.error(path, f"expected a number, got {_describe(value)}")
                 return False
+            if not math.isfinite(value) or abs(value) > 2**53:
+                self.error(path, f"{_describe(value)} is not a usable number")
+                return False
             return True
         if kind == "int_or_string":
             if isinstance(value, bool) or not isinstance(value, (int, str)):
                 self.error(path, f"expected a port number or name, got {_describe(value)}")
                 return False
+            if isinstance(value, int):
+                return self._scalar(value, "int", path)
             return True
         raise AssertionError(kind)  # pragma: no cover
 
@@ -353,13 +392,34 @@ def label_key_problem(key: str) -> str | None:
     return None
 
 
+def _is_decimal(text: str) -> bool:
+    """ASCII digits only, short enough for int() (str.isdigit() admits '²', which int()
+    refuses, and int() refuses more than 4,300 digits)."""
+    return 0 < len(text) <= 20 and text.isascii() and text.isdigit()
+
+
+def _abbreviate(text: str, limit: int = 40) -> str:
+    """``repr(text)``, shortened in the middle when long (a message stays one readable line)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[: limit // 2]!r}...{text[-8:]!r} ({len(text)} characters)"
+
+
+def _number(value: int | float) -> str:
+    """A number as written, its digits shortened when there are very many."""
+    if isinstance(value, int) and not -(10**30) < value < 10**30:
+        digits = str(abs(value))
+        return f"{'-' if value < 0 else ''}{digits[:6]}...({len(digits)} digits)"
+    return str(value)
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, bool):
         return f"the boolean {str(value).lower()}"
     if isinstance(value, (int, float)):
-        return f"the number {value}"
+        return f"the number {_number(value)}"
     if isinstance(value, str):
-        return f"{value!r}"
+        return _abbreviate(value)
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):
@@ -670,7 +730,7 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path) -> None:
             policy = policy.strip()
             if policy in RETRY_ON:
                 continue
-            if policy.isdigit() and 100 <= int(policy) <= 599:
+            if _is_decimal(policy) and 100 <= int(policy) <= 599:
                 continue
             c.error(
                 path + ("retries", "retryOn"),
@@ -958,7 +1018,7 @@ def check_peer_authentication(c: Checker, spec: dict[str, Any], name: str) -> No
             "portLevelMtls requires a selector (it applies to one workload's ports)",
         )
     for port in port_level:
-        if isinstance(port, int) or (isinstance(port, str) and port.isdigit()):
+        if isinstance(port, int) or (isinstance(port, str) and _is_decimal(port)):
             c.port(int(port), ("spec", "portLevelMtls", str(port)))
 
 

@@ -38,9 +38,7 @@ def _lines(text: str) -> int:
 def _nul_truncation() -> Hostile:
     # The DENY policy after the NUL vanished without a word on the old reader.
     head = SERVICE.format(name="reviews") + "---\n"
-    return Hostile(
-        "nul", (head + "# note\x00\n---\n" + DENY).encode(), _lines(head) + 1, "U+0000"
-    )
+    return Hostile("nul", (head + "# note\x00\n---\n" + DENY).encode(), _lines(head) + 1, "U+0000")
 
 
 def _control(char: str, quoted: bool) -> Hostile:
@@ -93,7 +91,10 @@ def _alias_depth() -> Hostile:
     # Each alias stays under the limit; stacked, they would not.
     half = 70
     deep = "[" * half + "1" + "]" * half
-    text = SERVICE.format(name="reviews") + f"status:\n  a: &a {deep}\n  b: {'[' * half}*a{']' * half}\n"
+    text = (
+        SERVICE.format(name="reviews")
+        + f"status:\n  a: &a {deep}\n  b: {'[' * half}*a{']' * half}\n"
+    )
     return Hostile("deep-alias", text.encode(), 8, "nesting deeper")  # at the alias
 
 

@@ -54,7 +54,8 @@ def test_validate_cli_refuses_with_file_and_line(
 def test_python_api_reports_each_problem_at_its_line(tmp_path: Path, case: Hostile) -> None:
     path = _write(tmp_path, case)
     report = validate([path])
-    assert not report.ok and report.model is None
+    assert not report.ok
+    assert report.model is None
     assert all(p.file == str(path) and p.line >= 1 for p in report.errors), report.errors
     assert any(case.words in str(p) and _at_line(case, p.line) for p in report.errors), [
         str(p) for p in report.errors
@@ -149,11 +150,13 @@ def test_non_utf8_is_reported_at_its_real_line(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     path.write_bytes(TWO.replace("/admin", "/caf\u00e9").encode("latin-1"))
     [problem] = validate([path]).errors
-    assert problem.line == 12 and "column 42" in problem.message, problem
+    assert problem.line == 12, problem
+    assert "column 42" in problem.message, problem
     utf16_bad = codecs.BOM_UTF16_LE + "a: 1\nb: 2\n".encode("utf-16-le") + b"\x00\xd8"
     path.write_bytes(utf16_bad)
     [problem] = validate([path]).errors
-    assert problem.line == 3 and "UTF-16" in problem.message, problem
+    assert problem.line == 3, problem
+    assert "UTF-16" in problem.message, problem
 
 
 def test_file_size_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -163,7 +166,8 @@ def test_file_size_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert validate([path]).errors  # duplicate names, but read
     report = validate([path], max_file_bytes=size - 1)
     [problem] = report.errors
-    assert "larger than the limit" in problem.message and problem.line == 240  # the last
+    assert "larger than the limit" in problem.message
+    assert problem.line == 240  # the last
     assert validate([path], max_file_bytes=size).errors[0].message != problem.message
     assert main(["validate", "--max-file-bytes", "1000", str(path)]) == 1
     assert f"{path}:" in capsys.readouterr().err
@@ -171,7 +175,8 @@ def test_file_size_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     with path.open("wb") as f:
         f.truncate(MAX_FILE_BYTES + 1)
     [problem] = validate([path]).errors
-    assert "larger than the limit of 67,108,864 bytes" in problem.message and problem.line == 1
+    assert "larger than the limit of 67,108,864 bytes" in problem.message
+    assert problem.line == 1
 
 
 def test_duplicate_keys_compare_as_the_dict_would(tmp_path: Path) -> None:
@@ -195,4 +200,5 @@ def test_forty_thousand_duplicate_keys_are_each_reported(tmp_path: Path) -> None
     )
     report = validate([path])
     assert len(report.errors) == 40_000
-    assert report.errors[0].line == 40_006 and report.errors[-1].line == 80_005
+    assert report.errors[0].line == 40_006
+    assert report.errors[-1].line == 80_005

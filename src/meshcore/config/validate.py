@@ -228,7 +228,7 @@ class Checker:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 self.error(path, f"expected a number, got {_describe(value)}")
                 return False
-            if not math.isfinite(value) or abs(value) > 2**53:
+            if abs(value) > 2**53 or (isinstance(value, float) and not math.isfinite(value)):
                 self.error(path, f"{_describe(value)} is not a usable number")
                 return False
             return True

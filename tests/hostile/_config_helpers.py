@@ -182,3 +182,48 @@ HOSTILE = [
     _bomb(),
     *OVERFLOWS,
 ]
+
+
+def big_mesh(services: int) -> str:
+    """A valid mesh of ``services`` Services, each with a WorkloadEntry, a VirtualService and a
+    DestinationRule (about 1.3 KB per service): a large but ordinary config."""
+    out = []
+    for i in range(services):
+        ns = f"ns{i % 10}"
+        out.append(
+            f"""apiVersion: v1
+kind: Service
+metadata: {{name: svc{i}, namespace: {ns}}}
+spec:
+  selector: {{app: svc{i}}}
+  ports: [{{name: http, port: 8080, targetPort: 8080}}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: svc{i}-0, namespace: {ns}}}
+spec: {{address: 10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}, labels: {{app: svc{i}, version: v1}}, serviceAccount: svc{i}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: svc{i}, namespace: {ns}}}
+spec:
+  hosts: [svc{i}]
+  http:
+  - match: [{{uri: {{prefix: /api/{i}}}, headers: {{x-user: {{regex: "tester-[0-9]+"}}}}}}]
+    route: [{{destination: {{host: svc{i}, subset: v1}}}}]
+    retries: {{attempts: 3, perTryTimeout: 500ms, retryOn: "5xx,reset"}}
+  - route: [{{destination: {{host: svc{i}, subset: v1}}}}]
+    timeout: 2s
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: svc{i}, namespace: {ns}}}
+spec:
+  host: svc{i}
+  trafficPolicy:
+    loadBalancer: {{simple: LEAST_REQUEST}}
+    outlierDetection: {{consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s}}
+  subsets: [{{name: v1, labels: {{version: v1}}}}]
+"""
+        )
+    return "---\n".join(out)

@@ -182,6 +182,7 @@ HOSTILE = [
     _bomb(),
     *OVERFLOWS,
 ]
+CASES_BY_NAME = {h.name: h for h in HOSTILE}
 
 
 def big_mesh(services: int) -> str:

@@ -238,7 +238,10 @@ pub fn position(text: &str, offset: usize) -> (u32, u32) {
         }
     }
     let column = before.get(start..).map_or(0, |rest| rest.chars().count());
-    (line, u32::try_from(column).unwrap_or(u32::MAX).saturating_add(1))
+    (
+        line,
+        u32::try_from(column).unwrap_or(u32::MAX).saturating_add(1),
+    )
 }
 
 enum Frame {
@@ -429,7 +432,9 @@ impl Builder {
         let mut path = self.path();
         match self.stack.last() {
             Some(Frame::Seq { items, .. }) => {
-                path.push(PathKey::Index(i64::try_from(items.len()).unwrap_or(i64::MAX)));
+                path.push(PathKey::Index(
+                    i64::try_from(items.len()).unwrap_or(i64::MAX),
+                ));
             }
             Some(Frame::Map {
                 pending_key: Some((k, _)),
@@ -540,7 +545,9 @@ impl Builder {
 fn too_deep(mark: &Marker) -> YamlProblem {
     problem(
         mark,
-        format!("nesting deeper than {MAX_DEPTH} levels (sequences and mappings, aliases included)"),
+        format!(
+            "nesting deeper than {MAX_DEPTH} levels (sequences and mappings, aliases included)"
+        ),
     )
 }
 
@@ -825,7 +832,9 @@ mod tests {
         assert!(s.documents.is_empty());
         assert_eq!((s.problems[0].line, s.problems[0].column), (2, 5));
         assert!(s.problems[0].message.contains("U+0000"), "{:?}", s.problems);
-        for bad in ['\u{1}', '\u{8}', '\u{b}', '\u{c}', '\u{1b}', '\u{7f}', '\u{9f}', '\u{fffe}'] {
+        for bad in [
+            '\u{1}', '\u{8}', '\u{b}', '\u{c}', '\u{1b}', '\u{7f}', '\u{9f}', '\u{fffe}',
+        ] {
             let s = parse(&format!("a: 1\r\nb: \"x{bad}\"\n"));
             assert_eq!(s.problems.len(), 1, "{bad:?}");
             assert_eq!(s.problems[0].line, 2, "{bad:?}");
@@ -834,7 +843,10 @@ mod tests {
         assert_eq!(parse("a: 1\rb: 2\r\u{1}").problems[0].line, 3);
         // Tabs, escapes and printable non-ASCII are fine.
         assert_eq!(one("\"a\\0\\x01\"\t"), Value::Str("a\0\u{1}".into()));
-        assert_eq!(one("\u{85}é\u{10000}"), Value::Str("\u{85}é\u{10000}".into()));
+        assert_eq!(
+            one("\u{85}é\u{10000}"),
+            Value::Str("\u{85}é\u{10000}".into())
+        );
     }
 
     #[test]
@@ -852,7 +864,9 @@ mod tests {
     fn refused_as_too_deep(text: &str) {
         let s = parse(text);
         assert!(
-            s.problems.iter().any(|p| p.message.contains("nesting deeper")),
+            s.problems
+                .iter()
+                .any(|p| p.message.contains("nesting deeper")),
             "{:?}",
             s.problems
         );
@@ -878,7 +892,11 @@ mod tests {
         // Aliases cannot stack nesting beyond the limit either.
         let half = MAX_DEPTH / 2 + 1;
         let deep = format!("{}1{}", "[".repeat(half), "]".repeat(half));
-        refused_as_too_deep(&format!("a: &a {deep}\nb: &b {}*a{}\n", "[".repeat(half), "]".repeat(half)));
+        refused_as_too_deep(&format!(
+            "a: &a {deep}\nb: &b {}*a{}\n",
+            "[".repeat(half),
+            "]".repeat(half)
+        ));
     }
 
     #[test]
@@ -906,7 +924,8 @@ mod tests {
     #[test]
     fn alias_expansion_has_a_total_budget() {
         // Each alias is small, but together they would expand to 4 million nodes.
-        let mut text = String::from("a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]\nb:\n");
+        let mut text =
+            String::from("a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]\nb:\n");
         for _ in 0..250_000 {
             text.push_str("- *a\n");
         }

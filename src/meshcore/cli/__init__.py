@@ -23,9 +23,10 @@ _MAX_FILE_BYTES: dict[str, Any] = {
 }
 
 
-def _limits(args: argparse.Namespace) -> dict[str, int]:
-    """The config reading limits given on the command line (the others keep their defaults)."""
-    return {} if args.max_file_bytes is None else {"max_file_bytes": args.max_file_bytes}
+def _max_file_bytes(args: argparse.Namespace) -> int:
+    from meshcore.config.loader import MAX_FILE_BYTES
+
+    return MAX_FILE_BYTES if args.max_file_bytes is None else int(args.max_file_bytes)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -195,7 +196,7 @@ def _missing(paths: Sequence[str]) -> list[str]:
 def _validate(args: argparse.Namespace) -> int:
     from meshcore.config import validate
 
-    report = validate(args.paths, domain=args.domain, **_limits(args))
+    report = validate(args.paths, domain=args.domain, max_file_bytes=_max_file_bytes(args))
     count = len(report.model) if report.model is not None else 0
     if args.output == "json":
         print(
@@ -302,7 +303,7 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             mesh_config=mesh_config,
             ca=ca,
-            **_limits(args),
+            max_file_bytes=_max_file_bytes(args),
         )
     )
 

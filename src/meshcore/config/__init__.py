@@ -42,7 +42,8 @@ from meshcore.config.model import (
     freeze,
     resolve_host,
 )
-from meshcore.config.validate import RULES, Checker, check_metadata, format_path, problems_of
+from meshcore.config.rules import RULES
+from meshcore.config.validate import Checker, check_metadata, format_path, problems_of
 from meshcore.errors import ConfigError, ConfigProblem
 
 __all__ = [

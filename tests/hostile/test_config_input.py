@@ -202,3 +202,14 @@ def test_forty_thousand_duplicate_keys_are_each_reported(tmp_path: Path) -> None
     assert len(report.errors) == 40_000
     assert report.errors[0].line == 40_006
     assert report.errors[-1].line == 80_005
+
+
+def test_mesh_config_file_that_is_not_utf8(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "mesh-config.yaml"
+    bad.write_bytes(b"accessLogFile: /dev/stdout\ndefaultConfig: {x: '\xff'}\n")
+    config = tmp_path / "config"
+    config.mkdir()
+    assert main(["serve", "--config", str(config), "--mesh-config", str(bad)]) == 1
+    assert f"{bad}:2: not UTF-8" in capsys.readouterr().err

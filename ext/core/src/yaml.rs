@@ -224,7 +224,7 @@ fn check_characters(text: &str) -> Option<YamlProblem> {
 }
 
 /// 1-based line and column of a byte offset; line breaks as YAML counts them (LF, CR LF, CR).
-pub fn position(text: &str, offset: usize) -> (u32, u32) {
+fn position(text: &str, offset: usize) -> (u32, u32) {
     let before = text.get(..offset).unwrap_or(text);
     let bytes = before.as_bytes();
     let mut line = 1u32;

@@ -18,6 +18,7 @@ from meshcore.config.loader import (
     MAX_FILE_BYTES,
     Document,
     Piece,
+    collector_paused,
     iter_config_files,
     parse_pieces,
     parse_yaml,
@@ -283,8 +284,9 @@ def validate(
 ) -> ValidationReport:
     """Loads and validates YAML files and directories; never raises for bad input. A file
     larger than ``max_file_bytes`` is a problem, not read."""
-    docs, problems = read_documents(paths, max_file_bytes=max_file_bytes)
-    return _build(docs, problems, domain=domain, root_namespace=root_namespace)
+    with collector_paused():
+        docs, problems = read_documents(paths, max_file_bytes=max_file_bytes)
+        return _build(docs, problems, domain=domain, root_namespace=root_namespace)
 
 
 class IncrementalLoader:
@@ -312,6 +314,10 @@ class IncrementalLoader:
         self.reread: list[str] = []  # files read (or found gone) by the last validate()
 
     def validate(self) -> ValidationReport:
+        with collector_paused():
+            return self._validate()
+
+    def _validate(self) -> ValidationReport:
         docs: list[Document] = []
         checked: list[Validated] = []
         problems: list[ConfigProblem] = []

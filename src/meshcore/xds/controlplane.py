@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 
 from meshcore._core import Snapshot
 from meshcore.config import IncrementalLoader, MeshModel, ValidationReport
-from meshcore.config.loader import MAX_FILE_BYTES, iter_config_files
+from meshcore.config.loader import MAX_FILE_BYTES, collector_paused, iter_config_files
 from meshcore.errors import ConfigProblem
 from meshcore.xds.cache import Layered, NodeInfo, SnapshotCache
 from meshcore.xds.deps import DependencyIndex, Group, changed_objects
@@ -96,7 +96,13 @@ class ControlPlane:
 
     def _read(self) -> ValidationReport:
         started = time.perf_counter()
-        report = self.loader.validate()
+        with collector_paused():
+            report = self.loader.validate()
+            if self.settle_gc:
+                # What was read (kept by the loader's cache) and the model are long-lived,
+                # valid or not: out of the collector's sight before it runs again, rather than
+                # scanned by a full collection that stops the event loop (seconds for 50 MB).
+                gc.freeze()
         self.last_load = time.perf_counter() - started
         return report
 
@@ -111,8 +117,6 @@ class ControlPlane:
             )
             return False
         self.mesh = report.model
-        if self.settle_gc:
-            gc.freeze()  # the model is long-lived (see _settle)
         if self.index is None:
             # The generator builds new messages for a new mesh: old serializations are garbage.
             self.cache.forget()

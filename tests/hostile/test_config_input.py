@@ -9,12 +9,13 @@ import codecs
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from meshcore import _core
 from meshcore.cli import main
-from meshcore.config import load, validate
+from meshcore.config import load, load_objects, validate, validate_object
 from meshcore.config.loader import MAX_FILE_BYTES
 from meshcore.errors import ConfigError
 from tests.hostile._config_helpers import DENY, HOSTILE, SERVICE, Hostile
@@ -213,3 +214,33 @@ def test_mesh_config_file_that_is_not_utf8(
     config.mkdir()
     assert main(["serve", "--config", str(config), "--mesh-config", str(bad)]) == 1
     assert f"{bad}:2: not UTF-8" in capsys.readouterr().err
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "x"
+    for i in range(depth):
+        value = {"a": value} if i % 2 else [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+def test_manifests_given_as_python_values_are_depth_limited(depth: int) -> None:
+    """The webhook's JSON and ``load_objects`` do not go through the YAML reader: the same
+    limit applies (the schema walk and freeze recursed until RecursionError, an internal
+    error)."""
+    manifest: dict[str, Any] = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": "a"},
+        "spec": {"host": "a", "trafficPolicy": {"loadBalancer": {"localityLbSetting": {}}}},
+    }
+    lb = manifest["spec"]["trafficPolicy"]["loadBalancer"]
+    lb["localityLbSetting"] = _nested(depth)
+    [problem] = validate_object(manifest)
+    assert problem.message == "nesting deeper than 128 levels"
+    assert problem.path.startswith("spec.trafficPolicy.loadBalancer.localityLbSetting.a[0]")
+    with pytest.raises(ConfigError):
+        load_objects([manifest])
+    lb["localityLbSetting"] = _nested(120)
+    assert validate_object(manifest) == []
+    assert len(load_objects([manifest])) == 1

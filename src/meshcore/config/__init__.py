@@ -44,7 +44,14 @@ from meshcore.config.model import (
     resolve_host,
 )
 from meshcore.config.rules import RULES
-from meshcore.config.validate import Checker, check_metadata, format_path, problems_of
+from meshcore.config.validate import (
+    MAX_DEPTH,
+    Checker,
+    check_metadata,
+    format_path,
+    problems_of,
+    too_deep,
+)
 from meshcore.errors import ConfigError, ConfigProblem
 
 __all__ = [
@@ -378,6 +385,16 @@ class _CachedFile:
     pieces: list[Piece]
 
 
+def _too_deep(doc: Document) -> ConfigProblem | None:
+    """A manifest given as a Python value, nested deeper than YAML may be."""
+    path = too_deep(doc.value)
+    if path is None:
+        return None
+    return ConfigProblem(
+        f"nesting deeper than {MAX_DEPTH} levels", path=format_path(path), file=doc.file
+    )
+
+
 def load(
     paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
     *,
@@ -405,6 +422,9 @@ def load_objects(
 ) -> MeshModel:
     """Builds a mesh from already-parsed manifests (dicts); ConfigError lists every problem."""
     docs = [Document(dict(o), source, 0, i) for i, o in enumerate(objects)]
+    deep = [p for d in docs if (p := _too_deep(d)) is not None]
+    if deep:
+        raise ConfigError(deep)
     report = _build(docs, [], domain=domain, root_namespace=root_namespace)
     if report.model is None:
         raise ConfigError(report.errors)
@@ -420,6 +440,9 @@ def validate_object(
         docs, problems = parse_yaml(obj, source)
     else:
         docs = [Document(dict(obj), source, 0, 0)]
+        deep = _too_deep(docs[0])
+        if deep is not None:
+            return [deep]
     for doc in docs:
         _resource(doc, domain, problems)
     return problems

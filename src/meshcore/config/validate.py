@@ -76,6 +76,26 @@ def parse_duration(text: str) -> int | None:
 _PATH_TOKEN = re.compile(r"\[(\d+)\]|\['((?:[^'\\]|\\.)*)'\]|([^.\[\]]+)")
 
 
+# The deepest nesting of mappings and lists a config may have: the YAML reader's limit, also
+# applied to manifests given as Python values (load_objects, validate_object: the webhook's
+# JSON), so that every walk of a tree (the schema walk, freeze) stays far from Python's
+# recursion limit.
+MAX_DEPTH: int = _core.YAML_MAX_DEPTH
+
+
+def too_deep(value: Any) -> Path | None:
+    """The path of the first mapping or list nested deeper than :data:`MAX_DEPTH` in
+    ``value`` (without recursion), or None."""
+    stack: list[tuple[Any, Path]] = [(value, ())]
+    while stack:
+        node, path = stack.pop()
+        if len(path) >= MAX_DEPTH:
+            return path
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        stack.extend((v, (*path, k)) for k, v in items if isinstance(v, (dict, list)))
+    return None
+
+
 def parse_path(text: str) -> Path:
     """The inverse of :func:`format_path` (for paths other validators report as text)."""
     out: list[str | int] = []

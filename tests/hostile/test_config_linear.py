@@ -73,3 +73,20 @@ def test_validating_many_documents_in_linear_time(tmp_path: Path) -> None:
 
     t1, t4 = _ratio(make, 300)
     assert t4 < RATIO * t1 + 0.05, (t1, t4)
+
+
+def test_a_problem_per_key_of_a_large_mapping_in_linear_time(tmp_path: Path) -> None:
+    """Each problem's line is looked up by its field path: in a mapping of many keys that
+    was a scan per problem (20,000 bad label keys took 19.5 s, 5,000 took 1.2 s)."""
+
+    def make(n: int) -> Callable[[], object]:
+        path = tmp_path / f"labels-{n}.yaml"
+        path.write_text(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: a\n  labels:\n"
+            + "".join(f"    -bad{i}: v\n" for i in range(n))
+            + "spec: {ports: [{port: 80}]}\n"
+        )
+        return lambda: validate([path])
+
+    t1, t4 = _ratio(make, 2_000)
+    assert t4 < RATIO * t1 + 0.05, (t1, t4)

@@ -11,7 +11,7 @@
 //! [`MAX_INT_DIGITS`] digits. Duplicate keys are found with a hash set: linear in the number
 //! of keys.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use regex::Regex;
@@ -38,7 +38,13 @@ pub enum Value {
 pub struct Node {
     pub value: Value,
     pub line: u32,
+    /// A large mapping's keys and where they are in it: `line_of` finds a field in constant
+    /// time (a problem per key of a 40,000-key mapping was quadratic to place).
+    keys: Option<Box<HashMap<KeyId, usize>>>,
 }
+
+/// Mappings with fewer entries are searched in order.
+const INDEXED_MAPPING: usize = 16;
 
 /// One document of a stream.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,7 +89,15 @@ impl Document {
         for key in path {
             match (&node.value, key) {
                 (Value::Map(entries), _) => {
-                    match entries.iter().find(|(k, _)| key_matches(&k.value, key)) {
+                    let indexed = match (&node.keys, key) {
+                        (Some(keys), PathKey::Key(w)) => keys
+                            .get(&KeyId::Str(w.clone()))
+                            .and_then(|&i| entries.get(i)),
+                        _ => None,
+                    };
+                    let found = indexed
+                        .or_else(|| entries.iter().find(|(k, _)| key_matches(&k.value, key)));
+                    match found {
                         Some((k, v)) => {
                             line = k.line;
                             node = v;
@@ -254,8 +268,9 @@ enum Frame {
     },
     Map {
         entries: Vec<(Node, Node)>,
-        /// The keys so far, as Python compares them: a duplicate is found in constant time.
-        keys: HashSet<KeyId>,
+        /// The keys so far, as Python compares them, and their entries: a duplicate is found
+        /// in constant time.
+        keys: HashMap<KeyId, usize>,
         /// The key waiting for its value, and whether it is a plain `<<` (a merge key).
         pending_key: Option<(Node, bool)>,
         line: u32,
@@ -266,7 +281,7 @@ enum Frame {
 
 /// A scalar key as Python's dict compares it (the values become a dict: `1`, `1.0` and
 /// `true` are one key there, and `1` and `'1'` two).
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum KeyId {
     Null,
     Int(i64),
@@ -345,7 +360,11 @@ impl Builder {
                         value = Value::Str(text);
                     }
                 }
-                let node = Node { value, line };
+                let node = Node {
+                    value,
+                    line,
+                    keys: None,
+                };
                 if anchor > 0 {
                     self.anchors.insert(anchor, (node.clone(), 0));
                 }
@@ -379,7 +398,7 @@ impl Builder {
                 }
                 self.stack.push(Frame::Map {
                     entries: Vec::new(),
-                    keys: HashSet::new(),
+                    keys: HashMap::new(),
                     pending_key: None,
                     line,
                     anchor,
@@ -397,12 +416,14 @@ impl Builder {
                         Node {
                             value: Value::Seq(items),
                             line,
+                            keys: None,
                         },
                         anchor,
                         height + 1,
                     ),
                     Some(Frame::Map {
                         entries,
+                        keys,
                         line,
                         anchor,
                         height,
@@ -411,6 +432,7 @@ impl Builder {
                         Node {
                             value: Value::Map(entries),
                             line,
+                            keys: (keys.len() >= INDEXED_MAPPING).then(|| Box::new(keys)),
                         },
                         anchor,
                         height + 1,
@@ -514,10 +536,16 @@ impl Builder {
                         Some("YAML merge keys (<<) are not supported; write the fields out".into())
                     }
                     Value::Seq(_) | Value::Map(_) => Some("a mapping key must be a scalar".into()),
-                    k if KeyId::of(k).is_some_and(|id| !keys.insert(id)) => Some(format!(
-                        "duplicate key {} (YAML would keep only the last value)",
-                        describe_key(k)
-                    )),
+                    k if KeyId::of(k).is_some_and(|id| {
+                        let next = entries.len();
+                        *keys.entry(id).or_insert(next) != next
+                    }) =>
+                    {
+                        Some(format!(
+                            "duplicate key {} (YAML would keep only the last value)",
+                            describe_key(k)
+                        ))
+                    }
                     _ => None,
                 };
                 match complaint {
@@ -904,6 +932,22 @@ mod tests {
         let s = parse("1: a\n1.0: b\ntrue: c\n'1': d\n.nan: e\n.nan: f\n~: g\nnull: h\n");
         let lines: Vec<u32> = s.problems.iter().map(|p| p.line).collect();
         assert_eq!(lines, vec![2, 3, 8], "{:?}", s.problems);
+    }
+
+    #[test]
+    fn lines_in_large_mappings_are_found_by_key() {
+        let mut text = String::from("m:\n");
+        for i in 0..100 {
+            text.push_str(&format!("  k{i}: {{x: {i}}}\n"));
+        }
+        text.push_str("  7: seven\n");
+        let s = parse(&text);
+        let d = &s.documents[0];
+        let k = |x: &str| PathKey::Key(x.into());
+        assert_eq!(d.line_of(&[k("m"), k("k42"), k("x")]), 44);
+        assert_eq!(d.line_of(&[k("m"), k("7")]), 102); // an int key, by the scan
+        assert_eq!(d.line_of(&[k("m"), PathKey::Index(7)]), 102);
+        assert_eq!(d.line_of(&[k("m"), k("missing")]), 1);
     }
 
     #[test]

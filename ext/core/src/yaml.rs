@@ -40,8 +40,12 @@ pub struct Node {
     pub line: u32,
     /// A large mapping's keys and where they are in it: `line_of` finds a field in constant
     /// time (a problem per key of a 40,000-key mapping was quadratic to place).
-    keys: Option<Box<HashMap<KeyId, usize>>>,
+    keys: Option<Box<KeyIndex>>,
 }
+
+/// Keys to entry positions (boxed in a node: most nodes have none, and stay small).
+#[derive(Debug, Clone, PartialEq)]
+struct KeyIndex(HashMap<KeyId, usize>);
 
 /// Mappings with fewer entries are searched in order.
 const INDEXED_MAPPING: usize = 16;
@@ -91,6 +95,7 @@ impl Document {
                 (Value::Map(entries), _) => {
                     let indexed = match (&node.keys, key) {
                         (Some(keys), PathKey::Key(w)) => keys
+                            .0
                             .get(&KeyId::Str(w.clone()))
                             .and_then(|&i| entries.get(i)),
                         _ => None,
@@ -432,7 +437,7 @@ impl Builder {
                         Node {
                             value: Value::Map(entries),
                             line,
-                            keys: (keys.len() >= INDEXED_MAPPING).then(|| Box::new(keys)),
+                            keys: (keys.len() >= INDEXED_MAPPING).then(|| Box::new(KeyIndex(keys))),
                         },
                         anchor,
                         height + 1,

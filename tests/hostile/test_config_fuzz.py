@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshcore.cli import main
-from meshcore.config import schema, validate
+from meshcore.config import schema, validate, validate_object
 from meshcore.xds.translate import generate, proxy_for_node
 
 MANIFESTS = [
@@ -103,6 +103,13 @@ def _check(data: bytes, tmp: Path) -> None:
     for p in report.errors:
         assert p.file == str(path), p
         assert p.line >= 1, p
+    try:
+        text = data.decode()
+    except UnicodeDecodeError:
+        pass
+    else:  # the webhook's entry point, on the same text
+        for p in validate_object(text, source="mesh.yaml"):
+            assert p.severity == "warning" or p.line >= 1, p
     try:
         theirs = _pyyaml(data)
     except Unreadable:

@@ -24,7 +24,7 @@ Istio sidecar's connection manager (no ``upgrade_configs``, no CONNECT route, th
 
 Every read awaits the socket, under a deadline: the request head within ``header_timeout`` of
 its first byte (408 after it), an idle kept-alive connection within ``idle_timeout``, a body
-read within ``stream_idle_timeout`` (Envoy's defaults: 1 h and 5 min; Envoy has no head
+read within ``stream_idle_timeout`` (408) (Envoy's defaults: 1 h and 5 min; Envoy has no head
 deadline by default, meshcore's is 60 s).
 """
 
@@ -333,6 +333,8 @@ class Downstream:
             body = await read_body(self.conn, self.reader, self.limits.stream_idle_timeout)
         except h11.RemoteProtocolError as exc:
             raise self._malformed(exc) from None
+        except TimeoutError:  # Envoy's stream_idle_timeout, before any response: 408
+            raise Refusal(408, b"stream timeout", "body idle") from None
         if not path.startswith("/"):  # "*", "?q": the HCM serves relative paths only (404)
             raise Refusal(404, b"", "non-relative path", close=False)
         return Request(method, path, headers, body)

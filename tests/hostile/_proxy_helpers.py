@@ -35,6 +35,7 @@ from tests.envoy._sidecar import (
 ENVOY_IP = "127.0.96.1"  # guarded-e: the Envoy sidecar's inbound listener
 PROXY_IP = "127.0.97.1"  # guarded-p: meshcore proxy's inbound (and outbound) listeners
 APP_IP = "127.0.96.2"  # the app both sidecars forward to
+ENVOY_OUTBOUND_IP = "127.0.96.3"  # the Envoy sidecar's outbound listeners
 
 MESH = """
 apiVersion: v1
@@ -264,13 +265,15 @@ def request(method: str, target: str, headers: Sequence[tuple[str, str]], body: 
 @dataclass
 class Sidecars:
     """The running mesh: ``envoy`` and ``proxy`` are the inbound listeners' addresses; the
-    proxy's outbound listener and metrics port too, and its process (for its CPU time)."""
+    outbound listeners (Envoy's for the service port), the proxy's metrics port, and its
+    process (for its CPU time)."""
 
     port: int
     xds: int
     envoy: tuple[str, int]
     proxy: tuple[str, int]
     proxy_outbound: tuple[str, int]
+    envoy_outbound: tuple[str, int]
     proxy_metrics: tuple[str, int]
     process: subprocess.Popen[bytes]
     log: Path
@@ -338,13 +341,13 @@ def sidecars(tmp: Path, *, envoy: bool = True) -> Iterator[Sidecars]:
             boot = ads_bootstrap(node("guarded-e", ENVOY_IP), "127.0.0.1", xds,
                                  admin_port=free_port(), delta=True, sds_address=sds,
                                  metadata={"MESHCORE_APP_ADDRESS": APP_IP,
-                                           "MESHCORE_OUTBOUND_ADDRESS": "127.0.96.3"})  # fmt: skip
+                                           "MESHCORE_OUTBOUND_ADDRESS": ENVOY_OUTBOUND_IP})  # fmt: skip
             stack.enter_context(running_envoy(boot, tmp, "guarded-e"))
         proc, outbound, metrics, log = stack.enter_context(
             meshcore_proxy(tmp, xds, "guarded-p", PROXY_IP, APP_IP)
         )
         sc = Sidecars(port, xds, (ENVOY_IP, port), (PROXY_IP, port), (PROXY_IP, outbound),
-                      ("127.0.0.1", metrics), proc, log)  # fmt: skip
+                      (ENVOY_OUTBOUND_IP, port), ("127.0.0.1", metrics), proc, log)  # fmt: skip
         # Both inbound listeners up and guarding (the proxy binds once its config arrived).
         for address in (sc.proxy, *((sc.envoy,) if envoy else ())):
             wait_for(lambda a=address: exchange(a, request("GET", "/", [("host", "guarded")]),

@@ -89,15 +89,15 @@ def node(name: str, address: str) -> str:
 
 
 class _App(http.server.BaseHTTPRequestHandler):
-    """Answers 200 with what it received: method, request target, Host, body length."""
+    """Answers 200 with what it received: method, request target, Host, body length, Expect."""
 
     protocol_version = "HTTP/1.1"
 
     def _answer(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length else b""
-        seen = {"method": self.command, "target": self.path,
-                "host": self.headers.get("host"), "body": len(body)}  # fmt: skip
+        seen = {"method": self.command, "target": self.path, "host": self.headers.get("host"),
+                "body": len(body), "expect": self.headers.get("expect")}  # fmt: skip
         out = json.dumps(seen).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")

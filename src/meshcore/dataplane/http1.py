@@ -208,7 +208,7 @@ def decoded_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]
 
 
 _HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
-                  "trailer", "upgrade", "content-length", "expect", "http2-settings"})  # fmt: skip
+                  "trailer", "upgrade", "content-length"})  # fmt: skip
 
 
 def end_to_end(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -316,19 +316,22 @@ class Downstream:
                 chunked = v
         if length is not None and chunked is not None:
             raise codec_error("both content-length and transfer-encoding")
-        # An h2c upgrade is served as plain HTTP/1.1 (Envoy drops its headers); others refused.
-        if (
-            upgrade is not None
-            and "upgrade" in _tokens(connection)
-            and upgrade.strip().lower() != "h2c"
-        ):
-            raise Refusal(403, b"", f"upgrade to {upgrade[:20]!r} not configured")
+        drop = set()
+        if upgrade is not None and "upgrade" in _tokens(connection):
+            if upgrade.strip().lower() != "h2c":
+                raise Refusal(403, b"", f"upgrade to {upgrade[:20]!r} not configured")
+            drop.add("http2-settings")  # h2c: served as HTTP/1.1, its headers dropped
         if authority is not None:  # RFC 7230 5.4: the target's authority replaces Host
-            headers = [("host", authority), *((k, v) for k, v in headers if k != "host")]
-        if self.conn.they_are_waiting_for_100_continue:
+            drop.add("host")
+        if self.conn.they_are_waiting_for_100_continue:  # answered here, not forwarded
+            drop.add("expect")
             self.writer.write(
                 self.conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
             )
+        if drop:
+            headers = [(k, v) for k, v in headers if k not in drop]
+            if authority is not None:
+                headers.insert(0, ("host", authority))
         try:
             body = await read_body(self.conn, self.reader, self.limits.stream_idle_timeout)
         except h11.RemoteProtocolError as exc:

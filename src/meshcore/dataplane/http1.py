@@ -121,9 +121,12 @@ _USERINFO = re.compile(r"[A-Za-z0-9\-_.!~*'();:&=+$,%]*")
 _HOST = re.compile(r"[A-Za-z0-9.\-]+")
 
 
+_BAD_PATH_CHAR = re.compile(r"[^\t\f!-~]")
+
+
 def _path_chars_ok(text: str) -> bool:
     """Envoy's parser: path and query bytes are TAB, FF or visible ASCII."""
-    return all(c in "\t\f" or "!" <= c <= "~" for c in text)
+    return _BAD_PATH_CHAR.search(text) is None
 
 
 def request_target(method: str, target: str) -> tuple[str | None, str]:
@@ -177,8 +180,11 @@ async def read_event(
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            data = await asyncio.wait_for(reader.read(65536), timeout)
-            conn.receive_data(data)
+            if timeout is None:
+                conn.receive_data(await reader.read(65536))
+            else:
+                async with asyncio.timeout(timeout):  # a timer, not a task per read
+                    conn.receive_data(await reader.read(65536))
             continue
         if event is h11.PAUSED:
             raise h11.RemoteProtocolError("protocol switch")
@@ -259,7 +265,8 @@ class Downstream:
                     deadline = loop.time() + self.limits.header_timeout  # the head has begun
                 wait = self.limits.idle_timeout if deadline is None else deadline - loop.time()
                 try:
-                    data = await asyncio.wait_for(self.reader.read(65536), max(wait, 0))
+                    async with asyncio.timeout(max(wait, 0)):
+                        data = await self.reader.read(65536)
                 except TimeoutError:
                     if deadline is None:
                         return None  # idle: close quietly
@@ -365,7 +372,12 @@ class Downstream:
 
 def _head_size(head: h11.Request) -> int:
     """The request head's size as sent (request line, headers, CRLFs)."""
-    size = len(head.method) + len(head.target) + 13  # " " + " HTTP/1.1\r\n" + final CRLF
-    for k, v in head.headers:
-        size += len(k) + len(v) + 4
-    return size
+    fields = head.headers
+    # " " + " HTTP/1.1\r\n" + the final CRLF; ": " and CRLF per header.
+    return (
+        len(head.method)
+        + len(head.target)
+        + 13
+        + 4 * len(fields)
+        + sum(len(k) + len(v) for k, v in fields)
+    )

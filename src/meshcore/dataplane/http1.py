@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,41 +172,36 @@ def request_target(method: str, target: str) -> tuple[str | None, str]:
 # --- h11 --------------------------------------------------------------------------------------
 
 
-async def read_event(
-    conn: h11.Connection, reader: asyncio.StreamReader, timeout: float | None = None
-) -> Any:
-    """The next h11 event; every turn of the loop awaits the socket (within ``timeout`` per
-    read). PAUSED (the peer switched or may switch protocol) is an error here: bytes after it
-    are not HTTP/1.1 for h11, and asking again would spin."""
+async def read_event(conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
+    """The next h11 event; every turn of the loop awaits the socket. PAUSED (the peer switched
+    or may switch protocol) is an error here: bytes after it are not HTTP/1.1 for h11, and
+    asking again would spin."""
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            if timeout is None:
-                conn.receive_data(await reader.read(65536))
-            else:
-                async with asyncio.timeout(timeout):  # a timer, not a task per read
-                    conn.receive_data(await reader.read(65536))
+            conn.receive_data(await reader.read(65536))
             continue
         if event is h11.PAUSED:
             raise h11.RemoteProtocolError("protocol switch")
         return event
 
 
-async def read_body(
-    conn: h11.Connection, reader: asyncio.StreamReader, timeout: float | None = None
-) -> bytes:
+async def read_body(conn: h11.Connection, read: Callable[[], Awaitable[bytes]]) -> bytes:
+    """The message body, read with ``read`` (each call awaits the socket)."""
     chunks: list[bytes] = []
     size = 0
     while True:
-        event = await read_event(conn, reader, timeout)
-        if isinstance(event, h11.Data):
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await read())
+        elif isinstance(event, h11.Data):
             size += len(event.data)
             if size > MAX_BODY:
                 raise h11.RemoteProtocolError("body too large", error_status_hint=413)
             chunks.append(bytes(event.data))
         elif isinstance(event, h11.EndOfMessage):
             return b"".join(chunks)
-        else:  # ConnectionClosed, or anything h11 should not produce mid-body
+        else:  # ConnectionClosed, or PAUSED (never asked again: that would spin)
             raise h11.RemoteProtocolError("connection closed mid-body")
 
 
@@ -236,11 +232,21 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+_HEADERS_408 = local_reply(408, b"request headers timeout", close=True)
+_STREAM_408 = local_reply(408, b"stream timeout", close=True)
+
+
+class Expired(ConnectionError):
+    """A read deadline passed: the watchdog answered (408) if a request had begun, and closed."""
 
 
 class Downstream:
     """The reading side of one downstream connection: requests as Envoy's codec and connection
-    manager pass them on, or :class:`Refusal` for those they answer themselves."""
+    manager pass them on, or :class:`Refusal` for those they answer themselves.
+
+    Read deadlines cost no timer per request: one watchdog timer per connection, armed at the
+    earliest deadline it has to enforce, re-armed when it fires early (a deadline only moves
+    later while requests keep coming); a read sets the deadline it waits under."""
 
     def __init__(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limits: Limits
@@ -249,32 +255,74 @@ class Downstream:
         self.writer = writer
         self.limits = limits
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADERS_BYTES)
-        self._start = b""  # the current request's first bytes (to tell HTTP/0.9 apart)
+        self._loop = asyncio.get_running_loop()
+        self._first = b""  # the current request's first read (to tell HTTP/0.9 apart)
+        self._received = 0  # bytes read for the current request (its head's size bound)
+        self._deadline = math.inf  # of the read in progress (inf: none)
+        self._late: bytes | None = None  # what the watchdog sends when it passes (None: close)
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed = math.inf
+        self._expired = False
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._fire)
+        self._armed = when
+
+    def _fire(self) -> None:
+        self._timer, self._armed = None, math.inf
+        if self._deadline == math.inf:
+            return  # not reading: the next read arms it again
+        if self._loop.time() < self._deadline:
+            self._arm(self._deadline)
+            return
+        self._expired = True
+        if self._late is not None:
+            self.writer.write(self._late)
+        self.writer.close()  # the pending read then sees the end of the stream
+
+    async def _read(self, timeout: float, late: bytes | None) -> bytes:
+        """One read, the connection closed (after ``late``, if given) when ``timeout`` passes
+        first (raises :class:`Expired` then)."""
+        deadline = self._loop.time() + timeout
+        self._deadline, self._late = deadline, late
+        if deadline < self._armed:
+            self._arm(deadline)
+        try:
+            data = await self.reader.read(65536)
+        finally:
+            self._deadline = math.inf
+        if self._expired:
+            raise Expired("read deadline passed")
+        self._received += len(data)
+        if not self._first:
+            self._first = data
+        return data
+
+    def close(self) -> None:
+        """Stops the watchdog (the connection is done)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def _head(self) -> h11.Request | None:
         """The next request's head (None: the client closed between requests)."""
-        conn, loop = self.conn, asyncio.get_running_loop()
-        deadline: float | None = None
+        conn, limits = self.conn, self.limits
+        head_deadline: float | None = None
         while True:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
                 raise self._malformed(exc) from None
             if event is h11.NEED_DATA:
-                if deadline is None and conn.trailing_data[0]:
-                    deadline = loop.time() + self.limits.header_timeout  # the head has begun
-                wait = self.limits.idle_timeout if deadline is None else deadline - loop.time()
-                try:
-                    async with asyncio.timeout(max(wait, 0)):
-                        data = await self.reader.read(65536)
-                except TimeoutError:
-                    if deadline is None:
-                        return None  # idle: close quietly
-                    raise Refusal(408, b"request headers timeout", "headers timeout") from None
-                if data and deadline is None:
-                    deadline = loop.time() + self.limits.header_timeout
-                if len(self._start) < 256:
-                    self._start += data[:256]
+                if head_deadline is None and self._received:
+                    # The head has begun: it must be complete within header_timeout.
+                    head_deadline = self._loop.time() + limits.header_timeout
+                if head_deadline is None:  # idle between requests: closed quietly
+                    data = await self._read(limits.idle_timeout, None)
+                else:
+                    data = await self._read(head_deadline - self._loop.time(), _HEADERS_408)
                 conn.receive_data(data)
                 continue
             if isinstance(event, h11.Request):
@@ -286,7 +334,7 @@ class Downstream:
         if str(exc).startswith("Missing mandatory Host"):
             return Refusal(400, b"", "no host")  # the connection manager's, not the codec's
         if status == 400:
-            line = self._start.split(b"\n", 1)[0].split(b" ")
+            line = self._first.split(b"\n", 1)[0].split(b" ")
             if len(line) == 2 and line[1].strip():  # "GET /": HTTP/0.9 to Envoy's parser
                 status = 426
         return codec_error(str(exc), status)
@@ -303,7 +351,9 @@ class Downstream:
             raise codec_error(f"invalid method {method[:20]!r}")
         if head.http_version != b"1.1":
             raise codec_error("HTTP version", 426)
-        if len(head.headers) > MAX_HEADERS_COUNT or _head_size(head) > MAX_HEADERS_BYTES:
+        if len(head.headers) > MAX_HEADERS_COUNT or (
+            self._received > MAX_HEADERS_BYTES and _head_size(head) > MAX_HEADERS_BYTES
+        ):
             raise codec_error("headers too large", 431)
         headers = decoded_headers(head.headers)
         if method == "CONNECT":
@@ -340,14 +390,16 @@ class Downstream:
             if authority is not None:
                 headers.insert(0, ("host", authority))
         try:
-            body = await read_body(self.conn, self.reader, self.limits.stream_idle_timeout)
+            body = await read_body(self.conn, self._body_read)
         except h11.RemoteProtocolError as exc:
             raise self._malformed(exc) from None
-        except TimeoutError:  # Envoy's stream_idle_timeout, before any response: 408
-            raise Refusal(408, b"stream timeout", "body idle") from None
         if not path.startswith("/"):  # "*", "?q": the HCM serves relative paths only (404)
             raise Refusal(404, b"", "non-relative path", close=False)
         return Request(method, path, headers, body)
+
+    def _body_read(self) -> Awaitable[bytes]:
+        """A body read: within stream_idle_timeout (then Envoy's 408)."""
+        return self._read(self.limits.stream_idle_timeout, _STREAM_408)
 
     def respond(self, response: Response, *, close: bool = False) -> bytes:
         """The bytes of ``response`` (one write, one TLS record); ``close`` says so in it."""
@@ -365,7 +417,7 @@ class Downstream:
         conn = self.conn
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
-            self._start = b""
+            self._first, self._received = b"", 0
             return True
         return False
 

@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -143,6 +143,9 @@ class _Upstream:
         self.conn = h11.Connection(h11.CLIENT)
         self.peer_uris = uri_sans(writer.get_extra_info("peercert"))
 
+    def _read(self) -> Awaitable[bytes]:
+        return self.reader.read(65536)
+
     async def exchange(self, request: Request, host: str) -> Response:
         headers = [("host", host), *[(k, v) for k, v in request.headers if k != "host"]]
         headers.append(("content-length", str(len(request.body))))
@@ -158,7 +161,7 @@ class _Upstream:
             event = await read_event(self.conn, self.reader)
         if not isinstance(event, h11.Response):
             raise UpstreamError(f"upstream closed the connection ({type(event).__name__})")
-        body = await read_body(self.conn, self.reader)
+        body = await read_body(self.conn, self._read)
         return Response(event.status_code, decoded_headers(event.headers), body)
 
     def reusable(self) -> bool:
@@ -383,6 +386,7 @@ class ReferenceProxy:
             log.exception("error serving a connection from %s", peer)
             return
         finally:
+            down.close()
             self._connections.discard(writer)
             writer.close()
             with contextlib.suppress(Exception):
@@ -632,6 +636,7 @@ class ReferenceProxy:
         except (h11.ProtocolError, ConnectionError, TimeoutError):
             pass
         finally:
+            down.close()
             writer.close()
 
 

@@ -26,6 +26,11 @@ Every read awaits the socket, under a deadline: the request head within ``header
 its first byte (408 after it), an idle kept-alive connection within ``idle_timeout``, a body
 read within ``stream_idle_timeout`` (408) (Envoy's defaults: 1 h and 5 min; Envoy has no head
 deadline by default, meshcore's is 60 s).
+
+Known differences, each a refusal where Envoy also refuses or a stricter one: two Host headers
+get 400 (h11 refuses them; Envoy joins them with ','); CONNECT to a host an RBAC rule denies
+gets 404 (Envoy's RBAC answers 403 before its route miss); the HTTP/2 preface gets the 400 of
+Envoy's HTTP/1 codec, where a sidecar (codec AUTO) would speak HTTP/2.
 """
 
 from __future__ import annotations

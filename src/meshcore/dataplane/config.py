@@ -205,6 +205,11 @@ class OutboundListener:
     inline_routes: CompiledRoutes | None
     tcp_cluster: str | None  # tcp_proxy
     options: HttpOptions
+    normalizer: RouteTable | None = None  # the HCM's path normalisation (see InboundListener)
+
+    def normalized_path(self, path: str) -> str | None:
+        """The path the router matches and the upstream sees; None when Envoy answers 400."""
+        return _normalized(self.normalizer, self.options, path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,12 +227,18 @@ class InboundListener:
 
     def normalized_path(self, path: str) -> str | None:
         """The path the filters and the app see; None when Envoy answers 400 instead."""
-        if self.normalizer is None:
-            return path if "#" not in path else None
-        if _PLAIN.search(path) is None and not (self.options.merge_slashes and "//" in path):
-            return path  # nothing normalisation would change: no escapes, dots or odd bytes
-        out = self.normalizer.explain("_", path).get("path")
-        return out if isinstance(out, str) else None
+        return _normalized(self.normalizer, self.options, path)
+
+
+def _normalized(normalizer: RouteTable | None, options: HttpOptions, path: str) -> str | None:
+    """The connection manager's path (the core's normalisation, through a one-route table
+    compiled with the HCM's options); None when Envoy answers 400 instead."""
+    if normalizer is None:
+        return path if "#" not in path else None
+    if _PLAIN.search(path) is None and not (options.merge_slashes and "//" in path):
+        return path  # nothing normalisation would change: no escapes, dots or odd bytes
+    out = normalizer.explain("_", path).get("path")
+    return out if isinstance(out, str) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,8 +496,9 @@ def compile_listener(
                     "filter_chains[0].filters[0].typed_config.route_specifier",
                     "the HTTP connection manager has neither rds nor route_config",
                 )
+            options = _hcm_options(hcm)
             return OutboundListener(
-                name, sa.address, sa.port_value, rds, inline, None, _hcm_options(hcm)
+                name, sa.address, sa.port_value, rds, inline, None, options, _normalizer(options)
             )
         cluster = tcp.cluster if isinstance(tcp, tcp_proxy_pb2.TcpProxy) else None
         return OutboundListener(name, sa.address, sa.port_value, None, None, cluster, HttpOptions())

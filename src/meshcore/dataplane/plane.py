@@ -337,7 +337,11 @@ class DataPlane:
                 return self._to_cluster(cfg, "outbound", None, lst.tcp_cluster, None, None, (),
                                         headers, path, source_ip)  # fmt: skip
             return Decision("outbound", True, status=404, response_flags="NR", generation=gen)
-        m = routes.table.route(authority, path, method, headers)
+        lst = cfg.outbound.get(port)
+        seen = lst.normalized_path(path) if lst is not None else path
+        if seen is None:  # the connection manager rejects it before routing
+            return Decision("outbound", True, status=400, generation=gen)
+        m = routes.table.route(authority, path, method, headers)  # normalises as Envoy does
         if m is None:
             return Decision("outbound", True, status=404, response_flags="NR", generation=gen)
         info: RouteInfo = routes.routes[m.route_index]
@@ -361,8 +365,11 @@ class DataPlane:
                             generation=gen)  # fmt: skip
         d = self._to_cluster(cfg, "outbound", info, cluster, info.timeout, info.retry_policy,
                              info.hash_policies, headers, path, source_ip)  # fmt: skip
-        if info.rewrite_from is not None and path.startswith(info.rewrite_from):
-            d.path = info.prefix_rewrite + path[len(info.rewrite_from) :]
+        # The upstream gets the normalised path (with the route's prefix_rewrite, if any).
+        if info.rewrite_from is not None and seen.startswith(info.rewrite_from):
+            d.path = info.prefix_rewrite + seen[len(info.rewrite_from) :]
+        elif seen is not path:
+            d.path = seen
         return d
 
     def _to_cluster(

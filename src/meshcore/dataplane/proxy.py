@@ -13,7 +13,9 @@ It shows how to embed the data plane in a proxy of one's own:
 - Istio's standard metrics (``istio_requests_total``, ``istio_request_duration_milliseconds``
   with Istio's labels) on ``/metrics``, and an access log line per request.
 
-Bodies are buffered (which is what lets a request be retried); HTTP/2 is not spoken.
+Bodies are buffered (which is what lets a request be retried); HTTP/2 is not spoken. What
+reaches a decision is what Envoy's HTTP/1 codec and connection manager let through
+(:mod:`meshcore.dataplane.http1`): the others get Envoy's local replies.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import h11
@@ -36,6 +38,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from meshcore.dataplane.config import ClusterConfig, Endpoint, InboundListener
+from meshcore.dataplane.http1 import (
+    DEFAULT_LIMITS,
+    Downstream,
+    Limits,
+    Refusal,
+    Request,
+    Response,
+    decoded_headers,
+    end_to_end,
+    read_body,
+    read_event,
+)
 from meshcore.dataplane.plane import DataPlane, DataPlaneError, Decision
 from meshcore.dataplane.tls import uri_sans
 from meshcore.observability.metrics import _Histogram
@@ -44,7 +58,6 @@ from meshcore.xds.translate import parse_node_id
 log = logging.getLogger("meshcore.proxy")
 access_log = logging.getLogger("meshcore.proxy.access")
 
-MAX_BODY = 16 * 1024 * 1024
 INBOUND_RECHECK_S = 0.2  # how often the inbound listeners are compared with the config
 RETRY_BASE_S = 0.025  # Envoy's default base retry interval
 ATTEMPTS = "x-envoy-attempt-count"
@@ -114,70 +127,11 @@ class IstioMetrics:
         return registry
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    method: str
-    target: str
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-
-
 class UpstreamError(Exception):
     """The upstream could not be reached or broke the exchange (Envoy's UF / UC)."""
 
 
-# --- HTTP/1.1 plumbing (h11) -------------------------------------------------------------------
-
-
-async def _read_event(conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            data = await reader.read(65536)
-            conn.receive_data(data)
-            continue
-        return event
-
-
-async def _read_body(conn: h11.Connection, reader: asyncio.StreamReader) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        event = await _read_event(conn, reader)
-        if isinstance(event, h11.Data):
-            size += len(event.data)
-            if size > MAX_BODY:
-                raise h11.RemoteProtocolError("body too large", error_status_hint=413)
-            chunks.append(bytes(event.data))
-        elif isinstance(event, h11.EndOfMessage):
-            return b"".join(chunks)
-        elif isinstance(event, h11.ConnectionClosed):
-            raise h11.RemoteProtocolError("connection closed mid-body")
-
-
-def _headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    return [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw]
-
-
-_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
-                  "trailer", "upgrade", "content-length"})  # fmt: skip
-
-
-def _end_to_end(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in headers if k not in _HOP]
+# --- upstream connections (h11) --------------------------------------------------------------
 
 
 class _Upstream:
@@ -189,6 +143,9 @@ class _Upstream:
         self.conn = h11.Connection(h11.CLIENT)
         self.peer_uris = uri_sans(writer.get_extra_info("peercert"))
 
+    def _read(self) -> Awaitable[bytes]:
+        return self.reader.read(65536)
+
     async def exchange(self, request: Request, host: str) -> Response:
         headers = [("host", host), *[(k, v) for k, v in request.headers if k != "host"]]
         headers.append(("content-length", str(len(request.body))))
@@ -199,13 +156,13 @@ class _Upstream:
         data += self.conn.send(h11.EndOfMessage()) or b""
         self.writer.write(data)
         await self.writer.drain()
-        event = await _read_event(self.conn, self.reader)
+        event = await read_event(self.conn, self.reader)
         while isinstance(event, h11.InformationalResponse):
-            event = await _read_event(self.conn, self.reader)
+            event = await read_event(self.conn, self.reader)
         if not isinstance(event, h11.Response):
             raise UpstreamError(f"upstream closed the connection ({type(event).__name__})")
-        body = await _read_body(self.conn, self.reader)
-        return Response(event.status_code, _headers(event.headers), body)
+        body = await read_body(self.conn, self._read)
+        return Response(event.status_code, decoded_headers(event.headers), body)
 
     def reusable(self) -> bool:
         if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
@@ -267,8 +224,10 @@ class ReferenceProxy:
         outbound: tuple[str, int] | None = ("127.0.0.1", 15001),
         inbound: bool = True,
         metrics: tuple[str, int] | None = None,
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self.dp = dp
+        self.limits = limits  # downstream timeouts (the request head, idle connections)
         self.outbound_address = outbound
         self.serve_inbound = inbound
         self.metrics_address = metrics
@@ -385,7 +344,7 @@ class ReferenceProxy:
         *,
         inbound_port: int | None,
     ) -> None:
-        conn = h11.Connection(h11.SERVER)
+        down = Downstream(reader, writer, self.limits)
         self._connections.add(writer)
         peer = writer.get_extra_info("peername")
         source_ip = peer[0] if peer else None
@@ -393,41 +352,41 @@ class ReferenceProxy:
         tls = writer.get_extra_info("ssl_object") is not None
         try:
             while True:
-                event = await _read_event(conn, reader)
-                if isinstance(event, h11.ConnectionClosed) or event is None:
+                try:
+                    request = await down.next_request()
+                except Refusal as refused:  # answered as Envoy's codec and HCM answer it
+                    log.debug("refused a request from %s: %s", peer, refused)
+                    if refused.close:
+                        writer.write(refused.reply())
+                        await writer.drain()
+                        return
+                    writer.write(down.respond(refused.response()))
+                    await writer.drain()
+                    if not down.next_cycle():
+                        return
+                    continue
+                if request is None:
                     return
-                if not isinstance(event, h11.Request):
-                    return
-                body = await _read_body(conn, reader)
-                headers = _headers(event.headers)
-                if not any(k == REQUEST_ID for k, _ in headers):
+                if request.header(REQUEST_ID) is None:
                     # Envoy's generate_request_id: one id follows the request through the mesh.
-                    headers.append((REQUEST_ID, str(uuid.uuid4())))
-                request = Request(
-                    event.method.decode(), event.target.decode("latin-1"), headers, body
-                )
+                    request.headers.append((REQUEST_ID, str(uuid.uuid4())))
                 if inbound_port is None:
                     response = await self.outbound(request, source_ip)
                 else:
                     principal = peer_uris[0] if peer_uris else None
                     response = await self.inbound(request, inbound_port, source_ip,
                                                   principal, tls)  # fmt: skip
-                out = [*response.headers, ("content-length", str(len(response.body)))]
-                # One write (one send, one TLS record) per response.
-                data = conn.send(h11.Response(status_code=response.status, headers=out)) or b""
-                if response.body:
-                    data += conn.send(h11.Data(data=response.body)) or b""
-                writer.write(data + (conn.send(h11.EndOfMessage()) or b""))
+                writer.write(down.respond(response))  # one write, one TLS record
                 await writer.drain()
-                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                if not down.next_cycle():
                     return
-                conn.start_next_cycle()
-        except (h11.ProtocolError, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            return
+        except (h11.ProtocolError, ConnectionError, TimeoutError, ssl.SSLError):
+            return  # the client broke the exchange or hung up: nothing to report
         except Exception:  # a bug of ours: this connection ends, the proxy goes on
             log.exception("error serving a connection from %s", peer)
             return
         finally:
+            down.close()
             self._connections.discard(writer)
             writer.close()
             with contextlib.suppress(Exception):
@@ -538,7 +497,7 @@ class ReferenceProxy:
         outbound = d.direction == "outbound"
         # Ours to set outbound; the peer header stops at the callee's proxy (not for the app).
         ours = (PEER_HEADER, ATTEMPTS) if outbound else (PEER_HEADER,)
-        headers = [(k, v) for k, v in _end_to_end(request.headers) if k not in ours]
+        headers = [(k, v) for k, v in end_to_end(request.headers) if k not in ours]
         if ctx is not None:
             headers.append((PEER_HEADER, f"{self.workload}.{self.namespace}"))
         if outbound:
@@ -550,20 +509,19 @@ class ReferenceProxy:
             up.close()
             raise
         self._pool.put(d.endpoint, ctx, d.sni, up)
-        headers_out = _end_to_end(response.headers)
+        headers_out = end_to_end(response.headers)
         return Response(response.status, headers_out, response.body), (
             up.peer_uris[0] if up.peer_uris else None
         )
 
     def _local(self, d: Decision) -> Response:
         status = d.status or 500
-        body = d.body or {
-            400: b"Bad Request",
-            404: b"",
-            403: b"RBAC: access denied",
-            503: b"no healthy upstream",
-        }.get(status, b"")
-        return Response(status, [("content-type", "text/plain")], body)
+        if status == 400 and d.route is None:
+            # The connection manager refused the path (a fragment, %00, an escaped slash under
+            # REJECT_REQUEST): no body, and Envoy closes the connection.
+            return Response(400, [("connection", "close")], b"")
+        body = d.body or {403: b"RBAC: access denied", 503: b"no healthy upstream"}.get(status, b"")
+        return Response(status, [("content-type", "text/plain")] if body else [], body)
 
     # --- inbound -------------------------------------------------------------------------------
 
@@ -657,26 +615,28 @@ class ReferenceProxy:
     async def _metrics_conn(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        conn = h11.Connection(h11.SERVER)
+        down = Downstream(reader, writer, self.limits)
         try:
-            event = await _read_event(conn, reader)
-            if isinstance(event, h11.Request):
-                await _read_body(conn, reader)
-                if event.target == b"/metrics":
+            try:
+                request = await down.next_request()
+            except Refusal as refused:
+                writer.write(refused.reply())
+                await writer.drain()
+                return
+            if request is not None:
+                if request.target == "/metrics":
                     status, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
-                elif event.target in (b"/healthz", b"/ready"):
+                elif request.target in ("/healthz", "/ready"):
                     status, ctype, body = 200, "text/plain", b"ok\n"
                 else:
                     status, ctype, body = 404, "text/plain", b"try /metrics\n"
-                headers = [("content-type", ctype), ("content-length", str(len(body))),
-                           ("connection", "close")]  # fmt: skip
-                writer.write(conn.send(h11.Response(status_code=status, headers=headers)))
-                writer.write(conn.send(h11.Data(data=body)))
-                writer.write(conn.send(h11.EndOfMessage()))
+                response = Response(status, [("content-type", ctype)], body)
+                writer.write(down.respond(response, close=True))
                 await writer.drain()
-        except (h11.ProtocolError, ConnectionError):
+        except (h11.ProtocolError, ConnectionError, TimeoutError):
             pass
         finally:
+            down.close()
             writer.close()
 
 

@@ -1,0 +1,440 @@
+"""HTTP/1.1 for the reference proxy (h11): a downstream request read as Envoy's HTTP/1 codec and
+connection manager read it, before any route or RBAC decision; the h11 helpers both sides share.
+
+What Envoy 1.40 does (checked against the real Envoy, ``tests/hostile/test_proxy_*``), with an
+Istio sidecar's connection manager (no ``upgrade_configs``, no CONNECT route, the defaults of
+``max_request_headers_kb``, ``max_headers_count``, ``accept_http_10``):
+
+- the request target: origin-form as written; ``*`` only with OPTIONS; absolute-form
+  (``http://host:port/path?query``, scheme any case, http or https) gives the authority (which
+  replaces Host, RFC 7230 5.4) and the path (``/`` when it has none); anything else, a bad host or
+  port, another scheme: 400. Path normalisation is the connection manager's (the listener's HCM
+  options, in :class:`DataPlane`), after this;
+- an unknown method, a malformed line or header, conflicting framing: 400 ``Bad Request``; an
+  unsupported transfer-encoding: 501; HTTP/1.0 and any version but 1.1 (``HTTP/9.9``): 426
+  ``Upgrade Required``; the HTTP/2 preface (``PRI * HTTP/2.0``) on this HTTP/1 listener: 400;
+  request headers over 60 KiB or over 100 of them: 431; no Host: 400 with no body;
+- ``Upgrade`` with ``Connection: upgrade`` (websocket or anything but h2c): 403 with no body;
+  an h2c upgrade is served as a plain HTTP/1.1 request (Envoy drops its headers); CONNECT:
+  404 (no route takes it) with no body. Each of these local replies closes the connection;
+- a path that does not start with '/' (``OPTIONS *``, ``http://host?q``): 404 with no body,
+  before any filter (RBAC) or route, the connection kept;
+- ``Expect: 100-continue``: ``100 Continue`` is sent before the body is read, and the header is
+  not forwarded (Envoy's default, ``proxy_100_continue`` off).
+
+Every read awaits the socket, under a deadline: the request head within ``header_timeout`` of
+its first byte (408 after it), an idle kept-alive connection within ``idle_timeout``, a body
+read within ``stream_idle_timeout`` (408) (Envoy's defaults: 1 h and 5 min; Envoy has no head
+deadline by default, meshcore's is 60 s).
+
+Known differences, each a refusal where Envoy also refuses or a stricter one: two Host headers
+get 400 (h11 refuses them; Envoy joins them with ','); CONNECT to a host an RBAC rule denies
+gets 404 (Envoy's RBAC answers 403 before its route miss); the HTTP/2 preface gets the 400 of
+Envoy's HTTP/1 codec, where a sidecar (codec AUTO) would speak HTTP/2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import math
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+
+MAX_BODY = 16 * 1024 * 1024
+MAX_HEADERS_BYTES = 60 * 1024  # Envoy's max_request_headers_kb default (the whole head)
+MAX_HEADERS_COUNT = 100  # Envoy's max_headers_count default
+HEADER_TIMEOUT_S = 60.0
+IDLE_TIMEOUT_S = 3600.0  # Envoy's connection idle_timeout default
+STREAM_IDLE_TIMEOUT_S = 300.0  # Envoy's stream_idle_timeout default
+
+# The methods Envoy's HTTP/1 parser accepts (any other: 400).
+METHODS = frozenset({
+    "ACL", "BIND", "CHECKOUT", "CONNECT", "COPY", "DELETE", "GET", "HEAD", "LINK", "LOCK",
+    "MERGE", "MKACTIVITY", "MKCALENDAR", "MKCOL", "MOVE", "MSEARCH", "NOTIFY", "OPTIONS",
+    "PATCH", "POST", "PROPFIND", "PROPPATCH", "PURGE", "PUT", "REBIND", "REPORT", "SEARCH",
+    "SOURCE", "SUBSCRIBE", "TRACE", "UNBIND", "UNLINK", "UNLOCK", "UNSUBSCRIBE",
+})  # fmt: skip
+REASONS = {100: "Continue", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+           408: "Request Timeout", 413: "Payload Too Large", 426: "Upgrade Required",
+           431: "Request Header Fields Too Large", 501: "Not Implemented"}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+class Refusal(Exception):
+    """A request refused before any decision, with its local reply; after most of them the
+    connection closes (``close``)."""
+
+    def __init__(self, status: int, body: bytes = b"", why: str = "", close: bool = True) -> None:
+        super().__init__(why or f"{status}")
+        self.status = status
+        self.body = body
+        self.close = close
+
+    def reply(self) -> bytes:
+        return local_reply(self.status, self.body, close=True)
+
+    def response(self) -> Response:
+        return Response(self.status, [("content-type", "text/plain")] if self.body else [],
+                        self.body)  # fmt: skip
+
+
+def codec_error(why: str, status: int = 400) -> Refusal:
+    """Envoy's HTTP/1 codec errors answer with the status's reason as the body."""
+    return Refusal(status, REASONS.get(status, "").encode(), why)
+
+
+def local_reply(status: int, body: bytes, *, close: bool) -> bytes:
+    """An Envoy-style local reply, as bytes (sent also when h11's state is past repair)."""
+    head = [f"HTTP/1.1 {status} {REASONS.get(status, '')}"]
+    if body:
+        head += [f"content-length: {len(body)}", "content-type: text/plain"]
+    else:
+        head.append("content-length: 0")
+    if close:
+        head.append("connection: close")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+# --- the request target ---------------------------------------------------------------------
+
+_SCHEME = re.compile(r"[A-Za-z]+")
+_USERINFO = re.compile(r"[A-Za-z0-9\-_.!~*'();:&=+$,%]*")
+_HOST = re.compile(r"[A-Za-z0-9.\-]+")
+
+
+_BAD_PATH_CHAR = re.compile(r"[^\t\f!-~]")
+
+
+def _path_chars_ok(text: str) -> bool:
+    """Envoy's parser: path and query bytes are TAB, FF or visible ASCII."""
+    return _BAD_PATH_CHAR.search(text) is None
+
+
+def request_target(method: str, target: str) -> tuple[str | None, str]:
+    """The authority the target names (None: keep Host) and the path, as Envoy's HTTP/1 codec
+    makes them (the URL parsed as http-parser parses it); raises :class:`Refusal` (400)."""
+    if target.startswith("/") or (target == "*" and method == "OPTIONS"):
+        if not _path_chars_ok(target):
+            raise codec_error("invalid url")
+        return None, target
+    m = _SCHEME.match(target)
+    if m is None or not target.startswith("://", m.end()):
+        raise codec_error("invalid url")
+    scheme = m.group().lower()
+    rest = target[m.end() + 3 :]
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    server, path = rest[:cut], rest[cut:] or "/"
+    if not _path_chars_ok(path):
+        raise codec_error("invalid url")
+    # userinfo@host[:port]: the userinfo is dropped; the host is a name or a [v6] literal.
+    _, at, hostport = server.rpartition("@")
+    if at and _USERINFO.fullmatch(server[: -len(hostport) - 1]) is None:
+        raise codec_error("invalid url")
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        host, port = hostport[: end + 1], hostport[end + 1 :]
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise codec_error("invalid url") from None
+    else:
+        host, colon, digits = hostport.partition(":")
+        port = colon + digits
+        if _HOST.fullmatch(host) is None:
+            raise codec_error("invalid url")
+    if port and not (port[1:].isascii() and port[1:].isdigit() and int(port[1:]) <= 65535):
+        raise codec_error("invalid url")
+    if scheme not in ("http", "https"):
+        raise codec_error("invalid scheme")
+    return host + port, path
+
+
+# --- h11 --------------------------------------------------------------------------------------
+
+
+async def read_event(conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
+    """The next h11 event; every turn of the loop awaits the socket. PAUSED (the peer switched
+    or may switch protocol) is an error here: bytes after it are not HTTP/1.1 for h11, and
+    asking again would spin."""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await reader.read(65536))
+            continue
+        if event is h11.PAUSED:
+            raise h11.RemoteProtocolError("protocol switch")
+        return event
+
+
+async def read_body(conn: h11.Connection, read: Callable[[], Awaitable[bytes]]) -> bytes:
+    """The message body, read with ``read`` (each call awaits the socket)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await read())
+        elif isinstance(event, h11.Data):
+            size += len(event.data)
+            if size > MAX_BODY:
+                raise h11.RemoteProtocolError("body too large", error_status_hint=413)
+            chunks.append(bytes(event.data))
+        elif isinstance(event, h11.EndOfMessage):
+            return b"".join(chunks)
+        else:  # ConnectionClosed, or PAUSED (never asked again: that would spin)
+            raise h11.RemoteProtocolError("connection closed mid-body")
+
+
+def decoded_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw]
+
+
+_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
+                  "trailer", "upgrade", "content-length"})  # fmt: skip
+
+
+def end_to_end(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in headers if k not in _HOP]
+
+
+def _tokens(value: str | None) -> set[str]:
+    return {t.strip().lower() for t in (value or "").split(",")}
+
+
+# --- a downstream connection ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    header_timeout: float = HEADER_TIMEOUT_S
+    idle_timeout: float = IDLE_TIMEOUT_S
+    stream_idle_timeout: float = STREAM_IDLE_TIMEOUT_S
+
+
+DEFAULT_LIMITS = Limits()
+_HEADERS_408 = local_reply(408, b"request headers timeout", close=True)
+_STREAM_408 = local_reply(408, b"stream timeout", close=True)
+
+
+class Expired(ConnectionError):
+    """A read deadline passed: the watchdog answered (408) if a request had begun, and closed."""
+
+
+class Downstream:
+    """The reading side of one downstream connection: requests as Envoy's codec and connection
+    manager pass them on, or :class:`Refusal` for those they answer themselves.
+
+    Read deadlines cost no timer per request: one watchdog timer per connection, armed at the
+    earliest deadline it has to enforce, re-armed when it fires early (a deadline only moves
+    later while requests keep coming); a read sets the deadline it waits under."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limits: Limits
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.limits = limits
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADERS_BYTES)
+        self._loop = asyncio.get_running_loop()
+        self._first = b""  # the current request's first read (to tell HTTP/0.9 apart)
+        self._received = 0  # bytes read for the current request (its head's size bound)
+        self._deadline = math.inf  # of the read in progress (inf: none)
+        self._late: bytes | None = None  # what the watchdog sends when it passes (None: close)
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed = math.inf
+        self._expired = False
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._fire)
+        self._armed = when
+
+    def _fire(self) -> None:
+        self._timer, self._armed = None, math.inf
+        if self._deadline == math.inf:
+            return  # not reading: the next read arms it again
+        if self._loop.time() < self._deadline:
+            self._arm(self._deadline)
+            return
+        self._expired = True
+        if self._late is not None:
+            self.writer.write(self._late)
+        self.writer.close()  # the pending read then sees the end of the stream
+
+    async def _read(self, timeout: float, late: bytes | None) -> bytes:
+        """One read, the connection closed (after ``late``, if given) when ``timeout`` passes
+        first (raises :class:`Expired` then)."""
+        deadline = self._loop.time() + timeout
+        self._deadline, self._late = deadline, late
+        if deadline < self._armed:
+            self._arm(deadline)
+        try:
+            data = await self.reader.read(65536)
+        finally:
+            self._deadline = math.inf
+        if self._expired:
+            raise Expired("read deadline passed")
+        self._received += len(data)
+        if not self._first:
+            self._first = data
+        return data
+
+    def close(self) -> None:
+        """Stops the watchdog (the connection is done)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def _head(self) -> h11.Request | None:
+        """The next request's head (None: the client closed between requests)."""
+        conn, limits = self.conn, self.limits
+        head_deadline: float | None = None
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise self._malformed(exc) from None
+            if event is h11.NEED_DATA:
+                if head_deadline is None and self._received:
+                    # The head has begun: it must be complete within header_timeout.
+                    head_deadline = self._loop.time() + limits.header_timeout
+                if head_deadline is None:  # idle between requests: closed quietly
+                    data = await self._read(limits.idle_timeout, None)
+                else:
+                    data = await self._read(head_deadline - self._loop.time(), _HEADERS_408)
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.Request):
+                return event
+            return None  # ConnectionClosed (or PAUSED, which a fresh cycle never gives)
+
+    def _malformed(self, exc: h11.RemoteProtocolError) -> Refusal:
+        status = exc.error_status_hint  # 431 (head too long), 501 (transfer-encoding), 400
+        if str(exc).startswith("Missing mandatory Host"):
+            return Refusal(400, b"", "no host")  # the connection manager's, not the codec's
+        if status == 400:
+            line = self._first.split(b"\n", 1)[0].split(b" ")
+            if len(line) == 2 and line[1].strip():  # "GET /": HTTP/0.9 to Envoy's parser
+                status = 426
+        return codec_error(str(exc), status)
+
+    async def next_request(self) -> Request | None:
+        """The next request, body read (100 Continue sent first when asked for); None when
+        the client is done. Raises :class:`Refusal`."""
+        head = await self._head()
+        if head is None:
+            return None
+        method = head.method.decode("latin-1")
+        target = head.target.decode("latin-1")
+        if method not in METHODS:
+            raise codec_error(f"invalid method {method[:20]!r}")
+        if head.http_version != b"1.1":
+            raise codec_error("HTTP version", 426)
+        if len(head.headers) > MAX_HEADERS_COUNT or (
+            self._received > MAX_HEADERS_BYTES and _head_size(head) > MAX_HEADERS_BYTES
+        ):
+            raise codec_error("headers too large", 431)
+        headers = decoded_headers(head.headers)
+        if method == "CONNECT":
+            if ":" not in target or target.startswith("/") or "://" in target:
+                raise codec_error("invalid CONNECT target")
+            raise Refusal(404, b"", "CONNECT (no route takes it)")
+        authority, path = request_target(method, target)
+        upgrade = connection = length = chunked = None
+        for k, v in headers:
+            if k == "upgrade":
+                upgrade = v
+            elif k == "connection":
+                connection = v
+            elif k == "content-length":
+                length = v
+            elif k == "transfer-encoding":
+                chunked = v
+        if length is not None and chunked is not None:
+            raise codec_error("both content-length and transfer-encoding")
+        drop = set()
+        if upgrade is not None and "upgrade" in _tokens(connection):
+            if upgrade.strip().lower() != "h2c":
+                raise Refusal(403, b"", f"upgrade to {upgrade[:20]!r} not configured")
+            drop.add("http2-settings")  # h2c: served as HTTP/1.1, its headers dropped
+        if authority is not None:  # RFC 7230 5.4: the target's authority replaces Host
+            drop.add("host")
+        if self.conn.they_are_waiting_for_100_continue:  # answered here, not forwarded
+            drop.add("expect")
+            self.writer.write(
+                self.conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
+            )
+        if drop:
+            headers = [(k, v) for k, v in headers if k not in drop]
+            if authority is not None:
+                headers.insert(0, ("host", authority))
+        try:
+            body = await read_body(self.conn, self._body_read)
+        except h11.RemoteProtocolError as exc:
+            raise self._malformed(exc) from None
+        if not path.startswith("/"):  # "*", "?q": the HCM serves relative paths only (404)
+            raise Refusal(404, b"", "non-relative path", close=False)
+        return Request(method, path, headers, body)
+
+    def _body_read(self) -> Awaitable[bytes]:
+        """A body read: within stream_idle_timeout (then Envoy's 408)."""
+        return self._read(self.limits.stream_idle_timeout, _STREAM_408)
+
+    def respond(self, response: Response, *, close: bool = False) -> bytes:
+        """The bytes of ``response`` (one write, one TLS record); ``close`` says so in it."""
+        conn = self.conn
+        out = [*response.headers, ("content-length", str(len(response.body)))]
+        if close:
+            out.append(("connection", "close"))
+        data = conn.send(h11.Response(status_code=response.status, headers=out)) or b""
+        if response.body:
+            data += conn.send(h11.Data(data=response.body)) or b""
+        return data + (conn.send(h11.EndOfMessage()) or b"")
+
+    def next_cycle(self) -> bool:
+        """Ready for the next request on this connection (False: it must close)."""
+        conn = self.conn
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            self._first, self._received = b"", 0
+            return True
+        return False
+
+
+def _head_size(head: h11.Request) -> int:
+    """The request head's size as sent (request line, headers, CRLFs)."""
+    fields = head.headers
+    # " " + " HTTP/1.1\r\n" + the final CRLF; ": " and CRLF per header.
+    return (
+        len(head.method)
+        + len(head.target)
+        + 13
+        + 4 * len(fields)
+        + sum(len(k) + len(v) for k, v in fields)
+    )

@@ -86,3 +86,14 @@ def write_mesh(directory: Path, **kwargs: int) -> int:
         (directory / name).write_text(yaml.safe_dump_all(docs, sort_keys=False))
         count += len(docs)
     return count
+
+
+def mesh_text(services: int) -> str:
+    """The generated mesh (``services`` services, half as many policies) as one
+    multi-document YAML text: about 2.2 KB per service."""
+    docs = [
+        doc
+        for file_docs in generate_mesh(services=services, policies=services // 2).values()
+        for doc in file_docs
+    ]
+    return yaml.dump_all(docs, Dumper=yaml.CSafeDumper, sort_keys=False)

@@ -8,6 +8,7 @@ import numpy.typing as npt
 
 __version__: str
 __all__ = [
+    "YAML_MAX_DEPTH",
     "Fleet",
     "RbacDecision",
     "RbacEngine",
@@ -24,6 +25,8 @@ __all__ = [
 
 def check_regex(pattern: str) -> None: ...
 def regex_full_match(pattern: str, text: str) -> bool: ...
+
+YAML_MAX_DEPTH: int
 
 @final
 class YamlDocument:

@@ -34,6 +34,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_regex, m)?)?;
     m.add_function(wrap_pyfunction!(regex_full_match, m)?)?;
     m.add_function(wrap_pyfunction!(yaml::parse_yaml, m)?)?;
+    m.add("YAML_MAX_DEPTH", meshcore_core::yaml::MAX_DEPTH)?;
     m.add_class::<yaml::PyYamlDocument>()?;
     m.add_class::<xds::PyResourceStore>()?;
     m.add_class::<xds::PySnapshot>()?;

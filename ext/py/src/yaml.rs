@@ -44,8 +44,9 @@ type Parsed = (Vec<(Py<PyAny>, Py<PyYamlDocument>)>, Vec<Problem>);
 pub fn parse_yaml(py: Python<'_>, text: String) -> PyResult<Parsed> {
     let stream = py.detach(move || yaml::parse(&text));
     let mut docs = Vec::with_capacity(stream.documents.len());
+    let mut convert = Converter { py, made: 0 };
     for doc in stream.documents {
-        let value = to_python(py, &doc.root.value)?;
+        let value = convert.value(&doc.root.value)?;
         docs.push((value, Py::new(py, PyYamlDocument { doc })?));
     }
     let mut problems = Vec::with_capacity(stream.problems.len());
@@ -65,27 +66,46 @@ pub fn parse_yaml(py: Python<'_>, text: String) -> PyResult<Parsed> {
     Ok((docs, problems))
 }
 
-fn to_python(py: Python<'_>, value: &Value) -> PyResult<Py<PyAny>> {
-    Ok(match value {
-        Value::Null => py.None(),
-        Value::Bool(b) => b.into_pyobject(py)?.to_owned().into_any().unbind(),
-        Value::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
-        Value::BigInt(s) => py.get_type::<PyInt>().call1((s.as_str(),))?.unbind(),
-        Value::Float(f) => f.into_pyobject(py)?.into_any().unbind(),
-        Value::Str(s) => s.into_pyobject(py)?.into_any().unbind(),
-        Value::Seq(items) => {
-            let list = PyList::empty(py);
-            for item in items {
-                list.append(to_python(py, &item.value)?)?;
-            }
-            list.into_any().unbind()
+/// Python objects made between two releases of the GIL while converting: often enough that
+/// other threads (the control plane's event loop, during a reload in its worker thread) are
+/// never kept waiting by a large stream (50 MB is millions of objects, seconds of work), rarely
+/// enough to cost nothing.
+const OBJECTS_PER_GIL_RELEASE: u32 = 4096;
+
+struct Converter<'py> {
+    py: Python<'py>,
+    made: u32,
+}
+
+impl Converter<'_> {
+    fn value(&mut self, value: &Value) -> PyResult<Py<PyAny>> {
+        self.made += 1;
+        if self.made >= OBJECTS_PER_GIL_RELEASE {
+            self.made = 0;
+            self.py.detach(|| ());
         }
-        Value::Map(entries) => {
-            let dict = PyDict::new(py);
-            for (k, v) in entries {
-                dict.set_item(to_python(py, &k.value)?, to_python(py, &v.value)?)?;
+        let py = self.py;
+        Ok(match value {
+            Value::Null => py.None(),
+            Value::Bool(b) => b.into_pyobject(py)?.to_owned().into_any().unbind(),
+            Value::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
+            Value::BigInt(s) => py.get_type::<PyInt>().call1((s.as_str(),))?.unbind(),
+            Value::Float(f) => f.into_pyobject(py)?.into_any().unbind(),
+            Value::Str(s) => s.into_pyobject(py)?.into_any().unbind(),
+            Value::Seq(items) => {
+                let list = PyList::empty(py);
+                for item in items {
+                    list.append(self.value(&item.value)?)?;
+                }
+                list.into_any().unbind()
             }
-            dict.into_any().unbind()
-        }
-    })
+            Value::Map(entries) => {
+                let dict = PyDict::new(py);
+                for (k, v) in entries {
+                    dict.set_item(self.value(&k.value)?, self.value(&v.value)?)?;
+                }
+                dict.into_any().unbind()
+            }
+        })
+    }
 }

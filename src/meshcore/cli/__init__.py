@@ -8,10 +8,25 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from meshcore import __version__
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
+
+# The size limit of one config file; unset means meshcore.config.loader.MAX_FILE_BYTES.
+_MAX_FILE_BYTES: dict[str, Any] = {
+    "type": int,
+    "default": None,
+    "metavar": "BYTES",
+    "help": "the largest config file read (default 64 MiB); a larger one is an error",
+}
+
+
+def _max_file_bytes(args: argparse.Namespace) -> int:
+    from meshcore.config.loader import MAX_FILE_BYTES
+
+    return MAX_FILE_BYTES if args.max_file_bytes is None else int(args.max_file_bytes)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("paths", nargs="+", metavar="FILE|DIR")
     v.add_argument("-o", "--output", choices=("text", "json"), default="text")
     v.add_argument("--domain", default="cluster.local", help="the mesh's DNS domain")
+    v.add_argument("--max-file-bytes", **_MAX_FILE_BYTES)
 
     d = sub.add_parser("describe", help="validate, then summarise the loaded mesh")
     d.add_argument("paths", nargs="+", metavar="FILE|DIR")
@@ -45,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-port", type=int, default=None, help="Prometheus /metrics and /debug/syncz"
     )
     s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--max-file-bytes", **_MAX_FILE_BYTES)
     s.add_argument(
         "--mesh-config",
         metavar="FILE",
@@ -179,7 +196,7 @@ def _missing(paths: Sequence[str]) -> list[str]:
 def _validate(args: argparse.Namespace) -> int:
     from meshcore.config import validate
 
-    report = validate(args.paths, domain=args.domain)
+    report = validate(args.paths, domain=args.domain, max_file_bytes=_max_file_bytes(args))
     count = len(report.model) if report.model is not None else 0
     if args.output == "json":
         print(
@@ -286,6 +303,7 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             mesh_config=mesh_config,
             ca=ca,
+            max_file_bytes=_max_file_bytes(args),
         )
     )
 

@@ -24,6 +24,7 @@ from meshcore.ca import CAError, CertificateAuthority
 from meshcore.ca.service import BootstrapTokens, CAServer, start_ca_server
 from meshcore.ca.tokens import load_tokens
 from meshcore.config import MeshModel
+from meshcore.config.loader import MAX_FILE_BYTES
 from meshcore.config.meshconfig import MeshConfig
 from meshcore.xds import translate
 from meshcore.xds.cache import NodeInfo
@@ -149,12 +150,14 @@ async def serve(
     ready: threading.Event | None = None, stop: asyncio.Event | None = None,
     mesh_config: MeshConfig | None = None,
     ca: CAOptions | None = None,
+    max_file_bytes: int = MAX_FILE_BYTES,
 ) -> int:  # fmt: skip
     plane = ControlPlane(
         paths,
         functools.partial(generate, mesh_config=mesh_config),
         dependencies=DependencyIndex(),
         settle_gc=True,
+        max_file_bytes=max_file_bytes,
     )
     if not plane.load():
         for p in plane.problems:

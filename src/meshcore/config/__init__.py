@@ -15,8 +15,10 @@ from typing import Any
 
 from meshcore.config import schema
 from meshcore.config.loader import (
+    MAX_FILE_BYTES,
     Document,
     Piece,
+    collector_paused,
     iter_config_files,
     parse_pieces,
     parse_yaml,
@@ -41,7 +43,15 @@ from meshcore.config.model import (
     freeze,
     resolve_host,
 )
-from meshcore.config.validate import RULES, Checker, check_metadata, format_path, problems_of
+from meshcore.config.rules import RULES
+from meshcore.config.validate import (
+    MAX_DEPTH,
+    Checker,
+    check_metadata,
+    format_path,
+    problems_of,
+    too_deep,
+)
 from meshcore.errors import ConfigError, ConfigProblem
 
 __all__ = [
@@ -277,10 +287,13 @@ def validate(
     *,
     domain: str = DEFAULT_DOMAIN,
     root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+    max_file_bytes: int = MAX_FILE_BYTES,
 ) -> ValidationReport:
-    """Loads and validates YAML files and directories; never raises for bad input."""
-    docs, problems = read_documents(paths)
-    return _build(docs, problems, domain=domain, root_namespace=root_namespace)
+    """Loads and validates YAML files and directories; never raises for bad input. A file
+    larger than ``max_file_bytes`` is a problem, not read."""
+    with collector_paused():
+        docs, problems = read_documents(paths, max_file_bytes=max_file_bytes)
+        return _build(docs, problems, domain=domain, root_namespace=root_namespace)
 
 
 class IncrementalLoader:
@@ -298,14 +311,20 @@ class IncrementalLoader:
         *,
         domain: str = DEFAULT_DOMAIN,
         root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+        max_file_bytes: int = MAX_FILE_BYTES,
     ) -> None:
         self.paths = list(paths)
         self.domain = domain
         self.root_namespace = root_namespace
+        self.max_file_bytes = max_file_bytes
         self._files: dict[str, _CachedFile] = {}
         self.reread: list[str] = []  # files read (or found gone) by the last validate()
 
     def validate(self) -> ValidationReport:
+        with collector_paused():
+            return self._validate()
+
+    def _validate(self) -> ValidationReport:
         docs: list[Document] = []
         checked: list[Validated] = []
         problems: list[ConfigProblem] = []
@@ -337,7 +356,7 @@ class IncrementalLoader:
         )
 
     def _read(self, path: Path, stamp: tuple[int, int], old: _CachedFile | None) -> _CachedFile:
-        text, unreadable = read_text(path)
+        text, unreadable = read_text(path, self.max_file_bytes)
         if text is None:
             return _CachedFile(stamp, [], unreadable, [], [])
         file_docs, file_problems, pieces = parse_pieces(
@@ -366,16 +385,29 @@ class _CachedFile:
     pieces: list[Piece]
 
 
+def _too_deep(doc: Document) -> ConfigProblem | None:
+    """A manifest given as a Python value, nested deeper than YAML may be."""
+    path = too_deep(doc.value)
+    if path is None:
+        return None
+    return ConfigProblem(
+        f"nesting deeper than {MAX_DEPTH} levels", path=format_path(path), file=doc.file
+    )
+
+
 def load(
     paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
     *,
     domain: str = DEFAULT_DOMAIN,
     root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+    max_file_bytes: int = MAX_FILE_BYTES,
 ) -> MeshModel:
     """Loads a mesh from YAML files and directories; ConfigError lists every problem."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    report = validate(paths, domain=domain, root_namespace=root_namespace)
+    report = validate(
+        paths, domain=domain, root_namespace=root_namespace, max_file_bytes=max_file_bytes
+    )
     if report.model is None:
         raise ConfigError(report.errors)
     return report.model
@@ -390,6 +422,9 @@ def load_objects(
 ) -> MeshModel:
     """Builds a mesh from already-parsed manifests (dicts); ConfigError lists every problem."""
     docs = [Document(dict(o), source, 0, i) for i, o in enumerate(objects)]
+    deep = [p for d in docs if (p := _too_deep(d)) is not None]
+    if deep:
+        raise ConfigError(deep)
     report = _build(docs, [], domain=domain, root_namespace=root_namespace)
     if report.model is None:
         raise ConfigError(report.errors)
@@ -405,6 +440,9 @@ def validate_object(
         docs, problems = parse_yaml(obj, source)
     else:
         docs = [Document(dict(obj), source, 0, 0)]
+        deep = _too_deep(docs[0])
+        if deep is not None:
+            return [deep]
     for doc in docs:
         _resource(doc, domain, problems)
     return problems

@@ -9,7 +9,10 @@ a problem needs one.
 from __future__ import annotations
 
 import bisect
+import codecs
+import contextlib
 import dataclasses
+import gc
 import itertools
 import os
 import re
@@ -23,6 +26,11 @@ from meshcore.config.validate import format_path
 from meshcore.errors import ConfigProblem
 
 _YAML_SUFFIXES = (".yaml", ".yml", ".json")
+
+# The largest config file read (``--max-file-bytes``): far above any real mesh's file (a
+# 50 MB file holds 170,000 resources and validates in about 30 s, BENCHMARKS.md), and a bound
+# on the memory and time one runaway or hostile file can take.
+MAX_FILE_BYTES = 64 * 2**20
 
 PathKey = tuple[str | int, ...]
 
@@ -44,6 +52,21 @@ class Document:
         if self.lines is None:
             return self.line
         return self.lines.line_of(path) + self.line_offset
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused (as it was, after): reading a config makes
+    millions of objects and no cycles, and with the collector on, its passes over a growing
+    heap make reading superlinear (a 50 MB file took twice as long per MB as a 1 MB one)
+    and stop every thread for seconds (the control plane's event loop too)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def parse_yaml(text: str, file: str) -> tuple[list[Document], list[ConfigProblem]]:
@@ -94,27 +117,76 @@ def iter_config_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]
             yield path
 
 
-def read_text(path: Path) -> tuple[str | None, list[ConfigProblem]]:
-    """A config file's text, or None and the problem that kept it from being read."""
+def read_text(
+    path: Path, max_bytes: int = MAX_FILE_BYTES
+) -> tuple[str | None, list[ConfigProblem]]:
+    """A config file's text (line breaks made ``\\n``, as text mode reads them), or None and
+    the problem that kept it from being read: missing, unreadable, larger than ``max_bytes``,
+    not UTF-8 (nor UTF-16/32 with a byte order mark), at the line and column of the first bad
+    byte."""
     name = str(path)
     try:
-        return path.read_text(encoding="utf-8"), []
+        with path.open("rb") as f:
+            data = f.read(max_bytes + 1)
     except FileNotFoundError:
         return None, [ConfigProblem("no such file or directory", file=name)]
-    except UnicodeDecodeError as exc:
-        return None, [ConfigProblem(f"not UTF-8 text: {exc.reason}", file=name)]
     except OSError as exc:
         return None, [ConfigProblem(f"cannot read: {exc.strerror}", file=name)]
+    encoding = next((enc for bom, enc in _BOMS if data.startswith(bom)), "utf-8")
+    if len(data) > max_bytes:
+        line, _ = byte_position(data, max_bytes, encoding)
+        return None, [
+            ConfigProblem(
+                f"the file is larger than the limit of {max_bytes:,} bytes (passed on this line);"
+                " split it into smaller files or raise the limit (--max-file-bytes)",
+                file=name,
+                line=line,
+            )
+        ]
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line, column = byte_position(data, exc.start, encoding)
+        return None, [
+            ConfigProblem(
+                f"not {encoding.upper()} text: {exc.reason} (byte 0x{data[exc.start]:02x},"
+                f" column {column})",
+                file=name,
+                line=line,
+            )
+        ]
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text, []
+
+
+# YAML streams are UTF-8, or UTF-16/UTF-32 with a byte order mark (YAML 1.2, 5.2): what
+# Windows editors and PowerShell's ``>`` write. UTF-32 first: its LE mark starts with UTF-16's.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def byte_position(data: bytes, offset: int, encoding: str = "utf-8") -> tuple[int, int]:
+    """1-based line and column (in characters) of a byte offset; line breaks are LF, CR LF
+    and CR, as YAML and text mode count them."""
+    head = data[:offset].decode(encoding, "replace")
+    line = head.count("\n") + head.count("\r") - head.count("\r\n") + 1
+    start = max(head.rfind("\n"), head.rfind("\r")) + 1
+    return line, len(head) - start + 1
 
 
 def read_documents(
-    paths: Iterable[str | os.PathLike[str]],
+    paths: Iterable[str | os.PathLike[str]], *, max_file_bytes: int = MAX_FILE_BYTES
 ) -> tuple[list[Document], list[ConfigProblem]]:
     """Every document of every file; unreadable files and YAML errors become problems."""
     docs: list[Document] = []
     problems: list[ConfigProblem] = []
     for path in iter_config_files(paths):
-        text, unreadable = read_text(path)
+        text, unreadable = read_text(path, max_file_bytes)
         if text is None:
             problems.extend(unreadable)
             continue

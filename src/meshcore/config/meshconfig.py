@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from meshcore.config import schema as s
-from meshcore.config.loader import parse_yaml
+from meshcore.config.loader import parse_yaml, read_text
 from meshcore.config.validate import Checker, problems_of
 from meshcore.config.validate import Path as FieldPath
 from meshcore.errors import ConfigError, ConfigProblem
@@ -125,12 +125,9 @@ class MeshConfig:
     def load(cls, path: str | os.PathLike[str]) -> MeshConfig:
         """Reads a MeshConfig YAML file (one document); ConfigError names file, line, field."""
         file = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(
-                [ConfigProblem(f"cannot read: {exc.strerror}", kind=KIND, file=file)]
-            ) from None
+        text, unreadable = read_text(Path(path))
+        if text is None:
+            raise ConfigError(unreadable)
         docs, problems = parse_yaml(text, file)
         if problems:
             raise ConfigError(problems)

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Scalar:
-    """A scalar: ``kind`` is one of string, int, uint32, bool, number, duration, int_or_string."""
+    """A scalar: ``kind`` is one of string, int (32-bit), int64, uint32, bool, number,
+    duration, int_or_string. Integers are checked against their range, durations against
+    Go's (Istio's) longest, numbers must be finite."""
 
     kind: str
 
@@ -55,6 +57,7 @@ FieldType = Scalar | Enum | ListOf | MapOf | Message | AnyValue
 
 STRING = Scalar("string")
 INT = Scalar("int")
+INT64 = Scalar("int64")
 UINT32 = Scalar("uint32")
 BOOL = Scalar("bool")
 NUMBER = Scalar("number")
@@ -78,10 +81,10 @@ OBJECT_META = message(
     generateName=STRING,
     uid=STRING,
     resourceVersion=STRING,
-    generation=INT,
+    generation=INT64,
     creationTimestamp=ANY,
     deletionTimestamp=ANY,
-    deletionGracePeriodSeconds=INT,
+    deletionGracePeriodSeconds=INT64,
     ownerReferences=ANY,
     finalizers=STRINGS,
     managedFields=ANY,

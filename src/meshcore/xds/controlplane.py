@@ -20,8 +20,8 @@ from pathlib import Path
 from google.protobuf.message import Message
 
 from meshcore._core import Snapshot
-from meshcore.config import IncrementalLoader, MeshModel
-from meshcore.config.loader import iter_config_files
+from meshcore.config import IncrementalLoader, MeshModel, ValidationReport
+from meshcore.config.loader import MAX_FILE_BYTES, collector_paused, iter_config_files
 from meshcore.errors import ConfigProblem
 from meshcore.xds.cache import Layered, NodeInfo, SnapshotCache
 from meshcore.xds.deps import DependencyIndex, Group, changed_objects
@@ -57,6 +57,7 @@ class ControlPlane:
         debounce_max: float = DEBOUNCE_MAX,
         poll_interval: float = POLL_INTERVAL,
         settle_gc: bool = False,
+        max_file_bytes: int = MAX_FILE_BYTES,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         self.generate = generate
@@ -67,7 +68,7 @@ class ControlPlane:
         self.cache = SnapshotCache(source=self.snapshot_for)
         if dependencies is not None:
             self.cache.dropped = dependencies.remove
-        self.loader = IncrementalLoader(self.paths)
+        self.loader = IncrementalLoader(self.paths, max_file_bytes=max_file_bytes)
         self.mesh: MeshModel | None = None
         self.problems: tuple[ConfigProblem, ...] = ()
         self.rebuilds = 0
@@ -86,9 +87,26 @@ class ControlPlane:
 
     def load(self) -> bool:
         """(Re)loads the config; on errors keeps the last good mesh. True when it changed."""
+        return self._apply(self._read())
+
+    async def load_async(self) -> bool:
+        """:meth:`load` with the reading, parsing and validation in a worker thread, so that
+        the event loop (ADS streams, /metrics) keeps answering while a large config is read."""
+        return self._apply(await asyncio.to_thread(self._read))
+
+    def _read(self) -> ValidationReport:
         started = time.perf_counter()
-        report = self.loader.validate()
+        with collector_paused():
+            report = self.loader.validate()
+            if self.settle_gc:
+                # What was read (kept by the loader's cache) and the model are long-lived,
+                # valid or not: out of the collector's sight before it runs again, rather than
+                # scanned by a full collection that stops the event loop (seconds for 50 MB).
+                gc.freeze()
         self.last_load = time.perf_counter() - started
+        return report
+
+    def _apply(self, report: ValidationReport) -> bool:
         self._dirty_files.update(self.loader.reread)
         self.problems = report.problems
         for p in report.problems:
@@ -99,8 +117,6 @@ class ControlPlane:
             )
             return False
         self.mesh = report.model
-        if self.settle_gc:
-            gc.freeze()  # the model is long-lived (see _settle)
         if self.index is None:
             # The generator builds new messages for a new mesh: old serializations are garbage.
             self.cache.forget()
@@ -214,7 +230,7 @@ class ControlPlane:
             overdue = now - first_change >= self.debounce_max
             if quiet or overdue:
                 first_change = None
-                if self.load():
+                if await self.load_async():
                     self.update(list(nodes()) if self.index is None else ())
                     self._settle(updated=True)
             elif self.settle_gc and len(self.cache) != self._settled_nodes:

@@ -1,0 +1,645 @@
+"""The semantic rules of each kind, as Istio's webhook checks them (hosts, ports, weights,
+regexes compiled by the Rust core, durations, selectors, policies...): the second pass of
+validation, after the generic walk of :class:`meshcore.config.validate.Checker`."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from meshcore.config.validate import (
+    _DNS1123_LABEL,
+    _DNS1123_SUBDOMAIN,
+    Checker,
+    Path,
+    _d,
+    _is_decimal,
+    _is_ip,
+    host_problem,
+    parse_path,
+)
+from meshcore.security import _validate as authz_validate
+
+_DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?\Z")
+_IANA_SVC_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?\Z")
+RETRY_ON = frozenset(
+    {
+        "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure",
+        "envoy-ratelimited", "retriable-4xx", "refused-stream", "retriable-status-codes",
+        "retriable-headers", "http3-post-connect-failure", "cancelled", "deadline-exceeded",
+        "internal", "resource-exhausted", "unavailable",
+    }
+)  # fmt: skip
+REDIRECT_CODES = (301, 302, 303, 307, 308)  # the ones Envoy can send
+PROTOCOLS = frozenset(
+    {"HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "REDIS", "MYSQL", "TCP", "TLS", "UDP"}
+)
+
+
+def _is_ip_or_cidr(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def _l(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def check_service(c: Checker, spec: dict[str, Any], name: str) -> None:
+    if not _DNS1035_LABEL.match(name) or len(name) > 63:
+        c.error(
+            ("metadata", "name"),
+            f"invalid Service name {name!r}: a DNS-1035 label (lowercase, starting with a letter, at most 63 characters)",
+        )
+    ports = _l(spec.get("ports"))
+    if not spec.get("ports") and spec.get("type") != "ExternalName":
+        c.error(("spec", "ports"), "a Service needs at least one port")
+    names: set[str] = set()
+    numbers: set[tuple[int, str]] = set()
+    for i, p in enumerate(ports):
+        p = _d(p)
+        path: Path = ("spec", "ports", i)
+        number = p.get("port")
+        if number is None:
+            c.error(path + ("port",), "port is required")
+        c.port(number, path + ("port",))
+        target = p.get("targetPort")
+        if isinstance(target, int):
+            c.port(target, path + ("targetPort",))
+        elif isinstance(target, str) and (
+            len(target) > 15 or not _IANA_SVC_NAME.match(target) or not re.search("[a-z]", target)
+        ):
+            c.error(
+                path + ("targetPort",),
+                f"invalid port name {target!r}: at most 15 lowercase alphanumerics or '-', with a letter",
+            )
+        pname = p.get("name")
+        if isinstance(pname, str):
+            if not _DNS1123_LABEL.match(pname):
+                c.error(path + ("name",), f"invalid port name {pname!r}: a DNS-1123 label")
+            if pname in names:
+                c.error(path + ("name",), f"duplicate port name {pname!r}")
+            names.add(pname)
+        elif len(ports) > 1:
+            c.error(path + ("name",), "port name is required when a Service has several ports")
+        if isinstance(number, int):
+            key = (number, str(p.get("protocol", "TCP")))
+            if key in numbers:
+                c.error(path + ("port",), f"duplicate port {number}/{key[1]}")
+            numbers.add(key)
+    c.labels(spec.get("selector"), ("spec", "selector"), selector=True)
+
+
+def _check_workload_entry(
+    c: Checker, spec: dict[str, Any], path: Path, *, in_service_entry: bool
+) -> None:
+    address = spec.get("address")
+    if not address and not in_service_entry and not spec.get("network"):
+        c.error(path + ("address",), "address is required")
+    if isinstance(address, str) and address:
+        if address.startswith("unix://"):
+            if len(address) == len("unix://"):
+                c.error(path + ("address",), "unix address must name a socket path")
+        elif not _is_ip(address) and host_problem(address) is not None:
+            c.error(
+                path + ("address",),
+                f"address {address!r} is not an IP address, a host name or unix://PATH",
+            )
+    for pname, number in _d(spec.get("ports")).items():
+        c.port(number, path + ("ports", pname))
+    c.labels(spec.get("labels"), path + ("labels",))
+    sa = spec.get("serviceAccount")
+    if isinstance(sa, str) and sa and not _DNS1123_SUBDOMAIN.match(sa):
+        c.error(path + ("serviceAccount",), f"invalid service account {sa!r}")
+
+
+def check_workload_entry(c: Checker, spec: dict[str, Any], name: str) -> None:
+    _check_workload_entry(c, spec, ("spec",), in_service_entry=False)
+
+
+def check_service_entry(c: Checker, spec: dict[str, Any], name: str) -> None:
+    hosts = _l(spec.get("hosts"))
+    if not spec.get("hosts"):
+        c.error(("spec", "hosts"), "a ServiceEntry needs at least one host")
+    resolution = spec.get("resolution", "NONE")
+    for i, h in enumerate(hosts):
+        if h == "*":
+            c.error(("spec", "hosts", i), "host '*' is not allowed in a ServiceEntry")
+            continue
+        c.host(h, ("spec", "hosts", i), allow_ip=False)
+        if isinstance(h, str) and h.startswith("*") and resolution in ("DNS", "DNS_ROUND_ROBIN"):
+            c.error(
+                ("spec", "hosts", i),
+                f"wildcard host {h!r} cannot be used with resolution {resolution}",
+            )
+    for i, a in enumerate(_l(spec.get("addresses"))):
+        if isinstance(a, str) and not _is_ip_or_cidr(a):
+            c.error(("spec", "addresses", i), f"{a!r} is not an IP address or CIDR block")
+    names: set[str] = set()
+    numbers: set[int] = set()
+    for i, p in enumerate(_l(spec.get("ports"))):
+        p = _d(p)
+        path: Path = ("spec", "ports", i)
+        number = p.get("number")
+        if number is None:
+            c.error(path + ("number",), "port number is required")
+        c.port(number, path + ("number",))
+        c.port(p.get("targetPort"), path + ("targetPort",))
+        proto = p.get("protocol")
+        if isinstance(proto, str) and proto.upper() not in PROTOCOLS:
+            c.error(
+                path + ("protocol",),
+                f"unknown protocol {proto!r} (one of {', '.join(sorted(PROTOCOLS))})",
+            )
+        pname = p.get("name")
+        if isinstance(pname, str):
+            if pname in names:
+                c.error(path + ("name",), f"duplicate port name {pname!r}")
+            names.add(pname)
+        if isinstance(number, int):
+            if number in numbers:
+                c.error(path + ("number",), f"duplicate port number {number}")
+            numbers.add(number)
+    endpoints = _l(spec.get("endpoints"))
+    if endpoints and spec.get("workloadSelector") is not None:
+        c.error(("spec", "workloadSelector"), "workloadSelector and endpoints cannot both be set")
+    for i, ep in enumerate(endpoints):
+        ep = _d(ep)
+        _check_workload_entry(c, ep, ("spec", "endpoints", i), in_service_entry=True)
+        addr = ep.get("address")
+        if (
+            resolution == "STATIC"
+            and isinstance(addr, str)
+            and not (_is_ip(addr) or addr.startswith("unix://"))
+        ):
+            c.error(
+                ("spec", "endpoints", i, "address"),
+                f"resolution STATIC needs IP (or unix://) endpoint addresses, got {addr!r}",
+            )
+        for pname in _d(ep.get("ports")):
+            if names and pname not in names:
+                c.error(
+                    ("spec", "endpoints", i, "ports", pname),
+                    f"endpoint port {pname!r} names no port of this ServiceEntry",
+                )
+    if resolution == "STATIC" and not endpoints and spec.get("workloadSelector") is None:
+        c.warn(
+            ("spec", "endpoints"),
+            "resolution STATIC without endpoints or workloadSelector: the service has no endpoints",
+        )
+    c.labels(
+        _d(spec.get("workloadSelector")).get("labels"),
+        ("spec", "workloadSelector", "labels"),
+        selector=True,
+    )
+    c.export_to(spec)
+
+
+def _string_match(c: Checker, m: Any, path: Path, *, allow_prefix: bool = True) -> None:
+    if not isinstance(m, dict):
+        return
+    set_fields = [k for k in ("exact", "prefix", "regex") if m.get(k) is not None]
+    if len(set_fields) != 1:
+        c.error(path, "exactly one of exact, prefix or regex must be set")
+        return
+    if set_fields[0] == "prefix" and not allow_prefix:
+        c.error(path + ("prefix",), "only exact and regex matches are supported here")
+    if set_fields[0] == "regex":
+        c.regex(m["regex"], path + ("regex",))
+
+
+def _destination(c: Checker, d: Any, path: Path) -> None:
+    if not isinstance(d, dict):
+        c.error(path, "destination is required")
+        return
+    host = d.get("host")
+    if not host:
+        c.error(path + ("host",), "destination host is required")
+    else:
+        c.host(host, path + ("host",))
+    subset = d.get("subset")
+    if isinstance(subset, str) and subset and not _DNS1123_LABEL.match(subset):
+        c.error(path + ("subset",), f"invalid subset name {subset!r}: a DNS-1123 label")
+    c.port(_d(d.get("port")).get("number"), path + ("port", "number"))
+
+
+def _header_operations(c: Checker, headers: Any, path: Path) -> None:
+    for side in ("request", "response"):
+        ops = _d(_d(headers).get(side))
+        for op in ("set", "add"):
+            for name in _d(ops.get(op)):
+                _header_op_name(c, name, path + (side, op, name))
+        for i, name in enumerate(_l(ops.get("remove"))):
+            _header_op_name(c, name, path + (side, "remove", i))
+
+
+def _header_op_name(c: Checker, name: Any, path: Path) -> None:
+    if isinstance(name, str) and (name.startswith(":") or name.lower() == "host"):
+        c.error(
+            path,
+            f"header {name!r} cannot be modified (pseudo-headers and Host are managed by the proxy)",
+        )
+    else:
+        c.header_name(name, path)
+
+
+def _route_destinations(c: Checker, dests: list[Any], path: Path, *, weights: bool = True) -> None:
+    total = 0
+    for i, rd in enumerate(dests):
+        rd = _d(rd)
+        _destination(c, rd.get("destination"), path + (i, "destination"))
+        w = rd.get("weight")
+        if isinstance(w, int) and not isinstance(w, bool):
+            if not 0 <= w <= 100:
+                c.error(path + (i, "weight"), f"weight {w} must be in the range 0..100")
+            total += w
+        if weights:
+            _header_operations(c, rd.get("headers"), path + (i, "headers"))
+    if len(dests) > 1:
+        if total == 0:
+            c.error(
+                path,
+                "the weights of several destinations must not all be 0 (set weights that add up to 100)",
+            )
+        elif total != 100:
+            c.warn(path, f"weights add up to {total}, not 100: traffic is split in proportion")
+
+
+def _http_route(c: Checker, r: dict[str, Any], path: Path) -> None:
+    actions = [k for k in ("route", "redirect", "directResponse", "delegate") if r.get(k)]
+    if not actions:
+        c.error(path, "an HTTP route needs one of route, redirect, directResponse or delegate")
+    elif len(actions) > 1:
+        c.error(path, f"{' and '.join(actions)} are mutually exclusive")
+    for i, m in enumerate(_l(r.get("match"))):
+        m = _d(m)
+        mp = path + ("match", i)
+        for field in ("uri", "scheme", "method", "authority"):
+            _string_match(c, m.get(field), mp + (field,))
+        for group in ("headers", "withoutHeaders"):
+            for hname, hm in _d(m.get(group)).items():
+                c.header_name(hname, mp + (group, hname), lowercase=True)
+                if hm == {} and group == "headers":
+                    continue  # presence match
+                _string_match(c, hm, mp + (group, hname))
+        for qname, qm in _d(m.get("queryParams")).items():
+            _string_match(c, qm, mp + ("queryParams", qname), allow_prefix=False)
+        c.port(m.get("port"), mp + ("port",))
+        c.labels(m.get("sourceLabels"), mp + ("sourceLabels",), selector=True)
+    _route_destinations(c, _l(r.get("route")), path + ("route",))
+    redirect = r.get("redirect")
+    if isinstance(redirect, dict):
+        code = redirect.get("redirectCode")
+        if isinstance(code, int) and code and code not in REDIRECT_CODES:
+            c.error(
+                path + ("redirect", "redirectCode"),
+                f"redirect code {code} is not one of {', '.join(map(str, REDIRECT_CODES))}",
+            )
+        if redirect.get("port") is not None and redirect.get("derivePort") is not None:
+            c.error(path + ("redirect",), "port and derivePort are mutually exclusive")
+        c.port(redirect.get("port"), path + ("redirect", "port"))
+        if r.get("rewrite"):
+            c.error(path + ("rewrite",), "rewrite cannot be used with redirect")
+    direct = r.get("directResponse")
+    if isinstance(direct, dict):
+        status = direct.get("status")
+        if status is None:
+            c.error(path + ("directResponse", "status"), "status is required")
+        elif isinstance(status, int) and not 200 <= status <= 599:
+            c.error(
+                path + ("directResponse", "status"),
+                f"status {status} must be in the range 200..599",
+            )
+        body = _d(direct.get("body"))
+        if body.get("string") is not None and body.get("bytes") is not None:
+            c.error(path + ("directResponse", "body"), "string and bytes are mutually exclusive")
+    rewrite = _d(r.get("rewrite"))
+    if rewrite.get("uri") is not None and rewrite.get("uriRegexRewrite") is not None:
+        c.error(path + ("rewrite",), "uri and uriRegexRewrite are mutually exclusive")
+    rrw = rewrite.get("uriRegexRewrite")
+    if isinstance(rrw, dict):
+        if not rrw.get("match"):
+            c.error(path + ("rewrite", "uriRegexRewrite", "match"), "match is required")
+        c.regex(rrw.get("match"), path + ("rewrite", "uriRegexRewrite", "match"))
+    if "timeout" in r:
+        c.duration(r["timeout"], path + ("timeout",))
+    retries = _d(r.get("retries"))
+    attempts = retries.get("attempts")
+    if isinstance(attempts, int) and attempts < 0:
+        c.error(path + ("retries", "attempts"), "attempts must not be negative")
+    if "perTryTimeout" in retries:
+        c.duration(retries["perTryTimeout"], path + ("retries", "perTryTimeout"), min_ms=1)
+    if "backoff" in retries:
+        c.duration(retries["backoff"], path + ("retries", "backoff"), min_ms=1)
+    retry_on = retries.get("retryOn")
+    if isinstance(retry_on, str):
+        for policy in retry_on.split(","):
+            policy = policy.strip()
+            if policy in RETRY_ON:
+                continue
+            if _is_decimal(policy) and 100 <= int(policy) <= 599:
+                continue
+            c.error(
+                path + ("retries", "retryOn"),
+                f"unknown retry policy {policy!r} (one of {', '.join(sorted(RETRY_ON))}, or an HTTP status code)",
+            )
+    fault = _d(r.get("fault"))
+    delay, abort = fault.get("delay"), fault.get("abort")
+    if isinstance(delay, dict):
+        if delay.get("exponentialDelay") is not None:
+            c.error(
+                path + ("fault", "delay", "exponentialDelay"),
+                "exponentialDelay is not supported (as in Istio); use fixedDelay",
+            )
+        elif delay.get("fixedDelay") is None:
+            c.error(path + ("fault", "delay", "fixedDelay"), "fixedDelay is required")
+        else:
+            c.duration(delay["fixedDelay"], path + ("fault", "delay", "fixedDelay"), min_ms=1)
+        c.percentage(delay.get("percentage"), path + ("fault", "delay", "percentage"))
+        pct = delay.get("percent")
+        if isinstance(pct, int) and not 0 <= pct <= 100:
+            c.error(
+                path + ("fault", "delay", "percent"), f"percent {pct} must be in the range 0..100"
+            )
+    if isinstance(abort, dict):
+        kinds = [k for k in ("httpStatus", "grpcStatus", "http2Error") if abort.get(k) is not None]
+        if len(kinds) != 1:
+            c.error(
+                path + ("fault", "abort"),
+                "exactly one of httpStatus, grpcStatus or http2Error must be set",
+            )
+        status = abort.get("httpStatus")
+        if isinstance(status, int) and not 200 <= status <= 599:
+            c.error(
+                path + ("fault", "abort", "httpStatus"),
+                f"abort status {status} must be in the range 200..599",
+            )
+        c.percentage(abort.get("percentage"), path + ("fault", "abort", "percentage"))
+    if fault and delay is None and abort is None:
+        c.error(path + ("fault",), "fault needs delay or abort")
+    if r.get("mirror") is not None:
+        _destination(c, r.get("mirror"), path + ("mirror",))
+    for i, m in enumerate(_l(r.get("mirrors"))):
+        _destination(c, _d(m).get("destination"), path + ("mirrors", i, "destination"))
+        c.percentage(_d(m).get("percentage"), path + ("mirrors", i, "percentage"))
+    c.percentage(r.get("mirrorPercentage"), path + ("mirrorPercentage",))
+    cors = _d(r.get("corsPolicy"))
+    for i, origin in enumerate(_l(cors.get("allowOrigins"))):
+        _string_match(c, origin, path + ("corsPolicy", "allowOrigins", i))
+    if "maxAge" in cors:
+        c.duration(cors["maxAge"], path + ("corsPolicy", "maxAge"))
+    _header_operations(c, r.get("headers"), path + ("headers",))
+    if r.get("delegate"):
+        c.warn(
+            path + ("delegate",),
+            "delegate (gateway route delegation) is not translated by meshcore",
+        )
+
+
+def check_virtual_service(c: Checker, spec: dict[str, Any], name: str) -> None:
+    hosts = _l(spec.get("hosts"))
+    gateways = _l(spec.get("gateways"))
+    if not spec.get("hosts"):
+        c.error(("spec", "hosts"), "a VirtualService needs at least one host")
+    for i, h in enumerate(hosts):
+        if h == "*" and (not gateways or "mesh" in gateways):
+            c.error(
+                ("spec", "hosts", i),
+                "wildcard host '*' is not allowed for VirtualServices bound to the mesh gateway",
+            )
+            continue
+        c.host(h, ("spec", "hosts", i))
+    if not (spec.get("http") or spec.get("tcp") or spec.get("tls")):
+        c.error(("spec",), "a VirtualService needs at least one of http, tcp or tls")
+    names: set[str] = set()
+    for i, r in enumerate(_l(spec.get("http"))):
+        r = _d(r)
+        rname = r.get("name")
+        if isinstance(rname, str):
+            if rname in names:
+                c.warn(("spec", "http", i, "name"), f"route name {rname!r} is used more than once")
+            names.add(rname)
+        _http_route(c, r, ("spec", "http", i))
+    for i, r in enumerate(_l(spec.get("tls"))):
+        r = _d(r)
+        matches = _l(r.get("match"))
+        if not matches:
+            c.error(("spec", "tls", i, "match"), "a TLS route needs at least one match")
+        for j, m in enumerate(matches):
+            m = _d(m)
+            if not _l(m.get("sniHosts")):
+                c.error(("spec", "tls", i, "match", j, "sniHosts"), "sniHosts is required")
+            for k, h in enumerate(_l(m.get("sniHosts"))):
+                c.host(h, ("spec", "tls", i, "match", j, "sniHosts", k), allow_ip=False)
+            _l4_match(c, m, ("spec", "tls", i, "match", j))
+        if not _l(r.get("route")):
+            c.error(("spec", "tls", i, "route"), "a TLS route needs at least one destination")
+        _route_destinations(c, _l(r.get("route")), ("spec", "tls", i, "route"), weights=False)
+    for i, r in enumerate(_l(spec.get("tcp"))):
+        r = _d(r)
+        for j, m in enumerate(_l(r.get("match"))):
+            _l4_match(c, _d(m), ("spec", "tcp", i, "match", j))
+            sub = _d(m).get("sourceSubnet")
+            if isinstance(sub, str) and not _is_ip_or_cidr(sub):
+                c.error(
+                    ("spec", "tcp", i, "match", j, "sourceSubnet"),
+                    f"{sub!r} is not an IP address or CIDR block",
+                )
+        if not _l(r.get("route")):
+            c.error(("spec", "tcp", i, "route"), "a TCP route needs at least one destination")
+        _route_destinations(c, _l(r.get("route")), ("spec", "tcp", i, "route"), weights=False)
+    c.export_to(spec)
+
+
+def _l4_match(c: Checker, m: dict[str, Any], path: Path) -> None:
+    for k, sub in enumerate(_l(m.get("destinationSubnets"))):
+        if isinstance(sub, str) and not _is_ip_or_cidr(sub):
+            c.error(path + ("destinationSubnets", k), f"{sub!r} is not an IP address or CIDR block")
+    c.port(m.get("port"), path + ("port",))
+    c.labels(m.get("sourceLabels"), path + ("sourceLabels",), selector=True)
+
+
+def _traffic_policy(c: Checker, tp: Any, path: Path, *, port_level: bool = False) -> None:
+    if not isinstance(tp, dict):
+        return
+    if not any(v is not None for v in tp.values()):
+        c.error(path, "a traffic policy must set at least one field")
+    lb = _d(tp.get("loadBalancer"))
+    if lb.get("simple") is not None and lb.get("consistentHash") is not None:
+        c.error(path + ("loadBalancer",), "simple and consistentHash are mutually exclusive")
+    ch = lb.get("consistentHash")
+    if isinstance(ch, dict):
+        keys = [
+            k
+            for k in ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")
+            if ch.get(k) not in (None, False)
+        ]
+        if len(keys) != 1:
+            c.error(
+                path + ("loadBalancer", "consistentHash"),
+                "exactly one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName must be set",
+            )
+        cookie = ch.get("httpCookie")
+        if isinstance(cookie, dict):
+            if not cookie.get("name"):
+                c.error(
+                    path + ("loadBalancer", "consistentHash", "httpCookie", "name"),
+                    "cookie name is required",
+                )
+            if "ttl" in cookie:
+                c.duration(
+                    cookie["ttl"], path + ("loadBalancer", "consistentHash", "httpCookie", "ttl")
+                )
+        if isinstance(ch.get("httpHeaderName"), str):
+            c.header_name(
+                ch["httpHeaderName"], path + ("loadBalancer", "consistentHash", "httpHeaderName")
+            )
+        if ch.get("ringHash") is not None and ch.get("maglev") is not None:
+            c.error(
+                path + ("loadBalancer", "consistentHash"),
+                "ringHash and maglev are mutually exclusive",
+            )
+    pool = _d(tp.get("connectionPool"))
+    for section, fields in (
+        ("tcp", ("maxConnections",)),
+        (
+            "http",
+            (
+                "http1MaxPendingRequests",
+                "http2MaxRequests",
+                "maxRequestsPerConnection",
+                "maxRetries",
+                "maxConcurrentStreams",
+            ),
+        ),
+    ):
+        sec = _d(pool.get(section))
+        for f in fields:
+            v = sec.get(f)
+            if isinstance(v, int) and v < 0:
+                c.error(path + ("connectionPool", section, f), f"{f} must not be negative")
+        for f in ("connectTimeout", "idleTimeout", "maxConnectionDuration"):
+            if f in sec:
+                c.duration(sec[f], path + ("connectionPool", section, f), min_ms=1)
+    od = _d(tp.get("outlierDetection"))
+    for f in ("interval", "baseEjectionTime"):
+        if f in od:
+            c.duration(od[f], path + ("outlierDetection", f), min_ms=1)
+    for f in ("maxEjectionPercent", "minHealthPercent"):
+        v = od.get(f)
+        if isinstance(v, int) and not 0 <= v <= 100:
+            c.error(path + ("outlierDetection", f), f"{f} {v} must be in the range 0..100")
+    if isinstance(od.get("consecutiveErrors"), int) and od["consecutiveErrors"] < 0:
+        c.error(
+            path + ("outlierDetection", "consecutiveErrors"),
+            "consecutiveErrors must not be negative",
+        )
+    tls = tp.get("tls")
+    if isinstance(tls, dict):
+        mode = tls.get("mode")
+        tpath = path + ("tls",)
+        if mode is None:
+            c.error(tpath + ("mode",), "mode is required")
+        if mode == "ISTIO_MUTUAL":
+            for f in ("clientCertificate", "privateKey", "caCertificates", "credentialName"):
+                if tls.get(f):
+                    c.error(
+                        tpath + (f,),
+                        f"{f} cannot be set with mode ISTIO_MUTUAL (meshcore's CA provides the certificates)",
+                    )
+        if mode == "MUTUAL" and not tls.get("credentialName"):
+            for f in ("clientCertificate", "privateKey"):
+                if not tls.get(f):
+                    c.error(tpath + (f,), f"{f} is required for mode MUTUAL without credentialName")
+    if not port_level:
+        ports: set[int] = set()
+        for i, pls in enumerate(_l(tp.get("portLevelSettings"))):
+            pls = _d(pls)
+            number = _d(pls.get("port")).get("number")
+            ppath = path + ("portLevelSettings", i)
+            if number is None:
+                c.error(ppath + ("port", "number"), "port number is required")
+            c.port(number, ppath + ("port", "number"))
+            if isinstance(number, int):
+                if number in ports:
+                    c.error(
+                        ppath + ("port", "number"), f"port {number} has several portLevelSettings"
+                    )
+                ports.add(number)
+            _traffic_policy(
+                c,
+                {k: v for k, v in pls.items() if k != "port"} or {"port": 1},
+                ppath,
+                port_level=True,
+            )
+
+
+def check_destination_rule(c: Checker, spec: dict[str, Any], name: str) -> None:
+    host = spec.get("host")
+    if not host:
+        c.error(("spec", "host"), "host is required")
+    else:
+        c.host(host, ("spec", "host"), allow_ip=False)
+    _traffic_policy(c, spec.get("trafficPolicy"), ("spec", "trafficPolicy"))
+    names: set[str] = set()
+    for i, sub in enumerate(_l(spec.get("subsets"))):
+        sub = _d(sub)
+        path: Path = ("spec", "subsets", i)
+        sname = sub.get("name")
+        if not sname:
+            c.error(path + ("name",), "subset name is required")
+        elif isinstance(sname, str):
+            if not _DNS1123_LABEL.match(sname):
+                c.error(path + ("name",), f"invalid subset name {sname!r}: a DNS-1123 label")
+            if sname in names:
+                c.error(path + ("name",), f"duplicate subset name {sname!r}")
+            names.add(sname)
+        c.labels(sub.get("labels"), path + ("labels",), selector=True)
+        _traffic_policy(c, sub.get("trafficPolicy"), path + ("trafficPolicy",))
+    c.labels(
+        _d(spec.get("workloadSelector")).get("labels"),
+        ("spec", "workloadSelector", "labels"),
+        selector=True,
+    )
+    c.export_to(spec)
+
+
+def check_authorization_policy(c: Checker, spec: dict[str, Any], name: str) -> None:
+    # One validator for AuthorizationPolicy, shared with the Authorizer (which validates the
+    # manifests it is given directly): Istio's webhook rules, in meshcore.security._validate.
+    checker = authz_validate.Checker(namespace="", name=name)
+    authz_validate.check_selection(checker, spec)
+    authz_validate.check_spec(checker, spec)
+    for p in checker.problems:
+        c.error(parse_path(p.path), p.message)
+    for p in checker.warnings:
+        c.warn(parse_path(p.path), p.message)
+
+
+def check_peer_authentication(c: Checker, spec: dict[str, Any], name: str) -> None:
+    c.selector(spec, ("spec",))
+    port_level = _d(spec.get("portLevelMtls"))
+    if port_level and not _d(spec.get("selector")).get("matchLabels"):
+        c.error(
+            ("spec", "portLevelMtls"),
+            "portLevelMtls requires a selector (it applies to one workload's ports)",
+        )
+    for port in port_level:
+        if isinstance(port, int) or (isinstance(port, str) and _is_decimal(port)):
+            c.port(int(port), ("spec", "portLevelMtls", str(port)))
+
+
+RULES: Mapping[str, Callable[[Checker, dict[str, Any], str], None]] = {
+    "Service": check_service,
+    "WorkloadEntry": check_workload_entry,
+    "ServiceEntry": check_service_entry,
+    "VirtualService": check_virtual_service,
+    "DestinationRule": check_destination_rule,
+    "AuthorizationPolicy": check_authorization_policy,
+    "PeerAuthentication": check_peer_authentication,
+}

@@ -27,9 +27,10 @@ from meshcore.config import MeshModel
 from meshcore.config.meshconfig import MeshConfig
 from meshcore.xds import translate
 from meshcore.xds.cache import NodeInfo
-from meshcore.xds.controlplane import ControlPlane, Resources
+from meshcore.xds.controlplane import ControlPlane
 from meshcore.xds.deps import DependencyIndex
 from meshcore.xds.server import AdsServer, start_ads_server
+from meshcore.xds.types import Resources
 
 log = logging.getLogger("meshcore.serve")
 

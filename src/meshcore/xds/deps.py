@@ -33,6 +33,7 @@ from typing import Any
 from meshcore.config import MeshModel, Resource, WorkloadEntry
 from meshcore.xds import translate
 from meshcore.xds.cache import Layered, NodeInfo
+from meshcore.xds.node import proxy_for_node
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
 Change = tuple[Resource | None, Resource | None]  # (old, new); None: absent
@@ -122,7 +123,7 @@ class DependencyIndex:
         """Records what ``node`` was given (``resources``, as the translator returned them)."""
         self.remove(node.id)
         try:
-            proxy = translate.proxy_for_node(mesh, node.id, node.metadata)
+            proxy = proxy_for_node(mesh, node.id, node.metadata)
         except ValueError:
             return  # never served: nothing depends on it
         groups: list[GroupKey] = []

@@ -78,7 +78,7 @@ import contextlib
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from envoy.config.accesslog.v3 import accesslog_pb2
@@ -128,8 +128,34 @@ from meshcore.config.model import (
 )
 from meshcore.config.validate import parse_duration
 from meshcore.errors import ConfigError, ConfigProblem
+from meshcore.names import (
+    BOOTSTRAP_RUNTIME,
+    CORS_NAME,
+    FAULT_NAME,
+    FILE_LOG_NAME,
+    HCM_NAME,
+    HTTP_OPTIONS_KEY,
+    HTTP_RBAC,
+    INBOUND,
+    OUTBOUND,
+    RAW_BUFFER_SOCKET,
+    ROUTER_NAME,
+    SDS_CERT,
+    SDS_CLUSTER,
+    SDS_ROOT,
+    TCP_PROXY_NAME,
+    TCP_RBAC,
+    TLS_INSPECTOR_NAME,
+    TLS_SOCKET,
+    TRANSPORT_SOCKET_MATCH_KEY,
+    ZIPKIN_CLUSTER,
+    ZIPKIN_TRACER_NAME,
+    cluster_name,
+)
 from meshcore.xds import types
 from meshcore.xds.cache import Layered
+from meshcore.xds.node import Proxy, parse_node_id, proxy_for_node
+from meshcore.xds.types import Resources
 
 __all__ = [
     "BOOTSTRAP_RUNTIME",
@@ -144,34 +170,6 @@ __all__ = [
     "uses_source_match",
 ]
 
-Resources = dict[str, Mapping[str, Message]]
-
-APP_ADDRESS_KEY = "MESHCORE_APP_ADDRESS"
-OUTBOUND_ADDRESS_KEY = "MESHCORE_OUTBOUND_ADDRESS"
-DEFAULT_ADDRESS = "127.0.0.1"
-# Istio's SDS resource names: the workload certificate and the root (trust bundle).
-SDS_CERT = "default"
-SDS_ROOT = "ROOTCA"
-# The bootstrap cluster through which a sidecar reaches its agent's SDS server (Istio's name).
-SDS_CLUSTER = "sds-grpc"
-
-# Runtime every bootstrap needs (Istio sets the same): Envoy's default refuses any regex whose
-# RE2 program is larger than 100, which ordinary VirtualService regexes exceed, and would NACK
-# the whole RouteConfiguration.
-BOOTSTRAP_RUNTIME: Mapping[str, Any] = {
-    "re2.max_program_size.error_level": types.RE2_MAX_PROGRAM_SIZE
-}
-
-HCM_NAME = "envoy.filters.network.http_connection_manager"
-FILE_LOG_NAME = "envoy.access_loggers.file"
-ZIPKIN_TRACER_NAME = "envoy.tracers.zipkin"
-TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
-ROUTER_NAME = "envoy.filters.http.router"
-FAULT_NAME = "envoy.filters.http.fault"
-CORS_NAME = "envoy.filters.http.cors"
-TLS_INSPECTOR_NAME = "envoy.filters.listener.tls_inspector"
-HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-TRANSPORT_SOCKET_MATCH_KEY = "envoy.transport_socket_match"
 # Istio's defaults: an unset VirtualService timeout disables the route timeout; connections
 # time out after 10 s; circuit breakers are effectively off but tracked.
 DEFAULT_CONNECT_TIMEOUT_NS = 10 * 10**9
@@ -218,93 +216,6 @@ _GRPC_CODES = {
 
 
 # --- proxies ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Proxy:
-    """A connected proxy as the translator sees it."""
-
-    node_id: str
-    ip: str
-    name: str
-    namespace: str
-    workload: WorkloadEntry | None
-    labels: Mapping[str, str]
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-    type: str = "sidecar"
-    domain: str = "cluster.local"
-
-    @property
-    def proxyless(self) -> bool:
-        """A gRPC client speaking xDS itself (Istio marks them with ``GENERATOR: grpc``)."""
-        return str(self.metadata.get("GENERATOR", "")) == "grpc"
-
-    @property
-    def app_address(self) -> str:
-        return str(self.metadata.get(APP_ADDRESS_KEY) or DEFAULT_ADDRESS)
-
-    @property
-    def outbound_address(self) -> str:
-        return str(self.metadata.get(OUTBOUND_ADDRESS_KEY) or DEFAULT_ADDRESS)
-
-
-def parse_node_id(node_id: str) -> tuple[str, str, str, str, str]:
-    """``TYPE~IP~NAME.NAMESPACE~NAMESPACE.svc.DOMAIN`` -> (type, ip, name, namespace, domain).
-
-    Raises ValueError naming what is wrong with the id.
-    """
-    parts = node_id.split("~")
-    if len(parts) != 4:
-        raise ValueError(
-            f"node id {node_id!r}: expected TYPE~IP~NAME.NAMESPACE~NAMESPACE.svc.DOMAIN"
-            f" (4 parts separated by '~', got {len(parts)})"
-        )
-    kind, ip, pod, dns = parts
-    if not kind:
-        raise ValueError(f"node id {node_id!r}: the proxy type (e.g. 'sidecar') is empty")
-    name, dot, namespace = pod.rpartition(".")
-    if not dot or not name or not namespace:
-        raise ValueError(f"node id {node_id!r}: {pod!r} is not NAME.NAMESPACE")
-    ns2, _, rest = dns.partition(".")
-    domain = rest[4:] if rest.startswith("svc.") else rest
-    if ns2 and ns2 != namespace:
-        raise ValueError(
-            f"node id {node_id!r}: namespace {namespace!r} and DNS domain {dns!r} disagree"
-        )
-    return kind, ip, name, namespace, domain or "cluster.local"
-
-
-def proxy_for_node(
-    mesh: MeshModel, node_id: str, metadata: Mapping[str, Any] | None = None
-) -> Proxy:
-    """The Proxy for an xDS node: its WorkloadEntry (by name, else by address) and labels.
-
-    A node matching no WorkloadEntry still gets outbound config (labels from metadata
-    ``LABELS``, as Istio's agent sends them).
-    """
-    kind, ip, name, namespace, domain = parse_node_id(node_id)
-    meta = dict(metadata or {})
-    found = mesh.get("WorkloadEntry", namespace, name)
-    workload = found if isinstance(found, WorkloadEntry) else None
-    if workload is None and ip:
-        workload = next((w for w in mesh.workloads(namespace) if w.address == ip), None)
-    labels: Mapping[str, str]
-    if workload is not None:
-        labels = dict(workload.workload_labels)
-    else:
-        raw = meta.get("LABELS")
-        labels = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, Mapping) else {}
-    return Proxy(
-        node_id=node_id,
-        ip=ip,
-        name=name,
-        namespace=namespace,
-        workload=workload,
-        labels=labels,
-        metadata=meta,
-        type=kind,
-        domain=domain,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,10 +359,6 @@ def _endpoint_port(workload: WorkloadEntry, port: ServicePort) -> int | None:
         return port.target_port
     named = workload.ports.get(str(port.target_port))
     return int(named) if named is not None else None
-
-
-def _cluster_name(direction: str, port: int, subset: str, host: str) -> str:
-    return f"{direction}|{port}|{subset}|{host}"
 
 
 def _spiffe(domain: str, namespace: str, sa: str) -> str:
@@ -686,9 +593,7 @@ def _upstream_tls(
     return ctx
 
 
-def _tls_socket(
-    ctx: Message, name: str = "envoy.transport_sockets.tls"
-) -> base_pb2.TransportSocket:
+def _tls_socket(ctx: Message, name: str = TLS_SOCKET) -> base_pb2.TransportSocket:
     return base_pb2.TransportSocket(name=name, typed_config=_pack(ctx))
 
 
@@ -1132,9 +1037,7 @@ class _Translator:
                     made: dict[str, Message] = {}
                     with self._capture() as met:
                         for subset in subsets:
-                            name = _cluster_name(
-                                "outbound", ps.port.port, subset, ps.service.hostname
-                            )
+                            name = cluster_name(OUTBOUND, ps.port.port, subset, ps.service.hostname)
                             c = self._outbound_cluster(name, ps, subset, proxyless)
                             if c is not None:
                                 made[name] = c
@@ -1287,9 +1190,7 @@ class _Translator:
         tls_match.transport_socket.CopyFrom(_tls_socket(ctx))
         plain = c.transport_socket_matches.add(name="tlsMode-disabled")
         plain.match.SetInParent()
-        plain.transport_socket.CopyFrom(
-            _tls_socket(raw_buffer_pb2.RawBuffer(), "envoy.transport_sockets.raw_buffer")
-        )
+        plain.transport_socket.CopyFrom(_tls_socket(raw_buffer_pb2.RawBuffer(), RAW_BUFFER_SOCKET))
 
     def endpoints(self) -> dict[str, Message]:
         if self._endpoints is None:
@@ -1306,7 +1207,7 @@ class _Translator:
                 else:
                     made: dict[str, Message] = {}
                     for subset in subsets:
-                        name = _cluster_name("outbound", ps.port.port, subset, ps.service.hostname)
+                        name = cluster_name(OUTBOUND, ps.port.port, subset, ps.service.hostname)
                         made[name] = self._load_assignment(name, ps, subset)
                     part = (fp, made)
                 self._cla_parts[key] = part
@@ -1445,7 +1346,7 @@ class _Translator:
     def _default_route(self, host: str, port: int) -> rc.Route:
         r = rc.Route(name="default")
         r.match.prefix = "/"
-        r.route.cluster = _cluster_name("outbound", port, "", host)
+        r.route.cluster = cluster_name(OUTBOUND, port, "", host)
         r.route.timeout.CopyFrom(_duration_ns(0))
         r.route.retry_policy.CopyFrom(_default_retry())
         r.route.hash_policy.extend(_hash_policies(self.lb_for(host, "", port), ""))
@@ -1543,7 +1444,7 @@ class _Translator:
                     )
             elif tcp:
                 first = tcp[0]
-                cluster = _cluster_name("outbound", port, "", first.service.hostname)
+                cluster = cluster_name(OUTBOUND, port, "", first.service.hostname)
                 out[name] = _outbound_tcp_listener(name, address, port, cluster, self.mesh_config)
                 for ps in tcp[1:]:
                     self.problem(
@@ -1639,7 +1540,7 @@ class _Translator:
                     continue
                 ports.setdefault(target, proto)
         for target in sorted(ports):
-            cluster = _cluster_name("inbound", target, "", "")
+            cluster = cluster_name(INBOUND, target, "", "")
             clusters[cluster] = _inbound_cluster(cluster, proxy.app_address, target)
             name = f"{w.address}_{target}"
             mode = self._mtls_mode(w, target)
@@ -1694,11 +1595,9 @@ def _deny_all_filters() -> tuple[list[Message], list[Message]]:
     from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
     from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as net_rbac_pb2
 
-    http = hcm_pb2.HttpFilter(
-        name="envoy.filters.http.rbac", typed_config=_pack(http_rbac_pb2.RBAC(rules={}))
-    )
+    http = hcm_pb2.HttpFilter(name=HTTP_RBAC, typed_config=_pack(http_rbac_pb2.RBAC(rules={})))
     tcp = listener_components_pb2.Filter(
-        name="envoy.filters.network.rbac",
+        name=TCP_RBAC,
         typed_config=_pack(net_rbac_pb2.RBAC(rules={}, stat_prefix="tcp.")),
     )
     return [http], [tcp]
@@ -1829,7 +1728,7 @@ class _VsRoutes:
                     f"destination {host} has several ports ({', '.join(map(str, ports))})"
                     " and none is chosen",
                 )
-        return _cluster_name("outbound", int(number), subset, host), host, int(number)
+        return cluster_name(OUTBOUND, int(number), subset, host), host, int(number)
 
     def _action(self, r: rc.Route, http: Mapping[str, Any], path: str) -> None:
         if http.get("redirect"):
@@ -2086,8 +1985,6 @@ def _hcm_filter(hcm: hcm_pb2.HttpConnectionManager) -> listener_components_pb2.F
 
 
 # --- MeshConfig: access logs and tracing ---------------------------------------------------------
-
-ZIPKIN_CLUSTER = "zipkin"  # Istio's name for the collector cluster
 
 
 def _access_logs(mc: MeshConfig | None) -> list[accesslog_pb2.AccessLog]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import functools
 import json
 import logging
 import signal
@@ -23,31 +22,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from meshcore.ca import CAError, CertificateAuthority
 from meshcore.ca.service import BootstrapTokens, CAServer, start_ca_server
 from meshcore.ca.spiffe import IdentityError
-from meshcore.config import MeshModel
 from meshcore.config.meshconfig import MeshConfig
-from meshcore.xds import translate
-from meshcore.xds.cache import NodeInfo
 from meshcore.xds.controlplane import ControlPlane
 from meshcore.xds.deps import DependencyIndex
 from meshcore.xds.server import AdsServer, start_ads_server
-from meshcore.xds.types import Resources
+from meshcore.xds.translator import Translator
 
 log = logging.getLogger("meshcore.serve")
-
-
-def generate(
-    mesh: MeshModel, node: NodeInfo, mesh_config: MeshConfig | None = None
-) -> Resources | None:
-    """Translate the mesh for one connected proxy; its problems are logged, never raised."""
-    try:
-        proxy = translate.proxy_for_node(mesh, node.id, node.metadata)
-    except ValueError as exc:
-        log.error("cannot serve node %r: %s", node.id, exc)
-        return None
-    result = translate.generate(mesh, proxy, mesh_config=mesh_config)
-    for problem in result.problems:
-        (log.error if problem.severity == "error" else log.warning)("%s: %s", node.id, problem)
-    return result.resources
 
 
 class _Debug(ThreadingHTTPServer):
@@ -174,7 +155,7 @@ async def serve(
 ) -> int:  # fmt: skip
     plane = ControlPlane(
         paths,
-        functools.partial(generate, mesh_config=mesh_config),
+        Translator(mesh_config=mesh_config).resources_for,
         dependencies=DependencyIndex(),
         settle_gc=True,
     )

@@ -71,16 +71,28 @@ def dry_run_lines(cfg: CaptureConfig) -> list[str]:
     return lines
 
 
-def istio_chains(save_output: str) -> set[tuple[str, str]]:
-    """(table, chain) of every ISTIO_* chain in ``iptables-save`` output."""
-    found: set[tuple[str, str]] = set()
+def istio_chains(save_output: str) -> dict[tuple[str, str], int]:
+    """(table, chain) of every ISTIO_* chain in ``iptables-save`` output, with its number
+    of rules."""
+    found: dict[tuple[str, str], int] = {}
     table = ""
     for line in save_output.splitlines():
+        words = line.split()
         if line.startswith("*"):
             table = line[1:].strip()
         elif line.startswith(":" + ISTIO_PREFIX):
-            found.add((table, line[1:].split()[0]))
+            found.setdefault((table, words[0][1:]), 0)
+        elif len(words) >= 2 and words[0] == "-A" and words[1].startswith(ISTIO_PREFIX):
+            found[(table, words[1])] = found.get((table, words[1]), 0) + 1
     return found
+
+
+def _planned(rules: Sequence[Rule]) -> dict[tuple[str, str], int]:
+    out = {(t, c): 0 for t, cs in created_chains(rules).items() for c in cs}
+    for r in rules:
+        if r.chain.startswith(ISTIO_PREFIX):
+            out[(r.table, r.chain)] += 1
+    return out
 
 
 def _families(cfg: CaptureConfig) -> list[tuple[int, str]]:
@@ -109,8 +121,9 @@ def apply(cfg: CaptureConfig, run: Runner = run_command) -> str:
         if not existing:
             todo.append((binary, restore_text(rules)))
             continue
-        planned = {(t, c) for t, cs in created_chains(rules).items() for c in cs}
-        if existing == planned and _present(run, binary, rules) == set(rules):
+        # Istio's test of "the same rules": the same ISTIO_* chains with as many rules each,
+        # and every planned rule present (iptables -C).
+        if existing == _planned(rules) and _present(run, binary, rules) == set(rules):
             log.info("%s: the capture rules are already in place", binary)
             continue
         names = ", ".join(f"{t}/{c}" for t, c in sorted(existing))
@@ -129,17 +142,18 @@ def apply(cfg: CaptureConfig, run: Runner = run_command) -> str:
 def cleanup(cfg: CaptureConfig, run: Runner = run_command) -> str:
     """Remove what ``apply(cfg)`` adds, as far as it is present, atomically per family."""
     b: RuleBuilder = build_rules(cfg)
-    removed = 0
+    rules_removed = chains_removed = 0
     for version, binary in _families(cfg):
         rules = b.family(version)
-        chains = istio_chains(_checked(run, [f"{binary}-save"]))
+        chains = set(istio_chains(_checked(run, [f"{binary}-save"])))
         present = _present(run, binary, rules)
         text = cleanup_text(rules, present, chains)
         if text:
             _checked(run, [f"{binary}-restore", "-w", "--noflush"], text)
-            removed += sum(1 for line in text.splitlines() if line[:2] in ("-D", "-X"))
+            rules_removed += sum(1 for line in text.splitlines() if line.startswith("-D "))
+            chains_removed += sum(1 for line in text.splitlines() if line.startswith("-X "))
     _tproxy_routes(cfg, run, add=False)
-    return f"removed {removed} rules and chains"
+    return f"removed {rules_removed} rules and {chains_removed} chains"
 
 
 def _tproxy_routes(cfg: CaptureConfig, run: Runner, *, add: bool) -> None:

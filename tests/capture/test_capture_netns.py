@@ -12,11 +12,11 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from tests.capture._programs import connect, start_listener
 
 from meshcore.capture import CaptureConfig, build_rules
 from meshcore.capture.apply import istio_chains
 from meshcore.capture.pods import Pod, PodNetwork, available
-from tests.capture._programs import connect, start_listener
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
 

@@ -7,10 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.capture._programs import connect, start_listener
 
 from meshcore.capture import CaptureError
 from meshcore.capture.pods import NETNS_ETC, PodNetwork, available
-from tests.capture._programs import connect, start_listener
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
 
@@ -49,14 +49,21 @@ def test_two_pods_reach_each_other_by_name() -> None:
         assert not Path(NETNS_ETC / name).exists()
 
 
-def test_torn_down_when_the_test_fails_half_way() -> None:
-    net = PodNetwork()
-    with pytest.raises(RuntimeError, match="boom"), net:
+def fail_half_way(net: PodNetwork) -> None:
+    with net:
         pod = net.add_pod("app")
         start_listener(pod, "app", "0.0.0.0", 9080)
+        assert pod.netns in namespaces()
         raise RuntimeError("boom")
+
+
+def test_torn_down_when_the_test_fails_half_way() -> None:
+    net = PodNetwork()
+    with pytest.raises(RuntimeError, match="boom"):
+        fail_half_way(net)
     assert net.prefix not in namespaces()
-    assert not (NETNS_ETC / pod.netns).exists()
+    assert not (NETNS_ETC / net.pods["app"].netns).exists()
+    assert net.pods["app"]._procs == []  # the listener was stopped
     net.close()  # twice is harmless
 
 

@@ -48,7 +48,7 @@ Runner = Callable[[Sequence[str], str | None], Result]
 def run_command(argv: Sequence[str], stdin: str | None = None) -> Result:
     if shutil.which(argv[0]) is None:
         raise CaptureError(f"{argv[0]} not found (Debian: apt-get install iptables iproute2)")
-    proc = subprocess.run(  # noqa: S603 - fixed binaries, validated arguments
+    proc = subprocess.run(
         list(argv), input=stdin, capture_output=True, text=True, timeout=60, check=False
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)

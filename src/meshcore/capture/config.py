@@ -184,7 +184,9 @@ def _problems(cfg: CaptureConfig) -> list[tuple[str, str]]:
         except ValueError as exc:
             bad(name, str(exc))
     if cfg.outbound_ip_ranges_exclude == "*":
-        bad("outbound_ip_ranges_exclude", "'*' is not allowed (exclude everything: capture nothing)")
+        bad(
+            "outbound_ip_ranges_exclude", "'*' is not allowed (exclude everything: capture nothing)"
+        )
     for name, version in (("dns_servers_v4", 4), ("dns_servers_v6", 6)):
         for item in getattr(cfg, name):
             try:

@@ -10,7 +10,8 @@ upstream connections leave as they are. The order of the rules is Istio's
 from __future__ import annotations
 
 from meshcore.capture.config import CaptureConfig, NetworkRange, separate_v4_v6, split
-from meshcore.capture.rules import IP_VERSION_SPECIFIC as IPV, RuleBuilder
+from meshcore.capture.rules import IP_VERSION_SPECIFIC as IPV
+from meshcore.capture.rules import RuleBuilder
 
 ISTIO_OUTPUT = "ISTIO_OUTPUT"
 ISTIO_OUTPUT_DNS = "ISTIO_OUTPUT_DNS"

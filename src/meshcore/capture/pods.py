@@ -46,9 +46,7 @@ def available() -> str | None:
 
 def ip(*args: str) -> str:
     """Run ``ip ARGS``; a failure is a CaptureError with ip's own message."""
-    proc = subprocess.run(  # noqa: S603 - fixed binary
-        ["ip", *args], capture_output=True, text=True, timeout=30, check=False
-    )
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=False)
     if proc.returncode != 0:
         raise CaptureError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
     return proc.stdout
@@ -75,11 +73,11 @@ class Pod:
         """Run to completion inside the pod (subprocess.run keywords; a timeout is required
         so that no test waits forever)."""
         kw.setdefault("timeout", 30)
-        return subprocess.run(self.command(argv), check=False, **kw)  # noqa: S603
+        return subprocess.run(self.command(argv), check=False, **kw)
 
     def popen(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
         """Start inside the pod; stopped at the network's close() if still running."""
-        proc = subprocess.Popen(self.command(argv), start_new_session=True, **kw)  # noqa: S603
+        proc = subprocess.Popen(self.command(argv), start_new_session=True, **kw)
         self._procs.append(proc)
         return proc
 

@@ -126,9 +126,7 @@ def undo_rules(rules: Sequence[Rule]) -> list[Rule]:
     """What removes ``rules``, newest first, as Istio's ``UndoRules``: rules in built-in chains
     and jumps into ISTIO_ chains; other rules inside ISTIO_ chains go with the chain's flush."""
     return [
-        r
-        for r in reversed(rules)
-        if not r.chain.startswith(ISTIO_PREFIX) or r.jumps_into_istio()
+        r for r in reversed(rules) if not r.chain.startswith(ISTIO_PREFIX) or r.jumps_into_istio()
     ]
 
 

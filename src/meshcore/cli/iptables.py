@@ -15,7 +15,10 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from meshcore.capture import CaptureConfig
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -41,7 +44,9 @@ def add_parser(sub: Any) -> None:
     opt("-i", "--istio-service-cidr", default="", help="outbound CIDRs to capture; '*' all")
     opt("-x", "--istio-service-exclude-cidr", default="", help="outbound CIDRs never captured")
     opt("-q", "--istio-outbound-ports", default="", help="outbound ports always captured")
-    opt("-o", "--istio-local-outbound-ports-exclude", default="", help="outbound ports not captured")
+    opt(
+        "-o", "--istio-local-outbound-ports-exclude", default="", help="outbound ports not captured"
+    )
     opt("-k", "--kube-virt-interfaces", default="", help="NICs whose inbound counts as outbound")
     opt("-t", "--istio-inbound-tproxy-mark", default="1337")
     opt("-r", "--istio-inbound-tproxy-route-table", default="133")
@@ -68,7 +73,7 @@ def _resolv_conf(path: Path = Path("/etc/resolv.conf")) -> list[str]:
     ]
 
 
-def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Any:
+def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> CaptureConfig:
     from meshcore.capture import CaptureConfig
 
     servers: list[str] = []

@@ -127,3 +127,20 @@ def test_outbound_and_inbound_traffic_is_captured_and_the_proxy_uid_is_not(
     # After cleanup the app's calls go straight to the peer.
     meshcore_iptables(app, *SIDECAR_FLAGS, "--cleanup")
     assert connect(app, peer.ip, 9080) == f"peer {peer.ip}:9080"
+
+
+def test_run_validation_fails_without_rules_and_passes_with_them(pods: tuple[Pod, Pod]) -> None:
+    app, _ = pods
+    base = [sys.executable, "-m", "meshcore.cli", "iptables", *SIDECAR_FLAGS]
+    probe = ["--run-validation", "--probe-timeout", "3"]
+    bare = app.run([*base, "--skip-rule-apply", *probe], capture_output=True, text=True)
+    assert bare.returncode == 126, bare.stderr
+    assert "validation failed" in bare.stderr
+    ok = app.run([*base, *probe], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "validation passed" in ok.stdout
+    # Rules made for another proxy UID do not capture this one's probe.
+    meshcore_iptables(app, *SIDECAR_FLAGS, "--cleanup")
+    meshcore_iptables(app, *SIDECAR_FLAGS[:4], "-u", "4242", "-g", "4242", *SIDECAR_FLAGS[8:])
+    other = app.run([*base, "--skip-rule-apply", *probe], capture_output=True, text=True)
+    assert other.returncode == 126, other.stderr

@@ -56,6 +56,11 @@ def add_parser(sub: Any) -> None:
     opt("--drop-invalid", action="store_true", help="drop conntrack-INVALID packets")
     opt("--cleanup", "--cleanup-only", dest="cleanup", action="store_true",
         help="remove what these options add (ISTIO_* chains and the jumps into them)")  # fmt: skip
+    opt("--run-validation", action="store_true",
+        help="check that a connection as the proxy's UID is captured (exit 126 if not)")  # fmt: skip
+    opt("--skip-rule-apply", action="store_true", help="apply nothing (with --run-validation)")
+    opt("--iptables-probe-port", type=int, default=15002, help="the validation's probe port")
+    opt("--probe-timeout", type=float, default=5.0, metavar="SECONDS")
     opt("--ipv6", action="store_true", help="also write ip6tables rules")
     opt("--dns-servers", default=None, metavar="IP,IP",
         help="the resolvers whose DNS is captured (default: /etc/resolv.conf's)")  # fmt: skip
@@ -130,7 +135,22 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
                 return 2
             sys.stdout.write("".join(line + "\n" for line in dry_run_lines(cfg)))
             return EXIT_OK
-        done = cleanup(cfg) if args.cleanup else apply(cfg)
+        done = "rules not applied (--skip-rule-apply)"
+        if args.cleanup:
+            done = cleanup(cfg)
+        elif not args.skip_rule_apply:
+            done = apply(cfg)
+        print(f"meshcore iptables: {done}")
+        if args.run_validation and not args.cleanup:
+            from meshcore.capture.validate import EXIT_VALIDATION_FAILED, run_validation
+
+            try:
+                run_validation(cfg, probe_port=args.iptables_probe_port,
+                               timeout=args.probe_timeout)  # fmt: skip
+            except CaptureError as exc:
+                print(f"meshcore iptables: {exc}", file=sys.stderr)
+                return EXIT_VALIDATION_FAILED
+            print("meshcore iptables: validation passed, the capture rules work")
     except ConfigError as exc:
         for problem in exc.errors():
             print(f"meshcore iptables: {problem}", file=sys.stderr)
@@ -138,5 +158,4 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
     except CaptureError as exc:
         print(f"meshcore iptables: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"meshcore iptables: {done}")
     return EXIT_OK

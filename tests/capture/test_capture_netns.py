@@ -18,7 +18,10 @@ from meshcore.capture import CaptureConfig, build_rules
 from meshcore.capture.apply import istio_chains
 from meshcore.capture.pods import Pod, PodNetwork, available
 
-pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
+UNAVAILABLE = available()
+pytestmark = pytest.mark.skipif(
+    UNAVAILABLE is not None, reason=f"no network namespaces: {UNAVAILABLE}"
+)
 
 # The flags of Istio's sidecar injector for a pod with no annotations (the example).
 SIDECAR_FLAGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-g", "1337", "-m", "REDIRECT",

@@ -41,6 +41,13 @@ def available() -> str | None:
     for binary in ("ip", "iptables", "iptables-restore", "iptables-save"):
         if shutil.which(binary) is None:
             return f"{binary} not found (Debian: apt-get install iproute2 iptables)"
+    # Root is not always enough (a container without CAP_SYS_ADMIN): try one.
+    probe = f"mcprobe{os.getpid() % 100000}x{secrets.token_hex(2)}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True,
+                          timeout=30, check=False)  # fmt: skip
+    if made.returncode != 0:
+        return f"cannot create a network namespace: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=30, check=False)
     return None
 
 

@@ -147,3 +147,18 @@ def test_run_validation_fails_without_rules_and_passes_with_them(pods: tuple[Pod
     meshcore_iptables(app, *SIDECAR_FLAGS[:4], "-u", "4242", "-g", "4242", *SIDECAR_FLAGS[8:])
     other = app.run([*base, "--skip-rule-apply", *probe], capture_output=True, text=True)
     assert other.returncode == 126, other.stderr
+
+
+def test_a_failed_apply_leaves_nothing_behind(pods: tuple[Pod, Pod]) -> None:
+    app, _ = pods
+    # With IPv6 off in the pod, TPROXY's IPv6 route fails after both restores went in.
+    for key in ("all", "default", "lo"):
+        knob = f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6"
+        assert app.run([sys.executable, "-c", f"open({knob!r}, 'w').write('1')"]).returncode == 0
+    out = app.run([sys.executable, "-m", "meshcore.cli", "iptables", "-m", "TPROXY", "-b", "*",
+                   "-i", "*", "--ipv6"], capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 1
+    assert "ip route add failed" in out.stderr
+    assert rules_of(iptables_save(app)) == []
+    assert rules_of(iptables_save(app, "ip6tables-save")) == []
+    assert "lookup 133" not in app.run(["ip", "rule"], capture_output=True, text=True).stdout

@@ -131,10 +131,17 @@ def apply(cfg: CaptureConfig, run: Runner = run_command) -> str:
             f"{binary}: ISTIO_* chains already exist ({names}) and differ from these options; "
             "run `meshcore iptables --cleanup` with the options they were made with first"
         )
-    for binary, text in todo:
-        if text:
-            _checked(run, [f"{binary}-restore", "-w", "--noflush"], text)
-    _tproxy_routes(cfg, run, add=True)
+    try:
+        for binary, text in todo:
+            if text:
+                _checked(run, [f"{binary}-restore", "-w", "--noflush"], text)
+        _tproxy_routes(cfg, run, add=True)
+    except CaptureError:
+        # All or nothing across families too: take back what went in (when none of it was
+        # there before this run, so that nobody's earlier rules are removed).
+        if len(todo) == len(_families(cfg)):
+            cleanup(cfg, run)
+        raise
     done = [binary for binary, _ in todo]
     return f"applied ({', '.join(done)})" if done else "already in place"
 

@@ -78,9 +78,6 @@ BOOTSTRAP = {
     },
 }
 
-# Becomes UID/GID 1337 (Istio's proxy user), then is Envoy.
-AS_PROXY = "import os, sys; os.setgroups([]); os.setgid(1337); os.setuid(1337); os.execv(sys.argv[1], sys.argv[1:])"
-
 # Waits (bounded) for Envoy's admin /ready, or prints a stat's value.
 ADMIN = r"""
 import sys, time, urllib.request
@@ -135,10 +132,12 @@ def test_app_calls_peer_by_name_through_envoy_unaware(
 ) -> None:
     app, peer = pods
     meshcore_iptables(app, *SIDECAR_FLAGS)
-    envoy = app.popen([sys.executable, "-c", AS_PROXY, envoy_for_proxy,
+    envoy = app.popen([envoy_for_proxy,
                        "--config-yaml", json.dumps(BOOTSTRAP), "--disable-hot-restart",
-                       "--concurrency", "1", "--log-level", "error"])  # fmt: skip
+                       "--concurrency", "1", "--log-level", "error"], uid=1337)  # fmt: skip
     assert admin(app, "ready") == "LIVE"
+    status = Path(f"/proc/{envoy.pid}/status").read_text()
+    assert "\nUid:\t1337\t" in status  # Envoy itself, as Istio's proxy user
     start_listener(peer, "peer", "0.0.0.0", 9080)
     start_listener(app, "app", "0.0.0.0", 8080)
 

@@ -21,6 +21,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,14 @@ def ip(*args: str) -> str:
     return proc.stdout
 
 
+# `ip netns exec` needs root, so the switch to the workload's user happens inside: this
+# drops to UID/GID argv[1] and becomes argv[2:].
+_AS_USER = (
+    "import os, sys; u = int(sys.argv[1]); os.setgroups([]); os.setgid(u); os.setuid(u); "
+    "os.execvp(sys.argv[2], sys.argv[2:])"
+)
+
+
 def netns_exec(netns: str, argv: Sequence[str]) -> list[str]:
     """The command line that runs argv inside the namespace (with its /etc/netns files)."""
     return ["ip", "netns", "exec", netns, *argv]
@@ -73,7 +82,11 @@ class Pod:
     ip: str
     _procs: list[subprocess.Popen[Any]] = field(default_factory=list)
 
-    def command(self, argv: Sequence[str]) -> list[str]:
+    def command(self, argv: Sequence[str], *, uid: int | None = None) -> list[str]:
+        """The command line running argv in the pod; as ``uid`` (and the same GID, no
+        supplementary groups) when given, e.g. Envoy as Istio's 1337."""
+        if uid is not None:
+            argv = [sys.executable, "-c", _AS_USER, str(uid), *argv]
         return netns_exec(self.netns, argv)
 
     def run(self, argv: Sequence[str], **kw: Any) -> subprocess.CompletedProcess[Any]:
@@ -82,9 +95,12 @@ class Pod:
         kw.setdefault("timeout", 30)
         return subprocess.run(self.command(argv), check=False, **kw)
 
-    def popen(self, argv: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
-        """Start inside the pod; stopped at the network's close() if still running."""
-        proc = subprocess.Popen(self.command(argv), start_new_session=True, **kw)
+    def popen(
+        self, argv: Sequence[str], *, uid: int | None = None, **kw: Any
+    ) -> subprocess.Popen[Any]:
+        """Start inside the pod (as ``uid`` when given); stopped at the network's close()
+        if still running."""
+        proc = subprocess.Popen(self.command(argv, uid=uid), start_new_session=True, **kw)
         self._procs.append(proc)
         return proc
 

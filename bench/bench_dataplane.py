@@ -280,11 +280,11 @@ class _Plane:
     async def _start(self) -> dict[str, Any]:
         from meshcore.ca import CertificateAuthority
         from meshcore.ca.service import BootstrapTokens, start_ca_server
-        from meshcore.cli.serve import generate
         from meshcore.xds.controlplane import ControlPlane
         from meshcore.xds.server import start_ads_server
+        from meshcore.xds.translator import Translator
 
-        plane = ControlPlane([self.config], generate)
+        plane = ControlPlane([self.config], Translator().resources_for)
         assert plane.load()
         server, _, port = await start_ads_server(plane.cache)
         ca = CertificateAuthority.generate()

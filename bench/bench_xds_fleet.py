@@ -20,13 +20,12 @@ from typing import Any
 import pytest
 import yaml
 
-from meshcore.cli.serve import generate
 from meshcore.config import load
-from meshcore.xds import translate
 from meshcore.xds.cache import NodeInfo
 from meshcore.xds.controlplane import ControlPlane
 from meshcore.xds.deps import DependencyIndex
 from meshcore.xds.server import start_ads_server
+from meshcore.xds.translator import Translator
 
 PROXIES = int(os.environ.get("MESHCORE_FLEET", "2000"))
 PER_CLIENT = 1000
@@ -53,8 +52,9 @@ def test_cold_snapshots(mesh_dir: Path) -> None:
     plane's own cost (translation, serialization, the snapshot store), and its memory."""
     import gc
 
-    translate.clear_cache()
-    plane = ControlPlane([mesh_dir], generate, dependencies=DependencyIndex(), settle_gc=True)
+    plane = ControlPlane(
+        [mesh_dir], Translator().resources_for, dependencies=DependencyIndex(), settle_gc=True
+    )
     t0, c0 = time.perf_counter(), time.process_time()
     assert plane.load()
     load_cpu = time.process_time() - c0
@@ -84,7 +84,6 @@ def test_cold_snapshots(mesh_dir: Path) -> None:
         f"({wall:.2f}s wall in all); RSS per proxy {marginal / 1e3:.1f} KB for the second half "
         f"({per_proxy / 1e3:.1f} KB averaged over all, with the shared translation) [goal: <= 1 s CPU]"
     )
-    translate.clear_cache()
 
 
 @pytest.mark.parametrize("mode", ["incremental", "full rebuild"])
@@ -95,7 +94,6 @@ def test_fleet_convergence(mesh_dir: Path, tmp_path: Path, mode: str) -> None:
     config = tmp_path / "config"
     shutil.copytree(mesh_dir, config)
     mesh = load(config)
-    translate.clear_cache()
     workloads = mesh.workload_entries[:PROXIES]
     target = mesh.service("svc0", "ns0")
     assert target is not None
@@ -118,7 +116,9 @@ def test_fleet_convergence(mesh_dir: Path, tmp_path: Path, mode: str) -> None:
 
     async def main() -> dict[str, Any]:
         index = DependencyIndex() if mode == "incremental" else None
-        plane = ControlPlane([config], generate, dependencies=index, settle_gc=True)
+        plane = ControlPlane(
+            [config], Translator().resources_for, dependencies=index, settle_gc=True
+        )
         assert plane.load()
         server, ads, port = await start_ads_server(plane.cache)
         stop = asyncio.Event()
@@ -227,4 +227,3 @@ def test_fleet_convergence(mesh_dir: Path, tmp_path: Path, mode: str) -> None:
         f"validating the changed file {r['load'] * 1e3:.1f} ms, {update}; the rest the pushes), "
         f"fleet {r['fleet_cpu']:.2f}s"
     )
-    translate.clear_cache()

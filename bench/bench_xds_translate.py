@@ -24,7 +24,8 @@ import pytest
 
 from meshcore.config import MeshModel, load
 from meshcore.config.model import freeze, thaw
-from meshcore.xds import translate, types
+from meshcore.xds import types
+from meshcore.xds.translate import Generated, Translator, proxy_for_node
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +40,18 @@ def _nodes(mesh: MeshModel) -> list[str]:
     ]
 
 
-def _one(mesh: MeshModel, node: str) -> translate.Generated:
-    return translate.generate(mesh, translate.proxy_for_node(mesh, node))
+def _one(translator: Translator, mesh: MeshModel, node: str) -> Generated:
+    return translator.generate(mesh, proxy_for_node(mesh, node))
+
+
+def _cold(*args: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """pytest-benchmark setup: a new translator (nothing translated before) and ``args``."""
+    return (Translator(), *args), {}
 
 
 def test_translate_one_proxy_cold(benchmark: Any, mesh: MeshModel) -> None:
     node = _nodes(mesh)[0]
-    result = benchmark.pedantic(
-        _one, args=(mesh, node), setup=translate.clear_cache, rounds=5, iterations=1
-    )
+    result = benchmark.pedantic(_one, setup=lambda: _cold(mesh, node), rounds=5, iterations=1)
     assert len(result.resources[types.CLUSTER]) == 3001
     assert len(result.resources[types.ENDPOINT]) == 3000
     assert len(result.resources[types.ROUTE]["8080"].virtual_hosts) == 1000
@@ -55,13 +59,13 @@ def test_translate_one_proxy_cold(benchmark: Any, mesh: MeshModel) -> None:
 
 def test_translate_one_proxy_warm(benchmark: Any, mesh: MeshModel) -> None:
     nodes = _nodes(mesh)
-    translate.clear_cache()
+    translator = Translator()
     for n in nodes[0:50:5]:  # one proxy per namespace: every namespace's routes are built
-        _one(mesh, n)
+        _one(translator, mesh, n)
     fresh = iter(nodes[1000:])  # a proxy not translated before, each round
 
-    def another() -> translate.Generated:
-        return _one(mesh, next(fresh))
+    def another() -> Generated:
+        return _one(translator, mesh, next(fresh))
 
     result = benchmark.pedantic(another, rounds=50, iterations=1)
     assert len(result.resources[types.LISTENER]) == 2
@@ -71,10 +75,10 @@ def test_translate_one_proxy_warm(benchmark: Any, mesh: MeshModel) -> None:
 def test_translate_every_proxy_cold(benchmark: Any, mesh: MeshModel, proxies: int) -> None:
     nodes = _nodes(mesh)[:proxies]
 
-    def every() -> int:
-        return sum(len(_one(mesh, n).resources[types.CLUSTER]) for n in nodes)
+    def every(translator: Translator) -> int:
+        return sum(len(_one(translator, mesh, n).resources[types.CLUSTER]) for n in nodes)
 
-    total = benchmark.pedantic(every, setup=translate.clear_cache, rounds=3, iterations=1)
+    total = benchmark.pedantic(every, setup=_cold, rounds=3, iterations=1)
     assert total == proxies * 3001
 
 
@@ -92,13 +96,14 @@ def test_translate_after_one_endpoint_change(benchmark: Any, mesh: MeshModel, pr
     nodes = _nodes(mesh)[:proxies]
     changed = _one_endpoint_changed(mesh)
 
-    def prime() -> None:
+    def prime() -> tuple[tuple[Translator], dict[str, Any]]:
         # as in a running control plane: every proxy of the mesh before the change translated
-        translate.clear_cache()
+        translator = Translator()
         for n in nodes:
-            _one(mesh, n)
+            _one(translator, mesh, n)
+        return (translator,), {}
 
-    def again() -> int:
-        return sum(len(_one(changed, n).resources[types.ENDPOINT]) for n in nodes)
+    def again(translator: Translator) -> int:
+        return sum(len(_one(translator, changed, n).resources[types.ENDPOINT]) for n in nodes)
 
     assert benchmark.pedantic(again, setup=prime, rounds=5, iterations=1) == proxies * 3000

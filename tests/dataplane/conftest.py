@@ -15,11 +15,11 @@ import grpc
 
 from meshcore.ca import CertificateAuthority
 from meshcore.ca.service import BootstrapTokens, CAServer, start_ca_server
-from meshcore.cli.serve import generate
 from meshcore.dataplane import DataPlane
 from meshcore.xds.cache import NodeInfo
 from meshcore.xds.controlplane import ControlPlane
 from meshcore.xds.server import AdsServer, start_ads_server
+from meshcore.xds.translator import Translator
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DOMAIN = "cluster.local"
@@ -84,7 +84,7 @@ class Mesh:
 async def running_mesh(tmp: Path, config: Path = EXAMPLES) -> AsyncIterator[Mesh]:
     config_dir = tmp / "mesh"
     shutil.copytree(config, config_dir)
-    plane = ControlPlane([config_dir], generate)
+    plane = ControlPlane([config_dir], Translator().resources_for)
     assert plane.load(), plane.problems
     server, ads, port = await start_ads_server(plane.cache)
     ca = CertificateAuthority.generate()

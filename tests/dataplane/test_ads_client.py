@@ -12,7 +12,6 @@ from pathlib import Path
 
 from envoy.config.route.v3 import route_pb2
 
-from meshcore.cli.serve import generate
 from meshcore.dataplane import DataPlane
 from meshcore.xds import types
 from tests.dataplane.conftest import (
@@ -288,7 +287,7 @@ def test_missing_route_configuration_ends_warming_with_no_route(tmp_path: Path) 
     requests get Envoy's 404 NR."""
 
     async def body(mesh: Mesh) -> None:
-        generated = generate(mesh.plane.mesh, node_info(FRONTEND))  # type: ignore[arg-type]
+        generated = mesh.plane.generate(mesh.plane.mesh, node_info(FRONTEND))  # type: ignore[arg-type]
         assert generated is not None
         without_routes = {t: r for t, r in generated.items() if t != types.ROUTE}
         mesh.plane.cache.set(FRONTEND, mesh.plane.cache.snapshot(without_routes))

@@ -22,11 +22,16 @@ from meshcore.config.model import freeze
 from meshcore.xds import types
 from meshcore.xds.translate import (
     Generated,
-    generate,
+    Translator,
     parse_node_id,
     proxy_for_node,
     render_static_bootstrap,
 )
+
+# One translator for the module's tests, as a control plane holds one: each translation carries
+# over from the one before; tests that need a cold translation create their own.
+TRANSLATOR = Translator()
+generate = TRANSLATOR.generate
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 REVIEWS = "reviews.default.svc.cluster.local"
@@ -101,9 +106,14 @@ BASE = [
 ]
 
 
-def gen(objects: list[dict[str, Any]], node: str = FRONTEND_NODE, **meta: Any) -> Generated:
+def gen(
+    objects: list[dict[str, Any]],
+    node: str = FRONTEND_NODE,
+    translator: Translator = TRANSLATOR,
+    **meta: Any,
+) -> Generated:
     mesh = load_objects(objects)
-    return generate(mesh, proxy_for_node(mesh, node, meta))
+    return translator.generate(mesh, proxy_for_node(mesh, node, meta))
 
 
 def vhost(result: Generated, host: str, port: int = 9080) -> Any:
@@ -651,18 +661,15 @@ def test_untranslated_fields_are_warnings() -> None:
 
 
 def test_a_new_mesh_reuses_what_did_not_change() -> None:
-    from meshcore.xds.translate import clear_cache
-
     ratings_vs = vs("ratings", "ratings", [{"route": [{"destination": {"host": "ratings"}}]}])
     changed = [dict(o) for o in BASE]
     changed[5] = we("ratings-1", "ratings", "127.0.30.1", weight=7)  # one endpoint's weight
     objects_a = [*BASE, ratings_vs, dr("reviews", {"loadBalancer": {"simple": "PASSTHROUGH"}})]
     objects_b = [*changed, ratings_vs, dr("reviews", {"loadBalancer": {"simple": "PASSTHROUGH"}})]
-    clear_cache()
-    a = gen(objects_a)
-    b = gen(objects_b)  # translated after a: carries over a's translation
-    clear_cache()
-    cold_b = gen(objects_b)
+    translator = Translator()
+    a = gen(objects_a, translator=translator)
+    b = gen(objects_b, translator=translator)  # translated after a: carries over a's translation
+    cold_b = gen(objects_b, translator=Translator())
     assert _bytes(b) == _bytes(cold_b)
     assert b.problems == cold_b.problems  # problems of what is reused are still reported
     assert any(p.kind == "DestinationRule" for p in b.problems)
@@ -812,8 +819,6 @@ def test_a_new_service_entry_is_not_hidden_by_carried_over_routes() -> None:
 
 
 def test_problems_are_the_proxys_own_whatever_the_order() -> None:
-    from meshcore.xds.translate import clear_cache
-
     custom = {
         "apiVersion": "security.istio.io/v1",
         "kind": "AuthorizationPolicy",
@@ -829,9 +834,9 @@ def test_problems_are_the_proxys_own_whatever_the_order() -> None:
     mesh = load_objects([*BASE, custom, bad_dr])
     seen: dict[str, list[list[Any]]] = {}
     for order in ((FRONTEND_NODE, REVIEWS_NODE), (REVIEWS_NODE, FRONTEND_NODE)):
-        clear_cache()
+        translator = Translator()
         for node in order:
-            problems = generate(mesh, proxy_for_node(mesh, node)).problems
+            problems = translator.generate(mesh, proxy_for_node(mesh, node)).problems
             seen.setdefault(node, []).append([(p.kind, p.name, p.path) for p in problems])
     for node, runs in seen.items():
         assert runs[0] == runs[1], node

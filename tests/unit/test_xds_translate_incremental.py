@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("envoy.config.route.v3.route_pb2")
 
 from meshcore.config import MeshModel, load_objects
-from meshcore.xds import translate
+from meshcore.xds.translate import Translator, proxy_for_node
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from meshgen import generate_mesh
@@ -104,11 +104,11 @@ def _nodes(mesh: MeshModel) -> list[str]:
     ]
 
 
-def _all(mesh: MeshModel) -> list[tuple[Any, ...]]:
+def _all(mesh: MeshModel, translator: Translator) -> list[tuple[Any, ...]]:
     out = []
     for node in _nodes(mesh):
         for meta in ({}, {"GENERATOR": "grpc"}):
-            result = translate.generate(mesh, translate.proxy_for_node(mesh, node, meta))
+            result = translator.generate(mesh, proxy_for_node(mesh, node, meta))
             resources = {
                 t: [(n, m.SerializeToString(deterministic=True)) for n, m in d.items()]
                 for t, d in result.resources.items()
@@ -123,9 +123,8 @@ def test_carried_over_equals_cold(change: str) -> None:
     after = copy.deepcopy(before)
     CHANGES[change](after)
     old_mesh, new_mesh = load_objects(before), load_objects(after)
-    translate.clear_cache()
-    _all(old_mesh)
-    carried = _all(new_mesh)
-    translate.clear_cache()
-    cold = _all(load_objects(after))
+    translator = Translator()
+    _all(old_mesh, translator)
+    carried = _all(new_mesh, translator)
+    cold = _all(load_objects(after), Translator())
     assert carried == cold

@@ -16,9 +16,10 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.service.discovery.v3 import discovery_pb2
 
 from meshcore.config import load_objects
-from meshcore.xds import translate, types
+from meshcore.xds import types
 from meshcore.xds.cache import SnapshotCache
 from meshcore.xds.server import AdsServer
+from meshcore.xds.translate import Translator, proxy_for_node
 from tests.xds.conftest import NODE, Stream, cla, cluster, resources, run_ads
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -91,12 +92,12 @@ def test_delta_explicit_wildcard_and_its_unsubscription() -> None:
 def test_translated_snapshots_are_consistent() -> None:
     files = generate_mesh(services=8, workloads_per_service=2, policies=4, namespaces=3)
     mesh = load_objects([d for name in sorted(files) for d in files[name]])
-    translate.clear_cache()
+    translator = Translator()
     checked = 0
     for w in mesh.workload_entries:
         node = f"sidecar~{w.address}~{w.name}.{w.namespace}~{w.namespace}.svc.cluster.local"
         for meta in ({}, {"GENERATOR": "grpc"}):
-            res = translate.generate(mesh, translate.proxy_for_node(mesh, node, meta)).resources
+            res = translator.generate(mesh, proxy_for_node(mesh, node, meta)).resources
             eds_names = set()
             for c in res[types.CLUSTER].values():
                 assert isinstance(c, cluster_pb2.Cluster)
@@ -116,7 +117,6 @@ def test_translated_snapshots_are_consistent() -> None:
             assert rds_names == set(res[types.ROUTE])
             checked += 1
     assert checked == 2 * len(mesh.workload_entries)
-    translate.clear_cache()
 
 
 def test_duplicate_names_across_generators_are_reported() -> None:
@@ -128,13 +128,12 @@ def test_duplicate_names_across_generators_are_reported() -> None:
         {"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry", "metadata": {"name": "web-1"},
          "spec": {"address": "127.0.0.1", "labels": {"app": "web"}}},
     ])  # fmt: skip
-    translate.clear_cache()
+    translator = Translator()
     node = "sidecar~127.0.0.1~web-1.default~default.svc.cluster.local"
-    clash = translate.generate(mesh, translate.proxy_for_node(mesh, node))
+    clash = translator.generate(mesh, proxy_for_node(mesh, node))
     found = [p for p in clash.problems if "produced twice" in p.message]
     assert [(p.kind, p.name, p.path) for p in found] == [("WorkloadEntry", "web-1", "spec.address")]
     assert "'127.0.0.1_8080'" in found[0].message
     meta = {"MESHCORE_OUTBOUND_ADDRESS": "127.0.0.2"}
-    apart = translate.generate(mesh, translate.proxy_for_node(mesh, node, meta))
+    apart = translator.generate(mesh, proxy_for_node(mesh, node, meta))
     assert not [p for p in apart.problems if "produced twice" in p.message]
-    translate.clear_cache()

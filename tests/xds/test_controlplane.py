@@ -10,13 +10,13 @@ import grpc
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from meshcore.cli.serve import generate
 from meshcore.config import MeshModel
-from meshcore.xds import translate, types
+from meshcore.xds import types
 from meshcore.xds.cache import NodeInfo
 from meshcore.xds.controlplane import ControlPlane
 from meshcore.xds.deps import DependencyIndex
 from meshcore.xds.server import AdsServer, start_ads_server
+from meshcore.xds.translator import Translator
 from tests.xds.conftest import NODE, Stream
 
 SERVICE = """apiVersion: v1
@@ -134,7 +134,7 @@ def test_burst_of_50_virtual_services_is_one_push_per_proxy(tmp_path: Path) -> N
     """The real translator and dependency index: 50 VirtualService files written in a burst
     reach each connected proxy as exactly one RouteConfiguration push holding all 50."""
     (tmp_path / "services.yaml").write_text("---\n".join(_service(i) for i in range(50)))
-    translate.clear_cache()
+    generate = Translator().resources_for
     plane = ControlPlane([tmp_path], generate, dependencies=DependencyIndex(), debounce_after=0.3)
     assert plane.load()
     nodes = [f"sidecar~127.0.50.{i}~client{i}.default~default.svc.cluster.local" for i in range(3)]
@@ -188,4 +188,3 @@ def test_burst_of_50_virtual_services_is_one_push_per_proxy(tmp_path: Path) -> N
             await server.stop(None)
 
     asyncio.run(asyncio.wait_for(main(), 60))
-    translate.clear_cache()

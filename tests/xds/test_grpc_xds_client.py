@@ -14,9 +14,9 @@ from pathlib import Path
 
 import grpc
 
-from meshcore.cli.serve import generate
 from meshcore.xds.controlplane import ControlPlane
 from meshcore.xds.server import start_ads_server
+from meshcore.xds.translator import Translator
 from tests.envoy._sidecar import free_port
 
 MESH = """
@@ -84,7 +84,7 @@ def test_grpc_xds_client_follows_meshcore(tmp_path: Path) -> None:
     servers = [backend("127.0.72.1", port, "backend-1"), backend("127.0.72.2", port, "backend-2")]
 
     async def main() -> None:
-        plane = ControlPlane([config], generate, debounce_after=0.05)
+        plane = ControlPlane([config], Translator().resources_for, debounce_after=0.05)
         assert plane.load()
         server, ads, xds_port = await start_ads_server(plane.cache)
         stop = asyncio.Event()

@@ -13,7 +13,6 @@ import copy
 import itertools
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshcore._core import ResourceStore, Snapshot
-from meshcore.cli.serve import generate
 from meshcore.config import load
-from meshcore.xds import translate, types
+from meshcore.xds import types
 from meshcore.xds.cache import NodeInfo, SnapshotCache
 from meshcore.xds.controlplane import ControlPlane
 from meshcore.xds.deps import DependencyIndex
+from meshcore.xds.translator import Translator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from meshgen import generate_mesh
@@ -202,32 +201,26 @@ def view(snap: Snapshot | None) -> dict[str, tuple[str, list[str]]]:
 
 def cold_views(config: Path, proxies: list[NodeInfo]) -> dict[str, dict[str, Any]]:
     """What a fresh control plane builds from the files, not disturbing the warm one."""
-    saved = list(translate._last)
-    translate.clear_cache()
-    try:
-        mesh = load(config)
-        cache = SnapshotCache()
-        out = {}
-        for node in proxies:
-            resources = generate(mesh, node)
-            out[node.id] = view(cache.snapshot(resources) if resources is not None else None)
-        return out
-    finally:
-        translate._last[:] = saved
+    generate = Translator().resources_for
+    mesh = load(config)
+    cache = SnapshotCache()
+    out = {}
+    for node in proxies:
+        resources = generate(mesh, node)
+        out[node.id] = view(cache.snapshot(resources) if resources is not None else None)
+    return out
 
 
 @pytest.fixture
-def plane(tmp_path: Path) -> Iterator[tuple[ControlPlane, Path, Files, list[NodeInfo]]]:
+def plane(tmp_path: Path) -> tuple[ControlPlane, Path, Files, list[NodeInfo]]:
     files = base_files()
     write(tmp_path, files)
-    translate.clear_cache()
-    cp = ControlPlane([tmp_path], generate, dependencies=DependencyIndex())
+    cp = ControlPlane([tmp_path], Translator().resources_for, dependencies=DependencyIndex())
     assert cp.load()
     proxies = nodes(files)
     for node in proxies:
         assert cp.cache.get(node) is not None
-    yield cp, tmp_path, files, proxies
-    translate.clear_cache()
+    return cp, tmp_path, files, proxies
 
 
 @settings(

@@ -33,12 +33,12 @@ import grpc
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
+from meshcore.names import SDS_CERT as WORKLOAD_CERT
+from meshcore.names import SDS_CLUSTER
+from meshcore.names import SDS_ROOT as ROOT_CERT
 from meshcore.xds import types
 from meshcore.xds.cache import SnapshotCache
 from meshcore.xds.server import AdsServer
-from meshcore.xds.translate import SDS_CERT as WORKLOAD_CERT
-from meshcore.xds.translate import SDS_CLUSTER
-from meshcore.xds.translate import SDS_ROOT as ROOT_CERT
 
 if TYPE_CHECKING:
     from meshcore.dataplane.certs import WorkloadSecret

@@ -186,6 +186,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--key", required=True, help="PEM private key file")
     w.add_argument("--port", type=int, default=15017)
     w.add_argument("--host", default="127.0.0.1")
+    from meshcore.cli import iptables
+
+    iptables.add_parser(sub)
     return parser
 
 
@@ -371,6 +374,12 @@ def _proxy(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
+def _iptables(args: argparse.Namespace) -> int:
+    from meshcore.cli.iptables import run
+
+    return run(args)
+
+
 def _proxy_status(args: argparse.Namespace) -> int:
     from meshcore.cli.serve import proxy_status
 
@@ -386,6 +395,7 @@ COMMANDS = {
     "proxy-status": _proxy_status,
     "demo": _demo,
     "proxy": _proxy,
+    "iptables": _iptables,
 }
 
 

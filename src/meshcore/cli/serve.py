@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import signal
@@ -19,38 +18,17 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from meshcore._text import shown
 from meshcore.ca import CAError, CertificateAuthority
 from meshcore.ca.service import BootstrapTokens, CAServer, start_ca_server
 from meshcore.ca.tokens import load_tokens
-from meshcore.config import MeshModel
 from meshcore.config.loader import MAX_FILE_BYTES
 from meshcore.config.meshconfig import MeshConfig
-from meshcore.xds import translate
-from meshcore.xds.cache import NodeInfo
-from meshcore.xds.controlplane import ControlPlane, Resources
+from meshcore.xds.controlplane import ControlPlane
 from meshcore.xds.deps import DependencyIndex
 from meshcore.xds.server import AdsServer, start_ads_server
+from meshcore.xds.translator import Translator
 
 log = logging.getLogger("meshcore.serve")
-
-
-def generate(
-    mesh: MeshModel, node: NodeInfo, mesh_config: MeshConfig | None = None
-) -> Resources | None:
-    """Translate the mesh for one connected proxy; its problems are logged, never raised."""
-    try:
-        proxy = translate.proxy_for_node(mesh, node.id, node.metadata)
-    except ValueError as exc:
-        # The node's id and metadata are the client's: shown escaped and capped.
-        log.error("cannot serve node %s: %s", shown(node.id), shown(exc, 1000))
-        return None
-    result = translate.generate(mesh, proxy, mesh_config=mesh_config)
-    for problem in result.problems:
-        (log.error if problem.severity == "error" else log.warning)(
-            "%s: %s", shown(node.id), shown(problem, 1000)
-        )
-    return result.resources
 
 
 class _Debug(ThreadingHTTPServer):
@@ -154,7 +132,7 @@ async def serve(
 ) -> int:  # fmt: skip
     plane = ControlPlane(
         paths,
-        functools.partial(generate, mesh_config=mesh_config),
+        Translator(mesh_config=mesh_config).resources_for,
         dependencies=DependencyIndex(),
         settle_gc=True,
         max_file_bytes=max_file_bytes,

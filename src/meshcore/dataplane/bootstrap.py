@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from meshcore.xds.translate import BOOTSTRAP_RUNTIME, SDS_CLUSTER, parse_node_id
+from meshcore.names import BOOTSTRAP_RUNTIME, SDS_CLUSTER
+from meshcore.xds.node import parse_node_id
 
 XDS_CLUSTER = "xds-grpc"  # Istio's name for the control-plane cluster
 

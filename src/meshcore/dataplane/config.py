@@ -30,16 +30,20 @@ from google.protobuf.message import DecodeError, Message
 
 from meshcore._core import RouteTable
 from meshcore.errors import ConfigError, ConfigProblem, UnsupportedFeatureError
+from meshcore.names import (
+    HCM_NAME,
+    RE2_MAX_PROGRAM_SIZE,
+    TCP_PROXY_NAME,
+    TLS_SOCKET,
+    parse_cluster_name,
+)
+from meshcore.names import TRANSPORT_SOCKET_MATCH_KEY as TLS_MODE_KEY
 from meshcore.security.authz import AuthzChain
 from meshcore.xds import types
 
-HCM_NAME = "envoy.filters.network.http_connection_manager"
 # A path without these is already normalised (no percent-escapes, backslashes, dot segments,
 # fragments, or bytes the URL canonicaliser escapes): the common case skips the core.
 _PLAIN = re.compile(r'[^\x21-\x7e]|[%\\#"<>^`{|}]|/\.')
-TCP_PROXY_NAME = "envoy.filters.network.tcp_proxy"
-TLS_SOCKET = "envoy.transport_sockets.tls"
-TLS_MODE_KEY = "envoy.transport_socket_match"
 
 # Envoy's defaults: a route's timeout is 15 s when unset (0 disables it); outlier detection.
 DEFAULT_ROUTE_TIMEOUT = 15.0
@@ -113,8 +117,8 @@ class ClusterConfig:
     @property
     def service(self) -> str:
         """The service host of an Istio cluster name (``outbound|PORT|SUBSET|HOST``)."""
-        parts = self.name.split("|")
-        return parts[3] if len(parts) == 4 else self.name
+        parsed = parse_cluster_name(self.name)
+        return parsed.host if parsed is not None else self.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,7 +374,7 @@ def _table(raw: bytes, name: str, options: HttpOptions | None = None) -> RouteTa
             normalize_path=o.normalize_path,
             merge_slashes=o.merge_slashes,
             path_with_escaped_slashes_action=o.path_with_escaped_slashes_action or None,
-            max_program_size=types.RE2_MAX_PROGRAM_SIZE,  # what meshcore's Envoys accept
+            max_program_size=RE2_MAX_PROGRAM_SIZE,  # what meshcore's Envoys accept
         )
     except ConfigError as exc:
         raise _rename(exc, types.ROUTE, name) from None
@@ -664,7 +668,8 @@ def compile_endpoints(name: str, version: str, data: bytes | Message) -> tuple[E
 
 # --- the whole config ---------------------------------------------------------------------------
 
-Resources = Mapping[str, Mapping[str, tuple[str, bytes]]]  # type URL -> name -> (version, bytes)
+# What the ADS client holds: type URL -> name -> (version, serialized resource).
+Received = Mapping[str, Mapping[str, tuple[str, bytes]]]
 
 
 class Compiler:
@@ -690,7 +695,7 @@ class Compiler:
         self._cache[key] = out
         return out
 
-    def compile(self, resources: Resources) -> CompiledConfig:
+    def compile(self, resources: Received) -> CompiledConfig:
         """Raises ConfigError naming every resource that does not compile."""
         problems: list[ConfigProblem] = []
         built: dict[str, dict[str, Any]] = {}

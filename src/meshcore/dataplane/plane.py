@@ -40,7 +40,7 @@ from meshcore.dataplane.config import (
 from meshcore.dataplane.lb import LoadBalancer, hash64
 from meshcore.dataplane.tls import client_context, server_context
 from meshcore.errors import MeshcoreError
-from meshcore.xds.translate import parse_node_id
+from meshcore.xds.node import parse_node_id
 
 Headers = Mapping[str, str] | Iterable[tuple[str, str]] | None
 

@@ -53,7 +53,7 @@ from meshcore.dataplane.http1 import (
 from meshcore.dataplane.plane import DataPlane, DataPlaneError, Decision
 from meshcore.dataplane.tls import uri_sans
 from meshcore.observability.metrics import _Histogram
-from meshcore.xds.translate import parse_node_id
+from meshcore.xds.node import parse_node_id
 
 log = logging.getLogger("meshcore.proxy")
 access_log = logging.getLogger("meshcore.proxy.access")

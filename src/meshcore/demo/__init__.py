@@ -40,7 +40,7 @@ from typing import Any, TextIO
 
 from meshcore.config import MeshModel, validate
 from meshcore.demo.apps import CALLED_PORT, App, ZipkinCollector
-from meshcore.xds.translate import APP_ADDRESS_KEY, OUTBOUND_ADDRESS_KEY
+from meshcore.xds.node import APP_ADDRESS_KEY, OUTBOUND_ADDRESS_KEY
 
 # The example mesh ships in the package (examples/ at the top of the repo links here).
 EXAMPLES = Path(__file__).resolve().parent / "examples"

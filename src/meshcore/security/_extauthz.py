@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshcore.errors import ConfigProblem, UnsupportedFeatureError
+from meshcore.names import OUTBOUND, cluster_name
 from meshcore.security._model import Json
 
 EXT_AUTHZ_MATCH_PREFIX = "istio-ext-authz"
@@ -171,7 +172,7 @@ class _ServiceRegistry:
                     f"found {service} in multiple namespaces {sorted(namespaces)}, specify the "
                     "namespace explicitly in the format of <Namespace>/<Hostname>"
                 )
-        return host, f"outbound|{port}||{host}"
+        return host, cluster_name(OUTBOUND, port, "", host)
 
 
 def _port(value: Any, problems: list[str]) -> int:

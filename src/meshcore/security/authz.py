@@ -16,17 +16,19 @@ from google.protobuf import any_pb2, descriptor_pool, json_format, message_facto
 from google.protobuf.message import Message
 
 from meshcore.errors import ConfigError, ConfigProblem
+from meshcore.names import (
+    HTTP_EXT_AUTHZ,
+    HTTP_RBAC,
+    RE2_MAX_PROGRAM_SIZE,
+    TCP_EXT_AUTHZ,
+    TCP_RBAC,
+)
 from meshcore.security import _extauthz as ext
 from meshcore.security import _model as m
 from meshcore.security import _validate as v
-from meshcore.xds.types import RE2_MAX_PROGRAM_SIZE
 
 __all__ = ["Authorizer", "AuthzDecision"]
 
-HTTP_RBAC = "envoy.filters.http.rbac"
-HTTP_EXT_AUTHZ = "envoy.filters.http.ext_authz"
-TCP_RBAC = "envoy.filters.network.rbac"
-TCP_EXT_AUTHZ = "envoy.filters.network.ext_authz"
 HTTP_RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 TCP_RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
 HTTP_EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"

@@ -14,10 +14,8 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
-
-from google.protobuf.message import Message
 
 from meshcore._core import Snapshot
 from meshcore.config import IncrementalLoader, MeshModel, ValidationReport
@@ -25,10 +23,10 @@ from meshcore.config.loader import MAX_FILE_BYTES, collector_paused, iter_config
 from meshcore.errors import ConfigProblem
 from meshcore.xds.cache import Layered, NodeInfo, SnapshotCache
 from meshcore.xds.deps import DependencyIndex, Group, changed_objects
+from meshcore.xds.types import Resources
 
 log = logging.getLogger("meshcore.controlplane")
 
-Resources = Mapping[str, Mapping[str, Message | bytes]]
 Generator = Callable[[MeshModel, NodeInfo], Resources | None]
 
 DEBOUNCE_AFTER = 0.1

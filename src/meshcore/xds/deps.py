@@ -1,6 +1,6 @@
 """The dependency index: which proxies and resources a config change touches.
 
-The translator (``meshcore.xds.translate``) gives every proxy, per type, its own resources (its
+The translator (:class:`meshcore.xds.translator.Translator`) gives every proxy, per type, its own resources (its
 workload's inbound listeners and clusters) over a layer shared with other proxies (the mesh's
 clusters and endpoints, the outbound listeners of its address, the route configurations of its
 namespace). The index remembers, per connected proxy, the workload it is bound to and the
@@ -17,7 +17,7 @@ shared layers it holds, and per config file the objects it defines. On a change:
   proxy (None);
 - each shared layer is translated once (for one proxy holding it) and compared with the old
   one by identity: the translator carries over every message the change does not touch (see
-  ``_Translator._inherit``), so the difference is the resources the change regenerated, which
+  the builders' ``inherit``), so the difference is the resources the change regenerated, which
   :meth:`meshcore.xds.cache.SnapshotCache.update_shared` applies to every holder at once.
 
 So an endpoint change costs the translation of the service it belongs to and the diff of the
@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshcore.config import MeshModel, Resource, WorkloadEntry
-from meshcore.xds import translate
 from meshcore.xds.cache import Layered, NodeInfo
+from meshcore.xds.index import uses_source_match
+from meshcore.xds.node import proxy_for_node
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
 Change = tuple[Resource | None, Resource | None]  # (old, new); None: absent
@@ -122,7 +123,7 @@ class DependencyIndex:
         """Records what ``node`` was given (``resources``, as the translator returned them)."""
         self.remove(node.id)
         try:
-            proxy = translate.proxy_for_node(mesh, node.id, node.metadata)
+            proxy = proxy_for_node(mesh, node.id, node.metadata)
         except ValueError:
             return  # never served: nothing depends on it
         groups: list[GroupKey] = []
@@ -172,9 +173,9 @@ class DependencyIndex:
         translated again (the change reaches what decides how proxies share layers)."""
         if old is None or (old.domain, old.root_namespace) != (new.domain, new.root_namespace):
             return None
-        if any(k[0] == "VirtualService" for k in changes) and translate.uses_source_match(
+        if any(k[0] == "VirtualService" for k in changes) and uses_source_match(
             old
-        ) != translate.uses_source_match(new):
+        ) != uses_source_match(new):
             return None  # route configurations are now shared differently
         out: set[str] = set()
         for key, (o, n) in changes.items():

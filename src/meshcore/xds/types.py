@@ -3,6 +3,10 @@ endpoints before the listeners and routes that refer to them; secrets last)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from google.protobuf.message import Message
+
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -16,7 +20,5 @@ FULL_STATE_TYPES = frozenset({CLUSTER, LISTENER})
 
 SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS", SECRET: "SDS"}
 
-# The RE2 program-size limit meshcore's Envoys run with (Istio's: bootstrap runtime
-# ``re2.max_program_size.error_level``; Envoy's own default of 100 rejects ordinary regexes).
-# Tables compiled from meshcore's config (DataPlane, Authorizer) accept what those Envoys accept.
-RE2_MAX_PROGRAM_SIZE = 32768
+# A proxy's resources: type URL -> resource name -> Envoy message.
+Resources = Mapping[str, Mapping[str, Message]]

@@ -1,0 +1,319 @@
+"""Clusters and endpoints (CDS, EDS): Istio's ``outbound|PORT|SUBSET|HOST`` per service port
+and DestinationRule subset (EDS over ADS; STRICT_DNS / LOGICAL_DNS for DNS ServiceEntries),
+their traffic policy (:mod:`meshcore.xds.trafficpolicy`) and auto mTLS, the
+ClusterLoadAssignments named after them, and the inbound cluster ``inbound|PORT||`` to the app.
+
+Built once per mesh and shared by its proxies. A new mesh carries over, per service port, the
+clusters and endpoints of services whose Service, DestinationRule and workloads are equal (and,
+for endpoints, the PeerAuthentications: they decide the ``tlsMode`` metadata).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from google.protobuf.message import Message
+
+from meshcore.config.meshconfig import MeshConfig
+from meshcore.config.model import WorkloadEntry
+from meshcore.errors import ConfigProblem
+from meshcore.names import (
+    HTTP_OPTIONS_KEY,
+    OUTBOUND,
+    RAW_BUFFER_SOCKET,
+    TRANSPORT_SOCKET_MATCH_KEY,
+    ZIPKIN_CLUSTER,
+    cluster_name,
+)
+from meshcore.xds.common import (
+    DEFAULT_CONNECT_TIMEOUT_NS,
+    HTTP2_PROTOCOLS,
+    Invalid,
+    ads,
+    duration_ns,
+    endpoint_port,
+    pack,
+    socket_address,
+    tls_socket,
+)
+from meshcore.xds.index import MeshIndex, PortService, SeHost
+from meshcore.xds.problems import ProblemLog
+from meshcore.xds.telemetry import zipkin_cluster
+from meshcore.xds.trafficpolicy import (
+    apply_connection_pool,
+    apply_lb,
+    apply_outlier,
+    effective_policy,
+    upstream_tls,
+)
+
+# Circuit breakers: effectively off but tracked (Istio's defaults).
+MAX_U32 = 4294967295
+_GRPC_LB_POLICIES = frozenset({cluster_pb2.Cluster.ROUND_ROBIN, cluster_pb2.Cluster.RING_HASH})
+
+
+class ClusterBuilder:
+    """The mesh's outbound clusters (per kind of client: Envoy or proxyless gRPC) and
+    endpoints, with the problems met building them."""
+
+    def __init__(self, index: MeshIndex, log: ProblemLog, mesh_config: MeshConfig | None) -> None:
+        self.index = index
+        self.mesh = index.mesh
+        self.log = log
+        self.mesh_config = mesh_config
+        self._clusters: dict[bool, dict[str, Message]] = {}
+        self.problems: dict[bool, list[ConfigProblem]] = {}
+        self._endpoints: dict[str, Message] | None = None
+        self._lb_endpoints: dict[tuple[Any, ...], endpoint_components_pb2.LbEndpoint] = {}
+        # Per service port: (what it was built from, what was built[, problems met]).
+        self._cluster_parts: dict[tuple[Any, ...], tuple[Any, dict[str, Message], list[Any]]] = {}
+        self._cla_parts: dict[tuple[Any, ...], tuple[Any, dict[str, Message]]] = {}
+        self._prev_cluster_parts: dict[tuple[Any, ...], Any] = {}
+        self._prev_cla_parts: dict[tuple[Any, ...], Any] = {}
+
+    def inherit(self, prev: ClusterBuilder) -> None:
+        """Keeps the previous mesh's per-service parts to reuse those still built from equal
+        input (only the parts, never the previous builder: no chain of old meshes is kept
+        alive)."""
+        self._prev_cluster_parts = prev._cluster_parts
+        self._prev_cla_parts = prev._cla_parts
+
+    def clusters(self, proxyless: bool) -> dict[str, Message]:
+        if proxyless not in self._clusters:
+            built: dict[str, Message] = {}
+            problems: list[ConfigProblem] = []
+            for ps, subsets in self.index.port_groups():
+                key = (proxyless, ps.service.hostname, ps.port.port)
+                fp = self.index.fingerprint(ps.service)
+                old = self._prev_cluster_parts.get(key)
+                if old is not None and old[0] == fp:
+                    # Nothing this service's clusters depend on changed: reuse them, and the
+                    # problems met when building them.
+                    part = old
+                else:
+                    made: dict[str, Message] = {}
+                    with self.log.capture() as met:
+                        for subset in subsets:
+                            name = cluster_name(OUTBOUND, ps.port.port, subset, ps.service.hostname)
+                            c = self._outbound_cluster(name, ps, subset, proxyless)
+                            if c is not None:
+                                made[name] = c
+                    part = (fp, made, met)
+                self._cluster_parts[key] = part
+                built.update(part[1])
+                problems.extend(part[2])
+            if not proxyless and self.mesh_config is not None and self.mesh_config.tracing:
+                built[ZIPKIN_CLUSTER] = zipkin_cluster(self.mesh_config)
+            self._clusters[proxyless] = dict(sorted(built.items()))
+            self.problems[proxyless] = problems
+        return self._clusters[proxyless]
+
+    def _outbound_cluster(
+        self, name: str, ps: PortService, subset: str, proxyless: bool
+    ) -> cluster_pb2.Cluster | None:
+        svc, port = ps.service, ps.port
+        dr = self.mesh.destination_rule_for(svc.hostname)
+        policy = effective_policy(dr, subset, port.port)
+        c = _eds_cluster(name, proxyless)
+        th = c.circuit_breakers.thresholds.add()
+        for attr in ("max_connections", "max_pending_requests", "max_requests", "max_retries"):
+            getattr(th, attr).value = MAX_U32
+        th.track_remaining = True
+        options = http_protocol_options_pb2.HttpProtocolOptions()
+        if ps.protocol in HTTP2_PROTOCOLS:
+            options.explicit_http_config.http2_protocol_options.SetInParent()
+        base = "spec.trafficPolicy" if not subset else f"spec.subsets[{subset}].trafficPolicy"
+        try:
+            if "loadBalancer" in policy:
+                apply_lb(c, policy["loadBalancer"], base + ".loadBalancer")
+            if "connectionPool" in policy:
+                apply_connection_pool(
+                    c, policy["connectionPool"], options, base + ".connectionPool"
+                )
+            if "outlierDetection" in policy:
+                apply_outlier(c, policy["outlierDetection"], base + ".outlierDetection")
+            workloads = self.index.subset_workloads(svc, subset)
+            sans = self.index.endpoint_sans(workloads)
+            sni = f"outbound_.{port.port}_.{subset}_.{svc.hostname}"
+            external = isinstance(svc, SeHost) and svc.entry.location == "MESH_EXTERNAL"
+            if "tls" in policy:
+                mode = policy["tls"].get("mode", "DISABLE")
+                ctx = upstream_tls(
+                    policy["tls"],
+                    # Istio: SIMPLE and MUTUAL default the SNI to the host itself
+                    sni if mode == "ISTIO_MUTUAL" else svc.hostname,
+                    sans,
+                    proxyless=proxyless,
+                    path=base + ".tls",
+                )
+                if ctx is not None:
+                    c.transport_socket.CopyFrom(tls_socket(ctx))
+            elif not proxyless and not external:
+                # Istio's auto mTLS is for mesh workloads, never for MESH_EXTERNAL hosts.
+                self._auto_mtls(c, sni, sans)
+        except Invalid as bad:
+            # The DestinationRule's policy is dropped, not the cluster: traffic keeps flowing
+            # with Istio's defaults, and the problem names the field.
+            self.log.problem(dr, bad.path, bad.message + "; the cluster uses default settings")
+            return self._dns_shaped(_eds_cluster(name, proxyless), ps, subset)
+        self._dns_shaped(c, ps, subset)
+        if proxyless and c.lb_policy not in _GRPC_LB_POLICIES:
+            # gRPC's xDS client NACKs the policies it lacks (least request, random, maglev);
+            # Istio's proxyless default is round robin.
+            if "loadBalancer" in policy:
+                self.log.problem(
+                    dr,
+                    base + ".loadBalancer",
+                    f"{cluster_pb2.Cluster.LbPolicy.Name(c.lb_policy)} is not supported by"
+                    " proxyless gRPC; its clients use ROUND_ROBIN",
+                    "warning",
+                )
+            c.lb_policy = cluster_pb2.Cluster.ROUND_ROBIN
+            c.ClearField("maglev_lb_config")
+        if options.ByteSize():
+            if options.WhichOneof("upstream_protocol_options") is None:
+                # Envoy requires the upstream protocol once the options are given at all.
+                options.explicit_http_config.http_protocol_options.SetInParent()
+            c.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(pack(options))
+        return c
+
+    def _dns_shaped(
+        self, c: cluster_pb2.Cluster, ps: PortService, subset: str
+    ) -> cluster_pb2.Cluster:
+        """A DNS-resolved ServiceEntry host: Envoy resolves the endpoints itself (no EDS)."""
+        svc = ps.service
+        if not isinstance(svc, SeHost) or not svc.dns:
+            return c
+        c.type = (
+            cluster_pb2.Cluster.LOGICAL_DNS
+            if svc.entry.resolution == "DNS_ROUND_ROBIN"
+            else cluster_pb2.Cluster.STRICT_DNS
+        )
+        c.ClearField("eds_cluster_config")
+        c.dns_lookup_family = cluster_pb2.Cluster.V4_ONLY
+        cla = self._load_assignment(c.name, ps, subset)
+        if not cla.endpoints:  # no endpoints listed: the host itself is resolved
+            lb = cla.endpoints.add().lb_endpoints.add()
+            lb.endpoint.address.CopyFrom(socket_address(svc.hostname, int(ps.port.target_port)))
+        if c.type == cluster_pb2.Cluster.LOGICAL_DNS:
+            # Envoy's LOGICAL_DNS takes exactly one endpoint: the first, as Istio does.
+            first = type(cla.endpoints[0].lb_endpoints[0])()
+            first.CopyFrom(cla.endpoints[0].lb_endpoints[0])
+            del cla.endpoints[1:]
+            del cla.endpoints[0].lb_endpoints[:]
+            cla.endpoints[0].lb_endpoints.append(first)
+        c.load_assignment.CopyFrom(cla)
+        return c
+
+    def _auto_mtls(self, c: cluster_pb2.Cluster, sni: str, sans: list[str]) -> None:
+        """Istio's auto mTLS: TLS to endpoints labelled ``tlsMode: istio`` (those whose
+        PeerAuthentication is not DISABLE), plaintext to the rest."""
+        ctx = upstream_tls({"mode": "ISTIO_MUTUAL"}, sni, sans, proxyless=False, path="")
+        assert ctx is not None
+        tls_match = c.transport_socket_matches.add(name="tlsMode-istio")
+        tls_match.match.fields["tlsMode"].string_value = "istio"
+        tls_match.transport_socket.CopyFrom(tls_socket(ctx))
+        plain = c.transport_socket_matches.add(name="tlsMode-disabled")
+        plain.match.SetInParent()
+        plain.transport_socket.CopyFrom(tls_socket(raw_buffer_pb2.RawBuffer(), RAW_BUFFER_SOCKET))
+
+    def endpoints(self) -> dict[str, Message]:
+        if self._endpoints is None:
+            built: dict[str, Message] = {}
+            for ps, subsets in self.index.port_groups():
+                if isinstance(ps.service, SeHost) and ps.service.dns:
+                    continue  # endpoints inline in the DNS cluster, no EDS
+                key = (ps.service.hostname, ps.port.port)
+                # PeerAuthentications decide the endpoints' tlsMode metadata.
+                fp = (self.index.fingerprint(ps.service), self.index.state["peer_authentications"])
+                old = self._prev_cla_parts.get(key)
+                if old is not None and old[0] == fp:
+                    part = old
+                else:
+                    made: dict[str, Message] = {}
+                    for subset in subsets:
+                        name = cluster_name(OUTBOUND, ps.port.port, subset, ps.service.hostname)
+                        made[name] = self._load_assignment(name, ps, subset)
+                    part = (fp, made)
+                self._cla_parts[key] = part
+                built.update(part[1])
+            self._endpoints = dict(sorted(built.items()))
+        return self._endpoints
+
+    def _load_assignment(
+        self, name: str, ps: PortService, subset: str
+    ) -> endpoint_pb2.ClusterLoadAssignment:
+        by_locality: dict[str, list[tuple[str, int, WorkloadEntry]]] = {}
+        for w in self.index.subset_workloads(ps.service, subset):
+            port = endpoint_port(w, ps.port)
+            if port is None or not w.address:
+                continue
+            by_locality.setdefault(w.locality, []).append((w.address, port, w))
+        cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+        for locality in sorted(by_locality):
+            group = cla.endpoints.add()
+            region, _, rest = locality.partition("/")
+            zone, _, subzone = rest.partition("/")
+            group.locality.region, group.locality.zone, group.locality.sub_zone = (
+                region,
+                zone,
+                subzone,
+            )
+            group.lb_endpoints.extend(
+                self._lb_endpoint(address, port, w)
+                for address, port, w in sorted(by_locality[locality], key=lambda e: e[:2])
+            )
+            group.load_balancing_weight.value = sum(w.weight for _, _, w in by_locality[locality])
+        return cla
+
+    def _lb_endpoint(
+        self, address: str, port: int, w: WorkloadEntry
+    ) -> endpoint_components_pb2.LbEndpoint:
+        """One workload as an endpoint; built once, as it appears in several clusters (the
+        service's and its subset's)."""
+        key = (w.key, address, port)
+        found = self._lb_endpoints.get(key)
+        if found is None:
+            found = endpoint_components_pb2.LbEndpoint(health_status=health_check_pb2.HEALTHY)
+            found.endpoint.address.CopyFrom(socket_address(address, port))
+            found.load_balancing_weight.value = w.weight
+            if self.index.mtls_mode(w, port) != "DISABLE":
+                meta = found.metadata.filter_metadata[TRANSPORT_SOCKET_MATCH_KEY]
+                meta.fields["tlsMode"].string_value = "istio"
+            self._lb_endpoints[key] = found
+        return found
+
+
+def _eds_cluster(name: str, proxyless: bool) -> cluster_pb2.Cluster:
+    """An outbound cluster with Istio's defaults, its endpoints over ADS."""
+    c = cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.EDS,
+        connect_timeout=duration_ns(DEFAULT_CONNECT_TIMEOUT_NS),
+        # gRPC's xDS client rejects LEAST_REQUEST ("LB policy is not supported"): Istio gives
+        # proxyless clients ROUND_ROBIN.
+        lb_policy=cluster_pb2.Cluster.ROUND_ROBIN
+        if proxyless
+        else cluster_pb2.Cluster.LEAST_REQUEST,
+    )
+    c.eds_cluster_config.eds_config.CopyFrom(ads())
+    c.eds_cluster_config.service_name = name
+    return c
+
+
+def inbound_cluster(name: str, address: str, port: int) -> cluster_pb2.Cluster:
+    c = cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.STATIC,
+        connect_timeout=duration_ns(DEFAULT_CONNECT_TIMEOUT_NS),
+    )
+    c.load_assignment.cluster_name = name
+    c.load_assignment.endpoints.add().lb_endpoints.add().endpoint.address.CopyFrom(
+        socket_address(address, port)
+    )
+    return c

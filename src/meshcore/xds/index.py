@@ -1,0 +1,374 @@
+"""The per-mesh index (Istio's PushContext): what every builder looks up about one mesh,
+whatever the proxy, built once per MeshModel.
+
+Services and ServiceEntry hosts by port, workloads by label, the Services selecting a
+workload, DestinationRule subsets, PeerAuthentication modes, AuthorizationPolicies by namespace,
+wildcard VirtualServices; each kind of resource as a value that compares equal when nothing
+changed (what the builders' ``inherit`` compares), and the mesh-wide warnings (valid Istio
+fields meshcore does not carry to Envoy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from meshcore.config.model import (
+    MeshModel,
+    Service,
+    ServiceEntry,
+    ServicePort,
+    WorkloadEntry,
+    selector_matches,
+)
+from meshcore.xds.common import port_protocol, spiffe
+from meshcore.xds.problems import ProblemLog
+
+KINDS = (
+    "services",
+    "service_entries",
+    "workload_entries",
+    "virtual_services",
+    "destination_rules",
+    "authorization_policies",
+    "peer_authentications",
+)
+
+
+def kind_state(mesh: MeshModel, kind: str) -> tuple[Any, ...]:
+    """One kind of a mesh's resources, as a value that compares equal when nothing changed."""
+    return tuple((r.key, r.spec, r.labels, r.annotations) for r in getattr(mesh, kind))
+
+
+def uses_source_match(mesh: MeshModel) -> bool:
+    """Whether route configurations depend on the proxy's labels (VirtualService matches on
+    sourceLabels or sourceNamespace): it decides which proxies share route configurations."""
+    return any(
+        "sourceLabels" in m or "sourceNamespace" in m
+        for vs in mesh.virtual_services
+        for r in vs.http
+        for m in r.get("match", ())
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SeHost:
+    """One host of a ServiceEntry, shaped like a Service for the translator."""
+
+    entry: ServiceEntry
+    hostname: str
+    ports: tuple[ServicePort, ...]
+    inline: tuple[WorkloadEntry, ...] | None  # spec.endpoints, as WorkloadEntries
+
+    kind = "ServiceEntry"
+
+    @property
+    def name(self) -> str:
+        return str(self.entry.name)
+
+    @property
+    def namespace(self) -> str:
+        return str(self.entry.namespace)
+
+    @property
+    def file(self) -> str:
+        return str(self.entry.file)
+
+    @property
+    def line(self) -> int:
+        return int(self.entry.line)
+
+    @property
+    def spec(self) -> Mapping[str, Any]:
+        spec: Mapping[str, Any] = self.entry.spec
+        return spec
+
+    @property
+    def selector(self) -> Mapping[str, str]:
+        labels: Mapping[str, str] = (self.entry.spec.get("workloadSelector") or {}).get(
+            "labels"
+        ) or {}
+        return labels
+
+    @property
+    def dns(self) -> bool:
+        return self.entry.resolution in ("DNS", "DNS_ROUND_ROBIN")
+
+
+Host = Service | SeHost
+
+
+@dataclass(slots=True)
+class PortService:
+    service: Host
+    port: ServicePort
+    protocol: str
+
+
+class MeshIndex:
+    """Everything about one mesh that does not depend on the proxy, looked up by builders."""
+
+    def __init__(self, mesh: MeshModel, log: ProblemLog) -> None:
+        self.mesh = mesh
+        self.log = log
+        self._subset_cache: dict[str, Mapping[str, Any]] = {}
+        self._mtls_cache: dict[tuple[Any, ...], str] = {}
+        self._pa_namespaces = {pa.namespace for pa in mesh.peer_authentications}
+        # The mesh-wide problems, reported to every proxy.
+        with log.capture() as self.mesh_problems:
+            self._warn_untranslated()
+            self.services = sorted(mesh.services, key=lambda s: s.hostname)
+            self.by_port: dict[int, list[PortService]] = {}
+            for svc in self.services:
+                for sp in sorted(svc.ports, key=lambda p: p.port):
+                    proto = port_protocol(sp)
+                    if proto == "udp":
+                        continue
+                    self.by_port.setdefault(sp.port, []).append(PortService(svc, sp, proto))
+            for se_host in self._service_entry_hosts():
+                for sp in se_host.ports:
+                    proto = port_protocol(sp)
+                    if proto != "udp":
+                        self.by_port.setdefault(sp.port, []).append(PortService(se_host, sp, proto))
+            for group in self.by_port.values():
+                group.sort(key=lambda ps: ps.service.hostname)
+        self.uses_source_match = uses_source_match(mesh)
+        self._eps: dict[str, tuple[WorkloadEntry, ...]] = {}
+        self._by_label: dict[tuple[str, str, str], list[WorkloadEntry]] = {}
+        for w in mesh.workload_entries:
+            for k, v in w.workload_labels.items():
+                self._by_label.setdefault((w.namespace, k, v), []).append(w)
+        self._svc_by_label: dict[tuple[str, str, str], list[int]] = {}
+        for i, svc in enumerate(self.services):
+            for k, v in svc.selector.items():
+                self._svc_by_label.setdefault((svc.namespace, k, v), []).append(i)
+        self.policies_by_ns: dict[str, list[Any]] = {}
+        for pol in mesh.authorization_policies:
+            self.policies_by_ns.setdefault(pol.namespace, []).append(pol)
+        self._fingerprints: dict[str, tuple[Any, ...]] = {}
+        self.wildcard_vs = sorted(
+            (
+                (host[1:], vs)
+                for vs in mesh.virtual_services
+                if not vs.gateways or "mesh" in vs.gateways
+                for host in vs.hosts
+                if host.startswith("*.")
+            ),
+            key=lambda e: -len(e[0]),
+        )
+        self.state = {kind: kind_state(mesh, kind) for kind in KINDS}
+
+    def same_scope(self, other: MeshIndex) -> bool:
+        """Whether translations of the two meshes can share anything (same trust domain and
+        root namespace)."""
+        return (self.mesh.domain, self.mesh.root_namespace) == (
+            other.mesh.domain,
+            other.mesh.root_namespace,
+        )
+
+    def unchanged(self, other: MeshIndex) -> dict[str, bool]:
+        """Per kind (KINDS), whether ``other``'s mesh has the same resources (by value)."""
+        return {kind: other.state[kind] == self.state[kind] for kind in KINDS}
+
+    def _warn_untranslated(self) -> None:
+        """Valid Istio fields this translator does not carry to Envoy: said, never ignored."""
+        for res in (*self.mesh.virtual_services, *self.mesh.destination_rules):
+            export = tuple(res.spec.get("exportTo", ()))
+            if export and export != ("*",):
+                self.log.problem(
+                    res,
+                    "spec.exportTo",
+                    "not honoured by meshcore: visible to every namespace",
+                    "warning",
+                )
+        for vs in self.mesh.virtual_services:
+            for key in ("tcp", "tls"):
+                if vs.spec.get(key):
+                    self.log.problem(
+                        vs,
+                        f"spec.{key}",
+                        f"{key} routes are not translated: TCP ports go to the destination"
+                        " service's default cluster",
+                        "warning",
+                    )
+            for i, http in enumerate(vs.http):
+                if (http.get("retries") or {}).get("retryRemoteLocalities"):
+                    self.log.problem(
+                        vs,
+                        f"spec.http[{i}].retries.retryRemoteLocalities",
+                        "not translated (retries may stay in the local locality)",
+                        "warning",
+                    )
+                if (http.get("corsPolicy") or {}).get("unmatchedPreflights"):
+                    self.log.problem(
+                        vs,
+                        f"spec.http[{i}].corsPolicy.unmatchedPreflights",
+                        "not translated (Envoy's default: preflights forwarded)",
+                        "warning",
+                    )
+        for dr in self.mesh.destination_rules:
+            policies = [("spec.trafficPolicy", dr.traffic_policy)]
+            policies += [
+                (f"spec.subsets[{s.name}].trafficPolicy", s.traffic_policy)
+                for s in dr.subsets.values()
+            ]
+            for base, tp in policies:
+                levels = [(base, tp)] + [
+                    (f"{base}.portLevelSettings[{k}]", pls)
+                    for k, pls in enumerate(tp.get("portLevelSettings", ()))
+                ]
+                for path, pol in levels:
+                    lb = pol.get("loadBalancer") or {}
+                    tls = pol.get("tls") or {}
+                    fields = [
+                        (lb, "localityLbSetting", ".loadBalancer"),
+                        (lb, "warmupDurationSecs", ".loadBalancer"),
+                        (lb, "warmup", ".loadBalancer"),
+                        (tls, "caCrl", ".tls"),
+                        (pol, "tunnel", ""),
+                        (pol, "proxyProtocol", ""),
+                    ]
+                    for spec, name, sub in fields:
+                        if spec.get(name):
+                            self.log.problem(
+                                dr, f"{path}{sub}.{name}", "not translated by meshcore", "warning"
+                            )
+
+    def endpoint_sans(self, workloads: Iterable[WorkloadEntry]) -> list[str]:
+        return sorted({spiffe(self.mesh.domain, w.namespace, w.service_account) for w in workloads})
+
+    def subsets(self, host: str) -> Mapping[str, Any]:
+        # DestinationRule.subsets builds a new mapping on every access.
+        found = self._subset_cache.get(host)
+        if found is None:
+            found = self._subset_cache[host] = self.mesh.subsets(host)
+        return found
+
+    def mtls_mode(self, w: WorkloadEntry, port: int) -> str:
+        key = (w.namespace, tuple(sorted(w.workload_labels.items())), port)
+        found = self._mtls_cache.get(key)
+        if found is None:
+            if not self._pa_namespaces & {w.namespace, self.mesh.root_namespace}:
+                found = "PERMISSIVE"  # no PeerAuthentication applies: Istio's mesh default
+            else:
+                found = self.mesh.mtls_mode(w.namespace, w.workload_labels, port)
+            self._mtls_cache[key] = found
+        return found
+
+    def _service_entry_hosts(self) -> list[SeHost]:
+        """ServiceEntry hosts the translator gives clusters (and routes, for HTTP ports)."""
+        seen = {svc.hostname for svc in self.services}
+        out: list[SeHost] = []
+        for se in sorted(self.mesh.service_entries, key=lambda e: (e.namespace, e.name)):
+            if se.resolution not in ("STATIC", "DNS", "DNS_ROUND_ROBIN"):
+                self.log.problem(
+                    se,
+                    "spec.resolution",
+                    f"resolution {se.resolution} needs original-destination routing (iptables);"
+                    " the ServiceEntry gets no cluster",
+                    "warning",
+                )
+                continue
+            ports = tuple(
+                ServicePort(
+                    name=str(p.get("name") or p["number"]),
+                    port=int(p["number"]),
+                    target_port=int(p.get("targetPort") or p["number"]),
+                    protocol="TCP",
+                    app_protocol=str(p.get("protocol", "")).lower(),
+                )
+                for p in se.spec.get("ports", ())
+            )
+            inline = None
+            if se.spec.get("endpoints"):
+                inline = tuple(
+                    WorkloadEntry(
+                        kind="WorkloadEntry",
+                        api_version=se.api_version,
+                        name=f"{se.name}[{i}]",
+                        namespace=se.namespace,
+                        spec=ep,
+                        file=se.file,
+                        line=se.line,
+                    )
+                    for i, ep in enumerate(se.spec["endpoints"])
+                )
+            for i, host in enumerate(se.hosts):
+                if host.startswith("*"):
+                    self.log.problem(
+                        se,
+                        f"spec.hosts[{i}]",
+                        "wildcard hosts need a dynamic forward proxy; not translated",
+                        "warning",
+                    )
+                elif host in seen:
+                    self.log.problem(
+                        se,
+                        f"spec.hosts[{i}]",
+                        f"host {host} is already defined by a Service or an earlier"
+                        " ServiceEntry, which is used",
+                        "warning",
+                    )
+                else:
+                    seen.add(host)
+                    out.append(SeHost(se, host, ports, inline))
+        return out
+
+    def selected(self, svc: Host) -> tuple[WorkloadEntry, ...]:
+        """The workloads a Service selects, through a label index (MeshModel scans)."""
+        if isinstance(svc, SeHost) and svc.inline is not None:
+            return svc.inline
+        found = self._eps.get(svc.hostname)
+        if found is None:
+            found = ()
+            if svc.selector:
+                lists = [
+                    self._by_label.get((svc.namespace, k, v), []) for k, v in svc.selector.items()
+                ]
+                smallest = min(lists, key=len)
+                found = tuple(
+                    w for w in smallest if selector_matches(svc.selector, w.workload_labels)
+                )
+            self._eps[svc.hostname] = found
+        return found
+
+    def services_of(self, w: WorkloadEntry) -> list[Service]:
+        """The Services selecting a workload, in hostname order."""
+        cands: set[int] = set()
+        for k, v in w.workload_labels.items():
+            cands.update(self._svc_by_label.get((w.namespace, k, v), ()))
+        return [
+            self.services[i]
+            for i in sorted(cands)
+            if selector_matches(self.services[i].selector, w.workload_labels)
+        ]
+
+    def subset_workloads(self, svc: Host, subset: str) -> tuple[WorkloadEntry, ...]:
+        eps = self.selected(svc)
+        if not subset:
+            return eps
+        sub = self.subsets(svc.hostname).get(subset)
+        if sub is None:
+            return ()
+        return tuple(w for w in eps if selector_matches(sub.labels, w.workload_labels))
+
+    def fingerprint(self, svc: Host) -> tuple[Any, ...]:
+        """Everything a service's outbound clusters are built from (compared by value)."""
+        found = self._fingerprints.get(svc.hostname)
+        if found is None:
+            dr = self.mesh.destination_rule_for(svc.hostname)
+            found = (
+                svc.spec,
+                dr.spec if dr is not None else None,
+                tuple((w.key, w.spec, w.labels) for w in self.selected(svc)),
+            )
+            self._fingerprints[svc.hostname] = found
+        return found
+
+    def port_groups(self) -> list[tuple[PortService, list[str]]]:
+        return [
+            (ps, ["", *sorted(self.subsets(ps.service.hostname))])
+            for port in sorted(self.by_port)
+            for ps in self.by_port[port]
+        ]

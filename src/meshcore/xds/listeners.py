@@ -1,0 +1,403 @@
+"""Listeners (LDS): outbound per port on the proxy's outbound address (an HTTP connection
+manager using RDS, or tcp_proxy for TCP ports; for proxyless gRPC clients an ``api_listener``
+``HOST:PORT``), inbound per workload port on the workload's address with its authorization
+filters (:class:`meshcore.security.authz.Authorizer`) and TLS per PeerAuthentication, and the
+MeshConfig's access logs and tracing on each (:mod:`meshcore.xds.telemetry`).
+
+Outbound listeners are built once per mesh and outbound address; authorization filters once per
+set of selecting policies; inbound listeners (and the inbound clusters to the app) per workload.
+A new mesh keeps outbound listeners when the hosts are equal, authorization filters when the
+AuthorizationPolicies, Services and extension providers are, and inbound listeners when the
+PeerAuthentications are too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from google.protobuf.message import Message
+
+from meshcore.config.meshconfig import MeshConfig
+from meshcore.config.model import WorkloadEntry, selector_matches
+from meshcore.errors import ConfigError, ConfigProblem
+from meshcore.names import (
+    CORS_NAME,
+    FAULT_NAME,
+    HCM_NAME,
+    HTTP_RBAC,
+    INBOUND,
+    OUTBOUND,
+    ROUTER_NAME,
+    SDS_CERT,
+    SDS_ROOT,
+    TCP_PROXY_NAME,
+    TCP_RBAC,
+    TLS_INSPECTOR_NAME,
+    cluster_name,
+)
+from meshcore.xds.clusters import inbound_cluster
+from meshcore.xds.common import (
+    ads,
+    copy_message,
+    duration_ns,
+    endpoint_port,
+    is_http,
+    pack,
+    port_protocol,
+    sds,
+    socket_address,
+    tls_socket,
+)
+from meshcore.xds.index import MeshIndex
+from meshcore.xds.node import Proxy
+from meshcore.xds.problems import ProblemLog
+from meshcore.xds.telemetry import access_logs, observe
+
+
+class ListenerBuilder:
+    """The mesh's outbound listeners, authorization filters and per-workload inbound side, with
+    the problems met building them."""
+
+    def __init__(
+        self, index: MeshIndex, log: ProblemLog, providers: Any, mesh_config: MeshConfig | None
+    ) -> None:
+        self.index = index
+        self.mesh = index.mesh
+        self.log = log
+        self.providers = providers
+        self.mesh_config = mesh_config
+        self._registry: list[str] | None = None
+        self._outbound: dict[tuple[bool, str], dict[str, Message]] = {}
+        self.outbound_problems: dict[tuple[bool, str], list[ConfigProblem]] = {}
+        self._authz: dict[tuple[Any, ...], tuple[list[Message], list[Message]]] = {}
+        self._authz_problems: dict[tuple[Any, ...], list[ConfigProblem]] = {}
+        self._policy_selection: dict[tuple[Any, ...], list[Any]] = {}
+        self._inbound: dict[
+            tuple[Any, ...],
+            tuple[Any, tuple[dict[str, Message], dict[str, Message], list[ConfigProblem]]],
+        ] = {}
+
+    def inherit(self, prev: ListenerBuilder, same: Mapping[str, bool]) -> None:
+        """Keeps what the change does not touch, compared by value (see the module's doc)."""
+        if same["services"] and same["service_entries"]:
+            self._outbound = prev._outbound
+            self.outbound_problems = prev.outbound_problems
+        if same["authorization_policies"] and same["services"] and prev.providers == self.providers:
+            self._authz = prev._authz
+            self._authz_problems = prev._authz_problems
+            self._policy_selection = prev._policy_selection
+            if same["peer_authentications"]:
+                # Inbound listeners depend on the workload (in the key), the Services that
+                # select it, its PeerAuthentication and its authorization filters.
+                self._inbound = prev._inbound
+
+    def outbound_listeners(self, proxy: Proxy) -> dict[str, Message]:
+        key = (proxy.proxyless, proxy.outbound_address)
+        return self.log.cached(
+            self._outbound,
+            self.outbound_problems,
+            key,
+            lambda: self._build_outbound_listeners(proxy),
+        )
+
+    def _build_outbound_listeners(self, proxy: Proxy) -> dict[str, Message]:
+        out: dict[str, Message] = {}
+        if proxy.proxyless:
+            for port in sorted(self.index.by_port):
+                for ps in self.index.by_port[port]:
+                    if is_http(ps.protocol):
+                        name = f"{ps.service.hostname}:{port}"
+                        out[name] = _api_listener(name)
+            return dict(sorted(out.items()))
+        address = proxy.outbound_address
+        for port in sorted(self.index.by_port):
+            group = self.index.by_port[port]
+            name = f"{address}_{port}"
+            http = [ps for ps in group if is_http(ps.protocol)]
+            tcp = [ps for ps in group if not is_http(ps.protocol)]
+            if http:
+                out[name] = _outbound_http_listener(name, address, port, self.mesh_config)
+                for ps in tcp:
+                    self.log.problem(
+                        ps.service,
+                        f"spec.ports[{ps.port.name or ps.port.port}]",
+                        f"TCP port {port} shares its outbound address with HTTP services on the"
+                        " same port (no per-service VIPs in the loopback layout); it gets no"
+                        " outbound listener",
+                        severity="warning",
+                    )
+            elif tcp:
+                first = tcp[0]
+                cluster = cluster_name(OUTBOUND, port, "", first.service.hostname)
+                out[name] = _outbound_tcp_listener(name, address, port, cluster, self.mesh_config)
+                for ps in tcp[1:]:
+                    self.log.problem(
+                        ps.service,
+                        f"spec.ports[{ps.port.name or ps.port.port}]",
+                        f"TCP port {port} is already served on the outbound address by"
+                        f" {first.service.hostname}; this service gets no outbound listener",
+                        severity="warning",
+                    )
+        return dict(sorted(out.items()))
+
+    def _provider_registry(self) -> list[str] | None:
+        """``namespace/hostname`` of every Service: where ext_authz providers are looked up."""
+        if self.providers is None:
+            return None
+        if self._registry is None:
+            self._registry = [f"{s.namespace}/{s.hostname}" for s in self.index.services]
+        return self._registry
+
+    def authz_filters(self, proxy: Proxy) -> tuple[list[Message], list[Message]]:
+        from meshcore.security.authz import GATEWAY_NAME_LABEL, Authorizer
+
+        selection = (proxy.namespace, tuple(sorted(proxy.labels.items())))
+        policies = self._policy_selection.get(selection)
+        if policies is None:
+            # MeshModel.authorization_policies_for scans every policy; this is per namespace.
+            spaces = dict.fromkeys((self.mesh.root_namespace, proxy.namespace))
+            policies = self._policy_selection[selection] = [
+                pol
+                for ns in spaces
+                for pol in self.index.policies_by_ns.get(ns, ())
+                if selector_matches(pol.selector, proxy.labels)
+            ]
+        # The filters depend on the labels only through which policies select the workload
+        # (and the gateway label, for targetRefs): workloads sharing them share the filters.
+        key = (
+            proxy.namespace,
+            tuple(pol.key for pol in policies),
+            proxy.labels.get(GATEWAY_NAME_LABEL, ""),
+        )
+        if key in self._authz:
+            self.log.emit(self._authz_problems[key])
+            return self._authz[key]
+        met: list[ConfigProblem] = []
+        try:
+            authz = Authorizer.from_policies(
+                policies,
+                namespace=proxy.namespace,
+                labels=proxy.labels,
+                trust_domain=self.mesh.domain,
+                root_namespace=self.mesh.root_namespace,
+                providers=self.providers,
+                services=self._provider_registry(),
+            )
+            http, tcp = authz.filters(), authz.filters(tcp=True)
+            met.extend(authz.problems)
+        except ConfigError as exc:
+            met.extend(exc.errors())
+            # Fail closed: a policy that cannot be built must not let anyone in.
+            http, tcp = _deny_all_filters()
+        self._authz[key] = (http, tcp)
+        self._authz_problems[key] = met
+        self.log.emit(met)
+        return self._authz[key]
+
+    def inbound(
+        self, proxy: Proxy
+    ) -> tuple[dict[str, Message], dict[str, Message], list[ConfigProblem]]:
+        """Inbound listeners and clusters for the proxy's workload, and their problems."""
+        w = proxy.workload
+        if w is None or not w.address or proxy.proxyless:
+            return {}, {}, []
+        key = (w.key, proxy.app_address, tuple(sorted(proxy.labels.items())))
+        found = self._inbound.get(key)
+        # specs are read-only mappings (unhashable): compared by value beside the key
+        if found is None or found[0] != (w.spec, w.labels):
+            with self.log.capture() as met:
+                listeners, clusters = self._build_inbound(proxy, w)
+            found = self._inbound[key] = ((w.spec, w.labels), (listeners, clusters, met))
+        return found[1]
+
+    def _build_inbound(
+        self, proxy: Proxy, w: WorkloadEntry
+    ) -> tuple[dict[str, Message], dict[str, Message]]:
+        listeners: dict[str, Message] = {}
+        clusters: dict[str, Message] = {}
+        ports: dict[int, str] = {}
+        for svc in self.index.services_of(w):
+            for sp in svc.ports:
+                target = endpoint_port(w, sp)
+                proto = port_protocol(sp)
+                if target is None or proto == "udp":
+                    continue
+                ports.setdefault(target, proto)
+        for target in sorted(ports):
+            cluster = cluster_name(INBOUND, target, "", "")
+            clusters[cluster] = inbound_cluster(cluster, proxy.app_address, target)
+            name = f"{w.address}_{target}"
+            mode = self.index.mtls_mode(w, target)
+            http_filters, tcp_filters = self.authz_filters(proxy)
+            listeners[name] = _inbound_listener(
+                name,
+                w.address,
+                target,
+                cluster,
+                http=is_http(ports[target]),
+                mode=mode,
+                http_filters=http_filters,
+                tcp_filters=tcp_filters,
+                mc=self.mesh_config,
+            )
+        return listeners, clusters
+
+
+def _deny_all_filters() -> tuple[list[Message], list[Message]]:
+    from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
+    from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as net_rbac_pb2
+
+    http = hcm_pb2.HttpFilter(name=HTTP_RBAC, typed_config=pack(http_rbac_pb2.RBAC(rules={})))
+    tcp = listener_components_pb2.Filter(
+        name=TCP_RBAC,
+        typed_config=pack(net_rbac_pb2.RBAC(rules={}, stat_prefix="tcp.")),
+    )
+    return [http], [tcp]
+
+
+def _router() -> hcm_pb2.HttpFilter:
+    return hcm_pb2.HttpFilter(name=ROUTER_NAME, typed_config=pack(router_pb2.Router()))
+
+
+def _hcm_filter(hcm: hcm_pb2.HttpConnectionManager) -> listener_components_pb2.Filter:
+    return listener_components_pb2.Filter(name=HCM_NAME, typed_config=pack(hcm))
+
+
+def _outbound_http_listener(
+    name: str, address: str, port: int, mc: MeshConfig | None = None
+) -> listener_pb2.Listener:
+    hcm = hcm_pb2.HttpConnectionManager(stat_prefix=f"outbound_{name}")
+    observe(hcm, mc)
+    hcm.rds.route_config_name = str(port)
+    hcm.rds.config_source.CopyFrom(ads())
+    hcm.normalize_path.value = True
+    # The fault and CORS filters do nothing unless a route configures them (per-route config).
+    hcm.http_filters.append(
+        hcm_pb2.HttpFilter(name=FAULT_NAME, typed_config=pack(fault_pb2.HTTPFault()))
+    )
+    hcm.http_filters.append(hcm_pb2.HttpFilter(name=CORS_NAME, typed_config=pack(cors_pb2.Cors())))
+    hcm.http_filters.append(_router())
+    listener = listener_pb2.Listener(
+        name=name,
+        address=socket_address(address, port),
+        traffic_direction=base_pb2.OUTBOUND,
+    )
+    listener.filter_chains.add().filters.append(_hcm_filter(hcm))
+    return listener
+
+
+def _outbound_tcp_listener(
+    name: str, address: str, port: int, cluster: str, mc: MeshConfig | None = None
+) -> listener_pb2.Listener:
+    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
+    proxy.access_log.extend(access_logs(mc))
+    listener = listener_pb2.Listener(
+        name=name, address=socket_address(address, port), traffic_direction=base_pb2.OUTBOUND
+    )
+    listener.filter_chains.add().filters.append(
+        listener_components_pb2.Filter(name=TCP_PROXY_NAME, typed_config=pack(proxy))
+    )
+    return listener
+
+
+def _api_listener(name: str) -> listener_pb2.Listener:
+    hcm = hcm_pb2.HttpConnectionManager(stat_prefix=name)
+    hcm.rds.route_config_name = name
+    hcm.rds.config_source.CopyFrom(ads())
+    hcm.http_filters.append(
+        hcm_pb2.HttpFilter(name=FAULT_NAME, typed_config=pack(fault_pb2.HTTPFault()))
+    )
+    hcm.http_filters.append(_router())
+    return listener_pb2.Listener(
+        name=name, api_listener=api_listener_pb2.ApiListener(api_listener=pack(hcm))
+    )
+
+
+def _downstream_tls(http: bool) -> tls_pb2.DownstreamTlsContext:
+    ctx = tls_pb2.DownstreamTlsContext()
+    ctx.require_client_certificate.value = True
+    common = ctx.common_tls_context
+    common.tls_certificate_sds_secret_configs.append(sds(SDS_CERT))
+    cvc = common.combined_validation_context
+    cvc.default_validation_context.SetInParent()
+    cvc.validation_context_sds_secret_config.CopyFrom(sds(SDS_ROOT))
+    if http:
+        common.alpn_protocols.extend(("h2", "http/1.1"))
+    common.tls_params.tls_minimum_protocol_version = tls_common_pb2.TlsParameters.TLSv1_2
+    return ctx
+
+
+def _inbound_listener(
+    name: str,
+    address: str,
+    port: int,
+    cluster: str,
+    *,
+    http: bool,
+    mode: str,
+    http_filters: list[Message],
+    tcp_filters: list[Message],
+    mc: MeshConfig | None = None,
+) -> listener_pb2.Listener:
+    def filters() -> list[listener_components_pb2.Filter]:
+        if not http:
+            out = [copy_message(f) for f in tcp_filters]
+            tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
+            tcp.access_log.extend(access_logs(mc))
+            out.append(listener_components_pb2.Filter(name=TCP_PROXY_NAME, typed_config=pack(tcp)))
+            return out
+        hcm = hcm_pb2.HttpConnectionManager(stat_prefix=f"inbound_{name}")
+        observe(hcm, mc)
+        rcfg = hcm.route_config
+        rcfg.name = cluster
+        rcfg.validate_clusters.value = False
+        vh = rcfg.virtual_hosts.add(name=f"inbound|http|{port}", domains=["*"])
+        route = vh.routes.add(name="default")
+        route.match.prefix = "/"
+        route.route.cluster = cluster
+        route.route.timeout.CopyFrom(duration_ns(0))
+        hcm.normalize_path.value = True
+        hcm.forward_client_cert_details = hcm_pb2.HttpConnectionManager.APPEND_FORWARD
+        details = hcm.set_current_client_cert_details
+        details.subject.value = True
+        details.dns = True
+        details.uri = True
+        hcm.http_filters.extend(copy_message(f) for f in http_filters)
+        hcm.http_filters.append(_router())
+        return [_hcm_filter(hcm)]
+
+    listener = listener_pb2.Listener(
+        name=name, address=socket_address(address, port), traffic_direction=base_pb2.INBOUND
+    )
+    tls = tls_socket(_downstream_tls(http))
+    if mode == "STRICT":
+        chain = listener.filter_chains.add(name="inbound_mtls")
+        chain.transport_socket.CopyFrom(tls)
+        chain.filters.extend(filters())
+    elif mode == "DISABLE":
+        listener.filter_chains.add(name="inbound_plaintext").filters.extend(filters())
+    else:  # PERMISSIVE: TLS and plaintext told apart by the TLS inspector
+        listener.listener_filters.add(
+            name=TLS_INSPECTOR_NAME, typed_config=pack(tls_inspector_pb2.TlsInspector())
+        )
+        chain = listener.filter_chains.add(name="inbound_mtls")
+        chain.filter_chain_match.transport_protocol = "tls"
+        chain.transport_socket.CopyFrom(tls)
+        chain.filters.extend(filters())
+        plain = listener.filter_chains.add(name="inbound_plaintext")
+        plain.filter_chain_match.transport_protocol = "raw_buffer"
+        plain.filters.extend(filters())
+    return listener

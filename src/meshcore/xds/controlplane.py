@@ -85,18 +85,23 @@ class ControlPlane:
         self._fingerprint = self._scan()
 
     def load(self) -> bool:
-        """(Re)loads the config; on errors keeps the last good mesh. True when it changed."""
+        """(Re)loads the config; on errors keeps the last good mesh. True when it changed.
+        A reload logs its problems; after the first load they are in ``problems``, for the
+        caller to report."""
         started = time.perf_counter()
         report = self.loader.validate()
         self.last_load = time.perf_counter() - started
         self._dirty_files.update(self.loader.reread)
         self.problems = report.problems
-        for p in report.problems:
-            (log.error if p.severity == "error" else log.warning)("%s", p)
+        if self.mesh is not None:  # a reload; the first load's problems are the caller's
+            for p in report.problems:
+                (log.error if p.severity == "error" else log.warning)("%s", p)
         if report.model is None:
-            log.error(
-                "configuration invalid: keeping the last good one (%d errors)", len(report.errors)
-            )
+            if self.mesh is not None:
+                log.error(
+                    "configuration invalid: keeping the last good one (%d errors)",
+                    len(report.errors),
+                )
             return False
         self.mesh = report.model
         if self.settle_gc:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.unit.test_cli import ROOT, run
 
 from meshcore.cli._parser import MONITORING_PORT, parser
-from tests.unit.test_cli import ROOT, run
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -148,7 +148,8 @@ def test_proxy_status_at_the_wrong_port_says_so(answer: bytes) -> None:
         srv.close()
     assert r.returncode == 2
     assert "is it meshcore serve's monitoring port" in r.stderr, r.stderr
-    assert "\\x00" not in r.stderr and "hello" not in r.stderr
+    assert "\\x00" not in r.stderr
+    assert "hello" not in r.stderr
     assert "Traceback" not in r.stderr
 
 

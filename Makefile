@@ -41,13 +41,13 @@ $(VENV)/.deps: pyproject.toml
 # The extension in development mode (dev profile: fast to build; tests do not measure speed).
 dev: $(VENV)/.deps
 	@echo "==> building the Rust extension, dev profile (2-4 minutes the first time)"
-	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/maturin develop 2>&1 | { grep --line-buffered -vE '$(NOISE)' || true; }
+	@VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/maturin develop 2>&1 | { grep --line-buffered -vE '$(NOISE)' || true; }
 	$(PY) -c "import meshcore._core"
 
 # The release profile, for benchmarks (bench/ records which profile a figure came from).
 release: $(VENV)/.deps
 	@echo "==> building the Rust extension, release profile (3-6 minutes the first time)"
-	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/maturin develop --release 2>&1 | { grep --line-buffered -vE '$(NOISE)' || true; }
+	@VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/maturin develop --release 2>&1 | { grep --line-buffered -vE '$(NOISE)' || true; }
 	$(PY) -c "import meshcore._core"
 
 # The wheel users install: manylinux2014 (glibc 2.17, linked through zig from the ziglang
@@ -56,7 +56,7 @@ release: $(VENV)/.deps
 wheel: $(VENV)/.deps
 	@echo "==> building the release wheel (3-6 minutes the first time)"
 	rm -rf dist
-	$(VENV)/bin/maturin build --release --strip --zig --compatibility manylinux2014 --out dist \
+	@$(VENV)/bin/maturin build --release --strip --zig --compatibility manylinux2014 --out dist \
 		2>&1 | { grep --line-buffered -vE '$(NOISE)' || true; }
 	$(VENV)/bin/maturin sdist --out dist
 	$(VENV)/bin/auditwheel show dist/*.whl

@@ -70,7 +70,7 @@ lint: dev
 
 test: lint
 	cd $(CARGO_DIR) && $(CARGO) test
-	$(PY) -m pytest
+	MESHCORE_FLEET=$${MESHCORE_FLEET:-200} $(PY) -m pytest
 
 fmt: $(VENV)/.deps
 	$(VENV)/bin/ruff format src tests bench

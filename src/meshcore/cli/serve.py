@@ -287,9 +287,10 @@ def proxy_status(address: str, *, output: str = "text") -> int:
         return 0
     columns = ["CDS", "LDS", "EDS", "RDS", "SDS"]
     width = max([len("NAME"), *map(len, proxies)])
-    print(f"{'NAME':<{width}}  " + "  ".join(f"{c:<8}" for c in columns))
+    print((f"{'NAME':<{width}}  " + "  ".join(f"{c:<8}" for c in columns)).rstrip())
     for node_id, row in sorted(proxies.items()):
-        print(f"{node_id:<{width}}  " + "  ".join(f"{row.get(c, 'NOT SENT'):<8}" for c in columns))
+        cells = "  ".join(f"{row.get(c, 'NOT SENT'):<8}" for c in columns)
+        print(f"{node_id:<{width}}  {cells}".rstrip())
     if not proxies:
         print("(no proxies connected)")
     return 0

@@ -226,6 +226,8 @@ def _taken() -> list[str]:
     taken = []
     for host, port in SESSION_ADDRESSES:
         with socket.socket() as s:
+            # As the servers bind (SO_REUSEADDR): a previous run's TIME_WAIT does not count.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, port))
             except OSError:

@@ -25,13 +25,18 @@ class Venv:
         return self.path / "bin" / "python"
 
     def run(
-        self, *args: str, cwd: Path = ROOT, timeout: float = 120
+        self, *args: str, cwd: Path = ROOT, timeout: float = 120, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        # A clean environment: nothing of the test venv leaks in (PYTHONPATH, VIRTUAL_ENV).
-        env = {"PATH": f"{self.path / 'bin'}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"),
-               "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONWARNINGS": "error"}  # fmt: skip
-        return subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=timeout, check=False)  # fmt: skip
+        # A clean environment: nothing of the test venv leaks in (PYTHONPATH, VIRTUAL_ENV);
+        # pip's and TLS settings of the machine do.
+        clean = {"PATH": f"{self.path / 'bin'}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"),
+                 "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONWARNINGS": "error"}  # fmt: skip
+        for key in ("PIP_CONFIG_FILE", "PIP_CERT", "PIP_DEFAULT_TIMEOUT", "PIP_FIND_LINKS",
+                    "SSL_CERT_FILE", "SSL_CERT_DIR"):  # fmt: skip
+            if key in os.environ:
+                clean[key] = os.environ[key]
+        return subprocess.run(list(args), cwd=cwd, env={**clean, **(env or {})},
+                              capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
 
     def meshcore(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return self.run(str(self.python), "-m", "meshcore.cli", *args, timeout=timeout)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -92,3 +93,32 @@ def _same_tree(venv: Venv, src: Path) -> bool:
     """True when the venv's meshcore is this checkout's (it must be the wheel's copy)."""
     r = venv.run(str(venv.python), "-c", "import meshcore; print(meshcore.__file__)")
     return r.stdout.startswith(str(src))
+
+
+def test_the_readmes_pip_lines_install_the_wheel(wheel: Path, tmp_path: Path) -> None:
+    """The README's install block as written, with the wheel standing in for PyPI (pip's
+    PIP_FIND_LINKS): the base install, then each extra's."""
+    from tests.readme.test_readme import blocks, kind
+
+    pip_blocks = [b for b in blocks() if kind(b) == "pip"]
+    assert pip_blocks
+    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
+    venv = Venv(tmp_path / "venv")
+    links = " ".join([str(wheel.parent), os.environ.get("PIP_FIND_LINKS", "")]).strip()
+    env = {"PIP_FIND_LINKS": links, "PYTHONWARNINGS": ""}
+    for b in pip_blocks:
+        for line in b.text.splitlines():
+            r = venv.run("bash", "-c", line, timeout=900, env=env)
+            assert r.returncode == 0, f"{b.where}: {line}\n{r.stdout[-2000:]}{r.stderr[-2000:]}"
+    r = venv.run(
+        str(venv.python), "-c", "import meshcore.xds.translate, meshcore.ca, meshcore.dataplane"
+    )
+    assert r.returncode == 0, r.stderr
+    r = venv.run(str(venv.path / "bin" / "meshcore"), "demo", "--help")
+    assert r.returncode == 0, r.stderr
+    r = venv.run(
+        str(venv.python),
+        "-c",
+        "from meshcore.dataplane.agent import find_envoy; print(find_envoy())",
+    )
+    assert r.returncode == 0, r.stderr

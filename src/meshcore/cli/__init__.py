@@ -170,7 +170,13 @@ def _demo(args: argparse.Namespace) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
     try:
         return asyncio.run(
-            run_demo(serve=args.serve, config=config, workdir=workdir, proxy=args.proxy)
+            run_demo(
+                serve=args.serve,
+                config=config,
+                workdir=workdir,
+                proxy=args.proxy,
+                output=args.output,
+            )
         )
     except ValueError as exc:  # the config (validated first) or the options
         print(f"meshcore demo: {exc}", file=sys.stderr)

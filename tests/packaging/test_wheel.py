@@ -54,6 +54,16 @@ def test_wheel_is_portable(wheel: Path) -> None:
     )
 
 
+def test_wheel_is_stripped(wheel: Path, tmp_path: Path) -> None:
+    with zipfile.ZipFile(wheel) as whl:
+        so = next(n for n in whl.namelist() if n.startswith("meshcore/_core") and n.endswith(".so"))
+        path = Path(whl.extract(so, tmp_path))
+    r = subprocess.run(["readelf", "-S", "--wide", str(path)], capture_output=True, text=True,
+                       check=True)  # fmt: skip
+    assert ".symtab" not in r.stdout
+    assert ".debug_" not in r.stdout
+
+
 def test_wheel_and_sdist_carry_the_licence(wheel: Path, dist: Path) -> None:
     with zipfile.ZipFile(wheel) as whl:
         names = whl.namelist()

@@ -295,7 +295,7 @@ class DemoMesh:
         log = (self.workdir / "control-plane.log").open("ab")
         self.control_plane = subprocess.Popen(
             [sys.executable, "-m", "meshcore.cli", "serve", "--config", str(self.config),
-             "--xds-port", str(self.xds_port), "--metrics-port", str(self.metrics_port),
+             "--xds-port", str(self.xds_port), "--monitoring-port", str(self.metrics_port),
              "--mesh-config", str(self.mesh_config), "--ca-port", str(self.ca_port),
              "--ca-mtls-port", str(self.ca_mtls_port), "--state-dir", str(self.ca_state),
              "--tokens", str(self.tokens_file)],

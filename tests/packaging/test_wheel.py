@@ -70,6 +70,7 @@ def test_wheel_and_sdist_carry_the_licence(wheel: Path, dist: Path) -> None:
         metadata = whl.read(next(n for n in names if n.endswith("/METADATA")))
     for f in ("LICENSE", "NOTICE"):
         assert any(n.endswith(f".dist-info/licenses/{f}") for n in names), names
+        assert f not in names, "would be installed into site-packages itself"
     assert b"License-Expression: Apache-2.0" in metadata
     assert b"Name: meshcore-xds" in metadata
     so = next(n for n in names if n.startswith("meshcore/_core") and n.endswith(".so"))

@@ -283,8 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in EXTRA:
             require(EXTRA[args.command], f"meshcore {args.command}")
         return COMMANDS[args.command](args)
-    except MissingExtraError as exc:
-        print(f"meshcore {args.command}: {exc}", file=sys.stderr)
+    except MissingExtraError as exc:  # names the command, or the module it needed
+        print(exc if exc.what.startswith("meshcore ") else f"meshcore {args.command}: {exc}",
+              file=sys.stderr)  # fmt: skip
         return EXIT_USAGE
     except _UsageError as exc:
         print(f"meshcore {args.command}: {exc}", file=sys.stderr)

@@ -158,3 +158,8 @@ def test_help_lists_every_command() -> None:
                        text=True, cwd=ROOT, check=False)  # fmt: skip
     for command in subcommands():
         assert command in r.stdout
+
+
+def test_version_names_the_distribution() -> None:
+    r = run("--version")
+    assert r.stdout.strip().endswith("(meshcore-xds on PyPI)"), r.stdout

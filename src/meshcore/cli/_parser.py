@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 from meshcore import __version__
+from meshcore._extras import DISTRIBUTION
 
 # Istio's ports: istiod's xDS (plaintext) and monitoring ports, the sidecar's health port.
 XDS_PORT = 15010
@@ -82,7 +83,9 @@ def parser() -> argparse.ArgumentParser:
         prog="meshcore",
         description="meshcore: Istio-style config, Envoy xDS and Envoy's decisions from a Rust core.",
     )
-    top.add_argument("--version", action="version", version=f"meshcore {__version__}")
+    top.add_argument(
+        "--version", action="version", version=f"meshcore {__version__} ({DISTRIBUTION} on PyPI)"
+    )
     sub = top.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 

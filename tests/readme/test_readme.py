@@ -245,7 +245,12 @@ def test_readme_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     try:
         for b in blocks():
             if kind(b) == "session":
-                session.run(b)
+                try:
+                    session.run(b)
+                except Exception as exc:
+                    logs = "".join(f"\n--- {p.name} ---\n{p.read_text(errors='replace')[-3000:]}"
+                                   for p in sorted(tmp_path.glob("*.log")))  # fmt: skip
+                    raise AssertionError(f"{b.where}: {type(exc).__name__}: {exc}{logs}") from exc
     finally:
         session.close()
 

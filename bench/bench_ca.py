@@ -90,7 +90,8 @@ def test_sign_csr_meshcore(benchmark: Any, ca: CertificateAuthority, csrs: list[
             ca.sign_csr(csrs[i], identity(i))
 
     benchmark.pedantic(run, rounds=7, iterations=1, warmup_rounds=1)
-    benchmark.extra_info["per_second"] = ROUND / benchmark.stats.stats.median
+    if not benchmark.disabled:  # make test runs each body once, unmeasured
+        benchmark.extra_info["per_second"] = ROUND / benchmark.stats.stats.median
 
 
 def test_sign_csr_peer_raw_cryptography(
@@ -101,10 +102,13 @@ def test_sign_csr_peer_raw_cryptography(
             raw_sign(ca, csrs[i])
 
     benchmark.pedantic(run, rounds=7, iterations=1, warmup_rounds=1)
-    benchmark.extra_info["per_second"] = ROUND / benchmark.stats.stats.median
+    if not benchmark.disabled:  # make test runs each body once, unmeasured
+        benchmark.extra_info["per_second"] = ROUND / benchmark.stats.stats.median
 
 
-def test_ratio_in_one_run(ca: CertificateAuthority, csrs: list[bytes]) -> None:
+def test_ratio_in_one_run(
+    ca: CertificateAuthority, csrs: list[bytes], request: pytest.FixtureRequest
+) -> None:
     """Interleaved rounds, so machine load hits both sides alike; goal: at least 85%."""
     ours, peer = [], []
     for _ in range(5):
@@ -120,13 +124,17 @@ def test_ratio_in_one_run(ca: CertificateAuthority, csrs: list[bytes]) -> None:
     print(
         f"\nCA signing: meshcore {ROUND / min(ours):.0f}/s, raw cryptography {ROUND / min(peer):.0f}/s, ratio {ratio:.2f}"
     )
-    assert ratio >= 0.85
+    if not request.config.getoption("benchmark_disable"):  # a goal for make bench's build
+        assert ratio >= 0.85
 
 
-def test_certify_5000_workloads(ca: CertificateAuthority, csrs: list[bytes]) -> None:
+def test_certify_5000_workloads(
+    ca: CertificateAuthority, csrs: list[bytes], request: pytest.FixtureRequest
+) -> None:
     t = time.perf_counter()
     chains = [ca.sign_csr(csrs[i], identity(i)) for i in range(WORKLOADS)]
     elapsed = time.perf_counter() - t
     print(f"\nCA: {WORKLOADS} workloads certified in {elapsed:.2f}s ({WORKLOADS / elapsed:.0f}/s)")
     assert len(chains) == WORKLOADS
-    assert elapsed <= 2.0
+    if not request.config.getoption("benchmark_disable"):  # a goal for make bench's build
+        assert elapsed <= 2.0

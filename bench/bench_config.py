@@ -27,7 +27,8 @@ def test_meshcore_load_and_validate(benchmark: Any, mesh_dir: Path) -> None:
     assert report.ok, report.errors[:3]
     assert report.model is not None
     assert len(report.model) == 8500
-    assert benchmark.stats.stats.median < GOAL_S
+    if not benchmark.disabled:  # make test runs each body once, unmeasured
+        assert benchmark.stats.stats.median < GOAL_S
 
 
 def test_peer_pyyaml_c_parse_only(benchmark: Any, mesh_dir: Path) -> None:

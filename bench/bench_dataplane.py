@@ -243,18 +243,18 @@ def free_port(host: str) -> int:
         return port
 
 
-def latencies(host: str, port: int, authority: str, n: int) -> list[float]:
+def latencies(host: str, port: int, authority: str, n: int, warmup: int) -> list[float]:
     conn = http.client.HTTPConnection(host, port, timeout=10)
     out = []
     try:
-        for i in range(n + WARMUP):
+        for i in range(n + warmup):
             t0 = time.perf_counter()
             conn.request("GET", f"/ratings/{i % 10}", headers={"Host": authority})
             resp = conn.getresponse()
             body = resp.read()
             elapsed = time.perf_counter() - t0
             assert resp.status == 200, (resp.status, body)
-            if i >= WARMUP:
+            if i >= warmup:
                 out.append(elapsed * 1e6)
     finally:
         conn.close()
@@ -329,8 +329,7 @@ def _proxy(
 @pytest.fixture(params=["STRICT", "DISABLE"])
 def proxied(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """The backend; two meshcore proxies (the caller's outbound, the callee's inbound); with
-    mTLS off, also two Envoy sidecars on the same ADS server (Envoy has no certificates here:
-    the SDS agent is not part of this benchmark)."""
+    mTLS off, also two Envoy sidecars (through `meshcore agent`) on the same ADS server."""
     mode = request.param
     port = free_port("127.0.92.1")
     config = tmp_path / "config"
@@ -353,20 +352,29 @@ def proxied(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str
                                  "--metrics", f"127.0.0.1:{metrics}"]))  # fmt: skip
             envoy = mode == "DISABLE"
             if envoy:
+                # Envoy sidecars as users run them: `meshcore agent` (certificate from the CA,
+                # served over SDS: the translated clusters reference the sds-grpc cluster).
                 sys.path.insert(0, str(ROOT / "tests" / "envoy"))
-                from _sidecar import running_envoy
+                from _sidecar import running_agent
 
-                from meshcore.dataplane.bootstrap import ads_bootstrap
-
-                xds = plane.state["port"]
-                for name, ip, meta in (
-                    ("ratings-e-1", "127.0.93.1", {"MESHCORE_APP_ADDRESS": "127.0.92.11"}),
-                    ("web-e", "127.0.91.2", {"MESHCORE_OUTBOUND_ADDRESS": "127.0.91.3"}),
+                roots = tmp_path / "roots.pem"
+                roots.write_text(plane.state["ca"].trust_bundle_pem())
+                for name, ip, sa, meta in (
+                    (
+                        "ratings-e-1",
+                        "127.0.93.1",
+                        "ratings",
+                        {"MESHCORE_APP_ADDRESS": "127.0.92.11"},
+                    ),
+                    ("web-e", "127.0.91.2", "web", {"MESHCORE_OUTBOUND_ADDRESS": "127.0.91.3"}),
                 ):
-                    node = f"sidecar~{ip}~{name}.default~default.svc.cluster.local"
-                    boot = ads_bootstrap(node, "127.0.0.1", xds, admin_port=free_port("127.0.0.1"),
-                                         delta=True, metadata=meta)  # fmt: skip
-                    stack.enter_context(running_envoy(boot, tmp_path, name))
+                    stack.enter_context(running_agent(
+                        tmp_path, name, node_id=f"sidecar~{ip}~{name}.default~default.svc.cluster.local",
+                        identity=SPIFFE + sa, xds=plane.state["port"],
+                        ca=plane.state["ca_server"].port, ca_mtls=plane.state["ca_server"].mtls_port,
+                        ca_root=roots, token=plane.state["tokens"].issue(SPIFFE + sa),
+                        metadata=meta, delta=True,
+                    ))  # fmt: skip
             yield {"port": port, "outbound": outbound, "metrics": metrics, "mode": mode,
                    "envoy": envoy}  # fmt: skip
     finally:
@@ -378,7 +386,11 @@ def proxied(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str
         plane.stop()
 
 
-def test_proxy_added_latency(proxied: dict[str, Any]) -> None:
+def test_proxy_added_latency(proxied: dict[str, Any], request: pytest.FixtureRequest) -> None:
+    # With --benchmark-disable (make test), a quick pass over every path: the set-up and the
+    # paths are checked, the figures are not measured.
+    quick = request.config.getoption("benchmark_disable")
+    samples_per_path, warmup = (40, 5) if quick else (SAMPLES, WARMUP)
     port = proxied["port"]
     tls = "mTLS" if proxied["mode"] == "STRICT" else "plaintext"
     paths = {
@@ -391,7 +403,7 @@ def test_proxy_added_latency(proxied: dict[str, Any]) -> None:
     samples: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(4):
         for name, (host, p, authority) in paths.items():
-            samples[name] += latencies(host, p, authority, SAMPLES // 4)
+            samples[name] += latencies(host, p, authority, samples_per_path // 4, warmup)
     text = scrape(f"http://127.0.0.1:{proxied['metrics']}/metrics")
     decisions = float(_sample(text, "meshcore_proxy_decisions"))
     spent = float(_sample(text, "meshcore_proxy_decision_seconds"))

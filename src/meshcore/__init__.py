@@ -31,11 +31,8 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # Lazy: the base install (no xds-protos) must still import meshcore.
     if name == "Authorizer":
-        try:
-            module = importlib.import_module("meshcore.security.authz")
-        except ImportError as exc:
-            raise ImportError(
-                "meshcore.Authorizer needs the Envoy protos: pip install 'meshcore[all]'"
-            ) from exc
-        return module.Authorizer
+        from meshcore._extras import require
+
+        require("all", "meshcore.Authorizer")
+        return importlib.import_module("meshcore.security.authz").Authorizer
     raise AttributeError(f"module 'meshcore' has no attribute {name!r}")

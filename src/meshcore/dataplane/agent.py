@@ -410,20 +410,16 @@ class Agent:
                 await writer.wait_closed()
 
 
-async def run_agent(args: Any) -> int:
+async def run_agent(args: Any, *, token: str | None, root_cert: str) -> int:
     """``meshcore agent``: runs until SIGTERM or SIGINT, then stops Envoy and exits 0.
-    Exit codes: 2 for bad arguments or files, 1 when the agent cannot start."""
+    Exit codes: 2 for bad arguments or files, 1 when the agent cannot start. The command line
+    reads the bootstrap token and the root certificates (``meshcore.cli``)."""
     import sys
 
     def fail(message: str, code: int) -> int:
         print(f"meshcore agent: {message}", file=sys.stderr)
         return code
 
-    try:
-        token = Path(args.token_file).read_text().strip()
-        ca_root = Path(args.ca_root).read_text()
-    except OSError as exc:
-        return fail(f"cannot read {exc.filename}: {exc.strerror}", 2)
     metadata: dict[str, str] = {}
     for item in args.metadata:
         key, sep, value = item.partition("=")
@@ -437,8 +433,8 @@ async def run_agent(args: Any) -> int:
             xds_address=args.xds_address,
             ca_address=args.ca_address,
             ca_mtls_address=args.ca_mtls_address,
-            ca_root=ca_root,
-            token=token.split()[0] if token else None,
+            ca_root=root_cert,
+            token=token,
             workdir=args.workdir,
             admin_port=args.admin_port,
             status_port=args.status_port,

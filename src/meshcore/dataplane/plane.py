@@ -223,24 +223,26 @@ class DataPlane:
     async def start(self, *, timeout: float = 10.0) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self._tasks.append(asyncio.ensure_future(self.ads.run(self._stop)))
         if self.certs is not None:
             self._tasks.append(asyncio.ensure_future(self.certs.run(self._stop)))
         try:
             await asyncio.wait_for(self._ready(), timeout)
         except TimeoutError:
             await self.aclose()
-            missing = []
-            if not self.ads.synced.is_set():
-                missing.append(f"no complete config from the ADS server at {self.ads.address}")
             if self.certs is not None and self.certs.current is None:
-                missing.append(f"no certificate from the CA at {self.certs.address}")
-            raise DataPlaneError(f"{' and '.join(missing)} within {timeout}s") from None
+                missing = f"no certificate from the CA at {self.certs.address}"
+            else:
+                missing = f"no complete config from the ADS server at {self.ads.address}"
+            raise DataPlaneError(f"{missing} within {timeout}s") from None
 
     async def _ready(self) -> None:
-        await self.ads.synced.wait()
+        # The certificate first, as Istio's agent does: a proxy that cannot get one does not
+        # connect, so the control plane never reports a proxy without a certificate as SYNCED.
         while self.certs is not None and self.certs.current is None:
             await asyncio.sleep(0.02)
+        assert self._stop is not None  # set by start()
+        self._tasks.append(asyncio.ensure_future(self.ads.run(self._stop)))
+        await self.ads.synced.wait()
 
     async def aclose(self) -> None:
         if self._stop is not None:

@@ -84,7 +84,9 @@ class ControlPlane:
         self._fingerprint = self._scan()
 
     def load(self) -> bool:
-        """(Re)loads the config; on errors keeps the last good mesh. True when it changed."""
+        """(Re)loads the config; on errors keeps the last good mesh. True when it changed.
+        A reload logs its problems; after the first load they are in ``problems``, for the
+        caller to report."""
         return self._apply(self._read())
 
     async def load_async(self) -> bool:
@@ -107,12 +109,15 @@ class ControlPlane:
     def _apply(self, report: ValidationReport) -> bool:
         self._dirty_files.update(self.loader.reread)
         self.problems = report.problems
-        for p in report.problems:
-            (log.error if p.severity == "error" else log.warning)("%s", p)
+        if self.mesh is not None:  # a reload; the first load's problems are the caller's
+            for p in report.problems:
+                (log.error if p.severity == "error" else log.warning)("%s", p)
         if report.model is None:
-            log.error(
-                "configuration invalid: keeping the last good one (%d errors)", len(report.errors)
-            )
+            if self.mesh is not None:
+                log.error(
+                    "configuration invalid: keeping the last good one (%d errors)",
+                    len(report.errors),
+                )
             return False
         self.mesh = report.model
         if self.index is None:

@@ -293,11 +293,12 @@ def test_a_stream_ended_by_an_exception_is_released(delta: bool) -> None:
 
 
 def test_serve_logs_a_node_it_cannot_serve_on_one_line(caplog: pytest.LogCaptureFixture) -> None:
-    from meshcore.cli.serve import generate
     from meshcore.config import MeshModel
     from meshcore.xds.cache import NodeInfo
+    from meshcore.xds.translator import Translator
 
-    with caplog.at_level(logging.ERROR, logger="meshcore.serve"):
+    generate = Translator().resources_for  # what meshcore serve serves each node with
+    with caplog.at_level(logging.ERROR, logger="meshcore.xds"):
         assert generate(MeshModel([]), NodeInfo(id="bad\nERROR forged" + "x" * 5000)) is None
     (record,) = caplog.records
     assert "\n" not in record.getMessage()

@@ -16,7 +16,7 @@ STATUS_PORT = 15021
 OUTPUTS = ("text", "json", "yaml")
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+class Formatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows ``(default: X)`` for every option that has a default (not for flags or None)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
@@ -101,7 +101,7 @@ def parser() -> argparse.ArgumentParser:
     sub.required = True
 
     def command(name: str, text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=text, description=text, formatter_class=_Formatter)
+        return sub.add_parser(name, help=text, description=text, formatter_class=Formatter)
 
     v = command("validate", "validate Istio-style YAML files and directories")
     v.add_argument("paths", nargs="+", metavar="FILE|DIR", help="YAML/JSON files or directories")

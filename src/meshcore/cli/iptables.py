@@ -17,10 +17,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from meshcore.cli._parser import Formatter
+
 if TYPE_CHECKING:
     from meshcore.capture import CaptureConfig
 
 EXIT_OK, EXIT_FAILED = 0, 1
+
+
+class IptablesFormatter(Formatter, argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and every option's default shown as elsewhere."""
 
 
 def add_parser(sub: Any) -> None:
@@ -29,7 +35,7 @@ def add_parser(sub: Any) -> None:
         "iptables",
         help="Istio's sidecar capture rules (istio-iptables) for the current network namespace",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=IptablesFormatter,
     )
     opt = p.add_argument
     opt("-p", "--envoy-port", default="15001", help="where outbound TCP is redirected")
@@ -37,7 +43,8 @@ def add_parser(sub: Any) -> None:
     opt("-e", "--inbound-tunnel-port", default="15008", help="never captured inbound (HBONE)")
     opt("-u", "--proxy-uid", default="1337", help="UIDs whose traffic is not captured")
     opt("-g", "--proxy-gid", default="", help="GIDs whose traffic is not captured (default: -u)")
-    opt("-m", "--istio-inbound-interception-mode", default="", metavar="REDIRECT|TPROXY")
+    opt("-m", "--istio-inbound-interception-mode", default="", metavar="REDIRECT|TPROXY",
+        help="how inbound TCP is captured (empty: REDIRECT)")  # fmt: skip
     opt("-b", "--istio-inbound-ports", default="", help="inbound ports to capture; '*' all")
     opt("-d", "--istio-local-exclude-ports", default="", help="inbound ports not captured with '*'")
     opt("-c", "--istio-exclude-interfaces", default="", help="NICs never captured")
@@ -48,8 +55,9 @@ def add_parser(sub: Any) -> None:
         "-o", "--istio-local-outbound-ports-exclude", default="", help="outbound ports not captured"
     )
     opt("-k", "--kube-virt-interfaces", default="", help="NICs whose inbound counts as outbound")
-    opt("-t", "--istio-inbound-tproxy-mark", default="1337")
-    opt("-r", "--istio-inbound-tproxy-route-table", default="133")
+    opt("-t", "--istio-inbound-tproxy-mark", default="1337", help="the packet mark for TPROXY")
+    opt("-r", "--istio-inbound-tproxy-route-table", default="133",
+        help="the policy route table for TPROXY")  # fmt: skip
     opt("-n", "--dry-run", action="store_true", help="print the commands; change nothing")
     opt("--redirect-dns", action="store_true", help="DNS to the agent's 15053")
     opt("--capture-all-dns", action="store_true", help="all port-53 traffic, not only resolvers'")
@@ -60,7 +68,8 @@ def add_parser(sub: Any) -> None:
         help="check that a connection as the proxy's UID is captured (exit 126 if not)")  # fmt: skip
     opt("--skip-rule-apply", action="store_true", help="apply nothing (with --run-validation)")
     opt("--iptables-probe-port", type=int, default=15002, help="the validation's probe port")
-    opt("--probe-timeout", type=float, default=5.0, metavar="SECONDS")
+    opt("--probe-timeout", type=float, default=5.0, metavar="SECONDS",
+        help="how long the validation waits")  # fmt: skip
     opt("--ipv6", action="store_true", help="also write ip6tables rules")
     opt("--dns-servers", default=None, metavar="IP,IP",
         help="the resolvers whose DNS is captured (default: /etc/resolv.conf's)")  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -197,6 +198,19 @@ def _validate(args: argparse.Namespace) -> int:
     from meshcore.config import validate
 
     report = validate(args.paths, domain=args.domain, max_file_bytes=_max_file_bytes(args))
+    if report.model is not None:
+        # What a proxy will not get, found by the translator's own checks: warnings (the
+        # config is valid Istio; the exit status stays that of validation).
+        from meshcore.xds.translator import Translator
+
+        found = Translator().load_problems(report.model)
+        report = dataclasses.replace(
+            report,
+            problems=(
+                *report.problems,
+                *(dataclasses.replace(p, severity="warning") for p in found),
+            ),
+        )
     count = len(report.model) if report.model is not None else 0
     if args.output == "json":
         print(

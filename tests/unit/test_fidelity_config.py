@@ -29,15 +29,27 @@ REVIEWS = "reviews.default.svc.cluster.local"
 
 def m(kind: str, name: str, spec: dict[str, Any], ns: str = "default") -> dict[str, Any]:
     api = {"Service": "v1"}.get(kind, "networking.istio.io/v1")
-    return {"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": ns}, "spec": spec}
+    return {
+        "apiVersion": api,
+        "kind": kind,
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    }
 
 
 def svc(name: str, port: int = 9080, pname: str = "http", ns: str = "default") -> dict[str, Any]:
-    return m("Service", name, {"selector": {"app": name}, "ports": [{"name": pname, "port": port}]}, ns)
+    return m(
+        "Service", name, {"selector": {"app": name}, "ports": [{"name": pname, "port": port}]}, ns
+    )
 
 
 def we(name: str, app: str, address: str, ns: str = "default", **labels: str) -> dict[str, Any]:
-    return m("WorkloadEntry", name, {"address": address, "labels": {"app": app, **labels}, "serviceAccount": app}, ns)
+    return m(
+        "WorkloadEntry",
+        name,
+        {"address": address, "labels": {"app": app, **labels}, "serviceAccount": app},
+        ns,
+    )
 
 
 MESH = [
@@ -50,7 +62,11 @@ MESH = [
     svc("other", 8080, ns="other"),
     we("other-1", "other", "127.0.11.1", ns="other", tier="edge"),
 ]
-DEFAULT_DR = m("DestinationRule", "reviews", {"host": "reviews", "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}}})
+DEFAULT_DR = m(
+    "DestinationRule",
+    "reviews",
+    {"host": "reviews", "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}}},
+)
 EDGE_DR = m(
     "DestinationRule",
     "reviews-edge",
@@ -63,7 +79,9 @@ EDGE_DR = m(
 )
 
 
-def gen(objects: list[dict[str, Any]], node: str, translator: Translator | None = None) -> Generated:
+def gen(
+    objects: list[dict[str, Any]], node: str, translator: Translator | None = None
+) -> Generated:
     mesh = load_objects(objects)
     return (translator or Translator()).generate(mesh, proxy_for_node(mesh, node, {}))
 
@@ -77,7 +95,9 @@ def node(name: str, address: str, ns: str = "default") -> str:
 
 def test_destination_rule_match_labels_is_accepted_and_labels_refused() -> None:
     assert [p for p in validate_object(EDGE_DR) if p.severity == "error"] == []
-    wrong = m("DestinationRule", "x", {"host": "reviews", "workloadSelector": {"labels": {"a": "b"}}})
+    wrong = m(
+        "DestinationRule", "x", {"host": "reviews", "workloadSelector": {"labels": {"a": "b"}}}
+    )
     errors = [p for p in validate_object(wrong) if p.severity == "error"]
     assert [p.path for p in errors] == ["spec.workloadSelector.labels"]
 
@@ -93,7 +113,9 @@ def test_workload_selector_applies_only_to_selected_sidecars_of_its_namespace() 
     assert edge.resources[types.CLUSTER][name].lb_policy == cluster_pb2.Cluster.RANDOM
     assert canary in edge.resources[types.CLUSTER]
     cla = edge.resources[types.ENDPOINT][canary]
-    assert [e.endpoint.address.socket_address.address for g in cla.endpoints for e in g.lb_endpoints] == ["127.0.20.2"]
+    assert [
+        e.endpoint.address.socket_address.address for g in cla.endpoints for e in g.lb_endpoints
+    ] == ["127.0.20.2"]
     # not selected (other labels), or another namespace (selectors never cross namespaces)
     for result in (inner, elsewhere):
         assert result.resources[types.CLUSTER][name].lb_policy == cluster_pb2.Cluster.ROUND_ROBIN
@@ -112,11 +134,20 @@ def test_workload_selector_rule_alone_leaves_other_proxies_with_defaults() -> No
 
 
 def test_subset_of_a_selector_rule_is_a_known_subset(tmp_path: Path) -> None:
-    route = m("VirtualService", "reviews", {"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews", "subset": "canary"}}]}]})
+    route = m(
+        "VirtualService",
+        "reviews",
+        {
+            "hosts": ["reviews"],
+            "http": [{"route": [{"destination": {"host": "reviews", "subset": "canary"}}]}],
+        },
+    )
     (tmp_path / "mesh.yaml").write_text(yaml.safe_dump_all([*MESH, EDGE_DR, route]))
     assert not [p for p in validate([tmp_path]).problems if p.path.endswith("subset")]
     (tmp_path / "mesh.yaml").write_text(yaml.safe_dump_all([*MESH, DEFAULT_DR, route]))
-    assert [p.path for p in validate([tmp_path]).problems] == ["spec.http[0].route[0].destination.subset"]
+    assert [p.path for p in validate([tmp_path]).problems] == [
+        "spec.http[0].route[0].destination.subset"
+    ]
 
 
 # --- f) Istio-valid config no longer rejected ------------------------------------------------------
@@ -126,15 +157,38 @@ def vs(spec: dict[str, Any]) -> dict[str, Any]:
     return m("VirtualService", "vs", spec)
 
 
-CLAIM_ROUTE = [{"match": [{"headers": {"@request.auth.claims.groups": {"exact": "admin"}}}], "route": [{"destination": {"host": "reviews"}}]}]
+CLAIM_ROUTE = [
+    {
+        "match": [{"headers": {"@request.auth.claims.groups": {"exact": "admin"}}}],
+        "route": [{"destination": {"host": "reviews"}}],
+    }
+]
 
 
 def test_claim_routes_on_gateway_virtual_services_are_accepted_with_a_warning() -> None:
-    problems = validate_object(vs({"hosts": ["bookinfo.example.com"], "gateways": ["bookinfo-gateway"], "http": CLAIM_ROUTE}))
+    problems = validate_object(
+        vs(
+            {
+                "hosts": ["bookinfo.example.com"],
+                "gateways": ["bookinfo-gateway"],
+                "http": CLAIM_ROUTE,
+            }
+        )
+    )
     assert [p.severity for p in problems] == ["warning"]
     assert "gateways" in problems[0].message
-    bracket = [{**CLAIM_ROUTE[0], "match": [{"headers": {"@request.auth.claims[nested][key]": {"exact": "x"}}}]}]
-    assert [p.severity for p in validate_object(vs({"hosts": ["a.example.com"], "gateways": ["gw"], "http": bracket}))] == ["warning"]
+    bracket = [
+        {
+            **CLAIM_ROUTE[0],
+            "match": [{"headers": {"@request.auth.claims[nested][key]": {"exact": "x"}}}],
+        }
+    ]
+    assert [
+        p.severity
+        for p in validate_object(
+            vs({"hosts": ["a.example.com"], "gateways": ["gw"], "http": bracket})
+        )
+    ] == ["warning"]
     # on sidecars there is no JWT filter: refused, with the reason
     mesh_bound = validate_object(vs({"hosts": ["reviews"], "http": CLAIM_ROUTE}))
     assert [p.severity for p in mesh_bound] == ["error"]
@@ -144,32 +198,61 @@ def test_claim_routes_on_gateway_virtual_services_are_accepted_with_a_warning() 
 def test_host_less_delegate_virtual_service_is_accepted_with_a_warning() -> None:
     problems = validate_object(vs({"http": [{"route": [{"destination": {"host": "reviews"}}]}]}))
     assert [p.severity for p in problems] == ["warning"]
-    bad = validate_object(vs({"gateways": ["gw"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]}))
+    bad = validate_object(
+        vs({"gateways": ["gw"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]})
+    )
     assert [p.path for p in bad if p.severity == "error"] == ["spec.gateways"]
 
 
 def test_redirect_prefix_rewrite() -> None:
-    http = [{"match": [{"uri": {"prefix": "/old"}}], "redirect": {"prefixRewrite": "/new", "redirectCode": 302}}]
+    http = [
+        {
+            "match": [{"uri": {"prefix": "/old"}}],
+            "redirect": {"prefixRewrite": "/new", "redirectCode": 302},
+        }
+    ]
     objects = [*MESH, m("VirtualService", "r", {"hosts": ["reviews"], "http": http})]
     result = gen(objects, node("web-2", "127.0.10.2"))
-    vh = [v for v in result.resources[types.ROUTE]["9080"].virtual_hosts if v.name == f"{REVIEWS}:9080"][0]
+    vh = next(
+        v
+        for v in result.resources[types.ROUTE]["9080"].virtual_hosts
+        if v.name == f"{REVIEWS}:9080"
+    )
     assert vh.routes[0].redirect.prefix_rewrite == "/new"
     assert not vh.routes[0].redirect.path_redirect
-    both = validate_object(vs({"hosts": ["reviews"], "http": [{"redirect": {"uri": "/a", "prefixRewrite": "/b"}}]}))
+    both = validate_object(
+        vs({"hosts": ["reviews"], "http": [{"redirect": {"uri": "/a", "prefixRewrite": "/b"}}]})
+    )
     assert [p.path for p in both if p.severity == "error"] == ["spec.http[0].redirect"]
 
 
 def test_http2_keepalive_on_http2_upstreams() -> None:
     pool = {"connectionPool": {"http": {"http2KeepAlive": {"interval": "30s", "timeout": "5s"}}}}
-    objects = [*MESH, svc("grpc", 9090, "grpc"), we("grpc-1", "grpc", "127.0.30.1"), m("DestinationRule", "g", {"host": "grpc", "trafficPolicy": pool})]
+    objects = [
+        *MESH,
+        svc("grpc", 9090, "grpc"),
+        we("grpc-1", "grpc", "127.0.30.1"),
+        m("DestinationRule", "g", {"host": "grpc", "trafficPolicy": pool}),
+    ]
     result = gen(objects, node("web-2", "127.0.10.2"))
     c = result.resources[types.CLUSTER]["outbound|9090||grpc.default.svc.cluster.local"]
     options = http_protocol_options_pb2.HttpProtocolOptions()
-    c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].Unpack(options)
+    c.typed_extension_protocol_options[
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ].Unpack(options)
     ka = options.explicit_http_config.http2_protocol_options.connection_keepalive
     assert (ka.interval.seconds, ka.timeout.seconds) == (30, 5)
-    missing = m("DestinationRule", "g", {"host": "grpc", "trafficPolicy": {"connectionPool": {"http": {"http2KeepAlive": {"interval": "30s"}}}}})
-    assert [p.path for p in validate_object(missing)] == ["spec.trafficPolicy.connectionPool.http.http2KeepAlive.timeout"]
+    missing = m(
+        "DestinationRule",
+        "g",
+        {
+            "host": "grpc",
+            "trafficPolicy": {"connectionPool": {"http": {"http2KeepAlive": {"interval": "30s"}}}},
+        },
+    )
+    assert [p.path for p in validate_object(missing)] == [
+        "spec.trafficPolicy.connectionPool.http.http2KeepAlive.timeout"
+    ]
     with pytest.raises(ConfigError):
         load_objects([missing])
 
@@ -178,9 +261,28 @@ def test_http2_keepalive_on_http2_upstreams() -> None:
 
 NOT_TRANSLATED = [
     *MESH,
-    m("VirtualService", "tcp", {"hosts": ["reviews"], "tcp": [{"route": [{"destination": {"host": "reviews"}}]}]}),
-    m("ServiceEntry", "passthrough", {"hosts": ["api.example.com"], "resolution": "NONE", "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}]}),
-    m("DestinationRule", "loc", {"host": "reviews", "trafficPolicy": {"loadBalancer": {"localityLbSetting": {"enabled": True}}}}),
+    m(
+        "VirtualService",
+        "tcp",
+        {"hosts": ["reviews"], "tcp": [{"route": [{"destination": {"host": "reviews"}}]}]},
+    ),
+    m(
+        "ServiceEntry",
+        "passthrough",
+        {
+            "hosts": ["api.example.com"],
+            "resolution": "NONE",
+            "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}],
+        },
+    ),
+    m(
+        "DestinationRule",
+        "loc",
+        {
+            "host": "reviews",
+            "trafficPolicy": {"loadBalancer": {"localityLbSetting": {"enabled": True}}},
+        },
+    ),
 ]
 
 
@@ -199,7 +301,13 @@ def test_translator_load_problems_are_the_proxies_problems() -> None:
 
 def test_validate_cli_reports_translation_warnings(tmp_path: Path) -> None:
     (tmp_path / "mesh.yaml").write_text(yaml.safe_dump_all(NOT_TRANSLATED))
-    r = subprocess.run([sys.executable, "-m", "meshcore.cli", "validate", "-o", "json", str(tmp_path)], capture_output=True, text=True, timeout=60, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "meshcore.cli", "validate", "-o", "json", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["valid"] is True

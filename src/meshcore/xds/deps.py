@@ -190,8 +190,7 @@ class DependencyIndex:
                     if isinstance(r, WorkloadEntry) and r.address:
                         out |= self._by_address.get((namespace, r.address), set())
             elif kind == "DestinationRule" and any(
-                isinstance(r, DestinationRule) and r.workload_selector is not None
-                for r in (o, n)
+                isinstance(r, DestinationRule) and r.workload_selector is not None for r in (o, n)
             ):
                 # A rule with a workloadSelector decides which clusters the proxies of its
                 # namespace hold (see MeshIndex.overrides).

@@ -190,9 +190,7 @@ def apply_outlier(cluster: cluster_pb2.Cluster, od: Mapping[str, Any], path: str
         )
     if od.get("maxEjectionPercent"):
         out.max_ejection_percent.value = int(od["maxEjectionPercent"])
-    cluster.common_lb_config.healthy_panic_threshold.value = float(
-        od.get("minHealthPercent") or 0
-    )
+    cluster.common_lb_config.healthy_panic_threshold.value = float(od.get("minHealthPercent") or 0)
 
 
 def upstream_tls(

@@ -97,7 +97,6 @@ class MeshTranslation:
         }
         return Generated(resources, [problems[k] for k in sorted(problems)])
 
-
     def load_problems(self) -> list[ConfigProblem]:
         """What proxies will be told about this mesh, found once when it is loaded (so that
         ``meshcore validate`` and ``serve`` report them before any proxy connects): the
@@ -108,9 +107,7 @@ class MeshTranslation:
         # A sidecar of each namespace with workloads (route configurations are per namespace).
         namespaces = {w.namespace for w in self.mesh.workload_entries}
         for namespace in sorted(namespaces or {self.mesh.root_namespace}):
-            proxy = Proxy(
-                node_id="", ip="", name="", namespace=namespace, workload=None, labels={}
-            )
+            proxy = Proxy(node_id="", ip="", name="", namespace=namespace, workload=None, labels={})
             self.listeners.outbound_listeners(proxy)
             self.routes.route_configs(proxy)
             groups.append(self.listeners.outbound_problems[(False, proxy.outbound_address)])

@@ -13,7 +13,7 @@ pytest.importorskip("envoy.config.cluster.v3.cluster_pb2")
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
 
-from meshcore.config import load_objects
+from meshcore.config import load_objects, validate_object
 from meshcore.xds import types
 from meshcore.xds.translate import Generated, Translator, proxy_for_node
 
@@ -304,3 +304,19 @@ def test_outlier_fields_as_istio_converts_them() -> None:
     five = outlier({"consecutive5xxErrors": 3}).outlier_detection
     assert (five.consecutive_5xx.value, five.enforcing_consecutive_5xx.value) == (3, 100)
     assert not five.HasField("consecutive_gateway_failure")
+
+
+def test_deprecated_consecutive_errors_has_no_effect_and_is_said() -> None:
+    # Istio's conversion no longer reads consecutiveErrors: Envoy's defaults stay.
+    od = outlier({"consecutiveErrors": 2}).outlier_detection
+    assert not od.HasField("consecutive_5xx")
+    assert not od.HasField("consecutive_gateway_failure")
+    dr = m(
+        "DestinationRule",
+        "r",
+        {"host": "ratings", "trafficPolicy": {"outlierDetection": {"consecutiveErrors": 2}}},
+    )
+    problems = validate_object(dr)
+    assert [(p.severity, p.path) for p in problems] == [
+        ("warning", "spec.trafficPolicy.outlierDetection.consecutiveErrors")
+    ]

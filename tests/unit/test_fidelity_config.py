@@ -322,3 +322,17 @@ def test_control_plane_checks_each_mesh_when_loaded(tmp_path: Path) -> None:
     plane = ControlPlane([tmp_path], translator.resources_for, check=translator.load_problems)
     assert plane.load()
     assert ("VirtualService", "spec.tcp") in {(p.kind, p.path) for p in plane.problems}
+
+
+def test_describe_cli_reports_translation_warnings(tmp_path: Path) -> None:
+    (tmp_path / "mesh.yaml").write_text(yaml.safe_dump_all(NOT_TRANSLATED))
+    r = subprocess.run(
+        [sys.executable, "-m", "meshcore.cli", "describe", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "warning: " in r.stderr
+    assert "spec.tcp: tcp routes are not translated" in r.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -198,19 +197,10 @@ def _validate(args: argparse.Namespace) -> int:
     from meshcore.config import validate
 
     report = validate(args.paths, domain=args.domain, max_file_bytes=_max_file_bytes(args))
-    if report.model is not None:
-        # What a proxy will not get, found by the translator's own checks: warnings (the
-        # config is valid Istio; the exit status stays that of validation).
-        from meshcore.xds.translator import Translator
+    # What a proxy will not get, found by the translator's own checks, as warnings.
+    from meshcore.xds.translator import with_load_problems
 
-        found = Translator().load_problems(report.model)
-        report = dataclasses.replace(
-            report,
-            problems=(
-                *report.problems,
-                *(dataclasses.replace(p, severity="warning") for p in found),
-            ),
-        )
+    report = with_load_problems(report)
     count = len(report.model) if report.model is not None else 0
     if args.output == "json":
         print(

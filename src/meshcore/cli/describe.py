@@ -7,10 +7,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from meshcore.config import MeshModel, validate
+from meshcore.xds.translator import with_load_problems
 
 
 def describe(paths: Sequence[str], *, domain: str = "cluster.local") -> int:
-    report = validate(paths, domain=domain)
+    report = with_load_problems(validate(paths, domain=domain))
     for p in report.problems:
         print(f"{p.severity}: {p}", file=sys.stderr)
     if report.model is None:

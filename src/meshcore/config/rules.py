@@ -593,6 +593,12 @@ def _traffic_policy(c: Checker, tp: Any, path: Path, *, port_level: bool = False
             path + ("outlierDetection", "consecutiveErrors"),
             "consecutiveErrors must not be negative",
         )
+    elif od.get("consecutiveErrors") is not None:
+        c.warn(
+            path + ("outlierDetection", "consecutiveErrors"),
+            "consecutiveErrors is deprecated and has no effect (as in Istio): use"
+            " consecutive5xxErrors or consecutiveGatewayErrors",
+        )
     tls = tp.get("tls")
     if isinstance(tls, dict):
         mode = tls.get("mode")

@@ -167,7 +167,7 @@ def apply_outlier(cluster: cluster_pb2.Cluster, od: Mapping[str, Any], path: str
     ``minHealthPercent`` (0 unless given: Istio turns Envoy's 50% panic mode off)."""
     out = cluster.outlier_detection
     out.enforcing_success_rate.value = 0
-    five = od.get("consecutive5xxErrors", od.get("consecutiveErrors"))
+    five = od.get("consecutive5xxErrors")  # the deprecated consecutiveErrors: no effect
     if five is not None:
         out.consecutive_5xx.value = int(five)
         out.enforcing_consecutive_5xx.value = 100 if int(five) > 0 else 0

@@ -10,11 +10,13 @@ proxy's resources from the builders and collects the problems of exactly what it
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from meshcore._text import shown
+from meshcore.config import ValidationReport
 from meshcore.config.meshconfig import MeshConfig
 from meshcore.config.model import MeshModel
 from meshcore.errors import ConfigProblem
@@ -29,7 +31,7 @@ from meshcore.xds.routes import RouteBuilder
 from meshcore.xds.trafficpolicy import SYSTEM_CA_BUNDLE
 from meshcore.xds.types import Resources
 
-__all__ = ["Generated", "MeshTranslation", "Translator"]
+__all__ = ["Generated", "MeshTranslation", "Translator", "with_load_problems"]
 
 log = logging.getLogger("meshcore.xds")
 
@@ -210,6 +212,17 @@ class Translator:
             prev = None
         self._last = MeshTranslation(mesh, prev, providers, mesh_config, self.system_ca)
         return self._last
+
+
+def with_load_problems(report: ValidationReport) -> ValidationReport:
+    """``report`` with the translation problems of its mesh (what proxies will not get) added
+    as warnings: the config is valid Istio, so validity stays that of validation (``meshcore
+    validate`` and ``describe``)."""
+    if report.model is None:
+        return report
+    found = Translator().load_problems(report.model)
+    warnings = tuple(dataclasses.replace(p, severity="warning") for p in found)
+    return dataclasses.replace(report, problems=(*report.problems, *warnings))
 
 
 def _duplicate_names(proxy: Proxy, resources: Resources) -> list[ConfigProblem]:

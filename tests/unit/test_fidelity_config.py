@@ -336,3 +336,17 @@ def test_describe_cli_reports_translation_warnings(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "warning: " in r.stderr
     assert "spec.tcp: tcp routes are not translated" in r.stderr
+
+
+def test_selector_rule_hash_key_is_said_not_to_reach_routes() -> None:
+    rule = {
+        **EDGE_DR,
+        "spec": {
+            **EDGE_DR["spec"],
+            "trafficPolicy": {"loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}}},
+        },
+    }
+    found = Translator().load_problems(load_objects([*MESH, rule]))
+    assert [(p.severity, p.path) for p in found if p.name == "reviews-edge"] == [
+        ("warning", "spec.trafficPolicy.loadBalancer.consistentHash")
+    ]

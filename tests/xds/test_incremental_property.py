@@ -161,6 +161,24 @@ def edit(files: Files, op: str, i: int, j: int) -> set[str]:
         else:
             subsets.append({"name": "v3", "labels": {"version": "v3"}})
         return {_file_of(files, dr)}
+    if op == "destination selector":
+        # A DestinationRule with a workloadSelector: it changes the clusters of the selected
+        # proxies of ns0 only (and which shared layer they hold).
+        name = "selector-dr.yaml"
+        if name in files and j % 2:
+            del files[name]
+            return {name}
+        svc = _pick(files, "Service", i)
+        assert svc is not None
+        host = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
+        files[name] = [
+            {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+             "metadata": {"name": "selected", "namespace": "ns0"},
+             "spec": {"host": host, "workloadSelector": {"matchLabels": {"version": f"v{j % 3 + 1}"}},
+                      "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}},
+                      "subsets": [{"name": "canary", "labels": {"version": "v2"}}]}}
+        ]  # fmt: skip
+        return {name}
     if op == "peer authentication":
         pa = files["peer.yaml"][0]
         pa["spec"]["mtls"]["mode"] = ["STRICT", "PERMISSIVE", "DISABLE"][j % 3]
@@ -187,6 +205,7 @@ OPS = [
     "workload address", "workload version", "workload weight", "workload toggle",
     "route weight", "route source labels", "route timeout", "destination lb",
     "destination subsets", "peer authentication", "authorization policy", "service port",
+    "destination selector",
 ]  # fmt: skip
 
 

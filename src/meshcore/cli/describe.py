@@ -11,7 +11,9 @@ from meshcore.config.model import thaw
 
 
 def describe(paths: Sequence[str], *, domain: str = "cluster.local", output: str = "text") -> int:
-    report = validate(paths, domain=domain)
+    from meshcore.cli import with_translation_checks
+
+    report = with_translation_checks(validate(paths, domain=domain))
     for p in report.problems:
         print(f"{p.severity}: {p}", file=sys.stderr)
     if report.model is None:

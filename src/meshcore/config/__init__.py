@@ -219,7 +219,7 @@ def _check_references(
                     warn(
                         vs, (*path, "host"), f"host {host!r} is not a known Service or ServiceEntry"
                     )
-                if subset and subset not in model.subsets(host):
+                if subset and not model.subset_defined(host, subset):
                     warn(
                         vs,
                         (*path, "subset"),

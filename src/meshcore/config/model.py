@@ -9,6 +9,8 @@ from typing import Any
 
 DEFAULT_DOMAIN = "cluster.local"
 DEFAULT_ROOT_NAMESPACE = "istio-system"
+# The workload label Istio's auto mTLS reads (``istio`` or ``disabled``).
+TLS_MODE_LABEL = "security.istio.io/tlsMode"
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -148,6 +150,16 @@ class WorkloadEntry(Resource):
     def service_account(self) -> str:
         return str(self.spec.get("serviceAccount") or "default")
 
+    @property
+    def tls_mode(self) -> str:
+        """Istio's ``tlsMode`` of the endpoint (what its auto mTLS follows): the
+        ``security.istio.io/tlsMode`` label if present, else ``istio`` when the entry names a
+        service account (a sidecar with a mesh identity), else ``disabled`` (plaintext)."""
+        label = self.workload_labels.get(TLS_MODE_LABEL)
+        if label is not None:
+            return str(label)
+        return "istio" if self.spec.get("serviceAccount") else "disabled"
+
 
 @dataclass(frozen=True, slots=True)
 class ServiceEntry(Resource):
@@ -202,6 +214,16 @@ class DestinationRule(Resource):
     @property
     def traffic_policy(self) -> Mapping[str, Any]:
         return self.spec.get("trafficPolicy") or _EMPTY
+
+    @property
+    def workload_selector(self) -> Mapping[str, str] | None:
+        """``workloadSelector.matchLabels`` ({} for a selector without labels: every workload
+        of the namespace), None when the rule has no selector (it applies to every proxy)."""
+        sel = self.spec.get("workloadSelector")
+        if sel is None:
+            return None
+        labels: Mapping[str, str] = sel.get("matchLabels") or _EMPTY
+        return labels
 
     @property
     def subsets(self) -> Mapping[str, Subset]:
@@ -284,6 +306,7 @@ class MeshModel:
     __slots__ = (
         "_by_key",
         "_dr_by_host",
+        "_dr_selected",
         "_se_by_host",
         "_services",
         "_vs_by_host",
@@ -314,6 +337,7 @@ class MeshModel:
     _workloads_by_ns: Mapping[str, tuple[WorkloadEntry, ...]]
     _vs_by_host: Mapping[str, tuple[VirtualService, ...]]
     _dr_by_host: Mapping[str, tuple[DestinationRule, ...]]
+    _dr_selected: Mapping[tuple[str, str], tuple[DestinationRule, ...]]
     _se_by_host: Mapping[str, tuple[ServiceEntry, ...]]
 
     def __init__(
@@ -343,7 +367,20 @@ class MeshModel:
         set_(self, "_services", MappingProxyType({s.hostname: s for s in self.services}))
         set_(self, "_workloads_by_ns", _group((w.namespace, w) for w in self.workload_entries))
         set_(self, "_vs_by_host", _group((h, vs) for vs in self.virtual_services for h in vs.hosts))
-        set_(self, "_dr_by_host", _group((dr.host, dr) for dr in self.destination_rules))
+        set_(
+            self,
+            "_dr_by_host",
+            _group((dr.host, dr) for dr in self.destination_rules if dr.workload_selector is None),
+        )
+        set_(
+            self,
+            "_dr_selected",
+            _group(
+                ((dr.namespace, dr.host), dr)
+                for dr in self.destination_rules
+                if dr.workload_selector is not None
+            ),
+        )
         set_(self, "_se_by_host", _group((h, se) for se in self.service_entries for h in se.hosts))
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -385,9 +422,46 @@ class MeshModel:
         return self._vs_by_host.get(host, ())
 
     def destination_rule_for(self, host: str) -> DestinationRule | None:
-        """The DestinationRule for ``host`` (Istio: the oldest wins; here the first loaded)."""
+        """The DestinationRule for ``host`` of every proxy: one without a workloadSelector
+        (Istio: the oldest wins; here the first loaded)."""
         rules = self._dr_by_host.get(host, ())
         return rules[0] if rules else None
+
+    def selected_destination_rule(
+        self, host: str, namespace: str, labels: Mapping[str, str]
+    ) -> DestinationRule | None:
+        """The DestinationRule with a workloadSelector that applies to ``host`` for a proxy
+        of ``namespace`` with ``labels`` (Istio: only in the rule's own namespace, for the
+        workloads its matchLabels select; the first loaded wins), None when there is none."""
+        for dr in self._dr_selected.get((namespace, host), ()):
+            if selector_matches(dr.workload_selector, labels):
+                return dr
+        return None
+
+    def destination_rule_for_proxy(
+        self, host: str, namespace: str, labels: Mapping[str, str]
+    ) -> DestinationRule | None:
+        """The DestinationRule a proxy uses for ``host``: one selecting it, else the host's."""
+        return self.selected_destination_rule(host, namespace, labels) or (
+            self.destination_rule_for(host)
+        )
+
+    @property
+    def selector_hosts(self) -> frozenset[tuple[str, str]]:
+        """(namespace, host) of the DestinationRules with a workloadSelector."""
+        return frozenset(self._dr_selected)
+
+    def subset_defined(self, host: str, subset: str) -> bool:
+        """Whether any DestinationRule for ``host`` (with a workloadSelector or not) defines
+        ``subset``."""
+        if subset in self.subsets(host):
+            return True
+        return any(
+            subset in dr.subsets
+            for (_, h), rules in self._dr_selected.items()
+            if h == host
+            for dr in rules
+        )
 
     def subsets(self, host: str) -> Mapping[str, Subset]:
         dr = self.destination_rule_for(host)

@@ -270,7 +270,25 @@ def _route_destinations(c: Checker, dests: list[Any], path: Path, *, weights: bo
             c.warn(path, f"weights add up to {total}, not 100: traffic is split in proportion")
 
 
-def _http_route(c: Checker, r: dict[str, Any], path: Path) -> None:
+JWT_CLAIM_HEADER = "@request.auth.claims"
+
+
+def is_claim_route(name: str) -> bool:
+    """Istio's claim-route form of a header match name: ``@request.auth.claims.a.b`` or
+    ``@request.auth.claims[a][b]``, with no empty claim name."""
+    if not name.lower().startswith(JWT_CLAIM_HEADER):
+        return False
+    rest = name[len(JWT_CLAIM_HEADER) :]
+    if rest.startswith("[") and rest.endswith("]"):
+        claims = rest[1:-1].split("][")
+    elif rest.startswith("."):
+        claims = rest[1:].split(".")
+    else:
+        return False
+    return all(claims)
+
+
+def _http_route(c: Checker, r: dict[str, Any], path: Path, *, mesh_bound: bool = True) -> None:
     actions = [k for k in ("route", "redirect", "directResponse", "delegate") if r.get(k)]
     if not actions:
         c.error(path, "an HTTP route needs one of route, redirect, directResponse or delegate")
@@ -283,7 +301,21 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path) -> None:
             _string_match(c, m.get(field), mp + (field,))
         for group in ("headers", "withoutHeaders"):
             for hname, hm in _d(m.get(group)).items():
-                c.header_name(hname, mp + (group, hname), lowercase=True)
+                if isinstance(hname, str) and is_claim_route(hname):
+                    if mesh_bound:
+                        c.error(
+                            mp + (group, hname),
+                            "JWT claim routing (@request.auth.claims) is for gateways:"
+                            " sidecars have no JWT filter to read the claims from",
+                        )
+                    else:
+                        c.warn(
+                            mp + (group, hname),
+                            "JWT claim routing applies on gateways, which meshcore does not"
+                            " build yet: this match takes no effect",
+                        )
+                else:
+                    c.header_name(hname, mp + (group, hname), lowercase=True)
                 if hm == {} and group == "headers":
                     continue  # presence match
                 _string_match(c, hm, mp + (group, hname))
@@ -300,6 +332,8 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path) -> None:
                 path + ("redirect", "redirectCode"),
                 f"redirect code {code} is not one of {', '.join(map(str, REDIRECT_CODES))}",
             )
+        if redirect.get("uri") is not None and redirect.get("prefixRewrite") is not None:
+            c.error(path + ("redirect",), "uri and prefixRewrite are mutually exclusive")
         if redirect.get("port") is not None and redirect.get("derivePort") is not None:
             c.error(path + ("redirect",), "port and derivePort are mutually exclusive")
         c.port(redirect.get("port"), path + ("redirect", "port"))
@@ -404,10 +438,22 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path) -> None:
 def check_virtual_service(c: Checker, spec: dict[str, Any], name: str) -> None:
     hosts = _l(spec.get("hosts"))
     gateways = _l(spec.get("gateways"))
+    mesh_bound = not gateways or "mesh" in gateways
     if not spec.get("hosts"):
-        c.error(("spec", "hosts"), "a VirtualService needs at least one host")
+        # Istio: a VirtualService without hosts is a delegate, used only through another
+        # VirtualService's delegate (which meshcore does not translate).
+        c.warn(
+            ("spec", "hosts"),
+            "a VirtualService without hosts is a delegate: it takes effect only through"
+            " another VirtualService's delegate, which meshcore does not translate",
+        )
+        if spec.get("gateways"):
+            c.error(("spec", "gateways"), "a delegate VirtualService must have no gateways")
+        for key in ("tls", "tcp"):
+            if spec.get(key):
+                c.error(("spec", key), f"a delegate VirtualService must have no {key} routes")
     for i, h in enumerate(hosts):
-        if h == "*" and (not gateways or "mesh" in gateways):
+        if h == "*" and mesh_bound:
             c.error(
                 ("spec", "hosts", i),
                 "wildcard host '*' is not allowed for VirtualServices bound to the mesh gateway",
@@ -424,7 +470,7 @@ def check_virtual_service(c: Checker, spec: dict[str, Any], name: str) -> None:
             if rname in names:
                 c.warn(("spec", "http", i, "name"), f"route name {rname!r} is used more than once")
             names.add(rname)
-        _http_route(c, r, ("spec", "http", i))
+        _http_route(c, r, ("spec", "http", i), mesh_bound=mesh_bound)
     for i, r in enumerate(_l(spec.get("tls"))):
         r = _d(r)
         matches = _l(r.get("match"))
@@ -526,6 +572,14 @@ def _traffic_policy(c: Checker, tp: Any, path: Path, *, port_level: bool = False
         for f in ("connectTimeout", "idleTimeout", "maxConnectionDuration"):
             if f in sec:
                 c.duration(sec[f], path + ("connectionPool", section, f), min_ms=1)
+    keepalive = _d(pool.get("http")).get("http2KeepAlive")
+    if isinstance(keepalive, dict):
+        kpath = path + ("connectionPool", "http", "http2KeepAlive")
+        for f in ("interval", "timeout"):
+            if keepalive.get(f) is None:
+                c.error(kpath + (f,), f"{f} is required when http2KeepAlive is set")
+            else:
+                c.duration(keepalive[f], kpath + (f,), min_ms=1)
     od = _d(tp.get("outlierDetection"))
     for f in ("interval", "baseEjectionTime"):
         if f in od:
@@ -538,6 +592,12 @@ def _traffic_policy(c: Checker, tp: Any, path: Path, *, port_level: bool = False
         c.error(
             path + ("outlierDetection", "consecutiveErrors"),
             "consecutiveErrors must not be negative",
+        )
+    elif od.get("consecutiveErrors") is not None:
+        c.warn(
+            path + ("outlierDetection", "consecutiveErrors"),
+            "consecutiveErrors is deprecated and has no effect (as in Istio): use"
+            " consecutive5xxErrors or consecutiveGatewayErrors",
         )
     tls = tp.get("tls")
     if isinstance(tls, dict):
@@ -601,11 +661,18 @@ def check_destination_rule(c: Checker, spec: dict[str, Any], name: str) -> None:
             names.add(sname)
         c.labels(sub.get("labels"), path + ("labels",), selector=True)
         _traffic_policy(c, sub.get("trafficPolicy"), path + ("trafficPolicy",))
-    c.labels(
-        _d(spec.get("workloadSelector")).get("labels"),
-        ("spec", "workloadSelector", "labels"),
-        selector=True,
-    )
+    selector = spec.get("workloadSelector")
+    if isinstance(selector, dict):
+        c.labels(
+            selector.get("matchLabels"),
+            ("spec", "workloadSelector", "matchLabels"),
+            selector=True,
+        )
+        if not selector.get("matchLabels"):
+            c.warn(
+                ("spec", "workloadSelector"),
+                "a workloadSelector without matchLabels selects every workload of the namespace",
+            )
     c.export_to(spec)
 
 

@@ -142,6 +142,7 @@ SERVICE_ENTRY_PORT = message(
     "ServicePort", number=UINT32, protocol=STRING, name=STRING, targetPort=UINT32
 )
 WORKLOAD_SELECTOR = message("WorkloadSelector", labels=LABELS)
+SELECTOR = message("WorkloadSelector", matchLabels=LABELS)
 SERVICE_ENTRY_SPEC = message(
     "ServiceEntry",
     hosts=STRINGS,
@@ -189,6 +190,7 @@ HTTP_REDIRECT = message(
     derivePort=Enum(("FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT")),
     scheme=STRING,
     redirectCode=UINT32,
+    prefixRewrite=STRING,
 )
 HTTP_DIRECT_RESPONSE = message(
     "HTTPDirectResponse",
@@ -334,6 +336,7 @@ CONNECTION_POOL = message(
         h2UpgradePolicy=Enum(("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE")),
         useClientProtocol=BOOL,
         maxConcurrentStreams=INT,
+        http2KeepAlive=message("ConnectionKeepalive", interval=DURATION, timeout=DURATION),
     ),
 )
 OUTLIER_DETECTION = message(
@@ -381,12 +384,12 @@ DESTINATION_RULE_SPEC = message(
     trafficPolicy=TRAFFIC_POLICY,
     subsets=ListOf(SUBSET),
     exportTo=STRINGS,
-    workloadSelector=WORKLOAD_SELECTOR,
+    # istio.type.v1beta1.WorkloadSelector (matchLabels), not the ServiceEntry's (labels)
+    workloadSelector=SELECTOR,
 )
 
 # --- security.istio.io ---------------------------------------------------------------------------
 
-SELECTOR = message("WorkloadSelector", matchLabels=LABELS)
 # AuthorizationPolicy's spec is checked field by field by meshcore.security._validate (shared
 # with the Authorizer), which knows Istio's webhook rules for it.
 AUTHORIZATION_POLICY_SPEC = ANY

@@ -20,7 +20,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf.message import Message
 
 from meshcore.config.meshconfig import MeshConfig
-from meshcore.config.model import WorkloadEntry
+from meshcore.config.model import DestinationRule, WorkloadEntry
 from meshcore.errors import ConfigProblem
 from meshcore.names import (
     HTTP_OPTIONS_KEY,
@@ -41,10 +41,11 @@ from meshcore.xds.common import (
     socket_address,
     tls_socket,
 )
-from meshcore.xds.index import MeshIndex, PortService, SeHost
+from meshcore.xds.index import MeshIndex, Overrides, PortService, SeHost
 from meshcore.xds.problems import ProblemLog
 from meshcore.xds.telemetry import zipkin_cluster
 from meshcore.xds.trafficpolicy import (
+    SYSTEM_CA_BUNDLE,
     apply_connection_pool,
     apply_lb,
     apply_outlier,
@@ -61,13 +62,23 @@ class ClusterBuilder:
     """The mesh's outbound clusters (per kind of client: Envoy or proxyless gRPC) and
     endpoints, with the problems met building them."""
 
-    def __init__(self, index: MeshIndex, log: ProblemLog, mesh_config: MeshConfig | None) -> None:
+    def __init__(
+        self,
+        index: MeshIndex,
+        log: ProblemLog,
+        mesh_config: MeshConfig | None,
+        system_ca: str = SYSTEM_CA_BUNDLE,
+    ) -> None:
         self.index = index
+        self.system_ca = system_ca
         self.mesh = index.mesh
         self.log = log
         self.mesh_config = mesh_config
         self._clusters: dict[bool, dict[str, Message]] = {}
-        self.problems: dict[bool, list[ConfigProblem]] = {}
+        self.problems: dict[Any, list[ConfigProblem]] = {}
+        # Per kind of client and set of DestinationRules with a workloadSelector.
+        self._selected_clusters: dict[tuple[Any, ...], dict[str, Message]] = {}
+        self._selected_endpoints: dict[tuple[Any, ...], dict[str, Message]] = {}
         self._endpoints: dict[str, Message] | None = None
         self._lb_endpoints: dict[tuple[Any, ...], endpoint_components_pb2.LbEndpoint] = {}
         # Per service port: (what it was built from, what was built[, problems met]).
@@ -83,7 +94,43 @@ class ClusterBuilder:
         self._prev_cluster_parts = prev._cluster_parts
         self._prev_cla_parts = prev._cla_parts
 
-    def clusters(self, proxyless: bool) -> dict[str, Message]:
+    def clusters(self, proxyless: bool, overrides: Overrides = ()) -> dict[str, Message]:
+        """The outbound clusters of a kind of client; with ``overrides`` (the DestinationRules
+        with a workloadSelector that select the proxy), the shared ones with those hosts'
+        clusters built from the selecting rules (built once per set of rules)."""
+        shared = self._shared_clusters(proxyless)
+        if not overrides:
+            return shared
+        key = (proxyless, _override_key(overrides))
+        found = self._selected_clusters.get(key)
+        if found is None:
+            built = dict(shared)
+            hosts = {host for host, _ in overrides}
+            problems = [
+                p
+                for (pl, host, _), part in self._cluster_parts.items()
+                if pl == proxyless and host not in hosts
+                for p in part[2]
+            ]
+            with self.log.capture() as met:
+                for host, dr in overrides:
+                    for ps in self.index.host_ports(host):
+                        for subset in ["", *sorted(self.index.subsets(host))]:
+                            built.pop(cluster_name(OUTBOUND, ps.port.port, subset, host), None)
+                        for subset in ["", *sorted(dr.subsets)]:
+                            name = cluster_name(OUTBOUND, ps.port.port, subset, host)
+                            c = self._outbound_cluster(name, ps, subset, proxyless, dr)
+                            if c is not None:
+                                built[name] = c
+            found = self._selected_clusters[key] = dict(sorted(built.items()))
+            self.problems[key] = problems + met
+        return found
+
+    def problems_for(self, proxyless: bool, overrides: Overrides = ()) -> list[ConfigProblem]:
+        """The problems met building what :meth:`clusters` gives (call it first)."""
+        return self.problems[(proxyless, _override_key(overrides)) if overrides else proxyless]
+
+    def _shared_clusters(self, proxyless: bool) -> dict[str, Message]:
         if proxyless not in self._clusters:
             built: dict[str, Message] = {}
             problems: list[ConfigProblem] = []
@@ -97,10 +144,11 @@ class ClusterBuilder:
                     part = old
                 else:
                     made: dict[str, Message] = {}
+                    dr = self.mesh.destination_rule_for(ps.service.hostname)
                     with self.log.capture() as met:
                         for subset in subsets:
                             name = cluster_name(OUTBOUND, ps.port.port, subset, ps.service.hostname)
-                            c = self._outbound_cluster(name, ps, subset, proxyless)
+                            c = self._outbound_cluster(name, ps, subset, proxyless, dr)
                             if c is not None:
                                 made[name] = c
                     part = (fp, made, met)
@@ -114,10 +162,14 @@ class ClusterBuilder:
         return self._clusters[proxyless]
 
     def _outbound_cluster(
-        self, name: str, ps: PortService, subset: str, proxyless: bool
+        self,
+        name: str,
+        ps: PortService,
+        subset: str,
+        proxyless: bool,
+        dr: DestinationRule | None,
     ) -> cluster_pb2.Cluster | None:
         svc, port = ps.service, ps.port
-        dr = self.mesh.destination_rule_for(svc.hostname)
         policy = effective_policy(dr, subset, port.port)
         c = _eds_cluster(name, proxyless)
         th = c.circuit_breakers.thresholds.add()
@@ -137,8 +189,8 @@ class ClusterBuilder:
                 )
             if "outlierDetection" in policy:
                 apply_outlier(c, policy["outlierDetection"], base + ".outlierDetection")
-            workloads = self.index.subset_workloads(svc, subset)
-            sans = self.index.endpoint_sans(workloads)
+            workloads = self.index.subset_workloads(svc, subset, dr)
+            sans = self.index.service_accounts(svc, workloads)
             sni = f"outbound_.{port.port}_.{subset}_.{svc.hostname}"
             external = isinstance(svc, SeHost) and svc.entry.location == "MESH_EXTERNAL"
             if "tls" in policy:
@@ -150,6 +202,10 @@ class ClusterBuilder:
                     sans,
                     proxyless=proxyless,
                     path=base + ".tls",
+                    # Istio: SIMPLE and MUTUAL to a ServiceEntry host verify its service
+                    # accounts when the DestinationRule names no subjectAltNames.
+                    simple_sans=isinstance(svc, SeHost),
+                    system_ca=self.system_ca,
                 )
                 if ctx is not None:
                     c.transport_socket.CopyFrom(tls_socket(ctx))
@@ -160,8 +216,8 @@ class ClusterBuilder:
             # The DestinationRule's policy is dropped, not the cluster: traffic keeps flowing
             # with Istio's defaults, and the problem names the field.
             self.log.problem(dr, bad.path, bad.message + "; the cluster uses default settings")
-            return self._dns_shaped(_eds_cluster(name, proxyless), ps, subset)
-        self._dns_shaped(c, ps, subset)
+            return self._dns_shaped(_eds_cluster(name, proxyless), ps, subset, dr)
+        self._dns_shaped(c, ps, subset, dr)
         if proxyless and c.lb_policy not in _GRPC_LB_POLICIES:
             # gRPC's xDS client NACKs the policies it lacks (least request, random, maglev);
             # Istio's proxyless default is round robin.
@@ -183,7 +239,7 @@ class ClusterBuilder:
         return c
 
     def _dns_shaped(
-        self, c: cluster_pb2.Cluster, ps: PortService, subset: str
+        self, c: cluster_pb2.Cluster, ps: PortService, subset: str, dr: DestinationRule | None
     ) -> cluster_pb2.Cluster:
         """A DNS-resolved ServiceEntry host: Envoy resolves the endpoints itself (no EDS)."""
         svc = ps.service
@@ -196,7 +252,7 @@ class ClusterBuilder:
         )
         c.ClearField("eds_cluster_config")
         c.dns_lookup_family = cluster_pb2.Cluster.V4_ONLY
-        cla = self._load_assignment(c.name, ps, subset)
+        cla = self._load_assignment(c.name, ps, subset, dr)
         if not cla.endpoints:  # no endpoints listed: the host itself is resolved
             lb = cla.endpoints.add().lb_endpoints.add()
             lb.endpoint.address.CopyFrom(socket_address(svc.hostname, int(ps.port.target_port)))
@@ -222,7 +278,28 @@ class ClusterBuilder:
         plain.match.SetInParent()
         plain.transport_socket.CopyFrom(tls_socket(raw_buffer_pb2.RawBuffer(), RAW_BUFFER_SOCKET))
 
-    def endpoints(self) -> dict[str, Message]:
+    def endpoints(self, overrides: Overrides = ()) -> dict[str, Message]:
+        """The endpoints of :meth:`clusters` (with the same ``overrides``)."""
+        shared = self._shared_endpoints()
+        if not overrides:
+            return shared
+        key = _override_key(overrides)
+        found = self._selected_endpoints.get(key)
+        if found is None:
+            built = dict(shared)
+            for host, dr in overrides:
+                for ps in self.index.host_ports(host):
+                    if isinstance(ps.service, SeHost) and ps.service.dns:
+                        continue  # endpoints inline in the DNS cluster, no EDS
+                    for subset in ["", *sorted(self.index.subsets(host))]:
+                        built.pop(cluster_name(OUTBOUND, ps.port.port, subset, host), None)
+                    for subset in ["", *sorted(dr.subsets)]:
+                        name = cluster_name(OUTBOUND, ps.port.port, subset, host)
+                        built[name] = self._load_assignment(name, ps, subset, dr)
+            found = self._selected_endpoints[key] = dict(sorted(built.items()))
+        return found
+
+    def _shared_endpoints(self) -> dict[str, Message]:
         if self._endpoints is None:
             built: dict[str, Message] = {}
             for ps, subsets in self.index.port_groups():
@@ -238,7 +315,9 @@ class ClusterBuilder:
                     made: dict[str, Message] = {}
                     for subset in subsets:
                         name = cluster_name(OUTBOUND, ps.port.port, subset, ps.service.hostname)
-                        made[name] = self._load_assignment(name, ps, subset)
+                        made[name] = self._load_assignment(
+                            name, ps, subset, self.mesh.destination_rule_for(ps.service.hostname)
+                        )
                     part = (fp, made)
                 self._cla_parts[key] = part
                 built.update(part[1])
@@ -246,10 +325,10 @@ class ClusterBuilder:
         return self._endpoints
 
     def _load_assignment(
-        self, name: str, ps: PortService, subset: str
+        self, name: str, ps: PortService, subset: str, dr: DestinationRule | None
     ) -> endpoint_pb2.ClusterLoadAssignment:
         by_locality: dict[str, list[tuple[str, int, WorkloadEntry]]] = {}
-        for w in self.index.subset_workloads(ps.service, subset):
+        for w in self.index.subset_workloads(ps.service, subset, dr):
             port = endpoint_port(w, ps.port)
             if port is None or not w.address:
                 continue
@@ -282,11 +361,17 @@ class ClusterBuilder:
             found = endpoint_components_pb2.LbEndpoint(health_status=health_check_pb2.HEALTHY)
             found.endpoint.address.CopyFrom(socket_address(address, port))
             found.load_balancing_weight.value = w.weight
-            if self.index.mtls_mode(w, port) != "DISABLE":
+            # Istio: the endpoint's tlsMode (label, else whether it has a service account),
+            # and never TLS to an endpoint whose PeerAuthentication is DISABLE.
+            if w.tls_mode == "istio" and self.index.mtls_mode(w, port) != "DISABLE":
                 meta = found.metadata.filter_metadata[TRANSPORT_SOCKET_MATCH_KEY]
                 meta.fields["tlsMode"].string_value = "istio"
             self._lb_endpoints[key] = found
         return found
+
+
+def _override_key(overrides: Overrides) -> tuple[tuple[str, tuple[str, str, str]], ...]:
+    return tuple((host, dr.key) for host, dr in overrides)
 
 
 def _eds_cluster(name: str, proxyless: bool) -> cluster_pb2.Cluster:

@@ -28,6 +28,8 @@ from meshcore.xds.types import Resources
 log = logging.getLogger("meshcore.controlplane")
 
 Generator = Callable[[MeshModel, NodeInfo], Resources | None]
+# The translation problems of a mesh found when it is loaded (Translator.load_problems).
+Checker = Callable[[MeshModel], list[ConfigProblem]]
 
 DEBOUNCE_AFTER = 0.1
 DEBOUNCE_MAX = 10.0
@@ -43,6 +45,9 @@ class ControlPlane:
     incremental: only the files that changed are read and validated again, and only what the
     changed objects touch is translated again and pushed (see :mod:`meshcore.xds.deps`).
     Without one, every change translates every connected proxy again.
+
+    With ``check`` (the translator's ``load_problems``), each mesh loaded is also checked for
+    what proxies will not get, once, and those problems logged and kept in ``problems``.
     """
 
     def __init__(
@@ -56,9 +61,11 @@ class ControlPlane:
         poll_interval: float = POLL_INTERVAL,
         settle_gc: bool = False,
         max_file_bytes: int = MAX_FILE_BYTES,
+        check: Checker | None = None,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         self.generate = generate
+        self.check = check
         self.index = dependencies
         self.debounce_after = debounce_after
         self.debounce_max = debounce_max
@@ -120,6 +127,11 @@ class ControlPlane:
                 )
             return False
         self.mesh = report.model
+        if self.check is not None:
+            found = self.check(self.mesh)
+            for p in found:
+                (log.error if p.severity == "error" else log.warning)("%s", p)
+            self.problems = (*self.problems, *found)
         if self.index is None:
             # The generator builds new messages for a new mesh: old serializations are garbage.
             self.cache.forget()

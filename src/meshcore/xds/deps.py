@@ -12,7 +12,8 @@ shared layers it holds, and per config file the objects it defines. On a change:
   WorkloadEntry -> the proxies bound to it, named like it, or at its old or new address; a PeerAuthentication or
   AuthorizationPolicy -> the proxies of its namespace (every proxy for the root namespace);
   VirtualServices and DestinationRules -> none (they only produce shared route
-  configurations, clusters and endpoints); Services, ServiceEntries, and anything that changes
+  configurations, clusters and endpoints), except a DestinationRule with a workloadSelector
+  -> the proxies of its namespace (it decides which clusters they hold); Services, ServiceEntries, and anything that changes
   how proxies share layers (a VirtualService starting to match on source labels) -> every
   proxy (None);
 - each shared layer is translated once (for one proxy holding it) and compared with the old
@@ -30,7 +31,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshcore.config import MeshModel, Resource, WorkloadEntry
+from meshcore.config import DestinationRule, MeshModel, Resource, WorkloadEntry
 from meshcore.xds.cache import Layered, NodeInfo
 from meshcore.xds.index import uses_source_match
 from meshcore.xds.node import proxy_for_node
@@ -188,6 +189,12 @@ class DependencyIndex:
                 for r in (o, n):
                     if isinstance(r, WorkloadEntry) and r.address:
                         out |= self._by_address.get((namespace, r.address), set())
+            elif kind == "DestinationRule" and any(
+                isinstance(r, DestinationRule) and r.workload_selector is not None for r in (o, n)
+            ):
+                # A rule with a workloadSelector decides which clusters the proxies of its
+                # namespace hold (see MeshIndex.overrides).
+                out |= self._by_namespace.get(namespace, set())
             elif kind in _INBOUND_POLICY:
                 if namespace == new.root_namespace:
                     return None

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshcore.config.model import (
+    DestinationRule,
     MeshModel,
     Service,
     ServiceEntry,
@@ -97,6 +98,8 @@ class SeHost:
 
 
 Host = Service | SeHost
+# The DestinationRules with a workloadSelector that select one proxy, by host (sorted).
+Overrides = tuple[tuple[str, DestinationRule], ...]
 
 
 @dataclass(slots=True)
@@ -115,6 +118,11 @@ class MeshIndex:
         self._subset_cache: dict[str, Mapping[str, Any]] = {}
         self._mtls_cache: dict[tuple[Any, ...], str] = {}
         self._pa_namespaces = {pa.namespace for pa in mesh.peer_authentications}
+        self._selector_hosts: dict[str, list[str]] = {}
+        for namespace, host in sorted(mesh.selector_hosts):
+            self._selector_hosts.setdefault(namespace, []).append(host)
+        self._overrides: dict[tuple[Any, ...], Overrides] = {}
+        self._host_ports: dict[str, list[PortService]] | None = None
         # The mesh-wide problems, reported to every proxy.
         with log.capture() as self.mesh_problems:
             self._warn_untranslated()
@@ -234,9 +242,28 @@ class MeshIndex:
                             self.log.problem(
                                 dr, f"{path}{sub}.{name}", "not translated by meshcore", "warning"
                             )
+                    if dr.workload_selector is not None and lb.get("consistentHash"):
+                        self.log.problem(
+                            dr,
+                            f"{path}.loadBalancer.consistentHash",
+                            "the hash key of a DestinationRule with a workloadSelector is not"
+                            " put on routes (meshcore shares them per namespace): the selected"
+                            " proxies' hash-based clusters get requests without a key",
+                            "warning",
+                        )
 
-    def endpoint_sans(self, workloads: Iterable[WorkloadEntry]) -> list[str]:
-        return sorted({spiffe(self.mesh.domain, w.namespace, w.service_account) for w in workloads})
+    def service_accounts(self, svc: Host, workloads: Iterable[WorkloadEntry]) -> list[str]:
+        """Istio's service accounts of a service (the SANs its mTLS clusters verify): the
+        identities of its endpoints that name a service account and, for a ServiceEntry, its
+        ``subjectAltNames``."""
+        out = {
+            spiffe(self.mesh.domain, w.namespace, w.service_account)
+            for w in workloads
+            if w.spec.get("serviceAccount")
+        }
+        if isinstance(svc, SeHost):
+            out.update(str(san) for san in svc.spec.get("subjectAltNames", ()))
+        return sorted(out)
 
     def subsets(self, host: str) -> Mapping[str, Any]:
         # DestinationRule.subsets builds a new mapping on every access.
@@ -344,11 +371,40 @@ class MeshIndex:
             if selector_matches(self.services[i].selector, w.workload_labels)
         ]
 
-    def subset_workloads(self, svc: Host, subset: str) -> tuple[WorkloadEntry, ...]:
+    def overrides(self, namespace: str, labels: Mapping[str, str]) -> Overrides:
+        """The DestinationRules with a workloadSelector that select a proxy of ``namespace``
+        with ``labels``, by host: where its clusters differ from the mesh's shared ones."""
+        hosts = self._selector_hosts.get(namespace)
+        if not hosts:
+            return ()
+        key = (namespace, tuple(sorted(labels.items())))
+        found = self._overrides.get(key)
+        if found is None:
+            picked = [
+                (host, self.mesh.selected_destination_rule(host, namespace, labels))
+                for host in hosts
+            ]
+            found = self._overrides[key] = tuple((h, dr) for h, dr in picked if dr is not None)
+        return found
+
+    def host_ports(self, host: str) -> list[PortService]:
+        """The service ports of one host, in port order."""
+        if self._host_ports is None:
+            self._host_ports = {}
+            for port in sorted(self.by_port):
+                for ps in self.by_port[port]:
+                    self._host_ports.setdefault(ps.service.hostname, []).append(ps)
+        return self._host_ports.get(host, [])
+
+    def subset_workloads(
+        self, svc: Host, subset: str, dr: DestinationRule | None = None
+    ) -> tuple[WorkloadEntry, ...]:
+        """The workloads of a service's subset: as the host's DestinationRule defines it, or
+        ``dr`` (one with a workloadSelector) when given."""
         eps = self.selected(svc)
         if not subset:
             return eps
-        sub = self.subsets(svc.hostname).get(subset)
+        sub = (dr.subsets if dr is not None else self.subsets(svc.hostname)).get(subset)
         if sub is None:
             return ()
         return tuple(w for w in eps if selector_matches(sub.labels, w.workload_labels))

@@ -20,6 +20,9 @@ from meshcore.names import SDS_CERT, SDS_ROOT
 from meshcore.xds.common import Invalid, duration, header_name, sds
 
 ISTIO_ALPN = ("istio-peer-exchange", "istio")
+# Where SIMPLE and MUTUAL origination finds the system roots when a DestinationRule gives no
+# caCertificates (Istio's agent serves the OS bundle; this is Debian's and Ubuntu's path).
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 _POLICY_FIELDS = ("loadBalancer", "connectionPool", "outlierDetection", "tls")
 
@@ -137,54 +140,82 @@ def apply_connection_pool(
         downstream.http2_protocol_options.SetInParent()
     elif http.get("h2UpgradePolicy") == "UPGRADE":
         options.explicit_http_config.http2_protocol_options.SetInParent()
-    if http.get("maxConcurrentStreams"):
-        # Only meaningful for HTTP/2 upstreams; it must not turn an HTTP/1.1 upstream into h2.
-        if options.explicit_http_config.HasField("http2_protocol_options"):
-            h2 = options.explicit_http_config.http2_protocol_options
-            h2.max_concurrent_streams.value = int(http["maxConcurrentStreams"])
-        elif options.HasField("use_downstream_protocol_config"):
-            h2 = options.use_downstream_protocol_config.http2_protocol_options
-            h2.max_concurrent_streams.value = int(http["maxConcurrentStreams"])
+    # HTTP/2 settings are only meaningful for HTTP/2 upstreams; they must not turn an HTTP/1.1
+    # upstream into h2 (Istio sets them on the cluster's HTTP/2 options only).
+    h2 = None
+    if options.explicit_http_config.HasField("http2_protocol_options"):
+        h2 = options.explicit_http_config.http2_protocol_options
+    elif options.HasField("use_downstream_protocol_config"):
+        h2 = options.use_downstream_protocol_config.http2_protocol_options
+    if h2 is not None and http.get("maxConcurrentStreams"):
+        h2.max_concurrent_streams.value = int(http["maxConcurrentStreams"])
+    keepalive = http.get("http2KeepAlive")
+    if h2 is not None and keepalive is not None:
+        kpath = path + ".http.http2KeepAlive"
+        for key, attr in (("interval", "interval"), ("timeout", "timeout")):
+            if keepalive.get(key) is None:
+                raise Invalid(f"{kpath}.{key}", f"{key} is required when http2KeepAlive is set")
+            getattr(h2.connection_keepalive, attr).CopyFrom(
+                duration(keepalive[key], f"{kpath}.{key}")
+            )
 
 
 def apply_outlier(cluster: cluster_pb2.Cluster, od: Mapping[str, Any], path: str) -> None:
+    """Istio's conversion (``applyOutlierDetection``): success-rate ejection off; a consecutive
+    5xx or gateway-error count only where the field is set (Envoy's defaults otherwise: 5xx
+    ejection after 5 errors, enforced); the panic threshold always set, to
+    ``minHealthPercent`` (0 unless given: Istio turns Envoy's 50% panic mode off)."""
     out = cluster.outlier_detection
-    # Istio turns off the checks it does not configure (success rate) and enforces the rest.
     out.enforcing_success_rate.value = 0
-    five = od.get("consecutive5xxErrors", od.get("consecutiveErrors"))
+    five = od.get("consecutive5xxErrors")  # the deprecated consecutiveErrors: no effect
     if five is not None:
         out.consecutive_5xx.value = int(five)
         out.enforcing_consecutive_5xx.value = 100 if int(five) > 0 else 0
-    else:
-        out.enforcing_consecutive_5xx.value = 0
-    if od.get("consecutiveGatewayErrors") is not None:
-        out.consecutive_gateway_failure.value = int(od["consecutiveGatewayErrors"])
-        out.enforcing_consecutive_gateway_failure.value = 100
+    gateway = od.get("consecutiveGatewayErrors")
+    if gateway is not None:
+        out.consecutive_gateway_failure.value = int(gateway)
+        out.enforcing_consecutive_gateway_failure.value = 100 if int(gateway) > 0 else 0
     if od.get("splitExternalLocalOriginErrors"):
         out.split_external_local_origin_errors = True
-        if od.get("consecutiveLocalOriginFailures") is not None:
-            out.consecutive_local_origin_failure.value = int(od["consecutiveLocalOriginFailures"])
+        local = int(od.get("consecutiveLocalOriginFailures") or 0)
+        if local > 0:
+            out.consecutive_local_origin_failure.value = local
+            out.enforcing_consecutive_local_origin_failure.value = 100
+        out.enforcing_local_origin_success_rate.value = 0
     if od.get("interval") is not None:
         out.interval.CopyFrom(duration(od["interval"], path + ".interval"))
     if od.get("baseEjectionTime") is not None:
         out.base_ejection_time.CopyFrom(
             duration(od["baseEjectionTime"], path + ".baseEjectionTime")
         )
-    if od.get("maxEjectionPercent") is not None:
+    if od.get("maxEjectionPercent"):
         out.max_ejection_percent.value = int(od["maxEjectionPercent"])
-    if od.get("minHealthPercent") is not None:
-        cluster.common_lb_config.healthy_panic_threshold.value = float(od["minHealthPercent"])
+    cluster.common_lb_config.healthy_panic_threshold.value = float(od.get("minHealthPercent") or 0)
 
 
 def upstream_tls(
-    tls: Mapping[str, Any], sni: str, sans: Iterable[str], *, proxyless: bool, path: str
+    tls: Mapping[str, Any],
+    sni: str,
+    sans: Iterable[str],
+    *,
+    proxyless: bool,
+    path: str,
+    simple_sans: bool = False,
+    system_ca: str = SYSTEM_CA_BUNDLE,
 ) -> tls_pb2.UpstreamTlsContext | None:
+    """The upstream TLS context of a DestinationRule's ``tls`` settings. ``sans`` are the
+    service's accounts: verified by ISTIO_MUTUAL unless ``subjectAltNames`` are given, and by
+    SIMPLE and MUTUAL too when ``simple_sans`` (a ServiceEntry host, as Istio does).
+    SIMPLE and MUTUAL without ``caCertificates`` verify the server with the system roots
+    (``system_ca``), as Istio's VERIFY_CERTIFICATE_AT_CLIENT default does."""
     mode = tls.get("mode", "DISABLE")
     if mode == "DISABLE":
         return None
     ctx = tls_pb2.UpstreamTlsContext(sni=str(tls.get("sni") or sni))
     common = ctx.common_tls_context
     san_list = [str(s) for s in tls.get("subjectAltNames", ())]
+    if not san_list and simple_sans:
+        san_list = sorted(set(sans))
     if mode == "ISTIO_MUTUAL":
         common.alpn_protocols.extend(ISTIO_ALPN)
         san_list = san_list or sorted(set(sans))
@@ -201,13 +232,7 @@ def upstream_tls(
             cvc.validation_context_sds_secret_config.CopyFrom(sds(SDS_ROOT))
             vc = cvc.default_validation_context
             vc.SetInParent()  # required by Envoy even when there is no SAN to match
-        for san in san_list:
-            vc.match_typed_subject_alt_names.append(
-                tls_common_pb2.SubjectAltNameMatcher(
-                    san_type=tls_common_pb2.SubjectAltNameMatcher.URI,
-                    matcher=string_pb2.StringMatcher(exact=san),
-                )
-            )
+        vc.match_typed_subject_alt_names.extend(_san_matcher(san) for san in san_list)
         return ctx
     if proxyless:
         raise Invalid(path + ".mode", f"TLS mode {mode} is not supported for proxyless gRPC")
@@ -231,15 +256,17 @@ def upstream_tls(
         vc = common.validation_context
         if tls.get("insecureSkipVerify"):
             return ctx  # Istio: no server verification at all
-        if tls.get("caCertificates"):
-            vc.trusted_ca.filename = str(tls["caCertificates"])
-    for san in san_list:
-        vc.match_typed_subject_alt_names.append(
-            tls_common_pb2.SubjectAltNameMatcher(
-                san_type=tls_common_pb2.SubjectAltNameMatcher.DNS
-                if "://" not in san
-                else tls_common_pb2.SubjectAltNameMatcher.URI,
-                matcher=string_pb2.StringMatcher(exact=san),
-            )
-        )
+        vc.trusted_ca.filename = str(tls.get("caCertificates") or system_ca)
+    vc.match_typed_subject_alt_names.extend(_san_matcher(san) for san in san_list)
     return ctx
+
+
+def _san_matcher(san: str) -> tls_common_pb2.SubjectAltNameMatcher:
+    """An exact SAN: a URI (SPIFFE identities) when it has a scheme, else a DNS name (Istio's
+    untyped match accepts either; a SAN of one form is only ever of that type)."""
+    return tls_common_pb2.SubjectAltNameMatcher(
+        san_type=tls_common_pb2.SubjectAltNameMatcher.URI
+        if "://" in san
+        else tls_common_pb2.SubjectAltNameMatcher.DNS,
+        matcher=string_pb2.StringMatcher(exact=san),
+    )

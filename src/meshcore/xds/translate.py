@@ -50,7 +50,10 @@ new MeshModel it carries over from the previous mesh's translation whatever the 
 Services, VirtualServices and DestinationRules are equal, authorization filters when the
 AuthorizationPolicies are, clusters and endpoints per service when the Service, its
 DestinationRule and its workloads are. So an endpoint change costs little more than one
-service's clusters and endpoints, plus each proxy's own (inbound) part.
+service's clusters and endpoints, plus each proxy's own (inbound) part. A DestinationRule with
+a ``workloadSelector`` applies (as in Istio) only to the selected proxies of its namespace:
+they get the shared clusters and endpoints with those hosts' rebuilt from it (built once per
+set of selecting rules).
 
 Messages (and the per-type mappings) returned for different proxies may be the same objects:
 treat them as read-only. The module-level :func:`generate` translates with a Translator of its
@@ -67,7 +70,9 @@ DestinationRule asks for ISTIO_MUTUAL.
 
 Not translated, and reported as warnings when a mesh uses them: VirtualService tcp/tls routes
 and ``exportTo`` visibility, locality load balancing settings, ServiceEntry resolution NONE and
-wildcard hosts. Not built at all: inbound listeners for proxyless gRPC servers, gateway
+wildcard hosts. These translation problems are found once per mesh when it is loaded
+(:meth:`Translator.load_problems`): ``meshcore validate`` and ``describe`` print them as
+warnings, ``meshcore serve`` logs them at start-up and on every reload. Not built at all: inbound listeners for proxyless gRPC servers, gateway
 proxies (VirtualServices bound only to gateways are, rightly, not applied to sidecars).
 Endpoints are all HEALTHY (WorkloadEntry health checks are not modelled).
 

@@ -10,11 +10,13 @@ proxy's resources from the builders and collects the problems of exactly what it
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from meshcore._text import shown
+from meshcore.config import ValidationReport
 from meshcore.config.meshconfig import MeshConfig
 from meshcore.config.model import MeshModel
 from meshcore.errors import ConfigProblem
@@ -26,9 +28,10 @@ from meshcore.xds.listeners import ListenerBuilder
 from meshcore.xds.node import Proxy, proxy_for_node
 from meshcore.xds.problems import ProblemLog, problem_key
 from meshcore.xds.routes import RouteBuilder
+from meshcore.xds.trafficpolicy import SYSTEM_CA_BUNDLE
 from meshcore.xds.types import Resources
 
-__all__ = ["Generated", "MeshTranslation", "Translator"]
+__all__ = ["Generated", "MeshTranslation", "Translator", "with_load_problems"]
 
 log = logging.getLogger("meshcore.xds")
 
@@ -50,13 +53,14 @@ class MeshTranslation:
         previous: MeshTranslation | None = None,
         providers: Any = None,
         mesh_config: MeshConfig | None = None,
+        system_ca: str = SYSTEM_CA_BUNDLE,
     ) -> None:
         self.mesh = mesh
         self.providers = providers
         self.mesh_config = mesh_config
         problems = ProblemLog()
         self.index = MeshIndex(mesh, problems)
-        self.clusters = ClusterBuilder(self.index, problems, mesh_config)
+        self.clusters = ClusterBuilder(self.index, problems, mesh_config, system_ca)
         self.routes = RouteBuilder(self.index, problems)
         self.listeners = ListenerBuilder(self.index, problems, providers, mesh_config)
         if previous is not None and previous.index.same_scope(self.index):
@@ -68,13 +72,16 @@ class MeshTranslation:
     def generate(self, proxy: Proxy) -> Generated:
         """The proxy's resources and the problems of exactly those (see :meth:`Translator.generate`)."""
         inbound_listeners, inbound_clusters, inbound_problems = self.listeners.inbound(proxy)
+        # DestinationRules with a workloadSelector change this proxy's clusters and endpoints.
+        overrides = self.index.overrides(proxy.namespace, proxy.labels)
+        clusters = self.clusters.clusters(proxy.proxyless, overrides)
         # Each type is the proxy's own resources (its workload's inbound side) over resources
         # shared with other proxies, not merged: the snapshot store reuses a shared set for every
         # proxy that has it, and the control plane updates every holder of a shared set at once
         # (see meshcore.xds.deps). Shared mappings and messages are read-only.
         resources: Resources = {
-            types.CLUSTER: Layered(inbound_clusters, self.clusters.clusters(proxy.proxyless)),
-            types.ENDPOINT: Layered({}, self.clusters.endpoints()),
+            types.CLUSTER: Layered(inbound_clusters, clusters),
+            types.ENDPOINT: Layered({}, self.clusters.endpoints(overrides)),
             types.LISTENER: Layered(inbound_listeners, self.listeners.outbound_listeners(proxy)),
             types.ROUTE: Layered({}, self.routes.route_configs(proxy)),
         }
@@ -82,7 +89,7 @@ class MeshTranslation:
             problem_key(p): p
             for group in (
                 self.index.mesh_problems,
-                self.clusters.problems[proxy.proxyless],
+                self.clusters.problems_for(proxy.proxyless, overrides),
                 self.routes.problems[self.routes.route_key(proxy)],
                 self.listeners.outbound_problems[(proxy.proxyless, proxy.outbound_address)],
                 inbound_problems,
@@ -92,6 +99,26 @@ class MeshTranslation:
         }
         return Generated(resources, [problems[k] for k in sorted(problems)])
 
+    def load_problems(self) -> list[ConfigProblem]:
+        """What proxies will be told about this mesh, found once when it is loaded (so that
+        ``meshcore validate`` and ``serve`` report them before any proxy connects): the
+        mesh-wide warnings, the clusters' problems and those of a sidecar's outbound
+        listeners and routes in each namespace with workloads. Builds what proxies will get (nothing
+        is built twice)."""
+        groups = [self.index.mesh_problems]
+        # A sidecar of each namespace with workloads (route configurations are per namespace).
+        namespaces = {w.namespace for w in self.mesh.workload_entries}
+        for namespace in sorted(namespaces or {self.mesh.root_namespace}):
+            proxy = Proxy(node_id="", ip="", name="", namespace=namespace, workload=None, labels={})
+            self.listeners.outbound_listeners(proxy)
+            self.routes.route_configs(proxy)
+            groups.append(self.listeners.outbound_problems[(False, proxy.outbound_address)])
+            groups.append(self.routes.problems[self.routes.route_key(proxy)])
+        self.clusters.clusters(False)
+        groups.append(self.clusters.problems_for(False))
+        problems = {problem_key(p): p for group in groups for p in group}
+        return [problems[k] for k in sorted(problems)]
+
 
 class Translator:
     """Translates meshes for proxies; the object a control plane holds.
@@ -99,14 +126,21 @@ class Translator:
     Proxies of one mesh share its translation (clusters, endpoints and routes are built once);
     a new mesh carries over from the last one whatever the change does not touch. Only the
     last mesh's translation is kept. ``mesh_config`` and ``extension_providers`` are the
-    defaults of :meth:`generate`.
+    defaults of :meth:`generate`; ``system_ca`` is the proxies' system CA bundle (what SIMPLE
+    and MUTUAL TLS origination verifies servers with when a DestinationRule gives no
+    ``caCertificates``).
     """
 
     def __init__(
-        self, *, mesh_config: MeshConfig | None = None, extension_providers: Any = None
+        self,
+        *,
+        mesh_config: MeshConfig | None = None,
+        extension_providers: Any = None,
+        system_ca: str = SYSTEM_CA_BUNDLE,
     ) -> None:
         self.mesh_config = mesh_config
         self.extension_providers = extension_providers
+        self.system_ca = system_ca
         self._last: MeshTranslation | None = None
 
     def generate(
@@ -129,15 +163,22 @@ class Translator:
         """
         if mesh_config is None:
             mesh_config = self.mesh_config
-        if extension_providers is None:
-            extension_providers = self.extension_providers
-        if (
-            extension_providers is None
-            and mesh_config is not None
-            and mesh_config.extension_providers
-        ):
-            extension_providers = list(mesh_config.extension_providers)
-        return self._translation(mesh, extension_providers, mesh_config).generate(proxy)
+        providers = self._providers(extension_providers, mesh_config)
+        return self._translation(mesh, providers, mesh_config).generate(proxy)
+
+    def _providers(self, given: Any, mesh_config: MeshConfig | None) -> Any:
+        if given is None:
+            given = self.extension_providers
+        if given is None and mesh_config is not None and mesh_config.extension_providers:
+            given = list(mesh_config.extension_providers)
+        return given
+
+    def load_problems(self, mesh: MeshModel) -> list[ConfigProblem]:
+        """The translation problems of ``mesh`` found at load time, before any proxy connects
+        (see :meth:`MeshTranslation.load_problems`): the same checks, run once per mesh."""
+        return self._translation(
+            mesh, self._providers(None, self.mesh_config), self.mesh_config
+        ).load_problems()
 
     def resources_for(self, mesh: MeshModel, node: NodeInfo) -> Resources | None:
         """The resources of a connected proxy (the control plane's generator); its problems are
@@ -169,8 +210,19 @@ class Translator:
         # Listeners carry the MeshConfig's logging and tracing: a new one starts afresh.
         if prev is not None and prev.mesh_config != mesh_config:
             prev = None
-        self._last = MeshTranslation(mesh, prev, providers, mesh_config)
+        self._last = MeshTranslation(mesh, prev, providers, mesh_config, self.system_ca)
         return self._last
+
+
+def with_load_problems(report: ValidationReport) -> ValidationReport:
+    """``report`` with the translation problems of its mesh (what proxies will not get) added
+    as warnings: the config is valid Istio, so validity stays that of validation (``meshcore
+    validate`` and ``describe``)."""
+    if report.model is None:
+        return report
+    found = Translator().load_problems(report.model)
+    warnings = tuple(dataclasses.replace(p, severity="warning") for p in found)
+    return dataclasses.replace(report, problems=(*report.problems, *warnings))
 
 
 def _duplicate_names(proxy: Proxy, resources: Resources) -> list[ConfigProblem]:

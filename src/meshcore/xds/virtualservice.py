@@ -245,6 +245,9 @@ class VsRoutes:
         ra = r.redirect
         if red.get("uri"):
             ra.path_redirect = str(red["uri"])
+        elif red.get("prefixRewrite"):
+            # Envoy swaps the matched prefix (or exact path) for this value.
+            ra.prefix_rewrite = str(red["prefixRewrite"])
         if red.get("authority"):
             ra.host_redirect = str(red["authority"])
         if red.get("port"):

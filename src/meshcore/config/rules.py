@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from meshcore.config.requestauthn import check_request_authentication
 from meshcore.config.validate import (
     _DNS1123_LABEL,
     _DNS1123_SUBDOMAIN,
@@ -642,4 +643,5 @@ RULES: Mapping[str, Callable[[Checker, dict[str, Any], str], None]] = {
     "DestinationRule": check_destination_rule,
     "AuthorizationPolicy": check_authorization_policy,
     "PeerAuthentication": check_peer_authentication,
+    "RequestAuthentication": check_request_authentication,
 }

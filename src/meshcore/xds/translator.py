@@ -22,6 +22,7 @@ from meshcore.xds import types
 from meshcore.xds.cache import Layered, NodeInfo
 from meshcore.xds.clusters import ClusterBuilder
 from meshcore.xds.index import MeshIndex
+from meshcore.xds.jwt import JwksFetcher
 from meshcore.xds.listeners import ListenerBuilder
 from meshcore.xds.node import Proxy, proxy_for_node
 from meshcore.xds.problems import ProblemLog, problem_key
@@ -50,6 +51,7 @@ class MeshTranslation:
         previous: MeshTranslation | None = None,
         providers: Any = None,
         mesh_config: MeshConfig | None = None,
+        jwks: JwksFetcher | None = None,
     ) -> None:
         self.mesh = mesh
         self.providers = providers
@@ -58,7 +60,7 @@ class MeshTranslation:
         self.index = MeshIndex(mesh, problems)
         self.clusters = ClusterBuilder(self.index, problems, mesh_config)
         self.routes = RouteBuilder(self.index, problems)
-        self.listeners = ListenerBuilder(self.index, problems, providers, mesh_config)
+        self.listeners = ListenerBuilder(self.index, problems, providers, mesh_config, jwks)
         if previous is not None and previous.index.same_scope(self.index):
             same = self.index.unchanged(previous.index)
             self.clusters.inherit(previous.clusters)
@@ -99,14 +101,21 @@ class Translator:
     Proxies of one mesh share its translation (clusters, endpoints and routes are built once);
     a new mesh carries over from the last one whatever the change does not touch. Only the
     last mesh's translation is kept. ``mesh_config`` and ``extension_providers`` are the
-    defaults of :meth:`generate`.
+    defaults of :meth:`generate`; ``jwks`` fetches RequestAuthentication ``jwksUri`` keys
+    (a :class:`~meshcore.xds.jwt.JwksFetcher` of its own by default).
     """
 
     def __init__(
-        self, *, mesh_config: MeshConfig | None = None, extension_providers: Any = None
+        self,
+        *,
+        mesh_config: MeshConfig | None = None,
+        extension_providers: Any = None,
+        jwks: JwksFetcher | None = None,
     ) -> None:
         self.mesh_config = mesh_config
         self.extension_providers = extension_providers
+        # istiod's JWKS resolver: the jwksUri keys, fetched and cached for every translation.
+        self.jwks = jwks if jwks is not None else JwksFetcher()
         self._last: MeshTranslation | None = None
 
     def generate(
@@ -169,7 +178,7 @@ class Translator:
         # Listeners carry the MeshConfig's logging and tracing: a new one starts afresh.
         if prev is not None and prev.mesh_config != mesh_config:
             prev = None
-        self._last = MeshTranslation(mesh, prev, providers, mesh_config)
+        self._last = MeshTranslation(mesh, prev, providers, mesh_config, self.jwks)
         return self._last
 
 

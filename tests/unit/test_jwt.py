@@ -448,3 +448,75 @@ def test_data_plane_refuses_listeners_it_cannot_verify() -> None:
     # without a RequestAuthentication the same listener compiles
     plain, _ = _inbound([*BASE, POLICY])
     assert compile_listener("x", "1", plain["127.0.70.1_9080"]) is not None
+
+
+def test_refresh_replaces_fail_closed_keys_once_fetchable() -> None:
+    """A fetch that failed is retried (istiod's JwksResolver refreshes too): once the keys can
+    be had, the translator says so and the next translation inlines them."""
+    clock = Clock()
+    with served(b"500", jwks(KEY).encode()) as (base, _):
+        translator = Translator(jwks=JwksFetcher(retry_interval=5, clock=clock))
+        objs = [*BASE, ra(jwtRules=[{"issuer": ISS, "jwksUri": f"{base}/jwks"}])]
+        mesh = load_objects(objs)
+        first = translator.generate(mesh, proxy_for_node(mesh, NODE))
+        p = _jwt(_http_filters(first.resources[types.LISTENER])).providers["origins-0"]
+        assert p.local_jwks.inline_string == FAIL_CLOSED_JWKS
+        assert not translator.refresh_jwks()  # not yet due
+        clock.now = 6
+        assert translator.refresh_jwks()  # fetched: changed
+        again = translator.generate(mesh, proxy_for_node(mesh, NODE))
+        assert not translator.refresh_jwks()  # nothing due any more
+    p = _jwt(_http_filters(again.resources[types.LISTENER])).providers["origins-0"]
+    assert json.loads(p.local_jwks.inline_string) == json.loads(jwks(KEY))
+    assert again.problems == []
+
+
+def test_control_plane_pushes_refreshed_keys(tmp_path: Path) -> None:
+    """meshcore serve's loop: the refresh runs in a worker thread, and keys that changed reach
+    the proxies (their listener with the JWT filter is translated and pushed again)."""
+    import asyncio
+
+    import yaml
+
+    from meshcore.xds.cache import NodeInfo
+    from meshcore.xds.controlplane import ControlPlane
+    from meshcore.xds.deps import DependencyIndex
+
+    clock = Clock()
+    name = "127.0.70.1_9080"
+
+    def provider_jwks(plane: ControlPlane, node: NodeInfo) -> str:
+        snap = plane.cache.get(node)
+        assert snap is not None
+        found = snap.resource(types.LISTENER, name)
+        assert found is not None
+        from envoy.config.listener.v3 import listener_pb2
+
+        lst = listener_pb2.Listener.FromString(found[1])
+        return _jwt(_http_filters({name: lst})).providers["origins-0"].local_jwks.inline_string
+
+    with served(b"500", jwks(KEY).encode()) as (base, _):
+        objs = [*BASE, ra(jwtRules=[{"issuer": ISS, "jwksUri": f"{base}/jwks"}])]
+        (tmp_path / "mesh.yaml").write_text(yaml.safe_dump_all(objs))
+        translator = Translator(jwks=JwksFetcher(retry_interval=5, clock=clock))
+        plane = ControlPlane(
+            [tmp_path], translator.resources_for, dependencies=DependencyIndex(),
+            refresh=translator.refresh_jwks, refresh_interval=0.0,
+        )  # fmt: skip
+        assert plane.load()
+        node = NodeInfo(NODE)
+        assert provider_jwks(plane, node) == FAIL_CLOSED_JWKS
+        clock.now = 6
+
+        async def run_until_pushed() -> None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(plane.run(lambda: [node], stop))
+            for _ in range(250):  # bounded: 5 s
+                await asyncio.sleep(0.02)
+                if provider_jwks(plane, node) != FAIL_CLOSED_JWKS:
+                    break
+            stop.set()
+            await task
+
+        asyncio.run(run_until_pushed())
+    assert json.loads(provider_jwks(plane, node)) == json.loads(jwks(KEY))

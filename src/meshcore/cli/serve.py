@@ -130,12 +130,14 @@ async def serve(
     ca: CAOptions | None = None,
     max_file_bytes: int = MAX_FILE_BYTES,
 ) -> int:  # fmt: skip
+    translator = Translator(mesh_config=mesh_config)
     plane = ControlPlane(
         paths,
-        Translator(mesh_config=mesh_config).resources_for,
+        translator.resources_for,
         dependencies=DependencyIndex(),
         settle_gc=True,
         max_file_bytes=max_file_bytes,
+        refresh=translator.refresh_jwks,  # RequestAuthentication jwksUri keys, as istiod
     )
     if not plane.load():
         for p in plane.problems:

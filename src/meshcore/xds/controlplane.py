@@ -32,6 +32,8 @@ Generator = Callable[[MeshModel, NodeInfo], Resources | None]
 DEBOUNCE_AFTER = 0.1
 DEBOUNCE_MAX = 10.0
 POLL_INTERVAL = 0.05
+# How often the generator's own inputs (JWKS) are looked at: only those due are fetched.
+REFRESH_INTERVAL = 5.0
 FULL_COLLECT_EVERY = 64
 
 
@@ -56,9 +58,15 @@ class ControlPlane:
         poll_interval: float = POLL_INTERVAL,
         settle_gc: bool = False,
         max_file_bytes: int = MAX_FILE_BYTES,
+        refresh: Callable[[], bool] | None = None,
+        refresh_interval: float = REFRESH_INTERVAL,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         self.generate = generate
+        # What the generator fetches itself (the translator's JWKS): called every
+        # refresh_interval in a worker thread; True -> every proxy is translated again.
+        self.refresh = refresh
+        self.refresh_interval = refresh_interval
         self.index = dependencies
         self.debounce_after = debounce_after
         self.debounce_max = debounce_max
@@ -143,6 +151,17 @@ class ControlPlane:
         else:
             self.cache.clear(node.id)
 
+    def regenerate_all(self, nodes: Iterable[NodeInfo] = ()) -> None:
+        """Translates every proxy holding a snapshot again (``nodes`` without a dependency
+        index): what the generator fetched itself changed, not the config."""
+        if self.index is None:
+            self.rebuild(nodes)
+            return
+        self.rebuilds += 1
+        for node in self.index.nodes():
+            self._regenerate(node)
+        self.cache.forget(keep=[g.shared for g in self.index.groups.values()])
+
     def update(self, nodes: Iterable[NodeInfo] = ()) -> None:
         """Brings the proxies up to date with the mesh just loaded: incrementally with a
         dependency index (``nodes`` unused: the index knows every proxy holding a snapshot),
@@ -212,11 +231,16 @@ class ControlPlane:
         the proxies connected at that moment)."""
         first_change: float | None = None
         last_change = 0.0
+        last_refresh = time.monotonic()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.poll_interval)
             fingerprint = self._scan()
             now = time.monotonic()
+            if self.refresh is not None and now - last_refresh >= self.refresh_interval:
+                last_refresh = now
+                if await asyncio.to_thread(self.refresh) and self.mesh is not None:
+                    self.regenerate_all(nodes())
             if fingerprint != self._fingerprint:
                 self._fingerprint = fingerprint
                 last_change = now

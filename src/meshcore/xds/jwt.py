@@ -76,6 +76,7 @@ class _Entry:
     jwks: str | None
     error: str | None
     at: float
+    request: tuple[str, str, float]  # (uri, issuer, timeout): how to fetch it again
 
 
 class JwksFetcher:
@@ -103,21 +104,36 @@ class JwksFetcher:
         """(the JWKS text, None) or (None, why it could not be had). With no ``uri``, the
         issuer's OpenID discovery document names it, as in Istio."""
         key = uri or f"discovery:{issuer}"
-        now = self._clock()
         with self._lock:
             found = self._cache.get(key)
-        if found is not None:
-            age = now - found.at
-            if age < (self.refresh_interval if found.error is None else self.retry_interval):
-                return found.jwks, found.error
+        if found is not None and not self._due(found, self._clock()):
+            return found.jwks, found.error
         jwks, error = self._resolve(uri, issuer, timeout)
         if error is not None and found is not None and found.jwks is not None:
             # A refresh failed: keep serving the keys we had (istiod keeps its last JWKS).
             log.warning("JWKS refresh from %s failed (%s); keeping the last keys", key, error)
             jwks, error = found.jwks, None
         with self._lock:
-            self._cache[key] = _Entry(jwks, error, self._clock())
+            self._cache[key] = _Entry(jwks, error, self._clock(), (uri, issuer, timeout))
         return jwks, error
+
+    def _due(self, entry: _Entry, now: float) -> bool:
+        age = now - entry.at
+        return age >= (self.refresh_interval if entry.error is None else self.retry_interval)
+
+    def refresh(self) -> bool:
+        """Fetches again every JWKS that is due (kept past its interval, or failed and past
+        the retry interval); True when one of them changed (keys rotated, or a failed fetch
+        now succeeds): the listeners using it must be built again. Fetches block: call it from
+        a worker thread (:meth:`meshcore.xds.controlplane.ControlPlane.run` does)."""
+        now = self._clock()
+        with self._lock:
+            due = [e for e in self._cache.values() if self._due(e, now)]
+        changed = False
+        for entry in due:
+            got = self.jwks(*entry.request)
+            changed |= got != (entry.jwks, entry.error)
+        return changed
 
     def _resolve(self, uri: str, issuer: str, timeout: float) -> tuple[str | None, str | None]:
         if not uri:

@@ -116,6 +116,7 @@ class Translator:
         self.extension_providers = extension_providers
         # istiod's JWKS resolver: the jwksUri keys, fetched and cached for every translation.
         self.jwks = jwks if jwks is not None else JwksFetcher()
+        self._jwks_changed = False
         self._last: MeshTranslation | None = None
 
     def generate(
@@ -164,12 +165,23 @@ class Translator:
             )
         return result.resources
 
+    def refresh_jwks(self) -> bool:
+        """Fetches again the JWKS that are due (see :meth:`JwksFetcher.refresh`); True when
+        keys changed: the next translation builds the JWT filters again (the caller then
+        translates its proxies again). Blocks while fetching: for a worker thread."""
+        changed = self.jwks.refresh()
+        if changed:
+            self._jwks_changed = True
+        return changed
+
     def _translation(
         self, mesh: MeshModel, providers: Any, mesh_config: MeshConfig | None
     ) -> MeshTranslation:
         prev = self._last
+        jwks_changed, self._jwks_changed = self._jwks_changed, False
         if (
-            prev is not None
+            not jwks_changed
+            and prev is not None
             and prev.mesh is mesh
             and prev.providers == providers
             and prev.mesh_config == mesh_config

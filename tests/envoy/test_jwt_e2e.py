@@ -36,6 +36,8 @@ ISS = "testing@secure.istio.io"
 RS = SigningKey("rs-1")
 ES = SigningKey("es-1", alg="ES256")
 OTHER = SigningKey("rs-1")  # same kid, another key: a forged signature
+ISS2 = "https://second.example"
+RS2 = SigningKey("second-1")
 
 
 def _m(kind: str, name: str, spec: dict[str, Any], ns: str = "default") -> dict[str, Any]:
@@ -131,6 +133,10 @@ def _mesh(port: int, jwks_uri: str, dead_uri: str) -> list[dict[str, Any]]:
         "outputPayloadToHeader": "x-jwt-payload",
         "outputClaimToHeaders": [{"header": "x-jwt-sub", "claim": "sub"}],
     }))  # fmt: skip
+    # a second issuer for the same workload (two providers: Istio's OR of AND requirement)
+    second = _authn("inline", {"issuer": ISS2, "jwks": jwks(RS2)})
+    second["metadata"]["name"] = "jwt-inline-second"
+    objects.append(second)
     objects.append(_authn("remote", {"jwksUri": jwks_uri, "forwardOriginalToken": True}))
     objects.append(_authn("down", {"jwksUri": dead_uri, "timeout": "1s"}))
     return objects
@@ -192,6 +198,15 @@ def test_request_authentication_with_real_envoy(
         assert got["x-jwt-sub"] == "bob"
         assert "x-jwt-payload" in got
         assert "authorization" not in got
+
+        # the second issuer's tokens are verified with its own keys: valid but another
+        # principal (403), or forged (401)
+        carol = RS2.token({"iss": ISS2, "sub": "alice"})
+        assert get("inline", "/hello", carol) == 403
+        assert get("inline", "/hello", RS.token({"iss": ISS2, "sub": "alice"})) == 401
+        assert (
+            get("inline", "/admin", RS2.token({"iss": ISS2, "sub": "x", "groups": "admins"})) == 200
+        )
 
         # jwksUri fetched by the control plane from a local server and inlined
         assert get("remote", "/hello", alice) == 200

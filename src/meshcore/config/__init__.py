@@ -161,6 +161,7 @@ def _resource(doc: Document, domain: str, problems: list[ConfigProblem]) -> Reso
         if kind_name in _SPEC_REQUIRED:
             checker.error(("spec",), "spec is required")
         spec = {}
+    checker.namespace = namespace
     if checker.shape(spec, kind.spec, ("spec",)) or isinstance(spec, dict):
         RULES[kind_name](checker, spec if isinstance(spec, dict) else {}, name)
     found = problems_of(checker, kind_name, namespace, name, doc.file, doc.line_of)

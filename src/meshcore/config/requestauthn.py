@@ -63,7 +63,7 @@ def jwks_problem(text: str) -> str | None:
 
 
 def check_request_authentication(c: Checker, spec: dict[str, Any], name: str) -> None:
-    selection = authz_validate.Checker(namespace="", name=name)
+    selection = authz_validate.Checker(namespace=c.namespace, name=name)
     authz_validate.check_selection(selection, spec)
     for p in selection.problems:
         c.error(parse_path(p.path), p.message)
@@ -93,8 +93,8 @@ def _jwt_rule(c: Checker, rule: dict[str, Any], path: Path) -> None:
             c.error(path + ("jwks",), problem)
     for j, loc in enumerate(_list(rule.get("fromHeaders"))):
         if loc is None:
-            c.error(path + ("fromHeaders", j), "location header name must be non-null")
-        elif not _d(loc).get("name"):
+            continue  # a null list item: reported by the shape walk
+        if not _d(loc).get("name"):
             c.error(
                 path + ("fromHeaders", j, "name"), "location header name must be non-empty string"
             )
@@ -109,8 +109,7 @@ def _jwt_rule(c: Checker, rule: dict[str, Any], path: Path) -> None:
     for j, out in enumerate(_list(rule.get("outputClaimToHeaders"))):
         at = path + ("outputClaimToHeaders", j)
         if out is None:
-            c.error(at, "outputClaimToHeaders must not be null")
-            continue
+            continue  # a null list item: reported by the shape walk
         header, claim = _d(out).get("header"), _d(out).get("claim")
         if not header or not claim:
             c.error(at, "outputClaimToHeaders header and claim value must be non-empty string")
@@ -119,6 +118,9 @@ def _jwt_rule(c: Checker, rule: dict[str, Any], path: Path) -> None:
                 c.error(at + ("header",), f"invalid header name {header!r}")
             else:
                 c.header_name(header, at + ("header",))
+    for j, claim in enumerate(_list(rule.get("spaceDelimitedClaims"))):
+        if claim == "":
+            c.error(path + ("spaceDelimitedClaims", j), "claim name must be non-empty string")
     header = rule.get("outputPayloadToHeader")
     if isinstance(header, str) and header:
         c.header_name(header, path + ("outputPayloadToHeader",))

@@ -613,7 +613,7 @@ def check_destination_rule(c: Checker, spec: dict[str, Any], name: str) -> None:
 def check_authorization_policy(c: Checker, spec: dict[str, Any], name: str) -> None:
     # One validator for AuthorizationPolicy, shared with the Authorizer (which validates the
     # manifests it is given directly): Istio's webhook rules, in meshcore.security._validate.
-    checker = authz_validate.Checker(namespace="", name=name)
+    checker = authz_validate.Checker(namespace=c.namespace, name=name)
     authz_validate.check_selection(checker, spec)
     authz_validate.check_spec(checker, spec)
     for p in checker.problems:

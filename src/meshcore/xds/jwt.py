@@ -131,8 +131,9 @@ class JwksFetcher:
             due = [e for e in self._cache.values() if self._due(e, now)]
         changed = False
         for entry in due:
-            got = self.jwks(*entry.request)
-            changed |= got != (entry.jwks, entry.error)
+            # Only the keys matter to the proxies (a failure is the fail-closed JWKS whatever
+            # its reason): a failure that fails again differently changes nothing.
+            changed |= self.jwks(*entry.request)[0] != entry.jwks
         return changed
 
     def _resolve(self, uri: str, issuer: str, timeout: float) -> tuple[str | None, str | None]:

@@ -538,3 +538,25 @@ def test_control_plane_pushes_refreshed_keys(tmp_path: Path) -> None:
 
         asyncio.run(run_until_pushed())
     assert json.loads(provider_jwks(plane, node)) == json.loads(jwks(KEY))
+
+
+def test_translation_never_fetches_when_told_not_to() -> None:
+    """meshcore serve's fetcher (fetch_on_miss=False): a translation, which runs in the event
+    loop, never waits for a JWKS server; a jwksUri not fetched yet fails closed, then the
+    refresh (a worker thread in serve) fetches it and says the keys changed."""
+    with served(jwks(KEY).encode()) as (base, hits):
+        translator = Translator(jwks=JwksFetcher(fetch_on_miss=False))
+        objs = [*BASE, ra(jwtRules=[{"issuer": ISS, "jwksUri": f"{base}/jwks"}])]
+        mesh = load_objects(objs)
+        first = translator.generate(mesh, proxy_for_node(mesh, NODE))
+        assert hits == []
+        p = _jwt(_http_filters(first.resources[types.LISTENER])).providers["origins-0"]
+        assert p.local_jwks.inline_string == FAIL_CLOSED_JWKS
+        assert "not fetched yet" in first.problems[0].message
+        assert translator.refresh_jwks()
+        assert len(hits) == 1
+        again = translator.generate(mesh, proxy_for_node(mesh, NODE))
+        assert not translator.refresh_jwks()  # fetched: not due again before the interval
+    p = _jwt(_http_filters(again.resources[types.LISTENER])).providers["origins-0"]
+    assert json.loads(p.local_jwks.inline_string) == json.loads(jwks(KEY))
+    assert again.problems == []

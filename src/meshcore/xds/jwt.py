@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 import urllib.error
@@ -92,7 +93,12 @@ class JwksFetcher:
         refresh_interval: float = 20 * 60.0,
         retry_interval: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        fetch_on_miss: bool = True,
     ) -> None:
+        # fetch_on_miss=False: a JWKS never fetched is not fetched by the translation (which
+        # may run in an event loop) but left to the next refresh(), failing closed meanwhile
+        # (istiod: "not yet fetched, using a fake JWKS for now").
+        self.fetch_on_miss = fetch_on_miss
         self.max_bytes = max_bytes
         self.refresh_interval = refresh_interval
         self.retry_interval = retry_interval
@@ -104,17 +110,28 @@ class JwksFetcher:
         """(the JWKS text, None) or (None, why it could not be had). With no ``uri``, the
         issuer's OpenID discovery document names it, as in Istio."""
         key = uri or f"discovery:{issuer}"
+        request = (uri, issuer, timeout)
         with self._lock:
             found = self._cache.get(key)
-        if found is not None and not self._due(found, self._clock()):
+        if found is not None and (not self.fetch_on_miss or not self._due(found, self._clock())):
             return found.jwks, found.error
-        jwks, error = self._resolve(uri, issuer, timeout)
+        if found is None and not self.fetch_on_miss:
+            found = _Entry(None, "not fetched yet", -math.inf, request)
+            with self._lock:
+                self._cache.setdefault(key, found)
+            return found.jwks, found.error
+        return self._fetch(key, request, found)
+
+    def _fetch(
+        self, key: str, request: tuple[str, str, float], found: _Entry | None
+    ) -> tuple[str | None, str | None]:
+        jwks, error = self._resolve(*request)
         if error is not None and found is not None and found.jwks is not None:
             # A refresh failed: keep serving the keys we had (istiod keeps its last JWKS).
             log.warning("JWKS refresh from %s failed (%s); keeping the last keys", key, error)
             jwks, error = found.jwks, None
         with self._lock:
-            self._cache[key] = _Entry(jwks, error, self._clock(), (uri, issuer, timeout))
+            self._cache[key] = _Entry(jwks, error, self._clock(), request)
         return jwks, error
 
     def _due(self, entry: _Entry, now: float) -> bool:
@@ -122,18 +139,19 @@ class JwksFetcher:
         return age >= (self.refresh_interval if entry.error is None else self.retry_interval)
 
     def refresh(self) -> bool:
-        """Fetches again every JWKS that is due (kept past its interval, or failed and past
-        the retry interval); True when one of them changed (keys rotated, or a failed fetch
-        now succeeds): the listeners using it must be built again. Fetches block: call it from
-        a worker thread (:meth:`meshcore.xds.controlplane.ControlPlane.run` does)."""
+        """Fetches again every JWKS that is due (kept past its interval, failed and past the
+        retry interval, or never fetched); True when the keys of one of them changed (rotated,
+        or a failed fetch now succeeds): the listeners using it must be built again. Fetches
+        block: call it from a worker thread (:meth:`ControlPlane.run
+        <meshcore.xds.controlplane.ControlPlane.run>` does)."""
         now = self._clock()
         with self._lock:
-            due = [e for e in self._cache.values() if self._due(e, now)]
+            due = [(k, e) for k, e in self._cache.items() if self._due(e, now)]
         changed = False
-        for entry in due:
+        for key, entry in due:
             # Only the keys matter to the proxies (a failure is the fail-closed JWKS whatever
             # its reason): a failure that fails again differently changes nothing.
-            changed |= self.jwks(*entry.request)[0] != entry.jwks
+            changed |= self._fetch(key, entry.request, entry)[0] != entry.jwks
         return changed
 
     def _resolve(self, uri: str, issuer: str, timeout: float) -> tuple[str | None, str | None]:

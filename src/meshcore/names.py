@@ -66,6 +66,10 @@ HTTP_RBAC = "envoy.filters.http.rbac"
 HTTP_EXT_AUTHZ = "envoy.filters.http.ext_authz"
 TCP_RBAC = "envoy.filters.network.rbac"
 TCP_EXT_AUTHZ = "envoy.filters.network.ext_authz"
+# End-user authentication (RequestAuthentication): the verified JWT payload goes in this
+# filter's dynamic metadata under JWT_PAYLOAD_KEY, where the RBAC matchers read it (Istio's).
+JWT_AUTHN_NAME = "envoy.filters.http.jwt_authn"
+JWT_PAYLOAD_KEY = "payload"
 TLS_INSPECTOR_NAME = "envoy.filters.listener.tls_inspector"
 FILE_LOG_NAME = "envoy.access_loggers.file"
 ZIPKIN_TRACER_NAME = "envoy.tracers.zipkin"

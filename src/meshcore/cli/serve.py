@@ -25,6 +25,7 @@ from meshcore.config.loader import MAX_FILE_BYTES
 from meshcore.config.meshconfig import MeshConfig
 from meshcore.xds.controlplane import ControlPlane
 from meshcore.xds.deps import DependencyIndex
+from meshcore.xds.jwt import JwksFetcher
 from meshcore.xds.server import AdsServer, start_ads_server
 from meshcore.xds.translator import Translator
 
@@ -130,7 +131,9 @@ async def serve(
     ca: CAOptions | None = None,
     max_file_bytes: int = MAX_FILE_BYTES,
 ) -> int:  # fmt: skip
-    translator = Translator(mesh_config=mesh_config)
+    # JWKS are fetched in the control plane's refresh thread, never by a translation in the
+    # event loop: a jwksUri not fetched yet fails closed until its keys arrive (as istiod).
+    translator = Translator(mesh_config=mesh_config, jwks=JwksFetcher(fetch_on_miss=False))
     plane = ControlPlane(
         paths,
         translator.resources_for,
@@ -138,6 +141,7 @@ async def serve(
         settle_gc=True,
         max_file_bytes=max_file_bytes,
         check=translator.load_problems,
+        refresh=translator.refresh_jwks,  # RequestAuthentication jwksUri keys, as istiod
     )
     loaded = plane.load()
     for p in plane.problems:

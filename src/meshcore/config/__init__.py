@@ -33,6 +33,7 @@ from meshcore.config.model import (
     DestinationRule,
     MeshModel,
     PeerAuthentication,
+    RequestAuthentication,
     Resource,
     Service,
     ServiceEntry,
@@ -60,6 +61,7 @@ __all__ = [
     "IncrementalLoader",
     "MeshModel",
     "PeerAuthentication",
+    "RequestAuthentication",
     "Resource",
     "Service",
     "ServiceEntry",
@@ -159,6 +161,7 @@ def _resource(doc: Document, domain: str, problems: list[ConfigProblem]) -> Reso
         if kind_name in _SPEC_REQUIRED:
             checker.error(("spec",), "spec is required")
         spec = {}
+    checker.namespace = namespace
     if checker.shape(spec, kind.spec, ("spec",)) or isinstance(spec, dict):
         RULES[kind_name](checker, spec if isinstance(spec, dict) else {}, name)
     found = problems_of(checker, kind_name, namespace, name, doc.file, doc.line_of)

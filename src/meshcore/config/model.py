@@ -282,6 +282,15 @@ class PeerAuthentication(Resource):
         )
 
 
+@dataclass(frozen=True, slots=True)
+class RequestAuthentication(Resource):
+    """End-user (JWT) authentication for the workloads it selects: ``spec.jwtRules``."""
+
+    @property
+    def jwt_rules(self) -> tuple[Mapping[str, Any], ...]:
+        return tuple(self.spec.get("jwtRules") or ())
+
+
 RESOURCE_CLASSES: Mapping[str, type[Resource]] = {
     "Service": Service,
     "WorkloadEntry": WorkloadEntry,
@@ -290,6 +299,7 @@ RESOURCE_CLASSES: Mapping[str, type[Resource]] = {
     "DestinationRule": DestinationRule,
     "AuthorizationPolicy": AuthorizationPolicy,
     "PeerAuthentication": PeerAuthentication,
+    "RequestAuthentication": RequestAuthentication,
 }
 
 
@@ -315,6 +325,7 @@ class MeshModel:
         "destination_rules",
         "domain",
         "peer_authentications",
+        "request_authentications",
         "resources",
         "root_namespace",
         "service_entries",
@@ -332,6 +343,7 @@ class MeshModel:
     destination_rules: tuple[DestinationRule, ...]
     authorization_policies: tuple[AuthorizationPolicy, ...]
     peer_authentications: tuple[PeerAuthentication, ...]
+    request_authentications: tuple[RequestAuthentication, ...]
     _by_key: Mapping[tuple[str, str, str], Resource]
     _services: Mapping[str, Service]
     _workloads_by_ns: Mapping[str, tuple[WorkloadEntry, ...]]
@@ -363,6 +375,7 @@ class MeshModel:
         set_(self, "destination_rules", of(DestinationRule))
         set_(self, "authorization_policies", of(AuthorizationPolicy))
         set_(self, "peer_authentications", of(PeerAuthentication))
+        set_(self, "request_authentications", of(RequestAuthentication))
         set_(self, "_by_key", MappingProxyType({r.key: r for r in res}))
         set_(self, "_services", MappingProxyType({s.hostname: s for s in self.services}))
         set_(self, "_workloads_by_ns", _group((w.namespace, w) for w in self.workload_entries))
@@ -520,4 +533,5 @@ class MeshModel:
             "DestinationRule": len(self.destination_rules),
             "AuthorizationPolicy": len(self.authorization_policies),
             "PeerAuthentication": len(self.peer_authentications),
+            "RequestAuthentication": len(self.request_authentications),
         }

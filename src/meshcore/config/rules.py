@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from meshcore.config.requestauthn import check_request_authentication
 from meshcore.config.validate import (
     _DNS1123_LABEL,
     _DNS1123_SUBDOMAIN,
@@ -679,7 +680,7 @@ def check_destination_rule(c: Checker, spec: dict[str, Any], name: str) -> None:
 def check_authorization_policy(c: Checker, spec: dict[str, Any], name: str) -> None:
     # One validator for AuthorizationPolicy, shared with the Authorizer (which validates the
     # manifests it is given directly): Istio's webhook rules, in meshcore.security._validate.
-    checker = authz_validate.Checker(namespace="", name=name)
+    checker = authz_validate.Checker(namespace=c.namespace, name=name)
     authz_validate.check_selection(checker, spec)
     authz_validate.check_spec(checker, spec)
     for p in checker.problems:
@@ -709,4 +710,5 @@ RULES: Mapping[str, Callable[[Checker, dict[str, Any], str], None]] = {
     "DestinationRule": check_destination_rule,
     "AuthorizationPolicy": check_authorization_policy,
     "PeerAuthentication": check_peer_authentication,
+    "RequestAuthentication": check_request_authentication,
 }

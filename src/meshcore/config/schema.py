@@ -402,6 +402,34 @@ PEER_AUTHENTICATION_SPEC = message(
     portLevelMtls=MapOf(MTLS, key="uint32"),
 )
 
+POLICY_TARGET_REFERENCE = message(
+    "PolicyTargetReference", group=STRING, kind=STRING, name=STRING, namespace=STRING
+)
+JWT_HEADER = message("JWTHeader", name=STRING, prefix=STRING)
+CLAIM_TO_HEADER = message("ClaimToHeader", header=STRING, claim=STRING)
+JWT_RULE = message(
+    "JWTRule",
+    issuer=STRING,
+    audiences=STRINGS,
+    jwksUri=STRING,
+    jwks=STRING,
+    fromHeaders=ListOf(JWT_HEADER),
+    fromParams=STRINGS,
+    fromCookies=STRINGS,
+    outputPayloadToHeader=STRING,
+    forwardOriginalToken=BOOL,
+    outputClaimToHeaders=ListOf(CLAIM_TO_HEADER),
+    timeout=DURATION,
+    spaceDelimitedClaims=STRINGS,
+)
+REQUEST_AUTHENTICATION_SPEC = message(
+    "RequestAuthentication",
+    selector=SELECTOR,
+    targetRef=POLICY_TARGET_REFERENCE,
+    targetRefs=ListOf(POLICY_TARGET_REFERENCE),
+    jwtRules=ListOf(JWT_RULE),
+)
+
 # --- kinds ---------------------------------------------------------------------------------------
 
 NETWORKING = (
@@ -430,5 +458,6 @@ KINDS: Mapping[str, KindSpec] = {
         KindSpec("DestinationRule", NETWORKING, DESTINATION_RULE_SPEC),
         KindSpec("AuthorizationPolicy", SECURITY, AUTHORIZATION_POLICY_SPEC),
         KindSpec("PeerAuthentication", SECURITY, PEER_AUTHENTICATION_SPEC),
+        KindSpec("RequestAuthentication", SECURITY, REQUEST_AUTHENTICATION_SPEC),
     )
 }

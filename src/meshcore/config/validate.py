@@ -119,8 +119,9 @@ def format_path(path: Path) -> str:
 class Checker:
     """Collects the problems of one resource; rules call ``error``/``warn`` with a path."""
 
-    def __init__(self) -> None:
+    def __init__(self, namespace: str = "") -> None:
         self.problems: list[tuple[str, Path, str]] = []  # (severity, path, message)
+        self.namespace = namespace  # the resource's (rules comparing references read it)
 
     def error(self, path: Path, message: str) -> None:
         self.problems.append(("error", path, message))

@@ -32,6 +32,7 @@ from meshcore._core import RouteTable
 from meshcore.errors import ConfigError, ConfigProblem, UnsupportedFeatureError
 from meshcore.names import (
     HCM_NAME,
+    JWT_AUTHN_NAME,
     RE2_MAX_PROGRAM_SIZE,
     TCP_PROXY_NAME,
     TLS_SOCKET,
@@ -514,6 +515,7 @@ def compile_listener(
     cluster_name: str | None = None
     options = HttpOptions()
     if isinstance(hcm, hcm_pb2.HttpConnectionManager):
+        _refuse_jwt(lst)
         try:
             authz = AuthzChain.from_filters(hcm.http_filters)
         except ConfigError as exc:
@@ -536,6 +538,32 @@ def compile_listener(
     return InboundListener(
         name, sa.address, sa.port_value, cluster_name, authz, mode, options, _normalizer(options)
     )
+
+
+def _refuse_jwt(lst: listener_pb2.Listener) -> None:
+    """This data plane does not verify JWTs: a listener that asks for it (a RequestAuthentication
+    selects the workload) is refused, never served without the check (fail closed: the update
+    is NACKed and the last good listeners, if any, stay)."""
+    for i, chain in enumerate(lst.filter_chains):
+        for j, f in enumerate(chain.filters):
+            if f.name != HCM_NAME:
+                continue
+            hcm = hcm_pb2.HttpConnectionManager()
+            f.typed_config.Unpack(hcm)
+            for k, hf in enumerate(hcm.http_filters):
+                if hf.name == JWT_AUTHN_NAME:
+                    raise UnsupportedFeatureError(
+                        [
+                            ConfigProblem(
+                                "JWT authentication (RequestAuthentication) is not supported by"
+                                " meshcore's data plane: the listener is refused; run real Envoy"
+                                " for workloads that RequestAuthentications select",
+                                f"filter_chains[{i}].filters[{j}].typed_config.http_filters[{k}]",
+                                kind=types.SHORT_NAMES.get(types.LISTENER, types.LISTENER),
+                                name=lst.name,
+                            )
+                        ]
+                    )
 
 
 def _normalizer(options: HttpOptions) -> RouteTable | None:

@@ -16,11 +16,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from meshcore.names import JWT_AUTHN_NAME, JWT_PAYLOAD_KEY
+
 Json = dict[str, Any]
 
 SPIFFE_PREFIX = "spiffe://"
-JWT_FILTER = "envoy.filters.http.jwt_authn"
-JWT_PAYLOAD = "payload"
+JWT_FILTER = JWT_AUTHN_NAME
+JWT_PAYLOAD = JWT_PAYLOAD_KEY
 URI_TEMPLATE_TYPE = (
     "type.googleapis.com/envoy.extensions.path.match.uri_template.v3.UriTemplateMatchConfig"
 )

@@ -198,10 +198,18 @@ def _service_account_problem(value: str) -> str:
     return ""
 
 
+# Gateway API's patterns for a reference's group and kind.
+_REF_GROUP = re.compile(r"(|[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)\Z")
+_REF_KIND = re.compile(r"[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?\Z")
+
+
 def check_selection(c: Checker, spec: Mapping[str, Any]) -> None:
-    """What must hold before we can tell whether the policy selects a workload."""
+    """What must hold before we can tell whether the policy selects a workload (Istio's
+    validateOneOfSelectorType and validatePolicyTargetReference(s))."""
     if spec.get("selector") is not None and (spec.get("targetRef") or spec.get("targetRefs")):
         c.error("spec.selector", "selector and targetRef(s) are mutually exclusive")
+    if spec.get("targetRef") and spec.get("targetRefs"):
+        c.error("spec.targetRef", "only one of targetRef or targetRefs can be set")
     selector = spec.get("selector")
     if selector is not None:
         sel = c.mapping(selector, "spec.selector")
@@ -229,8 +237,21 @@ def check_selection(c: Checker, spec: Mapping[str, Any]) -> None:
         for i, ref in enumerate(entries):
             path = f"spec.{field}" if field == "targetRef" else f"spec.{field}[{i}]"
             ref_map = c.mapping(ref, path)
-            if ref_map is not None and not (ref_map.get("kind") and ref_map.get("name")):
+            if ref_map is None:
+                continue
+            if not (ref_map.get("kind") and ref_map.get("name")):
                 c.error(path, "a target reference needs a kind and a name")
+            group, kind = ref_map.get("group", ""), ref_map.get("kind", "")
+            if not isinstance(group, str) or not _REF_GROUP.match(group):
+                c.error(f"{path}.group", f"invalid group {group!r}")
+            if kind and (not isinstance(kind, str) or not _REF_KIND.match(kind)):
+                c.error(f"{path}.kind", f"invalid kind {kind!r}")
+            ns = ref_map.get("namespace")
+            if ns and c.namespace and ns != c.namespace:
+                c.error(
+                    f"{path}.namespace",
+                    "cross namespace referencing is not currently supported",
+                )
 
 
 def check_spec(c: Checker, spec: Mapping[str, Any]) -> None:

@@ -34,6 +34,8 @@ Checker = Callable[[MeshModel], list[ConfigProblem]]
 DEBOUNCE_AFTER = 0.1
 DEBOUNCE_MAX = 10.0
 POLL_INTERVAL = 0.05
+# How often the generator's own inputs (JWKS) are looked at: only those due are fetched.
+REFRESH_INTERVAL = 5.0
 FULL_COLLECT_EVERY = 64
 
 
@@ -62,10 +64,16 @@ class ControlPlane:
         settle_gc: bool = False,
         max_file_bytes: int = MAX_FILE_BYTES,
         check: Checker | None = None,
+        refresh: Callable[[], bool] | None = None,
+        refresh_interval: float = REFRESH_INTERVAL,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         self.generate = generate
         self.check = check
+        # What the generator fetches itself (the translator's JWKS): called every
+        # refresh_interval in a worker thread; True -> every proxy is translated again.
+        self.refresh = refresh
+        self.refresh_interval = refresh_interval
         self.index = dependencies
         self.debounce_after = debounce_after
         self.debounce_max = debounce_max
@@ -160,6 +168,17 @@ class ControlPlane:
         else:
             self.cache.clear(node.id)
 
+    def regenerate_all(self, nodes: Iterable[NodeInfo] = ()) -> None:
+        """Translates every proxy holding a snapshot again (``nodes`` without a dependency
+        index): what the generator fetched itself changed, not the config."""
+        if self.index is None:
+            self.rebuild(nodes)
+            return
+        self.rebuilds += 1
+        for node in self.index.nodes():
+            self._regenerate(node)
+        self.cache.forget(keep=[g.shared for g in self.index.groups.values()])
+
     def update(self, nodes: Iterable[NodeInfo] = ()) -> None:
         """Brings the proxies up to date with the mesh just loaded: incrementally with a
         dependency index (``nodes`` unused: the index knows every proxy holding a snapshot),
@@ -229,11 +248,16 @@ class ControlPlane:
         the proxies connected at that moment)."""
         first_change: float | None = None
         last_change = 0.0
+        last_refresh = time.monotonic()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.poll_interval)
             fingerprint = self._scan()
             now = time.monotonic()
+            if self.refresh is not None and now - last_refresh >= self.refresh_interval:
+                last_refresh = now
+                if await asyncio.to_thread(self.refresh) and self.mesh is not None:
+                    self.regenerate_all(nodes())
             if fingerprint != self._fingerprint:
                 self._fingerprint = fingerprint
                 last_change = now

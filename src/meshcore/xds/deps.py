@@ -9,7 +9,8 @@ shared layers it holds, and per config file the objects it defines. On a change:
 - the objects that changed are found by comparing the old and new models (unchanged documents
   keep their objects, see :class:`meshcore.config.IncrementalLoader`);
 - :meth:`DependencyIndex.affected` says which proxies' own resources may change: a
-  WorkloadEntry -> the proxies bound to it, named like it, or at its old or new address; a PeerAuthentication or
+  WorkloadEntry -> the proxies bound to it, named like it, or at its old or new address; a
+  PeerAuthentication, RequestAuthentication or
   AuthorizationPolicy -> the proxies of its namespace (every proxy for the root namespace);
   VirtualServices and DestinationRules -> none (they only produce shared route
   configurations, clusters and endpoints), except a DestinationRule with a workloadSelector
@@ -43,7 +44,7 @@ GroupKey = tuple[str, int]  # (type URL, identity of the shared layer)
 # Kinds whose objects only produce shared resources (routes, clusters, endpoints).
 _SHARED_ONLY = frozenset({"VirtualService", "DestinationRule"})
 # Kinds that produce the inbound side of the workloads of their namespace.
-_INBOUND_POLICY = frozenset({"PeerAuthentication", "AuthorizationPolicy"})
+_INBOUND_POLICY = frozenset({"PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"})
 
 
 def changed_objects(

@@ -34,6 +34,7 @@ KINDS = (
     "destination_rules",
     "authorization_policies",
     "peer_authentications",
+    "request_authentications",
 )
 
 
@@ -154,6 +155,9 @@ class MeshIndex:
         self.policies_by_ns: dict[str, list[Any]] = {}
         for pol in mesh.authorization_policies:
             self.policies_by_ns.setdefault(pol.namespace, []).append(pol)
+        self.request_authns_by_ns: dict[str, list[Any]] = {}
+        for ra in mesh.request_authentications:
+            self.request_authns_by_ns.setdefault(ra.namespace, []).append(ra)
         self._fingerprints: dict[str, tuple[Any, ...]] = {}
         self.wildcard_vs = sorted(
             (

@@ -1,7 +1,8 @@
 """Listeners (LDS): outbound per port on the proxy's outbound address (an HTTP connection
 manager using RDS, or tcp_proxy for TCP ports; for proxyless gRPC clients an ``api_listener``
 ``HOST:PORT``), inbound per workload port on the workload's address with its authorization
-filters (:class:`meshcore.security.authz.Authorizer`) and TLS per PeerAuthentication, and the
+filters (:class:`meshcore.security.authz.Authorizer`) after the JWT filter of its
+RequestAuthentications (:mod:`meshcore.xds.jwt`) and TLS per PeerAuthentication, and the
 MeshConfig's access logs and tracing on each (:mod:`meshcore.xds.telemetry`).
 
 Outbound listeners are built once per mesh and outbound address; authorization filters once per
@@ -62,6 +63,7 @@ from meshcore.xds.common import (
     tls_socket,
 )
 from meshcore.xds.index import MeshIndex
+from meshcore.xds.jwt import JwksFetcher, jwt_filter
 from meshcore.xds.node import Proxy
 from meshcore.xds.problems import ProblemLog
 from meshcore.xds.telemetry import access_logs, observe
@@ -72,9 +74,19 @@ class ListenerBuilder:
     the problems met building them."""
 
     def __init__(
-        self, index: MeshIndex, log: ProblemLog, providers: Any, mesh_config: MeshConfig | None
+        self,
+        index: MeshIndex,
+        log: ProblemLog,
+        providers: Any,
+        mesh_config: MeshConfig | None,
+        jwks: JwksFetcher | None = None,
     ) -> None:
         self.index = index
+        self.jwks = jwks if jwks is not None else JwksFetcher()
+        # jwt_authn filters by the RequestAuthentications selecting a workload (not inherited:
+        # fetched JWKS may have been refreshed since the last mesh).
+        self._jwt: dict[tuple[Any, ...], Message | None] = {}
+        self._jwt_problems: dict[tuple[Any, ...], list[ConfigProblem]] = {}
         self.mesh = index.mesh
         self.log = log
         self.providers = providers
@@ -99,9 +111,10 @@ class ListenerBuilder:
             self._authz = prev._authz
             self._authz_problems = prev._authz_problems
             self._policy_selection = prev._policy_selection
-            if same["peer_authentications"]:
+            if same["peer_authentications"] and same["request_authentications"]:
                 # Inbound listeners depend on the workload (in the key), the Services that
-                # select it, its PeerAuthentication and its authorization filters.
+                # select it, its PeerAuthentication, its JWT filter (also compared on reuse:
+                # JWKS are refreshed) and its authorization filters.
                 self._inbound = prev._inbound
 
     def outbound_listeners(self, proxy: Proxy) -> dict[str, Message]:
@@ -207,6 +220,27 @@ class ListenerBuilder:
         self.log.emit(met)
         return self._authz[key]
 
+    def jwt_filter(self, proxy: Proxy) -> Message | None:
+        """The jwt_authn filter of the RequestAuthentications selecting the proxy's workload
+        (its namespace's and the root namespace's, as Istio), or None."""
+        from meshcore.security.authz import _selects
+
+        spaces = dict.fromkeys((self.mesh.root_namespace, proxy.namespace))
+        policies = [
+            ra
+            for ns in spaces
+            for ra in self.index.request_authns_by_ns.get(ns, ())
+            if _selects(ra.spec, ra.namespace, proxy.namespace, proxy.labels)
+        ]
+        key = tuple(ra.key for ra in policies)
+        if key in self._jwt:
+            self.log.emit(self._jwt_problems[key])
+            return self._jwt[key]
+        with self.log.capture() as met:
+            self._jwt[key] = jwt_filter(policies, self.jwks, self.log)
+        self._jwt_problems[key] = met
+        return self._jwt[key]
+
     def inbound(
         self, proxy: Proxy
     ) -> tuple[dict[str, Message], dict[str, Message], list[ConfigProblem]]:
@@ -216,15 +250,18 @@ class ListenerBuilder:
             return {}, {}, []
         key = (w.key, proxy.app_address, tuple(sorted(proxy.labels.items())))
         found = self._inbound.get(key)
+        with self.log.capture() as jwt_met:
+            jwt = self.jwt_filter(proxy)
+        seen = (w.spec, w.labels, None if jwt is None else jwt.SerializeToString())
         # specs are read-only mappings (unhashable): compared by value beside the key
-        if found is None or found[0] != (w.spec, w.labels):
+        if found is None or found[0] != seen:
             with self.log.capture() as met:
-                listeners, clusters = self._build_inbound(proxy, w)
-            found = self._inbound[key] = ((w.spec, w.labels), (listeners, clusters, met))
+                listeners, clusters = self._build_inbound(proxy, w, jwt)
+            found = self._inbound[key] = (seen, (listeners, clusters, [*jwt_met, *met]))
         return found[1]
 
     def _build_inbound(
-        self, proxy: Proxy, w: WorkloadEntry
+        self, proxy: Proxy, w: WorkloadEntry, jwt: Message | None
     ) -> tuple[dict[str, Message], dict[str, Message]]:
         listeners: dict[str, Message] = {}
         clusters: dict[str, Message] = {}
@@ -242,6 +279,8 @@ class ListenerBuilder:
             name = f"{w.address}_{target}"
             mode = self.index.mtls_mode(w, target)
             http_filters, tcp_filters = self.authz_filters(proxy)
+            if jwt is not None:  # tokens verified before the authorization filters read them
+                http_filters = [jwt, *http_filters]
             listeners[name] = _inbound_listener(
                 name,
                 w.address,

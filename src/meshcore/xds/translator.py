@@ -24,6 +24,7 @@ from meshcore.xds import types
 from meshcore.xds.cache import Layered, NodeInfo
 from meshcore.xds.clusters import ClusterBuilder
 from meshcore.xds.index import MeshIndex
+from meshcore.xds.jwt import JwksFetcher
 from meshcore.xds.listeners import ListenerBuilder
 from meshcore.xds.node import Proxy, proxy_for_node
 from meshcore.xds.problems import ProblemLog, problem_key
@@ -54,6 +55,7 @@ class MeshTranslation:
         providers: Any = None,
         mesh_config: MeshConfig | None = None,
         system_ca: str = SYSTEM_CA_BUNDLE,
+        jwks: JwksFetcher | None = None,
     ) -> None:
         self.mesh = mesh
         self.providers = providers
@@ -62,7 +64,7 @@ class MeshTranslation:
         self.index = MeshIndex(mesh, problems)
         self.clusters = ClusterBuilder(self.index, problems, mesh_config, system_ca)
         self.routes = RouteBuilder(self.index, problems)
-        self.listeners = ListenerBuilder(self.index, problems, providers, mesh_config)
+        self.listeners = ListenerBuilder(self.index, problems, providers, mesh_config, jwks)
         if previous is not None and previous.index.same_scope(self.index):
             same = self.index.unchanged(previous.index)
             self.clusters.inherit(previous.clusters)
@@ -128,7 +130,8 @@ class Translator:
     last mesh's translation is kept. ``mesh_config`` and ``extension_providers`` are the
     defaults of :meth:`generate`; ``system_ca`` is the proxies' system CA bundle (what SIMPLE
     and MUTUAL TLS origination verifies servers with when a DestinationRule gives no
-    ``caCertificates``).
+    ``caCertificates``); ``jwks`` fetches RequestAuthentication ``jwksUri`` keys (a
+    :class:`~meshcore.xds.jwt.JwksFetcher` of its own by default).
     """
 
     def __init__(
@@ -137,10 +140,14 @@ class Translator:
         mesh_config: MeshConfig | None = None,
         extension_providers: Any = None,
         system_ca: str = SYSTEM_CA_BUNDLE,
+        jwks: JwksFetcher | None = None,
     ) -> None:
         self.mesh_config = mesh_config
         self.extension_providers = extension_providers
         self.system_ca = system_ca
+        # istiod's JWKS resolver: the jwksUri keys, fetched and cached for every translation.
+        self.jwks = jwks if jwks is not None else JwksFetcher()
+        self._jwks_changed = False
         self._last: MeshTranslation | None = None
 
     def generate(
@@ -196,12 +203,23 @@ class Translator:
             )
         return result.resources
 
+    def refresh_jwks(self) -> bool:
+        """Fetches again the JWKS that are due (see :meth:`JwksFetcher.refresh`); True when
+        keys changed: the next translation builds the JWT filters again (the caller then
+        translates its proxies again). Blocks while fetching: for a worker thread."""
+        changed = self.jwks.refresh()
+        if changed:
+            self._jwks_changed = True
+        return changed
+
     def _translation(
         self, mesh: MeshModel, providers: Any, mesh_config: MeshConfig | None
     ) -> MeshTranslation:
         prev = self._last
+        jwks_changed, self._jwks_changed = self._jwks_changed, False
         if (
-            prev is not None
+            not jwks_changed
+            and prev is not None
             and prev.mesh is mesh
             and prev.providers == providers
             and prev.mesh_config == mesh_config
@@ -210,7 +228,9 @@ class Translator:
         # Listeners carry the MeshConfig's logging and tracing: a new one starts afresh.
         if prev is not None and prev.mesh_config != mesh_config:
             prev = None
-        self._last = MeshTranslation(mesh, prev, providers, mesh_config, self.system_ca)
+        self._last = MeshTranslation(
+            mesh, prev, providers, mesh_config, system_ca=self.system_ca, jwks=self.jwks
+        )
         return self._last
 
 

@@ -1,150 +1,20 @@
 """``meshcore serve``: the control plane (config watch, translation, ADS) and its HTTP side
-(Prometheus ``/metrics``, ``/debug/syncz`` for ``meshcore proxy-status``, ``/healthz``)."""
+(Prometheus ``/metrics``, ``/debug/syncz`` for ``meshcore proxy-status``, ``/healthz``), run by
+:class:`meshcore.xds.controlserver.ControlPlaneServer`; here the arguments and the output."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
-import logging
 import signal
 import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from meshcore.ca import CAError, CertificateAuthority
-from meshcore.ca.service import BootstrapTokens, CAServer, start_ca_server
-from meshcore.ca.spiffe import IdentityError
 from meshcore.config.meshconfig import MeshConfig
-from meshcore.xds.controlplane import ControlPlane
-from meshcore.xds.deps import DependencyIndex
-from meshcore.xds.server import AdsServer, start_ads_server
-from meshcore.xds.translator import Translator
-
-log = logging.getLogger("meshcore.serve")
-
-
-class _Debug(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(
-        self,
-        address: tuple[str, int],
-        plane: ControlPlane,
-        ads: AdsServer,
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        super().__init__(address, _DebugHandler)
-        self.plane = plane
-        self.ads = ads
-        self.loop = loop
-
-    def in_loop(self, fn: Any) -> Any:
-        """Runs ``fn`` on the event loop (which owns the ADS state) and returns its result."""
-
-        async def call() -> Any:
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(timeout=5)
-
-
-class _DebugHandler(BaseHTTPRequestHandler):
-    server: _Debug
-
-    def do_GET(self) -> None:
-        if self.path == "/metrics":
-            body = self.server.in_loop(lambda: generate_latest(self.server.ads.metrics.registry()))
-            self._send(200, CONTENT_TYPE_LATEST, body)
-        elif self.path == "/debug/syncz":
-            status = self.server.in_loop(self.server.ads.sync_status)
-            problems = [p.to_dict() for p in self.server.plane.problems]
-            self._send(
-                200,
-                "application/json",
-                json.dumps({"proxies": status, "config_problems": problems}).encode(),
-            )
-        elif self.path in ("/healthz", "/ready"):
-            ok = self.server.plane.mesh is not None
-            self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"no valid config\n")
-        else:
-            self._send(404, "text/plain", b"try /metrics, /debug/syncz or /healthz\n")
-
-    def _send(self, code: int, content_type: str, body: bytes) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug(format, *args)
-
-
-# Tokens from a file are the operator's: valid while the server runs.
-FILE_TOKEN_TTL = datetime.timedelta(days=3650)
-
-
-@dataclass(frozen=True, slots=True)
-class CAOptions:
-    """``meshcore serve --ca-port ...``: the CA next to ADS (Istio's istiod does both)."""
-
-    port: int
-    mtls_port: int = 0
-    cacerts: str | None = None  # Istio's plug-in layout
-    state_dir: str | None = None  # where a generated root is kept
-    tokens: str | None = None  # 'TOKEN SPIFFE-ID' per line
-
-
-def load_tokens(path: str, tokens: BootstrapTokens) -> int:
-    """Reads ``TOKEN SPIFFE-ID`` lines (blank lines and ``#`` comments skipped) into
-    ``tokens``; a bad line raises ValueError naming the file and line."""
-    count = 0
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            text = line.split("#", 1)[0].strip()
-            if not text:
-                continue
-            parts = text.split()
-            if len(parts) != 2:
-                raise ValueError(f"{path}:{number}: expected 'TOKEN SPIFFE-ID'")
-            try:
-                tokens.add(parts[0], parts[1], ttl=FILE_TOKEN_TTL)
-            except (CAError, IdentityError) as exc:
-                raise ValueError(f"{path}:{number}: {exc}") from None
-            count += 1
-    return count
-
-
-def load_ca(options: CAOptions) -> CertificateAuthority:
-    """The plug-in CA from ``cacerts``; else the root kept in ``state_dir`` (generated and
-    saved there, key 0600, on first use); else a root that lives as long as the process."""
-    if options.cacerts:
-        return CertificateAuthority.load(options.cacerts)
-    if options.state_dir:
-        state = Path(options.state_dir)
-        if (state / "ca-key.pem").is_file():
-            return CertificateAuthority.load(state)
-        ca = CertificateAuthority.generate()
-        ca.save(state)
-        return ca
-    return CertificateAuthority.generate()
-
-
-async def _start_ca(options: CAOptions, host: str) -> tuple[CAServer, CertificateAuthority, int]:
-    ca = load_ca(options)
-    tokens = BootstrapTokens()
-    count = load_tokens(options.tokens, tokens) if options.tokens else 0
-    server = await start_ca_server(
-        ca, tokens, port=options.port, mtls_port=options.mtls_port, host=host
-    )
-    return server, ca, count
+from meshcore.xds.controlserver import CAOptions, ControlPlaneServer, StartError
 
 
 async def serve(
@@ -153,68 +23,54 @@ async def serve(
     mesh_config: MeshConfig | None = None,
     ca: CAOptions | None = None,
 ) -> int:  # fmt: skip
-    plane = ControlPlane(
-        paths,
-        Translator(mesh_config=mesh_config).resources_for,
-        dependencies=DependencyIndex(),
-        settle_gc=True,
-    )
-    if not plane.load():
+    server = ControlPlaneServer(
+        paths, host=host, xds_port=xds_port, metrics_port=metrics_port, mesh_config=mesh_config,
+        ca=ca,
+    )  # fmt: skip
+    plane = server.plane
+    if not server.load():
         for p in plane.problems:
             print(f"{p.severity}: {p}", file=sys.stderr)
         print(
             "meshcore serve: the configuration is invalid; fix it and start again", file=sys.stderr
         )
         return 1
-    ca_server = None
-    if ca is not None:
-        try:
-            ca_server, authority, token_count = await _start_ca(ca, host)
-        except (CAError, ValueError, OSError, RuntimeError) as exc:
-            print(f"meshcore serve: cannot start the CA: {exc}", file=sys.stderr)
-            return 2
-    server, ads, port = await start_ads_server(
-        plane.cache, port=xds_port, host=host, ready=lambda: plane.mesh is not None
-    )
+    try:
+        await server.start()
+    except StartError as exc:
+        print(f"meshcore serve: {exc}", file=sys.stderr)
+        return 2
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         # Not possible off the main thread (as in tests); the caller's stop event still works.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    debug = None
-    if metrics_port is not None:
-        debug = _Debug((host, metrics_port), plane, ads, loop)
-        threading.Thread(target=debug.serve_forever, name="meshcore-debug", daemon=True).start()
     summary = (
         ", ".join(f"{n} {k}" for k, n in plane.mesh.summary().items() if n) if plane.mesh else ""
     )
     print(f"meshcore serve: {summary or 'empty mesh'}", flush=True)
-    print(f"meshcore serve: ADS (state of the world and delta) on {host}:{port}", flush=True)
-    if ca_server is not None:
+    print(f"meshcore serve: ADS (state of the world and delta) on {host}:{server.ads_port}",
+          flush=True)  # fmt: skip
+    if server.ca_server is not None and server.authority is not None:
         assert ca is not None
         where = (
             f"root {Path(ca.cacerts or ca.state_dir or '') / 'root-cert.pem'}"
             if ca.cacerts or ca.state_dir
             else "generated root, not written (use --state-dir to keep it for agents)"
         )
-        print(f"meshcore serve: CA for {authority.trust_domain} on {host}:{ca_server.port} "
-              f"(bootstrap tokens: {token_count}), renewals (mTLS) on {host}:{ca_server.mtls_port}; "
+        print(f"meshcore serve: CA for {server.authority.trust_domain} on {host}:{server.ca_server.port} "
+              f"(bootstrap tokens: {server.token_count}), renewals (mTLS) on {host}:{server.ca_server.mtls_port}; "
               f"{where}", flush=True)  # fmt: skip
-    if debug is not None:
-        print(f"meshcore serve: metrics on http://{host}:{debug.server_address[1]}/metrics, "
+    if server.debug is not None:
+        print(f"meshcore serve: metrics on http://{host}:{server.debug.server_address[1]}/metrics, "
               f"status on /debug/syncz", flush=True)  # fmt: skip
     if ready is not None:
         ready.set()
     try:
-        await plane.run(lambda: [s.node for s in ads.proxies.values()], stop)
+        await server.run(stop)
     finally:
-        if debug is not None:
-            debug.shutdown()
-            debug.server_close()
-        await server.stop(1.0)
-        if ca_server is not None:
-            await ca_server.stop(1.0)
+        await server.close()
     return 0
 
 

@@ -38,9 +38,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshcore.ca import CertificateAuthority
 from meshcore.ca.sds import workload_secrets
-from meshcore.cli.serve import CAOptions, serve
+from meshcore.cli.serve import serve
 from meshcore.config import load
 from meshcore.dataplane.agent import Agent, find_envoy
+from meshcore.xds.controlserver import CAOptions
 from meshcore.xds.translate import generate, proxy_for_node, render_static_bootstrap
 
 T = TypeVar("T")

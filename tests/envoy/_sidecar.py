@@ -663,7 +663,8 @@ def serving(
     loop (agents) before that."""
     import asyncio
 
-    from meshcore.cli.serve import CAOptions, serve
+    from meshcore.cli.serve import serve
+    from meshcore.xds.controlserver import CAOptions
 
     (tmp / "tokens").write_text("".join(f"{t} {ident}\n" for ident, t in tokens.items()))
     loop = LoopThread()

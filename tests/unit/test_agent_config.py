@@ -11,9 +11,9 @@ import pytest
 from meshcore.ca import CertificateAuthority
 from meshcore.ca.service import BootstrapTokens
 from meshcore.cli import main
-from meshcore.cli.serve import CAOptions, load_ca, load_tokens
 from meshcore.dataplane.agent import Agent, AgentError
 from meshcore.dataplane.bootstrap import ads_bootstrap
+from meshcore.xds.controlserver import CAOptions, load_ca, load_tokens
 
 NODE = "sidecar~127.0.10.1~reviews-v1.default~default.svc.cluster.local"
 REVIEWS = "spiffe://cluster.local/ns/default/sa/reviews"

@@ -145,7 +145,7 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"warning: {problem}", file=sys.stderr)
     ca = None
     if args.ca_port is not None:
-        from meshcore.cli.serve import CAOptions
+        from meshcore.xds.controlserver import CAOptions
 
         ca = CAOptions(
             port=args.ca_port,

@@ -119,12 +119,15 @@ class ListenerBuilder:
 
     def outbound_listeners(self, proxy: Proxy) -> dict[str, Message]:
         key = (proxy.proxyless, proxy.outbound_address)
-        return self.log.cached(
-            self._outbound,
-            self.outbound_problems,
-            key,
-            lambda: self._build_outbound_listeners(proxy),
-        )
+        found = self._outbound.get(key)  # the common case, without building a closure
+        if found is None:
+            found = self.log.cached(
+                self._outbound,
+                self.outbound_problems,
+                key,
+                lambda: self._build_outbound_listeners(proxy),
+            )
+        return found
 
     def _build_outbound_listeners(self, proxy: Proxy) -> dict[str, Message]:
         out: dict[str, Message] = {}

@@ -70,12 +70,13 @@ class RouteBuilder:
         return (proxy.namespace, labels, proxy.proxyless)
 
     def route_configs(self, proxy: Proxy) -> dict[str, Message]:
-        return self.log.cached(
-            self._routes,
-            self.problems,
-            self.route_key(proxy),
-            lambda: self._build_route_configs(proxy),
-        )
+        key = self.route_key(proxy)
+        found = self._routes.get(key)  # the common case, without building a closure
+        if found is None:
+            found = self.log.cached(
+                self._routes, self.problems, key, lambda: self._build_route_configs(proxy)
+            )
+        return found
 
     def _build_route_configs(self, proxy: Proxy) -> dict[str, Message]:
         built: dict[str, Message] = {}

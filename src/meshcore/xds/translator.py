@@ -6,6 +6,21 @@ it keeps one :class:`MeshTranslation` (the per-mesh index and one builder per xD
 shared by the mesh's proxies; a new mesh's translation inherits from the previous one whatever
 the change does not touch (each builder decides, in its ``inherit``). ``generate`` assembles a
 proxy's resources from the builders and collects the problems of exactly what it got.
+
+The caches, and what a new mesh keeps of them (compared by value, kind by kind; nothing is kept
+when the trust domain, the root namespace or the MeshConfig change):
+
+- the index (services by port, workloads by label, subsets, mTLS modes): rebuilt for every mesh;
+- clusters, per service port: while the service, its DestinationRule and the workloads it
+  selects are equal; its endpoints: the same, and the PeerAuthentications too;
+- routes (VirtualService routes, virtual hosts, route configurations, hash policies): while
+  the Services, ServiceEntries, VirtualServices and DestinationRules are all equal;
+- outbound listeners, per kind of client and outbound address: while the Services and
+  ServiceEntries are equal; authorization filters: while the AuthorizationPolicies, the
+  Services and the extension providers are; inbound listeners (and clusters), per workload:
+  all that, and the PeerAuthentications, and the workload's own spec and labels.
+
+Problems are kept with what they were found building (:mod:`meshcore.xds.problems`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,158 @@
+"""The control plane server, composed: what ``meshcore serve`` runs, as a library object.
+
+:class:`ControlPlaneServer` owns the parts and starts and stops them in order: the config
+loader and the change loop (:class:`~meshcore.xds.controlplane.ControlPlane`, which holds the
+dependency index and the snapshot cache), the translator, the CA (Istio's istiod also signs
+workload certificates), the ADS server and the HTTP side (``/metrics``, ``/debug/syncz``,
+``/healthz``, :mod:`meshcore.xds.debughttp`). The CLI only parses arguments and prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from meshcore.ca import CAError, CertificateAuthority
+from meshcore.ca.service import BootstrapTokens, CAServer, start_ca_server
+from meshcore.ca.tokens import load_tokens
+from meshcore.config.loader import MAX_FILE_BYTES
+from meshcore.config.meshconfig import MeshConfig
+from meshcore.xds.controlplane import ControlPlane
+from meshcore.xds.debughttp import DebugServer
+from meshcore.xds.deps import DependencyIndex
+from meshcore.xds.jwt import JwksFetcher
+from meshcore.xds.server import AdsServer, start_ads_server
+from meshcore.xds.translator import Translator
+
+__all__ = ["CAOptions", "ControlPlaneServer", "StartError", "load_ca", "load_tokens"]
+
+
+@dataclass(frozen=True, slots=True)
+class CAOptions:
+    """``meshcore serve --ca-port ...``: the CA next to ADS (Istio's istiod does both)."""
+
+    port: int
+    mtls_port: int = 0
+    cacerts: str | None = None  # Istio's plug-in layout
+    state_dir: str | None = None  # where a generated root is kept
+    tokens: str | None = None  # 'TOKEN SPIFFE-ID [expires=TIME]' per line (meshcore.ca.tokens)
+
+
+def load_ca(options: CAOptions) -> CertificateAuthority:
+    """The plug-in CA from ``cacerts``; else the root kept in ``state_dir`` (generated and
+    saved there, key 0600, on first use); else a root that lives as long as the process."""
+    if options.cacerts:
+        return CertificateAuthority.load(options.cacerts)
+    if options.state_dir:
+        state = Path(options.state_dir)
+        if (state / "ca-key.pem").is_file():
+            return CertificateAuthority.load(state)
+        ca = CertificateAuthority.generate()
+        ca.save(state)
+        return ca
+    return CertificateAuthority.generate()
+
+
+class StartError(Exception):
+    """A part of the server could not start; the message says which and why."""
+
+
+class ControlPlaneServer:
+    """The control plane's parts, started by :meth:`start` (after a successful :meth:`load`),
+    run by :meth:`run` until its stop event, and stopped by :meth:`close`."""
+
+    def __init__(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        host: str = "127.0.0.1",
+        xds_port: int = 0,
+        metrics_port: int | None = None,
+        mesh_config: MeshConfig | None = None,
+        ca: CAOptions | None = None,
+        max_file_bytes: int = MAX_FILE_BYTES,
+    ) -> None:
+        self.host = host
+        self.xds_port = xds_port
+        self.metrics_port = metrics_port
+        self.ca_options = ca
+        # JWKS are fetched in the control plane's refresh thread, never by a translation in
+        # the event loop: a jwksUri not fetched yet fails closed until its keys arrive (istiod).
+        self.translator = Translator(mesh_config=mesh_config, jwks=JwksFetcher(fetch_on_miss=False))
+        self.plane = ControlPlane(
+            paths,
+            self.translator.resources_for,
+            dependencies=DependencyIndex(),
+            settle_gc=True,
+            max_file_bytes=max_file_bytes,
+            check=self.translator.load_problems,  # what proxies will not get, at every load
+            refresh=self.translator.refresh_jwks,  # RequestAuthentication jwksUri keys
+        )
+        self.authority: CertificateAuthority | None = None
+        self.token_count = 0
+        self.ca_server: CAServer | None = None
+        self.ads: AdsServer | None = None
+        self.ads_port = 0
+        self.debug: DebugServer | None = None
+        self._grpc: grpc.aio.Server | None = None
+
+    def load(self) -> bool:
+        """Loads the configuration; False when it is invalid (see ``plane.problems``)."""
+        return self.plane.load()
+
+    async def start(self) -> None:
+        """Starts the CA (when asked for), the ADS server and the HTTP side; StartError when
+        the CA or the monitoring port cannot start (what was started is stopped again)."""
+        if self.ca_options is not None:
+            try:
+                await self._start_ca(self.ca_options)
+            except (CAError, ValueError, OSError, RuntimeError) as exc:
+                raise StartError(f"cannot start the CA: {exc}") from None
+        plane = self.plane
+        self._grpc, self.ads, self.ads_port = await start_ads_server(
+            plane.cache, port=self.xds_port, host=self.host, ready=lambda: plane.mesh is not None
+        )
+        if self.metrics_port is not None:
+            try:
+                self.debug = DebugServer(
+                    (self.host, self.metrics_port), plane, self.ads, asyncio.get_running_loop()
+                )
+            except OSError as exc:
+                await self.close()
+                raise StartError(
+                    f"cannot open the monitoring port {self.host}:{self.metrics_port}: "
+                    f"{exc.strerror} (choose another with --monitoring-port, 0 for none)"
+                ) from None
+            threading.Thread(
+                target=self.debug.serve_forever, name="meshcore-debug", daemon=True
+            ).start()
+
+    async def _start_ca(self, options: CAOptions) -> None:
+        self.authority = load_ca(options)
+        tokens = BootstrapTokens()
+        self.token_count = load_tokens(options.tokens, tokens) if options.tokens else 0
+        self.ca_server = await start_ca_server(
+            self.authority, tokens, port=options.port, mtls_port=options.mtls_port, host=self.host
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Watches the configuration and keeps the proxies up to date until ``stop``."""
+        ads = self.ads
+        assert ads is not None, "start() first"
+        await self.plane.run(lambda: [s.node for s in ads.proxies.values()], stop)
+
+    async def close(self) -> None:
+        """Stops what :meth:`start` started."""
+        if self.debug is not None:
+            self.debug.shutdown()
+            self.debug.server_close()
+        if self._grpc is not None:
+            await self._grpc.stop(1.0)
+        if self.ca_server is not None:
+            await self.ca_server.stop(1.0)

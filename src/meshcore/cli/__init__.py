@@ -20,12 +20,6 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 70
 
 
-def _max_file_bytes(args: argparse.Namespace) -> int:
-    from meshcore.config.loader import MAX_FILE_BYTES
-
-    return MAX_FILE_BYTES if args.max_file_bytes is None else int(args.max_file_bytes)
-
-
 def emit(data: Any, output: str) -> None:
     """Prints ``data`` as JSON or YAML (``-o json|yaml``); text output is each command's own."""
     if output == "yaml":
@@ -59,7 +53,7 @@ def with_translation_checks(report: ValidationReport) -> ValidationReport:
 def _validate(args: argparse.Namespace) -> int:
     from meshcore.config import validate
 
-    report = validate(args.paths, domain=args.domain, max_file_bytes=_max_file_bytes(args))
+    report = validate(args.paths, domain=args.domain, max_file_bytes=args.max_file_bytes)
     report = with_translation_checks(report)
     count = len(report.model) if report.model is not None else 0
     if args.output != "text":
@@ -165,7 +159,7 @@ def _serve(args: argparse.Namespace) -> int:
             host=args.host,
             mesh_config=mesh_config,
             ca=ca,
-            max_file_bytes=_max_file_bytes(args),
+            max_file_bytes=args.max_file_bytes,
         )
     )
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from meshcore import __version__
 from meshcore._extras import DISTRIBUTION
+from meshcore.config.loader import MAX_FILE_BYTES
 
 # Istio's ports: istiod's xDS (plaintext) and monitoring ports, the sidecar's health port.
 XDS_PORT = 15010
@@ -33,13 +34,13 @@ def _hidden(parser: argparse.ArgumentParser, *names: str, dest: str, **kw: Any) 
 
 
 def _max_file_bytes(parser: argparse.ArgumentParser) -> None:
-    """The size limit of one config file; unset means meshcore.config.loader.MAX_FILE_BYTES."""
+    """The size limit of one config file (the loader's own default)."""
     parser.add_argument(
         "--max-file-bytes",
         type=int,
-        default=None,
+        default=MAX_FILE_BYTES,
         metavar="BYTES",
-        help="the largest config file read (default 64 MiB); a larger one is an error",
+        help="the largest config file read (64 MiB); a larger one is an error",
     )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("envoy.extensions.filters.http.rbac.v3.rbac_pb2")
@@ -184,11 +184,26 @@ def _column(values: list[Any], form: str) -> Any:
     return np.array(values, dtype="S" if form == "S" else "U")
 
 
+_ANY = {"permissions": [{"any": True}], "principals": [{"any": True}]}
+_AUTHENTICATED = {"permissions": [{"any": True}], "principals": [{"authenticated": {}}]}
+_NO_FIELDS = dict.fromkeys(
+    ("authority", "scheme", "source_ip", "remote_ip", "direct_remote_ip", "destination_ip",
+     "destination_port", "principal", "dns_sans", "subject", "sni", "tls")
+)  # fmt: skip
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     pols=policies,
     reqs=st.lists(full_request, min_size=1, max_size=30),
     form=st.sampled_from(["list", "S", "U"]),
+)
+# Found by hypothesis: an empty uri_sans list describes a peer certificate in both forms (the
+# single call read it as no certificate, the batch as one).
+@example(
+    pols={"-": _AUTHENTICATED, "0": _ANY},
+    reqs=[{**_NO_FIELDS, "method": "GET", "path": "/", "headers": [], "uri_sans": []}],
+    form="list",
 )
 def test_batch_with_every_column_agrees_with_single(
     pols: dict[str, Any], reqs: list[dict[str, Any]], form: str

@@ -709,7 +709,12 @@ impl RbacEngine {
             subject,
             sni,
             tls,
-            cert: !uri.is_empty() || dns_sans.is_some() || subject.is_some(),
+            // As the batch form reads it: a field given (even an empty SAN list) describes
+            // a peer certificate.
+            cert: principal.is_some()
+                || uri_sans.is_some()
+                || dns_sans.is_some()
+                || subject.is_some(),
         };
         let d = f
             .with_attributes(&header_views, &uri, &dns, meta.as_ref(), |a| {

@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from meshcore.config.destinationrule import check_destination_rule
 from meshcore.config.requestauthn import check_request_authentication
 from meshcore.config.validate import (
     _DNS1123_LABEL,
@@ -18,6 +19,7 @@ from meshcore.config.validate import (
     _d,
     _is_decimal,
     _is_ip,
+    _l,
     host_problem,
     parse_path,
 )
@@ -45,10 +47,6 @@ def _is_ip_or_cidr(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _l(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 def check_service(c: Checker, spec: dict[str, Any], name: str) -> None:
@@ -417,6 +415,10 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path, *, mesh_bound: bool =
         c.percentage(abort.get("percentage"), path + ("fault", "abort", "percentage"))
     if fault and delay is None and abort is None:
         c.error(path + ("fault",), "fault needs delay or abort")
+    if r.get("mirror") is not None and r.get("mirrors"):
+        c.error(path + ("mirrors",), "mirror and mirrors are mutually exclusive")
+    if r.get("mirrorPercent") is not None:
+        c.warn(path + ("mirrorPercent",), "mirrorPercent is deprecated: use mirrorPercentage")
     if r.get("mirror") is not None:
         _destination(c, r.get("mirror"), path + ("mirror",))
     for i, m in enumerate(_l(r.get("mirrors"))):
@@ -453,14 +455,31 @@ def check_virtual_service(c: Checker, spec: dict[str, Any], name: str) -> None:
         for key in ("tls", "tcp"):
             if spec.get(key):
                 c.error(("spec", key), f"a delegate VirtualService must have no {key} routes")
+    _gateway_names(c, gateways)
+    sni = any(
+        _l(_d(m).get("sniHosts")) for r in _l(spec.get("tls")) for m in _l(_d(r).get("match"))
+    )
+    hosts_ok = True
     for i, h in enumerate(hosts):
         if h == "*" and mesh_bound:
             c.error(
                 ("spec", "hosts", i),
                 "wildcard host '*' is not allowed for VirtualServices bound to the mesh gateway",
             )
+            hosts_ok = False
             continue
+        if not mesh_bound and sni and is_auto_sni_domain(h):
+            continue
+        hosts_ok = hosts_ok and (not isinstance(h, str) or host_problem(h) is None or _is_ip(h))
         c.host(h, ("spec", "hosts", i))
+    if hosts_ok:
+        for i, h in enumerate(hosts):
+            for j in range(i + 1, len(hosts)):
+                if isinstance(h, str) and isinstance(hosts[j], str) and hosts_overlap(h, hosts[j]):
+                    c.error(
+                        ("spec", "hosts", j),
+                        f"duplicate hosts: {h!r} and {hosts[j]!r} overlap",
+                    )
     if not (spec.get("http") or spec.get("tcp") or spec.get("tls")):
         c.error(("spec",), "a VirtualService needs at least one of http, tcp or tls")
     names: set[str] = set()
@@ -482,7 +501,13 @@ def check_virtual_service(c: Checker, spec: dict[str, Any], name: str) -> None:
             if not _l(m.get("sniHosts")):
                 c.error(("spec", "tls", i, "match", j, "sniHosts"), "sniHosts is required")
             for k, h in enumerate(_l(m.get("sniHosts"))):
-                c.host(h, ("spec", "tls", i, "match", j, "sniHosts", k), allow_ip=False)
+                hpath = ("spec", "tls", i, "match", j, "sniHosts", k)
+                if isinstance(h, str) and _is_ip(h):
+                    c.warn(
+                        hpath, f"SNI host {h!r} is an IP address: clients do not send IPs as SNI"
+                    )
+                elif not (isinstance(h, str) and not mesh_bound and is_auto_sni_domain(h)):
+                    c.host(h, hpath, allow_ip=False)
             _l4_match(c, m, ("spec", "tls", i, "match", j))
         if not _l(r.get("route")):
             c.error(("spec", "tls", i, "route"), "a TLS route needs at least one destination")
@@ -503,6 +528,43 @@ def check_virtual_service(c: Checker, spec: dict[str, Any], name: str) -> None:
     c.export_to(spec)
 
 
+def _gateway_names(c: Checker, gateways: list[Any]) -> None:
+    """Istio's validateGatewayNames: ``namespace/name`` (DNS-1123 labels), or a bare name."""
+    for i, g in enumerate(gateways):
+        if not isinstance(g, str):
+            continue
+        path: Path = ("spec", "gateways", i)
+        ns, sep, name = g.partition("/")
+        if not sep:
+            if "." in g:
+                parts = g.split(".")
+                c.warn(
+                    path,
+                    f"legacy gateway name format {g!r}: prefer namespace/name ({parts[1]}/{parts[0]})",
+                )
+            if host_problem(g) is not None or g.startswith("*"):
+                c.error(path, f"invalid gateway name {g!r}: a DNS name, or namespace/name")
+            continue
+        for part, what in ((ns, "namespace"), (name, "gateway name")):
+            if not _DNS1123_LABEL.match(part):
+                c.error(path, f"invalid {what} {part!r} in {g!r}: a DNS-1123 label")
+
+
+def is_auto_sni_domain(host: str) -> bool:
+    """Istio's auto-generated SNI form on gateways (AUTO_PASSTHROUGH): ``outbound_.PORT_._.HOST``."""
+    parts = host.split("_")
+    if not host.startswith("outbound_") or len(parts) < 4 or len(host) > 255:
+        return False
+    return any(ch.isdigit() for ch in parts[1]) and any(ch.isalpha() for ch in parts[3])
+
+
+def hosts_overlap(a: str, b: str) -> bool:
+    """Istio's host.Name.Matches: equal, or one wildcard covers the other (``*.bar`` and ``*.foo.bar``)."""
+    if a == b or "*" in (a, b):
+        return True
+    return (a.startswith("*") and b.endswith(a[1:])) or (b.startswith("*") and a.endswith(b[1:]))
+
+
 def _l4_match(c: Checker, m: dict[str, Any], path: Path) -> None:
     for k, sub in enumerate(_l(m.get("destinationSubnets"))):
         if isinstance(sub, str) and not _is_ip_or_cidr(sub):
@@ -511,178 +573,13 @@ def _l4_match(c: Checker, m: dict[str, Any], path: Path) -> None:
     c.labels(m.get("sourceLabels"), path + ("sourceLabels",), selector=True)
 
 
-def _traffic_policy(c: Checker, tp: Any, path: Path, *, port_level: bool = False) -> None:
-    if not isinstance(tp, dict):
-        return
-    if not any(v is not None for v in tp.values()):
-        c.error(path, "a traffic policy must set at least one field")
-    lb = _d(tp.get("loadBalancer"))
-    if lb.get("simple") is not None and lb.get("consistentHash") is not None:
-        c.error(path + ("loadBalancer",), "simple and consistentHash are mutually exclusive")
-    ch = lb.get("consistentHash")
-    if isinstance(ch, dict):
-        keys = [
-            k
-            for k in ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")
-            if ch.get(k) not in (None, False)
-        ]
-        if len(keys) != 1:
-            c.error(
-                path + ("loadBalancer", "consistentHash"),
-                "exactly one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName must be set",
-            )
-        cookie = ch.get("httpCookie")
-        if isinstance(cookie, dict):
-            if not cookie.get("name"):
-                c.error(
-                    path + ("loadBalancer", "consistentHash", "httpCookie", "name"),
-                    "cookie name is required",
-                )
-            if "ttl" in cookie:
-                c.duration(
-                    cookie["ttl"], path + ("loadBalancer", "consistentHash", "httpCookie", "ttl")
-                )
-        if isinstance(ch.get("httpHeaderName"), str):
-            c.header_name(
-                ch["httpHeaderName"], path + ("loadBalancer", "consistentHash", "httpHeaderName")
-            )
-        if ch.get("ringHash") is not None and ch.get("maglev") is not None:
-            c.error(
-                path + ("loadBalancer", "consistentHash"),
-                "ringHash and maglev are mutually exclusive",
-            )
-    pool = _d(tp.get("connectionPool"))
-    for section, fields in (
-        ("tcp", ("maxConnections",)),
-        (
-            "http",
-            (
-                "http1MaxPendingRequests",
-                "http2MaxRequests",
-                "maxRequestsPerConnection",
-                "maxRetries",
-                "maxConcurrentStreams",
-            ),
-        ),
-    ):
-        sec = _d(pool.get(section))
-        for f in fields:
-            v = sec.get(f)
-            if isinstance(v, int) and v < 0:
-                c.error(path + ("connectionPool", section, f), f"{f} must not be negative")
-        for f in ("connectTimeout", "idleTimeout", "maxConnectionDuration"):
-            if f in sec:
-                c.duration(sec[f], path + ("connectionPool", section, f), min_ms=1)
-    keepalive = _d(pool.get("http")).get("http2KeepAlive")
-    if isinstance(keepalive, dict):
-        kpath = path + ("connectionPool", "http", "http2KeepAlive")
-        for f in ("interval", "timeout"):
-            if keepalive.get(f) is None:
-                c.error(kpath + (f,), f"{f} is required when http2KeepAlive is set")
-            else:
-                c.duration(keepalive[f], kpath + (f,), min_ms=1)
-    od = _d(tp.get("outlierDetection"))
-    for f in ("interval", "baseEjectionTime"):
-        if f in od:
-            c.duration(od[f], path + ("outlierDetection", f), min_ms=1)
-    for f in ("maxEjectionPercent", "minHealthPercent"):
-        v = od.get(f)
-        if isinstance(v, int) and not 0 <= v <= 100:
-            c.error(path + ("outlierDetection", f), f"{f} {v} must be in the range 0..100")
-    if isinstance(od.get("consecutiveErrors"), int) and od["consecutiveErrors"] < 0:
-        c.error(
-            path + ("outlierDetection", "consecutiveErrors"),
-            "consecutiveErrors must not be negative",
-        )
-    elif od.get("consecutiveErrors") is not None:
-        c.warn(
-            path + ("outlierDetection", "consecutiveErrors"),
-            "consecutiveErrors is deprecated and has no effect (as in Istio): use"
-            " consecutive5xxErrors or consecutiveGatewayErrors",
-        )
-    tls = tp.get("tls")
-    if isinstance(tls, dict):
-        mode = tls.get("mode")
-        tpath = path + ("tls",)
-        if mode is None:
-            c.error(tpath + ("mode",), "mode is required")
-        if mode == "ISTIO_MUTUAL":
-            for f in ("clientCertificate", "privateKey", "caCertificates", "credentialName"):
-                if tls.get(f):
-                    c.error(
-                        tpath + (f,),
-                        f"{f} cannot be set with mode ISTIO_MUTUAL (meshcore's CA provides the certificates)",
-                    )
-        if mode == "MUTUAL" and not tls.get("credentialName"):
-            for f in ("clientCertificate", "privateKey"):
-                if not tls.get(f):
-                    c.error(tpath + (f,), f"{f} is required for mode MUTUAL without credentialName")
-    if not port_level:
-        ports: set[int] = set()
-        for i, pls in enumerate(_l(tp.get("portLevelSettings"))):
-            pls = _d(pls)
-            number = _d(pls.get("port")).get("number")
-            ppath = path + ("portLevelSettings", i)
-            if number is None:
-                c.error(ppath + ("port", "number"), "port number is required")
-            c.port(number, ppath + ("port", "number"))
-            if isinstance(number, int):
-                if number in ports:
-                    c.error(
-                        ppath + ("port", "number"), f"port {number} has several portLevelSettings"
-                    )
-                ports.add(number)
-            _traffic_policy(
-                c,
-                {k: v for k, v in pls.items() if k != "port"} or {"port": 1},
-                ppath,
-                port_level=True,
-            )
-
-
-def check_destination_rule(c: Checker, spec: dict[str, Any], name: str) -> None:
-    host = spec.get("host")
-    if not host:
-        c.error(("spec", "host"), "host is required")
-    else:
-        c.host(host, ("spec", "host"), allow_ip=False)
-    _traffic_policy(c, spec.get("trafficPolicy"), ("spec", "trafficPolicy"))
-    names: set[str] = set()
-    for i, sub in enumerate(_l(spec.get("subsets"))):
-        sub = _d(sub)
-        path: Path = ("spec", "subsets", i)
-        sname = sub.get("name")
-        if not sname:
-            c.error(path + ("name",), "subset name is required")
-        elif isinstance(sname, str):
-            if not _DNS1123_LABEL.match(sname):
-                c.error(path + ("name",), f"invalid subset name {sname!r}: a DNS-1123 label")
-            if sname in names:
-                c.error(path + ("name",), f"duplicate subset name {sname!r}")
-            names.add(sname)
-        c.labels(sub.get("labels"), path + ("labels",), selector=True)
-        _traffic_policy(c, sub.get("trafficPolicy"), path + ("trafficPolicy",))
-    selector = spec.get("workloadSelector")
-    if isinstance(selector, dict):
-        c.labels(
-            selector.get("matchLabels"),
-            ("spec", "workloadSelector", "matchLabels"),
-            selector=True,
-        )
-        if not selector.get("matchLabels"):
-            c.warn(
-                ("spec", "workloadSelector"),
-                "a workloadSelector without matchLabels selects every workload of the namespace",
-            )
-    c.export_to(spec)
-
-
 def check_authorization_policy(c: Checker, spec: dict[str, Any], name: str) -> None:
     # One validator for AuthorizationPolicy, shared with the Authorizer (which validates the
     # manifests it is given directly): Istio's webhook rules, in meshcore.security._validate.
     checker = authz_validate.Checker(namespace=c.namespace, name=name)
     authz_validate.check_selection(checker, spec)
     authz_validate.check_spec(checker, spec)
+    c.target_kinds(spec)
     for p in checker.problems:
         c.error(parse_path(p.path), p.message)
     for p in checker.warnings:
@@ -692,6 +589,13 @@ def check_authorization_policy(c: Checker, spec: dict[str, Any], name: str) -> N
 def check_peer_authentication(c: Checker, spec: dict[str, Any], name: str) -> None:
     c.selector(spec, ("spec",))
     port_level = _d(spec.get("portLevelMtls"))
+    if isinstance(spec.get("selector"), dict) and not spec["selector"].get("matchLabels"):
+        c.warn(
+            ("spec", "selector"),
+            "a selector without matchLabels selects every workload of the namespace",
+        )
+    if spec.get("portLevelMtls") == {}:
+        c.error(("spec", "portLevelMtls"), "portLevelMtls must not be empty when set")
     if port_level and not _d(spec.get("selector")).get("matchLabels"):
         c.error(
             ("spec", "portLevelMtls"),

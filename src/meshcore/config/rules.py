@@ -21,6 +21,7 @@ from meshcore.config.validate import (
     _is_ip,
     _l,
     host_problem,
+    parse_duration,
     parse_path,
 )
 from meshcore.security import _validate as authz_validate
@@ -36,6 +37,15 @@ RETRY_ON = frozenset(
     }
 )  # fmt: skip
 REDIRECT_CODES = (301, 302, 303, 307, 308)  # the ones Envoy can send
+# gRPC status names in code order (0..16), as Istio accepts them for fault.abort.grpcStatus.
+GRPC_STATUS = (
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+    "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+)  # fmt: skip
+CORS_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE", "*"}
+)
 PROTOCOLS = frozenset(
     {"HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "REDIS", "MYSQL", "TCP", "TLS", "UDP"}
 )
@@ -365,6 +375,13 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path, *, mesh_bound: bool =
     attempts = retries.get("attempts")
     if isinstance(attempts, int) and attempts < 0:
         c.error(path + ("retries", "attempts"), "attempts must not be negative")
+    if isinstance(r.get("retries"), dict) and not attempts:
+        # Istio: attempts 0 (or unset) disables retries, so retry settings would be ignored.
+        for f in ("perTryTimeout", "retryOn", "retryRemoteLocalities"):
+            if retries.get(f) not in (None, ""):
+                c.error(
+                    path + ("retries", f), f"{f} needs attempts > 0 (attempts 0 disables retries)"
+                )
     if "perTryTimeout" in retries:
         c.duration(retries["perTryTimeout"], path + ("retries", "perTryTimeout"), min_ms=1)
     if "backoff" in retries:
@@ -406,6 +423,12 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path, *, mesh_bound: bool =
                 path + ("fault", "abort"),
                 "exactly one of httpStatus, grpcStatus or http2Error must be set",
             )
+        grpc = abort.get("grpcStatus")
+        if isinstance(grpc, str) and grpc not in GRPC_STATUS:
+            c.error(
+                path + ("fault", "abort", "grpcStatus"),
+                f"unknown gRPC status {grpc!r} (a status code name such as NOT_FOUND)",
+            )
         status = abort.get("httpStatus")
         if isinstance(status, int) and not 200 <= status <= 599:
             c.error(
@@ -426,10 +449,25 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path, *, mesh_bound: bool =
         c.percentage(_d(m).get("percentage"), path + ("mirrors", i, "percentage"))
     c.percentage(r.get("mirrorPercentage"), path + ("mirrorPercentage",))
     cors = _d(r.get("corsPolicy"))
+    cpath = path + ("corsPolicy",)
     for i, origin in enumerate(_l(cors.get("allowOrigins"))):
-        _string_match(c, origin, path + ("corsPolicy", "allowOrigins", i))
+        _string_match(c, origin, cpath + ("allowOrigins", i))
+        if isinstance(origin, dict) and not any(
+            origin.get(k) for k in ("exact", "prefix", "regex")
+        ):
+            c.error(cpath + ("allowOrigins", i), "an allowed origin must not be empty")
+    for i, method in enumerate(_l(cors.get("allowMethods"))):
+        if isinstance(method, str) and method not in CORS_METHODS:
+            c.error(cpath + ("allowMethods", i), f"{method!r} is not an HTTP method")
+    for field in ("allowHeaders", "exposeHeaders"):
+        for i, name in enumerate(_l(cors.get(field))):
+            if name != "*":
+                c.header_name(name, cpath + (field, i))
     if "maxAge" in cors:
-        c.duration(cors["maxAge"], path + ("corsPolicy", "maxAge"))
+        c.duration(cors["maxAge"], cpath + ("maxAge",))
+        ns = parse_duration(cors["maxAge"]) if isinstance(cors["maxAge"], str) else None
+        if ns is not None and ns % 1_000_000_000:
+            c.error(cpath + ("maxAge",), "maxAge is accurate only to whole seconds")
     _header_operations(c, r.get("headers"), path + ("headers",))
     if r.get("delegate"):
         c.warn(

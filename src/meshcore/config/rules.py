@@ -209,7 +209,9 @@ def check_service_entry(c: Checker, spec: dict[str, Any], name: str) -> None:
     c.export_to(spec)
 
 
-def _string_match(c: Checker, m: Any, path: Path, *, allow_prefix: bool = True) -> None:
+def _string_match(
+    c: Checker, m: Any, path: Path, *, allow_prefix: bool = True, empty_prefix: bool = False
+) -> None:
     if not isinstance(m, dict):
         return
     set_fields = [k for k in ("exact", "prefix", "regex") if m.get(k) is not None]
@@ -218,6 +220,9 @@ def _string_match(c: Checker, m: Any, path: Path, *, allow_prefix: bool = True) 
         return
     if set_fields[0] == "prefix" and not allow_prefix:
         c.error(path + ("prefix",), "only exact and regex matches are supported here")
+    elif set_fields[0] == "prefix" and m["prefix"] == "" and not empty_prefix:
+        # Istio (and Envoy's StringMatcher): only the URI may match an empty prefix.
+        c.error(path + ("prefix",), "a prefix match must not be empty here")
     if set_fields[0] == "regex":
         c.regex(m["regex"], path + ("regex",))
 
@@ -237,12 +242,80 @@ def _destination(c: Checker, d: Any, path: Path) -> None:
     c.port(_d(d.get("port")).get("number"), path + ("port", "number"))
 
 
+def header_value_problem(value: str) -> str | None:
+    """Envoy's header value formatter: text, ``%%`` (a literal %), ``%VAR%`` or
+    ``%VAR(arg)%`` / ``%VAR(["a", "b"])%``; what Istio's ValidateHTTPHeaderValue accepts."""
+    i, n = 0, len(value)
+    while i < n:
+        if value[i] != "%":
+            i += 1
+        elif value.startswith("%%", i):
+            i += 2
+        else:
+            end = _variable_end(value, i + 1)
+            if end is None:
+                return f"unescaped or unterminated '%' at {i} (write %% for a literal %)"
+            i = end
+    return None
+
+
+def _variable_end(value: str, i: int) -> int | None:
+    """The index after the ``%VAR...%`` that starts at ``value[i]`` (just after its %)."""
+    n = len(value)
+    while i < n and value[i] not in "%(":
+        i += 1
+    if i >= n:
+        return None
+    if value[i] == "%":
+        return i + 1
+    i += 1  # inside (...)
+    while i < n and value[i] == " ":
+        i += 1
+    if i < n and value[i] == "[":  # a JSON array of strings
+        i += 1
+        while True:
+            while i < n and value[i] == " ":
+                i += 1
+            if i >= n or value[i] != '"':
+                return None
+            i += 1
+            while i < n and value[i] != '"':
+                if value[i] == ")":
+                    return _after_close(value, i + 1)
+                i += 2 if value[i] == "\\" else 1
+            i += 1
+            while i < n and value[i] == " ":
+                i += 1
+            if i < n and value[i] == ",":
+                i += 1
+                continue
+            if i < n and value[i] == "]":
+                i += 1
+                while i < n and value[i] == " ":
+                    i += 1
+                return _after_close(value, i + 1) if i < n and value[i] == ")" else None
+            return None
+    while i < n and value[i] != ")":  # one bare argument
+        i += 2 if value[i] == "\\" else 1
+    return _after_close(value, i + 1) if i < n else None
+
+
+def _after_close(value: str, i: int) -> int | None:
+    """After ``%VAR(...)``: optional spaces, then the closing %."""
+    while i < len(value) and value[i] == " ":
+        i += 1
+    return i + 1 if i < len(value) and value[i] == "%" else None
+
+
 def _header_operations(c: Checker, headers: Any, path: Path) -> None:
     for side in ("request", "response"):
         ops = _d(_d(headers).get(side))
         for op in ("set", "add"):
-            for name in _d(ops.get(op)):
+            for name, value in _d(ops.get(op)).items():
                 _header_op_name(c, name, path + (side, op, name))
+                problem = header_value_problem(value) if isinstance(value, str) else None
+                if problem:
+                    c.error(path + (side, op, name), f"invalid header value {value!r}: {problem}")
         for i, name in enumerate(_l(ops.get("remove"))):
             _header_op_name(c, name, path + (side, "remove", i))
 
@@ -264,8 +337,8 @@ def _route_destinations(c: Checker, dests: list[Any], path: Path, *, weights: bo
         _destination(c, rd.get("destination"), path + (i, "destination"))
         w = rd.get("weight")
         if isinstance(w, int) and not isinstance(w, bool):
-            if not 0 <= w <= 100:
-                c.error(path + (i, "weight"), f"weight {w} must be in the range 0..100")
+            if w < 0:
+                c.error(path + (i, "weight"), f"weight {w} must not be negative")
             total += w
         if weights:
             _header_operations(c, rd.get("headers"), path + (i, "headers"))
@@ -307,7 +380,7 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path, *, mesh_bound: bool =
         m = _d(m)
         mp = path + ("match", i)
         for field in ("uri", "scheme", "method", "authority"):
-            _string_match(c, m.get(field), mp + (field,))
+            _string_match(c, m.get(field), mp + (field,), empty_prefix=field == "uri")
         for group in ("headers", "withoutHeaders"):
             for hname, hm in _d(m.get(group)).items():
                 if isinstance(hname, str) and is_claim_route(hname):
@@ -343,6 +416,14 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path, *, mesh_bound: bool =
             )
         if redirect.get("uri") is not None and redirect.get("prefixRewrite") is not None:
             c.error(path + ("redirect",), "uri and prefixRewrite are mutually exclusive")
+        if redirect.get("prefixRewrite"):
+            for i, m in enumerate(_l(r.get("match"))):
+                uri = _d(m).get("uri")
+                if isinstance(uri, dict) and uri.get("prefix") is None:
+                    c.error(
+                        path + ("match", i, "uri"),
+                        "redirect.prefixRewrite needs every URI match to be a prefix match",
+                    )
         if redirect.get("port") is not None and redirect.get("derivePort") is not None:
             c.error(path + ("redirect",), "port and derivePort are mutually exclusive")
         c.port(redirect.get("port"), path + ("redirect", "port"))
@@ -440,7 +521,10 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path, *, mesh_bound: bool =
         c.error(path + ("fault",), "fault needs delay or abort")
     if r.get("mirror") is not None and r.get("mirrors"):
         c.error(path + ("mirrors",), "mirror and mirrors are mutually exclusive")
-    if r.get("mirrorPercent") is not None:
+    mirror_percent = r.get("mirrorPercent")
+    if isinstance(mirror_percent, int) and mirror_percent > 100:
+        c.error(path + ("mirrorPercent",), f"mirrorPercent {mirror_percent} must be at most 100")
+    elif mirror_percent is not None:
         c.warn(path + ("mirrorPercent",), "mirrorPercent is deprecated: use mirrorPercentage")
     if r.get("mirror") is not None:
         _destination(c, r.get("mirror"), path + ("mirror",))

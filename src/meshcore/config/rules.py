@@ -239,6 +239,8 @@ def _destination(c: Checker, d: Any, path: Path) -> None:
     subset = d.get("subset")
     if isinstance(subset, str) and subset and not _DNS1123_LABEL.match(subset):
         c.error(path + ("subset",), f"invalid subset name {subset!r}: a DNS-1123 label")
+    if isinstance(d.get("port"), dict) and d["port"].get("number") is None:
+        c.error(path + ("port", "number"), "a destination port needs a number")
     c.port(_d(d.get("port")).get("number"), path + ("port", "number"))
 
 
@@ -414,6 +416,9 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path, *, mesh_bound: bool =
                 path + ("redirect", "redirectCode"),
                 f"redirect code {code} is not one of {', '.join(map(str, REDIRECT_CODES))}",
             )
+        redirects_to = ("uri", "prefixRewrite", "authority", "scheme", "port", "derivePort")
+        if not any(redirect.get(k) not in (None, "") for k in redirects_to):
+            c.error(path + ("redirect",), f"a redirect needs one of {', '.join(redirects_to)}")
         if redirect.get("uri") is not None and redirect.get("prefixRewrite") is not None:
             c.error(path + ("redirect",), "uri and prefixRewrite are mutually exclusive")
         if redirect.get("prefixRewrite"):
@@ -443,6 +448,10 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path, *, mesh_bound: bool =
         if body.get("string") is not None and body.get("bytes") is not None:
             c.error(path + ("directResponse", "body"), "string and bytes are mutually exclusive")
     rewrite = _d(r.get("rewrite"))
+    if isinstance(r.get("rewrite"), dict) and not any(
+        rewrite.get(k) for k in ("uri", "uriRegexRewrite", "authority")
+    ):
+        c.error(path + ("rewrite",), "a rewrite needs uri, uriRegexRewrite or authority")
     if rewrite.get("uri") is not None and rewrite.get("uriRegexRewrite") is not None:
         c.error(path + ("rewrite",), "uri and uriRegexRewrite are mutually exclusive")
     rrw = rewrite.get("uriRegexRewrite")

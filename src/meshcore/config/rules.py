@@ -234,6 +234,8 @@ def _destination(c: Checker, d: Any, path: Path) -> None:
     host = d.get("host")
     if not host:
         c.error(path + ("host",), "destination host is required")
+    elif host == "*":
+        c.error(path + ("host",), "a destination host cannot be the wildcard '*'")
     else:
         c.host(host, path + ("host",))
     subset = d.get("subset")

@@ -460,6 +460,8 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path, *, mesh_bound: bool =
     if isinstance(rrw, dict):
         if not rrw.get("match"):
             c.error(path + ("rewrite", "uriRegexRewrite", "match"), "match is required")
+        if rrw.get("rewrite") in (None, ""):
+            c.error(path + ("rewrite", "uriRegexRewrite", "rewrite"), "rewrite is required")
         c.regex(rrw.get("match"), path + ("rewrite", "uriRegexRewrite", "match"))
     if "timeout" in r:
         c.duration(r["timeout"], path + ("timeout",))

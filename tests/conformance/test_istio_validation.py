@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from meshcore.config import validate_object
+from meshcore.config import load_objects, validate_object
 from meshcore.errors import ConfigProblem
 
 HERE = Path(__file__).parent / "istio-validation"
@@ -110,3 +110,18 @@ def test_enough_cases_are_ported() -> None:
     assert {c["kind"] for c in CASES} == set(API_VERSIONS)
     assert any(not c["valid"] for c in CASES)
     assert any(c["valid"] for c in CASES)
+
+
+@pytest.mark.parametrize(
+    ("value", "dry_run"), [("true", True), ("1", True), ("T", True), ("false", False), ("0", False)]
+)
+def test_dry_run_means_what_istio_parses(value: str, dry_run: bool) -> None:
+    """Every value Istio accepts for istio.io/dry-run (Go's ParseBool) is read the same way."""
+    policy = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "p", "namespace": "ns", "annotations": {"istio.io/dry-run": value}},
+        "spec": {"action": "DENY", "rules": [{}]},
+    }
+    (loaded,) = load_objects([policy]).authorization_policies
+    assert loaded.dry_run is dry_run

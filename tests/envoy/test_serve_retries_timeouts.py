@@ -54,6 +54,8 @@ metadata: {{name: slow-1}}
 spec: {{address: 127.0.72.1, labels: {{app: slow}}, serviceAccount: slow}}
 """
 
+# Istio: retry settings need attempts > 0, so "no retries" is {attempts: 0} alone.
+RETRY_3 = "{attempts: 3, perTryTimeout: 2s, retryOn: 5xx}"
 ROUTES = """
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -62,7 +64,7 @@ spec:
   hosts: [flaky]
   http:
   - route: [{{destination: {{host: flaky}}}}]
-    retries: {{attempts: {attempts}, perTryTimeout: 2s, retryOn: 5xx}}
+    retries: {retries}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -148,7 +150,7 @@ def test_retries_timeouts_and_control_plane_restart(tmp_path: Path, delta: bool)
     config = tmp_path / "config"
     config.mkdir()
     (config / "mesh.yaml").write_text(MESH.format(flaky=flaky_port, slow=slow_port))
-    (config / "routes.yaml").write_text(ROUTES.format(attempts=3, timeout="0.5s"))
+    (config / "routes.yaml").write_text(ROUTES.format(retries=RETRY_3, timeout="0.5s"))
     ports = {"xds": xds, "metrics": metrics, "ca": ca, "ca_mtls": ca_mtls}
     tokens = {sa: f"{sa}-token-0123456789abcdef" for sa in ("web", "flaky", "slow")}
     (tmp_path / "tokens").write_text("".join(f"{t} {_spiffe(sa)}\n" for sa, t in tokens.items()))
@@ -199,7 +201,7 @@ def test_retries_timeouts_and_control_plane_restart(tmp_path: Path, delta: bool)
         # down (no retries now) reaches the sidecars once it is back.
         cp.terminate()
         cp.wait(timeout=10)
-        (config / "routes.yaml").write_text(ROUTES.format(attempts=0, timeout="0.5s"))
+        (config / "routes.yaml").write_text(ROUTES.format(retries="{attempts: 0}", timeout="0.5s"))
         for i in range(20):
             assert http_get(f"{flaky_url}/down{i}", "flaky") == (200, "flaky ok")
             time.sleep(0.05)

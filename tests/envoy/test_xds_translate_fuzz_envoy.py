@@ -92,13 +92,13 @@ def _route(r: random.Random, host: str) -> dict[str, Any]:
     if r.random() < 0.5:
         route["timeout"] = r.choice(["1s", "250ms", "1m", "0s"])
     if r.random() < 0.5:
-        route["retries"] = {
-            "attempts": r.randint(0, 5),
-            "perTryTimeout": "100ms",
-            "retryOn": r.choice(
+        attempts = r.randint(0, 5)
+        route["retries"] = {"attempts": attempts}
+        if attempts:  # Istio: retry settings with 0 attempts are invalid
+            route["retries"]["perTryTimeout"] = "100ms"
+            route["retries"]["retryOn"] = r.choice(
                 ["5xx", "gateway-error,connect-failure", "503,reset", "retriable-4xx"]
-            ),
-        }
+            )
     if r.random() < 0.3:
         rewrite = r.choice(
             [

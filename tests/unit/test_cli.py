@@ -50,13 +50,13 @@ def test_validate_json() -> None:
     assert out["valid"] is False
     first = out["errors"][0]
     assert first == {
-        "message": "weight 120 must be in the range 0..100",
-        "path": "spec.http[0].route[0].weight",
+        "message": "weight -20 must not be negative",
+        "path": "spec.http[0].route[1].weight",
         "kind": "VirtualService",
         "namespace": "default",
         "name": "weights",
         "file": "vs-weights.yaml",
-        "line": 10,
+        "line": 12,
         "severity": "error",
     }
 

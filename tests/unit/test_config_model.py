@@ -116,7 +116,7 @@ def test_load_raises_with_every_problem(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\n"
-        "spec:\n  hosts: ['foo.*']\n  http:\n  - route: [{destination: {host: a}, weight: 500}]\n"
+        "spec:\n  hosts: ['foo.*']\n  http:\n  - route: [{destination: {host: a}, weight: -5}]\n"
     )
     with pytest.raises(ConfigError) as info:
         load(bad)

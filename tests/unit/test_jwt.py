@@ -275,7 +275,7 @@ def test_target_ref_policies_do_not_select_sidecars() -> None:
     objs = [
         *BASE,
         ra(
-            targetRef={"kind": "Gateway", "name": "gw"},
+            targetRef={"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "gw"},
             jwtRules=[{"issuer": "i", "jwks": jwks(KEY)}],
         ),
     ]

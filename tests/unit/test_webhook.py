@@ -124,7 +124,7 @@ def test_allows_valid(server: int, tls_files: tuple[Path, Path]) -> None:
 
 
 def test_denies_invalid_with_the_message(server: int, tls_files: tuple[Path, Path]) -> None:
-    status, body = post(server, tls_files[0], review(virtual_service(500)))
+    status, body = post(server, tls_files[0], review(virtual_service(-5)))
     assert status == 200
     response = body["response"]
     assert response["allowed"] is False
@@ -132,7 +132,7 @@ def test_denies_invalid_with_the_message(server: int, tls_files: tuple[Path, Pat
     assert response["status"]["code"] == 400
     assert response["status"]["message"] == (
         "VirtualService default/reviews: spec.http[0].route[0].weight: "
-        "weight 500 must be in the range 0..100"
+        "weight -5 must not be negative"
     )
 
 

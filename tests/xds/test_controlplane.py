@@ -93,9 +93,9 @@ def test_burst_of_50_writes_is_one_push_and_bad_config_keeps_last_good(tmp_path:
                 await s.nothing(0.6)
                 assert plane.rebuilds == rebuilds + 1  # one rebuild, one push
                 # An invalid write is reported and changes nothing for the proxies.
-                (tmp_path / "vs0.yaml").write_text(vs(0, weight=500))
+                (tmp_path / "vs0.yaml").write_text(vs(0, weight=-5))
                 await s.nothing(0.8)
-                assert any("weight 500" in p.message for p in plane.problems)
+                assert any("weight -5" in p.message for p in plane.problems)
                 assert plane.mesh is not None
                 assert len(plane.mesh.virtual_services) == 50
                 s.close()

@@ -352,7 +352,7 @@ def test_changes_made_across_an_invalid_config_are_not_lost(
     # One file broken, another changed meanwhile, then the first fixed: the update must see
     # the second file's change too, though only the first was read in the last load.
     good_vs = copy.deepcopy(files["virtualservices.yaml"])
-    files["virtualservices.yaml"][0]["spec"]["http"][1]["route"][0]["weight"] = 500
+    files["virtualservices.yaml"][0]["spec"]["http"][1]["route"][0]["weight"] = -5
     write(config, files, only={"virtualservices.yaml"})
     assert not cp.load()
     files["workloads.yaml"][7]["spec"]["address"] = "10.0.0.77"

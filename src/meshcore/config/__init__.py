@@ -48,6 +48,7 @@ from meshcore.config.rules import RULES
 from meshcore.config.validate import (
     MAX_DEPTH,
     Checker,
+    check_annotations,
     check_metadata,
     format_path,
     problems_of,
@@ -162,6 +163,9 @@ def _resource(doc: Document, domain: str, problems: list[ConfigProblem]) -> Reso
             checker.error(("spec",), "spec is required")
         spec = {}
     checker.namespace = namespace
+    check_annotations(
+        checker, value.get("metadata"), kind_name, spec if isinstance(spec, dict) else {}
+    )
     if checker.shape(spec, kind.spec, ("spec",)) or isinstance(spec, dict):
         RULES[kind_name](checker, spec if isinstance(spec, dict) else {}, name)
     found = problems_of(checker, kind_name, namespace, name, doc.file, doc.line_of)

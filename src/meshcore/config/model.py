@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from meshcore.config.validate import DRY_RUN, GO_TRUE
+
 DEFAULT_DOMAIN = "cluster.local"
 DEFAULT_ROOT_NAMESPACE = "istio-system"
 # The workload label Istio's auto mTLS reads (``istio`` or ``disabled``).
@@ -258,7 +260,8 @@ class AuthorizationPolicy(Resource):
 
     @property
     def dry_run(self) -> bool:
-        return str(self.annotations.get("istio.io/dry-run", "")).lower() == "true"
+        # As Istio reads it (Go's strconv.ParseBool; validation refuses other values).
+        return str(self.annotations.get(DRY_RUN, "")) in GO_TRUE
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,7 @@ def jwks_problem(text: str) -> str | None:
 def check_request_authentication(c: Checker, spec: dict[str, Any], name: str) -> None:
     selection = authz_validate.Checker(namespace=c.namespace, name=name)
     authz_validate.check_selection(selection, spec)
+    c.target_kinds(spec)
     for p in selection.problems:
         c.error(parse_path(p.path), p.message)
     for p in selection.warnings:

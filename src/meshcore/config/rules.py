@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from meshcore.config.destinationrule import check_destination_rule
 from meshcore.config.requestauthn import check_request_authentication
 from meshcore.config.validate import (
     _DNS1123_LABEL,
@@ -18,7 +19,9 @@ from meshcore.config.validate import (
     _d,
     _is_decimal,
     _is_ip,
+    _l,
     host_problem,
+    parse_duration,
     parse_path,
 )
 from meshcore.security import _validate as authz_validate
@@ -34,6 +37,15 @@ RETRY_ON = frozenset(
     }
 )  # fmt: skip
 REDIRECT_CODES = (301, 302, 303, 307, 308)  # the ones Envoy can send
+# gRPC status names in code order (0..16), as Istio accepts them for fault.abort.grpcStatus.
+GRPC_STATUS = (
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+    "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
+)  # fmt: skip
+CORS_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE", "*"}
+)
 PROTOCOLS = frozenset(
     {"HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "REDIS", "MYSQL", "TCP", "TLS", "UDP"}
 )
@@ -45,10 +57,6 @@ def _is_ip_or_cidr(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _l(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 def check_service(c: Checker, spec: dict[str, Any], name: str) -> None:
@@ -201,7 +209,9 @@ def check_service_entry(c: Checker, spec: dict[str, Any], name: str) -> None:
     c.export_to(spec)
 
 
-def _string_match(c: Checker, m: Any, path: Path, *, allow_prefix: bool = True) -> None:
+def _string_match(
+    c: Checker, m: Any, path: Path, *, allow_prefix: bool = True, empty_prefix: bool = False
+) -> None:
     if not isinstance(m, dict):
         return
     set_fields = [k for k in ("exact", "prefix", "regex") if m.get(k) is not None]
@@ -210,6 +220,9 @@ def _string_match(c: Checker, m: Any, path: Path, *, allow_prefix: bool = True) 
         return
     if set_fields[0] == "prefix" and not allow_prefix:
         c.error(path + ("prefix",), "only exact and regex matches are supported here")
+    elif set_fields[0] == "prefix" and m["prefix"] == "" and not empty_prefix:
+        # Istio (and Envoy's StringMatcher): only the URI may match an empty prefix.
+        c.error(path + ("prefix",), "a prefix match must not be empty here")
     if set_fields[0] == "regex":
         c.regex(m["regex"], path + ("regex",))
 
@@ -221,20 +234,92 @@ def _destination(c: Checker, d: Any, path: Path) -> None:
     host = d.get("host")
     if not host:
         c.error(path + ("host",), "destination host is required")
+    elif host == "*":
+        c.error(path + ("host",), "a destination host cannot be the wildcard '*'")
     else:
         c.host(host, path + ("host",))
     subset = d.get("subset")
     if isinstance(subset, str) and subset and not _DNS1123_LABEL.match(subset):
         c.error(path + ("subset",), f"invalid subset name {subset!r}: a DNS-1123 label")
+    if isinstance(d.get("port"), dict) and d["port"].get("number") is None:
+        c.error(path + ("port", "number"), "a destination port needs a number")
     c.port(_d(d.get("port")).get("number"), path + ("port", "number"))
+
+
+def header_value_problem(value: str) -> str | None:
+    """Envoy's header value formatter: text, ``%%`` (a literal %), ``%VAR%`` or
+    ``%VAR(arg)%`` / ``%VAR(["a", "b"])%``; what Istio's ValidateHTTPHeaderValue accepts."""
+    i, n = 0, len(value)
+    while i < n:
+        if value[i] != "%":
+            i += 1
+        elif value.startswith("%%", i):
+            i += 2
+        else:
+            end = _variable_end(value, i + 1)
+            if end is None:
+                return f"unescaped or unterminated '%' at {i} (write %% for a literal %)"
+            i = end
+    return None
+
+
+def _variable_end(value: str, i: int) -> int | None:
+    """The index after the ``%VAR...%`` that starts at ``value[i]`` (just after its %)."""
+    n = len(value)
+    while i < n and value[i] not in "%(":
+        i += 1
+    if i >= n:
+        return None
+    if value[i] == "%":
+        return i + 1
+    i += 1  # inside (...)
+    while i < n and value[i] == " ":
+        i += 1
+    if i < n and value[i] == "[":  # a JSON array of strings
+        i += 1
+        while True:
+            while i < n and value[i] == " ":
+                i += 1
+            if i >= n or value[i] != '"':
+                return None
+            i += 1
+            while i < n and value[i] != '"':
+                if value[i] == ")":
+                    return _after_close(value, i + 1)
+                i += 2 if value[i] == "\\" else 1
+            i += 1
+            while i < n and value[i] == " ":
+                i += 1
+            if i < n and value[i] == ",":
+                i += 1
+                continue
+            if i < n and value[i] == "]":
+                i += 1
+                while i < n and value[i] == " ":
+                    i += 1
+                return _after_close(value, i + 1) if i < n and value[i] == ")" else None
+            return None
+    while i < n and value[i] != ")":  # one bare argument
+        i += 2 if value[i] == "\\" else 1
+    return _after_close(value, i + 1) if i < n else None
+
+
+def _after_close(value: str, i: int) -> int | None:
+    """After ``%VAR(...)``: optional spaces, then the closing %."""
+    while i < len(value) and value[i] == " ":
+        i += 1
+    return i + 1 if i < len(value) and value[i] == "%" else None
 
 
 def _header_operations(c: Checker, headers: Any, path: Path) -> None:
     for side in ("request", "response"):
         ops = _d(_d(headers).get(side))
         for op in ("set", "add"):
-            for name in _d(ops.get(op)):
+            for name, value in _d(ops.get(op)).items():
                 _header_op_name(c, name, path + (side, op, name))
+                problem = header_value_problem(value) if isinstance(value, str) else None
+                if problem:
+                    c.error(path + (side, op, name), f"invalid header value {value!r}: {problem}")
         for i, name in enumerate(_l(ops.get("remove"))):
             _header_op_name(c, name, path + (side, "remove", i))
 
@@ -256,8 +341,8 @@ def _route_destinations(c: Checker, dests: list[Any], path: Path, *, weights: bo
         _destination(c, rd.get("destination"), path + (i, "destination"))
         w = rd.get("weight")
         if isinstance(w, int) and not isinstance(w, bool):
-            if not 0 <= w <= 100:
-                c.error(path + (i, "weight"), f"weight {w} must be in the range 0..100")
+            if w < 0:
+                c.error(path + (i, "weight"), f"weight {w} must not be negative")
             total += w
         if weights:
             _header_operations(c, rd.get("headers"), path + (i, "headers"))
@@ -299,7 +384,7 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path, *, mesh_bound: bool =
         m = _d(m)
         mp = path + ("match", i)
         for field in ("uri", "scheme", "method", "authority"):
-            _string_match(c, m.get(field), mp + (field,))
+            _string_match(c, m.get(field), mp + (field,), empty_prefix=field == "uri")
         for group in ("headers", "withoutHeaders"):
             for hname, hm in _d(m.get(group)).items():
                 if isinstance(hname, str) and is_claim_route(hname):
@@ -333,8 +418,19 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path, *, mesh_bound: bool =
                 path + ("redirect", "redirectCode"),
                 f"redirect code {code} is not one of {', '.join(map(str, REDIRECT_CODES))}",
             )
+        redirects_to = ("uri", "prefixRewrite", "authority", "scheme", "port", "derivePort")
+        if not any(redirect.get(k) not in (None, "") for k in redirects_to):
+            c.error(path + ("redirect",), f"a redirect needs one of {', '.join(redirects_to)}")
         if redirect.get("uri") is not None and redirect.get("prefixRewrite") is not None:
             c.error(path + ("redirect",), "uri and prefixRewrite are mutually exclusive")
+        if redirect.get("prefixRewrite"):
+            for i, m in enumerate(_l(r.get("match"))):
+                uri = _d(m).get("uri")
+                if isinstance(uri, dict) and uri.get("prefix") is None:
+                    c.error(
+                        path + ("match", i, "uri"),
+                        "redirect.prefixRewrite needs every URI match to be a prefix match",
+                    )
         if redirect.get("port") is not None and redirect.get("derivePort") is not None:
             c.error(path + ("redirect",), "port and derivePort are mutually exclusive")
         c.port(redirect.get("port"), path + ("redirect", "port"))
@@ -354,12 +450,18 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path, *, mesh_bound: bool =
         if body.get("string") is not None and body.get("bytes") is not None:
             c.error(path + ("directResponse", "body"), "string and bytes are mutually exclusive")
     rewrite = _d(r.get("rewrite"))
+    if isinstance(r.get("rewrite"), dict) and not any(
+        rewrite.get(k) for k in ("uri", "uriRegexRewrite", "authority")
+    ):
+        c.error(path + ("rewrite",), "a rewrite needs uri, uriRegexRewrite or authority")
     if rewrite.get("uri") is not None and rewrite.get("uriRegexRewrite") is not None:
         c.error(path + ("rewrite",), "uri and uriRegexRewrite are mutually exclusive")
     rrw = rewrite.get("uriRegexRewrite")
     if isinstance(rrw, dict):
         if not rrw.get("match"):
             c.error(path + ("rewrite", "uriRegexRewrite", "match"), "match is required")
+        if rrw.get("rewrite") in (None, ""):
+            c.error(path + ("rewrite", "uriRegexRewrite", "rewrite"), "rewrite is required")
         c.regex(rrw.get("match"), path + ("rewrite", "uriRegexRewrite", "match"))
     if "timeout" in r:
         c.duration(r["timeout"], path + ("timeout",))
@@ -367,6 +469,13 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path, *, mesh_bound: bool =
     attempts = retries.get("attempts")
     if isinstance(attempts, int) and attempts < 0:
         c.error(path + ("retries", "attempts"), "attempts must not be negative")
+    if isinstance(r.get("retries"), dict) and not attempts:
+        # Istio: attempts 0 (or unset) disables retries, so retry settings would be ignored.
+        for f in ("perTryTimeout", "retryOn", "retryRemoteLocalities"):
+            if retries.get(f) not in (None, ""):
+                c.error(
+                    path + ("retries", f), f"{f} needs attempts > 0 (attempts 0 disables retries)"
+                )
     if "perTryTimeout" in retries:
         c.duration(retries["perTryTimeout"], path + ("retries", "perTryTimeout"), min_ms=1)
     if "backoff" in retries:
@@ -408,6 +517,12 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path, *, mesh_bound: bool =
                 path + ("fault", "abort"),
                 "exactly one of httpStatus, grpcStatus or http2Error must be set",
             )
+        grpc = abort.get("grpcStatus")
+        if isinstance(grpc, str) and grpc not in GRPC_STATUS:
+            c.error(
+                path + ("fault", "abort", "grpcStatus"),
+                f"unknown gRPC status {grpc!r} (a status code name such as NOT_FOUND)",
+            )
         status = abort.get("httpStatus")
         if isinstance(status, int) and not 200 <= status <= 599:
             c.error(
@@ -417,6 +532,13 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path, *, mesh_bound: bool =
         c.percentage(abort.get("percentage"), path + ("fault", "abort", "percentage"))
     if fault and delay is None and abort is None:
         c.error(path + ("fault",), "fault needs delay or abort")
+    if r.get("mirror") is not None and r.get("mirrors"):
+        c.error(path + ("mirrors",), "mirror and mirrors are mutually exclusive")
+    mirror_percent = r.get("mirrorPercent")
+    if isinstance(mirror_percent, int) and mirror_percent > 100:
+        c.error(path + ("mirrorPercent",), f"mirrorPercent {mirror_percent} must be at most 100")
+    elif mirror_percent is not None:
+        c.warn(path + ("mirrorPercent",), "mirrorPercent is deprecated: use mirrorPercentage")
     if r.get("mirror") is not None:
         _destination(c, r.get("mirror"), path + ("mirror",))
     for i, m in enumerate(_l(r.get("mirrors"))):
@@ -424,10 +546,25 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path, *, mesh_bound: bool =
         c.percentage(_d(m).get("percentage"), path + ("mirrors", i, "percentage"))
     c.percentage(r.get("mirrorPercentage"), path + ("mirrorPercentage",))
     cors = _d(r.get("corsPolicy"))
+    cpath = path + ("corsPolicy",)
     for i, origin in enumerate(_l(cors.get("allowOrigins"))):
-        _string_match(c, origin, path + ("corsPolicy", "allowOrigins", i))
+        _string_match(c, origin, cpath + ("allowOrigins", i))
+        if isinstance(origin, dict) and not any(
+            origin.get(k) for k in ("exact", "prefix", "regex")
+        ):
+            c.error(cpath + ("allowOrigins", i), "an allowed origin must not be empty")
+    for i, method in enumerate(_l(cors.get("allowMethods"))):
+        if isinstance(method, str) and method not in CORS_METHODS:
+            c.error(cpath + ("allowMethods", i), f"{method!r} is not an HTTP method")
+    for field in ("allowHeaders", "exposeHeaders"):
+        for i, name in enumerate(_l(cors.get(field))):
+            if name != "*":
+                c.header_name(name, cpath + (field, i))
     if "maxAge" in cors:
-        c.duration(cors["maxAge"], path + ("corsPolicy", "maxAge"))
+        c.duration(cors["maxAge"], cpath + ("maxAge",))
+        ns = parse_duration(cors["maxAge"]) if isinstance(cors["maxAge"], str) else None
+        if ns is not None and ns % 1_000_000_000:
+            c.error(cpath + ("maxAge",), "maxAge is accurate only to whole seconds")
     _header_operations(c, r.get("headers"), path + ("headers",))
     if r.get("delegate"):
         c.warn(
@@ -453,14 +590,31 @@ def check_virtual_service(c: Checker, spec: dict[str, Any], name: str) -> None:
         for key in ("tls", "tcp"):
             if spec.get(key):
                 c.error(("spec", key), f"a delegate VirtualService must have no {key} routes")
+    _gateway_names(c, gateways)
+    sni = any(
+        _l(_d(m).get("sniHosts")) for r in _l(spec.get("tls")) for m in _l(_d(r).get("match"))
+    )
+    hosts_ok = True
     for i, h in enumerate(hosts):
         if h == "*" and mesh_bound:
             c.error(
                 ("spec", "hosts", i),
                 "wildcard host '*' is not allowed for VirtualServices bound to the mesh gateway",
             )
+            hosts_ok = False
             continue
+        if not mesh_bound and sni and is_auto_sni_domain(h):
+            continue
+        hosts_ok = hosts_ok and (not isinstance(h, str) or host_problem(h) is None or _is_ip(h))
         c.host(h, ("spec", "hosts", i))
+    if hosts_ok:
+        for i, h in enumerate(hosts):
+            for j in range(i + 1, len(hosts)):
+                if isinstance(h, str) and isinstance(hosts[j], str) and hosts_overlap(h, hosts[j]):
+                    c.error(
+                        ("spec", "hosts", j),
+                        f"duplicate hosts: {h!r} and {hosts[j]!r} overlap",
+                    )
     if not (spec.get("http") or spec.get("tcp") or spec.get("tls")):
         c.error(("spec",), "a VirtualService needs at least one of http, tcp or tls")
     names: set[str] = set()
@@ -482,7 +636,13 @@ def check_virtual_service(c: Checker, spec: dict[str, Any], name: str) -> None:
             if not _l(m.get("sniHosts")):
                 c.error(("spec", "tls", i, "match", j, "sniHosts"), "sniHosts is required")
             for k, h in enumerate(_l(m.get("sniHosts"))):
-                c.host(h, ("spec", "tls", i, "match", j, "sniHosts", k), allow_ip=False)
+                hpath = ("spec", "tls", i, "match", j, "sniHosts", k)
+                if isinstance(h, str) and _is_ip(h):
+                    c.warn(
+                        hpath, f"SNI host {h!r} is an IP address: clients do not send IPs as SNI"
+                    )
+                elif not (isinstance(h, str) and not mesh_bound and is_auto_sni_domain(h)):
+                    c.host(h, hpath, allow_ip=False)
             _l4_match(c, m, ("spec", "tls", i, "match", j))
         if not _l(r.get("route")):
             c.error(("spec", "tls", i, "route"), "a TLS route needs at least one destination")
@@ -503,6 +663,43 @@ def check_virtual_service(c: Checker, spec: dict[str, Any], name: str) -> None:
     c.export_to(spec)
 
 
+def _gateway_names(c: Checker, gateways: list[Any]) -> None:
+    """Istio's validateGatewayNames: ``namespace/name`` (DNS-1123 labels), or a bare name."""
+    for i, g in enumerate(gateways):
+        if not isinstance(g, str):
+            continue
+        path: Path = ("spec", "gateways", i)
+        ns, sep, name = g.partition("/")
+        if not sep:
+            if "." in g:
+                parts = g.split(".")
+                c.warn(
+                    path,
+                    f"legacy gateway name format {g!r}: prefer namespace/name ({parts[1]}/{parts[0]})",
+                )
+            if host_problem(g) is not None or g.startswith("*"):
+                c.error(path, f"invalid gateway name {g!r}: a DNS name, or namespace/name")
+            continue
+        for part, what in ((ns, "namespace"), (name, "gateway name")):
+            if not _DNS1123_LABEL.match(part):
+                c.error(path, f"invalid {what} {part!r} in {g!r}: a DNS-1123 label")
+
+
+def is_auto_sni_domain(host: str) -> bool:
+    """Istio's auto-generated SNI form on gateways (AUTO_PASSTHROUGH): ``outbound_.PORT_._.HOST``."""
+    parts = host.split("_")
+    if not host.startswith("outbound_") or len(parts) < 4 or len(host) > 255:
+        return False
+    return any(ch.isdigit() for ch in parts[1]) and any(ch.isalpha() for ch in parts[3])
+
+
+def hosts_overlap(a: str, b: str) -> bool:
+    """Istio's host.Name.Matches: equal, or one wildcard covers the other (``*.bar`` and ``*.foo.bar``)."""
+    if a == b or "*" in (a, b):
+        return True
+    return (a.startswith("*") and b.endswith(a[1:])) or (b.startswith("*") and a.endswith(b[1:]))
+
+
 def _l4_match(c: Checker, m: dict[str, Any], path: Path) -> None:
     for k, sub in enumerate(_l(m.get("destinationSubnets"))):
         if isinstance(sub, str) and not _is_ip_or_cidr(sub):
@@ -511,178 +708,13 @@ def _l4_match(c: Checker, m: dict[str, Any], path: Path) -> None:
     c.labels(m.get("sourceLabels"), path + ("sourceLabels",), selector=True)
 
 
-def _traffic_policy(c: Checker, tp: Any, path: Path, *, port_level: bool = False) -> None:
-    if not isinstance(tp, dict):
-        return
-    if not any(v is not None for v in tp.values()):
-        c.error(path, "a traffic policy must set at least one field")
-    lb = _d(tp.get("loadBalancer"))
-    if lb.get("simple") is not None and lb.get("consistentHash") is not None:
-        c.error(path + ("loadBalancer",), "simple and consistentHash are mutually exclusive")
-    ch = lb.get("consistentHash")
-    if isinstance(ch, dict):
-        keys = [
-            k
-            for k in ("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName")
-            if ch.get(k) not in (None, False)
-        ]
-        if len(keys) != 1:
-            c.error(
-                path + ("loadBalancer", "consistentHash"),
-                "exactly one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName must be set",
-            )
-        cookie = ch.get("httpCookie")
-        if isinstance(cookie, dict):
-            if not cookie.get("name"):
-                c.error(
-                    path + ("loadBalancer", "consistentHash", "httpCookie", "name"),
-                    "cookie name is required",
-                )
-            if "ttl" in cookie:
-                c.duration(
-                    cookie["ttl"], path + ("loadBalancer", "consistentHash", "httpCookie", "ttl")
-                )
-        if isinstance(ch.get("httpHeaderName"), str):
-            c.header_name(
-                ch["httpHeaderName"], path + ("loadBalancer", "consistentHash", "httpHeaderName")
-            )
-        if ch.get("ringHash") is not None and ch.get("maglev") is not None:
-            c.error(
-                path + ("loadBalancer", "consistentHash"),
-                "ringHash and maglev are mutually exclusive",
-            )
-    pool = _d(tp.get("connectionPool"))
-    for section, fields in (
-        ("tcp", ("maxConnections",)),
-        (
-            "http",
-            (
-                "http1MaxPendingRequests",
-                "http2MaxRequests",
-                "maxRequestsPerConnection",
-                "maxRetries",
-                "maxConcurrentStreams",
-            ),
-        ),
-    ):
-        sec = _d(pool.get(section))
-        for f in fields:
-            v = sec.get(f)
-            if isinstance(v, int) and v < 0:
-                c.error(path + ("connectionPool", section, f), f"{f} must not be negative")
-        for f in ("connectTimeout", "idleTimeout", "maxConnectionDuration"):
-            if f in sec:
-                c.duration(sec[f], path + ("connectionPool", section, f), min_ms=1)
-    keepalive = _d(pool.get("http")).get("http2KeepAlive")
-    if isinstance(keepalive, dict):
-        kpath = path + ("connectionPool", "http", "http2KeepAlive")
-        for f in ("interval", "timeout"):
-            if keepalive.get(f) is None:
-                c.error(kpath + (f,), f"{f} is required when http2KeepAlive is set")
-            else:
-                c.duration(keepalive[f], kpath + (f,), min_ms=1)
-    od = _d(tp.get("outlierDetection"))
-    for f in ("interval", "baseEjectionTime"):
-        if f in od:
-            c.duration(od[f], path + ("outlierDetection", f), min_ms=1)
-    for f in ("maxEjectionPercent", "minHealthPercent"):
-        v = od.get(f)
-        if isinstance(v, int) and not 0 <= v <= 100:
-            c.error(path + ("outlierDetection", f), f"{f} {v} must be in the range 0..100")
-    if isinstance(od.get("consecutiveErrors"), int) and od["consecutiveErrors"] < 0:
-        c.error(
-            path + ("outlierDetection", "consecutiveErrors"),
-            "consecutiveErrors must not be negative",
-        )
-    elif od.get("consecutiveErrors") is not None:
-        c.warn(
-            path + ("outlierDetection", "consecutiveErrors"),
-            "consecutiveErrors is deprecated and has no effect (as in Istio): use"
-            " consecutive5xxErrors or consecutiveGatewayErrors",
-        )
-    tls = tp.get("tls")
-    if isinstance(tls, dict):
-        mode = tls.get("mode")
-        tpath = path + ("tls",)
-        if mode is None:
-            c.error(tpath + ("mode",), "mode is required")
-        if mode == "ISTIO_MUTUAL":
-            for f in ("clientCertificate", "privateKey", "caCertificates", "credentialName"):
-                if tls.get(f):
-                    c.error(
-                        tpath + (f,),
-                        f"{f} cannot be set with mode ISTIO_MUTUAL (meshcore's CA provides the certificates)",
-                    )
-        if mode == "MUTUAL" and not tls.get("credentialName"):
-            for f in ("clientCertificate", "privateKey"):
-                if not tls.get(f):
-                    c.error(tpath + (f,), f"{f} is required for mode MUTUAL without credentialName")
-    if not port_level:
-        ports: set[int] = set()
-        for i, pls in enumerate(_l(tp.get("portLevelSettings"))):
-            pls = _d(pls)
-            number = _d(pls.get("port")).get("number")
-            ppath = path + ("portLevelSettings", i)
-            if number is None:
-                c.error(ppath + ("port", "number"), "port number is required")
-            c.port(number, ppath + ("port", "number"))
-            if isinstance(number, int):
-                if number in ports:
-                    c.error(
-                        ppath + ("port", "number"), f"port {number} has several portLevelSettings"
-                    )
-                ports.add(number)
-            _traffic_policy(
-                c,
-                {k: v for k, v in pls.items() if k != "port"} or {"port": 1},
-                ppath,
-                port_level=True,
-            )
-
-
-def check_destination_rule(c: Checker, spec: dict[str, Any], name: str) -> None:
-    host = spec.get("host")
-    if not host:
-        c.error(("spec", "host"), "host is required")
-    else:
-        c.host(host, ("spec", "host"), allow_ip=False)
-    _traffic_policy(c, spec.get("trafficPolicy"), ("spec", "trafficPolicy"))
-    names: set[str] = set()
-    for i, sub in enumerate(_l(spec.get("subsets"))):
-        sub = _d(sub)
-        path: Path = ("spec", "subsets", i)
-        sname = sub.get("name")
-        if not sname:
-            c.error(path + ("name",), "subset name is required")
-        elif isinstance(sname, str):
-            if not _DNS1123_LABEL.match(sname):
-                c.error(path + ("name",), f"invalid subset name {sname!r}: a DNS-1123 label")
-            if sname in names:
-                c.error(path + ("name",), f"duplicate subset name {sname!r}")
-            names.add(sname)
-        c.labels(sub.get("labels"), path + ("labels",), selector=True)
-        _traffic_policy(c, sub.get("trafficPolicy"), path + ("trafficPolicy",))
-    selector = spec.get("workloadSelector")
-    if isinstance(selector, dict):
-        c.labels(
-            selector.get("matchLabels"),
-            ("spec", "workloadSelector", "matchLabels"),
-            selector=True,
-        )
-        if not selector.get("matchLabels"):
-            c.warn(
-                ("spec", "workloadSelector"),
-                "a workloadSelector without matchLabels selects every workload of the namespace",
-            )
-    c.export_to(spec)
-
-
 def check_authorization_policy(c: Checker, spec: dict[str, Any], name: str) -> None:
     # One validator for AuthorizationPolicy, shared with the Authorizer (which validates the
     # manifests it is given directly): Istio's webhook rules, in meshcore.security._validate.
     checker = authz_validate.Checker(namespace=c.namespace, name=name)
     authz_validate.check_selection(checker, spec)
     authz_validate.check_spec(checker, spec)
+    c.target_kinds(spec)
     for p in checker.problems:
         c.error(parse_path(p.path), p.message)
     for p in checker.warnings:
@@ -692,6 +724,13 @@ def check_authorization_policy(c: Checker, spec: dict[str, Any], name: str) -> N
 def check_peer_authentication(c: Checker, spec: dict[str, Any], name: str) -> None:
     c.selector(spec, ("spec",))
     port_level = _d(spec.get("portLevelMtls"))
+    if isinstance(spec.get("selector"), dict) and not spec["selector"].get("matchLabels"):
+        c.warn(
+            ("spec", "selector"),
+            "a selector without matchLabels selects every workload of the namespace",
+        )
+    if spec.get("portLevelMtls") == {}:
+        c.error(("spec", "portLevelMtls"), "portLevelMtls must not be empty when set")
     if port_level and not _d(spec.get("selector")).get("matchLabels"):
         c.error(
             ("spec", "portLevelMtls"),

@@ -321,6 +321,27 @@ class Checker:
         if isinstance(sel, dict):
             self.labels(sel.get("matchLabels"), path + ("selector", "matchLabels"), selector=True)
 
+    def target_kinds(self, spec: Mapping[str, Any]) -> None:
+        """Istio's allowed policy targets: a Service, a ServiceEntry, a Gateway or GatewayClass."""
+        refs: list[tuple[Path, Any]] = [(("spec", "targetRef"), spec.get("targetRef"))]
+        refs += [(("spec", "targetRefs", i), r) for i, r in enumerate(_l(spec.get("targetRefs")))]
+        for ref_path, raw in refs:
+            ref = _d(raw)
+            if not ref:
+                continue
+            group, kind = ref.get("group") or "core", ref.get("kind")
+            well_formed = (
+                isinstance(kind, str)
+                and _KIND.match(kind)
+                and isinstance(group, str)
+                and _DNS1123_SUBDOMAIN.match(group)
+            )  # a malformed group or kind is reported by the shared policy checks
+            if well_formed and (group, kind) not in POLICY_TARGETS:
+                allowed = ", ".join(f"{g}/{k}" for g, k in POLICY_TARGETS)
+                self.error(
+                    ref_path, f"a policy can target only one of {allowed}, not {group}/{kind}"
+                )
+
     def export_to(self, spec: Mapping[str, Any]) -> None:
         values = spec.get("exportTo")
         if not isinstance(values, list):
@@ -425,8 +446,41 @@ def _describe(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+_KIND = re.compile(r"[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?\Z")
+POLICY_TARGETS = (
+    ("core", "Service"),
+    ("networking.istio.io", "ServiceEntry"),
+    ("gateway.networking.k8s.io", "Gateway"),
+    ("gateway.networking.k8s.io", "GatewayClass"),
+)
+# Go's strconv.ParseBool, which Istio uses for boolean annotations.
+GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+DRY_RUN = "istio.io/dry-run"
+
+
+def check_annotations(c: Checker, metadata: Any, kind: str, spec: Mapping[str, Any]) -> None:
+    """Istio's checkDryRunAnnotation: only an ALLOW or DENY AuthorizationPolicy may carry
+    ``istio.io/dry-run``, and its value is a boolean."""
+    annotations = _d(_d(metadata).get("annotations"))
+    if DRY_RUN not in annotations:
+        return
+    path: Path = ("metadata", "annotations", DRY_RUN)
+    action = spec.get("action") or "ALLOW"
+    if kind != "AuthorizationPolicy":
+        c.error(path, f"{DRY_RUN} is supported only on AuthorizationPolicy: remove it")
+    elif action not in ("ALLOW", "DENY"):
+        c.error(path, f"{DRY_RUN} is supported only with action ALLOW or DENY, not {action}")
+    elif str(annotations[DRY_RUN]) not in GO_TRUE | GO_FALSE:
+        c.error(path, f"invalid {DRY_RUN} value {annotations[DRY_RUN]!r}: true or false")
+
+
 def _d(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _l(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def check_metadata(c: Checker, metadata: Any, kind: s.KindSpec) -> tuple[str, str]:

@@ -18,6 +18,7 @@ from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import percent_pb2
 
 from meshcore.config.model import VirtualService, resolve_host, selector_matches
+from meshcore.config.rules import GRPC_STATUS
 from meshcore.names import CORS_NAME, FAULT_NAME, OUTBOUND, cluster_name
 from meshcore.xds.common import (
     Invalid,
@@ -46,30 +47,7 @@ _REDIRECT_CODES = {
     307: rc.RedirectAction.TEMPORARY_REDIRECT,
     308: rc.RedirectAction.PERMANENT_REDIRECT,
 }
-_GRPC_CODES = {
-    name: code
-    for code, name in enumerate(
-        (
-            "OK",
-            "CANCELLED",
-            "UNKNOWN",
-            "INVALID_ARGUMENT",
-            "DEADLINE_EXCEEDED",
-            "NOT_FOUND",
-            "ALREADY_EXISTS",
-            "PERMISSION_DENIED",
-            "RESOURCE_EXHAUSTED",
-            "FAILED_PRECONDITION",
-            "ABORTED",
-            "OUT_OF_RANGE",
-            "UNIMPLEMENTED",
-            "INTERNAL",
-            "UNAVAILABLE",
-            "DATA_LOSS",
-            "UNAUTHENTICATED",
-        )
-    )
-}
+_GRPC_CODES = {name: code for code, name in enumerate(GRPC_STATUS)}
 
 
 def default_retry() -> rc.RetryPolicy:

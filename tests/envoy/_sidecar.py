@@ -655,37 +655,53 @@ class ControlPlane:
 
 
 @contextlib.contextmanager
+def control_plane_in_thread(paths: list[str], **options: Any) -> Iterator[tuple[LoopThread, Any]]:
+    """A :class:`~meshcore.xds.controlserver.ControlPlaneServer` (what ``meshcore serve``
+    runs; ``options`` are its keyword arguments) loaded, started and run in a loop thread
+    until the block ends; the block stops what it started in the loop before that."""
+    import asyncio
+
+    from meshcore.xds.controlserver import ControlPlaneServer
+
+    loop = LoopThread()
+    server = ControlPlaneServer(paths, **options)
+    assert server.load(), server.plane.problems
+    stop = asyncio.Event()
+
+    async def run() -> None:
+        try:
+            await server.run(stop)
+        finally:
+            await server.close()
+
+    loop.run(server.start(), 30)
+    running = asyncio.run_coroutine_threadsafe(run(), loop.loop)
+    try:
+        yield loop, server
+    finally:
+        loop.loop.call_soon_threadsafe(stop.set)
+        running.result(15)
+        loop.close()
+
+
+@contextlib.contextmanager
 def serving(
     config: Path, tmp: Path, tokens: dict[str, str], mesh_config: Any = None
 ) -> Iterator[ControlPlane]:
-    """Runs ``meshcore serve`` (ADS, and the CA with a bootstrap token per SPIFFE id in
+    """Runs the control plane (ADS, and the CA with a bootstrap token per SPIFFE id in
     ``tokens``) in a loop thread until the block ends; the block stops what it started in the
     loop (agents) before that."""
-    import asyncio
-
-    from meshcore.cli.serve import serve
     from meshcore.xds.controlserver import CAOptions
 
     (tmp / "tokens").write_text("".join(f"{t} {ident}\n" for ident, t in tokens.items()))
-    loop = LoopThread()
     xds, ca_port, ca_mtls = free_ports(3)
-    stop = asyncio.Event()
-    ready = threading.Event()
     options = CAOptions(
         port=ca_port, mtls_port=ca_mtls, state_dir=str(tmp / "state"), tokens=str(tmp / "tokens")
     )
-    plane = asyncio.run_coroutine_threadsafe(
-        serve([str(config)], xds_port=xds, metrics_port=None, ready=ready, stop=stop, ca=options,
-              mesh_config=mesh_config),
-        loop.loop,
-    )  # fmt: skip
-    try:
-        assert ready.wait(30), plane.result(1)
+    with control_plane_in_thread(
+        [str(config)], xds_port=xds, ca=options, mesh_config=mesh_config
+    ) as (loop, _):
         yield ControlPlane(loop, tmp / "state", xds, ca_port, ca_mtls)
-    finally:
-        loop.loop.call_soon_threadsafe(stop.set)
-        plane.result(15)
-        loop.close()
 
 
 @contextlib.contextmanager

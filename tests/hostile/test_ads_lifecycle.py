@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -20,9 +19,8 @@ from pathlib import Path
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
-from meshcore.cli.serve import serve
 from meshcore.xds import types
-from tests.envoy._sidecar import LoopThread, free_ports
+from tests.envoy._sidecar import control_plane_in_thread, free_ports
 from tests.hostile._server_helpers import ResettingRelay, ended, request, rss_kb
 from tests.xds.conftest import Stream
 
@@ -116,13 +114,6 @@ def test_a_thousand_streams_ending_every_way_leave_nothing(tmp_path: Path) -> No
     config = tmp_path / "config"
     shutil.copytree(EXAMPLES, config)  # a mesh, so that every stream gets responses
     xds, metrics = free_ports(2)
-    loop = LoopThread()
-    stop = asyncio.Event()
-    ready = threading.Event()
-    plane = asyncio.run_coroutine_threadsafe(
-        serve([str(config)], xds_port=xds, metrics_port=metrics, ready=ready, stop=stop),
-        loop.loop,
-    )
 
     async def main() -> tuple[int, int, float]:
         await _churn(xds, 400)  # warm-up: imports, caches, allocator arenas
@@ -132,13 +123,8 @@ def test_a_thousand_streams_ending_every_way_leave_nothing(tmp_path: Path) -> No
         elapsed = time.perf_counter() - started
         return baseline, await _settled_rss(metrics), elapsed
 
-    try:
-        assert ready.wait(30), plane.result(1)
+    with control_plane_in_thread([str(config)], xds_port=xds, metrics_port=metrics):
         baseline, after, elapsed = asyncio.run(main())
-    finally:
-        loop.loop.call_soon_threadsafe(stop.set)
-        plane.result(15)
-        loop.close()
     print(
         f"\nRSS before {baseline} KiB, after 1,000 streams {after} KiB "
         f"({(after - baseline) / baseline:+.1%}); {elapsed / 1000 * 1e3:.1f} ms per stream"

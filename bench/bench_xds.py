@@ -16,7 +16,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 
-from meshcore._core import Fleet, ResourceStore, Snapshot
+from meshcore._core.xds import Fleet, ResourceStore, Snapshot
 from meshcore.xds import types
 
 

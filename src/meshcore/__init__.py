@@ -3,7 +3,9 @@
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from meshcore._core import RbacDecision, RbacEngine, RouteMatch, RouteTable, __version__
+from meshcore._core import __version__
+from meshcore._core.rbac import RbacDecision, RbacEngine
+from meshcore._core.route import RouteMatch, RouteTable
 from meshcore.errors import (
     ConfigError,
     ConfigProblem,

@@ -10,7 +10,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshcore import _core
+from meshcore._core import yaml as core_yaml
 
 tricky = st.sampled_from([
     "yes", "No", "on", "OFF", "y", "n", "~", "null", "Null", "", "0x1F", "017", "0o17", "1_000",
@@ -54,7 +54,7 @@ def same(a: Any, b: Any) -> bool:
 
 
 def ours(text: str) -> list[Any]:
-    parsed, problems = _core.parse_yaml(text)
+    parsed, problems = core_yaml.parse_yaml(text)
     assert problems == [], problems
     return [value for value, _ in parsed]
 
@@ -70,7 +70,7 @@ def test_agrees_with_pyyaml(docs: list[Any], flow: bool | None) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=300))
 def test_never_fails_on_any_text(text: str) -> None:
-    parsed, problems = _core.parse_yaml(text)
+    parsed, problems = core_yaml.parse_yaml(text)
     for line, column, message, _index, _path in problems:
         assert line >= 1
         assert column >= 0

@@ -21,7 +21,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshcore._core import ResourceStore, Snapshot
+from meshcore._core.xds import ResourceStore, Snapshot
 from meshcore.config import load
 from meshcore.xds import types
 from meshcore.xds.cache import NodeInfo, SnapshotCache

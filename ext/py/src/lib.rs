@@ -28,20 +28,35 @@ fn regex_full_match(pattern: &str, text: &str) -> PyResult<bool> {
     Ok(re.full_match(text))
 }
 
+/// Adds `meshcore._core.NAME`, filled by `fill`, and registers it in `sys.modules` so that
+/// `import meshcore._core.NAME` and `from meshcore._core.NAME import ...` work as for a package.
+fn add_submodule(
+    parent: &Bound<'_, PyModule>,
+    name: &str,
+    fill: fn(&Bound<'_, PyModule>) -> PyResult<()>,
+) -> PyResult<()> {
+    let py = parent.py();
+    let qualified = format!("meshcore._core.{name}");
+    let sub = PyModule::new(py, name)?;
+    fill(&sub)?;
+    sub.setattr("__name__", &qualified)?;
+    parent.add_submodule(&sub)?;
+    py.import("sys")?
+        .getattr("modules")?
+        .set_item(qualified, &sub)?;
+    Ok(())
+}
+
+/// `meshcore._core`: the regex dialect shared by routes and RBAC at the top, one submodule per
+/// area (`route`, `rbac`, `xds`, `yaml`), each with its own stub file.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(check_regex, m)?)?;
     m.add_function(wrap_pyfunction!(regex_full_match, m)?)?;
-    m.add_function(wrap_pyfunction!(yaml::parse_yaml, m)?)?;
-    m.add("YAML_MAX_DEPTH", meshcore_core::yaml::MAX_DEPTH)?;
-    m.add_class::<yaml::PyYamlDocument>()?;
-    m.add_class::<xds::PyResourceStore>()?;
-    m.add_class::<xds::PySnapshot>()?;
-    m.add_class::<xds::PyFleet>()?;
-    m.add_class::<route::RouteTable>()?;
-    m.add_class::<route::RouteMatch>()?;
-    m.add_class::<rbac::RbacEngine>()?;
-    m.add_class::<rbac::RbacDecision>()?;
+    add_submodule(m, "route", route::register)?;
+    add_submodule(m, "rbac", rbac::register)?;
+    add_submodule(m, "xds", xds::register)?;
+    add_submodule(m, "yaml", yaml::register)?;
     Ok(())
 }

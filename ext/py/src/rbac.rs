@@ -22,7 +22,7 @@ const RBAC_TYPE: &str = "envoy.config.rbac.v3.RBAC";
 const NETWORK_FILTER_TYPE: &str = "envoy.extensions.filters.network.rbac.v3.RBAC";
 
 /// What `RbacEngine.evaluate()` returns. Policy ids are the engine's own interned strings.
-#[pyclass(frozen, module = "meshcore._core")]
+#[pyclass(frozen, module = "meshcore._core.rbac")]
 pub struct RbacDecision {
     allowed: bool,
     policy_id: Option<Py<PyString>>,
@@ -314,7 +314,7 @@ fn metadata_arg(metadata: Option<&Bound<'_, PyAny>>) -> PyResult<Option<MetaValu
 }
 
 /// A compiled Envoy RBAC filter config (immutable; swap the reference to update).
-#[pyclass(frozen, module = "meshcore._core")]
+#[pyclass(frozen, module = "meshcore._core.rbac")]
 pub struct RbacEngine {
     rbac: Arc<CompiledRbac>,
     /// Policy names as Python strings, made once: decisions hand out references.
@@ -866,4 +866,11 @@ impl RbacEngine {
             count(self.rbac.shadow_rules.as_ref()),
         )
     }
+}
+
+/// Fills `meshcore._core.rbac`.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<RbacEngine>()?;
+    m.add_class::<RbacDecision>()?;
+    Ok(())
 }

@@ -14,7 +14,7 @@ use crate::columns::{batch_len, header_objs, header_views, int32_array, HeaderCo
 use crate::errors::core_error_to_py;
 
 /// One route of a table, and what `RouteTable.route()` returns when it matches.
-#[pyclass(frozen, module = "meshcore._core")]
+#[pyclass(frozen, module = "meshcore._core.route")]
 pub struct RouteMatch {
     #[pyo3(get)]
     name: String,
@@ -101,7 +101,7 @@ fn action_dict<'py>(
 }
 
 /// A compiled envoy.config.route.v3.RouteConfiguration (immutable; swap the reference to update).
-#[pyclass(frozen, module = "meshcore._core")]
+#[pyclass(frozen, module = "meshcore._core.route")]
 pub struct RouteTable {
     table: Arc<CompiledRouteTable>,
     routes: Py<PyTuple>,
@@ -476,4 +476,11 @@ impl RouteTable {
             self.matches.len()
         )
     }
+}
+
+/// Fills `meshcore._core.route`.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<RouteTable>()?;
+    m.add_class::<RouteMatch>()?;
+    Ok(())
 }

@@ -9,7 +9,7 @@ use pyo3::types::{PyBytes, PyDict};
 use meshcore_core::xds::{wire, Change, Fleet, ResourceRef, ResourceStore, Snapshot};
 
 /// Interns resources: identical (name, bytes) pairs are held once across all snapshots.
-#[pyclass(frozen, module = "meshcore._core", name = "ResourceStore")]
+#[pyclass(frozen, module = "meshcore._core.xds", name = "ResourceStore")]
 pub struct PyResourceStore {
     store: Arc<ResourceStore>,
 }
@@ -52,7 +52,7 @@ impl PyResourceStore {
 }
 
 /// One proxy's resources by type URL; immutable (changes make a new snapshot sharing the rest).
-#[pyclass(frozen, module = "meshcore._core", name = "Snapshot")]
+#[pyclass(frozen, module = "meshcore._core.xds", name = "Snapshot")]
 pub struct PySnapshot {
     inner: Snapshot,
     store: Arc<ResourceStore>,
@@ -263,7 +263,7 @@ impl PySnapshot {
 
 /// The snapshots of a whole fleet of proxies, by node id, kept in the core so that a change
 /// to many proxies costs no Python object per proxy.
-#[pyclass(module = "meshcore._core", name = "Fleet")]
+#[pyclass(module = "meshcore._core.xds", name = "Fleet")]
 pub struct PyFleet {
     store: Arc<ResourceStore>,
     fleet: Mutex<Fleet>,
@@ -331,4 +331,12 @@ impl PyFleet {
         let nodes: Option<HashSet<String>> = nodes.map(|n| n.into_iter().collect());
         Ok(py.detach(|| self.lock().apply(type_url, &interned, nodes.as_ref())))
     }
+}
+
+/// Fills `meshcore._core.xds`.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyResourceStore>()?;
+    m.add_class::<PySnapshot>()?;
+    m.add_class::<PyFleet>()?;
+    Ok(())
 }

@@ -6,7 +6,7 @@ use pyo3::types::{PyDict, PyInt, PyList};
 use meshcore_core::yaml::{self, Document, PathKey, Value};
 
 /// The node tree of one YAML document, kept to answer `line_of(path)` for error messages.
-#[pyclass(frozen, module = "meshcore._core", name = "YamlDocument")]
+#[pyclass(frozen, module = "meshcore._core.yaml", name = "YamlDocument")]
 pub struct PyYamlDocument {
     doc: Document,
 }
@@ -108,4 +108,12 @@ impl Converter<'_> {
             }
         })
     }
+}
+
+/// Fills `meshcore._core.yaml`.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(parse_yaml, m)?)?;
+    m.add("YAML_MAX_DEPTH", yaml::MAX_DEPTH)?;
+    m.add_class::<PyYamlDocument>()?;
+    Ok(())
 }

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshcore import _core
+from meshcore._core import yaml as core_yaml
 from meshcore.config.validate import format_path
 from meshcore.errors import ConfigProblem
 
@@ -43,7 +43,7 @@ class Document:
     file: str
     line: int  # 1-based line where the document starts (0 when not from a file)
     index: int  # 0-based position of the document in its file
-    lines: _core.YamlDocument | None = field(default=None, repr=False, compare=False)
+    lines: core_yaml.YamlDocument | None = field(default=None, repr=False, compare=False)
     # Lines before the text ``lines`` was parsed from (a document parsed apart from its file).
     line_offset: int = field(default=0, repr=False, compare=False)
 
@@ -71,7 +71,7 @@ def collector_paused() -> Iterator[None]:
 
 def parse_yaml(text: str, file: str) -> tuple[list[Document], list[ConfigProblem]]:
     """Parses a multi-document YAML stream; a syntax error names the file and line."""
-    parsed, raw_problems = _core.parse_yaml(text)
+    parsed, raw_problems = core_yaml.parse_yaml(text)
     docs = [Document(value, file, lines.line, i, lines) for i, (value, lines) in enumerate(parsed)]
     problems = []
     for line, column, message, index, path in raw_problems:

@@ -80,7 +80,7 @@ _PATH_TOKEN = re.compile(r"\[(\d+)\]|\['((?:[^'\\]|\\.)*)'\]|([^.\[\]]+)")
 # applied to manifests given as Python values (load_objects, validate_object: the webhook's
 # JSON), so that every walk of a tree (the schema walk, freeze) stays far from Python's
 # recursion limit.
-MAX_DEPTH: int = _core.YAML_MAX_DEPTH
+MAX_DEPTH: int = _core.yaml.YAML_MAX_DEPTH
 
 
 def too_deep(value: Any) -> Path | None:

@@ -28,7 +28,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf.message import DecodeError, Message
 
-from meshcore._core import RouteTable
+from meshcore._core.route import RouteTable
 from meshcore.errors import ConfigError, ConfigProblem, UnsupportedFeatureError
 from meshcore.names import (
     HCM_NAME,

@@ -159,7 +159,7 @@ class AuthzChain:
         nor ext_authz (the router, fault, CORS, tcp_proxy, ...) are skipped. Raises ConfigError/UnsupportedFeatureError from
         :meth:`meshcore.RbacEngine.from_proto` for a config the core cannot compile. Regexes
         may be as large as meshcore's Envoys accept (``max_program_size``)."""
-        from meshcore._core import RbacEngine
+        from meshcore._core.rbac import RbacEngine
 
         out: list[_Stage] = []
         for f in filters:

@@ -11,7 +11,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from meshcore._core import Fleet, ResourceStore, Snapshot
+from meshcore._core.xds import Fleet, ResourceStore, Snapshot
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from meshcore._core import Snapshot
+from meshcore._core.xds import Snapshot
 from meshcore.config import IncrementalLoader, MeshModel, ValidationReport
 from meshcore.config.loader import MAX_FILE_BYTES, collector_paused, iter_config_files
 from meshcore.errors import ConfigProblem

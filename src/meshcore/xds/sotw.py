@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
-from meshcore._core import Snapshot
+from meshcore._core.xds import Snapshot
 from meshcore.xds import types
 from meshcore.xds.stream import (
     RESOURCE_TYPE,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf import duration_pb2
 from google.protobuf.json_format import MessageToDict
 
-from meshcore._core import Snapshot
+from meshcore._core.xds import Snapshot
 from meshcore._text import is_control, shown
 from meshcore.xds import types
 from meshcore.xds.cache import NodeInfo

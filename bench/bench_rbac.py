@@ -375,11 +375,17 @@ def real_policies(n: int) -> list[dict[str, Any]]:
     for p in range(n // per):
         rules = [
             {
-                "from": [{"source": {"principals": [f"cluster.local/ns/ns{r}/sa/sa{r}"],
-                                     "ipBlocks": [f"10.{r % 250}.0.0/16"]}}],
+                "from": [
+                    {
+                        "source": {
+                            "principals": [f"cluster.local/ns/ns{r}/sa/sa{r}"],
+                            "ipBlocks": [f"10.{r % 250}.0.0/16"],
+                        }
+                    }
+                ],
                 "to": [{"operation": {"methods": [METHODS[r % 4]], "paths": [f"/api/t{r}/*"]}}],
                 "when": [{"key": "request.headers[x-tenant]", "values": [f"t{r % 7}"]}],
-            }  # fmt: skip
+            }
             for r in range(p * per, (p + 1) * per)
         ]
         policies.append(_policy(f"allow-{p}", "ALLOW", rules))
@@ -407,7 +413,7 @@ def real_requests(n: int, count: int, seed: int = 13) -> list[dict[str, Any]]:
             tenant = (tenant + 1) % 7
         elif x < 0.35:
             path = f"/admin/{r // 10}/x{i}"
-        out.append({"method": method, "path": path, "principal": spiffe(who), "source_ip": ip,
+        out.append({"method": method, "path": path, "principal": spiffe(who), "direct_remote_ip": ip,
                     "headers": {"x-tenant": f"t{tenant}"}})  # fmt: skip
     return out
 
@@ -433,7 +439,9 @@ def test_rbac_realistic(benchmark: Any, real_engines: dict[str, Any], stream: st
     deny: RbacEngine = real_engines["deny"]
     allow: RbacEngine = real_engines["allow"]
     reqs = real_engines[stream]
-    rows = [(q["method"], q["path"], q["principal"], q["source_ip"], q["headers"]) for q in reqs]
+    rows = [
+        (q["method"], q["path"], q["principal"], q["direct_remote_ip"], q["headers"]) for q in reqs
+    ]
     allowed = sum(allow.evaluate(**q).allowed for q in reqs[:5000])
     assert 2000 < allowed < 4500, allowed
     ev, dev = allow.evaluate, deny.evaluate
@@ -441,12 +449,12 @@ def test_rbac_realistic(benchmark: Any, real_engines: dict[str, Any], stream: st
 
     def one_engine() -> None:
         for m, p, who, ip, h in rows:
-            ev(method=m, path=p, principal=who, source_ip=ip, headers=h)
+            ev(method=m, path=p, principal=who, direct_remote_ip=ip, headers=h)
 
     def chain() -> None:
         for m, p, who, ip, h in rows:
-            if dev(method=m, path=p, principal=who, source_ip=ip, headers=h):
-                ev(method=m, path=p, principal=who, source_ip=ip, headers=h)
+            if dev(method=m, path=p, principal=who, direct_remote_ip=ip, headers=h):
+                ev(method=m, path=p, principal=who, direct_remote_ip=ip, headers=h)
 
     def dict_lookup() -> None:
         for _, p, _, _, _ in rows:
@@ -455,9 +463,9 @@ def test_rbac_realistic(benchmark: Any, real_engines: dict[str, Any], stream: st
     figures: dict[str, float] = {}
     for _ in range(3):
         for name, fn in (("dict", dict_lookup), ("allow", one_engine), ("chain", chain)):
-            t0 = time.perf_counter_ns()
+            t0 = time.thread_time_ns()
             fn()
-            ns = (time.perf_counter_ns() - t0) / len(rows)
+            ns = (time.thread_time_ns() - t0) / len(rows)
             figures[name] = min(figures.get(name, ns), ns)
     d = figures["dict"]
     print(

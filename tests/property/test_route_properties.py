@@ -99,3 +99,55 @@ def test_corrupted_configs_never_crash(seed: int, data: st.DataObject) -> None:
         assert all(p.message for p in result.errors())
     else:
         result.route("a.com", "/api/v1?q=1", "GET", {"x-a": "v"})
+
+
+# Regexes are indexed by their literal prefix (a regex whose matches all start with "/a/b/" is
+# proposed only for paths under it): pieces with and without literal starts, case-insensitive
+# flags, alternations, optional groups, non-ASCII text.
+_REGEX_PIECES = ["a", "b", "api", "v1", "/", "x/", r"\d+", "[a-z]+", ".*", "(/.*)?", "(?i)API",
+                 "(a|b)", "[^/]+", r"\.", "é", "(?:ab|ac)/", "A", "a?", "(api|apx)/"]  # fmt: skip
+_PATH_PIECES = ["/", "a", "b", "api", "API", "apx", "v1", "x", "1", "23", ".", "é", "ab", "ac"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["safe_regex", "safe_regex", "prefix", "path"]),
+            st.lists(st.sampled_from(_REGEX_PIECES), min_size=0, max_size=5),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    st.lists(
+        st.lists(st.sampled_from(_PATH_PIECES), min_size=0, max_size=6).map(
+            lambda p: "/" + "".join(p)
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+)
+def test_regex_prefix_index_agrees_with_linear_scan(
+    routes: list[tuple[str, list[str]]], paths: list[str]
+) -> None:
+    matches = []
+    for kind, pieces in routes:
+        text = "/" + "".join(pieces)
+        if kind == "safe_regex":
+            matches.append({"safe_regex": {"regex": text}})
+        else:  # literal routes among the regexes: their order decides
+            matches.append({kind: text.replace("\\", "").replace("(", "").replace(")", "")})
+    config = {
+        "virtual_hosts": [
+            {
+                "name": "vh",
+                "domains": ["*"],
+                "routes": [{"match": m, "route": {"cluster": "c"}} for m in matches],
+            }
+        ]
+    }
+    table = RouteTable.from_proto(json_format.ParseDict(config, route_pb2.RouteConfiguration()))
+    for path in paths:
+        m = table.route("h", path)
+        linear = table.explain("h", path)["route_index"]
+        assert (None if m is None else m.route_index) == linear, (matches, path)

@@ -44,6 +44,25 @@ impl Re2Regex {
     pub fn full_match(&self, text: &str) -> bool {
         self.full.is_match(text)
     }
+
+    /// A string every full match starts with (the longest common prefix of the pattern's
+    /// literal prefixes; empty when there is none), for indexes that must only ever propose
+    /// candidates: the matcher itself still decides.
+    pub fn literal_prefix(&self) -> String {
+        use regex_syntax::hir::literal::{ExtractKind, Extractor};
+        let Ok(hir) = regex_syntax::Parser::new().parse(self.full.as_str()) else {
+            return String::new();
+        };
+        let seq = Extractor::new().kind(ExtractKind::Prefix).extract(&hir);
+        let Some(lcp) = seq.longest_common_prefix() else {
+            return String::new();
+        };
+        // A common prefix of byte strings may end inside a character.
+        match std::str::from_utf8(lcp) {
+            Ok(s) => s.to_string(),
+            Err(e) => String::from_utf8_lossy(&lcp[..e.valid_up_to()]).into_owned(),
+        }
+    }
 }
 
 fn first_line(s: &str) -> &str {
@@ -371,5 +390,23 @@ mod tests {
         };
         assert!(e.contains("backreferences are not supported by RE2"), "{e}");
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn literal_prefix_is_what_every_match_starts_with() {
+        for (pattern, prefix) in [
+            (r"/svc1/orders5/\d+", "/svc1/orders5/"),
+            (r"(?i)/API/.*", "/"),
+            (r"/u(/.*)?", "/u"),
+            (r"a|b", ""),
+            (r"/(api|apx)/x", "/ap"),
+            (r".*", ""),
+            (r"/é+x", "/é"),
+        ] {
+            let Ok(re) = Re2Regex::new(pattern) else {
+                panic!("{pattern} should compile");
+            };
+            assert_eq!(re.literal_prefix(), prefix, "{pattern}");
+        }
     }
 }

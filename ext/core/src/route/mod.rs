@@ -207,7 +207,10 @@ struct RouteIndex {
     always: Vec<u32>,
     /// Route ids by exact path; an id with `PATH_SUFFICES` set needs nothing but the path
     /// (case-sensitive, no header/query/gRPC condition), which the key comparison has proved.
-    exact: FastMap<Box<str>, Ids>,
+    /// With each exact path, its floor: the least id any other list (the trie's along that
+    /// path, `always`) could propose; an exact id below it that needs only its path is the
+    /// answer (set by `finish`).
+    exact: FastMap<Box<str>, (Ids, u32)>,
     trie: Vec<TrieNode>,
 }
 
@@ -233,9 +236,9 @@ impl RouteIndex {
 
     fn add_exact(&mut self, key: &str, id: u32) {
         match self.exact.get_mut(key) {
-            Some(ids) => ids.push(id),
+            Some((ids, _)) => ids.push(id),
             None => {
-                self.exact.insert(key.into(), Ids::One(id));
+                self.exact.insert(key.into(), (Ids::One(id), 0));
             }
         }
     }
@@ -271,8 +274,61 @@ impl RouteIndex {
                 let n = self.trie_node(&segs);
                 self.trie[n].routes.push(id);
             }
+            // A regex whose every match starts with a literal "/a/b/..." is a candidate only
+            // for paths under it, as a prefix route would be.
+            PathMatch::Regex(r) => match r.literal_prefix().strip_prefix('/') {
+                Some(lit) => {
+                    let mut segs: Vec<&str> = lit.split('/').collect();
+                    segs.pop();
+                    let n = self.trie_node(&segs);
+                    self.trie[n].routes.push(id);
+                }
+                None => self.always.push(id),
+            },
             _ => self.always.push(id),
         }
+    }
+
+    /// Calls `f` with each trie node's candidate list along `p` (the root's first).
+    fn walk_trie<'a>(&'a self, p: &str, mut f: impl FnMut(&'a [u32])) {
+        let Some(root) = self.trie.first() else {
+            return;
+        };
+        f(&root.routes);
+        let Some(rest) = p.strip_prefix('/') else {
+            return;
+        };
+        let mut node = root;
+        let mut segs = rest.split('/');
+        let mut cur = segs.next();
+        for next in segs {
+            // `cur` is followed by '/' because another segment came after it.
+            let Some(seg) = cur else { break };
+            let Some(n) = node
+                .children
+                .get(seg)
+                .and_then(|&child| self.trie.get(child as usize))
+            else {
+                break;
+            };
+            node = n;
+            f(&node.routes);
+            cur = Some(next);
+        }
+    }
+
+    /// Once every route is added: the floor of each exact path (see `floors`).
+    fn finish(&mut self) {
+        let mut exact = std::mem::take(&mut self.exact);
+        for (key, (_, floor)) in exact.iter_mut() {
+            *floor = self.always.first().copied().unwrap_or(u32::MAX);
+            self.walk_trie(key, |list| {
+                if let Some(&first) = list.first() {
+                    *floor = (*floor).min(first);
+                }
+            });
+        }
+        self.exact = exact;
     }
 
     /// The first route (in table order) among the candidates that fully matches.
@@ -298,8 +354,9 @@ impl RouteIndex {
                 }
             }
         };
-        scan(&self.always, &mut best);
-        if let Some(ids) = self.exact.get(p) {
+        // The result is the least matching id over all lists, whatever their order: the
+        // hashed lists first give the unindexed ones (regexes, case-insensitive paths) a bound.
+        if let Some((ids, floor)) = self.exact.get(p) {
             for &flagged in ids.as_slice() {
                 let id = flagged & !PATH_SUFFICES;
                 if id >= best {
@@ -314,28 +371,12 @@ impl RouteIndex {
                     break;
                 }
             }
-        }
-        if let Some(root) = self.trie.first() {
-            scan(&root.routes, &mut best);
-            let mut node = root;
-            if let Some(rest) = p.strip_prefix('/') {
-                let mut segs = rest.split('/');
-                let mut cur = segs.next();
-                for next in segs {
-                    // `cur` is followed by '/' because another segment came after it.
-                    let Some(seg) = cur else { break };
-                    let Some(&child) = node.children.get(seg) else {
-                        break;
-                    };
-                    let Some(n) = self.trie.get(child as usize) else {
-                        break;
-                    };
-                    node = n;
-                    scan(&node.routes, &mut best);
-                    cur = Some(next);
-                }
+            if best < *floor {
+                return Some(best);
             }
         }
+        self.walk_trie(p, |list| scan(list, &mut best));
+        scan(&self.always, &mut best);
         (best != u32::MAX).then_some(best)
     }
 }
@@ -658,6 +699,7 @@ impl CompiledRouteTable {
                     proto: r.proto.clone(),
                 });
             }
+            index.finish();
             table.virtual_hosts.push(CompiledVirtualHost {
                 name: vh.name.clone(),
                 domains: vh.domains.clone(),

@@ -39,8 +39,6 @@ pytest.importorskip("h11")
 
 from meshcore.config import validate
 from meshcore.dataplane import DataPlane
-from meshcore.dataplane.ads import AdsClient
-from meshcore.dataplane.config import CompiledConfig, Compiler
 from meshcore.xds import translate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,23 +48,13 @@ SPIFFE = "spiffe://cluster.local/ns/default/sa/"
 REQUESTS = 1000
 
 
-def compiled(node: str) -> CompiledConfig:
+def offline(node: str) -> DataPlane:
+    """A DataPlane on the translator's resources (no stream: decide() is what is measured)."""
     report = validate([ROOT / "examples"])
     assert report.model is not None
     mesh = report.model
     result = translate.generate(mesh, translate.proxy_for_node(mesh, node))
-    resources = {
-        t: {n: ("1", m.SerializeToString()) for n, m in by_name.items()}  # type: ignore[union-attr]
-        for t, by_name in result.resources.items()
-    }
-    return Compiler().compile(resources)
-
-
-def offline(node: str) -> DataPlane:
-    """A DataPlane on a config compiled here (no stream: decide() is what is measured)."""
-    ads = AdsClient("127.0.0.1:1", node)
-    ads.config = compiled(node)
-    return DataPlane(ads)
+    return DataPlane.from_resources(node, result.resources)
 
 
 def outbound_requests() -> list[dict[str, Any]]:
@@ -130,6 +118,50 @@ def test_decide_outbound_peer_route_table_only(benchmark: Any, frontend: DataPla
             table.route(r["authority"], r["path"], "GET", r["headers"])
 
     benchmark(run)
+
+
+def test_decide_ratio(frontend: DataPlane, ratings: DataPlane) -> None:
+    """decide() against the bare core calls it needs, interleaved in one run, ratio printed
+    (issue 17's target: at most 1.5x)."""
+    import time
+
+    out_reqs, in_reqs = outbound_requests(), inbound_requests()
+    table = frontend.config.listener_routes[9080].table
+    authz = ratings.config.inbound[9080].authz
+    assert authz is not None
+    decide_out, decide_in = frontend.decide, ratings.decide
+
+    def outbound() -> None:
+        for r in out_reqs:
+            decide_out(direction="outbound", method="GET", **r)
+
+    def route_only() -> None:
+        for r in out_reqs:
+            table.route(r["authority"], r["path"], "GET", r["headers"])
+
+    def inbound() -> None:
+        for r in in_reqs:
+            decide_in(direction="inbound", port=9080, **r)
+
+    def rbac_only() -> None:
+        for r in in_reqs:
+            authz.evaluate(method=r["method"], path=r["path"], authority=r["authority"],
+                           headers=r["headers"], principal=r["principal"],
+                           uri_sans=[r["principal"]], tls=True, destination_port=9080)  # fmt: skip
+
+    best: dict[str, float] = {}
+    for _ in range(20):
+        for name, fn in (("outbound", outbound), ("route", route_only), ("inbound", inbound),
+                         ("rbac", rbac_only)):  # fmt: skip
+            t0 = time.thread_time_ns()
+            fn()
+            ns = (time.thread_time_ns() - t0) / REQUESTS
+            best[name] = min(best.get(name, ns), ns)
+    print(
+        f"\ndecide() outbound {best['outbound']:.0f} ns vs RouteTable.route {best['route']:.0f} ns "
+        f"({best['outbound'] / best['route']:.2f}x); inbound {best['inbound']:.0f} ns vs the RBAC "
+        f"chain {best['rbac']:.0f} ns ({best['inbound'] / best['rbac']:.2f}x)"
+    )
 
 
 def test_decide_inbound(benchmark: Any, ratings: DataPlane) -> None:

@@ -25,12 +25,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from google.protobuf.message import Message
+
 from meshcore.dataplane.ads import AdsClient
 from meshcore.dataplane.certs import CertificateClient, WorkloadSecret
 from meshcore.dataplane.config import (
     ClusterConfig,
     CompiledConfig,
     CompiledRoutes,
+    Compiler,
     Endpoint,
     HashPolicy,
     InboundListener,
@@ -160,6 +163,36 @@ class DataPlane:
             )
         ads = AdsClient(address, node_id, metadata=metadata)
         return cls(ads, certs, trust_domain=domain)
+
+    @classmethod
+    def from_resources(
+        cls,
+        node_id: str,
+        resources: Mapping[str, Mapping[str, Message | bytes]],
+        *,
+        lb: LoadBalancer | None = None,
+    ) -> DataPlane:
+        """A data plane on the given xDS resources, with no control plane and no stream: for
+        tests, benchmarks and embedders. ``resources`` as the translator returns them (type
+        URL -> name -> message or its serialized bytes); they compile as an ADS response would
+        (:class:`~meshcore.errors.ConfigError` naming every resource that does not)."""
+        try:
+            domain = parse_node_id(node_id)[4]
+        except ValueError as exc:
+            raise DataPlaneError(str(exc)) from None
+        ads = AdsClient("", node_id)
+        for type_url, by_name in resources.items():
+            if type_url not in ads.resources:
+                raise DataPlaneError(
+                    f"{type_url}: not a resource type the data plane reads "
+                    f"({', '.join(sorted(ads.resources))})"
+                )
+            ads.resources[type_url] = {
+                name: ("offline", m if isinstance(m, bytes) else m.SerializeToString())
+                for name, m in by_name.items()
+            }
+        ads.config = Compiler().compile(ads.resources)
+        return cls(ads, trust_domain=domain, lb=lb)
 
     @classmethod
     async def aconnect(

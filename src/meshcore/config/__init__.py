@@ -152,12 +152,16 @@ def _resource(doc: Document, domain: str, problems: list[ConfigProblem]) -> Reso
             ("apiVersion",),
             f"apiVersion {api_version!r} does not serve {kind_name}; use {' or '.join(kind.api_versions)}",
         )
+    top, root = _TOP_LEVEL, ("spec",)
+    spec = value.get("spec")
+    if kind_name == "Secret":  # a Kubernetes Secret's fields are at the top level
+        top, root = (_TOP_LEVEL - {"spec"}) | schema.SECRET_FIELDS, ()
+        spec = {k: v for k, v in value.items() if k in schema.SECRET_FIELDS}
     for key in value:
-        if key not in _TOP_LEVEL:
+        if key not in top:
             checker.error((str(key),), f"unknown top-level field {key!r}")
     checker.shape(value.get("metadata"), schema.OBJECT_META, ("metadata",))
     name, namespace = check_metadata(checker, value.get("metadata"), kind)
-    spec = value.get("spec")
     if spec is None:
         if kind_name in _SPEC_REQUIRED:
             checker.error(("spec",), "spec is required")
@@ -166,7 +170,7 @@ def _resource(doc: Document, domain: str, problems: list[ConfigProblem]) -> Reso
     check_annotations(
         checker, value.get("metadata"), kind_name, spec if isinstance(spec, dict) else {}
     )
-    if checker.shape(spec, kind.spec, ("spec",)) or isinstance(spec, dict):
+    if checker.shape(spec, kind.spec, root) or isinstance(spec, dict):
         RULES[kind_name](checker, spec if isinstance(spec, dict) else {}, name)
     found = problems_of(checker, kind_name, namespace, name, doc.file, doc.line_of)
     problems.extend(found)

@@ -294,6 +294,38 @@ class RequestAuthentication(Resource):
         return tuple(self.spec.get("jwtRules") or ())
 
 
+@dataclass(frozen=True, slots=True)
+class Gateway(Resource):
+    """A load balancer at the edge of the mesh (``networking.istio.io`` Gateway): the servers
+    (ports, hosts, TLS) its selected gateway proxies listen with."""
+
+    @property
+    def selector(self) -> Mapping[str, str]:
+        return self.spec.get("selector") or _EMPTY
+
+    @property
+    def servers(self) -> tuple[Mapping[str, Any], ...]:
+        return tuple(self.spec.get("servers") or ())
+
+
+@dataclass(frozen=True, slots=True)
+class Secret(Resource):
+    """A Kubernetes ``v1`` Secret as written in the config directory: the keys and certificates
+    a Gateway's ``credentialName`` names. The loader puts its ``type``, ``data`` (base64) and
+    ``stringData`` in ``spec``; :meth:`value` reads a key from either, as bytes."""
+
+    def value(self, key: str) -> bytes | None:
+        import base64
+
+        text = (self.spec.get("stringData") or _EMPTY).get(key)
+        if text is not None:
+            return str(text).encode()
+        data = (self.spec.get("data") or _EMPTY).get(key)
+        if data is None:
+            return None
+        return base64.b64decode(str(data))
+
+
 RESOURCE_CLASSES: Mapping[str, type[Resource]] = {
     "Service": Service,
     "WorkloadEntry": WorkloadEntry,
@@ -303,6 +335,8 @@ RESOURCE_CLASSES: Mapping[str, type[Resource]] = {
     "AuthorizationPolicy": AuthorizationPolicy,
     "PeerAuthentication": PeerAuthentication,
     "RequestAuthentication": RequestAuthentication,
+    "Gateway": Gateway,
+    "Secret": Secret,
 }
 
 

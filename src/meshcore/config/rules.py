@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from meshcore.config.destinationrule import check_destination_rule
+from meshcore.config.gateway import check_gateway, check_secret
 from meshcore.config.requestauthn import check_request_authentication
 from meshcore.config.validate import (
     _DNS1123_LABEL,
@@ -750,4 +751,6 @@ RULES: Mapping[str, Callable[[Checker, dict[str, Any], str], None]] = {
     "AuthorizationPolicy": check_authorization_policy,
     "PeerAuthentication": check_peer_authentication,
     "RequestAuthentication": check_request_authentication,
+    "Gateway": check_gateway,
+    "Secret": check_secret,
 }

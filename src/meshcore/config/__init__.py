@@ -132,6 +132,10 @@ def _resource(doc: Document, domain: str, problems: list[ConfigProblem]) -> Reso
         )
         return None
     kind = schema.KINDS.get(kind_name)
+    if kind is not None and isinstance(api_version, str) and _group(api_version) not in {
+        _group(v) for v in kind.api_versions
+    }:
+        kind = None  # another API's kind of that name (Gateway API's Gateway): not meshcore's
     if kind is None:
         problems.append(
             ConfigProblem(
@@ -192,6 +196,10 @@ def _resource(doc: Document, domain: str, problems: list[ConfigProblem]) -> Reso
         line=doc.line,
         **extra,
     )
+
+
+def _group(api_version: str) -> str:
+    return api_version.rpartition("/")[0]
 
 
 def _check_references(

@@ -194,8 +194,35 @@ class VirtualService(Resource):
         return tuple(self.spec.get("gateways", ()))
 
     @property
+    def bound_gateways(self) -> tuple[str, ...]:
+        """Where the VirtualService applies, as Istio resolves ``gateways``: ``mesh`` (the
+        sidecars; the default) and ``namespace/name`` of Gateways."""
+        return resolve_gateways(self.gateways, self.namespace) or ("mesh",)
+
+
+    @property
     def http(self) -> tuple[Mapping[str, Any], ...]:
         return tuple(self.spec.get("http", ()))
+
+
+def resolve_gateways(names: Iterable[str], namespace: str) -> tuple[str, ...]:
+    """Istio's resolveGatewayName for each name: ``mesh`` stays; ``ns/name`` stays (``./name``
+    is in ``namespace``); a bare name is in ``namespace``; the legacy ``name.ns[.svc...]``
+    becomes ``ns/name``."""
+    out = []
+    for raw in names:
+        g = str(raw)
+        if g == "mesh":
+            out.append(g)
+        elif "/" in g:
+            ns, _, name = g.partition("/")
+            out.append(f"{namespace if ns == '.' else ns}/{name}")
+        elif "." in g:
+            name, _, rest = g.partition(".")
+            out.append(f"{rest.partition('.')[0]}/{name}")
+        else:
+            out.append(f"{namespace}/{g}")
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from meshcore.errors import ConfigProblem
 from meshcore.xds import types
 from meshcore.xds.cache import Layered, NodeInfo
 from meshcore.xds.clusters import ClusterBuilder
+from meshcore.xds.gateway import ROUTER, GatewayBuilder
 from meshcore.xds.index import MeshIndex
 from meshcore.xds.jwt import JwksFetcher
 from meshcore.xds.listeners import ListenerBuilder
@@ -80,6 +81,7 @@ class MeshTranslation:
         self.clusters = ClusterBuilder(self.index, problems, mesh_config, system_ca)
         self.routes = RouteBuilder(self.index, problems)
         self.listeners = ListenerBuilder(self.index, problems, providers, mesh_config, jwks)
+        self.gateways = GatewayBuilder(self, problems)
         if previous is not None and previous.index.same_scope(self.index):
             same = self.index.unchanged(previous.index)
             self.clusters.inherit(previous.clusters)
@@ -88,6 +90,8 @@ class MeshTranslation:
 
     def generate(self, proxy: Proxy) -> Generated:
         """The proxy's resources and the problems of exactly those (see :meth:`Translator.generate`)."""
+        if proxy.type == ROUTER:
+            return self._generate_router(proxy)
         inbound_listeners, inbound_clusters, inbound_problems = self.listeners.inbound(proxy)
         # DestinationRules with a workloadSelector change this proxy's clusters and endpoints.
         overrides = self.index.overrides(proxy.namespace, proxy.labels)
@@ -111,6 +115,26 @@ class MeshTranslation:
                 self.listeners.outbound_problems[(proxy.proxyless, proxy.outbound_address)],
                 inbound_problems,
                 _duplicate_names(proxy, resources),
+            )
+            for p in group
+        }
+        return Generated(resources, [problems[k] for k in sorted(problems)])
+
+    def _generate_router(self, proxy: Proxy) -> Generated:
+        """A gateway proxy (:mod:`meshcore.xds.gateway`): its own listeners, routes and
+        secrets over the mesh's clusters and endpoints."""
+        overrides = self.index.overrides(proxy.namespace, proxy.labels)
+        shared = self.clusters.clusters(False, overrides)
+        resources: Resources = {
+            **self.gateways.resources(proxy, shared),
+            types.ENDPOINT: Layered({}, self.clusters.endpoints(overrides)),
+        }
+        problems = {
+            problem_key(p): p
+            for group in (
+                self.index.mesh_problems,
+                self.clusters.problems_for(False, overrides),
+                self.gateways.generate(proxy)[1],
             )
             for p in group
         }

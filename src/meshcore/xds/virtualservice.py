@@ -17,7 +17,12 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import string_pb2
 from envoy.type.v3 import percent_pb2
 
-from meshcore.config.model import VirtualService, resolve_host, selector_matches
+from meshcore.config.model import (
+    VirtualService,
+    resolve_gateways,
+    resolve_host,
+    selector_matches,
+)
 from meshcore.config.rules import GRPC_STATUS
 from meshcore.names import CORS_NAME, FAULT_NAME, OUTBOUND, cluster_name
 from meshcore.xds.common import (
@@ -66,8 +71,18 @@ class VsRoutes:
     """One VirtualService's HTTP routes for one host and port, as Istio translates them."""
 
     def __init__(
-        self, tr: RouteBuilder, vs: VirtualService, svc: Host, port: int, proxy: Proxy, grpc: bool
+        self,
+        tr: RouteBuilder,
+        vs: VirtualService,
+        svc: Host | None,
+        port: int,
+        proxy: Proxy,
+        grpc: bool,
+        gateway: str = "mesh",
     ) -> None:
+        # ``gateway``: where the routes go (``mesh``, or a Gateway's ``namespace/name``); a
+        # match naming gateways applies only there.
+        self.gateway = gateway
         self.tr, self.vs, self.svc, self.port, self.proxy, self.grpc = (
             tr,
             vs,
@@ -82,7 +97,7 @@ class VsRoutes:
         for i, http in enumerate(self.vs.http):
             path = f"spec.http[{i}]"
             if http.get("delegate"):
-                raise Invalid(path + ".delegate", "delegate is not supported for sidecars")
+                raise Invalid(path + ".delegate", "delegate is not supported by meshcore")
             matches = self._matches(http, path)
             if matches is None:
                 continue
@@ -106,7 +121,9 @@ class VsRoutes:
             mp = f"{path}.match[{j}]"
             if m.get("port") is not None and int(m["port"]) != self.port:
                 continue
-            if m.get("gateways") and "mesh" not in m["gateways"]:
+            if m.get("gateways") and self.gateway not in resolve_gateways(
+                m["gateways"], self.vs.namespace
+            ):
                 continue
             if m.get("sourceLabels") and not selector_matches(m["sourceLabels"], self.proxy.labels):
                 continue

@@ -69,12 +69,19 @@ def make_ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         .not_valid_after(now + datetime.timedelta(hours=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(digital_signature=True, content_commitment=False,
-                          key_encipherment=False, data_encipherment=False, key_agreement=False,
-                          key_cert_sign=True, crl_sign=True, encipher_only=False,
-                          decipher_only=False),
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
             critical=True,
-        )  # fmt: skip
+        )
         .sign(key, hashes.SHA256())
     )
     return key, cert
@@ -305,9 +312,7 @@ def test_ingress_and_egress_gateways_carry_real_traffic(
               {"MESHCORE_APP_ADDRESS": SLEEP[1], "MESHCORE_OUTBOUND_ADDRESS": SLEEP[2]}, []),
     ):  # fmt: skip
         # HTTP through the ingress gateway to the frontend
-        status, _, body = eventually(
-            lambda: _ok(request(INGRESS, p["http"], HOST)), "ingress HTTP"
-        )
+        status, _, body = eventually(lambda: _ok(request(INGRESS, p["http"], HOST)), "ingress HTTP")
         assert (status, body) == (200, b"frontend")
         # an unknown host has no virtual host on the gateway: 404
         assert request(INGRESS, p["http"], "other.example.com")[0] == 404
@@ -337,7 +342,9 @@ def test_ingress_and_egress_gateways_carry_real_traffic(
         assert seen_external[-1]["host"].split(":")[0] == EXTERNAL_HOST
 
         # the egress gateway carried it: its stats count the request on its listener's routes
-        egress_admin = int((tmp_path / "egress" / "envoy-admin-address").read_text().rsplit(":", 1)[1])
+        egress_admin = int(
+            (tmp_path / "egress" / "envoy-admin-address").read_text().rsplit(":", 1)[1]
+        )
         stats = _admin(egress_admin, "/stats?filter=cluster.outbound.*ext.*upstream_rq_200")
         assert f"outbound|{p['ext_https']}||{EXTERNAL_HOST}.upstream_rq_200: " in stats, stats
 

@@ -132,9 +132,11 @@ def _resource(doc: Document, domain: str, problems: list[ConfigProblem]) -> Reso
         )
         return None
     kind = schema.KINDS.get(kind_name)
-    if kind is not None and isinstance(api_version, str) and _group(api_version) not in {
-        _group(v) for v in kind.api_versions
-    }:
+    if (
+        kind is not None
+        and isinstance(api_version, str)
+        and _group(api_version) not in {_group(v) for v in kind.api_versions}
+    ):
         kind = None  # another API's kind of that name (Gateway API's Gateway): not meshcore's
     if kind is None:
         problems.append(
@@ -156,7 +158,8 @@ def _resource(doc: Document, domain: str, problems: list[ConfigProblem]) -> Reso
             ("apiVersion",),
             f"apiVersion {api_version!r} does not serve {kind_name}; use {' or '.join(kind.api_versions)}",
         )
-    top, root = _TOP_LEVEL, ("spec",)
+    top: frozenset[str] = _TOP_LEVEL
+    root: tuple[str, ...] = ("spec",)
     spec = value.get("spec")
     if kind_name == "Secret":  # a Kubernetes Secret's fields are at the top level
         top, root = (_TOP_LEVEL - {"spec"}) | schema.SECRET_FIELDS, ()

@@ -93,7 +93,7 @@ def _server(c: Checker, server: dict[str, Any], path: Path) -> None:
         if isinstance(host, str):
             _server_host(c, host, path + ("hosts", j))
     port = server.get("port")
-    bind = server.get("bind") if isinstance(server.get("bind"), str) else ""
+    bind = str(server["bind"]) if isinstance(server.get("bind"), str) else ""
     port_ok = _server_port(c, port, bind, path + ("port",))
     if isinstance(port, dict):
         number = port.get("number") or 0
@@ -134,9 +134,12 @@ def _server_port(c: Checker, port: Any, bind: str, path: Path) -> bool:
             " GRPC-WEB, TCP, TLS, MONGO, REDIS, MYSQL",
         )
     number = port.get("number") or 0
-    if isinstance(number, int) and (number or not bind.startswith(UNIX_PREFIX)):
-        if not 1 <= number <= 65535:
-            c.error(path + ("number",), f"port number {number} must be in the range 1..65535")
+    if (
+        isinstance(number, int)
+        and (number or not bind.startswith(UNIX_PREFIX))
+        and not 1 <= number <= 65535
+    ):
+        c.error(path + ("number",), f"port number {number} must be in the range 1..65535")
     target = port.get("targetPort")
     if isinstance(target, int) and target:
         if not 1 <= target <= 65535:
@@ -216,17 +219,23 @@ def check_server_tls(c: Checker, tls: dict[str, Any], path: Path) -> None:
         )
     label = "SIMPLE" if mode == "SIMPLE" else "MUTUAL"
     if mode in ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL"):
-        pairs = [(path, tls)] if not certs else [(path + ("tlsCertificates", k), t) for k, t in enumerate(certs)]
+        pairs = (
+            [(path, tls)]
+            if not certs
+            else [(path + ("tlsCertificates", k), t) for k, t in enumerate(certs)]
+        )
         for ppath, pair in pairs:
             if not pair.get("serverCertificate"):
-                c.error(ppath + ("serverCertificate",), f"{label} TLS requires a server certificate")
+                c.error(
+                    ppath + ("serverCertificate",), f"{label} TLS requires a server certificate"
+                )
             if not pair.get("privateKey"):
                 c.error(ppath + ("privateKey",), f"{label} TLS requires a private key")
     if mode == "SIMPLE" and tls.get("caCrl"):
         c.error(path + ("caCrl",), "CRL is not supported with SIMPLE TLS")
-    if mode in ("MUTUAL", "OPTIONAL_MUTUAL") and not tls.get("caCertificates"):
-        if not any(t.get("caCertificates") for t in certs):
-            c.error(path + ("caCertificates",), "MUTUAL TLS requires a client CA bundle")
+    no_ca = not tls.get("caCertificates") and not any(t.get("caCertificates") for t in certs)
+    if mode in ("MUTUAL", "OPTIONAL_MUTUAL") and no_ca:
+        c.error(path + ("caCertificates",), "MUTUAL TLS requires a client CA bundle")
 
 
 def _cipher_suites(c: Checker, tls: dict[str, Any], path: Path) -> None:
@@ -252,7 +261,9 @@ def check_secret(c: Checker, spec: dict[str, Any], name: str) -> None:
             try:
                 base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
-                c.error(("data", str(key)), "not base64 (data values are base64; or use stringData)")
+                c.error(
+                    ("data", str(key)), "not base64 (data values are base64; or use stringData)"
+                )
     kind = spec.get("type", "Opaque")
     if kind == "kubernetes.io/tls":
         present = set(data) | set(_d(spec.get("stringData")))

@@ -199,7 +199,6 @@ class VirtualService(Resource):
         sidecars; the default) and ``namespace/name`` of Gateways."""
         return resolve_gateways(self.gateways, self.namespace) or ("mesh",)
 
-
     @property
     def http(self) -> tuple[Mapping[str, Any], ...]:
         return tuple(self.spec.get("http", ()))

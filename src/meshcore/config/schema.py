@@ -404,7 +404,9 @@ SERVER_TLS = message(
     credentialName=STRING,
     credentialNames=STRINGS,
     tlsCertificates=ListOf(
-        message("TLSCertificate", serverCertificate=STRING, privateKey=STRING, caCertificates=STRING)
+        message(
+            "TLSCertificate", serverCertificate=STRING, privateKey=STRING, caCertificates=STRING
+        )
     ),
     subjectAltNames=STRINGS,
     verifyCertificateSpki=STRINGS,

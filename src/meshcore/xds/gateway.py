@@ -141,25 +141,26 @@ class Server:
         names = sorted({h for _, h in self.hosts})
         return [] if "*" in names else names
 
-    def allows(self, vs: VirtualService, host: str) -> str | None:
-        """The host the VirtualService's ``host`` gets on this server (the more specific of
-        the two), or None when no server host admits it from the VirtualService's namespace."""
-        best: str | None = None
+    def allows(self, vs: VirtualService, host: str) -> list[str]:
+        """The domains the VirtualService's ``host`` gets on this server: for each server host
+        admitting the VirtualService's namespace and meeting ``host``, the more specific of
+        the two."""
+        out: set[str] = set()
         for ns, pattern in self.hosts:
             if ns not in ("*", vs.namespace) and not (
                 ns == "." and vs.namespace == self.gateway.namespace
             ):
                 continue
             got = _intersect(host, pattern)
-            if got is not None and (best is None or len(got) > len(best)):
-                best = got
-        return best
+            if got is not None:
+                out.add(got)
+        return sorted(out)
 
 
 def _intersect(host: str, pattern: str) -> str | None:
     """Istio's host matching between a VirtualService host and a server host (wildcards on
     either side): the more specific one, or None."""
-    if host == pattern or pattern == "*":
+    if pattern in (host, "*"):
         return host
     if host == "*":
         return pattern
@@ -287,7 +288,12 @@ class _Build:
         }
 
     def _chains(
-        self, listener: listener_pb2.Listener, name: str, bind: str, port: int, servers: list[Server]
+        self,
+        listener: listener_pb2.Listener,
+        name: str,
+        bind: str,
+        port: int,
+        servers: list[Server],
     ) -> None:
         plain_http = [s for s in servers if is_http(s.protocol)]
         if plain_http:
@@ -370,22 +376,23 @@ class _Build:
             name=name, validate_clusters=wrappers_pb2.BoolValue(value=False)
         )
         vhosts: dict[str, rc.VirtualHost] = {}
+        seen: set[tuple[str, tuple[str, str, str]]] = set()
         for s in servers:
             for vs in self._bound(s):
-                if not vs.http:
+                domains = [d for host in vs.hosts for d in s.allows(vs, host)]
+                routes = self._http_routes(vs, s, port) if domains and vs.http else None
+                if routes is None:
                     continue
-                for host in vs.hosts:
-                    domain = s.allows(vs, host)
-                    if domain is None:
-                        continue
-                    routes = self._http_routes(vs, s, port)
-                    if routes is None:
-                        continue
+                for domain in dict.fromkeys(domains):
                     vname = f"{domain}:{port}"
+                    if (vname, vs.key) in seen:  # the same host on two servers of the port
+                        continue
+                    seen.add((vname, vs.key))
                     vh = vhosts.get(vname)
                     if vh is None:
                         vh = vhosts[vname] = rc.VirtualHost(
-                            name=vname, domains=[domain] if domain == "*" else [domain, f"{domain}:*"]
+                            name=vname,
+                            domains=[domain] if domain == "*" else [domain, f"{domain}:*"],
                         )
                         if s.tls.get("httpsRedirect"):
                             vh.require_tls = rc.VirtualHost.ALL
@@ -395,7 +402,8 @@ class _Build:
             rcfg.virtual_hosts.add(name=f"blackhole:{port}", domains=["*"])
         for vname in sorted(vhosts):
             rcfg.virtual_hosts.append(vhosts[vname])
-        return rcfg
+        out: Message = rcfg
+        return out
 
     def _http_routes(self, vs: VirtualService, s: Server, port: int) -> list[rc.Route] | None:
         try:
@@ -435,9 +443,7 @@ class _Build:
                         continue
                     applies = True
                     for sni in m.get("sniHosts") or ():
-                        got = s.allows(vs, str(sni))
-                        if got is not None:
-                            snis.append(got)
+                        snis.extend(s.allows(vs, str(sni)))
                 if not applies or (kind == "tls" and not snis):
                     continue
                 dests = list(route.get("route") or ())
@@ -453,6 +459,9 @@ class _Build:
                 host = resolve_host(str(dest.get("host", "")), vs.namespace, self.b.mesh.domain)
                 number = int((dest.get("port") or {}).get("number") or s.port)
                 out.append(
-                    (sorted(set(snis)), cluster_name(OUTBOUND, number, str(dest.get("subset", "")), host))
+                    (
+                        sorted(set(snis)),
+                        cluster_name(OUTBOUND, number, str(dest.get("subset", "")), host),
+                    )
                 )
         return out

@@ -33,7 +33,7 @@ from typing import Any
 from meshcore._text import shown
 from meshcore.config import ValidationReport
 from meshcore.config.meshconfig import MeshConfig
-from meshcore.config.model import MeshModel
+from meshcore.config.model import MeshModel, selector_matches
 from meshcore.errors import ConfigProblem
 from meshcore.xds import types
 from meshcore.xds.cache import Layered, NodeInfo
@@ -157,6 +157,18 @@ class MeshTranslation:
             groups.append(self.routes.problems[self.routes.route_key(proxy)])
         self.clusters.clusters(False)
         groups.append(self.clusters.problems_for(False))
+        # A gateway proxy of each Gateway, with the labels it selects, in the namespaces of
+        # the workloads it selects (a gateway reads its Secrets there), else in its own.
+        for gw in self.gateways.gateways:
+            spaces = {
+                w.namespace
+                for w in self.mesh.workload_entries
+                if selector_matches(gw.selector, w.workload_labels)
+            }
+            for namespace in sorted(spaces or {gw.namespace}):
+                proxy = Proxy(node_id="", ip="", name="", namespace=namespace, workload=None,
+                              labels=dict(gw.selector), type=ROUTER)  # fmt: skip
+                groups.append(self.gateways.generate(proxy)[1])
         problems = {problem_key(p): p for group in groups for p in group}
         return [problems[k] for k in sorted(problems)]
 

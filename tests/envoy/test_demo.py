@@ -43,6 +43,7 @@ async def _scenario(tmp_path: Path) -> None:
             "live change converges",
             "canary 50/50 after the change",
             "traces reach the Zipkin collector",
+            "ingress gateway in front of frontend",
         }
         # The denial's policy id comes from Envoy's own access log (response code details).
         assert report.facts["denials"].get(DENY_ADMIN, 0) >= 5, report.facts["denials"]

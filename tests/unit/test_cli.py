@@ -27,7 +27,7 @@ def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 def test_validate_examples_ok() -> None:
     r = run("validate", "examples/")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "valid: 15 resources"
+    assert r.stdout.strip() == "valid: 17 resources"
     assert r.stderr == ""
 
 

@@ -298,3 +298,47 @@ def test_agent_proxy_type(node: str, kind: str | None, want: str) -> None:
     assert with_proxy_type(node, kind) == want
     with pytest.raises(ValueError, match="expected TYPE"):
         with_proxy_type("not-a-node-id", "router")
+
+
+def test_a_virtual_service_change_reaches_a_connected_gateway(tmp_path: Any) -> None:
+    """The control plane's incremental update: VirtualServices only change shared route
+    configurations for sidecars, but a gateway's route configurations are its own, so the
+    gateway is translated again."""
+    import yaml
+
+    from meshcore.xds.cache import NodeInfo
+    from meshcore.xds.controlplane import ControlPlane
+    from meshcore.xds.deps import DependencyIndex
+    from meshcore.xds.translator import Translator
+
+    def write(prefix: str) -> None:
+        objs = [service("web", 8000), gateway([server(80)]),
+                doc("VirtualService", "web", {"hosts": ["web.example.com"], "gateways": ["gw"],
+                    "http": [{"match": [{"uri": {"prefix": prefix}}],
+                              "route": [{"destination": {"host": "web"}}]}]})]  # fmt: skip
+        (tmp_path / "mesh.yaml").write_text(yaml.safe_dump_all(objs))
+
+    write("/v1")
+    plane = ControlPlane([tmp_path], Translator().resources_for, dependencies=DependencyIndex())
+    assert plane.load()
+    node = NodeInfo(ROUTER, metadata=LABELS)
+
+    def prefix() -> str:
+        snap = plane.cache.get(node)
+        assert snap is not None
+        found = snap.resource(types.ROUTE, "http.80")
+        assert found is not None
+        from envoy.config.route.v3 import route_pb2
+
+        rcfg = route_pb2.RouteConfiguration.FromString(found[1])
+        return str(rcfg.virtual_hosts[0].routes[0].match.prefix)
+
+    plane.cache.set(node.id, plane.snapshot_for(node))
+    assert prefix() == "/v1"
+    write("/v2")
+    import os
+
+    os.utime(tmp_path / "mesh.yaml", ns=(1, 1))  # a new stamp even within the clock's tick
+    assert plane.load()
+    plane.update()
+    assert prefix() == "/v2"

@@ -237,11 +237,13 @@ class GatewayBuilder:
                 c.ClearField("transport_socket")
                 c.ClearField("transport_socket_matches")
                 own_clusters[dnat] = c
+        # Listeners, routes and secrets are the proxy's alone (no shared layer): a change to
+        # what they are built from translates the gateway again (meshcore.xds.deps).
         return {
             types.CLUSTER: Layered(own_clusters, shared_clusters),
-            types.LISTENER: Layered(built["listeners"], {}),
-            types.ROUTE: Layered(built["routes"], {}),
-            types.SECRET: Layered(built["secrets"], {}),
+            types.LISTENER: built["listeners"],
+            types.ROUTE: built["routes"],
+            types.SECRET: built["secrets"],
         }
 
 

@@ -168,7 +168,14 @@ class MeshTranslation:
             for namespace in sorted(spaces or {gw.namespace}):
                 proxy = Proxy(node_id="", ip="", name="", namespace=namespace, workload=None,
                               labels=dict(gw.selector), type=ROUTER)  # fmt: skip
-                groups.append(self.gateways.generate(proxy)[1])
+                # another Gateway's problems are found with its own namespaces
+                groups.append(
+                    [
+                        p
+                        for p in self.gateways.generate(proxy)[1]
+                        if p.kind != "Gateway" or (p.namespace, p.name) == (gw.namespace, gw.name)
+                    ]
+                )
         problems = {problem_key(p): p for group in groups for p in group}
         return [problems[k] for k in sorted(problems)]
 

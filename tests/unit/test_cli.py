@@ -106,7 +106,7 @@ def test_demo_ships_its_mesh_and_checks_its_arguments(tmp_path: Path) -> None:
 
     # The example mesh is package data (a pip-installed meshcore can run the demo).
     assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == [
-        "security.yaml", "services.yaml", "traffic.yaml", "workloads.yaml",
+        "gateway.yaml", "security.yaml", "services.yaml", "traffic.yaml", "workloads.yaml",
     ]  # fmt: skip
     assert main(["demo", "--config", str(tmp_path / "missing")]) == 2
     bad = tmp_path / "bad"

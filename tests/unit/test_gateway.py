@@ -342,3 +342,23 @@ def test_a_virtual_service_change_reaches_a_connected_gateway(tmp_path: Any) -> 
     assert plane.load()
     plane.update()
     assert prefix() == "/v2"
+
+
+def test_servers_matching_the_same_connections_keep_the_first() -> None:
+    """Envoy refuses a listener with two filter chains for the same connections (the whole
+    listener would be NACKed): the first is kept and the other reported."""
+    out = router([
+        service("web", 8000),
+        gateway([server(80), server(80, "TCP")], name="gw"),
+        gateway([server(443, "HTTPS", ("a.example.com",), tls={"mode": "ISTIO_MUTUAL"})],
+                name="gw2"),
+        gateway([server(443, "HTTPS", ("a.example.com",), tls={"mode": "ISTIO_MUTUAL"})],
+                name="gw3"),
+        vs("web", ["*"], ["gw", "gw2", "gw3"]),
+        doc("VirtualService", "tcp", {"hosts": ["*"], "gateways": ["gw"], "tcp": [
+            {"route": [{"destination": {"host": "web", "port": {"number": 8000}}}]}]}),
+    ])  # fmt: skip
+    assert len(out.resources[types.LISTENER]["0.0.0.0_80"].filter_chains) == 1
+    assert len(out.resources[types.LISTENER]["0.0.0.0_443"].filter_chains) == 1
+    left_out = sorted((p.name, p.path) for p in out.problems if "left out" in p.message)
+    assert left_out == [("gw", "spec.servers[1]"), ("gw3", "spec.servers[0]")]

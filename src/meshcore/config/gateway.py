@@ -102,6 +102,10 @@ def _server(c: Checker, server: dict[str, Any], path: Path) -> None:
                 c.error(path + ("port", "number"), "port number must be 0 for unix domain socket")
         elif bind and not _is_ip(bind):
             c.error(path + ("bind",), f"{bind} is not a valid IP")
+    if server.get("defaultEndpoint"):
+        c.warn(
+            path + ("defaultEndpoint",), "not translated by meshcore: traffic follows the routes"
+        )
     tls = server.get("tls")
     if isinstance(tls, dict):
         check_server_tls(c, tls, path + ("tls",))

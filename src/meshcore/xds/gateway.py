@@ -271,6 +271,7 @@ class _Build:
         self.routes: dict[str, Message] = {}
         self.secrets: dict[str, Message] = {}
         self.auto_passthrough = False
+        self._owners: list[Server] = []  # the server of each filter chain being built
 
     def run(self) -> dict[str, Any]:
         by_port: dict[tuple[str, int], list[Server]] = {}
@@ -288,9 +289,9 @@ class _Build:
                 name=name, address=socket_address(bind, port), traffic_direction=base_pb2.OUTBOUND
             )
             self._chains(listener, name, bind, port, servers)
+            self._unique(listener)
             if listener.filter_chains:
-                if any(c.filter_chain_match.server_names or c.transport_socket.name
-                       for c in listener.filter_chains):  # fmt: skip
+                if any(c.filter_chain_match.transport_protocol for c in listener.filter_chains):
                     listener.listener_filters.add(
                         name=TLS_INSPECTOR_NAME, typed_config=pack(tls_inspector_pb2.TlsInspector())
                     )
@@ -315,19 +316,19 @@ class _Build:
             bound = any(s.spec.get("bind") for s in plain_http)
             rds = f"http.{port}" + (f".{bind}" if bound else "")
             self.routes[rds] = self._route_config(rds, port, plain_http)
-            listener.filter_chains.add().filters.append(self._hcm(name, rds))
+            self._chain(listener, plain_http[0]).filters.append(self._hcm(name, rds))
         for s in servers:
             if is_http(s.protocol):
                 continue
             if s.terminates_tls and s.protocol == "HTTPS":
                 rds = f"https.{port}.{s.port_name}.{s.gateway.name}.{s.gateway.namespace}"
                 self.routes[rds] = self._route_config(rds, port, [s])
-                chain = listener.filter_chains.add(name=rds)
+                chain = self._chain(listener, s, rds)
                 self._tls_chain(chain, s)
                 chain.filters.append(self._hcm(name, rds))
             elif s.protocol in TLS_PROTOCOLS and s.mode == "AUTO_PASSTHROUGH":
                 self.auto_passthrough = True
-                chain = listener.filter_chains.add()
+                chain = self._chain(listener, s)
                 chain.filter_chain_match.server_names.extend(s.sni_hosts())
                 chain.filter_chain_match.transport_protocol = "tls"
                 chain.filters.add(
@@ -338,7 +339,7 @@ class _Build:
             elif s.protocol in TLS_PROTOCOLS:
                 # PASSTHROUGH: the tls routes by SNI; TLS-terminated TLS: the tcp routes
                 for sni, cluster in self._l4_routes(s, "tls" if not s.terminates_tls else "tcp"):
-                    chain = listener.filter_chains.add()
+                    chain = self._chain(listener, s)
                     if s.terminates_tls:
                         self._tls_chain(chain, s)
                     else:
@@ -348,11 +349,45 @@ class _Build:
             else:  # TCP, MONGO, REDIS, MYSQL: the tcp routes
                 routes = self._l4_routes(s, "tcp")
                 if routes:
-                    listener.filter_chains.add().filters.append(self._tcp_proxy(routes[0][1]))
+                    self._chain(listener, s).filters.append(self._tcp_proxy(routes[0][1]))
+
+    def _chain(self, listener: listener_pb2.Listener, s: Server, name: str = "") -> Any:
+        """A new filter chain of ``listener`` for server ``s`` (kept in order with its server:
+        see :meth:`_unique`)."""
+        self._owners.append(s)
+        return listener.filter_chains.add(name=name)
+
+    def _unique(self, listener: listener_pb2.Listener) -> None:
+        """Envoy refuses a listener whose filter chains match the same connections: the
+        first server's chain is kept (Istio keeps the first too) and the others reported."""
+        seen: dict[bytes, Server] = {}
+        keep = []
+        for chain, s in zip(listener.filter_chains, self._owners, strict=True):
+            key = chain.filter_chain_match.SerializeToString(deterministic=True)
+            first = seen.get(key)
+            if first is not None:
+                self.log.problem(
+                    s.gateway,
+                    s.path,
+                    f"port {s.port} already has a filter chain for the same connections (from"
+                    f" server {first.index} of Gateway {first.key}): this one is left out",
+                    "warning",
+                )
+                continue
+            seen[key] = s
+            keep.append(chain)
+        if len(keep) != len(listener.filter_chains):
+            kept = [listener_components_pb2.FilterChain() for _ in keep]
+            for new, old in zip(kept, keep, strict=True):
+                new.CopyFrom(old)
+            del listener.filter_chains[:]
+            listener.filter_chains.extend(kept)
+        self._owners.clear()
 
     def _tls_chain(self, chain: Any, s: Server) -> None:
         snis = s.sni_hosts()
         chain.filter_chain_match.server_names.extend(snis)
+        chain.filter_chain_match.transport_protocol = "tls"
         ctx = downstream_tls(s.tls, http=s.protocol == "HTTPS")
         chain.transport_socket.CopyFrom(tls_socket(ctx))
         for name, secret in server_secrets(s, self.b.mesh, self.proxy, self.log).items():

@@ -362,3 +362,17 @@ def test_servers_matching_the_same_connections_keep_the_first() -> None:
     assert len(out.resources[types.LISTENER]["0.0.0.0_443"].filter_chains) == 1
     left_out = sorted((p.name, p.path) for p in out.problems if "left out" in p.message)
     assert left_out == [("gw", "spec.servers[1]"), ("gw3", "spec.servers[0]")]
+
+
+def test_a_secret_reads_and_writes_as_kubernetes_does() -> None:
+    import base64
+
+    manifest = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "n"},
+                "type": "kubernetes.io/tls",
+                "data": {"tls.crt": base64.b64encode(CERT.encode()).decode()},
+                "stringData": {"tls.key": KEY}}  # fmt: skip
+    (secret_res,) = load_objects([manifest]).resources
+    assert secret_res.value("tls.crt") == CERT.encode()
+    assert secret_res.value("tls.key") == KEY.encode()
+    assert secret_res.manifest() == manifest
+    assert "PRIVATE" not in repr(secret_res)

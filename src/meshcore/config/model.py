@@ -340,6 +340,12 @@ class Secret(Resource):
     a Gateway's ``credentialName`` names. The loader puts its ``type``, ``data`` (base64) and
     ``stringData`` in ``spec``; :meth:`value` reads a key from either, as bytes."""
 
+    def manifest(self) -> dict[str, Any]:
+        """As Kubernetes writes a Secret: its fields at the top level, no spec."""
+        out = Resource.manifest(self)
+        out.update(out.pop("spec"))
+        return out
+
     def value(self, key: str) -> bytes | None:
         import base64
 

@@ -376,3 +376,17 @@ def test_a_secret_reads_and_writes_as_kubernetes_does() -> None:
     assert secret_res.value("tls.key") == KEY.encode()
     assert secret_res.manifest() == manifest
     assert "PRIVATE" not in repr(secret_res)
+
+
+def test_a_virtual_service_naming_a_missing_gateway_is_warned(tmp_path: Any) -> None:
+    import yaml
+
+    from meshcore.config import validate
+
+    objs = [gateway([server(80)]), vs("ok", ["a.example.com"], ["gw", "mesh"], dest="a.example.com"),
+            vs("typo", ["b.example.com"], ["gww"], dest="b.example.com")]  # fmt: skip
+    (tmp_path / "mesh.yaml").write_text(yaml.safe_dump_all(objs))
+    report = validate([tmp_path])
+    assert report.ok
+    missing = [(p.name, p.path) for p in report.warnings if "not in the config" in p.message]
+    assert missing == [("typo", "spec.gateways[0]")]

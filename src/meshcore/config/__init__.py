@@ -230,7 +230,16 @@ def _check_references(
             )
         )
 
+    gateways = {(r.namespace, r.name) for r in model.resources if r.kind == "Gateway"}
     for vs in model.virtual_services:
+        for i, bound in enumerate(vs.bound_gateways if vs.gateways else ()):
+            ns, _, name = bound.partition("/")
+            if bound != "mesh" and (ns, name) not in gateways:
+                warn(
+                    vs,
+                    ("spec", "gateways", i),
+                    f"Gateway {bound} is not in the config: these routes apply nowhere there",
+                )
         for i, route in enumerate(vs.http):
             for j, rd in enumerate(route.get("route", ())):
                 dest = rd.get("destination") or {}

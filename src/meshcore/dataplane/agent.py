@@ -33,6 +33,11 @@ What it does, in order:
    a valid certificate is loaded (503 with the reason otherwise).
 
 The key is never written to disk or logged.
+
+A gateway (Istio's ingress or egress gateway) is the same agent with a ``router~...`` node id
+(``meshcore agent --router``): the control plane gives it the gateway layout
+(:mod:`meshcore.xds.gateway`) and its ``credentialName`` secrets on the ADS stream, and the
+agent's SDS still serves its mesh certificate (ISTIO_MUTUAL servers, mTLS to the sidecars).
 """
 
 from __future__ import annotations

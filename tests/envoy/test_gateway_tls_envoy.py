@@ -211,3 +211,100 @@ def test_claim_routes_on_a_gateway_with_real_envoy(
         assert get(key.token({"iss": "issuer-1", "sub": "c", "groups": ["dev"]})) == (200, b"user")
         assert get(None) == (200, b"user")
         assert get(tamper(admin))[0] == 401
+
+
+def test_every_gateway_layout_is_accepted_by_envoy(tmp_path: Path) -> None:
+    """Every kind of server meshcore translates, with wildcards, binds, several Gateways on one
+    port, TLS options, policies and claim routes: Envoy validates the whole configuration (an
+    invalid piece would get the listener, or the route configuration, NACKed)."""
+    from _jwt import SigningKey, jwks
+    from _sidecar import validate
+
+    ca = make_ca()
+    chain, key = make_leaf(ca, "files.example.com")
+    for name, data in (("ca.crt", pem(ca[1])), ("tls.crt", chain), ("tls.key", key)):
+        (tmp_path / name).write_bytes(data)
+    files = {
+        "serverCertificate": str(tmp_path / "tls.crt"),
+        "privateKey": str(tmp_path / "tls.key"),
+        "caCertificates": str(tmp_path / "ca.crt"),
+    }
+
+    def srv(port: int, protocol: str, hosts: list[str], name: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "port": {"number": port, "name": name, "protocol": protocol},
+            "hosts": hosts,
+            **extra,
+        }
+
+    objects = [
+        _doc("Service", "web", {"spec": {"selector": {"app": "web"},
+                                         "ports": [{"name": "http", "port": 9080}]}}),
+        _doc("WorkloadEntry", "web-1", {"spec": {"address": BACKEND, "labels": {"app": "web"},
+                                                 "serviceAccount": "web"}}),
+        _doc("Gateway", "gw", {"spec": {"selector": {"istio": "ingressgateway"}, "servers": [
+            srv(80, "HTTP", ["*.example.com", "./a.example.org"], "http"),
+            srv(81, "HTTP", ["*"], "http-redirect", tls={"httpsRedirect": True}),
+            srv(82, "HTTP2", ["*"], "http2", bind=GATEWAY),
+            srv(443, "HTTPS", ["*.example.com"], "https", tls={
+                "mode": "SIMPLE", "credentialName": "cred", "minProtocolVersion": "TLSV1_2",
+                "maxProtocolVersion": "TLSV1_3", "cipherSuites": ["ECDHE-RSA-AES128-GCM-SHA256"]}),
+            srv(443, "HTTPS", ["m.example.org"], "https-mutual", tls={
+                "mode": "MUTUAL", "credentialName": "cred", "subjectAltNames": ["client.example.com"]}),
+            srv(443, "HTTPS", ["o.example.org"], "https-optional", tls={"mode": "OPTIONAL_MUTUAL", **files}),
+            srv(443, "HTTPS", ["i.example.org"], "https-istio", tls={"mode": "ISTIO_MUTUAL"}),
+            srv(443, "TLS", ["p.example.net"], "tls-passthrough", tls={"mode": "PASSTHROUGH"}),
+            srv(15443, "TLS", ["*.local"], "tls-auto", tls={"mode": "AUTO_PASSTHROUGH"}),
+            srv(9000, "TCP", ["*"], "tcp"),
+        ]}}),
+        _doc("Gateway", "gw2", {"spec": {"selector": {"istio": "ingressgateway"}, "servers": [
+            srv(80, "HTTP", ["b.example.org"], "http")]}}),
+        _doc("Secret", "cred", {"type": "kubernetes.io/tls", "stringData": {
+            "tls.crt": chain.decode(), "tls.key": key.decode(), "ca.crt": pem(ca[1]).decode()}},
+             ns="istio-system"),
+        _doc("VirtualService", "web", {"spec": {
+            "hosts": ["*.example.com", "a.example.org", "b.example.org", "m.example.org",
+                      "o.example.org", "i.example.org"],
+            "gateways": ["gw", "default/gw2"],
+            "http": [{"match": [{"headers": {"@request.auth.claims.groups": {"prefix": "adm"}},
+                                 "uri": {"prefix": "/admin"}}],
+                      "route": [{"destination": {"host": "web"}}]},
+                     {"route": [{"destination": {"host": "web"}}], "timeout": "5s"}]}}),
+        _doc("VirtualService", "any", {"spec": {"hosts": ["*"], "gateways": ["gw"],
+            "http": [{"route": [{"destination": {"host": "web"}}]}],
+            "tcp": [{"match": [{"port": 9000}], "route": [{"destination": {"host": "web"}}]}]}}),
+        _doc("VirtualService", "pass", {"spec": {"hosts": ["p.example.net"], "gateways": ["gw"],
+            "tls": [{"match": [{"sniHosts": ["p.example.net"]}],
+                     "route": [{"destination": {"host": "web", "port": {"number": 9080}}}]}]}}),
+        {"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+         "metadata": {"name": "jwt", "namespace": "istio-system"},
+         "spec": {"selector": {"matchLabels": {"istio": "ingressgateway"}},
+                  "jwtRules": [{"issuer": "issuer-1", "jwks": jwks(SigningKey("k"))}]}},
+        {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "deny-admin", "namespace": "istio-system"},
+         "spec": {"selector": {"matchLabels": {"istio": "ingressgateway"}}, "action": "DENY",
+                  "rules": [{"to": [{"operation": {"paths": ["/private"]}}]}]}},
+    ]  # fmt: skip
+    mesh = load_objects(objects)
+    proxy = proxy_for_node(mesh, NODE, {"LABELS": {"istio": "ingressgateway"}})
+    result = generate(mesh, proxy)
+    assert not [p for p in result.problems if p.severity == "error"], result.problems
+    listeners = result.resources[types.LISTENER]
+    assert set(listeners) == {
+        f"{GATEWAY}_82",
+        "0.0.0.0_15443",
+        "0.0.0.0_443",
+        "0.0.0.0_80",
+        "0.0.0.0_81",
+        "0.0.0.0_9000",
+    }
+    assert len(listeners["0.0.0.0_443"].filter_chains) == 5
+    secrets = [
+        *workload_secrets(
+            CertificateAuthority.generate(), "spiffe://cluster.local/ns/istio-system/sa/gw"
+        ),
+        *result.resources[types.SECRET].values(),
+    ]
+    boot = render_static_bootstrap(result, NODE, free_port(), secrets=secrets)
+    checked = validate(boot, tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

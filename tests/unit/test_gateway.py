@@ -160,6 +160,9 @@ def test_match_gateways_and_server_host_namespaces() -> None:
     ])  # fmt: skip
     vhosts = {vh.name: vh for vh in out.resources[types.ROUTE]["http.80"].virtual_hosts}
     assert sorted(vhosts) == ["*.c.example.com:80", "a.example.com:80", "x.c.example.com:80"]
+    # Envoy takes one wildcard per domain: a wildcard host keeps its port (Istio's domains)
+    assert list(vhosts["*.c.example.com:80"].domains) == ["*.c.example.com", "*.c.example.com:80"]
+    assert list(vhosts["a.example.com:80"].domains) == ["a.example.com", "a.example.com:*"]
     routes = vhosts["a.example.com:80"].routes
     # split's gateway match (not its mesh one), then the "*" VirtualService's route
     assert [r.match.prefix for r in routes] == ["/x", "/"]

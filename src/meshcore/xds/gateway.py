@@ -159,6 +159,16 @@ class Server:
         return sorted(out)
 
 
+def virtual_host_domains(host: str, port: int) -> list[str]:
+    """Istio's gateway domains: the host, and the host with any port (a gateway behind a load
+    balancer sees other ports); a wildcard host keeps its port (Envoy allows one wildcard)."""
+    if host == "*":
+        return [host]
+    if host.startswith("*"):
+        return [host, f"{host}:{port}"]
+    return [host, f"[{host}]:*" if ":" in host else f"{host}:*"]
+
+
 def _intersect(host: str, pattern: str) -> str | None:
     """Istio's host matching between a VirtualService host and a server host (wildcards on
     either side): the more specific one, or None."""
@@ -441,8 +451,7 @@ class _Build:
                     vh = vhosts.get(vname)
                     if vh is None:
                         vh = vhosts[vname] = rc.VirtualHost(
-                            name=vname,
-                            domains=[domain] if domain == "*" else [domain, f"{domain}:*"],
+                            name=vname, domains=virtual_host_domains(domain, port)
                         )
                         if s.tls.get("httpsRedirect"):
                             vh.require_tls = rc.VirtualHost.ALL

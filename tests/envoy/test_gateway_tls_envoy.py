@@ -6,7 +6,11 @@ static bootstrap; the credentialName secrets made static as SDS would give them)
 - AUTO_PASSTHROUGH: the SNI names the cluster (``outbound_.PORT_._.HOST``, Istio's SNI-DNAT).
 - MUTUAL: the gateway terminates TLS with the credentialName certificate and demands a client
   certificate signed by the Secret's ``ca.crt``.
+- ISTIO_MUTUAL: the gateway's mesh certificate (SDS ``default``), a mesh client certificate
+  required (``ROOTCA``).
 - TCP: a ``tcp`` route.
+
+Also claim-based routing on a gateway, and every gateway layout validated by Envoy.
 """
 
 from __future__ import annotations

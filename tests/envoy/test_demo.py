@@ -93,7 +93,8 @@ def _all_synced(dm: DemoMesh, timeout: float = 20.0) -> bool:
             status = dm.sync_status()
         except OSError:
             status = {}
-        if len(status) == len(dm.sidecars) and all(
+        proxies = len(dm.sidecars) + (dm.ingress is not None)  # and the ingress gateway
+        if len(status) == proxies and all(
             row.get(t) == "SYNCED" for row in status.values() for t in ("CDS", "LDS", "RDS")
         ):
             return True

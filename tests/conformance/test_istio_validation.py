@@ -23,6 +23,7 @@ API_VERSIONS = {
     "DestinationRule": "networking.istio.io/v1",
     "AuthorizationPolicy": "security.istio.io/v1",
     "PeerAuthentication": "security.istio.io/v1",
+    "Gateway": "networking.istio.io/v1",
 }
 KEYS = {
     "test",

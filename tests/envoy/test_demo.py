@@ -43,6 +43,7 @@ async def _scenario(tmp_path: Path) -> None:
             "live change converges",
             "canary 50/50 after the change",
             "traces reach the Zipkin collector",
+            "ingress gateway in front of frontend",
         }
         # The denial's policy id comes from Envoy's own access log (response code details).
         assert report.facts["denials"].get(DENY_ADMIN, 0) >= 5, report.facts["denials"]
@@ -92,7 +93,8 @@ def _all_synced(dm: DemoMesh, timeout: float = 20.0) -> bool:
             status = dm.sync_status()
         except OSError:
             status = {}
-        if len(status) == len(dm.sidecars) and all(
+        proxies = len(dm.sidecars) + (dm.ingress is not None)  # and the ingress gateway
+        if len(status) == proxies and all(
             row.get(t) == "SYNCED" for row in status.values() for t in ("CDS", "LDS", "RDS")
         ):
             return True

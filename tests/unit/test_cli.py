@@ -27,7 +27,7 @@ def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
 def test_validate_examples_ok() -> None:
     r = run("validate", "examples/")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "valid: 15 resources"
+    assert r.stdout.strip() == "valid: 17 resources"
     assert r.stderr == ""
 
 
@@ -106,7 +106,7 @@ def test_demo_ships_its_mesh_and_checks_its_arguments(tmp_path: Path) -> None:
 
     # The example mesh is package data (a pip-installed meshcore can run the demo).
     assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == [
-        "security.yaml", "services.yaml", "traffic.yaml", "workloads.yaml",
+        "gateway.yaml", "security.yaml", "services.yaml", "traffic.yaml", "workloads.yaml",
     ]  # fmt: skip
     assert main(["demo", "--config", str(tmp_path / "missing")]) == 2
     bad = tmp_path / "bad"

@@ -165,7 +165,8 @@ CLAIM_ROUTE = [
 ]
 
 
-def test_claim_routes_on_gateway_virtual_services_are_accepted_with_a_warning() -> None:
+def test_claim_routes_on_gateway_virtual_services_are_accepted() -> None:
+    # translated on gateways (matched on the verified JWT: tests/unit/test_gateway.py)
     problems = validate_object(
         vs(
             {
@@ -175,20 +176,16 @@ def test_claim_routes_on_gateway_virtual_services_are_accepted_with_a_warning() 
             }
         )
     )
-    assert [p.severity for p in problems] == ["warning"]
-    assert "gateways" in problems[0].message
+    assert problems == []
     bracket = [
         {
             **CLAIM_ROUTE[0],
             "match": [{"headers": {"@request.auth.claims[nested][key]": {"exact": "x"}}}],
         }
     ]
-    assert [
-        p.severity
-        for p in validate_object(
-            vs({"hosts": ["a.example.com"], "gateways": ["gw"], "http": bracket})
-        )
-    ] == ["warning"]
+    assert (
+        validate_object(vs({"hosts": ["a.example.com"], "gateways": ["gw"], "http": bracket})) == []
+    )
     # on sidecars there is no JWT filter: refused, with the reason
     mesh_bound = validate_object(vs({"hosts": ["reviews"], "http": CLAIM_ROUTE}))
     assert [p.severity for p in mesh_bound] == ["error"]

@@ -186,6 +186,26 @@ def parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--delta", action="store_true", help="delta ADS instead of state of the world")
     a.add_argument(
+        "--proxy-type",
+        choices=("sidecar", "router"),
+        default=None,
+        help="the node id's proxy type: router runs Envoy as a gateway (default: the node id's)",
+    )
+    a.add_argument(
+        "--router",
+        dest="proxy_type",
+        action="store_const",
+        const="router",
+        help="run Envoy as a gateway (--proxy-type router)",
+    )
+    a.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a workload label (node metadata LABELS: what Gateways select), repeatable",
+    )
+    a.add_argument(
         "--cert-ttl",
         type=float,
         default=None,

@@ -132,6 +132,12 @@ def _resource(doc: Document, domain: str, problems: list[ConfigProblem]) -> Reso
         )
         return None
     kind = schema.KINDS.get(kind_name)
+    if (
+        kind is not None
+        and isinstance(api_version, str)
+        and _group(api_version) not in {_group(v) for v in kind.api_versions}
+    ):
+        kind = None  # another API's kind of that name (Gateway API's Gateway): not meshcore's
     if kind is None:
         problems.append(
             ConfigProblem(
@@ -152,12 +158,17 @@ def _resource(doc: Document, domain: str, problems: list[ConfigProblem]) -> Reso
             ("apiVersion",),
             f"apiVersion {api_version!r} does not serve {kind_name}; use {' or '.join(kind.api_versions)}",
         )
+    top: frozenset[str] = _TOP_LEVEL
+    root: tuple[str, ...] = ("spec",)
+    spec = value.get("spec")
+    if kind_name == "Secret":  # a Kubernetes Secret's fields are at the top level
+        top, root = (_TOP_LEVEL - {"spec"}) | schema.SECRET_FIELDS, ()
+        spec = {k: v for k, v in value.items() if k in schema.SECRET_FIELDS}
     for key in value:
-        if key not in _TOP_LEVEL:
+        if key not in top:
             checker.error((str(key),), f"unknown top-level field {key!r}")
     checker.shape(value.get("metadata"), schema.OBJECT_META, ("metadata",))
     name, namespace = check_metadata(checker, value.get("metadata"), kind)
-    spec = value.get("spec")
     if spec is None:
         if kind_name in _SPEC_REQUIRED:
             checker.error(("spec",), "spec is required")
@@ -166,7 +177,7 @@ def _resource(doc: Document, domain: str, problems: list[ConfigProblem]) -> Reso
     check_annotations(
         checker, value.get("metadata"), kind_name, spec if isinstance(spec, dict) else {}
     )
-    if checker.shape(spec, kind.spec, ("spec",)) or isinstance(spec, dict):
+    if checker.shape(spec, kind.spec, root) or isinstance(spec, dict):
         RULES[kind_name](checker, spec if isinstance(spec, dict) else {}, name)
     found = problems_of(checker, kind_name, namespace, name, doc.file, doc.line_of)
     problems.extend(found)
@@ -188,6 +199,10 @@ def _resource(doc: Document, domain: str, problems: list[ConfigProblem]) -> Reso
         line=doc.line,
         **extra,
     )
+
+
+def _group(api_version: str) -> str:
+    return api_version.rpartition("/")[0]
 
 
 def _check_references(
@@ -215,7 +230,16 @@ def _check_references(
             )
         )
 
+    gateways = {(r.namespace, r.name) for r in model.resources if r.kind == "Gateway"}
     for vs in model.virtual_services:
+        for i, bound in enumerate(vs.bound_gateways if vs.gateways else ()):
+            ns, _, name = bound.partition("/")
+            if bound != "mesh" and (ns, name) not in gateways:
+                warn(
+                    vs,
+                    ("spec", "gateways", i),
+                    f"Gateway {bound} is not in the config: these routes apply nowhere there",
+                )
         for i, route in enumerate(vs.http):
             for j, rd in enumerate(route.get("route", ())):
                 dest = rd.get("destination") or {}

@@ -194,8 +194,34 @@ class VirtualService(Resource):
         return tuple(self.spec.get("gateways", ()))
 
     @property
+    def bound_gateways(self) -> tuple[str, ...]:
+        """Where the VirtualService applies, as Istio resolves ``gateways``: ``mesh`` (the
+        sidecars; the default) and ``namespace/name`` of Gateways."""
+        return resolve_gateways(self.gateways, self.namespace) or ("mesh",)
+
+    @property
     def http(self) -> tuple[Mapping[str, Any], ...]:
         return tuple(self.spec.get("http", ()))
+
+
+def resolve_gateways(names: Iterable[str], namespace: str) -> tuple[str, ...]:
+    """Istio's resolveGatewayName for each name: ``mesh`` stays; ``ns/name`` stays (``./name``
+    is in ``namespace``); a bare name is in ``namespace``; the legacy ``name.ns[.svc...]``
+    becomes ``ns/name``."""
+    out = []
+    for raw in names:
+        g = str(raw)
+        if g == "mesh":
+            out.append(g)
+        elif "/" in g:
+            ns, _, name = g.partition("/")
+            out.append(f"{namespace if ns == '.' else ns}/{name}")
+        elif "." in g:
+            name, _, rest = g.partition(".")
+            out.append(f"{rest.partition('.')[0]}/{name}")
+        else:
+            out.append(f"{namespace}/{g}")
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +320,44 @@ class RequestAuthentication(Resource):
         return tuple(self.spec.get("jwtRules") or ())
 
 
+@dataclass(frozen=True, slots=True)
+class Gateway(Resource):
+    """A load balancer at the edge of the mesh (``networking.istio.io`` Gateway): the servers
+    (ports, hosts, TLS) its selected gateway proxies listen with."""
+
+    @property
+    def selector(self) -> Mapping[str, str]:
+        return self.spec.get("selector") or _EMPTY
+
+    @property
+    def servers(self) -> tuple[Mapping[str, Any], ...]:
+        return tuple(self.spec.get("servers") or ())
+
+
+@dataclass(frozen=True, slots=True)
+class Secret(Resource):
+    """A Kubernetes ``v1`` Secret as written in the config directory: the keys and certificates
+    a Gateway's ``credentialName`` names. The loader puts its ``type``, ``data`` (base64) and
+    ``stringData`` in ``spec``; :meth:`value` reads a key from either, as bytes."""
+
+    def manifest(self) -> dict[str, Any]:
+        """As Kubernetes writes a Secret: its fields at the top level, no spec."""
+        out = Resource.manifest(self)
+        out.update(out.pop("spec"))
+        return out
+
+    def value(self, key: str) -> bytes | None:
+        import base64
+
+        text = (self.spec.get("stringData") or _EMPTY).get(key)
+        if text is not None:
+            return str(text).encode()
+        data = (self.spec.get("data") or _EMPTY).get(key)
+        if data is None:
+            return None
+        return base64.b64decode(str(data))
+
+
 RESOURCE_CLASSES: Mapping[str, type[Resource]] = {
     "Service": Service,
     "WorkloadEntry": WorkloadEntry,
@@ -303,6 +367,8 @@ RESOURCE_CLASSES: Mapping[str, type[Resource]] = {
     "AuthorizationPolicy": AuthorizationPolicy,
     "PeerAuthentication": PeerAuthentication,
     "RequestAuthentication": RequestAuthentication,
+    "Gateway": Gateway,
+    "Secret": Secret,
 }
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from meshcore.config.destinationrule import check_destination_rule
+from meshcore.config.gateway import check_gateway, check_secret
 from meshcore.config.requestauthn import check_request_authentication
 from meshcore.config.validate import (
     _DNS1123_LABEL,
@@ -388,17 +389,12 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path, *, mesh_bound: bool =
         for group in ("headers", "withoutHeaders"):
             for hname, hm in _d(m.get(group)).items():
                 if isinstance(hname, str) and is_claim_route(hname):
+                    # on gateways: matched on the verified JWT (meshcore.xds.virtualservice)
                     if mesh_bound:
                         c.error(
                             mp + (group, hname),
                             "JWT claim routing (@request.auth.claims) is for gateways:"
                             " sidecars have no JWT filter to read the claims from",
-                        )
-                    else:
-                        c.warn(
-                            mp + (group, hname),
-                            "JWT claim routing applies on gateways, which meshcore does not"
-                            " build yet: this match takes no effect",
                         )
                 else:
                     c.header_name(hname, mp + (group, hname), lowercase=True)
@@ -750,4 +746,6 @@ RULES: Mapping[str, Callable[[Checker, dict[str, Any], str], None]] = {
     "AuthorizationPolicy": check_authorization_policy,
     "PeerAuthentication": check_peer_authentication,
     "RequestAuthentication": check_request_authentication,
+    "Gateway": check_gateway,
+    "Secret": check_secret,
 }

@@ -388,6 +388,54 @@ DESTINATION_RULE_SPEC = message(
     workloadSelector=SELECTOR,
 )
 
+# Gateway (networking.istio.io): its rules are meshcore.config.gateway's.
+GATEWAY_PORT = message("Port", number=UINT32, protocol=STRING, name=STRING, targetPort=UINT32)
+TLS_PROTOCOL = Enum(("TLS_AUTO", "TLSV1_0", "TLSV1_1", "TLSV1_2", "TLSV1_3"))
+SERVER_TLS = message(
+    "ServerTLSSettings",
+    httpsRedirect=BOOL,
+    mode=Enum(
+        ("PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL")
+    ),
+    serverCertificate=STRING,
+    privateKey=STRING,
+    caCertificates=STRING,
+    caCrl=STRING,
+    credentialName=STRING,
+    credentialNames=STRINGS,
+    tlsCertificates=ListOf(
+        message(
+            "TLSCertificate", serverCertificate=STRING, privateKey=STRING, caCertificates=STRING
+        )
+    ),
+    subjectAltNames=STRINGS,
+    verifyCertificateSpki=STRINGS,
+    verifyCertificateHash=STRINGS,
+    minProtocolVersion=TLS_PROTOCOL,
+    maxProtocolVersion=TLS_PROTOCOL,
+    cipherSuites=STRINGS,
+)
+GATEWAY_SPEC = message(
+    "Gateway",
+    servers=ListOf(
+        message(
+            "Server",
+            port=GATEWAY_PORT,
+            bind=STRING,
+            hosts=STRINGS,
+            tls=SERVER_TLS,
+            defaultEndpoint=STRING,
+            name=STRING,
+        )
+    ),
+    selector=LABELS,
+)
+# A Kubernetes Secret keeps these at the top level (no spec): the loader reads them as its spec.
+SECRET_FIELDS = frozenset({"type", "data", "stringData", "immutable"})
+SECRET_SPEC = message(
+    "Secret", type=STRING, data=MapOf(STRING), stringData=MapOf(STRING), immutable=BOOL
+)
+
 # --- security.istio.io ---------------------------------------------------------------------------
 
 # AuthorizationPolicy's spec is checked field by field by meshcore.security._validate (shared
@@ -459,5 +507,7 @@ KINDS: Mapping[str, KindSpec] = {
         KindSpec("AuthorizationPolicy", SECURITY, AUTHORIZATION_POLICY_SPEC),
         KindSpec("PeerAuthentication", SECURITY, PEER_AUTHENTICATION_SPEC),
         KindSpec("RequestAuthentication", SECURITY, REQUEST_AUTHENTICATION_SPEC),
+        KindSpec("Gateway", NETWORKING, GATEWAY_SPEC),
+        KindSpec("Secret", ("v1",), SECRET_SPEC),
     )
 }

@@ -33,6 +33,11 @@ What it does, in order:
    a valid certificate is loaded (503 with the reason otherwise).
 
 The key is never written to disk or logged.
+
+A gateway (Istio's ingress or egress gateway) is the same agent with a ``router~...`` node id
+(``meshcore agent --router``): the control plane gives it the gateway layout
+(:mod:`meshcore.xds.gateway`) and its ``credentialName`` secrets on the ADS stream, and the
+agent's SDS still serves its mesh certificate (ISTIO_MUTUAL servers, mTLS to the sidecars).
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from meshcore.ca.sds import SdsServer, start_sds_server, uds_path
 from meshcore.dataplane.bootstrap import ads_bootstrap
 from meshcore.dataplane.certs import CertificateClient, WorkloadSecret
 from meshcore.errors import MeshcoreError
+from meshcore.xds.node import LABELS_KEY, parse_node_id
 
 log = logging.getLogger("meshcore.dataplane.agent")
 
@@ -410,6 +416,15 @@ class Agent:
                 await writer.wait_closed()
 
 
+def with_proxy_type(node_id: str, proxy_type: str | None) -> str:
+    """The node id with its proxy type (``sidecar``, or ``router`` for a gateway) replaced
+    when one is given; ValueError for an id that is not ``TYPE~IP~NAME.NS~NS.svc.DOMAIN``."""
+    parse_node_id(node_id)
+    if proxy_type is None:
+        return node_id
+    return proxy_type + node_id[node_id.index("~") :]
+
+
 async def run_agent(args: Any, *, token: str | None, root_cert: str) -> int:
     """``meshcore agent``: runs until SIGTERM or SIGINT, then stops Envoy and exits 0.
     Exit codes: 2 for bad arguments or files, 1 when the agent cannot start. The command line
@@ -420,15 +435,24 @@ async def run_agent(args: Any, *, token: str | None, root_cert: str) -> int:
         print(f"meshcore agent: {message}", file=sys.stderr)
         return code
 
-    metadata: dict[str, str] = {}
+    metadata: dict[str, Any] = {}
     for item in args.metadata:
         key, sep, value = item.partition("=")
         if not sep or not key:
             return fail(f"--metadata: expected KEY=VALUE, got {item!r}", 2)
         metadata[key] = value
+    labels: dict[str, str] = {}
+    for item in getattr(args, "label", ()):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            return fail(f"--label: expected KEY=VALUE, got {item!r}", 2)
+        labels[key] = value
+    if labels:
+        metadata[LABELS_KEY] = labels
     try:
+        node_id = with_proxy_type(args.node_id, getattr(args, "proxy_type", None))
         agent = Agent(
-            node_id=args.node_id,
+            node_id=node_id,
             identity=args.identity,
             xds_address=args.xds_address,
             ca_address=args.ca_address,

@@ -47,7 +47,8 @@ def print_report(report: DemoReport, out: TextIO) -> None:
               + ", ".join(f"{pid} ×{n}" for pid, n in sorted(denials.items())), file=out)  # fmt: skip
     lat = report.facts.get("latency_ms", {})
     if lat:
-        print(f"  latency frontend → reviews → ratings (4 sidecar hops): "
+        hops = ("ingress gateway → " if report.facts.get("ingress") else "") + "frontend"
+        print(f"  latency {hops} → reviews → ratings: "
               f"p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms", file=out)  # fmt: skip
     cp = report.facts.get("control_plane", {})
     if cp:
@@ -86,6 +87,7 @@ async def _run_demo(
     report = DemoReport()
     await dm.start()
     try:
+        report.facts["ingress"] = dm.entry if dm.ingress is not None else None
         await tour(dm, report)
         if output == "text":
             print_report(report, out)
@@ -99,7 +101,7 @@ async def _run_demo(
             print(f"\nserving (Ctrl-C stops):\n  status page  {status.url}\n"
                   f"  metrics      http://127.0.0.1:{dm.metrics_port}/metrics\n"
                   f"  xDS sync     http://127.0.0.1:{dm.metrics_port}/debug/syncz\n"
-                  f"  frontend     http://{dm.frontend().app_address}:{dm.frontend().port}{FRONTEND_PATH}",
+                  f"  frontend     http://{dm.entry}{FRONTEND_PATH}",
                   file=out, flush=True)  # fmt: skip
             try:
                 with contextlib.suppress(asyncio.CancelledError):

@@ -29,12 +29,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 import yaml
 
 from meshcore.config import MeshModel, validate
+from meshcore.config.model import Gateway
 from meshcore.demo.apps import App, ZipkinCollector
 from meshcore.demo.expect import CanaryRoute
 from meshcore.xds.node import APP_ADDRESS_KEY, OUTBOUND_ADDRESS_KEY
 
 if TYPE_CHECKING:
-    from meshcore.demo.sidecars import AccessRecords, ReferenceSidecar, Sidecar
+    from meshcore.demo.sidecars import AccessRecords, IngressGateway, ReferenceSidecar, Sidecar
 
 # The example mesh ships in the package (examples/ at the top of the repo links here).
 EXAMPLES = Path(__file__).resolve().parent / "examples"
@@ -42,6 +43,14 @@ FRONTEND_PATH = "/productpage"
 FLAKY_INSTANCE = "ratings-2"
 FLAKY_RATIO = 0.3
 PROXIES = ("envoy", "reference")
+# The ingress gateway (envoy mode): a router proxy in front of frontend, where the tour's
+# requests enter; its listener port comes from the Gateway in the config that selects it.
+INGRESS_ADDRESS = "127.0.40.1"
+INGRESS_LABELS = {"istio": "ingressgateway"}
+INGRESS_NODE = (
+    f"router~{INGRESS_ADDRESS}~istio-ingressgateway.istio-system~istio-system.svc.cluster.local"
+)
+INGRESS_IDENTITY = "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway"
 RBAC_DENIED = re.compile(r"rbac_access_denied_matched_policy\[(\S*?)\](?=[\"\s])")
 
 
@@ -118,6 +127,20 @@ def check_addresses(mesh: MeshModel, workloads: list[Workload]) -> None:
                 taken.append(f"{host}:{port} ({what}): {exc.strerror}")
     if taken:
         raise ValueError("cannot run: addresses of the demo mesh are taken: " + "; ".join(taken))
+
+
+def ingress_port(mesh: MeshModel) -> int | None:
+    """The first HTTP server port of a Gateway selecting the demo's ingress gateway."""
+    from meshcore.config.gateway import is_http
+    from meshcore.xds.gateway import gateways_for
+
+    gateways = tuple(r for r in mesh.resources if isinstance(r, Gateway))
+    for gw in gateways_for(gateways, INGRESS_LABELS):
+        for server in gw.servers:
+            port = server.get("port") or {}
+            if is_http(str(port.get("protocol", ""))) and not server.get("bind"):
+                return int(port["number"])
+    return None
 
 
 def workloads_of(mesh: MeshModel) -> list[Workload]:
@@ -225,10 +248,15 @@ class DemoMesh:
         self.ca_state = self.workdir / "ca"
         # One bootstrap token per workload (Istio uses the pod's service-account JWT).
         self.tokens = {w.name: secrets.token_hex(24) for w in self.workloads}
+        # The ingress gateway runs with real Envoy only (the reference proxy is a sidecar).
+        self.ingress_port = ingress_port(self.mesh) if proxy == "envoy" else None
+        self.ingress: IngressGateway | None = None
+        identities = {self.tokens[w.name]: w.identity for w in self.workloads}
+        if self.ingress_port is not None:
+            self.tokens["ingress"] = secrets.token_hex(24)
+            identities[self.tokens["ingress"]] = INGRESS_IDENTITY
         self.tokens_file = self.workdir / "tokens"
-        self.tokens_file.write_text(
-            "".join(f"{self.tokens[w.name]} {w.identity}\n" for w in self.workloads)
-        )
+        self.tokens_file.write_text("".join(f"{t} {i}\n" for t, i in identities.items()))
         self.tokens_file.chmod(0o600)
         self.control_plane: subprocess.Popen[bytes] | None = None
         self.zipkin = ZipkinCollector()
@@ -251,6 +279,16 @@ class DemoMesh:
     async def start(self) -> None:
         try:
             check_addresses(self.mesh, self.workloads)
+            if self.ingress_port is not None:
+                with socket.socket() as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    try:
+                        s.bind((INGRESS_ADDRESS, self.ingress_port))
+                    except OSError as exc:
+                        raise ValueError(
+                            f"cannot run: {INGRESS_ADDRESS}:{self.ingress_port} (the ingress"
+                            f" gateway's listener) is taken: {exc.strerror}"
+                        ) from None
             self.start_control_plane()
             for w in self.workloads:
                 self.start_app(w)
@@ -271,13 +309,27 @@ class DemoMesh:
             await asyncio.gather(*(s.start() for s in self.sidecars.values()))
             self.progress(f"{len(self.sidecars)} sidecars ready ({kind.kind}; ADS and "
                           "certificates from meshcore)")  # fmt: skip
+            if self.ingress_port is not None:
+                from meshcore.demo.sidecars import IngressGateway
+
+                self.ingress = IngressGateway(self)
+                await self.ingress.start()
+                self.progress(f"ingress gateway ready: http://{self.entry}{FRONTEND_PATH}")
             await asyncio.to_thread(self.wait_for_traffic)
-            self.progress("traffic flows end to end: frontend → reviews → ratings")
+            self.progress(
+                "traffic flows end to end: "
+                + ("ingress gateway → " if self.ingress is not None else "")
+                + "frontend → reviews → ratings"
+            )
         except BaseException:
             await self.stop()
             raise
 
     async def stop(self) -> None:
+        if self.ingress is not None:
+            with contextlib.suppress(Exception):
+                await self.ingress.stop()
+            self.ingress = None
         await asyncio.gather(*(s.stop() for s in self.sidecars.values()), return_exceptions=True)
         if self.access in (access := logging.getLogger("meshcore.proxy.access")).handlers:
             access.removeHandler(self.access)
@@ -347,6 +399,14 @@ class DemoMesh:
     def frontend(self) -> Workload:
         return next(w for w in self.workloads if w.kind == "frontend")
 
+    @property
+    def entry(self) -> str:
+        """Where requests enter: the ingress gateway's listener, else the frontend app."""
+        if self.ingress is not None and self.ingress_port is not None:
+            return f"{INGRESS_ADDRESS}:{self.ingress_port}"
+        fe = self.frontend()
+        return f"{fe.app_address}:{fe.port}"
+
     # -- traffic --
 
     def wait_for_traffic(self, timeout: float = 20.0) -> None:
@@ -367,13 +427,14 @@ class DemoMesh:
         headers: dict[str, str] | None = None,
         concurrency: int = 4,
     ) -> Traffic:
-        """``n`` requests to the frontend app, ``concurrency`` at a time (kept-alive)."""
-        fe = self.frontend()
+        """``n`` requests to the frontend (through the ingress gateway when there is one),
+        ``concurrency`` at a time (kept-alive)."""
+        host, _, port = self.entry.rpartition(":")
         result = Traffic()
 
         def worker(count: int) -> list[tuple[int, dict[str, Any], float]]:
             out = []
-            conn = http.client.HTTPConnection(fe.app_address, fe.port, timeout=10)
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
             try:
                 for _ in range(count):
                     started = time.perf_counter()

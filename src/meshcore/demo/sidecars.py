@@ -100,6 +100,40 @@ class Sidecar:
         await self.agent.stop()
 
 
+class IngressGateway(Sidecar):
+    """The demo's ingress gateway: real Envoy as a router proxy (what ``meshcore agent
+    --router --label istio=ingressgateway`` runs), listening on the loopback address of the
+    demo's layout."""
+
+    def __init__(self, mesh: DemoMesh) -> None:  # not a workload's sidecar
+        from meshcore.dataplane.agent import Agent
+        from meshcore.demo.mesh import (
+            INGRESS_ADDRESS,
+            INGRESS_IDENTITY,
+            INGRESS_LABELS,
+            INGRESS_NODE,
+        )
+        from meshcore.xds.gateway import GATEWAY_ADDRESS_KEY
+        from meshcore.xds.node import LABELS_KEY
+
+        self.dir = mesh.workdir / "gateways" / "istio-ingressgateway"
+        self.agent = Agent(
+            node_id=INGRESS_NODE,
+            identity=INGRESS_IDENTITY,
+            xds_address=f"127.0.0.1:{mesh.xds_port}",
+            ca_address=f"127.0.0.1:{mesh.ca_port}",
+            ca_mtls_address=f"127.0.0.1:{mesh.ca_mtls_port}",
+            ca_root=mesh.ca_root(),
+            token=mesh.tokens["ingress"],
+            workdir=self.dir,
+            metadata={GATEWAY_ADDRESS_KEY: INGRESS_ADDRESS, LABELS_KEY: dict(INGRESS_LABELS)},
+        )
+
+    def gateway_requests(self) -> int:
+        """Requests its gateway listeners answered with 2xx."""
+        return self._sum(r"^http\.outbound_.*\.downstream_rq_2xx$")
+
+
 class AccessRecords(logging.Handler):
     """Collects the reference proxy's structured access records (logger
     ``meshcore.proxy.access``), per workload."""

@@ -71,6 +71,13 @@ async def tour(dm: DemoMesh, report: DemoReport, requests: int = 400) -> None:
         report.check("traffic end to end (no canary in the config)", t.ok == t.total,
                      f"{dict(t.versions)}; {t.ok}/{t.total} ok" + _failures(t))  # fmt: skip
     say(f"canary: {dict(t.versions)} of {t.total} requests")
+    if dm.ingress is not None:
+        # The requests entered through the ingress gateway (Envoy's own count on its listener).
+        served = dm.ingress.gateway_requests()
+        report.facts["ingress_requests_2xx"] = served
+        report.check("ingress gateway in front of frontend", served >= t.ok > 0,
+                     f"{served} requests answered 2xx on the gateway's listener {dm.entry} "
+                     f"(Gateway frontend-gateway, VirtualService bound to it)")  # fmt: skip
 
     # 2. Header routing: testers always get their subset.
     if expect.header is not None:

@@ -34,6 +34,7 @@ from typing import Any
 
 from meshcore.config import DestinationRule, MeshModel, Resource, WorkloadEntry
 from meshcore.xds.cache import Layered, NodeInfo
+from meshcore.xds.gateway import ROUTER
 from meshcore.xds.index import uses_source_match
 from meshcore.xds.node import proxy_for_node
 
@@ -112,6 +113,8 @@ class DependencyIndex:
         self._by_address: dict[tuple[str, str], set[str]] = {}
         self._by_name: dict[tuple[str, str], set[str]] = {}  # (namespace, pod name)
         self._by_namespace: dict[str, set[str]] = {}
+        # Gateway proxies: their route configurations are their own (meshcore.xds.gateway)
+        self._routers: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -145,6 +148,8 @@ class DependencyIndex:
         self._by_address.setdefault((entry.namespace, entry.ip), set()).add(node.id)
         self._by_name.setdefault((entry.namespace, entry.name), set()).add(node.id)
         self._by_namespace.setdefault(entry.namespace, set()).add(node.id)
+        if proxy.type == ROUTER:
+            self._routers.add(node.id)
 
     def remove(self, node_id: str) -> None:
         entry = self.entries.pop(node_id, None)
@@ -161,6 +166,7 @@ class DependencyIndex:
         _discard(self._by_address, (entry.namespace, entry.ip), node_id)
         _discard(self._by_name, (entry.namespace, entry.name), node_id)
         _discard(self._by_namespace, entry.namespace, node_id)
+        self._routers.discard(node_id)
 
     def nodes(self) -> list[NodeInfo]:
         return [e.node for e in self.entries.values()]
@@ -202,6 +208,8 @@ class DependencyIndex:
                 out |= self._by_namespace.get(namespace, set())
             elif kind not in _SHARED_ONLY:
                 return None  # Services, ServiceEntries: listeners, clusters, routes, inbound
+            else:  # VirtualServices and DestinationRules make the gateways' own routes
+                out |= self._routers
         return out
 
 

@@ -196,7 +196,8 @@ class MeshIndex:
                 )
         for vs in self.mesh.virtual_services:
             for key in ("tcp", "tls"):
-                if vs.spec.get(key):
+                # on gateways they are translated (meshcore.xds.gateway); on sidecars not
+                if vs.spec.get(key) and "mesh" in vs.bound_gateways:
                     self.log.problem(
                         vs,
                         f"spec.{key}",

@@ -1,8 +1,11 @@
 """Node identity: who a connected proxy is, from its xDS node id and metadata.
 
 Sidecars identify as Istio's do: ``sidecar~IP~NAME.NAMESPACE~NAMESPACE.svc.cluster.local``,
-matched to a WorkloadEntry by name and namespace, else by address. Proxyless gRPC clients use
-the same shape with node metadata ``GENERATOR: grpc`` (Istio's convention).
+matched to a WorkloadEntry by name and namespace, else by address. Gateway proxies use the
+type ``router`` (``router~IP~NAME.NAMESPACE~...``: :mod:`meshcore.xds.gateway`); their labels,
+which Gateways select, come from their WorkloadEntry or the node metadata ``LABELS``.
+Proxyless gRPC clients use the sidecar shape with node metadata ``GENERATOR: grpc`` (Istio's
+convention).
 
 Node metadata keys of the loopback layout (tests and the demo run without iptables): the app
 listens on ``MESHCORE_APP_ADDRESS`` (default 127.0.0.1), outbound listeners bind on

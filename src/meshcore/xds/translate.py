@@ -69,11 +69,12 @@ clients need certificate providers named ``default`` in their bootstrap when a
 DestinationRule asks for ISTIO_MUTUAL.
 
 Not translated, and reported as warnings when a mesh uses them: VirtualService tcp/tls routes
-and ``exportTo`` visibility, locality load balancing settings, ServiceEntry resolution NONE and
+on sidecars (gateways translate them), and ``exportTo`` visibility, locality load balancing settings, ServiceEntry resolution NONE and
 wildcard hosts. These translation problems are found once per mesh when it is loaded
 (:meth:`Translator.load_problems`): ``meshcore validate`` and ``describe`` print them as
-warnings, ``meshcore serve`` logs them at start-up and on every reload. Not built at all: inbound listeners for proxyless gRPC servers, gateway
-proxies (VirtualServices bound only to gateways are, rightly, not applied to sidecars).
+warnings, ``meshcore serve`` logs them at start-up and on every reload. Not built at all: inbound listeners for proxyless gRPC servers.
+Gateway proxies (node type ``router``) get Istio's gateway layout from
+:mod:`meshcore.xds.gateway`, and their ``credentialName`` secrets over SDS on the ADS stream.
 Endpoints are all HEALTHY (WorkloadEntry health checks are not modelled).
 
 Where the code lives
@@ -82,7 +83,8 @@ This module gathers the public names. The translator is :mod:`meshcore.xds.trans
 holds, per mesh, the index (:mod:`meshcore.xds.index`, Istio's PushContext) and one builder
 per xDS type: :mod:`meshcore.xds.clusters` (with :mod:`meshcore.xds.trafficpolicy`),
 :mod:`meshcore.xds.routes` (with :mod:`meshcore.xds.virtualservice`) and
-:mod:`meshcore.xds.listeners` (with :mod:`meshcore.xds.telemetry`). Names shared with the data
+:mod:`meshcore.xds.listeners` (with :mod:`meshcore.xds.telemetry`), and for gateway proxies
+:mod:`meshcore.xds.gateway` (with :mod:`meshcore.xds.gateway_tls`). Names shared with the data
 plane, the CA and sidecars are in :mod:`meshcore.names`; node identity in
 :mod:`meshcore.xds.node`.
 """

@@ -33,11 +33,12 @@ from typing import Any
 from meshcore._text import shown
 from meshcore.config import ValidationReport
 from meshcore.config.meshconfig import MeshConfig
-from meshcore.config.model import MeshModel
+from meshcore.config.model import MeshModel, selector_matches
 from meshcore.errors import ConfigProblem
 from meshcore.xds import types
 from meshcore.xds.cache import Layered, NodeInfo
 from meshcore.xds.clusters import ClusterBuilder
+from meshcore.xds.gateway import ROUTER, GatewayBuilder
 from meshcore.xds.index import MeshIndex
 from meshcore.xds.jwt import JwksFetcher
 from meshcore.xds.listeners import ListenerBuilder
@@ -80,6 +81,7 @@ class MeshTranslation:
         self.clusters = ClusterBuilder(self.index, problems, mesh_config, system_ca)
         self.routes = RouteBuilder(self.index, problems)
         self.listeners = ListenerBuilder(self.index, problems, providers, mesh_config, jwks)
+        self.gateways = GatewayBuilder(self, problems)
         if previous is not None and previous.index.same_scope(self.index):
             same = self.index.unchanged(previous.index)
             self.clusters.inherit(previous.clusters)
@@ -88,6 +90,8 @@ class MeshTranslation:
 
     def generate(self, proxy: Proxy) -> Generated:
         """The proxy's resources and the problems of exactly those (see :meth:`Translator.generate`)."""
+        if proxy.type == ROUTER:
+            return self._generate_router(proxy)
         inbound_listeners, inbound_clusters, inbound_problems = self.listeners.inbound(proxy)
         # DestinationRules with a workloadSelector change this proxy's clusters and endpoints.
         overrides = self.index.overrides(proxy.namespace, proxy.labels)
@@ -116,6 +120,26 @@ class MeshTranslation:
         }
         return Generated(resources, [problems[k] for k in sorted(problems)])
 
+    def _generate_router(self, proxy: Proxy) -> Generated:
+        """A gateway proxy (:mod:`meshcore.xds.gateway`): its own listeners, routes and
+        secrets over the mesh's clusters and endpoints."""
+        overrides = self.index.overrides(proxy.namespace, proxy.labels)
+        shared = self.clusters.clusters(False, overrides)
+        resources: Resources = {
+            **self.gateways.resources(proxy, shared),
+            types.ENDPOINT: Layered({}, self.clusters.endpoints(overrides)),
+        }
+        problems = {
+            problem_key(p): p
+            for group in (
+                self.index.mesh_problems,
+                self.clusters.problems_for(False, overrides),
+                self.gateways.generate(proxy)[1],
+            )
+            for p in group
+        }
+        return Generated(resources, [problems[k] for k in sorted(problems)])
+
     def load_problems(self) -> list[ConfigProblem]:
         """What proxies will be told about this mesh, found once when it is loaded (so that
         ``meshcore validate`` and ``serve`` report them before any proxy connects): the
@@ -133,6 +157,25 @@ class MeshTranslation:
             groups.append(self.routes.problems[self.routes.route_key(proxy)])
         self.clusters.clusters(False)
         groups.append(self.clusters.problems_for(False))
+        # A gateway proxy of each Gateway, with the labels it selects, in the namespaces of
+        # the workloads it selects (a gateway reads its Secrets there), else in its own.
+        for gw in self.gateways.gateways:
+            spaces = {
+                w.namespace
+                for w in self.mesh.workload_entries
+                if selector_matches(gw.selector, w.workload_labels)
+            }
+            for namespace in sorted(spaces or {gw.namespace}):
+                proxy = Proxy(node_id="", ip="", name="", namespace=namespace, workload=None,
+                              labels=dict(gw.selector), type=ROUTER)  # fmt: skip
+                # another Gateway's problems are found with its own namespaces
+                groups.append(
+                    [
+                        p
+                        for p in self.gateways.generate(proxy)[1]
+                        if p.kind != "Gateway" or (p.namespace, p.name) == (gw.namespace, gw.name)
+                    ]
+                )
         problems = {problem_key(p): p for group in groups for p in group}
         return [problems[k] for k in sorted(problems)]
 

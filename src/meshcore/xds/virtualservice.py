@@ -14,12 +14,24 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
-from envoy.type.matcher.v3 import string_pb2
+from envoy.type.matcher.v3 import metadata_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 
-from meshcore.config.model import VirtualService, resolve_host, selector_matches
-from meshcore.config.rules import GRPC_STATUS
-from meshcore.names import CORS_NAME, FAULT_NAME, OUTBOUND, cluster_name
+from meshcore.config.model import (
+    VirtualService,
+    resolve_gateways,
+    resolve_host,
+    selector_matches,
+)
+from meshcore.config.rules import GRPC_STATUS, JWT_CLAIM_HEADER, is_claim_route
+from meshcore.names import (
+    CORS_NAME,
+    FAULT_NAME,
+    JWT_AUTHN_NAME,
+    JWT_PAYLOAD_KEY,
+    OUTBOUND,
+    cluster_name,
+)
 from meshcore.xds.common import (
     Invalid,
     duration,
@@ -50,6 +62,27 @@ _REDIRECT_CODES = {
 _GRPC_CODES = {name: code for code, name in enumerate(GRPC_STATUS)}
 
 
+def claim_matcher(
+    name: str, spec: Mapping[str, Any], invert: bool, path: str
+) -> metadata_pb2.MetadataMatcher:
+    """Istio's claim route on gateways (``@request.auth.claims.a.b``): the claim in the
+    verified JWT payload the jwt_authn filter puts in its dynamic metadata (a string, or a list
+    holding the value; ``{}``: the claim is present)."""
+    rest = name[len(JWT_CLAIM_HEADER) :]
+    claims = rest[1:-1].split("][") if rest.startswith("[") else rest[1:].split(".")
+    mm = metadata_pb2.MetadataMatcher(filter=JWT_AUTHN_NAME, invert=invert)
+    for key in (JWT_PAYLOAD_KEY, *claims):
+        mm.path.add(key=key)
+    if not spec:
+        mm.value.present_match = True
+        return mm
+    sm = string_matcher(spec, path)
+    either = mm.value.or_match.value_matchers
+    either.add().list_match.one_of.string_match.CopyFrom(sm)
+    either.add().string_match.CopyFrom(sm)
+    return mm
+
+
 def default_retry() -> rc.RetryPolicy:
     rp = rc.RetryPolicy(
         retry_on=DEFAULT_RETRY_ON, host_selection_retry_max_attempts=5, retriable_status_codes=[503]
@@ -66,8 +99,18 @@ class VsRoutes:
     """One VirtualService's HTTP routes for one host and port, as Istio translates them."""
 
     def __init__(
-        self, tr: RouteBuilder, vs: VirtualService, svc: Host, port: int, proxy: Proxy, grpc: bool
+        self,
+        tr: RouteBuilder,
+        vs: VirtualService,
+        svc: Host | None,
+        port: int,
+        proxy: Proxy,
+        grpc: bool,
+        gateway: str = "mesh",
     ) -> None:
+        # ``gateway``: where the routes go (``mesh``, or a Gateway's ``namespace/name``); a
+        # match naming gateways applies only there.
+        self.gateway = gateway
         self.tr, self.vs, self.svc, self.port, self.proxy, self.grpc = (
             tr,
             vs,
@@ -82,7 +125,7 @@ class VsRoutes:
         for i, http in enumerate(self.vs.http):
             path = f"spec.http[{i}]"
             if http.get("delegate"):
-                raise Invalid(path + ".delegate", "delegate is not supported for sidecars")
+                raise Invalid(path + ".delegate", "delegate is not supported by meshcore")
             matches = self._matches(http, path)
             if matches is None:
                 continue
@@ -106,7 +149,9 @@ class VsRoutes:
             mp = f"{path}.match[{j}]"
             if m.get("port") is not None and int(m["port"]) != self.port:
                 continue
-            if m.get("gateways") and "mesh" not in m["gateways"]:
+            if m.get("gateways") and self.gateway not in resolve_gateways(
+                m["gateways"], self.vs.namespace
+            ):
                 continue
             if m.get("sourceLabels") and not selector_matches(m["sourceLabels"], self.proxy.labels):
                 continue
@@ -145,8 +190,11 @@ class VsRoutes:
         for group, invert in (("headers", False), ("withoutHeaders", True)):
             for name in sorted(m.get(group) or {}):
                 hp = f"{path}.{group}.{name}"
-                hm = rc.HeaderMatcher(name=header_name(name, hp), invert_match=invert)
                 spec = m[group][name]
+                if self.gateway != "mesh" and is_claim_route(name):
+                    rm.dynamic_metadata.append(claim_matcher(name, spec, invert, hp))
+                    continue
+                hm = rc.HeaderMatcher(name=header_name(name, hp), invert_match=invert)
                 if not spec:
                     hm.present_match = True  # `{}`: the header is present (or, inverted, absent)
                 else:

@@ -37,6 +37,7 @@ from meshcore.config.model import MeshModel
 from meshcore.errors import ConfigProblem
 from meshcore.xds import types
 from meshcore.xds.cache import Layered, NodeInfo
+from meshcore.xds.capturelisteners import CaptureBuilder
 from meshcore.xds.clusters import ClusterBuilder
 from meshcore.xds.index import MeshIndex
 from meshcore.xds.jwt import JwksFetcher
@@ -80,6 +81,10 @@ class MeshTranslation:
         self.clusters = ClusterBuilder(self.index, problems, mesh_config, system_ca)
         self.routes = RouteBuilder(self.index, problems)
         self.listeners = ListenerBuilder(self.index, problems, providers, mesh_config, jwks)
+        # Istio's capture layout (INTERCEPTION_MODE REDIRECT), from the same builders.
+        self.capture = CaptureBuilder(
+            self.index, problems, self.listeners, self.routes, mesh_config
+        )
         if previous is not None and previous.index.same_scope(self.index):
             same = self.index.unchanged(previous.index)
             self.clusters.inherit(previous.clusters)
@@ -88,6 +93,8 @@ class MeshTranslation:
 
     def generate(self, proxy: Proxy) -> Generated:
         """The proxy's resources and the problems of exactly those (see :meth:`Translator.generate`)."""
+        if proxy.capture and not proxy.proxyless:
+            return self._generate_capture(proxy)
         inbound_listeners, inbound_clusters, inbound_problems = self.listeners.inbound(proxy)
         # DestinationRules with a workloadSelector change this proxy's clusters and endpoints.
         overrides = self.index.overrides(proxy.namespace, proxy.labels)
@@ -111,6 +118,33 @@ class MeshTranslation:
                 self.listeners.outbound_problems[(proxy.proxyless, proxy.outbound_address)],
                 inbound_problems,
                 _duplicate_names(proxy, resources),
+            )
+            for p in group
+        }
+        return Generated(resources, [problems[k] for k in sorted(problems)])
+
+    def _generate_capture(self, proxy: Proxy) -> Generated:
+        """Istio's capture layout (:mod:`meshcore.xds.capturelisteners`): the shared clusters
+        and endpoints, with the capture layout's listeners and route configurations."""
+        capture = self.capture
+        inbound_listeners, inbound_clusters, inbound_problems = capture.inbound(proxy)
+        overrides = self.index.overrides(proxy.namespace, proxy.labels)
+        shared = self.clusters.clusters(False, overrides)
+        own_clusters = dict(sorted({**capture.clusters(), **inbound_clusters}.items()))
+        resources: Resources = {
+            types.CLUSTER: Layered(own_clusters, shared),
+            types.ENDPOINT: Layered({}, self.clusters.endpoints(overrides)),
+            types.LISTENER: Layered(inbound_listeners, capture.outbound_listeners(proxy)),
+            types.ROUTE: Layered({}, capture.route_configs(proxy)),
+        }
+        problems = {
+            problem_key(p): p
+            for group in (
+                self.index.mesh_problems,
+                self.clusters.problems_for(False, overrides),
+                self.routes.problems[self.routes.route_key(proxy)],
+                capture.problems(),
+                inbound_problems,
             )
             for p in group
         }

@@ -215,3 +215,69 @@ def test_bad_cluster_ip_is_a_problem_with_its_path() -> None:
     (problem,) = [p for p in got.problems if p.path == "spec.clusterIP"]
     assert problem.name == "odd"
     assert "not an IPv4 address" in problem.message
+
+
+EXTERNAL = [
+    {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntry",
+        "metadata": {"name": "ext", "namespace": "default"},
+        "spec": {
+            "hosts": ["ext.example.com"],
+            "addresses": ["198.51.100.7"],
+            "resolution": "NONE",
+            "location": "MESH_EXTERNAL",
+            "ports": [
+                {"number": 80, "name": "http", "protocol": "HTTP"},
+                {"number": 5432, "name": "tcp-pg", "protocol": "TCP"},
+            ],
+        },
+    },
+    {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": "reviews", "namespace": "default"},
+        "spec": {
+            "host": "reviews",
+            "subsets": [
+                {"name": "v1", "labels": {"version": "v1"}},
+                {
+                    "name": "v2",
+                    "labels": {"version": "v2"},
+                    "trafficPolicy": {
+                        "loadBalancer": {"simple": "PASSTHROUGH"},
+                        "tls": {"mode": "SIMPLE", "sni": "reviews.example"},
+                    },
+                },
+            ],
+        },
+    },
+]
+
+
+def test_resolution_none_and_passthrough_are_original_destination_in_capture_mode() -> None:
+    got = generate([*BASE, *EXTERNAL])
+    clusters = got.resources[types.CLUSTER]
+    ext = clusters["outbound|80||ext.example.com"]
+    assert ext.type == cluster_pb2.Cluster.ORIGINAL_DST
+    assert ext.lb_policy == cluster_pb2.Cluster.CLUSTER_PROVIDED
+    assert clusters["outbound|5432||ext.example.com"].type == cluster_pb2.Cluster.ORIGINAL_DST
+    v2 = clusters[f"outbound|9080|v2|{REVIEWS}"]
+    assert v2.type == cluster_pb2.Cluster.ORIGINAL_DST
+    assert v2.transport_socket.name == "envoy.transport_sockets.tls"  # SIMPLE still applies
+    assert not v2.HasField("eds_cluster_config")
+    assert clusters[f"outbound|9080|v1|{REVIEWS}"].type == cluster_pb2.Cluster.EDS
+    listeners = got.resources[types.LISTENER]
+    assert "0.0.0.0_80" in listeners
+    assert listeners["198.51.100.7_5432"].bind_to_port.value is False
+    hosts = [vh.name for vh in got.resources[types.ROUTE]["80"].virtual_hosts]
+    assert hosts == ["ext.example.com:80", "allow_any"]
+    assert not [p for p in got.problems if "original-destination" in p.message], got.problems
+
+
+def test_loopback_proxies_are_told_passthrough_needs_capture() -> None:
+    t = Translator()
+    got = generate([*BASE, *EXTERNAL], meta={}, translator=t)
+    assert "outbound|80||ext.example.com" not in got.resources[types.CLUSTER]
+    said = sorted(p.path for p in got.problems if "only capture-mode sidecars" in p.message)
+    assert said == ["spec.resolution", "spec.subsets[v2].trafficPolicy.loadBalancer.simple"]

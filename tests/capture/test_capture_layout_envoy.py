@@ -4,8 +4,10 @@ using every translated feature, under ALLOW_ANY and REGISTRY_ONLY."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from tests.capture.test_capture_layout import BASE, EXTERNAL
 from tests.envoy._sidecar import spiffe_of, validate, workload_secrets
 from tests.envoy.test_xds_translate_envoy import FULL, PROVIDERS, node
 
@@ -18,10 +20,16 @@ from meshcore.xds.translate import Translator, proxy_for_node, render_static_boo
 pytestmark = pytest.mark.envoy
 
 
-@pytest.mark.parametrize("mode", ["ALLOW_ANY", "REGISTRY_ONLY"])
-def test_every_feature_validates_in_capture_mode(mode: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("mode", "objects"),
+    [("ALLOW_ANY", FULL), ("REGISTRY_ONLY", FULL), ("ALLOW_ANY", [*BASE, *EXTERNAL])],
+    ids=["full-allow-any", "full-registry-only", "passthrough"],
+)
+def test_every_feature_validates_in_capture_mode(
+    mode: str, objects: list[dict[str, Any]], tmp_path: Path
+) -> None:
     ca = CertificateAuthority.generate()
-    mesh = load_objects(FULL)
+    mesh = load_objects(objects)
     mc = MeshConfig.from_dict({"outboundTrafficPolicy": {"mode": mode}})
     translator = Translator(mesh_config=mc, extension_providers=PROVIDERS)
     for w in mesh.workload_entries:

@@ -22,6 +22,11 @@ rules (``meshcore iptables``) send the connection to 15001, inbound ones to 1500
   listeners (:func:`meshcore.xds.listeners.inbound_chains`); ``virtualInbound-blackhole`` for a
   connection to 15006 itself; ``virtualInbound-catchall-tcp`` (and ``-plaintext``) to
   ``InboundPassthroughCluster`` for ports no Service declares, under the workload's mode;
+- ServiceEntry hosts with ``resolution: NONE``, and the subsets and ports a DestinationRule
+  gives ``loadBalancer.simple: PASSTHROUGH``: ORIGINAL_DST clusters ``outbound|PORT|SUBSET|HOST``
+  (their other settings, such as ``tls.mode: SIMPLE``, as usual), HTTP ports as virtual hosts
+  of the port's route configuration, TCP ports on their ``addresses`` (or ``0.0.0.0_PORT``);
+  loopback proxies are told these need original-destination routing, capture ones are not;
 - clusters ``inbound|PORT||`` and ``InboundPassthroughCluster``: ORIGINAL_DST, connecting to the
   app at the pod address from 127.0.0.6 (the address Istio's rules let out of the capture);
   ``PassthroughCluster`` (ORIGINAL_DST) and ``BlackHoleCluster`` (no endpoints).
@@ -48,6 +53,7 @@ from google.protobuf.message import Message
 from meshcore.config.meshconfig import MeshConfig
 from meshcore.errors import ConfigProblem
 from meshcore.names import INBOUND, OUTBOUND, TCP_PROXY_NAME, TLS_INSPECTOR_NAME, cluster_name
+from meshcore.xds.clusters import ClusterBuilder
 from meshcore.xds.common import (
     DEFAULT_CONNECT_TIMEOUT_NS,
     duration_ns,
@@ -68,6 +74,7 @@ from meshcore.xds.node import Proxy
 from meshcore.xds.problems import ProblemLog
 from meshcore.xds.routes import RouteBuilder
 from meshcore.xds.telemetry import access_logs
+from meshcore.xds.trafficpolicy import effective_policy
 from meshcore.xds.vips import service_vips
 
 __all__ = [
@@ -103,8 +110,10 @@ class CaptureBuilder:
         log: ProblemLog,
         listeners: ListenerBuilder,
         routes: RouteBuilder,
+        clusters: ClusterBuilder,
         mesh_config: MeshConfig | None,
     ) -> None:
+        self.cluster_builder = clusters
         self.index = index
         self.log = log
         self.listeners = listeners
@@ -119,6 +128,8 @@ class CaptureBuilder:
         self._routes: dict[tuple[Any, ...], dict[str, Message]] = {}
         self._clusters: dict[str, Message] | None = None
         self._inbound: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+        self._passthrough: dict[str, Message] | None = None
+        self._passthrough_problems: list[ConfigProblem] = []
 
     # --- VIPs --------------------------------------------------------------------------------
 
@@ -183,7 +194,69 @@ class CaptureBuilder:
                         )
                         continue
                     out[name] = _unbound(_outbound_tcp_listener(name, address, port, cluster, mc))
+        for ps in self._passthrough_ports():
+            port = ps.port.port
+            wildcard = f"{WILDCARD}_{port}"
+            if is_http(ps.protocol):
+                if wildcard not in out:
+                    out[wildcard] = _unbound(_outbound_http_listener(wildcard, WILDCARD, port, mc))
+                continue
+            cluster = cluster_name(OUTBOUND, port, "", ps.service.hostname)
+            for address in self._addresses(ps) or [WILDCARD]:
+                name = f"{address}_{port}"
+                if name in out:
+                    self.log.problem(
+                        ps.service,
+                        f"spec.ports[{ps.port.name}]",
+                        f"TCP port {port} has no address of its own ({name} is already taken);"
+                        " this host gets no outbound listener for it",
+                        severity="warning",
+                    )
+                    continue
+                out[name] = _unbound(_outbound_tcp_listener(name, address, port, cluster, mc))
         return dict(sorted(out.items()))
+
+    def _passthrough_ports(self) -> list[PortService]:
+        """The ports of ServiceEntry hosts with resolution NONE (original destination)."""
+        return [
+            PortService(host, sp, port_protocol(sp))
+            for host in self.index.passthrough_hosts
+            for sp in host.ports
+            if port_protocol(sp) != "udp"
+        ]
+
+    def passthrough_clusters(self) -> dict[str, Message]:
+        """ORIGINAL_DST clusters: every port of a resolution NONE host, and the subsets and
+        ports whose DestinationRule asks for PASSTHROUGH load balancing (the rest of their
+        policy, e.g. SIMPLE TLS, applies as usual). DestinationRules with a workloadSelector
+        are not looked at here."""
+        if self._passthrough is None:
+            built: dict[str, Message] = {}
+            clusters = self.cluster_builder
+            groups = [
+                (ps, ["", *sorted(self.index.subsets(ps.service.hostname))])
+                for ps in self._passthrough_ports()
+            ]
+            for ps, subsets in self.index.port_groups():
+                dr = self.index.mesh.destination_rule_for(ps.service.hostname)
+                picked = [s for s in subsets if _passthrough_lb(dr, s, ps.port.port)]
+                if picked:
+                    groups.append((ps, picked))
+            with self.log.capture() as self._passthrough_problems:
+                for ps, subsets in groups:
+                    host = ps.service.hostname
+                    dr = self.index.mesh.destination_rule_for(host)
+                    for subset in subsets:
+                        name = cluster_name(OUTBOUND, ps.port.port, subset, host)
+                        c = clusters._outbound_cluster(name, ps, subset, False, dr, True)
+                        if c is not None:
+                            built[name] = c
+            self._passthrough = dict(sorted(built.items()))
+        return self._passthrough
+
+    def passthrough_problems(self) -> list[ConfigProblem]:
+        self.passthrough_clusters()
+        return self._passthrough_problems
 
     def _virtual_outbound(self) -> listener_pb2.Listener:
         listener = listener_pb2.Listener(
@@ -208,7 +281,17 @@ class CaptureBuilder:
         if found is None:
             vips = self.vips()
             found = {}
-            for name, shared in self.routes.route_configs(proxy).items():
+            passthrough: dict[str, list[Any]] = {}
+            for ps in self._passthrough_ports():
+                if is_http(ps.protocol):
+                    passthrough.setdefault(str(ps.port.port), []).append(_passthrough_host(ps))
+            shared_configs = dict(self.routes.route_configs(proxy))
+            for port_name in passthrough:
+                if port_name not in shared_configs:
+                    empty = route_pb2.RouteConfiguration(name=port_name)
+                    empty.validate_clusters.value = False
+                    shared_configs[port_name] = empty
+            for name, shared in sorted(shared_configs.items()):
                 rcfg = route_pb2.RouteConfiguration()
                 rcfg.CopyFrom(shared)
                 for vh in rcfg.virtual_hosts:
@@ -216,6 +299,7 @@ class CaptureBuilder:
                     vip = vips.get(host)
                     if vip:
                         vh.domains.extend((vip, f"{vip}:{port}"))
+                rcfg.virtual_hosts.extend(passthrough.get(name, ()))
                 rcfg.virtual_hosts.append(self._fallback_host())
                 found[name] = rcfg
             self._routes[key] = found
@@ -369,6 +453,25 @@ def original_dst_cluster(name: str, source: str = "") -> cluster_pb2.Cluster:
         c.upstream_bind_config.source_address.address = source
         c.upstream_bind_config.source_address.port_value = 0
     return c
+
+
+def _passthrough_lb(dr: Any, subset: str, port: int) -> bool:
+    lb = effective_policy(dr, subset, port).get("loadBalancer") or {}
+    return bool(lb.get("simple") == "PASSTHROUGH")
+
+
+def _passthrough_host(ps: PortService) -> Any:
+    """The virtual host of a resolution NONE host's HTTP port: its default route to its
+    ORIGINAL_DST cluster."""
+    host, port = ps.service.hostname, ps.port.port
+    vh = route_pb2.RouteConfiguration().virtual_hosts.add(
+        name=f"{host}:{port}", domains=[host, f"{host}:{port}"]
+    )
+    route = vh.routes.add(name="default")
+    route.match.prefix = "/"
+    route.route.cluster = cluster_name(OUTBOUND, port, "", host)
+    route.route.timeout.CopyFrom(duration_ns(0))
+    return vh
 
 
 def _unbound(listener: listener_pb2.Listener) -> listener_pb2.Listener:

@@ -39,6 +39,7 @@ from meshcore.xds import types
 from meshcore.xds.cache import Layered, NodeInfo
 from meshcore.xds.capturelisteners import CaptureBuilder
 from meshcore.xds.clusters import ClusterBuilder
+from meshcore.xds.common import CAPTURE_ONLY
 from meshcore.xds.index import MeshIndex
 from meshcore.xds.jwt import JwksFetcher
 from meshcore.xds.listeners import ListenerBuilder
@@ -83,7 +84,7 @@ class MeshTranslation:
         self.listeners = ListenerBuilder(self.index, problems, providers, mesh_config, jwks)
         # Istio's capture layout (INTERCEPTION_MODE REDIRECT), from the same builders.
         self.capture = CaptureBuilder(
-            self.index, problems, self.listeners, self.routes, mesh_config
+            self.index, problems, self.listeners, self.routes, self.clusters, mesh_config
         )
         if previous is not None and previous.index.same_scope(self.index):
             same = self.index.unchanged(previous.index)
@@ -130,7 +131,8 @@ class MeshTranslation:
         inbound_listeners, inbound_clusters, inbound_problems = capture.inbound(proxy)
         overrides = self.index.overrides(proxy.namespace, proxy.labels)
         shared = self.clusters.clusters(False, overrides)
-        own_clusters = dict(sorted({**capture.clusters(), **inbound_clusters}.items()))
+        own = {**capture.clusters(), **capture.passthrough_clusters(), **inbound_clusters}
+        own_clusters = dict(sorted(own.items()))
         resources: Resources = {
             types.CLUSTER: Layered(own_clusters, shared),
             types.ENDPOINT: Layered({}, self.clusters.endpoints(overrides)),
@@ -144,9 +146,11 @@ class MeshTranslation:
                 self.clusters.problems_for(False, overrides),
                 self.routes.problems[self.routes.route_key(proxy)],
                 capture.problems(),
+                capture.passthrough_problems(),
                 inbound_problems,
             )
             for p in group
+            if CAPTURE_ONLY not in p.message  # applied here
         }
         return Generated(resources, [problems[k] for k in sorted(problems)])
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from tests.capture._mesh import CaptureMesh, Workload, capture_mesh, obj, usable_envoy
+from tests.capture._mesh import CaptureMesh, Workload, capture_mesh, obj, rewrite, usable_envoy
 
 from meshcore.capture.pods import available
 from meshcore.capture.sidecar import capture_counts
@@ -108,7 +108,7 @@ def test_strict_refuses_a_pod_without_sidecar_permissive_serves_it(mesh: Capture
     refused = mesh.get(outsider, f"http://{v1.pod.ip}:9080/plaintext", 1)
     assert refused[0]["status"] == 0, refused  # the TLS handshake fails: connection reset
     assert mesh.app_requests(v1) == seen
-    mesh.write("policy", ROUTING + strict("PERMISSIVE"))
+    rewrite(mesh, ROUTING + strict("PERMISSIVE"))
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -119,7 +119,7 @@ def test_strict_refuses_a_pod_without_sidecar_permissive_serves_it(mesh: Capture
         assert got[0]["status"] == 200, got
         assert got[0]["body"]["xfcc"] == ""  # plaintext: no client certificate
     finally:
-        mesh.write("policy", ROUTING + strict("STRICT"))
+        rewrite(mesh, ROUTING + strict("STRICT"))
     deadline = time.monotonic() + 20
     while mesh.get(outsider, f"http://{v1.pod.ip}:9080/again", 1)[0]["status"] != 0:
         assert time.monotonic() < deadline, "STRICT did not come back"

@@ -35,7 +35,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     root = tmp_path_factory.mktemp("ca") / "root.pem"
     root.write_text(CertificateAuthority.generate().trust_bundle_pem())
     root.parent.chmod(0o755)
-    return [*AGENT, "--ca-root", str(root)]
+    return [*AGENT, "--root-cert", str(root)]
 
 
 def test_capture_counts_sum_each_istio_chain() -> None:

@@ -212,7 +212,7 @@ class PodMesh:
                 "--identity", spiffe(w.sa), "--xds-address", f"{ip}:{ISTIOD_PORTS['xds']}",
                 "--ca-address", f"{ip}:{ISTIOD_PORTS['ca']}",
                 "--ca-mtls-address", f"{ip}:{ISTIOD_PORTS['ca_mtls']}",
-                "--ca-root", str(self.root / "state" / "root-cert.pem"),
+                "--root-cert", str(self.root / "state" / "root-cert.pem"),
                 # serve's certificate on 0.0.0.0 names localhost (Istio: ISTIOD_SAN)
                 "--ca-server-name", "localhost",
                 "--token-file", str(tokens / w.sa),

@@ -279,6 +279,12 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--config", metavar="DIR", help="mesh config (default: the examples/ mesh)")
     m.add_argument("--serve", action="store_true", help="keep running after the tour")
     m.add_argument(
+        "--capture",
+        action="store_true",
+        help="Istio's capture layout: pods as network namespaces, iptables, apps calling services"
+        " by name (needs root; make demo picks it when it can)",
+    )
+    m.add_argument(
         "--proxy",
         choices=("envoy", "reference"),
         default="envoy",

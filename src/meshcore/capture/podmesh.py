@@ -41,10 +41,15 @@ ADMIN_PORT = 15000
 # x-user header passed on) and includes the answer; fails a given fraction of requests with
 # 503 (a flaky instance). Logs each request.
 APP = r"""
-import http.server, json, random, sys, urllib.request, urllib.error
+import http.server, json, random, socket, sys, urllib.request, urllib.error
 name, version, port, call, flaky = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    def setup(self):
+        super().setup()
+        # headers and body are two writes: without this, Nagle holds the body for the peer's
+        # delayed ACK (40 ms) on Envoy's kept-alive connection
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     def do_GET(self):
         print("request", self.path, self.client_address[0], flush=True)
         if flaky and random.random() < flaky:
@@ -142,6 +147,10 @@ class PodWorkload:
     port: int = 9080
     calls: str = ""
     flaky: float = 0.0
+    # False: the loopback layout in the pod (no rules, no held app; for comparisons)
+    capture: bool = True
+    metadata: dict[str, str] = field(default_factory=dict)  # node metadata (agent --metadata)
+    command: list[str] | None = None  # the app instead of the standard one
     pod: Pod | None = None
     agent: subprocess.Popen[Any] | None = None
     workdir: Path | None = None
@@ -207,7 +216,7 @@ class PodMesh:
         tokens = self.root / "tokens.d"
         tokens.mkdir(exist_ok=True)
         (tokens / w.sa).write_text(_token(w.sa) + "\n")
-        args = [sys.executable, "-m", "meshcore.cli", "agent", "--capture",
+        args = [sys.executable, "-m", "meshcore.cli", "agent",
                 "--node-id", f"sidecar~{w.the_pod().ip}~{w.name}.default~default.svc.cluster.local",
                 "--identity", spiffe(w.sa), "--xds-address", f"{ip}:{ISTIOD_PORTS['xds']}",
                 "--ca-address", f"{ip}:{ISTIOD_PORTS['ca']}",
@@ -219,7 +228,13 @@ class PodMesh:
                 "--workdir", str(w.dir()), "--status-port", str(STATUS_PORT),
                 "--admin-port", str(ADMIN_PORT), "--envoy", self.envoy,
                 "--drain-seconds", str(drain)]  # fmt: skip
-        if app:
+        for key, value in w.metadata.items():
+            args += ["--metadata", f"{key}={value}"]
+        if w.capture:
+            args.append("--capture")
+        if app and w.capture and w.command is not None:
+            args += ["--", *w.command]
+        elif app and w.capture:
             version = w.labels.get("version", "")
             args += ["--", sys.executable, "-u", "-c", APP, w.app, version, str(w.port), w.calls,
                      str(w.flaky)]  # fmt: skip

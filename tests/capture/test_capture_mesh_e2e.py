@@ -19,6 +19,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from tests.capture._mesh import CaptureMesh, Workload, capture_mesh, obj, rewrite, usable_envoy
@@ -97,6 +98,17 @@ def test_apps_call_services_by_name_and_routes_apply(mesh: CaptureMesh) -> None:
     inbound = "listener.0.0.0.0_15006.downstream_cx_total"
     assert mesh.stat(mesh.workloads["reviews-v1"], inbound) > 0
     assert mesh.stat(mesh.workloads["reviews-v2"], inbound) > 0
+
+
+def test_apps_are_held_until_envoy_is_ready(mesh: CaptureMesh) -> None:
+    """holdApplicationUntilProxyStarts: each app started after its Envoy answered ready, and
+    Envoy runs as UID 1337 while the app does not."""
+    for w in mesh.workloads.values():
+        log = mesh.agent_log(w)
+        assert log.index("readiness on") < log.index("Envoy ready; application started"), log
+        status = Path(f"/proc/{mesh.envoy_pid(w)}/status").read_text()
+        assert "\nUid:\t1337\t" in status
+        assert "\nGid:\t1337\t" in status
 
 
 def test_authorization_policy_denies_in_capture_mode(mesh: CaptureMesh) -> None:

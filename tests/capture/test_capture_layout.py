@@ -272,6 +272,13 @@ def test_resolution_none_and_passthrough_are_original_destination_in_capture_mod
     assert listeners["198.51.100.7_5432"].bind_to_port.value is False
     hosts = [vh.name for vh in got.resources[types.ROUTE]["80"].virtual_hosts]
     assert hosts == ["ext.example.com:80", "allow_any"]
+    ext_host = got.resources[types.ROUTE]["80"].virtual_hosts[0]
+    assert list(ext_host.domains) == [
+        "ext.example.com",
+        "ext.example.com:80",
+        "198.51.100.7",
+        "198.51.100.7:80",
+    ]
     assert not [p for p in got.problems if "original-destination" in p.message], got.problems
 
 

@@ -464,8 +464,10 @@ def _passthrough_host(ps: PortService) -> Any:
     """The virtual host of a resolution NONE host's HTTP port: its default route to its
     ORIGINAL_DST cluster."""
     host, port = ps.service.hostname, ps.port.port
+    # Its addresses answer for it too (Istio's domains include a service's addresses).
+    names = [host, *(str(a) for a in ps.service.spec.get("addresses") or () if "/" not in str(a))]
     vh = route_pb2.RouteConfiguration().virtual_hosts.add(
-        name=f"{host}:{port}", domains=[host, f"{host}:{port}"]
+        name=f"{host}:{port}", domains=[d for n in names for d in (n, f"{n}:{port}")]
     )
     route = vh.routes.add(name="default")
     route.match.prefix = "/"

@@ -288,3 +288,9 @@ def test_loopback_proxies_are_told_passthrough_needs_capture() -> None:
     assert "outbound|80||ext.example.com" not in got.resources[types.CLUSTER]
     said = sorted(p.path for p in got.problems if "only capture-mode sidecars" in p.message)
     assert said == ["spec.resolution", "spec.subsets[v2].trafficPolicy.loadBalancer.simple"]
+
+
+def test_bad_cluster_ip_is_reported_at_load_time() -> None:
+    mesh = load_objects([*BASE, svc("odd", 9090, clusterIP="not-an-ip")])
+    found = [p for p in Translator().load_problems(mesh) if p.path == "spec.clusterIP"]
+    assert [p.name for p in found] == ["odd"]

@@ -123,6 +123,7 @@ class CaptureBuilder:
             mesh_config is None or mesh_config.outbound_traffic_policy != "REGISTRY_ONLY"
         )
         self._vips: dict[str, str] | None = None
+        self._vip_problems: list[ConfigProblem] | None = None
         self._outbound: dict[bool, dict[str, Message]] = {}
         self.outbound_problems: dict[bool, list[ConfigProblem]] = {}
         self._routes: dict[tuple[Any, ...], dict[str, Message]] = {}
@@ -161,15 +162,25 @@ class CaptureBuilder:
     def problems(self) -> list[ConfigProblem]:
         return self.outbound_problems.get(self.allow_any, [])
 
+    def vip_problems(self) -> list[ConfigProblem]:
+        """An unusable ``clusterIP`` per Service (reported at load time too: ``meshcore
+        validate`` shows it whatever the proxies' layout)."""
+        if self._vip_problems is None:
+            _, errors = service_vips(self.index.services)
+            with self.log.capture() as self._vip_problems:
+                for svc in self.index.services:
+                    if svc.hostname in errors:
+                        self.log.problem(
+                            svc,
+                            "spec.clusterIP",
+                            f"{errors[svc.hostname]}; a VIP is allocated instead",
+                        )
+        else:
+            self.log.emit(self._vip_problems)
+        return self._vip_problems
+
     def _build_outbound(self) -> dict[str, Message]:
-        _, errors = service_vips(self.index.services)
-        for svc in self.index.services:
-            if svc.hostname in errors:
-                self.log.problem(
-                    svc,
-                    "spec.clusterIP",
-                    f"{errors[svc.hostname]}; a VIP is allocated instead",
-                )
+        self.vip_problems()
         mc = self.mesh_config
         out: dict[str, Message] = {VIRTUAL_OUTBOUND: self._virtual_outbound()}
         for port in sorted(self.index.by_port):

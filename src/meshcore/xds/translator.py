@@ -171,6 +171,7 @@ class MeshTranslation:
             groups.append(self.routes.problems[self.routes.route_key(proxy)])
         self.clusters.clusters(False)
         groups.append(self.clusters.problems_for(False))
+        groups.append(self.capture.vip_problems())
         problems = {problem_key(p): p for group in groups for p in group}
         return [problems[k] for k in sorted(problems)]
 

@@ -83,9 +83,17 @@ bench: release
 
 # The demo mesh: control plane + CA, three services behind real Envoy sidecars (via the agent),
 # live traffic and a live change; prints what happened and exits 0 when every check passed.
+# DEMO_LAYOUT=auto (the default) runs the capture layout (pods, Istio's iptables rules) as root
+# with network namespaces, else the loopback layout, and says which; capture or loopback force it.
+DEMO_LAYOUT ?= auto
 demo: dev
 	$(VENV)/bin/meshcore validate examples/
-	$(VENV)/bin/meshcore demo
+	@[ "$(DEMO_LAYOUT)" = auto ] || echo "meshcore demo layout: $(DEMO_LAYOUT) (DEMO_LAYOUT)"
+	@if [ "$(DEMO_LAYOUT)" = capture ] || { [ "$(DEMO_LAYOUT)" = auto ] && $(PY) -c 'import sys; \
+		from meshcore.capture.pods import available; r = available(); \
+		print("meshcore demo layout: " + ("capture (root, network namespaces: pods, iptables)" \
+		if r is None else "loopback (" + r + ")"), flush=True); sys.exit(r is not None)'; }; \
+	then $(VENV)/bin/meshcore demo --capture; else $(VENV)/bin/meshcore demo; fi
 
 protos: $(VENV)/.deps
 	$(PY) -m meshcore._protos

@@ -29,9 +29,9 @@ from types import TracebackType
 from typing import Any
 
 from meshcore.capture.apply import CaptureError
+from meshcore.xds.vips import SERVICE_CIDR
 
 POD_CIDR = ipaddress.ip_network("198.18.0.0/16")
-SERVICE_CIDR = ipaddress.ip_network("198.19.0.0/16")
 NETNS_ETC = Path("/etc/netns")
 
 
@@ -130,6 +130,7 @@ class PodNetwork:
         self.bridge_netns = f"{self.prefix}-br"
         self.pods: dict[str, Pod] = {}
         self.services: dict[str, str] = {}
+        self._aliases: dict[str, tuple[str, ...]] = {}
         self._namespaces: list[str] = []
         self._open = False
 
@@ -183,19 +184,28 @@ class PodNetwork:
         self._write_hosts()
         return pod
 
-    def add_service(self, name: str) -> str:
-        """A service name with the next virtual IP (nothing listens there: capture does)."""
+    def add_service(self, name: str, vip: str | None = None, aliases: Sequence[str] = ()) -> str:
+        """A service name with a virtual IP (nothing listens there: capture does): ``vip``
+        (the translator's, :func:`meshcore.xds.vips.service_vips`), else the next one of
+        198.19.0.10-255; ``aliases`` are more names for it (``reviews.default.svc...``)."""
         if name in self.pods or name in self.services or not name.replace("-", "").isalnum():
             raise CaptureError(f"bad or duplicate service name {name!r}")
-        vip = str(SERVICE_CIDR.network_address + len(self.services) + 10)
+        if vip is None:
+            vip = str(SERVICE_CIDR.network_address + len(self.services) + 10)
+        elif ipaddress.ip_address(vip) not in SERVICE_CIDR:
+            raise CaptureError(f"service {name}: VIP {vip} is outside {SERVICE_CIDR}")
         self.services[name] = vip
+        self._aliases[name] = tuple(aliases)
         self._write_hosts()
         return vip
 
     def _write_hosts(self) -> None:
         lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost"]
         lines += [f"{p.ip}\t{p.name}" for p in self.pods.values()]
-        lines += [f"{vip}\t{name}" for name, vip in self.services.items()]
+        lines += [
+            "\t".join((vip, name, *self._aliases.get(name, ())))
+            for name, vip in self.services.items()
+        ]
         text = "".join(line + "\n" for line in lines)
         for pod in self.pods.values():
             directory = NETNS_ETC / pod.netns

@@ -180,6 +180,8 @@ def _demo(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_USAGE
+    if args.capture:
+        return _demo_capture(args)
     from meshcore.demo import run_demo
 
     if args.config is not None and not Path(args.config).is_dir():
@@ -202,6 +204,23 @@ def _demo(args: argparse.Namespace) -> int:
     except ValueError as exc:  # the config (validated first) or the options
         print(f"meshcore demo: {exc}", file=sys.stderr)
         return EXIT_INVALID
+
+
+def _demo_capture(args: argparse.Namespace) -> int:
+    from meshcore.capture.pods import available
+    from meshcore.dataplane.agent import find_envoy
+    from meshcore.demo.capture import run_capture_demo
+
+    if args.config is not None or args.serve or args.proxy != "envoy" or args.output != "text":
+        print("meshcore demo --capture: runs the examples mesh with Envoy once, text output"
+              " (--config, --serve, --proxy and -o are for the loopback layout)", file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    reason = available()
+    if reason is not None:
+        print(f"meshcore demo --capture: {reason} (the loopback layout needs neither:"
+              " meshcore demo)", file=sys.stderr)  # fmt: skip
+        return EXIT_USAGE
+    return run_capture_demo(find_envoy())
 
 
 class _UsageError(Exception):

@@ -222,6 +222,41 @@ def parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="Envoy node metadata, e.g. MESHCORE_APP_ADDRESS=127.0.10.2 (repeatable)",
     )
+    a.add_argument(
+        "--ca-server-name",
+        default=None,
+        metavar="NAME",
+        help="the name the CA's certificate is checked for (Istio's ISTIOD_SAN), when the CA"
+        " is dialled by an address its certificate does not name",
+    )
+    a.add_argument(
+        "--capture",
+        action="store_true",
+        help="Istio's capture in this network namespace: apply its iptables rules, run Envoy as"
+        " --proxy-uid, node metadata INTERCEPTION_MODE=REDIRECT (needs root)",
+    )
+    a.add_argument(
+        "--capture-check",
+        action="store_true",
+        help="with --capture: only check that an init step (meshcore iptables) applied the rules",
+    )
+    a.add_argument(
+        "--proxy-uid", type=int, default=1337, help="with --capture: Envoy's UID and GID"
+    )
+    a.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with an application: how long it is held waiting for Envoy",
+    )
+    a.add_argument(
+        "app",
+        nargs=argparse.REMAINDER,
+        metavar="-- APP ...",
+        help="with --capture: the application, started once Envoy is ready"
+        " (holdApplicationUntilProxyStarts)",
+    )
 
     x = command("proxy", "run the reference proxy (meshcore.dataplane) for one workload")
     _workload_inputs(x)
@@ -263,6 +298,12 @@ def parser() -> argparse.ArgumentParser:
     m = command("demo", "run the demo mesh: control plane, CA, three services behind sidecars")
     m.add_argument("--config", metavar="DIR", help="mesh config (default: the examples/ mesh)")
     m.add_argument("--serve", action="store_true", help="keep running after the tour")
+    m.add_argument(
+        "--capture",
+        action="store_true",
+        help="Istio's capture layout: pods as network namespaces, iptables, apps calling services"
+        " by name (needs root; make demo picks it when it can)",
+    )
     m.add_argument(
         "--proxy",
         choices=("envoy", "reference"),

@@ -13,6 +13,9 @@ defaultConfig:
 trustDomain: cluster.local
 rootNamespace: istio-system
 extensionProviders: [...]           # ext_authz providers for CUSTOM AuthorizationPolicies
+outboundTrafficPolicy:
+  mode: ALLOW_ANY                   # or REGISTRY_ONLY: what capture-mode sidecars do with
+                                    # traffic to hosts outside the registry
 ```
 
 Unknown fields are errors with "did you mean", as everywhere else, each with file and line;
@@ -48,6 +51,9 @@ MESH_CONFIG = s.message(
     trustDomain=s.STRING,
     rootNamespace=s.STRING,
     extensionProviders=s.ListOf(s.ANY),
+    outboundTrafficPolicy=s.message(
+        "OutboundTrafficPolicy", mode=s.Enum(("ALLOW_ANY", "REGISTRY_ONLY"))
+    ),
 )
 
 # Istio's default access log format (TEXT), with the fields that say why a request ended as it
@@ -104,6 +110,9 @@ class MeshConfig:
     trust_domain: str = "cluster.local"
     root_namespace: str = "istio-system"
     extension_providers: tuple[Any, ...] = ()
+    # ALLOW_ANY or REGISTRY_ONLY: where a capture-mode sidecar sends traffic to a destination
+    # the registry does not know (PassthroughCluster or BlackHoleCluster).
+    outbound_traffic_policy: str = "ALLOW_ANY"
     # What was worth a warning when it was read (errors raise ConfigError instead).
     warnings: tuple[ConfigProblem, ...] = field(default=(), compare=False)
 
@@ -168,6 +177,9 @@ def _read(value: Any, file: str, line_of: Any) -> MeshConfig:
         trust_domain=str(value.get("trustDomain") or "cluster.local"),
         root_namespace=str(value.get("rootNamespace") or "istio-system"),
         extension_providers=tuple(value.get("extensionProviders") or ()),
+        outbound_traffic_policy=str(
+            (value.get("outboundTrafficPolicy") or {}).get("mode") or "ALLOW_ANY"
+        ),
         warnings=tuple(problems),
     )
 

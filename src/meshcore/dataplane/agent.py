@@ -28,7 +28,10 @@ What it does, in order:
 4. Starts Envoy and supervises it: if it exits, it is started again with exponential backoff
    (0.5 s doubling to 10 s, reset once an Envoy has run for 30 s). Envoy's output goes to
    ``WORKDIR/envoy.log``.
-5. Reports readiness: :meth:`ready`, :meth:`wait_ready`, and with ``status_port`` an HTTP
+5. With ``proxy_uid`` (capture mode, :mod:`meshcore.capture.sidecar`), runs Envoy as that user
+   (Istio's 1337) so that the pod's iptables rules let its own connections out uncaptured; the
+   work directory and the SDS socket are handed to that user.
+6. Reports readiness: :meth:`ready`, :meth:`wait_ready`, and with ``status_port`` an HTTP
    endpoint ``/healthz/ready`` answering 200 only when Envoy's admin ``/ready`` says LIVE and
    a valid certificate is loaded (503 with the reason otherwise).
 
@@ -95,6 +98,22 @@ def find_envoy(path: str | None = None) -> str:
     return found
 
 
+def as_user(uid: int | None, gid: int | None) -> list[str]:
+    """The command prefix that runs a program as ``uid``/``gid`` without supplementary groups
+    (util-linux ``setpriv``); [] for None. A prefix rather than Popen's user/group arguments:
+    those make Python fork and run gRPC's fork handlers in the child of a process with gRPC
+    threads (which can abort it); without them the child is spawned with vfork."""
+    if uid is None:
+        return []
+    import shutil
+
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise AgentError("setpriv not found (Debian: util-linux), needed to run Envoy as a user")
+    group = uid if gid is None else gid
+    return [setpriv, f"--reuid={uid}", f"--regid={group}", "--clear-groups", "--"]
+
+
 def _split_address(address: str, what: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -124,8 +143,13 @@ class Agent:
         metadata: Mapping[str, Any] | None = None,
         drain_seconds: float = 0.0,
         log_level: str = "warning",
+        proxy_uid: int | None = None,
+        proxy_gid: int | None = None,
+        ca_server_name: str | None = None,
     ) -> None:
         self.node_id = node_id
+        self.proxy_uid = proxy_uid
+        self.proxy_gid = proxy_gid if proxy_gid is not None else proxy_uid
         self.xds_host, self.xds_port = _split_address(xds_address, "xds_address")
         _split_address(ca_address, "ca_address")
         if ca_mtls_address is not None:
@@ -146,6 +170,7 @@ class Agent:
             mtls_address=ca_mtls_address,
             bootstrap_token=token,
             ttl=cert_ttl,
+            server_name=ca_server_name,
         )
         self.sds: SdsServer | None = None
         self.sds_address = ""
@@ -185,6 +210,11 @@ class Agent:
             self._sds_server, self.sds, self.sds_address = await start_sds_server(
                 uds=uds_path(self.workdir)
             )
+            if self.proxy_uid is not None:
+                # Envoy, as the proxy user, writes its admin address here and dials SDS.
+                gid = self.proxy_gid if self.proxy_gid is not None else self.proxy_uid
+                os.chown(self.workdir, self.proxy_uid, gid)
+                os.chown(uds_path(self.workdir), self.proxy_uid, gid)
             self.certificates.subscribe(self._on_certificate)
             await self.certificates.fetch()
             self._tasks.append(asyncio.create_task(self.certificates.run(self._stop)))
@@ -299,6 +329,7 @@ class Agent:
         admin_file = self.workdir / "envoy-admin-address"
         admin_file.unlink(missing_ok=True)
         self._proc = await asyncio.create_subprocess_exec(
+            *as_user(self.proxy_uid, self.proxy_gid),
             self.envoy_path,
             "-c", str(path),
             "--concurrency", "1",
@@ -449,6 +480,22 @@ async def run_agent(args: Any, *, token: str | None, root_cert: str) -> int:
         labels[key] = value
     if labels:
         metadata[LABELS_KEY] = labels
+    capture = getattr(args, "capture", False)
+    app: list[str] = [a for a in getattr(args, "app", None) or () if a != "--"]
+    if app and not capture:
+        return fail("an application command (after --) is held only with --capture", 2)
+    app_gid = os.getegid()
+    if capture:
+        from meshcore.capture import CaptureError
+        from meshcore.capture.sidecar import ensure_rules, join_proxy_group, sidecar_config
+
+        metadata.setdefault("INTERCEPTION_MODE", "REDIRECT")
+        try:
+            done = ensure_rules(sidecar_config(args.proxy_uid), check_only=args.capture_check)
+            app_gid = join_proxy_group(args.proxy_uid)
+        except (CaptureError, OSError) as exc:
+            return fail(f"capture: {exc}", 1)
+        print(f"meshcore agent: capture rules {done}", flush=True)
     try:
         node_id = with_proxy_type(args.node_id, getattr(args, "proxy_type", None))
         agent = Agent(
@@ -467,6 +514,8 @@ async def run_agent(args: Any, *, token: str | None, root_cert: str) -> int:
             cert_ttl=args.cert_ttl,
             metadata=metadata,
             drain_seconds=args.drain_seconds,
+            proxy_uid=args.proxy_uid if capture else None,
+            ca_server_name=getattr(args, "ca_server_name", None),
         )
     except (MeshcoreError, ValueError) as exc:
         return fail(str(exc), 2)
@@ -488,9 +537,40 @@ async def run_agent(args: Any, *, token: str | None, root_cert: str) -> int:
         ),
         flush=True,
     )
+    code = 0
+    app_proc: asyncio.subprocess.Process | None = None
     try:
-        await stop.wait()
+        if app:
+            # Istio's holdApplicationUntilProxyStarts: the app starts once Envoy is ready.
+            from meshcore.capture.sidecar import start_app
+
+            await agent.wait_ready(args.ready_timeout)
+            app_proc = await start_app(app, app_gid)
+            print(f"meshcore agent: Envoy ready; application started (pid {app_proc.pid})",
+                  flush=True)  # fmt: skip
+            ended = asyncio.ensure_future(app_proc.wait())
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait((ended, stopped), return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if ended.done():
+                code = ended.result()
+                print(f"meshcore agent: application exited with {code}", flush=True)
+            else:
+                ended.cancel()
+        else:
+            await stop.wait()
+    except TimeoutError as exc:
+        print(f"meshcore agent: {exc}; the application is not started", flush=True)
+        code = 1
     finally:
+        # Envoy drains (drain_seconds) while the app is still there to answer, then both go.
         await agent.stop()
+        if app_proc is not None and app_proc.returncode is None:
+            app_proc.terminate()
+            try:
+                await asyncio.wait_for(app_proc.wait(), 10)
+            except TimeoutError:
+                app_proc.kill()
+                await app_proc.wait()
     print("meshcore agent: stopped", flush=True)
-    return 0
+    return code

@@ -168,9 +168,14 @@ class ClusterBuilder:
         subset: str,
         proxyless: bool,
         dr: DestinationRule | None,
+        original_dst: bool = False,
     ) -> cluster_pb2.Cluster | None:
         svc, port = ps.service, ps.port
         policy = effective_policy(dr, subset, port.port)
+        # Capture-mode sidecars (meshcore.xds.capturelisteners): PASSTHROUGH is the cluster's
+        # type (ORIGINAL_DST), the rest of the policy applies as usual.
+        if original_dst and (policy.get("loadBalancer") or {}).get("simple") == "PASSTHROUGH":
+            policy = {k: v for k, v in policy.items() if k != "loadBalancer"}
         c = _eds_cluster(name, proxyless)
         th = c.circuit_breakers.thresholds.add()
         for attr in ("max_connections", "max_pending_requests", "max_requests", "max_retries"):
@@ -226,7 +231,8 @@ class ClusterBuilder:
             # The DestinationRule's policy is dropped, not the cluster: traffic keeps flowing
             # with Istio's defaults, and the problem names the field.
             self.log.problem(dr, bad.path, bad.message + "; the cluster uses default settings")
-            return self._dns_shaped(_eds_cluster(name, proxyless), ps, subset, dr)
+            c = self._dns_shaped(_eds_cluster(name, proxyless), ps, subset, dr)
+            return _as_original_dst(c) if original_dst else c
         self._dns_shaped(c, ps, subset, dr)
         if proxyless and c.lb_policy not in _GRPC_LB_POLICIES:
             # gRPC's xDS client NACKs the policies it lacks (least request, random, maglev);
@@ -246,7 +252,7 @@ class ClusterBuilder:
                 # Envoy requires the upstream protocol once the options are given at all.
                 options.explicit_http_config.http_protocol_options.SetInParent()
             c.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(pack(options))
-        return c
+        return _as_original_dst(c) if original_dst else c
 
     def _dns_shaped(
         self, c: cluster_pb2.Cluster, ps: PortService, subset: str, dr: DestinationRule | None
@@ -382,6 +388,16 @@ class ClusterBuilder:
 
 def _override_key(overrides: Overrides) -> tuple[tuple[str, tuple[str, str, str]], ...]:
     return tuple((host, dr.key) for host, dr in overrides)
+
+
+def _as_original_dst(c: cluster_pb2.Cluster) -> cluster_pb2.Cluster:
+    """The cluster connecting to each connection's original destination instead of its
+    endpoints (Istio's PASSTHROUGH load balancing and resolution NONE)."""
+    c.type = cluster_pb2.Cluster.ORIGINAL_DST
+    c.lb_policy = cluster_pb2.Cluster.CLUSTER_PROVIDED
+    for name in ("eds_cluster_config", "load_assignment", "transport_socket_matches"):
+        c.ClearField(name)
+    return c
 
 
 def _eds_cluster(name: str, proxyless: bool) -> cluster_pb2.Cluster:

@@ -41,6 +41,14 @@ class Invalid(Exception):
         self.message = message
 
 
+# Said of what only capture-mode sidecars can do (loopback proxies are told, capture-mode ones
+# are not: :mod:`meshcore.xds.capturelisteners` applies it).
+CAPTURE_ONLY = (
+    "needs original-destination routing: only capture-mode sidecars (INTERCEPTION_MODE"
+    " REDIRECT) apply it"
+)
+
+
 def pack(msg: Message) -> any_pb2.Any:
     out = any_pb2.Any()
     # Deterministic so that the content hash of a resource depends only on its content.

@@ -23,7 +23,7 @@ from meshcore.config.model import (
     WorkloadEntry,
     selector_matches,
 )
-from meshcore.xds.common import port_protocol, spiffe
+from meshcore.xds.common import CAPTURE_ONLY, port_protocol, spiffe
 from meshcore.xds.problems import ProblemLog
 
 KINDS = (
@@ -124,6 +124,8 @@ class MeshIndex:
             self._selector_hosts.setdefault(namespace, []).append(host)
         self._overrides: dict[tuple[Any, ...], Overrides] = {}
         self._host_ports: dict[str, list[PortService]] | None = None
+        # The ServiceEntry hosts of resolution NONE: only capture-mode sidecars route them.
+        self.passthrough_hosts: list[SeHost] = []
         # The mesh-wide problems, reported to every proxy.
         with log.capture() as self.mesh_problems:
             self._warn_untranslated()
@@ -293,25 +295,18 @@ class MeshIndex:
         seen = {svc.hostname for svc in self.services}
         out: list[SeHost] = []
         for se in sorted(self.mesh.service_entries, key=lambda e: (e.namespace, e.name)):
+            ports = _se_ports(se)
             if se.resolution not in ("STATIC", "DNS", "DNS_ROUND_ROBIN"):
                 self.log.problem(
                     se,
                     "spec.resolution",
-                    f"resolution {se.resolution} needs original-destination routing (iptables);"
-                    " the ServiceEntry gets no cluster",
+                    f"resolution {se.resolution} {CAPTURE_ONLY}; loopback proxies get no"
+                    " cluster for it",
                     "warning",
                 )
+                if se.resolution == "NONE":
+                    self.passthrough_hosts.extend(SeHost(se, h, ports, None) for h in se.hosts)
                 continue
-            ports = tuple(
-                ServicePort(
-                    name=str(p.get("name") or p["number"]),
-                    port=int(p["number"]),
-                    target_port=int(p.get("targetPort") or p["number"]),
-                    protocol="TCP",
-                    app_protocol=str(p.get("protocol", "")).lower(),
-                )
-                for p in se.spec.get("ports", ())
-            )
             inline = None
             if se.spec.get("endpoints"):
                 inline = tuple(
@@ -433,3 +428,17 @@ class MeshIndex:
             for port in sorted(self.by_port)
             for ps in self.by_port[port]
         ]
+
+
+def _se_ports(se: ServiceEntry) -> tuple[ServicePort, ...]:
+    """A ServiceEntry's ports, shaped as a Service's."""
+    return tuple(
+        ServicePort(
+            name=str(p.get("name") or p["number"]),
+            port=int(p["number"]),
+            target_port=int(p.get("targetPort") or p["number"]),
+            protocol="TCP",
+            app_protocol=str(p.get("protocol", "")).lower(),
+        )
+        for p in se.spec.get("ports", ())
+    )

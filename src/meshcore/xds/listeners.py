@@ -394,6 +394,45 @@ def _inbound_listener(
     tcp_filters: list[Message],
     mc: MeshConfig | None = None,
 ) -> listener_pb2.Listener:
+    listener = listener_pb2.Listener(
+        name=name, address=socket_address(address, port), traffic_direction=base_pb2.INBOUND
+    )
+    chains = inbound_chains(
+        name,
+        port,
+        cluster,
+        http=http,
+        mode=mode,
+        http_filters=http_filters,
+        tcp_filters=tcp_filters,
+        mc=mc,
+        names=("inbound_mtls", "inbound_plaintext"),
+    )
+    listener.filter_chains.extend(chains)
+    if mode not in ("STRICT", "DISABLE"):
+        listener.listener_filters.add(
+            name=TLS_INSPECTOR_NAME, typed_config=pack(tls_inspector_pb2.TlsInspector())
+        )
+    return listener
+
+
+def inbound_chains(
+    name: str,
+    port: int,
+    cluster: str,
+    *,
+    http: bool,
+    mode: str,
+    http_filters: list[Message],
+    tcp_filters: list[Message],
+    mc: MeshConfig | None,
+    names: tuple[str, str],
+) -> list[listener_components_pb2.FilterChain]:
+    """The filter chains of one inbound port, TLS per PeerAuthentication ``mode``: one mTLS
+    chain (STRICT), one plaintext chain (DISABLE), or both told apart by the TLS inspector's
+    transport protocol (PERMISSIVE; the listener needs the inspector). ``names`` are the mTLS
+    and plaintext chains' names; ``name`` the HCM's stat prefix (after ``inbound_``)."""
+
     def filters() -> list[listener_components_pb2.Filter]:
         if not http:
             out = [copy_message(f) for f in tcp_filters]
@@ -421,25 +460,20 @@ def _inbound_listener(
         hcm.http_filters.append(_router())
         return [_hcm_filter(hcm)]
 
-    listener = listener_pb2.Listener(
-        name=name, address=socket_address(address, port), traffic_direction=base_pb2.INBOUND
-    )
+    mtls_name, plain_name = names
     tls = tls_socket(_downstream_tls(http))
     if mode == "STRICT":
-        chain = listener.filter_chains.add(name="inbound_mtls")
+        chain = listener_components_pb2.FilterChain(name=mtls_name)
         chain.transport_socket.CopyFrom(tls)
         chain.filters.extend(filters())
-    elif mode == "DISABLE":
-        listener.filter_chains.add(name="inbound_plaintext").filters.extend(filters())
-    else:  # PERMISSIVE: TLS and plaintext told apart by the TLS inspector
-        listener.listener_filters.add(
-            name=TLS_INSPECTOR_NAME, typed_config=pack(tls_inspector_pb2.TlsInspector())
-        )
-        chain = listener.filter_chains.add(name="inbound_mtls")
-        chain.filter_chain_match.transport_protocol = "tls"
-        chain.transport_socket.CopyFrom(tls)
-        chain.filters.extend(filters())
-        plain = listener.filter_chains.add(name="inbound_plaintext")
-        plain.filter_chain_match.transport_protocol = "raw_buffer"
-        plain.filters.extend(filters())
-    return listener
+        return [chain]
+    if mode == "DISABLE":
+        return [listener_components_pb2.FilterChain(name=plain_name, filters=filters())]
+    # PERMISSIVE: TLS and plaintext told apart by the TLS inspector
+    chain = listener_components_pb2.FilterChain(name=mtls_name)
+    chain.filter_chain_match.transport_protocol = "tls"
+    chain.transport_socket.CopyFrom(tls)
+    chain.filters.extend(filters())
+    plain = listener_components_pb2.FilterChain(name=plain_name, filters=filters())
+    plain.filter_chain_match.transport_protocol = "raw_buffer"
+    return [chain, plain]

@@ -10,6 +10,11 @@ convention).
 Node metadata keys of the loopback layout (tests and the demo run without iptables): the app
 listens on ``MESHCORE_APP_ADDRESS`` (default 127.0.0.1), outbound listeners bind on
 ``MESHCORE_OUTBOUND_ADDRESS`` (default 127.0.0.1).
+
+Istio's ``INTERCEPTION_MODE`` chooses the layout per proxy: ``REDIRECT`` (iptables REDIRECT to
+15001/15006, as ``meshcore iptables`` writes them) gets Istio's capture layout
+(:mod:`meshcore.xds.capturelisteners`); absent or ``NONE`` gets the loopback layout, so both
+kinds of proxy share one control plane. ``TPROXY`` is refused (not built).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ __all__ = [
     "APP_ADDRESS_KEY",
     "DEFAULT_ADDRESS",
     "GENERATOR_KEY",
+    "INTERCEPTION_MODE_KEY",
     "LABELS_KEY",
     "OUTBOUND_ADDRESS_KEY",
     "Proxy",
@@ -37,6 +43,9 @@ DEFAULT_ADDRESS = "127.0.0.1"
 # Istio's agent metadata: the client kind (``grpc`` for proxyless) and the workload's labels.
 GENERATOR_KEY = "GENERATOR"
 LABELS_KEY = "LABELS"
+INTERCEPTION_MODE_KEY = "INTERCEPTION_MODE"
+CAPTURE_MODES = ("REDIRECT",)
+LOOPBACK_MODES = ("", "NONE")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +66,11 @@ class Proxy:
     def proxyless(self) -> bool:
         """A gRPC client speaking xDS itself (Istio marks them with ``GENERATOR: grpc``)."""
         return str(self.metadata.get(GENERATOR_KEY, "")) == "grpc"
+
+    @property
+    def capture(self) -> bool:
+        """Traffic reaches the sidecar through iptables REDIRECT (Istio's capture layout)."""
+        return str(self.metadata.get(INTERCEPTION_MODE_KEY, "")) in CAPTURE_MODES
 
     @property
     def app_address(self) -> str:
@@ -103,6 +117,12 @@ def proxy_for_node(
     """
     kind, ip, name, namespace, domain = parse_node_id(node_id)
     meta = dict(metadata or {})
+    mode = str(meta.get(INTERCEPTION_MODE_KEY, ""))
+    if mode not in CAPTURE_MODES + LOOPBACK_MODES:
+        raise ValueError(
+            f"node metadata {INTERCEPTION_MODE_KEY}={mode!r}: meshcore builds REDIRECT (Istio's"
+            " capture layout) and NONE (the loopback layout); TPROXY is not supported"
+        )
     found = mesh.get("WorkloadEntry", namespace, name)
     workload = found if isinstance(found, WorkloadEntry) else None
     if workload is None and ip:

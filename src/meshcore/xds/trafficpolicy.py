@@ -17,7 +17,7 @@ from envoy.type.matcher.v3 import string_pb2
 
 from meshcore.config.model import DestinationRule
 from meshcore.names import SDS_CERT, SDS_ROOT
-from meshcore.xds.common import Invalid, duration, header_name, sds
+from meshcore.xds.common import CAPTURE_ONLY, Invalid, duration, header_name, sds
 
 ISTIO_ALPN = ("istio-peer-exchange", "istio")
 # Where SIMPLE and MUTUAL origination finds the system roots when a DestinationRule gives no
@@ -68,7 +68,7 @@ def apply_lb(cluster: cluster_pb2.Cluster, lb: Mapping[str, Any], path: str) -> 
     elif simple == "RANDOM":
         cluster.lb_policy = cluster_pb2.Cluster.RANDOM
     elif simple == "PASSTHROUGH":
-        raise Invalid(path + ".simple", "PASSTHROUGH needs original-destination routing (iptables)")
+        raise Invalid(path + ".simple", f"PASSTHROUGH {CAPTURE_ONLY}")
     else:  # LEAST_REQUEST, LEAST_CONN and unset: Istio's default is LEAST_REQUEST
         cluster.lb_policy = cluster_pb2.Cluster.LEAST_REQUEST
 

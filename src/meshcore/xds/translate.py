@@ -33,6 +33,15 @@ Tests and the demo run without iptables, so interception is replaced by explicit
 
 Two sidecars on one machine therefore need different outbound and app addresses.
 
+Capture layout
+--------------
+Sidecars whose node metadata says ``INTERCEPTION_MODE: REDIRECT`` (behind Istio's iptables
+rules, ``meshcore agent --capture``) get Istio's own layout instead: ``virtualOutbound``
+(15001), ``virtualInbound`` (15006), per-port and per-VIP listeners, PassthroughCluster,
+BlackHoleCluster and InboundPassthroughCluster (:mod:`meshcore.xds.capturelisteners`; service
+VIPs from :mod:`meshcore.xds.vips`). Both layouts share clusters and endpoints, and one
+control plane serves both.
+
 Node ids
 --------
 Sidecars identify as Istio's do: ``sidecar~IP~NAME.NAMESPACE~NAMESPACE.svc.cluster.local``,
@@ -69,8 +78,9 @@ clients need certificate providers named ``default`` in their bootstrap when a
 DestinationRule asks for ISTIO_MUTUAL.
 
 Not translated, and reported as warnings when a mesh uses them: VirtualService tcp/tls routes
-on sidecars (gateways translate them), and ``exportTo`` visibility, locality load balancing settings, ServiceEntry resolution NONE and
-wildcard hosts. These translation problems are found once per mesh when it is loaded
+on sidecars (gateways translate them), ``exportTo`` visibility, locality load balancing settings,
+wildcard hosts, and for loopback proxies ServiceEntry resolution NONE and PASSTHROUGH load
+balancing (capture-mode sidecars apply both). These translation problems are found once per mesh when it is loaded
 (:meth:`Translator.load_problems`): ``meshcore validate`` and ``describe`` print them as
 warnings, ``meshcore serve`` logs them at start-up and on every reload. Not built at all: inbound listeners for proxyless gRPC servers.
 Gateway proxies (node type ``router``) get Istio's gateway layout from

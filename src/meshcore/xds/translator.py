@@ -37,8 +37,10 @@ from meshcore.config.model import MeshModel, selector_matches
 from meshcore.errors import ConfigProblem
 from meshcore.xds import types
 from meshcore.xds.cache import Layered, NodeInfo
+from meshcore.xds.capturelisteners import CaptureBuilder
 from meshcore.xds.clusters import ClusterBuilder
 from meshcore.xds.gateway import ROUTER, GatewayBuilder
+from meshcore.xds.common import CAPTURE_ONLY
 from meshcore.xds.index import MeshIndex
 from meshcore.xds.jwt import JwksFetcher
 from meshcore.xds.listeners import ListenerBuilder
@@ -82,6 +84,10 @@ class MeshTranslation:
         self.routes = RouteBuilder(self.index, problems)
         self.listeners = ListenerBuilder(self.index, problems, providers, mesh_config, jwks)
         self.gateways = GatewayBuilder(self, problems)
+        # Istio's capture layout (INTERCEPTION_MODE REDIRECT), from the same builders.
+        self.capture = CaptureBuilder(
+            self.index, problems, self.listeners, self.routes, self.clusters, mesh_config
+        )
         if previous is not None and previous.index.same_scope(self.index):
             same = self.index.unchanged(previous.index)
             self.clusters.inherit(previous.clusters)
@@ -92,6 +98,8 @@ class MeshTranslation:
         """The proxy's resources and the problems of exactly those (see :meth:`Translator.generate`)."""
         if proxy.type == ROUTER:
             return self._generate_router(proxy)
+        if proxy.capture and not proxy.proxyless:
+            return self._generate_capture(proxy)
         inbound_listeners, inbound_clusters, inbound_problems = self.listeners.inbound(proxy)
         # DestinationRules with a workloadSelector change this proxy's clusters and endpoints.
         overrides = self.index.overrides(proxy.namespace, proxy.labels)
@@ -140,6 +148,36 @@ class MeshTranslation:
         }
         return Generated(resources, [problems[k] for k in sorted(problems)])
 
+    def _generate_capture(self, proxy: Proxy) -> Generated:
+        """Istio's capture layout (:mod:`meshcore.xds.capturelisteners`): the shared clusters
+        and endpoints, with the capture layout's listeners and route configurations."""
+        capture = self.capture
+        inbound_listeners, inbound_clusters, inbound_problems = capture.inbound(proxy)
+        overrides = self.index.overrides(proxy.namespace, proxy.labels)
+        shared = self.clusters.clusters(False, overrides)
+        own = {**capture.clusters(), **capture.passthrough_clusters(), **inbound_clusters}
+        own_clusters = dict(sorted(own.items()))
+        resources: Resources = {
+            types.CLUSTER: Layered(own_clusters, shared),
+            types.ENDPOINT: Layered({}, self.clusters.endpoints(overrides)),
+            types.LISTENER: Layered(inbound_listeners, capture.outbound_listeners(proxy)),
+            types.ROUTE: Layered({}, capture.route_configs(proxy)),
+        }
+        problems = {
+            problem_key(p): p
+            for group in (
+                self.index.mesh_problems,
+                self.clusters.problems_for(False, overrides),
+                self.routes.problems[self.routes.route_key(proxy)],
+                capture.problems(),
+                capture.passthrough_problems(),
+                inbound_problems,
+            )
+            for p in group
+            if CAPTURE_ONLY not in p.message  # applied here
+        }
+        return Generated(resources, [problems[k] for k in sorted(problems)])
+
     def load_problems(self) -> list[ConfigProblem]:
         """What proxies will be told about this mesh, found once when it is loaded (so that
         ``meshcore validate`` and ``serve`` report them before any proxy connects): the
@@ -176,6 +214,7 @@ class MeshTranslation:
                         if p.kind != "Gateway" or (p.namespace, p.name) == (gw.namespace, gw.name)
                     ]
                 )
+        groups.append(self.capture.vip_problems())
         problems = {problem_key(p): p for group in groups for p in group}
         return [problems[k] for k in sorted(problems)]
 

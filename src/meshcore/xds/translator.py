@@ -39,8 +39,8 @@ from meshcore.xds import types
 from meshcore.xds.cache import Layered, NodeInfo
 from meshcore.xds.capturelisteners import CaptureBuilder
 from meshcore.xds.clusters import ClusterBuilder
-from meshcore.xds.gateway import ROUTER, GatewayBuilder
 from meshcore.xds.common import CAPTURE_ONLY
+from meshcore.xds.gateway import ROUTER, GatewayBuilder
 from meshcore.xds.index import MeshIndex
 from meshcore.xds.jwt import JwksFetcher
 from meshcore.xds.listeners import ListenerBuilder

@@ -43,7 +43,7 @@ from meshcore.xds.common import (
 )
 from meshcore.xds.index import MeshIndex, Overrides, PortService, SeHost
 from meshcore.xds.problems import ProblemLog
-from meshcore.xds.telemetry import zipkin_cluster
+from meshcore.xds.telemetry import workload_metadata, zipkin_cluster
 from meshcore.xds.trafficpolicy import (
     SYSTEM_CA_BUNDLE,
     apply_connection_pool,
@@ -376,6 +376,10 @@ class ClusterBuilder:
             if w.tls_mode == "istio" and self.index.mtls_mode(w, port) != "DISABLE":
                 meta = found.metadata.filter_metadata[TRANSPORT_SOCKET_MATCH_KEY]
                 meta.fields["tlsMode"].string_value = "istio"
+            # Istio's workload metadata on every endpoint (the source side's metrics read it).
+            found.metadata.filter_metadata["istio"].fields[
+                "workload"
+            ].string_value = workload_metadata(w.name, w.namespace, w.workload_labels)
             self._lb_endpoints[key] = found
         return found
 

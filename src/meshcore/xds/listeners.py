@@ -66,7 +66,13 @@ from meshcore.xds.index import MeshIndex
 from meshcore.xds.jwt import JwksFetcher, jwt_filter
 from meshcore.xds.node import Proxy
 from meshcore.xds.problems import ProblemLog
-from meshcore.xds.telemetry import access_logs, observe
+from meshcore.xds.telemetry import (
+    access_logs,
+    istio_stats_http,
+    istio_stats_tcp,
+    observe,
+    wants_istio_stats,
+)
 
 
 class ListenerBuilder:
@@ -92,8 +98,8 @@ class ListenerBuilder:
         self.providers = providers
         self.mesh_config = mesh_config
         self._registry: list[str] | None = None
-        self._outbound: dict[tuple[bool, str], dict[str, Message]] = {}
-        self.outbound_problems: dict[tuple[bool, str], list[ConfigProblem]] = {}
+        self._outbound: dict[tuple[bool, str, bool], dict[str, Message]] = {}
+        self.outbound_problems: dict[tuple[bool, str, bool], list[ConfigProblem]] = {}
         self._authz: dict[tuple[Any, ...], tuple[list[Message], list[Message]]] = {}
         self._authz_problems: dict[tuple[Any, ...], list[ConfigProblem]] = {}
         self._policy_selection: dict[tuple[Any, ...], list[Any]] = {}
@@ -117,8 +123,13 @@ class ListenerBuilder:
                 # JWKS are refreshed) and its authorization filters.
                 self._inbound = prev._inbound
 
+    @staticmethod
+    def outbound_key(proxy: Proxy) -> tuple[bool, str, bool]:
+        """What a proxy's outbound listeners (and their problems) are kept under."""
+        return (proxy.proxyless, proxy.outbound_address, wants_istio_stats(proxy.metadata))
+
     def outbound_listeners(self, proxy: Proxy) -> dict[str, Message]:
-        key = (proxy.proxyless, proxy.outbound_address)
+        key = self.outbound_key(proxy)
         found = self._outbound.get(key)  # the common case, without building a closure
         if found is None:
             found = self.log.cached(
@@ -139,13 +150,14 @@ class ListenerBuilder:
                         out[name] = _api_listener(name)
             return dict(sorted(out.items()))
         address = proxy.outbound_address
+        stats = wants_istio_stats(proxy.metadata)
         for port in sorted(self.index.by_port):
             group = self.index.by_port[port]
             name = f"{address}_{port}"
             http = [ps for ps in group if is_http(ps.protocol)]
             tcp = [ps for ps in group if not is_http(ps.protocol)]
             if http:
-                out[name] = _outbound_http_listener(name, address, port, self.mesh_config)
+                out[name] = _outbound_http_listener(name, address, port, self.mesh_config, stats)
                 for ps in tcp:
                     self.log.problem(
                         ps.service,
@@ -158,7 +170,9 @@ class ListenerBuilder:
             elif tcp:
                 first = tcp[0]
                 cluster = cluster_name(OUTBOUND, port, "", first.service.hostname)
-                out[name] = _outbound_tcp_listener(name, address, port, cluster, self.mesh_config)
+                out[name] = _outbound_tcp_listener(
+                    name, address, port, cluster, self.mesh_config, stats
+                )
                 for ps in tcp[1:]:
                     self.log.problem(
                         ps.service,
@@ -251,7 +265,12 @@ class ListenerBuilder:
         w = proxy.workload
         if w is None or not w.address or proxy.proxyless:
             return {}, {}, []
-        key = (w.key, proxy.app_address, tuple(sorted(proxy.labels.items())))
+        key = (
+            w.key,
+            proxy.app_address,
+            tuple(sorted(proxy.labels.items())),
+            wants_istio_stats(proxy.metadata),
+        )
         found = self._inbound.get(key)
         with self.log.capture() as jwt_met:
             jwt = self.jwt_filter(proxy)
@@ -269,6 +288,7 @@ class ListenerBuilder:
         listeners: dict[str, Message] = {}
         clusters: dict[str, Message] = {}
         ports: dict[int, str] = {}
+        services: dict[int, list[str]] = {}  # the Services each port serves (for metrics)
         for svc in self.index.services_of(w):
             for sp in svc.ports:
                 target = endpoint_port(w, sp)
@@ -276,6 +296,7 @@ class ListenerBuilder:
                 if target is None or proto == "udp":
                     continue
                 ports.setdefault(target, proto)
+                services.setdefault(target, []).append(svc.hostname)
         for target in sorted(ports):
             cluster = cluster_name(INBOUND, target, "", "")
             clusters[cluster] = inbound_cluster(cluster, proxy.app_address, target)
@@ -294,6 +315,7 @@ class ListenerBuilder:
                 http_filters=http_filters,
                 tcp_filters=tcp_filters,
                 mc=self.mesh_config,
+                stats=sorted(set(services[target])) if wants_istio_stats(proxy.metadata) else None,
             )
         return listeners, clusters
 
@@ -319,10 +341,12 @@ def _hcm_filter(hcm: hcm_pb2.HttpConnectionManager) -> listener_components_pb2.F
 
 
 def _outbound_http_listener(
-    name: str, address: str, port: int, mc: MeshConfig | None = None
+    name: str, address: str, port: int, mc: MeshConfig | None = None, stats: bool = False
 ) -> listener_pb2.Listener:
     hcm = hcm_pb2.HttpConnectionManager(stat_prefix=f"outbound_{name}")
     observe(hcm, mc)
+    if stats:
+        istio_stats_http(hcm, OUTBOUND)
     hcm.rds.route_config_name = str(port)
     hcm.rds.config_source.CopyFrom(ads())
     hcm.normalize_path.value = True
@@ -342,10 +366,17 @@ def _outbound_http_listener(
 
 
 def _outbound_tcp_listener(
-    name: str, address: str, port: int, cluster: str, mc: MeshConfig | None = None
+    name: str,
+    address: str,
+    port: int,
+    cluster: str,
+    mc: MeshConfig | None = None,
+    stats: bool = False,
 ) -> listener_pb2.Listener:
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
     proxy.access_log.extend(access_logs(mc))
+    if stats:
+        istio_stats_tcp(proxy, OUTBOUND)
     listener = listener_pb2.Listener(
         name=name, address=socket_address(address, port), traffic_direction=base_pb2.OUTBOUND
     )
@@ -393,16 +424,23 @@ def _inbound_listener(
     http_filters: list[Message],
     tcp_filters: list[Message],
     mc: MeshConfig | None = None,
+    stats: list[str] | None = None,
 ) -> listener_pb2.Listener:
+    """``stats``: the Services served, when the agent keeps Istio's metrics."""
+
     def filters() -> list[listener_components_pb2.Filter]:
         if not http:
             out = [copy_message(f) for f in tcp_filters]
             tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
             tcp.access_log.extend(access_logs(mc))
+            if stats is not None:
+                istio_stats_tcp(tcp, INBOUND, stats)
             out.append(listener_components_pb2.Filter(name=TCP_PROXY_NAME, typed_config=pack(tcp)))
             return out
         hcm = hcm_pb2.HttpConnectionManager(stat_prefix=f"inbound_{name}")
         observe(hcm, mc)
+        if stats is not None:
+            istio_stats_http(hcm, INBOUND, stats)
         rcfg = hcm.route_config
         rcfg.name = cluster
         rcfg.validate_clusters.value = False

@@ -1,17 +1,24 @@
 """MeshConfig's telemetry on Envoy config: access logs (file, text or JSON, Istio's default
-formats) and Zipkin tracing on connection managers, and the collector's cluster."""
+formats) and Zipkin tracing on connection managers, and the collector's cluster; and the
+access-log stream from which a sidecar's agent keeps Istio's standard metrics."""
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping, Sequence
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.config.trace.v3 import http_tracer_pb2, zipkin_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2 as file_log_pb2
+from envoy.extensions.access_loggers.open_telemetry.v3 import logs_service_pb2 as otel_log_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
+from envoy.extensions.filters.http.header_to_metadata.v3 import header_to_metadata_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
 from meshcore.config.meshconfig import DEFAULT_JSON_FORMAT, DEFAULT_TEXT_FORMAT, MeshConfig
 from meshcore.names import FILE_LOG_NAME, ZIPKIN_CLUSTER, ZIPKIN_TRACER_NAME
@@ -69,3 +76,110 @@ def _is_ip_literal(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# --- Istio's standard metrics from stock Envoy ----------------------------------------------
+#
+# Envoy has no Istio stats filter, so each request's attributes go, through Envoy's
+# OpenTelemetry access logger (OTLP logs over gRPC), to the sidecar's agent, which keeps
+# Istio's counters and histograms (:mod:`meshcore.dataplane.telemetry`). Who the peer is:
+# outbound, the endpoint's ``istio.workload`` metadata from the control plane (as Istio sets
+# it on every endpoint) and the upstream certificate's SPIFFE id; inbound, the calling
+# sidecar's workload metadata in a request header (Istio's metadata exchange, here set by the
+# calling Envoy from its agent's environment), trusted only when it names the namespace of the
+# peer's verified SPIFFE id, and the peer certificate's SPIFFE id.
+
+# Node metadata an agent sends when it runs the access-log service and the bootstrap cluster
+# below: only then do listeners carry the telemetry filters (other Envoys lack the cluster).
+TELEMETRY_KEY = "MESHCORE_TELEMETRY"
+TELEMETRY_CLUSTER = "meshcore-telemetry"
+PEER_HEADER = "x-meshcore-peer-metadata"
+PEER_ENV = "MESHCORE_PEER_METADATA"  # the workload's metadata, in the Envoy's environment
+PEER_NAMESPACE = "meshcore.peer"  # dynamic metadata the inbound side keeps the header in
+OTEL_LOGGER_NAME = "envoy.access_loggers.open_telemetry"
+HEADER_MUTATION_NAME = "envoy.filters.http.header_mutation"
+HEADER_TO_METADATA_NAME = "envoy.filters.http.header_to_metadata"
+
+# The attributes of each log record: what the agent's labels are made of.
+_COMMON = {
+    "protocol": "%PROTOCOL%",
+    "content_type": "%REQ(CONTENT-TYPE)%",
+    "response_code": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "grpc_status": "%GRPC_STATUS_NUMBER%",
+    "duration_ms": "%DURATION%",
+    "request_bytes": "%BYTES_RECEIVED%",
+    "response_bytes": "%BYTES_SENT%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "authority": "%REQ(:AUTHORITY)%",
+    "log_type": "%ACCESS_LOG_TYPE%",
+}
+_BY_DIRECTION = {
+    "outbound": {
+        "peer_principal": "%UPSTREAM_PEER_URI_SAN%",
+        "peer_workload": "%UPSTREAM_METADATA(istio:workload)%",
+    },
+    "inbound": {
+        "peer_principal": "%DOWNSTREAM_PEER_URI_SAN%",
+        "peer_workload": f"%DYNAMIC_METADATA({PEER_NAMESPACE}:workload)%",
+    },
+}
+
+
+def wants_istio_stats(metadata: Mapping[str, object]) -> bool:
+    """Whether a proxy's node metadata says its agent collects Istio's metrics."""
+    return str(metadata.get(TELEMETRY_KEY, "")) == "otlp"
+
+
+def istio_stats_logger(direction: str, services: Sequence[str] = ()) -> accesslog_pb2.AccessLog:
+    """The OpenTelemetry access logger streaming each request's (or TCP connection's)
+    attributes to the agent; ``services``: the Services an inbound listener serves."""
+    log = otel_log_pb2.OpenTelemetryAccessLogConfig()
+    common = log.common_config
+    common.log_name = f"istio-{direction}"
+    common.grpc_service.envoy_grpc.cluster_name = TELEMETRY_CLUSTER
+    common.transport_api_version = config_source_pb2.V3
+    attrs = {**_COMMON, **_BY_DIRECTION[direction], "direction": direction}
+    if services:
+        attrs["services"] = ",".join(services)
+    for key, value in attrs.items():
+        log.attributes.values.add(key=key).value.string_value = value
+    log.disable_builtin_labels = True
+    return accesslog_pb2.AccessLog(name=OTEL_LOGGER_NAME, typed_config=pack(log))
+
+
+def istio_stats_http(hcm: hcm_pb2.HttpConnectionManager, direction: str,
+                     services: Sequence[str] = ()) -> None:  # fmt: skip
+    """The access logger, and the metadata exchange: outbound, this workload's metadata in a
+    request header; inbound, that header moved into dynamic metadata (and off the request the
+    app sees). Call before the other HTTP filters are added: these go first."""
+    hcm.access_log.append(istio_stats_logger(direction, services))
+    if direction == "outbound":
+        mutation = header_mutation_pb2.HeaderMutation()
+        option = mutation.mutations.request_mutations.add().append
+        option.header.key = PEER_HEADER
+        option.header.value = f"%ENVIRONMENT({PEER_ENV})%"
+        option.append_action = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+        hcm.http_filters.add(name=HEADER_MUTATION_NAME, typed_config=pack(mutation))
+    else:
+        to_meta = header_to_metadata_pb2.Config()
+        rule = to_meta.request_rules.add(header=PEER_HEADER, remove=True)
+        rule.on_header_present.metadata_namespace = PEER_NAMESPACE
+        rule.on_header_present.key = "workload"
+        rule.on_header_present.type = header_to_metadata_pb2.Config.STRING
+        hcm.http_filters.add(name=HEADER_TO_METADATA_NAME, typed_config=pack(to_meta))
+
+
+def istio_stats_tcp(proxy: tcp_proxy_pb2.TcpProxy, direction: str,
+                    services: Sequence[str] = ()) -> None:  # fmt: skip
+    """The access logger on a TCP proxy, once when the upstream connection opens and once when
+    it closes (``%ACCESS_LOG_TYPE%`` tells them apart)."""
+    proxy.access_log.append(istio_stats_logger(direction, services))
+    proxy.access_log_options.flush_access_log_on_connected = True
+
+
+def workload_metadata(name: str, namespace: str, labels: Mapping[str, str]) -> str:
+    """Istio's ``istio.workload`` endpoint metadata: ``NAME;NAMESPACE;APP;VERSION;CLUSTER``."""
+    app = labels.get("service.istio.io/canonical-name") or labels.get("app", "")
+    version = labels.get("service.istio.io/canonical-revision") or labels.get("version", "")
+    return f"{name};{namespace};{app};{version};Kubernetes"

@@ -139,6 +139,8 @@ class AccessLogReceiver(logs_service_pb2_grpc.LogsServiceServicer):
         self.own = own
         self.metrics = metrics if metrics is not None else IstioMetrics()
         self.records = 0  # log records received (each request, each TCP open and close)
+        # Open TCP connections: (direction, connection id) -> (counted open, sent, received).
+        self._connections: dict[tuple[str, str], tuple[bool, int, int]] = {}
 
     async def Export(
         self, request: logs_service_pb2.ExportLogsServiceRequest, context: object
@@ -185,21 +187,34 @@ class AccessLogReceiver(logs_service_pb2_grpc.LogsServiceServicer):
         labels = self.labels(attrs)
         kind = _value(attrs.get("log_type", ""))
         if kind.startswith("Tcp"):
-            if kind == "TcpUpstreamConnected":
-                self.metrics.tcp_open(labels)
-            elif kind == "TcpConnectionEnd":
-                self.metrics.tcp_close(
-                    labels,
-                    sent=_int(attrs.get("response_bytes", "")),
-                    received=_int(attrs.get("request_bytes", "")),
-                )
-            return  # periodic TCP records: none are asked for
+            self._tcp(kind, attrs, labels)
+            return
         self.metrics.record(
             labels,
             float(_int(attrs.get("duration_ms", ""))),
             request_bytes=_int(attrs.get("request_bytes", "")),
             response_bytes=_int(attrs.get("response_bytes", "")),
         )
+
+    def _tcp(self, kind: str, attrs: Mapping[str, str], labels: Mapping[str, str]) -> None:
+        """A TCP connection's records: when the upstream connects (outbound: counted open;
+        inbound: the client's TLS handshake may not be done, so its SPIFFE id unknown yet),
+        every few seconds while it lasts, and when it ends. An inbound connection is counted
+        open at its first record after the connect one; bytes are counted as they grow."""
+        conn = (attrs.get("direction", ""), _value(attrs.get("connection_id", "")))
+        opened, sent, received = self._connections.get(conn, (False, 0, 0))
+        if not opened and (kind != "TcpUpstreamConnected" or labels["reporter"] == "source"):
+            self.metrics.tcp_open(labels)
+            opened = True
+        now_sent = _int(attrs.get("response_bytes", ""))
+        now_received = _int(attrs.get("request_bytes", ""))
+        if now_sent > sent or now_received > received:
+            self.metrics.tcp_bytes(labels, now_sent - sent, now_received - received)
+        if kind == "TcpConnectionEnd":
+            self.metrics.tcp_close(labels)
+            self._connections.pop(conn, None)
+        else:
+            self._connections[conn] = (opened, max(sent, now_sent), max(received, now_received))
 
 
 async def start_receiver(

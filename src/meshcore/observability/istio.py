@@ -81,12 +81,16 @@ class IstioMetrics:
         with self._lock:
             self.tcp_opened[_key(labels, TCP_LABELS)] += 1
 
-    def tcp_close(self, labels: Mapping[str, str], sent: int, received: int) -> None:
+    def tcp_bytes(self, labels: Mapping[str, str], sent: int, received: int) -> None:
+        """Bytes a TCP connection sent to its client and received from it since the last call."""
         key = _key(labels, TCP_LABELS)
         with self._lock:
-            self.tcp_closed[key] += 1
             self.tcp_sent[key] += sent
             self.tcp_received[key] += received
+
+    def tcp_close(self, labels: Mapping[str, str]) -> None:
+        with self._lock:
+            self.tcp_closed[_key(labels, TCP_LABELS)] += 1
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:

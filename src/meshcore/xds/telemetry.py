@@ -113,7 +113,9 @@ _COMMON = {
     "upstream_cluster": "%UPSTREAM_CLUSTER%",
     "authority": "%REQ(:AUTHORITY)%",
     "log_type": "%ACCESS_LOG_TYPE%",
+    "connection_id": "%CONNECTION_ID%",
 }
+TCP_REPORT_INTERVAL_NS = 5_000_000_000  # Istio's stats report TCP connections every 5 s
 _BY_DIRECTION = {
     "outbound": {
         "peer_principal": "%UPSTREAM_PEER_URI_SAN%",
@@ -172,10 +174,11 @@ def istio_stats_http(hcm: hcm_pb2.HttpConnectionManager, direction: str,
 
 def istio_stats_tcp(proxy: tcp_proxy_pb2.TcpProxy, direction: str,
                     services: Sequence[str] = ()) -> None:  # fmt: skip
-    """The access logger on a TCP proxy, once when the upstream connection opens and once when
-    it closes (``%ACCESS_LOG_TYPE%`` tells them apart)."""
+    """The access logger on a TCP proxy: when the upstream connection opens, every 5 s while it
+    lasts and when it closes (``%ACCESS_LOG_TYPE%`` tells them apart)."""
     proxy.access_log.append(istio_stats_logger(direction, services))
     proxy.access_log_options.flush_access_log_on_connected = True
+    proxy.access_log_options.access_log_flush_interval.CopyFrom(duration_ns(TCP_REPORT_INTERVAL_NS))
 
 
 def workload_metadata(name: str, namespace: str, labels: Mapping[str, str]) -> str:

@@ -38,7 +38,10 @@ def test_bootstrap_has_ads_and_the_sds_cluster(tmp_path: Path) -> None:
     a.sds_address = "unix:/tmp/x/sds.sock"
     boot = a.bootstrap()
     assert boot["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"
-    assert boot["node"]["metadata"] == {"MESHCORE_APP_ADDRESS": "127.0.10.2"}
+    assert boot["node"]["metadata"] == {
+        "MESHCORE_APP_ADDRESS": "127.0.10.2",
+        "MESHCORE_TELEMETRY": "otlp",
+    }
     clusters = {c["name"]: c for c in boot["static_resources"]["clusters"]}
     sds = clusters["sds-grpc"]
     address = sds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]

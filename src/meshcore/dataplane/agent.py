@@ -62,7 +62,7 @@ from meshcore.dataplane.certs import CertificateClient, WorkloadSecret
 from meshcore.dataplane.telemetry import AccessLogReceiver, WorkloadInfo, start_receiver
 from meshcore.errors import MeshcoreError
 from meshcore.xds.node import LABELS_KEY, parse_node_id
-from meshcore.xds.telemetry import PEER_ENV, TELEMETRY_CLUSTER, TELEMETRY_KEY
+from meshcore.xds.telemetry import OTEL_ENV, PEER_ENV, TELEMETRY_CLUSTER, TELEMETRY_KEY
 
 log = logging.getLogger("meshcore.dataplane.agent")
 
@@ -144,6 +144,7 @@ class Agent:
             if isinstance(raw_labels, Mapping)
             else {}
         )
+        self._labels = labels
         # Istio's standard metrics from Envoy's access-log stream (see the module's doc).
         self.telemetry: AccessLogReceiver | None = None
         if istio_metrics:
@@ -361,6 +362,11 @@ class Agent:
         if self.telemetry is not None:
             # What the outbound side tells the peers (the metadata-exchange request header).
             env[PEER_ENV] = self.telemetry.own.metadata
+        # The service its spans name (Istio's canonical service and namespace), read by the
+        # OpenTelemetry tracer's environment resource detector.
+        _, _, name, namespace, _ = parse_node_id(self.node_id)
+        app = self._labels.get("app") or name
+        env[OTEL_ENV] = f"service.name={app}.{namespace}"
         return env
 
     async def _supervise(self) -> None:

@@ -27,7 +27,6 @@ from meshcore.names import (
     OUTBOUND,
     RAW_BUFFER_SOCKET,
     TRANSPORT_SOCKET_MATCH_KEY,
-    ZIPKIN_CLUSTER,
     cluster_name,
 )
 from meshcore.xds.common import (
@@ -43,7 +42,7 @@ from meshcore.xds.common import (
 )
 from meshcore.xds.index import MeshIndex, Overrides, PortService, SeHost
 from meshcore.xds.problems import ProblemLog
-from meshcore.xds.telemetry import workload_metadata, zipkin_cluster
+from meshcore.xds.telemetry import tracing_cluster, workload_metadata
 from meshcore.xds.trafficpolicy import (
     SYSTEM_CA_BUNDLE,
     apply_connection_pool,
@@ -155,8 +154,11 @@ class ClusterBuilder:
                 self._cluster_parts[key] = part
                 built.update(part[1])
                 problems.extend(part[2])
-            if not proxyless and self.mesh_config is not None and self.mesh_config.tracing:
-                built[ZIPKIN_CLUSTER] = zipkin_cluster(self.mesh_config)
+            tracing = None if proxyless or self.mesh_config is None else (
+                tracing_cluster(self.mesh_config)
+            )  # fmt: skip
+            if tracing is not None:
+                built[tracing.name] = tracing
             self._clusters[proxyless] = dict(sorted(built.items()))
             self.problems[proxyless] = problems
         return self._clusters[proxyless]

@@ -123,10 +123,13 @@ class ListenerBuilder:
                 # JWKS are refreshed) and its authorization filters.
                 self._inbound = prev._inbound
 
-    @staticmethod
-    def outbound_key(proxy: Proxy) -> tuple[bool, str, bool]:
+    def outbound_key(self, proxy: Proxy) -> tuple[bool, str, bool]:
         """What a proxy's outbound listeners (and their problems) are kept under."""
-        return (proxy.proxyless, proxy.outbound_address, wants_istio_stats(proxy.metadata))
+        return (
+            proxy.proxyless,
+            proxy.outbound_address,
+            wants_istio_stats(proxy.metadata, self.mesh_config),
+        )
 
     def outbound_listeners(self, proxy: Proxy) -> dict[str, Message]:
         key = self.outbound_key(proxy)
@@ -150,7 +153,7 @@ class ListenerBuilder:
                         out[name] = _api_listener(name)
             return dict(sorted(out.items()))
         address = proxy.outbound_address
-        stats = wants_istio_stats(proxy.metadata)
+        stats = wants_istio_stats(proxy.metadata, self.mesh_config)
         for port in sorted(self.index.by_port):
             group = self.index.by_port[port]
             name = f"{address}_{port}"
@@ -269,7 +272,7 @@ class ListenerBuilder:
             w.key,
             proxy.app_address,
             tuple(sorted(proxy.labels.items())),
-            wants_istio_stats(proxy.metadata),
+            wants_istio_stats(proxy.metadata, self.mesh_config),
         )
         found = self._inbound.get(key)
         with self.log.capture() as jwt_met:
@@ -315,7 +318,9 @@ class ListenerBuilder:
                 http_filters=http_filters,
                 tcp_filters=tcp_filters,
                 mc=self.mesh_config,
-                stats=sorted(set(services[target])) if wants_istio_stats(proxy.metadata) else None,
+                stats=sorted(set(services[target]))
+                if wants_istio_stats(proxy.metadata, self.mesh_config)
+                else None,
             )
         return listeners, clusters
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2
-from envoy.config.trace.v3 import http_tracer_pb2, zipkin_pb2
+from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2, zipkin_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2 as file_log_pb2
 from envoy.extensions.access_loggers.open_telemetry.v3 import logs_service_pb2 as otel_log_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
@@ -19,14 +19,32 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.tracers.opentelemetry.resource_detectors.v3 import (
+    environment_resource_detector_pb2 as environment_detector_pb2,
+)
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_options_pb2
 
 from meshcore.config.meshconfig import DEFAULT_JSON_FORMAT, DEFAULT_TEXT_FORMAT, MeshConfig
-from meshcore.names import FILE_LOG_NAME, ZIPKIN_CLUSTER, ZIPKIN_TRACER_NAME
+from meshcore.names import FILE_LOG_NAME, HTTP_OPTIONS_KEY, ZIPKIN_TRACER_NAME
 from meshcore.xds.common import DEFAULT_CONNECT_TIMEOUT_NS, duration_ns, pack, socket_address
 
 
 def access_logs(mc: MeshConfig | None) -> list[accesslog_pb2.AccessLog]:
-    if mc is None or not mc.access_log_file:
+    """File access logs: ``defaultProviders.accessLogging``'s envoyFileAccessLog providers,
+    else ``accessLogFile``."""
+    if mc is None:
+        return []
+    if mc.default_logging:
+        out = []
+        for name in mc.default_logging:
+            provider = mc.providers.logging[name]
+            log = file_log_pb2.FileAccessLog(path=provider.path or "/dev/stdout")
+            log.log_format.text_format_source.inline_string = (
+                provider.text_format or DEFAULT_TEXT_FORMAT
+            )
+            out.append(accesslog_pb2.AccessLog(name=FILE_LOG_NAME, typed_config=pack(log)))
+        return out
+    if not mc.access_log_file:
         return []
     log = file_log_pb2.FileAccessLog(path=mc.access_log_file)
     if mc.access_log_encoding == "JSON":
@@ -41,32 +59,53 @@ def access_logs(mc: MeshConfig | None) -> list[accesslog_pb2.AccessLog]:
 def observe(hcm: hcm_pb2.HttpConnectionManager, mc: MeshConfig | None) -> None:
     """Access logs and tracing on an HTTP connection manager, per the MeshConfig."""
     hcm.access_log.extend(access_logs(mc))
-    if mc is None or not mc.tracing:
+    tracer = mc.tracer() if mc is not None else None
+    if mc is None or tracer is None:
         return
-    zipkin = zipkin_pb2.ZipkinConfig(
-        collector_cluster=ZIPKIN_CLUSTER,
-        collector_endpoint="/api/v2/spans",
-        collector_endpoint_version=zipkin_pb2.ZipkinConfig.HTTP_JSON,
-        trace_id_128bit=True,
-    )
-    zipkin.shared_span_context.value = False
-    hcm.tracing.provider.CopyFrom(
-        http_tracer_pb2.Tracing.Http(name=ZIPKIN_TRACER_NAME, typed_config=pack(zipkin))
-    )
+    if tracer.kind == "opentelemetry":
+        otel = opentelemetry_pb2.OpenTelemetryConfig()
+        otel.grpc_service.envoy_grpc.cluster_name = tracer.cluster
+        otel.grpc_service.envoy_grpc.authority = tracer.service
+        # Each sidecar names its service through its agent's OTEL_RESOURCE_ATTRIBUTES (one
+        # listener config serves every sidecar of an outbound address).
+        otel.resource_detectors.add(
+            name=OTEL_ENV_DETECTOR, typed_config=pack(environment_detector_pb2.
+                                                      EnvironmentResourceDetectorConfig())
+        )  # fmt: skip
+        provider = http_tracer_pb2.Tracing.Http(name=OTEL_TRACER_NAME, typed_config=pack(otel))
+    else:
+        zipkin = zipkin_pb2.ZipkinConfig(
+            collector_cluster=tracer.cluster,
+            collector_endpoint="/api/v2/spans",
+            collector_endpoint_version=zipkin_pb2.ZipkinConfig.HTTP_JSON,
+            trace_id_128bit=tracer.trace_id_128bit,
+        )
+        zipkin.shared_span_context.value = False
+        provider = http_tracer_pb2.Tracing.Http(name=ZIPKIN_TRACER_NAME, typed_config=pack(zipkin))
+    hcm.tracing.provider.CopyFrom(provider)
     hcm.tracing.random_sampling.value = mc.tracing_sampling
+    hcm.tracing.max_path_tag_length.value = tracer.max_tag_length
 
 
-def zipkin_cluster(mc: MeshConfig) -> cluster_pb2.Cluster:
-    host, port = mc.zipkin_endpoint()
+def tracing_cluster(mc: MeshConfig) -> cluster_pb2.Cluster | None:
+    """The tracing collector's cluster (HTTP/2 for OTLP over gRPC), if sidecars trace."""
+    tracer = mc.tracer()
+    if tracer is None:
+        return None
+    host, port = tracer.service, tracer.port
     c = cluster_pb2.Cluster(
-        name=ZIPKIN_CLUSTER,
+        name=tracer.cluster,
         type=cluster_pb2.Cluster.STATIC if _is_ip_literal(host) else cluster_pb2.Cluster.STRICT_DNS,
         connect_timeout=duration_ns(DEFAULT_CONNECT_TIMEOUT_NS),
     )
-    c.load_assignment.cluster_name = ZIPKIN_CLUSTER
+    c.load_assignment.cluster_name = tracer.cluster
     c.load_assignment.endpoints.add().lb_endpoints.add().endpoint.address.CopyFrom(
         socket_address(host, port)
     )
+    if tracer.kind == "opentelemetry":
+        options = http_options_pb2.HttpProtocolOptions()
+        options.explicit_http_config.http2_protocol_options.SetInParent()
+        c.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(pack(options))
     return c
 
 
@@ -76,6 +115,11 @@ def _is_ip_literal(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+OTEL_TRACER_NAME = "envoy.tracers.opentelemetry"
+OTEL_ENV_DETECTOR = "envoy.tracers.opentelemetry.resource_detectors.environment"
+OTEL_ENV = "OTEL_RESOURCE_ATTRIBUTES"  # the agent sets service.name there
 
 
 # --- Istio's standard metrics from stock Envoy ----------------------------------------------
@@ -128,9 +172,10 @@ _BY_DIRECTION = {
 }
 
 
-def wants_istio_stats(metadata: Mapping[str, object]) -> bool:
-    """Whether a proxy's node metadata says its agent collects Istio's metrics."""
-    return str(metadata.get(TELEMETRY_KEY, "")) == "otlp"
+def wants_istio_stats(metadata: Mapping[str, object], mc: MeshConfig | None) -> bool:
+    """Whether a proxy reports Istio's metrics: its node metadata says its agent collects them,
+    and the MeshConfig's metrics providers (``defaultProviders.metrics``) include Prometheus."""
+    return str(metadata.get(TELEMETRY_KEY, "")) == "otlp" and (mc is None or mc.istio_metrics)
 
 
 def istio_stats_logger(direction: str, services: Sequence[str] = ()) -> accesslog_pb2.AccessLog:

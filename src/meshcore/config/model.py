@@ -303,6 +303,7 @@ RESOURCE_CLASSES: Mapping[str, type[Resource]] = {
     "AuthorizationPolicy": AuthorizationPolicy,
     "PeerAuthentication": PeerAuthentication,
     "RequestAuthentication": RequestAuthentication,
+    "Telemetry": Resource,  # read by meshcore.config.telemetry
 }
 
 

@@ -24,8 +24,8 @@ Istio has and meshcore does not implement are refused with the provider's path, 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from meshcore.config import schema as s
@@ -199,3 +199,147 @@ def read_providers(value: Mapping[str, Any]) -> Providers:
                 name, str(body.get("path") or ""), str(fmt.get("text") or "")
             )
     return Providers(tracing, frozenset(metrics), logging)
+
+
+# --- the Telemetry kind (telemetry.istio.io/v1) ----------------------------------------------
+
+MODES = {"CLIENT_AND_SERVER": ("outbound", "inbound"), "CLIENT": ("outbound",),
+         "SERVER": ("inbound",)}  # fmt: skip
+_NOT_SUPPORTED = "is not supported by meshcore"
+
+
+def check_telemetry(c: Checker, spec: dict[str, Any], name: str) -> None:
+    """Istio's rules for a Telemetry, and what meshcore does not implement, refused at its
+    path (providers are looked up in the MeshConfig when sidecars get their config)."""
+    c.selector(spec, ("spec",))
+    for field in ("targetRef", "targetRefs"):
+        if spec.get(field):
+            c.error(("spec", field), f"{field} {_NOT_SUPPORTED} (use selector)")
+    for field, unsupported in (
+        ("tracing", ("customTags", "useRequestIdForTraceSampling", "enableIstioTags")),
+        ("metrics", ("reportingInterval",)),
+        ("accessLogging", ("filter",)),
+    ):
+        entries = spec.get(field)
+        if not isinstance(entries, list):
+            continue
+        if len(entries) > 1:
+            c.error(("spec", field), f"more than one {field} entry {_NOT_SUPPORTED} (one each)")
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                continue
+            path: FieldPath = ("spec", field, i)
+            for key in unsupported:
+                if entry.get(key) is not None:
+                    c.error((*path, key), f"{key} {_NOT_SUPPORTED}")
+            providers = entry.get("providers")
+            if field == "tracing" and isinstance(providers, list) and len(providers) > 1:
+                c.error((*path, "providers"), "Envoy sends spans to one tracing provider")
+            pct = entry.get("randomSamplingPercentage")
+            if isinstance(pct, (int, float)) and not isinstance(pct, bool) and not 0 <= pct <= 100:
+                c.error((*path, "randomSamplingPercentage"), f"must be in [0, 100], got {pct}")
+            for j, o in enumerate(entry.get("overrides") or ()):
+                if not isinstance(o, dict):
+                    continue
+                if o.get("tagOverrides") is not None:
+                    c.error(
+                        (*path, "overrides", j, "tagOverrides"), f"tagOverrides {_NOT_SUPPORTED}"
+                    )
+                match = o.get("match") or {}
+                if isinstance(match, dict) and match.get("customMetric") is not None:
+                    c.error((*path, "overrides", j, "match", "customMetric"),
+                            f"custom metrics are {_NOT_SUPPORTED[3:]}")  # fmt: skip
+                if isinstance(match, dict) and str(match.get("metric", "")).startswith("GRPC_"):
+                    c.error((*path, "overrides", j, "match", "metric"),
+                            f"{match['metric']} (a gRPC message count) {_NOT_SUPPORTED}")  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryPolicy:
+    """The Telemetry resources of one workload, merged as Istio does (the root namespace's,
+    then its namespace's, then those selecting it; each sets what it names). None: not set,
+    the MeshConfig decides."""
+
+    tracing_provider: str | None = None
+    sampling: float | None = None
+    disable_span_reporting: bool = False
+    metrics_providers: tuple[str, ...] | None = None
+    # (metric, direction) pairs turned off: ALL_METRICS or one of Istio's metric names
+    metrics_disabled: frozenset[tuple[str, str]] = frozenset()
+    logging_providers: tuple[str, ...] | None = None
+    logging_disabled: frozenset[str] = frozenset()  # directions
+    sources: tuple[str, ...] = ()  # "namespace/name" of the Telemetries applied
+
+    @classmethod
+    def resolve(
+        cls, telemetries: Iterable[Any], root_namespace: str, namespace: str,
+        labels: Mapping[str, str],
+    ) -> TelemetryPolicy:  # fmt: skip
+        """The policy of a workload from all the mesh's Telemetry resources."""
+        applying = []
+        for t in telemetries:
+            sel = t.spec.get("selector")
+            rank = (0 if t.namespace == root_namespace and t.namespace != namespace
+                    else 1 if sel is None else 2)  # fmt: skip
+            if t.namespace not in (namespace, root_namespace):
+                continue
+            if sel is not None and (t.namespace != namespace or not _selects(sel, labels)):
+                continue
+            applying.append((rank, t.namespace, t.name, t))
+        policy = cls()
+        for _, _, _, t in sorted(applying, key=lambda a: a[:3]):
+            policy = policy._with(t.spec, f"{t.namespace}/{t.name}")
+        return policy
+
+    def _with(self, spec: Mapping[str, Any], source: str) -> TelemetryPolicy:
+        out: dict[str, Any] = {"sources": (*self.sources, source)}
+        for entry in spec.get("tracing") or ():
+            names = [str(p.get("name")) for p in entry.get("providers") or ()]
+            if names:
+                out["tracing_provider"] = names[0]
+            if entry.get("randomSamplingPercentage") is not None:
+                out["sampling"] = float(entry["randomSamplingPercentage"])
+            if entry.get("disableSpanReporting") is not None:
+                out["disable_span_reporting"] = bool(entry["disableSpanReporting"])
+        for entry in spec.get("metrics") or ():
+            if entry.get("providers"):
+                out["metrics_providers"] = tuple(str(p.get("name")) for p in entry["providers"])
+            disabled = set(self.metrics_disabled)
+            for o in entry.get("overrides") or ():
+                match = o.get("match") or {}
+                metric = str(match.get("metric") or "ALL_METRICS")
+                for direction in MODES[str(match.get("mode") or "CLIENT_AND_SERVER")]:
+                    if o.get("disabled"):
+                        disabled.add((metric, direction))
+                    else:
+                        disabled.discard((metric, direction))
+            out["metrics_disabled"] = frozenset(disabled)
+        for entry in spec.get("accessLogging") or ():
+            if entry.get("providers"):
+                out["logging_providers"] = tuple(str(p.get("name")) for p in entry["providers"])
+            if entry.get("disabled") is not None:
+                mode = str((entry.get("match") or {}).get("mode") or "CLIENT_AND_SERVER")
+                off = set(self.logging_disabled)
+                for direction in MODES[mode]:
+                    (off.add if entry["disabled"] else off.discard)(direction)
+                out["logging_disabled"] = frozenset(off)
+        return replace(self, **out)
+
+    def unknown_providers(self, providers: Providers) -> list[tuple[str, str]]:
+        """(field, name) of the providers this policy names that the MeshConfig lacks (or has
+        of another kind)."""
+        out = []
+        if self.tracing_provider is not None and self.tracing_provider not in providers.tracing:
+            out.append(("tracing", self.tracing_provider))
+        for name in self.metrics_providers or ():
+            if name not in providers.metrics:
+                out.append(("metrics", name))
+        for name in self.logging_providers or ():
+            if name not in providers.logging:
+                out.append(("accessLogging", name))
+        return out
+
+
+def _selects(selector: Any, labels: Mapping[str, str]) -> bool:
+    wanted = (selector or {}).get("matchLabels") or {}
+    return all(labels.get(k) == v for k, v in wanted.items())

@@ -20,6 +20,7 @@ Who the peer is (Istio's metadata exchange, rebuilt from stock parts):
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -127,6 +128,11 @@ def _protocol(attrs: Mapping[str, str]) -> str:
     return "http" if _value(attrs.get("protocol", "")).startswith("HTTP") else "tcp"
 
 
+@functools.lru_cache(maxsize=64)
+def _disabled(raw: str) -> frozenset[str]:
+    return frozenset(filter(None, raw.split(",")))
+
+
 def _int(raw: str) -> int:
     v = _value(raw)
     return int(v) if v.isdigit() else 0
@@ -186,17 +192,25 @@ class AccessLogReceiver(logs_service_pb2_grpc.LogsServiceServicer):
     def record(self, attrs: Mapping[str, str]) -> None:
         labels = self.labels(attrs)
         kind = _value(attrs.get("log_type", ""))
+        disabled = _disabled(attrs.get("disabled_metrics", ""))
         if kind.startswith("Tcp"):
-            self._tcp(kind, attrs, labels)
+            self._tcp(kind, attrs, labels, disabled)
             return
         self.metrics.record(
             labels,
             float(_int(attrs.get("duration_ms", ""))),
             request_bytes=_int(attrs.get("request_bytes", "")),
             response_bytes=_int(attrs.get("response_bytes", "")),
+            disabled=disabled,
         )
 
-    def _tcp(self, kind: str, attrs: Mapping[str, str], labels: Mapping[str, str]) -> None:
+    def _tcp(
+        self,
+        kind: str,
+        attrs: Mapping[str, str],
+        labels: Mapping[str, str],
+        disabled: frozenset[str],
+    ) -> None:
         """A TCP connection's records: when the upstream connects (outbound: counted open;
         inbound: the client's TLS handshake may not be done, so its SPIFFE id unknown yet),
         every few seconds while it lasts, and when it ends. An inbound connection is counted
@@ -204,14 +218,14 @@ class AccessLogReceiver(logs_service_pb2_grpc.LogsServiceServicer):
         conn = (attrs.get("direction", ""), _value(attrs.get("connection_id", "")))
         opened, sent, received = self._connections.get(conn, (False, 0, 0))
         if not opened and (kind != "TcpUpstreamConnected" or labels["reporter"] == "source"):
-            self.metrics.tcp_open(labels)
+            self.metrics.tcp_open(labels, disabled)
             opened = True
         now_sent = _int(attrs.get("response_bytes", ""))
         now_received = _int(attrs.get("request_bytes", ""))
         if now_sent > sent or now_received > received:
-            self.metrics.tcp_bytes(labels, now_sent - sent, now_received - received)
+            self.metrics.tcp_bytes(labels, now_sent - sent, now_received - received, disabled)
         if kind == "TcpConnectionEnd":
-            self.metrics.tcp_close(labels)
+            self.metrics.tcp_close(labels, disabled)
             self._connections.pop(conn, None)
         else:
             self._connections[conn] = (opened, max(sent, now_sent), max(received, now_received))

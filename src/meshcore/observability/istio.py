@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -66,31 +66,41 @@ class IstioMetrics:
         millis: float,
         request_bytes: int | None = None,
         response_bytes: int | None = None,
+        disabled: Collection[str] = (),
     ) -> None:
-        """One HTTP or gRPC request (``None`` sizes: not measured, no observation)."""
+        """One HTTP or gRPC request (``None`` sizes: not measured, no observation);
+        ``disabled``: Istio's names of metrics not to report (a Telemetry's overrides)."""
         key = _key(labels, LABELS)
         with self._lock:
-            self.requests[key] += 1
-            self.durations[key].observe(millis)
-            if request_bytes is not None:
+            if "REQUEST_COUNT" not in disabled:
+                self.requests[key] += 1
+            if "REQUEST_DURATION" not in disabled:
+                self.durations[key].observe(millis)
+            if request_bytes is not None and "REQUEST_SIZE" not in disabled:
                 self.request_sizes[key].observe(request_bytes)
-            if response_bytes is not None:
+            if response_bytes is not None and "RESPONSE_SIZE" not in disabled:
                 self.response_sizes[key].observe(response_bytes)
 
-    def tcp_open(self, labels: Mapping[str, str]) -> None:
-        with self._lock:
-            self.tcp_opened[_key(labels, TCP_LABELS)] += 1
+    def tcp_open(self, labels: Mapping[str, str], disabled: Collection[str] = ()) -> None:
+        if "TCP_OPENED_CONNECTIONS" not in disabled:
+            with self._lock:
+                self.tcp_opened[_key(labels, TCP_LABELS)] += 1
 
-    def tcp_bytes(self, labels: Mapping[str, str], sent: int, received: int) -> None:
+    def tcp_bytes(
+        self, labels: Mapping[str, str], sent: int, received: int, disabled: Collection[str] = ()
+    ) -> None:
         """Bytes a TCP connection sent to its client and received from it since the last call."""
         key = _key(labels, TCP_LABELS)
         with self._lock:
-            self.tcp_sent[key] += sent
-            self.tcp_received[key] += received
+            if "TCP_SENT_BYTES" not in disabled:
+                self.tcp_sent[key] += sent
+            if "TCP_RECEIVED_BYTES" not in disabled:
+                self.tcp_received[key] += received
 
-    def tcp_close(self, labels: Mapping[str, str]) -> None:
-        with self._lock:
-            self.tcp_closed[_key(labels, TCP_LABELS)] += 1
+    def tcp_close(self, labels: Mapping[str, str], disabled: Collection[str] = ()) -> None:
+        if "TCP_CLOSED_CONNECTIONS" not in disabled:
+            with self._lock:
+                self.tcp_closed[_key(labels, TCP_LABELS)] += 1
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:

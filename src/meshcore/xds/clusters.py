@@ -42,7 +42,7 @@ from meshcore.xds.common import (
 )
 from meshcore.xds.index import MeshIndex, Overrides, PortService, SeHost
 from meshcore.xds.problems import ProblemLog
-from meshcore.xds.telemetry import tracing_cluster, workload_metadata
+from meshcore.xds.telemetry import tracing_clusters, workload_metadata
 from meshcore.xds.trafficpolicy import (
     SYSTEM_CA_BUNDLE,
     apply_connection_pool,
@@ -154,11 +154,8 @@ class ClusterBuilder:
                 self._cluster_parts[key] = part
                 built.update(part[1])
                 problems.extend(part[2])
-            tracing = None if proxyless or self.mesh_config is None else (
-                tracing_cluster(self.mesh_config)
-            )  # fmt: skip
-            if tracing is not None:
-                built[tracing.name] = tracing
+            if not proxyless and self.mesh_config is not None:
+                built.update((c.name, c) for c in tracing_clusters(self.mesh_config))
             self._clusters[proxyless] = dict(sorted(built.items()))
             self.problems[proxyless] = problems
         return self._clusters[proxyless]

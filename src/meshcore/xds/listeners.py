@@ -33,6 +33,7 @@ from google.protobuf.message import Message
 
 from meshcore.config.meshconfig import MeshConfig
 from meshcore.config.model import WorkloadEntry, selector_matches
+from meshcore.config.telemetry import TelemetryPolicy
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.names import (
     CORS_NAME,
@@ -67,11 +68,11 @@ from meshcore.xds.jwt import JwksFetcher, jwt_filter
 from meshcore.xds.node import Proxy
 from meshcore.xds.problems import ProblemLog
 from meshcore.xds.telemetry import (
-    access_logs,
+    TelemetryScope,
+    agent_collects,
     istio_stats_http,
     istio_stats_tcp,
     observe,
-    wants_istio_stats,
 )
 
 
@@ -97,6 +98,9 @@ class ListenerBuilder:
         self.log = log
         self.providers = providers
         self.mesh_config = mesh_config
+        # Telemetry resources (telemetry.istio.io), and each workload's scope from them.
+        self._telemetries = [r for r in self.mesh.resources if r.kind == "Telemetry"]
+        self._scopes: dict[tuple[Any, ...], TelemetryScope] = {}
         self._registry: list[str] | None = None
         self._outbound: dict[tuple[bool, str, bool], dict[str, Message]] = {}
         self.outbound_problems: dict[tuple[bool, str, bool], list[ConfigProblem]] = {}
@@ -123,13 +127,35 @@ class ListenerBuilder:
                 # JWKS are refreshed) and its authorization filters.
                 self._inbound = prev._inbound
 
-    def outbound_key(self, proxy: Proxy) -> tuple[bool, str, bool]:
+    def outbound_key(self, proxy: Proxy) -> tuple[Any, ...]:
         """What a proxy's outbound listeners (and their problems) are kept under."""
-        return (
-            proxy.proxyless,
-            proxy.outbound_address,
-            wants_istio_stats(proxy.metadata, self.mesh_config),
-        )
+        return (proxy.proxyless, proxy.outbound_address, self.scope(proxy).key)
+
+    def scope(self, proxy: Proxy) -> TelemetryScope:
+        """The proxy's telemetry (MeshConfig with the Telemetry resources selecting it)."""
+        agent = agent_collects(proxy.metadata)
+        if not self._telemetries:
+            return TelemetryScope(self.mesh_config, agent=agent)
+        key = (proxy.namespace, tuple(sorted(proxy.labels.items())), agent)
+        found = self._scopes.get(key)
+        if found is None:
+            policy = TelemetryPolicy.resolve(
+                self._telemetries, self.mesh.root_namespace, proxy.namespace, proxy.labels
+            )
+            found = self._scopes[key] = TelemetryScope(self.mesh_config, policy, agent)
+        return found
+
+    def _telemetry_problems(self, scope: TelemetryScope) -> None:
+        providers = self.mesh_config.providers if self.mesh_config is not None else None
+        if providers is None or not scope.policy.sources:
+            return
+        for field, name in scope.policy.unknown_providers(providers):
+            for source in scope.policy.sources:
+                ns, _, res_name = source.partition("/")
+                res = self.mesh.get("Telemetry", ns, res_name)
+                if res is not None and name in str(res.spec.get(field)):
+                    self.log.problem(res, f"spec.{field}", f"no {field} extension provider "
+                                     f"named {name!r} in the MeshConfig: left out")  # fmt: skip
 
     def outbound_listeners(self, proxy: Proxy) -> dict[str, Message]:
         key = self.outbound_key(proxy)
@@ -153,14 +179,15 @@ class ListenerBuilder:
                         out[name] = _api_listener(name)
             return dict(sorted(out.items()))
         address = proxy.outbound_address
-        stats = wants_istio_stats(proxy.metadata, self.mesh_config)
+        scope = self.scope(proxy)
+        self._telemetry_problems(scope)
         for port in sorted(self.index.by_port):
             group = self.index.by_port[port]
             name = f"{address}_{port}"
             http = [ps for ps in group if is_http(ps.protocol)]
             tcp = [ps for ps in group if not is_http(ps.protocol)]
             if http:
-                out[name] = _outbound_http_listener(name, address, port, self.mesh_config, stats)
+                out[name] = _outbound_http_listener(name, address, port, scope)
                 for ps in tcp:
                     self.log.problem(
                         ps.service,
@@ -173,9 +200,7 @@ class ListenerBuilder:
             elif tcp:
                 first = tcp[0]
                 cluster = cluster_name(OUTBOUND, port, "", first.service.hostname)
-                out[name] = _outbound_tcp_listener(
-                    name, address, port, cluster, self.mesh_config, stats
-                )
+                out[name] = _outbound_tcp_listener(name, address, port, cluster, scope)
                 for ps in tcp[1:]:
                     self.log.problem(
                         ps.service,
@@ -272,7 +297,7 @@ class ListenerBuilder:
             w.key,
             proxy.app_address,
             tuple(sorted(proxy.labels.items())),
-            wants_istio_stats(proxy.metadata, self.mesh_config),
+            self.scope(proxy).key,
         )
         found = self._inbound.get(key)
         with self.log.capture() as jwt_met:
@@ -300,6 +325,8 @@ class ListenerBuilder:
                     continue
                 ports.setdefault(target, proto)
                 services.setdefault(target, []).append(svc.hostname)
+        scope = self.scope(proxy)
+        self._telemetry_problems(scope)
         for target in sorted(ports):
             cluster = cluster_name(INBOUND, target, "", "")
             clusters[cluster] = inbound_cluster(cluster, proxy.app_address, target)
@@ -317,10 +344,8 @@ class ListenerBuilder:
                 mode=mode,
                 http_filters=http_filters,
                 tcp_filters=tcp_filters,
-                mc=self.mesh_config,
-                stats=sorted(set(services[target]))
-                if wants_istio_stats(proxy.metadata, self.mesh_config)
-                else None,
+                scope=scope,
+                services=sorted(set(services[target])),
             )
         return listeners, clusters
 
@@ -346,12 +371,12 @@ def _hcm_filter(hcm: hcm_pb2.HttpConnectionManager) -> listener_components_pb2.F
 
 
 def _outbound_http_listener(
-    name: str, address: str, port: int, mc: MeshConfig | None = None, stats: bool = False
+    name: str, address: str, port: int, scope: TelemetryScope
 ) -> listener_pb2.Listener:
     hcm = hcm_pb2.HttpConnectionManager(stat_prefix=f"outbound_{name}")
-    observe(hcm, mc)
-    if stats:
-        istio_stats_http(hcm, OUTBOUND)
+    observe(hcm, scope, OUTBOUND)
+    if scope.metrics(OUTBOUND):
+        istio_stats_http(hcm, OUTBOUND, disabled=scope.disabled_metrics(OUTBOUND))
     hcm.rds.route_config_name = str(port)
     hcm.rds.config_source.CopyFrom(ads())
     hcm.normalize_path.value = True
@@ -375,13 +400,12 @@ def _outbound_tcp_listener(
     address: str,
     port: int,
     cluster: str,
-    mc: MeshConfig | None = None,
-    stats: bool = False,
+    scope: TelemetryScope,
 ) -> listener_pb2.Listener:
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
-    proxy.access_log.extend(access_logs(mc))
-    if stats:
-        istio_stats_tcp(proxy, OUTBOUND)
+    proxy.access_log.extend(scope.access_logs(OUTBOUND))
+    if scope.metrics(OUTBOUND):
+        istio_stats_tcp(proxy, OUTBOUND, disabled=scope.disabled_metrics(OUTBOUND))
     listener = listener_pb2.Listener(
         name=name, address=socket_address(address, port), traffic_direction=base_pb2.OUTBOUND
     )
@@ -428,24 +452,26 @@ def _inbound_listener(
     mode: str,
     http_filters: list[Message],
     tcp_filters: list[Message],
-    mc: MeshConfig | None = None,
-    stats: list[str] | None = None,
+    scope: TelemetryScope,
+    services: list[str],
 ) -> listener_pb2.Listener:
-    """``stats``: the Services served, when the agent keeps Istio's metrics."""
+    """``services``: the Services served (for Istio's metrics)."""
+    stats = scope.metrics(INBOUND)
+    disabled = scope.disabled_metrics(INBOUND)
 
     def filters() -> list[listener_components_pb2.Filter]:
         if not http:
             out = [copy_message(f) for f in tcp_filters]
             tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
-            tcp.access_log.extend(access_logs(mc))
-            if stats is not None:
-                istio_stats_tcp(tcp, INBOUND, stats)
+            tcp.access_log.extend(scope.access_logs(INBOUND))
+            if stats:
+                istio_stats_tcp(tcp, INBOUND, services, disabled)
             out.append(listener_components_pb2.Filter(name=TCP_PROXY_NAME, typed_config=pack(tcp)))
             return out
         hcm = hcm_pb2.HttpConnectionManager(stat_prefix=f"inbound_{name}")
-        observe(hcm, mc)
-        if stats is not None:
-            istio_stats_http(hcm, INBOUND, stats)
+        observe(hcm, scope, INBOUND)
+        if stats:
+            istio_stats_http(hcm, INBOUND, services, disabled)
         rcfg = hcm.route_config
         rcfg.name = cluster
         rcfg.validate_clusters.value = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.cluster.v3 import cluster_pb2
@@ -24,43 +25,95 @@ from envoy.extensions.tracers.opentelemetry.resource_detectors.v3 import (
 )
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_options_pb2
 
-from meshcore.config.meshconfig import DEFAULT_JSON_FORMAT, DEFAULT_TEXT_FORMAT, MeshConfig
+from meshcore.config.meshconfig import (
+    DEFAULT_JSON_FORMAT,
+    DEFAULT_SAMPLING,
+    DEFAULT_TEXT_FORMAT,
+    MeshConfig,
+)
+from meshcore.config.telemetry import TelemetryPolicy, TracingProvider
 from meshcore.names import FILE_LOG_NAME, HTTP_OPTIONS_KEY, ZIPKIN_TRACER_NAME
 from meshcore.xds.common import DEFAULT_CONNECT_TIMEOUT_NS, duration_ns, pack, socket_address
 
+NO_POLICY = TelemetryPolicy()
 
-def access_logs(mc: MeshConfig | None) -> list[accesslog_pb2.AccessLog]:
-    """File access logs: ``defaultProviders.accessLogging``'s envoyFileAccessLog providers,
-    else ``accessLogFile``."""
-    if mc is None:
-        return []
-    if mc.default_logging:
-        out = []
-        for name in mc.default_logging:
-            provider = mc.providers.logging[name]
-            log = file_log_pb2.FileAccessLog(path=provider.path or "/dev/stdout")
+
+@dataclass(frozen=True, slots=True)
+class TelemetryScope:
+    """A proxy's telemetry: the MeshConfig's providers with the Telemetry resources selecting
+    its workload applied, and whether its agent collects Istio's metrics. Listeners built for
+    one scope serve every proxy of the same scope (``key``)."""
+
+    mc: MeshConfig | None
+    policy: TelemetryPolicy = NO_POLICY
+    agent: bool = False  # node metadata MESHCORE_TELEMETRY=otlp: the agent has the cluster
+
+    @property
+    def key(self) -> tuple[TelemetryPolicy, bool]:
+        return (self.policy, self.agent)
+
+    def tracer(self) -> TracingProvider | None:
+        if self.mc is None or self.policy.disable_span_reporting:
+            return None
+        if self.policy.tracing_provider is not None:
+            return self.mc.providers.tracing.get(self.policy.tracing_provider)
+        return self.mc.tracer()
+
+    def sampling(self) -> float:
+        if self.policy.sampling is not None:
+            return self.policy.sampling
+        return self.mc.tracing_sampling if self.mc is not None else DEFAULT_SAMPLING
+
+    def metrics(self, direction: str) -> bool:
+        """Whether Istio's metrics are reported on this side (``outbound``, ``inbound``)."""
+        if not self.agent or ("ALL_METRICS", direction) in self.policy.metrics_disabled:
+            return False
+        names = self.policy.metrics_providers
+        if names is None:
+            return self.mc is None or self.mc.istio_metrics
+        return self.mc is None or any(n in self.mc.providers.metrics for n in names)
+
+    def disabled_metrics(self, direction: str) -> list[str]:
+        return sorted(m for m, d in self.policy.metrics_disabled if d == direction)
+
+    def access_logs(self, direction: str) -> list[accesslog_pb2.AccessLog]:
+        """File access logs: the Telemetry's or ``defaultProviders.accessLogging``'s
+        envoyFileAccessLog providers, else ``accessLogFile``."""
+        mc = self.mc
+        if mc is None or direction in self.policy.logging_disabled:
+            return []
+        names = self.policy.logging_providers
+        if names is None:
+            names = mc.default_logging
+        if names:
+            out = []
+            for name in names:
+                provider = mc.providers.logging.get(name)
+                if provider is None:
+                    continue  # reported as the proxy's problem (unknown provider)
+                log = file_log_pb2.FileAccessLog(path=provider.path or "/dev/stdout")
+                log.log_format.text_format_source.inline_string = (
+                    provider.text_format or DEFAULT_TEXT_FORMAT
+                )
+                out.append(accesslog_pb2.AccessLog(name=FILE_LOG_NAME, typed_config=pack(log)))
+            return out
+        if not mc.access_log_file:
+            return []
+        log = file_log_pb2.FileAccessLog(path=mc.access_log_file)
+        if mc.access_log_encoding == "JSON":
+            log.log_format.json_format.update(DEFAULT_JSON_FORMAT)
+        else:
             log.log_format.text_format_source.inline_string = (
-                provider.text_format or DEFAULT_TEXT_FORMAT
+                mc.access_log_format or DEFAULT_TEXT_FORMAT
             )
-            out.append(accesslog_pb2.AccessLog(name=FILE_LOG_NAME, typed_config=pack(log)))
-        return out
-    if not mc.access_log_file:
-        return []
-    log = file_log_pb2.FileAccessLog(path=mc.access_log_file)
-    if mc.access_log_encoding == "JSON":
-        log.log_format.json_format.update(DEFAULT_JSON_FORMAT)
-    else:
-        log.log_format.text_format_source.inline_string = (
-            mc.access_log_format or DEFAULT_TEXT_FORMAT
-        )
-    return [accesslog_pb2.AccessLog(name=FILE_LOG_NAME, typed_config=pack(log))]
+        return [accesslog_pb2.AccessLog(name=FILE_LOG_NAME, typed_config=pack(log))]
 
 
-def observe(hcm: hcm_pb2.HttpConnectionManager, mc: MeshConfig | None) -> None:
-    """Access logs and tracing on an HTTP connection manager, per the MeshConfig."""
-    hcm.access_log.extend(access_logs(mc))
-    tracer = mc.tracer() if mc is not None else None
-    if mc is None or tracer is None:
+def observe(hcm: hcm_pb2.HttpConnectionManager, scope: TelemetryScope, direction: str) -> None:
+    """Access logs and tracing on an HTTP connection manager, per the proxy's scope."""
+    hcm.access_log.extend(scope.access_logs(direction))
+    tracer = scope.tracer()
+    if tracer is None:
         return
     if tracer.kind == "opentelemetry":
         otel = opentelemetry_pb2.OpenTelemetryConfig()
@@ -83,15 +136,21 @@ def observe(hcm: hcm_pb2.HttpConnectionManager, mc: MeshConfig | None) -> None:
         zipkin.shared_span_context.value = False
         provider = http_tracer_pb2.Tracing.Http(name=ZIPKIN_TRACER_NAME, typed_config=pack(zipkin))
     hcm.tracing.provider.CopyFrom(provider)
-    hcm.tracing.random_sampling.value = mc.tracing_sampling
+    hcm.tracing.random_sampling.value = scope.sampling()
     hcm.tracing.max_path_tag_length.value = tracer.max_tag_length
 
 
-def tracing_cluster(mc: MeshConfig) -> cluster_pb2.Cluster | None:
-    """The tracing collector's cluster (HTTP/2 for OTLP over gRPC), if sidecars trace."""
-    tracer = mc.tracer()
-    if tracer is None:
-        return None
+def tracing_clusters(mc: MeshConfig) -> list[cluster_pb2.Cluster]:
+    """The tracing collectors' clusters (HTTP/2 for OTLP over gRPC): the default one, and
+    every tracing provider (a Telemetry may name any)."""
+    tracers = {t.cluster: t for t in mc.providers.tracing.values()}
+    default = mc.tracer()
+    if default is not None:
+        tracers[default.cluster] = default
+    return [_tracing_cluster(t) for _, t in sorted(tracers.items())]
+
+
+def _tracing_cluster(tracer: TracingProvider) -> cluster_pb2.Cluster:
     host, port = tracer.service, tracer.port
     c = cluster_pb2.Cluster(
         name=tracer.cluster,
@@ -172,15 +231,17 @@ _BY_DIRECTION = {
 }
 
 
-def wants_istio_stats(metadata: Mapping[str, object], mc: MeshConfig | None) -> bool:
-    """Whether a proxy reports Istio's metrics: its node metadata says its agent collects them,
-    and the MeshConfig's metrics providers (``defaultProviders.metrics``) include Prometheus."""
-    return str(metadata.get(TELEMETRY_KEY, "")) == "otlp" and (mc is None or mc.istio_metrics)
+def agent_collects(metadata: Mapping[str, object]) -> bool:
+    """Whether a proxy's node metadata says its agent collects Istio's metrics."""
+    return str(metadata.get(TELEMETRY_KEY, "")) == "otlp"
 
 
-def istio_stats_logger(direction: str, services: Sequence[str] = ()) -> accesslog_pb2.AccessLog:
+def istio_stats_logger(
+    direction: str, services: Sequence[str] = (), disabled: Sequence[str] = ()
+) -> accesslog_pb2.AccessLog:
     """The OpenTelemetry access logger streaming each request's (or TCP connection's)
-    attributes to the agent; ``services``: the Services an inbound listener serves."""
+    attributes to the agent; ``services``: the Services an inbound listener serves;
+    ``disabled``: Istio's names of the metrics not to report (a Telemetry's overrides)."""
     log = otel_log_pb2.OpenTelemetryAccessLogConfig()
     common = log.common_config
     common.log_name = f"istio-{direction}"
@@ -189,6 +250,8 @@ def istio_stats_logger(direction: str, services: Sequence[str] = ()) -> accesslo
     attrs = {**_COMMON, **_BY_DIRECTION[direction], "direction": direction}
     if services:
         attrs["services"] = ",".join(services)
+    if disabled:
+        attrs["disabled_metrics"] = ",".join(disabled)
     for key, value in attrs.items():
         log.attributes.values.add(key=key).value.string_value = value
     log.disable_builtin_labels = True
@@ -196,11 +259,11 @@ def istio_stats_logger(direction: str, services: Sequence[str] = ()) -> accesslo
 
 
 def istio_stats_http(hcm: hcm_pb2.HttpConnectionManager, direction: str,
-                     services: Sequence[str] = ()) -> None:  # fmt: skip
+                     services: Sequence[str] = (), disabled: Sequence[str] = ()) -> None:  # fmt: skip
     """The access logger, and the metadata exchange: outbound, this workload's metadata in a
     request header; inbound, that header moved into dynamic metadata (and off the request the
     app sees). Call before the other HTTP filters are added: these go first."""
-    hcm.access_log.append(istio_stats_logger(direction, services))
+    hcm.access_log.append(istio_stats_logger(direction, services, disabled))
     if direction == "outbound":
         mutation = header_mutation_pb2.HeaderMutation()
         option = mutation.mutations.request_mutations.add().append
@@ -218,10 +281,10 @@ def istio_stats_http(hcm: hcm_pb2.HttpConnectionManager, direction: str,
 
 
 def istio_stats_tcp(proxy: tcp_proxy_pb2.TcpProxy, direction: str,
-                    services: Sequence[str] = ()) -> None:  # fmt: skip
+                    services: Sequence[str] = (), disabled: Sequence[str] = ()) -> None:  # fmt: skip
     """The access logger on a TCP proxy: when the upstream connection opens, every 5 s while it
     lasts and when it closes (``%ACCESS_LOG_TYPE%`` tells them apart)."""
-    proxy.access_log.append(istio_stats_logger(direction, services))
+    proxy.access_log.append(istio_stats_logger(direction, services, disabled))
     proxy.access_log_options.flush_access_log_on_connected = True
     proxy.access_log_options.access_log_flush_interval.CopyFrom(duration_ns(TCP_REPORT_INTERVAL_NS))
 

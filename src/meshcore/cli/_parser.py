@@ -202,6 +202,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="Envoy node metadata, e.g. MESHCORE_APP_ADDRESS=127.0.10.2 (repeatable)",
     )
+    a.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="the workload's labels (node metadata LABELS; app and version name it in Istio's "
+        "metrics; repeatable)",
+    )
 
     x = command("proxy", "run the reference proxy (meshcore.dataplane) for one workload")
     _workload_inputs(x)

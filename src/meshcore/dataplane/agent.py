@@ -485,12 +485,18 @@ async def run_agent(args: Any, *, token: str | None, root_cert: str) -> int:
         print(f"meshcore agent: {message}", file=sys.stderr)
         return code
 
-    metadata: dict[str, str] = {}
+    metadata: dict[str, Any] = {}
     for item in args.metadata:
         key, sep, value = item.partition("=")
         if not sep or not key:
             return fail(f"--metadata: expected KEY=VALUE, got {item!r}", 2)
         metadata[key] = value
+    labels: dict[str, str] = {}
+    for item in getattr(args, "label", []):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            return fail(f"--label: expected KEY=VALUE, got {item!r}", 2)
+        labels[key] = value
     try:
         agent = Agent(
             node_id=args.node_id,
@@ -506,7 +512,7 @@ async def run_agent(args: Any, *, token: str | None, root_cert: str) -> int:
             delta=args.delta,
             envoy_path=args.envoy,
             cert_ttl=args.cert_ttl,
-            metadata=metadata,
+            metadata={**metadata, LABELS_KEY: labels} if labels else metadata,
             drain_seconds=args.drain_seconds,
         )
     except (MeshcoreError, ValueError) as exc:
@@ -524,6 +530,7 @@ async def run_agent(args: Any, *, token: str | None, root_cert: str) -> int:
         f", SDS on {agent.sds_address}"
         + (
             f", readiness on http://127.0.0.1:{agent.status_port}/healthz/ready"
+            f", metrics on {agent.stats_url}"
             if agent.status_port is not None
             else ""
         ),

@@ -101,6 +101,11 @@ async def _run_demo(
                   f"  xDS sync     http://127.0.0.1:{dm.metrics_port}/debug/syncz\n"
                   f"  frontend     http://{dm.frontend().app_address}:{dm.frontend().port}{FRONTEND_PATH}",
                   file=out, flush=True)  # fmt: skip
+            # Each sidecar's merged Prometheus endpoint (Envoy's stats and Istio's metrics).
+            for name, sc in sorted(dm.sidecars.items()):
+                url = getattr(sc, "stats_url", None)
+                if url:
+                    print(f"  sidecar {name} {url}", file=out, flush=True)
             try:
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.Event().wait()

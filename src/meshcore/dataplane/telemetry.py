@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +30,15 @@ from pathlib import Path
 import grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 
-from meshcore.observability.istio import UNKNOWN, IstioMetrics
+from meshcore.observability.istio import UNKNOWN, IstioMetrics, Series
 from meshcore.xds.telemetry import workload_metadata
 
 UDS_NAME = "telemetry.sock"
+# The attributes the labels are made of (the others are measurements).
+_LABEL_ATTRS = ("direction", "peer_principal", "peer_workload", "upstream_cluster", "services",
+                "authority", "content_type", "protocol", "response_code", "grpc_status",
+                "response_flags")  # fmt: skip
+MAX_CACHED_SERIES = 10_000
 MAX_UDS_PATH = 107
 
 
@@ -145,18 +151,24 @@ class AccessLogReceiver(logs_service_pb2_grpc.LogsServiceServicer):
         self.own = own
         self.metrics = metrics if metrics is not None else IstioMetrics()
         self.records = 0  # log records received (each request, each TCP open and close)
+        self.exports = 0  # Export calls (batches)
+        self.cpu_seconds = 0.0  # CPU time spent turning records into metrics
+        self._series: dict[tuple[str, ...], tuple[str, Series]] = {}
         # Open TCP connections: (direction, connection id) -> (counted open, sent, received).
         self._connections: dict[tuple[str, str], tuple[bool, int, int]] = {}
 
     async def Export(
         self, request: logs_service_pb2.ExportLogsServiceRequest, context: object
     ) -> logs_service_pb2.ExportLogsServiceResponse:
+        started = time.thread_time()
         self.observe(
             {kv.key: kv.value.string_value for kv in record.attributes}
             for rl in request.resource_logs
             for sl in rl.scope_logs
             for record in sl.log_records
         )
+        self.exports += 1
+        self.cpu_seconds += time.thread_time() - started
         return logs_service_pb2.ExportLogsServiceResponse()
 
     def observe(self, records: Iterable[Mapping[str, str]]) -> None:
@@ -190,14 +202,22 @@ class AccessLogReceiver(logs_service_pb2_grpc.LogsServiceServicer):
         }
 
     def record(self, attrs: Mapping[str, str]) -> None:
-        labels = self.labels(attrs)
+        # The labels depend on a few attributes, which repeat: computed once per combination.
+        cache_key = tuple(attrs.get(name, "") for name in _LABEL_ATTRS)
+        found = self._series.get(cache_key)
+        if found is None:
+            if len(self._series) >= MAX_CACHED_SERIES:
+                self._series.clear()
+            labels = self.labels(attrs)
+            found = self._series[cache_key] = (labels["reporter"], Series.of(labels))
+        reporter, series = found
         kind = _value(attrs.get("log_type", ""))
         disabled = _disabled(attrs.get("disabled_metrics", ""))
         if kind.startswith("Tcp"):
-            self._tcp(kind, attrs, labels, disabled)
+            self._tcp(kind, attrs, reporter, series, disabled)
             return
         self.metrics.record(
-            labels,
+            series,
             float(_int(attrs.get("duration_ms", ""))),
             request_bytes=_int(attrs.get("request_bytes", "")),
             response_bytes=_int(attrs.get("response_bytes", "")),
@@ -208,7 +228,8 @@ class AccessLogReceiver(logs_service_pb2_grpc.LogsServiceServicer):
         self,
         kind: str,
         attrs: Mapping[str, str],
-        labels: Mapping[str, str],
+        reporter: str,
+        series: Series,
         disabled: frozenset[str],
     ) -> None:
         """A TCP connection's records: when the upstream connects (outbound: counted open;
@@ -217,15 +238,15 @@ class AccessLogReceiver(logs_service_pb2_grpc.LogsServiceServicer):
         open at its first record after the connect one; bytes are counted as they grow."""
         conn = (attrs.get("direction", ""), _value(attrs.get("connection_id", "")))
         opened, sent, received = self._connections.get(conn, (False, 0, 0))
-        if not opened and (kind != "TcpUpstreamConnected" or labels["reporter"] == "source"):
-            self.metrics.tcp_open(labels, disabled)
+        if not opened and (kind != "TcpUpstreamConnected" or reporter == "source"):
+            self.metrics.tcp_open(series, disabled)
             opened = True
         now_sent = _int(attrs.get("response_bytes", ""))
         now_received = _int(attrs.get("request_bytes", ""))
         if now_sent > sent or now_received > received:
-            self.metrics.tcp_bytes(labels, now_sent - sent, now_received - received, disabled)
+            self.metrics.tcp_bytes(series, now_sent - sent, now_received - received, disabled)
         if kind == "TcpConnectionEnd":
-            self.metrics.tcp_close(labels, disabled)
+            self.metrics.tcp_close(series, disabled)
             self._connections.pop(conn, None)
         else:
             self._connections[conn] = (opened, max(sent, now_sent), max(received, now_received))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -46,6 +47,25 @@ def _key(labels: Mapping[str, str], names: tuple[str, ...]) -> Key:
                  else labels.get(name, "") for name in names)  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One label set's keys in the HTTP and the TCP metrics (computed once, reused)."""
+
+    http: Key
+    tcp: Key
+
+    @classmethod
+    def of(cls, labels: Mapping[str, str]) -> Series:
+        return cls(_key(labels, LABELS), _key(labels, TCP_LABELS))
+
+
+Labels = Mapping[str, str] | Series
+
+
+def _series(labels: Labels) -> Series:
+    return labels if isinstance(labels, Series) else Series.of(labels)
+
+
 class IstioMetrics:
     """Istio's standard metrics of one proxy; a prometheus-client collector."""
 
@@ -62,7 +82,7 @@ class IstioMetrics:
 
     def record(
         self,
-        labels: Mapping[str, str],
+        labels: Labels,
         millis: float,
         request_bytes: int | None = None,
         response_bytes: int | None = None,
@@ -70,7 +90,7 @@ class IstioMetrics:
     ) -> None:
         """One HTTP or gRPC request (``None`` sizes: not measured, no observation);
         ``disabled``: Istio's names of metrics not to report (a Telemetry's overrides)."""
-        key = _key(labels, LABELS)
+        key = _series(labels).http
         with self._lock:
             if "REQUEST_COUNT" not in disabled:
                 self.requests[key] += 1
@@ -81,26 +101,26 @@ class IstioMetrics:
             if response_bytes is not None and "RESPONSE_SIZE" not in disabled:
                 self.response_sizes[key].observe(response_bytes)
 
-    def tcp_open(self, labels: Mapping[str, str], disabled: Collection[str] = ()) -> None:
+    def tcp_open(self, labels: Labels, disabled: Collection[str] = ()) -> None:
         if "TCP_OPENED_CONNECTIONS" not in disabled:
             with self._lock:
-                self.tcp_opened[_key(labels, TCP_LABELS)] += 1
+                self.tcp_opened[_series(labels).tcp] += 1
 
     def tcp_bytes(
-        self, labels: Mapping[str, str], sent: int, received: int, disabled: Collection[str] = ()
+        self, labels: Labels, sent: int, received: int, disabled: Collection[str] = ()
     ) -> None:
         """Bytes a TCP connection sent to its client and received from it since the last call."""
-        key = _key(labels, TCP_LABELS)
+        key = _series(labels).tcp
         with self._lock:
             if "TCP_SENT_BYTES" not in disabled:
                 self.tcp_sent[key] += sent
             if "TCP_RECEIVED_BYTES" not in disabled:
                 self.tcp_received[key] += received
 
-    def tcp_close(self, labels: Mapping[str, str], disabled: Collection[str] = ()) -> None:
+    def tcp_close(self, labels: Labels, disabled: Collection[str] = ()) -> None:
         if "TCP_CLOSED_CONNECTIONS" not in disabled:
             with self._lock:
-                self.tcp_closed[_key(labels, TCP_LABELS)] += 1
+                self.tcp_closed[_series(labels).tcp] += 1
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:

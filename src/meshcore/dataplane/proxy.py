@@ -389,8 +389,11 @@ class ReferenceProxy:
                 "response_flags": d.response_flags,
                 "connection_security_policy": "unknown",
                 "destination_cluster": "Kubernetes",
+                "source_cluster": "Kubernetes",
             },
             millis,
+            len(request.body),
+            len(response.body),
         )
         self._log(request, response, d, millis, attempts, "outbound")
         return response
@@ -533,8 +536,11 @@ class ReferenceProxy:
                 "response_flags": d.response_flags,
                 "connection_security_policy": "mutual_tls" if tls else "none",
                 "destination_cluster": "Kubernetes",
+                "source_cluster": "Kubernetes" if src_name else "unknown",
             },
             millis,
+            len(request.body),
+            len(response.body),
         )
         self._log(request, response, d, millis, attempts, "inbound", principal)
         return response

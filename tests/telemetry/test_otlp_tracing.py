@@ -92,6 +92,12 @@ async def _scenario(tmp_path: Path, collector: Collector) -> None:
                 chain.append(service)
             services = [s.split(".")[0] for s in reversed(chain)]
             assert services == ["frontend", "reviews", "reviews", "ratings"], services
+            # Istio's span tags, each sidecar's own.
+            tags = {a.key: a.value.string_value for a in leaf[1].attributes}  # type: ignore[attr-defined]
+            assert tags["istio.canonical_service"] == "ratings"
+            assert tags["istio.namespace"] == "default"
+            assert tags["istio.mesh_id"] == "cluster.local"
+            assert tags["istio.workload"].startswith("ratings-")
             assert {s for s, _ in trace} <= {
                 "frontend.default",
                 "reviews.default",

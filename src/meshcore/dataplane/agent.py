@@ -62,7 +62,13 @@ from meshcore.dataplane.certs import CertificateClient, WorkloadSecret
 from meshcore.dataplane.telemetry import AccessLogReceiver, WorkloadInfo, start_receiver
 from meshcore.errors import MeshcoreError
 from meshcore.xds.node import LABELS_KEY, parse_node_id
-from meshcore.xds.telemetry import OTEL_ENV, PEER_ENV, TELEMETRY_CLUSTER, TELEMETRY_KEY
+from meshcore.xds.telemetry import (
+    OTEL_ENV,
+    PEER_ENV,
+    SPAN_TAG_ENV,
+    TELEMETRY_CLUSTER,
+    TELEMETRY_KEY,
+)
 
 log = logging.getLogger("meshcore.dataplane.agent")
 
@@ -367,6 +373,11 @@ class Agent:
         _, _, name, namespace, _ = parse_node_id(self.node_id)
         app = self._labels.get("app") or name
         env[OTEL_ENV] = f"service.name={app}.{namespace}"
+        # Istio's span tags, which the tracers read from the environment (SPAN_TAG_ENV).
+        version = self._labels.get("version") or "latest"
+        for key, value in (("canonical_service", app), ("canonical_revision", version),
+                           ("namespace", namespace), ("workload", name)):  # fmt: skip
+            env[SPAN_TAG_ENV[key]] = value
         return env
 
     async def _supervise(self) -> None:

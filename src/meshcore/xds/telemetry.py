@@ -138,6 +138,14 @@ def observe(hcm: hcm_pb2.HttpConnectionManager, scope: TelemetryScope, direction
     hcm.tracing.provider.CopyFrom(provider)
     hcm.tracing.random_sampling.value = scope.sampling()
     hcm.tracing.max_path_tag_length.value = tracer.max_tag_length
+    # Istio's span tags: each sidecar's own, from its agent's environment (one listener config
+    # serves every sidecar of an outbound address).
+    for key, env in sorted(SPAN_TAG_ENV.items()):
+        tag = hcm.tracing.custom_tags.add(tag=f"istio.{key}")
+        tag.environment.name = env
+        tag.environment.default_value = "unknown"
+    if mc_trust_domain := (scope.mc.trust_domain if scope.mc is not None else ""):
+        hcm.tracing.custom_tags.add(tag="istio.mesh_id").literal.value = mc_trust_domain
 
 
 def tracing_clusters(mc: MeshConfig) -> list[cluster_pb2.Cluster]:
@@ -179,6 +187,9 @@ def _is_ip_literal(host: str) -> bool:
 OTEL_TRACER_NAME = "envoy.tracers.opentelemetry"
 OTEL_ENV_DETECTOR = "envoy.tracers.opentelemetry.resource_detectors.environment"
 OTEL_ENV = "OTEL_RESOURCE_ATTRIBUTES"  # the agent sets service.name there
+# Istio's span tags (istio.KEY) and the environment variables the agent sets them in.
+SPAN_TAG_ENV = {key: f"MESHCORE_SPAN_{key.upper()}" for key in
+                ("canonical_service", "canonical_revision", "namespace", "workload")}  # fmt: skip
 
 
 # --- Istio's standard metrics from stock Envoy ----------------------------------------------

@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
+from meshcore.ca import CertificateAuthority
+from meshcore.cli import main
 from meshcore.dataplane.telemetry import AccessLogReceiver, WorkloadInfo
 
 SA = "spiffe://cluster.local/ns/"
@@ -98,3 +102,22 @@ def test_tcp_connections_open_close_and_bytes_over_the_otlp_service() -> None:
                   if f.name == "istio_tcp_connections_opened")  # fmt: skip
     assert opened.samples[0].labels["source_principal"] == SA + "default/sa/reviews"
     assert opened.samples[0].labels["request_protocol"] == "tcp"
+
+
+def test_agent_cli_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``meshcore agent --label app=reviews``: the labels Istio's metrics name the workload by
+    (node metadata LABELS); a malformed one is refused, and nothing is left behind when the
+    agent cannot start (its access-log socket included)."""
+    root = tmp_path / "root.pem"
+    root.write_text(CertificateAuthority.generate().trust_bundle_pem())
+    token = tmp_path / "token"
+    token.write_text("t" * 20)
+    args = ["agent", "--node-id", "sidecar~127.0.20.1~reviews-v1-1.default~default.svc.cluster.local",
+            "--identity", SA + "default/sa/reviews", "--xds-address", "127.0.0.1:1",
+            "--ca-address", "127.0.0.1:2", "--ca-root", str(root), "--workdir", str(tmp_path),
+            "--token-file", str(token)]  # fmt: skip
+    assert main([*args, "--label", "app"]) == 2
+    assert "--label: expected KEY=VALUE" in capsys.readouterr().err
+    assert main([*args, "--label", "app=reviews", "--label", "version=v1"]) == 1
+    assert "cannot start" in capsys.readouterr().err
+    assert not (tmp_path / "telemetry.sock").exists()

@@ -291,6 +291,7 @@ class Agent:
         if self._telemetry_server is not None:
             await self._telemetry_server.stop(None)
             self._telemetry_server = None
+            Path(self._telemetry_address.removeprefix("unix:")).unlink(missing_ok=True)
         if self._sds_server is not None:
             await self._sds_server.stop(None)
             self._sds_server = None

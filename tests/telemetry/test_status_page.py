@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from meshcore.demo import DemoMesh, DemoReport
+from meshcore.demo import DemoMesh, DemoReport, serving_block
 from meshcore.demo.status import StatusPage
 from meshcore.observability.status import COLORS
 
@@ -127,6 +127,15 @@ async def _scenario(tmp_path: Path) -> None:
         # Bars (push histograms) and at least two edges' lines are drawn in their colours.
         assert count_color(rows, COLORS[0]) > 200
         assert count_color(rows, COLORS[1]) > 20
+        # What --serve prints: one line per sidecar with its merged Prometheus endpoint.
+        block = serving_block(dm, status).splitlines()
+        sidecars = [line.split() for line in block if line.startswith("  sidecar ")]
+        assert sorted(s[1] for s in sidecars) == sorted(dm.sidecars)
+        assert any(line.startswith("  frontend     http://") for line in block)
+        for _, name, url in sidecars:
+            text = await asyncio.to_thread(_get, url)
+            assert "envoy_server_live" in text, name  # Envoy's own statistics
+            assert "istio_requests_total{" in text, name  # and Istio's
         # meshcore serve's own page (the demo's control plane): same plots, served by it.
         cp = await asyncio.to_thread(_get, f"http://127.0.0.1:{dm.metrics_port}/status")
         assert "push → ACK convergence" in cp

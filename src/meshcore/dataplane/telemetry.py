@@ -39,6 +39,7 @@ _LABEL_ATTRS = ("direction", "peer_principal", "peer_workload", "upstream_cluste
                 "authority", "content_type", "protocol", "response_code", "grpc_status",
                 "response_flags")  # fmt: skip
 MAX_CACHED_SERIES = 10_000
+MAX_OPEN_CONNECTIONS = 100_000
 MAX_UDS_PATH = 107
 
 
@@ -250,6 +251,9 @@ class AccessLogReceiver(logs_service_pb2_grpc.LogsServiceServicer):
             self._connections.pop(conn, None)
         else:
             self._connections[conn] = (opened, max(sent, now_sent), max(received, now_received))
+            if len(self._connections) > MAX_OPEN_CONNECTIONS:
+                # A connection whose end was never reported (its Envoy restarted): the oldest go.
+                del self._connections[next(iter(self._connections))]
 
 
 async def start_receiver(

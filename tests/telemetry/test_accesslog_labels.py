@@ -121,3 +121,15 @@ def test_agent_cli_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main([*args, "--label", "app=reviews", "--label", "version=v1"]) == 1
     assert "cannot start" in capsys.readouterr().err
     assert not (tmp_path / "telemetry.sock").exists()
+
+
+def test_open_connections_tracked_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from meshcore.dataplane import telemetry
+
+    monkeypatch.setattr(telemetry, "MAX_OPEN_CONNECTIONS", 3)
+    r = AccessLogReceiver(OWN)
+    for i in range(5):  # connections whose end never comes
+        r.record({**INBOUND, "log_type": "TcpPeriodic", "connection_id": str(i)})
+    assert len(r._connections) == 3
+    assert {c for _, c in r._connections} == {"2", "3", "4"}
+    assert _samples(r, "istio_tcp_connections_opened") == {"destination": 5}

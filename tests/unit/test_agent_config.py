@@ -38,7 +38,10 @@ def test_bootstrap_has_ads_and_the_sds_cluster(tmp_path: Path) -> None:
     a.sds_address = "unix:/tmp/x/sds.sock"
     boot = a.bootstrap()
     assert boot["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"
-    assert boot["node"]["metadata"] == {"MESHCORE_APP_ADDRESS": "127.0.10.2"}
+    assert boot["node"]["metadata"] == {
+        "MESHCORE_APP_ADDRESS": "127.0.10.2",
+        "MESHCORE_TELEMETRY": "otlp",
+    }
     clusters = {c["name"]: c for c in boot["static_resources"]["clusters"]}
     sds = clusters["sds-grpc"]
     address = sds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
@@ -71,9 +74,9 @@ def test_bad_agent_arguments(tmp_path: Path, field: str, value: str, message: st
 def test_bad_identity_and_node_id(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="spiffe"):
         agent(tmp_path, identity="reviews")
-    a = agent(tmp_path, node_id="not-a-node-id")
+    # The node id names the workload Istio's metrics report: checked at construction.
     with pytest.raises(ValueError, match="node"):
-        a.bootstrap()
+        agent(tmp_path, node_id="not-a-node-id")
 
 
 def test_token_file(tmp_path: Path) -> None:

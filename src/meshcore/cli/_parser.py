@@ -203,7 +203,8 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a workload label (node metadata LABELS: what Gateways select), repeatable",
+        help="a workload label (node metadata LABELS: what Gateways select; app and version name"
+        " the workload in Istio's metrics), repeatable",
     )
     a.add_argument(
         "--cert-ttl",

@@ -12,11 +12,16 @@ defaultConfig:
     zipkin: {address: 127.0.0.1:9411}
 trustDomain: cluster.local
 rootNamespace: istio-system
-extensionProviders: [...]           # ext_authz providers for CUSTOM AuthorizationPolicies
+extensionProviders: [...]           # ext_authz providers for CUSTOM AuthorizationPolicies;
+                                    # tracing (zipkin, opentelemetry), metrics (prometheus),
+                                    # access-log (envoyFileAccessLog) providers
+defaultProviders: {tracing: [otel], metrics: [prometheus], accessLogging: [envoy]}
 outboundTrafficPolicy:
   mode: ALLOW_ANY                   # or REGISTRY_ONLY: what capture-mode sidecars do with
                                     # traffic to hosts outside the registry
 ```
+
+The telemetry providers are read by :mod:`meshcore.config.telemetry`.
 
 Unknown fields are errors with "did you mean", as everywhere else, each with file and line;
 fields Istio has and meshcore does not interpret are rejected the same way (never ignored
@@ -32,9 +37,18 @@ from typing import Any
 
 from meshcore.config import schema as s
 from meshcore.config.loader import parse_yaml, read_text
+from meshcore.config.telemetry import (
+    DEFAULT_PROVIDERS,
+    PROVIDER,
+    Providers,
+    TracingProvider,
+    check_providers,
+    read_providers,
+)
 from meshcore.config.validate import Checker, problems_of
 from meshcore.config.validate import Path as FieldPath
 from meshcore.errors import ConfigError, ConfigProblem
+from meshcore.names import ZIPKIN_CLUSTER
 
 KIND = "MeshConfig"
 
@@ -50,7 +64,8 @@ MESH_CONFIG = s.message(
     defaultConfig=PROXY_CONFIG,
     trustDomain=s.STRING,
     rootNamespace=s.STRING,
-    extensionProviders=s.ListOf(s.ANY),
+    extensionProviders=s.ListOf(PROVIDER),
+    defaultProviders=DEFAULT_PROVIDERS,
     outboundTrafficPolicy=s.message(
         "OutboundTrafficPolicy", mode=s.Enum(("ALLOW_ANY", "REGISTRY_ONLY"))
     ),
@@ -113,17 +128,43 @@ class MeshConfig:
     # ALLOW_ANY or REGISTRY_ONLY: where a capture-mode sidecar sends traffic to a destination
     # the registry does not know (PassthroughCluster or BlackHoleCluster).
     outbound_traffic_policy: str = "ALLOW_ANY"
+    providers: Providers = field(default_factory=lambda: Providers({}, frozenset(), {}))
+    # defaultProviders; None: not set (Istio's defaults: Prometheus metrics, no others)
+    default_tracing: tuple[str, ...] = ()
+    default_metrics: tuple[str, ...] | None = None
+    default_logging: tuple[str, ...] = ()
     # What was worth a warning when it was read (errors raise ConfigError instead).
     warnings: tuple[ConfigProblem, ...] = field(default=(), compare=False)
 
     @property
     def tracing(self) -> bool:
-        """Whether sidecars trace: tracing enabled and a collector to send spans to."""
-        return self.enable_tracing and bool(self.zipkin_address)
+        """Whether sidecars trace: a default tracing provider, or (legacy) tracing enabled
+        and a Zipkin collector to send spans to."""
+        return self.tracer() is not None
+
+    def tracer(self) -> TracingProvider | None:
+        """Where spans go: ``defaultProviders.tracing``, else ``enableTracing`` with
+        ``defaultConfig.tracing.zipkin`` (Istio's legacy setting)."""
+        if self.default_tracing:
+            return self.providers.tracing[self.default_tracing[0]]
+        if self.enable_tracing and self.zipkin_address:
+            host, _, port = self.zipkin_address.rpartition(":")
+            return TracingProvider(
+                "zipkin", "zipkin", host.strip("[]"), int(port), cluster_name=ZIPKIN_CLUSTER
+            )
+        return None
 
     def zipkin_endpoint(self) -> tuple[str, int]:
         host, _, port = self.zipkin_address.rpartition(":")
         return host.strip("[]"), int(port)
+
+    @property
+    def istio_metrics(self) -> bool:
+        """Whether sidecars report Istio's standard metrics (a Prometheus provider, the
+        default)."""
+        if self.default_metrics is None:
+            return True
+        return any(name in self.providers.metrics for name in self.default_metrics)
 
     @classmethod
     def from_dict(cls, value: Any, *, file: str = "<mesh config>") -> MeshConfig:
@@ -167,6 +208,7 @@ def _read(value: Any, file: str, line_of: Any) -> MeshConfig:
         raise ConfigError([p for p in problems if p.severity == "error"])
     assert isinstance(value, dict)
     tracing = (value.get("defaultConfig") or {}).get("tracing") or {}
+    defaults = value.get("defaultProviders") or {}
     return MeshConfig(
         access_log_file=str(value.get("accessLogFile") or ""),
         access_log_encoding=str(value.get("accessLogEncoding") or "TEXT"),
@@ -180,6 +222,12 @@ def _read(value: Any, file: str, line_of: Any) -> MeshConfig:
         outbound_traffic_policy=str(
             (value.get("outboundTrafficPolicy") or {}).get("mode") or "ALLOW_ANY"
         ),
+        providers=read_providers(value),
+        default_tracing=tuple(map(str, defaults.get("tracing") or ())),
+        default_metrics=None
+        if defaults.get("metrics") is None
+        else tuple(map(str, defaults["metrics"])),
+        default_logging=tuple(map(str, defaults.get("accessLogging") or ())),
         warnings=tuple(problems),
     )
 
@@ -204,7 +252,8 @@ def _check(c: Checker, value: dict[str, Any]) -> None:
         host, sep, port = address.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             c.error((*tpath, "zipkin", "address"), f"expected HOST:PORT, got {address!r}")
-    if value.get("enableTracing") and not address:
+    check_providers(c, value)
+    if value.get("enableTracing") and not address and not value.get("defaultProviders"):
         c.warn(("enableTracing",), "tracing is enabled but no collector is set "
                "(defaultConfig.tracing.zipkin.address): sidecars will not trace")  # fmt: skip
     fmt = value.get("accessLogFormat")

@@ -369,6 +369,7 @@ RESOURCE_CLASSES: Mapping[str, type[Resource]] = {
     "RequestAuthentication": RequestAuthentication,
     "Gateway": Gateway,
     "Secret": Secret,
+    "Telemetry": Resource,  # read by meshcore.config.telemetry
 }
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from meshcore.config.destinationrule import check_destination_rule
 from meshcore.config.gateway import check_gateway, check_secret
 from meshcore.config.requestauthn import check_request_authentication
+from meshcore.config.telemetry import check_telemetry
 from meshcore.config.validate import (
     _DNS1123_LABEL,
     _DNS1123_SUBDOMAIN,
@@ -748,4 +749,5 @@ RULES: Mapping[str, Callable[[Checker, dict[str, Any], str], None]] = {
     "RequestAuthentication": check_request_authentication,
     "Gateway": check_gateway,
     "Secret": check_secret,
+    "Telemetry": check_telemetry,
 }

@@ -478,6 +478,39 @@ REQUEST_AUTHENTICATION_SPEC = message(
     jwtRules=ListOf(JWT_RULE),
 )
 
+# telemetry.istio.io Telemetry (meshcore.config.telemetry applies it and refuses what it does
+# not implement).
+METRICS_NAMES = ("ALL_METRICS", "REQUEST_COUNT", "REQUEST_DURATION", "REQUEST_SIZE",
+                 "RESPONSE_SIZE", "TCP_OPENED_CONNECTIONS", "TCP_CLOSED_CONNECTIONS",
+                 "TCP_SENT_BYTES", "TCP_RECEIVED_BYTES", "GRPC_REQUEST_MESSAGES",
+                 "GRPC_RESPONSE_MESSAGES")  # fmt: skip
+WORKLOAD_MODES = Enum(("CLIENT_AND_SERVER", "CLIENT", "SERVER"))
+PROVIDER_REF = message("ProviderRef", name=STRING)
+TELEMETRY_SPEC = message(
+    "Telemetry",
+    selector=SELECTOR,
+    targetRef=POLICY_TARGET_REFERENCE,
+    targetRefs=ListOf(POLICY_TARGET_REFERENCE),
+    tracing=ListOf(message(
+        "Tracing", match=message("TracingSelector", mode=WORKLOAD_MODES),
+        providers=ListOf(PROVIDER_REF), customTags=ANY, randomSamplingPercentage=NUMBER,
+        disableSpanReporting=BOOL, useRequestIdForTraceSampling=BOOL, enableIstioTags=BOOL,
+    )),
+    metrics=ListOf(message(
+        "Metrics", providers=ListOf(PROVIDER_REF), reportingInterval=DURATION,
+        overrides=ListOf(message(
+            "MetricsOverrides",
+            match=message("MetricSelector", metric=Enum(METRICS_NAMES), customMetric=STRING,
+                          mode=WORKLOAD_MODES),
+            disabled=BOOL, tagOverrides=ANY,
+        )),
+    )),
+    accessLogging=ListOf(message(
+        "AccessLogging", match=message("AccessLogSelector", mode=WORKLOAD_MODES),
+        providers=ListOf(PROVIDER_REF), disabled=BOOL, filter=ANY,
+    )),
+)  # fmt: skip
+
 # --- kinds ---------------------------------------------------------------------------------------
 
 NETWORKING = (
@@ -486,6 +519,7 @@ NETWORKING = (
     "networking.istio.io/v1alpha3",
 )
 SECURITY = ("security.istio.io/v1", "security.istio.io/v1beta1")
+TELEMETRY = ("telemetry.istio.io/v1", "telemetry.istio.io/v1alpha1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,5 +543,6 @@ KINDS: Mapping[str, KindSpec] = {
         KindSpec("RequestAuthentication", SECURITY, REQUEST_AUTHENTICATION_SPEC),
         KindSpec("Gateway", NETWORKING, GATEWAY_SPEC),
         KindSpec("Secret", ("v1",), SECRET_SPEC),
+        KindSpec("Telemetry", TELEMETRY, TELEMETRY_SPEC),
     )
 }

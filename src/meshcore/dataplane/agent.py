@@ -34,6 +34,10 @@ What it does, in order:
 6. Reports readiness: :meth:`ready`, :meth:`wait_ready`, and with ``status_port`` an HTTP
    endpoint ``/healthz/ready`` answering 200 only when Envoy's admin ``/ready`` says LIVE and
    a valid certificate is loaded (503 with the reason otherwise).
+6. Keeps Istio's standard metrics from Envoy's access-log stream
+   (:mod:`meshcore.dataplane.telemetry`, on ``WORKDIR/telemetry.sock``) and serves them with
+   Envoy's own statistics on the status port's ``/stats/prometheus`` (Istio's merged endpoint
+   on 15020). ``istio_metrics=False`` leaves that out.
 
 The key is never written to disk or logged.
 
@@ -61,13 +65,22 @@ from typing import Any
 import grpc
 
 from meshcore.ca.sds import SdsServer, start_sds_server, uds_path
-from meshcore.dataplane.bootstrap import ads_bootstrap
+from meshcore.dataplane.bootstrap import ads_bootstrap, grpc_cluster
 from meshcore.dataplane.certs import CertificateClient, WorkloadSecret
+from meshcore.dataplane.telemetry import AccessLogReceiver, WorkloadInfo, start_receiver
 from meshcore.errors import MeshcoreError
 from meshcore.xds.node import LABELS_KEY, parse_node_id
+from meshcore.xds.telemetry import (
+    OTEL_ENV,
+    PEER_ENV,
+    SPAN_TAG_ENV,
+    TELEMETRY_CLUSTER,
+    TELEMETRY_KEY,
+)
 
 log = logging.getLogger("meshcore.dataplane.agent")
 
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 10.0
 STABLE_AFTER_S = 30.0
@@ -146,6 +159,7 @@ class Agent:
         proxy_uid: int | None = None,
         proxy_gid: int | None = None,
         ca_server_name: str | None = None,
+        istio_metrics: bool = True,
     ) -> None:
         self.node_id = node_id
         self.proxy_uid = proxy_uid
@@ -158,6 +172,21 @@ class Agent:
         self.delta = delta
         self.envoy_path = find_envoy(envoy_path)
         self.metadata = dict(metadata or {})
+        _, _, name, namespace, _ = parse_node_id(node_id)
+        raw_labels = self.metadata.get(LABELS_KEY)
+        labels = (
+            {str(k): str(v) for k, v in raw_labels.items()}
+            if isinstance(raw_labels, Mapping)
+            else {}
+        )
+        self._labels = labels
+        # Istio's standard metrics from Envoy's access-log stream (see the module's doc).
+        self.telemetry: AccessLogReceiver | None = None
+        if istio_metrics:
+            self.telemetry = AccessLogReceiver(WorkloadInfo.of(name, namespace, labels, identity))
+            self.metadata[TELEMETRY_KEY] = "otlp"
+        self._telemetry_server: grpc.aio.Server | None = None
+        self._telemetry_address = ""
         self.drain_seconds = drain_seconds
         self.log_level = log_level
         self.status_port = status_port
@@ -215,6 +244,10 @@ class Agent:
                 gid = self.proxy_gid if self.proxy_gid is not None else self.proxy_uid
                 os.chown(self.workdir, self.proxy_uid, gid)
                 os.chown(uds_path(self.workdir), self.proxy_uid, gid)
+            if self.telemetry is not None:
+                self._telemetry_server, self._telemetry_address = await start_receiver(
+                    self.telemetry, self.workdir
+                )
             self.certificates.subscribe(self._on_certificate)
             await self.certificates.fetch()
             self._tasks.append(asyncio.create_task(self.certificates.run(self._stop)))
@@ -290,6 +323,10 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self._telemetry_server is not None:
+            await self._telemetry_server.stop(None)
+            self._telemetry_server = None
+            Path(self._telemetry_address.removeprefix("unix:")).unlink(missing_ok=True)
         if self._sds_server is not None:
             await self._sds_server.stop(None)
             self._sds_server = None
@@ -319,6 +356,10 @@ class Agent:
             delta=self.delta,
             sds_address=self.sds_address,
         )
+        if self._telemetry_address:
+            boot["static_resources"]["clusters"].append(
+                grpc_cluster(TELEMETRY_CLUSTER, self._telemetry_address)
+            )
         return boot
 
     async def _spawn(self) -> None:
@@ -340,6 +381,7 @@ class Agent:
             # Access logs reach the file within a second (Envoy's default is 10 s).
             "--file-flush-interval-msec", "1000",
             stdin=asyncio.subprocess.DEVNULL,
+            env=self._envoy_env(),
             stdout=self._log_file,
             stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
@@ -357,6 +399,23 @@ class Agent:
             await asyncio.sleep(0.02)
         self._admin_port = _split_address(admin_file.read_text().strip(), "admin address")[1]
         self._spawned.set()
+
+    def _envoy_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.telemetry is not None:
+            # What the outbound side tells the peers (the metadata-exchange request header).
+            env[PEER_ENV] = self.telemetry.own.metadata
+        # The service its spans name (Istio's canonical service and namespace), read by the
+        # OpenTelemetry tracer's environment resource detector.
+        _, _, name, namespace, _ = parse_node_id(self.node_id)
+        app = self._labels.get("app") or name
+        env[OTEL_ENV] = f"service.name={app}.{namespace}"
+        # Istio's span tags, which the tracers read from the environment (SPAN_TAG_ENV).
+        version = self._labels.get("version") or "latest"
+        for key, value in (("canonical_service", app), ("canonical_revision", version),
+                           ("namespace", namespace), ("workload", name)):  # fmt: skip
+            env[SPAN_TAG_ENV[key]] = value
+        return env
 
     async def _supervise(self) -> None:
         loop = asyncio.get_running_loop()
@@ -420,21 +479,38 @@ class Agent:
 
     # --- status endpoint ---------------------------------------------------------------------
 
+    async def merged_stats(self) -> str:
+        """Envoy's statistics and Istio's standard metrics in the Prometheus text format (what
+        Istio's agent serves on 15020 ``/stats/prometheus``)."""
+        envoy = await asyncio.to_thread(self._admin_get, "/stats/prometheus") or ""
+        istio = self.telemetry.metrics.exposition().decode() if self.telemetry else ""
+        return envoy + ("" if not envoy or envoy.endswith("\n") else "\n") + istio
+
+    @property
+    def stats_url(self) -> str | None:
+        """The merged Prometheus endpoint, when there is a status port."""
+        if self.status_port is None:
+            return None
+        return f"http://127.0.0.1:{self.status_port}/stats/prometheus"
+
     async def _serve_status(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
             target = request.split(b" ", 2)[1].decode("latin-1") if b" " in request else ""
+            kind = "text/plain"
             if target.split("?")[0] == "/healthz/ready":
                 ok, reason = await self.ready()
                 code, body = (200, "ready\n") if ok else (503, reason + "\n")
+            elif target.split("?")[0] == "/stats/prometheus":
+                code, body, kind = 200, await self.merged_stats(), PROMETHEUS_TEXT
             else:
-                code, body = 404, "try /healthz/ready\n"
+                code, body = 404, "try /healthz/ready or /stats/prometheus\n"
             data = body.encode()
             status = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[code]
             writer.write(
-                f"HTTP/1.1 {code} {status}\r\ncontent-type: text/plain\r\n"
+                f"HTTP/1.1 {code} {status}\r\ncontent-type: {kind}\r\n"
                 f"content-length: {len(data)}\r\nconnection: close\r\n\r\n".encode()
                 + data
             )
@@ -512,7 +588,7 @@ async def run_agent(args: Any, *, token: str | None, root_cert: str) -> int:
             delta=args.delta,
             envoy_path=args.envoy,
             cert_ttl=args.cert_ttl,
-            metadata=metadata,
+            metadata={**metadata, LABELS_KEY: labels} if labels else metadata,
             drain_seconds=args.drain_seconds,
             proxy_uid=args.proxy_uid if capture else None,
             ca_server_name=getattr(args, "ca_server_name", None),
@@ -532,6 +608,7 @@ async def run_agent(args: Any, *, token: str | None, root_cert: str) -> int:
         f", SDS on {agent.sds_address}"
         + (
             f", readiness on http://127.0.0.1:{agent.status_port}/healthz/ready"
+            f", metrics on {agent.stats_url}"
             if agent.status_port is not None
             else ""
         ),

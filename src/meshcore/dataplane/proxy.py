@@ -25,7 +25,6 @@ import contextlib
 import logging
 import random
 import ssl
-import threading
 import time
 import uuid
 from collections import defaultdict
@@ -34,8 +33,8 @@ from dataclasses import replace
 from typing import Any
 
 import h11
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import Metric
 
 from meshcore.dataplane.config import ClusterConfig, Endpoint, InboundListener
 from meshcore.dataplane.http1 import (
@@ -52,7 +51,7 @@ from meshcore.dataplane.http1 import (
 )
 from meshcore.dataplane.plane import DataPlane, DataPlaneError, Decision
 from meshcore.dataplane.tls import uri_sans
-from meshcore.observability.metrics import _Histogram
+from meshcore.observability import istio
 from meshcore.xds.node import parse_node_id
 
 log = logging.getLogger("meshcore.proxy")
@@ -63,30 +62,14 @@ RETRY_BASE_S = 0.025  # Envoy's default base retry interval
 ATTEMPTS = "x-envoy-attempt-count"
 REQUEST_ID = "x-request-id"
 PEER_HEADER = "x-meshcore-peer-workload"  # "name.namespace" of the calling workload (over mTLS)
-# Istio's request-duration buckets (ms).
-DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
-                    60000, 300000, 600000, 1800000, 3600000)  # fmt: skip
-LABELS = (
-    "reporter", "source_workload", "source_workload_namespace", "source_principal",
-    "source_app", "source_version", "destination_workload", "destination_workload_namespace",
-    "destination_principal", "destination_app", "destination_version", "destination_service",
-    "destination_service_name", "destination_service_namespace", "destination_cluster",
-    "request_protocol", "response_code", "grpc_response_status", "response_flags",
-    "connection_security_policy",
-)  # fmt: skip
 
 
-class IstioMetrics:
-    """``istio_requests_total`` and ``istio_request_duration_milliseconds``, Istio's names and
-    labels, on the proxy's own registry."""
+class IstioMetrics(istio.IstioMetrics):
+    """Istio's standard metrics, and the time spent in ``DataPlane.decide()``."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: dict[tuple[str, ...], int] = defaultdict(int)
-        self.durations: dict[tuple[str, ...], _Histogram] = defaultdict(
-            lambda: _Histogram(DURATION_BUCKETS)
-        )
-        self.decisions = 0  # DataPlane.decide() calls, and the time they took
+        super().__init__()
+        self.decisions = 0
         self.decision_seconds = 0.0
 
     def decided(self, seconds: float) -> None:
@@ -94,24 +77,9 @@ class IstioMetrics:
             self.decisions += 1
             self.decision_seconds += seconds
 
-    def record(self, labels: dict[str, str], millis: float) -> None:
-        key = tuple(labels.get(name, "unknown") for name in LABELS)
-        with self._lock:
-            self.requests[key] += 1
-            self.durations[key].observe(millis)
-
     def collect(self) -> Iterator[Metric]:
+        yield from super().collect()
         with self._lock:
-            total = CounterMetricFamily("istio_requests", "Requests.", labels=LABELS)
-            for key, n in sorted(self.requests.items()):
-                total.add_metric(list(key), n)
-            yield total
-            hist = HistogramMetricFamily(
-                "istio_request_duration_milliseconds", "Request duration (ms).", labels=LABELS
-            )
-            for key, h in sorted(self.durations.items()):
-                hist.add_metric(list(key), h.family_buckets(), h.total)
-            yield hist
             calls = Metric("meshcore_proxy_decisions", "DataPlane.decide() calls.", "untyped")
             calls.add_sample("meshcore_proxy_decisions", {}, float(self.decisions))
             yield calls
@@ -120,11 +88,6 @@ class IstioMetrics:
             )
             spent.add_sample("meshcore_proxy_decision_seconds", {}, self.decision_seconds)
             yield spent
-
-    def registry(self) -> CollectorRegistry:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(self)
-        return registry
 
 
 class UpstreamError(Exception):
@@ -426,8 +389,11 @@ class ReferenceProxy:
                 "response_flags": d.response_flags,
                 "connection_security_policy": "unknown",
                 "destination_cluster": "Kubernetes",
+                "source_cluster": "Kubernetes",
             },
             millis,
+            len(request.body),
+            len(response.body),
         )
         self._log(request, response, d, millis, attempts, "outbound")
         return response
@@ -570,8 +536,11 @@ class ReferenceProxy:
                 "response_flags": d.response_flags,
                 "connection_security_policy": "mutual_tls" if tls else "none",
                 "destination_cluster": "Kubernetes",
+                "source_cluster": "Kubernetes" if src_name else "unknown",
             },
             millis,
+            len(request.body),
+            len(response.body),
         )
         self._log(request, response, d, millis, attempts, "inbound", principal)
         return response

@@ -33,6 +33,7 @@ __all__ = [
     "Traffic",
     "Workload",
     "run_demo",
+    "serving_block",
     "tour",
 ]
 
@@ -55,6 +56,21 @@ def print_report(report: DemoReport, out: TextIO) -> None:
         print(f"  control plane: {cp['pushes_acked']:.0f} proxy convergences recorded, "
               f"mean push → ACK {cp['mean_ms']:.1f} ms (pilot_proxy_convergence_time)", file=out)  # fmt: skip
     print(f"\n{'all checks passed' if report.passed else 'SOME CHECKS FAILED'}", file=out)
+
+
+def serving_block(dm: DemoMesh, status: StatusPage) -> str:
+    """What ``--serve`` prints: the status page, the control plane's endpoints, the frontend,
+    and one line per sidecar with its merged Prometheus endpoint (Envoy's stats and Istio's
+    metrics)."""
+    lines = ["", "serving (Ctrl-C stops):", f"  status page  {status.url}",
+             f"  metrics      http://127.0.0.1:{dm.metrics_port}/metrics",
+             f"  xDS sync     http://127.0.0.1:{dm.metrics_port}/debug/syncz",
+             f"  frontend     http://{dm.entry}{FRONTEND_PATH}"]  # fmt: skip
+    for name, sc in sorted(dm.sidecars.items()):
+        url = getattr(sc, "stats_url", None)
+        if url:
+            lines.append(f"  sidecar {name} {url}")
+    return "\n".join(lines)
 
 
 async def run_demo(
@@ -98,11 +114,7 @@ async def _run_demo(
                 emit(report.to_dict(), output)
         if serve:
             status = StatusPage(dm, report)
-            print(f"\nserving (Ctrl-C stops):\n  status page  {status.url}\n"
-                  f"  metrics      http://127.0.0.1:{dm.metrics_port}/metrics\n"
-                  f"  xDS sync     http://127.0.0.1:{dm.metrics_port}/debug/syncz\n"
-                  f"  frontend     http://{dm.entry}{FRONTEND_PATH}",
-                  file=out, flush=True)  # fmt: skip
+            print(serving_block(dm, status), file=out, flush=True)
             try:
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.Event().wait()

@@ -27,10 +27,10 @@ from typing import Any
 UPSTREAM_TIMEOUT_S = 5.0
 CALLED_PORT = 9080  # reviews and ratings, as apps call them through their sidecar# What an app passes on to the services it calls: the user (header routing) and the trace
 # context (Envoy's Zipkin tracer joins the spans of one request through these, as Istio asks of
-# applications).
+# applications; W3C's traceparent for the OpenTelemetry tracer).
 PROPAGATED = frozenset(
     ("x-user", "x-request-id", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid",
-     "x-b3-sampled", "x-b3-flags", "b3")
+     "x-b3-sampled", "x-b3-flags", "b3", "traceparent", "tracestate")
 )  # fmt: skip
 
 

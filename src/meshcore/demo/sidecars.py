@@ -12,6 +12,7 @@ from typing import Any
 
 from meshcore.demo.apps import CALLED_PORT
 from meshcore.demo.mesh import RBAC_DENIED, DemoMesh, Workload
+from meshcore.xds.node import LABELS_KEY
 
 # --- sidecars ------------------------------------------------------------------------------------
 
@@ -34,12 +35,22 @@ class Sidecar:
             ca_root=mesh.ca_root(),
             token=mesh.tokens[workload.name],
             workdir=self.dir,
-            metadata=workload.metadata,
+            # Istio's agent sends the pod's labels (LABELS); its metrics name the workload.
+            metadata={
+                **workload.metadata,
+                LABELS_KEY: {"app": workload.kind, "version": workload.version},
+            },
+            status_port=0,
         )
 
     @property
     def admin_port(self) -> int:
         return self.agent.admin_port
+
+    @property
+    def stats_url(self) -> str | None:
+        """Istio's merged Prometheus endpoint (Envoy's stats and Istio's standard metrics)."""
+        return self.agent.stats_url
 
     async def start(self) -> None:
         await self.agent.start()

@@ -1,66 +1,75 @@
-"""``meshcore demo --serve``: a status page with the tour's results and the live endpoints."""
+"""``meshcore demo --serve``: a live status page (:mod:`meshcore.observability.status`) with the
+tour's results, the sidecars' merged Prometheus endpoints and certificates, the control plane's
+proxies, NACKs and push histograms, and request rate / error rate / p50-p99 per service edge
+from the sidecars' Istio metrics."""
 
 from __future__ import annotations
 
-import html
-import http.client
+import datetime
 import http.server
 import json
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from meshcore.demo.mesh import DemoMesh
 from meshcore.demo.tour import DemoReport
+from meshcore.observability.istio import IstioMetrics
+from meshcore.observability.status import EdgeSampler, control_plane_sections, page, table
 
 
 class StatusPage(http.server.ThreadingHTTPServer):
-    """``--serve``: a page with the tour's results and links to every live endpoint."""
+    """``--serve``: the page, and ``/report.json``."""
 
     daemon_threads = True
 
     def __init__(self, dm: DemoMesh, report: DemoReport) -> None:
         self.dm, self.report = dm, report
+        self.sampler = EdgeSampler(self._metrics)
         super().__init__(("127.0.0.1", 0), _StatusHandler)
         threading.Thread(target=self.serve_forever, name="demo-status", daemon=True).start()
+
+    def _metrics(self) -> Iterator[IstioMetrics]:
+        for sc in list(self.dm.sidecars.values()):
+            agent = getattr(sc, "agent", None)
+            if agent is not None and agent.telemetry is not None:
+                yield agent.telemetry.metrics
+            proxy = getattr(sc, "proxy", None)
+            if proxy is not None:
+                yield proxy.metrics
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/"
 
     def stop(self) -> None:
+        self.sampler.stop()
         self.shutdown()
         self.server_close()
 
     def page(self) -> str:
-        dm, esc = self.dm, html.escape
-        rows = "".join(
-            f"<tr><td>{'PASS' if c.passed else 'FAIL'}</td><td>{esc(c.name)}</td>"
-            f"<td>{esc(c.detail)}</td></tr>"
-            for c in self.report.checks
-        )
+        dm = self.dm
+        checks = table(["", "check", "detail"], (("PASS" if c.passed else "FAIL", c.name, c.detail)
+                                                 for c in self.report.checks))  # fmt: skip
+        now = datetime.datetime.now(datetime.UTC)
+        sidecars = []
+        for name, sc in sorted(dm.sidecars.items()):
+            cert = getattr(getattr(sc, "agent", None), "certificate", None)
+            expiry = (f"{cert.not_after.isoformat()} (in {(cert.not_after - now).total_seconds() / 60:.0f} min)"
+                      if cert is not None else "")  # fmt: skip
+            sidecars.append((name, sc.kind, getattr(sc, "stats_url", None) or "", expiry))
         try:
-            sync = dm.sync_status()
-        except OSError:
-            sync = {}
-        sync_rows = "".join(
-            f"<tr><td>{esc(node)}</td>"
-            + "".join(f"<td>{esc(v)}</td>" for v in row.values())
-            + "</tr>"
-            for node, row in sorted(sync.items())
-        )
-        sidecars = "".join(
-            f'<li>{esc(name)}: <a href="http://127.0.0.1:{sc.admin_port}/">Envoy admin</a>, '
-            f'<a href="http://127.0.0.1:{sc.admin_port}/stats/prometheus">stats</a></li>'
-            for name, sc in sorted(dm.sidecars.items())
-        )
-        return (
-            "<!doctype html><title>meshcore demo</title><h1>meshcore demo mesh</h1>"
-            f"<h2>Checks</h2><table>{rows}</table>"
-            f"<h2>Facts</h2><pre>{esc(json.dumps(self.report.facts, indent=2, default=str))}</pre>"
-            f"<h2>xDS sync (live)</h2><table>{sync_rows}</table>"
-            f'<h2>Endpoints</h2><ul><li><a href="http://127.0.0.1:{dm.metrics_port}/metrics">'
-            f"control plane metrics</a></li>{sidecars}</ul>"
-        )
+            state = json.loads(DemoMesh._get(f"http://127.0.0.1:{dm.metrics_port}/debug/statusz"))
+        except (OSError, ValueError):
+            state = {}
+        return page("meshcore demo mesh", [
+            ("Checks", checks),
+            *self.sampler.sections(),
+            ("Sidecars: merged Prometheus endpoints and certificate expiries",
+             table(["sidecar", "proxy", "metrics", "certificate expires"], sidecars)),
+            *control_plane_sections(state),
+            ("Control plane", f"<p>metrics: http://127.0.0.1:{dm.metrics_port}/metrics</p>"),
+        ])  # fmt: skip
 
 
 class _StatusHandler(http.server.BaseHTTPRequestHandler):

@@ -73,7 +73,7 @@ from meshcore.xds.listeners import (
 from meshcore.xds.node import Proxy
 from meshcore.xds.problems import ProblemLog
 from meshcore.xds.routes import RouteBuilder
-from meshcore.xds.telemetry import access_logs
+from meshcore.xds.telemetry import TelemetryScope
 from meshcore.xds.trafficpolicy import effective_policy
 from meshcore.xds.vips import service_vips
 
@@ -124,8 +124,8 @@ class CaptureBuilder:
         )
         self._vips: dict[str, str] | None = None
         self._vip_problems: list[ConfigProblem] | None = None
-        self._outbound: dict[bool, dict[str, Message]] = {}
-        self.outbound_problems: dict[bool, list[ConfigProblem]] = {}
+        self._outbound: dict[tuple[Any, ...], dict[str, Message]] = {}
+        self.outbound_problems: dict[tuple[Any, ...], list[ConfigProblem]] = {}
         self._routes: dict[tuple[Any, ...], dict[str, Message]] = {}
         self._clusters: dict[str, Message] | None = None
         self._inbound: dict[tuple[Any, ...], tuple[Any, Any]] = {}
@@ -151,16 +151,18 @@ class CaptureBuilder:
     # --- outbound ----------------------------------------------------------------------------
 
     def outbound_listeners(self, proxy: Proxy) -> dict[str, Message]:
-        key = self.allow_any
+        scope = self.listeners.scope(proxy)  # telemetry: one set of listeners per scope
+        key = (self.allow_any, scope.key)
         found = self._outbound.get(key)
         if found is None:
             found = self.log.cached(
-                self._outbound, self.outbound_problems, key, self._build_outbound
+                self._outbound, self.outbound_problems, key, lambda: self._build_outbound(scope)
             )
         return found
 
-    def problems(self) -> list[ConfigProblem]:
-        return self.outbound_problems.get(self.allow_any, [])
+    def problems(self, proxy: Proxy) -> list[ConfigProblem]:
+        key = (self.allow_any, self.listeners.scope(proxy).key)
+        return self.outbound_problems.get(key, [])
 
     def vip_problems(self) -> list[ConfigProblem]:
         """An unusable ``clusterIP`` per Service (reported at load time too: ``meshcore
@@ -179,15 +181,14 @@ class CaptureBuilder:
             self.log.emit(self._vip_problems)
         return self._vip_problems
 
-    def _build_outbound(self) -> dict[str, Message]:
+    def _build_outbound(self, scope: TelemetryScope) -> dict[str, Message]:
         self.vip_problems()
-        mc = self.mesh_config
-        out: dict[str, Message] = {VIRTUAL_OUTBOUND: self._virtual_outbound()}
+        out: dict[str, Message] = {VIRTUAL_OUTBOUND: self._virtual_outbound(scope)}
         for port in sorted(self.index.by_port):
             group = self.index.by_port[port]
             wildcard = f"{WILDCARD}_{port}"
             if any(is_http(ps.protocol) for ps in group):
-                out[wildcard] = _unbound(_outbound_http_listener(wildcard, WILDCARD, port, mc))
+                out[wildcard] = _unbound(_outbound_http_listener(wildcard, WILDCARD, port, scope))
             for ps in group:
                 if is_http(ps.protocol):
                     continue
@@ -204,13 +205,17 @@ class CaptureBuilder:
                             severity="warning",
                         )
                         continue
-                    out[name] = _unbound(_outbound_tcp_listener(name, address, port, cluster, mc))
+                    out[name] = _unbound(
+                        _outbound_tcp_listener(name, address, port, cluster, scope)
+                    )
         for ps in self._passthrough_ports():
             port = ps.port.port
             wildcard = f"{WILDCARD}_{port}"
             if is_http(ps.protocol):
                 if wildcard not in out:
-                    out[wildcard] = _unbound(_outbound_http_listener(wildcard, WILDCARD, port, mc))
+                    out[wildcard] = _unbound(
+                        _outbound_http_listener(wildcard, WILDCARD, port, scope)
+                    )
                 continue
             cluster = cluster_name(OUTBOUND, port, "", ps.service.hostname)
             for address in self._addresses(ps) or [WILDCARD]:
@@ -224,7 +229,7 @@ class CaptureBuilder:
                         severity="warning",
                     )
                     continue
-                out[name] = _unbound(_outbound_tcp_listener(name, address, port, cluster, mc))
+                out[name] = _unbound(_outbound_tcp_listener(name, address, port, cluster, scope))
         return dict(sorted(out.items()))
 
     def _passthrough_ports(self) -> list[PortService]:
@@ -269,7 +274,7 @@ class CaptureBuilder:
         self.passthrough_clusters()
         return self._passthrough_problems
 
-    def _virtual_outbound(self) -> listener_pb2.Listener:
+    def _virtual_outbound(self, scope: TelemetryScope) -> listener_pb2.Listener:
         listener = listener_pb2.Listener(
             name=VIRTUAL_OUTBOUND,
             address=socket_address(WILDCARD, OUTBOUND_PORT),
@@ -278,10 +283,10 @@ class CaptureBuilder:
         listener.use_original_dst.value = True
         loop = listener.filter_chains.add(name=f"{VIRTUAL_OUTBOUND}-blackhole")
         loop.filter_chain_match.destination_port.value = OUTBOUND_PORT
-        loop.filters.append(_tcp_proxy(BLACKHOLE_CLUSTER, self.mesh_config))
+        loop.filters.append(_tcp_proxy(BLACKHOLE_CLUSTER, scope, OUTBOUND))
         catchall = listener.filter_chains.add(name=f"{VIRTUAL_OUTBOUND}-catchall-tcp")
         target = PASSTHROUGH_CLUSTER if self.allow_any else BLACKHOLE_CLUSTER
-        catchall.filters.append(_tcp_proxy(target, self.mesh_config))
+        catchall.filters.append(_tcp_proxy(target, scope, OUTBOUND))
         return listener
 
     def route_configs(self, proxy: Proxy) -> dict[str, Message]:
@@ -380,8 +385,9 @@ class CaptureBuilder:
         self, proxy: Proxy, jwt: Message | None
     ) -> tuple[dict[str, Message], dict[str, Message]]:
         w = proxy.workload
-        mc = self.mesh_config
+        scope = self.listeners.scope(proxy)
         ports: dict[int, str] = {}
+        services: dict[int, list[str]] = {}  # the Services each port serves (for metrics)
         if w is not None:
             for svc in self.index.services_of(w):
                 for sp in svc.ports:
@@ -390,6 +396,7 @@ class CaptureBuilder:
                     if target is None or proto == "udp":
                         continue
                     ports.setdefault(target, proto)
+                    services.setdefault(target, []).append(svc.hostname)
         http_filters, tcp_filters = self.listeners.authz_filters(proxy)
         if jwt is not None:  # tokens verified before the authorization filters read them
             http_filters = [jwt, *http_filters]
@@ -406,7 +413,7 @@ class CaptureBuilder:
         )
         loop = listener.filter_chains.add(name=f"{VIRTUAL_INBOUND}-blackhole")
         loop.filter_chain_match.destination_port.value = INBOUND_PORT
-        loop.filters.append(_tcp_proxy(BLACKHOLE_CLUSTER, mc))
+        loop.filters.append(_tcp_proxy(BLACKHOLE_CLUSTER, scope, INBOUND))
         clusters: dict[str, Message] = {}
         for target in sorted(ports):
             cluster = cluster_name(INBOUND, target, "", "")
@@ -421,7 +428,8 @@ class CaptureBuilder:
                 mode=mode,
                 http_filters=http_filters,
                 tcp_filters=tcp_filters,
-                mc=mc,
+                scope=scope,
+                services=sorted(set(services[target])),
                 names=(chain_name, f"{chain_name}-plaintext"),
             ):
                 chain.filter_chain_match.destination_port.value = target
@@ -438,7 +446,8 @@ class CaptureBuilder:
                 mode=mode,
                 http_filters=http_filters,
                 tcp_filters=tcp_filters,
-                mc=mc,
+                scope=scope,
+                services=[],
                 names=(catchall, f"{catchall}-plaintext"),
             )
         )
@@ -492,7 +501,9 @@ def _unbound(listener: listener_pb2.Listener) -> listener_pb2.Listener:
     return listener
 
 
-def _tcp_proxy(cluster: str, mc: MeshConfig | None) -> listener_components_pb2.Filter:
+def _tcp_proxy(
+    cluster: str, scope: TelemetryScope, direction: str
+) -> listener_components_pb2.Filter:
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
-    proxy.access_log.extend(access_logs(mc))
+    proxy.access_log.extend(scope.access_logs(direction))
     return listener_components_pb2.Filter(name=TCP_PROXY_NAME, typed_config=pack(proxy))

@@ -27,7 +27,6 @@ from meshcore.names import (
     OUTBOUND,
     RAW_BUFFER_SOCKET,
     TRANSPORT_SOCKET_MATCH_KEY,
-    ZIPKIN_CLUSTER,
     cluster_name,
 )
 from meshcore.xds.common import (
@@ -43,7 +42,7 @@ from meshcore.xds.common import (
 )
 from meshcore.xds.index import MeshIndex, Overrides, PortService, SeHost
 from meshcore.xds.problems import ProblemLog
-from meshcore.xds.telemetry import zipkin_cluster
+from meshcore.xds.telemetry import tracing_clusters, workload_metadata
 from meshcore.xds.trafficpolicy import (
     SYSTEM_CA_BUNDLE,
     apply_connection_pool,
@@ -155,8 +154,8 @@ class ClusterBuilder:
                 self._cluster_parts[key] = part
                 built.update(part[1])
                 problems.extend(part[2])
-            if not proxyless and self.mesh_config is not None and self.mesh_config.tracing:
-                built[ZIPKIN_CLUSTER] = zipkin_cluster(self.mesh_config)
+            if not proxyless and self.mesh_config is not None:
+                built.update((c.name, c) for c in tracing_clusters(self.mesh_config))
             self._clusters[proxyless] = dict(sorted(built.items()))
             self.problems[proxyless] = problems
         return self._clusters[proxyless]
@@ -382,6 +381,10 @@ class ClusterBuilder:
             if w.tls_mode == "istio" and self.index.mtls_mode(w, port) != "DISABLE":
                 meta = found.metadata.filter_metadata[TRANSPORT_SOCKET_MATCH_KEY]
                 meta.fields["tlsMode"].string_value = "istio"
+            # Istio's workload metadata on every endpoint (the source side's metrics read it).
+            found.metadata.filter_metadata["istio"].fields[
+                "workload"
+            ].string_value = workload_metadata(w.name, w.namespace, w.workload_labels)
             self._lb_endpoints[key] = found
         return found
 

@@ -1,6 +1,7 @@
 """The control plane's HTTP side: Prometheus ``/metrics``, ``/debug/syncz`` (what
 ``meshcore proxy-status`` reads: per proxy and xDS type SYNCED / STALE / NACKED, and the config
-problems), ``/healthz`` and ``/ready``."""
+problems), the status page ``/status`` (and its data, ``/debug/statusz``), ``/healthz`` and
+``/ready``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from meshcore.observability.status import control_plane_sections, control_plane_state, page
 from meshcore.xds.controlplane import ControlPlane
 from meshcore.xds.server import AdsServer
 
@@ -59,11 +61,18 @@ class _Handler(BaseHTTPRequestHandler):
                 "application/json",
                 json.dumps({"proxies": status, "config_problems": problems}).encode(),
             )
+        elif self.path == "/debug/statusz":
+            state = self.server.in_loop(lambda: control_plane_state(self.server.ads))
+            self._send(200, "application/json", json.dumps(state).encode())
+        elif self.path == "/status":
+            state = self.server.in_loop(lambda: control_plane_state(self.server.ads))
+            body = page("meshcore control plane", control_plane_sections(state)).encode()
+            self._send(200, "text/html; charset=utf-8", body)
         elif self.path in ("/healthz", "/ready"):
             ok = self.server.plane.mesh is not None
             self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"no valid config\n")
         else:
-            self._send(404, "text/plain", b"try /metrics, /debug/syncz or /healthz\n")
+            self._send(404, "text/plain", b"try /metrics, /status, /debug/syncz or /healthz\n")
 
     def _send(self, code: int, content_type: str, body: bytes) -> None:
         self.send_response(code)

@@ -73,7 +73,7 @@ from meshcore.xds.common import Invalid, ads, copy_message, pack, socket_address
 from meshcore.xds.gateway_tls import downstream_tls, server_secrets
 from meshcore.xds.node import Proxy
 from meshcore.xds.problems import ProblemLog
-from meshcore.xds.telemetry import access_logs, observe
+from meshcore.xds.telemetry import observe
 from meshcore.xds.virtualservice import VsRoutes
 
 __all__ = ["GATEWAY_ADDRESS_KEY", "ROUTER", "GatewayBuilder", "gateways_for", "sni_dnat_name"]
@@ -406,7 +406,7 @@ class _Build:
     def _hcm(self, name: str, rds: str) -> listener_components_pb2.Filter:
         t = self.b.t
         hcm = hcm_pb2.HttpConnectionManager(stat_prefix=f"outbound_{name}")
-        observe(hcm, t.mesh_config)
+        observe(hcm, t.listeners.scope(self.proxy), OUTBOUND)
         hcm.rds.route_config_name = rds
         hcm.rds.config_source.CopyFrom(ads())
         hcm.normalize_path.value = True
@@ -423,7 +423,7 @@ class _Build:
 
     def _tcp_proxy(self, cluster: str) -> listener_components_pb2.Filter:
         proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
-        proxy.access_log.extend(access_logs(self.b.t.mesh_config))
+        proxy.access_log.extend(self.b.t.listeners.scope(self.proxy).access_logs(OUTBOUND))
         return listener_components_pb2.Filter(name=TCP_PROXY_NAME, typed_config=pack(proxy))
 
     def _bound(self, s: Server) -> list[VirtualService]:

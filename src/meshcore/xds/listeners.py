@@ -33,6 +33,7 @@ from google.protobuf.message import Message
 
 from meshcore.config.meshconfig import MeshConfig
 from meshcore.config.model import WorkloadEntry, selector_matches
+from meshcore.config.telemetry import TelemetryPolicy
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.names import (
     CORS_NAME,
@@ -66,7 +67,13 @@ from meshcore.xds.index import MeshIndex
 from meshcore.xds.jwt import JwksFetcher, jwt_filter
 from meshcore.xds.node import Proxy
 from meshcore.xds.problems import ProblemLog
-from meshcore.xds.telemetry import access_logs, observe
+from meshcore.xds.telemetry import (
+    TelemetryScope,
+    agent_collects,
+    istio_stats_http,
+    istio_stats_tcp,
+    observe,
+)
 
 
 class ListenerBuilder:
@@ -91,9 +98,12 @@ class ListenerBuilder:
         self.log = log
         self.providers = providers
         self.mesh_config = mesh_config
+        # Telemetry resources (telemetry.istio.io), and each workload's scope from them.
+        self._telemetries = [r for r in self.mesh.resources if r.kind == "Telemetry"]
+        self._scopes: dict[tuple[Any, ...], TelemetryScope] = {}
         self._registry: list[str] | None = None
-        self._outbound: dict[tuple[bool, str], dict[str, Message]] = {}
-        self.outbound_problems: dict[tuple[bool, str], list[ConfigProblem]] = {}
+        self._outbound: dict[tuple[bool, str, bool], dict[str, Message]] = {}
+        self.outbound_problems: dict[tuple[bool, str, bool], list[ConfigProblem]] = {}
         self._authz: dict[tuple[Any, ...], tuple[list[Message], list[Message]]] = {}
         self._authz_problems: dict[tuple[Any, ...], list[ConfigProblem]] = {}
         self._policy_selection: dict[tuple[Any, ...], list[Any]] = {}
@@ -117,8 +127,38 @@ class ListenerBuilder:
                 # JWKS are refreshed) and its authorization filters.
                 self._inbound = prev._inbound
 
+    def outbound_key(self, proxy: Proxy) -> tuple[Any, ...]:
+        """What a proxy's outbound listeners (and their problems) are kept under."""
+        return (proxy.proxyless, proxy.outbound_address, self.scope(proxy).key)
+
+    def scope(self, proxy: Proxy) -> TelemetryScope:
+        """The proxy's telemetry (MeshConfig with the Telemetry resources selecting it)."""
+        agent = agent_collects(proxy.metadata)
+        if not self._telemetries:
+            return TelemetryScope(self.mesh_config, agent=agent)
+        key = (proxy.namespace, tuple(sorted(proxy.labels.items())), agent)
+        found = self._scopes.get(key)
+        if found is None:
+            policy = TelemetryPolicy.resolve(
+                self._telemetries, self.mesh.root_namespace, proxy.namespace, proxy.labels
+            )
+            found = self._scopes[key] = TelemetryScope(self.mesh_config, policy, agent)
+        return found
+
+    def _telemetry_problems(self, scope: TelemetryScope) -> None:
+        providers = self.mesh_config.providers if self.mesh_config is not None else None
+        if providers is None or not scope.policy.sources:
+            return
+        for field, name in scope.policy.unknown_providers(providers):
+            for source in scope.policy.sources:
+                ns, _, res_name = source.partition("/")
+                res = self.mesh.get("Telemetry", ns, res_name)
+                if res is not None and name in str(res.spec.get(field)):
+                    self.log.problem(res, f"spec.{field}", f"no {field} extension provider "
+                                     f"named {name!r} in the MeshConfig: left out")  # fmt: skip
+
     def outbound_listeners(self, proxy: Proxy) -> dict[str, Message]:
-        key = (proxy.proxyless, proxy.outbound_address)
+        key = self.outbound_key(proxy)
         found = self._outbound.get(key)  # the common case, without building a closure
         if found is None:
             found = self.log.cached(
@@ -139,13 +179,15 @@ class ListenerBuilder:
                         out[name] = _api_listener(name)
             return dict(sorted(out.items()))
         address = proxy.outbound_address
+        scope = self.scope(proxy)
+        self._telemetry_problems(scope)
         for port in sorted(self.index.by_port):
             group = self.index.by_port[port]
             name = f"{address}_{port}"
             http = [ps for ps in group if is_http(ps.protocol)]
             tcp = [ps for ps in group if not is_http(ps.protocol)]
             if http:
-                out[name] = _outbound_http_listener(name, address, port, self.mesh_config)
+                out[name] = _outbound_http_listener(name, address, port, scope)
                 for ps in tcp:
                     self.log.problem(
                         ps.service,
@@ -158,7 +200,7 @@ class ListenerBuilder:
             elif tcp:
                 first = tcp[0]
                 cluster = cluster_name(OUTBOUND, port, "", first.service.hostname)
-                out[name] = _outbound_tcp_listener(name, address, port, cluster, self.mesh_config)
+                out[name] = _outbound_tcp_listener(name, address, port, cluster, scope)
                 for ps in tcp[1:]:
                     self.log.problem(
                         ps.service,
@@ -251,7 +293,12 @@ class ListenerBuilder:
         w = proxy.workload
         if w is None or not w.address or proxy.proxyless:
             return {}, {}, []
-        key = (w.key, proxy.app_address, tuple(sorted(proxy.labels.items())))
+        key = (
+            w.key,
+            proxy.app_address,
+            tuple(sorted(proxy.labels.items())),
+            self.scope(proxy).key,
+        )
         found = self._inbound.get(key)
         with self.log.capture() as jwt_met:
             jwt = self.jwt_filter(proxy)
@@ -269,6 +316,7 @@ class ListenerBuilder:
         listeners: dict[str, Message] = {}
         clusters: dict[str, Message] = {}
         ports: dict[int, str] = {}
+        services: dict[int, list[str]] = {}  # the Services each port serves (for metrics)
         for svc in self.index.services_of(w):
             for sp in svc.ports:
                 target = endpoint_port(w, sp)
@@ -276,6 +324,9 @@ class ListenerBuilder:
                 if target is None or proto == "udp":
                     continue
                 ports.setdefault(target, proto)
+                services.setdefault(target, []).append(svc.hostname)
+        scope = self.scope(proxy)
+        self._telemetry_problems(scope)
         for target in sorted(ports):
             cluster = cluster_name(INBOUND, target, "", "")
             clusters[cluster] = inbound_cluster(cluster, proxy.app_address, target)
@@ -293,7 +344,8 @@ class ListenerBuilder:
                 mode=mode,
                 http_filters=http_filters,
                 tcp_filters=tcp_filters,
-                mc=self.mesh_config,
+                scope=scope,
+                services=sorted(set(services[target])),
             )
         return listeners, clusters
 
@@ -319,10 +371,12 @@ def _hcm_filter(hcm: hcm_pb2.HttpConnectionManager) -> listener_components_pb2.F
 
 
 def _outbound_http_listener(
-    name: str, address: str, port: int, mc: MeshConfig | None = None
+    name: str, address: str, port: int, scope: TelemetryScope
 ) -> listener_pb2.Listener:
     hcm = hcm_pb2.HttpConnectionManager(stat_prefix=f"outbound_{name}")
-    observe(hcm, mc)
+    observe(hcm, scope, OUTBOUND)
+    if scope.metrics(OUTBOUND):
+        istio_stats_http(hcm, OUTBOUND, disabled=scope.disabled_metrics(OUTBOUND))
     hcm.rds.route_config_name = str(port)
     hcm.rds.config_source.CopyFrom(ads())
     hcm.normalize_path.value = True
@@ -342,10 +396,16 @@ def _outbound_http_listener(
 
 
 def _outbound_tcp_listener(
-    name: str, address: str, port: int, cluster: str, mc: MeshConfig | None = None
+    name: str,
+    address: str,
+    port: int,
+    cluster: str,
+    scope: TelemetryScope,
 ) -> listener_pb2.Listener:
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
-    proxy.access_log.extend(access_logs(mc))
+    proxy.access_log.extend(scope.access_logs(OUTBOUND))
+    if scope.metrics(OUTBOUND):
+        istio_stats_tcp(proxy, OUTBOUND, disabled=scope.disabled_metrics(OUTBOUND))
     listener = listener_pb2.Listener(
         name=name, address=socket_address(address, port), traffic_direction=base_pb2.OUTBOUND
     )
@@ -392,7 +452,8 @@ def _inbound_listener(
     mode: str,
     http_filters: list[Message],
     tcp_filters: list[Message],
-    mc: MeshConfig | None = None,
+    scope: TelemetryScope,
+    services: list[str],
 ) -> listener_pb2.Listener:
     listener = listener_pb2.Listener(
         name=name, address=socket_address(address, port), traffic_direction=base_pb2.INBOUND
@@ -405,7 +466,8 @@ def _inbound_listener(
         mode=mode,
         http_filters=http_filters,
         tcp_filters=tcp_filters,
-        mc=mc,
+        scope=scope,
+        services=services,
         names=("inbound_mtls", "inbound_plaintext"),
     )
     listener.filter_chains.extend(chains)
@@ -425,23 +487,31 @@ def inbound_chains(
     mode: str,
     http_filters: list[Message],
     tcp_filters: list[Message],
-    mc: MeshConfig | None,
+    scope: TelemetryScope,
+    services: list[str],
     names: tuple[str, str],
 ) -> list[listener_components_pb2.FilterChain]:
     """The filter chains of one inbound port, TLS per PeerAuthentication ``mode``: one mTLS
     chain (STRICT), one plaintext chain (DISABLE), or both told apart by the TLS inspector's
     transport protocol (PERMISSIVE; the listener needs the inspector). ``names`` are the mTLS
-    and plaintext chains' names; ``name`` the HCM's stat prefix (after ``inbound_``)."""
+    and plaintext chains' names; ``name`` the HCM's stat prefix (after ``inbound_``); ``services`` the Services
+    served (for Istio's metrics)."""
+    stats = scope.metrics(INBOUND)
+    disabled = scope.disabled_metrics(INBOUND)
 
     def filters() -> list[listener_components_pb2.Filter]:
         if not http:
             out = [copy_message(f) for f in tcp_filters]
             tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
-            tcp.access_log.extend(access_logs(mc))
+            tcp.access_log.extend(scope.access_logs(INBOUND))
+            if stats:
+                istio_stats_tcp(tcp, INBOUND, services, disabled)
             out.append(listener_components_pb2.Filter(name=TCP_PROXY_NAME, typed_config=pack(tcp)))
             return out
         hcm = hcm_pb2.HttpConnectionManager(stat_prefix=f"inbound_{name}")
-        observe(hcm, mc)
+        observe(hcm, scope, INBOUND)
+        if stats:
+            istio_stats_http(hcm, INBOUND, services, disabled)
         rcfg = hcm.route_config
         rcfg.name = cluster
         rcfg.validate_clusters.value = False

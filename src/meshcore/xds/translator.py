@@ -120,7 +120,7 @@ class MeshTranslation:
                 self.index.mesh_problems,
                 self.clusters.problems_for(proxy.proxyless, overrides),
                 self.routes.problems[self.routes.route_key(proxy)],
-                self.listeners.outbound_problems[(proxy.proxyless, proxy.outbound_address)],
+                self.listeners.outbound_problems[self.listeners.outbound_key(proxy)],
                 inbound_problems,
                 _duplicate_names(proxy, resources),
             )
@@ -169,7 +169,7 @@ class MeshTranslation:
                 self.index.mesh_problems,
                 self.clusters.problems_for(False, overrides),
                 self.routes.problems[self.routes.route_key(proxy)],
-                capture.problems(),
+                capture.problems(proxy),
                 capture.passthrough_problems(),
                 inbound_problems,
             )
@@ -191,7 +191,7 @@ class MeshTranslation:
             proxy = Proxy(node_id="", ip="", name="", namespace=namespace, workload=None, labels={})
             self.listeners.outbound_listeners(proxy)
             self.routes.route_configs(proxy)
-            groups.append(self.listeners.outbound_problems[(False, proxy.outbound_address)])
+            groups.append(self.listeners.outbound_problems[self.listeners.outbound_key(proxy)])
             groups.append(self.routes.problems[self.routes.route_key(proxy)])
         self.clusters.clusters(False)
         groups.append(self.clusters.problems_for(False))

@@ -119,8 +119,19 @@ def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from meshcore.cli.serve import serve
+    from meshcore.store import StoreURLError, is_store, parse_store_url
 
-    missing = _missing(args.config)
+    stores = [c for c in args.config if is_store(c)]
+    store = None
+    if stores:
+        if len(args.config) > 1:
+            raise _UsageError("--config etcd://... is the whole config: give it alone")
+        try:
+            store = parse_store_url(stores[0])
+        except StoreURLError as exc:
+            raise _UsageError(str(exc)) from None
+        require("etcd", "meshcore serve --config etcd://...")
+    missing = _missing([c for c in args.config if not is_store(c)])
     if missing:
         print(f"meshcore serve: no such directory: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
@@ -160,6 +171,7 @@ def _serve(args: argparse.Namespace) -> int:
             mesh_config=mesh_config,
             ca=ca,
             max_file_bytes=args.max_file_bytes,
+            store=store,
         )
     )
 
@@ -282,6 +294,12 @@ def _proxy_status(args: argparse.Namespace) -> int:
     return proxy_status(args.monitoring_address, output=args.output)
 
 
+def _store(args: argparse.Namespace) -> int:
+    from meshcore.cli.store import run
+
+    return run(args)
+
+
 COMMANDS = {
     "validate": _validate,
     "describe": _describe,
@@ -292,6 +310,9 @@ COMMANDS = {
     "demo": _demo,
     "proxy": _proxy,
     "iptables": _iptables,
+    "apply": _store,
+    "delete": _store,
+    "get": _store,
 }
 # The extra each command needs beyond the base install (meshcore._extras).
 EXTRA = {"serve": "all", "agent": "all", "proxy-status": "all", "demo": "demo", "proxy": "all"}

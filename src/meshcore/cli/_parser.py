@@ -120,8 +120,8 @@ def parser() -> argparse.ArgumentParser:
         "--config",
         required=True,
         action="append",
-        metavar="DIR",
-        help="config directory (repeatable)",
+        metavar="DIR|etcd://HOST:PORT[,HOST:PORT...]/PREFIX",
+        help="config directory (repeatable), or an etcd store watched from the key prefix",
     )
     s.add_argument(
         "--xds-port", type=int, default=XDS_PORT, help="ADS (state of the world and delta)"
@@ -260,7 +260,8 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--port", type=int, default=15017, help="HTTPS port")
     w.add_argument("--host", default="127.0.0.1", help="the address it listens on")
 
-    from meshcore.cli import iptables
+    from meshcore.cli import iptables, store
 
     iptables.add_parser(sub)
+    store.add_parsers(sub, command)
     return top

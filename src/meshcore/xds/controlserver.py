@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -29,6 +30,10 @@ from meshcore.xds.deps import DependencyIndex
 from meshcore.xds.jwt import JwksFetcher
 from meshcore.xds.server import AdsServer, start_ads_server
 from meshcore.xds.translator import Translator
+
+if TYPE_CHECKING:
+    from meshcore.store import StoreURL
+    from meshcore.store.source import EtcdSource
 
 __all__ = ["CAOptions", "ControlPlaneServer", "StartError", "load_ca", "load_tokens"]
 
@@ -77,8 +82,15 @@ class ControlPlaneServer:
         mesh_config: MeshConfig | None = None,
         ca: CAOptions | None = None,
         max_file_bytes: int = MAX_FILE_BYTES,
+        store: StoreURL | None = None,
     ) -> None:
         self.host = host
+        # The config from etcd instead of directories (``paths`` then unused).
+        self.store: EtcdSource | None = None
+        if store is not None:
+            from meshcore.store.source import EtcdSource
+
+            self.store = EtcdSource(store)
         self.xds_port = xds_port
         self.metrics_port = metrics_port
         self.ca_options = ca
@@ -93,6 +105,7 @@ class ControlPlaneServer:
             max_file_bytes=max_file_bytes,
             check=self.translator.load_problems,  # what proxies will not get, at every load
             refresh=self.translator.refresh_jwks,  # RequestAuthentication jwksUri keys
+            source=self.store,
         )
         self.authority: CertificateAuthority | None = None
         self.token_count = 0
@@ -103,7 +116,15 @@ class ControlPlaneServer:
         self._grpc: grpc.aio.Server | None = None
 
     def load(self) -> bool:
-        """Loads the configuration; False when it is invalid (see ``plane.problems``)."""
+        """Loads the configuration; False when it is invalid (see ``plane.problems``). With a
+        store, lists it first and starts its watch (StartError when it cannot be reached)."""
+        if self.store is not None and self.store.revision == 0:
+            from meshcore.store.etcd import StoreUnavailable
+
+            try:
+                self.store.start()
+            except StoreUnavailable as exc:
+                raise StartError(f"cannot read the config store: {exc}") from None
         return self.plane.load()
 
     async def start(self) -> None:
@@ -156,3 +177,5 @@ class ControlPlaneServer:
             await self._grpc.stop(1.0)
         if self.ca_server is not None:
             await self.ca_server.stop(1.0)
+        if self.store is not None:
+            await asyncio.to_thread(self.store.stop)

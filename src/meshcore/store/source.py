@@ -187,6 +187,11 @@ class EtcdSource:
     def start(self) -> None:
         """The first list (raises StoreUnavailable), then the watch in a thread of its own."""
         self.list()
+        self.follow()
+
+    def follow(self) -> None:
+        """Watches from the revision after the view's, in a thread of its own, until
+        :meth:`stop`."""
         self._thread = threading.Thread(target=self._run, name="meshcore-etcd-watch", daemon=True)
         self._thread.start()
 

@@ -289,6 +289,10 @@ def _iptables(args: argparse.Namespace) -> int:
 
 
 def _proxy_status(args: argparse.Namespace) -> int:
+    if args.store:
+        from meshcore.cli.store import proxy_status as store_proxy_status
+
+        return store_proxy_status(args.store, output=args.output)
     from meshcore.cli.serve import proxy_status
 
     return proxy_status(args.monitoring_address, output=args.output)

@@ -56,14 +56,14 @@ def _workload_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--xds-address",
         default=f"127.0.0.1:{XDS_PORT}",
-        metavar="HOST:PORT",
-        help="the control plane's ADS (meshcore serve --xds-port)",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="the control plane's ADS (meshcore serve --xds-port); replicas comma-separated",
     )
     p.add_argument(
         "--ca-address",
-        metavar="HOST:PORT",
+        metavar="HOST:PORT[,...]",
         default=None,
-        help="meshcore's CA, bootstrap-token port (meshcore serve --ca-port)",
+        help="meshcore's CA, bootstrap-token port (meshcore serve --ca-port); replicas comma-separated",
     )
     p.add_argument(
         "--ca-mtls-address",
@@ -238,6 +238,12 @@ def parser() -> argparse.ArgumentParser:
         help="the control plane's monitoring port (meshcore serve --monitoring-port)",
     )
     _hidden(p, "--control-plane", dest="monitoring_address")
+    p.add_argument(
+        "--store",
+        default=None,
+        metavar="etcd://...",
+        help="every replica's proxies from the config store (serve --config etcd://...)",
+    )
     _output(p)
 
     m = command("demo", "run the demo mesh: control plane, CA, three services behind sidecars")

@@ -146,6 +146,46 @@ def _delete(args: argparse.Namespace, url: Any, client: Any) -> int:
     return EXIT_OK
 
 
+def proxy_status(address: str, *, output: str = "text") -> int:
+    """Every proxy of every replica on the store (registered under each replica's lease), with
+    the replica it is connected to and its sync state per type."""
+    require("etcd", "meshcore proxy-status --store")
+    from meshcore.store import StoreURLError, parse_store_url
+    from meshcore.store.etcd import EtcdClient, StoreUnavailable
+    from meshcore.store.replicas import all_proxies
+
+    try:
+        url = parse_store_url(address)
+    except StoreURLError as exc:
+        print(f"meshcore proxy-status: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    client = EtcdClient(url.endpoints)
+    try:
+        proxies = all_proxies(client, url)
+    except StoreUnavailable as exc:
+        print(f"meshcore proxy-status: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        client.close()
+    if output != "text":
+        from meshcore.cli import emit
+
+        emit({"proxies": proxies}, output)
+        return EXIT_OK
+    columns = ["CDS", "LDS", "EDS", "RDS", "SDS"]
+    width = max([len("NAME"), *map(len, proxies)])
+    rwidth = max([len("REPLICA"), *(len(str(p.get("replica", ""))) for p in proxies.values())])
+    head = f"{'NAME':<{width}}  {'REPLICA':<{rwidth}}  " + "  ".join(f"{c:<8}" for c in columns)
+    print(head.rstrip())
+    for node_id, entry in sorted(proxies.items()):
+        types = entry.get("types") or {}
+        cells = "  ".join(f"{types.get(c, 'NOT SENT'):<8}" for c in columns)
+        print(f"{node_id:<{width}}  {entry.get('replica', ''):<{rwidth}}  {cells}".rstrip())
+    if not proxies:
+        print("(no proxies connected to any replica)")
+    return EXIT_OK
+
+
 def _get(args: argparse.Namespace, url: Any, client: Any) -> int:
     from meshcore.store import split_key
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,6 +136,8 @@ class EtcdSource:
         self._thread: threading.Thread | None = None
         # Called (from the watch thread) after every change to the view, e.g. to wake a loop.
         self.on_change: Any = None
+        # What the replica adds to status() (its id, whether it leads; set by the server).
+        self.replica_status: Callable[[], dict[str, Any]] | None = None
 
     # ----- reading the store -----
 
@@ -343,6 +345,7 @@ class EtcdSource:
             "relists": self.relists,
             "reconnects": self.reconnects,
             "rejected": {k: [p.to_dict() for p in v] for k, v in sorted(self.rejected.items())},
+            **({"replica": self.replica_status()} if self.replica_status else {}),
         }
 
     def ready_note(self) -> str:

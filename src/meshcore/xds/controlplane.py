@@ -33,7 +33,6 @@ Generator = Callable[[MeshModel, NodeInfo], Resources | None]
 Checker = Callable[[MeshModel], list[ConfigProblem]]
 
 
-
 class ConfigSource(Protocol):
     """Where the config comes from besides directories (the etcd store,
     :class:`meshcore.store.source.EtcdSource`): a report of the whole config, the keys that

@@ -33,6 +33,7 @@ from meshcore.xds.translator import Translator
 
 if TYPE_CHECKING:
     from meshcore.store import StoreURL
+    from meshcore.store.replicas import ReplicaDuties
     from meshcore.store.source import EtcdSource
 
 __all__ = ["CAOptions", "ControlPlaneServer", "StartError", "load_ca", "load_tokens"]
@@ -83,8 +84,12 @@ class ControlPlaneServer:
         ca: CAOptions | None = None,
         max_file_bytes: int = MAX_FILE_BYTES,
         store: StoreURL | None = None,
+        replica_id: str | None = None,
     ) -> None:
         self.host = host
+        self.store_url = store
+        self.replica_id = replica_id
+        self.duties: ReplicaDuties | None = None
         # The config from etcd instead of directories (``paths`` then unused).
         self.store: EtcdSource | None = None
         if store is not None:
@@ -153,9 +158,45 @@ class ControlPlaneServer:
             threading.Thread(
                 target=self.debug.serve_forever, name="meshcore-debug", daemon=True
             ).start()
+        if self.store is not None and self.store_url is not None:
+            self._start_duties(self.store, self.store_url, asyncio.get_running_loop())
+
+    def _start_duties(
+        self, source: EtcdSource, url: StoreURL, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """Leadership and the proxy registry of this replica (``meshcore proxy-status
+        --store``), in a thread of their own."""
+        from meshcore.store.replicas import ReplicaDuties
+
+        ads = self.ads
+        assert ads is not None
+
+        async def status() -> dict[str, dict[str, str]]:
+            return ads.sync_status()
+
+        replica = self.replica_id or f"{self.host}:{self.ads_port}"
+        duties = ReplicaDuties(
+            type(source.client)(url.endpoints),
+            url,
+            replica,
+            lambda: asyncio.run_coroutine_threadsafe(status(), loop).result(timeout=5),
+        )
+        source.replica_status = lambda: {"id": replica, "leader": duties.election.leader}
+        self.duties = duties
+        duties.start()
 
     async def _start_ca(self, options: CAOptions) -> None:
-        self.authority = load_ca(options)
+        if self.store is not None and not options.cacerts:
+            # Replicas share one self-signed root, created once in the store (never logged).
+            from meshcore.store.replicas import shared_authority
+
+            self.authority, _ = shared_authority(self.store.client, self.store.url)
+            if options.state_dir:  # the root for agents (not the key)
+                state = Path(options.state_dir)
+                state.mkdir(parents=True, exist_ok=True)
+                (state / "root-cert.pem").write_text(self.authority.trust_bundle_pem())
+        else:
+            self.authority = load_ca(options)
         tokens = BootstrapTokens()
         self.token_count = load_tokens(options.tokens, tokens) if options.tokens else 0
         self.ca_server = await start_ca_server(
@@ -177,5 +218,7 @@ class ControlPlaneServer:
             await self._grpc.stop(1.0)
         if self.ca_server is not None:
             await self.ca_server.stop(1.0)
+        if self.duties is not None:
+            await asyncio.to_thread(self.duties.stop)
         if self.store is not None:
             await asyncio.to_thread(self.store.stop)

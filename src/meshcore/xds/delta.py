@@ -209,7 +209,9 @@ class DeltaStream(Stream):
             t.known.pop(name, None)
         t.nonce = nonce
         t.awaiting_ack = True
-        self.server.sent(self.state, type_url, snap.version(type_url), len(data), started)
+        self.server.sent(
+            self.state, type_url, snap.version(type_url), len(data), started, len(updated)
+        )
         return data
 
 

@@ -126,3 +126,34 @@ def etcd_cluster(tmp: Path, size: int = 1) -> Iterator[EtcdCluster]:
             c.stop(m)
         for m in members:
             shutil.rmtree(m.data, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def replica_process(
+    tmp: Path, store: str, ports: dict[str, int], name: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``meshcore serve --config etcd://...`` as a process (a control-plane replica): ADS on
+    ``ports["xds"]``, monitoring on ``ports["metrics"]``, the CA on ``ports["ca"]`` and
+    ``ports["ca_mtls"]`` (tokens from tmp/tokens, the root written to tmp/state-NAME); ready
+    once it announces ADS. Stopped (killed if need be) when the block ends."""
+    import sys
+
+    args = [sys.executable, "-m", "meshcore.cli", "serve", "--config", store,
+            "--xds-port", str(ports["xds"]), "--monitoring-port", str(ports["metrics"]),
+            "--ca-port", str(ports["ca"]), "--ca-mtls-port", str(ports["ca_mtls"]),
+            "--state-dir", str(tmp / f"state-{name}"), "--tokens", str(tmp / "tokens")]  # fmt: skip
+    log = tmp / f"serve-{name}.log"
+    with log.open("ab") as sink:
+        cp = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: cp.poll() is not None or "ADS" in log.read_text(), f"replica {name}", 30)
+        assert cp.poll() is None, log.read_text()
+        yield cp
+    finally:
+        if cp.poll() is None:
+            cp.terminate()
+            try:
+                cp.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                cp.kill()
+                cp.wait()

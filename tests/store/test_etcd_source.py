@@ -20,7 +20,9 @@ from tests.store._etcd import EtcdCluster
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
-def vs(name: str, host: str = "reviews", weight: int = 100, namespace: str = "default") -> dict[str, Any]:
+def vs(
+    name: str, host: str = "reviews", weight: int = 100, namespace: str = "default"
+) -> dict[str, Any]:
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
@@ -84,10 +86,12 @@ def test_serve_from_etcd_follows_writes_and_keeps_last_valid_version(
         put(client, prefix, vs("a", weight=50))
         client.delete(junk)
         wait_for(
-            lambda: plane.mesh.get("VirtualService", "default", "a").spec["http"][0]["route"][0][
-                "weight"
-            ]
-            == 50,
+            lambda: (
+                plane.mesh.get("VirtualService", "default", "a").spec["http"][0]["route"][0][
+                    "weight"
+                ]
+                == 50
+            ),
             "a's valid version served",
         )
         wait_for(lambda: not server.store.rejected, "nothing rejected")

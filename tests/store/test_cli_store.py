@@ -70,7 +70,8 @@ def test_apply_writes_every_resource_then_get_and_delete(
     assert got["metadata"]["resourceVersion"].isdigit()
     assert main(["get", "--store", store, "-o", "json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert listed["kind"] == "List" and len(listed["items"]) == 15
+    assert listed["kind"] == "List"
+    assert len(listed["items"]) == 15
     assert main(["delete", "VirtualService", "reviews", "--store", store]) == 0
     assert "VirtualService default/reviews deleted" in capsys.readouterr().out
     assert main(["delete", "-f", str(EXAMPLES / "security.yaml"), "--store", store]) == 0
@@ -119,7 +120,8 @@ def test_concurrent_applies_of_one_read_one_wins_one_fails(
         t.join(30)
     assert sorted(codes) == [0, 1]
     err = capsys.readouterr().err
-    assert "conflict, nothing written" in err and "apply --force" in err
+    assert "conflict, nothing written" in err
+    assert "apply --force" in err
     # --force writes over the moved revision.
     assert main(["apply", "-f", str(tmp_path / "edit0.yaml"), "--store", store, "--force"]) == 0
 

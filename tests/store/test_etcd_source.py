@@ -71,7 +71,8 @@ def test_serve_from_etcd_follows_writes_and_keeps_last_valid_version(
             "b's change served",
         )
         a = plane.mesh.get("VirtualService", "default", "a")
-        assert a is not None and a.spec["http"][0]["route"][0]["weight"] == 100
+        assert a is not None
+        assert a.spec["http"][0]["route"][0]["weight"] == 100
         with urllib.request.urlopen(f"http://127.0.0.1:{mon}/debug/syncz", timeout=5) as r:
             status = json.loads(r.read())["config_store"]
         assert status["connected"] is True
@@ -107,7 +108,8 @@ def test_a_key_holding_another_resource_is_refused(
     source = EtcdSource(parse_store_url(etcd.url(prefix)))
     source.list()
     report = source.validate()
-    assert report.model is not None and not report.model.virtual_services
+    assert report.model is not None
+    assert not report.model.virtual_services
     (problems,) = source.rejected.values()
     assert "the key names networking.istio.io/VirtualService/default/a" in problems[0].message
     source.stop()
@@ -159,7 +161,8 @@ def test_etcd_away_serving_goes_on_and_catches_up(tmp_path: Path, prefix: str) -
                     return str(r.read().decode())
 
             ready = get("/ready")
-            assert ready.startswith("ok: config store") and "serving the last config" in ready
+            assert ready.startswith("ok: config store")
+            assert "serving the last config" in ready
             assert 'meshcore_config_store_connected{store="' in get("/metrics")
             assert '"} 0.0' in get("/metrics").split("meshcore_config_store_connected{")[1]
             assert server.plane.mesh.get("VirtualService", "default", "a") is not None
@@ -171,5 +174,6 @@ def test_etcd_away_serving_goes_on_and_catches_up(tmp_path: Path, prefix: str) -
                 "a write after etcd's return served",
                 20,
             )
-            assert server.store.connected and get("/ready") == "ok\n"
+            assert server.store.connected
+            assert get("/ready") == "ok\n"
         client.close()

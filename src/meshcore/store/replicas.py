@@ -11,6 +11,8 @@ the config prefix, so the config watch never sees it):
 
 from __future__ import annotations
 
+import contextlib
+import contextlib
 import json
 import logging
 import threading
@@ -144,10 +146,8 @@ class LeaderElection:
 
     def resign(self) -> None:
         if self.lease:
-            try:
+            with contextlib.suppress(StoreUnavailable):
                 self.client.revoke(self.lease)
-            except StoreUnavailable:
-                pass
         self.lease, self.leader = 0, False
 
 
@@ -201,10 +201,8 @@ class ProxyRegistry:
 
     def close(self) -> None:
         if self.lease:
-            try:
+            with contextlib.suppress(StoreUnavailable):
                 self.client.revoke(self.lease)
-            except StoreUnavailable:
-                pass
         self.lease = 0
 
 

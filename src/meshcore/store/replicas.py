@@ -12,7 +12,6 @@ the config prefix, so the config watch never sees it):
 from __future__ import annotations
 
 import contextlib
-import contextlib
 import json
 import logging
 import threading

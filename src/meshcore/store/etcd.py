@@ -218,10 +218,6 @@ class Watch:
                 return
             yield item
 
-    def progress(self) -> None:
-        """Asks for a progress notification (the store's current revision, no events)."""
-        self._requests.put(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
-
     def __iter__(self) -> Iterator[Any]:
         return iter(self._call)
 

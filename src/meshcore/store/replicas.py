@@ -230,10 +230,18 @@ class ReplicaDuties:
         status: Callable[[], dict[str, dict[str, str]]],
         interval: float = 1.0,
         ttl: int = LEASE_TTL,
+        analysis: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
+        self.client = client
+        self.url = url
         self.election = LeaderElection(client, url, replica, ttl)
         self.registry = ProxyRegistry(client, url, replica, ttl)
         self.status = status
+        # The leader's once-only work: the config's analysis (problems by resource, at which
+        # revision) written back to PREFIX.meshcore/status/analysis when it changes (istiod
+        # writes analysis status back to resources from its leader only).
+        self.analysis = analysis
+        self._analysis_written = b""
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="meshcore-replica", daemon=True)
@@ -243,7 +251,8 @@ class ReplicaDuties:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.election.step()
+            if self.election.step() and self.analysis is not None:
+                self._write_analysis(self.analysis())
             try:
                 self.registry.sync(self.status())
             except (StoreUnavailable, grpc.RpcError):
@@ -252,8 +261,33 @@ class ReplicaDuties:
                 log.debug("proxy registry: skipped a round", exc_info=True)
             self._stop.wait(self.interval)
 
-    def stop(self) -> None:
+    def _write_analysis(self, analysis: dict[str, Any]) -> None:
+        value = json.dumps(analysis, sort_keys=True).encode()
+        if value == self._analysis_written:
+            return
+        k = self.url.meta("status", "analysis").encode()
+        try:
+            # Only while this replica still holds the leader key under its lease.
+            self.client.txn(
+                [
+                    rpc.Compare(
+                        result=rpc.Compare.EQUAL,
+                        target=rpc.Compare.LEASE,
+                        key=self.election.key.encode(),
+                        lease=self.election.lease,
+                    )
+                ],
+                [rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=value))],
+            )
+        except (StoreUnavailable, grpc.RpcError):
+            return
+        self._analysis_written = value
+
+    def stop(self, resign: bool = True) -> None:
+        """Stops the thread; ``resign`` gives up the lease at once (else it expires: a
+        replica that dies)."""
         self._stop.set()
         self._thread.join(timeout=5)
-        self.registry.close()
-        self.election.resign()
+        if resign:
+            self.registry.close()
+            self.election.resign()

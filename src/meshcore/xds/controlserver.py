@@ -180,6 +180,11 @@ class ControlPlaneServer:
             url,
             replica,
             lambda: asyncio.run_coroutine_threadsafe(status(), loop).result(timeout=5),
+            analysis=lambda: {
+                "revision": source.served_revision,
+                "problems": [p.to_dict() for p in self.plane.problems],
+                "rejected": sorted(source.rejected),
+            },
         )
         source.replica_status = lambda: {"id": replica, "leader": duties.election.leader}
         self.duties = duties

@@ -194,6 +194,14 @@ def _demo(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     from meshcore.demo import run_demo
 
+    if args.replicas < 1:
+        raise _UsageError("--replicas must be at least 1")
+    if args.replicas > 1:
+        import shutil
+
+        require("etcd", "meshcore demo --replicas")
+        if shutil.which("etcd") is None:
+            raise _UsageError("--replicas needs etcd on PATH (Debian: apt-get install etcd-server)")
     if args.config is not None and not Path(args.config).is_dir():
         print(f"meshcore demo: no such directory: {args.config}", file=sys.stderr)
         return EXIT_USAGE
@@ -209,6 +217,7 @@ def _demo(args: argparse.Namespace) -> int:
                 workdir=workdir,
                 proxy=args.proxy,
                 output=args.output,
+                replicas=args.replicas,
             )
         )
     except ValueError as exc:  # the config (validated first) or the options

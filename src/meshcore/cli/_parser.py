@@ -258,6 +258,13 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--workdir", metavar="DIR", help="keep logs and bootstraps here (default: a temporary dir)"
     )
+    m.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="control-plane replicas; more than 1 puts the config in etcd (etcd-server) and "
+        "kills one replica mid-tour",
+    )
     _output(m)
 
     w = command("webhook", "serve the validating admission webhook over HTTPS")

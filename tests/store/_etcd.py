@@ -50,6 +50,7 @@ class EtcdCluster:
     cluster: str
     token: str
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    extra: tuple[str, ...] = ()  # more etcd flags (benchmarks: --max-txn-ops ...)
 
     @property
     def endpoints(self) -> list[str]:
@@ -74,6 +75,7 @@ class EtcdCluster:
             "--election-timeout", "500",
             "--log-level", "warn",
             "--logger", "zap",
+            *self.extra,
         ]  # fmt: skip
         with m.log.open("ab") as sink:
             m.proc = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT)
@@ -106,7 +108,7 @@ class EtcdCluster:
 
 
 @contextlib.contextmanager
-def etcd_cluster(tmp: Path, size: int = 1) -> Iterator[EtcdCluster]:
+def etcd_cluster(tmp: Path, size: int = 1, *extra: str) -> Iterator[EtcdCluster]:
     """``size`` etcd members on 127.0.0.1 with free ports, healthy when the block starts."""
     etcd_binary()
     ports = free_ports(2 * size)
@@ -115,7 +117,7 @@ def etcd_cluster(tmp: Path, size: int = 1) -> Iterator[EtcdCluster]:
         for i in range(size)
     ]
     cluster = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in members)
-    c = EtcdCluster(members, cluster, f"meshcore-test-{time.monotonic_ns()}")
+    c = EtcdCluster(members, cluster, f"meshcore-test-{time.monotonic_ns()}", extra=extra)
     try:
         for m in members:
             c.start(m)

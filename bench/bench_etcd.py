@@ -43,7 +43,9 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
 
 
 def quick(request: pytest.FixtureRequest) -> bool:
-    return bool(request.config.getoption("benchmark_disable"))
+    """make test's form (--benchmark-disable, unless --benchmark-enable overrides it)."""
+    opt = request.config.getoption
+    return bool(opt("benchmark_disable")) and not opt("benchmark_enable")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -94,7 +96,8 @@ def test_watch_latency(etcd: EtcdCluster, request: pytest.FixtureRequest) -> Non
 def test_failover_cost(etcd: EtcdCluster, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     proxies = 20 if quick(request) else 1000
     config = tmp_path / "mesh"
-    write_mesh(config, services=100, workloads_per_service=10, policies=50)
+    services = 20 if quick(request) else 100
+    write_mesh(config, services=services, workloads_per_service=10, policies=services // 2)
     url = parse_store_url(etcd.url("/bench-failover"))
     client = EtcdClient(etcd.endpoints, timeout=60)
     items, problems = read_items([str(config)], url)
@@ -106,7 +109,8 @@ def test_failover_cost(etcd: EtcdCluster, tmp_path: Path, request: pytest.Fixtur
     for i, w in enumerate(mesh.workload_entries[:proxies]):
         node = f"sidecar~{w.address}~{w.name}.{w.namespace}~{w.namespace}.svc.cluster.local"
         clusters = [
-            f"outbound|8080||svc{(i * 7 + k) % 100}.ns{((i * 7 + k) % 100) % 10}.svc.cluster.local"
+            f"outbound|8080||svc{(i * 7 + k) % services}.ns{((i * 7 + k) % services) % 10}"
+            ".svc.cluster.local"
             for k in range(5)
         ]
         lines.append(" ".join([node, *clusters]))

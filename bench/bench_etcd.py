@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -23,7 +25,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.envoy._sidecar import control_plane_in_thread, free_ports
-from tests.store._etcd import EtcdCluster, etcd_cluster
+from tests.store._etcd import EtcdCluster, etcd_cluster, replica_process
 
 from meshcore.config import load
 from meshcore.store import parse_store_url
@@ -166,3 +168,100 @@ def test_failover_cost(etcd: EtcdCluster, tmp_path: Path, request: pytest.Fixtur
     )
     assert sent == 0
     assert sum(resent) == 0
+
+
+def rss_of(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_fleet_over_three_replicas(
+    etcd: EtcdCluster, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A fleet of SotW proxies (``xds_fleet_client.py``) spread over three ``meshcore serve``
+    processes on the store; one endpoint change applied to etcd (``meshcore apply``'s
+    transaction): the time until each proxy has it, and the replicas' memory per proxy."""
+    proxies = 30 if quick(request) else int(os.environ.get("MESHCORE_ETCD_FLEET", "3000"))
+    services = 30 if quick(request) else 1000
+    config = tmp_path / "mesh"
+    write_mesh(config, services=services, policies=services // 2)
+    url = parse_store_url(etcd.url("/bench-fleet"))
+    client = EtcdClient(etcd.endpoints, timeout=120)
+    items, _ = read_items([str(config)], url)
+    commit(client, items)
+    mesh = load(config)
+    target = mesh.service("svc0", "ns0")
+    assert target is not None
+    watched = f"outbound|8080||{target.hostname}"
+    lines = []
+    for i, w in enumerate(mesh.workload_entries[:proxies]):
+        others = [
+            f"outbound|8080||svc{(i * 7 + k) % services}.ns{((i * 7 + k) % services) % 10}"
+            ".svc.cluster.local"
+            for k in range(1, 10)
+        ]
+        node = f"sidecar~{w.address}~{w.name}.{w.namespace}~{w.namespace}.svc.cluster.local"
+        lines.append(" ".join([node, watched, *others]))
+    (tmp_path / "tokens").write_text("")
+    replicas = [
+        dict(zip(("xds", "metrics", "ca", "ca_mtls"), free_ports(4), strict=True)) for _ in range(3)
+    ]
+    with contextlib.ExitStack() as stack:
+        procs = [
+            stack.enter_context(replica_process(tmp_path, str(url), ports, str(i)))
+            for i, ports in enumerate(replicas)
+        ]
+        rss0 = [rss_of(p.pid) for p in procs]
+        fleets = []
+        t0 = time.monotonic()
+        for i, ports in enumerate(replicas):
+            chunk = tmp_path / f"nodes{i}.txt"
+            chunk.write_text("\n".join(lines[i::3]) + "\n")
+            fleet = subprocess.Popen(
+                [sys.executable, str(Path(__file__).parent / "xds_fleet_client.py"),
+                 f"127.0.0.1:{ports['xds']}", str(chunk), str(i * proxies)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            )  # fmt: skip
+            stack.callback(fleet.wait, 60)
+            stack.callback(
+                lambda f=fleet: (f.stdin and f.stdin.close(), f.stdout and f.stdout.close())
+            )
+            fleets.append(fleet)
+        for fleet in fleets:
+            assert fleet.stdout is not None
+            assert fleet.stdout.readline().strip() == b"ready"
+        cold = time.monotonic() - t0
+        kb = [(rss_of(p.pid) - r) / (proxies / 3) / 1e3 for p, r in zip(procs, rss0, strict=True)]
+        # One endpoint of svc0 moves: written to etcd in one transaction.
+        # (the first WorkloadEntry written is svc0's first, as in bench_xds_fleet.py)
+        wl = next(i for i in items if i.kind == "WorkloadEntry")
+        value = json.loads(wl.value or b"{}")
+        value["spec"]["address"] = "10.255.255.1"
+        seen: dict[int, float] = {}
+
+        def collect(fleet: subprocess.Popen[bytes]) -> None:
+            assert fleet.stdout is not None
+            for raw in fleet.stdout:
+                if raw.startswith(b"got"):
+                    _, index, at = raw.split()
+                    seen.setdefault(int(index), float(at))
+
+        readers = [threading.Thread(target=collect, args=(f,), daemon=True) for f in fleets]
+        for r in readers:
+            r.start()
+        written = time.time()
+        client.put(wl.key, json.dumps(value).encode())
+        deadline = time.monotonic() + 120
+        while len(seen) < proxies and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(seen) == proxies, f"{len(seen)} of {proxies} proxies got the change"
+        delays = sorted(at - written for at in seen.values())
+    client.close()
+    print(
+        f"\n{proxies} proxies over 3 replicas ({services}-service mesh in etcd): cold connect "
+        f"{cold:.1f} s; endpoint change written to etcd -> each proxy has it: p50 "
+        f"{percentile(delays, 0.5) * 1e3:.0f} ms, p99 {percentile(delays, 0.99) * 1e3:.0f} ms, "
+        f"max {delays[-1] * 1e3:.0f} ms; replica RSS per connected proxy "
+        + ", ".join(f"{k:.0f}" for k in kb)
+        + " KB"
+    )

@@ -78,7 +78,7 @@ def test_one_leader_and_failover_within_the_lease_ttl(
         died = time.monotonic()
         duties[0].stop(resign=False)
         wait_for(lambda: duties[1].election.leader, "r2 leads", 10)
-        assert time.monotonic() - died < 2 + 1.5
+        assert time.monotonic() - died < 2 + 2.5  # the TTL, and a loaded machine's slack
         wait_for(
             lambda: json.loads(client.get(url.meta("status", "analysis"))[1].value) == {"by": "r2"},
             "the new leader writes",

@@ -137,3 +137,17 @@ def test_store_unreachable_and_usage_exit_2(
     assert main(["apply", "-f", str(tmp_path), "--store", "etcd://127.0.0.1:1"]) == 2
     assert main(["apply", "-f", str(tmp_path / "none.yaml"), "--store", nowhere]) == 2
     assert parse_store_url(f"etcd://a:1,b:2{prefix}").endpoints == ("a:1", "b:2")
+
+
+def test_serve_with_an_unreachable_store_or_mixed_sources_exits_2(
+    prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dead, xds = free_ports(2)
+    store = f"etcd://127.0.0.1:{dead}{prefix}"
+    args = ["serve", "--xds-port", str(xds), "--monitoring-port", "0"]
+    assert main([*args, "--config", store]) == 2
+    assert "cannot read the config store" in capsys.readouterr().err
+    assert main([*args, "--config", store, "--config", str(tmp_path)]) == 2
+    assert "give it alone" in capsys.readouterr().err
+    assert main([*args, "--config", "etcd://127.0.0.1:1"]) == 2
+    assert "key prefix" in capsys.readouterr().err

@@ -5,7 +5,7 @@ the config prefix, so the config watch never sees it):
   wins an etcd create-if-absent transaction and read by every other (:func:`shared_authority`).
 - ``leader``: a key held under a lease by the one replica doing once-only work
   (:class:`LeaderElection`); it is gone within the lease's TTL of the holder's loss.
-- ``proxies/<replica>/<node id>``: each replica's connected proxies and their sync state, under
+- ``proxies/<replica>/<shard>``: each replica's connected proxies and their sync state, under
   the replica's lease (:class:`ProxyRegistry`; ``meshcore proxy-status --store`` reads them).
 """
 
@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import threading
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -150,8 +151,16 @@ class LeaderElection:
         self.lease, self.leader = 0, False
 
 
+SHARDS = 16  # keys per replica for its proxies: a change rewrites its shard, not the fleet
+
+
 class ProxyRegistry:
-    """A replica's connected proxies in the store, under its lease: only changes are written."""
+    """A replica's connected proxies in the store, under its lease, in ``SHARDS`` keys
+    (``PREFIX.meshcore/proxies/<replica>/<shard>``, a JSON map node id -> sync state per
+    type, a proxy's shard from a hash of its id): a call writes only the shards that changed,
+    in one transaction, so the store sees at most ``SHARDS`` writes per replica per interval
+    however many proxies a push moves (one key per proxy would be two writes per proxy per
+    push: STALE, then SYNCED)."""
 
     def __init__(
         self, client: EtcdClient, url: StoreURL, replica: str, ttl: int = LEASE_TTL
@@ -161,41 +170,40 @@ class ProxyRegistry:
         self.replica = replica
         self.ttl = ttl
         self.lease = 0
-        self._written: dict[str, bytes] = {}
+        self._written: dict[int, bytes] = {}
 
     def prefix(self) -> str:
         return self.url.meta("proxies", self.replica) + "/"
 
     def sync(self, status: dict[str, dict[str, str]]) -> None:
-        """Writes what changed since the last call (StoreUnavailable: tried again next time,
-        everything rewritten under a new lease)."""
+        """Writes the shards that changed since the last call (StoreUnavailable: tried again
+        next time, everything rewritten under a new lease)."""
         if self.lease and self.client.keep_alive(self.lease) <= 0:
             self.lease = 0
         if not self.lease:
             self.lease = self.client.grant(self.ttl)
             self._written = {}
+        shards: dict[int, dict[str, dict[str, str]]] = {}
+        for node, types in status.items():
+            shards.setdefault(zlib.crc32(node.encode()) % SHARDS, {})[node] = types
         want = {
-            node: json.dumps({"replica": self.replica, "types": types}, sort_keys=True).encode()
-            for node, types in status.items()
+            i: json.dumps({"replica": self.replica, "proxies": proxies}, sort_keys=True).encode()
+            for i, proxies in shards.items()
         }
         ops = []
-        for node, value in want.items():
-            if self._written.get(node) != value:
+        for i, value in want.items():
+            if self._written.get(i) != value:
+                key = f"{self.prefix()}{i}".encode()
                 ops.append(
                     rpc.RequestOp(
-                        request_put=rpc.PutRequest(
-                            key=(self.prefix() + node).encode(), value=value, lease=self.lease
-                        )
+                        request_put=rpc.PutRequest(key=key, value=value, lease=self.lease)
                     )
                 )
-        for node in self._written.keys() - want.keys():
-            ops.append(
-                rpc.RequestOp(
-                    request_delete_range=rpc.DeleteRangeRequest(key=(self.prefix() + node).encode())
-                )
-            )
-        for start in range(0, len(ops), 100):  # etcd's default limit: 128 operations a txn
-            self.client.txn([], ops[start : start + 100])
+        for i in self._written.keys() - want.keys():
+            key = f"{self.prefix()}{i}".encode()
+            ops.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key)))
+        if ops:
+            self.client.txn([], ops)
         self._written = want
 
     def close(self) -> None:
@@ -210,10 +218,11 @@ def all_proxies(client: EtcdClient, url: StoreURL) -> dict[str, dict[str, Any]]:
     _, kvs = client.range_prefix(url.meta("proxies") + "/")
     out: dict[str, dict[str, Any]] = {}
     for kv in kvs:
-        node = kv.key.decode("utf-8", "replace").rsplit("/", 1)[-1]
         try:
-            out[node] = json.loads(kv.value)
-        except ValueError:
+            shard = json.loads(kv.value)
+            for node, types in shard["proxies"].items():
+                out[node] = {"replica": shard["replica"], "types": types}
+        except (ValueError, KeyError, TypeError, AttributeError):
             continue
     return out
 

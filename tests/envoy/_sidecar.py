@@ -388,6 +388,13 @@ def http_get(url: str, host: str, method: str = "GET", **headers: str) -> tuple[
 # --- sidecars run by ``meshcore agent`` (the CLI, a subprocess) ---------------------------------
 
 
+def _address(port_or_addresses: int | str) -> str:
+    """A port on 127.0.0.1, or addresses as given (``HOST:PORT,HOST:PORT``: replicas)."""
+    if isinstance(port_or_addresses, int):
+        return f"127.0.0.1:{port_or_addresses}"
+    return port_or_addresses
+
+
 @contextlib.contextmanager
 def running_agent(
     tmp: Path,
@@ -395,9 +402,9 @@ def running_agent(
     *,
     node_id: str,
     identity: str,
-    xds: int,
-    ca: int,
-    ca_mtls: int,
+    xds: int | str,
+    ca: int | str,
+    ca_mtls: int | str,
     ca_root: Path,
     token: str,
     metadata: dict[str, str],
@@ -416,8 +423,8 @@ def running_agent(
     status = free_port()
     args = [
         sys.executable, "-m", "meshcore.cli", "agent", "--node-id", node_id,
-        "--identity", identity, "--xds-address", f"127.0.0.1:{xds}",
-        "--ca-address", f"127.0.0.1:{ca}", "--ca-mtls-address", f"127.0.0.1:{ca_mtls}",
+        "--identity", identity, "--xds-address", _address(xds),
+        "--ca-address", _address(ca), "--ca-mtls-address", _address(ca_mtls),
         "--ca-root", str(ca_root), "--token-file", str(workdir / "token"),
         "--workdir", str(workdir), "--status-port", str(status),
     ]  # fmt: skip

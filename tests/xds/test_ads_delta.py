@@ -142,3 +142,29 @@ def test_reconnect_with_initial_resource_versions() -> None:
         s2.close()
 
     run_ads(body)
+
+
+def test_a_new_stream_with_the_versions_it_holds_is_sent_nothing_again() -> None:
+    """A proxy moving to another control-plane replica (same resources, same versions) says
+    what it holds in ``initial_resource_versions`` along with its named subscriptions: it is
+    sent only what differs (it was sent everything it subscribed to again)."""
+
+    async def body(cache: SnapshotCache, ads: AdsServer, channel: grpc.aio.Channel) -> None:
+        cache.set(NODE, cache.snapshot(resources(eds={"a": cla("a"), "b": cla("b")})))
+        first = Stream(channel, delta=True)
+        first.send(req(types.ENDPOINT, ["a", "b"], node=True))
+        r1 = await first.recv()
+        held = {r.name: r.version for r in r1.resources}
+        assert sorted(held) == ["a", "b"]
+        first.send(req(types.ENDPOINT, nonce=r1.nonce))
+        first.close()
+        cache.set(NODE, cache.snapshot(resources(eds={"a": cla("a"), "b": cla("b", 2)})))
+        again = Stream(channel, delta=True)
+        again.send(req(types.ENDPOINT, ["a", "b"], node=True, initial=held))
+        r2 = await again.recv()
+        assert names(r2) == ["b"]  # a is unchanged: not sent again
+        again.send(req(types.ENDPOINT, nonce=r2.nonce))
+        await again.nothing(0.2)
+        again.close()
+
+    run_ads(body)

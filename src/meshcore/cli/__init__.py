@@ -119,8 +119,19 @@ def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from meshcore.cli.serve import serve
+    from meshcore.store import StoreURLError, is_store, parse_store_url
 
-    missing = _missing(args.config)
+    stores = [c for c in args.config if is_store(c)]
+    store = None
+    if stores:
+        if len(args.config) > 1:
+            raise _UsageError("--config etcd://... is the whole config: give it alone")
+        try:
+            store = parse_store_url(stores[0])
+        except StoreURLError as exc:
+            raise _UsageError(str(exc)) from None
+        require("etcd", "meshcore serve --config etcd://...")
+    missing = _missing([c for c in args.config if not is_store(c)])
     if missing:
         print(f"meshcore serve: no such directory: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
@@ -160,6 +171,7 @@ def _serve(args: argparse.Namespace) -> int:
             mesh_config=mesh_config,
             ca=ca,
             max_file_bytes=args.max_file_bytes,
+            store=store,
         )
     )
 
@@ -184,6 +196,14 @@ def _demo(args: argparse.Namespace) -> int:
         return _demo_capture(args)
     from meshcore.demo import run_demo
 
+    if args.replicas < 1:
+        raise _UsageError("--replicas must be at least 1")
+    if args.replicas > 1:
+        import shutil
+
+        require("etcd", "meshcore demo --replicas")
+        if shutil.which("etcd") is None:
+            raise _UsageError("--replicas needs etcd on PATH (Debian: apt-get install etcd-server)")
     if args.config is not None and not Path(args.config).is_dir():
         print(f"meshcore demo: no such directory: {args.config}", file=sys.stderr)
         return EXIT_USAGE
@@ -199,6 +219,7 @@ def _demo(args: argparse.Namespace) -> int:
                 workdir=workdir,
                 proxy=args.proxy,
                 output=args.output,
+                replicas=args.replicas,
             )
         )
     except ValueError as exc:  # the config (validated first) or the options
@@ -296,9 +317,19 @@ def _iptables(args: argparse.Namespace) -> int:
 
 
 def _proxy_status(args: argparse.Namespace) -> int:
+    if args.store:
+        from meshcore.cli.store import proxy_status as store_proxy_status
+
+        return store_proxy_status(args.store, output=args.output)
     from meshcore.cli.serve import proxy_status
 
     return proxy_status(args.monitoring_address, output=args.output)
+
+
+def _store(args: argparse.Namespace) -> int:
+    from meshcore.cli.store import run
+
+    return run(args)
 
 
 COMMANDS = {
@@ -311,6 +342,9 @@ COMMANDS = {
     "demo": _demo,
     "proxy": _proxy,
     "iptables": _iptables,
+    "apply": _store,
+    "delete": _store,
+    "get": _store,
 }
 # The extra each command needs beyond the base install (meshcore._extras).
 EXTRA = {"serve": "all", "agent": "all", "proxy-status": "all", "demo": "demo", "proxy": "all"}

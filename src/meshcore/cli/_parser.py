@@ -56,14 +56,14 @@ def _workload_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--xds-address",
         default=f"127.0.0.1:{XDS_PORT}",
-        metavar="HOST:PORT",
-        help="the control plane's ADS (meshcore serve --xds-port)",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="the control plane's ADS (meshcore serve --xds-port); replicas comma-separated",
     )
     p.add_argument(
         "--ca-address",
-        metavar="HOST:PORT",
+        metavar="HOST:PORT[,...]",
         default=None,
-        help="meshcore's CA, bootstrap-token port (meshcore serve --ca-port)",
+        help="meshcore's CA, bootstrap-token port (meshcore serve --ca-port); replicas comma-separated",
     )
     p.add_argument(
         "--ca-mtls-address",
@@ -120,8 +120,8 @@ def parser() -> argparse.ArgumentParser:
         "--config",
         required=True,
         action="append",
-        metavar="DIR",
-        help="config directory (repeatable)",
+        metavar="DIR|etcd://HOST:PORT[,HOST:PORT...]/PREFIX",
+        help="config directory (repeatable), or an etcd store watched from the key prefix",
     )
     s.add_argument(
         "--xds-port", type=int, default=XDS_PORT, help="ADS (state of the world and delta)"
@@ -294,6 +294,12 @@ def parser() -> argparse.ArgumentParser:
         help="the control plane's monitoring port (meshcore serve --monitoring-port)",
     )
     _hidden(p, "--control-plane", dest="monitoring_address")
+    p.add_argument(
+        "--store",
+        default=None,
+        metavar="etcd://...",
+        help="every replica's proxies from the config store (serve --config etcd://...)",
+    )
     _output(p)
 
     m = command("demo", "run the demo mesh: control plane, CA, three services behind sidecars")
@@ -314,6 +320,13 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--workdir", metavar="DIR", help="keep logs and bootstraps here (default: a temporary dir)"
     )
+    m.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="control-plane replicas; more than 1 puts the config in etcd (etcd-server) and "
+        "kills one replica mid-tour",
+    )
     _output(m)
 
     w = command("webhook", "serve the validating admission webhook over HTTPS")
@@ -322,7 +335,8 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--port", type=int, default=15017, help="HTTPS port")
     w.add_argument("--host", default="127.0.0.1", help="the address it listens on")
 
-    from meshcore.cli import iptables
+    from meshcore.cli import iptables, store
 
     iptables.add_parser(sub)
+    store.add_parsers(sub, command)
     return top

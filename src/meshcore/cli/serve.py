@@ -12,10 +12,14 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meshcore.config.loader import MAX_FILE_BYTES
 from meshcore.config.meshconfig import MeshConfig
 from meshcore.xds.controlserver import CAOptions, ControlPlaneServer, StartError
+
+if TYPE_CHECKING:
+    from meshcore.store import StoreURL
 
 
 async def serve(
@@ -24,13 +28,18 @@ async def serve(
     mesh_config: MeshConfig | None = None,
     ca: CAOptions | None = None,
     max_file_bytes: int = MAX_FILE_BYTES,
+    store: StoreURL | None = None,
 ) -> int:  # fmt: skip
     server = ControlPlaneServer(
-        paths, host=host, xds_port=xds_port, metrics_port=metrics_port, mesh_config=mesh_config,
-        ca=ca, max_file_bytes=max_file_bytes,
+        paths if store is None else (), host=host, xds_port=xds_port, metrics_port=metrics_port,
+        mesh_config=mesh_config, ca=ca, max_file_bytes=max_file_bytes, store=store,
     )  # fmt: skip
     plane = server.plane
-    loaded = server.load()
+    try:
+        loaded = server.load()
+    except StartError as exc:
+        print(f"meshcore serve: {exc}", file=sys.stderr)
+        return 2
     for p in plane.problems:
         print(f"{p.severity}: {p}", file=sys.stderr)
     if not loaded:
@@ -56,6 +65,9 @@ async def serve(
         ", ".join(f"{n} {k}" for k, n in plane.mesh.summary().items() if n) if plane.mesh else ""
     )
     print(f"meshcore serve: {summary or 'empty mesh'}", flush=True)
+    if server.store is not None:
+        print(f"meshcore serve: config from {store} at revision {server.store.revision} "
+              "(watched)", flush=True)  # fmt: skip
     print(f"meshcore serve: ADS (state of the world and delta) on {host}:{server.ads_port}",
           flush=True)  # fmt: skip
     if server.ca_server is not None and server.authority is not None:

@@ -79,21 +79,28 @@ class AdsClient:
     async def run(self, stop: asyncio.Event) -> None:
         """Keeps a stream open until ``stop`` is set."""
         delay = self.backoff_initial
+        # "a:p,b:p,c:p": control-plane replicas; a broken stream moves on to the next one.
+        addresses = [a.strip() for a in self.address.split(",") if a.strip()]
+        at = 0
         while not stop.is_set():
             try:
-                async with grpc.aio.insecure_channel(self.address) as channel:
+                async with grpc.aio.insecure_channel(addresses[at]) as channel:
                     await self._stream(channel, stop)
                 delay = self.backoff_initial
             except (grpc.aio.AioRpcError, OSError) as exc:
                 detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
                 if self.connected or self.connects == 0:
-                    log.warning("ADS stream to %s ended: %s", self.address, detail)
+                    log.warning("ADS stream to %s ended: %s", addresses[at], detail)
                 self.connected = False
             except Exception:  # a bug of ours must not end the stream for good: log, reconnect
                 log.exception("ADS client error; reconnecting")
                 self.connected = False
             if stop.is_set():
                 break
+            at = (at + 1) % len(addresses)
+            if len(addresses) > 1 and at != 0:
+                # Another replica is there: try it at once (backing off once per round).
+                continue
             wait = delay * random.uniform(0.8, 1.2)
             delay = min(delay * 2, self.backoff_max)
             with contextlib.suppress(TimeoutError):

@@ -164,10 +164,14 @@ class Agent:
         self.node_id = node_id
         self.proxy_uid = proxy_uid
         self.proxy_gid = proxy_gid if proxy_gid is not None else proxy_uid
-        self.xds_host, self.xds_port = _split_address(xds_address, "xds_address")
-        _split_address(ca_address, "ca_address")
-        if ca_mtls_address is not None:
-            _split_address(ca_mtls_address, "ca_mtls_address")
+        # Comma-separated: control-plane replicas, all in the bootstrap's xds cluster.
+        replicas = [_split_address(a, "xds_address") for a in xds_address.split(",")]
+        self.xds_host, self.xds_port = replicas[0]
+        self.xds_addresses = ",".join(a.strip() for a in xds_address.split(","))
+        for a in ca_address.split(","):
+            _split_address(a, "ca_address")
+        for a in (ca_mtls_address or "").split(",") if ca_mtls_address else ():
+            _split_address(a, "ca_mtls_address")
         self.workdir = Path(workdir)
         self.delta = delta
         self.envoy_path = find_envoy(envoy_path)
@@ -355,6 +359,7 @@ class Agent:
             metadata=self.metadata,
             delta=self.delta,
             sds_address=self.sds_address,
+            xds_addresses=self.xds_addresses,
         )
         if self._telemetry_address:
             boot["static_resources"]["clusters"].append(

@@ -21,6 +21,7 @@ def ads_bootstrap(
     metadata: Mapping[str, Any] | None = None,
     delta: bool = False,
     sds_address: str | None = None,
+    xds_addresses: str | None = None,
 ) -> dict[str, Any]:
     """A bootstrap (a dict, for JSON or YAML) whose listeners and clusters all come from
     meshcore over one ADS stream (state of the world, or delta with ``delta=True``).
@@ -28,7 +29,10 @@ def ads_bootstrap(
     ``sds_address`` (``unix:PATH`` or ``HOST:PORT``) adds the ``sds-grpc`` cluster through
     which Envoy fetches its certificates from the agent's SDS server. Translated listeners and
     clusters reference secrets there whenever mTLS may be used (auto mTLS included), so a
-    sidecar needs it: :class:`meshcore.dataplane.agent.Agent` runs one and passes it."""
+    sidecar needs it: :class:`meshcore.dataplane.agent.Agent` runs one and passes it.
+
+    ``xds_addresses`` (``HOST:PORT,HOST:PORT...``, control-plane replicas) replaces
+    ``xds_host``/``xds_port``: all of them in the xds cluster, Envoy moves between them."""
     _, _, name, namespace, _ = parse_node_id(node_id)  # ValueError names a bad id
     node: dict[str, Any] = {"id": node_id, "cluster": f"{name}.{namespace}"}
     if metadata:
@@ -48,7 +52,7 @@ def ads_bootstrap(
             "lds_config": ads,
         },
         "static_resources": {
-            "clusters": [grpc_cluster(XDS_CLUSTER, f"{xds_host}:{xds_port}")]
+            "clusters": [grpc_cluster(XDS_CLUSTER, xds_addresses or f"{xds_host}:{xds_port}")]
         },
         "layered_runtime": {
             "layers": [
@@ -64,12 +68,16 @@ def ads_bootstrap(
 
 def grpc_cluster(name: str, address: str) -> dict[str, Any]:
     """A static HTTP/2 cluster for a gRPC server at ``HOST:PORT`` or ``unix:PATH`` (the
-    control plane's ``xds-grpc``, the agent's ``sds-grpc``)."""
-    if address.startswith("unix:"):
-        endpoint: dict[str, Any] = {"pipe": {"path": address[len("unix:") :]}}
-    else:
-        host, _, port = address.rpartition(":")
-        endpoint = {"socket_address": {"address": host.strip("[]"), "port_value": int(port)}}
+    control plane's ``xds-grpc``, the agent's ``sds-grpc``); ``HOST:PORT,HOST:PORT...``: one
+    endpoint each (control-plane replicas: a stream that breaks reconnects to another)."""
+    endpoints: list[dict[str, Any]] = []
+    for one in address.split(","):
+        if one.startswith("unix:"):
+            endpoint: dict[str, Any] = {"pipe": {"path": one[len("unix:") :]}}
+        else:
+            host, _, port = one.strip().rpartition(":")
+            endpoint = {"socket_address": {"address": host.strip("[]"), "port_value": int(port)}}
+        endpoints.append({"endpoint": {"address": endpoint}})
     return {
         "name": name,
         "type": "STATIC",
@@ -82,6 +90,6 @@ def grpc_cluster(name: str, address: str) -> dict[str, Any]:
         },
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": endpoint}}]}],
+            "endpoints": [{"lb_endpoints": endpoints}],
         },
     }

@@ -93,6 +93,7 @@ class CertificateClient:
         self._due = datetime.datetime.min.replace(tzinfo=datetime.UTC)
         self._listeners: list[Listener] = []
         self.renewals = 0
+        self._answered = 0  # the replica (of a comma-separated address) that answered last
 
     @property
     def current(self) -> WorkloadSecret | None:
@@ -174,20 +175,34 @@ class CertificateClient:
                     "no current certificate and no bootstrap token to get a first one"
                 )
             metadata.append(("authorization", f"Bearer {self.bootstrap_token}"))
-        address = self.mtls_address if current else self.address
-        async with grpc.aio.secure_channel(address, credentials, options=options) as channel:
-            call = channel.unary_unary(
-                METHOD,
-                request_serializer=IstioCertificateRequest.SerializeToString,
-                response_deserializer=IstioCertificateResponse.FromString,
-            )
-            try:
-                response: IstioCertificateResponse = await call(
-                    request, metadata=metadata, timeout=10
+        # "a:p,b:p,c:p": CA replicas (one signing key, see meshcore.ca); an unreachable one is
+        # skipped for the next, starting from the one that answered last.
+        addresses = [a.strip() for a in (self.mtls_address if current else self.address).split(",")]
+        last: grpc.aio.AioRpcError | None = None
+        for i in range(len(addresses)):
+            address = addresses[(self._answered + i) % len(addresses)]
+            async with grpc.aio.secure_channel(address, credentials, options=options) as channel:
+                call = channel.unary_unary(
+                    METHOD,
+                    request_serializer=IstioCertificateRequest.SerializeToString,
+                    response_deserializer=IstioCertificateResponse.FromString,
                 )
-            except grpc.aio.AioRpcError as exc:
-                raise CertificateError(f"{exc.code().name}: {exc.details()}") from None
-        return response
+                try:
+                    response: IstioCertificateResponse = await call(
+                        request, metadata=metadata, timeout=10
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() not in (
+                        grpc.StatusCode.UNAVAILABLE,
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                    ):
+                        raise CertificateError(f"{exc.code().name}: {exc.details()}") from None
+                    last = exc
+                    continue
+            self._answered = (self._answered + i) % len(addresses)
+            return response
+        assert last is not None
+        raise CertificateError(f"{last.code().name}: {last.details()}")
 
     def _secret(
         self, response: IstioCertificateResponse, key: ec.EllipticCurvePrivateKey

@@ -81,6 +81,7 @@ async def run_demo(
     proxy: str = "envoy",
     out: TextIO | None = None,
     output: str = "text",
+    replicas: int = 1,
 ) -> int:
     """The scripted tour; 0 when every check passed. With ``serve`` it keeps running."""
     out = out if out is not None else sys.stdout
@@ -89,17 +90,23 @@ async def run_demo(
     level = quiet.level
     quiet.setLevel(logging.WARNING)
     try:
-        return await _run_demo(serve, config, workdir, proxy, out, output)
+        return await _run_demo(serve, config, workdir, proxy, out, output, replicas)
     finally:
         quiet.setLevel(level)
 
 
 async def _run_demo(
-    serve: bool, config: Path | None, workdir: Path | None, proxy: str, out: TextIO, output: str
+    serve: bool,
+    config: Path | None,
+    workdir: Path | None,
+    proxy: str,
+    out: TextIO,
+    output: str,
+    replicas: int = 1,
 ) -> int:
     progress = Progress()
     progress("starting the demo mesh")
-    dm = DemoMesh(config, workdir, progress=progress, proxy=proxy)
+    dm = DemoMesh(config, workdir, progress=progress, proxy=proxy, replicas=replicas)
     report = DemoReport()
     await dm.start()
     try:

@@ -223,7 +223,10 @@ class DemoMesh:
         flaky: dict[str, float] | None = None,
         seed: int = 1,
         proxy: str = "envoy",
+        replicas: int = 1,
     ) -> None:
+        if replicas < 1:
+            raise ValueError("replicas must be at least 1")
         if proxy not in PROXIES:
             raise ValueError(f"proxy must be one of {', '.join(PROXIES)}, not {proxy!r}")
         self.proxy_kind = proxy
@@ -244,7 +247,14 @@ class DemoMesh:
         self.progress = progress or Progress(io.StringIO())  # quiet unless asked
         self.flaky = {FLAKY_INSTANCE: FLAKY_RATIO} if flaky is None else flaky
         self.seed = seed
-        self.xds_port, self.metrics_port, self.ca_port, self.ca_mtls_port = free_ports(4)
+        # With replicas > 1: the config in etcd (meshcore.store), N `meshcore serve` replicas
+        # on it; the sidecars know them all. The first replica's ports are the "main" ones.
+        self.replicas = replicas
+        self.replica_ports = [free_ports(4) for _ in range(replicas)]
+        self.xds_port, self.metrics_port, self.ca_port, self.ca_mtls_port = self.replica_ports[0]
+        self.replica_procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.etcd: Any = None  # meshcore.store.local.LocalEtcd, with replicas > 1
+        self.store = ""
         self.ca_state = self.workdir / "ca"
         # One bootstrap token per workload (Istio uses the pod's service-account JWT).
         self.tokens = {w.name: secrets.token_hex(24) for w in self.workloads}
@@ -339,48 +349,112 @@ class DemoMesh:
             app.stop()
         self.apps.clear()
         self.stop_control_plane()
+        if self.etcd is not None:
+            self.etcd.stop()
+            self.etcd = None
         self.zipkin.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
 
+    def addresses(self, which: int) -> str:
+        """Every replica's port ``which`` (0 ADS, 2 CA, 3 CA renewals), comma-separated."""
+        return ",".join(f"127.0.0.1:{ports[which]}" for ports in self.replica_ports)
+
     def start_control_plane(self) -> None:
-        log = (self.workdir / "control-plane.log").open("ab")
-        self.control_plane = subprocess.Popen(
-            [sys.executable, "-m", "meshcore.cli", "serve", "--config", str(self.config),
-             "--xds-port", str(self.xds_port), "--monitoring-port", str(self.metrics_port),
-             "--mesh-config", str(self.mesh_config), "--ca-port", str(self.ca_port),
-             "--ca-mtls-port", str(self.ca_mtls_port), "--state-dir", str(self.ca_state),
-             "--tokens", str(self.tokens_file)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        log.close()
-        deadline = time.monotonic() + 30
-        while not self._get_ok(f"http://127.0.0.1:{self.metrics_port}/ready"):
-            if self.control_plane.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    "meshcore serve did not start:\n"
-                    + (self.workdir / "control-plane.log").read_text()[-2000:]
-                )
-            time.sleep(0.05)
+        if self.replicas > 1 and self.etcd is None:
+            self._start_store()
+        for i, (xds, metrics, ca, ca_mtls) in enumerate(self.replica_ports):
+            suffix = f"-{i}" if i else ""
+            log = (self.workdir / f"control-plane{suffix}.log").open("ab")
+            config = self.store or str(self.config)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "meshcore.cli", "serve", "--config", config,
+                 "--xds-port", str(xds), "--monitoring-port", str(metrics),
+                 "--mesh-config", str(self.mesh_config), "--ca-port", str(ca),
+                 "--ca-mtls-port", str(ca_mtls), "--state-dir", str(self.ca_state) + suffix,
+                 "--tokens", str(self.tokens_file)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            log.close()
+            self.replica_procs[i] = proc
+            if i == 0:
+                self.control_plane = proc
+            deadline = time.monotonic() + 30
+            while not self._get_ok(f"http://127.0.0.1:{metrics}/ready"):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        "meshcore serve did not start:\n"
+                        + (self.workdir / f"control-plane{suffix}.log").read_text()[-2000:]
+                    )
+                time.sleep(0.05)
+        where = f"{self.replicas} replicas on {self.store}, " if self.replicas > 1 else ""
         self.progress(
-            f"control plane up: ADS on 127.0.0.1:{self.xds_port}, CA on 127.0.0.1:{self.ca_port}, "
-            f"metrics on http://127.0.0.1:{self.metrics_port}/metrics"
+            f"control plane up: {where}ADS on 127.0.0.1:{self.xds_port}, CA on 127.0.0.1:"
+            f"{self.ca_port}, metrics on http://127.0.0.1:{self.metrics_port}/metrics"
         )
+
+    def _start_store(self) -> None:
+        """etcd on 127.0.0.1 with the demo's config applied (one transaction)."""
+        from meshcore.store.local import LocalEtcd
+
+        self.etcd = LocalEtcd(self.workdir / "etcd")
+        self.store = f"etcd://{self.etcd.endpoint}/demo"
+        self._apply([str(self.config)])
+        self.progress(f"config in etcd: {self.store}")
+
+    def _apply(self, paths: list[str]) -> None:
+        from meshcore.store import parse_store_url
+        from meshcore.store.apply import commit, read_items
+        from meshcore.store.etcd import EtcdClient
+
+        url = parse_store_url(self.store)
+        items, problems = read_items(paths, url)
+        errors = [p for p in problems if p.severity == "error"]
+        if errors:
+            raise ValueError("\n".join(map(str, errors)))
+        client = EtcdClient(url.endpoints)
+        try:
+            commit(client, items)
+        finally:
+            client.close()
+
+    def kill_replica(self, i: int) -> None:
+        """Kills control-plane replica ``i`` (SIGKILL: no goodbye to its proxies); the main
+        ports become a survivor's."""
+        proc = self.replica_procs.pop(i)
+        proc.kill()
+        proc.wait()
+        if self.control_plane is proc:
+            j = min(self.replica_procs)
+            self.xds_port, self.metrics_port, self.ca_port, self.ca_mtls_port = self.replica_ports[
+                j
+            ]
+            self.control_plane = self.replica_procs[j]
+
+    def proxies_on(self, i: int) -> set[str]:
+        """The proxies connected to replica ``i``."""
+        port = self.replica_ports[i][1]
+        return set(json.loads(self._get(f"http://127.0.0.1:{port}/debug/syncz"))["proxies"])
+
+    def connected_proxies(self) -> set[str]:
+        """The proxies connected to any living replica."""
+        return set().union(*(self.proxies_on(i) for i in self.replica_procs))
 
     def ca_root(self) -> str:
         """The CA's root certificate (PEM), which agents verify the CA server with."""
         return (self.ca_state / "root-cert.pem").read_text()
 
     def stop_control_plane(self) -> None:
-        cp, self.control_plane = self.control_plane, None
-        if cp is None:
-            return
-        cp.terminate()
-        try:
-            cp.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            cp.kill()
-            cp.wait()
+        self.control_plane = None
+        procs, self.replica_procs = self.replica_procs, {}
+        for cp in procs.values():
+            cp.terminate()
+        for cp in procs.values():
+            try:
+                cp.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                cp.kill()
+                cp.wait()
 
     def start_app(self, w: Workload) -> App:
         app = App(
@@ -504,6 +578,8 @@ class DemoMesh:
         else:
             raise ValueError(f"{path}: VirtualService {route.namespace}/{route.name} not found")
         path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+        if self.store:  # the config lives in etcd: apply the changed file there
+            self._apply([str(path)])
 
     def config_updates(self) -> dict[str, int]:
         """Per sidecar: config updates it has applied so far (its own count)."""

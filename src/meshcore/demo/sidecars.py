@@ -29,9 +29,9 @@ class Sidecar:
         self.agent = Agent(
             node_id=workload.node_id,
             identity=workload.identity,
-            xds_address=f"127.0.0.1:{mesh.xds_port}",
-            ca_address=f"127.0.0.1:{mesh.ca_port}",
-            ca_mtls_address=f"127.0.0.1:{mesh.ca_mtls_port}",
+            xds_address=mesh.addresses(0),  # every control-plane replica
+            ca_address=mesh.addresses(2),
+            ca_mtls_address=mesh.addresses(3),
             ca_root=mesh.ca_root(),
             token=mesh.tokens[workload.name],
             workdir=self.dir,
@@ -184,8 +184,8 @@ class ReferenceSidecar:
 
         w, mesh = self.workload, self.mesh
         dp = await DataPlane.aconnect(
-            f"127.0.0.1:{mesh.xds_port}", node_id=w.node_id, bootstrap_token=mesh.tokens[w.name],
-            ca_address=f"127.0.0.1:{mesh.ca_port}", ca_mtls_address=f"127.0.0.1:{mesh.ca_mtls_port}",
+            mesh.addresses(0), node_id=w.node_id, bootstrap_token=mesh.tokens[w.name],
+            ca_address=mesh.addresses(2), ca_mtls_address=mesh.addresses(3),
             trust_bundle=mesh.ca_root(), identity=w.identity, metadata=w.metadata,
         )  # fmt: skip
         # Apps call every service on OUTBOUND:9080 (the loopback layout), naming it in Host.

@@ -98,6 +98,11 @@ async def tour(dm: DemoMesh, report: DemoReport, requests: int = 400) -> None:
                  f"times and ejected an instance {ejected} times; callers saw no failure")  # fmt: skip
     say(f"retries: {injected} injected 503s, {retried} retries, {ejected} ejections")
 
+    # 3b. With replicas: one control-plane replica is killed; its sidecars move to the others
+    # (the checks after this one run on the survivors).
+    if dm.replicas > 1:
+        await _kill_a_replica(dm, report)
+
     # 4. Authorization: a denied path, and a caller that is not allowed.
     t = await asyncio.to_thread(dm.send, 5, "/probe/ratings-admin")
     admin = Counter(b.get("ratings") for b in t.bodies)
@@ -147,6 +152,32 @@ async def tour(dm: DemoMesh, report: DemoReport, requests: int = 400) -> None:
                  f"{len(traces)} traces, {deep} through all three services; "
                  f"services {sorted(services)}")  # fmt: skip
     say(f"tracing: {len(traces)} traces, {deep} spanning frontend → reviews → ratings")
+
+
+async def _kill_a_replica(dm: DemoMesh, report: DemoReport) -> None:
+    # The replica serving the most sidecars.
+    on = {i: await asyncio.to_thread(dm.proxies_on, i) for i in sorted(dm.replica_procs)}
+    victim = max(on, key=lambda i: len(on[i]))
+    everyone = {sc.workload.node_id for sc in dm.sidecars.values()}
+    killed = time.monotonic()
+    await asyncio.to_thread(dm.kill_replica, victim)
+    back: set[str] = set()
+    while time.monotonic() - killed < 20:
+        back = await asyncio.to_thread(dm.connected_proxies)
+        if back >= everyone:
+            break
+        await asyncio.sleep(0.1)
+    took = (time.monotonic() - killed) * 1000
+    moved = len(on[victim])
+    report.facts["replica_killed"] = {"replica": victim, "its_sidecars": moved,
+                                      "reconnected": len(back & everyone), "of": len(everyone),
+                                      "ms": round(took)}  # fmt: skip
+    report.check("a control-plane replica killed mid-tour",
+                 back >= everyone and moved > 0,
+                 f"replica {victim} served {moved} sidecars; {len(back & everyone)}/"
+                 f"{len(everyone)} on the other {dm.replicas - 1} replicas within {took:.0f} ms")  # fmt: skip
+    dm.progress(f"replica {victim} ({moved} sidecars) killed: {len(back & everyone)}/"
+                f"{len(everyone)} sidecars on the others after {took:.0f} ms")  # fmt: skip
 
 
 async def _live_change(

@@ -46,15 +46,18 @@ class XdsMetrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.pushes: dict[str, int] = defaultdict(int)  # by type: cds, eds, lds, rds, sds
+        # Resources in those pushes (a replica a proxy failed over to should send none).
+        self.resources_sent: dict[str, int] = defaultdict(int)
         self.rejects: dict[str, int] = defaultdict(int)
         self.connected = 0
         self.push_time: dict[str, _Histogram] = defaultdict(lambda: _Histogram(TIME_BUCKETS))
         self.config_size: dict[str, _Histogram] = defaultdict(lambda: _Histogram(SIZE_BUCKETS))
         self.convergence = _Histogram(TIME_BUCKETS)
 
-    def push(self, type_name: str, seconds: float, size: int) -> None:
+    def push(self, type_name: str, seconds: float, size: int, resources: int = 0) -> None:
         with self._lock:
             self.pushes[type_name] += 1
+            self.resources_sent[type_name] += resources
             self.push_time[type_name].observe(seconds)
             self.config_size[type_name].observe(size)
 
@@ -73,6 +76,11 @@ class XdsMetrics:
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             yield _untyped("pilot_xds_pushes", "Pushes by xDS type.", self.pushes)
+            yield _untyped(
+                "meshcore_xds_resources_sent",
+                "Resources sent in xDS responses, by type (delta: only those the proxy lacks).",
+                self.resources_sent,
+            )
             yield _untyped(
                 "pilot_total_xds_rejects",
                 "Configs rejected (NACKed) by proxies, by xDS type.",

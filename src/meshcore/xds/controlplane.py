@@ -14,8 +14,9 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from pathlib import Path
+from typing import Protocol
 
 from meshcore._core.xds import Snapshot
 from meshcore.config import IncrementalLoader, MeshModel, ValidationReport
@@ -30,6 +31,20 @@ log = logging.getLogger("meshcore.controlplane")
 Generator = Callable[[MeshModel, NodeInfo], Resources | None]
 # The translation problems of a mesh found when it is loaded (Translator.load_problems).
 Checker = Callable[[MeshModel], list[ConfigProblem]]
+
+
+class ConfigSource(Protocol):
+    """Where the config comes from besides directories (the etcd store,
+    :class:`meshcore.store.source.EtcdSource`): a report of the whole config, the keys that
+    changed since the last one (``reread``: resources' ``file``), and a fingerprint that moves
+    when the source did."""
+
+    reread: list[str]
+
+    def validate(self) -> ValidationReport: ...
+
+    def fingerprint(self) -> Hashable: ...
+
 
 DEBOUNCE_AFTER = 0.1
 DEBOUNCE_MAX = 10.0
@@ -66,8 +81,11 @@ class ControlPlane:
         check: Checker | None = None,
         refresh: Callable[[], bool] | None = None,
         refresh_interval: float = REFRESH_INTERVAL,
+        source: ConfigSource | None = None,
     ) -> None:
         self.paths = [Path(p) for p in paths]
+        # Another source instead of the directories (``paths`` then unused).
+        self.source = source
         self.generate = generate
         self.check = check
         # What the generator fetches itself (the translator's JWKS): called every
@@ -81,7 +99,9 @@ class ControlPlane:
         self.cache = SnapshotCache(source=self.snapshot_for)
         if dependencies is not None:
             self.cache.dropped = dependencies.remove
-        self.loader = IncrementalLoader(self.paths, max_file_bytes=max_file_bytes)
+        self.loader: IncrementalLoader | ConfigSource = source or IncrementalLoader(
+            self.paths, max_file_bytes=max_file_bytes
+        )
         self.mesh: MeshModel | None = None
         self.problems: tuple[ConfigProblem, ...] = ()
         self.rebuilds = 0
@@ -292,7 +312,9 @@ class ControlPlane:
         gc.freeze()
         self._settled_nodes = len(self.cache)
 
-    def _scan(self) -> tuple[tuple[str, int, int], ...]:
+    def _scan(self) -> Hashable:
+        if self.source is not None:
+            return self.source.fingerprint()
         out = []
         for f in iter_config_files(self.paths):
             try:

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -29,6 +30,11 @@ from meshcore.xds.deps import DependencyIndex
 from meshcore.xds.jwt import JwksFetcher
 from meshcore.xds.server import AdsServer, start_ads_server
 from meshcore.xds.translator import Translator
+
+if TYPE_CHECKING:
+    from meshcore.store import StoreURL
+    from meshcore.store.replicas import ReplicaDuties
+    from meshcore.store.source import EtcdSource
 
 __all__ = ["CAOptions", "ControlPlaneServer", "StartError", "load_ca", "load_tokens"]
 
@@ -77,8 +83,19 @@ class ControlPlaneServer:
         mesh_config: MeshConfig | None = None,
         ca: CAOptions | None = None,
         max_file_bytes: int = MAX_FILE_BYTES,
+        store: StoreURL | None = None,
+        replica_id: str | None = None,
     ) -> None:
         self.host = host
+        self.store_url = store
+        self.replica_id = replica_id
+        self.duties: ReplicaDuties | None = None
+        # The config from etcd instead of directories (``paths`` then unused).
+        self.store: EtcdSource | None = None
+        if store is not None:
+            from meshcore.store.source import EtcdSource
+
+            self.store = EtcdSource(store)
         self.xds_port = xds_port
         self.metrics_port = metrics_port
         self.ca_options = ca
@@ -93,6 +110,7 @@ class ControlPlaneServer:
             max_file_bytes=max_file_bytes,
             check=self.translator.load_problems,  # what proxies will not get, at every load
             refresh=self.translator.refresh_jwks,  # RequestAuthentication jwksUri keys
+            source=self.store,
         )
         self.authority: CertificateAuthority | None = None
         self.token_count = 0
@@ -103,7 +121,15 @@ class ControlPlaneServer:
         self._grpc: grpc.aio.Server | None = None
 
     def load(self) -> bool:
-        """Loads the configuration; False when it is invalid (see ``plane.problems``)."""
+        """Loads the configuration; False when it is invalid (see ``plane.problems``). With a
+        store, lists it first and starts its watch (StartError when it cannot be reached)."""
+        if self.store is not None and self.store.revision == 0:
+            from meshcore.store.etcd import StoreUnavailable
+
+            try:
+                self.store.start()
+            except StoreUnavailable as exc:
+                raise StartError(f"cannot read the config store: {exc}") from None
         return self.plane.load()
 
     async def start(self) -> None:
@@ -132,9 +158,50 @@ class ControlPlaneServer:
             threading.Thread(
                 target=self.debug.serve_forever, name="meshcore-debug", daemon=True
             ).start()
+        if self.store is not None and self.store_url is not None:
+            self._start_duties(self.store, self.store_url, asyncio.get_running_loop())
+
+    def _start_duties(
+        self, source: EtcdSource, url: StoreURL, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """Leadership and the proxy registry of this replica (``meshcore proxy-status
+        --store``), in a thread of their own."""
+        from meshcore.store.replicas import ReplicaDuties
+
+        ads = self.ads
+        assert ads is not None
+
+        async def status() -> dict[str, dict[str, str]]:
+            return ads.sync_status()
+
+        replica = self.replica_id or f"{self.host}:{self.ads_port}"
+        duties = ReplicaDuties(
+            type(source.client)(url.endpoints),
+            url,
+            replica,
+            lambda: asyncio.run_coroutine_threadsafe(status(), loop).result(timeout=5),
+            analysis=lambda: {
+                "revision": source.served_revision,
+                "problems": [p.to_dict() for p in self.plane.problems],
+                "rejected": sorted(source.rejected),
+            },
+        )
+        source.replica_status = lambda: {"id": replica, "leader": duties.election.leader}
+        self.duties = duties
+        duties.start()
 
     async def _start_ca(self, options: CAOptions) -> None:
-        self.authority = load_ca(options)
+        if self.store is not None and not options.cacerts:
+            # Replicas share one self-signed root, created once in the store (never logged).
+            from meshcore.store.replicas import shared_authority
+
+            self.authority, _ = shared_authority(self.store.client, self.store.url)
+            if options.state_dir:  # the root for agents (not the key)
+                state = Path(options.state_dir)
+                state.mkdir(parents=True, exist_ok=True)
+                (state / "root-cert.pem").write_text(self.authority.trust_bundle_pem())
+        else:
+            self.authority = load_ca(options)
         tokens = BootstrapTokens()
         self.token_count = load_tokens(options.tokens, tokens) if options.tokens else 0
         self.ca_server = await start_ca_server(
@@ -156,3 +223,7 @@ class ControlPlaneServer:
             await self._grpc.stop(1.0)
         if self.ca_server is not None:
             await self.ca_server.stop(1.0)
+        if self.duties is not None:
+            await asyncio.to_thread(self.duties.stop)
+        if self.store is not None:
+            await asyncio.to_thread(self.store.stop)

@@ -51,16 +51,24 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path == "/metrics":
-            body = self.server.in_loop(lambda: generate_latest(self.server.ads.metrics.registry()))
+            store = self.server.plane.source
+
+            def metrics() -> bytes:
+                registry = self.server.ads.metrics.registry()
+                if hasattr(store, "collect"):  # the config store's connected/revision gauges
+                    registry.register(store)  # type: ignore[arg-type]
+                return generate_latest(registry)
+
+            body = self.server.in_loop(metrics)
             self._send(200, CONTENT_TYPE_LATEST, body)
         elif self.path == "/debug/syncz":
             status = self.server.in_loop(self.server.ads.sync_status)
             problems = [p.to_dict() for p in self.server.plane.problems]
-            self._send(
-                200,
-                "application/json",
-                json.dumps({"proxies": status, "config_problems": problems}).encode(),
-            )
+            syncz: dict[str, Any] = {"proxies": status, "config_problems": problems}
+            plane_source: Any = self.server.plane.source
+            if hasattr(plane_source, "status"):
+                syncz["config_store"] = plane_source.status()
+            self._send(200, "application/json", json.dumps(syncz).encode())
         elif self.path == "/debug/statusz":
             state = self.server.in_loop(lambda: control_plane_state(self.server.ads))
             self._send(200, "application/json", json.dumps(state).encode())
@@ -70,7 +78,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, "text/html; charset=utf-8", body)
         elif self.path in ("/healthz", "/ready"):
             ok = self.server.plane.mesh is not None
-            self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"no valid config\n")
+            source: Any = self.server.plane.source
+            # Serving goes on from the last config while the store is away: still ready,
+            # and saying so.
+            note = source.ready_note() if ok and hasattr(source, "ready_note") else ""
+            text = (f"ok: {note}\n" if note else "ok\n") if ok else "no valid config\n"
+            self._send(200 if ok else 503, "text/plain", text.encode())
         else:
             self._send(404, "text/plain", b"try /metrics, /status, /debug/syncz or /healthz\n")
 

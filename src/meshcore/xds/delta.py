@@ -43,7 +43,8 @@ class DeltaStream(Stream):
             return refused
         t = self.types.setdefault(req.type_url, DeltaType())
         status = self.state.status(req.type_url)
-        if not t.requested:
+        first = not t.requested
+        if first:
             t.requested = True
             t.known = dict(req.initial_resource_versions)
             if not req.resource_names_subscribe and not req.resource_names_unsubscribe:
@@ -72,7 +73,11 @@ class DeltaStream(Stream):
                 continue
             t.subscribed.add(name)
             t.must_answer.add(name)
-            t.known.pop(name, None)  # it asked again: send it even if we think it has it
+            if not (first and name in req.initial_resource_versions):
+                # It asked again: send it even if we think it has it. Not on a new stream's
+                # first request, where the client says what it holds (a proxy moving to
+                # another replica that has the same versions is sent nothing again).
+                t.known.pop(name, None)
         for name in req.resource_names_unsubscribe:
             if name == "*":
                 t.wildcard = False
@@ -209,7 +214,9 @@ class DeltaStream(Stream):
             t.known.pop(name, None)
         t.nonce = nonce
         t.awaiting_ack = True
-        self.server.sent(self.state, type_url, snap.version(type_url), len(data), started)
+        self.server.sent(
+            self.state, type_url, snap.version(type_url), len(data), started, len(updated)
+        )
         return data
 
 

@@ -253,13 +253,20 @@ class AdsServer:
             self.cache.clear(node_id)
 
     def sent(
-        self, state: ProxyState, type_url: str, version: str, size: int, started: float
+        self,
+        state: ProxyState,
+        type_url: str,
+        version: str,
+        size: int,
+        started: float,
+        resources: int = 0,
     ) -> None:
+        """A response went out (``resources`` in it: what a failover resends is counted)."""
         status = state.status(type_url)
         status.sent_version = version
         status.sent_at = time.time()
         self.pushes += 1
-        self.metrics.push(short(type_url), time.perf_counter() - started, size)
+        self.metrics.push(short(type_url), time.perf_counter() - started, size, resources)
 
     def acked(self, state: ProxyState, type_url: str, version: str) -> None:
         status = state.status(type_url)

@@ -165,7 +165,8 @@ class SotwStream(Stream):
         t.sent_version = version
         t.dirty = False
         t.awaiting_ack = True
-        self.server.sent(self.state, type_url, version, len(data), started)
+        count = snap.count(type_url) if names is None else len(names)
+        self.server.sent(self.state, type_url, version, len(data), started, count)
         return data
 
 

@@ -1,0 +1,304 @@
+"""What control-plane replicas on one etcd store share, under ``PREFIX.meshcore/`` (outside
+the config prefix, so the config watch never sees it):
+
+- ``ca``: the self-signed CA's signing key and certificate, created once by whichever replica
+  wins an etcd create-if-absent transaction and read by every other (:func:`shared_authority`).
+- ``leader``: a key held under a lease by the one replica doing once-only work
+  (:class:`LeaderElection`); it is gone within the lease's TTL of the holder's loss.
+- ``proxies/<replica>/<shard>``: each replica's connected proxies and their sync state, under
+  the replica's lease (:class:`ProxyRegistry`; ``meshcore proxy-status --store`` reads them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from meshcore.ca import CAError, CertificateAuthority
+from meshcore.store import StoreURL
+from meshcore.store.etcd import EtcdClient, StoreUnavailable, rpc
+
+log = logging.getLogger("meshcore.store")
+
+LEASE_TTL = 10  # seconds: a lost replica's leadership and proxies are gone within this
+
+
+def _encode_ca(ca: CertificateAuthority) -> bytes:
+    pem = serialization.Encoding.PEM
+    key = ca.key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return json.dumps(
+        {
+            "ca-key.pem": key.decode(),
+            "ca-cert.pem": ca.cert.public_bytes(pem).decode(),
+            "root-cert.pem": ca.trust_bundle_pem(),
+        }
+    ).encode()
+
+
+def _decode_ca(value: bytes, trust_domain: str) -> CertificateAuthority:
+    try:
+        data = json.loads(value)
+        cert = x509.load_pem_x509_certificate(data["ca-cert.pem"].encode())
+        key: Any = serialization.load_pem_private_key(data["ca-key.pem"].encode(), password=None)
+        roots = x509.load_pem_x509_certificates(data["root-cert.pem"].encode())
+    except (ValueError, KeyError, TypeError):
+        # Never echo key material or parser detail about it.
+        raise CAError("the shared CA in the store is unreadable") from None
+    return CertificateAuthority(cert=cert, key=key, roots=roots, trust_domain=trust_domain)
+
+
+def shared_authority(
+    client: EtcdClient, url: StoreURL, *, trust_domain: str = "cluster.local"
+) -> tuple[CertificateAuthority, bool]:
+    """The replicas' one CA: read from the store, or generated and stored by this replica if
+    it wins the create-if-absent transaction (True then). Never logged."""
+    key = url.meta("ca")
+    _, kv = client.get(key)
+    if kv is not None:
+        return _decode_ca(bytes(kv.value), trust_domain), False
+    candidate = CertificateAuthority.generate(trust_domain=trust_domain)
+    resp = client.txn(
+        [
+            rpc.Compare(
+                result=rpc.Compare.EQUAL,
+                target=rpc.Compare.CREATE,
+                key=key.encode(),
+                create_revision=0,
+            )
+        ],
+        [rpc.RequestOp(request_put=rpc.PutRequest(key=key.encode(), value=_encode_ca(candidate)))],
+        [rpc.RequestOp(request_range=rpc.RangeRequest(key=key.encode()))],
+    )
+    if resp.succeeded:
+        log.info("generated the replicas' shared CA root (stored in the config store)")
+        return candidate, True
+    winner = resp.responses[0].response_range.kvs[0]
+    return _decode_ca(bytes(winner.value), trust_domain), False
+
+
+class LeaderElection:
+    """One leader among the replicas, on an etcd lease: the holder of ``PREFIX.meshcore/leader``
+    (created if absent under its lease) is leader while it keeps the lease alive; a holder that
+    cannot refresh it stops being leader at once (``leader`` False) and the key expires with
+    the lease, within ``ttl`` seconds, for another replica to take."""
+
+    def __init__(
+        self, client: EtcdClient, url: StoreURL, identity: str, ttl: int = LEASE_TTL
+    ) -> None:
+        self.client = client
+        self.key = url.meta("leader")
+        self.identity = identity
+        self.ttl = ttl
+        self.lease = 0
+        self.leader = False
+        self.on_change: Callable[[bool], None] | None = None
+
+    def step(self) -> bool:
+        """One round: keep the lease alive (or get one), try to take the key; whether this
+        replica leads now. StoreUnavailable leaves it not leading."""
+        try:
+            if self.lease and self.client.keep_alive(self.lease) <= 0:
+                self.lease = 0
+            if not self.lease:
+                self.lease = self.client.grant(self.ttl)
+            k = self.key.encode()
+            resp = self.client.txn(
+                [
+                    rpc.Compare(
+                        result=rpc.Compare.EQUAL,
+                        target=rpc.Compare.CREATE,
+                        key=k,
+                        create_revision=0,
+                    )
+                ],
+                [
+                    rpc.RequestOp(
+                        request_put=rpc.PutRequest(
+                            key=k, value=self.identity.encode(), lease=self.lease
+                        )
+                    )
+                ],
+                [rpc.RequestOp(request_range=rpc.RangeRequest(key=k))],
+            )
+            if resp.succeeded:
+                now = True
+            else:
+                kvs = resp.responses[0].response_range.kvs
+                now = bool(kvs) and int(kvs[0].lease) == self.lease
+        except (StoreUnavailable, grpc.RpcError) as exc:
+            log.debug("leader election: %s", exc)
+            now, self.lease = False, 0
+        if now != self.leader:
+            log.info("%s %s the leader", self.identity, "is now" if now else "is no longer")
+            self.leader = now
+            if self.on_change is not None:
+                self.on_change(now)
+        return now
+
+    def resign(self) -> None:
+        if self.lease:
+            with contextlib.suppress(StoreUnavailable):
+                self.client.revoke(self.lease)
+        self.lease, self.leader = 0, False
+
+
+SHARDS = 16  # keys per replica for its proxies: a change rewrites its shard, not the fleet
+
+
+class ProxyRegistry:
+    """A replica's connected proxies in the store, under its lease, in ``SHARDS`` keys
+    (``PREFIX.meshcore/proxies/<replica>/<shard>``, a JSON map node id -> sync state per
+    type, a proxy's shard from a hash of its id): a call writes only the shards that changed,
+    in one transaction, so the store sees at most ``SHARDS`` writes per replica per interval
+    however many proxies a push moves (one key per proxy would be two writes per proxy per
+    push: STALE, then SYNCED)."""
+
+    def __init__(
+        self, client: EtcdClient, url: StoreURL, replica: str, ttl: int = LEASE_TTL
+    ) -> None:
+        self.client = client
+        self.url = url
+        self.replica = replica
+        self.ttl = ttl
+        self.lease = 0
+        self._written: dict[int, bytes] = {}
+
+    def prefix(self) -> str:
+        return self.url.meta("proxies", self.replica) + "/"
+
+    def sync(self, status: dict[str, dict[str, str]]) -> None:
+        """Writes the shards that changed since the last call (StoreUnavailable: tried again
+        next time, everything rewritten under a new lease)."""
+        if self.lease and self.client.keep_alive(self.lease) <= 0:
+            self.lease = 0
+        if not self.lease:
+            self.lease = self.client.grant(self.ttl)
+            self._written = {}
+        shards: dict[int, dict[str, dict[str, str]]] = {}
+        for node, types in status.items():
+            shards.setdefault(zlib.crc32(node.encode()) % SHARDS, {})[node] = types
+        want = {
+            i: json.dumps({"replica": self.replica, "proxies": proxies}, sort_keys=True).encode()
+            for i, proxies in shards.items()
+        }
+        ops = []
+        for i, value in want.items():
+            if self._written.get(i) != value:
+                key = f"{self.prefix()}{i}".encode()
+                ops.append(
+                    rpc.RequestOp(
+                        request_put=rpc.PutRequest(key=key, value=value, lease=self.lease)
+                    )
+                )
+        for i in self._written.keys() - want.keys():
+            key = f"{self.prefix()}{i}".encode()
+            ops.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key)))
+        if ops:
+            self.client.txn([], ops)
+        self._written = want
+
+    def close(self) -> None:
+        if self.lease:
+            with contextlib.suppress(StoreUnavailable):
+                self.client.revoke(self.lease)
+        self.lease = 0
+
+
+def all_proxies(client: EtcdClient, url: StoreURL) -> dict[str, dict[str, Any]]:
+    """Every replica's registered proxies: node id -> {"replica": ..., "types": {...}}. A
+    proxy that a replica which died still lists (until its lease expires) is taken from the
+    most recent registration."""
+    _, kvs = client.range_prefix(url.meta("proxies") + "/")
+    out: dict[str, dict[str, Any]] = {}
+    for kv in sorted(kvs, key=lambda kv: int(kv.mod_revision)):
+        try:
+            shard = json.loads(kv.value)
+            for node, types in shard["proxies"].items():
+                out[node] = {"replica": shard["replica"], "types": types}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return out
+
+
+class ReplicaDuties:
+    """The thread that keeps a replica's shared state: leadership and its proxies, every
+    ``interval`` seconds until :meth:`stop` (``status`` gives the proxies' sync state)."""
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        url: StoreURL,
+        replica: str,
+        status: Callable[[], dict[str, dict[str, str]]],
+        interval: float = 1.0,
+        ttl: int = LEASE_TTL,
+        analysis: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.client = client
+        self.url = url
+        self.election = LeaderElection(client, url, replica, ttl)
+        self.registry = ProxyRegistry(client, url, replica, ttl)
+        self.status = status
+        # The leader's once-only work: the config's analysis (problems by resource, at which
+        # revision) written back to PREFIX.meshcore/status/analysis when it changes (istiod
+        # writes analysis status back to resources from its leader only).
+        self.analysis = analysis
+        self._analysis_written = b""
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="meshcore-replica", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self.election.step() and self.analysis is not None:
+                self._write_analysis(self.analysis())
+            try:
+                self.registry.sync(self.status())
+            except (StoreUnavailable, grpc.RpcError):
+                self.registry.lease = 0
+            except Exception:  # the event loop gone at shutdown, and the like: next round
+                log.debug("proxy registry: skipped a round", exc_info=True)
+            self._stop.wait(self.interval)
+
+    def _write_analysis(self, analysis: dict[str, Any]) -> None:
+        value = json.dumps(analysis, sort_keys=True).encode()
+        if value == self._analysis_written:
+            return
+        k = self.url.meta("status", "analysis").encode()
+        try:
+            # Only while this replica still holds the leader key under its lease.
+            self.client.txn(
+                [
+                    rpc.Compare(
+                        result=rpc.Compare.EQUAL,
+                        target=rpc.Compare.LEASE,
+                        key=self.election.key.encode(),
+                        lease=self.election.lease,
+                    )
+                ],
+                [rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=value))],
+            )
+        except (StoreUnavailable, grpc.RpcError):
+            return
+        self._analysis_written = value
+
+    def stop(self, resign: bool = True) -> None:
+        """Stops the thread; ``resign`` gives up the lease at once (else it expires: a
+        replica that dies)."""
+        self._stop.set()
+        self._thread.join(timeout=5)
+        if resign:
+            self.registry.close()
+            self.election.resign()

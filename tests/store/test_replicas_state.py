@@ -1,0 +1,97 @@
+"""What replicas share in etcd: one CA created once, one leader on a lease, the proxies of
+every replica for ``meshcore proxy-status --store``."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from meshcore.cli import main
+from meshcore.store import parse_store_url
+from meshcore.store.etcd import EtcdClient
+from meshcore.store.replicas import ReplicaDuties, shared_authority
+from tests.envoy._sidecar import wait_for
+from tests.store._etcd import EtcdCluster
+
+
+def test_concurrent_replicas_create_one_ca(etcd: EtcdCluster, prefix: str) -> None:
+    url = parse_store_url(etcd.url(prefix))
+    results: list[tuple[object, bool]] = []
+    start = threading.Barrier(4)
+
+    def replica() -> None:
+        client = EtcdClient(etcd.endpoints)
+        start.wait()
+        results.append(shared_authority(client, url))
+        client.close()
+
+    threads = [threading.Thread(target=replica) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sum(created for _, created in results) == 1, "exactly one replica creates the CA"
+    roots = {ca.trust_bundle_pem() for ca, _ in results}  # type: ignore[attr-defined]
+    assert len(roots) == 1
+    # What another replica reads signs as the creator's would: the same key.
+    keys = {ca.key.private_numbers().private_value for ca, _ in results}  # type: ignore[attr-defined]
+    assert len(keys) == 1
+
+
+def test_one_leader_and_failover_within_the_lease_ttl(
+    etcd: EtcdCluster, prefix: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    url = parse_store_url(etcd.url(prefix))
+    duties = [
+        ReplicaDuties(
+            EtcdClient(etcd.endpoints),
+            url,
+            name,
+            status=lambda name=name: {
+                f"sidecar~10.0.0.1~{name}.default~default.svc.cluster.local": {"CDS": "SYNCED"}
+            },
+            interval=0.2,
+            ttl=2,
+            analysis=lambda name=name: {"by": name},
+        )
+        for name in ("r1", "r2")
+    ]
+    duties[0].start()
+    wait_for(lambda: duties[0].election.leader, "r1 leads")
+    duties[1].start()
+    try:
+        time.sleep(1.0)
+        assert not duties[1].election.leader
+        client = EtcdClient(etcd.endpoints)
+        _, kv = client.get(url.meta("status", "analysis"))
+        assert kv is not None
+        assert json.loads(kv.value) == {"by": "r1"}, "only the leader writes the analysis"
+        # proxy-status --store: both replicas' proxies, each with its replica.
+        assert main(["proxy-status", "--store", etcd.url(prefix), "-o", "json"]) == 0
+        proxies = json.loads(capsys.readouterr().out)["proxies"]
+        assert {p["replica"] for p in proxies.values()} == {"r1", "r2"}
+        # r1 dies without a word (its lease is not revoked): r2 leads within the 2 s TTL.
+        died = time.monotonic()
+        duties[0].stop(resign=False)
+        wait_for(lambda: duties[1].election.leader, "r2 leads", 10)
+        assert time.monotonic() - died < 2 + 2.5  # the TTL, and a loaded machine's slack
+        wait_for(
+            lambda: json.loads(client.get(url.meta("status", "analysis"))[1].value) == {"by": "r2"},
+            "the new leader writes",
+        )
+        # r1's proxies expire with its lease.
+        wait_for(
+            lambda: (
+                main(["proxy-status", "--store", etcd.url(prefix), "-o", "json"]) == 0
+                and {p["replica"] for p in json.loads(capsys.readouterr().out)["proxies"].values()}
+                == {"r2"}
+            ),
+            "r1's proxies gone",
+        )
+        client.close()
+    finally:
+        duties[1].stop()

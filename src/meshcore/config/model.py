@@ -294,6 +294,22 @@ class RequestAuthentication(Resource):
         return tuple(self.spec.get("jwtRules") or ())
 
 
+@dataclass(frozen=True, slots=True)
+class Sidecar(Resource):
+    """Which services a sidecar may reach (``spec.egress``), for the workloads it selects
+    (``spec.workloadSelector.labels``; none: its whole namespace, or every namespace without a
+    Sidecar of its own when it is in the root namespace). See :mod:`meshcore.xds.sidecarscope`."""
+
+    @property
+    def workload_selector(self) -> Mapping[str, str] | None:
+        sel = self.spec.get("workloadSelector")
+        return None if sel is None else (sel.get("labels") or _EMPTY)
+
+    @property
+    def egress(self) -> tuple[Mapping[str, Any], ...]:
+        return tuple(self.spec.get("egress") or ())
+
+
 RESOURCE_CLASSES: Mapping[str, type[Resource]] = {
     "Service": Service,
     "WorkloadEntry": WorkloadEntry,
@@ -303,6 +319,7 @@ RESOURCE_CLASSES: Mapping[str, type[Resource]] = {
     "AuthorizationPolicy": AuthorizationPolicy,
     "PeerAuthentication": PeerAuthentication,
     "RequestAuthentication": RequestAuthentication,
+    "Sidecar": Sidecar,
 }
 
 
@@ -333,6 +350,7 @@ class MeshModel:
         "root_namespace",
         "service_entries",
         "services",
+        "sidecars",
         "virtual_services",
         "workload_entries",
     )
@@ -347,6 +365,7 @@ class MeshModel:
     authorization_policies: tuple[AuthorizationPolicy, ...]
     peer_authentications: tuple[PeerAuthentication, ...]
     request_authentications: tuple[RequestAuthentication, ...]
+    sidecars: tuple[Sidecar, ...]
     _by_key: Mapping[tuple[str, str, str], Resource]
     _services: Mapping[str, Service]
     _workloads_by_ns: Mapping[str, tuple[WorkloadEntry, ...]]
@@ -379,6 +398,7 @@ class MeshModel:
         set_(self, "authorization_policies", of(AuthorizationPolicy))
         set_(self, "peer_authentications", of(PeerAuthentication))
         set_(self, "request_authentications", of(RequestAuthentication))
+        set_(self, "sidecars", of(Sidecar))
         set_(self, "_by_key", MappingProxyType({r.key: r for r in res}))
         set_(self, "_services", MappingProxyType({s.hostname: s for s in self.services}))
         set_(self, "_workloads_by_ns", _group((w.namespace, w) for w in self.workload_entries))
@@ -537,4 +557,5 @@ class MeshModel:
             "AuthorizationPolicy": len(self.authorization_policies),
             "PeerAuthentication": len(self.peer_authentications),
             "RequestAuthentication": len(self.request_authentications),
+            "Sidecar": len(self.sidecars),
         }

@@ -11,6 +11,7 @@ from typing import Any
 
 from meshcore.config.destinationrule import check_destination_rule
 from meshcore.config.requestauthn import check_request_authentication
+from meshcore.config.sidecar import check_sidecar
 from meshcore.config.validate import (
     _DNS1123_LABEL,
     _DNS1123_SUBDOMAIN,
@@ -750,4 +751,5 @@ RULES: Mapping[str, Callable[[Checker, dict[str, Any], str], None]] = {
     "AuthorizationPolicy": check_authorization_policy,
     "PeerAuthentication": check_peer_authentication,
     "RequestAuthentication": check_request_authentication,
+    "Sidecar": check_sidecar,
 }

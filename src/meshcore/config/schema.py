@@ -430,6 +430,34 @@ REQUEST_AUTHENTICATION_SPEC = message(
     jwtRules=ListOf(JWT_RULE),
 )
 
+SIDECAR_PORT = message("SidecarPort", number=UINT32, protocol=STRING, name=STRING, targetPort=UINT32)
+CAPTURE_MODE = Enum(("DEFAULT", "IPTABLES", "NONE"))
+EGRESS_LISTENER = message(
+    "IstioEgressListener", port=SIDECAR_PORT, bind=STRING, captureMode=CAPTURE_MODE, hosts=STRINGS
+)
+INGRESS_LISTENER = message(
+    "IstioIngressListener",
+    port=SIDECAR_PORT,
+    bind=STRING,
+    captureMode=CAPTURE_MODE,
+    defaultEndpoint=STRING,
+    tls=ANY,
+    connectionPool=CONNECTION_POOL,
+)
+OUTBOUND_TRAFFIC_POLICY = message(
+    "OutboundTrafficPolicy",
+    mode=Enum(("REGISTRY_ONLY", "ALLOW_ANY", "ALLOW_ANY_DYNAMIC_DNS")),
+    egressProxy=DESTINATION,
+)
+SIDECAR_SPEC = message(
+    "Sidecar",
+    workloadSelector=WORKLOAD_SELECTOR,
+    ingress=ListOf(INGRESS_LISTENER),
+    egress=ListOf(EGRESS_LISTENER),
+    inboundConnectionPool=CONNECTION_POOL,
+    outboundTrafficPolicy=OUTBOUND_TRAFFIC_POLICY,
+)
+
 # --- kinds ---------------------------------------------------------------------------------------
 
 NETWORKING = (
@@ -459,5 +487,6 @@ KINDS: Mapping[str, KindSpec] = {
         KindSpec("AuthorizationPolicy", SECURITY, AUTHORIZATION_POLICY_SPEC),
         KindSpec("PeerAuthentication", SECURITY, PEER_AUTHENTICATION_SPEC),
         KindSpec("RequestAuthentication", SECURITY, REQUEST_AUTHENTICATION_SPEC),
+        KindSpec("Sidecar", NETWORKING, SIDECAR_SPEC),
     )
 }

@@ -25,6 +25,7 @@ from meshcore.config.model import (
 )
 from meshcore.xds.common import port_protocol, spiffe
 from meshcore.xds.problems import ProblemLog
+from meshcore.xds.sidecarscope import SidecarScope, SidecarScopes
 
 KINDS = (
     "services",
@@ -170,6 +171,21 @@ class MeshIndex:
             key=lambda e: -len(e[0]),
         )
         self.state = {kind: kind_state(mesh, kind) for kind in KINDS}
+        self._scopes: SidecarScopes | None = None
+
+    def sidecar_scope(self, namespace: str, labels: Mapping[str, str]) -> SidecarScope | None:
+        """What a proxy of ``namespace`` with ``labels`` may reach, by its Sidecar (None: no
+        Sidecar applies, every service); see :mod:`meshcore.xds.sidecarscope`."""
+        if not self.mesh.sidecars:
+            return None
+        if self._scopes is None:
+            hosts: dict[str, tuple[str, tuple[int, ...]]] = {}
+            for port in sorted(self.by_port):
+                for ps in self.by_port[port]:
+                    ns, ports = hosts.get(ps.service.hostname, (ps.service.namespace, ()))
+                    hosts[ps.service.hostname] = (ns, (*ports, port))
+            self._scopes = SidecarScopes(self.mesh, hosts)
+        return self._scopes.scope(namespace, labels)
 
     def same_scope(self, other: MeshIndex) -> bool:
         """Whether translations of the two meshes can share anything (same trust domain and
@@ -185,6 +201,19 @@ class MeshIndex:
 
     def _warn_untranslated(self) -> None:
         """Valid Istio fields this translator does not carry to Envoy: said, never ignored."""
+        wide: dict[str, Any] = {}
+        for sc in self.mesh.sidecars:
+            if sc.workload_selector:
+                continue
+            first = wide.setdefault(sc.namespace, sc)
+            if first is not sc:
+                self.log.problem(
+                    sc,
+                    "spec",
+                    f"namespace {sc.namespace} already has a Sidecar without workloadSelector"
+                    f" ({first.name}), which is used (Istio keeps the oldest)",
+                    "warning",
+                )
         for res in (*self.mesh.virtual_services, *self.mesh.destination_rules):
             export = tuple(res.spec.get("exportTo", ()))
             if export and export != ("*",):

@@ -92,8 +92,8 @@ class ListenerBuilder:
         self.providers = providers
         self.mesh_config = mesh_config
         self._registry: list[str] | None = None
-        self._outbound: dict[tuple[bool, str], dict[str, Message]] = {}
-        self.outbound_problems: dict[tuple[bool, str], list[ConfigProblem]] = {}
+        self._outbound: dict[tuple[Any, ...], dict[str, Message]] = {}
+        self.outbound_problems: dict[tuple[Any, ...], list[ConfigProblem]] = {}
         self._authz: dict[tuple[Any, ...], tuple[list[Message], list[Message]]] = {}
         self._authz_problems: dict[tuple[Any, ...], list[ConfigProblem]] = {}
         self._policy_selection: dict[tuple[Any, ...], list[Any]] = {}
@@ -117,8 +117,14 @@ class ListenerBuilder:
                 # JWKS are refreshed) and its authorization filters.
                 self._inbound = prev._inbound
 
+    def outbound_key(self, proxy: Proxy) -> tuple[Any, ...]:
+        """What a proxy's outbound listeners depend on: its kind of client, its outbound
+        address and its Sidecar scope (compared by value)."""
+        scope = self.index.sidecar_scope(proxy.namespace, proxy.labels)
+        return (proxy.proxyless, proxy.outbound_address, scope)
+
     def outbound_listeners(self, proxy: Proxy) -> dict[str, Message]:
-        key = (proxy.proxyless, proxy.outbound_address)
+        key = self.outbound_key(proxy)
         found = self._outbound.get(key)  # the common case, without building a closure
         if found is None:
             found = self.log.cached(
@@ -131,16 +137,24 @@ class ListenerBuilder:
 
     def _build_outbound_listeners(self, proxy: Proxy) -> dict[str, Message]:
         out: dict[str, Message] = {}
+        scope = self.outbound_key(proxy)[2]
+        by_port = self.index.by_port
+        if scope is not None:
+            by_port = {
+                port: kept
+                for port, group in by_port.items()
+                if (kept := [ps for ps in group if scope.routes_to(ps.service.hostname, port)])
+            }
         if proxy.proxyless:
-            for port in sorted(self.index.by_port):
-                for ps in self.index.by_port[port]:
+            for port in sorted(by_port):
+                for ps in by_port[port]:
                     if is_http(ps.protocol):
                         name = f"{ps.service.hostname}:{port}"
                         out[name] = _api_listener(name)
             return dict(sorted(out.items()))
         address = proxy.outbound_address
-        for port in sorted(self.index.by_port):
-            group = self.index.by_port[port]
+        for port in sorted(by_port):
+            group = by_port[port]
             name = f"{address}_{port}"
             http = [ps for ps in group if is_http(ps.protocol)]
             tcp = [ps for ps in group if not is_http(ps.protocol)]

@@ -30,6 +30,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf.message import Message
+
 from meshcore._text import shown
 from meshcore.config import ValidationReport
 from meshcore.config.meshconfig import MeshConfig
@@ -44,6 +46,7 @@ from meshcore.xds.listeners import ListenerBuilder
 from meshcore.xds.node import Proxy, proxy_for_node
 from meshcore.xds.problems import ProblemLog, problem_key
 from meshcore.xds.routes import RouteBuilder
+from meshcore.xds.sidecarscope import SidecarScope, scoped_layer
 from meshcore.xds.trafficpolicy import SYSTEM_CA_BUNDLE
 from meshcore.xds.types import Resources
 
@@ -80,6 +83,7 @@ class MeshTranslation:
         self.clusters = ClusterBuilder(self.index, problems, mesh_config, system_ca)
         self.routes = RouteBuilder(self.index, problems)
         self.listeners = ListenerBuilder(self.index, problems, providers, mesh_config, jwks)
+        self._scoped_layers: dict[tuple[Any, ...], tuple[Any, dict[str, Message]]] = {}
         if previous is not None and previous.index.same_scope(self.index):
             same = self.index.unchanged(previous.index)
             self.clusters.inherit(previous.clusters)
@@ -92,13 +96,19 @@ class MeshTranslation:
         # DestinationRules with a workloadSelector change this proxy's clusters and endpoints.
         overrides = self.index.overrides(proxy.namespace, proxy.labels)
         clusters = self.clusters.clusters(proxy.proxyless, overrides)
+        endpoints = self.clusters.endpoints(overrides)
+        # A Sidecar limits the clusters and endpoints to the hosts the proxy may reach.
+        scope = self.index.sidecar_scope(proxy.namespace, proxy.labels)
+        if scope is not None:
+            clusters = self._scoped(clusters, scope)
+            endpoints = self._scoped(endpoints, scope)
         # Each type is the proxy's own resources (its workload's inbound side) over resources
         # shared with other proxies, not merged: the snapshot store reuses a shared set for every
         # proxy that has it, and the control plane updates every holder of a shared set at once
         # (see meshcore.xds.deps). Shared mappings and messages are read-only.
         resources: Resources = {
             types.CLUSTER: Layered(inbound_clusters, clusters),
-            types.ENDPOINT: Layered({}, self.clusters.endpoints(overrides)),
+            types.ENDPOINT: Layered({}, endpoints),
             types.LISTENER: Layered(inbound_listeners, self.listeners.outbound_listeners(proxy)),
             types.ROUTE: Layered({}, self.routes.route_configs(proxy)),
         }
@@ -108,13 +118,22 @@ class MeshTranslation:
                 self.index.mesh_problems,
                 self.clusters.problems_for(proxy.proxyless, overrides),
                 self.routes.problems[self.routes.route_key(proxy)],
-                self.listeners.outbound_problems[(proxy.proxyless, proxy.outbound_address)],
+                self.listeners.outbound_problems[self.listeners.outbound_key(proxy)],
                 inbound_problems,
                 _duplicate_names(proxy, resources),
             )
             for p in group
         }
         return Generated(resources, [problems[k] for k in sorted(problems)])
+
+    def _scoped(self, layer: dict[str, Message], scope: SidecarScope) -> dict[str, Message]:
+        """``layer`` as a proxy of ``scope`` gets it: one mapping per layer and scope, shared
+        by the proxies with that scope."""
+        key = (id(layer), scope)
+        found = self._scoped_layers.get(key)
+        if found is None or found[0] is not layer:
+            found = self._scoped_layers[key] = (layer, scoped_layer(layer, scope))
+        return found[1]
 
     def load_problems(self) -> list[ConfigProblem]:
         """What proxies will be told about this mesh, found once when it is loaded (so that
@@ -129,7 +148,7 @@ class MeshTranslation:
             proxy = Proxy(node_id="", ip="", name="", namespace=namespace, workload=None, labels={})
             self.listeners.outbound_listeners(proxy)
             self.routes.route_configs(proxy)
-            groups.append(self.listeners.outbound_problems[(False, proxy.outbound_address)])
+            groups.append(self.listeners.outbound_problems[self.listeners.outbound_key(proxy)])
             groups.append(self.routes.problems[self.routes.route_key(proxy)])
         self.clusters.clusters(False)
         groups.append(self.clusters.problems_for(False))

@@ -239,7 +239,7 @@ def _errors(spec: dict[str, Any], ns: str = "a") -> list[str]:
         ),
         (
             {"egress": [{"port": {"number": 80, "protocol": "bad"}, "hosts": ["*/*"]}]},
-            "not a valid protocol",
+            "unsupported protocol",
         ),
         (
             {

@@ -99,8 +99,9 @@ def _egress_port(
     if isinstance(pname, str) and pname and not _DNS1123_LABEL.match(pname):
         c.error(path + ("port", "name"), f"invalid port name: {pname}")
     proto = port.get("protocol")
-    if not isinstance(proto, str) or proto.upper() not in _PROTOCOLS:
-        c.error(path + ("port", "protocol"), f"{proto or ''!r} is not a valid protocol")
+    # Empty: Istio's protocol sniffing (meshcore: the services' own protocols).
+    if isinstance(proto, str) and proto and proto.upper() not in _PROTOCOLS:
+        c.error(path + ("port", "protocol"), f"unsupported protocol: {proto}")
     number = port.get("number") or 0
     bind = egress.get("bind")
     if number == 0:

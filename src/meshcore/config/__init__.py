@@ -42,6 +42,7 @@ from meshcore.config.model import (
     Subset,
     VirtualService,
     WorkloadEntry,
+    WorkloadGroup,
     freeze,
     resolve_host,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "ValidationReport",
     "VirtualService",
     "WorkloadEntry",
+    "WorkloadGroup",
     "load",
     "load_objects",
     "resolve_host",

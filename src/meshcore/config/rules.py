@@ -25,6 +25,7 @@ from meshcore.config.validate import (
     parse_duration,
     parse_path,
 )
+from meshcore.config.workloadgroup import check_workload_group
 from meshcore.security import _validate as authz_validate
 
 _DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?\Z")
@@ -752,4 +753,5 @@ RULES: Mapping[str, Callable[[Checker, dict[str, Any], str], None]] = {
     "PeerAuthentication": check_peer_authentication,
     "RequestAuthentication": check_request_authentication,
     "Sidecar": check_sidecar,
+    "WorkloadGroup": check_workload_group,
 }

@@ -430,7 +430,9 @@ REQUEST_AUTHENTICATION_SPEC = message(
     jwtRules=ListOf(JWT_RULE),
 )
 
-SIDECAR_PORT = message("SidecarPort", number=UINT32, protocol=STRING, name=STRING, targetPort=UINT32)
+SIDECAR_PORT = message(
+    "SidecarPort", number=UINT32, protocol=STRING, name=STRING, targetPort=UINT32
+)
 CAPTURE_MODE = Enum(("DEFAULT", "IPTABLES", "NONE"))
 EGRESS_LISTENER = message(
     "IstioEgressListener", port=SIDECAR_PORT, bind=STRING, captureMode=CAPTURE_MODE, hosts=STRINGS
@@ -456,6 +458,33 @@ SIDECAR_SPEC = message(
     egress=ListOf(EGRESS_LISTENER),
     inboundConnectionPool=CONNECTION_POOL,
     outboundTrafficPolicy=OUTBOUND_TRAFFIC_POLICY,
+)
+
+HTTP_HEADER = message("HTTPHeader", name=STRING, value=STRING)
+READINESS_PROBE = message(
+    "ReadinessProbe",
+    initialDelaySeconds=INT,
+    timeoutSeconds=INT,
+    periodSeconds=INT,
+    successThreshold=INT,
+    failureThreshold=INT,
+    httpGet=message(
+        "HTTPHealthCheckConfig",
+        path=STRING,
+        port=UINT32,
+        host=STRING,
+        scheme=STRING,
+        httpHeaders=ListOf(HTTP_HEADER),
+    ),
+    tcpSocket=message("TCPHealthCheckConfig", host=STRING, port=UINT32),
+    exec=message("ExecHealthCheckConfig", command=STRINGS),
+    grpc=message("GrpcHealthCheckConfig", port=UINT32, service=STRING),
+)
+WORKLOAD_GROUP_SPEC = message(
+    "WorkloadGroup",
+    metadata=message("ObjectMeta", labels=LABELS, annotations=LABELS),
+    template=WORKLOAD_ENTRY_SPEC,
+    probe=READINESS_PROBE,
 )
 
 # --- kinds ---------------------------------------------------------------------------------------
@@ -488,5 +517,6 @@ KINDS: Mapping[str, KindSpec] = {
         KindSpec("PeerAuthentication", SECURITY, PEER_AUTHENTICATION_SPEC),
         KindSpec("RequestAuthentication", SECURITY, REQUEST_AUTHENTICATION_SPEC),
         KindSpec("Sidecar", NETWORKING, SIDECAR_SPEC),
+        KindSpec("WorkloadGroup", NETWORKING, WORKLOAD_GROUP_SPEC),
     )
 }

@@ -426,6 +426,10 @@ async def run_agent(args: Any, *, token: str | None, root_cert: str) -> int:
         if not sep or not key:
             return fail(f"--metadata: expected KEY=VALUE, got {item!r}", 2)
         metadata[key] = value
+    if getattr(args, "workload_group", None):
+        # Istio's agent sends it from ISTIO_META_AUTO_REGISTER_GROUP: the control plane
+        # registers the workload (meshcore.xds.autoregistration).
+        metadata["AUTO_REGISTER_GROUP"] = args.workload_group
     try:
         agent = Agent(
             node_id=args.node_id,

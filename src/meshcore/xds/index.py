@@ -450,7 +450,7 @@ class MeshIndex:
             found = (
                 svc.spec,
                 dr.spec if dr is not None else None,
-                tuple((w.key, w.spec, w.labels) for w in self.selected(svc)),
+                tuple((w.key, w.spec, w.labels, w.healthy) for w in self.selected(svc)),
             )
             self._fingerprints[svc.hostname] = found
         return found

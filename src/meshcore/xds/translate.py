@@ -74,7 +74,8 @@ wildcard hosts. These translation problems are found once per mesh when it is lo
 (:meth:`Translator.load_problems`): ``meshcore validate`` and ``describe`` print them as
 warnings, ``meshcore serve`` logs them at start-up and on every reload. Not built at all: inbound listeners for proxyless gRPC servers, gateway
 proxies (VirtualServices bound only to gateways are, rightly, not applied to sidecars).
-Endpoints are all HEALTHY (WorkloadEntry health checks are not modelled).
+Endpoints are HEALTHY except those of WorkloadEntries with health checks enabled whose probe
+has not succeeded (see :mod:`meshcore.xds.autoregistration`): UNHEALTHY, as Istio sends them.
 
 Where the code lives
 --------------------

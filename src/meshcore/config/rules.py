@@ -313,17 +313,42 @@ def _after_close(value: str, i: int) -> int | None:
     return i + 1 if i < len(value) and value[i] == "%" else None
 
 
+def is_authority_header(name: str) -> bool:
+    """Istio's isAuthorityHeader: a request header set or added under this name rewrites the
+    authority (the route's host rewrite) instead of being added."""
+    return name.lower() in (":authority", "host")
+
+
 def _header_operations(c: Checker, headers: Any, path: Path) -> None:
     for side in ("request", "response"):
         ops = _d(_d(headers).get(side))
         for op in ("set", "add"):
             for name, value in _d(ops.get(op)).items():
+                if side == "request" and isinstance(name, str) and is_authority_header(name):
+                    continue
                 _header_op_name(c, name, path + (side, op, name))
                 problem = header_value_problem(value) if isinstance(value, str) else None
                 if problem:
                     c.error(path + (side, op, name), f"invalid header value {value!r}: {problem}")
         for i, name in enumerate(_l(ops.get("remove"))):
             _header_op_name(c, name, path + (side, "remove", i))
+
+
+def _authority_once(c: Checker, r: dict[str, Any], path: Path) -> None:
+    """Istio's validateAuthorityRewrite: the authority is rewritten in one place only."""
+    current = _d(r.get("rewrite")).get("authority") or ""
+    request = _d(_d(r.get("headers")).get("request"))
+    for op in ("set", "add"):
+        for name, value in _d(request.get(op)).items():
+            if not (isinstance(name, str) and is_authority_header(name)):
+                continue
+            if current:
+                c.error(
+                    path + ("headers", "request", op, name),
+                    f"authority header cannot be set multiple times: have {current!r},"
+                    f" attempting to set {value!r}",
+                )
+            current = value
 
 
 def _header_op_name(c: Checker, name: Any, path: Path) -> None:
@@ -568,6 +593,7 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path, *, mesh_bound: bool =
         if ns is not None and ns % 1_000_000_000:
             c.error(cpath + ("maxAge",), "maxAge is accurate only to whole seconds")
     _header_operations(c, r.get("headers"), path + ("headers",))
+    _authority_once(c, r, path)
     if r.get("delegate"):
         c.warn(
             path + ("delegate",),

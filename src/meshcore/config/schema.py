@@ -305,7 +305,13 @@ LOAD_BALANCER = message(
     consistentHash=message(
         "ConsistentHashLB",
         httpHeaderName=STRING,
-        httpCookie=message("HTTPCookie", name=STRING, path=STRING, ttl=DURATION),
+        httpCookie=message(
+            "HTTPCookie",
+            name=STRING,
+            path=STRING,
+            ttl=DURATION,
+            attributes=ListOf(message("Attribute", name=STRING, value=STRING)),
+        ),
         useSourceIp=BOOL,
         httpQueryParameterName=STRING,
         ringHash=message("RingHash", minimumRingSize=UINT32),
@@ -313,6 +319,13 @@ LOAD_BALANCER = message(
         minimumRingSize=UINT32,
     ),
     localityLbSetting=ANY,
+    zoneAwareLbSetting=message(
+        "ZoneAwareLoadBalancerSetting",
+        enabled=BOOL,
+        failover=ListOf(message("Failover", **{"from": STRING, "to": STRING})),
+        failoverPriority=STRINGS,
+        minClusterSize=INT64,
+    ),
     warmupDurationSecs=DURATION,
     warmup=ANY,
 )

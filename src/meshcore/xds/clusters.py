@@ -187,14 +187,24 @@ class ClusterBuilder:
                 apply_connection_pool(
                     c, policy["connectionPool"], options, base + ".connectionPool"
                 )
-                if (policy["connectionPool"].get("tcp") or {}).get("idleTimeout") is not None:
-                    # Istio puts it on the TCP proxy of the host's TCP listeners; meshcore
-                    # does not yet, so it is said, never silently dropped.
+                tcp = policy["connectionPool"].get("tcp") or {}
+                if (
+                    dr is not None
+                    and dr.workload_selector is not None
+                    and (
+                        tcp.get("idleTimeout") is not None
+                        or tcp.get("maxConnectionDuration") is not None
+                    )
+                ):
+                    # The TCP proxy of an outbound listener takes them from the host's
+                    # DestinationRule; listeners are shared per namespace, not per selection.
                     self.log.problem(
                         dr,
-                        base + ".connectionPool.tcp.idleTimeout",
-                        "not applied by meshcore yet: connections keep Envoy's default idle"
-                        " timeout (1h)",
+                        base + ".connectionPool.tcp",
+                        "idleTimeout and maxConnectionDuration of a DestinationRule with a"
+                        " workloadSelector apply to the cluster's HTTP connections, not to the"
+                        " TCP proxy of the host's outbound listener (meshcore shares listeners"
+                        " per namespace)",
                         "warning",
                     )
             if "outlierDetection" in policy:

@@ -264,6 +264,7 @@ class MeshIndex:
                     tls = pol.get("tls") or {}
                     fields = [
                         (lb, "localityLbSetting", ".loadBalancer"),
+                        (lb, "zoneAwareLbSetting", ".loadBalancer"),
                         (lb, "warmupDurationSecs", ".loadBalancer"),
                         (lb, "warmup", ".loadBalancer"),
                         (tls, "caCrl", ".tls"),

@@ -53,6 +53,7 @@ from meshcore.xds.clusters import inbound_cluster
 from meshcore.xds.common import (
     ads,
     copy_message,
+    duration,
     duration_ns,
     endpoint_port,
     is_http,
@@ -104,7 +105,8 @@ class ListenerBuilder:
 
     def inherit(self, prev: ListenerBuilder, same: Mapping[str, bool]) -> None:
         """Keeps what the change does not touch, compared by value (see the module's doc)."""
-        if same["services"] and same["service_entries"]:
+        # (DestinationRules: the TCP proxies' idle timeout and connection duration.)
+        if same["services"] and same["service_entries"] and same["destination_rules"]:
             self._outbound = prev._outbound
             self.outbound_problems = prev.outbound_problems
         if same["authorization_policies"] and same["services"] and prev.providers == self.providers:
@@ -172,7 +174,13 @@ class ListenerBuilder:
             elif tcp:
                 first = tcp[0]
                 cluster = cluster_name(OUTBOUND, port, "", first.service.hostname)
-                out[name] = _outbound_tcp_listener(name, address, port, cluster, self.mesh_config)
+                dr = self.mesh.destination_rule_for(first.service.hostname)
+                # Istio's TCP proxy: the host's DestinationRule's tcp idleTimeout and
+                # maxConnectionDuration (its top-level trafficPolicy).
+                pool = (dr.traffic_policy if dr is not None else {}).get("connectionPool") or {}
+                out[name] = _outbound_tcp_listener(
+                    name, address, port, cluster, self.mesh_config, pool.get("tcp") or {}
+                )
                 for ps in tcp[1:]:
                     self.log.problem(
                         ps.service,
@@ -356,9 +364,21 @@ def _outbound_http_listener(
 
 
 def _outbound_tcp_listener(
-    name: str, address: str, port: int, cluster: str, mc: MeshConfig | None = None
+    name: str,
+    address: str,
+    port: int,
+    cluster: str,
+    mc: MeshConfig | None = None,
+    tcp: Mapping[str, Any] | None = None,
 ) -> listener_pb2.Listener:
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
+    tcp = tcp or {}
+    if tcp.get("idleTimeout") is not None:
+        proxy.idle_timeout.CopyFrom(duration(tcp["idleTimeout"], "spec.trafficPolicy"))
+    if tcp.get("maxConnectionDuration") is not None:
+        proxy.max_downstream_connection_duration.CopyFrom(
+            duration(tcp["maxConnectionDuration"], "spec.trafficPolicy")
+        )
     proxy.access_log.extend(access_logs(mc))
     listener = listener_pb2.Listener(
         name=name, address=socket_address(address, port), traffic_direction=base_pb2.OUTBOUND

@@ -15,8 +15,8 @@ when the trust domain, the root namespace or the MeshConfig change):
   selects are equal; its endpoints: the same, and the PeerAuthentications too;
 - routes (VirtualService routes, virtual hosts, route configurations, hash policies): while
   the Services, ServiceEntries, VirtualServices and DestinationRules are all equal;
-- outbound listeners, per kind of client and outbound address: while the Services and
-  ServiceEntries are equal; authorization filters: while the AuthorizationPolicies, the
+- outbound listeners, per kind of client, outbound address and Sidecar scope: while the
+  Services, ServiceEntries and DestinationRules (TCP proxy timeouts) are equal; authorization filters: while the AuthorizationPolicies, the
   Services and the extension providers are; inbound listeners (and clusters), per workload:
   all that, and the PeerAuthentications, and the workload's own spec and labels.
 

@@ -25,6 +25,7 @@ from meshcore.config.validate import (
     parse_duration,
     parse_path,
 )
+from meshcore.config.vsanalysis import check_unreachable_rules
 from meshcore.config.workloadgroup import check_workload_group
 from meshcore.security import _validate as authz_validate
 
@@ -229,6 +230,11 @@ def _string_match(
         c.regex(m["regex"], path + ("regex",))
 
 
+# A first DNS label with a leading '*' or '*-' (Istio's wildcardPrefix, without the whole-label
+# '*' that host_problem already takes).
+_PARTIAL_WILDCARD = re.compile(r"\*-?[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?\Z")
+
+
 def _destination(c: Checker, d: Any, path: Path) -> None:
     if not isinstance(d, dict):
         c.error(path, "destination is required")
@@ -238,6 +244,10 @@ def _destination(c: Checker, d: Any, path: Path) -> None:
         c.error(path + ("host",), "destination host is required")
     elif host == "*":
         c.error(path + ("host",), "a destination host cannot be the wildcard '*'")
+    elif isinstance(host, str) and _PARTIAL_WILDCARD.match(host.partition(".")[0]):
+        # Istio's ValidateWildcardDomain takes a leading '*' or '*-' on the first label
+        # ('*foo.bar'): a destination host is only a cluster name, no host resolution.
+        c.host("x" + host[1:].lstrip("-") if host[1:2] != "." else host, path + ("host",))
     else:
         c.host(host, path + ("host",))
     subset = d.get("subset")
@@ -645,6 +655,7 @@ def check_virtual_service(c: Checker, spec: dict[str, Any], name: str) -> None:
                     )
     if not (spec.get("http") or spec.get("tcp") or spec.get("tls")):
         c.error(("spec",), "a VirtualService needs at least one of http, tcp or tls")
+    check_unreachable_rules(c, spec)
     names: set[str] = set()
     for i, r in enumerate(_l(spec.get("http"))):
         r = _d(r)

@@ -123,3 +123,28 @@ def test_scoped_proxy_reaches_only_its_namespace(
         else:
             assert _get(http_port, "other.b") == (200, "other")
             assert _tcp_reply(tcp_port).endswith(b"db")
+
+
+def test_ingress_listener_forwards_to_the_default_endpoint(
+    tmp_path: Path, apps: list[http.server.ThreadingHTTPServer]
+) -> None:
+    """A Sidecar ingress listener: the workload's inbound listener on its port (the Service's)
+    forwards to the app's defaultEndpoint port, as Istio's does."""
+    port, app_port, admin = free_ports(3)
+    objects = [
+        m("Service", "api", {"selector": {"app": "api"}, "ports": [{"name": "http", "port": port}]}, "a"),
+        m("WorkloadEntry", "api", {"address": "127.0.75.1", "labels": {"app": "api"}}, "a"),
+        m("Sidecar", "api", {"workloadSelector": {"labels": {"app": "api"}}, "ingress": [
+            {"port": {"number": port, "protocol": "HTTP", "name": "http"},
+             "defaultEndpoint": f"127.0.0.1:{app_port}"}]}, "a"),
+    ]  # fmt: skip
+    apps.append(_serve("127.0.75.2", app_port, "api-on-its-own-port"))
+    mesh = load_objects(objects)
+    node = "sidecar~127.0.75.1~api.a~a.svc.cluster.local"
+    boot = bootstrap_for(
+        mesh, node, admin, CertificateAuthority.generate(), {"MESHCORE_APP_ADDRESS": "127.0.75.2"}
+    )
+    with running_envoy(boot, tmp_path, "api"):
+        req = urllib.request.Request(f"http://127.0.75.1:{port}/", headers={"Host": "api"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert (r.status, r.read().decode()) == (200, "api-on-its-own-port")

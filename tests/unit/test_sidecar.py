@@ -265,10 +265,23 @@ def _errors(spec: dict[str, Any], ns: str = "a") -> list[str]:
                     {
                         "port": {"number": 9080, "protocol": "HTTP"},
                         "defaultEndpoint": "127.0.0.1:8080",
+                        "tls": {"mode": "SIMPLE"},
                     }
                 ]
             },
-            "ingress listeners are not translated",
+            "TLS termination on a sidecar ingress listener is not translated",
+        ),
+        (
+            {"ingress": [{"port": {"number": 9080}, "defaultEndpoint": "unix:///sock"}]},
+            "unix domain socket endpoints are not available",
+        ),
+        (
+            {"ingress": [{"port": {"number": 9080}, "defaultEndpoint": "10.0.0.1:80"}]},
+            "defaultEndpoint must be of form",
+        ),
+        (
+            {"ingress": [{"port": {"number": 9080}, "bind": "127.0.0.9"}]},
+            "inbound listeners bind to the workload's address",
         ),
         (
             {"workloadSelector": {"labels": {"app": "*"}}, "egress": [{"hosts": ["*/*"]}]},
@@ -325,3 +338,42 @@ def test_second_namespace_default_warned() -> None:
 def test_model_lists_sidecars() -> None:
     mesh: MeshModel = load_objects([*MESH, sidecar("default", "a", "./*")])
     assert mesh.summary()["Sidecar"] == 1
+
+
+def test_ingress_listeners_replace_the_inbound_ports() -> None:
+    """Istio: a Sidecar's ingress listeners are the workload's inbound listeners, each to the
+    app's defaultEndpoint port (the same port without one)."""
+    spec = {
+        "ingress": [
+            {
+                "port": {"number": 9080, "protocol": "HTTP", "name": "http"},
+                "defaultEndpoint": "127.0.0.1:8080",
+            },
+            {"port": {"number": 9443, "protocol": "TCP"}},
+        ]
+    }
+    result = gen([m("Sidecar", "client", spec, "a")])
+    listeners = result.resources[types.LISTENER]
+    clusters = result.resources[types.CLUSTER]
+    assert {"127.0.20.1_9080", "127.0.20.1_9443"} <= set(listeners)
+    inbound = clusters["inbound|9080||"]
+    addr = inbound.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
+    assert (addr.address, addr.port_value) == ("127.0.0.1", 8080)
+    other = clusters["inbound|9443||"].load_assignment.endpoints[0].lb_endpoints[0]
+    assert other.endpoint.address.socket_address.port_value == 9443
+    # the HTTP port gets a connection manager, the TCP one a TCP proxy
+    assert (
+        listeners["127.0.20.1_9080"]
+        .filter_chains[0]
+        .filters[-1]
+        .name.endswith("http_connection_manager")
+    )
+    assert listeners["127.0.20.1_9443"].filter_chains[0].filters[-1].name.endswith("tcp_proxy")
+    # without the Sidecar: the Service's port, to the same app port
+    plain = gen([]).resources[types.CLUSTER]["inbound|9080||"]
+    assert (
+        plain.load_assignment.endpoints[0]
+        .lb_endpoints[0]
+        .endpoint.address.socket_address.port_value
+        == 9080
+    )

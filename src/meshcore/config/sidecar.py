@@ -12,8 +12,11 @@ address and the service's port (``MESHCORE_OUTBOUND_ADDRESS``), with no traffic 
 - ``outboundTrafficPolicy.mode: ALLOW_ANY`` is what the loopback layout does (an app reaches an
   address outside the mesh directly, not through its sidecar); ``REGISTRY_ONLY`` needs capture
   (a sidecar can only refuse traffic it receives) and is refused, as is ``egressProxy``;
-- ``ingress`` listeners and ``inboundConnectionPool`` are refused (not translated yet: the
-  inbound side is built from the Services that select the workload).
+- ``ingress`` listeners replace the workload's inbound ports (from its Services): a listener
+  on the workload's address at ``port`` to the app's ``defaultEndpoint`` port (the app's
+  address, ``MESHCORE_APP_ADDRESS``, stands for 127.0.0.1 and 0.0.0.0); their ``bind``, ``tls``,
+  ``connectionPool``, unix-socket endpoints and IPTABLES capture are refused, as is
+  ``inboundConnectionPool``.
 """
 
 from __future__ import annotations
@@ -47,12 +50,7 @@ def check_sidecar(c: Checker, spec: dict[str, Any], name: str) -> None:
     ):
         c.error(("spec",), "sidecar: empty configuration provided")
         return
-    for i, _ in enumerate(_l(spec.get("ingress"))):
-        c.error(
-            ("spec", "ingress", i),
-            "ingress listeners are not translated by meshcore: a workload's inbound listeners"
-            " are its Services' ports (remove it, or give the workload a Service)",
-        )
+    _ingress(c, _l(spec.get("ingress")))
     if spec.get("inboundConnectionPool") is not None:
         c.error(
             ("spec", "inboundConnectionPool"),
@@ -60,6 +58,91 @@ def check_sidecar(c: Checker, spec: dict[str, Any], name: str) -> None:
         )
     _egress(c, _l(spec.get("egress")))
     _outbound_traffic_policy(c, spec.get("outboundTrafficPolicy"))
+
+
+def _ingress(c: Checker, listeners: list[Any]) -> None:
+    """Istio's ingress listener rules, then what meshcore does not translate. An ingress
+    listener is an inbound listener on the workload's address at ``port`` to the app at
+    ``defaultEndpoint``'s port (the same port without one)."""
+    ports: set[int] = set()
+    for i, ing in enumerate(listeners):
+        path: Path = ("spec", "ingress", i)
+        if not isinstance(ing, dict):
+            c.error(path, "sidecar: ingress may not be null")
+            continue
+        port = ing.get("port")
+        if not isinstance(port, dict):
+            c.error(path + ("port",), "sidecar: port is required for ingress listeners")
+            continue
+        if port.get("targetPort"):
+            c.error(path + ("port", "targetPort"), "targetPort has no impact on Sidecars")
+        _port_name_and_protocol(c, port, path + ("port",))
+        number = port.get("number") or 0
+        if not isinstance(number, int) or not 1 <= number <= 65535:
+            c.error(
+                path + ("port", "number"), f"port number {number} must be in the range 1..65535"
+            )
+        if number in ports:
+            c.error(
+                path + ("port", "number"), "sidecar: ports on IP bound listeners must be unique"
+            )
+        ports.add(number)
+        _default_endpoint(c, ing.get("defaultEndpoint"), path + ("defaultEndpoint",))
+        if ing.get("bind"):
+            c.error(
+                path + ("bind",),
+                "not available: inbound listeners bind to the workload's address (its"
+                " WorkloadEntry's)",
+            )
+        if ing.get("captureMode") == "IPTABLES":
+            c.error(path + ("captureMode",), f"IPTABLES capture is not available: {_LOOPBACK}")
+        if ing.get("tls") is not None:
+            c.error(
+                path + ("tls",),
+                "TLS termination on a sidecar ingress listener is not translated by meshcore"
+                " (inbound TLS is mesh mTLS, per PeerAuthentication)",
+            )
+        if ing.get("connectionPool") is not None:
+            c.error(
+                path + ("connectionPool",),
+                "not translated by meshcore (inbound clusters keep Envoy's defaults)",
+            )
+
+
+def _default_endpoint(c: Checker, endpoint: Any, path: Path) -> None:
+    if not isinstance(endpoint, str) or not endpoint:
+        return
+    if endpoint.startswith(_UNIX):
+        if len(endpoint) == len(_UNIX):
+            c.error(path, "unix address must name a socket path")
+        else:
+            c.error(path, f"unix domain socket endpoints are not available: {_LOOPBACK}")
+        return
+    host, colon, port = endpoint.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon:
+        c.error(path, f"address {endpoint}: missing port in address")
+        return
+    if host not in ("", "127.0.0.1", "0.0.0.0", "::1", "::"):
+        c.error(
+            path,
+            "sidecar: defaultEndpoint must be of form 127.0.0.1:<port>,0.0.0.0:<port>,"
+            "[::1]:port,[::]:port,unix://filepath or unset",
+        )
+    if not port.isdigit():
+        c.error(path, f"sidecar: defaultEndpoint port ({port}) is not a number")
+    elif not 1 <= int(port) <= 65535:
+        c.error(path, f"port number {port} must be in the range 1..65535")
+
+
+def _port_name_and_protocol(c: Checker, port: dict[str, Any], path: Path) -> None:
+    pname = port.get("name")
+    if isinstance(pname, str) and pname and not _DNS1123_LABEL.match(pname):
+        c.error(path + ("name",), f"invalid port name: {pname}")
+    proto = port.get("protocol")
+    # Empty: Istio's protocol sniffing (meshcore: the services' own protocols).
+    if isinstance(proto, str) and proto and proto.upper() not in _PROTOCOLS:
+        c.error(path + ("protocol",), f"unsupported protocol: {proto}")
 
 
 def _egress(c: Checker, listeners: list[Any]) -> None:
@@ -95,13 +178,7 @@ def _egress_port(
 ) -> None:
     if port.get("targetPort"):
         c.error(path + ("port", "targetPort"), "targetPort has no impact on Sidecars")
-    pname = port.get("name")
-    if isinstance(pname, str) and pname and not _DNS1123_LABEL.match(pname):
-        c.error(path + ("port", "name"), f"invalid port name: {pname}")
-    proto = port.get("protocol")
-    # Empty: Istio's protocol sniffing (meshcore: the services' own protocols).
-    if isinstance(proto, str) and proto and proto.upper() not in _PROTOCOLS:
-        c.error(path + ("port", "protocol"), f"unsupported protocol: {proto}")
+    _port_name_and_protocol(c, port, path + ("port",))
     number = port.get("number") or 0
     bind = egress.get("bind")
     if number == 0:

@@ -20,6 +20,7 @@ from meshcore.config.model import (
     Service,
     ServiceEntry,
     ServicePort,
+    Sidecar,
     WorkloadEntry,
     selector_matches,
 )
@@ -178,6 +179,16 @@ class MeshIndex:
         Sidecar applies, every service); see :mod:`meshcore.xds.sidecarscope`."""
         if not self.mesh.sidecars:
             return None
+        return self._sidecar_scopes().scope(namespace, labels)
+
+    def sidecar_for(self, namespace: str, labels: Mapping[str, str]) -> Sidecar | None:
+        """The Sidecar that applies to a proxy of ``namespace`` with ``labels`` (its ingress
+        listeners replace the workload's inbound ports), or None."""
+        if not self.mesh.sidecars:
+            return None
+        return self._sidecar_scopes().sidecar_for(namespace, labels)
+
+    def _sidecar_scopes(self) -> SidecarScopes:
         if self._scopes is None:
             hosts: dict[str, tuple[str, tuple[int, ...]]] = {}
             for port in sorted(self.by_port):
@@ -185,7 +196,7 @@ class MeshIndex:
                     ns, ports = hosts.get(ps.service.hostname, (ps.service.namespace, ()))
                     hosts[ps.service.hostname] = (ns, (*ports, port))
             self._scopes = SidecarScopes(self.mesh, hosts)
-        return self._scopes.scope(namespace, labels)
+        return self._scopes
 
     def same_scope(self, other: MeshIndex) -> bool:
         """Whether translations of the two meshes can share anything (same trust domain and

@@ -32,7 +32,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf.message import Message
 
 from meshcore.config.meshconfig import MeshConfig
-from meshcore.config.model import WorkloadEntry, selector_matches
+from meshcore.config.model import ServicePort, WorkloadEntry, selector_matches
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.names import (
     CORS_NAME,
@@ -277,16 +277,18 @@ class ListenerBuilder:
         found = self._inbound.get(key)
         with self.log.capture() as jwt_met:
             jwt = self.jwt_filter(proxy)
-        seen = (w.spec, w.labels, None if jwt is None else jwt.SerializeToString())
+        sidecar = self.index.sidecar_for(proxy.namespace, proxy.labels)
+        ingress = tuple(sidecar.spec.get("ingress") or ()) if sidecar is not None else ()
+        seen = (w.spec, w.labels, None if jwt is None else jwt.SerializeToString(), ingress)
         # specs are read-only mappings (unhashable): compared by value beside the key
         if found is None or found[0] != seen:
             with self.log.capture() as met:
-                listeners, clusters = self._build_inbound(proxy, w, jwt)
+                listeners, clusters = self._build_inbound(proxy, w, jwt, ingress)
             found = self._inbound[key] = (seen, (listeners, clusters, [*jwt_met, *met]))
         return found[1]
 
     def _build_inbound(
-        self, proxy: Proxy, w: WorkloadEntry, jwt: Message | None
+        self, proxy: Proxy, w: WorkloadEntry, jwt: Message | None, ingress: tuple[Any, ...] = ()
     ) -> tuple[dict[str, Message], dict[str, Message]]:
         listeners: dict[str, Message] = {}
         clusters: dict[str, Message] = {}
@@ -298,9 +300,14 @@ class ListenerBuilder:
                 if target is None or proto == "udp":
                     continue
                 ports.setdefault(target, proto)
+        # The app's port behind each inbound port: the same, unless the workload's Sidecar has
+        # ingress listeners, which then are its inbound ports (Istio: port, defaultEndpoint).
+        app_ports = {target: target for target in ports}
+        if ingress:
+            ports, app_ports = sidecar_ingress_ports(ingress, ports)
         for target in sorted(ports):
             cluster = cluster_name(INBOUND, target, "", "")
-            clusters[cluster] = inbound_cluster(cluster, proxy.app_address, target)
+            clusters[cluster] = inbound_cluster(cluster, proxy.app_address, app_ports[target])
             name = f"{w.address}_{target}"
             mode = self.index.mtls_mode(w, target)
             http_filters, tcp_filters = self.authz_filters(proxy)
@@ -318,6 +325,28 @@ class ListenerBuilder:
                 mc=self.mesh_config,
             )
         return listeners, clusters
+
+
+def sidecar_ingress_ports(
+    ingress: tuple[Any, ...], service_ports: Mapping[int, str]
+) -> tuple[dict[int, str], dict[int, int]]:
+    """A Sidecar's ingress listeners as inbound ports: port -> protocol, and port -> the app's
+    port (``defaultEndpoint``'s, else the same: Istio forwards to the original destination).
+    An empty protocol is sniffed by Istio: here the workload's service port's, else TCP."""
+    protocols: dict[int, str] = {}
+    app_ports: dict[int, int] = {}
+    for listener in ingress:
+        port = listener.get("port") or {}
+        number = int(port.get("number") or 0)
+        name = str(port.get("protocol") or "").lower()
+        protocols[number] = (
+            port_protocol(ServicePort(name=name, port=number, target_port=number, protocol="TCP"))
+            if name
+            else service_ports.get(number, "tcp")
+        )
+        endpoint = str(listener.get("defaultEndpoint") or "")
+        app_ports[number] = int(endpoint.rpartition(":")[2]) if endpoint else number
+    return protocols, app_ports
 
 
 def _deny_all_filters() -> tuple[list[Message], list[Message]]:

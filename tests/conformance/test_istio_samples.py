@@ -32,8 +32,12 @@ from meshcore.xds import types
 from meshcore.xds.translate import Generated, Translator, proxy_for_node
 from meshcore.xds.translator import with_load_problems
 
-SAMPLES = Path(__file__).parent / "istio-samples" / "samples"
-FILES = sorted(str(p.relative_to(SAMPLES)) for p in SAMPLES.rglob("*.yaml"))
+ROOT = Path(__file__).parent / "istio-samples"
+SAMPLES = ROOT / "samples"
+# Sample files by their path under samples/; task extracts (istio.io's snippets) as tasks/NAME.
+FILES = sorted(str(p.relative_to(SAMPLES)) for p in SAMPLES.rglob("*.yaml")) + sorted(
+    str(p.relative_to(ROOT)) for p in (ROOT / "tasks").glob("*.yaml")
+)
 K8S_WORKLOAD_KINDS = ("Deployment", "ServiceAccount")
 # (file, Gateway name): left to the Gateway work.
 GATEWAY_DOCUMENTS = [
@@ -42,13 +46,26 @@ GATEWAY_DOCUMENTS = [
     ("helloworld/helloworld-gateway.yaml", "helloworld-gateway"),
     ("httpbin/httpbin-gateway.yaml", "httpbin-gateway"),
     ("tcp-echo/tcp-echo-all-v1.yaml", "tcp-echo-gateway"),
+    ("tasks/authn-policy.yaml", "httpbin-gateway"),
 ]
 GATEWAY_REASON = "Gateway documents are handled by the Gateway work of issue 13 (another branch)"
 # Istio's own warnings on a sample, as its webhook gives them: (file, path, message).
+DENY_HTTP_ONLY = (
+    "spec.rules[0]",
+    "this DENY rule uses only HTTP attributes, so it denies all traffic to TCP ports under its"
+    " scope; specify the port explicitly",
+)
+CONSECUTIVE_ERRORS = (
+    "spec.trafficPolicy.outlierDetection.consecutiveErrors",
+    "consecutiveErrors is deprecated and has no effect (as in Istio): use consecutive5xxErrors"
+    " or consecutiveGatewayErrors",
+)
 ISTIO_WARNINGS = {
     "bookinfo/networking/fault-injection-details-v1.yaml": [
         ("spec.http[1]", "virtualService rule #1 not used (only the last rule can have no matches)")
     ],
+    "tasks/authn-policy.yaml": [DENY_HTTP_ONLY, DENY_HTTP_ONLY],
+    "tasks/circuit-breaking.yaml": [CONSECUTIVE_ERRORS],
 }
 PRODUCTPAGE = "sidecar~127.0.40.1~productpage-v1.default~default.svc.cluster.local"
 LABELS = {"LABELS": {"app": "productpage", "version": "v1"}}
@@ -56,8 +73,12 @@ BOOKINFO = "bookinfo/platform/kube/bookinfo.yaml"
 NET = "bookinfo/networking/"
 
 
+def source(rel: str) -> Path:
+    return ROOT / rel if rel.startswith("tasks/") else SAMPLES / rel
+
+
 def documents(rel: str) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all((SAMPLES / rel).read_text()) if d]
+    return [d for d in yaml.safe_load_all(source(rel).read_text()) if d]
 
 
 def test_corpus_is_complete() -> None:
@@ -77,7 +98,7 @@ def test_corpus_is_complete() -> None:
 def test_webhook_verdict(rel: str) -> None:
     """Every sample is Istio-valid: no error; the warnings are Istio's own, or say which
     documents meshcore does not read."""
-    found = validate_object((SAMPLES / rel).read_text(), source=rel)
+    found = validate_object(source(rel).read_text(), source=rel)
     assert [p for p in found if p.severity == "error"] == []
     gateways = {name for r, name in GATEWAY_DOCUMENTS if r == rel}
     rest = []
@@ -104,26 +125,48 @@ def test_gateway_document(rel: str, name: str) -> None:
 
 def applied(tmp: Path, *rels: str) -> list[dict[str, Any]]:
     """What ``kubectl apply -f`` of the files in order leaves (a later document replaces an
-    earlier one of the same kind and name), without the documents meshcore does not read."""
+    earlier one of the same kind and name), without the documents meshcore does not read.
+    ``FILE@NS`` applies FILE in namespace NS (``kubectl apply -n NS``)."""
     out: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for rel in rels:
+    for item in rels:
+        rel, _, ns = item.partition("@")
         for d in documents(rel):
             if d["kind"] in K8S_WORKLOAD_KINDS or (rel, d["metadata"]["name"]) in GATEWAY_DOCUMENTS:
                 continue
             meta = d["metadata"]
+            if ns:
+                meta["namespace"] = ns
             out[(d["kind"], meta.get("namespace", "default"), meta["name"])] = d
     return list(out.values())
 
 
-def run(tmp: Path, *rels: str) -> tuple[list[tuple[str, str, str]], Generated]:
+# The pods the samples' Deployments would run, as meshcore's WorkloadEntries (written here, not
+# Istio's): the tasks' inbound side needs workloads.
+def _pod(name: str, ns: str, address: str, sa: str, **labels: str) -> dict[str, Any]:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"address": address, "labels": labels, "serviceAccount": sa}}  # fmt: skip
+
+
+PODS = [
+    _pod("productpage-v1", "default", "127.0.40.1", "bookinfo-productpage", app="productpage", version="v1"),
+    _pod("details-v1", "default", "127.0.40.2", "bookinfo-details", app="details", version="v1"),
+    _pod("httpbin", "foo", "127.0.41.1", "httpbin", app="httpbin", version="v1"),
+    _pod("httpbin", "bar", "127.0.42.1", "httpbin", app="httpbin", version="v1"),
+]  # fmt: skip
+
+
+def run(
+    tmp: Path, *rels: str, node: str = PRODUCTPAGE
+) -> tuple[list[tuple[str, str, str]], Generated]:
     """``meshcore validate`` of the applied files (its warnings: (name, path, message)) and
-    what the productpage sidecar receives."""
+    what the sidecar ``node`` (productpage's unless said) receives."""
     path = tmp / "applied.yaml"
-    path.write_text(yaml.safe_dump_all(applied(tmp, *rels)))
+    path.write_text(yaml.safe_dump_all([*applied(tmp, *rels), *PODS]))
     report = with_load_problems(validate([path]))
     assert report.errors == (), report.errors
     assert report.model is not None
-    proxy = proxy_for_node(report.model, PRODUCTPAGE, LABELS)
+    proxy = proxy_for_node(report.model, node, LABELS)
     result = Translator().generate(report.model, proxy)
     return [(p.name, p.path, p.message) for p in report.warnings], result
 
@@ -341,6 +384,75 @@ def test_task(
     check(result)
 
 
+def _inbound(result: Generated, name: str) -> Any:
+    return result.resources[types.LISTENER][name]
+
+
+def _rbac_policies(listener: Any) -> list[str]:
+    from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
+    from envoy.extensions.filters.network.http_connection_manager.v3 import (
+        http_connection_manager_pb2 as hcm_pb2,
+    )
+
+    hcm = hcm_pb2.HttpConnectionManager()
+    assert listener.filter_chains[0].filters[-1].typed_config.Unpack(hcm)
+    out = []
+    for f in hcm.http_filters:
+        if f.name == "envoy.filters.http.rbac":
+            rbac = rbac_pb2.RBAC()
+            assert f.typed_config.Unpack(rbac)
+            out += sorted(rbac.rules.policies)
+    return out
+
+
+def test_task_circuit_breaking(tmp_path: Path) -> None:
+    found, r = run(tmp_path, "httpbin/httpbin.yaml", "tasks/circuit-breaking.yaml")
+    assert found == [("httpbin", *CONSECUTIVE_ERRORS)]
+    c = r.resources[types.CLUSTER][f"outbound|8000||{fq('httpbin')}"]
+    [th] = c.circuit_breakers.thresholds
+    assert (th.max_connections.value, th.max_pending_requests.value) == (1, 1)
+    od = c.outlier_detection
+    assert (od.interval.seconds, od.base_ejection_time.seconds, od.max_ejection_percent.value) == (
+        1,
+        180,
+        100,
+    )
+    assert not od.HasField("consecutive_5xx")  # consecutiveErrors: no effect, as in Istio
+
+
+def test_task_authz_http(tmp_path: Path) -> None:
+    found, r = run(tmp_path, BOOKINFO, "tasks/authz-http.yaml")
+    assert found == []
+    # productpage: allow-nothing (no rules: Istio's explicit never-matching policy) and
+    # productpage-viewer (GET)
+    assert _rbac_policies(_inbound(r, "127.0.40.1_9080")) == [
+        "ns[default]-policy[allow-nothing]-rule[0]",
+        "ns[default]-policy[productpage-viewer]-rule[0]",
+    ]
+    node = "sidecar~127.0.40.2~details-v1.default~default.svc.cluster.local"
+    _, details = run(tmp_path, BOOKINFO, "tasks/authz-http.yaml", node=node)
+    assert _rbac_policies(_inbound(details, "127.0.40.2_9080")) == [
+        "ns[default]-policy[allow-nothing]-rule[0]",
+        "ns[default]-policy[details-viewer]-rule[0]",
+    ]
+
+
+def test_task_authn_policy(tmp_path: Path) -> None:
+    files = ["httpbin/httpbin.yaml@foo", "httpbin/httpbin.yaml@bar", "tasks/authn-policy.yaml"]
+    foo = "sidecar~127.0.41.1~httpbin.foo~foo.svc.cluster.local"
+    found, r = run(tmp_path, *files, node=foo)
+    assert found == [("frontend-ingress", *DENY_HTTP_ONLY)]
+    # foo: the namespace's STRICT overridden for httpbin by overwrite-example (DISABLE)
+    assert [c.name for c in _inbound(r, "127.0.41.1_8080").filter_chains] == ["inbound_plaintext"]
+    bar = "sidecar~127.0.42.1~httpbin.bar~bar.svc.cluster.local"
+    _, r = run(tmp_path, *files, node=bar)
+    # bar: httpbin STRICT (its port-level DISABLE is for port 80, not the app's 8080)
+    assert [c.name for c in _inbound(r, "127.0.42.1_8080").filter_chains] == ["inbound_mtls"]
+
+
+TASKS = {"tasks/circuit-breaking.yaml", "tasks/authz-http.yaml", "tasks/authn-policy.yaml"}
+
+
 def test_every_sample_file_is_in_a_task() -> None:
-    used = {f for s in SCENARIOS for f in s[1]}
+    used = {f for s in SCENARIOS for f in s[1]} | TASKS
     assert set(FILES) - used <= {NET + "certmanager-gateway.yaml"}

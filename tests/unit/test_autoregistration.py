@@ -311,3 +311,16 @@ def test_panic_mode_off_and_unhealthy_endpoints_excluded_with_min_health() -> No
         result.resources[types.CLUSTER][name].common_lb_config.healthy_panic_threshold.value == 50
     )
     assert not result.resources[types.ENDPOINT][name].endpoints
+
+
+def test_a_workload_group_change_retranslates_no_proxy() -> None:
+    from meshcore.xds.deps import DependencyIndex
+
+    changed = load_objects(
+        [{**GROUP, "spec": {"template": {"labels": {"app": "other"}}}}, PROBED, *SERVICES]
+    )
+    deps = DependencyIndex()
+    info = NodeInfo("sidecar~127.0.90.9~c.vms~vms.svc.cluster.local")
+    deps.add(MESH, info, Translator().resources_for(MESH, info))
+    key = ("WorkloadGroup", "vms", "reviews")
+    assert deps.affected(MESH, changed, {key: (MESH.get(*key), changed.get(*key))}) == set()

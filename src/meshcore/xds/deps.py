@@ -47,6 +47,8 @@ _SHARED_ONLY = frozenset({"VirtualService", "DestinationRule"})
 _INBOUND_POLICY = frozenset({"PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"})
 # Kinds that decide what the proxies of their namespace (every proxy: the root's) may reach.
 _NAMESPACE_SCOPE = frozenset({"Sidecar"})
+# Kinds no translation reads (WorkloadGroups make WorkloadEntries, which are themselves changes).
+_NOT_TRANSLATED = frozenset({"WorkloadGroup"})
 
 
 def changed_objects(
@@ -202,6 +204,8 @@ class DependencyIndex:
                 if namespace == new.root_namespace:
                     return None
                 out |= self._by_namespace.get(namespace, set())
+            elif kind in _NOT_TRANSLATED:
+                continue
             elif kind not in _SHARED_ONLY:
                 return None  # Services, ServiceEntries: listeners, clusters, routes, inbound
         return out

@@ -377,3 +377,17 @@ def test_ingress_listeners_replace_the_inbound_ports() -> None:
         .endpoint.address.socket_address.port_value
         == 9080
     )
+
+
+def test_egress_port_protocol_that_disagrees_is_warned() -> None:
+    spec = {
+        "egress": [
+            {"port": {"number": 5432, "protocol": "HTTP"}, "hosts": ["b/*"]},
+            {"port": {"number": 9080, "protocol": "HTTP"}, "hosts": ["./*"]},
+        ]
+    }
+    result = gen([m("Sidecar", "s", spec, "a")])
+    assert [(p.severity, p.path) for p in result.problems] == [
+        ("warning", "spec.egress[0].port.protocol")
+    ]
+    assert "typed by the services on it (TCP)" in result.problems[0].message

@@ -24,7 +24,7 @@ from meshcore.config.model import (
     WorkloadEntry,
     selector_matches,
 )
-from meshcore.xds.common import port_protocol, spiffe
+from meshcore.xds.common import is_http, port_protocol, spiffe
 from meshcore.xds.problems import ProblemLog
 from meshcore.xds.sidecarscope import SidecarScope, SidecarScopes
 
@@ -144,6 +144,7 @@ class MeshIndex:
                         self.by_port.setdefault(sp.port, []).append(PortService(se_host, sp, proto))
             for group in self.by_port.values():
                 group.sort(key=lambda ps: ps.service.hostname)
+            self._warn_egress_protocols()
         self.uses_source_match = uses_source_match(mesh)
         self._eps: dict[str, tuple[WorkloadEntry, ...]] = {}
         self._by_label: dict[tuple[str, str, str], list[WorkloadEntry]] = {}
@@ -180,6 +181,30 @@ class MeshIndex:
         if not self.mesh.sidecars:
             return None
         return self._sidecar_scopes().scope(namespace, labels)
+
+    def _warn_egress_protocols(self) -> None:
+        """Istio builds a Sidecar egress listener with a port as its ``protocol`` says; the
+        loopback layout has one outbound listener per port, typed by the services on it: a
+        protocol that disagrees is said, not silently overridden."""
+        for sc in self.mesh.sidecars:
+            for i, egress in enumerate(sc.egress):
+                port = egress.get("port") or {}
+                name = str(port.get("protocol") or "").lower()
+                if not name or not port.get("number"):
+                    continue
+                number = int(port["number"])
+                wanted = is_http(port_protocol(ServicePort(name, number, number, "TCP")))
+                found = {is_http(ps.protocol) for ps in self.by_port.get(number, ())}
+                if found and found != {wanted}:
+                    self.log.problem(
+                        sc,
+                        f"spec.egress[{i}].port.protocol",
+                        f"protocol {port['protocol']} is not applied: the outbound listener of"
+                        f" port {number} is typed by the services on it"
+                        f" ({'HTTP' if True in found else 'TCP'}), one listener per port in"
+                        " the loopback layout",
+                        "warning",
+                    )
 
     def sidecar_for(self, namespace: str, labels: Mapping[str, str]) -> Sidecar | None:
         """The Sidecar that applies to a proxy of ``namespace`` with ``labels`` (its ingress

@@ -24,6 +24,7 @@ API_VERSIONS = {
     "AuthorizationPolicy": "security.istio.io/v1",
     "PeerAuthentication": "security.istio.io/v1",
     "Gateway": "networking.istio.io/v1",
+    "Sidecar": "networking.istio.io/v1",
 }
 KEYS = {
     "test",
@@ -36,6 +37,8 @@ KEYS = {
     "annotations",
     "xfail",
     "xfail_warning",
+    "namespace",
+    "refused",
 }
 
 
@@ -67,7 +70,7 @@ def params(cases: list[dict[str, Any]], reason_key: str) -> list[Any]:
 def manifest(case: dict[str, Any]) -> dict[str, Any]:
     metadata: dict[str, Any] = {
         "name": case.get("name", "some-name"),
-        "namespace": "some-namespace",
+        "namespace": case.get("namespace", "some-namespace"),
     }
     if "annotations" in case:
         metadata["annotations"] = case["annotations"]
@@ -87,7 +90,13 @@ def problems(case: dict[str, Any]) -> list[ConfigProblem]:
 def test_verdict_agrees_with_istio(case: dict[str, Any]) -> None:
     found = problems(case)
     errors = [p for p in found if p.severity == "error"]
-    if case["valid"]:
+    if case.get("refused"):
+        # Istio-valid, refused by meshcore on purpose (see the case's reason): with an error
+        # saying why, never accepted and ignored.
+        assert case["valid"], "a refusal is only recorded for an Istio-valid case"
+        assert errors, "meshcore accepts this; the case says it refuses it"
+        assert any(case["refused"] in p.message for p in errors), [p.message for p in errors]
+    elif case["valid"]:
         assert errors == [], "Istio accepts this; meshcore refuses it"
     else:
         assert errors, "Istio refuses this; meshcore accepts it"
@@ -96,7 +105,8 @@ def test_verdict_agrees_with_istio(case: dict[str, Any]) -> None:
             assert p.kind == case["kind"]
 
 
-WARNED = [c for c in CASES if c.get("warning")]
+# (A case meshcore refuses on purpose has no warning to agree on.)
+WARNED = [c for c in CASES if c.get("warning") and not c.get("refused")]
 
 
 @pytest.mark.parametrize("case", params(WARNED, "xfail_warning"))

@@ -409,7 +409,7 @@ def running_agent(
     token: str,
     metadata: dict[str, str],
     delta: bool = False,
-    extra: Sequence[str] = (),
+    extra_args: Sequence[str] = (),
 ) -> Iterator[int]:
     """``meshcore agent`` for one sidecar; waits until /healthz/ready answers 200, yields
     Envoy's admin port, and stops it with SIGTERM (killing it and its Envoy if it hangs)."""
@@ -430,9 +430,9 @@ def running_agent(
     ]  # fmt: skip
     if delta:
         args.append("--delta")
-    args += extra
     for key, value in metadata.items():
         args += ["--metadata", f"{key}={value}"]
+    args += extra_args
     out = workdir / "agent.out"
     with out.open("w") as sink:
         proc = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT)

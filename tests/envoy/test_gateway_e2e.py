@@ -188,7 +188,7 @@ def test_ingress_and_egress_gateways_carry_real_traffic(
             tmp_path, name, node_id=node_id, identity=ids[name],
             token=f"{name}-token-0123456789abcdef", xds=ports["xds"], ca=ports["ca"],
             ca_mtls=ports["ca_mtls"], ca_root=tmp_path / "state" / "root-cert.pem",
-            metadata=metadata, extra=extra,
+            metadata=metadata, extra_args=extra,
         )  # fmt: skip
 
     with (

@@ -349,14 +349,13 @@ def test_selector_rule_hash_key_is_said_not_to_reach_routes() -> None:
     ]
 
 
-def test_tcp_idle_timeout_is_said_not_to_be_applied() -> None:
-    # Accepted by Istio, not yet applied by meshcore: a warning with its path, never silence.
+def test_tcp_idle_timeout_is_applied_without_warning() -> None:
+    # Istio applies it (the cluster's HTTP connections, the TCP proxies of the host's
+    # listeners; see tests/unit/test_fidelity_translation.py): no warning any more.
     rule = m(
         "DestinationRule",
         "reviews",
         {"host": "reviews", "trafficPolicy": {"connectionPool": {"tcp": {"idleTimeout": "30s"}}}},
     )
     found = Translator().load_problems(load_objects([*MESH, rule]))
-    assert [(p.severity, p.path) for p in found if p.name == "reviews"] == [
-        ("warning", "spec.trafficPolicy.connectionPool.tcp.idleTimeout")
-    ]
+    assert [(p.severity, p.path) for p in found if p.name == "reviews"] == []

@@ -224,6 +224,13 @@ def parser() -> argparse.ArgumentParser:
         help="Envoy node metadata, e.g. MESHCORE_APP_ADDRESS=127.0.10.2 (repeatable)",
     )
     a.add_argument(
+        "--workload-group",
+        default=None,
+        metavar="NAME",
+        help="register with this WorkloadGroup of the node's namespace (node metadata"
+        " AUTO_REGISTER_GROUP): the control plane creates the WorkloadEntry",
+    )
+    a.add_argument(
         "--ca-server-name",
         default=None,
         metavar="NAME",

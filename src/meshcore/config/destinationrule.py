@@ -16,6 +16,7 @@ def _traffic_policy(c: Checker, tp: Any, path: Path, *, port_level: bool = False
     lb = _d(tp.get("loadBalancer"))
     if lb.get("simple") is not None and lb.get("consistentHash") is not None:
         c.error(path + ("loadBalancer",), "simple and consistentHash are mutually exclusive")
+    _zone_aware(c, lb, _d(tp.get("outlierDetection")) if "outlierDetection" in tp else None, path)
     ch = lb.get("consistentHash")
     if isinstance(ch, dict):
         keys = [
@@ -39,6 +40,16 @@ def _traffic_policy(c: Checker, tp: Any, path: Path, *, port_level: bool = False
                 c.duration(
                     cookie["ttl"], path + ("loadBalancer", "consistentHash", "httpCookie", "ttl")
                 )
+            seen: set[str] = set()
+            for i, attr in enumerate(_l(cookie.get("attributes"))):
+                apath = path + ("loadBalancer", "consistentHash", "httpCookie", "attributes", i)
+                aname = _d(attr).get("name")
+                if not aname:
+                    c.error(apath + ("name",), "cookie attribute name cannot be empty")
+                elif aname in seen:
+                    c.error(apath + ("name",), f"duplicate cookie attribute name: {aname}")
+                else:
+                    seen.add(str(aname))
         if isinstance(ch.get("httpHeaderName"), str):
             c.header_name(
                 ch["httpHeaderName"], path + ("loadBalancer", "consistentHash", "httpHeaderName")
@@ -203,3 +214,41 @@ def check_destination_rule(c: Checker, spec: dict[str, Any], name: str) -> None:
                 "a workloadSelector without matchLabels selects every workload of the namespace",
             )
     c.export_to(spec)
+
+
+_TOPOLOGY_LABELS = frozenset(
+    {"topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone"}
+)
+
+
+def _zone_aware(c: Checker, lb: dict[str, Any], outlier: Any, path: Path) -> None:
+    """Istio's ValidateZoneAwareLbSetting (meshcore reports the setting as not translated,
+    like localityLbSetting: see meshcore.xds.index)."""
+    za = lb.get("zoneAwareLbSetting")
+    if not isinstance(za, dict):
+        return
+    zpath = path + ("loadBalancer", "zoneAwareLbSetting")
+    if lb.get("localityLbSetting") is not None:
+        c.error(zpath, "only one of localityLbSetting and zoneAwareLbSetting can be set")
+    for i, label in enumerate(_l(za.get("failoverPriority"))):
+        if label in _TOPOLOGY_LABELS:
+            c.error(
+                zpath + ("failoverPriority", i),
+                f"'failover_priority' for zone aware lb must not use topology label '{label}';"
+                " region- and zone-level routing are handled automatically",
+            )
+    if (za.get("failover") or za.get("failoverPriority")) and outlier is None:
+        c.warn(zpath, "outlier detection policy must be provided for failover")
+    for i, fo in enumerate(_l(za.get("failover"))):
+        src, dst = str(_d(fo).get("from", "")), str(_d(fo).get("to", ""))
+        fpath = zpath + ("failover", i)
+        if src == dst:
+            c.error(fpath, "zone aware lb failover settings must specify different regions")
+        if "/" in src or "/" in dst:
+            c.error(
+                fpath,
+                "zone aware lb failover only specifies region; zone and subzone failover are"
+                " handled automatically",
+            )
+        if "*" in src or "*" in dst:
+            c.error(fpath, "zone aware lb failover region should not contain '*' wildcard")

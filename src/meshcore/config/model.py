@@ -15,6 +15,9 @@ DEFAULT_ROOT_NAMESPACE = "istio-system"
 TLS_MODE_LABEL = "security.istio.io/tlsMode"
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+# A WorkloadEntry's health (see WorkloadEntry.healthy).
+HEALTH_CHECKS_ANNOTATION = "proxy.istio.io/health-checks-enabled"
+HEALTHY_ANNOTATION = "meshcore.io/healthy"
 
 
 def freeze(value: Any) -> Any:
@@ -123,6 +126,16 @@ class Service(Resource):
 
 @dataclass(frozen=True, slots=True)
 class WorkloadEntry(Resource):
+    @property
+    def healthy(self) -> bool:
+        """Istio: an entry with health checks enabled (annotation
+        ``proxy.istio.io/health-checks-enabled: "true"``) is healthy only once its probe said
+        so (Istio keeps that in the status' Healthy condition; meshcore's auto-registration
+        writes it as the annotation ``meshcore.io/healthy``); any other entry is healthy."""
+        if self.annotations.get(HEALTH_CHECKS_ANNOTATION) != "true":
+            return True
+        return self.annotations.get(HEALTHY_ANNOTATION) == "true"
+
     @property
     def address(self) -> str:
         return str(self.spec.get("address", ""))
@@ -358,6 +371,38 @@ class Secret(Resource):
         return base64.b64decode(str(data))
 
 
+@dataclass(frozen=True, slots=True)
+class Sidecar(Resource):
+    """Which services a sidecar may reach (``spec.egress``), for the workloads it selects
+    (``spec.workloadSelector.labels``; none: its whole namespace, or every namespace without a
+    Sidecar of its own when it is in the root namespace). See :mod:`meshcore.xds.sidecarscope`."""
+
+    @property
+    def workload_selector(self) -> Mapping[str, str] | None:
+        sel = self.spec.get("workloadSelector")
+        return None if sel is None else (sel.get("labels") or _EMPTY)
+
+    @property
+    def egress(self) -> tuple[Mapping[str, Any], ...]:
+        return tuple(self.spec.get("egress") or ())
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadGroup(Resource):
+    """The template of the WorkloadEntries auto-registered for its workloads (an agent started
+    with ``--workload-group``), and their readiness ``probe``; see
+    :mod:`meshcore.xds.autoregistration`."""
+
+    @property
+    def template(self) -> Mapping[str, Any]:
+        return self.spec.get("template") or _EMPTY
+
+    @property
+    def probe(self) -> Mapping[str, Any] | None:
+        probe: Mapping[str, Any] | None = self.spec.get("probe")
+        return probe
+
+
 RESOURCE_CLASSES: Mapping[str, type[Resource]] = {
     "Service": Service,
     "WorkloadEntry": WorkloadEntry,
@@ -370,6 +415,8 @@ RESOURCE_CLASSES: Mapping[str, type[Resource]] = {
     "Gateway": Gateway,
     "Secret": Secret,
     "Telemetry": Resource,  # read by meshcore.config.telemetry
+    "Sidecar": Sidecar,
+    "WorkloadGroup": WorkloadGroup,
 }
 
 
@@ -400,8 +447,10 @@ class MeshModel:
         "root_namespace",
         "service_entries",
         "services",
+        "sidecars",
         "virtual_services",
         "workload_entries",
+        "workload_groups",
     )
     resources: tuple[Resource, ...]
     domain: str
@@ -414,6 +463,8 @@ class MeshModel:
     authorization_policies: tuple[AuthorizationPolicy, ...]
     peer_authentications: tuple[PeerAuthentication, ...]
     request_authentications: tuple[RequestAuthentication, ...]
+    sidecars: tuple[Sidecar, ...]
+    workload_groups: tuple[WorkloadGroup, ...]
     _by_key: Mapping[tuple[str, str, str], Resource]
     _services: Mapping[str, Service]
     _workloads_by_ns: Mapping[str, tuple[WorkloadEntry, ...]]
@@ -446,6 +497,8 @@ class MeshModel:
         set_(self, "authorization_policies", of(AuthorizationPolicy))
         set_(self, "peer_authentications", of(PeerAuthentication))
         set_(self, "request_authentications", of(RequestAuthentication))
+        set_(self, "sidecars", of(Sidecar))
+        set_(self, "workload_groups", of(WorkloadGroup))
         set_(self, "_by_key", MappingProxyType({r.key: r for r in res}))
         set_(self, "_services", MappingProxyType({s.hostname: s for s in self.services}))
         set_(self, "_workloads_by_ns", _group((w.namespace, w) for w in self.workload_entries))
@@ -604,4 +657,6 @@ class MeshModel:
             "AuthorizationPolicy": len(self.authorization_policies),
             "PeerAuthentication": len(self.peer_authentications),
             "RequestAuthentication": len(self.request_authentications),
+            "Sidecar": len(self.sidecars),
+            "WorkloadGroup": len(self.workload_groups),
         }

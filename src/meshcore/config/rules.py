@@ -12,6 +12,7 @@ from typing import Any
 from meshcore.config.destinationrule import check_destination_rule
 from meshcore.config.gateway import check_gateway, check_secret
 from meshcore.config.requestauthn import check_request_authentication
+from meshcore.config.sidecar import check_sidecar
 from meshcore.config.telemetry import check_telemetry
 from meshcore.config.validate import (
     _DNS1123_LABEL,
@@ -26,6 +27,8 @@ from meshcore.config.validate import (
     parse_duration,
     parse_path,
 )
+from meshcore.config.vsanalysis import check_unreachable_rules
+from meshcore.config.workloadgroup import check_workload_group
 from meshcore.security import _validate as authz_validate
 
 _DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?\Z")
@@ -229,6 +232,11 @@ def _string_match(
         c.regex(m["regex"], path + ("regex",))
 
 
+# A first DNS label with a leading '*' or '*-' (Istio's wildcardPrefix, without the whole-label
+# '*' that host_problem already takes).
+_PARTIAL_WILDCARD = re.compile(r"\*-?[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?\Z")
+
+
 def _destination(c: Checker, d: Any, path: Path) -> None:
     if not isinstance(d, dict):
         c.error(path, "destination is required")
@@ -238,6 +246,10 @@ def _destination(c: Checker, d: Any, path: Path) -> None:
         c.error(path + ("host",), "destination host is required")
     elif host == "*":
         c.error(path + ("host",), "a destination host cannot be the wildcard '*'")
+    elif isinstance(host, str) and _PARTIAL_WILDCARD.match(host.partition(".")[0]):
+        # Istio's ValidateWildcardDomain takes a leading '*' or '*-' on the first label
+        # ('*foo.bar'): a destination host is only a cluster name, no host resolution.
+        c.host("x" + host[1:].lstrip("-") if host[1:2] != "." else host, path + ("host",))
     else:
         c.host(host, path + ("host",))
     subset = d.get("subset")
@@ -313,17 +325,42 @@ def _after_close(value: str, i: int) -> int | None:
     return i + 1 if i < len(value) and value[i] == "%" else None
 
 
+def is_authority_header(name: str) -> bool:
+    """Istio's isAuthorityHeader: a request header set or added under this name rewrites the
+    authority (the route's host rewrite) instead of being added."""
+    return name.lower() in (":authority", "host")
+
+
 def _header_operations(c: Checker, headers: Any, path: Path) -> None:
     for side in ("request", "response"):
         ops = _d(_d(headers).get(side))
         for op in ("set", "add"):
             for name, value in _d(ops.get(op)).items():
+                if side == "request" and isinstance(name, str) and is_authority_header(name):
+                    continue
                 _header_op_name(c, name, path + (side, op, name))
                 problem = header_value_problem(value) if isinstance(value, str) else None
                 if problem:
                     c.error(path + (side, op, name), f"invalid header value {value!r}: {problem}")
         for i, name in enumerate(_l(ops.get("remove"))):
             _header_op_name(c, name, path + (side, "remove", i))
+
+
+def _authority_once(c: Checker, r: dict[str, Any], path: Path) -> None:
+    """Istio's validateAuthorityRewrite: the authority is rewritten in one place only."""
+    current = _d(r.get("rewrite")).get("authority") or ""
+    request = _d(_d(r.get("headers")).get("request"))
+    for op in ("set", "add"):
+        for name, value in _d(request.get(op)).items():
+            if not (isinstance(name, str) and is_authority_header(name)):
+                continue
+            if current:
+                c.error(
+                    path + ("headers", "request", op, name),
+                    f"authority header cannot be set multiple times: have {current!r},"
+                    f" attempting to set {value!r}",
+                )
+            current = value
 
 
 def _header_op_name(c: Checker, name: Any, path: Path) -> None:
@@ -563,6 +600,7 @@ def _http_route(c: Checker, r: dict[str, Any], path: Path, *, mesh_bound: bool =
         if ns is not None and ns % 1_000_000_000:
             c.error(cpath + ("maxAge",), "maxAge is accurate only to whole seconds")
     _header_operations(c, r.get("headers"), path + ("headers",))
+    _authority_once(c, r, path)
     if r.get("delegate"):
         c.warn(
             path + ("delegate",),
@@ -614,6 +652,7 @@ def check_virtual_service(c: Checker, spec: dict[str, Any], name: str) -> None:
                     )
     if not (spec.get("http") or spec.get("tcp") or spec.get("tls")):
         c.error(("spec",), "a VirtualService needs at least one of http, tcp or tls")
+    check_unreachable_rules(c, spec)
     names: set[str] = set()
     for i, r in enumerate(_l(spec.get("http"))):
         r = _d(r)
@@ -750,4 +789,6 @@ RULES: Mapping[str, Callable[[Checker, dict[str, Any], str], None]] = {
     "Gateway": check_gateway,
     "Secret": check_secret,
     "Telemetry": check_telemetry,
+    "Sidecar": check_sidecar,
+    "WorkloadGroup": check_workload_group,
 }

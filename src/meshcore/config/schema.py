@@ -305,7 +305,13 @@ LOAD_BALANCER = message(
     consistentHash=message(
         "ConsistentHashLB",
         httpHeaderName=STRING,
-        httpCookie=message("HTTPCookie", name=STRING, path=STRING, ttl=DURATION),
+        httpCookie=message(
+            "HTTPCookie",
+            name=STRING,
+            path=STRING,
+            ttl=DURATION,
+            attributes=ListOf(message("Attribute", name=STRING, value=STRING)),
+        ),
         useSourceIp=BOOL,
         httpQueryParameterName=STRING,
         ringHash=message("RingHash", minimumRingSize=UINT32),
@@ -313,6 +319,13 @@ LOAD_BALANCER = message(
         minimumRingSize=UINT32,
     ),
     localityLbSetting=ANY,
+    zoneAwareLbSetting=message(
+        "ZoneAwareLoadBalancerSetting",
+        enabled=BOOL,
+        failover=ListOf(message("Failover", **{"from": STRING, "to": STRING})),
+        failoverPriority=STRINGS,
+        minClusterSize=INT64,
+    ),
     warmupDurationSecs=DURATION,
     warmup=ANY,
 )
@@ -511,6 +524,63 @@ TELEMETRY_SPEC = message(
     )),
 )  # fmt: skip
 
+SIDECAR_PORT = message(
+    "SidecarPort", number=UINT32, protocol=STRING, name=STRING, targetPort=UINT32
+)
+CAPTURE_MODE = Enum(("DEFAULT", "IPTABLES", "NONE"))
+EGRESS_LISTENER = message(
+    "IstioEgressListener", port=SIDECAR_PORT, bind=STRING, captureMode=CAPTURE_MODE, hosts=STRINGS
+)
+INGRESS_LISTENER = message(
+    "IstioIngressListener",
+    port=SIDECAR_PORT,
+    bind=STRING,
+    captureMode=CAPTURE_MODE,
+    defaultEndpoint=STRING,
+    tls=ANY,
+    connectionPool=CONNECTION_POOL,
+)
+OUTBOUND_TRAFFIC_POLICY = message(
+    "OutboundTrafficPolicy",
+    mode=Enum(("REGISTRY_ONLY", "ALLOW_ANY", "ALLOW_ANY_DYNAMIC_DNS")),
+    egressProxy=DESTINATION,
+)
+SIDECAR_SPEC = message(
+    "Sidecar",
+    workloadSelector=WORKLOAD_SELECTOR,
+    ingress=ListOf(INGRESS_LISTENER),
+    egress=ListOf(EGRESS_LISTENER),
+    inboundConnectionPool=CONNECTION_POOL,
+    outboundTrafficPolicy=OUTBOUND_TRAFFIC_POLICY,
+)
+
+HTTP_HEADER = message("HTTPHeader", name=STRING, value=STRING)
+READINESS_PROBE = message(
+    "ReadinessProbe",
+    initialDelaySeconds=INT,
+    timeoutSeconds=INT,
+    periodSeconds=INT,
+    successThreshold=INT,
+    failureThreshold=INT,
+    httpGet=message(
+        "HTTPHealthCheckConfig",
+        path=STRING,
+        port=UINT32,
+        host=STRING,
+        scheme=STRING,
+        httpHeaders=ListOf(HTTP_HEADER),
+    ),
+    tcpSocket=message("TCPHealthCheckConfig", host=STRING, port=UINT32),
+    exec=message("ExecHealthCheckConfig", command=STRINGS),
+    grpc=message("GrpcHealthCheckConfig", port=UINT32, service=STRING),
+)
+WORKLOAD_GROUP_SPEC = message(
+    "WorkloadGroup",
+    metadata=message("ObjectMeta", labels=LABELS, annotations=LABELS),
+    template=WORKLOAD_ENTRY_SPEC,
+    probe=READINESS_PROBE,
+)
+
 # --- kinds ---------------------------------------------------------------------------------------
 
 NETWORKING = (
@@ -544,5 +614,7 @@ KINDS: Mapping[str, KindSpec] = {
         KindSpec("Gateway", NETWORKING, GATEWAY_SPEC),
         KindSpec("Secret", ("v1",), SECRET_SPEC),
         KindSpec("Telemetry", TELEMETRY, TELEMETRY_SPEC),
+        KindSpec("Sidecar", NETWORKING, SIDECAR_SPEC),
+        KindSpec("WorkloadGroup", NETWORKING, WORKLOAD_GROUP_SPEC),
     )
 }

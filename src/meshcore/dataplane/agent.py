@@ -577,6 +577,10 @@ async def run_agent(args: Any, *, token: str | None, root_cert: str) -> int:
         except (CaptureError, OSError) as exc:
             return fail(f"capture: {exc}", 1)
         print(f"meshcore agent: capture rules {done}", flush=True)
+    if getattr(args, "workload_group", None):
+        # Istio's agent sends it from ISTIO_META_AUTO_REGISTER_GROUP: the control plane
+        # registers the workload (meshcore.xds.autoregistration).
+        metadata["AUTO_REGISTER_GROUP"] = args.workload_group
     try:
         node_id = with_proxy_type(args.node_id, getattr(args, "proxy_type", None))
         agent = Agent(

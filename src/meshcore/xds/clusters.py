@@ -191,14 +191,24 @@ class ClusterBuilder:
                 apply_connection_pool(
                     c, policy["connectionPool"], options, base + ".connectionPool"
                 )
-                if (policy["connectionPool"].get("tcp") or {}).get("idleTimeout") is not None:
-                    # Istio puts it on the TCP proxy of the host's TCP listeners; meshcore
-                    # does not yet, so it is said, never silently dropped.
+                tcp = policy["connectionPool"].get("tcp") or {}
+                if (
+                    dr is not None
+                    and dr.workload_selector is not None
+                    and (
+                        tcp.get("idleTimeout") is not None
+                        or tcp.get("maxConnectionDuration") is not None
+                    )
+                ):
+                    # The TCP proxy of an outbound listener takes them from the host's
+                    # DestinationRule; listeners are shared per namespace, not per selection.
                     self.log.problem(
                         dr,
-                        base + ".connectionPool.tcp.idleTimeout",
-                        "not applied by meshcore yet: connections keep Envoy's default idle"
-                        " timeout (1h)",
+                        base + ".connectionPool.tcp",
+                        "idleTimeout and maxConnectionDuration of a DestinationRule with a"
+                        " workloadSelector apply to the cluster's HTTP connections, not to the"
+                        " TCP proxy of the host's outbound listener (meshcore shares listeners"
+                        " per namespace)",
                         "warning",
                     )
             if "outlierDetection" in policy:
@@ -343,9 +353,13 @@ class ClusterBuilder:
         self, name: str, ps: PortService, subset: str, dr: DestinationRule | None
     ) -> endpoint_pb2.ClusterLoadAssignment:
         by_locality: dict[str, list[tuple[str, int, WorkloadEntry]]] = {}
+        # Istio sends unhealthy endpoints (marked UNHEALTHY) except when the outlier detection
+        # keeps a panic threshold (minHealthPercent > 0): Envoy would then route to them.
+        outlier = effective_policy(dr, subset, ps.port.port).get("outlierDetection") or {}
+        send_unhealthy = not int(outlier.get("minHealthPercent") or 0) > 0
         for w in self.index.subset_workloads(ps.service, subset, dr):
             port = endpoint_port(w, ps.port)
-            if port is None or not w.address:
+            if port is None or not w.address or not (send_unhealthy or w.healthy):
                 continue
             by_locality.setdefault(w.locality, []).append((w.address, port, w))
         cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
@@ -373,7 +387,11 @@ class ClusterBuilder:
         key = (w.key, address, port)
         found = self._lb_endpoints.get(key)
         if found is None:
-            found = endpoint_components_pb2.LbEndpoint(health_status=health_check_pb2.HEALTHY)
+            # Istio sends an unhealthy endpoint (its probe fails) as UNHEALTHY: Envoy keeps it
+            # out of load balancing (PILOT_AUTO_SEND_UNHEALTHY_ENDPOINTS).
+            found = endpoint_components_pb2.LbEndpoint(
+                health_status=health_check_pb2.HEALTHY if w.healthy else health_check_pb2.UNHEALTHY
+            )
             found.endpoint.address.CopyFrom(socket_address(address, port))
             found.load_balancing_weight.value = w.weight
             # Istio: the endpoint's tlsMode (label, else whether it has a service account),
@@ -417,6 +435,9 @@ def _eds_cluster(name: str, proxyless: bool) -> cluster_pb2.Cluster:
     )
     c.eds_cluster_config.eds_config.CopyFrom(ads())
     c.eds_cluster_config.service_name = name
+    # Istio sends unhealthy endpoints and turns Envoy's 50% panic mode off, so that they never
+    # get traffic (outlier detection's minHealthPercent sets it otherwise).
+    c.common_lb_config.healthy_panic_threshold.value = 0
     return c
 
 

@@ -82,10 +82,15 @@ class ControlPlane:
         refresh: Callable[[], bool] | None = None,
         refresh_interval: float = REFRESH_INTERVAL,
         source: ConfigSource | None = None,
+        overlay: Callable[[MeshModel], MeshModel] | None = None,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         # Another source instead of the directories (``paths`` then unused).
         self.source = source
+        # What is served on top of the loaded config (auto-registered WorkloadEntries, see
+        # meshcore.xds.autoregistration): mesh = overlay(loaded); ``base`` is the loaded one.
+        self.overlay = overlay
+        self.base: MeshModel | None = None
         self.generate = generate
         self.check = check
         # What the generator fetches itself (the translator's JWKS): called every
@@ -154,7 +159,8 @@ class ControlPlane:
                     len(report.errors),
                 )
             return False
-        self.mesh = report.model
+        self.base = report.model
+        self.mesh = report.model if self.overlay is None else self.overlay(report.model)
         if self.check is not None:
             found = self.check(self.mesh)
             for p in found:
@@ -164,6 +170,15 @@ class ControlPlane:
             # The generator builds new messages for a new mesh: old serializations are garbage.
             self.cache.forget()
         return True
+
+    def reoverlay(self, source: str) -> None:
+        """The overlay changed (its objects have ``file == source``): serves the loaded mesh
+        with the new overlay and brings the proxies up to date."""
+        if self.base is None or self.overlay is None:
+            return
+        self.mesh = self.overlay(self.base)
+        self._dirty_files.add(source)
+        self.update()
 
     def snapshot_for(self, node: NodeInfo) -> Snapshot | None:
         if self.mesh is None:

@@ -24,6 +24,8 @@ from meshcore.ca.service import BootstrapTokens, CAServer, start_ca_server
 from meshcore.ca.tokens import load_tokens
 from meshcore.config.loader import MAX_FILE_BYTES
 from meshcore.config.meshconfig import MeshConfig
+from meshcore.xds.autoregistration import DEFAULT_GRACE_PERIOD, SOURCE, AutoRegistry
+from meshcore.xds.cache import NodeInfo
 from meshcore.xds.controlplane import ControlPlane
 from meshcore.xds.debughttp import DebugServer
 from meshcore.xds.deps import DependencyIndex
@@ -85,6 +87,7 @@ class ControlPlaneServer:
         max_file_bytes: int = MAX_FILE_BYTES,
         store: StoreURL | None = None,
         replica_id: str | None = None,
+        workload_entry_grace_period: float = DEFAULT_GRACE_PERIOD,
     ) -> None:
         self.host = host
         self.store_url = store
@@ -96,6 +99,9 @@ class ControlPlaneServer:
             from meshcore.store.source import EtcdSource
 
             self.store = EtcdSource(store)
+        # WorkloadEntries of proxies that register with a WorkloadGroup, served on top of
+        # the loaded config (meshcore.xds.autoregistration).
+        self.registry = AutoRegistry(workload_entry_grace_period)
         self.xds_port = xds_port
         self.metrics_port = metrics_port
         self.ca_options = ca
@@ -111,6 +117,7 @@ class ControlPlaneServer:
             check=self.translator.load_problems,  # what proxies will not get, at every load
             refresh=self.translator.refresh_jwks,  # RequestAuthentication jwksUri keys
             source=self.store,
+            overlay=self.registry.overlay,
         )
         self.authority: CertificateAuthority | None = None
         self.token_count = 0
@@ -144,6 +151,7 @@ class ControlPlaneServer:
         self._grpc, self.ads, self.ads_port = await start_ads_server(
             plane.cache, port=self.xds_port, host=self.host, ready=lambda: plane.mesh is not None
         )
+        self.ads.lifecycle = self._proxy_lifecycle
         if self.metrics_port is not None:
             try:
                 self.debug = DebugServer(
@@ -212,7 +220,18 @@ class ControlPlaneServer:
         """Watches the configuration and keeps the proxies up to date until ``stop``."""
         ads = self.ads
         assert ads is not None, "start() first"
-        await self.plane.run(lambda: [s.node for s in ads.proxies.values()], stop)
+        await asyncio.gather(
+            self.plane.run(lambda: [s.node for s in ads.proxies.values()], stop),
+            self.registry.run(lambda: self.plane.reoverlay(SOURCE), stop),
+        )
+
+    def _proxy_lifecycle(self, node: NodeInfo, connected: bool) -> None:
+        """A proxy's first stream arrived (it may register with its WorkloadGroup) or its
+        last one closed (its registration's grace period starts)."""
+        if not connected:
+            self.registry.disconnected(node)
+        elif self.registry.connected(self.plane.base, node):
+            self.plane.reoverlay(SOURCE)
 
     async def close(self) -> None:
         """Stops what :meth:`start` started."""

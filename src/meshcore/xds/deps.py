@@ -10,8 +10,8 @@ shared layers it holds, and per config file the objects it defines. On a change:
   keep their objects, see :class:`meshcore.config.IncrementalLoader`);
 - :meth:`DependencyIndex.affected` says which proxies' own resources may change: a
   WorkloadEntry -> the proxies bound to it, named like it, or at its old or new address; a
-  PeerAuthentication, RequestAuthentication or
-  AuthorizationPolicy -> the proxies of its namespace (every proxy for the root namespace);
+  PeerAuthentication, RequestAuthentication,
+  AuthorizationPolicy or Sidecar -> the proxies of its namespace (every proxy for the root namespace);
   VirtualServices and DestinationRules -> none (they only produce shared route
   configurations, clusters and endpoints), except a DestinationRule with a workloadSelector
   -> the proxies of its namespace (it decides which clusters they hold); Services, ServiceEntries, and anything that changes
@@ -46,6 +46,10 @@ GroupKey = tuple[str, int]  # (type URL, identity of the shared layer)
 _SHARED_ONLY = frozenset({"VirtualService", "DestinationRule"})
 # Kinds that produce the inbound side of the workloads of their namespace.
 _INBOUND_POLICY = frozenset({"PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication"})
+# Kinds that decide what the proxies of their namespace (every proxy: the root's) may reach.
+_NAMESPACE_SCOPE = frozenset({"Sidecar"})
+# Kinds no translation reads (WorkloadGroups make WorkloadEntries, which are themselves changes).
+_NOT_TRANSLATED = frozenset({"WorkloadGroup"})
 
 
 def changed_objects(
@@ -202,10 +206,12 @@ class DependencyIndex:
                 # A rule with a workloadSelector decides which clusters the proxies of its
                 # namespace hold (see MeshIndex.overrides).
                 out |= self._by_namespace.get(namespace, set())
-            elif kind in _INBOUND_POLICY:
+            elif kind in _INBOUND_POLICY or kind in _NAMESPACE_SCOPE:
                 if namespace == new.root_namespace:
                     return None
                 out |= self._by_namespace.get(namespace, set())
+            elif kind in _NOT_TRANSLATED:
+                continue
             elif kind not in _SHARED_ONLY:
                 return None  # Services, ServiceEntries: listeners, clusters, routes, inbound
             else:  # VirtualServices and DestinationRules make the gateways' own routes

@@ -20,11 +20,13 @@ from meshcore.config.model import (
     Service,
     ServiceEntry,
     ServicePort,
+    Sidecar,
     WorkloadEntry,
     selector_matches,
 )
-from meshcore.xds.common import CAPTURE_ONLY, port_protocol, spiffe
+from meshcore.xds.common import CAPTURE_ONLY, is_http, port_protocol, spiffe
 from meshcore.xds.problems import ProblemLog
+from meshcore.xds.sidecarscope import SidecarScope, SidecarScopes
 
 KINDS = (
     "services",
@@ -144,6 +146,7 @@ class MeshIndex:
                         self.by_port.setdefault(sp.port, []).append(PortService(se_host, sp, proto))
             for group in self.by_port.values():
                 group.sort(key=lambda ps: ps.service.hostname)
+            self._warn_egress_protocols()
         self.uses_source_match = uses_source_match(mesh)
         self._eps: dict[str, tuple[WorkloadEntry, ...]] = {}
         self._by_label: dict[tuple[str, str, str], list[WorkloadEntry]] = {}
@@ -172,6 +175,55 @@ class MeshIndex:
             key=lambda e: -len(e[0]),
         )
         self.state = {kind: kind_state(mesh, kind) for kind in KINDS}
+        self._scopes: SidecarScopes | None = None
+
+    def sidecar_scope(self, namespace: str, labels: Mapping[str, str]) -> SidecarScope | None:
+        """What a proxy of ``namespace`` with ``labels`` may reach, by its Sidecar (None: no
+        Sidecar applies, every service); see :mod:`meshcore.xds.sidecarscope`."""
+        if not self.mesh.sidecars:
+            return None
+        return self._sidecar_scopes().scope(namespace, labels)
+
+    def _warn_egress_protocols(self) -> None:
+        """Istio builds a Sidecar egress listener with a port as its ``protocol`` says; the
+        loopback layout has one outbound listener per port, typed by the services on it: a
+        protocol that disagrees is said, not silently overridden."""
+        for sc in self.mesh.sidecars:
+            for i, egress in enumerate(sc.egress):
+                port = egress.get("port") or {}
+                name = str(port.get("protocol") or "").lower()
+                if not name or not port.get("number"):
+                    continue
+                number = int(port["number"])
+                wanted = is_http(port_protocol(ServicePort(name, number, number, "TCP")))
+                found = {is_http(ps.protocol) for ps in self.by_port.get(number, ())}
+                if found and found != {wanted}:
+                    self.log.problem(
+                        sc,
+                        f"spec.egress[{i}].port.protocol",
+                        f"protocol {port['protocol']} is not applied: the outbound listener of"
+                        f" port {number} is typed by the services on it"
+                        f" ({'HTTP' if True in found else 'TCP'}), one listener per port in"
+                        " the loopback layout",
+                        "warning",
+                    )
+
+    def sidecar_for(self, namespace: str, labels: Mapping[str, str]) -> Sidecar | None:
+        """The Sidecar that applies to a proxy of ``namespace`` with ``labels`` (its ingress
+        listeners replace the workload's inbound ports), or None."""
+        if not self.mesh.sidecars:
+            return None
+        return self._sidecar_scopes().sidecar_for(namespace, labels)
+
+    def _sidecar_scopes(self) -> SidecarScopes:
+        if self._scopes is None:
+            hosts: dict[str, tuple[str, tuple[int, ...]]] = {}
+            for port in sorted(self.by_port):
+                for ps in self.by_port[port]:
+                    ns, ports = hosts.get(ps.service.hostname, (ps.service.namespace, ()))
+                    hosts[ps.service.hostname] = (ns, (*ports, port))
+            self._scopes = SidecarScopes(self.mesh, hosts)
+        return self._scopes
 
     def same_scope(self, other: MeshIndex) -> bool:
         """Whether translations of the two meshes can share anything (same trust domain and
@@ -187,6 +239,19 @@ class MeshIndex:
 
     def _warn_untranslated(self) -> None:
         """Valid Istio fields this translator does not carry to Envoy: said, never ignored."""
+        wide: dict[str, Any] = {}
+        for sc in self.mesh.sidecars:
+            if sc.workload_selector:
+                continue
+            first = wide.setdefault(sc.namespace, sc)
+            if first is not sc:
+                self.log.problem(
+                    sc,
+                    "spec",
+                    f"namespace {sc.namespace} already has a Sidecar without workloadSelector"
+                    f" ({first.name}), which is used (Istio keeps the oldest)",
+                    "warning",
+                )
         for res in (*self.mesh.virtual_services, *self.mesh.destination_rules):
             export = tuple(res.spec.get("exportTo", ()))
             if export and export != ("*",):
@@ -238,6 +303,7 @@ class MeshIndex:
                     tls = pol.get("tls") or {}
                     fields = [
                         (lb, "localityLbSetting", ".loadBalancer"),
+                        (lb, "zoneAwareLbSetting", ".loadBalancer"),
                         (lb, "warmupDurationSecs", ".loadBalancer"),
                         (lb, "warmup", ".loadBalancer"),
                         (tls, "caCrl", ".tls"),
@@ -417,7 +483,7 @@ class MeshIndex:
             found = (
                 svc.spec,
                 dr.spec if dr is not None else None,
-                tuple((w.key, w.spec, w.labels) for w in self.selected(svc)),
+                tuple((w.key, w.spec, w.labels, w.healthy) for w in self.selected(svc)),
             )
             self._fingerprints[svc.hostname] = found
         return found

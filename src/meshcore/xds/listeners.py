@@ -32,7 +32,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf.message import Message
 
 from meshcore.config.meshconfig import MeshConfig
-from meshcore.config.model import WorkloadEntry, selector_matches
+from meshcore.config.model import ServicePort, WorkloadEntry, selector_matches
 from meshcore.config.telemetry import TelemetryPolicy
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.names import (
@@ -54,6 +54,7 @@ from meshcore.xds.clusters import inbound_cluster
 from meshcore.xds.common import (
     ads,
     copy_message,
+    duration,
     duration_ns,
     endpoint_port,
     is_http,
@@ -102,8 +103,8 @@ class ListenerBuilder:
         self._telemetries = [r for r in self.mesh.resources if r.kind == "Telemetry"]
         self._scopes: dict[tuple[Any, ...], TelemetryScope] = {}
         self._registry: list[str] | None = None
-        self._outbound: dict[tuple[bool, str, bool], dict[str, Message]] = {}
-        self.outbound_problems: dict[tuple[bool, str, bool], list[ConfigProblem]] = {}
+        self._outbound: dict[tuple[Any, ...], dict[str, Message]] = {}
+        self.outbound_problems: dict[tuple[Any, ...], list[ConfigProblem]] = {}
         self._authz: dict[tuple[Any, ...], tuple[list[Message], list[Message]]] = {}
         self._authz_problems: dict[tuple[Any, ...], list[ConfigProblem]] = {}
         self._policy_selection: dict[tuple[Any, ...], list[Any]] = {}
@@ -114,7 +115,8 @@ class ListenerBuilder:
 
     def inherit(self, prev: ListenerBuilder, same: Mapping[str, bool]) -> None:
         """Keeps what the change does not touch, compared by value (see the module's doc)."""
-        if same["services"] and same["service_entries"]:
+        # (DestinationRules: the TCP proxies' idle timeout and connection duration.)
+        if same["services"] and same["service_entries"] and same["destination_rules"]:
             self._outbound = prev._outbound
             self.outbound_problems = prev.outbound_problems
         if same["authorization_policies"] and same["services"] and prev.providers == self.providers:
@@ -128,8 +130,11 @@ class ListenerBuilder:
                 self._inbound = prev._inbound
 
     def outbound_key(self, proxy: Proxy) -> tuple[Any, ...]:
-        """What a proxy's outbound listeners (and their problems) are kept under."""
-        return (proxy.proxyless, proxy.outbound_address, self.scope(proxy).key)
+        """What a proxy's outbound listeners (and their problems) depend on: its kind of
+        client, its outbound address, its Sidecar scope (compared by value) and its telemetry
+        scope."""
+        sidecar = self.index.sidecar_scope(proxy.namespace, proxy.labels)
+        return (proxy.proxyless, proxy.outbound_address, sidecar, self.scope(proxy).key)
 
     def scope(self, proxy: Proxy) -> TelemetryScope:
         """The proxy's telemetry (MeshConfig with the Telemetry resources selecting it)."""
@@ -171,9 +176,17 @@ class ListenerBuilder:
 
     def _build_outbound_listeners(self, proxy: Proxy) -> dict[str, Message]:
         out: dict[str, Message] = {}
+        sidecar = self.outbound_key(proxy)[2]
+        by_port = self.index.by_port
+        if sidecar is not None:
+            by_port = {
+                port: kept
+                for port, group in by_port.items()
+                if (kept := [ps for ps in group if sidecar.routes_to(ps.service.hostname, port)])
+            }
         if proxy.proxyless:
-            for port in sorted(self.index.by_port):
-                for ps in self.index.by_port[port]:
+            for port in sorted(by_port):
+                for ps in by_port[port]:
                     if is_http(ps.protocol):
                         name = f"{ps.service.hostname}:{port}"
                         out[name] = _api_listener(name)
@@ -181,8 +194,8 @@ class ListenerBuilder:
         address = proxy.outbound_address
         scope = self.scope(proxy)
         self._telemetry_problems(scope)
-        for port in sorted(self.index.by_port):
-            group = self.index.by_port[port]
+        for port in sorted(by_port):
+            group = by_port[port]
             name = f"{address}_{port}"
             http = [ps for ps in group if is_http(ps.protocol)]
             tcp = [ps for ps in group if not is_http(ps.protocol)]
@@ -200,7 +213,13 @@ class ListenerBuilder:
             elif tcp:
                 first = tcp[0]
                 cluster = cluster_name(OUTBOUND, port, "", first.service.hostname)
-                out[name] = _outbound_tcp_listener(name, address, port, cluster, scope)
+                dr = self.mesh.destination_rule_for(first.service.hostname)
+                # Istio's TCP proxy: the host's DestinationRule's tcp idleTimeout and
+                # maxConnectionDuration (its top-level trafficPolicy).
+                pool = (dr.traffic_policy if dr is not None else {}).get("connectionPool") or {}
+                out[name] = _outbound_tcp_listener(
+                    name, address, port, cluster, scope, pool.get("tcp") or {}
+                )
                 for ps in tcp[1:]:
                     self.log.problem(
                         ps.service,
@@ -302,16 +321,18 @@ class ListenerBuilder:
         found = self._inbound.get(key)
         with self.log.capture() as jwt_met:
             jwt = self.jwt_filter(proxy)
-        seen = (w.spec, w.labels, None if jwt is None else jwt.SerializeToString())
+        sidecar = self.index.sidecar_for(proxy.namespace, proxy.labels)
+        ingress = tuple(sidecar.spec.get("ingress") or ()) if sidecar is not None else ()
+        seen = (w.spec, w.labels, None if jwt is None else jwt.SerializeToString(), ingress)
         # specs are read-only mappings (unhashable): compared by value beside the key
         if found is None or found[0] != seen:
             with self.log.capture() as met:
-                listeners, clusters = self._build_inbound(proxy, w, jwt)
+                listeners, clusters = self._build_inbound(proxy, w, jwt, ingress)
             found = self._inbound[key] = (seen, (listeners, clusters, [*jwt_met, *met]))
         return found[1]
 
     def _build_inbound(
-        self, proxy: Proxy, w: WorkloadEntry, jwt: Message | None
+        self, proxy: Proxy, w: WorkloadEntry, jwt: Message | None, ingress: tuple[Any, ...] = ()
     ) -> tuple[dict[str, Message], dict[str, Message]]:
         listeners: dict[str, Message] = {}
         clusters: dict[str, Message] = {}
@@ -327,9 +348,14 @@ class ListenerBuilder:
                 services.setdefault(target, []).append(svc.hostname)
         scope = self.scope(proxy)
         self._telemetry_problems(scope)
+        # The app's port behind each inbound port: the same, unless the workload's Sidecar has
+        # ingress listeners, which then are its inbound ports (Istio: port, defaultEndpoint).
+        app_ports = {target: target for target in ports}
+        if ingress:
+            ports, app_ports = sidecar_ingress_ports(ingress, ports)
         for target in sorted(ports):
             cluster = cluster_name(INBOUND, target, "", "")
-            clusters[cluster] = inbound_cluster(cluster, proxy.app_address, target)
+            clusters[cluster] = inbound_cluster(cluster, proxy.app_address, app_ports[target])
             name = f"{w.address}_{target}"
             mode = self.index.mtls_mode(w, target)
             http_filters, tcp_filters = self.authz_filters(proxy)
@@ -345,9 +371,31 @@ class ListenerBuilder:
                 http_filters=http_filters,
                 tcp_filters=tcp_filters,
                 scope=scope,
-                services=sorted(set(services[target])),
+                services=sorted(set(services.get(target, ()))),
             )
         return listeners, clusters
+
+
+def sidecar_ingress_ports(
+    ingress: tuple[Any, ...], service_ports: Mapping[int, str]
+) -> tuple[dict[int, str], dict[int, int]]:
+    """A Sidecar's ingress listeners as inbound ports: port -> protocol, and port -> the app's
+    port (``defaultEndpoint``'s, else the same: Istio forwards to the original destination).
+    An empty protocol is sniffed by Istio: here the workload's service port's, else TCP."""
+    protocols: dict[int, str] = {}
+    app_ports: dict[int, int] = {}
+    for listener in ingress:
+        port = listener.get("port") or {}
+        number = int(port.get("number") or 0)
+        name = str(port.get("protocol") or "").lower()
+        protocols[number] = (
+            port_protocol(ServicePort(name=name, port=number, target_port=number, protocol="TCP"))
+            if name
+            else service_ports.get(number, "tcp")
+        )
+        endpoint = str(listener.get("defaultEndpoint") or "")
+        app_ports[number] = int(endpoint.rpartition(":")[2]) if endpoint else number
+    return protocols, app_ports
 
 
 def _deny_all_filters() -> tuple[list[Message], list[Message]]:
@@ -401,8 +449,16 @@ def _outbound_tcp_listener(
     port: int,
     cluster: str,
     scope: TelemetryScope,
+    tcp: Mapping[str, Any] | None = None,
 ) -> listener_pb2.Listener:
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
+    tcp = tcp or {}
+    if tcp.get("idleTimeout") is not None:
+        proxy.idle_timeout.CopyFrom(duration(tcp["idleTimeout"], "spec.trafficPolicy"))
+    if tcp.get("maxConnectionDuration") is not None:
+        proxy.max_downstream_connection_duration.CopyFrom(
+            duration(tcp["maxConnectionDuration"], "spec.trafficPolicy")
+        )
     proxy.access_log.extend(scope.access_logs(OUTBOUND))
     if scope.metrics(OUTBOUND):
         istio_stats_tcp(proxy, OUTBOUND, disabled=scope.disabled_metrics(OUTBOUND))

@@ -67,7 +67,9 @@ class RouteBuilder:
 
     def route_key(self, proxy: Proxy) -> tuple[Any, ...]:
         labels = tuple(sorted(proxy.labels.items())) if self.index.uses_source_match else ()
-        return (proxy.namespace, labels, proxy.proxyless)
+        # The proxy's Sidecar scope (compared by value) decides which virtual hosts it gets.
+        scope = self.index.sidecar_scope(proxy.namespace, proxy.labels)
+        return (proxy.namespace, labels, proxy.proxyless, scope)
 
     def route_configs(self, proxy: Proxy) -> dict[str, Message]:
         key = self.route_key(proxy)
@@ -80,10 +82,13 @@ class RouteBuilder:
 
     def _build_route_configs(self, proxy: Proxy) -> dict[str, Message]:
         built: dict[str, Message] = {}
+        scope = self.route_key(proxy)[3]
         if proxy.proxyless:
             for port in sorted(self.index.by_port):
                 for ps in self.index.by_port[port]:
                     if not is_http(ps.protocol):
+                        continue
+                    if scope is not None and not scope.routes_to(ps.service.hostname, port):
                         continue
                     name = f"{ps.service.hostname}:{port}"
                     rcfg = route_pb2.RouteConfiguration(
@@ -94,7 +99,12 @@ class RouteBuilder:
                     built[name] = rcfg
         else:
             for port in sorted(self.index.by_port):
-                http = [ps for ps in self.index.by_port[port] if is_http(ps.protocol)]
+                http = [
+                    ps
+                    for ps in self.index.by_port[port]
+                    if is_http(ps.protocol)
+                    and (scope is None or scope.routes_to(ps.service.hostname, port))
+                ]
                 if not http:
                     continue
                 # validate_clusters off: a route to a cluster not (yet) sent must not get

@@ -159,6 +159,9 @@ class AdsServer:
         self.oversized_responses = 0  # not sent: over the limit (SotW) or one resource over it
         self.split_responses = 0  # delta responses sent in parts to stay under the limit
         self._streams = itertools.count(1)
+        # Told (node, True) when a node's first stream arrives, (node, False) when its last
+        # one closes (auto-registration, see ControlPlaneServer).
+        self.lifecycle: Callable[[NodeInfo, bool], None] | None = None
 
     # The gRPC service and its two stream methods (SDS serves the same protocol under its own).
     service = SERVICE
@@ -227,10 +230,13 @@ class AdsServer:
     def connected(self, node: NodeInfo, kind: str, number: int = 0) -> ProxyState:
         """Registers stream ``number``, which has just sent ``node``; returns its entry."""
         state = ProxyState(node, kind, number)
+        first = node.id not in self._of_node
         self.connections[number] = state
         self._of_node.setdefault(node.id, {})[number] = state
         self.proxies[node.id] = state  # the newest stream of the node
         self.metrics.connect(1)
+        if first and self.lifecycle is not None:
+            self.lifecycle(node, True)
         return state
 
     def disconnected(self, state: ProxyState) -> None:
@@ -248,6 +254,8 @@ class AdsServer:
             return
         self._of_node.pop(node_id, None)
         self.proxies.pop(node_id, None)
+        if self.lifecycle is not None:
+            self.lifecycle(state.node, False)
         if self.cache.source is not None:
             # The cache can generate it again on reconnect: no snapshot kept per gone proxy.
             self.cache.clear(node_id)

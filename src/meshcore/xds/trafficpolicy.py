@@ -85,6 +85,9 @@ def hash_policies(lb: Mapping[str, Any], path: str) -> list[rc.RouteAction.HashP
         c = hp.Cookie(name=str(cookie.get("name", "")), path=str(cookie.get("path", "")))
         if cookie.get("ttl") is not None:
             c.ttl.CopyFrom(duration(cookie["ttl"], path + ".httpCookie.ttl"))
+        for attr in cookie.get("attributes") or ():
+            # Envoy sets them on the cookie it generates (Istio's SameSite, Secure, ...).
+            c.attributes.add(name=str(attr.get("name", "")), value=str(attr.get("value", "")))
         return [hp(cookie=c)]
     if ch.get("useSourceIp"):
         return [hp(connection_properties=hp.ConnectionProperties(source_ip=True))]
@@ -132,6 +135,12 @@ def apply_connection_pool(
     if http.get("idleTimeout") is not None:
         options.common_http_protocol_options.idle_timeout.CopyFrom(
             duration(http["idleTimeout"], path + ".http.idleTimeout")
+        )
+    elif tcp.get("idleTimeout") is not None:
+        # Istio: the TCP idle timeout is the HTTP connections' too unless http sets its own
+        # (and the TCP proxy's of the host's TCP listeners: meshcore.xds.listeners).
+        options.common_http_protocol_options.idle_timeout.CopyFrom(
+            duration(tcp["idleTimeout"], path + ".tcp.idleTimeout")
         )
     if http.get("useClientProtocol"):
         # Istio: speak upstream whatever the client spoke (HTTP/1.1 or HTTP/2).

@@ -85,7 +85,8 @@ balancing (capture-mode sidecars apply both). These translation problems are fou
 warnings, ``meshcore serve`` logs them at start-up and on every reload. Not built at all: inbound listeners for proxyless gRPC servers.
 Gateway proxies (node type ``router``) get Istio's gateway layout from
 :mod:`meshcore.xds.gateway`, and their ``credentialName`` secrets over SDS on the ADS stream.
-Endpoints are all HEALTHY (WorkloadEntry health checks are not modelled).
+Endpoints are HEALTHY except those of WorkloadEntries with health checks enabled whose probe
+has not succeeded (see :mod:`meshcore.xds.autoregistration`): UNHEALTHY, as Istio sends them.
 
 Where the code lives
 --------------------

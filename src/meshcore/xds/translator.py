@@ -15,8 +15,8 @@ when the trust domain, the root namespace or the MeshConfig change):
   selects are equal; its endpoints: the same, and the PeerAuthentications too;
 - routes (VirtualService routes, virtual hosts, route configurations, hash policies): while
   the Services, ServiceEntries, VirtualServices and DestinationRules are all equal;
-- outbound listeners, per kind of client and outbound address: while the Services and
-  ServiceEntries are equal; authorization filters: while the AuthorizationPolicies, the
+- outbound listeners, per kind of client, outbound address and Sidecar scope: while the
+  Services, ServiceEntries and DestinationRules (TCP proxy timeouts) are equal; authorization filters: while the AuthorizationPolicies, the
   Services and the extension providers are; inbound listeners (and clusters), per workload:
   all that, and the PeerAuthentications, and the workload's own spec and labels.
 
@@ -29,6 +29,8 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
+
+from google.protobuf.message import Message
 
 from meshcore._text import shown
 from meshcore.config import ValidationReport
@@ -47,8 +49,11 @@ from meshcore.xds.listeners import ListenerBuilder
 from meshcore.xds.node import Proxy, proxy_for_node
 from meshcore.xds.problems import ProblemLog, problem_key
 from meshcore.xds.routes import RouteBuilder
+from meshcore.xds.sidecarscope import SidecarScope, scoped_layer, tcp_proxy_cluster
 from meshcore.xds.trafficpolicy import SYSTEM_CA_BUNDLE
 from meshcore.xds.types import Resources
+
+LISTENER_SCOPE = "listeners"  # a key part of _scoped_layers: TCP listeners, not clusters
 
 __all__ = ["Generated", "MeshTranslation", "Translator", "with_load_problems"]
 
@@ -88,6 +93,7 @@ class MeshTranslation:
         self.capture = CaptureBuilder(
             self.index, problems, self.listeners, self.routes, self.clusters, mesh_config
         )
+        self._scoped_layers: dict[tuple[Any, ...], tuple[Any, dict[str, Message]]] = {}
         if previous is not None and previous.index.same_scope(self.index):
             same = self.index.unchanged(previous.index)
             self.clusters.inherit(previous.clusters)
@@ -104,13 +110,19 @@ class MeshTranslation:
         # DestinationRules with a workloadSelector change this proxy's clusters and endpoints.
         overrides = self.index.overrides(proxy.namespace, proxy.labels)
         clusters = self.clusters.clusters(proxy.proxyless, overrides)
+        endpoints = self.clusters.endpoints(overrides)
+        # A Sidecar limits the clusters and endpoints to the hosts the proxy may reach.
+        scope = self.index.sidecar_scope(proxy.namespace, proxy.labels)
+        if scope is not None:
+            clusters = self._scoped(clusters, scope)
+            endpoints = self._scoped(endpoints, scope)
         # Each type is the proxy's own resources (its workload's inbound side) over resources
         # shared with other proxies, not merged: the snapshot store reuses a shared set for every
         # proxy that has it, and the control plane updates every holder of a shared set at once
         # (see meshcore.xds.deps). Shared mappings and messages are read-only.
         resources: Resources = {
             types.CLUSTER: Layered(inbound_clusters, clusters),
-            types.ENDPOINT: Layered({}, self.clusters.endpoints(overrides)),
+            types.ENDPOINT: Layered({}, endpoints),
             types.LISTENER: Layered(inbound_listeners, self.listeners.outbound_listeners(proxy)),
             types.ROUTE: Layered({}, self.routes.route_configs(proxy)),
         }
@@ -155,12 +167,23 @@ class MeshTranslation:
         inbound_listeners, inbound_clusters, inbound_problems = capture.inbound(proxy)
         overrides = self.index.overrides(proxy.namespace, proxy.labels)
         shared = self.clusters.clusters(False, overrides)
+        endpoints = self.clusters.endpoints(overrides)
+        outbound = capture.outbound_listeners(proxy)
+        # A Sidecar limits clusters and endpoints as for loopback sidecars; the route
+        # configurations are scoped already (out-of-scope HTTP hosts meet allow_any/block_all),
+        # and out-of-scope TCP services lose their VIP_PORT listener, so that their traffic
+        # takes virtualOutbound's catch-all (PassthroughCluster or BlackHoleCluster), as in Istio.
+        scope = self.index.sidecar_scope(proxy.namespace, proxy.labels)
+        if scope is not None:
+            shared = self._scoped(shared, scope)
+            endpoints = self._scoped(endpoints, scope)
+            outbound = self._scoped_tcp_listeners(outbound, scope)
         own = {**capture.clusters(), **capture.passthrough_clusters(), **inbound_clusters}
         own_clusters = dict(sorted(own.items()))
         resources: Resources = {
             types.CLUSTER: Layered(own_clusters, shared),
-            types.ENDPOINT: Layered({}, self.clusters.endpoints(overrides)),
-            types.LISTENER: Layered(inbound_listeners, capture.outbound_listeners(proxy)),
+            types.ENDPOINT: Layered({}, endpoints),
+            types.LISTENER: Layered(inbound_listeners, outbound),
             types.ROUTE: Layered({}, capture.route_configs(proxy)),
         }
         problems = {
@@ -177,6 +200,31 @@ class MeshTranslation:
             if CAPTURE_ONLY not in p.message  # applied here
         }
         return Generated(resources, [problems[k] for k in sorted(problems)])
+
+    def _scoped_tcp_listeners(
+        self, layer: dict[str, Message], scope: SidecarScope
+    ) -> dict[str, Message]:
+        """``layer`` (outbound listeners) without the TCP listeners of clusters the proxy of
+        ``scope`` does not get; one mapping per layer and scope."""
+        key = (id(layer), scope, LISTENER_SCOPE)
+        found = self._scoped_layers.get(key)
+        if found is None or found[0] is not layer:
+            kept = {
+                name: listener
+                for name, listener in layer.items()
+                if (cluster := tcp_proxy_cluster(listener)) is None or scope.has_cluster(cluster)
+            }
+            found = self._scoped_layers[key] = (layer, kept)
+        return found[1]
+
+    def _scoped(self, layer: dict[str, Message], scope: SidecarScope) -> dict[str, Message]:
+        """``layer`` as a proxy of ``scope`` gets it: one mapping per layer and scope, shared
+        by the proxies with that scope."""
+        key = (id(layer), scope)
+        found = self._scoped_layers.get(key)
+        if found is None or found[0] is not layer:
+            found = self._scoped_layers[key] = (layer, scoped_layer(layer, scope))
+        return found[1]
 
     def load_problems(self) -> list[ConfigProblem]:
         """What proxies will be told about this mesh, found once when it is loaded (so that

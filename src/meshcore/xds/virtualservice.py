@@ -23,7 +23,7 @@ from meshcore.config.model import (
     resolve_host,
     selector_matches,
 )
-from meshcore.config.rules import GRPC_STATUS, JWT_CLAIM_HEADER, is_claim_route
+from meshcore.config.rules import GRPC_STATUS, JWT_CLAIM_HEADER, is_authority_header, is_claim_route
 from meshcore.names import (
     CORS_NAME,
     FAULT_NAME,
@@ -259,7 +259,11 @@ class VsRoutes:
             self._route(r, http, path)
         else:
             raise Invalid(path, "an HTTP route needs route, redirect or directResponse")
-        self._headers(r, http.get("headers") or {}, path + ".headers")
+        authority = self._headers(r, http.get("headers") or {}, path + ".headers")
+        if authority and r.HasField("route"):
+            # Istio: the route's authority wins over a destination's (a rewrite.authority
+            # with it is refused by validation).
+            r.route.host_rewrite_literal = authority
         if http.get("fault"):
             fault = self._fault(http["fault"], path + ".fault")
             r.typed_per_filter_config[FAULT_NAME].CopyFrom(pack(fault))
@@ -305,7 +309,9 @@ class VsRoutes:
                 d.get("destination") or {}, dp + ".destination"
             )
             first_subset = str((d.get("destination") or {}).get("subset", ""))
-            self._headers(r, d.get("headers") or {}, dp + ".headers")
+            authority = self._headers(r, d.get("headers") or {}, dp + ".headers")
+            if authority:
+                ra.host_rewrite_literal = authority  # rewrite.authority, below, wins
         else:
             for k, d in dests:
                 dp = f"{path}.route[{k}]"
@@ -317,7 +323,9 @@ class VsRoutes:
                     raise Invalid(dp + ".weight", f"weight {weight} must not be negative")
                 cw = ra.weighted_clusters.clusters.add(name=name)
                 cw.weight.value = weight
-                self._headers(cw, d.get("headers") or {}, dp + ".headers")
+                authority = self._headers(cw, d.get("headers") or {}, dp + ".headers")
+                if authority:
+                    cw.host_rewrite_literal = authority
                 if not first_host:
                     first_host, first_port = host, port
                     first_subset = str((d.get("destination") or {}).get("subset", ""))
@@ -403,9 +411,12 @@ class VsRoutes:
             rp.host_selection_retry_max_attempts = 5
         return rp
 
-    def _headers(self, target: Any, headers: Mapping[str, Any], path: str) -> None:
-        """Header operations on a Route or a weighted cluster (both have the same fields)."""
+    def _headers(self, target: Any, headers: Mapping[str, Any], path: str) -> str:
+        """Header operations on a Route or a weighted cluster (both have the same fields).
+        Returns the authority a request ``set`` (else ``add``) of ``:authority`` or ``Host``
+        gives ("" for none): Istio makes it the host rewrite, not a header operation."""
         append = base_pb2.HeaderValueOption
+        authority = {"set": "", "add": ""}
         for side in ("request", "response"):
             ops = headers.get(side) or {}
             add_to = getattr(target, f"{side}_headers_to_add")
@@ -415,6 +426,9 @@ class VsRoutes:
             ):
                 for name in sorted(ops.get(op) or {}):
                     hp = f"{path}.{side}.{op}.{name}"
+                    if side == "request" and is_authority_header(name):
+                        authority[op] = str(ops[op][name])
+                        continue
                     header_name(name, hp)
                     if name.startswith(":") or name.lower() == "host":
                         raise Invalid(hp, f"header {name!r} cannot be modified")
@@ -427,6 +441,7 @@ class VsRoutes:
             for k, name in enumerate(ops.get("remove") or ()):
                 header_name(name, f"{path}.{side}.remove[{k}]")
                 getattr(target, f"{side}_headers_to_remove").append(name)
+        return authority["set"] or authority["add"]
 
     def _fault(self, fault: Mapping[str, Any], path: str) -> fault_pb2.HTTPFault:
         out = fault_pb2.HTTPFault()

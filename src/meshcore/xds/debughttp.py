@@ -1,6 +1,8 @@
 """The control plane's HTTP side: Prometheus ``/metrics``, ``/debug/syncz`` (what
-``meshcore proxy-status`` reads: per proxy and xDS type SYNCED / STALE / NACKED, and the config
-problems), ``/healthz`` and ``/ready``."""
+``meshcore proxy-status`` reads: per proxy and xDS type SYNCED / STALE / NACKED; the problems of
+the last load, ``config_problems``, as the configuration's validation found them; and, beside
+them, ``translation_problems``: what proxies will not get of a valid configuration),
+``/healthz`` and ``/ready``."""
 
 from __future__ import annotations
 
@@ -53,12 +55,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, CONTENT_TYPE_LATEST, body)
         elif self.path == "/debug/syncz":
             status = self.server.in_loop(self.server.ads.sync_status)
-            problems = [p.to_dict() for p in self.server.plane.problems]
-            self._send(
-                200,
-                "application/json",
-                json.dumps({"proxies": status, "config_problems": problems}).encode(),
-            )
+            plane = self.server.plane
+            body = {
+                "proxies": status,
+                "config_problems": [p.to_dict() for p in plane.load_problems],
+                "translation_problems": [p.to_dict() for p in plane.translation_problems],
+            }
+            self._send(200, "application/json", json.dumps(body).encode())
         elif self.path in ("/healthz", "/ready"):
             ok = self.server.plane.mesh is not None
             self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"no valid config\n")

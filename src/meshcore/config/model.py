@@ -358,6 +358,7 @@ class MeshModel:
     _dr_by_host: Mapping[str, tuple[DestinationRule, ...]]
     _dr_selected: Mapping[tuple[str, str], tuple[DestinationRule, ...]]
     _se_by_host: Mapping[str, tuple[ServiceEntry, ...]]
+    _derived: tuple[weakref.ref[MeshModel], ChangeSet] | None
 
     def __init__(
         self,

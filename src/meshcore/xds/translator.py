@@ -32,6 +32,7 @@ from typing import Any
 
 from meshcore._text import shown
 from meshcore.config import ValidationReport
+from meshcore.config.changes import EVERYTHING
 from meshcore.config.meshconfig import MeshConfig
 from meshcore.config.model import MeshModel
 from meshcore.errors import ConfigProblem
@@ -76,12 +77,21 @@ class MeshTranslation:
         self.providers = providers
         self.mesh_config = mesh_config
         problems = ProblemLog()
-        self.index = MeshIndex(mesh, problems)
+        self.index: MeshIndex
+        changes = EVERYTHING
+        if previous is not None:
+            changes = mesh.changes_since(previous.mesh)
+        if previous is not None and not changes.everything and changes.kinds() <= {"WorkloadEntry"}:
+            # Only workloads changed: the index is patched, and the clusters and endpoints
+            # of the hosts they belong to are all that is built again.
+            self.index = MeshIndex.patched(previous.index, mesh, problems, changes.keys)
+        else:
+            self.index = MeshIndex(mesh, problems)
         self.clusters = ClusterBuilder(self.index, problems, mesh_config, system_ca)
         self.routes = RouteBuilder(self.index, problems)
         self.listeners = ListenerBuilder(self.index, problems, providers, mesh_config, jwks)
         if previous is not None and previous.index.same_scope(self.index):
-            same = self.index.unchanged(previous.index)
+            same = self.index.unchanged(previous.index, changes)
             self.clusters.inherit(previous.clusters)
             self.routes.inherit(previous.routes, same)
             self.listeners.inherit(previous.listeners, same)
@@ -124,7 +134,7 @@ class MeshTranslation:
         is built twice)."""
         groups = [self.index.mesh_problems]
         # A sidecar of each namespace with workloads (route configurations are per namespace).
-        namespaces = {w.namespace for w in self.mesh.workload_entries}
+        namespaces = set(self.index.workload_namespaces())
         for namespace in sorted(namespaces or {self.mesh.root_namespace}):
             proxy = Proxy(node_id="", ip="", name="", namespace=namespace, workload=None, labels={})
             self.listeners.outbound_listeners(proxy)
@@ -271,7 +281,7 @@ def _duplicate_names(proxy: Proxy, resources: Resources) -> list[ConfigProblem]:
         layers = resources[type_url]
         if not isinstance(layers, Layered) or not layers.own:
             continue
-        for name in sorted(set(layers.own) & set(layers.shared)):
+        for name in sorted(n for n in layers.own if n in layers.shared):
             out.append(
                 ConfigProblem(
                     f"{types.SHORT_NAMES[type_url]} resource {name!r} is produced twice, for"

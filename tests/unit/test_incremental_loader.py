@@ -159,3 +159,37 @@ def test_directives_are_not_cut(tmp_path: Path) -> None:
     docs, _, pieces = parse_pieces(text, "f.yaml")
     assert len(pieces) == 1
     assert [d.value for d in docs] == [d.value for d in parse_yaml(text, "f.yaml")[0]]
+
+
+def test_reference_warnings_follow_the_hosts_they_check(tmp_path: Path) -> None:
+    # A VirtualService's destination warnings are kept per object between loads: a change to
+    # the Services and DestinationRules they check against, or to the VirtualService's lines,
+    # must still give what validate() gives.
+    vs = (
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\n"
+        "spec:\n  hosts: [r]\n  http:\n  - route:\n    - destination: {host: r, subset: v1}\n"
+    )
+    dr = (
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\n"
+        "spec:\n  host: r\n  subsets:\n  - {name: v1, labels: {version: v1}}\n"
+    )
+    svc = "apiVersion: v1\nkind: Service\nmetadata: {name: r}\nspec:\n  ports: [{port: 80}]\n"
+    loader = IncrementalLoader([tmp_path])
+    steps = [
+        {"a.yaml": vs},
+        {"a.yaml": vs, "b.yaml": svc},
+        {"a.yaml": vs, "b.yaml": svc + "---\n" + dr},
+        {"a.yaml": "# moved\n" + vs, "b.yaml": svc + "---\n" + dr},
+        {"a.yaml": "# moved\n" + vs, "b.yaml": svc},
+        {"a.yaml": "# moved\n# again\n" + vs, "b.yaml": svc},
+        {"a.yaml": vs},
+    ]
+    for files in steps:
+        for name, text in files.items():
+            _write(tmp_path / name, text)
+        for path in tmp_path.iterdir():
+            if path.name not in files:
+                path.unlink()
+        _same(loader, [tmp_path])
+    warnings = [(p.path, p.line) for p in loader.validate().problems]
+    assert ("spec.http[0].route[0].destination.host", 8) in warnings

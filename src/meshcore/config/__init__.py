@@ -193,17 +193,38 @@ def _resource(doc: Document, domain: str, problems: list[ConfigProblem]) -> Reso
 
 
 def _check_references(
-    model: MeshModel, docs: Mapping[tuple[str, str, str], Document]
+    model: MeshModel,
+    docs: Mapping[tuple[str, str, str], Document],
+    known: dict[int, tuple[VirtualService, list[ConfigProblem]]] | None = None,
 ) -> list[ConfigProblem]:
     """Cross-resource checks (as istioctl analyze): destinations naming unknown hosts or subsets.
 
     Warnings, not errors: Istio accepts such config (VirtualServices are often applied before
     their DestinationRules), and requests routed to a missing subset fail with 503.
+
+    ``known``: each VirtualService's warnings by object, reused for the same objects (when no
+    Service, ServiceEntry or DestinationRule changed: the caller's to know) and refilled.
     """
     out: list[ConfigProblem] = []
+    found: dict[int, tuple[VirtualService, list[ConfigProblem]]] = {}
+    for vs in model.virtual_services:
+        hit = known.get(id(vs)) if known is not None else None
+        if hit is None or hit[0] is not vs:
+            hit = (vs, _references_of(vs, model, docs.get(vs.key)))
+        found[id(vs)] = hit
+        out.extend(hit[1])
+    if known is not None:
+        known.clear()
+        known.update(found)
+    return out
 
-    def warn(vs: VirtualService, path: tuple[str | int, ...], message: str) -> None:
-        doc = docs.get(vs.key)
+
+def _references_of(
+    vs: VirtualService, model: MeshModel, doc: Document | None
+) -> list[ConfigProblem]:
+    out: list[ConfigProblem] = []
+
+    def warn(path: tuple[str | int, ...], message: str) -> None:
         out.append(
             ConfigProblem(
                 message,
@@ -217,24 +238,20 @@ def _check_references(
             )
         )
 
-    for vs in model.virtual_services:
-        for i, route in enumerate(vs.http):
-            for j, rd in enumerate(route.get("route", ())):
-                dest = rd.get("destination") or {}
-                host = resolve_host(str(dest.get("host", "")), vs.namespace, model.domain)
-                subset = dest.get("subset")
-                path = ("spec", "http", i, "route", j, "destination")
-                if host and not host.startswith("*") and not model.has_host(host):
-                    warn(
-                        vs, (*path, "host"), f"host {host!r} is not a known Service or ServiceEntry"
-                    )
-                if subset and not model.subset_defined(host, subset):
-                    warn(
-                        vs,
-                        (*path, "subset"),
-                        f"subset {subset!r} of host {host!r} is not defined by any DestinationRule"
-                        " (requests routed to it fail with 503)",
-                    )
+    for i, route in enumerate(vs.http):
+        for j, rd in enumerate(route.get("route", ())):
+            dest = rd.get("destination") or {}
+            host = resolve_host(str(dest.get("host", "")), vs.namespace, model.domain)
+            subset = dest.get("subset")
+            path = ("spec", "http", i, "route", j, "destination")
+            if host and not host.startswith("*") and not model.has_host(host):
+                warn((*path, "host"), f"host {host!r} is not a known Service or ServiceEntry")
+            if subset and not model.subset_defined(host, subset):
+                warn(
+                    (*path, "subset"),
+                    f"subset {subset!r} of host {host!r} is not defined by any DestinationRule"
+                    " (requests routed to it fail with 503)",
+                )
     return out
 
 
@@ -257,8 +274,10 @@ def _build(
     check_references: bool = True,
     validated: Iterable[Validated] | None = None,
     derived_from: tuple[MeshModel, ChangeSet] | None = None,
+    references: dict[int, tuple[VirtualService, list[ConfigProblem]]] | None = None,
 ) -> ValidationReport:
-    """The model of ``docs`` (each validated here, or taken from ``validated``, one per doc)."""
+    """The model of ``docs`` (each validated here, or taken from ``validated``, one per doc;
+    ``references``: see :func:`_check_references`)."""
     resources: list[Resource] = []
     seen: dict[tuple[str, str, str], Resource] = {}
     docs_by_key: dict[tuple[str, str, str], Document] = {}
@@ -289,7 +308,7 @@ def _build(
         resources, domain=domain, root_namespace=root_namespace, derived_from=derived_from
     )
     if check_references:
-        problems.extend(_check_references(model, docs_by_key))
+        problems.extend(_check_references(model, docs_by_key, references))
     ok = not any(p.severity == "error" for p in problems)
     return ValidationReport(tuple(problems), model if ok else None)
 
@@ -342,6 +361,8 @@ class IncrementalLoader:
         self.changes: ChangeSet = EVERYTHING
         self._model: MeshModel | None = None  # the last model given
         self._given = False  # whether the last validate() gave one
+        # The cross-reference warnings of each VirtualService, by object (_check_references).
+        self._references: dict[int, tuple[VirtualService, list[ConfigProblem]]] = {}
         # The files and their stamps found by the last poll() (None: not polled since the
         # last validate(), which then looks itself).
         self._polled: list[tuple[Path, tuple[int, int]]] | None = None
@@ -397,6 +418,8 @@ class IncrementalLoader:
                 self.reread.append(name)
                 keys |= changed_keys(_resources(gone), ())
         self._files = files
+        if _HOSTS & {k[0] for k in keys}:
+            self._references.clear()  # what destinations are checked against changed
         if self._model is None:
             self.changes = EVERYTHING
         elif self._given:  # the last validate() gave a model: changes count from it
@@ -410,6 +433,7 @@ class IncrementalLoader:
             root_namespace=self.root_namespace,
             validated=checked,
             derived_from=None if self._model is None else (self._model, self.changes),
+            references=self._references,
         )
         self._given = report.model is not None
         if report.model is not None:
@@ -435,6 +459,10 @@ class IncrementalLoader:
             for i, d in enumerate(file_docs)
         ]
         return _CachedFile(stamp, file_docs, file_problems, file_checked, pieces)
+
+
+# The kinds a VirtualService's destinations are checked against (_check_references).
+_HOSTS = frozenset({"Service", "ServiceEntry", "DestinationRule"})
 
 
 def _resources(cached: _CachedFile | None) -> list[Resource]:

@@ -48,6 +48,12 @@ def changed_keys(before: Iterable[Any], after: Iterable[Any]) -> set[ResourceKey
     """The keys of the resources (anything with ``key``, ``api_version``, ``spec``, ``labels``
     and ``annotations``) added, removed or changed in value from ``before`` to ``after``;
     the same object is not compared."""
+    before, after = list(before), list(after)
+    if len(before) == len(after):
+        # The common case (documents edited in place): compared side by side.
+        pairs = [(o, n) for o, n in zip(before, after, strict=True) if o is not n]
+        if all(o.key == n.key for o, n in pairs):
+            return {n.key for o, n in pairs if resource_value(o) != resource_value(n)}
     old: dict[ResourceKey, Any] = {}
     out: set[ResourceKey] = set()
     for r in before:

@@ -200,7 +200,6 @@ def read_documents(
 # inside quoted scalars, and block scalars are indented, so cutting there cuts between
 # documents; directives (%YAML, %TAG) would apply across the cut, so with them nothing is cut.
 _DOC_MARKER = re.compile(r"^---(?=[ \t\r]|$)", re.M)
-_DIRECTIVE = re.compile(r"^%", re.M)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +218,7 @@ def parse_pieces(
     """:func:`parse_yaml`, re-parsing only the stretches between document markers that are
     not in ``previous`` (the same text at the same line): a change to one document of a long
     file parses that document. Documents, lines and problems are those of ``parse_yaml``."""
-    if _DIRECTIVE.search(text):
+    if text.startswith("%") or "\n%" in text:  # a directive starts a line
         cuts = [0]
     else:
         cuts = [0, *(m.start() for m in _DOC_MARKER.finditer(text) if m.start() > 0)]

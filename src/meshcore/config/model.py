@@ -381,8 +381,12 @@ class MeshModel:
         set_(self, "domain", domain)
         set_(self, "root_namespace", root_namespace)
 
+        by_type: dict[type, list[Resource]] = {}
+        for r in res:
+            by_type.setdefault(type(r), []).append(r)
+
         def of(cls: type[Resource]) -> tuple[Any, ...]:
-            return tuple(r for r in res if type(r) is cls)
+            return tuple(by_type.get(cls, ()))
 
         set_(self, "services", of(Service))
         set_(self, "workload_entries", of(WorkloadEntry))

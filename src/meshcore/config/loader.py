@@ -221,7 +221,7 @@ def parse_pieces(
     if text.startswith("%") or "\n%" in text:  # a directive starts a line
         cuts = [0]
     else:
-        cuts = [0, *(m.start() for m in _DOC_MARKER.finditer(text) if m.start() > 0)]
+        cuts = [0, *(a for m in _DOC_MARKER.finditer(text) if (a := m.start()) > 0)]
     cuts.append(len(text))
     if not previous:
         # Nothing to reuse: the whole text at once, then shared out between the pieces by
@@ -238,7 +238,7 @@ def parse_pieces(
         if old is None or old.line != line or old.text != chunk:
             old = _parse_piece(chunk, file, line)
         k = len(docs_out)
-        if any(d.index != k + j for j, d in enumerate(old.docs)):  # its documents' places
+        if old.docs and old.docs[0].index != k:  # its documents' places (consecutive)
             old = dataclasses.replace(
                 old,
                 docs=tuple(dataclasses.replace(d, index=k + j) for j, d in enumerate(old.docs)),

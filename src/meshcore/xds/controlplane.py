@@ -1,34 +1,26 @@
 """The control plane loop and its change pipeline: watch the config, debounce, update, push.
 
-A change travels one straight line. **File**: the loader stats the config files once per poll
-(:meth:`~meshcore.config.IncrementalLoader.poll`, the watch's only look at the disk); after
-the debounce (istiod's PILOT_DEBOUNCE_AFTER 100 ms of quiet, at most PILOT_DEBOUNCE_MAX 10 s)
-it reads only the files that poll found changed, re-parses only the changed stretches, and
-validates only the changed documents. **Keys**: it reports what changed as a
-:class:`~meshcore.config.ChangeSet` of resource keys (an etcd watch would report the same), and
-the new model carries it (``MeshModel.changes_since``); keys accumulate here until proxies are
-brought up to date (across invalid configurations, which never replace the last good one).
-**Affected proxies**: :meth:`DependencyIndex.plan <meshcore.xds.deps.DependencyIndex.plan>` is
-the one place keys become work: the objects that really changed, the proxies whose own
-resources they touch, and each shared layer with one holder to translate it for.
-**Builders**: the translator derives the new mesh's translation from the last one with the same
-keys: the index is updated in place of being rebuilt, and each builder rebuilds only what the
-changed keys reach. **Snapshot diff**: a shared layer's difference (found by identity: carried
-over messages are the same objects) is applied to all its holders at once in the Rust store
-(:meth:`SnapshotCache.update_shared <meshcore.xds.cache.SnapshotCache.update_shared>`); affected
-proxies get new snapshots. **Push**: the ADS server sends each stream what changed.
+A VirtualService edit travels one line. file: the loader stats the files once per poll
+(``IncrementalLoader.poll``); after istiod's debounce (100 ms quiet, at most 10 s) it reads the
+files that poll saw change, parses and validates only the changed documents. keys: it reports a
+``ChangeSet`` of resource keys (as an etcd watch would), which the new model carries
+(``MeshModel.changes_since``); keys pile up here until proxies are updated (across invalid
+configs, which never replace the last good one). affected proxies: ``DependencyIndex.plan``, the
+one place keys become work: the objects that changed, the proxies whose own resources they
+touch, each shared layer with one holder to translate it for. builders: the translator derives
+the new mesh's translation from the last, told the keys. snapshot diff: a shared layer's
+difference (by identity) goes to all holders at once in the Rust store
+(``SnapshotCache.update_shared``); affected proxies get new snapshots. push: each ADS stream.
 
-The caches and what invalidates each (the one list): the loader's files (stat stamp), pieces
-(text and line) and documents (value and line); the index (rebuilt unless only WorkloadEntries
-changed: then patched); clusters and endpoints per service port (the keys of the service, its
-DestinationRule, the workloads it selects or selected; endpoints also PeerAuthentications);
-routes (any Service, ServiceEntry, VirtualService or DestinationRule key); outbound listeners
-(Service and ServiceEntry keys); authorization filters (AuthorizationPolicy and Service keys,
-extension providers); inbound listeners (those, PeerAuthentication and RequestAuthentication
-keys, the workload itself); serialized messages and shared resource sets (dropped when their
-messages are no longer held, after every update); nothing is kept when the trust domain, root
-namespace or MeshConfig change. An invalid config never replaces the last good one: the
-problems are logged and reported (``/debug/syncz``), and proxies keep what they have.
+What invalidates each cache: loader files, pieces, documents: stat stamp, text and line, value
+and line; reference warnings: Service/ServiceEntry/DestinationRule keys. Index: any key but
+WorkloadEntries (they patch it). Clusters and endpoints per service port: their inputs' value
+(service, DestinationRule, selected workloads; endpoints: PeerAuthentications). Routes:
+Service/ServiceEntry/VirtualService/DestinationRule keys; outbound listeners: Service and
+ServiceEntry keys; authorization filters: AuthorizationPolicy and Service keys, providers;
+inbound listeners: those, Peer/RequestAuthentication keys, the workload's value. Serialized
+messages and shared resource sets: dropped after each update unless still held. All of it: a
+new trust domain, root namespace or MeshConfig.
 """
 
 from __future__ import annotations

@@ -7,10 +7,14 @@ shared by the mesh's proxies; a new mesh's translation inherits from the previou
 the change does not touch (each builder decides, in its ``inherit``). ``generate`` assembles a
 proxy's resources from the builders and collects the problems of exactly what it got.
 
-The caches, and what a new mesh keeps of them (compared by value, kind by kind; nothing is kept
-when the trust domain, the root namespace or the MeshConfig change):
+The caches, and what a new mesh keeps of them (told by the keys the new mesh carries,
+``MeshModel.changes_since``, else compared by value, kind by kind; nothing is kept when the
+trust domain, the root namespace or the MeshConfig change; the one list of every cache of the
+pipeline is in :mod:`meshcore.xds.controlplane`):
 
-- the index (services by port, workloads by label, subsets, mTLS modes): rebuilt for every mesh;
+- the index (services by port, workloads by label, subsets, mTLS modes): rebuilt for every mesh,
+  but patched when only WorkloadEntries changed (then only the clusters and endpoints of the
+  hosts those workloads belong to are built again; the rest is the previous mesh's);
 - clusters, per service port: while the service, its DestinationRule and the workloads it
   selects are equal; its endpoints: the same, and the PeerAuthentications too;
 - routes (VirtualService routes, virtual hosts, route configurations, hash policies): while

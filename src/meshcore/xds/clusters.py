@@ -372,6 +372,9 @@ class ClusterBuilder:
                 self._cla_parts[(ps.service.hostname, ps.port.port)] = part
                 built.update(part[1])
             self._endpoints = dict(sorted(built.items()))
+        # The endpoint messages were copied into the assignments: let them go now rather than
+        # with this mesh (a later change would otherwise pay for freeing the whole mesh's).
+        self._lb_endpoints.clear()
         assert self._endpoints is not None
         return self._endpoints
 

@@ -138,7 +138,6 @@ class MeshIndex:
         for namespace, host in sorted(mesh.selector_hosts):
             self._selector_hosts.setdefault(namespace, []).append(host)
         self._overrides: dict[tuple[Any, ...], Overrides] = {}
-        self._host_ports: dict[str, list[PortService]] | None = None
         # The mesh-wide problems, reported to every proxy.
         with log.capture() as self.mesh_problems:
             self._warn_untranslated()
@@ -157,6 +156,11 @@ class MeshIndex:
                         self.by_port.setdefault(sp.port, []).append(PortService(se_host, sp, proto))
             for group in self.by_port.values():
                 group.sort(key=lambda ps: ps.service.hostname)
+        # The service ports of each host, in port order (host_ports).
+        self._host_ports: dict[str, list[PortService]] = {}
+        for port in sorted(self.by_port):
+            for ps in self.by_port[port]:
+                self._host_ports.setdefault(ps.service.hostname, []).append(ps)
         self.uses_source_match = uses_source_match(mesh)
         self._eps: dict[str, tuple[WorkloadEntry, ...]] = {}
         self._by_label: dict[tuple[str, str, str], list[WorkloadEntry]] = {}
@@ -201,7 +205,8 @@ class MeshIndex:
         new.__dict__.update(prev.__dict__)
         new.mesh, new.log = mesh, log
         by_label = dict(prev._by_label)
-        counts = dict(prev.workload_namespaces())
+        # Kept up to date only when already counted (else counted when first asked for).
+        counts = dict(prev._workload_namespaces) if prev._workload_namespaces is not None else None
         stale: set[str] = set()  # hosts whose workloads changed
         for key in workloads:
             for w in (prev.mesh.get(*key), mesh.get(*key)):
@@ -218,14 +223,16 @@ class MeshIndex:
                         by_label[lk] = kept
                     else:
                         by_label.pop(lk, None)
-                counts[old.namespace] -= 1
-                if not counts[old.namespace]:
-                    del counts[old.namespace]
+                if counts is not None:
+                    counts[old.namespace] -= 1
+                    if not counts[old.namespace]:
+                        del counts[old.namespace]
             if isinstance(now, WorkloadEntry):
                 for k, v in now.workload_labels.items():
                     lk = (now.namespace, k, v)
                     by_label[lk] = [*by_label.get(lk, ()), now]
-                counts[now.namespace] = counts.get(now.namespace, 0) + 1
+                if counts is not None:
+                    counts[now.namespace] = counts.get(now.namespace, 0) + 1
         new._by_label = by_label
         new._workload_namespaces = counts
         new._eps = dict(prev._eps)
@@ -510,11 +517,6 @@ class MeshIndex:
 
     def host_ports(self, host: str) -> list[PortService]:
         """The service ports of one host, in port order."""
-        if self._host_ports is None:
-            self._host_ports = {}
-            for port in sorted(self.by_port):
-                for ps in self.by_port[port]:
-                    self._host_ports.setdefault(ps.service.hostname, []).append(ps)
         return self._host_ports.get(host, [])
 
     def subset_workloads(

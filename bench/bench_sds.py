@@ -38,10 +38,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshcore.ca import CertificateAuthority
 from meshcore.ca.sds import workload_secrets
-from meshcore.cli.serve import serve
 from meshcore.config import load
 from meshcore.dataplane.agent import Agent, find_envoy
-from meshcore.xds.controlserver import CAOptions
+from meshcore.xds.controlserver import CAOptions, ControlPlaneServer
 from meshcore.xds.translate import generate, proxy_for_node, render_static_bootstrap
 
 T = TypeVar("T")
@@ -103,19 +102,23 @@ class Setup:
         self.loop = LoopThread()
         self.xds, self.ca_port = free_port(), free_port()
         self.stop = asyncio.Event()
-        ready = threading.Event()
         opts = CAOptions(
             port=self.ca_port, state_dir=str(tmp / "state"), tokens=str(tmp / "tokens")
         )
-        self.plane = asyncio.run_coroutine_threadsafe(
-            serve([str(config)], xds_port=self.xds, metrics_port=None, ready=ready,
-                  stop=self.stop, ca=opts),
-            self.loop.loop,
-        )  # fmt: skip
-        assert ready.wait(30)
+        # What `meshcore serve` runs, as the library gives it.
+        self.server = ControlPlaneServer([config], xds_port=self.xds, ca=opts)
+        assert self.server.load(), self.server.plane.problems
+        self.loop.run(self.server.start(), 30)
+        self.plane = asyncio.run_coroutine_threadsafe(self._run(), self.loop.loop)
         self.ca = CertificateAuthority.load(tmp / "state")
         self.root = self.ca.trust_bundle_pem()
         self.client_ctx = client_context(self.ca)
+
+    async def _run(self) -> None:
+        try:
+            await self.server.run(self.stop)
+        finally:
+            await self.server.close()
 
     def agent(self, name: str) -> Agent:
         return Agent(

@@ -472,3 +472,17 @@ def test_deny_rule_with_only_http_attributes_warns() -> None:
 def test_selector_without_labels_warns() -> None:
     [warning] = build([policy("p", selector={})]).problems
     assert warning.path == "spec.selector"
+
+
+def test_ext_authz_durations_are_read_by_the_config_parser() -> None:
+    # One duration parser: an ext_authz provider's timeout is read exactly as the config's
+    # durations are (in whole nanoseconds, not through a float; Go's range).
+    from meshcore.config.validate import parse_duration as config_duration
+    from meshcore.security._extauthz import parse_duration
+
+    for text in ["9007199254740993ns", "0.1000000005s", "1h0.5s", "250ms"]:
+        ns = config_duration(text)
+        assert ns is not None
+        assert parse_duration(text) == {"seconds": ns // 10**9, "nanos": ns % 10**9}
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration("3000000h")  # longer than Go's time.Duration: Istio refuses it

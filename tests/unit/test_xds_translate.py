@@ -845,3 +845,18 @@ def test_problems_are_the_proxys_own_whatever_the_order() -> None:
     # is selected by the CUSTOM policy whose provider is missing
     assert paths[FRONTEND_NODE] == {"spec.trafficPolicy.loadBalancer.simple"}
     assert paths[REVIEWS_NODE] == {"spec.trafficPolicy.loadBalancer.simple", "extensionProviders"}
+
+
+def test_one_header_name_rule_for_validation_and_translation() -> None:
+    # The translator's check is the loader's: a name with a trailing line break (which a
+    # `$`-anchored pattern lets through) is refused by both.
+    from meshcore.config.validate import is_header_name
+    from meshcore.xds.common import Invalid, header_name
+
+    for name in ["x-user", ":authority", "X-Tenant_1", "x-user\n", "", ":", "a b", "é"]:
+        if is_header_name(name):
+            assert header_name(name, "p") == name
+        else:
+            with pytest.raises(Invalid, match="invalid header name"):
+                header_name(name, "p")
+    assert not is_header_name("x-user\n")

@@ -9,6 +9,7 @@ import json
 import shutil
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -84,3 +85,38 @@ def test_a_ca_that_cannot_start_starts_nothing(tmp_path: Path) -> None:
         await server.close()
 
     asyncio.run(main())
+
+
+def test_syncz_reports_translation_problems_beside_load_problems(tmp_path: Path) -> None:
+    # A valid VirtualService with TCP routes (not translated: a warning proxies will not get)
+    # and a file meshcore refuses to read: /debug/syncz shows the one as a translation problem
+    # and the other as a load problem.
+    config = tmp_path / "mesh"
+    shutil.copytree(EXAMPLES, config)
+    (config / "tcp-vs.yaml").write_text(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+        "metadata: {name: tcp-only, namespace: default}\n"
+        "spec:\n  hosts: [reviews]\n"
+        "  tcp:\n  - route:\n    - destination: {host: reviews}\n"
+    )
+    (config / "unknown.yaml").write_text("apiVersion: v1\nkind: NoSuchKind\nmetadata: {name: x}\n")
+    server = ControlPlaneServer([config], metrics_port=0)
+    assert server.load(), server.plane.problems
+
+    async def main() -> dict[str, Any]:
+        await server.start()
+        try:
+            assert server.debug is not None
+            base = f"http://127.0.0.1:{server.debug.server_address[1]}"
+            _, body = await asyncio.to_thread(_get, base + "/debug/syncz")
+            found: dict[str, Any] = json.loads(body)
+            return found
+        finally:
+            await server.close()
+
+    syncz = asyncio.run(asyncio.wait_for(main(), 60))
+    translation = [(p["name"], p["path"]) for p in syncz["translation_problems"]]
+    load = [(p["kind"], p["path"]) for p in syncz["config_problems"]]
+    assert ("tcp-only", "spec.tcp") in translation
+    assert ("NoSuchKind", "kind") in load
+    assert not any(p["name"] == "tcp-only" for p in syncz["config_problems"])

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from meshcore.config import schema
+from meshcore.config.changes import EVERYTHING, ChangeSet, changed_keys
 from meshcore.config.loader import (
     MAX_FILE_BYTES,
     Document,
@@ -60,6 +61,7 @@ from meshcore.errors import ConfigError, ConfigProblem
 
 __all__ = [
     "AuthorizationPolicy",
+    "ChangeSet",
     "DestinationRule",
     "IncrementalLoader",
     "MeshModel",
@@ -210,17 +212,38 @@ def _group(api_version: str) -> str:
 
 
 def _check_references(
-    model: MeshModel, docs: Mapping[tuple[str, str, str], Document]
+    model: MeshModel,
+    docs: Mapping[tuple[str, str, str], Document],
+    known: dict[int, tuple[VirtualService, list[ConfigProblem]]] | None = None,
 ) -> list[ConfigProblem]:
     """Cross-resource checks (as istioctl analyze): destinations naming unknown hosts or subsets.
 
     Warnings, not errors: Istio accepts such config (VirtualServices are often applied before
     their DestinationRules), and requests routed to a missing subset fail with 503.
+
+    ``known``: each VirtualService's warnings by object, reused for the same objects (when no
+    Service, ServiceEntry or DestinationRule changed: the caller's to know) and refilled.
     """
     out: list[ConfigProblem] = []
+    found: dict[int, tuple[VirtualService, list[ConfigProblem]]] = {}
+    for vs in model.virtual_services:
+        hit = known.get(id(vs)) if known is not None else None
+        if hit is None or hit[0] is not vs:
+            hit = (vs, _references_of(vs, model, docs.get(vs.key)))
+        found[id(vs)] = hit
+        out.extend(hit[1])
+    if known is not None:
+        known.clear()
+        known.update(found)
+    return out
 
-    def warn(vs: VirtualService, path: tuple[str | int, ...], message: str) -> None:
-        doc = docs.get(vs.key)
+
+def _references_of(
+    vs: VirtualService, model: MeshModel, doc: Document | None
+) -> list[ConfigProblem]:
+    out: list[ConfigProblem] = []
+
+    def warn(path: tuple[str | int, ...], message: str) -> None:
         out.append(
             ConfigProblem(
                 message,
@@ -235,32 +258,27 @@ def _check_references(
         )
 
     gateways = {(r.namespace, r.name) for r in model.resources if r.kind == "Gateway"}
-    for vs in model.virtual_services:
-        for i, bound in enumerate(vs.bound_gateways if vs.gateways else ()):
-            ns, _, name = bound.partition("/")
-            if bound != "mesh" and (ns, name) not in gateways:
+    for i, bound in enumerate(vs.bound_gateways if vs.gateways else ()):
+        ns, _, name = bound.partition("/")
+        if bound != "mesh" and (ns, name) not in gateways:
+            warn(
+                ("spec", "gateways", i),
+                f"Gateway {bound} is not in the config: these routes apply nowhere there",
+            )
+    for i, route in enumerate(vs.http):
+        for j, rd in enumerate(route.get("route", ())):
+            dest = rd.get("destination") or {}
+            host = resolve_host(str(dest.get("host", "")), vs.namespace, model.domain)
+            subset = dest.get("subset")
+            path = ("spec", "http", i, "route", j, "destination")
+            if host and not host.startswith("*") and not model.has_host(host):
+                warn((*path, "host"), f"host {host!r} is not a known Service or ServiceEntry")
+            if subset and not model.subset_defined(host, subset):
                 warn(
-                    vs,
-                    ("spec", "gateways", i),
-                    f"Gateway {bound} is not in the config: these routes apply nowhere there",
+                    (*path, "subset"),
+                    f"subset {subset!r} of host {host!r} is not defined by any DestinationRule"
+                    " (requests routed to it fail with 503)",
                 )
-        for i, route in enumerate(vs.http):
-            for j, rd in enumerate(route.get("route", ())):
-                dest = rd.get("destination") or {}
-                host = resolve_host(str(dest.get("host", "")), vs.namespace, model.domain)
-                subset = dest.get("subset")
-                path = ("spec", "http", i, "route", j, "destination")
-                if host and not host.startswith("*") and not model.has_host(host):
-                    warn(
-                        vs, (*path, "host"), f"host {host!r} is not a known Service or ServiceEntry"
-                    )
-                if subset and not model.subset_defined(host, subset):
-                    warn(
-                        vs,
-                        (*path, "subset"),
-                        f"subset {subset!r} of host {host!r} is not defined by any DestinationRule"
-                        " (requests routed to it fail with 503)",
-                    )
     return out
 
 
@@ -282,8 +300,11 @@ def _build(
     root_namespace: str,
     check_references: bool = True,
     validated: Iterable[Validated] | None = None,
+    derived_from: tuple[MeshModel, ChangeSet] | None = None,
+    references: dict[int, tuple[VirtualService, list[ConfigProblem]]] | None = None,
 ) -> ValidationReport:
-    """The model of ``docs`` (each validated here, or taken from ``validated``, one per doc)."""
+    """The model of ``docs`` (each validated here, or taken from ``validated``, one per doc;
+    ``references``: see :func:`_check_references`)."""
     resources: list[Resource] = []
     seen: dict[tuple[str, str, str], Resource] = {}
     docs_by_key: dict[tuple[str, str, str], Document] = {}
@@ -310,9 +331,11 @@ def _build(
         seen[res.key] = res
         docs_by_key[res.key] = doc
         resources.append(res)
-    model = MeshModel(resources, domain=domain, root_namespace=root_namespace)
+    model = MeshModel(
+        resources, domain=domain, root_namespace=root_namespace, derived_from=derived_from
+    )
     if check_references:
-        problems.extend(_check_references(model, docs_by_key))
+        problems.extend(_check_references(model, docs_by_key, references))
     ok = not any(p.severity == "error" for p in problems)
     return ValidationReport(tuple(problems), model if ok else None)
 
@@ -338,6 +361,13 @@ class IncrementalLoader:
     (:func:`meshcore.config.loader.parse_pieces`) and only documents that changed (value or
     starting line, or that had problems) are validated again; unchanged documents keep their
     Resource objects. The report is the one :func:`validate` would give.
+
+    Files are looked at once per change: :meth:`poll` (the watch's question, "did anything
+    change?") stats them and :meth:`validate` reads those it found changed, without a second
+    stat pass. After each :meth:`validate`, ``reread`` holds the files it read and ``changes``
+    the keys of the resources changed since the last model it gave (a :class:`ChangeSet`, kept
+    across invalid configurations; everything before the first model), which the new model
+    also carries (:meth:`MeshModel.changes_since`).
     """
 
     def __init__(
@@ -354,6 +384,36 @@ class IncrementalLoader:
         self.max_file_bytes = max_file_bytes
         self._files: dict[str, _CachedFile] = {}
         self.reread: list[str] = []  # files read (or found gone) by the last validate()
+        # What changed since the last model given (through invalid configurations too).
+        self.changes: ChangeSet = EVERYTHING
+        self._model: MeshModel | None = None  # the last model given
+        self._given = False  # whether the last validate() gave one
+        # The cross-reference warnings of each VirtualService, by object (_check_references).
+        self._references: dict[int, tuple[VirtualService, list[ConfigProblem]]] = {}
+        # The files and their stamps found by the last poll() (None: not polled since the
+        # last validate(), which then looks itself).
+        self._polled: list[tuple[Path, tuple[int, int]]] | None = None
+        self._seen: list[tuple[Path, tuple[int, int]]] | None = None
+
+    def poll(self) -> bool:
+        """One stat pass over the files: True when a file was added, removed, or changed in
+        size or modification time since the last look (the next :meth:`validate` reads those
+        without looking again)."""
+        found = self._stat()
+        changed = found != self._seen
+        self._seen = self._polled = found
+        return changed
+
+    def _stat(self) -> list[tuple[Path, tuple[int, int]]]:
+        out = []
+        for path in iter_config_files(self.paths):
+            try:
+                st = path.stat()
+                stamp = (st.st_mtime_ns, st.st_size)
+            except OSError:
+                stamp = (-1, -1)
+            out.append((path, stamp))
+        return out
 
     def validate(self) -> ValidationReport:
         with collector_paused():
@@ -365,30 +425,47 @@ class IncrementalLoader:
         problems: list[ConfigProblem] = []
         files: dict[str, _CachedFile] = {}
         self.reread = []
-        for path in iter_config_files(self.paths):
+        keys: set[tuple[str, str, str]] = set()
+        found = self._polled if self._polled is not None else self._stat()
+        self._seen, self._polled = found, None
+        for path, stamp in found:
             name = str(path)
-            try:
-                st = path.stat()
-                stamp = (st.st_mtime_ns, st.st_size)
-            except OSError:
-                stamp = (-1, -1)
             cached = self._files.get(name)
             if cached is None or cached.stamp != stamp or stamp[0] < 0:
                 self.reread.append(name)
-                cached = self._read(path, stamp, cached)
+                new = self._read(path, stamp, cached)
+                keys |= changed_keys(_resources(cached), _resources(new))
+                cached = new
             files[name] = cached
             docs.extend(cached.docs)
             problems.extend(cached.problems)
             checked.extend(cached.checked)
-        self.reread.extend(name for name in self._files if name not in files)  # removed
+        for name, gone in self._files.items():
+            if name not in files:  # removed
+                self.reread.append(name)
+                keys |= changed_keys(_resources(gone), ())
         self._files = files
-        return _build(
+        if _HOSTS & {k[0] for k in keys}:
+            self._references.clear()  # what destinations are checked against changed
+        if self._model is None:
+            self.changes = EVERYTHING
+        elif self._given:  # the last validate() gave a model: changes count from it
+            self.changes = ChangeSet(frozenset(keys))
+        else:
+            self.changes = self.changes | ChangeSet(frozenset(keys))
+        report = _build(
             docs,
             problems,
             domain=self.domain,
             root_namespace=self.root_namespace,
             validated=checked,
+            derived_from=None if self._model is None else (self._model, self.changes),
+            references=self._references,
         )
+        self._given = report.model is not None
+        if report.model is not None:
+            self._model = report.model
+        return report
 
     def _read(self, path: Path, stamp: tuple[int, int], old: _CachedFile | None) -> _CachedFile:
         text, unreadable = read_text(path, self.max_file_bytes)
@@ -409,6 +486,14 @@ class IncrementalLoader:
             for i, d in enumerate(file_docs)
         ]
         return _CachedFile(stamp, file_docs, file_problems, file_checked, pieces)
+
+
+# The kinds a VirtualService's destinations and gateways are checked against (_check_references).
+_HOSTS = frozenset({"Service", "ServiceEntry", "DestinationRule", "Gateway"})
+
+
+def _resources(cached: _CachedFile | None) -> list[Resource]:
+    return [r for r, _ in cached.checked if r is not None] if cached is not None else []
 
 
 @dataclass(frozen=True, slots=True)

@@ -200,7 +200,6 @@ def read_documents(
 # inside quoted scalars, and block scalars are indented, so cutting there cuts between
 # documents; directives (%YAML, %TAG) would apply across the cut, so with them nothing is cut.
 _DOC_MARKER = re.compile(r"^---(?=[ \t\r]|$)", re.M)
-_DIRECTIVE = re.compile(r"^%", re.M)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,10 +218,10 @@ def parse_pieces(
     """:func:`parse_yaml`, re-parsing only the stretches between document markers that are
     not in ``previous`` (the same text at the same line): a change to one document of a long
     file parses that document. Documents, lines and problems are those of ``parse_yaml``."""
-    if _DIRECTIVE.search(text):
+    if text.startswith("%") or "\n%" in text:  # a directive starts a line
         cuts = [0]
     else:
-        cuts = [0, *(m.start() for m in _DOC_MARKER.finditer(text) if m.start() > 0)]
+        cuts = [0, *(a for m in _DOC_MARKER.finditer(text) if (a := m.start()) > 0)]
     cuts.append(len(text))
     if not previous:
         # Nothing to reuse: the whole text at once, then shared out between the pieces by
@@ -239,7 +238,7 @@ def parse_pieces(
         if old is None or old.line != line or old.text != chunk:
             old = _parse_piece(chunk, file, line)
         k = len(docs_out)
-        if any(d.index != k + j for j, d in enumerate(old.docs)):  # its documents' places
+        if old.docs and old.docs[0].index != k:  # its documents' places (consecutive)
             old = dataclasses.replace(
                 old,
                 docs=tuple(dataclasses.replace(d, index=k + j) for j, d in enumerate(old.docs)),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from meshcore.config.changes import EVERYTHING, NOTHING, ChangeSet
 from meshcore.config.validate import DRY_RUN, GO_TRUE
 
 DEFAULT_DOMAIN = "cluster.local"
@@ -431,7 +433,9 @@ class MeshModel:
     """An immutable, indexed view of a whole mesh's configuration."""
 
     __slots__ = (
+        "__weakref__",
         "_by_key",
+        "_derived",
         "_dr_by_host",
         "_dr_selected",
         "_se_by_host",
@@ -472,6 +476,7 @@ class MeshModel:
     _dr_by_host: Mapping[str, tuple[DestinationRule, ...]]
     _dr_selected: Mapping[tuple[str, str], tuple[DestinationRule, ...]]
     _se_by_host: Mapping[str, tuple[ServiceEntry, ...]]
+    _derived: tuple[weakref.ref[MeshModel], ChangeSet] | None
 
     def __init__(
         self,
@@ -479,15 +484,27 @@ class MeshModel:
         *,
         domain: str = DEFAULT_DOMAIN,
         root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+        derived_from: tuple[MeshModel, ChangeSet] | None = None,
     ) -> None:
         set_ = object.__setattr__
+        # The model this one was loaded after and what changed from it (see changes_since);
+        # by weak reference, so that a chain of old models is not kept alive.
+        set_(
+            self,
+            "_derived",
+            None if derived_from is None else (weakref.ref(derived_from[0]), derived_from[1]),
+        )
         res = tuple(resources)
         set_(self, "resources", res)
         set_(self, "domain", domain)
         set_(self, "root_namespace", root_namespace)
 
+        by_type: dict[type, list[Resource]] = {}
+        for r in res:
+            by_type.setdefault(type(r), []).append(r)
+
         def of(cls: type[Resource]) -> tuple[Any, ...]:
-            return tuple(r for r in res if type(r) is cls)
+            return tuple(by_type.get(cls, ()))
 
         set_(self, "services", of(Service))
         set_(self, "workload_entries", of(WorkloadEntry))
@@ -524,6 +541,19 @@ class MeshModel:
 
     def __len__(self) -> int:
         return len(self.resources)
+
+    def changes_since(self, other: MeshModel) -> ChangeSet:
+        """The keys of the resources that differ between ``other`` and this model, as the
+        loader found them when it derived this model from ``other``; ``EVERYTHING`` when this
+        model was not derived from ``other`` (nothing finer is known)."""
+        if other is self:
+            return NOTHING
+        derived = self._derived
+        if derived is None or derived[0]() is not other:
+            return EVERYTHING
+        if (other.domain, other.root_namespace) != (self.domain, self.root_namespace):
+            return EVERYTHING
+        return derived[1]
 
     def get(self, kind: str, namespace: str, name: str) -> Resource | None:
         return self._by_key.get((kind, namespace, name))

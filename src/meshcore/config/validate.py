@@ -53,6 +53,12 @@ INT_RANGES = {
 }
 
 
+def is_header_name(name: str) -> bool:
+    """The one header-name rule: an HTTP token (RFC 9110), or a pseudo-header (``:path``)."""
+    bare = name[1:] if name.startswith(":") else name
+    return bool(bare) and _HEADER_NAME.match(bare) is not None
+
+
 def parse_duration(text: str) -> int | None:
     """Go/Istio duration syntax (``1h2m``, ``2s``, ``500ms``, ``0.5s``) in nanoseconds, exactly
     (fractions below a nanosecond are dropped); None when malformed or longer than
@@ -310,8 +316,7 @@ class Checker:
     def header_name(self, name: Any, path: Path, *, lowercase: bool = False) -> None:
         if not isinstance(name, str):
             return
-        bare = name[1:] if name.startswith(":") else name
-        if not bare or not _HEADER_NAME.match(bare):
+        if not is_header_name(name):
             self.error(path, f"invalid header name {name!r}")
         elif lowercase and name != name.lower():
             self.error(path, f"header name {name!r} must be lowercase")

@@ -7,11 +7,11 @@ bad provider into DENY rules rather than failing the push, and so do we (fail cl
 from __future__ import annotations
 
 import importlib
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshcore.config.validate import parse_duration as parse_go_duration
 from meshcore.errors import ConfigProblem, UnsupportedFeatureError
 from meshcore.names import OUTBOUND, cluster_name
 from meshcore.security._model import Json
@@ -53,29 +53,13 @@ GRPC_FIELDS = frozenset(
 )
 BODY_FIELDS = frozenset({"maxRequestBytes", "allowPartialMessage", "packAsBytes"})
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_NANOS = {
-    "ns": 1,
-    "us": 1_000,
-    "µs": 1_000,
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60_000_000_000,
-    "h": 3_600_000_000_000,
-}
-
 
 def parse_duration(text: str) -> Json:
-    """A Go (`2ms`, `1m30s`) or proto-JSON (`0.002s`) duration -> a Duration dict."""
-    pos, nanos = 0, 0
-    if not text:
-        raise ValueError("empty duration")
-    while pos < len(text):
-        match = _DURATION_PART.match(text, pos)
-        if not match:
-            raise ValueError(f"invalid duration {text!r}")
-        nanos += round(float(match.group(1)) * _UNIT_NANOS[match.group(2)])
-        pos = match.end()
+    """A Go (`2ms`, `1m30s`) or proto-JSON (`0.002s`) duration -> a Duration dict (the
+    config's one duration parser, :func:`meshcore.config.validate.parse_duration`)."""
+    nanos = parse_go_duration(text)
+    if nanos is None:
+        raise ValueError(f"invalid duration {text!r}")
     seconds, rem = divmod(nanos, 1_000_000_000)
     return {"seconds": seconds, "nanos": rem}
 

@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 
 from meshcore.config import MeshModel, ValidationReport, _build, _validated
+from meshcore.config.changes import EVERYTHING, NOTHING, ChangeSet
 from meshcore.config.loader import Document, collector_paused, parse_yaml
 from meshcore.config.model import DEFAULT_DOMAIN, DEFAULT_ROOT_NAMESPACE
 from meshcore.errors import ConfigProblem
@@ -130,6 +131,11 @@ class EtcdSource:
         self._valid: dict[str, _Entry] = {}
         self.rejected: dict[str, tuple[ConfigProblem, ...]] = {}
         self.reread: list[str] = []
+        # What the control plane's pipeline reads (meshcore.xds.controlplane.ConfigSource):
+        # the keys the last validate() changed. Coarse for now: everything when any served
+        # document changed (the translator then compares kind by kind), nothing otherwise.
+        self.changes: ChangeSet = EVERYTHING
+        self._polled = -1
         self.served_revision = 0
         self._stop = threading.Event()
         self._watch: Watch | None = None
@@ -295,6 +301,12 @@ class EtcdSource:
     def fingerprint(self) -> int:
         return self._changes
 
+    def poll(self) -> bool:
+        """Whether the view moved since the last poll (the control plane's watch loop)."""
+        now = self._changes
+        moved, self._polled = now != self._polled, now
+        return moved
+
     def items(self) -> dict[str, tuple[int, bytes]]:
         """A copy of the view: key -> (mod_revision, value)."""
         with self._lock:
@@ -340,6 +352,7 @@ class EtcdSource:
                 self.rejected.pop(key, None)
         self._served = served
         self.reread = reread
+        self.changes = EVERYTHING if reread else NOTHING
         self.served_revision = revision
         docs = [e.doc for e in served.values() if e.doc is not None]
         return _build(

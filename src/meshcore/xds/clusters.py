@@ -83,8 +83,13 @@ class ClusterBuilder:
         # Per service port: (what it was built from, what was built[, problems met]).
         self._cluster_parts: dict[tuple[Any, ...], tuple[Any, dict[str, Message], list[Any]]] = {}
         self._cla_parts: dict[tuple[Any, ...], tuple[Any, dict[str, Message]]] = {}
-        self._prev_cluster_parts: dict[tuple[Any, ...], Any] = {}
-        self._prev_cla_parts: dict[tuple[Any, ...], Any] = {}
+        self._prev_cluster_parts: dict[
+            tuple[Any, ...], tuple[Any, dict[str, Message], list[Any]]
+        ] = {}
+        self._prev_cla_parts: dict[tuple[Any, ...], tuple[Any, dict[str, Message]]] = {}
+        self._prev_clusters: dict[bool, dict[str, Message]] = {}
+        self._prev_endpoints: dict[str, Message] | None = None
+        self._prev_problems: dict[bool, list[ConfigProblem]] = {}
 
     def inherit(self, prev: ClusterBuilder) -> None:
         """Keeps the previous mesh's per-service parts to reuse those still built from equal
@@ -92,6 +97,10 @@ class ClusterBuilder:
         alive)."""
         self._prev_cluster_parts = prev._cluster_parts
         self._prev_cla_parts = prev._cla_parts
+        # What the shared maps were: patched when only some hosts' workloads changed.
+        self._prev_clusters = prev._clusters
+        self._prev_endpoints = prev._endpoints
+        self._prev_problems = {k: v for k, v in prev.problems.items() if isinstance(k, bool)}
 
     def clusters(self, proxyless: bool, overrides: Overrides = ()) -> dict[str, Message]:
         """The outbound clusters of a kind of client; with ``overrides`` (the DestinationRules
@@ -130,28 +139,12 @@ class ClusterBuilder:
         return self.problems[(proxyless, _override_key(overrides)) if overrides else proxyless]
 
     def _shared_clusters(self, proxyless: bool) -> dict[str, Message]:
-        if proxyless not in self._clusters:
+        if proxyless not in self._clusters and not self._patch_clusters(proxyless):
             built: dict[str, Message] = {}
             problems: list[ConfigProblem] = []
             for ps, subsets in self.index.port_groups():
-                key = (proxyless, ps.service.hostname, ps.port.port)
-                fp = self.index.fingerprint(ps.service)
-                old = self._prev_cluster_parts.get(key)
-                if old is not None and old[0] == fp:
-                    # Nothing this service's clusters depend on changed: reuse them, and the
-                    # problems met when building them.
-                    part = old
-                else:
-                    made: dict[str, Message] = {}
-                    dr = self.mesh.destination_rule_for(ps.service.hostname)
-                    with self.log.capture() as met:
-                        for subset in subsets:
-                            name = cluster_name(OUTBOUND, ps.port.port, subset, ps.service.hostname)
-                            c = self._outbound_cluster(name, ps, subset, proxyless, dr)
-                            if c is not None:
-                                made[name] = c
-                    part = (fp, made, met)
-                self._cluster_parts[key] = part
+                part = self._cluster_part(ps, subsets, proxyless)
+                self._cluster_parts[(proxyless, ps.service.hostname, ps.port.port)] = part
                 built.update(part[1])
                 problems.extend(part[2])
             if not proxyless and self.mesh_config is not None:
@@ -159,6 +152,66 @@ class ClusterBuilder:
             self._clusters[proxyless] = dict(sorted(built.items()))
             self.problems[proxyless] = problems
         return self._clusters[proxyless]
+
+    def _cluster_part(
+        self, ps: PortService, subsets: list[str], proxyless: bool, keep: bool = False
+    ) -> tuple[Any, dict[str, Message], list[Any]]:
+        """One service port's clusters (one per subset), and the problems met building them:
+        the previous mesh's when nothing they depend on changed (and, with ``keep``, each
+        previous message still equal to the one built)."""
+        fp = self.index.fingerprint(ps.service)
+        old = self._prev_cluster_parts.get((proxyless, ps.service.hostname, ps.port.port))
+        if old is not None and old[0] == fp:
+            return old  # nothing this service's clusters depend on changed
+        made: dict[str, Message] = {}
+        dr = self.mesh.destination_rule_for(ps.service.hostname)
+        with self.log.capture() as met:
+            for subset in subsets:
+                name = cluster_name(OUTBOUND, ps.port.port, subset, ps.service.hostname)
+                c = self._outbound_cluster(name, ps, subset, proxyless, dr)
+                if c is not None:
+                    made[name] = c
+        return (fp, _kept(made, old[1]) if keep and old is not None else made, met)
+
+    def _patch_clusters(self, proxyless: bool) -> bool:
+        """The previous mesh's clusters with those of the hosts whose workloads changed built
+        again (:attr:`MeshIndex.stale_hosts`; when the index was patched, nothing else
+        changed); False when there is nothing to patch (then they are built in full)."""
+        prev = self._prev_clusters.get(proxyless)
+        stale = self.index.stale_hosts
+        if prev is None or stale is None:
+            return False
+        parts = dict(self._prev_cluster_parts)
+        changed: dict[str, Message] = {}
+        renamed = problems_moved = False
+        for host in sorted(stale):
+            subsets = ["", *sorted(self.index.subsets(host))]
+            for ps in self.index.host_ports(host):
+                key = (proxyless, host, ps.port.port)
+                old = parts.get(key)
+                part = self._cluster_part(ps, subsets, proxyless, keep=True)
+                parts[key] = part
+                if old is None or old[1].keys() != part[1].keys():
+                    renamed = True
+                problems_moved |= old is None or old[2] != part[2]
+                changed.update((n, c) for n, c in part[1].items() if c is not prev.get(n))
+        self._cluster_parts.update(parts)
+        built = prev
+        if renamed:
+            return False
+        if changed:
+            built = dict(prev)
+            built.update(changed)
+        self._clusters[proxyless] = built
+        if problems_moved:
+            self.problems[proxyless] = [
+                p
+                for ps, _ in self.index.port_groups()
+                for p in parts[(proxyless, ps.service.hostname, ps.port.port)][2]
+            ]
+        else:
+            self.problems[proxyless] = self._prev_problems[proxyless]
+        return True
 
     def _outbound_cluster(
         self,
@@ -325,29 +378,63 @@ class ClusterBuilder:
         return found
 
     def _shared_endpoints(self) -> dict[str, Message]:
-        if self._endpoints is None:
+        if self._endpoints is None and not self._patch_endpoints():
             built: dict[str, Message] = {}
             for ps, subsets in self.index.port_groups():
                 if isinstance(ps.service, SeHost) and ps.service.dns:
                     continue  # endpoints inline in the DNS cluster, no EDS
-                key = (ps.service.hostname, ps.port.port)
-                # PeerAuthentications decide the endpoints' tlsMode metadata.
-                fp = (self.index.fingerprint(ps.service), self.index.state["peer_authentications"])
-                old = self._prev_cla_parts.get(key)
-                if old is not None and old[0] == fp:
-                    part = old
-                else:
-                    made: dict[str, Message] = {}
-                    for subset in subsets:
-                        name = cluster_name(OUTBOUND, ps.port.port, subset, ps.service.hostname)
-                        made[name] = self._load_assignment(
-                            name, ps, subset, self.mesh.destination_rule_for(ps.service.hostname)
-                        )
-                    part = (fp, made)
-                self._cla_parts[key] = part
+                part = self._cla_part(ps, subsets)
+                self._cla_parts[(ps.service.hostname, ps.port.port)] = part
                 built.update(part[1])
             self._endpoints = dict(sorted(built.items()))
+        # The endpoint messages were copied into the assignments: let them go now rather than
+        # with this mesh (a later change would otherwise pay for freeing the whole mesh's).
+        self._lb_endpoints.clear()
+        assert self._endpoints is not None
         return self._endpoints
+
+    def _cla_part(
+        self, ps: PortService, subsets: list[str], keep: bool = False
+    ) -> tuple[Any, dict[str, Message]]:
+        """One service port's ClusterLoadAssignments (one per subset): the previous mesh's
+        when nothing they depend on changed (and, with ``keep``, the equal ones)."""
+        # PeerAuthentications decide the endpoints' tlsMode metadata.
+        fp = (self.index.fingerprint(ps.service), self.index.kind_state("peer_authentications"))
+        old = self._prev_cla_parts.get((ps.service.hostname, ps.port.port))
+        if old is not None and old[0] == fp:
+            return old
+        made: dict[str, Message] = {}
+        dr = self.mesh.destination_rule_for(ps.service.hostname)
+        for subset in subsets:
+            name = cluster_name(OUTBOUND, ps.port.port, subset, ps.service.hostname)
+            made[name] = self._load_assignment(name, ps, subset, dr)
+        return (fp, _kept(made, old[1]) if keep and old is not None else made)
+
+    def _patch_endpoints(self) -> bool:
+        """:meth:`_patch_clusters` for the endpoints."""
+        prev = self._prev_endpoints
+        stale = self.index.stale_hosts
+        if prev is None or stale is None:
+            return False
+        parts: dict[tuple[Any, ...], tuple[Any, dict[str, Message]]] = {}
+        changed: dict[str, Message] = {}
+        for host in sorted(stale):
+            subsets = ["", *sorted(self.index.subsets(host))]
+            for ps in self.index.host_ports(host):
+                if isinstance(ps.service, SeHost) and ps.service.dns:
+                    continue
+                key = (host, ps.port.port)
+                old = self._prev_cla_parts.get(key)
+                part = parts[key] = self._cla_part(ps, subsets, keep=True)
+                if old is None or old[1].keys() != part[1].keys():
+                    return False
+                changed.update((n, c) for n, c in part[1].items() if c is not prev.get(n))
+        self._cla_parts = {**self._prev_cla_parts, **parts}
+        self._endpoints = prev
+        if changed:
+            self._endpoints = dict(prev)
+            self._endpoints.update(changed)
+        return True
 
     def _load_assignment(
         self, name: str, ps: PortService, subset: str, dr: DestinationRule | None
@@ -374,7 +461,10 @@ class ClusterBuilder:
             )
             group.lb_endpoints.extend(
                 self._lb_endpoint(address, port, w)
-                for address, port, w in sorted(by_locality[locality], key=lambda e: e[:2])
+                # by address and port, then key: the same order however the workloads were read
+                for address, port, w in sorted(
+                    by_locality[locality], key=lambda e: (e[0], e[1], e[2].key)
+                )
             )
             group.load_balancing_weight.value = sum(w.weight for _, _, w in by_locality[locality])
         return cla
@@ -405,6 +495,16 @@ class ClusterBuilder:
             ].string_value = workload_metadata(w.name, w.namespace, w.workload_labels)
             self._lb_endpoints[key] = found
         return found
+
+
+def _kept(made: dict[str, Message], old: dict[str, Message]) -> dict[str, Message]:
+    """``made`` with the previous messages where they are equal: the same objects, so that the
+    snapshot store sees no change (it compares by identity) and serializes nothing again."""
+    out = {}
+    for name, m in made.items():
+        o = old.get(name)
+        out[name] = o if o is not None and o == m else m
+    return out
 
 
 def _override_key(overrides: Overrides) -> tuple[tuple[str, tuple[str, str, str]], ...]:

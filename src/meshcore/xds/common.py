@@ -7,7 +7,6 @@ builders turn it into a ConfigProblem about the resource it came from.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,13 +19,12 @@ from google.protobuf.message import Message
 
 from meshcore import _core
 from meshcore.config.model import ServicePort, WorkloadEntry
-from meshcore.config.validate import parse_duration
+from meshcore.config.validate import is_header_name, parse_duration
 from meshcore.names import SDS_CLUSTER, TLS_SOCKET
 
 # Istio's defaults: an unset VirtualService timeout disables the route timeout; connections
 # time out after 10 s.
 DEFAULT_CONNECT_TIMEOUT_NS = 10 * 10**9
-_HEADER_NAME = re.compile(r"^:?[0-9A-Za-z!#$%&'*+\-.^_`|~]+$")
 _HTTP_PROTOCOLS = frozenset({"http", "http2", "grpc", "grpc-web", "h2c"})
 HTTP2_PROTOCOLS = frozenset({"http2", "grpc", "grpc-web", "h2c"})
 _TCP_PROTOCOLS = frozenset({"tcp", "tls", "https", "mongo", "redis", "mysql"})
@@ -113,7 +111,7 @@ def string_matcher(m: Mapping[str, Any], path: str) -> string_pb2.StringMatcher:
 
 
 def header_name(name: Any, path: str) -> str:
-    if not isinstance(name, str) or not _HEADER_NAME.match(name):
+    if not isinstance(name, str) or not is_header_name(name):
         raise Invalid(path, f"invalid header name {name!r}")
     return name
 

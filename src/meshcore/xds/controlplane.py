@@ -1,9 +1,26 @@
-"""The control plane loop: watch the config, debounce changes, update and push snapshots.
+"""The control plane loop and its change pipeline: watch the config, debounce, update, push.
 
-Changes are debounced as istiod does it (PILOT_DEBOUNCE_AFTER 100 ms of quiet, at most
-PILOT_DEBOUNCE_MAX 10 s after the first change), so a burst of writes becomes one rebuild and
-one push. An invalid config never replaces the last good one: the problems are logged and
-reported, and proxies keep what they have.
+A VirtualService edit travels one line. file: the loader stats the files once per poll
+(``IncrementalLoader.poll``); after istiod's debounce (100 ms quiet, at most 10 s) it reads the
+files that poll saw change, parses and validates only the changed documents. keys: it reports a
+``ChangeSet`` of resource keys (as an etcd watch would), which the new model carries
+(``MeshModel.changes_since``); keys pile up here until proxies are updated (across invalid
+configs, which never replace the last good one). affected proxies: ``DependencyIndex.plan``, the
+one place keys become work: the objects that changed, the proxies whose own resources they
+touch, each shared layer with one holder to translate it for. builders: the translator derives
+the new mesh's translation from the last, told the keys. snapshot diff: a shared layer's
+difference (by identity) goes to all holders at once in the Rust store
+(``SnapshotCache.update_shared``); affected proxies get new snapshots. push: each ADS stream.
+
+What invalidates each cache: loader files, pieces, documents: stat stamp, text and line, value
+and line; reference warnings: Service/ServiceEntry/DestinationRule keys. Index: any key but
+WorkloadEntries (they patch it). Clusters and endpoints per service port: their inputs' value
+(service, DestinationRule, selected workloads; endpoints: PeerAuthentications). Routes:
+Service/ServiceEntry/VirtualService/DestinationRule keys; outbound listeners: Service and
+ServiceEntry keys; authorization filters: AuthorizationPolicy and Service keys, providers;
+inbound listeners: those, Peer/RequestAuthentication keys, the workload's value. Serialized
+messages and shared resource sets: dropped after each update unless still held. All of it: a
+new trust domain, root namespace or MeshConfig.
 """
 
 from __future__ import annotations
@@ -14,16 +31,17 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
 from meshcore._core.xds import Snapshot
 from meshcore.config import IncrementalLoader, MeshModel, ValidationReport
-from meshcore.config.loader import MAX_FILE_BYTES, collector_paused, iter_config_files
+from meshcore.config.changes import EVERYTHING, NOTHING, ChangeSet, changed_keys
+from meshcore.config.loader import MAX_FILE_BYTES, collector_paused
 from meshcore.errors import ConfigProblem
 from meshcore.xds.cache import Layered, NodeInfo, SnapshotCache
-from meshcore.xds.deps import DependencyIndex, Group, changed_objects
+from meshcore.xds.deps import DependencyIndex, Group
 from meshcore.xds.types import Resources
 
 log = logging.getLogger("meshcore.controlplane")
@@ -35,15 +53,15 @@ Checker = Callable[[MeshModel], list[ConfigProblem]]
 
 class ConfigSource(Protocol):
     """Where the config comes from besides directories (the etcd store,
-    :class:`meshcore.store.source.EtcdSource`): a report of the whole config, the keys that
-    changed since the last one (``reread``: resources' ``file``), and a fingerprint that moves
-    when the source did."""
+    :class:`meshcore.store.source.EtcdSource`), as the directory loader does it: ``poll``
+    says whether the source moved since the last poll, ``validate`` reports the whole config,
+    and ``changes`` the keys that changed in the last ``validate``."""
 
-    reread: list[str]
+    changes: ChangeSet
+
+    def poll(self) -> bool: ...
 
     def validate(self) -> ValidationReport: ...
-
-    def fingerprint(self) -> Hashable: ...
 
 
 DEBOUNCE_AFTER = 0.1
@@ -108,20 +126,25 @@ class ControlPlane:
             self.paths, max_file_bytes=max_file_bytes
         )
         self.mesh: MeshModel | None = None
+        # Every problem the last load found (validation, then translation), and apart: those
+        # of the last load's validation, and the translation problems of the mesh served
+        # (what proxies will not get, from ``check``; kept through invalid configurations).
         self.problems: tuple[ConfigProblem, ...] = ()
+        self.load_problems: tuple[ConfigProblem, ...] = ()
+        self.translation_problems: tuple[ConfigProblem, ...] = ()
         self.rebuilds = 0
         self.last_update: dict[str, float] = {}  # what the last update did (for benchmarks)
         self.last_load = 0.0  # seconds the last load took
-        # The mesh the proxies' snapshots were last brought up to date with, and the files
-        # read since (through invalid configurations too): what the next update compares.
+        # The mesh the proxies' snapshots were last brought up to date with, and the keys
+        # changed since (through invalid configurations too): what the next update plans from.
         self._served: MeshModel | None = None
-        self._dirty_files: set[str] = set()
+        self._pending: ChangeSet = NOTHING
         # gc.freeze() long-lived objects (see _settle): for the process that runs the control
         # plane (meshcore serve), not for a library user's process by default.
         self.settle_gc = settle_gc
         self._settled_nodes = 0
         self._updates_since_collect = 0
-        self._fingerprint = self._scan()
+        self.loader.poll()  # the files as they are now: what run() watches for changes
 
     def load(self) -> bool:
         """(Re)loads the config; on errors keeps the last good mesh. True when it changed.
@@ -147,8 +170,7 @@ class ControlPlane:
         return report
 
     def _apply(self, report: ValidationReport) -> bool:
-        self._dirty_files.update(self.loader.reread)
-        self.problems = report.problems
+        self.problems = self.load_problems = report.problems
         if self.mesh is not None:  # a reload; the first load's problems are the caller's
             for p in report.problems:
                 (log.error if p.severity == "error" else log.warning)("%s", p)
@@ -161,10 +183,12 @@ class ControlPlane:
             return False
         self.base = report.model
         self.mesh = report.model if self.overlay is None else self.overlay(report.model)
+        self._pending = self._pending | self.loader.changes
         if self.check is not None:
             found = self.check(self.mesh)
             for p in found:
                 (log.error if p.severity == "error" else log.warning)("%s", p)
+            self.translation_problems = tuple(found)
             self.problems = (*self.problems, *found)
         if self.index is None:
             # The generator builds new messages for a new mesh: old serializations are garbage.
@@ -174,10 +198,12 @@ class ControlPlane:
     def reoverlay(self, source: str) -> None:
         """The overlay changed (its objects have ``file == source``): serves the loaded mesh
         with the new overlay and brings the proxies up to date."""
-        if self.base is None or self.overlay is None:
+        if self.base is None or self.overlay is None or self.mesh is None:
             return
+        before = [r for r in self.mesh.resources if r.file == source]
         self.mesh = self.overlay(self.base)
-        self._dirty_files.add(source)
+        after = [r for r in self.mesh.resources if r.file == source]
+        self._pending = self._pending | ChangeSet(frozenset(changed_keys(before, after)))
         self.update()
 
     def snapshot_for(self, node: NodeInfo) -> Snapshot | None:
@@ -186,7 +212,7 @@ class ControlPlane:
         resources = self.generate(self.mesh, node)
         if self.index is not None:
             if self._served is None:  # the first snapshot: what later changes start from
-                self._served, self._dirty_files = self.mesh, set()
+                self._served, self._pending = self.mesh, NOTHING
             self.index.add(self.mesh, node, resources)
         return None if resources is None else self.cache.snapshot(resources)
 
@@ -225,25 +251,24 @@ class ControlPlane:
         self.rebuilds += 1
         t0 = time.perf_counter()
         index, mesh = self.index, self.mesh
-        changes = changed_objects(self._served, mesh, self._dirty_files)
-        affected = index.affected(self._served, mesh, changes)
-        self._served = mesh
-        self._dirty_files = set()
+        plan = index.plan(self._served, mesh, self._pending if self._served else EVERYTHING)
+        affected = plan.affected
+        self._served, self._pending = mesh, NOTHING
         t1 = time.perf_counter()
         if affected is None:
             for node in index.nodes():
                 self._regenerate(node)
             self.cache.forget(keep=[g.shared for g in index.groups.values()])
-            self._record(t0, t1, len(changes), len(index), len(index))
+            self._record(t0, t1, len(plan.changes), len(index), len(index))
             return
         # Shared layers first: each is translated once, for one proxy holding it that the
         # change does not otherwise touch, and its difference goes to all of its holders.
         fresh: dict[str, Resources | None] = {}
-        for gk, group in list(index.groups.items()):
+        for gk, rep in plan.layers:
+            group = index.groups[gk]
             holders = [n for n in group.members if n not in affected]
             if not holders:
                 continue
-            rep = holders[0]
             if rep not in fresh:
                 fresh[rep] = self.generate(mesh, index.node(rep))
             got = fresh[rep]
@@ -266,7 +291,7 @@ class ControlPlane:
             if node_id in index:
                 self._regenerate(index.node(node_id))
         self.cache.forget(keep=[g.shared for g in index.groups.values()])
-        self._record(t0, t1, len(changes), len(affected), len(fresh))
+        self._record(t0, t1, len(plan.changes), len(affected), len(fresh))
 
     def _record(self, t0: float, t1: float, changes: int, retranslated: int, reps: int) -> None:
         self.last_update = {
@@ -287,14 +312,13 @@ class ControlPlane:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.poll_interval)
-            fingerprint = self._scan()
+            changed = self.loader.poll()
             now = time.monotonic()
             if self.refresh is not None and now - last_refresh >= self.refresh_interval:
                 last_refresh = now
                 if await asyncio.to_thread(self.refresh) and self.mesh is not None:
                     self.regenerate_all(nodes())
-            if fingerprint != self._fingerprint:
-                self._fingerprint = fingerprint
+            if changed:
                 last_change = now
                 if first_change is None:
                     first_change = now
@@ -326,15 +350,3 @@ class ControlPlane:
                 gc.collect()
         gc.freeze()
         self._settled_nodes = len(self.cache)
-
-    def _scan(self) -> Hashable:
-        if self.source is not None:
-            return self.source.fingerprint()
-        out = []
-        for f in iter_config_files(self.paths):
-            try:
-                st = f.stat()
-            except OSError:
-                continue
-            out.append((str(f), st.st_mtime_ns, st.st_size))
-        return tuple(out)

@@ -1,6 +1,8 @@
 """The control plane's HTTP side: Prometheus ``/metrics``, ``/debug/syncz`` (what
-``meshcore proxy-status`` reads: per proxy and xDS type SYNCED / STALE / NACKED, and the config
-problems), the status page ``/status`` (and its data, ``/debug/statusz``), ``/healthz`` and
+``meshcore proxy-status`` reads: per proxy and xDS type SYNCED / STALE / NACKED; the problems of
+the last load, ``config_problems``, as the configuration's validation found them; and, beside
+them, ``translation_problems``: what proxies will not get of a valid configuration),
+the status page ``/status`` (and its data, ``/debug/statusz``), ``/healthz`` and
 ``/ready``."""
 
 from __future__ import annotations
@@ -63,12 +65,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, CONTENT_TYPE_LATEST, body)
         elif self.path == "/debug/syncz":
             status = self.server.in_loop(self.server.ads.sync_status)
-            problems = [p.to_dict() for p in self.server.plane.problems]
-            syncz: dict[str, Any] = {"proxies": status, "config_problems": problems}
-            plane_source: Any = self.server.plane.source
+            plane = self.server.plane
+            body = {
+                "proxies": status,
+                "config_problems": [p.to_dict() for p in plane.load_problems],
+                "translation_problems": [p.to_dict() for p in plane.translation_problems],
+            }
+            plane_source: Any = plane.source
             if hasattr(plane_source, "status"):
-                syncz["config_store"] = plane_source.status()
-            self._send(200, "application/json", json.dumps(syncz).encode())
+                body["config_store"] = plane_source.status()
+            self._send(200, "application/json", json.dumps(body).encode())
         elif self.path == "/debug/statusz":
             state = self.server.in_loop(lambda: control_plane_state(self.server.ads))
             self._send(200, "application/json", json.dumps(state).encode())

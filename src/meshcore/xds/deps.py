@@ -6,8 +6,8 @@ clusters and endpoints, the outbound listeners of its address, the route configu
 namespace). The index remembers, per connected proxy, the workload it is bound to and the
 shared layers it holds, and per config file the objects it defines. On a change:
 
-- the objects that changed are found by comparing the old and new models (unchanged documents
-  keep their objects, see :class:`meshcore.config.IncrementalLoader`);
+- the objects that changed are those of the keys the config source reports changed (a
+  :class:`~meshcore.config.ChangeSet`), compared by value between the old and new models;
 - :meth:`DependencyIndex.affected` says which proxies' own resources may change: a
   WorkloadEntry -> the proxies bound to it, named like it, or at its old or new address; a
   PeerAuthentication, RequestAuthentication,
@@ -28,11 +28,12 @@ shared layers, then one persistent-map update per holder in the Rust core, whate
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from meshcore.config import DestinationRule, MeshModel, Resource, WorkloadEntry
+from meshcore.config.changes import ChangeSet, resource_value
 from meshcore.xds.cache import Layered, NodeInfo
 from meshcore.xds.gateway import ROUTER
 from meshcore.xds.index import uses_source_match
@@ -52,38 +53,34 @@ _NAMESPACE_SCOPE = frozenset({"Sidecar"})
 _NOT_TRANSLATED = frozenset({"WorkloadGroup"})
 
 
-def changed_objects(
-    old: MeshModel | None, new: MeshModel, files: Collection[str] | None = None
-) -> dict[Key, Change]:
-    """Objects added, removed or changed (spec, labels, annotations, apiVersion) between two
-    models, by key; only among the objects of ``files`` when given (the files read again: the
-    others kept their objects). Objects that are the same Python object are not compared."""
-    if files is None:
-        olds: Iterable[Resource] = old.resources if old is not None else ()
-        news: Iterable[Resource] = new.resources
+def changed_objects(old: MeshModel | None, new: MeshModel, changes: ChangeSet) -> dict[Key, Change]:
+    """The objects behind ``changes`` (keys from the config source) that really differ between
+    the two models, by value (a key changed and changed back is no change), as (old, new)."""
+    if old is None or changes.everything:
+        keys: Iterable[Key] = {r.key for r in new.resources} | (
+            {r.key for r in old.resources} if old is not None else set()
+        )
     else:
-        olds = [r for r in (old.resources if old is not None else ()) if r.file in files]
-        news = [r for r in new.resources if r.file in files]
-    before = {r.key: r for r in olds}
+        keys = changes.keys
     out: dict[Key, Change] = {}
-    for r in news:
-        o = before.pop(r.key, None)
-        if o is None and files is not None and old is not None:
-            o = old.get(*r.key)  # moved here from a file that was not read again
-        if o is r:
-            continue
-        if o is not None and _value(o) == _value(r):
-            continue
-        out[r.key] = (o, r)
-    for key, o in before.items():
+    for key in keys:
+        o = old.get(*key) if old is not None else None
         n = new.get(*key)
-        if n is None or (n is not o and _value(n) != _value(o)):
-            out[key] = (o, n)
+        if o is n or (o is not None and n is not None and resource_value(o) == resource_value(n)):
+            continue
+        out[key] = (o, n)
     return out
 
 
-def _value(r: Resource) -> tuple[Any, ...]:
-    return (r.api_version, r.spec, r.labels, r.annotations)
+@dataclass(slots=True)
+class Plan:
+    """What one change asks for (:meth:`DependencyIndex.plan`)."""
+
+    changes: dict[Key, Change]  # the objects that changed: (old, new), None when absent
+    affected: set[str] | None  # proxies whose own resources may change; None: every proxy
+    # The shared layers to translate again, each for one of its holders the change does not
+    # otherwise touch (its difference then goes to all of its holders).
+    layers: list[tuple[GroupKey, str]]
 
 
 @dataclass(slots=True)
@@ -177,6 +174,20 @@ class DependencyIndex:
 
     def node(self, node_id: str) -> NodeInfo:
         return self.entries[node_id].node
+
+    def plan(self, old: MeshModel | None, new: MeshModel, changes: ChangeSet) -> Plan:
+        """The one place a change is turned into work: the changed keys (``changes``, from
+        the config source, since ``old`` was served) into the objects that changed, the
+        proxies to translate again and the shared layers to translate once each."""
+        objects = changed_objects(old, new, changes)
+        affected = self.affected(old, new, objects)
+        layers: list[tuple[GroupKey, str]] = []
+        if affected is not None:
+            for gk, group in self.groups.items():
+                rep = next((n for n in group.members if n not in affected), None)
+                if rep is not None:
+                    layers.append((gk, rep))
+        return Plan(objects, affected, layers)
 
     def affected(
         self, old: MeshModel | None, new: MeshModel, changes: Mapping[Key, Change]

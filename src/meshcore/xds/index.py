@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from meshcore.config.changes import EVERYTHING, ChangeSet, ResourceKey
 from meshcore.config.model import (
     DestinationRule,
     MeshModel,
@@ -38,6 +39,19 @@ KINDS = (
     "peer_authentications",
     "request_authentications",
 )
+
+
+# The resource kind of each KINDS entry.
+_KIND_OF = {
+    "Service": "services",
+    "ServiceEntry": "service_entries",
+    "WorkloadEntry": "workload_entries",
+    "VirtualService": "virtual_services",
+    "DestinationRule": "destination_rules",
+    "AuthorizationPolicy": "authorization_policies",
+    "PeerAuthentication": "peer_authentications",
+    "RequestAuthentication": "request_authentications",
+}
 
 
 def kind_state(mesh: MeshModel, kind: str) -> tuple[Any, ...]:
@@ -101,6 +115,7 @@ class SeHost:
 
 
 Host = Service | SeHost
+Key = ResourceKey
 # The DestinationRules with a workloadSelector that select one proxy, by host (sorted).
 Overrides = tuple[tuple[str, DestinationRule], ...]
 
@@ -125,7 +140,6 @@ class MeshIndex:
         for namespace, host in sorted(mesh.selector_hosts):
             self._selector_hosts.setdefault(namespace, []).append(host)
         self._overrides: dict[tuple[Any, ...], Overrides] = {}
-        self._host_ports: dict[str, list[PortService]] | None = None
         # The ServiceEntry hosts of resolution NONE: only capture-mode sidecars route them.
         self.passthrough_hosts: list[SeHost] = []
         # The mesh-wide problems, reported to every proxy.
@@ -147,6 +161,11 @@ class MeshIndex:
             for group in self.by_port.values():
                 group.sort(key=lambda ps: ps.service.hostname)
             self._warn_egress_protocols()
+        # The service ports of each host, in port order (host_ports).
+        self._host_ports: dict[str, list[PortService]] = {}
+        for port in sorted(self.by_port):
+            for ps in self.by_port[port]:
+                self._host_ports.setdefault(ps.service.hostname, []).append(ps)
         self.uses_source_match = uses_source_match(mesh)
         self._eps: dict[str, tuple[WorkloadEntry, ...]] = {}
         self._by_label: dict[tuple[str, str, str], list[WorkloadEntry]] = {}
@@ -174,7 +193,9 @@ class MeshIndex:
             ),
             key=lambda e: -len(e[0]),
         )
-        self.state = {kind: kind_state(mesh, kind) for kind in KINDS}
+        self._state: dict[str, tuple[Any, ...]] = {}
+        self._workload_namespaces: dict[str, int] | None = None
+        self._se_selectors: list[PortService] | None = None
         self._scopes: SidecarScopes | None = None
 
     def sidecar_scope(self, namespace: str, labels: Mapping[str, str]) -> SidecarScope | None:
@@ -225,6 +246,104 @@ class MeshIndex:
             self._scopes = SidecarScopes(self.mesh, hosts)
         return self._scopes
 
+    @classmethod
+    def patched(
+        cls, prev: MeshIndex, mesh: MeshModel, log: ProblemLog, workloads: Iterable[Key]
+    ) -> MeshIndex:
+        """``prev``'s index for ``mesh``, a mesh that differs from ``prev``'s only in the
+        WorkloadEntries ``workloads`` (keys): everything else is shared with ``prev`` (never
+        changed after it is built, but for the lazily filled lookups, which are copied), and
+        only the label index entries and lookups those workloads reach are redone. What a
+        build from scratch gives, at the cost of the change rather than of the mesh."""
+        new = cls.__new__(cls)
+        new.__dict__.update(prev.__dict__)
+        new.mesh, new.log = mesh, log
+        by_label = dict(prev._by_label)
+        # Kept up to date only when already counted (else counted when first asked for).
+        counts = dict(prev._workload_namespaces) if prev._workload_namespaces is not None else None
+        stale: set[str] = set()  # hosts whose workloads changed
+        for key in workloads:
+            for w in (prev.mesh.get(*key), mesh.get(*key)):
+                if isinstance(w, WorkloadEntry):
+                    stale.update(prev.hosts_selecting(w))
+            old, now = prev.mesh.get(*key), mesh.get(*key)
+            if isinstance(old, WorkloadEntry):
+                for k, v in old.workload_labels.items():
+                    lk = (old.namespace, k, v)
+                    # By key: an entry may be an older object of equal value (a document
+                    # whose lines moved is a new object, not a change).
+                    kept = [x for x in by_label.get(lk, ()) if x.key != key]
+                    if kept:
+                        by_label[lk] = kept
+                    else:
+                        by_label.pop(lk, None)
+                if counts is not None:
+                    counts[old.namespace] -= 1
+                    if not counts[old.namespace]:
+                        del counts[old.namespace]
+            if isinstance(now, WorkloadEntry):
+                for k, v in now.workload_labels.items():
+                    lk = (now.namespace, k, v)
+                    by_label[lk] = [*by_label.get(lk, ()), now]
+                if counts is not None:
+                    counts[now.namespace] = counts.get(now.namespace, 0) + 1
+        new._by_label = by_label
+        new._workload_namespaces = counts
+        new._eps = dict(prev._eps)
+        new._fingerprints = dict(prev._fingerprints)
+        for host in stale:
+            new._eps.pop(host, None)
+            new._fingerprints.pop(host, None)
+        new._state = {k: v for k, v in prev._state.items() if k != "workload_entries"}
+        new.stale_hosts = frozenset(stale)
+        # Lookups of what did not change (DestinationRules, PeerAuthentications, hosts): copied,
+        # so that filling them for the new mesh leaves the old index as it was.
+        new._subset_cache = dict(prev._subset_cache)
+        new._mtls_cache = dict(prev._mtls_cache)
+        new._overrides = dict(prev._overrides)
+        return new
+
+    # The hosts whose workloads changed, when this index was patched from another (else None).
+    stale_hosts: frozenset[str] | None = None
+
+    def workload_namespaces(self) -> Mapping[str, int]:
+        """The namespaces with WorkloadEntries (and how many each has)."""
+        if self._workload_namespaces is None:
+            counts: dict[str, int] = {}
+            for w in self.mesh.workload_entries:
+                counts[w.namespace] = counts.get(w.namespace, 0) + 1
+            self._workload_namespaces = counts
+        return self._workload_namespaces
+
+    def hosts_selecting(self, w: WorkloadEntry) -> set[str]:
+        """The hosts (Services and ServiceEntries with a workloadSelector) that select ``w``:
+        those whose endpoints and clusters it is part of."""
+        out = {svc.hostname for svc in self.services_of(w)}
+        for ps in self._se_selecting():
+            svc = ps.service
+            if svc.namespace == w.namespace and selector_matches(svc.selector, w.workload_labels):
+                out.add(svc.hostname)
+        return out
+
+    def _se_selecting(self) -> list[PortService]:
+        if self._se_selectors is None:
+            self._se_selectors = [
+                ps
+                for group in self.by_port.values()
+                for ps in group
+                if isinstance(ps.service, SeHost)
+                and ps.service.inline is None
+                and ps.service.selector
+            ]
+        return self._se_selectors
+
+    def kind_state(self, kind: str) -> tuple[Any, ...]:
+        """:func:`kind_state` of this index's mesh, computed once."""
+        found = self._state.get(kind)
+        if found is None:
+            found = self._state[kind] = kind_state(self.mesh, kind)
+        return found
+
     def same_scope(self, other: MeshIndex) -> bool:
         """Whether translations of the two meshes can share anything (same trust domain and
         root namespace)."""
@@ -233,9 +352,14 @@ class MeshIndex:
             other.mesh.root_namespace,
         )
 
-    def unchanged(self, other: MeshIndex) -> dict[str, bool]:
-        """Per kind (KINDS), whether ``other``'s mesh has the same resources (by value)."""
-        return {kind: other.state[kind] == self.state[kind] for kind in KINDS}
+    def unchanged(self, other: MeshIndex, changes: ChangeSet = EVERYTHING) -> dict[str, bool]:
+        """Per kind (KINDS), whether ``other``'s mesh has the same resources (by value): told
+        by ``changes`` (the keys changed from ``other``'s mesh to this one) when known."""
+        if not changes.everything:
+            changed = {_KIND_OF[k] for k in changes.kinds() if k in _KIND_OF}
+            if changes.kinds() <= _KIND_OF.keys():
+                return {kind: kind not in changed for kind in KINDS}
+        return {kind: other.kind_state(kind) == self.kind_state(kind) for kind in KINDS}
 
     def _warn_untranslated(self) -> None:
         """Valid Istio fields this translator does not carry to Envoy: said, never ignored."""
@@ -455,11 +579,6 @@ class MeshIndex:
 
     def host_ports(self, host: str) -> list[PortService]:
         """The service ports of one host, in port order."""
-        if self._host_ports is None:
-            self._host_ports = {}
-            for port in sorted(self.by_port):
-                for ps in self.by_port[port]:
-                    self._host_ports.setdefault(ps.service.hostname, []).append(ps)
         return self._host_ports.get(host, [])
 
     def subset_workloads(

@@ -7,10 +7,14 @@ shared by the mesh's proxies; a new mesh's translation inherits from the previou
 the change does not touch (each builder decides, in its ``inherit``). ``generate`` assembles a
 proxy's resources from the builders and collects the problems of exactly what it got.
 
-The caches, and what a new mesh keeps of them (compared by value, kind by kind; nothing is kept
-when the trust domain, the root namespace or the MeshConfig change):
+The caches, and what a new mesh keeps of them (told by the keys the new mesh carries,
+``MeshModel.changes_since``, else compared by value, kind by kind; nothing is kept when the
+trust domain, the root namespace or the MeshConfig change; the one list of every cache of the
+pipeline is in :mod:`meshcore.xds.controlplane`):
 
-- the index (services by port, workloads by label, subsets, mTLS modes): rebuilt for every mesh;
+- the index (services by port, workloads by label, subsets, mTLS modes): rebuilt for every mesh,
+  but patched when only WorkloadEntries changed (then only the clusters and endpoints of the
+  hosts those workloads belong to are built again; the rest is the previous mesh's);
 - clusters, per service port: while the service, its DestinationRule and the workloads it
   selects are equal; its endpoints: the same, and the PeerAuthentications too;
 - routes (VirtualService routes, virtual hosts, route configurations, hash policies): while
@@ -34,6 +38,7 @@ from google.protobuf.message import Message
 
 from meshcore._text import shown
 from meshcore.config import ValidationReport
+from meshcore.config.changes import EVERYTHING
 from meshcore.config.meshconfig import MeshConfig
 from meshcore.config.model import MeshModel, selector_matches
 from meshcore.errors import ConfigProblem
@@ -84,7 +89,16 @@ class MeshTranslation:
         self.providers = providers
         self.mesh_config = mesh_config
         problems = ProblemLog()
-        self.index = MeshIndex(mesh, problems)
+        self.index: MeshIndex
+        changes = EVERYTHING
+        if previous is not None:
+            changes = mesh.changes_since(previous.mesh)
+        if previous is not None and not changes.everything and changes.kinds() <= {"WorkloadEntry"}:
+            # Only workloads changed: the index is patched, and the clusters and endpoints
+            # of the hosts they belong to are all that is built again.
+            self.index = MeshIndex.patched(previous.index, mesh, problems, changes.keys)
+        else:
+            self.index = MeshIndex(mesh, problems)
         self.clusters = ClusterBuilder(self.index, problems, mesh_config, system_ca)
         self.routes = RouteBuilder(self.index, problems)
         self.listeners = ListenerBuilder(self.index, problems, providers, mesh_config, jwks)
@@ -95,7 +109,7 @@ class MeshTranslation:
         )
         self._scoped_layers: dict[tuple[Any, ...], tuple[Any, dict[str, Message]]] = {}
         if previous is not None and previous.index.same_scope(self.index):
-            same = self.index.unchanged(previous.index)
+            same = self.index.unchanged(previous.index, changes)
             self.clusters.inherit(previous.clusters)
             self.routes.inherit(previous.routes, same)
             self.listeners.inherit(previous.listeners, same)
@@ -234,7 +248,7 @@ class MeshTranslation:
         is built twice)."""
         groups = [self.index.mesh_problems]
         # A sidecar of each namespace with workloads (route configurations are per namespace).
-        namespaces = {w.namespace for w in self.mesh.workload_entries}
+        namespaces = set(self.index.workload_namespaces())
         for namespace in sorted(namespaces or {self.mesh.root_namespace}):
             proxy = Proxy(node_id="", ip="", name="", namespace=namespace, workload=None, labels={})
             self.listeners.outbound_listeners(proxy)
@@ -401,7 +415,7 @@ def _duplicate_names(proxy: Proxy, resources: Resources) -> list[ConfigProblem]:
         layers = resources[type_url]
         if not isinstance(layers, Layered) or not layers.own:
             continue
-        for name in sorted(set(layers.own) & set(layers.shared)):
+        for name in sorted(n for n in layers.own if n in layers.shared):
             out.append(
                 ConfigProblem(
                     f"{types.SHORT_NAMES[type_url]} resource {name!r} is produced twice, for"

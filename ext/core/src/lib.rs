@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod fasthash;
+pub mod lb;
 pub mod matcher;
 pub mod proto;
 pub mod regex;

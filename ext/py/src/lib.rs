@@ -7,6 +7,7 @@ use meshcore_core::Re2Regex;
 
 mod columns;
 mod errors;
+mod lb;
 mod rbac;
 mod route;
 mod xds;
@@ -48,7 +49,7 @@ fn add_submodule(
 }
 
 /// `meshcore._core`: the regex dialect shared by routes and RBAC at the top, one submodule per
-/// area (`route`, `rbac`, `xds`, `yaml`), each with its own stub file.
+/// area (`route`, `rbac`, `xds`, `yaml`, `lb`), each with its own stub file.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -58,5 +59,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     add_submodule(m, "rbac", rbac::register)?;
     add_submodule(m, "xds", xds::register)?;
     add_submodule(m, "yaml", yaml::register)?;
+    add_submodule(m, "lb", lb::register)?;
     Ok(())
 }

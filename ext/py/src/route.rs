@@ -6,7 +6,8 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
-use meshcore_core::proto::route::ActionKind;
+use meshcore_core::proto::route::{ActionKind, HashKind};
+use meshcore_core::route::PathMatch;
 use meshcore_core::route::{Explanation, HostChoice};
 use meshcore_core::{CompiledRouteTable, EscapedSlashes, HcmOptions, Request};
 
@@ -24,6 +25,10 @@ pub struct RouteMatch {
     route_index: usize,
     #[pyo3(get)]
     virtual_host_index: usize,
+    /// How the route matches the path: ("prefix" | "path" | "safe_regex" |
+    /// "path_separated_prefix" | "path_template", value).
+    #[pyo3(get)]
+    path_match: (&'static str, String),
     action: Py<PyDict>,
     #[pyo3(get)]
     proto: Py<PyBytes>,
@@ -70,6 +75,44 @@ fn action_dict<'py>(
             d.set_item("retry_on", &r.retry_on)?;
             d.set_item("num_retries", r.num_retries)?;
             d.set_item("per_try_timeout", r.per_try_timeout)?;
+            match &r.retry {
+                None => d.set_item("retry_policy", py.None())?,
+                Some(rp) => {
+                    let rd = PyDict::new(py);
+                    rd.set_item("retry_on", &r.retry_on)?;
+                    rd.set_item("num_retries", r.num_retries)?;
+                    rd.set_item("per_try_timeout", r.per_try_timeout)?;
+                    rd.set_item(
+                        "retriable_status_codes",
+                        PyTuple::new(py, &rp.retriable_status_codes)?,
+                    )?;
+                    rd.set_item(
+                        "retry_host_predicates",
+                        PyTuple::new(py, &rp.retry_host_predicates)?,
+                    )?;
+                    rd.set_item(
+                        "host_selection_retry_max_attempts",
+                        rp.host_selection_retry_max_attempts,
+                    )?;
+                    d.set_item("retry_policy", rd)?;
+                }
+            }
+            let mut hashes = Vec::with_capacity(r.hash_policies.len());
+            for hp in &r.hash_policies {
+                let (kind, name): (Option<&str>, &str) = match &hp.kind {
+                    None => (None, ""),
+                    Some(HashKind::Header(n)) => (Some("header"), n),
+                    Some(HashKind::Cookie(n)) => (Some("cookie"), n),
+                    Some(HashKind::QueryParameter(n)) => (Some("query_parameter"), n),
+                    Some(HashKind::FilterState(n)) => (Some("filter_state"), n),
+                    Some(HashKind::ConnectionProperties(true)) => (Some("source_ip"), ""),
+                    Some(HashKind::ConnectionProperties(false)) => {
+                        (Some("connection_properties"), "")
+                    }
+                };
+                hashes.push((kind, name, hp.terminal).into_pyobject(py)?);
+            }
+            d.set_item("hash_policy", PyTuple::new(py, hashes)?)?;
         }
         ActionKind::Redirect(r) => {
             d.set_item("kind", "redirect")?;
@@ -284,6 +327,15 @@ impl RouteTable {
                     virtual_host: vh,
                     route_index: i,
                     virtual_host_index: r.virtual_host,
+                    path_match: match &r.path {
+                        PathMatch::Prefix { value, .. } => ("prefix", value.clone()),
+                        PathMatch::Exact { value, .. } => ("path", value.clone()),
+                        PathMatch::Regex(re) => ("safe_regex", re.pattern().to_string()),
+                        PathMatch::Separated { value, .. } => {
+                            ("path_separated_prefix", value.clone())
+                        }
+                        PathMatch::Template(_, t) => ("path_template", t.clone()),
+                    },
                     action: action_dict(py, r.action.as_ref())?.unbind(),
                     proto: PyBytes::new(py, &r.proto).unbind(),
                 },

@@ -20,7 +20,7 @@ from typing import Any
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -315,40 +315,37 @@ def _parse(cls: type[Message], data: bytes, type_url: str, name: str) -> Any:
 PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
 
 
-def _retry(action: route_components_pb2.RouteAction) -> RetryPolicy | None:
-    if not action.HasField("retry_policy"):
+def _retry(action: Mapping[str, Any]) -> RetryPolicy | None:
+    """The route's retry policy, as the core's RouteConfiguration decoder read it."""
+    rp: Mapping[str, Any] | None = action.get("retry_policy")
+    if rp is None:
         return None
-    rp = action.retry_policy
-    on = tuple(x.strip() for x in rp.retry_on.split(",") if x.strip())
-    num = rp.num_retries.value if rp.HasField("num_retries") else 1  # Envoy's default: 1
-    per_try = _seconds(rp.per_try_timeout) if rp.HasField("per_try_timeout") else None
-    previous = any(p.name == PREVIOUS_HOSTS for p in rp.retry_host_predicate)
+    on = tuple(x.strip() for x in (rp["retry_on"] or "").split(",") if x.strip())
+    num = rp["num_retries"]
+    per_try = rp["per_try_timeout"]
     return RetryPolicy(
-        on, num, per_try or None, tuple(rp.retriable_status_codes),
-        previous_hosts=previous,
-        host_selection_attempts=rp.host_selection_retry_max_attempts or 1,
+        on, 1 if num is None else int(num),  # Envoy's default: 1
+        float(per_try) if per_try else None,
+        tuple(int(c) for c in rp["retriable_status_codes"]),
+        previous_hosts=PREVIOUS_HOSTS in rp["retry_host_predicates"],
+        host_selection_attempts=int(rp["host_selection_retry_max_attempts"]) or 1,
     )  # fmt: skip
 
 
-def _hash_policies(
-    action: route_components_pb2.RouteAction, path: str, name: str
-) -> tuple[HashPolicy, ...]:
+def _hash_policies(action: Mapping[str, Any], path: str, name: str) -> tuple[HashPolicy, ...]:
+    """The route's hash policies, as the core's decoder read them; the kinds the data plane
+    cannot hash on are refused."""
     out = []
-    for i, hp in enumerate(action.hash_policy):
-        which = hp.WhichOneof("policy_specifier")
-        if which == "header":
-            out.append(HashPolicy("header", hp.header.header_name.lower(), hp.terminal))
-        elif which == "connection_properties" and hp.connection_properties.source_ip:
-            out.append(HashPolicy("source_ip", "", hp.terminal))
-        elif which == "query_parameter":
-            out.append(HashPolicy("query_parameter", hp.query_parameter.name, hp.terminal))
-        elif which == "cookie":
-            out.append(HashPolicy("cookie", hp.cookie.name, hp.terminal))
+    for i, (kind, key, terminal) in enumerate(action["hash_policy"]):
+        if kind == "header":
+            out.append(HashPolicy("header", str(key).lower(), bool(terminal)))
+        elif kind in ("source_ip", "query_parameter", "cookie"):
+            out.append(HashPolicy(str(kind), str(key), bool(terminal)))
         else:
             raise UnsupportedFeatureError(
                 [
                     ConfigProblem(
-                        f"hash policy {which!r} is not supported by meshcore.dataplane",
+                        f"hash policy {kind!r} is not supported by meshcore.dataplane",
                         f"{path}.route.hash_policy[{i}]",
                         kind="RDS",
                         name=name,
@@ -358,13 +355,11 @@ def _hash_policies(
     return tuple(out)
 
 
-def _rewrite_from(route: Any) -> str | None:
-    which = route.match.WhichOneof("path_specifier")
-    if which == "prefix":
-        return str(route.match.prefix)
-    if which == "path":
-        return str(route.match.path)
-    return None
+def _rewrite_from(path_match: tuple[str, str]) -> str | None:
+    """What prefix_rewrite replaces: the route's prefix or exact path (Envoy rewrites those
+    two matches only)."""
+    kind, value = path_match
+    return value if kind in ("prefix", "path") else None
 
 
 def _table(raw: bytes, name: str, options: HttpOptions | None = None) -> RouteTable:
@@ -386,20 +381,17 @@ def compile_routes(
 ) -> CompiledRoutes:
     """A RouteConfiguration compiled into a RouteTable, with each route's action decoded."""
     raw = data if isinstance(data, bytes) else data.SerializeToString()
-    table = _table(raw, name, options)
-    msg = _parse(route_pb2.RouteConfiguration, raw, types.ROUTE, name)
+    table = _table(raw, name, options)  # the one decoder of RouteConfigurations
     infos: dict[int, RouteInfo] = {}
-    flat = [
-        (vi, ri, r) for vi, vh in enumerate(msg.virtual_hosts) for ri, r in enumerate(vh.routes)
-    ]
+    first: dict[int, int] = {}  # virtual host index -> its first route's index
     for m in table.routes:
-        vh_i, r_i, route = flat[m.route_index]  # route_index counts across virtual hosts
+        vh_i = m.virtual_host_index
+        r_i = m.route_index - first.setdefault(vh_i, m.route_index)
         path = f"virtual_hosts[{vh_i}].routes[{r_i}]"
         action = m.action
         kind = str(action.get("kind"))
         if kind == "route":
-            ra = route.route
-            if ra.cluster_header:
+            if action.get("cluster_header"):
                 raise UnsupportedFeatureError(
                     [
                         ConfigProblem(
@@ -417,18 +409,19 @@ def compile_routes(
                 if timeout_s is None
                 else (None if float(timeout_s) == 0 else float(timeout_s))  # type: ignore[arg-type]
             )
+            prefix_rewrite = str(action["prefix_rewrite"] or "")
             infos[m.route_index] = RouteInfo(
                 name=m.name,
                 kind=kind,
-                cluster=ra.cluster or None,
+                cluster=str(action["cluster"] or "") or None,
                 weighted=weighted,
                 total_weight=sum(w for _, w in weighted),
                 timeout=timeout,
-                retry_policy=_retry(ra),
-                hash_policies=_hash_policies(ra, path, name),
-                prefix_rewrite=ra.prefix_rewrite,
-                host_rewrite=ra.host_rewrite_literal,
-                rewrite_from=_rewrite_from(route) if ra.prefix_rewrite else None,
+                retry_policy=_retry(action),
+                hash_policies=_hash_policies(action, path, name),
+                prefix_rewrite=prefix_rewrite,
+                host_rewrite=str(action["host_rewrite_literal"] or ""),
+                rewrite_from=_rewrite_from(m.path_match) if prefix_rewrite else None,
             )
         elif kind == "direct_response":
             body = action.get("body")

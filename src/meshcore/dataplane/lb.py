@@ -14,19 +14,20 @@ survives config updates; the compiled config itself stays immutable.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import random
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from meshcore._core import lb as _core_lb
 from meshcore.dataplane.config import ClusterConfig, Endpoint, OutlierDetection
 
 
 def hash64(data: bytes) -> int:
-    """A stable 64-bit hash (the same in every process: hash stickiness survives restarts)."""
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+    """A stable 64-bit hash (the same in every process: hash stickiness survives restarts):
+    BLAKE2b with an 8-byte digest, read little-endian (the core's)."""
+    return _core_lb.hash64(data)
 
 
 @dataclass
@@ -50,46 +51,18 @@ class _ClusterState:
 
 
 def _ring(endpoints: Sequence[Endpoint], size: int) -> tuple[list[int], list[Endpoint]]:
-    """Ketama-style ring: each host gets points in proportion to its weight (at least one)."""
-    total = sum(e.weight for e in endpoints)
-    points: list[tuple[int, Endpoint]] = []
-    for e in endpoints:
-        n = max(1, round(size * e.weight / total))
-        key = str(e).encode()
-        points.extend((hash64(key + b"_" + str(i).encode()), e) for i in range(n))
-    points.sort(key=lambda p: p[0])
-    return [h for h, _ in points], [e for _, e in points]
+    """Ketama-style ring (built in the core): each host gets points in proportion to its
+    weight (at least one); the points' hashes ascending and the host of each."""
+    hashes, owners = _core_lb.ring_table([(str(e), e.weight) for e in endpoints], size)
+    return hashes, [endpoints[i] for i in owners]
 
 
 def _maglev(endpoints: Sequence[Endpoint], size: int) -> list[Endpoint]:
-    """Maglev's table population (Eisenbud et al. 2016), weighted as Envoy does it: a host
-    takes a turn only while its weighted share is not yet used."""
-    n = len(endpoints)
-    offsets, skips = [], []
-    for e in endpoints:
-        key = str(e).encode()
-        offsets.append(hash64(key) % size)
-        skips.append(hash64(key + b"#skip") % (size - 1) + 1)
-    max_w = max(e.weight for e in endpoints)
-    nexts = [0] * n
-    table: list[int] = [-1] * size
-    filled = 0
-    credit = [0.0] * n
-    while True:
-        for i in range(n):
-            credit[i] += endpoints[i].weight / max_w
-            if credit[i] < 1.0:
-                continue
-            credit[i] -= 1.0
-            c = (offsets[i] + nexts[i] * skips[i]) % size
-            while table[c] >= 0:
-                nexts[i] += 1
-                c = (offsets[i] + nexts[i] * skips[i]) % size
-            table[c] = i
-            nexts[i] += 1
-            filled += 1
-            if filled == size:
-                return [endpoints[j] for j in table]
+    """Maglev's table population (Eisenbud et al. 2016, built in the core), weighted as Envoy
+    does it: a host takes a turn only while its weighted share is not yet used."""
+    return [
+        endpoints[i] for i in _core_lb.maglev_table([(str(e), e.weight) for e in endpoints], size)
+    ]
 
 
 class LoadBalancer:

@@ -85,6 +85,36 @@ pub struct RouteAction {
     pub retry_on: Option<String>,
     pub num_retries: Option<u32>,
     pub per_try_timeout: Option<Seconds>,
+    /// The rest of retry_policy, when it is present.
+    pub retry: Option<RetryPolicy>,
+    pub hash_policies: Vec<HashPolicy>,
+}
+
+/// What a RetryPolicy says beyond retry_on, num_retries and per_try_timeout.
+#[derive(Debug, Clone, Default)]
+pub struct RetryPolicy {
+    pub retriable_status_codes: Vec<u32>,
+    /// The names of retry_host_predicate entries, in order.
+    pub retry_host_predicates: Vec<String>,
+    pub host_selection_retry_max_attempts: i64,
+}
+
+/// Which request property a RouteAction.HashPolicy hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKind {
+    Header(String),
+    Cookie(String),
+    /// connection_properties, with its source_ip flag.
+    ConnectionProperties(bool),
+    QueryParameter(String),
+    FilterState(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashPolicy {
+    /// None when the policy names no specifier.
+    pub kind: Option<HashKind>,
+    pub terminal: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -475,6 +505,7 @@ fn decode_route_action(buf: &[u8], path: &str, err: &mut CoreError) -> RouteActi
         9 => {
             let p = field_path(path, "retry_policy");
             let b = Field::at(&p, value).bytes(err);
+            let mut retry = RetryPolicy::default();
             walk(b, &p, err, |n, value, err| match n {
                 1 => out.retry_on = opt_string(&p, "retry_on", value, err),
                 2 => {
@@ -487,11 +518,121 @@ fn decode_route_action(buf: &[u8], path: &str, err: &mut CoreError) -> RouteActi
                     let tb = Field::at(&tp, value).bytes(err);
                     out.per_try_timeout = Some(decode_duration(tb, &tp, err));
                 }
+                5 => {
+                    let hp = index_path(
+                        &p,
+                        "retry_host_predicate",
+                        retry.retry_host_predicates.len(),
+                    );
+                    let hb = Field::at(&hp, value).bytes(err);
+                    let mut name = String::new();
+                    walk(hb, &hp, err, |n, value, err| {
+                        if n == 1 {
+                            name = Field::at(&field_path(&hp, "name"), value).string(err);
+                        }
+                    });
+                    retry.retry_host_predicates.push(name);
+                }
+                6 => {
+                    let hp = field_path(&p, "host_selection_retry_max_attempts");
+                    retry.host_selection_retry_max_attempts = Field::at(&hp, value).i64(err);
+                }
+                7 => {
+                    let cp = field_path(&p, "retriable_status_codes");
+                    match value {
+                        // Packed (what protobuf writes for repeated scalars) or one by one.
+                        Value::Bytes(b) => {
+                            decode_packed_u32(b, &cp, &mut retry.retriable_status_codes, err)
+                        }
+                        _ => retry
+                            .retriable_status_codes
+                            .push(Field::at(&cp, value).u32(err)),
+                    }
+                }
                 _ => {}
             });
+            out.retry = Some(retry);
         }
-        // Everything else a RouteAction carries (hash policy, rewrites, mirrors, upgrades...)
+        15 => {
+            let p = index_path(path, "hash_policy", out.hash_policies.len());
+            let b = Field::at(&p, value).bytes(err);
+            out.hash_policies.push(decode_hash_policy(b, &p, err));
+        }
+        // Everything else a RouteAction carries (other rewrites, mirrors, upgrades...)
         // acts after the route is chosen; it stays available in the action's bytes.
+        _ => {}
+    });
+    out
+}
+
+/// A packed repeated uint32 (values over u32 are reported, as a single value would be).
+fn decode_packed_u32(buf: &[u8], path: &str, out: &mut Vec<u32>, err: &mut CoreError) {
+    let mut pos = 0usize;
+    while pos < buf.len() {
+        let mut v: u64 = 0;
+        let mut done = false;
+        for shift in (0..64).step_by(7) {
+            let Some(&byte) = buf.get(pos) else { break };
+            pos += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                done = true;
+                break;
+            }
+        }
+        if !done {
+            err.invalid(path, "malformed protobuf: truncated packed varint");
+            return;
+        }
+        out.push(Field::at(path, Value::Varint(v)).u32(err));
+    }
+}
+
+fn decode_hash_policy(buf: &[u8], path: &str, err: &mut CoreError) -> HashPolicy {
+    let mut out = HashPolicy {
+        kind: None,
+        terminal: false,
+    };
+    // The first string field (field 1) of a sub-message: header_name, name or key.
+    let name_of = |p: &str, b: &[u8], err: &mut CoreError| -> String {
+        let mut name = String::new();
+        walk(b, p, err, |n, value, err| {
+            if n == 1 {
+                name = Field::at(p, value).string(err);
+            }
+        });
+        name
+    };
+    walk(buf, path, err, |n, value, err| match n {
+        1 | 2 | 5 | 6 => {
+            let field = match n {
+                1 => "header",
+                2 => "cookie",
+                5 => "query_parameter",
+                _ => "filter_state",
+            };
+            let p = field_path(path, field);
+            let b = Field::at(&p, value).bytes(err);
+            let name = name_of(&p, b, err);
+            out.kind = Some(match n {
+                1 => HashKind::Header(name),
+                2 => HashKind::Cookie(name),
+                5 => HashKind::QueryParameter(name),
+                _ => HashKind::FilterState(name),
+            });
+        }
+        3 => {
+            let p = field_path(path, "connection_properties");
+            let b = Field::at(&p, value).bytes(err);
+            let mut source_ip = false;
+            walk(b, &p, err, |n, value, err| {
+                if n == 1 {
+                    source_ip = Field::at(&p, value).bool(err);
+                }
+            });
+            out.kind = Some(HashKind::ConnectionProperties(source_ip));
+        }
+        4 => out.terminal = Field::at(&field_path(path, "terminal"), value).bool(err),
         _ => {}
     });
     out
@@ -545,4 +686,56 @@ fn decode_direct_response(buf: &[u8], path: &str, err: &mut CoreError) -> Direct
         _ => unknown_field(err, path, "DirectResponseAction", n),
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::wire::test_encode::{bytes_field, varint_field};
+
+    #[test]
+    fn retry_and_hash_policies_are_decoded() {
+        let mut retry = bytes_field(1, b"5xx,reset");
+        retry.extend(bytes_field(5, &bytes_field(1, b"previous_hosts")));
+        retry.extend(varint_field(6, 3));
+        // retriable_status_codes packed (503, 409), then one more unpacked (500).
+        let mut packed = Vec::new();
+        crate::proto::wire::test_encode::varint(503, &mut packed);
+        crate::proto::wire::test_encode::varint(409, &mut packed);
+        retry.extend(bytes_field(7, &packed));
+        retry.extend(varint_field(7, 500));
+        let mut action = bytes_field(1, b"c");
+        action.extend(bytes_field(9, &retry));
+        let mut header = bytes_field(1, &bytes_field(1, b"X-User"));
+        header.extend(varint_field(4, 1));
+        action.extend(bytes_field(15, &header));
+        action.extend(bytes_field(15, &bytes_field(3, &varint_field(1, 1))));
+        action.extend(bytes_field(15, &bytes_field(6, &bytes_field(1, b"k"))));
+        let mut err = CoreError::new();
+        let ra = decode_route_action(&action, "route", &mut err);
+        assert!(err.is_empty());
+        assert_eq!(ra.retry_on.as_deref(), Some("5xx,reset"));
+        let rp = ra.retry.expect("retry policy");
+        assert_eq!(rp.retriable_status_codes, vec![503, 409, 500]);
+        assert_eq!(rp.retry_host_predicates, vec!["previous_hosts".to_string()]);
+        assert_eq!(rp.host_selection_retry_max_attempts, 3);
+        let kinds: Vec<_> = ra.hash_policies.iter().map(|h| h.kind.clone()).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                Some(HashKind::Header("X-User".into())),
+                Some(HashKind::ConnectionProperties(true)),
+                Some(HashKind::FilterState("k".into())),
+            ]
+        );
+        assert!(ra.hash_policies[0].terminal && !ra.hash_policies[1].terminal);
+
+        let mut err = CoreError::new();
+        let truncated = bytes_field(9, &bytes_field(7, &[0x80]));
+        decode_route_action(&truncated, "route", &mut err);
+        assert_eq!(
+            err.errors[0].path,
+            "route.retry_policy.retriable_status_codes"
+        );
+    }
 }

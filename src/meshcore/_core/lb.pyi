@@ -1,0 +1,9 @@
+# Hand-written stubs for the Rust extension (ext/py); checked by mypy.stubtest in the tests.
+
+from collections.abc import Sequence
+
+__all__ = ["hash64", "maglev_table", "ring_table"]
+
+def hash64(data: bytes) -> int: ...
+def ring_table(hosts: Sequence[tuple[str, int]], size: int) -> tuple[list[int], list[int]]: ...
+def maglev_table(hosts: Sequence[tuple[str, int]], size: int) -> list[int]: ...

@@ -8,18 +8,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import any_pb2
 
 from meshcore._core import Snapshot
 from meshcore.xds import types
-from meshcore.xds.stream import (
-    RESOURCE_TYPE,
-    SOTW_RESOURCE_FEATURES,
-    TTL_FEATURE,
-    WILDCARD_TYPES,
-    Stream,
-    ttl_duration,
-)
+from meshcore.xds.stream import SOTW_RESOURCE_FEATURES, TTL_FEATURE, WILDCARD_TYPES, Stream
 
 
 @dataclass
@@ -102,18 +94,11 @@ class SotwStream(Stream):
                 t.dirty = True
                 continue
             nonce = self.next_nonce()
-            resp = discovery_pb2.DiscoveryResponse(
-                version_info=t.sent_version, type_url=type_url, nonce=nonce
-            )
-            for name in t.sent_names:
-                beat = discovery_pb2.Resource(
-                    name=name, version=t.sent_version, ttl=ttl_duration(ttl)
-                )
-                resp.resources.add(type_url=RESOURCE_TYPE, value=beat.SerializeToString())
+            beat = snap.sotw_heartbeat(type_url, t.sent_version, nonce, t.sent_names, ttl)
             t.nonce = nonce
             t.awaiting_ack = True
             self.server.heartbeats += 1
-            yield resp.SerializeToString(deterministic=True)
+            yield beat
 
     def pushes(self) -> Iterable[bytes]:
         snap = self.held()
@@ -147,15 +132,14 @@ class SotwStream(Stream):
         else:
             names = sorted(explicit)
         nonce = self.next_nonce()
-        # Encoded in the core from the interned resources: no protobuf objects per push.
-        data, _ = snap.sotw_response(type_url, version, nonce, names)
-        assert self.state is not None
         ttl = self.ttl(type_url)
+        # Encoded in the core from the interned resources (wrapped in Resources with their
+        # TTL for clients that take them): no protobuf objects per push.
+        data, _ = snap.sotw_response(type_url, version, nonce, names, ttl)
+        assert self.state is not None
         if ttl is not None:
             listed = names if names is not None else snap.names(type_url)
-            sent = sorted(n for n in listed if snap.resource(type_url, n) is not None)
-            data = sotw_wrapped(data, sent, ttl)
-            t.sent_names = sent
+            t.sent_names = sorted(n for n in listed if snap.resource(type_url, n) is not None)
         if len(data) > self.server.max_message_bytes:
             self.server.oversized(self.state, type_url, len(data))
             t.dirty = False
@@ -168,17 +152,3 @@ class SotwStream(Stream):
         self.server.sent(self.state, type_url, version, len(data), started)
         return data
 
-
-def sotw_wrapped(data: bytes, names: list[str], ttl: float) -> bytes:
-    """The SotW response with each resource wrapped in a Resource carrying its name, the
-    type's version (which makes a later heartbeat recognisable) and a TTL."""
-    resp = discovery_pb2.DiscoveryResponse.FromString(data)
-    wrapped = []
-    for name, any_ in zip(names, resp.resources, strict=True):
-        r = discovery_pb2.Resource(name=name, version=resp.version_info, ttl=ttl_duration(ttl))
-        r.resource.CopyFrom(any_)
-        wrapped.append(any_pb2.Any(type_url=RESOURCE_TYPE, value=r.SerializeToString()))
-    del resp.resources[:]
-    resp.resources.extend(wrapped)
-    out: bytes = resp.SerializeToString(deterministic=True)
-    return out

@@ -16,7 +16,6 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf import duration_pb2
 from google.protobuf.json_format import MessageToDict
 
 from meshcore._core import Snapshot
@@ -35,7 +34,6 @@ TTL_FEATURE = "xds.config.supports-resource-ttl"
 SOTW_RESOURCE_FEATURES = frozenset(
     {"xds.config.resource-in-sotw", "xds.config.supports-resource-in-sotw"}
 )
-RESOURCE_TYPE = "type.googleapis.com/envoy.service.discovery.v3.Resource"
 # Distinct type URLs one stream may name (Envoy uses about ten; each keeps per-stream state).
 MAX_TYPES_PER_STREAM = 32
 
@@ -117,12 +115,6 @@ class Stream:
 
     def next_nonce(self) -> str:
         return f"{self.number}-{next(self._nonces)}"
-
-
-def ttl_duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
 
 
 def short(type_url: str) -> str:

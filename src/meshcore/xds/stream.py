@@ -52,6 +52,8 @@ class Stream:
         self.state: ProxyState | None = None  # this stream's entry in the server's registry
         self.types: dict[str, Any] = {}
         self._nonces = itertools.count(1)
+        # The cache's change stamp of the node when a pass found nothing to push (SotW).
+        self.quiet_since: float | None = None
 
     def hello(self, req: Any) -> str | None:
         """Remembers the node of the stream's first request; why a request is refused."""

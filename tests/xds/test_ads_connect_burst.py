@@ -68,7 +68,7 @@ def test_a_burst_of_streams_while_the_server_is_busy_loses_none() -> None:
             {types.ENDPOINT: {"a": endpoint_pb2.ClusterLoadAssignment(cluster_name="a")}}
         )
         cache.source = lambda node: snap
-        server, ads, port = await start_ads_server(cache)
+        server, _, port = await start_ads_server(cache)
         client = subprocess.Popen(
             [sys.executable, "-c", CLIENT, f"127.0.0.1:{port}", str(STREAMS), types.ENDPOINT],
             stdout=subprocess.PIPE,

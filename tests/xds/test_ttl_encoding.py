@@ -71,7 +71,8 @@ def test_delta_with_ttl_and_heartbeat_match_protobuf(ttl: float) -> None:
         r = want.resources.add(name=name, version=version, ttl=_ttl(ttl))
         r.resource.CopyFrom(any_pb2.Any(type_url=types.ENDPOINT, value=body))
     want.removed_resources.extend(removed)
-    assert [n for n, _ in sent] == ["a", "b"] and removed == ["gone"]
+    assert [n for n, _ in sent] == ["a", "b"]
+    assert removed == ["gone"]
     assert data == want.SerializeToString(deterministic=True)
 
     held = dict(sent)

@@ -201,4 +201,3 @@ class DeltaStream(Stream):
         t.awaiting_ack = True
         self.server.sent(self.state, type_url, snap.version(type_url), len(data), started)
         return data
-

@@ -346,10 +346,21 @@ async def _run(
     wake = asyncio.Event()
     inbox: collections.deque[Any] = collections.deque()
 
+    idle = False  # the loop below waits for a wake-up, between passes
+
     async def read() -> None:
         try:
             async for request in requests:
-                inbox.append(request)
+                if idle and not inbox and stream.node is not None:
+                    # Handled where it arrives: an ACK after which nothing is due (the common
+                    # case in a push to a fleet) wakes nobody.
+                    problem = stream.receive(request)
+                    if problem is not None:
+                        inbox.append(problem)
+                    elif not stream.may_push():
+                        continue
+                else:
+                    inbox.append(request)
                 wake.set()
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
@@ -374,17 +385,22 @@ async def _run(
                 wait_until = next_beat
             else:
                 next_beat = None
-            if wait_until is None:
-                await wake.wait()
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), max(0.0, wait_until - loop.time()))
+            idle = True
+            try:
+                if wait_until is None:
+                    await wake.wait()
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), max(0.0, wait_until - loop.time()))
+            finally:
+                idle = False
             wake.clear()
             while inbox:
                 request = inbox.popleft()
                 if request is None:
                     return
-                problem = stream.receive(request)
+                # A request, or why one the reader handled was refused.
+                problem = request if isinstance(request, str) else stream.receive(request)
                 if problem is not None:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
                     return

@@ -71,6 +71,11 @@ class SotwStream(Stream):
             self.quiet_since = None
         return None
 
+    def may_push(self) -> bool:
+        assert self.node is not None
+        quiet = self.quiet_since
+        return quiet is None or quiet != self.server.cache.changed_at.get(self.node.id)
+
     def ttl(self, type_url: str) -> float | None:
         """The TTL for this type, if the client takes Resource wrappers and TTLs in SotW."""
         ttl = self.server.resource_ttl.get(type_url)
@@ -107,8 +112,9 @@ class SotwStream(Stream):
 
     def pushes(self) -> Iterable[bytes]:
         assert self.node is not None
-        # A pass that found nothing due stays true until the snapshot or the subscriptions
-        # change: the wake-up of an ACK costs no look at the snapshot.
+        # A pass that left nothing due (sent all that was, deferred nothing to an ACK) stays
+        # true until the snapshot or the subscriptions change: an ACK then costs no look at
+        # the snapshot.
         change = self.server.cache.changed_at.get(self.node.id)
         if self.quiet_since is not None and self.quiet_since == change:
             return
@@ -129,7 +135,7 @@ class SotwStream(Stream):
             response = self._response(snap, type_url, t, version)
             if response is None:
                 continue
-            due = True
+            # Sent: its ACK makes nothing due unless something changes meanwhile.
             yield response
             if type_url == types.CLUSTER and types.ENDPOINT in self.types:
                 # Envoy re-warms every cluster it is sent and needs fresh endpoints for it.

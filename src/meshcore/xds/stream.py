@@ -105,6 +105,10 @@ class Stream:
     def heartbeats(self) -> Iterable[bytes]:
         raise NotImplementedError
 
+    def may_push(self) -> bool:
+        """False when a pass of :meth:`pushes` is known to find nothing due now."""
+        return True
+
     def ttl(self, type_url: str) -> float | None:
         raise NotImplementedError
 

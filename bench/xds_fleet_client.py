@@ -2,9 +2,10 @@
 
 Each client opens a state-of-the-world ADS stream with an Istio node id, subscribes to the
 endpoints of a few clusters, ACKs every response, and reports on stdout: ``ready N lost M``
-once each stream of a stage has its first answer or has ended, then ``got I WALLTIME`` for each
-later answer (I counted from the optional third argument) and ``lost I CODE`` for each stream
-that ends before the parent closes stdin. The streams are opened in ``stages`` (fourth
+once each stream of a stage has its first answer or has ended, then ``got I:WALLTIME ...`` for
+later answers (I counted from the optional third argument; batched every few milliseconds, so
+that the parent, which shares the machine with the control plane it measures, reads little) and
+``lost I CODE`` for each stream that ends before the parent closes stdin. The streams are opened in ``stages`` (fourth
 argument) so that the parent can measure memory between them: after each ``ready`` but the last,
 the client waits for a line on stdin before opening the next stage.
 
@@ -33,6 +34,14 @@ class Fleet:
         self.stage_done = asyncio.Event()
         self.stage_size = 0
         self.stopping = False
+        self.got: list[str] = []
+
+    async def report(self) -> None:
+        while not self.stopping:
+            await asyncio.sleep(0.005)
+            if self.got:
+                print("got " + " ".join(self.got), flush=True)
+                self.got = []
 
     def _settled(self) -> None:
         if self.answered + self.lost >= self.stage_size:
@@ -59,7 +68,7 @@ class Fleet:
                     self.answered += 1
                     self._settled()
                 else:
-                    print(f"got {index} {time.time():.6f}", flush=True)
+                    self.got.append(f"{index}:{time.time():.6f}")
                 await call.write(discovery_pb2.DiscoveryRequest(
                     type_url=EDS, resource_names=names, response_nonce=resp.nonce, version_info=resp.version_info,
                 ))  # fmt: skip
@@ -91,7 +100,7 @@ async def main() -> None:
     ]
     fleet = Fleet()
     loop = asyncio.get_running_loop()
-    tasks = []
+    tasks = [asyncio.create_task(fleet.report())]
     per_stage = -(-len(lines) // stages)
     for start in range(0, len(lines), per_stage):
         fleet.stage_size = min(len(lines), start + per_stage)

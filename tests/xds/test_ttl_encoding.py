@@ -3,6 +3,7 @@ are those protobuf's deterministic serialization gives for the same messages."""
 
 from __future__ import annotations
 
+import pytest
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2, duration_pb2
@@ -85,3 +86,12 @@ def test_delta_with_ttl_and_heartbeat_match_protobuf(ttl: float) -> None:
         want.resources.add(name=name, version=version, ttl=_ttl(ttl))
     assert beat == want.SerializeToString(deterministic=True)
     assert snap.delta_heartbeat(types.ENDPOINT, "3-3", {"c": "old"}, ttl) is None
+
+
+def test_a_ttl_that_is_no_duration_is_refused() -> None:
+    snap = _snap()
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="resource TTL"):
+            snap.sotw_response(types.ENDPOINT, "", "", None, bad)
+        with pytest.raises(ValueError, match="resource TTL"):
+            snap.delta_heartbeat(types.ENDPOINT, "", {}, bad)

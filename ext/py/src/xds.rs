@@ -320,7 +320,7 @@ impl PySnapshot {
 /// A TTL in seconds as a protobuf Duration (whole nanoseconds, as protobuf's
 /// Duration.FromNanoseconds keeps them).
 fn ttl_duration(seconds: f64) -> PyResult<Duration> {
-    if !seconds.is_finite() || seconds < 0.0 || seconds > 315_576_000_000.0 {
+    if !(0.0..=315_576_000_000.0).contains(&seconds) {
         return Err(pyo3::exceptions::PyValueError::new_err(format!(
             "a resource TTL must be a finite number of seconds >= 0, not {seconds}"
         )));

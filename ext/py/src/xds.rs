@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -179,8 +180,9 @@ impl PySnapshot {
     }
 
     /// An encoded state-of-the-world DiscoveryResponse with the resources of `names` (None:
-    /// all of the type) that exist: (bytes, number of resources).
-    #[pyo3(signature = (type_url, version, nonce, names=None))]
+    /// all of the type) that exist: (bytes, number of resources). With `ttl` (seconds) each
+    /// resource goes in a Resource wrapper with its name, `version` and the TTL.
+    #[pyo3(signature = (type_url, version, nonce, names=None, ttl=None))]
     fn sotw_response(
         &self,
         py: Python<'_>,
@@ -188,21 +190,72 @@ impl PySnapshot {
         version: &str,
         nonce: &str,
         names: Option<Vec<String>>,
-    ) -> (Py<PyBytes>, usize) {
+        ttl: Option<f64>,
+    ) -> PyResult<(Py<PyBytes>, usize)> {
+        let ttl = ttl.map(ttl_duration).transpose()?;
         let (data, count) = py.detach(|| {
             let selected = self.inner.select(type_url, names.as_deref());
             (
-                wire::encode_sotw(version, type_url, nonce, &selected),
+                wire::encode_sotw(version, type_url, nonce, &selected, ttl),
                 selected.len(),
             )
         });
-        (PyBytes::new(py, &data).unbind(), count)
+        Ok((PyBytes::new(py, &data).unbind(), count))
+    }
+
+    /// A state-of-the-world heartbeat for `names`: Resources with the name, `version` and the
+    /// TTL (seconds) but no resource.
+    fn sotw_heartbeat(
+        &self,
+        py: Python<'_>,
+        type_url: &str,
+        version: &str,
+        nonce: &str,
+        names: Vec<String>,
+        ttl: f64,
+    ) -> PyResult<Py<PyBytes>> {
+        let ttl = ttl_duration(ttl)?;
+        let data = wire::encode_sotw_heartbeat(version, type_url, nonce, &names, ttl);
+        Ok(PyBytes::new(py, &data).unbind())
+    }
+
+    /// A delta heartbeat for the resources of `known` ({name: version}) that the snapshot
+    /// holds in that very version (in name order), or None when there is none.
+    fn delta_heartbeat(
+        &self,
+        py: Python<'_>,
+        type_url: &str,
+        nonce: &str,
+        known: HashMap<String, String>,
+        ttl: f64,
+    ) -> PyResult<Option<Py<PyBytes>>> {
+        let ttl = ttl_duration(ttl)?;
+        let mut held: Vec<(String, String)> = known
+            .into_iter()
+            .filter(|(name, version)| {
+                self.inner
+                    .get(type_url, name)
+                    .is_some_and(|r| &r.version == version)
+            })
+            .collect();
+        if held.is_empty() {
+            return Ok(None);
+        }
+        held.sort();
+        let data = wire::encode_delta_heartbeat(
+            &self.inner.version(type_url),
+            type_url,
+            nonce,
+            &held,
+            ttl,
+        );
+        Ok(Some(PyBytes::new(py, &data).unbind()))
     }
 
     /// An encoded DeltaDiscoveryResponse bringing a client that holds `known` up to date for
     /// `subscribed` (None: all), or None when it already is: (bytes, [(name, version)] sent,
-    /// [names removed]).
-    #[pyo3(signature = (type_url, nonce, known, subscribed=None, report_missing=None, extra_removed=None))]
+    /// [names removed]). With `ttl` (seconds) every resource carries it.
+    #[pyo3(signature = (type_url, nonce, known, subscribed=None, report_missing=None, extra_removed=None, ttl=None))]
     // A Python signature with keyword defaults; a struct would only move the list.
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn delta_response(
@@ -214,9 +267,11 @@ impl PySnapshot {
         subscribed: Option<&Bound<'_, PyAny>>,
         report_missing: Option<&Bound<'_, PyAny>>,
         extra_removed: Option<Vec<String>>,
+        ttl: Option<f64>,
     ) -> PyResult<Option<(Py<PyBytes>, Vec<(String, String)>, Vec<String>)>> {
         let subscribed = names_set(subscribed)?;
         let report = names_set(report_missing)?;
+        let ttl = ttl.map(ttl_duration).transpose()?;
         let out = py.detach(|| {
             let mut delta = self.inner.diff(type_url, &known, subscribed.as_ref());
             // A subscribed name that does not exist is reported once, not on every push: only
@@ -239,6 +294,7 @@ impl PySnapshot {
                 nonce,
                 &delta.updated,
                 &delta.removed,
+                ttl,
             );
             let sent = delta
                 .updated
@@ -259,6 +315,17 @@ impl PySnapshot {
     ) -> (Vec<String>, Vec<String>) {
         py.detach(|| self.inner.changed_since(&older.inner, type_url))
     }
+}
+
+/// A TTL in seconds as a protobuf Duration (whole nanoseconds, as protobuf's
+/// Duration.FromNanoseconds keeps them).
+fn ttl_duration(seconds: f64) -> PyResult<Duration> {
+    if !(0.0..=315_576_000_000.0).contains(&seconds) {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "a resource TTL must be a finite number of seconds >= 0, not {seconds}"
+        )));
+    }
+    Ok(Duration::from_nanos((seconds * 1e9) as u64))
 }
 
 /// The snapshots of a whole fleet of proxies, by node id, kept in the core so that a change

@@ -34,8 +34,19 @@ class Snapshot:
     ) -> tuple[list[tuple[str, str, bytes]], list[str]]: ...
     def changed_since(self, older: Snapshot, type_url: str) -> tuple[list[str], list[str]]: ...
     def sotw_response(
-        self, type_url: str, version: str, nonce: str, names: list[str] | None = None
+        self,
+        type_url: str,
+        version: str,
+        nonce: str,
+        names: list[str] | None = None,
+        ttl: float | None = None,
     ) -> tuple[bytes, int]: ...
+    def sotw_heartbeat(
+        self, type_url: str, version: str, nonce: str, names: list[str], ttl: float
+    ) -> bytes: ...
+    def delta_heartbeat(
+        self, type_url: str, nonce: str, known: Mapping[str, str], ttl: float
+    ) -> bytes | None: ...
     def delta_response(
         self,
         type_url: str,
@@ -44,6 +55,7 @@ class Snapshot:
         subscribed: Iterable[str] | None = None,
         report_missing: Iterable[str] | None = None,
         extra_removed: list[str] | None = None,
+        ttl: float | None = None,
     ) -> tuple[bytes, list[tuple[str, str]], list[str]] | None: ...
 
 @final

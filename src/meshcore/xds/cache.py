@@ -54,6 +54,9 @@ class Layered(Mapping[str, Any]):
 # Mappings at least this large are remembered by identity (see SnapshotCache.snapshot).
 SHARE_AT_LEAST = 64
 
+# Encoded SotW responses kept for sharing (bodies of a few KB: a few MB at most).
+MAX_SHARED_RESPONSES = 4096
+
 # Called for a node that connects without a snapshot: the control plane generates one.
 SnapshotSource = Callable[[NodeInfo], Snapshot | None]
 
@@ -77,6 +80,9 @@ class SnapshotCache:
         # Resource sets built from mapping objects, by (type, identity); each entry holds its
         # mapping so that the identity cannot be reused while remembered.
         self._sets: dict[tuple[str, int], tuple[Mapping[str, Any], Snapshot]] = {}
+        # SotW responses without their nonce, by what determines their bytes.
+        self._responses: dict[tuple[str, str, bool, tuple[str, ...], float | None], bytes] = {}
+        self.encoded_responses = 0  # SotW responses encoded (each then shared)
 
     def snapshot(self, resources: Mapping[str, Mapping[str, bytes | Message]]) -> Snapshot:
         """A snapshot from {type_url: {name: message or serialized bytes}}.
@@ -163,6 +169,36 @@ class SnapshotCache:
         if not changes:
             return []
         return self.apply(type_url, changes, nodes)
+
+    def sotw_body(
+        self,
+        snap: Snapshot,
+        type_url: str,
+        version: str,
+        wildcard: bool,
+        explicit: tuple[str, ...],
+        ttl: float | None,
+    ) -> bytes:
+        """The SotW response (without its nonce) of ``snap``'s resources of ``type_url``: all
+        of them (``wildcard``) and those of ``explicit`` (in name order) that exist, wrapped
+        with ``ttl`` if given. Encoded once for every proxy sent the same: the type's
+        ``version`` is a hash of all its resources, so it and the selection fix the bytes."""
+        key = (type_url, version, wildcard, explicit, ttl)
+        body = self._responses.get(key)
+        if body is None:
+            names: list[str] | None
+            if wildcard and not explicit:
+                names = None  # all of the type
+            elif wildcard:
+                names = sorted(set(snap.names(type_url)).union(explicit))
+            else:
+                names = list(explicit)
+            body, _ = snap.sotw_response(type_url, version, "", names, ttl)
+            self.encoded_responses += 1
+            if len(self._responses) >= MAX_SHARED_RESPONSES:
+                self._responses.clear()  # stale versions go with the rest
+            self._responses[key] = body
+        return body
 
     def set(self, node_id: str, snapshot: Snapshot) -> None:
         self._fleet.set(node_id, snapshot)

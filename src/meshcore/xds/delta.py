@@ -13,7 +13,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from meshcore._core.xds import Snapshot
 from meshcore._text import shown
 from meshcore.xds import types
-from meshcore.xds.stream import TTL_FEATURE, Stream, short, ttl_duration
+from meshcore.xds.stream import TTL_FEATURE, Stream, short
 
 log = logging.getLogger("meshcore.xds")
 
@@ -106,24 +106,15 @@ class DeltaStream(Stream):
             ttl = self.ttl(type_url)
             if ttl is None or t.awaiting_ack or not t.known:
                 continue
-            current = []
-            for name, version in sorted(t.known.items()):
-                found = snap.resource(type_url, name)
-                if found is not None and found[0] == version:
-                    current.append((name, version))
-            if not current:
-                continue
             nonce = self.next_nonce()
-            resp = discovery_pb2.DeltaDiscoveryResponse(
-                system_version_info=snap.version(type_url), type_url=type_url, nonce=nonce
-            )
-            for name, version in current:
-                resp.resources.add(name=name, version=version, ttl=ttl_duration(ttl))
+            beat = snap.delta_heartbeat(type_url, nonce, t.known, ttl)
+            if beat is None:
+                continue  # nothing held in its current version
             t.nonce = nonce
             t.awaiting_ack = True
             t.in_flight = {}
             self.server.heartbeats += 1
-            yield resp.SerializeToString(deterministic=True)
+            yield beat
 
     def _part(
         self,
@@ -133,6 +124,7 @@ class DeltaStream(Stream):
         nonce: str,
         believed: dict[str, str],
         updated: list[tuple[str, str]],
+        ttl: float | None,
     ) -> tuple[bytes, list[tuple[str, str]], list[str]] | None:
         """A response too large for the client: send the updated resources in parts that fit
         (a delta response may carry any of them; each later part follows the ACK of the one
@@ -155,7 +147,7 @@ class DeltaStream(Stream):
                 total += size
         if not chosen:
             return None
-        out = snap.delta_response(type_url, nonce, believed, chosen, set())
+        out = snap.delta_response(type_url, nonce, believed, chosen, set(), None, ttl)
         if out is None or len(out[0]) > self.server.max_message_bytes:
             return None
         self.server.split_responses += 1
@@ -185,27 +177,25 @@ class DeltaStream(Stream):
         believed = {**t.known, **t.nacked}
         report = t.must_answer | set(t.known)
         nonce = self.next_nonce()
+        ttl = self.ttl(type_url)
         if t.wildcard:
             # Explicit names beyond the wildcard set that do not exist: say so, once.
             missing = [
                 n for n in t.subscribed if n in report and snap.resource(type_url, n) is None
             ]
-            out = snap.delta_response(type_url, nonce, believed, None, report, missing)
+            out = snap.delta_response(type_url, nonce, believed, None, report, missing, ttl)
         else:
-            out = snap.delta_response(type_url, nonce, believed, t.subscribed, report)
+            out = snap.delta_response(type_url, nonce, believed, t.subscribed, report, None, ttl)
         t.must_answer.clear()
         if out is None:
             return None
         data, updated, removed = out
         assert self.state is not None
         if len(data) > self.server.max_message_bytes:
-            split = self._part(snap, type_url, t, nonce, believed, updated)
+            split = self._part(snap, type_url, t, nonce, believed, updated, ttl)
             if split is None:
                 return None
             data, updated, removed = split
-        ttl = self.ttl(type_url)
-        if ttl is not None:
-            data = delta_with_ttl(data, ttl)
         t.in_flight = {name: (t.known.get(name), version) for name, version in updated}
         for name, version in updated:
             t.known[name] = version
@@ -218,12 +208,3 @@ class DeltaStream(Stream):
             self.state, type_url, snap.version(type_url), len(data), started, len(updated)
         )
         return data
-
-
-def delta_with_ttl(data: bytes, ttl: float) -> bytes:
-    """The delta response with a TTL on every resource (Resource.ttl)."""
-    resp = discovery_pb2.DeltaDiscoveryResponse.FromString(data)
-    for r in resp.resources:
-        r.ttl.CopyFrom(ttl_duration(ttl))
-    out: bytes = resp.SerializeToString(deterministic=True)
-    return out

@@ -67,6 +67,13 @@ DEFAULT_HELLO_TIMEOUT_S = 15.0
 DEFAULT_MAX_NAMES_PER_TYPE = 100_000
 # What a proxy's NACK said, as kept for proxy-status and logged.
 MAX_ERROR_CHARS = 2000
+# Streams gRPC's core holds for the server before its event loop takes them (a fleet
+# reconnecting at once). gRPC's defaults (1,000, then random early drops up to 3,000, and 30 s)
+# cancel the streams over them (the client sees INTERNAL "Internal error from Core" or
+# RESOURCE_EXHAUSTED): a replica meant for 10,000 proxies lost a quarter of them on connect.
+# Admission control is ours (max_new_streams_per_second, the readiness check), not the queue's.
+MAX_PENDING_STREAMS = 100_000
+MAX_PENDING_SECONDS = 300
 
 
 @dataclass
@@ -354,10 +361,21 @@ async def _run(
     wake = asyncio.Event()
     inbox: collections.deque[Any] = collections.deque()
 
+    idle = False  # the loop below waits for a wake-up, between passes
+
     async def read() -> None:
         try:
             async for request in requests:
-                inbox.append(request)
+                if idle and not inbox and stream.node is not None:
+                    # Handled where it arrives: an ACK after which nothing is due (the common
+                    # case in a push to a fleet) wakes nobody.
+                    problem = stream.receive(request)
+                    if problem is not None:
+                        inbox.append(problem)
+                    elif not stream.may_push():
+                        continue
+                else:
+                    inbox.append(request)
                 wake.set()
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
@@ -382,17 +400,22 @@ async def _run(
                 wait_until = next_beat
             else:
                 next_beat = None
-            if wait_until is None:
-                await wake.wait()
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), max(0.0, wait_until - loop.time()))
+            idle = True
+            try:
+                if wait_until is None:
+                    await wake.wait()
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), max(0.0, wait_until - loop.time()))
+            finally:
+                idle = False
             wake.clear()
             while inbox:
                 request = inbox.popleft()
                 if request is None:
                     return
-                problem = stream.receive(request)
+                # A request, or why one the reader handled was refused.
+                problem = request if isinstance(request, str) else stream.receive(request)
                 if problem is not None:
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
                     return
@@ -445,14 +468,22 @@ def _encoded(response: bytes) -> bytes:
     return response
 
 
+def grpc_server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """The gRPC server settings of an ADS server (see MAX_PENDING_STREAMS)."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes + 1024 * 1024),
+        ("grpc.server.max_pending_requests", MAX_PENDING_STREAMS),
+        ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_STREAMS),
+        ("grpc.server_max_unrequested_time_in_server", MAX_PENDING_SECONDS),
+    ]
+
+
 async def start_ads_server(
     cache: SnapshotCache, *, port: int = 0, host: str = "127.0.0.1", **kwargs: Any
 ) -> tuple[grpc.aio.Server, AdsServer, int]:
     """Starts a plaintext ADS server on host:port (0 picks a free port)."""
     ads = AdsServer(cache, **kwargs)
-    server = grpc.aio.server(
-        options=[("grpc.max_send_message_length", ads.max_message_bytes + 1024 * 1024)]
-    )
+    server = grpc.aio.server(options=grpc_server_options(ads.max_message_bytes))
     ads.add_to_server(server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()

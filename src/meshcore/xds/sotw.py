@@ -8,18 +8,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
-from google.protobuf import any_pb2
 
 from meshcore._core.xds import Snapshot
 from meshcore.xds import types
-from meshcore.xds.stream import (
-    RESOURCE_TYPE,
-    SOTW_RESOURCE_FEATURES,
-    TTL_FEATURE,
-    WILDCARD_TYPES,
-    Stream,
-    ttl_duration,
-)
+from meshcore.xds.stream import SOTW_RESOURCE_FEATURES, TTL_FEATURE, WILDCARD_TYPES, Stream
 
 
 @dataclass
@@ -33,6 +25,8 @@ class SotwType:
     nacked_version: str | None = None
     awaiting_ack: bool = False
     sent_names: list[str] = field(default_factory=list)  # with a TTL: for heartbeats
+    # (wildcard, explicit names in order) of the subscription; None: to be worked out again.
+    selection: tuple[bool, tuple[str, ...]] | None = None
 
     @property
     def wildcard(self) -> bool:
@@ -73,7 +67,14 @@ class SotwStream(Stream):
         if names != t.names or first:
             t.names = names
             t.dirty = True
+            t.selection = None
+            self.quiet_since = None
         return None
+
+    def may_push(self) -> bool:
+        assert self.node is not None
+        quiet = self.quiet_since
+        return quiet is None or quiet != self.server.cache.changed_at.get(self.node.id)
 
     def ttl(self, type_url: str) -> float | None:
         """The TTL for this type, if the client takes Resource wrappers and TTLs in SotW."""
@@ -100,62 +101,67 @@ class SotwStream(Stream):
                 continue  # a change is due: the push refreshes the TTLs
             if type_url in types.FULL_STATE_TYPES:
                 t.dirty = True
+                self.quiet_since = None
                 continue
             nonce = self.next_nonce()
-            resp = discovery_pb2.DiscoveryResponse(
-                version_info=t.sent_version, type_url=type_url, nonce=nonce
-            )
-            for name in t.sent_names:
-                beat = discovery_pb2.Resource(
-                    name=name, version=t.sent_version, ttl=ttl_duration(ttl)
-                )
-                resp.resources.add(type_url=RESOURCE_TYPE, value=beat.SerializeToString())
+            beat = snap.sotw_heartbeat(type_url, t.sent_version, nonce, t.sent_names, ttl)
             t.nonce = nonce
             t.awaiting_ack = True
             self.server.heartbeats += 1
-            yield resp.SerializeToString(deterministic=True)
+            yield beat
 
     def pushes(self) -> Iterable[bytes]:
+        assert self.node is not None
+        # A pass that left nothing due (sent all that was, deferred nothing to an ACK) stays
+        # true until the snapshot or the subscriptions change: an ACK then costs no look at
+        # the snapshot.
+        change = self.server.cache.changed_at.get(self.node.id)
+        if self.quiet_since is not None and self.quiet_since == change:
+            return
         snap = self.held()
         if snap is None:
             return
+        due = False
         for type_url in types.PUSH_ORDER:
             t = self.types.get(type_url)
-            if t is None or not t.requested or t.awaiting_ack:
+            if t is None or not t.requested:
                 continue
             version = snap.version(type_url)
             if not t.dirty and (version in (t.sent_version, t.nacked_version)):
                 continue
+            if t.awaiting_ack:
+                due = True  # after the ACK
+                continue
             response = self._response(snap, type_url, t, version)
             if response is None:
                 continue
+            # Sent: its ACK makes nothing due unless something changes meanwhile.
             yield response
             if type_url == types.CLUSTER and types.ENDPOINT in self.types:
                 # Envoy re-warms every cluster it is sent and needs fresh endpoints for it.
                 self.types[types.ENDPOINT].dirty = True
+        self.quiet_since = None if due else change
 
     def _response(self, snap: Snapshot, type_url: str, t: SotwType, version: str) -> bytes | None:
         started = time.perf_counter()
-        explicit = t.names - {"*"}
-        if not t.wildcard and not explicit and type_url not in WILDCARD_TYPES:
+        selection = t.selection
+        if selection is None:
+            selection = t.selection = (t.wildcard, tuple(sorted(t.names - {"*"})))
+        wildcard, explicit = selection
+        if not wildcard and not explicit and type_url not in WILDCARD_TYPES:
             t.dirty = False
             return None  # nothing asked for: an empty RDS/EDS/SDS answer means nothing
-        if t.wildcard and not explicit:
-            names = None  # all of the type
-        elif t.wildcard:
-            names = sorted(set(snap.names(type_url)) | explicit)
-        else:
-            names = sorted(explicit)
         nonce = self.next_nonce()
-        # Encoded in the core from the interned resources: no protobuf objects per push.
-        data, _ = snap.sotw_response(type_url, version, nonce, names)
-        assert self.state is not None
         ttl = self.ttl(type_url)
+        # The same bytes for every proxy that is sent the same resources: encoded once in the
+        # core (no protobuf objects), then only the nonce is this stream's.
+        body = self.server.cache.sotw_body(snap, type_url, version, wildcard, explicit, ttl)
+        data = with_nonce(body, nonce)
+        assert self.state is not None
         if ttl is not None:
-            listed = names if names is not None else snap.names(type_url)
-            sent = sorted(n for n in listed if snap.resource(type_url, n) is not None)
-            data = sotw_wrapped(data, sent, ttl)
-            t.sent_names = sent
+            listed = snap.names(type_url) if wildcard else explicit
+            names = set(listed).union(explicit)
+            t.sent_names = sorted(n for n in names if snap.resource(type_url, n) is not None)
         if len(data) > self.server.max_message_bytes:
             self.server.oversized(self.state, type_url, len(data))
             t.dirty = False
@@ -170,16 +176,13 @@ class SotwStream(Stream):
         return data
 
 
-def sotw_wrapped(data: bytes, names: list[str], ttl: float) -> bytes:
-    """The SotW response with each resource wrapped in a Resource carrying its name, the
-    type's version (which makes a later heartbeat recognisable) and a TTL."""
-    resp = discovery_pb2.DiscoveryResponse.FromString(data)
-    wrapped = []
-    for name, any_ in zip(names, resp.resources, strict=True):
-        r = discovery_pb2.Resource(name=name, version=resp.version_info, ttl=ttl_duration(ttl))
-        r.resource.CopyFrom(any_)
-        wrapped.append(any_pb2.Any(type_url=RESOURCE_TYPE, value=r.SerializeToString()))
-    del resp.resources[:]
-    resp.resources.extend(wrapped)
-    out: bytes = resp.SerializeToString(deterministic=True)
-    return out
+def with_nonce(body: bytes, nonce: str) -> bytes:
+    """A DiscoveryResponse encoded without its nonce, with this one (field 5, its last)."""
+    raw = nonce.encode()
+    size = len(raw)
+    length = bytearray()
+    while size >= 0x80:
+        length.append(size & 0x7F | 0x80)
+        size >>= 7
+    length.append(size)
+    return b"".join((body, b"\x2a", length, raw))

@@ -16,7 +16,6 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from google.protobuf import duration_pb2
 from google.protobuf.json_format import MessageToDict
 
 from meshcore._core.xds import Snapshot
@@ -35,7 +34,6 @@ TTL_FEATURE = "xds.config.supports-resource-ttl"
 SOTW_RESOURCE_FEATURES = frozenset(
     {"xds.config.resource-in-sotw", "xds.config.supports-resource-in-sotw"}
 )
-RESOURCE_TYPE = "type.googleapis.com/envoy.service.discovery.v3.Resource"
 # Distinct type URLs one stream may name (Envoy uses about ten; each keeps per-stream state).
 MAX_TYPES_PER_STREAM = 32
 
@@ -54,6 +52,8 @@ class Stream:
         self.state: ProxyState | None = None  # this stream's entry in the server's registry
         self.types: dict[str, Any] = {}
         self._nonces = itertools.count(1)
+        # The cache's change stamp of the node when a pass found nothing to push (SotW).
+        self.quiet_since: float | None = None
 
     def hello(self, req: Any) -> str | None:
         """Remembers the node of the stream's first request; why a request is refused."""
@@ -105,6 +105,10 @@ class Stream:
     def heartbeats(self) -> Iterable[bytes]:
         raise NotImplementedError
 
+    def may_push(self) -> bool:
+        """False when a pass of :meth:`pushes` is known to find nothing due now."""
+        return True
+
     def ttl(self, type_url: str) -> float | None:
         raise NotImplementedError
 
@@ -117,12 +121,6 @@ class Stream:
 
     def next_nonce(self) -> str:
         return f"{self.number}-{next(self._nonces)}"
-
-
-def ttl_duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
 
 
 def short(type_url: str) -> str:

@@ -400,7 +400,10 @@ def with_load_problems(report: ValidationReport) -> ValidationReport:
     if report.model is None:
         return report
     found = Translator().load_problems(report.model)
-    warnings = tuple(dataclasses.replace(p, severity="warning") for p in found)
+    said = {problem_key(p) for p in report.problems}  # validation's own (with its field's line)
+    warnings = tuple(
+        dataclasses.replace(p, severity="warning") for p in found if problem_key(p) not in said
+    )
     return dataclasses.replace(report, problems=(*report.problems, *warnings))
 
 

@@ -282,8 +282,15 @@ def _proxy_status(args: argparse.Namespace) -> int:
     return proxy_status(args.monitoring_address, output=args.output)
 
 
+def _analyze(args: argparse.Namespace) -> int:
+    from meshcore.cli.tools import analyze_command
+
+    return analyze_command(args)
+
+
 COMMANDS = {
     "validate": _validate,
+    "analyze": _analyze,
     "describe": _describe,
     "webhook": _webhook,
     "serve": _serve,
@@ -294,7 +301,7 @@ COMMANDS = {
     "iptables": _iptables,
 }
 # The extra each command needs beyond the base install (meshcore._extras).
-EXTRA = {"serve": "all", "agent": "all", "proxy-status": "all", "demo": "demo", "proxy": "all"}
+EXTRA = {"analyze": "all", "serve": "all", "agent": "all", "proxy-status": "all", "demo": "demo", "proxy": "all"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

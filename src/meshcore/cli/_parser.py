@@ -283,4 +283,7 @@ def parser() -> argparse.ArgumentParser:
     from meshcore.cli import iptables
 
     iptables.add_parser(sub)
+    from meshcore.cli import tools
+
+    tools.add_parsers(sub, Formatter)
     return top

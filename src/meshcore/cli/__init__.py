@@ -301,7 +301,8 @@ COMMANDS = {
     "iptables": _iptables,
 }
 # The extra each command needs beyond the base install (meshcore._extras).
-EXTRA = {"analyze": "all", "serve": "all", "agent": "all", "proxy-status": "all", "demo": "demo", "proxy": "all"}
+EXTRA = {"serve": "all", "agent": "all", "proxy-status": "all", "demo": "demo", "proxy": "all"}
+EXTRA.update({"analyze": "all", "x": "all", "proxy-config": "all"})  # operator tools
 
 
 def main(argv: Sequence[str] | None = None) -> int:

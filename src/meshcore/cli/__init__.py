@@ -288,9 +288,16 @@ def _analyze(args: argparse.Namespace) -> int:
     return analyze_command(args)
 
 
+def _x(args: argparse.Namespace) -> int:
+    from meshcore.cli.tools import x_command
+
+    return x_command(args)
+
+
 COMMANDS = {
     "validate": _validate,
     "analyze": _analyze,
+    "x": _x,
     "describe": _describe,
     "webhook": _webhook,
     "serve": _serve,

@@ -286,4 +286,5 @@ def parser() -> argparse.ArgumentParser:
     from meshcore.cli import tools
 
     tools.add_parsers(sub, Formatter)
+    tools.add_x_parser(sub, Formatter)
     return top

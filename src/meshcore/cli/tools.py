@@ -66,3 +66,67 @@ def analyze_command(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return EXIT_ANALYZER_FOUND_ISSUES
     return 0
+
+
+def add_x_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    x = sub.add_parser("x", help="experimental commands (explain)", formatter_class=formatter)
+    xs = x.add_subparsers(dest="x_command", metavar="COMMAND")
+    xs.required = True
+    text = "the path Envoy takes for one request and the destination's authorization decision"
+    e = xs.add_parser("explain", help=text, description=text, formatter_class=formatter)
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", metavar="DIR", action="append",
+                     help="Istio YAML files or directories (translated here, no control plane)")  # fmt: skip
+    src.add_argument("--xds", metavar="HOST:PORT", help="a running control plane's ADS address")
+    src.add_argument("--store", metavar="URL", help="a config store (etcd://...)")
+    e.add_argument("--proxy", required=True, metavar="NODE_ID|WORKLOAD",
+                   help="the source: an xDS node id or a WorkloadEntry name[.namespace]")  # fmt: skip
+    e.add_argument("--request", required=True, metavar="'METHOD URL'",
+                   help="e.g. 'GET http://reviews:9080/api?x=1'")  # fmt: skip
+    e.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'",
+                   help="a request header (repeatable)")  # fmt: skip
+    e.add_argument("--from", dest="principal", metavar="SPIFFE-ID",
+                   help="the caller's identity (default: the source workload's)")  # fmt: skip
+    e.add_argument("--domain", default="cluster.local", help="the mesh's DNS domain")
+    e.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for --xds config")
+    e.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text",
+                   help="output format")  # fmt: skip
+
+
+def x_command(args: argparse.Namespace) -> int:
+    from meshcore.cli import emit
+    from meshcore.config import validate
+    from meshcore.dataplane.plane import DataPlaneError
+    from meshcore.errors import ConfigError
+    from meshcore.tools.explain import Request, explain, planes_from_mesh, planes_from_xds, render
+
+    try:
+        request = Request.parse(args.request, args.header)
+    except ValueError as exc:
+        print(f"meshcore x explain: {exc}", file=sys.stderr)
+        return 2
+    if args.store:
+        print("meshcore x explain: --store needs a config store backend, which this build "
+              "does not have (use --config or --xds)", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        if args.config:
+            report = validate(args.config, domain=args.domain)
+            if report.model is None:
+                for p in report.errors:
+                    print(f"error: {p}", file=sys.stderr)
+                return 1
+            result = explain(planes_from_mesh(report.model), proxy=args.proxy, request=request,
+                             principal=args.principal, domain=args.domain, mesh=report.model)  # fmt: skip
+        else:
+            with planes_from_xds(args.xds, timeout=args.timeout) as planes:
+                result = explain(planes, proxy=args.proxy, request=request,
+                                 principal=args.principal, domain=args.domain)  # fmt: skip
+    except (ValueError, DataPlaneError, ConfigError) as exc:
+        print(f"meshcore x explain: {exc}", file=sys.stderr)
+        return 2
+    if args.output == "text":
+        print(render(result))
+    else:
+        emit(result, args.output)
+    return 0

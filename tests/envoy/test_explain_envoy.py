@@ -1,15 +1,19 @@
 """Agreement: ``meshcore x explain`` (over ADS from ``meshcore serve``) names the route's
 endpoint, and the inbound authorization decision, that a real Envoy fed the same config takes,
-for the differential corpus of test_dataplane_envoy_diff."""
+for the differential corpus of test_dataplane_envoy_diff; and ``meshcore proxy-config`` shows
+the same rows from the control plane (as the proxy) as from that Envoy's own config_dump (one
+Envoy for both tools: CI time)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 import pytest
 from _sidecar import (
     LoopThread,
+    admin_get,
     free_port,
     http_get,
     running_envoy,
@@ -22,6 +26,7 @@ from test_dataplane_envoy_diff import HOSTS, INBOUND, MESH, NAMES, REQUESTS, nod
 from meshcore.ca import CertificateAuthority
 from meshcore.ca.sds import start_sds_server
 from meshcore.dataplane.bootstrap import ads_bootstrap
+from meshcore.tools import proxyconfig
 from meshcore.tools.explain import Request, explain, planes_from_xds
 
 pytestmark = pytest.mark.envoy
@@ -54,7 +59,7 @@ def test_explain_agrees_with_envoy(tmp_path: Path) -> None:
                                     metadata={"MESHCORE_APP_ADDRESS": "127.0.86.2",
                                               "MESHCORE_OUTBOUND_ADDRESS": "127.0.86.3"})  # fmt: skip
             with (
-                running_envoy(web, tmp_path, "web"),
+                running_envoy(web, tmp_path, "web") as admin,
                 running_envoy(guarded, tmp_path, "g"),
                 planes_from_xds(f"127.0.0.1:{xds}") as planes,
             ):
@@ -93,8 +98,24 @@ def test_explain_agrees_with_envoy(tmp_path: Path) -> None:
                 assert (False, "ns[default]-policy[deny-admin]-rule[0]") in outcomes
                 assert (True, "ns[default]-policy[allow-api]-rule[1]") in outcomes
                 assert (False, None) in outcomes
+                check_proxy_config(admin, f"127.0.0.1:{xds}", node("web-1", "127.0.80.1"))
     finally:
         stack.close()
         for b in backends:
             b.shutdown()
             b.server_close()
+
+
+def check_proxy_config(admin: int, xds: str, node_id: str) -> None:
+    dump = proxyconfig.from_config_dump(json.loads(admin_get(admin, "/config_dump?include_eds")))
+    served = proxyconfig.from_xds(xds, node_id)
+    for kind in ("cluster", "listener", "route", "endpoint"):
+        ours = served.table(kind)
+        assert ours, kind
+        envoy = dump.table(kind)
+        # Envoy's also has its bootstrap's static clusters (xds, sds) and their endpoints.
+        if kind == "cluster":
+            envoy = [r for r in envoy if r[3] != "-"]
+        elif kind == "endpoint":
+            envoy = [r for r in envoy if "|" in r[3]]
+        assert ours == envoy, (kind, ours, envoy)

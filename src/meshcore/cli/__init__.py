@@ -294,10 +294,17 @@ def _x(args: argparse.Namespace) -> int:
     return x_command(args)
 
 
+def _proxy_config(args: argparse.Namespace) -> int:
+    from meshcore.cli.tools import proxy_config_command
+
+    return proxy_config_command(args)
+
+
 COMMANDS = {
     "validate": _validate,
     "analyze": _analyze,
     "x": _x,
+    "proxy-config": _proxy_config,
     "describe": _describe,
     "webhook": _webhook,
     "serve": _serve,

@@ -130,3 +130,59 @@ def x_command(args: argparse.Namespace) -> int:
     else:
         emit(result, args.output)
     return 0
+
+
+def add_proxy_config_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    from meshcore.cli._parser import XDS_PORT
+    from meshcore.tools.proxyconfig import KINDS
+
+    text = "a proxy's clusters, listeners, routes, endpoints or secrets (istioctl's columns)"
+    p = sub.add_parser("proxy-config", help=text, description=text, formatter_class=formatter)
+    p.add_argument("kind", choices=KINDS, help="the resource type")
+    p.add_argument("node", metavar="NODE_ID|WORKLOAD", nargs="?",
+                   help="an xDS node id or a WorkloadEntry name[.namespace] (not with --file)")  # fmt: skip
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--xds", metavar="HOST:PORT", default=f"127.0.0.1:{XDS_PORT}",
+                     help="a running control plane's ADS address (the proxy's view)")  # fmt: skip
+    src.add_argument("--config", metavar="DIR", action="append",
+                     help="Istio YAML files or directories (translated here)")  # fmt: skip
+    src.add_argument("-f", "--file", metavar="CONFIG_DUMP",
+                     help="an Envoy admin /config_dump JSON file (?include_eds for endpoints)")  # fmt: skip
+    p.add_argument("--domain", default="cluster.local", help="the mesh's DNS domain")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for --xds config")
+    p.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text",
+                   help="output format")  # fmt: skip
+
+
+def proxy_config_command(args: argparse.Namespace) -> int:
+    from meshcore.cli import emit
+    from meshcore.config import validate
+    from meshcore.dataplane.plane import DataPlaneError
+    from meshcore.tools import proxyconfig as pc
+    from meshcore.tools.explain import node_id_for
+
+    try:
+        if args.file:
+            config = pc.from_config_dump(args.file)
+        elif not args.node:
+            print("meshcore proxy-config: name the proxy (or --file)", file=sys.stderr)
+            return 2
+        elif args.config:
+            report = validate(args.config, domain=args.domain)
+            if report.model is None:
+                for problem in report.errors:
+                    print(f"error: {problem}", file=sys.stderr)
+                return 1
+            node = node_id_for(report.model, args.node, args.domain)
+            config = pc.from_mesh(report.model, node)
+        else:
+            node = node_id_for(None, args.node, args.domain)
+            config = pc.from_xds(args.xds, node, timeout=args.timeout)
+    except (OSError, ValueError, DataPlaneError) as exc:
+        print(f"meshcore proxy-config: {exc}", file=sys.stderr)
+        return 2
+    if args.output == "text":
+        print(pc.render(config, args.kind))
+    else:
+        emit(list(config.resources[args.kind]), args.output)
+    return 0

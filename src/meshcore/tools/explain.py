@@ -70,8 +70,10 @@ def node_id_for(mesh: MeshModel | None, proxy: str, domain: str = "cluster.local
     return f"sidecar~{address}~{name}.{ns}~{ns}.svc.{domain}"
 
 
-def planes_from_mesh(mesh: MeshModel) -> Planes:
-    """Data planes on the translator's resources for each node (no control plane)."""
+def planes_from_mesh(mesh: MeshModel, *, seed: int | None = 0) -> Planes:
+    """Data planes on the translator's resources for each node (no control plane); their
+    load balancers are seeded (``seed``) so that the endpoint picked is reproducible."""
+    from meshcore.dataplane.lb import LoadBalancer
     from meshcore.xds.translator import Translator
 
     translator = Translator()
@@ -82,7 +84,9 @@ def planes_from_mesh(mesh: MeshModel) -> Planes:
         if dp is None:
             proxy = proxy_for_node(mesh, node_id)
             resources = translator.generate(mesh, proxy).resources
-            dp = built[node_id] = DataPlane.from_resources(node_id, resources)
+            dp = built[node_id] = DataPlane.from_resources(
+                node_id, resources, lb=LoadBalancer(seed)
+            )
         return dp
 
     return plane

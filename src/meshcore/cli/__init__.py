@@ -300,9 +300,16 @@ def _proxy_config(args: argparse.Namespace) -> int:
     return proxy_config_command(args)
 
 
+def _diff(args: argparse.Namespace) -> int:
+    from meshcore.cli.tools import diff_command
+
+    return diff_command(args)
+
+
 COMMANDS = {
     "validate": _validate,
     "analyze": _analyze,
+    "diff": _diff,
     "x": _x,
     "proxy-config": _proxy_config,
     "describe": _describe,
@@ -316,7 +323,7 @@ COMMANDS = {
 }
 # The extra each command needs beyond the base install (meshcore._extras).
 EXTRA = {"serve": "all", "agent": "all", "proxy-status": "all", "demo": "demo", "proxy": "all"}
-EXTRA.update({"analyze": "all", "x": "all", "proxy-config": "all"})  # operator tools
+EXTRA.update({"analyze": "all", "x": "all", "proxy-config": "all", "diff": "all"})  # operator tools
 
 
 def main(argv: Sequence[str] | None = None) -> int:

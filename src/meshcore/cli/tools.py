@@ -186,3 +186,43 @@ def proxy_config_command(args: argparse.Namespace) -> int:
     else:
         emit(list(config.resources[args.kind]), args.output)
     return 0
+
+
+def add_diff_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    from meshcore.tools.diff import PUSH_COST_SECONDS
+
+    text = "push-impact preview: what each proxy would be sent if OLD became NEW"
+    p = sub.add_parser("diff", help=text, description=text, formatter_class=formatter)
+    p.add_argument("old", metavar="OLD", help="the current config (file or directory)")
+    p.add_argument("new", metavar="NEW", help="the changed config (file or directory)")
+    p.add_argument("--domain", default="cluster.local", help="the mesh's DNS domain")
+    p.add_argument("--push-cost-ms", type=float, default=PUSH_COST_SECONDS * 1000,
+                   help="control-plane CPU per proxy push (measured: BENCHMARKS.md)")  # fmt: skip
+    p.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text",
+                   help="output format")  # fmt: skip
+
+
+def diff_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from meshcore.cli import emit
+    from meshcore.config import validate
+    from meshcore.tools.diff import preview, render
+
+    meshes = []
+    for path in (args.old, args.new):
+        if not Path(path).exists():
+            print(f"meshcore diff: no such file or directory: {path}", file=sys.stderr)
+            return 2
+        report = validate([path], domain=args.domain)
+        if report.model is None:
+            for problem in report.errors:
+                print(f"error: {problem}", file=sys.stderr)
+            return 1
+        meshes.append(report.model)
+    result = preview(meshes[0], meshes[1], push_cost=args.push_cost_ms / 1000)
+    if args.output == "text":
+        print(render(result))
+    else:
+        emit(result.to_dict(), args.output)
+    return 0

@@ -306,9 +306,16 @@ def _diff(args: argparse.Namespace) -> int:
     return diff_command(args)
 
 
+def _authz(args: argparse.Namespace) -> int:
+    from meshcore.cli.tools import authz_command
+
+    return authz_command(args)
+
+
 COMMANDS = {
     "validate": _validate,
     "analyze": _analyze,
+    "authz": _authz,
     "diff": _diff,
     "x": _x,
     "proxy-config": _proxy_config,
@@ -323,7 +330,9 @@ COMMANDS = {
 }
 # The extra each command needs beyond the base install (meshcore._extras).
 EXTRA = {"serve": "all", "agent": "all", "proxy-status": "all", "demo": "demo", "proxy": "all"}
-EXTRA.update({"analyze": "all", "x": "all", "proxy-config": "all", "diff": "all"})  # operator tools
+EXTRA.update(
+    {"analyze": "all", "x": "all", "proxy-config": "all", "diff": "all", "authz": "all"}
+)  # operator tools
 
 
 def main(argv: Sequence[str] | None = None) -> int:

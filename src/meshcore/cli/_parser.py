@@ -289,4 +289,5 @@ def parser() -> argparse.ArgumentParser:
     tools.add_x_parser(sub, Formatter)
     tools.add_proxy_config_parser(sub, Formatter)
     tools.add_diff_parser(sub, Formatter)
+    tools.add_authz_parser(sub, Formatter)
     return top

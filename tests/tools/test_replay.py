@@ -80,6 +80,10 @@ def test_parse_both_formats_and_since() -> None:
     assert r.source_ip.tolist() == ["127.0.20.1", "127.0.10.1", "127.0.20.1"]
     assert r.destination_port.tolist() == [9080, 9080, 9080]
     assert r.lines.tolist() == [1, 2, 6]
+    assert r.index.tolist() == [0, 1, 2]
+    # A repeated request is one distinct request (decided once), on every line it was logged.
+    again = parse_log([lines[0], lines[1], lines[0]])
+    assert (len(again), len(again.method), again.index.tolist()) == (3, 2, [0, 1, 0])
     assert len(parse_log(lines, since="2026-01-01")) == 2
 
 
@@ -139,12 +143,15 @@ def test_replay_of_a_tightened_policy(tmp_path: Path, capsys: pytest.CaptureFixt
     new_policies = validate([str(policies)]).model
     assert old is not None
     assert new_policies is not None
-    report = replay(old, with_policies(old, new_policies), parse_log(log.read_text().splitlines()))
+    new = with_policies(old, new_policies)
+    twice = replay(old, new, parse_log([*lines, lines[1]]))
+    assert [(c.lines, c.count) for c in twice.changes] == [((2, 8), 2), ((3,), 1)]
+    report = replay(old, new, parse_log(log.read_text().splitlines()))
     assert report.requests == 7
     assert report.not_replayed == 1
-    assert [(c.line, c.old, c.new, c.old_policy, c.new_policy) for c in report.changes] == [
-        (2, "ALLOW", "DENY", "ns[default]-policy[ratings-allow-reviews]-rule[0]", None),
-        (3, "ALLOW", "DENY", "ns[default]-policy[ratings-allow-reviews]-rule[0]", None),
+    assert [(c.lines, c.old, c.new, c.old_policy, c.new_policy) for c in report.changes] == [
+        ((2,), "ALLOW", "DENY", "ns[default]-policy[ratings-allow-reviews]-rule[0]", None),
+        ((3,), "ALLOW", "DENY", "ns[default]-policy[ratings-allow-reviews]-rule[0]", None),
     ]
     src = "spiffe://cluster.local/ns/default/sa/reviews"
     assert report.groups == {
@@ -154,7 +161,7 @@ def test_replay_of_a_tightened_policy(tmp_path: Path, capsys: pytest.CaptureFixt
                  "--log", str(log), "-o", "json"]) == 0  # fmt: skip
     data = json.loads(capsys.readouterr().out)
     assert (data["requests"], data["changed"], data["not_replayed"]) == (7, 2, 1)
-    assert [c["line"] for c in data["changes"]] == [2, 3]
+    assert [c["lines"] for c in data["changes"]] == [[2], [3]]
     assert main(["authz", "replay", "--config", str(EXAMPLES), "--policies", str(policies),
                  "--log", str(tmp_path / "nope")]) == 2  # fmt: skip
     assert DECISIONS[CUSTOM] == "CUSTOM"

@@ -41,7 +41,9 @@ _FIELDS = ("start_time", "method", "path", "authority", "upstream_cluster",
 
 @dataclass(slots=True)
 class Requests:
-    """Parsed log lines as columns (numpy arrays of str, ports as int)."""
+    """Parsed log lines: the distinct requests as columns (numpy arrays of str, ports as int),
+    and for each line its distinct request (``index``) and line number (``lines``). Recorded
+    traffic repeats itself: decisions are made once per distinct request."""
 
     method: npt.NDArray[Any]
     path: npt.NDArray[Any]
@@ -49,11 +51,12 @@ class Requests:
     source_ip: npt.NDArray[Any]
     destination_ip: npt.NDArray[Any]
     destination_port: npt.NDArray[np.int64]
-    lines: npt.NDArray[np.int64]  # the 1-based line number of each request
+    index: npt.NDArray[np.intp]  # per line: its distinct request
+    lines: npt.NDArray[np.int64]  # per line: its 1-based line number
     skipped: int = 0  # lines that are not requests (unparsable, TCP, no address)
 
     def __len__(self) -> int:
-        return len(self.method)
+        return len(self.index)
 
 
 def _split(address: str) -> tuple[str, int] | None:
@@ -66,8 +69,9 @@ def _split(address: str) -> tuple[str, int] | None:
 def parse_log(lines: Iterable[str], *, since: str | None = None) -> Requests:
     """JSON lines and Istio's text lines, mixed or not; ``since``: skip lines whose
     ``start_time`` sorts before it (ISO 8601, as Envoy writes it)."""
-    cols: dict[str, list[Any]] = {k: [] for k in ("method", "path", "authority", "source_ip",
-                                                  "destination_ip", "destination_port", "lines")}  # fmt: skip
+    distinct: dict[tuple[str, str, str, str, str, int], int] = {}
+    index: list[int] = []
+    numbers: list[int] = []
     skipped = 0
     for n, line in enumerate(lines, 1):
         line = line.strip()
@@ -89,27 +93,22 @@ def parse_log(lines: Iterable[str], *, since: str | None = None) -> Requests:
         values = {k: str(rec.get(k) or "-") for k in _FIELDS}
         if since is not None and values["start_time"] < since:
             continue
-        dst, src = (
-            _split(values["downstream_local_address"]),
-            _split(values["downstream_remote_address"]),
-        )
+        dst = _split(values["downstream_local_address"])
+        src = _split(values["downstream_remote_address"])
         if dst is None or src is None or values["method"] == "-":
             skipped += 1
             continue
-        cols["method"].append(values["method"])
-        cols["path"].append(values["path"])
-        cols["authority"].append(values["authority"])
-        cols["source_ip"].append(src[0])
-        cols["destination_ip"].append(dst[0])
-        cols["destination_port"].append(dst[1])
-        cols["lines"].append(n)
-    def text(key: str) -> npt.NDArray[Any]:
-        return np.array(cols[key], dtype=str)
+        key = (values["method"], values["path"], values["authority"], src[0], dst[0], dst[1])
+        index.append(distinct.setdefault(key, len(distinct)))
+        numbers.append(n)
+    cols = list(zip(*distinct, strict=True)) if distinct else [()] * 6
+
+    def text(i: int) -> npt.NDArray[Any]:
+        return np.array(cols[i], dtype=str)
 
     return Requests(
-        text("method"), text("path"), text("authority"), text("source_ip"),
-        text("destination_ip"), np.array(cols["destination_port"], dtype=np.int64),
-        np.array(cols["lines"], dtype=np.int64), skipped,
+        text(0), text(1), text(2), text(3), text(4), np.array(cols[5], dtype=np.int64),
+        np.array(index, dtype=np.intp), np.array(numbers, dtype=np.int64), skipped,
     )  # fmt: skip
 
 
@@ -160,7 +159,10 @@ def decide_batch(chain: AuthzChain | None, columns: Mapping[str, Any], n: int
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    line: int
+    """One distinct request (method, path, authority, source, destination) whose decision
+    changes, with the log lines that recorded it."""
+
+    lines: tuple[int, ...]
     method: str
     path: str
     authority: str
@@ -171,26 +173,35 @@ class Change:
     old_policy: str | None
     new_policy: str | None
 
+    @property
+    def count(self) -> int:
+        return len(self.lines)
+
 
 @dataclass(frozen=True, slots=True)
 class ReplayReport:
     requests: int
     skipped: int
-    changes: tuple[Change, ...]
+    changes: tuple[Change, ...]  # by first line
     not_replayed: int = 0  # requests to no workload of the meshes
     groups: Mapping[tuple[str, str, str, str], int] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> int:
+        """Requests (log lines) whose decision changes."""
+        return sum(c.count for c in self.changes)
 
     def to_dict(self) -> dict[str, Any]:
         """The stable ``-o json`` schema (see the README)."""
         return {
             "requests": self.requests, "skipped_lines": self.skipped,
-            "not_replayed": self.not_replayed, "changed": len(self.changes),
+            "not_replayed": self.not_replayed, "changed": self.changed,
             "groups": [{"policy": p, "source": s, "old": o, "new": nw, "count": c}
                        for (p, s, o, nw), c in sorted(self.groups.items())],
-            "changes": [{"line": c.line, "method": c.method, "path": c.path,
-                         "authority": c.authority, "source": c.source,
-                         "destination": c.destination, "old": c.old, "new": c.new,
-                         "old_policy": c.old_policy, "new_policy": c.new_policy}
+            "changes": [{"method": c.method, "path": c.path, "authority": c.authority,
+                         "source": c.source, "destination": c.destination, "old": c.old,
+                         "new": c.new, "old_policy": c.old_policy, "new_policy": c.new_policy,
+                         "count": c.count, "lines": list(c.lines)}
                         for c in self.changes],
         }  # fmt: skip
 
@@ -215,50 +226,72 @@ def _chains(mesh: MeshModel, address: str) -> Mapping[int, AuthzChain | None] | 
 def replay(old: MeshModel, new: MeshModel, requests: Requests) -> ReplayReport:
     """Every request decided with ``old``'s and ``new``'s policies; the changed ones."""
     principals = {**_principals(old), **_principals(new)}
-    changes: list[Change] = []
-    groups: Counter[tuple[str, str, str, str]] = Counter()
-    not_replayed = 0
     n = len(requests)
-    principal = np.array([principals.get(ip) for ip in requests.source_ip.tolist()], dtype=object)
-    keys = np.char.add(np.char.add(requests.destination_ip, "|"),
-                       requests.destination_port.astype(str)) if n else np.array([], dtype=str)  # fmt: skip
-    for key in np.unique(keys):
-        ip, _, port_s = str(key).rpartition("|")
+    if n == 0:
+        return ReplayReport(0, requests.skipped, ())
+    inverse = requests.index
+    method, path, authority = requests.method, requests.path, requests.authority
+    source, dst_ip, dst_port = (
+        requests.source_ip,
+        requests.destination_ip,
+        requests.destination_port,
+    )
+    principal = np.array([principals.get(ip) for ip in source.tolist()], dtype=object)
+    m = len(method)
+    old_code, new_code = np.full(m, -1, np.int8), np.full(m, -1, np.int8)
+    old_pol, new_pol = np.full(m, None, object), np.full(m, None, object)
+    unknown = np.zeros(m, dtype=bool)
+    dests = np.char.add(np.char.add(dst_ip.astype("S"), b"|"), dst_port.astype("S"))
+    for key in np.unique(dests):
+        ip, _, port_s = key.decode().rpartition("|")
         port = int(port_s)
-        rows = np.nonzero(keys == key)[0]
+        rows = np.nonzero(dests == key)[0]
         a, b = _chains(old, ip), _chains(new, ip)
         if a is None and b is None:
-            not_replayed += len(rows)
+            unknown[rows] = True
             continue
-        p = principal[rows]
+        p = principal[rows].tolist()
         columns = {
-            "method": requests.method[rows], "path": requests.path[rows],
-            "authority": requests.authority[rows], "source_ip": requests.source_ip[rows],
-            "remote_ip": requests.source_ip[rows], "direct_remote_ip": requests.source_ip[rows],
-            "destination_ip": ip, "destination_port": port,
-            "principal": p.tolist(), "uri_sans": [[x] if x else None for x in p.tolist()],
-            "tls": np.array([x is not None for x in p.tolist()]),
+            "method": method[rows].astype("S"), "path": path[rows].astype("S"),
+            "authority": authority[rows].astype("S"), "source_ip": source[rows].astype("S"),
+            "remote_ip": source[rows].astype("S"), "direct_remote_ip": source[rows].astype("S"),
+            "destination_ip": ip, "destination_port": port, "principal": p,
+            "uri_sans": [[x] if x else None for x in p],
+            "tls": np.array([x is not None for x in p]),
         }  # fmt: skip
-        old_code, old_pol = decide_batch((a or {}).get(port), columns, len(rows))
-        new_code, new_pol = decide_batch((b or {}).get(port), columns, len(rows))
-        diff = np.nonzero((old_code != new_code) | (old_pol != new_pol))[0]
-        for i in diff.tolist():
-            r = int(rows[i])
-            src = p[i] or str(requests.source_ip[r])
-            c = Change(int(requests.lines[r]), str(requests.method[r]), str(requests.path[r]),
-                       str(requests.authority[r]), src, f"{ip}:{port}",
-                       DECISIONS[int(old_code[i])], DECISIONS[int(new_code[i])],
-                       old_pol[i], new_pol[i])  # fmt: skip
-            changes.append(c)
-            groups[(str(c.new_policy or c.old_policy or "(no policy matched)"), src, c.old,
-                    c.new)] += 1  # fmt: skip
-    changes.sort(key=lambda c: c.line)
+        old_code[rows], old_pol[rows] = decide_batch((a or {}).get(port), columns, len(rows))
+        new_code[rows], new_pol[rows] = decide_batch((b or {}).get(port), columns, len(rows))
+    changed = ~unknown & ((old_code != new_code) | (old_pol != new_pol))
+    # The log lines of each changed distinct request, in order.
+    line_rows = np.nonzero(changed[inverse])[0]
+    order = np.argsort(inverse[line_rows], kind="stable")
+    owners = inverse[line_rows][order]
+    cuts = np.nonzero(np.diff(owners))[0] + 1
+    by_request = {
+        int(group_owners[0]): tuple(group_lines.tolist())
+        for group_owners, group_lines in zip(
+            np.split(owners, cuts), np.split(requests.lines[line_rows][order], cuts), strict=True
+        )
+        if len(group_owners)
+    }
+    changes = []
+    groups: Counter[tuple[str, str, str, str]] = Counter()
+    for u, lines in by_request.items():
+        src = principal[u] or str(source[u])
+        c = Change(lines, str(method[u]), str(path[u]), str(authority[u]), src,
+                   f"{dst_ip[u]}:{dst_port[u]}", DECISIONS[int(old_code[u])],
+                   DECISIONS[int(new_code[u])], old_pol[u], new_pol[u])  # fmt: skip
+        changes.append(c)
+        groups[(str(c.new_policy or c.old_policy or "(no policy matched)"), src, c.old,
+                c.new)] += c.count  # fmt: skip
+    changes.sort(key=lambda c: c.lines[0])
+    not_replayed = int(np.count_nonzero(unknown[inverse]))
     return ReplayReport(n, requests.skipped, tuple(changes), not_replayed, dict(groups))
 
 
 def render(report: ReplayReport, *, limit: int = 20) -> str:
     lines = [f"{report.requests} requests replayed ({report.skipped} lines skipped, "
-             f"{report.not_replayed} to no workload), {len(report.changes)} decisions change"]  # fmt: skip
+             f"{report.not_replayed} to no workload), {report.changed} decisions change"]  # fmt: skip
     if report.groups:
         rows = [("POLICY", "SOURCE", "OLD", "NEW", "COUNT")]
         rows += [(p, s, o, nw, str(c)) for (p, s, o, nw), c in sorted(report.groups.items())]
@@ -266,7 +299,8 @@ def render(report: ReplayReport, *, limit: int = 20) -> str:
         lines += ["  ".join(x.ljust(w) for x, w in zip(r, widths, strict=True)).rstrip()
                   for r in rows]  # fmt: skip
     for c in report.changes[:limit]:
-        lines.append(f"line {c.line}: {c.method} {c.authority}{c.path} from {c.source}: "
+        where = f"line {c.lines[0]}" + (f" (+{c.count - 1} more)" if c.count > 1 else "")
+        lines.append(f"{where}: {c.method} {c.authority}{c.path} from {c.source}: "
                      f"{c.old} -> {c.new} ({c.new_policy or c.old_policy or 'no policy matched'})")  # fmt: skip
     if len(report.changes) > limit:
         lines.append(f"... {len(report.changes) - limit} more (-o json lists them all)")

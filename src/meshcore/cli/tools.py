@@ -134,7 +134,7 @@ def x_command(args: argparse.Namespace) -> int:
 
 def add_proxy_config_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     from meshcore.cli._parser import XDS_PORT
-    from meshcore.tools.proxyconfig import KINDS
+    from meshcore.tools.constants import KINDS
 
     text = "a proxy's clusters, listeners, routes, endpoints or secrets (istioctl's columns)"
     p = sub.add_parser("proxy-config", help=text, description=text, formatter_class=formatter)
@@ -189,7 +189,7 @@ def proxy_config_command(args: argparse.Namespace) -> int:
 
 
 def add_diff_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
-    from meshcore.tools.diff import PUSH_COST_SECONDS
+    from meshcore.tools.constants import PUSH_COST_SECONDS
 
     text = "push-impact preview: what each proxy would be sent if OLD became NEW"
     p = sub.add_parser("diff", help=text, description=text, formatter_class=formatter)

@@ -14,12 +14,10 @@ from google.protobuf.message import Message
 
 from meshcore.config import MeshModel
 from meshcore.config.model import Gateway, WorkloadEntry, selector_matches
+from meshcore.tools.constants import PUSH_COST_SECONDS
 from meshcore.xds import types
 from meshcore.xds.node import proxy_for_node
 
-# Control-plane CPU per proxy push, measured (BENCHMARKS.md, "the pushes (about 0.13 ms of
-# control-plane CPU each in Python/grpc.aio ...)", 2,000 proxies of a 1,000-service mesh).
-PUSH_COST_SECONDS = 0.00013
 TYPES = (types.CLUSTER, types.ENDPOINT, types.LISTENER, types.ROUTE, types.SECRET)
 
 

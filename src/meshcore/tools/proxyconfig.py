@@ -18,9 +18,9 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from meshcore.config import MeshModel
+from meshcore.tools.constants import KINDS
 from meshcore.xds import types
 
-KINDS = ("cluster", "listener", "route", "endpoint", "secret")
 TYPE_OF_KIND = {"cluster": types.CLUSTER, "listener": types.LISTENER, "route": types.ROUTE,
                 "endpoint": types.ENDPOINT, "secret": types.SECRET}  # fmt: skip
 COLUMNS = {

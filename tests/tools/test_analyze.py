@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshcore._core.route import RouteTable
 from meshcore.cli import main
@@ -245,3 +247,42 @@ spec:
     assert main(["analyze", str(d), "--failure-threshold", "Error", "-S", "IST0101=*"]) == 0
     assert main(["analyze", str(d), "-S", "bad"]) == 2
     assert main(["analyze", "--store", "etcd://127.0.0.1:2379"]) == 2
+
+
+PATHS = ["/a", "/a/b", "/ab", "/a/b/c", "/b"]
+
+
+@st.composite
+def route_lists(draw: st.DrawFn) -> list[str]:
+    out = []
+    for _ in range(draw(st.integers(2, 6))):
+        kind = draw(st.sampled_from(["prefix", "path", "path_separated_prefix"]))
+        m = f'{kind}: "{draw(st.sampled_from(PATHS))}"'
+        if draw(st.booleans()):
+            m += f' headers {{name: "x" string_match {{exact: "{draw(st.sampled_from("12"))}"}}}}'
+        out.append(m)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(route_lists())
+def test_what_is_reported_shadowed_is_never_routed_to(matches: list[str]) -> None:
+    """Property: for every route reported shadowed, requests it matches (its own path, below
+    it, with its own headers) are routed by the compiled table to an earlier route."""
+    config = route_pb2.RouteConfiguration(name="t")
+    vh = config.virtual_hosts.add(name="vh", domains=["*"])
+    for i, m in enumerate(matches):
+        r = _route(m)
+        r.name = f"r{i}"
+        vh.routes.append(r)
+    table = RouteTable.from_proto(config)
+    for s in shadowed(compiled_routes(config)):
+        match = s.route.route.match
+        kind = match.WhichOneof("path_specifier")
+        value = getattr(match, kind)
+        paths = [value] if kind == "path" else [value, value + "/z"]
+        headers = [(h.name, h.string_match.exact) for h in match.headers]
+        for path in paths:
+            got = table.route("h", path, "GET", headers)
+            assert got is not None
+            assert got.route_index < s.route.index, (matches, s, path)

@@ -286,3 +286,31 @@ def test_what_is_reported_shadowed_is_never_routed_to(matches: list[str]) -> Non
             got = table.route("h", path, "GET", headers)
             assert got is not None
             assert got.route_index < s.route.index, (matches, s, path)
+
+
+def test_hosts_of_wildcard_service_entries_are_known(mesh_dir: MakeDir) -> None:
+    d = mesh_dir("""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: example, namespace: default}
+spec:
+  hosts: ["*.example.com"]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  location: MESH_EXTERNAL
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api, namespace: default}
+spec:
+  host: api.example.com
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: other, namespace: default}
+spec:
+  host: api.example.org
+""")
+    found = {(m.code, m.name) for m in analyze([str(d)]).messages}
+    assert ("IST0101", "other") in found
+    assert ("IST0101", "api") not in found

@@ -121,6 +121,15 @@ def _wildcard(host: str) -> bool:
     return host.startswith("*")
 
 
+def _known(mesh: MeshModel, host: str) -> bool:
+    """A Service or ServiceEntry host, or one a wildcard ServiceEntry host covers."""
+    if mesh.has_host(host):
+        return True
+    return any(
+        h.startswith("*") and host.endswith(h[1:]) for se in mesh.service_entries for h in se.hosts
+    )
+
+
 def _destinations(vs: VirtualService) -> Iterable[tuple[str, Mapping[str, Any]]]:
     for kind in ("http", "tcp", "tls"):
         for i, rule in enumerate(vs.spec.get(kind) or ()):
@@ -139,7 +148,7 @@ def _virtual_services(mesh: MeshModel) -> list[Message]:
         for path, dest in _destinations(vs):
             host = str(dest.get("host", ""))
             fqdn = resolve_host(host, vs.namespace, mesh.domain)
-            if not host or _wildcard(host) or mesh.has_host(fqdn) or mesh.has_host(host):
+            if not host or _wildcard(host) or _known(mesh, fqdn) or _known(mesh, host):
                 subset = dest.get("subset")
                 known = fqdn if mesh.has_host(fqdn) else host
                 if (
@@ -195,7 +204,7 @@ def _destination_rules(mesh: MeshModel) -> list[Message]:
     out: list[Message] = []
     for dr in mesh.destination_rules:
         svc = mesh.service(dr.host, dr.namespace)
-        if svc is None and not _wildcard(dr.host) and not mesh.has_host(dr.host):
+        if svc is None and not _wildcard(dr.host) and not _known(mesh, dr.host):
             out.append(m.about(m.REFERENCED_RESOURCE_NOT_FOUND, dr,
                                f'Referenced host not found: "{dr.host}"', "spec.host"))  # fmt: skip
         if svc is not None:

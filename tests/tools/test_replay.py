@@ -23,6 +23,7 @@ from meshcore.tools.replay import (
     parse_log,
     replay,
     with_policies,
+    with_progress,
 )
 
 from .conftest import EXAMPLES
@@ -165,3 +166,11 @@ def test_replay_of_a_tightened_policy(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["authz", "replay", "--config", str(EXAMPLES), "--policies", str(policies),
                  "--log", str(tmp_path / "nope")]) == 2  # fmt: skip
     assert DECISIONS[CUSTOM] == "CUSTOM"
+
+
+def test_progress() -> None:
+    import io
+
+    out = io.StringIO()
+    assert list(with_progress(["a", "b", "c", "d", "e"], out, every=2)) == ["a", "b", "c", "d", "e"]
+    assert out.getvalue() == "\rparsed 2/5 lines\rparsed 4/5 lines\rparsed 5/5 lines\n"

@@ -265,7 +265,9 @@ def authz_command(args: argparse.Namespace) -> int:
         print(f"meshcore authz replay: {exc}", file=sys.stderr)
         return 2
     old = models[0]
-    result = rp.replay(old, rp.with_policies(old, models[1]), rp.parse_log(lines, since=args.since))
+    source = rp.with_progress(lines, sys.stderr) if sys.stderr.isatty() else lines
+    requests = rp.parse_log(source, since=args.since)
+    result = rp.replay(old, rp.with_policies(old, models[1]), requests)
     if args.output == "text":
         print(rp.render(result))
     else:

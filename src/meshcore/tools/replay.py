@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -313,6 +313,19 @@ def read_lines(paths: Sequence[str]) -> list[str]:
         with open(path, encoding="utf-8", errors="replace") as f:
             out.extend(f)
     return out
+
+
+def with_progress(lines: Sequence[str], out: Any, every: int = 100_000) -> Iterator[str]:
+    """``lines``, writing ``parsed N/TOTAL lines`` to ``out`` (a terminal) every ``every``."""
+    total = len(lines)
+    for i, line in enumerate(lines, 1):
+        if i % every == 0:
+            out.write(f"\rparsed {i:,}/{total:,} lines")
+            out.flush()
+        yield line
+    if total >= every:
+        out.write(f"\rparsed {total:,}/{total:,} lines\n")
+        out.flush()
 
 
 def with_policies(mesh: MeshModel, policies: MeshModel) -> MeshModel:

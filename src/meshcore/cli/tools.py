@@ -196,7 +196,7 @@ def add_diff_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     p.add_argument("old", metavar="OLD", help="the current config (file or directory)")
     p.add_argument("new", metavar="NEW", help="the changed config (file or directory)")
     p.add_argument("--domain", default="cluster.local", help="the mesh's DNS domain")
-    p.add_argument("--push-cost-ms", type=float, default=PUSH_COST_SECONDS * 1000,
+    p.add_argument("--push-cost-ms", type=float, default=round(PUSH_COST_SECONDS * 1000, 9),
                    help="control-plane CPU per proxy push (measured: BENCHMARKS.md)")  # fmt: skip
     p.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text",
                    help="output format")  # fmt: skip

@@ -120,3 +120,18 @@ def test_preview_matches_what_the_control_plane_sends(tmp_path: Path) -> None:
         finally:
             for dp in planes.values():
                 dp.close()
+
+
+def test_a_workload_a_gateway_selects_is_a_router(tmp_path: Path) -> None:
+    config = copy_examples(tmp_path / "config")
+    (config / "gw-workload.yaml").write_text("""
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: ingress-1, namespace: default}
+spec: {address: 127.0.40.1, labels: {istio: ingressgateway}, serviceAccount: ingress}
+""")
+    mesh = validate([str(config)]).model
+    assert mesh is not None
+    nodes = proxies_of(mesh)
+    assert "router~127.0.40.1~ingress-1.default~default.svc.cluster.local" in nodes
+    assert sum(n.startswith("sidecar~") for n in nodes) == 5

@@ -13,8 +13,8 @@ from typing import Any
 from google.protobuf.message import Message
 
 from meshcore.config import MeshModel
-from meshcore.config.model import Gateway, WorkloadEntry, selector_matches
 from meshcore.tools.constants import PUSH_COST_SECONDS
+from meshcore.tools.nodes import node_id
 from meshcore.xds import types
 from meshcore.xds.node import proxy_for_node
 
@@ -85,14 +85,7 @@ class Preview:
 
 def proxies_of(mesh: MeshModel) -> list[str]:
     """A node id per workload: a gateway proxy (``router``) when a Gateway selects it."""
-    gateways = [r for r in mesh.resources if isinstance(r, Gateway)]
-    out = []
-    for w in mesh.workload_entries:
-        assert isinstance(w, WorkloadEntry)
-        router = any(selector_matches(g.selector, w.workload_labels) for g in gateways)
-        kind = "router" if router else "sidecar"
-        out.append(f"{kind}~{w.address}~{w.name}.{w.namespace}~{w.namespace}.svc.{mesh.domain}")
-    return out
+    return [node_id(mesh, w) for w in mesh.workload_entries]
 
 
 def _serialized(resources: Mapping[str, Mapping[str, Message]], url: str) -> dict[str, bytes]:

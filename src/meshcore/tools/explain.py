@@ -15,7 +15,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from meshcore.config import MeshModel
+from meshcore.config.model import WorkloadEntry
 from meshcore.dataplane.plane import DataPlane, Decision
+from meshcore.tools.nodes import node_id
 from meshcore.xds.node import parse_node_id, proxy_for_node
 
 Planes = Callable[[str], DataPlane]
@@ -61,13 +63,12 @@ def node_id_for(mesh: MeshModel | None, proxy: str, domain: str = "cluster.local
         return proxy
     name, _, ns = proxy.partition(".")
     ns = ns or "default"
-    address = ""
     if mesh is not None:
         w = mesh.get("WorkloadEntry", ns, name)
-        if w is None:
+        if not isinstance(w, WorkloadEntry):
             raise ValueError(f"no WorkloadEntry {ns}/{name} (give a node id or name.namespace)")
-        address = getattr(w, "address", "")
-    return f"sidecar~{address}~{name}.{ns}~{ns}.svc.{domain}"
+        return node_id(mesh, w)
+    return f"sidecar~~{name}.{ns}~{ns}.svc.{domain}"
 
 
 def planes_from_mesh(mesh: MeshModel, *, seed: int | None = 0) -> Planes:
@@ -193,10 +194,11 @@ def _inbound(
     labels = host.split(".")
     ns = labels[1] if len(labels) > 2 else "default"
     name = f"explain-{d.endpoint.address.replace('.', '-').replace(':', '-')}"
+    node = f"sidecar~{d.endpoint.address}~{name}.{ns}~{ns}.svc.{domain}"  # found by address
     if mesh is not None:
         w = next((w for w in mesh.workloads(ns) if w.address == d.endpoint.address), None)
-        name = w.name if w is not None else name
-    node = f"sidecar~{d.endpoint.address}~{name}.{ns}~{ns}.svc.{domain}"
+        if w is not None:
+            node = node_id(mesh, w)
     dst = planes(node)
     # What the destination sees: the authority as sent, the path as forwarded, mTLS when the
     # source originates it (its principal then is the peer's).

@@ -214,12 +214,12 @@ def _principals(mesh: MeshModel) -> dict[str, str]:
 def _chains(mesh: MeshModel, address: str) -> Mapping[int, AuthzChain | None] | None:
     """The inbound authorization of the workload at ``address``, by port (None: none there)."""
     from meshcore.tools.explain import planes_from_mesh
+    from meshcore.tools.nodes import node_id
 
     w = next((w for w in mesh.workload_entries if w.address == address), None)
     if w is None:
         return None
-    node = f"sidecar~{w.address}~{w.name}.{w.namespace}~{w.namespace}.svc.{mesh.domain}"
-    cfg = planes_from_mesh(mesh)(node).config
+    cfg = planes_from_mesh(mesh)(node_id(mesh, w)).config
     return {port: lst.authz for port, lst in cfg.inbound.items()}
 
 

@@ -16,6 +16,8 @@ COMMANDS = {
     "proxy": ["proxy", "--node-id", NODE],
     "proxy-status": ["proxy-status"],
     "demo": ["demo"],
+    "analyze": ["analyze", "examples"],
+    "diff": ["diff", "examples", "examples"],
 }  # fmt: skip
 
 

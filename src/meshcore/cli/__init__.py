@@ -332,8 +332,43 @@ def _store(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _analyze(args: argparse.Namespace) -> int:
+    from meshcore.cli.tools import analyze_command
+
+    return analyze_command(args)
+
+
+def _x(args: argparse.Namespace) -> int:
+    from meshcore.cli.tools import x_command
+
+    return x_command(args)
+
+
+def _proxy_config(args: argparse.Namespace) -> int:
+    from meshcore.cli.tools import proxy_config_command
+
+    return proxy_config_command(args)
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from meshcore.cli.tools import diff_command
+
+    return diff_command(args)
+
+
+def _authz(args: argparse.Namespace) -> int:
+    from meshcore.cli.tools import authz_command
+
+    return authz_command(args)
+
+
 COMMANDS = {
     "validate": _validate,
+    "analyze": _analyze,
+    "authz": _authz,
+    "diff": _diff,
+    "x": _x,
+    "proxy-config": _proxy_config,
     "describe": _describe,
     "webhook": _webhook,
     "serve": _serve,
@@ -348,6 +383,9 @@ COMMANDS = {
 }
 # The extra each command needs beyond the base install (meshcore._extras).
 EXTRA = {"serve": "all", "agent": "all", "proxy-status": "all", "demo": "demo", "proxy": "all"}
+EXTRA.update(
+    {"analyze": "all", "x": "all", "proxy-config": "all", "diff": "all", "authz": "all"}
+)  # operator tools
 
 
 def main(argv: Sequence[str] | None = None) -> int:

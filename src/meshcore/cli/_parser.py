@@ -346,4 +346,11 @@ def parser() -> argparse.ArgumentParser:
 
     iptables.add_parser(sub)
     store.add_parsers(sub, command)
+    from meshcore.cli import tools
+
+    tools.add_parsers(sub, Formatter)
+    tools.add_x_parser(sub, Formatter)
+    tools.add_proxy_config_parser(sub, Formatter)
+    tools.add_diff_parser(sub, Formatter)
+    tools.add_authz_parser(sub, Formatter)
     return top

@@ -187,6 +187,12 @@ class AuthzChain:
     def __len__(self) -> int:
         return len(self._stages)
 
+    @property
+    def layers(self) -> tuple[tuple[Any, str | None, bool], ...]:
+        """Each filter in order as (engine, Istio layer, CUSTOM shadow marker); engine None is
+        an ext_authz filter. For batch evaluators (``meshcore.tools.replay``)."""
+        return tuple((s.engine, s.layer, s.custom_shadow) for s in self._stages)
+
     def evaluate(self, *, custom_allowed: bool = False, **request: Any) -> AuthzDecision:
         """See :meth:`Authorizer.evaluate`."""
         audit: str | None = None

@@ -160,8 +160,8 @@ class SotwStream(Stream):
         assert self.state is not None
         if ttl is not None:
             listed = snap.names(type_url) if wildcard else explicit
-            names = set(listed).union(explicit)
-            t.sent_names = sorted(n for n in names if snap.resource(type_url, n) is not None)
+            named = set(listed).union(explicit)
+            t.sent_names = sorted(n for n in named if snap.resource(type_url, n) is not None)
         if len(data) > self.server.max_message_bytes:
             self.server.oversized(self.state, type_url, len(data))
             t.dirty = False
@@ -171,7 +171,13 @@ class SotwStream(Stream):
         t.sent_version = version
         t.dirty = False
         t.awaiting_ack = True
-        count = snap.count(type_url) if names is None else len(names)
+        # How many resources the response names (meshcore_xds_resources_sent).
+        if not wildcard:
+            count = len(explicit)
+        elif explicit:
+            count = len(set(snap.names(type_url)).union(explicit))
+        else:
+            count = snap.count(type_url)
         self.server.sent(self.state, type_url, version, len(data), started, count)
         return data
 

@@ -486,3 +486,57 @@ def test_ext_authz_durations_are_read_by_the_config_parser() -> None:
         assert parse_duration(text) == {"seconds": ns // 10**9, "nanos": ns % 10**9}
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration("3000000h")  # longer than Go's time.Duration: Istio refuses it
+
+
+# --- policies the loader validated (issue 12: validate once) ---------------------------------
+
+
+def test_loaded_policies_are_trusted_not_checked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A policy loaded by meshcore.config carries what its validation found: the Authorizer
+    builds the same filters and reports the same warnings (at the resource's file and line)
+    as for the manifest, without running the checks again."""
+    from meshcore.config import load_objects
+    from meshcore.security import _validate
+
+    manifests = [
+        policy("deny-http", action="DENY", rules=[{"to": [{"operation": {"methods": ["GET"]}}]}]),
+        policy("all", selector={}),  # a selector without labels: a warning
+        policy("allow", rules=[{"from": [{"source": {"principals": ["a/b"]}}]}]),
+    ]
+    expected = build(manifests)
+    loaded = load_objects(manifests).authorization_policies
+    assert all(p.checked_warnings is not None for p in loaded)
+    calls: list[str] = []
+    real = _validate.check_spec
+
+    def counting(c: Any, spec: Any) -> None:
+        calls.append(c.name)
+        real(c, spec)
+
+    monkeypatch.setattr(_validate, "check_spec", counting)
+    trusted = build(list(loaded))
+    assert calls == []
+    assert trusted.filter_dicts() == expected.filter_dicts()
+    assert trusted.filter_dicts(tcp=True) == expected.filter_dicts(tcp=True)
+    assert [(p.path, p.message, p.name, p.severity) for p in trusted.problems] == [
+        (p.path, p.message, p.name, p.severity) for p in expected.problems
+    ]
+    assert len(trusted.problems) == 2
+    assert {(p.file, p.line) for p in trusted.problems} == {("<objects>", 0)}
+    # A manifest (or a resource not validated by the loader) is still checked.
+    build(manifests)
+    assert calls == ["deny-http", "all", "allow"]
+
+
+def test_loader_checks_the_policy_the_model_holds() -> None:
+    """A null field is not set: the loader checks `source: {principals: null}` as the empty
+    source the model holds (Istio refuses it), rather than loading a policy that the
+    Authorizer, trusting the loader, would build from an empty source."""
+    from meshcore.config import load_objects
+
+    bad = policy("p", action="DENY", rules=[{"from": [{"source": {"principals": None}}]}])
+    with pytest.raises(ConfigError) as caught:
+        load_objects([bad])
+    assert [(p.path, p.severity) for p in caught.value.errors() if "empty" in p.message] == [
+        ("spec.rules[0].from[0].source", "error")
+    ]

@@ -190,7 +190,7 @@ def _resource(doc: Document, domain: str, problems: list[ConfigProblem]) -> Reso
     if any(p.severity == "error" for p in found):
         return None
     cls = RESOURCE_CLASSES[kind_name]
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = dict(checker.typed)
     if cls in (Service, VirtualService, DestinationRule):
         extra["domain"] = domain
     return cls(

@@ -282,6 +282,13 @@ class DestinationRule(Resource):
 
 @dataclass(frozen=True, slots=True)
 class AuthorizationPolicy(Resource):
+    # Set by the loader's validation: the (path, message) warnings Istio's webhook rules give
+    # this policy, reported again for each workload it selects (Authorizer.from_policies trusts
+    # a policy that carries them and does not check it again). None: not validated here.
+    checked_warnings: tuple[tuple[str, str], ...] | None = field(
+        default=None, repr=False, compare=False
+    )
+
     @property
     def action(self) -> str:
         return str(self.spec.get("action", "ALLOW"))

@@ -11,6 +11,7 @@ from typing import Any
 
 from meshcore.config.destinationrule import check_destination_rule
 from meshcore.config.gateway import check_gateway, check_secret
+from meshcore.config.model import freeze, thaw
 from meshcore.config.requestauthn import check_request_authentication
 from meshcore.config.sidecar import check_sidecar
 from meshcore.config.telemetry import check_telemetry
@@ -748,6 +749,9 @@ def check_authorization_policy(c: Checker, spec: dict[str, Any], name: str) -> N
     # One validator for AuthorizationPolicy, shared with the Authorizer (which validates the
     # manifests it is given directly): Istio's webhook rules, in meshcore.security._validate.
     checker = authz_validate.Checker(namespace=c.namespace, name=name)
+    # Checked as the model holds it (a null field is not set), so that what the Authorizer
+    # trusts is what was checked: `source: {principals: null}` is an empty source.
+    spec = thaw(freeze(spec))
     authz_validate.check_selection(checker, spec)
     authz_validate.check_spec(checker, spec)
     c.target_kinds(spec)
@@ -755,6 +759,8 @@ def check_authorization_policy(c: Checker, spec: dict[str, Any], name: str) -> N
         c.error(parse_path(p.path), p.message)
     for p in checker.warnings:
         c.warn(parse_path(p.path), p.message)
+    # The Authorizer reports these per workload the policy selects, without checking again.
+    c.typed["checked_warnings"] = tuple((p.path, p.message) for p in checker.warnings)
 
 
 def check_peer_authentication(c: Checker, spec: dict[str, Any], name: str) -> None:

@@ -128,6 +128,9 @@ class Checker:
     def __init__(self, namespace: str = "") -> None:
         self.problems: list[tuple[str, Path, str]] = []  # (severity, path, message)
         self.namespace = namespace  # the resource's (rules comparing references read it)
+        # Typed values a kind's rules computed while checking, kept on the resource (fields of
+        # its class) so that readers trust them instead of checking or parsing again.
+        self.typed: dict[str, Any] = {}
 
     def error(self, path: Path, message: str) -> None:
         self.problems.append(("error", path, message))

@@ -15,6 +15,7 @@ from typing import Any
 from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
 
+from meshcore.config.model import thaw
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.names import (
     HTTP_EXT_AUTHZ,
@@ -539,6 +540,15 @@ def _select(
     where = f"policies[{index}]"
     if manifest is None:
         return None  # an empty YAML document (e.g. after a trailing `---`)
+    if getattr(manifest, "checked_warnings", None) is not None:
+        return _select_checked(
+            manifest,
+            index,
+            namespace=namespace,
+            labels=labels,
+            root_namespace=root_namespace,
+            problems=problems,
+        )
     file, line = "", 0
     to_manifest = getattr(manifest, "manifest", None)
     if callable(to_manifest):
@@ -608,6 +618,41 @@ def _select(
         dry_run=dry_run,
         rules=rules,
         order=(stamp, name, ns, index),
+    )
+
+
+def _select_checked(
+    res: Any,
+    index: int,
+    *,
+    namespace: str,
+    labels: Mapping[str, str],
+    root_namespace: str,
+    problems: list[ConfigProblem],
+) -> _Policy | None:
+    """:func:`_select` for a policy the loader validated (``meshcore.config``'s
+    AuthorizationPolicy, carrying the warnings its validation found): trusted, not checked
+    again; the warnings are reported as a checked manifest's would be."""
+    ns, name = res.namespace, res.name
+    if ns not in (namespace, root_namespace):
+        return None
+    spec = res.spec
+    if not _selects(spec, ns, namespace, labels):
+        return None
+    file, line = str(res.file or ""), int(res.line or 0)
+    problems.extend(
+        ConfigProblem(message, path, v.KIND, ns, name, file, line, "warning")
+        for path, message in res.checked_warnings
+    )
+    provider = spec.get("provider") or {}
+    return _Policy(
+        namespace=ns,
+        name=name,
+        action=str(spec.get("action") or "ALLOW"),
+        provider=str(provider.get("name") or ""),
+        dry_run=bool(res.dry_run),  # validation refused values Go's ParseBool does not read
+        rules=thaw(spec.get("rules")),
+        order=("", name, ns, index),  # loaded resources carry no creationTimestamp
     )
 
 

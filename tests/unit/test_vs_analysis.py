@@ -70,3 +70,13 @@ def test_prefix_covered_by_earlier_prefix() -> None:
     http[1]["match"][0].pop("headers")
     http[1]["match"][0]["method"] = {"exact": "POST"}
     assert warnings({"http": http}) == []
+
+
+def test_match_with_keys_of_mixed_types_is_refused_not_a_crash() -> None:
+    """A match whose keys mix text and numbers (found by the config fuzz test) is refused by
+    the shape walk; the analysis beside it used to crash sorting those keys."""
+    vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+          "metadata": {"name": "r", "namespace": "d"},
+          "spec": {"hosts": ["r"], "http": [{"match": [{"": None, 0: None}], "route": DEST}]}}  # fmt: skip
+    found = validate_object(vs)
+    assert [p.path for p in found if p.severity == "error"]

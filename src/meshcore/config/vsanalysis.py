@@ -23,6 +23,16 @@ def check_unreachable_rules(c: Checker, spec: dict[str, Any]) -> None:
         _analyze(c, kind, [_d(r) for r in _l(spec.get(kind))])
 
 
+def _str_keys(value: Any) -> Any:
+    """``value`` with every mapping key as text, so that sorting never compares ``0`` with
+    ``""`` (the shape walk refuses such keys; this analysis runs beside it and must not crash)."""
+    if isinstance(value, dict):
+        return {str(k): _str_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_str_keys(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class _Prefixed:
     route: str
@@ -55,7 +65,7 @@ def _analyze(c: Checker, kind: str, routes: list[dict[str, Any]]) -> None:
                 _unused(c, kind, n, rname, "route without matches defined before")
                 continue
             match = _d(match)
-            key = json.dumps({f: v for f, v in match.items() if f != "name" or kind != "http"},
+            key = json.dumps(_str_keys({f: v for f, v in match.items() if f != "name" or kind != "http"}),
                              sort_keys=True, default=str)  # fmt: skip
             mname = f'"{match["name"]}"' if kind == "http" and match.get("name") else f"#{k}"
             if key in seen:

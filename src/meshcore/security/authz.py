@@ -280,7 +280,8 @@ class Authorizer:
 
         ``policies`` are AuthorizationPolicy manifests (parsed YAML mappings) or loaded
         resources with a ``manifest()`` method (``meshcore.config``), or one such manifest;
-        empty documents are skipped.
+        empty documents are skipped. A policy the loader validated (it carries
+        ``checked_warnings``) is trusted, not checked again; its warnings join ``problems``.
         ``providers`` is MeshConfig's ``extensionProviders`` (a list of ``{name,
         envoyExtAuthzHttp|envoyExtAuthzGrpc}``), or a mapping name -> provider body.
         ``services`` (``namespace/hostname`` entries) is the service registry providers are

@@ -155,7 +155,7 @@ class MeshTranslation:
         inbound_listeners, inbound_clusters, inbound_problems = capture.inbound(proxy)
         overrides = self.index.overrides(proxy.namespace, proxy.labels)
         shared = self.clusters.clusters(False, overrides)
-        own = {**capture.clusters(), **capture.passthrough_clusters(), **inbound_clusters}
+        own = {**capture.clusters(), **capture.passthrough_clusters(overrides), **inbound_clusters}
         own_clusters = dict(sorted(own.items()))
         resources: Resources = {
             types.CLUSTER: Layered(own_clusters, shared),
@@ -170,7 +170,7 @@ class MeshTranslation:
                 self.clusters.problems_for(False, overrides),
                 self.routes.problems[self.routes.route_key(proxy)],
                 capture.problems(proxy),
-                capture.passthrough_problems(),
+                capture.passthrough_problems(overrides),
                 inbound_problems,
             )
             for p in group

@@ -142,6 +142,28 @@ def test_strict_refuses_a_pod_without_sidecar_permissive_serves_it(mesh: Capture
         time.sleep(0.3)
 
 
+def test_traffic_after_a_mode_change_has_drained_is_clean(mesh: CaptureMesh) -> None:
+    """A PeerAuthentication mode change replaces virtualInbound's filter chains; Envoy closes
+    the connections of the old ones when its drain time ends, failing requests still on them
+    (the demo's one failed request after its live canary change, 1 run in 2). wait_drained
+    returns once every sidecar took the update and drained: traffic after it is clean."""
+    page = pod(mesh, "productpage-1")
+    mesh.get(page, "http://reviews:9080/warm", 20)  # pooled connections to reviews' 15006
+    for mode in ("PERMISSIVE", "STRICT"):
+        before = mesh.listener_changes()
+        rewrite(mesh, ROUTING + strict(mode))
+        took = mesh.wait_drained(before, ["reviews-v1", "reviews-v2"])
+        assert took < 15
+        for w in mesh.workloads.values():
+            draining = mesh.stats(w, r"^listener_manager\.total_.*draining$")
+            assert set(draining.values()) == {0}, (w.name, draining)
+        after = mesh.listener_changes()
+        assert after["reviews-v1"] > before["reviews-v1"]
+        assert after["reviews-v2"] > before["reviews-v2"]
+        sent = mesh.get(page, "http://reviews:9080/after", 100)
+        assert [r["status"] for r in sent] == [200] * 100, [r for r in sent if r["status"] != 200]
+
+
 def test_unknown_destination_passes_through_under_allow_any(mesh: CaptureMesh) -> None:
     # The outsider pod is not in the registry: ALLOW_ANY sends it through PassthroughCluster.
     outsider = pod(mesh, "outsider")

@@ -259,6 +259,45 @@ class PodMesh:
                 found[name] = int(value)
         return found
 
+    def listener_changes(self) -> dict[str, int]:
+        """Listener updates each sidecar has taken (Envoy's ``listener_modified`` and
+        ``listener_in_place_updated``), by workload: :meth:`wait_drained` waits past these."""
+        pattern = r"^listener_manager\.(listener_modified|listener_in_place_updated)$"
+        return {name: sum(self.stats(w, pattern).values()) for name, w in self.workloads.items()}
+
+    def wait_drained(
+        self, before: dict[str, int], changed: Sequence[str] | None = None, limit: float = 15
+    ) -> float:
+        """Seconds until the sidecars of ``changed`` (default: every workload) have taken a
+        listener update since ``before`` (:meth:`listener_changes`) and every sidecar has
+        finished draining the connections of the listeners and filter chains it replaced;
+        RuntimeError after ``limit``.
+
+        A changed listener (e.g. ``virtualInbound`` when a PeerAuthentication's mode changes)
+        keeps serving the connections it had for Envoy's drain time, then closes them, with
+        any request still on them: the caller's sidecar answers those 503 (Istio's default
+        retry policy does not retry a reset), in Istio too. So a step that measures traffic
+        waits for the previous change's drain to end instead of counting its failures."""
+        pattern = (r"^listener_manager\.(listener_modified|listener_in_place_updated"
+                   r"|total_filter_chains_draining|total_listeners_draining)$")  # fmt: skip
+        expected = set(self.workloads if changed is None else changed)
+        start = time.monotonic()
+        waiting: list[str] = list(self.workloads)
+        while time.monotonic() - start < limit:  # bounded
+            waiting = []
+            for name, w in self.workloads.items():
+                got = self.stats(w, pattern)
+                updates = sum(v for k, v in got.items() if "draining" not in k)
+                draining = sum(v for k, v in got.items() if "draining" in k)
+                if draining or (name in expected and updates <= before.get(name, 0)):
+                    waiting.append(name)
+            if not waiting:
+                return time.monotonic() - start
+            time.sleep(0.1)
+        raise RuntimeError(
+            f"listeners of {', '.join(waiting)} not updated and drained in {limit:g}s"
+        )
+
     def stat(self, w: PodWorkload, name: str) -> int:
         """One counter of the workload's Envoy (-1 when it has none)."""
         return self.stats(w, f"^{name}$").get(name, -1)

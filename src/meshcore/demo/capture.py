@@ -208,7 +208,9 @@ def _mtls(mesh: PodMesh, docs: list[dict[str, Any]], report: DemoReport, say: Pr
     permissive = [d for d in docs if d.get("kind") != "PeerAuthentication"]
     permissive.append(obj("PeerAuthentication", "default", {"mtls": {"mode": "PERMISSIVE"}},
                           "istio-system"))  # fmt: skip
+    before = mesh.listener_changes()
     mesh.write("config", permissive)
+    mesh.wait_drained(before)
     accepted: list[dict[str, Any]] = []
     for _ in range(40):  # bounded: the push takes well under a second
         accepted = mesh.get(outsider, target, 1)
@@ -217,7 +219,11 @@ def _mtls(mesh: PodMesh, docs: list[dict[str, Any]], report: DemoReport, say: Pr
     report.check("PERMISSIVE accepts plaintext from a pod without a sidecar",
                  bool(accepted) and accepted[0]["status"] == 200,
                  f"status {accepted[0]['status'] if accepted else '-'} after the change")  # fmt: skip
+    say("back to STRICT; waiting for the sidecars to drain the connections of the listeners"
+        " the change replaced")  # fmt: skip
+    before = mesh.listener_changes()
     mesh.write("config", docs)
+    report.facts["strict_restored_and_drained_s"] = round(mesh.wait_drained(before), 2)
 
 
 def _counters(mesh: PodMesh, report: DemoReport) -> None:

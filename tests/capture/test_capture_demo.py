@@ -28,7 +28,8 @@ def test_capture_demo_tour_passes() -> None:
     assert "the apps used plain service names (http://reviews:9080/" in text
     for check in ("canary 90/10", "header route x-user: tester → v2",
                   "STRICT refuses plaintext", "PERMISSIVE accepts plaintext",
-                  "AuthorizationPolicy denies frontend → ratings", "canary 50/50 after the change"):  # fmt: skip
+                  "AuthorizationPolicy denies frontend → ratings", "canary 50/50 after the change",
+                  "traces reach the Zipkin collector"):  # fmt: skip
         assert f"PASS  {check}" in text, text
     assert "ISTIO_REDIRECT" in text
 

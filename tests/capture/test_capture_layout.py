@@ -294,3 +294,106 @@ def test_bad_cluster_ip_is_reported_at_load_time() -> None:
     mesh = load_objects([*BASE, svc("odd", 9090, clusterIP="not-an-ip")])
     found = [p for p in Translator().load_problems(mesh) if p.path == "spec.clusterIP"]
     assert [p.name for p in found] == ["odd"]
+
+
+EXT_VS = {
+    "apiVersion": "networking.istio.io/v1",
+    "kind": "VirtualService",
+    "metadata": {"name": "ext", "namespace": "default"},
+    "spec": {
+        "hosts": ["ext.example.com"],
+        "http": [
+            {
+                "name": "slow",
+                "match": [{"headers": {"x-slow": {"exact": "1"}}}],
+                "fault": {"abort": {"httpStatus": 418, "percentage": {"value": 100}}},
+                "route": [{"destination": {"host": "ext.example.com"}}],
+            },
+            {
+                "name": "rest",
+                "timeout": "3s",
+                "route": [{"destination": {"host": "ext.example.com"}}],
+            },
+        ],
+    },
+}
+
+
+def test_virtual_service_of_a_resolution_none_host_takes_effect_in_capture_mode() -> None:
+    """Istio builds the NONE host's virtual host in the port's route configuration from its
+    VirtualService, routing to its ORIGINAL_DST cluster (the old code gave it only the default
+    route, silently)."""
+    got = generate([*BASE, *EXTERNAL, EXT_VS])
+    rcfg = got.resources[types.ROUTE]["80"]
+    assert [vh.name for vh in rcfg.virtual_hosts] == ["ext.example.com:80", "allow_any"]
+    ext = rcfg.virtual_hosts[0]
+    assert "198.51.100.7:80" in ext.domains
+    assert [r.name for r in ext.routes] == ["slow", "rest"]
+    assert ext.routes[0].match.headers[0].name == "x-slow"
+    assert "envoy.filters.http.fault" in ext.routes[0].typed_per_filter_config
+    assert ext.routes[1].route.timeout.seconds == 3
+    for r in ext.routes:
+        assert r.route.cluster == "outbound|80||ext.example.com"
+    clusters = got.resources[types.CLUSTER]
+    assert clusters["outbound|80||ext.example.com"].type == cluster_pb2.Cluster.ORIGINAL_DST
+    assert not got.problems, got.problems
+
+
+def test_virtual_service_problems_of_a_resolution_none_host_are_told_in_capture_mode() -> None:
+    second = {**EXT_VS, "metadata": {"name": "ext2", "namespace": "default"}}
+    objects = [*BASE, *EXTERNAL, EXT_VS, second]
+    got = generate(objects)
+    (problem,) = [p for p in got.problems if p.kind == "VirtualService"]
+    assert (problem.name, problem.path) == ("ext2", "spec.hosts")
+    assert "also claimed by VirtualService default/ext" in problem.message
+    # Each proxy is told, also one given the cached route configurations.
+    t = Translator()
+    generate(objects, translator=t)
+    again = generate(objects, node=CLIENT, translator=t)
+    assert [p.name for p in again.problems if p.kind == "VirtualService"] == ["ext2"]
+
+
+def _selector_dr(name: str, host: str, app: str, subsets: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "host": host,
+            "workloadSelector": {"matchLabels": {"app": app}},
+            "subsets": subsets,
+        },
+    }
+
+
+def test_passthrough_clusters_follow_destination_rules_with_a_workload_selector() -> None:
+    """A DestinationRule selecting the proxy takes its host's place for the ORIGINAL_DST
+    clusters as for the shared ones (the old code looked only at the mesh-wide rules)."""
+    for_productpage = [
+        # reviews' v2 is an ordinary subset for productpage; v3 is PASSTHROUGH.
+        _selector_dr("reviews-pp", "reviews", "productpage", [
+            {"name": "v2", "labels": {"version": "v2"}},
+            {"name": "v3", "labels": {"version": "v3"},
+             "trafficPolicy": {"loadBalancer": {"simple": "PASSTHROUGH"}}},
+        ]),
+        # The NONE host gets a subset for productpage only.
+        _selector_dr("ext-pp", "ext.example.com", "productpage", [
+            {"name": "eu", "labels": {"zone": "eu"},
+             "trafficPolicy": {"tls": {"mode": "SIMPLE"}}},
+        ]),
+    ]  # fmt: skip
+    objects = [*BASE, *EXTERNAL, *for_productpage]
+    t = Translator()
+    client = generate(objects, node=CLIENT, translator=t).resources[types.CLUSTER]
+    v2, v3 = (client[f"outbound|9080|{s}|{REVIEWS}"] for s in ("v2", "v3"))
+    assert v2.type == cluster_pb2.Cluster.EDS
+    assert not v2.HasField("transport_socket")  # not the mesh-wide rule's SIMPLE TLS
+    assert v3.type == cluster_pb2.Cluster.ORIGINAL_DST
+    eu = client["outbound|80|eu|ext.example.com"]
+    assert eu.type == cluster_pb2.Cluster.ORIGINAL_DST
+    assert eu.transport_socket.name == "envoy.transport_sockets.tls"
+    # Proxies the rules do not select keep the mesh-wide rule's clusters.
+    other = generate(objects, translator=t).resources[types.CLUSTER]
+    assert other[f"outbound|9080|v2|{REVIEWS}"].type == cluster_pb2.Cluster.ORIGINAL_DST
+    assert f"outbound|9080|v3|{REVIEWS}" not in other
+    assert "outbound|80|eu|ext.example.com" not in other

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.capture.test_capture_layout import BASE, EXTERNAL
+from tests.capture.test_capture_layout import BASE, EXT_VS, EXTERNAL
 from tests.envoy._sidecar import spiffe_of, validate, workload_secrets
 from tests.envoy.test_xds_translate_envoy import FULL, PROVIDERS, node
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.envoy
 
 @pytest.mark.parametrize(
     ("mode", "objects"),
-    [("ALLOW_ANY", FULL), ("REGISTRY_ONLY", FULL), ("ALLOW_ANY", [*BASE, *EXTERNAL])],
+    [("ALLOW_ANY", FULL), ("REGISTRY_ONLY", FULL), ("ALLOW_ANY", [*BASE, *EXTERNAL, EXT_VS])],
     ids=["full-allow-any", "full-registry-only", "passthrough"],
 )
 def test_every_feature_validates_in_capture_mode(

@@ -142,6 +142,61 @@ def test_strict_refuses_a_pod_without_sidecar_permissive_serves_it(mesh: Capture
         time.sleep(0.3)
 
 
+def test_virtual_service_of_a_resolution_none_host_applies(mesh: CaptureMesh) -> None:
+    """A ServiceEntry with resolution NONE whose address is reviews-v1's pod, and a
+    VirtualService for it aborting requests with a header: productpage's sidecar answers them
+    418 itself (the old code gave the host only its default route, silently)."""
+    page = pod(mesh, "productpage-1")
+    v1 = mesh.workloads["reviews-v1"].the_pod()
+    extra = [
+        obj("ServiceEntry", "legacy", {"hosts": ["legacy.example"], "addresses": [v1.ip],
+            "resolution": "NONE", "location": "MESH_EXTERNAL",
+            "ports": [{"number": 9080, "name": "http", "protocol": "HTTP"}]}),
+        obj("VirtualService", "legacy", {"hosts": ["legacy.example"], "http": [
+            {"match": [{"headers": {"x-teapot": {"exact": "1"}}}],
+             "fault": {"abort": {"httpStatus": 418, "percentage": {"value": 100}}},
+             "route": [{"destination": {"host": "legacy.example"}}]},
+            {"route": [{"destination": {"host": "legacy.example"}}]}]}),
+    ]  # fmt: skip
+    seen = mesh.app_requests(mesh.workloads["reviews-v1"])
+    rewrite(mesh, ROUTING + strict("STRICT") + extra)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            got = mesh.get(page, f"http://{v1.ip}:9080/teapot", 1, **{"x-teapot": "1"})
+            if got[0]["status"] == 418 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        assert got[0]["status"] == 418, got
+        assert mesh.app_requests(mesh.workloads["reviews-v1"]) == seen  # answered by the route
+    finally:
+        before = mesh.listener_changes()
+        rewrite(mesh, ROUTING + strict("STRICT"))
+        mesh.wait_drained(before, changed=[])
+
+
+def test_traffic_after_a_mode_change_has_drained_is_clean(mesh: CaptureMesh) -> None:
+    """A PeerAuthentication mode change replaces virtualInbound's filter chains; Envoy closes
+    the connections of the old ones when its drain time ends, failing requests still on them
+    (the demo's one failed request after its live canary change, 1 run in 2). wait_drained
+    returns once every sidecar took the update and drained: traffic after it is clean."""
+    page = pod(mesh, "productpage-1")
+    mesh.get(page, "http://reviews:9080/warm", 20)  # pooled connections to reviews' 15006
+    for mode in ("PERMISSIVE", "STRICT"):
+        before = mesh.listener_changes()
+        rewrite(mesh, ROUTING + strict(mode))
+        took = mesh.wait_drained(before, ["reviews-v1", "reviews-v2"])
+        assert took < 15
+        for w in mesh.workloads.values():
+            draining = mesh.stats(w, r"^listener_manager\.total_.*draining$")
+            assert set(draining.values()) == {0}, (w.name, draining)
+        after = mesh.listener_changes()
+        assert after["reviews-v1"] > before["reviews-v1"]
+        assert after["reviews-v2"] > before["reviews-v2"]
+        sent = mesh.get(page, "http://reviews:9080/after", 100)
+        assert [r["status"] for r in sent] == [200] * 100, [r for r in sent if r["status"] != 200]
+
+
 def test_unknown_destination_passes_through_under_allow_any(mesh: CaptureMesh) -> None:
     # The outsider pod is not in the registry: ALLOW_ANY sends it through PassthroughCluster.
     outsider = pod(mesh, "outsider")

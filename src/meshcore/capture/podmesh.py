@@ -28,11 +28,12 @@ import yaml
 from meshcore.capture.pods import Pod, PodNetwork
 from meshcore.capture.sidecar import capture_counts
 from meshcore.config import load
+from meshcore.demo.apps import PROPAGATED
 from meshcore.xds.vips import service_vips
 
 __all__ = ["PodMesh", "PodWorkload", "obj", "pod_mesh", "spiffe", "usable_envoy"]
 
-ISTIOD_PORTS = {"xds": 15010, "ca": 15012, "ca_mtls": 15013}
+ISTIOD_PORTS = {"xds": 15010, "ca": 15012, "ca_mtls": 15013, "zipkin": 9411}
 STATUS_PORT = 15021
 ADMIN_PORT = 15000
 
@@ -43,6 +44,7 @@ ADMIN_PORT = 15000
 APP = r"""
 import http.server, json, random, socket, sys, urllib.request, urllib.error
 name, version, port, call, flaky = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
+PROPAGATED = set(sys.argv[6].split(","))
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def setup(self):
@@ -58,7 +60,8 @@ class H(http.server.BaseHTTPRequestHandler):
                "xfcc": self.headers.get("x-forwarded-client-cert", "")}
         code = 200
         if call:
-            hdrs = {k: v for k, v in self.headers.items() if k.lower() in ("x-user",)}
+            # the user (header routing) and the trace context, as Istio asks of apps
+            hdrs = {k: v for k, v in self.headers.items() if k.lower() in PROPAGATED}
             try:
                 with urllib.request.urlopen(urllib.request.Request(call, headers=hdrs), timeout=5) as r:
                     out["next"] = json.loads(r.read())
@@ -77,6 +80,12 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 http.server.ThreadingHTTPServer(("0.0.0.0", port), H).serve_forever()
 """
+
+# The demo's Zipkin collector (meshcore.demo.apps), serving until stopped.
+COLLECTOR = (
+    "import sys, time; from meshcore.demo.apps import ZipkinCollector;"
+    " ZipkinCollector(sys.argv[1], int(sys.argv[2])); time.sleep(1e9)"
+)
 
 # One-shot client: GETs the URL COUNT times with headers; one JSON line per request with the
 # status, the body (JSON when it is) and the milliseconds it took.
@@ -237,7 +246,7 @@ class PodMesh:
         elif app and w.capture:
             version = w.labels.get("version", "")
             args += ["--", sys.executable, "-u", "-c", APP, w.app, version, str(w.port), w.calls,
-                     str(w.flaky)]  # fmt: skip
+                     str(w.flaky), ",".join(PROPAGATED)]  # fmt: skip
         with (w.dir() / "agent.out").open("a") as sink:
             w.agent = w.the_pod().popen(args, stdout=sink, stderr=subprocess.STDOUT)
 
@@ -258,6 +267,57 @@ class PodMesh:
             if sep and value.strip().isdigit():
                 found[name] = int(value)
         return found
+
+    def traces(self) -> dict[str, list[dict[str, Any]]]:
+        """The spans the istiod pod's Zipkin collector received (``pod_mesh(tracing=True)``),
+        by trace id."""
+        url = f"http://{self.istiod.ip}:{ISTIOD_PORTS['zipkin']}/api/v2/traces"
+        code = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+        out = self.istiod.run([sys.executable, "-c", code, url], capture_output=True, text=True)
+        found: dict[str, list[dict[str, Any]]] = {}
+        for trace in json.loads(str(out.stdout) or "[]"):
+            for span in trace:
+                found.setdefault(str(span.get("traceId", "")), []).append(span)
+        return found
+
+    def listener_changes(self) -> dict[str, int]:
+        """Listener updates each sidecar has taken (Envoy's ``listener_modified`` and
+        ``listener_in_place_updated``), by workload: :meth:`wait_drained` waits past these."""
+        pattern = r"^listener_manager\.(listener_modified|listener_in_place_updated)$"
+        return {name: sum(self.stats(w, pattern).values()) for name, w in self.workloads.items()}
+
+    def wait_drained(
+        self, before: dict[str, int], changed: Sequence[str] | None = None, limit: float = 15
+    ) -> float:
+        """Seconds until the sidecars of ``changed`` (default: every workload) have taken a
+        listener update since ``before`` (:meth:`listener_changes`) and every sidecar has
+        finished draining the connections of the listeners and filter chains it replaced;
+        RuntimeError after ``limit``.
+
+        A changed listener (e.g. ``virtualInbound`` when a PeerAuthentication's mode changes)
+        keeps serving the connections it had for Envoy's drain time, then closes them, with
+        any request still on them: the caller's sidecar answers those 503 (Istio's default
+        retry policy does not retry a reset), in Istio too. So a step that measures traffic
+        waits for the previous change's drain to end instead of counting its failures."""
+        pattern = (r"^listener_manager\.(listener_modified|listener_in_place_updated"
+                   r"|total_filter_chains_draining|total_listeners_draining)$")  # fmt: skip
+        expected = set(self.workloads if changed is None else changed)
+        start = time.monotonic()
+        waiting: list[str] = list(self.workloads)
+        while time.monotonic() - start < limit:  # bounded
+            waiting = []
+            for name, w in self.workloads.items():
+                got = self.stats(w, pattern)
+                updates = sum(v for k, v in got.items() if "draining" not in k)
+                draining = sum(v for k, v in got.items() if "draining" in k)
+                if draining or (name in expected and updates <= before.get(name, 0)):
+                    waiting.append(name)
+            if not waiting:
+                return time.monotonic() - start
+            time.sleep(0.1)
+        raise RuntimeError(
+            f"listeners of {', '.join(waiting)} not updated and drained in {limit:g}s"
+        )
 
     def stat(self, w: PodWorkload, name: str) -> int:
         """One counter of the workload's Envoy (-1 when it has none)."""
@@ -281,10 +341,13 @@ def pod_mesh(
     extra_pods: Sequence[str] = (),
     mesh_config: dict[str, Any] | None = None,
     progress: Any = None,
+    tracing: bool = False,
 ) -> Iterator[PodMesh]:
     """Pods for istiod, each workload and ``extra_pods`` (no sidecar); ``config`` (Services,
     routing, policies) with WorkloadEntries written from the pods; serve started, then the
-    agents, waited for until ready (their apps held until then). Everything goes at exit."""
+    agents, waited for until ready (their apps held until then). ``tracing``: a Zipkin
+    collector in the istiod pod, every request traced to it (MeshConfig, as Istio's
+    ``meshConfig.defaultConfig.tracing``; :meth:`PodMesh.traces`). Everything goes at exit."""
     say = progress or (lambda _text: None)
     root = Path(tempfile.mkdtemp(prefix="mc-capture-"))
     root.chmod(0o755)  # Envoy runs as 1337 and reads its bootstrap below
@@ -320,6 +383,13 @@ def pod_mesh(
                     "--ca-mtls-port", str(ISTIOD_PORTS["ca_mtls"]),
                     "--state-dir", str(root / "state"), "--tokens", str(root / "tokens"),
                     "--monitoring-port", "0"]  # fmt: skip
+            if tracing:
+                zipkin = f"{istiod.ip}:{ISTIOD_PORTS['zipkin']}"
+                istiod.popen([sys.executable, "-c", COLLECTOR, istiod.ip,
+                              str(ISTIOD_PORTS["zipkin"])], stdout=subprocess.DEVNULL)  # fmt: skip
+                mesh_config = {**(mesh_config or {}), "enableTracing": True,
+                               "defaultConfig": {"tracing": {"sampling": 100,
+                                                             "zipkin": {"address": zipkin}}}}  # fmt: skip
             if mesh_config is not None:
                 (root / "mesh.yaml").write_text(yaml.safe_dump(mesh_config))
                 args += ["--mesh-config", str(root / "mesh.yaml")]

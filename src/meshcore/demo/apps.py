@@ -239,6 +239,20 @@ class _ZipkinHandler(http.server.BaseHTTPRequestHandler):
             parts.append(self.rfile.read(size))
             self.rfile.readline()
 
+    def do_GET(self) -> None:
+        """Zipkin's ``GET /api/v2/traces``: every trace, as lists of spans."""
+        if self.path.split("?", 1)[0] != "/api/v2/traces":
+            self.send_response(404)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        data = json.dumps(list(self.server.traces().values())).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def do_POST(self) -> None:
         try:
             body = self._body()

@@ -7,8 +7,9 @@ VIPs); the kernel hands those connections to Envoy on 15001, the callee's kernel
 15006. The tour: the canary split and the header route of the examples' VirtualService, retries
 hiding a flaky ratings instance, an AuthorizationPolicy denying the frontend's direct call to
 ratings, STRICT mTLS refusing a pod without a sidecar and a live change to PERMISSIVE
-accepting it; then the capture counters (packets the ISTIO_* chains redirected, connections
-Envoy's listeners took). Needs root and network namespaces.
+accepting it, a live canary change; then the capture counters (packets the ISTIO_* chains
+redirected, connections Envoy's listeners took) and the traces Envoy sent to a Zipkin collector
+in the istiod pod. Needs root and network namespaces.
 """
 
 from __future__ import annotations
@@ -68,9 +69,11 @@ def run_capture_demo(envoy: str, *, out: TextIO | None = None, requests: int = 2
     docs = _documents(EXAMPLES)
     with tempfile.TemporaryDirectory(prefix="mc-demo-envoy-") as tmp:
         envoy = usable_envoy(Path(tmp), envoy)
-        with pod_mesh(_workloads(EXAMPLES), docs, envoy, (OUTSIDER,), progress=progress) as mesh:
+        with pod_mesh(_workloads(EXAMPLES), docs, envoy, (OUTSIDER,), progress=progress,
+                      tracing=True) as mesh:  # fmt: skip
             _tour(mesh, docs, report, progress, requests)
             _counters(mesh, report)
+            _traces(mesh, report, progress)
     _print(report, out)
     return 0 if report.passed else 1
 
@@ -208,7 +211,9 @@ def _mtls(mesh: PodMesh, docs: list[dict[str, Any]], report: DemoReport, say: Pr
     permissive = [d for d in docs if d.get("kind") != "PeerAuthentication"]
     permissive.append(obj("PeerAuthentication", "default", {"mtls": {"mode": "PERMISSIVE"}},
                           "istio-system"))  # fmt: skip
+    before = mesh.listener_changes()
     mesh.write("config", permissive)
+    mesh.wait_drained(before)
     accepted: list[dict[str, Any]] = []
     for _ in range(40):  # bounded: the push takes well under a second
         accepted = mesh.get(outsider, target, 1)
@@ -217,7 +222,11 @@ def _mtls(mesh: PodMesh, docs: list[dict[str, Any]], report: DemoReport, say: Pr
     report.check("PERMISSIVE accepts plaintext from a pod without a sidecar",
                  bool(accepted) and accepted[0]["status"] == 200,
                  f"status {accepted[0]['status'] if accepted else '-'} after the change")  # fmt: skip
+    say("back to STRICT; waiting for the sidecars to drain the connections of the listeners"
+        " the change replaced")  # fmt: skip
+    before = mesh.listener_changes()
     mesh.write("config", docs)
+    report.facts["strict_restored_and_drained_s"] = round(mesh.wait_drained(before), 2)
 
 
 def _counters(mesh: PodMesh, report: DemoReport) -> None:
@@ -239,6 +248,30 @@ def _counters(mesh: PodMesh, report: DemoReport) -> None:
                      if not r["pod"].startswith("frontend"))
                  and any(r["iptables_outbound_redirected"] > 0 for r in rows),
                  "see the capture counters")  # fmt: skip
+
+
+def _traces(mesh: PodMesh, report: DemoReport, say: Progress) -> None:
+    """Envoy's Zipkin tracer, configured by the control plane from MeshConfig, sending to the
+    collector in the istiod pod: a request is the frontend's outbound span, reviews' inbound and
+    outbound ones and ratings' inbound one, joined by the trace headers the apps pass on."""
+    traces: dict[str, list[dict[str, Any]]] = {}
+    deep = 0
+    for _ in range(30):  # bounded: Envoy flushes its spans every second
+        traces = mesh.traces()
+        deep = sum(1 for spans in traces.values() if len(spans) >= 4)
+        if deep:
+            break
+        time.sleep(0.2)
+    services = {
+        str((sp.get("localEndpoint") or {}).get("serviceName", "")) for spans in traces.values()
+        for sp in spans
+    }  # fmt: skip
+    report.facts["tracing"] = {"traces": len(traces), "spans": sum(map(len, traces.values())),
+                               "traces_with_4_or_more_spans": deep, "services": sorted(services)}  # fmt: skip
+    report.check("traces reach the Zipkin collector", deep > 0,
+                 f"{len(traces)} traces, {deep} through all three services; "
+                 f"services {sorted(services)}")  # fmt: skip
+    say(f"tracing: {len(traces)} traces, {deep} spanning frontend → reviews → ratings")
 
 
 def _print(report: DemoReport, out: TextIO) -> None:

@@ -24,8 +24,10 @@ rules (``meshcore iptables``) send the connection to 15001, inbound ones to 1500
   ``InboundPassthroughCluster`` for ports no Service declares, under the workload's mode;
 - ServiceEntry hosts with ``resolution: NONE``, and the subsets and ports a DestinationRule
   gives ``loadBalancer.simple: PASSTHROUGH``: ORIGINAL_DST clusters ``outbound|PORT|SUBSET|HOST``
-  (their other settings, such as ``tls.mode: SIMPLE``, as usual), HTTP ports as virtual hosts
-  of the port's route configuration, TCP ports on their ``addresses`` (or ``0.0.0.0_PORT``);
+  (their other settings, such as ``tls.mode: SIMPLE``, as usual; a DestinationRule with a
+  workloadSelector in its host's place for the proxies it selects), HTTP ports as virtual hosts
+  of the port's route configuration (with the host's VirtualService routes, as Istio's),
+  TCP ports on their ``addresses`` (or ``0.0.0.0_PORT``);
   loopback proxies are told these need original-destination routing, capture ones are not;
 - clusters ``inbound|PORT||`` and ``InboundPassthroughCluster``: ORIGINAL_DST, connecting to the
   app at the pod address from 127.0.0.6 (the address Istio's rules let out of the capture);
@@ -51,9 +53,10 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf.message import Message
 
 from meshcore.config.meshconfig import MeshConfig
+from meshcore.config.model import DestinationRule
 from meshcore.errors import ConfigProblem
 from meshcore.names import INBOUND, OUTBOUND, TCP_PROXY_NAME, TLS_INSPECTOR_NAME, cluster_name
-from meshcore.xds.clusters import ClusterBuilder
+from meshcore.xds.clusters import ClusterBuilder, _override_key
 from meshcore.xds.common import (
     DEFAULT_CONNECT_TIMEOUT_NS,
     duration_ns,
@@ -63,7 +66,7 @@ from meshcore.xds.common import (
     port_protocol,
     socket_address,
 )
-from meshcore.xds.index import MeshIndex, PortService, SeHost
+from meshcore.xds.index import MeshIndex, Overrides, PortService, SeHost
 from meshcore.xds.listeners import (
     ListenerBuilder,
     _outbound_http_listener,
@@ -127,10 +130,11 @@ class CaptureBuilder:
         self._outbound: dict[tuple[Any, ...], dict[str, Message]] = {}
         self.outbound_problems: dict[tuple[Any, ...], list[ConfigProblem]] = {}
         self._routes: dict[tuple[Any, ...], dict[str, Message]] = {}
+        self._route_problems: dict[tuple[Any, ...], list[ConfigProblem]] = {}
         self._clusters: dict[str, Message] | None = None
         self._inbound: dict[tuple[Any, ...], tuple[Any, Any]] = {}
-        self._passthrough: dict[str, Message] | None = None
-        self._passthrough_problems: list[ConfigProblem] = []
+        self._passthrough: dict[tuple[Any, ...], dict[str, Message]] = {}
+        self._passthrough_problems: dict[tuple[Any, ...], list[ConfigProblem]] = {}
 
     # --- VIPs --------------------------------------------------------------------------------
 
@@ -161,8 +165,10 @@ class CaptureBuilder:
         return found
 
     def problems(self, proxy: Proxy) -> list[ConfigProblem]:
+        """The problems of the proxy's outbound listeners and route configurations."""
         key = (self.allow_any, self.listeners.scope(proxy).key)
-        return self.outbound_problems.get(key, [])
+        routes = self._route_problems.get((self.routes.route_key(proxy), self.allow_any), [])
+        return [*self.outbound_problems.get(key, []), *routes]
 
     def vip_problems(self) -> list[ConfigProblem]:
         """An unusable ``clusterIP`` per Service (reported at load time too: ``meshcore
@@ -241,38 +247,55 @@ class CaptureBuilder:
             if port_protocol(sp) != "udp"
         ]
 
-    def passthrough_clusters(self) -> dict[str, Message]:
+    def passthrough_clusters(self, overrides: Overrides = ()) -> dict[str, Message]:
         """ORIGINAL_DST clusters: every port of a resolution NONE host, and the subsets and
         ports whose DestinationRule asks for PASSTHROUGH load balancing (the rest of their
-        policy, e.g. SIMPLE TLS, applies as usual). DestinationRules with a workloadSelector
-        are not looked at here."""
-        if self._passthrough is None:
-            built: dict[str, Message] = {}
-            clusters = self.cluster_builder
-            groups = [
-                (ps, ["", *sorted(self.index.subsets(ps.service.hostname))])
-                for ps in self._passthrough_ports()
-            ]
-            for ps, subsets in self.index.port_groups():
-                dr = self.index.mesh.destination_rule_for(ps.service.hostname)
-                picked = [s for s in subsets if _passthrough_lb(dr, s, ps.port.port)]
-                if picked:
-                    groups.append((ps, picked))
-            with self.log.capture() as self._passthrough_problems:
-                for ps, subsets in groups:
-                    host = ps.service.hostname
-                    dr = self.index.mesh.destination_rule_for(host)
-                    for subset in subsets:
-                        name = cluster_name(OUTBOUND, ps.port.port, subset, host)
-                        c = clusters._outbound_cluster(name, ps, subset, False, dr, True)
-                        if c is not None:
-                            built[name] = c
-            self._passthrough = dict(sorted(built.items()))
-        return self._passthrough
+        policy, e.g. SIMPLE TLS, applies as usual). ``overrides`` (the DestinationRules with a
+        workloadSelector that select the proxy, :meth:`MeshIndex.overrides`) take their hosts'
+        place, as for the shared clusters."""
+        key = _override_key(overrides)
+        found = self._passthrough.get(key)
+        if found is None:
+            found = self.log.cached(
+                self._passthrough,
+                self._passthrough_problems,
+                key,
+                lambda: self._build_passthrough(dict(overrides)),
+            )
+        return found
 
-    def passthrough_problems(self) -> list[ConfigProblem]:
-        self.passthrough_clusters()
-        return self._passthrough_problems
+    def passthrough_problems(self, overrides: Overrides = ()) -> list[ConfigProblem]:
+        self.passthrough_clusters(overrides)
+        return self._passthrough_problems[_override_key(overrides)]
+
+    def _build_passthrough(self, selected: dict[str, DestinationRule]) -> dict[str, Message]:
+        mesh = self.index.mesh
+        groups: list[tuple[PortService, list[str], DestinationRule | None]] = []
+        for ps in self._passthrough_ports():
+            host = ps.service.hostname
+            if host in selected:
+                groups.append((ps, ["", *sorted(selected[host].subsets)], selected[host]))
+            else:
+                subsets = ["", *sorted(self.index.subsets(host))]
+                groups.append((ps, subsets, mesh.destination_rule_for(host)))
+        for ps, subsets in self.index.port_groups():
+            host = ps.service.hostname
+            dr: DestinationRule | None = selected.get(host)
+            if dr is not None:
+                subsets = ["", *sorted(dr.subsets)]
+            else:
+                dr = mesh.destination_rule_for(host)
+            picked = [s for s in subsets if _passthrough_lb(dr, s, ps.port.port)]
+            if picked:
+                groups.append((ps, picked, dr))
+        built: dict[str, Message] = {}
+        for ps, subsets, dr in groups:
+            for subset in subsets:
+                name = cluster_name(OUTBOUND, ps.port.port, subset, ps.service.hostname)
+                c = self.cluster_builder._outbound_cluster(name, ps, subset, False, dr, True)
+                if c is not None:
+                    built[name] = c
+        return dict(sorted(built.items()))
 
     def _virtual_outbound(self, scope: TelemetryScope) -> listener_pb2.Listener:
         listener = listener_pb2.Listener(
@@ -290,35 +313,45 @@ class CaptureBuilder:
         return listener
 
     def route_configs(self, proxy: Proxy) -> dict[str, Message]:
-        """The mesh's route configurations for the proxy, with VIP domains and Istio's
-        ``allow_any`` / ``block_all`` virtual host last."""
+        """The mesh's route configurations for the proxy, with VIP domains, the HTTP ports of
+        resolution NONE hosts (their VirtualService's routes, else the default route, to their
+        ORIGINAL_DST clusters) and Istio's ``allow_any`` / ``block_all`` virtual host last."""
         key = (self.routes.route_key(proxy), self.allow_any)
         found = self._routes.get(key)
         if found is None:
-            vips = self.vips()
-            found = {}
-            passthrough: dict[str, list[Any]] = {}
-            for ps in self._passthrough_ports():
-                if is_http(ps.protocol):
-                    passthrough.setdefault(str(ps.port.port), []).append(_passthrough_host(ps))
-            shared_configs = dict(self.routes.route_configs(proxy))
-            for port_name in passthrough:
-                if port_name not in shared_configs:
-                    empty = route_pb2.RouteConfiguration(name=port_name)
-                    empty.validate_clusters.value = False
-                    shared_configs[port_name] = empty
-            for name, shared in sorted(shared_configs.items()):
-                rcfg = route_pb2.RouteConfiguration()
-                rcfg.CopyFrom(shared)
-                for vh in rcfg.virtual_hosts:
-                    host, _, port = vh.name.rpartition(":")
-                    vip = vips.get(host)
-                    if vip:
-                        vh.domains.extend((vip, f"{vip}:{port}"))
-                rcfg.virtual_hosts.extend(passthrough.get(name, ()))
-                rcfg.virtual_hosts.append(self._fallback_host())
-                found[name] = rcfg
-            self._routes[key] = found
+            found = self.log.cached(
+                self._routes, self._route_problems, key, lambda: self._build_routes(proxy)
+            )
+        return found
+
+    def _build_routes(self, proxy: Proxy) -> dict[str, Message]:
+        vips = self.vips()
+        found: dict[str, Message] = {}
+        passthrough: dict[str, list[Any]] = {}
+        for ps in self._passthrough_ports():
+            if is_http(ps.protocol):
+                vh = self.routes._virtual_host(ps, proxy)
+                # Its addresses answer for it too (Istio's domains include a host's addresses).
+                for address in self._addresses(ps):
+                    vh.domains.extend((address, f"{address}:{ps.port.port}"))
+                passthrough.setdefault(str(ps.port.port), []).append(vh)
+        shared_configs = dict(self.routes.route_configs(proxy))
+        for port_name in passthrough:
+            if port_name not in shared_configs:
+                empty = route_pb2.RouteConfiguration(name=port_name)
+                empty.validate_clusters.value = False
+                shared_configs[port_name] = empty
+        for name, shared in sorted(shared_configs.items()):
+            rcfg = route_pb2.RouteConfiguration()
+            rcfg.CopyFrom(shared)
+            for vh in rcfg.virtual_hosts:
+                host, _, port = vh.name.rpartition(":")
+                vip = vips.get(host)
+                if vip:
+                    vh.domains.extend((vip, f"{vip}:{port}"))
+            rcfg.virtual_hosts.extend(passthrough.get(name, ()))
+            rcfg.virtual_hosts.append(self._fallback_host())
+            found[name] = rcfg
         return found
 
     def _fallback_host(self) -> Any:
@@ -478,22 +511,6 @@ def original_dst_cluster(name: str, source: str = "") -> cluster_pb2.Cluster:
 def _passthrough_lb(dr: Any, subset: str, port: int) -> bool:
     lb = effective_policy(dr, subset, port).get("loadBalancer") or {}
     return bool(lb.get("simple") == "PASSTHROUGH")
-
-
-def _passthrough_host(ps: PortService) -> Any:
-    """The virtual host of a resolution NONE host's HTTP port: its default route to its
-    ORIGINAL_DST cluster."""
-    host, port = ps.service.hostname, ps.port.port
-    # Its addresses answer for it too (Istio's domains include a service's addresses).
-    names = [host, *(str(a) for a in ps.service.spec.get("addresses") or () if "/" not in str(a))]
-    vh = route_pb2.RouteConfiguration().virtual_hosts.add(
-        name=f"{host}:{port}", domains=[d for n in names for d in (n, f"{n}:{port}")]
-    )
-    route = vh.routes.add(name="default")
-    route.match.prefix = "/"
-    route.route.cluster = cluster_name(OUTBOUND, port, "", host)
-    route.route.timeout.CopyFrom(duration_ns(0))
-    return vh
 
 
 def _unbound(listener: listener_pb2.Listener) -> listener_pb2.Listener:

@@ -192,7 +192,7 @@ class MeshTranslation:
             shared = self._scoped(shared, scope)
             endpoints = self._scoped(endpoints, scope)
             outbound = self._scoped_tcp_listeners(outbound, scope)
-        own = {**capture.clusters(), **capture.passthrough_clusters(), **inbound_clusters}
+        own = {**capture.clusters(), **capture.passthrough_clusters(overrides), **inbound_clusters}
         own_clusters = dict(sorted(own.items()))
         resources: Resources = {
             types.CLUSTER: Layered(own_clusters, shared),
@@ -207,7 +207,7 @@ class MeshTranslation:
                 self.clusters.problems_for(False, overrides),
                 self.routes.problems[self.routes.route_key(proxy)],
                 capture.problems(proxy),
-                capture.passthrough_problems(),
+                capture.passthrough_problems(overrides),
                 inbound_problems,
             )
             for p in group

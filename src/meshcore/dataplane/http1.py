@@ -39,11 +39,16 @@ import asyncio
 import ipaddress
 import math
 import re
+import ssl
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import h11
+
+from meshcore.dataplane.config import Endpoint
+from meshcore.dataplane.tls import uri_sans
 
 MAX_BODY = 16 * 1024 * 1024
 MAX_HEADERS_BYTES = 60 * 1024  # Envoy's max_request_headers_kb default (the whole head)
@@ -70,6 +75,7 @@ class Request:
     target: str
     headers: list[tuple[str, str]]
     body: bytes
+    stream: Any = None  # HTTP/2: the downstream stream, its body streamed (http2.Exchange)
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:
@@ -83,6 +89,7 @@ class Response:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    stream: Any = None  # HTTP/2: the upstream call whose body follows (http2.Call)
 
 
 class Refusal(Exception):
@@ -311,6 +318,23 @@ class Downstream:
             self._timer.cancel()
             self._timer = None
 
+    async def sniff(self, preface: bytes) -> bytes | None:
+        """The connection's first bytes when they are ``preface`` (HTTP/2's), else None: they
+        are then the first bytes of an HTTP/1 request, read as such."""
+        data = await self._read(self.limits.idle_timeout, None)
+        deadline = self._loop.time() + self.limits.header_timeout
+        while data and len(data) < len(preface) and preface.startswith(data):
+            more = await self._read(deadline - self._loop.time(), _HEADERS_408)
+            if not more:
+                self.conn.receive_data(data)
+                self.conn.receive_data(b"")
+                return None
+            data += more
+        if data.startswith(preface):
+            return data
+        self.conn.receive_data(data)  # b"": the client closed
+        return None
+
     async def _head(self) -> h11.Request | None:
         """The next request's head (None: the client closed between requests)."""
         conn, limits = self.conn, self.limits
@@ -438,3 +462,87 @@ def _head_size(head: h11.Request) -> int:
         + 4 * len(fields)
         + sum(len(k) + len(v) for k, v in fields)
     )
+
+
+# --- upstream connections (h11) ---------------------------------------------------------------
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or broke the exchange (Envoy's UF / UC)."""
+
+
+class _Upstream:
+    """One kept-alive HTTP/1.1 connection to an endpoint."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.conn = h11.Connection(h11.CLIENT)
+        self.peer_uris = uri_sans(writer.get_extra_info("peercert"))
+
+    def _read(self) -> Awaitable[bytes]:
+        return self.reader.read(65536)
+
+    async def exchange(self, request: Request, host: str) -> Response:
+        headers = [("host", host), *[(k, v) for k, v in request.headers if k != "host"]]
+        headers.append(("content-length", str(len(request.body))))
+        data = self.conn.send(h11.Request(method=request.method, target=request.target,
+                                          headers=headers)) or b""  # fmt: skip
+        if request.body:
+            data += self.conn.send(h11.Data(data=request.body)) or b""
+        data += self.conn.send(h11.EndOfMessage()) or b""
+        self.writer.write(data)
+        await self.writer.drain()
+        event = await read_event(self.conn, self.reader)
+        while isinstance(event, h11.InformationalResponse):
+            event = await read_event(self.conn, self.reader)
+        if not isinstance(event, h11.Response):
+            raise UpstreamError(f"upstream closed the connection ({type(event).__name__})")
+        body = await read_body(self.conn, self._read)
+        return Response(event.status_code, decoded_headers(event.headers), body)
+
+    def reusable(self) -> bool:
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+            return not self.writer.is_closing()
+        return False
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class UpstreamPool:
+    def __init__(self) -> None:
+        self.idle: dict[tuple[str, bool, str], list[_Upstream]] = defaultdict(list)
+
+    async def get(
+        self, ep: Endpoint, ctx: ssl.SSLContext | None, sni: str, timeout: float
+    ) -> _Upstream:
+        key = (str(ep), ctx is not None, sni)
+        while self.idle[key]:
+            up = self.idle[key].pop()
+            if not up.writer.is_closing() and not up.reader.at_eof():
+                return up
+            up.close()
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    ep.address, ep.port, ssl=ctx, server_hostname=(sni or None) if ctx else None
+                ),
+                timeout,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            raise UpstreamError(f"connect to {ep} failed: {exc}") from None
+        return _Upstream(reader, writer)
+
+    def put(self, ep: Endpoint, ctx: ssl.SSLContext | None, sni: str, up: _Upstream) -> None:
+        if up.reusable() and len(self.idle[(str(ep), ctx is not None, sni)]) < 32:
+            self.idle[(str(ep), ctx is not None, sni)].append(up)
+        else:
+            up.close()
+
+    def close(self) -> None:
+        for ups in self.idle.values():
+            for up in ups:
+                up.close()
+        self.idle.clear()

@@ -7,14 +7,23 @@ denies gets PERMISSION_DENIED with Envoy's message (Envoy's local reply to a gRP
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
 import pytest
 
+from meshcore.dataplane.http1 import Limits
+from meshcore.dataplane.http2 import MAX_CONCURRENT_STREAMS
 from meshcore.dataplane.proxy import ReferenceProxy
 from tests.dataplane.conftest import running_mesh
 from tests.dataplane.test_proxy_e2e import free_port, node_id
@@ -156,8 +165,9 @@ def test_grpc_through_two_proxies(tmp_path: Path) -> None:
                 ]
                 for p in proxies:
                     await p.start()
-                callee, client, intruder = proxies
-                assert client.outbound_port is not None and intruder.outbound_port is not None
+                _, client, intruder = proxies
+                assert client.outbound_port is not None
+                assert intruder.outbound_port is not None
                 with channel("127.0.74.1", client.outbound_port, authority) as ch:
                     got = await asyncio.to_thread(calls, ch)
                 with channel("127.0.74.3", intruder.outbound_port, authority) as ch:
@@ -185,3 +195,175 @@ def test_grpc_through_two_proxies(tmp_path: Path) -> None:
         assert refused == (grpc.StatusCode.PERMISSION_DENIED, "RBAC: access denied")
 
     asyncio.run(asyncio.wait_for(main(), 90))
+
+
+# --- HTTP/2 hardening ------------------------------------------------------------------------
+
+
+class H2Client:
+    """A raw HTTP/2 client on a blocking socket (h2), to send what grpcio never would."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.sock = socket.create_connection(address, timeout=5)
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        )
+        self.conn.initiate_connection()
+        self.flush()
+        self.grpc_status: tuple[str | None, str | None] = (None, None)
+
+    def flush(self) -> None:
+        self.sock.sendall(self.conn.data_to_send())
+
+    def request(self, headers: list[tuple[str, str]], *, end: bool = True) -> int:
+        sid: int = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(sid, headers, end_stream=end)
+        self.flush()
+        return sid
+
+    def grpc_hello(self, authority: str) -> int:
+        """A gRPC unary call to Hello (one length-prefixed message)."""
+        sid = self.request(head(authority, f"/{SERVICE}/Hello", "POST") + [
+            ("content-type", "application/grpc"), ("te", "trailers")], end=False)  # fmt: skip
+        self.conn.send_data(sid, b"\x00\x00\x00\x00\x03you", end_stream=True)
+        self.flush()
+        return sid
+
+    def events(self, until: float = 5.0) -> list[Any]:
+        """Events until the socket is quiet for 0.3 s, closes, or ``until`` seconds pass."""
+        out: list[Any] = []
+        deadline = time.monotonic() + until
+        self.sock.settimeout(0.3)
+        while time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                if out:
+                    break
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                out.append("closed")
+                break
+            out += self.conn.receive_data(data)
+            with contextlib.suppress(OSError):
+                self.flush()
+        return out
+
+    def status(self, sid: int, events: list[Any], until: float = 5.0) -> int | None:
+        """The stream's response status (more events read until it comes, or ``until``)."""
+        deadline = time.monotonic() + until
+        while True:
+            for e in events:
+                if isinstance(e, h2.events.ResponseReceived) and e.stream_id == sid:
+                    fields = dict(e.headers)
+                    self.grpc_status = fields.get("grpc-status"), fields.get("grpc-message")
+                    return int(fields[":status"])
+            if "closed" in events or time.monotonic() > deadline:
+                return None
+            events = self.events(until=deadline - time.monotonic())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def head(authority: str, path: str = "/", method: str = "GET") -> list[tuple[str, str]]:
+    return [(":method", method), (":scheme", "http"), (":authority", authority), (":path", path)]
+
+
+def limits_checks(address: tuple[str, int], authority: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    c = H2Client(address)
+    ok = c.grpc_hello(authority)
+    out["plain"] = c.status(ok, c.events())
+    big = c.request(head(authority) + [("x-big", "a" * 61 * 1024)])
+    out["61 KiB of headers"] = c.status(big, c.events())
+    many = c.request(head(authority) + [(f"x-h{i}", "v") for i in range(150)])
+    out["150 headers"] = c.status(many, c.events())
+    # A body that stalls: Envoy's 408 after stream_idle_timeout of silence, as a gRPC request's
+    # local replies are: HTTP 200, grpc-status UNKNOWN (2, Envoy's mapping of 408).
+    started = time.monotonic()
+    slow = c.request(head(authority, f"/{SERVICE}/Hello", "POST") + [
+        ("content-type", "application/grpc"), ("te", "trailers")], end=False)  # fmt: skip
+    c.conn.send_data(slow, b"\x00\x00\x00\x00\x05ab")  # a message begun, never finished
+    c.flush()
+    events = c.events(until=4)
+    out["stalled body"] = (c.status(slow, events), c.grpc_status, time.monotonic() - started)
+    c.close()
+    # More open streams than SETTINGS allow: the connection is ended (GOAWAY), the proxy lives.
+    c = H2Client(address)  # sent before the server's SETTINGS are read: h2 lets us exceed them
+    for _ in range(MAX_CONCURRENT_STREAMS + 20):
+        with contextlib.suppress(h2.exceptions.TooManyStreamsError):
+            c.conn.send_headers(c.conn.get_next_available_stream_id(), head(authority, "/x",
+                                "POST"), end_stream=False)  # fmt: skip
+    c.flush()
+    events = c.events()
+    out["too many streams"] = any(
+        isinstance(e, (h2.events.ConnectionTerminated, h2.events.StreamReset)) or e == "closed"
+        for e in events
+    )
+    c.close()
+    # An idle connection: closed after idle_timeout.
+    c = H2Client(address)
+    started = time.monotonic()
+    events = c.events(until=4)
+    while "closed" not in events and time.monotonic() - started < 4:
+        events += c.events(until=4)
+    out["idle"] = ("closed" in events, time.monotonic() - started)
+    c.close()
+    c = H2Client(address)
+    again = c.grpc_hello(authority)
+    out["after"] = c.status(again, c.events())
+    c.close()
+    return out
+
+
+def test_http2_limits(tmp_path: Path) -> None:
+    """The HTTP/1 hardening holds on HTTP/2: header size and count (431), a stalled request
+    body (408 after ``stream_idle_timeout``), the concurrent-stream limit (the connection is
+    ended), an idle connection (closed after ``idle_timeout``); the proxy keeps serving."""
+    port = free_port(APP_IP)
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "mesh.yaml").write_text(MESH.format(port=port))
+    authority = f"greeter:{port}"
+
+    async def main() -> dict[str, Any]:
+        server = greeter(port)
+        proxies: list[ReferenceProxy] = []
+        dps = []
+        try:
+            async with running_mesh(tmp_path, config) as mesh:
+                callee_dp = await mesh.dataplane(node_id("greeter-1", "127.0.75.1"), "greeter",
+                                                 metadata={"MESHCORE_APP_ADDRESS": APP_IP})  # fmt: skip
+                client_dp = await mesh.dataplane(node_id("client-1", "127.0.74.1"), "client")
+                dps += [callee_dp, client_dp]
+                short = Limits(header_timeout=0.6, idle_timeout=0.6, stream_idle_timeout=0.6)
+                client = ReferenceProxy(client_dp, outbound=("127.0.74.1", 0), inbound=False,
+                                        limits=short)  # fmt: skip
+                proxies += [ReferenceProxy(callee_dp, outbound=None, inbound=True), client]
+                for p in proxies:
+                    await p.start()
+                assert client.outbound_port is not None
+                address = ("127.0.74.1", client.outbound_port)
+                return await asyncio.to_thread(limits_checks, address, authority)
+        finally:
+            for p in proxies:
+                await p.stop()
+            for dp in dps:
+                await dp.aclose()
+            server.stop(None)
+
+    out = asyncio.run(asyncio.wait_for(main(), 90))
+    assert out["plain"] == 200, out  # a gRPC server answers HTTP 200 (grpc-status in trailers)
+    assert out["61 KiB of headers"] == 431, out
+    assert out["150 headers"] == 431, out
+    status, grpc_status, took = out["stalled body"]
+    assert (status, grpc_status) == (200, ("2", "stream timeout")), out
+    assert 0.5 < took < 3, out
+    assert out["too many streams"], out
+    closed, took = out["idle"]
+    assert closed, out
+    assert 0.5 < took < 3, out
+    assert out["after"] == 200, out

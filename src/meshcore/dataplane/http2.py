@@ -98,6 +98,7 @@ class Body:
         self.trailers: Headers = []
         self.error: BaseException | None = None
         self.length = 0
+        self.timed_out = False  # a read waited past its timeout (the stream is given up)
 
     @property
     def replayable(self) -> bool:
@@ -126,6 +127,8 @@ class Body:
 
     async def chunks(self, timeout: float | None = None) -> AsyncIterator[bytes]:
         """The data from the start; raises TimeoutError when nothing comes within ``timeout``."""
+        if self.timed_out:
+            raise TimeoutError("the body stalled")
         if self._base:
             raise StreamReset("the body was not kept: it cannot be sent again")
         i = 0
@@ -149,6 +152,9 @@ class Body:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await asyncio.wait_for(self._waiter, timeout)
+            except TimeoutError:
+                self.timed_out = True
+                raise
             finally:
                 self._waiter = None
 

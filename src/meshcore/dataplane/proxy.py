@@ -350,6 +350,11 @@ class ReferenceProxy:
         else:
             response = await self.inbound(request, inbound_port, source_ip, principal, tls)
         call = response.stream
+        if ex.body.timed_out:  # the client stalled mid-body: Envoy's 408
+            if call is not None:
+                call.close()
+            ex.local_reply(408, [("content-type", "text/plain")], b"stream timeout")
+            return
         if call is None:
             ex.local_reply(response.status, response.headers, response.body)
             return

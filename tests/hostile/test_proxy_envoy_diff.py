@@ -194,3 +194,18 @@ def test_expect_100_continue_as_envoy(mesh: Sidecars) -> None:
             assert reply.status == 200, (address, reply.raw)
             assert reply.seen() == {"method": "POST", "target": "/api/upload", "host": "guarded",
                                     "body": 5, "expect": None}  # fmt: skip
+
+
+def test_connect_to_a_denied_host_as_envoy(mesh: Sidecars) -> None:
+    """CONNECT to a host an inbound DENY rule names: Envoy's RBAC filter answers 403 before the
+    route misses (404 for an allowed one); the proxy answers the same, and closes."""
+    blocked, guarded = f"blocked.example:{mesh.port}", f"guarded:{mesh.port}"
+    cases = {
+        "denied": request("CONNECT", blocked, [("host", blocked)]),
+        "allowed": request("CONNECT", guarded, [("host", guarded)]),
+    }
+    got = {}
+    for name, data in cases.items():
+        envoy, proxy = exchange(mesh.envoy, data), exchange(mesh.proxy, data, closes=True)
+        got[name] = (envoy.status, proxy.status, envoy.body == proxy.body, proxy.closed)
+    assert got == {"denied": (403, 403, True, True), "allowed": (404, 404, True, True)}, got

@@ -16,7 +16,7 @@ Istio sidecar's connection manager (no ``upgrade_configs``, no CONNECT route, th
   request headers over 60 KiB or over 100 of them: 431; no Host: 400 with no body;
 - ``Upgrade`` with ``Connection: upgrade`` (websocket or anything but h2c): 403 with no body;
   an h2c upgrade is served as a plain HTTP/1.1 request (Envoy drops its headers); CONNECT:
-  404 (no route takes it) with no body. Each of these local replies closes the connection;
+  404 (no route takes it) with no body, after the inbound RBAC filter (403 when it denies). Each of these local replies closes the connection;
 - a path that does not start with '/' (``OPTIONS *``, ``http://host?q``): 404 with no body,
   before any filter (RBAC) or route, the connection kept;
 - ``Expect: 100-continue``: ``100 Continue`` is sent before the body is read, and the header is
@@ -28,9 +28,9 @@ read within ``stream_idle_timeout`` (408) (Envoy's defaults: 1 h and 5 min; Envo
 deadline by default, meshcore's is 60 s).
 
 Known differences, each a refusal where Envoy also refuses or a stricter one: two Host headers
-get 400 (h11 refuses them; Envoy joins them with ','); CONNECT to a host an RBAC rule denies
-gets 404 (Envoy's RBAC answers 403 before its route miss); the HTTP/2 preface gets the 400 of
-Envoy's HTTP/1 codec, where a sidecar (codec AUTO) would speak HTTP/2.
+get 400 (h11 refuses them; Envoy joins them with ','); with ``--codec http1``, the HTTP/2
+preface gets the 400 of Envoy's HTTP/1 codec (the default, AUTO as a sidecar's, speaks HTTP/2:
+:mod:`meshcore.dataplane.http2`).
 """
 
 from __future__ import annotations
@@ -96,11 +96,19 @@ class Refusal(Exception):
     """A request refused before any decision, with its local reply; after most of them the
     connection closes (``close``)."""
 
-    def __init__(self, status: int, body: bytes = b"", why: str = "", close: bool = True) -> None:
+    def __init__(
+        self,
+        status: int,
+        body: bytes = b"",
+        why: str = "",
+        close: bool = True,
+        connect: Request | None = None,
+    ) -> None:
         super().__init__(why or f"{status}")
         self.status = status
         self.body = body
         self.close = close
+        self.connect = connect  # a CONNECT: the filters (RBAC) still see it before the 404
 
     def reply(self) -> bytes:
         return local_reply(self.status, self.body, close=True)
@@ -388,7 +396,8 @@ class Downstream:
         if method == "CONNECT":
             if ":" not in target or target.startswith("/") or "://" in target:
                 raise codec_error("invalid CONNECT target")
-            raise Refusal(404, b"", "CONNECT (no route takes it)")
+            raise Refusal(404, b"", "CONNECT (no route takes it)",
+                          connect=Request(method, "", [("host", target), *headers], b""))  # fmt: skip
         authority, path = request_target(method, target)
         upgrade = connection = length = chunked = None
         for k, v in headers:

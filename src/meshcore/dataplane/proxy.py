@@ -294,6 +294,8 @@ class ReferenceProxy:
                     request = await down.next_request()
                 except Refusal as refused:  # answered as Envoy's codec and HCM answer it
                     log.debug("refused a request from %s: %s", peer, refused)
+                    if refused.connect is not None and inbound_port is not None:
+                        refused = self._connect(refused, inbound_port, source_ip, principal, tls)
                     if refused.close:
                         writer.write(refused.reply())
                         await writer.drain()
@@ -328,6 +330,27 @@ class ReferenceProxy:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _connect(
+        self,
+        refused: Refusal,
+        port: int,
+        source_ip: str | None,
+        principal: str | None,
+        tls: bool,
+    ) -> Refusal:
+        """A CONNECT no route takes: the inbound RBAC filter sees it first (403 on deny)."""
+        request = refused.connect
+        assert request is not None
+        d = self.dp.decide(direction="inbound", method=request.method,
+                           authority=request.header("host") or "", path=request.target,
+                           headers=request.headers, port=port, source_ip=source_ip,
+                           principal=principal, tls=tls)  # fmt: skip
+        if d.allowed or d.status != 403:
+            return refused
+        log.info("denied CONNECT %s from %s: policy %s", request.header("host"),
+                 principal or "-", d.policy_id or "(no ALLOW policy matched)")  # fmt: skip
+        return Refusal(403, b"RBAC: access denied", "RBAC")
 
     async def _h2_exchange(
         self,

@@ -450,7 +450,8 @@ class ReferenceProxy:
             peer: str | None = None
             self.dp.started(d)
             try:
-                response, peer = await asyncio.wait_for(self._attempt(request, d, attempts), budget)
+                async with asyncio.timeout(budget):  # no task per attempt (wait_for makes one)
+                    response, peer = await self._attempt(request, d, attempts)
                 status = response.status
                 last = response
             except (UpstreamError, TimeoutError, ConnectionError, OSError, ssl.SSLError,

@@ -237,6 +237,14 @@ def end_to_end(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in headers if k not in _HOP]
 
 
+def send(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """Writes ``data``; ConnectionResetError when the connection is already closed (asyncio's
+    loop drops such writes silently, uvloop's raises RuntimeError)."""
+    if writer.is_closing():
+        raise ConnectionResetError("the connection is closed")
+    writer.write(data)
+
+
 def _tokens(value: str | None) -> set[str]:
     return {t.strip().lower() for t in (value or "").split(",")}
 
@@ -298,7 +306,7 @@ class Downstream:
             self._arm(self._deadline)
             return
         self._expired = True
-        if self._late is not None:
+        if self._late is not None and not self.writer.is_closing():
             self.writer.write(self._late)
         self.writer.close()  # the pending read then sees the end of the stream
 
@@ -420,8 +428,9 @@ class Downstream:
             drop.add("host")
         if self.conn.they_are_waiting_for_100_continue:  # answered here, not forwarded
             drop.add("expect")
-            self.writer.write(
-                self.conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
+            send(
+                self.writer,
+                self.conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"",
             )
         if drop:
             headers = [(k, v) for k, v in headers if k not in drop]
@@ -500,7 +509,7 @@ class _Upstream:
         if request.body:
             data += self.conn.send(h11.Data(data=request.body)) or b""
         data += self.conn.send(h11.EndOfMessage()) or b""
-        self.writer.write(data)
+        send(self.writer, data)
         await self.writer.drain()
         event = await read_event(self.conn, self.reader)
         while isinstance(event, h11.InformationalResponse):

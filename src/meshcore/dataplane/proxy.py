@@ -49,6 +49,7 @@ from meshcore.dataplane.http1 import (
     UpstreamError,
     UpstreamPool,
     end_to_end,
+    send,
 )
 from meshcore.dataplane.http2 import (
     PREFACE,
@@ -297,10 +298,10 @@ class ReferenceProxy:
                     if refused.connect is not None and inbound_port is not None:
                         refused = self._connect(refused, inbound_port, source_ip, principal, tls)
                     if refused.close:
-                        writer.write(refused.reply())
+                        send(writer, refused.reply())
                         await writer.drain()
                         return
-                    writer.write(down.respond(refused.response()))
+                    send(writer, down.respond(refused.response()))
                     await writer.drain()
                     if not down.next_cycle():
                         return
@@ -315,7 +316,7 @@ class ReferenceProxy:
                 else:
                     response = await self.inbound(request, inbound_port, source_ip,
                                                   principal, tls)  # fmt: skip
-                writer.write(down.respond(response))  # one write, one TLS record
+                send(writer, down.respond(response))  # one write, one TLS record
                 await writer.drain()
                 if not down.next_cycle():
                     return
@@ -657,7 +658,7 @@ class ReferenceProxy:
             try:
                 request = await down.next_request()
             except Refusal as refused:
-                writer.write(refused.reply())
+                send(writer, refused.reply())
                 await writer.drain()
                 return
             if request is not None:
@@ -668,7 +669,7 @@ class ReferenceProxy:
                 else:
                     status, ctype, body = 404, "text/plain", b"try /metrics\n"
                 response = Response(status, [("content-type", ctype)], body)
-                writer.write(down.respond(response, close=True))
+                send(writer, down.respond(response, close=True))
                 await writer.drain()
         except (h11.ProtocolError, ConnectionError, TimeoutError):
             pass

@@ -1,4 +1,5 @@
-"""``meshcore proxy``: a reference HTTP/1.1 proxy built on :class:`DataPlane` (asyncio + h11).
+"""``meshcore proxy``: a reference HTTP/1.1 and HTTP/2 proxy built on :class:`DataPlane`
+(asyncio, h11 and h2; uvloop's event loop when installed).
 
 It shows how to embed the data plane in a proxy of one's own:
 
@@ -13,9 +14,12 @@ It shows how to embed the data plane in a proxy of one's own:
 - Istio's standard metrics (``istio_requests_total``, ``istio_request_duration_milliseconds``
   with Istio's labels) on ``/metrics``, and an access log line per request.
 
-Bodies are buffered (which is what lets a request be retried); HTTP/2 is not spoken. What
-reaches a decision is what Envoy's HTTP/1 codec and connection manager let through
-(:mod:`meshcore.dataplane.http1`): the others get Envoy's local replies.
+The listeners' codec is Envoy's AUTO (a sidecar's): a connection that opens with the HTTP/2
+preface speaks HTTP/2 (:mod:`meshcore.dataplane.http2`: gRPC with its trailers, bodies streamed
+under flow control, the request carried upstream as HTTP/2), any other HTTP/1.1
+(``http2=False``, ``--codec http1``: HTTP/1 only). HTTP/1.1 bodies are buffered (which is what
+lets a request be retried). What reaches a decision is what Envoy's codecs and connection
+manager let through (:mod:`meshcore.dataplane.http1`): the others get Envoy's local replies.
 """
 
 from __future__ import annotations
@@ -141,7 +145,7 @@ class IstioMetrics:
 
 
 class ReferenceProxy:
-    """Outbound and inbound HTTP/1.1 proxying on a :class:`DataPlane` (see the module doc)."""
+    """Outbound and inbound HTTP/1.1 and HTTP/2 proxying on a :class:`DataPlane` (see the module doc)."""
 
     def __init__(
         self,

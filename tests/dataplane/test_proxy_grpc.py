@@ -24,7 +24,7 @@ import pytest
 
 from meshcore.dataplane.http1 import Limits
 from meshcore.dataplane.http2 import MAX_CONCURRENT_STREAMS
-from meshcore.dataplane.proxy import ReferenceProxy
+from meshcore.dataplane.proxy import LABELS, ReferenceProxy
 from tests.dataplane.conftest import running_mesh
 from tests.dataplane.test_proxy_e2e import free_port, node_id
 
@@ -145,6 +145,7 @@ def test_grpc_through_two_proxies(tmp_path: Path) -> None:
     config.mkdir()
     (config / "mesh.yaml").write_text(MESH.format(port=port))
     authority = f"greeter:{port}"
+    protocols: set[tuple[str, str]] = set()
 
     async def main() -> None:
         server = greeter(port)
@@ -172,6 +173,9 @@ def test_grpc_through_two_proxies(tmp_path: Path) -> None:
                     got = await asyncio.to_thread(calls, ch)
                 with channel("127.0.74.3", intruder.outbound_port, authority) as ch:
                     refused = await asyncio.to_thread(denied, ch)
+                at = {name: LABELS.index(name) for name in ("request_protocol", "response_code")}
+                protocols.update((key[at["request_protocol"]], key[at["response_code"]])
+                                 for key in client.metrics.requests)  # fmt: skip
                 for p in proxies:
                     await p.stop()
                 for dp in dps:
@@ -193,6 +197,8 @@ def test_grpc_through_two_proxies(tmp_path: Path) -> None:
                                  {"x-count": str(STREAMED)})  # fmt: skip
         # Envoy's RBAC filter answers a gRPC request with a trailers-only 7 (PERMISSION_DENIED).
         assert refused == (grpc.StatusCode.PERMISSION_DENIED, "RBAC: access denied")
+        # Istio's request_protocol label: grpc (HTTP 200 for every call, errors included).
+        assert protocols == {("grpc", "200")}, protocols
 
     asyncio.run(asyncio.wait_for(main(), 90))
 

@@ -62,6 +62,7 @@ from meshcore.dataplane.http2 import (
     Server,
     StreamReset,
     forwarded,
+    is_grpc,
     relay,
 )
 from meshcore.dataplane.plane import DataPlane, DataPlaneError, Decision
@@ -422,7 +423,7 @@ class ReferenceProxy:
                 "destination_service_name": svc_name or "unknown",
                 "destination_service_namespace": dest_ns,
                 "destination_workload_namespace": dest_ns,
-                "request_protocol": "http",
+                "request_protocol": "grpc" if is_grpc(request.headers) else "http",
                 "response_code": str(response.status),
                 "grpc_response_status": "",
                 "response_flags": d.response_flags,
@@ -544,7 +545,12 @@ class ReferenceProxy:
             headers.append(("te", "trailers"))
         head = [(":method", request.method), (":scheme", "https" if ctx else "http"),
                 (":authority", host), (":path", target), *forwarded(headers)]  # fmt: skip
-        call = await client.request(head, request.stream.body, self.limits.stream_idle_timeout)
+        try:
+            call = await client.request(head, request.stream.body,
+                                        self.limits.stream_idle_timeout)  # fmt: skip
+        except h2.exceptions.H2Error as exc:  # the connection went away under us
+            client.stop()
+            raise UpstreamError(f"upstream HTTP/2 connection: {exc}") from None
         try:
             status, response_headers = await call.head
         except (StreamReset, h2.exceptions.H2Error) as exc:
@@ -606,7 +612,7 @@ class ReferenceProxy:
                 .split(".")[0]
                 .split(":")[0],
                 "destination_service_namespace": self.namespace,
-                "request_protocol": "http",
+                "request_protocol": "grpc" if is_grpc(request.headers) else "http",
                 "response_code": str(response.status),
                 "grpc_response_status": "",
                 "response_flags": d.response_flags,

@@ -310,6 +310,23 @@ def limits_checks(address: tuple[str, int], authority: str) -> dict[str, Any]:
         for e in events
     )
     c.close()
+    # A client that reads no response data (never gives window back): after the first window's
+    # worth, the stream is reset once stream_idle_timeout passes without progress.
+    c = H2Client(address)
+    started = time.monotonic()
+    sid = c.request(head(authority, f"/{SERVICE}/Count", "POST") + [
+        ("content-type", "application/grpc"), ("te", "trailers")], end=False)  # fmt: skip
+    c.conn.send_data(sid, b"\x00\x00\x00\x00\x00", end_stream=True)
+    c.flush()
+    events = []
+    while time.monotonic() - started < 4 and not any(
+        isinstance(e, h2.events.StreamReset) for e in events
+    ):
+        events += c.events(until=4)  # read, never acknowledged: no WINDOW_UPDATE goes out
+    got = sum(len(e.data) for e in events if isinstance(e, h2.events.DataReceived))
+    reset = any(isinstance(e, h2.events.StreamReset) and e.stream_id == sid for e in events)
+    out["slow reader"] = (reset, got, time.monotonic() - started)
+    c.close()
     # An idle connection: closed after idle_timeout.
     c = H2Client(address)
     started = time.monotonic()
@@ -369,6 +386,10 @@ def test_http2_limits(tmp_path: Path) -> None:
     assert (status, grpc_status) == (200, ("2", "stream timeout")), out
     assert 0.5 < took < 3, out
     assert out["too many streams"], out
+    reset, got, took = out["slow reader"]
+    assert reset, out
+    assert got <= 65535, out  # never more than the client's window
+    assert took < 3, out
     closed, took = out["idle"]
     assert closed, out
     assert 0.5 < took < 3, out

@@ -205,7 +205,9 @@ class _Connection:
             if not fut.done():
                 fut.set_result(None)
 
-    async def send_data(self, stream_id: int, data: bytes) -> None:
+    async def send_data(self, stream_id: int, data: bytes, timeout: float | None = None) -> None:
+        """Sends ``data`` as the peer's windows allow; TimeoutError when the peer takes none of
+        it (no window, or the socket not read) for ``timeout`` (a slow reader is cut off)."""
         view = memoryview(data)
         while view:
             if self.closed:
@@ -218,12 +220,14 @@ class _Connection:
             if size <= 0:
                 fut = asyncio.get_running_loop().create_future()
                 self._window_waiters.append(fut)
-                await fut
+                async with asyncio.timeout(timeout):
+                    await fut
                 continue
             self.conn.send_data(stream_id, view[:size].tobytes())
             view = view[size:]
             self.flush()
-        await self.writer.drain()
+        async with asyncio.timeout(timeout):  # a timer, no task
+            await self.writer.drain()
 
     def end(self, stream_id: int, trailers: Headers | None = None) -> None:
         with contextlib.suppress(h2.exceptions.StreamClosedError):
@@ -284,7 +288,8 @@ class Exchange:
         self.server.flush()
 
     def send_data(self, data: bytes) -> Awaitable[None]:
-        return self.server.send_data(self.stream_id, data)
+        """Within ``stream_idle_timeout`` of progress (then TimeoutError: a slow reader)."""
+        return self.server.send_data(self.stream_id, data, self.server.limits.stream_idle_timeout)
 
     def end(self, trailers: Headers | None = None) -> None:
         self.server.end(self.stream_id, trailers)
@@ -515,7 +520,7 @@ class Client(_Connection):
     async def _pump(self, call: Call, body: Body, timeout: float | None) -> None:
         try:
             async for chunk in body.chunks(timeout):
-                await self.send_data(call.stream_id, chunk)
+                await self.send_data(call.stream_id, chunk, timeout)
             self.end(call.stream_id, forwarded(body.trailers))
         except (StreamReset, TimeoutError, ConnectionError, h2.exceptions.H2Error) as exc:
             call.fail(exc if isinstance(exc, StreamReset) else StreamReset(str(exc)))

@@ -13,8 +13,15 @@ sidecar): at most :data:`MAX_CONCURRENT_STREAMS` open streams per connection (SE
 that opens more breaks the protocol: GOAWAY); request headers over 60 KiB or over 100 fields:
 431; an idle connection (no open stream) closes after ``idle_timeout`` with GOAWAY; a request
 body that stalls for ``stream_idle_timeout``: 408 when the response has not begun, a stream
-reset otherwise. A gRPC request's local reply is gRPC's (HTTP 200, ``grpc-status`` mapped from
-the HTTP status as Envoy maps it, ``grpc-message`` the body).
+reset otherwise; a client that takes no response data (gives no window back, or does not read
+its socket) for ``stream_idle_timeout``: a stream reset. A gRPC request's local reply is
+gRPC's (HTTP 200, ``grpc-status`` mapped from the HTTP status as Envoy maps it,
+``grpc-message`` the body).
+
+Known differences: the upstream protocol is always the downstream's (Envoy picks it per cluster:
+HTTP/2 for grpc/http2 ports, HTTP/1.1 by default; the compiled cluster config does not carry
+it yet), so an HTTP/2 client reaches only HTTP/2 apps; headers over the limits get a 431 reply
+where Envoy's HTTP/2 codec may reset the stream instead (not checked against Envoy).
 """
 
 from __future__ import annotations

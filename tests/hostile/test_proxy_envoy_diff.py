@@ -171,9 +171,10 @@ def test_refusals_as_envoy(mesh: Sidecars) -> None:
 
 
 def test_h2_preface_is_refused(mesh: Sidecars) -> None:
-    """``PRI * HTTP/2.0`` on the proxy's HTTP/1 listener: 400 and close, which is Envoy's answer
-    on a listener whose codec is HTTP1 (checked by hand: the sidecar's AUTO codec would speak
-    HTTP/2 instead, which the reference proxy does not)."""
+    """``PRI * HTTP/2.0`` on the proxy's HTTP/1 listener (``--codec http1``, as this mesh's
+    proxy runs): 400 and close, which is Envoy's answer on a listener whose codec is HTTP1
+    (checked by hand: the sidecar's AUTO codec would speak HTTP/2 instead, as the reference
+    proxy does by default: tests/dataplane/test_proxy_grpc.py)."""
     for data in (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\n"):
         reply = exchange(mesh.proxy, data, closes=True)
         assert (reply.status, reply.body, reply.closed) == (400, b"Bad Request", True)

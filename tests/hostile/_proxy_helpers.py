@@ -294,7 +294,8 @@ def meshcore_proxy(
     log = tmp / f"proxy-{name}.log"
     args = [sys.executable, "-m", "meshcore.cli", "proxy", "--xds", f"127.0.0.1:{xds}",
             "--node-id", node(name, address), "--app-address", app,
-            "--outbound", f"{address}:{outbound}", "--metrics", f"127.0.0.1:{metrics}"]  # fmt: skip
+            "--outbound", f"{address}:{outbound}", "--metrics", f"127.0.0.1:{metrics}",
+            "--codec", "http1"]  # fmt: skip
     with log.open("wb") as sink:
         proc = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT)
     try:

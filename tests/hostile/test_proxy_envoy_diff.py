@@ -171,9 +171,10 @@ def test_refusals_as_envoy(mesh: Sidecars) -> None:
 
 
 def test_h2_preface_is_refused(mesh: Sidecars) -> None:
-    """``PRI * HTTP/2.0`` on the proxy's HTTP/1 listener: 400 and close, which is Envoy's answer
-    on a listener whose codec is HTTP1 (checked by hand: the sidecar's AUTO codec would speak
-    HTTP/2 instead, which the reference proxy does not)."""
+    """``PRI * HTTP/2.0`` on the proxy's HTTP/1 listener (``--codec http1``, as this mesh's
+    proxy runs): 400 and close, which is Envoy's answer on a listener whose codec is HTTP1
+    (checked by hand: the sidecar's AUTO codec would speak HTTP/2 instead, as the reference
+    proxy does by default: tests/dataplane/test_proxy_grpc.py)."""
     for data in (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\n"):
         reply = exchange(mesh.proxy, data, closes=True)
         assert (reply.status, reply.body, reply.closed) == (400, b"Bad Request", True)
@@ -194,3 +195,18 @@ def test_expect_100_continue_as_envoy(mesh: Sidecars) -> None:
             assert reply.status == 200, (address, reply.raw)
             assert reply.seen() == {"method": "POST", "target": "/api/upload", "host": "guarded",
                                     "body": 5, "expect": None}  # fmt: skip
+
+
+def test_connect_to_a_denied_host_as_envoy(mesh: Sidecars) -> None:
+    """CONNECT to a host an inbound DENY rule names: Envoy's RBAC filter answers 403 before the
+    route misses (404 for an allowed one); the proxy answers the same, and closes."""
+    blocked, guarded = f"blocked.example:{mesh.port}", f"guarded:{mesh.port}"
+    cases = {
+        "denied": request("CONNECT", blocked, [("host", blocked)]),
+        "allowed": request("CONNECT", guarded, [("host", guarded)]),
+    }
+    got = {}
+    for name, data in cases.items():
+        envoy, proxy = exchange(mesh.envoy, data), exchange(mesh.proxy, data, closes=True)
+        got[name] = (envoy.status, proxy.status, envoy.body == proxy.body, proxy.closed)
+    assert got == {"denied": (403, 403, True, True), "allowed": (404, 404, True, True)}, got

@@ -286,7 +286,7 @@ def _proxy(args: argparse.Namespace) -> int:
     import asyncio
 
     from meshcore.dataplane.plane import DataPlaneError
-    from meshcore.dataplane.proxy import run_proxy
+    from meshcore.dataplane.proxy import loop_factory, run_proxy
 
     token, bundle = _workload_inputs(args)
     metadata: dict[str, object] = {}
@@ -296,15 +296,17 @@ def _proxy(args: argparse.Namespace) -> int:
     if labels:
         metadata["LABELS"] = labels
     try:
-        return asyncio.run(
-            run_proxy(
-                xds=args.xds_address, node_id=args.node_id, ca=args.ca_address,
-                ca_mtls=args.ca_mtls_address, trust_bundle=bundle, token=token,
-                service_account=args.service_account,
-                outbound=None if args.no_outbound else args.outbound,
-                inbound=not args.no_inbound, metrics=args.metrics or None, metadata=metadata,
-            )
-        )  # fmt: skip
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            return runner.run(
+                run_proxy(
+                    xds=args.xds_address, node_id=args.node_id, ca=args.ca_address,
+                    ca_mtls=args.ca_mtls_address, trust_bundle=bundle, token=token,
+                    service_account=args.service_account,
+                    outbound=None if args.no_outbound else args.outbound,
+                    inbound=not args.no_inbound, metrics=args.metrics or None,
+                    metadata=metadata, http2=args.codec == "auto",
+                )
+            )  # fmt: skip
     except (DataPlaneError, ValueError, OSError) as exc:
         print(f"meshcore proxy: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -279,6 +279,12 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--no-outbound", action="store_true", help="no outbound listener")
     x.add_argument("--no-inbound", action="store_true", help="do not serve inbound listeners")
     x.add_argument(
+        "--codec",
+        choices=("auto", "http1"),
+        default="auto",
+        help="the listeners' codec: auto (HTTP/2 on its preface, as Envoy's AUTO) or http1 only",
+    )
+    x.add_argument(
         "--metrics",
         default="127.0.0.1:15020",
         metavar="HOST:PORT",

@@ -16,7 +16,7 @@ Istio sidecar's connection manager (no ``upgrade_configs``, no CONNECT route, th
   request headers over 60 KiB or over 100 of them: 431; no Host: 400 with no body;
 - ``Upgrade`` with ``Connection: upgrade`` (websocket or anything but h2c): 403 with no body;
   an h2c upgrade is served as a plain HTTP/1.1 request (Envoy drops its headers); CONNECT:
-  404 (no route takes it) with no body. Each of these local replies closes the connection;
+  404 (no route takes it) with no body, after the inbound RBAC filter (403 when it denies). Each of these local replies closes the connection;
 - a path that does not start with '/' (``OPTIONS *``, ``http://host?q``): 404 with no body,
   before any filter (RBAC) or route, the connection kept;
 - ``Expect: 100-continue``: ``100 Continue`` is sent before the body is read, and the header is
@@ -28,9 +28,9 @@ read within ``stream_idle_timeout`` (408) (Envoy's defaults: 1 h and 5 min; Envo
 deadline by default, meshcore's is 60 s).
 
 Known differences, each a refusal where Envoy also refuses or a stricter one: two Host headers
-get 400 (h11 refuses them; Envoy joins them with ','); CONNECT to a host an RBAC rule denies
-gets 404 (Envoy's RBAC answers 403 before its route miss); the HTTP/2 preface gets the 400 of
-Envoy's HTTP/1 codec, where a sidecar (codec AUTO) would speak HTTP/2.
+get 400 (h11 refuses them; Envoy joins them with ','); with ``--codec http1``, the HTTP/2
+preface gets the 400 of Envoy's HTTP/1 codec (the default, AUTO as a sidecar's, speaks HTTP/2:
+:mod:`meshcore.dataplane.http2`).
 """
 
 from __future__ import annotations
@@ -39,11 +39,16 @@ import asyncio
 import ipaddress
 import math
 import re
+import ssl
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import h11
+
+from meshcore.dataplane.config import Endpoint
+from meshcore.dataplane.tls import uri_sans
 
 MAX_BODY = 16 * 1024 * 1024
 MAX_HEADERS_BYTES = 60 * 1024  # Envoy's max_request_headers_kb default (the whole head)
@@ -70,6 +75,7 @@ class Request:
     target: str
     headers: list[tuple[str, str]]
     body: bytes
+    stream: Any = None  # HTTP/2: the downstream stream, its body streamed (http2.Exchange)
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:
@@ -83,17 +89,26 @@ class Response:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    stream: Any = None  # HTTP/2: the upstream call whose body follows (http2.Call)
 
 
 class Refusal(Exception):
     """A request refused before any decision, with its local reply; after most of them the
     connection closes (``close``)."""
 
-    def __init__(self, status: int, body: bytes = b"", why: str = "", close: bool = True) -> None:
+    def __init__(
+        self,
+        status: int,
+        body: bytes = b"",
+        why: str = "",
+        close: bool = True,
+        connect: Request | None = None,
+    ) -> None:
         super().__init__(why or f"{status}")
         self.status = status
         self.body = body
         self.close = close
+        self.connect = connect  # a CONNECT: the filters (RBAC) still see it before the 404
 
     def reply(self) -> bytes:
         return local_reply(self.status, self.body, close=True)
@@ -222,6 +237,14 @@ def end_to_end(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in headers if k not in _HOP]
 
 
+def send(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """Writes ``data``; ConnectionResetError when the connection is already closed (asyncio's
+    loop drops such writes silently, uvloop's raises RuntimeError)."""
+    if writer.is_closing():
+        raise ConnectionResetError("the connection is closed")
+    writer.write(data)
+
+
 def _tokens(value: str | None) -> set[str]:
     return {t.strip().lower() for t in (value or "").split(",")}
 
@@ -283,7 +306,7 @@ class Downstream:
             self._arm(self._deadline)
             return
         self._expired = True
-        if self._late is not None:
+        if self._late is not None and not self.writer.is_closing():
             self.writer.write(self._late)
         self.writer.close()  # the pending read then sees the end of the stream
 
@@ -310,6 +333,23 @@ class Downstream:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    async def sniff(self, preface: bytes) -> bytes | None:
+        """The connection's first bytes when they are ``preface`` (HTTP/2's), else None: they
+        are then the first bytes of an HTTP/1 request, read as such."""
+        data = await self._read(self.limits.idle_timeout, None)
+        deadline = self._loop.time() + self.limits.header_timeout
+        while data and len(data) < len(preface) and preface.startswith(data):
+            more = await self._read(deadline - self._loop.time(), _HEADERS_408)
+            if not more:
+                self.conn.receive_data(data)
+                self.conn.receive_data(b"")
+                return None
+            data += more
+        if data.startswith(preface):
+            return data
+        self.conn.receive_data(data)  # b"": the client closed
+        return None
 
     async def _head(self) -> h11.Request | None:
         """The next request's head (None: the client closed between requests)."""
@@ -364,7 +404,8 @@ class Downstream:
         if method == "CONNECT":
             if ":" not in target or target.startswith("/") or "://" in target:
                 raise codec_error("invalid CONNECT target")
-            raise Refusal(404, b"", "CONNECT (no route takes it)")
+            raise Refusal(404, b"", "CONNECT (no route takes it)",
+                          connect=Request(method, "", [("host", target), *headers], b""))  # fmt: skip
         authority, path = request_target(method, target)
         upgrade = connection = length = chunked = None
         for k, v in headers:
@@ -387,8 +428,9 @@ class Downstream:
             drop.add("host")
         if self.conn.they_are_waiting_for_100_continue:  # answered here, not forwarded
             drop.add("expect")
-            self.writer.write(
-                self.conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
+            send(
+                self.writer,
+                self.conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"",
             )
         if drop:
             headers = [(k, v) for k, v in headers if k not in drop]
@@ -438,3 +480,87 @@ def _head_size(head: h11.Request) -> int:
         + 4 * len(fields)
         + sum(len(k) + len(v) for k, v in fields)
     )
+
+
+# --- upstream connections (h11) ---------------------------------------------------------------
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or broke the exchange (Envoy's UF / UC)."""
+
+
+class _Upstream:
+    """One kept-alive HTTP/1.1 connection to an endpoint."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.conn = h11.Connection(h11.CLIENT)
+        self.peer_uris = uri_sans(writer.get_extra_info("peercert"))
+
+    def _read(self) -> Awaitable[bytes]:
+        return self.reader.read(65536)
+
+    async def exchange(self, request: Request, host: str) -> Response:
+        headers = [("host", host), *[(k, v) for k, v in request.headers if k != "host"]]
+        headers.append(("content-length", str(len(request.body))))
+        data = self.conn.send(h11.Request(method=request.method, target=request.target,
+                                          headers=headers)) or b""  # fmt: skip
+        if request.body:
+            data += self.conn.send(h11.Data(data=request.body)) or b""
+        data += self.conn.send(h11.EndOfMessage()) or b""
+        send(self.writer, data)
+        await self.writer.drain()
+        event = await read_event(self.conn, self.reader)
+        while isinstance(event, h11.InformationalResponse):
+            event = await read_event(self.conn, self.reader)
+        if not isinstance(event, h11.Response):
+            raise UpstreamError(f"upstream closed the connection ({type(event).__name__})")
+        body = await read_body(self.conn, self._read)
+        return Response(event.status_code, decoded_headers(event.headers), body)
+
+    def reusable(self) -> bool:
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+            return not self.writer.is_closing()
+        return False
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class UpstreamPool:
+    def __init__(self) -> None:
+        self.idle: dict[tuple[str, bool, str], list[_Upstream]] = defaultdict(list)
+
+    async def get(
+        self, ep: Endpoint, ctx: ssl.SSLContext | None, sni: str, timeout: float
+    ) -> _Upstream:
+        key = (str(ep), ctx is not None, sni)
+        while self.idle[key]:
+            up = self.idle[key].pop()
+            if not up.writer.is_closing() and not up.reader.at_eof():
+                return up
+            up.close()
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    ep.address, ep.port, ssl=ctx, server_hostname=(sni or None) if ctx else None
+                ),
+                timeout,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            raise UpstreamError(f"connect to {ep} failed: {exc}") from None
+        return _Upstream(reader, writer)
+
+    def put(self, ep: Endpoint, ctx: ssl.SSLContext | None, sni: str, up: _Upstream) -> None:
+        if up.reusable() and len(self.idle[(str(ep), ctx is not None, sni)]) < 32:
+            self.idle[(str(ep), ctx is not None, sni)].append(up)
+        else:
+            up.close()
+
+    def close(self) -> None:
+        for ups in self.idle.values():
+            for up in ups:
+                up.close()
+        self.idle.clear()

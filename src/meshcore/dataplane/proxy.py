@@ -1,4 +1,5 @@
-"""``meshcore proxy``: a reference HTTP/1.1 proxy built on :class:`DataPlane` (asyncio + h11).
+"""``meshcore proxy``: a reference HTTP/1.1 and HTTP/2 proxy built on :class:`DataPlane`
+(asyncio, h11 and h2; uvloop's event loop when installed).
 
 It shows how to embed the data plane in a proxy of one's own:
 
@@ -13,9 +14,12 @@ It shows how to embed the data plane in a proxy of one's own:
 - Istio's standard metrics (``istio_requests_total``, ``istio_request_duration_milliseconds``
   with Istio's labels) on ``/metrics``, and an access log line per request.
 
-Bodies are buffered (which is what lets a request be retried); HTTP/2 is not spoken. What
-reaches a decision is what Envoy's HTTP/1 codec and connection manager let through
-(:mod:`meshcore.dataplane.http1`): the others get Envoy's local replies.
+The listeners' codec is Envoy's AUTO (a sidecar's): a connection that opens with the HTTP/2
+preface speaks HTTP/2 (:mod:`meshcore.dataplane.http2`: gRPC with its trailers, bodies streamed
+under flow control, the request carried upstream as HTTP/2), any other HTTP/1.1
+(``http2=False``, ``--codec http1``: HTTP/1 only). HTTP/1.1 bodies are buffered (which is what
+lets a request be retried). What reaches a decision is what Envoy's codecs and connection
+manager let through (:mod:`meshcore.dataplane.http1`): the others get Envoy's local replies.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ import ssl
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
+import h2.exceptions
 import h11
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import Metric
@@ -44,10 +49,20 @@ from meshcore.dataplane.http1 import (
     Refusal,
     Request,
     Response,
-    decoded_headers,
+    UpstreamError,
+    UpstreamPool,
     end_to_end,
-    read_body,
-    read_event,
+    send,
+)
+from meshcore.dataplane.http2 import (
+    PREFACE,
+    ClientPool,
+    Exchange,
+    Server,
+    StreamReset,
+    forwarded,
+    is_grpc,
+    relay,
 )
 from meshcore.dataplane.plane import DataPlane, DataPlaneError, Decision
 from meshcore.dataplane.tls import uri_sans
@@ -90,95 +105,11 @@ class IstioMetrics(istio.IstioMetrics):
             yield spent
 
 
-class UpstreamError(Exception):
-    """The upstream could not be reached or broke the exchange (Envoy's UF / UC)."""
-
-
-# --- upstream connections (h11) --------------------------------------------------------------
-
-
-class _Upstream:
-    """One kept-alive HTTP/1.1 connection to an endpoint."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.conn = h11.Connection(h11.CLIENT)
-        self.peer_uris = uri_sans(writer.get_extra_info("peercert"))
-
-    def _read(self) -> Awaitable[bytes]:
-        return self.reader.read(65536)
-
-    async def exchange(self, request: Request, host: str) -> Response:
-        headers = [("host", host), *[(k, v) for k, v in request.headers if k != "host"]]
-        headers.append(("content-length", str(len(request.body))))
-        data = self.conn.send(h11.Request(method=request.method, target=request.target,
-                                          headers=headers)) or b""  # fmt: skip
-        if request.body:
-            data += self.conn.send(h11.Data(data=request.body)) or b""
-        data += self.conn.send(h11.EndOfMessage()) or b""
-        self.writer.write(data)
-        await self.writer.drain()
-        event = await read_event(self.conn, self.reader)
-        while isinstance(event, h11.InformationalResponse):
-            event = await read_event(self.conn, self.reader)
-        if not isinstance(event, h11.Response):
-            raise UpstreamError(f"upstream closed the connection ({type(event).__name__})")
-        body = await read_body(self.conn, self._read)
-        return Response(event.status_code, decoded_headers(event.headers), body)
-
-    def reusable(self) -> bool:
-        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
-            self.conn.start_next_cycle()
-            return not self.writer.is_closing()
-        return False
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-class _Pool:
-    def __init__(self) -> None:
-        self.idle: dict[tuple[str, bool, str], list[_Upstream]] = defaultdict(list)
-
-    async def get(
-        self, ep: Endpoint, ctx: ssl.SSLContext | None, sni: str, timeout: float
-    ) -> _Upstream:
-        key = (str(ep), ctx is not None, sni)
-        while self.idle[key]:
-            up = self.idle[key].pop()
-            if not up.writer.is_closing() and not up.reader.at_eof():
-                return up
-            up.close()
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
-                    ep.address, ep.port, ssl=ctx, server_hostname=(sni or None) if ctx else None
-                ),
-                timeout,
-            )
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            raise UpstreamError(f"connect to {ep} failed: {exc}") from None
-        return _Upstream(reader, writer)
-
-    def put(self, ep: Endpoint, ctx: ssl.SSLContext | None, sni: str, up: _Upstream) -> None:
-        if up.reusable() and len(self.idle[(str(ep), ctx is not None, sni)]) < 32:
-            self.idle[(str(ep), ctx is not None, sni)].append(up)
-        else:
-            up.close()
-
-    def close(self) -> None:
-        for ups in self.idle.values():
-            for up in ups:
-                up.close()
-        self.idle.clear()
-
-
 # --- the proxy --------------------------------------------------------------------------------
 
 
 class ReferenceProxy:
-    """Outbound and inbound HTTP/1.1 proxying on a :class:`DataPlane` (see the module doc)."""
+    """Outbound and inbound HTTP/1.1 and HTTP/2 proxying on a :class:`DataPlane` (see the module doc)."""
 
     def __init__(
         self,
@@ -188,8 +119,10 @@ class ReferenceProxy:
         inbound: bool = True,
         metrics: tuple[str, int] | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        http2: bool = True,
     ) -> None:
         self.dp = dp
+        self.http2 = http2  # the listeners' codec: AUTO (HTTP/2 on its preface) or HTTP/1 only
         self.limits = limits  # downstream timeouts (the request head, idle connections)
         self.outbound_address = outbound
         self.serve_inbound = inbound
@@ -200,7 +133,8 @@ class ReferenceProxy:
         self.labels: dict[str, str] = dict(labels) if isinstance(labels, dict) else {}
         self.metrics = IstioMetrics()
         self._registry = self.metrics.registry()
-        self._pool = _Pool()
+        self._pool = UpstreamPool()
+        self._h2pool = ClientPool()
         self._servers: list[asyncio.Server] = []
         self._random = random.Random()
         self.outbound_port: int | None = None
@@ -292,6 +226,7 @@ class ReferenceProxy:
                 break
             await asyncio.sleep(0.01)
         self._pool.close()
+        self._h2pool.close()
 
     # --- downstream connections --------------------------------------------------------------
 
@@ -313,17 +248,28 @@ class ReferenceProxy:
         source_ip = peer[0] if peer else None
         peer_uris = uri_sans(writer.get_extra_info("peercert"))
         tls = writer.get_extra_info("ssl_object") is not None
+        principal = peer_uris[0] if peer_uris else None
         try:
+            if self.http2 and (first := await down.sniff(PREFACE)) is not None:
+                down.close()
+
+                async def exchange(ex: Exchange) -> None:
+                    await self._h2_exchange(ex, inbound_port, source_ip, principal, tls)
+
+                await Server(reader, writer, self.limits, exchange).run(first)
+                return
             while True:
                 try:
                     request = await down.next_request()
                 except Refusal as refused:  # answered as Envoy's codec and HCM answer it
                     log.debug("refused a request from %s: %s", peer, refused)
+                    if refused.connect is not None and inbound_port is not None:
+                        refused = self._connect(refused, inbound_port, source_ip, principal, tls)
                     if refused.close:
-                        writer.write(refused.reply())
+                        send(writer, refused.reply())
                         await writer.drain()
                         return
-                    writer.write(down.respond(refused.response()))
+                    send(writer, down.respond(refused.response()))
                     await writer.drain()
                     if not down.next_cycle():
                         return
@@ -336,10 +282,9 @@ class ReferenceProxy:
                 if inbound_port is None:
                     response = await self.outbound(request, source_ip)
                 else:
-                    principal = peer_uris[0] if peer_uris else None
                     response = await self.inbound(request, inbound_port, source_ip,
                                                   principal, tls)  # fmt: skip
-                writer.write(down.respond(response))  # one write, one TLS record
+                send(writer, down.respond(response))  # one write, one TLS record
                 await writer.drain()
                 if not down.next_cycle():
                     return
@@ -354,6 +299,64 @@ class ReferenceProxy:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _connect(
+        self,
+        refused: Refusal,
+        port: int,
+        source_ip: str | None,
+        principal: str | None,
+        tls: bool,
+    ) -> Refusal:
+        """A CONNECT no route takes: the inbound RBAC filter sees it first (403 on deny)."""
+        request = refused.connect
+        assert request is not None
+        d = self.dp.decide(direction="inbound", method=request.method,
+                           authority=request.header("host") or "", path=request.target,
+                           headers=request.headers, port=port, source_ip=source_ip,
+                           principal=principal, tls=tls)  # fmt: skip
+        if d.allowed or d.status != 403:
+            return refused
+        log.info("denied CONNECT %s from %s: policy %s", request.header("host"),
+                 principal or "-", d.policy_id or "(no ALLOW policy matched)")  # fmt: skip
+        return Refusal(403, b"RBAC: access denied", "RBAC")
+
+    async def _h2_exchange(
+        self,
+        ex: Exchange,
+        inbound_port: int | None,
+        source_ip: str | None,
+        principal: str | None,
+        tls: bool,
+    ) -> None:
+        """One HTTP/2 request stream: decided as an HTTP/1 request is, the bodies streamed."""
+        headers = [("host", ex.authority), *ex.headers] if ex.authority else ex.headers
+        if ex.method == "CONNECT" or not ex.path.startswith("/"):
+            ex.local_reply(404, [], b"")  # no route takes it (as over HTTP/1)
+            return
+        if not any(k == REQUEST_ID for k, _ in headers):
+            headers.append((REQUEST_ID, str(uuid.uuid4())))
+        request = Request(ex.method, ex.path, headers, b"", ex)
+        if inbound_port is None:
+            response = await self.outbound(request, source_ip)
+        else:
+            response = await self.inbound(request, inbound_port, source_ip, principal, tls)
+        call = response.stream
+        if ex.body.timed_out:  # the client stalled mid-body: Envoy's 408
+            if call is not None:
+                call.close()
+            ex.local_reply(408, [("content-type", "text/plain")], b"stream timeout")
+            return
+        if call is None:
+            ex.local_reply(response.status, response.headers, response.body)
+            return
+        done = call.body.done and not call.body.length and not call.body.trailers
+        ex.send_headers([(":status", str(response.status)), *forwarded(response.headers)],
+                        end=done)  # fmt: skip
+        if done:
+            call.close()
+        else:
+            await relay(call, ex, self.limits.stream_idle_timeout)
 
     # --- outbound ------------------------------------------------------------------------------
 
@@ -383,7 +386,7 @@ class ReferenceProxy:
                 "destination_service_name": svc_name or "unknown",
                 "destination_service_namespace": dest_ns,
                 "destination_workload_namespace": dest_ns,
-                "request_protocol": "http",
+                "request_protocol": "grpc" if is_grpc(request.headers) else "http",
                 "response_code": str(response.status),
                 "grpc_response_status": "",
                 "response_flags": d.response_flags,
@@ -419,7 +422,8 @@ class ReferenceProxy:
             peer: str | None = None
             self.dp.started(d)
             try:
-                response, peer = await asyncio.wait_for(self._attempt(request, d, attempts), budget)
+                async with asyncio.timeout(budget):  # no task per attempt (wait_for makes one)
+                    response, peer = await self._attempt(request, d, attempts)
                 status = response.status
                 last = response
             except (UpstreamError, TimeoutError, ConnectionError, OSError, ssl.SSLError,
@@ -439,6 +443,8 @@ class ReferenceProxy:
                 if status is None and d.response_flags == "UT":
                     return last, d, attempts, peer
                 retriable = False
+            if retriable and last.stream is not None:
+                last.stream.close()  # its body is not wanted
             if not retriable:
                 if status is not None and attempts > 1:
                     d = replace(d, response_flags="URX" if status >= 500 else "-")
@@ -457,7 +463,6 @@ class ReferenceProxy:
         ctx = self.dp.client_ssl_context(d.cluster) if d.tls else None
         cluster: ClusterConfig | None = self.dp.config.clusters.get(d.cluster or "")
         connect_timeout = cluster.connect_timeout if cluster is not None else 5.0
-        up = await self._pool.get(d.endpoint, ctx, d.sni, connect_timeout)
         target = d.path or request.target  # the route's prefix_rewrite, if any
         host = d.host_rewrite or request.header("host") or str(d.endpoint)
         outbound = d.direction == "outbound"
@@ -468,6 +473,10 @@ class ReferenceProxy:
             headers.append((PEER_HEADER, f"{self.workload}.{self.namespace}"))
         if outbound:
             headers.append((ATTEMPTS, str(attempt)))  # as Envoy's include_attempt_count_in_request
+        if request.stream is not None:
+            return await self._attempt_h2(request, d, ctx, target, host, headers,
+                                          connect_timeout)  # fmt: skip
+        up = await self._pool.get(d.endpoint, ctx, d.sni, connect_timeout)
         try:
             response = await up.exchange(Request(request.method, target, headers, request.body),
                                          host)  # fmt: skip
@@ -479,6 +488,45 @@ class ReferenceProxy:
         return Response(response.status, headers_out, response.body), (
             up.peer_uris[0] if up.peer_uris else None
         )
+
+    async def _attempt_h2(
+        self,
+        request: Request,
+        d: Decision,
+        ctx: ssl.SSLContext | None,
+        target: str,
+        host: str,
+        headers: list[tuple[str, str]],
+        connect_timeout: float,
+    ) -> tuple[Response, str | None]:
+        """An attempt over HTTP/2 (the downstream's protocol): the request body streams from
+        the downstream stream; the response's body follows in the returned call."""
+        assert d.endpoint is not None
+        try:
+            client = await self._h2pool.get(d.endpoint.address, d.endpoint.port, ctx, d.sni,
+                                            connect_timeout)  # fmt: skip
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            raise UpstreamError(f"connect to {d.endpoint} failed: {exc}") from None
+        if any(k == "te" and v.strip().lower() == "trailers" for k, v in request.headers):
+            headers.append(("te", "trailers"))
+        head = [(":method", request.method), (":scheme", "https" if ctx else "http"),
+                (":authority", host), (":path", target), *forwarded(headers)]  # fmt: skip
+        try:
+            call = await client.request(head, request.stream.body,
+                                        self.limits.stream_idle_timeout)  # fmt: skip
+        except h2.exceptions.H2Error as exc:  # the connection went away under us
+            client.stop()
+            raise UpstreamError(f"upstream HTTP/2 connection: {exc}") from None
+        try:
+            status, response_headers = await call.head
+        except (StreamReset, h2.exceptions.H2Error) as exc:
+            call.close()
+            raise UpstreamError(str(exc)) from None
+        except BaseException:
+            call.close()
+            raise
+        peer = client.peer_uris[0] if client.peer_uris else None
+        return Response(status, end_to_end(response_headers), b"", call), peer
 
     def _local(self, d: Decision) -> Response:
         status = d.status or 500
@@ -530,7 +578,7 @@ class ReferenceProxy:
                 .split(".")[0]
                 .split(":")[0],
                 "destination_service_namespace": self.namespace,
-                "request_protocol": "http",
+                "request_protocol": "grpc" if is_grpc(request.headers) else "http",
                 "response_code": str(response.status),
                 "grpc_response_status": "",
                 "response_flags": d.response_flags,
@@ -589,7 +637,7 @@ class ReferenceProxy:
             try:
                 request = await down.next_request()
             except Refusal as refused:
-                writer.write(refused.reply())
+                send(writer, refused.reply())
                 await writer.drain()
                 return
             if request is not None:
@@ -600,7 +648,7 @@ class ReferenceProxy:
                 else:
                     status, ctype, body = 404, "text/plain", b"try /metrics\n"
                 response = Response(status, [("content-type", ctype)], body)
-                writer.write(down.respond(response, close=True))
+                send(writer, down.respond(response, close=True))
                 await writer.drain()
         except (h11.ProtocolError, ConnectionError, TimeoutError):
             pass
@@ -619,6 +667,15 @@ def _host_port(text: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (the ``all`` extra), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 async def run_proxy(
     *,
     xds: str,
@@ -633,6 +690,7 @@ async def run_proxy(
     metrics: str | None,
     metadata: dict[str, Any],
     stop: asyncio.Event | None = None,
+    http2: bool = True,
 ) -> int:
     """``meshcore proxy``: connects, serves until SIGINT/SIGTERM (or ``stop``)."""
     import signal
@@ -646,6 +704,7 @@ async def run_proxy(
         outbound=_host_port(outbound) if outbound else None,
         inbound=inbound,
         metrics=_host_port(metrics) if metrics else None,
+        http2=http2,
     )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

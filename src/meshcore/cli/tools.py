@@ -6,11 +6,30 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshcore.tools.messages import LEVELS
 
+if TYPE_CHECKING:
+    from meshcore.config import ValidationReport
+
 EXIT_ANALYZER_FOUND_ISSUES = 79  # istioctl's ExitAnalyzerFoundIssues
+
+
+def _read_store(command: str, address: str, domain: str) -> ValidationReport | None:
+    """The config of an etcd store (``--store``), or None after saying why it cannot be read."""
+    from meshcore._extras import require
+
+    require("etcd", f"{command} --store")
+    from meshcore.store import StoreURLError
+    from meshcore.store.etcd import StoreUnavailable
+    from meshcore.store.source import read_store
+
+    try:
+        return read_store(address, domain=domain)
+    except (StoreURLError, StoreUnavailable) as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return None
 
 
 def add_parsers(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
@@ -36,7 +55,7 @@ def add_parsers(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
 
 def analyze_command(args: argparse.Namespace) -> int:
     from meshcore.cli import emit
-    from meshcore.tools.analyze import analyze, parse_suppression
+    from meshcore.tools.analyze import analyze, analyze_report, parse_suppression
 
     try:
         for s in args.suppress:
@@ -44,25 +63,29 @@ def analyze_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"meshcore analyze: {exc}", file=sys.stderr)
         return 2
+    if bool(args.store) == bool(args.paths):
+        print("meshcore analyze: name files or directories, or --store", file=sys.stderr)
+        return 2
     if args.store:
-        print("meshcore analyze: --store needs a config store backend, which this build does "
-              "not have (analyze files or directories)", file=sys.stderr)  # fmt: skip
-        return 2
-    if not args.paths:
-        print("meshcore analyze: name files or directories (or --store)", file=sys.stderr)
-        return 2
-    result = analyze(args.paths, domain=args.domain, suppress=args.suppress)
+        report = _read_store("meshcore analyze", args.store, args.domain)
+        if report is None:
+            return 2
+        target = args.store
+        result = analyze_report(report, suppress=args.suppress)
+    else:
+        target = ", ".join(args.paths)
+        result = analyze(args.paths, domain=args.domain, suppress=args.suppress)
     shown = result.at_least(args.output_threshold)
     if args.output == "text":
         for msg in shown:
             print(msg)
         if not shown:
-            print(f"\u2714 No validation issues found when analyzing {', '.join(args.paths)}.")
+            print(f"\u2714 No validation issues found when analyzing {target}.")
     else:
         emit([x.to_dict() for x in shown], args.output)
     failing = result.at_least(args.failure_threshold)
     if failing:
-        print(f"Error: Analyzers found issues when analyzing {', '.join(args.paths)}.",
+        print(f"Error: Analyzers found issues when analyzing {target}.",
               file=sys.stderr)  # fmt: skip
         return EXIT_ANALYZER_FOUND_ISSUES
     return 0
@@ -105,13 +128,15 @@ def x_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"meshcore x explain: {exc}", file=sys.stderr)
         return 2
-    if args.store:
-        print("meshcore x explain: --store needs a config store backend, which this build "
-              "does not have (use --config or --xds)", file=sys.stderr)  # fmt: skip
-        return 2
     try:
-        if args.config:
-            report = validate(args.config, domain=args.domain)
+        if args.config or args.store:
+            if args.store:
+                found = _read_store("meshcore x explain", args.store, args.domain)
+                if found is None:
+                    return 2
+                report = found
+            else:
+                report = validate(args.config, domain=args.domain)
             if report.model is None:
                 for p in report.errors:
                     print(f"error: {p}", file=sys.stderr)

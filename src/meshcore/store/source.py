@@ -422,3 +422,26 @@ class EtcdSource:
         )
         bad.add_metric([str(self.url)], float(len(self.rejected)))
         yield bad
+
+
+def read_store(
+    address: str,
+    *,
+    domain: str = DEFAULT_DOMAIN,
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+) -> ValidationReport:
+    """The config under an ``etcd://`` address as one list reads it (no watch): the report a
+    replica would serve at that revision, with the problems of the keys it would refuse (their
+    key as the file). StoreURLError for a bad address, StoreUnavailable when no member answers.
+    What ``meshcore analyze --store`` and ``x explain --store`` read."""
+    from meshcore.store import parse_store_url
+
+    url = parse_store_url(address)
+    source = EtcdSource(url, domain=domain, root_namespace=root_namespace)
+    try:
+        source.list()
+        report = source._validate(source.items(), source.revision)
+    finally:
+        source.client.close()
+    refused = [p for problems in source.rejected.values() for p in problems]
+    return ValidationReport((*report.problems, *refused), report.model)

@@ -1,8 +1,8 @@
 """``meshcore analyze``: cross-resource analysis of a mesh with Istio-style message codes.
 
-``analyze(paths)`` loads and validates files or directories; ``analyze_model(mesh)`` analyzes
-an already loaded :class:`~meshcore.config.MeshModel` (the seam for other sources, such as a
-config store: anything that yields a model can be analyzed).
+``analyze(paths)`` loads and validates files or directories, ``analyze_store(address)`` an etcd
+config store; ``analyze_model(mesh)`` analyzes an already loaded
+:class:`~meshcore.config.MeshModel` (anything that yields a model can be analyzed).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshcore.config import MeshModel, validate
+from meshcore.config import MeshModel, ValidationReport, validate
 from meshcore.config.model import (
     AuthorizationPolicy,
     DestinationRule,
@@ -51,7 +51,22 @@ def analyze(
     suppress: Iterable[str] = (),
 ) -> Analysis:
     """Validates and analyzes the Istio YAML in ``paths`` (files or directories)."""
-    report = validate(paths, domain=domain)
+    return analyze_report(validate(paths, domain=domain), suppress=suppress)
+
+
+def analyze_store(
+    address: str, *, domain: str = "cluster.local", suppress: Iterable[str] = ()
+) -> Analysis:
+    """Analyzes the config in an etcd store (``etcd://HOST:PORT[,...]/PREFIX``), as a replica
+    reads it (:func:`meshcore.store.source.read_store`; keys stand for files)."""
+    from meshcore.store.source import read_store
+
+    return analyze_report(read_store(address, domain=domain), suppress=suppress)
+
+
+def analyze_report(report: ValidationReport, *, suppress: Iterable[str] = ()) -> Analysis:
+    """The analysis of a validation report: its errors (IST0106) and, when it has a model,
+    every analyzer over it."""
     found = [
         m.from_problem(m.SCHEMA_VALIDATION_ERROR, p)
         for p in report.problems

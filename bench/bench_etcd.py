@@ -185,7 +185,8 @@ def read_ready(fleet: subprocess.Popen[bytes]) -> None:
         lost.append(line)
         line = fleet.stdout.readline()
     assert line.startswith(b"ready "), line
-    assert not lost and line.split()[-1] == b"0", f"streams lost: {line!r} {lost[:5]}"
+    assert not lost, f"streams lost: {line!r} {lost[:5]}"
+    assert line.split()[-1] == b"0", f"streams lost: {line!r}"
 
 
 def test_fleet_over_three_replicas(

@@ -148,7 +148,9 @@ def replica_process(
     with log.open("ab") as sink:
         cp = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: cp.poll() is not None or "ADS" in log.read_text(), f"replica {name}", ready)
+        wait_for(
+            lambda: cp.poll() is not None or "ADS" in log.read_text(), f"replica {name}", ready
+        )
         assert cp.poll() is None, log.read_text()
         yield cp
     finally:

@@ -176,6 +176,13 @@ def rss_of(pid: int) -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def cpu_of(pid: int) -> float:
+    """User + system CPU seconds of a process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def read_ready(fleet: subprocess.Popen[bytes]) -> None:
     """The fleet client's ``ready N lost M`` line; fails on any lost stream."""
     assert fleet.stdout is not None
@@ -284,6 +291,7 @@ def test_fleet_over_three_replicas(
         readers = [threading.Thread(target=collect, args=(f,), daemon=True) for f in fleets]
         for r in readers:
             r.start()
+        cpu0 = [cpu_of(p.pid) for p in (*procs, *fleets)]
         written = time.time()
         commit(client, [replace(wl, value=json.dumps(value).encode())])
         deadline = time.monotonic() + 120
@@ -292,6 +300,7 @@ def test_fleet_over_three_replicas(
         assert not lost, f"streams lost: {lost[:5]}"
         assert len(seen) == proxies, f"{len(seen)} of {proxies} proxies got the change"
         delays = sorted(at - written for at in seen.values())
+        cpu = [cpu_of(p.pid) - c for p, c in zip((*procs, *fleets), cpu0, strict=True)]
         load1 = os.getloadavg()[0]
     client.close()
     print(
@@ -303,5 +312,9 @@ def test_fleet_over_three_replicas(
         + ", ".join(f"{k:.0f}" for k in kb)
         + " KB averaged, "
         + ", ".join(f"{k:.0f}" for k in marginal)
-        + f" KB marginal; load average {load1:.1f}"
+        + " KB marginal; CPU for the change: replicas "
+        + ", ".join(f"{c:.2f}" for c in cpu[:3])
+        + " s, fleet clients "
+        + ", ".join(f"{c:.2f}" for c in cpu[3:])
+        + f" s; load average {load1:.1f}"
     )

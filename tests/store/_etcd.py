@@ -132,12 +132,12 @@ def etcd_cluster(tmp: Path, size: int = 1, *extra: str) -> Iterator[EtcdCluster]
 
 @contextlib.contextmanager
 def replica_process(
-    tmp: Path, store: str, ports: dict[str, int], name: str
+    tmp: Path, store: str, ports: dict[str, int], name: str, ready: float = 30
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``meshcore serve --config etcd://...`` as a process (a control-plane replica): ADS on
     ``ports["xds"]``, monitoring on ``ports["metrics"]``, the CA on ``ports["ca"]`` and
     ``ports["ca_mtls"]`` (tokens from tmp/tokens, the root written to tmp/state-NAME); ready
-    once it announces ADS. Stopped (killed if need be) when the block ends."""
+    once it announces ADS (within ``ready`` seconds). Stopped (killed if need be) when the block ends."""
     import sys
 
     args = [sys.executable, "-m", "meshcore.cli", "serve", "--config", store,
@@ -148,7 +148,9 @@ def replica_process(
     with log.open("ab") as sink:
         cp = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: cp.poll() is not None or "ADS" in log.read_text(), f"replica {name}", 30)
+        wait_for(
+            lambda: cp.poll() is not None or "ADS" in log.read_text(), f"replica {name}", ready
+        )
         assert cp.poll() is None, log.read_text()
         yield cp
     finally:

@@ -88,6 +88,12 @@ def _resource_keys(docs: list[Any]) -> set[tuple[str, str, str]]:
     for doc in docs:
         if not isinstance(doc, dict) or doc.get("kind") not in schema.KINDS:
             continue
+        # A kind of ours under another API group is another resource (the Gateway API's
+        # Gateway; a mistyped group): ignored with a warning that names it, not dropped.
+        api = doc.get("apiVersion")
+        groups = {v.rpartition("/")[0] for v in schema.KINDS[doc["kind"]].api_versions}
+        if not isinstance(api, str) or api.rpartition("/")[0] not in groups:
+            continue
         meta = doc.get("metadata")
         if isinstance(meta, dict) and isinstance(meta.get("name"), str):
             ns = meta.get("namespace")

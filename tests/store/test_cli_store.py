@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from meshcore.cli import main
+from meshcore.config import validate
 from meshcore.store import parse_store_url
 from meshcore.store.etcd import EtcdClient
 from tests.envoy._sidecar import free_ports
@@ -71,11 +72,12 @@ def test_apply_writes_every_resource_then_get_and_delete(
     assert main(["get", "--store", store, "-o", "json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed["kind"] == "List"
-    assert len(listed["items"]) == 15
+    examples = len(validate([EXAMPLES]).model or ())  # every resource of the examples
+    assert len(listed["items"]) == examples
     assert main(["delete", "VirtualService", "reviews", "--store", store]) == 0
     assert "VirtualService default/reviews deleted" in capsys.readouterr().out
     assert main(["delete", "-f", str(EXAMPLES / "security.yaml"), "--store", store]) == 0
-    assert len(keys(etcd, prefix)) == 15 - 1 - 3
+    assert len(keys(etcd, prefix)) == examples - 1 - 3
 
 
 def test_a_batch_with_one_invalid_resource_writes_nothing(

@@ -72,8 +72,9 @@ async def _scenario(tmp_path: Path, collector: Collector) -> None:
             traces: dict[bytes, list[tuple[str, object]]] = {}
             for service, span in spans:
                 traces.setdefault(span.trace_id, []).append((service, span))  # type: ignore[attr-defined]
-            # A whole request: frontend's call, reviews' inbound and outbound, ratings' inbound.
-            whole = [t for t in traces.values() if len(t) >= 4]
+            # A whole request: the gateway's, frontend's and reviews' inbound and outbound,
+            # ratings' inbound.
+            whole = [t for t in traces.values() if len(t) >= 6]
             if len(whole) >= 10 or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.3)
@@ -91,17 +92,26 @@ async def _scenario(tmp_path: Path, collector: Collector) -> None:
                 service, span = by_id[span.parent_span_id]  # type: ignore[attr-defined]
                 chain.append(service)
             services = [s.split(".")[0] for s in reversed(chain)]
-            assert services == ["frontend", "reviews", "reviews", "ratings"], services
+            # The ingress gateway starts the trace; then each sidecar's inbound and outbound.
+            assert services == [
+                "istio-ingressgateway",
+                "frontend",
+                "frontend",
+                "reviews",
+                "reviews",
+                "ratings",
+            ], services
             # Istio's span tags, each sidecar's own.
             tags = {a.key: a.value.string_value for a in leaf[1].attributes}  # type: ignore[attr-defined]
             assert tags["istio.canonical_service"] == "ratings"
             assert tags["istio.namespace"] == "default"
             assert tags["istio.mesh_id"] == "cluster.local"
             assert tags["istio.workload"].startswith("ratings-")
-            assert {s for s, _ in trace} <= {
-                "frontend.default",
-                "reviews.default",
-                "ratings.default",
+            assert {s.split(".")[0] for s, _ in trace} <= {
+                "istio-ingressgateway",
+                "frontend",
+                "reviews",
+                "ratings",
             }
     finally:
         await dm.stop()

@@ -31,7 +31,6 @@ import random
 import ssl
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any

@@ -25,7 +25,6 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
@@ -40,7 +39,6 @@ _LABEL_ATTRS = ("direction", "peer_principal", "peer_workload", "upstream_cluste
                 "response_flags")  # fmt: skip
 MAX_CACHED_SERIES = 10_000
 MAX_OPEN_CONNECTIONS = 100_000
-MAX_UDS_PATH = 107
 
 
 @dataclass(frozen=True)
@@ -259,11 +257,12 @@ class AccessLogReceiver(logs_service_pb2_grpc.LogsServiceServicer):
 async def start_receiver(
     receiver: AccessLogReceiver, workdir: str | os.PathLike[str]
 ) -> tuple[grpc.aio.Server, str]:
-    """Serves ``receiver`` on ``WORKDIR/telemetry.sock``; returns the server and
+    """Serves ``receiver`` on ``WORKDIR/telemetry.sock`` (or a short path for it when the
+    workdir is too deep: :func:`meshcore.ca.sds.uds_path`); returns the server and
     ``unix:PATH``."""
-    path = Path(workdir) / UDS_NAME
-    if len(os.fsencode(path)) > MAX_UDS_PATH:
-        raise ValueError(f"{path} is too long for a Unix socket path")
+    from meshcore.ca.sds import uds_path
+
+    path = uds_path(workdir, UDS_NAME)
     path.unlink(missing_ok=True)
     server = grpc.aio.server()
     logs_service_pb2_grpc.add_LogsServiceServicer_to_server(receiver, server)  # type: ignore[no-untyped-call]

@@ -254,7 +254,6 @@ def _errors(spec: dict[str, Any], ns: str = "a") -> list[str]:
             "outbound address",
         ),
         ({"egress": [{"captureMode": "IPTABLES", "hosts": ["*/*"]}]}, "IPTABLES"),
-        ({"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}, "needs traffic capture"),
         (
             {"outboundTrafficPolicy": {"mode": "ALLOW_ANY_DYNAMIC_DNS"}},
             "only supported in MeshConfig",
@@ -310,6 +309,7 @@ def test_invalid(spec: dict[str, Any], expected: str) -> None:
             ]
         },
         {"outboundTrafficPolicy": {"mode": "ALLOW_ANY"}},
+        {"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}},  # capture-mode proxies apply it
         {"workloadSelector": {"labels": {"app": "x"}}, "egress": [{"hosts": ["./*"]}]},
     ],
 )

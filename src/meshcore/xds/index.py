@@ -27,7 +27,7 @@ from meshcore.config.model import (
 )
 from meshcore.xds.common import CAPTURE_ONLY, is_http, port_protocol, spiffe
 from meshcore.xds.problems import ProblemLog
-from meshcore.xds.sidecarscope import SidecarScope, SidecarScopes
+from meshcore.xds.sidecarscope import SidecarScope, SidecarScopes, registry_only
 
 KINDS = (
     "services",
@@ -160,7 +160,7 @@ class MeshIndex:
                         self.by_port.setdefault(sp.port, []).append(PortService(se_host, sp, proto))
             for group in self.by_port.values():
                 group.sort(key=lambda ps: ps.service.hostname)
-            self._warn_egress_protocols()
+            self._warn_sidecars()
         # The service ports of each host, in port order (host_ports).
         self._host_ports: dict[str, list[PortService]] = {}
         for port in sorted(self.by_port):
@@ -205,11 +205,21 @@ class MeshIndex:
             return None
         return self._sidecar_scopes().scope(namespace, labels)
 
-    def _warn_egress_protocols(self) -> None:
+    def _warn_sidecars(self) -> None:
         """Istio builds a Sidecar egress listener with a port as its ``protocol`` says; the
         loopback layout has one outbound listener per port, typed by the services on it: a
-        protocol that disagrees is said, not silently overridden."""
+        protocol that disagrees is said, not silently overridden. A REGISTRY_ONLY
+        ``outboundTrafficPolicy`` is applied by capture-mode proxies only; loopback ones are
+        told."""
         for sc in self.mesh.sidecars:
+            if registry_only(sc):
+                self.log.problem(
+                    sc,
+                    "spec.outboundTrafficPolicy.mode",
+                    f"REGISTRY_ONLY {CAPTURE_ONLY}; loopback proxies cannot block traffic an app"
+                    " sends outside the mesh directly (it never reaches them)",
+                    "warning",
+                )
             for i, egress in enumerate(sc.egress):
                 port = egress.get("port") or {}
                 name = str(port.get("protocol") or "").lower()

@@ -51,7 +51,8 @@ def test_sidecar_registry_only_applies_to_the_capture_proxies_it_selects() -> No
     # No egress: every service stays reachable (Istio's default egress, */*).
     assert "9080" in selected.resources[types.ROUTE]
     assert "outbound|9080||reviews.default.svc.cluster.local" in selected.resources[types.CLUSTER]
-    assert not selected.problems and not other.problems
+    assert not selected.problems
+    assert not other.problems
 
 
 def test_mode_defaults_to_registry_only_and_allow_any_overrides_mesh_config() -> None:
@@ -68,7 +69,8 @@ def test_loopback_proxies_are_told_and_validation_accepts_it() -> None:
     assert not [p for p in validate_object(objects[-1]) if p.severity == "error"]
     got = generate(objects, NODE, meta=None)
     found = [p for p in got.problems if p.path == "spec.outboundTrafficPolicy.mode"]
-    assert found and "REGISTRY_ONLY" in found[0].message
+    assert found
+    assert "REGISTRY_ONLY" in found[0].message
     assert "capture-mode" in found[0].message
     assert not generate(objects, NODE).problems  # capture-mode: applied, nothing to say
 
@@ -81,6 +83,8 @@ def test_registry_only_sidecar_validates_with_envoy(tmp_path: Path) -> None:
     result = Translator().generate(mesh, proxy)
     assert catchall(result) == "BlackHoleCluster"
     ca = CertificateAuthority.generate()
-    boot = render_static_bootstrap(result, NODE, 15000, secrets=workload_secrets(ca, spiffe_of(proxy)))
+    boot = render_static_bootstrap(
+        result, NODE, 15000, secrets=workload_secrets(ca, spiffe_of(proxy))
+    )
     checked = validate(boot, tmp_path)
     assert checked.returncode == 0, (checked.stdout + checked.stderr)[-4000:]

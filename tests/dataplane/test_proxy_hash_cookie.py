@@ -92,7 +92,8 @@ async def run(mesh: Mesh, port: int) -> None:
         first, set_cookies = await asyncio.to_thread(get, url, host, None)
         assert len(set_cookies) == 1, set_cookies
         value = set_cookies[0].split(";")[0].removeprefix("user=").strip('"')
-        assert len(value) == 16 and int(value, 16) >= 0
+        assert len(value) == 16
+        assert int(value, 16) >= 0
         assert set_cookies[0] == (
             f'user="{value}"; Max-Age=60; Path=/app; SameSite=Strict; Secure; HttpOnly'
         )

@@ -64,15 +64,22 @@ def test_mode_defaults_to_registry_only_and_allow_any_overrides_mesh_config() ->
     assert (catchall(other), fallback(other)) == ("BlackHoleCluster", "block_all")
 
 
-def test_loopback_proxies_are_told_and_validation_accepts_it() -> None:
-    objects = [*BASE, sidecar("REGISTRY_ONLY", app=None)]
+def test_loopback_proxies_it_selects_are_told_and_validation_accepts_it() -> None:
+    objects = [*BASE, sidecar("REGISTRY_ONLY")]
     assert not [p for p in validate_object(objects[-1]) if p.severity == "error"]
-    got = generate(objects, NODE, meta=None)
+    t = Translator()
+    got = generate(objects, NODE, meta=None, translator=t)
     found = [p for p in got.problems if p.path == "spec.outboundTrafficPolicy.mode"]
-    assert found
+    assert len(found) == 1
     assert "REGISTRY_ONLY" in found[0].message
     assert "capture-mode" in found[0].message
-    assert not generate(objects, NODE).problems  # capture-mode: applied, nothing to say
+    assert found[0].severity == "warning"
+    # Not a proxy it does not select, nor a capture-mode one (which applies it).
+    assert not generate(objects, CLIENT, meta=None, translator=t).problems
+    assert not generate(objects, NODE, translator=t).problems
+    # Said before any proxy connects (meshcore validate, serve's start-up).
+    said = Translator().load_problems(load_objects(objects))
+    assert [p.path for p in said] == ["spec.outboundTrafficPolicy.mode"]
 
 
 @pytest.mark.envoy

@@ -7,8 +7,9 @@ rules (``meshcore iptables``) send the connection to 15001, inbound ones to 1500
 - ``virtualOutbound`` on 0.0.0.0:15001 with ``use_original_dst``: Envoy hands each connection
   to the listener of its original destination, else keeps it on its own filter chains:
   ``virtualOutbound-blackhole`` (a connection to 15001 itself: a loop) and
-  ``virtualOutbound-catchall-tcp`` to ``PassthroughCluster`` (MeshConfig
-  ``outboundTrafficPolicy`` ALLOW_ANY, the default) or ``BlackHoleCluster`` (REGISTRY_ONLY);
+  ``virtualOutbound-catchall-tcp`` to ``PassthroughCluster`` (``outboundTrafficPolicy``
+  ALLOW_ANY, the default) or ``BlackHoleCluster`` (REGISTRY_ONLY): the proxy's Sidecar's
+  policy if it sets one, else MeshConfig's;
 - ``0.0.0.0_PORT`` (``bind_to_port: false``) per HTTP service port: the HTTP connection manager
   with RDS ``PORT``, whose virtual hosts also answer to the services' VIPs and end with Istio's
   ``allow_any`` (to PassthroughCluster) or ``block_all`` (502) virtual host;

@@ -28,7 +28,8 @@ retry_ons = st.lists(
 ).map(",".join)  # fmt: skip
 hash_policies = st.lists(
     st.tuples(st.sampled_from(["header", "cookie", "query_parameter", "source_ip"]), names,
-              st.booleans()), max_size=3,
+              st.booleans(), st.none() | st.integers(0, 10**6), st.sampled_from(["", "/p"]),
+              st.lists(st.tuples(names, st.sampled_from(["", "v"])), max_size=2)), max_size=3,
 )  # fmt: skip
 
 
@@ -77,12 +78,18 @@ def route_configs(draw: st.DrawFn) -> route_pb2.RouteConfiguration:
             rp = draw(retry_policies())
             if rp is not None:
                 r.route.retry_policy.CopyFrom(rp)
-            for kind, key, terminal in draw(hash_policies):
+            for kind, key, terminal, ttl, cookie_path, attrs in draw(hash_policies):
                 hp = r.route.hash_policy.add(terminal=terminal)
                 if kind == "header":
                     hp.header.header_name = key
                 elif kind == "cookie":
                     hp.cookie.name = key
+                    if ttl is not None:
+                        hp.cookie.ttl.seconds = ttl
+                        hp.cookie.ttl.nanos = 500_000_000
+                    hp.cookie.path = cookie_path
+                    for n, v in attrs:
+                        hp.cookie.attributes.add(name=n, value=v)
                 elif kind == "query_parameter":
                     hp.query_parameter.name = key
                 else:
@@ -113,6 +120,11 @@ def _expected_hashes(ra: Any) -> tuple[HashPolicy, ...]:
             out.append(HashPolicy("header", hp.header.header_name.lower(), hp.terminal))
         elif which == "connection_properties":
             out.append(HashPolicy("source_ip", "", hp.terminal))
+        elif which == "cookie":
+            c = hp.cookie
+            ttl = c.ttl.seconds if c.HasField("ttl") else None  # Envoy: whole seconds
+            attrs = tuple((a.name, a.value) for a in c.attributes)
+            out.append(HashPolicy("cookie", c.name, hp.terminal, ttl, c.path, attrs))
         else:
             out.append(HashPolicy(which, getattr(hp, which).name, hp.terminal))
     return tuple(out)
@@ -167,3 +179,21 @@ def test_unsupported_hash_policy_is_refused_at_its_path(kind: str) -> None:
     problem = err.value.errors()[0]
     assert (problem.kind, problem.name) == ("RDS", "80")
     assert problem.path == "virtual_hosts[1].routes[1].route.hash_policy[1]"
+
+
+def test_header_regex_rewrite_is_refused_at_its_path() -> None:
+    """Envoy rewrites the header's value before hashing it; the data plane does not, so it
+    refuses the policy rather than hash the raw value."""
+    rc = route_pb2.RouteConfiguration(name="80")
+    r = rc.virtual_hosts.add(name="a", domains=["*"]).routes.add(name="x")
+    r.match.prefix = "/"
+    r.route.cluster = "c"
+    hp = r.route.hash_policy.add()
+    hp.header.header_name = "x-user"
+    hp.header.regex_rewrite.pattern.regex = "^/(.*)$"
+    hp.header.regex_rewrite.substitution = "\\1"
+    with pytest.raises(UnsupportedFeatureError) as err:
+        compile_routes("80", "1", rc.SerializeToString())
+    problem = err.value.errors()[0]
+    assert problem.path == "virtual_hosts[0].routes[0].route.hash_policy[0].header.regex_rewrite"
+    assert "regex_rewrite" in problem.message

@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.store._etcd import EtcdCluster
 
 from meshcore.cli import main
 from meshcore.store import parse_store_url
 from meshcore.store.etcd import EtcdClient
 from meshcore.tools.analyze import analyze, analyze_store
+from tests.store._etcd import EtcdCluster
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 

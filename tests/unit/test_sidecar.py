@@ -104,6 +104,13 @@ def test_namespace_default_scopes_to_own_and_istio_system() -> None:
     assert not result.problems
 
 
+def test_sidecar_without_egress_keeps_every_service() -> None:
+    # Istio: without egress, the proxy reaches every service its namespace can see (*/*).
+    result = gen([sidecar("default", "a", outboundTrafficPolicy={"mode": "ALLOW_ANY"})])
+    assert hosts(result) == ALL
+    assert "127.0.0.1_5432" in result.resources[types.LISTENER]
+
+
 def test_other_namespace_without_sidecar_unscoped() -> None:
     node = "sidecar~127.0.20.3~other.b~b.svc.cluster.local"
     assert hosts(gen([sidecar("default", "a", "./*")], node)) == ALL
@@ -254,7 +261,6 @@ def _errors(spec: dict[str, Any], ns: str = "a") -> list[str]:
             "outbound address",
         ),
         ({"egress": [{"captureMode": "IPTABLES", "hosts": ["*/*"]}]}, "IPTABLES"),
-        ({"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}, "needs traffic capture"),
         (
             {"outboundTrafficPolicy": {"mode": "ALLOW_ANY_DYNAMIC_DNS"}},
             "only supported in MeshConfig",
@@ -310,6 +316,7 @@ def test_invalid(spec: dict[str, Any], expected: str) -> None:
             ]
         },
         {"outboundTrafficPolicy": {"mode": "ALLOW_ANY"}},
+        {"outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}},  # capture-mode proxies apply it
         {"workloadSelector": {"labels": {"app": "x"}}, "egress": [{"hosts": ["./*"]}]},
     ],
 )

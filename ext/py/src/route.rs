@@ -110,7 +110,18 @@ fn action_dict<'py>(
                         (Some("connection_properties"), "")
                     }
                 };
-                hashes.push((kind, name, hp.terminal).into_pyobject(py)?);
+                hashes.push(
+                    (
+                        kind,
+                        name,
+                        hp.terminal,
+                        hp.cookie_ttl,
+                        &hp.cookie_path,
+                        &hp.cookie_attributes,
+                        hp.header_regex_rewrite,
+                    )
+                        .into_pyobject(py)?,
+                );
             }
             d.set_item("hash_policy", PyTuple::new(py, hashes)?)?;
         }

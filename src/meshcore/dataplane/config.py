@@ -127,6 +127,11 @@ class HashPolicy:
     kind: str  # "header", "source_ip", "query_parameter", "cookie"
     name: str = ""
     terminal: bool = False
+    # A cookie policy with a ttl (whole seconds): Envoy generates the cookie when the request
+    # has none, with this path and these attributes (name, value).
+    cookie_ttl: int | None = None
+    cookie_path: str = ""
+    cookie_attributes: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,20 +338,31 @@ def _retry(action: Mapping[str, Any]) -> RetryPolicy | None:
 
 
 def _hash_policies(action: Mapping[str, Any], path: str, name: str) -> tuple[HashPolicy, ...]:
-    """The route's hash policies, as the core's decoder read them; the kinds the data plane
-    cannot hash on are refused."""
+    """The route's hash policies, as the core's decoder read them; the kinds (and the header
+    ``regex_rewrite``) the data plane cannot hash on are refused."""
     out = []
-    for i, (kind, key, terminal) in enumerate(action["hash_policy"]):
-        if kind == "header":
+    for i, (kind, key, terminal, ttl, cookie_path, attrs, regex_rewrite) in enumerate(
+        action["hash_policy"]
+    ):
+        problem: tuple[str, str] | None = None
+        if kind == "header" and regex_rewrite:
+            problem = ("a header hash policy's regex_rewrite is not supported by meshcore.dataplane",
+                       ".header.regex_rewrite")  # fmt: skip
+        elif kind == "header":
             out.append(HashPolicy("header", str(key).lower(), bool(terminal)))
-        elif kind in ("source_ip", "query_parameter", "cookie"):
+        elif kind == "cookie":
+            out.append(HashPolicy("cookie", str(key), bool(terminal), ttl, str(cookie_path),
+                                  tuple((str(n), str(v)) for n, v in attrs)))  # fmt: skip
+        elif kind in ("source_ip", "query_parameter"):
             out.append(HashPolicy(str(kind), str(key), bool(terminal)))
         else:
+            problem = (f"hash policy {kind!r} is not supported by meshcore.dataplane", "")
+        if problem is not None:
             raise UnsupportedFeatureError(
                 [
                     ConfigProblem(
-                        f"hash policy {kind!r} is not supported by meshcore.dataplane",
-                        f"{path}.route.hash_policy[{i}]",
+                        problem[0],
+                        f"{path}.route.hash_policy[{i}]{problem[1]}",
                         kind="RDS",
                         name=name,
                     )

@@ -84,6 +84,9 @@ class Decision:
     # The path to forward when it is not the request's: inbound, the normalised path RBAC saw;
     # outbound, the route's prefix_rewrite applied.
     path: str | None = None
+    # Set-Cookie values for the response: the cookies a cookie hash policy with a ttl
+    # generated because the request had none (Envoy's downstream set-cookies).
+    set_cookies: tuple[str, ...] = ()
 
 
 def _split_authority(authority: str) -> tuple[str, int | None]:
@@ -429,7 +432,9 @@ class DataPlane:
                             response_flags="NC", policy_id=policy_id,
                             generation=cfg.generation)  # fmt: skip
         endpoints = cfg.endpoints_of(cluster)
-        key = _hash_key(hash_policies, headers, path, source_ip) if hash_policies else None
+        key, cookies = (
+            _hash_key(hash_policies, headers, path, source_ip) if hash_policies else (None, ())
+        )
         ep = self.lb.pick(cluster, endpoints, key)
         if ep is None:
             return Decision(direction, allowed, route=route, cluster=cluster_name, status=503,
@@ -441,7 +446,7 @@ class DataPlane:
         return Decision(
             direction, allowed, route, cluster_name, ep, timeout, retry, policy_id, None, "-",
             b"", tls, up.sni if tls and up is not None else "",
-            info.host_rewrite if info is not None else "", key, cfg.generation,
+            info.host_rewrite if info is not None else "", key, cfg.generation, None, cookies,
         )  # fmt: skip
 
     def _inbound(
@@ -572,9 +577,12 @@ class DataPlane:
 
 def _hash_key(
     policies: tuple[HashPolicy, ...], headers: Headers, path: str, source_ip: str | None
-) -> int | None:
-    """Envoy's hash: policies in order, combined; a terminal policy that yields stops."""
+) -> tuple[int | None, tuple[str, ...]]:
+    """Envoy's hash: policies in order, combined; a terminal policy that yields stops. A cookie
+    policy with a ttl whose cookie the request lacks generates one (returned as Set-Cookie
+    values for the response) and hashes on it, as Envoy's router does."""
     key: int | None = None
+    generated: list[str] = []
     for hp in policies:
         value: str | None = None
         if hp.kind == "header":
@@ -586,16 +594,41 @@ def _hash_key(
             values = urllib.parse.parse_qs(query).get(hp.name)
             value = values[0] if values else None
         elif hp.kind == "cookie":
-            cookies = _header(headers, "cookie") or ""
-            for part in cookies.split(";"):
-                k, _, v = part.strip().partition("=")
-                if k == hp.name:
-                    value = v
-                    break
+            value = _cookie(headers, hp.name)
+            if value is None and hp.cookie_ttl is not None:
+                value, set_cookie = _generate_cookie(hp, source_ip)
+                generated.append(set_cookie)
         if value is None:
             continue
         h = hash64(value.encode())
         key = h if key is None else (((key << 1) | (key >> 63)) & (2**64 - 1)) ^ h
         if hp.terminal:
             break
-    return key
+    return key, tuple(generated)
+
+
+def _cookie(headers: Headers, name: str) -> str | None:
+    """A request cookie's value (Envoy's parseCookieValue: the first of that name, without its
+    surrounding double quotes); None when absent or empty."""
+    for part in (_header(headers, "cookie") or "").split(";"):
+        k, _, v = part.strip().partition("=")
+        if k == name:
+            if len(v) >= 2 and v[0] == v[-1] == '"':
+                v = v[1:-1]
+            return v or None
+    return None
+
+
+def _generate_cookie(hp: HashPolicy, source_ip: str | None) -> tuple[str, str]:
+    """The cookie Envoy generates for a policy with a ttl: a hex hash of the downstream address
+    (the same for every request of a client, so racing requests get the same cookie), and its
+    Set-Cookie value (quoted value, Max-Age unless the ttl is 0, Path, attributes, HttpOnly)."""
+    value = f"{hash64((source_ip or '').encode()):016x}"
+    parts = [f'{hp.name}="{value}"']
+    if hp.cookie_ttl:
+        parts.append(f"Max-Age={hp.cookie_ttl}")
+    if hp.cookie_path:
+        parts.append(f"Path={hp.cookie_path}")
+    parts.extend(f"{n}={v}" if v else n for n, v in hp.cookie_attributes)
+    parts.append("HttpOnly")
+    return value, "; ".join(parts)

@@ -484,6 +484,8 @@ class ReferenceProxy:
             raise
         self._pool.put(d.endpoint, ctx, d.sni, up)
         headers_out = end_to_end(response.headers)
+        # Envoy adds the cookies a hash policy generated to the upstream's response.
+        headers_out.extend(("set-cookie", c) for c in d.set_cookies)
         return Response(response.status, headers_out, response.body), (
             up.peer_uris[0] if up.peer_uris else None
         )

@@ -7,8 +7,9 @@ rules (``meshcore iptables``) send the connection to 15001, inbound ones to 1500
 - ``virtualOutbound`` on 0.0.0.0:15001 with ``use_original_dst``: Envoy hands each connection
   to the listener of its original destination, else keeps it on its own filter chains:
   ``virtualOutbound-blackhole`` (a connection to 15001 itself: a loop) and
-  ``virtualOutbound-catchall-tcp`` to ``PassthroughCluster`` (MeshConfig
-  ``outboundTrafficPolicy`` ALLOW_ANY, the default) or ``BlackHoleCluster`` (REGISTRY_ONLY);
+  ``virtualOutbound-catchall-tcp`` to ``PassthroughCluster`` (``outboundTrafficPolicy``
+  ALLOW_ANY, the default) or ``BlackHoleCluster`` (REGISTRY_ONLY): the proxy's Sidecar's
+  policy if it sets one, else MeshConfig's;
 - ``0.0.0.0_PORT`` (``bind_to_port: false``) per HTTP service port: the HTTP connection manager
   with RDS ``PORT``, whose virtual hosts also answer to the services' VIPs and end with Istio's
   ``allow_any`` (to PassthroughCluster) or ``block_all`` (502) virtual host;
@@ -156,18 +157,31 @@ class CaptureBuilder:
 
     def outbound_listeners(self, proxy: Proxy) -> dict[str, Message]:
         scope = self.listeners.scope(proxy)  # telemetry: one set of listeners per scope
-        key = (self.allow_any, scope.key)
+        allow_any = self.allow_any_for(proxy)
+        key = (allow_any, scope.key)
         found = self._outbound.get(key)
         if found is None:
             found = self.log.cached(
-                self._outbound, self.outbound_problems, key, lambda: self._build_outbound(scope)
+                self._outbound,
+                self.outbound_problems,
+                key,
+                lambda: self._build_outbound(scope, allow_any),
             )
         return found
 
+    def allow_any_for(self, proxy: Proxy) -> bool:
+        """Whether the proxy passes traffic to unknown destinations through (ALLOW_ANY): its
+        Sidecar's ``outboundTrafficPolicy`` if it sets one, else MeshConfig's."""
+        scope = self.index.sidecar_scope(proxy.namespace, proxy.labels)
+        if scope is not None and scope.registry_only is not None:
+            return not scope.registry_only
+        return self.allow_any
+
     def problems(self, proxy: Proxy) -> list[ConfigProblem]:
         """The problems of the proxy's outbound listeners and route configurations."""
-        key = (self.allow_any, self.listeners.scope(proxy).key)
-        routes = self._route_problems.get((self.routes.route_key(proxy), self.allow_any), [])
+        allow_any = self.allow_any_for(proxy)
+        key = (allow_any, self.listeners.scope(proxy).key)
+        routes = self._route_problems.get((self.routes.route_key(proxy), allow_any), [])
         return [*self.outbound_problems.get(key, []), *routes]
 
     def vip_problems(self) -> list[ConfigProblem]:
@@ -187,9 +201,9 @@ class CaptureBuilder:
             self.log.emit(self._vip_problems)
         return self._vip_problems
 
-    def _build_outbound(self, scope: TelemetryScope) -> dict[str, Message]:
+    def _build_outbound(self, scope: TelemetryScope, allow_any: bool) -> dict[str, Message]:
         self.vip_problems()
-        out: dict[str, Message] = {VIRTUAL_OUTBOUND: self._virtual_outbound(scope)}
+        out: dict[str, Message] = {VIRTUAL_OUTBOUND: self._virtual_outbound(scope, allow_any)}
         for port in sorted(self.index.by_port):
             group = self.index.by_port[port]
             wildcard = f"{WILDCARD}_{port}"
@@ -297,7 +311,7 @@ class CaptureBuilder:
                     built[name] = c
         return dict(sorted(built.items()))
 
-    def _virtual_outbound(self, scope: TelemetryScope) -> listener_pb2.Listener:
+    def _virtual_outbound(self, scope: TelemetryScope, allow_any: bool) -> listener_pb2.Listener:
         listener = listener_pb2.Listener(
             name=VIRTUAL_OUTBOUND,
             address=socket_address(WILDCARD, OUTBOUND_PORT),
@@ -308,7 +322,7 @@ class CaptureBuilder:
         loop.filter_chain_match.destination_port.value = OUTBOUND_PORT
         loop.filters.append(_tcp_proxy(BLACKHOLE_CLUSTER, scope, OUTBOUND))
         catchall = listener.filter_chains.add(name=f"{VIRTUAL_OUTBOUND}-catchall-tcp")
-        target = PASSTHROUGH_CLUSTER if self.allow_any else BLACKHOLE_CLUSTER
+        target = PASSTHROUGH_CLUSTER if allow_any else BLACKHOLE_CLUSTER
         catchall.filters.append(_tcp_proxy(target, scope, OUTBOUND))
         return listener
 
@@ -316,15 +330,19 @@ class CaptureBuilder:
         """The mesh's route configurations for the proxy, with VIP domains, the HTTP ports of
         resolution NONE hosts (their VirtualService's routes, else the default route, to their
         ORIGINAL_DST clusters) and Istio's ``allow_any`` / ``block_all`` virtual host last."""
-        key = (self.routes.route_key(proxy), self.allow_any)
+        allow_any = self.allow_any_for(proxy)
+        key = (self.routes.route_key(proxy), allow_any)
         found = self._routes.get(key)
         if found is None:
             found = self.log.cached(
-                self._routes, self._route_problems, key, lambda: self._build_routes(proxy)
+                self._routes,
+                self._route_problems,
+                key,
+                lambda: self._build_routes(proxy, allow_any),
             )
         return found
 
-    def _build_routes(self, proxy: Proxy) -> dict[str, Message]:
+    def _build_routes(self, proxy: Proxy, allow_any: bool) -> dict[str, Message]:
         vips = self.vips()
         found: dict[str, Message] = {}
         passthrough: dict[str, list[Any]] = {}
@@ -350,12 +368,12 @@ class CaptureBuilder:
                 if vip:
                     vh.domains.extend((vip, f"{vip}:{port}"))
             rcfg.virtual_hosts.extend(passthrough.get(name, ()))
-            rcfg.virtual_hosts.append(self._fallback_host())
+            rcfg.virtual_hosts.append(self._fallback_host(allow_any))
             found[name] = rcfg
         return found
 
-    def _fallback_host(self) -> Any:
-        if self.allow_any:
+    def _fallback_host(self, allow_any: bool) -> Any:
+        if allow_any:
             vh = route_pb2.RouteConfiguration().virtual_hosts.add(name="allow_any", domains=["*"])
             route = vh.routes.add(name="allow_any")
             route.match.prefix = "/"

@@ -25,9 +25,10 @@ from meshcore.config.model import (
     WorkloadEntry,
     selector_matches,
 )
+from meshcore.errors import ConfigProblem
 from meshcore.xds.common import CAPTURE_ONLY, is_http, port_protocol, spiffe
 from meshcore.xds.problems import ProblemLog
-from meshcore.xds.sidecarscope import SidecarScope, SidecarScopes
+from meshcore.xds.sidecarscope import SidecarScope, SidecarScopes, registry_only
 
 KINDS = (
     "services",
@@ -161,6 +162,19 @@ class MeshIndex:
             for group in self.by_port.values():
                 group.sort(key=lambda ps: ps.service.hostname)
             self._warn_egress_protocols()
+        # A REGISTRY_ONLY Sidecar's word to the loopback proxies it selects (capture-mode ones
+        # apply it: :mod:`meshcore.xds.capturelisteners`), by Sidecar.
+        self.loopback_sidecar_problems: dict[Any, list[ConfigProblem]] = {}
+        for sc in mesh.sidecars:
+            if registry_only(sc):
+                with log.capture() as self.loopback_sidecar_problems[sc.key]:
+                    log.problem(
+                        sc,
+                        "spec.outboundTrafficPolicy.mode",
+                        f"REGISTRY_ONLY {CAPTURE_ONLY}; a loopback proxy cannot block what an app"
+                        " sends outside the mesh directly (it never reaches the proxy)",
+                        "warning",
+                    )
         # The service ports of each host, in port order (host_ports).
         self._host_ports: dict[str, list[PortService]] = {}
         for port in sorted(self.by_port):
@@ -228,6 +242,11 @@ class MeshIndex:
                         " the loopback layout",
                         "warning",
                     )
+
+    def loopback_problems(self, namespace: str, labels: Mapping[str, str]) -> list[ConfigProblem]:
+        """What a loopback proxy of ``namespace`` with ``labels`` is told of its Sidecar."""
+        sc = self.sidecar_for(namespace, labels) if self.loopback_sidecar_problems else None
+        return self.loopback_sidecar_problems.get(sc.key, []) if sc is not None else []
 
     def sidecar_for(self, namespace: str, labels: Mapping[str, str]) -> Sidecar | None:
         """The Sidecar that applies to a proxy of ``namespace`` with ``labels`` (its ingress

@@ -30,7 +30,22 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from meshcore.config.model import MeshModel, Sidecar, resolve_host, selector_matches
 from meshcore.names import TCP_PROXY_NAME
 
-__all__ = ["SidecarScope", "SidecarScopes", "scoped_layer", "tcp_proxy_cluster"]
+__all__ = [
+    "SidecarScope",
+    "SidecarScopes",
+    "registry_only",
+    "scoped_layer",
+    "tcp_proxy_cluster",
+]
+
+
+def registry_only(sc: Sidecar) -> bool | None:
+    """A Sidecar's ``outboundTrafficPolicy.mode`` (REGISTRY_ONLY when the policy is given
+    without a mode, as Istio's default): True for REGISTRY_ONLY, None when it sets none."""
+    policy = sc.spec.get("outboundTrafficPolicy")
+    if not isinstance(policy, Mapping):
+        return None
+    return str(policy.get("mode") or "REGISTRY_ONLY") == "REGISTRY_ONLY"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +58,9 @@ class SidecarScope:
     default_hosts: frozenset[str]
     # (host, port) whose clusters and endpoints the proxy gets.
     clusters: frozenset[tuple[str, int]]
+    # The Sidecar's outboundTrafficPolicy: True for REGISTRY_ONLY, False for ALLOW_ANY, None
+    # when it sets none (MeshConfig's applies). Capture-mode proxies apply it.
+    registry_only: bool | None = None
 
     def routes_to(self, host: str, port: int) -> bool:
         """Whether the outbound listener (and route configuration) of ``port`` serves ``host``."""
@@ -111,7 +129,8 @@ class SidecarScopes:
         port_hosts: list[tuple[int, frozenset[str]]] = []
         default_hosts: frozenset[str] = frozenset()
         clusters: set[tuple[str, int]] = set()
-        for egress in sc.egress:
+        # No egress: Istio's default, every service the namespace can see (*/*).
+        for egress in sc.egress or ({"hosts": ["*/*"]},):
             port = int((egress.get("port") or {}).get("number") or 0)
             imports = _Imports(egress.get("hosts") or (), namespace)
             hosts = {
@@ -127,7 +146,8 @@ class SidecarScopes:
                 port_hosts.append((port, frozenset(hosts)))
             else:
                 default_hosts = frozenset(hosts)
-        return SidecarScope(tuple(sorted(port_hosts)), default_hosts, frozenset(clusters))
+        return SidecarScope(tuple(sorted(port_hosts)), default_hosts, frozenset(clusters),
+                            registry_only(sc))  # fmt: skip
 
     def _vs_destinations(self, imports: _Imports, port: int) -> Iterable[tuple[str, int]]:
         for vs in self.mesh.virtual_services:

@@ -149,6 +149,7 @@ class MeshTranslation:
                 self.listeners.outbound_problems[self.listeners.outbound_key(proxy)],
                 inbound_problems,
                 _duplicate_names(proxy, resources),
+                self.index.loopback_problems(proxy.namespace, proxy.labels),
             )
             for p in group
         }
@@ -246,7 +247,7 @@ class MeshTranslation:
         mesh-wide warnings, the clusters' problems and those of a sidecar's outbound
         listeners and routes in each namespace with workloads. Builds what proxies will get (nothing
         is built twice)."""
-        groups = [self.index.mesh_problems]
+        groups = [self.index.mesh_problems, *self.index.loopback_sidecar_problems.values()]
         # A sidecar of each namespace with workloads (route configurations are per namespace).
         namespaces = set(self.index.workload_namespaces())
         for namespace in sorted(namespaces or {self.mesh.root_namespace}):

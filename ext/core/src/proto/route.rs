@@ -115,6 +115,14 @@ pub struct HashPolicy {
     /// None when the policy names no specifier.
     pub kind: Option<HashKind>,
     pub terminal: bool,
+    /// A cookie policy's `ttl` in whole seconds (Envoy's cast): when set, Envoy generates the
+    /// cookie when the request has none.
+    pub cookie_ttl: Option<i64>,
+    /// A cookie policy's `path` and `attributes` (name, value), for the generated cookie.
+    pub cookie_path: String,
+    pub cookie_attributes: Vec<(String, String)>,
+    /// Whether a header policy has a `regex_rewrite`.
+    pub header_regex_rewrite: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -592,6 +600,10 @@ fn decode_hash_policy(buf: &[u8], path: &str, err: &mut CoreError) -> HashPolicy
     let mut out = HashPolicy {
         kind: None,
         terminal: false,
+        cookie_ttl: None,
+        cookie_path: String::new(),
+        cookie_attributes: Vec::new(),
+        header_regex_rewrite: false,
     };
     // The first string field (field 1) of a sub-message: header_name, name or key.
     let name_of = |p: &str, b: &[u8], err: &mut CoreError| -> String {
@@ -614,6 +626,15 @@ fn decode_hash_policy(buf: &[u8], path: &str, err: &mut CoreError) -> HashPolicy
             let p = field_path(path, field);
             let b = Field::at(&p, value).bytes(err);
             let name = name_of(&p, b, err);
+            if n == 1 {
+                walk(b, &p, err, |m, _, _| {
+                    if m == 2 {
+                        out.header_regex_rewrite = true;
+                    }
+                });
+            } else if n == 2 {
+                decode_cookie_generation(b, &p, &mut out, err);
+            }
             out.kind = Some(match n {
                 1 => HashKind::Header(name),
                 2 => HashKind::Cookie(name),
@@ -636,6 +657,36 @@ fn decode_hash_policy(buf: &[u8], path: &str, err: &mut CoreError) -> HashPolicy
         _ => {}
     });
     out
+}
+
+/// A cookie policy's `ttl` (Duration: whole seconds), `path` and `attributes`.
+fn decode_cookie_generation(buf: &[u8], path: &str, out: &mut HashPolicy, err: &mut CoreError) {
+    walk(buf, path, err, |n, value, err| match n {
+        2 => {
+            let p = field_path(path, "ttl");
+            let b = Field::at(&p, value).bytes(err);
+            let mut seconds = 0i64;
+            walk(b, &p, err, |m, value, err| {
+                if m == 1 {
+                    seconds = Field::at(&field_path(&p, "seconds"), value).i64(err);
+                }
+            });
+            out.cookie_ttl = Some(seconds);
+        }
+        3 => out.cookie_path = Field::at(&field_path(path, "path"), value).string(err),
+        4 => {
+            let p = index_path(path, "attributes", out.cookie_attributes.len());
+            let b = Field::at(&p, value).bytes(err);
+            let (mut name, mut val) = (String::new(), String::new());
+            walk(b, &p, err, |m, value, err| match m {
+                1 => name = Field::at(&field_path(&p, "name"), value).string(err),
+                2 => val = Field::at(&field_path(&p, "value"), value).string(err),
+                _ => {}
+            });
+            out.cookie_attributes.push((name, val));
+        }
+        _ => {}
+    });
 }
 
 fn decode_redirect(buf: &[u8], path: &str, err: &mut CoreError) -> RedirectAction {
@@ -729,6 +780,36 @@ mod tests {
             ]
         );
         assert!(ra.hash_policies[0].terminal && !ra.hash_policies[1].terminal);
+
+        // A cookie with ttl, path and an attribute; a header with a regex_rewrite.
+        let duration = varint_field(1, 3600);
+        let attr = [bytes_field(1, b"SameSite"), bytes_field(2, b"Strict")].concat();
+        let cookie = [
+            bytes_field(1, b"session"),
+            bytes_field(2, &duration),
+            bytes_field(3, b"/app"),
+            bytes_field(4, &attr),
+        ]
+        .concat();
+        let header = [bytes_field(1, b"x-user"), bytes_field(2, b"\x0a\x00")].concat();
+        let action = [
+            bytes_field(15, &bytes_field(2, &cookie)),
+            bytes_field(15, &bytes_field(1, &header)),
+        ]
+        .concat();
+        let mut err = CoreError::new();
+        let ra = decode_route_action(&action, "route", &mut err);
+        assert!(err.is_empty());
+        let c = &ra.hash_policies[0];
+        assert_eq!(c.kind, Some(HashKind::Cookie("session".into())));
+        assert_eq!(c.cookie_ttl, Some(3600));
+        assert_eq!(c.cookie_path, "/app");
+        assert_eq!(
+            c.cookie_attributes,
+            vec![("SameSite".to_string(), "Strict".to_string())]
+        );
+        assert!(!c.header_regex_rewrite && ra.hash_policies[1].header_regex_rewrite);
+        assert_eq!(ra.hash_policies[1].cookie_ttl, None);
 
         let mut err = CoreError::new();
         let truncated = bytes_field(9, &bytes_field(7, &[0x80]));

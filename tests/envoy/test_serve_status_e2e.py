@@ -1,6 +1,7 @@
-"""``meshcore serve``'s status page with its CA and two agents running real Envoy: after known
-traffic (successes, and 503s a VirtualService fault injects at the caller), ``/debug/statusz``
-has the service edge with exactly those counts (scraped from the agents' merged endpoints,
+"""``meshcore serve``'s status page with its CA and agents running real Envoy (two sidecars and
+an ingress gateway): after known traffic (successes, and 503s a VirtualService fault injects at
+the caller; requests through the gateway), ``/debug/statusz`` has the service edges with
+exactly those counts (the gateway reports as the source of what it forwards, as Istio's do) (scraped from the agents' merged endpoints,
 which their node metadata advertise), and the certificates the CA issued with their expiries;
 ``/status`` shows both, and the edge's plots."""
 
@@ -25,12 +26,14 @@ from _sidecar import (
 from meshcore.dataplane.agent import Agent
 from meshcore.observability.scrape import METRICS_URL_KEY
 from meshcore.xds.controlserver import CAOptions
+from meshcore.xds.node import LABELS_KEY
 
 pytestmark = pytest.mark.envoy
 
-ECHO, CLIENT = "127.0.91.1", "127.0.90.1"
+ECHO, CLIENT, INGRESS = "127.0.91.1", "127.0.90.1", "127.0.92.1"
 ECHO_APP, ECHO_OUT, CLIENT_OUT = "127.0.91.2", "127.0.91.3", "127.0.90.2"
-OK, FAILED = 12, 3
+OK, FAILED, THROUGH_GATEWAY = 12, 3, 7
+HOST = "echo.example.com"
 CERT_TTL = 3600.0
 
 MESH = """
@@ -61,11 +64,26 @@ spec:
     fault: {{abort: {{httpStatus: 503, percentage: {{value: 100}}}}}}
     route: [{{destination: {{host: echo}}}}]
   - route: [{{destination: {{host: echo}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: ingress, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: {gateway}, name: http, protocol: HTTP}}, hosts: [echo.example.com]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo-ingress}}
+spec:
+  hosts: [echo.example.com]
+  gateways: [istio-system/ingress]
+  http: [{{route: [{{destination: {{host: echo, port: {{number: {port}}}}}}}]}}]
 """
 
 
-def spiffe(sa: str) -> str:
-    return f"spiffe://cluster.local/ns/default/sa/{sa}"
+def spiffe(sa: str, ns: str = "default") -> str:
+    return f"spiffe://cluster.local/ns/{ns}/sa/{sa}"
 
 
 def get_json(url: str) -> Any:
@@ -74,12 +92,14 @@ def get_json(url: str) -> Any:
 
 
 def test_serve_status_has_edges_and_certificates(tmp_path: Path) -> None:
-    port, xds, ca_port, ca_mtls, metrics = free_ports(5)
+    port, xds, ca_port, ca_mtls, metrics, gateway = free_ports(6)
     config = tmp_path / "config"
     config.mkdir()
-    (config / "mesh.yaml").write_text(MESH.format(port=port))
-    tokens = {sa: f"token-{sa}-{os.urandom(8).hex()}" for sa in ("echo", "client")}
-    (tmp_path / "tokens").write_text("".join(f"{t} {spiffe(sa)}\n" for sa, t in tokens.items()))
+    (config / "mesh.yaml").write_text(MESH.format(port=port, gateway=gateway))
+    ids = {"echo": spiffe("echo"), "client": spiffe("client"),
+           "ingress": spiffe("ingress", "istio-system")}  # fmt: skip
+    tokens = {name: f"token-{name}-{os.urandom(8).hex()}" for name in ids}
+    (tmp_path / "tokens").write_text("".join(f"{tokens[n]} {i}\n" for n, i in ids.items()))
     options = CAOptions(
         port=ca_port,
         mtls_port=ca_mtls,
@@ -92,15 +112,20 @@ def test_serve_status_has_edges_and_certificates(tmp_path: Path) -> None:
             [str(config)], xds_port=xds, ca=options, metrics_port=metrics
         ) as (loop, _):
             root = (tmp_path / "state" / "root-cert.pem").read_text()
+            sidecar = "sidecar~{}~{}-1.default~default.svc.cluster.local"
             specs = {
-                "echo": (ECHO, {"MESHCORE_APP_ADDRESS": ECHO_APP,
-                                "MESHCORE_OUTBOUND_ADDRESS": ECHO_OUT}),
-                "client": (CLIENT, {"MESHCORE_OUTBOUND_ADDRESS": CLIENT_OUT}),
+                "echo": (sidecar.format(ECHO, "echo"), {"MESHCORE_APP_ADDRESS": ECHO_APP,
+                                                       "MESHCORE_OUTBOUND_ADDRESS": ECHO_OUT}),
+                "client": (sidecar.format(CLIENT, "client"),
+                           {"MESHCORE_OUTBOUND_ADDRESS": CLIENT_OUT}),
+                "ingress": (f"router~{INGRESS}~ingress-1.istio-system~istio-system.svc.cluster.local",
+                            {"MESHCORE_GATEWAY_ADDRESS": INGRESS,
+                             LABELS_KEY: {"istio": "ingressgateway"}}),
             }  # fmt: skip
             agents = {
                 name: Agent(
-                    node_id=f"sidecar~{address}~{name}-1.default~default.svc.cluster.local",
-                    identity=spiffe(name),
+                    node_id=node_id,
+                    identity=ids[name],
                     xds_address=f"127.0.0.1:{xds}",
                     ca_address=f"127.0.0.1:{ca_port}",
                     ca_mtls_address=f"127.0.0.1:{ca_mtls}",
@@ -111,7 +136,7 @@ def test_serve_status_has_edges_and_certificates(tmp_path: Path) -> None:
                     cert_ttl=CERT_TTL,
                     status_port=0,
                 )
-                for name, (address, metadata) in specs.items()
+                for name, (node_id, metadata) in specs.items()
             }
 
             async def start_all() -> None:
@@ -130,19 +155,25 @@ def test_serve_status_has_edges_and_certificates(tmp_path: Path) -> None:
                 codes = [http_get(f"{url}/", "echo")[0] for _ in range(OK - 1)]
                 codes += [http_get(f"{url}/fail", "echo")[0] for _ in range(FAILED)]
                 assert codes == [200] * (OK - 1) + [503] * FAILED
+                gw = f"http://{INGRESS}:{gateway}"
+                wait_for(lambda: http_get(f"{gw}/", HOST)[0] == 200, "through the gateway")
+                codes = [http_get(f"{gw}/", HOST)[0] for _ in range(THROUGH_GATEWAY - 1)]
+                assert codes == [200] * (THROUGH_GATEWAY - 1)
 
                 statusz = f"http://127.0.0.1:{metrics}/debug/statusz"
-                edge = "client-1 → echo.default.svc.cluster.local"
-                want = {"requests": OK + FAILED, "errors": FAILED}
-                wait_for(lambda: get_json(statusz)["edges"].get(edge) == want,
-                         f"the edge {edge} with {want}", 20)  # fmt: skip
+                want = {
+                    "client-1 → echo.default.svc.cluster.local":
+                        {"requests": OK + FAILED, "errors": FAILED},
+                    "ingress-1 → echo.default.svc.cluster.local":
+                        {"requests": THROUGH_GATEWAY, "errors": 0},
+                }  # fmt: skip
+                wait_for(lambda: get_json(statusz)["edges"] == want, f"the edges {want}", 20)
                 state = get_json(statusz)
-                assert set(state["edges"]) == {edge}, state["edges"]
 
                 certs = {c["identity"]: c for c in state["certificates"]}
-                assert set(certs) == {spiffe("echo"), spiffe("client")}
+                assert set(certs) == set(ids.values())
                 for name, agent in agents.items():
-                    cert = certs[spiffe(name)]
+                    cert = certs[ids[name]]
                     assert agent.certificate is not None
                     assert cert["not_after"] == agent.certificate.not_after.isoformat()
                     assert cert["serial"] == f"{agent.certificate.serial:x}"

@@ -1,16 +1,19 @@
 """The data behind ``meshcore serve``'s status page without Envoy: Istio's metrics survive the
 trip through the Prometheus text format (what the control plane scrapes from agents), an
 unreachable endpoint is skipped, and the CA's record of issued certificates is bounded and
-keeps the newest per identity."""
+keeps the newest per identity; an agent's access-log socket fits a Unix socket path."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshcore.ca.service import IssuedCertificate, IssuedCertificates
+from meshcore.dataplane.telemetry import AccessLogReceiver, WorkloadInfo, start_receiver
 from meshcore.observability.istio import IstioMetrics
 from meshcore.observability.scrape import MeshScraper, parse_istio
 from meshcore.observability.status import EdgeSampler
@@ -62,3 +65,22 @@ def test_issued_certificates_newest_per_identity_and_bounded() -> None:
     issued.add(IssuedCertificate("spiffe://t/ns/a/sa/x", 3, at))  # renewal: newest kept
     issued.add(IssuedCertificate("spiffe://t/ns/a/sa/z", 4, at))  # y (oldest) goes
     assert [(c.identity[-1], c.serial) for c in issued.list()] == [("x", 3), ("z", 4)]
+
+
+def test_the_receiver_socket_of_a_deep_workdir_gets_a_short_path(tmp_path: Path) -> None:
+    """A gateway's workdir under a deep directory (the demo's ``mesh/gateways/NAME``) once
+    made the agent refuse to start: the socket goes to a short path instead, as SDS's does."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+
+    async def run() -> str:
+        server, address = await start_receiver(
+            AccessLogReceiver(WorkloadInfo.of("w", "ns", {}, "")), deep
+        )
+        await server.stop(None)
+        return address
+
+    address = asyncio.run(run())
+    assert address.startswith("unix:")
+    assert len(address) - len("unix:") <= 107
+    assert "meshcore-telemetry-" in address

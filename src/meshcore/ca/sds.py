@@ -119,17 +119,17 @@ class SdsServer(AdsServer):
         return bytes(data)
 
 
-def uds_path(workdir: str | os.PathLike[str]) -> Path:
-    """Where the agent's SDS socket goes: ``WORKDIR/sds.sock``, or a short path under the
-    runtime directory when the workdir is too deep for a Unix socket path."""
-    path = Path(workdir).absolute() / "sds.sock"
+def uds_path(workdir: str | os.PathLike[str], name: str = "sds.sock") -> Path:
+    """Where an agent's socket goes (SDS's by default): ``WORKDIR/NAME``, or a short path
+    under the runtime directory when the workdir is too deep for a Unix socket path."""
+    path = Path(workdir).absolute() / name
     if len(os.fsencode(path)) <= MAX_UDS_PATH:
         return path
     import hashlib
     import tempfile
 
     digest = hashlib.sha256(os.fsencode(path)).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"meshcore-sds-{digest}.sock"
+    return Path(tempfile.gettempdir()) / f"meshcore-{Path(name).stem}-{digest}.sock"
 
 
 async def start_sds_server(

@@ -25,11 +25,11 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 
+from meshcore.ca.sds import uds_path
 from meshcore.observability.istio import UNKNOWN, IstioMetrics, Series
 from meshcore.xds.telemetry import workload_metadata
 
@@ -40,7 +40,6 @@ _LABEL_ATTRS = ("direction", "peer_principal", "peer_workload", "upstream_cluste
                 "response_flags")  # fmt: skip
 MAX_CACHED_SERIES = 10_000
 MAX_OPEN_CONNECTIONS = 100_000
-MAX_UDS_PATH = 107
 
 
 @dataclass(frozen=True)
@@ -259,11 +258,10 @@ class AccessLogReceiver(logs_service_pb2_grpc.LogsServiceServicer):
 async def start_receiver(
     receiver: AccessLogReceiver, workdir: str | os.PathLike[str]
 ) -> tuple[grpc.aio.Server, str]:
-    """Serves ``receiver`` on ``WORKDIR/telemetry.sock``; returns the server and
-    ``unix:PATH``."""
-    path = Path(workdir) / UDS_NAME
-    if len(os.fsencode(path)) > MAX_UDS_PATH:
-        raise ValueError(f"{path} is too long for a Unix socket path")
+    """Serves ``receiver`` on ``WORKDIR/telemetry.sock`` (a short path under the runtime
+    directory when the workdir is too deep for a Unix socket path, as SDS's); returns the
+    server and ``unix:PATH``."""
+    path = uds_path(workdir, UDS_NAME)
     path.unlink(missing_ok=True)
     server = grpc.aio.server()
     logs_service_pb2_grpc.add_LogsServiceServicer_to_server(receiver, server)  # type: ignore[no-untyped-call]

@@ -75,7 +75,7 @@ async def _scenario(tmp_path: Path, collector: Collector) -> None:
                 traces.setdefault(span.trace_id, []).append((service, span))  # type: ignore[attr-defined]
             # A whole request: frontend's call, reviews' inbound and outbound, ratings' inbound
             # (and first, through the demo's ingress gateway, its span and frontend's inbound
-            # one): every span's parent arrived too.
+            # one): ratings' span arrived, and every span's parent.
             whole = [t for t in traces.values() if len(t) >= 4 and _complete(t)]
             if len(whole) >= 10 or time.monotonic() > deadline:
                 break
@@ -117,5 +117,8 @@ async def _scenario(tmp_path: Path, collector: Collector) -> None:
 
 
 def _complete(trace: list[tuple[str, Any]]) -> bool:
+    """ratings' inbound span arrived, and every span's parent with it."""
     ids = {span.span_id for _, span in trace}
-    return all(not span.parent_span_id or span.parent_span_id in ids for _, span in trace)
+    leaf = any(svc.startswith("ratings.") and span.kind == span.SPAN_KIND_SERVER
+               for svc, span in trace)  # fmt: skip
+    return leaf and all(not span.parent_span_id or span.parent_span_id in ids for _, span in trace)

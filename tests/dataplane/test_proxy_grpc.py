@@ -24,7 +24,8 @@ import pytest
 
 from meshcore.dataplane.http1 import Limits
 from meshcore.dataplane.http2 import MAX_CONCURRENT_STREAMS
-from meshcore.dataplane.proxy import LABELS, ReferenceProxy
+from meshcore.dataplane.proxy import ReferenceProxy
+from meshcore.observability.istio import LABELS
 from tests.dataplane.conftest import running_mesh
 from tests.dataplane.test_proxy_e2e import free_port, node_id
 

@@ -1,4 +1,5 @@
-"""The live status page of ``meshcore demo --serve`` (and of ``meshcore serve``: ``/status``):
+"""The live status page of ``meshcore demo --serve`` (and its twin, ``meshcore serve``'s
+``/status``, with the edges and the CA's certificates):
 after traffic through the demo mesh, headless Chromium (Debian's ``chromium``) renders it, and
 the screenshot shows the plots with data (the SVG plots' colours are on the picture: bars of the
 push histograms, lines of the per-edge request rate), not an empty page."""
@@ -102,6 +103,8 @@ async def _scenario(tmp_path: Path) -> None:
     await dm.start()
     status = StatusPage(dm, DemoReport())
     try:
+        # The first look at meshcore serve's page starts its sampler of the sidecars' metrics.
+        await asyncio.to_thread(_get, f"http://127.0.0.1:{dm.metrics_port}/debug/statusz")
         # Steady traffic for a few seconds: the sampler sees requests per edge over time.
         stop = threading.Event()
 
@@ -141,6 +144,16 @@ async def _scenario(tmp_path: Path) -> None:
         assert "push → ACK convergence" in cp
         assert 'class="bar"' in cp
         assert "SYNCED" in cp
+        # ... and, from the agents' advertised endpoints and its CA, the edges and certificates.
+        assert "frontend-1 → reviews" in cp
+        assert 'class="line"' in cp
+        assert "Certificates issued by the CA" in cp
+        assert "spiffe://cluster.local/ns/default/sa/" in cp
+        cp_shot = tmp_path / "serve-status.png"
+        await asyncio.to_thread(screenshot, f"http://127.0.0.1:{dm.metrics_port}/status", cp_shot)
+        _, _, rows = png_pixels(cp_shot)
+        assert count_color(rows, COLORS[0]) > 200
+        assert count_color(rows, COLORS[1]) > 20
     finally:
         status.stop()
         await dm.stop()

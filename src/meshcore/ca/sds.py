@@ -120,9 +120,8 @@ class SdsServer(AdsServer):
 
 
 def uds_path(workdir: str | os.PathLike[str], name: str = "sds.sock") -> Path:
-    """Where an agent's Unix socket ``name`` goes (its SDS socket by default): ``WORKDIR/NAME``,
-    or a short path under the temporary directory, named after the full one, when the workdir
-    is too deep for a Unix socket path."""
+    """Where an agent's socket goes (SDS's by default): ``WORKDIR/NAME``, or a short path
+    under the runtime directory when the workdir is too deep for a Unix socket path."""
     path = Path(workdir).absolute() / name
     if len(os.fsencode(path)) <= MAX_UDS_PATH:
         return path

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -85,6 +86,32 @@ def issue_serving_certificate(
     return ServingCertificate(chain, key_pem)
 
 
+@dataclass(frozen=True, slots=True)
+class IssuedCertificate:
+    """A workload certificate the CA signed (what the status page shows of it)."""
+
+    identity: str
+    serial: int
+    not_after: datetime.datetime
+
+
+class IssuedCertificates:
+    """The newest certificate issued per identity, bounded (the oldest identity goes first)."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        self.limit = limit
+        self._by_identity: OrderedDict[str, IssuedCertificate] = OrderedDict()
+
+    def add(self, cert: IssuedCertificate) -> None:
+        self._by_identity.pop(cert.identity, None)
+        self._by_identity[cert.identity] = cert
+        while len(self._by_identity) > self.limit:
+            self._by_identity.popitem(last=False)
+
+    def list(self) -> list[IssuedCertificate]:
+        return sorted(self._by_identity.values(), key=lambda c: c.identity)
+
+
 class CertificateService:
     """The CreateCertificate handler; add it to a grpc.aio server with :meth:`add_to_server`."""
 
@@ -97,6 +124,7 @@ class CertificateService:
         self.ca = ca
         self.tokens = tokens
         self.limiter = FailureLimiter() if limiter is None else limiter
+        self.issued = IssuedCertificates()
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         handler = grpc.method_handlers_generic_handler(
@@ -126,6 +154,10 @@ class CertificateService:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise AssertionError("unreachable") from None  # pragma: no cover
         certs = split_pem(chain)
+        leaf = x509.load_pem_x509_certificate(certs[0].encode())
+        self.issued.add(
+            IssuedCertificate(identity.uri, leaf.serial_number, leaf.not_valid_after_utc)
+        )
         roots = [r for r in self.ca.trust_bundle() if r not in certs]
         # Istio's response: the leaf, its issuers, then the root it chains to.
         return IstioCertificateResponse(cert_chain=[*certs, *roots[:1]])
@@ -195,6 +227,7 @@ class CAServer:
     server: grpc.aio.Server
     port: int
     mtls_port: int
+    issued: IssuedCertificates
 
     async def stop(self, grace: float | None = None) -> None:
         await self.server.stop(grace)
@@ -214,7 +247,8 @@ async def start_ca_server(
     serving = serving or issue_serving_certificate(ca, ips=(host,) if _is_ip(host) else ())
     identity = [(serving.key_pem, serving.cert_chain_pem)]
     server = grpc.aio.server()
-    CertificateService(ca, tokens, limiter).add_to_server(server)
+    service = CertificateService(ca, tokens, limiter)
+    service.add_to_server(server)
     bound = server.add_secure_port(f"{host}:{port}", grpc.ssl_server_credentials(identity))
     bound_mtls = server.add_secure_port(
         f"{host}:{mtls_port}",
@@ -223,7 +257,7 @@ async def start_ca_server(
         ),
     )
     await server.start()
-    return CAServer(server, bound, bound_mtls)
+    return CAServer(server, bound, bound_mtls, service.issued)
 
 
 def _is_ip(text: str) -> bool:
@@ -241,6 +275,8 @@ __all__ = [
     "CAServer",
     "CertificateService",
     "FailureLimiter",
+    "IssuedCertificate",
+    "IssuedCertificates",
     "ServingCertificate",
     "issue_serving_certificate",
     "split_pem",

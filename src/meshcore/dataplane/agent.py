@@ -69,6 +69,7 @@ from meshcore.dataplane.bootstrap import ads_bootstrap, grpc_cluster
 from meshcore.dataplane.certs import CertificateClient, WorkloadSecret
 from meshcore.dataplane.telemetry import AccessLogReceiver, WorkloadInfo, start_receiver
 from meshcore.errors import MeshcoreError
+from meshcore.observability.scrape import METRICS_URL_KEY
 from meshcore.xds.node import LABELS_KEY, parse_node_id
 from meshcore.xds.telemetry import (
     OTEL_ENV,
@@ -356,7 +357,7 @@ class Agent:
             self.xds_host,
             self.xds_port,
             admin_port=self._admin_port,
-            metadata=self.metadata,
+            metadata=self._advertised_metadata(),
             delta=self.delta,
             sds_address=self.sds_address,
             xds_addresses=self.xds_addresses,
@@ -366,6 +367,12 @@ class Agent:
                 grpc_cluster(TELEMETRY_CLUSTER, self._telemetry_address)
             )
         return boot
+
+    def _advertised_metadata(self) -> dict[str, Any]:
+        """The node metadata, with the merged metrics endpoint when Istio's metrics are
+        collected (the control plane's status page reads them from there)."""
+        url = self.stats_url if self.telemetry is not None else None
+        return {**self.metadata, METRICS_URL_KEY: url} if url else self.metadata
 
     async def _spawn(self) -> None:
         # A restart asked for while the supervisor was backing off is done by this spawn.

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 
+from meshcore.ca.sds import uds_path
 from meshcore.observability.istio import UNKNOWN, IstioMetrics, Series
 from meshcore.xds.telemetry import workload_metadata
 
@@ -257,11 +258,9 @@ class AccessLogReceiver(logs_service_pb2_grpc.LogsServiceServicer):
 async def start_receiver(
     receiver: AccessLogReceiver, workdir: str | os.PathLike[str]
 ) -> tuple[grpc.aio.Server, str]:
-    """Serves ``receiver`` on ``WORKDIR/telemetry.sock`` (or a short path for it when the
-    workdir is too deep: :func:`meshcore.ca.sds.uds_path`); returns the server and
-    ``unix:PATH``."""
-    from meshcore.ca.sds import uds_path
-
+    """Serves ``receiver`` on ``WORKDIR/telemetry.sock`` (a short path under the runtime
+    directory when the workdir is too deep for a Unix socket path, as SDS's); returns the
+    server and ``unix:PATH``."""
     path = uds_path(workdir, UDS_NAME)
     path.unlink(missing_ok=True)
     server = grpc.aio.server()

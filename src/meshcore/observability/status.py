@@ -141,6 +141,32 @@ def control_plane_sections(state: Mapping[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def certificate_rows(certificates: Iterable[Any]) -> list[dict[str, Any]]:
+    """The CA's issued certificates (:class:`meshcore.ca.service.IssuedCertificate`) as data."""
+    now = time.time()
+    return [{"identity": c.identity, "serial": f"{c.serial:x}",
+             "not_after": c.not_after.isoformat(),
+             "expires_in_s": round(c.not_after.timestamp() - now, 1)}
+            for c in certificates]  # fmt: skip
+
+
+def serve_sections(state: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What ``meshcore serve``'s page adds: the CA's certificates and the edges' counts."""
+    certs = state.get("certificates")
+    edges = state.get("edges") or {}
+    out = [("Service edges: requests and 5xx answers so far (callers' sidecars)",
+            table(["edge", "requests", "5xx"], ((e, v["requests"], v["errors"])
+                                                for e, v in sorted(edges.items())))
+            if edges else "<p>no sidecar advertises its Istio metrics</p>")]  # fmt: skip
+    if certs is not None:
+        rows = ((c["identity"], c["serial"], c["not_after"],
+                 f"in {c['expires_in_s'] / 60:.0f} min" if c["expires_in_s"] >= 0 else "EXPIRED")
+                for c in certs)  # fmt: skip
+        out.append(("Certificates issued by the CA (newest per identity)",
+                    table(["identity", "serial", "not after", "expires"], rows)))  # fmt: skip
+    return out
+
+
 def _bucket_bars(buckets: Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
     """Cumulative Prometheus buckets -> per-bucket counts."""
     out, prev = [], 0.0
@@ -158,8 +184,14 @@ class EdgeSampler:
     (source workload → destination service, as the source reports it) the request and 5xx
     counts and duration buckets, for rates and percentiles over the last seconds."""
 
-    def __init__(self, sources: Callable[[], Iterable[IstioMetrics]], keep: int = 120) -> None:
+    def __init__(
+        self,
+        sources: Callable[[], Iterable[IstioMetrics]],
+        keep: int = 120,
+        interval: float = 1.0,
+    ) -> None:
         self.sources = sources
+        self.interval = interval
         self.samples: deque[tuple[float, dict[tuple[str, str], tuple[int, int, list[int]]]]] = (
             deque(maxlen=keep)
         )
@@ -175,7 +207,7 @@ class EdgeSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.sample()
-            self._stop.wait(1.0)
+            self._stop.wait(self.interval)
 
     def sample(self) -> None:
         src, dst = LABELS.index("source_workload"), LABELS.index("destination_service")
@@ -196,6 +228,14 @@ class EdgeSampler:
                     edges[edge] = (total + n, errors + n * key[code].startswith("5"), buckets)
         with self._lock:
             self.samples.append((time.time(), edges))
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        """Per edge (``source workload → destination service``) the requests and 5xx answers
+        counted so far, from the newest sample."""
+        with self._lock:
+            newest = self.samples[-1][1] if self.samples else {}
+        return {f"{src} → {dst}": {"requests": total, "errors": errors}
+                for (src, dst), (total, errors, _) in sorted(newest.items())}  # fmt: skip
 
     def series(self) -> dict[str, dict[str, list[tuple[float, float]]]]:
         """Per plot (rate, error rate, p50, p99), per edge: points over time, each computed

@@ -154,8 +154,13 @@ class ControlPlaneServer:
         self.ads.lifecycle = self._proxy_lifecycle
         if self.metrics_port is not None:
             try:
+                ca_server = self.ca_server
                 self.debug = DebugServer(
-                    (self.host, self.metrics_port), plane, self.ads, asyncio.get_running_loop()
+                    (self.host, self.metrics_port),
+                    plane,
+                    self.ads,
+                    asyncio.get_running_loop(),
+                    certificates=ca_server.issued.list if ca_server is not None else None,
                 )
             except OSError as exc:
                 await self.close()
@@ -236,8 +241,7 @@ class ControlPlaneServer:
     async def close(self) -> None:
         """Stops what :meth:`start` started."""
         if self.debug is not None:
-            self.debug.shutdown()
-            self.debug.server_close()
+            await asyncio.to_thread(self.debug.close)
         if self._grpc is not None:
             await self._grpc.stop(1.0)
         if self.ca_server is not None:

@@ -3,19 +3,36 @@
 the last load, ``config_problems``, as the configuration's validation found them; and, beside
 them, ``translation_problems``: what proxies will not get of a valid configuration),
 the status page ``/status`` (and its data, ``/debug/statusz``), ``/healthz`` and
-``/ready``."""
+``/ready``.
+
+The status page adds to the ADS state what the issue of a mesh's status needs: the
+certificates the CA (when it runs in this process) issued, and per service edge the requests,
+5xx answers and latencies, from the Istio metrics of the sidecars whose node metadata
+advertise their merged endpoint (:mod:`meshcore.observability.scrape`). Those are scraped by
+a sampler thread started by the first look at the page (nothing is scraped before) and
+stopped by :meth:`DebugServer.close`."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import threading
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from meshcore.observability.status import control_plane_sections, control_plane_state, page
+from meshcore.observability.scrape import METRICS_URL_KEY, MeshScraper
+from meshcore.observability.status import (
+    EdgeSampler,
+    certificate_rows,
+    control_plane_sections,
+    control_plane_state,
+    page,
+    serve_sections,
+)
 from meshcore.xds.controlplane import ControlPlane
 from meshcore.xds.server import AdsServer
 
@@ -33,11 +50,63 @@ class DebugServer(ThreadingHTTPServer):
         plane: ControlPlane,
         ads: AdsServer,
         loop: asyncio.AbstractEventLoop,
+        certificates: Callable[[], Iterable[Any]] | None = None,
     ) -> None:
         super().__init__(address, _Handler)
         self.plane = plane
         self.ads = ads
         self.loop = loop
+        self.certificates = certificates
+        self._sampler: EdgeSampler | None = None
+        self._sampler_lock = threading.Lock()
+        self._closed = False
+
+    def sampler(self) -> EdgeSampler | None:
+        """The edge sampler, started on first use (its first sample taken before it returns);
+        None once closed."""
+        with self._sampler_lock:
+            if self._sampler is None and not self._closed:
+                scraper = MeshScraper(self._metrics_urls)
+                self._sampler = EdgeSampler(scraper, interval=2.0)
+                self._sampler.sample()
+            return self._sampler
+
+    def _metrics_urls(self) -> dict[str, str]:
+        """Proxy id -> the merged metrics endpoint its node metadata advertise."""
+
+        def urls() -> dict[str, str]:
+            out = {}
+            for node_id, state in self.ads.proxies.items():
+                url = state.node.metadata.get(METRICS_URL_KEY)
+                if isinstance(url, str) and url:
+                    out[node_id] = url
+            return out
+
+        try:
+            result: dict[str, str] = self.in_loop(urls)
+        except (RuntimeError, TimeoutError):  # the loop is closing
+            return {}
+        return result
+
+    def status_state(self) -> dict[str, Any]:
+        """``/debug/statusz``: the ADS state, the CA's certificates, the edges' counts."""
+        state: dict[str, Any] = self.in_loop(lambda: control_plane_state(self.ads))
+        if self.certificates is not None:
+            certificates = self.certificates
+            state["certificates"] = self.in_loop(lambda: certificate_rows(certificates()))
+        sampler = self.sampler()
+        state["edges"] = sampler.totals() if sampler is not None else {}
+        return state
+
+    def close(self) -> None:
+        """Stops serving and the sampler."""
+        with self._sampler_lock:
+            self._closed = True
+            sampler, self._sampler = self._sampler, None
+        if sampler is not None:
+            sampler.stop()
+        self.shutdown()
+        self.server_close()
 
     def in_loop(self, fn: Any) -> Any:
         """Runs ``fn`` on the event loop (which owns the ADS state) and returns its result."""
@@ -76,11 +145,15 @@ class _Handler(BaseHTTPRequestHandler):
                 body["config_store"] = plane_source.status()
             self._send(200, "application/json", json.dumps(body).encode())
         elif self.path == "/debug/statusz":
-            state = self.server.in_loop(lambda: control_plane_state(self.server.ads))
+            state = self.server.status_state()
             self._send(200, "application/json", json.dumps(state).encode())
         elif self.path == "/status":
-            state = self.server.in_loop(lambda: control_plane_state(self.server.ads))
-            body = page("meshcore control plane", control_plane_sections(state)).encode()
+            state = self.server.status_state()
+            sampler = self.server.sampler()
+            sections = [*control_plane_sections(state), *serve_sections(state)]
+            if sampler is not None:
+                sections[2:2] = sampler.sections()
+            body = page("meshcore control plane", sections).encode()
             self._send(200, "text/html; charset=utf-8", body)
         elif self.path in ("/healthz", "/ready"):
             ok = self.server.plane.mesh is not None

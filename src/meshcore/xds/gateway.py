@@ -73,7 +73,7 @@ from meshcore.xds.common import Invalid, ads, copy_message, pack, socket_address
 from meshcore.xds.gateway_tls import downstream_tls, server_secrets
 from meshcore.xds.node import Proxy
 from meshcore.xds.problems import ProblemLog
-from meshcore.xds.telemetry import observe
+from meshcore.xds.telemetry import istio_stats_http, istio_stats_tcp, observe
 from meshcore.xds.virtualservice import VsRoutes
 
 __all__ = ["GATEWAY_ADDRESS_KEY", "ROUTER", "GatewayBuilder", "gateways_for", "sni_dnat_name"]
@@ -222,7 +222,9 @@ class GatewayBuilder:
 
     def generate(self, proxy: Proxy) -> tuple[dict[str, dict[str, Message]], list[ConfigProblem]]:
         address = str(proxy.metadata.get(GATEWAY_ADDRESS_KEY) or "0.0.0.0")
-        key = (proxy.namespace, tuple(sorted(proxy.labels.items())), address)
+        # The telemetry scope too: an agent that collects Istio's metrics gets their loggers.
+        scope = self.t.listeners.scope(proxy).key
+        key = (proxy.namespace, tuple(sorted(proxy.labels.items())), address, scope)
         found = self._built.get(key)
         if found is None:
             with self.log.capture() as met:
@@ -406,7 +408,10 @@ class _Build:
     def _hcm(self, name: str, rds: str) -> listener_components_pb2.Filter:
         t = self.b.t
         hcm = hcm_pb2.HttpConnectionManager(stat_prefix=f"outbound_{name}")
-        observe(hcm, t.listeners.scope(self.proxy), OUTBOUND)
+        scope = t.listeners.scope(self.proxy)
+        observe(hcm, scope, OUTBOUND)
+        if scope.metrics(OUTBOUND):  # Istio's gateways report as the source of what they forward
+            istio_stats_http(hcm, OUTBOUND, disabled=scope.disabled_metrics(OUTBOUND))
         hcm.rds.route_config_name = rds
         hcm.rds.config_source.CopyFrom(ads())
         hcm.normalize_path.value = True
@@ -423,7 +428,10 @@ class _Build:
 
     def _tcp_proxy(self, cluster: str) -> listener_components_pb2.Filter:
         proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
-        proxy.access_log.extend(self.b.t.listeners.scope(self.proxy).access_logs(OUTBOUND))
+        scope = self.b.t.listeners.scope(self.proxy)
+        proxy.access_log.extend(scope.access_logs(OUTBOUND))
+        if scope.metrics(OUTBOUND):
+            istio_stats_tcp(proxy, OUTBOUND, disabled=scope.disabled_metrics(OUTBOUND))
         return listener_components_pb2.Filter(name=TCP_PROXY_NAME, typed_config=pack(proxy))
 
     def _bound(self, s: Server) -> list[VirtualService]:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from meshcore.cli import main
 from meshcore.store import parse_store_url
@@ -91,3 +92,41 @@ def test_unreachable_store_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
     assert main(["analyze", "--store", f"etcd://127.0.0.1:{port}/mesh"]) == 2
     assert "meshcore analyze" in capsys.readouterr().err
     assert main(["analyze"]) == 2
+
+
+def test_diff_store_previews_an_apply(
+    etcd: EtcdCluster, prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """diff --store FILE: what apply of FILE would push, per proxy (apply --dry-run's impact);
+    the same preview as diff of the directories before and after."""
+    import shutil
+
+    store = etcd.url(prefix)
+    assert main(["apply", "-f", str(EXAMPLES), "--store", store]) == 0
+    change = tmp_path / "change.yaml"  # the canary moves from 90/10 to 50/50
+    (reviews,) = [
+        d
+        for d in yaml.safe_load_all((EXAMPLES / "traffic.yaml").read_text())
+        if d["kind"] == "VirtualService" and d["metadata"]["name"] == "reviews"
+    ]
+    for dest in reviews["spec"]["http"][1]["route"]:
+        dest["weight"] = 50
+    change.write_text(yaml.safe_dump(reviews))
+    capsys.readouterr()
+    assert main(["diff", "--store", store, str(change), "-o", "json"]) == 0
+    from_store = json.loads(capsys.readouterr().out)
+    after = tmp_path / "after"
+    shutil.copytree(EXAMPLES, after)
+    docs = [
+        reviews if d["kind"] == "VirtualService" and d["metadata"]["name"] == "reviews" else d
+        for d in yaml.safe_load_all((EXAMPLES / "traffic.yaml").read_text())
+    ]
+    (after / "traffic.yaml").write_text(yaml.safe_dump_all(docs))
+    assert main(["diff", str(EXAMPLES), str(after), "-o", "json"]) == 0
+    from_dirs = json.loads(capsys.readouterr().out)
+    assert from_store == from_dirs
+    assert from_store["touched"] > 0
+    assert any("RDS" in p["types"] for p in from_store["by_proxy"])
+    with pytest.raises(SystemExit) as exit_:  # nothing to apply: a usage error
+        main(["diff", "--store", store])
+    assert exit_.value.code == 2

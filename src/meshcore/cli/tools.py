@@ -216,10 +216,19 @@ def proxy_config_command(args: argparse.Namespace) -> int:
 def add_diff_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     from meshcore.tools.constants import PUSH_COST_SECONDS
 
-    text = "push-impact preview: what each proxy would be sent if OLD became NEW"
+    text = (
+        "push-impact preview: what each proxy would be sent if OLD became NEW (or, with"
+        " --store, if the files were applied to the store)"
+    )
     p = sub.add_parser("diff", help=text, description=text, formatter_class=formatter)
-    p.add_argument("old", metavar="OLD", help="the current config (file or directory)")
-    p.add_argument("new", metavar="NEW", help="the changed config (file or directory)")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="OLD NEW | FILE",
+        help="the current and the changed config (files or directories); with --store, the"
+        " files or directories that would be applied",
+    )
+    p.add_argument("--store", metavar="URL", help="the current config: an etcd store (etcd://...)")
     p.add_argument("--domain", default="cluster.local", help="the mesh's DNS domain")
     p.add_argument("--push-cost-ms", type=float, default=round(PUSH_COST_SECONDS * 1000, 9),
                    help="control-plane CPU per proxy push (measured: BENCHMARKS.md)")  # fmt: skip
@@ -231,20 +240,36 @@ def diff_command(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from meshcore.cli import emit
-    from meshcore.config import validate
-    from meshcore.tools.diff import preview, render
+    from meshcore.config import ValidationReport, validate
+    from meshcore.tools.diff import applied, preview, render
 
-    meshes = []
-    for path in (args.old, args.new):
+    if not args.store and len(args.paths) != 2:
+        print(
+            "meshcore diff: give OLD and NEW (or --store and the files to apply)", file=sys.stderr
+        )
+        return 2
+    for path in args.paths:
         if not Path(path).exists():
             print(f"meshcore diff: no such file or directory: {path}", file=sys.stderr)
             return 2
-        report = validate([path], domain=args.domain)
-        if report.model is None:
+    if args.store:
+        stored = _read_store("meshcore diff", args.store, args.domain)
+        if stored is None:
+            return 2
+        for problem in stored.errors:  # keys the replicas refuse (they serve the rest)
+            print(f"warning: {problem}", file=sys.stderr)
+        reports = [ValidationReport((), stored.model), validate(args.paths, domain=args.domain)]
+    else:
+        reports = [validate([path], domain=args.domain) for path in args.paths]
+    meshes = []
+    for report in reports:
+        if report.model is None or report.errors:
             for problem in report.errors:
                 print(f"error: {problem}", file=sys.stderr)
             return 1
         meshes.append(report.model)
+    if args.store:  # apply --dry-run: the files applied over what the store holds
+        meshes[1] = applied(meshes[0], meshes[1])
     result = preview(meshes[0], meshes[1], push_cost=args.push_cost_ms / 1000)
     if args.output == "text":
         print(render(result))

@@ -135,3 +135,13 @@ def render(p: Preview) -> str:
     if p.every_proxy:
         lines.append("warning: this change touches every proxy")
     return "\n".join(lines)
+
+
+def applied(old: MeshModel, changes: MeshModel) -> MeshModel:
+    """``old`` with the resources of ``changes`` applied (``meshcore apply``: a resource
+    replaces the one of the same kind, namespace and name, or is added)."""
+    keys = {r.key for r in changes.resources}
+    kept = [r for r in old.resources if r.key not in keys]
+    return MeshModel(
+        (*kept, *changes.resources), domain=old.domain, root_namespace=old.root_namespace
+    )

@@ -106,6 +106,8 @@ DEFAULT_JSON_FORMAT: dict[str, str] = {
     "upstream_local_address": "%UPSTREAM_LOCAL_ADDRESS%",
     "downstream_local_address": "%DOWNSTREAM_LOCAL_ADDRESS%",
     "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    # the peer's identity on mTLS (what authorization replay decides with; not Istio's)
+    "downstream_peer_uri_san": "%DOWNSTREAM_PEER_URI_SAN%",
     "requested_server_name": "%REQUESTED_SERVER_NAME%",
     "route_name": "%ROUTE_NAME%",
 }

@@ -36,7 +36,8 @@ _TEXT = re.compile(
     r"(?P<downstream_remote_address>\S+) \S+ \S+\s*$"
 )
 _FIELDS = ("start_time", "method", "path", "authority", "upstream_cluster",
-           "downstream_local_address", "downstream_remote_address")  # fmt: skip
+           "downstream_local_address", "downstream_remote_address",
+           "downstream_peer_uri_san")  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -54,6 +55,9 @@ class Requests:
     index: npt.NDArray[np.intp]  # per line: its distinct request
     lines: npt.NDArray[np.int64]  # per line: its 1-based line number
     skipped: int = 0  # lines that are not requests (unparsable, TCP, no address)
+    # The peer's certificate URI SAN where the log has it (meshcore's JSON format: mTLS
+    # inbound), else "" (then a source address of a workload stands for its identity).
+    peer: npt.NDArray[Any] | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -69,7 +73,7 @@ def _split(address: str) -> tuple[str, int] | None:
 def parse_log(lines: Iterable[str], *, since: str | None = None) -> Requests:
     """JSON lines and Istio's text lines, mixed or not; ``since``: skip lines whose
     ``start_time`` sorts before it (ISO 8601, as Envoy writes it)."""
-    distinct: dict[tuple[str, str, str, str, str, int], int] = {}
+    distinct: dict[tuple[str, str, str, str, str, int, str], int] = {}
     index: list[int] = []
     numbers: list[int] = []
     skipped = 0
@@ -98,17 +102,19 @@ def parse_log(lines: Iterable[str], *, since: str | None = None) -> Requests:
         if dst is None or src is None or values["method"] == "-":
             skipped += 1
             continue
-        key = (values["method"], values["path"], values["authority"], src[0], dst[0], dst[1])
+        peer = values["downstream_peer_uri_san"]
+        key = (values["method"], values["path"], values["authority"], src[0], dst[0], dst[1],
+               "" if peer == "-" else peer)  # fmt: skip
         index.append(distinct.setdefault(key, len(distinct)))
         numbers.append(n)
-    cols = list(zip(*distinct, strict=True)) if distinct else [()] * 6
+    cols = list(zip(*distinct, strict=True)) if distinct else [()] * 7
 
     def text(i: int) -> npt.NDArray[Any]:
         return np.array(cols[i], dtype=str)
 
     return Requests(
         text(0), text(1), text(2), text(3), text(4), np.array(cols[5], dtype=np.int64),
-        np.array(index, dtype=np.intp), np.array(numbers, dtype=np.int64), skipped,
+        np.array(index, dtype=np.intp), np.array(numbers, dtype=np.int64), skipped, text(6),
     )  # fmt: skip
 
 
@@ -236,7 +242,11 @@ def replay(old: MeshModel, new: MeshModel, requests: Requests) -> ReplayReport:
         requests.destination_ip,
         requests.destination_port,
     )
-    principal = np.array([principals.get(ip) for ip in source.tolist()], dtype=object)
+    peers = requests.peer.tolist() if requests.peer is not None else [""] * len(source)
+    principal = np.array(
+        [peer or principals.get(ip) for ip, peer in zip(source.tolist(), peers, strict=True)],
+        dtype=object,
+    )
     m = len(method)
     old_code, new_code = np.full(m, -1, np.int8), np.full(m, -1, np.int8)
     old_pol, new_pol = np.full(m, None, object), np.full(m, None, object)

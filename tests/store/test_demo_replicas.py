@@ -36,7 +36,9 @@ def test_demo_with_three_replicas_one_killed(
         f.write_text(text)
     code = main(["demo", "--replicas", "3", "--config", str(config), "-o", "json",
                  "--workdir", str(tmp_path / "work")])  # fmt: skip
-    report = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr()
+    assert out.out, out.err  # the report, or why the demo could not run
+    report = json.loads(out.out)
     failed = [c for c in report["checks"] if not c["passed"]]
     assert code == 0, failed
     names = {c["name"] for c in report["checks"]}

@@ -174,3 +174,17 @@ def test_malformed_setting_drops_the_policy_with_a_problem() -> None:
         "spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to"
     ]
     assert set(_priorities(a).values()) == {0}
+
+
+def test_outlier_detection_alone_gets_istios_default_failover() -> None:
+    # Istio's mesh-wide default enables locality load balancing: with outlier detection, a
+    # DestinationRule without localityLbSetting fails over by locality too
+    objects = _mesh({})
+    rule = objects[-1]["spec"]["trafficPolicy"]
+    del rule["loadBalancer"]
+    a = _gen(objects, "client-a")
+    assert _priorities(a) == {
+        "127.0.20.1": 0, "127.0.20.2": 1, "127.0.20.3": 2, "127.0.20.4": 3, "127.0.20.5": 3,
+    }  # fmt: skip
+    assert _cluster(a).common_lb_config.HasField("locality_weighted_lb_config")
+    assert a.problems == []

@@ -3,6 +3,11 @@ and DestinationRule subset (EDS over ADS; STRICT_DNS / LOGICAL_DNS for DNS Servi
 their traffic policy (:mod:`meshcore.xds.trafficpolicy`) and auto mTLS, the
 ClusterLoadAssignments named after them, and the inbound cluster ``inbound|PORT||`` to the app.
 
+Locality load balancing (:mod:`meshcore.xds.locality`): a DestinationRule's
+``localityLbSetting``, and with outlier detection Istio's mesh-wide default (enabled: failover
+by locality), make a cluster's endpoints depend on the proxy's locality; those are built once
+per locality (and the labels a ``failoverPriority`` names) over the shared ones.
+
 Built once per mesh and shared by its proxies. A new mesh carries over, per service port, the
 clusters and endpoints of services whose Service, DestinationRule and workloads are equal (and,
 for endpoints, the PeerAuthentications: they decide the ``tlsMode`` metadata).
@@ -340,12 +345,13 @@ class ClusterBuilder:
         """Istio's locality load balancing on the cluster: locality weighted when failover (it
         needs outlier detection) or ``distribute`` applies; the priorities and weights are the
         endpoints' (:meth:`endpoints`, per proxy locality)."""
-        raw = (policy.get("loadBalancer") or {}).get("localityLbSetting")
-        if raw is None:
-            return
         path = base + ".loadBalancer.localityLbSetting"
-        setting = checked_setting(raw, path)
+        setting = _locality_setting(policy, path)
+        if setting is None:
+            return
         if isinstance(ps.service, SeHost) and ps.service.dns:
+            if setting.get("implicit"):
+                return  # Istio's mesh-wide default, not asked for by this rule
             self.log.problem(
                 dr,
                 path,
@@ -452,13 +458,12 @@ class ClusterBuilder:
                 continue
             for subset in ["", *sorted(dr.subsets)] if host in chosen else subsets:
                 policy = effective_policy(dr, subset, ps.port.port)
-                raw = (policy.get("loadBalancer") or {}).get("localityLbSetting")
-                if raw is None:
-                    continue
                 try:
-                    setting = checked_setting(raw, "")
+                    setting = _locality_setting(policy, "")
                 except Invalid:
                     continue  # reported with the cluster, whose policy is dropped
+                if setting is None:
+                    continue
                 name = cluster_name(OUTBOUND, ps.port.port, subset, host)
                 outlier = "outlierDetection" in policy
                 found.append(_LocalityTarget(name, ps, subset, dr, setting, outlier))
@@ -622,6 +627,17 @@ class _LocalityTarget:
     dr: DestinationRule
     setting: dict[str, Any]
     outlier: bool
+
+
+def _locality_setting(policy: Mapping[str, Any], path: str) -> dict[str, Any] | None:
+    """The policy's localityLbSetting (checked), else Istio's mesh-wide default (locality load
+    balancing enabled, default failover) when the policy has outlier detection, else None."""
+    raw = (policy.get("loadBalancer") or {}).get("localityLbSetting")
+    if raw is not None:
+        return checked_setting(raw, path)
+    if "outlierDetection" in policy:
+        return {**checked_setting({}, path), "implicit": True}
+    return None
 
 
 def _kept(made: dict[str, Message], old: dict[str, Message]) -> dict[str, Message]:

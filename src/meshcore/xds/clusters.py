@@ -438,6 +438,7 @@ class ClusterBuilder:
                 cla = self._load_assignment(t.name, t.ps, t.subset, t.dr, ep_labels)
                 apply_locality_lb(cla, ep_labels, locality, own, t.setting, t.outlier)
                 found[t.name] = cla
+            self._lb_endpoints.clear()  # copied into the assignments (as for the shared ones)
             self._local_endpoints[key] = found
         return found
 

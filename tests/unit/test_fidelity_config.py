@@ -277,7 +277,7 @@ NOT_TRANSLATED = [
         "loc",
         {
             "host": "reviews",
-            "trafficPolicy": {"loadBalancer": {"localityLbSetting": {"enabled": True}}},
+            "trafficPolicy": {"loadBalancer": {"zoneAwareLbSetting": {"enabled": True}}},
         },
     ),
 ]
@@ -290,7 +290,7 @@ def test_translator_load_problems_are_the_proxies_problems() -> None:
     paths = {(p.kind, p.path) for p in found}
     assert ("VirtualService", "spec.tcp") in paths
     assert ("ServiceEntry", "spec.resolution") in paths
-    assert ("DestinationRule", "spec.trafficPolicy.loadBalancer.localityLbSetting") in paths
+    assert ("DestinationRule", "spec.trafficPolicy.loadBalancer.zoneAwareLbSetting") in paths
     # the same rule as a connecting proxy's: every load-time problem is one a proxy is told
     told = translator.generate(mesh, proxy_for_node(mesh, node("web-2", "127.0.10.2"), {})).problems
     assert set(found) <= set(told)

@@ -643,7 +643,7 @@ def test_upstream_protocol_options() -> None:
 def test_untranslated_fields_are_warnings() -> None:
     objects = [
         *BASE,
-        dr("reviews", {"loadBalancer": {"simple": "ROUND_ROBIN", "localityLbSetting": {"enabled": True}}}),
+        dr("reviews", {"loadBalancer": {"simple": "ROUND_ROBIN", "zoneAwareLbSetting": {"enabled": True}}}),
         {**vs("ratings", "ratings", [{"route": [{"destination": {"host": "ratings"}}]}]),
          "spec": {"hosts": ["ratings"], "http": [{"route": [{"destination": {"host": "ratings"}}]}],
                   "tcp": [{"route": [{"destination": {"host": "ratings"}}]}]}},
@@ -651,7 +651,7 @@ def test_untranslated_fields_are_warnings() -> None:
     problems = {(p.kind, p.path, p.severity) for p in gen(objects).problems}
     assert (
         "DestinationRule",
-        "spec.trafficPolicy.loadBalancer.localityLbSetting",
+        "spec.trafficPolicy.loadBalancer.zoneAwareLbSetting",
         "warning",
     ) in problems
     assert ("VirtualService", "spec.tcp", "warning") in problems

@@ -222,8 +222,8 @@ _TOPOLOGY_LABELS = frozenset(
 
 
 def _zone_aware(c: Checker, lb: dict[str, Any], outlier: Any, path: Path) -> None:
-    """Istio's ValidateZoneAwareLbSetting (meshcore reports the setting as not translated,
-    like localityLbSetting: see meshcore.xds.index)."""
+    """Istio's ValidateZoneAwareLbSetting (meshcore reports the setting as not translated:
+    see meshcore.xds.index)."""
     za = lb.get("zoneAwareLbSetting")
     if not isinstance(za, dict):
         return

@@ -3,6 +3,11 @@ and DestinationRule subset (EDS over ADS; STRICT_DNS / LOGICAL_DNS for DNS Servi
 their traffic policy (:mod:`meshcore.xds.trafficpolicy`) and auto mTLS, the
 ClusterLoadAssignments named after them, and the inbound cluster ``inbound|PORT||`` to the app.
 
+Locality load balancing (:mod:`meshcore.xds.locality`): a DestinationRule's
+``localityLbSetting``, and with outlier detection Istio's mesh-wide default (enabled: failover
+by locality), make a cluster's endpoints depend on the proxy's locality; those are built once
+per locality (and the labels a ``failoverPriority`` names) over the shared ones.
+
 Built once per mesh and shared by its proxies. A new mesh carries over, per service port, the
 clusters and endpoints of services whose Service, DestinationRule and workloads are equal (and,
 for endpoints, the PeerAuthentications: they decide the ``tlsMode`` metadata).
@@ -10,6 +15,8 @@ for endpoints, the PeerAuthentications: they decide the ``tlsMode`` metadata).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -41,6 +48,12 @@ from meshcore.xds.common import (
     tls_socket,
 )
 from meshcore.xds.index import MeshIndex, Overrides, PortService, SeHost
+from meshcore.xds.locality import (
+    apply_locality_lb,
+    checked_setting,
+    failover_enabled,
+    locality_labels,
+)
 from meshcore.xds.problems import ProblemLog
 from meshcore.xds.telemetry import tracing_clusters, workload_metadata
 from meshcore.xds.trafficpolicy import (
@@ -79,6 +92,10 @@ class ClusterBuilder:
         self._selected_clusters: dict[tuple[Any, ...], dict[str, Message]] = {}
         self._selected_endpoints: dict[tuple[Any, ...], dict[str, Message]] = {}
         self._endpoints: dict[str, Message] | None = None
+        # Per set of overrides: the clusters with a localityLbSetting; per (overrides, proxy
+        # locality, proxy labels failoverPriority names): their endpoints.
+        self._locality_targets: dict[tuple[Any, ...], list[_LocalityTarget]] = {}
+        self._local_endpoints: dict[tuple[Any, ...], dict[str, Message]] = {}
         self._lb_endpoints: dict[tuple[Any, ...], endpoint_components_pb2.LbEndpoint] = {}
         # Per service port: (what it was built from, what was built[, problems met]).
         self._cluster_parts: dict[tuple[Any, ...], tuple[Any, dict[str, Message], list[Any]]] = {}
@@ -266,6 +283,7 @@ class ClusterBuilder:
                     )
             if "outlierDetection" in policy:
                 apply_outlier(c, policy["outlierDetection"], base + ".outlierDetection")
+            self._locality_lb(c, ps, policy, base, dr)
             workloads = self.index.subset_workloads(svc, subset, dr)
             sans = self.index.service_accounts(svc, workloads)
             sni = f"outbound_.{port.port}_.{subset}_.{svc.hostname}"
@@ -316,6 +334,41 @@ class ClusterBuilder:
             c.typed_extension_protocol_options[HTTP_OPTIONS_KEY].CopyFrom(pack(options))
         return _as_original_dst(c) if original_dst else c
 
+    def _locality_lb(
+        self,
+        c: cluster_pb2.Cluster,
+        ps: PortService,
+        policy: dict[str, Any],
+        base: str,
+        dr: DestinationRule | None,
+    ) -> None:
+        """Istio's locality load balancing on the cluster: locality weighted when failover (it
+        needs outlier detection) or ``distribute`` applies; the priorities and weights are the
+        endpoints' (:meth:`endpoints`, per proxy locality)."""
+        path = base + ".loadBalancer.localityLbSetting"
+        setting = _locality_setting(policy, path)
+        if setting is None:
+            return
+        if isinstance(ps.service, SeHost) and ps.service.dns:
+            if setting.get("implicit"):
+                return  # Istio's mesh-wide default, not asked for by this rule
+            self.log.problem(
+                dr,
+                path,
+                "not translated for DNS-resolved hosts (their endpoints are in the cluster,"
+                " shared by proxies of every locality)",
+                "warning",
+            )
+            return
+        outlier = "outlierDetection" in policy
+        if (setting["failover"] or setting["failoverPriority"]) and not outlier:
+            # Istio's validation warning; Envoy would never leave priority 0.
+            self.log.problem(
+                dr, path, "outlier detection policy must be provided for failover", "warning"
+            )
+        if setting["distribute"] or failover_enabled(setting, outlier):
+            c.common_lb_config.locality_weighted_lb_config.SetInParent()
+
     def _dns_shaped(
         self, c: cluster_pb2.Cluster, ps: PortService, subset: str, dr: DestinationRule | None
     ) -> cluster_pb2.Cluster:
@@ -356,8 +409,69 @@ class ClusterBuilder:
         plain.match.SetInParent()
         plain.transport_socket.CopyFrom(tls_socket(raw_buffer_pb2.RawBuffer(), RAW_BUFFER_SOCKET))
 
-    def endpoints(self, overrides: Overrides = ()) -> dict[str, Message]:
-        """The endpoints of :meth:`clusters` (with the same ``overrides``)."""
+    def endpoints(
+        self,
+        overrides: Overrides = (),
+        locality: str = "",
+        labels: Mapping[str, str] | None = None,
+    ) -> dict[str, Message]:
+        """The endpoints of :meth:`clusters` (with the same ``overrides``) for a proxy in
+        ``locality`` with ``labels``: those of clusters with a localityLbSetting have
+        priorities and weights relative to it (built once per locality and the labels their
+        failoverPriority names)."""
+        base = self._override_endpoints(overrides)
+        targets = self._targets(overrides)
+        if not targets:
+            return base
+        own = {**(labels or {}), **locality_labels(locality)}
+        names = sorted({n for t in targets for n in t.setting["failoverPriority"]})
+        key = (
+            _override_key(overrides),
+            locality,
+            tuple(own.get(n.partition("=")[0]) for n in names),
+        )
+        found = self._local_endpoints.get(key)
+        if found is None:
+            found = dict(base)
+            for t in targets:
+                ep_labels: list[list[Mapping[str, str]]] = []
+                cla = self._load_assignment(t.name, t.ps, t.subset, t.dr, ep_labels)
+                apply_locality_lb(cla, ep_labels, locality, own, t.setting, t.outlier)
+                found[t.name] = cla
+            self._lb_endpoints.clear()  # copied into the assignments (as for the shared ones)
+            self._local_endpoints[key] = found
+        return found
+
+    def _targets(self, overrides: Overrides) -> list[_LocalityTarget]:
+        """The EDS clusters whose policy has a (valid) localityLbSetting."""
+        key = _override_key(overrides)
+        found = self._locality_targets.get(key)
+        if found is not None:
+            return found
+        found = []
+        chosen = dict(overrides)
+        for ps, subsets in self.index.port_groups():
+            host = ps.service.hostname
+            if isinstance(ps.service, SeHost) and ps.service.dns:
+                continue
+            dr = chosen.get(host) or self.mesh.destination_rule_for(host)
+            if dr is None:
+                continue
+            for subset in ["", *sorted(dr.subsets)] if host in chosen else subsets:
+                policy = effective_policy(dr, subset, ps.port.port)
+                try:
+                    setting = _locality_setting(policy, "")
+                except Invalid:
+                    continue  # reported with the cluster, whose policy is dropped
+                if setting is None:
+                    continue
+                name = cluster_name(OUTBOUND, ps.port.port, subset, host)
+                outlier = "outlierDetection" in policy
+                found.append(_LocalityTarget(name, ps, subset, dr, setting, outlier))
+        self._locality_targets[key] = found
+        return found
+
+    def _override_endpoints(self, overrides: Overrides) -> dict[str, Message]:
         shared = self._shared_endpoints()
         if not overrides:
             return shared
@@ -437,8 +551,15 @@ class ClusterBuilder:
         return True
 
     def _load_assignment(
-        self, name: str, ps: PortService, subset: str, dr: DestinationRule | None
+        self,
+        name: str,
+        ps: PortService,
+        subset: str,
+        dr: DestinationRule | None,
+        labels: list[list[Mapping[str, str]]] | None = None,
     ) -> endpoint_pb2.ClusterLoadAssignment:
+        """The cluster's endpoints grouped per locality (with ``labels``, the endpoints'
+        labels and topology labels are appended there, per group, in the same order)."""
         by_locality: dict[str, list[tuple[str, int, WorkloadEntry]]] = {}
         # Istio sends unhealthy endpoints (marked UNHEALTHY) except when the outlier detection
         # keeps a panic threshold (minHealthPercent > 0): Envoy would then route to them.
@@ -459,13 +580,13 @@ class ClusterBuilder:
                 zone,
                 subzone,
             )
-            group.lb_endpoints.extend(
-                self._lb_endpoint(address, port, w)
-                # by address and port, then key: the same order however the workloads were read
-                for address, port, w in sorted(
-                    by_locality[locality], key=lambda e: (e[0], e[1], e[2].key)
+            # by address and port, then key: the same order however the workloads were read
+            ordered = sorted(by_locality[locality], key=lambda e: (e[0], e[1], e[2].key))
+            group.lb_endpoints.extend(self._lb_endpoint(a, p, w) for a, p, w in ordered)
+            if labels is not None:
+                labels.append(
+                    [{**w.workload_labels, **locality_labels(w.locality)} for _, _, w in ordered]
                 )
-            )
             group.load_balancing_weight.value = sum(w.weight for _, _, w in by_locality[locality])
         return cla
 
@@ -495,6 +616,29 @@ class ClusterBuilder:
             ].string_value = workload_metadata(w.name, w.namespace, w.workload_labels)
             self._lb_endpoints[key] = found
         return found
+
+
+@dataclass(frozen=True, slots=True)
+class _LocalityTarget:
+    """An EDS cluster with a localityLbSetting, and what its endpoints are built from."""
+
+    name: str
+    ps: PortService
+    subset: str
+    dr: DestinationRule
+    setting: dict[str, Any]
+    outlier: bool
+
+
+def _locality_setting(policy: Mapping[str, Any], path: str) -> dict[str, Any] | None:
+    """The policy's localityLbSetting (checked), else Istio's mesh-wide default (locality load
+    balancing enabled, default failover) when the policy has outlier detection, else None."""
+    raw = (policy.get("loadBalancer") or {}).get("localityLbSetting")
+    if raw is not None:
+        return checked_setting(raw, path)
+    if "outlierDetection" in policy:
+        return {**checked_setting({}, path), "implicit": True}
+    return None
 
 
 def _kept(made: dict[str, Message], old: dict[str, Message]) -> dict[str, Message]:

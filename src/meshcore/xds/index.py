@@ -445,7 +445,6 @@ class MeshIndex:
                     lb = pol.get("loadBalancer") or {}
                     tls = pol.get("tls") or {}
                     fields = [
-                        (lb, "localityLbSetting", ".loadBalancer"),
                         (lb, "zoneAwareLbSetting", ".loadBalancer"),
                         (lb, "warmupDurationSecs", ".loadBalancer"),
                         (lb, "warmup", ".loadBalancer"),

@@ -4,6 +4,8 @@ Sidecars identify as Istio's do: ``sidecar~IP~NAME.NAMESPACE~NAMESPACE.svc.clust
 matched to a WorkloadEntry by name and namespace, else by address. Gateway proxies use the
 type ``router`` (``router~IP~NAME.NAMESPACE~...``: :mod:`meshcore.xds.gateway`); their labels,
 which Gateways select, come from their WorkloadEntry or the node metadata ``LABELS``.
+A proxy's locality (locality load balancing) is its WorkloadEntry's ``locality``, else the
+``istio-locality`` label (``region.zone.subzone``) of its metadata ``LABELS``.
 Proxyless gRPC clients use the sidecar shape with node metadata ``GENERATOR: grpc`` (Istio's
 convention).
 
@@ -44,6 +46,7 @@ DEFAULT_ADDRESS = "127.0.0.1"
 GENERATOR_KEY = "GENERATOR"
 LABELS_KEY = "LABELS"
 INTERCEPTION_MODE_KEY = "INTERCEPTION_MODE"
+ISTIO_LOCALITY_LABEL = "istio-locality"
 CAPTURE_MODES = ("REDIRECT",)
 LOOPBACK_MODES = ("", "NONE")
 
@@ -61,6 +64,8 @@ class Proxy:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     type: str = "sidecar"
     domain: str = "cluster.local"
+    # ``region/zone/subzone``: locality load balancing orders endpoints relative to it.
+    locality: str = ""
 
     @property
     def proxyless(self) -> bool:
@@ -134,6 +139,7 @@ def proxy_for_node(
         raw = meta.get(LABELS_KEY)
         labels = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, Mapping) else {}
     return Proxy(
+        locality=_locality(workload, labels),
         node_id=node_id,
         ip=ip,
         name=name,
@@ -144,3 +150,11 @@ def proxy_for_node(
         type=kind,
         domain=domain,
     )
+
+
+def _locality(workload: WorkloadEntry | None, labels: Mapping[str, str]) -> str:
+    """The proxy's locality: its WorkloadEntry's, else Istio's ``istio-locality`` label
+    (``region.zone.subzone``, as the agent sends it in ``LABELS``)."""
+    if workload is not None and workload.locality:
+        return workload.locality
+    return "/".join(labels.get(ISTIO_LOCALITY_LABEL, "").split("."))

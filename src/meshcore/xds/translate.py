@@ -78,7 +78,7 @@ clients need certificate providers named ``default`` in their bootstrap when a
 DestinationRule asks for ISTIO_MUTUAL.
 
 Not translated, and reported as warnings when a mesh uses them: VirtualService tcp/tls routes
-on sidecars (gateways translate them), ``exportTo`` visibility, locality load balancing settings,
+on sidecars (gateways translate them), ``exportTo`` visibility, ``zoneAwareLbSetting``,
 wildcard hosts, and for loopback proxies ServiceEntry resolution NONE and PASSTHROUGH load
 balancing (capture-mode sidecars apply both). These translation problems are found once per mesh when it is loaded
 (:meth:`Translator.load_problems`): ``meshcore validate`` and ``describe`` print them as

@@ -124,7 +124,7 @@ class MeshTranslation:
         # DestinationRules with a workloadSelector change this proxy's clusters and endpoints.
         overrides = self.index.overrides(proxy.namespace, proxy.labels)
         clusters = self.clusters.clusters(proxy.proxyless, overrides)
-        endpoints = self.clusters.endpoints(overrides)
+        endpoints = self.clusters.endpoints(overrides, proxy.locality, proxy.labels)
         # A Sidecar limits the clusters and endpoints to the hosts the proxy may reach.
         scope = self.index.sidecar_scope(proxy.namespace, proxy.labels)
         if scope is not None:
@@ -162,7 +162,9 @@ class MeshTranslation:
         shared = self.clusters.clusters(False, overrides)
         resources: Resources = {
             **self.gateways.resources(proxy, shared),
-            types.ENDPOINT: Layered({}, self.clusters.endpoints(overrides)),
+            types.ENDPOINT: Layered(
+                {}, self.clusters.endpoints(overrides, proxy.locality, proxy.labels)
+            ),
         }
         problems = {
             problem_key(p): p
@@ -182,7 +184,7 @@ class MeshTranslation:
         inbound_listeners, inbound_clusters, inbound_problems = capture.inbound(proxy)
         overrides = self.index.overrides(proxy.namespace, proxy.labels)
         shared = self.clusters.clusters(False, overrides)
-        endpoints = self.clusters.endpoints(overrides)
+        endpoints = self.clusters.endpoints(overrides, proxy.locality, proxy.labels)
         outbound = capture.outbound_listeners(proxy)
         # A Sidecar limits clusters and endpoints as for loopback sidecars; the route
         # configurations are scoped already (out-of-scope HTTP hosts meet allow_any/block_all),

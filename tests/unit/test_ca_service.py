@@ -221,3 +221,27 @@ def test_renewal_without_an_mtls_address_uses_the_bootstrap_token() -> None:
         assert client.renewals == 1
 
     run(body)
+
+
+def test_root_switch_while_running() -> None:
+    """A root rotation on a running CA (``CAServer.use``): a renewal authenticated by an
+    old-root certificate still works on the mTLS port, the new certificate chains to the new
+    root, and the response carries the whole bundle (both roots) for the agent."""
+
+    async def body(ca: CertificateAuthority, tokens: BootstrapTokens, srv: CAServer) -> None:
+        token = tokens.issue(REVIEWS)
+        old_cert = await CertificateClient(
+            tls(srv), REVIEWS, trust_bundle_pem=ca.trust_bundle_pem(), bootstrap_token=token
+        ).fetch()
+        new_root = CertificateAuthority.generate().with_roots([ca.cert])
+        srv.use(new_root)
+        response = await raw_call(mtls(srv), new_root, REVIEWS, [], client=old_cert)
+        chain = [x509.load_pem_x509_certificate(p.encode()) for p in response.cert_chain]
+        assert chain[0].issuer == new_root.cert.subject
+        chain[0].verify_directly_issued_by(new_root.cert)
+        assert list(response.cert_chain[1:]) == new_root.trust_bundle()  # new root, then old
+        # A client that trusts only the old root no longer accepts the serving certificate.
+        with pytest.raises(grpc.aio.AioRpcError):
+            await raw_call(tls(srv), ca, REVIEWS, [("authorization", f"Bearer {token}")])
+
+    run(body)

@@ -232,6 +232,10 @@ class CertificateAuthority:
     def trust_bundle_pem(self) -> str:
         return "".join(self.trust_bundle())
 
+    def roots(self) -> tuple[x509.Certificate, ...]:
+        """Every root currently trusted (several during a root rotation)."""
+        return self._roots
+
     def with_roots(self, extra: Iterable[x509.Certificate]) -> CertificateAuthority:
         """The same CA trusting more roots (for a rotation: trust old and new together)."""
         roots = list(self._roots)

@@ -400,7 +400,7 @@ class ReplicaDuties:
             log.error("root rotation: %s", exc)
             return
         if resp.succeeded:
-            log.info("root rotation: the shared CA record advanced")
+            log.info("%s: root rotation: the shared CA record advanced", self.election.identity)
 
     def _reload_ca(self, on_ca: Callable[[CertificateAuthority], None]) -> None:
         try:

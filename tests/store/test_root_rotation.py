@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -14,13 +15,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshcore.ca import CertificateAuthority
+from meshcore.dataplane import CertificateClient
 from meshcore.store import parse_store_url
 from meshcore.store.etcd import EtcdClient
 from meshcore.store.replicas import ReplicaDuties, _decode_record, _encode_ca, rotation_step
-from tests.envoy._sidecar import wait_for
+from tests.envoy._sidecar import control_plane_in_thread, wait_for
 from tests.store._etcd import EtcdCluster
 
 REVIEWS = "spiffe://cluster.local/ns/default/sa/reviews"
+TOKEN = "reviews-token-0123456789abcdef"
 MINUTE = datetime.timedelta(minutes=1)  # generate() starts a root one minute in the past
 
 
@@ -125,3 +128,39 @@ def test_two_replicas_rotate_a_short_lived_root(
     finally:
         duties[1].stop()
         client.close()
+
+
+def test_serve_reloads_a_rotated_root(etcd: EtcdCluster, prefix: str, tmp_path: Path) -> None:
+    """``meshcore serve --store`` with its CA: a rotated record written to the store (what
+    the leader writes) is taken while it runs: root-cert.pem for agents holds both roots, and
+    a renewal authenticated by an old-root certificate gets one from the new root."""
+    from meshcore.xds.controlserver import CAOptions
+
+    url = parse_store_url(etcd.url(prefix))
+    (tmp_path / "tokens").write_text(f"{TOKEN} {REVIEWS}\n")
+    state = tmp_path / "state"
+    options = CAOptions(port=0, mtls_port=0, state_dir=str(state), tokens=str(tmp_path / "tokens"))
+    with control_plane_in_thread([], store=url, ca=options, metrics_port=0) as (loop, server):
+        old = server.authority
+        assert old is not None
+        ca_server = server.ca_server
+        address = f"127.0.0.1:{ca_server.port}"
+        agent = CertificateClient(
+            address,
+            REVIEWS,
+            mtls_address=f"127.0.0.1:{ca_server.mtls_port}",
+            trust_bundle_pem=old.trust_bundle_pem(),
+            bootstrap_token=TOKEN,
+        )
+        loop.run(agent.fetch(), 30)
+        new = CertificateAuthority.generate().with_roots([old.cert])
+        client = EtcdClient(etcd.endpoints)
+        client.put(url.meta("ca"), _encode_ca(new))
+        client.close()
+        wait_for(lambda: server.authority.cert == new.cert, "the replica reloads the CA", 10)
+        assert (state / "root-cert.pem").read_text() == new.trust_bundle_pem()
+        agent.trust_bundle_pem = (state / "root-cert.pem").read_text()  # the agent's new bundle
+        second = loop.run(agent.fetch(), 30)
+        assert agent.renewals == 1  # authenticated by its old-root certificate
+        leaf = x509.load_pem_x509_certificate(second.cert_chain_pem.encode())
+        leaf.verify_directly_issued_by(new.cert)

@@ -245,3 +245,35 @@ def test_root_switch_while_running() -> None:
             await raw_call(tls(srv), ca, REVIEWS, [("authorization", f"Bearer {token}")])
 
     run(body)
+
+
+def test_agent_follows_a_root_rotation() -> None:
+    """The three steps of a root rotation as the certificate client sees them: it takes the
+    CA's bundle once it holds both roots, renews over mTLS with its old-root certificate after
+    the new root signs (the serving certificate is the new root's now), and drops the old root
+    when the CA does; its secrets carry the bundle (Envoy's validation context)."""
+
+    async def body(ca: CertificateAuthority, tokens: BootstrapTokens, srv: CAServer) -> None:
+        client = CertificateClient(
+            tls(srv),
+            REVIEWS,
+            mtls_address=mtls(srv),
+            trust_bundle_pem=ca.trust_bundle_pem(),
+            bootstrap_token=tokens.issue(REVIEWS),
+        )
+        await client.fetch()
+        new = CertificateAuthority.generate()
+        srv.use(ca.with_roots([new.cert]))  # 1: the new root trusted, the old one signs
+        trusting = await client.fetch()
+        assert client.trust_bundle_pem == ca.trust_bundle_pem() + new.trust_bundle_pem()
+        assert trusting.roots_pem == client.trust_bundle_pem
+        srv.use(new.with_roots([ca.cert]))  # 2: the new root signs
+        switched = await client.fetch()
+        assert client.renewals == 2
+        leaf = x509.load_pem_x509_certificate(switched.cert_chain_pem.encode())
+        leaf.verify_directly_issued_by(new.cert)
+        srv.use(new)  # 3: the old root expired and left
+        done = await client.fetch()
+        assert done.roots_pem == new.trust_bundle_pem()
+
+    run(body)

@@ -277,3 +277,29 @@ def test_agent_follows_a_root_rotation() -> None:
         assert done.roots_pem == new.trust_bundle_pem()
 
     run(body)
+
+
+def test_serving_certificate_renewed_before_it_expires() -> None:
+    """The CA ports' own certificate is renewed while they run: a server whose serving
+    certificate lives 4 s still answers after 6 s (it used to keep the first one for good)."""
+
+    async def main() -> None:
+        ca = CertificateAuthority.generate()
+        tokens = BootstrapTokens()
+        # Certificates start a minute in the past (clock skew): 64 s is 4 s from now.
+        srv = await start_ca_server(ca, tokens, serving_ttl=datetime.timedelta(seconds=64))
+        try:
+            client = CertificateClient(
+                tls(srv),
+                REVIEWS,
+                trust_bundle_pem=ca.trust_bundle_pem(),
+                bootstrap_token=tokens.issue(REVIEWS),
+            )
+            await client.fetch()
+            for _ in range(12):  # handshakes ask for a fresh certificate as they come
+                await asyncio.sleep(0.5)
+                await client.fetch()
+        finally:
+            await srv.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 60))

@@ -249,17 +249,26 @@ class ServerTLS:
         service: CertificateService,
         host: str,
         serving: ServingCertificate | None,
+        serving_ttl: datetime.timedelta = datetime.timedelta(days=1),
     ) -> None:
         self.service = service
         self.host = host
         self.fixed = serving  # a serving certificate given by the caller is kept
+        self.serving_ttl = serving_ttl
+        self._renew_at = datetime.datetime.max.replace(tzinfo=datetime.UTC)
         self._config = self._build(service.ca)
         self._fresh = {True: False, False: False}  # per port (client auth): config not taken
 
     def _build(self, ca: CertificateAuthority) -> tuple[bytes, bytes, bytes]:
-        serving = self.fixed or issue_serving_certificate(
-            ca, ips=(self.host,) if _is_ip(self.host) else ()
-        )
+        serving = self.fixed
+        if serving is None:
+            # A serving certificate of its own, renewed at half its remaining life.
+            serving = issue_serving_certificate(
+                ca, ips=(self.host,) if _is_ip(self.host) else (), ttl=self.serving_ttl
+            )
+            issued = now()
+            expiry = x509.load_pem_x509_certificate(serving.cert_chain_pem).not_valid_after_utc
+            self._renew_at = issued + (expiry - issued) / 2
         return serving.key_pem, serving.cert_chain_pem, ca.trust_bundle_pem().encode()
 
     def use(self, ca: CertificateAuthority) -> None:
@@ -278,6 +287,8 @@ class ServerTLS:
         self, client_auth: bool
     ) -> Callable[[], grpc.ServerCertificateConfiguration | None]:
         def fetch() -> grpc.ServerCertificateConfiguration | None:
+            if now() >= self._renew_at:
+                self.use(self.service.ca)
             if not self._fresh[client_auth]:
                 return None  # unchanged
             self._fresh[client_auth] = False
@@ -295,12 +306,14 @@ async def start_ca_server(
     host: str = "127.0.0.1",
     serving: ServingCertificate | None = None,
     limiter: FailureLimiter | None = None,
+    serving_ttl: datetime.timedelta = datetime.timedelta(days=1),
 ) -> CAServer:
-    """Starts the CA's gRPC service over TLS on two ports (port 0 picks a free one)."""
+    """Starts the CA's gRPC service over TLS on two ports (port 0 picks a free one); without
+    ``serving``, their certificate lives ``serving_ttl`` and is renewed at half its life."""
     server = grpc.aio.server()
     service = CertificateService(ca, tokens, limiter)
     service.add_to_server(server)
-    tls = ServerTLS(service, host, serving)
+    tls = ServerTLS(service, host, serving, serving_ttl)
     bound, bound_mtls = (
         server.add_secure_port(
             f"{host}:{p}",

@@ -657,6 +657,7 @@ class ControlPlane:
     xds: int
     ca_port: int
     ca_mtls: int
+    server: Any = None  # the ControlPlaneServer
 
     @property
     def root(self) -> str:
@@ -709,8 +710,8 @@ def serving(
     )
     with control_plane_in_thread(
         [str(config)], xds_port=xds, ca=options, mesh_config=mesh_config
-    ) as (loop, _):
-        yield ControlPlane(loop, tmp / "state", xds, ca_port, ca_mtls)
+    ) as (loop, server):
+        yield ControlPlane(loop, tmp / "state", xds, ca_port, ca_mtls, server)
 
 
 @contextlib.contextmanager

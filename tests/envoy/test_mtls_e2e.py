@@ -26,7 +26,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from _sidecar import LoopThread, free_port, http_get, serve_echo, serving, wait_for
@@ -110,6 +110,7 @@ class Mesh:
     tokens: dict[str, str]
     agents: dict[str, Agent]
     seen: list[dict[str, str]]
+    server: Any
 
     def set_mode(self, mode: str) -> None:
         (self.config / "peer.yaml").write_text(PEER_AUTH.format(mode=mode))
@@ -147,7 +148,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     try:
         with serving(config, tmp, {spiffe(sa): t for sa, t in tokens.items()}) as cp:
             m = Mesh(cp.loop, config, cp.state, port, cp.xds, cp.ca_port, cp.ca_mtls, tokens,
-                     agents, seen)  # fmt: skip
+                     agents, seen, cp.server)  # fmt: skip
             specs = {
                 "echo": (ECHO, {"MESHCORE_APP_ADDRESS": ECHO_APP, "MESHCORE_OUTBOUND_ADDRESS": "127.0.71.3"}, TTL, False),
                 "client": (CLIENT, {"MESHCORE_OUTBOUND_ADDRESS": CLIENT_OUT}, TTL, True),
@@ -451,3 +452,65 @@ def test_agent_cli_runs_envoy_until_sigterm(mesh: Mesh, tmp_path: Path) -> None:
             if envoy_pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(envoy_pid, signal.SIGKILL)
+
+
+def test_root_rotation_under_traffic(mesh: Mesh) -> None:
+    """A root rotation of the running CA (what a replica does when the leader advances the
+    stored record): the new root trusted, then signing, then the old root gone; the two
+    sidecars keep talking over mTLS throughout, also while one holds a certificate from the
+    new root and the other one from the old. Last in the module: it changes the mesh's root."""
+    server = mesh.server
+    old = server.authority
+    new = CertificateAuthority.generate()
+    echo, client = mesh.agents["echo"], mesh.agents["client"]
+
+    def renew_twice() -> None:
+        counts = {a: a.certificates.renewals for a in (echo, client)}
+        wait_for(
+            lambda: all(a.certificates.renewals >= n + 2 for a, n in counts.items()),
+            "both sidecars renew twice",
+            4 * TTL,
+        )
+
+    def served_by(ca: CertificateAuthority) -> bool:
+        for name, agent in (("echo", echo), ("client", client)):
+            cert = agent.certificate
+            if cert is None or cert.serial not in served_serials(mesh, name):
+                return False
+            leaf = x509.load_pem_x509_certificate(cert.cert_chain_pem.encode())
+            if leaf.issuer != ca.cert.subject:
+                return False
+        return True
+
+    failures: list[tuple[int, str]] = []
+    total = 0
+    stop = threading.Event()
+
+    def traffic() -> None:
+        nonlocal total
+        for _ in range(5000):
+            if stop.is_set():
+                return
+            status, body = http_get(mesh.url("client", "/secure"), "echo")
+            total += 1
+            if (status, body) != (200, "echo"):
+                failures.append((status, body))
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=traffic, daemon=True)
+    thread.start()
+    try:
+        server._use_ca(old.with_roots([new.cert]))  # 1: trusted, not signing
+        renew_twice()
+        assert echo.certificates.trust_bundle_pem == old.trust_bundle_pem() + new.trust_bundle_pem()
+        server._use_ca(new.with_roots([old.cert]))  # 2: the new root signs
+        wait_for(lambda: served_by(new), "both sidecars serve new-root certificates", 4 * TTL)
+        server._use_ca(new)  # 3: the old root leaves
+        renew_twice()
+        assert client.certificates.trust_bundle_pem == new.trust_bundle_pem()
+        assert (mesh.state / "root-cert.pem").read_text() == new.trust_bundle_pem()
+    finally:
+        stop.set()
+        thread.join(30)
+    assert failures == [], f"{len(failures)} of {total} failed: {failures[:3]}"
+    assert total > 20

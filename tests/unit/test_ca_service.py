@@ -221,3 +221,85 @@ def test_renewal_without_an_mtls_address_uses_the_bootstrap_token() -> None:
         assert client.renewals == 1
 
     run(body)
+
+
+def test_root_switch_while_running() -> None:
+    """A root rotation on a running CA (``CAServer.use``): a renewal authenticated by an
+    old-root certificate still works on the mTLS port, the new certificate chains to the new
+    root, and the response carries the whole bundle (both roots) for the agent."""
+
+    async def body(ca: CertificateAuthority, tokens: BootstrapTokens, srv: CAServer) -> None:
+        token = tokens.issue(REVIEWS)
+        old_cert = await CertificateClient(
+            tls(srv), REVIEWS, trust_bundle_pem=ca.trust_bundle_pem(), bootstrap_token=token
+        ).fetch()
+        new_root = CertificateAuthority.generate().with_roots([ca.cert])
+        srv.use(new_root)
+        response = await raw_call(mtls(srv), new_root, REVIEWS, [], client=old_cert)
+        chain = [x509.load_pem_x509_certificate(p.encode()) for p in response.cert_chain]
+        assert chain[0].issuer == new_root.cert.subject
+        chain[0].verify_directly_issued_by(new_root.cert)
+        assert list(response.cert_chain[1:]) == new_root.trust_bundle()  # new root, then old
+        # A client that trusts only the old root no longer accepts the serving certificate.
+        with pytest.raises(grpc.aio.AioRpcError):
+            await raw_call(tls(srv), ca, REVIEWS, [("authorization", f"Bearer {token}")])
+
+    run(body)
+
+
+def test_agent_follows_a_root_rotation() -> None:
+    """The three steps of a root rotation as the certificate client sees them: it takes the
+    CA's bundle once it holds both roots, renews over mTLS with its old-root certificate after
+    the new root signs (the serving certificate is the new root's now), and drops the old root
+    when the CA does; its secrets carry the bundle (Envoy's validation context)."""
+
+    async def body(ca: CertificateAuthority, tokens: BootstrapTokens, srv: CAServer) -> None:
+        client = CertificateClient(
+            tls(srv),
+            REVIEWS,
+            mtls_address=mtls(srv),
+            trust_bundle_pem=ca.trust_bundle_pem(),
+            bootstrap_token=tokens.issue(REVIEWS),
+        )
+        await client.fetch()
+        new = CertificateAuthority.generate()
+        srv.use(ca.with_roots([new.cert]))  # 1: the new root trusted, the old one signs
+        trusting = await client.fetch()
+        assert client.trust_bundle_pem == ca.trust_bundle_pem() + new.trust_bundle_pem()
+        assert trusting.roots_pem == client.trust_bundle_pem
+        srv.use(new.with_roots([ca.cert]))  # 2: the new root signs
+        switched = await client.fetch()
+        assert client.renewals == 2
+        leaf = x509.load_pem_x509_certificate(switched.cert_chain_pem.encode())
+        leaf.verify_directly_issued_by(new.cert)
+        srv.use(new)  # 3: the old root expired and left
+        done = await client.fetch()
+        assert done.roots_pem == new.trust_bundle_pem()
+
+    run(body)
+
+
+def test_serving_certificate_renewed_before_it_expires() -> None:
+    """The CA ports' own certificate is renewed while they run: a server whose serving
+    certificate lives 4 s still answers after 6 s (it used to keep the first one for good)."""
+
+    async def main() -> None:
+        ca = CertificateAuthority.generate()
+        tokens = BootstrapTokens()
+        # Certificates start a minute in the past (clock skew): 64 s is 4 s from now.
+        srv = await start_ca_server(ca, tokens, serving_ttl=datetime.timedelta(seconds=64))
+        try:
+            client = CertificateClient(
+                tls(srv),
+                REVIEWS,
+                trust_bundle_pem=ca.trust_bundle_pem(),
+                bootstrap_token=tokens.issue(REVIEWS),
+            )
+            await client.fetch()
+            for _ in range(12):  # handshakes ask for a fresh certificate as they come
+                await asyncio.sleep(0.5)
+                await client.fetch()
+        finally:
+            await srv.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 60))

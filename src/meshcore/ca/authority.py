@@ -124,9 +124,13 @@ class CertificateAuthority:
     ) -> CertificateAuthority:
         """A new self-signed root (ECDSA P-256), as istiod creates one when none is plugged in."""
         key = ec.generate_private_key(ec.SECP256R1())
+        # A name of its own per root: during a rotation two roots are trusted together, and
+        # TLS stacks (BoringSSL in Envoy and gRPC) pick an issuer by name, then check it.
+        serial = x509.random_serial_number()
         name = x509.Name([
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
             x509.NameAttribute(NameOID.COMMON_NAME, f"meshcore root CA ({trust_domain})"),
+            x509.NameAttribute(NameOID.SERIAL_NUMBER, f"{serial:x}"),
         ])  # fmt: skip
         start = now() - CLOCK_SKEW
         cert = (
@@ -134,7 +138,7 @@ class CertificateAuthority:
             .subject_name(name)
             .issuer_name(name)
             .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
+            .serial_number(serial)
             .not_valid_before(start)
             .not_valid_after(start + ttl)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -231,6 +235,10 @@ class CertificateAuthority:
 
     def trust_bundle_pem(self) -> str:
         return "".join(self.trust_bundle())
+
+    def roots(self) -> tuple[x509.Certificate, ...]:
+        """Every root currently trusted (several during a root rotation)."""
+        return self._roots
 
     def with_roots(self, extra: Iterable[x509.Certificate]) -> CertificateAuthority:
         """The same CA trusting more roots (for a rotation: trust old and new together)."""

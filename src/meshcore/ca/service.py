@@ -14,7 +14,7 @@ import datetime
 import ipaddress
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -159,8 +159,9 @@ class CertificateService:
             IssuedCertificate(identity.uri, leaf.serial_number, leaf.not_valid_after_utc)
         )
         roots = [r for r in self.ca.trust_bundle() if r not in certs]
-        # Istio's response: the leaf, its issuers, then the root it chains to.
-        return IstioCertificateResponse(cert_chain=[*certs, *roots[:1]])
+        # Istio's response: the leaf and its issuers, then the trust bundle (during a root
+        # rotation both roots: the agent's next secret trusts peers signed by either).
+        return IstioCertificateResponse(cert_chain=[*certs, *roots])
 
     async def _bootstrap(self, context: grpc.aio.ServicerContext[object, object]) -> SpiffeId:
         """The identity the caller's bootstrap token grants; aborts the call otherwise."""
@@ -228,9 +229,72 @@ class CAServer:
     port: int
     mtls_port: int
     issued: IssuedCertificates
+    tls: ServerTLS
+
+    def use(self, ca: CertificateAuthority) -> None:
+        """Signs with ``ca`` from now on (a root rotation): the next handshake on either port
+        gets a serving certificate from it, and the mTLS port trusts its bundle."""
+        self.tls.use(ca)
 
     async def stop(self, grace: float | None = None) -> None:
         await self.server.stop(grace)
+
+
+class ServerTLS:
+    """The CA ports' TLS, swappable while they run: gRPC asks :meth:`fetch` before each
+    handshake and takes a new configuration when the CA changed."""
+
+    def __init__(
+        self,
+        service: CertificateService,
+        host: str,
+        serving: ServingCertificate | None,
+        serving_ttl: datetime.timedelta = datetime.timedelta(days=1),
+    ) -> None:
+        self.service = service
+        self.host = host
+        self.fixed = serving  # a serving certificate given by the caller is kept
+        self.serving_ttl = serving_ttl
+        self._renew_at = datetime.datetime.max.replace(tzinfo=datetime.UTC)
+        self._config = self._build(service.ca)
+        self._fresh = {True: False, False: False}  # per port (client auth): config not taken
+
+    def _build(self, ca: CertificateAuthority) -> tuple[bytes, bytes, bytes]:
+        serving = self.fixed
+        if serving is None:
+            # A serving certificate of its own, renewed at half its remaining life.
+            serving = issue_serving_certificate(
+                ca, ips=(self.host,) if _is_ip(self.host) else (), ttl=self.serving_ttl
+            )
+            issued = now()
+            expiry = x509.load_pem_x509_certificate(serving.cert_chain_pem).not_valid_after_utc
+            self._renew_at = issued + (expiry - issued) / 2
+        return serving.key_pem, serving.cert_chain_pem, ca.trust_bundle_pem().encode()
+
+    def use(self, ca: CertificateAuthority) -> None:
+        config = self._build(ca)
+        self.service.ca = ca
+        self._config = config
+        self._fresh = {True: True, False: True}
+
+    def configuration(self, client_auth: bool) -> grpc.ServerCertificateConfiguration:
+        key, chain, roots = self._config
+        return grpc.ssl_server_certificate_configuration(
+            [(key, chain)], root_certificates=roots if client_auth else None
+        )
+
+    def fetcher(
+        self, client_auth: bool
+    ) -> Callable[[], grpc.ServerCertificateConfiguration | None]:
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            if now() >= self._renew_at:
+                self.use(self.service.ca)
+            if not self._fresh[client_auth]:
+                return None  # unchanged
+            self._fresh[client_auth] = False
+            return self.configuration(client_auth)
+
+        return fetch
 
 
 async def start_ca_server(
@@ -242,22 +306,28 @@ async def start_ca_server(
     host: str = "127.0.0.1",
     serving: ServingCertificate | None = None,
     limiter: FailureLimiter | None = None,
+    serving_ttl: datetime.timedelta = datetime.timedelta(days=1),
 ) -> CAServer:
-    """Starts the CA's gRPC service over TLS on two ports (port 0 picks a free one)."""
-    serving = serving or issue_serving_certificate(ca, ips=(host,) if _is_ip(host) else ())
-    identity = [(serving.key_pem, serving.cert_chain_pem)]
+    """Starts the CA's gRPC service over TLS on two ports (port 0 picks a free one); without
+    ``serving``, their certificate lives ``serving_ttl`` and is renewed at half its life."""
     server = grpc.aio.server()
     service = CertificateService(ca, tokens, limiter)
     service.add_to_server(server)
-    bound = server.add_secure_port(f"{host}:{port}", grpc.ssl_server_credentials(identity))
-    bound_mtls = server.add_secure_port(
-        f"{host}:{mtls_port}",
-        grpc.ssl_server_credentials(
-            identity, root_certificates=ca.trust_bundle_pem().encode(), require_client_auth=True
-        ),
+    tls = ServerTLS(service, host, serving, serving_ttl)
+    bound, bound_mtls = (
+        server.add_secure_port(
+            f"{host}:{p}",
+            grpc.dynamic_ssl_server_credentials(
+                tls.configuration(auth),
+                # The stub misses gRPC's documented None ("no change") from the fetcher.
+                tls.fetcher(auth),  # type: ignore[arg-type]
+                require_client_authentication=auth,
+            ),
+        )
+        for p, auth in ((port, False), (mtls_port, True))
     )
     await server.start()
-    return CAServer(server, bound, bound_mtls, service.issued)
+    return CAServer(server, bound, bound_mtls, service.issued, tls)
 
 
 def _is_ip(text: str) -> bool:
@@ -277,6 +347,7 @@ __all__ = [
     "FailureLimiter",
     "IssuedCertificate",
     "IssuedCertificates",
+    "ServerTLS",
     "ServingCertificate",
     "issue_serving_certificate",
     "split_pem",

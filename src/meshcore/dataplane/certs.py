@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshcore.ca._proto.ca_pb2 import IstioCertificateRequest, IstioCertificateResponse
-from meshcore.ca.service import METHOD, split_pem
+from meshcore.ca.service import METHOD
 from meshcore.ca.spiffe import SpiffeId
 from meshcore.errors import MeshcoreError
 
@@ -228,11 +228,26 @@ class CertificateClient:
             raise CertificateError(f"the CA issued {uris}, not {self.identity.uri}")
         # The last certificate is the root the chain ends at; it is trusted, not sent.
         chain = [p for p, c in zip(pems, certs, strict=True) if c.issuer != c.subject or c is leaf]
-        roots = split_pem(self.trust_bundle_pem)
-        if certs[-1].issuer == certs[-1].subject and pems[-1] not in roots:
+        # The CA's trust bundle follows the chain (its self-signed roots).
+        sent = [
+            (p, c)
+            for p, c in zip(pems, certs, strict=True)
+            if c is not leaf and c.issuer == c.subject
+        ]
+        try:
+            trusted = x509.load_pem_x509_certificates(self.trust_bundle_pem.encode())
+        except ValueError:
+            trusted = []
+        if sent and not any(c in trusted for _, c in sent):
             log.info(
                 "the CA's root is not in the configured trust bundle; trusting the configured bundle only"
             )
+        elif sent and [c for _, c in sent] != trusted:
+            # A root rotation: the CA, reached over TLS verified with the current bundle, sends
+            # a bundle that still holds a root trusted now; it becomes the bundle (peers' and
+            # the CA's certificates from the new root verify, the old root's until it leaves).
+            log.info("the CA's trust bundle changed (a root rotation): %d root(s)", len(sent))
+            self.trust_bundle_pem = "".join(p if p.endswith("\n") else p + "\n" for p, _ in sent)
         return WorkloadSecret(
             identity=self.identity,
             cert_chain_pem="".join(chain),

@@ -2,7 +2,9 @@
 the config prefix, so the config watch never sees it):
 
 - ``ca``: the self-signed CA's signing key and certificate, created once by whichever replica
-  wins an etcd create-if-absent transaction and read by every other (:func:`shared_authority`).
+  wins an etcd create-if-absent transaction and read by every other (:func:`shared_authority`);
+  the leader rotates its root before it expires (:func:`rotation_step`) and every replica
+  reloads it (:class:`ReplicaDuties` ``on_ca``).
 - ``leader``: a key held under a lease by the one replica doing once-only work
   (:class:`LeaderElection`); it is gone within the lease's TTL of the holder's loss.
 - ``proxies/<replica>/<shard>``: each replica's connected proxies and their sync state, under
@@ -12,6 +14,7 @@ the config prefix, so the config watch never sees it):
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import threading
@@ -32,28 +35,95 @@ log = logging.getLogger("meshcore.store")
 LEASE_TTL = 10  # seconds: a lost replica's leadership and proxies are gone within this
 
 
-def _encode_ca(ca: CertificateAuthority) -> bytes:
+ROOT_GRACE = 0.2  # rotate when less than this fraction of the root's lifetime is left (Istio's
+# CITADEL_SELF_SIGNED_CA_CERT_GRACE_PERIOD_PERCENTILE default)
+
+
+def _key_pem(ca: CertificateAuthority) -> str:
     pem = serialization.Encoding.PEM
-    key = ca.key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return json.dumps(
-        {
-            "ca-key.pem": key.decode(),
-            "ca-cert.pem": ca.cert.public_bytes(pem).decode(),
-            "root-cert.pem": ca.trust_bundle_pem(),
-        }
-    ).encode()
+    return ca.key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def _encode_ca(ca: CertificateAuthority, upcoming: CertificateAuthority | None = None) -> bytes:
+    """The stored record: the signing key and certificate, the trust bundle, and during a
+    rotation the next root (``next-key.pem``, ``next-cert.pem``), trusted but not signing yet."""
+    pem = serialization.Encoding.PEM
+    data = {
+        "ca-key.pem": _key_pem(ca),
+        "ca-cert.pem": ca.cert.public_bytes(pem).decode(),
+        "root-cert.pem": ca.trust_bundle_pem(),
+    }
+    if upcoming is not None:
+        data["next-key.pem"] = _key_pem(upcoming)
+        data["next-cert.pem"] = upcoming.cert.public_bytes(pem).decode()
+    return json.dumps(data).encode()
 
 
 def _decode_ca(value: bytes, trust_domain: str) -> CertificateAuthority:
+    return _decode_record(value, trust_domain)[0]
+
+
+def _decode_record(
+    value: bytes, trust_domain: str
+) -> tuple[CertificateAuthority, CertificateAuthority | None]:
+    """The signing CA and, during a rotation, the next root (see :func:`_encode_ca`)."""
     try:
         data = json.loads(value)
         cert = x509.load_pem_x509_certificate(data["ca-cert.pem"].encode())
         key: Any = serialization.load_pem_private_key(data["ca-key.pem"].encode(), password=None)
         roots = x509.load_pem_x509_certificates(data["root-cert.pem"].encode())
-    except (ValueError, KeyError, TypeError):
+        upcoming = None
+        if "next-cert.pem" in data:
+            next_cert = x509.load_pem_x509_certificate(data["next-cert.pem"].encode())
+            next_key: Any = serialization.load_pem_private_key(
+                data["next-key.pem"].encode(), password=None
+            )
+            upcoming = CertificateAuthority(
+                cert=next_cert, key=next_key, roots=roots, trust_domain=trust_domain
+            )
+        signing = CertificateAuthority(cert=cert, key=key, roots=roots, trust_domain=trust_domain)
+    except (ValueError, KeyError, TypeError, AttributeError):
         # Never echo key material or parser detail about it.
         raise CAError("the shared CA in the store is unreadable") from None
-    return CertificateAuthority(cert=cert, key=key, roots=roots, trust_domain=trust_domain)
+    return signing, upcoming
+
+
+def rotation_step(
+    value: bytes,
+    *,
+    trust_domain: str = "cluster.local",
+    grace: float = ROOT_GRACE,
+    root_ttl: datetime.timedelta | None = None,
+    at: datetime.datetime | None = None,
+) -> bytes | None:
+    """The stored CA record's next state in a root rotation, or None when nothing is due:
+
+    1. less than ``grace`` of the signing root's lifetime left: a new root (of ``root_ttl``,
+       else the old one's lifetime) joins the trust bundle, not signing yet, so that every
+       proxy trusts it before any certificate it signs is presented;
+    2. less than half of ``grace`` left: the new root signs; the old one stays in the bundle
+       (the certificates it signed end with it: a leaf never outlives its issuer);
+    3. a root in the bundle that has expired leaves it.
+    """
+    when = at or datetime.datetime.now(datetime.UTC)
+    signing, upcoming = _decode_record(value, trust_domain)
+    cert = signing.cert
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    left = cert.not_valid_after_utc - when
+    roots = [c for c in signing.roots() if c.not_valid_after_utc > when]
+    if upcoming is None and left < lifetime * grace:
+        upcoming = CertificateAuthority.generate(trust_domain, ttl=root_ttl or lifetime)
+        roots = [upcoming.cert, *roots]
+    elif upcoming is not None and left < lifetime * grace / 2:
+        signing, upcoming = upcoming, None
+    elif roots == list(signing.roots()):
+        return None
+    signing = CertificateAuthority(
+        cert=signing.cert, key=signing.key, roots=roots, trust_domain=trust_domain
+    )
+    return _encode_ca(signing, upcoming)
 
 
 def shared_authority(
@@ -242,6 +312,10 @@ class ReplicaDuties:
         interval: float = 1.0,
         ttl: int = LEASE_TTL,
         analysis: Callable[[], dict[str, Any]] | None = None,
+        on_ca: Callable[[CertificateAuthority], None] | None = None,
+        trust_domain: str = "cluster.local",
+        root_grace: float = ROOT_GRACE,
+        root_ttl: datetime.timedelta | None = None,
     ) -> None:
         self.client = client
         self.url = url
@@ -253,6 +327,13 @@ class ReplicaDuties:
         # writes analysis status back to resources from its leader only).
         self.analysis = analysis
         self._analysis_written = b""
+        # The shared CA (PREFIX.meshcore/ca): the leader rotates its root (rotation_step);
+        # every replica, the leader too, reloads it when its revision changes (``on_ca``).
+        self.on_ca = on_ca
+        self.trust_domain = trust_domain
+        self.root_grace = root_grace
+        self.root_ttl = root_ttl
+        self._ca_revision = 0
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="meshcore-replica", daemon=True)
@@ -262,8 +343,13 @@ class ReplicaDuties:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            if self.election.step() and self.analysis is not None:
-                self._write_analysis(self.analysis())
+            if self.election.step():
+                if self.analysis is not None:
+                    self._write_analysis(self.analysis())
+                if self.on_ca is not None:
+                    self._rotate_root()
+            if self.on_ca is not None:
+                self._reload_ca(self.on_ca)
             try:
                 self.registry.sync(self.status())
             except (StoreUnavailable, grpc.RpcError):
@@ -271,6 +357,64 @@ class ReplicaDuties:
             except Exception:  # the event loop gone at shutdown, and the like: next round
                 log.debug("proxy registry: skipped a round", exc_info=True)
             self._stop.wait(self.interval)
+
+    def _as_leader(self) -> rpc.Compare:
+        """The guard of the leader's writes: this replica still holds the leader key under
+        its lease (a replica that lost it writes nothing)."""
+        return rpc.Compare(
+            result=rpc.Compare.EQUAL,
+            target=rpc.Compare.LEASE,
+            key=self.election.key.encode(),
+            lease=self.election.lease,
+        )
+
+    def _rotate_root(self) -> None:
+        k = self.url.meta("ca")
+        try:
+            _, kv = self.client.get(k)
+            if kv is None:
+                return
+            value = rotation_step(
+                bytes(kv.value),
+                trust_domain=self.trust_domain,
+                grace=self.root_grace,
+                root_ttl=self.root_ttl,
+            )
+            if value is None:
+                return
+            resp = self.client.txn(
+                [
+                    self._as_leader(),
+                    rpc.Compare(
+                        result=rpc.Compare.EQUAL,
+                        target=rpc.Compare.MOD,
+                        key=k.encode(),
+                        mod_revision=int(kv.mod_revision),
+                    ),
+                ],
+                [rpc.RequestOp(request_put=rpc.PutRequest(key=k.encode(), value=value))],
+            )
+        except (StoreUnavailable, grpc.RpcError):
+            return
+        except CAError as exc:
+            log.error("root rotation: %s", exc)
+            return
+        if resp.succeeded:
+            log.info("%s: root rotation: the shared CA record advanced", self.election.identity)
+
+    def _reload_ca(self, on_ca: Callable[[CertificateAuthority], None]) -> None:
+        try:
+            _, kv = self.client.get(self.url.meta("ca"))
+            if kv is None or int(kv.mod_revision) == self._ca_revision:
+                return
+            ca = _decode_ca(bytes(kv.value), self.trust_domain)
+        except (StoreUnavailable, grpc.RpcError):
+            return
+        except CAError as exc:
+            log.error("shared CA: %s", exc)
+            return
+        self._ca_revision = int(kv.mod_revision)
+        on_ca(ca)
 
     def _write_analysis(self, analysis: dict[str, Any]) -> None:
         value = json.dumps(analysis, sort_keys=True).encode()
@@ -280,14 +424,7 @@ class ReplicaDuties:
         try:
             # Only while this replica still holds the leader key under its lease.
             self.client.txn(
-                [
-                    rpc.Compare(
-                        result=rpc.Compare.EQUAL,
-                        target=rpc.Compare.LEASE,
-                        key=self.election.key.encode(),
-                        lease=self.election.lease,
-                    )
-                ],
+                [self._as_leader()],
                 [rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=value))],
             )
         except (StoreUnavailable, grpc.RpcError):

@@ -10,6 +10,7 @@ workload certificates), the ADS server and the HTTP side (``/metrics``, ``/debug
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 from collections.abc import Iterable
@@ -32,6 +33,8 @@ from meshcore.xds.deps import DependencyIndex
 from meshcore.xds.jwt import JwksFetcher
 from meshcore.xds.server import AdsServer, start_ads_server
 from meshcore.xds.translator import Translator
+
+log = logging.getLogger("meshcore.ca")
 
 if TYPE_CHECKING:
     from meshcore.store import StoreURL
@@ -122,6 +125,7 @@ class ControlPlaneServer:
         self.authority: CertificateAuthority | None = None
         self.token_count = 0
         self.ca_server: CAServer | None = None
+        self.ca_shared = False  # the CA is the replicas' one in the store (rotated there)
         self.ads: AdsServer | None = None
         self.ads_port = 0
         self.debug: DebugServer | None = None
@@ -198,6 +202,9 @@ class ControlPlaneServer:
                 "problems": [p.to_dict() for p in self.plane.problems],
                 "rejected": sorted(source.rejected),
             },
+            # The shared CA's root rotation (leader) and reload (every replica); a CA plugged
+            # in from files (--cacerts) is the operator's to rotate.
+            on_ca=self._use_ca if self.ca_server is not None and self.ca_shared else None,
         )
         source.replica_status = lambda: {"id": replica, "leader": duties.election.leader}
         self.duties = duties
@@ -209,10 +216,8 @@ class ControlPlaneServer:
             from meshcore.store.replicas import shared_authority
 
             self.authority, _ = shared_authority(self.store.client, self.store.url)
-            if options.state_dir:  # the root for agents (not the key)
-                state = Path(options.state_dir)
-                state.mkdir(parents=True, exist_ok=True)
-                (state / "root-cert.pem").write_text(self.authority.trust_bundle_pem())
+            self.ca_shared = True
+            self._write_roots(self.authority)
         else:
             self.authority = load_ca(options)
         tokens = BootstrapTokens()
@@ -220,6 +225,30 @@ class ControlPlaneServer:
         self.ca_server = await start_ca_server(
             self.authority, tokens, port=options.port, mtls_port=options.mtls_port, host=self.host
         )
+
+    def _write_roots(self, ca: CertificateAuthority) -> None:
+        """The trust bundle for agents (not the key) in the state directory, replaced whole."""
+        options = self.ca_options
+        if options is not None and options.state_dir:
+            state = Path(options.state_dir)
+            state.mkdir(parents=True, exist_ok=True)
+            tmp = state / "root-cert.pem.tmp"
+            tmp.write_text(ca.trust_bundle_pem())
+            tmp.replace(state / "root-cert.pem")
+
+    def _use_ca(self, ca: CertificateAuthority) -> None:
+        """The shared CA changed in the store (a root rotation): sign with it, serve the CA
+        ports with it, and give agents its bundle."""
+        if self.ca_server is None or (
+            self.authority is not None
+            and ca.cert == self.authority.cert
+            and ca.roots() == self.authority.roots()
+        ):
+            return
+        self.ca_server.use(ca)
+        self.authority = ca
+        self._write_roots(ca)
+        log.info("the shared CA changed in the store: signing and trust bundle reloaded")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Watches the configuration and keeps the proxies up to date until ``stop``."""

@@ -95,6 +95,7 @@ class ClusterBuilder:
         # Per set of overrides: the clusters with a localityLbSetting; per (overrides, proxy
         # locality, proxy labels failoverPriority names): their endpoints.
         self._locality_targets: dict[tuple[Any, ...], list[_LocalityTarget]] = {}
+        self._has_locality: bool | None = None
         self._local_endpoints: dict[tuple[Any, ...], dict[str, Message]] = {}
         self._lb_endpoints: dict[tuple[Any, ...], endpoint_components_pb2.LbEndpoint] = {}
         # Per service port: (what it was built from, what was built[, problems met]).
@@ -421,6 +422,10 @@ class ClusterBuilder:
         failoverPriority names)."""
         base = self._override_endpoints(overrides)
         targets = self._targets(overrides)
+        if not locality and not self._any_locality():
+            # Nobody has a locality: Istio's default (implicit) failover changes nothing, and
+            # the shared endpoints (the same objects from change to change) serve.
+            targets = [t for t in targets if not t.setting.get("implicit")]
         if not targets:
             return base
         own = {**(labels or {}), **locality_labels(locality)}
@@ -437,10 +442,17 @@ class ClusterBuilder:
                 ep_labels: list[list[Mapping[str, str]]] = []
                 cla = self._load_assignment(t.name, t.ps, t.subset, t.dr, ep_labels)
                 apply_locality_lb(cla, ep_labels, locality, own, t.setting, t.outlier)
-                found[t.name] = cla
+                shared = base.get(t.name)
+                found[t.name] = shared if shared is not None and shared == cla else cla
             self._lb_endpoints.clear()  # copied into the assignments (as for the shared ones)
             self._local_endpoints[key] = found
         return found
+
+    def _any_locality(self) -> bool:
+        """Whether any workload of the mesh has a locality."""
+        if self._has_locality is None:
+            self._has_locality = any(w.locality for w in self.mesh.workload_entries)
+        return self._has_locality
 
     def _targets(self, overrides: Overrides) -> list[_LocalityTarget]:
         """The EDS clusters whose policy has a (valid) localityLbSetting."""

@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from meshcore.config import schema
@@ -31,6 +32,7 @@ from meshcore.config.model import (
     DEFAULT_ROOT_NAMESPACE,
     RESOURCE_CLASSES,
     AuthorizationPolicy,
+    Checked,
     DestinationRule,
     MeshModel,
     PeerAuthentication,
@@ -193,6 +195,8 @@ def _resource(doc: Document, domain: str, problems: list[ConfigProblem]) -> Reso
     extra: dict[str, Any] = dict(checker.typed)
     if cls in (Service, VirtualService, DestinationRule):
         extra["domain"] = domain
+    if cls in (VirtualService, DestinationRule):
+        extra["checked"] = Checked(MappingProxyType(checker.durations), frozenset(checker.regexes))
     return cls(
         kind=kind_name,
         api_version=str(api_version),

@@ -194,8 +194,19 @@ class ServiceEntry(Resource):
 
 
 @dataclass(frozen=True, slots=True)
+class Checked:
+    """What the loader's validation parsed in a resource, by text: each duration in ns and the
+    regexes that compiled. Builders read these instead of parsing or compiling again."""
+
+    durations: Mapping[str, int]
+    regexes: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class VirtualService(Resource):
     domain: str = DEFAULT_DOMAIN
+    # Set by the loader (None: built by hand, not validated here).
+    checked: Checked | None = field(default=None, repr=False, compare=False)
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -249,6 +260,7 @@ class Subset:
 @dataclass(frozen=True, slots=True)
 class DestinationRule(Resource):
     domain: str = DEFAULT_DOMAIN
+    checked: Checked | None = field(default=None, repr=False, compare=False)
 
     @property
     def host(self) -> str:

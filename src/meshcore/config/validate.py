@@ -131,6 +131,10 @@ class Checker:
         # Typed values a kind's rules computed while checking, kept on the resource (fields of
         # its class) so that readers trust them instead of checking or parsing again.
         self.typed: dict[str, Any] = {}
+        # What the checks parsed, by text: duration -> ns, regexes that compiled (the loader
+        # carries them as a ``Checked`` on VirtualServices and DestinationRules).
+        self.durations: dict[str, int] = {}
+        self.regexes: set[str] = set()
 
     def error(self, path: Path, message: str) -> None:
         self.problems.append(("error", path, message))
@@ -211,19 +215,23 @@ class Checker:
                 hint = " (quote it)" if isinstance(value, (int, float, bool)) else ""
                 self.error(path, f"expected a string, got {_describe(value)}{hint}")
                 return False
-            if kind == "duration" and parse_duration(value) is None:
-                if _DURATION.match(value):
-                    self.error(
-                        path,
-                        f"duration {_abbreviate(value)} is out of range (at most {MAX_DURATION_TEXT})",
-                    )
-                else:
-                    self.error(
-                        path,
-                        f"invalid duration {_abbreviate(value)}: use a number and a unit, e.g. "
-                        "2s, 500ms, 1m30s",
-                    )
-                return False
+            if kind == "duration":
+                ns = parse_duration(value)
+                if ns is None:
+                    if _DURATION.match(value):
+                        self.error(
+                            path,
+                            f"duration {_abbreviate(value)} is out of range "
+                            f"(at most {MAX_DURATION_TEXT})",
+                        )
+                    else:
+                        self.error(
+                            path,
+                            f"invalid duration {_abbreviate(value)}: use a number and a unit, "
+                            "e.g. 2s, 500ms, 1m30s",
+                        )
+                    return False
+                self.durations[value] = ns
             return True
         if kind in INT_RANGES:
             if isinstance(value, bool) or not isinstance(value, int):
@@ -315,6 +323,8 @@ class Checker:
             _core.check_regex(pattern)
         except ValueError as exc:
             self.error(path, str(exc))
+        else:
+            self.regexes.add(pattern)
 
     def header_name(self, name: Any, path: Path, *, lowercase: bool = False) -> None:
         if not isinstance(name, str):

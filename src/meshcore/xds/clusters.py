@@ -255,12 +255,13 @@ class ClusterBuilder:
         if ps.protocol in HTTP2_PROTOCOLS:
             options.explicit_http_config.http2_protocol_options.SetInParent()
         base = "spec.trafficPolicy" if not subset else f"spec.subsets[{subset}].trafficPolicy"
+        checked = dr.checked if dr is not None else None
         try:
             if "loadBalancer" in policy:
                 apply_lb(c, policy["loadBalancer"], base + ".loadBalancer")
             if "connectionPool" in policy:
                 apply_connection_pool(
-                    c, policy["connectionPool"], options, base + ".connectionPool"
+                    c, policy["connectionPool"], options, base + ".connectionPool", checked
                 )
                 tcp = policy["connectionPool"].get("tcp") or {}
                 if (
@@ -283,7 +284,7 @@ class ClusterBuilder:
                         "warning",
                     )
             if "outlierDetection" in policy:
-                apply_outlier(c, policy["outlierDetection"], base + ".outlierDetection")
+                apply_outlier(c, policy["outlierDetection"], base + ".outlierDetection", checked)
             self._locality_lb(c, ps, policy, base, dr)
             workloads = self.index.subset_workloads(svc, subset, dr)
             sans = self.index.service_accounts(svc, workloads)

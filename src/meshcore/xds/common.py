@@ -18,7 +18,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 
 from meshcore import _core
-from meshcore.config.model import ServicePort, WorkloadEntry
+from meshcore.config.model import Checked, ServicePort, WorkloadEntry
 from meshcore.config.validate import is_header_name, parse_duration
 from meshcore.names import SDS_CLUSTER, TLS_SOCKET
 
@@ -58,12 +58,16 @@ def duration_ns(ns: int) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=ns // 10**9, nanos=ns % 10**9)
 
 
-def duration(text: Any, path: str) -> duration_pb2.Duration:
+def duration(text: Any, path: str, checked: Checked | None = None) -> duration_pb2.Duration:
+    """``text`` as a Duration: the loader's parse when ``checked`` has it, else parsed here
+    (resources built by hand)."""
+    if checked is not None and isinstance(text, str):
+        known = checked.durations.get(text)
+        if known is not None:
+            return duration_ns(known)
     ns = parse_duration(str(text)) if text is not None else None
-    if ns is None or ns < 0:
+    if ns is None:  # (never negative; at most Go's 292 years, within Envoy's 10,000)
         raise Invalid(path, f"invalid duration {text!r}")
-    if ns // 10**9 > 315576000000:
-        raise Invalid(path, f"duration {text!r} is longer than Envoy allows (10,000 years)")
     return duration_ns(ns)
 
 
@@ -88,9 +92,12 @@ def percentage_of(spec: Mapping[str, Any], path: str) -> percent_pb2.FractionalP
     return percent(100, path)
 
 
-def regex(pattern: Any, path: str) -> regex_pb2.RegexMatcher:
+def regex(pattern: Any, path: str, checked: Checked | None = None) -> regex_pb2.RegexMatcher:
+    """A RegexMatcher; compiled here only when the loader (``checked``) has not."""
     if not isinstance(pattern, str):
         raise Invalid(path, f"regex must be a string, not {pattern!r}")
+    if checked is not None and pattern in checked.regexes:
+        return regex_pb2.RegexMatcher(regex=pattern)
     try:
         _core.check_regex(pattern)
     except ValueError as exc:
@@ -98,7 +105,9 @@ def regex(pattern: Any, path: str) -> regex_pb2.RegexMatcher:
     return regex_pb2.RegexMatcher(regex=pattern)
 
 
-def string_matcher(m: Mapping[str, Any], path: str) -> string_pb2.StringMatcher:
+def string_matcher(
+    m: Mapping[str, Any], path: str, checked: Checked | None = None
+) -> string_pb2.StringMatcher:
     if not isinstance(m, Mapping):
         raise Invalid(path, "a StringMatch (exact, prefix or regex) is required")
     if m.get("exact") is not None:
@@ -106,7 +115,7 @@ def string_matcher(m: Mapping[str, Any], path: str) -> string_pb2.StringMatcher:
     if m.get("prefix") is not None:
         return string_pb2.StringMatcher(prefix=str(m["prefix"]))
     if m.get("regex") is not None:
-        return string_pb2.StringMatcher(safe_regex=regex(m["regex"], path + ".regex"))
+        return string_pb2.StringMatcher(safe_regex=regex(m["regex"], path + ".regex", checked))
     raise Invalid(path, "exactly one of exact, prefix or regex must be set")
 
 

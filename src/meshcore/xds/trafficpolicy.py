@@ -15,7 +15,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import string_pb2
 
-from meshcore.config.model import DestinationRule
+from meshcore.config.model import Checked, DestinationRule
 from meshcore.names import SDS_CERT, SDS_ROOT
 from meshcore.xds.common import CAPTURE_ONLY, Invalid, duration, header_name, sds
 
@@ -73,7 +73,9 @@ def apply_lb(cluster: cluster_pb2.Cluster, lb: Mapping[str, Any], path: str) -> 
         cluster.lb_policy = cluster_pb2.Cluster.LEAST_REQUEST
 
 
-def hash_policies(lb: Mapping[str, Any], path: str) -> list[rc.RouteAction.HashPolicy]:
+def hash_policies(
+    lb: Mapping[str, Any], path: str, checked: Checked | None = None
+) -> list[rc.RouteAction.HashPolicy]:
     ch = lb.get("consistentHash")
     if ch is None:
         return []
@@ -84,7 +86,7 @@ def hash_policies(lb: Mapping[str, Any], path: str) -> list[rc.RouteAction.HashP
         cookie = ch["httpCookie"]
         c = hp.Cookie(name=str(cookie.get("name", "")), path=str(cookie.get("path", "")))
         if cookie.get("ttl") is not None:
-            c.ttl.CopyFrom(duration(cookie["ttl"], path + ".httpCookie.ttl"))
+            c.ttl.CopyFrom(duration(cookie["ttl"], path + ".httpCookie.ttl", checked))
         for attr in cookie.get("attributes") or ():
             # Envoy sets them on the cookie it generates (Istio's SameSite, Secure, ...).
             c.attributes.add(name=str(attr.get("name", "")), value=str(attr.get("value", "")))
@@ -101,6 +103,7 @@ def apply_connection_pool(
     pool: Mapping[str, Any],
     options: http_protocol_options_pb2.HttpProtocolOptions,
     path: str,
+    checked: Checked | None = None,
 ) -> None:
     tcp = pool.get("tcp") or {}
     http = pool.get("http") or {}
@@ -108,7 +111,7 @@ def apply_connection_pool(
     if tcp.get("maxConnections"):
         th.max_connections.value = int(tcp["maxConnections"])
     if tcp.get("connectTimeout") is not None:
-        cluster.connect_timeout.CopyFrom(duration(tcp["connectTimeout"], path + ".tcp"))
+        cluster.connect_timeout.CopyFrom(duration(tcp["connectTimeout"], path + ".tcp", checked))
     keepalive = tcp.get("tcpKeepalive")
     if keepalive is not None:
         ka = cluster.upstream_connection_options.tcp_keepalive
@@ -116,11 +119,11 @@ def apply_connection_pool(
             ka.keepalive_probes.value = int(keepalive["probes"])
         for key, attr in (("time", "keepalive_time"), ("interval", "keepalive_interval")):
             if keepalive.get(key) is not None:
-                d = duration(keepalive[key], f"{path}.tcp.tcpKeepalive.{key}")
+                d = duration(keepalive[key], f"{path}.tcp.tcpKeepalive.{key}", checked)
                 getattr(ka, attr).value = max(1, d.seconds)
     if tcp.get("maxConnectionDuration") is not None:
         options.common_http_protocol_options.max_connection_duration.CopyFrom(
-            duration(tcp["maxConnectionDuration"], path + ".tcp.maxConnectionDuration")
+            duration(tcp["maxConnectionDuration"], path + ".tcp.maxConnectionDuration", checked)
         )
     if http.get("http1MaxPendingRequests"):
         th.max_pending_requests.value = int(http["http1MaxPendingRequests"])
@@ -134,13 +137,13 @@ def apply_connection_pool(
         )
     if http.get("idleTimeout") is not None:
         options.common_http_protocol_options.idle_timeout.CopyFrom(
-            duration(http["idleTimeout"], path + ".http.idleTimeout")
+            duration(http["idleTimeout"], path + ".http.idleTimeout", checked)
         )
     elif tcp.get("idleTimeout") is not None:
         # Istio: the TCP idle timeout is the HTTP connections' too unless http sets its own
         # (and the TCP proxy's of the host's TCP listeners: meshcore.xds.listeners).
         options.common_http_protocol_options.idle_timeout.CopyFrom(
-            duration(tcp["idleTimeout"], path + ".tcp.idleTimeout")
+            duration(tcp["idleTimeout"], path + ".tcp.idleTimeout", checked)
         )
     if http.get("useClientProtocol"):
         # Istio: speak upstream whatever the client spoke (HTTP/1.1 or HTTP/2).
@@ -165,11 +168,16 @@ def apply_connection_pool(
             if keepalive.get(key) is None:
                 raise Invalid(f"{kpath}.{key}", f"{key} is required when http2KeepAlive is set")
             getattr(h2.connection_keepalive, attr).CopyFrom(
-                duration(keepalive[key], f"{kpath}.{key}")
+                duration(keepalive[key], f"{kpath}.{key}", checked)
             )
 
 
-def apply_outlier(cluster: cluster_pb2.Cluster, od: Mapping[str, Any], path: str) -> None:
+def apply_outlier(
+    cluster: cluster_pb2.Cluster,
+    od: Mapping[str, Any],
+    path: str,
+    checked: Checked | None = None,
+) -> None:
     """Istio's conversion (``applyOutlierDetection``): success-rate ejection off; a consecutive
     5xx or gateway-error count only where the field is set (Envoy's defaults otherwise: 5xx
     ejection after 5 errors, enforced); the panic threshold always set, to
@@ -192,10 +200,10 @@ def apply_outlier(cluster: cluster_pb2.Cluster, od: Mapping[str, Any], path: str
             out.enforcing_consecutive_local_origin_failure.value = 100
         out.enforcing_local_origin_success_rate.value = 0
     if od.get("interval") is not None:
-        out.interval.CopyFrom(duration(od["interval"], path + ".interval"))
+        out.interval.CopyFrom(duration(od["interval"], path + ".interval", checked))
     if od.get("baseEjectionTime") is not None:
         out.base_ejection_time.CopyFrom(
-            duration(od["baseEjectionTime"], path + ".baseEjectionTime")
+            duration(od["baseEjectionTime"], path + ".baseEjectionTime", checked)
         )
     if od.get("maxEjectionPercent"):
         out.max_ejection_percent.value = int(od["maxEjectionPercent"])

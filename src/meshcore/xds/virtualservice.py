@@ -119,6 +119,7 @@ class VsRoutes:
             proxy,
             grpc,
         )
+        self.checked = vs.checked  # the loader's parsed durations and compiled regexes
 
     def build(self) -> list[rc.Route] | None:
         routes: list[rc.Route] = []
@@ -170,7 +171,7 @@ class VsRoutes:
         elif uri.get("prefix") is not None:
             rm.prefix = str(uri["prefix"])
         elif uri.get("regex") is not None:
-            rm.safe_regex.CopyFrom(regex(uri["regex"], path + ".uri.regex"))
+            rm.safe_regex.CopyFrom(regex(uri["regex"], path + ".uri.regex", self.checked))
         else:
             raise Invalid(path + ".uri", "exactly one of exact, prefix or regex must be set")
         if m.get("ignoreUriCase"):
@@ -184,7 +185,9 @@ class VsRoutes:
                 rm.headers.append(
                     rc.HeaderMatcher(
                         name=header,
-                        string_match=string_matcher(m[field_name], f"{path}.{field_name}"),
+                        string_match=string_matcher(
+                            m[field_name], f"{path}.{field_name}", self.checked
+                        ),
                     )
                 )
         for group, invert in (("headers", False), ("withoutHeaders", True)):
@@ -198,7 +201,7 @@ class VsRoutes:
                 if not spec:
                     hm.present_match = True  # `{}`: the header is present (or, inverted, absent)
                 else:
-                    hm.string_match.CopyFrom(string_matcher(spec, hp))
+                    hm.string_match.CopyFrom(string_matcher(spec, hp, self.checked))
                 rm.headers.append(hm)
         for name in sorted(m.get("queryParams") or {}):
             qp = f"{path}.queryParams.{name}"
@@ -209,7 +212,7 @@ class VsRoutes:
             elif spec.get("prefix") is not None:
                 raise Invalid(qp + ".prefix", "query parameters match exact or regex only")
             else:
-                q.string_match.CopyFrom(string_matcher(spec, qp))
+                q.string_match.CopyFrom(string_matcher(spec, qp, self.checked))
             rm.query_parameters.append(q)
         return rm
 
@@ -330,7 +333,9 @@ class VsRoutes:
                     first_host, first_port = host, port
                     first_subset = str((d.get("destination") or {}).get("subset", ""))
         ra.timeout.CopyFrom(
-            duration(http["timeout"], path + ".timeout") if "timeout" in http else duration_ns(0)
+            duration(http["timeout"], path + ".timeout", self.checked)
+            if "timeout" in http
+            else duration_ns(0)
         )
         retries = http.get("retries")
         if retries is None:
@@ -350,7 +355,7 @@ class VsRoutes:
         elif rw.get("uriRegexRewrite"):
             rr = rw["uriRegexRewrite"]
             ra.regex_rewrite.pattern.CopyFrom(
-                regex(rr.get("match"), path + ".rewrite.uriRegexRewrite.match")
+                regex(rr.get("match"), path + ".rewrite.uriRegexRewrite.match", self.checked)
             )
             ra.regex_rewrite.substitution = str(rr.get("rewrite", ""))
         if rw.get("authority"):
@@ -398,10 +403,12 @@ class VsRoutes:
         elif not policies:
             rp.retriable_status_codes.append(503)
         if retries.get("perTryTimeout") is not None:
-            rp.per_try_timeout.CopyFrom(duration(retries["perTryTimeout"], path + ".perTryTimeout"))
+            rp.per_try_timeout.CopyFrom(
+                duration(retries["perTryTimeout"], path + ".perTryTimeout", self.checked)
+            )
         if retries.get("backoff") is not None:
             rp.retry_back_off.base_interval.CopyFrom(
-                duration(retries["backoff"], path + ".backoff")
+                duration(retries["backoff"], path + ".backoff", self.checked)
             )
         if retries.get("retryIgnorePreviousHosts", True):
             rp.retry_host_predicate.add(
@@ -450,7 +457,7 @@ class VsRoutes:
             if delay.get("fixedDelay") is None:
                 raise Invalid(path + ".delay.fixedDelay", "fixedDelay is required")
             out.delay.fixed_delay.CopyFrom(
-                duration(delay["fixedDelay"], path + ".delay.fixedDelay")
+                duration(delay["fixedDelay"], path + ".delay.fixedDelay", self.checked)
             )
             out.delay.percentage.CopyFrom(percentage_of(delay, path + ".delay"))
         abort = fault.get("abort")
@@ -476,7 +483,7 @@ class VsRoutes:
         out = cors_pb2.CorsPolicy()
         for k, origin in enumerate(cors.get("allowOrigins") or ()):
             out.allow_origin_string_match.append(
-                string_matcher(origin, f"{path}.allowOrigins[{k}]")
+                string_matcher(origin, f"{path}.allowOrigins[{k}]", self.checked)
             )
         for origin in cors.get("allowOrigin") or ():
             out.allow_origin_string_match.append(string_pb2.StringMatcher(exact=str(origin)))
@@ -487,7 +494,7 @@ class VsRoutes:
         if cors.get("exposeHeaders"):
             out.expose_headers = ",".join(cors["exposeHeaders"])
         if cors.get("maxAge") is not None:
-            out.max_age = str(duration(cors["maxAge"], path + ".maxAge").seconds)
+            out.max_age = str(duration(cors["maxAge"], path + ".maxAge", self.checked).seconds)
         if cors.get("allowCredentials") is not None:
             out.allow_credentials.value = bool(cors["allowCredentials"])
         return out

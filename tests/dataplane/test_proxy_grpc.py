@@ -284,10 +284,18 @@ def limits_checks(address: tuple[str, int], authority: str) -> dict[str, Any]:
     c = H2Client(address)
     ok = c.grpc_hello(authority)
     out["plain"] = c.status(ok, c.events())
+    # Each limit on a connection of its own: what one answer does to a connection (a GOAWAY
+    # after it, say) is not what this checks.
+    c.close()
+    c = H2Client(address)
     big = c.request(head(authority) + [("x-big", "a" * 61 * 1024)])
     out["61 KiB of headers"] = c.status(big, c.events())
+    c.close()
+    c = H2Client(address)
     many = c.request(head(authority) + [(f"x-h{i}", "v") for i in range(150)])
     out["150 headers"] = c.status(many, c.events())
+    c.close()
+    c = H2Client(address)
     # A body that stalls: Envoy's 408 after stream_idle_timeout of silence, as a gRPC request's
     # local replies are: HTTP 200, grpc-status UNKNOWN (2, Envoy's mapping of 408).
     started = time.monotonic()

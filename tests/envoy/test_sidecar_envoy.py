@@ -84,7 +84,10 @@ def _get(port: int, host: str) -> tuple[int, str]:
 def _tcp_reply(port: int) -> bytes:
     with socket.create_connection((OUTBOUND, port), timeout=5) as s:
         s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        return s.recv(4096)
+        reply = b""
+        while chunk := s.recv(4096):  # HTTP/1.0: the app closes after its answer
+            reply += chunk
+        return reply
 
 
 @pytest.mark.parametrize("scoped", [True, False], ids=["sidecar", "no-sidecar"])

@@ -91,6 +91,11 @@ def test_delta_ttl_and_heartbeats() -> None:
         # A change is a real push (with the TTL); heartbeats then carry the new version.
         cache.set(NODE, cache.snapshot(resources(eds={"a": cla("a", port=1), "b": cla("b")})))
         r2 = await s.recv(timeout=2)
+        for _ in range(5):  # a heartbeat that fell due before the change was seen (a loaded
+            if any(r.HasField("resource") for r in r2.resources):  # machine): ACKed, then the push
+                break
+            s.send(delta_req(types.ENDPOINT, nonce=r2.nonce))
+            r2 = await s.recv(timeout=2)
         assert [r.name for r in r2.resources] == ["a"]
         assert r2.resources[0].HasField("resource")
         assert r2.resources[0].ttl.seconds == 5

@@ -745,3 +745,27 @@ def serve_process(
         except subprocess.TimeoutExpired:
             cp.kill()
             cp.wait()
+
+
+class NamedApp(http.server.BaseHTTPRequestHandler):
+    """An app that answers every GET with its name (``name``, set per subclass)."""
+
+    name = ""
+
+    def do_GET(self) -> None:
+        body = self.name.encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def serve_named(address: str, port: int, name: str) -> http.server.ThreadingHTTPServer:
+    """A :class:`NamedApp` named ``name`` on ``address:port``, served in a thread."""
+    handler = type(f"Named{name}", (NamedApp,), {"name": name})
+    server = http.server.ThreadingHTTPServer((address, port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server

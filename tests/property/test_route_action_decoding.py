@@ -12,13 +12,8 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshcore.dataplane.config import (
-    DEFAULT_ROUTE_TIMEOUT,
-    PREVIOUS_HOSTS,
-    HashPolicy,
-    RetryPolicy,
-    compile_routes,
-)
+from meshcore.dataplane.config import DEFAULT_ROUTE_TIMEOUT, compile_routes
+from meshcore.dataplane.routeactions import PREVIOUS_HOSTS, HashPolicy, RetryPolicy
 from meshcore.errors import UnsupportedFeatureError
 
 names = st.text(alphabet="abcXY-_", min_size=1, max_size=6)

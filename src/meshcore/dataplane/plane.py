@@ -35,12 +35,11 @@ from meshcore.dataplane.config import (
     CompiledRoutes,
     Compiler,
     Endpoint,
-    HashPolicy,
     InboundListener,
-    RetryPolicy,
     RouteInfo,
 )
 from meshcore.dataplane.lb import LoadBalancer, hash64
+from meshcore.dataplane.routeactions import HashPolicy, RetryPolicy
 from meshcore.dataplane.tls import client_context, server_context
 from meshcore.errors import MeshcoreError
 from meshcore.xds.node import parse_node_id

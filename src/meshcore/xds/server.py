@@ -35,10 +35,11 @@ import collections
 import contextlib
 import itertools
 import logging
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
@@ -50,6 +51,9 @@ from meshcore.xds.cache import NodeInfo, SnapshotCache
 from meshcore.xds.delta import DeltaStream
 from meshcore.xds.sotw import SotwStream
 from meshcore.xds.stream import Stream, short
+
+if TYPE_CHECKING:
+    from meshcore.xds.transport import CoreAdsServer
 
 log = logging.getLogger("meshcore.xds")
 
@@ -343,11 +347,17 @@ class AdsServer:
         return out
 
 
+class Aborts(Protocol):
+    """What ``_run`` needs of a stream's context (grpc.aio's, or meshcore.xds.transport's)."""
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None: ...
+
+
 async def _run(
     server: AdsServer,
     stream: Stream,
     requests: AsyncIterator[Any],
-    context: grpc.aio.ServicerContext[Any, Any],
+    context: Aborts,
 ) -> AsyncGenerator[Any, None]:
     """Reads requests and snapshot changes concurrently; yields responses in push order.
 
@@ -478,11 +488,41 @@ def grpc_server_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+# The ADS transports: meshcore's own (Rust, the default) and grpc.aio.
+TRANSPORTS = ("core", "grpc")
+# gRPC's server defaults: an HTTP/2 PING every 2 hours on an idle connection, 20 s to answer.
+KEEPALIVE_TIME_S = 7200.0
+KEEPALIVE_TIMEOUT_S = 20.0
+
+
 async def start_ads_server(
-    cache: SnapshotCache, *, port: int = 0, host: str = "127.0.0.1", **kwargs: Any
-) -> tuple[grpc.aio.Server, AdsServer, int]:
-    """Starts a plaintext ADS server on host:port (0 picks a free port)."""
+    cache: SnapshotCache,
+    *,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    transport: str | None = None,
+    **kwargs: Any,
+) -> tuple[grpc.aio.Server | CoreAdsServer, AdsServer, int]:
+    """Starts a plaintext ADS server on host:port (0 picks a free port).
+
+    ``transport``: "core" (meshcore's own HTTP/2 server in the Rust extension, see
+    :mod:`meshcore.xds.transport`) or "grpc" (grpc.aio); None: $MESHCORE_ADS_TRANSPORT, else
+    "core". The protocol is the same code on both.
+    """
+    chosen = transport or os.environ.get("MESHCORE_ADS_TRANSPORT") or "core"
+    if chosen not in TRANSPORTS:
+        raise ValueError(
+            f"unknown ADS transport '{shown(chosen)}' (one of {', '.join(TRANSPORTS)})"
+        )
     ads = AdsServer(cache, **kwargs)
+    if chosen == "core":
+        from meshcore.xds.transport import CoreAdsServer
+
+        core = CoreAdsServer(
+            ads, host, port, keepalive_time=KEEPALIVE_TIME_S, keepalive_timeout=KEEPALIVE_TIMEOUT_S
+        )
+        await core.start()
+        return core, ads, core.port
     server = grpc.aio.server(options=grpc_server_options(ads.max_message_bytes))
     ads.add_to_server(server)
     bound = server.add_insecure_port(f"{host}:{port}")

@@ -1,0 +1,191 @@
+"""The ADS server on meshcore's own gRPC transport (``meshcore._core.ads``, Rust: h2 on a
+runtime thread of its own) instead of grpc.aio.
+
+The transport does HTTP/2 and gRPC framing and nothing of xDS: it reports streams opening,
+their request messages, half-closes and ends in batches (one readable file descriptor that the
+event loop watches), and takes responses without blocking. The protocol is the same code as
+on grpc.aio: :func:`meshcore.xds.server._run` with :class:`~meshcore.xds.sotw.SotwStream` or
+:class:`~meshcore.xds.delta.DeltaStream`, reading requests from a :class:`_Call` that stands in
+for grpc.aio's request iterator and servicer context. As with grpc.aio, a stream whose client
+cancels or resets (or whose connection goes) has its handler task cancelled; a handler that
+returns ends the stream with status OK, one that aborts with its status and message (in the
+trailers), one that fails with UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+
+from meshcore._core import ads as core_ads
+from meshcore.xds.delta import DeltaStream
+from meshcore.xds.server import AdsServer, _run
+from meshcore.xds.sotw import SotwStream
+from meshcore.xds.stream import Stream
+
+log = logging.getLogger("meshcore.xds")
+
+# Send slack over the protocol's own response limit, as grpc_server_options gives grpc.aio.
+SEND_SLACK_BYTES = 1024 * 1024
+
+
+class _Call:
+    """One stream's requests (an async iterator of decoded messages, ending at the client's
+    half-close) and its status (``abort``), as ``_run`` uses grpc.aio's."""
+
+    __slots__ = ("closed", "decode", "ended", "inbox", "number", "task", "transport", "waiter")
+
+    def __init__(
+        self, transport: core_ads.AdsTransport, number: int, decode: Callable[[bytes], Any]
+    ) -> None:
+        self.transport = transport
+        self.number = number
+        self.decode = decode
+        self.inbox: collections.deque[bytes] = collections.deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.ended = False  # no more requests (half-close or gone)
+        self.closed = False  # the status is sent, or the stream is gone: send nothing more
+        self.task: asyncio.Task[None] | None = None
+
+    def __aiter__(self) -> _Call:
+        return self
+
+    async def __anext__(self) -> Any:
+        while not self.inbox:
+            if self.ended:
+                raise StopAsyncIteration
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return self.decode(self.inbox.popleft())
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close(self.number, code.value[0], details)
+
+
+class CoreAdsServer:
+    """Serves an :class:`~meshcore.xds.server.AdsServer` on the Rust transport; ``stop`` as
+    grpc.aio.Server's (GOAWAY, then streams still open after ``grace`` are cancelled)."""
+
+    def __init__(
+        self,
+        ads: AdsServer,
+        host: str,
+        port: int,
+        *,
+        keepalive_time: float | None = None,
+        keepalive_timeout: float = 20.0,
+    ) -> None:
+        self.ads = ads
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.transport = core_ads.AdsTransport(
+            address,
+            max_receive_bytes=ads.max_message_bytes,
+            max_send_bytes=ads.max_message_bytes + SEND_SLACK_BYTES,
+            keepalive_time=keepalive_time,
+            keepalive_timeout=keepalive_timeout,
+        )
+        self.port = self.transport.port
+        self.calls: dict[int, _Call] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = False
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self.transport.fileno(), self._events)
+
+    def _events(self) -> None:
+        """Everything the transport reported since the last call, in order."""
+        calls = self.calls
+        for event in self.transport.events():
+            kind = event[0]
+            if kind == core_ads.MESSAGE:
+                call = calls.get(event[1])
+                if call is not None:
+                    call.inbox.append(event[2])
+                    call.wake()
+            elif kind == core_ads.OPENED:
+                self._open(event[1], event[2])
+            elif kind == core_ads.HALF_CLOSED:
+                call = calls.get(event[1])
+                if call is not None:
+                    call.ended = True
+                    call.wake()
+            else:  # CANCELLED: as grpc.aio does, the handler is cancelled
+                call = calls.pop(event[1], None)
+                if call is not None:
+                    call.closed = call.ended = True
+                    if call.task is not None:
+                        call.task.cancel()
+
+    def _open(self, number: int, method: int) -> None:
+        ads = self.ads
+        stream: Stream
+        decode: Callable[[bytes], Any]
+        if method == 0:
+            stream = SotwStream(ads, next(ads._streams))
+            decode = discovery_pb2.DiscoveryRequest.FromString
+        else:
+            stream = DeltaStream(ads, next(ads._streams))
+            decode = discovery_pb2.DeltaDiscoveryRequest.FromString
+        call = _Call(self.transport, number, decode)
+        self.calls[number] = call
+        assert self._loop is not None
+        call.task = self._loop.create_task(self._serve(call, stream))
+
+    async def _serve(self, call: _Call, stream: Stream) -> None:
+        send = self.transport.send
+        number = call.number
+        try:
+            async with contextlib.aclosing(_run(self.ads, stream, call, call)) as responses:
+                async for response in responses:
+                    if call.closed:
+                        break
+                    send(number, response)
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:
+            log.exception("ADS stream %d failed", number)
+            if not call.closed:
+                call.closed = True
+                self.transport.close(number, grpc.StatusCode.UNKNOWN.value[0], f"{exc!r}")
+        finally:
+            self.calls.pop(number, None)
+            if not call.closed:
+                call.closed = True
+                self.transport.close(number, 0, "")
+
+    async def stop(self, grace: float | None) -> None:
+        """Stops taking streams; after ``grace`` seconds (None: none) cancels what is left."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await asyncio.to_thread(self.transport.shutdown, grace or 0.0)
+        if self._loop is not None:
+            self._events()  # the streams the shutdown ended: their handlers are cancelled
+            self._loop.remove_reader(self.transport.fileno())
+        tasks = [c.task for c in self.calls.values() if c.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def wait_for_termination(self) -> None:
+        while not self._stopped:
+            await asyncio.sleep(0.5)

@@ -377,12 +377,15 @@ async fn stream(
     let mut pending = BytesMut::new();
     let mut sending: Option<SendStream<Bytes>> = None;
     let mut reading = true;
+    let mut heard = false; // any request bytes yet
+    let opened = Instant::now();
     let limits = &shared.config;
     let end = loop {
         tokio::select! {
             chunk = body.data(), if reading => match chunk {
                 Some(Ok(chunk)) => {
                     let _ = body.flow_control().release_capacity(chunk.len());
+                    heard = true;
                     pending.extend_from_slice(&chunk);
                     match messages(&mut pending, limits.max_receive_bytes) {
                         Ok(found) => {
@@ -434,6 +437,18 @@ async fn stream(
                     }
                 }
                 Some(Out::Close(code, why)) => {
+                    if reading && !heard {
+                        // A stream refused at once: its client's first write would fail if
+                        // the status came first (gRPC clients then report INTERNAL, not it).
+                        let until = tokio::time::Instant::from_std(opened + FIRST_WRITE_WAIT);
+                        match tokio::time::timeout_at(until, body.data()).await {
+                            Ok(Some(Ok(chunk))) => {
+                                let _ = body.flow_control().release_capacity(chunk.len());
+                            }
+                            Ok(None) => reading = false,
+                            _ => {}
+                        }
+                    }
                     let _ = finish(&mut respond, sending.as_mut(), code, &why);
                     break End::Closed;
                 }
@@ -444,7 +459,24 @@ async fn stream(
     if shared.forget(id) || matches!(end, End::Cancelled) {
         shared.push(Event::Cancelled { stream: id });
     }
+    if reading && matches!(end, End::Closed) {
+        // The status is sent while the client may still be writing (a stream refused at
+        // once): its messages are read and dropped for a while instead of resetting the
+        // stream, so that its pending write completes and it sees the status, not INTERNAL.
+        let _ = tokio::time::timeout(DRAIN_AFTER_STATUS, async {
+            while let Some(Ok(chunk)) = body.data().await {
+                let _ = body.flow_control().release_capacity(chunk.len());
+            }
+        })
+        .await;
+    }
 }
+
+/// How long after its opening a stream closed before its client wrote is given to write.
+const FIRST_WRITE_WAIT: Duration = Duration::from_millis(500);
+
+/// How long a closed stream's remaining request messages are read and dropped.
+const DRAIN_AFTER_STATUS: Duration = Duration::from_secs(2);
 
 /// Takes the whole messages off the front of `pending`; a status for a refused one.
 fn messages(pending: &mut BytesMut, limit: usize) -> Result<Vec<Bytes>, (u32, String)> {

@@ -1,6 +1,6 @@
 # Hand-written stubs for the Rust extension (ext/py); checked by mypy.stubtest in the tests.
 
-from typing import Any, Final
+from typing import Any, Final, final
 
 __all__ = ["CANCELLED", "HALF_CLOSED", "MESSAGE", "OPENED", "AdsTransport"]
 
@@ -9,6 +9,7 @@ MESSAGE: Final[int]
 HALF_CLOSED: Final[int]
 CANCELLED: Final[int]
 
+@final
 class AdsTransport:
     def __new__(
         cls,

@@ -172,6 +172,7 @@ def _serve(args: argparse.Namespace) -> int:
             ca=ca,
             max_file_bytes=args.max_file_bytes,
             store=store,
+            ads_transport=args.ads_transport,
         )
     )
 

@@ -127,6 +127,13 @@ def parser() -> argparse.ArgumentParser:
         "--xds-port", type=int, default=XDS_PORT, help="ADS (state of the world and delta)"
     )
     s.add_argument(
+        "--ads-transport",
+        choices=("core", "grpc"),
+        default=None,
+        help="the ADS server's gRPC transport: meshcore's own HTTP/2 server in the Rust core "
+        "(core, the default) or grpc.aio (grpc); default: $MESHCORE_ADS_TRANSPORT, else core",
+    )
+    s.add_argument(
         "--monitoring-port",
         type=int,
         default=MONITORING_PORT,

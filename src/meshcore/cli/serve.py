@@ -29,10 +29,12 @@ async def serve(
     ca: CAOptions | None = None,
     max_file_bytes: int = MAX_FILE_BYTES,
     store: StoreURL | None = None,
+    ads_transport: str | None = None,
 ) -> int:  # fmt: skip
     server = ControlPlaneServer(
         paths if store is None else (), host=host, xds_port=xds_port, metrics_port=metrics_port,
         mesh_config=mesh_config, ca=ca, max_file_bytes=max_file_bytes, store=store,
+        ads_transport=ads_transport,
     )  # fmt: skip
     plane = server.plane
     try:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from meshcore.store import StoreURL
     from meshcore.store.replicas import ReplicaDuties
     from meshcore.store.source import EtcdSource
+    from meshcore.xds.transport import CoreAdsServer
 
 __all__ = ["CAOptions", "ControlPlaneServer", "StartError", "load_ca", "load_tokens"]
 
@@ -91,6 +92,7 @@ class ControlPlaneServer:
         store: StoreURL | None = None,
         replica_id: str | None = None,
         workload_entry_grace_period: float = DEFAULT_GRACE_PERIOD,
+        ads_transport: str | None = None,
     ) -> None:
         self.host = host
         self.store_url = store
@@ -106,6 +108,8 @@ class ControlPlaneServer:
         # the loaded config (meshcore.xds.autoregistration).
         self.registry = AutoRegistry(workload_entry_grace_period)
         self.xds_port = xds_port
+        # meshcore's own ("core") or grpc.aio ("grpc"); None: start_ads_server's default.
+        self.ads_transport = ads_transport
         self.metrics_port = metrics_port
         self.ca_options = ca
         # JWKS are fetched in the control plane's refresh thread, never by a translation in
@@ -129,7 +133,7 @@ class ControlPlaneServer:
         self.ads: AdsServer | None = None
         self.ads_port = 0
         self.debug: DebugServer | None = None
-        self._grpc: grpc.aio.Server | None = None
+        self._grpc: grpc.aio.Server | CoreAdsServer | None = None
 
     def load(self) -> bool:
         """Loads the configuration; False when it is invalid (see ``plane.problems``). With a
@@ -153,7 +157,11 @@ class ControlPlaneServer:
                 raise StartError(f"cannot start the CA: {exc}") from None
         plane = self.plane
         self._grpc, self.ads, self.ads_port = await start_ads_server(
-            plane.cache, port=self.xds_port, host=self.host, ready=lambda: plane.mesh is not None
+            plane.cache,
+            port=self.xds_port,
+            host=self.host,
+            transport=self.ads_transport,
+            ready=lambda: plane.mesh is not None,
         )
         self.ads.lifecycle = self._proxy_lifecycle
         if self.metrics_port is not None:

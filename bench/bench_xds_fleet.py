@@ -28,7 +28,7 @@ from meshcore.config import load
 from meshcore.xds.cache import NodeInfo
 from meshcore.xds.controlplane import ControlPlane
 from meshcore.xds.deps import DependencyIndex
-from meshcore.xds.server import grpc_server_options, start_ads_server
+from meshcore.xds.server import TRANSPORTS, grpc_server_options, start_ads_server
 from meshcore.xds.translator import Translator
 
 PROXIES = int(os.environ.get("MESHCORE_FLEET", "2000"))
@@ -166,11 +166,13 @@ def test_cold_snapshots(fleet_mesh: Path) -> None:
     )
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("mode", ["incremental", "full rebuild"])
-def test_fleet_convergence(fleet_mesh: Path, tmp_path: Path, mode: str) -> None:
+def test_fleet_convergence(fleet_mesh: Path, tmp_path: Path, mode: str, transport: str) -> None:
     """``incremental``: the dependency index (meshcore serve); ``full rebuild``: the peer in
     the same run, every change translating every connected proxy again (the design before
-    the index, still used for generators without one)."""
+    the index, still used for generators without one). On each ADS transport: meshcore's own
+    (``core``, the default) and grpc.aio (``grpc``, before it)."""
     config = tmp_path / "config"
     shutil.copytree(fleet_mesh, config)
     mesh = load(config)
@@ -199,7 +201,7 @@ def test_fleet_convergence(fleet_mesh: Path, tmp_path: Path, mode: str) -> None:
             [config], Translator().resources_for, dependencies=index, settle_gc=True
         )
         assert plane.load()
-        server, ads, port = await start_ads_server(plane.cache)
+        server, ads, port = await start_ads_server(plane.cache, transport=transport)
         stop = asyncio.Event()
         watcher = asyncio.create_task(
             plane.run(lambda: [s.node for s in ads.proxies.values()], stop)
@@ -281,7 +283,7 @@ def test_fleet_convergence(fleet_mesh: Path, tmp_path: Path, mode: str) -> None:
         else "every connected proxy translated again"
     )
     print(
-        f"\nxDS fleet of {PROXIES}, {mode}: cold connect {r['cold_wall']:.2f}s wall, {r['cold_cpu']:.2f}s control-plane CPU; "
+        f"\nxDS fleet of {PROXIES}, {mode}, {transport} transport: cold connect {r['cold_wall']:.2f}s wall, {r['cold_cpu']:.2f}s control-plane CPU; "
         f"{r['kb_per_proxy']:.1f} KB RSS per connected proxy beyond the first {r['first']} "
         f"({r['kb_average']:.1f} KB averaged over all, with what they share); endpoint change to all proxies: "
         f"p50 {r['p50'] * 1e3:.0f} ms, p99 {r['p99'] * 1e3:.0f} ms, max {r['max'] * 1e3:.0f} ms "
@@ -291,16 +293,14 @@ def test_fleet_convergence(fleet_mesh: Path, tmp_path: Path, mode: str) -> None:
         f"fleet {r['fleet_cpu']:.2f}s"
     )
     print(
-        f"xDS fleet of {PROXIES}, {mode}: {r['push_cpu'] / PROXIES * 1e6:.0f} us of "
+        f"xDS fleet of {PROXIES}, {mode}, {transport} transport: {r['push_cpu'] / PROXIES * 1e6:.0f} us of "
         "control-plane CPU per proxy in the push path (from the first response sent after the "
         "write to the last proxy's receipt, ACKs included) [goal: <= 30 us]"
     )
 
 
-def test_bare_grpc_reference(tmp_path: Path) -> None:
-    """The reference for the per-proxy push CPU: the same fleet client against a gRPC server
-    (grpc.aio, as meshcore's) that does no xDS work at all: per stream, one pre-encoded response
-    per push and its ACK read and dropped. What grpc.aio and asyncio alone cost per proxy."""
+def _reference_responses() -> list[bytes]:
+    """Two EDS responses of the size of the benchmark's (10 clusters of 5 endpoints)."""
     from envoy.config.endpoint.v3 import endpoint_pb2
     from envoy.service.discovery.v3 import discovery_pb2
     from google.protobuf import any_pb2
@@ -316,6 +316,14 @@ def test_bare_grpc_reference(tmp_path: Path) -> None:
                 ep.address, ep.port_value = f"10.0.{k}.{j}", 8080
             resp.resources.append(any_pb2.Any(type_url=eds, value=cla.SerializeToString()))
         responses.append(resp.SerializeToString())
+    return responses
+
+
+def test_bare_grpc_reference(tmp_path: Path) -> None:
+    """The reference for the per-proxy push CPU: the same fleet client against a gRPC server
+    (grpc.aio, as meshcore's) that does no xDS work at all: per stream, one pre-encoded response
+    per push and its ACK read and dropped. What grpc.aio and asyncio alone cost per proxy."""
+    responses = _reference_responses()
     nodes_file = tmp_path / "nodes.txt"
     nodes_file.write_text("".join(f"node-{i} a b\n" for i in range(PROXIES)))
 
@@ -367,4 +375,61 @@ def test_bare_grpc_reference(tmp_path: Path) -> None:
         f"\nbare grpc.aio reference, {PROXIES} streams: {total / PROXIES * 1e6:.0f} us of server "
         f"CPU per proxy per push, from the push to the last proxy's receipt ({total:.2f}s), for a "
         "server that does no xDS work (the floor of grpc.aio and asyncio here)"
+    )
+
+
+def test_bare_core_reference(tmp_path: Path) -> None:
+    """The same reference on meshcore's ADS transport (meshcore._core.ads): per stream, one
+    pre-encoded response per push and its ACK dropped, no xDS work. What the transport and
+    the event loop cost per proxy."""
+    from meshcore._core import ads as core_ads
+
+    responses = _reference_responses()
+    nodes_file = tmp_path / "nodes.txt"
+    nodes_file.write_text("".join(f"node-{i} a b\n" for i in range(PROXIES)))
+
+    async def main() -> float:
+        transport = core_ads.AdsTransport(
+            "127.0.0.1:0", max_receive_bytes=4 << 20, max_send_bytes=5 << 20
+        )
+        ready: list[int] = []  # streams that ACKed their first response
+        heard: set[int] = set()
+
+        def on_events() -> None:
+            for event in transport.events():
+                if event[0] == core_ads.MESSAGE and event[1] not in heard:
+                    heard.add(event[1])
+                    transport.send(event[1], responses[0])
+                elif event[0] == core_ads.MESSAGE:
+                    ready.append(event[1])
+
+        loop = asyncio.get_running_loop()
+        loop.add_reader(transport.fileno(), on_events)
+        fleet = await start_fleet(transport.port, nodes_file, 1)
+        assert fleet.stdin is not None
+        lost: list[str] = []
+        try:
+            await fleet_ready(fleet, 1, lost, lambda: None)
+            await asyncio.sleep(1)  # the first ACKs read
+            cpu = time.process_time()
+            for stream in ready:
+                transport.send(stream, responses[1])
+            await fleet_receipts(fleet, lost)
+            return time.process_time() - cpu
+        finally:
+            fleet.stdin.close()
+            try:
+                await asyncio.wait_for(fleet.wait(), 60)
+            except TimeoutError:
+                fleet.kill()
+                await fleet.wait()
+            loop.remove_reader(transport.fileno())
+            await asyncio.to_thread(transport.shutdown, 0.0)
+
+    total = asyncio.run(main())
+    print(
+        f"\nbare meshcore-transport reference, {PROXIES} streams: {total / PROXIES * 1e6:.0f} us "
+        f"of server CPU per proxy per push, from the push to the last proxy's receipt "
+        f"({total:.2f}s), for a server that does no xDS work (the floor of meshcore._core.ads "
+        "and asyncio here)"
     )

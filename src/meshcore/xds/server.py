@@ -39,7 +39,7 @@ import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
@@ -353,10 +353,17 @@ class Aborts(Protocol):
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None: ...
 
 
+@runtime_checkable
+class Delivers(Protocol):
+    """Requests handed over as they arrive (meshcore.xds.transport), instead of an iterator."""
+
+    def attach(self, offer: Callable[[Any], None], ended: Callable[[], None]) -> None: ...
+
+
 async def _run(
     server: AdsServer,
     stream: Stream,
-    requests: AsyncIterator[Any],
+    requests: AsyncIterator[Any] | Delivers,
     context: Aborts,
 ) -> AsyncGenerator[Any, None]:
     """Reads requests and snapshot changes concurrently; yields responses in push order.
@@ -373,27 +380,41 @@ async def _run(
 
     idle = False  # the loop below waits for a wake-up, between passes
 
-    async def read() -> None:
+    def offer(request: Any) -> None:
+        """One request, as it arrives."""
+        if idle and not inbox and stream.node is not None:
+            # Handled where it arrives: an ACK after which nothing is due (the common case in
+            # a push to a fleet) wakes nobody.
+            problem = stream.receive(request)
+            if problem is not None:
+                inbox.append(problem)
+            elif not stream.may_push():
+                return
+        else:
+            inbox.append(request)
+        wake.set()
+
+    def ended() -> None:
+        """No more requests (half-close, cancel, reset)."""
+        inbox.append(None)
+        wake.set()
+
+    async def read(requests: AsyncIterator[Any]) -> None:
         try:
             async for request in requests:
-                if idle and not inbox and stream.node is not None:
-                    # Handled where it arrives: an ACK after which nothing is due (the common
-                    # case in a push to a fleet) wakes nobody.
-                    problem = stream.receive(request)
-                    if problem is not None:
-                        inbox.append(problem)
-                    elif not stream.may_push():
-                        continue
-                else:
-                    inbox.append(request)
-                wake.set()
+                offer(request)
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
         finally:
-            inbox.append(None)
-            wake.set()
+            ended()
 
-    reader = asyncio.create_task(read())
+    # A transport that calls back with each request as it arrives (meshcore.xds.transport)
+    # needs no reader task; grpc.aio's request iterator is read by one.
+    reader: asyncio.Task[None] | None = None
+    if isinstance(requests, Delivers):
+        requests.attach(offer, ended)
+    else:
+        reader = asyncio.create_task(read(requests))
     subscribed: str | None = None
     loop = asyncio.get_running_loop()
     next_beat: float | None = None
@@ -468,9 +489,10 @@ async def _run(
             server.disconnected(stream.state)
         stream.types.clear()
         inbox.clear()
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
 
 
 def _encoded(response: bytes) -> bytes:

@@ -15,7 +15,6 @@ trailers), one that fails with UNKNOWN.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf.message import DecodeError
 
 from meshcore._core import ads as core_ads
 from meshcore.xds.delta import DeltaStream
@@ -37,10 +37,21 @@ SEND_SLACK_BYTES = 1024 * 1024
 
 
 class _Call:
-    """One stream's requests (an async iterator of decoded messages, ending at the client's
-    half-close) and its status (``abort``), as ``_run`` uses grpc.aio's."""
+    """One stream as ``_run`` sees it: its requests, each handed to ``_run``'s ``offer`` as it
+    arrives (decoded in the event loop's reader callback, no task woken unless something is
+    to be done), and its status (``abort``), as grpc.aio's servicer context."""
 
-    __slots__ = ("closed", "decode", "ended", "inbox", "number", "task", "transport", "waiter")
+    __slots__ = (
+        "attached",
+        "closed",
+        "decode",
+        "early",
+        "ended",
+        "number",
+        "offer",
+        "task",
+        "transport",
+    )
 
     def __init__(
         self, transport: core_ads.AdsTransport, number: int, decode: Callable[[bytes], Any]
@@ -48,30 +59,55 @@ class _Call:
         self.transport = transport
         self.number = number
         self.decode = decode
-        self.inbox: collections.deque[bytes] = collections.deque()
-        self.waiter: asyncio.Future[None] | None = None
-        self.ended = False  # no more requests (half-close or gone)
+        self.offer: Callable[[Any], None] | None = None
+        self.ended: Callable[[], None] | None = None
         self.closed = False  # the status is sent, or the stream is gone: send nothing more
         self.task: asyncio.Task[None] | None = None
+        self.attached = False
+        # What arrived before the handler attached (its task had not run yet): messages, and
+        # None for the half-close.
+        self.early: list[bytes | None] = []
 
-    def __aiter__(self) -> _Call:
-        return self
+    def attach(self, offer: Callable[[Any], None], ended: Callable[[], None]) -> None:
+        self.offer, self.ended, self.attached = offer, ended, True
+        early, self.early = self.early, []
+        for data in early:
+            if data is None:
+                self.half_closed()
+            else:
+                self.message(data)
 
-    async def __anext__(self) -> Any:
-        while not self.inbox:
-            if self.ended:
-                raise StopAsyncIteration
-            self.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
-        return self.decode(self.inbox.popleft())
+    def message(self, data: bytes) -> None:
+        if not self.attached:
+            self.early.append(data)
+            return
+        offer = self.offer
+        if offer is None or self.closed:
+            return
+        try:
+            request = self.decode(data)
+        except DecodeError:
+            # As grpc.aio: the stream ends with INTERNAL, its handler is cancelled.
+            self.gone(grpc.StatusCode.INTERNAL, "Exception deserializing request!")
+            return
+        offer(request)
 
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def half_closed(self) -> None:
+        if not self.attached:
+            self.early.append(None)
+            return
+        ended, self.ended, self.offer = self.ended, None, None
+        if ended is not None:
+            ended()
+
+    def gone(self, code: grpc.StatusCode | None = None, details: str = "") -> None:
+        """The stream ended under the handler: cancelled as grpc.aio cancels it."""
+        if not self.closed and code is not None:
+            self.transport.close(self.number, code.value[0], details)
+        self.closed = True
+        self.offer = self.ended = None
+        if self.task is not None:
+            self.task.cancel()
 
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
         if not self.closed:
@@ -118,21 +154,17 @@ class CoreAdsServer:
             if kind == core_ads.MESSAGE:
                 call = calls.get(event[1])
                 if call is not None:
-                    call.inbox.append(event[2])
-                    call.wake()
+                    call.message(event[2])
             elif kind == core_ads.OPENED:
                 self._open(event[1], event[2])
             elif kind == core_ads.HALF_CLOSED:
                 call = calls.get(event[1])
                 if call is not None:
-                    call.ended = True
-                    call.wake()
+                    call.half_closed()
             else:  # CANCELLED: as grpc.aio does, the handler is cancelled
                 call = calls.pop(event[1], None)
                 if call is not None:
-                    call.closed = call.ended = True
-                    if call.task is not None:
-                        call.task.cancel()
+                    call.gone()
 
     def _open(self, number: int, method: int) -> None:
         ads = self.ads
@@ -167,6 +199,7 @@ class CoreAdsServer:
                 self.transport.close(number, grpc.StatusCode.UNKNOWN.value[0], f"{exc!r}")
         finally:
             self.calls.pop(number, None)
+            call.offer = call.ended = None
             if not call.closed:
                 call.closed = True
                 self.transport.close(number, 0, "")

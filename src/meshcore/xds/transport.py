@@ -49,14 +49,20 @@ class _Call:
         "ended",
         "number",
         "offer",
+        "outbox",
         "task",
         "transport",
     )
 
     def __init__(
-        self, transport: core_ads.AdsTransport, number: int, decode: Callable[[bytes], Any]
+        self,
+        transport: core_ads.AdsTransport,
+        outbox: _Outbox,
+        number: int,
+        decode: Callable[[bytes], Any],
     ) -> None:
         self.transport = transport
+        self.outbox = outbox
         self.number = number
         self.decode = decode
         self.offer: Callable[[Any], None] | None = None
@@ -103,7 +109,7 @@ class _Call:
     def gone(self, code: grpc.StatusCode | None = None, details: str = "") -> None:
         """The stream ended under the handler: cancelled as grpc.aio cancels it."""
         if not self.closed and code is not None:
-            self.transport.close(self.number, code.value[0], details)
+            self.outbox.close(self.number, code.value[0], details)
         self.closed = True
         self.offer = self.ended = None
         if self.task is not None:
@@ -112,7 +118,34 @@ class _Call:
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
         if not self.closed:
             self.closed = True
-            self.transport.close(self.number, code.value[0], details)
+            self.outbox.close(self.number, code.value[0], details)
+
+
+class _Outbox:
+    """Responses of every stream, handed to the transport together once per pass of the event
+    loop (one call, the GIL released while the transport queues them); a stream's status goes
+    after what was queued for it."""
+
+    __slots__ = ("items", "loop", "transport")
+
+    def __init__(self, transport: core_ads.AdsTransport) -> None:
+        self.transport = transport
+        self.items: list[tuple[int, bytes]] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def send(self, number: int, data: bytes) -> None:
+        if not self.items and self.loop is not None:
+            self.loop.call_soon(self.flush)
+        self.items.append((number, data))
+
+    def flush(self) -> None:
+        items, self.items = self.items, []
+        if items:
+            self.transport.send_many(items)
+
+    def close(self, number: int, code: int, details: str) -> None:
+        self.flush()
+        self.transport.close(number, code, details)
 
 
 class CoreAdsServer:
@@ -139,11 +172,13 @@ class CoreAdsServer:
         )
         self.port = self.transport.port
         self.calls: dict[int, _Call] = {}
+        self.outbox = _Outbox(self.transport)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self.outbox.loop = self._loop
         self._loop.add_reader(self.transport.fileno(), self._events)
 
     def _events(self) -> None:
@@ -176,13 +211,13 @@ class CoreAdsServer:
         else:
             stream = DeltaStream(ads, next(ads._streams))
             decode = discovery_pb2.DeltaDiscoveryRequest.FromString
-        call = _Call(self.transport, number, decode)
+        call = _Call(self.transport, self.outbox, number, decode)
         self.calls[number] = call
         assert self._loop is not None
         call.task = self._loop.create_task(self._serve(call, stream))
 
     async def _serve(self, call: _Call, stream: Stream) -> None:
-        send = self.transport.send
+        send = self.outbox.send
         number = call.number
         try:
             async with contextlib.aclosing(_run(self.ads, stream, call, call)) as responses:
@@ -196,19 +231,20 @@ class CoreAdsServer:
             log.exception("ADS stream %d failed", number)
             if not call.closed:
                 call.closed = True
-                self.transport.close(number, grpc.StatusCode.UNKNOWN.value[0], f"{exc!r}")
+                self.outbox.close(number, grpc.StatusCode.UNKNOWN.value[0], f"{exc!r}")
         finally:
             self.calls.pop(number, None)
             call.offer = call.ended = None
             if not call.closed:
                 call.closed = True
-                self.transport.close(number, 0, "")
+                self.outbox.close(number, 0, "")
 
     async def stop(self, grace: float | None) -> None:
         """Stops taking streams; after ``grace`` seconds (None: none) cancels what is left."""
         if self._stopped:
             return
         self._stopped = True
+        self.outbox.flush()
         await asyncio.to_thread(self.transport.shutdown, grace or 0.0)
         if self._loop is not None:
             self._events()  # the streams the shutdown ended: their handlers are cancelled

@@ -1,0 +1,125 @@
+"""What the ADS transports must do as gRPC servers, beyond the protocol (run on both, see
+tests/conftest.py): other methods are UNIMPLEMENTED, a refusal carries its status and message
+after responses were sent, a client's half-close ends the stream with OK, the receive limit,
+and stopping the server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from envoy.service.discovery.v3 import discovery_pb2
+
+from meshcore.xds import types
+from meshcore.xds.cache import SnapshotCache
+from meshcore.xds.server import AdsServer, start_ads_server
+from tests.xds.conftest import NODE, Stream, cla, resources, run_ads
+
+
+def _hello() -> discovery_pb2.DiscoveryRequest:
+    r = discovery_pb2.DiscoveryRequest(type_url=types.ENDPOINT, resource_names=["a"])
+    r.node.id = NODE
+    return r
+
+
+def _ready(cache: SnapshotCache) -> None:
+    cache.set(NODE, cache.snapshot(resources(eds={"a": cla("a")})))
+
+
+def test_other_methods_are_unimplemented() -> None:
+    async def body(cache: SnapshotCache, ads: AdsServer, channel: grpc.aio.Channel) -> None:
+        for method in (
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/FetchAggregatedResources",
+            "/envoy.service.endpoint.v3.EndpointDiscoveryService/StreamEndpoints",
+        ):
+            call = channel.unary_unary(method)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call(b"")
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+    run_ads(body)
+
+
+def test_a_refusal_after_responses_has_its_status_and_message() -> None:
+    async def body(cache: SnapshotCache, ads: AdsServer, channel: grpc.aio.Channel) -> None:
+        _ready(cache)
+        s = Stream(channel)
+        s.send(_hello())
+        first = await s.recv()
+        assert first.version_info
+        s.send(discovery_pb2.DiscoveryRequest(response_nonce=first.nonce))  # no type_url
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await s.recv()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == "type_url is required on ADS requests"
+        for _ in range(100):
+            if not ads.connections:
+                break
+            await asyncio.sleep(0.02)
+        assert not ads.connections
+
+    run_ads(body)
+
+
+def test_a_half_close_ends_the_stream_with_ok() -> None:
+    async def body(cache: SnapshotCache, ads: AdsServer, channel: grpc.aio.Channel) -> None:
+        _ready(cache)
+        s = Stream(channel)
+        s.send(_hello())
+        await s.recv()
+        s.send(None)  # the request iterator ends: the client half-closes
+        assert await s.call.code() == grpc.StatusCode.OK
+        for _ in range(100):
+            if not ads.connections:
+                break
+            await asyncio.sleep(0.02)
+        assert not ads.connections
+
+    run_ads(body)
+
+
+@pytest.mark.ads_transports("core")  # grpc.aio's receive limit is its own 4 MiB default
+def test_a_request_over_the_limit_ends_the_stream() -> None:
+    async def main() -> None:
+        cache = SnapshotCache()
+        _ready(cache)
+        server, ads, port = await start_ads_server(cache, max_message_bytes=4096)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                s = Stream(channel)
+                big = _hello()
+                big.resource_names.extend(f"name-{i}" for i in range(1000))
+                s.send(big)
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await s.recv()
+                assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert not ads.connections
+                ok = Stream(channel)  # the connection still serves other streams
+                ok.send(_hello())
+                assert (await ok.recv()).version_info
+                ok.close()
+        finally:
+            await server.stop(None)
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+@pytest.mark.ads_transports("core")
+def test_stop_ends_open_streams_and_releases_them() -> None:
+    async def main() -> None:
+        cache = SnapshotCache()
+        _ready(cache)
+        server, ads, port = await start_ads_server(cache)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            s = Stream(channel)
+            s.send(_hello())
+            await s.recv()
+            assert len(ads.connections) == 1
+            await server.stop(0.2)
+            assert not ads.connections
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await s.recv()
+            assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+    asyncio.run(asyncio.wait_for(main(), 30))

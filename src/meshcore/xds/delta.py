@@ -18,7 +18,7 @@ from meshcore.xds.stream import TTL_FEATURE, Stream, short
 log = logging.getLogger("meshcore.xds")
 
 
-@dataclass
+@dataclass(slots=True)
 class DeltaType:
     subscribed: set[str] = field(default_factory=set)
     wildcard: bool = False

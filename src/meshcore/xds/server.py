@@ -80,7 +80,7 @@ MAX_PENDING_STREAMS = 100_000
 MAX_PENDING_SECONDS = 300
 
 
-@dataclass
+@dataclass(slots=True)
 class TypeStatus:
     """What one proxy has been sent and has accepted, for one type (proxy-status)."""
 
@@ -92,7 +92,7 @@ class TypeStatus:
     acked_at: float = 0.0
 
 
-@dataclass
+@dataclass(slots=True)
 class ProxyState:
     """One stream's entry in the registry: its node and what it was sent and accepted."""
 

@@ -14,7 +14,7 @@ from meshcore.xds import types
 from meshcore.xds.stream import SOTW_RESOURCE_FEATURES, TTL_FEATURE, WILDCARD_TYPES, Stream
 
 
-@dataclass
+@dataclass(slots=True)
 class SotwType:
     names: set[str] = field(default_factory=set)
     legacy_wildcard: bool = False

@@ -355,9 +355,33 @@ class Aborts(Protocol):
 
 @runtime_checkable
 class Delivers(Protocol):
-    """Requests handed over as they arrive (meshcore.xds.transport), instead of an iterator."""
+    """A transport whose sends do not block (meshcore.xds.transport): requests handed over as
+    they arrive instead of an iterator, and passes run from one callback for all streams."""
 
     def attach(self, offer: Callable[[Any], None], ended: Callable[[], None]) -> None: ...
+
+    def defer(self, work: Callable[[], None]) -> None:
+        """Runs ``work`` soon, with the other streams' deferred work, outside any task."""
+
+    def send(self, response: bytes) -> None:
+        """Queues a response of this stream without blocking."""
+
+
+class _Wake(asyncio.Event):
+    """A stream's wake-up. With ``inline`` set (a transport whose sends do not block), a
+    change found while the stream is idle is pushed from the transport's deferred callback
+    instead of waking the stream's task: ``inline`` says whether it took the change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inline: Callable[[], bool] | None = None
+
+    def set(self) -> None:
+        if self.inline is None or not self.inline():
+            super().set()
+
+    def wake(self) -> None:
+        super().set()
 
 
 async def _run(
@@ -375,10 +399,12 @@ async def _run(
     if refused is not None:
         await context.abort(*refused)
         return
-    wake = asyncio.Event()
+    wake = _Wake()
     inbox: collections.deque[Any] = collections.deque()
 
     idle = False  # the loop below waits for a wake-up, between passes
+    next_beat: float | None = None
+    done = False
 
     def offer(request: Any) -> None:
         """One request, as it arrives."""
@@ -410,14 +436,41 @@ async def _run(
 
     # A transport that calls back with each request as it arrives (meshcore.xds.transport)
     # needs no reader task; grpc.aio's request iterator is read by one.
+    def quiet() -> bool:
+        """Idle, nothing to read, the node known, no heartbeat timer: a pass is only pushes."""
+        return idle and not done and not inbox and stream.node is not None and next_beat is None
+
     reader: asyncio.Task[None] | None = None
     if isinstance(requests, Delivers):
-        requests.attach(offer, ended)
+        transport = requests
+
+        def push_pass() -> None:
+            if not quiet():
+                if not done:
+                    wake.wake()
+                return
+            server.pushes_in_flight += 1
+            server.peak_pushes_in_flight = max(
+                server.peak_pushes_in_flight, server.pushes_in_flight
+            )
+            try:
+                for response in stream.pushes():
+                    transport.send(response)
+            finally:
+                server.pushes_in_flight -= 1
+
+        def inline() -> bool:
+            if not quiet():
+                return False
+            transport.defer(push_pass)
+            return True
+
+        wake.inline = inline
+        transport.attach(offer, ended)
     else:
         reader = asyncio.create_task(read(requests))
     subscribed: str | None = None
     loop = asyncio.get_running_loop()
-    next_beat: float | None = None
     hello_by = None if server.hello_timeout is None else loop.time() + server.hello_timeout
     try:
         while True:
@@ -483,6 +536,7 @@ async def _run(
     finally:
         # First what must never be skipped, with no await before it (a second cancellation
         # of the handler could interrupt an await); then the reader.
+        done = True
         if subscribed is not None:
             server.cache.unsubscribe(subscribed, wake)
         if stream.state is not None:

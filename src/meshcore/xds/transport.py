@@ -74,6 +74,13 @@ class _Call:
         # None for the half-close.
         self.early: list[bytes | None] = []
 
+    def defer(self, work: Callable[[], None]) -> None:
+        self.outbox.defer(self, work)
+
+    def send(self, response: bytes) -> None:
+        if not self.closed:
+            self.outbox.send(self.number, response)
+
     def attach(self, offer: Callable[[Any], None], ended: Callable[[], None]) -> None:
         self.offer, self.ended, self.attached = offer, ended, True
         early, self.early = self.early, []
@@ -123,25 +130,45 @@ class _Call:
 
 class _Outbox:
     """Responses of every stream, handed to the transport together once per pass of the event
-    loop (one call, the GIL released while the transport queues them); a stream's status goes
-    after what was queued for it."""
+    loop (one call, the GIL released while the transport queues them), after the streams'
+    deferred push passes of that pass; a stream's status goes after what was queued for it."""
 
-    __slots__ = ("items", "loop", "transport")
+    __slots__ = ("items", "loop", "scheduled", "transport", "work")
 
     def __init__(self, transport: core_ads.AdsTransport) -> None:
         self.transport = transport
         self.items: list[tuple[int, bytes]] = []
+        self.work: list[tuple[_Call, Callable[[], None]]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.scheduled = False
+
+    def _schedule(self) -> None:
+        if not self.scheduled and self.loop is not None:
+            self.scheduled = True
+            self.loop.call_soon(self.flush)
 
     def send(self, number: int, data: bytes) -> None:
-        if not self.items and self.loop is not None:
-            self.loop.call_soon(self.flush)
         self.items.append((number, data))
+        self._schedule()
+
+    def defer(self, call: _Call, work: Callable[[], None]) -> None:
+        self.work.append((call, work))
+        self._schedule()
 
     def flush(self) -> None:
-        items, self.items = self.items, []
-        if items:
-            self.transport.send_many(items)
+        try:
+            work, self.work = self.work, []
+            for call, item in work:
+                try:
+                    item()
+                except Exception as exc:
+                    log.exception("ADS stream %d failed", call.number)
+                    call.gone(grpc.StatusCode.UNKNOWN, f"{exc!r}")
+            items, self.items = self.items, []
+            if items:
+                self.transport.send_many(items)
+        finally:
+            self.scheduled = False
 
     def close(self, number: int, code: int, details: str) -> None:
         self.flush()

@@ -6,6 +6,8 @@ and stopping the server."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,8 +15,11 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from meshcore.xds import types
 from meshcore.xds.cache import SnapshotCache
+from meshcore.xds.controlserver import ControlPlaneServer
 from meshcore.xds.server import AdsServer, start_ads_server
+from meshcore.xds.transport import CoreAdsServer
 from tests.xds.conftest import NODE, Stream, cla, resources, run_ads
+from tests.xds.test_controlserver import EXAMPLES, FRONTEND
 
 
 def _hello() -> discovery_pb2.DiscoveryRequest:
@@ -121,5 +126,33 @@ def test_stop_ends_open_streams_and_releases_them() -> None:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await s.recv()
             assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+@pytest.mark.ads_transports("core")  # the transport is chosen explicitly below
+@pytest.mark.parametrize("chosen", ["core", "grpc"])
+def test_the_control_plane_serves_on_the_transport_it_is_given(tmp_path: Path, chosen: str) -> None:
+    # meshcore serve --ads-transport core|grpc
+    config = tmp_path / "mesh"
+    shutil.copytree(EXAMPLES, config)
+    server = ControlPlaneServer([config], ads_transport=chosen)
+    assert server.load(), server.plane.problems
+
+    async def main() -> None:
+        await server.start()
+        try:
+            kind = CoreAdsServer if chosen == "core" else grpc.aio.Server
+            assert isinstance(server._grpc, kind)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.ads_port}") as channel:
+                s = Stream(channel)
+                r = discovery_pb2.DiscoveryRequest(type_url=types.ROUTE, resource_names=["9080"])
+                r.node.id = FRONTEND
+                s.send(r)
+                got = await s.recv()
+                assert [x.type_url for x in got.resources] == [types.ROUTE]
+                s.close()
+        finally:
+            await server.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))

@@ -156,3 +156,57 @@ def test_the_control_plane_serves_on_the_transport_it_is_given(tmp_path: Path, c
             await server.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+@pytest.mark.ads_transports("core")
+def test_keepalive_closes_a_connection_that_does_not_answer_pings() -> None:
+    # HTTP/2 keepalive: a PING every keepalive_time; a peer that does not answer within
+    # keepalive_timeout loses its connection; one that does (a gRPC client) keeps it.
+    async def main() -> None:
+        cache = SnapshotCache()
+        _ready(cache)
+        ads = AdsServer(cache)
+        server = CoreAdsServer(ads, "127.0.0.1", 0, keepalive_time=0.2, keepalive_timeout=0.3)
+        await server.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+            await writer.drain()
+            frames = b""
+            started = asyncio.get_running_loop().time()
+            while chunk := await asyncio.wait_for(reader.read(4096), 5):
+                frames += chunk  # SETTINGS, then PINGs (type 6) left unanswered
+            elapsed = asyncio.get_running_loop().time() - started
+            assert 0.4 <= elapsed < 3, elapsed
+            assert _frame_types(frames).count(6) >= 1
+            writer.close()
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                s = Stream(channel)
+                s.send(_hello())
+                first = await s.recv()
+                await asyncio.sleep(1.2)  # several keepalive periods, PINGs answered
+                s.send(
+                    discovery_pb2.DiscoveryRequest(
+                        type_url=types.ENDPOINT,
+                        resource_names=["a"],
+                        response_nonce=first.nonce,
+                        version_info=first.version_info,
+                    )
+                )
+                cache.apply(types.ENDPOINT, {"a": cla("a", port=9999)})
+                assert (await s.recv()).version_info != first.version_info
+                s.close()
+        finally:
+            await server.stop(None)
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def _frame_types(data: bytes) -> list[int]:
+    """The types of the HTTP/2 frames in ``data`` (whole frames only)."""
+    out = []
+    while len(data) >= 9:
+        size = int.from_bytes(data[:3], "big")
+        out.append(data[3])
+        data = data[9 + size :]
+    return out

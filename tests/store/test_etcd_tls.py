@@ -1,0 +1,140 @@
+"""etcd with client TLS (server certificate, ``--client-cert-auth``) and meshcore reaching it
+with ``--etcd-cacert/--etcd-cert/--etcd-key``: apply, get, serve from it, analyze; a wrong
+CA, a missing client certificate or a plaintext client are refused with exit 2 and the TLS
+reason, never a traceback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshcore.cli import main
+from meshcore.store import EtcdTLS, StoreURL, parse_store_url
+from meshcore.store.etcd import EtcdClient, StoreUnavailable
+from tests.envoy._sidecar import control_plane_in_thread, wait_for
+from tests.store._etcd import EtcdCluster, etcd_cluster
+from tests.store._pki import Pki, make_pki
+
+VS = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-route}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews}
+      weight: %d
+"""
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(Path(tmp_path_factory.mktemp("pki")))
+
+
+@pytest.fixture(scope="module")
+def tls_etcd(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[EtcdCluster]:
+    """One etcd member that speaks only TLS to clients and wants their certificates."""
+    with etcd_cluster(Path(tmp_path_factory.mktemp("etcd-tls")), 1, pki=pki) as c:
+        yield c
+
+
+def tls_url(etcd: EtcdCluster, prefix: str) -> StoreURL:
+    assert etcd.pki is not None
+    p = etcd.pki
+    url = parse_store_url(etcd.url(prefix))
+    return StoreURL(
+        url.endpoints, url.prefix, EtcdTLS(str(p.ca), str(p.client_cert), str(p.client_key))
+    )
+
+
+def test_apply_get_and_analyze_over_tls(
+    tls_etcd: EtcdCluster, prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tls_etcd.url(prefix)
+    (tmp_path / "vs.yaml").write_text(VS % 100)
+    flags = tls_etcd.tls_flags()
+    assert main(["apply", "-f", str(tmp_path / "vs.yaml"), "--store", store, *flags]) == 0
+    assert "created" in capsys.readouterr().out
+    assert main(["get", "VirtualService", "--store", store, *flags]) == 0
+    assert "reviews-route" in capsys.readouterr().out
+    assert main(["analyze", "--store", store, *flags]) in (0, 79)
+    capsys.readouterr()
+    assert main(["proxy-status", "--store", store, *flags]) == 0
+    assert "no proxies" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "which", ["wrong-ca", "no-client-cert", "client-cert-of-another-ca", "plaintext"]
+)
+def test_refused_tls_is_a_clear_exit_2(
+    tls_etcd: EtcdCluster,
+    pki: Pki,
+    prefix: str,
+    tmp_path: Path,
+    which: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    flags = {
+        "wrong-ca": ["--etcd-cacert", str(pki.other_ca), "--etcd-cert", str(pki.client_cert),
+                     "--etcd-key", str(pki.client_key)],
+        "no-client-cert": ["--etcd-cacert", str(pki.ca)],
+        "client-cert-of-another-ca": ["--etcd-cacert", str(pki.ca), "--etcd-cert",
+                                      str(pki.other_cert), "--etcd-key", str(pki.other_key)],
+        "plaintext": [],
+    }[which]  # fmt: skip
+    (tmp_path / "vs.yaml").write_text(VS % 100)
+    started = time.monotonic()
+    code = main(["apply", "-f", str(tmp_path / "vs.yaml"), "--store", tls_etcd.url(prefix), *flags])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert "unreachable" in err, err
+    if which == "wrong-ca":
+        assert "CERTIFICATE_VERIFY_FAILED" in err or "certificate verify failed" in err, err
+    assert time.monotonic() - started < 30
+    assert main(["get", "--store", tls_etcd.url(prefix), *tls_etcd.tls_flags()]) == 0
+    assert "reviews-route" not in capsys.readouterr().out  # nothing was written
+
+
+def test_flag_mistakes_are_usage_errors(
+    tls_etcd: EtcdCluster, pki: Pki, prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tls_etcd.url(prefix)
+    cases = [
+        (["get", "--store", store, "--etcd-cert", str(pki.client_cert)], "go together"),
+        (["get", "--store", store, "--etcd-cacert", "/nonexistent/ca.pem"], "no such file"),
+        (["analyze", "--etcd-cacert", str(pki.ca), "."], "are for an etcd store"),
+        (["proxy-status", "--etcd-cacert", str(pki.ca)], "are for an etcd store"),
+        (["serve", "--config", ".", "--etcd-cacert", str(pki.ca)], "are for an etcd store"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err, (argv, err)
+        assert "Traceback" not in err
+
+
+def test_serve_from_etcd_over_tls(tls_etcd: EtcdCluster, prefix: str) -> None:
+    """A replica lists and watches its config over TLS: a write reaches what it serves."""
+    url = tls_url(tls_etcd, prefix)
+    writer = EtcdClient(url.endpoints, tls=url.tls)
+    key = url.key("networking.istio.io", "VirtualService", "default", "reviews-route")
+    writer.put(key, (VS % 100).encode())
+    try:
+        with control_plane_in_thread([], store=url) as (_, server):
+            assert server.store is not None
+            assert server.store.connected
+            revision = writer.put(key, (VS % 90).encode())
+            wait_for(lambda: server.store.served_revision >= revision, "the write served", 15)
+    finally:
+        writer.close()
+
+
+def test_client_refuses_unreadable_tls_files(tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailable, match="cannot read"):
+        EtcdClient(["127.0.0.1:1"], tls=EtcdTLS(str(tmp_path / "absent.pem")))

@@ -5,6 +5,7 @@ reason, never a traceback."""
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,6 +120,22 @@ def test_flag_mistakes_are_usage_errors(
         assert "Traceback" not in err
 
 
+def test_serve_refuses_a_store_it_cannot_reach_over_tls(
+    tls_etcd: EtcdCluster, pki: Pki, prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = ["serve", "--config", tls_etcd.url(prefix), "--xds-port", "0", "--monitoring-port", "0"]
+    for flags, reason in (
+        (["--etcd-cacert", str(pki.other_ca)], "CERTIFICATE_VERIFY_FAILED"),
+        (["--etcd-cacert", str(pki.client_key)], "holds no PEM certificate"),
+        ([], "does etcd want TLS?"),
+    ):
+        assert main([*store, *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert "cannot read the config store" in err, err
+        assert reason in err, err
+        assert "Traceback" not in err
+
+
 def test_serve_from_etcd_over_tls(tls_etcd: EtcdCluster, prefix: str) -> None:
     """A replica lists and watches its config over TLS: a write reaches what it serves."""
     url = tls_url(tls_etcd, prefix)
@@ -138,3 +155,77 @@ def test_serve_from_etcd_over_tls(tls_etcd: EtcdCluster, prefix: str) -> None:
 def test_client_refuses_unreadable_tls_files(tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailable, match="cannot read"):
         EtcdClient(["127.0.0.1:1"], tls=EtcdTLS(str(tmp_path / "absent.pem")))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--root-grace", "1.5"], "between 0 and 1"),
+        (["--root-grace", "0"], "between 0 and 1"),
+        (["--root-grace", "nan"], "between 0 and 1"),
+        (["--root-ttl", "30s"], "longer than 1m"),
+        (["--root-ttl", "ten years"], "longer than 1m"),
+        (["--root-ttl=-5h"], "longer than 1m"),
+    ],
+)
+def test_root_rotation_flags_refuse_nonsense(
+    tls_etcd: EtcdCluster,
+    prefix: str,
+    flags: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["serve", "--config", tls_etcd.url(prefix), *tls_etcd.tls_flags(), "--ca-port", "0"]
+    assert main([*argv, *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert "Traceback" not in err
+
+
+def test_root_rotation_flags_need_the_shared_root(
+    tls_etcd: EtcdCluster, prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = ["--config", tls_etcd.url(prefix), *tls_etcd.tls_flags()]
+    for argv in (
+        ["serve", *store, "--root-grace", "0.3"],  # no CA
+        ["serve", "--config", str(tmp_path), "--ca-port", "0", "--root-ttl", "48h"],  # no store
+        ["serve", *store, "--ca-port", "0", "--cacerts", str(tmp_path), "--root-ttl", "48h"],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "need --config etcd://... and --ca-port, without --cacerts" in err, err
+
+
+def test_two_replicas_over_tls_rotate_a_root_of_the_given_ttl(
+    tls_etcd: EtcdCluster, prefix: str, tmp_path: Path
+) -> None:
+    """``meshcore serve`` processes over TLS with ``--root-ttl 2m --root-grace 0.6``: the
+    first replica creates a 2-minute root (1 minute of it in the past: under 60% left, due at
+    once), the leader rotates it, and both replicas give agents the two roots."""
+    from cryptography import x509
+
+    from tests.envoy._sidecar import free_ports
+    from tests.store._etcd import replica_process
+
+    (tmp_path / "tokens").write_text("")
+    flags = (*tls_etcd.tls_flags(), "--root-ttl", "2m", "--root-grace", "0.6")
+    store = tls_etcd.url(prefix)
+
+    def ports() -> dict[str, int]:
+        return dict(zip(("xds", "metrics", "ca", "ca_mtls"), free_ports(4), strict=True))
+
+    with (
+        replica_process(tmp_path, store, ports(), "a", extra=flags),
+        replica_process(tmp_path, store, ports(), "b", extra=flags),
+    ):
+
+        def roots(name: str) -> list[x509.Certificate]:
+            path = tmp_path / f"state-{name}" / "root-cert.pem"
+            return x509.load_pem_x509_certificates(path.read_bytes()) if path.exists() else []
+
+        wait_for(lambda: len(roots("a")) == 2 and len(roots("b")) == 2, "both trust 2 roots", 20)
+        first = roots("a")[1]
+        assert first.not_valid_after_utc - first.not_valid_before_utc == datetime.timedelta(
+            minutes=2
+        )
+        assert roots("a") == roots("b")

@@ -28,6 +28,15 @@ def add_tls_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--etcd-key", metavar="FILE", help="the client certificate's key (PEM)")
 
 
+def quiet_grpc() -> None:
+    """A one-shot command prints the reason a store is unreachable itself: gRPC's own log
+    lines about the same handshake (on stderr, from its C core) are left out unless the user
+    sets GRPC_VERBOSITY. Takes effect when called before grpc is first imported."""
+    import os
+
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+
 def tls_of(args: argparse.Namespace) -> EtcdTLS | None:
     """The ``--etcd-*`` flags; None without them. StoreURLError when they cannot be used."""
     from meshcore.store import EtcdTLS
@@ -157,6 +166,7 @@ def _problem(p: Any) -> str:
 
 def run(args: argparse.Namespace) -> int:
     require("etcd", f"meshcore {args.command}")
+    quiet_grpc()
     import grpc
 
     from meshcore.store import StoreURLError
@@ -260,6 +270,7 @@ def proxy_status(address: str, *, output: str = "text", tls: EtcdTLS | None = No
     """Every proxy of every replica on the store (registered under each replica's lease), with
     the replica it is connected to and its sync state per type (``tls``: etcd over TLS)."""
     require("etcd", "meshcore proxy-status --store")
+    quiet_grpc()
     from dataclasses import replace
 
     from meshcore.store import StoreURLError, parse_store_url

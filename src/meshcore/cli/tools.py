@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from meshcore.cli.store import add_tls_flags, tls_option
+from meshcore.cli.store import add_tls_flags, quiet_grpc, tls_option
 from meshcore.tools.messages import LEVELS
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ def _read_store(
     from meshcore._extras import require
 
     require("etcd", f"{command} --store")
+    quiet_grpc()
     from meshcore.store import StoreURLError
     from meshcore.store.etcd import StoreUnavailable
     from meshcore.store.source import read_store

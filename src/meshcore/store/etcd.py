@@ -59,6 +59,29 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\x00"
 
 
+def _check_pem(tls: EtcdTLS, root: bytes | None, key: bytes | None, chain: bytes | None) -> None:
+    """StoreUnavailable naming the file that is not what its flag wants (gRPC would only say
+    it failed to create a handshaker). Never echoes a key's content."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    for flag, path, data in (("--etcd-cacert", tls.cacert, root), ("--etcd-cert", tls.cert, chain)):
+        if data is not None:
+            try:
+                x509.load_pem_x509_certificates(data)
+            except ValueError:
+                raise StoreUnavailable(
+                    f"etcd TLS: {flag} {path} holds no PEM certificate"
+                ) from None
+    if key is not None:
+        try:
+            serialization.load_pem_private_key(key, password=None)
+        except (ValueError, TypeError):
+            raise StoreUnavailable(
+                f"etcd TLS: --etcd-key {tls.key} is not an unencrypted PEM private key"
+            ) from None
+
+
 class EtcdClient:
     """KV, Txn, Watch, Lease and Compact against a list of endpoints (``HOST:PORT``)."""
 
@@ -79,6 +102,7 @@ class EtcdClient:
                 raise StoreUnavailable(
                     f"etcd TLS: cannot read {exc.filename}: {exc.strerror}"
                 ) from None
+            _check_pem(tls, root, key, chain)
             self._credentials = grpc.ssl_channel_credentials(root, key, chain)
         self._lock = threading.Lock()
         self._current = 0
@@ -141,7 +165,26 @@ class EtcdClient:
                 last = exc
                 self.failover(generation)
         details = last.details() if last is not None else "no endpoint"
-        raise StoreUnavailable(f"etcd at {', '.join(self.endpoints)} is unreachable: {details}")
+        raise StoreUnavailable(
+            f"etcd at {', '.join(self.endpoints)} is unreachable: {details}{self._hint(details)}"
+        )
+
+    def _hint(self, details: str) -> str:
+        """What a refused TLS session most likely means, after gRPC's terse reason."""
+        if self.tls is None:
+            if "Socket closed" in details or "Connection reset" in details:
+                return " (does etcd want TLS? give --etcd-cacert, --etcd-cert and --etcd-key)"
+            return ""
+        if "CERTIFICATE_VERIFY_FAILED" in details:
+            return " (etcd's server certificate is not signed by --etcd-cacert, or not for this address)"
+        if "TSI_DATA_CORRUPTED" in details or "BAD_CERTIFICATE" in details:
+            return (
+                " (etcd refused this client: its --trusted-ca-file did not sign --etcd-cert, "
+                "or none was given)"
+            )
+        if "WRONG_VERSION_NUMBER" in details or "TSI_PROTOCOL_FAILURE" in details:
+            return " (is etcd serving TLS on this address?)"
+        return ""
 
     # ----- KV -----
 

@@ -106,9 +106,13 @@ class ControlPlaneServer:
         # The config from etcd instead of directories (``paths`` then unused).
         self.store: EtcdSource | None = None
         if store is not None:
+            from meshcore.store.etcd import StoreUnavailable
             from meshcore.store.source import EtcdSource
 
-            self.store = EtcdSource(store)
+            try:
+                self.store = EtcdSource(store)
+            except StoreUnavailable as exc:  # TLS files that cannot be used
+                raise StartError(f"cannot read the config store: {exc}") from None
         # WorkloadEntries of proxies that register with a WorkloadGroup, served on top of
         # the loaded config (meshcore.xds.autoregistration).
         self.registry = AutoRegistry(workload_entry_grace_period)

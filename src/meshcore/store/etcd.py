@@ -164,7 +164,7 @@ class EtcdClient:
                     raise
                 last = exc
                 self.failover(generation)
-        details = last.details() if last is not None else "no endpoint"
+        details = (last.details() if last is not None else None) or "no endpoint"
         raise StoreUnavailable(
             f"etcd at {', '.join(self.endpoints)} is unreachable: {details}{self._hint(details)}"
         )

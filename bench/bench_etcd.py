@@ -395,6 +395,7 @@ def test_tls_connect_cost(
     calls = 50 if quick(request) else 500
     pki = make_pki(tmp_path / "pki")
     tls = EtcdTLS(str(pki.ca), str(pki.client_cert), str(pki.client_key))
+    (tmp_path / "etcd-tls").mkdir()
     with etcd_cluster(tmp_path / "etcd-tls", 1, pki=pki) as secure:
         sides = {"plaintext": (etcd.endpoints, None), "TLS": (secure.endpoints, tls)}
         first: dict[str, list[float]] = {k: [] for k in sides}

@@ -6,9 +6,12 @@ reason, never a traceback."""
 from __future__ import annotations
 
 import datetime
+import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -143,11 +146,21 @@ def test_serve_from_etcd_over_tls(tls_etcd: EtcdCluster, prefix: str) -> None:
     key = url.key("networking.istio.io", "VirtualService", "default", "reviews-route")
     writer.put(key, (VS % 100).encode())
     try:
-        with control_plane_in_thread([], store=url) as (_, server):
+        with control_plane_in_thread([], store=url, metrics_port=0) as (_, server):
             assert server.store is not None
             assert server.store.connected
             revision = writer.put(key, (VS % 90).encode())
             wait_for(lambda: server.store.served_revision >= revision, "the write served", 15)
+            port = server.debug.server_address[1]
+
+            def syncz() -> dict[str, Any]:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/debug/syncz") as r:
+                    status: dict[str, Any] = json.loads(r.read())["config_store"]
+                    return status
+
+            # The only replica leads (its lease over TLS too), and /debug/syncz says so.
+            wait_for(lambda: syncz()["replica"]["leader"] is True, "leader in /debug/syncz", 15)
+            assert syncz()["served_revision"] >= revision
     finally:
         writer.close()
 

@@ -392,7 +392,10 @@ class CAWatch:
         except CAError as exc:
             log.error("shared CA: %s (revision %d); signing with the last one", exc, revision)
             return
-        self.on_ca(ca)
+        try:
+            self.on_ca(ca)
+        except Exception:  # e.g. the state directory not writable: the watch goes on
+            log.exception("shared CA: taking revision %d failed", revision)
 
 
 class ReplicaDuties:

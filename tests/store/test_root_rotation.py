@@ -223,6 +223,7 @@ def test_a_rotation_reaches_a_follower_within_a_second(
         assert taken[1][1].cert == old.cert
         assert taken[2][1].cert == taken[1][1].roots()[0]  # then signing
         assert not bad, bad[:3]
+        assert "PRIVATE KEY" not in caplog.text  # the records went through the log's reach
         assert follower.ca_watch is not None
         assert follower.ca_watch.reads == 1
     finally:
@@ -251,6 +252,43 @@ def test_ca_watch_reads_again_after_compaction(etcd: EtcdCluster, prefix: str) -
         watch.start()
         wait_for(lambda: taken, "the record read again")
         assert taken[-1].cert == second.cert
+    finally:
+        watch.stop()
+        watch.client.close()
+        client.close()
+
+
+def test_ca_watch_skips_an_unreadable_record_and_never_logs_it(
+    etcd: EtcdCluster, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record another client wrote broken (here: a truncated key) is logged as unreadable
+    without its content, the replica keeps the CA it had, and the next good version is taken."""
+    import json
+
+    from meshcore.store.replicas import CAWatch
+
+    caplog.set_level(logging.DEBUG)
+    url = parse_store_url(etcd.url(prefix))
+    client = EtcdClient(etcd.endpoints)
+    good = CertificateAuthority.generate()
+    client.put(url.meta("ca"), _encode_ca(good))
+    taken: list[CertificateAuthority] = []
+    watch = CAWatch(EtcdClient(etcd.endpoints), url, taken.append)
+    watch.start()
+    try:
+        wait_for(lambda: taken, "the first record")
+        broken = json.loads(_encode_ca(CertificateAuthority.generate()))
+        secret = broken["ca-key.pem"].splitlines()[1]
+        broken["ca-key.pem"] = broken["ca-key.pem"][:-60]
+        client.put(url.meta("ca"), json.dumps(broken).encode())
+        wait_for(lambda: "unreadable" in caplog.text, "the broken record reported")
+        assert len(taken) == 1
+        newer = CertificateAuthority.generate()
+        client.put(url.meta("ca"), _encode_ca(newer))
+        wait_for(lambda: len(taken) == 2, "the next good record")
+        assert taken[1].cert == newer.cert
+        assert secret not in caplog.text
+        assert "PRIVATE KEY" not in caplog.text
     finally:
         watch.stop()
         watch.client.close()

@@ -112,6 +112,8 @@ def test_flag_mistakes_are_usage_errors(
     cases = [
         (["get", "--store", store, "--etcd-cert", str(pki.client_cert)], "go together"),
         (["get", "--store", store, "--etcd-cacert", "/nonexistent/ca.pem"], "no such file"),
+        (["get", "--store", store, "--etcd-cert", str(pki.client_cert), "--etcd-key",
+          str(pki.client_cert)], "not an unencrypted PEM private key"),  # fmt: skip
         (["analyze", "--etcd-cacert", str(pki.ca), "."], "are for an etcd store"),
         (["proxy-status", "--etcd-cacert", str(pki.ca)], "are for an etcd store"),
         (["serve", "--config", ".", "--etcd-cacert", str(pki.ca)], "are for an etcd store"),

@@ -109,11 +109,11 @@ def test_flag_mistakes_are_usage_errors(
     tls_etcd: EtcdCluster, pki: Pki, prefix: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store = tls_etcd.url(prefix)
+    cert_as_key = ["--etcd-cert", str(pki.client_cert), "--etcd-key", str(pki.client_cert)]
     cases = [
         (["get", "--store", store, "--etcd-cert", str(pki.client_cert)], "go together"),
         (["get", "--store", store, "--etcd-cacert", "/nonexistent/ca.pem"], "no such file"),
-        (["get", "--store", store, "--etcd-cert", str(pki.client_cert), "--etcd-key",
-          str(pki.client_cert)], "not an unencrypted PEM private key"),  # fmt: skip
+        (["get", "--store", store, *cert_as_key], "not an unencrypted PEM private key"),
         (["analyze", "--etcd-cacert", str(pki.ca), "."], "are for an etcd store"),
         (["proxy-status", "--etcd-cacert", str(pki.ca)], "are for an etcd store"),
         (["serve", "--config", ".", "--etcd-cacert", str(pki.ca)], "are for an etcd store"),

@@ -293,3 +293,33 @@ def test_ca_watch_skips_an_unreadable_record_and_never_logs_it(
         watch.stop()
         watch.client.close()
         client.close()
+
+
+def test_ca_watch_comes_back_after_etcd_restarts(tmp_path: Path) -> None:
+    """etcd goes away and comes back: the CA watch reads the record again and follows it
+    (a version written after the return is taken)."""
+    from meshcore.store.replicas import CAWatch
+    from tests.store._etcd import etcd_cluster
+
+    with etcd_cluster(tmp_path, 1) as cluster:
+        url = parse_store_url(cluster.url("/ca-restart"))
+        client = EtcdClient(cluster.endpoints)
+        client.put(url.meta("ca"), _encode_ca(CertificateAuthority.generate()))
+        taken: list[CertificateAuthority] = []
+        watch = CAWatch(EtcdClient(cluster.endpoints), url, taken.append, retry_seconds=0.2)
+        watch.start()
+        try:
+            wait_for(lambda: taken, "the first record")
+            member = cluster.members[0]
+            cluster.stop(member)
+            time.sleep(1.0)
+            cluster.start(member, state="existing")
+            cluster.wait_healthy()
+            newer = CertificateAuthority.generate()
+            client.put(url.meta("ca"), _encode_ca(newer))
+            wait_for(lambda: taken[-1].cert == newer.cert, "the record after the restart", 20)
+            assert watch.reads >= 2  # read again after the stream broke
+        finally:
+            watch.stop()
+            watch.client.close()
+            client.close()

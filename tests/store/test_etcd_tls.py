@@ -244,3 +244,23 @@ def test_two_replicas_over_tls_rotate_a_root_of_the_given_ttl(
             minutes=2
         )
         assert roots("a") == roots("b")
+
+
+def test_rotation_flags_help_states_the_default_and_needs_no_ca_module() -> None:
+    """The help's default is the one rotation uses; building the parser imports no CA code
+    (a base install, without cryptography, still parses every command)."""
+    import subprocess
+    import sys
+
+    from meshcore.ca.authority import ROOT_GRACE
+    from meshcore.cli._parser import parser
+
+    serve = parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    grace = next(a for a in serve._actions if "--root-grace" in a.option_strings)
+    assert f"default {ROOT_GRACE}," in (grace.help or "")
+    code = (
+        "import sys; sys.modules['cryptography'] = None\n"
+        "from meshcore.cli._parser import parser\n"
+        "parser().parse_args(['serve', '--config', 'etcd://h:1/p', '--root-grace', '0.3'])\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -65,13 +65,13 @@ def tls_option(args: argparse.Namespace, store: str | None) -> EtcdTLS | None:
 
 
 def add_rotation_flags(p: argparse.ArgumentParser) -> None:
-    """``meshcore serve``'s root rotation of the replicas' shared self-signed CA."""
-    from meshcore.ca.authority import ROOT_GRACE
-
+    """``meshcore serve``'s root rotation of the replicas' shared self-signed CA. (The parser
+    is built on a base install too: no meshcore.ca import here; the default stated is
+    meshcore.ca.authority.ROOT_GRACE, which a test keeps equal.)"""
     p.add_argument("--root-grace", type=float, default=None, metavar="FRACTION",
                    help="replicas on etcd sharing a self-signed root: the leader rotates it "
                    "when less than this fraction of its lifetime is left (0 < FRACTION < 1; "
-                   f"default {ROOT_GRACE}, Istio's CITADEL_SELF_SIGNED_CA_CERT_GRACE_PERIOD_"
+                   "default 0.2, Istio's CITADEL_SELF_SIGNED_CA_CERT_GRACE_PERIOD_"
                    "PERCENTILE 20)")  # fmt: skip
     p.add_argument("--root-ttl", default=None, metavar="DURATION",
                    help="the lifetime of a root the replicas generate, a Go duration over 1m "

@@ -69,7 +69,9 @@ def test_apply_get_and_analyze_over_tls(
     assert main(["analyze", "--store", store, *flags]) in (0, 79)
     capsys.readouterr()
     assert main(["proxy-status", "--store", store, *flags]) == 0
-    assert "no proxies" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "no proxies" in out
+    assert "(leader: none)" in err  # no replica runs
 
 
 @pytest.mark.parametrize(

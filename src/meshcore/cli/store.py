@@ -268,14 +268,15 @@ def _delete(args: argparse.Namespace, url: Any, client: Any) -> int:
 
 def proxy_status(address: str, *, output: str = "text", tls: EtcdTLS | None = None) -> int:
     """Every proxy of every replica on the store (registered under each replica's lease), with
-    the replica it is connected to and its sync state per type (``tls``: etcd over TLS)."""
+    the replica it is connected to and its sync state per type, and the replica that leads
+    (``tls``: etcd over TLS)."""
     require("etcd", "meshcore proxy-status --store")
     quiet_grpc()
     from dataclasses import replace
 
     from meshcore.store import StoreURLError, parse_store_url
     from meshcore.store.etcd import EtcdClient, StoreUnavailable
-    from meshcore.store.replicas import all_proxies
+    from meshcore.store.replicas import all_proxies, leader_of
 
     try:
         url = replace(parse_store_url(address), tls=tls)
@@ -286,6 +287,7 @@ def proxy_status(address: str, *, output: str = "text", tls: EtcdTLS | None = No
         client = EtcdClient(url.endpoints, tls=url.tls)
         try:
             proxies = all_proxies(client, url)
+            leader = leader_of(client, url)
         finally:
             client.close()
     except StoreUnavailable as exc:
@@ -294,7 +296,7 @@ def proxy_status(address: str, *, output: str = "text", tls: EtcdTLS | None = No
     if output != "text":
         from meshcore.cli import emit
 
-        emit({"proxies": proxies}, output)
+        emit({"proxies": proxies, "leader": leader}, output)
         return EXIT_OK
     columns = ["CDS", "LDS", "EDS", "RDS", "SDS"]
     width = max([len("NAME"), *map(len, proxies)])
@@ -307,6 +309,7 @@ def proxy_status(address: str, *, output: str = "text", tls: EtcdTLS | None = No
         print(f"{node_id:<{width}}  {entry.get('replica', ''):<{rwidth}}  {cells}".rstrip())
     if not proxies:
         print("(no proxies connected to any replica)")
+    print(f"(leader: {leader or 'none'})", file=sys.stderr)
     return EXIT_OK
 
 

@@ -398,6 +398,13 @@ class CAWatch:
             log.exception("shared CA: taking revision %d failed", revision)
 
 
+def leader_of(client: EtcdClient, url: StoreURL) -> str | None:
+    """The replica holding ``PREFIX.meshcore/leader`` now (None: no leader, e.g. for up to a
+    lease TTL after the last one died)."""
+    _, kv = client.get(url.meta("leader"))
+    return bytes(kv.value).decode("utf-8", "replace") if kv is not None else None
+
+
 class ReplicaDuties:
     """The thread that keeps a replica's shared state: leadership and its proxies, every
     ``interval`` seconds until :meth:`stop` (``status`` gives the proxies' sync state)."""

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from meshcore.cli import main
 from meshcore.store import parse_store_url
 from meshcore.store.etcd import EtcdClient
 from meshcore.tools.analyze import analyze, analyze_store
+from tests._cli import main
 from tests.store._etcd import EtcdCluster
 
 EXAMPLES = Path(__file__).parents[2] / "examples"

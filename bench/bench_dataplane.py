@@ -364,7 +364,7 @@ def _proxy(
     bundle.write_text(plane.state["ca"].trust_bundle_pem())
     token = plane.state["tokens"].issue(SPIFFE + sa)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "meshcore.cli", "proxy", "--xds", f"127.0.0.1:{plane.state['port']}",
+        [sys.executable, "-m", "meshcore", "proxy", "--xds", f"127.0.0.1:{plane.state['port']}",
          "--node-id", f"sidecar~{ip}~{name}.default~default.svc.cluster.local",
          "--ca", f"127.0.0.1:{plane.state['ca_server'].port}",
          "--ca-mtls", f"127.0.0.1:{plane.state['ca_server'].mtls_port}",

@@ -178,7 +178,7 @@ def replica_process(
     once it announces ADS (within ``ready`` seconds). Stopped (killed if need be) when the block ends."""
     import sys
 
-    args = [sys.executable, "-m", "meshcore.cli", "serve", "--config", store,
+    args = [sys.executable, "-m", "meshcore", "serve", "--config", store,
             "--xds-port", str(ports["xds"]), "--monitoring-port", str(ports["metrics"]),
             "--ca-port", str(ports["ca"]), "--ca-mtls-port", str(ports["ca_mtls"]),
             "--state-dir", str(tmp / f"state-{name}"), "--tokens", str(tmp / "tokens"),

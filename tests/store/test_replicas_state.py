@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from meshcore.cli import main
 from meshcore.store import parse_store_url
 from meshcore.store.etcd import EtcdClient
 from meshcore.store.replicas import ReplicaDuties, shared_authority
+from tests._cli import main
 from tests.envoy._sidecar import wait_for
 from tests.store._etcd import EtcdCluster
 

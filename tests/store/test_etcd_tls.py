@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from meshcore.cli import main
 from meshcore.store import EtcdTLS, StoreURL, parse_store_url
 from meshcore.store.etcd import EtcdClient, StoreUnavailable
+from tests._cli import main
 from tests.envoy._sidecar import control_plane_in_thread, wait_for
 from tests.store._etcd import EtcdCluster, etcd_cluster
 from tests.store._pki import Pki, make_pki

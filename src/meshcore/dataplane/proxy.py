@@ -31,7 +31,7 @@ import random
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -43,6 +43,7 @@ from prometheus_client.core import Metric
 from meshcore.dataplane.config import ClusterConfig, Endpoint, InboundListener
 from meshcore.dataplane.http1 import (
     DEFAULT_LIMITS,
+    Body,
     Downstream,
     Limits,
     Refusal,
@@ -283,12 +284,15 @@ class ReferenceProxy:
                 else:
                     response = await self.inbound(request, inbound_port, source_ip,
                                                   principal, tls)  # fmt: skip
-                send(writer, down.respond(response))  # one write, one TLS record
+                if response.streamed is not None:
+                    await down.respond_streamed(response, response.streamed)
+                else:
+                    send(writer, down.respond(response))  # one write, one TLS record
                 await writer.drain()
                 if not down.next_cycle():
                     return
-        except (h11.ProtocolError, ConnectionError, TimeoutError, ssl.SSLError):
-            return  # the client broke the exchange or hung up: nothing to report
+        except (h11.ProtocolError, ConnectionError, TimeoutError, ssl.SSLError, UpstreamError):
+            return  # a peer broke the exchange (a streamed body cut) or hung up
         except Exception:  # a bug of ours: this connection ends, the proxy goes on
             log.exception("error serving a connection from %s", peer)
             return
@@ -394,8 +398,8 @@ class ReferenceProxy:
                 "source_cluster": "Kubernetes",
             },
             millis,
-            len(request.body),
-            len(response.body),
+            request.size,
+            response.size,
         )
         self._log(request, response, d, millis, attempts, "outbound")
         return response
@@ -442,8 +446,12 @@ class ReferenceProxy:
                 if status is None and d.response_flags == "UT":
                     return last, d, attempts, peer
                 retriable = False
+            if request.streamed is not None:
+                retriable = False  # its body is gone upstream (as Envoy's past its buffer)
             if retriable and last.stream is not None:
                 last.stream.close()  # its body is not wanted
+            if retriable and last.streamed is not None:
+                await last.streamed.chunks.aclose()
             if not retriable:
                 if status is not None and attempts > 1:
                     d = replace(d, response_flags="URX" if status >= 500 else "-")
@@ -477,18 +485,43 @@ class ReferenceProxy:
                                           connect_timeout)  # fmt: skip
         up = await self._pool.get(d.endpoint, ctx, d.sni, connect_timeout)
         try:
-            response = await up.exchange(Request(request.method, target, headers, request.body),
-                                         host)  # fmt: skip
+            response = await up.exchange(Request(request.method, target, headers, request.body,
+                                                 streamed=request.streamed), host)  # fmt: skip
         except BaseException:
             up.close()
             raise
-        self._pool.put(d.endpoint, ctx, d.sni, up)
+        body = response.streamed
+        if body is None:
+            self._pool.put(d.endpoint, ctx, d.sni, up)
+        else:  # the connection goes back to the pool once the body is read to its end
+            body = Body(body.length, self._pooled(body.chunks, d, ctx, up))
         headers_out = end_to_end(response.headers)
         # Envoy adds the cookies a hash policy generated to the upstream's response.
         headers_out.extend(("set-cookie", c) for c in d.set_cookies)
-        return Response(response.status, headers_out, response.body), (
+        return Response(response.status, headers_out, response.body, streamed=body), (
             up.peer_uris[0] if up.peer_uris else None
         )
+
+    async def _pooled(
+        self,
+        chunks: AsyncGenerator[bytes, None],
+        d: Decision,
+        ctx: ssl.SSLContext | None,
+        up: Any,
+    ) -> AsyncGenerator[bytes, None]:
+        """A streamed response body; its upstream connection pooled again after its end (closed
+        if it is cut or not read to its end)."""
+        assert d.endpoint is not None
+        done = False
+        try:
+            async for chunk in chunks:
+                yield chunk
+            done = True
+        finally:
+            if done:
+                self._pool.put(d.endpoint, ctx, d.sni, up)
+            else:
+                up.close()
 
     async def _attempt_h2(
         self,
@@ -588,8 +621,8 @@ class ReferenceProxy:
                 "source_cluster": "Kubernetes" if src_name else "unknown",
             },
             millis,
-            len(request.body),
-            len(response.body),
+            request.size,
+            response.size,
         )
         self._log(request, response, d, millis, attempts, "inbound", principal)
         return response
@@ -614,7 +647,7 @@ class ReferenceProxy:
                 "policy=%s peer=%s",
                 time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
                 request.method, request.target, response.status, d.response_flags,
-                len(request.body), len(response.body), millis,
+                request.size, response.size, millis,
                 request.header("user-agent") or "-", request.header(REQUEST_ID) or "-",
                 request.header("host") or "-",
                 direction, d.endpoint or "-", d.cluster or "-", attempts, d.policy_id or "-",

@@ -363,8 +363,12 @@ def _proxy(
     bundle = tmp / "roots.pem"
     bundle.write_text(plane.state["ca"].trust_bundle_pem())
     token = plane.state["tokens"].issue(SPIFFE + sa)
+    # MESHCORE_PROXY_PROFILE=DIR: each proxy runs under cProfile, its stats in DIR/NAME.prof
+    # (written when the benchmark stops it).
+    profile = os.environ.get("MESHCORE_PROXY_PROFILE")
+    prof = ["-m", "cProfile", "-o", f"{profile}/{name}.prof"] if profile else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "meshcore.cli", "proxy", "--xds", f"127.0.0.1:{plane.state['port']}",
+        [sys.executable, *prof, "-m", "meshcore.cli", "proxy", "--xds", f"127.0.0.1:{plane.state['port']}",
          "--node-id", f"sidecar~{ip}~{name}.default~default.svc.cluster.local",
          "--ca", f"127.0.0.1:{plane.state['ca_server'].port}",
          "--ca-mtls", f"127.0.0.1:{plane.state['ca_server'].mtls_port}",

@@ -372,6 +372,20 @@ class ReferenceProxy:
         self.metrics.decided(time.perf_counter() - started)
         response, d, attempts, peer = await self._forward(request, d, source_ip)
         millis = (time.perf_counter() - started) * 1000
+        # Metrics and the access log once the response is on its way (the next loop turn).
+        asyncio.get_running_loop().call_soon(self._account_outbound, request, response, d,
+                                             attempts, peer, millis)  # fmt: skip
+        return response
+
+    def _account_outbound(
+        self,
+        request: Request,
+        response: Response,
+        d: Decision,
+        attempts: int,
+        peer: str | None,
+        millis: float,
+    ) -> None:
         cluster = self.dp.config.clusters.get(d.cluster or "")
         service = cluster.service if cluster is not None else (d.cluster or "unknown")
         svc_name, _, svc_ns = service.partition(".")
@@ -402,7 +416,6 @@ class ReferenceProxy:
             response.size,
         )
         self._log(request, response, d, millis, attempts, "outbound")
-        return response
 
     async def _forward(
         self, request: Request, d: Decision, source_ip: str | None
@@ -595,6 +608,23 @@ class ReferenceProxy:
         else:
             response, attempts = self._local(d), 0
         millis = (time.perf_counter() - started) * 1000
+        # Metrics and the access log once the response is on its way (the next loop turn).
+        asyncio.get_running_loop().call_soon(self._account_inbound, request, response, d,
+                                             attempts, millis, peer_workload, principal,
+                                             tls)  # fmt: skip
+        return response
+
+    def _account_inbound(
+        self,
+        request: Request,
+        response: Response,
+        d: Decision,
+        attempts: int,
+        millis: float,
+        peer_workload: str,
+        principal: str | None,
+        tls: bool,
+    ) -> None:
         src_name, _, src_ns = peer_workload.partition(".")
         self.metrics.record(
             {
@@ -625,7 +655,6 @@ class ReferenceProxy:
             response.size,
         )
         self._log(request, response, d, millis, attempts, "inbound", principal)
-        return response
 
     # --- logs and metrics ----------------------------------------------------------------------
 

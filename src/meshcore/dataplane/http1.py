@@ -22,6 +22,12 @@ Istio sidecar's connection manager (no ``upgrade_configs``, no CONNECT route, th
 - ``Expect: 100-continue``: ``100 Continue`` is sent before the body is read, and the header is
   not forwarded (Envoy's default, ``proxy_100_continue`` off).
 
+Requests of the plainest form are read by :mod:`meshcore.dataplane.wire` (no h11; the same
+requests h11 would make of them, property-tested); the first of any other form hands the
+connection to h11, whose reading and the checks below make Envoy's answers. Upstream responses
+are parsed by httptools (llhttp). Bodies over ``STREAM_OVER`` on the fast path stream
+(:class:`Body`); h11's path buffers them (413 over ``MAX_BODY``).
+
 Every read awaits the socket, under a deadline: the request head within ``header_timeout`` of
 its first byte (408 after it), an idle kept-alive connection within ``idle_timeout``, a body
 read within ``stream_idle_timeout`` (408) (Envoy's defaults: 1 h and 5 min; Envoy has no head
@@ -232,12 +238,12 @@ def decoded_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]
     return [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw]
 
 
-_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
-                  "trailer", "upgrade", "content-length"})  # fmt: skip
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",
+                        "te", "trailer", "upgrade", "content-length"})  # fmt: skip
 
 
 def end_to_end(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in headers if k not in _HOP]
+    return [(k, v) for k, v in headers if k not in HOP_BY_HOP]
 
 
 def send(writer: asyncio.StreamWriter, data: bytes) -> None:
@@ -705,12 +711,12 @@ class _Upstream:
 
 class UpstreamPool:
     def __init__(self) -> None:
-        self.idle: dict[tuple[str, bool, str], list[_Upstream]] = defaultdict(list)
+        self.idle: dict[tuple[str, int, bool, str], list[_Upstream]] = defaultdict(list)
 
     async def get(
         self, ep: Endpoint, ctx: ssl.SSLContext | None, sni: str, timeout: float
     ) -> _Upstream:
-        key = (str(ep), ctx is not None, sni)
+        key = (ep.address, ep.port, ctx is not None, sni)
         while self.idle[key]:
             up = self.idle[key].pop()
             if not up.writer.is_closing() and not up.reader.at_eof():
@@ -728,8 +734,9 @@ class UpstreamPool:
         return _Upstream(reader, writer)
 
     def put(self, ep: Endpoint, ctx: ssl.SSLContext | None, sni: str, up: _Upstream) -> None:
-        if up.reusable() and len(self.idle[(str(ep), ctx is not None, sni)]) < 32:
-            self.idle[(str(ep), ctx is not None, sni)].append(up)
+        idle = self.idle[(ep.address, ep.port, ctx is not None, sni)]
+        if up.reusable() and len(idle) < 32:
+            idle.append(up)
         else:
             up.close()
 

@@ -12,6 +12,7 @@ import hashlib
 import tracemalloc
 from pathlib import Path
 
+from meshcore.dataplane.http1 import Limits
 from meshcore.dataplane.proxy import ReferenceProxy
 from tests.dataplane.conftest import running_mesh
 from tests.dataplane.test_proxy_e2e import free_port, node_id
@@ -86,6 +87,11 @@ async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Non
             if target == "/upload":
                 body = h.hexdigest().encode()
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+            elif target == "/stall":  # 1 MiB of a long body, then nothing
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % SIZE)
+                writer.write(block(0) * 16)
+                await writer.drain()
+                await asyncio.sleep(60)
             elif target == "/download":
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % SIZE)
                 for i in range(SIZE // CHUNK):
@@ -200,3 +206,61 @@ async def upload_digest(port: int, authority: str) -> str:
         return (await reader.readexactly(length)).decode()
     finally:
         writer.close()
+
+
+async def stalled(port: int, authority: str) -> tuple[int, float]:
+    """GET /stall: the bytes that arrive before the proxy closes the connection, and when."""
+    reader, writer = await asyncio.open_connection("127.0.76.1", port)
+    started = asyncio.get_running_loop().time()
+    try:
+        writer.write(f"GET /stall HTTP/1.1\r\nhost: {authority}\r\n\r\n".encode())
+        got = 0
+        while data := await reader.read(CHUNK):
+            got += len(data)
+        return got, asyncio.get_running_loop().time() - started
+    finally:
+        writer.close()
+
+
+def test_a_stalled_streamed_body_ends_after_stream_idle_timeout(tmp_path: Path) -> None:
+    """An upstream that stops mid-body: the proxies close the streams after
+    ``stream_idle_timeout`` (Envoy's), with what had arrived; they go on serving."""
+    port = free_port(APP_IP)
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "mesh.yaml").write_text(MESH.format(port=port))
+    authority = f"files:{port}"
+    short = Limits(stream_idle_timeout=0.5)
+
+    async def main() -> tuple[tuple[int, float], str]:
+        server = await asyncio.start_server(app, APP_IP, port)
+        proxies: list[ReferenceProxy] = []
+        dps = []
+        try:
+            async with running_mesh(tmp_path, config) as mesh:
+                callee_dp = await mesh.dataplane(node_id("files-1", "127.0.77.1"), "files",
+                                                 metadata={"MESHCORE_APP_ADDRESS": APP_IP})  # fmt: skip
+                client_dp = await mesh.dataplane(node_id("client-1", "127.0.76.1"), "client")
+                dps += [callee_dp, client_dp]
+                proxies += [
+                    ReferenceProxy(callee_dp, outbound=None, inbound=True, limits=short),
+                    ReferenceProxy(client_dp, outbound=("127.0.76.1", 0), inbound=False,
+                                   limits=short),
+                ]  # fmt: skip
+                for p in proxies:
+                    await p.start()
+                out_port = proxies[1].outbound_port
+                assert out_port is not None
+                cut = await asyncio.wait_for(stalled(out_port, authority), 20)
+                return cut, await upload_digest(out_port, authority)
+        finally:
+            for p in proxies:
+                await p.stop()
+            for dp in dps:
+                await dp.aclose()
+            server.close()
+
+    (got, took), upload = asyncio.run(asyncio.wait_for(main(), 60))
+    assert CHUNK * 16 <= got < SIZE, got  # the head and the 1 MiB, then the end
+    assert 0.4 < took < 10, took
+    assert upload == expected_digest()

@@ -254,6 +254,13 @@ def send(writer: asyncio.StreamWriter, data: bytes) -> None:
     writer.write(data)
 
 
+async def drained(writer: asyncio.StreamWriter, timeout: float) -> None:
+    """Waits until ``writer``'s buffer is below its limit, at most ``timeout`` (TimeoutError: the
+    peer stopped reading a streamed body; Envoy's stream_idle_timeout)."""
+    async with asyncio.timeout(timeout):
+        await writer.drain()
+
+
 def _tokens(value: str | None) -> set[str]:
     return {t.strip().lower() for t in (value or "").split(",")}
 
@@ -554,7 +561,7 @@ class Downstream:
             await self._write_streamed(response, body)
 
     async def _write_streamed(self, response: Response, body: Body) -> None:
-        writer = self.writer
+        writer, idle = self.writer, self.limits.stream_idle_timeout
         chunked = body.length is None
         if not self._h11:
             send(writer, wire.response_head(response.status, response.headers, body.length,
@@ -562,7 +569,7 @@ class Downstream:
             async for chunk in body.chunks:
                 if chunk:
                     send(writer, b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
-                    await writer.drain()
+                    await drained(writer, idle)
             if chunked:
                 send(writer, b"0\r\n\r\n")
             return
@@ -574,7 +581,7 @@ class Downstream:
         async for chunk in body.chunks:
             if chunk:
                 send(writer, conn.send(h11.Data(data=chunk)) or b"")
-                await writer.drain()
+                await drained(writer, idle)
         send(writer, conn.send(h11.EndOfMessage()) or b"")
 
     def next_cycle(self) -> bool:
@@ -620,11 +627,15 @@ class _Upstream:
         self.responses = wire.ResponseReader(MAX_BODY)
         self.peer_uris = uri_sans(writer.get_extra_info("peercert"))
         self._reusable = False
+        self._idle = STREAM_IDLE_TIMEOUT_S  # a streamed response body's read deadline
 
-    async def exchange(self, request: Request, host: str) -> Response:
+    async def exchange(
+        self, request: Request, host: str, idle: float = STREAM_IDLE_TIMEOUT_S
+    ) -> Response:
         """One request and its response; a long or unframed response body streams (its
-        :class:`Body`; the connection is reusable once that is read to its end)."""
-        self._reusable = False
+        :class:`Body`; the connection is reusable once that is read to its end). A streamed
+        body's socket waits at most ``idle`` (then UpstreamError)."""
+        self._reusable, self._idle = False, idle
         streamed = request.streamed
         length = len(request.body) if streamed is None else streamed.length
         if length is None:
@@ -640,7 +651,7 @@ class _Upstream:
             send(writer, head)
             async for chunk in streamed.chunks:
                 send(writer, chunk)
-                await writer.drain()
+                await drained(writer, idle)
         elif request.body:
             if writer.is_closing():
                 raise ConnectionResetError("the connection is closed")
@@ -691,7 +702,11 @@ class _Upstream:
                     yield chunk
             if parsed.complete:
                 break
-            data = await self.reader.read(65536)
+            try:
+                async with asyncio.timeout(self._idle):
+                    data = await self.reader.read(65536)
+            except TimeoutError:
+                raise UpstreamError("the upstream stalled mid-body") from None
             if not data:
                 if parsed.eof():
                     continue

@@ -440,7 +440,8 @@ class ReferenceProxy:
         up = await self._pool.get(d.endpoint, ctx, d.sni, connect_timeout)
         try:
             response = await up.exchange(Request(request.method, target, headers, request.body,
-                                                 streamed=request.streamed), host)  # fmt: skip
+                                                 streamed=request.streamed), host,
+                                         self.limits.stream_idle_timeout)  # fmt: skip
         except BaseException:
             up.close()
             raise

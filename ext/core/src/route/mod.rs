@@ -20,7 +20,7 @@ use crate::proto::route::{
     decode_route_configuration, Action, PathSpecifier, QuerySpecifier, RouteMatch,
 };
 use crate::regex::Re2Regex;
-use crate::request::Request;
+use crate::request::{find_either, Request};
 use normalize::{normalize_host, normalize_path, path_for_matching, port_start};
 pub use normalize::{EscapedSlashes, HcmOptions};
 use slots::SlotTable;
@@ -324,15 +324,15 @@ impl RouteIndex {
         if let Some(&first) = root.first() {
             f(first, 0);
         }
-        let Some(rest) = p.strip_prefix('/') else {
+        let Some(mut rest) = p.strip_prefix('/') else {
             return;
         };
         let mut node = 0u32;
-        let mut segs = rest.split('/');
-        let mut cur = segs.next();
-        for next in segs {
-            // `cur` is followed by '/' because another segment came after it.
-            let Some(seg) = cur else { break };
+        // Each segment followed by '/' ('/' is ASCII: the slices are on char boundaries).
+        while let Some(end) = find_either(rest.as_bytes(), b'/', b'/') {
+            let (Some(seg), Some(after)) = (rest.get(..end), rest.get(end + 1..)) else {
+                break;
+            };
             let Some(&[child, first, _]) = self.children.get(node, seg.as_bytes()) else {
                 break;
             };
@@ -340,7 +340,7 @@ impl RouteIndex {
             if first != NONE {
                 f(first, node);
             }
-            cur = Some(next);
+            rest = after;
         }
     }
 
@@ -816,14 +816,21 @@ impl CompiledRouteTable {
                 host = &host[..p];
             }
         }
+        // Domains are kept in lower case, so a hit on the host as given means it was in lower
+        // case already (the usual request: no scan for upper case letters).
+        if let Some((k, &v)) = self.exact.get_key_value(host) {
+            return Some((v as usize, HostKey::Exact(k)));
+        }
         let lower: Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             Cow::Owned(host.to_ascii_lowercase())
         } else {
             Cow::Borrowed(host)
         };
         let host = lower.as_ref();
-        if let Some((k, &v)) = self.exact.get_key_value(host) {
-            return Some((v as usize, HostKey::Exact(k)));
+        if matches!(lower, Cow::Owned(_)) {
+            if let Some((k, &v)) = self.exact.get_key_value(host) {
+                return Some((v as usize, HostKey::Exact(k)));
+            }
         }
         // The wildcard must cover at least one character ("*.foo.com" does not match ".foo.com").
         for (len, map) in &self.suffixes {

@@ -210,7 +210,15 @@ def test_proven_prefixes_agree_with_linear_scan(
         ],
     }
     table = RouteTable.from_proto(json_format.ParseDict(config, route_pb2.RouteConfiguration()))
-    for path in paths:
+    # Besides the drawn paths, each route's own text and its neighbours: itself, longer, a
+    # sibling in its last segment, one byte shorter, under it.
+    near = []
+    for _, pieces, _ in routes:
+        text = "/" + "".join(pieces)
+        parent = text[: text.rfind("/") + 1]
+        near += [text, text + "x", text + "/x", parent + "zz", parent + "zz/x", text[:-1] + "/"]
+    near += ["*", "x/", "a/b/"]  # no leading slash: no trie node proves anything
+    for path in paths + near:
         for headers in (None, {"x-v": "1", "content-type": "application/grpc"}):
             m = table.route("h", path, headers=headers)
             linear = table.explain("h", path, headers=headers)["route_index"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import random
 import ssl
 import threading
 import urllib.parse
@@ -27,6 +26,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from meshcore._core import decide as _core_decide
 from meshcore.dataplane.ads import AdsClient
 from meshcore.dataplane.certs import CertificateClient, WorkloadSecret
 from meshcore.dataplane.config import (
@@ -38,7 +38,8 @@ from meshcore.dataplane.config import (
     InboundListener,
     RouteInfo,
 )
-from meshcore.dataplane.lb import LoadBalancer, hash64
+from meshcore.dataplane.decider import compile_decider
+from meshcore.dataplane.lb import CoreLoadBalancer, LoadBalancer, hash64
 from meshcore.dataplane.routeactions import HashPolicy, RetryPolicy
 from meshcore.dataplane.tls import client_context, server_context
 from meshcore.errors import MeshcoreError
@@ -114,13 +115,16 @@ class DataPlane:
         certs: CertificateClient | None = None,
         *,
         trust_domain: str = "cluster.local",
-        lb: LoadBalancer | None = None,
+        lb: LoadBalancer | CoreLoadBalancer | None = None,
     ) -> None:
         self.ads = ads
         self.certs = certs
         self.trust_domain = trust_domain
-        self.lb = lb or LoadBalancer()
-        self._random = random.Random()
+        # The core's balancer by default: decide() is then one call into the core; the Python
+        # LoadBalancer (the reference) keeps decide() on its Python path.
+        self.lb = lb or CoreLoadBalancer()
+        self._random = _core_decide.Random()  # weighted clusters (Python's random, in the core)
+        self._decider: tuple[CompiledConfig, _core_decide.Decider] | None = None
         self._ports: dict[str, int] = {}  # authority -> port, remembered
         self._stop: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -172,7 +176,7 @@ class DataPlane:
         node_id: str,
         resources: Mapping[str, Mapping[str, Message | bytes]],
         *,
-        lb: LoadBalancer | None = None,
+        lb: LoadBalancer | CoreLoadBalancer | None = None,
     ) -> DataPlane:
         """A data plane on the given xDS resources, with no control plane and no stream: for
         tests, benchmarks and embedders. ``resources`` as the translator returns them (type
@@ -343,6 +347,16 @@ class DataPlane:
         the peer's SPIFFE ``principal``, and its inbound cluster."""
         cfg = config or self.ads.config  # one read: the whole decision uses this config
         if direction == "outbound":
+            lb = self.lb
+            if type(lb) is CoreLoadBalancer:
+                compiled = self._decider
+                if compiled is None or compiled[0] is not cfg:
+                    core = compile_decider(cfg, lb, self._random, Decision)
+                    compiled = self._decider = (cfg, core)
+                d: Decision | None = compiled[1].outbound(authority, path, method, headers, port,
+                                                          source_ip)  # fmt: skip
+                if d is not None:
+                    return d
             return self._outbound(cfg, method, authority, path, headers, port, source_ip)
         if direction == "inbound":
             return self._inbound(cfg, method, authority, path, headers, port, source_ip,

@@ -1,0 +1,78 @@
+# Hand-written stubs for the Rust extension (ext/py); checked by mypy.stubtest in the tests.
+
+from collections.abc import Callable, Sequence
+from typing import Any, final
+
+from meshcore._core import _Headers
+from meshcore._core.route import RouteTable
+
+__all__ = ["Balancer", "Decider", "Random"]
+
+_Outlier = tuple[int, int, int, int, float, float, float]
+# (name, lb_policy, outlier detection or None, panic_threshold, ring_size, maglev_table_size)
+_ClusterHead = tuple[str, str, _Outlier | None, float, int, int]
+# (name, [(cluster, weight)], weighted, total_weight, [(hash kind, header, terminal)],
+#  (rewrite_from, prefix_rewrite) or None, timeout, retry_policy, host_rewrite)
+_Route = tuple[
+    str,
+    Sequence[tuple[str, int]],
+    bool,
+    int,
+    Sequence[tuple[str, str, bool]],
+    tuple[str, str] | None,
+    Any,
+    Any,
+    str,
+]
+_Listener = tuple[int, RouteTable, bool, bool, Sequence[_Route | None]]
+_Cluster = tuple[
+    str, str, _Outlier | None, float, int, int, Sequence[tuple[Any, str, int, bool]], str
+]
+
+@final
+class Random:
+    def __new__(cls, seed: int | None = None) -> Random: ...
+    def seed(self, seed: int | None = None) -> None: ...
+    def randrange(self, n: int) -> int: ...
+    def random(self) -> float: ...
+
+@final
+class Balancer:
+    def __new__(cls, seed: int | None = None) -> Balancer: ...
+    def set_clock(self, clock: Callable[[], float] | None) -> None: ...
+    def now(self) -> float: ...
+    def pick(
+        self, cluster: _ClusterHead, hosts: Sequence[tuple[str, int]], hash_key: int | None = None
+    ) -> int | None: ...
+    def started(self, cluster: str, host: str) -> None: ...
+    def finished(
+        self,
+        cluster: str,
+        outlier: _Outlier | None,
+        host: str,
+        status: int | None,
+        hosts: Sequence[str],
+        started: bool,
+    ) -> bool: ...
+    def ejected(self, cluster: str) -> list[str]: ...
+
+@final
+class Decider:
+    def __new__(
+        cls,
+        listeners: Sequence[_Listener],
+        clusters: Sequence[_Cluster],
+        balancer: Balancer,
+        rng: Random,
+        decision: Callable[..., Any],
+        generation: int,
+    ) -> Decider: ...
+    def outbound(
+        self,
+        authority: str,
+        path: str,
+        method: str,
+        headers: _Headers,
+        port: int | None,
+        source_ip: str | None,
+    ) -> Any | None: ...

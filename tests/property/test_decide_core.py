@@ -1,0 +1,300 @@
+"""``DataPlane.decide`` and the load balancer in the core (``meshcore._core.decide``) decide as
+the Python implementation, kept as the reference: ``LoadBalancer`` (``dataplane/lb.py``) and
+``DataPlane``'s Python path (taken whenever the data plane is given that balancer). Both sides
+are seeded alike (the core's random source is Python's MT19937, draw for draw), so every pick
+(round robin order, least request's two choices, random, ring hash and Maglev stickiness,
+outlier ejection and panic mode, weighted clusters) must be the same, request by request, over
+generated clusters, meshes and request sequences with load reports and clock steps between."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meshcore._core import decide as core_decide
+from meshcore.config import validate
+from meshcore.dataplane import DataPlane
+from meshcore.dataplane.config import ClusterConfig, Endpoint, OutlierDetection
+from meshcore.dataplane.lb import CoreLoadBalancer, LoadBalancer
+from meshcore.xds import translate
+
+ROOT = Path(__file__).resolve().parents[2]
+FRONTEND = "sidecar~127.0.10.1~frontend-1.default~default.svc.cluster.local"
+POLICIES = ["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**64 - 1), n=st.integers(0, 3000))
+def test_random_is_pythons(seed: int, n: int) -> None:
+    ours, ref = core_decide.Random(seed), random.Random(seed)
+    assert [ours.randrange(n + 1) for _ in range(5)] == [ref.randrange(n + 1) for _ in range(5)]
+    assert ours.random() == ref.random()
+
+
+outliers = st.one_of(
+    st.none(),
+    st.builds(
+        OutlierDetection,
+        consecutive_5xx=st.integers(0, 4),
+        enforcing_consecutive_5xx=st.sampled_from([0, 50, 100]),
+        consecutive_gateway_failure=st.integers(0, 4),
+        enforcing_consecutive_gateway_failure=st.sampled_from([0, 50, 100]),
+        base_ejection_time=st.sampled_from([1.0, 5.0, 30.0]),
+        max_ejection_time=st.sampled_from([0.0, 10.0, 300.0]),
+        max_ejection_percent=st.sampled_from([0, 10, 20, 25, 33, 40, 50, 60, 100]),
+    ),
+)
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("pick"), st.one_of(st.none(), st.integers(0, 2**64 - 1))),
+        st.tuples(st.just("started"), st.integers(0, 29)),
+        st.tuples(st.just("finished"), st.integers(0, 4),
+                  st.sampled_from([200, 404, 500, 502, 503, 504, None]), st.booleans(),
+                  st.integers(1, 5)),
+        st.tuples(st.just("tick"), st.sampled_from([0.5, 3.0, 20.0])),
+        st.tuples(st.just("hosts"), st.integers(1, 30)),
+    ),  # fmt: skip
+    max_size=60,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    policy=st.sampled_from(POLICIES),
+    weights=st.one_of(
+        st.lists(st.integers(1, 4), min_size=1, max_size=30),
+        st.lists(st.just(1), min_size=2, max_size=10),  # equal weights, few hosts
+    ),
+    outlier=outliers,
+    panic=st.sampled_from([0.0, 50.0, 100.0]),
+    steps=ops,
+)
+def test_balancer_picks_as_the_python_reference(
+    seed: int,
+    policy: str,
+    weights: list[int],
+    outlier: OutlierDetection | None,
+    panic: float,
+    steps: list[tuple[Any, ...]],
+) -> None:
+    cluster = ClusterConfig("outbound|80||svc", policy, None, None, outlier, None, 1.0,
+                            ring_size=64, maglev_table_size=251,
+                            panic_threshold=panic)  # fmt: skip
+    every = tuple(Endpoint(f"10.0.0.{i}", 80, weight=w) for i, w in enumerate(weights))
+    endpoints = every
+    ref, ours = LoadBalancer(seed), CoreLoadBalancer(seed)
+    clock = Clock()
+    ref.clock = ours.clock = clock
+    for step in steps:
+        kind = step[0]
+        if kind == "pick":
+            assert ours.pick(cluster, endpoints, step[1]) == ref.pick(cluster, endpoints, step[1])
+        elif kind == "started":
+            e = every[step[1] % len(every)]
+            ref.started(cluster.name, e)
+            ours.started(cluster.name, e)
+        elif kind == "finished":
+            e = every[step[1] % len(every)]
+            args = (cluster, e, step[2], endpoints)
+            for _ in range(step[4]):  # a streak (outlier detection counts them)
+                assert ours.finished(*args, started=step[3]) == ref.finished(
+                    *args, started=step[3]
+                )
+        elif kind == "tick":
+            clock.now += step[1]
+        else:  # the endpoint set changes (a config update): the state by address survives
+            endpoints = every[: step[1]]
+        assert ours.ejected(cluster.name) == ref.ejected(cluster.name)
+
+
+@pytest.mark.parametrize("hosts", [2, 4, 5, 10])
+@pytest.mark.parametrize("percent", [0, 20, 25, 40, 50, 100])
+def test_ejection_limits_as_the_python_reference(hosts: int, percent: int) -> None:
+    """Every host failing in turn: the core ejects exactly the hosts the reference does, at
+    the max_ejection_percent boundary included, and brings them back at the same times."""
+    od = OutlierDetection(consecutive_5xx=2, base_ejection_time=10.0, max_ejection_percent=percent)
+    cluster = ClusterConfig("c", "ROUND_ROBIN", None, None, od, None, 1.0)
+    eps = tuple(Endpoint(f"10.0.1.{i}", 80) for i in range(hosts))
+    ref, ours = LoadBalancer(1), CoreLoadBalancer(1)
+    clock = Clock()
+    ref.clock = ours.clock = clock
+    for round_ in range(3):
+        for e in eps:
+            for _ in range(2):
+                got = ours.finished(cluster, e, 503, eps, started=False)
+                assert got == ref.finished(cluster, e, 503, eps, started=False)
+            assert ours.ejected("c") == ref.ejected("c")
+            assert [ours.pick(cluster, eps) for _ in range(hosts)] == [
+                ref.pick(cluster, eps) for _ in range(hosts)
+            ]
+        clock.now += 10.0 * (round_ + 1)
+        assert ours.ejected("c") == ref.ejected("c")
+
+
+TRAFFIC_POLICIES = {
+    "round_robin": "loadBalancer: {simple: ROUND_ROBIN}",
+    "least_request": "loadBalancer: {simple: LEAST_REQUEST}",
+    "random": "loadBalancer: {simple: RANDOM}",
+    "header_hash": "loadBalancer: {consistentHash: {httpHeaderName: x-user}}",
+    "source_ip_maglev": "loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 251}}}",
+    "cookie_hash": "loadBalancer: {consistentHash: {httpCookie: {name: u, ttl: 10s}}}",
+    "query_hash": "loadBalancer: {consistentHash: {httpQueryParameterName: q}}",
+}  # fmt: skip
+
+EXTRA_RATINGS = """
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: ratings-x{i}
+  namespace: default
+spec:
+  address: 127.0.31.{i}
+  labels: {{app: ratings, version: v1}}
+  serviceAccount: ratings
+  ports: {{http: 9080}}
+  weight: {weight}
+"""
+
+
+def _mesh(tmp: Path, policy: str, extra: int) -> DataPlane:
+    for f in (ROOT / "examples").glob("*.yaml"):
+        shutil.copy(f, tmp / f.name)
+    traffic = (tmp / "traffic.yaml").read_text()
+    traffic = traffic.replace("loadBalancer: {simple: ROUND_ROBIN}", TRAFFIC_POLICIES[policy])
+    # A prefix rewrite on the canary route (applied by decide to the forwarded path).
+    traffic = traffic.replace("    timeout: 2s\n", "    timeout: 2s\n    rewrite: {uri: /v/}\n")
+    (tmp / "traffic.yaml").write_text(traffic)
+    with (tmp / "workloads.yaml").open("a") as out:
+        for i in range(extra):
+            out.write(EXTRA_RATINGS.format(i=i + 1, weight=1 + i % 3))
+    report = validate([tmp])
+    assert report.model is not None, report
+    mesh = report.model
+    result = translate.generate(mesh, translate.proxy_for_node(mesh, FRONTEND))
+    return DataPlane.from_resources(FRONTEND, result.resources)
+
+
+@pytest.fixture(scope="module")
+def meshes(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, int], DataPlane]:
+    cache: dict[tuple[str, int], DataPlane] = {}
+
+    def get(policy: str, extra: int) -> DataPlane:
+        if (policy, extra) not in cache:
+            cache[(policy, extra)] = _mesh(tmp_path_factory.mktemp(policy), policy, extra)
+        return cache[(policy, extra)]
+
+    return get
+
+
+requests = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("decide"),
+            st.sampled_from(["reviews:9080", "ratings:9080", "ratings", "reviews", "nothing:9080",
+                             "ratings:9999", "ratings.default.svc.cluster.local:9080"]),
+            st.sampled_from(["/", "/ratings/1", "/reviews/2", "/a#b", "/a/../b", "/a//b",
+                             "/%2e/x", "/r?q=1", "/r?q=2&x=y", "/\u00e9"]),
+            st.sampled_from([None, {"x-user": "tester"}, {"x-user": "u1"}, [("X-User", "u2")],
+                             {"cookie": "u=abc"}, {"cookie": 'a=1; u="q"'}]),
+            st.sampled_from([None, 9080, 80]),
+            st.sampled_from([None, "127.0.10.1", "127.0.10.2"]),
+        ),  # fmt: skip
+        st.tuples(st.just("report"), st.sampled_from([200, 503, 502, None]), st.booleans()),
+        st.tuples(st.just("repick")),
+        st.tuples(st.just("tick"), st.sampled_from([1.0, 15.0])),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    policy=st.sampled_from(sorted(TRAFFIC_POLICIES)),
+    extra=st.sampled_from([0, 3, 22]),
+    seed=st.integers(0, 2**32),
+    steps=requests,
+)
+def test_decide_as_the_python_reference(
+    meshes: Callable[[str, int], DataPlane],
+    policy: str,
+    extra: int,
+    seed: int,
+    steps: list[tuple[Any, ...]],
+) -> None:
+    base = meshes(policy, extra)
+    ours = DataPlane(base.ads, lb=CoreLoadBalancer(seed))
+    ref = DataPlane(base.ads, lb=LoadBalancer(seed))
+    ours._random.seed(seed + 1)
+    ref._random = random.Random(seed + 1)  # type: ignore[assignment]
+    clock = Clock()
+    ours.lb.clock = ref.lb.clock = clock
+    last: tuple[Any, Any] | None = None
+    for step in steps:
+        if step[0] == "decide":
+            _, authority, path, headers, port, source_ip = step
+            kw = {"authority": authority, "path": path, "headers": headers, "port": port,
+                  "source_ip": source_ip}  # fmt: skip
+            a = ours.decide(direction="outbound", **kw)
+            b = ref.decide(direction="outbound", **kw)
+            assert a == b
+            if a.endpoint is not None:
+                ours.started(a)
+                ref.started(b)
+                last = (a, b)
+        elif step[0] == "report" and last is not None:
+            assert ours.report(last[0], step[1], started=step[2]) == ref.report(
+                last[1], step[1], started=step[2]
+            )
+        elif step[0] == "repick" and last is not None:
+            tried = [last[0].endpoint]
+            assert ours.repick(last[0], tried) == ref.repick(last[1], tried)
+        elif step[0] == "tick":
+            clock.now += step[1]
+
+
+@pytest.mark.parametrize("policy", sorted(TRAFFIC_POLICIES))
+def test_long_request_streams_decide_as_the_python_reference(
+    meshes: Callable[[str, int], DataPlane], policy: str
+) -> None:
+    """3,000 requests of a seeded mix (so that one-in-a-hundred draws, such as the 90/10
+    canary's boundary, are exercised), with load reports and failures fed back."""
+    rng = random.Random(policy)
+    base = meshes(policy, 22)
+    ours = DataPlane(base.ads, lb=CoreLoadBalancer(3))
+    ref = DataPlane(base.ads, lb=LoadBalancer(3))
+    ours._random.seed(4)
+    ref._random = random.Random(4)  # type: ignore[assignment]
+    clock = Clock()
+    ours.lb.clock = ref.lb.clock = clock
+    for i in range(3000):
+        kw = {"authority": rng.choice(["reviews:9080", "ratings:9080"]),
+              "path": f"/p/{rng.randrange(50)}",
+              "headers": {"x-user": f"u{rng.randrange(40)}", "cookie": f"u={rng.randrange(9)}"},
+              "source_ip": f"127.0.10.{rng.randrange(1, 30)}"}  # fmt: skip
+        a = ours.decide(direction="outbound", **kw)
+        b = ref.decide(direction="outbound", **kw)
+        assert a == b, (i, kw)
+        if a.endpoint is not None and rng.random() < 0.5:
+            ours.started(a)
+            ref.started(b)
+            status = rng.choice([200, 200, 200, 503, None])
+            assert ours.report(a, status, started=True) == ref.report(b, status, started=True)
+        clock.now += 0.01

@@ -64,12 +64,16 @@ ops = st.lists(
     st.one_of(
         st.tuples(st.just("pick"), st.one_of(st.none(), st.integers(0, 2**64 - 1))),
         st.tuples(st.just("started"), st.integers(0, 29)),
-        st.tuples(st.just("finished"), st.integers(0, 4),
-                  st.sampled_from([200, 404, 500, 502, 503, 504, None]), st.booleans(),
-                  st.integers(1, 5)),
+        st.tuples(
+            st.just("finished"),
+            st.integers(0, 4),
+            st.sampled_from([200, 404, 500, 502, 503, 504, None]),
+            st.booleans(),
+            st.integers(1, 5),
+        ),
         st.tuples(st.just("tick"), st.sampled_from([0.5, 3.0, 20.0])),
         st.tuples(st.just("hosts"), st.integers(1, 30)),
-    ),  # fmt: skip
+    ),
     max_size=60,
 )
 
@@ -114,9 +118,7 @@ def test_balancer_picks_as_the_python_reference(
             e = every[step[1] % len(every)]
             args = (cluster, e, step[2], endpoints)
             for _ in range(step[4]):  # a streak (outlier detection counts them)
-                assert ours.finished(*args, started=step[3]) == ref.finished(
-                    *args, started=step[3]
-                )
+                assert ours.finished(*args, started=step[3]) == ref.finished(*args, started=step[3])
         elif kind == "tick":
             clock.now += step[1]
         else:  # the endpoint set changes (a config update): the state by address survives
@@ -208,15 +210,44 @@ requests = st.lists(
     st.one_of(
         st.tuples(
             st.just("decide"),
-            st.sampled_from(["reviews:9080", "ratings:9080", "ratings", "reviews", "nothing:9080",
-                             "ratings:9999", "ratings.default.svc.cluster.local:9080"]),
-            st.sampled_from(["/", "/ratings/1", "/reviews/2", "/a#b", "/a/../b", "/a//b",
-                             "/%2e/x", "/r?q=1", "/r?q=2&x=y", "/\u00e9"]),
-            st.sampled_from([None, {"x-user": "tester"}, {"x-user": "u1"}, [("X-User", "u2")],
-                             {"cookie": "u=abc"}, {"cookie": 'a=1; u="q"'}]),
+            st.sampled_from(
+                [
+                    "reviews:9080",
+                    "ratings:9080",
+                    "ratings",
+                    "reviews",
+                    "nothing:9080",
+                    "ratings:9999",
+                    "ratings.default.svc.cluster.local:9080",
+                ]
+            ),
+            st.sampled_from(
+                [
+                    "/",
+                    "/ratings/1",
+                    "/reviews/2",
+                    "/a#b",
+                    "/a/../b",
+                    "/a//b",
+                    "/%2e/x",
+                    "/r?q=1",
+                    "/r?q=2&x=y",
+                    "/\u00e9",
+                ]
+            ),
+            st.sampled_from(
+                [
+                    None,
+                    {"x-user": "tester"},
+                    {"x-user": "u1"},
+                    [("X-User", "u2")],
+                    {"cookie": "u=abc"},
+                    {"cookie": 'a=1; u="q"'},
+                ]
+            ),
             st.sampled_from([None, 9080, 80]),
             st.sampled_from([None, "127.0.10.1", "127.0.10.2"]),
-        ),  # fmt: skip
+        ),
         st.tuples(st.just("report"), st.sampled_from([200, 503, 502, None]), st.booleans()),
         st.tuples(st.just("repick")),
         st.tuples(st.just("tick"), st.sampled_from([1.0, 15.0])),

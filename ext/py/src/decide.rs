@@ -269,6 +269,7 @@ pub struct Decider {
     core: CoreDecider,
     routes: HashMap<u16, Vec<Option<RoutePy>>>,
     clusters: Vec<ClusterPy>,
+    cluster_index: HashMap<String, usize>,
     balancer: Py<Balancer>,
     rng: Py<Random>,
     decision: Py<PyAny>,
@@ -385,11 +386,31 @@ impl Decider {
             },
             routes: routes_py,
             clusters: pys,
+            cluster_index: index,
             balancer,
             rng,
             decision,
             generation,
         })
+    }
+
+    /// An endpoint of `cluster` by its policy (`hash_key` for ring hash and Maglev), with the
+    /// shared state: None when the config has no such cluster or it has no endpoint.
+    #[pyo3(signature = (cluster, hash_key=None))]
+    fn pick(
+        &self,
+        py: Python<'_>,
+        cluster: &str,
+        hash_key: Option<u64>,
+    ) -> PyResult<Option<Py<PyAny>>> {
+        let Some(&c) = self.cluster_index.get(cluster) else {
+            return Ok(None);
+        };
+        let balancer = self.balancer.get();
+        let now = balancer.clock_now(py)?;
+        let i =
+            locked(&balancer.inner)?.pick(&self.core.clusters[c], hash_key, balancer.now_or(now));
+        Ok(i.map(|i| self.clusters[c].endpoints[i].0.clone_ref(py)))
     }
 
     /// The outbound `Decision` for one request, or None when the general path must decide

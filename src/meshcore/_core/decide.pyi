@@ -67,6 +67,7 @@ class Decider:
         decision: Callable[..., Any],
         generation: int,
     ) -> Decider: ...
+    def pick(self, cluster: str, hash_key: int | None = None) -> Any | None: ...
     def outbound(
         self,
         authority: str,

@@ -347,14 +347,10 @@ class DataPlane:
         the peer's SPIFFE ``principal``, and its inbound cluster."""
         cfg = config or self.ads.config  # one read: the whole decision uses this config
         if direction == "outbound":
-            lb = self.lb
-            if type(lb) is CoreLoadBalancer:
-                compiled = self._decider
-                if compiled is None or compiled[0] is not cfg:
-                    core = compile_decider(cfg, lb, self._random, Decision)
-                    compiled = self._decider = (cfg, core)
-                d: Decision | None = compiled[1].outbound(authority, path, method, headers, port,
-                                                          source_ip)  # fmt: skip
+            core = self._core(cfg)
+            if core is not None:  # one call into the core; None: the general path decides
+                d: Decision | None = core.outbound(authority, path, method, headers, port,
+                                                   source_ip)  # fmt: skip
                 if d is not None:
                     return d
             return self._outbound(cfg, method, authority, path, headers, port, source_ip)
@@ -362,6 +358,30 @@ class DataPlane:
             return self._inbound(cfg, method, authority, path, headers, port, source_ip,
                                  principal, tls)  # fmt: skip
         raise ValueError(f"direction must be 'outbound' or 'inbound', not {direction!r}")
+
+    def _core(self, cfg: CompiledConfig) -> _core_decide.Decider | None:
+        """The core's decider for ``cfg`` (compiled on its first decision), or None when this
+        data plane balances with the Python :class:`LoadBalancer`."""
+        lb = self.lb
+        if type(lb) is not CoreLoadBalancer:
+            return None
+        compiled = self._decider
+        if compiled is None or compiled[0] is not cfg:
+            compiled = self._decider = (cfg, compile_decider(cfg, lb, self._random, Decision))
+        return compiled[1]
+
+    def _pick(
+        self,
+        cfg: CompiledConfig,
+        cluster: ClusterConfig,
+        endpoints: Sequence[Endpoint],
+        key: int | None,
+    ) -> Endpoint | None:
+        core = self._core(cfg)
+        if core is not None and cfg.clusters.get(cluster.name) is cluster:
+            ep: Endpoint | None = core.pick(cluster.name, key)
+            return ep
+        return self.lb.pick(cluster, endpoints, key)
 
     def _outbound(
         self,
@@ -448,7 +468,7 @@ class DataPlane:
         key, cookies = (
             _hash_key(hash_policies, headers, path, source_ip) if hash_policies else (None, ())
         )
-        ep = self.lb.pick(cluster, endpoints, key)
+        ep = self._pick(cfg, cluster, endpoints, key)
         if ep is None:
             return Decision(direction, allowed, route=route, cluster=cluster_name, status=503,
                             response_flags="UH", timeout=timeout, retry_policy=retry,
@@ -525,13 +545,13 @@ class DataPlane:
         if cluster is None:
             return None
         endpoints = cfg.endpoints_of(cluster)
-        ep = self.lb.pick(cluster, endpoints, decision.hash_key)
+        ep = self._pick(cfg, cluster, endpoints, decision.hash_key)
         retry = decision.retry_policy
         if retry is not None and retry.previous_hosts:
             for _ in range(retry.host_selection_attempts):
                 if ep is None or ep not in tried:
                     break
-                ep = self.lb.pick(cluster, endpoints, decision.hash_key)
+                ep = self._pick(cfg, cluster, endpoints, decision.hash_key)
         if ep is None:
             return None
         tls = cluster.tls is not None and (ep.tls or not cluster.tls.auto)

@@ -329,3 +329,58 @@ def test_long_request_streams_decide_as_the_python_reference(
             status = rng.choice([200, 200, 200, 503, None])
             assert ours.report(a, status, started=True) == ref.report(b, status, started=True)
         clock.now += 0.01
+
+
+@pytest.mark.parametrize("policy", ["least_request", "cookie_hash", "header_hash"])
+@pytest.mark.parametrize("form", ["lists", "numpy"])
+def test_decide_batch_is_decide_row_by_row(
+    meshes: Callable[[str, int], DataPlane], policy: str, form: str
+) -> None:
+    """decide_batch gives the decisions of one decide() per row, in order, the rows the core
+    does not cover (a '#' path, a cookie hash policy) decided in place by the general path."""
+    np = pytest.importorskip("numpy")
+    rng = random.Random(form + policy)
+    base = meshes(policy, 3)
+    rows = [{"authority": rng.choice(["reviews:9080", "ratings:9080", "nope:9080", "ratings:1"]),
+             "path": rng.choice(["/a", "/b#c", "/r/1", "/x//y"]),
+             "headers": {"x-user": f"u{rng.randrange(5)}"},
+             "source_ip": f"127.0.10.{rng.randrange(1, 9)}"} for _ in range(500)]  # fmt: skip
+    one, batch = (DataPlane(base.ads, lb=CoreLoadBalancer(7)) for _ in range(2))
+    one._random.seed(8)
+    batch._random.seed(8)
+    expected = [one.decide(direction="outbound", **r) for r in rows]
+    cols: dict[str, Any] = {k: [r[k] for r in rows] for k in ("authority", "path", "source_ip")}
+    if form == "numpy":
+        cols = {k: np.array(v, dtype="S") for k, v in cols.items()}
+    got = batch.decide_batch(
+        authorities=cols["authority"], paths=cols["path"], source_ips=cols["source_ip"],
+        headers=[r["headers"] for r in rows], methods="GET",
+    )  # fmt: skip
+    assert got == expected
+    assert any(d.status == 404 for d in got)
+    assert any(d.endpoint is not None for d in got)
+
+
+def test_decide_batch_inbound_and_errors(meshes: Callable[[str, int], DataPlane]) -> None:
+    dp = meshes("round_robin", 0)
+    report = validate([ROOT / "examples"])
+    assert report.model is not None
+    node = "sidecar~127.0.30.1~ratings-1.default~default.svc.cluster.local"
+    result = translate.generate(report.model, translate.proxy_for_node(report.model, node))
+    ratings = DataPlane.from_resources(node, result.resources)
+    spiffe = "spiffe://cluster.local/ns/default/sa/"
+    principals = [spiffe + "reviews", spiffe + "frontend", None]
+    got = ratings.decide_batch(direction="inbound", authorities="ratings:9080",
+                               paths=["/ratings/1", "/admin/x", "/ratings/1"], ports=9080,
+                               principals=principals)  # fmt: skip
+    assert [d.allowed for d in got] == [
+        ratings.decide(direction="inbound", authority="ratings:9080", path=p, port=9080,
+                       principal=s).allowed
+        for p, s in zip(["/ratings/1", "/admin/x", "/ratings/1"], principals, strict=True)
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="direction"):
+        dp.decide_batch(direction="sideways", authorities=["a"], paths=["/"])
+    with pytest.raises(ValueError, match="length"):
+        dp.decide_batch(authorities=["a", "b"], paths=["/"])
+    with pytest.raises(TypeError, match=r"paths\[1\]"):
+        dp.decide_batch(authorities=["a", "b"], paths=["/", None])

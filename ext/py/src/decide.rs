@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyInt, PyList, PyString, PyTuple};
 use pyo3::IntoPyObjectExt;
 
 use meshcore_core::balance::outbound::{
@@ -20,7 +20,7 @@ use meshcore_core::balance::outbound::{
 use meshcore_core::balance::{self as core, ClusterSpec, Host, Outlier, Policy, PyRandom};
 use meshcore_core::Request;
 
-use crate::columns::{header_objs, header_views};
+use crate::columns::{batch_len, header_objs, header_views, HeaderColumn, StrColumn, ValueColumn};
 use crate::route::RouteTable;
 
 fn locked<T>(m: &Mutex<T>) -> PyResult<MutexGuard<'_, T>> {
@@ -274,6 +274,44 @@ pub struct Decider {
     rng: Py<Random>,
     decision: Py<PyAny>,
     generation: Py<PyAny>,
+    /// The constant fields of decisions, made once: a decision only takes references.
+    consts: Consts,
+}
+
+/// Values every decision shares.
+struct Consts {
+    outbound: Py<PyAny>,
+    yes: Py<PyAny>,
+    no: Py<PyAny>,
+    dash: Py<PyAny>,
+    nr: Py<PyAny>,
+    nc: Py<PyAny>,
+    uh: Py<PyAny>,
+    s404: Py<PyAny>,
+    s503: Py<PyAny>,
+    no_body: Py<PyAny>,
+    empty: Py<PyAny>,
+    no_cookies: Py<PyAny>,
+}
+
+impl Consts {
+    fn new(py: Python<'_>) -> PyResult<Self> {
+        let text = |s: &str| PyString::new(py, s).into_any().unbind();
+        Ok(Consts {
+            outbound: text("outbound"),
+            yes: true.into_py_any(py)?,
+            no: false.into_py_any(py)?,
+            dash: text("-"),
+            nr: text("NR"),
+            nc: text("NC"),
+            uh: text("UH"),
+            s404: 404i32.into_py_any(py)?,
+            s503: 503i32.into_py_any(py)?,
+            no_body: PyBytes::new(py, b"").into_any().unbind(),
+            empty: text(""),
+            no_cookies: PyTuple::empty(py).into_any().unbind(),
+        })
+    }
 }
 
 fn authority_port(authority: &str) -> Option<u16> {
@@ -391,6 +429,7 @@ impl Decider {
             rng,
             decision,
             generation,
+            consts: Consts::new(py)?,
         })
     }
 
@@ -411,6 +450,103 @@ impl Decider {
         let i =
             locked(&balancer.inner)?.pick(&self.core.clusters[c], hash_key, balancer.now_or(now));
         Ok(i.map(|i| self.clusters[c].endpoints[i].0.clone_ref(py)))
+    }
+
+    /// The outbound `Decision`s of many requests, in order, as a list: the core decides runs
+    /// of rows with the GIL released (at one reading of the clock); a row it does not cover
+    /// is passed to `general(i)` (the data plane's general path) where it falls, so the load
+    /// balancers see the rows in order as with one `outbound()` call per row. Columns as
+    /// `RouteTable.route_batch` reads them; `ports` ints (or None: from the authority) and
+    /// `source_ips` strings, each a list, a numpy array or one value for every row.
+    #[pyo3(signature = (general, authorities, paths, methods=None, headers=None, ports=None,
+        source_ips=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn outbound_batch<'py>(
+        &self,
+        py: Python<'py>,
+        general: &Bound<'py, PyAny>,
+        authorities: &Bound<'py, PyAny>,
+        paths: &Bound<'py, PyAny>,
+        methods: Option<&Bound<'py, PyAny>>,
+        headers: Option<&Bound<'py, PyAny>>,
+        ports: Option<&Bound<'py, PyAny>>,
+        source_ips: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let paths = StrColumn::read(Some(paths), "paths")?;
+        let authorities = StrColumn::read(Some(authorities), "authorities")?;
+        let methods = StrColumn::read(methods, "methods")?;
+        let source_ips = StrColumn::read(source_ips, "source_ips")?;
+        let headers = HeaderColumn::read(headers)?;
+        let ports: ValueColumn<u16> =
+            ValueColumn::read(ports, "ports", |v| v.cast::<PyInt>().is_ok())?;
+        let n = batch_len([
+            paths.len(),
+            authorities.len(),
+            methods.len(),
+            source_ips.len(),
+            headers.len(),
+            ports.len(),
+        ])?;
+        let paths = paths.views("paths")?;
+        let authorities = authorities.views("authorities")?;
+        let methods = methods.views("methods")?;
+        let source_ips = source_ips.views("source_ips")?;
+        let headers = headers.views()?;
+        for (col, what) in [(&paths, "paths"), (&authorities, "authorities")] {
+            if let Some(i) = col.first_missing(n) {
+                return Err(PyTypeError::new_err(format!("{what}[{i}] must be str")));
+            }
+        }
+        let balancer = self.balancer.get();
+        let rng = self.rng.get();
+        let now = balancer.clock_now(py)?;
+        let out = PyList::empty(py);
+        let mut start = 0;
+        while start < n {
+            // Rows start.. until one the core does not cover, without the GIL.
+            let run: PyResult<Vec<(u16, Outbound)>> = py.detach(|| {
+                let mut state = locked(&balancer.inner)?;
+                let mut rng = locked(&rng.inner)?;
+                let mut run = Vec::new();
+                for i in start..n {
+                    let authority = authorities.get(i).unwrap_or_default();
+                    let Some(port) = ports.get(i).or_else(|| authority_port(authority)) else {
+                        break;
+                    };
+                    let req = Request {
+                        authority,
+                        path: paths.get(i).unwrap_or_default(),
+                        method: methods.get(i).unwrap_or("GET"),
+                        scheme: "http",
+                        headers: headers.get(i),
+                    };
+                    let o = self.core.outbound(
+                        &mut state,
+                        &mut rng,
+                        port,
+                        &req,
+                        source_ips.get(i),
+                        balancer.now_or(now),
+                    );
+                    if o == Outbound::Fallback {
+                        break;
+                    }
+                    run.push((port, o));
+                }
+                Ok(run)
+            });
+            let run = run?;
+            start += run.len();
+            for (port, o) in run {
+                let args = self.decision_args(py, port, o)?;
+                out.append(self.decision.call1(py, PyTuple::new(py, args)?)?)?;
+            }
+            if start < n {
+                out.append(general.call1((start,))?)?;
+                start += 1;
+            }
+        }
+        Ok(out)
     }
 
     /// The outbound `Decision` for one request, or None when the general path must decide
@@ -467,22 +603,23 @@ impl Decider {
     /// sni, host_rewrite, hash_key, generation, path, set_cookies.
     fn decision_args(&self, py: Python<'_>, port: u16, out: Outbound) -> PyResult<[Py<PyAny>; 18]> {
         let none = || py.None();
-        let text = |s: &str| PyString::new(py, s).into_any().unbind();
+        let k = &self.consts;
+        let own = |o: &Py<PyAny>| o.clone_ref(py);
         let mut a: [Py<PyAny>; 18] = std::array::from_fn(|_| py.None());
-        a[0] = pyo3::intern!(py, "outbound").clone().into_any().unbind();
-        a[1] = true.into_py_any(py)?;
-        a[9] = pyo3::intern!(py, "-").clone().into_any().unbind();
-        a[10] = PyBytes::new(py, b"").into_any().unbind();
-        a[11] = false.into_py_any(py)?;
-        a[12] = text("");
-        a[13] = text("");
+        a[0] = own(&k.outbound);
+        a[1] = own(&k.yes);
+        a[9] = own(&k.dash);
+        a[10] = own(&k.no_body);
+        a[11] = own(&k.no);
+        a[12] = own(&k.empty);
+        a[13] = own(&k.empty);
         a[15] = self.generation.clone_ref(py);
-        a[17] = PyTuple::empty(py).into_any().unbind();
+        a[17] = own(&k.no_cookies);
         match out {
             Outbound::Fallback => return Err(PyRuntimeError::new_err("decider: no decision")),
             Outbound::NoRoute => {
-                a[8] = 404i32.into_py_any(py)?;
-                a[9] = text("NR");
+                a[8] = own(&k.s404);
+                a[9] = own(&k.nr);
             }
             Outbound::Forward {
                 route,
@@ -506,14 +643,14 @@ impl Decider {
                 }
                 match (cluster, endpoint) {
                     (None, _) => {
-                        a[8] = 503i32.into_py_any(py)?;
-                        a[9] = text("NC");
+                        a[8] = own(&k.s503);
+                        a[9] = own(&k.nc);
                     }
                     (Some(_), None) => {
                         a[5] = r.timeout.clone_ref(py);
                         a[6] = r.retry.clone_ref(py);
-                        a[8] = 503i32.into_py_any(py)?;
-                        a[9] = text("UH");
+                        a[8] = own(&k.s503);
+                        a[9] = own(&k.uh);
                     }
                     (Some(c), Some(e)) => {
                         let cp = &self.clusters[c];
@@ -521,12 +658,14 @@ impl Decider {
                         a[4] = ep.clone_ref(py);
                         a[5] = r.timeout.clone_ref(py);
                         a[6] = r.retry.clone_ref(py);
-                        a[11] = tls.into_py_any(py)?;
+                        a[11] = own(if *tls { &k.yes } else { &k.no });
                         if *tls {
                             a[12] = cp.sni.clone_ref(py);
                         }
                         a[13] = r.host_rewrite.clone_ref(py);
-                        a[14] = hash_key.into_py_any(py)?;
+                        if let Some(key) = hash_key {
+                            a[14] = key.into_py_any(py)?;
+                        }
                     }
                 }
             }

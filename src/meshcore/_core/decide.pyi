@@ -68,6 +68,16 @@ class Decider:
         generation: int,
     ) -> Decider: ...
     def pick(self, cluster: str, hash_key: int | None = None) -> Any | None: ...
+    def outbound_batch(
+        self,
+        general: Callable[[int], Any],
+        authorities: Any,
+        paths: Any,
+        methods: Any = None,
+        headers: Any = None,
+        ports: Any = None,
+        source_ips: Any = None,
+    ) -> list[Any]: ...
     def outbound(
         self,
         authority: str,

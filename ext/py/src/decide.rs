@@ -14,6 +14,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyInt, PyList, PyString, PyTuple};
 use pyo3::IntoPyObjectExt;
 
+use meshcore_core::balance::inbound::{
+    decide_inbound, Inbound, InboundRequest, InboundSpec, Layer,
+};
 use meshcore_core::balance::outbound::{
     Decider as CoreDecider, HashSpec, ListenerSpec, Outbound, RouteSpec,
 };
@@ -21,6 +24,7 @@ use meshcore_core::balance::{self as core, ClusterSpec, Host, Outlier, Policy, P
 use meshcore_core::Request;
 
 use crate::columns::{batch_len, header_objs, header_views, HeaderColumn, StrColumn, ValueColumn};
+use crate::rbac::RbacEngine;
 use crate::route::RouteTable;
 
 fn locked<T>(m: &Mutex<T>) -> PyResult<MutexGuard<'_, T>> {
@@ -263,6 +267,25 @@ type ClusterTuple = (
     Py<PyAny>,
 );
 
+/// (port, the listener's address, STRICT, [(RBAC engine, layer, Istio policy id per policy)],
+/// inbound cluster, normalizes, merge_slashes)
+type InboundTuple<'py> = (
+    u16,
+    String,
+    bool,
+    Vec<(Bound<'py, RbacEngine>, String, Vec<Py<PyAny>>)>,
+    Option<String>,
+    bool,
+    bool,
+);
+
+/// An inbound listener's Python values.
+struct InboundPy {
+    spec: InboundSpec,
+    policy_ids: Vec<Vec<Py<PyAny>>>,
+    cluster: Py<PyAny>,
+}
+
 /// One config's outbound decisions (immutable; the state lives in the shared `Balancer`).
 #[pyclass(frozen, module = "meshcore._core.decide")]
 pub struct Decider {
@@ -270,6 +293,8 @@ pub struct Decider {
     routes: HashMap<u16, Vec<Option<RoutePy>>>,
     clusters: Vec<ClusterPy>,
     cluster_index: HashMap<String, usize>,
+    /// Inbound listeners by port (None: one this form does not decide).
+    inbound: HashMap<u16, Option<InboundPy>>,
     balancer: Py<Balancer>,
     rng: Py<Random>,
     decision: Py<PyAny>,
@@ -287,7 +312,10 @@ struct Consts {
     nr: Py<PyAny>,
     nc: Py<PyAny>,
     uh: Py<PyAny>,
+    inbound: Py<PyAny>,
+    s403: Py<PyAny>,
     s404: Py<PyAny>,
+    rbac: Py<PyAny>,
     s503: Py<PyAny>,
     no_body: Py<PyAny>,
     empty: Py<PyAny>,
@@ -305,7 +333,10 @@ impl Consts {
             nr: text("NR"),
             nc: text("NC"),
             uh: text("UH"),
+            inbound: text("inbound"),
+            s403: 403i32.into_py_any(py)?,
             s404: 404i32.into_py_any(py)?,
+            rbac: text("RBAC"),
             s503: 503i32.into_py_any(py)?,
             no_body: PyBytes::new(py, b"").into_any().unbind(),
             empty: text(""),
@@ -334,6 +365,7 @@ impl Decider {
         py: Python<'_>,
         listeners: Vec<ListenerTuple<'_>>,
         clusters: Vec<ClusterTuple>,
+        inbound: Vec<(u16, Option<InboundTuple<'_>>)>,
         balancer: Py<Balancer>,
         rng: Py<Random>,
         decision: Py<PyAny>,
@@ -417,6 +449,59 @@ impl Decider {
             core_listeners.insert(port, spec);
             routes_py.insert(port, pys_r);
         }
+        let mut inbound_py = HashMap::new();
+        for (port, spec) in inbound {
+            let Some((lport, address, strict, stages, cluster, normalizes, merge)) = spec else {
+                inbound_py.insert(port, None);
+                continue;
+            };
+            let Ok(address) = address.parse() else {
+                inbound_py.insert(port, None);
+                continue;
+            };
+            let mut core_stages = Vec::new();
+            let mut ids = Vec::new();
+            let mut covered = true;
+            for (engine, layer, policy_ids) in stages {
+                let layer = match layer.as_str() {
+                    "ALLOW" => Layer::Allow,
+                    "DENY" => Layer::Deny,
+                    "AUDIT" => Layer::Log,
+                    "" => Layer::Skip,
+                    _ => {
+                        covered = false;
+                        break;
+                    }
+                };
+                core_stages.push((engine.get().rbac.clone(), layer));
+                ids.push(policy_ids);
+            }
+            if !covered {
+                inbound_py.insert(port, None);
+                continue;
+            }
+            let cluster_obj = cluster
+                .as_deref()
+                .map_or_else(|| py.None(), |c| PyString::new(py, c).into_any().unbind());
+            let spec = InboundSpec {
+                port: lport,
+                destination_ip: Some(address),
+                strict,
+                stages: core_stages,
+                cluster: cluster.map(|c| index.get(&c).copied()),
+                normalizes,
+                merge_slashes: merge,
+            };
+            inbound_py.insert(
+                port,
+                Some(InboundPy {
+                    spec,
+                    policy_ids: ids,
+                    cluster: cluster_obj,
+                }),
+            );
+        }
+        let consts = Consts::new(py)?;
         Ok(Decider {
             core: CoreDecider {
                 listeners: core_listeners,
@@ -425,11 +510,12 @@ impl Decider {
             routes: routes_py,
             clusters: pys,
             cluster_index: index,
+            inbound: inbound_py,
             balancer,
             rng,
             decision,
             generation,
-            consts: Consts::new(py)?,
+            consts,
         })
     }
 
@@ -547,6 +633,121 @@ impl Decider {
             }
         }
         Ok(out)
+    }
+
+    /// The inbound `Decision` for one request, or None when the general path must decide it
+    /// (nothing was drawn or counted then).
+    #[pyo3(signature = (authority, path, method, headers, port, source_ip, principal, tls))]
+    #[allow(clippy::too_many_arguments)]
+    fn inbound(
+        &self,
+        py: Python<'_>,
+        authority: &str,
+        path: &str,
+        method: &str,
+        headers: Option<&Bound<'_, PyAny>>,
+        port: Option<u16>,
+        source_ip: Option<&str>,
+        principal: Option<&str>,
+        tls: Option<bool>,
+    ) -> PyResult<Option<Py<PyAny>>> {
+        let found = match port {
+            None if self.inbound.len() == 1 => self.inbound.values().next(),
+            None => None,
+            Some(p) => self.inbound.get(&p),
+        };
+        let k = &self.consts;
+        let own = |o: &Py<PyAny>| o.clone_ref(py);
+        let mut a: [Py<PyAny>; 18] = std::array::from_fn(|_| py.None());
+        a[0] = own(&k.inbound);
+        a[1] = own(&k.no);
+        a[9] = own(&k.dash);
+        a[10] = own(&k.no_body);
+        a[11] = own(&k.no);
+        a[12] = own(&k.empty);
+        a[13] = own(&k.empty);
+        a[15] = self.generation.clone_ref(py);
+        a[17] = own(&k.no_cookies);
+        let Some(found) = found else {
+            // Fail closed: no listener, no admission.
+            a[8] = own(&k.s403);
+            a[9] = own(&k.nr);
+            return Ok(Some(self.decision.call1(py, PyTuple::new(py, a)?)?));
+        };
+        let Some(lst) = found else {
+            return Ok(None);
+        };
+        let objs = header_objs(headers)?;
+        let views = header_views(&objs)?;
+        let req = InboundRequest {
+            method,
+            path,
+            authority,
+            headers: &views,
+            principal,
+            source_ip,
+            tls,
+        };
+        let balancer = self.balancer.get();
+        let now = balancer.clock_now(py)?;
+        let out = {
+            let mut state = locked(&balancer.inner)?;
+            decide_inbound(
+                &lst.spec,
+                &self.core.clusters,
+                &mut state,
+                &req,
+                balancer.now_or(now),
+            )
+        };
+        let policy = |stage: usize, p: Option<usize>| {
+            p.and_then(|p| lst.policy_ids.get(stage)?.get(p))
+                .map_or_else(|| py.None(), |o| o.clone_ref(py))
+        };
+        match out {
+            Inbound::Fallback => return Ok(None),
+            Inbound::Plaintext => a[8] = own(&k.s403),
+            Inbound::Denied { stage, policy: p } => {
+                a[3] = own(&lst.cluster);
+                a[7] = policy(stage, p);
+                a[8] = own(&k.s403);
+                a[9] = own(&k.rbac);
+            }
+            Inbound::Allowed { by, endpoint } => {
+                a[1] = own(&k.yes);
+                a[7] = by.map_or_else(|| py.None(), |(s, p)| policy(s, p));
+                match lst.spec.cluster {
+                    None => {
+                        a[8] = own(&k.s503);
+                        a[9] = own(&k.nc);
+                    }
+                    Some(c) => {
+                        a[3] = own(&lst.cluster);
+                        a[16] = PyString::new(py, path).into_any().unbind();
+                        match (c, endpoint) {
+                            (None, _) => {
+                                a[8] = own(&k.s503);
+                                a[9] = own(&k.nc);
+                            }
+                            (Some(_), None) => {
+                                a[8] = own(&k.s503);
+                                a[9] = own(&k.uh);
+                            }
+                            (Some(c), Some(e)) => {
+                                let cp = &self.clusters[c];
+                                let (ep, tls) = &cp.endpoints[e];
+                                a[4] = ep.clone_ref(py);
+                                a[11] = own(if *tls { &k.yes } else { &k.no });
+                                if *tls {
+                                    a[12] = cp.sni.clone_ref(py);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Some(self.decision.call1(py, PyTuple::new(py, a)?)?))
     }
 
     /// The outbound `Decision` for one request, or None when the general path must decide

@@ -4,6 +4,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, final
 
 from meshcore._core import _Headers
+from meshcore._core.rbac import RbacEngine
 from meshcore._core.route import RouteTable
 
 __all__ = ["Balancer", "Decider", "Random"]
@@ -25,6 +26,11 @@ _Route = tuple[
     str,
 ]
 _Listener = tuple[int, RouteTable, bool, bool, Sequence[_Route | None]]
+# (port, address, STRICT, [(engine, Istio layer or "", Istio policy id per policy)],
+#  inbound cluster, normalizes, merge_slashes)
+_Inbound = tuple[
+    int, str, bool, Sequence[tuple[RbacEngine, str, Sequence[str | None]]], str | None, bool, bool
+]
 _Cluster = tuple[
     str, str, _Outlier | None, float, int, int, Sequence[tuple[Any, str, int, bool]], str
 ]
@@ -62,12 +68,24 @@ class Decider:
         cls,
         listeners: Sequence[_Listener],
         clusters: Sequence[_Cluster],
+        inbound: Sequence[tuple[int, _Inbound | None]],
         balancer: Balancer,
         rng: Random,
         decision: Callable[..., Any],
         generation: int,
     ) -> Decider: ...
     def pick(self, cluster: str, hash_key: int | None = None) -> Any | None: ...
+    def inbound(
+        self,
+        authority: str,
+        path: str,
+        method: str,
+        headers: _Headers,
+        port: int | None,
+        source_ip: str | None,
+        principal: str | None,
+        tls: bool | None,
+    ) -> Any | None: ...
     def outbound_batch(
         self,
         general: Callable[[int], Any],

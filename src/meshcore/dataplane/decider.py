@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from meshcore._core import decide as _core_decide
-from meshcore.dataplane.config import CompiledConfig, RouteInfo
+from meshcore.dataplane.config import CompiledConfig, InboundListener, RouteInfo
 from meshcore.dataplane.lb import CoreLoadBalancer, cluster_head
+from meshcore.security.authz import _istio_id
 
 _COVERED_HASHES = ("header", "source_ip")
 
@@ -29,6 +30,22 @@ def _route(info: RouteInfo | None) -> Any:
     return (info.name, clusters, weighted, info.total_weight,
             [(hp.kind, hp.name, hp.terminal) for hp in info.hash_policies], rewrite,
             info.timeout, info.retry_policy, info.host_rewrite)  # fmt: skip
+
+
+def _inbound(lst: InboundListener) -> Any:
+    """An inbound listener as the core decides it, or None when its filter chain has what the
+    core form does not cover (ext_authz and CUSTOM filters, dry-run rules)."""
+    if lst.authz is None:
+        return None
+    stages = []
+    for engine, layer, custom in lst.authz.layers:
+        if engine is None or custom or layer == "CUSTOM" or engine.shadow_action is not None:
+            return None
+        ids = [_istio_id(p) for p in engine.policy_ids]
+        stages.append((engine, layer or "", ids))
+    normalizes = lst.normalizer is not None
+    return (lst.port, lst.address, lst.mtls_mode == "STRICT", stages, lst.cluster, normalizes,
+            lst.options.merge_slashes)  # fmt: skip
 
 
 def compile_decider(
@@ -49,4 +66,6 @@ def compile_decider(
         eps = [(e, str(e), e.weight, up is not None and (e.tls or not up.auto))
                for e in cfg.endpoints_of(c)]  # fmt: skip
         clusters.append((*cluster_head(c), eps, up.sni if up is not None else ""))
-    return _core_decide.Decider(listeners, clusters, lb.core, rng, decision, cfg.generation)
+    inbound = [(port, _inbound(lst)) for port, lst in cfg.inbound.items()]
+    return _core_decide.Decider(listeners, clusters, inbound, lb.core, rng, decision,
+                                cfg.generation)  # fmt: skip

@@ -356,6 +356,13 @@ class DataPlane:
                     return d
             return self._outbound(cfg, method, authority, path, headers, port, source_ip)
         if direction == "inbound":
+            compiled = self._decider
+            core = compiled[1] if compiled is not None and compiled[0] is cfg else self._core(cfg)
+            if core is not None:
+                di: Decision | None = core.inbound(authority, path, method, headers, port,
+                                                   source_ip, principal, tls)  # fmt: skip
+                if di is not None:
+                    return di
             return self._inbound(cfg, method, authority, path, headers, port, source_ip,
                                  principal, tls)  # fmt: skip
         raise ValueError(f"direction must be 'outbound' or 'inbound', not {direction!r}")

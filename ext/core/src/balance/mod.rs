@@ -8,6 +8,7 @@
 //! The state is by cluster name and endpoint address, so it survives config updates; the
 //! clusters themselves ([`ClusterSpec`]) are passed in on every call.
 
+pub mod inbound;
 pub mod outbound;
 pub mod pyrandom;
 

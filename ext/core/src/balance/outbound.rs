@@ -72,7 +72,7 @@ pub enum Outbound {
 
 /// The connection manager would change this path (or answer 400): the characters and dot
 /// segments normalisation touches (as `meshcore.dataplane.config._PLAIN`).
-fn may_normalise(path: &str, merge_slashes: bool) -> bool {
+pub(crate) fn may_normalise(path: &str, merge_slashes: bool) -> bool {
     path.bytes().any(|b| {
         !(0x21..=0x7e).contains(&b)
             || matches!(

@@ -56,7 +56,10 @@ pub enum Inbound {
     /// Plaintext on a STRICT listener: 403.
     Plaintext,
     /// Denied by filter `stage`'s policy (index in its engine), 403 RBAC.
-    Denied { stage: usize, policy: Option<usize> },
+    Denied {
+        stage: usize,
+        policy: Option<usize>,
+    },
     /// Allowed (`by`: the ALLOW layer's filter and policy); `endpoint` of the inbound
     /// cluster, None when it has none (503).
     Allowed {

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from meshcore._core import decide as core_decide
 from meshcore.config import validate
 from meshcore.dataplane import DataPlane
-from meshcore.dataplane.config import ClusterConfig, Endpoint, OutlierDetection
+from meshcore.dataplane.ads import AdsClient
+from meshcore.dataplane.config import ClusterConfig, Compiler, Endpoint, OutlierDetection
 from meshcore.dataplane.lb import CoreLoadBalancer, LoadBalancer
 from meshcore.xds import translate
 
@@ -500,3 +501,25 @@ def test_inbound_decides_as_the_python_reference(
     ref = DataPlane(base.ads, lb=LoadBalancer(seed))
     for kw in reqs:
         assert _outcome(ours, kw) == _outcome(ref, kw), kw
+
+
+def test_an_older_config_passed_in_decides_on_the_general_path(
+    meshes: Callable[[str, int], DataPlane],
+) -> None:
+    """decide(config=...) with a config that is no longer current decides on that config
+    (the general path, the same balancer state) and compiles nothing for it."""
+    base = meshes("round_robin", 3)
+    ads = AdsClient("", FRONTEND)
+    ads.resources = base.ads.resources
+    old = Compiler().compile(ads.resources)
+    ads.config = Compiler().compile(ads.resources)  # an update: a new config object
+    ours = DataPlane(ads, lb=CoreLoadBalancer(5))
+    ref = DataPlane(ads, lb=LoadBalancer(5))
+    kw = {"authority": "ratings:9080", "path": "/r"}
+    for _ in range(5):
+        assert ours.decide(config=old, **kw) == ref.decide(config=old, **kw)
+    assert ours._decider is None
+    for _ in range(5):
+        assert ours.decide(**kw) == ref.decide(**kw)
+    assert ours._decider is not None
+    assert ours._decider[0] is ads.config

@@ -420,6 +420,8 @@ class DataPlane:
             return None
         compiled = self._decider
         if compiled is None or compiled[0] is not cfg:
+            if cfg is not self.ads.config:  # an older config passed in: the general path
+                return None
             compiled = self._decider = (cfg, compile_decider(cfg, lb, self._random, Decision))
         return compiled[1]
 

@@ -24,6 +24,7 @@ use meshcore_core::balance::{self as core, ClusterSpec, Host, Outlier, Policy, P
 use meshcore_core::Request;
 
 use crate::columns::{batch_len, header_objs, header_views, HeaderColumn, StrColumn, ValueColumn};
+use crate::decision::Decision;
 use crate::rbac::RbacEngine;
 use crate::route::RouteTable;
 
@@ -625,7 +626,7 @@ impl Decider {
             start += run.len();
             for (port, o) in run {
                 let args = self.decision_args(py, port, o)?;
-                out.append(self.decision.call1(py, PyTuple::new(py, args)?)?)?;
+                out.append(self.make(py, args)?)?;
             }
             if start < n {
                 out.append(general.call1((start,))?)?;
@@ -672,7 +673,7 @@ impl Decider {
             // Fail closed: no listener, no admission.
             a[8] = own(&k.s403);
             a[9] = own(&k.nr);
-            return Ok(Some(self.decision.call1(py, PyTuple::new(py, a)?)?));
+            return Ok(Some(self.make(py, a)?));
         };
         let Some(lst) = found else {
             return Ok(None);
@@ -747,7 +748,7 @@ impl Decider {
                 }
             }
         }
-        Ok(Some(self.decision.call1(py, PyTuple::new(py, a)?)?))
+        Ok(Some(self.make(py, a)?))
     }
 
     /// The outbound `Decision` for one request, or None when the general path must decide
@@ -794,7 +795,7 @@ impl Decider {
             return Ok(None);
         }
         let args = self.decision_args(py, port, out)?;
-        Ok(Some(self.decision.call1(py, PyTuple::new(py, args)?)?))
+        Ok(Some(self.make(py, args)?))
     }
 }
 
@@ -802,6 +803,15 @@ impl Decider {
     /// The `Decision`'s fields, positionally (its dataclass order): direction, allowed, route,
     /// cluster, endpoint, timeout, retry_policy, policy_id, status, response_flags, body, tls,
     /// sni, host_rewrite, hash_key, generation, path, set_cookies.
+    /// A decision of these fields: the core's `Decision` made directly, or (another class
+    /// given) by calling it.
+    fn make(&self, py: Python<'_>, fields: [Py<PyAny>; 18]) -> PyResult<Py<PyAny>> {
+        if self.decision.is(py.get_type::<Decision>()) {
+            return Ok(Py::new(py, Decision::from_fields(fields))?.into_any());
+        }
+        self.decision.call1(py, PyTuple::new(py, fields)?)
+    }
+
     fn decision_args(&self, py: Python<'_>, port: u16, out: Outbound) -> PyResult<[Py<PyAny>; 18]> {
         let none = || py.None();
         let k = &self.consts;
@@ -879,5 +889,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Random>()?;
     m.add_class::<Balancer>()?;
     m.add_class::<Decider>()?;
+    m.add_class::<Decision>()?;
     Ok(())
 }

@@ -7,6 +7,7 @@ use meshcore_core::Re2Regex;
 
 mod columns;
 mod decide;
+mod decision;
 mod errors;
 mod lb;
 mod rbac;

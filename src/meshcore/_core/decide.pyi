@@ -1,13 +1,16 @@
 # Hand-written stubs for the Rust extension (ext/py); checked by mypy.stubtest in the tests.
 
 from collections.abc import Callable, Sequence
-from typing import Any, final
+from dataclasses import Field
+from typing import Any, ClassVar, final
 
 from meshcore._core import _Headers
 from meshcore._core.rbac import RbacEngine
 from meshcore._core.route import RouteTable
+from meshcore.dataplane.config import Endpoint
+from meshcore.dataplane.routeactions import RetryPolicy
 
-__all__ = ["Balancer", "Decider", "Random"]
+__all__ = ["Balancer", "Decider", "Decision", "Random"]
 
 _Outlier = tuple[int, int, int, int, float, float, float]
 # (name, lb_policy, outlier detection or None, panic_threshold, ring_size, maglev_table_size)
@@ -34,6 +37,53 @@ _Inbound = tuple[
 _Cluster = tuple[
     str, str, _Outlier | None, float, int, int, Sequence[tuple[Any, str, int, bool]], str
 ]
+
+@final
+class Decision:
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+    __match_args__: ClassVar[tuple[str, ...]]
+    direction: str
+    allowed: bool
+    route: str | None
+    cluster: str | None
+    endpoint: Endpoint | None
+    timeout: float | None
+    retry_policy: RetryPolicy | None
+    policy_id: str | None
+    status: int | None
+    response_flags: str
+    body: bytes
+    tls: bool
+    sni: str
+    host_rewrite: str
+    hash_key: int | None
+    generation: int
+    path: str | None
+    set_cookies: tuple[str, ...]
+    # None for a field with another default takes that default ("-", b"", False, "", 0, ()).
+    def __new__(
+        cls,
+        direction: str,
+        allowed: bool,
+        route: str | None = None,
+        cluster: str | None = None,
+        endpoint: Endpoint | None = None,
+        timeout: float | None = None,
+        retry_policy: RetryPolicy | None = None,
+        policy_id: str | None = None,
+        status: int | None = None,
+        response_flags: str | None = None,
+        body: bytes | None = None,
+        tls: bool | None = None,
+        sni: str | None = None,
+        host_rewrite: str | None = None,
+        hash_key: int | None = None,
+        generation: int | None = None,
+        path: str | None = None,
+        set_cookies: tuple[str, ...] | None = None,
+    ) -> Decision: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    __hash__: ClassVar[None]  # type: ignore[assignment]
 
 @final
 class Random:

@@ -21,7 +21,7 @@ import ssl
 import threading
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from google.protobuf.message import Message
@@ -52,41 +52,10 @@ class DataPlaneError(MeshcoreError):
     """The data plane could not start (no config in time, no certificate, bad arguments)."""
 
 
-@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 2 us per decision
-class Decision:
-    """What to do with one request.
-
-    ``status`` is set when the proxy answers by itself (Envoy's local replies): 404 no route
-    (``response_flags`` NR), 503 no cluster or no healthy endpoint (NC / UH), 403 denied by
-    RBAC, a direct response's or redirect's code; otherwise the request goes to ``endpoint`` of
-    ``cluster``, within ``timeout`` seconds (None: no limit), retried per ``retry_policy``.
-    ``tls`` is the upstream's TLS (SNI, expected SPIFFE ids) when mTLS applies to the endpoint.
-    ``path``, when set, is the path to forward: inbound, as the listener normalised it (what
-    RBAC decided on); outbound, with the route's ``prefix_rewrite`` applied.
-    """
-
-    direction: str
-    allowed: bool
-    route: str | None = None
-    cluster: str | None = None
-    endpoint: Endpoint | None = None
-    timeout: float | None = None
-    retry_policy: RetryPolicy | None = None
-    policy_id: str | None = None
-    status: int | None = None
-    response_flags: str = "-"
-    body: bytes = b""
-    tls: bool = False
-    sni: str = ""
-    host_rewrite: str = ""
-    hash_key: int | None = None
-    generation: int = 0
-    # The path to forward when it is not the request's: inbound, the normalised path RBAC saw;
-    # outbound, the route's prefix_rewrite applied.
-    path: str | None = None
-    # Set-Cookie values for the response: the cookies a cookie hash policy with a ttl
-    # generated because the request had none (Envoy's downstream set-cookies).
-    set_cookies: tuple[str, ...] = ()
+# What to do with one request: made by the core's decider without running Python (a
+# dataclass's __init__ was a third of a decision), it behaves as the dataclass it replaced
+# (fields read and written, keyword construction, ==, dataclasses.replace).
+Decision = _core_decide.Decision
 
 
 def _split_authority(authority: str) -> tuple[str, int | None]:

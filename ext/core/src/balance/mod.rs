@@ -139,10 +139,11 @@ impl Balancer {
             return None;
         }
         let Balancer { rng, clusters } = self;
-        if !clusters.contains_key(&c.name) {
-            clusters.insert(c.name.clone(), ClusterState::default());
-        }
-        let st = clusters.get_mut(&c.name).expect("inserted above");
+        // One lookup when the cluster has state already (every pick but its first).
+        let st = match clusters.get_mut(&c.name) {
+            Some(st) => st,
+            None => clusters.entry(c.name.clone()).or_default(),
+        };
         // The hosts to balance over: all, or the healthy ones (outlier detection).
         let mut healthy: Option<Vec<usize>> = None;
         if c.outlier.is_some() {

@@ -11,6 +11,8 @@
 pub mod inbound;
 pub mod outbound;
 pub mod pyrandom;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 

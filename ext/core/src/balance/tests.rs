@@ -28,12 +28,14 @@ fn cluster(policy: Policy, weights: &[u64], outlier: Option<Outlier>) -> Cluster
 fn round_robin_is_exact_and_weighted() {
     let mut b = Balancer::new(PyRandom::new(1));
     let c = cluster(Policy::RoundRobin, &[1, 1, 1], None);
-    let picks: Vec<usize> = (0..6).map(|_| b.pick(&c, None, || 0.0).unwrap()).collect();
+    let picks: Vec<usize> = (0..6)
+        .map(|_| b.pick(&c, None, || 0.0).expect("a host"))
+        .collect();
     assert_eq!(picks, vec![1, 2, 0, 1, 2, 0]);
     let w = cluster(Policy::RoundRobin, &[3, 1], None);
     let mut counts = [0; 2];
     for _ in 0..400 {
-        counts[b.pick(&w, None, || 0.0).unwrap()] += 1;
+        counts[b.pick(&w, None, || 0.0).expect("a host")] += 1;
     }
     assert_eq!(counts, [300, 100]);
 }
@@ -78,6 +80,6 @@ fn consecutive_failures_eject_within_max_percent_and_expire() {
     assert!(!fail(&mut b, keys[2]));
     assert!(!fail(&mut b, keys[2])); // a third would exceed max_ejection_percent
     assert_eq!(b.ejected("c", 100.0), vec![keys[0], keys[1]]);
-    assert!((0..20).all(|_| b.pick(&c, None, || 105.0).unwrap() >= 2));
+    assert!((0..20).all(|_| b.pick(&c, None, || 105.0).expect("a host") >= 2));
     assert!(b.ejected("c", 110.0).is_empty());
 }

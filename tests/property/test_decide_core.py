@@ -523,3 +523,35 @@ def test_an_older_config_passed_in_decides_on_the_general_path(
         assert ours.decide(**kw) == ref.decide(**kw)
     assert ours._decider is not None
     assert ours._decider[0] is ads.config
+
+
+def test_balancer_state_survives_config_updates(meshes: Callable[[str, int], DataPlane]) -> None:
+    """Round-robin position, active requests and ejections are kept by cluster and endpoint
+    address across config updates (a new decider per config, one balancer), as the Python
+    reference keeps them."""
+    base = meshes("least_request", 3)
+    ads = AdsClient("", FRONTEND)
+    ads.resources = base.ads.resources
+    ads.config = Compiler().compile(ads.resources)
+    ours = DataPlane(ads, lb=CoreLoadBalancer(9))
+    ref = DataPlane(ads, lb=LoadBalancer(9))
+    clock = Clock()
+    ours.lb.clock = ref.lb.clock = clock
+    kw = {"authority": "ratings:9080", "path": "/r"}
+    for update in range(4):
+        for _ in range(20):
+            a, b = ours.decide(**kw), ref.decide(**kw)
+            assert a == b
+            ours.started(a)
+            ref.started(b)
+        # The first endpoint fails three times in a row (the mesh's consecutive5xxErrors).
+        first = ours.decide(**kw)
+        assert first == ref.decide(**kw)
+        for _ in range(3):
+            assert ours.report(first, 503) == ref.report(first, 503)
+        cluster = first.cluster or ""
+        assert ours.lb.ejected(cluster) == ref.lb.ejected(cluster)
+        ads.config = Compiler().compile(ads.resources)  # an update: a new decider
+        assert ours.lb.ejected(cluster) == ref.lb.ejected(cluster)
+        clock.now += 4.0 * update
+    assert ours.lb.ejected(cluster)  # something was ejected along the way, and is kept

@@ -10,7 +10,9 @@ compiled from the very protos Envoy receives; the certificate (SVID) from meshco
 (:class:`~meshcore.dataplane.certs.CertificateClient`, rotated at half its lifetime).
 ``connect`` runs both on a background thread with its own event loop; ``aconnect`` runs them in
 the caller's loop. ``decide`` is synchronous and cheap, and safe to call from any thread: it
-reads the current compiled config through one reference.
+reads the current compiled config through one reference, and is one call into the core
+(``meshcore._core.decide``: the config compiled into a decider on its first decision, the
+load-balancer state held in Rust); ``decide_batch`` decides columns of requests.
 """
 
 from __future__ import annotations

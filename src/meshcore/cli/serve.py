@@ -30,10 +30,15 @@ async def serve(
     max_file_bytes: int = MAX_FILE_BYTES,
     store: StoreURL | None = None,
 ) -> int:  # fmt: skip
-    server = ControlPlaneServer(
-        paths if store is None else (), host=host, xds_port=xds_port, metrics_port=metrics_port,
-        mesh_config=mesh_config, ca=ca, max_file_bytes=max_file_bytes, store=store,
-    )  # fmt: skip
+    try:
+        server = ControlPlaneServer(
+            paths if store is None else (), host=host, xds_port=xds_port,
+            metrics_port=metrics_port, mesh_config=mesh_config, ca=ca,
+            max_file_bytes=max_file_bytes, store=store,
+        )  # fmt: skip
+    except StartError as exc:
+        print(f"meshcore serve: {exc}", file=sys.stderr)
+        return 2
     plane = server.plane
     try:
         loaded = server.load()

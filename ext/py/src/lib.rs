@@ -6,6 +6,8 @@ use pyo3::prelude::*;
 use meshcore_core::Re2Regex;
 
 mod columns;
+mod decide;
+mod decision;
 mod errors;
 mod lb;
 mod rbac;
@@ -60,5 +62,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     add_submodule(m, "xds", xds::register)?;
     add_submodule(m, "yaml", yaml::register)?;
     add_submodule(m, "lb", lb::register)?;
+    add_submodule(m, "decide", decide::register)?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
+from meshcore._core import decide as decide
 from meshcore._core import lb as lb
 from meshcore._core import rbac as rbac
 from meshcore._core import route as route
@@ -10,7 +11,17 @@ from meshcore._core import xds as xds
 from meshcore._core import yaml as yaml
 
 __version__: str
-__all__ = ["__version__", "check_regex", "lb", "rbac", "regex_full_match", "route", "xds", "yaml"]
+__all__ = [
+    "__version__",
+    "check_regex",
+    "decide",
+    "lb",
+    "rbac",
+    "regex_full_match",
+    "route",
+    "xds",
+    "yaml",
+]
 
 def check_regex(pattern: str) -> None: ...
 def regex_full_match(pattern: str, text: str) -> bool: ...

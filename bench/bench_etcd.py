@@ -318,3 +318,111 @@ def test_fleet_over_three_replicas(
         + ", ".join(f"{c:.2f}" for c in cpu[3:])
         + f" s; load average {load1:.1f}"
     )
+
+
+def test_ca_watch_latency(etcd: EtcdCluster, request: pytest.FixtureRequest) -> None:
+    """The shared CA record written (a rotation step) -> a replica's CAWatch has it, against
+    the poll it replaced (a read of the record every second), both following the same writes."""
+    from meshcore.ca import CertificateAuthority
+    from meshcore.store.replicas import CAWatch, _encode_ca
+
+    writes = 8 if quick(request) else 60
+    url = parse_store_url(etcd.url("/bench-ca"))
+    client = EtcdClient(etcd.endpoints)
+    records = [_encode_ca(CertificateAuthority.generate()) for _ in range(writes + 1)]
+    client.put(url.meta("ca"), records[0])
+    seen: list[float] = []
+    watch = CAWatch(client.clone(), url, lambda ca: seen.append(time.perf_counter()))
+    polled: list[tuple[int, float]] = []
+    stop = threading.Event()
+
+    def poll() -> None:  # what replicas did before the watch: read the record each second
+        poller = client.clone()
+        last = 0
+        while not stop.is_set():
+            _, kv = poller.get(url.meta("ca"))
+            if int(kv.mod_revision) != last:
+                last = int(kv.mod_revision)
+                polled.append((last, time.perf_counter()))
+            stop.wait(1.0)
+        poller.close()
+
+    watch.start()
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        while not seen or not polled:
+            time.sleep(0.01)
+        by_watch: list[float] = []
+        by_poll: list[float] = []
+        for record in records[1:]:
+            before = len(seen)
+            t0 = time.perf_counter()
+            revision = client.put(url.meta("ca"), record)
+            while len(seen) == before:
+                time.sleep(0.0002)
+            by_watch.append(seen[-1] - t0)
+            while not polled or polled[-1][0] < revision:
+                time.sleep(0.001)
+            by_poll.append(polled[-1][1] - t0)
+            time.sleep(0.3 + (len(by_watch) % 7) * 0.1)  # writes at varied phases of the poll
+    finally:
+        stop.set()
+        watch.stop()
+        watch.client.close()
+        client.close()
+    w50, w99 = percentile(by_watch, 0.5) * 1e3, percentile(by_watch, 0.99) * 1e3
+    p50, p99 = percentile(by_poll, 0.5) * 1e3, percentile(by_poll, 0.99) * 1e3
+    print(
+        f"\nshared CA record write -> replica has it, {writes} writes ({os.getloadavg()[0]:.1f} "
+        f"load): watch p50 {w50:.1f} ms, p99 {w99:.1f} ms; 1 s poll (before) p50 {p50:.0f} ms, "
+        f"p99 {p99:.0f} ms; ratio p50 {p50 / max(w50, 1e-3):.0f}x"
+    )
+    assert percentile(by_watch, 0.99) < 1.0
+
+
+def test_tls_connect_cost(
+    etcd: EtcdCluster, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """etcd over TLS with client certificates against plaintext, interleaved: a new client's
+    first read (channel, handshake, Range: what each CLI command pays) and a read on an open
+    channel (what a replica pays per call)."""
+    from tests.store._pki import make_pki
+
+    from meshcore.store import EtcdTLS
+
+    rounds = 8 if quick(request) else 40
+    calls = 50 if quick(request) else 500
+    pki = make_pki(tmp_path / "pki")
+    tls = EtcdTLS(str(pki.ca), str(pki.client_cert), str(pki.client_key))
+    (tmp_path / "etcd-tls").mkdir()
+    with etcd_cluster(tmp_path / "etcd-tls", 1, pki=pki) as secure:
+        sides = {"plaintext": (etcd.endpoints, None), "TLS": (secure.endpoints, tls)}
+        first: dict[str, list[float]] = {k: [] for k in sides}
+        steady: dict[str, list[float]] = {k: [] for k in sides}
+        for _ in range(rounds):
+            for name, (endpoints, t) in sides.items():
+                t0 = time.perf_counter()
+                c = EtcdClient(endpoints, tls=t)
+                c.get("/bench-tls/k")
+                first[name].append(time.perf_counter() - t0)
+                c.close()
+        for name, (endpoints, t) in sides.items():
+            c = EtcdClient(endpoints, tls=t)
+            c.get("/bench-tls/k")
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            for _ in range(calls):
+                c.get("/bench-tls/k")
+            steady[name] = [
+                (time.perf_counter() - t0) / calls,
+                (time.process_time() - cpu0) / calls,
+            ]
+            c.close()
+    f_plain, f_tls = percentile(first["plaintext"], 0.5), percentile(first["TLS"], 0.5)
+    print(
+        f"\netcd client, load {os.getloadavg()[0]:.1f}: first read on a new client p50 plaintext "
+        f"{f_plain * 1e3:.1f} ms, TLS {f_tls * 1e3:.1f} ms (x{f_tls / f_plain:.2f}); a read on an "
+        f"open channel plaintext {steady['plaintext'][0] * 1e6:.0f} us "
+        f"({steady['plaintext'][1] * 1e6:.0f} us CPU), TLS {steady['TLS'][0] * 1e6:.0f} us "
+        f"({steady['TLS'][1] * 1e6:.0f} us CPU)"
+    )

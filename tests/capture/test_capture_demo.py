@@ -35,7 +35,7 @@ def test_capture_demo_tour_passes() -> None:
 
 
 def test_capture_demo_refuses_loopback_options() -> None:
-    out = subprocess.run([sys.executable, "-m", "meshcore.cli", "demo", "--capture", "--serve"],
+    out = subprocess.run([sys.executable, "-m", "meshcore", "demo", "--capture", "--serve"],
                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert out.returncode == 2
     assert "--serve" in out.stderr

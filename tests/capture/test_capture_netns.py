@@ -42,7 +42,7 @@ def pods() -> Iterator[tuple[Pod, Pod]]:
 
 
 def meshcore_iptables(pod: Pod, *flags: str) -> str:
-    out = pod.run([sys.executable, "-m", "meshcore.cli", "iptables", *flags],
+    out = pod.run([sys.executable, "-m", "meshcore", "iptables", *flags],
                   capture_output=True, text=True)  # fmt: skip
     assert out.returncode == 0, out.stderr
     return str(out.stdout)
@@ -79,7 +79,7 @@ def test_rules_applied_in_kernel_and_cleanup_removes_exactly_them(pods: tuple[Po
         assert count == sum(1 for r in plan if (r.table, r.chain) == (table, chain))
     # Applying again is a no-op; different options over existing rules are refused.
     assert "already in place" in meshcore_iptables(app, *SIDECAR_FLAGS)
-    other = app.run([sys.executable, "-m", "meshcore.cli", "iptables", "-b", "*", "-i", "*"],
+    other = app.run([sys.executable, "-m", "meshcore", "iptables", "-b", "*", "-i", "*"],
                     capture_output=True, text=True)  # fmt: skip
     assert other.returncode == 1
     assert "ISTIO_* chains already exist" in other.stderr
@@ -134,7 +134,7 @@ def test_outbound_and_inbound_traffic_is_captured_and_the_proxy_uid_is_not(
 
 def test_run_validation_fails_without_rules_and_passes_with_them(pods: tuple[Pod, Pod]) -> None:
     app, _ = pods
-    base = [sys.executable, "-m", "meshcore.cli", "iptables", *SIDECAR_FLAGS]
+    base = [sys.executable, "-m", "meshcore", "iptables", *SIDECAR_FLAGS]
     probe = ["--run-validation", "--probe-timeout", "3"]
     bare = app.run([*base, "--skip-rule-apply", *probe], capture_output=True, text=True)
     assert bare.returncode == 126, bare.stderr
@@ -155,7 +155,7 @@ def test_a_failed_apply_leaves_nothing_behind(pods: tuple[Pod, Pod]) -> None:
     for key in ("all", "default", "lo"):
         knob = f"/proc/sys/net/ipv6/conf/{key}/disable_ipv6"
         assert app.run([sys.executable, "-c", f"open({knob!r}, 'w').write('1')"]).returncode == 0
-    out = app.run([sys.executable, "-m", "meshcore.cli", "iptables", "-m", "TPROXY", "-b", "*",
+    out = app.run([sys.executable, "-m", "meshcore", "iptables", "-m", "TPROXY", "-b", "*",
                    "-i", "*", "--ipv6"], capture_output=True, text=True)  # fmt: skip
     assert out.returncode == 1
     assert "ip route add failed" in out.stderr

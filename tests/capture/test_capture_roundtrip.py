@@ -55,7 +55,7 @@ def test_any_options_apply_in_the_kernel_and_clean_up_to_nothing() -> None:
         def roundtrip(options: dict[str, Any]) -> None:
             argv, env = command_line(options)
             argv.remove("--dry-run")
-            cli = [sys.executable, "-m", "meshcore.cli", *argv]
+            cli = [sys.executable, "-m", "meshcore", *argv]
             environ = {"ISTIO_OUTBOUND_OWNER_GROUPS": "*", **env}
             runs = [pod.run(cli, capture_output=True, text=True, env=environ_of(environ))]
             applied = iptables_save(pod)

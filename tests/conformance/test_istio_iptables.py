@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from meshcore.cli import main
+from tests._cli import main
 
 HERE = Path(__file__).parent / "istio-iptables"
 CASES: dict[str, Any] = json.loads((HERE / "cases.json").read_text())

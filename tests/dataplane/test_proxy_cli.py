@@ -40,7 +40,7 @@ async def run_cli(mesh: Mesh, port: int, tmp: Path) -> None:
     bundle.write_text(mesh.ca.trust_bundle_pem())
     outbound, metrics = free_port("127.0.74.1"), free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "meshcore.cli", "proxy", "--xds", mesh.xds,
+        sys.executable, "-m", "meshcore", "proxy", "--xds", mesh.xds,
         "--node-id", node_id("web-1", "127.0.74.1"),
         "--ca", f"127.0.0.1:{mesh.ca_server.port}",
         "--ca-mtls", f"127.0.0.1:{mesh.ca_server.mtls_port}",
@@ -90,7 +90,7 @@ def test_meshcore_proxy_command(tmp_path: Path) -> None:
 
 
 def test_meshcore_proxy_usage_errors(tmp_path: Path) -> None:
-    from meshcore.cli import main
+    from tests._cli import main
 
     assert main(["proxy", "--node-id", "bad", "--xds", "127.0.0.1:1"]) == 2
     assert main(["proxy", "--node-id", node_id("a", "127.0.0.1"),

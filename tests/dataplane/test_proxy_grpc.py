@@ -371,7 +371,9 @@ def test_http2_limits(tmp_path: Path) -> None:
                                                  metadata={"MESHCORE_APP_ADDRESS": APP_IP})  # fmt: skip
                 client_dp = await mesh.dataplane(node_id("client-1", "127.0.74.1"), "client")
                 dps += [callee_dp, client_dp]
-                short = Limits(header_timeout=0.6, idle_timeout=0.6, stream_idle_timeout=0.6)
+                # idle_timeout also closes each new connection that has not yet sent its
+                # request: 1.5 s leaves a loaded machine time to send 61 KiB of headers.
+                short = Limits(header_timeout=0.6, idle_timeout=1.5, stream_idle_timeout=0.6)
                 client = ReferenceProxy(client_dp, outbound=("127.0.74.1", 0), inbound=False,
                                         limits=short)  # fmt: skip
                 proxies += [ReferenceProxy(callee_dp, outbound=None, inbound=True), client]

@@ -422,7 +422,7 @@ def running_agent(
     (workdir / "token").write_text(token + "\n")
     status = free_port()
     args = [
-        sys.executable, "-m", "meshcore.cli", "agent", "--node-id", node_id,
+        sys.executable, "-m", "meshcore", "agent", "--node-id", node_id,
         "--identity", identity, "--xds-address", _address(xds),
         "--ca-address", _address(ca), "--ca-mtls-address", _address(ca_mtls),
         "--ca-root", str(ca_root), "--token-file", str(workdir / "token"),
@@ -724,7 +724,7 @@ def serve_process(
     could fill up and stall it); ready once it announces ADS."""
     import sys
 
-    args = [sys.executable, "-m", "meshcore.cli", "serve", "--config", str(config),
+    args = [sys.executable, "-m", "meshcore", "serve", "--config", str(config),
             "--xds-port", str(ports["xds"])]  # fmt: skip
     # Istio's monitoring port (15014) is serve's default: tests take a free one, or none.
     args += ["--monitoring-port", str(ports.get("metrics", 0))]

@@ -423,7 +423,7 @@ def test_agent_cli_runs_envoy_until_sigterm(mesh: Mesh, tmp_path: Path) -> None:
     out = tmp_path / "agent.out"
     with out.open("w") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "meshcore.cli", "agent",
+            [sys.executable, "-m", "meshcore", "agent",
              "--node-id", node("probe-1", "127.0.73.1"), "--identity", spiffe("intruder"),
              "--xds-address", f"127.0.0.1:{mesh.xds}", "--ca-address", f"127.0.0.1:{mesh.ca_port}",
              "--ca-mtls-address", f"127.0.0.1:{mesh.ca_mtls}",

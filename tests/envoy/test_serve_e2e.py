@@ -91,7 +91,7 @@ def test_serve_feeds_sidecars_that_carry_traffic(tmp_path: Path) -> None:
     tokens = {sa: f"{sa}-token-0123456789abcdef" for sa in ("web", "reviews")}
     (tmp_path / "tokens").write_text("".join(f"{t} {spiffe(sa)}\n" for sa, t in tokens.items()))
     cp = subprocess.Popen(
-        [sys.executable, "-m", "meshcore.cli", "serve", "--config", str(config),
+        [sys.executable, "-m", "meshcore", "serve", "--config", str(config),
          "--xds-port", str(xds), "--metrics-port", str(metrics),
          "--ca-port", str(ca), "--ca-mtls-port", str(ca_mtls),
          "--state-dir", str(tmp_path / "state"), "--tokens", str(tmp_path / "tokens")],
@@ -149,7 +149,7 @@ def test_serve_feeds_sidecars_that_carry_traffic(tmp_path: Path) -> None:
                 row["CDS"] == row["LDS"] == row["RDS"] == "SYNCED" for row in status.values()
             ), status
             out = subprocess.run(
-                [sys.executable, "-m", "meshcore.cli", "proxy-status", "--control-plane", f"127.0.0.1:{metrics}"],
+                [sys.executable, "-m", "meshcore", "proxy-status", "--control-plane", f"127.0.0.1:{metrics}"],
                 capture_output=True, text=True, timeout=30, check=True,
             ).stdout  # fmt: skip
             assert "SYNCED" in out

@@ -292,7 +292,7 @@ def meshcore_proxy(
     the process, its outbound and metrics ports and its log; always stops it."""
     outbound, metrics = free_port(address), free_port()
     log = tmp / f"proxy-{name}.log"
-    args = [sys.executable, "-m", "meshcore.cli", "proxy", "--xds", f"127.0.0.1:{xds}",
+    args = [sys.executable, "-m", "meshcore", "proxy", "--xds", f"127.0.0.1:{xds}",
             "--node-id", node(name, address), "--app-address", app,
             "--outbound", f"{address}:{outbound}", "--metrics", f"127.0.0.1:{metrics}",
             "--codec", "http1"]  # fmt: skip

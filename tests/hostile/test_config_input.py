@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from meshcore._core import yaml as core_yaml
-from meshcore.cli import main
 from meshcore.config import load, load_objects, validate, validate_object
 from meshcore.config.loader import MAX_FILE_BYTES
 from meshcore.errors import ConfigError
+from tests._cli import main
 from tests.hostile._config_helpers import DENY, HOSTILE, SERVICE, Hostile
 
 CASES = {h.name: h for h in HOSTILE}
@@ -69,7 +69,7 @@ def test_python_api_reports_each_problem_at_its_line(tmp_path: Path, case: Hosti
 def test_validate_process_exits_1_never_crashes(tmp_path: Path, name: str) -> None:
     path = _write(tmp_path, CASES[name])
     done = subprocess.run(
-        [sys.executable, "-m", "meshcore.cli", "validate", str(path)],
+        [sys.executable, "-m", "meshcore", "validate", str(path)],
         capture_output=True,
         text=True,
         timeout=60,

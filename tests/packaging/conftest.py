@@ -39,7 +39,7 @@ class Venv:
                               capture_output=True, text=True, timeout=timeout, check=False)  # fmt: skip
 
     def meshcore(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return self.run(str(self.python), "-m", "meshcore.cli", *args, timeout=timeout)
+        return self.run(str(self.python), "-m", "meshcore", *args, timeout=timeout)
 
 
 def make_venv(path: Path, *requirements: str) -> Venv:

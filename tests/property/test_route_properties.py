@@ -151,3 +151,75 @@ def test_regex_prefix_index_agrees_with_linear_scan(
         m = table.route("h", path)
         linear = table.explain("h", path)["route_index"]
         assert (None if m is None else m.route_index) == linear, (matches, path)
+
+
+# Prefixes ending in '/' and path-separated prefixes are proven by the trie node a lookup reaches
+# (no second check of the route) when they need nothing but the path; the same paths with a
+# header condition, a gRPC condition or a query parameter must still be checked in full, and a
+# case-insensitive or regex route before them still wins.
+_LITERAL_PIECES = ["/", "//", "a", "b", "ab", "a/", "b/", "/a/", "é/", "A/"]
+_REQUEST_PIECES = ["/", "//", "a", "b", "ab", "A", "é", "?q=/a/", ";p=1", "x"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["prefix", "prefix", "path_separated_prefix", "path", "safe_regex"]),
+            st.lists(st.sampled_from(_LITERAL_PIECES), min_size=0, max_size=4),
+            st.sampled_from(["", "", "header", "grpc", "query", "ignore_case"]),
+        ),
+        min_size=1,
+        max_size=10,
+    ),
+    st.lists(
+        st.lists(st.sampled_from(_REQUEST_PIECES), min_size=0, max_size=6).map(
+            lambda p: "/" + "".join(p)
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+    st.booleans(),
+)
+def test_proven_prefixes_agree_with_linear_scan(
+    routes: list[tuple[str, list[str], str]], paths: list[str], params: bool
+) -> None:
+    matches = []
+    for kind, pieces, extra in routes:
+        text = "/" + "".join(pieces)
+        if kind == "path_separated_prefix":
+            text = text.rstrip("/") or "/a"  # it may not end with '/'
+        m: dict[str, object] = {kind: {"regex": text + ".*"} if kind == "safe_regex" else text}
+        if extra == "header":
+            m["headers"] = [{"name": "x-v", "string_match": {"exact": "1"}}]
+        elif extra == "grpc":
+            m["grpc"] = {}
+        elif extra == "query":
+            m["query_parameters"] = [{"name": "q", "present_match": True}]
+        elif extra == "ignore_case" and kind != "safe_regex":
+            m["case_sensitive"] = False
+        matches.append(m)
+    config = {
+        "ignore_path_parameters_in_path_matching": params,
+        "virtual_hosts": [
+            {
+                "name": "vh",
+                "domains": ["*"],
+                "routes": [{"match": m, "route": {"cluster": "c"}} for m in matches],
+            }
+        ],
+    }
+    table = RouteTable.from_proto(json_format.ParseDict(config, route_pb2.RouteConfiguration()))
+    # Besides the drawn paths, each route's own text and its neighbours: itself, longer, a
+    # sibling in its last segment, one byte shorter, under it.
+    near = []
+    for _, pieces, _ in routes:
+        text = "/" + "".join(pieces)
+        parent = text[: text.rfind("/") + 1]
+        near += [text, text + "x", text + "/x", parent + "zz", parent + "zz/x", text[:-1] + "/"]
+    near += ["*", "x/", "a/b/"]  # no leading slash: no trie node proves anything
+    for path in paths + near:
+        for headers in (None, {"x-v": "1", "content-type": "application/grpc"}):
+            m = table.route("h", path, headers=headers)
+            linear = table.explain("h", path, headers=headers)["route_index"]
+            assert (None if m is None else m.route_index) == linear, (matches, path, headers)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.envoy._sidecar import free_ports, wait_for
+from tests.store._pki import Pki
 
 
 def etcd_binary() -> str:
@@ -51,6 +53,7 @@ class EtcdCluster:
     token: str
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     extra: tuple[str, ...] = ()  # more etcd flags (benchmarks: --max-txn-ops ...)
+    pki: Pki | None = None  # clients over TLS with certificates (--client-cert-auth)
 
     @property
     def endpoints(self) -> list[str]:
@@ -59,13 +62,33 @@ class EtcdCluster:
     def url(self, prefix: str = "/mesh") -> str:
         return f"etcd://{','.join(self.endpoints)}{prefix}"
 
+    @property
+    def scheme(self) -> str:
+        return "https" if self.pki is not None else "http"
+
+    def tls_flags(self) -> list[str]:
+        """meshcore's flags for this cluster's TLS (none without it)."""
+        if self.pki is None:
+            return []
+        p = self.pki
+        return ["--etcd-cacert", str(p.ca), "--etcd-cert", str(p.client_cert),
+                "--etcd-key", str(p.client_key)]  # fmt: skip
+
+    def _tls_args(self) -> list[str]:
+        if self.pki is None:
+            return []
+        p = self.pki
+        return ["--cert-file", str(p.server_cert), "--key-file", str(p.server_key),
+                "--trusted-ca-file", str(p.ca), "--client-cert-auth"]  # fmt: skip
+
     def start(self, m: Member, state: str = "new") -> None:
         args = [
             etcd_binary(),
             "--name", m.name,
             "--data-dir", str(m.data),
-            "--listen-client-urls", f"http://{m.endpoint}",
-            "--advertise-client-urls", f"http://{m.endpoint}",
+            "--listen-client-urls", f"{self.scheme}://{m.endpoint}",
+            "--advertise-client-urls", f"{self.scheme}://{m.endpoint}",
+            *self._tls_args(),
             "--listen-peer-urls", f"http://127.0.0.1:{m.peer_port}",
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{m.peer_port}",
             "--initial-cluster", self.cluster,
@@ -87,8 +110,14 @@ class EtcdCluster:
         m.proc = None
 
     def healthy(self, m: Member) -> bool:
+        context = None
+        if self.pki is not None:
+            context = ssl.create_default_context(cafile=str(self.pki.ca))
+            context.load_cert_chain(str(self.pki.client_cert), str(self.pki.client_key))
         try:
-            with urllib.request.urlopen(f"http://{m.endpoint}/health", timeout=1) as r:
+            with urllib.request.urlopen(
+                f"{self.scheme}://{m.endpoint}/health", timeout=1, context=context
+            ) as r:
                 return b'"health":"true"' in r.read()
         except OSError:
             return False
@@ -108,8 +137,11 @@ class EtcdCluster:
 
 
 @contextlib.contextmanager
-def etcd_cluster(tmp: Path, size: int = 1, *extra: str) -> Iterator[EtcdCluster]:
-    """``size`` etcd members on 127.0.0.1 with free ports, healthy when the block starts."""
+def etcd_cluster(
+    tmp: Path, size: int = 1, *extra: str, pki: Pki | None = None
+) -> Iterator[EtcdCluster]:
+    """``size`` etcd members on 127.0.0.1 with free ports, healthy when the block starts
+    (``pki``: clients over TLS only, with a certificate from ``pki.ca``)."""
     etcd_binary()
     ports = free_ports(2 * size)
     members = [
@@ -117,7 +149,7 @@ def etcd_cluster(tmp: Path, size: int = 1, *extra: str) -> Iterator[EtcdCluster]
         for i in range(size)
     ]
     cluster = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in members)
-    c = EtcdCluster(members, cluster, f"meshcore-test-{time.monotonic_ns()}", extra=extra)
+    c = EtcdCluster(members, cluster, f"meshcore-test-{time.monotonic_ns()}", extra=extra, pki=pki)
     try:
         for m in members:
             c.start(m)
@@ -132,18 +164,25 @@ def etcd_cluster(tmp: Path, size: int = 1, *extra: str) -> Iterator[EtcdCluster]
 
 @contextlib.contextmanager
 def replica_process(
-    tmp: Path, store: str, ports: dict[str, int], name: str, ready: float = 30
+    tmp: Path,
+    store: str,
+    ports: dict[str, int],
+    name: str,
+    ready: float = 30,
+    extra: tuple[str, ...] = (),
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``meshcore serve --config etcd://...`` as a process (a control-plane replica): ADS on
     ``ports["xds"]``, monitoring on ``ports["metrics"]``, the CA on ``ports["ca"]`` and
-    ``ports["ca_mtls"]`` (tokens from tmp/tokens, the root written to tmp/state-NAME); ready
+    ``ports["ca_mtls"]`` (tokens from tmp/tokens, the root written to tmp/state-NAME; ``extra``
+    more flags); ready
     once it announces ADS (within ``ready`` seconds). Stopped (killed if need be) when the block ends."""
     import sys
 
-    args = [sys.executable, "-m", "meshcore.cli", "serve", "--config", store,
+    args = [sys.executable, "-m", "meshcore", "serve", "--config", store,
             "--xds-port", str(ports["xds"]), "--monitoring-port", str(ports["metrics"]),
             "--ca-port", str(ports["ca"]), "--ca-mtls-port", str(ports["ca_mtls"]),
-            "--state-dir", str(tmp / f"state-{name}"), "--tokens", str(tmp / "tokens")]  # fmt: skip
+            "--state-dir", str(tmp / f"state-{name}"), "--tokens", str(tmp / "tokens"),
+            *extra]  # fmt: skip
     log = tmp / f"serve-{name}.log"
     with log.open("ab") as sink:
         cp = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from meshcore.cli import main
 from meshcore.config import validate
 from meshcore.store import parse_store_url
 from meshcore.store.etcd import EtcdClient
+from tests._cli import main
 from tests.envoy._sidecar import free_ports
 from tests.store._etcd import EtcdCluster
 

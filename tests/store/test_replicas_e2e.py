@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from meshcore.cli import main
+from tests._cli import main
 from tests.envoy._sidecar import (
     free_port,
     free_ports,

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from meshcore.cli import main
 from meshcore.store import parse_store_url
 from meshcore.store.etcd import EtcdClient
 from meshcore.store.replicas import ReplicaDuties, shared_authority
+from tests._cli import main
 from tests.envoy._sidecar import wait_for
 from tests.store._etcd import EtcdCluster
 
@@ -72,8 +72,10 @@ def test_one_leader_and_failover_within_the_lease_ttl(
         assert json.loads(kv.value) == {"by": "r1"}, "only the leader writes the analysis"
         # proxy-status --store: both replicas' proxies, each with its replica.
         assert main(["proxy-status", "--store", etcd.url(prefix), "-o", "json"]) == 0
-        proxies = json.loads(capsys.readouterr().out)["proxies"]
+        status = json.loads(capsys.readouterr().out)
+        proxies = status["proxies"]
         assert {p["replica"] for p in proxies.values()} == {"r1", "r2"}
+        assert status["leader"] == "r1"
         # r1 dies without a word (its lease is not revoked): r2 leads within the 2 s TTL.
         died = time.monotonic()
         duties[0].stop(resign=False)

@@ -164,3 +164,162 @@ def test_serve_reloads_a_rotated_root(etcd: EtcdCluster, prefix: str, tmp_path: 
         assert agent.renewals == 1  # authenticated by its old-root certificate
         leaf = x509.load_pem_x509_certificate(second.cert_chain_pem.encode())
         leaf.verify_directly_issued_by(new.cert)
+
+
+def test_a_rotation_reaches_a_follower_within_a_second(
+    etcd: EtcdCluster, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The follower watches the CA record: each of the leader's rotation writes (new root
+    trusted, then signing) is the follower's CA in under 1 s, though its duties' interval is
+    30 s (no poll could explain it); and every certificate the follower signs meanwhile
+    chains to a root of the record stored at that moment (it never signs with a key the
+    store has not got)."""
+    caplog.set_level(logging.INFO, logger="meshcore.store")
+    url = parse_store_url(etcd.url(prefix))
+    client = EtcdClient(etcd.endpoints)
+    old = CertificateAuthority.generate(ttl=MINUTE + datetime.timedelta(seconds=20))
+    client.put(url.meta("ca"), _encode_ca(old))
+    taken: list[tuple[float, CertificateAuthority]] = []
+    # The leader first, with nothing due yet (a grace of nearly 0); the follower's first read.
+    leader = ReplicaDuties(
+        EtcdClient(etcd.endpoints), url, "r1", status=dict, interval=0.2, ttl=2,
+        on_ca=lambda ca: None, root_grace=1e-6, root_ttl=datetime.timedelta(hours=1),
+    )  # fmt: skip
+    follower = ReplicaDuties(
+        EtcdClient(etcd.endpoints), url, "r2", status=dict, interval=30, ttl=2,
+        on_ca=lambda ca: taken.append((time.time(), ca)), root_grace=0.4,
+    )  # fmt: skip
+    leader.start()
+    wait_for(lambda: leader.election.leader, "r1 leads")
+    follower.start()
+    wait_for(lambda: taken and follower.election.lease, "the follower has the record")
+    assert not follower.election.leader
+    bad: list[str] = []
+    signed = 0
+    # Due now: 20 s left of 80 s, under 40%: the new root is trusted at once, signs under 20%.
+    leader.root_grace = 0.4
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            _, ca = taken[-1]
+            leaf = x509.load_pem_x509_certificate(ca.sign_csr(csr(), REVIEWS).encode())
+            signed += 1
+            _, kv = client.get(url.meta("ca"))
+            stored, _ = _decode_record(bytes(kv.value), "cluster.local")
+            if not any(leaf.issuer == root.subject for root in stored.roots()):
+                bad.append(f"leaf from {leaf.issuer.rfc4514_string()} not in the stored roots")
+            if len(taken) >= 3 and taken[-1][1].cert != old.cert:
+                break
+            time.sleep(0.01)
+        writes = [r.created for r in caplog.records if "r1: root rotation" in r.getMessage()]
+        assert len(writes) >= 2, writes
+        delays = []
+        for written, (seen, _) in zip(writes[:2], taken[1:3], strict=True):
+            delays.append(seen - written)
+        print(f"\nrotation write on the leader -> the follower's CA: "
+              f"{', '.join(f'{d * 1000:.1f} ms' for d in delays)}; {signed} leaves signed")  # fmt: skip
+        assert all(d < 1.0 for d in delays), delays
+        assert len(taken[1][1].roots()) == 2
+        assert taken[1][1].cert == old.cert
+        assert taken[2][1].cert == taken[1][1].roots()[0]  # then signing
+        assert not bad, bad[:3]
+        assert "PRIVATE KEY" not in caplog.text  # the records went through the log's reach
+        assert follower.ca_watch is not None
+        assert follower.ca_watch.reads == 1
+    finally:
+        leader.stop()
+        follower.stop()
+        client.close()
+
+
+def test_ca_watch_reads_again_after_compaction(etcd: EtcdCluster, prefix: str) -> None:
+    """A CA watch that starts below the compaction revision is cancelled by etcd: the watch
+    ends and the next round reads the record again (and takes its newest version)."""
+    from meshcore.store.replicas import CAWatch
+
+    url = parse_store_url(etcd.url(prefix))
+    client = EtcdClient(etcd.endpoints)
+    first = CertificateAuthority.generate()
+    second = CertificateAuthority.generate()
+    start = client.put(url.meta("ca"), _encode_ca(first))
+    now = client.put(url.meta("ca"), _encode_ca(second))
+    client.compact(now)
+    taken: list[CertificateAuthority] = []
+    watch = CAWatch(EtcdClient(etcd.endpoints), url, taken.append)
+    try:
+        watch._follow(start - 1)  # returns (compacted) instead of raising
+        assert taken == []
+        watch.start()
+        wait_for(lambda: taken, "the record read again")
+        assert taken[-1].cert == second.cert
+    finally:
+        watch.stop()
+        watch.client.close()
+        client.close()
+
+
+def test_ca_watch_skips_an_unreadable_record_and_never_logs_it(
+    etcd: EtcdCluster, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record another client wrote broken (here: a truncated key) is logged as unreadable
+    without its content, the replica keeps the CA it had, and the next good version is taken."""
+    import json
+
+    from meshcore.store.replicas import CAWatch
+
+    caplog.set_level(logging.DEBUG)
+    url = parse_store_url(etcd.url(prefix))
+    client = EtcdClient(etcd.endpoints)
+    good = CertificateAuthority.generate()
+    client.put(url.meta("ca"), _encode_ca(good))
+    taken: list[CertificateAuthority] = []
+    watch = CAWatch(EtcdClient(etcd.endpoints), url, taken.append)
+    watch.start()
+    try:
+        wait_for(lambda: taken, "the first record")
+        broken = json.loads(_encode_ca(CertificateAuthority.generate()))
+        secret = broken["ca-key.pem"].splitlines()[1]
+        broken["ca-key.pem"] = broken["ca-key.pem"][:-60]
+        client.put(url.meta("ca"), json.dumps(broken).encode())
+        wait_for(lambda: "unreadable" in caplog.text, "the broken record reported")
+        assert len(taken) == 1
+        newer = CertificateAuthority.generate()
+        client.put(url.meta("ca"), _encode_ca(newer))
+        wait_for(lambda: len(taken) == 2, "the next good record")
+        assert taken[1].cert == newer.cert
+        assert secret not in caplog.text
+        assert "PRIVATE KEY" not in caplog.text
+    finally:
+        watch.stop()
+        watch.client.close()
+        client.close()
+
+
+def test_ca_watch_comes_back_after_etcd_restarts(tmp_path: Path) -> None:
+    """etcd goes away and comes back: the CA watch reads the record again and follows it
+    (a version written after the return is taken)."""
+    from meshcore.store.replicas import CAWatch
+    from tests.store._etcd import etcd_cluster
+
+    with etcd_cluster(tmp_path, 1) as cluster:
+        url = parse_store_url(cluster.url("/ca-restart"))
+        client = EtcdClient(cluster.endpoints)
+        client.put(url.meta("ca"), _encode_ca(CertificateAuthority.generate()))
+        taken: list[CertificateAuthority] = []
+        watch = CAWatch(EtcdClient(cluster.endpoints), url, taken.append, retry_seconds=0.2)
+        watch.start()
+        try:
+            wait_for(lambda: taken, "the first record")
+            member = cluster.members[0]
+            cluster.stop(member)
+            time.sleep(1.0)
+            cluster.start(member, state="existing")
+            cluster.wait_healthy()
+            newer = CertificateAuthority.generate()
+            client.put(url.meta("ca"), _encode_ca(newer))
+            wait_for(lambda: taken[-1].cert == newer.cert, "the record after the restart", 20)
+            assert watch.reads >= 2  # read again after the stream broke
+        finally:
+            watch.stop()
+            watch.client.close()
+            client.close()

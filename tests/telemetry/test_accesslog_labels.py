@@ -11,8 +11,8 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshcore.ca import CertificateAuthority
-from meshcore.cli import main
 from meshcore.dataplane.telemetry import AccessLogReceiver, WorkloadInfo
+from tests._cli import main
 
 SA = "spiffe://cluster.local/ns/"
 OWN = WorkloadInfo.of("ratings-1", "default", {"app": "ratings", "version": "v1"},

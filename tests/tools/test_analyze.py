@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshcore._core.route import RouteTable
-from meshcore.cli import main
 from meshcore.tools.analyze import analyze
 from meshcore.tools.shadow import compiled_routes, covers, shadowed
+from tests._cli import main
 
 from .conftest import EXAMPLES
 

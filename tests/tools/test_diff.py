@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from meshcore.cli import main
 from meshcore.config import validate
 from meshcore.dataplane.plane import DataPlane
 from meshcore.tools.diff import preview, proxies_of
 from meshcore.xds import types
+from tests._cli import main
 from tests.envoy._sidecar import control_plane_in_thread, free_port, wait_for
 
 from .conftest import EXAMPLES

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from meshcore.cli import main
 from meshcore.config import validate
 from meshcore.tools.explain import Request, explain, node_id_for, planes_from_mesh, render
+from tests._cli import main
 
 from .conftest import EXAMPLES
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from meshcore.ca import CertificateAuthority
-from meshcore.cli import main
 from meshcore.config import validate
 from meshcore.tools import proxyconfig
+from tests._cli import main
 
 from .conftest import EXAMPLES
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from meshcore.cli import main
 from meshcore.config import validate
 from meshcore.config.meshconfig import DEFAULT_JSON_FORMAT
 from meshcore.tools.explain import planes_from_mesh
@@ -25,6 +24,7 @@ from meshcore.tools.replay import (
     with_policies,
     with_progress,
 )
+from tests._cli import main
 
 from .conftest import EXAMPLES
 

@@ -7,10 +7,10 @@ import stat
 from pathlib import Path
 
 import pytest
+from tests._cli import main
 
 from meshcore.ca import CertificateAuthority
 from meshcore.ca.service import BootstrapTokens
-from meshcore.cli import main
 from meshcore.dataplane.agent import Agent, AgentError
 from meshcore.dataplane.bootstrap import ads_bootstrap
 from meshcore.xds.controlserver import CAOptions, load_ca, load_tokens

@@ -15,7 +15,7 @@ INVALID = ROOT / "tests" / "conformance" / "config" / "invalid"
 
 def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "meshcore.cli", *args],
+        [sys.executable, "-m", "meshcore", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -101,7 +101,8 @@ def test_binary_garbage_is_a_clean_error(tmp_path: Path) -> None:
 
 
 def test_demo_ships_its_mesh_and_checks_its_arguments(tmp_path: Path) -> None:
-    from meshcore.cli import main
+    from tests._cli import main
+
     from meshcore.demo import EXAMPLES, DemoMesh
 
     # The example mesh is package data (a pip-installed meshcore can run the demo).

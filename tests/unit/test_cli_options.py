@@ -154,7 +154,7 @@ def test_proxy_status_at_the_wrong_port_says_so(answer: bytes) -> None:
 
 
 def test_help_lists_every_command() -> None:
-    r = subprocess.run([sys.executable, "-m", "meshcore.cli", "--help"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "meshcore", "--help"], capture_output=True,
                        text=True, cwd=ROOT, check=False)  # fmt: skip
     for command in subcommands():
         assert command in r.stdout

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests._cli import main
 
-from meshcore.cli import main
 from meshcore.config import load
 from meshcore.demo import EXAMPLES, DemoMesh
 from meshcore.demo.expect import expectations

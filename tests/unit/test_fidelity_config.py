@@ -299,7 +299,7 @@ def test_translator_load_problems_are_the_proxies_problems() -> None:
 def test_validate_cli_reports_translation_warnings(tmp_path: Path) -> None:
     (tmp_path / "mesh.yaml").write_text(yaml.safe_dump_all(NOT_TRANSLATED))
     r = subprocess.run(
-        [sys.executable, "-m", "meshcore.cli", "validate", "-o", "json", str(tmp_path)],
+        [sys.executable, "-m", "meshcore", "validate", "-o", "json", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -324,7 +324,7 @@ def test_control_plane_checks_each_mesh_when_loaded(tmp_path: Path) -> None:
 def test_describe_cli_reports_translation_warnings(tmp_path: Path) -> None:
     (tmp_path / "mesh.yaml").write_text(yaml.safe_dump_all(NOT_TRANSLATED))
     r = subprocess.run(
-        [sys.executable, "-m", "meshcore.cli", "describe", str(tmp_path)],
+        [sys.executable, "-m", "meshcore", "describe", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests._cli import main
 
 from meshcore.capture import CaptureConfig, build_rules
+from meshcore.capture.config import resolv_conf_servers
 from meshcore.capture.rules import cleanup_text, created_chains, restore_text
-from meshcore.cli import main
-from meshcore.cli.iptables import _resolv_conf
 from meshcore.errors import ConfigError
 
 
@@ -50,11 +50,11 @@ def test_dry_run_with_cleanup_is_a_usage_error(capsys: pytest.CaptureFixture[str
     assert "--cleanup" in capsys.readouterr().err
 
 
-def test_dns_servers_default_to_resolv_conf(tmp_path: Path) -> None:
+def test_dns_servers_default_toresolv_conf_servers(tmp_path: Path) -> None:
     conf = tmp_path / "resolv.conf"
     conf.write_text("# c\nnameserver 10.96.0.10\nsearch x\nnameserver fd00::a\n")
-    assert _resolv_conf(conf) == ["10.96.0.10", "fd00::a"]
-    assert _resolv_conf(tmp_path / "missing") == []
+    assert resolv_conf_servers(conf) == ["10.96.0.10", "fd00::a"]
+    assert resolv_conf_servers(tmp_path / "missing") == []
 
 
 def test_cleanup_text_undoes_the_restore_text() -> None:

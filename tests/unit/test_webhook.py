@@ -158,7 +158,7 @@ def test_cli_webhook_serves(tls_files: tuple[Path, Path]) -> None:
         [
             sys.executable,
             "-m",
-            "meshcore.cli",
+            "meshcore",
             "webhook",
             "--cert",
             str(cert),
@@ -191,7 +191,7 @@ def test_cli_webhook_missing_cert_is_usage_error(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "meshcore.cli",
+            "meshcore",
             "webhook",
             "--cert",
             str(tmp_path / "no.crt"),

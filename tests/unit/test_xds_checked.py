@@ -7,8 +7,11 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
+import pytest
+
 from meshcore.config import MeshModel, load_objects
-from meshcore.config.model import Checked, Resource
+from meshcore.config.model import Checked, Resource, freeze
+from meshcore.errors import ConfigError
 from meshcore.xds import types
 from meshcore.xds.translate import Generated, Translator, proxy_for_node
 
@@ -141,3 +144,70 @@ def test_hand_built_resources_translate_as_loaded_ones() -> None:
         assert {
             n: m.SerializeToString(deterministic=True) for n, m in one.resources[kind].items()
         } == {n: m.SerializeToString(deterministic=True) for n, m in two.resources[kind].items()}
+
+
+def _by_hand(kind: str, spec: dict[str, Any]) -> Resource:
+    """A resource of ``kind`` built without the loader (``checked`` None), from ``spec``."""
+    loaded = _of(list(load_objects(OBJECTS).resources), kind)
+    return replace(loaded, spec=freeze(spec), checked=None, file="hand.yaml", line=3)  # type: ignore[call-arg]
+
+
+def _with(resource: Resource) -> list[Resource]:
+    loaded = list(load_objects(OBJECTS).resources)
+    return [r for r in loaded if r.kind != resource.kind] + [resource]
+
+
+INVALID_ROUTES = [
+    # (the route's fields, the path the loader's checker names): values the translator no longer
+    # checks itself, each refused before the route builder could read it
+    ({"retries": {"attempts": -1}}, "spec.http[0].retries.attempts"),
+    ({"fault": {"delay": {"percentage": {"value": 5}}}}, "spec.http[0].fault.delay.fixedDelay"),
+    ({"fault": {"abort": {"httpStatus": 700}}}, "spec.http[0].fault.abort.httpStatus"),
+    ({"fault": {"abort": {"grpcStatus": "NOPE"}}}, "spec.http[0].fault.abort.grpcStatus"),
+    ({"headers": {"request": {"set": {":path": "/x"}}}}, "spec.http[0].headers.request.set[':path']"),
+    ({"headers": {"response": {"remove": ["bad name"]}}}, "spec.http[0].headers.response.remove[0]"),
+    ({"match": [{"uri": {"exact": "/a", "prefix": "/b"}}]}, "spec.http[0].match[0].uri"),
+    ({"match": [{"queryParams": {"q": {"prefix": "a"}}}]}, "spec.http[0].match[0].queryParams.q.prefix"),
+    ({"timeout": "soon"}, "spec.http[0].timeout"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("fields", "path"), INVALID_ROUTES, ids=[p for _, p in INVALID_ROUTES])
+def test_a_hand_built_virtual_service_meets_the_loaders_checker(
+    fields: dict[str, Any], path: str
+) -> None:
+    route = {"route": [{"destination": {"host": "reviews"}}], **fields}
+    vs = _by_hand("VirtualService", {"hosts": ["reviews"], "http": [route]})
+    assert load_objects_problem(vs) == path  # what the loader says of the same manifest
+    result = _translate(_with(vs))
+    (problem,) = [p for p in result.problems if p.severity == "error"]
+    assert (problem.kind, problem.name, problem.file, problem.line) == (
+        "VirtualService", "reviews", "hand.yaml", 3,
+    )  # fmt: skip
+    assert problem.path == path
+    assert "default route" in problem.message
+    route_config = result.resources[types.ROUTE]["9080"]
+    (vhost,) = [v for v in route_config.virtual_hosts if v.name == f"{REVIEWS}:9080"]
+    assert [r.name for r in vhost.routes] == ["default"]
+
+
+def load_objects_problem(res: Resource) -> str:
+    """The path of the first error the loader finds in ``res``'s manifest."""
+    with pytest.raises(ConfigError) as info:
+        load_objects([res.manifest()])
+    return info.value.errors()[0].path
+
+
+def test_a_hand_built_destination_rule_meets_the_loaders_checker() -> None:
+    # MUTUAL without its files: the cluster builder no longer checks it; the loader's checker
+    # refuses it, and the cluster keeps Istio's defaults.
+    tls = {"mode": "MUTUAL", "caCertificates": "/ca.pem"}
+    dr = _by_hand("DestinationRule", {"host": "reviews", "trafficPolicy": {"tls": tls}})
+    result = _translate(_with(dr))
+    errors = [p for p in result.problems if p.severity == "error"]
+    assert {(p.kind, p.path) for p in errors} == {
+        ("DestinationRule", "spec.trafficPolicy.tls.clientCertificate")
+    }
+    assert all("default settings" in p.message for p in errors)
+    cluster = result.resources[types.CLUSTER][f"outbound|9080||{REVIEWS}"]
+    assert not cluster.transport_socket.typed_config.value.count(b"/ca.pem")

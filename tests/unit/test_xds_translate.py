@@ -849,14 +849,21 @@ def test_problems_are_the_proxys_own_whatever_the_order() -> None:
 
 def test_one_header_name_rule_for_validation_and_translation() -> None:
     # The translator's check is the loader's: a name with a trailing line break (which a
-    # `$`-anchored pattern lets through) is refused by both.
+    # `$`-anchored pattern lets through) is refused by both. The translator has no header-name
+    # rule of its own: a resource built by hand goes through the loader's checker
+    # (``checked_of``) before the builders read it.
+    from meshcore.config.model import DestinationRule
     from meshcore.config.validate import is_header_name
-    from meshcore.xds.common import Invalid, header_name
+    from meshcore.xds.common import Invalid, checked_of
 
     for name in ["x-user", ":authority", "X-Tenant_1", "x-user\n", "", ":", "a b", "é"]:
+        lb = {"consistentHash": {"httpHeaderName": name}}
+        dr = DestinationRule(kind="DestinationRule", api_version="networking.istio.io/v1",
+                             name="d", namespace="default",
+                             spec=freeze({"host": "reviews", "trafficPolicy": {"loadBalancer": lb}}))  # fmt: skip
         if is_header_name(name):
-            assert header_name(name, "p") == name
+            checked_of(dr)
         else:
             with pytest.raises(Invalid, match="invalid header name"):
-                header_name(name, "p")
+                checked_of(dr)
     assert not is_header_name("x-user\n")

@@ -5,6 +5,7 @@
 //! [`CoreError`] carrying all the problems found, each with its field path.
 #![forbid(unsafe_code)]
 
+pub mod balance;
 pub mod error;
 pub mod fasthash;
 pub mod lb;

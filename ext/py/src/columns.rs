@@ -48,6 +48,10 @@ pub fn header_objs<'py>(headers: Option<&Bound<'py, PyAny>>) -> PyResult<HeaderO
 
 /// Borrowed views of [`header_objs`]' strings.
 pub fn header_views<'a>(objs: &'a HeaderObjs<'_>) -> PyResult<Vec<(&'a str, &'a str)>> {
+    if objs.is_empty() {
+        // Most calls: no headers, and no fallible collect to run.
+        return Ok(Vec::new());
+    }
     objs.iter()
         .map(|(k, v)| Ok((k.to_str()?, v.to_str()?)))
         .collect()

@@ -7,6 +7,8 @@ use meshcore_core::Re2Regex;
 
 mod ads;
 mod columns;
+mod decide;
+mod decision;
 mod errors;
 mod lb;
 mod rbac;
@@ -61,6 +63,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     add_submodule(m, "xds", xds::register)?;
     add_submodule(m, "yaml", yaml::register)?;
     add_submodule(m, "lb", lb::register)?;
+    add_submodule(m, "decide", decide::register)?;
     add_submodule(m, "ads", ads::register)?;
     Ok(())
 }

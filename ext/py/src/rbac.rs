@@ -316,7 +316,7 @@ fn metadata_arg(metadata: Option<&Bound<'_, PyAny>>) -> PyResult<Option<MetaValu
 /// A compiled Envoy RBAC filter config (immutable; swap the reference to update).
 #[pyclass(frozen, module = "meshcore._core.rbac")]
 pub struct RbacEngine {
-    rbac: Arc<CompiledRbac>,
+    pub(crate) rbac: Arc<CompiledRbac>,
     /// Policy names as Python strings, made once: decisions hand out references.
     names: Vec<Py<PyString>>,
     shadow_names: Vec<Py<PyString>>,

@@ -157,7 +157,7 @@ fn action_dict<'py>(
 /// A compiled envoy.config.route.v3.RouteConfiguration (immutable; swap the reference to update).
 #[pyclass(frozen, module = "meshcore._core.route")]
 pub struct RouteTable {
-    table: Arc<CompiledRouteTable>,
+    pub(crate) table: Arc<CompiledRouteTable>,
     routes: Py<PyTuple>,
     matches: Vec<Py<RouteMatch>>,
 }

@@ -4,6 +4,7 @@ from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from meshcore._core import ads as ads
+from meshcore._core import decide as decide
 from meshcore._core import lb as lb
 from meshcore._core import rbac as rbac
 from meshcore._core import route as route
@@ -15,6 +16,7 @@ __all__ = [
     "__version__",
     "ads",
     "check_regex",
+    "decide",
     "lb",
     "rbac",
     "regex_full_match",

@@ -27,6 +27,9 @@ log = logging.getLogger("meshcore.ca")
 DEFAULT_TTL = datetime.timedelta(hours=24)  # Istio's default workload certificate lifetime
 MAX_TTL = datetime.timedelta(days=90)  # Istio's default maximum (MAX_WORKLOAD_CERT_TTL)
 ROOT_TTL = datetime.timedelta(days=3650)
+# A self-signed root is rotated when less than this fraction of its lifetime is left (Istio's
+# CITADEL_SELF_SIGNED_CA_CERT_GRACE_PERIOD_PERCENTILE default: 20).
+ROOT_GRACE = 0.2
 CLOCK_SKEW = datetime.timedelta(minutes=1)  # certificates start slightly in the past
 
 SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey

@@ -11,12 +11,27 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from meshcore.errors import ConfigError, ConfigProblem
 
 # Names iptables accepts for an owner (uid/gid), an interface, a mark: no blanks, no quotes.
 _TOKEN = re.compile(r"^[A-Za-z0-9_.:@+-]+$")
 _MODES = ("", "REDIRECT", "TPROXY")
+
+
+def resolv_conf_servers(path: Path = Path("/etc/resolv.conf")) -> list[str]:
+    """The ``nameserver`` addresses of a resolv.conf (Istio captures DNS to these when no
+    ``--dns-servers`` are given); none when it cannot be read."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    return [
+        words[1]
+        for line in text.splitlines()
+        if len(words := line.split()) >= 2 and words[0] == "nameserver"
+    ]
 
 
 def split(value: str) -> list[str]:

@@ -117,17 +117,20 @@ def _webhook(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
+    from dataclasses import replace
 
     from meshcore.cli.serve import serve
+    from meshcore.cli.store import rotation_options, tls_option
     from meshcore.store import StoreURLError, is_store, parse_store_url
 
     stores = [c for c in args.config if is_store(c)]
     store = None
+    tls = tls_option(args, "--config etcd://..." if stores else None)
     if stores:
         if len(args.config) > 1:
             raise _UsageError("--config etcd://... is the whole config: give it alone")
         try:
-            store = parse_store_url(stores[0])
+            store = replace(parse_store_url(stores[0]), tls=tls)
         except StoreURLError as exc:
             raise _UsageError(str(exc)) from None
         require("etcd", "meshcore serve --config etcd://...")
@@ -158,10 +161,13 @@ def _serve(args: argparse.Namespace) -> int:
             cacerts=args.cacerts,
             state_dir=args.state_dir,
             tokens=args.tokens,
+            **rotation_options(args, shared=store is not None and not args.cacerts),
         )
     elif args.cacerts or args.tokens:
         print("meshcore serve: --cacerts and --tokens need --ca-port", file=sys.stderr)
         return EXIT_USAGE
+    else:
+        rotation_options(args, shared=False)  # refuses --root-* without the shared CA
     return asyncio.run(
         serve(
             args.config,
@@ -320,10 +326,13 @@ def _iptables(args: argparse.Namespace) -> int:
 
 
 def _proxy_status(args: argparse.Namespace) -> int:
+    from meshcore.cli.store import tls_option
+
+    tls = tls_option(args, "--store" if args.store else None)
     if args.store:
         from meshcore.cli.store import proxy_status as store_proxy_status
 
-        return store_proxy_status(args.store, output=args.output)
+        return store_proxy_status(args.store, output=args.output, tls=tls)
     from meshcore.cli.serve import proxy_status
 
     return proxy_status(args.monitoring_address, output=args.output)

@@ -179,6 +179,10 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="bootstrap tokens: 'TOKEN SPIFFE-ID' per line",
     )
+    from meshcore.cli.store import add_rotation_flags, add_tls_flags
+
+    add_rotation_flags(s)
+    add_tls_flags(s)
 
     a = command("agent", "run an Envoy sidecar: certificate, SDS, bootstrap, Envoy")
     _workload_inputs(a)
@@ -320,6 +324,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="etcd://...",
         help="every replica's proxies from the config store (serve --config etcd://...)",
     )
+    add_tls_flags(p)
     _output(p)
 
     m = command("demo", "run the demo mesh: control plane, CA, three services behind sidecars")

@@ -14,9 +14,9 @@ import ipaddress
 import os
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from meshcore.capture.config import resolv_conf_servers
 from meshcore.cli._parser import Formatter
 
 if TYPE_CHECKING:
@@ -75,25 +75,13 @@ def add_parser(sub: Any) -> None:
         help="the resolvers whose DNS is captured (default: /etc/resolv.conf's)")  # fmt: skip
 
 
-def _resolv_conf(path: Path = Path("/etc/resolv.conf")) -> list[str]:
-    try:
-        text = path.read_text()
-    except OSError:
-        return []
-    return [
-        words[1]
-        for line in text.splitlines()
-        if len(words := line.split()) >= 2 and words[0] == "nameserver"
-    ]
-
-
 def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> CaptureConfig:
     from meshcore.capture import CaptureConfig
 
     servers: list[str] = []
     if args.redirect_dns and not args.capture_all_dns:
         listed = args.dns_servers
-        servers = _resolv_conf() if listed is None else [s for s in listed.split(",") if s]
+        servers = resolv_conf_servers() if listed is None else [s for s in listed.split(",") if s]
 
     def version(s: str) -> int:
         try:

@@ -31,11 +31,15 @@ async def serve(
     store: StoreURL | None = None,
     ads_transport: str | None = None,
 ) -> int:  # fmt: skip
-    server = ControlPlaneServer(
-        paths if store is None else (), host=host, xds_port=xds_port, metrics_port=metrics_port,
-        mesh_config=mesh_config, ca=ca, max_file_bytes=max_file_bytes, store=store,
-        ads_transport=ads_transport,
-    )  # fmt: skip
+    try:
+        server = ControlPlaneServer(
+            paths if store is None else (), host=host, xds_port=xds_port,
+            metrics_port=metrics_port, mesh_config=mesh_config, ca=ca,
+            max_file_bytes=max_file_bytes, store=store, ads_transport=ads_transport,
+        )  # fmt: skip
+    except StartError as exc:
+        print(f"meshcore serve: {exc}", file=sys.stderr)
+        return 2
     plane = server.plane
     try:
         loaded = server.load()

@@ -8,6 +8,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
+from meshcore.cli.store import add_tls_flags, quiet_grpc, tls_option
 from meshcore.tools.messages import LEVELS
 
 if TYPE_CHECKING:
@@ -16,17 +17,21 @@ if TYPE_CHECKING:
 EXIT_ANALYZER_FOUND_ISSUES = 79  # istioctl's ExitAnalyzerFoundIssues
 
 
-def _read_store(command: str, address: str, domain: str) -> ValidationReport | None:
-    """The config of an etcd store (``--store``), or None after saying why it cannot be read."""
+def _read_store(
+    command: str, address: str, domain: str, args: argparse.Namespace
+) -> ValidationReport | None:
+    """The config of an etcd store (``--store``, over TLS with ``args``' ``--etcd-*`` flags),
+    or None after saying why it cannot be read."""
     from meshcore._extras import require
 
     require("etcd", f"{command} --store")
+    quiet_grpc()
     from meshcore.store import StoreURLError
     from meshcore.store.etcd import StoreUnavailable
     from meshcore.store.source import read_store
 
     try:
-        return read_store(address, domain=domain)
+        return read_store(address, domain=domain, tls=tls_option(args, address))
     except (StoreURLError, StoreUnavailable) as exc:
         print(f"{command}: {exc}", file=sys.stderr)
         return None
@@ -42,6 +47,7 @@ def add_parsers(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     a = command("analyze", "cross-resource analysis with Istio-style message codes")
     a.add_argument("paths", nargs="*", metavar="FILE|DIR", help="YAML/JSON files or directories")
     a.add_argument("--store", metavar="URL", help="analyze a config store (etcd://...) instead")
+    add_tls_flags(a)
     a.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text",
                    help="output format")  # fmt: skip
     a.add_argument("--domain", default="cluster.local", help="the mesh's DNS domain")
@@ -66,8 +72,9 @@ def analyze_command(args: argparse.Namespace) -> int:
     if bool(args.store) == bool(args.paths):
         print("meshcore analyze: name files or directories, or --store", file=sys.stderr)
         return 2
+    tls_option(args, args.store)  # the --etcd-* flags only with --store
     if args.store:
-        report = _read_store("meshcore analyze", args.store, args.domain)
+        report = _read_store("meshcore analyze", args.store, args.domain, args)
         if report is None:
             return 2
         target = args.store
@@ -102,6 +109,7 @@ def add_x_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
                      help="Istio YAML files or directories (translated here, no control plane)")  # fmt: skip
     src.add_argument("--xds", metavar="HOST:PORT", help="a running control plane's ADS address")
     src.add_argument("--store", metavar="URL", help="a config store (etcd://...)")
+    add_tls_flags(e)
     e.add_argument("--proxy", required=True, metavar="NODE_ID|WORKLOAD",
                    help="the source: an xDS node id or a WorkloadEntry name[.namespace]")  # fmt: skip
     e.add_argument("--request", required=True, metavar="'METHOD URL'",
@@ -128,10 +136,11 @@ def x_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"meshcore x explain: {exc}", file=sys.stderr)
         return 2
+    tls_option(args, args.store)  # the --etcd-* flags only with --store
     try:
         if args.config or args.store:
             if args.store:
-                found = _read_store("meshcore x explain", args.store, args.domain)
+                found = _read_store("meshcore x explain", args.store, args.domain, args)
                 if found is None:
                     return 2
                 report = found
@@ -229,6 +238,7 @@ def add_diff_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
         " files or directories that would be applied",
     )
     p.add_argument("--store", metavar="URL", help="the current config: an etcd store (etcd://...)")
+    add_tls_flags(p)
     p.add_argument("--domain", default="cluster.local", help="the mesh's DNS domain")
     p.add_argument("--push-cost-ms", type=float, default=round(PUSH_COST_SECONDS * 1000, 9),
                    help="control-plane CPU per proxy push (measured: BENCHMARKS.md)")  # fmt: skip
@@ -243,6 +253,7 @@ def diff_command(args: argparse.Namespace) -> int:
     from meshcore.config import ValidationReport, validate
     from meshcore.tools.diff import applied, preview, render
 
+    tls_option(args, args.store)  # the --etcd-* flags only with --store
     if not args.store and len(args.paths) != 2:
         print(
             "meshcore diff: give OLD and NEW (or --store and the files to apply)", file=sys.stderr
@@ -253,7 +264,7 @@ def diff_command(args: argparse.Namespace) -> int:
             print(f"meshcore diff: no such file or directory: {path}", file=sys.stderr)
             return 2
     if args.store:
-        stored = _read_store("meshcore diff", args.store, args.domain)
+        stored = _read_store("meshcore diff", args.store, args.domain, args)
         if stored is None:
             return 2
         for problem in stored.errors:  # keys the replicas refuse (they serve the rest)

@@ -195,7 +195,7 @@ def _resource(doc: Document, domain: str, problems: list[ConfigProblem]) -> Reso
     extra: dict[str, Any] = dict(checker.typed)
     if cls in (Service, VirtualService, DestinationRule):
         extra["domain"] = domain
-    if cls in (VirtualService, DestinationRule):
+    if cls in (VirtualService, DestinationRule, RequestAuthentication):
         extra["checked"] = Checked(MappingProxyType(checker.durations), frozenset(checker.regexes))
     return cls(
         kind=kind_name,
@@ -570,3 +570,16 @@ def validate_object(
     for doc in docs:
         _resource(doc, domain, problems)
     return problems
+
+
+def check_resource(res: Resource) -> tuple[Checked, list[ConfigProblem]]:
+    """The loader's checks of a resource that did not come through the loader (built by hand):
+    what they parsed (durations, regexes) and the problems they found, at ``res``'s place."""
+    problems: list[ConfigProblem] = []
+    loaded = _resource(
+        Document(res.manifest(), res.file, res.line, 0),
+        getattr(res, "domain", DEFAULT_DOMAIN),
+        problems,
+    )
+    checked = getattr(loaded, "checked", None)
+    return checked if checked is not None else Checked(MappingProxyType({}), frozenset()), problems

@@ -349,6 +349,9 @@ class PeerAuthentication(Resource):
 class RequestAuthentication(Resource):
     """End-user (JWT) authentication for the workloads it selects: ``spec.jwtRules``."""
 
+    # Set by the loader (None: built by hand, not validated here).
+    checked: Checked | None = field(default=None, repr=False, compare=False)
+
     @property
     def jwt_rules(self) -> tuple[Mapping[str, Any], ...]:
         return tuple(self.spec.get("jwtRules") or ())

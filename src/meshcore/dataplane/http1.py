@@ -22,6 +22,12 @@ Istio sidecar's connection manager (no ``upgrade_configs``, no CONNECT route, th
 - ``Expect: 100-continue``: ``100 Continue`` is sent before the body is read, and the header is
   not forwarded (Envoy's default, ``proxy_100_continue`` off).
 
+Requests of the plainest form are read by :mod:`meshcore.dataplane.wire` (no h11; the same
+requests h11 would make of them, property-tested); the first of any other form hands the
+connection to h11, whose reading and the checks below make Envoy's answers. Upstream responses
+are parsed by httptools (llhttp). Bodies over ``STREAM_OVER`` on the fast path stream
+(:class:`Body`); h11's path buffers them (413 over ``MAX_BODY``).
+
 Every read awaits the socket, under a deadline: the request head within ``header_timeout`` of
 its first byte (408 after it), an idle kept-alive connection within ``idle_timeout``, a body
 read within ``stream_idle_timeout`` (408) (Envoy's defaults: 1 h and 5 min; Envoy has no head
@@ -36,37 +42,44 @@ preface gets the 400 of Envoy's HTTP/1 codec (the default, AUTO as a sidecar's, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import math
 import re
 import ssl
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import h11
 
+from meshcore.dataplane import wire
 from meshcore.dataplane.config import Endpoint
 from meshcore.dataplane.tls import uri_sans
 
-MAX_BODY = 16 * 1024 * 1024
-MAX_HEADERS_BYTES = 60 * 1024  # Envoy's max_request_headers_kb default (the whole head)
-MAX_HEADERS_COUNT = 100  # Envoy's max_headers_count default
+MAX_BODY = 16 * 1024 * 1024  # a buffered body (h11's path; the fast path streams longer ones)
+STREAM_OVER = 64 * 1024  # a body longer than this streams through, never whole in memory
+MAX_HEADERS_BYTES = wire.MAX_HEADERS_BYTES
+MAX_HEADERS_COUNT = wire.MAX_HEADERS_COUNT
 HEADER_TIMEOUT_S = 60.0
 IDLE_TIMEOUT_S = 3600.0  # Envoy's connection idle_timeout default
 STREAM_IDLE_TIMEOUT_S = 300.0  # Envoy's stream_idle_timeout default
 
-# The methods Envoy's HTTP/1 parser accepts (any other: 400).
-METHODS = frozenset({
-    "ACL", "BIND", "CHECKOUT", "CONNECT", "COPY", "DELETE", "GET", "HEAD", "LINK", "LOCK",
-    "MERGE", "MKACTIVITY", "MKCALENDAR", "MKCOL", "MOVE", "MSEARCH", "NOTIFY", "OPTIONS",
-    "PATCH", "POST", "PROPFIND", "PROPPATCH", "PURGE", "PUT", "REBIND", "REPORT", "SEARCH",
-    "SOURCE", "SUBSCRIBE", "TRACE", "UNBIND", "UNLINK", "UNLOCK", "UNSUBSCRIBE",
-})  # fmt: skip
+METHODS = wire.METHODS  # the methods Envoy's HTTP/1 parser accepts (any other: 400)
 REASONS = {100: "Continue", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
            408: "Request Timeout", 413: "Payload Too Large", 426: "Upgrade Required",
            431: "Request Header Fields Too Large", 501: "Not Implemented"}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """An HTTP/1.1 body that streams: ``length`` bytes (None: until its end, sent chunked),
+    read from the socket chunk by chunk as ``chunks`` is consumed; the consumer writes and
+    drains each before it asks for the next (backpressure both ways)."""
+
+    length: int | None
+    chunks: AsyncGenerator[bytes, None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +89,11 @@ class Request:
     headers: list[tuple[str, str]]
     body: bytes
     stream: Any = None  # HTTP/2: the downstream stream, its body streamed (http2.Exchange)
+    streamed: Body | None = None  # HTTP/1.1: a long body, streamed (then ``body`` is empty)
+
+    @property
+    def size(self) -> int:
+        return self.streamed.length or 0 if self.streamed is not None else len(self.body)
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:
@@ -90,6 +108,11 @@ class Response:
     headers: list[tuple[str, str]]
     body: bytes
     stream: Any = None  # HTTP/2: the upstream call whose body follows (http2.Call)
+    streamed: Body | None = None  # HTTP/1.1: a long body, streamed (then ``body`` is empty)
+
+    @property
+    def size(self) -> int:
+        return self.streamed.length or 0 if self.streamed is not None else len(self.body)
 
 
 class Refusal(Exception):
@@ -192,20 +215,6 @@ def request_target(method: str, target: str) -> tuple[str | None, str]:
 # --- h11 --------------------------------------------------------------------------------------
 
 
-async def read_event(conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
-    """The next h11 event; every turn of the loop awaits the socket. PAUSED (the peer switched
-    or may switch protocol) is an error here: bytes after it are not HTTP/1.1 for h11, and
-    asking again would spin."""
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await reader.read(65536))
-            continue
-        if event is h11.PAUSED:
-            raise h11.RemoteProtocolError("protocol switch")
-        return event
-
-
 async def read_body(conn: h11.Connection, read: Callable[[], Awaitable[bytes]]) -> bytes:
     """The message body, read with ``read`` (each call awaits the socket)."""
     chunks: list[bytes] = []
@@ -229,12 +238,12 @@ def decoded_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]
     return [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in raw]
 
 
-_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
-                  "trailer", "upgrade", "content-length"})  # fmt: skip
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",
+                        "te", "trailer", "upgrade", "content-length"})  # fmt: skip
 
 
 def end_to_end(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in headers if k not in _HOP]
+    return [(k, v) for k, v in headers if k not in HOP_BY_HOP]
 
 
 def send(writer: asyncio.StreamWriter, data: bytes) -> None:
@@ -243,6 +252,13 @@ def send(writer: asyncio.StreamWriter, data: bytes) -> None:
     if writer.is_closing():
         raise ConnectionResetError("the connection is closed")
     writer.write(data)
+
+
+async def drained(writer: asyncio.StreamWriter, timeout: float) -> None:
+    """Waits until ``writer``'s buffer is below its limit, at most ``timeout`` (TimeoutError: the
+    peer stopped reading a streamed body; Envoy's stream_idle_timeout)."""
+    async with asyncio.timeout(timeout):
+        await writer.drain()
 
 
 def _tokens(value: str | None) -> set[str]:
@@ -291,6 +307,13 @@ class Downstream:
         self._timer: asyncio.TimerHandle | None = None
         self._armed = math.inf
         self._expired = False
+        # The fast path (:mod:`wire`) reads plain requests from ``_buf`` until a request of
+        # another form comes: h11 then takes the connection (``_h11``) for good.
+        self._buf = b""
+        self._eof = False
+        self._h11 = False
+        self._close = False  # the plain request asked to close after its response
+        self._unread = 0  # bytes of a streamed request body not read yet
 
     def _arm(self, when: float) -> None:
         if self._timer is not None:
@@ -342,13 +365,12 @@ class Downstream:
         while data and len(data) < len(preface) and preface.startswith(data):
             more = await self._read(deadline - self._loop.time(), _HEADERS_408)
             if not more:
-                self.conn.receive_data(data)
-                self.conn.receive_data(b"")
+                self._buf, self._eof = data, True
                 return None
             data += more
         if data.startswith(preface):
             return data
-        self.conn.receive_data(data)  # b"": the client closed
+        self._buf, self._eof = data, not data  # b"": the client closed
         return None
 
     async def _head(self) -> h11.Request | None:
@@ -387,6 +409,15 @@ class Downstream:
     async def next_request(self) -> Request | None:
         """The next request, body read (100 Continue sent first when asked for); None when
         the client is done. Raises :class:`Refusal`."""
+        if not self._h11:
+            plain = await self._plain_request()
+            if plain is not wire.OTHER:
+                return plain  # type: ignore[return-value]
+            self._h11 = True  # h11 reads this request and the rest of the connection
+            self.conn.receive_data(self._buf)
+            if self._eof:
+                self.conn.receive_data(b"")
+            self._buf = b""
         head = await self._head()
         if head is None:
             return None
@@ -444,12 +475,76 @@ class Downstream:
             raise Refusal(404, b"", "non-relative path", close=False)
         return Request(method, path, headers, body)
 
+    async def _plain_request(self) -> Request | wire._Other | None:
+        """The next request when it is of the plain form (:mod:`wire`), read without h11;
+        None when the client closed between requests; :data:`wire.OTHER` for h11 to read."""
+        limits = self.limits
+        self._first = self._buf
+        head_deadline: float | None = None
+        while True:
+            end = wire.head_end(self._buf)
+            if end == -2:
+                return wire.OTHER
+            if end > 0:
+                break
+            if self._eof:
+                return None if not self._buf else wire.OTHER
+            if not self._buf:  # idle between requests: closed quietly
+                data = await self._read(limits.idle_timeout, None)
+            else:  # the head has begun: it must be complete within header_timeout
+                if head_deadline is None:
+                    head_deadline = self._loop.time() + limits.header_timeout
+                data = await self._read(head_deadline - self._loop.time(), _HEADERS_408)
+            if data:
+                self._buf += data
+            else:
+                self._eof = True
+        head = wire.parse_head(self._buf[:end])
+        if isinstance(head, wire._Other):
+            return wire.OTHER
+        if head.length > STREAM_OVER:  # streamed, not buffered
+            self._buf, self._unread, self._close = self._buf[end:], head.length, head.close
+            return Request(head.method, head.target, head.headers, b"",
+                           streamed=Body(head.length, self._body_chunks()))  # fmt: skip
+        chunks, size = [self._buf[end:]], len(self._buf) - end
+        while size < head.length:
+            if self._eof:
+                raise codec_error("connection closed mid-body")
+            data = await self._body_read()
+            if not data:
+                self._eof = True
+            chunks.append(data)
+            size += len(data)
+        rest = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        body, self._buf = rest[: head.length], rest[head.length :]
+        self._close = head.close
+        return Request(head.method, head.target, head.headers, body)
+
+    async def _body_chunks(self) -> AsyncGenerator[bytes, None]:
+        """A streamed request body's bytes, as the socket gives them (the next request's
+        bytes stay in the buffer)."""
+        while self._unread:
+            if not self._buf:
+                if self._eof:
+                    raise ConnectionResetError("the client closed mid-body")
+                data = await self._body_read()
+                if not data:
+                    self._eof = True
+                    continue
+                self._buf = data
+            chunk, self._buf = self._buf[: self._unread], self._buf[self._unread :]
+            self._unread -= len(chunk)
+            yield chunk
+
     def _body_read(self) -> Awaitable[bytes]:
         """A body read: within stream_idle_timeout (then Envoy's 408)."""
         return self._read(self.limits.stream_idle_timeout, _STREAM_408)
 
     def respond(self, response: Response, *, close: bool = False) -> bytes:
         """The bytes of ``response`` (one write, one TLS record); ``close`` says so in it."""
+        if not self._h11:
+            return wire.response_head(response.status, response.headers, len(response.body),
+                                      close or self._close) + response.body  # fmt: skip
         conn = self.conn
         out = [*response.headers, ("content-length", str(len(response.body)))]
         if close:
@@ -459,8 +554,41 @@ class Downstream:
             data += conn.send(h11.Data(data=response.body)) or b""
         return data + (conn.send(h11.EndOfMessage()) or b"")
 
+    async def respond_streamed(self, response: Response, body: Body) -> None:
+        """Writes ``response`` and its streamed ``body`` (Content-Length when known, else
+        chunked), each chunk drained before the next is read."""
+        async with contextlib.aclosing(body.chunks):  # its upstream freed even if we fail
+            await self._write_streamed(response, body)
+
+    async def _write_streamed(self, response: Response, body: Body) -> None:
+        writer, idle = self.writer, self.limits.stream_idle_timeout
+        chunked = body.length is None
+        if not self._h11:
+            send(writer, wire.response_head(response.status, response.headers, body.length,
+                                            self._close))  # fmt: skip
+            async for chunk in body.chunks:
+                if chunk:
+                    send(writer, b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                    await drained(writer, idle)
+            if chunked:
+                send(writer, b"0\r\n\r\n")
+            return
+        conn = self.conn
+        framing = ("transfer-encoding", "chunked") if chunked else ("content-length",
+                                                                     str(body.length))  # fmt: skip
+        out = [*response.headers, framing]
+        send(writer, conn.send(h11.Response(status_code=response.status, headers=out)) or b"")
+        async for chunk in body.chunks:
+            if chunk:
+                send(writer, conn.send(h11.Data(data=chunk)) or b"")
+                await drained(writer, idle)
+        send(writer, conn.send(h11.EndOfMessage()) or b"")
+
     def next_cycle(self) -> bool:
         """Ready for the next request on this connection (False: it must close)."""
+        if not self._h11:
+            self._first, self._received = b"", 0
+            return not self._close and not self._unread and not (self._eof and not self._buf)
         conn = self.conn
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
@@ -490,40 +618,107 @@ class UpstreamError(Exception):
 
 
 class _Upstream:
-    """One kept-alive HTTP/1.1 connection to an endpoint."""
+    """One kept-alive HTTP/1.1 connection to an endpoint: requests written from headers already
+    validated, responses parsed by httptools (:class:`wire.ResponseReader`)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.conn = h11.Connection(h11.CLIENT)
+        self.responses = wire.ResponseReader(MAX_BODY)
         self.peer_uris = uri_sans(writer.get_extra_info("peercert"))
+        self._reusable = False
+        self._idle = STREAM_IDLE_TIMEOUT_S  # a streamed response body's read deadline
 
-    def _read(self) -> Awaitable[bytes]:
-        return self.reader.read(65536)
+    async def exchange(
+        self, request: Request, host: str, idle: float = STREAM_IDLE_TIMEOUT_S
+    ) -> Response:
+        """One request and its response; a long or unframed response body streams (its
+        :class:`Body`; the connection is reusable once that is read to its end). A streamed
+        body's socket waits at most ``idle`` (then UpstreamError)."""
+        self._reusable, self._idle = False, idle
+        streamed = request.streamed
+        length = len(request.body) if streamed is None else streamed.length
+        if length is None:
+            raise UpstreamError("a request body of unknown length")  # never made: h11 buffers
+        try:
+            head = wire.request_head(request.method, request.target, host,
+                                     [(k, v) for k, v in request.headers if k != "host"],
+                                     length)  # fmt: skip
+        except ValueError as exc:
+            raise UpstreamError(str(exc)) from None
+        writer = self.writer
+        if streamed is not None:
+            send(writer, head)
+            async for chunk in streamed.chunks:
+                send(writer, chunk)
+                await drained(writer, idle)
+        elif request.body:
+            if writer.is_closing():
+                raise ConnectionResetError("the connection is closed")
+            writer.writelines((head, request.body))
+        else:
+            send(writer, head)
+        await writer.drain()
+        parsed = self.responses
+        parsed.reset(request.method == "HEAD")
+        try:
+            while not parsed.complete:
+                if parsed.head_done:
+                    size = self._long(parsed.headers)
+                    if size != 0:  # longer than STREAM_OVER, or until the connection ends
+                        parsed.stream()
+                        return Response(parsed.status, parsed.headers, b"",
+                                        streamed=Body(size, self._rest()))  # fmt: skip
+                data = await self.reader.read(65536)
+                if not data:
+                    if parsed.eof():
+                        break
+                    raise UpstreamError("upstream closed the connection")
+                parsed.feed(data)
+        except wire.ResponseError as exc:
+            raise UpstreamError(str(exc)) from None
+        self._reusable = parsed.reusable()
+        body = parsed.body[0] if len(parsed.body) == 1 else b"".join(parsed.body)
+        return Response(parsed.status, parsed.headers, body)
 
-    async def exchange(self, request: Request, host: str) -> Response:
-        headers = [("host", host), *[(k, v) for k, v in request.headers if k != "host"]]
-        headers.append(("content-length", str(len(request.body))))
-        data = self.conn.send(h11.Request(method=request.method, target=request.target,
-                                          headers=headers)) or b""  # fmt: skip
-        if request.body:
-            data += self.conn.send(h11.Data(data=request.body)) or b""
-        data += self.conn.send(h11.EndOfMessage()) or b""
-        send(self.writer, data)
-        await self.writer.drain()
-        event = await read_event(self.conn, self.reader)
-        while isinstance(event, h11.InformationalResponse):
-            event = await read_event(self.conn, self.reader)
-        if not isinstance(event, h11.Response):
-            raise UpstreamError(f"upstream closed the connection ({type(event).__name__})")
-        body = await read_body(self.conn, self._read)
-        return Response(event.status_code, decoded_headers(event.headers), body)
+    @staticmethod
+    def _long(headers: list[tuple[str, str]]) -> int | None:
+        """A response body's length when it is to stream (None: unknown), 0 when it is not."""
+        length: int | None = None
+        for k, v in headers:
+            if k == "transfer-encoding":
+                return None
+            if k == "content-length":
+                length = int(v) if v.isdigit() else None
+        return 0 if length is not None and length <= STREAM_OVER else length
+
+    async def _rest(self) -> AsyncGenerator[bytes, None]:
+        """A streamed response body's bytes, as the upstream sends them."""
+        parsed = self.responses
+        while True:
+            if parsed.body:
+                chunks, parsed.body = parsed.body, []
+                for chunk in chunks:
+                    yield chunk
+            if parsed.complete:
+                break
+            try:
+                async with asyncio.timeout(self._idle):
+                    data = await self.reader.read(65536)
+            except TimeoutError:
+                raise UpstreamError("the upstream stalled mid-body") from None
+            if not data:
+                if parsed.eof():
+                    continue
+                raise UpstreamError("upstream closed the connection mid-body")
+            try:
+                parsed.feed(data)
+            except wire.ResponseError as exc:
+                raise UpstreamError(str(exc)) from None
+        self._reusable = parsed.reusable()
 
     def reusable(self) -> bool:
-        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
-            self.conn.start_next_cycle()
-            return not self.writer.is_closing()
-        return False
+        return self._reusable and not self.writer.is_closing()
 
     def close(self) -> None:
         self.writer.close()
@@ -531,12 +726,12 @@ class _Upstream:
 
 class UpstreamPool:
     def __init__(self) -> None:
-        self.idle: dict[tuple[str, bool, str], list[_Upstream]] = defaultdict(list)
+        self.idle: dict[tuple[str, int, bool, str], list[_Upstream]] = defaultdict(list)
 
     async def get(
         self, ep: Endpoint, ctx: ssl.SSLContext | None, sni: str, timeout: float
     ) -> _Upstream:
-        key = (str(ep), ctx is not None, sni)
+        key = (ep.address, ep.port, ctx is not None, sni)
         while self.idle[key]:
             up = self.idle[key].pop()
             if not up.writer.is_closing() and not up.reader.at_eof():
@@ -554,8 +749,9 @@ class UpstreamPool:
         return _Upstream(reader, writer)
 
     def put(self, ep: Endpoint, ctx: ssl.SSLContext | None, sni: str, up: _Upstream) -> None:
-        if up.reusable() and len(self.idle[(str(ep), ctx is not None, sni)]) < 32:
-            self.idle[(str(ep), ctx is not None, sni)].append(up)
+        idle = self.idle[(ep.address, ep.port, ctx is not None, sni)]
+        if up.reusable() and len(idle) < 32:
+            idle.append(up)
         else:
             up.close()
 

@@ -17,9 +17,10 @@ import bisect
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from meshcore._core import decide as _core_decide
 from meshcore._core import lb as _core_lb
 from meshcore.dataplane.config import ClusterConfig, Endpoint, OutlierDetection
 
@@ -254,3 +255,71 @@ class LoadBalancer:
             if st is None:
                 return []
             return sorted(a for a, h in st.hosts.items() if h.ejected_until > now)
+
+
+def _outlier(od: OutlierDetection | None) -> tuple[int, int, int, int, float, float, float] | None:
+    if od is None:
+        return None
+    return (od.consecutive_5xx, od.enforcing_consecutive_5xx, od.consecutive_gateway_failure,
+            od.enforcing_consecutive_gateway_failure, od.base_ejection_time,
+            od.max_ejection_time, float(od.max_ejection_percent))  # fmt: skip
+
+
+def cluster_head(
+    cluster: ClusterConfig,
+) -> tuple[str, str, tuple[int, int, int, int, float, float, float] | None, float, int, int]:
+    """A cluster as the core's balancer reads it."""
+    return (cluster.name, cluster.lb_policy, _outlier(cluster.outlier),
+            float(cluster.panic_threshold), cluster.ring_size,
+            cluster.maglev_table_size)  # fmt: skip
+
+
+class CoreLoadBalancer:
+    """:class:`LoadBalancer`'s choices with the state held in the core
+    (``meshcore._core.decide.Balancer``): the data plane's default, so that ``decide()`` picks
+    endpoints in the same call into the core as it routes. Seeded alike, it chooses exactly as
+    :class:`LoadBalancer` (the reference, kept for the tests that prove it)."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.core = _core_decide.Balancer(seed)
+        self._clock: Callable[[], float] | None = None
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock ejections are timed with (settable, as :class:`LoadBalancer`'s)."""
+        return self._clock if self._clock is not None else self.core.now
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.core.set_clock(clock)
+
+    def pick(
+        self,
+        cluster: ClusterConfig,
+        endpoints: Sequence[Endpoint],
+        hash_key: int | None = None,
+    ) -> Endpoint | None:
+        i = self.core.pick(cluster_head(cluster), [(str(e), e.weight) for e in endpoints],
+                           hash_key)  # fmt: skip
+        return None if i is None else endpoints[i]
+
+    def started(self, cluster: str, endpoint: Endpoint) -> None:
+        self.core.started(cluster, str(endpoint))
+
+    def finished(
+        self,
+        cluster: ClusterConfig | None,
+        endpoint: Endpoint,
+        status: int | None,
+        endpoints: Sequence[Endpoint] = (),
+        *,
+        started: bool = True,
+    ) -> bool:
+        if cluster is None:
+            return False
+        return self.core.finished(cluster.name, _outlier(cluster.outlier), str(endpoint), status,
+                                  [str(e) for e in endpoints], started)  # fmt: skip
+
+    def ejected(self, cluster: str) -> list[str]:
+        return self.core.ejected(cluster)

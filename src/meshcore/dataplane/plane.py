@@ -10,23 +10,25 @@ compiled from the very protos Envoy receives; the certificate (SVID) from meshco
 (:class:`~meshcore.dataplane.certs.CertificateClient`, rotated at half its lifetime).
 ``connect`` runs both on a background thread with its own event loop; ``aconnect`` runs them in
 the caller's loop. ``decide`` is synchronous and cheap, and safe to call from any thread: it
-reads the current compiled config through one reference.
+reads the current compiled config through one reference, and is one call into the core
+(``meshcore._core.decide``: the config compiled into a decider on its first decision, the
+load-balancer state held in Rust); ``decide_batch`` decides columns of requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
-import random
 import ssl
 import threading
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from google.protobuf.message import Message
 
+from meshcore._core import decide as _core_decide
 from meshcore.dataplane.ads import AdsClient
 from meshcore.dataplane.certs import CertificateClient, WorkloadSecret
 from meshcore.dataplane.config import (
@@ -38,7 +40,8 @@ from meshcore.dataplane.config import (
     InboundListener,
     RouteInfo,
 )
-from meshcore.dataplane.lb import LoadBalancer, hash64
+from meshcore.dataplane.decider import compile_decider
+from meshcore.dataplane.lb import CoreLoadBalancer, LoadBalancer, hash64
 from meshcore.dataplane.routeactions import HashPolicy, RetryPolicy
 from meshcore.dataplane.tls import client_context, server_context
 from meshcore.errors import MeshcoreError
@@ -51,41 +54,10 @@ class DataPlaneError(MeshcoreError):
     """The data plane could not start (no config in time, no certificate, bad arguments)."""
 
 
-@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 2 us per decision
-class Decision:
-    """What to do with one request.
-
-    ``status`` is set when the proxy answers by itself (Envoy's local replies): 404 no route
-    (``response_flags`` NR), 503 no cluster or no healthy endpoint (NC / UH), 403 denied by
-    RBAC, a direct response's or redirect's code; otherwise the request goes to ``endpoint`` of
-    ``cluster``, within ``timeout`` seconds (None: no limit), retried per ``retry_policy``.
-    ``tls`` is the upstream's TLS (SNI, expected SPIFFE ids) when mTLS applies to the endpoint.
-    ``path``, when set, is the path to forward: inbound, as the listener normalised it (what
-    RBAC decided on); outbound, with the route's ``prefix_rewrite`` applied.
-    """
-
-    direction: str
-    allowed: bool
-    route: str | None = None
-    cluster: str | None = None
-    endpoint: Endpoint | None = None
-    timeout: float | None = None
-    retry_policy: RetryPolicy | None = None
-    policy_id: str | None = None
-    status: int | None = None
-    response_flags: str = "-"
-    body: bytes = b""
-    tls: bool = False
-    sni: str = ""
-    host_rewrite: str = ""
-    hash_key: int | None = None
-    generation: int = 0
-    # The path to forward when it is not the request's: inbound, the normalised path RBAC saw;
-    # outbound, the route's prefix_rewrite applied.
-    path: str | None = None
-    # Set-Cookie values for the response: the cookies a cookie hash policy with a ttl
-    # generated because the request had none (Envoy's downstream set-cookies).
-    set_cookies: tuple[str, ...] = ()
+# What to do with one request: made by the core's decider without running Python (a
+# dataclass's __init__ was a third of a decision), it behaves as the dataclass it replaced
+# (fields read and written, keyword construction, ==, dataclasses.replace).
+Decision = _core_decide.Decision
 
 
 def _split_authority(authority: str) -> tuple[str, int | None]:
@@ -114,13 +86,16 @@ class DataPlane:
         certs: CertificateClient | None = None,
         *,
         trust_domain: str = "cluster.local",
-        lb: LoadBalancer | None = None,
+        lb: LoadBalancer | CoreLoadBalancer | None = None,
     ) -> None:
         self.ads = ads
         self.certs = certs
         self.trust_domain = trust_domain
-        self.lb = lb or LoadBalancer()
-        self._random = random.Random()
+        # The core's balancer by default: decide() is then one call into the core; the Python
+        # LoadBalancer (the reference) keeps decide() on its Python path.
+        self.lb = lb or CoreLoadBalancer()
+        self._random = _core_decide.Random()  # weighted clusters (Python's random, in the core)
+        self._decider: tuple[CompiledConfig, _core_decide.Decider] | None = None
         self._ports: dict[str, int] = {}  # authority -> port, remembered
         self._stop: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -172,7 +147,7 @@ class DataPlane:
         node_id: str,
         resources: Mapping[str, Mapping[str, Message | bytes]],
         *,
-        lb: LoadBalancer | None = None,
+        lb: LoadBalancer | CoreLoadBalancer | None = None,
     ) -> DataPlane:
         """A data plane on the given xDS resources, with no control plane and no stream: for
         tests, benchmarks and embedders. ``resources`` as the translator returns them (type
@@ -343,11 +318,96 @@ class DataPlane:
         the peer's SPIFFE ``principal``, and its inbound cluster."""
         cfg = config or self.ads.config  # one read: the whole decision uses this config
         if direction == "outbound":
+            compiled = self._decider
+            core = compiled[1] if compiled is not None and compiled[0] is cfg else self._core(cfg)
+            if core is not None:  # one call into the core; None: the general path decides
+                d: Decision | None = core.outbound(authority, path, method, headers, port,
+                                                   source_ip)  # fmt: skip
+                if d is not None:
+                    return d
             return self._outbound(cfg, method, authority, path, headers, port, source_ip)
         if direction == "inbound":
+            compiled = self._decider
+            core = compiled[1] if compiled is not None and compiled[0] is cfg else self._core(cfg)
+            if core is not None:
+                di: Decision | None = core.inbound(authority, path, method, headers, port,
+                                                   source_ip, principal, tls)  # fmt: skip
+                if di is not None:
+                    return di
             return self._inbound(cfg, method, authority, path, headers, port, source_ip,
                                  principal, tls)  # fmt: skip
         raise ValueError(f"direction must be 'outbound' or 'inbound', not {direction!r}")
+
+    def decide_batch(
+        self,
+        *,
+        direction: str = "outbound",
+        authorities: Any,
+        paths: Any,
+        methods: Any = None,
+        headers: Any = None,
+        ports: Any = None,
+        source_ips: Any = None,
+        principals: Any = None,
+        config: CompiledConfig | None = None,
+    ) -> list[Decision]:
+        """The decisions of many requests, in order: the same as one :meth:`decide` per row
+        (the load balancers see the rows in order). Columns: each a list or tuple, a numpy
+        array (dtype 'S' or 'U' for strings: no Python object per row) or one value for every
+        row; ``headers`` one dict or pair list per row. Outbound, the core decides runs of rows
+        with the GIL released and at one reading of the clock; rows it does not cover (see
+        :meth:`decide`) take the general path in place."""
+        cfg = config or self.ads.config
+        if direction not in ("outbound", "inbound"):
+            raise ValueError(f"direction must be 'outbound' or 'inbound', not {direction!r}")
+        cols = {"authority": authorities, "path": paths, "method": methods, "headers": headers,
+                "port": ports, "source_ip": source_ips, "principal": principals}  # fmt: skip
+
+        def row(i: int) -> dict[str, Any]:
+            out = {k: _cell(v, i) for k, v in cols.items()}
+            out["method"] = out["method"] or "GET"
+            return out
+
+        core = self._core(cfg) if direction == "outbound" else None
+        if core is None:
+            n = _rows(cols)
+            return [self.decide(direction=direction, config=cfg, **row(i)) for i in range(n)]
+
+        def general(i: int) -> Decision:
+            r = row(i)
+            del r["principal"]
+            return self._outbound(cfg, r["method"], r["authority"], r["path"], r["headers"],
+                                  r["port"], r["source_ip"])  # fmt: skip
+
+        decisions: list[Decision] = core.outbound_batch(general, authorities, paths, methods,
+                                                        headers, ports, source_ips)  # fmt: skip
+        return decisions
+
+    def _core(self, cfg: CompiledConfig) -> _core_decide.Decider | None:
+        """The core's decider for ``cfg`` (compiled on its first decision), or None when this
+        data plane balances with the Python :class:`LoadBalancer`."""
+        lb = self.lb
+        if type(lb) is not CoreLoadBalancer:
+            return None
+        compiled = self._decider
+        if compiled is None or compiled[0] is not cfg:
+            if cfg is not self.ads.config:  # an older config passed in: the general path
+                return None
+            compiled = self._decider = (cfg, compile_decider(cfg, lb, self._random, Decision))
+        return compiled[1]
+
+    def _pick(
+        self,
+        cfg: CompiledConfig,
+        cluster: ClusterConfig,
+        endpoints: Sequence[Endpoint],
+        key: int | None,
+    ) -> Endpoint | None:
+        core = self._core(cfg)
+        if core is not None and cfg.clusters.get(cluster.name) is cluster:
+            ep: Endpoint | None = core.pick(cluster.name, key)
+            return ep
+        return self.lb.pick(cluster, endpoints, key)
 
     def _outbound(
         self,
@@ -434,7 +494,7 @@ class DataPlane:
         key, cookies = (
             _hash_key(hash_policies, headers, path, source_ip) if hash_policies else (None, ())
         )
-        ep = self.lb.pick(cluster, endpoints, key)
+        ep = self._pick(cfg, cluster, endpoints, key)
         if ep is None:
             return Decision(direction, allowed, route=route, cluster=cluster_name, status=503,
                             response_flags="UH", timeout=timeout, retry_policy=retry,
@@ -511,13 +571,13 @@ class DataPlane:
         if cluster is None:
             return None
         endpoints = cfg.endpoints_of(cluster)
-        ep = self.lb.pick(cluster, endpoints, decision.hash_key)
+        ep = self._pick(cfg, cluster, endpoints, decision.hash_key)
         retry = decision.retry_policy
         if retry is not None and retry.previous_hosts:
             for _ in range(retry.host_selection_attempts):
                 if ep is None or ep not in tried:
                     break
-                ep = self.lb.pick(cluster, endpoints, decision.hash_key)
+                ep = self._pick(cfg, cluster, endpoints, decision.hash_key)
         if ep is None:
             return None
         tls = cluster.tls is not None and (ep.tls or not cluster.tls.auto)
@@ -572,6 +632,25 @@ class DataPlane:
                 lambda: self.secret, trust_domain=self.trust_domain
             )
         return self._server_context
+
+
+def _cell(col: Any, i: int) -> Any:
+    """Row ``i`` of a batch column (one value for every row when a str or int)."""
+    if col is None or isinstance(col, str | int):
+        return col
+    v = col[i]
+    if isinstance(v, bytes):  # numpy 'S'
+        return v.decode()
+    if hasattr(v, "item"):  # numpy scalars
+        return v.item()
+    return v
+
+
+def _rows(cols: Mapping[str, Any]) -> int:
+    lengths = {len(v) for v in cols.values() if v is not None and not isinstance(v, str | int)}
+    if len(lengths) != 1:
+        raise ValueError("batch columns must have one length (and at least one be a column)")
+    return lengths.pop()
 
 
 def _hash_key(

@@ -17,9 +17,13 @@ It shows how to embed the data plane in a proxy of one's own:
 The listeners' codec is Envoy's AUTO (a sidecar's): a connection that opens with the HTTP/2
 preface speaks HTTP/2 (:mod:`meshcore.dataplane.http2`: gRPC with its trailers, bodies streamed
 under flow control, the request carried upstream as HTTP/2), any other HTTP/1.1
-(``http2=False``, ``--codec http1``: HTTP/1 only). HTTP/1.1 bodies are buffered (which is what
-lets a request be retried). What reaches a decision is what Envoy's codecs and connection
-manager let through (:mod:`meshcore.dataplane.http1`): the others get Envoy's local replies.
+(``http2=False``, ``--codec http1``: HTTP/1 only). HTTP/1.1 bodies up to 64 KiB are read whole
+(which is what lets a request be retried); longer ones stream through in both directions, each
+chunk written and drained before the next is read (a streamed request is not retried: its body
+is gone, as with Envoy's past its buffer limit). What reaches a decision is what Envoy's codecs
+and connection manager let through (:mod:`meshcore.dataplane.http1`; plain requests read on
+its fast path, :mod:`meshcore.dataplane.wire`): the others get Envoy's local replies. Istio's
+metrics and the access log are written after the response, off the request's path.
 """
 
 from __future__ import annotations
@@ -31,18 +35,20 @@ import random
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import replace
 from typing import Any
 
 import h2.exceptions
 import h11
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import Metric
 
+from meshcore.dataplane.accounting import REQUEST_ID, Accounting, IstioMetrics
 from meshcore.dataplane.config import ClusterConfig, Endpoint, InboundListener
 from meshcore.dataplane.http1 import (
     DEFAULT_LIMITS,
+    HOP_BY_HOP,
+    Body,
     Downstream,
     Limits,
     Refusal,
@@ -60,12 +66,10 @@ from meshcore.dataplane.http2 import (
     Server,
     StreamReset,
     forwarded,
-    is_grpc,
     relay,
 )
 from meshcore.dataplane.plane import DataPlane, DataPlaneError, Decision
 from meshcore.dataplane.tls import uri_sans
-from meshcore.observability import istio
 from meshcore.xds.node import parse_node_id
 
 log = logging.getLogger("meshcore.proxy")
@@ -74,34 +78,9 @@ access_log = logging.getLogger("meshcore.proxy.access")
 INBOUND_RECHECK_S = 0.2  # how often the inbound listeners are compared with the config
 RETRY_BASE_S = 0.025  # Envoy's default base retry interval
 ATTEMPTS = "x-envoy-attempt-count"
-REQUEST_ID = "x-request-id"
 PEER_HEADER = "x-meshcore-peer-workload"  # "name.namespace" of the calling workload (over mTLS)
-
-
-class IstioMetrics(istio.IstioMetrics):
-    """Istio's standard metrics, and the time spent in ``DataPlane.decide()``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.decisions = 0
-        self.decision_seconds = 0.0
-
-    def decided(self, seconds: float) -> None:
-        with self._lock:
-            self.decisions += 1
-            self.decision_seconds += seconds
-
-    def collect(self) -> Iterator[Metric]:
-        yield from super().collect()
-        with self._lock:
-            calls = Metric("meshcore_proxy_decisions", "DataPlane.decide() calls.", "untyped")
-            calls.add_sample("meshcore_proxy_decisions", {}, float(self.decisions))
-            yield calls
-            spent = Metric(
-                "meshcore_proxy_decision_seconds", "Time spent in DataPlane.decide().", "untyped"
-            )
-            spent.add_sample("meshcore_proxy_decision_seconds", {}, self.decision_seconds)
-            yield spent
+_NOT_FORWARDED_IN = HOP_BY_HOP | {PEER_HEADER}
+_NOT_FORWARDED_OUT = _NOT_FORWARDED_IN | {ATTEMPTS}
 
 
 # --- the proxy --------------------------------------------------------------------------------
@@ -131,6 +110,8 @@ class ReferenceProxy:
         labels = dp.ads.metadata.get("LABELS")
         self.labels: dict[str, str] = dict(labels) if isinstance(labels, dict) else {}
         self.metrics = IstioMetrics()
+        self.accounting = Accounting(dp, self.metrics, name, namespace, self.labels,
+                                     lambda: self.principal)  # fmt: skip
         self._registry = self.metrics.registry()
         self._pool = UpstreamPool()
         self._h2pool = ClientPool()
@@ -283,12 +264,15 @@ class ReferenceProxy:
                 else:
                     response = await self.inbound(request, inbound_port, source_ip,
                                                   principal, tls)  # fmt: skip
-                send(writer, down.respond(response))  # one write, one TLS record
+                if response.streamed is not None:
+                    await down.respond_streamed(response, response.streamed)
+                else:
+                    send(writer, down.respond(response))  # one write, one TLS record
                 await writer.drain()
                 if not down.next_cycle():
                     return
-        except (h11.ProtocolError, ConnectionError, TimeoutError, ssl.SSLError):
-            return  # the client broke the exchange or hung up: nothing to report
+        except (h11.ProtocolError, ConnectionError, TimeoutError, ssl.SSLError, UpstreamError):
+            return  # a peer broke the exchange (a streamed body cut) or hung up
         except Exception:  # a bug of ours: this connection ends, the proxy goes on
             log.exception("error serving a connection from %s", peer)
             return
@@ -368,36 +352,9 @@ class ReferenceProxy:
         self.metrics.decided(time.perf_counter() - started)
         response, d, attempts, peer = await self._forward(request, d, source_ip)
         millis = (time.perf_counter() - started) * 1000
-        cluster = self.dp.config.clusters.get(d.cluster or "")
-        service = cluster.service if cluster is not None else (d.cluster or "unknown")
-        svc_name, _, svc_ns = service.partition(".")
-        dest_ns = svc_ns.split(".")[0] if svc_ns else "unknown"
-        self.metrics.record(
-            {
-                "reporter": "source",
-                "source_workload": self.workload,
-                "source_workload_namespace": self.namespace,
-                "source_principal": self.principal,
-                "source_app": self.labels.get("app", "unknown"),
-                "source_version": self.labels.get("version", "unknown"),
-                "destination_principal": peer or "unknown",
-                "destination_service": service,
-                "destination_service_name": svc_name or "unknown",
-                "destination_service_namespace": dest_ns,
-                "destination_workload_namespace": dest_ns,
-                "request_protocol": "grpc" if is_grpc(request.headers) else "http",
-                "response_code": str(response.status),
-                "grpc_response_status": "",
-                "response_flags": d.response_flags,
-                "connection_security_policy": "unknown",
-                "destination_cluster": "Kubernetes",
-                "source_cluster": "Kubernetes",
-            },
-            millis,
-            len(request.body),
-            len(response.body),
-        )
-        self._log(request, response, d, millis, attempts, "outbound")
+        # Metrics and the access log once the response is on its way (the next loop turn).
+        asyncio.get_running_loop().call_soon(self.accounting.outbound, request, response, d,
+                                             attempts, peer, millis)  # fmt: skip
         return response
 
     async def _forward(
@@ -442,8 +399,12 @@ class ReferenceProxy:
                 if status is None and d.response_flags == "UT":
                     return last, d, attempts, peer
                 retriable = False
+            if request.streamed is not None:
+                retriable = False  # its body is gone upstream (as Envoy's past its buffer)
             if retriable and last.stream is not None:
                 last.stream.close()  # its body is not wanted
+            if retriable and last.streamed is not None:
+                await last.streamed.chunks.aclose()
             if not retriable:
                 if status is not None and attempts > 1:
                     d = replace(d, response_flags="URX" if status >= 500 else "-")
@@ -465,9 +426,10 @@ class ReferenceProxy:
         target = d.path or request.target  # the route's prefix_rewrite, if any
         host = d.host_rewrite or request.header("host") or str(d.endpoint)
         outbound = d.direction == "outbound"
-        # Ours to set outbound; the peer header stops at the callee's proxy (not for the app).
-        ours = (PEER_HEADER, ATTEMPTS) if outbound else (PEER_HEADER,)
-        headers = [(k, v) for k, v in end_to_end(request.headers) if k not in ours]
+        # Hop-by-hop headers go; so do ours: set outbound, and the peer header stops at the
+        # callee's proxy (not for the app).
+        drop = _NOT_FORWARDED_OUT if outbound else _NOT_FORWARDED_IN
+        headers = [(k, v) for k, v in request.headers if k not in drop]
         if ctx is not None:
             headers.append((PEER_HEADER, f"{self.workload}.{self.namespace}"))
         if outbound:
@@ -477,18 +439,44 @@ class ReferenceProxy:
                                           connect_timeout)  # fmt: skip
         up = await self._pool.get(d.endpoint, ctx, d.sni, connect_timeout)
         try:
-            response = await up.exchange(Request(request.method, target, headers, request.body),
-                                         host)  # fmt: skip
+            response = await up.exchange(Request(request.method, target, headers, request.body,
+                                                 streamed=request.streamed), host,
+                                         self.limits.stream_idle_timeout)  # fmt: skip
         except BaseException:
             up.close()
             raise
-        self._pool.put(d.endpoint, ctx, d.sni, up)
+        body = response.streamed
+        if body is None:
+            self._pool.put(d.endpoint, ctx, d.sni, up)
+        else:  # the connection goes back to the pool once the body is read to its end
+            body = Body(body.length, self._pooled(body.chunks, d, ctx, up))
         headers_out = end_to_end(response.headers)
         # Envoy adds the cookies a hash policy generated to the upstream's response.
         headers_out.extend(("set-cookie", c) for c in d.set_cookies)
-        return Response(response.status, headers_out, response.body), (
+        return Response(response.status, headers_out, response.body, streamed=body), (
             up.peer_uris[0] if up.peer_uris else None
         )
+
+    async def _pooled(
+        self,
+        chunks: AsyncGenerator[bytes, None],
+        d: Decision,
+        ctx: ssl.SSLContext | None,
+        up: Any,
+    ) -> AsyncGenerator[bytes, None]:
+        """A streamed response body; its upstream connection pooled again after its end (closed
+        if it is cut or not read to its end)."""
+        assert d.endpoint is not None
+        done = False
+        try:
+            async for chunk in chunks:
+                yield chunk
+            done = True
+        finally:
+            if done:
+                self._pool.put(d.endpoint, ctx, d.sni, up)
+            else:
+                up.close()
 
     async def _attempt_h2(
         self,
@@ -562,73 +550,11 @@ class ReferenceProxy:
         else:
             response, attempts = self._local(d), 0
         millis = (time.perf_counter() - started) * 1000
-        src_name, _, src_ns = peer_workload.partition(".")
-        self.metrics.record(
-            {
-                "reporter": "destination",
-                "source_workload": src_name or "unknown",
-                "source_workload_namespace": src_ns or "unknown",
-                "source_principal": principal or "unknown",
-                "destination_workload": self.workload,
-                "destination_workload_namespace": self.namespace,
-                "destination_principal": self.principal,
-                "destination_app": self.labels.get("app", "unknown"),
-                "destination_version": self.labels.get("version", "unknown"),
-                "destination_service": request.header("host") or "unknown",
-                "destination_service_name": (request.header("host") or "unknown")
-                .split(".")[0]
-                .split(":")[0],
-                "destination_service_namespace": self.namespace,
-                "request_protocol": "grpc" if is_grpc(request.headers) else "http",
-                "response_code": str(response.status),
-                "grpc_response_status": "",
-                "response_flags": d.response_flags,
-                "connection_security_policy": "mutual_tls" if tls else "none",
-                "destination_cluster": "Kubernetes",
-                "source_cluster": "Kubernetes" if src_name else "unknown",
-            },
-            millis,
-            len(request.body),
-            len(response.body),
-        )
-        self._log(request, response, d, millis, attempts, "inbound", principal)
+        # Metrics and the access log once the response is on its way (the next loop turn).
+        asyncio.get_running_loop().call_soon(self.accounting.inbound, request, response, d,
+                                             attempts, millis, peer_workload, principal,
+                                             tls)  # fmt: skip
         return response
-
-    # --- logs and metrics ----------------------------------------------------------------------
-
-    def _log(
-        self,
-        request: Request,
-        response: Response,
-        d: Decision,
-        millis: float,
-        attempts: int,
-        direction: str,
-        principal: str | None = None,
-    ) -> None:
-        # Envoy's default access log format, plus the RBAC policy id and the retry count; the
-        # arguments (a time string, a dict) are built only when someone listens.
-        if access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                '[%s] "%s %s HTTP/1.1" %d %s %d %d %.0f "%s" "%s" "%s" %s %s %s attempts=%d '
-                "policy=%s peer=%s",
-                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
-                request.method, request.target, response.status, d.response_flags,
-                len(request.body), len(response.body), millis,
-                request.header("user-agent") or "-", request.header(REQUEST_ID) or "-",
-                request.header("host") or "-",
-                direction, d.endpoint or "-", d.cluster or "-", attempts, d.policy_id or "-",
-                principal or "-",
-                # The same, structured, for handlers that count rather than print (the demo).
-                extra={"access": {
-                    "workload": self.workload, "direction": direction, "status": response.status,
-                    "cluster": d.cluster, "endpoint": d.endpoint, "attempts": attempts,
-                    "policy_id": d.policy_id, "allowed": d.allowed, "peer": principal,
-                }},
-            )  # fmt: skip
-        if direction == "inbound" and not d.allowed:
-            log.info("denied %s %s from %s: policy %s", request.method, request.target,
-                     principal or "-", d.policy_id or "(no ALLOW policy matched)")  # fmt: skip
 
     async def _metrics_conn(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

@@ -228,13 +228,14 @@ def _headers(values: Any) -> Json | None:
     return {"patterns": patterns}
 
 
-def _build_http(
-    body: Any, registry: _ServiceRegistry, where: str, problems: list[str]
-) -> BuiltExtAuthz:
-    path = f"extensionProviders{where}.envoyExtAuthzHttp"
+def _provider(
+    body: Any, registry: _ServiceRegistry, path: str, fields: frozenset[str], problems: list[str]
+) -> tuple[str, str, int | None, Json]:
+    """What both ext_authz providers (HTTP and gRPC) share: the service, its port, the
+    status on error and the timeout (each problem in ``problems``)."""
     if not isinstance(body, Mapping):
         raise UnsupportedFeatureError([ConfigProblem("must be a mapping", path)])
-    _unknown(body, HTTP_FIELDS, path)
+    _unknown(body, fields, path)
     port = _port(body.get("port"), problems)
     try:
         hostname, cluster = registry.lookup(str(body.get("service") or ""), port)
@@ -243,6 +244,14 @@ def _build_http(
         hostname = cluster = ""
     status = _status(body.get("statusOnError"), problems)
     timeout = _timeout(body.get("timeout"), problems)
+    return hostname, cluster, status, timeout
+
+
+def _build_http(
+    body: Any, registry: _ServiceRegistry, where: str, problems: list[str]
+) -> BuiltExtAuthz:
+    path = f"extensionProviders{where}.envoyExtAuthzHttp"
+    hostname, cluster, status, timeout = _provider(body, registry, path, HTTP_FIELDS, problems)
     prefix = str(body.get("pathPrefix") or "")
     if prefix and not prefix.startswith("/"):
         problems.append(f"pathPrefix must begin with `/`, found: {prefix!r}")
@@ -306,17 +315,7 @@ def _build_grpc(
     body: Any, registry: _ServiceRegistry, where: str, problems: list[str]
 ) -> BuiltExtAuthz:
     path = f"extensionProviders{where}.envoyExtAuthzGrpc"
-    if not isinstance(body, Mapping):
-        raise UnsupportedFeatureError([ConfigProblem("must be a mapping", path)])
-    _unknown(body, GRPC_FIELDS, path)
-    port = _port(body.get("port"), problems)
-    try:
-        hostname, cluster = registry.lookup(str(body.get("service") or ""), port)
-    except ValueError as exc:
-        problems.append(str(exc))
-        hostname = cluster = ""
-    status = _status(body.get("statusOnError"), problems)
-    timeout = _timeout(body.get("timeout"), problems)
+    hostname, cluster, status, timeout = _provider(body, registry, path, GRPC_FIELDS, problems)
     if problems:
         return BuiltExtAuthz()
     grpc: Json = {

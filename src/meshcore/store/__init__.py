@@ -11,7 +11,8 @@ the ``etcd`` extra (``pip install 'meshcore-xds[etcd]'``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 SCHEME = "etcd://"
 
@@ -21,11 +22,40 @@ class StoreURLError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class EtcdTLS:
+    """Client TLS to etcd, as etcdctl's ``--cacert``, ``--cert`` and ``--key``: PEM files.
+    ``cacert`` None trusts the system's roots; ``cert`` and ``key`` (both or neither) are the
+    client certificate etcd's ``--client-cert-auth`` asks for."""
+
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    def check(self) -> None:
+        """StoreURLError when the files cannot be used (absent, unreadable, half a pair)."""
+        if (self.cert is None) != (self.key is None):
+            raise StoreURLError("--etcd-cert and --etcd-key go together (the client certificate)")
+        for flag, path in (("cacert", self.cacert), ("cert", self.cert), ("key", self.key)):
+            if path is not None and not Path(path).is_file():
+                raise StoreURLError(f"--etcd-{flag} {path}: no such file")
+
+    def read(self) -> tuple[bytes | None, bytes | None, bytes | None]:
+        """(CA bundle, private key, certificate chain) as bytes, as gRPC takes them."""
+
+        def load(path: str | None) -> bytes | None:
+            return Path(path).read_bytes() if path is not None else None
+
+        return load(self.cacert), load(self.key), load(self.cert)
+
+
+@dataclass(frozen=True, slots=True)
 class StoreURL:
-    """``etcd://HOST:PORT[,HOST:PORT...]/PREFIX``, parsed."""
+    """``etcd://HOST:PORT[,HOST:PORT...]/PREFIX``, parsed; ``tls`` when etcd is reached over
+    TLS (the ``--etcd-cacert``, ``--etcd-cert``, ``--etcd-key`` flags)."""
 
     endpoints: tuple[str, ...]  # HOST:PORT each
     prefix: str  # without a trailing slash, e.g. "/meshcore"
+    tls: EtcdTLS | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return f"{SCHEME}{','.join(self.endpoints)}{self.prefix}"
@@ -84,4 +114,12 @@ def split_key(url: StoreURL, key: str) -> tuple[str, str, str, str] | None:
     return ("" if group == "core" else group), kind, namespace, name
 
 
-__all__ = ["SCHEME", "StoreURL", "StoreURLError", "is_store", "parse_store_url", "split_key"]
+__all__ = [
+    "SCHEME",
+    "EtcdTLS",
+    "StoreURL",
+    "StoreURLError",
+    "is_store",
+    "parse_store_url",
+    "split_key",
+]

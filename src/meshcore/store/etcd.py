@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 
 from meshcore._extras import require
+from meshcore.store import EtcdTLS
 
 require("etcd", "the etcd config store")
 
@@ -58,14 +59,43 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\x00"
 
 
+def _check_pem(tls: EtcdTLS, root: bytes | None, key: bytes | None, chain: bytes | None) -> None:
+    """StoreUnavailable naming the file that is not what its flag wants (gRPC would only say
+    it failed to create a handshaker). Looks for the PEM blocks only (the ``etcd`` extra has
+    no X.509 parser); never echoes a key's content."""
+    for flag, path, data in (("--etcd-cacert", tls.cacert, root), ("--etcd-cert", tls.cert, chain)):
+        if data is not None and b"-----BEGIN CERTIFICATE-----" not in data:
+            raise StoreUnavailable(f"etcd TLS: {flag} {path} holds no PEM certificate")
+    if key is not None and (
+        b"PRIVATE KEY-----" not in key or b"ENCRYPTED" in key or b"-----BEGIN" not in key
+    ):
+        raise StoreUnavailable(
+            f"etcd TLS: --etcd-key {tls.key} is not an unencrypted PEM private key"
+        )
+
+
 class EtcdClient:
     """KV, Txn, Watch, Lease and Compact against a list of endpoints (``HOST:PORT``)."""
 
-    def __init__(self, endpoints: Sequence[str], *, timeout: float = CALL_TIMEOUT) -> None:
+    def __init__(
+        self, endpoints: Sequence[str], *, timeout: float = CALL_TIMEOUT, tls: EtcdTLS | None = None
+    ) -> None:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         self.endpoints = tuple(endpoints)
         self.timeout = timeout
+        self.tls = tls
+        # Read once (StoreUnavailable when a file cannot be); a channel per endpoint uses them.
+        self._credentials: grpc.ChannelCredentials | None = None
+        if tls is not None:
+            try:
+                root, key, chain = tls.read()
+            except OSError as exc:
+                raise StoreUnavailable(
+                    f"etcd TLS: cannot read {exc.filename}: {exc.strerror}"
+                ) from None
+            _check_pem(tls, root, key, chain)
+            self._credentials = grpc.ssl_channel_credentials(root, key, chain)
         self._lock = threading.Lock()
         self._current = 0
         self._channel: grpc.Channel | None = None
@@ -77,10 +107,19 @@ class EtcdClient:
     def endpoint(self) -> str:
         return self.endpoints[self._current]
 
+    def clone(self) -> EtcdClient:
+        """Another client (its own channel) to the same endpoints, with the same TLS."""
+        return EtcdClient(self.endpoints, timeout=self.timeout, tls=self.tls)
+
     def _stubs(self) -> tuple[int, grpc.Channel]:
         with self._lock:
             if self._channel is None:
-                self._channel = grpc.insecure_channel(self.endpoint, options=CHANNEL_OPTIONS)
+                if self._credentials is not None:
+                    self._channel = grpc.secure_channel(
+                        self.endpoint, self._credentials, options=CHANNEL_OPTIONS
+                    )
+                else:
+                    self._channel = grpc.insecure_channel(self.endpoint, options=CHANNEL_OPTIONS)
             return self._generation, self._channel
 
     def failover(self, generation: int | None = None) -> None:
@@ -117,8 +156,27 @@ class EtcdClient:
                     raise
                 last = exc
                 self.failover(generation)
-        details = last.details() if last is not None else "no endpoint"
-        raise StoreUnavailable(f"etcd at {', '.join(self.endpoints)} is unreachable: {details}")
+        details = (last.details() if last is not None else None) or "no endpoint"
+        raise StoreUnavailable(
+            f"etcd at {', '.join(self.endpoints)} is unreachable: {details}{self._hint(details)}"
+        )
+
+    def _hint(self, details: str) -> str:
+        """What a refused TLS session most likely means, after gRPC's terse reason."""
+        if self.tls is None:
+            if "Socket closed" in details or "Connection reset" in details:
+                return " (does etcd want TLS? give --etcd-cacert, --etcd-cert and --etcd-key)"
+            return ""
+        if "CERTIFICATE_VERIFY_FAILED" in details:
+            return " (etcd's server certificate is not signed by --etcd-cacert, or not for this address)"
+        if "TSI_DATA_CORRUPTED" in details or "BAD_CERTIFICATE" in details:
+            return (
+                " (etcd refused this client: its --trusted-ca-file did not sign --etcd-cert, "
+                "or none was given)"
+            )
+        if "WRONG_VERSION_NUMBER" in details or "TSI_PROTOCOL_FAILURE" in details:
+            return " (is etcd serving TLS on this address?)"
+        return ""
 
     # ----- KV -----
 
@@ -189,20 +247,23 @@ class EtcdClient:
 
     # ----- Watch -----
 
-    def watch(self, prefix: str, start_revision: int) -> Watch:
-        """A watch of every key under ``prefix`` from ``start_revision`` (inclusive)."""
-        return Watch(self, prefix, start_revision)
+    def watch(self, prefix: str, start_revision: int, *, single: bool = False) -> Watch:
+        """A watch of every key under ``prefix`` (``single``: of that one key) from
+        ``start_revision`` (inclusive)."""
+        return Watch(self, prefix, start_revision, single=single)
 
 
 class Watch:
     """One watch stream: iterate for WatchResponses; :meth:`cancel` ends it (from any thread).
     A broken stream raises grpc.RpcError (or StoreUnavailable) from the iteration."""
 
-    def __init__(self, client: EtcdClient, prefix: str, start_revision: int) -> None:
+    def __init__(
+        self, client: EtcdClient, prefix: str, start_revision: int, *, single: bool = False
+    ) -> None:
         self.client = client
         key = prefix.encode()
         create = rpc.WatchCreateRequest(
-            key=key, range_end=prefix_end(key), start_revision=start_revision
+            key=key, range_end=b"" if single else prefix_end(key), start_revision=start_revision
         )
         self._requests: queue.Queue[Any] = queue.Queue()
         self._requests.put(rpc.WatchRequest(create_request=create))

@@ -4,7 +4,7 @@ the config prefix, so the config watch never sees it):
 - ``ca``: the self-signed CA's signing key and certificate, created once by whichever replica
   wins an etcd create-if-absent transaction and read by every other (:func:`shared_authority`);
   the leader rotates its root before it expires (:func:`rotation_step`) and every replica
-  reloads it (:class:`ReplicaDuties` ``on_ca``).
+  watches it (:class:`CAWatch`) and signs with the new version as soon as it is committed.
 - ``leader``: a key held under a lease by the one replica doing once-only work
   (:class:`LeaderElection`); it is gone within the lease's TTL of the holder's loss.
 - ``proxies/<replica>/<shard>``: each replica's connected proxies and their sync state, under
@@ -27,16 +27,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from meshcore.ca import CAError, CertificateAuthority
+from meshcore.ca.authority import ROOT_GRACE, ROOT_TTL
 from meshcore.store import StoreURL
-from meshcore.store.etcd import EtcdClient, StoreUnavailable, rpc
+from meshcore.store.etcd import EtcdClient, StoreUnavailable, Watch, rpc
 
 log = logging.getLogger("meshcore.store")
 
 LEASE_TTL = 10  # seconds: a lost replica's leadership and proxies are gone within this
-
-
-ROOT_GRACE = 0.2  # rotate when less than this fraction of the root's lifetime is left (Istio's
-# CITADEL_SELF_SIGNED_CA_CERT_GRACE_PERIOD_PERCENTILE default)
 
 
 def _key_pem(ca: CertificateAuthority) -> str:
@@ -127,15 +124,20 @@ def rotation_step(
 
 
 def shared_authority(
-    client: EtcdClient, url: StoreURL, *, trust_domain: str = "cluster.local"
+    client: EtcdClient,
+    url: StoreURL,
+    *,
+    trust_domain: str = "cluster.local",
+    root_ttl: datetime.timedelta | None = None,
 ) -> tuple[CertificateAuthority, bool]:
-    """The replicas' one CA: read from the store, or generated and stored by this replica if
-    it wins the create-if-absent transaction (True then). Never logged."""
+    """The replicas' one CA: read from the store, or generated (a root of ``root_ttl``, else
+    10 years) and stored by this replica if it wins the create-if-absent transaction (True
+    then). Never logged."""
     key = url.meta("ca")
     _, kv = client.get(key)
     if kv is not None:
         return _decode_ca(bytes(kv.value), trust_domain), False
-    candidate = CertificateAuthority.generate(trust_domain=trust_domain)
+    candidate = CertificateAuthority.generate(trust_domain=trust_domain, ttl=root_ttl or ROOT_TTL)
     resp = client.txn(
         [
             rpc.Compare(
@@ -216,7 +218,8 @@ class LeaderElection:
 
     def resign(self) -> None:
         if self.lease:
-            with contextlib.suppress(StoreUnavailable):
+            # A lease already expired is NOT_FOUND: gone either way.
+            with contextlib.suppress(StoreUnavailable, grpc.RpcError):
                 self.client.revoke(self.lease)
         self.lease, self.leader = 0, False
 
@@ -278,7 +281,8 @@ class ProxyRegistry:
 
     def close(self) -> None:
         if self.lease:
-            with contextlib.suppress(StoreUnavailable):
+            # A lease already expired is NOT_FOUND: gone either way.
+            with contextlib.suppress(StoreUnavailable, grpc.RpcError):
                 self.client.revoke(self.lease)
         self.lease = 0
 
@@ -297,6 +301,108 @@ def all_proxies(client: EtcdClient, url: StoreURL) -> dict[str, dict[str, Any]]:
         except (ValueError, KeyError, TypeError, AttributeError):
             continue
     return out
+
+
+class CAWatch:
+    """Follows the shared CA record (``PREFIX.meshcore/ca``) with an etcd watch, in a thread of
+    its own: reads it (``on_ca`` with its CA), watches the key from the revision after that
+    read, hands every new version to ``on_ca`` as it is committed (a root rotation reaches
+    each replica in one watch delivery, not a poll interval), and reads it again after a
+    compaction or a lost member. A record that cannot be decoded is logged (never its
+    content) and skipped: the replica keeps signing with the last one it took; a deleted
+    record likewise."""
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        url: StoreURL,
+        on_ca: Callable[[CertificateAuthority], None],
+        trust_domain: str = "cluster.local",
+        retry_seconds: float = 0.5,
+    ) -> None:
+        self.client = client
+        self.key = url.meta("ca")
+        self.on_ca = on_ca
+        self.trust_domain = trust_domain
+        self.retry_seconds = retry_seconds
+        self.revision = 0  # the mod_revision of the record last taken
+        self.reads = 0  # full reads of the key (the first, then after compaction or loss)
+        self._watch: Watch | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="meshcore-ca-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        watch = self._watch
+        if watch is not None:
+            watch.cancel()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._follow(self._read())
+            except (StoreUnavailable, grpc.RpcError) as exc:
+                if self._stop.is_set():
+                    return
+                log.debug("shared CA watch: %s", exc)
+                self.client.failover(self._watch.generation if self._watch else None)
+                self._stop.wait(self.retry_seconds)
+
+    def _read(self) -> int:
+        """Takes the record as it is now; the store's revision of that read."""
+        self.reads += 1
+        revision, kv = self.client.get(self.key)
+        if kv is not None:
+            self._take(kv)
+        return revision
+
+    def _follow(self, revision: int) -> None:
+        """Watches the key after ``revision`` until a compaction (returns: read again) or the
+        stream breaks (raises)."""
+        watch = self.client.watch(self.key, revision + 1, single=True)
+        self._watch = watch
+        try:
+            for resp in watch:
+                if self._stop.is_set():
+                    return
+                if resp.compact_revision:
+                    return
+                if resp.canceled:
+                    raise StoreUnavailable(f"watch cancelled: {resp.cancel_reason or 'no reason'}")
+                for ev in resp.events:
+                    if ev.type == 1:  # DELETE
+                        log.error("shared CA: the record was deleted; signing with the last one")
+                    else:
+                        self._take(ev.kv)
+            raise StoreUnavailable("the watch stream ended")
+        finally:
+            watch.cancel()
+
+    def _take(self, kv: Any) -> None:
+        revision = int(kv.mod_revision)
+        if revision <= self.revision:
+            return
+        self.revision = revision
+        try:
+            ca = _decode_ca(bytes(kv.value), self.trust_domain)
+        except CAError as exc:
+            log.error("shared CA: %s (revision %d); signing with the last one", exc, revision)
+            return
+        try:
+            self.on_ca(ca)
+        except Exception:  # e.g. the state directory not writable: the watch goes on
+            log.exception("shared CA: taking revision %d failed", revision)
+
+
+def leader_of(client: EtcdClient, url: StoreURL) -> str | None:
+    """The replica holding ``PREFIX.meshcore/leader`` now (None: no leader, e.g. for up to a
+    lease TTL after the last one died)."""
+    _, kv = client.get(url.meta("leader"))
+    return bytes(kv.value).decode("utf-8", "replace") if kv is not None else None
 
 
 class ReplicaDuties:
@@ -328,17 +434,21 @@ class ReplicaDuties:
         self.analysis = analysis
         self._analysis_written = b""
         # The shared CA (PREFIX.meshcore/ca): the leader rotates its root (rotation_step);
-        # every replica, the leader too, reloads it when its revision changes (``on_ca``).
+        # every replica, the leader too, watches it and takes each new version (``on_ca``).
         self.on_ca = on_ca
         self.trust_domain = trust_domain
         self.root_grace = root_grace
         self.root_ttl = root_ttl
-        self._ca_revision = 0
+        self.ca_watch = (
+            CAWatch(client.clone(), url, on_ca, trust_domain) if on_ca is not None else None
+        )
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="meshcore-replica", daemon=True)
 
     def start(self) -> None:
+        if self.ca_watch is not None:
+            self.ca_watch.start()
         self._thread.start()
 
     def _run(self) -> None:
@@ -348,8 +458,6 @@ class ReplicaDuties:
                     self._write_analysis(self.analysis())
                 if self.on_ca is not None:
                     self._rotate_root()
-            if self.on_ca is not None:
-                self._reload_ca(self.on_ca)
             try:
                 self.registry.sync(self.status())
             except (StoreUnavailable, grpc.RpcError):
@@ -402,20 +510,6 @@ class ReplicaDuties:
         if resp.succeeded:
             log.info("%s: root rotation: the shared CA record advanced", self.election.identity)
 
-    def _reload_ca(self, on_ca: Callable[[CertificateAuthority], None]) -> None:
-        try:
-            _, kv = self.client.get(self.url.meta("ca"))
-            if kv is None or int(kv.mod_revision) == self._ca_revision:
-                return
-            ca = _decode_ca(bytes(kv.value), self.trust_domain)
-        except (StoreUnavailable, grpc.RpcError):
-            return
-        except CAError as exc:
-            log.error("shared CA: %s", exc)
-            return
-        self._ca_revision = int(kv.mod_revision)
-        on_ca(ca)
-
     def _write_analysis(self, analysis: dict[str, Any]) -> None:
         value = json.dumps(analysis, sort_keys=True).encode()
         if value == self._analysis_written:
@@ -436,6 +530,9 @@ class ReplicaDuties:
         replica that dies)."""
         self._stop.set()
         self._thread.join(timeout=5)
+        if self.ca_watch is not None:
+            self.ca_watch.stop()
+            self.ca_watch.client.close()
         if resign:
             self.registry.close()
             self.election.resign()

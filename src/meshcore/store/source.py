@@ -31,7 +31,7 @@ from meshcore.config.changes import EVERYTHING, NOTHING, ChangeSet
 from meshcore.config.loader import Document, collector_paused, parse_yaml
 from meshcore.config.model import DEFAULT_DOMAIN, DEFAULT_ROOT_NAMESPACE
 from meshcore.errors import ConfigProblem
-from meshcore.store import StoreURL, split_key
+from meshcore.store import EtcdTLS, StoreURL, split_key
 from meshcore.store.etcd import EtcdClient, StoreUnavailable, Watch
 
 log = logging.getLogger("meshcore.store")
@@ -113,7 +113,7 @@ class EtcdSource:
         retry_seconds: float = RETRY_SECONDS,
     ) -> None:
         self.url = url
-        self.client = client or EtcdClient(url.endpoints)
+        self.client = client or EtcdClient(url.endpoints, tls=url.tls)
         self.domain = domain
         self.root_namespace = root_namespace
         self.retry_seconds = retry_seconds
@@ -429,14 +429,17 @@ def read_store(
     *,
     domain: str = DEFAULT_DOMAIN,
     root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+    tls: EtcdTLS | None = None,
 ) -> ValidationReport:
     """The config under an ``etcd://`` address as one list reads it (no watch): the report a
     replica would serve at that revision, with the problems of the keys it would refuse (their
     key as the file). StoreURLError for a bad address, StoreUnavailable when no member answers.
-    What ``meshcore analyze --store`` and ``x explain --store`` read."""
+    What ``meshcore analyze --store`` and ``x explain --store`` read (``tls``: etcd over TLS)."""
+    from dataclasses import replace
+
     from meshcore.store import parse_store_url
 
-    url = parse_store_url(address)
+    url = replace(parse_store_url(address), tls=tls)
     source = EtcdSource(url, domain=domain, root_namespace=root_namespace)
     try:
         source.list()

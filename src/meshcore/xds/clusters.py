@@ -39,8 +39,10 @@ from meshcore.names import (
 from meshcore.xds.common import (
     DEFAULT_CONNECT_TIMEOUT_NS,
     HTTP2_PROTOCOLS,
+    NOTHING_PARSED,
     Invalid,
     ads,
+    checked_of,
     duration_ns,
     endpoint_port,
     pack,
@@ -255,8 +257,9 @@ class ClusterBuilder:
         if ps.protocol in HTTP2_PROTOCOLS:
             options.explicit_http_config.http2_protocol_options.SetInParent()
         base = "spec.trafficPolicy" if not subset else f"spec.subsets[{subset}].trafficPolicy"
-        checked = dr.checked if dr is not None else None
         try:
+            # (the loader's parse; a DestinationRule built by hand is checked here first)
+            checked = checked_of(dr) if dr is not None else NOTHING_PARSED
             if "loadBalancer" in policy:
                 apply_lb(c, policy["loadBalancer"], base + ".loadBalancer")
             if "connectionPool" in policy:

@@ -1,13 +1,16 @@
 """Small builders the xDS builders share: Any packing, durations, percentages, matchers,
 config sources, SDS references, addresses, and Istio's port protocol selection.
 
-A field that cannot become valid Envoy config raises :class:`Invalid` naming its path; the
-builders turn it into a ConfigProblem about the resource it came from.
+The builders trust what the loader validated (:func:`checked_of` puts a resource built by hand
+through the loader's checker first). A valid field that cannot be applied here raises
+:class:`Invalid` naming its path; the builders turn it into a ConfigProblem about the resource
+it came from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
@@ -18,8 +21,16 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 
 from meshcore import _core
-from meshcore.config.model import Checked, ServicePort, WorkloadEntry
-from meshcore.config.validate import is_header_name, parse_duration
+from meshcore.config import check_resource
+from meshcore.config.model import (
+    Checked,
+    DestinationRule,
+    RequestAuthentication,
+    ServicePort,
+    VirtualService,
+    WorkloadEntry,
+)
+from meshcore.config.validate import parse_duration
 from meshcore.names import SDS_CLUSTER, TLS_SOCKET
 
 # Istio's defaults: an unset VirtualService timeout disables the route timeout; connections
@@ -58,15 +69,31 @@ def duration_ns(ns: int) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=ns // 10**9, nanos=ns % 10**9)
 
 
-def duration(text: Any, path: str, checked: Checked | None = None) -> duration_pb2.Duration:
-    """``text`` as a Duration: the loader's parse when ``checked`` has it, else parsed here
-    (resources built by hand)."""
-    if checked is not None and isinstance(text, str):
-        known = checked.durations.get(text)
-        if known is not None:
-            return duration_ns(known)
-    ns = parse_duration(str(text)) if text is not None else None
-    if ns is None:  # (never negative; at most Go's 292 years, within Envoy's 10,000)
+# What a resource without durations or regexes carries.
+NOTHING_PARSED = Checked(MappingProxyType({}), frozenset())
+
+
+def checked_of(res: VirtualService | DestinationRule | RequestAuthentication) -> Checked:
+    """What the loader's checks parsed in ``res`` (its durations, its regexes). A resource built
+    by hand (the translator called without the loader) goes through the loader's one checker
+    here; its first error raises :class:`Invalid`, so that the builders, which trust validated
+    values, never meet an invalid one."""
+    if res.checked is not None:
+        return res.checked
+    checked, problems = check_resource(res)
+    for p in problems:
+        if p.severity == "error":
+            raise Invalid(p.path or "spec", p.message)
+    return checked
+
+
+def duration(text: Any, path: str, checked: Checked) -> duration_pb2.Duration:
+    """``text`` as a Duration: the loader's parse (``checked``); a value it did not record is
+    parsed by the same parser."""
+    ns = checked.durations.get(text) if isinstance(text, str) else None
+    if ns is None:
+        ns = parse_duration(text) if isinstance(text, str) else None
+    if ns is None:
         raise Invalid(path, f"invalid duration {text!r}")
     return duration_ns(ns)
 
@@ -92,37 +119,25 @@ def percentage_of(spec: Mapping[str, Any], path: str) -> percent_pb2.FractionalP
     return percent(100, path)
 
 
-def regex(pattern: Any, path: str, checked: Checked | None = None) -> regex_pb2.RegexMatcher:
-    """A RegexMatcher; compiled here only when the loader (``checked``) has not."""
+def regex(pattern: Any, path: str, checked: Checked) -> regex_pb2.RegexMatcher:
+    """A RegexMatcher: compiled by the loader (``checked``), or here by the same RE2 check."""
     if not isinstance(pattern, str):
         raise Invalid(path, f"regex must be a string, not {pattern!r}")
-    if checked is not None and pattern in checked.regexes:
-        return regex_pb2.RegexMatcher(regex=pattern)
-    try:
-        _core.check_regex(pattern)
-    except ValueError as exc:
-        raise Invalid(path, str(exc)) from None
+    if pattern not in checked.regexes:
+        try:
+            _core.check_regex(pattern)
+        except ValueError as exc:
+            raise Invalid(path, str(exc)) from None
     return regex_pb2.RegexMatcher(regex=pattern)
 
 
-def string_matcher(
-    m: Mapping[str, Any], path: str, checked: Checked | None = None
-) -> string_pb2.StringMatcher:
-    if not isinstance(m, Mapping):
-        raise Invalid(path, "a StringMatch (exact, prefix or regex) is required")
+def string_matcher(m: Mapping[str, Any], path: str, checked: Checked) -> string_pb2.StringMatcher:
+    """A validated StringMatch (exactly one of exact, prefix, regex: the loader's rule)."""
     if m.get("exact") is not None:
         return string_pb2.StringMatcher(exact=str(m["exact"]))
     if m.get("prefix") is not None:
         return string_pb2.StringMatcher(prefix=str(m["prefix"]))
-    if m.get("regex") is not None:
-        return string_pb2.StringMatcher(safe_regex=regex(m["regex"], path + ".regex", checked))
-    raise Invalid(path, "exactly one of exact, prefix or regex must be set")
-
-
-def header_name(name: Any, path: str) -> str:
-    if not isinstance(name, str) or not is_header_name(name):
-        raise Invalid(path, f"invalid header name {name!r}")
-    return name
+    return string_pb2.StringMatcher(safe_regex=regex(m.get("regex"), path + ".regex", checked))
 
 
 def ads() -> config_source_pb2.ConfigSource:

@@ -10,6 +10,7 @@ workload certificates), the ADS server and the HTTP side (``/metrics``, ``/debug
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import threading
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from meshcore.ca import CAError, CertificateAuthority
+from meshcore.ca.authority import ROOT_GRACE
 from meshcore.ca.service import BootstrapTokens, CAServer, start_ca_server
 from meshcore.ca.tokens import load_tokens
 from meshcore.config.loader import MAX_FILE_BYTES
@@ -54,6 +56,11 @@ class CAOptions:
     cacerts: str | None = None  # Istio's plug-in layout
     state_dir: str | None = None  # where a generated root is kept
     tokens: str | None = None  # 'TOKEN SPIFFE-ID [expires=TIME]' per line (meshcore.ca.tokens)
+    # The replicas' shared self-signed root (serve --config etcd://...): rotated by the leader
+    # when less than root_grace of its lifetime is left; root_ttl is a new root's lifetime
+    # (None: 10 years for the first, the old one's lifetime for a rotated one).
+    root_grace: float = ROOT_GRACE
+    root_ttl: datetime.timedelta | None = None
 
 
 def load_ca(options: CAOptions) -> CertificateAuthority:
@@ -101,9 +108,13 @@ class ControlPlaneServer:
         # The config from etcd instead of directories (``paths`` then unused).
         self.store: EtcdSource | None = None
         if store is not None:
+            from meshcore.store.etcd import StoreUnavailable
             from meshcore.store.source import EtcdSource
 
-            self.store = EtcdSource(store)
+            try:
+                self.store = EtcdSource(store)
+            except StoreUnavailable as exc:  # TLS files that cannot be used
+                raise StartError(f"cannot read the config store: {exc}") from None
         # WorkloadEntries of proxies that register with a WorkloadGroup, served on top of
         # the loaded config (meshcore.xds.autoregistration).
         self.registry = AutoRegistry(workload_entry_grace_period)
@@ -200,8 +211,9 @@ class ControlPlaneServer:
             return ads.sync_status()
 
         replica = self.replica_id or f"{self.host}:{self.ads_port}"
+        options = self.ca_options or CAOptions(port=0)
         duties = ReplicaDuties(
-            type(source.client)(url.endpoints),
+            source.client.clone(),
             url,
             replica,
             lambda: asyncio.run_coroutine_threadsafe(status(), loop).result(timeout=5),
@@ -213,6 +225,8 @@ class ControlPlaneServer:
             # The shared CA's root rotation (leader) and reload (every replica); a CA plugged
             # in from files (--cacerts) is the operator's to rotate.
             on_ca=self._use_ca if self.ca_server is not None and self.ca_shared else None,
+            root_grace=options.root_grace,
+            root_ttl=options.root_ttl,
         )
         source.replica_status = lambda: {"id": replica, "leader": duties.election.leader}
         self.duties = duties
@@ -223,7 +237,9 @@ class ControlPlaneServer:
             # Replicas share one self-signed root, created once in the store (never logged).
             from meshcore.store.replicas import shared_authority
 
-            self.authority, _ = shared_authority(self.store.client, self.store.url)
+            self.authority, _ = shared_authority(
+                self.store.client, self.store.url, root_ttl=options.root_ttl
+            )
             self.ca_shared = True
             self._write_roots(self.authority)
         else:

@@ -35,10 +35,10 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 
+from meshcore.config.model import Checked
 from meshcore.config.requestauthn import jwks_problem, jwks_uri_problem
-from meshcore.config.validate import parse_duration
 from meshcore.names import JWT_AUTHN_NAME, JWT_PAYLOAD_KEY
-from meshcore.xds.common import pack
+from meshcore.xds.common import Invalid, checked_of, duration, pack
 from meshcore.xds.problems import ProblemLog
 
 __all__ = ["FAIL_CLOSED_JWKS", "JwksFetcher", "jwt_filter"]
@@ -194,9 +194,12 @@ class JwksFetcher:
             return None, "response is not UTF-8"
 
 
-def _timeout_s(rule: Mapping[str, Any]) -> float:
-    ns = parse_duration(rule["timeout"]) if isinstance(rule.get("timeout"), str) else None
-    return ns / 1e9 if ns else DEFAULT_TIMEOUT_S
+def _timeout_s(rule: Mapping[str, Any], checked: Checked, path: str) -> float:
+    """The rule's JWKS fetch timeout, as the loader parsed it."""
+    if rule.get("timeout") is None:
+        return DEFAULT_TIMEOUT_S
+    d = duration(rule["timeout"], path + ".timeout", checked)
+    return d.seconds + d.nanos / 1e9 or DEFAULT_TIMEOUT_S
 
 
 def _inline_jwks(text: str) -> str:
@@ -255,6 +258,12 @@ def _provider(
     )
     claims = {str(c) for c in rule.get("spaceDelimitedClaims") or ()} | set(SPACE_DELIMITED_CLAIMS)
     p.normalize_payload_in_metadata.space_delimited_claims.extend(sorted(claims))
+    try:
+        checked = checked_of(pol)  # a RequestAuthentication built by hand is checked here
+    except Invalid as bad:
+        problems.problem(pol, bad.path, f"{bad.message}; tokens of issuer {issuer!r} are rejected")
+        p.local_jwks.inline_string = FAIL_CLOSED_JWKS
+        return p
     for out in rule.get("outputClaimToHeaders") or ():
         p.claim_to_headers.add(header_name=str(out["header"]), claim_name=str(out["claim"]))
     for loc in rule.get("fromHeaders") or ():
@@ -266,7 +275,9 @@ def _provider(
         jwks: str = _inline_jwks(str(inline))
     else:
         uri = str(rule.get("jwksUri") or "")
-        fetched, error = fetcher.jwks(uri, issuer, _timeout_s(rule))
+        fetched, error = fetcher.jwks(
+            uri, issuer, _timeout_s(rule, checked, f"spec.jwtRules[{idx}]")
+        )
         if fetched is None:
             field = "jwksUri" if uri else "issuer"
             problems.problem(

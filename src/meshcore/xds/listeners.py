@@ -29,10 +29,11 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
 from meshcore.config.meshconfig import MeshConfig
-from meshcore.config.model import ServicePort, WorkloadEntry, selector_matches
+from meshcore.config.model import DestinationRule, ServicePort, WorkloadEntry, selector_matches
 from meshcore.config.telemetry import TelemetryPolicy
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.names import (
@@ -52,7 +53,9 @@ from meshcore.names import (
 )
 from meshcore.xds.clusters import inbound_cluster
 from meshcore.xds.common import (
+    Invalid,
     ads,
+    checked_of,
     copy_message,
     duration,
     duration_ns,
@@ -214,11 +217,8 @@ class ListenerBuilder:
                 first = tcp[0]
                 cluster = cluster_name(OUTBOUND, port, "", first.service.hostname)
                 dr = self.mesh.destination_rule_for(first.service.hostname)
-                # Istio's TCP proxy: the host's DestinationRule's tcp idleTimeout and
-                # maxConnectionDuration (its top-level trafficPolicy).
-                pool = (dr.traffic_policy if dr is not None else {}).get("connectionPool") or {}
                 out[name] = _outbound_tcp_listener(
-                    name, address, port, cluster, scope, pool.get("tcp") or {}
+                    name, address, port, cluster, scope, _tcp_proxy_timeouts(dr)
                 )
                 for ps in tcp[1:]:
                     self.log.problem(
@@ -443,22 +443,40 @@ def _outbound_http_listener(
     return listener
 
 
+def _tcp_proxy_timeouts(dr: DestinationRule | None) -> tuple[Duration | None, Duration | None]:
+    """Istio's TCP proxy: the host's DestinationRule's tcp idleTimeout and maxConnectionDuration
+    (its top-level trafficPolicy), as the loader parsed them; none from a DestinationRule whose
+    policy is dropped (its clusters report why)."""
+    if dr is None:
+        return None, None
+    tcp = (dr.traffic_policy.get("connectionPool") or {}).get("tcp") or {}
+    path = "spec.trafficPolicy.connectionPool.tcp."
+    try:
+        checked = checked_of(dr)
+        idle, longest = (
+            duration(tcp[k], path + k, checked) if tcp.get(k) is not None else None
+            for k in ("idleTimeout", "maxConnectionDuration")
+        )
+    except Invalid:
+        return None, None
+    return idle, longest
+
+
 def _outbound_tcp_listener(
     name: str,
     address: str,
     port: int,
     cluster: str,
     scope: TelemetryScope,
-    tcp: Mapping[str, Any] | None = None,
+    timeouts: tuple[Duration | None, Duration | None] = (None, None),
 ) -> listener_pb2.Listener:
+    """``timeouts``: the TCP proxy's idle timeout and maximum connection duration."""
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=cluster, cluster=cluster)
-    tcp = tcp or {}
-    if tcp.get("idleTimeout") is not None:
-        proxy.idle_timeout.CopyFrom(duration(tcp["idleTimeout"], "spec.trafficPolicy"))
-    if tcp.get("maxConnectionDuration") is not None:
-        proxy.max_downstream_connection_duration.CopyFrom(
-            duration(tcp["maxConnectionDuration"], "spec.trafficPolicy")
-        )
+    idle, longest = timeouts
+    if idle is not None:
+        proxy.idle_timeout.CopyFrom(idle)
+    if longest is not None:
+        proxy.max_downstream_connection_duration.CopyFrom(longest)
     proxy.access_log.extend(scope.access_logs(OUTBOUND))
     if scope.metrics(OUTBOUND):
         istio_stats_tcp(proxy, OUTBOUND, disabled=scope.disabled_metrics(OUTBOUND))

@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 from meshcore.config.model import Service
 from meshcore.errors import ConfigProblem
 from meshcore.names import OUTBOUND, cluster_name
-from meshcore.xds.common import Invalid, duration_ns, is_http
+from meshcore.xds.common import Invalid, checked_of, duration_ns, is_http
 from meshcore.xds.index import Host, MeshIndex, PortService
 from meshcore.xds.node import Proxy
 from meshcore.xds.problems import ProblemLog
@@ -46,7 +46,7 @@ class RouteBuilder:
         self._vs_problems: dict[tuple[Any, ...], list[ConfigProblem]] = {}
         self._vhost_bytes: dict[tuple[Any, ...], bytes] = {}
         self._vhost_body: dict[bytes, int] = {}
-        self._policy_lb: dict[tuple[str, str, int], Mapping[str, Any]] = {}
+        self._hash_policies: dict[tuple[str, str, int], list[rc.RouteAction.HashPolicy]] = {}
 
     def inherit(self, prev: RouteBuilder, same: Mapping[str, bool]) -> None:
         """Keeps everything when what routes are built from is equal (by value): the hosts
@@ -63,7 +63,7 @@ class RouteBuilder:
             self._vhost_body = prev._vhost_body
             self._routes = prev._routes
             self.problems = prev.problems
-            self._policy_lb = prev._policy_lb
+            self._hash_policies = prev._hash_policies
 
     def route_key(self, proxy: Proxy) -> tuple[Any, ...]:
         labels = tuple(sorted(proxy.labels.items())) if self.index.uses_source_match else ()
@@ -167,7 +167,7 @@ class RouteBuilder:
         r.route.cluster = cluster_name(OUTBOUND, port, "", host)
         r.route.timeout.CopyFrom(duration_ns(0))
         r.route.retry_policy.CopyFrom(default_retry())
-        r.route.hash_policy.extend(hash_policies(self.lb_for(host, "", port), ""))
+        r.route.hash_policy.extend(self.hash_policies_for(host, "", port))
         return r
 
     def _routes_for_host(
@@ -228,12 +228,25 @@ class RouteBuilder:
         self.log.emit(met)
         return built
 
-    def lb_for(self, host: str, subset: str, port: int) -> Mapping[str, Any]:
+    def hash_policies_for(
+        self, host: str, subset: str, port: int
+    ) -> list[rc.RouteAction.HashPolicy]:
+        """The route hash policies of the DestinationRule's consistentHash for a destination;
+        none when that DestinationRule's policy is dropped (its clusters report why)."""
         key = (host, subset, port)
-        if key not in self._policy_lb:
-            pol = effective_policy(self.mesh.destination_rule_for(host), subset, port)
-            self._policy_lb[key] = pol.get("loadBalancer") or {}
-        return self._policy_lb[key]
+        if key not in self._hash_policies:
+            dr = self.mesh.destination_rule_for(host)
+            lb = effective_policy(dr, subset, port).get("loadBalancer") or {}
+            try:
+                found = (
+                    hash_policies(lb, "spec.trafficPolicy.loadBalancer", checked_of(dr))
+                    if dr
+                    else []
+                )
+            except Invalid:
+                found = []
+            self._hash_policies[key] = found
+        return self._hash_policies[key]
 
 
 def _max_body(vh: rc.VirtualHost) -> int:

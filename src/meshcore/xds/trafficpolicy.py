@@ -17,7 +17,7 @@ from envoy.type.matcher.v3 import string_pb2
 
 from meshcore.config.model import Checked, DestinationRule
 from meshcore.names import SDS_CERT, SDS_ROOT
-from meshcore.xds.common import CAPTURE_ONLY, Invalid, duration, header_name, sds
+from meshcore.xds.common import CAPTURE_ONLY, Invalid, duration, sds
 
 ISTIO_ALPN = ("istio-peer-exchange", "istio")
 # Where SIMPLE and MUTUAL origination finds the system roots when a DestinationRule gives no
@@ -74,14 +74,16 @@ def apply_lb(cluster: cluster_pb2.Cluster, lb: Mapping[str, Any], path: str) -> 
 
 
 def hash_policies(
-    lb: Mapping[str, Any], path: str, checked: Checked | None = None
+    lb: Mapping[str, Any], path: str, checked: Checked
 ) -> list[rc.RouteAction.HashPolicy]:
+    """Route hash policies of a validated ``consistentHash`` (``checked``: its DestinationRule's
+    parsed durations)."""
     ch = lb.get("consistentHash")
     if ch is None:
         return []
     hp = rc.RouteAction.HashPolicy
     if ch.get("httpHeaderName"):
-        return [hp(header=hp.Header(header_name=header_name(ch["httpHeaderName"], path)))]
+        return [hp(header=hp.Header(header_name=str(ch["httpHeaderName"])))]
     if ch.get("httpCookie"):
         cookie = ch["httpCookie"]
         c = hp.Cookie(name=str(cookie.get("name", "")), path=str(cookie.get("path", "")))
@@ -103,7 +105,7 @@ def apply_connection_pool(
     pool: Mapping[str, Any],
     options: http_protocol_options_pb2.HttpProtocolOptions,
     path: str,
-    checked: Checked | None = None,
+    checked: Checked,
 ) -> None:
     tcp = pool.get("tcp") or {}
     http = pool.get("http") or {}
@@ -165,8 +167,6 @@ def apply_connection_pool(
     if h2 is not None and keepalive is not None:
         kpath = path + ".http.http2KeepAlive"
         for key, attr in (("interval", "interval"), ("timeout", "timeout")):
-            if keepalive.get(key) is None:
-                raise Invalid(f"{kpath}.{key}", f"{key} is required when http2KeepAlive is set")
             getattr(h2.connection_keepalive, attr).CopyFrom(
                 duration(keepalive[key], f"{kpath}.{key}", checked)
             )
@@ -176,7 +176,7 @@ def apply_outlier(
     cluster: cluster_pb2.Cluster,
     od: Mapping[str, Any],
     path: str,
-    checked: Checked | None = None,
+    checked: Checked,
 ) -> None:
     """Istio's conversion (``applyOutlierDetection``): success-rate ejection off; a consecutive
     5xx or gateway-error count only where the field is set (Envoy's defaults otherwise: 5xx
@@ -265,8 +265,6 @@ def upstream_tls(
         vc.SetInParent()
     else:
         if mode == "MUTUAL":
-            if not tls.get("clientCertificate") or not tls.get("privateKey"):
-                raise Invalid(path, "MUTUAL needs clientCertificate and privateKey")
             cert = common.tls_certificates.add()
             cert.certificate_chain.filename = str(tls["clientCertificate"])
             cert.private_key.filename = str(tls["privateKey"])

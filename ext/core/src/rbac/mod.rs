@@ -225,29 +225,9 @@ impl<'a> Attributes<'a> {
     }
 }
 
-/// The position of the first '?' or '#' in `s`, a word at a time (every decision on a path
-/// scans it). A byte equal to `b` becomes a zero byte of `w ^ (LO * b)`; the classic zero-byte
-/// test marks it with its high bit, exactly for the lowest such byte (borrows only run upward).
+/// The position of the first '?' or '#' in `s`.
 fn query_start(s: &[u8]) -> Option<usize> {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    let zero_bytes = |v: u64| v.wrapping_sub(LO) & !v & HI;
-    let mut words = s.chunks_exact(8);
-    let mut at = 0;
-    for c in &mut words {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        let w = u64::from_le_bytes(w);
-        let hit = zero_bytes(w ^ (LO * u64::from(b'?'))) | zero_bytes(w ^ (LO * u64::from(b'#')));
-        if hit != 0 {
-            return Some(at + (hit.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    let rest = words.remainder();
-    rest.iter()
-        .position(|&b| b == b'?' || b == b'#')
-        .map(|i| at + i)
+    crate::request::find_either(s, b'?', b'#')
 }
 
 /// Envoy 1.40's header matching in RBAC: each value of a repeated header is tested on its

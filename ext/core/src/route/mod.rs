@@ -7,6 +7,7 @@
 //! condition is always checked, so the first-match order of Envoy is kept.
 
 pub mod normalize;
+mod slots;
 pub mod uri_template;
 
 use std::borrow::Cow;
@@ -19,9 +20,10 @@ use crate::proto::route::{
     decode_route_configuration, Action, PathSpecifier, QuerySpecifier, RouteMatch,
 };
 use crate::regex::Re2Regex;
-use crate::request::Request;
+use crate::request::{find_either, Request};
 use normalize::{normalize_host, normalize_path, path_for_matching, port_start};
 pub use normalize::{EscapedSlashes, HcmOptions};
+use slots::SlotTable;
 
 /// How a route's path is tested (already validated).
 #[derive(Debug, Clone)]
@@ -194,7 +196,10 @@ impl CompiledRoute {
 }
 
 const PATH_SUFFICES: u32 = 1 << 31;
+/// No route (an empty candidate list).
+const NONE: u32 = u32::MAX;
 
+/// A prefix trie node while the index is built.
 #[derive(Debug, Default, Clone)]
 struct TrieNode {
     children: FastMap<Box<str>, u32>,
@@ -202,16 +207,32 @@ struct TrieNode {
 }
 
 /// Candidate lists for one virtual host's routes (global route indices, ascending).
+///
+/// An id with `PATH_SUFFICES` set is proven by the lookup that found it: the route needs
+/// nothing but its (case-sensitive) path, and the key comparison (exact paths) or the trie
+/// node reached (a prefix ending in '/', a path-separated prefix) shows that the path
+/// matches. Such a hit never reads the route itself.
+///
+/// The lists are built in hash maps, then frozen by `finish` into [`SlotTable`]s: one for
+/// exact paths (`[first id, floor, more]`), one for every trie node's children, keyed by
+/// (parent node, segment) (`[child, first id of the child's list, length of that list]`).
 #[derive(Debug, Default, Clone)]
 struct RouteIndex {
     always: Vec<u32>,
-    /// Route ids by exact path; an id with `PATH_SUFFICES` set needs nothing but the path
-    /// (case-sensitive, no header/query/gRPC condition), which the key comparison has proved.
-    /// With each exact path, its floor: the least id any other list (the trie's along that
-    /// path, `always`) could propose; an exact id below it that needs only its path is the
-    /// answer (set by `finish`).
-    exact: FastMap<Box<str>, (Ids, u32)>,
+    /// While building: route ids by exact path.
+    exact_ids: FastMap<Box<str>, Ids>,
+    /// While building: the prefix trie.
     trie: Vec<TrieNode>,
+    /// Exact path -> `[first id, floor, more]`: `more` indexes `lists` (the other ids under
+    /// that path) or is `NONE`. The floor is the least id any other list (the trie's along
+    /// that path, `always`) could propose for that very path; an exact id below it that
+    /// needs only its path is the answer.
+    exact: SlotTable,
+    lists: Vec<Box<[u32]>>,
+    /// (parent node, segment) -> `[child node, first id of its list or NONE, list length]`.
+    children: SlotTable,
+    /// Each trie node's candidate list (node 0: the root).
+    nodes: Vec<Box<[u32]>>,
 }
 
 impl RouteIndex {
@@ -235,10 +256,10 @@ impl RouteIndex {
     }
 
     fn add_exact(&mut self, key: &str, id: u32) {
-        match self.exact.get_mut(key) {
-            Some((ids, _)) => ids.push(id),
+        match self.exact_ids.get_mut(key) {
+            Some(ids) => ids.push(id),
             None => {
-                self.exact.insert(key.into(), (Ids::One(id), 0));
+                self.exact_ids.insert(key.into(), Ids::One(id));
             }
         }
     }
@@ -261,9 +282,12 @@ impl RouteIndex {
             } if value.starts_with('/') => {
                 // Only segments followed by '/' are certain to appear whole in a matching path.
                 let mut segs: Vec<&str> = value[1..].split('/').collect();
-                segs.pop();
+                let last = segs.pop();
                 let n = self.trie_node(&segs);
-                self.trie[n].routes.push(id);
+                // Reaching a node below the root proves "/seg/.../seg/": the whole prefix
+                // when it ends with '/'.
+                let proven = last == Some("") && !segs.is_empty();
+                self.trie[n].routes.push(if proven { flagged } else { id });
             }
             PathMatch::Separated {
                 value,
@@ -272,7 +296,8 @@ impl RouteIndex {
                 self.add_exact(value, flagged);
                 let segs: Vec<&str> = value[1..].split('/').collect();
                 let n = self.trie_node(&segs);
-                self.trie[n].routes.push(id);
+                // The node is reached only when "/seg/.../seg" is followed by '/'.
+                self.trie[n].routes.push(flagged);
             }
             // A regex whose every match starts with a literal "/a/b/..." is a candidate only
             // for paths under it, as a prefix route would be.
@@ -289,46 +314,70 @@ impl RouteIndex {
         }
     }
 
-    /// Calls `f` with each trie node's candidate list along `p` (the root's first).
-    fn walk_trie<'a>(&'a self, p: &str, mut f: impl FnMut(&'a [u32])) {
-        let Some(root) = self.trie.first() else {
+    /// Calls `f` with each non-empty trie node's candidate list along `p` (the root's
+    /// first): `(first id, node)`; the node's whole list is `self.nodes[node]`.
+    #[inline]
+    fn walk_trie(&self, p: &str, mut f: impl FnMut(u32, u32)) {
+        let Some(root) = self.nodes.first() else {
             return;
         };
-        f(&root.routes);
-        let Some(rest) = p.strip_prefix('/') else {
+        if let Some(&first) = root.first() {
+            f(first, 0);
+        }
+        let Some(mut rest) = p.strip_prefix('/') else {
             return;
         };
-        let mut node = root;
-        let mut segs = rest.split('/');
-        let mut cur = segs.next();
-        for next in segs {
-            // `cur` is followed by '/' because another segment came after it.
-            let Some(seg) = cur else { break };
-            let Some(n) = node
-                .children
-                .get(seg)
-                .and_then(|&child| self.trie.get(child as usize))
-            else {
+        let mut node = 0u32;
+        // Each segment followed by '/' ('/' is ASCII: the slices are on char boundaries).
+        while let Some(end) = find_either(rest.as_bytes(), b'/', b'/') {
+            let (Some(seg), Some(after)) = (rest.get(..end), rest.get(end + 1..)) else {
                 break;
             };
-            node = n;
-            f(&node.routes);
-            cur = Some(next);
+            let Some(&[child, first, _]) = self.children.get(node, seg.as_bytes()) else {
+                break;
+            };
+            node = child;
+            if first != NONE {
+                f(first, node);
+            }
+            rest = after;
         }
     }
 
-    /// Once every route is added: the floor of each exact path (see `floors`).
+    /// Once every route is added: freezes the lists into slot tables, with the floor of
+    /// each exact path.
     fn finish(&mut self) {
-        let mut exact = std::mem::take(&mut self.exact);
-        for (key, (_, floor)) in exact.iter_mut() {
-            *floor = self.always.first().copied().unwrap_or(u32::MAX);
-            self.walk_trie(key, |list| {
-                if let Some(&first) = list.first() {
-                    *floor = (*floor).min(first);
-                }
-            });
+        let trie = std::mem::take(&mut self.trie);
+        let mut children = Vec::new();
+        for (parent, n) in trie.iter().enumerate() {
+            for (seg, &child) in &n.children {
+                let list = trie.get(child as usize).map_or(&[][..], |c| &c.routes[..]);
+                let first = list.first().copied().unwrap_or(NONE);
+                children.push((
+                    parent as u32,
+                    seg.as_bytes(),
+                    [child, first, list.len() as u32],
+                ));
+            }
         }
-        self.exact = exact;
+        self.children = SlotTable::build(children.into_iter());
+        self.nodes = trie.iter().map(|n| n.routes.clone().into()).collect();
+        let exact_ids = std::mem::take(&mut self.exact_ids);
+        let mut exact = Vec::with_capacity(exact_ids.len());
+        for (key, ids) in &exact_ids {
+            let mut floor = self.always.first().copied().unwrap_or(u32::MAX);
+            self.walk_trie(key, |first, _| floor = floor.min(first & !PATH_SUFFICES));
+            let ids = ids.as_slice();
+            let more = if ids.len() > 1 {
+                self.lists.push(ids[1..].into());
+                self.lists.len() as u32 - 1
+            } else {
+                NONE
+            };
+            let first = ids.first().copied().unwrap_or(NONE);
+            exact.push((0, key.as_bytes(), [first, floor, more]));
+        }
+        self.exact = SlotTable::build(exact.into_iter());
     }
 
     /// The first route (in table order) among the candidates that fully matches.
@@ -340,42 +389,49 @@ impl RouteIndex {
         p: &str,
     ) -> Option<u32> {
         let mut best = u32::MAX;
-        let scan = |list: &[u32], best: &mut u32| {
-            for &id in list {
-                if id >= *best {
-                    break;
-                }
-                if routes
+        // Whether `flagged` settles the scan of its list (it matched, or nothing after it
+        // in the list can be better than `best`).
+        let try_id = |flagged: u32, best: &mut u32| -> bool {
+            let id = flagged & !PATH_SUFFICES;
+            if id >= *best {
+                return true;
+            }
+            if flagged & PATH_SUFFICES != 0
+                || routes
                     .get(id as usize)
                     .is_some_and(|r| r.matches(req, path, p))
-                {
-                    *best = id;
+            {
+                *best = id;
+                return true;
+            }
+            false
+        };
+        let scan = |list: &[u32], best: &mut u32| {
+            for &flagged in list {
+                if try_id(flagged, best) {
                     break;
                 }
             }
         };
         // The result is the least matching id over all lists, whatever their order: the
         // hashed lists first give the unindexed ones (regexes, case-insensitive paths) a bound.
-        if let Some((ids, floor)) = self.exact.get(p) {
-            for &flagged in ids.as_slice() {
-                let id = flagged & !PATH_SUFFICES;
-                if id >= best {
-                    break;
-                }
-                if flagged & PATH_SUFFICES != 0
-                    || routes
-                        .get(id as usize)
-                        .is_some_and(|r| r.matches(req, path, p))
-                {
-                    best = id;
-                    break;
+        if let Some(&[first, floor, more]) = self.exact.get(0, p.as_bytes()) {
+            if !try_id(first, &mut best) {
+                if let Some(rest) = self.lists.get(more as usize) {
+                    scan(rest, &mut best);
                 }
             }
-            if best < *floor {
+            if best < floor {
                 return Some(best);
             }
         }
-        self.walk_trie(p, |list| scan(list, &mut best));
+        self.walk_trie(p, |first, node| {
+            if !try_id(first, &mut best) {
+                if let Some(list) = self.nodes.get(node as usize) {
+                    scan(list.get(1..).unwrap_or_default(), &mut best);
+                }
+            }
+        });
         scan(&self.always, &mut best);
         (best != u32::MAX).then_some(best)
     }
@@ -760,14 +816,21 @@ impl CompiledRouteTable {
                 host = &host[..p];
             }
         }
+        // Domains are kept in lower case, so a hit on the host as given means it was in lower
+        // case already (the usual request: no scan for upper case letters).
+        if let Some((k, &v)) = self.exact.get_key_value(host) {
+            return Some((v as usize, HostKey::Exact(k)));
+        }
         let lower: Cow<'_, str> = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             Cow::Owned(host.to_ascii_lowercase())
         } else {
             Cow::Borrowed(host)
         };
         let host = lower.as_ref();
-        if let Some((k, &v)) = self.exact.get_key_value(host) {
-            return Some((v as usize, HostKey::Exact(k)));
+        if matches!(lower, Cow::Owned(_)) {
+            if let Some((k, &v)) = self.exact.get_key_value(host) {
+                return Some((v as usize, HostKey::Exact(k)));
+            }
         }
         // The wildcard must cover at least one character ("*.foo.com" does not match ".foo.com").
         for (len, map) in &self.suffixes {

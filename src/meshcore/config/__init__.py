@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from meshcore.config import schema
-from meshcore.config.changes import EVERYTHING, ChangeSet, changed_keys
+from meshcore.config.changes import EVERYTHING, ChangeSet, ResourceKey, changed_keys
 from meshcore.config.loader import (
     MAX_FILE_BYTES,
     Document,
@@ -64,6 +64,7 @@ from meshcore.errors import ConfigError, ConfigProblem
 __all__ = [
     "AuthorizationPolicy",
     "ChangeSet",
+    "Derivation",
     "DestinationRule",
     "IncrementalLoader",
     "MeshModel",
@@ -358,6 +359,56 @@ def validate(
         return _build(docs, problems, domain=domain, root_namespace=root_namespace)
 
 
+class Derivation:
+    """What a source that is read again and again (the directory loader, the etcd store,
+    :class:`meshcore.store.source.EtcdSource`) keeps from one report to the next, so that
+    each builds its next model alike: the last model given, the keys changed since (a
+    :class:`ChangeSet`, kept across invalid configurations; everything before the first
+    model), which the new model carries (:meth:`MeshModel.changes_since`) and is derived with,
+    and each VirtualService's cross-reference warnings (dropped when a kind they are checked
+    against changed)."""
+
+    def __init__(self, domain: str, root_namespace: str) -> None:
+        self.domain = domain
+        self.root_namespace = root_namespace
+        self.changes: ChangeSet = EVERYTHING
+        self.model: MeshModel | None = None  # the last model given
+        self._given = False  # whether the last report gave one
+        # The cross-reference warnings of each VirtualService, by object (_check_references).
+        self._references: dict[int, tuple[VirtualService, list[ConfigProblem]]] = {}
+
+    def report(
+        self,
+        docs: list[Document],
+        problems: list[ConfigProblem],
+        checked: list[Validated],
+        keys: set[ResourceKey],
+    ) -> ValidationReport:
+        """The report of ``docs`` (validated as ``checked``), the source having found the
+        resources of ``keys`` changed since its last report."""
+        if _HOSTS & {k[0] for k in keys}:
+            self._references.clear()  # what destinations are checked against changed
+        if self.model is None:
+            self.changes = EVERYTHING
+        elif self._given:  # the last report gave a model: changes count from it
+            self.changes = ChangeSet(frozenset(keys))
+        else:
+            self.changes = self.changes | ChangeSet(frozenset(keys))
+        report = _build(
+            docs,
+            problems,
+            domain=self.domain,
+            root_namespace=self.root_namespace,
+            validated=checked,
+            derived_from=None if self.model is None else (self.model, self.changes),
+            references=self._references,
+        )
+        self._given = report.model is not None
+        if report.model is not None:
+            self.model = report.model
+        return report
+
+
 class IncrementalLoader:
     """:func:`validate` for a config that is read again and again (the control plane's watch):
     only files whose size or modification time changed are read again; in them, only the
@@ -388,12 +439,7 @@ class IncrementalLoader:
         self.max_file_bytes = max_file_bytes
         self._files: dict[str, _CachedFile] = {}
         self.reread: list[str] = []  # files read (or found gone) by the last validate()
-        # What changed since the last model given (through invalid configurations too).
-        self.changes: ChangeSet = EVERYTHING
-        self._model: MeshModel | None = None  # the last model given
-        self._given = False  # whether the last validate() gave one
-        # The cross-reference warnings of each VirtualService, by object (_check_references).
-        self._references: dict[int, tuple[VirtualService, list[ConfigProblem]]] = {}
+        self._derivation = Derivation(domain, root_namespace)
         # The files and their stamps found by the last poll() (None: not polled since the
         # last validate(), which then looks itself).
         self._polled: list[tuple[Path, tuple[int, int]]] | None = None
@@ -429,7 +475,7 @@ class IncrementalLoader:
         problems: list[ConfigProblem] = []
         files: dict[str, _CachedFile] = {}
         self.reread = []
-        keys: set[tuple[str, str, str]] = set()
+        keys: set[ResourceKey] = set()
         found = self._polled if self._polled is not None else self._stat()
         self._seen, self._polled = found, None
         for path, stamp in found:
@@ -449,27 +495,17 @@ class IncrementalLoader:
                 self.reread.append(name)
                 keys |= changed_keys(_resources(gone), ())
         self._files = files
-        if _HOSTS & {k[0] for k in keys}:
-            self._references.clear()  # what destinations are checked against changed
-        if self._model is None:
-            self.changes = EVERYTHING
-        elif self._given:  # the last validate() gave a model: changes count from it
-            self.changes = ChangeSet(frozenset(keys))
-        else:
-            self.changes = self.changes | ChangeSet(frozenset(keys))
-        report = _build(
-            docs,
-            problems,
-            domain=self.domain,
-            root_namespace=self.root_namespace,
-            validated=checked,
-            derived_from=None if self._model is None else (self._model, self.changes),
-            references=self._references,
-        )
-        self._given = report.model is not None
-        if report.model is not None:
-            self._model = report.model
-        return report
+        return self._derivation.report(docs, problems, checked, keys)
+
+    @property
+    def changes(self) -> ChangeSet:
+        """The keys of the resources changed since the last model given (see the class)."""
+        return self._derivation.changes
+
+    @property
+    def _model(self) -> MeshModel | None:
+        """The last model given."""
+        return self._derivation.model
 
     def _read(self, path: Path, stamp: tuple[int, int], old: _CachedFile | None) -> _CachedFile:
         text, unreadable = read_text(path, self.max_file_bytes)

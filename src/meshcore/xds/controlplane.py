@@ -41,7 +41,7 @@ from meshcore.config.changes import EVERYTHING, NOTHING, ChangeSet, changed_keys
 from meshcore.config.loader import MAX_FILE_BYTES, collector_paused
 from meshcore.errors import ConfigProblem
 from meshcore.xds.cache import Layered, NodeInfo, SnapshotCache
-from meshcore.xds.deps import DependencyIndex, Group
+from meshcore.xds.deps import DependencyIndex
 from meshcore.xds.types import Resources
 
 log = logging.getLogger("meshcore.controlplane")
@@ -57,7 +57,8 @@ class ConfigSource(Protocol):
     says whether the source moved since the last poll, ``validate`` reports the whole config,
     and ``changes`` the keys that changed in the last ``validate``."""
 
-    changes: ChangeSet
+    @property
+    def changes(self) -> ChangeSet: ...
 
     def poll(self) -> bool: ...
 
@@ -263,10 +264,14 @@ class ControlPlane:
             return
         # Shared layers first: each is translated once, for one proxy holding it that the
         # change does not otherwise touch, and its difference goes to all of its holders.
+        # Nothing per holder in Python: its snapshot is updated in the Rust fleet, and its
+        # group, moved to the new layer as a whole, keeps its number.
         fresh: dict[str, Resources | None] = {}
         for gk, rep in plan.layers:
-            group = index.groups[gk]
-            holders = [n for n in group.members if n not in affected]
+            group = index.groups.get(gk)
+            if group is None:
+                continue  # merged into another group this update
+            holders = group.members - affected if affected else group.members
             if not holders:
                 continue
             if rep not in fresh:
@@ -278,14 +283,9 @@ class ControlPlane:
                 continue
             if new.shared is group.shared:
                 continue
-            self.cache.update_shared(group.type_url, group.shared, new.shared, holders)
-            del index.groups[gk]
-            key = (group.type_url, id(new.shared))
-            moved = index.groups.setdefault(key, Group(group.type_url, new.shared))
-            moved.members.update(holders)  # the others are translated again below
-            for n in holders:
-                entry = index.entries[n]
-                entry.groups = tuple(key if g == gk else g for g in entry.groups)
+            self.cache.update_shared(group.type_url, group.shared, new.shared, list(holders))
+            # The affected members leave the group when they are translated again below.
+            index.move(gk, new.shared)
         # Then the proxies whose own resources the change may touch: translated again.
         for node_id in sorted(affected):
             if node_id in index:

@@ -219,19 +219,30 @@ def parse_pieces(
     not in ``previous`` (the same text at the same line): a change to one document of a long
     file parses that document. Documents, lines and problems are those of ``parse_yaml``."""
     directives = text.startswith("%") or "\n%" in text  # a directive starts a line
-    if not previous or directives:
-        if directives:
-            cuts = [0, len(text)]
-        else:
-            cuts = [0, *(a for m in _DOC_MARKER.finditer(text) if (a := m.start()) > 0)]
-            cuts.append(len(text))
-        # Nothing to reuse: the whole text at once, then shared out between the pieces by
-        # line (each document and problem to the piece it starts in).
-        docs, problems = parse_yaml(text, file)
-        return docs, problems, _share_out(text, cuts, docs, problems)
+    if previous and not directives:
+        pieces = _reparsed(text, file, previous)
+        docs, problems = _flat(pieces)
+        # A YAML problem may end the parse of a whole text (what follows it is not read):
+        # then the whole text, as a first parse.
+        if not problems:
+            return docs, problems, pieces
+    if directives:
+        cuts = [0, len(text)]
+    else:
+        cuts = [0, *(a for m in _DOC_MARKER.finditer(text) if (a := m.start()) > 0)]
+        cuts.append(len(text))
+    # Nothing to reuse: the whole text at once, then shared out between the pieces by line
+    # (each document and problem to the piece it starts in).
+    docs, problems = parse_yaml(text, file)
+    return docs, problems, _share_out(text, cuts, docs, problems)
+
+
+def _reparsed(text: str, file: str, previous: Sequence[Piece]) -> list[Piece]:
+    """The pieces of ``text``: those of ``previous`` not around what changed, the others
+    cut and parsed again (each on its own)."""
     old = "".join(p.text for p in previous)
     if old == text:
-        return _flat(previous) + (list(previous),)
+        return list(previous)
     # Only the pieces around what changed are cut and parsed again: those before it (ending,
     # with the marker after them, where both texts are equal from the start) and those after
     # it (starting where both are equal from the end) are kept.
@@ -259,14 +270,14 @@ def parse_pieces(
     moved_docs = k - _first_index(previous, tail)
     if not moved_lines and not moved_docs:
         pieces.extend(previous[tail:])
-        return _flat(pieces) + (pieces,)
+        return pieces
     for piece in previous[tail:]:
         if moved_lines:  # as the pieces of a first parse
             piece = _parse_piece(piece.text, file, piece.line + moved_lines)
         piece = _numbered(piece, k)
         k += len(piece.docs)
         pieces.append(piece)
-    return _flat(pieces) + (pieces,)
+    return pieces
 
 
 def _first_index(pieces: Sequence[Piece], at: int) -> int:

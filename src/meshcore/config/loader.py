@@ -347,11 +347,13 @@ def _share_out(
     text: str, cuts: list[int], docs: list[Document], problems: list[ConfigProblem]
 ) -> list[Piece]:
     """Pieces holding the documents and problems of a whole-text parse (none to reuse when a
-    problem has no line to place it by)."""
+    problem was found)."""
     starts = [1]
     for a, b in itertools.pairwise(cuts[:-1]):
         starts.append(starts[-1] + text.count("\n", a, b))
-    if any(p.line <= 0 for p in problems):
+    if problems:
+        # A problem may end the parse of the rest of the text, and its line need not be in
+        # the piece it comes from: nothing to reuse (the next parse is a whole one again).
         return []
     by_piece_docs: list[list[Document]] = [[] for _ in starts]
     by_piece_problems: list[list[ConfigProblem]] = [[] for _ in starts]

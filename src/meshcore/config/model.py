@@ -460,6 +460,7 @@ _BY_TYPE: tuple[tuple[type[Resource], str], ...] = (
     (RequestAuthentication, "request_authentications"),
     (Sidecar, "sidecars"),
     (WorkloadGroup, "workload_groups"),
+    (Gateway, "gateways"),
 )
 _ATTR_OF = dict(_BY_TYPE)
 
@@ -481,6 +482,7 @@ class MeshModel:
         "authorization_policies",
         "destination_rules",
         "domain",
+        "gateways",
         "peer_authentications",
         "request_authentications",
         "resources",
@@ -505,6 +507,7 @@ class MeshModel:
     request_authentications: tuple[RequestAuthentication, ...]
     sidecars: tuple[Sidecar, ...]
     workload_groups: tuple[WorkloadGroup, ...]
+    gateways: tuple[Gateway, ...]
     _by_key: MappingProxyType[tuple[str, str, str], Resource]
     _services: Mapping[str, Service]
     _workloads_by_ns: MappingProxyType[str, tuple[WorkloadEntry, ...]]

@@ -217,15 +217,8 @@ class GatewayBuilder:
         self.index = translation.index
         self.mesh = translation.mesh
         self.log = log
-        self._gateways: tuple[Gateway, ...] | None = None
+        self.gateways = self.mesh.gateways
         self._built: dict[tuple[Any, ...], tuple[dict[str, dict[str, Message]], list[Any]]] = {}
-
-    @property
-    def gateways(self) -> tuple[Gateway, ...]:
-        """The mesh's Gateways (found when a gateway proxy first asks: not for every mesh)."""
-        if self._gateways is None:
-            self._gateways = tuple(r for r in self.mesh.resources if isinstance(r, Gateway))
-        return self._gateways
 
     def generate(self, proxy: Proxy) -> tuple[dict[str, dict[str, Message]], list[ConfigProblem]]:
         address = str(proxy.metadata.get(GATEWAY_ADDRESS_KEY) or "0.0.0.0")

@@ -400,7 +400,7 @@ impl Fleet {
         changes: &[Change],
         nodes: Option<&[String]>,
     ) -> Vec<String> {
-        let mut memo: Vec<(TypeSet, TypeSet, bool)> = Vec::new();
+        let mut memo = Memo::default();
         let mut changed_nodes = Vec::new();
         match nodes {
             Some(ids) => {
@@ -432,18 +432,18 @@ impl Fleet {
     }
 }
 
+/// The sets a [`Fleet::apply`] updated (old set, new set, whether it changed), found by the
+/// old set's aggregate version, then by identity: proxies holding the same set share the
+/// result, and a proxy whose set is its own (its own resources merged in) costs one lookup.
+#[derive(Default)]
+struct Memo(HashMap<u128, Vec<(TypeSet, TypeSet, bool)>>);
+
 /// Applies `changes` to one proxy's set of `type_url`, sharing the result with the proxies
-/// that held the same set (`memo`: old set, new set, whether it changed); true when it did.
-fn apply_one(
-    snap: &mut Snapshot,
-    type_url: &str,
-    changes: &[Change],
-    memo: &mut Vec<(TypeSet, TypeSet, bool)>,
-) -> bool {
+/// that held the same set; true when it changed.
+fn apply_one(snap: &mut Snapshot, type_url: &str, changes: &[Change], memo: &mut Memo) -> bool {
     let set = snap.types.entry(type_url);
-    let hit = memo
-        .iter()
-        .find(|(old, _, _)| old.aggregate == set.aggregate && old.map.ptr_eq(&set.map));
+    let seen = memo.0.entry(set.aggregate).or_default();
+    let hit = seen.iter().find(|(old, _, _)| old.map.ptr_eq(&set.map));
     let (new_set, did) = match hit {
         Some((_, new_set, did)) => (new_set.clone(), *did),
         None => {
@@ -456,7 +456,7 @@ fn apply_one(
                     None => new_set.remove(name),
                 };
             }
-            memo.push((old, new_set.clone(), did));
+            seen.push((old, new_set.clone(), did));
             (new_set, did)
         }
     };

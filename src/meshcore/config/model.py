@@ -608,10 +608,9 @@ class MeshModel:
         replaced: Mapping[int, Resource],
         changes: ChangeSet,
     ) -> MeshModel:
-        """``MeshModel(resources, derived_from=(prev, changes))`` where ``resources`` are
-        ``prev``'s with those at the places ``replaced`` replaced by resources of the same
-        key: built at the cost of the change (the resources of each kind and the lookups of
-        the kinds replaced are patched; the rest is ``prev``'s)."""
+        """``MeshModel(resources, derived_from=(prev, changes))``, ``resources`` being
+        ``prev``'s with those at the places ``replaced`` replaced by ones of the same key, at
+        the cost of the change (what the replaced kinds reach is patched, the rest shared)."""
         new = cls.__new__(cls)
         set_ = object.__setattr__
         set_(new, "_derived", (weakref.ref(prev), changes))
@@ -634,8 +633,7 @@ class MeshModel:
             set_(new, attr, tuple(patched[attr]) if attr in patched else getattr(prev, attr))
         set_(new, "_by_key", MappingProxyType(by_key) if replaced else prev._by_key)
         new._index(prev, frozenset(kinds - {"WorkloadEntry"}))
-        # The workloads of a namespace: the replaced ones in their places.
-        workloads = {
+        workloads = {  # the workloads of a namespace: the replaced ones in their places
             id(prev.resources[at]): r for at, r in replaced.items() if isinstance(r, WorkloadEntry)
         }
         if workloads:

@@ -395,8 +395,7 @@ impl PyFleet {
                 (name, r)
             })
             .collect();
-        let nodes: Option<HashSet<String>> = nodes.map(|n| n.into_iter().collect());
-        Ok(py.detach(|| self.lock().apply(type_url, &interned, nodes.as_ref())))
+        Ok(py.detach(|| self.lock().apply(type_url, &interned, nodes.as_deref())))
     }
 }
 

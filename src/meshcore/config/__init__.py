@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from meshcore.config import schema
-from meshcore.config.changes import EVERYTHING, ChangeSet, changed_keys
+from meshcore.config.changes import EVERYTHING, ChangeSet, ResourceKey, changed_keys
 from meshcore.config.loader import (
     MAX_FILE_BYTES,
     Document,
@@ -64,6 +64,7 @@ from meshcore.errors import ConfigError, ConfigProblem
 __all__ = [
     "AuthorizationPolicy",
     "ChangeSet",
+    "Derivation",
     "DestinationRule",
     "IncrementalLoader",
     "MeshModel",
@@ -296,30 +297,36 @@ def _validated(doc: Document, domain: str) -> Validated:
     return res, tuple(found)
 
 
-def _build(
-    docs: Iterable[Document],
-    problems: list[ConfigProblem],
-    *,
-    domain: str,
-    root_namespace: str,
-    check_references: bool = True,
-    validated: Iterable[Validated] | None = None,
-    derived_from: tuple[MeshModel, ChangeSet] | None = None,
-    references: dict[int, tuple[VirtualService, list[ConfigProblem]]] | None = None,
-) -> ValidationReport:
-    """The model of ``docs`` (each validated here, or taken from ``validated``, one per doc;
-    ``references``: see :func:`_check_references`)."""
-    resources: list[Resource] = []
-    seen: dict[tuple[str, str, str], Resource] = {}
-    docs_by_key: dict[tuple[str, str, str], Document] = {}
-    docs = list(docs)
-    checked = list(validated) if validated is not None else [_validated(d, domain) for d in docs]
+@dataclass(slots=True)
+class _Assembly:
+    """The resources of validated documents, as :func:`_build` puts them together."""
+
+    resources: list[Resource]
+    docs_by_key: dict[ResourceKey, Document]
+    problems: list[ConfigProblem]  # the documents' own, then the duplicates
+    positions: list[int]  # per document: its resource's place in ``resources``, or -1
+    duplicates: bool
+
+
+def _assemble(docs: list[Document], checked: list[Validated]) -> _Assembly:
+    out = _Assembly([], {}, [], [], False)
+    resources, docs_by_key, problems, positions = (
+        out.resources,
+        out.docs_by_key,
+        out.problems,
+        out.positions,
+    )
+    seen: dict[ResourceKey, Resource] = {}
     for doc, (res, found) in zip(docs, checked, strict=True):
         problems.extend(found)
         if res is None:
+            positions.append(-1)
             continue
-        first = seen.get(res.key)
+        key = res.key
+        first = seen.get(key)
         if first is not None:
+            out.duplicates = True
+            positions.append(-1)
             problems.append(
                 ConfigProblem(
                     f"duplicate {res.kind} {res.namespace}/{res.name}: first defined at {first.file}:{first.line}",
@@ -332,14 +339,85 @@ def _build(
                 )
             )
             continue
-        seen[res.key] = res
-        docs_by_key[res.key] = doc
+        seen[key] = res
+        docs_by_key[key] = doc
+        positions.append(len(resources))
         resources.append(res)
-    model = MeshModel(
-        resources, domain=domain, root_namespace=root_namespace, derived_from=derived_from
-    )
+    return out
+
+
+# At most this many documents changed for a model to be derived by replacing their resources
+# (MeshModel.replacing) rather than built again.
+_REPLACE_AT_MOST = 256
+
+
+def _reassemble(
+    prev: _Assembly,
+    prev_checked: list[Validated],
+    docs: list[Document],
+    checked: list[Validated],
+) -> tuple[_Assembly, dict[int, Resource]] | None:
+    """:func:`_assemble` of ``docs`` at the cost of the change, when they are the documents
+    ``prev`` was assembled from but for a few, each validated without problems, before and
+    after, into a resource of the same key (a document edited in place); also the resources
+    replaced, by place. None otherwise (then assembled again)."""
+    if prev.duplicates or len(checked) != len(prev_checked):
+        return None
+    changed = [i for i, (a, b) in enumerate(zip(prev_checked, checked, strict=True)) if a is not b]
+    if len(changed) > _REPLACE_AT_MOST:
+        return None
+    replaced: dict[int, Resource] = {}
+    docs_by_key = prev.docs_by_key
+    for i in changed:
+        (old, old_found), (new, found) = prev_checked[i], checked[i]
+        if old is None or new is None or old_found or found or old.key != new.key:
+            return None
+        if not replaced:
+            docs_by_key = dict(docs_by_key)
+        replaced[prev.positions[i]] = new
+        docs_by_key[new.key] = docs[i]
+    resources = prev.resources
+    if replaced:
+        resources = list(resources)
+        for at, new in replaced.items():
+            resources[at] = new
+    return _Assembly(resources, docs_by_key, prev.problems, prev.positions, False), replaced
+
+
+def _build(
+    docs: Iterable[Document],
+    problems: list[ConfigProblem],
+    *,
+    domain: str,
+    root_namespace: str,
+    check_references: bool = True,
+    validated: Iterable[Validated] | None = None,
+    derived_from: tuple[MeshModel, ChangeSet] | None = None,
+    references: dict[int, tuple[VirtualService, list[ConfigProblem]]] | None = None,
+    assembled: tuple[_Assembly, dict[int, Resource] | None] | None = None,
+) -> ValidationReport:
+    """The model of ``docs`` (each validated here, or taken from ``validated``, one per doc;
+    ``references``: see :func:`_check_references`; ``assembled``: the documents already put
+    together, with the resources replaced in ``derived_from``'s model if derived so)."""
+    docs = list(docs)
+    if assembled is None:
+        checked = (
+            list(validated) if validated is not None else [_validated(d, domain) for d in docs]
+        )
+        assembled = _assemble(docs, checked), None
+    parts, replaced = assembled
+    problems.extend(parts.problems)
+    if replaced is not None and derived_from is not None:
+        model = MeshModel.replacing(derived_from[0], parts.resources, replaced, derived_from[1])
+    else:
+        model = MeshModel(
+            parts.resources,
+            domain=domain,
+            root_namespace=root_namespace,
+            derived_from=derived_from,
+        )
     if check_references:
-        problems.extend(_check_references(model, docs_by_key, references))
+        problems.extend(_check_references(model, parts.docs_by_key, references))
     ok = not any(p.severity == "error" for p in problems)
     return ValidationReport(tuple(problems), model if ok else None)
 
@@ -356,6 +434,68 @@ def validate(
     with collector_paused():
         docs, problems = read_documents(paths, max_file_bytes=max_file_bytes)
         return _build(docs, problems, domain=domain, root_namespace=root_namespace)
+
+
+class Derivation:
+    """What a source that is read again and again (the directory loader, the etcd store,
+    :class:`meshcore.store.source.EtcdSource`) keeps from one report to the next, so that
+    each builds its next model alike: the last model given, the keys changed since (a
+    :class:`ChangeSet`, kept across invalid configurations; everything before the first
+    model), which the new model carries (:meth:`MeshModel.changes_since`) and is derived with,
+    and each VirtualService's cross-reference warnings (dropped when a kind they are checked
+    against changed)."""
+
+    def __init__(self, domain: str, root_namespace: str) -> None:
+        self.domain = domain
+        self.root_namespace = root_namespace
+        self.changes: ChangeSet = EVERYTHING
+        self.model: MeshModel | None = None  # the last model given
+        self._given = False  # whether the last report gave one
+        # The last report's documents as validated and put together (what the next one is
+        # derived from when only a few documents changed in place).
+        self._checked: list[Validated] = []
+        self._assembly: _Assembly | None = None
+        # The cross-reference warnings of each VirtualService, by object (_check_references).
+        self._references: dict[int, tuple[VirtualService, list[ConfigProblem]]] = {}
+
+    def report(
+        self,
+        docs: list[Document],
+        problems: list[ConfigProblem],
+        checked: list[Validated],
+        keys: set[ResourceKey],
+    ) -> ValidationReport:
+        """The report of ``docs`` (validated as ``checked``), the source having found the
+        resources of ``keys`` changed since its last report."""
+        if _HOSTS & {k[0] for k in keys}:
+            self._references.clear()  # what destinations are checked against changed
+        if self.model is None:
+            self.changes = EVERYTHING
+        elif self._given:  # the last report gave a model: changes count from it
+            self.changes = ChangeSet(frozenset(keys))
+        else:
+            self.changes = self.changes | ChangeSet(frozenset(keys))
+        assembled: tuple[_Assembly, dict[int, Resource] | None] | None = None
+        if self._assembly is not None:
+            assembled = _reassemble(self._assembly, self._checked, docs, checked)
+        if assembled is None:
+            assembled = _assemble(docs, checked), None
+        if not self._given and assembled[1] is not None:
+            assembled = assembled[0], None  # the last model given is not the last assembled
+        report = _build(
+            docs,
+            problems,
+            domain=self.domain,
+            root_namespace=self.root_namespace,
+            derived_from=None if self.model is None else (self.model, self.changes),
+            references=self._references,
+            assembled=assembled,
+        )
+        self._checked, self._assembly = checked, assembled[0]
+        self._given = report.model is not None
+        if report.model is not None:
+            self.model = report.model
+        return report
 
 
 class IncrementalLoader:
@@ -388,12 +528,7 @@ class IncrementalLoader:
         self.max_file_bytes = max_file_bytes
         self._files: dict[str, _CachedFile] = {}
         self.reread: list[str] = []  # files read (or found gone) by the last validate()
-        # What changed since the last model given (through invalid configurations too).
-        self.changes: ChangeSet = EVERYTHING
-        self._model: MeshModel | None = None  # the last model given
-        self._given = False  # whether the last validate() gave one
-        # The cross-reference warnings of each VirtualService, by object (_check_references).
-        self._references: dict[int, tuple[VirtualService, list[ConfigProblem]]] = {}
+        self._derivation = Derivation(domain, root_namespace)
         # The files and their stamps found by the last poll() (None: not polled since the
         # last validate(), which then looks itself).
         self._polled: list[tuple[Path, tuple[int, int]]] | None = None
@@ -429,7 +564,7 @@ class IncrementalLoader:
         problems: list[ConfigProblem] = []
         files: dict[str, _CachedFile] = {}
         self.reread = []
-        keys: set[tuple[str, str, str]] = set()
+        keys: set[ResourceKey] = set()
         found = self._polled if self._polled is not None else self._stat()
         self._seen, self._polled = found, None
         for path, stamp in found:
@@ -449,27 +584,17 @@ class IncrementalLoader:
                 self.reread.append(name)
                 keys |= changed_keys(_resources(gone), ())
         self._files = files
-        if _HOSTS & {k[0] for k in keys}:
-            self._references.clear()  # what destinations are checked against changed
-        if self._model is None:
-            self.changes = EVERYTHING
-        elif self._given:  # the last validate() gave a model: changes count from it
-            self.changes = ChangeSet(frozenset(keys))
-        else:
-            self.changes = self.changes | ChangeSet(frozenset(keys))
-        report = _build(
-            docs,
-            problems,
-            domain=self.domain,
-            root_namespace=self.root_namespace,
-            validated=checked,
-            derived_from=None if self._model is None else (self._model, self.changes),
-            references=self._references,
-        )
-        self._given = report.model is not None
-        if report.model is not None:
-            self._model = report.model
-        return report
+        return self._derivation.report(docs, problems, checked, keys)
+
+    @property
+    def changes(self) -> ChangeSet:
+        """The keys of the resources changed since the last model given (see the class)."""
+        return self._derivation.changes
+
+    @property
+    def _model(self) -> MeshModel | None:
+        """The last model given."""
+        return self._derivation.model
 
     def _read(self, path: Path, stamp: tuple[int, int], old: _CachedFile | None) -> _CachedFile:
         text, unreadable = read_text(path, self.max_file_bytes)

@@ -218,36 +218,117 @@ def parse_pieces(
     """:func:`parse_yaml`, re-parsing only the stretches between document markers that are
     not in ``previous`` (the same text at the same line): a change to one document of a long
     file parses that document. Documents, lines and problems are those of ``parse_yaml``."""
-    if text.startswith("%") or "\n%" in text:  # a directive starts a line
-        cuts = [0]
+    directives = text.startswith("%") or "\n%" in text  # a directive starts a line
+    if previous and not directives:
+        pieces = _reparsed(text, file, previous)
+        docs, problems = _flat(pieces)
+        # A YAML problem may end the parse of a whole text (what follows it is not read):
+        # then the whole text, as a first parse.
+        if not problems:
+            return docs, problems, pieces
+    if directives:
+        cuts = [0, len(text)]
     else:
         cuts = [0, *(a for m in _DOC_MARKER.finditer(text) if (a := m.start()) > 0)]
-    cuts.append(len(text))
-    if not previous:
-        # Nothing to reuse: the whole text at once, then shared out between the pieces by
-        # line (each document and problem to the piece it starts in).
-        docs, problems = parse_yaml(text, file)
-        return docs, problems, _share_out(text, cuts, docs, problems)
-    pieces = []
-    docs_out: list[Document] = []
-    problems_out: list[ConfigProblem] = []
-    line = 1
-    for i, (a, b) in enumerate(itertools.pairwise(cuts)):
+        cuts.append(len(text))
+    # Nothing to reuse: the whole text at once, then shared out between the pieces by line
+    # (each document and problem to the piece it starts in).
+    docs, problems = parse_yaml(text, file)
+    return docs, problems, _share_out(text, cuts, docs, problems)
+
+
+def _reparsed(text: str, file: str, previous: Sequence[Piece]) -> list[Piece]:
+    """The pieces of ``text``: those of ``previous`` not around what changed, the others
+    cut and parsed again (each on its own)."""
+    old = "".join(p.text for p in previous)
+    if old == text:
+        return list(previous)
+    # Only the pieces around what changed are cut and parsed again: those before it (ending,
+    # with the marker after them, where both texts are equal from the start) and those after
+    # it (starting where both are equal from the end) are kept.
+    ends = list(itertools.accumulate(len(p.text) for p in previous))
+    same_head = _common_prefix(old, text)
+    same_tail = _common_suffix(old, text, min(len(old), len(text)) - same_head)
+    head = bisect.bisect_right(ends, same_head - 4)  # "---" and the character after it
+    # The first piece starting after the change and the line break before it.
+    tail = min(bisect.bisect_right(ends, len(old) - same_tail) + 1, len(previous))
+    start = ends[head - 1] if head else 0
+    old_end = ends[tail - 1] if tail else 0
+    end = old_end + len(text) - len(old)
+    line = previous[head].line
+    cuts = [start, *(a for m in _DOC_MARKER.finditer(text, start, end) if (a := m.start()) > start)]
+    cuts.append(end)
+    pieces = list(previous[:head])
+    k = _first_index(previous, head)
+    for a, b in itertools.pairwise(cuts):
         chunk = text[a:b]
-        old = previous[i] if i < len(previous) else None
-        if old is None or old.line != line or old.text != chunk:
-            old = _parse_piece(chunk, file, line)
-        k = len(docs_out)
-        if old.docs and old.docs[0].index != k:  # its documents' places (consecutive)
-            old = dataclasses.replace(
-                old,
-                docs=tuple(dataclasses.replace(d, index=k + j) for j, d in enumerate(old.docs)),
-            )
-        pieces.append(old)
-        docs_out.extend(old.docs)
-        problems_out.extend(old.problems)
+        piece = _parse_piece(chunk, file, line)
+        pieces.append(_numbered(piece, k))
+        k += len(piece.docs)
         line += chunk.count("\n")
-    return docs_out, problems_out, pieces
+    moved_lines = line - (previous[tail].line if tail < len(previous) else line)
+    moved_docs = k - _first_index(previous, tail)
+    if not moved_lines and not moved_docs:
+        pieces.extend(previous[tail:])
+        return pieces
+    for piece in previous[tail:]:
+        if moved_lines:  # as the pieces of a first parse
+            piece = _parse_piece(piece.text, file, piece.line + moved_lines)
+        piece = _numbered(piece, k)
+        k += len(piece.docs)
+        pieces.append(piece)
+    return pieces
+
+
+def _first_index(pieces: Sequence[Piece], at: int) -> int:
+    """The place in the file of the first document from piece ``at`` on."""
+    for p in pieces[at:]:
+        if p.docs:
+            return p.docs[0].index
+    for p in reversed(pieces[:at]):
+        if p.docs:
+            return p.docs[-1].index + 1
+    return 0
+
+
+def _numbered(piece: Piece, first: int) -> Piece:
+    """``piece`` with its documents' places in the file from ``first`` on."""
+    if not piece.docs or piece.docs[0].index == first:
+        return piece
+    docs = tuple(dataclasses.replace(d, index=first + j) for j, d in enumerate(piece.docs))
+    return dataclasses.replace(piece, docs=docs)
+
+
+def _flat(pieces: Sequence[Piece]) -> tuple[list[Document], list[ConfigProblem]]:
+    return (
+        list(itertools.chain.from_iterable(p.docs for p in pieces)),
+        list(itertools.chain.from_iterable(p.problems for p in pieces)),
+    )
+
+
+_CHUNK = 4096
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """The length of the longest common start of ``a`` and ``b``."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a.startswith(b[i : i + _CHUNK], i, i + _CHUNK):
+        i += _CHUNK
+    while i < n and a[i] == b[i]:
+        i += 1
+    return min(i, n)
+
+
+def _common_suffix(a: str, b: str, limit: int) -> int:
+    """The length of the longest common end of ``a`` and ``b``, at most ``limit``."""
+    i = 0
+    la, lb = len(a), len(b)
+    while i + _CHUNK <= limit and a.endswith(b[lb - i - _CHUNK : lb - i], 0, la - i):
+        i += _CHUNK
+    while i < limit and a[la - i - 1] == b[lb - i - 1]:
+        i += 1
+    return i
 
 
 def _parse_piece(chunk: str, file: str, line: int) -> Piece:
@@ -266,11 +347,13 @@ def _share_out(
     text: str, cuts: list[int], docs: list[Document], problems: list[ConfigProblem]
 ) -> list[Piece]:
     """Pieces holding the documents and problems of a whole-text parse (none to reuse when a
-    problem has no line to place it by)."""
+    problem was found)."""
     starts = [1]
     for a, b in itertools.pairwise(cuts[:-1]):
         starts.append(starts[-1] + text.count("\n", a, b))
-    if any(p.line <= 0 for p in problems):
+    if problems:
+        # A problem may end the parse of the rest of the text, and its line need not be in
+        # the piece it comes from: nothing to reuse (the next parse is a whole one again).
         return []
     by_piece_docs: list[list[Document]] = [[] for _ in starts]
     by_piece_problems: list[list[ConfigProblem]] = [[] for _ in starts]

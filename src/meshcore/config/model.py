@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -444,11 +444,28 @@ RESOURCE_CLASSES: Mapping[str, type[Resource]] = {
 }
 
 
-def _group(pairs: Iterable[tuple[Any, Any]]) -> Mapping[Any, tuple[Any, ...]]:
+def _group(pairs: Iterable[tuple[Any, Any]]) -> MappingProxyType[Any, tuple[Any, ...]]:
     out: dict[Any, list[Any]] = {}
     for k, v in pairs:
         out.setdefault(k, []).append(v)
     return MappingProxyType({k: tuple(v) for k, v in out.items()})
+
+
+# The resources of each type, by attribute of the model.
+_BY_TYPE: tuple[tuple[type[Resource], str], ...] = (
+    (Service, "services"),
+    (WorkloadEntry, "workload_entries"),
+    (ServiceEntry, "service_entries"),
+    (VirtualService, "virtual_services"),
+    (DestinationRule, "destination_rules"),
+    (AuthorizationPolicy, "authorization_policies"),
+    (PeerAuthentication, "peer_authentications"),
+    (RequestAuthentication, "request_authentications"),
+    (Sidecar, "sidecars"),
+    (WorkloadGroup, "workload_groups"),
+    (Gateway, "gateways"),
+)
+_ATTR_OF = dict(_BY_TYPE)
 
 
 class MeshModel:
@@ -460,6 +477,7 @@ class MeshModel:
         "_derived",
         "_dr_by_host",
         "_dr_selected",
+        "_places",
         "_se_by_host",
         "_services",
         "_vs_by_host",
@@ -467,6 +485,7 @@ class MeshModel:
         "authorization_policies",
         "destination_rules",
         "domain",
+        "gateways",
         "peer_authentications",
         "request_authentications",
         "resources",
@@ -491,14 +510,17 @@ class MeshModel:
     request_authentications: tuple[RequestAuthentication, ...]
     sidecars: tuple[Sidecar, ...]
     workload_groups: tuple[WorkloadGroup, ...]
-    _by_key: Mapping[tuple[str, str, str], Resource]
+    gateways: tuple[Gateway, ...]
+    _by_key: MappingProxyType[tuple[str, str, str], Resource]
     _services: Mapping[str, Service]
-    _workloads_by_ns: Mapping[str, tuple[WorkloadEntry, ...]]
+    _workloads_by_ns: MappingProxyType[str, tuple[WorkloadEntry, ...]]
     _vs_by_host: Mapping[str, tuple[VirtualService, ...]]
     _dr_by_host: Mapping[str, tuple[DestinationRule, ...]]
     _dr_selected: Mapping[tuple[str, str], tuple[DestinationRule, ...]]
     _se_by_host: Mapping[str, tuple[ServiceEntry, ...]]
     _derived: tuple[weakref.ref[MeshModel], ChangeSet] | None
+    # Per resource: its place among the resources of its type (MeshModel.replacing).
+    _places: list[int]
 
     def __init__(
         self,
@@ -522,41 +544,107 @@ class MeshModel:
         set_(self, "root_namespace", root_namespace)
 
         by_type: dict[type, list[Resource]] = {}
+        places: list[int] = []
         for r in res:
-            by_type.setdefault(type(r), []).append(r)
-
-        def of(cls: type[Resource]) -> tuple[Any, ...]:
-            return tuple(by_type.get(cls, ()))
-
-        set_(self, "services", of(Service))
-        set_(self, "workload_entries", of(WorkloadEntry))
-        set_(self, "service_entries", of(ServiceEntry))
-        set_(self, "virtual_services", of(VirtualService))
-        set_(self, "destination_rules", of(DestinationRule))
-        set_(self, "authorization_policies", of(AuthorizationPolicy))
-        set_(self, "peer_authentications", of(PeerAuthentication))
-        set_(self, "request_authentications", of(RequestAuthentication))
-        set_(self, "sidecars", of(Sidecar))
-        set_(self, "workload_groups", of(WorkloadGroup))
+            of_type = by_type.setdefault(type(r), [])
+            places.append(len(of_type))
+            of_type.append(r)
+        set_(self, "_places", places)
+        for cls, attr in _BY_TYPE:
+            set_(self, attr, tuple(by_type.get(cls, ())))
         set_(self, "_by_key", MappingProxyType({r.key: r for r in res}))
-        set_(self, "_services", MappingProxyType({s.hostname: s for s in self.services}))
-        set_(self, "_workloads_by_ns", _group((w.namespace, w) for w in self.workload_entries))
-        set_(self, "_vs_by_host", _group((h, vs) for vs in self.virtual_services for h in vs.hosts))
-        set_(
-            self,
-            "_dr_by_host",
-            _group((dr.host, dr) for dr in self.destination_rules if dr.workload_selector is None),
-        )
-        set_(
-            self,
-            "_dr_selected",
-            _group(
-                ((dr.namespace, dr.host), dr)
-                for dr in self.destination_rules
-                if dr.workload_selector is not None
-            ),
-        )
-        set_(self, "_se_by_host", _group((h, se) for se in self.service_entries for h in se.hosts))
+        self._index(None, None)
+
+    def _index(self, prev: MeshModel | None, kinds: frozenset[str] | None) -> None:
+        """The lookups by host and namespace: built, or ``prev``'s where none of ``kinds``
+        (the kinds of the resources replaced since ``prev``) reaches them."""
+        set_ = object.__setattr__
+
+        def keep(kind: str, attr: str) -> bool:
+            if prev is not None and kinds is not None and kind not in kinds:
+                set_(self, attr, getattr(prev, attr))
+                return True
+            return False
+
+        if not keep("Service", "_services"):
+            set_(self, "_services", MappingProxyType({s.hostname: s for s in self.services}))
+        if not keep("WorkloadEntry", "_workloads_by_ns"):
+            set_(self, "_workloads_by_ns", _group((w.namespace, w) for w in self.workload_entries))
+        if not keep("VirtualService", "_vs_by_host"):
+            set_(
+                self,
+                "_vs_by_host",
+                _group((h, vs) for vs in self.virtual_services for h in vs.hosts),
+            )
+        if not keep("DestinationRule", "_dr_by_host"):
+            set_(
+                self,
+                "_dr_by_host",
+                _group(
+                    (dr.host, dr) for dr in self.destination_rules if dr.workload_selector is None
+                ),
+            )
+            set_(
+                self,
+                "_dr_selected",
+                _group(
+                    ((dr.namespace, dr.host), dr)
+                    for dr in self.destination_rules
+                    if dr.workload_selector is not None
+                ),
+            )
+        else:
+            assert prev is not None
+            set_(self, "_dr_selected", prev._dr_selected)
+        if not keep("ServiceEntry", "_se_by_host"):
+            set_(
+                self,
+                "_se_by_host",
+                _group((h, se) for se in self.service_entries for h in se.hosts),
+            )
+
+    @classmethod
+    def replacing(
+        cls,
+        prev: MeshModel,
+        resources: Sequence[Resource],
+        replaced: Mapping[int, Resource],
+        changes: ChangeSet,
+    ) -> MeshModel:
+        """``MeshModel(resources, derived_from=(prev, changes))``, ``resources`` being
+        ``prev``'s with those at the places ``replaced`` replaced by ones of the same key, at
+        the cost of the change (what the replaced kinds reach is patched, the rest shared)."""
+        new = cls.__new__(cls)
+        set_ = object.__setattr__
+        set_(new, "_derived", (weakref.ref(prev), changes))
+        set_(new, "resources", tuple(resources))
+        set_(new, "domain", prev.domain)
+        set_(new, "root_namespace", prev.root_namespace)
+        set_(new, "_places", prev._places)
+        by_key = prev._by_key.copy() if replaced else prev._by_key
+        patched: dict[str, list[Any]] = {}
+        kinds: set[str] = set()
+        for at, r in replaced.items():
+            attr = _ATTR_OF.get(type(r))
+            if attr is not None:
+                if attr not in patched:
+                    patched[attr] = list(getattr(prev, attr))
+                patched[attr][prev._places[at]] = r
+            by_key[r.key] = r  # type: ignore[index]
+            kinds.add(r.kind)
+        for _, attr in _BY_TYPE:
+            set_(new, attr, tuple(patched[attr]) if attr in patched else getattr(prev, attr))
+        set_(new, "_by_key", MappingProxyType(by_key) if replaced else prev._by_key)
+        new._index(prev, frozenset(kinds - {"WorkloadEntry"}))
+        workloads = {  # the workloads of a namespace: the replaced ones in their places
+            id(prev.resources[at]): r for at, r in replaced.items() if isinstance(r, WorkloadEntry)
+        }
+        if workloads:
+            by_ns = prev._workloads_by_ns.copy()
+            for ns in {w.namespace for w in workloads.values()}:
+                by_ns[ns] = tuple(workloads.get(id(w), w) for w in by_ns[ns])
+            set_(new, "_workloads_by_ns", MappingProxyType(by_ns))
+        return new
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("MeshModel is immutable; build a new one")

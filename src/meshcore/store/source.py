@@ -26,8 +26,8 @@ from typing import Any
 
 import grpc
 
-from meshcore.config import MeshModel, ValidationReport, _build, _validated
-from meshcore.config.changes import EVERYTHING, NOTHING, ChangeSet
+from meshcore.config import Derivation, MeshModel, ValidationReport, _validated
+from meshcore.config.changes import ChangeSet, ResourceKey, changed_keys
 from meshcore.config.loader import Document, collector_paused, parse_yaml
 from meshcore.config.model import DEFAULT_DOMAIN, DEFAULT_ROOT_NAMESPACE
 from meshcore.errors import ConfigProblem
@@ -46,6 +46,13 @@ class _Entry:
     mod_revision: int
     doc: Document | None
     checked: tuple[Any, tuple[ConfigProblem, ...]]
+
+
+def _resource_of(entry: _Entry | None) -> list[Any]:
+    """The resource an entry serves, if any (as :func:`changed_keys` compares them)."""
+    if entry is None or entry.doc is None or entry.checked[0] is None:
+        return []
+    return [entry.checked[0]]
 
 
 def group_of(api_version: object) -> str:
@@ -131,10 +138,10 @@ class EtcdSource:
         self._valid: dict[str, _Entry] = {}
         self.rejected: dict[str, tuple[ConfigProblem, ...]] = {}
         self.reread: list[str] = []
-        # What the control plane's pipeline reads (meshcore.xds.controlplane.ConfigSource):
-        # the keys the last validate() changed. Coarse for now: everything when any served
-        # document changed (the translator then compares kind by kind), nothing otherwise.
-        self.changes: ChangeSet = EVERYTHING
+        # The models validate() gives, each derived from the last with the keys of the
+        # resources that changed (what the control plane's pipeline reads: ``changes``), as
+        # the directory loader does it.
+        self._derivation = Derivation(domain, root_namespace)
         self._polled = -1
         self.served_revision = 0
         self._stop = threading.Event()
@@ -324,6 +331,7 @@ class EtcdSource:
     def _validate(self, kvs: dict[str, tuple[int, bytes]], revision: int) -> ValidationReport:
         served: dict[str, _Entry] = {}
         reread: list[str] = []
+        keys: set[ResourceKey] = set()
         for key in sorted(kvs):
             mod_revision, value = kvs[key]
             old = self._served.get(key)
@@ -345,23 +353,26 @@ class EtcdSource:
             served[key] = entry
             if old is None or entry.doc is not old.doc:
                 reread.append(key)
-        for key in self._served:
+                keys |= changed_keys(_resource_of(old), _resource_of(entry))
+        for key, gone in self._served.items():
             if key not in kvs:
                 reread.append(key)
+                keys |= changed_keys(_resource_of(gone), ())
                 self._valid.pop(key, None)
                 self.rejected.pop(key, None)
         self._served = served
         self.reread = reread
-        self.changes = EVERYTHING if reread else NOTHING
         self.served_revision = revision
-        docs = [e.doc for e in served.values() if e.doc is not None]
-        return _build(
-            docs,
-            [],
-            domain=self.domain,
-            root_namespace=self.root_namespace,
-            validated=[e.checked for e in served.values() if e.doc is not None],
+        entries = [e for e in served.values() if e.doc is not None]
+        return self._derivation.report(
+            [e.doc for e in entries if e.doc is not None], [], [e.checked for e in entries], keys
         )
+
+    @property
+    def changes(self) -> ChangeSet:
+        """The keys of the resources changed since the last model :meth:`validate` gave (each
+        key's resource as served, its last valid version for a key written invalid)."""
+        return self._derivation.changes
 
     def build(self) -> MeshModel | None:
         """The model of the view as a fresh source would build it (tests compare replicas)."""

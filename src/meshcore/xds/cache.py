@@ -217,8 +217,13 @@ class SnapshotCache:
             {name: None if r is None else self._bytes(r) for name, r in changes.items()},
             nodes,
         )
+        # One time for all of them, and the streams woken: nothing else per proxy here.
+        now = time.monotonic()
+        self.changed_at.update(dict.fromkeys(changed, now))
+        events = self._events
         for node_id in changed:
-            self._changed(node_id)
+            for event in events.get(node_id, ()):
+                event.set()
         return changed
 
     def _changed(self, node_id: str) -> None:

@@ -184,6 +184,10 @@ class CaptureBuilder:
         routes = self._route_problems.get((self.routes.route_key(proxy), allow_any), [])
         return [*self.outbound_problems.get(key, []), *routes]
 
+    def inherit_vips(self, prev: CaptureBuilder) -> None:
+        """Keeps ``prev``'s :meth:`vip_problems` (the Services are the same)."""
+        self._vip_problems = prev._vip_problems
+
     def vip_problems(self) -> list[ConfigProblem]:
         """An unusable ``clusterIP`` per Service (reported at load time too: ``meshcore
         validate`` shows it whatever the proxies' layout)."""

@@ -121,6 +121,15 @@ class ClusterBuilder:
         self._prev_clusters = prev._clusters
         self._prev_endpoints = prev._endpoints
         self._prev_problems = {k: v for k, v in prev.problems.items() if isinstance(k, bool)}
+        if self.index.stale_hosts is not None:
+            # Only workloads changed (the index was patched): the clusters with a
+            # localityLbSetting are those of the same Services and DestinationRules, and no
+            # workload has a locality if none had and none of the changed ones has.
+            self._locality_targets = dict(prev._locality_targets)
+            if prev._has_locality is False and not any(
+                w.locality for w in self.index.changed_workloads
+            ):
+                self._has_locality = False
 
     def clusters(self, proxyless: bool, overrides: Overrides = ()) -> dict[str, Message]:
         """The outbound clusters of a kind of client; with ``overrides`` (the DestinationRules
@@ -429,7 +438,7 @@ class ClusterBuilder:
         if not locality and not self._any_locality():
             # Nobody has a locality: Istio's default (implicit) failover changes nothing, and
             # the shared endpoints (the same objects from change to change) serve.
-            targets = [t for t in targets if not t.setting.get("implicit")]
+            targets = self._explicit_targets(overrides)
         if not targets:
             return base
         own = {**(labels or {}), **locality_labels(locality)}
@@ -457,6 +466,15 @@ class ClusterBuilder:
         if self._has_locality is None:
             self._has_locality = any(w.locality for w in self.mesh.workload_entries)
         return self._has_locality
+
+    def _explicit_targets(self, overrides: Overrides) -> list[_LocalityTarget]:
+        """:meth:`_targets` but those of Istio's default (implicit) failover."""
+        key = ("explicit", _override_key(overrides))
+        found = self._locality_targets.get(key)
+        if found is None:
+            found = [t for t in self._targets(overrides) if not t.setting.get("implicit")]
+            self._locality_targets[key] = found
+        return found
 
     def _targets(self, overrides: Overrides) -> list[_LocalityTarget]:
         """The EDS clusters whose policy has a (valid) localityLbSetting."""

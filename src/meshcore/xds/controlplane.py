@@ -2,25 +2,36 @@
 
 A VirtualService edit travels one line. file: the loader stats the files once per poll
 (``IncrementalLoader.poll``); after istiod's debounce (100 ms quiet, at most 10 s) it reads the
-files that poll saw change, parses and validates only the changed documents. keys: it reports a
-``ChangeSet`` of resource keys (as an etcd watch would), which the new model carries
-(``MeshModel.changes_since``); keys pile up here until proxies are updated (across invalid
-configs, which never replace the last good one). affected proxies: ``DependencyIndex.plan``, the
-one place keys become work: the objects that changed, the proxies whose own resources they
-touch, each shared layer with one holder to translate it for. builders: the translator derives
-the new mesh's translation from the last, told the keys. snapshot diff: a shared layer's
-difference (by identity) goes to all holders at once in the Rust store
-(``SnapshotCache.update_shared``); affected proxies get new snapshots. push: each ADS stream.
+files that poll saw change, cuts and parses again only the stretch of a file around what
+changed, and validates only the changed documents. keys: it reports a ``ChangeSet`` of resource
+keys (the etcd source, ``EtcdSource``, the same from its watch), which the new model carries
+(``MeshModel.changes_since``) and is derived with (documents edited in place: their resources
+replaced in the last model, ``MeshModel.replacing``); keys pile up here until proxies are
+updated (across invalid configs, which never replace the last good one). affected proxies:
+``DependencyIndex.plan``, the one place keys become work: the objects that changed, the proxies
+whose own resources they touch, the shared layers of the types the changed kinds reach (an
+endpoint change: clusters and endpoints only) with as few holders as cover them to translate
+them for. builders: the translator derives the new mesh's translation from the last, told the
+keys. snapshot diff: a shared layer's difference (by identity) goes to all holders at once in
+the Rust store (``SnapshotCache.update_shared``; the holders' group keeps its number: nothing
+per holder in Python but the stream's wake-up); affected proxies get new snapshots. push: each
+ADS stream.
 
-What invalidates each cache: loader files, pieces, documents: stat stamp, text and line, value
-and line; reference warnings: Service/ServiceEntry/DestinationRule keys. Index: any key but
-WorkloadEntries (they patch it). Clusters and endpoints per service port: their inputs' value
-(service, DestinationRule, selected workloads; endpoints: PeerAuthentications). Routes:
-Service/ServiceEntry/VirtualService/DestinationRule keys; outbound listeners: Service and
-ServiceEntry keys; authorization filters: AuthorizationPolicy and Service keys, providers;
-inbound listeners: those, Peer/RequestAuthentication keys, the workload's value. Serialized
-messages and shared resource sets: dropped after each update unless still held. All of it: a
-new trust domain, root namespace or MeshConfig.
+What invalidates each cache: loader files, pieces, documents: stat stamp; the text around what
+changed (pieces before it and after it are kept, moved by the lines the change added); value
+and line. The assembled documents and the model: a document edited in place (same key, no
+problems) replaces its resource, anything else assembles them again. Reference warnings:
+Service/ServiceEntry/DestinationRule/Gateway keys. Index: any key but WorkloadEntries (they
+patch it). Clusters and endpoints per service port: their inputs' value (service,
+DestinationRule, selected workloads; endpoints: PeerAuthentications); the clusters with a
+localityLbSetting and whether any workload has a locality: any key but WorkloadEntries.
+Routes: Service/ServiceEntry/VirtualService/DestinationRule keys; outbound listeners: Service
+and ServiceEntry keys; authorization filters: AuthorizationPolicy and Service keys, providers;
+inbound listeners: those, Peer/RequestAuthentication keys, the workload's value. Shared layers
+translated again: those of every type, but only clusters' and endpoints' when only
+WorkloadEntries changed (``deps._LAYER_TYPES``). Serialized messages and shared resource sets:
+dropped after each update unless still held. All of it: a new trust domain, root namespace or
+MeshConfig.
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ from meshcore.config.changes import EVERYTHING, NOTHING, ChangeSet, changed_keys
 from meshcore.config.loader import MAX_FILE_BYTES, collector_paused
 from meshcore.errors import ConfigProblem
 from meshcore.xds.cache import Layered, NodeInfo, SnapshotCache
-from meshcore.xds.deps import DependencyIndex, Group
+from meshcore.xds.deps import DependencyIndex
 from meshcore.xds.types import Resources
 
 log = logging.getLogger("meshcore.controlplane")
@@ -57,7 +68,8 @@ class ConfigSource(Protocol):
     says whether the source moved since the last poll, ``validate`` reports the whole config,
     and ``changes`` the keys that changed in the last ``validate``."""
 
-    changes: ChangeSet
+    @property
+    def changes(self) -> ChangeSet: ...
 
     def poll(self) -> bool: ...
 
@@ -263,10 +275,14 @@ class ControlPlane:
             return
         # Shared layers first: each is translated once, for one proxy holding it that the
         # change does not otherwise touch, and its difference goes to all of its holders.
+        # Nothing per holder in Python: its snapshot is updated in the Rust fleet, and its
+        # group, moved to the new layer as a whole, keeps its number.
         fresh: dict[str, Resources | None] = {}
         for gk, rep in plan.layers:
-            group = index.groups[gk]
-            holders = [n for n in group.members if n not in affected]
+            group = index.groups.get(gk)
+            if group is None:
+                continue  # merged into another group this update
+            holders = group.members - affected if affected else group.members
             if not holders:
                 continue
             if rep not in fresh:
@@ -278,14 +294,9 @@ class ControlPlane:
                 continue
             if new.shared is group.shared:
                 continue
-            self.cache.update_shared(group.type_url, group.shared, new.shared, holders)
-            del index.groups[gk]
-            key = (group.type_url, id(new.shared))
-            moved = index.groups.setdefault(key, Group(group.type_url, new.shared))
-            moved.members.update(holders)  # the others are translated again below
-            for n in holders:
-                entry = index.entries[n]
-                entry.groups = tuple(key if g == gk else g for g in entry.groups)
+            self.cache.update_shared(group.type_url, group.shared, new.shared, list(holders))
+            # The affected members leave the group when they are translated again below.
+            index.move(gk, new.shared)
         # Then the proxies whose own resources the change may touch: translated again.
         for node_id in sorted(affected):
             if node_id in index:

@@ -28,12 +28,14 @@ shared layers, then one persistent-map update per holder in the Rust core, whate
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from meshcore.config import DestinationRule, MeshModel, Resource, WorkloadEntry
 from meshcore.config.changes import ChangeSet, resource_value
+from meshcore.xds import types
 from meshcore.xds.cache import Layered, NodeInfo
 from meshcore.xds.gateway import ROUTER
 from meshcore.xds.index import uses_source_match
@@ -41,7 +43,7 @@ from meshcore.xds.node import proxy_for_node
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
 Change = tuple[Resource | None, Resource | None]  # (old, new); None: absent
-GroupKey = tuple[str, int]  # (type URL, identity of the shared layer)
+GroupKey = int  # a group's number, kept while the group's shared layer is replaced
 
 # Kinds whose objects only produce shared resources (routes, clusters, endpoints).
 _SHARED_ONLY = frozenset({"VirtualService", "DestinationRule"})
@@ -51,6 +53,15 @@ _INBOUND_POLICY = frozenset({"PeerAuthentication", "AuthorizationPolicy", "Reque
 _NAMESPACE_SCOPE = frozenset({"Sidecar"})
 # Kinds no translation reads (WorkloadGroups make WorkloadEntries, which are themselves changes).
 _NOT_TRANSLATED = frozenset({"WorkloadGroup"})
+# The types whose shared layers a change of only these kinds can change, by the builders'
+# carry-over rules (meshcore.xds.translator): WorkloadEntries reach the clusters (Istio's
+# subset and locality settings read the workloads a cluster selects) and the endpoints; routes
+# and outbound listeners are kept while no Service, ServiceEntry, VirtualService or
+# DestinationRule changed. Any other kind: every type.
+_LAYER_TYPES: dict[str, frozenset[str]] = {
+    "WorkloadEntry": frozenset({types.CLUSTER, types.ENDPOINT}),
+    "WorkloadGroup": frozenset(),
+}
 
 
 def changed_objects(old: MeshModel | None, new: MeshModel, changes: ChangeSet) -> dict[Key, Change]:
@@ -95,8 +106,10 @@ class _Entry:
 
 @dataclass(slots=True)
 class Group:
-    """Proxies that hold the same shared layer of one type."""
+    """Proxies that hold the same shared layer of one type (``key``: its number in the
+    index, the same when :meth:`DependencyIndex.move` gives it a new layer)."""
 
+    key: GroupKey
     type_url: str
     shared: Mapping[str, Any]
     members: set[str] = field(default_factory=set)
@@ -110,6 +123,9 @@ class DependencyIndex:
     def __init__(self) -> None:
         self.entries: dict[str, _Entry] = {}
         self.groups: dict[GroupKey, Group] = {}
+        # Each group's by (type URL, identity of its shared layer).
+        self._by_layer: dict[tuple[str, int], Group] = {}
+        self._numbers = itertools.count()
         self._by_workload: dict[Key, set[str]] = {}
         self._by_address: dict[tuple[str, str], set[str]] = {}
         self._by_name: dict[tuple[str, str], set[str]] = {}  # (namespace, pod name)
@@ -135,12 +151,9 @@ class DependencyIndex:
         groups: list[GroupKey] = []
         for type_url, by_name in (resources or {}).items():
             if isinstance(by_name, Layered):
-                gk = (type_url, id(by_name.shared))
-                group = self.groups.get(gk)
-                if group is None or group.shared is not by_name.shared:
-                    group = self.groups[gk] = Group(type_url, by_name.shared)
+                group = self._group(type_url, by_name.shared)
                 group.members.add(node.id)
-                groups.append(gk)
+                groups.append(group.key)
         wkey = proxy.workload.key if proxy.workload is not None else None
         entry = _Entry(node, proxy.namespace, proxy.name, proxy.ip, wkey, tuple(groups))
         self.entries[node.id] = entry
@@ -152,6 +165,36 @@ class DependencyIndex:
         if proxy.type == ROUTER:
             self._routers.add(node.id)
 
+    def _group(self, type_url: str, shared: Mapping[str, Any]) -> Group:
+        """The group holding ``shared`` (a new one if none does)."""
+        group = self._by_layer.get((type_url, id(shared)))
+        if group is None or group.shared is not shared:
+            group = Group(next(self._numbers), type_url, shared)
+            self.groups[group.key] = self._by_layer[(type_url, id(shared))] = group
+        return group
+
+    def _drop(self, group: Group) -> None:
+        del self.groups[group.key]
+        if self._by_layer.get((group.type_url, id(group.shared))) is group:
+            del self._by_layer[(group.type_url, id(group.shared))]
+
+    def move(self, gk: GroupKey, shared: Mapping[str, Any]) -> None:
+        """The members of group ``gk`` now hold ``shared`` (its new shared layer): the group
+        keeps its number, so no member's entry changes (nothing per proxy). Merged into the
+        group already holding ``shared``, if one does."""
+        group = self.groups[gk]
+        other = self._by_layer.get((group.type_url, id(shared)))
+        self._drop(group)
+        if other is not None and other.shared is shared:
+            # Rare (two layers became one): the members' entries name the other group.
+            other.members |= group.members
+            for n in group.members:
+                e = self.entries[n]
+                e.groups = tuple(other.key if g == gk else g for g in e.groups)
+            return
+        group.shared = shared
+        self.groups[gk] = self._by_layer[(group.type_url, id(shared))] = group
+
     def remove(self, node_id: str) -> None:
         entry = self.entries.pop(node_id, None)
         if entry is None:
@@ -161,7 +204,7 @@ class DependencyIndex:
             if group is not None:
                 group.members.discard(node_id)
                 if not group.members:
-                    del self.groups[gk]
+                    self._drop(group)
         if entry.workload is not None:
             _discard(self._by_workload, entry.workload, node_id)
         _discard(self._by_address, (entry.namespace, entry.ip), node_id)
@@ -183,10 +226,18 @@ class DependencyIndex:
         affected = self.affected(old, new, objects)
         layers: list[tuple[GroupKey, str]] = []
         if affected is not None:
+            reach = layer_types(objects)
+            reps: list[str] = []  # as few proxies to translate as cover the layers
             for gk, group in self.groups.items():
-                rep = next((n for n in group.members if n not in affected), None)
-                if rep is not None:
-                    layers.append((gk, rep))
+                if reach is not None and group.type_url not in reach:
+                    continue
+                rep = next((r for r in reps if r in group.members), None)
+                if rep is None:
+                    rep = next((n for n in group.members if n not in affected), None)
+                    if rep is None:
+                        continue
+                    reps.append(rep)
+                layers.append((gk, rep))
         return Plan(objects, affected, layers)
 
     def affected(
@@ -228,6 +279,17 @@ class DependencyIndex:
             else:  # VirtualServices and DestinationRules make the gateways' own routes
                 out |= self._routers
         return out
+
+
+def layer_types(objects: Mapping[Key, Change]) -> frozenset[str] | None:
+    """The types whose shared layers the changed objects can change (None: every type)."""
+    out: frozenset[str] = frozenset()
+    for kind, _, _ in objects:
+        reach = _LAYER_TYPES.get(kind)
+        if reach is None:
+            return None
+        out |= reach
+    return out
 
 
 def _discard(index: dict[Any, set[str]], key: Any, node_id: str) -> None:

@@ -217,7 +217,7 @@ class GatewayBuilder:
         self.index = translation.index
         self.mesh = translation.mesh
         self.log = log
-        self.gateways = tuple(r for r in self.mesh.resources if isinstance(r, Gateway))
+        self.gateways = self.mesh.gateways
         self._built: dict[tuple[Any, ...], tuple[dict[str, dict[str, Message]], list[Any]]] = {}
 
     def generate(self, proxy: Proxy) -> tuple[dict[str, dict[str, Message]], list[ConfigProblem]]:

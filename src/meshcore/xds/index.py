@@ -315,6 +315,9 @@ class MeshIndex:
             new._fingerprints.pop(host, None)
         new._state = {k: v for k, v in prev._state.items() if k != "workload_entries"}
         new.stale_hosts = frozenset(stale)
+        new.changed_workloads = tuple(
+            w for key in workloads if isinstance(w := mesh.get(*key), WorkloadEntry)
+        )
         # Lookups of what did not change (DestinationRules, PeerAuthentications, hosts): copied,
         # so that filling them for the new mesh leaves the old index as it was.
         new._subset_cache = dict(prev._subset_cache)
@@ -324,6 +327,8 @@ class MeshIndex:
 
     # The hosts whose workloads changed, when this index was patched from another (else None).
     stale_hosts: frozenset[str] | None = None
+    # When patched: the WorkloadEntries changed (as they are now; those removed are not).
+    changed_workloads: tuple[WorkloadEntry, ...] = ()
 
     def workload_namespaces(self) -> Mapping[str, int]:
         """The namespaces with WorkloadEntries (and how many each has)."""

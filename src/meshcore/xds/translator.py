@@ -108,6 +108,8 @@ class MeshTranslation:
             self.index, problems, self.listeners, self.routes, self.clusters, mesh_config
         )
         self._scoped_layers: dict[tuple[Any, ...], tuple[Any, dict[str, Message]]] = {}
+        if self.index.stale_hosts is not None and previous is not None:
+            self.capture.inherit_vips(previous.capture)  # only workloads changed
         if previous is not None and previous.index.same_scope(self.index):
             same = self.index.unchanged(previous.index, changes)
             self.clusters.inherit(previous.clusters)

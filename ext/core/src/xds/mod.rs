@@ -390,57 +390,80 @@ impl Fleet {
     }
 
     /// Applies `changes` of one type to the proxies holding any of the names (or to `nodes`),
-    /// returning the ids of those whose view changed. Proxies that share the same persistent
-    /// map for the type (endpoints seen by the whole fleet) share the result: the work is one
-    /// map update per distinct map, then a pointer swap per proxy.
+    /// returning the ids of those whose view changed, sorted. Proxies that share the same
+    /// persistent map for the type (endpoints seen by the whole fleet) share the result: the
+    /// work is one map update per distinct map, then a pointer swap per proxy. With `nodes`,
+    /// only those are looked up (one hash lookup each, not a pass over the fleet).
     pub fn apply(
         &mut self,
         type_url: &str,
         changes: &[Change],
-        nodes: Option<&HashSet<String>>,
+        nodes: Option<&[String]>,
     ) -> Vec<String> {
-        let mut memo: Vec<(TypeSet, TypeSet, bool)> = Vec::new();
+        let mut memo = Memo::default();
         let mut changed_nodes = Vec::new();
-        for (id, snap) in self.snapshots.iter_mut() {
-            let targeted = match nodes {
-                Some(set) => set.contains(id),
-                None => snap.types.get(type_url).is_some_and(|t| {
-                    changes
-                        .iter()
-                        .any(|(name, _)| t.map.contains_key(name.as_str()))
-                }),
-            };
-            if !targeted {
-                continue;
-            }
-            let set = snap.types.entry(type_url);
-            let hit = memo
-                .iter()
-                .find(|(old, _, _)| old.aggregate == set.aggregate && old.map.ptr_eq(&set.map));
-            let (new_set, did) = match hit {
-                Some((_, new_set, did)) => (new_set.clone(), *did),
-                None => {
-                    let old = set.clone();
-                    let mut new_set = set.clone();
-                    let mut did = false;
-                    for (name, resource) in changes {
-                        did |= match resource {
-                            Some(r) => new_set.insert(r.clone()),
-                            None => new_set.remove(name),
-                        };
+        match nodes {
+            Some(ids) => {
+                for id in ids {
+                    if let Some(snap) = self.snapshots.get_mut(id.as_str()) {
+                        if apply_one(snap, type_url, changes, &mut memo) {
+                            changed_nodes.push(id.clone());
+                        }
                     }
-                    memo.push((old, new_set.clone(), did));
-                    (new_set, did)
                 }
-            };
-            if did {
-                *set = new_set;
-                changed_nodes.push(id.clone());
+                changed_nodes.sort_unstable();
+                changed_nodes.dedup();
+            }
+            None => {
+                for (id, snap) in self.snapshots.iter_mut() {
+                    let holds = snap.types.get(type_url).is_some_and(|t| {
+                        changes
+                            .iter()
+                            .any(|(name, _)| t.map.contains_key(name.as_str()))
+                    });
+                    if holds && apply_one(snap, type_url, changes, &mut memo) {
+                        changed_nodes.push(id.clone());
+                    }
+                }
+                changed_nodes.sort_unstable();
             }
         }
-        changed_nodes.sort();
         changed_nodes
     }
+}
+
+/// The sets a [`Fleet::apply`] updated (old set, new set, whether it changed), found by the
+/// old set's aggregate version, then by identity: proxies holding the same set share the
+/// result, and a proxy whose set is its own (its own resources merged in) costs one lookup.
+#[derive(Default)]
+struct Memo(HashMap<u128, Vec<(TypeSet, TypeSet, bool)>>);
+
+/// Applies `changes` to one proxy's set of `type_url`, sharing the result with the proxies
+/// that held the same set; true when it changed.
+fn apply_one(snap: &mut Snapshot, type_url: &str, changes: &[Change], memo: &mut Memo) -> bool {
+    let set = snap.types.entry(type_url);
+    let seen = memo.0.entry(set.aggregate).or_default();
+    let hit = seen.iter().find(|(old, _, _)| old.map.ptr_eq(&set.map));
+    let (new_set, did) = match hit {
+        Some((_, new_set, did)) => (new_set.clone(), *did),
+        None => {
+            let old = set.clone();
+            let mut new_set = set.clone();
+            let mut did = false;
+            for (name, resource) in changes {
+                did |= match resource {
+                    Some(r) => new_set.insert(r.clone()),
+                    None => new_set.remove(name),
+                };
+            }
+            seen.push((old, new_set.clone(), did));
+            (new_set, did)
+        }
+    };
+    if did {
+        *set = new_set;
+    }
+    did
 }
 
 #[cfg(test)]
@@ -567,7 +590,7 @@ mod tests {
             .map
             .ptr_eq(&p1.types.get(C).expect("type").map));
         assert!(fleet.apply(C, &change, None).is_empty()); // already applied: nothing to push
-        let only: HashSet<String> = ["zz-without-a".to_string()].into_iter().collect();
+        let only = ["zz-without-a".to_string(), "not-connected".to_string()];
         assert_eq!(
             fleet.apply(C, &change, Some(&only)),
             vec!["zz-without-a".to_string()]

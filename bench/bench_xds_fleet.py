@@ -405,10 +405,12 @@ def test_bare_core_reference(tmp_path: Path) -> None:
 
         def on_events() -> None:
             for event in transport.events():
-                if event[0] == core_ads.MESSAGE and event[1] not in heard:
+                if event[0] not in (core_ads.MESSAGE, core_ads.ACK):
+                    continue
+                if event[1] not in heard:
                     heard.add(event[1])
                     transport.send(event[1], responses[0])
-                elif event[0] == core_ads.MESSAGE:
+                else:
                     ready.append(event[1])
 
         loop = asyncio.get_running_loop()

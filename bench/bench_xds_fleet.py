@@ -168,7 +168,9 @@ def test_cold_snapshots(fleet_mesh: Path) -> None:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("mode", ["incremental", "full rebuild"])
-def test_fleet_convergence(fleet_mesh: Path, tmp_path: Path, mode: str, transport: str) -> None:
+def test_fleet_convergence(
+    fleet_mesh: Path, tmp_path: Path, mode: str, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``incremental``: the dependency index (meshcore serve); ``full rebuild``: the peer in
     the same run, every change translating every connected proxy again (the design before
     the index, still used for generators without one). On each ADS transport: meshcore's own
@@ -194,6 +196,12 @@ def test_fleet_convergence(fleet_mesh: Path, tmp_path: Path, mode: str, transpor
     nodes_file.write_text("\n".join(lines) + "\n")
     stages = 2 if PROXIES >= 2 else 1
     first = -(-PROXIES // stages)
+
+    if os.environ.get("MESHCORE_FLEET_FULL_ACKS") and transport == "core":
+        # The peer of the plain-ACK path: every ACK decoded and taken the full path, as before it.
+        from meshcore.xds import transport as core_transport
+
+        monkeypatch.setattr(core_transport._Call, "ack", lambda call, ev: call.message(ev[6]))
 
     async def main() -> dict[str, Any]:
         index = DependencyIndex() if mode == "incremental" else None
@@ -397,10 +405,12 @@ def test_bare_core_reference(tmp_path: Path) -> None:
 
         def on_events() -> None:
             for event in transport.events():
-                if event[0] == core_ads.MESSAGE and event[1] not in heard:
+                if event[0] not in (core_ads.MESSAGE, core_ads.ACK):
+                    continue
+                if event[1] not in heard:
                     heard.add(event[1])
                     transport.send(event[1], responses[0])
-                elif event[0] == core_ads.MESSAGE:
+                else:
                     ready.append(event[1])
 
         loop = asyncio.get_running_loop()

@@ -26,6 +26,9 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+mod ack;
+pub use ack::{plain_ack, Ack};
+
 /// The service's two methods, as HTTP/2 paths.
 pub const SOTW_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
@@ -81,6 +84,8 @@ pub enum Event {
     },
     /// One whole request message.
     Message { stream: u64, data: Bytes },
+    /// One whole request message that is a plain ACK (see [`plain_ack`]), with its fields.
+    Ack { stream: u64, ack: Ack, data: Bytes },
     /// The client will send no more messages (the stream stays open for responses).
     HalfClosed { stream: u64 },
     /// The stream is gone (cancelled, reset, connection lost, a limit, server shutdown): nothing
@@ -390,7 +395,10 @@ async fn stream(
                     match messages(&mut pending, limits.max_receive_bytes) {
                         Ok(found) => {
                             for data in found {
-                                shared.push(Event::Message { stream: id, data });
+                                shared.push(match plain_ack(method, &data) {
+                                    Some(ack) => Event::Ack { stream: id, ack, data },
+                                    None => Event::Message { stream: id, data },
+                                });
                             }
                         }
                         Err((code, why)) => {

@@ -14,6 +14,7 @@ const OPENED: u8 = 0;
 const MESSAGE: u8 = 1;
 const HALF_CLOSED: u8 = 2;
 const CANCELLED: u8 = 3;
+const ACK: u8 = 4;
 
 #[pyclass(frozen, module = "meshcore._core.ads", name = "AdsTransport")]
 struct PyAdsTransport {
@@ -60,7 +61,9 @@ impl PyAdsTransport {
     }
 
     /// The events since the last call: (0, stream, method (0 SotW, 1 delta), peer),
-    /// (1, stream, message), (2, stream) half-closed, (3, stream) gone.
+    /// (1, stream, message), (2, stream) half-closed, (3, stream) gone, and
+    /// (4, stream, type_url, nonce, version_info, names, message) for a message that is a
+    /// plain ACK (names: its resource_names fields as encoded, a key to compare).
     fn events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let events = self.server.events();
         let list = PyList::empty(py);
@@ -74,6 +77,16 @@ impl PyAdsTransport {
                 Event::Message { stream, data } => {
                     (MESSAGE, stream, PyBytes::new(py, &data)).into_pyobject(py)?
                 }
+                Event::Ack { stream, ack, data } => (
+                    ACK,
+                    stream,
+                    ack.type_url,
+                    ack.nonce,
+                    ack.version,
+                    PyBytes::new(py, &ack.names),
+                    PyBytes::new(py, &data),
+                )
+                    .into_pyobject(py)?,
                 Event::HalfClosed { stream } => (HALF_CLOSED, stream).into_pyobject(py)?,
                 Event::Cancelled { stream } => (CANCELLED, stream).into_pyobject(py)?,
             };
@@ -122,5 +135,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MESSAGE", MESSAGE)?;
     m.add("HALF_CLOSED", HALF_CLOSED)?;
     m.add("CANCELLED", CANCELLED)?;
+    m.add("ACK", ACK)?;
     Ok(())
 }

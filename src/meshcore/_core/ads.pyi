@@ -2,12 +2,13 @@
 
 from typing import Any, Final, final
 
-__all__ = ["CANCELLED", "HALF_CLOSED", "MESSAGE", "OPENED", "AdsTransport"]
+__all__ = ["ACK", "CANCELLED", "HALF_CLOSED", "MESSAGE", "OPENED", "AdsTransport"]
 
 OPENED: Final[int]
 MESSAGE: Final[int]
 HALF_CLOSED: Final[int]
 CANCELLED: Final[int]
+ACK: Final[int]
 
 @final
 class AdsTransport:

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -37,7 +38,10 @@ class DeltaStream(Stream):
     label = "delta"
     types: dict[str, DeltaType]
 
-    def receive(self, req: discovery_pb2.DeltaDiscoveryRequest) -> str | None:
+    def receive(self, req: discovery_pb2.DeltaDiscoveryRequest | tuple[Any, ...]) -> str | None:
+        if type(req) is tuple:
+            return self._plain_ack(req)
+        assert isinstance(req, discovery_pb2.DeltaDiscoveryRequest)
         refused = self.hello(req)
         if refused is not None or self.state is None:
             return refused
@@ -85,6 +89,22 @@ class DeltaStream(Stream):
             t.subscribed.discard(name)
             t.must_answer.discard(name)
             t.known.pop(name, None)
+        limit = self.server.max_names_per_type
+        if len(t.subscribed) > limit or len(t.known) > limit:
+            return self.too_many_names()
+        return None
+
+    def _plain_ack(self, event: tuple[Any, ...]) -> str | None:
+        """A plain ACK as meshcore.xds.transport delivers it (an ``ACK`` event: type_url,
+        nonce, version_info, no names, the message; no subscription change): applied without
+        decoding when it acknowledges the outstanding nonce, else taken the full path."""
+        _, _, type_url, nonce, _, _, data = event
+        t = self.types.get(type_url)
+        if t is None or self.state is None or not t.requested or nonce != t.nonce:
+            return self.receive(discovery_pb2.DeltaDiscoveryRequest.FromString(data))
+        t.awaiting_ack = False
+        self.server.acked(self.state, type_url, self.state.status(type_url).sent_version)
+        t.in_flight = {}
         limit = self.server.max_names_per_type
         if len(t.subscribed) > limit or len(t.known) > limit:
             return self.too_many_names()

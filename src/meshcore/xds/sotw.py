@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
 
@@ -27,6 +28,9 @@ class SotwType:
     sent_names: list[str] = field(default_factory=list)  # with a TTL: for heartbeats
     # (wildcard, explicit names in order) of the subscription; None: to be worked out again.
     selection: tuple[bool, tuple[str, ...]] | None = None
+    # The resource_names of a request that left ``names`` as they are, as encoded (the key of
+    # a plain ACK from meshcore.xds.transport); None: none since ``names`` last changed.
+    names_key: bytes | None = None
 
     @property
     def wildcard(self) -> bool:
@@ -38,7 +42,10 @@ class SotwStream(Stream):
     label = "state of the world"
     types: dict[str, SotwType]
 
-    def receive(self, req: discovery_pb2.DiscoveryRequest) -> str | None:
+    def receive(self, req: discovery_pb2.DiscoveryRequest | tuple[Any, ...]) -> str | None:
+        if type(req) is tuple:
+            return self._plain_ack(req)
+        assert isinstance(req, discovery_pb2.DiscoveryRequest)
         refused = self.hello(req)
         if refused is not None or self.state is None:
             return refused
@@ -66,9 +73,28 @@ class SotwStream(Stream):
                 t.legacy_wildcard = False
         if names != t.names or first:
             t.names = names
+            t.names_key = None
             t.dirty = True
             t.selection = None
             self.quiet_since = None
+        return None
+
+    def _plain_ack(self, event: tuple[Any, ...]) -> str | None:
+        """A plain ACK as meshcore.xds.transport delivers it (an ``ACK`` event: type_url,
+        nonce, version_info, the names as encoded, the message): applied without decoding
+        when it acknowledges the outstanding nonce with the names already subscribed (what
+        the full path would do with it), else decoded and taken the full path."""
+        _, _, type_url, nonce, version, key, data = event
+        t = self.types.get(type_url)
+        if t is None or self.state is None or nonce != t.nonce or key != t.names_key:
+            req = discovery_pb2.DiscoveryRequest.FromString(data)
+            problem = self.receive(req)
+            t = self.types.get(type_url)
+            if problem is None and t is not None and t.names == set(req.resource_names):
+                t.names_key = key  # the same request again changes nothing but the ACK
+            return problem
+        t.awaiting_ack = False
+        self.server.acked(self.state, type_url, version)
         return None
 
     def may_push(self) -> bool:

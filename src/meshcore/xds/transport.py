@@ -105,6 +105,16 @@ class _Call:
             return
         offer(request)
 
+    def ack(self, event: tuple[Any, ...]) -> None:
+        """A plain ACK (an ``ACK`` event): handed to the stream as it is, which applies it
+        without decoding or decodes it (see SotwStream.receive)."""
+        if not self.attached:
+            self.early.append(event[6])
+            return
+        offer = self.offer
+        if offer is not None and not self.closed:
+            offer(event)
+
     def half_closed(self) -> None:
         if not self.attached:
             self.early.append(None)
@@ -213,7 +223,11 @@ class CoreAdsServer:
         calls = self.calls
         for event in self.transport.events():
             kind = event[0]
-            if kind == core_ads.MESSAGE:
+            if kind == core_ads.ACK:
+                call = calls.get(event[1])
+                if call is not None:
+                    call.ack(event)
+            elif kind == core_ads.MESSAGE:
                 call = calls.get(event[1])
                 if call is not None:
                     call.message(event[2])

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from meshcore.config import MeshModel, RequestAuthentication, load
-from meshcore.config.model import freeze
+from meshcore.config.values import freeze
 from meshcore.xds import types
 from meshcore.xds.translate import Generated, Translator, proxy_for_node
 

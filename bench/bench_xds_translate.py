@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from meshcore.config import ChangeSet, MeshModel, load, load_objects
-from meshcore.config.model import freeze, thaw
+from meshcore.config.values import freeze, thaw
 from meshcore.xds import types
 from meshcore.xds.translate import Generated, Translator, proxy_for_node
 from meshgen import generate_mesh

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from meshcore.config import MeshModel, load_objects
-from meshcore.config.model import Checked, Resource, freeze
+from meshcore.config.model import Checked, Resource
+from meshcore.config.values import freeze
 from meshcore.errors import ConfigError
 from meshcore.xds import types
 from meshcore.xds.translate import Generated, Translator, proxy_for_node

@@ -18,7 +18,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from meshcore.config import MeshModel, VirtualService, load, load_objects
-from meshcore.config.model import freeze
+from meshcore.config.values import freeze
 from meshcore.xds import types
 from meshcore.xds.translate import (
     Generated,

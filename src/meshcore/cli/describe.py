@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from meshcore.config import MeshModel, validate
-from meshcore.config.model import thaw
+from meshcore.config.values import thaw
 
 
 def describe(paths: Sequence[str], *, domain: str = "cluster.local", output: str = "text") -> int:

@@ -28,7 +28,6 @@ from meshcore.config.loader import (
     read_text,
 )
 from meshcore.config.model import (
-    DEFAULT_DOMAIN,
     DEFAULT_ROOT_NAMESPACE,
     RESOURCE_CLASSES,
     AuthorizationPolicy,
@@ -46,8 +45,6 @@ from meshcore.config.model import (
     VirtualService,
     WorkloadEntry,
     WorkloadGroup,
-    freeze,
-    resolve_host,
 )
 from meshcore.config.rules import RULES
 from meshcore.config.validate import (
@@ -59,6 +56,7 @@ from meshcore.config.validate import (
     problems_of,
     too_deep,
 )
+from meshcore.config.values import DEFAULT_DOMAIN, freeze, resolve_host
 from meshcore.errors import ConfigError, ConfigProblem
 
 __all__ = [

@@ -10,8 +10,8 @@ from typing import Any
 
 from meshcore.config.changes import EVERYTHING, NOTHING, ChangeSet
 from meshcore.config.validate import DRY_RUN, GO_TRUE
+from meshcore.config.values import DEFAULT_DOMAIN, resolve_host, selector_matches, thaw
 
-DEFAULT_DOMAIN = "cluster.local"
 DEFAULT_ROOT_NAMESPACE = "istio-system"
 # The workload label Istio's auto mTLS reads (``istio`` or ``disabled``).
 TLS_MODE_LABEL = "security.istio.io/tlsMode"
@@ -20,42 +20,6 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 # A WorkloadEntry's health (see WorkloadEntry.healthy).
 HEALTH_CHECKS_ANNOTATION = "proxy.istio.io/health-checks-enabled"
 HEALTHY_ANNOTATION = "meshcore.io/healthy"
-
-
-def freeze(value: Any) -> Any:
-    """A deep read-only copy: mappings become MappingProxyType, lists become tuples.
-
-    Fields set to null are dropped: null means "not set", as the Kubernetes API server treats
-    it, so readers can rely on ``spec.get(field, default)``.
-    """
-    if isinstance(value, dict):
-        return MappingProxyType({k: freeze(v) for k, v in value.items() if v is not None})
-    if isinstance(value, list):
-        return tuple(freeze(v) for v in value)
-    return value
-
-
-def thaw(value: Any) -> Any:
-    """The plain-Python (dict/list) copy of a frozen value, e.g. to hand to other libraries."""
-    if isinstance(value, Mapping):
-        return {k: thaw(v) for k, v in value.items()}
-    if isinstance(value, tuple):
-        return [thaw(v) for v in value]
-    return value
-
-
-def resolve_host(host: str, namespace: str, domain: str = DEFAULT_DOMAIN) -> str:
-    """Istio's short-name rule: a host without a dot is a service in the resource's namespace."""
-    if "." in host or host == "*" or not host:
-        return host
-    return f"{host}.{namespace}.svc.{domain}"
-
-
-def selector_matches(selector: Mapping[str, str] | None, labels: Mapping[str, str]) -> bool:
-    """A missing selector selects every workload; otherwise every label must be equal."""
-    if not selector:
-        return True
-    return all(labels.get(k) == v for k, v in selector.items())
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ from typing import Any
 
 from meshcore.config.destinationrule import check_destination_rule
 from meshcore.config.gateway import check_gateway, check_secret
-from meshcore.config.model import freeze, thaw
 from meshcore.config.requestauthn import check_request_authentication
 from meshcore.config.sidecar import check_sidecar
 from meshcore.config.telemetry import check_telemetry
@@ -28,6 +27,7 @@ from meshcore.config.validate import (
     parse_duration,
     parse_path,
 )
+from meshcore.config.values import freeze, thaw
 from meshcore.config.vsanalysis import check_unreachable_rules
 from meshcore.config.workloadgroup import check_workload_group
 from meshcore.security import _validate as authz_validate

@@ -15,7 +15,7 @@ from typing import Any
 from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
 
-from meshcore.config.model import thaw
+from meshcore.config.values import thaw
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.names import (
     HTTP_EXT_AUTHZ,

@@ -18,7 +18,7 @@ from typing import Any
 
 from meshcore.config import _validated
 from meshcore.config.loader import Document, iter_config_files, parse_yaml, read_text
-from meshcore.config.model import DEFAULT_DOMAIN
+from meshcore.config.values import DEFAULT_DOMAIN
 from meshcore.errors import ConfigProblem
 from meshcore.store import StoreURL
 from meshcore.store.etcd import EtcdClient, rpc

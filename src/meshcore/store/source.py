@@ -29,7 +29,8 @@ import grpc
 from meshcore.config import Derivation, MeshModel, ValidationReport, _validated
 from meshcore.config.changes import ChangeSet, ResourceKey, changed_keys
 from meshcore.config.loader import Document, collector_paused, parse_yaml
-from meshcore.config.model import DEFAULT_DOMAIN, DEFAULT_ROOT_NAMESPACE
+from meshcore.config.model import DEFAULT_ROOT_NAMESPACE
+from meshcore.config.values import DEFAULT_DOMAIN
 from meshcore.errors import ConfigProblem
 from meshcore.store import EtcdTLS, StoreURL, split_key
 from meshcore.store.etcd import EtcdClient, StoreUnavailable, Watch

@@ -12,14 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshcore.config import MeshModel, ValidationReport, validate
-from meshcore.config.model import (
-    AuthorizationPolicy,
-    DestinationRule,
-    Resource,
-    VirtualService,
-    resolve_host,
-    selector_matches,
-)
+from meshcore.config.model import AuthorizationPolicy, DestinationRule, Resource, VirtualService
+from meshcore.config.values import resolve_host, selector_matches
 from meshcore.tools import messages as m
 from meshcore.tools.messages import LEVELS, Message
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from meshcore.config import MeshModel
-from meshcore.config.model import Gateway, WorkloadEntry, selector_matches
+from meshcore.config.model import Gateway, WorkloadEntry
+from meshcore.config.values import selector_matches
 
 
 def node_id(mesh: MeshModel, w: WorkloadEntry) -> str:

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from envoy.config.route.v3 import route_pb2
 
 from meshcore.config import MeshModel
-from meshcore.config.model import Gateway, Resource, VirtualService, selector_matches
+from meshcore.config.model import Gateway, Resource, VirtualService
+from meshcore.config.values import selector_matches
 from meshcore.tools import messages as m
 from meshcore.tools.messages import Message
 from meshcore.tools.shadow import CompiledRoute, clusters_of, compiled_routes, shadowed

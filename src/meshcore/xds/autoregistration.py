@@ -46,9 +46,8 @@ from meshcore.config.model import (
     MeshModel,
     WorkloadEntry,
     WorkloadGroup,
-    freeze,
-    thaw,
 )
+from meshcore.config.values import freeze, thaw
 from meshcore.xds.cache import NodeInfo
 from meshcore.xds.node import APP_ADDRESS_KEY, LABELS_KEY, parse_node_id
 

@@ -47,13 +47,8 @@ from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
 from meshcore.config.gateway import TLS_PROTOCOLS, is_http
-from meshcore.config.model import (
-    Gateway,
-    VirtualService,
-    resolve_gateways,
-    resolve_host,
-    selector_matches,
-)
+from meshcore.config.model import Gateway, VirtualService, resolve_gateways
+from meshcore.config.values import resolve_host, selector_matches
 from meshcore.errors import ConfigProblem
 from meshcore.names import (
     CORS_NAME,

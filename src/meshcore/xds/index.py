@@ -23,8 +23,8 @@ from meshcore.config.model import (
     ServicePort,
     Sidecar,
     WorkloadEntry,
-    selector_matches,
 )
+from meshcore.config.values import selector_matches
 from meshcore.errors import ConfigProblem
 from meshcore.xds.common import CAPTURE_ONLY, is_http, port_protocol, spiffe
 from meshcore.xds.problems import ProblemLog

@@ -33,8 +33,9 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 
 from meshcore.config.meshconfig import MeshConfig
-from meshcore.config.model import DestinationRule, ServicePort, WorkloadEntry, selector_matches
+from meshcore.config.model import DestinationRule, ServicePort, WorkloadEntry
 from meshcore.config.telemetry import TelemetryPolicy
+from meshcore.config.values import selector_matches
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.names import (
     CORS_NAME,

@@ -27,7 +27,8 @@ from typing import Any
 
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-from meshcore.config.model import MeshModel, Sidecar, resolve_host, selector_matches
+from meshcore.config.model import MeshModel, Sidecar
+from meshcore.config.values import resolve_host, selector_matches
 from meshcore.names import TCP_PROXY_NAME
 
 __all__ = [

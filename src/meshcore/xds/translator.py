@@ -40,7 +40,8 @@ from meshcore._text import shown
 from meshcore.config import ValidationReport
 from meshcore.config.changes import EVERYTHING
 from meshcore.config.meshconfig import MeshConfig
-from meshcore.config.model import MeshModel, selector_matches
+from meshcore.config.model import MeshModel
+from meshcore.config.values import selector_matches
 from meshcore.errors import ConfigProblem
 from meshcore.xds import types
 from meshcore.xds.cache import Layered, NodeInfo

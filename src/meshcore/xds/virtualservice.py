@@ -17,14 +17,9 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import metadata_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 
-from meshcore.config.model import (
-    Checked,
-    VirtualService,
-    resolve_gateways,
-    resolve_host,
-    selector_matches,
-)
+from meshcore.config.model import Checked, VirtualService, resolve_gateways
 from meshcore.config.rules import GRPC_STATUS, JWT_CLAIM_HEADER, is_authority_header, is_claim_route
+from meshcore.config.values import resolve_host, selector_matches
 from meshcore.names import (
     CORS_NAME,
     FAULT_NAME,

@@ -659,16 +659,7 @@ impl Decider {
         };
         let k = &self.consts;
         let own = |o: &Py<PyAny>| o.clone_ref(py);
-        let mut a: [Py<PyAny>; 18] = std::array::from_fn(|_| py.None());
-        a[0] = own(&k.inbound);
-        a[1] = own(&k.no);
-        a[9] = own(&k.dash);
-        a[10] = own(&k.no_body);
-        a[11] = own(&k.no);
-        a[12] = own(&k.empty);
-        a[13] = own(&k.empty);
-        a[15] = self.generation.clone_ref(py);
-        a[17] = own(&k.no_cookies);
+        let mut a = self.base_args(py, &k.inbound, &k.no);
         let Some(found) = found else {
             // Fail closed: no listener, no admission.
             a[8] = own(&k.s403);
@@ -812,13 +803,19 @@ impl Decider {
         self.decision.call1(py, PyTuple::new(py, fields)?)
     }
 
-    fn decision_args(&self, py: Python<'_>, port: u16, out: Outbound) -> PyResult<[Py<PyAny>; 18]> {
-        let none = || py.None();
+    /// A decision's fields before the decision fills them in: the direction, whether it is
+    /// allowed, and every default (`Decision`'s dataclass defaults) in field order.
+    fn base_args(
+        &self,
+        py: Python<'_>,
+        direction: &Py<PyAny>,
+        allowed: &Py<PyAny>,
+    ) -> [Py<PyAny>; 18] {
         let k = &self.consts;
         let own = |o: &Py<PyAny>| o.clone_ref(py);
         let mut a: [Py<PyAny>; 18] = std::array::from_fn(|_| py.None());
-        a[0] = own(&k.outbound);
-        a[1] = own(&k.yes);
+        a[0] = own(direction);
+        a[1] = own(allowed);
         a[9] = own(&k.dash);
         a[10] = own(&k.no_body);
         a[11] = own(&k.no);
@@ -826,6 +823,14 @@ impl Decider {
         a[13] = own(&k.empty);
         a[15] = self.generation.clone_ref(py);
         a[17] = own(&k.no_cookies);
+        a
+    }
+
+    fn decision_args(&self, py: Python<'_>, port: u16, out: Outbound) -> PyResult<[Py<PyAny>; 18]> {
+        let none = || py.None();
+        let k = &self.consts;
+        let own = |o: &Py<PyAny>| o.clone_ref(py);
+        let mut a = self.base_args(py, &k.outbound, &k.yes);
         match out {
             Outbound::Fallback => return Err(PyRuntimeError::new_err("decider: no decision")),
             Outbound::NoRoute => {

@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 use meshcore_core::Re2Regex;
 
 mod ads;
+mod balance;
 mod columns;
 mod decide;
 mod decision;

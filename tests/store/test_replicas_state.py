@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from meshcore.ca import CAError
 from meshcore.store import parse_store_url
-from meshcore.store.etcd import EtcdClient
-from meshcore.store.replicas import ReplicaDuties, shared_authority
+from meshcore.store.etcd import EtcdClient, rpc
+from meshcore.store.replicas import ReplicaDuties, _absent, shared_authority
 from tests._cli import main
 from tests.envoy._sidecar import wait_for
 from tests.store._etcd import EtcdCluster
@@ -40,6 +41,61 @@ def test_concurrent_replicas_create_one_ca(etcd: EtcdCluster, prefix: str) -> No
     # What another replica reads signs as the creator's would: the same key.
     keys = {ca.key.private_numbers().private_value for ca, _ in results}  # type: ignore[attr-defined]
     assert len(keys) == 1
+
+
+def test_a_lost_lock_holder_frees_the_ca_lock_within_its_lease(
+    etcd: EtcdCluster, prefix: str
+) -> None:
+    """A replica that took the CA creation lock and died before writing the CA: the others
+    wait for it, not generate a CA of their own, and take the lock once its lease expires."""
+    url = parse_store_url(etcd.url(prefix))
+    client = EtcdClient(etcd.endpoints)
+    try:
+        lost = client.grant(2)
+        client.put(url.meta("ca-lock"), b"", lease=lost)  # never refreshed: the holder is gone
+        with pytest.raises(CAError, match="holds the creation lock"):
+            shared_authority(client, url, lease_ttl=2, wait=0.5)
+        assert client.get(url.meta("ca"))[1] is None, "nobody wrote a CA while the lock was held"
+        started = time.monotonic()
+        ca, created = shared_authority(client, url, lease_ttl=2, wait=10)
+        waited = time.monotonic() - started
+        assert created
+        assert waited < 4, waited
+        assert client.get(url.meta("ca-lock"))[1] is None, "the lock is released after the write"
+        again, created = shared_authority(client, url)
+        assert not created
+        assert again.trust_bundle_pem() == ca.trust_bundle_pem()
+    finally:
+        client.close()
+
+
+def test_a_lock_holder_that_lost_its_lease_writes_nothing(etcd: EtcdCluster, prefix: str) -> None:
+    """The CA write holds only while the writer still holds the lock under its lease."""
+    url = parse_store_url(etcd.url(prefix))
+    client = EtcdClient(etcd.endpoints)
+    try:
+        stale = client.grant(30)
+        client.put(url.meta("ca-lock"), b"", lease=stale)
+        client.revoke(stale)  # the lease is gone with the lock
+        other = client.grant(30)
+        client.put(url.meta("ca-lock"), b"", lease=other)  # another replica took the lock
+        resp = client.txn(
+            [
+                _absent(url.meta("ca")),
+                rpc.Compare(
+                    result=rpc.Compare.EQUAL,
+                    target=rpc.Compare.LEASE,
+                    key=url.meta("ca-lock").encode(),
+                    lease=stale,
+                ),
+            ],
+            [rpc.RequestOp(request_put=rpc.PutRequest(key=url.meta("ca").encode(), value=b"x"))],
+        )
+        assert not resp.succeeded
+        assert client.get(url.meta("ca"))[1] is None
+        client.revoke(other)
+    finally:
+        client.close()
 
 
 def test_one_leader_and_failover_within_the_lease_ttl(

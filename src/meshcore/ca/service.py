@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -256,6 +257,9 @@ class ServerTLS:
         self.fixed = serving  # a serving certificate given by the caller is kept
         self.serving_ttl = serving_ttl
         self._renew_at = datetime.datetime.max.replace(tzinfo=datetime.UTC)
+        # use() runs in the thread that follows the shared CA, fetch() in gRPC's: the signing
+        # CA, the ports' configuration and what each port has taken change together.
+        self._lock = threading.Lock()
         self._config = self._build(service.ca)
         self._fresh = {True: False, False: False}  # per port (client auth): config not taken
 
@@ -272,6 +276,10 @@ class ServerTLS:
         return serving.key_pem, serving.cert_chain_pem, ca.trust_bundle_pem().encode()
 
     def use(self, ca: CertificateAuthority) -> None:
+        with self._lock:
+            self._swap(ca)
+
+    def _swap(self, ca: CertificateAuthority) -> None:
         config = self._build(ca)
         self.service.ca = ca
         self._config = config
@@ -287,12 +295,13 @@ class ServerTLS:
         self, client_auth: bool
     ) -> Callable[[], grpc.ServerCertificateConfiguration | None]:
         def fetch() -> grpc.ServerCertificateConfiguration | None:
-            if now() >= self._renew_at:
-                self.use(self.service.ca)
-            if not self._fresh[client_auth]:
-                return None  # unchanged
-            self._fresh[client_auth] = False
-            return self.configuration(client_auth)
+            with self._lock:
+                if now() >= self._renew_at:  # the CA read under the lock: never an older one
+                    self._swap(self.service.ca)
+                if not self._fresh[client_auth]:
+                    return None  # unchanged
+                self._fresh[client_auth] = False
+                return self.configuration(client_auth)
 
         return fetch
 

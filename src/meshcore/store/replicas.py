@@ -18,6 +18,7 @@ import datetime
 import json
 import logging
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -129,32 +130,92 @@ def shared_authority(
     *,
     trust_domain: str = "cluster.local",
     root_ttl: datetime.timedelta | None = None,
+    lease_ttl: int = LEASE_TTL,
+    wait: float | None = None,
+    poll: float = 0.1,
 ) -> tuple[CertificateAuthority, bool]:
     """The replicas' one CA: read from the store, or generated (a root of ``root_ttl``, else
-    10 years) and stored by this replica if it wins the create-if-absent transaction (True
-    then). Never logged."""
-    key = url.meta("ca")
-    _, kv = client.get(key)
-    if kv is not None:
-        return _decode_ca(bytes(kv.value), trust_domain), False
-    candidate = CertificateAuthority.generate(trust_domain=trust_domain, ttl=root_ttl or ROOT_TTL)
-    resp = client.txn(
-        [
-            rpc.Compare(
-                result=rpc.Compare.EQUAL,
-                target=rpc.Compare.CREATE,
-                key=key.encode(),
-                create_revision=0,
+    10 years) and stored by this replica (True then). Never logged.
+
+    Creating it is done under a lock, ``PREFIX.meshcore/ca-lock``, created if absent under
+    this replica's lease: only the lock's holder generates a key, and its write is one
+    transaction that holds only while the lock is still its own and no record exists (so a
+    holder whose lease expired writes nothing). The others wait for the record; a holder lost
+    before writing frees the lock within ``lease_ttl``, and the next replica takes it. After
+    ``wait`` seconds (default: three lease TTLs) with neither record nor lock, CAError."""
+    key, lock = url.meta("ca"), url.meta("ca-lock")
+    waited = 3 * lease_ttl if wait is None else wait
+    deadline = time.monotonic() + waited
+    while True:
+        _, kv = client.get(key)
+        if kv is not None:
+            return _decode_ca(bytes(kv.value), trust_domain), False
+        _, held = client.get(lock)
+        if held is None:
+            made = _create_under_lock(client, key, lock, lease_ttl, trust_domain, root_ttl)
+            if made is not None:
+                return made
+        if time.monotonic() >= deadline:
+            raise CAError(
+                f"no shared CA in the store after {waited:g} s: another replica holds the"
+                " creation lock and has not written it"
             )
-        ],
-        [rpc.RequestOp(request_put=rpc.PutRequest(key=key.encode(), value=_encode_ca(candidate)))],
-        [rpc.RequestOp(request_range=rpc.RangeRequest(key=key.encode()))],
+        time.sleep(poll)
+
+
+def _create_under_lock(
+    client: EtcdClient,
+    key: str,
+    lock: str,
+    lease_ttl: int,
+    trust_domain: str,
+    root_ttl: datetime.timedelta | None,
+) -> tuple[CertificateAuthority, bool] | None:
+    """Takes the creation lock and, holding it, generates and stores the CA (or reads the one
+    stored meanwhile); None when another replica took the lock first or this one lost it."""
+    lease = client.grant(lease_ttl)
+    try:
+        taken = client.txn(
+            [_absent(lock)],
+            [rpc.RequestOp(request_put=rpc.PutRequest(key=lock.encode(), lease=lease))],
+        )
+        if not taken.succeeded:
+            return None
+        candidate = CertificateAuthority.generate(
+            trust_domain=trust_domain, ttl=root_ttl or ROOT_TTL
+        )
+        resp = client.txn(
+            [
+                _absent(key),
+                rpc.Compare(
+                    result=rpc.Compare.EQUAL,
+                    target=rpc.Compare.LEASE,
+                    key=lock.encode(),
+                    lease=lease,
+                ),
+            ],
+            [
+                rpc.RequestOp(
+                    request_put=rpc.PutRequest(key=key.encode(), value=_encode_ca(candidate))
+                )
+            ],
+            [rpc.RequestOp(request_range=rpc.RangeRequest(key=key.encode()))],
+        )
+        if resp.succeeded:
+            log.info("generated the replicas' shared CA root (stored in the config store)")
+            return candidate, True
+        stored = resp.responses[0].response_range.kvs
+        return (_decode_ca(bytes(stored[0].value), trust_domain), False) if stored else None
+    finally:
+        # Revoking the lease deletes the lock; a lease already gone is gone either way.
+        with contextlib.suppress(StoreUnavailable, grpc.RpcError):
+            client.revoke(lease)
+
+
+def _absent(key: str) -> rpc.Compare:
+    return rpc.Compare(
+        result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE, key=key.encode(), create_revision=0
     )
-    if resp.succeeded:
-        log.info("generated the replicas' shared CA root (stored in the config store)")
-        return candidate, True
-    winner = resp.responses[0].response_range.kvs[0]
-    return _decode_ca(bytes(winner.value), trust_domain), False
 
 
 class LeaderElection:
@@ -184,14 +245,7 @@ class LeaderElection:
                 self.lease = self.client.grant(self.ttl)
             k = self.key.encode()
             resp = self.client.txn(
-                [
-                    rpc.Compare(
-                        result=rpc.Compare.EQUAL,
-                        target=rpc.Compare.CREATE,
-                        key=k,
-                        create_revision=0,
-                    )
-                ],
+                [_absent(self.key)],
                 [
                     rpc.RequestOp(
                         request_put=rpc.PutRequest(

@@ -237,17 +237,19 @@ class ControlPlaneServer:
             # Replicas share one self-signed root, created once in the store (never logged).
             from meshcore.store.replicas import shared_authority
 
-            self.authority, _ = shared_authority(
-                self.store.client, self.store.url, root_ttl=options.root_ttl
+            # In a thread: another replica may hold the creation lock for a while.
+            authority, _ = await asyncio.to_thread(
+                shared_authority, self.store.client, self.store.url, root_ttl=options.root_ttl
             )
             self.ca_shared = True
-            self._write_roots(self.authority)
+            self._write_roots(authority)
         else:
-            self.authority = load_ca(options)
+            authority = load_ca(options)
+        self.authority = authority
         tokens = BootstrapTokens()
         self.token_count = load_tokens(options.tokens, tokens) if options.tokens else 0
         self.ca_server = await start_ca_server(
-            self.authority, tokens, port=options.port, mtls_port=options.mtls_port, host=self.host
+            authority, tokens, port=options.port, mtls_port=options.mtls_port, host=self.host
         )
 
     def _write_roots(self, ca: CertificateAuthority) -> None:

@@ -287,10 +287,14 @@ class CoreAdsServer:
         self._stopped = True
         self.outbox.flush()
         await asyncio.to_thread(self.transport.shutdown, grace or 0.0)
+        # Every handler is awaited, also those whose streams the shutdown ended (the
+        # events below cancel them and drop them from ``calls``): a stream releases its
+        # proxy in its handler's clean-up, which must have run when stop returns.
+        tasks = {c.task for c in self.calls.values() if c.task is not None}
         if self._loop is not None:
-            self._events()  # the streams the shutdown ended: their handlers are cancelled
+            self._events()
             self._loop.remove_reader(self.transport.fileno())
-        tasks = [c.task for c in self.calls.values() if c.task is not None]
+        tasks.update(c.task for c in self.calls.values() if c.task is not None)
         for task in tasks:
             task.cancel()
         if tasks:

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.envoy._sidecar import control_plane_in_thread, free_ports
 from tests.store._etcd import EtcdCluster, etcd_cluster, replica_process
 
+from fleet_command import client_kind, fleet_command
 from meshcore.config import load
 from meshcore.store import parse_store_url
 from meshcore.store.apply import commit, read_items
@@ -237,17 +238,20 @@ def test_fleet_over_three_replicas(
             stack.enter_context(replica_process(tmp_path, str(url), ports, str(i), ready=300))
             for i, ports in enumerate(replicas)
         ]
-        rss0 = [rss_of(p.pid) for p in procs]
-        fleets = []
-        t0 = time.monotonic()
+        commands = []
         for i, ports in enumerate(replicas):
             chunk = tmp_path / f"nodes{i}.txt"
             chunk.write_text("\n".join(lines[i::3]) + "\n")
-            fleet = subprocess.Popen(
-                [sys.executable, str(Path(__file__).parent / "xds_fleet_client.py"),
-                 f"127.0.0.1:{ports['xds']}", str(chunk), str(i * proxies), "2"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            )  # fmt: skip
+            commands.append(
+                fleet_command(
+                    f"127.0.0.1:{ports['xds']}", chunk, i * proxies, 2, release=not quick(request)
+                )
+            )
+        rss0 = [rss_of(p.pid) for p in procs]
+        fleets = []
+        t0 = time.monotonic()
+        for command in commands:
+            fleet = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             stack.callback(fleet.wait, 60)
             stack.callback(
                 lambda f=fleet: (f.stdin and f.stdin.close(), f.stdout and f.stdout.close())
@@ -314,7 +318,7 @@ def test_fleet_over_three_replicas(
         + ", ".join(f"{k:.0f}" for k in marginal)
         + " KB marginal; CPU for the change: replicas "
         + ", ".join(f"{c:.2f}" for c in cpu[:3])
-        + " s, fleet clients "
+        + f" s, fleet clients ({client_kind()}) "
         + ", ".join(f"{c:.2f}" for c in cpu[3:])
         + f" s; load average {load1:.1f}"
     )

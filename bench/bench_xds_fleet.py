@@ -15,7 +15,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import grpc
 import pytest
 import yaml
 
+from fleet_command import client_kind, fleet_command
 from meshcore.config import load
 from meshcore.xds.cache import NodeInfo
 from meshcore.xds.controlplane import ControlPlane
@@ -60,12 +60,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_fleet(port: int, nodes_file: Path, stages: int) -> Any:
+def fleet_client(port: int, nodes_file: Path, stages: int) -> list[str]:
+    """The fleet client's command (``fleet_command`` says which client: the Rust one by
+    default, built with the release profile for the long form): built before any timing."""
+    return fleet_command(f"127.0.0.1:{port}", nodes_file, 0, stages, release=PROXIES > 1000)
+
+
+def start_fleet(command: list[str]) -> Any:
     """The fleet client process (an asyncio subprocess coroutine)."""
-    return asyncio.create_subprocess_exec(
-        sys.executable, str(Path(__file__).parent / "xds_fleet_client.py"), f"127.0.0.1:{port}", str(nodes_file), "0", str(stages),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-    )  # fmt: skip
+    return asyncio.create_subprocess_exec(*command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
 
 async def fleet_ready(
@@ -214,10 +217,11 @@ def test_fleet_convergence(
         watcher = asyncio.create_task(
             plane.run(lambda: [s.node for s in ads.proxies.values()], stop)
         )
+        command = fleet_client(port, nodes_file, stages)
         before = rss_bytes()
         cpu0, t0 = time.process_time(), time.monotonic()
         rss_after: list[int] = []
-        fleet = await start_fleet(port, nodes_file, stages)
+        fleet = await start_fleet(command)
         assert fleet.stdin is not None
         lost: list[str] = []
         try:
@@ -298,7 +302,7 @@ def test_fleet_convergence(
         f"(includes the 100 ms debounce; {r['rebuilds']} update) [goal: p99 <= 1 s, <= 100 KB]; "
         f"CPU from the write to the last proxy: control plane {r['cp_cpu']:.2f}s (of which reading and "
         f"validating the changed file {r['load'] * 1e3:.1f} ms, {update}; the rest the pushes), "
-        f"fleet {r['fleet_cpu']:.2f}s"
+        f"fleet ({client_kind()} client) {r['fleet_cpu']:.2f}s"
     )
     print(
         f"xDS fleet of {PROXIES}, {mode}, {transport} transport: {r['push_cpu'] / PROXIES * 1e6:.0f} us of "
@@ -358,7 +362,7 @@ def test_bare_grpc_reference(tmp_path: Path) -> None:
         ),))  # fmt: skip
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
-        fleet = await start_fleet(port, nodes_file, 1)
+        fleet = await start_fleet(fleet_client(port, nodes_file, 1))
         assert fleet.stdin is not None
         lost: list[str] = []
         try:
@@ -415,7 +419,7 @@ def test_bare_core_reference(tmp_path: Path) -> None:
 
         loop = asyncio.get_running_loop()
         loop.add_reader(transport.fileno(), on_events)
-        fleet = await start_fleet(transport.port, nodes_file, 1)
+        fleet = await start_fleet(fleet_client(transport.port, nodes_file, 1))
         assert fleet.stdin is not None
         lost: list[str] = []
         try:

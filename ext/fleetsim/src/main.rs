@@ -106,8 +106,7 @@ async fn stream(
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(|e| format!("UNAVAILABLE {e}"))?;
         let _ = body.flow_control().release_capacity(chunk.len());
-        pending.extend_from_slice(&chunk);
-        for message in wire::frames(&mut pending) {
+        for message in wire::take_frames(&mut pending, chunk) {
             let (version, nonce) = wire::response_version_nonce(&message)
                 .ok_or_else(|| "INTERNAL an unreadable DiscoveryResponse".to_string())?;
             *seen += 1;

@@ -23,7 +23,9 @@ fn put_field(out: &mut BytesMut, number: u32, data: &[u8]) {
 /// A `DiscoveryRequest` (envoy.service.discovery.v3) in a gRPC frame: version_info (1), node
 /// (2, its id only) on the first request, resource_names (3), type_url (4), response_nonce (5).
 pub fn request(node: Option<&str>, names: &[String], version: &[u8], nonce: &[u8]) -> Bytes {
-    let mut msg = BytesMut::with_capacity(256);
+    // The frame's 5-byte prefix first, its length filled in once the message is written.
+    let mut msg = BytesMut::with_capacity(512);
+    msg.put_bytes(0, 5);
     if !version.is_empty() {
         put_field(&mut msg, 1, version);
     }
@@ -39,11 +41,9 @@ pub fn request(node: Option<&str>, names: &[String], version: &[u8], nonce: &[u8
     if !nonce.is_empty() {
         put_field(&mut msg, 5, nonce);
     }
-    let mut frame = BytesMut::with_capacity(msg.len() + 5);
-    frame.put_u8(0);
-    frame.put_u32(msg.len() as u32);
-    frame.put_slice(&msg);
-    frame.freeze()
+    let len = (msg.len() - 5) as u32;
+    msg[1..5].copy_from_slice(&len.to_be_bytes());
+    msg.freeze()
 }
 
 fn varint(buf: &mut &[u8]) -> Option<u64> {
@@ -86,6 +86,27 @@ pub fn response_version_nonce(mut buf: &[u8]) -> Option<(Bytes, Bytes)> {
     Some((version, nonce))
 }
 
+/// The gRPC messages (length-prefixed, uncompressed) whole in `chunk` after what `pending`
+/// held; what is left of a message is kept in `pending`. A chunk that starts with a message
+/// (the usual case) is sliced, not copied.
+pub fn take_frames(pending: &mut BytesMut, mut chunk: Bytes) -> Vec<Bytes> {
+    if !pending.is_empty() {
+        pending.extend_from_slice(&chunk);
+        return frames(pending);
+    }
+    let mut out = Vec::new();
+    while chunk.len() >= 5 {
+        let len = u32::from_be_bytes([chunk[1], chunk[2], chunk[3], chunk[4]]) as usize;
+        if chunk.len() < 5 + len {
+            break;
+        }
+        chunk.advance(5);
+        out.push(chunk.split_to(len));
+    }
+    pending.extend_from_slice(&chunk);
+    out
+}
+
 /// The gRPC messages (length-prefixed, uncompressed) whole in `pending`, taken from it.
 pub fn frames(pending: &mut BytesMut) -> Vec<Bytes> {
     let mut out = Vec::new();
@@ -116,6 +137,23 @@ mod tests {
         let (version, nonce) = response_version_nonce(&got[0]).expect("parses");
         assert_eq!(&version[..], b"v1");
         assert_eq!(&nonce[..], b"n-7");
+    }
+
+    #[test]
+    fn chunks_split_anywhere_give_the_same_messages() {
+        let one = request(Some("a"), &["x".to_string()], b"1", b"n1");
+        let two = request(None, &[], b"22", b"n2");
+        let stream: Vec<u8> = [&one[..], &two[..]].concat();
+        for cut in 0..=stream.len() {
+            let mut pending = BytesMut::new();
+            let mut got = take_frames(&mut pending, Bytes::copy_from_slice(&stream[..cut]));
+            got.extend(take_frames(
+                &mut pending,
+                Bytes::copy_from_slice(&stream[cut..]),
+            ));
+            assert!(pending.is_empty(), "cut at {cut}");
+            assert_eq!(got, vec![one.slice(5..), two.slice(5..)], "cut at {cut}");
+        }
     }
 
     #[test]

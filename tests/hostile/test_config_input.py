@@ -232,15 +232,15 @@ def test_manifests_given_as_python_values_are_depth_limited(depth: int) -> None:
         "apiVersion": "networking.istio.io/v1",
         "kind": "DestinationRule",
         "metadata": {"name": "a"},
-        "spec": {"host": "a", "trafficPolicy": {"loadBalancer": {"localityLbSetting": {}}}},
+        "spec": {"host": "a", "trafficPolicy": {"loadBalancer": {"warmup": {}}}},
     }
     lb = manifest["spec"]["trafficPolicy"]["loadBalancer"]
-    lb["localityLbSetting"] = _nested(depth)
+    lb["warmup"] = _nested(depth)  # a free-form field
     [problem] = validate_object(manifest)
     assert problem.message == "nesting deeper than 128 levels"
-    assert problem.path.startswith("spec.trafficPolicy.loadBalancer.localityLbSetting.a[0]")
+    assert problem.path.startswith("spec.trafficPolicy.loadBalancer.warmup.a[0]")
     with pytest.raises(ConfigError):
         load_objects([manifest])
-    lb["localityLbSetting"] = _nested(120)
+    lb["warmup"] = _nested(120)
     assert validate_object(manifest) == []
     assert len(load_objects([manifest])) == 1

@@ -10,7 +10,11 @@ import pytest
 
 pytest.importorskip("envoy.config.route.v3.route_pb2")
 
-from meshcore.config import load_objects
+from dataclasses import replace
+
+from meshcore.config import MeshModel, load_objects
+from meshcore.config.values import freeze
+from meshcore.errors import ConfigError
 from meshcore.xds import types
 from meshcore.xds.translate import Translator, proxy_for_node
 
@@ -168,10 +172,31 @@ def test_locality_from_the_istio_locality_label() -> None:
     assert _priorities(result)["127.0.20.4"] == 0
 
 
-def test_malformed_setting_drops_the_policy_with_a_problem() -> None:
-    a = _gen(_mesh({"distribute": [{"from": "r1", "to": {"r2": "lots"}}]}), "client-a")
+def test_malformed_setting_is_refused_by_the_loader() -> None:
+    # Validated once, where the webhook validates (Istio's ValidateLocalityLbSetting): the
+    # translator never meets it.
+    with pytest.raises(ConfigError) as err:
+        load_objects(_mesh({"distribute": [{"from": "r1", "to": {"r2": "lots"}}]}))
+    assert [p.path for p in err.value.errors()] == [
+        "spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to.r2"
+    ]
+    with pytest.raises(ConfigError, match=r"total locality weight 90 != 100"):
+        load_objects(_mesh({"distribute": [{"from": "r1", "to": {"r2": 90}}]}))
+
+
+def test_a_hand_built_malformed_setting_drops_the_policy_with_a_problem() -> None:
+    loaded = list(load_objects(_mesh({"enabled": True})).resources)
+    setting = {"distribute": [{"from": "r1", "to": {"r2": "lots"}}]}
+    spec = {"host": "reviews", "trafficPolicy": {"outlierDetection": OUTLIER,
+            "loadBalancer": {"localityLbSetting": setting}}}  # fmt: skip
+    mesh = MeshModel([
+        replace(r, spec=freeze(spec), checked=None) if r.kind == "DestinationRule" else r  # type: ignore[call-arg]
+        for r in loaded
+    ])  # fmt: skip
+    node = "sidecar~0.0.0.0~client-a.default~default.svc.cluster.local"
+    a = Translator().generate(mesh, proxy_for_node(mesh, node, {}))
     assert [p.path for p in a.problems] == [
-        "spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to"
+        "spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to.r2"
     ]
     assert set(_priorities(a).values()) == {0}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from meshcore.config.locality import TOPOLOGY_LABELS, check_locality_lb
 from meshcore.config.validate import _DNS1123_LABEL, Checker, Path, _d, _l
 
 
@@ -17,6 +18,10 @@ def _traffic_policy(c: Checker, tp: Any, path: Path, *, port_level: bool = False
     if lb.get("simple") is not None and lb.get("consistentHash") is not None:
         c.error(path + ("loadBalancer",), "simple and consistentHash are mutually exclusive")
     _zone_aware(c, lb, _d(tp.get("outlierDetection")) if "outlierDetection" in tp else None, path)
+    check_locality_lb(
+        c, lb.get("localityLbSetting"), "outlierDetection" in tp,
+        path + ("loadBalancer", "localityLbSetting"),
+    )  # fmt: skip
     ch = lb.get("consistentHash")
     if isinstance(ch, dict):
         keys = [
@@ -216,11 +221,6 @@ def check_destination_rule(c: Checker, spec: dict[str, Any], name: str) -> None:
     c.export_to(spec)
 
 
-_TOPOLOGY_LABELS = frozenset(
-    {"topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone"}
-)
-
-
 def _zone_aware(c: Checker, lb: dict[str, Any], outlier: Any, path: Path) -> None:
     """Istio's ValidateZoneAwareLbSetting (meshcore reports the setting as not translated:
     see meshcore.xds.index)."""
@@ -231,7 +231,7 @@ def _zone_aware(c: Checker, lb: dict[str, Any], outlier: Any, path: Path) -> Non
     if lb.get("localityLbSetting") is not None:
         c.error(zpath, "only one of localityLbSetting and zoneAwareLbSetting can be set")
     for i, label in enumerate(_l(za.get("failoverPriority"))):
-        if label in _TOPOLOGY_LABELS:
+        if label in TOPOLOGY_LABELS:
             c.error(
                 zpath + ("failoverPriority", i),
                 f"'failover_priority' for zone aware lb must not use topology label '{label}';"

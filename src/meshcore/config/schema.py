@@ -297,6 +297,7 @@ VIRTUAL_SERVICE_SPEC = message(
     exportTo=STRINGS,
 )
 
+_WEIGHTS: FieldType = MapOf(UINT32)
 LOAD_BALANCER = message(
     "LoadBalancerSettings",
     simple=Enum(
@@ -318,7 +319,13 @@ LOAD_BALANCER = message(
         maglev=message("MagLev", tableSize=UINT32),
         minimumRingSize=UINT32,
     ),
-    localityLbSetting=ANY,
+    localityLbSetting=message(
+        "LocalityLoadBalancerSetting",
+        distribute=ListOf(message("Distribute", **{"from": STRING, "to": _WEIGHTS})),
+        failover=ListOf(message("Failover", **{"from": STRING, "to": STRING})),
+        failoverPriority=STRINGS,
+        enabled=BOOL,
+    ),
     zoneAwareLbSetting=message(
         "ZoneAwareLoadBalancerSetting",
         enabled=BOOL,

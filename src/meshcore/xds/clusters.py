@@ -52,9 +52,9 @@ from meshcore.xds.common import (
 from meshcore.xds.index import MeshIndex, Overrides, PortService, SeHost
 from meshcore.xds.locality import (
     apply_locality_lb,
-    checked_setting,
     failover_enabled,
     locality_labels,
+    setting_of,
 )
 from meshcore.xds.problems import ProblemLog
 from meshcore.xds.telemetry import tracing_clusters, workload_metadata
@@ -360,7 +360,7 @@ class ClusterBuilder:
         needs outlier detection) or ``distribute`` applies; the priorities and weights are the
         endpoints' (:meth:`endpoints`, per proxy locality)."""
         path = base + ".loadBalancer.localityLbSetting"
-        setting = _locality_setting(policy, path)
+        setting = _locality_setting(policy)
         if setting is None:
             return
         if isinstance(ps.service, SeHost) and ps.service.dns:
@@ -491,12 +491,13 @@ class ClusterBuilder:
             dr = chosen.get(host) or self.mesh.destination_rule_for(host)
             if dr is None:
                 continue
+            try:
+                checked_of(dr)  # one built by hand: its problems are reported with the cluster
+            except Invalid:
+                continue
             for subset in ["", *sorted(dr.subsets)] if host in chosen else subsets:
                 policy = effective_policy(dr, subset, ps.port.port)
-                try:
-                    setting = _locality_setting(policy, "")
-                except Invalid:
-                    continue  # reported with the cluster, whose policy is dropped
+                setting = _locality_setting(policy)
                 if setting is None:
                     continue
                 name = cluster_name(OUTBOUND, ps.port.port, subset, host)
@@ -664,14 +665,14 @@ class _LocalityTarget:
     outlier: bool
 
 
-def _locality_setting(policy: Mapping[str, Any], path: str) -> dict[str, Any] | None:
-    """The policy's localityLbSetting (checked), else Istio's mesh-wide default (locality load
+def _locality_setting(policy: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The policy's localityLbSetting (validated by the loader), else Istio's mesh-wide default (locality load
     balancing enabled, default failover) when the policy has outlier detection, else None."""
     raw = (policy.get("loadBalancer") or {}).get("localityLbSetting")
     if raw is not None:
-        return checked_setting(raw, path)
+        return setting_of(raw)
     if "outlierDetection" in policy:
-        return {**checked_setting({}, path), "implicit": True}
+        return {**setting_of(None), "implicit": True}
     return None
 
 

@@ -14,18 +14,16 @@ from typing import Any
 
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 
-from meshcore.xds.common import Invalid
-
 __all__ = [
     "REGION_LABEL",
     "SUBZONE_LABEL",
     "ZONE_LABEL",
     "apply_locality_lb",
-    "checked_setting",
     "failover_enabled",
     "lb_priority",
     "locality_labels",
     "locality_match",
+    "setting_of",
     "split_locality",
 ]
 
@@ -66,47 +64,22 @@ def locality_match(locality: str, rule: str) -> bool:
     )
 
 
-def checked_setting(raw: Any, path: str) -> dict[str, Any]:
-    """A localityLbSetting in the shape Istio's API gives it (raises :class:`Invalid` naming
-    the field otherwise)."""
-    if not isinstance(raw, Mapping):
-        raise Invalid(path, "must be a mapping")
-    enabled = raw.get("enabled")
-    if enabled is not None and not isinstance(enabled, bool):
-        raise Invalid(path + ".enabled", "must be true or false")
-    out: dict[str, Any] = {"enabled": enabled}
-    distribute = []
-    for i, d in enumerate(_items(raw, "distribute", path)):
-        to = d.get("to") or {}
-        if not isinstance(to, Mapping) or not all(
-            isinstance(w, int) and not isinstance(w, bool) and 0 <= w <= 100 for w in to.values()
-        ):
-            raise Invalid(f"{path}.distribute[{i}].to", "must map localities to weights 0..100")
-        distribute.append(
-            {"from": str(d.get("from", "")), "to": {str(k): w for k, w in to.items()}}
-        )
-    failover = [
-        {"from": str(f.get("from", "")), "to": str(f.get("to", ""))}
-        for f in _items(raw, "failover", path)
-    ]
-    if distribute and failover:
-        raise Invalid(path, "can not simultaneously specify 'distribute' and 'failover'")
-    priorities = raw.get("failoverPriority") or ()
-    if not _is_list(priorities) or not all(isinstance(x, str) for x in priorities):
-        raise Invalid(path + ".failoverPriority", "must be a list of label names")
-    out.update(distribute=distribute, failover=failover, failoverPriority=list(priorities))
-    return out
-
-
-def _items(raw: Mapping[str, Any], name: str, path: str) -> list[Mapping[str, Any]]:
-    items = raw.get(name) or ()
-    if not _is_list(items) or not all(isinstance(x, Mapping) for x in items):
-        raise Invalid(f"{path}.{name}", "must be a list of mappings")
-    return list(items)
-
-
-def _is_list(x: Any) -> bool:
-    return isinstance(x, Sequence) and not isinstance(x, str)
+def setting_of(raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A localityLbSetting the loader validated (meshcore.config.locality), with its defaults
+    filled in: ``enabled`` (None: not set), ``distribute``, ``failover``, ``failoverPriority``."""
+    raw = raw or {}
+    return {
+        "enabled": raw.get("enabled"),
+        "distribute": [
+            {"from": str(d.get("from", "")), "to": dict(d.get("to") or {})}
+            for d in raw.get("distribute") or ()
+        ],
+        "failover": [
+            {"from": str(f.get("from", "")), "to": str(f.get("to", ""))}
+            for f in raw.get("failover") or ()
+        ],
+        "failoverPriority": list(raw.get("failoverPriority") or ()),
+    }
 
 
 def failover_enabled(setting: Mapping[str, Any], outlier: bool) -> bool:

@@ -27,7 +27,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 mod ack;
+mod lane;
 pub use ack::{plain_ack, Ack};
+pub use lane::{Acked, Expect, Lane};
 
 /// The service's two methods, as HTTP/2 paths.
 pub const SOTW_PATH: &str =
@@ -53,6 +55,8 @@ pub struct Config {
     pub keepalive_time: Option<Duration>,
     /// ... and the connection is closed when its PING is not answered within this.
     pub keepalive_timeout: Duration,
+    /// The embedder's monotonic clock at bind, in seconds (the times of the [`Lane`]'s ACKs).
+    pub clock: f64,
 }
 
 impl Default for Config {
@@ -62,6 +66,7 @@ impl Default for Config {
             max_send_bytes: 5 * 1024 * 1024,
             keepalive_time: None,
             keepalive_timeout: Duration::from_secs(20),
+            clock: 0.0,
         }
     }
 }
@@ -109,6 +114,7 @@ struct Shared {
     streams: Mutex<HashMap<u64, mpsc::UnboundedSender<Out>>>,
     next_stream: AtomicU64,
     config: Config,
+    lane: Lane,
 }
 
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -157,6 +163,7 @@ impl Server {
             }),
             streams: Mutex::new(HashMap::new()),
             next_stream: AtomicU64::new(1),
+            lane: Lane::new(config.clock),
             config,
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -228,6 +235,11 @@ impl Server {
             Some(tx) => tx.send(Out::Close(code, message.to_owned())).is_ok(),
             None => false,
         }
+    }
+
+    /// The plain ACKs of the steady state, taken without an event (see [`Lane`]).
+    pub fn lane(&self) -> &Lane {
+        &self.shared.lane
     }
 
     /// Streams open now.
@@ -395,10 +407,13 @@ async fn stream(
                     match messages(&mut pending, limits.max_receive_bytes) {
                         Ok(found) => {
                             for data in found {
-                                shared.push(match plain_ack(method, &data) {
+                                let event = match plain_ack(method, &data) {
+                                    // The ACK the stream waits for, taken without an event.
+                                    Some(ack) if shared.lane.absorb(id, &ack) => continue,
                                     Some(ack) => Event::Ack { stream: id, ack, data },
                                     None => Event::Message { stream: id, data },
-                                });
+                                };
+                                shared.push(event);
                             }
                         }
                         Err((code, why)) => {

@@ -7,7 +7,10 @@ use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
-use meshcore_ads::{Config, Event, Server};
+use meshcore_ads::{Acked, Config, Event, Expect, Server};
+
+/// An ACK the lane took: (type_url, version_info, time, monotonic time).
+type Taken = (String, String, f64, f64);
 
 /// Event kinds as the first item of each tuple of `AdsTransport.events()`.
 const OPENED: u8 = 0;
@@ -24,7 +27,7 @@ struct PyAdsTransport {
 #[pymethods]
 impl PyAdsTransport {
     #[new]
-    #[pyo3(signature = (address, *, max_receive_bytes, max_send_bytes, keepalive_time=None, keepalive_timeout=20.0))]
+    #[pyo3(signature = (address, *, max_receive_bytes, max_send_bytes, keepalive_time=None, keepalive_timeout=20.0, clock=0.0))]
     fn new(
         py: Python<'_>,
         address: &str,
@@ -32,6 +35,7 @@ impl PyAdsTransport {
         max_send_bytes: usize,
         keepalive_time: Option<f64>,
         keepalive_timeout: f64,
+        clock: f64,
     ) -> PyResult<Self> {
         let seconds = |s: f64| {
             Duration::try_from_secs_f64(s)
@@ -42,6 +46,7 @@ impl PyAdsTransport {
             max_send_bytes,
             keepalive_time: keepalive_time.map(seconds).transpose()?,
             keepalive_timeout: seconds(keepalive_timeout)?,
+            clock,
         };
         let server = py
             .detach(|| Server::bind(address, config))
@@ -114,6 +119,44 @@ impl PyAdsTransport {
         self.server.close(stream, code, message)
     }
 
+    /// Stream `stream` waits for the plain ACK of (type_url, nonce, names as encoded): taken
+    /// without an event if it comes before the next `bump` or `settle` of the stream.
+    fn expect(&self, stream: u64, type_url: String, nonce: String, names: &[u8]) {
+        let expect = Expect {
+            type_url,
+            nonce,
+            names: names.to_vec(),
+        };
+        self.server.lane().expect(stream, expect);
+    }
+
+    /// A snapshot is about to change: no ACK expected before now is taken any more.
+    fn bump(&self) {
+        self.server.lane().bump();
+    }
+
+    /// The ACKs taken for `stream` since the last call, each (type_url, version_info, time,
+    /// monotonic time); what the stream waited for is no longer taken.
+    fn settle(&self, stream: u64) -> Vec<Taken> {
+        self.server
+            .lane()
+            .settle(stream)
+            .into_iter()
+            .map(acked)
+            .collect()
+    }
+
+    /// The ACKs taken for `stream` since the last call, as `settle`; what the stream waits
+    /// for, if it did not come, is still taken.
+    fn taken(&self, stream: u64) -> Vec<Taken> {
+        self.server
+            .lane()
+            .taken(stream)
+            .into_iter()
+            .map(acked)
+            .collect()
+    }
+
     /// Streams open now.
     fn streams(&self) -> usize {
         self.server.streams()
@@ -127,6 +170,10 @@ impl PyAdsTransport {
         py.detach(|| self.server.shutdown(grace));
         Ok(())
     }
+}
+
+fn acked(a: Acked) -> Taken {
+    (a.type_url, a.version, a.wall, a.monotonic)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -53,6 +53,8 @@ class XdsMetrics:
         self.push_time: dict[str, _Histogram] = defaultdict(lambda: _Histogram(TIME_BUCKETS))
         self.config_size: dict[str, _Histogram] = defaultdict(lambda: _Histogram(SIZE_BUCKETS))
         self.convergence = _Histogram(TIME_BUCKETS)
+        # Called before the figures are read (the ADS server applies ACKs not told yet).
+        self.before_read: Callable[[], None] | None = None
 
     def push(self, type_name: str, seconds: float, size: int, resources: int = 0) -> None:
         with self._lock:
@@ -74,6 +76,8 @@ class XdsMetrics:
             self.connected += delta
 
     def collect(self) -> Iterator[Metric]:
+        if self.before_read is not None:
+            self.before_read()
         with self._lock:
             yield _untyped("pilot_xds_pushes", "Pushes by xDS type.", self.pushes)
             yield _untyped(

@@ -83,6 +83,9 @@ class SnapshotCache:
         # SotW responses without their nonce, by what determines their bytes.
         self._responses: dict[tuple[str, str, bool, tuple[str, ...], float | None], bytes] = {}
         self.encoded_responses = 0  # SotW responses encoded (each then shared)
+        # Called before any snapshot changes (ADS transports that take expected ACKs stop
+        # taking those expected before it: see meshcore.xds.transport).
+        self.changing: list[Callable[[], None]] = []
 
     def snapshot(self, resources: Mapping[str, Mapping[str, bytes | Message]]) -> Snapshot:
         """A snapshot from {type_url: {name: message or serialized bytes}}.
@@ -200,7 +203,12 @@ class SnapshotCache:
             self._responses[key] = body
         return body
 
+    def _changing(self) -> None:
+        for hook in self.changing:
+            hook()
+
     def set(self, node_id: str, snapshot: Snapshot) -> None:
+        self._changing()
         self._fleet.set(node_id, snapshot)
         self._changed(node_id)
 
@@ -212,9 +220,11 @@ class SnapshotCache:
     ) -> list[str]:
         """Upserts/removes resources of one type in every snapshot that holds them (or in
         ``nodes``); wakes the streams of the proxies whose view changed and returns them."""
+        changes_bytes = {name: None if r is None else self._bytes(r) for name, r in changes.items()}
+        self._changing()
         changed = self._fleet.apply(
             type_url,
-            {name: None if r is None else self._bytes(r) for name, r in changes.items()},
+            changes_bytes,
             nodes,
         )
         # One time for all of them, and the streams woken: nothing else per proxy here.
@@ -236,10 +246,12 @@ class SnapshotCache:
         if snap is None and self.source is not None:
             snap = self.source(node)
             if snap is not None:
+                self._changing()
                 self._fleet.set(node.id, snap)
         return snap
 
     def clear(self, node_id: str) -> None:
+        self._changing()
         self._fleet.remove(node_id)
         self.changed_at.pop(node_id, None)
         if self.dropped is not None:

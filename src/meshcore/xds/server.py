@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
+from meshcore._core.xds import Snapshot
 from meshcore._text import shown
 from meshcore.observability.metrics import XdsMetrics
 from meshcore.xds import types
@@ -100,11 +101,21 @@ class ProxyState:
     stream: str  # "sotw" or "delta"
     number: int = 0  # the stream's number on this server
     connected_at: float = field(default_factory=time.time)
-    types: dict[str, TypeStatus] = field(default_factory=dict)
+    by_type: dict[str, TypeStatus] = field(default_factory=dict)
     converged_change: float = 0.0  # the cache change whose convergence was last recorded
+    # Applies the ACKs the transport took for the stream and has not told yet (SotW on
+    # meshcore's own transport, see SotwStream.settle): called before the status is read.
+    settle: Callable[[], None] | None = None
+
+    @property
+    def types(self) -> dict[str, TypeStatus]:
+        """What the proxy was sent and accepted, by type URL (up to date)."""
+        if self.settle is not None:
+            self.settle()
+        return self.by_type
 
     def status(self, type_url: str) -> TypeStatus:
-        return self.types.setdefault(type_url, TypeStatus())
+        return self.by_type.setdefault(type_url, TypeStatus())
 
 
 class AdsServer:
@@ -160,6 +171,7 @@ class AdsServer:
         self.pushes_in_flight = 0
         self.peak_pushes_in_flight = 0
         self.metrics = metrics or XdsMetrics()
+        self.metrics.before_read = self.settle_all  # the convergence of ACKs not told yet
         # Every live stream that sent its node, by stream number; and per node id the newest of
         # them (the connected proxies), and all of them.
         self.connections: dict[int, ProxyState] = {}
@@ -297,10 +309,56 @@ class AdsServer:
             return
         snap = self.cache.get(state.node)
         if snap is not None and all(
-            st.acked_version == snap.version(t) for t, st in state.types.items() if st.sent_version
+            st.acked_version == snap.version(t)
+            for t, st in state.by_type.items()
+            if st.sent_version
         ):
             state.converged_change = changed
             self.metrics.converged(time.monotonic() - changed)
+
+    def lane_acked(
+        self,
+        state: ProxyState,
+        type_url: str,
+        version: str,
+        at: tuple[float, float],
+        converges: tuple[float, str | None] | None,
+    ) -> None:
+        """An ACK the transport took (see SotwStream.settle), applied as :meth:`acked` applied
+        it when it came: ``at`` its (wall, monotonic) time; ``converges`` the change stamp and
+        the type's version with which it completes the proxy's convergence, worked out when it
+        was expected (no snapshot changed meanwhile: the transport took it only then)."""
+        status = state.status(type_url)
+        status.acked_version = version
+        status.acked_at = at[0]
+        status.error = ""
+        if converges is None or state.converged_change == converges[0]:
+            return
+        if converges[1] is None or converges[1] == version:
+            state.converged_change = converges[0]
+            self.metrics.converged(at[1] - converges[0])
+
+    def converges(
+        self, state: ProxyState, snap: Snapshot, change: float | None, type_url: str
+    ) -> tuple[float, str | None] | None:
+        """Whether an ACK of ``type_url`` would complete the convergence of ``change`` (see
+        :meth:`acked`), and with which version of it; for :meth:`lane_acked`."""
+        if change is None or state.converged_change == change:
+            return None
+        acked_type: TypeStatus | None = None
+        for t, st in state.by_type.items():
+            if t == type_url:
+                acked_type = st
+            elif st.sent_version and st.acked_version != snap.version(t):
+                return None
+        wanted = snap.version(type_url) if acked_type and acked_type.sent_version else None
+        return change, wanted
+
+    def settle_all(self) -> None:
+        """Applies every ACK the transport took and has not told yet (see ProxyState.settle)."""
+        for state in list(self.connections.values()):
+            if state.settle is not None:
+                state.settle()
 
     def rejected(self, state: ProxyState, type_url: str, version: str, message: str) -> None:
         status = state.status(type_url)
@@ -329,11 +387,12 @@ class AdsServer:
         """For each connected proxy and type: SYNCED, STALE (sent, not yet acked or behind),
         NACKED or NOT SENT, as ``meshcore proxy-status`` prints them."""
         out: dict[str, dict[str, str]] = {}
+        self.settle_all()
         for node_id, state in self.proxies.items():
             snap = self.cache.get(state.node)
             row: dict[str, str] = {}
             for type_url in types.PUSH_ORDER:
-                st = state.types.get(type_url)
+                st = state.by_type.get(type_url)
                 current = snap.version(type_url) if snap is not None else ""
                 if st is None or not st.sent_version:
                     row[types.SHORT_NAMES[type_url]] = "NOT SENT"
@@ -540,6 +599,7 @@ async def _run(
         if subscribed is not None:
             server.cache.unsubscribe(subscribed, wake)
         if stream.state is not None:
+            stream.settle()  # ACKs the transport took count before the stream goes
             server.disconnected(stream.state)
         stream.types.clear()
         inbox.clear()

@@ -43,6 +43,8 @@ class SotwStream(Stream):
     types: dict[str, SotwType]
 
     def receive(self, req: discovery_pb2.DiscoveryRequest | tuple[Any, ...]) -> str | None:
+        if self.lane_pending:
+            self.settle()
         if type(req) is tuple:
             return self._plain_ack(req)
         assert isinstance(req, discovery_pb2.DiscoveryRequest)
@@ -95,7 +97,58 @@ class SotwStream(Stream):
             return problem
         t.awaiting_ack = False
         self.server.acked(self.state, type_url, version)
+        if self.lane is not None and self.quiet_since is not None:
+            change = self.server.cache.changed_at.get(self.node.id) if self.node else None
+            if self.quiet_since == change:  # nothing due: the next ACK may go the lane
+                self._expect(None, change)
         return None
+
+    def settle(self) -> None:
+        """Applies the plain ACKs that meshcore.xds.transport's lane took for this stream
+        (the one a push pass left it waiting for, see _expect), as _plain_ack would have
+        applied them when they came; what the lane expected is no longer taken."""
+        if self.lane_pending:
+            assert self.lane is not None
+            self._apply(self.lane.settle(self.lane_id))
+
+    def taken(self) -> None:
+        """As settle, but what the lane expects, if it did not come, is still taken."""
+        if self.lane_pending:
+            assert self.lane is not None
+            acks = self.lane.taken(self.lane_id)
+            if acks:
+                self._apply(acks)
+
+    def _apply(self, acks: list[tuple[str, str, float, float]]) -> None:
+        self.lane_pending = False
+        converges, self.lane_converges = self.lane_converges, None
+        for type_url, version, wall, monotonic in acks:
+            t = self.types.get(type_url)
+            if t is not None and self.state is not None:
+                t.awaiting_ack = False
+                self.server.lane_acked(self.state, type_url, version, (wall, monotonic), converges)
+
+    def _expect(self, snap: Snapshot | None, change: float | None) -> None:
+        """After a pass that left nothing due: the lane takes the plain ACK of the one
+        response outstanding (the nonce, the names already subscribed), so that it never
+        reaches this code as an event; streams with TTLs (heartbeats) are left out."""
+        lane, state = self.lane, self.state
+        if lane is None or state is None:
+            return
+        waiting = [(u, t) for u, t in self.types.items() if t.awaiting_ack]
+        if len(waiting) != 1 or waiting[0][1].names_key is None:
+            return
+        if self.server.resource_ttl and self.wants_heartbeats():
+            return
+        type_url, t = waiting[0]
+        if snap is None:
+            snap = self.held()
+            if snap is None:
+                return
+        assert t.names_key is not None
+        self.lane_converges = self.server.converges(state, snap, change, type_url)
+        lane.expect(self.lane_id, type_url, t.nonce, t.names_key)
+        self.lane_pending = True
 
     def may_push(self) -> bool:
         assert self.node is not None
@@ -116,6 +169,7 @@ class SotwStream(Stream):
         """Refreshes the TTLs of what the client holds: for RDS/EDS/SDS a response whose
         Resources carry no resource and the current version (Envoy's heartbeat); LDS and CDS
         responses are full state, so they are sent again in full (see pushes)."""
+        self.settle()
         snap = self.held()
         if snap is None:
             return
@@ -141,8 +195,11 @@ class SotwStream(Stream):
         # A pass that left nothing due (sent all that was, deferred nothing to an ACK) stays
         # true until the snapshot or the subscriptions change: an ACK then costs no look at
         # the snapshot.
+        if self.lane_pending:
+            self.settle()
         change = self.server.cache.changed_at.get(self.node.id)
         if self.quiet_since is not None and self.quiet_since == change:
+            self._expect(None, change)
             return
         snap = self.held()
         if snap is None:
@@ -167,6 +224,8 @@ class SotwStream(Stream):
                 # Envoy re-warms every cluster it is sent and needs fresh endpoints for it.
                 self.types[types.ENDPOINT].dirty = True
         self.quiet_since = None if due else change
+        if not due:
+            self._expect(snap, change)
 
     def _response(self, snap: Snapshot, type_url: str, t: SotwType, version: str) -> bytes | None:
         started = time.perf_counter()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from google.protobuf.json_format import MessageToDict
 
@@ -38,6 +38,17 @@ SOTW_RESOURCE_FEATURES = frozenset(
 MAX_TYPES_PER_STREAM = 32
 
 
+class Lane(Protocol):
+    """A transport that takes expected plain ACKs without reporting them (meshcore.xds.transport;
+    meshcore_ads's lane.rs): see SotwStream.settle."""
+
+    def expect(self, stream: int, type_url: str, nonce: str, names: bytes) -> None: ...
+
+    def settle(self, stream: int) -> list[tuple[str, str, float, float]]: ...
+
+    def taken(self, stream: int) -> list[tuple[str, str, float, float]]: ...
+
+
 class Stream:
     """What both stream kinds keep: the server, the node (from the first request) and its
     registry entry, the per-type state, nonces."""
@@ -54,6 +65,21 @@ class Stream:
         self._nonces = itertools.count(1)
         # The cache's change stamp of the node when a pass found nothing to push (SotW).
         self.quiet_since: float | None = None
+        # The transport's ACK lane and this stream's number on it (SotW on meshcore's own
+        # transport; None: every ACK is told), whether an ACK is expected there, and with
+        # what it would complete the proxy's convergence (see SotwStream.settle).
+        self.lane: Lane | None = None
+        self.lane_id = 0
+        self.lane_pending = False
+        self.lane_converges: tuple[float, str | None] | None = None
+
+    def settle(self) -> None:
+        """Applies the ACKs the transport took for this stream and has not told yet; what it
+        expected is no longer taken (before the stream's state changes)."""
+
+    def taken(self) -> None:
+        """Applies the ACKs the transport took for this stream and has not told yet (before
+        its status is read)."""
 
     def hello(self, req: Any) -> str | None:
         """Remembers the node of the stream's first request; why a request is refused."""
@@ -63,6 +89,8 @@ class Stream:
                 return refused
             self.node = node_info(req.node)
             self.state = self.server.connected(self.node, self.kind, self.number)
+            if self.lane is not None:
+                self.state.settle = self.taken
             log.info(
                 "proxy %s connected (ADS %s, stream %d)",
                 shown(self.node.id),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -206,6 +207,7 @@ class CoreAdsServer:
             max_send_bytes=ads.max_message_bytes + SEND_SLACK_BYTES,
             keepalive_time=keepalive_time,
             keepalive_timeout=keepalive_timeout,
+            clock=time.monotonic(),
         )
         self.port = self.transport.port
         self.calls: dict[int, _Call] = {}
@@ -217,6 +219,8 @@ class CoreAdsServer:
         self._loop = asyncio.get_running_loop()
         self.outbox.loop = self._loop
         self._loop.add_reader(self.transport.fileno(), self._events)
+        # Plain ACKs expected before a snapshot change are not taken by the lane after it.
+        self.ads.cache.changing.append(self.transport.bump)
 
     def _events(self) -> None:
         """Everything the transport reported since the last call, in order."""
@@ -248,6 +252,7 @@ class CoreAdsServer:
         decode: Callable[[bytes], Any]
         if method == 0:
             stream = SotwStream(ads, next(ads._streams))
+            stream.lane, stream.lane_id = self.transport, number
             decode = discovery_pb2.DiscoveryRequest.FromString
         else:
             stream = DeltaStream(ads, next(ads._streams))
@@ -285,6 +290,8 @@ class CoreAdsServer:
         if self._stopped:
             return
         self._stopped = True
+        with contextlib.suppress(ValueError):
+            self.ads.cache.changing.remove(self.transport.bump)
         self.outbox.flush()
         await asyncio.to_thread(self.transport.shutdown, grace or 0.0)
         # Every handler is awaited, also those whose streams the shutdown ended (the

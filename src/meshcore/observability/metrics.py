@@ -53,8 +53,9 @@ class XdsMetrics:
         self.push_time: dict[str, _Histogram] = defaultdict(lambda: _Histogram(TIME_BUCKETS))
         self.config_size: dict[str, _Histogram] = defaultdict(lambda: _Histogram(SIZE_BUCKETS))
         self.convergence = _Histogram(TIME_BUCKETS)
-        # Called before the figures are read (the ADS server applies ACKs not told yet).
-        self.before_read: Callable[[], None] | None = None
+        # Called before the figures are read (each ADS server using these metrics applies the
+        # ACKs its transport took and has not told yet).
+        self.before_read: list[Callable[[], None]] = []
 
     def push(self, type_name: str, seconds: float, size: int, resources: int = 0) -> None:
         with self._lock:
@@ -76,8 +77,8 @@ class XdsMetrics:
             self.connected += delta
 
     def collect(self) -> Iterator[Metric]:
-        if self.before_read is not None:
-            self.before_read()
+        for hook in self.before_read:
+            hook()
         with self._lock:
             yield _untyped("pilot_xds_pushes", "Pushes by xDS type.", self.pushes)
             yield _untyped(

@@ -171,7 +171,7 @@ class AdsServer:
         self.pushes_in_flight = 0
         self.peak_pushes_in_flight = 0
         self.metrics = metrics or XdsMetrics()
-        self.metrics.before_read = self.settle_all  # the convergence of ACKs not told yet
+        self.metrics.before_read.append(self.settle_all)  # the convergence of ACKs not told yet
         # Every live stream that sent its node, by stream number; and per node id the newest of
         # them (the connected proxies), and all of them.
         self.connections: dict[int, ProxyState] = {}

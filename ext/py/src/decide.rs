@@ -4,6 +4,8 @@
 //! `Decider` is one config's compiled decisions, returning the data plane's `Decision`; the
 //! state it picks endpoints with (`Random`, `Balancer`) is glued in `balance.rs`.
 
+use std::sync::PoisonError;
+
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyList, PyString, PyTuple};
@@ -425,7 +427,7 @@ impl Decider {
                     };
                     let o = self.core.outbound(
                         &mut state,
-                        &mut rng,
+                        |n| rng.randbelow(n),
                         port,
                         &req,
                         source_ips.get(i),
@@ -588,10 +590,15 @@ impl Decider {
         let now = balancer.clock_now(py)?;
         let out = {
             let mut state = locked(&balancer.inner)?;
-            let mut rng = locked(&self.rng.get().inner)?;
+            // The weighted clusters' random source, locked only for a weighted route.
+            let rng = &self.rng.get().inner;
             self.core.outbound(
                 &mut state,
-                &mut rng,
+                |n| {
+                    rng.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .randbelow(n)
+                },
                 port,
                 &req,
                 source_ip,
@@ -612,6 +619,7 @@ impl Decider {
     /// sni, host_rewrite, hash_key, generation, path, set_cookies; None for a default.
     /// A decision of these fields: the core's `Decision` made directly, or (another class
     /// given) by calling it with every field.
+    #[inline]
     fn make(&self, py: Python<'_>, fields: Fields) -> PyResult<Py<PyAny>> {
         if self.decision.is(py.get_type::<Decision>()) {
             return Ok(Py::new(py, Decision::from_fields(fields))?.into_any());
@@ -625,6 +633,7 @@ impl Decider {
 
     /// A decision's fields before the decision fills them in: the direction, whether it is
     /// allowed and the config's generation; every other field its default.
+    #[inline]
     fn base_args(&self, py: Python<'_>, direction: &Py<PyAny>, allowed: &Py<PyAny>) -> Fields {
         let mut a: Fields = std::array::from_fn(|_| None);
         a[0] = Some(direction.clone_ref(py));
@@ -633,6 +642,7 @@ impl Decider {
         a
     }
 
+    #[inline]
     fn decision_args(&self, py: Python<'_>, port: u16, out: Outbound) -> PyResult<Fields> {
         let k = &self.consts;
         let own = |o: &Py<PyAny>| Some(o.clone_ref(py));

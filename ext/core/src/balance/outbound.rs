@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::{Balancer, ClusterSpec, PyRandom};
+use super::{Balancer, ClusterSpec};
 use crate::fasthash::FastMap;
 use crate::route::normalize::unchanged_by_normalisation;
 use crate::route::CompiledRouteTable;
@@ -101,11 +101,12 @@ fn hash_key(
 }
 
 impl Decider {
-    /// The outbound decision for `req` on listener `port`.
+    /// The outbound decision for `req` on listener `port`; `randbelow(n)` draws the weighted
+    /// cluster (called only for a route with weighted clusters).
     pub fn outbound(
         &self,
         balancer: &mut Balancer,
-        route_rng: &mut PyRandom,
+        mut randbelow: impl FnMut(u64) -> u64,
         port: u16,
         req: &Request<'_>,
         source_ip: Option<&str>,
@@ -134,7 +135,7 @@ impl Decider {
         };
         let choice = if spec.weighted {
             let mut pick = if spec.total_weight > 0 {
-                route_rng.randbelow(spec.total_weight)
+                randbelow(spec.total_weight)
             } else {
                 0
             };

@@ -8,8 +8,11 @@ generated clusters, meshes and request sequences with load reports and clock ste
 
 from __future__ import annotations
 
+import gc
+import inspect
 import random
 import shutil
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -555,3 +558,43 @@ def test_balancer_state_survives_config_updates(meshes: Callable[[str, int], Dat
         assert ours.lb.ejected(cluster) == ref.lb.ejected(cluster)
         clock.now += 4.0 * update
     assert ours.lb.ejected(cluster)  # something was ejected along the way, and is kept
+
+
+def test_decide_is_entered_in_the_core(meshes: Callable[[str, int], DataPlane]) -> None:
+    """A data plane balancing in the core binds the core's entry as its ``decide`` (no Python
+    frame per decision): the signature of ``DataPlane.decide``, its errors and decisions, the
+    decider kept for the current config; the plane's own method when it balances in Python or
+    a subclass overrides ``decide``; the plane itself held weakly (no cycle)."""
+    base = meshes("round_robin", 3)
+    ours = DataPlane(base.ads, lb=CoreLoadBalancer(1))
+    twin = DataPlane(base.ads, lb=CoreLoadBalancer(1))
+    entry = ours.decide.__self__  # type: ignore[attr-defined]
+    assert isinstance(entry, core_decide.Decide)
+    ours_params = inspect.signature(ours.decide).parameters
+    method_params = inspect.signature(DataPlane.decide).parameters
+    assert list(ours_params) == list(method_params)[1:]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in ours_params.values())
+    kw = {"authority": "ratings:9080", "path": "/r"}
+    assert entry.compiled is None
+    for _ in range(4):  # the Python method on a twin plane: the same decisions, in order
+        assert ours.decide(**kw) == DataPlane.decide(twin, **kw)
+    assert entry.compiled is not None
+    assert entry.compiled[0] is base.ads.config
+    with pytest.raises(ValueError, match="not 'sideways'"):
+        ours.decide(direction="sideways", **kw)
+    with pytest.raises(TypeError):
+        ours.decide("ratings:9080", "/r")  # type: ignore[misc]
+    assert "decide" not in vars(DataPlane(base.ads, lb=LoadBalancer(1)))
+
+    class Mine(DataPlane):
+        def decide(self, **kw: Any) -> Any:  # type: ignore[override]
+            return "mine"
+
+    assert Mine(base.ads).decide(**kw) == "mine"
+    gone = weakref.ref(ours)
+    del ours
+    gc.collect()
+    assert gone() is None
+    assert entry.decide(**kw).cluster  # the decider kept decides on
+    with pytest.raises(RuntimeError, match="data plane is gone"):
+        entry.decide(config=Compiler().compile(base.ads.resources), **kw)  # nothing to compile it

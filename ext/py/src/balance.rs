@@ -3,6 +3,7 @@
 //! for draw; `Balancer` the state of every cluster (round-robin counters, active requests, hash
 //! tables, ejections), surviving config updates.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -96,6 +97,8 @@ pub(crate) fn cluster_spec(head: ClusterHead, hosts: Vec<Host>) -> PyResult<Clus
 pub struct Balancer {
     pub(crate) inner: Mutex<core::Balancer>,
     clock: Mutex<Option<Py<PyAny>>>,
+    /// A clock was set (most balancers have none: no lock to read the time source).
+    has_clock: AtomicBool,
     base: Instant,
 }
 
@@ -103,6 +106,9 @@ impl Balancer {
     /// The time ejections are measured in: the clock set with `set_clock`, or monotonic
     /// seconds. Read before the state is locked (a Python clock may switch threads).
     pub(crate) fn clock_now(&self, py: Python<'_>) -> PyResult<Option<f64>> {
+        if !self.has_clock.load(Ordering::Acquire) {
+            return Ok(None);
+        }
         let clock = locked(&self.clock)?.as_ref().map(|c| c.clone_ref(py));
         clock.map(|c| c.call0(py)?.extract::<f64>(py)).transpose()
     }
@@ -120,6 +126,7 @@ impl Balancer {
         Balancer {
             inner: Mutex::new(core::Balancer::new(new_rng(seed))),
             clock: Mutex::new(None),
+            has_clock: AtomicBool::new(false),
             base: Instant::now(),
         }
     }
@@ -127,7 +134,9 @@ impl Balancer {
     /// A callable returning the time in seconds (as `time.monotonic`), or None for the
     /// built-in monotonic clock.
     fn set_clock(&self, clock: Option<Py<PyAny>>) -> PyResult<()> {
-        *locked(&self.clock)? = clock;
+        let mut current = locked(&self.clock)?;
+        self.has_clock.store(clock.is_some(), Ordering::Release);
+        *current = clock;
         Ok(())
     }
 

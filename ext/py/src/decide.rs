@@ -4,11 +4,11 @@
 //! `Decider` is one config's compiled decisions, returning the data plane's `Decision`; the
 //! state it picks endpoints with (`Random`, `Balancer`) is glued in `balance.rs`.
 
-use std::collections::HashMap;
+use std::sync::PoisonError;
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyInt, PyList, PyString, PyTuple};
 use pyo3::IntoPyObjectExt;
 
 use meshcore_core::balance::inbound::{
@@ -18,11 +18,12 @@ use meshcore_core::balance::outbound::{
     Decider as CoreDecider, HashSpec, ListenerSpec, Outbound, RouteSpec,
 };
 use meshcore_core::balance::Host;
+use meshcore_core::fasthash::FastMap;
 use meshcore_core::Request;
 
 use crate::balance::{cluster_spec, locked, Balancer, OutlierTuple, Random};
 use crate::columns::{batch_len, header_objs, header_views, HeaderColumn, StrColumn, ValueColumn};
-use crate::decision::Decision;
+use crate::decision::{self, Decision, Fields};
 use crate::rbac::RbacEngine;
 use crate::route::RouteTable;
 
@@ -32,7 +33,8 @@ struct RoutePy {
     cluster_names: Vec<Py<PyAny>>,
     timeout: Py<PyAny>,
     retry: Py<PyAny>,
-    host_rewrite: Py<PyAny>,
+    /// None: no rewrite (the decision's default, "").
+    host_rewrite: Option<Py<PyAny>>,
 }
 
 /// The Python values of a cluster: its endpoints, whether TLS applies to each, the SNI.
@@ -99,11 +101,11 @@ struct InboundPy {
 #[pyclass(frozen, module = "meshcore._core.decide")]
 pub struct Decider {
     core: CoreDecider,
-    routes: HashMap<u16, Vec<Option<RoutePy>>>,
+    routes: FastMap<u16, Vec<Option<RoutePy>>>,
     clusters: Vec<ClusterPy>,
-    cluster_index: HashMap<String, usize>,
+    cluster_index: FastMap<String, usize>,
     /// Inbound listeners by port (None: one this form does not decide).
-    inbound: HashMap<u16, Option<InboundPy>>,
+    inbound: FastMap<u16, Option<InboundPy>>,
     balancer: Py<Balancer>,
     rng: Py<Random>,
     decision: Py<PyAny>,
@@ -117,7 +119,6 @@ struct Consts {
     outbound: Py<PyAny>,
     yes: Py<PyAny>,
     no: Py<PyAny>,
-    dash: Py<PyAny>,
     nr: Py<PyAny>,
     nc: Py<PyAny>,
     uh: Py<PyAny>,
@@ -126,9 +127,6 @@ struct Consts {
     s404: Py<PyAny>,
     rbac: Py<PyAny>,
     s503: Py<PyAny>,
-    no_body: Py<PyAny>,
-    empty: Py<PyAny>,
-    no_cookies: Py<PyAny>,
 }
 
 impl Consts {
@@ -138,7 +136,6 @@ impl Consts {
             outbound: text("outbound"),
             yes: true.into_py_any(py)?,
             no: false.into_py_any(py)?,
-            dash: text("-"),
             nr: text("NR"),
             nc: text("NC"),
             uh: text("UH"),
@@ -147,14 +144,23 @@ impl Consts {
             s404: 404i32.into_py_any(py)?,
             rbac: text("RBAC"),
             s503: 503i32.into_py_any(py)?,
-            no_body: PyBytes::new(py, b"").into_any().unbind(),
-            empty: text(""),
-            no_cookies: PyTuple::empty(py).into_any().unbind(),
         })
     }
 }
 
 fn authority_port(authority: &str) -> Option<u16> {
+    // The usual authority, "host:digits": the digits read from the end, no search.
+    let b = authority.as_bytes();
+    let (mut port, mut scale, mut i) = (0u64, 1u64, b.len());
+    while i > 0 && b[i - 1].is_ascii_digit() && scale <= 100_000 {
+        port += u64::from(b[i - 1] - b'0') * scale;
+        scale *= 10;
+        i -= 1;
+    }
+    if i < b.len() && i > 0 && b[i - 1] == b':' && scale <= 100_000 {
+        // A port beyond u16 matches no listener: the general path answers.
+        return u16::try_from(port).ok();
+    }
     match authority.rsplit_once(':') {
         Some((_, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
             // A port beyond u16 matches no listener: the general path answers.
@@ -182,7 +188,7 @@ impl Decider {
     ) -> PyResult<Self> {
         let mut specs = Vec::with_capacity(clusters.len());
         let mut pys = Vec::with_capacity(clusters.len());
-        let mut index = HashMap::new();
+        let mut index = FastMap::default();
         for (name, lb_policy, od, panic, ring, maglev, eps, sni) in clusters {
             index.insert(name.clone(), specs.len());
             let hosts = eps
@@ -201,8 +207,8 @@ impl Decider {
                 sni,
             });
         }
-        let mut core_listeners = HashMap::new();
-        let mut routes_py = HashMap::new();
+        let mut core_listeners = FastMap::default();
+        let mut routes_py = FastMap::default();
         for (port, table, normalizes, merge_slashes, routes) in listeners {
             let mut specs_r = Vec::with_capacity(routes.len());
             let mut pys_r = Vec::with_capacity(routes.len());
@@ -246,7 +252,11 @@ impl Decider {
                     cluster_names,
                     timeout,
                     retry,
-                    host_rewrite: host,
+                    host_rewrite: host
+                        .bind(py)
+                        .extract::<&str>()
+                        .map_or(true, |h| !h.is_empty())
+                        .then_some(host),
                 }));
             }
             let spec = ListenerSpec {
@@ -258,7 +268,7 @@ impl Decider {
             core_listeners.insert(port, spec);
             routes_py.insert(port, pys_r);
         }
-        let mut inbound_py = HashMap::new();
+        let mut inbound_py = FastMap::default();
         for (port, spec) in inbound {
             let Some((lport, address, strict, stages, cluster, normalizes, merge)) = spec else {
                 inbound_py.insert(port, None);
@@ -417,7 +427,7 @@ impl Decider {
                     };
                     let o = self.core.outbound(
                         &mut state,
-                        &mut rng,
+                        |n| rng.randbelow(n),
                         port,
                         &req,
                         source_ips.get(i),
@@ -448,7 +458,7 @@ impl Decider {
     /// (nothing was drawn or counted then).
     #[pyo3(signature = (authority, path, method, headers, port, source_ip, principal, tls))]
     #[allow(clippy::too_many_arguments)]
-    fn inbound(
+    pub(crate) fn inbound(
         &self,
         py: Python<'_>,
         authority: &str,
@@ -470,8 +480,8 @@ impl Decider {
         let mut a = self.base_args(py, &k.inbound, &k.no);
         let Some(found) = found else {
             // Fail closed: no listener, no admission.
-            a[8] = own(&k.s403);
-            a[9] = own(&k.nr);
+            a[8] = Some(own(&k.s403));
+            a[9] = Some(own(&k.nr));
             return Ok(Some(self.make(py, a)?));
         };
         let Some(lst) = found else {
@@ -506,40 +516,40 @@ impl Decider {
         };
         match out {
             Inbound::Fallback => return Ok(None),
-            Inbound::Plaintext => a[8] = own(&k.s403),
+            Inbound::Plaintext => a[8] = Some(own(&k.s403)),
             Inbound::Denied { stage, policy: p } => {
-                a[3] = own(&lst.cluster);
-                a[7] = policy(stage, p);
-                a[8] = own(&k.s403);
-                a[9] = own(&k.rbac);
+                a[3] = Some(own(&lst.cluster));
+                a[7] = Some(policy(stage, p));
+                a[8] = Some(own(&k.s403));
+                a[9] = Some(own(&k.rbac));
             }
             Inbound::Allowed { by, endpoint } => {
-                a[1] = own(&k.yes);
-                a[7] = by.map_or_else(|| py.None(), |(s, p)| policy(s, p));
+                a[1] = Some(own(&k.yes));
+                a[7] = Some(by.map_or_else(|| py.None(), |(s, p)| policy(s, p)));
                 match lst.spec.cluster {
                     None => {
-                        a[8] = own(&k.s503);
-                        a[9] = own(&k.nc);
+                        a[8] = Some(own(&k.s503));
+                        a[9] = Some(own(&k.nc));
                     }
                     Some(c) => {
-                        a[3] = own(&lst.cluster);
-                        a[16] = PyString::new(py, path).into_any().unbind();
+                        a[3] = Some(own(&lst.cluster));
+                        a[16] = Some(PyString::new(py, path).into_any().unbind());
                         match (c, endpoint) {
                             (None, _) => {
-                                a[8] = own(&k.s503);
-                                a[9] = own(&k.nc);
+                                a[8] = Some(own(&k.s503));
+                                a[9] = Some(own(&k.nc));
                             }
                             (Some(_), None) => {
-                                a[8] = own(&k.s503);
-                                a[9] = own(&k.uh);
+                                a[8] = Some(own(&k.s503));
+                                a[9] = Some(own(&k.uh));
                             }
                             (Some(c), Some(e)) => {
                                 let cp = &self.clusters[c];
                                 let (ep, tls) = &cp.endpoints[e];
-                                a[4] = ep.clone_ref(py);
-                                a[11] = own(if *tls { &k.yes } else { &k.no });
+                                a[4] = Some(ep.clone_ref(py));
+                                a[11] = Some(own(if *tls { &k.yes } else { &k.no }));
                                 if *tls {
-                                    a[12] = cp.sni.clone_ref(py);
+                                    a[12] = Some(cp.sni.clone_ref(py));
                                 }
                             }
                         }
@@ -554,7 +564,7 @@ impl Decider {
     /// it (nothing was drawn or counted then).
     #[pyo3(signature = (authority, path, method, headers, port, source_ip))]
     #[allow(clippy::too_many_arguments)]
-    fn outbound(
+    pub(crate) fn outbound(
         &self,
         py: Python<'_>,
         authority: &str,
@@ -580,10 +590,15 @@ impl Decider {
         let now = balancer.clock_now(py)?;
         let out = {
             let mut state = locked(&balancer.inner)?;
-            let mut rng = locked(&self.rng.get().inner)?;
+            // The weighted clusters' random source, locked only for a weighted route.
+            let rng = &self.rng.get().inner;
             self.core.outbound(
                 &mut state,
-                &mut rng,
+                |n| {
+                    rng.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .randbelow(n)
+                },
                 port,
                 &req,
                 source_ip,
@@ -601,43 +616,36 @@ impl Decider {
 impl Decider {
     /// The `Decision`'s fields, positionally (its dataclass order): direction, allowed, route,
     /// cluster, endpoint, timeout, retry_policy, policy_id, status, response_flags, body, tls,
-    /// sni, host_rewrite, hash_key, generation, path, set_cookies.
+    /// sni, host_rewrite, hash_key, generation, path, set_cookies; None for a default.
     /// A decision of these fields: the core's `Decision` made directly, or (another class
-    /// given) by calling it.
-    fn make(&self, py: Python<'_>, fields: [Py<PyAny>; 18]) -> PyResult<Py<PyAny>> {
+    /// given) by calling it with every field.
+    #[inline]
+    fn make(&self, py: Python<'_>, fields: Fields) -> PyResult<Py<PyAny>> {
         if self.decision.is(py.get_type::<Decision>()) {
             return Ok(Py::new(py, Decision::from_fields(fields))?.into_any());
         }
-        self.decision.call1(py, PyTuple::new(py, fields)?)
+        let mut all = Vec::with_capacity(fields.len());
+        for (i, f) in fields.into_iter().enumerate() {
+            all.push(f.unwrap_or_else(|| decision::default(py, i)));
+        }
+        self.decision.call1(py, PyTuple::new(py, all)?)
     }
 
     /// A decision's fields before the decision fills them in: the direction, whether it is
-    /// allowed, and every default (`Decision`'s dataclass defaults) in field order.
-    fn base_args(
-        &self,
-        py: Python<'_>,
-        direction: &Py<PyAny>,
-        allowed: &Py<PyAny>,
-    ) -> [Py<PyAny>; 18] {
-        let k = &self.consts;
-        let own = |o: &Py<PyAny>| o.clone_ref(py);
-        let mut a: [Py<PyAny>; 18] = std::array::from_fn(|_| py.None());
-        a[0] = own(direction);
-        a[1] = own(allowed);
-        a[9] = own(&k.dash);
-        a[10] = own(&k.no_body);
-        a[11] = own(&k.no);
-        a[12] = own(&k.empty);
-        a[13] = own(&k.empty);
-        a[15] = self.generation.clone_ref(py);
-        a[17] = own(&k.no_cookies);
+    /// allowed and the config's generation; every other field its default.
+    #[inline]
+    fn base_args(&self, py: Python<'_>, direction: &Py<PyAny>, allowed: &Py<PyAny>) -> Fields {
+        let mut a: Fields = std::array::from_fn(|_| None);
+        a[0] = Some(direction.clone_ref(py));
+        a[1] = Some(allowed.clone_ref(py));
+        a[15] = Some(self.generation.clone_ref(py));
         a
     }
 
-    fn decision_args(&self, py: Python<'_>, port: u16, out: Outbound) -> PyResult<[Py<PyAny>; 18]> {
-        let none = || py.None();
+    #[inline]
+    fn decision_args(&self, py: Python<'_>, port: u16, out: Outbound) -> PyResult<Fields> {
         let k = &self.consts;
-        let own = |o: &Py<PyAny>| o.clone_ref(py);
+        let own = |o: &Py<PyAny>| Some(o.clone_ref(py));
         let mut a = self.base_args(py, &k.outbound, &k.yes);
         match out {
             Outbound::Fallback => return Err(PyRuntimeError::new_err("decider: no decision")),
@@ -659,11 +667,13 @@ impl Decider {
                     .and_then(|rs| rs.get(route))
                     .and_then(Option::as_ref)
                     .ok_or_else(|| PyRuntimeError::new_err("decider: route without values"))?;
-                a[2] = r.name.clone_ref(py);
+                a[2] = own(&r.name);
                 if let Some(i) = choice {
-                    a[3] = r.cluster_names[i].clone_ref(py);
+                    a[3] = own(&r.cluster_names[i]);
                     // prefix_rewrite applies once a cluster was chosen (even a missing one).
-                    a[16] = path.map_or_else(|| Ok(none()), |p| p.into_py_any(py))?;
+                    if let Some(p) = path {
+                        a[16] = Some(p.into_py_any(py)?);
+                    }
                 }
                 match (cluster, endpoint) {
                     (None, _) => {
@@ -671,24 +681,24 @@ impl Decider {
                         a[9] = own(&k.nc);
                     }
                     (Some(_), None) => {
-                        a[5] = r.timeout.clone_ref(py);
-                        a[6] = r.retry.clone_ref(py);
+                        a[5] = own(&r.timeout);
+                        a[6] = own(&r.retry);
                         a[8] = own(&k.s503);
                         a[9] = own(&k.uh);
                     }
                     (Some(c), Some(e)) => {
                         let cp = &self.clusters[c];
                         let (ep, tls) = &cp.endpoints[e];
-                        a[4] = ep.clone_ref(py);
-                        a[5] = r.timeout.clone_ref(py);
-                        a[6] = r.retry.clone_ref(py);
-                        a[11] = own(if *tls { &k.yes } else { &k.no });
+                        a[4] = own(ep);
+                        a[5] = own(&r.timeout);
+                        a[6] = own(&r.retry);
                         if *tls {
-                            a[12] = cp.sni.clone_ref(py);
+                            a[11] = own(&k.yes);
+                            a[12] = own(&cp.sni);
                         }
-                        a[13] = r.host_rewrite.clone_ref(py);
+                        a[13] = r.host_rewrite.as_ref().map(|h| h.clone_ref(py));
                         if let Some(key) = hash_key {
-                            a[14] = key.into_py_any(py)?;
+                            a[14] = Some(key.into_py_any(py)?);
                         }
                     }
                 }
@@ -702,6 +712,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Random>()?;
     m.add_class::<Balancer>()?;
     m.add_class::<Decider>()?;
+    m.add_class::<crate::entry::Decide>()?;
     m.add_class::<Decision>()?;
     Ok(())
 }

@@ -4,8 +4,9 @@
 //! hash, the dataclass repr, and `__dataclass_fields__`, so that `dataclasses.replace`,
 //! `fields` and `asdict` work on it.
 
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyString, PyTuple};
 use pyo3::IntoPyObjectExt;
 
 /// The fields in order (the dataclass's), and whether each has a default.
@@ -32,6 +33,11 @@ pub const FIELDS: [&str; 18] = [
 
 const REQUIRED: usize = 2;
 
+/// A decision's fields in [`FIELDS`]' order; None stands for the field's default (most
+/// fields of most decisions), so a decision holds, and releases, references only to what it
+/// sets.
+pub type Fields = [Option<Py<PyAny>>; 18];
+
 /// What to do with one request.
 ///
 /// ``status`` is set when the proxy answers by itself (Envoy's local replies): 404 no route
@@ -45,104 +51,39 @@ const REQUIRED: usize = 2;
 /// none (Envoy's downstream set-cookies).
 #[pyclass(module = "meshcore._core.decide", name = "Decision")]
 pub struct Decision {
-    #[pyo3(get, set)]
-    direction: Py<PyAny>,
-    #[pyo3(get, set)]
-    allowed: Py<PyAny>,
-    #[pyo3(get, set)]
-    route: Py<PyAny>,
-    #[pyo3(get, set)]
-    cluster: Py<PyAny>,
-    #[pyo3(get, set)]
-    endpoint: Py<PyAny>,
-    #[pyo3(get, set)]
-    timeout: Py<PyAny>,
-    #[pyo3(get, set)]
-    retry_policy: Py<PyAny>,
-    #[pyo3(get, set)]
-    policy_id: Py<PyAny>,
-    #[pyo3(get, set)]
-    status: Py<PyAny>,
-    #[pyo3(get, set)]
-    response_flags: Py<PyAny>,
-    #[pyo3(get, set)]
-    body: Py<PyAny>,
-    #[pyo3(get, set)]
-    tls: Py<PyAny>,
-    #[pyo3(get, set)]
-    sni: Py<PyAny>,
-    #[pyo3(get, set)]
-    host_rewrite: Py<PyAny>,
-    #[pyo3(get, set)]
-    hash_key: Py<PyAny>,
-    #[pyo3(get, set)]
-    generation: Py<PyAny>,
-    #[pyo3(get, set)]
-    path: Py<PyAny>,
-    #[pyo3(get, set)]
-    set_cookies: Py<PyAny>,
+    f: Fields,
 }
 
-fn default(py: Python<'_>, i: usize) -> PyResult<Py<PyAny>> {
-    Ok(match FIELDS[i] {
-        "response_flags" => "-".into_py_any(py)?,
+/// The default of field `i` (the dataclass's): shared objects, nothing allocated.
+pub(crate) fn default(py: Python<'_>, i: usize) -> Py<PyAny> {
+    match FIELDS[i] {
+        "response_flags" => intern!(py, "-").clone().into_any().unbind(),
         "body" => PyBytes::new(py, b"").into_any().unbind(),
-        "tls" => false.into_py_any(py)?,
-        "sni" | "host_rewrite" => "".into_py_any(py)?,
-        "generation" => 0i32.into_py_any(py)?,
+        "tls" => PyBool::new(py, false).to_owned().into_any().unbind(),
+        "sni" | "host_rewrite" => intern!(py, "").clone().into_any().unbind(),
+        "generation" => 0i32
+            .into_pyobject(py)
+            .map_or_else(|_| py.None(), |v| v.into_any().unbind()),
         "set_cookies" => PyTuple::empty(py).into_any().unbind(),
         _ => py.None(),
-    })
+    }
 }
 
 impl Decision {
-    /// From the fields in [`FIELDS`]' order.
-    pub fn from_fields(fields: [Py<PyAny>; 18]) -> Self {
-        let [direction, allowed, route, cluster, endpoint, timeout, retry_policy, policy_id, status, response_flags, body, tls, sni, host_rewrite, hash_key, generation, path, set_cookies] =
-            fields;
-        Decision {
-            direction,
-            allowed,
-            route,
-            cluster,
-            endpoint,
-            timeout,
-            retry_policy,
-            policy_id,
-            status,
-            response_flags,
-            body,
-            tls,
-            sni,
-            host_rewrite,
-            hash_key,
-            generation,
-            path,
-            set_cookies,
+    /// From the fields in [`FIELDS`]' order (None: the default).
+    pub fn from_fields(f: Fields) -> Self {
+        Decision { f }
+    }
+
+    fn field(&self, py: Python<'_>, i: usize) -> Py<PyAny> {
+        match &self.f[i] {
+            Some(v) => v.clone_ref(py),
+            None => default(py, i),
         }
     }
 
     fn fields(&self, py: Python<'_>) -> [Py<PyAny>; 18] {
-        [
-            self.direction.clone_ref(py),
-            self.allowed.clone_ref(py),
-            self.route.clone_ref(py),
-            self.cluster.clone_ref(py),
-            self.endpoint.clone_ref(py),
-            self.timeout.clone_ref(py),
-            self.retry_policy.clone_ref(py),
-            self.policy_id.clone_ref(py),
-            self.status.clone_ref(py),
-            self.response_flags.clone_ref(py),
-            self.body.clone_ref(py),
-            self.tls.clone_ref(py),
-            self.sni.clone_ref(py),
-            self.host_rewrite.clone_ref(py),
-            self.hash_key.clone_ref(py),
-            self.generation.clone_ref(py),
-            self.path.clone_ref(py),
-            self.set_cookies.clone_ref(py),
-        ]
+        std::array::from_fn(|i| self.field(py, i))
     }
 
     fn values<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
@@ -150,15 +91,53 @@ impl Decision {
     }
 }
 
-#[pymethods]
-impl Decision {
+/// The fields' getters and setters (by index into [`Fields`]), and the class's other methods.
+macro_rules! decision_methods {
+    ($($i:literal $get:ident $set:ident;)* { $($rest:tt)* }) => {
+        #[pymethods]
+        impl Decision {
+            $(
+                #[getter]
+                fn $get(&self, py: Python<'_>) -> Py<PyAny> {
+                    self.field(py, $i)
+                }
+
+                #[setter]
+                fn $set(&mut self, value: Py<PyAny>) {
+                    self.f[$i] = Some(value);
+                }
+            )*
+            $($rest)*
+        }
+    };
+}
+
+decision_methods! {
+    0 direction set_direction;
+    1 allowed set_allowed;
+    2 route set_route;
+    3 cluster set_cluster;
+    4 endpoint set_endpoint;
+    5 timeout set_timeout;
+    6 retry_policy set_retry_policy;
+    7 policy_id set_policy_id;
+    8 status set_status;
+    9 response_flags set_response_flags;
+    10 body set_body;
+    11 tls set_tls;
+    12 sni set_sni;
+    13 host_rewrite set_host_rewrite;
+    14 hash_key set_hash_key;
+    15 generation set_generation;
+    16 path set_path;
+    17 set_cookies set_set_cookies;
+{
     /// As the dataclass: `direction` and `allowed` required, the others defaulted (None given
     /// for a field with a default other than None takes that default).
     #[new]
     #[pyo3(signature = (direction, allowed, route=None, cluster=None, endpoint=None, timeout=None, retry_policy=None, policy_id=None, status=None, response_flags=None, body=None, tls=None, sni=None, host_rewrite=None, hash_key=None, generation=None, path=None, set_cookies=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
-        py: Python<'_>,
         direction: Py<PyAny>,
         allowed: Py<PyAny>,
         route: Option<Py<PyAny>>,
@@ -196,14 +175,11 @@ impl Decision {
             path,
             set_cookies,
         ];
-        let mut fields: [Py<PyAny>; 18] = std::array::from_fn(|_| py.None());
-        fields[0] = direction;
-        fields[1] = allowed;
+        let mut fields: Fields = std::array::from_fn(|_| None);
+        fields[0] = Some(direction);
+        fields[1] = Some(allowed);
         for (i, v) in given.into_iter().enumerate() {
-            fields[i + REQUIRED] = match v {
-                Some(v) => v,
-                None => default(py, i + REQUIRED)?,
-            };
+            fields[i + REQUIRED] = v;
         }
         Ok(Decision::from_fields(fields))
     }
@@ -219,7 +195,7 @@ impl Decision {
                 dataclasses.call_method0("field")?
             } else {
                 let kw = PyDict::new(py);
-                kw.set_item("default", default(py, i)?)?;
+                kw.set_item("default", default(py, i))?;
                 dataclasses.call_method("field", (), Some(&kw))?
             };
             f.setattr("name", name)?;
@@ -257,4 +233,5 @@ impl Decision {
         out.push(')');
         Ok(out)
     }
+}
 }

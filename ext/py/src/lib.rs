@@ -10,6 +10,7 @@ mod balance;
 mod columns;
 mod decide;
 mod decision;
+mod entry;
 mod errors;
 mod lb;
 mod rbac;

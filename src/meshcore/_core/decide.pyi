@@ -1,5 +1,6 @@
 # Hand-written stubs for the Rust extension (ext/py); checked by mypy.stubtest in the tests.
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import Field
 from typing import Any, ClassVar, final
@@ -10,7 +11,7 @@ from meshcore._core.route import RouteTable
 from meshcore.dataplane.config import Endpoint
 from meshcore.dataplane.routeactions import RetryPolicy
 
-__all__ = ["Balancer", "Decider", "Decision", "Random"]
+__all__ = ["Balancer", "Decide", "Decider", "Decision", "Random"]
 
 _Outlier = tuple[int, int, int, int, float, float, float]
 # (name, lb_policy, outlier detection or None, panic_threshold, ring_size, maglev_table_size)
@@ -155,3 +156,15 @@ class Decider:
         port: int | None,
         source_ip: str | None,
     ) -> Any | None: ...
+
+@final
+class Decide:
+    """``DataPlane.decide`` of one data plane, entered without a Python frame."""
+
+    def __new__(cls, source: Any, plane: weakref.ReferenceType[Any]) -> Decide: ...
+    def decide(self, *, direction: str = "outbound", method: str = "GET", authority: str,
+               path: str, headers: _Headers = None, port: int | None = None,
+               source_ip: str | None = None, principal: str | None = None,
+               tls: bool | None = None, config: Any = None) -> Decision: ...  # fmt: skip
+    @property
+    def compiled(self) -> tuple[Any, Decider] | None: ...

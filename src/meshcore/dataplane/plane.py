@@ -22,6 +22,7 @@ import datetime
 import ssl
 import threading
 import urllib.parse
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -96,6 +97,10 @@ class DataPlane:
         self.lb = lb or CoreLoadBalancer()
         self._random = _core_decide.Random()  # weighted clusters (Python's random, in the core)
         self._decider: tuple[CompiledConfig, _core_decide.Decider] | None = None
+        if type(self).decide is DataPlane.decide and type(self.lb) is CoreLoadBalancer:
+            # decide() entered without a Python frame: the core's method, bound to this plane
+            # (same arguments and decisions; it calls _core, _outbound and _inbound below).
+            self.__dict__["decide"] = _core_decide.Decide(ads, weakref.ref(self)).decide
         self._ports: dict[str, int] = {}  # authority -> port, remembered
         self._stop: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []

@@ -12,7 +12,7 @@ use super::{Balancer, ClusterSpec};
 use crate::rbac::CompiledRbac;
 use crate::Attributes;
 
-use super::outbound::may_normalise;
+use crate::route::normalize::unchanged_by_normalisation;
 
 /// What an RBAC filter of the chain does with its decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +85,7 @@ pub fn decide_inbound(
         return Inbound::Plaintext;
     }
     let unchanged = if lst.normalizes {
-        !may_normalise(req.path, lst.merge_slashes)
+        unchanged_by_normalisation(req.path, lst.merge_slashes)
     } else {
         !req.path.contains('#')
     };

@@ -14,7 +14,7 @@ pub mod pyrandom;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use crate::fasthash::FastMap;
 
 use crate::lb;
 pub use pyrandom::PyRandom;
@@ -101,7 +101,7 @@ struct Tables {
 #[derive(Debug, Default)]
 struct ClusterState {
     rr: u64,
-    hosts: HashMap<String, HostState>,
+    hosts: FastMap<String, HostState>,
     tables: Tables,
     ejected_until: f64,
 }
@@ -109,14 +109,14 @@ struct ClusterState {
 /// Every cluster's load-balancer state, and the random source (seeded as Python's).
 pub struct Balancer {
     pub rng: PyRandom,
-    clusters: HashMap<String, ClusterState>,
+    clusters: FastMap<String, ClusterState>,
 }
 
 impl Balancer {
     pub fn new(rng: PyRandom) -> Self {
         Balancer {
             rng,
-            clusters: HashMap::new(),
+            clusters: FastMap::default(),
         }
     }
 

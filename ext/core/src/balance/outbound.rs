@@ -5,10 +5,11 @@
 //! would normalise, non-forwarding routes, cookie and query hash policies, TCP listeners) comes
 //! back as [`Outbound::Fallback`], before any state changed, for the caller's general path.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{Balancer, ClusterSpec, PyRandom};
+use super::{Balancer, ClusterSpec};
+use crate::fasthash::FastMap;
+use crate::route::normalize::unchanged_by_normalisation;
 use crate::route::CompiledRouteTable;
 use crate::{lb, Request};
 
@@ -46,7 +47,7 @@ pub struct ListenerSpec {
 
 /// One config's outbound decisions.
 pub struct Decider {
-    pub listeners: HashMap<u16, ListenerSpec>,
+    pub listeners: FastMap<u16, ListenerSpec>,
     pub clusters: Vec<ClusterSpec>,
 }
 
@@ -68,19 +69,6 @@ pub enum Outbound {
         hash_key: Option<u64>,
         path: Option<String>,
     },
-}
-
-/// The connection manager would change this path (or answer 400): the characters and dot
-/// segments normalisation touches (as `meshcore.dataplane.config._PLAIN`).
-pub(crate) fn may_normalise(path: &str, merge_slashes: bool) -> bool {
-    path.bytes().any(|b| {
-        !(0x21..=0x7e).contains(&b)
-            || matches!(
-                b,
-                b'%' | b'\\' | b'#' | b'"' | b'<' | b'>' | b'^' | b'`' | b'{' | b'|' | b'}'
-            )
-    }) || path.contains("/.")
-        || (merge_slashes && path.contains("//"))
 }
 
 /// Envoy's hash of the route's policies (combined by rotate-and-xor; a terminal policy that
@@ -113,11 +101,12 @@ fn hash_key(
 }
 
 impl Decider {
-    /// The outbound decision for `req` on listener `port`.
+    /// The outbound decision for `req` on listener `port`; `randbelow(n)` draws the weighted
+    /// cluster (called only for a route with weighted clusters).
     pub fn outbound(
         &self,
         balancer: &mut Balancer,
-        route_rng: &mut PyRandom,
+        mut randbelow: impl FnMut(u64) -> u64,
         port: u16,
         req: &Request<'_>,
         source_ip: Option<&str>,
@@ -126,14 +115,19 @@ impl Decider {
         let Some(lst) = self.listeners.get(&port) else {
             return Outbound::Fallback;
         };
-        if if lst.normalizes {
-            may_normalise(req.path, lst.merge_slashes)
-        } else {
-            req.path.contains('#')
-        } {
+        // One scan of the path: unchanged by the listener's normalisation (else its general
+        // path decides) and by the table's options (else the table normalises it).
+        let merge = lst.merge_slashes || lst.table.options.merge_slashes;
+        let unchanged = unchanged_by_normalisation(req.path, merge);
+        if !unchanged && (lst.normalizes || req.path.contains('#')) {
             return Outbound::Fallback;
         }
-        let Some(route) = lst.table.route(req) else {
+        let hit = if unchanged {
+            lst.table.route_unchanged(req)
+        } else {
+            lst.table.route(req)
+        };
+        let Some(route) = hit else {
             return Outbound::NoRoute;
         };
         let Some(Some(spec)) = lst.routes.get(route) else {
@@ -141,7 +135,7 @@ impl Decider {
         };
         let choice = if spec.weighted {
             let mut pick = if spec.total_weight > 0 {
-                route_rng.randbelow(spec.total_weight)
+                randbelow(spec.total_weight)
             } else {
                 0
             };

@@ -623,17 +623,28 @@ impl CompiledRouteTable {
 
     /// As [`route`](Self::route) with connection-manager options given per call.
     pub fn route_with(&self, req: &Request<'_>, o: &HcmOptions) -> Option<usize> {
+        let path = normalize_path(req.path, o)?;
+        self.route_normalized(req, o, &path)
+    }
+
+    /// As [`route`](Self::route) for a caller that found the path unchanged by the
+    /// connection manager (`normalize::unchanged_by_normalisation` with this table's
+    /// `merge_slashes`): the path is not scanned again.
+    pub fn route_unchanged(&self, req: &Request<'_>) -> Option<usize> {
+        self.route_normalized(req, &self.options, req.path)
+    }
+
+    fn route_normalized(&self, req: &Request<'_>, o: &HcmOptions, path: &str) -> Option<usize> {
         let authority = normalize_host(req.authority, o);
         let (vi, _) = self.select(authority, req)?;
         let vh = self.virtual_hosts.get(vi)?;
-        let path = normalize_path(req.path, o)?;
         let seen = Request {
             authority,
-            path: &path,
+            path,
             ..*req
         };
         vh.index
-            .first_match(&self.routes, &seen, &path, &self.matching_path(&path))
+            .first_match(&self.routes, &seen, path, &self.matching_path(path))
             .map(|i| i as usize)
     }
 

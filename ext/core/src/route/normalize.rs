@@ -113,7 +113,7 @@ fn unescape_slashes(path: &str) -> Cow<'_, str> {
 }
 
 /// Characters the URL path canonicaliser percent-encodes when they appear raw.
-fn needs_escape(b: u8) -> bool {
+const fn needs_escape(b: u8) -> bool {
     b <= 0x20 || b >= 0x7f || matches!(b, b'"' | b'<' | b'>' | b'^' | b'`' | b'{' | b'|' | b'}')
 }
 
@@ -207,8 +207,46 @@ fn merge_slashes(path: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Bytes the connection manager may change or reject (escaped or decoded by `normalize_path`,
+/// '%' escapes, '\\' made '/', '#' rejected): [`unchanged_by_normalisation`]'s table.
+const TOUCHED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = needs_escape(c) || c == b'%' || c == b'\\' || c == b'#';
+        b += 1;
+    }
+    t
+};
+
+/// True when no option of the connection manager changes or rejects `path` (no byte it
+/// escapes, decodes or rejects, no dot segment, and no "//" when slashes are merged), so the
+/// router sees it as given. One pass; it may say false for a path that would not change (a
+/// segment such as "/.well-known"), never true for one that would.
+pub fn unchanged_by_normalisation(path: &str, merge_slashes: bool) -> bool {
+    let mut prev = 0u8;
+    for &b in path.as_bytes() {
+        if TOUCHED[usize::from(b)] || (prev == b'/' && (b == b'.' || (merge_slashes && b == b'/')))
+        {
+            return false;
+        }
+        prev = b;
+    }
+    true
+}
+
 /// The `:path` the router sees, or `None` when the connection manager would reject it.
 pub fn normalize_path<'a>(path: &'a str, o: &HcmOptions) -> Option<Cow<'a, str>> {
+    // Most requests: nothing to change, no allocation.
+    if unchanged_by_normalisation(path, o.merge_slashes) {
+        return Some(Cow::Borrowed(path));
+    }
+    normalize_path_in_full(path, o)
+}
+
+/// [`normalize_path`] without the check for a path it leaves as it is.
+fn normalize_path_in_full<'a>(path: &'a str, o: &HcmOptions) -> Option<Cow<'a, str>> {
     // Envoy's connection manager rejects a path with a fragment (400) before routing.
     if find_either(path.as_bytes(), b'#', b'#').is_some() {
         return None;
@@ -273,6 +311,57 @@ mod tests {
         assert_eq!(norm("/a%00", true, false), None);
         assert_eq!(norm("/a#f", false, false), None);
         assert_eq!(norm("/a\\b|^", true, false).as_deref(), Some("/a/b%7C%5E"));
+    }
+
+    /// Every path over an alphabet of the characters normalisation treats specially, up to 5
+    /// characters: when the quick check says a path is unchanged, the full normalisation
+    /// leaves it unchanged under every combination of options.
+    #[test]
+    fn unchanged_paths_are_unchanged_in_full() {
+        let alphabet = ['/', '.', 'a', '%', '2', 'f', '#', '?', '\\', ' ', '|', 'é'];
+        let mut paths = vec![String::new()];
+        let mut all = Vec::new();
+        for _ in 0..5 {
+            let mut next = Vec::new();
+            for p in &paths {
+                for c in alphabet {
+                    let mut q = p.clone();
+                    q.push(c);
+                    next.push(q);
+                }
+            }
+            all.extend(next.iter().cloned());
+            paths = next;
+        }
+        let mut unchanged = 0;
+        for p in all
+            .iter()
+            .map(|p| format!("/{p}"))
+            .chain(all.iter().cloned())
+        {
+            for merge in [false, true] {
+                if !unchanged_by_normalisation(&p, merge) {
+                    continue;
+                }
+                unchanged += 1;
+                for normalize in [false, true] {
+                    for escaped in [
+                        EscapedSlashes::KeepUnchanged,
+                        EscapedSlashes::UnescapeAndForward,
+                        EscapedSlashes::RejectRequest,
+                    ] {
+                        let o = HcmOptions {
+                            normalize_path: normalize,
+                            merge_slashes: merge,
+                            escaped_slashes: escaped,
+                            ..HcmOptions::default()
+                        };
+                        assert_eq!(normalize_path_in_full(&p, &o).as_deref(), Some(p.as_str()));
+                    }
+                }
+            }
+        }
+        assert!(unchanged > 1000);
     }
 
     #[test]

@@ -89,35 +89,23 @@ pub fn response_version_nonce(mut buf: &[u8]) -> Option<(Bytes, Bytes)> {
 /// The gRPC messages (length-prefixed, uncompressed) whole in `chunk` after what `pending`
 /// held; what is left of a message is kept in `pending`. A chunk that starts with a message
 /// (the usual case) is sliced, not copied.
-pub fn take_frames(pending: &mut BytesMut, mut chunk: Bytes) -> Vec<Bytes> {
-    if !pending.is_empty() {
+pub fn take_frames(pending: &mut BytesMut, chunk: Bytes) -> Vec<Bytes> {
+    let mut data = if pending.is_empty() {
+        chunk
+    } else {
         pending.extend_from_slice(&chunk);
-        return frames(pending);
-    }
+        pending.split().freeze()
+    };
     let mut out = Vec::new();
-    while chunk.len() >= 5 {
-        let len = u32::from_be_bytes([chunk[1], chunk[2], chunk[3], chunk[4]]) as usize;
-        if chunk.len() < 5 + len {
+    while data.len() >= 5 {
+        let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+        if data.len() < 5 + len {
             break;
         }
-        chunk.advance(5);
-        out.push(chunk.split_to(len));
+        data.advance(5);
+        out.push(data.split_to(len));
     }
-    pending.extend_from_slice(&chunk);
-    out
-}
-
-/// The gRPC messages (length-prefixed, uncompressed) whole in `pending`, taken from it.
-pub fn frames(pending: &mut BytesMut) -> Vec<Bytes> {
-    let mut out = Vec::new();
-    while pending.len() >= 5 {
-        let len = u32::from_be_bytes([pending[1], pending[2], pending[3], pending[4]]) as usize;
-        if pending.len() < 5 + len {
-            break;
-        }
-        pending.advance(5);
-        out.push(pending.split_to(len).freeze());
-    }
+    pending.extend_from_slice(&data);
     out
 }
 
@@ -129,8 +117,8 @@ mod tests {
     fn a_request_frames_and_its_fields_read_back() {
         let names = vec!["a".to_string(), "bc".to_string()];
         let data = request(Some("node-1"), &names, b"v1", b"n-7");
-        let mut pending = BytesMut::from(&data[..]);
-        let got = frames(&mut pending);
+        let mut pending = BytesMut::new();
+        let got = take_frames(&mut pending, data);
         assert_eq!(got.len(), 1);
         assert!(pending.is_empty());
         // version_info and response_nonce sit at the response's numbers 1 and 5 as well.
@@ -159,8 +147,8 @@ mod tests {
     #[test]
     fn a_partial_frame_waits() {
         let data = request(None, &[], b"", b"");
-        let mut pending = BytesMut::from(&data[..data.len() - 1]);
-        assert!(frames(&mut pending).is_empty());
+        let mut pending = BytesMut::new();
+        assert!(take_frames(&mut pending, data.slice(..data.len() - 1)).is_empty());
         assert_eq!(pending.len(), data.len() - 1);
     }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshcore.config.locality import TOPOLOGY_LABELS, check_locality_lb
+from meshcore.config.locality import TOPOLOGY_LABELS, check_failover, check_locality_lb
 from meshcore.config.validate import _DNS1123_LABEL, Checker, Path, _d, _l
 
 
@@ -239,16 +239,8 @@ def _zone_aware(c: Checker, lb: dict[str, Any], outlier: Any, path: Path) -> Non
             )
     if (za.get("failover") or za.get("failoverPriority")) and outlier is None:
         c.warn(zpath, "outlier detection policy must be provided for failover")
-    for i, fo in enumerate(_l(za.get("failover"))):
-        src, dst = str(_d(fo).get("from", "")), str(_d(fo).get("to", ""))
-        fpath = zpath + ("failover", i)
-        if src == dst:
-            c.error(fpath, "zone aware lb failover settings must specify different regions")
-        if "/" in src or "/" in dst:
-            c.error(
-                fpath,
-                "zone aware lb failover only specifies region; zone and subzone failover are"
-                " handled automatically",
-            )
-        if "*" in src or "*" in dst:
-            c.error(fpath, "zone aware lb failover region should not contain '*' wildcard")
+    check_failover(
+        c, _l(za.get("failover")), zpath, "zone aware lb",
+        "zone aware lb failover only specifies region; zone and subzone failover are handled"
+        " automatically",
+    )  # fmt: skip

@@ -11,7 +11,7 @@ from typing import Any
 
 from meshcore.config.validate import Checker, Path, _d, _l
 
-__all__ = ["TOPOLOGY_LABELS", "check_locality_lb"]
+__all__ = ["TOPOLOGY_LABELS", "check_failover", "check_locality_lb"]
 
 TOPOLOGY_LABELS = frozenset(
     {"topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone"}
@@ -55,15 +55,22 @@ def check_locality_lb(c: Checker, setting: Any, outlier: bool, path: Path) -> No
     _localities(c, sources)
     if (failover or setting.get("failoverPriority")) and not outlier:
         c.warn(path, "outlier detection policy must be provided for failover")
+    check_failover(c, failover, path, "locality lb", "locality lb failover only specify region")
+
+
+def check_failover(c: Checker, failover: list[Any], path: Path, what: str, one_region: str) -> None:
+    """Istio's rules for the ``failover`` entries of a locality or zone-aware setting at
+    ``path`` (``what``: the setting's name in the messages; ``one_region``: the message for a
+    zone or subzone given): two different regions, no wildcard."""
     for i, fo in enumerate(failover):
         src, dst = str(_d(fo).get("from", "")), str(_d(fo).get("to", ""))
         fpath = path + ("failover", i)
         if src == dst:
-            c.error(fpath, "locality lb failover settings must specify different regions")
+            c.error(fpath, f"{what} failover settings must specify different regions")
         if "/" in src or "/" in dst:
-            c.error(fpath, "locality lb failover only specify region")
+            c.error(fpath, one_region)
         if "*" in src or "*" in dst:
-            c.error(fpath, "locality lb failover region should not contain '*' wildcard")
+            c.error(fpath, f"{what} failover region should not contain '*' wildcard")
 
 
 def _localities(c: Checker, localities: list[tuple[str, Path]]) -> None:
